@@ -1,0 +1,108 @@
+//! The core's typed errors.
+//!
+//! Every failure a caller can see is a variant here: nothing from the network
+//! becomes a panic. Variants name the client-go error they correspond to where
+//! one exists.
+
+use std::fmt;
+
+use tikv_proto::{errorpb, kvrpcpb};
+
+use crate::backoff::{BackoffKind, ExhaustedClass};
+use crate::rpc::RpcError;
+use crate::time::Duration;
+
+/// Result alias for the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the TiKV client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A backoff budget ran out (client-go's `ErrTiKVServerTimeout`,
+    /// `ErrRegionUnavailable`, `ErrPDServerTimeout`, ... chosen by the kind
+    /// that slept the longest).
+    #[error(
+        "{class:?}: {kind} backoff exhausted after sleeping {total_sleep:?}; last errors: {last_errors:?}"
+    )]
+    BackoffExhausted {
+        /// The error class of the dominant kind.
+        class: ExhaustedClass,
+        /// The kind with the largest cumulative sleep.
+        kind: BackoffKind,
+        /// Total time slept (budgeted kinds only).
+        total_sleep: Duration,
+        /// The last few reasons given for backing off (client-go keeps 3).
+        last_errors: Vec<String>,
+    },
+    /// TiKV returned a region error that is not retried (e.g.
+    /// `RaftEntryTooLarge`, `FlashbackNotPrepared`).
+    #[error("region error: {}", .0.message)]
+    Region(Box<errorpb::Error>),
+    /// A transport error that is not retried.
+    #[error("rpc error: {0}")]
+    Rpc(RpcError),
+    /// PD answered with an error header.
+    #[error("PD error {code}: {message}")]
+    Pd {
+        /// `pdpb::ErrorType` as a number.
+        code: i32,
+        /// PD's message.
+        message: String,
+    },
+    /// PD has no reachable leader among the known members.
+    #[error("no PD leader reachable: {0}")]
+    NoPdLeader(String),
+    /// TiKV returned a key error.
+    #[error("key error: {0:?}")]
+    KeyError(Box<kvrpcpb::KeyError>),
+    /// TiKV returned an error string in the response body (raw commands).
+    #[error("TiKV error: {0}")]
+    Server(String),
+    /// The caller passed an invalid argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A scan asked for more than the server's limit
+    /// (client-go's `ErrMaxScanLimitExceeded`).
+    #[error("scan limit {limit} exceeds the maximum {max}")]
+    ScanLimitExceeded {
+        /// What was asked.
+        limit: u32,
+        /// The maximum allowed.
+        max: u32,
+    },
+    /// A response did not have the shape the protocol requires.
+    #[error("malformed response: {0}")]
+    MalformedResponse(String),
+    /// The feature or mode is not supported by this client.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The keyspace does not exist or is not enabled.
+    #[error("keyspace {name:?}: {reason}")]
+    Keyspace {
+        /// The keyspace name asked for.
+        name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The outcome of a write is unknown: it may or may not have been applied
+    /// (client-go's `ErrResultUndetermined`).
+    #[error("result undetermined: {0}")]
+    Undetermined(String),
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+impl Error {
+    /// A malformed-response error with a message.
+    pub fn malformed(msg: impl fmt::Display) -> Error {
+        Error::MalformedResponse(msg.to_string())
+    }
+}
+
+impl From<RpcError> for Error {
+    fn from(e: RpcError) -> Error {
+        Error::Rpc(e)
+    }
+}

@@ -1,0 +1,379 @@
+//! RPC vocabulary shared by the core and the runtimes.
+//!
+//! A machine asks for an RPC by emitting an [`Rpc`]: an id it chose, a
+//! [`Target`] (PD or a store), a typed [`Request`] and a deadline. The runtime
+//! sends it and feeds back `Result<Response, RpcError>` under the same id.
+//! Requests are a typed enum over the kvproto messages (client-go's `tikvrpc`
+//! idea), so routing code can stamp the `kvrpcpb::Context` and read the region
+//! error of any TiKV response without knowing which command it is.
+
+pub mod region_error;
+pub mod sender;
+
+use std::fmt;
+use std::sync::Arc;
+
+use tikv_proto::{errorpb, keyspacepb, kvrpcpb, pdpb};
+
+use crate::time::Instant;
+
+/// Calls `$m!` with the list of TiKV unary RPCs the client speaks:
+/// `(Variant, tonic_method, RequestType, ResponseType)`, types relative to
+/// `tikv_proto::kvrpcpb`. Runtimes and the simulator use it to generate their
+/// dispatch tables, so a new RPC is added in one place.
+#[macro_export]
+macro_rules! for_each_kv_rpc {
+    ($m:ident) => {
+        $m! {
+            (Get, kv_get, GetRequest, GetResponse),
+            (Scan, kv_scan, ScanRequest, ScanResponse),
+            (Prewrite, kv_prewrite, PrewriteRequest, PrewriteResponse),
+            (PessimisticLock, kv_pessimistic_lock, PessimisticLockRequest, PessimisticLockResponse),
+            (PessimisticRollback, kv_pessimistic_rollback, PessimisticRollbackRequest, PessimisticRollbackResponse),
+            (TxnHeartBeat, kv_txn_heart_beat, TxnHeartBeatRequest, TxnHeartBeatResponse),
+            (CheckTxnStatus, kv_check_txn_status, CheckTxnStatusRequest, CheckTxnStatusResponse),
+            (CheckSecondaryLocks, kv_check_secondary_locks, CheckSecondaryLocksRequest, CheckSecondaryLocksResponse),
+            (Commit, kv_commit, CommitRequest, CommitResponse),
+            (Cleanup, kv_cleanup, CleanupRequest, CleanupResponse),
+            (BatchGet, kv_batch_get, BatchGetRequest, BatchGetResponse),
+            (BatchRollback, kv_batch_rollback, BatchRollbackRequest, BatchRollbackResponse),
+            (ScanLock, kv_scan_lock, ScanLockRequest, ScanLockResponse),
+            (ResolveLock, kv_resolve_lock, ResolveLockRequest, ResolveLockResponse),
+            (DeleteRange, kv_delete_range, DeleteRangeRequest, DeleteRangeResponse),
+            (Flush, kv_flush, FlushRequest, FlushResponse),
+            (BufferBatchGet, kv_buffer_batch_get, BufferBatchGetRequest, BufferBatchGetResponse),
+            (RawGet, raw_get, RawGetRequest, RawGetResponse),
+            (RawBatchGet, raw_batch_get, RawBatchGetRequest, RawBatchGetResponse),
+            (RawPut, raw_put, RawPutRequest, RawPutResponse),
+            (RawBatchPut, raw_batch_put, RawBatchPutRequest, RawBatchPutResponse),
+            (RawDelete, raw_delete, RawDeleteRequest, RawDeleteResponse),
+            (RawBatchDelete, raw_batch_delete, RawBatchDeleteRequest, RawBatchDeleteResponse),
+            (RawScan, raw_scan, RawScanRequest, RawScanResponse),
+            (RawDeleteRange, raw_delete_range, RawDeleteRangeRequest, RawDeleteRangeResponse),
+            (RawBatchScan, raw_batch_scan, RawBatchScanRequest, RawBatchScanResponse),
+            (RawGetKeyTtl, raw_get_key_ttl, RawGetKeyTtlRequest, RawGetKeyTtlResponse),
+            (RawCompareAndSwap, raw_compare_and_swap, RawCasRequest, RawCasResponse),
+            (RawChecksum, raw_checksum, RawChecksumRequest, RawChecksumResponse),
+            (SplitRegion, split_region, SplitRegionRequest, SplitRegionResponse),
+            (UnsafeDestroyRange, unsafe_destroy_range, UnsafeDestroyRangeRequest, UnsafeDestroyRangeResponse),
+        }
+    };
+}
+
+/// Calls `$m!` with the list of PD unary RPCs:
+/// `(Variant, service, tonic_method, Request, Response)` where `service` is
+/// `pdpb` (the `PD` service) or `keyspacepb` (the `Keyspace` service).
+#[macro_export]
+macro_rules! for_each_pd_rpc {
+    ($m:ident) => {
+        $m! {
+            (GetMembers, pdpb, get_members, GetMembersRequest, GetMembersResponse),
+            (GetClusterInfo, pdpb, get_cluster_info, GetClusterInfoRequest, GetClusterInfoResponse),
+            (GetRegion, pdpb, get_region, GetRegionRequest, GetRegionResponse),
+            (GetPrevRegion, pdpb, get_prev_region, GetRegionRequest, GetRegionResponse),
+            (GetRegionById, pdpb, get_region_by_id, GetRegionByIdRequest, GetRegionResponse),
+            (ScanRegions, pdpb, scan_regions, ScanRegionsRequest, ScanRegionsResponse),
+            (BatchScanRegions, pdpb, batch_scan_regions, BatchScanRegionsRequest, BatchScanRegionsResponse),
+            (GetStore, pdpb, get_store, GetStoreRequest, GetStoreResponse),
+            (GetAllStores, pdpb, get_all_stores, GetAllStoresRequest, GetAllStoresResponse),
+            (GetGcState, pdpb, get_gc_state, GetGcStateRequest, GetGcStateResponse),
+            (LoadKeyspace, keyspacepb, load_keyspace, LoadKeyspaceRequest, LoadKeyspaceResponse),
+        }
+    };
+}
+
+macro_rules! kv_enums {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// A request to a TiKV store.
+        #[derive(Clone, PartialEq)]
+        #[allow(missing_docs)]
+        pub enum KvRequest {
+            $($variant(kvrpcpb::$req),)*
+        }
+
+        /// A response from a TiKV store.
+        #[derive(Clone, PartialEq)]
+        #[allow(missing_docs)]
+        pub enum KvResponse {
+            $($variant(kvrpcpb::$resp),)*
+        }
+
+        impl KvRequest {
+            /// The command name (the tonic method), for logs and transcripts.
+            pub fn name(&self) -> &'static str {
+                match self { $(KvRequest::$variant(_) => stringify!($method),)* }
+            }
+
+            /// The request's `kvrpcpb::Context`, created if absent.
+            pub fn context_mut(&mut self) -> &mut kvrpcpb::Context {
+                match self { $(KvRequest::$variant(r) => r.context.get_or_insert_with(Default::default),)* }
+            }
+
+            /// The request's context, if set.
+            pub fn context(&self) -> Option<&kvrpcpb::Context> {
+                match self { $(KvRequest::$variant(r) => r.context.as_ref(),)* }
+            }
+        }
+
+        impl KvResponse {
+            /// The command name (the tonic method).
+            pub fn name(&self) -> &'static str {
+                match self { $(KvResponse::$variant(_) => stringify!($method),)* }
+            }
+
+            /// The region error carried by the response, if any.
+            pub fn region_error(&self) -> Option<&errorpb::Error> {
+                match self { $(KvResponse::$variant(r) => r.region_error.as_ref(),)* }
+            }
+
+            /// Removes and returns the region error.
+            pub fn take_region_error(&mut self) -> Option<errorpb::Error> {
+                match self { $(KvResponse::$variant(r) => r.region_error.take(),)* }
+            }
+
+            /// True if this response answers a request of the same command.
+            pub fn matches(&self, req: &KvRequest) -> bool {
+                std::mem::discriminant(self) == std::mem::discriminant(&req.response_template())
+            }
+        }
+
+        impl KvRequest {
+            /// An empty response of the matching command (for `matches` and
+            /// for fabricating region errors in tests).
+            pub fn response_template(&self) -> KvResponse {
+                match self { $(KvRequest::$variant(_) => KvResponse::$variant(Default::default()),)* }
+            }
+        }
+
+        $(
+            impl From<kvrpcpb::$req> for KvRequest {
+                fn from(r: kvrpcpb::$req) -> KvRequest { KvRequest::$variant(r) }
+            }
+        )*
+    };
+}
+for_each_kv_rpc!(kv_enums);
+
+macro_rules! pd_enums {
+    ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// A unary request to PD (the `PD` and `Keyspace` services).
+        #[derive(Clone, PartialEq)]
+        #[allow(missing_docs)]
+        pub enum PdRequest {
+            $($variant($svc::$req),)*
+            /// One round on the TSO stream.
+            Tso(pdpb::TsoRequest),
+        }
+
+        /// A response from PD.
+        #[derive(Clone, PartialEq)]
+        #[allow(missing_docs)]
+        pub enum PdResponse {
+            $($variant($svc::$resp),)*
+            /// One round on the TSO stream.
+            Tso(pdpb::TsoResponse),
+        }
+
+        impl PdRequest {
+            /// The method name, for logs and transcripts.
+            pub fn name(&self) -> &'static str {
+                match self { $(PdRequest::$variant(_) => stringify!($method),)* PdRequest::Tso(_) => "tso" }
+            }
+        }
+
+        impl PdResponse {
+            /// The method name.
+            pub fn name(&self) -> &'static str {
+                match self { $(PdResponse::$variant(_) => stringify!($method),)* PdResponse::Tso(_) => "tso" }
+            }
+        }
+    };
+}
+for_each_pd_rpc!(pd_enums);
+
+impl PdResponse {
+    /// The response header, if the message has one and it is set.
+    pub fn header(&self) -> Option<&pdpb::ResponseHeader> {
+        match self {
+            PdResponse::GetMembers(r) => r.header.as_ref(),
+            PdResponse::GetClusterInfo(r) => r.header.as_ref(),
+            PdResponse::GetRegion(r)
+            | PdResponse::GetPrevRegion(r)
+            | PdResponse::GetRegionById(r) => r.header.as_ref(),
+            PdResponse::ScanRegions(r) => r.header.as_ref(),
+            PdResponse::BatchScanRegions(r) => r.header.as_ref(),
+            PdResponse::GetStore(r) => r.header.as_ref(),
+            PdResponse::GetAllStores(r) => r.header.as_ref(),
+            PdResponse::GetGcState(r) => r.header.as_ref(),
+            PdResponse::Tso(r) => r.header.as_ref(),
+            PdResponse::LoadKeyspace(r) => r.header.as_ref(),
+        }
+    }
+
+    /// The PD error in the header, if any (`type != OK`).
+    pub fn pd_error(&self) -> Option<&pdpb::Error> {
+        self.header()
+            .and_then(|h| h.error.as_ref())
+            .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
+    }
+}
+
+/// A request to TiKV or PD.
+#[derive(Clone, PartialEq)]
+pub enum Request {
+    /// To a TiKV store.
+    Kv(KvRequest),
+    /// To PD.
+    Pd(PdRequest),
+}
+
+/// A response from TiKV or PD.
+#[derive(Clone, PartialEq)]
+pub enum Response {
+    /// From a TiKV store.
+    Kv(KvResponse),
+    /// From PD.
+    Pd(PdResponse),
+}
+
+impl Request {
+    /// The method name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Kv(r) => r.name(),
+            Request::Pd(r) => r.name(),
+        }
+    }
+}
+
+impl Response {
+    /// The method name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Kv(r) => r.name(),
+            Response::Pd(r) => r.name(),
+        }
+    }
+}
+
+impl fmt::Debug for KvRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+impl fmt::Debug for KvResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+impl fmt::Debug for PdRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+impl fmt::Debug for PdResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Identifies one RPC within one machine; chosen by the machine.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RpcId(pub u64);
+
+impl fmt::Display for RpcId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where an RPC goes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A PD server at this address (`host:port`, with or without scheme).
+    Pd {
+        /// The PD member's client URL.
+        addr: Arc<str>,
+    },
+    /// A TiKV store.
+    Store {
+        /// Store id from PD.
+        store_id: u64,
+        /// The store's address.
+        addr: Arc<str>,
+    },
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Pd { addr } => write!(f, "pd({addr})"),
+            Target::Store { store_id, addr } => write!(f, "store{store_id}({addr})"),
+        }
+    }
+}
+
+/// An RPC a machine asks the runtime to send.
+#[derive(Clone, PartialEq)]
+pub struct Rpc {
+    /// Chosen by the machine; the response is fed back under it.
+    pub id: RpcId,
+    /// Where to send it.
+    pub target: Target,
+    /// What to send.
+    pub request: Request,
+    /// When the runtime gives up and reports [`RpcError::DeadlineExceeded`].
+    pub deadline: Instant,
+}
+
+impl fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:?} -> {:?} (deadline {})",
+            self.id, self.request, self.target, self.deadline
+        )
+    }
+}
+
+/// Transport-level failure of one RPC, as reported by a runtime.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// Could not connect, or the connection broke before a response.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed without a response.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The call was canceled.
+    #[error("canceled")]
+    Canceled,
+    /// The response could not be decoded.
+    #[error("decode error: {0}")]
+    Decode(String),
+    /// The server answered with a gRPC status other than OK.
+    #[error("grpc status {code}: {message}")]
+    Status {
+        /// The gRPC status code as a number.
+        code: i32,
+        /// The status message.
+        message: String,
+    },
+    /// The runtime returned a response of another command than the request
+    /// (a broken transport or server).
+    #[error("response does not match the request")]
+    Mismatch,
+}
+
+/// gRPC status code `Unimplemented`.
+pub const GRPC_UNIMPLEMENTED: i32 = 12;

@@ -1,0 +1,1 @@
+//! tikv-async-std
