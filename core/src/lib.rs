@@ -30,5 +30,6 @@ pub mod region;
 pub mod rng;
 pub mod rpc;
 pub mod time;
+pub mod view;
 
 pub use error::{Error, Result};

@@ -7,8 +7,10 @@
 //! idea), so routing code can stamp the `kvrpcpb::Context` and read the region
 //! error of any TiKV response without knowing which command it is.
 
+pub mod fanout;
 pub mod region_error;
 pub mod sender;
+pub mod walk;
 
 use std::fmt;
 use std::sync::Arc;
@@ -154,6 +156,25 @@ macro_rules! kv_enums {
 }
 for_each_kv_rpc!(kv_enums);
 
+/// Lets one macro arm stamp the cluster id on every PD request: kvproto's
+/// `GetClusterInfoRequest` carries a `ResponseHeader` where all others carry a
+/// `RequestHeader`.
+trait ClusterIdHeader {
+    fn set_cluster_id(&mut self, cluster_id: u64);
+}
+
+impl ClusterIdHeader for pdpb::RequestHeader {
+    fn set_cluster_id(&mut self, cluster_id: u64) {
+        self.cluster_id = cluster_id;
+    }
+}
+
+impl ClusterIdHeader for pdpb::ResponseHeader {
+    fn set_cluster_id(&mut self, cluster_id: u64) {
+        self.cluster_id = cluster_id;
+    }
+}
+
 macro_rules! pd_enums {
     ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
         /// A unary request to PD (the `PD` and `Keyspace` services).
@@ -175,6 +196,19 @@ macro_rules! pd_enums {
         }
 
         impl PdRequest {
+            /// Sets the request header's cluster id (PD refuses a mismatching
+            /// non-zero id; zero is accepted while the id is unknown).
+            pub fn set_cluster_id(&mut self, cluster_id: u64) {
+                match self {
+                    $(PdRequest::$variant(r) => {
+                        r.header.get_or_insert_with(Default::default).set_cluster_id(cluster_id)
+                    })*
+                    PdRequest::Tso(r) => {
+                        r.header.get_or_insert_with(Default::default).set_cluster_id(cluster_id)
+                    }
+                }
+            }
+
             /// The method name, for logs and transcripts.
             pub fn name(&self) -> &'static str {
                 match self { $(PdRequest::$variant(_) => stringify!($method),)* PdRequest::Tso(_) => "tso" }

@@ -1,1 +1,0 @@
-//! pd (being written)

@@ -1,0 +1,345 @@
+//! Loading regions and stores from PD into the client's caches.
+
+use std::sync::Arc;
+
+use tikv_proto::pdpb;
+
+use crate::backoff::{BackoffKind, Backoffer};
+use crate::error::Error;
+use crate::key::Key;
+use crate::op::Operation;
+use crate::pd::PdCall;
+use crate::region::{RegionRef, StoreInfo};
+use crate::rpc::{PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::time::Instant;
+use crate::view::ClusterView;
+
+/// Which region to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocateBy {
+    /// The region containing this key.
+    Key(Key),
+    /// The region containing the keys just below this key (reverse scans);
+    /// client-go's `LocateEndKey`.
+    EndKey(Key),
+    /// The region with this id.
+    Id(u64),
+}
+
+/// Finds a region: from the cache if it is there, else from PD (then cached).
+///
+/// Follows client-go's `loadRegion`: `GetRegion(key)`; for an end key whose
+/// region starts exactly at the key, ask again with `GetPrevRegion`; a missing
+/// region or one without peers backs off `BoRegionMiss` and asks again.
+#[derive(Debug)]
+pub struct LocateRegion {
+    view: Arc<ClusterView>,
+    by: LocateBy,
+    search_prev: bool,
+    call: Option<PdCall>,
+    backoffer: Option<Backoffer>,
+    sleep_until: Option<Instant>,
+    result: Option<Result<RegionRef, Error>>,
+}
+
+impl LocateRegion {
+    /// Locates `by` with a retry budget.
+    pub fn new(view: Arc<ClusterView>, by: LocateBy, backoffer: Backoffer) -> LocateRegion {
+        LocateRegion {
+            view,
+            by,
+            search_prev: false,
+            call: None,
+            backoffer: Some(backoffer),
+            sleep_until: None,
+            result: None,
+        }
+    }
+
+    /// The backoffer, after the operation finished (for merging).
+    pub fn take_backoffer(&mut self) -> Option<Backoffer> {
+        self.backoffer.take().or_else(|| self.call.take().map(PdCall::into_backoffer))
+    }
+
+    fn cached(&self, now: Instant) -> Option<RegionRef> {
+        match &self.by {
+            LocateBy::Key(k) => self.view.regions.locate_key(k.as_bytes(), now),
+            LocateBy::EndKey(k) => self.view.regions.locate_end_key(k.as_bytes(), now),
+            LocateBy::Id(id) => self.view.regions.get_by_id(*id, now),
+        }
+    }
+
+    fn request(&self) -> Result<PdRequest, Error> {
+        let codec = &self.view.codec;
+        Ok(match &self.by {
+            LocateBy::Key(k) => PdRequest::GetRegion(pdpb::GetRegionRequest {
+                region_key: codec.encode_region_key(k).into(),
+                ..Default::default()
+            }),
+            LocateBy::EndKey(k) if k.is_empty() => {
+                // client-go cannot locate "the last region" either: PD has no
+                // query for it, and GetRegion("") is the first region.
+                return Err(Error::Unsupported(
+                    "locating the region before an unbounded end key (reverse scan without an upper bound) is not supported"
+                        .into(),
+                ));
+            }
+            LocateBy::EndKey(k) => {
+                let req = pdpb::GetRegionRequest {
+                    region_key: codec.encode_region_key(k).into(),
+                    ..Default::default()
+                };
+                if self.search_prev {
+                    PdRequest::GetPrevRegion(req)
+                } else {
+                    PdRequest::GetRegion(req)
+                }
+            }
+            LocateBy::Id(id) => PdRequest::GetRegionById(pdpb::GetRegionByIdRequest {
+                region_id: *id,
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn ask_pd(&mut self, now: Instant) {
+        let Some(backoffer) = self.backoffer.take() else {
+            return;
+        };
+        match self.request() {
+            Ok(request) => {
+                let mut call = PdCall::new(
+                    self.view.pd.clone(),
+                    request,
+                    self.view.config.pd_timeout,
+                    backoffer,
+                );
+                call.start(now);
+                self.call = Some(call);
+            }
+            Err(e) => {
+                self.backoffer = Some(backoffer);
+                self.result = Some(Err(e));
+            }
+        }
+    }
+
+    fn retry_later(&mut self, mut backoffer: Backoffer, reason: String, now: Instant) {
+        match backoffer.backoff(BackoffKind::RegionMiss, reason) {
+            Ok(sleep) => self.sleep_until = Some(now + sleep),
+            Err(e) => self.result = Some(Err(e)),
+        }
+        self.backoffer = Some(backoffer);
+    }
+
+    fn on_answer(&mut self, resp: pdpb::GetRegionResponse, backoffer: Backoffer, now: Instant) {
+        let Some(region) = resp.region else {
+            if let LocateBy::Id(id) = self.by {
+                self.backoffer = Some(backoffer);
+                self.result = Some(Err(Error::Pd {
+                    code: pdpb::ErrorType::RegionNotFound as i32,
+                    message: format!("region {id} not found"),
+                }));
+            } else {
+                self.retry_later(backoffer, format!("PD has no region for {:?}", self.by), now);
+            }
+            return;
+        };
+        if region.peers.is_empty() {
+            self.retry_later(backoffer, format!("region {} has no available peer", region.id), now);
+            return;
+        }
+        if let LocateBy::EndKey(k) = &self.by {
+            let encoded = self.view.codec.encode_region_key(k);
+            if !self.search_prev && !region.start_key.is_empty() && region.start_key[..] == encoded[..]
+            {
+                // The key is this region's start: the keys below it live in
+                // the previous region.
+                self.search_prev = true;
+                self.backoffer = Some(backoffer);
+                self.ask_pd(now);
+                return;
+            }
+        }
+        self.backoffer = Some(backoffer);
+        let decoded = match self.view.codec.decode_region(region) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.result = Some(Err(Error::malformed(format!(
+                    "PD returned a region outside the keyspace for {:?}",
+                    self.by
+                ))));
+                return;
+            }
+            Err(e) => {
+                self.result = Some(Err(e));
+                return;
+            }
+        };
+        self.result = Some(self.view.regions.insert(decoded, resp.leader, now));
+    }
+}
+
+impl Operation for LocateRegion {
+    type Output = RegionRef;
+
+    fn start(&mut self, now: Instant) {
+        if let Some(region) = self.cached(now) {
+            self.result = Some(Ok(region));
+            return;
+        }
+        self.ask_pd(now);
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.call.as_mut().and_then(|c| c.poll_rpc())
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        call.on_response(id, response, now);
+        if let Some(outcome) = call.poll_result() {
+            let backoffer = self.call.take().map(PdCall::into_backoffer);
+            let Some(backoffer) = backoffer else {
+                return;
+            };
+            match outcome {
+                Ok(PdResponse::GetRegion(r))
+                | Ok(PdResponse::GetPrevRegion(r))
+                | Ok(PdResponse::GetRegionById(r)) => self.on_answer(r, backoffer, now),
+                Ok(other) => {
+                    self.backoffer = Some(backoffer);
+                    self.result =
+                        Some(Err(Error::malformed(format!("unexpected {}", other.name()))));
+                }
+                Err(e) => {
+                    self.backoffer = Some(backoffer);
+                    self.result = Some(Err(e));
+                }
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_timeout(now);
+            if let Some(Err(e)) = call.poll_result() {
+                self.backoffer = self.call.take().map(PdCall::into_backoffer);
+                self.result = Some(Err(e));
+            }
+            return;
+        }
+        if let Some(until) = self.sleep_until {
+            if now >= until {
+                self.sleep_until = None;
+                if let Some(region) = self.cached(now) {
+                    self.result = Some(Ok(region));
+                } else {
+                    self.ask_pd(now);
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.call {
+            Some(call) => call.poll_timeout(),
+            None => self.sleep_until,
+        }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<RegionRef, Error>> {
+        self.result.take()
+    }
+}
+
+/// Loads one store's address from PD into the store table (client-go's
+/// store resolve: `GetStore`).
+#[derive(Debug)]
+pub struct ResolveStore {
+    view: Arc<ClusterView>,
+    store_id: u64,
+    call: Option<PdCall>,
+    result: Option<Result<Arc<StoreInfo>, Error>>,
+}
+
+impl ResolveStore {
+    /// Resolves `store_id` with a retry budget.
+    pub fn new(view: Arc<ClusterView>, store_id: u64, backoffer: Backoffer) -> ResolveStore {
+        let request = PdRequest::GetStore(pdpb::GetStoreRequest { store_id, ..Default::default() });
+        let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
+        ResolveStore { view, store_id, call: Some(call), result: None }
+    }
+
+    /// The backoffer, once finished.
+    pub fn take_backoffer(&mut self) -> Option<Backoffer> {
+        self.call.take().map(PdCall::into_backoffer)
+    }
+
+    fn check(&mut self) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        if let Some(outcome) = call.poll_result() {
+            self.result = Some(match outcome {
+                Ok(PdResponse::GetStore(r)) => match r.store {
+                    Some(store) => self.view.stores.insert(store),
+                    None => Err(Error::Pd {
+                        code: pdpb::ErrorType::Unknown as i32,
+                        message: format!("store {} not found", self.store_id),
+                    }),
+                },
+                Ok(other) => Err(Error::malformed(format!("unexpected {}", other.name()))),
+                Err(e) => Err(e),
+            });
+        }
+    }
+}
+
+impl Operation for ResolveStore {
+    type Output = Arc<StoreInfo>;
+
+    fn start(&mut self, now: Instant) {
+        if let Some(store) = self.view.stores.get(self.store_id) {
+            self.result = Some(Ok(store));
+            return;
+        }
+        if let Some(call) = self.call.as_mut() {
+            call.start(now);
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        if self.result.is_some() {
+            return None;
+        }
+        self.call.as_mut().and_then(|c| c.poll_rpc())
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_response(id, response, now);
+        }
+        self.check();
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_timeout(now);
+        }
+        self.check();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.result.is_some() {
+            return None;
+        }
+        self.call.as_ref().and_then(|c| c.poll_timeout())
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Arc<StoreInfo>, Error>> {
+        self.result.take()
+    }
+}

@@ -1,0 +1,341 @@
+//! Multi-key requests: group keys by region, split into batches, send the
+//! batches in parallel, and re-split whatever comes back as `Relocate`.
+//!
+//! This is the shape almost every client-go write and batch read follows
+//! (`groupKeysByRegion` → `appendBatchMutationsBySize` → send → on region
+//! error re-locate; if the batch still fits one region retry it, otherwise
+//! re-group), written once and parameterised by a [`KeyPlan`].
+
+use std::sync::Arc;
+
+use crate::backoff::Backoffer;
+use crate::error::Error;
+use crate::key::Key;
+use crate::op::{IdMap, Operation};
+use crate::pd::{LocateBy, LocateRegion};
+use crate::rpc::sender::{RegionCall, RegionOutcome};
+use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
+use crate::time::{Duration, Instant, earliest};
+use crate::view::ClusterView;
+
+/// What a multi-key operation sends and how it merges the answers.
+pub trait KeyPlan {
+    /// One unit of work (a key, a key-value pair, a mutation...).
+    type Item;
+    /// The operation's result.
+    type Output;
+
+    /// The key that decides the item's region.
+    fn key(item: &Self::Item) -> &Key;
+    /// The item's size for the batch byte limit.
+    fn size(item: &Self::Item) -> usize;
+    /// `(max items, max bytes)` per request; a batch closes when either is
+    /// reached (a single oversized item still forms a batch).
+    fn batch_limits(&self) -> (usize, usize);
+    /// The request for one batch, all in one region, sorted by key.
+    fn build(&self, batch: &[Self::Item]) -> KvRequest;
+    /// Per-attempt RPC timeout.
+    fn timeout(&self) -> Duration;
+    /// Takes a successful response for `batch`.
+    fn merge(&mut self, batch: Vec<Self::Item>, response: KvResponse) -> Result<(), Error>;
+    /// Produces the result once every batch has been merged.
+    fn finish(self) -> Self::Output;
+}
+
+enum Child<I> {
+    Call(Box<RegionCall>, Vec<I>),
+    Locate(Box<LocateRegion>),
+}
+
+/// Runs a [`KeyPlan`] over a set of items.
+pub struct KeyFanout<P: KeyPlan> {
+    view: Arc<ClusterView>,
+    plan: Option<P>,
+    /// Items not yet sent (no cached region, or handed back by `Relocate`),
+    /// sorted by key.
+    pending: Vec<P::Item>,
+    children: Vec<Option<Child<P::Item>>>,
+    live: usize,
+    locating: bool,
+    ids: IdMap<usize>,
+    backoffer: Backoffer,
+    started: bool,
+    result: Option<Result<P::Output, Error>>,
+}
+
+impl<P: KeyPlan> std::fmt::Debug for KeyFanout<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFanout")
+            .field("pending", &self.pending.len())
+            .field("live", &self.live)
+            .finish()
+    }
+}
+
+impl<P: KeyPlan> KeyFanout<P> {
+    /// Prepares `plan` over `items` (any order; they are sorted by key,
+    /// stably, so equal keys keep their relative order).
+    pub fn new(view: Arc<ClusterView>, plan: P, mut items: Vec<P::Item>, backoffer: Backoffer) -> Self {
+        items.sort_by(|a, b| P::key(a).cmp(P::key(b)));
+        KeyFanout {
+            view,
+            plan: Some(plan),
+            pending: items,
+            children: Vec::new(),
+            live: 0,
+            locating: false,
+            ids: IdMap::new(),
+            backoffer,
+            started: false,
+            result: None,
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        if self.result.is_none() {
+            self.result = Some(Err(e));
+        }
+        self.children.clear();
+        self.live = 0;
+        self.pending.clear();
+    }
+
+    fn add_child(&mut self, mut child: Child<P::Item>, now: Instant) {
+        match &mut child {
+            Child::Call(call, _) => call.start(now),
+            Child::Locate(locate) => locate.start(now),
+        }
+        self.children.push(Some(child));
+        self.live += 1;
+        let idx = self.children.len() - 1;
+        self.check_child(idx, now);
+    }
+
+    /// Groups the pending items by cached region and sends them; starts a
+    /// locate for the first item without a cached region.
+    fn plan_batches(&mut self, now: Instant) {
+        if self.result.is_some() {
+            return;
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        let (max_count, max_bytes) = plan.batch_limits();
+        let max_count = max_count.max(1);
+        let pending = std::mem::take(&mut self.pending);
+        let mut unrouted: Vec<P::Item> = Vec::new();
+        let mut new_children = Vec::new();
+        let mut region = None;
+        let mut batch: Vec<P::Item> = Vec::new();
+        let mut batch_bytes = 0usize;
+        for item in pending {
+            let key = P::key(&item).as_bytes();
+            let same = matches!(&region, Some(r) if crate::region::Region::contains(r, key));
+            if !same {
+                if let Some(r) = region.take() {
+                    if !batch.is_empty() {
+                        new_children.push((r, std::mem::take(&mut batch)));
+                    }
+                }
+                batch_bytes = 0;
+                region = self.view.regions.locate_key(key, now);
+                if region.is_none() {
+                    unrouted.push(item);
+                    continue;
+                }
+            }
+            let size = P::size(&item);
+            if !batch.is_empty() && (batch.len() >= max_count || batch_bytes + size > max_bytes) {
+                if let Some(r) = &region {
+                    new_children.push((r.clone(), std::mem::take(&mut batch)));
+                }
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(item);
+        }
+        if let Some(r) = region {
+            if !batch.is_empty() {
+                new_children.push((r, batch));
+            }
+        }
+        let timeout = plan.timeout();
+        let calls: Vec<_> = new_children
+            .into_iter()
+            .map(|(region, items)| {
+                let request = plan.build(&items);
+                let call = RegionCall::new(
+                    self.view.clone(),
+                    region,
+                    request,
+                    timeout,
+                    self.backoffer.fork(),
+                );
+                Child::Call(Box::new(call), items)
+            })
+            .collect();
+        if !unrouted.is_empty() && !self.locating {
+            let key = P::key(&unrouted[0]).clone();
+            self.locating = true;
+            let locate =
+                LocateRegion::new(self.view.clone(), LocateBy::Key(key), self.backoffer.fork());
+            self.pending = unrouted;
+            self.add_child(Child::Locate(Box::new(locate)), now);
+        } else {
+            self.pending = unrouted;
+        }
+        for call in calls {
+            self.add_child(call, now);
+        }
+        self.maybe_finish();
+    }
+
+    fn maybe_finish(&mut self) {
+        if self.result.is_none() && self.live == 0 && self.pending.is_empty() {
+            if let Some(plan) = self.plan.take() {
+                self.result = Some(Ok(plan.finish()));
+            }
+        }
+    }
+
+    /// Collects a finished child, if `idx` has finished.
+    fn check_child(&mut self, idx: usize, now: Instant) {
+        let Some(slot) = self.children.get_mut(idx) else {
+            return;
+        };
+        let finished = match slot {
+            Some(Child::Call(call, _)) => call.poll_result().map(Ok),
+            Some(Child::Locate(locate)) => locate.poll_result().map(Err),
+            None => None,
+        };
+        let Some(finished) = finished else {
+            return;
+        };
+        let Some(child) = slot.take() else {
+            return;
+        };
+        self.live -= 1;
+        match (child, finished) {
+            (Child::Call(mut call, items), Ok(outcome)) => {
+                if let Some(bo) = call.take_backoffer() {
+                    self.backoffer.merge_from(&bo);
+                }
+                match outcome {
+                    Ok(RegionOutcome::Response(resp)) => {
+                        let merged = match self.plan.as_mut() {
+                            Some(plan) => plan.merge(items, resp),
+                            None => Ok(()),
+                        };
+                        if let Err(e) = merged {
+                            self.fail(e);
+                            return;
+                        }
+                    }
+                    Ok(RegionOutcome::Relocate) => {
+                        self.requeue(items);
+                        self.plan_batches(now);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
+                }
+            }
+            (Child::Locate(mut locate), Err(outcome)) => {
+                self.locating = false;
+                if let Some(bo) = locate.take_backoffer() {
+                    self.backoffer.merge_from(&bo);
+                }
+                match outcome {
+                    Ok(_) => {
+                        self.plan_batches(now);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.maybe_finish();
+    }
+
+    /// Puts items back into the sorted pending list.
+    fn requeue(&mut self, mut items: Vec<P::Item>) {
+        items.append(&mut self.pending);
+        items.sort_by(|a, b| P::key(a).cmp(P::key(b)));
+        self.pending = items;
+    }
+}
+
+impl<P: KeyPlan> Operation for KeyFanout<P> {
+    type Output = P::Output;
+
+    fn start(&mut self, now: Instant) {
+        if !self.started {
+            self.started = true;
+            self.plan_batches(now);
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        for idx in 0..self.children.len() {
+            let rpc = match &mut self.children[idx] {
+                Some(Child::Call(call, _)) => call.poll_rpc(),
+                Some(Child::Locate(locate)) => locate.poll_rpc(),
+                None => None,
+            };
+            if let Some(rpc) = rpc {
+                return Some(self.ids.wrap(idx, rpc));
+            }
+        }
+        None
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some((idx, child_id)) = self.ids.take(id) else {
+            return;
+        };
+        match self.children.get_mut(idx) {
+            Some(Some(Child::Call(call, _))) => call.on_response(child_id, response, now),
+            Some(Some(Child::Locate(locate))) => locate.on_response(child_id, response, now),
+            _ => return,
+        }
+        self.check_child(idx, now);
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        for idx in 0..self.children.len() {
+            let due = match &self.children[idx] {
+                Some(Child::Call(call, _)) => call.poll_timeout(),
+                Some(Child::Locate(locate)) => locate.poll_timeout(),
+                None => None,
+            };
+            if due.is_some_and(|t| t <= now) {
+                match &mut self.children[idx] {
+                    Some(Child::Call(call, _)) => call.on_timeout(now),
+                    Some(Child::Locate(locate)) => locate.on_timeout(now),
+                    None => {}
+                }
+                self.check_child(idx, now);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.children.iter().flatten().fold(None, |acc, child| {
+            let t = match child {
+                Child::Call(call, _) => call.poll_timeout(),
+                Child::Locate(locate) => locate.poll_timeout(),
+            };
+            earliest(acc, t)
+        })
+    }
+
+    fn poll_result(&mut self) -> Option<Result<P::Output, Error>> {
+        self.result.take()
+    }
+}

@@ -1,0 +1,61 @@
+//! [`ClusterView`]: what one client knows about the cluster, shared by all
+//! of its operations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::backoff::Backoffer;
+use crate::codec::ApiCodec;
+use crate::config::Config;
+use crate::pd::PdState;
+use crate::region::{RegionCache, StoreTable};
+use crate::rng::Rng;
+use crate::time::Duration;
+
+/// The client's shared knowledge: configuration, the API codec, the region
+/// cache, the store table and the PD state.
+///
+/// `Send + Sync`; every operation holds an `Arc` of it. Locks inside are held
+/// only for short lookups, never across an RPC.
+#[derive(Debug)]
+pub struct ClusterView {
+    /// The client configuration.
+    pub config: Config,
+    /// The key codec for the API version and keyspace in use.
+    pub codec: ApiCodec,
+    /// Cached regions.
+    pub regions: RegionCache,
+    /// Known stores.
+    pub stores: StoreTable,
+    /// PD endpoints, leader and cluster id.
+    pub pd: Arc<PdState>,
+    /// Seeds backoffers deterministically: the n-th operation of a client
+    /// gets `rng_seed + n`, so a simulation replays exactly.
+    backoff_seq: AtomicU64,
+}
+
+impl ClusterView {
+    /// Assembles a view. `pd` is shared with calls made before the view
+    /// existed (keyspace loading).
+    pub fn new(config: Config, codec: ApiCodec, pd: Arc<PdState>) -> ClusterView {
+        let regions = RegionCache::new(
+            config.region_cache_ttl,
+            config.region_cache_ttl_jitter,
+            config.rng_seed ^ 0x5eed_cac4e,
+        );
+        ClusterView {
+            config,
+            codec,
+            regions,
+            stores: StoreTable::new(),
+            pd,
+            backoff_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh backoffer with `budget` (already weighted by the caller).
+    pub fn backoffer(&self, budget: Duration) -> Backoffer {
+        let n = self.backoff_seq.fetch_add(1, Ordering::Relaxed);
+        Backoffer::new(budget, Rng::new(self.config.rng_seed.wrapping_add(n)))
+    }
+}
