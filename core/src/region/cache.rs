@@ -225,7 +225,7 @@ impl RegionCache {
     ) -> Result<RegionRef, InsertError> {
         let region = Region::new(meta, leader.as_ref())?;
         let ver = region.ver;
-        let dropped = {
+        let (region, dropped) = {
             let mut index = self.write();
             let same_id = index.by_id.get(&ver.id).cloned();
             if let Some(old) = &same_id
@@ -255,7 +255,7 @@ impl RegionCache {
             index.by_id.insert(ver.id, region.clone());
             (region, dropped)
         };
-        let (region, dropped) = dropped;
+        // Outside the lock: only atomics, but nothing needs the lock for them.
         for r in &dropped {
             r.invalidate(InvalidReason::Other);
         }
@@ -432,6 +432,24 @@ impl RegionCache {
     /// Every cached entry in key order (valid or not), for diagnostics.
     pub fn snapshot(&self) -> Vec<RegionRef> {
         self.read().by_start.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+impl RegionCache {
+    /// Panics if the two indexes disagree or cached ranges overlap.
+    pub(super) fn check_invariants(&self) {
+        let index = self.read();
+        assert_eq!(index.by_start.len(), index.by_id.len(), "one entry per id");
+        let mut prev_end: Option<&Key> = None;
+        for (start, r) in &index.by_start {
+            assert_eq!(start, &r.start);
+            assert!(index.by_id.get(&r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)));
+            if let Some(end) = prev_end {
+                assert!(!end.is_empty() && end <= start, "{end:?} overlaps {r:?}");
+            }
+            prev_end = Some(&r.end);
+        }
     }
 }
 
