@@ -1,0 +1,460 @@
+//! The region cache: which region holds a key, at which epoch, led by whom.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tikv_proto::metapb;
+
+use super::ttl::TtlPolicy;
+use super::{InsertError, InvalidReason, Region, RegionRef, RegionVerId};
+use crate::key::{Key, KeyRange};
+use crate::time::{Duration, Instant};
+
+/// The shared region cache (client-go's `RegionCache`, without the PD side:
+/// loading is the caller's job).
+///
+/// Internally a `BTreeMap` keyed by **start key** plus an id index, behind one
+/// `RwLock`. Start keys are used, as client-go's `SortedRegions` does, because
+/// the empty start key already sorts first, while the empty end key
+/// (unbounded) would need a wrapper to sort last; the lookup is the same
+/// "greatest start `<=` key, then check the end". Cached regions never
+/// overlap: [`RegionCache::insert`] removes every overlapping entry, so at most
+/// one candidate has to be checked per lookup.
+///
+/// Invalidated and expired entries stay in the map (lookups skip them) until a
+/// newer region replaces them or [`RegionCache::evict_expired`] drops them: the
+/// invalidation reason is still needed when the replacement arrives (see
+/// [`InvalidReason::NoLeader`]).
+pub struct RegionCache {
+    index: RwLock<Index>,
+    ttl: TtlPolicy,
+}
+
+#[derive(Default)]
+struct Index {
+    by_start: BTreeMap<Key, RegionRef>,
+    /// The one cached version of each region id (client-go's
+    /// `latestVersions` + `regions`, merged because overlapping versions are
+    /// never kept side by side here).
+    by_id: HashMap<u64, RegionRef>,
+}
+
+impl Index {
+    /// The cached region whose `[start, end)` contains `key`.
+    fn find(&self, key: &[u8]) -> Option<&RegionRef> {
+        let (_, r) =
+            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        r.contains(key).then_some(r)
+    }
+
+    /// The cached region holding the keys just below `key` (client-go's
+    /// `SearchByKey(key, isEndKey=true)`).
+    fn find_by_end(&self, key: &[u8]) -> Option<&RegionRef> {
+        let r = if key.is_empty() {
+            self.by_start.last_key_value()?.1
+        } else {
+            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(key))).next_back()?.1
+        };
+        r.contains_by_end(key).then_some(r)
+    }
+
+    /// Every cached region overlapping `[start, end)`, in key order.
+    fn overlapping(&self, start: &Key, end: &Key) -> Vec<RegionRef> {
+        let mut out = Vec::new();
+        // The region starting before `start` overlaps if it reaches past it.
+        // (client-go only scans from `start`, leaving such a region behind.)
+        if let Some((_, r)) = self
+            .by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(start.as_bytes())))
+            .next_back()
+            && (r.end.is_empty() || r.end > *start)
+        {
+            out.push(r.clone());
+        }
+        for (s, r) in
+            self.by_start.range::<[u8], _>((Bound::Included(start.as_bytes()), Bound::Unbounded))
+        {
+            if !end.is_empty() && s >= end {
+                break;
+            }
+            out.push(r.clone());
+        }
+        out
+    }
+
+    /// Removes `r` from both maps, only where the slot still holds `r` itself.
+    fn remove(&mut self, r: &RegionRef) {
+        if self.by_start.get(&r.start).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            self.by_start.remove(&r.start);
+        }
+        if self.by_id.get(&r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            self.by_id.remove(&r.ver.id);
+        }
+    }
+}
+
+/// What the caller should do after `EpochNotMatch` (the answer of
+/// [`RegionCache::on_epoch_not_match`], client-go's `OnRegionEpochNotMatch`
+/// combined with `MayBackoffForRegionError`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EpochNotMatchAction {
+    /// TiKV's epoch for the region is older than ours (TiKV has not applied
+    /// the split/conf change yet): back off `BoRegionMiss` and resend the
+    /// same request. The cache is unchanged.
+    BackoffAndRetry,
+    /// TiKV sent no current regions: the region was invalidated; back off
+    /// `BoRegionMiss` (client-go treats this as a "fake" epoch error), then
+    /// relocate the keys through PD.
+    BackoffAndRelocate,
+    /// The current regions were cached and the stale one invalidated:
+    /// re-split the keys over the cache and resend at once, without backoff.
+    RelocateNow,
+}
+
+impl EpochNotMatchAction {
+    /// True if the caller should retry without sleeping.
+    pub fn retry_without_backoff(self) -> bool {
+        self == EpochNotMatchAction::RelocateNow
+    }
+}
+
+/// Keys that share a region, in input order.
+#[derive(Debug)]
+pub struct RegionGroup<K> {
+    /// The region holding all of `keys`.
+    pub region: RegionRef,
+    /// The keys, in input order.
+    pub keys: Vec<K>,
+}
+
+/// The result of [`RegionCache::group_keys_by_region`].
+#[derive(Debug)]
+pub struct GroupResult<K> {
+    /// Groups in input order; for sorted input each region appears once.
+    pub groups: Vec<RegionGroup<K>>,
+    /// Empty if every key was grouped. Otherwise the first key without a
+    /// valid cached region, followed by all later keys (not examined): load
+    /// the region of `uncovered[0]` from PD, insert it and group the rest again.
+    pub uncovered: Vec<K>,
+}
+
+/// The result of [`RegionCache::group_ranges_by_region`].
+#[derive(Debug)]
+pub struct RangeGroupResult {
+    /// Consecutive pieces of the range, each clamped to its region's bounds.
+    pub ranges: Vec<(RegionRef, KeyRange)>,
+    /// The rest of the range from the first key without a valid cached
+    /// region, or `None` if the whole range was covered.
+    pub uncovered: Option<KeyRange>,
+}
+
+impl RegionCache {
+    /// An empty cache whose regions live `ttl` plus a random `[0, ttl_jitter)`
+    /// after their last refresh (client-go: 600 s + 60 s). The jitter comes
+    /// from a generator seeded with `seed`, so runs are reproducible.
+    pub fn new(ttl: Duration, ttl_jitter: Duration, seed: u64) -> RegionCache {
+        RegionCache { index: RwLock::default(), ttl: TtlPolicy::new(ttl, ttl_jitter, seed) }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // A panic elsewhere cannot leave the maps half-updated in a way that
+        // breaks lookups (each write is a few map operations), so keep going.
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Valid and not expired at `now`; a hit extends the TTL.
+    fn usable(&self, r: &Region, now: Instant) -> bool {
+        !r.is_invalidated() && self.ttl.check_and_extend(&r.expires_at, now)
+    }
+
+    /// The region containing `key`, or `None` if it is not cached, was
+    /// invalidated or its TTL expired (the caller then loads it from PD).
+    pub fn locate_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
+        let r = self.read().find(key).cloned()?;
+        self.usable(&r, now).then_some(r)
+    }
+
+    /// The region containing the keys just below `key`: its start is `< key`
+    /// and its end is `>= key` (or unbounded). An empty `key` means the end of
+    /// the key space: the last region. Used by reverse scans (client-go's
+    /// `LocateEndKey`).
+    pub fn locate_end_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
+        let r = self.read().find_by_end(key).cloned()?;
+        self.usable(&r, now).then_some(r)
+    }
+
+    /// The cached version of region `id`, if valid and not expired.
+    pub fn get_by_id(&self, id: u64, now: Instant) -> Option<RegionRef> {
+        let r = self.read().by_id.get(&id).cloned()?;
+        self.usable(&r, now).then_some(r)
+    }
+
+    /// The cached entry for exactly `ver`, valid or not, without touching its TTL.
+    fn get_exact(&self, ver: RegionVerId) -> Option<RegionRef> {
+        self.read().by_id.get(&ver.id).filter(|r| r.ver == ver).cloned()
+    }
+
+    /// Caches a region from PD (keys already decoded) with its leader, as
+    /// client-go's `newRegion` + `insertRegionToCache`.
+    ///
+    /// - Malformed regions (no epoch, no usable peer, start `>=` bounded end)
+    ///   are refused with the matching [`InsertError`].
+    /// - A region older than the cached one with the same id (smaller
+    ///   `version` or `conf_ver`), or with a smaller `version` than any cached
+    ///   region it overlaps, is refused with [`InsertError::Stale`] and the
+    ///   cache is unchanged. An error rather than the cached region, because
+    ///   the cached one may not contain the key the caller was looking for.
+    /// - Otherwise every overlapping entry (and the old version of the same
+    ///   id) is dropped and invalidated with [`InvalidReason::Other`], so
+    ///   operations still holding them notice; the new region gets a fresh TTL.
+    /// - If the old version of the same region was invalidated for
+    ///   [`InvalidReason::NoLeader`], the new one starts at the peer after the
+    ///   old leader instead of the given leader: PD's leader may be stale
+    ///   while the region has no leader (client-go's joint-consensus workaround).
+    pub fn insert(
+        &self,
+        meta: metapb::Region,
+        leader: Option<metapb::Peer>,
+        now: Instant,
+    ) -> Result<RegionRef, InsertError> {
+        let region = Region::new(meta, leader.as_ref())?;
+        let ver = region.ver;
+        let (region, dropped) = {
+            let mut index = self.write();
+            let same_id = index.by_id.get(&ver.id).cloned();
+            if let Some(old) = &same_id
+                && (old.ver.version > ver.version || old.ver.conf_ver > ver.conf_ver)
+            {
+                return Err(InsertError::Stale { offered: ver, cached: old.ver });
+            }
+            let mut dropped = index.overlapping(&region.start, &region.end);
+            if let Some(newer) = dropped.iter().find(|r| r.ver.version > ver.version) {
+                return Err(InsertError::Stale { offered: ver, cached: newer.ver });
+            }
+            if let Some(old) = same_id {
+                if old.invalid_reason() == Some(InvalidReason::NoLeader) {
+                    let next = (old.leader_index() + 1) % region.peers().len();
+                    region.leader.store(next, Ordering::Release);
+                }
+                if !dropped.iter().any(|r| Arc::ptr_eq(r, &old)) {
+                    dropped.push(old);
+                }
+            }
+            for r in &dropped {
+                index.remove(r);
+            }
+            region.expires_at.store(self.ttl.next_deadline(now), Ordering::Release);
+            let region = Arc::new(region);
+            index.by_start.insert(region.start.clone(), region.clone());
+            index.by_id.insert(ver.id, region.clone());
+            (region, dropped)
+        };
+        // Outside the lock: only atomics, but nothing needs the lock for them.
+        for r in &dropped {
+            r.invalidate(InvalidReason::Other);
+        }
+        Ok(region)
+    }
+
+    /// Invalidates the cached region `ver` (client-go's
+    /// `InvalidateCachedRegionWithReason`). Does nothing if the cache holds
+    /// another version of it, or nothing at all. An operation that holds the
+    /// [`RegionRef`] can call [`Region::invalidate`] directly instead.
+    pub fn invalidate(&self, ver: RegionVerId, reason: InvalidReason) {
+        if let Some(r) = self.get_exact(ver) {
+            r.invalidate(reason);
+        }
+    }
+
+    /// Applies a `NotLeader` hint (client-go's `UpdateLeader`): makes the peer
+    /// on `leader_store_id` the leader of region `ver` and returns true. If the
+    /// region has no peer on that store, the cached region is out of date: it
+    /// is invalidated ([`InvalidReason::StoreNotFound`]) and false is returned.
+    /// Also false if `ver` is no longer cached.
+    pub fn update_leader(&self, ver: RegionVerId, leader_store_id: u64) -> bool {
+        let Some(r) = self.get_exact(ver) else { return false };
+        if r.switch_leader_to_store(leader_store_id) {
+            true
+        } else {
+            r.invalidate(InvalidReason::StoreNotFound);
+            false
+        }
+    }
+
+    /// Handles `EpochNotMatch` from `responding_store` for a request stamped
+    /// with `ver` (client-go's `OnRegionEpochNotMatch`); `current_regions`
+    /// are TiKV's regions, keys already decoded by the caller.
+    ///
+    /// - No regions: invalidate `ver` ([`InvalidReason::EpochNotMatch`]),
+    ///   answer [`EpochNotMatchAction::BackoffAndRelocate`].
+    /// - TiKV's copy of the same region is older than `ver` (smaller
+    ///   `conf_ver` or `version`): change nothing, answer
+    ///   [`EpochNotMatchAction::BackoffAndRetry`].
+    /// - Otherwise cache every region (leader: the peer on
+    ///   `responding_store`, since that store answered with the region's
+    ///   current epoch), invalidate `ver` unless it is among them, answer
+    ///   [`EpochNotMatchAction::RelocateNow`]. Malformed or stale regions in
+    ///   the list are skipped: one bad entry must not stop the others.
+    pub fn on_epoch_not_match(
+        &self,
+        ver: RegionVerId,
+        current_regions: Vec<metapb::Region>,
+        responding_store: u64,
+        now: Instant,
+    ) -> EpochNotMatchAction {
+        if current_regions.is_empty() {
+            self.invalidate(ver, InvalidReason::EpochNotMatch);
+            return EpochNotMatchAction::BackoffAndRelocate;
+        }
+        let tikv_behind = current_regions.iter().any(|m| {
+            let theirs = RegionVerId::of(m);
+            m.id == ver.id && (theirs.conf_ver < ver.conf_ver || theirs.version < ver.version)
+        });
+        if tikv_behind {
+            return EpochNotMatchAction::BackoffAndRetry;
+        }
+        if !current_regions.iter().any(|m| RegionVerId::of(m) == ver) {
+            // Before inserting, so the reason recorded is EpochNotMatch rather
+            // than the Other that replacement would give.
+            self.invalidate(ver, InvalidReason::EpochNotMatch);
+        }
+        for meta in current_regions {
+            let leader = meta.peers.iter().find(|p| p.store_id == responding_store).cloned();
+            // Refused entries are skipped on purpose (see above).
+            let _ = self.insert(meta, leader, now);
+        }
+        EpochNotMatchAction::RelocateNow
+    }
+
+    /// Groups `keys` by cached region in one pass: a key is compared with the
+    /// current region's bounds and the cache is searched (log of the number
+    /// of regions) only when a key falls outside it. Stops at the first key
+    /// with no valid cached region and returns it and the rest in
+    /// [`GroupResult::uncovered`].
+    ///
+    /// Keys should be sorted: unsorted keys are grouped correctly, but a
+    /// region may then appear in several groups.
+    pub fn group_keys_by_region<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        now: Instant,
+    ) -> GroupResult<K> {
+        let mut groups: Vec<RegionGroup<K>> = Vec::new();
+        let mut keys = keys.into_iter();
+        while let Some(key) = keys.next() {
+            if let Some(g) = groups.last_mut()
+                && g.region.contains(key.as_ref())
+            {
+                g.keys.push(key);
+                continue;
+            }
+            match self.locate_key(key.as_ref(), now) {
+                Some(region) => groups.push(RegionGroup { region, keys: vec![key] }),
+                None => {
+                    let mut uncovered = vec![key];
+                    uncovered.extend(keys);
+                    return GroupResult { groups, uncovered };
+                }
+            }
+        }
+        GroupResult { groups, uncovered: Vec::new() }
+    }
+
+    /// Splits `range` into per-region pieces, each clamped to its region's
+    /// bounds, in key order. Stops at the first key with no valid cached
+    /// region and returns the rest of the range in
+    /// [`RangeGroupResult::uncovered`]. An empty range gives no pieces.
+    pub fn group_ranges_by_region(&self, range: &KeyRange, now: Instant) -> RangeGroupResult {
+        let mut ranges = Vec::new();
+        if range.is_empty() {
+            return RangeGroupResult { ranges, uncovered: None };
+        }
+        let mut cursor = range.start.clone();
+        loop {
+            let Some(region) = self.locate_key(cursor.as_bytes(), now) else {
+                let uncovered = KeyRange { start: cursor, end: range.end.clone() };
+                return RangeGroupResult { ranges, uncovered: Some(uncovered) };
+            };
+            let region_end = region.end.clone();
+            // The piece ends at whichever of the two ends comes first.
+            let last = region_end.is_empty() || (!range.end.is_empty() && range.end <= region_end);
+            let end = if last { range.end.clone() } else { region_end.clone() };
+            ranges.push((region, KeyRange { start: cursor, end }));
+            if last {
+                return RangeGroupResult { ranges, uncovered: None };
+            }
+            cursor = region_end;
+        }
+    }
+
+    /// Drops entries that are invalidated or whose TTL passed at `now`
+    /// (client-go's GC round, done in one pass here). Returns how many.
+    pub fn evict_expired(&self, now: Instant) -> usize {
+        let now_ns = now.as_nanos();
+        let mut index = self.write();
+        let dead: Vec<RegionRef> = index
+            .by_start
+            .values()
+            .filter(|r| r.is_invalidated() || r.expires_at.load(Ordering::Acquire) < now_ns)
+            .cloned()
+            .collect();
+        for r in &dead {
+            index.remove(r);
+        }
+        dead.len()
+    }
+
+    /// Number of cached entries, including invalidated or expired ones not
+    /// yet replaced or evicted.
+    pub fn len(&self) -> usize {
+        self.read().by_start.len()
+    }
+
+    /// True if nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.read().by_start.is_empty()
+    }
+
+    /// Drops every entry. Handles held by operations stay usable: they fail
+    /// at TiKV with a region error and relocate.
+    pub fn clear(&self) {
+        let mut index = self.write();
+        index.by_start.clear();
+        index.by_id.clear();
+    }
+
+    /// Every cached entry in key order (valid or not), for diagnostics.
+    pub fn snapshot(&self) -> Vec<RegionRef> {
+        self.read().by_start.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+impl RegionCache {
+    /// Panics if the two indexes disagree or cached ranges overlap.
+    pub(super) fn check_invariants(&self) {
+        let index = self.read();
+        assert_eq!(index.by_start.len(), index.by_id.len(), "one entry per id");
+        let mut prev_end: Option<&Key> = None;
+        for (start, r) in &index.by_start {
+            assert_eq!(start, &r.start);
+            assert!(index.by_id.get(&r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)));
+            if let Some(end) = prev_end {
+                assert!(!end.is_empty() && end <= start, "{end:?} overlaps {r:?}");
+            }
+            prev_end = Some(&r.end);
+        }
+    }
+}
+
+impl std::fmt::Debug for RegionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot()).finish()
+    }
+}

@@ -1,0 +1,370 @@
+//! The region cache and the store table (client-go's `internal/locate`).
+//!
+//! Every operation of a client routes its keys through one shared
+//! [`RegionCache`] and resolves store addresses through one shared
+//! [`StoreTable`]. Both are `Send + Sync`, meant to live in an `Arc`, and keep
+//! their critical sections short: a lookup takes a read lock, clones an `Arc`
+//! and releases the lock; TTL extension, leader switches and invalidation are
+//! atomics on the [`Region`] itself, so they never take the cache's lock.
+//!
+//! Regions are cached with their keys already decoded to user keys: the API
+//! codec (V1/V2 keyspaces) runs before [`RegionCache::insert`], so everything
+//! here compares plain user keys.
+//!
+//! What a caller does on a miss is not decided here: a lookup returns `None`
+//! (missing, invalidated or expired, as client-go's `searchCachedRegionByKey`
+//! plus `checkRegionCacheTTL`), the caller asks PD and inserts the answer.
+
+mod cache;
+mod store;
+mod ttl;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use tikv_proto::metapb;
+
+use crate::error::Error;
+use crate::key::{Key, KeyRange};
+use crate::time::Instant;
+
+pub use cache::{EpochNotMatchAction, GroupResult, RangeGroupResult, RegionCache, RegionGroup};
+pub use store::{ResolveState, StoreInfo, StoreTable};
+
+/// A region's identity at one epoch: client-go's `RegionVerID`.
+///
+/// Two cached entries with the same `id` but a different `conf_ver` or
+/// `version` are different regions as far as routing is concerned: TiKV
+/// answers `EpochNotMatch` to a request stamped with the older one.
+#[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegionVerId {
+    /// The region id.
+    pub id: u64,
+    /// The configuration version (bumped by membership changes).
+    pub conf_ver: u64,
+    /// The version (bumped by splits and merges).
+    pub version: u64,
+}
+
+impl RegionVerId {
+    /// The identity of a region as PD or TiKV describes it; a missing epoch
+    /// reads as zeros (such a region is refused by the cache anyway).
+    pub fn of(meta: &metapb::Region) -> RegionVerId {
+        let epoch = meta.region_epoch.unwrap_or_default();
+        RegionVerId { id: meta.id, conf_ver: epoch.conf_ver, version: epoch.version }
+    }
+}
+
+impl fmt::Display for RegionVerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "region {} (conf_ver {}, version {})", self.id, self.conf_ver, self.version)
+    }
+}
+
+impl fmt::Debug for RegionVerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a cached region was invalidated (client-go's `InvalidReason`).
+///
+/// The reason is kept on the entry: a region invalidated for
+/// [`InvalidReason::NoLeader`] makes the next inserted version of the same
+/// region start at the following peer instead of PD's (possibly stale)
+/// leader, as client-go's `insertRegionToCache` does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum InvalidReason {
+    /// TiKV reported that the region has no leader (client-go `NoLeader`).
+    NoLeader = 1,
+    /// The store does not have the region (`RegionNotFound`).
+    RegionNotFound = 2,
+    /// The cached epoch is stale (`EpochNotMatch`).
+    EpochNotMatch = 3,
+    /// A leader hint named a store with no peer in the cached region, or the
+    /// store is gone from PD (client-go `StoreNotFound`).
+    StoreNotFound = 4,
+    /// TiKV answered `StoreNotMatch`: the address we used now belongs to
+    /// another store (client-go invalidates with `Other` and re-checks the store).
+    StoreNotMatch = 5,
+    /// Anything else: replaced by a newer overlapping region, send failure, ...
+    Other = 6,
+}
+
+impl InvalidReason {
+    fn from_u8(v: u8) -> Option<InvalidReason> {
+        Some(match v {
+            1 => InvalidReason::NoLeader,
+            2 => InvalidReason::RegionNotFound,
+            3 => InvalidReason::EpochNotMatch,
+            4 => InvalidReason::StoreNotFound,
+            5 => InvalidReason::StoreNotMatch,
+            6 => InvalidReason::Other,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why [`RegionCache::insert`] refused a region.
+///
+/// Converts into [`Error::MalformedResponse`] for callers that just propagate
+/// it; callers that load regions from PD should match
+/// [`InsertError::Stale`] and reload from the PD leader, as client-go does
+/// when a PD follower hands out an old region.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The region has no epoch: it cannot be stamped on a request.
+    #[error("region {id} has no epoch")]
+    MissingEpoch {
+        /// The region id.
+        id: u64,
+    },
+    /// The region has no peer a request could be sent to (client-go's
+    /// "no available peers").
+    #[error("region {id} has no usable peer")]
+    NoPeers {
+        /// The region id.
+        id: u64,
+    },
+    /// The start key is not below the (bounded) end key.
+    #[error("region {id} has an empty or inverted range [{start}, {end})")]
+    InvertedRange {
+        /// The region id.
+        id: u64,
+        /// The start key.
+        start: Key,
+        /// The end key.
+        end: Key,
+    },
+    /// The region is older than a cached one with the same id or an
+    /// overlapping range (client-go's stale-region check); the cache is
+    /// unchanged.
+    #[error("{offered} is older than the cached {cached}")]
+    Stale {
+        /// The region that was offered.
+        offered: RegionVerId,
+        /// The newer cached region that made it stale.
+        cached: RegionVerId,
+    },
+}
+
+impl From<InsertError> for Error {
+    fn from(e: InsertError) -> Error {
+        Error::MalformedResponse(e.to_string())
+    }
+}
+
+/// A shared handle on a cached region. Lookups hand these out instead of
+/// cloning regions; leader switches and invalidation made through any handle
+/// are seen by all.
+pub type RegionRef = Arc<Region>;
+
+/// Invalid-reason slot value meaning "still valid".
+const VALID: u8 = 0;
+
+/// A cached region: PD's metadata with keys decoded to user keys, plus the
+/// mutable routing state client-go keeps next to it (current leader, TTL,
+/// invalidation).
+pub struct Region {
+    meta: metapb::Region,
+    ver: RegionVerId,
+    start: Key,
+    end: Key,
+    /// Index into `meta.peers` of the peer requests go to (client-go's
+    /// `workTiKVIdx`). Always `< meta.peers.len()`; atomic so a `NotLeader`
+    /// hint can move it without replacing the region.
+    leader: AtomicUsize,
+    /// TTL deadline in nanoseconds of [`Instant`] (client-go's `ttl`).
+    expires_at: AtomicU64,
+    /// [`VALID`] or an [`InvalidReason`] discriminant.
+    invalid: AtomicU8,
+}
+
+impl Region {
+    /// Validates PD's (decoded) region and builds a cache entry.
+    ///
+    /// As client-go's `newRegion`: witness peers are dropped unless they are
+    /// the leader (a witness serves neither reads nor writes), and the leader
+    /// index defaults to the first peer when the leader is unknown or not
+    /// among the peers. Peers on tombstone stores are not filtered here: the
+    /// cache does not consult the [`StoreTable`]; the replica selector skips them.
+    fn new(mut meta: metapb::Region, leader: Option<&metapb::Peer>) -> Result<Region, InsertError> {
+        let id = meta.id;
+        if meta.region_epoch.is_none() {
+            return Err(InsertError::MissingEpoch { id });
+        }
+        let start = Key::new(meta.start_key.clone());
+        let end = Key::new(meta.end_key.clone());
+        if !end.is_empty() && start >= end {
+            return Err(InsertError::InvertedRange { id, start, end });
+        }
+        let is_leader = |p: &metapb::Peer| leader.is_some_and(|l| same_peer(p, l));
+        meta.peers.retain(|p| !p.is_witness || is_leader(p));
+        if meta.peers.is_empty() {
+            return Err(InsertError::NoPeers { id });
+        }
+        let leader_idx = meta.peers.iter().position(is_leader).unwrap_or(0);
+        Ok(Region {
+            ver: RegionVerId::of(&meta),
+            meta,
+            start,
+            end,
+            leader: AtomicUsize::new(leader_idx),
+            expires_at: AtomicU64::new(0),
+            invalid: AtomicU8::new(VALID),
+        })
+    }
+
+    /// The region's identity at its epoch.
+    pub fn ver_id(&self) -> RegionVerId {
+        self.ver
+    }
+
+    /// The region id.
+    pub fn id(&self) -> u64 {
+        self.ver.id
+    }
+
+    /// PD's metadata (user keys, witness followers removed).
+    pub fn meta(&self) -> &metapb::Region {
+        &self.meta
+    }
+
+    /// The region's epoch (always present in a cached region).
+    pub fn epoch(&self) -> metapb::RegionEpoch {
+        metapb::RegionEpoch { conf_ver: self.ver.conf_ver, version: self.ver.version }
+    }
+
+    /// The peers requests may be sent to; never empty.
+    pub fn peers(&self) -> &[metapb::Peer] {
+        &self.meta.peers
+    }
+
+    /// Inclusive start key.
+    pub fn start_key(&self) -> &Key {
+        &self.start
+    }
+
+    /// Exclusive end key; empty means unbounded.
+    pub fn end_key(&self) -> &Key {
+        &self.end
+    }
+
+    /// `[start, end)` as a range.
+    pub fn range(&self) -> KeyRange {
+        KeyRange { start: self.start.clone(), end: self.end.clone() }
+    }
+
+    /// True if `key` lies in `[start, end)`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_bytes() && (self.end.is_empty() || key < self.end.as_bytes())
+    }
+
+    /// True if the keys just below `key` lie in the region: `start < key <= end`
+    /// (client-go's `ContainsByEnd`, used by reverse scans). An empty `key`
+    /// means "the end of the key space" and only matches the last region.
+    pub fn contains_by_end(&self, key: &[u8]) -> bool {
+        if key.is_empty() {
+            return self.end.is_empty();
+        }
+        key > self.start.as_bytes() && (self.end.is_empty() || key <= self.end.as_bytes())
+    }
+
+    /// Index into [`Region::peers`] of the current leader.
+    pub fn leader_index(&self) -> usize {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// The peer requests are routed to: PD's leader, the last `NotLeader`
+    /// hint, or the first peer if neither is known (client-go's work peer).
+    pub fn leader(&self) -> &metapb::Peer {
+        // The index is only ever set to a position in `peers`, which is
+        // immutable and non-empty.
+        &self.meta.peers[self.leader_index()]
+    }
+
+    /// The store holding [`Region::leader`].
+    pub fn leader_store_id(&self) -> u64 {
+        self.leader().store_id
+    }
+
+    /// The peer of this region on `store_id`, if any.
+    pub fn peer_on_store(&self, store_id: u64) -> Option<&metapb::Peer> {
+        self.meta.peers.iter().find(|p| p.store_id == store_id)
+    }
+
+    /// Makes the peer on `store_id` the leader (client-go's
+    /// `switchWorkLeaderToPeer`). Returns false, changing nothing, if the
+    /// region has no peer there.
+    pub fn switch_leader_to_store(&self, store_id: u64) -> bool {
+        match self.meta.peers.iter().position(|p| p.store_id == store_id) {
+            Some(i) => {
+                self.leader.store(i, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves the leader to the peer after `tried` (client-go's
+    /// `switchNextTiKVPeer`, for `NotLeader` without a hint). Only moves if the
+    /// leader is still `tried`, so concurrent callers that failed on the same
+    /// peer advance it once. Returns the leader index afterwards.
+    pub fn switch_to_next_peer(&self, tried: usize) -> usize {
+        let next = (tried + 1) % self.meta.peers.len();
+        match self.leader.compare_exchange(tried, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => next,
+            Err(current) => current,
+        }
+    }
+
+    /// Marks the region invalid: no lookup returns it again. The first reason
+    /// wins (client-go only moves from `Ok`). Returns true if this call
+    /// invalidated it.
+    pub fn invalidate(&self, reason: InvalidReason) -> bool {
+        self.invalid
+            .compare_exchange(VALID, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Why the region was invalidated, or `None` while it is valid.
+    pub fn invalid_reason(&self) -> Option<InvalidReason> {
+        InvalidReason::from_u8(self.invalid.load(Ordering::Acquire))
+    }
+
+    /// True once [`Region::invalidate`] was called.
+    pub fn is_invalidated(&self) -> bool {
+        self.invalid.load(Ordering::Acquire) != VALID
+    }
+
+    /// The current TTL deadline: the region counts as expired after it.
+    pub fn expires_at(&self) -> Instant {
+        Instant::from_nanos(self.expires_at.load(Ordering::Acquire))
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?} leader store {}", self.ver, self.range(), self.leader_store_id())?;
+        if let Some(reason) = self.invalid_reason() {
+            write!(f, " invalid: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// client-go's `isSamePeer`: same peer id on the same store.
+fn same_peer(a: &metapb::Peer, b: &metapb::Peer) -> bool {
+    a.id == b.id && a.store_id == b.store_id
+}
