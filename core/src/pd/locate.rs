@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::key::Key;
 use crate::op::Operation;
 use crate::pd::PdCall;
-use crate::region::{RegionRef, StoreInfo};
+use crate::region::{InsertError, RegionRef, StoreInfo};
 use crate::rpc::{PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::Instant;
 use crate::view::ClusterView;
@@ -176,7 +176,18 @@ impl LocateRegion {
                 return;
             }
         };
-        self.result = Some(self.view.regions.insert(decoded, resp.leader, now));
+        match self.view.regions.insert(decoded, resp.leader, now) {
+            Ok(region) => self.result = Some(Ok(region)),
+            // PD handed out a region older than one we cached (client-go
+            // reloads from the leader): ask again after a short sleep.
+            Err(InsertError::Stale { offered, cached }) => {
+                let backoffer = self.backoffer.take();
+                if let Some(backoffer) = backoffer {
+                    self.retry_later(backoffer, format!("PD returned {offered}, older than {cached}"), now);
+                }
+            }
+            Err(e) => self.result = Some(Err(e.into())),
+        }
     }
 }
 

@@ -88,14 +88,16 @@ macro_rules! kv_enums {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
         /// A request to a TiKV store.
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs)]
+        // Variants are the kvproto messages themselves; boxing them would
+        // cost an allocation per request for no gain.
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub enum KvRequest {
             $($variant(kvrpcpb::$req),)*
         }
 
         /// A response from a TiKV store.
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs)]
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub enum KvResponse {
             $($variant(kvrpcpb::$resp),)*
         }
@@ -179,7 +181,7 @@ macro_rules! pd_enums {
     ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
         /// A unary request to PD (the `PD` and `Keyspace` services).
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs)]
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub enum PdRequest {
             $($variant($svc::$req),)*
             /// One round on the TSO stream.
@@ -188,7 +190,7 @@ macro_rules! pd_enums {
 
         /// A response from PD.
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs)]
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub enum PdResponse {
             $($variant($svc::$resp),)*
             /// One round on the TSO stream.
@@ -254,6 +256,7 @@ impl PdResponse {
 
 /// A request to TiKV or PD.
 #[derive(Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// To a TiKV store.
     Kv(KvRequest),
@@ -263,6 +266,7 @@ pub enum Request {
 
 /// A response from TiKV or PD.
 #[derive(Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Response {
     /// From a TiKV store.
     Kv(KvResponse),

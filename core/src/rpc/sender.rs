@@ -7,7 +7,7 @@ use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::op::Operation;
 use crate::pd::ResolveStore;
-use crate::region::RegionRef;
+use crate::region::{EpochNotMatchAction, InvalidReason, RegionRef};
 use crate::rpc::region_error::{RegionErrorAction, classify};
 use crate::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use crate::time::{Duration, Instant};
@@ -125,22 +125,17 @@ impl RegionCall {
         if peers.is_empty() {
             return None;
         }
-        let leader = self.region.leader();
-        let leader_idx = leader
-            .as_ref()
-            .and_then(|l| peers.iter().position(|p| p.store_id == l.store_id))
-            .unwrap_or(0);
-        peers.get((leader_idx + self.peer_offset) % peers.len()).cloned()
+        peers.get((self.region.leader_index() + self.peer_offset) % peers.len()).cloned()
     }
 
     fn attempt(&mut self, now: Instant) {
         let Some(peer) = self.target_peer() else {
-            self.view.regions.invalidate(self.region.ver_id(), crate::region::InvalidReason::NoLeader);
+            self.view.regions.invalidate(self.region.ver_id(), InvalidReason::NoLeader);
             self.finish(Ok(RegionOutcome::Relocate));
             return;
         };
         match self.view.stores.get(peer.store_id) {
-            Some(store) if !store.address.is_empty() => {
+            Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
                 self.send(peer, store.address.as_str().into(), now)
             }
             _ => {
@@ -166,14 +161,14 @@ impl RegionCall {
         self.backoffer = resolve.take_backoffer();
         self.phase = Phase::Idle;
         match outcome {
-            Ok(store) if !store.address.is_empty() => match self.target_peer() {
+            Ok(store) if !store.address.is_empty() && !store.is_tombstone() => match self.target_peer() {
                 Some(peer) => self.send(peer, store.address.as_str().into(), now),
                 None => self.finish(Ok(RegionOutcome::Relocate)),
             },
             Ok(_) | Err(_) => {
                 // The store is gone or PD cannot name it: the region info is
                 // stale. Re-locate after a region-miss backoff.
-                self.view.regions.invalidate(self.region.ver_id(), crate::region::InvalidReason::Other);
+                self.view.regions.invalidate(self.region.ver_id(), InvalidReason::Other);
                 self.sleep_then(BackoffKind::RegionMiss, "store of the leader cannot be resolved", AfterSleep::Relocate, now);
             }
         }
@@ -279,18 +274,29 @@ impl RegionCall {
                 }
             }
             RegionErrorAction::EpochNotMatch(current) => {
+                // Regions outside our keyspace (V2) or undecodable ones are
+                // dropped, as client-go's codec does.
                 let decoded: Vec<_> = current
                     .into_iter()
                     .filter_map(|r| self.view.codec.decode_region(r).ok().flatten())
                     .collect();
-                let had_regions = !decoded.is_empty();
-                self.view.regions.on_epoch_not_match(ver, decoded, now);
-                if had_regions {
+                match self.view.regions.on_epoch_not_match(ver, decoded, store_id, now) {
+                    // TiKV has not caught up with our epoch yet.
+                    EpochNotMatchAction::BackoffAndRetry => self.sleep_then(
+                        BackoffKind::RegionMiss,
+                        "epoch not match: TiKV behind the cache",
+                        AfterSleep::Retry,
+                        now,
+                    ),
+                    EpochNotMatchAction::BackoffAndRelocate => self.sleep_then(
+                        BackoffKind::RegionMiss,
+                        "epoch not match without current regions",
+                        AfterSleep::Relocate,
+                        now,
+                    ),
                     // client-go's MayBackoffForRegionError: no sleep when
                     // TiKV told us the current regions.
-                    self.finish(Ok(RegionOutcome::Relocate));
-                } else {
-                    self.sleep_then(BackoffKind::RegionMiss, "epoch not match", AfterSleep::Relocate, now);
+                    EpochNotMatchAction::RelocateNow => self.finish(Ok(RegionOutcome::Relocate)),
                 }
             }
             RegionErrorAction::Undetermined => {
