@@ -182,7 +182,7 @@ mod tests {
         assert!(seen.iter().all(|&s| s), "every value of a small range is hit");
         for _ in 0..1000 {
             let v = r.gen_range(u64::MAX - 3, u64::MAX);
-            assert!(v >= u64::MAX - 3 && v < u64::MAX);
+            assert!((u64::MAX - 3..u64::MAX).contains(&v));
             let w = r.gen_range(0, u64::MAX);
             assert!(w < u64::MAX);
         }

@@ -21,7 +21,7 @@ fn v2(mode: Mode, id: u32) -> ApiCodec {
 fn keyspace_id_bounds() {
     let max = v2(Mode::Raw, MAX_KEYSPACE_ID);
     assert_eq!(max.prefix(), b"r\xff\xff\xff");
-    // The end of the last raw keyspace is the first txn-mode... no: 's'.
+    // The last raw keyspace ends where the 's' prefix starts.
     assert_eq!(max.keyspace_range().unwrap().end.as_bytes(), b"s\x00\x00\x00");
     assert!(matches!(ApiCodec::v2(Mode::Txn, MAX_KEYSPACE_ID + 1), Err(Error::InvalidArgument(_))));
     assert!(ApiCodec::v2(Mode::Txn, u32::MAX).is_err());
@@ -318,26 +318,26 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
     let mut keys =
         |name: &'static str, ks: &[Bytes]| f.extend(ks.iter().map(|k| (name, k.clone())));
     match req {
-        KvRequest::Get(r) => keys("key", &[r.key.clone()]),
+        KvRequest::Get(r) => keys("key", std::slice::from_ref(&r.key)),
         KvRequest::Scan(r) => keys("range", &[r.start_key.clone(), r.end_key.clone()]),
         KvRequest::Prewrite(r) => {
             keys("mutation", &r.mutations.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
-            keys("primary", &[r.primary_lock.clone()]);
+            keys("primary", std::slice::from_ref(&r.primary_lock));
             keys("secondary", &r.secondaries);
         }
         KvRequest::PessimisticLock(r) => {
             keys("mutation", &r.mutations.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
-            keys("primary", &[r.primary_lock.clone()]);
+            keys("primary", std::slice::from_ref(&r.primary_lock));
         }
         KvRequest::PessimisticRollback(r) => keys("keys", &r.keys),
-        KvRequest::TxnHeartBeat(r) => keys("primary", &[r.primary_lock.clone()]),
-        KvRequest::CheckTxnStatus(r) => keys("primary", &[r.primary_key.clone()]),
+        KvRequest::TxnHeartBeat(r) => keys("primary", std::slice::from_ref(&r.primary_lock)),
+        KvRequest::CheckTxnStatus(r) => keys("primary", std::slice::from_ref(&r.primary_key)),
         KvRequest::CheckSecondaryLocks(r) => keys("keys", &r.keys),
         KvRequest::Commit(r) => {
             keys("keys", &r.keys);
-            keys("primary?", &[r.primary_key.clone()]);
+            keys("primary?", std::slice::from_ref(&r.primary_key));
         }
-        KvRequest::Cleanup(r) => keys("key", &[r.key.clone()]),
+        KvRequest::Cleanup(r) => keys("key", std::slice::from_ref(&r.key)),
         KvRequest::BatchGet(r) => keys("keys", &r.keys),
         KvRequest::BatchRollback(r) => keys("keys", &r.keys),
         KvRequest::ScanLock(r) => keys("range", &[r.start_key.clone(), r.end_key.clone()]),
@@ -345,20 +345,20 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
         KvRequest::DeleteRange(r) => keys("range", &[r.start_key.clone(), r.end_key.clone()]),
         KvRequest::Flush(r) => {
             keys("mutation", &r.mutations.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
-            keys("primary?", &[r.primary_key.clone()]);
+            keys("primary?", std::slice::from_ref(&r.primary_key));
         }
         KvRequest::BufferBatchGet(r) => keys("keys", &r.keys),
-        KvRequest::RawGet(r) => keys("key", &[r.key.clone()]),
+        KvRequest::RawGet(r) => keys("key", std::slice::from_ref(&r.key)),
         KvRequest::RawBatchGet(r) => keys("keys", &r.keys),
         KvRequest::RawPut(r) => {
-            keys("key", &[r.key.clone()]);
-            keys("=value", &[r.value.clone()]);
+            keys("key", std::slice::from_ref(&r.key));
+            keys("=value", std::slice::from_ref(&r.value));
         }
         KvRequest::RawBatchPut(r) => {
             keys("pair", &r.pairs.iter().map(|p| p.key.clone()).collect::<Vec<_>>());
             keys("=value", &r.pairs.iter().map(|p| p.value.clone()).collect::<Vec<_>>());
         }
-        KvRequest::RawDelete(r) => keys("key", &[r.key.clone()]),
+        KvRequest::RawDelete(r) => keys("key", std::slice::from_ref(&r.key)),
         KvRequest::RawBatchDelete(r) => keys("keys", &r.keys),
         KvRequest::RawScan(r) => keys("range", &[r.start_key.clone(), r.end_key.clone()]),
         KvRequest::RawDeleteRange(r) => keys("range", &[r.start_key.clone(), r.end_key.clone()]),
@@ -369,10 +369,10 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
                 .flat_map(|r| [r.start_key.clone(), r.end_key.clone()])
                 .collect::<Vec<_>>(),
         ),
-        KvRequest::RawGetKeyTtl(r) => keys("key", &[r.key.clone()]),
+        KvRequest::RawGetKeyTtl(r) => keys("key", std::slice::from_ref(&r.key)),
         KvRequest::RawCompareAndSwap(r) => {
-            keys("key", &[r.key.clone()]);
-            keys("=previous", &[r.previous_value.clone()]);
+            keys("key", std::slice::from_ref(&r.key));
+            keys("=previous", std::slice::from_ref(&r.previous_value));
         }
         KvRequest::RawChecksum(r) => keys(
             "range",
@@ -383,7 +383,7 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
         ),
         KvRequest::SplitRegion(r) => {
             keys("split_keys", &r.split_keys);
-            keys("split_key?", &[r.split_key.clone()]);
+            keys("split_key?", std::slice::from_ref(&r.split_key));
         }
         KvRequest::UnsafeDestroyRange(r) => {
             keys("range", &[r.start_key.clone(), r.end_key.clone()])
@@ -644,11 +644,7 @@ fn sample_responses() -> Vec<KvResponse> {
             ..Default::default()
         }),
         KvResponse::RawGet(RawGetResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawBatchGet(RawBatchGetResponse {
-            region_error: re(),
-            pairs: pairs(),
-            ..Default::default()
-        }),
+        KvResponse::RawBatchGet(RawBatchGetResponse { region_error: re(), pairs: pairs() }),
         KvResponse::RawPut(RawPutResponse { region_error: re(), ..Default::default() }),
         KvResponse::RawBatchPut(RawBatchPutResponse { region_error: re(), ..Default::default() }),
         KvResponse::RawDelete(RawDeleteResponse { region_error: re(), ..Default::default() }),
