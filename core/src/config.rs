@@ -1,1 +1,331 @@
-//! config (being written)
+//! Client configuration, with client-go's defaults.
+//!
+//! Every default names the client-go constant it comes from, so a reader can
+//! check it against the Go client. Build a config with
+//! `Config::default().with_...(..)`:
+//!
+//! ```
+//! use tikv_core::config::Config;
+//! use tikv_core::codec::ApiVersion;
+//! use tikv_core::time::Duration;
+//! let cfg = Config::default()
+//!     .with_pd_endpoints(["127.0.0.1:2379"])
+//!     .with_api_version(ApiVersion::V2)
+//!     .with_keyspace("tenant1");
+//! // Budgets are weighted by `backoff_weight` (client-go `BackOffWeight`, 2).
+//! assert_eq!(cfg.budget(cfg.backoff.prewrite), Duration::from_secs(80));
+//! ```
+
+use crate::backoff::{self, Backoffer};
+use crate::codec::ApiVersion;
+use crate::rng::Rng;
+use crate::time::Duration;
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Per-operation backoff budgets, before weighting (client-go's
+/// `*MaxBackoff` constants, in milliseconds there). Apply
+/// [`Config::budget`] to get the budget of a `Backoffer`, except where a
+/// field says it is used unweighted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackoffBudgets {
+    /// TSO requests: 15s (`transaction.TsoMaxBackoff`).
+    pub tso: Duration,
+    /// Every RawKV operation: 20s (`rawkv.rawkvMaxBackoff`).
+    pub raw: Duration,
+    /// Snapshot point get: 20s (`txnsnapshot.getMaxBackoff`).
+    pub get: Duration,
+    /// Snapshot batch get: 20s (`txnsnapshot.batchGetMaxBackoff`).
+    pub batch_get: Duration,
+    /// One scanner batch: 20s (`txnsnapshot.scannerNextMaxBackoff`).
+    pub scan: Duration,
+    /// Prewrite: 40s (`transaction.PrewriteMaxBackoff`).
+    pub prewrite: Duration,
+    /// Commit of the primary batch: 40s (`transaction.CommitMaxBackoff`).
+    pub commit: Duration,
+    /// Commit of secondary batches: 41s (`transaction.CommitSecondaryMaxBackoff`).
+    pub commit_secondary: Duration,
+    /// Cleanup (rollback) after a failed commit: 20s (`transaction.cleanupMaxBackoff`).
+    pub cleanup: Duration,
+    /// Acquiring pessimistic locks: 20s (`transaction.pessimisticLockMaxBackoff`).
+    pub pessimistic_lock: Duration,
+    /// Pessimistic rollback: 20s (`transaction.pessimisticRollbackMaxBackoff`).
+    pub pessimistic_rollback: Duration,
+    /// Transaction heartbeats (TTL keep-alive): 20s (`transaction.keepAliveMaxBackoff`).
+    pub txn_heartbeat: Duration,
+    /// `CheckTxnStatus` from the lock resolver: 20s, used **unweighted**
+    /// (`txnlock.getTxnStatusMaxBackoff` with plain `NewBackoffer`).
+    pub get_txn_status: Duration,
+    /// Resolving locks in the background for async-commit: 40s, used
+    /// **unweighted** (`txnlock.asyncResolveLockMaxBackoff`).
+    pub async_resolve_lock: Duration,
+    /// GC lock resolution, per region: 100s (`tikv.gcResolveLockMaxBackoff`).
+    pub gc_resolve_lock: Duration,
+    /// Delete-range task, per region: 100s (`rangetask.deleteRangeOneRegionMaxBackoff`).
+    pub delete_range_region: Duration,
+    /// Region splitting, per split key: 20s (`tikv.splitRegionBackoff`).
+    pub split_region: Duration,
+    /// Region splitting, ceiling over all keys: 120s (`tikv.maxSplitRegionsBackoff`).
+    pub split_region_max: Duration,
+    /// Waiting for scatter to finish: 120s (`tikv.waitScatterRegionFinishBackoff`).
+    pub wait_scatter: Duration,
+    /// Broadcasting transaction status: 10s (`transaction.broadcastMaxBackoff`).
+    pub txn_status_broadcast: Duration,
+    /// Loading regions for range tasks and cache refreshes: 20s
+    /// (`rangetask.locateRegionMaxBackoff`, the region cache's refresh loop).
+    pub locate_region: Duration,
+    /// Pipelined-DML flush: 20s (`KVTxn` flush backoffer in `txn.go`).
+    pub pipelined_flush: Duration,
+}
+
+impl Default for BackoffBudgets {
+    fn default() -> BackoffBudgets {
+        BackoffBudgets {
+            tso: secs(15),
+            raw: secs(20),
+            get: secs(20),
+            batch_get: secs(20),
+            scan: secs(20),
+            prewrite: secs(40),
+            commit: secs(40),
+            commit_secondary: secs(41),
+            cleanup: secs(20),
+            pessimistic_lock: secs(20),
+            pessimistic_rollback: secs(20),
+            txn_heartbeat: secs(20),
+            get_txn_status: secs(20),
+            async_resolve_lock: secs(40),
+            gc_resolve_lock: secs(100),
+            delete_range_region: secs(100),
+            split_region: secs(20),
+            split_region_max: secs(120),
+            wait_scatter: secs(120),
+            txn_status_broadcast: secs(10),
+            locate_region: secs(20),
+            pipelined_flush: secs(20),
+        }
+    }
+}
+
+/// Configuration of a TiKV client. Defaults follow client-go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// PD endpoints (`host:port`, with or without scheme). Default: none.
+    pub pd_endpoints: Vec<String>,
+    /// API version: V1 (client-go `rawkv`/`txnkv` default `APIVersion_V1`).
+    pub api_version: ApiVersion,
+    /// Keyspace name for API V2; `None` means the default keyspace
+    /// (client-go resolves an empty name to `"DEFAULT"`).
+    pub keyspace: Option<String>,
+    /// Seed of the core's random generator (backoff jitter, replica order,
+    /// TTL jitter). Default 0; runtimes that want varied jitter across
+    /// processes seed it from entropy, tests and simulations pin it.
+    pub rng_seed: u64,
+    /// Timeout of PD requests: 3s (client-go `PDClient.PDServerTimeout`).
+    pub pd_timeout: Duration,
+    /// Timeout of most TiKV requests: 30s (client-go `client.ReadTimeoutShort`).
+    pub read_timeout_short: Duration,
+    /// Timeout of requests that may scan (Scan, BatchGet, ScanLock,
+    /// DeleteRange): 60s (client-go `client.ReadTimeoutMedium`).
+    pub read_timeout_medium: Duration,
+    /// `Context.max_execution_duration_ms` of writes: 20s (client-go
+    /// `client.MaxWriteExecutionTime` = `ReadTimeoutShort` - 10s).
+    pub max_write_execution_time: Duration,
+    /// Connection dial timeout: 5s (client-go `client.dialTimeout`).
+    pub connect_timeout: Duration,
+    /// gRPC keepalive ping interval: 10s (client-go `TiKVClient.GrpcKeepAliveTime`).
+    pub keepalive_interval: Duration,
+    /// gRPC keepalive ack timeout: 3s (client-go `TiKVClient.GrpcKeepAliveTimeout`).
+    pub keepalive_timeout: Duration,
+    /// Multiplier of backoff budgets: 2 (client-go `kv.DefBackOffWeight`).
+    pub backoff_weight: u32,
+    /// Per-operation backoff budgets, unweighted.
+    pub backoff: BackoffBudgets,
+    /// How long an idle cached region stays valid: 600s (client-go
+    /// `locate.regionCacheTTLSec`).
+    pub region_cache_ttl: Duration,
+    /// Random extra TTL per region, in `[0, jitter)`, so regions loaded
+    /// together do not expire together: 60s (client-go
+    /// `locate.regionCacheTTLJitterSec`, `SetRegionCacheTTLWithJitter`).
+    pub region_cache_ttl_jitter: Duration,
+    /// Period of the store-table refresh: 60s (client-go
+    /// `config.DefStoresRefreshInterval`).
+    pub store_refresh_interval: Duration,
+    /// Largest RawKV scan limit: 10240 (client-go `rawkv.MaxRawKVScanLimit`).
+    pub max_raw_scan_limit: u32,
+    /// Keys per RawKV batch delete request: 512 (client-go `rawkv.rawBatchPairCount`).
+    pub raw_batch_pair_count: usize,
+    /// Bytes (keys + values) per RawKV batch put request: 16 KiB (client-go
+    /// `rawkv.rawBatchPutSize`).
+    pub raw_batch_put_size: usize,
+    /// Keys per RawKV batch get request: 512 (client-go uses
+    /// `rawkv.rawBatchPairCount` for batch gets too).
+    pub raw_batch_get_pair_count: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            pd_endpoints: Vec::new(),
+            api_version: ApiVersion::V1,
+            keyspace: None,
+            rng_seed: 0,
+            pd_timeout: secs(3),
+            read_timeout_short: secs(30),
+            read_timeout_medium: secs(60),
+            max_write_execution_time: secs(20),
+            connect_timeout: secs(5),
+            keepalive_interval: secs(10),
+            keepalive_timeout: secs(3),
+            backoff_weight: backoff::DEFAULT_BACKOFF_WEIGHT,
+            backoff: BackoffBudgets::default(),
+            region_cache_ttl: secs(600),
+            region_cache_ttl_jitter: secs(60),
+            store_refresh_interval: secs(60),
+            max_raw_scan_limit: 10240,
+            raw_batch_pair_count: 512,
+            raw_batch_put_size: 16 * 1024,
+            raw_batch_get_pair_count: 512,
+        }
+    }
+}
+
+macro_rules! with {
+    ($($(#[$doc:meta])* $name:ident: $field:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Config {
+                self.$field = value;
+                self
+            }
+        )*
+    };
+}
+
+impl Config {
+    /// Sets the PD endpoints.
+    pub fn with_pd_endpoints<S: Into<String>>(
+        mut self,
+        endpoints: impl IntoIterator<Item = S>,
+    ) -> Config {
+        self.pd_endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Selects a keyspace by name (API V2).
+    pub fn with_keyspace(mut self, name: impl Into<String>) -> Config {
+        self.keyspace = Some(name.into());
+        self
+    }
+
+    with! {
+        /// Sets the API version.
+        with_api_version: api_version: ApiVersion;
+        /// Sets the random seed.
+        with_rng_seed: rng_seed: u64;
+        /// Sets the PD request timeout.
+        with_pd_timeout: pd_timeout: Duration;
+        /// Sets the short TiKV request timeout.
+        with_read_timeout_short: read_timeout_short: Duration;
+        /// Sets the medium TiKV request timeout.
+        with_read_timeout_medium: read_timeout_medium: Duration;
+        /// Sets the write execution limit sent to TiKV.
+        with_max_write_execution_time: max_write_execution_time: Duration;
+        /// Sets the connection timeout.
+        with_connect_timeout: connect_timeout: Duration;
+        /// Sets the keepalive interval.
+        with_keepalive_interval: keepalive_interval: Duration;
+        /// Sets the keepalive timeout.
+        with_keepalive_timeout: keepalive_timeout: Duration;
+        /// Sets the backoff budget weight.
+        with_backoff_weight: backoff_weight: u32;
+        /// Replaces the backoff budgets.
+        with_backoff_budgets: backoff: BackoffBudgets;
+        /// Sets the region cache TTL.
+        with_region_cache_ttl: region_cache_ttl: Duration;
+        /// Sets the region cache TTL jitter.
+        with_region_cache_ttl_jitter: region_cache_ttl_jitter: Duration;
+        /// Sets the store refresh interval.
+        with_store_refresh_interval: store_refresh_interval: Duration;
+        /// Sets the RawKV scan limit ceiling.
+        with_max_raw_scan_limit: max_raw_scan_limit: u32;
+        /// Sets the keys per RawKV batch delete.
+        with_raw_batch_pair_count: raw_batch_pair_count: usize;
+        /// Sets the bytes per RawKV batch put.
+        with_raw_batch_put_size: raw_batch_put_size: usize;
+        /// Sets the keys per RawKV batch get.
+        with_raw_batch_get_pair_count: raw_batch_get_pair_count: usize;
+    }
+
+    /// `base` scaled by [`Config::backoff_weight`] (client-go
+    /// `NewBackofferWithVars`), with client-go's overflow rule (see
+    /// [`backoff::weighted`]).
+    pub fn budget(&self, base: Duration) -> Duration {
+        let ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+        backoff::weighted(ms, self.backoff_weight)
+    }
+
+    /// A backoffer with the weighted `base` budget and its own random stream.
+    pub fn backoffer(&self, base: Duration, rng: Rng) -> Backoffer {
+        Backoffer::new(self.budget(base), rng)
+    }
+
+    /// The root random generator seeded with [`Config::rng_seed`].
+    pub fn rng(&self) -> Rng {
+        Rng::new(self.rng_seed)
+    }
+
+    /// A region's cache TTL: `region_cache_ttl` plus a jitter drawn in
+    /// `[0, region_cache_ttl_jitter)` (client-go `nextTTL`).
+    pub fn region_ttl(&self, rng: &mut Rng) -> Duration {
+        self.region_cache_ttl.saturating_add(rng.gen_duration(self.region_cache_ttl_jitter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_snapshot() {
+        insta::assert_snapshot!(format!("{:#?}", Config::default()));
+    }
+
+    #[test]
+    fn builder_and_budgets() {
+        let cfg = Config::default()
+            .with_pd_endpoints(vec!["a:2379".to_string(), "b:2379".to_string()])
+            .with_keyspace("ks")
+            .with_api_version(ApiVersion::V2)
+            .with_rng_seed(9)
+            .with_backoff_weight(3)
+            .with_read_timeout_short(Duration::from_secs(1));
+        assert_eq!(cfg.pd_endpoints, ["a:2379", "b:2379"]);
+        assert_eq!(cfg.keyspace.as_deref(), Some("ks"));
+        assert_eq!(cfg.api_version, ApiVersion::V2);
+        assert_eq!(cfg.read_timeout_short, Duration::from_secs(1));
+        assert_eq!(cfg.budget(cfg.backoff.tso), Duration::from_secs(45));
+        assert_eq!(cfg.backoffer(cfg.backoff.raw, cfg.rng()).budget(), Duration::from_secs(60));
+        assert_eq!(cfg.rng(), Rng::new(9));
+
+        let d = Config::default();
+        assert_eq!(d.budget(d.backoff.raw), Duration::from_secs(40));
+        assert_eq!(d.budget(d.backoff.commit_secondary), Duration::from_secs(82));
+        assert_eq!(d.max_write_execution_time, d.read_timeout_short - Duration::from_secs(10));
+    }
+
+    #[test]
+    fn region_ttl_jitter() {
+        let cfg = Config::default();
+        let mut rng = cfg.rng();
+        let ttls: Vec<Duration> = (0..100).map(|_| cfg.region_ttl(&mut rng)).collect();
+        assert!(
+            ttls.iter().all(|t| *t >= Duration::from_secs(600) && *t < Duration::from_secs(660))
+        );
+        assert!(ttls.iter().any(|t| *t != ttls[0]), "jitter varies");
+        let fixed = cfg.with_region_cache_ttl_jitter(Duration::ZERO);
+        assert_eq!(fixed.region_ttl(&mut rng), Duration::from_secs(600));
+    }
+}
