@@ -66,7 +66,7 @@ pub struct RawChecksum {
 }
 
 fn raw_budget(view: &ClusterView) -> Duration {
-    view.config.raw_backoff_budget()
+    view.config.budget(view.config.backoff.raw)
 }
 
 fn server_error(error: &str) -> Result<(), Error> {
@@ -206,19 +206,19 @@ impl KeyPlan for PutPlan {
     }
     fn build(&self, batch: &[PutItem]) -> KvRequest {
         let cf = self.opts.cf.name().to_string();
-        if self.single {
-            if let Some(item) = batch.first() {
-                return KvRequest::RawPut(kvrpcpb::RawPutRequest {
-                    key: item.pair.key.to_bytes(),
-                    value: item.pair.value.clone(),
-                    ttl: item.ttl,
-                    cf,
-                    for_cas: self.opts.atomic,
-                    ..Default::default()
-                });
-            }
+        if self.single
+            && let Some(item) = batch.first()
+        {
+            return KvRequest::RawPut(kvrpcpb::RawPutRequest {
+                key: item.pair.key.to_bytes(),
+                value: item.pair.value.clone(),
+                ttl: item.ttl,
+                cf,
+                for_cas: self.opts.atomic,
+                ..Default::default()
+            });
         }
-        KvRequest::RawBatchPut(kvrpcpb::RawBatchPutRequest {
+        let mut request = kvrpcpb::RawBatchPutRequest {
             pairs: batch
                 .iter()
                 .map(|i| kvrpcpb::KvPair {
@@ -227,14 +227,18 @@ impl KeyPlan for PutPlan {
                     ..Default::default()
                 })
                 .collect(),
-            // Old servers read the deprecated scalar `ttl`; client-go sends
-            // the first TTL there as well as the per-key list.
-            ttl: batch.first().map_or(0, |i| i.ttl),
             ttls: batch.iter().map(|i| i.ttl).collect(),
             cf,
             for_cas: self.opts.atomic,
             ..Default::default()
-        })
+        };
+        // Old servers read the deprecated scalar `ttl`; client-go sends the
+        // first TTL there as well as the per-key list.
+        #[allow(deprecated)]
+        {
+            request.ttl = batch.first().map_or(0, |i| i.ttl);
+        }
+        KvRequest::RawBatchPut(request)
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -272,15 +276,15 @@ impl KeyPlan for DeletePlan {
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
         let cf = self.opts.cf.name().to_string();
-        if self.single {
-            if let Some(key) = batch.first() {
-                return KvRequest::RawDelete(kvrpcpb::RawDeleteRequest {
-                    key: key.to_bytes(),
-                    cf,
-                    for_cas: self.opts.atomic,
-                    ..Default::default()
-                });
-            }
+        if self.single
+            && let Some(key) = batch.first()
+        {
+            return KvRequest::RawDelete(kvrpcpb::RawDeleteRequest {
+                key: key.to_bytes(),
+                cf,
+                for_cas: self.opts.atomic,
+                ..Default::default()
+            });
         }
         KvRequest::RawBatchDelete(kvrpcpb::RawBatchDeleteRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
@@ -547,30 +551,48 @@ pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<Get
 }
 
 /// `batch_get(keys)`: the pairs found, sorted by key.
-pub fn batch_get(view: &Arc<ClusterView>, keys: Vec<Key>, opts: &RawOptions) -> RawKeyOp<BatchGetPlan> {
+pub fn batch_get(
+    view: &Arc<ClusterView>,
+    keys: Vec<Key>,
+    opts: &RawOptions,
+) -> RawKeyOp<BatchGetPlan> {
     let plan = BatchGetPlan {
         opts: opts.clone(),
         timeout: view.config.read_timeout_medium,
-        max_keys: view.config.raw_batch_pair_count,
+        max_keys: view.config.raw_batch_get_pair_count,
         pairs: Vec::new(),
     };
     KeyFanout::new(view.clone(), plan, keys, view.backoffer(raw_budget(view)))
 }
 
 /// `put(key, value)` with an optional TTL in seconds (0 = none).
-pub fn put(view: &Arc<ClusterView>, pair: KvPair, ttl: u64, opts: &RawOptions) -> RawKeyOp<PutPlan> {
+pub fn put(
+    view: &Arc<ClusterView>,
+    pair: KvPair,
+    ttl: u64,
+    opts: &RawOptions,
+) -> RawKeyOp<PutPlan> {
     let plan = PutPlan {
         opts: opts.clone(),
         timeout: view.config.read_timeout_short,
         single: true,
         limits: (1, usize::MAX),
     };
-    KeyFanout::new(view.clone(), plan, vec![PutItem { pair, ttl }], view.backoffer(raw_budget(view)))
+    KeyFanout::new(
+        view.clone(),
+        plan,
+        vec![PutItem { pair, ttl }],
+        view.backoffer(raw_budget(view)),
+    )
 }
 
 /// `batch_put(items)`: duplicate keys keep the last value (client-go
 /// de-duplicates through a map).
-pub fn batch_put(view: &Arc<ClusterView>, items: Vec<PutItem>, opts: &RawOptions) -> RawKeyOp<PutPlan> {
+pub fn batch_put(
+    view: &Arc<ClusterView>,
+    items: Vec<PutItem>,
+    opts: &RawOptions,
+) -> RawKeyOp<PutPlan> {
     let plan = PutPlan {
         opts: opts.clone(),
         timeout: view.config.read_timeout_short,
@@ -606,7 +628,11 @@ pub fn delete(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<
 }
 
 /// `batch_delete(keys)`.
-pub fn batch_delete(view: &Arc<ClusterView>, keys: Vec<Key>, opts: &RawOptions) -> RawKeyOp<DeletePlan> {
+pub fn batch_delete(
+    view: &Arc<ClusterView>,
+    keys: Vec<Key>,
+    opts: &RawOptions,
+) -> RawKeyOp<DeletePlan> {
     let plan = DeletePlan {
         opts: opts.clone(),
         timeout: view.config.read_timeout_short,
@@ -617,8 +643,13 @@ pub fn batch_delete(view: &Arc<ClusterView>, keys: Vec<Key>, opts: &RawOptions) 
 }
 
 /// `get_key_ttl(key)`: remaining TTL in seconds, `None` if absent.
-pub fn get_key_ttl(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<GetKeyTtlPlan> {
-    let plan = GetKeyTtlPlan { opts: opts.clone(), timeout: view.config.read_timeout_short, ttl: None };
+pub fn get_key_ttl(
+    view: &Arc<ClusterView>,
+    key: Key,
+    opts: &RawOptions,
+) -> RawKeyOp<GetKeyTtlPlan> {
+    let plan =
+        GetKeyTtlPlan { opts: opts.clone(), timeout: view.config.read_timeout_short, ttl: None };
     KeyFanout::new(view.clone(), plan, vec![key], view.backoffer(raw_budget(view)))
 }
 
@@ -676,13 +707,18 @@ pub fn scan(
 }
 
 /// `delete_range(range)`.
-pub fn delete_range(view: &Arc<ClusterView>, range: KeyRange, opts: &RawOptions) -> RawRangeOp<DeleteRangePlan> {
+pub fn delete_range(
+    view: &Arc<ClusterView>,
+    range: KeyRange,
+    opts: &RawOptions,
+) -> RawRangeOp<DeleteRangePlan> {
     let plan = DeleteRangePlan { opts: opts.clone(), timeout: view.config.read_timeout_medium };
     RangeWalk::new(view.clone(), plan, range, false, view.backoffer(raw_budget(view)))
 }
 
 /// `checksum(range)`.
 pub fn checksum(view: &Arc<ClusterView>, range: KeyRange) -> RawRangeOp<ChecksumPlan> {
-    let plan = ChecksumPlan { timeout: view.config.read_timeout_medium, sum: RawChecksum::default() };
+    let plan =
+        ChecksumPlan { timeout: view.config.read_timeout_medium, sum: RawChecksum::default() };
     RangeWalk::new(view.clone(), plan, range, false, view.backoffer(raw_budget(view)))
 }

@@ -175,7 +175,7 @@ impl fmt::Debug for KvPair {
 /// let r = KeyRange::from_range(Key::from("a")..=Key::from("c"));
 /// assert_eq!(r.start, Key::from("a"));
 /// assert_eq!(r.end, Key::from(&b"c\0"[..]));
-/// assert!(KeyRange::from_range(..).end.is_empty());
+/// assert!(KeyRange::from_range::<Key, _>(..).end.is_empty());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct KeyRange {

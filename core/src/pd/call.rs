@@ -104,8 +104,12 @@ impl PdCall {
         }
         let addr = endpoints[index % endpoints.len()].clone();
         self.phase = Phase::Discovering { index: index % endpoints.len(), tried };
-        let mut req = pdpb::GetMembersRequest::default();
-        req.header = Some(pdpb::RequestHeader { cluster_id: self.pd.cluster_id(), ..Default::default() });
+        let req = pdpb::GetMembersRequest {
+            header: Some(pdpb::RequestHeader {
+                cluster_id: self.pd.cluster_id(),
+                ..Default::default()
+            }),
+        };
         self.send(Target::Pd { addr }, PdRequest::GetMembers(req), now);
     }
 
@@ -122,7 +126,13 @@ impl PdCall {
         self.result = Some(result);
     }
 
-    fn on_members(&mut self, index: usize, tried: usize, resp: Result<Response, RpcError>, now: Instant) {
+    fn on_members(
+        &mut self,
+        index: usize,
+        tried: usize,
+        resp: Result<Response, RpcError>,
+        now: Instant,
+    ) {
         let leader = match resp {
             Ok(Response::Pd(PdResponse::GetMembers(m))) => {
                 if let Some(h) = &m.header {
@@ -227,13 +237,13 @@ impl Operation for PdCall {
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        if let Phase::Sleeping { until } = self.phase {
-            if now >= until {
-                // Try the leader someone else may have found meanwhile.
-                match self.pd.leader() {
-                    Some(addr) => self.call_leader(addr, now),
-                    None => self.discover(0, 0, now),
-                }
+        if let Phase::Sleeping { until } = self.phase
+            && now >= until
+        {
+            // Try the leader someone else may have found meanwhile.
+            match self.pd.leader() {
+                Some(addr) => self.call_leader(addr, now),
+                None => self.discover(0, 0, now),
             }
         }
     }

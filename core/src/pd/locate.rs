@@ -151,7 +151,9 @@ impl LocateRegion {
         }
         if let LocateBy::EndKey(k) = &self.by {
             let encoded = self.view.codec.encode_region_key(k);
-            if !self.search_prev && !region.start_key.is_empty() && region.start_key[..] == encoded[..]
+            if !self.search_prev
+                && !region.start_key.is_empty()
+                && region.start_key[..] == encoded[..]
             {
                 // The key is this region's start: the keys below it live in
                 // the previous region.
@@ -183,7 +185,11 @@ impl LocateRegion {
             Err(InsertError::Stale { offered, cached }) => {
                 let backoffer = self.backoffer.take();
                 if let Some(backoffer) = backoffer {
-                    self.retry_later(backoffer, format!("PD returned {offered}, older than {cached}"), now);
+                    self.retry_later(
+                        backoffer,
+                        format!("PD returned {offered}, older than {cached}"),
+                        now,
+                    );
                 }
             }
             Err(e) => self.result = Some(Err(e.into())),
@@ -242,14 +248,14 @@ impl Operation for LocateRegion {
             }
             return;
         }
-        if let Some(until) = self.sleep_until {
-            if now >= until {
-                self.sleep_until = None;
-                if let Some(region) = self.cached(now) {
-                    self.result = Some(Ok(region));
-                } else {
-                    self.ask_pd(now);
-                }
+        if let Some(until) = self.sleep_until
+            && now >= until
+        {
+            self.sleep_until = None;
+            if let Some(region) = self.cached(now) {
+                self.result = Some(Ok(region));
+            } else {
+                self.ask_pd(now);
             }
         }
     }

@@ -42,7 +42,10 @@ impl Timestamp {
 
     /// Splits a `u64` version into its parts.
     pub fn from_version(v: u64) -> Timestamp {
-        Timestamp { physical: (v >> LOGICAL_BITS) as i64, logical: (v & ((1 << LOGICAL_BITS) - 1)) as i64 }
+        Timestamp {
+            physical: (v >> LOGICAL_BITS) as i64,
+            logical: (v & ((1 << LOGICAL_BITS) - 1)) as i64,
+        }
     }
 }
 
@@ -166,7 +169,8 @@ impl TsoBatcher {
         match outcome.and_then(|r| self.allocate(r, waiters.len())) {
             Ok(first) => {
                 for (i, w) in waiters.into_iter().enumerate() {
-                    let ts = Timestamp { physical: first.physical, logical: first.logical + i as i64 };
+                    let ts =
+                        Timestamp { physical: first.physical, logical: first.logical + i as i64 };
                     self.done.push_back((w, Ok(ts)));
                 }
             }
@@ -200,12 +204,12 @@ impl TsoBatcher {
             return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
         }
         let last = Timestamp { physical: ts.physical, logical: ts.logical };
-        if let Some(prev) = self.last {
-            if first <= prev {
-                return Err(Error::malformed(format!(
-                    "TSO went backwards: {first} after {prev} (PD leader change without a fence?)"
-                )));
-            }
+        if let Some(prev) = self.last
+            && first <= prev
+        {
+            return Err(Error::malformed(format!(
+                "TSO went backwards: {first} after {prev} (PD leader change without a fence?)"
+            )));
         }
         self.last = Some(last);
         Ok(first)

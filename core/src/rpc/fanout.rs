@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::key::Key;
 use crate::op::{IdMap, Operation};
 use crate::pd::{LocateBy, LocateRegion};
+use crate::region::RegionRef;
 use crate::rpc::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant, earliest};
@@ -75,7 +76,12 @@ impl<P: KeyPlan> std::fmt::Debug for KeyFanout<P> {
 impl<P: KeyPlan> KeyFanout<P> {
     /// Prepares `plan` over `items` (any order; they are sorted by key,
     /// stably, so equal keys keep their relative order).
-    pub fn new(view: Arc<ClusterView>, plan: P, mut items: Vec<P::Item>, backoffer: Backoffer) -> Self {
+    pub fn new(
+        view: Arc<ClusterView>,
+        plan: P,
+        mut items: Vec<P::Item>,
+        backoffer: Backoffer,
+    ) -> Self {
         items.sort_by(|a, b| P::key(a).cmp(P::key(b)));
         KeyFanout {
             view,
@@ -125,17 +131,17 @@ impl<P: KeyPlan> KeyFanout<P> {
         let pending = std::mem::take(&mut self.pending);
         let mut unrouted: Vec<P::Item> = Vec::new();
         let mut new_children = Vec::new();
-        let mut region = None;
+        let mut region: Option<RegionRef> = None;
         let mut batch: Vec<P::Item> = Vec::new();
         let mut batch_bytes = 0usize;
         for item in pending {
             let key = P::key(&item).as_bytes();
-            let same = matches!(&region, Some(r) if crate::region::Region::contains(r, key));
+            let same = matches!(&region, Some(r) if r.contains(key));
             if !same {
-                if let Some(r) = region.take() {
-                    if !batch.is_empty() {
-                        new_children.push((r, std::mem::take(&mut batch)));
-                    }
+                if let Some(r) = region.take()
+                    && !batch.is_empty()
+                {
+                    new_children.push((r, std::mem::take(&mut batch)));
                 }
                 batch_bytes = 0;
                 region = self.view.regions.locate_key(key, now);
@@ -154,10 +160,10 @@ impl<P: KeyPlan> KeyFanout<P> {
             batch_bytes += size;
             batch.push(item);
         }
-        if let Some(r) = region {
-            if !batch.is_empty() {
-                new_children.push((r, batch));
-            }
+        if let Some(r) = region
+            && !batch.is_empty()
+        {
+            new_children.push((r, batch));
         }
         let timeout = plan.timeout();
         let calls: Vec<_> = new_children
@@ -191,10 +197,12 @@ impl<P: KeyPlan> KeyFanout<P> {
     }
 
     fn maybe_finish(&mut self) {
-        if self.result.is_none() && self.live == 0 && self.pending.is_empty() {
-            if let Some(plan) = self.plan.take() {
-                self.result = Some(Ok(plan.finish()));
-            }
+        if self.result.is_none()
+            && self.live == 0
+            && self.pending.is_empty()
+            && let Some(plan) = self.plan.take()
+        {
+            self.result = Some(Ok(plan.finish()));
         }
     }
 

@@ -68,7 +68,7 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
     }
     if let Some(nl) = &err.not_leader {
         return match &nl.leader {
-            Some(leader) if leader.store_id != 0 => SwitchLeader(leader.clone()),
+            Some(leader) if leader.store_id != 0 => SwitchLeader(*leader),
             _ => Backoff { kind: BackoffKind::RegionScheduling, try_next_peer: true },
         };
     }
@@ -183,10 +183,7 @@ mod tests {
             ),
             (
                 "EpochNotMatch empty",
-                errorpb::Error {
-                    epoch_not_match: Some(Default::default()),
-                    ..Default::default()
-                },
+                errorpb::Error { epoch_not_match: Some(Default::default()), ..Default::default() },
             ),
             (
                 "RegionNotFound",
@@ -194,7 +191,10 @@ mod tests {
             ),
             (
                 "KeyNotInRegion",
-                errorpb::Error { key_not_in_region: Some(Default::default()), ..Default::default() },
+                errorpb::Error {
+                    key_not_in_region: Some(Default::default()),
+                    ..Default::default()
+                },
             ),
             (
                 "ServerIsBusy",
@@ -236,7 +236,10 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            ("DiskFull", errorpb::Error { disk_full: Some(Default::default()), ..Default::default() }),
+            (
+                "DiskFull",
+                errorpb::Error { disk_full: Some(Default::default()), ..Default::default() },
+            ),
             (
                 "RecoveryInProgress",
                 errorpb::Error {
@@ -293,7 +296,9 @@ mod tests {
             let action = classify(&err);
             let shown = match action {
                 RegionErrorAction::SwitchLeader(p) => format!("SwitchLeader(store {})", p.store_id),
-                RegionErrorAction::EpochNotMatch(r) => format!("EpochNotMatch({} regions)", r.len()),
+                RegionErrorAction::EpochNotMatch(r) => {
+                    format!("EpochNotMatch({} regions)", r.len())
+                }
                 other => format!("{other:?}"),
             };
             out.push_str(&format!("{name:<28} => {shown}\n"));

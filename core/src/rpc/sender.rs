@@ -15,6 +15,7 @@ use crate::view::ClusterView;
 
 /// How a [`RegionCall`] ended when it did not fail.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once, to the parent
 pub enum RegionOutcome {
     /// TiKV answered without a region error; keys are decoded to user keys.
     Response(KvResponse),
@@ -161,15 +162,22 @@ impl RegionCall {
         self.backoffer = resolve.take_backoffer();
         self.phase = Phase::Idle;
         match outcome {
-            Ok(store) if !store.address.is_empty() && !store.is_tombstone() => match self.target_peer() {
-                Some(peer) => self.send(peer, store.address.as_str().into(), now),
-                None => self.finish(Ok(RegionOutcome::Relocate)),
-            },
+            Ok(store) if !store.address.is_empty() && !store.is_tombstone() => {
+                match self.target_peer() {
+                    Some(peer) => self.send(peer, store.address.as_str().into(), now),
+                    None => self.finish(Ok(RegionOutcome::Relocate)),
+                }
+            }
             Ok(_) | Err(_) => {
                 // The store is gone or PD cannot name it: the region info is
                 // stale. Re-locate after a region-miss backoff.
                 self.view.regions.invalidate(self.region.ver_id(), InvalidReason::Other);
-                self.sleep_then(BackoffKind::RegionMiss, "store of the leader cannot be resolved", AfterSleep::Relocate, now);
+                self.sleep_then(
+                    BackoffKind::RegionMiss,
+                    "store of the leader cannot be resolved",
+                    AfterSleep::Relocate,
+                    now,
+                );
             }
         }
     }
@@ -210,7 +218,13 @@ impl RegionCall {
         });
     }
 
-    fn sleep_then(&mut self, kind: BackoffKind, reason: impl std::fmt::Display, then: AfterSleep, now: Instant) {
+    fn sleep_then(
+        &mut self,
+        kind: BackoffKind,
+        reason: impl std::fmt::Display,
+        then: AfterSleep,
+        now: Instant,
+    ) {
         let Some(backoffer) = self.backoffer.as_mut() else {
             return;
         };
@@ -259,7 +273,12 @@ impl RegionCall {
                 if try_next_peer {
                     self.peer_offset += 1;
                 }
-                self.sleep_then(kind, format!("store {store_id}: {}", describe(&region_error)), AfterSleep::Retry, now);
+                self.sleep_then(
+                    kind,
+                    format!("store {store_id}: {}", describe(&region_error)),
+                    AfterSleep::Retry,
+                    now,
+                );
             }
             RegionErrorAction::Relocate { invalidate, backoff, invalidate_store } => {
                 if let Some(reason) = invalidate {
@@ -269,7 +288,9 @@ impl RegionCall {
                     self.view.stores.invalidate(store_id);
                 }
                 match backoff {
-                    Some(kind) => self.sleep_then(kind, describe(&region_error), AfterSleep::Relocate, now),
+                    Some(kind) => {
+                        self.sleep_then(kind, describe(&region_error), AfterSleep::Relocate, now)
+                    }
                     None => self.finish(Ok(RegionOutcome::Relocate)),
                 }
             }
@@ -342,7 +363,8 @@ impl Operation for RegionCall {
                 self.phase = Phase::Idle;
                 match response {
                     Ok(Response::Kv(resp)) => {
-                        let matches = self.request.as_ref().map(|r| resp.matches(r)).unwrap_or(false);
+                        let matches =
+                            self.request.as_ref().map(|r| resp.matches(r)).unwrap_or(false);
                         if matches {
                             self.on_kv_response(store_id, resp, now);
                         } else {

@@ -130,7 +130,8 @@ impl<P: RangePlan> RangeWalk<P> {
             return;
         };
         self.epoch += 1;
-        let mut locate = Box::new(LocateRegion::new(self.view.clone(), self.locate_by(), backoffer));
+        let mut locate =
+            Box::new(LocateRegion::new(self.view.clone(), self.locate_by(), backoffer));
         locate.start(now);
         self.step = Step::Locate(locate);
         self.check(now);
@@ -141,7 +142,11 @@ impl<P: RangePlan> RangeWalk<P> {
         let r_start = region.start_key();
         let r_end = region.end_key();
         if self.reverse {
-            let start = if r_start > &self.range.start { r_start.clone() } else { self.range.start.clone() };
+            let start = if r_start > &self.range.start {
+                r_start.clone()
+            } else {
+                self.range.start.clone()
+            };
             KeyRange { start, end: self.cursor.clone() }
         } else {
             let end = match (self.range.end.is_empty(), r_end.is_empty()) {
@@ -160,8 +165,13 @@ impl<P: RangePlan> RangeWalk<P> {
         };
         let request = plan.build(&part);
         self.epoch += 1;
-        let mut call =
-            Box::new(RegionCall::new(self.view.clone(), region, request, plan.timeout(), backoffer));
+        let mut call = Box::new(RegionCall::new(
+            self.view.clone(),
+            region,
+            request,
+            plan.timeout(),
+            backoffer,
+        ));
         call.start(now);
         self.step = Step::Call(call, part);
         self.check(now);

@@ -31,7 +31,8 @@ fn upstream() -> HashMap<(String, String, String, String), Row> {
         if cols.len() < 9 {
             continue;
         }
-        let key = (cols[0].to_string(), cols[2].to_string(), cols[3].to_string(), cols[4].to_string());
+        let key =
+            (cols[0].to_string(), cols[2].to_string(), cols[3].to_string(), cols[4].to_string());
         rows.insert(
             key,
             Row {
@@ -107,7 +108,12 @@ impl Collector<'_> {
         }
         self.rows.push((
             ("message".into(), self.package.into(), scope.into(), String::new()),
-            Row { number: String::new(), ty: String::new(), label: String::new(), response: String::new() },
+            Row {
+                number: String::new(),
+                ty: String::new(),
+                label: String::new(),
+                response: String::new(),
+            },
         ));
         for f in &m.field {
             let mut ty = self.field_type(f);
