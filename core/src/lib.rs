@@ -32,4 +32,7 @@ pub mod rpc;
 pub mod time;
 pub mod view;
 
+#[cfg(test)]
+mod testing;
+
 pub use error::{Error, Result};

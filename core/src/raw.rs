@@ -722,3 +722,6 @@ pub fn checksum(view: &Arc<ClusterView>, range: KeyRange) -> RawRangeOp<Checksum
         ChecksumPlan { timeout: view.config.read_timeout_medium, sum: RawChecksum::default() };
     RangeWalk::new(view.clone(), plan, range, false, view.backoffer(raw_budget(view)))
 }
+
+#[cfg(test)]
+mod tests;

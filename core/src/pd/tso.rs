@@ -215,3 +215,98 @@ impl TsoBatcher {
         Ok(first)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write;
+
+    use super::*;
+    use crate::rpc::Target;
+
+    fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
+        Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+            header: None,
+            count,
+            timestamp: Some(pdpb::Timestamp { physical, logical, suffix_bits: 0 }),
+        })))
+    }
+
+    fn batcher() -> TsoBatcher {
+        let pd = Arc::new(PdState::new(["pd1:2379"]));
+        pd.set_leader("pd1:2379".into());
+        TsoBatcher::new(pd, Duration::from_secs(3), Duration::from_secs(30), 1)
+    }
+
+    /// Callers arriving while a round is out are coalesced into the next
+    /// round; each gets a distinct, increasing timestamp.
+    #[test]
+    fn rounds_coalesce_waiting_callers() {
+        let mut b = batcher();
+        let mut log = String::new();
+        let now = Instant::ZERO;
+        b.push(TsoWaiter(1), now);
+        let first = b.poll_rpc().expect("a round starts at once");
+        let _ = writeln!(log, "send {:?} to {:?}", first.request, first.target);
+        for w in 2..=4 {
+            b.push(TsoWaiter(w), now);
+        }
+        assert!(b.poll_rpc().is_none(), "one round in flight at a time");
+        assert_eq!(b.pending(), 4);
+        b.on_response(first.id, tso_response(1, 100, 7), now);
+        let second = b.poll_rpc().expect("queued callers go in the next round");
+        match &second.request {
+            crate::rpc::Request::Pd(PdRequest::Tso(r)) => assert_eq!(r.count, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(second.target, Target::Pd { .. }));
+        b.on_response(second.id, tso_response(3, 100, 10), now);
+        while let Some((w, ts)) = b.poll_done() {
+            let _ = writeln!(log, "waiter {} <- {}", w.0, ts.expect("timestamp"));
+        }
+        insta::assert_snapshot!(log, @r"
+        send tso to pd(pd1:2379)
+        waiter 1 <- 100.7
+        waiter 2 <- 100.8
+        waiter 3 <- 100.9
+        waiter 4 <- 100.10
+        ");
+    }
+
+    #[test]
+    fn a_round_that_goes_backwards_or_is_malformed_fails_its_callers() {
+        let mut b = batcher();
+        let now = Instant::ZERO;
+        b.push(TsoWaiter(1), now);
+        let r = b.poll_rpc().expect("round");
+        b.on_response(r.id, tso_response(1, 100, 5), now);
+        assert!(b.poll_done().expect("done").1.is_ok());
+
+        b.push(TsoWaiter(2), now);
+        let r = b.poll_rpc().expect("round");
+        b.on_response(r.id, tso_response(1, 99, 9), now);
+        let (w, res) = b.poll_done().expect("done");
+        assert_eq!(w, TsoWaiter(2));
+        assert!(matches!(res, Err(Error::MalformedResponse(m)) if m.contains("backwards")));
+
+        b.push(TsoWaiter(3), now);
+        let r = b.poll_rpc().expect("round");
+        b.on_response(r.id, tso_response(2, 200, 1), now);
+        assert!(matches!(b.poll_done().expect("done").1, Err(Error::MalformedResponse(_))));
+
+        b.push(TsoWaiter(4), now);
+        let r = b.poll_rpc().expect("round");
+        let wrong = Ok(Response::Pd(PdResponse::GetMembers(Default::default())));
+        b.on_response(r.id, wrong, now);
+        assert!(matches!(b.poll_done().expect("done").1, Err(Error::MalformedResponse(_))));
+    }
+
+    #[test]
+    fn version_packs_physical_and_logical() {
+        let ts = Timestamp { physical: 1_700_000_000_000, logical: 3 };
+        assert_eq!(Timestamp::from_version(ts.version()), ts);
+        assert!(
+            Timestamp { physical: 1, logical: 0 }.version()
+                > Timestamp { physical: 0, logical: 262_143 }.version()
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! Scripted-event tests of the RawKV machines (and through them the region
+//! sender, the fan-out, the range walk and the PD machines).
+
+use bytes::Bytes;
+use tikv_proto::errorpb;
+
+use super::*;
+use crate::backoff::ExhaustedClass;
+use crate::rpc::RpcError;
+use crate::testing::{FakeCluster, Fault, drive, view};
+
+fn opts() -> RawOptions {
+    RawOptions::default()
+}
+
+fn seed(c: &mut FakeCluster, keys: &[&str]) {
+    for k in keys {
+        c.data.insert(k.as_bytes().to_vec(), Bytes::from(format!("v-{k}")));
+    }
+}
+
+#[test]
+fn get_on_a_cold_cache_discovers_pd_locates_region_and_resolves_store() {
+    let mut c = FakeCluster::new(&["m"]);
+    seed(&mut c, &["b"]);
+    let v = view();
+    let (log, result) = drive(get(&v, Key::from("b"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-b")));
+    insta::assert_snapshot!(log);
+    // Warm cache: one RPC, straight to the leader.
+    let (log, result) = drive(get(&v, Key::from("zz"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), None);
+    insta::assert_snapshot!("warm", log);
+}
+
+#[test]
+fn batch_get_fans_out_over_regions_and_merges_in_key_order() {
+    let mut c = FakeCluster::new(&["c", "f", "m"]);
+    seed(&mut c, &["a", "d", "g", "n", "z"]);
+    let v = view();
+    let keys = ["z", "a", "x", "g", "d", "n", "a"].iter().map(|k| Key::from(*k)).collect();
+    let (log, result) = drive(batch_get(&v, keys, &opts()), &mut c);
+    let got: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(got, ["a", "d", "g", "n", "z"].map(Key::from));
+    insta::assert_snapshot!(log);
+}
+
+#[test]
+fn batch_put_resplits_after_a_split_during_the_batch() {
+    let mut c = FakeCluster::new(&["m"]);
+    let v = view();
+    // Warm the cache with the old layout, then split [ "", m ) at "e" just
+    // before the batch arrives: TiKV answers EpochNotMatch with the new
+    // regions, the batch is re-split and sent again.
+    let _ = drive(get(&v, Key::from("a"), &opts()), &mut c);
+    c.fault("raw_batch_put", Fault::SplitAt(b"e".to_vec()));
+    let items = ["a", "f", "k", "q"]
+        .iter()
+        .map(|k| PutItem {
+            pair: KvPair::new(Key::from(*k), Bytes::from(format!("v-{k}"))),
+            ttl: 0,
+        })
+        .collect();
+    let (log, result) = drive(batch_put(&v, items, &opts()), &mut c);
+    result.unwrap();
+    let keys: Vec<_> = c.data.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    assert_eq!(keys, ["a", "f", "k", "q"]);
+    insta::assert_snapshot!(log);
+}
+
+#[test]
+fn batch_put_batches_by_count_and_bytes() {
+    let mut c = FakeCluster::new(&[]);
+    let v = Arc::new(ClusterView::new(
+        crate::config::Config::default()
+            .with_pd_endpoints(["pd1:2379"])
+            .with_raw_batch_pair_count(3)
+            .with_raw_batch_put_size(40),
+        crate::codec::ApiCodec::v1(crate::codec::Mode::Raw),
+        Arc::new(crate::pd::PdState::new(["pd1:2379"])),
+    ));
+    // 7 small pairs (3 bytes each) close batches at 3 by count; the 7th
+    // small pair and the first 30-byte pair share a batch (33 bytes); each
+    // further 30-byte pair would exceed 40 bytes, so it starts its own:
+    // [a0 a1 a2] [a3 a4 a5] [a6 b0] [b1] [b2].
+    let mut items: Vec<PutItem> =
+        (0..7).map(|i| PutItem { pair: KvPair::new(format!("a{i}"), "v"), ttl: 0 }).collect();
+    items.extend(
+        (0..3).map(|i| PutItem { pair: KvPair::new(format!("b{i}"), "x".repeat(28)), ttl: 0 }),
+    );
+    let (log, result) = drive(batch_put(&v, items, &opts()), &mut c);
+    result.unwrap();
+    assert_eq!(c.data.len(), 10);
+    let puts = log.lines().filter(|l| l.contains("send") && l.contains("raw_batch_put")).count();
+    assert_eq!(puts, 5, "{log}");
+}
+
+/// One section per row of client-go's region-error table: the error is
+/// injected once on a `RawGet` and the transcript shows what the sender does.
+#[test]
+fn sender_handles_every_region_error_row() {
+    let rows: Vec<(&str, errorpb::Error)> = vec![
+        (
+            "NotLeader with leader",
+            errorpb::Error {
+                message: "not leader".into(),
+                not_leader: Some(errorpb::NotLeader {
+                    region_id: 1,
+                    leader: Some(tikv_proto::metapb::Peer {
+                        id: 12,
+                        store_id: 2,
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "NotLeader without leader",
+            errorpb::Error {
+                message: "no leader".into(),
+                not_leader: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "EpochNotMatch without regions",
+            errorpb::Error {
+                message: "epoch".into(),
+                epoch_not_match: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "RegionNotFound",
+            errorpb::Error {
+                message: "region not found".into(),
+                region_not_found: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "KeyNotInRegion",
+            errorpb::Error {
+                message: "key not in region".into(),
+                key_not_in_region: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "ServerIsBusy",
+            errorpb::Error {
+                message: "busy".into(),
+                server_is_busy: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "StaleCommand",
+            errorpb::Error {
+                message: "stale".into(),
+                stale_command: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "StoreNotMatch",
+            errorpb::Error {
+                message: "store not match".into(),
+                store_not_match: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "MaxTimestampNotSynced",
+            errorpb::Error {
+                message: "max ts".into(),
+                max_timestamp_not_synced: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "ReadIndexNotReady",
+            errorpb::Error {
+                message: "read index".into(),
+                read_index_not_ready: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "ProposalInMergingMode",
+            errorpb::Error {
+                message: "merging".into(),
+                proposal_in_merging_mode: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "RegionNotInitialized",
+            errorpb::Error {
+                message: "not initialized".into(),
+                region_not_initialized: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "DiskFull",
+            errorpb::Error {
+                message: "disk full".into(),
+                disk_full: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "RecoveryInProgress",
+            errorpb::Error {
+                message: "recovery".into(),
+                recovery_in_progress: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "FlashbackInProgress",
+            errorpb::Error {
+                message: "flashback".into(),
+                flashback_in_progress: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "FlashbackNotPrepared",
+            errorpb::Error {
+                message: "flashback not prepared".into(),
+                flashback_not_prepared: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "RaftEntryTooLarge",
+            errorpb::Error {
+                message: "entry too large".into(),
+                raft_entry_too_large: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "MismatchPeerId",
+            errorpb::Error {
+                message: "peer id".into(),
+                mismatch_peer_id: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "UndeterminedResult",
+            errorpb::Error {
+                message: "undetermined".into(),
+                undetermined_result: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+        (
+            "unknown kind",
+            errorpb::Error { message: "some future error".into(), ..Default::default() },
+        ),
+    ];
+    let mut out = String::new();
+    for (name, err) in rows {
+        let mut c = FakeCluster::new(&[]);
+        seed(&mut c, &["k"]);
+        let v = view();
+        // Warm up so the transcript shows only the error handling.
+        let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+        c.fault("raw_get", Fault::Region(err));
+        let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+        out.push_str(&format!("== {name}\n{log}"));
+        // Either a correct retry (the value) or a typed, non-retried error.
+        match name {
+            "FlashbackInProgress" | "FlashbackNotPrepared" | "RaftEntryTooLarge" => {
+                assert!(matches!(result, Err(Error::Region(_))), "{name}: {result:?}")
+            }
+            "UndeterminedResult" => {
+                assert!(matches!(result, Err(Error::Undetermined(_))), "{name}")
+            }
+            _ => assert_eq!(result.unwrap(), Some(Bytes::from("v-k")), "{name}"),
+        }
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn send_failure_backs_off_and_follows_the_new_leader() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    // The leader's store stops answering; meanwhile leadership moved to
+    // store 3. The sender backs off, tries the next peer (store 2), which
+    // names store 3 as leader.
+    c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    c.regions[0].leader_store = 3;
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    insta::assert_snapshot!(log);
+}
+
+#[test]
+fn persistent_send_failures_exhaust_the_budget_with_a_typed_error() {
+    let mut c = FakeCluster::new(&[]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    for _ in 0..1000 {
+        c.fault("raw_get", Fault::Rpc(RpcError::DeadlineExceeded));
+    }
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    match result {
+        Err(Error::BackoffExhausted { class, .. }) => {
+            assert_eq!(class, ExhaustedClass::TikvServerTimeout)
+        }
+        other => panic!("expected exhaustion, got {other:?}\n{log}"),
+    }
+    // The raw budget is 20 s × weight 2: the last line is at most ~40 s
+    // plus one capped sleep in.
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.starts_with("t+4") || last.starts_with("t+3"), "{last}");
+}
+
+#[test]
+fn scans_walk_regions_forward_and_in_reverse() {
+    let mut c = FakeCluster::new(&["c", "f", "m"]);
+    seed(&mut c, &["a", "b", "d", "e", "g", "h", "n", "o"]);
+    let v = view();
+    let (log, result) =
+        drive(scan(&v, KeyRange::new("b", "o"), 5, false, false, &opts()).unwrap(), &mut c);
+    let keys: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["b", "d", "e", "g", "h"].map(Key::from));
+    insta::assert_snapshot!("forward", log);
+
+    let (log, result) =
+        drive(scan(&v, KeyRange::new("b", "o"), 4, true, true, &opts()).unwrap(), &mut c);
+    let pairs = result.unwrap();
+    let keys: Vec<_> = pairs.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(keys, ["n", "h", "g", "e"].map(Key::from));
+    assert!(pairs.iter().all(|p| p.value.is_empty()), "key-only scan returns no values");
+    insta::assert_snapshot!("reverse", log);
+}
+
+#[test]
+fn scan_limit_above_the_maximum_is_refused() {
+    let v = view();
+    let err = scan(&v, KeyRange::all(), 10_241, false, false, &opts()).unwrap_err();
+    assert_eq!(err, Error::ScanLimitExceeded { limit: 10_241, max: 10_240 });
+}
+
+#[test]
+fn compare_and_swap_requires_atomic_mode() {
+    let v = view();
+    let err = compare_and_swap(&v, Key::from("k"), None, Bytes::from("v"), 0, &opts()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)));
+}
+
+#[test]
+fn pd_discovery_skips_a_dead_member_and_fails_over_on_leader_loss() {
+    let mut c = FakeCluster::new(&[]);
+    c.pd_members = vec!["pd1:2379".into(), "pd2:2379".into(), "pd3:2379".into()];
+    c.pd_down = vec![0];
+    c.pd_leader = Some(2);
+    seed(&mut c, &["k"]);
+    let config =
+        crate::config::Config::default().with_pd_endpoints(["pd1:2379", "pd2:2379", "pd3:2379"]);
+    let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
+    let v =
+        Arc::new(ClusterView::new(config, crate::codec::ApiCodec::v1(crate::codec::Mode::Raw), pd));
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    assert_eq!(v.pd.leader().as_deref(), Some("pd3:2379"));
+    insta::assert_snapshot!("discovery", log);
+
+    // The leader moves to pd2; the cached leader pd3 refuses; the client
+    // rediscovers after a PD backoff.
+    c.pd_leader = Some(1);
+    v.regions.clear();
+    let (log, result) = drive(get(&v, Key::from("zz"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), None);
+    assert_eq!(v.pd.leader().as_deref(), Some("pd2:2379"));
+    insta::assert_snapshot!("failover", log);
+}
+
+#[test]
+fn pd_without_a_leader_ends_in_a_typed_timeout() {
+    let mut c = FakeCluster::new(&[]);
+    c.pd_leader = None;
+    let v = view();
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    match result {
+        Err(Error::BackoffExhausted { class, .. }) => {
+            assert_eq!(class, ExhaustedClass::PdServerTimeout)
+        }
+        other => panic!("expected a PD timeout, got {other:?}\n{log}"),
+    }
+}

@@ -1,0 +1,427 @@
+//! Scripted-event harness for the core's unit tests.
+//!
+//! [`FakeCluster`] answers RPCs from a tiny model (one PD, stores, regions
+//! over raw V1 keys, one raw map) and lets a test queue region errors or
+//! transport failures for the next matching requests. [`drive`] runs an
+//! [`Operation`] against it in virtual time — each RPC takes 1 ms, timers
+//! jump the clock — and records a transcript of every action and input.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
+
+use crate::codec::{ApiCodec, Mode};
+use crate::config::Config;
+use crate::error::Error;
+use crate::op::Operation;
+use crate::pd::PdState;
+use crate::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, Target,
+};
+use crate::time::{Duration, Instant};
+use crate::view::ClusterView;
+
+/// A scripted fault for the next request whose name contains `method`
+/// (`"*"` matches any TiKV request).
+pub(crate) enum Fault {
+    Region(errorpb::Error),
+    Rpc(RpcError),
+    /// Apply a split at this key before answering (the request then meets
+    /// the server's epoch check).
+    SplitAt(Vec<u8>),
+}
+
+pub(crate) struct FakeRegion {
+    pub(crate) meta: metapb::Region,
+    pub(crate) leader_store: u64,
+}
+
+pub(crate) struct FakeCluster {
+    pub(crate) regions: Vec<FakeRegion>,
+    pub(crate) stores: BTreeMap<u64, String>,
+    pub(crate) pd_members: Vec<String>,
+    pub(crate) pd_leader: Option<usize>,
+    /// PD members that refuse connections.
+    pub(crate) pd_down: Vec<usize>,
+    pub(crate) data: BTreeMap<Vec<u8>, Bytes>,
+    pub(crate) faults: VecDeque<(String, Fault)>,
+    next_id: u64,
+    tso: i64,
+}
+
+impl FakeCluster {
+    /// Three stores, one PD, regions split at `splits` (leaders rotate
+    /// over the stores).
+    pub(crate) fn new(splits: &[&str]) -> FakeCluster {
+        let mut c = FakeCluster {
+            regions: Vec::new(),
+            stores: (1..=3).map(|i| (i, format!("store{i}:20160"))).collect(),
+            pd_members: vec!["pd1:2379".into()],
+            pd_leader: Some(0),
+            pd_down: Vec::new(),
+            data: BTreeMap::new(),
+            faults: VecDeque::new(),
+            next_id: 100,
+            tso: 0,
+        };
+        let mut bounds: Vec<Vec<u8>> = vec![Vec::new()];
+        bounds.extend(splits.iter().map(|s| s.as_bytes().to_vec()));
+        bounds.push(Vec::new());
+        for (i, w) in bounds.windows(2).enumerate() {
+            let id = i as u64 + 1;
+            c.regions.push(FakeRegion {
+                meta: metapb::Region {
+                    id,
+                    start_key: w[0].clone().into(),
+                    end_key: w[1].clone().into(),
+                    region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+                    peers: (1..=3)
+                        .map(|s| metapb::Peer {
+                            id: id * 10 + s,
+                            store_id: s,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                leader_store: (i as u64 % 3) + 1,
+            });
+        }
+        c
+    }
+
+    pub(crate) fn fault(&mut self, method: &str, fault: Fault) {
+        self.faults.push_back((method.to_string(), fault));
+    }
+
+    fn region_of(&self, key: &[u8]) -> Option<&FakeRegion> {
+        self.regions.iter().find(|r| {
+            key >= &r.meta.start_key[..] && (r.meta.end_key.is_empty() || key < &r.meta.end_key[..])
+        })
+    }
+
+    /// Splits the region containing `key` at `key`, as TiKV does: the
+    /// left part gets a new id, both get a bumped version.
+    pub(crate) fn split(&mut self, key: &[u8]) {
+        let Some(idx) = self.regions.iter().position(|r| {
+            key > &r.meta.start_key[..] && (r.meta.end_key.is_empty() || key < &r.meta.end_key[..])
+        }) else {
+            return;
+        };
+        self.next_id += 1;
+        let new_id = self.next_id;
+        let right = &mut self.regions[idx];
+        let mut left_meta = right.meta.clone();
+        let epoch = right.meta.region_epoch.get_or_insert_with(Default::default);
+        epoch.version += 1;
+        let epoch = *epoch;
+        right.meta.start_key = Bytes::copy_from_slice(key);
+        left_meta.id = new_id;
+        left_meta.end_key = Bytes::copy_from_slice(key);
+        left_meta.region_epoch = Some(epoch);
+        for p in &mut left_meta.peers {
+            p.id += new_id * 100;
+        }
+        let leader_store = right.leader_store;
+        self.regions.insert(idx, FakeRegion { meta: left_meta, leader_store });
+    }
+
+    fn take_fault(&mut self, name: &str) -> Option<Fault> {
+        let idx = self.faults.iter().position(|(m, _)| m == "*" || name.contains(m.as_str()))?;
+        self.faults.remove(idx).map(|(_, f)| f)
+    }
+
+    pub(crate) fn handle(&mut self, rpc: &Rpc) -> Result<Response, RpcError> {
+        match (&rpc.target, &rpc.request) {
+            (Target::Pd { addr }, Request::Pd(req)) => self.handle_pd(addr, req).map(Response::Pd),
+            (Target::Store { store_id, .. }, Request::Kv(req)) => {
+                self.handle_kv(*store_id, req.clone()).map(Response::Kv)
+            }
+            _ => Err(RpcError::Unavailable("wrong target".into())),
+        }
+    }
+
+    fn header(&self) -> Option<pdpb::ResponseHeader> {
+        Some(pdpb::ResponseHeader { cluster_id: 7, error: None })
+    }
+
+    fn handle_pd(&mut self, addr: &str, req: &PdRequest) -> Result<PdResponse, RpcError> {
+        let me = self.pd_members.iter().position(|m| m == addr);
+        if me.is_none_or(|m| self.pd_down.contains(&m)) {
+            return Err(RpcError::Unavailable(format!("{addr} refused")));
+        }
+        if let Some(Fault::Rpc(e)) = self.take_fault(req.name()) {
+            return Err(e);
+        }
+        let leader_member = self.pd_leader.map(|l| pdpb::Member {
+            name: format!("pd{}", l + 1),
+            client_urls: vec![self.pd_members[l].clone()],
+            ..Default::default()
+        });
+        if !matches!(req, PdRequest::GetMembers(_)) && self.pd_leader != me {
+            return Err(RpcError::Status { code: 14, message: "not leader".into() });
+        }
+        let region_resp = |r: Option<&FakeRegion>| pdpb::GetRegionResponse {
+            header: Some(pdpb::ResponseHeader { cluster_id: 7, error: None }),
+            region: r.map(|r| r.meta.clone()),
+            leader: r
+                .and_then(|r| r.meta.peers.iter().find(|p| p.store_id == r.leader_store).copied()),
+            ..Default::default()
+        };
+        Ok(match req {
+            PdRequest::GetMembers(_) => PdResponse::GetMembers(pdpb::GetMembersResponse {
+                header: self.header(),
+                leader: leader_member,
+                ..Default::default()
+            }),
+            PdRequest::GetRegion(r) => {
+                PdResponse::GetRegion(region_resp(self.region_of(&r.region_key)))
+            }
+            PdRequest::GetPrevRegion(r) => {
+                let idx = self.regions.iter().position(|x| x.meta.start_key == r.region_key);
+                let prev = idx.and_then(|i| i.checked_sub(1)).and_then(|i| self.regions.get(i));
+                PdResponse::GetPrevRegion(region_resp(prev))
+            }
+            PdRequest::GetStore(r) => PdResponse::GetStore(pdpb::GetStoreResponse {
+                header: self.header(),
+                store: self.stores.get(&r.store_id).map(|addr| metapb::Store {
+                    id: r.store_id,
+                    address: addr.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            PdRequest::Tso(r) => {
+                self.tso += i64::from(r.count);
+                PdResponse::Tso(pdpb::TsoResponse {
+                    header: self.header(),
+                    count: r.count,
+                    timestamp: Some(pdpb::Timestamp {
+                        physical: 1000,
+                        logical: self.tso,
+                        suffix_bits: 0,
+                    }),
+                })
+            }
+            other => {
+                return Err(RpcError::Status {
+                    code: 12,
+                    message: format!("{} unimplemented", other.name()),
+                });
+            }
+        })
+    }
+
+    fn handle_kv(&mut self, store_id: u64, mut req: KvRequest) -> Result<KvResponse, RpcError> {
+        match self.take_fault(req.name()) {
+            Some(Fault::Rpc(e)) => return Err(e),
+            Some(Fault::Region(e)) => {
+                let mut resp = req.response_template();
+                set_region_error(&mut resp, e);
+                return Ok(resp);
+            }
+            Some(Fault::SplitAt(key)) => self.split(&key),
+            None => {}
+        }
+        let ctx = req.context_mut().clone();
+        // TiKV's checks: the region exists here, we lead it, the epoch matches.
+        let Some(region) = self.regions.iter().find(|r| r.meta.id == ctx.region_id) else {
+            let mut resp = req.response_template();
+            set_region_error(
+                &mut resp,
+                errorpb::Error {
+                    message: "region not found".into(),
+                    region_not_found: Some(errorpb::RegionNotFound { region_id: ctx.region_id }),
+                    ..Default::default()
+                },
+            );
+            return Ok(resp);
+        };
+        if region.leader_store != store_id {
+            let mut resp = req.response_template();
+            let leader =
+                region.meta.peers.iter().find(|p| p.store_id == region.leader_store).copied();
+            set_region_error(
+                &mut resp,
+                errorpb::Error {
+                    message: "not leader".into(),
+                    not_leader: Some(errorpb::NotLeader { region_id: region.meta.id, leader }),
+                    ..Default::default()
+                },
+            );
+            return Ok(resp);
+        }
+        if ctx.region_epoch != region.meta.region_epoch {
+            let mut resp = req.response_template();
+            let current = self
+                .regions
+                .iter()
+                .filter(|r| r.meta.id == region.meta.id || r.meta.id > 100)
+                .map(|r| r.meta.clone())
+                .collect();
+            set_region_error(
+                &mut resp,
+                errorpb::Error {
+                    message: "epoch not match".into(),
+                    epoch_not_match: Some(errorpb::EpochNotMatch { current_regions: current }),
+                    ..Default::default()
+                },
+            );
+            return Ok(resp);
+        }
+        let (start, end) = (region.meta.start_key.clone(), region.meta.end_key.clone());
+        let inside = |k: &[u8]| k >= &start[..] && (end.is_empty() || k < &end[..]);
+        Ok(match req {
+            KvRequest::RawGet(r) => {
+                assert!(inside(&r.key), "test bug: key outside region");
+                let v = self.data.get(&r.key[..]).cloned();
+                KvResponse::RawGet(kvrpcpb::RawGetResponse {
+                    not_found: v.is_none(),
+                    value: v.unwrap_or_default(),
+                    ..Default::default()
+                })
+            }
+            KvRequest::RawBatchGet(r) => KvResponse::RawBatchGet(kvrpcpb::RawBatchGetResponse {
+                pairs: r
+                    .keys
+                    .iter()
+                    .filter_map(|k| {
+                        self.data.get(&k[..]).map(|v| kvrpcpb::KvPair {
+                            key: k.clone(),
+                            value: v.clone(),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            KvRequest::RawPut(r) => {
+                self.data.insert(r.key.to_vec(), r.value);
+                KvResponse::RawPut(Default::default())
+            }
+            KvRequest::RawBatchPut(r) => {
+                for p in r.pairs {
+                    self.data.insert(p.key.to_vec(), p.value);
+                }
+                KvResponse::RawBatchPut(Default::default())
+            }
+            KvRequest::RawScan(r) => {
+                let pairs: Vec<_> = if r.reverse {
+                    self.data
+                        .iter()
+                        .rev()
+                        .filter(|(k, _)| {
+                            (r.start_key.is_empty() || &k[..] < &r.start_key[..])
+                                && &k[..] >= &r.end_key[..]
+                        })
+                        .take(r.limit as usize)
+                        .collect()
+                } else {
+                    self.data
+                        .iter()
+                        .filter(|(k, _)| {
+                            &k[..] >= &r.start_key[..]
+                                && (r.end_key.is_empty() || &k[..] < &r.end_key[..])
+                        })
+                        .take(r.limit as usize)
+                        .collect()
+                };
+                KvResponse::RawScan(kvrpcpb::RawScanResponse {
+                    kvs: pairs
+                        .into_iter()
+                        .map(|(k, v)| kvrpcpb::KvPair {
+                            key: k.clone().into(),
+                            value: v.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+            }
+            other => {
+                let mut resp = other.response_template();
+                set_region_error(
+                    &mut resp,
+                    errorpb::Error {
+                        message: "unsupported by the fake".into(),
+                        ..Default::default()
+                    },
+                );
+                resp
+            }
+        })
+    }
+}
+
+fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
+    macro_rules! set {
+        ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+            match resp { $(KvResponse::$variant(r) => r.region_error = Some(e),)* }
+        };
+    }
+    crate::for_each_kv_rpc!(set);
+}
+
+/// A view over `pd1:2379` with the default config, API V1 raw.
+pub(crate) fn view() -> Arc<ClusterView> {
+    let config = Config::default().with_pd_endpoints(["pd1:2379"]);
+    let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
+    Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Raw), pd))
+}
+
+fn summarize(resp: &Result<Response, RpcError>) -> String {
+    match resp {
+        Err(e) => format!("error: {e}"),
+        Ok(Response::Pd(r)) => r.name().to_string(),
+        Ok(Response::Kv(r)) => match r.region_error() {
+            Some(e) => format!("{} region error: {}", r.name(), e.message),
+            None => format!("{} ok", r.name()),
+        },
+    }
+}
+
+/// Runs `op` to completion against `cluster` in virtual time, returning
+/// the transcript and the result. Panics if the operation stalls (no RPC,
+/// no timer, no result) or takes more than 10,000 steps.
+pub(crate) fn drive<O: Operation>(
+    mut op: O,
+    cluster: &mut FakeCluster,
+) -> (String, Result<O::Output, Error>) {
+    let mut now = Instant::ZERO;
+    let mut log = String::new();
+    let mut queue: VecDeque<Rpc> = VecDeque::new();
+    op.start(now);
+    for _ in 0..10_000 {
+        while let Some(rpc) = op.poll_rpc() {
+            let _ = writeln!(log, "{now} send {} {:?} -> {:?}", rpc.id, rpc.request, rpc.target);
+            queue.push_back(rpc);
+        }
+        if let Some(result) = op.poll_result() {
+            let _ = writeln!(
+                log,
+                "{now} done: {}",
+                match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("error: {e}"),
+                }
+            );
+            return (log, result);
+        }
+        if let Some(rpc) = queue.pop_front() {
+            now += Duration::from_millis(1);
+            let resp = cluster.handle(&rpc);
+            let _ = writeln!(log, "{now} recv {} {}", rpc.id, summarize(&resp));
+            op.on_response(rpc.id, resp, now);
+        } else if let Some(t) = op.poll_timeout() {
+            now = now.max(t);
+            let _ = writeln!(log, "{now} timer");
+            op.on_timeout(now);
+        } else {
+            panic!("operation stalled:\n{log}");
+        }
+    }
+    panic!("operation did not finish in 10,000 steps:\n{log}");
+}
