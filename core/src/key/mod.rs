@@ -156,6 +156,12 @@ impl KvPair {
     }
 }
 
+impl<K: Into<Key>, V: Into<Value>> From<(K, V)> for KvPair {
+    fn from((key, value): (K, V)) -> KvPair {
+        KvPair::new(key, value)
+    }
+}
+
 impl fmt::Debug for KvPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt_bytes(self.key.as_bytes(), f)?;
@@ -219,6 +225,32 @@ impl KeyRange {
     /// True if the range holds no key (`start >= end` with a bounded end).
     pub fn is_empty(&self) -> bool {
         !self.end.is_empty() && self.start >= self.end
+    }
+}
+
+macro_rules! key_range_from {
+    ($($range:ty),*) => {
+        $(
+            impl<K: Into<Key> + Clone> From<$range> for KeyRange {
+                fn from(range: $range) -> KeyRange {
+                    KeyRange::from_range(range)
+                }
+            }
+        )*
+    };
+}
+key_range_from!(
+    std::ops::Range<K>,
+    std::ops::RangeInclusive<K>,
+    std::ops::RangeFrom<K>,
+    std::ops::RangeTo<K>,
+    std::ops::RangeToInclusive<K>,
+    (Bound<K>, Bound<K>)
+);
+
+impl From<std::ops::RangeFull> for KeyRange {
+    fn from(_: std::ops::RangeFull) -> KeyRange {
+        KeyRange::all()
     }
 }
 

@@ -1,0 +1,120 @@
+//! What every client shares: the platform (runtime + transport), the
+//! cluster view, and the background tasks, plus bootstrapping from PD.
+
+use std::sync::Arc;
+
+use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
+use tikv_core::config::Config;
+use tikv_core::op::Operation;
+use tikv_core::pd::{LoadKeyspace, PdCall, PdState};
+use tikv_core::rng::Rng;
+use tikv_core::rpc::{PdRequest, PdResponse};
+use tikv_core::view::ClusterView;
+use tikv_core::{Error, backoff::Backoffer};
+use tikv_proto::pdpb;
+
+use crate::{Background, Runtime, Transport, execute, spawn_periodic};
+
+/// A runtime and a transport that belong together (they share a clock).
+///
+/// Runtime crates implement it once (`tikv_tokio::Tokio`,
+/// `tikv_async_std::AsyncStd`) so users name one type:
+/// `tikv_tokio::RawClient` is `RawClient<Tokio>`.
+pub trait Platform: Send + Sync + 'static {
+    /// Timers, spawning, the clock.
+    type Runtime: Runtime;
+    /// RPCs to PD and TiKV.
+    type Transport: Transport;
+
+    /// Builds the runtime and transport for a client with `config`.
+    fn build(config: &Config) -> Result<(Self::Runtime, Self::Transport), Error>;
+}
+
+/// The machinery one client instance owns.
+pub(crate) struct ClientCore<P: Platform> {
+    pub(crate) view: Arc<ClusterView>,
+    pub(crate) rt: P::Runtime,
+    pub(crate) transport: Arc<P::Transport>,
+    _background: Vec<Background>,
+}
+
+impl<P: Platform> ClientCore<P> {
+    /// Connects for data in `mode`: resolves the keyspace (API V2), checks
+    /// that PD answers and loads the store list, and starts the store
+    /// refresher.
+    pub(crate) async fn connect(config: Config, mode: Mode) -> Result<Self, Error> {
+        if config.pd_endpoints.is_empty() {
+            return Err(Error::InvalidArgument("no PD endpoints given".into()));
+        }
+        let (rt, transport) = P::build(&config)?;
+        let transport = Arc::new(transport);
+        let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
+        let mut rng = Rng::new(config.rng_seed);
+        let budget = config.budget(config.backoff.locate_region);
+
+        let codec = match config.api_version {
+            ApiVersion::V1 => ApiCodec::v1(mode),
+            ApiVersion::V2 => {
+                // client-go resolves the keyspace by name before building
+                // the V2 codec; no name means the DEFAULT keyspace.
+                let name = config.keyspace.clone().unwrap_or_default();
+                let load = LoadKeyspace::new(
+                    pd.clone(),
+                    &name,
+                    config.pd_timeout,
+                    Backoffer::new(budget, rng.fork()),
+                );
+                let meta = execute(load, &rt, &*transport).await?;
+                ApiCodec::from_keyspace_meta(mode, &meta)?.with_keyspace_name(meta.name.clone())
+            }
+        };
+        let view = Arc::new(ClusterView::new(config, codec, pd));
+        refresh_stores::<P>(&view, &rt, &transport, Backoffer::new(budget, rng.fork())).await?;
+
+        let refresher = {
+            let (view, rt2, transport) = (view.clone(), rt.clone(), transport.clone());
+            let interval = view.config.store_refresh_interval;
+            spawn_periodic(&rt, interval, move || {
+                let (view, rt, transport) = (view.clone(), rt2.clone(), transport.clone());
+                async move {
+                    let budget = view.config.budget(view.config.backoff.locate_region);
+                    // A failed refresh is retried at the next tick; the
+                    // request path resolves stores on demand anyway.
+                    let _ = refresh_stores::<P>(&view, &rt, &transport, view.backoffer(budget)).await;
+                }
+            })
+        };
+        Ok(ClientCore { view, rt, transport, _background: vec![refresher] })
+    }
+
+    /// Runs one operation to completion in the caller's task.
+    pub(crate) async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
+        execute(op, &self.rt, &*self.transport).await
+    }
+}
+
+/// `GetAllStores` into the store table (client-go refreshes stores every
+/// `StoresRefreshInterval` and checks each for address changes).
+async fn refresh_stores<P: Platform>(
+    view: &Arc<ClusterView>,
+    rt: &P::Runtime,
+    transport: &Arc<P::Transport>,
+    backoffer: Backoffer,
+) -> Result<(), Error> {
+    let request = PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+        exclude_tombstone_stores: true,
+        ..Default::default()
+    });
+    let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
+    match execute(call, rt, &**transport).await? {
+        PdResponse::GetAllStores(r) => {
+            for store in r.stores {
+                // A store PD describes badly is skipped; requests to it
+                // resolve it again on demand.
+                let _ = view.stores.insert(store);
+            }
+            Ok(())
+        }
+        other => Err(Error::malformed(format!("GetAllStores answered by {}", other.name()))),
+    }
+}

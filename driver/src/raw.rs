@@ -1,0 +1,301 @@
+//! The public RawKV client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tikv_core::codec::Mode;
+use tikv_core::config::Config;
+use tikv_core::key::{Key, KeyRange, KvPair, Value};
+use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
+use tikv_core::Error;
+
+use crate::client::{ClientCore, Platform};
+
+pub use tikv_core::raw::{CasOutcome, RawChecksum};
+
+/// A RawKV client (client-go's `rawkv.Client`): a key-value store with no
+/// transactions, addressed by key, over every region of the cluster.
+///
+/// Cheap to clone; clones share connections, caches and background tasks.
+/// `with_cf` and `with_atomic_for_cas` return a handle with other options on
+/// the same client.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tikv_core::Error> {
+/// // With a runtime crate, e.g. `tikv_tokio::RawClient`:
+/// # type RawClient = tikv_driver::RawClient<NoPlatform>;
+/// # struct NoPlatform;
+/// # impl tikv_driver::Platform for NoPlatform {
+/// #     type Runtime = R; type Transport = T;
+/// #     fn build(_: &tikv_core::config::Config) -> Result<(R, T), tikv_core::Error> { unimplemented!() }
+/// # }
+/// # #[derive(Clone)] struct R;
+/// # impl tikv_driver::Runtime for R {
+/// #     fn now(&self) -> tikv_core::time::Instant { unimplemented!() }
+/// #     fn sleep_until(&self, _: tikv_core::time::Instant) -> futures::future::BoxFuture<'static, ()> { unimplemented!() }
+/// #     fn spawn(&self, _: futures::future::BoxFuture<'static, ()>) {}
+/// # }
+/// # struct T;
+/// # impl tikv_driver::Transport for T {
+/// #     fn call(&self, _: &tikv_core::rpc::Target, _: tikv_core::rpc::Request, _: tikv_core::time::Instant)
+/// #         -> futures::future::BoxFuture<'static, Result<tikv_core::rpc::Response, tikv_core::rpc::RpcError>> { unimplemented!() }
+/// # }
+/// let client = RawClient::connect(["127.0.0.1:2379"]).await?;
+/// client.put("k", "v").await?;
+/// assert_eq!(client.get("k").await?.as_deref(), Some(&b"v"[..]));
+/// let pairs = client.scan("a".."z", 10).await?;
+/// # let _ = pairs;
+/// # Ok(()) }
+/// ```
+pub struct RawClient<P: Platform> {
+    core: Arc<ClientCore<P>>,
+    opts: RawOptions,
+}
+
+impl<P: Platform> Clone for RawClient<P> {
+    fn clone(&self) -> Self {
+        RawClient { core: self.core.clone(), opts: self.opts.clone() }
+    }
+}
+
+impl<P: Platform> std::fmt::Debug for RawClient<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawClient")
+            .field("pd", &self.core.view.pd.endpoints())
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+/// Whole seconds for a TTL, rounded up so a sub-second TTL is not "forever".
+fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+}
+
+impl<P: Platform> RawClient<P> {
+    /// Connects to the cluster behind these PD endpoints with the default
+    /// configuration (API V1).
+    pub async fn connect<S: Into<String>>(
+        pd_endpoints: impl IntoIterator<Item = S>,
+    ) -> Result<Self, Error> {
+        Self::connect_with_config(Config::default().with_pd_endpoints(pd_endpoints)).await
+    }
+
+    /// Connects with an explicit configuration (PD endpoints, API version
+    /// and keyspace, timeouts, backoff budgets, ...).
+    pub async fn connect_with_config(config: Config) -> Result<Self, Error> {
+        let core = ClientCore::<P>::connect(config, Mode::Raw).await?;
+        Ok(RawClient { core: Arc::new(core), opts: RawOptions::default() })
+    }
+
+    /// A handle that reads and writes column family `cf`.
+    pub fn with_cf(&self, cf: ColumnFamily) -> Self {
+        let mut c = self.clone();
+        c.opts.cf = cf;
+        c
+    }
+
+    /// A handle in atomic mode (client-go `SetAtomicForCAS(true)`): writes
+    /// are serialised with compare-and-swap by TiKV. Required for
+    /// [`RawClient::compare_and_swap`]; mixing atomic and non-atomic writers
+    /// on the same keys is not linearizable.
+    pub fn with_atomic_for_cas(&self) -> Self {
+        let mut c = self.clone();
+        c.opts.atomic = true;
+        c
+    }
+
+    /// The PD cluster id (0 until PD has answered once).
+    pub fn cluster_id(&self) -> u64 {
+        self.core.view.pd.cluster_id()
+    }
+
+    /// The value of `key`, or `None` if it does not exist (an existing empty
+    /// value is `Some(empty)`).
+    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        self.core.run(raw::get(&self.core.view, key.into(), &self.opts)).await
+    }
+
+    /// The pairs that exist among `keys`, sorted by key.
+    pub async fn batch_get(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<KvPair>, Error> {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.core.run(raw::batch_get(&self.core.view, keys, &self.opts)).await
+    }
+
+    /// Writes `key = value`.
+    pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        self.put_ttl_secs(key.into(), value.into(), 0).await
+    }
+
+    /// Writes `key = value`, expiring after `ttl` (needs a TiKV with API V2
+    /// or TTL enabled).
+    pub async fn put_with_ttl(
+        &self,
+        key: impl Into<Key>,
+        value: impl Into<Value>,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        self.put_ttl_secs(key.into(), value.into(), ttl_secs(ttl)).await
+    }
+
+    async fn put_ttl_secs(&self, key: Key, value: Value, ttl: u64) -> Result<(), Error> {
+        let pair = KvPair { key, value };
+        self.core.run(raw::put(&self.core.view, pair, ttl, &self.opts)).await
+    }
+
+    /// Writes many pairs; a key given twice keeps its last value.
+    pub async fn batch_put(
+        &self,
+        pairs: impl IntoIterator<Item = impl Into<KvPair>>,
+    ) -> Result<(), Error> {
+        let items = pairs.into_iter().map(|p| PutItem { pair: p.into(), ttl: 0 }).collect();
+        self.core.run(raw::batch_put(&self.core.view, items, &self.opts)).await
+    }
+
+    /// Writes many pairs, each with its own TTL (`ttls` pairs up with
+    /// `pairs` by position and must have the same length).
+    pub async fn batch_put_with_ttl(
+        &self,
+        pairs: impl IntoIterator<Item = impl Into<KvPair>>,
+        ttls: impl IntoIterator<Item = Duration>,
+    ) -> Result<(), Error> {
+        let pairs: Vec<KvPair> = pairs.into_iter().map(Into::into).collect();
+        let ttls: Vec<u64> = ttls.into_iter().map(ttl_secs).collect();
+        if pairs.len() != ttls.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} pairs but {} TTLs",
+                pairs.len(),
+                ttls.len()
+            )));
+        }
+        let items = pairs.into_iter().zip(ttls).map(|(pair, ttl)| PutItem { pair, ttl }).collect();
+        self.core.run(raw::batch_put(&self.core.view, items, &self.opts)).await
+    }
+
+    /// Deletes `key` (deleting a missing key is not an error).
+    pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
+        self.core.run(raw::delete(&self.core.view, key.into(), &self.opts)).await
+    }
+
+    /// Deletes many keys.
+    pub async fn batch_delete(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<(), Error> {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.core.run(raw::batch_delete(&self.core.view, keys, &self.opts)).await
+    }
+
+    /// Deletes every key in `range`, region by region (not atomic across
+    /// regions, as in client-go).
+    pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
+        self.core.run(raw::delete_range(&self.core.view, range.into(), &self.opts)).await
+    }
+
+    /// Up to `limit` pairs in `range`, in ascending key order. `limit` may
+    /// be at most the configured maximum (10240 by default).
+    pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
+        self.scan_inner(range.into(), limit, false, false).await
+    }
+
+    /// Like [`RawClient::scan`], returning keys only (values are not sent).
+    pub async fn scan_keys(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<Key>, Error> {
+        let pairs = self.scan_inner(range.into(), limit, true, false).await?;
+        Ok(pairs.into_iter().map(|p| p.key).collect())
+    }
+
+    /// Up to `limit` pairs in `range`, in descending key order. The range
+    /// needs a bounded end in API V1 (client-go cannot locate "the last
+    /// region" either).
+    pub async fn reverse_scan(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<KvPair>, Error> {
+        self.scan_inner(range.into(), limit, false, true).await
+    }
+
+    /// Like [`RawClient::reverse_scan`], returning keys only.
+    pub async fn reverse_scan_keys(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<Key>, Error> {
+        let pairs = self.scan_inner(range.into(), limit, true, true).await?;
+        Ok(pairs.into_iter().map(|p| p.key).collect())
+    }
+
+    async fn scan_inner(
+        &self,
+        range: KeyRange,
+        limit: u32,
+        key_only: bool,
+        reverse: bool,
+    ) -> Result<Vec<KvPair>, Error> {
+        let op = raw::scan(&self.core.view, range, limit, key_only, reverse, &self.opts)?;
+        self.core.run(op).await
+    }
+
+    /// Scans several ranges, up to `each_limit` pairs from each, and
+    /// returns them range after range.
+    pub async fn batch_scan(
+        &self,
+        ranges: impl IntoIterator<Item = impl Into<KeyRange>>,
+        each_limit: u32,
+    ) -> Result<Vec<KvPair>, Error> {
+        let mut out = Vec::new();
+        for range in ranges {
+            out.extend(self.scan_inner(range.into(), each_limit, false, false).await?);
+        }
+        Ok(out)
+    }
+
+    /// Like [`RawClient::batch_scan`], returning keys only.
+    pub async fn batch_scan_keys(
+        &self,
+        ranges: impl IntoIterator<Item = impl Into<KeyRange>>,
+        each_limit: u32,
+    ) -> Result<Vec<Key>, Error> {
+        let mut out = Vec::new();
+        for range in ranges {
+            let pairs = self.scan_inner(range.into(), each_limit, true, false).await?;
+            out.extend(pairs.into_iter().map(|p| p.key));
+        }
+        Ok(out)
+    }
+
+    /// The remaining time to live of `key`: `None` if the key does not
+    /// exist, `Some(ZERO)` if it never expires.
+    pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>, Error> {
+        let ttl = self.core.run(raw::get_key_ttl(&self.core.view, key.into(), &self.opts)).await?;
+        Ok(ttl.map(Duration::from_secs))
+    }
+
+    /// Writes `new_value` if the current value equals `expected` (`None`:
+    /// the key must not exist). Returns the previous value and whether the
+    /// swap happened. Needs [`RawClient::with_atomic_for_cas`].
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Key>,
+        expected: Option<Value>,
+        new_value: impl Into<Value>,
+    ) -> Result<CasOutcome, Error> {
+        let op = raw::compare_and_swap(
+            &self.core.view,
+            key.into(),
+            expected,
+            new_value.into(),
+            0,
+            &self.opts,
+        )?;
+        self.core.run(op).await
+    }
+
+    /// CRC-64 XOR checksum, pair count and byte count over `range`.
+    pub async fn checksum(&self, range: impl Into<KeyRange>) -> Result<RawChecksum, Error> {
+        self.core.run(raw::checksum(&self.core.view, range.into())).await
+    }
+}
