@@ -124,28 +124,30 @@ where
         }
         timer.arm(wake_at, rt);
 
-        match futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await {
-            Event::Response(id, result) => op.on_response(id, result, rt.now()),
-            // Deadlines are re-checked against a fresh `now` at the top.
-            Event::Timer => {}
+        // `None` is the timer: deadlines are re-checked against a fresh
+        // `now` at the top.
+        if let Some((id, result)) =
+            futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await
+        {
+            op.on_response(id, result, rt.now());
         }
     }
 }
 
-/// What woke the loop.
-enum Event {
-    Response(RpcId, Result<Response, RpcError>),
-    Timer,
-}
-
+/// What woke the loop: an RPC outcome, or `None` for the timer.
+///
 /// Responses win over the timer when both are ready: a response that made it
 /// in time should not be reported as a deadline miss.
-fn poll_event(cx: &mut Context<'_>, calls: &mut Calls, timer: &mut Timer) -> Poll<Event> {
-    if let Poll::Ready((id, result)) = calls.poll_next(cx) {
-        return Poll::Ready(Event::Response(id, result));
+fn poll_event(
+    cx: &mut Context<'_>,
+    calls: &mut Calls,
+    timer: &mut Timer,
+) -> Poll<Option<(RpcId, Result<Response, RpcError>)>> {
+    if let Poll::Ready(outcome) = calls.poll_next(cx) {
+        return Poll::Ready(Some(outcome));
     }
     if timer.poll(cx).is_ready() {
-        return Poll::Ready(Event::Timer);
+        return Poll::Ready(None);
     }
     Poll::Pending
 }
