@@ -27,6 +27,7 @@ use tikv_tokio::{GrpcTransport, TokioRuntime, TransportConfig};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 const CLUSTER_ID: u64 = 42;
+const SLOW_TSO_COUNT: u32 = 99;
 
 // ------------------------------------------------------------------ server
 
@@ -50,7 +51,8 @@ impl Tikv for TestTikv {
 }
 
 /// `get_members` answers with the cluster id; `tso` answers each request
-/// with `physical = generation * 1000 + n` (n counts from 1 per server), and
+/// with `physical = generation * 1000 + n` (n counts from 1 per server) and
+/// the requested count, takes 300ms for a count of [`SLOW_TSO_COUNT`], and
 /// closes the stream when asked for a count of 0.
 struct TestPd {
     generation: i64,
@@ -78,18 +80,24 @@ impl Pd for TestPd {
         let answers = request
             .into_inner()
             .take_while(|r| futures::future::ready(!matches!(r, Ok(r) if r.count == 0)))
-            .map(move |r| {
-                let r = r?;
-                let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
-                Ok(TsoResponse {
-                    header: header(),
-                    count: r.count,
-                    timestamp: Some(Timestamp {
-                        physical: generation * 1000 + n,
-                        logical: 0,
-                        suffix_bits: 0,
-                    }),
-                })
+            .then(move |r| {
+                let issued = issued.clone();
+                async move {
+                    let r = r?;
+                    if r.count == SLOW_TSO_COUNT {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                    Ok(TsoResponse {
+                        header: header(),
+                        count: r.count,
+                        timestamp: Some(Timestamp {
+                            physical: generation * 1000 + n,
+                            logical: 0,
+                            suffix_bits: 0,
+                        }),
+                    })
+                }
             });
         Ok(GrpcResponse::new(Box::pin(answers)))
     }
@@ -393,13 +401,18 @@ async fn abandoned_tso_round_does_not_leak_into_the_next() {
     let client = Client::new();
     let pd = Target::Pd { addr: server.addr() };
     assert_eq!(physical(client.call(&pd, tso(1), 2000).await), 4001);
-    // Start a round and drop it before reading its answer.
-    let round = client.transport.call(&pd, tso(1), client.deadline(2000));
-    let _ = tokio::time::timeout(Duration::from_micros(1), round).await;
-    // Whatever the server did with it, the next answer is fresh and final.
-    let next = physical(client.call(&pd, tso(1), 2000).await);
-    let after = physical(client.call(&pd, tso(1), 2000).await);
-    assert!(next > 4001 && after == next + 1, "{next} {after}");
+
+    // The server answers this round after 300ms; the caller gives up at 50ms
+    // and drops the call, as `execute` does at an RPC's deadline.
+    let abandoned = client.call(&pd, tso(SLOW_TSO_COUNT), 50).await;
+    assert_eq!(abandoned, Err(RpcError::DeadlineExceeded));
+
+    // The next round must get its own answer, not the late one: the late
+    // answer echoes count 99, this round's echoes 7.
+    match client.call(&pd, tso(7), 2000).await {
+        Ok(Response::Pd(PdResponse::Tso(r))) => assert_eq!(r.count, 7),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ------------------------------------------------------------------ execute
@@ -457,7 +470,9 @@ async fn execute_runs_an_operation_over_grpc() {
     let server = TestServer::start(1);
     let client = Client::new();
     let op = GetOp::new(server.addr(), "hello", Duration::from_secs(5));
-    let value = execute(op, &client.rt, &client.transport).await;
+    let (rt, transport) = (client.rt.clone(), client.transport.clone());
+    // Spawned, so this also checks that `execute`'s future is `Send`.
+    let value = tokio::spawn(async move { execute(op, &rt, &transport).await }).await.unwrap();
     assert_eq!(value.as_deref(), Ok(&b"value-of-hello"[..]));
 
     let started = std::time::Instant::now();
