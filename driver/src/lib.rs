@@ -1,1 +1,36 @@
-//! tikv-driver
+//! The one generic async layer of the TiKV client.
+//!
+//! The protocol lives in `tikv-core` as sans-IO state machines
+//! ([`Operation`]). This crate is the glue that runs them on a real executor,
+//! written once for every runtime:
+//!
+//! - [`Runtime`]: a clock, a timer and a spawner (tokio, smol, a test clock).
+//! - [`Transport`]: sends one typed [`Request`] to a [`Target`] and returns
+//!   the typed [`Response`] or an [`RpcError`] (gRPC, a simulator, a script).
+//! - [`execute`]: the loop that drives one operation to its result in the
+//!   caller's task, sending its RPCs concurrently and arming one timer.
+//! - [`spawn_periodic`] / [`Background`]: long-lived periodic work (store
+//!   refresh, TSO) that stops when its handle is dropped.
+//!
+//! The crate names no runtime crate: `tikv-tokio` and `tikv-async-std` provide
+//! the implementations of the two traits.
+//!
+//! [`Operation`]: tikv_core::op::Operation
+//! [`Request`]: tikv_core::rpc::Request
+//! [`Response`]: tikv_core::rpc::Response
+//! [`RpcError`]: tikv_core::rpc::RpcError
+//! [`Target`]: tikv_core::rpc::Target
+
+#![forbid(unsafe_code)]
+
+mod background;
+mod execute;
+mod traits;
+
+pub use background::{Background, spawn_periodic};
+pub use execute::execute;
+pub use traits::{Runtime, Transport};
+
+/// Re-exported so runtime crates and tests need not depend on `futures` to
+/// name the boxed future type of the traits.
+pub use futures::future::BoxFuture;

@@ -1,1 +1,39 @@
-//! tikv-tokio
+//! The TiKV client on tokio.
+//!
+//! - [`TokioRuntime`]: `tikv_driver::Runtime` over tokio's clock, timers and
+//!   spawner.
+//! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC (tonic on HTTP/2):
+//!   one cached channel per address, client-go's dial and keepalive settings,
+//!   per-call deadlines, and the PD TSO stream.
+//!
+//! Nothing in this crate's public API names tonic or hyper: errors come back
+//! as `tikv_core::rpc::RpcError`.
+//!
+//! ```no_run
+//! use tikv_core::rpc::{PdRequest, Request, Target};
+//! use tikv_core::time::Duration;
+//! use tikv_driver::{Runtime, Transport};
+//! use tikv_tokio::{GrpcTransport, TokioRuntime, TransportConfig};
+//!
+//! # async fn demo() {
+//! let rt = TokioRuntime::new();
+//! let transport = GrpcTransport::new(TransportConfig::default());
+//! let pd = Target::Pd { addr: "127.0.0.1:2379".into() };
+//! let deadline = rt.now() + Duration::from_secs(3);
+//! let members = transport
+//!     .call(&pd, Request::Pd(PdRequest::GetMembers(Default::default())), deadline)
+//!     .await;
+//! println!("{members:?}");
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod clock;
+mod runtime;
+mod status;
+mod transport;
+mod tso;
+
+pub use runtime::TokioRuntime;
+pub use transport::{GrpcTransport, TransportConfig};

@@ -1,0 +1,263 @@
+//! The one generic loop that drives a sans-IO [`Operation`] to its result.
+
+use std::collections::{BTreeSet, HashMap};
+use std::task::{Context, Poll};
+
+use futures::future::{AbortHandle, Abortable, BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tikv_core::error::Error;
+use tikv_core::op::Operation;
+use tikv_core::rpc::{Response, Rpc, RpcError, RpcId};
+use tikv_core::time::{Instant, earliest};
+
+use crate::{Runtime, Transport};
+
+/// Runs `op` to completion in the caller's task and returns its result.
+///
+/// This is the contract of [`Operation`] turned into a loop:
+///
+/// 1. `op.start(rt.now())`;
+/// 2. after every input: drain `poll_rpc` and hand each RPC to `transport`
+///    (all in flight concurrently), return if `poll_result` is ready, and arm
+///    one timer at the earlier of `poll_timeout` and the nearest RPC deadline;
+/// 3. wait for whichever comes first: an RPC outcome (fed with
+///    `on_response(id, result, rt.now())`) or the timer. When the clock has
+///    reached an RPC's deadline and the transport has not answered, that call
+///    is dropped (which cancels it) and the operation gets
+///    `Err(RpcError::DeadlineExceeded)` for it; when it has reached
+///    `poll_timeout`, the operation gets `on_timeout(rt.now())`.
+///
+/// The clock is compared with the deadlines before the timer is polled
+/// (quinn's rule): an elapsed timer may still report `Pending` under an
+/// executor's cooperative budget, and the loop must not depend on it.
+///
+/// RPCs still in flight when the result is ready are dropped (cancelled).
+/// An operation that is not finished but has nothing in flight and no timeout
+/// could never make progress; rather than hang, `execute` returns
+/// [`Error::Undetermined`] for it (this is a bug in the operation).
+///
+/// ```
+/// use futures::future::{self, BoxFuture, FutureExt};
+/// use tikv_core::op::Operation;
+/// use tikv_core::rpc::{Response, Rpc, RpcError, RpcId, Target, Request};
+/// use tikv_core::time::{Duration, Instant};
+/// use tikv_core::Error;
+/// use tikv_driver::{execute, Runtime, Transport};
+///
+/// /// Sleeps until t+5ms, then returns the time it woke up.
+/// struct Nap { woke: Option<Instant> }
+/// impl Operation for Nap {
+///     type Output = Instant;
+///     fn start(&mut self, _now: Instant) {}
+///     fn poll_rpc(&mut self) -> Option<Rpc> { None }
+///     fn on_response(&mut self, _: RpcId, _: Result<Response, RpcError>, _: Instant) {}
+///     fn on_timeout(&mut self, now: Instant) { self.woke = Some(now) }
+///     fn poll_timeout(&self) -> Option<Instant> {
+///         self.woke.is_none().then_some(Instant::from_millis(5))
+///     }
+///     fn poll_result(&mut self) -> Option<Result<Instant, Error>> { self.woke.map(Ok) }
+/// }
+///
+/// /// A runtime whose timers jump the clock forward (virtual time).
+/// #[derive(Clone, Default)]
+/// struct Virtual(std::sync::Arc<std::sync::Mutex<Instant>>);
+/// impl Runtime for Virtual {
+///     fn now(&self) -> Instant { *self.0.lock().unwrap() }
+///     fn sleep_until(&self, at: Instant) -> BoxFuture<'static, ()> {
+///         let clock = self.0.clone();
+///         async move {
+///             let mut now = clock.lock().unwrap();
+///             *now = (*now).max(at);
+///         }
+///         .boxed()
+///     }
+///     fn spawn(&self, _fut: BoxFuture<'static, ()>) {}
+/// }
+///
+/// struct NoNetwork;
+/// impl Transport for NoNetwork {
+///     fn call(&self, _: &Target, _: Request, _: Instant)
+///         -> BoxFuture<'static, Result<Response, RpcError>> {
+///         future::pending().boxed()
+///     }
+/// }
+///
+/// let rt = Virtual::default();
+/// let woke = futures::executor::block_on(execute(Nap { woke: None }, &rt, &NoNetwork));
+/// assert_eq!(woke, Ok(Instant::from_millis(5)));
+/// ```
+pub async fn execute<O, R, T>(mut op: O, rt: &R, transport: &T) -> Result<O::Output, Error>
+where
+    O: Operation,
+    R: Runtime,
+    T: Transport + ?Sized,
+{
+    let mut calls = Calls::default();
+    let mut timer = Timer::default();
+    op.start(rt.now());
+    loop {
+        while let Some(rpc) = op.poll_rpc() {
+            calls.launch(rpc, transport);
+        }
+        if let Some(result) = op.poll_result() {
+            return result;
+        }
+
+        // Inputs that are already due are fed before waiting, one at a time,
+        // so the operation's outputs are drained after each of them.
+        let now = rt.now();
+        if let Some(id) = calls.expire_one(now) {
+            op.on_response(id, Err(RpcError::DeadlineExceeded), now);
+            continue;
+        }
+        let op_deadline = op.poll_timeout();
+        if op_deadline.is_some_and(|d| d <= now) {
+            op.on_timeout(now);
+            continue;
+        }
+
+        let wake_at = earliest(op_deadline, calls.next_deadline());
+        if calls.is_idle() && wake_at.is_none() {
+            return Err(Error::Undetermined(
+                "operation stalled: no RPC in flight, no timer and no result".into(),
+            ));
+        }
+        timer.arm(wake_at, rt);
+
+        // `None` is the timer: deadlines are re-checked against a fresh
+        // `now` at the top.
+        if let Some((id, result)) =
+            futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await
+        {
+            op.on_response(id, result, rt.now());
+        }
+    }
+}
+
+/// What woke the loop: an RPC outcome, or `None` for the timer.
+///
+/// Responses win over the timer when both are ready: a response that made it
+/// in time should not be reported as a deadline miss.
+fn poll_event(
+    cx: &mut Context<'_>,
+    calls: &mut Calls,
+    timer: &mut Timer,
+) -> Poll<Option<(RpcId, Result<Response, RpcError>)>> {
+    if let Poll::Ready(outcome) = calls.poll_next(cx) {
+        return Poll::Ready(Some(outcome));
+    }
+    if timer.poll(cx).is_ready() {
+        return Poll::Ready(None);
+    }
+    Poll::Pending
+}
+
+type CallFuture =
+    BoxFuture<'static, (u64, Result<Result<Response, RpcError>, futures::future::Aborted>)>;
+
+/// The RPCs in flight. Each call gets a private sequence number, so a
+/// machine that (wrongly) reuses an RPC id cannot confuse the bookkeeping.
+#[derive(Default)]
+struct Calls {
+    next_seq: u64,
+    futures: FuturesUnordered<CallFuture>,
+    /// Live calls by sequence number. Only looked up, never iterated, so hash
+    /// order cannot influence anything.
+    live: HashMap<u64, LiveCall>,
+    /// Live calls ordered by deadline (ties by launch order), for expiry.
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+struct LiveCall {
+    id: RpcId,
+    deadline: Instant,
+    abort: AbortHandle,
+}
+
+impl Calls {
+    fn launch<T: Transport + ?Sized>(&mut self, rpc: Rpc, transport: &T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let (abort, registration) = AbortHandle::new_pair();
+        let call = transport.call(&rpc.target, rpc.request, rpc.deadline);
+        self.futures.push(Abortable::new(call, registration).map(move |r| (seq, r)).boxed());
+        self.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort });
+        self.deadlines.insert((rpc.deadline, seq));
+    }
+
+    /// True when no call is waiting for an answer (aborted calls that have
+    /// not been polled out yet do not count).
+    fn is_idle(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The nearest deadline of a live call. [`Instant::MAX`] means "no
+    /// deadline", so it never arms the timer.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(d, _)| d).filter(|&d| d != Instant::MAX)
+    }
+
+    /// Drops the live call with the earliest deadline if that deadline has
+    /// passed, returning its RPC id.
+    fn expire_one(&mut self, now: Instant) -> Option<RpcId> {
+        let &(deadline, seq) = self.deadlines.first()?;
+        if deadline > now || deadline == Instant::MAX {
+            return None;
+        }
+        self.deadlines.pop_first();
+        let call = self.live.remove(&seq)?;
+        // Aborting wakes the future, which then resolves to `Aborted` and is
+        // discarded; the transport's future is dropped with it.
+        call.abort.abort();
+        Some(call.id)
+    }
+
+    /// The next outcome of a live call.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(RpcId, Result<Response, RpcError>)> {
+        loop {
+            match self.futures.poll_next_unpin(cx) {
+                Poll::Ready(Some((seq, Ok(result)))) => {
+                    if let Some(call) = self.live.remove(&seq) {
+                        self.deadlines.remove(&(call.deadline, seq));
+                        return Poll::Ready((call.id, result));
+                    }
+                }
+                // An expired call: its outcome was already reported.
+                Poll::Ready(Some((_, Err(_aborted)))) => {}
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The loop's single timer, re-created only when its instant changes.
+#[derive(Default)]
+struct Timer {
+    at: Option<Instant>,
+    sleep: Option<BoxFuture<'static, ()>>,
+}
+
+impl Timer {
+    fn arm<R: Runtime>(&mut self, at: Option<Instant>, rt: &R) {
+        if self.at != at || (at.is_some() && self.sleep.is_none()) {
+            self.at = at;
+            self.sleep = at.map(|at| rt.sleep_until(at));
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.sleep.as_mut() {
+            Some(sleep) => {
+                let ready = sleep.poll_unpin(cx);
+                if ready.is_ready() {
+                    self.sleep = None;
+                }
+                ready
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

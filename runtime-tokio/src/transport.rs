@@ -1,0 +1,329 @@
+//! [`GrpcTransport`]: the driver's transport over tonic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use tikv_core::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, RpcError, Target,
+};
+use tikv_core::time::Instant;
+use tikv_driver::Transport;
+use tikv_proto::keyspacepb::keyspace_client::KeyspaceClient;
+use tikv_proto::pdpb::pd_client::PdClient;
+use tikv_proto::tikvpb::tikv_client::TikvClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::status::to_rpc_error;
+use crate::{clock, tso};
+
+/// Connection settings of a [`GrpcTransport`]. The defaults are client-go's
+/// (`internal/client/conn_pool.go`, `config/client.go`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tikv_tokio::TransportConfig;
+///
+/// let config = TransportConfig::default()
+///     .connect_timeout(Duration::from_secs(2))
+///     .keepalive(Duration::from_secs(20), Duration::from_secs(5));
+/// assert_eq!(config.connect_timeout, Duration::from_secs(2));
+/// assert_eq!(config.keepalive_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Limit on establishing a connection (TCP and HTTP/2 handshake). Default 5s.
+    pub connect_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings, sent also while idle. Default 10s.
+    pub keepalive_interval: Duration,
+    /// How long to wait for a ping's answer before the connection is
+    /// declared dead. Default 3s.
+    pub keepalive_timeout: Duration,
+    /// Disable Nagle's algorithm: requests are small and latency-bound. Default on.
+    pub tcp_nodelay: bool,
+    /// Largest response accepted. Default unlimited, as client-go.
+    pub max_decoding_message_size: usize,
+    /// Largest request sent. Default unlimited (the server enforces its own).
+    pub max_encoding_message_size: usize,
+    /// HTTP/2 initial stream window. Default 128 MiB (client-go's
+    /// `DefGrpcInitialWindowSize`).
+    pub initial_stream_window_size: u32,
+    /// HTTP/2 initial connection window. Default 128 MiB.
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(3),
+            tcp_nodelay: true,
+            max_decoding_message_size: usize::MAX,
+            max_encoding_message_size: usize::MAX,
+            initial_stream_window_size: 128 << 20,
+            initial_connection_window_size: 128 << 20,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Sets [`TransportConfig::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the keepalive ping interval and its answer timeout.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Sets [`TransportConfig::tcp_nodelay`].
+    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
+        self.tcp_nodelay = enabled;
+        self
+    }
+
+    /// Sets the largest response and request message sizes.
+    pub fn max_message_sizes(mut self, decoding: usize, encoding: usize) -> Self {
+        self.max_decoding_message_size = decoding;
+        self.max_encoding_message_size = encoding;
+        self
+    }
+
+    /// Sets the HTTP/2 initial stream and connection windows.
+    pub fn window_sizes(mut self, stream: u32, connection: u32) -> Self {
+        self.initial_stream_window_size = stream;
+        self.initial_connection_window_size = connection;
+        self
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, RpcError> {
+        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| RpcError::Unavailable(format!("invalid address {addr:?}: {e}")))?;
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            // client-go's PermitWithoutStream: detect a dead store before
+            // the next request has to.
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(self.tcp_nodelay)
+            .initial_stream_window_size(self.initial_stream_window_size)
+            .initial_connection_window_size(self.initial_connection_window_size))
+    }
+}
+
+/// `tikv_driver::Transport` over gRPC: TiKV's `Tikv` service and PD's `PD`
+/// and `Keyspace` services.
+///
+/// One HTTP/2 channel per address, created on first use and cached (a
+/// channel multiplexes concurrent calls and reconnects by itself). Each
+/// call's deadline is sent as `grpc-timeout` and enforced locally. PD's TSO
+/// requests go over one long-lived bidirectional stream per PD address, one
+/// round at a time; a stream that fails is dropped, the failed round reports
+/// `RpcError::Unavailable`, and the next round opens a new one.
+///
+/// Cloning is cheap and shares the channels. Calls must run inside a tokio
+/// runtime.
+#[derive(Clone, Debug)]
+pub struct GrpcTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    config: TransportConfig,
+    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    pub(crate) tso: tso::Streams,
+}
+
+impl GrpcTransport {
+    /// A transport with no connection yet.
+    pub fn new(config: TransportConfig) -> GrpcTransport {
+        clock::init();
+        GrpcTransport {
+            inner: Arc::new(Inner {
+                config,
+                channels: Mutex::new(HashMap::new()),
+                tso: tso::Streams::default(),
+            }),
+        }
+    }
+
+    /// The configuration the transport was built with.
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+}
+
+impl Default for GrpcTransport {
+    fn default() -> Self {
+        GrpcTransport::new(TransportConfig::default())
+    }
+}
+
+impl Inner {
+    /// The cached channel for `addr`, created lazily: `connect_lazy` dials on
+    /// the first request, so the lock is never held across I/O.
+    fn channel(&self, addr: &Arc<str>) -> Result<Channel, RpcError> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self.config.endpoint(addr)?.connect_lazy();
+        channels.insert(addr.clone(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn call(
+        &self,
+        target: &Target,
+        request: Request,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<Response, RpcError>> {
+        let inner = self.inner.clone();
+        let addr = match target {
+            Target::Pd { addr } | Target::Store { addr, .. } => addr.clone(),
+        };
+        async move {
+            let deadline = clock::to_tokio(deadline);
+            let timeout =
+                deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            if timeout == Some(Duration::ZERO) {
+                return Err(RpcError::DeadlineExceeded);
+            }
+            let name = request.name();
+            let call = dispatch(&inner, &addr, request, timeout);
+            let response = match deadline {
+                // Enforced here as well as by the server: a peer that never
+                // answers (or a stuck connect) must not hold the caller.
+                Some(at) => match tokio::time::timeout_at(at, call).await {
+                    Ok(Err(RpcError::Canceled)) if tokio::time::Instant::now() >= at => {
+                        // tonic servers enforce `grpc-timeout` by answering
+                        // CANCELLED ("Timeout expired"); that answer can beat
+                        // our own timer by a hair. It is our deadline.
+                        return Err(RpcError::DeadlineExceeded);
+                    }
+                    Ok(result) => result?,
+                    Err(_elapsed) => return Err(RpcError::DeadlineExceeded),
+                },
+                None => call.await?,
+            };
+            if response.name() != name {
+                return Err(RpcError::Mismatch);
+            }
+            Ok(response)
+        }
+        .boxed()
+    }
+}
+
+async fn dispatch(
+    inner: &Inner,
+    addr: &Arc<str>,
+    request: Request,
+    timeout: Option<Duration>,
+) -> Result<Response, RpcError> {
+    let channel = inner.channel(addr)?;
+    match request {
+        Request::Kv(request) => {
+            call_kv(channel, &inner.config, request, timeout).await.map(Response::Kv)
+        }
+        Request::Pd(PdRequest::Tso(request)) => {
+            let config = &inner.config;
+            let client = || {
+                PdClient::new(channel)
+                    .max_decoding_message_size(config.max_decoding_message_size)
+                    .max_encoding_message_size(config.max_encoding_message_size)
+            };
+            inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
+        }
+        Request::Pd(request) => {
+            call_pd(channel, &inner.config, request, timeout).await.map(Response::Pd)
+        }
+    }
+}
+
+/// A tonic request carrying the caller's deadline as `grpc-timeout`, so the
+/// server can stop working on a call nobody waits for.
+fn grpc_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
+macro_rules! kv_dispatch {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Sends one TiKV request with the matching `Tikv` method.
+        async fn call_kv(
+            channel: Channel,
+            config: &TransportConfig,
+            request: KvRequest,
+            timeout: Option<Duration>,
+        ) -> Result<KvResponse, RpcError> {
+            let mut client = TikvClient::new(channel)
+                .max_decoding_message_size(config.max_decoding_message_size)
+                .max_encoding_message_size(config.max_encoding_message_size);
+            match request {
+                $(
+                    KvRequest::$variant(r) => client
+                        .$method(grpc_request(r, timeout))
+                        .await
+                        .map(|resp| KvResponse::$variant(resp.into_inner()))
+                        .map_err(to_rpc_error),
+                )*
+            }
+        }
+    };
+}
+tikv_core::for_each_kv_rpc!(kv_dispatch);
+
+/// The client for a PD-side service named in `for_each_pd_rpc!`.
+macro_rules! pd_service_client {
+    (pdpb, $channel:expr, $config:expr) => {
+        PdClient::new($channel)
+            .max_decoding_message_size($config.max_decoding_message_size)
+            .max_encoding_message_size($config.max_encoding_message_size)
+    };
+    (keyspacepb, $channel:expr, $config:expr) => {
+        KeyspaceClient::new($channel)
+            .max_decoding_message_size($config.max_decoding_message_size)
+            .max_encoding_message_size($config.max_encoding_message_size)
+    };
+}
+
+macro_rules! pd_dispatch {
+    ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Sends one unary PD request with the matching `PD`/`Keyspace` method.
+        async fn call_pd(
+            channel: Channel,
+            config: &TransportConfig,
+            request: PdRequest,
+            timeout: Option<Duration>,
+        ) -> Result<PdResponse, RpcError> {
+            match request {
+                $(
+                    PdRequest::$variant(r) => pd_service_client!($svc, channel, config)
+                        .$method(grpc_request(r, timeout))
+                        .await
+                        .map(|resp| PdResponse::$variant(resp.into_inner()))
+                        .map_err(to_rpc_error),
+                )*
+                // Routed to the stream by `dispatch`; never unary.
+                PdRequest::Tso(_) => Err(RpcError::Mismatch),
+            }
+        }
+    };
+}
+tikv_core::for_each_pd_rpc!(pd_dispatch);
