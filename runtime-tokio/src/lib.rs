@@ -1,5 +1,15 @@
 //! The TiKV client on tokio.
 //!
+//! Most users need only [`RawClient`] (and, later, the transactional client):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tikv_tokio::Error> {
+//! let client = tikv_tokio::RawClient::connect(["127.0.0.1:2379"]).await?;
+//! client.put("hello", "world").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Underneath:
 //! - [`TokioRuntime`]: `tikv_driver::Runtime` over tokio's clock, timers and
 //!   spawner.
 //! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC (tonic on HTTP/2):
@@ -30,10 +40,16 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod platform;
 mod runtime;
 mod status;
 mod transport;
 mod tso;
 
+pub use platform::{RawClient, Tokio};
 pub use runtime::TokioRuntime;
+pub use tikv_driver::{
+    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
+    RawChecksum, Value,
+};
 pub use transport::{GrpcTransport, TransportConfig};

@@ -1,0 +1,37 @@
+//! The tokio platform: the public client types with the runtime filled in.
+
+use tikv_core::Error;
+use tikv_core::config::Config;
+use tikv_driver::Platform;
+
+use crate::{GrpcTransport, TokioRuntime, TransportConfig};
+
+/// Marker type selecting tokio and tonic for the generic clients of
+/// `tikv-driver`. Users rarely name it: use [`RawClient`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
+
+impl Platform for Tokio {
+    type Runtime = TokioRuntime;
+    type Transport = GrpcTransport;
+
+    fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
+        let transport = GrpcTransport::new(
+            TransportConfig::default()
+                .connect_timeout(config.connect_timeout)
+                .keepalive(config.keepalive_interval, config.keepalive_timeout),
+        );
+        Ok((TokioRuntime::new(), transport))
+    }
+}
+
+/// The RawKV client on tokio.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tikv_tokio::Error> {
+/// let client = tikv_tokio::RawClient::connect(["127.0.0.1:2379"]).await?;
+/// client.put("key", "value").await?;
+/// assert_eq!(client.get("key").await?.as_deref(), Some(&b"value"[..]));
+/// # Ok(()) }
+/// ```
+pub type RawClient = tikv_driver::RawClient<Tokio>;
