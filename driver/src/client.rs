@@ -80,7 +80,8 @@ impl<P: Platform> ClientCore<P> {
                     let budget = view.config.budget(view.config.backoff.locate_region);
                     // A failed refresh is retried at the next tick; the
                     // request path resolves stores on demand anyway.
-                    let _ = refresh_stores::<P>(&view, &rt, &transport, view.backoffer(budget)).await;
+                    let _ =
+                        refresh_stores::<P>(&view, &rt, &transport, view.backoffer(budget)).await;
                 }
             })
         };

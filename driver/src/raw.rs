@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tikv_core::Error;
 use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
-use tikv_core::Error;
 
 use crate::client::{ClientCore, Platform};
 
@@ -202,7 +202,11 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Like [`RawClient::scan`], returning keys only (values are not sent).
-    pub async fn scan_keys(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<Key>, Error> {
+    pub async fn scan_keys(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<Key>, Error> {
         let pairs = self.scan_inner(range.into(), limit, true, false).await?;
         Ok(pairs.into_iter().map(|p| p.key).collect())
     }

@@ -69,24 +69,34 @@ impl LocateRegion {
         }
     }
 
-    fn request(&self) -> Result<PdRequest, Error> {
+    /// The PD region key to ask about: the encoded key, or for an unbounded
+    /// end key the end of the keyspace (API V2). In API V1 there is no such
+    /// key: PD has no query for "the last region" and `GetRegion("")` is the
+    /// first region, so client-go cannot locate it either.
+    fn region_key(&self, key: &Key, is_end: bool) -> Result<Vec<u8>, Error> {
         let codec = &self.view.codec;
-        Ok(match &self.by {
-            LocateBy::Key(k) => PdRequest::GetRegion(pdpb::GetRegionRequest {
-                region_key: codec.encode_region_key(k).into(),
-                ..Default::default()
-            }),
-            LocateBy::EndKey(k) if k.is_empty() => {
-                // client-go cannot locate "the last region" either: PD has no
-                // query for it, and GetRegion("") is the first region.
+        if is_end && key.is_empty() {
+            let (_, end) = codec.encode_region_range(&crate::key::KeyRange::all());
+            if end.is_empty() {
                 return Err(Error::Unsupported(
-                    "locating the region before an unbounded end key (reverse scan without an upper bound) is not supported"
+                    "locating the last region (a reverse scan without an upper bound) needs API V2"
                         .into(),
                 ));
             }
+            return Ok(end);
+        }
+        Ok(codec.encode_region_key(key))
+    }
+
+    fn request(&self) -> Result<PdRequest, Error> {
+        Ok(match &self.by {
+            LocateBy::Key(k) => PdRequest::GetRegion(pdpb::GetRegionRequest {
+                region_key: self.region_key(k, false)?.into(),
+                ..Default::default()
+            }),
             LocateBy::EndKey(k) => {
                 let req = pdpb::GetRegionRequest {
-                    region_key: codec.encode_region_key(k).into(),
+                    region_key: self.region_key(k, true)?.into(),
                     ..Default::default()
                 };
                 if self.search_prev {
