@@ -151,7 +151,9 @@ impl std::fmt::Display for SimError {
             SimError::NoSuchRegion(id) => write!(f, "no region {id}"),
             SimError::NoSuchStore(id) => write!(f, "no store {id}"),
             SimError::NoSuchPdMember(i) => write!(f, "no PD member {i}"),
-            SimError::SplitAtBoundary(k) => write!(f, "key {} is already a region boundary", hex(k)),
+            SimError::SplitAtBoundary(k) => {
+                write!(f, "key {} is already a region boundary", hex(k))
+            }
             SimError::NotAdjacent(a, b) => write!(f, "regions {a} and {b} are not adjacent"),
             SimError::NoPeerOnStore { region_id, store_id } => {
                 write!(f, "region {region_id} has no peer on store {store_id}")
@@ -205,7 +207,8 @@ impl Region {
     }
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
-        key >= &self.meta.start_key[..] && (self.meta.end_key.is_empty() || key < &self.meta.end_key[..])
+        key >= &self.meta.start_key[..]
+            && (self.meta.end_key.is_empty() || key < &self.meta.end_key[..])
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -330,13 +333,23 @@ impl Cluster {
     /// Transport faults (`inject_rpc_error`, stopped or unknown stores) come
     /// back as `Err`; everything TiKV reports in-band (region errors, `error`
     /// strings, key errors) comes back inside the response.
-    pub fn handle_kv(&self, store_id: u64, req: KvRequest, now: Instant) -> Result<KvResponse, RpcError> {
+    pub fn handle_kv(
+        &self,
+        store_id: u64,
+        req: KvRequest,
+        now: Instant,
+    ) -> Result<KvResponse, RpcError> {
         self.lock().handle_kv(store_id, req, now)
     }
 
     /// Handles one PD request (unary, or one round of the TSO stream) arriving
     /// at PD member `member` at model time `now`.
-    pub fn handle_pd(&self, member: usize, req: PdRequest, now: Instant) -> Result<PdResponse, RpcError> {
+    pub fn handle_pd(
+        &self,
+        member: usize,
+        req: PdRequest,
+        now: Instant,
+    ) -> Result<PdResponse, RpcError> {
         self.lock().handle_pd(member, req, now)
     }
 
@@ -452,9 +465,9 @@ impl Cluster {
     /// Adds an ENABLED keyspace to PD's keyspace table.
     pub fn add_keyspace(&self, name: &str, id: u32) -> Result<(), SimError> {
         let mut st = self.lock();
-        let taken = st.pd.keyspaces.values().any(|m| {
-            matches!(m.keyspace, Some(keyspacepb::keyspace_meta::Keyspace::Id(i)) if i == id)
-        });
+        let taken = st.pd.keyspaces.values().any(
+            |m| matches!(m.keyspace, Some(keyspacepb::keyspace_meta::Keyspace::Id(i)) if i == id),
+        );
         if taken || st.pd.keyspaces.contains_key(name) {
             return Err(SimError::KeyspaceExists(name.to_owned()));
         }
@@ -589,6 +602,12 @@ tikv_core::for_each_kv_rpc!(region_error_setter);
 pub(crate) enum Reject {
     Region(Box<errorpb::Error>),
     Other(String),
+}
+
+impl From<Box<errorpb::Error>> for Reject {
+    fn from(e: Box<errorpb::Error>) -> Reject {
+        Reject::Region(e)
+    }
 }
 
 impl From<errorpb::Error> for Reject {
@@ -728,14 +747,11 @@ impl State {
             return Err(SimError::SplitAtBoundary(key.to_vec()));
         }
         let epoch = old.meta.region_epoch.unwrap_or_default();
-        let new_epoch = metapb::RegionEpoch { conf_ver: epoch.conf_ver, version: epoch.version + 1 };
+        let new_epoch =
+            metapb::RegionEpoch { conf_ver: epoch.conf_ver, version: epoch.version + 1 };
         let left_id = self.alloc_id();
-        let left_peers: Vec<metapb::Peer> = old
-            .meta
-            .peers
-            .iter()
-            .map(|p| metapb::Peer { id: self.alloc_id(), ..*p })
-            .collect();
+        let left_peers: Vec<metapb::Peer> =
+            old.meta.peers.iter().map(|p| metapb::Peer { id: self.alloc_id(), ..*p }).collect();
         let left = Region {
             meta: metapb::Region {
                 id: left_id,
@@ -765,7 +781,8 @@ impl State {
     fn merge(&mut self, source: u64, target: u64) -> Result<u64, SimError> {
         let src = self.region_by_id(source).cloned().ok_or(SimError::NoSuchRegion(source))?;
         let tgt = self.region_by_id(target).cloned().ok_or(SimError::NoSuchRegion(target))?;
-        let (start, end) = if src.meta.end_key == tgt.meta.start_key && !src.meta.end_key.is_empty() {
+        let (start, end) = if src.meta.end_key == tgt.meta.start_key && !src.meta.end_key.is_empty()
+        {
             (src.meta.start_key.clone(), tgt.meta.end_key.clone())
         } else if tgt.meta.end_key == src.meta.start_key && !tgt.meta.end_key.is_empty() {
             (tgt.meta.start_key.clone(), src.meta.end_key.clone())
@@ -799,7 +816,8 @@ impl State {
     fn stop_store(&mut self, store_id: u64) -> Result<(), SimError> {
         let store = self.stores.get_mut(&store_id).ok_or(SimError::NoSuchStore(store_id))?;
         store.running = false;
-        let running: Vec<u64> = self.stores.values().filter(|s| s.running).map(|s| s.meta.id).collect();
+        let running: Vec<u64> =
+            self.stores.values().filter(|s| s.running).map(|s| s.meta.id).collect();
         for region in self.regions.values_mut() {
             if region.leader_store != store_id {
                 continue;
@@ -820,8 +838,15 @@ impl State {
     }
 
     /// Takes one use of the first matching injection.
-    fn take_injection<T: Clone>(list: &mut Vec<Injection<T>>, store: u64, region: u64, cmd: &str) -> Option<T> {
-        let i = list.iter().position(|inj| inj.remaining > 0 && inj.filter.matches(store, region, cmd))?;
+    fn take_injection<T: Clone>(
+        list: &mut Vec<Injection<T>>,
+        store: u64,
+        region: u64,
+        cmd: &str,
+    ) -> Option<T> {
+        let i = list
+            .iter()
+            .position(|inj| inj.remaining > 0 && inj.filter.matches(store, region, cmd))?;
         list[i].remaining -= 1;
         let what = list[i].what.clone();
         if list[i].remaining == 0 {
@@ -845,7 +870,12 @@ impl State {
         Some(what)
     }
 
-    fn handle_kv(&mut self, store_id: u64, req: KvRequest, now: Instant) -> Result<KvResponse, RpcError> {
+    fn handle_kv(
+        &mut self,
+        store_id: u64,
+        req: KvRequest,
+        now: Instant,
+    ) -> Result<KvResponse, RpcError> {
         self.last_now = self.last_now.max(now);
         let cmd = req.name();
         let ctx = req.context().cloned().unwrap_or_default();
@@ -854,7 +884,9 @@ impl State {
         }
         match self.stores.get(&store_id) {
             None => return Err(RpcError::Unavailable(format!("store {store_id} does not exist"))),
-            Some(s) if !s.running => return Err(RpcError::Unavailable(format!("store {store_id} is stopped"))),
+            Some(s) if !s.running => {
+                return Err(RpcError::Unavailable(format!("store {store_id} is stopped")));
+            }
             Some(_) => {}
         }
         // TiKV's `reject_if_cluster_id_mismatch!`: a gRPC INVALID_ARGUMENT status.
@@ -864,7 +896,9 @@ impl State {
                 message: "the cluster id of the request does not match the TiKV cluster".to_owned(),
             });
         }
-        if let Some(err) = Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd) {
+        if let Some(err) =
+            Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd)
+        {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(resp);
@@ -872,17 +906,33 @@ impl State {
         let now_secs = self.ttl_now(now);
         let resp = match req {
             KvRequest::RawGet(r) => KvResponse::RawGet(self.raw_get(store_id, r, now_secs)),
-            KvRequest::RawBatchGet(r) => KvResponse::RawBatchGet(self.raw_batch_get(store_id, r, now_secs)),
+            KvRequest::RawBatchGet(r) => {
+                KvResponse::RawBatchGet(self.raw_batch_get(store_id, r, now_secs))
+            }
             KvRequest::RawPut(r) => KvResponse::RawPut(self.raw_put(store_id, r, now_secs)),
-            KvRequest::RawBatchPut(r) => KvResponse::RawBatchPut(self.raw_batch_put(store_id, r, now_secs)),
+            KvRequest::RawBatchPut(r) => {
+                KvResponse::RawBatchPut(self.raw_batch_put(store_id, r, now_secs))
+            }
             KvRequest::RawDelete(r) => KvResponse::RawDelete(self.raw_delete(store_id, r)),
-            KvRequest::RawBatchDelete(r) => KvResponse::RawBatchDelete(self.raw_batch_delete(store_id, r)),
-            KvRequest::RawDeleteRange(r) => KvResponse::RawDeleteRange(self.raw_delete_range(store_id, r)),
+            KvRequest::RawBatchDelete(r) => {
+                KvResponse::RawBatchDelete(self.raw_batch_delete(store_id, r))
+            }
+            KvRequest::RawDeleteRange(r) => {
+                KvResponse::RawDeleteRange(self.raw_delete_range(store_id, r))
+            }
             KvRequest::RawScan(r) => KvResponse::RawScan(self.raw_scan(store_id, r, now_secs)),
-            KvRequest::RawBatchScan(r) => KvResponse::RawBatchScan(self.raw_batch_scan(store_id, r, now_secs)),
-            KvRequest::RawGetKeyTtl(r) => KvResponse::RawGetKeyTtl(self.raw_get_key_ttl(store_id, r, now_secs)),
-            KvRequest::RawCompareAndSwap(r) => KvResponse::RawCompareAndSwap(self.raw_cas(store_id, r, now_secs)),
-            KvRequest::RawChecksum(r) => KvResponse::RawChecksum(self.raw_checksum(store_id, r, now_secs)),
+            KvRequest::RawBatchScan(r) => {
+                KvResponse::RawBatchScan(self.raw_batch_scan(store_id, r, now_secs))
+            }
+            KvRequest::RawGetKeyTtl(r) => {
+                KvResponse::RawGetKeyTtl(self.raw_get_key_ttl(store_id, r, now_secs))
+            }
+            KvRequest::RawCompareAndSwap(r) => {
+                KvResponse::RawCompareAndSwap(self.raw_cas(store_id, r, now_secs))
+            }
+            KvRequest::RawChecksum(r) => {
+                KvResponse::RawChecksum(self.raw_checksum(store_id, r, now_secs))
+            }
             other => {
                 return Err(RpcError::Status {
                     code: tikv_core::rpc::GRPC_UNIMPLEMENTED,
@@ -903,65 +953,69 @@ impl State {
         store_id: u64,
         ctx: Option<&kvrpcpb::Context>,
         read_only: bool,
-    ) -> Result<metapb::Region, errorpb::Error> {
+    ) -> Result<metapb::Region, Box<errorpb::Error>> {
         let default_ctx = kvrpcpb::Context::default();
         let ctx = ctx.unwrap_or(&default_ctx);
         let peer = ctx.peer.unwrap_or_default();
         if peer.store_id != store_id {
-            return Err(errorpb::Error {
+            return Err(Box::new(errorpb::Error {
                 message: format!("to store id {}, mine {}", peer.store_id, store_id),
                 store_not_match: Some(errorpb::StoreNotMatch {
                     request_store_id: peer.store_id,
                     actual_store_id: store_id,
                 }),
                 ..Default::default()
-            });
+            }));
         }
         let region_id = ctx.region_id;
-        let Some((region, my_peer)) = self
-            .region_by_id(region_id)
-            .and_then(|r| r.peer_on(store_id).map(|p| (r, *p)))
+        let Some((region, my_peer)) =
+            self.region_by_id(region_id).and_then(|r| r.peer_on(store_id).map(|p| (r, *p)))
         else {
-            return Err(errorpb::Error {
+            return Err(Box::new(errorpb::Error {
                 message: format!("region {region_id} not found"),
                 region_not_found: Some(errorpb::RegionNotFound { region_id }),
                 ..Default::default()
-            });
+            }));
         };
         if peer.id != my_peer.id {
-            return Err(errorpb::Error {
+            return Err(Box::new(errorpb::Error {
                 message: format!("mismatch peer id {} != {}", peer.id, my_peer.id),
                 mismatch_peer_id: Some(errorpb::MismatchPeerId {
                     request_peer_id: peer.id,
                     store_peer_id: my_peer.id,
                 }),
                 ..Default::default()
-            });
+            }));
         }
         let follower_read_ok = read_only && (ctx.replica_read || ctx.stale_read);
         if region.leader_store != store_id && !follower_read_ok {
             let leader = region.leader();
-            return Err(errorpb::Error {
-                message: format!("peer is not leader for region {region_id}, leader may {leader:?}"),
+            return Err(Box::new(errorpb::Error {
+                message: format!(
+                    "peer is not leader for region {region_id}, leader may {leader:?}"
+                ),
                 not_leader: Some(errorpb::NotLeader { region_id, leader }),
                 ..Default::default()
-            });
+            }));
         }
         let Some(from) = ctx.region_epoch else {
-            return Err(errorpb::Error { message: "missing epoch!".to_owned(), ..Default::default() });
+            return Err(Box::new(errorpb::Error {
+                message: "missing epoch!".to_owned(),
+                ..Default::default()
+            }));
         };
         let current = region.meta.region_epoch.unwrap_or_default();
         if from.version != current.version {
             let mut current_regions = vec![region.meta.clone()];
             self.collect_sibling_regions(region, from.version, &mut current_regions);
-            return Err(errorpb::Error {
+            return Err(Box::new(errorpb::Error {
                 message: format!(
                     "EpochNotMatch current epoch of region {} is conf_ver: {} version: {}, but you sent conf_ver: {} version: {}",
                     region_id, current.conf_ver, current.version, from.conf_ver, from.version
                 ),
                 epoch_not_match: Some(errorpb::EpochNotMatch { current_regions }),
                 ..Default::default()
-            });
+            }));
         }
         Ok(region.meta.clone())
     }
@@ -970,7 +1024,12 @@ impl State {
     /// walks left from the region, collecting up to `current - requested`
     /// regions (at most 10, `MAX_REGIONS_IN_ERROR`) that a split may have
     /// produced, so a client with an old epoch learns the new layout.
-    fn collect_sibling_regions(&self, region: &Region, requested: u64, out: &mut Vec<metapb::Region>) {
+    fn collect_sibling_regions(
+        &self,
+        region: &Region,
+        requested: u64,
+        out: &mut Vec<metapb::Region>,
+    ) {
         const MAX_REGIONS_IN_ERROR: usize = 10;
         let mut max_version = region.version();
         if requested >= max_version {
@@ -993,7 +1052,10 @@ impl State {
 }
 
 /// The region of `regions` (keyed by start key) that contains `key`.
-pub(crate) fn containing<'a>(regions: &'a BTreeMap<Vec<u8>, Region>, key: &[u8]) -> Option<&'a Region> {
+pub(crate) fn containing<'a>(
+    regions: &'a BTreeMap<Vec<u8>, Region>,
+    key: &[u8],
+) -> Option<&'a Region> {
     regions
         .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
         .next_back()
@@ -1002,16 +1064,24 @@ pub(crate) fn containing<'a>(regions: &'a BTreeMap<Vec<u8>, Region>, key: &[u8])
 }
 
 /// raftstore's `check_key_in_region` (`[start, end)`).
-pub(crate) fn check_key_in_region(key: &[u8], region: &metapb::Region) -> Result<(), errorpb::Error> {
-    let inside = key >= &region.start_key[..] && (region.end_key.is_empty() || key < &region.end_key[..]);
-    if inside { Ok(()) } else { Err(key_not_in_region(key, region)) }
+pub(crate) fn check_key_in_region(
+    key: &[u8],
+    region: &metapb::Region,
+) -> Result<(), Box<errorpb::Error>> {
+    let inside =
+        key >= &region.start_key[..] && (region.end_key.is_empty() || key < &region.end_key[..]);
+    if inside { Ok(()) } else { Err(Box::new(key_not_in_region(key, region))) }
 }
 
 /// raftstore's `check_key_in_region_inclusive` (`[start, end]`), used when
 /// seeking an iterator (`RegionIterator::should_seekable`).
-pub(crate) fn check_key_seekable(key: &[u8], region: &metapb::Region) -> Result<(), errorpb::Error> {
-    let inside = key >= &region.start_key[..] && (region.end_key.is_empty() || key <= &region.end_key[..]);
-    if inside { Ok(()) } else { Err(key_not_in_region(key, region)) }
+pub(crate) fn check_key_seekable(
+    key: &[u8],
+    region: &metapb::Region,
+) -> Result<(), Box<errorpb::Error>> {
+    let inside =
+        key >= &region.start_key[..] && (region.end_key.is_empty() || key <= &region.end_key[..]);
+    if inside { Ok(()) } else { Err(Box::new(key_not_in_region(key, region))) }
 }
 
 pub(crate) fn key_not_in_region(key: &[u8], region: &metapb::Region) -> errorpb::Error {

@@ -57,7 +57,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     _ => return Err(bad("1 or 2")),
                 }
             }
-            "--store-base-port" => args.store_base_port = Some(value.parse().map_err(|_| bad("a port"))?),
+            "--store-base-port" => {
+                args.store_base_port = Some(value.parse().map_err(|_| bad("a port"))?)
+            }
             "--cluster-id" => args.cluster_id = Some(value.parse().map_err(|_| bad("a number"))?),
             "--seed" => args.seed = value.parse().map_err(|_| bad("a number"))?,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
@@ -162,7 +164,10 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let a = parse("--pd 127.0.0.1:2379 --stores 5 --regions 4 --api-version 2 --store-base-port 20160").unwrap();
+        let a = parse(
+            "--pd 127.0.0.1:2379 --stores 5 --regions 4 --api-version 2 --store-base-port 20160",
+        )
+        .unwrap();
         assert_eq!(a.pd, vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]);
         assert_eq!(a.stores, 5);
         assert_eq!(a.regions, 4);

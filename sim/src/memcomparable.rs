@@ -77,10 +77,7 @@ mod tests {
     fn known_vectors() {
         // Vectors from TiDB's codec tests.
         assert_eq!(encode(&[1, 2, 3]), vec![1, 2, 3, 0, 0, 0, 0, 0, 0xFA]);
-        assert_eq!(
-            encode(&[1, 2, 3, 0]),
-            vec![1, 2, 3, 0, 0, 0, 0, 0, 0xFB]
-        );
+        assert_eq!(encode(&[1, 2, 3, 0]), vec![1, 2, 3, 0, 0, 0, 0, 0, 0xFB]);
         assert_eq!(
             encode(&[1, 2, 3, 4, 5, 6, 7, 8]),
             vec![1, 2, 3, 4, 5, 6, 7, 8, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0xF7]
@@ -94,7 +91,16 @@ mod tests {
     #[test]
     fn preserves_order_and_round_trips() {
         let keys: Vec<&[u8]> = vec![
-            b"", b"\0", b"\0\0", b"a", b"a\0", b"ab", b"abcdefgh", b"abcdefgh\0", b"abcdefghi", b"b",
+            b"",
+            b"\0",
+            b"\0\0",
+            b"a",
+            b"a\0",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghi",
+            b"b",
         ];
         for w in keys.windows(2) {
             assert!(encode(w[0]) < encode(w[1]), "{:?} < {:?}", w[0], w[1]);

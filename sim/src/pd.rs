@@ -45,7 +45,11 @@ impl State {
     }
 
     /// `validateRoleInRequest` without follower handling.
-    fn validate(&self, member: usize, header: Option<&pdpb::RequestHeader>) -> Result<(), RpcError> {
+    fn validate(
+        &self,
+        member: usize,
+        header: Option<&pdpb::RequestHeader>,
+    ) -> Result<(), RpcError> {
         if member != self.pd.leader {
             return Err(status(UNAVAILABLE, "not leader"));
         }
@@ -86,16 +90,27 @@ impl State {
     }
 
     /// Regions overlapping `[start, end)` (empty end: unbounded), in key order.
-    fn overlapping<'a>(&'a self, start: &[u8], end: &'a [u8]) -> impl Iterator<Item = &'a Region> + 'a {
+    fn overlapping<'a>(
+        &'a self,
+        start: &[u8],
+        end: &'a [u8],
+    ) -> impl Iterator<Item = &'a Region> + 'a {
         let regions = self.pd_regions();
-        let first = containing(regions, start).map(|r| r.meta.start_key.to_vec()).unwrap_or_else(|| start.to_vec());
+        let first = containing(regions, start)
+            .map(|r| r.meta.start_key.to_vec())
+            .unwrap_or_else(|| start.to_vec());
         regions
             .range(first..)
             .map(|(_, r)| r)
             .take_while(move |r| end.is_empty() || &r.meta.start_key[..] < end)
     }
 
-    pub(crate) fn handle_pd(&mut self, member: usize, req: PdRequest, now: Instant) -> Result<PdResponse, RpcError> {
+    pub(crate) fn handle_pd(
+        &mut self,
+        member: usize,
+        req: PdRequest,
+        now: Instant,
+    ) -> Result<PdResponse, RpcError> {
         self.last_now = self.last_now.max(now);
         if member >= self.pd.members.len() {
             return Err(RpcError::Unavailable(format!("PD member {member} does not exist")));
@@ -114,11 +129,13 @@ impl State {
                     ..Default::default()
                 })
             }
-            PdRequest::GetClusterInfo(_) => PdResponse::GetClusterInfo(pdpb::GetClusterInfoResponse {
-                header: self.header(),
-                service_modes: vec![pdpb::ServiceMode::PdSvcMode as i32],
-                tso_urls: Vec::new(),
-            }),
+            PdRequest::GetClusterInfo(_) => {
+                PdResponse::GetClusterInfo(pdpb::GetClusterInfoResponse {
+                    header: self.header(),
+                    service_modes: vec![pdpb::ServiceMode::PdSvcMode as i32],
+                    tso_urls: Vec::new(),
+                })
+            }
             PdRequest::Tso(r) => PdResponse::Tso(self.tso(member, r, now)?),
             PdRequest::GetRegion(r) => {
                 self.validate(member, r.header.as_ref())?;
@@ -142,7 +159,8 @@ impl State {
             PdRequest::ScanRegions(r) => {
                 self.validate(member, r.header.as_ref())?;
                 let limit = if r.limit <= 0 { usize::MAX } else { r.limit as usize };
-                let found: Vec<&Region> = self.overlapping(&r.start_key, &r.end_key).take(limit).collect();
+                let found: Vec<&Region> =
+                    self.overlapping(&r.start_key, &r.end_key).take(limit).collect();
                 PdResponse::ScanRegions(pdpb::ScanRegionsResponse {
                     header: self.header(),
                     region_metas: found.iter().map(|x| x.meta.clone()).collect(),
@@ -160,7 +178,10 @@ impl State {
                     Some(s) => pdpb::GetStoreResponse {
                         header: self.header(),
                         store: Some(s.meta.clone()),
-                        stats: Some(pdpb::StoreStats { store_id: r.store_id, ..Default::default() }),
+                        stats: Some(pdpb::StoreStats {
+                            store_id: r.store_id,
+                            ..Default::default()
+                        }),
                     },
                     None => pdpb::GetStoreResponse {
                         header: self.error_header(
@@ -177,11 +198,15 @@ impl State {
                     .stores
                     .values()
                     .filter(|s| {
-                        !r.exclude_tombstone_stores || s.meta.node_state != metapb::NodeState::Removed as i32
+                        !r.exclude_tombstone_stores
+                            || s.meta.node_state != metapb::NodeState::Removed as i32
                     })
                     .map(|s| s.meta.clone())
                     .collect();
-                PdResponse::GetAllStores(pdpb::GetAllStoresResponse { header: self.header(), stores })
+                PdResponse::GetAllStores(pdpb::GetAllStoresResponse {
+                    header: self.header(),
+                    stores,
+                })
             }
             PdRequest::GetGcState(r) => {
                 self.validate(member, r.header.as_ref())?;
@@ -227,7 +252,12 @@ impl State {
     /// follows the model clock (never backwards), the logical counter
     /// advances by `count`, and the response carries the last timestamp of
     /// the batch.
-    fn tso(&mut self, member: usize, r: pdpb::TsoRequest, now: Instant) -> Result<pdpb::TsoResponse, RpcError> {
+    fn tso(
+        &mut self,
+        member: usize,
+        r: pdpb::TsoRequest,
+        now: Instant,
+    ) -> Result<pdpb::TsoResponse, RpcError> {
         if member != self.pd.leader {
             return Err(status(
                 UNKNOWN,
@@ -248,7 +278,8 @@ impl State {
             ));
         }
         let count = i64::from(r.count);
-        let clock = i64::try_from(self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000)).unwrap_or(i64::MAX);
+        let clock = i64::try_from(self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000))
+            .unwrap_or(i64::MAX);
         let (mut physical, mut logical) = self.pd.tso;
         if clock > physical {
             physical = clock;
@@ -271,17 +302,26 @@ impl State {
 
     /// `grpcutil.BatchScanRegions`: ranges must be ordered and not overlap;
     /// regions met by several ranges are reported once; `limit` caps the total.
-    fn batch_scan_regions(&self, r: &pdpb::BatchScanRegionsRequest) -> pdpb::BatchScanRegionsResponse {
+    fn batch_scan_regions(
+        &self,
+        r: &pdpb::BatchScanRegionsRequest,
+    ) -> pdpb::BatchScanRegionsResponse {
         for (i, range) in r.ranges.iter().enumerate() {
             if i > 0 && range.start_key < r.ranges[i - 1].end_key {
                 return pdpb::BatchScanRegionsResponse {
-                    header: self.error_header(pdpb::ErrorType::Unknown, "invalid key range, ranges overlapped"),
+                    header: self.error_header(
+                        pdpb::ErrorType::Unknown,
+                        "invalid key range, ranges overlapped",
+                    ),
                     regions: Vec::new(),
                 };
             }
             if !range.end_key.is_empty() && range.start_key > range.end_key {
                 return pdpb::BatchScanRegionsResponse {
-                    header: self.error_header(pdpb::ErrorType::Unknown, "invalid key range, start key > end key"),
+                    header: self.error_header(
+                        pdpb::ErrorType::Unknown,
+                        "invalid key range, start key > end key",
+                    ),
                     regions: Vec::new(),
                 };
             }

@@ -150,7 +150,9 @@ impl State {
                 .iter()
                 .position(|c| *c == cf)
                 .ok_or_else(|| Reject::Other(format!("invalid cf name: {cf}"))),
-            ApiVersion::V2 => Err(Reject::Other(format!("cf is deprecated in API V2, cf name: {cf}"))),
+            ApiVersion::V2 => {
+                Err(Reject::Other(format!("cf is deprecated in API V2, cf name: {cf}")))
+            }
         }
     }
 
@@ -171,7 +173,9 @@ impl State {
     /// `ttl is not enabled`: API V1 has no TTL in this model (V1TTL is not modelled).
     fn check_ttl(&self, ttls: &[u64]) -> Result<(), Reject> {
         if self.cfg.api_version == ApiVersion::V1 && ttls.iter().any(|&t| t != 0) {
-            return Err(Reject::Other("ttl is not enabled, but get put request with ttl".to_owned()));
+            return Err(Reject::Other(
+                "ttl is not enabled, but get put request with ttl".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -192,6 +196,7 @@ impl State {
 
     /// Visible entries of `cf` in `[lower, upper)` (region key space; `None`
     /// upper means unbounded), forward or backward, at most `limit`.
+    #[allow(clippy::too_many_arguments)]
     fn scan_range(
         &self,
         cf: usize,
@@ -205,10 +210,7 @@ impl State {
         if upper.is_some_and(|u| u <= lower) {
             return Vec::new();
         }
-        let range = (
-            Bound::Included(lower),
-            upper.map_or(Bound::Unbounded, Bound::Excluded),
-        );
+        let range = (Bound::Included(lower), upper.map_or(Bound::Unbounded, Bound::Excluded));
         let iter = self.data[cf].range::<[u8], _>(range).map(|(_, e)| e);
         let to_pair = |e: &Entry| kvrpcpb::KvPair {
             key: e.user_key.clone(),
@@ -257,7 +259,12 @@ impl State {
         }
     }
 
-    pub(crate) fn raw_get(&mut self, store: u64, r: kvrpcpb::RawGetRequest, now: u64) -> kvrpcpb::RawGetResponse {
+    pub(crate) fn raw_get(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::RawGetRequest,
+        now: u64,
+    ) -> kvrpcpb::RawGetResponse {
         let mut resp = kvrpcpb::RawGetResponse::default();
         let res = (|| {
             self.check_api_keys("raw_get", &r.context, [&r.key[..]])?;
@@ -291,7 +298,11 @@ impl State {
                 check_key_in_region(&key, &region)?;
                 // Missing keys are left out, as TiKV's raw_batch_get does.
                 if let Some(e) = self.visible(cf, &key, now) {
-                    pairs.push(kvrpcpb::KvPair { key: k.clone(), value: e.value.clone(), ..Default::default() });
+                    pairs.push(kvrpcpb::KvPair {
+                        key: k.clone(),
+                        value: e.value.clone(),
+                        ..Default::default()
+                    });
                 }
             }
             Ok(pairs)
@@ -300,7 +311,12 @@ impl State {
         resp
     }
 
-    pub(crate) fn raw_put(&mut self, store: u64, r: kvrpcpb::RawPutRequest, now: u64) -> kvrpcpb::RawPutResponse {
+    pub(crate) fn raw_put(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::RawPutRequest,
+        now: u64,
+    ) -> kvrpcpb::RawPutResponse {
         let mut resp = kvrpcpb::RawPutResponse::default();
         let res = (|| {
             self.check_api_keys("raw_put", &r.context, [&r.key[..]])?;
@@ -337,7 +353,9 @@ impl State {
             };
             self.check_ttl(&ttls)?;
             if self.cfg.api_version == ApiVersion::V2 && ttls.len() != r.pairs.len() {
-                return Err(Reject::Other("The length of ttls does not equal to the length of pairs".to_owned()));
+                return Err(Reject::Other(
+                    "The length of ttls does not equal to the length of pairs".to_owned(),
+                ));
             }
             let region = self.check_region(store, r.context.as_ref(), false)?;
             // All keys are checked before anything is written: the raft
@@ -354,7 +372,11 @@ impl State {
         resp
     }
 
-    pub(crate) fn raw_delete(&mut self, store: u64, r: kvrpcpb::RawDeleteRequest) -> kvrpcpb::RawDeleteResponse {
+    pub(crate) fn raw_delete(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::RawDeleteRequest,
+    ) -> kvrpcpb::RawDeleteResponse {
         let mut resp = kvrpcpb::RawDeleteResponse::default();
         let res = (|| {
             self.check_api_keys("raw_delete", &r.context, [&r.key[..]])?;
@@ -402,7 +424,11 @@ impl State {
         let mut resp = kvrpcpb::RawDeleteRangeResponse::default();
         let res = (|| {
             Self::check_key_size([&r.start_key[..], &r.end_key[..]])?;
-            self.check_api_ranges("raw_delete_range", &r.context, [(Some(&r.start_key[..]), Some(&r.end_key[..]))])?;
+            self.check_api_ranges(
+                "raw_delete_range",
+                &r.context,
+                [(Some(&r.start_key[..]), Some(&r.end_key[..]))],
+            )?;
             let cf = self.raw_cf(&r.cf)?;
             let region = self.check_region(store, r.context.as_ref(), false)?;
             let start = self.enc(&r.start_key);
@@ -426,7 +452,11 @@ impl State {
                 })));
             }
             check_key_in_region(&start, &region)?;
-            let past_end = if region.end_key.is_empty() { false } else { end.is_empty() || end[..] > region.end_key[..] };
+            let past_end = if region.end_key.is_empty() {
+                false
+            } else {
+                end.is_empty() || end[..] > region.end_key[..]
+            };
             if past_end {
                 return Err(key_not_in_region(&end, &region).into());
             }
@@ -444,7 +474,12 @@ impl State {
         resp
     }
 
-    pub(crate) fn raw_scan(&mut self, store: u64, r: kvrpcpb::RawScanRequest, now: u64) -> kvrpcpb::RawScanResponse {
+    pub(crate) fn raw_scan(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::RawScanRequest,
+        now: u64,
+    ) -> kvrpcpb::RawScanResponse {
         let mut resp = kvrpcpb::RawScanResponse::default();
         let res = (|| {
             let end = (!r.end_key.is_empty()).then_some(&r.end_key[..]);
@@ -453,7 +488,16 @@ impl State {
             let cf = self.raw_cf(&r.cf)?;
             let start = self.enc(&r.start_key);
             let end = end.map(|e| self.enc(e));
-            self.scan_in_region(&region, cf, &start, end.as_deref(), r.limit as usize, r.key_only, r.reverse, now)
+            self.scan_in_region(
+                &region,
+                cf,
+                &start,
+                end.as_deref(),
+                r.limit as usize,
+                r.key_only,
+                r.reverse,
+                now,
+            )
         })();
         fill_pairs!(resp, kvs, res);
         resp
@@ -545,7 +589,12 @@ impl State {
         resp
     }
 
-    pub(crate) fn raw_cas(&mut self, store: u64, r: kvrpcpb::RawCasRequest, now: u64) -> kvrpcpb::RawCasResponse {
+    pub(crate) fn raw_cas(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::RawCasRequest,
+        now: u64,
+    ) -> kvrpcpb::RawCasResponse {
         let mut resp = kvrpcpb::RawCasResponse::default();
         let res = (|| {
             self.check_api_keys("raw_compare_and_swap", &r.context, [&r.key[..]])?;
@@ -607,7 +656,16 @@ impl State {
                 };
                 // `raw_checksum_ranges` hashes every visible pair of the
                 // default cf: crc64(user key ++ value), XORed together.
-                for pair in self.scan_in_region(&region, 0, &start, end.as_deref(), usize::MAX, false, false, now)? {
+                for pair in self.scan_in_region(
+                    &region,
+                    0,
+                    &start,
+                    end.as_deref(),
+                    usize::MAX,
+                    false,
+                    false,
+                    now,
+                )? {
                     checksum = crc64::checksum_crc64_xor(checksum, &pair.key, &pair.value);
                     kvs += 1;
                     bytes += (pair.key.len() + pair.value.len()) as u64;

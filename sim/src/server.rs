@@ -139,7 +139,10 @@ impl PdService {
 
     /// One response per request message, in order; the first error ends the
     /// stream with its status (PD's `Tso` returns the error from the handler).
-    fn tso_stream(&self, inbound: tonic::Streaming<pdpb::TsoRequest>) -> BoxStream<pdpb::TsoResponse> {
+    fn tso_stream(
+        &self,
+        inbound: tonic::Streaming<pdpb::TsoRequest>,
+    ) -> BoxStream<pdpb::TsoResponse> {
         let svc = self.clone();
         let out = futures::stream::unfold(Some(inbound), move |state| {
             let svc = svc.clone();
@@ -148,7 +151,10 @@ impl PdService {
                 match inbound.message().await {
                     Ok(Some(req)) => match svc.call(PdRequest::Tso(req)) {
                         Ok(PdResponse::Tso(r)) => Some((Ok(r), Some(inbound))),
-                        Ok(_) => Some((Err(Status::internal("response does not match the request")), None)),
+                        Ok(_) => Some((
+                            Err(Status::internal("response does not match the request")),
+                            None,
+                        )),
                         Err(status) => Some((Err(status), None)),
                     },
                     Ok(None) => None,
@@ -236,14 +242,22 @@ impl KillableStream {
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -407,7 +421,8 @@ impl SimServer {
         let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
         if slot.running.is_none() {
             let (listener, _) = bind(slot.addr).await?;
-            slot.running = Some(serve(listener, Self::store_router(&self.cluster, store_id, self.clock)));
+            slot.running =
+                Some(serve(listener, Self::store_router(&self.cluster, store_id, self.clock)));
         }
         let _ = self.cluster.start_store(store_id);
         Ok(())

@@ -105,7 +105,12 @@ fn put_get_delete_and_column_families() {
     assert_eq!(get(&c, b"e", T0), Some(Vec::new()));
 
     // Column families are separate; unknown ones get TiKV's error string.
-    let lock_put = kvrpcpb::RawPutRequest { key: "a".into(), value: "L".into(), cf: "lock".into(), ..Default::default() };
+    let lock_put = kvrpcpb::RawPutRequest {
+        key: "a".into(),
+        value: "L".into(),
+        cf: "lock".into(),
+        ..Default::default()
+    };
     send(&c, b"a", lock_put.into(), T0);
     assert_eq!(c.raw_snapshot("lock").get(&b"a"[..]), Some(&b"L".to_vec()));
     assert_eq!(c.raw_snapshot("default").get(&b"a"[..]), Some(&b"1".to_vec()));
@@ -125,14 +130,25 @@ fn batch_commands() {
     let c = v1();
     let pairs = ["a", "b", "c"]
         .iter()
-        .map(|k| kvrpcpb::KvPair { key: Bytes::from(*k), value: Bytes::from(format!("v{k}")), ..Default::default() })
+        .map(|k| kvrpcpb::KvPair {
+            key: Bytes::from(*k),
+            value: Bytes::from(format!("v{k}")),
+            ..Default::default()
+        })
         .collect();
-    let resp = send(&c, b"a", kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() }.into(), T0);
+    let resp =
+        send(&c, b"a", kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() }.into(), T0);
     assert!(resp.region_error().is_none());
-    let bg = kvrpcpb::RawBatchGetRequest { keys: vec!["a".into(), "zz_missing".into(), "c".into()], ..Default::default() };
+    let bg = kvrpcpb::RawBatchGetRequest {
+        keys: vec!["a".into(), "zz_missing".into(), "c".into()],
+        ..Default::default()
+    };
     // "zz_missing" is in the other region: the whole batch is refused.
     assert!(region_error(&send(&c, b"a", bg.into(), T0)).key_not_in_region.is_some());
-    let bg = kvrpcpb::RawBatchGetRequest { keys: vec!["a".into(), "b0".into(), "c".into()], ..Default::default() };
+    let bg = kvrpcpb::RawBatchGetRequest {
+        keys: vec!["a".into(), "b0".into(), "c".into()],
+        ..Default::default()
+    };
     match send(&c, b"a", bg.into(), T0) {
         KvResponse::RawBatchGet(r) => {
             assert_eq!(keys(&r.pairs), vec![&b"a"[..], b"c"]);
@@ -140,7 +156,8 @@ fn batch_commands() {
         }
         other => panic!("{other:?}"),
     }
-    let bd = kvrpcpb::RawBatchDeleteRequest { keys: vec!["a".into(), "b".into()], ..Default::default() };
+    let bd =
+        kvrpcpb::RawBatchDeleteRequest { keys: vec!["a".into(), "b".into()], ..Default::default() };
     send(&c, b"a", bd.into(), T0);
     assert_eq!(c.raw_snapshot("").keys().cloned().collect::<Vec<_>>(), vec![b"c".to_vec()]);
 }
@@ -152,7 +169,8 @@ fn batch_put_is_atomic_across_region_boundary() {
         kvrpcpb::KvPair { key: "a".into(), value: "1".into(), ..Default::default() },
         kvrpcpb::KvPair { key: "x".into(), value: "2".into(), ..Default::default() },
     ];
-    let resp = send(&c, b"a", kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() }.into(), T0);
+    let resp =
+        send(&c, b"a", kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() }.into(), T0);
     let e = region_error(&resp).key_not_in_region.unwrap();
     assert_eq!(&e.key[..], b"x");
     assert!(c.raw_snapshot("").is_empty());
@@ -165,7 +183,8 @@ fn ttl_expires_on_the_model_clock() {
     let resp = put(&c, k, b"v", 10, Instant::from_millis(500));
     assert!(resp.error.is_empty(), "{resp:?}");
     assert_eq!(get(&c, k, Instant::from_millis(9_999)), Some(b"v".to_vec()));
-    let ttl_req = || kvrpcpb::RawGetKeyTtlRequest { key: Bytes::copy_from_slice(k), ..Default::default() };
+    let ttl_req =
+        || kvrpcpb::RawGetKeyTtlRequest { key: Bytes::copy_from_slice(k), ..Default::default() };
     match send(&c, k, ttl_req().into(), Instant::from_millis(4_000)) {
         KvResponse::RawGetKeyTtl(r) => assert_eq!((r.ttl, r.not_found), (6, false)),
         other => panic!("{other:?}"),
@@ -185,7 +204,11 @@ fn ttl_expires_on_the_model_clock() {
     // Batch put: one TTL applies to all keys; expired keys vanish from scans.
     let pairs = [b"r\0\0\0a", b"r\0\0\0b"]
         .iter()
-        .map(|k| kvrpcpb::KvPair { key: Bytes::copy_from_slice(*k), value: "x".into(), ..Default::default() })
+        .map(|k| kvrpcpb::KvPair {
+            key: Bytes::copy_from_slice(*k),
+            value: "x".into(),
+            ..Default::default()
+        })
         .collect();
     let bp = kvrpcpb::RawBatchPutRequest { pairs, ttls: vec![2], ..Default::default() };
     send(&c, b"r\0\0\0a", bp.into(), Instant::from_millis(20_000));
@@ -205,10 +228,16 @@ fn ttl_expires_on_the_model_clock() {
     };
     assert_eq!((live, later), (3, 1));
     // Mismatched ttls length is refused in V2.
-    let pairs = vec![kvrpcpb::KvPair { key: "r\0\0\0c".into(), value: "x".into(), ..Default::default() }; 3];
+    let pairs =
+        vec![
+            kvrpcpb::KvPair { key: "r\0\0\0c".into(), value: "x".into(), ..Default::default() };
+            3
+        ];
     let bp = kvrpcpb::RawBatchPutRequest { pairs, ttls: vec![1, 2], ..Default::default() };
     match send(&c, b"r\0\0\0c", bp.into(), T0) {
-        KvResponse::RawBatchPut(r) => assert_eq!(r.error, "The length of ttls does not equal to the length of pairs"),
+        KvResponse::RawBatchPut(r) => {
+            assert_eq!(r.error, "The length of ttls does not equal to the length of pairs")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -219,7 +248,8 @@ fn v1_rejects_ttl_and_v2_requests() {
     let r = put(&c, b"a", b"v", 5, T0);
     assert_eq!(r.error, "ttl is not enabled, but get put request with ttl");
     assert!(c.raw_snapshot("").is_empty());
-    let mut req: KvRequest = kvrpcpb::RawGetRequest { key: "a".into(), ..Default::default() }.into();
+    let mut req: KvRequest =
+        kvrpcpb::RawGetRequest { key: "a".into(), ..Default::default() }.into();
     let region = region_of(&c, b"a");
     let mut ctx = c.context_for(region.id).unwrap();
     ctx.api_version = kvrpcpb::ApiVersion::V2 as i32;
@@ -239,19 +269,31 @@ fn v2_checks_key_mode_cf_and_encodes_region_keys() {
     // Region boundaries are memcomparable-encoded request keys.
     assert_eq!(&c.regions()[0].end_key[..], &memcomparable::encode(b"r\0\0\0m")[..]);
     let r = put(&c, b"xkey", b"v", 0, T0);
-    assert_eq!(r.error, "Key mode mismatched with the request mode, cmd: raw_put, storage: V2, key: 786B6579");
-    let req = kvrpcpb::RawPutRequest { key: "r\0\0\0a".into(), cf: "default".into(), ..Default::default() };
+    assert_eq!(
+        r.error,
+        "Key mode mismatched with the request mode, cmd: raw_put, storage: V2, key: 786B6579"
+    );
+    let req = kvrpcpb::RawPutRequest {
+        key: "r\0\0\0a".into(),
+        cf: "default".into(),
+        ..Default::default()
+    };
     match send(&c, b"r\0\0\0a", req.into(), T0) {
-        KvResponse::RawPut(r) => assert_eq!(r.error, "cf is deprecated in API V2, cf name: default"),
+        KvResponse::RawPut(r) => {
+            assert_eq!(r.error, "cf is deprecated in API V2, cf name: default")
+        }
         other => panic!("{other:?}"),
     }
     // V1 requests to a V2 cluster are refused.
     let region = region_of(&c, b"r\0\0\0a");
     let mut ctx = c.context_for(region.id).unwrap();
     ctx.api_version = 0;
-    let req = kvrpcpb::RawGetRequest { context: Some(ctx), key: "r\0\0\0a".into(), ..Default::default() };
+    let req =
+        kvrpcpb::RawGetRequest { context: Some(ctx), key: "r\0\0\0a".into(), ..Default::default() };
     match c.handle_kv(c.leader_of(region.id).unwrap().store_id, req.into(), T0).unwrap() {
-        KvResponse::RawGet(r) => assert!(r.error.contains("storage: V2, request: V1"), "{}", r.error),
+        KvResponse::RawGet(r) => {
+            assert!(r.error.contains("storage: V2, request: V1"), "{}", r.error)
+        }
         other => panic!("{other:?}"),
     }
     // A V2 scan needs a bounded range in raw mode.
@@ -328,26 +370,67 @@ fn scans_forward_reverse_and_batch() {
         put(&c, k.as_bytes(), k.as_bytes(), 0, T0);
     }
     // Forward: [start, end), limit, key_only; clamped at the region end.
-    let r = scan(&c, b"a", kvrpcpb::RawScanRequest { start_key: "b".into(), limit: 10, key_only: true, ..Default::default() });
+    let r = scan(
+        &c,
+        b"a",
+        kvrpcpb::RawScanRequest {
+            start_key: "b".into(),
+            limit: 10,
+            key_only: true,
+            ..Default::default()
+        },
+    );
     assert_eq!(keys(&r.kvs), vec![&b"b"[..], b"c", b"d"]);
     assert!(r.kvs.iter().all(|p| p.value.is_empty()));
-    let r = scan(&c, b"a", kvrpcpb::RawScanRequest { start_key: "a".into(), end_key: "c".into(), limit: 10, ..Default::default() });
+    let r = scan(
+        &c,
+        b"a",
+        kvrpcpb::RawScanRequest {
+            start_key: "a".into(),
+            end_key: "c".into(),
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(keys(&r.kvs), vec![&b"a"[..], b"b"]);
     assert_eq!(&r.kvs[0].value[..], b"a");
-    let r = scan(&c, b"a", kvrpcpb::RawScanRequest { start_key: "a".into(), limit: 2, ..Default::default() });
+    let r = scan(
+        &c,
+        b"a",
+        kvrpcpb::RawScanRequest { start_key: "a".into(), limit: 2, ..Default::default() },
+    );
     assert_eq!(keys(&r.kvs), vec![&b"a"[..], b"b"]);
     // Reverse: start_key is the exclusive upper bound, end_key the inclusive lower bound.
     let r = scan(
         &c,
         b"a",
-        kvrpcpb::RawScanRequest { start_key: "d".into(), end_key: "b".into(), limit: 10, reverse: true, ..Default::default() },
+        kvrpcpb::RawScanRequest {
+            start_key: "d".into(),
+            end_key: "b".into(),
+            limit: 10,
+            reverse: true,
+            ..Default::default()
+        },
     );
     assert_eq!(keys(&r.kvs), vec![&b"c"[..], b"b"]);
     // Reverse from the region's end key (allowed: the seek key may equal the end).
-    let r = scan(&c, b"a", kvrpcpb::RawScanRequest { start_key: "m".into(), limit: 2, reverse: true, ..Default::default() });
+    let r = scan(
+        &c,
+        b"a",
+        kvrpcpb::RawScanRequest {
+            start_key: "m".into(),
+            limit: 2,
+            reverse: true,
+            ..Default::default()
+        },
+    );
     assert_eq!(keys(&r.kvs), vec![&b"d"[..], b"c"]);
     // A seek key outside the region is KeyNotInRegion.
-    let r = scan(&c, b"a", kvrpcpb::RawScanRequest { start_key: "n".into(), limit: 2, ..Default::default() });
+    let r = scan(
+        &c,
+        b"a",
+        kvrpcpb::RawScanRequest { start_key: "n".into(), limit: 2, ..Default::default() },
+    );
     assert!(r.region_error.unwrap().key_not_in_region.is_some());
     // Batch scan: each_limit per range; an empty end borrows the next start.
     let req = kvrpcpb::RawBatchScanRequest {
@@ -368,7 +451,9 @@ fn scans_forward_reverse_and_batch() {
         ..Default::default()
     };
     match send(&c, b"a", bad.into(), T0) {
-        KvResponse::RawBatchScan(r) => assert_eq!(r.kvs[0].error.as_ref().unwrap().abort, "Invalid KeyRanges"),
+        KvResponse::RawBatchScan(r) => {
+            assert_eq!(r.kvs[0].error.as_ref().unwrap().abort, "Invalid KeyRanges")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -410,12 +495,15 @@ fn region_errors_from_routing() {
     // Follower → NotLeader with the leader hint.
     let mut to_follower = ctx.clone();
     to_follower.peer = Some(follower);
-    let e = region_error(&c.handle_kv(follower.store_id, get_req(to_follower.clone()), T0).unwrap());
+    let e =
+        region_error(&c.handle_kv(follower.store_id, get_req(to_follower.clone()), T0).unwrap());
     let nl = e.not_leader.unwrap();
     assert_eq!((nl.region_id, nl.leader), (region.id, Some(leader)));
     // ... but a replica read is served there.
     to_follower.replica_read = true;
-    assert!(c.handle_kv(follower.store_id, get_req(to_follower), T0).unwrap().region_error().is_none());
+    assert!(
+        c.handle_kv(follower.store_id, get_req(to_follower), T0).unwrap().region_error().is_none()
+    );
 
     // Context peer on another store → StoreNotMatch.
     let e = region_error(&c.handle_kv(follower.store_id, get_req(ctx.clone()), T0).unwrap());
@@ -437,11 +525,20 @@ fn region_errors_from_routing() {
     // No epoch → message-only error.
     let mut no_epoch = ctx.clone();
     no_epoch.region_epoch = None;
-    assert_eq!(region_error(&c.handle_kv(leader.store_id, get_req(no_epoch), T0).unwrap()).message, "missing epoch!");
+    assert_eq!(
+        region_error(&c.handle_kv(leader.store_id, get_req(no_epoch), T0).unwrap()).message,
+        "missing epoch!"
+    );
 
     // A key of another region → KeyNotInRegion.
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: Some(ctx.clone()), key: "q".into(), ..Default::default() }.into();
-    let e = region_error(&c.handle_kv(leader.store_id, req, T0).unwrap()).key_not_in_region.unwrap();
+    let req: KvRequest = kvrpcpb::RawGetRequest {
+        context: Some(ctx.clone()),
+        key: "q".into(),
+        ..Default::default()
+    }
+    .into();
+    let e =
+        region_error(&c.handle_kv(leader.store_id, req, T0).unwrap()).key_not_in_region.unwrap();
     assert_eq!((&e.key[..], e.region_id, &e.end_key[..]), (&b"q"[..], region.id, &b"m"[..]));
 
     // Another cluster id → INVALID_ARGUMENT status.
@@ -454,7 +551,10 @@ fn region_errors_from_routing() {
 
     // Transaction commands are not served.
     let txn: KvRequest = kvrpcpb::GetRequest { context: Some(ctx), ..Default::default() }.into();
-    assert!(matches!(c.handle_kv(leader.store_id, txn, T0), Err(RpcError::Status { code: 12, .. })));
+    assert!(matches!(
+        c.handle_kv(leader.store_id, txn, T0),
+        Err(RpcError::Status { code: 12, .. })
+    ));
 }
 
 #[test]
@@ -465,7 +565,9 @@ fn stale_epoch_after_split_reports_siblings() {
     let (left, right) = c.split(b"f").unwrap();
     assert_eq!(right, region.id, "right half keeps the id (right-derive)");
     let leader = c.leader_of(right).unwrap();
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: Some(old_ctx), key: "g".into(), ..Default::default() }.into();
+    let req: KvRequest =
+        kvrpcpb::RawGetRequest { context: Some(old_ctx), key: "g".into(), ..Default::default() }
+            .into();
     let e = region_error(&c.handle_kv(leader.store_id, req, T0).unwrap());
     let current = e.epoch_not_match.unwrap().current_regions;
     let ids: Vec<u64> = current.iter().map(|r| r.id).collect();
@@ -474,8 +576,11 @@ fn stale_epoch_after_split_reports_siblings() {
     assert_eq!(&current[1].end_key[..], b"f");
     // With a fresh context the request goes through; a left-half key is out of range.
     let ctx = c.context_for(right).unwrap();
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: Some(ctx), key: "a".into(), ..Default::default() }.into();
-    assert!(region_error(&c.handle_kv(leader.store_id, req, T0).unwrap()).key_not_in_region.is_some());
+    let req: KvRequest =
+        kvrpcpb::RawGetRequest { context: Some(ctx), key: "a".into(), ..Default::default() }.into();
+    assert!(
+        region_error(&c.handle_kv(leader.store_id, req, T0).unwrap()).key_not_in_region.is_some()
+    );
     assert!(c.split(b"f").is_err());
 }
 
@@ -492,17 +597,25 @@ fn merge_and_leader_moves() {
     assert!(c.region(a).is_none());
     // The merged-away region is gone from its stores.
     let store = old_ctx.peer.unwrap().store_id;
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: Some(old_ctx), key: "a".into(), ..Default::default() }.into();
+    let req: KvRequest =
+        kvrpcpb::RawGetRequest { context: Some(old_ctx), key: "a".into(), ..Default::default() }
+            .into();
     assert!(region_error(&c.handle_kv(store, req, T0).unwrap()).region_not_found.is_some());
     assert!(c.merge(b, b).is_err());
 
     // Leader transfer and stopping stores.
-    let target = merged.peers.iter().map(|p| p.store_id).find(|s| *s != c.leader_of(b).unwrap().store_id).unwrap();
+    let target = merged
+        .peers
+        .iter()
+        .map(|p| p.store_id)
+        .find(|s| *s != c.leader_of(b).unwrap().store_id)
+        .unwrap();
     c.transfer_leader(b, target).unwrap();
     assert_eq!(c.leader_of(b).unwrap().store_id, target);
     let ctx = c.context_for(b).unwrap();
     c.stop_store(target).unwrap();
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: Some(ctx), key: "a".into(), ..Default::default() }.into();
+    let req: KvRequest =
+        kvrpcpb::RawGetRequest { context: Some(ctx), key: "a".into(), ..Default::default() }.into();
     assert!(matches!(c.handle_kv(target, req.clone(), T0), Err(RpcError::Unavailable(_))));
     let new_leader = c.leader_of(b).unwrap().store_id;
     assert_ne!(new_leader, target, "a running peer took over");
@@ -518,7 +631,11 @@ fn injected_errors() {
     let region = region_of(&c, b"a");
     let busy = errorpb::Error {
         message: "busy".into(),
-        server_is_busy: Some(errorpb::ServerIsBusy { reason: "sim".into(), backoff_ms: 10, ..Default::default() }),
+        server_is_busy: Some(errorpb::ServerIsBusy {
+            reason: "sim".into(),
+            backoff_ms: 10,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     c.inject_region_error(Filter::any().region(region.id).command("raw_get"), busy.clone(), 2);
@@ -535,8 +652,14 @@ fn injected_errors() {
     // Any kind, including ones the model never produces itself.
     let kinds = [
         errorpb::Error { stale_command: Some(Default::default()), ..Default::default() },
-        errorpb::Error { disk_full: Some(errorpb::DiskFull { store_id: vec![1], reason: "full".into() }), ..Default::default() },
-        errorpb::Error { undetermined_result: Some(errorpb::UndeterminedResult { message: "?".into() }), ..Default::default() },
+        errorpb::Error {
+            disk_full: Some(errorpb::DiskFull { store_id: vec![1], reason: "full".into() }),
+            ..Default::default()
+        },
+        errorpb::Error {
+            undetermined_result: Some(errorpb::UndeterminedResult { message: "?".into() }),
+            ..Default::default()
+        },
         errorpb::Error { message: "unknown kind".into(), ..Default::default() },
     ];
     for k in &kinds {
@@ -547,7 +670,12 @@ fn injected_errors() {
     // Transport-level faults on one store.
     let leader = c.leader_of(region.id).unwrap().store_id;
     c.inject_rpc_error(Filter::any().store(leader), RpcError::DeadlineExceeded, 1);
-    let req: KvRequest = kvrpcpb::RawGetRequest { context: c.context_for(region.id), key: "a".into(), ..Default::default() }.into();
+    let req: KvRequest = kvrpcpb::RawGetRequest {
+        context: c.context_for(region.id),
+        key: "a".into(),
+        ..Default::default()
+    }
+    .into();
     assert_eq!(c.handle_kv(leader, req.clone(), T0), Err(RpcError::DeadlineExceeded));
     assert!(c.handle_kv(leader, req, T0).is_ok());
 }
@@ -561,7 +689,11 @@ fn header(c: &Cluster) -> Option<pdpb::RequestHeader> {
 }
 
 fn get_region(c: &Cluster, key: &[u8]) -> pdpb::GetRegionResponse {
-    let req = pdpb::GetRegionRequest { header: header(c), region_key: Bytes::copy_from_slice(key), ..Default::default() };
+    let req = pdpb::GetRegionRequest {
+        header: header(c),
+        region_key: Bytes::copy_from_slice(key),
+        ..Default::default()
+    };
     match pd(c, 0, PdRequest::GetRegion(req)).unwrap() {
         PdResponse::GetRegion(r) => r,
         other => panic!("{other:?}"),
@@ -578,17 +710,24 @@ fn pd_region_lookups_follow_splits_and_merges() {
     assert_eq!(r.header.unwrap().cluster_id, c.config().cluster_id);
     assert_eq!(get_region(&c, b"f").region.unwrap().id, right);
 
-    let prev = pdpb::GetRegionRequest { header: header(&c), region_key: "g".into(), ..Default::default() };
+    let prev =
+        pdpb::GetRegionRequest { header: header(&c), region_key: "g".into(), ..Default::default() };
     match pd(&c, 0, PdRequest::GetPrevRegion(prev)).unwrap() {
         PdResponse::GetPrevRegion(r) => assert_eq!(r.region.unwrap().id, left),
         other => panic!("{other:?}"),
     }
-    let by_id = pdpb::GetRegionByIdRequest { header: header(&c), region_id: right, ..Default::default() };
+    let by_id =
+        pdpb::GetRegionByIdRequest { header: header(&c), region_id: right, ..Default::default() };
     match pd(&c, 0, PdRequest::GetRegionById(by_id)).unwrap() {
         PdResponse::GetRegionById(r) => assert_eq!(&r.region.unwrap().start_key[..], b"f"),
         other => panic!("{other:?}"),
     }
-    let scan = pdpb::ScanRegionsRequest { header: header(&c), start_key: "b".into(), end_key: "".into(), limit: 2 };
+    let scan = pdpb::ScanRegionsRequest {
+        header: header(&c),
+        start_key: "b".into(),
+        end_key: "".into(),
+        limit: 2,
+    };
     match pd(&c, 0, PdRequest::ScanRegions(scan)).unwrap() {
         PdResponse::ScanRegions(r) => {
             let ids: Vec<u64> = r.regions.iter().map(|x| x.region.as_ref().unwrap().id).collect();
@@ -657,7 +796,9 @@ fn pd_members_leadership_and_cluster_id() {
     // A wrong cluster id is FailedPrecondition.
     let bad = pdpb::GetRegionRequest::default();
     match pd(&c, 1, PdRequest::GetRegion(bad)) {
-        Err(RpcError::Status { code: 9, message }) => assert!(message.starts_with("mismatch cluster id")),
+        Err(RpcError::Status { code: 9, message }) => {
+            assert!(message.starts_with("mismatch cluster id"))
+        }
         other => panic!("{other:?}"),
     }
     assert!(pd(&c, 7, PdRequest::GetMembers(Default::default())).is_err());
@@ -671,7 +812,8 @@ fn pd_members_leadership_and_cluster_id() {
 fn pd_stores_keyspaces_and_gc_state() {
     let c = v1();
     let all = |exclude| {
-        let req = pdpb::GetAllStoresRequest { header: header(&c), exclude_tombstone_stores: exclude };
+        let req =
+            pdpb::GetAllStoresRequest { header: header(&c), exclude_tombstone_stores: exclude };
         match pd(&c, 0, PdRequest::GetAllStores(req)).unwrap() {
             PdResponse::GetAllStores(r) => r.stores.iter().map(|s| s.id).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
@@ -681,11 +823,15 @@ fn pd_stores_keyspaces_and_gc_state() {
     c.tombstone_store(3).unwrap();
     assert_eq!(all(true), vec![1, 2]);
     assert_eq!(all(false), vec![1, 2, 3]);
-    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 2 })).unwrap() {
+    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 2 }))
+        .unwrap()
+    {
         PdResponse::GetStore(r) => assert_eq!(r.store.unwrap().address, "store-2.sim:20160"),
         other => panic!("{other:?}"),
     }
-    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 99 })).unwrap() {
+    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 99 }))
+        .unwrap()
+    {
         PdResponse::GetStore(r) => {
             assert_eq!(r.header.unwrap().error.unwrap().message, "invalid store ID 99, not found");
         }
@@ -693,7 +839,11 @@ fn pd_stores_keyspaces_and_gc_state() {
     }
 
     let load = |name: &str| {
-        let req = keyspacepb::LoadKeyspaceRequest { header: header(&c), name: name.into(), ..Default::default() };
+        let req = keyspacepb::LoadKeyspaceRequest {
+            header: header(&c),
+            name: name.into(),
+            ..Default::default()
+        };
         match pd(&c, 0, PdRequest::LoadKeyspace(req)).unwrap() {
             PdResponse::LoadKeyspace(r) => r,
             other => panic!("{other:?}"),
@@ -703,12 +853,24 @@ fn pd_stores_keyspaces_and_gc_state() {
     assert_eq!(d.keyspace, Some(keyspacepb::keyspace_meta::Keyspace::Id(0)));
     assert_eq!(d.state, keyspacepb::KeyspaceState::Enabled as i32);
     let missing = load("ks1");
-    assert_eq!(missing.header.unwrap().error.unwrap().r#type, pdpb::ErrorType::EntryNotFound as i32);
+    assert_eq!(
+        missing.header.unwrap().error.unwrap().r#type,
+        pdpb::ErrorType::EntryNotFound as i32
+    );
     c.add_keyspace("ks1", 1).unwrap();
     assert!(c.add_keyspace("again", 1).is_err());
-    assert_eq!(load("ks1").keyspace.unwrap().keyspace, Some(keyspacepb::keyspace_meta::Keyspace::Id(1)));
+    assert_eq!(
+        load("ks1").keyspace.unwrap().keyspace,
+        Some(keyspacepb::keyspace_meta::Keyspace::Id(1))
+    );
 
-    let gc = || match pd(&c, 0, PdRequest::GetGcState(pdpb::GetGcStateRequest { header: header(&c), ..Default::default() })).unwrap() {
+    let gc = || match pd(
+        &c,
+        0,
+        PdRequest::GetGcState(pdpb::GetGcStateRequest { header: header(&c), ..Default::default() }),
+    )
+    .unwrap()
+    {
         PdResponse::GetGcState(r) => r.gc_state.unwrap(),
         other => panic!("{other:?}"),
     };
