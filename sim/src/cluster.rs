@@ -717,7 +717,7 @@ impl State {
 
     /// Seconds on TiKV's TTL clock (`ttl_current_ts`), derived from the model clock.
     pub(crate) fn ttl_now(&self, now: Instant) -> u64 {
-        (self.cfg.tso_base_ms + now.as_nanos() / 1_000_000) / 1000
+        self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000) / 1000
     }
 
     fn insert_region(&mut self, region: Region) {

@@ -63,7 +63,8 @@
 //! - TTL time is `(tso_base_ms + now) / 1000` seconds, the same clock as TSO.
 //! - TSO: physical time follows the model clock; when the logical counter
 //!   would overflow 18 bits the model advances physical by 1 ms instead of
-//!   waiting for the next tick. No suffix bits, no TSO service split.
+//!   waiting for the next tick; a `count` of 2^18 or more is refused. No
+//!   suffix bits, no TSO service split.
 //! - PD: no follower handling (followers refuse all but GetMembers and
 //!   GetClusterInfo), no forwarding, no rate limits, no heartbeats; a stopped
 //!   store stays `Up` in PD. The stale mode freezes the region directory only.

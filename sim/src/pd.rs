@@ -277,6 +277,13 @@ impl State {
                 "[PD:tso:ErrGenerateTimestamp]generate timestamp failed, tso count should be positive",
             ));
         }
+        if i64::from(r.count) >= MAX_LOGICAL {
+            // More logical values than one physical millisecond holds.
+            return Err(status(
+                UNKNOWN,
+                "[PD:tso:ErrGenerateTimestamp]generate timestamp failed, tso count exceeds the logical range",
+            ));
+        }
         let count = i64::from(r.count);
         let clock = i64::try_from(self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000))
             .unwrap_or(i64::MAX);

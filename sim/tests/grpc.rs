@@ -105,7 +105,10 @@ async fn serves_pd_tso_and_raw_kv_and_stops_stores() {
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // Depending on whether the client saw the reset before sending, tonic
+    // reports a broken connection as Unavailable or as Cancelled
+    // ("connection closed"); both are transport failures.
+    assert!(matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{err:?}");
     assert!(channel(format!("http://{}", store.address)).await.is_err());
 
     // Restart on the same address; the leader moved away meanwhile.

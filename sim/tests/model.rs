@@ -910,4 +910,6 @@ fn tso_is_monotonic_and_returns_the_last_of_a_batch() {
     assert!(t2 > t && t2.0 == base + 1001);
     let req = pdpb::TsoRequest { header: header(&c), count: 0, ..Default::default() };
     assert!(c.handle_pd(0, PdRequest::Tso(req), T0 + Duration::from_secs(2)).is_err());
+    let req = pdpb::TsoRequest { header: header(&c), count: u32::MAX, ..Default::default() };
+    assert!(c.handle_pd(0, PdRequest::Tso(req), T0).is_err());
 }
