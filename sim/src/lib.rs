@@ -1,1 +1,88 @@
-//! tikv-sim
+//! A simulated TiKV cluster: PD members, stores, regions with leaders, raw
+//! storage, and fault injection.
+//!
+//! Two faces over one model:
+//! - [`Cluster`] is the deterministic model. A simulation calls
+//!   [`Cluster::handle_kv`] / [`Cluster::handle_pd`] with typed requests and
+//!   the virtual time `now`; nothing reads a clock or OS randomness (the
+//!   PRNG is seeded from [`ClusterConfig::seed`]).
+//! - `server::SimServer` (feature `server`, on by default) serves the same
+//!   cluster over tonic on loopback: one listener per PD member (PD + Keyspace
+//!   services) and one per store (Tikv service). Wall-clock time since the
+//!   server started is mapped onto the model's [`tikv_core::time::Instant`].
+//!   The `tikv-sim` binary wraps it.
+//!
+//! Semantics follow TiKV and PD (see each module for the functions followed):
+//! raftstore's proposal checks and region errors, `Storage::raw_*`, PD's
+//! `grpc_service.go`.
+//!
+//! # Region errors the model produces by itself
+//! - `StoreNotMatch` — the context peer's store id is not this store.
+//! - `RegionNotFound` — the store has no peer of the context's region
+//!   (unknown id, merged away, or a store that never held it).
+//! - `MismatchPeerId` — the context peer id is not this store's peer id.
+//! - `NotLeader` with the leader hint — the peer is a follower (reads with
+//!   `replica_read`/`stale_read` are served by followers).
+//! - `EpochNotMatch` with `current_regions` (the region and its split
+//!   siblings, raftstore's `collect_sibling_region`) — stale `version`.
+//! - A message-only error `missing epoch!` — context without an epoch.
+//! - `KeyNotInRegion` — a key (or a scan's seek key) outside the region.
+//!
+//! Any other kind (ServerIsBusy, StaleCommand, MaxTimestampNotSynced,
+//! ReadIndexNotReady, ProposalInMergingMode, RegionNotInitialized, DiskFull,
+//! RecoveryInProgress, FlashbackInProgress/NotPrepared, RaftEntryTooLarge,
+//! UndeterminedResult, unknown ones) is injected with
+//! [`Cluster::inject_region_error`]; transport failures with
+//! [`Cluster::inject_rpc_error`] / [`Cluster::inject_pd_error`] or by stopping
+//! a store.
+//!
+//! # Simplifications (the model differs from TiKV/PD here)
+//! - All replicas of a region share one copy of the data and apply instantly:
+//!   there is no raft log, no lagging follower, no lost write on leader
+//!   change. A store that holds a peer sees the region exactly as it is now
+//!   (no follower with an older epoch, no uninitialized peers).
+//! - Leader election is instant: stopping a store hands each region it led to
+//!   the lowest-id running peer. `transfer_leader` can point a region at a
+//!   stopped store to model "leader not yet re-elected".
+//! - Only raw commands are executed; transactional commands answer gRPC
+//!   `Unimplemented` (MVCC/percolator is a later addition).
+//! - API V1TTL is not modelled: a V1 cluster rejects nonzero TTLs with TiKV's
+//!   "ttl is not enabled" text, and answers `RawGetKeyTTL` with the error
+//!   "get ttl on non-ttl store" (TiKV panics there).
+//! - `RawBatchPut` ignores the deprecated scalar `ttl` field, as TiKV HEAD does
+//!   (only `ttls` is read: none → no TTL, one → for every key).
+//! - `for_cas` is accepted and ignored: every command is atomic in the model
+//!   anyway (one mutex), so CAS is linearizable with any write.
+//! - Keys outside the region are always reported as `KeyNotInRegion` region
+//!   errors; TiKV reports some read-side cases through engine errors instead.
+//! - Storage errors that TiKV puts in a key error (`RawBatchGet`, scans) carry
+//!   the message in `KeyError.abort` (TiKV's wording of the debug form differs).
+//! - No raft terms (`StaleCommand` only by injection), no conf changes (no
+//!   add/remove peer; `conf_ver` stays 1), no buckets, no store labels, no
+//!   read pool busy checks, no flashback.
+//! - TTL time is `(tso_base_ms + now) / 1000` seconds, the same clock as TSO.
+//! - TSO: physical time follows the model clock; when the logical counter
+//!   would overflow 18 bits the model advances physical by 1 ms instead of
+//!   waiting for the next tick; a `count` of 2^18 or more is refused. No
+//!   suffix bits, no TSO service split.
+//! - PD: no follower handling (followers refuse all but GetMembers and
+//!   GetClusterInfo), no forwarding, no rate limits, no heartbeats; a stopped
+//!   store stays `Up` in PD. The stale mode freezes the region directory only.
+//! - PD keyspaces: a plain table (DEFAULT, id 0, ENABLED, plus what
+//!   [`Cluster::add_keyspace`] adds); keyspace region bounds are not split or
+//!   checked.
+//! - GC state: safe points are plain numbers set by the test
+//!   ([`Cluster::set_gc_safe_points`]); no GC barriers.
+//! - Region boundaries from [`ClusterConfig::split_keys`] and
+//!   [`Cluster::split`] are request keys mapped like raw data (identity in V1,
+//!   memcomparable in V2); [`Cluster::split_region_key`] takes region keys as is.
+
+pub mod cluster;
+pub mod crc64;
+pub mod memcomparable;
+mod pd;
+mod raw;
+#[cfg(feature = "server")]
+pub mod server;
+
+pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};

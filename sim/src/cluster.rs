@@ -1,0 +1,1104 @@
+//! The deterministic cluster model: PD's directory, the stores, the regions
+//! and their leaders, raw storage, and fault injection.
+//!
+//! Everything here is plain data behind one mutex. Time comes in as the `now`
+//! argument of every request ([`tikv_core::time::Instant`]), randomness from
+//! the seed in [`ClusterConfig`]; no clock or OS randomness is read, so a
+//! simulation that feeds the same requests at the same instants sees the same
+//! answers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
+use tikv_core::time::Instant;
+use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb};
+
+use crate::memcomparable;
+
+/// The storage API version of the whole cluster (TiKV's `storage.api-version`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum ApiVersion {
+    /// API V1: raw keys are stored as sent, no TTL, raw region boundaries are
+    /// raw keys.
+    #[default]
+    V1,
+    /// API V2: keys carry a mode prefix (`r` raw, `x` txn) and keyspace id,
+    /// raw keys are stored memcomparable-encoded, TTL is enabled.
+    V2,
+}
+
+impl ApiVersion {
+    /// The wire value.
+    pub fn to_proto(self) -> kvrpcpb::ApiVersion {
+        match self {
+            ApiVersion::V1 => kvrpcpb::ApiVersion::V1,
+            ApiVersion::V2 => kvrpcpb::ApiVersion::V2,
+        }
+    }
+}
+
+/// How to build a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The cluster id PD puts in every response header and checks in requests.
+    pub cluster_id: u64,
+    /// Number of TiKV stores (ids `1..=stores`). At least 1.
+    pub stores: usize,
+    /// Storage API version; requests of the other version are rejected as
+    /// TiKV's `check_api_version` does.
+    pub api_version: ApiVersion,
+    /// Initial split keys in request form (what a client puts in `RawPut.key`;
+    /// for API V2 including the `r` + keyspace prefix). They are mapped into
+    /// region key space like raw data (see [`Cluster::region_key`]).
+    pub split_keys: Vec<Vec<u8>>,
+    /// Seeds the model's PRNG (leader placement, PD member ids).
+    pub seed: u64,
+    /// Number of PD members; member 0 starts as leader. At least 1.
+    pub pd_members: usize,
+    /// TSO physical time (Unix milliseconds) at model instant zero. TTLs are
+    /// measured on the same clock (`(base + now) / 1000` seconds).
+    pub tso_base_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            cluster_id: 7_000_000_000_000_000_001,
+            stores: 3,
+            api_version: ApiVersion::V1,
+            split_keys: Vec::new(),
+            seed: 0,
+            pd_members: 1,
+            // 2025-01-01T00:00:00Z: a plausible wall-clock origin so that
+            // clients deriving wall time from TSO see sane values.
+            tso_base_ms: 1_735_689_600_000,
+        }
+    }
+}
+
+/// Selects the requests an injected fault applies to. Unset fields match
+/// anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only requests to this store (for PD faults: this member index).
+    pub store_id: Option<u64>,
+    /// Only requests whose context names this region.
+    pub region_id: Option<u64>,
+    /// Only this command (the tonic method name, e.g. `raw_get`, `get_region`, `tso`).
+    pub command: Option<String>,
+}
+
+impl Filter {
+    /// Matches every request.
+    pub fn any() -> Filter {
+        Filter::default()
+    }
+
+    /// Restricts to one store (or PD member index).
+    pub fn store(mut self, store_id: u64) -> Filter {
+        self.store_id = Some(store_id);
+        self
+    }
+
+    /// Restricts to one region.
+    pub fn region(mut self, region_id: u64) -> Filter {
+        self.region_id = Some(region_id);
+        self
+    }
+
+    /// Restricts to one command name.
+    pub fn command(mut self, name: &str) -> Filter {
+        self.command = Some(name.to_owned());
+        self
+    }
+
+    fn matches(&self, store_id: u64, region_id: u64, command: &str) -> bool {
+        self.store_id.is_none_or(|s| s == store_id)
+            && self.region_id.is_none_or(|r| r == region_id)
+            && self.command.as_deref().is_none_or(|c| c == command)
+    }
+}
+
+/// A topology operation the model refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimError {
+    /// No region with this id.
+    NoSuchRegion(u64),
+    /// No store with this id.
+    NoSuchStore(u64),
+    /// No PD member with this index.
+    NoSuchPdMember(usize),
+    /// The split key is already a region boundary.
+    SplitAtBoundary(Vec<u8>),
+    /// The two regions are not adjacent (or are the same region).
+    NotAdjacent(u64, u64),
+    /// The store holds no peer of the region.
+    NoPeerOnStore {
+        /// The region.
+        region_id: u64,
+        /// The store.
+        store_id: u64,
+    },
+    /// A keyspace with this name or id exists already.
+    KeyspaceExists(String),
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::NoSuchRegion(id) => write!(f, "no region {id}"),
+            SimError::NoSuchStore(id) => write!(f, "no store {id}"),
+            SimError::NoSuchPdMember(i) => write!(f, "no PD member {i}"),
+            SimError::SplitAtBoundary(k) => {
+                write!(f, "key {} is already a region boundary", hex(k))
+            }
+            SimError::NotAdjacent(a, b) => write!(f, "regions {a} and {b} are not adjacent"),
+            SimError::NoPeerOnStore { region_id, store_id } => {
+                write!(f, "region {region_id} has no peer on store {store_id}")
+            }
+            SimError::KeyspaceExists(name) => write!(f, "keyspace {name} exists"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Upper-case hex, as TiKV's `log_wrappers` prints keys in error messages.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// SplitMix64: a tiny, well-mixed PRNG; all model randomness comes from it.
+#[derive(Clone, Debug)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// One region as the model knows it: TiKV's metadata plus the leader.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Region {
+    pub(crate) meta: metapb::Region,
+    /// The store whose peer leads the region.
+    pub(crate) leader_store: u64,
+}
+
+impl Region {
+    pub(crate) fn peer_on(&self, store_id: u64) -> Option<&metapb::Peer> {
+        self.meta.peers.iter().find(|p| p.store_id == store_id)
+    }
+
+    pub(crate) fn leader(&self) -> Option<metapb::Peer> {
+        self.peer_on(self.leader_store).copied()
+    }
+
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.meta.start_key[..]
+            && (self.meta.end_key.is_empty() || key < &self.meta.end_key[..])
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.meta.region_epoch.map_or(0, |e| e.version)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    pub(crate) meta: metapb::Store,
+    pub(crate) running: bool,
+}
+
+/// One raw value with its expiry (TiKV's `RawValue`).
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The key as the client sent it (what checksums and scans return).
+    pub(crate) user_key: Bytes,
+    pub(crate) value: Bytes,
+    /// Unix seconds at which the key disappears (`ttl_to_expire_ts`).
+    pub(crate) expire_ts: Option<u64>,
+}
+
+impl Entry {
+    pub(crate) fn visible(&self, now_secs: u64) -> bool {
+        self.expire_ts.is_none_or(|e| e > now_secs)
+    }
+}
+
+/// The column families raw requests may name in API V1.
+pub(crate) const CFS: [&str; 3] = ["default", "lock", "write"];
+
+#[derive(Clone, Debug)]
+pub(crate) struct Injection<T> {
+    pub(crate) filter: Filter,
+    pub(crate) what: T,
+    pub(crate) remaining: u32,
+}
+
+/// PD's own state.
+#[derive(Clone, Debug)]
+pub(crate) struct PdState {
+    pub(crate) members: Vec<tikv_proto::pdpb::Member>,
+    pub(crate) leader: usize,
+    /// Last timestamp handed out: (physical ms, logical).
+    pub(crate) tso: (i64, i64),
+    /// When set, PD answers region queries from this frozen copy.
+    pub(crate) stale_regions: Option<BTreeMap<Vec<u8>, Region>>,
+    pub(crate) keyspaces: BTreeMap<String, keyspacepb::KeyspaceMeta>,
+    pub(crate) txn_safe_point: u64,
+    pub(crate) gc_safe_point: u64,
+}
+
+/// The whole model. Methods live here, in `raw.rs` and in `pd.rs`.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) cfg: ClusterConfig,
+    pub(crate) next_id: u64,
+    pub(crate) rng: SplitMix64,
+    pub(crate) stores: BTreeMap<u64, Store>,
+    /// Regions keyed by start key (region key space).
+    pub(crate) regions: BTreeMap<Vec<u8>, Region>,
+    /// Region id → start key.
+    pub(crate) region_ids: BTreeMap<u64, Vec<u8>>,
+    /// Raw data per column family, keyed by the key in region key space.
+    pub(crate) data: [BTreeMap<Vec<u8>, Entry>; 3],
+    pub(crate) pd: PdState,
+    pub(crate) region_errors: Vec<Injection<errorpb::Error>>,
+    pub(crate) rpc_errors: Vec<Injection<RpcError>>,
+    pub(crate) pd_errors: Vec<Injection<RpcError>>,
+    /// The latest instant any request carried (for test helpers that need "now").
+    pub(crate) last_now: Instant,
+}
+
+/// A simulated TiKV cluster: PD members and stores over one shared model.
+///
+/// Cheap to clone; all clones drive the same cluster. Every method takes the
+/// lock briefly and never blocks otherwise.
+///
+/// ```
+/// use tikv_core::rpc::{KvRequest, KvResponse};
+/// use tikv_core::time::Instant;
+/// use tikv_proto::kvrpcpb;
+/// use tikv_sim::{Cluster, ClusterConfig};
+///
+/// let cluster = Cluster::new(ClusterConfig::default());
+/// let region = cluster.regions()[0].clone();
+/// let leader = cluster.leader_of(region.id).unwrap();
+/// let ctx = cluster.context_for(region.id).unwrap();
+/// let put = kvrpcpb::RawPutRequest {
+///     context: Some(ctx),
+///     key: "k".into(),
+///     value: "v".into(),
+///     ..Default::default()
+/// };
+/// let resp = cluster.handle_kv(leader.store_id, KvRequest::RawPut(put), Instant::ZERO).unwrap();
+/// assert!(resp.region_error().is_none());
+/// assert_eq!(cluster.raw_snapshot("default").get(&b"k"[..]), Some(&b"v".to_vec()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    state: Arc<Mutex<State>>,
+}
+
+impl Cluster {
+    /// Builds a cluster: `cfg.stores` stores, one region per gap between the
+    /// split keys, up to three peers per region on distinct stores, a leader
+    /// per region chosen by the seeded PRNG.
+    pub fn new(cfg: ClusterConfig) -> Cluster {
+        Cluster { state: Arc::new(Mutex::new(State::new(cfg))) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock can only come from a bug in the
+        // model; keep serving the (consistent between requests) state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles one TiKV request arriving at `store_id` at model time `now`:
+    /// the deterministic face a simulation drives directly.
+    ///
+    /// Transport faults (`inject_rpc_error`, stopped or unknown stores) come
+    /// back as `Err`; everything TiKV reports in-band (region errors, `error`
+    /// strings, key errors) comes back inside the response.
+    pub fn handle_kv(
+        &self,
+        store_id: u64,
+        req: KvRequest,
+        now: Instant,
+    ) -> Result<KvResponse, RpcError> {
+        self.lock().handle_kv(store_id, req, now)
+    }
+
+    /// Handles one PD request (unary, or one round of the TSO stream) arriving
+    /// at PD member `member` at model time `now`.
+    pub fn handle_pd(
+        &self,
+        member: usize,
+        req: PdRequest,
+        now: Instant,
+    ) -> Result<PdResponse, RpcError> {
+        self.lock().handle_pd(member, req, now)
+    }
+
+    /// The cluster's configuration.
+    pub fn config(&self) -> ClusterConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// Maps a request key (raw, as a client sends it) into region key space:
+    /// unchanged in API V1, memcomparable-encoded in API V2 (TiKV's
+    /// `encode_raw_key`).
+    pub fn region_key(&self, key: &[u8]) -> Vec<u8> {
+        self.lock().enc(key)
+    }
+
+    /// Splits the region containing the request key `key` at it (mapped with
+    /// [`Cluster::region_key`]). Returns `(left_id, right_id)`.
+    pub fn split(&self, key: &[u8]) -> Result<(u64, u64), SimError> {
+        let mut st = self.lock();
+        let k = st.enc(key);
+        st.split_region_key(&k)
+    }
+
+    /// Splits at a key already in region key space. As TiKV does with
+    /// `right-derive-when-split` (its default), the right half keeps the
+    /// region id and the left half gets a new region id and new peer ids from
+    /// PD's allocator; both halves get `version + 1`. Returns `(left_id, right_id)`.
+    pub fn split_region_key(&self, region_key: &[u8]) -> Result<(u64, u64), SimError> {
+        self.lock().split_region_key(region_key)
+    }
+
+    /// Merges region `source` into the adjacent region `target` (either side),
+    /// as TiKV's commit-merge does: the target takes the union range and
+    /// version `max(source, target) + 1`; the source disappears. Returns the
+    /// surviving (target) id.
+    pub fn merge(&self, source: u64, target: u64) -> Result<u64, SimError> {
+        self.lock().merge(source, target)
+    }
+
+    /// Moves leadership of `region_id` to its peer on `store_id` (the store
+    /// may be stopped: that models a leader nobody can reach yet).
+    pub fn transfer_leader(&self, region_id: u64, store_id: u64) -> Result<(), SimError> {
+        self.lock().transfer_leader(region_id, store_id)
+    }
+
+    /// Stops a store: its `handle_kv` fails with `RpcError::Unavailable`.
+    /// Regions it led elect (instantly) the lowest-id running peer, if any.
+    pub fn stop_store(&self, store_id: u64) -> Result<(), SimError> {
+        self.lock().stop_store(store_id)
+    }
+
+    /// Restarts a stopped store. Leadership does not move back.
+    pub fn start_store(&self, store_id: u64) -> Result<(), SimError> {
+        let mut st = self.lock();
+        let store = st.stores.get_mut(&store_id).ok_or(SimError::NoSuchStore(store_id))?;
+        store.running = true;
+        Ok(())
+    }
+
+    /// Marks a store tombstone (PD `NodeState::Removed`) and stops it.
+    pub fn tombstone_store(&self, store_id: u64) -> Result<(), SimError> {
+        let mut st = self.lock();
+        st.stop_store(store_id)?;
+        if let Some(s) = st.stores.get_mut(&store_id) {
+            s.meta.state = metapb::StoreState::Tombstone as i32;
+            s.meta.node_state = metapb::NodeState::Removed as i32;
+        }
+        Ok(())
+    }
+
+    /// Sets the address PD reports for a store (the gRPC server registers
+    /// its real listening address here).
+    pub fn set_store_address(&self, store_id: u64, addr: &str) -> Result<(), SimError> {
+        let mut st = self.lock();
+        let store = st.stores.get_mut(&store_id).ok_or(SimError::NoSuchStore(store_id))?;
+        store.meta.address = addr.to_owned();
+        store.meta.peer_address = addr.to_owned();
+        Ok(())
+    }
+
+    /// Sets the client URL GetMembers reports for a PD member.
+    pub fn set_pd_member_url(&self, member: usize, url: &str) -> Result<(), SimError> {
+        let mut st = self.lock();
+        let m = st.pd.members.get_mut(member).ok_or(SimError::NoSuchPdMember(member))?;
+        m.client_urls = vec![url.to_owned()];
+        m.peer_urls = vec![url.to_owned()];
+        Ok(())
+    }
+
+    /// Makes `member` the PD leader; the others answer as PD followers do.
+    pub fn set_pd_leader(&self, member: usize) -> Result<(), SimError> {
+        let mut st = self.lock();
+        if member >= st.pd.members.len() {
+            return Err(SimError::NoSuchPdMember(member));
+        }
+        st.pd.leader = member;
+        Ok(())
+    }
+
+    /// The current PD leader's index.
+    pub fn pd_leader(&self) -> usize {
+        self.lock().pd.leader
+    }
+
+    /// With `true`, PD freezes its region view: it keeps answering region
+    /// queries with the regions and leaders as they are now, while stores
+    /// move on (PD lagging behind heartbeats). `false` refreshes it.
+    pub fn set_pd_stale(&self, stale: bool) {
+        let mut st = self.lock();
+        st.pd.stale_regions = stale.then(|| st.regions.clone());
+    }
+
+    /// Adds an ENABLED keyspace to PD's keyspace table.
+    pub fn add_keyspace(&self, name: &str, id: u32) -> Result<(), SimError> {
+        let mut st = self.lock();
+        let taken = st.pd.keyspaces.values().any(
+            |m| matches!(m.keyspace, Some(keyspacepb::keyspace_meta::Keyspace::Id(i)) if i == id),
+        );
+        if taken || st.pd.keyspaces.contains_key(name) {
+            return Err(SimError::KeyspaceExists(name.to_owned()));
+        }
+        st.pd.keyspaces.insert(name.to_owned(), keyspace_meta(name, id));
+        Ok(())
+    }
+
+    /// Sets the safe points GetGCState reports.
+    pub fn set_gc_safe_points(&self, txn_safe_point: u64, gc_safe_point: u64) {
+        let mut st = self.lock();
+        st.pd.txn_safe_point = txn_safe_point;
+        st.pd.gc_safe_point = gc_safe_point;
+    }
+
+    /// The next `times` requests matching `filter` get `error` as their
+    /// region error instead of being executed (ServerIsBusy, StaleCommand,
+    /// DiskFull, any kind, including ones with only a message).
+    pub fn inject_region_error(&self, filter: Filter, error: errorpb::Error, times: u32) {
+        self.lock().region_errors.push(Injection { filter, what: error, remaining: times });
+    }
+
+    /// The next `times` TiKV requests matching `filter` fail at the transport
+    /// level with `error`.
+    pub fn inject_rpc_error(&self, filter: Filter, error: RpcError, times: u32) {
+        self.lock().rpc_errors.push(Injection { filter, what: error, remaining: times });
+    }
+
+    /// The next `times` PD requests matching `filter` (its `store_id` is the
+    /// member index; `region_id` is ignored) fail with `error`.
+    pub fn inject_pd_error(&self, filter: Filter, error: RpcError, times: u32) {
+        self.lock().pd_errors.push(Injection { filter, what: error, remaining: times });
+    }
+
+    /// Drops every pending injection.
+    pub fn clear_injections(&self) {
+        let mut st = self.lock();
+        st.region_errors.clear();
+        st.rpc_errors.clear();
+        st.pd_errors.clear();
+    }
+
+    /// Visible raw data of a column family (`""` means `default`), keyed by the
+    /// key as clients sent it, at the latest instant any request carried.
+    pub fn raw_snapshot(&self, cf: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let st = self.lock();
+        let now = st.ttl_now(st.last_now);
+        let idx = CFS.iter().position(|c| *c == cf).unwrap_or(0);
+        st.data[idx]
+            .values()
+            .filter(|e| e.visible(now))
+            .map(|e| (e.user_key.to_vec(), e.value.to_vec()))
+            .collect()
+    }
+
+    /// All regions in key order, as the stores see them (not PD's possibly
+    /// stale view).
+    pub fn regions(&self) -> Vec<metapb::Region> {
+        self.lock().regions.values().map(|r| r.meta.clone()).collect()
+    }
+
+    /// One region's metadata.
+    pub fn region(&self, region_id: u64) -> Option<metapb::Region> {
+        let st = self.lock();
+        st.region_by_id(region_id).map(|r| r.meta.clone())
+    }
+
+    /// The region containing a key in region key space.
+    pub fn region_for_region_key(&self, region_key: &[u8]) -> Option<metapb::Region> {
+        self.lock().region_containing(region_key).map(|r| r.meta.clone())
+    }
+
+    /// The leader peer of a region.
+    pub fn leader_of(&self, region_id: u64) -> Option<metapb::Peer> {
+        self.lock().region_by_id(region_id).and_then(Region::leader)
+    }
+
+    /// A `kvrpcpb::Context` addressed to the region's current leader with the
+    /// current epoch and the cluster's API version: what a client with a fresh
+    /// region cache would send.
+    pub fn context_for(&self, region_id: u64) -> Option<kvrpcpb::Context> {
+        let st = self.lock();
+        let region = st.region_by_id(region_id)?;
+        Some(kvrpcpb::Context {
+            region_id,
+            region_epoch: region.meta.region_epoch,
+            peer: region.leader(),
+            api_version: st.cfg.api_version.to_proto() as i32,
+            ..Default::default()
+        })
+    }
+
+    /// Store ids, ascending.
+    pub fn store_ids(&self) -> Vec<u64> {
+        self.lock().stores.keys().copied().collect()
+    }
+
+    /// True if the store exists and is running.
+    pub fn is_store_running(&self, store_id: u64) -> bool {
+        self.lock().stores.get(&store_id).is_some_and(|s| s.running)
+    }
+
+    /// Number of PD members.
+    pub fn pd_member_count(&self) -> usize {
+        self.lock().pd.members.len()
+    }
+}
+
+pub(crate) fn keyspace_meta(name: &str, id: u32) -> keyspacepb::KeyspaceMeta {
+    keyspacepb::KeyspaceMeta {
+        name: name.to_owned(),
+        state: keyspacepb::KeyspaceState::Enabled as i32,
+        keyspace: Some(keyspacepb::keyspace_meta::Keyspace::Id(id)),
+        ..Default::default()
+    }
+}
+
+macro_rules! region_error_setter {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Puts a region error into any TiKV response.
+        pub(crate) fn set_region_error(resp: &mut KvResponse, err: errorpb::Error) {
+            match resp {
+                $(KvResponse::$variant(r) => r.region_error = Some(err),)*
+            }
+        }
+    };
+}
+tikv_core::for_each_kv_rpc!(region_error_setter);
+
+/// Why a raw command did not run: a region error (goes to `region_error`) or
+/// a storage error (goes to the response's `error` string or key error).
+#[derive(Debug)]
+pub(crate) enum Reject {
+    Region(Box<errorpb::Error>),
+    Other(String),
+}
+
+impl From<Box<errorpb::Error>> for Reject {
+    fn from(e: Box<errorpb::Error>) -> Reject {
+        Reject::Region(e)
+    }
+}
+
+impl From<errorpb::Error> for Reject {
+    fn from(e: errorpb::Error) -> Reject {
+        Reject::Region(Box::new(e))
+    }
+}
+
+impl State {
+    fn new(cfg: ClusterConfig) -> State {
+        let mut cfg = cfg;
+        cfg.stores = cfg.stores.max(1);
+        cfg.pd_members = cfg.pd_members.max(1);
+        let mut rng = SplitMix64(cfg.seed);
+        let members = (0..cfg.pd_members)
+            .map(|i| tikv_proto::pdpb::Member {
+                name: format!("pd-{i}"),
+                member_id: rng.next_u64(),
+                peer_urls: vec![format!("http://pd-{i}.sim:2380")],
+                client_urls: vec![format!("http://pd-{i}.sim:2379")],
+                binary_version: "8.5.0-sim".to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        let mut keyspaces = BTreeMap::new();
+        keyspaces.insert("DEFAULT".to_owned(), keyspace_meta("DEFAULT", 0));
+        let mut st = State {
+            next_id: 1,
+            rng,
+            stores: BTreeMap::new(),
+            regions: BTreeMap::new(),
+            region_ids: BTreeMap::new(),
+            data: Default::default(),
+            pd: PdState {
+                members,
+                leader: 0,
+                tso: (0, 0),
+                stale_regions: None,
+                keyspaces,
+                txn_safe_point: 0,
+                gc_safe_point: 0,
+            },
+            region_errors: Vec::new(),
+            rpc_errors: Vec::new(),
+            pd_errors: Vec::new(),
+            last_now: Instant::ZERO,
+            cfg,
+        };
+        for _ in 0..st.cfg.stores {
+            let id = st.alloc_id();
+            let meta = metapb::Store {
+                id,
+                address: format!("store-{id}.sim:20160"),
+                peer_address: format!("store-{id}.sim:20160"),
+                state: metapb::StoreState::Up as i32,
+                node_state: metapb::NodeState::Serving as i32,
+                version: "8.5.0-sim".to_owned(),
+                ..Default::default()
+            };
+            st.stores.insert(id, Store { meta, running: true });
+        }
+        let mut bounds: Vec<Vec<u8>> = st.cfg.split_keys.iter().map(|k| st.enc(k)).collect();
+        bounds.retain(|k| !k.is_empty());
+        bounds.sort();
+        bounds.dedup();
+        let store_ids: Vec<u64> = st.stores.keys().copied().collect();
+        let replicas = store_ids.len().min(3);
+        let mut start = Vec::new();
+        for (i, end) in bounds.into_iter().map(Some).chain([None]).enumerate() {
+            let region_id = st.alloc_id();
+            let peers: Vec<metapb::Peer> = (0..replicas)
+                .map(|j| metapb::Peer {
+                    id: st.alloc_id(),
+                    store_id: store_ids[(i + j) % store_ids.len()],
+                    ..Default::default()
+                })
+                .collect();
+            let leader_store = peers[st.rng.below(peers.len())].store_id;
+            let end_key = end.clone().unwrap_or_default();
+            let meta = metapb::Region {
+                id: region_id,
+                start_key: start.clone().into(),
+                end_key: end_key.clone().into(),
+                region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+                peers,
+                ..Default::default()
+            };
+            st.insert_region(Region { meta, leader_store });
+            start = end_key;
+        }
+        st
+    }
+
+    pub(crate) fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Request key → region key space (TiKV's `F::encode_raw_key(key, None)`).
+    pub(crate) fn enc(&self, key: &[u8]) -> Vec<u8> {
+        match self.cfg.api_version {
+            ApiVersion::V1 => key.to_vec(),
+            ApiVersion::V2 => memcomparable::encode(key),
+        }
+    }
+
+    /// Seconds on TiKV's TTL clock (`ttl_current_ts`), derived from the model clock.
+    pub(crate) fn ttl_now(&self, now: Instant) -> u64 {
+        self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000) / 1000
+    }
+
+    fn insert_region(&mut self, region: Region) {
+        let start = region.meta.start_key.to_vec();
+        self.region_ids.insert(region.meta.id, start.clone());
+        self.regions.insert(start, region);
+    }
+
+    pub(crate) fn region_by_id(&self, id: u64) -> Option<&Region> {
+        self.region_ids.get(&id).and_then(|k| self.regions.get(k))
+    }
+
+    fn region_by_id_mut(&mut self, id: u64) -> Option<&mut Region> {
+        let key = self.region_ids.get(&id)?;
+        self.regions.get_mut(key)
+    }
+
+    pub(crate) fn region_containing(&self, key: &[u8]) -> Option<&Region> {
+        containing(&self.regions, key)
+    }
+
+    pub(crate) fn split_region_key(&mut self, key: &[u8]) -> Result<(u64, u64), SimError> {
+        let Some(old) = self.region_containing(key).cloned() else {
+            return Err(SimError::SplitAtBoundary(key.to_vec()));
+        };
+        if key.is_empty() || old.meta.start_key == key {
+            return Err(SimError::SplitAtBoundary(key.to_vec()));
+        }
+        let epoch = old.meta.region_epoch.unwrap_or_default();
+        let new_epoch =
+            metapb::RegionEpoch { conf_ver: epoch.conf_ver, version: epoch.version + 1 };
+        let left_id = self.alloc_id();
+        let left_peers: Vec<metapb::Peer> =
+            old.meta.peers.iter().map(|p| metapb::Peer { id: self.alloc_id(), ..*p }).collect();
+        let left = Region {
+            meta: metapb::Region {
+                id: left_id,
+                start_key: old.meta.start_key.clone(),
+                end_key: Bytes::copy_from_slice(key),
+                region_epoch: Some(new_epoch),
+                peers: left_peers,
+                ..old.meta.clone()
+            },
+            leader_store: old.leader_store,
+        };
+        let right = Region {
+            meta: metapb::Region {
+                start_key: Bytes::copy_from_slice(key),
+                region_epoch: Some(new_epoch),
+                ..old.meta.clone()
+            },
+            leader_store: old.leader_store,
+        };
+        self.regions.remove(&old.meta.start_key[..]);
+        let right_id = right.meta.id;
+        self.insert_region(left);
+        self.insert_region(right);
+        Ok((left_id, right_id))
+    }
+
+    fn merge(&mut self, source: u64, target: u64) -> Result<u64, SimError> {
+        let src = self.region_by_id(source).cloned().ok_or(SimError::NoSuchRegion(source))?;
+        let tgt = self.region_by_id(target).cloned().ok_or(SimError::NoSuchRegion(target))?;
+        let (start, end) = if src.meta.end_key == tgt.meta.start_key && !src.meta.end_key.is_empty()
+        {
+            (src.meta.start_key.clone(), tgt.meta.end_key.clone())
+        } else if tgt.meta.end_key == src.meta.start_key && !tgt.meta.end_key.is_empty() {
+            (tgt.meta.start_key.clone(), src.meta.end_key.clone())
+        } else {
+            return Err(SimError::NotAdjacent(source, target));
+        };
+        self.regions.remove(&src.meta.start_key[..]);
+        self.regions.remove(&tgt.meta.start_key[..]);
+        self.region_ids.remove(&source);
+        let epoch = tgt.meta.region_epoch.unwrap_or_default();
+        let mut merged = tgt;
+        merged.meta.start_key = start;
+        merged.meta.end_key = end;
+        merged.meta.region_epoch = Some(metapb::RegionEpoch {
+            conf_ver: epoch.conf_ver,
+            version: epoch.version.max(src.version()) + 1,
+        });
+        self.insert_region(merged);
+        Ok(target)
+    }
+
+    fn transfer_leader(&mut self, region_id: u64, store_id: u64) -> Result<(), SimError> {
+        let region = self.region_by_id_mut(region_id).ok_or(SimError::NoSuchRegion(region_id))?;
+        if region.peer_on(store_id).is_none() {
+            return Err(SimError::NoPeerOnStore { region_id, store_id });
+        }
+        region.leader_store = store_id;
+        Ok(())
+    }
+
+    fn stop_store(&mut self, store_id: u64) -> Result<(), SimError> {
+        let store = self.stores.get_mut(&store_id).ok_or(SimError::NoSuchStore(store_id))?;
+        store.running = false;
+        let running: Vec<u64> =
+            self.stores.values().filter(|s| s.running).map(|s| s.meta.id).collect();
+        for region in self.regions.values_mut() {
+            if region.leader_store != store_id {
+                continue;
+            }
+            let mut candidates: Vec<u64> = region
+                .meta
+                .peers
+                .iter()
+                .map(|p| p.store_id)
+                .filter(|s| running.contains(s))
+                .collect();
+            candidates.sort_unstable();
+            if let Some(&s) = candidates.first() {
+                region.leader_store = s;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one use of the first matching injection.
+    fn take_injection<T: Clone>(
+        list: &mut Vec<Injection<T>>,
+        store: u64,
+        region: u64,
+        cmd: &str,
+    ) -> Option<T> {
+        let i = list
+            .iter()
+            .position(|inj| inj.remaining > 0 && inj.filter.matches(store, region, cmd))?;
+        list[i].remaining -= 1;
+        let what = list[i].what.clone();
+        if list[i].remaining == 0 {
+            list.remove(i);
+        }
+        Some(what)
+    }
+
+    pub(crate) fn take_pd_injection(&mut self, member: usize, cmd: &str) -> Option<RpcError> {
+        let list = &mut self.pd_errors;
+        let i = list.iter().position(|inj| {
+            inj.remaining > 0
+                && inj.filter.store_id.is_none_or(|s| s == member as u64)
+                && inj.filter.command.as_deref().is_none_or(|c| c == cmd)
+        })?;
+        list[i].remaining -= 1;
+        let what = list[i].what.clone();
+        if list[i].remaining == 0 {
+            list.remove(i);
+        }
+        Some(what)
+    }
+
+    fn handle_kv(
+        &mut self,
+        store_id: u64,
+        req: KvRequest,
+        now: Instant,
+    ) -> Result<KvResponse, RpcError> {
+        self.last_now = self.last_now.max(now);
+        let cmd = req.name();
+        let ctx = req.context().cloned().unwrap_or_default();
+        if let Some(e) = Self::take_injection(&mut self.rpc_errors, store_id, ctx.region_id, cmd) {
+            return Err(e);
+        }
+        match self.stores.get(&store_id) {
+            None => return Err(RpcError::Unavailable(format!("store {store_id} does not exist"))),
+            Some(s) if !s.running => {
+                return Err(RpcError::Unavailable(format!("store {store_id} is stopped")));
+            }
+            Some(_) => {}
+        }
+        // TiKV's `reject_if_cluster_id_mismatch!`: a gRPC INVALID_ARGUMENT status.
+        if ctx.cluster_id > 0 && ctx.cluster_id != self.cfg.cluster_id {
+            return Err(RpcError::Status {
+                code: 3,
+                message: "the cluster id of the request does not match the TiKV cluster".to_owned(),
+            });
+        }
+        if let Some(err) =
+            Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd)
+        {
+            let mut resp = req.response_template();
+            set_region_error(&mut resp, err);
+            return Ok(resp);
+        }
+        let now_secs = self.ttl_now(now);
+        let resp = match req {
+            KvRequest::RawGet(r) => KvResponse::RawGet(self.raw_get(store_id, r, now_secs)),
+            KvRequest::RawBatchGet(r) => {
+                KvResponse::RawBatchGet(self.raw_batch_get(store_id, r, now_secs))
+            }
+            KvRequest::RawPut(r) => KvResponse::RawPut(self.raw_put(store_id, r, now_secs)),
+            KvRequest::RawBatchPut(r) => {
+                KvResponse::RawBatchPut(self.raw_batch_put(store_id, r, now_secs))
+            }
+            KvRequest::RawDelete(r) => KvResponse::RawDelete(self.raw_delete(store_id, r)),
+            KvRequest::RawBatchDelete(r) => {
+                KvResponse::RawBatchDelete(self.raw_batch_delete(store_id, r))
+            }
+            KvRequest::RawDeleteRange(r) => {
+                KvResponse::RawDeleteRange(self.raw_delete_range(store_id, r))
+            }
+            KvRequest::RawScan(r) => KvResponse::RawScan(self.raw_scan(store_id, r, now_secs)),
+            KvRequest::RawBatchScan(r) => {
+                KvResponse::RawBatchScan(self.raw_batch_scan(store_id, r, now_secs))
+            }
+            KvRequest::RawGetKeyTtl(r) => {
+                KvResponse::RawGetKeyTtl(self.raw_get_key_ttl(store_id, r, now_secs))
+            }
+            KvRequest::RawCompareAndSwap(r) => {
+                KvResponse::RawCompareAndSwap(self.raw_cas(store_id, r, now_secs))
+            }
+            KvRequest::RawChecksum(r) => {
+                KvResponse::RawChecksum(self.raw_checksum(store_id, r, now_secs))
+            }
+            other => {
+                return Err(RpcError::Status {
+                    code: tikv_core::rpc::GRPC_UNIMPLEMENTED,
+                    message: format!("{} is not implemented by the simulator", other.name()),
+                });
+            }
+        };
+        Ok(resp)
+    }
+
+    /// raftstore's proposal checks, in TiKV's order: store id
+    /// (`check_store_id`), region present on this store (`RegionNotFound`),
+    /// peer id (`check_peer_id`), leadership (`NotLeader`, skipped for reads
+    /// with `replica_read`/`stale_read`), then the epoch version
+    /// (`check_region_epoch`; normal requests do not check `conf_ver`).
+    pub(crate) fn check_region(
+        &self,
+        store_id: u64,
+        ctx: Option<&kvrpcpb::Context>,
+        read_only: bool,
+    ) -> Result<metapb::Region, Box<errorpb::Error>> {
+        let default_ctx = kvrpcpb::Context::default();
+        let ctx = ctx.unwrap_or(&default_ctx);
+        let peer = ctx.peer.unwrap_or_default();
+        if peer.store_id != store_id {
+            return Err(Box::new(errorpb::Error {
+                message: format!("to store id {}, mine {}", peer.store_id, store_id),
+                store_not_match: Some(errorpb::StoreNotMatch {
+                    request_store_id: peer.store_id,
+                    actual_store_id: store_id,
+                }),
+                ..Default::default()
+            }));
+        }
+        let region_id = ctx.region_id;
+        let Some((region, my_peer)) =
+            self.region_by_id(region_id).and_then(|r| r.peer_on(store_id).map(|p| (r, *p)))
+        else {
+            return Err(Box::new(errorpb::Error {
+                message: format!("region {region_id} not found"),
+                region_not_found: Some(errorpb::RegionNotFound { region_id }),
+                ..Default::default()
+            }));
+        };
+        if peer.id != my_peer.id {
+            return Err(Box::new(errorpb::Error {
+                message: format!("mismatch peer id {} != {}", peer.id, my_peer.id),
+                mismatch_peer_id: Some(errorpb::MismatchPeerId {
+                    request_peer_id: peer.id,
+                    store_peer_id: my_peer.id,
+                }),
+                ..Default::default()
+            }));
+        }
+        let follower_read_ok = read_only && (ctx.replica_read || ctx.stale_read);
+        if region.leader_store != store_id && !follower_read_ok {
+            let leader = region.leader();
+            return Err(Box::new(errorpb::Error {
+                message: format!(
+                    "peer is not leader for region {region_id}, leader may {leader:?}"
+                ),
+                not_leader: Some(errorpb::NotLeader { region_id, leader }),
+                ..Default::default()
+            }));
+        }
+        let Some(from) = ctx.region_epoch else {
+            return Err(Box::new(errorpb::Error {
+                message: "missing epoch!".to_owned(),
+                ..Default::default()
+            }));
+        };
+        let current = region.meta.region_epoch.unwrap_or_default();
+        if from.version != current.version {
+            let mut current_regions = vec![region.meta.clone()];
+            self.collect_sibling_regions(region, from.version, &mut current_regions);
+            return Err(Box::new(errorpb::Error {
+                message: format!(
+                    "EpochNotMatch current epoch of region {} is conf_ver: {} version: {}, but you sent conf_ver: {} version: {}",
+                    region_id, current.conf_ver, current.version, from.conf_ver, from.version
+                ),
+                epoch_not_match: Some(errorpb::EpochNotMatch { current_regions }),
+                ..Default::default()
+            }));
+        }
+        Ok(region.meta.clone())
+    }
+
+    /// raftstore's `collect_sibling_region` with `right_derive_when_split`:
+    /// walks left from the region, collecting up to `current - requested`
+    /// regions (at most 10, `MAX_REGIONS_IN_ERROR`) that a split may have
+    /// produced, so a client with an old epoch learns the new layout.
+    fn collect_sibling_regions(
+        &self,
+        region: &Region,
+        requested: u64,
+        out: &mut Vec<metapb::Region>,
+    ) {
+        const MAX_REGIONS_IN_ERROR: usize = 10;
+        let mut max_version = region.version();
+        if requested >= max_version {
+            return;
+        }
+        let mut collect = max_version - requested;
+        let siblings = self.regions.range(..region.meta.start_key.to_vec()).rev();
+        for (_, r) in siblings.take(MAX_REGIONS_IN_ERROR) {
+            collect -= 1;
+            if r.version() >= max_version {
+                collect += r.version() - max_version;
+                max_version = r.version();
+            }
+            out.push(r.meta.clone());
+            if collect == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// The region of `regions` (keyed by start key) that contains `key`.
+pub(crate) fn containing<'a>(
+    regions: &'a BTreeMap<Vec<u8>, Region>,
+    key: &[u8],
+) -> Option<&'a Region> {
+    regions
+        .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+        .next_back()
+        .map(|(_, r)| r)
+        .filter(|r| r.contains(key))
+}
+
+/// raftstore's `check_key_in_region` (`[start, end)`).
+pub(crate) fn check_key_in_region(
+    key: &[u8],
+    region: &metapb::Region,
+) -> Result<(), Box<errorpb::Error>> {
+    let inside =
+        key >= &region.start_key[..] && (region.end_key.is_empty() || key < &region.end_key[..]);
+    if inside { Ok(()) } else { Err(Box::new(key_not_in_region(key, region))) }
+}
+
+/// raftstore's `check_key_in_region_inclusive` (`[start, end]`), used when
+/// seeking an iterator (`RegionIterator::should_seekable`).
+pub(crate) fn check_key_seekable(
+    key: &[u8],
+    region: &metapb::Region,
+) -> Result<(), Box<errorpb::Error>> {
+    let inside =
+        key >= &region.start_key[..] && (region.end_key.is_empty() || key <= &region.end_key[..]);
+    if inside { Ok(()) } else { Err(Box::new(key_not_in_region(key, region))) }
+}
+
+pub(crate) fn key_not_in_region(key: &[u8], region: &metapb::Region) -> errorpb::Error {
+    errorpb::Error {
+        message: format!(
+            "key {} is not in region key range [{}, {}) for region {}",
+            hex(key),
+            hex(&region.start_key),
+            hex(&region.end_key),
+            region.id
+        ),
+        key_not_in_region: Some(errorpb::KeyNotInRegion {
+            key: Bytes::copy_from_slice(key),
+            region_id: region.id,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+        }),
+        ..Default::default()
+    }
+}

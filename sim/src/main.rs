@@ -1,0 +1,188 @@
+//! `tikv-sim`: a simulated TiKV cluster served over gRPC.
+//!
+//! ```text
+//! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
+//!          [--api-version 1|2] [--store-base-port PORT] [--cluster-id ID] [--seed S]
+//! ```
+//!
+//! Each `--pd` adds one PD member (the first is the leader). Store ports are
+//! ephemeral unless `--store-base-port` is given (store `i` listens on
+//! `PORT + i - 1`). `--regions N` pre-splits the raw key space into `N`
+//! regions at evenly spaced first bytes (after the `r\0\0\0` keyspace prefix
+//! in API V2). Prints the addresses and serves until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::{ApiVersion, Cluster, ClusterConfig};
+
+const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
+[--api-version 1|2] [--store-base-port PORT] [--cluster-id ID] [--seed S]";
+
+struct Args {
+    pd: Vec<SocketAddr>,
+    stores: usize,
+    regions: usize,
+    api: ApiVersion,
+    store_base_port: Option<u16>,
+    cluster_id: Option<u64>,
+    seed: u64,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        pd: Vec::new(),
+        stores: 3,
+        regions: 1,
+        api: ApiVersion::V1,
+        store_base_port: None,
+        cluster_id: None,
+        seed: 0,
+    };
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_owned());
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = |what: &str| format!("{flag}: {what} expected, got {value:?}\n{USAGE}");
+        match flag.as_str() {
+            "--pd" => args.pd.push(value.parse().map_err(|_| bad("HOST:PORT"))?),
+            "--stores" => args.stores = value.parse().map_err(|_| bad("a number"))?,
+            "--regions" => args.regions = value.parse().map_err(|_| bad("a number"))?,
+            "--api-version" => {
+                args.api = match value.as_str() {
+                    "1" => ApiVersion::V1,
+                    "2" => ApiVersion::V2,
+                    _ => return Err(bad("1 or 2")),
+                }
+            }
+            "--store-base-port" => {
+                args.store_base_port = Some(value.parse().map_err(|_| bad("a port"))?)
+            }
+            "--cluster-id" => args.cluster_id = Some(value.parse().map_err(|_| bad("a number"))?),
+            "--seed" => args.seed = value.parse().map_err(|_| bad("a number"))?,
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    if args.pd.is_empty() {
+        return Err(format!("--pd is required\n{USAGE}"));
+    }
+    if args.stores == 0 {
+        return Err(format!("--stores must be at least 1\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+/// `n - 1` split keys spreading raw keys over `n` regions by first byte.
+fn split_keys(n: usize, api: ApiVersion) -> Vec<Vec<u8>> {
+    let n = n.clamp(1, 256);
+    (1..n)
+        .map(|i| {
+            let byte = (i * 256 / n) as u8;
+            match api {
+                ApiVersion::V1 => vec![byte],
+                ApiVersion::V2 => vec![b'r', 0, 0, 0, byte],
+            }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cfg = ClusterConfig {
+        stores: args.stores,
+        api_version: args.api,
+        split_keys: split_keys(args.regions, args.api),
+        seed: args.seed,
+        pd_members: args.pd.len(),
+        ..ClusterConfig::default()
+    };
+    if let Some(id) = args.cluster_id {
+        cfg.cluster_id = id;
+    }
+    // Outside the deterministic model: anchor TSO and TTL time at the real
+    // Unix time, so clients comparing TSO with their clock see sane values.
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        cfg.tso_base_ms = u64::try_from(d.as_millis()).unwrap_or(cfg.tso_base_ms);
+    }
+    let cluster = Cluster::new(cfg);
+    let mut opts = ServerOptions { pd_addrs: args.pd.clone(), ..ServerOptions::default() };
+    if let Some(base) = args.store_base_port {
+        for (i, id) in cluster.store_ids().into_iter().enumerate() {
+            let port = base.saturating_add(i as u16);
+            opts.store_addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match SimServer::start(cluster.clone(), opts).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let cfg = cluster.config();
+        println!("tikv-sim: cluster id {}, api {:?}", cfg.cluster_id, cfg.api_version);
+        for (i, addr) in server.pd_addrs().iter().enumerate() {
+            println!("pd {i}: {addr}");
+        }
+        for id in cluster.store_ids() {
+            if let Some(addr) = server.store_addr(id).await {
+                println!("store {id}: {addr}");
+            }
+        }
+        println!("regions: {}", cluster.regions().len());
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("cannot wait for Ctrl-C: {e}");
+        }
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, String> {
+        parse_args(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn parses_flags() {
+        let a = parse(
+            "--pd 127.0.0.1:2379 --stores 5 --regions 4 --api-version 2 --store-base-port 20160",
+        )
+        .unwrap();
+        assert_eq!(a.pd, vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(a.stores, 5);
+        assert_eq!(a.regions, 4);
+        assert_eq!(a.api, ApiVersion::V2);
+        assert_eq!(a.store_base_port, Some(20160));
+        assert!(parse("--stores 3").is_err());
+        assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
+        assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());
+        assert!(parse("--pd").is_err());
+    }
+
+    #[test]
+    fn split_keys_spread_regions() {
+        assert_eq!(split_keys(1, ApiVersion::V1), Vec::<Vec<u8>>::new());
+        assert_eq!(split_keys(4, ApiVersion::V1), vec![vec![64], vec![128], vec![192]]);
+        assert_eq!(split_keys(2, ApiVersion::V2), vec![vec![b'r', 0, 0, 0, 128]]);
+    }
+}

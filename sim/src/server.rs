@@ -1,0 +1,443 @@
+//! The gRPC face: the same [`Cluster`] served over tonic on loopback.
+//!
+//! One listener per PD member (the `PD` and `Keyspace` services share it) and
+//! one per store (the `Tikv` service). Every unary method forwards to
+//! [`Cluster::handle_kv`] / [`Cluster::handle_pd`]; the `Tso` stream answers
+//! each request message with one response, in order, and ends with the
+//! error status PD would send. Methods the model does not serve answer
+//! `Unimplemented` (the generated default stubs).
+//!
+//! Time: the model clock is the wall time elapsed since [`SimServer::start`],
+//! mapped explicitly onto [`tikv_core::time::Instant`] (the only place that
+//! reads a clock).
+//!
+//! Stopping a store closes its listener and kills its open connections (the
+//! sockets are dropped, so clients see resets and then refused connections,
+//! like a crashed TiKV); starting it again listens on the same address.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
+use tikv_core::time::Instant;
+use tikv_proto::keyspacepb::keyspace_server::{Keyspace, KeyspaceServer};
+use tikv_proto::pdpb::pd_server::{Pd, PdServer};
+use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
+use tikv_proto::{keyspacepb, kvrpcpb, pdpb};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::codegen::BoxStream;
+use tonic::transport::server::{Connected, Router, TcpConnectInfo};
+use tonic::{Request, Response, Status};
+
+use crate::Cluster;
+
+/// Where to listen. Missing entries listen on `127.0.0.1:0` (an ephemeral port).
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// One address per PD member, by member index.
+    pub pd_addrs: Vec<SocketAddr>,
+    /// Store id → address.
+    pub store_addrs: BTreeMap<u64, SocketAddr>,
+}
+
+/// Why the server could not start or restart a listener.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Binding a listener failed.
+    Bind(SocketAddr, io::Error),
+    /// No store with this id in the cluster.
+    NoSuchStore(u64),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::NoSuchStore(id) => write!(f, "no store {id}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Maps wall time since server start onto the model clock.
+#[derive(Clone, Copy, Debug)]
+struct WallClock(std::time::Instant);
+
+impl WallClock {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The gRPC status a model transport error becomes.
+fn to_status(e: RpcError) -> Status {
+    match e {
+        RpcError::Unavailable(m) => Status::unavailable(m),
+        RpcError::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
+        RpcError::Canceled => Status::cancelled("canceled"),
+        RpcError::Decode(m) => Status::internal(m),
+        RpcError::Status { code, message } => Status::new(tonic::Code::from_i32(code), message),
+        RpcError::Mismatch => Status::internal("response does not match the request"),
+    }
+}
+
+/// The `Tikv` service of one store.
+#[derive(Clone, Debug)]
+struct TikvService {
+    cluster: Cluster,
+    store_id: u64,
+    clock: WallClock,
+}
+
+impl TikvService {
+    fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
+        self.cluster.handle_kv(self.store_id, req, self.clock.now()).map_err(to_status)
+    }
+}
+
+macro_rules! tikv_methods {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        #[tonic::async_trait]
+        impl Tikv for TikvService {
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<kvrpcpb::$req>,
+                ) -> Result<Response<kvrpcpb::$resp>, Status> {
+                    match self.call(KvRequest::$variant(request.into_inner()))? {
+                        KvResponse::$variant(r) => Ok(Response::new(r)),
+                        _ => Err(Status::internal("response does not match the request")),
+                    }
+                }
+            )*
+        }
+    };
+}
+tikv_core::for_each_kv_rpc!(tikv_methods);
+
+/// The `PD` and `Keyspace` services of one PD member.
+#[derive(Clone, Debug)]
+struct PdService {
+    cluster: Cluster,
+    member: usize,
+    clock: WallClock,
+}
+
+impl PdService {
+    fn call(&self, req: PdRequest) -> Result<PdResponse, Status> {
+        self.cluster.handle_pd(self.member, req, self.clock.now()).map_err(to_status)
+    }
+
+    /// One response per request message, in order; the first error ends the
+    /// stream with its status (PD's `Tso` returns the error from the handler).
+    fn tso_stream(
+        &self,
+        inbound: tonic::Streaming<pdpb::TsoRequest>,
+    ) -> BoxStream<pdpb::TsoResponse> {
+        let svc = self.clone();
+        let out = futures::stream::unfold(Some(inbound), move |state| {
+            let svc = svc.clone();
+            async move {
+                let mut inbound = state?;
+                match inbound.message().await {
+                    Ok(Some(req)) => match svc.call(PdRequest::Tso(req)) {
+                        Ok(PdResponse::Tso(r)) => Some((Ok(r), Some(inbound))),
+                        Ok(_) => Some((
+                            Err(Status::internal("response does not match the request")),
+                            None,
+                        )),
+                        Err(status) => Some((Err(status), None)),
+                    },
+                    Ok(None) => None,
+                    Err(status) => Some((Err(status), None)),
+                }
+            }
+        });
+        Box::pin(out)
+    }
+}
+
+/// Sorts the PD RPC list into the `PD` and `Keyspace` services and emits one
+/// trait impl for each (a trait impl cannot be split across blocks).
+macro_rules! pd_split {
+    (@acc [$($p:tt)*] [$($k:tt)*] ($v:ident, pdpb, $m:ident, $rq:ident, $rs:ident) $($rest:tt)*) => {
+        pd_split!(@acc [$($p)* ($v, $m, $rq, $rs)] [$($k)*] $($rest)*);
+    };
+    (@acc [$($p:tt)*] [$($k:tt)*] ($v:ident, keyspacepb, $m:ident, $rq:ident, $rs:ident) $($rest:tt)*) => {
+        pd_split!(@acc [$($p)*] [$($k)* ($v, $m, $rq, $rs)] $($rest)*);
+    };
+    (@acc [$(($pv:ident, $pm:ident, $prq:ident, $prs:ident))*] [$(($kv:ident, $km:ident, $krq:ident, $krs:ident))*]) => {
+        #[tonic::async_trait]
+        impl Pd for PdService {
+            $(
+                async fn $pm(&self, request: Request<pdpb::$prq>) -> Result<Response<pdpb::$prs>, Status> {
+                    match self.call(PdRequest::$pv(request.into_inner()))? {
+                        PdResponse::$pv(r) => Ok(Response::new(r)),
+                        _ => Err(Status::internal("response does not match the request")),
+                    }
+                }
+            )*
+
+            async fn tso(
+                &self,
+                request: Request<tonic::Streaming<pdpb::TsoRequest>>,
+            ) -> Result<Response<BoxStream<pdpb::TsoResponse>>, Status> {
+                Ok(Response::new(self.tso_stream(request.into_inner())))
+            }
+        }
+
+        #[tonic::async_trait]
+        impl Keyspace for PdService {
+            $(
+                async fn $km(&self, request: Request<keyspacepb::$krq>) -> Result<Response<keyspacepb::$krs>, Status> {
+                    match self.call(PdRequest::$kv(request.into_inner()))? {
+                        PdResponse::$kv(r) => Ok(Response::new(r)),
+                        _ => Err(Status::internal("response does not match the request")),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! pd_methods {
+    ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        pd_split!(@acc [] [] $(($variant, $svc, $method, $req, $resp))*);
+    };
+}
+tikv_core::for_each_pd_rpc!(pd_methods);
+
+/// A TCP connection that can be killed from outside: once the kill signal
+/// fires, reads and writes fail with `ConnectionReset`, hyper drops the
+/// connection and the socket closes.
+struct KillableStream {
+    inner: TcpStream,
+    killed: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl KillableStream {
+    fn new(inner: TcpStream, mut kill: watch::Receiver<bool>) -> KillableStream {
+        let killed = Box::pin(async move {
+            // An error means the sender is gone: the listener was torn down.
+            let _ = kill.wait_for(|k| *k).await;
+        });
+        KillableStream { inner, killed }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.killed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::ConnectionReset, "store stopped")),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for KillableStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// One serving listener.
+#[derive(Debug)]
+struct Running {
+    shutdown: oneshot::Sender<()>,
+    kill: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, resets every open connection, waits for the server task.
+    async fn stop(self) {
+        let _ = self.kill.send(true);
+        let _ = self.shutdown.send(());
+        let mut join = self.join;
+        if tokio::time::timeout(Duration::from_secs(5), &mut join).await.is_err() {
+            join.abort();
+        }
+    }
+}
+
+fn serve(listener: TcpListener, router: Router) -> Running {
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let (kill, kill_rx) = watch::channel(false);
+    let incoming = futures::stream::unfold(listener, move |listener| {
+        let kill_rx = kill_rx.clone();
+        async move {
+            let conn = listener.accept().await.map(|(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                KillableStream::new(stream, kill_rx)
+            });
+            Some((conn, listener))
+        }
+    });
+    let join = tokio::spawn(async move {
+        let signal = async {
+            let _ = shutdown_rx.await;
+        };
+        // Errors here mean the listener broke; the store is then simply gone.
+        let _ = router.serve_with_incoming_shutdown(incoming, signal).await;
+    });
+    Running { shutdown, kill, join }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| ServerError::Bind(addr, e))?;
+    let local = listener.local_addr().map_err(|e| ServerError::Bind(addr, e))?;
+    Ok((listener, local))
+}
+
+#[derive(Debug)]
+struct StoreSlot {
+    addr: SocketAddr,
+    running: Option<Running>,
+}
+
+/// A [`Cluster`] served over gRPC on loopback.
+#[derive(Debug)]
+pub struct SimServer {
+    cluster: Cluster,
+    clock: WallClock,
+    pd: Vec<(SocketAddr, Running)>,
+    stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
+}
+
+impl SimServer {
+    /// Binds every listener, registers the real addresses in the model (PD
+    /// member client URLs, store addresses) and starts serving. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
+        let clock = WallClock(std::time::Instant::now());
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut stores = BTreeMap::new();
+        for id in cluster.store_ids() {
+            let want = opts.store_addrs.get(&id).copied().unwrap_or(loopback);
+            let (listener, addr) = bind(want).await?;
+            // The store's address must be registered before anything can
+            // ask PD for it.
+            let _ = cluster.set_store_address(id, &addr.to_string());
+            let running = serve(listener, Self::store_router(&cluster, id, clock));
+            stores.insert(id, StoreSlot { addr, running: Some(running) });
+        }
+        let mut pd = Vec::new();
+        for member in 0..cluster.pd_member_count() {
+            let want = opts.pd_addrs.get(member).copied().unwrap_or(loopback);
+            let (listener, addr) = bind(want).await?;
+            let _ = cluster.set_pd_member_url(member, &format!("http://{addr}"));
+            let svc = PdService { cluster: cluster.clone(), member, clock };
+            let router = tonic::transport::Server::builder()
+                .add_service(PdServer::new(svc.clone()))
+                .add_service(KeyspaceServer::new(svc));
+            pd.push((addr, serve(listener, router)));
+        }
+        Ok(SimServer { cluster, clock, pd, stores: tokio::sync::Mutex::new(stores) })
+    }
+
+    fn store_router(cluster: &Cluster, store_id: u64, clock: WallClock) -> Router {
+        let svc = TikvService { cluster: cluster.clone(), store_id, clock };
+        tonic::transport::Server::builder().add_service(TikvServer::new(svc))
+    }
+
+    /// The served cluster (for topology changes and injections while serving).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The model instant corresponding to now.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// PD member addresses (`host:port`), by member index.
+    pub fn pd_addrs(&self) -> Vec<String> {
+        self.pd.iter().map(|(a, _)| a.to_string()).collect()
+    }
+
+    /// A store's listening address (`host:port`), also while it is stopped.
+    pub async fn store_addr(&self, store_id: u64) -> Option<String> {
+        self.stores.lock().await.get(&store_id).map(|s| s.addr.to_string())
+    }
+
+    /// Crashes a store: the model stops it (its leaders move), the listener
+    /// closes and open connections are reset.
+    pub async fn stop_store(&self, store_id: u64) -> Result<(), ServerError> {
+        let running = {
+            let mut stores = self.stores.lock().await;
+            let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
+            let _ = self.cluster.stop_store(store_id);
+            slot.running.take()
+        };
+        if let Some(r) = running {
+            r.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Restarts a stopped store on the same address.
+    pub async fn start_store(&self, store_id: u64) -> Result<(), ServerError> {
+        let mut stores = self.stores.lock().await;
+        let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
+        if slot.running.is_none() {
+            let (listener, _) = bind(slot.addr).await?;
+            slot.running =
+                Some(serve(listener, Self::store_router(&self.cluster, store_id, self.clock)));
+        }
+        let _ = self.cluster.start_store(store_id);
+        Ok(())
+    }
+
+    /// Stops every listener and waits for the server tasks.
+    pub async fn shutdown(self) {
+        let stores = std::mem::take(&mut *self.stores.lock().await);
+        for slot in stores.into_values() {
+            if let Some(r) = slot.running {
+                r.stop().await;
+            }
+        }
+        for (_, r) in self.pd {
+            r.stop().await;
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! gRPC smoke test: a `SimServer` in-process, driven through the
+//! tonic-generated clients.
+
+use std::time::Duration;
+
+use tikv_proto::kvrpcpb;
+use tikv_proto::pdpb::{self, pd_client::PdClient};
+use tikv_proto::tikvpb::tikv_client::TikvClient;
+use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::{Cluster, ClusterConfig};
+use tonic::transport::{Channel, Endpoint};
+
+async fn channel(url: String) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(url)?.connect().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_pd_tso_and_raw_kv_and_stops_stores() {
+    let cluster = Cluster::new(ClusterConfig { pd_members: 2, ..ClusterConfig::default() });
+    let server = SimServer::start(cluster.clone(), ServerOptions::default()).await.unwrap();
+    let pd_addrs = server.pd_addrs();
+    assert_eq!(pd_addrs.len(), 2);
+
+    // GetMembers on the follower: members carry the real listening URLs.
+    let mut pd1 = PdClient::new(channel(format!("http://{}", pd_addrs[1])).await.unwrap());
+    let members = pd1.get_members(pdpb::GetMembersRequest::default()).await.unwrap().into_inner();
+    let cluster_id = members.header.unwrap().cluster_id;
+    assert_eq!(cluster_id, cluster.config().cluster_id);
+    let leader_url = members.leader.unwrap().client_urls[0].clone();
+    assert_eq!(leader_url, format!("http://{}", pd_addrs[0]));
+    let header = Some(pdpb::RequestHeader { cluster_id, ..Default::default() });
+    // The follower refuses leader-only calls with Unavailable "not leader".
+    let err = pd1
+        .get_region(pdpb::GetRegionRequest { header: header.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::Unavailable, "not leader"));
+
+    // TSO stream on the leader: one response per request, increasing.
+    let mut pd = PdClient::new(channel(leader_url).await.unwrap());
+    let reqs: Vec<pdpb::TsoRequest> = (1..=3)
+        .map(|n| pdpb::TsoRequest { header: header.clone(), count: n, ..Default::default() })
+        .collect();
+    let mut stream = pd.tso(futures::stream::iter(reqs)).await.unwrap().into_inner();
+    let mut last = (0, 0);
+    for n in 1..=3 {
+        let resp = stream.message().await.unwrap().unwrap();
+        assert_eq!(resp.count, n);
+        let ts = resp.timestamp.unwrap();
+        assert!((ts.physical, ts.logical) > last);
+        last = (ts.physical, ts.logical);
+    }
+    assert!(stream.message().await.unwrap().is_none(), "stream ends with the requests");
+
+    // Route a RawPut/RawGet with what PD says.
+    let region = pd
+        .get_region(pdpb::GetRegionRequest {
+            header: header.clone(),
+            region_key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let leader = region.leader.unwrap();
+    let meta = region.region.unwrap();
+    let store = pd
+        .get_store(pdpb::GetStoreRequest { header: header.clone(), store_id: leader.store_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .store
+        .unwrap();
+    assert_eq!(Some(store.address.clone()), server.store_addr(leader.store_id).await);
+    let ctx = kvrpcpb::Context {
+        region_id: meta.id,
+        region_epoch: meta.region_epoch,
+        peer: Some(leader),
+        ..Default::default()
+    };
+    let mut kv = TikvClient::new(channel(format!("http://{}", store.address)).await.unwrap());
+    let put = kvrpcpb::RawPutRequest {
+        context: Some(ctx.clone()),
+        key: "k".into(),
+        value: "v".into(),
+        ..Default::default()
+    };
+    let resp = kv.raw_put(put).await.unwrap().into_inner();
+    assert!(resp.region_error.is_none() && resp.error.is_empty(), "{resp:?}");
+    let get = kvrpcpb::RawGetRequest {
+        context: Some(ctx.clone()),
+        key: "k".into(),
+        ..Default::default()
+    };
+    let resp = kv.raw_get(get.clone()).await.unwrap().into_inner();
+    assert_eq!(&resp.value[..], b"v");
+    // Unsupported methods answer Unimplemented.
+    let err = kv.kv_get(kvrpcpb::GetRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // Crash the store: the open connection fails, new ones are refused.
+    server.stop_store(leader.store_id).await.unwrap();
+    assert!(!cluster.is_store_running(leader.store_id));
+    let err = tokio::time::timeout(Duration::from_secs(10), kv.raw_get(get.clone()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    // Depending on whether the client saw the reset before sending, tonic
+    // reports a broken connection as Unavailable or as Cancelled
+    // ("connection closed"); both are transport failures.
+    assert!(matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{err:?}");
+    assert!(channel(format!("http://{}", store.address)).await.is_err());
+
+    // Restart on the same address; the leader moved away meanwhile.
+    server.start_store(leader.store_id).await.unwrap();
+    let mut kv = TikvClient::new(channel(format!("http://{}", store.address)).await.unwrap());
+    let resp = kv.raw_get(get).await.unwrap().into_inner();
+    assert!(resp.region_error.unwrap().not_leader.is_some());
+
+    server.shutdown().await;
+}
