@@ -32,12 +32,23 @@ pub enum ColumnFamily {
 }
 
 impl ColumnFamily {
-    /// The name TiKV expects in `cf`.
+    /// The column family's name in TiKV.
     pub fn name(self) -> &'static str {
         match self {
             ColumnFamily::Default => "default",
             ColumnFamily::Lock => "lock",
             ColumnFamily::Write => "write",
+        }
+    }
+
+    /// What goes in a request's `cf` field. The default column family is
+    /// sent as the empty string, as client-go does: TiKV reads "" as
+    /// `default`, and in API V2 it refuses any explicit name
+    /// (`CfDeprecated`).
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            ColumnFamily::Default => "",
+            other => other.name(),
         }
     }
 }
@@ -103,7 +114,7 @@ impl KeyPlan for GetPlan {
         let key = batch.first().map(Key::to_bytes).unwrap_or_default();
         KvRequest::RawGet(kvrpcpb::RawGetRequest {
             key,
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             ..Default::default()
         })
     }
@@ -148,7 +159,7 @@ impl KeyPlan for BatchGetPlan {
     fn build(&self, batch: &[Key]) -> KvRequest {
         KvRequest::RawBatchGet(kvrpcpb::RawBatchGetRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             ..Default::default()
         })
     }
@@ -205,7 +216,7 @@ impl KeyPlan for PutPlan {
         self.limits
     }
     fn build(&self, batch: &[PutItem]) -> KvRequest {
-        let cf = self.opts.cf.name().to_string();
+        let cf = self.opts.cf.wire_name().to_string();
         if self.single
             && let Some(item) = batch.first()
         {
@@ -275,7 +286,7 @@ impl KeyPlan for DeletePlan {
         (self.max_keys, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        let cf = self.opts.cf.name().to_string();
+        let cf = self.opts.cf.wire_name().to_string();
         if self.single
             && let Some(key) = batch.first()
         {
@@ -329,7 +340,7 @@ impl KeyPlan for GetKeyTtlPlan {
     fn build(&self, batch: &[Key]) -> KvRequest {
         KvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest {
             key: batch.first().map(Key::to_bytes).unwrap_or_default(),
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             ..Default::default()
         })
     }
@@ -387,7 +398,7 @@ impl KeyPlan for CasPlan {
             value: self.new_value.clone(),
             previous_not_exist: self.expected.is_none(),
             previous_value: self.expected.clone().unwrap_or_default(),
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             ttl: self.ttl,
             ..Default::default()
         })
@@ -440,7 +451,7 @@ impl RangePlan for ScanPlan {
             end_key,
             limit: remaining,
             key_only: self.key_only,
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             reverse: self.reverse,
             ..Default::default()
         })
@@ -483,7 +494,7 @@ impl RangePlan for DeleteRangePlan {
         KvRequest::RawDeleteRange(kvrpcpb::RawDeleteRangeRequest {
             start_key: part.start.to_bytes(),
             end_key: part.end.to_bytes(),
-            cf: self.opts.cf.name().into(),
+            cf: self.opts.cf.wire_name().into(),
             ..Default::default()
         })
     }
