@@ -27,7 +27,7 @@ use crate::view::ClusterView;
 /// A scripted fault for the next request whose name contains `method`
 /// (`"*"` matches any TiKV request).
 pub(crate) enum Fault {
-    Region(errorpb::Error),
+    Region(Box<errorpb::Error>),
     Rpc(RpcError),
     /// Apply a split at this key before answering (the request then meets
     /// the server's epoch check).
@@ -220,7 +220,7 @@ impl FakeCluster {
             Some(Fault::Rpc(e)) => return Err(e),
             Some(Fault::Region(e)) => {
                 let mut resp = req.response_template();
-                set_region_error(&mut resp, e);
+                set_region_error(&mut resp, *e);
                 return Ok(resp);
             }
             Some(Fault::SplitAt(key)) => self.split(&key),
@@ -314,8 +314,8 @@ impl FakeCluster {
                         .iter()
                         .rev()
                         .filter(|(k, _)| {
-                            (r.start_key.is_empty() || &k[..] < &r.start_key[..])
-                                && &k[..] >= &r.end_key[..]
+                            (r.start_key.is_empty() || k[..] < r.start_key[..])
+                                && k[..] >= r.end_key[..]
                         })
                         .take(r.limit as usize)
                         .collect()
@@ -323,8 +323,8 @@ impl FakeCluster {
                     self.data
                         .iter()
                         .filter(|(k, _)| {
-                            &k[..] >= &r.start_key[..]
-                                && (r.end_key.is_empty() || &k[..] < &r.end_key[..])
+                            k[..] >= r.start_key[..]
+                                && (r.end_key.is_empty() || k[..] < r.end_key[..])
                         })
                         .take(r.limit as usize)
                         .collect()

@@ -15,29 +15,14 @@ use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb};
 
-use crate::memcomparable;
+use tikv_core::key::memcomparable;
 
-/// The storage API version of the whole cluster (TiKV's `storage.api-version`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-pub enum ApiVersion {
-    /// API V1: raw keys are stored as sent, no TTL, raw region boundaries are
-    /// raw keys.
-    #[default]
-    V1,
-    /// API V2: keys carry a mode prefix (`r` raw, `x` txn) and keyspace id,
-    /// raw keys are stored memcomparable-encoded, TTL is enabled.
-    V2,
-}
-
-impl ApiVersion {
-    /// The wire value.
-    pub fn to_proto(self) -> kvrpcpb::ApiVersion {
-        match self {
-            ApiVersion::V1 => kvrpcpb::ApiVersion::V1,
-            ApiVersion::V2 => kvrpcpb::ApiVersion::V2,
-        }
-    }
-}
+/// The storage API version of the whole cluster (TiKV's `storage.api-version`):
+/// V1 stores raw keys as sent with raw region boundaries and no TTL; V2 keys
+/// carry a mode prefix (`r` raw, `x` txn) and keyspace id, region boundaries
+/// are memcomparable-encoded, and TTL is enabled. The same type as the
+/// client's, so a test names one enum.
+pub use tikv_core::codec::ApiVersion;
 
 /// How to build a [`Cluster`].
 #[derive(Clone, Debug)]
@@ -554,7 +539,7 @@ impl Cluster {
             region_id,
             region_epoch: region.meta.region_epoch,
             peer: region.leader(),
-            api_version: st.cfg.api_version.to_proto() as i32,
+            api_version: kvrpcpb::ApiVersion::from(st.cfg.api_version) as i32,
             ..Default::default()
         })
     }
@@ -711,7 +696,7 @@ impl State {
     pub(crate) fn enc(&self, key: &[u8]) -> Vec<u8> {
         match self.cfg.api_version {
             ApiVersion::V1 => key.to_vec(),
-            ApiVersion::V2 => memcomparable::encode(key),
+            ApiVersion::V2 => memcomparable::encode_bytes(key),
         }
     }
 

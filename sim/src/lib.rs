@@ -79,7 +79,6 @@
 
 pub mod cluster;
 pub mod crc64;
-pub mod memcomparable;
 mod pd;
 mod raw;
 #[cfg(feature = "server")]

@@ -91,7 +91,7 @@ impl State {
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), Reject> {
         let req = req_api(ctx);
-        let storage = self.cfg.api_version.to_proto();
+        let storage = kvrpcpb::ApiVersion::from(self.cfg.api_version);
         match (self.cfg.api_version, req) {
             (ApiVersion::V1, kvrpcpb::ApiVersion::V1) => Ok(()),
             (ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {

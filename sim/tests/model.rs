@@ -2,10 +2,11 @@
 //! errors, injections, PD lookups and TSO.
 
 use bytes::Bytes;
+use tikv_core::key::memcomparable;
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::{Duration, Instant};
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb, pdpb};
-use tikv_sim::{ApiVersion, Cluster, ClusterConfig, Filter, memcomparable};
+use tikv_sim::{ApiVersion, Cluster, ClusterConfig, Filter};
 
 const T0: Instant = Instant::ZERO;
 
@@ -267,7 +268,7 @@ fn v1_rejects_ttl_and_v2_requests() {
 fn v2_checks_key_mode_cf_and_encodes_region_keys() {
     let c = v2();
     // Region boundaries are memcomparable-encoded request keys.
-    assert_eq!(&c.regions()[0].end_key[..], &memcomparable::encode(b"r\0\0\0m")[..]);
+    assert_eq!(&c.regions()[0].end_key[..], &memcomparable::encode_bytes(b"r\0\0\0m")[..]);
     let r = put(&c, b"xkey", b"v", 0, T0);
     assert_eq!(
         r.error,

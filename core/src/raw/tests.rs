@@ -271,7 +271,7 @@ fn sender_handles_every_region_error_row() {
         let v = view();
         // Warm up so the transcript shows only the error handling.
         let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
-        c.fault("raw_get", Fault::Region(err));
+        c.fault("raw_get", Fault::Region(Box::new(err)));
         let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
         out.push_str(&format!("== {name}\n{log}"));
         // Either a correct retry (the value) or a typed, non-retried error.

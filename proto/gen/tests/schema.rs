@@ -125,11 +125,11 @@ impl Collector<'_> {
             if let Some((k, v)) = self.map_entries.get(&ty) {
                 ty = format!("map<{k},{v}>");
                 label = "map".into();
-            } else if let Some(idx) = f.oneof_index {
-                if !f.proto3_optional() {
-                    let name = m.oneof_decl.get(idx as usize).map(|o| o.name()).unwrap_or("");
-                    label = format!("oneof:{name}");
-                }
+            } else if let Some(idx) = f.oneof_index
+                && !f.proto3_optional()
+            {
+                let name = m.oneof_decl.get(idx as usize).map(|o| o.name()).unwrap_or("");
+                label = format!("oneof:{name}");
             }
             self.rows.push((
                 ("field".into(), self.package.into(), scope.into(), f.name().into()),
