@@ -90,17 +90,30 @@ fn unexpected(resp: &KvResponse) -> Error {
 
 // ---------------------------------------------------------------- keyed plans
 
-/// `RawGet` of one key.
-#[derive(Debug)]
-pub struct GetPlan {
-    opts: RawOptions,
-    timeout: Duration,
-    value: Option<Value>,
+/// A single-key command: the key is the only item, one request, one answer.
+/// [`Point`] adapts it to [`KeyPlan`], so single-key operations share the
+/// fan-out machinery (cache miss, region errors, relocation) with batches.
+pub trait PointPlan {
+    /// The operation's result.
+    type Output;
+    /// The request for `key`.
+    fn build(&self, key: &Key) -> KvRequest;
+    /// Takes the answer.
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
+    /// The result.
+    fn finish(self) -> Self::Output;
 }
 
-impl KeyPlan for GetPlan {
+/// Runs a [`PointPlan`] as a one-item [`KeyPlan`].
+#[derive(Debug)]
+pub struct Point<P> {
+    plan: P,
+    timeout: Duration,
+}
+
+impl<P: PointPlan> KeyPlan for Point<P> {
     type Item = Key;
-    type Output = Option<Value>;
+    type Output = P::Output;
     fn key(item: &Key) -> &Key {
         item
     }
@@ -111,17 +124,37 @@ impl KeyPlan for GetPlan {
         (1, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        let key = batch.first().map(Key::to_bytes).unwrap_or_default();
-        KvRequest::RawGet(kvrpcpb::RawGetRequest {
-            key,
-            cf: self.opts.cf.wire_name().into(),
-            ..Default::default()
-        })
+        // The fan-out never builds an empty batch.
+        self.plan.build(batch.first().unwrap_or(&Key::EMPTY))
     }
     fn timeout(&self) -> Duration {
         self.timeout
     }
     fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        self.plan.merge(response)
+    }
+    fn finish(self) -> P::Output {
+        self.plan.finish()
+    }
+}
+
+/// `RawGet` of one key.
+#[derive(Debug)]
+pub struct GetPlan {
+    cf: ColumnFamily,
+    value: Option<Value>,
+}
+
+impl PointPlan for GetPlan {
+    type Output = Option<Value>;
+    fn build(&self, key: &Key) -> KvRequest {
+        KvRequest::RawGet(kvrpcpb::RawGetRequest {
+            key: key.to_bytes(),
+            cf: self.cf.wire_name().into(),
+            ..Default::default()
+        })
+    }
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawGet(r) = response else {
             return Err(unexpected(&response));
         };
@@ -320,34 +353,20 @@ impl KeyPlan for DeletePlan {
 /// `RawGetKeyTTL`: remaining TTL in seconds, `None` if the key is missing.
 #[derive(Debug)]
 pub struct GetKeyTtlPlan {
-    opts: RawOptions,
-    timeout: Duration,
+    cf: ColumnFamily,
     ttl: Option<u64>,
 }
 
-impl KeyPlan for GetKeyTtlPlan {
-    type Item = Key;
+impl PointPlan for GetKeyTtlPlan {
     type Output = Option<u64>;
-    fn key(item: &Key) -> &Key {
-        item
-    }
-    fn size(item: &Key) -> usize {
-        item.len()
-    }
-    fn batch_limits(&self) -> (usize, usize) {
-        (1, usize::MAX)
-    }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&self, key: &Key) -> KvRequest {
         KvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest {
-            key: batch.first().map(Key::to_bytes).unwrap_or_default(),
-            cf: self.opts.cf.wire_name().into(),
+            key: key.to_bytes(),
+            cf: self.cf.wire_name().into(),
             ..Default::default()
         })
     }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawGetKeyTtl(r) = response else {
             return Err(unexpected(&response));
         };
@@ -372,41 +391,27 @@ pub struct CasOutcome {
 /// `RawCompareAndSwap`.
 #[derive(Debug)]
 pub struct CasPlan {
-    opts: RawOptions,
-    timeout: Duration,
+    cf: ColumnFamily,
     expected: Option<Value>,
     new_value: Value,
     ttl: u64,
     outcome: Option<CasOutcome>,
 }
 
-impl KeyPlan for CasPlan {
-    type Item = Key;
+impl PointPlan for CasPlan {
     type Output = CasOutcome;
-    fn key(item: &Key) -> &Key {
-        item
-    }
-    fn size(item: &Key) -> usize {
-        item.len()
-    }
-    fn batch_limits(&self) -> (usize, usize) {
-        (1, usize::MAX)
-    }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&self, key: &Key) -> KvRequest {
         KvRequest::RawCompareAndSwap(kvrpcpb::RawCasRequest {
-            key: batch.first().map(Key::to_bytes).unwrap_or_default(),
+            key: key.to_bytes(),
             value: self.new_value.clone(),
             previous_not_exist: self.expected.is_none(),
             previous_value: self.expected.clone().unwrap_or_default(),
-            cf: self.opts.cf.wire_name().into(),
+            cf: self.cf.wire_name().into(),
             ttl: self.ttl,
             ..Default::default()
         })
     }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawCompareAndSwap(r) = response else {
             return Err(unexpected(&response));
         };
@@ -418,6 +423,7 @@ impl KeyPlan for CasPlan {
         Ok(())
     }
     fn finish(self) -> CasOutcome {
+        // `merge` ran once the fan-out finished without error.
         self.outcome.unwrap_or(CasOutcome { previous: None, succeeded: false })
     }
 }
@@ -556,8 +562,12 @@ pub type RawKeyOp<P> = KeyFanout<P>;
 pub type RawRangeOp<P> = RangeWalk<P>;
 
 /// `get(key)`: the value, or `None` if absent.
-pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<GetPlan> {
-    let plan = GetPlan { opts: opts.clone(), timeout: view.config.read_timeout_short, value: None };
+pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<Point<GetPlan>> {
+    point(view, GetPlan { cf: opts.cf, value: None }, key)
+}
+
+fn point<P: PointPlan>(view: &Arc<ClusterView>, plan: P, key: Key) -> RawKeyOp<Point<P>> {
+    let plan = Point { plan, timeout: view.config.read_timeout_short };
     KeyFanout::new(view.clone(), plan, vec![key], view.backoffer(raw_budget(view)))
 }
 
@@ -658,10 +668,8 @@ pub fn get_key_ttl(
     view: &Arc<ClusterView>,
     key: Key,
     opts: &RawOptions,
-) -> RawKeyOp<GetKeyTtlPlan> {
-    let plan =
-        GetKeyTtlPlan { opts: opts.clone(), timeout: view.config.read_timeout_short, ttl: None };
-    KeyFanout::new(view.clone(), plan, vec![key], view.backoffer(raw_budget(view)))
+) -> RawKeyOp<Point<GetKeyTtlPlan>> {
+    point(view, GetKeyTtlPlan { cf: opts.cf, ttl: None }, key)
 }
 
 /// `compare_and_swap(key, expected, new)`: writes `new` if the current value
@@ -674,21 +682,13 @@ pub fn compare_and_swap(
     new_value: Value,
     ttl: u64,
     opts: &RawOptions,
-) -> Result<RawKeyOp<CasPlan>, Error> {
+) -> Result<RawKeyOp<Point<CasPlan>>, Error> {
     if !opts.atomic {
         return Err(Error::InvalidArgument(
             "compare_and_swap needs atomic mode (RawClient::with_atomic_for_cas)".into(),
         ));
     }
-    let plan = CasPlan {
-        opts: opts.clone(),
-        timeout: view.config.read_timeout_short,
-        expected,
-        new_value,
-        ttl,
-        outcome: None,
-    };
-    Ok(KeyFanout::new(view.clone(), plan, vec![key], view.backoffer(raw_budget(view))))
+    Ok(point(view, CasPlan { cf: opts.cf, expected, new_value, ttl, outcome: None }, key))
 }
 
 /// `scan(range, limit)` forward, or `reverse_scan` with `reverse`: at most

@@ -341,6 +341,60 @@ impl FakeCluster {
                     ..Default::default()
                 })
             }
+            KvRequest::RawDelete(r) => {
+                self.data.remove(&r.key[..]);
+                KvResponse::RawDelete(Default::default())
+            }
+            KvRequest::RawBatchDelete(r) => {
+                for k in r.keys {
+                    self.data.remove(&k[..]);
+                }
+                KvResponse::RawBatchDelete(Default::default())
+            }
+            KvRequest::RawDeleteRange(r) => {
+                assert!(inside(&r.start_key), "test bug: range outside region");
+                self.data.retain(|k, _| {
+                    !(k[..] >= r.start_key[..] && (r.end_key.is_empty() || k[..] < r.end_key[..]))
+                });
+                KvResponse::RawDeleteRange(Default::default())
+            }
+            KvRequest::RawGetKeyTtl(r) => KvResponse::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse {
+                not_found: !self.data.contains_key(&r.key[..]),
+                ..Default::default()
+            }),
+            KvRequest::RawCompareAndSwap(r) => {
+                let current = self.data.get(&r.key[..]).cloned();
+                let matches = match &current {
+                    None => r.previous_not_exist,
+                    Some(v) => !r.previous_not_exist && *v == r.previous_value,
+                };
+                if matches {
+                    self.data.insert(r.key.to_vec(), r.value);
+                }
+                KvResponse::RawCompareAndSwap(kvrpcpb::RawCasResponse {
+                    succeed: matches,
+                    previous_not_exist: current.is_none(),
+                    previous_value: current.unwrap_or_default(),
+                    ..Default::default()
+                })
+            }
+            KvRequest::RawChecksum(r) => {
+                // Not TiKV's CRC: the client only XORs region answers, so any
+                // per-pair digest shows that it combines them correctly.
+                let mut resp = kvrpcpb::RawChecksumResponse::default();
+                for range in &r.ranges {
+                    let within = |k: &[u8]| {
+                        k >= &range.start_key[..]
+                            && (range.end_key.is_empty() || k < &range.end_key[..])
+                    };
+                    for (k, v) in self.data.iter().filter(|(k, _)| within(k)) {
+                        resp.checksum ^= fake_digest(k, v);
+                        resp.total_kvs += 1;
+                        resp.total_bytes += (k.len() + v.len()) as u64;
+                    }
+                }
+                KvResponse::RawChecksum(resp)
+            }
             other => {
                 let mut resp = other.response_template();
                 set_region_error(
@@ -354,6 +408,13 @@ impl FakeCluster {
             }
         })
     }
+}
+
+/// The fake's per-pair checksum digest (FNV-1a over key and value).
+pub(crate) fn fake_digest(key: &[u8], value: &[u8]) -> u64 {
+    key.iter()
+        .chain(value)
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {

@@ -399,3 +399,83 @@ fn pd_without_a_leader_ends_in_a_typed_timeout() {
         other => panic!("expected a PD timeout, got {other:?}\n{log}"),
     }
 }
+
+#[test]
+fn remaining_commands_route_and_merge_across_regions() {
+    let mut c = FakeCluster::new(&["c", "f", "m"]);
+    seed(&mut c, &["a", "b", "d", "e", "g", "h", "n", "o"]);
+    let v = view();
+    let mut log = String::new();
+
+    let (t, r) = drive(put(&v, KvPair::new("p", "v-p"), 0, &opts()), &mut c);
+    r.unwrap();
+    log.push_str(&format!("== put p\n{t}"));
+    let (t, r) = drive(delete(&v, Key::from("a"), &opts()), &mut c);
+    r.unwrap();
+    log.push_str(&format!("== delete a\n{t}"));
+    let (t, r) = drive(batch_delete(&v, vec![Key::from("b"), Key::from("n")], &opts()), &mut c);
+    r.unwrap();
+    log.push_str(&format!("== batch_delete b n\n{t}"));
+    let (t, r) = drive(delete_range(&v, KeyRange::new("d", "h"), &opts()), &mut c);
+    r.unwrap();
+    log.push_str(&format!("== delete_range [d, h)\n{t}"));
+    let keys: Vec<_> = c.data.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    assert_eq!(keys, ["h", "o", "p"]);
+
+    let (t, r) = drive(get_key_ttl(&v, Key::from("h"), &opts()), &mut c);
+    assert_eq!(r.unwrap(), Some(0));
+    log.push_str(&format!("== get_key_ttl h\n{t}"));
+    let (_, r) = drive(get_key_ttl(&v, Key::from("a"), &opts()), &mut c);
+    assert_eq!(r.unwrap(), None);
+
+    let atomic = RawOptions { atomic: true, ..opts() };
+    let cas = compare_and_swap(
+        &v,
+        Key::from("h"),
+        Some(Bytes::from("v-h")),
+        Bytes::from("new"),
+        0,
+        &atomic,
+    );
+    let (t, r) = drive(cas.unwrap(), &mut c);
+    assert_eq!(r.unwrap(), CasOutcome { previous: Some(Bytes::from("v-h")), succeeded: true });
+    log.push_str(&format!("== cas h\n{t}"));
+    let cas = compare_and_swap(&v, Key::from("h"), None, Bytes::from("again"), 0, &atomic);
+    let (_, r) = drive(cas.unwrap(), &mut c);
+    assert_eq!(r.unwrap(), CasOutcome { previous: Some(Bytes::from("new")), succeeded: false });
+
+    let (t, r) = drive(checksum(&v, KeyRange::all()), &mut c);
+    let mut want = RawChecksum::default();
+    for (k, val) in &c.data {
+        want.crc64_xor ^= crate::testing::fake_digest(k, val);
+        want.total_kvs += 1;
+        want.total_bytes += (k.len() + val.len()) as u64;
+    }
+    assert_eq!(r.unwrap(), want);
+    log.push_str(&format!("== checksum (all regions)\n{t}"));
+    insta::assert_snapshot!(log);
+}
+
+/// A region error that keeps coming back is retried with growing sleeps
+/// (one backoffer carried across relocations), not at the base interval:
+/// 12 consecutive `BoRegionMiss` sleeps are 2, 4, ... 256 ms (8 sleeps),
+/// then 500 ms each (4 sleeps).
+#[test]
+fn repeated_region_errors_back_off_exponentially() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    for _ in 0..12 {
+        let unknown = errorpb::Error { message: "unknown".into(), ..Default::default() };
+        c.fault("raw_get", Fault::Region(Box::new(unknown)));
+    }
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let timers: Vec<&str> = log.lines().filter(|l| l.ends_with("timer")).collect();
+    assert_eq!(timers.len(), 12, "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    // 510 ms + 4 × 500 ms, plus 1 ms per RPC (a fresh backoffer per retry
+    // would have slept 12 × 2 ms).
+    assert!(last.starts_with("t+2.5"), "{last}");
+}

@@ -60,6 +60,11 @@ pub struct KeyFanout<P: KeyPlan> {
     locating: bool,
     ids: IdMap<usize>,
     backoffer: Backoffer,
+    /// The backoffer of the last batch handed back by `Relocate`. Its items'
+    /// next attempt continues with it, so repeated region errors back off
+    /// exponentially, as client-go's batch loop does with one backoffer;
+    /// a fresh fork would restart every sleep at its base.
+    relocated: Option<Backoffer>,
     started: bool,
     result: Option<Result<P::Output, Error>>,
 }
@@ -92,6 +97,7 @@ impl<P: KeyPlan> KeyFanout<P> {
             locating: false,
             ids: IdMap::new(),
             backoffer,
+            relocated: None,
             started: false,
             result: None,
         }
@@ -170,13 +176,11 @@ impl<P: KeyPlan> KeyFanout<P> {
             .into_iter()
             .map(|(region, items)| {
                 let request = plan.build(&items);
-                let call = RegionCall::new(
-                    self.view.clone(),
-                    region,
-                    request,
-                    timeout,
-                    self.backoffer.fork(),
-                );
+                let backoffer = match self.relocated.take() {
+                    Some(bo) => bo,
+                    None => self.backoffer.fork(),
+                };
+                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer);
                 Child::Call(Box::new(call), items)
             })
             .collect();
@@ -225,8 +229,9 @@ impl<P: KeyPlan> KeyFanout<P> {
         self.live -= 1;
         match (child, finished) {
             (Child::Call(mut call, items), Ok(outcome)) => {
-                if let Some(bo) = call.take_backoffer() {
-                    self.backoffer.merge_from(&bo);
+                let child_backoffer = call.take_backoffer();
+                if let Some(bo) = &child_backoffer {
+                    self.backoffer.merge_from(bo);
                 }
                 match outcome {
                     Ok(RegionOutcome::Response(resp)) => {
@@ -240,6 +245,15 @@ impl<P: KeyPlan> KeyFanout<P> {
                         }
                     }
                     Ok(RegionOutcome::Relocate) => {
+                        if let Some(bo) = child_backoffer {
+                            let longer = self
+                                .relocated
+                                .as_ref()
+                                .is_none_or(|kept| kept.total_sleep() <= bo.total_sleep());
+                            if longer {
+                                self.relocated = Some(bo);
+                            }
+                        }
                         self.requeue(items);
                         self.plan_batches(now);
                         return;
