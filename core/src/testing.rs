@@ -48,6 +48,8 @@ pub(crate) struct FakeCluster {
     pub(crate) pd_down: Vec<usize>,
     pub(crate) data: BTreeMap<Vec<u8>, Bytes>,
     pub(crate) faults: VecDeque<(String, Fault)>,
+    /// Answer `BatchScanRegions` with `Unimplemented`, as an old PD does.
+    pub(crate) no_batch_scan: bool,
     next_id: u64,
     tso: i64,
 }
@@ -64,6 +66,7 @@ impl FakeCluster {
             pd_down: Vec::new(),
             data: BTreeMap::new(),
             faults: VecDeque::new(),
+            no_batch_scan: false,
             next_id: 100,
             tso: 0,
         };
@@ -184,6 +187,33 @@ impl FakeCluster {
                 let idx = self.regions.iter().position(|x| x.meta.start_key == r.region_key);
                 let prev = idx.and_then(|i| i.checked_sub(1)).and_then(|i| self.regions.get(i));
                 PdResponse::GetPrevRegion(region_resp(prev))
+            }
+            PdRequest::BatchScanRegions(_) if self.no_batch_scan => {
+                return Err(RpcError::Status { code: 12, message: "unknown method".into() });
+            }
+            PdRequest::BatchScanRegions(r) => {
+                let Some(range) = r.ranges.first() else {
+                    return Err(RpcError::Status { code: 3, message: "no range".into() });
+                };
+                let regions = self
+                    .regions
+                    .iter()
+                    .filter(|x| {
+                        (x.meta.end_key.is_empty() || x.meta.end_key[..] > range.start_key[..])
+                            && (range.end_key.is_empty()
+                                || x.meta.start_key[..] < range.end_key[..])
+                    })
+                    .take(usize::try_from(r.limit).unwrap_or(0))
+                    .map(|x| pdpb::Region {
+                        region: Some(x.meta.clone()),
+                        leader: x.meta.peers.iter().find(|p| p.store_id == x.leader_store).copied(),
+                        ..Default::default()
+                    })
+                    .collect();
+                PdResponse::BatchScanRegions(pdpb::BatchScanRegionsResponse {
+                    header: self.header(),
+                    regions,
+                })
             }
             PdRequest::GetStore(r) => PdResponse::GetStore(pdpb::GetStoreResponse {
                 header: self.header(),

@@ -370,3 +370,105 @@ impl Operation for ResolveStore {
         self.result.take()
     }
 }
+
+/// Loads up to `limit` consecutive regions covering `range` with one PD
+/// `BatchScanRegions` call and caches them (client-go's
+/// `BatchLoadRegionsWithKeyRange`). A range walk uses it on a cache miss, so
+/// a scan over many uncached regions costs one PD round per `limit` regions
+/// instead of one per region.
+#[derive(Debug)]
+pub struct LoadRegions {
+    view: Arc<ClusterView>,
+    call: Option<PdCall>,
+    backoffer: Option<Backoffer>,
+    result: Option<Result<Vec<RegionRef>, Error>>,
+}
+
+impl LoadRegions {
+    /// Loads the regions of `range` (user keys), at most `limit` of them.
+    pub fn new(
+        view: Arc<ClusterView>,
+        range: &crate::key::KeyRange,
+        limit: usize,
+        backoffer: Backoffer,
+    ) -> LoadRegions {
+        let (start_key, end_key) = view.codec.encode_region_range(range);
+        let request = PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+            ranges: vec![pdpb::KeyRange { start_key: start_key.into(), end_key: end_key.into() }],
+            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+            ..Default::default()
+        });
+        let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
+        LoadRegions { view, call: Some(call), backoffer: None, result: None }
+    }
+
+    /// The backoffer, once finished.
+    pub fn take_backoffer(&mut self) -> Option<Backoffer> {
+        self.backoffer.take().or_else(|| self.call.take().map(PdCall::into_backoffer))
+    }
+
+    fn check(&mut self, now: Instant) {
+        let Some(outcome) = self.call.as_mut().and_then(|c| c.poll_result()) else {
+            return;
+        };
+        self.backoffer = self.call.take().map(PdCall::into_backoffer);
+        self.result = Some(match outcome {
+            Ok(PdResponse::BatchScanRegions(r)) => {
+                let mut loaded = Vec::with_capacity(r.regions.len());
+                for region in r.regions {
+                    let Some(meta) = region.region else {
+                        continue;
+                    };
+                    // Regions outside our keyspace, or ones the cache refuses
+                    // (stale, no peers), are skipped: a later locate asks PD
+                    // for that key alone.
+                    if let Ok(Some(decoded)) = self.view.codec.decode_region(meta)
+                        && let Ok(cached) = self.view.regions.insert(decoded, region.leader, now)
+                    {
+                        loaded.push(cached);
+                    }
+                }
+                Ok(loaded)
+            }
+            Ok(other) => Err(Error::malformed(format!("unexpected {}", other.name()))),
+            Err(e) => Err(e),
+        });
+    }
+}
+
+impl Operation for LoadRegions {
+    type Output = Vec<RegionRef>;
+
+    fn start(&mut self, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.start(now);
+        }
+        self.check(now);
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.call.as_mut().and_then(|c| c.poll_rpc())
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_response(id, response, now);
+        }
+        self.check(now);
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_timeout(now);
+        }
+        self.check(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.call.as_ref().and_then(|c| c.poll_timeout())
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Vec<RegionRef>, Error>> {
+        self.result.take()
+    }
+}

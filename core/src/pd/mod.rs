@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
-pub use locate::{LocateBy, LocateRegion, ResolveStore};
+pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
 pub use tso::{LOGICAL_BITS, MAX_TSO_BATCH, Timestamp, TsoBatcher, TsoWaiter};
 
 /// What the client knows about the PD cluster: the configured endpoints, the

@@ -479,3 +479,27 @@ fn repeated_region_errors_back_off_exponentially() {
     // would have slept 12 × 2 ms).
     assert!(last.starts_with("t+2.5"), "{last}");
 }
+
+/// A PD without `BatchScanRegions` (Unimplemented): the walk falls back to
+/// locating one region at a time and does not ask again.
+#[test]
+fn scan_falls_back_to_single_region_locates_on_an_old_pd() {
+    let mut c = FakeCluster::new(&["c", "f"]);
+    c.no_batch_scan = true;
+    seed(&mut c, &["a", "d", "g"]);
+    let v = view();
+    let (log, result) =
+        drive(scan(&v, KeyRange::all(), 10, false, false, &opts()).unwrap(), &mut c);
+    let keys: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["a", "d", "g"].map(Key::from));
+    assert_eq!(
+        log.lines().filter(|l| l.contains("send") && l.contains("batch_scan_regions")).count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.contains("send") && l.contains("get_region")).count(),
+        3,
+        "{log}"
+    );
+}

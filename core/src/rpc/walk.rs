@@ -11,7 +11,7 @@ use crate::backoff::Backoffer;
 use crate::error::Error;
 use crate::key::{Key, KeyRange};
 use crate::op::{IdMap, Operation};
-use crate::pd::{LocateBy, LocateRegion};
+use crate::pd::{LoadRegions, LocateBy, LocateRegion};
 use crate::region::RegionRef;
 use crate::rpc::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
@@ -33,8 +33,13 @@ pub trait RangePlan {
     fn finish(self) -> Self::Output;
 }
 
+/// Regions loaded per PD round on a forward cache miss (client-go's range
+/// tasks load 128 regions at a time).
+const REGIONS_PER_LOAD: usize = 128;
+
 enum Step {
     Idle,
+    Load(Box<LoadRegions>),
     Locate(Box<LocateRegion>),
     Call(Box<RegionCall>, KeyRange),
     Done,
@@ -55,6 +60,8 @@ pub struct RangeWalk<P: RangePlan> {
     /// earlier child is dropped rather than fed to the current one.
     epoch: u64,
     ids: IdMap<u64>,
+    /// PD refused `BatchScanRegions` (an old PD): locate one region at a time.
+    no_batch_load: bool,
     result: Option<Result<P::Output, Error>>,
 }
 
@@ -88,6 +95,7 @@ impl<P: RangePlan> RangeWalk<P> {
             backoffer: Some(backoffer),
             epoch: 0,
             ids: IdMap::new(),
+            no_batch_load: false,
             result: None,
         }
     }
@@ -123,6 +131,32 @@ impl<P: RangePlan> RangeWalk<P> {
             self.view.regions.locate_key(self.cursor.as_bytes(), now)
         };
         if let Some(region) = cached {
+            self.send(region, now);
+            return;
+        }
+        let Some(backoffer) = self.backoffer.take() else {
+            return;
+        };
+        self.epoch += 1;
+        if !self.reverse && !self.no_batch_load {
+            let rest = KeyRange { start: self.cursor.clone(), end: self.range.end.clone() };
+            let mut load =
+                Box::new(LoadRegions::new(self.view.clone(), &rest, REGIONS_PER_LOAD, backoffer));
+            load.start(now);
+            self.step = Step::Load(load);
+        } else {
+            let mut locate =
+                Box::new(LocateRegion::new(self.view.clone(), self.locate_by(), backoffer));
+            locate.start(now);
+            self.step = Step::Locate(locate);
+        }
+        self.check(now);
+    }
+
+    /// After a batch load: the cursor's region is cached now, or (PD had
+    /// nothing usable for it) it is located alone.
+    fn after_load(&mut self, now: Instant) {
+        if let Some(region) = self.view.regions.locate_key(self.cursor.as_bytes(), now) {
             self.send(region, now);
             return;
         }
@@ -197,6 +231,23 @@ impl<P: RangePlan> RangeWalk<P> {
 
     fn check(&mut self, now: Instant) {
         match &mut self.step {
+            Step::Load(load) => {
+                let Some(outcome) = load.poll_result() else {
+                    return;
+                };
+                self.backoffer = load.take_backoffer();
+                self.step = Step::Idle;
+                match outcome {
+                    Ok(_) => self.after_load(now),
+                    Err(Error::Rpc(RpcError::Status { code, .. }))
+                        if code == crate::rpc::GRPC_UNIMPLEMENTED =>
+                    {
+                        self.no_batch_load = true;
+                        self.after_load(now);
+                    }
+                    Err(e) => self.finish(Err(e)),
+                }
+            }
             Step::Locate(locate) => {
                 let Some(outcome) = locate.poll_result() else {
                     return;
@@ -247,6 +298,7 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
         let rpc = match &mut self.step {
+            Step::Load(l) => l.poll_rpc(),
             Step::Locate(l) => l.poll_rpc(),
             Step::Call(c, _) => c.poll_rpc(),
             _ => None,
@@ -262,6 +314,7 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
             return;
         }
         match &mut self.step {
+            Step::Load(l) => l.on_response(id, response, now),
             Step::Locate(l) => l.on_response(id, response, now),
             Step::Call(c, _) => c.on_response(id, response, now),
             _ => return,
@@ -271,6 +324,7 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
 
     fn on_timeout(&mut self, now: Instant) {
         match &mut self.step {
+            Step::Load(l) => l.on_timeout(now),
             Step::Locate(l) => l.on_timeout(now),
             Step::Call(c, _) => c.on_timeout(now),
             _ => return,
@@ -280,6 +334,7 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
 
     fn poll_timeout(&self) -> Option<Instant> {
         match &self.step {
+            Step::Load(l) => l.poll_timeout(),
             Step::Locate(l) => l.poll_timeout(),
             Step::Call(c, _) => c.poll_timeout(),
             _ => None,
