@@ -291,3 +291,31 @@ async fn api_v2_keyspace_with_ttl() {
     assert_eq!(client.get("ttl").await.expect("get"), None, "expired");
     server.shutdown().await;
 }
+
+/// Nothing listens at the PD address: `connect` fails with a typed PD
+/// timeout once the (here shortened) backoff budget is spent, no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_unreachable_pd_fails_with_a_pd_timeout() {
+    // Bind and drop a listener so the port is very likely closed.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let budgets = tikv_tokio::BackoffBudgets {
+        locate_region: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let config = Config::default()
+        .with_pd_endpoints([addr])
+        .with_pd_timeout(Duration::from_millis(500))
+        .with_backoff_budgets(budgets);
+    let started = std::time::Instant::now();
+    match RawClient::connect_with_config(config).await {
+        Err(Error::BackoffExhausted { class, .. }) => {
+            assert_eq!(class, tikv_core::backoff::ExhaustedClass::PdServerTimeout)
+        }
+        other => panic!("expected a PD timeout, got {other:?}"),
+    }
+    // Budget 1.5 s × weight 2 plus one capped sleep and connect attempts.
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
