@@ -21,26 +21,9 @@ pub use tikv_core::raw::{CasOutcome, RawChecksum};
 /// the same client.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), tikv_core::Error> {
-/// // With a runtime crate, e.g. `tikv_tokio::RawClient`:
-/// # type RawClient = tikv_driver::RawClient<NoPlatform>;
-/// # struct NoPlatform;
-/// # impl tikv_driver::Platform for NoPlatform {
-/// #     type Runtime = R; type Transport = T;
-/// #     fn build(_: &tikv_core::config::Config) -> Result<(R, T), tikv_core::Error> { unimplemented!() }
-/// # }
-/// # #[derive(Clone)] struct R;
-/// # impl tikv_driver::Runtime for R {
-/// #     fn now(&self) -> tikv_core::time::Instant { unimplemented!() }
-/// #     fn sleep_until(&self, _: tikv_core::time::Instant) -> futures::future::BoxFuture<'static, ()> { unimplemented!() }
-/// #     fn spawn(&self, _: futures::future::BoxFuture<'static, ()>) {}
-/// # }
-/// # struct T;
-/// # impl tikv_driver::Transport for T {
-/// #     fn call(&self, _: &tikv_core::rpc::Target, _: tikv_core::rpc::Request, _: tikv_core::time::Instant)
-/// #         -> futures::future::BoxFuture<'static, Result<tikv_core::rpc::Response, tikv_core::rpc::RpcError>> { unimplemented!() }
-/// # }
-/// let client = RawClient::connect(["127.0.0.1:2379"]).await?;
+/// # async fn demo<P: tikv_driver::Platform>() -> Result<(), tikv_driver::Error> {
+/// // A runtime crate names the platform: `tikv_tokio::RawClient` is `RawClient<Tokio>`.
+/// let client = tikv_driver::RawClient::<P>::connect(["127.0.0.1:2379"]).await?;
 /// client.put("k", "v").await?;
 /// assert_eq!(client.get("k").await?.as_deref(), Some(&b"v"[..]));
 /// let pairs = client.scan("a".."z", 10).await?;
