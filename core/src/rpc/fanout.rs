@@ -56,6 +56,12 @@ pub struct KeyFanout<P: KeyPlan> {
     /// sorted by key.
     pending: Vec<P::Item>,
     children: Vec<Option<Child<P::Item>>>,
+    /// Children that may have RPCs to hand out, so `poll_rpc` does not scan
+    /// every child ever started (a batch can have thousands).
+    ready: std::collections::VecDeque<usize>,
+    /// Hand-off slots for the outcome of the child being collected.
+    finished_call: Option<Result<RegionOutcome, Error>>,
+    finished_locate: Option<Result<(), Error>>,
     live: usize,
     locating: bool,
     ids: IdMap<usize>,
@@ -93,6 +99,9 @@ impl<P: KeyPlan> KeyFanout<P> {
             plan: Some(plan),
             pending: items,
             children: Vec::new(),
+            ready: std::collections::VecDeque::new(),
+            finished_call: None,
+            finished_locate: None,
             live: 0,
             locating: false,
             ids: IdMap::new(),
@@ -108,6 +117,7 @@ impl<P: KeyPlan> KeyFanout<P> {
             self.result = Some(Err(e));
         }
         self.children.clear();
+        self.ready.clear();
         self.live = 0;
         self.pending.clear();
     }
@@ -120,6 +130,7 @@ impl<P: KeyPlan> KeyFanout<P> {
         self.children.push(Some(child));
         self.live += 1;
         let idx = self.children.len() - 1;
+        self.ready.push_back(idx);
         self.check_child(idx, now);
     }
 
@@ -215,20 +226,29 @@ impl<P: KeyPlan> KeyFanout<P> {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
-        let finished = match slot {
-            Some(Child::Call(call, _)) => call.poll_result().map(Ok),
-            Some(Child::Locate(locate)) => locate.poll_result().map(Err),
-            None => None,
+        let done = match slot {
+            Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
+                self.finished_call = Some(outcome);
+                true
+            }),
+            Some(Child::Locate(locate)) => locate.poll_result().is_some_and(|outcome| {
+                self.finished_locate = Some(outcome.map(drop));
+                true
+            }),
+            None => false,
         };
-        let Some(finished) = finished else {
+        if !done {
             return;
-        };
+        }
         let Some(child) = slot.take() else {
             return;
         };
         self.live -= 1;
-        match (child, finished) {
-            (Child::Call(mut call, items), Ok(outcome)) => {
+        match child {
+            Child::Call(mut call, items) => {
+                let Some(outcome) = self.finished_call.take() else {
+                    return;
+                };
                 let child_backoffer = call.take_backoffer();
                 if let Some(bo) = &child_backoffer {
                     self.backoffer.merge_from(bo);
@@ -243,6 +263,7 @@ impl<P: KeyPlan> KeyFanout<P> {
                             self.fail(e);
                             return;
                         }
+                        self.maybe_finish();
                     }
                     Ok(RegionOutcome::Relocate) => {
                         if let Some(bo) = child_backoffer {
@@ -256,33 +277,25 @@ impl<P: KeyPlan> KeyFanout<P> {
                         }
                         self.requeue(items);
                         self.plan_batches(now);
-                        return;
                     }
-                    Err(e) => {
-                        self.fail(e);
-                        return;
-                    }
+                    Err(e) => self.fail(e),
                 }
             }
-            (Child::Locate(mut locate), Err(outcome)) => {
+            Child::Locate(mut locate) => {
+                let Some(outcome) = self.finished_locate.take() else {
+                    return;
+                };
                 self.locating = false;
                 if let Some(bo) = locate.take_backoffer() {
                     self.backoffer.merge_from(&bo);
                 }
                 match outcome {
-                    Ok(_) => {
-                        self.plan_batches(now);
-                        return;
-                    }
-                    Err(e) => {
-                        self.fail(e);
-                        return;
-                    }
+                    // The region is cached now: route what was waiting.
+                    Ok(()) => self.plan_batches(now),
+                    Err(e) => self.fail(e),
                 }
             }
-            _ => {}
         }
-        self.maybe_finish();
     }
 
     /// Puts items back into the sorted pending list.
@@ -304,14 +317,18 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        for idx in 0..self.children.len() {
-            let rpc = match &mut self.children[idx] {
-                Some(Child::Call(call, _)) => call.poll_rpc(),
-                Some(Child::Locate(locate)) => locate.poll_rpc(),
-                None => None,
+        while let Some(&idx) = self.ready.front() {
+            let rpc = match self.children.get_mut(idx) {
+                Some(Some(Child::Call(call, _))) => call.poll_rpc(),
+                Some(Some(Child::Locate(locate))) => locate.poll_rpc(),
+                _ => None,
             };
-            if let Some(rpc) = rpc {
-                return Some(self.ids.wrap(idx, rpc));
+            match rpc {
+                // Stay at the front: the child may have more to send.
+                Some(rpc) => return Some(self.ids.wrap(idx, rpc)),
+                None => {
+                    self.ready.pop_front();
+                }
             }
         }
         None
@@ -326,6 +343,7 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
             Some(Some(Child::Locate(locate))) => locate.on_response(child_id, response, now),
             _ => return,
         }
+        self.ready.push_back(idx);
         self.check_child(idx, now);
     }
 
@@ -342,6 +360,7 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
                     Some(Child::Locate(locate)) => locate.on_timeout(now),
                     None => {}
                 }
+                self.ready.push_back(idx);
                 self.check_child(idx, now);
             }
         }
