@@ -6,13 +6,14 @@ use std::sync::Arc;
 use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
 use tikv_core::op::Operation;
-use tikv_core::pd::{LoadKeyspace, PdCall, PdState};
+use tikv_core::pd::{LoadKeyspace, PdCall, PdState, TsoBatcher};
 use tikv_core::rng::Rng;
 use tikv_core::rpc::{PdRequest, PdResponse};
 use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 use tikv_proto::pdpb;
 
+use crate::oracle::Oracle;
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
 /// A runtime and a transport that belong together (they share a clock).
@@ -35,13 +36,15 @@ pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) rt: P::Runtime,
     pub(crate) transport: Arc<P::Transport>,
+    /// Timestamps from PD, batched by a background task.
+    pub(crate) oracle: Oracle,
     _background: Vec<Background>,
 }
 
 impl<P: Platform> ClientCore<P> {
     /// Connects for data in `mode`: resolves the keyspace (API V2), checks
-    /// that PD answers and loads the store list, and starts the store
-    /// refresher.
+    /// that PD answers and loads the store list, and starts the background
+    /// tasks (store refresher, TSO batching).
     pub(crate) async fn connect(config: Config, mode: Mode) -> Result<Self, Error> {
         if config.pd_endpoints.is_empty() {
             return Err(Error::InvalidArgument("no PD endpoints given".into()));
@@ -85,7 +88,14 @@ impl<P: Platform> ClientCore<P> {
                 }
             })
         };
-        Ok(ClientCore { view, rt, transport, _background: vec![refresher] })
+        let batcher = TsoBatcher::new(
+            view.pd.clone(),
+            view.config.pd_timeout,
+            view.config.budget(view.config.backoff.tso),
+            rng.next_u64(),
+        );
+        let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
+        Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 
     /// Runs one operation to completion in the caller's task.

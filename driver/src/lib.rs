@@ -26,19 +26,23 @@
 mod background;
 mod client;
 mod execute;
+mod oracle;
 mod raw;
 mod traits;
+mod txn;
 
 pub use background::{Background, spawn_periodic};
 pub use client::Platform;
 pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use traits::{Runtime, Transport};
+pub use txn::TransactionClient;
 
 pub use tikv_core::Error;
 pub use tikv_core::codec::ApiVersion;
 pub use tikv_core::config::{BackoffBudgets, Config};
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
+pub use tikv_core::pd::Timestamp;
 pub use tikv_core::raw::ColumnFamily;
 
 /// Re-exported so runtime crates and tests need not depend on `futures` to

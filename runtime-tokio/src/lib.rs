@@ -46,10 +46,10 @@ mod status;
 mod transport;
 mod tso;
 
-pub use platform::{RawClient, Tokio};
+pub use platform::{RawClient, Tokio, TransactionClient};
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, Value,
+    RawChecksum, Timestamp, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

@@ -35,3 +35,15 @@ impl Platform for Tokio {
 /// # Ok(()) }
 /// ```
 pub type RawClient = tikv_driver::RawClient<Tokio>;
+
+/// The transactional client on tokio (so far: timestamps; see
+/// `tikv_driver::TransactionClient`).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tikv_tokio::Error> {
+/// let client = tikv_tokio::TransactionClient::connect(["127.0.0.1:2379"]).await?;
+/// let ts = client.current_timestamp().await?;
+/// println!("{ts}");
+/// # Ok(()) }
+/// ```
+pub type TransactionClient = tikv_driver::TransactionClient<Tokio>;

@@ -1,6 +1,5 @@
 //! Timestamp oracle: batching timestamp requests onto PD's `Tso` stream.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -55,142 +54,66 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// Identifies one caller waiting for a timestamp; chosen by the driver.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TsoWaiter(pub u64);
-
 /// Most timestamps asked for in one `Tso` round (PD's client uses 10,000).
 pub const MAX_TSO_BATCH: usize = 10_000;
 
-/// Coalesces timestamp requests: while one round is out, new callers queue;
-/// when it returns, everything queued (up to [`MAX_TSO_BATCH`]) goes in the
-/// next round. No deliberate wait is added, as PD's client does by default.
+/// The timestamp oracle's client side: batches of callers become `Tso`
+/// rounds, and handed-out timestamps are strictly increasing, also across
+/// PD leader changes (a round that would go backwards fails its callers).
 ///
-/// A long-lived machine (not an [`Operation`]): callers [`TsoBatcher::push`],
-/// the driver drains [`TsoBatcher::poll_rpc`], feeds responses and timeouts,
-/// and hands out [`TsoBatcher::poll_done`] results. Each round is a
-/// [`PdCall`], so leader discovery and failover are the same as for any PD
-/// request. Timestamps handed out are strictly increasing, also across
-/// leader changes: a round that would go backwards fails its callers.
+/// The driver owns one per client. While a round is out, new callers queue
+/// (in the driver's channel); when it returns, everything queued, up to
+/// [`MAX_TSO_BATCH`], goes into the next round — no deliberate wait, as PD's
+/// client does by default:
+///
+/// 1. [`TsoBatcher::start_round`] for `n` waiting callers gives a
+///    [`TsoRound`] operation (a [`PdCall`], so discovery and failover are
+///    the same as for any PD request);
+/// 2. the driver executes it;
+/// 3. [`TsoBatcher::finish_round`] with [`TsoRound::count`] checks the
+///    answer and returns `n` timestamps in order.
 #[derive(Debug)]
 pub struct TsoBatcher {
     pd: Arc<PdState>,
     timeout: Duration,
     budget: Duration,
     rng: Rng,
-    queue: VecDeque<TsoWaiter>,
-    round: Option<(PdCall, Vec<TsoWaiter>)>,
     last: Option<Timestamp>,
-    done: VecDeque<(TsoWaiter, Result<Timestamp, Error>)>,
+}
+
+/// One `Tso` round for `count` callers; yields PD's answer.
+#[derive(Debug)]
+pub struct TsoRound {
+    call: PdCall,
+    count: u32,
 }
 
 impl TsoBatcher {
     /// A batcher whose rounds have `timeout` per RPC and `budget` of retries.
     pub fn new(pd: Arc<PdState>, timeout: Duration, budget: Duration, seed: u64) -> TsoBatcher {
-        TsoBatcher {
-            pd,
-            timeout,
-            budget,
-            rng: Rng::new(seed),
-            queue: VecDeque::new(),
-            round: None,
-            last: None,
-            done: VecDeque::new(),
-        }
+        TsoBatcher { pd, timeout, budget, rng: Rng::new(seed), last: None }
     }
 
-    /// Queues a caller; starts a round if none is out.
-    pub fn push(&mut self, waiter: TsoWaiter, now: Instant) {
-        self.queue.push_back(waiter);
-        self.maybe_start(now);
-    }
-
-    /// Callers waiting (queued or in the round in flight).
-    pub fn pending(&self) -> usize {
-        self.queue.len() + self.round.as_ref().map_or(0, |(_, w)| w.len())
-    }
-
-    fn maybe_start(&mut self, now: Instant) {
-        if self.round.is_some() || self.queue.is_empty() {
-            return;
-        }
-        let n = self.queue.len().min(MAX_TSO_BATCH);
-        let waiters: Vec<TsoWaiter> = self.queue.drain(..n).collect();
-        let request = PdRequest::Tso(pdpb::TsoRequest { count: n as u32, ..Default::default() });
+    /// A round for `count` callers (clamped to 1..=[`MAX_TSO_BATCH`]).
+    pub fn start_round(&mut self, count: usize) -> TsoRound {
+        let count = count.clamp(1, MAX_TSO_BATCH) as u32;
+        let request = PdRequest::Tso(pdpb::TsoRequest { count, ..Default::default() });
         let backoffer = Backoffer::new(self.budget, self.rng.fork());
-        let mut call = PdCall::new(self.pd.clone(), request, self.timeout, backoffer);
-        call.start(now);
-        self.round = Some((call, waiters));
-        self.check_round(now);
+        TsoRound { call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer), count }
     }
 
-    /// The next RPC to send.
-    pub fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.round.as_mut().and_then(|(call, _)| call.poll_rpc())
-    }
-
-    /// Feeds the outcome of an RPC.
-    pub fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if let Some((call, _)) = self.round.as_mut() {
-            call.on_response(id, response, now);
-        }
-        self.check_round(now);
-    }
-
-    /// Called when [`TsoBatcher::poll_timeout`] has passed.
-    pub fn on_timeout(&mut self, now: Instant) {
-        if let Some((call, _)) = self.round.as_mut() {
-            call.on_timeout(now);
-        }
-        self.check_round(now);
-    }
-
-    /// When the batcher next needs [`TsoBatcher::on_timeout`].
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.round.as_ref().and_then(|(call, _)| call.poll_timeout())
-    }
-
-    /// A finished caller and its timestamp.
-    pub fn poll_done(&mut self) -> Option<(TsoWaiter, Result<Timestamp, Error>)> {
-        self.done.pop_front()
-    }
-
-    fn check_round(&mut self, now: Instant) {
-        let outcome = match self.round.as_mut() {
-            Some((call, _)) => call.poll_result(),
-            None => return,
+    /// Validates a round's answer and returns its `count` timestamps in
+    /// order. PD answers with the last timestamp of the batch; the batch is
+    /// the `count` consecutive logical values ending there.
+    pub fn finish_round(
+        &mut self,
+        count: u32,
+        outcome: Result<PdResponse, Error>,
+    ) -> Result<Vec<Timestamp>, Error> {
+        let PdResponse::Tso(resp) = outcome? else {
+            return Err(Error::malformed("TSO round answered by another method"));
         };
-        let Some(outcome) = outcome else {
-            return;
-        };
-        let Some((_, waiters)) = self.round.take() else {
-            return;
-        };
-        match outcome.and_then(|r| self.allocate(r, waiters.len())) {
-            Ok(first) => {
-                for (i, w) in waiters.into_iter().enumerate() {
-                    let ts =
-                        Timestamp { physical: first.physical, logical: first.logical + i as i64 };
-                    self.done.push_back((w, Ok(ts)));
-                }
-            }
-            Err(e) => {
-                for w in waiters {
-                    self.done.push_back((w, Err(e.clone())));
-                }
-            }
-        }
-        self.maybe_start(now);
-    }
-
-    /// Validates a round's answer and returns the first timestamp of the
-    /// batch (PD returns the last one; the batch is `count` consecutive
-    /// logical values ending there).
-    fn allocate(&mut self, resp: PdResponse, count: usize) -> Result<Timestamp, Error> {
-        let PdResponse::Tso(resp) = resp else {
-            return Err(Error::malformed(format!("TSO round answered by {}", resp.name())));
-        };
-        if resp.count as usize != count {
+        if resp.count != count {
             return Err(Error::malformed(format!(
                 "TSO returned {} timestamps, {count} asked",
                 resp.count
@@ -199,11 +122,10 @@ impl TsoBatcher {
         let Some(ts) = resp.timestamp else {
             return Err(Error::malformed("TSO response without a timestamp"));
         };
-        let first = Timestamp { physical: ts.physical, logical: ts.logical - count as i64 + 1 };
+        let first = Timestamp { physical: ts.physical, logical: ts.logical - i64::from(count) + 1 };
         if first.physical < 0 || first.logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
             return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
         }
-        let last = Timestamp { physical: ts.physical, logical: ts.logical };
         if let Some(prev) = self.last
             && first <= prev
         {
@@ -211,17 +133,53 @@ impl TsoBatcher {
                 "TSO went backwards: {first} after {prev} (PD leader change without a fence?)"
             )));
         }
-        self.last = Some(last);
-        Ok(first)
+        self.last = Some(Timestamp { physical: ts.physical, logical: ts.logical });
+        Ok((0..i64::from(count))
+            .map(|i| Timestamp { physical: first.physical, logical: first.logical + i })
+            .collect())
+    }
+
+    /// The last timestamp handed out, if any (client-go keeps it as the
+    /// low-resolution timestamp between refreshes).
+    pub fn last(&self) -> Option<Timestamp> {
+        self.last
+    }
+}
+
+impl TsoRound {
+    /// How many timestamps the round asks for (pass it to
+    /// [`TsoBatcher::finish_round`]).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+}
+
+impl Operation for TsoRound {
+    type Output = PdResponse;
+    fn start(&mut self, now: Instant) {
+        self.call.start(now)
+    }
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.call.poll_rpc()
+    }
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.call.on_response(id, response, now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.call.on_timeout(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.call.poll_timeout()
+    }
+    fn poll_result(&mut self) -> Option<Result<PdResponse, Error>> {
+        self.call.poll_result()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::fmt::Write;
-
     use super::*;
-    use crate::rpc::Target;
+    use crate::rpc::{Request, Target};
 
     fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
         Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
@@ -237,67 +195,58 @@ mod tests {
         TsoBatcher::new(pd, Duration::from_secs(3), Duration::from_secs(30), 1)
     }
 
-    /// Callers arriving while a round is out are coalesced into the next
-    /// round; each gets a distinct, increasing timestamp.
+    /// Runs one round against a scripted answer.
+    fn round(
+        b: &mut TsoBatcher,
+        callers: usize,
+        answer: Result<Response, RpcError>,
+    ) -> (Rpc, Result<Vec<Timestamp>, Error>) {
+        let mut r = b.start_round(callers);
+        r.start(Instant::ZERO);
+        let rpc = r.poll_rpc().expect("a round sends at once");
+        r.on_response(rpc.id, answer, Instant::ZERO);
+        let outcome = r.poll_result().expect("one answer ends the round");
+        let result = b.finish_round(r.count(), outcome);
+        (rpc, result)
+    }
+
+    /// A round for n callers asks PD for n timestamps on the leader's TSO
+    /// stream and hands out n consecutive logical values ending at PD's.
     #[test]
-    fn rounds_coalesce_waiting_callers() {
+    fn a_round_serves_its_callers_consecutive_timestamps() {
         let mut b = batcher();
-        let mut log = String::new();
-        let now = Instant::ZERO;
-        b.push(TsoWaiter(1), now);
-        let first = b.poll_rpc().expect("a round starts at once");
-        let _ = writeln!(log, "send {:?} to {:?}", first.request, first.target);
-        for w in 2..=4 {
-            b.push(TsoWaiter(w), now);
-        }
-        assert!(b.poll_rpc().is_none(), "one round in flight at a time");
-        assert_eq!(b.pending(), 4);
-        b.on_response(first.id, tso_response(1, 100, 7), now);
-        let second = b.poll_rpc().expect("queued callers go in the next round");
-        match &second.request {
-            crate::rpc::Request::Pd(PdRequest::Tso(r)) => assert_eq!(r.count, 3),
+        let (rpc, ts) = round(&mut b, 4, tso_response(4, 100, 10));
+        assert!(matches!(rpc.target, Target::Pd { .. }));
+        match &rpc.request {
+            Request::Pd(PdRequest::Tso(r)) => assert_eq!(r.count, 4),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(second.target, Target::Pd { .. }));
-        b.on_response(second.id, tso_response(3, 100, 10), now);
-        while let Some((w, ts)) = b.poll_done() {
-            let _ = writeln!(log, "waiter {} <- {}", w.0, ts.expect("timestamp"));
-        }
-        insta::assert_snapshot!(log, @r"
-        send tso to pd(pd1:2379)
-        waiter 1 <- 100.7
-        waiter 2 <- 100.8
-        waiter 3 <- 100.9
-        waiter 4 <- 100.10
-        ");
+        let shown: Vec<String> = ts.expect("timestamps").iter().map(|t| t.to_string()).collect();
+        assert_eq!(shown, ["100.7", "100.8", "100.9", "100.10"]);
+        assert_eq!(b.last(), Some(Timestamp { physical: 100, logical: 10 }));
     }
 
     #[test]
     fn a_round_that_goes_backwards_or_is_malformed_fails_its_callers() {
         let mut b = batcher();
-        let now = Instant::ZERO;
-        b.push(TsoWaiter(1), now);
-        let r = b.poll_rpc().expect("round");
-        b.on_response(r.id, tso_response(1, 100, 5), now);
-        assert!(b.poll_done().expect("done").1.is_ok());
-
-        b.push(TsoWaiter(2), now);
-        let r = b.poll_rpc().expect("round");
-        b.on_response(r.id, tso_response(1, 99, 9), now);
-        let (w, res) = b.poll_done().expect("done");
-        assert_eq!(w, TsoWaiter(2));
-        assert!(matches!(res, Err(Error::MalformedResponse(m)) if m.contains("backwards")));
-
-        b.push(TsoWaiter(3), now);
-        let r = b.poll_rpc().expect("round");
-        b.on_response(r.id, tso_response(2, 200, 1), now);
-        assert!(matches!(b.poll_done().expect("done").1, Err(Error::MalformedResponse(_))));
-
-        b.push(TsoWaiter(4), now);
-        let r = b.poll_rpc().expect("round");
+        assert!(round(&mut b, 1, tso_response(1, 100, 5)).1.is_ok());
+        let backwards = round(&mut b, 1, tso_response(1, 99, 9)).1;
+        assert!(matches!(backwards, Err(Error::MalformedResponse(m)) if m.contains("backwards")));
+        let short = round(&mut b, 2, tso_response(1, 200, 1)).1;
+        assert!(matches!(short, Err(Error::MalformedResponse(_))));
         let wrong = Ok(Response::Pd(PdResponse::GetMembers(Default::default())));
-        b.on_response(r.id, wrong, now);
-        assert!(matches!(b.poll_done().expect("done").1, Err(Error::MalformedResponse(_))));
+        assert!(matches!(round(&mut b, 1, wrong).1, Err(Error::MalformedResponse(_))));
+        let underflow = round(&mut b, 3, tso_response(3, 300, 1)).1;
+        assert!(matches!(underflow, Err(Error::MalformedResponse(_))));
+        // A good round after the bad ones still has to beat the last good one.
+        assert!(round(&mut b, 1, tso_response(1, 100, 6)).1.is_ok());
+    }
+
+    #[test]
+    fn rounds_are_clamped_to_the_batch_limit() {
+        let mut b = batcher();
+        assert_eq!(b.start_round(0).count, 1);
+        assert_eq!(b.start_round(MAX_TSO_BATCH * 2).count, MAX_TSO_BATCH as u32);
     }
 
     #[test]
