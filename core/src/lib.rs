@@ -15,6 +15,7 @@
 //! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces.
 //! - [`rpc`]: typed requests, the region-error table and the retrying sender.
 //! - [`raw`]: RawKV operations.
+//! - [`lock`]: the lock resolver.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod key;
+pub mod lock;
 pub mod op;
 pub mod pd;
 pub mod raw;

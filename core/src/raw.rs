@@ -13,7 +13,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::key::{Key, KeyRange, KvPair, Value};
-use crate::rpc::fanout::{KeyFanout, KeyPlan};
+use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse};
 use crate::time::Duration;
@@ -89,54 +89,6 @@ fn unexpected(resp: &KvResponse) -> Error {
 }
 
 // ---------------------------------------------------------------- keyed plans
-
-/// A single-key command: the key is the only item, one request, one answer.
-/// [`Point`] adapts it to [`KeyPlan`], so single-key operations share the
-/// fan-out machinery (cache miss, region errors, relocation) with batches.
-pub trait PointPlan {
-    /// The operation's result.
-    type Output;
-    /// The request for `key`.
-    fn build(&self, key: &Key) -> KvRequest;
-    /// Takes the answer.
-    fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
-    /// The result.
-    fn finish(self) -> Self::Output;
-}
-
-/// Runs a [`PointPlan`] as a one-item [`KeyPlan`].
-#[derive(Debug)]
-pub struct Point<P> {
-    plan: P,
-    timeout: Duration,
-}
-
-impl<P: PointPlan> KeyPlan for Point<P> {
-    type Item = Key;
-    type Output = P::Output;
-    fn key(item: &Key) -> &Key {
-        item
-    }
-    fn size(item: &Key) -> usize {
-        item.len()
-    }
-    fn batch_limits(&self) -> (usize, usize) {
-        (1, usize::MAX)
-    }
-    fn build(&self, batch: &[Key]) -> KvRequest {
-        // The fan-out never builds an empty batch.
-        self.plan.build(batch.first().unwrap_or(&Key::EMPTY))
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
-        self.plan.merge(response)
-    }
-    fn finish(self) -> P::Output {
-        self.plan.finish()
-    }
-}
 
 /// `RawGet` of one key.
 #[derive(Debug)]
@@ -567,8 +519,7 @@ pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<Poi
 }
 
 fn point<P: PointPlan>(view: &Arc<ClusterView>, plan: P, key: Key) -> RawKeyOp<Point<P>> {
-    let plan = Point { plan, timeout: view.config.read_timeout_short };
-    KeyFanout::new(view.clone(), plan, vec![key], view.backoffer(raw_budget(view)))
+    Point::fanout(view, plan, key, view.config.read_timeout_short, view.backoffer(raw_budget(view)))
 }
 
 /// `batch_get(keys)`: the pairs found, sorted by key.

@@ -32,6 +32,9 @@ pub(crate) enum Fault {
     /// Apply a split at this key before answering (the request then meets
     /// the server's epoch check).
     SplitAt(Vec<u8>),
+    /// Answer with this response (no region checks): scripts commands the
+    /// fake does not model, such as the transactional ones.
+    Respond(Box<KvResponse>),
 }
 
 pub(crate) struct FakeRegion {
@@ -254,6 +257,7 @@ impl FakeCluster {
                 return Ok(resp);
             }
             Some(Fault::SplitAt(key)) => self.split(&key),
+            Some(Fault::Respond(resp)) => return Ok(*resp),
             None => {}
         }
         let ctx = req.context_mut().clone();

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::backoff::Backoffer;
 use crate::codec::ApiCodec;
 use crate::config::Config;
+use crate::lock::TxnStatusCache;
 use crate::pd::PdState;
 use crate::region::{RegionCache, StoreTable};
 use crate::rng::Rng;
@@ -29,6 +30,8 @@ pub struct ClusterView {
     pub stores: StoreTable,
     /// PD endpoints, leader and cluster id.
     pub pd: Arc<PdState>,
+    /// Outcomes of transactions found committed or rolled back.
+    pub txn_status: TxnStatusCache,
     /// Seeds backoffers deterministically: the n-th operation of a client
     /// gets `rng_seed + n`, so a simulation replays exactly.
     backoff_seq: AtomicU64,
@@ -49,6 +52,7 @@ impl ClusterView {
             regions,
             stores: StoreTable::new(),
             pd,
+            txn_status: TxnStatusCache::default(),
             backoff_seq: AtomicU64::new(0),
         }
     }

@@ -380,3 +380,64 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
         self.result.take()
     }
 }
+
+/// A single-key command: the key is the only item, one request, one answer.
+/// [`Point`] adapts it to [`KeyPlan`], so single-key operations share the
+/// fan-out machinery (cache miss, region errors, relocation) with batches.
+pub trait PointPlan {
+    /// The operation's result.
+    type Output;
+    /// The request for `key`.
+    fn build(&self, key: &Key) -> KvRequest;
+    /// Takes the answer.
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
+    /// The result.
+    fn finish(self) -> Self::Output;
+}
+
+/// Runs a [`PointPlan`] as a one-item [`KeyPlan`].
+#[derive(Debug)]
+pub struct Point<P> {
+    plan: P,
+    timeout: Duration,
+}
+
+impl<P: PointPlan> Point<P> {
+    /// A fan-out that sends `plan` for `key` to the key's region.
+    pub fn fanout(
+        view: &Arc<ClusterView>,
+        plan: P,
+        key: Key,
+        timeout: Duration,
+        backoffer: Backoffer,
+    ) -> KeyFanout<Point<P>> {
+        KeyFanout::new(view.clone(), Point { plan, timeout }, vec![key], backoffer)
+    }
+}
+
+impl<P: PointPlan> KeyPlan for Point<P> {
+    type Item = Key;
+    type Output = P::Output;
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (1, usize::MAX)
+    }
+    fn build(&self, batch: &[Key]) -> KvRequest {
+        // The fan-out never builds an empty batch.
+        self.plan.build(batch.first().unwrap_or(&Key::EMPTY))
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        self.plan.merge(response)
+    }
+    fn finish(self) -> P::Output {
+        self.plan.finish()
+    }
+}

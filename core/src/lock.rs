@@ -1,0 +1,841 @@
+//! The lock resolver (client-go `txnlock.LockResolver`).
+//!
+//! A reader or writer that meets another transaction's lock asks the lock's
+//! primary for the transaction's fate (`CheckTxnStatus`), then:
+//! - the transaction is alive: report how long until its lock expires (the
+//!   caller backs off, capped by that), or for a reader whose timestamp the
+//!   primary's `min_commit_ts` was pushed past, ignore the lock;
+//! - committed or rolled back: clean the lock up (`ResolveLock` for the key,
+//!   or for the whole region when the transaction is large;
+//!   `PessimisticRollback` for a pessimistic lock), and tell a reader whether
+//!   it may read through the lock (committed after it: ignore; committed
+//!   before it: access the committed value);
+//! - async commit with an expired primary: find the outcome from the
+//!   secondaries (`CheckSecondaryLocks`) and resolve every key.
+//!
+//! Determined outcomes are cached per client (client-go keeps 2048).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tikv_proto::kvrpcpb;
+
+use crate::backoff::{BackoffKind, Backoffer};
+use crate::error::Error;
+use crate::key::Key;
+use crate::op::{IdMap, Operation};
+use crate::pd::{PdCall, Timestamp};
+use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::time::{Duration, Instant};
+use crate::view::ClusterView;
+
+/// client-go's `ResolveLockLiteThreshold`: transactions with fewer keys are
+/// resolved key by key, larger ones region-wide.
+pub const RESOLVE_LITE_THRESHOLD: u64 = 512;
+
+/// How many determined transaction outcomes a client remembers.
+pub const TXN_STATUS_CACHE_SIZE: usize = 2048;
+
+/// A lock met on a key (from `kvrpcpb::LockInfo`, keys already decoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lock {
+    /// The locked key.
+    pub key: Key,
+    /// The primary key of the lock's transaction.
+    pub primary: Key,
+    /// The transaction's start timestamp.
+    pub txn_id: u64,
+    /// Lock TTL in milliseconds (from the transaction's start, physical).
+    pub ttl: u64,
+    /// Keys the transaction wrote in this region (decides lite resolving).
+    pub txn_size: u64,
+    /// What kind of lock (`Put`, `Del`, `Lock`, `PessimisticLock`, ...).
+    pub lock_type: kvrpcpb::Op,
+    /// The transaction uses async commit.
+    pub use_async_commit: bool,
+    /// For pessimistic locks, the lock's `for_update_ts`.
+    pub for_update_ts: u64,
+    /// The lock's `min_commit_ts` (async commit).
+    pub min_commit_ts: u64,
+}
+
+impl Lock {
+    /// The locks described by `info`: one, or the inner locks of a shared
+    /// lock wrapper (client-go expands them before resolving).
+    pub fn from_info(info: &kvrpcpb::LockInfo) -> Vec<Lock> {
+        if !info.shared_lock_infos.is_empty() {
+            return info.shared_lock_infos.iter().flat_map(Lock::from_info).collect();
+        }
+        vec![Lock {
+            key: info.key.clone().into(),
+            primary: info.primary_lock.clone().into(),
+            txn_id: info.lock_version,
+            ttl: info.lock_ttl,
+            txn_size: info.txn_size,
+            lock_type: kvrpcpb::Op::try_from(info.lock_type).unwrap_or(kvrpcpb::Op::Put),
+            use_async_commit: info.use_async_commit,
+            for_update_ts: info.lock_for_update_ts,
+            min_commit_ts: info.min_commit_ts,
+        }]
+    }
+
+    /// A pessimistic lock (acquired by `PessimisticLock`, not prewritten).
+    pub fn is_pessimistic(&self) -> bool {
+        matches!(self.lock_type, kvrpcpb::Op::PessimisticLock | kvrpcpb::Op::SharedPessimisticLock)
+    }
+
+    /// Milliseconds until the lock expires at `current_ts`, or 0 if it has
+    /// (client-go `oracle.UntilExpired`: TTLs count in the physical domain
+    /// from the lock's start timestamp).
+    pub fn ms_until_expired(&self, ttl: u64, current_ts: u64) -> u64 {
+        let start = Timestamp::from_version(self.txn_id).physical.max(0) as u64;
+        let now = Timestamp::from_version(current_ts).physical.max(0) as u64;
+        start.saturating_add(ttl).saturating_sub(now)
+    }
+}
+
+/// A transaction's fate as its primary reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TxnStatus {
+    /// Remaining lock TTL; non-zero means the transaction is alive.
+    pub ttl: u64,
+    /// Commit timestamp; 0 with `ttl == 0` means rolled back.
+    pub commit_ts: u64,
+    /// What `CheckTxnStatus` did.
+    pub action: kvrpcpb::Action,
+    /// The primary's lock, when it is still locked (async commit needs it).
+    pub primary_lock: Option<kvrpcpb::LockInfo>,
+}
+
+impl TxnStatus {
+    /// Committed at `commit_ts`.
+    pub fn is_committed(&self) -> bool {
+        self.ttl == 0 && self.commit_ts > 0
+    }
+    /// Rolled back.
+    pub fn is_rolled_back(&self) -> bool {
+        self.ttl == 0 && self.commit_ts == 0
+    }
+}
+
+/// The client's cache of determined outcomes (committed or rolled back),
+/// FIFO-evicted. Shared by all operations of a client.
+#[derive(Debug, Default)]
+pub struct TxnStatusCache {
+    inner: Mutex<(HashMap<u64, TxnStatus>, VecDeque<u64>)>,
+}
+
+impl TxnStatusCache {
+    /// The cached outcome of `txn_id`.
+    pub fn get(&self, txn_id: u64) -> Option<TxnStatus> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0.get(&txn_id).cloned()
+    }
+
+    /// Remembers a determined outcome; alive transactions are not cached.
+    pub fn insert(&self, txn_id: u64, status: &TxnStatus) {
+        if status.ttl != 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *inner;
+        if map.insert(txn_id, status.clone()).is_none() {
+            order.push_back(txn_id);
+            while order.len() > TXN_STATUS_CACHE_SIZE {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What the caller learns from resolving.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolveOutcome {
+    /// Milliseconds until the earliest still-alive lock expires; 0 if none
+    /// is alive (the caller retries at once).
+    pub ms_before_expired: u64,
+    /// Transactions whose locks a reader may skip (`Context.resolved_locks`):
+    /// rolled back, committed after the reader, or pushed past it.
+    pub ignore_locks: Vec<u64>,
+    /// Transactions committed before the reader, whose values it may read
+    /// through their locks (`Context.committed_locks`).
+    pub access_locks: Vec<u64>,
+}
+
+/// Options of [`ResolveLocks`] (client-go `ResolveLocksOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolveOptions {
+    /// The start ts of the reader or writer that met the locks.
+    pub caller_start_ts: u64,
+    /// A reader: locks it may skip or read through are reported.
+    pub for_read: bool,
+    /// Resolve key by key even for large transactions.
+    pub lite: bool,
+}
+
+// ---------------------------------------------------------------- plans
+
+/// `CheckTxnStatus` on the primary.
+#[derive(Debug)]
+struct CheckStatusPlan {
+    lock: Lock,
+    caller_start_ts: u64,
+    current_ts: u64,
+    rollback_if_not_exist: bool,
+    force_sync_commit: bool,
+    outcome: Option<Result<TxnStatus, StatusError>>,
+}
+
+/// The answers of `CheckTxnStatus` that change what the resolver does.
+#[derive(Clone, Debug)]
+enum StatusError {
+    TxnNotFound,
+    PrimaryMismatch,
+    Other(Error),
+}
+
+impl PointPlan for CheckStatusPlan {
+    type Output = Result<TxnStatus, StatusError>;
+    fn build(&self, key: &Key) -> KvRequest {
+        KvRequest::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
+            primary_key: key.to_bytes(),
+            lock_ts: self.lock.txn_id,
+            caller_start_ts: self.caller_start_ts,
+            current_ts: self.current_ts,
+            rollback_if_not_exist: self.rollback_if_not_exist,
+            force_sync_commit: self.force_sync_commit,
+            resolving_pessimistic_lock: self.lock.is_pessimistic(),
+            verify_is_primary: true,
+            ..Default::default()
+        })
+    }
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::CheckTxnStatus(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        self.outcome = Some(match r.error {
+            Some(e) if e.txn_not_found.is_some() => Err(StatusError::TxnNotFound),
+            Some(e) if e.primary_mismatch.is_some() => Err(StatusError::PrimaryMismatch),
+            Some(e) => Err(StatusError::Other(Error::KeyError(Box::new(e)))),
+            None => Ok(TxnStatus {
+                ttl: r.lock_ttl,
+                commit_ts: r.commit_version,
+                action: kvrpcpb::Action::try_from(r.action).unwrap_or(kvrpcpb::Action::NoAction),
+                primary_lock: r.lock_info,
+            }),
+        });
+        Ok(())
+    }
+    fn finish(self) -> Result<TxnStatus, StatusError> {
+        self.outcome
+            .unwrap_or(Err(StatusError::Other(Error::malformed("no CheckTxnStatus answer"))))
+    }
+}
+
+/// `CheckSecondaryLocks` over the keys of an async-commit transaction.
+#[derive(Debug)]
+struct SecondariesPlan {
+    txn_id: u64,
+    timeout: Duration,
+    locks: Vec<kvrpcpb::LockInfo>,
+    commit_ts: u64,
+    missing: bool,
+    checked: usize,
+}
+
+impl KeyPlan for SecondariesPlan {
+    type Item = Key;
+    type Output = SecondariesPlan;
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, usize::MAX)
+    }
+    fn build(&self, batch: &[Key]) -> KvRequest {
+        KvRequest::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksRequest {
+            keys: batch.iter().map(Key::to_bytes).collect(),
+            start_version: self.txn_id,
+            ..Default::default()
+        })
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::CheckSecondaryLocks(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            return Err(Error::KeyError(Box::new(e)));
+        }
+        if r.commit_ts > 0 {
+            if self.commit_ts > 0 && self.commit_ts != r.commit_ts {
+                return Err(Error::malformed(format!(
+                    "txn {} reported committed at {} and {}",
+                    self.txn_id, self.commit_ts, r.commit_ts
+                )));
+            }
+            self.commit_ts = r.commit_ts;
+        } else if r.locks.len() < batch.len() {
+            // TiKV rolls back (and reports nothing for) a missing lock of an
+            // uncommitted transaction.
+            self.missing = true;
+        }
+        self.checked += batch.len();
+        self.locks.extend(r.locks);
+        Ok(())
+    }
+    fn finish(self) -> SecondariesPlan {
+        self
+    }
+}
+
+/// `ResolveLock` with keys (lite) or region-wide (no keys), or
+/// `PessimisticRollback`.
+#[derive(Debug)]
+enum CleanupPlan {
+    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, timeout: Duration },
+    PessimisticRollback { txn_id: u64, for_update_ts: u64, timeout: Duration },
+}
+
+impl KeyPlan for CleanupPlan {
+    type Item = Key;
+    type Output = ();
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, usize::MAX)
+    }
+    fn build(&self, batch: &[Key]) -> KvRequest {
+        match *self {
+            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, .. } => {
+                KvRequest::ResolveLock(kvrpcpb::ResolveLockRequest {
+                    start_version: txn_id,
+                    commit_version: commit_ts,
+                    keys: if with_keys {
+                        batch.iter().map(Key::to_bytes).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    ..Default::default()
+                })
+            }
+            CleanupPlan::PessimisticRollback { txn_id, for_update_ts, .. } => {
+                KvRequest::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
+                    start_version: txn_id,
+                    for_update_ts,
+                    keys: batch.iter().map(Key::to_bytes).collect(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+    fn timeout(&self) -> Duration {
+        match *self {
+            CleanupPlan::Resolve { timeout, .. }
+            | CleanupPlan::PessimisticRollback { timeout, .. } => timeout,
+        }
+    }
+    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let error = match response {
+            KvResponse::ResolveLock(r) => r.error,
+            KvResponse::PessimisticRollback(r) => r.errors.into_iter().next(),
+            other => return Err(Error::malformed(format!("unexpected {}", other.name()))),
+        };
+        match error {
+            Some(e) => Err(Error::KeyError(Box::new(e))),
+            None => Ok(()),
+        }
+    }
+    fn finish(self) {}
+}
+
+// ---------------------------------------------------------------- the machine
+
+enum Step {
+    Idle,
+    Tso(Box<PdCall>),
+    Status(Box<KeyFanout<Point<CheckStatusPlan>>>),
+    Secondaries(Box<KeyFanout<SecondariesPlan>>),
+    Cleanup(Box<KeyFanout<CleanupPlan>>),
+    Sleep(Instant),
+    Done,
+}
+
+/// The lock being resolved and what is known of it so far.
+#[derive(Debug)]
+struct Current {
+    lock: Lock,
+    rollback_if_not_exist: bool,
+    force_sync_commit: bool,
+    status: TxnStatus,
+}
+
+/// Resolves a set of locks met by one request (client-go
+/// `LockResolver.ResolveLocksWithOpts`), one lock after another.
+pub struct ResolveLocks {
+    view: Arc<ClusterView>,
+    opts: ResolveOptions,
+    locks: VecDeque<Lock>,
+    current_ts: u64,
+    current: Option<Current>,
+    step: Step,
+    backoffer: Backoffer,
+    /// Child RPC ids carry the child's number, so a late answer to an
+    /// earlier child is dropped.
+    epoch: u64,
+    ids: IdMap<u64>,
+    /// (txn, region) pairs already cleaned region-wide (client-go's
+    /// `cleanRegions`): one region-wide `ResolveLock` covers every lock of
+    /// that transaction in the region.
+    cleaned: Vec<(u64, u64)>,
+    ms_before_expired: Option<u64>,
+    outcome: ResolveOutcome,
+    result: Option<Result<ResolveOutcome, Error>>,
+}
+
+impl std::fmt::Debug for ResolveLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolveLocks")
+            .field("opts", &self.opts)
+            .field("pending", &self.locks.len())
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl ResolveLocks {
+    /// Resolves `locks` for a caller described by `opts`.
+    pub fn new(
+        view: Arc<ClusterView>,
+        locks: Vec<Lock>,
+        opts: ResolveOptions,
+        backoffer: Backoffer,
+    ) -> ResolveLocks {
+        ResolveLocks {
+            view,
+            opts,
+            locks: locks.into(),
+            current_ts: u64::MAX,
+            current: None,
+            step: Step::Idle,
+            backoffer,
+            epoch: 0,
+            ids: IdMap::new(),
+            cleaned: Vec::new(),
+            ms_before_expired: None,
+            outcome: ResolveOutcome::default(),
+            result: None,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.view.config.read_timeout_short
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.step = Step::Done;
+        self.result = Some(Err(e));
+    }
+
+    fn set_step(&mut self, step: Step, now: Instant) {
+        self.epoch += 1;
+        self.step = step;
+        match &mut self.step {
+            Step::Tso(op) => op.start(now),
+            Step::Status(op) => op.start(now),
+            Step::Secondaries(op) => op.start(now),
+            Step::Cleanup(op) => op.start(now),
+            _ => {}
+        }
+        self.check(now);
+    }
+
+    /// Takes the next lock, or finishes.
+    fn next_lock(&mut self, now: Instant) {
+        let Some(lock) = self.locks.pop_front() else {
+            self.outcome.ms_before_expired = self.ms_before_expired.unwrap_or(0);
+            self.step = Step::Done;
+            self.result = Some(Ok(std::mem::take(&mut self.outcome)));
+            return;
+        };
+        self.current = Some(Current {
+            lock,
+            rollback_if_not_exist: false,
+            force_sync_commit: false,
+            status: TxnStatus::default(),
+        });
+        if let Some(cur) = &self.current
+            && let Some(status) = self.view.txn_status.get(cur.lock.txn_id)
+        {
+            // Already known to be committed or rolled back: clean this lock
+            // up without asking the primary again.
+            self.cleanup(status, now);
+            return;
+        }
+        self.check_status(now);
+    }
+
+    fn check_status(&mut self, now: Instant) {
+        let Some(cur) = &self.current else {
+            return;
+        };
+        let plan = CheckStatusPlan {
+            lock: cur.lock.clone(),
+            caller_start_ts: self.opts.caller_start_ts,
+            // TTL 0 is TiKV's "resolve unconditionally": current_ts = max.
+            current_ts: if cur.lock.ttl == 0 { u64::MAX } else { self.current_ts },
+            rollback_if_not_exist: cur.rollback_if_not_exist,
+            force_sync_commit: cur.force_sync_commit,
+            outcome: None,
+        };
+        let primary = cur.lock.primary.clone();
+        let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork());
+        self.set_step(Step::Status(Box::new(op)), now);
+    }
+
+    fn on_status(&mut self, outcome: Result<TxnStatus, StatusError>, now: Instant) {
+        let current_ts = self.current_ts;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let status = match outcome {
+            Ok(status) => status,
+            Err(StatusError::TxnNotFound) => {
+                // client-go getTxnStatusFromLock: an expired lock whose
+                // primary has no trace is rolled back; a live pessimistic
+                // lock is treated as alive; otherwise wait for the primary
+                // to be written (the prewrite may still be on its way).
+                if cur.lock.ms_until_expired(cur.lock.ttl, current_ts) == 0 {
+                    cur.rollback_if_not_exist = true;
+                    self.check_status(now);
+                } else if cur.lock.is_pessimistic() {
+                    let status = TxnStatus { ttl: cur.lock.ttl, ..Default::default() };
+                    self.record(status, now);
+                } else {
+                    let reason = format!("txn {} not found at its primary", cur.lock.txn_id);
+                    match self.backoffer.backoff(BackoffKind::TxnNotFound, reason) {
+                        Ok(sleep) => self.set_step(Step::Sleep(now + sleep), now),
+                        Err(e) => self.fail(e),
+                    }
+                }
+                return;
+            }
+            Err(StatusError::PrimaryMismatch) if cur.lock.is_pessimistic() => {
+                // The key is no longer this transaction's primary: its
+                // pessimistic lock is stale; just roll it back.
+                TxnStatus::default()
+            }
+            Err(StatusError::PrimaryMismatch) => {
+                let e = Error::malformed(format!(
+                    "primary mismatch on a non-pessimistic lock of txn {}",
+                    cur.lock.txn_id
+                ));
+                self.fail(e);
+                return;
+            }
+            Err(StatusError::Other(e)) => {
+                self.fail(e);
+                return;
+            }
+        };
+        self.view.txn_status.insert(cur.lock.txn_id, &status);
+        let expired_async_commit = status.primary_lock.as_ref().is_some_and(|l| l.use_async_commit)
+            && !cur.force_sync_commit
+            && cur.lock.ms_until_expired(status.ttl, current_ts) == 0;
+        if status.ttl != 0 && !expired_async_commit {
+            self.record(status, now);
+        } else if expired_async_commit {
+            self.check_secondaries(status, now);
+        } else {
+            self.cleanup(status, now);
+        }
+    }
+
+    /// client-go `resolveAsyncCommitLock`: the primary's lock lists the
+    /// secondaries; their states decide the outcome.
+    fn check_secondaries(&mut self, status: TxnStatus, now: Instant) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(primary) = status.primary_lock.clone() else {
+            return;
+        };
+        let mut keys: Vec<Key> = primary.secondaries.iter().cloned().map(Key::from).collect();
+        keys.push(cur.lock.primary.clone());
+        let txn_id = cur.lock.txn_id;
+        cur.status = status;
+        let plan = SecondariesPlan {
+            txn_id,
+            timeout: self.timeout(),
+            locks: Vec::new(),
+            commit_ts: 0,
+            missing: false,
+            checked: 0,
+        };
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        self.set_step(Step::Secondaries(Box::new(op)), now);
+    }
+
+    fn on_secondaries(&mut self, checked: SecondariesPlan, now: Instant) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if checked.locks.iter().any(|l| !l.use_async_commit) {
+            // A key was locked by a non-async-commit prewrite: the commit
+            // fell back to 2PC; ask the primary again with force_sync_commit.
+            cur.force_sync_commit = true;
+            self.check_status(now);
+            return;
+        }
+        let primary_min = cur.status.primary_lock.as_ref().map_or(0, |l| l.min_commit_ts);
+        let commit_ts = if checked.commit_ts > 0 {
+            checked.commit_ts
+        } else if checked.missing {
+            0
+        } else {
+            checked.locks.iter().map(|l| l.min_commit_ts).fold(primary_min, u64::max)
+        };
+        let status = TxnStatus { ttl: 0, commit_ts, action: cur.status.action, primary_lock: None };
+        self.view.txn_status.insert(cur.lock.txn_id, &status);
+        // Resolve every key of the transaction, primary included.
+        let mut keys: Vec<Key> = cur
+            .status
+            .primary_lock
+            .as_ref()
+            .map(|p| p.secondaries.iter().cloned().map(Key::from).collect())
+            .unwrap_or_default();
+        keys.push(cur.lock.primary.clone());
+        cur.status = status;
+        let plan = CleanupPlan::Resolve {
+            txn_id: cur.lock.txn_id,
+            commit_ts,
+            with_keys: true,
+            timeout: self.timeout(),
+        };
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        self.set_step(Step::Cleanup(Box::new(op)), now);
+    }
+
+    /// Cleans up the current lock of a determined transaction.
+    fn cleanup(&mut self, status: TxnStatus, now: Instant) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        cur.status = status.clone();
+        let lock = &cur.lock;
+        let plan = if lock.is_pessimistic() {
+            CleanupPlan::PessimisticRollback {
+                txn_id: lock.txn_id,
+                // client-go: a lock without for_update_ts rolls back any.
+                for_update_ts: if lock.for_update_ts == 0 { u64::MAX } else { lock.for_update_ts },
+                timeout: self.view.config.read_timeout_short,
+            }
+        } else {
+            let lite = self.opts.lite || lock.txn_size < RESOLVE_LITE_THRESHOLD;
+            if !lite {
+                let region = self.view.regions.locate_key(lock.key.as_bytes(), now).map(|r| r.id());
+                if let Some(region) = region {
+                    if self.cleaned.contains(&(lock.txn_id, region)) {
+                        self.record(status, now);
+                        return;
+                    }
+                    self.cleaned.push((lock.txn_id, region));
+                }
+            }
+            CleanupPlan::Resolve {
+                txn_id: lock.txn_id,
+                commit_ts: status.commit_ts,
+                with_keys: lite,
+                timeout: self.view.config.read_timeout_short,
+            }
+        };
+        let key = lock.key.clone();
+        let op = KeyFanout::new(self.view.clone(), plan, vec![key], self.backoffer.fork());
+        self.set_step(Step::Cleanup(Box::new(op)), now);
+    }
+
+    /// Files the current lock's outcome (client-go's loop at the end of
+    /// `resolveLocks`) and moves on.
+    fn record(&mut self, status: TxnStatus, now: Instant) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let txn = cur.lock.txn_id;
+        let caller = self.opts.caller_start_ts;
+        let mut alive = || {
+            let ms = cur.lock.ms_until_expired(status.ttl, self.current_ts);
+            self.ms_before_expired = Some(self.ms_before_expired.map_or(ms, |m| m.min(ms)));
+        };
+        if !self.opts.for_read && status.ttl != 0 {
+            alive();
+        } else if status.action == kvrpcpb::Action::MinCommitTsPushed
+            || status.is_rolled_back()
+            || (status.is_committed() && status.commit_ts > caller)
+        {
+            if !self.outcome.ignore_locks.contains(&txn) {
+                self.outcome.ignore_locks.push(txn);
+            }
+        } else if status.is_committed() {
+            if !self.outcome.access_locks.contains(&txn) {
+                self.outcome.access_locks.push(txn);
+            }
+        } else {
+            alive();
+        }
+        self.next_lock(now);
+    }
+
+    /// Moves on when the current child has finished.
+    fn check(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Tso(op) => {
+                let Some(outcome) = op.poll_result() else {
+                    return;
+                };
+                match outcome {
+                    Ok(PdResponse::Tso(r)) => match r.timestamp {
+                        Some(ts) => {
+                            self.current_ts =
+                                Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                            self.next_lock(now);
+                        }
+                        None => self.fail(Error::malformed("TSO response without a timestamp")),
+                    },
+                    Ok(other) => {
+                        self.fail(Error::malformed(format!("unexpected {}", other.name())))
+                    }
+                    Err(e) => self.fail(e),
+                }
+            }
+            Step::Status(op) => {
+                let Some(outcome) = op.poll_result() else {
+                    return;
+                };
+                match outcome {
+                    Ok(status) => self.on_status(status, now),
+                    Err(e) => self.fail(e),
+                }
+            }
+            Step::Secondaries(op) => {
+                let Some(outcome) = op.poll_result() else {
+                    return;
+                };
+                match outcome {
+                    Ok(checked) => self.on_secondaries(checked, now),
+                    Err(e) => self.fail(e),
+                }
+            }
+            Step::Cleanup(op) => {
+                let Some(outcome) = op.poll_result() else {
+                    return;
+                };
+                match outcome {
+                    Ok(()) => {
+                        let status =
+                            self.current.as_ref().map(|c| c.status.clone()).unwrap_or_default();
+                        self.record(status, now);
+                    }
+                    Err(e) => self.fail(e),
+                }
+            }
+            Step::Sleep(_) | Step::Idle | Step::Done => {}
+        }
+    }
+}
+
+impl Operation for ResolveLocks {
+    type Output = ResolveOutcome;
+
+    fn start(&mut self, now: Instant) {
+        if !matches!(self.step, Step::Idle) {
+            return;
+        }
+        if self.locks.iter().any(|l| l.ttl != 0) {
+            // "Now" for TTL checks (client-go uses its low-resolution TSO).
+            let request =
+                PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+            let call = PdCall::new(
+                self.view.pd.clone(),
+                request,
+                self.view.config.pd_timeout,
+                self.backoffer.fork(),
+            );
+            self.set_step(Step::Tso(Box::new(call)), now);
+        } else {
+            self.next_lock(now);
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let rpc = match &mut self.step {
+            Step::Tso(op) => op.poll_rpc(),
+            Step::Status(op) => op.poll_rpc(),
+            Step::Secondaries(op) => op.poll_rpc(),
+            Step::Cleanup(op) => op.poll_rpc(),
+            _ => None,
+        }?;
+        Some(self.ids.wrap(self.epoch, rpc))
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some((epoch, id)) = self.ids.take(id) else {
+            return;
+        };
+        if epoch != self.epoch {
+            return;
+        }
+        match &mut self.step {
+            Step::Tso(op) => op.on_response(id, response, now),
+            Step::Status(op) => op.on_response(id, response, now),
+            Step::Secondaries(op) => op.on_response(id, response, now),
+            Step::Cleanup(op) => op.on_response(id, response, now),
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Tso(op) => op.on_timeout(now),
+            Step::Status(op) => op.on_timeout(now),
+            Step::Secondaries(op) => op.on_timeout(now),
+            Step::Cleanup(op) => op.on_timeout(now),
+            Step::Sleep(until) if now >= *until => {
+                self.check_status(now);
+                return;
+            }
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.step {
+            Step::Tso(op) => op.poll_timeout(),
+            Step::Status(op) => op.poll_timeout(),
+            Step::Secondaries(op) => op.poll_timeout(),
+            Step::Cleanup(op) => op.poll_timeout(),
+            Step::Sleep(until) => Some(*until),
+            _ => None,
+        }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<ResolveOutcome, Error>> {
+        self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! Scripted-event tests of the lock resolver: each transaction fate and
+//! each recovery path, with the primary's answers scripted.
+
+use std::fmt::Write;
+
+use tikv_proto::kvrpcpb;
+
+use super::*;
+use crate::testing::{FakeCluster, Fault, drive, view};
+
+/// A start ts at `physical_ms` (the fake PD's clock reads 1000 ms).
+fn ts(physical_ms: i64) -> u64 {
+    Timestamp { physical: physical_ms, logical: 0 }.version()
+}
+
+fn lock(key: &str, txn_ms: i64, ttl: u64) -> Lock {
+    Lock {
+        key: Key::from(key.to_string()),
+        primary: Key::from("p"),
+        txn_id: ts(txn_ms),
+        ttl,
+        txn_size: 1,
+        lock_type: kvrpcpb::Op::Put,
+        use_async_commit: false,
+        for_update_ts: 0,
+        min_commit_ts: 0,
+    }
+}
+
+fn status(ttl: u64, commit: u64, action: kvrpcpb::Action) -> Fault {
+    Fault::Respond(Box::new(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        lock_ttl: ttl,
+        commit_version: commit,
+        action: action as i32,
+        ..Default::default()
+    })))
+}
+
+fn ok(resp: KvResponse) -> Fault {
+    Fault::Respond(Box::new(resp))
+}
+
+fn run(c: &mut FakeCluster, locks: Vec<Lock>, for_read: bool) -> (String, ResolveOutcome) {
+    let v = view();
+    let opts = ResolveOptions { caller_start_ts: ts(950), for_read, lite: false };
+    let bo = v.backoffer(Duration::from_secs(40));
+    let (log, result) = drive(ResolveLocks::new(v, locks, opts, bo), c);
+    (log, result.expect("resolved"))
+}
+
+#[test]
+fn every_transaction_fate() {
+    let mut out = String::new();
+    let mut case = |name: &str, c: &mut FakeCluster, locks: Vec<Lock>, for_read: bool| {
+        let (log, outcome) = run(c, locks, for_read);
+        let _ = writeln!(out, "== {name}\n{log}=> {outcome:?}");
+        outcome
+    };
+
+    // Committed before the reader: cleaned up, readable through the lock.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, ts(900) + 1, kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let o = case("committed before the reader", &mut c, vec![lock("k", 800, 3000)], true);
+    assert_eq!(o.access_locks, vec![ts(800)]);
+    assert!(o.ignore_locks.is_empty() && o.ms_before_expired == 0);
+
+    // Committed after the reader: skipped.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, ts(990), kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let o = case("committed after the reader", &mut c, vec![lock("k", 800, 3000)], true);
+    assert_eq!(o.ignore_locks, vec![ts(800)]);
+
+    // Rolled back (the TTL expired): skipped.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let o = case("rolled back", &mut c, vec![lock("k", 100, 500)], true);
+    assert_eq!(o.ignore_locks, vec![ts(100)]);
+
+    // Alive, writer: wait until it expires (started at 900 ms with 3 s TTL,
+    // PD says it is 1000 ms now: 2900 ms left).
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(3000, 0, kvrpcpb::Action::NoAction));
+    let o = case("alive, for write", &mut c, vec![lock("k", 900, 3000)], false);
+    assert_eq!(o.ms_before_expired, 2900);
+
+    // Alive but its min_commit_ts was pushed past the reader: skipped.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(3000, 0, kvrpcpb::Action::MinCommitTsPushed));
+    let o = case("alive, pushed past the reader", &mut c, vec![lock("k", 900, 3000)], true);
+    assert_eq!(o.ignore_locks, vec![ts(900)]);
+    assert_eq!(o.ms_before_expired, 0);
+
+    // The primary has no trace and the lock expired: ask again with
+    // rollback_if_not_exist, which rolls the transaction back.
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "check_txn_status",
+        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+            error: Some(kvrpcpb::KeyError {
+                txn_not_found: Some(Default::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::LockNotExistRollback));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let o = case("txn not found, lock expired", &mut c, vec![lock("k", 100, 500)], true);
+    assert_eq!(o.ignore_locks, vec![ts(100)]);
+
+    // A large transaction is resolved region-wide, once per region.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut big = vec![lock("a", 100, 500), lock("b", 100, 500)];
+    for l in &mut big {
+        l.txn_size = 1000;
+    }
+    let o = case("large transaction, two locks in one region", &mut c, big, true);
+    assert_eq!(o.ignore_locks, vec![ts(100)]);
+
+    // A pessimistic lock of a rolled-back transaction: pessimistic rollback.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpirePessimisticRollback));
+    c.fault("pessimistic_rollback", ok(KvResponse::PessimisticRollback(Default::default())));
+    let mut pl = lock("k", 100, 500);
+    pl.lock_type = kvrpcpb::Op::PessimisticLock;
+    let o = case("pessimistic lock", &mut c, vec![pl], true);
+    assert_eq!(o.ignore_locks, vec![ts(100)]);
+
+    insta::assert_snapshot!(out);
+}
+
+/// An async-commit transaction whose primary lock expired: the secondaries
+/// decide. All still locked → committed at the largest min_commit_ts, and
+/// every key is resolved with it.
+#[test]
+fn expired_async_commit_is_recovered_from_its_secondaries() {
+    let mut c = FakeCluster::new(&["m"]);
+    let primary_lock = kvrpcpb::LockInfo {
+        primary_lock: "p".into(),
+        key: "p".into(),
+        lock_version: ts(100),
+        lock_ttl: 500,
+        use_async_commit: true,
+        min_commit_ts: ts(100) + 5,
+        secondaries: vec!["a".into(), "z".into()],
+        ..Default::default()
+    };
+    c.fault(
+        "check_txn_status",
+        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+            lock_ttl: 500,
+            lock_info: Some(primary_lock.clone()),
+            ..Default::default()
+        })),
+    );
+    let secondary = |key: &str, min: u64| kvrpcpb::LockInfo {
+        key: key.to_string().into(),
+        use_async_commit: true,
+        min_commit_ts: min,
+        ..primary_lock.clone()
+    };
+    // Two regions: [a, p) and [z] split at "m" — "a" and "p" in the first.
+    c.fault(
+        "check_secondary_locks",
+        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+            locks: vec![secondary("a", ts(100) + 7), secondary("p", ts(100) + 5)],
+            ..Default::default()
+        })),
+    );
+    c.fault(
+        "check_secondary_locks",
+        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+            locks: vec![secondary("z", ts(100) + 9)],
+            ..Default::default()
+        })),
+    );
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut l = lock("a", 100, 500);
+    l.use_async_commit = true;
+    let (log, outcome) = run(&mut c, vec![l], true);
+    // Committed at the largest min_commit_ts (100 ms + 9), before the
+    // reader (950 ms): readable through the locks.
+    assert_eq!(outcome.access_locks, vec![ts(100)]);
+    assert!(outcome.ignore_locks.is_empty());
+    insta::assert_snapshot!(log);
+}
+
+#[test]
+fn determined_outcomes_are_cached_and_alive_ones_are_not() {
+    let cache = TxnStatusCache::default();
+    cache.insert(1, &TxnStatus { ttl: 10, ..Default::default() });
+    assert_eq!(cache.get(1), None);
+    cache.insert(2, &TxnStatus { commit_ts: 5, ..Default::default() });
+    assert!(cache.get(2).is_some_and(|s| s.is_committed()));
+    for id in 10..10 + TXN_STATUS_CACHE_SIZE as u64 {
+        cache.insert(id, &TxnStatus::default());
+    }
+    assert_eq!(cache.get(2), None, "oldest evicted first");
+    assert!(cache.get(10 + TXN_STATUS_CACHE_SIZE as u64 - 1).is_some());
+}
+
+#[test]
+fn shared_lock_wrappers_expand_to_their_inner_locks() {
+    let inner = |k: &str, v: u64| kvrpcpb::LockInfo {
+        key: k.to_string().into(),
+        primary_lock: "p".into(),
+        lock_version: v,
+        ..Default::default()
+    };
+    let wrapper = kvrpcpb::LockInfo {
+        key: "k".into(),
+        lock_type: kvrpcpb::Op::SharedLock as i32,
+        shared_lock_infos: vec![inner("k", 1), inner("k", 2)],
+        ..Default::default()
+    };
+    let locks = Lock::from_info(&wrapper);
+    assert_eq!(locks.iter().map(|l| l.txn_id).collect::<Vec<_>>(), vec![1, 2]);
+}
