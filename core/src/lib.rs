@@ -16,6 +16,7 @@
 //! - [`rpc`]: typed requests, the region-error table and the retrying sender.
 //! - [`raw`]: RawKV operations.
 //! - [`lock`]: the lock resolver.
+//! - [`txn`]: snapshot reads (transactions in progress).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod region;
 pub mod rng;
 pub mod rpc;
 pub mod time;
+pub mod txn;
 pub mod view;
 
 #[cfg(test)]

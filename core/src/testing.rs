@@ -53,6 +53,8 @@ pub(crate) struct FakeCluster {
     pub(crate) faults: VecDeque<(String, Fault)>,
     /// Answer `BatchScanRegions` with `Unimplemented`, as an old PD does.
     pub(crate) no_batch_scan: bool,
+    /// Every TiKV request received, in order (for asserting on contexts).
+    pub(crate) received: Vec<KvRequest>,
     next_id: u64,
     tso: i64,
 }
@@ -70,6 +72,7 @@ impl FakeCluster {
             data: BTreeMap::new(),
             faults: VecDeque::new(),
             no_batch_scan: false,
+            received: Vec::new(),
             next_id: 100,
             tso: 0,
         };
@@ -249,6 +252,7 @@ impl FakeCluster {
     }
 
     fn handle_kv(&mut self, store_id: u64, mut req: KvRequest) -> Result<KvResponse, RpcError> {
+        self.received.push(req.clone());
         match self.take_fault(req.name()) {
             Some(Fault::Rpc(e)) => return Err(e),
             Some(Fault::Region(e)) => {

@@ -1,0 +1,492 @@
+//! Snapshot reads at a timestamp (client-go `txnsnapshot.KVSnapshot`), with
+//! lock handling: a read that meets a lock resolves it for reading (lite),
+//! then retries, skipping transactions found rolled back or committed after
+//! the read (`resolved_locks`) and reading through those committed before it
+//! (`committed_locks`); a lock of a live transaction is waited out with
+//! `BoTxnLockFast`, each sleep capped at the lock's remaining TTL.
+
+use std::sync::Arc;
+
+use tikv_proto::kvrpcpb;
+
+use crate::backoff::{BackoffKind, Backoffer};
+use crate::error::Error;
+use crate::key::{Key, KvPair, Value};
+use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
+use crate::op::{IdMap, Operation};
+use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
+use crate::time::{Duration, Instant};
+use crate::view::ClusterView;
+
+/// Keys per `BatchGet` request (client-go `batchGetSize`... 5120).
+pub const BATCH_GET_SIZE: usize = 5120;
+
+/// Read options of a snapshot (client-go `KVSnapshot` setters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// `Context.isolation_level` (SI by default; RC reads the latest
+    /// committed data and ignores locks).
+    pub isolation_level: kvrpcpb::IsolationLevel,
+    /// `Context.priority`.
+    pub priority: kvrpcpb::CommandPri,
+    /// `Context.not_fill_cache`: do not pollute TiKV's block cache.
+    pub not_fill_cache: bool,
+}
+
+/// What a snapshot read has learned about locks so far: transactions it may
+/// skip and ones it may read through. Kept across retries of one read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LockSets {
+    resolved: Vec<u64>,
+    committed: Vec<u64>,
+}
+
+impl LockSets {
+    fn absorb(&mut self, outcome: &ResolveOutcome) {
+        for t in &outcome.ignore_locks {
+            if !self.resolved.contains(t) {
+                self.resolved.push(*t);
+            }
+        }
+        for t in &outcome.access_locks {
+            if !self.committed.contains(t) {
+                self.committed.push(*t);
+            }
+        }
+    }
+
+    fn context(&self, opts: &ReadOptions) -> kvrpcpb::Context {
+        kvrpcpb::Context {
+            resolved_locks: self.resolved.clone(),
+            committed_locks: self.committed.clone(),
+            isolation_level: opts.isolation_level as i32,
+            priority: opts.priority as i32,
+            not_fill_cache: opts.not_fill_cache,
+            ..Default::default()
+        }
+    }
+}
+
+/// A key error to the caller, except locks, which the read resolves.
+fn split_key_error(e: kvrpcpb::KeyError) -> Result<Vec<Lock>, Error> {
+    match &e.locked {
+        Some(info) => Ok(Lock::from_info(info)),
+        None => Err(Error::KeyError(Box::new(e))),
+    }
+}
+
+// ---------------------------------------------------------------- plans
+
+/// `Get` of one key.
+#[derive(Debug)]
+struct GetPlan {
+    ts: u64,
+    opts: ReadOptions,
+    locks: LockSets,
+    value: Option<Value>,
+    met: Vec<Lock>,
+}
+
+impl PointPlan for GetPlan {
+    type Output = (Option<Value>, Vec<Lock>);
+    fn build(&self, key: &Key) -> KvRequest {
+        KvRequest::Get(kvrpcpb::GetRequest {
+            context: Some(self.locks.context(&self.opts)),
+            key: key.to_bytes(),
+            version: self.ts,
+            ..Default::default()
+        })
+    }
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::Get(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            self.met = split_key_error(e)?;
+            return Ok(());
+        }
+        self.value = if r.not_found { None } else { Some(r.value) };
+        Ok(())
+    }
+    fn finish(self) -> (Option<Value>, Vec<Lock>) {
+        (self.value, self.met)
+    }
+}
+
+/// `BatchGet` of many keys; locked keys are collected for a retry.
+#[derive(Debug)]
+struct BatchGetPlan {
+    ts: u64,
+    opts: ReadOptions,
+    locks: LockSets,
+    timeout: Duration,
+    found: Vec<KvPair>,
+    met: Vec<Lock>,
+    retry: Vec<Key>,
+}
+
+impl KeyPlan for BatchGetPlan {
+    type Item = Key;
+    type Output = BatchGetPlan;
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (BATCH_GET_SIZE, usize::MAX)
+    }
+    fn build(&self, batch: &[Key]) -> KvRequest {
+        KvRequest::BatchGet(kvrpcpb::BatchGetRequest {
+            context: Some(self.locks.context(&self.opts)),
+            keys: batch.iter().map(Key::to_bytes).collect(),
+            version: self.ts,
+            ..Default::default()
+        })
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::BatchGet(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            // A response-level lock: the whole batch is retried after it is
+            // resolved (client-go does the same).
+            self.met.extend(split_key_error(e)?);
+            self.retry.extend(batch);
+            return Ok(());
+        }
+        for pair in r.pairs {
+            match pair.error {
+                Some(e) => {
+                    self.met.extend(split_key_error(e)?);
+                    self.retry.push(pair.key.into());
+                }
+                None => self.found.push(KvPair { key: pair.key.into(), value: pair.value }),
+            }
+        }
+        Ok(())
+    }
+    fn finish(self) -> BatchGetPlan {
+        self
+    }
+}
+
+// ---------------------------------------------------------------- machines
+
+enum Step<F: KeyPlan> {
+    Read(Box<KeyFanout<F>>),
+    Resolve(Box<ResolveLocks>),
+    Sleep(Instant),
+    Done,
+}
+
+/// The shared retry loop of a point or batch read: read; if locks were met,
+/// resolve them; back off if some transaction is still alive; read again
+/// with the learned lock sets.
+struct ReadLoop {
+    view: Arc<ClusterView>,
+    ts: u64,
+    opts: ReadOptions,
+    locks: LockSets,
+    backoffer: Backoffer,
+    epoch: u64,
+    ids: IdMap<u64>,
+}
+
+impl ReadLoop {
+    fn new(view: Arc<ClusterView>, ts: u64, opts: ReadOptions) -> ReadLoop {
+        let budget = view.config.budget(view.config.backoff.get);
+        let backoffer = view.backoffer(budget);
+        ReadLoop {
+            view,
+            ts,
+            opts,
+            locks: LockSets::default(),
+            backoffer,
+            epoch: 0,
+            ids: IdMap::new(),
+        }
+    }
+
+    fn resolve(&mut self, met: Vec<Lock>) -> ResolveLocks {
+        let opts = ResolveOptions { caller_start_ts: self.ts, for_read: true, lite: true };
+        ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork())
+    }
+
+    /// After resolving: sleep if a transaction is alive, else retry now.
+    fn after_resolve(
+        &mut self,
+        outcome: &ResolveOutcome,
+        now: Instant,
+    ) -> Result<Option<Instant>, Error> {
+        self.locks.absorb(outcome);
+        if outcome.ms_before_expired == 0 {
+            return Ok(None);
+        }
+        let cap = Duration::from_millis(outcome.ms_before_expired);
+        let sleep = self.backoffer.backoff_capped(
+            BackoffKind::TxnLockFast,
+            cap,
+            format!("read at {} waits for a live lock", self.ts),
+        )?;
+        Ok(Some(now + sleep))
+    }
+}
+
+macro_rules! read_machine_plumbing {
+    () => {
+        fn poll_rpc(&mut self) -> Option<Rpc> {
+            let rpc = match &mut self.step {
+                Step::Read(op) => op.poll_rpc(),
+                Step::Resolve(op) => op.poll_rpc(),
+                _ => None,
+            }?;
+            Some(self.lp.ids.wrap(self.lp.epoch, rpc))
+        }
+
+        fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+            let Some((epoch, id)) = self.lp.ids.take(id) else {
+                return;
+            };
+            if epoch != self.lp.epoch {
+                return;
+            }
+            match &mut self.step {
+                Step::Read(op) => op.on_response(id, response, now),
+                Step::Resolve(op) => op.on_response(id, response, now),
+                _ => return,
+            }
+            self.check(now);
+        }
+
+        fn on_timeout(&mut self, now: Instant) {
+            match &mut self.step {
+                Step::Read(op) => op.on_timeout(now),
+                Step::Resolve(op) => op.on_timeout(now),
+                Step::Sleep(until) if now >= *until => {
+                    self.read(now);
+                    return;
+                }
+                _ => return,
+            }
+            self.check(now);
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            match &self.step {
+                Step::Read(op) => op.poll_timeout(),
+                Step::Resolve(op) => op.poll_timeout(),
+                Step::Sleep(until) => Some(*until),
+                Step::Done => None,
+            }
+        }
+    };
+}
+
+/// A point read of one key at a snapshot timestamp.
+pub struct SnapshotGet {
+    lp: ReadLoop,
+    key: Key,
+    step: Step<Point<GetPlan>>,
+    result: Option<Result<Option<Value>, Error>>,
+}
+
+impl std::fmt::Debug for SnapshotGet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotGet").field("key", &self.key).field("ts", &self.lp.ts).finish()
+    }
+}
+
+impl SnapshotGet {
+    /// Reads `key` as of `ts`.
+    pub fn new(view: Arc<ClusterView>, key: Key, ts: u64, opts: ReadOptions) -> SnapshotGet {
+        SnapshotGet { lp: ReadLoop::new(view, ts, opts), key, step: Step::Done, result: None }
+    }
+
+    fn read(&mut self, now: Instant) {
+        let plan = GetPlan {
+            ts: self.lp.ts,
+            opts: self.lp.opts.clone(),
+            locks: self.lp.locks.clone(),
+            value: None,
+            met: Vec::new(),
+        };
+        let timeout = self.lp.view.config.read_timeout_short;
+        let op =
+            Point::fanout(&self.lp.view, plan, self.key.clone(), timeout, self.lp.backoffer.fork());
+        self.lp.epoch += 1;
+        self.step = Step::Read(Box::new(op));
+        if let Step::Read(op) = &mut self.step {
+            op.start(now);
+        }
+        self.check(now);
+    }
+
+    fn finish(&mut self, result: Result<Option<Value>, Error>) {
+        self.step = Step::Done;
+        self.result = Some(result);
+    }
+
+    fn check(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Read(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok((value, met))) if met.is_empty() => self.finish(Ok(value)),
+                Some(Ok((_, met))) => {
+                    let mut resolve = Box::new(self.lp.resolve(met));
+                    self.lp.epoch += 1;
+                    resolve.start(now);
+                    self.step = Step::Resolve(resolve);
+                    self.check(now);
+                }
+            },
+            Step::Resolve(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
+                    Ok(None) => self.read(now),
+                    Ok(Some(until)) => self.step = Step::Sleep(until),
+                    Err(e) => self.finish(Err(e)),
+                },
+            },
+            Step::Sleep(_) | Step::Done => {}
+        }
+    }
+}
+
+impl Operation for SnapshotGet {
+    type Output = Option<Value>;
+
+    fn start(&mut self, now: Instant) {
+        if matches!(self.step, Step::Done) && self.result.is_none() {
+            self.read(now);
+        }
+    }
+
+    read_machine_plumbing!();
+
+    fn poll_result(&mut self) -> Option<Result<Option<Value>, Error>> {
+        self.result.take()
+    }
+}
+
+/// A batch read at a snapshot timestamp: the pairs that exist, sorted by key.
+/// Locked keys are resolved and read again; keys already read are not.
+pub struct SnapshotBatchGet {
+    lp: ReadLoop,
+    pending: Vec<Key>,
+    found: Vec<KvPair>,
+    step: Step<BatchGetPlan>,
+    result: Option<Result<Vec<KvPair>, Error>>,
+}
+
+impl std::fmt::Debug for SnapshotBatchGet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBatchGet")
+            .field("pending", &self.pending.len())
+            .field("ts", &self.lp.ts)
+            .finish()
+    }
+}
+
+impl SnapshotBatchGet {
+    /// Reads `keys` as of `ts`.
+    pub fn new(view: Arc<ClusterView>, mut keys: Vec<Key>, ts: u64, opts: ReadOptions) -> Self {
+        keys.sort();
+        keys.dedup();
+        let mut lp = ReadLoop::new(view, ts, opts);
+        lp.backoffer = {
+            let budget = lp.view.config.budget(lp.view.config.backoff.batch_get);
+            lp.view.backoffer(budget)
+        };
+        SnapshotBatchGet { lp, pending: keys, found: Vec::new(), step: Step::Done, result: None }
+    }
+
+    fn read(&mut self, now: Instant) {
+        if self.pending.is_empty() {
+            let mut found = std::mem::take(&mut self.found);
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            self.finish(Ok(found));
+            return;
+        }
+        let plan = BatchGetPlan {
+            ts: self.lp.ts,
+            opts: self.lp.opts.clone(),
+            locks: self.lp.locks.clone(),
+            timeout: self.lp.view.config.read_timeout_medium,
+            found: Vec::new(),
+            met: Vec::new(),
+            retry: Vec::new(),
+        };
+        let keys = std::mem::take(&mut self.pending);
+        let op = KeyFanout::new(self.lp.view.clone(), plan, keys, self.lp.backoffer.fork());
+        self.lp.epoch += 1;
+        self.step = Step::Read(Box::new(op));
+        if let Step::Read(op) = &mut self.step {
+            op.start(now);
+        }
+        self.check(now);
+    }
+
+    fn finish(&mut self, result: Result<Vec<KvPair>, Error>) {
+        self.step = Step::Done;
+        self.result = Some(result);
+    }
+
+    fn check(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Read(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(plan)) => {
+                    self.found.extend(plan.found);
+                    self.pending = plan.retry;
+                    if plan.met.is_empty() {
+                        self.read(now);
+                    } else {
+                        let mut resolve = Box::new(self.lp.resolve(plan.met));
+                        self.lp.epoch += 1;
+                        resolve.start(now);
+                        self.step = Step::Resolve(resolve);
+                        self.check(now);
+                    }
+                }
+            },
+            Step::Resolve(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
+                    Ok(None) => self.read(now),
+                    Ok(Some(until)) => self.step = Step::Sleep(until),
+                    Err(e) => self.finish(Err(e)),
+                },
+            },
+            Step::Sleep(_) | Step::Done => {}
+        }
+    }
+}
+
+impl Operation for SnapshotBatchGet {
+    type Output = Vec<KvPair>;
+
+    fn start(&mut self, now: Instant) {
+        if matches!(self.step, Step::Done) && self.result.is_none() {
+            self.read(now);
+        }
+    }
+
+    read_machine_plumbing!();
+
+    fn poll_result(&mut self) -> Option<Result<Vec<KvPair>, Error>> {
+        self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Scripted-event tests of snapshot reads meeting locks.
+
+use bytes::Bytes;
+use tikv_proto::kvrpcpb;
+
+use super::*;
+use crate::pd::Timestamp;
+use crate::testing::{FakeCluster, Fault, drive, view};
+
+fn ts(physical_ms: i64) -> u64 {
+    Timestamp { physical: physical_ms, logical: 0 }.version()
+}
+
+fn respond(resp: KvResponse) -> Fault {
+    Fault::Respond(Box::new(resp))
+}
+
+fn locked(key: &str, txn_ms: i64, ttl: u64) -> kvrpcpb::KeyError {
+    kvrpcpb::KeyError {
+        locked: Some(kvrpcpb::LockInfo {
+            primary_lock: "p".into(),
+            key: key.to_string().into(),
+            lock_version: ts(txn_ms),
+            lock_ttl: ttl,
+            txn_size: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn get_value(v: &str) -> Fault {
+    respond(KvResponse::Get(kvrpcpb::GetResponse {
+        value: v.to_string().into(),
+        ..Default::default()
+    }))
+}
+
+fn status(ttl: u64, commit: u64) -> Fault {
+    respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        lock_ttl: ttl,
+        commit_version: commit,
+        ..Default::default()
+    }))
+}
+
+/// A lock of a transaction committed before the read: resolved, then the
+/// read is retried with the transaction in `committed_locks`.
+#[test]
+fn get_resolves_a_committed_lock_and_reads_through_it() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(kvrpcpb::GetResponse {
+            error: Some(locked("k", 800, 3000)),
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, ts(900)));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("kv_get", get_value("v"));
+    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), ReadOptions::default());
+    let (log, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v")));
+    let gets: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Get(g) => g.context.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gets.len(), 2);
+    assert!(gets[0].committed_locks.is_empty());
+    assert_eq!(gets[1].committed_locks, vec![ts(800)]);
+    insta::assert_snapshot!(log);
+}
+
+/// A lock of a live transaction: wait (BoTxnLockFast, capped by the lock's
+/// remaining TTL), ask again; the second time the lock is gone.
+#[test]
+fn get_waits_out_a_live_lock() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(kvrpcpb::GetResponse {
+            error: Some(locked("k", 995, 20)),
+            ..Default::default()
+        })),
+    );
+    // 995 ms + 20 ms TTL, PD says 1000 ms: 15 ms left, so the first sleep
+    // (10 ms base, equal jitter) is at most 15 ms.
+    c.fault("check_txn_status", status(20, 0));
+    c.fault("kv_get", get_value("v2"));
+    let op = SnapshotGet::new(view(), Key::from("k"), ts(999), ReadOptions::default());
+    let (log, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v2")));
+    insta::assert_snapshot!(log);
+}
+
+/// A batch read where one key is locked by a rolled-back transaction: only
+/// that key is read again, skipping the transaction.
+#[test]
+fn batch_get_rereads_only_locked_keys() {
+    let mut c = FakeCluster::new(&[]);
+    let pair = |k: &str, v: &str| kvrpcpb::KvPair {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Default::default()
+    };
+    let mut locked_pair = pair("b", "");
+    locked_pair.error = Some(locked("b", 100, 10));
+    c.fault(
+        "kv_batch_get",
+        respond(KvResponse::BatchGet(kvrpcpb::BatchGetResponse {
+            pairs: vec![pair("a", "1"), locked_pair, pair("c", "3")],
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, 0));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault(
+        "kv_batch_get",
+        respond(KvResponse::BatchGet(kvrpcpb::BatchGetResponse {
+            pairs: vec![pair("b", "2")],
+            ..Default::default()
+        })),
+    );
+    let keys = ["c", "a", "b", "d"].map(Key::from).to_vec();
+    let op = SnapshotBatchGet::new(view(), keys, ts(950), ReadOptions::default());
+    let (log, result) = drive(op, &mut c);
+    let got: Vec<_> = result.unwrap().into_iter().map(|p| (p.key, p.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Key::from("a"), Bytes::from("1")),
+            (Key::from("b"), Bytes::from("2")),
+            (Key::from("c"), Bytes::from("3")),
+        ]
+    );
+    let retry = c.received.iter().rev().find_map(|r| match r {
+        KvRequest::BatchGet(g) => Some(g.clone()),
+        _ => None,
+    });
+    let retry = retry.expect("a second batch get");
+    assert_eq!(retry.keys, vec![Bytes::from("b")]);
+    assert_eq!(retry.context.expect("context").resolved_locks, vec![ts(100)]);
+    insta::assert_snapshot!(log);
+}
+
+/// Any other key error is the caller's (typed, not retried).
+#[test]
+fn other_key_errors_are_returned() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(kvrpcpb::GetResponse {
+            error: Some(kvrpcpb::KeyError { abort: "boom".into(), ..Default::default() }),
+            ..Default::default()
+        })),
+    );
+    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), ReadOptions::default());
+    let (_, result) = drive(op, &mut c);
+    assert!(matches!(result, Err(Error::KeyError(e)) if e.abort == "boom"));
+}
