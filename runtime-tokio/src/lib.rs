@@ -46,10 +46,10 @@ mod status;
 mod transport;
 mod tso;
 
-pub use platform::{RawClient, Tokio, TransactionClient};
+pub use platform::{RawClient, Snapshot, Tokio, TransactionClient};
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, Timestamp, Value,
+    RawChecksum, ReadOptions, Timestamp, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

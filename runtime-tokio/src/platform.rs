@@ -36,8 +36,8 @@ impl Platform for Tokio {
 /// ```
 pub type RawClient = tikv_driver::RawClient<Tokio>;
 
-/// The transactional client on tokio (so far: timestamps; see
-/// `tikv_driver::TransactionClient`).
+/// The transactional client on tokio (so far: timestamps and snapshot
+/// reads; see `tikv_driver::TransactionClient`).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tikv_tokio::Error> {
@@ -47,3 +47,6 @@ pub type RawClient = tikv_driver::RawClient<Tokio>;
 /// # Ok(()) }
 /// ```
 pub type TransactionClient = tikv_driver::TransactionClient<Tokio>;
+
+/// A read-only snapshot on tokio (see `tikv_driver::Snapshot`).
+pub type Snapshot = tikv_driver::Snapshot<Tokio>;
