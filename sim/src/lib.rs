@@ -79,9 +79,12 @@
 
 pub mod cluster;
 pub mod crc64;
+pub mod mvcc;
 mod pd;
 mod raw;
 #[cfg(feature = "server")]
 pub mod server;
+mod txn;
 
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};
+pub use mvcc::{CommitRecord, WriteKind};
