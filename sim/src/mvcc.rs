@@ -1,7 +1,7 @@
 //! MVCC storage for transactional data: TiKV's three column families and the
 //! reads and writes every transactional command is built from.
 //!
-//! - lock CF: at most one [`Lock`] per key (`txn_types::Lock`).
+//! - lock CF: at most one lock per key (`txn_types::Lock`).
 //! - write CF: per key, records by commit ts (`txn_types::Write`): Put,
 //!   Delete, Lock and Rollback (a rollback is stored at `commit_ts ==
 //!   start_ts`, as TiKV does, so a late prewrite finds it).
