@@ -45,6 +45,12 @@ pub struct ClusterConfig {
     /// TSO physical time (Unix milliseconds) at model instant zero. TTLs are
     /// measured on the same clock (`(base + now) / 1000` seconds).
     pub tso_base_ms: u64,
+    /// API V1 only: the cluster holds transactional data, so region
+    /// boundaries from [`ClusterConfig::split_keys`] and [`Cluster::split`]
+    /// are memcomparable-encoded, as TiDB-style deployments have them and as
+    /// clients in txn mode expect. In V1 a cluster serves raw or txn data, not
+    /// both. API V2 always encodes boundaries and ignores this.
+    pub v1_txn: bool,
 }
 
 impl Default for ClusterConfig {
@@ -59,6 +65,7 @@ impl Default for ClusterConfig {
             // 2025-01-01T00:00:00Z: a plausible wall-clock origin so that
             // clients deriving wall time from TSO see sane values.
             tso_base_ms: 1_735_689_600_000,
+            v1_txn: false,
         }
     }
 }
@@ -260,6 +267,9 @@ pub(crate) struct State {
     pub(crate) region_ids: BTreeMap<u64, Vec<u8>>,
     /// Raw data per column family, keyed by the key in region key space.
     pub(crate) data: [BTreeMap<Vec<u8>, Entry>; 3],
+    /// Transactional data (lock/write/default CFs) and max_ts, separate from
+    /// raw data as TiKV keeps the two key spaces apart.
+    pub(crate) mvcc: crate::mvcc::MvccStore,
     pub(crate) pd: PdState,
     pub(crate) region_errors: Vec<Injection<errorpb::Error>>,
     pub(crate) rpc_errors: Vec<Injection<RpcError>>,
@@ -306,7 +316,7 @@ impl Cluster {
         Cluster { state: Arc::new(Mutex::new(State::new(cfg))) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock can only come from a bug in the
         // model; keep serving the (consistent between requests) state.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -354,7 +364,7 @@ impl Cluster {
     /// [`Cluster::region_key`]). Returns `(left_id, right_id)`.
     pub fn split(&self, key: &[u8]) -> Result<(u64, u64), SimError> {
         let mut st = self.lock();
-        let k = st.enc(key);
+        let k = st.boundary_enc(key);
         st.split_region_key(&k)
     }
 
@@ -626,6 +636,7 @@ impl State {
             regions: BTreeMap::new(),
             region_ids: BTreeMap::new(),
             data: Default::default(),
+            mvcc: Default::default(),
             pd: PdState {
                 members,
                 leader: 0,
@@ -654,7 +665,8 @@ impl State {
             };
             st.stores.insert(id, Store { meta, running: true });
         }
-        let mut bounds: Vec<Vec<u8>> = st.cfg.split_keys.iter().map(|k| st.enc(k)).collect();
+        let mut bounds: Vec<Vec<u8>> =
+            st.cfg.split_keys.iter().map(|k| st.boundary_enc(k)).collect();
         bounds.retain(|k| !k.is_empty());
         bounds.sort();
         bounds.dedup();
@@ -697,6 +709,17 @@ impl State {
         match self.cfg.api_version {
             ApiVersion::V1 => key.to_vec(),
             ApiVersion::V2 => memcomparable::encode_bytes(key),
+        }
+    }
+
+    /// A region boundary given as a request key → region key space: like raw
+    /// data, except that a V1 txn cluster ([`ClusterConfig::v1_txn`]) uses
+    /// memcomparable boundaries as txn keys need.
+    pub(crate) fn boundary_enc(&self, key: &[u8]) -> Vec<u8> {
+        if self.cfg.api_version == ApiVersion::V1 && self.cfg.v1_txn {
+            memcomparable::encode_bytes(key)
+        } else {
+            self.enc(key)
         }
     }
 
@@ -917,6 +940,32 @@ impl State {
             }
             KvRequest::RawChecksum(r) => {
                 KvResponse::RawChecksum(self.raw_checksum(store_id, r, now_secs))
+            }
+            KvRequest::Get(r) => KvResponse::Get(self.kv_get(store_id, r)),
+            KvRequest::BatchGet(r) => KvResponse::BatchGet(self.kv_batch_get(store_id, r)),
+            KvRequest::Scan(r) => KvResponse::Scan(self.kv_scan(store_id, r)),
+            KvRequest::Prewrite(r) => KvResponse::Prewrite(self.kv_prewrite(store_id, r)),
+            KvRequest::Commit(r) => KvResponse::Commit(self.kv_commit(store_id, r)),
+            KvRequest::BatchRollback(r) => {
+                KvResponse::BatchRollback(self.kv_batch_rollback(store_id, r))
+            }
+            KvRequest::Cleanup(r) => KvResponse::Cleanup(self.kv_cleanup(store_id, r)),
+            KvRequest::CheckTxnStatus(r) => {
+                KvResponse::CheckTxnStatus(self.kv_check_txn_status(store_id, r))
+            }
+            KvRequest::CheckSecondaryLocks(r) => {
+                KvResponse::CheckSecondaryLocks(self.kv_check_secondary_locks(store_id, r))
+            }
+            KvRequest::ResolveLock(r) => KvResponse::ResolveLock(self.kv_resolve_lock(store_id, r)),
+            KvRequest::TxnHeartBeat(r) => {
+                KvResponse::TxnHeartBeat(self.kv_txn_heart_beat(store_id, r))
+            }
+            KvRequest::ScanLock(r) => KvResponse::ScanLock(self.kv_scan_lock(store_id, r)),
+            KvRequest::PessimisticLock(r) => {
+                KvResponse::PessimisticLock(self.kv_pessimistic_lock(store_id, r))
+            }
+            KvRequest::PessimisticRollback(r) => {
+                KvResponse::PessimisticRollback(self.kv_pessimistic_rollback(store_id, r))
             }
             other => {
                 return Err(RpcError::Status {

@@ -1,5 +1,5 @@
 //! A simulated TiKV cluster: PD members, stores, regions with leaders, raw
-//! storage, and fault injection.
+//! storage, MVCC transactional storage, and fault injection.
 //!
 //! Two faces over one model:
 //! - [`Cluster`] is the deterministic model. A simulation calls
@@ -13,8 +13,9 @@
 //!   The `tikv-sim` binary wraps it.
 //!
 //! Semantics follow TiKV and PD (see each module for the functions followed):
-//! raftstore's proposal checks and region errors, `Storage::raw_*`, PD's
-//! `grpc_service.go`.
+//! raftstore's proposal checks and region errors, `Storage::raw_*`, the
+//! percolator commands and actions of `src/storage/txn/` (module `txn`, over
+//! [`mvcc`]), PD's `grpc_service.go`.
 //!
 //! # Region errors the model produces by itself
 //! - `StoreNotMatch` — the context peer's store id is not this store.
@@ -44,8 +45,32 @@
 //! - Leader election is instant: stopping a store hands each region it led to
 //!   the lowest-id running peer. `transfer_leader` can point a region at a
 //!   stopped store to model "leader not yet re-elected".
-//! - Only raw commands are executed; transactional commands answer gRPC
-//!   `Unimplemented` (MVCC/percolator is a later addition).
+//! - Raw and transactional commands are executed; `DeleteRange`, `Flush`,
+//!   `BufferBatchGet`, `SplitRegion` and `UnsafeDestroyRange` answer gRPC
+//!   `Unimplemented`.
+//! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
+//!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
+//!   `MaxTimestampNotSynced` after a leader change). No latches, no
+//!   in-memory pessimistic locks, no lock waiting: `PessimisticLock` always
+//!   answers `KeyIsLocked` at once (no-wait), whatever `wait_timeout` says,
+//!   in the legacy wake-up mode (`results`, `lock_only_if_exists`,
+//!   `is_first_lock` are ignored); no deadlock detection. Values always live
+//!   in the default CF (no short-value inlining); rollback records are all
+//!   kept (never collapsed, all protected); no GC, no `gc_fence`, no
+//!   `last_change`, no txn source, no shared locks, no pipelined DML
+//!   generations, no txn files (`is_txn_file` ignored), no old values for
+//!   CDC. Assertions are checked whenever the level is not `Off` (TiKV's
+//!   `Fast` skips them when the previous write is not loaded). `RcCheckTs`
+//!   reads are treated as `Rc` (locks ignored). `sample_step` in `Scan` is
+//!   ignored. `PessimisticRollback` with no keys does nothing (TiKV scans the
+//!   region). Values returned by `PessimisticLock` are the latest committed
+//!   ones. Key errors that TiKV renders with `Debug` (`abort`, `retryable`)
+//!   carry a similar but not identical text. Key size limits are not
+//!   checked for txn keys.
+//! - TTL expiry of a lock follows TiKV's `check_txn_status` exactly:
+//!   expired when `physical(lock_ts) + ttl < physical(current_ts)`, with
+//!   `current_ts` from the request (tests get one with
+//!   [`Cluster::current_ts`]).
 //! - API V1TTL is not modelled: a V1 cluster rejects nonzero TTLs with TiKV's
 //!   "ttl is not enabled" text, and answers `RawGetKeyTTL` with the error
 //!   "get ttl on non-ttl store" (TiKV panics there).
@@ -75,13 +100,21 @@
 //!   ([`Cluster::set_gc_safe_points`]); no GC barriers.
 //! - Region boundaries from [`ClusterConfig::split_keys`] and
 //!   [`Cluster::split`] are request keys mapped like raw data (identity in V1,
-//!   memcomparable in V2); [`Cluster::split_region_key`] takes region keys as is.
+//!   memcomparable in V2), except in a V1 txn cluster
+//!   ([`ClusterConfig::v1_txn`]) where they are memcomparable as txn keys
+//!   need; [`Cluster::split_region_key`] takes region keys as is. Txn keys are
+//!   always memcomparable-encoded in region key space; in V1 a cluster serves
+//!   raw or txn data, not both (raw keys are compared with the boundaries as
+//!   sent, as TiKV does).
 
 pub mod cluster;
 pub mod crc64;
+pub mod mvcc;
 mod pd;
 mod raw;
 #[cfg(feature = "server")]
 pub mod server;
+mod txn;
 
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};
+pub use mvcc::{CommitRecord, WriteKind};

@@ -95,8 +95,17 @@ async fn serves_pd_tso_and_raw_kv_and_stops_stores() {
     let resp = kv.raw_get(get.clone()).await.unwrap().into_inner();
     assert_eq!(&resp.value[..], b"v");
     // Unsupported methods answer Unimplemented.
-    let err = kv.kv_get(kvrpcpb::GetRequest::default()).await.unwrap_err();
+    let err = kv.kv_delete_range(kvrpcpb::DeleteRangeRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+    // Transactional reads are served (an empty V1 raw cluster has no txn data).
+    let txn_get = kvrpcpb::GetRequest {
+        context: Some(ctx.clone()),
+        key: "k".into(),
+        version: 10,
+        ..Default::default()
+    };
+    let resp = kv.kv_get(txn_get).await.unwrap().into_inner();
+    assert!(resp.not_found && resp.error.is_none() && resp.region_error.is_none(), "{resp:?}");
 
     // Crash the store: the open connection fails, new ones are refused.
     server.stop_store(leader.store_id).await.unwrap();
