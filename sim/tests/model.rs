@@ -550,10 +550,12 @@ fn region_errors_from_routing() {
         other => panic!("{other:?}"),
     }
 
-    // Transaction commands are not served.
-    let txn: KvRequest = kvrpcpb::GetRequest { context: Some(ctx), ..Default::default() }.into();
+    // Commands the model does not implement answer Unimplemented, as TiKV
+    // does for an unknown method.
+    let unmodelled: KvRequest =
+        kvrpcpb::DeleteRangeRequest { context: Some(ctx), ..Default::default() }.into();
     assert!(matches!(
-        c.handle_kv(leader.store_id, txn, T0),
+        c.handle_kv(leader.store_id, unmodelled, T0),
         Err(RpcError::Status { code: 12, .. })
     ));
 }
