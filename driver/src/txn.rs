@@ -1,14 +1,14 @@
-//! The transactional client. So far: timestamps and snapshot point/batch
-//! reads; scans, transactions and the commit protocols come with issue #3.
+//! The transactional client. So far: timestamps and snapshot reads;
+//! transactions and the commit protocols come with issue #3.
 
 use std::sync::Arc;
 
 use tikv_core::Error;
 use tikv_core::codec::Mode;
 use tikv_core::config::Config;
-use tikv_core::key::{Key, KvPair, Value};
+use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
-use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet};
+use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 
 use crate::client::{ClientCore, Platform};
 
@@ -16,8 +16,8 @@ use crate::client::{ClientCore, Platform};
 ///
 /// Cheap to clone; clones share connections, caches and background tasks.
 /// Today it offers [`TransactionClient::current_timestamp`] and read-only
-/// [`Snapshot`]s (point and batch reads that resolve the locks they meet);
-/// `begin`, scans and the commit protocols are being built (issue #3) and
+/// [`Snapshot`]s (point, batch and range reads that resolve the locks they
+/// meet); `begin` and the commit protocols are being built (issue #3) and
 /// are not part of the API until they work.
 pub struct TransactionClient<P: Platform> {
     core: Arc<ClientCore<P>>,
@@ -115,6 +115,51 @@ impl<P: Platform> Snapshot<P> {
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         let op = SnapshotBatchGet::new(self.core.view.clone(), keys, self.ts, self.opts.clone());
+        self.core.run(op).await
+    }
+
+    /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
+    pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
+        self.scan_inner(range.into(), limit, false, false).await
+    }
+
+    /// Like [`Snapshot::scan`], keys only (values are not sent).
+    pub async fn scan_keys(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<Key>, Error> {
+        let pairs = self.scan_inner(range.into(), limit, true, false).await?;
+        Ok(pairs.into_iter().map(|p| p.key).collect())
+    }
+
+    /// Up to `limit` pairs in `range` at the snapshot, in descending order.
+    /// In API V1 the range needs a bounded end (client-go cannot locate
+    /// "the last region" either).
+    pub async fn scan_reverse(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<KvPair>, Error> {
+        self.scan_inner(range.into(), limit, false, true).await
+    }
+
+    async fn scan_inner(
+        &self,
+        range: KeyRange,
+        limit: u32,
+        key_only: bool,
+        reverse: bool,
+    ) -> Result<Vec<KvPair>, Error> {
+        let op = SnapshotScan::new(
+            self.core.view.clone(),
+            range,
+            limit,
+            key_only,
+            reverse,
+            self.ts,
+            self.opts.clone(),
+        );
         self.core.run(op).await
     }
 }

@@ -131,6 +131,19 @@ async fn reads_see_committed_data_and_resolve_locks_of_every_kind() {
     let primary = server.cluster().commit_record(b"h", t3).expect("a rollback record");
     assert!(format!("{primary:?}").contains("Rollback"), "{primary:?}");
 
+    // Scans cross the three regions and read through or past the locks
+    // they meet: plant a crashed writer's lock on "b" (expired TTL).
+    let t5 = ts().await;
+    w.prewrite(t5, "b", &[("b", "b5")], 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let all = snap.scan(.., 100).await.expect("scan");
+    let keys: Vec<_> = all.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(keys, ["a", "h", "q"].map(tikv_tokio::Key::from));
+    let back = snap.scan_reverse("a".."z", 2).await.expect("reverse scan");
+    assert_eq!(back, vec![KvPair::new("q", "q1"), KvPair::new("h", "h2")]);
+    assert_eq!(snap.scan_keys("b".."r", 10).await.expect("keys").len(), 2);
+
     // A live transaction started after the reader: its locks do not block
     // the reader (the lock's ts is above the read ts, TiKV skips it).
     let snap = client.snapshot(client.current_timestamp().await.expect("ts"));

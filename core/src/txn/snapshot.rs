@@ -11,10 +11,12 @@ use tikv_proto::kvrpcpb;
 
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
+use crate::key::KeyRange;
 use crate::key::{Key, KvPair, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{IdMap, Operation};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::rpc::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
@@ -482,6 +484,280 @@ impl Operation for SnapshotBatchGet {
     }
 
     read_machine_plumbing!();
+
+    fn poll_result(&mut self) -> Option<Result<Vec<KvPair>, Error>> {
+        self.result.take()
+    }
+}
+
+// ---------------------------------------------------------------- scans
+
+/// One pass of a scan over regions: collects pairs in order and stops at
+/// the first lock it meets, so the pairs before it are final and the scan
+/// can resume at the locked key once the lock is resolved.
+#[derive(Debug)]
+struct ScanPlan {
+    ts: u64,
+    opts: ReadOptions,
+    locks: LockSets,
+    timeout: Duration,
+    key_only: bool,
+    reverse: bool,
+    limit: usize,
+    pairs: Vec<KvPair>,
+    met: Vec<Lock>,
+    /// The key the next pass starts from (inclusive), when stopped at a lock.
+    resume_at: Option<Key>,
+}
+
+impl RangePlan for ScanPlan {
+    type Output = ScanPlan;
+    fn build(&mut self, part: &KeyRange) -> KvRequest {
+        // As for raw scans, TiKV's reverse scan takes the (exclusive) upper
+        // bound in `start_key` and the lower bound in `end_key`.
+        let (start_key, end_key) = if self.reverse {
+            (part.end.to_bytes(), part.start.to_bytes())
+        } else {
+            (part.start.to_bytes(), part.end.to_bytes())
+        };
+        KvRequest::Scan(kvrpcpb::ScanRequest {
+            context: Some(self.locks.context(&self.opts)),
+            start_key,
+            end_key,
+            limit: u32::try_from(self.limit - self.pairs.len()).unwrap_or(u32::MAX),
+            version: self.ts,
+            key_only: self.key_only,
+            reverse: self.reverse,
+            ..Default::default()
+        })
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, part: &KeyRange, response: KvResponse) -> Result<bool, Error> {
+        let KvResponse::Scan(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            // A lock for the whole request: resume at the part's first key.
+            self.met = split_key_error(e)?;
+            self.resume_at = Some(if self.reverse { part.end.clone() } else { part.start.clone() });
+            return Ok(false);
+        }
+        for pair in r.pairs {
+            if let Some(e) = pair.error {
+                self.met = split_key_error(e)?;
+                self.resume_at = Some(pair.key.into());
+                return Ok(false);
+            }
+            if self.pairs.len() >= self.limit {
+                break;
+            }
+            let value = if self.key_only { bytes::Bytes::new() } else { pair.value };
+            self.pairs.push(KvPair { key: pair.key.into(), value });
+        }
+        Ok(self.pairs.len() < self.limit)
+    }
+    fn finish(self) -> ScanPlan {
+        self
+    }
+}
+
+enum ScanStep {
+    Walk(Box<RangeWalk<ScanPlan>>),
+    Resolve(Box<ResolveLocks>),
+    Sleep(Instant),
+    Done,
+}
+
+/// A snapshot scan of up to `limit` pairs, forward or in reverse (client-go
+/// `KVSnapshot.Iter` / `IterReverse`, collected). A pass walks the regions
+/// until it meets a lock; the lock is resolved for reading and the next
+/// pass resumes at the locked key with the learned lock sets.
+pub struct SnapshotScan {
+    lp: ReadLoop,
+    range: KeyRange,
+    limit: usize,
+    key_only: bool,
+    reverse: bool,
+    pairs: Vec<KvPair>,
+    step: ScanStep,
+    result: Option<Result<Vec<KvPair>, Error>>,
+}
+
+impl std::fmt::Debug for SnapshotScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotScan")
+            .field("range", &self.range)
+            .field("reverse", &self.reverse)
+            .field("found", &self.pairs.len())
+            .finish()
+    }
+}
+
+impl SnapshotScan {
+    /// Scans `range` as of `ts`, at most `limit` pairs.
+    pub fn new(
+        view: Arc<ClusterView>,
+        range: KeyRange,
+        limit: u32,
+        key_only: bool,
+        reverse: bool,
+        ts: u64,
+        opts: ReadOptions,
+    ) -> SnapshotScan {
+        let mut lp = ReadLoop::new(view, ts, opts);
+        lp.backoffer = {
+            let budget = lp.view.config.budget(lp.view.config.backoff.scan);
+            lp.view.backoffer(budget)
+        };
+        SnapshotScan {
+            lp,
+            range,
+            limit: limit as usize,
+            key_only,
+            reverse,
+            pairs: Vec::new(),
+            step: ScanStep::Done,
+            result: None,
+        }
+    }
+
+    fn read(&mut self, now: Instant) {
+        if self.pairs.len() >= self.limit || self.range.is_empty() {
+            let pairs = std::mem::take(&mut self.pairs);
+            self.finish(Ok(pairs));
+            return;
+        }
+        let plan = ScanPlan {
+            ts: self.lp.ts,
+            opts: self.lp.opts.clone(),
+            locks: self.lp.locks.clone(),
+            timeout: self.lp.view.config.read_timeout_medium,
+            key_only: self.key_only,
+            reverse: self.reverse,
+            limit: self.limit - self.pairs.len(),
+            pairs: Vec::new(),
+            met: Vec::new(),
+            resume_at: None,
+        };
+        let walk = RangeWalk::new(
+            self.lp.view.clone(),
+            plan,
+            self.range.clone(),
+            self.reverse,
+            self.lp.backoffer.fork(),
+        );
+        self.lp.epoch += 1;
+        self.step = ScanStep::Walk(Box::new(walk));
+        if let ScanStep::Walk(op) = &mut self.step {
+            op.start(now);
+        }
+        self.check(now);
+    }
+
+    fn finish(&mut self, result: Result<Vec<KvPair>, Error>) {
+        self.step = ScanStep::Done;
+        self.result = Some(result);
+    }
+
+    fn check(&mut self, now: Instant) {
+        match &mut self.step {
+            ScanStep::Walk(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(pass)) => {
+                    self.pairs.extend(pass.pairs);
+                    match pass.resume_at {
+                        None => {
+                            let pairs = std::mem::take(&mut self.pairs);
+                            self.finish(Ok(pairs));
+                        }
+                        Some(key) => {
+                            // Continue at the locked key: forward, from it
+                            // (inclusive); in reverse, up to and including it.
+                            if self.reverse {
+                                self.range.end = key.next_key();
+                            } else {
+                                self.range.start = key;
+                            }
+                            let mut resolve = Box::new(self.lp.resolve(pass.met));
+                            self.lp.epoch += 1;
+                            resolve.start(now);
+                            self.step = ScanStep::Resolve(resolve);
+                            self.check(now);
+                        }
+                    }
+                }
+            },
+            ScanStep::Resolve(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
+                    Ok(None) => self.read(now),
+                    Ok(Some(until)) => self.step = ScanStep::Sleep(until),
+                    Err(e) => self.finish(Err(e)),
+                },
+            },
+            ScanStep::Sleep(_) | ScanStep::Done => {}
+        }
+    }
+}
+
+impl Operation for SnapshotScan {
+    type Output = Vec<KvPair>;
+
+    fn start(&mut self, now: Instant) {
+        if matches!(self.step, ScanStep::Done) && self.result.is_none() {
+            self.read(now);
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let rpc = match &mut self.step {
+            ScanStep::Walk(op) => op.poll_rpc(),
+            ScanStep::Resolve(op) => op.poll_rpc(),
+            _ => None,
+        }?;
+        Some(self.lp.ids.wrap(self.lp.epoch, rpc))
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some((epoch, id)) = self.lp.ids.take(id) else {
+            return;
+        };
+        if epoch != self.lp.epoch {
+            return;
+        }
+        match &mut self.step {
+            ScanStep::Walk(op) => op.on_response(id, response, now),
+            ScanStep::Resolve(op) => op.on_response(id, response, now),
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        match &mut self.step {
+            ScanStep::Walk(op) => op.on_timeout(now),
+            ScanStep::Resolve(op) => op.on_timeout(now),
+            ScanStep::Sleep(until) if now >= *until => {
+                self.read(now);
+                return;
+            }
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.step {
+            ScanStep::Walk(op) => op.poll_timeout(),
+            ScanStep::Resolve(op) => op.poll_timeout(),
+            ScanStep::Sleep(until) => Some(*until),
+            ScanStep::Done => None,
+        }
+    }
 
     fn poll_result(&mut self) -> Option<Result<Vec<KvPair>, Error>> {
         self.result.take()

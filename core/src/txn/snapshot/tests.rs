@@ -163,3 +163,66 @@ fn other_key_errors_are_returned() {
     let (_, result) = drive(op, &mut c);
     assert!(matches!(result, Err(Error::KeyError(e)) if e.abort == "boom"));
 }
+
+/// A scan meets a lock in its first region: the pairs before it are kept,
+/// the lock (of a rolled-back transaction) is resolved, and the next pass
+/// starts at the locked key and continues into the next region.
+#[test]
+fn scan_resumes_at_a_resolved_lock() {
+    let mut c = FakeCluster::new(&["m"]);
+    let pair = |k: &str, v: &str| kvrpcpb::KvPair {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Default::default()
+    };
+    let mut locked_pair = pair("c", "");
+    locked_pair.error = Some(locked("c", 100, 10));
+    c.fault(
+        "kv_scan",
+        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+            pairs: vec![pair("a", "1"), locked_pair, pair("d", "ignored: after the lock")],
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, 0));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault(
+        "kv_scan",
+        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+            pairs: vec![pair("d", "4")],
+            ..Default::default()
+        })),
+    );
+    c.fault(
+        "kv_scan",
+        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+            pairs: vec![pair("x", "24")],
+            ..Default::default()
+        })),
+    );
+    let op = SnapshotScan::new(
+        view(),
+        KeyRange::all(),
+        10,
+        false,
+        false,
+        ts(950),
+        ReadOptions::default(),
+    );
+    let (log, result) = drive(op, &mut c);
+    let got: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(got, ["a", "d", "x"].map(Key::from));
+    let scans: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Scan(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scans.len(), 3);
+    assert_eq!(&scans[1].start_key[..], b"c", "the second pass starts at the locked key");
+    assert_eq!(scans[1].context.as_ref().expect("ctx").resolved_locks, vec![ts(100)]);
+    assert_eq!(scans[1].limit, 9, "one pair already found");
+    insta::assert_snapshot!(log);
+}
