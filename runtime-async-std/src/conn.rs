@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{self, Either};
-use hyper::client::conn::http2::{Builder, SendRequest};
 use http::uri::{Authority, Scheme, Uri};
+use hyper::client::conn::http2::{Builder, SendRequest};
 use tikv_core::rpc::RpcError;
 use tonic::body::Body;
 

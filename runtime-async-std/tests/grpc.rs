@@ -130,9 +130,11 @@ impl hyper::rt::Read for ServerIo {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let mut scratch = vec![0u8; buf.remaining().min(16 * 1024)];
-        let n = futures::ready!(
-            futures::io::AsyncRead::poll_read(Pin::new(&mut self.get_mut().0), cx, &mut scratch)
-        )?;
+        let n = futures::ready!(futures::io::AsyncRead::poll_read(
+            Pin::new(&mut self.get_mut().0),
+            cx,
+            &mut scratch
+        ))?;
         buf.put_slice(&scratch[..n]);
         Poll::Ready(Ok(()))
     }
@@ -308,9 +310,7 @@ fn dead_addr() -> Arc<str> {
 /// A plain TCP peer on its own thread, running `handle` on each accepted
 /// connection until the returned flag is set (checked between connections,
 /// and at most ~20s in all, whatever the client does).
-fn raw_server(
-    handle: impl Fn(TcpStream) + Send + 'static,
-) -> (Arc<str>, Arc<AtomicBool>) {
+fn raw_server(handle: impl Fn(TcpStream) + Send + 'static) -> (Arc<str>, Arc<AtomicBool>) {
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
