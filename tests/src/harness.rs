@@ -60,10 +60,8 @@ impl Harness for AsyncStdHarness {
         async_std::task::block_on(Box::pin(test))
     }
 
-    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
-        async move {
-            async_io::Timer::after(duration).await;
-        }
+    async fn sleep(duration: Duration) {
+        async_io::Timer::after(duration).await;
     }
 }
 
