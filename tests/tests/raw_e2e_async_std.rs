@@ -147,8 +147,9 @@ fn the_async_std_client_runs_without_a_tokio_runtime() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_threads(stop.clone());
 
-    // A whole suite run (splits, leader moves, a store outage, TSO-free
-    // RawKV traffic and background store refreshes) on the checked platform.
+    // Three suite tests (the model run has splits, leader moves and a store
+    // outage; the client's store refresher runs in the background) on the
+    // checked platform.
     NoTokioHarness::block_on(tikv_tests::raw::column_families_are_separate::<NoTokioHarness>());
     NoTokioHarness::block_on(tikv_tests::raw::injected_region_errors_are_retried_or_reported::<
         NoTokioHarness,
