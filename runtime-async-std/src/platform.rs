@@ -1,0 +1,37 @@
+//! The async-std platform: the public client types with the runtime filled in.
+
+use tikv_core::Error;
+use tikv_core::config::Config;
+use tikv_driver::Platform;
+
+use crate::{AsyncStdRuntime, GrpcTransport, TransportConfig};
+
+/// Marker type selecting async-io/async-std and hyper for the generic
+/// clients of `tikv-driver`. Users rarely name it: use [`RawClient`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncStd;
+
+impl Platform for AsyncStd {
+    type Runtime = AsyncStdRuntime;
+    type Transport = GrpcTransport;
+
+    fn build(config: &Config) -> Result<(AsyncStdRuntime, GrpcTransport), Error> {
+        let transport = GrpcTransport::new(
+            TransportConfig::default()
+                .connect_timeout(config.connect_timeout)
+                .keepalive(config.keepalive_interval, config.keepalive_timeout),
+        );
+        Ok((AsyncStdRuntime::new(), transport))
+    }
+}
+
+/// The RawKV client on async-std (and smol).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tikv_async_std::Error> {
+/// let client = tikv_async_std::RawClient::connect(["127.0.0.1:2379"]).await?;
+/// client.put("key", "value").await?;
+/// assert_eq!(client.get("key").await?.as_deref(), Some(&b"value"[..]));
+/// # Ok(()) }
+/// ```
+pub type RawClient = tikv_driver::RawClient<AsyncStd>;
