@@ -15,6 +15,7 @@
 //! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces.
 //! - [`rpc`]: typed requests, the region-error table and the retrying sender.
 //! - [`raw`]: RawKV operations.
+//! - [`txn`]: transactions (the write buffer so far).
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod region;
 pub mod rng;
 pub mod rpc;
 pub mod time;
+pub mod txn;
 pub mod view;
 
 #[cfg(test)]
