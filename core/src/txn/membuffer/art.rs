@@ -366,7 +366,8 @@ impl<'a> ArtIter<'a> {
             lo: own(lo),
             hi: own(hi),
             rev,
-            started: false,
+            // Nothing to skip before an open start.
+            started: matches!(if rev { hi } else { lo }, Bound::Unbounded),
         };
         if rev {
             match hi {
@@ -543,6 +544,12 @@ impl Iterator for ArtIter<'_> {
     fn next(&mut self) -> Option<u32> {
         loop {
             let id = self.raw_next()?;
+            // A full scan (or one whose start is passed and whose far end is
+            // open) needs no key: skip fetching it, it is a cache miss.
+            let far = if self.rev { &self.lo } else { &self.hi };
+            if self.started && matches!(far, Bound::Unbounded) {
+                return Some(id);
+            }
             let key = self.keys.get(id);
             let (skip, stop) = if self.rev {
                 (!self.started && above(key, &self.hi), below(key, &self.lo))
