@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_main};
 use tikv_core::rng::Rng;
 use tikv_core::txn::membuffer::{IndexKind, MemBuffer};
 
@@ -62,25 +62,15 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10);
         for (kind, name) in KINDS {
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter_batched(
-                    || (),
-                    |()| build(kind, &keys, &value),
-                    BatchSize::PerIteration,
-                )
+                b.iter_batched(|| (), |()| build(kind, &keys, &value), BatchSize::PerIteration)
             });
         }
         g.finish();
 
-        let bufs: Vec<_> = KINDS
-            .iter()
-            .map(|&(kind, name)| (name, build(kind, &keys, &value)))
-            .collect();
+        let bufs: Vec<_> =
+            KINDS.iter().map(|&(kind, name)| (name, build(kind, &keys, &value))).collect();
         for (name, buf) in &bufs {
-            eprintln!(
-                "{name} {n} keys: ~{} bytes held ({} per key)",
-                buf.mem(),
-                buf.mem() / n
-            );
+            eprintln!("{name} {n} keys: ~{} bytes held ({} per key)", buf.mem(), buf.mem() / n);
         }
 
         let mut g = c.benchmark_group(format!("get/{n}"));
@@ -150,5 +140,10 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+// The macro generates an undocumented `pub fn benches`.
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::bench);
+}
+use group::benches;
 criterion_main!(benches);

@@ -39,10 +39,7 @@ impl KeyArena {
     /// Appends a key and returns its id.
     pub(crate) fn push(&mut self, key: &[u8]) -> u32 {
         let id = self.slots.len() as u32;
-        let mut slot = KeySlot {
-            len: key.len() as u32,
-            data: [0; INLINE],
-        };
+        let mut slot = KeySlot { len: key.len() as u32, data: [0; INLINE] };
         if key.len() <= INLINE {
             slot.data[..key.len()].copy_from_slice(key);
         } else {
