@@ -92,6 +92,47 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// A key is longer than the transaction buffer accepts
+    /// (client-go's `ErrKeyTooLarge`, limit `MaxKeyLen` = 65535 bytes).
+    #[error("key of {size} bytes exceeds the maximum key length {limit}")]
+    KeyTooLarge {
+        /// The key's length.
+        size: usize,
+        /// The maximum allowed.
+        limit: usize,
+    },
+    /// One key plus its value is larger than the configured entry limit
+    /// (client-go's `ErrEntryTooLarge`, set with `SetEntrySizeLimit`).
+    #[error("entry of {size} bytes exceeds the entry size limit {limit}")]
+    EntryTooLarge {
+        /// Key length plus value length.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The transaction's buffer would grow past its configured total size
+    /// (client-go's `ErrTxnTooLarge`).
+    #[error("transaction buffer of {size} bytes would exceed the limit {limit}")]
+    TxnTooLarge {
+        /// The size the buffer would have had.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A staging handle was released or cleaned up out of LIFO order, or
+    /// released after it had already been closed (client-go panics with
+    /// "cannot release staging buffer" / "cannot cleanup staging buffer").
+    #[error("staging handle {handle} used out of order: {open} stagings open")]
+    StagingOrder {
+        /// Depth of the handle (1 = outermost staging).
+        handle: u32,
+        /// How many stagings are open.
+        open: u32,
+    },
+    /// A checkpoint can no longer be reverted to: it belongs to a staging
+    /// that was closed, or the buffer was rolled back below it.
+    #[error("checkpoint is no longer valid")]
+    StaleCheckpoint,
 }
 
 impl Error {

@@ -16,7 +16,7 @@
 //! - [`rpc`]: typed requests, the region-error table and the retrying sender.
 //! - [`raw`]: RawKV operations.
 //! - [`lock`]: the lock resolver.
-//! - [`txn`]: snapshot reads (transactions in progress).
+//! - [`txn`]: snapshot reads and the transaction write buffer.
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,8 @@
-//! Transactions: snapshot reads (and, as issue #3 lands, the write buffer
-//! and the commit protocols).
+//! Transactions: the client-side pieces of client-go's `txnkv`.
+//!
+//! - [`snapshot`]: reads at a timestamp that resolve the locks they meet.
+//! - [`membuffer`]: the transaction's ordered write buffer with key flags,
+//!   nested staging and checkpoints (client-go's `MemDB`).
 
+pub mod membuffer;
 pub mod snapshot;

@@ -1,0 +1,193 @@
+//! The ordered key index under [`super::MemBuffer`]: key bytes in one arena,
+//! and a map from key to a dense entry id, either an adaptive radix tree
+//! ([`super::art::ArtIndex`], the default) or a `BTreeMap` (the baseline the
+//! benchmark compares against).
+//!
+//! The index only ever grows: a key whose write is rolled back stays indexed
+//! with a vacant entry (client-go's ART marks such leaves deleted instead of
+//! removing them too), so rolling back never searches the tree.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map;
+use std::ops::Bound;
+
+use super::art::{ArtIndex, ArtIter};
+
+/// Bytes of keys stored inline in their slot; longer keys go to the
+/// shared byte arena.
+const INLINE: usize = 28;
+
+/// One key: inline bytes, or (for long keys) the offset into
+/// [`KeyArena::long`]. 32 bytes, so a key lookup is one cache line.
+#[derive(Debug, Clone, Copy)]
+struct KeySlot {
+    len: u32,
+    data: [u8; INLINE],
+}
+
+/// Key bytes of every entry, indexed by dense id. Keys up to 28 bytes (TiDB
+/// record keys are 19) live inline in a slot, so reading a key during a tree
+/// descent or an iteration costs one cache miss and no per-key allocation;
+/// longer keys are appended to one shared byte vector.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct KeyArena {
+    slots: Vec<KeySlot>,
+    long: Vec<u8>,
+}
+
+impl KeyArena {
+    /// Appends a key and returns its id.
+    pub(crate) fn push(&mut self, key: &[u8]) -> u32 {
+        let id = self.slots.len() as u32;
+        let mut slot = KeySlot { len: key.len() as u32, data: [0; INLINE] };
+        if key.len() <= INLINE {
+            slot.data[..key.len()].copy_from_slice(key);
+        } else {
+            slot.data[..8].copy_from_slice(&(self.long.len() as u64).to_le_bytes());
+            self.long.extend_from_slice(key);
+        }
+        self.slots.push(slot);
+        id
+    }
+
+    /// The key with id `id` (ids come from [`KeyArena::push`] only).
+    pub(crate) fn get(&self, id: u32) -> &[u8] {
+        let slot = &self.slots[id as usize];
+        let len = slot.len as usize;
+        if len <= INLINE {
+            &slot.data[..len]
+        } else {
+            let mut off = [0u8; 8];
+            off.copy_from_slice(&slot.data[..8]);
+            let off = u64::from_le_bytes(off) as usize;
+            &self.long[off..off + len]
+        }
+    }
+
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Heap bytes held.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<KeySlot>() + self.long.capacity()
+    }
+}
+
+/// Which ordered structure indexes the keys of a [`super::MemBuffer`].
+///
+/// Both give the same results; they differ only in speed and memory. The
+/// adaptive radix tree is the default because it won the benchmark (see the
+/// [module docs](super)); the `BTreeMap` stays as the baseline to measure
+/// against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexKind {
+    /// An adaptive radix tree in a `Vec` arena with `u32` node indices
+    /// (client-go's default memdb is an ART as well).
+    #[default]
+    Art,
+    /// `std::collections::BTreeMap<Box<[u8]>, u32>`.
+    BTreeMap,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BTreeIndex {
+    map: BTreeMap<Box<[u8]>, u32>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Index {
+    Art(ArtIndex),
+    BTree(BTreeIndex),
+}
+
+impl Index {
+    pub(crate) fn new(kind: IndexKind) -> Index {
+        match kind {
+            IndexKind::Art => Index::Art(ArtIndex::default()),
+            IndexKind::BTreeMap => Index::BTree(BTreeIndex::default()),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> IndexKind {
+        match self {
+            Index::Art(_) => IndexKind::Art,
+            Index::BTree(_) => IndexKind::BTreeMap,
+        }
+    }
+
+    /// The id of `key`, if it was ever indexed.
+    pub(crate) fn find(&self, keys: &KeyArena, key: &[u8]) -> Option<u32> {
+        match self {
+            Index::Art(a) => a.find(keys, key),
+            Index::BTree(b) => b.map.get(key).copied(),
+        }
+    }
+
+    /// The id of `key`, indexing it (and pushing it into `keys`) if new.
+    /// The flag is true when the key was inserted.
+    pub(crate) fn find_or_insert(&mut self, keys: &mut KeyArena, key: &[u8]) -> (u32, bool) {
+        match self {
+            Index::Art(a) => a.find_or_insert(keys, key),
+            Index::BTree(b) => {
+                if let Some(&id) = b.map.get(key) {
+                    return (id, false);
+                }
+                let id = keys.push(key);
+                b.map.insert(key.into(), id);
+                (id, true)
+            }
+        }
+    }
+
+    /// Ids of the keys within `(lo, hi)`, in key order or reversed. The
+    /// bounds must describe a non-empty, well-ordered range (the caller
+    /// checks; `BTreeMap::range` panics otherwise).
+    pub(crate) fn range<'a>(
+        &'a self,
+        keys: &'a KeyArena,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        rev: bool,
+    ) -> IndexIter<'a> {
+        match self {
+            Index::Art(a) => IndexIter::Art(ArtIter::new(a, keys, lo, hi, rev)),
+            Index::BTree(b) => {
+                let r = b.map.range::<[u8], _>((lo, hi));
+                if rev { IndexIter::BTreeRev(r.rev()) } else { IndexIter::BTree(r) }
+            }
+        }
+    }
+
+    /// Approximate heap bytes of the index structure (not the keys).
+    pub(crate) fn mem(&self) -> usize {
+        match self {
+            Index::Art(a) => a.mem(),
+            // A B-tree leaf holds up to 11 entries of (Box<[u8]>, u32) plus
+            // the boxed key itself; count per entry, ignoring slack.
+            Index::BTree(b) => b.map.len() * (16 + 8 + 8),
+        }
+    }
+}
+
+/// Iterator over entry ids of an [`Index`] range.
+pub(crate) enum IndexIter<'a> {
+    Art(ArtIter<'a>),
+    BTree(btree_map::Range<'a, Box<[u8]>, u32>),
+    BTreeRev(std::iter::Rev<btree_map::Range<'a, Box<[u8]>, u32>>),
+    Empty,
+}
+
+impl Iterator for IndexIter<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            IndexIter::Art(a) => a.next(),
+            IndexIter::BTree(r) => r.next().map(|(_, &id)| id),
+            IndexIter::BTreeRev(r) => r.next().map(|(_, &id)| id),
+            IndexIter::Empty => None,
+        }
+    }
+}
