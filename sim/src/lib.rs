@@ -83,5 +83,6 @@ mod pd;
 mod raw;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod world;
 
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};
