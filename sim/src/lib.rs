@@ -115,6 +115,7 @@ mod raw;
 #[cfg(feature = "server")]
 pub mod server;
 mod txn;
+pub mod world;
 
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};
 pub use mvcc::{CommitRecord, WriteKind};

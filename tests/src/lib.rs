@@ -1,5 +1,8 @@
 //! End-to-end suites: the client over loopback gRPC against `tikv-sim`,
-//! checked against plain in-memory models, under every runtime.
+//! checked against plain in-memory models, under every runtime; the
+//! deterministic simulation sweep (`tests/simulation.rs`); and properties of
+//! the core's machines over arbitrary inputs ([`props`]), shared by the
+//! cargo-fuzz targets and the stable bounded runs in `tests/properties.rs`.
 //!
 //! A suite is a set of `async fn`s generic over a [`Harness`], which names
 //! the client platform under test and knows how to run a future on its
@@ -15,7 +18,11 @@
 //! with a private tokio current-thread runtime ([`harness::SimHandle`]), so
 //! the client side of an async-std run has no tokio runtime at all.
 
+#[cfg(feature = "e2e")]
 pub mod harness;
+pub mod props;
+#[cfg(feature = "e2e")]
 pub mod raw;
 
+#[cfg(feature = "e2e")]
 pub use harness::Harness;

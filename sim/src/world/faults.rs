@@ -1,0 +1,218 @@
+//! The per-run "swarm" parameters and fault schedule (TigerBeetle VOPR's
+//! idea: the seed picks not only the faults but how faulty the universe is,
+//! so a fleet of seeds explores calm and hostile worlds alike).
+
+use std::fmt;
+
+use tikv_core::rng::Rng;
+use tikv_core::time::{Duration, Instant};
+
+/// Network and workload parameters of one run. Probabilities are per mille.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swarm {
+    /// Simulated clients (each with its own `ClusterView`).
+    pub clients: usize,
+    /// Operations each client runs in the active phase.
+    pub ops_per_client: usize,
+    /// Keys `k0..k{keys}` (at most 10, so wire order is numeric order).
+    pub keys: u32,
+    /// Stores in the cluster.
+    pub stores: usize,
+    /// Initial split keys (key indices).
+    pub splits: Vec<u32>,
+    /// Smallest one-way network latency.
+    pub latency_min: Duration,
+    /// Spread of the common case above the minimum; zero keeps every link
+    /// FIFO (no reordering).
+    pub latency_jitter: Duration,
+    /// Chance (‰) that a message takes the slow tail path.
+    pub tail_permille: u64,
+    /// Extra latency on the tail path (up to this much).
+    pub tail: Duration,
+    /// Chance (‰) a request is lost before reaching the server.
+    pub drop_request_permille: u64,
+    /// Chance (‰) a response is lost after the server applied the request.
+    pub drop_response_permille: u64,
+    /// Chance (‰) a response is delivered twice.
+    pub duplicate_permille: u64,
+    /// Client think time between operations (up to this much).
+    pub think: Duration,
+    /// The clients' raw backoff budget before weighting (client-go: 20 s).
+    /// Small budgets make operations give up, which is how failed and
+    /// undetermined outcomes reach the history.
+    pub raw_budget: Duration,
+}
+
+/// One scheduled fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Split the region containing key `k{0}` at it.
+    Split(u32),
+    /// Merge the region at this index (in key order, modulo the count) into
+    /// its right neighbour.
+    Merge(usize),
+    /// Move the leader of the region at this index (modulo) to its peer at
+    /// this index (modulo).
+    TransferLeader(usize, usize),
+    /// Stop a store for a while.
+    StoreDown(u64, Duration),
+    /// The store answers `ServerIsBusy` to the next `n` requests.
+    SlowStore(u64, u32),
+    /// PD leadership moves to this member.
+    PdLeader(usize),
+    /// PD serves a frozen region directory for a while.
+    PdStale(Duration),
+    /// Messages between a client and a store are lost for a while.
+    PartitionStore(usize, u64, Duration),
+    /// Messages between a client and a PD member are lost for a while.
+    PartitionPd(usize, usize, Duration),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Split(k) => write!(f, "split at k{k}"),
+            Fault::Merge(i) => write!(f, "merge region #{i} into its right neighbour"),
+            Fault::TransferLeader(r, p) => write!(f, "transfer leader of region #{r} to peer #{p}"),
+            Fault::StoreDown(s, d) => write!(f, "store {s} down for {d:?}"),
+            Fault::SlowStore(s, n) => write!(f, "store {s} busy for {n} requests"),
+            Fault::PdLeader(m) => write!(f, "PD leader -> member {m}"),
+            Fault::PdStale(d) => write!(f, "PD region view frozen for {d:?}"),
+            Fault::PartitionStore(c, s, d) => {
+                write!(f, "partition client {c} | store {s} for {d:?}")
+            }
+            Fault::PartitionPd(c, m, d) => write!(f, "partition client {c} | PD {m} for {d:?}"),
+        }
+    }
+}
+
+/// Everything the seed decides before the run starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Network and workload parameters.
+    pub swarm: Swarm,
+    /// Faults and when they strike (all before [`Plan::heal_at`]).
+    pub faults: Vec<(Instant, Fault)>,
+    /// When every fault is healed and the network turns reliable; the
+    /// quiescence phase starts here.
+    pub heal_at: Instant,
+}
+
+/// Number of PD members of every world.
+pub const PD_MEMBERS: usize = 3;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn permille(rng: &mut Rng, max: u64) -> u64 {
+    // Half of the universes have none of this fault at all, one in eight
+    // a lot of it.
+    match rng.gen_range(0, 8) {
+        0..4 => 0,
+        4 => rng.gen_range(max, 3 * max),
+        _ => rng.gen_range(1, max + 1),
+    }
+}
+
+impl Plan {
+    /// Draws a plan from `rng`.
+    pub fn draw(rng: &mut Rng) -> Plan {
+        let keys = rng.gen_range(3, 9) as u32;
+        let stores = rng.gen_range(3, 6) as usize;
+        let mut splits: Vec<u32> = (1..keys).filter(|_| rng.gen_ratio(1, 3)).collect();
+        splits.dedup();
+        let reorder = rng.gen_ratio(2, 3);
+        let active = ms(rng.gen_range(200, 3000));
+        let ops_per_client = rng.gen_range(6, 26) as usize;
+        let swarm = Swarm {
+            clients: rng.gen_range(2, 6) as usize,
+            ops_per_client,
+            keys,
+            stores,
+            splits,
+            latency_min: Duration::from_micros(rng.gen_range(50, 1000)),
+            latency_jitter: if reorder {
+                Duration::from_micros(rng.gen_range(100, 5000))
+            } else {
+                Duration::ZERO
+            },
+            tail_permille: permille(rng, 50),
+            tail: ms(rng.gen_range(5, 2000)),
+            drop_request_permille: permille(rng, 150),
+            drop_response_permille: permille(rng, 150),
+            duplicate_permille: permille(rng, 60),
+            // Spread each client's operations over the active phase, so
+            // they meet the faults (mean think time = active / ops).
+            think: active * 2 / ops_per_client as u32,
+            raw_budget: match rng.gen_range(0, 4) {
+                0 | 1 => ms(20_000),
+                // Smaller than one RPC backoff: the first failure is final.
+                2 => ms(rng.gen_range(5, 100)),
+                _ => ms(rng.gen_range(100, 3000)),
+            },
+        };
+        let n_faults = if rng.gen_ratio(1, 5) { 0 } else { rng.gen_range(1, 17) };
+        // Swarm testing: each kind is enabled or not for the whole run, so
+        // some runs concentrate on one kind of trouble.
+        let enabled: Vec<bool> = (0..9).map(|_| rng.gen_ratio(1, 2)).collect();
+        let mut faults = Vec::new();
+        for _ in 0..n_faults {
+            let kind = rng.gen_range(0, 9) as usize;
+            if !enabled[kind] {
+                continue;
+            }
+            let at = Instant::ZERO + rng.gen_duration(active);
+            let dur = ms(rng.gen_range(10, 5000));
+            let store = rng.gen_range(1, stores as u64 + 1);
+            let client = rng.gen_range(0, swarm.clients as u64) as usize;
+            let fault = match kind {
+                0 => Fault::Split(rng.gen_range(1, u64::from(keys)) as u32),
+                1 => Fault::Merge(rng.gen_range(0, 8) as usize),
+                2 => Fault::TransferLeader(
+                    rng.gen_range(0, 8) as usize,
+                    rng.gen_range(0, 3) as usize,
+                ),
+                3 => Fault::StoreDown(store, dur),
+                4 => Fault::SlowStore(store, rng.gen_range(1, 20) as u32),
+                5 => Fault::PdLeader(rng.gen_range(0, PD_MEMBERS as u64) as usize),
+                6 => Fault::PdStale(dur),
+                7 => Fault::PartitionStore(client, store, dur),
+                _ => Fault::PartitionPd(client, rng.gen_range(0, PD_MEMBERS as u64) as usize, dur),
+            };
+            faults.push((at, fault));
+        }
+        faults.sort_by_key(|(at, _)| *at);
+        let heal_at = Instant::ZERO + active + ms(rng.gen_range(0, 500));
+        Plan { swarm, faults, heal_at }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.swarm;
+        writeln!(
+            f,
+            "swarm: {} clients x {} ops, {} keys, {} stores, splits {:?}",
+            s.clients, s.ops_per_client, s.keys, s.stores, s.splits
+        )?;
+        writeln!(
+            f,
+            "net: latency {:?} + {:?}, tail {}‰ up to {:?}, drop req {}‰ resp {}‰, dup {}‰; \
+             think {:?}, raw backoff budget {:?}",
+            s.latency_min,
+            s.latency_jitter,
+            s.tail_permille,
+            s.tail,
+            s.drop_request_permille,
+            s.drop_response_permille,
+            s.duplicate_permille,
+            s.think,
+            s.raw_budget
+        )?;
+        for (at, fault) in &self.faults {
+            writeln!(f, "fault at {at}: {fault}")?;
+        }
+        write!(f, "heal at {}", self.heal_at)
+    }
+}

@@ -1,0 +1,610 @@
+//! Properties of the core's state machines over arbitrary inputs, shared by
+//! the cargo-fuzz targets in `fuzz/` (coverage-guided, nightly) and the
+//! stable `tests/tests/properties.rs` (bounded random runs with arbtest).
+//!
+//! Each function takes an [`Unstructured`] and panics when a property is
+//! broken; running out of bytes just ends the input early.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arbitrary::{Result, Unstructured};
+use bytes::Bytes;
+use tikv_core::codec::{ApiCodec, Mode};
+use tikv_core::config::Config;
+use tikv_core::error::Error;
+use tikv_core::key::{Key, KeyRange, KvPair};
+use tikv_core::op::Operation;
+use tikv_core::pd::{PdState, TsoBatcher, TsoRound};
+use tikv_core::raw::{self, RawOptions};
+use tikv_core::region::{RegionCache, RegionVerId};
+use tikv_core::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, Target,
+};
+use tikv_core::time::{Duration, Instant};
+use tikv_core::view::ClusterView;
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
+use tikv_sim::world::faults::{Fault, Plan, Swarm};
+use tikv_sim::world::{self, WorldConfig};
+
+const PD: &str = "pd1:2379";
+/// Inputs fed to one machine at most; a machine still running then has been
+/// fed nothing but trouble, which is allowed to last.
+const MAX_INPUTS: usize = 300;
+/// RPCs one input may produce at most: more means a retry storm.
+const MAX_RPCS_PER_INPUT: usize = 64;
+
+fn small_key(u: &mut Unstructured<'_>) -> Result<Bytes> {
+    Ok(Bytes::from(format!("k{}", u.int_in_range(0..=5u8)?)))
+}
+
+fn opt_key(u: &mut Unstructured<'_>) -> Result<Bytes> {
+    // Empty means unbounded (as a start: the beginning; as an end: the end).
+    if u.ratio(1, 4)? { Ok(Bytes::new()) } else { small_key(u) }
+}
+
+fn region(u: &mut Unstructured<'_>) -> Result<metapb::Region> {
+    let (a, b) = (opt_key(u)?, opt_key(u)?);
+    let (start, end) = if !b.is_empty() && a > b { (b, a) } else { (a, b) };
+    let stores = u.int_in_range(1..=3u64)?;
+    Ok(metapb::Region {
+        id: u.int_in_range(1..=6u64)?,
+        start_key: start,
+        end_key: end,
+        region_epoch: if u.ratio(1, 16)? {
+            None
+        } else {
+            Some(metapb::RegionEpoch {
+                conf_ver: u.int_in_range(1..=2)?,
+                version: u.int_in_range(1..=5)?,
+            })
+        },
+        peers: (1..=stores)
+            .map(|s| metapb::Peer { id: 100 + s, store_id: s, ..Default::default() })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn region_error(u: &mut Unstructured<'_>) -> Result<Option<errorpb::Error>> {
+    let mut e = errorpb::Error { message: "fuzz".into(), ..Default::default() };
+    match u.int_in_range(0..=9u8)? {
+        0..=3 => return Ok(None),
+        4 => {
+            e.not_leader = Some(errorpb::NotLeader {
+                region_id: u.int_in_range(1..=6)?,
+                leader: u.ratio(1, 2)?.then(|| metapb::Peer {
+                    id: 101,
+                    store_id: 1,
+                    ..Default::default()
+                }),
+            })
+        }
+        5 => {
+            let n = u.int_in_range(0..=2)?;
+            let mut current = Vec::new();
+            for _ in 0..n {
+                current.push(region(u)?);
+            }
+            e.epoch_not_match = Some(errorpb::EpochNotMatch { current_regions: current })
+        }
+        6 => e.server_is_busy = Some(errorpb::ServerIsBusy::default()),
+        7 => e.region_not_found = Some(errorpb::RegionNotFound { region_id: 1 }),
+        8 => e.key_not_in_region = Some(errorpb::KeyNotInRegion::default()),
+        _ => {}
+    }
+    Ok(Some(e))
+}
+
+/// A plausible (typed, but otherwise arbitrary) answer to `rpc`, recording
+/// every value it hands out in `fed`.
+fn answer(
+    u: &mut Unstructured<'_>,
+    rpc: &Rpc,
+    fed: &mut Fed,
+) -> Result<Result<Response, RpcError>> {
+    if u.ratio(1, 8)? {
+        return Ok(Err(match u.int_in_range(0..=2u8)? {
+            0 => RpcError::Unavailable("fuzz".into()),
+            1 => RpcError::DeadlineExceeded,
+            _ => RpcError::Canceled,
+        }));
+    }
+    let header = || Some(pdpb::ResponseHeader { cluster_id: 7, error: None });
+    Ok(Ok(match &rpc.request {
+        Request::Pd(PdRequest::GetMembers(_)) => {
+            Response::Pd(PdResponse::GetMembers(pdpb::GetMembersResponse {
+                header: header(),
+                leader: u
+                    .ratio(7, 8)?
+                    .then(|| pdpb::Member { client_urls: vec![PD.into()], ..Default::default() }),
+                ..Default::default()
+            }))
+        }
+        Request::Pd(PdRequest::GetRegion(_)) | Request::Pd(PdRequest::GetPrevRegion(_)) => {
+            let r = if u.ratio(1, 8)? { None } else { Some(region(u)?) };
+            let leader = r.as_ref().and_then(|r| r.peers.first().copied());
+            let resp = pdpb::GetRegionResponse {
+                header: header(),
+                region: r,
+                leader,
+                ..Default::default()
+            };
+            Response::Pd(match &rpc.request {
+                Request::Pd(PdRequest::GetRegion(_)) => PdResponse::GetRegion(resp),
+                _ => PdResponse::GetPrevRegion(resp),
+            })
+        }
+        Request::Pd(PdRequest::BatchScanRegions(_)) => {
+            let mut regions = Vec::new();
+            for _ in 0..u.int_in_range(0..=3)? {
+                let r = region(u)?;
+                regions.push(pdpb::Region {
+                    leader: r.peers.first().copied(),
+                    region: Some(r),
+                    ..Default::default()
+                });
+            }
+            Response::Pd(PdResponse::BatchScanRegions(pdpb::BatchScanRegionsResponse {
+                header: header(),
+                regions,
+            }))
+        }
+        Request::Pd(PdRequest::GetStore(r)) => {
+            Response::Pd(PdResponse::GetStore(pdpb::GetStoreResponse {
+                header: header(),
+                store: u.ratio(7, 8)?.then(|| metapb::Store {
+                    id: r.store_id,
+                    address: format!("store{}:20160", r.store_id),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+        }
+        Request::Pd(other) => {
+            return Ok(Err(RpcError::Status {
+                code: 12,
+                message: format!("{} not fuzzed", other.name()),
+            }));
+        }
+        Request::Kv(req) => {
+            let mut resp = req.response_template();
+            let value = |u: &mut Unstructured<'_>, fed: &mut Fed| -> Result<Bytes> {
+                let v = Bytes::from(format!("v{}", u.int_in_range(0..=9u8)?));
+                fed.values.insert(v.clone());
+                Ok(v)
+            };
+            let error = if u.ratio(1, 10)? { "fuzz error".to_string() } else { String::new() };
+            match &mut resp {
+                KvResponse::RawGet(r) => {
+                    r.not_found = u.ratio(1, 3)?;
+                    if !r.not_found {
+                        r.value = value(u, fed)?;
+                    }
+                    r.error = error;
+                }
+                KvResponse::RawBatchGet(r) => {
+                    if let KvRequest::RawBatchGet(q) = req {
+                        for k in &q.keys {
+                            if u.ratio(1, 2)? {
+                                r.pairs.push(kvrpcpb::KvPair {
+                                    key: k.clone(),
+                                    value: value(u, fed)?,
+                                    ..Default::default()
+                                });
+                            }
+                        }
+                    }
+                }
+                KvResponse::RawScan(r) => {
+                    for _ in 0..u.int_in_range(0..=3)? {
+                        r.kvs.push(kvrpcpb::KvPair {
+                            key: small_key(u)?,
+                            value: value(u, fed)?,
+                            ..Default::default()
+                        });
+                    }
+                }
+                KvResponse::RawPut(r) => r.error = error,
+                KvResponse::RawBatchPut(r) => r.error = error,
+                KvResponse::RawDelete(r) => r.error = error,
+                KvResponse::RawCompareAndSwap(r) => {
+                    r.succeed = u.ratio(1, 2)?;
+                    r.previous_not_exist = u.ratio(1, 3)?;
+                    if !r.previous_not_exist {
+                        r.previous_value = value(u, fed)?;
+                    }
+                    r.error = error;
+                }
+                _ => {}
+            }
+            let region_error = region_error(u)?;
+            let clean = region_error.is_none();
+            if let Some(e) = region_error {
+                set_region_error(&mut resp, e);
+            }
+            // Now and then the wrong command altogether.
+            if u.ratio(1, 32)? {
+                resp = KvResponse::RawChecksum(Default::default());
+            }
+            let clean_write = clean
+                && match &resp {
+                    KvResponse::RawPut(r) => r.error.is_empty(),
+                    KvResponse::RawBatchPut(r) => r.error.is_empty(),
+                    KvResponse::RawDelete(r) => r.error.is_empty(),
+                    KvResponse::RawCompareAndSwap(r) => r.error.is_empty(),
+                    _ => false,
+                };
+            if clean_write {
+                fed.clean_writes += 1;
+            }
+            Response::Kv(resp)
+        }
+    }))
+}
+
+fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
+    macro_rules! set {
+        ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+            match resp { $(KvResponse::$variant(r) => r.region_error = Some(e),)* }
+        };
+    }
+    tikv_core::for_each_kv_rpc!(set);
+}
+
+/// What the fuzzer handed to an operation, for honesty checks.
+#[derive(Default)]
+struct Fed {
+    values: BTreeSet<Bytes>,
+    clean_writes: usize,
+}
+
+fn view(seed: u64) -> Arc<ClusterView> {
+    let config = Config::default().with_pd_endpoints([PD]).with_rng_seed(seed);
+    let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
+    Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Raw), pd))
+}
+
+/// Drives `op` with arbitrary events; returns its result if it finished.
+fn drive<O: Operation>(
+    u: &mut Unstructured<'_>,
+    mut op: O,
+    fed: &mut Fed,
+) -> Result<Option<Result<O::Output, Error>>> {
+    let mut now = Instant::ZERO;
+    let mut outstanding: Vec<Rpc> = Vec::new();
+    let mut answered: Vec<Rpc> = Vec::new();
+    op.start(now);
+    for _ in 0..MAX_INPUTS {
+        let mut emitted = 0;
+        while let Some(rpc) = op.poll_rpc() {
+            emitted += 1;
+            assert!(emitted <= MAX_RPCS_PER_INPUT, "retry storm: {emitted} RPCs from one input");
+            if let Target::Store { store_id, .. } = rpc.target {
+                assert!(
+                    (1..=3).contains(&store_id),
+                    "RPC to store {store_id}, which PD never named"
+                );
+            }
+            assert!(rpc.deadline >= now, "deadline in the past");
+            outstanding.push(rpc);
+        }
+        if let Some(result) = op.poll_result() {
+            return Ok(Some(result));
+        }
+        let timeout = op.poll_timeout();
+        assert!(
+            !outstanding.is_empty() || timeout.is_some(),
+            "stalled: nothing in flight, no timer, no result"
+        );
+        if u.is_empty() {
+            return Ok(None);
+        }
+        match u.int_in_range(0..=9u8)? {
+            // Answer an outstanding RPC (the most common event).
+            0..=6 if !outstanding.is_empty() => {
+                let i = u.choose_index(outstanding.len())?;
+                let rpc = outstanding.swap_remove(i);
+                now += Duration::from_micros(u.int_in_range(0..=5000)?);
+                let resp = answer(u, &rpc, fed)?;
+                op.on_response(rpc.id, resp, now);
+                answered.push(rpc);
+            }
+            // A duplicate or stale answer: must be ignored.
+            7 if !answered.is_empty() => {
+                let i = u.choose_index(answered.len())?;
+                let rpc = answered[i].clone();
+                let before = fed.clean_writes;
+                let resp = answer(u, &rpc, fed)?;
+                fed.clean_writes = before;
+                op.on_response(rpc.id, resp, now);
+            }
+            // Time passes to the timer (or jumps arbitrarily).
+            _ => {
+                let jump = Duration::from_millis(u.int_in_range(0..=3000)?);
+                now = timeout.map_or(now + jump, |t| t.max(now));
+                // Deadlines the world would enforce.
+                let expired: Vec<Rpc> =
+                    outstanding.iter().filter(|r| r.deadline <= now).cloned().collect();
+                outstanding.retain(|r| r.deadline > now);
+                for rpc in expired {
+                    op.on_response(rpc.id, Err(RpcError::DeadlineExceeded), now);
+                    answered.push(rpc);
+                }
+                op.on_timeout(now);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A raw operation fed arbitrary responses, errors, duplicates, timeouts
+/// and time jumps: it never panics, never storms, never stalls, and what it
+/// reports is backed by what it was told.
+pub fn raw_op_events(u: &mut Unstructured<'_>) -> Result<()> {
+    let view = view(u.arbitrary()?);
+    let opts = RawOptions { atomic: true, ..RawOptions::default() };
+    let mut fed = Fed::default();
+    let key = Key::new(small_key(u)?);
+    match u.int_in_range(0..=5u8)? {
+        0 => {
+            if let Some(Ok(Some(v))) = drive(u, raw::get(&view, key, &opts), &mut fed)? {
+                assert!(fed.values.contains(&v), "get returned {v:?}, which no response carried");
+            }
+        }
+        1 => {
+            let keys = vec![key, Key::new(small_key(u)?), Key::new(small_key(u)?)];
+            if let Some(Ok(pairs)) = drive(u, raw::batch_get(&view, keys, &opts), &mut fed)? {
+                for p in pairs {
+                    assert!(fed.values.contains(&p.value), "batch_get invented {:?}", p.value);
+                }
+            }
+        }
+        2 => {
+            let put = raw::put(&view, KvPair::new(key, "new"), 0, &opts);
+            if let Some(Ok(())) = drive(u, put, &mut fed)? {
+                assert!(fed.clean_writes > 0, "put succeeded without a clean answer");
+            }
+        }
+        3 => {
+            let cas = raw::compare_and_swap(&view, key, None, Bytes::from("new"), 0, &opts)
+                .expect("atomic mode");
+            if let Some(Ok(outcome)) = drive(u, cas, &mut fed)? {
+                assert!(fed.clean_writes > 0, "CAS succeeded without a clean answer");
+                if let Some(prev) = outcome.previous {
+                    assert!(fed.values.contains(&prev), "CAS invented {prev:?}");
+                }
+            }
+        }
+        4 => {
+            let range = KeyRange::new(Key::new(opt_key(u)?), Key::EMPTY);
+            let scan =
+                raw::scan(&view, range, u.int_in_range(1..=5)?, false, u.arbitrary()?, &opts)
+                    .expect("limit within bounds");
+            if let Some(Ok(pairs)) = drive(u, scan, &mut fed)? {
+                for p in pairs {
+                    assert!(fed.values.contains(&p.value), "scan invented {:?}", p.value);
+                }
+            }
+        }
+        _ => {
+            if let Some(Ok(())) = drive(u, raw::delete(&view, key, &opts), &mut fed)? {
+                assert!(fed.clean_writes > 0, "delete succeeded without a clean answer");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Region cache against a simple model: arbitrary inserts, invalidations
+/// and lookups. The cache never holds overlapping regions, a lookup's
+/// region contains its key, and lookups agree with the model (the last
+/// accepted insert covering the key, unless invalidated since).
+pub fn region_cache(u: &mut Unstructured<'_>) -> Result<()> {
+    let now = Instant::ZERO;
+    let cache = RegionCache::new(Duration::from_secs(600), Duration::ZERO, 1);
+    // The model: accepted regions and whether each is still valid.
+    let mut model: Vec<(metapb::Region, RegionVerId, bool)> = Vec::new();
+    let overlaps = |a: &metapb::Region, b: &metapb::Region| {
+        (a.end_key.is_empty() || b.start_key < a.end_key)
+            && (b.end_key.is_empty() || a.start_key < b.end_key)
+    };
+    while !u.is_empty() {
+        match u.int_in_range(0..=3u8)? {
+            0 | 1 => {
+                let r = region(u)?;
+                let ver = RegionVerId::of(&r);
+                let leader = r.peers.first().copied();
+                if cache.insert(r.clone(), leader, now).is_ok() {
+                    model.retain(|(m, mv, _)| mv.id != ver.id && !overlaps(m, &r));
+                    model.push((r, ver, true));
+                }
+            }
+            2 if !model.is_empty() => {
+                let i = u.choose_index(model.len())?;
+                cache.invalidate(model[i].1, tikv_core::region::InvalidReason::Other);
+                model[i].2 = false;
+            }
+            _ => {
+                let k = small_key(u)?;
+                let got = cache.locate_key(&k, now);
+                if let Some(r) = &got {
+                    assert!(r.contains(&k), "{:?} does not contain {k:?}", r.ver_id());
+                }
+                let covering = |m: &metapb::Region| {
+                    k >= m.start_key && (m.end_key.is_empty() || k < m.end_key)
+                };
+                let want =
+                    model.iter().find(|(m, _, valid)| *valid && covering(m)).map(|(_, v, _)| *v);
+                assert_eq!(
+                    got.map(|r| r.ver_id()),
+                    want,
+                    "lookup of {k:?} disagrees with the model"
+                );
+            }
+        }
+        let snapshot = cache.snapshot();
+        for w in snapshot.windows(2) {
+            let (a, b) = (w[0].meta(), w[1].meta());
+            assert!(
+                !overlaps(a, b),
+                "cached regions overlap: {:?} and {:?}",
+                w[0].ver_id(),
+                w[1].ver_id()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The TSO batcher fed arbitrary PD answers: the timestamps it hands out
+/// strictly increase, and every caller is answered at most once.
+pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
+    let pd = Arc::new(PdState::new([PD]));
+    let mut tso =
+        TsoBatcher::new(pd, Duration::from_secs(1), Duration::from_secs(5), u.arbitrary()?);
+    let mut now = Instant::ZERO;
+    let mut outstanding: Vec<Rpc> = Vec::new();
+    // Callers waiting for the next round, and the round in flight.
+    let mut waiting = 0usize;
+    let mut round: Option<TsoRound> = None;
+    let mut last: Option<u64> = None;
+    let mut physical: i64 = 1000;
+    for _ in 0..MAX_INPUTS {
+        if u.is_empty() {
+            break;
+        }
+        match u.int_in_range(0..=5u8)? {
+            0 | 1 => waiting += usize::from(u.int_in_range(1..=4u8)?),
+            2..=4 if !outstanding.is_empty() => {
+                let rpc = outstanding.remove(0);
+                now += Duration::from_millis(u.int_in_range(0..=10)?);
+                let resp = match &rpc.request {
+                    Request::Pd(PdRequest::Tso(req)) if !u.ratio(1, 8)? => {
+                        // PD's clock mostly moves forward; sometimes it
+                        // jumps back (a new leader with a lagging clock).
+                        physical += i64::from(u.int_in_range(-2..=5i8)?);
+                        let count =
+                            if u.ratio(1, 16)? { u.int_in_range(0..=3)? } else { req.count };
+                        Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+                            header: Some(pdpb::ResponseHeader { cluster_id: 7, error: None }),
+                            count,
+                            timestamp: Some(pdpb::Timestamp {
+                                physical,
+                                logical: i64::from(u.int_in_range(0..=300u16)?),
+                                suffix_bits: 0,
+                            }),
+                        })))
+                    }
+                    _ => answer(u, &rpc, &mut Fed::default())?,
+                };
+                if let Some(r) = round.as_mut() {
+                    r.on_response(rpc.id, resp, now);
+                }
+            }
+            _ => {
+                now += Duration::from_millis(u.int_in_range(0..=2000)?);
+                let expired: Vec<Rpc> =
+                    outstanding.iter().filter(|r| r.deadline <= now).cloned().collect();
+                outstanding.retain(|r| r.deadline > now);
+                if let Some(r) = round.as_mut() {
+                    for rpc in expired {
+                        r.on_response(rpc.id, Err(RpcError::DeadlineExceeded), now);
+                    }
+                    r.on_timeout(now);
+                }
+            }
+        }
+        // A finished round hands out its timestamps, strictly increasing.
+        if let Some(outcome) = round.as_mut().and_then(|r| r.poll_result()) {
+            let count = round.as_ref().map_or(0, |r| r.count());
+            round = None;
+            outstanding.clear();
+            if let Ok(timestamps) = tso.finish_round(count, outcome) {
+                assert_eq!(timestamps.len(), count as usize, "one timestamp per caller");
+                for ts in timestamps {
+                    let v = ts.version();
+                    assert!(last.is_none_or(|l| v > l), "timestamp {v} after {last:?}");
+                    last = Some(v);
+                }
+            }
+        }
+        if round.is_none() && waiting > 0 {
+            let mut r = tso.start_round(waiting);
+            waiting -= (r.count() as usize).min(waiting);
+            r.start(now);
+            round = Some(r);
+        }
+        let mut emitted = 0;
+        while let Some(rpc) = round.as_mut().and_then(|r| r.poll_rpc()) {
+            emitted += 1;
+            assert!(emitted <= MAX_RPCS_PER_INPUT, "retry storm");
+            outstanding.push(rpc);
+        }
+    }
+    Ok(())
+}
+
+/// Builds a world plan from fuzzer bytes: the fuzzer picks the universe
+/// (network parameters) and the fault schedule; the world must still pass
+/// its checkers.
+pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
+    let ms = |n: u64| Duration::from_millis(n);
+    let keys = u.int_in_range(2..=6u32)?;
+    let stores = u.int_in_range(3..=4usize)?;
+    let clients = u.int_in_range(1..=3usize)?;
+    let ops_per_client = u.int_in_range(1..=8usize)?;
+    let mut splits: Vec<u32> = Vec::new();
+    for k in 1..keys {
+        if u.ratio(1, 3)? {
+            splits.push(k);
+        }
+    }
+    let swarm = Swarm {
+        clients,
+        ops_per_client,
+        keys,
+        stores,
+        splits,
+        latency_min: Duration::from_micros(u.int_in_range(10..=2000)?),
+        latency_jitter: Duration::from_micros(u.int_in_range(0..=5000)?),
+        tail_permille: u.int_in_range(0..=200)?,
+        tail: ms(u.int_in_range(1..=2000)?),
+        drop_request_permille: u.int_in_range(0..=400)?,
+        drop_response_permille: u.int_in_range(0..=400)?,
+        duplicate_permille: u.int_in_range(0..=400)?,
+        think: ms(u.int_in_range(1..=500)?),
+        raw_budget: ms(u.int_in_range(5..=20_000)?),
+    };
+    let active = u.int_in_range(10..=3000u64)?;
+    let mut faults = Vec::new();
+    for _ in 0..u.int_in_range(0..=12)? {
+        let at = Instant::from_millis(u.int_in_range(0..=active)?);
+        let dur = ms(u.int_in_range(1..=5000)?);
+        let store = u.int_in_range(1..=stores as u64)?;
+        let client = u.choose_index(clients)?;
+        let fault = match u.int_in_range(0..=8u8)? {
+            0 => Fault::Split(u.int_in_range(1..=keys.max(2) - 1)?),
+            1 => Fault::Merge(u.int_in_range(0..=7)?),
+            2 => Fault::TransferLeader(u.int_in_range(0..=7)?, u.int_in_range(0..=2)?),
+            3 => Fault::StoreDown(store, dur),
+            4 => Fault::SlowStore(store, u.int_in_range(1..=20)?),
+            5 => Fault::PdLeader(u.int_in_range(0..=2)?),
+            6 => Fault::PdStale(dur),
+            7 => Fault::PartitionStore(client, store, dur),
+            _ => Fault::PartitionPd(client, u.int_in_range(0..=2)?, dur),
+        };
+        faults.push((at, fault));
+    }
+    faults.sort_by_key(|(at, _)| *at);
+    let heal_at = Instant::from_millis(active + u.int_in_range(0..=500)?);
+    Ok((u.arbitrary()?, Plan { swarm, faults, heal_at }))
+}
+
+/// Runs a world whose plan came from fuzzer bytes; it must pass.
+pub fn world_schedule(u: &mut Unstructured<'_>) -> Result<()> {
+    let (seed, plan) = world_plan(u)?;
+    let report = world::run(WorldConfig { seed, plan: Some(plan), ..WorldConfig::default() });
+    assert!(report.passed(), "{}", report.failure());
+    Ok(())
+}
