@@ -109,3 +109,15 @@ fn checker_catches_stale_reads() {
     let report = first_caught(Bug::StaleReads, 100);
     assert!(report.violations.iter().any(|v| v.starts_with("linearizability")));
 }
+
+/// Seeds that once failed, kept as regressions. 6024: after a merge and a
+/// store outage, `NotLeader` named a leader the cache switched to on another
+/// handle of the same region version; the sender kept retrying the old peer
+/// until its budget ran out (fixed: the sender switches its own handle).
+#[test]
+fn regression_seeds_pass() {
+    for seed in [6024] {
+        let report = world::run(WorldConfig::seed(seed));
+        assert!(report.passed(), "seed {seed}: {}", report.failure());
+    }
+}

@@ -260,12 +260,18 @@ impl RegionCall {
         let ver = self.region.ver_id();
         match classify(&region_error) {
             RegionErrorAction::SwitchLeader(leader) => {
-                if self.view.regions.update_leader(ver, leader.store_id) {
+                // Switch on this call's own handle: the cache may hold
+                // another handle for the same region version (re-inserted
+                // meanwhile), and the next attempt picks its peer from ours.
+                // The cache's copy is switched too, for later operations.
+                self.view.regions.update_leader(ver, leader.store_id);
+                if self.region.switch_leader_to_store(leader.store_id) {
                     self.peer_offset = 0;
                     self.retry_now(now);
                 } else {
                     // The named leader is not a peer we know: the region
-                    // changed. The cache invalidated it; re-locate.
+                    // changed under us. Re-locate.
+                    self.region.invalidate(InvalidReason::StoreNotFound);
                     self.finish(Ok(RegionOutcome::Relocate));
                 }
             }
