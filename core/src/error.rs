@@ -89,6 +89,28 @@ pub enum Error {
     /// (client-go's `ErrResultUndetermined`).
     #[error("result undetermined: {0}")]
     Undetermined(String),
+    /// Another transaction wrote a key this one wrote, after this one
+    /// started (client-go `ErrWriteConflict`).
+    #[error(
+        "write conflict on {key:?}: txn {start_ts} vs txn committed or locked at {conflict_ts} (primary {primary:?})"
+    )]
+    WriteConflict {
+        /// This transaction's start ts.
+        start_ts: u64,
+        /// The conflicting transaction's commit ts (or start ts, for a lock).
+        conflict_ts: u64,
+        /// The key.
+        key: crate::key::Key,
+        /// The conflicting transaction's primary key.
+        primary: crate::key::Key,
+    },
+    /// An inserted key already exists (client-go `ErrKeyExist`).
+    #[error("key {0:?} already exists")]
+    KeyExists(crate::key::Key),
+    /// TiKV found an assertion on a key violated (client-go
+    /// `ErrAssertionFailed`).
+    #[error("assertion failed: {0:?}")]
+    AssertionFailed(Box<kvrpcpb::KeyError>),
     /// The client was closed.
     #[error("client closed")]
     Closed,

@@ -102,6 +102,21 @@ impl<P: Platform> ClientCore<P> {
     pub(crate) async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
         execute(op, &self.rt, &*self.transport).await
     }
+
+    /// Runs an operation in the background (secondary commits, cleanup),
+    /// ignoring its result: it is an optimisation the protocol does not
+    /// depend on (readers resolve whatever it leaves).
+    pub(crate) fn spawn_op<O>(&self, op: O)
+    where
+        O: Operation + Send + 'static,
+        O::Output: Send,
+    {
+        let rt = self.rt.clone();
+        let transport = self.transport.clone();
+        self.rt.spawn(Box::pin(async move {
+            let _ = execute(op, &rt, &*transport).await;
+        }));
+    }
 }
 
 /// `GetAllStores` into the store table (client-go refreshes stores every

@@ -35,9 +35,10 @@ pub use background::{Background, spawn_periodic};
 pub use client::Platform;
 pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
+pub use tikv_core::txn::commit::CommitOptions;
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};
-pub use txn::{Snapshot, TransactionClient};
+pub use txn::{Snapshot, Transaction, TransactionClient, TransactionOptions};
 
 pub use tikv_core::Error;
 pub use tikv_core::codec::ApiVersion;

@@ -1,5 +1,5 @@
-//! The transactional client. So far: timestamps and snapshot reads;
-//! transactions and the commit protocols come with issue #3.
+//! The transactional client: timestamps, snapshot reads, and optimistic
+//! transactions committed with 2PC, async commit or 1PC.
 
 use std::sync::Arc;
 
@@ -8,17 +8,21 @@ use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
+use tikv_core::txn::commit::{
+    CommitOptions, Committer, commit_keys, mutations_from_buffer, rollback_keys,
+};
+use tikv_core::txn::membuffer::{BufferedValue, FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 
+use crate::Runtime;
 use crate::client::{ClientCore, Platform};
 
 /// A client for transactional data (client-go's `txnkv.Client`).
 ///
 /// Cheap to clone; clones share connections, caches and background tasks.
-/// Today it offers [`TransactionClient::current_timestamp`] and read-only
-/// [`Snapshot`]s (point, batch and range reads that resolve the locks they
-/// meet); `begin` and the commit protocols are being built (issue #3) and
-/// are not part of the API until they work.
+/// Offers [`TransactionClient::current_timestamp`], read-only [`Snapshot`]s
+/// (point, batch and range reads that resolve the locks they meet) and
+/// optimistic [`Transaction`]s ([`TransactionClient::begin`]).
 pub struct TransactionClient<P: Platform> {
     core: Arc<ClientCore<P>>,
 }
@@ -59,6 +63,27 @@ impl<P: Platform> TransactionClient<P> {
     /// The PD cluster id.
     pub fn cluster_id(&self) -> u64 {
         self.core.view.pd.cluster_id()
+    }
+
+    /// Starts an optimistic transaction at a fresh timestamp.
+    pub async fn begin(&self) -> Result<Transaction<P>, Error> {
+        self.begin_with_options(TransactionOptions::default()).await
+    }
+
+    /// Starts a transaction with explicit options.
+    pub async fn begin_with_options(
+        &self,
+        options: TransactionOptions,
+    ) -> Result<Transaction<P>, Error> {
+        let start = self.current_timestamp().await?;
+        Ok(Transaction {
+            core: self.core.clone(),
+            start_ts: start.version(),
+            started: self.core.rt.now(),
+            buffer: MemBuffer::new(),
+            options,
+            finished: false,
+        })
     }
 
     /// A read-only view of the data as of `ts` (client-go
@@ -161,5 +186,272 @@ impl<P: Platform> Snapshot<P> {
             self.opts.clone(),
         );
         self.core.run(op).await
+    }
+}
+
+/// Options of a transaction (client-go's per-transaction setters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionOptions {
+    /// How the commit goes through (async commit, 1PC, causal consistency,
+    /// assertion level).
+    pub commit: CommitOptions,
+    /// How reads are done (priority, isolation level, cache).
+    pub read: ReadOptions,
+}
+
+impl TransactionOptions {
+    /// Tries async commit (client-go `SetEnableAsyncCommit`).
+    pub fn with_async_commit(mut self) -> Self {
+        self.commit.async_commit = true;
+        self
+    }
+
+    /// Tries one-phase commit (client-go `SetEnable1PC`).
+    pub fn with_one_pc(mut self) -> Self {
+        self.commit.one_pc = true;
+        self
+    }
+
+    /// Skips the extra TSO round that makes async commit / 1PC linearizable
+    /// (client-go `SetCausalConsistency(true)`).
+    pub fn with_causal_consistency(mut self) -> Self {
+        self.commit.causal_consistency = true;
+        self
+    }
+}
+
+/// An optimistic transaction (client-go `KVTxn`): reads see the snapshot at
+/// its start timestamp plus its own writes; writes are buffered and sent at
+/// [`Transaction::commit`]. Dropping it without committing sends nothing.
+pub struct Transaction<P: Platform> {
+    core: Arc<ClientCore<P>>,
+    start_ts: u64,
+    started: tikv_core::time::Instant,
+    buffer: MemBuffer,
+    options: TransactionOptions,
+    finished: bool,
+}
+
+impl<P: Platform> std::fmt::Debug for Transaction<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("start_ts", &Timestamp::from_version(self.start_ts))
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<P: Platform> Transaction<P> {
+    /// The start timestamp.
+    pub fn start_timestamp(&self) -> Timestamp {
+        Timestamp::from_version(self.start_ts)
+    }
+
+    fn check_active(&self) -> Result<(), Error> {
+        if self.finished {
+            return Err(Error::InvalidArgument("the transaction is already finished".into()));
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot<P> {
+        Snapshot { core: self.core.clone(), ts: self.start_ts, opts: self.options.read.clone() }
+    }
+
+    /// The value of `key`: this transaction's own write if any, else the
+    /// snapshot's.
+    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let key = key.into();
+        if let Some(entry) = self.buffer.get(key.as_bytes()) {
+            match entry.value {
+                Some(BufferedValue::Put(v)) => return Ok(Some(v.clone())),
+                Some(BufferedValue::Delete) => return Ok(None),
+                None => {}
+            }
+        }
+        self.snapshot().get(key).await
+    }
+
+    /// Whether `key` exists for this transaction.
+    pub async fn key_exists(&self, key: impl Into<Key>) -> Result<bool, Error> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// The pairs among `keys` that exist for this transaction, sorted.
+    pub async fn batch_get(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<KvPair>, Error> {
+        let mut out = Vec::new();
+        let mut from_snapshot = Vec::new();
+        for key in keys.into_iter().map(Into::into) {
+            match self.buffer.get(key.as_bytes()).and_then(|e| e.value) {
+                Some(BufferedValue::Put(v)) => out.push(KvPair { key, value: v.clone() }),
+                Some(BufferedValue::Delete) => {}
+                None => from_snapshot.push(key),
+            }
+        }
+        out.extend(self.snapshot().batch_get(from_snapshot).await?);
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
+    }
+
+    /// Up to `limit` pairs in `range` for this transaction, ascending.
+    pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
+        self.scan_merged(range.into(), limit, false).await
+    }
+
+    /// Up to `limit` pairs in `range` for this transaction, descending.
+    pub async fn scan_reverse(
+        &self,
+        range: impl Into<KeyRange>,
+        limit: u32,
+    ) -> Result<Vec<KvPair>, Error> {
+        self.scan_merged(range.into(), limit, true).await
+    }
+
+    /// Merges the snapshot's pairs with the buffer's: buffered writes win,
+    /// buffered deletes hide. The snapshot is asked for `limit` plus the
+    /// number of buffered deletes in range, since at most that many of its
+    /// pairs can be hidden.
+    async fn scan_merged(
+        &self,
+        range: KeyRange,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<KvPair>, Error> {
+        let bounds = (
+            std::ops::Bound::Included(range.start.as_bytes()),
+            if range.end.is_empty() {
+                std::ops::Bound::Unbounded
+            } else {
+                std::ops::Bound::Excluded(range.end.as_bytes())
+            },
+        );
+        let buffered: Vec<(Key, Option<Value>)> = self
+            .buffer
+            .iter(bounds)
+            .filter_map(|(k, e)| match e.value {
+                Some(BufferedValue::Put(v)) => Some((Key::from(k.to_vec()), Some(v.clone()))),
+                Some(BufferedValue::Delete) => Some((Key::from(k.to_vec()), None)),
+                None => None,
+            })
+            .collect();
+        let deletes = buffered.iter().filter(|(_, v)| v.is_none()).count() as u32;
+        let snap = self.snapshot();
+        let from_snapshot = if reverse {
+            snap.scan_reverse(range, limit.saturating_add(deletes)).await?
+        } else {
+            snap.scan(range, limit.saturating_add(deletes)).await?
+        };
+        let mut merged: std::collections::BTreeMap<Key, Value> =
+            from_snapshot.into_iter().map(|p| (p.key, p.value)).collect();
+        for (k, v) in buffered {
+            match v {
+                Some(v) => {
+                    merged.insert(k, v);
+                }
+                None => {
+                    merged.remove(&k);
+                }
+            }
+        }
+        let pairs = merged.into_iter().map(|(key, value)| KvPair { key, value });
+        Ok(if reverse {
+            pairs.rev().take(limit as usize).collect()
+        } else {
+            pairs.take(limit as usize).collect()
+        })
+    }
+
+    /// Buffers `key = value`.
+    pub fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        self.check_active()?;
+        let key = key.into();
+        self.buffer.set(key.as_bytes(), value.into())
+    }
+
+    /// Buffers `key = value`, requiring that the key does not exist yet
+    /// (checked by TiKV at prewrite: `Error::KeyExists` otherwise).
+    pub fn insert(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        self.check_active()?;
+        let key = key.into();
+        self.buffer.set_with_flags(key.as_bytes(), value.into(), &[FlagsOp::SetPresumeKeyNotExists])
+    }
+
+    /// Buffers a delete of `key`.
+    pub fn delete(&mut self, key: impl Into<Key>) -> Result<(), Error> {
+        self.check_active()?;
+        let key = key.into();
+        self.buffer.delete(key.as_bytes())
+    }
+
+    /// Locks `keys` at commit (optimistic `LockKeys`): the commit fails with
+    /// a write conflict if another transaction wrote them after this one
+    /// started, even though this transaction does not write them.
+    pub fn lock_keys(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<(), Error> {
+        self.check_active()?;
+        for key in keys.into_iter().map(Into::into) {
+            self.buffer.update_flags(key.as_bytes(), &[FlagsOp::SetKeyLocked])?;
+        }
+        Ok(())
+    }
+
+    /// Commits; returns the commit timestamp.
+    ///
+    /// Errors are definite unless they are [`Error::Undetermined`]: then the
+    /// transaction may or may not have committed (the primary's commit, or
+    /// an async-commit/1PC prewrite, lost its answer). On a definite failure
+    /// the prewritten locks are rolled back in the background.
+    pub async fn commit(mut self) -> Result<Timestamp, Error> {
+        self.check_active()?;
+        self.finished = true;
+        let (mutations, primary) = mutations_from_buffer(&self.buffer);
+        let Some(primary) = primary else {
+            // Nothing to write: a read-only transaction commits at its start.
+            return Ok(Timestamp::from_version(self.start_ts));
+        };
+        let keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
+        let elapsed = self.core.rt.now().saturating_duration_since(self.started);
+        let view = self.core.view.clone();
+        let committer = Committer::new(
+            view.clone(),
+            self.start_ts,
+            primary,
+            mutations,
+            elapsed,
+            self.options.commit.clone(),
+        );
+        match self.core.run(committer).await {
+            Ok(outcome) => {
+                if !outcome.keys_to_commit.is_empty() {
+                    let op = commit_keys(
+                        &view,
+                        self.start_ts,
+                        outcome.commit_ts,
+                        outcome.keys_to_commit,
+                    );
+                    self.core.spawn_op(op);
+                }
+                Ok(Timestamp::from_version(outcome.commit_ts))
+            }
+            Err(Error::Undetermined(why)) => Err(Error::Undetermined(why)),
+            Err(e) => {
+                self.core.spawn_op(rollback_keys(&view, self.start_ts, keys));
+                Err(e)
+            }
+        }
+    }
+
+    /// Abandons the transaction. Nothing was sent for an optimistic
+    /// transaction before commit, so there is nothing to undo.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        self.check_active()?;
+        self.finished = true;
+        Ok(())
     }
 }

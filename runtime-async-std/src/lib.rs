@@ -78,10 +78,10 @@ mod status;
 mod transport;
 mod tso;
 
-pub use platform::{AsyncStd, RawClient};
+pub use platform::{AsyncStd, RawClient, Snapshot, Transaction, TransactionClient};
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, Value,
+    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

@@ -35,3 +35,12 @@ impl Platform for AsyncStd {
 /// # Ok(()) }
 /// ```
 pub type RawClient = tikv_driver::RawClient<AsyncStd>;
+
+/// The transactional client on async-std (see `tikv_driver::TransactionClient`).
+pub type TransactionClient = tikv_driver::TransactionClient<AsyncStd>;
+
+/// A read-only snapshot on async-std (see `tikv_driver::Snapshot`).
+pub type Snapshot = tikv_driver::Snapshot<AsyncStd>;
+
+/// An optimistic transaction on async-std (see `tikv_driver::Transaction`).
+pub type Transaction = tikv_driver::Transaction<AsyncStd>;

@@ -46,10 +46,10 @@ mod status;
 mod transport;
 mod tso;
 
-pub use platform::{RawClient, Snapshot, Tokio, TransactionClient};
+pub use platform::{RawClient, Snapshot, Tokio, Transaction, TransactionClient};
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, ReadOptions, Timestamp, Value,
+    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

@@ -50,3 +50,6 @@ pub type TransactionClient = tikv_driver::TransactionClient<Tokio>;
 
 /// A read-only snapshot on tokio (see `tikv_driver::Snapshot`).
 pub type Snapshot = tikv_driver::Snapshot<Tokio>;
+
+/// An optimistic transaction on tokio (see `tikv_driver::Transaction`).
+pub type Transaction = tikv_driver::Transaction<Tokio>;

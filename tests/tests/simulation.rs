@@ -116,7 +116,8 @@ fn checker_catches_stale_reads() {
 /// until its budget ran out (fixed: the sender switches its own handle).
 #[test]
 fn regression_seeds_pass() {
-    for seed in [6024] {
+    const REGRESSIONS: &[u64] = &[6024];
+    for &seed in REGRESSIONS {
         let report = world::run(WorldConfig::seed(seed));
         assert!(report.passed(), "seed {seed}: {}", report.failure());
     }

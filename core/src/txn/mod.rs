@@ -1,8 +1,10 @@
 //! Transactions: the client-side pieces of client-go's `txnkv`.
 //!
 //! - [`snapshot`]: reads at a timestamp that resolve the locks they meet.
+//! - [`commit`]: two-phase commit, async commit and 1PC.
 //! - [`membuffer`]: the transaction's ordered write buffer with key flags,
 //!   nested staging and checkpoints (client-go's `MemDB`).
 
+pub mod commit;
 pub mod membuffer;
 pub mod snapshot;

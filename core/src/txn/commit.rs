@@ -1,0 +1,817 @@
+//! Committing an optimistic transaction: two-phase commit, async commit and
+//! one-phase commit (client-go `twoPhaseCommitter`).
+//!
+//! 1. **Prewrite** every mutation, grouped by region in batches of at most
+//!    16 KiB ([`TXN_COMMIT_BATCH_SIZE`]), all batches in parallel. Locks met
+//!    are resolved (for write) and the locked keys prewritten again; a lock
+//!    of a newer transaction is an immediate write conflict (optimistic
+//!    transactions never wait for younger ones).
+//! 2. **Decide the commit ts.** 1PC: TiKV committed the single batch at
+//!    `one_pc_commit_ts`. Async commit: the transaction is committed once
+//!    every prewrite succeeded, at the largest returned `min_commit_ts`.
+//!    Otherwise (or when TiKV declined either mode) a fresh TSO timestamp.
+//! 3. **Commit the primary** (2PC only). Its success is the commit point. An
+//!    answer that never came makes the outcome undetermined; a primary lock
+//!    already gone (rolled back by a resolver) is a definite failure.
+//!    `CommitTsExpired` fetches a newer commit ts and retries.
+//! 4. The caller commits the secondaries in the background
+//!    ([`commit_keys`]) and, on a definite failure, rolls the prewritten
+//!    keys back ([`rollback_keys`]).
+
+use std::sync::Arc;
+
+use tikv_proto::kvrpcpb;
+
+use crate::backoff::{BackoffKind, Backoffer};
+use crate::error::Error;
+use crate::key::{Key, Value};
+use crate::lock::{Lock, ResolveLocks, ResolveOptions};
+use crate::op::{IdMap, Operation};
+use crate::pd::{PdCall, Timestamp};
+use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::time::{Duration, Instant};
+use crate::txn::membuffer::{BufferedValue, MemBuffer};
+use crate::view::ClusterView;
+
+/// client-go `kv.TxnCommitBatchSize`: a prewrite/commit batch closes once
+/// its keys (and values, for prewrite) reach 16 KiB.
+pub const TXN_COMMIT_BATCH_SIZE: usize = 16 * 1024;
+/// Default lock TTL (client-go `defaultLockTTL`), milliseconds.
+pub const DEFAULT_LOCK_TTL: u64 = 3_000;
+/// Largest computed lock TTL (client-go `ManagedLockTTL`), milliseconds.
+pub const MAX_LOCK_TTL: u64 = 20_000;
+/// client-go `AsyncCommit.KeysLimit`.
+pub const ASYNC_COMMIT_KEYS_LIMIT: usize = 256;
+/// client-go `AsyncCommit.TotalKeySizeLimit`.
+pub const ASYNC_COMMIT_KEY_SIZE_LIMIT: usize = 4 * 1024;
+/// client-go `AsyncCommit.SafeWindow`, milliseconds.
+pub const ASYNC_COMMIT_SAFE_WINDOW_MS: i64 = 2_000;
+
+/// One write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    /// `Put`, `Del`, `Lock`, `Insert` or `CheckNotExists`.
+    pub op: kvrpcpb::Op,
+    /// The key.
+    pub key: Key,
+    /// The value (empty unless `Put`/`Insert`).
+    pub value: Value,
+}
+
+impl Mutation {
+    fn to_proto(&self) -> kvrpcpb::Mutation {
+        kvrpcpb::Mutation {
+            op: self.op as i32,
+            key: self.key.to_bytes(),
+            value: self.value.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The mutations of an optimistic transaction's buffer (client-go
+/// `initKeysAndMutations`): a value is `Put` (`Insert` if the key was
+/// presumed absent), a tombstone `Del` (`CheckNotExists` if presumed absent:
+/// "delete a key that must not exist" only checks), a flag-only key that was
+/// locked is `Lock`. Keys are in order; the primary is the first key whose
+/// mutation writes a lock (`CheckNotExists` does not).
+pub fn mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
+    let mut out = Vec::with_capacity(buffer.len());
+    for (key, entry) in buffer.iter::<std::ops::RangeFull>(..) {
+        let presumed_absent = entry.flags.has_presume_key_not_exists();
+        let (op, value) = match entry.value {
+            Some(BufferedValue::Put(v)) if presumed_absent => (kvrpcpb::Op::Insert, v.clone()),
+            Some(BufferedValue::Put(v)) => (kvrpcpb::Op::Put, v.clone()),
+            Some(BufferedValue::Delete) if presumed_absent => {
+                (kvrpcpb::Op::CheckNotExists, Value::new())
+            }
+            Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
+            None if entry.flags.contains(crate::txn::membuffer::KeyFlags::KEY_LOCKED) => {
+                (kvrpcpb::Op::Lock, Value::new())
+            }
+            None => continue,
+        };
+        out.push(Mutation { op, key: Key::from(key.to_vec()), value });
+    }
+    let primary = out.iter().find(|m| m.op != kvrpcpb::Op::CheckNotExists).map(|m| m.key.clone());
+    (out, primary)
+}
+
+/// client-go `txnLockTTL`: 3 s, or for transactions of 16 KiB and more
+/// `6000 × sqrt(MiB)` ms clamped to [3 s, 20 s]; plus the time the
+/// transaction has been running.
+pub fn lock_ttl(size_bytes: usize, elapsed: Duration) -> u64 {
+    let mut ttl = DEFAULT_LOCK_TTL;
+    if size_bytes >= TXN_COMMIT_BATCH_SIZE {
+        let mib = size_bytes as f64 / (1024.0 * 1024.0);
+        let computed = (6000.0 * mib.sqrt()) as u64;
+        ttl = computed.clamp(DEFAULT_LOCK_TTL, MAX_LOCK_TTL);
+    }
+    ttl + elapsed.as_millis() as u64
+}
+
+/// How a transaction commits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitOptions {
+    /// Try async commit (client-go `SetEnableAsyncCommit`), if eligible.
+    pub async_commit: bool,
+    /// Try 1PC (client-go `SetEnable1PC`), if everything fits one batch.
+    pub one_pc: bool,
+    /// Skip the extra TSO that makes async commit / 1PC linearizable
+    /// (client-go `SetCausalConsistency`).
+    pub causal_consistency: bool,
+    /// `Prewrite.assertion_level`.
+    pub assertion_level: kvrpcpb::AssertionLevel,
+}
+
+/// How the commit went through.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Prewrite, then the primary's commit.
+    TwoPhase,
+    /// Committed when every prewrite succeeded.
+    AsyncCommit,
+    /// TiKV committed the single batch during prewrite.
+    OnePhase,
+}
+
+/// A successful commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The commit timestamp.
+    pub commit_ts: u64,
+    /// How it committed.
+    pub mode: CommitMode,
+    /// Keys whose locks still need a `Commit` (secondaries in 2PC; every
+    /// key in async commit). Committing them is an optimisation (readers
+    /// would resolve them) and runs in the background.
+    pub keys_to_commit: Vec<Key>,
+}
+
+// ---------------------------------------------------------------- plans
+
+/// `Prewrite` batches.
+#[derive(Debug)]
+struct PrewritePlan {
+    start_ts: u64,
+    primary: Key,
+    lock_ttl: u64,
+    min_commit_ts: u64,
+    max_commit_ts: u64,
+    async_commit: bool,
+    /// All keys but the primary, for the primary's batch in async commit.
+    secondaries: Vec<Key>,
+    /// Set on the first batch built only: a relocated batch may hold a
+    /// subset of the keys, and 1PC must never commit part of a transaction.
+    try_one_pc: std::cell::Cell<bool>,
+    assertion_level: kvrpcpb::AssertionLevel,
+    timeout: Duration,
+    // Results.
+    met: Vec<Lock>,
+    retry: Vec<Mutation>,
+    error: Option<Error>,
+    assertion_error: Option<Error>,
+    min_commit_ts_seen: Vec<u64>,
+    one_pc_commit_ts: Vec<u64>,
+}
+
+impl KeyPlan for PrewritePlan {
+    type Item = Mutation;
+    type Output = PrewritePlan;
+    fn key(item: &Mutation) -> &Key {
+        &item.key
+    }
+    fn size(item: &Mutation) -> usize {
+        item.key.len() + item.value.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, TXN_COMMIT_BATCH_SIZE)
+    }
+    fn build(&self, batch: &[Mutation]) -> KvRequest {
+        let has_primary = batch.iter().any(|m| m.key == self.primary);
+        let try_one_pc = self.try_one_pc.replace(false);
+        KvRequest::Prewrite(kvrpcpb::PrewriteRequest {
+            mutations: batch.iter().map(Mutation::to_proto).collect(),
+            primary_lock: self.primary.to_bytes(),
+            start_version: self.start_ts,
+            lock_ttl: self.lock_ttl,
+            txn_size: batch.len() as u64,
+            min_commit_ts: self.min_commit_ts,
+            max_commit_ts: self.max_commit_ts,
+            use_async_commit: self.async_commit,
+            secondaries: if self.async_commit && has_primary {
+                self.secondaries.iter().map(Key::to_bytes).collect()
+            } else {
+                Vec::new()
+            },
+            try_one_pc,
+            assertion_level: self.assertion_level as i32,
+            ..Default::default()
+        })
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, batch: Vec<Mutation>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::Prewrite(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        let mut locked_keys = Vec::new();
+        for e in r.errors {
+            if let Some(info) = &e.locked {
+                for lock in Lock::from_info(info) {
+                    if lock.txn_id > self.start_ts {
+                        // client-go: an optimistic transaction meeting a
+                        // newer transaction's lock conflicts at once.
+                        self.error.get_or_insert(Error::WriteConflict {
+                            start_ts: self.start_ts,
+                            conflict_ts: lock.txn_id,
+                            key: lock.key.clone(),
+                            primary: lock.primary.clone(),
+                        });
+                    }
+                    locked_keys.push(lock.key.clone());
+                    self.met.push(lock);
+                }
+            } else if let Some(c) = &e.conflict {
+                self.error.get_or_insert(Error::WriteConflict {
+                    start_ts: c.start_ts,
+                    conflict_ts: c.conflict_ts,
+                    key: c.key.clone().into(),
+                    primary: c.primary.clone().into(),
+                });
+            } else if let Some(a) = &e.already_exist {
+                self.error.get_or_insert(Error::KeyExists(a.key.clone().into()));
+            } else if e.assertion_failed.is_some() {
+                // Held back: reported only if nothing else failed.
+                self.assertion_error.get_or_insert(Error::AssertionFailed(Box::new(e)));
+            } else {
+                self.error.get_or_insert(Error::KeyError(Box::new(e)));
+            }
+        }
+        if !locked_keys.is_empty() {
+            self.retry.extend(batch.into_iter().filter(|m| locked_keys.contains(&m.key)));
+            return Ok(());
+        }
+        self.min_commit_ts_seen.push(r.min_commit_ts);
+        self.one_pc_commit_ts.push(r.one_pc_commit_ts);
+        Ok(())
+    }
+    fn finish(self) -> PrewritePlan {
+        self
+    }
+}
+
+/// `Commit` of keys at a commit ts (primary or secondaries).
+#[derive(Debug)]
+struct CommitPlan {
+    start_ts: u64,
+    commit_ts: u64,
+    outcome: Option<Result<(), kvrpcpb::KeyError>>,
+}
+
+impl PointPlan for CommitPlan {
+    type Output = Result<(), kvrpcpb::KeyError>;
+    fn build(&self, key: &Key) -> KvRequest {
+        KvRequest::Commit(kvrpcpb::CommitRequest {
+            keys: vec![key.to_bytes()],
+            start_version: self.start_ts,
+            commit_version: self.commit_ts,
+            ..Default::default()
+        })
+    }
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::Commit(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        self.outcome = Some(match r.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        });
+        Ok(())
+    }
+    fn finish(self) -> Result<(), kvrpcpb::KeyError> {
+        self.outcome.unwrap_or(Ok(()))
+    }
+}
+
+/// `Commit` or `BatchRollback` of many keys, for the background phases.
+#[derive(Debug)]
+pub struct KeysPlan {
+    start_ts: u64,
+    /// `Some(ts)`: commit at ts; `None`: roll back.
+    commit_ts: Option<u64>,
+    timeout: Duration,
+}
+
+impl KeyPlan for KeysPlan {
+    type Item = Key;
+    type Output = ();
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, TXN_COMMIT_BATCH_SIZE)
+    }
+    fn build(&self, batch: &[Key]) -> KvRequest {
+        let keys = batch.iter().map(Key::to_bytes).collect();
+        match self.commit_ts {
+            Some(commit_ts) => KvRequest::Commit(kvrpcpb::CommitRequest {
+                keys,
+                start_version: self.start_ts,
+                commit_version: commit_ts,
+                ..Default::default()
+            }),
+            None => KvRequest::BatchRollback(kvrpcpb::BatchRollbackRequest {
+                keys,
+                start_version: self.start_ts,
+                ..Default::default()
+            }),
+        }
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let error = match response {
+            KvResponse::Commit(r) => r.error,
+            KvResponse::BatchRollback(r) => r.error,
+            other => return Err(Error::malformed(format!("unexpected {}", other.name()))),
+        };
+        match error {
+            Some(e) => Err(Error::KeyError(Box::new(e))),
+            None => Ok(()),
+        }
+    }
+    fn finish(self) {}
+}
+
+/// Commits `keys` at `commit_ts` (the secondaries after the primary, or
+/// every key of an async-commit transaction). Budget: client-go's 41 s.
+pub fn commit_keys(
+    view: &Arc<ClusterView>,
+    start_ts: u64,
+    commit_ts: u64,
+    keys: Vec<Key>,
+) -> KeyFanout<KeysPlan> {
+    let plan =
+        KeysPlan { start_ts, commit_ts: Some(commit_ts), timeout: view.config.read_timeout_short };
+    let budget = view.config.budget(view.config.backoff.commit_secondary);
+    KeyFanout::new(view.clone(), plan, keys, view.backoffer(budget))
+}
+
+/// Rolls back the prewritten `keys` of a transaction that failed
+/// (`BatchRollback`, client-go's cleanup; budget 20 s).
+pub fn rollback_keys(
+    view: &Arc<ClusterView>,
+    start_ts: u64,
+    keys: Vec<Key>,
+) -> KeyFanout<KeysPlan> {
+    let plan = KeysPlan { start_ts, commit_ts: None, timeout: view.config.read_timeout_short };
+    let budget = view.config.budget(view.config.backoff.cleanup);
+    KeyFanout::new(view.clone(), plan, keys, view.backoffer(budget))
+}
+
+// ---------------------------------------------------------------- the machine
+
+enum Step {
+    Idle,
+    Prewrite(Box<KeyFanout<PrewritePlan>>),
+    Resolve(Box<ResolveLocks>),
+    Sleep(Instant),
+    Tso(Box<PdCall>),
+    CommitPrimary(Box<KeyFanout<Point<CommitPlan>>>),
+    Done,
+}
+
+/// What the next TSO answer is for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum TsoFor {
+    /// A fresh min_commit_ts for a linearizable async commit / 1PC.
+    MinCommitTs,
+    /// The commit ts of 2PC.
+    CommitTs,
+}
+
+/// Commits a transaction's mutations. See the module docs for the protocol.
+pub struct Committer {
+    view: Arc<ClusterView>,
+    start_ts: u64,
+    primary: Key,
+    pending: Vec<Mutation>,
+    all_keys: Vec<Key>,
+    opts: CommitOptions,
+    lock_ttl: u64,
+    max_commit_ts: u64,
+    async_commit: bool,
+    one_pc: bool,
+    min_commit_ts: u64,
+    min_commit_ts_seen: Vec<u64>,
+    one_pc_seen: Vec<u64>,
+    first_round: bool,
+    assertion_error: Option<Error>,
+    tso_for: TsoFor,
+    commit_ts: u64,
+    step: Step,
+    backoffer: Backoffer,
+    epoch: u64,
+    ids: IdMap<u64>,
+    result: Option<Result<CommitOutcome, Error>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("start_ts", &self.start_ts)
+            .field("primary", &self.primary)
+            .field("keys", &self.all_keys.len())
+            .finish()
+    }
+}
+
+impl Committer {
+    /// Commits `mutations` (with their `primary`) of the transaction that
+    /// started at `start_ts` and has been running for `elapsed`.
+    pub fn new(
+        view: Arc<ClusterView>,
+        start_ts: u64,
+        primary: Key,
+        mutations: Vec<Mutation>,
+        elapsed: Duration,
+        opts: CommitOptions,
+    ) -> Committer {
+        let size: usize = mutations.iter().map(|m| m.key.len() + m.value.len()).sum();
+        let key_size: usize = mutations.iter().map(|m| m.key.len()).sum();
+        let all_keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
+        // client-go checkAsyncCommit / checkOnePC.
+        let async_commit = opts.async_commit
+            && mutations.len() <= ASYNC_COMMIT_KEYS_LIMIT
+            && key_size <= ASYNC_COMMIT_KEY_SIZE_LIMIT;
+        // Refined in `start` against the region cache.
+        let one_pc = opts.one_pc && size <= TXN_COMMIT_BATCH_SIZE;
+        let start_physical = Timestamp::from_version(start_ts).physical;
+        let max_commit_ts = Timestamp {
+            physical: start_physical + elapsed.as_millis() as i64 + ASYNC_COMMIT_SAFE_WINDOW_MS,
+            logical: 0,
+        }
+        .version();
+        let budget = view.config.budget(view.config.backoff.prewrite);
+        let backoffer = view.backoffer(budget);
+        Committer {
+            lock_ttl: lock_ttl(size, elapsed),
+            view,
+            start_ts,
+            primary,
+            pending: mutations,
+            all_keys,
+            opts,
+            max_commit_ts,
+            async_commit,
+            one_pc,
+            min_commit_ts: start_ts + 1,
+            min_commit_ts_seen: Vec::new(),
+            one_pc_seen: Vec::new(),
+            first_round: true,
+            assertion_error: None,
+            tso_for: TsoFor::CommitTs,
+            commit_ts: 0,
+            step: Step::Idle,
+            backoffer,
+            epoch: 0,
+            ids: IdMap::new(),
+            result: None,
+        }
+    }
+
+    fn finish(&mut self, result: Result<CommitOutcome, Error>) {
+        self.step = Step::Done;
+        self.result = Some(result);
+    }
+
+    fn set_step(&mut self, step: Step, now: Instant) {
+        self.epoch += 1;
+        self.step = step;
+        match &mut self.step {
+            Step::Prewrite(op) => op.start(now),
+            Step::Resolve(op) => op.start(now),
+            Step::Tso(op) => op.start(now),
+            Step::CommitPrimary(op) => op.start(now),
+            _ => {}
+        }
+        self.check(now);
+    }
+
+    fn tso(&mut self, purpose: TsoFor, now: Instant) {
+        self.tso_for = purpose;
+        let request =
+            PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+        let budget = self.view.config.budget(self.view.config.backoff.tso);
+        let call = PdCall::new(
+            self.view.pd.clone(),
+            request,
+            self.view.config.pd_timeout,
+            self.view.backoffer(budget),
+        );
+        self.set_step(Step::Tso(Box::new(call)), now);
+    }
+
+    fn prewrite(&mut self, now: Instant) {
+        let secondaries = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
+        let plan = PrewritePlan {
+            start_ts: self.start_ts,
+            primary: self.primary.clone(),
+            lock_ttl: self.lock_ttl,
+            min_commit_ts: self.min_commit_ts,
+            max_commit_ts: if self.async_commit || self.one_pc { self.max_commit_ts } else { 0 },
+            async_commit: self.async_commit,
+            secondaries,
+            try_one_pc: std::cell::Cell::new(self.one_pc && self.first_round),
+            assertion_level: self.opts.assertion_level,
+            timeout: self.view.config.read_timeout_short,
+            met: Vec::new(),
+            retry: Vec::new(),
+            error: None,
+            assertion_error: None,
+            min_commit_ts_seen: Vec::new(),
+            one_pc_commit_ts: Vec::new(),
+        };
+        self.first_round = false;
+        let items = std::mem::take(&mut self.pending);
+        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork());
+        self.set_step(Step::Prewrite(Box::new(op)), now);
+    }
+
+    /// An error while prewriting. Under async commit or 1PC a prewrite
+    /// whose answer never came may already have committed the transaction.
+    fn prewrite_failed(&mut self, e: Error) {
+        let maybe_committed = (self.async_commit || self.one_pc)
+            && matches!(e, Error::BackoffExhausted { .. } | Error::Rpc(_) | Error::Undetermined(_));
+        if maybe_committed {
+            self.finish(Err(Error::Undetermined(format!(
+                "async-commit/1PC prewrite of txn {} lost its answer: {e}",
+                self.start_ts
+            ))));
+        } else {
+            self.finish(Err(e));
+        }
+    }
+
+    fn after_prewrite(&mut self, plan: PrewritePlan, now: Instant) {
+        if let Some(e) = plan.error {
+            self.finish(Err(e));
+            return;
+        }
+        self.assertion_error = self.assertion_error.take().or(plan.assertion_error);
+        self.min_commit_ts_seen.extend(plan.min_commit_ts_seen);
+        self.one_pc_seen.extend(plan.one_pc_commit_ts);
+        if !plan.met.is_empty() {
+            self.pending = plan.retry;
+            let opts =
+                ResolveOptions { caller_start_ts: self.start_ts, for_read: false, lite: false };
+            let resolve =
+                ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
+            self.set_step(Step::Resolve(Box::new(resolve)), now);
+            return;
+        }
+        if let Some(e) = self.assertion_error.take() {
+            self.finish(Err(e));
+            return;
+        }
+        // Every mutation is prewritten.
+        if self.one_pc {
+            match self.one_pc_seen.as_slice() {
+                [ts] if *ts > 0 => {
+                    let commit_ts = *ts;
+                    self.finish(Ok(CommitOutcome {
+                        commit_ts,
+                        mode: CommitMode::OnePhase,
+                        keys_to_commit: Vec::new(),
+                    }));
+                    return;
+                }
+                // TiKV declined 1PC (or the batch was split): the locks are
+                // ordinary prewrite locks; commit them with 2PC.
+                _ => self.one_pc = false,
+            }
+        }
+        if self.async_commit {
+            if self.min_commit_ts_seen.iter().all(|ts| *ts > 0) {
+                let commit_ts = self.min_commit_ts_seen.iter().copied().max().unwrap_or(0);
+                self.finish(Ok(CommitOutcome {
+                    commit_ts,
+                    mode: CommitMode::AsyncCommit,
+                    keys_to_commit: self.all_keys.clone(),
+                }));
+                return;
+            }
+            // TiKV declined async commit (min_commit_ts 0): fall back.
+            self.async_commit = false;
+        }
+        self.tso(TsoFor::CommitTs, now);
+    }
+
+    fn commit_primary(&mut self, now: Instant) {
+        let plan = CommitPlan { start_ts: self.start_ts, commit_ts: self.commit_ts, outcome: None };
+        let budget = self.view.config.budget(self.view.config.backoff.commit);
+        let op = Point::fanout(
+            &self.view,
+            plan,
+            self.primary.clone(),
+            self.view.config.read_timeout_short,
+            self.view.backoffer(budget),
+        );
+        self.set_step(Step::CommitPrimary(Box::new(op)), now);
+    }
+
+    fn check(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Prewrite(op) => match op.poll_result() {
+                None => {}
+                Some(Ok(plan)) => self.after_prewrite(plan, now),
+                Some(Err(e)) => self.prewrite_failed(e),
+            },
+            Step::Resolve(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.finish(Err(e)),
+                Some(Ok(outcome)) if outcome.ms_before_expired > 0 => {
+                    let cap = Duration::from_millis(outcome.ms_before_expired);
+                    match self.backoffer.backoff_capped(
+                        BackoffKind::TxnLock,
+                        cap,
+                        format!("prewrite of txn {} waits for a live lock", self.start_ts),
+                    ) {
+                        Ok(sleep) => self.step = Step::Sleep(now + sleep),
+                        Err(e) => self.finish(Err(e)),
+                    }
+                }
+                Some(Ok(_)) => self.prewrite(now),
+            },
+            Step::Tso(op) => match op.poll_result() {
+                None => {}
+                Some(Ok(PdResponse::Tso(r))) => {
+                    let Some(ts) = r.timestamp else {
+                        self.finish(Err(Error::malformed("TSO response without a timestamp")));
+                        return;
+                    };
+                    let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                    match self.tso_for {
+                        TsoFor::MinCommitTs => {
+                            self.min_commit_ts = self.min_commit_ts.max(ts + 1);
+                            self.prewrite(now);
+                        }
+                        TsoFor::CommitTs => {
+                            if ts <= self.start_ts {
+                                self.finish(Err(Error::malformed(format!(
+                                    "commit ts {ts} not after start ts {}",
+                                    self.start_ts
+                                ))));
+                                return;
+                            }
+                            self.commit_ts = ts;
+                            self.commit_primary(now);
+                        }
+                    }
+                }
+                Some(Ok(other)) => {
+                    self.finish(Err(Error::malformed(format!("unexpected {}", other.name()))))
+                }
+                Some(Err(e)) => self.finish(Err(e)),
+            },
+            Step::CommitPrimary(op) => match op.poll_result() {
+                None => {}
+                Some(Ok(Ok(()))) => {
+                    let keys =
+                        self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
+                    let commit_ts = self.commit_ts;
+                    self.finish(Ok(CommitOutcome {
+                        commit_ts,
+                        mode: CommitMode::TwoPhase,
+                        keys_to_commit: keys,
+                    }));
+                }
+                Some(Ok(Err(e))) if e.commit_ts_expired.is_some() => {
+                    // The lock's min_commit_ts was pushed past our commit ts
+                    // by a reader: commit at a newer timestamp.
+                    self.tso(TsoFor::CommitTs, now);
+                }
+                Some(Ok(Err(e))) if e.txn_lock_not_found.is_some() => {
+                    // The primary's lock is gone and there is no commit
+                    // record: a resolver rolled the transaction back.
+                    self.finish(Err(Error::KeyError(Box::new(e))));
+                }
+                Some(Ok(Err(e))) => self.finish(Err(Error::KeyError(Box::new(e)))),
+                Some(Err(e)) => {
+                    // The commit point's answer is unknown: a Commit that was
+                    // sent may have been applied.
+                    self.finish(Err(Error::Undetermined(format!(
+                        "commit of primary {:?} of txn {} at {}: {e}",
+                        self.primary, self.start_ts, self.commit_ts
+                    ))));
+                }
+            },
+            Step::Sleep(_) | Step::Idle | Step::Done => {}
+        }
+    }
+}
+
+impl Operation for Committer {
+    type Output = CommitOutcome;
+
+    fn start(&mut self, now: Instant) {
+        if !matches!(self.step, Step::Idle) {
+            return;
+        }
+        if self.pending.is_empty() {
+            self.finish(Ok(CommitOutcome {
+                commit_ts: self.start_ts,
+                mode: CommitMode::TwoPhase,
+                keys_to_commit: Vec::new(),
+            }));
+            return;
+        }
+        if self.one_pc {
+            // client-go checkOnePC: only when everything fits one batch, so
+            // only if every key is in one cached region (1PC must cover the
+            // whole transaction in a single request).
+            let first =
+                self.all_keys.first().and_then(|k| self.view.regions.locate_key(k.as_bytes(), now));
+            self.one_pc = match first {
+                Some(region) => self.all_keys.iter().all(|k| region.contains(k.as_bytes())),
+                None => false,
+            };
+        }
+        if (self.async_commit || self.one_pc) && !self.opts.causal_consistency {
+            // client-go: a linearizable async commit / 1PC takes
+            // min_commit_ts from a TSO timestamp fetched after the caller
+            // decided to commit.
+            self.tso(TsoFor::MinCommitTs, now);
+        } else {
+            self.prewrite(now);
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let rpc = match &mut self.step {
+            Step::Prewrite(op) => op.poll_rpc(),
+            Step::Resolve(op) => op.poll_rpc(),
+            Step::Tso(op) => op.poll_rpc(),
+            Step::CommitPrimary(op) => op.poll_rpc(),
+            _ => None,
+        }?;
+        Some(self.ids.wrap(self.epoch, rpc))
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some((epoch, id)) = self.ids.take(id) else {
+            return;
+        };
+        if epoch != self.epoch {
+            return;
+        }
+        match &mut self.step {
+            Step::Prewrite(op) => op.on_response(id, response, now),
+            Step::Resolve(op) => op.on_response(id, response, now),
+            Step::Tso(op) => op.on_response(id, response, now),
+            Step::CommitPrimary(op) => op.on_response(id, response, now),
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        match &mut self.step {
+            Step::Prewrite(op) => op.on_timeout(now),
+            Step::Resolve(op) => op.on_timeout(now),
+            Step::Tso(op) => op.on_timeout(now),
+            Step::CommitPrimary(op) => op.on_timeout(now),
+            Step::Sleep(until) if now >= *until => {
+                self.prewrite(now);
+                return;
+            }
+            _ => return,
+        }
+        self.check(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.step {
+            Step::Prewrite(op) => op.poll_timeout(),
+            Step::Resolve(op) => op.poll_timeout(),
+            Step::Tso(op) => op.poll_timeout(),
+            Step::CommitPrimary(op) => op.poll_timeout(),
+            Step::Sleep(until) => Some(*until),
+            _ => None,
+        }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<CommitOutcome, Error>> {
+        self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! Optimistic transactions end to end (tokio, loopback gRPC, simulated
+//! cluster in API V1 txn mode): read-your-writes, conflicts, inserts,
+//! async commit and 1PC, a large transaction over many regions with a split
+//! and leader moves during the commit, and concurrent bank transfers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::{Cluster, ClusterConfig};
+use tikv_tokio::{Error, KvPair, TransactionClient, TransactionOptions};
+
+async fn start(split_keys: Vec<Vec<u8>>) -> (SimServer, TransactionClient) {
+    let cluster = Cluster::new(ClusterConfig { v1_txn: true, split_keys, ..Default::default() });
+    let server = SimServer::start(cluster, ServerOptions::default()).await.expect("start");
+    let client = TransactionClient::connect(server.pd_addrs()).await.expect("connect");
+    (server, client)
+}
+
+fn s(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_conflict_and_read_back() {
+    let (server, client) = start(vec![b"g".to_vec(), b"p".to_vec()]).await;
+
+    // Read-your-writes and a merged scan before commit.
+    let mut t = client.begin().await.expect("begin");
+    t.put("a", "1").expect("put");
+    t.put("h", "2").expect("put");
+    t.put("q", "3").expect("put");
+    assert_eq!(t.get("h").await.expect("get").as_deref(), Some(&b"2"[..]));
+    t.delete("q").expect("delete");
+    assert_eq!(t.get("q").await.expect("get"), None);
+    assert_eq!(
+        t.scan(.., 10).await.expect("scan"),
+        vec![KvPair::new("a", "1"), KvPair::new("h", "2")]
+    );
+    let c1 = t.commit().await.expect("commit");
+
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(
+        snap.scan(.., 10).await.expect("scan"),
+        vec![KvPair::new("a", "1"), KvPair::new("h", "2")]
+    );
+    let before = client.snapshot(tikv_tokio::Timestamp::from_version(c1.version() - 1));
+    assert_eq!(before.get("a").await.expect("get"), None, "invisible before the commit ts");
+
+    // Two writers of one key: the first to commit wins, the other conflicts.
+    let mut w1 = client.begin().await.expect("begin");
+    let mut w2 = client.begin().await.expect("begin");
+    w1.put("h", "w1").expect("put");
+    w2.put("h", "w2").expect("put");
+    w1.commit().await.expect("first committer wins");
+    match w2.commit().await {
+        Err(Error::WriteConflict { key, .. }) => assert_eq!(key, tikv_tokio::Key::from("h")),
+        other => panic!("expected a write conflict, got {other:?}"),
+    }
+    // The loser left no lock behind (rolled back in the background or
+    // never prewritten): a fresh read is not blocked.
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("h").await.expect("get").as_deref(), Some(&b"w1"[..]));
+
+    // Optimistic lock_keys: a key read and locked but written by another
+    // transaction meanwhile makes the commit conflict.
+    let mut reader = client.begin().await.expect("begin");
+    let _ = reader.get("a").await.expect("get");
+    reader.lock_keys(["a"]).expect("lock");
+    reader.put("z", "derived from a").expect("put");
+    let mut writer = client.begin().await.expect("begin");
+    writer.put("a", "changed").expect("put");
+    writer.commit().await.expect("commit");
+    assert!(matches!(reader.commit().await, Err(Error::WriteConflict { .. })));
+
+    // Insert of an existing key.
+    let mut ins = client.begin().await.expect("begin");
+    ins.insert("a", "again").expect("insert");
+    assert!(matches!(ins.commit().await, Err(Error::KeyExists(_))));
+    let mut ins = client.begin().await.expect("begin");
+    ins.insert("new", "fresh").expect("insert");
+    ins.commit().await.expect("insert of an absent key");
+
+    // Async commit and 1PC happy paths.
+    let mut ac = client
+        .begin_with_options(TransactionOptions::default().with_async_commit())
+        .await
+        .expect("begin");
+    ac.put("b", "async").expect("put");
+    ac.put("x", "async").expect("put");
+    let ac_ts = ac.commit().await.expect("async commit");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert!(snap.timestamp().version() > ac_ts.version());
+    assert_eq!(snap.get("x").await.expect("get").as_deref(), Some(&b"async"[..]));
+    assert_eq!(snap.get("b").await.expect("get").as_deref(), Some(&b"async"[..]));
+
+    let mut one = client
+        .begin_with_options(TransactionOptions::default().with_one_pc())
+        .await
+        .expect("begin");
+    one.put("c", "1pc").expect("put");
+    one.put("d", "1pc").expect("put");
+    one.commit().await.expect("1pc");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("d").await.expect("get").as_deref(), Some(&b"1pc"[..]));
+    assert!(
+        server.cluster().locks().is_empty() || {
+            // Background secondary commits may still be in flight; give them a moment.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            server.cluster().locks().is_empty()
+        }
+    );
+    server.shutdown().await;
+}
+
+/// 10,000 keys over ≥ 100 regions in one transaction, with splits and
+/// leader transfers while it commits; every key is visible afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_over_many_regions_survives_splits_during_commit() {
+    let key = |i: u32| format!("k{i:05}");
+    let splits: Vec<Vec<u8>> = (1..100).map(|i| key(i * 100).into_bytes()).collect();
+    let (server, client) = start(splits).await;
+    assert!(server.cluster().regions().len() >= 100);
+
+    let mut t = client.begin().await.expect("begin");
+    for i in 0..10_000 {
+        t.put(key(i), format!("v{i}")).expect("put");
+    }
+    let cluster = server.cluster().clone();
+    let chaos = tokio::spawn(async move {
+        for i in 0..20u32 {
+            let _ = cluster.split(key(i * 100 + 50).as_bytes());
+            let regions = cluster.regions();
+            if let Some(region) = regions.get(i as usize)
+                && let Some(leader) = cluster.leader_of(region.id)
+                && let Some(p) = region.peers.iter().find(|p| p.store_id != leader.store_id)
+            {
+                let _ = cluster.transfer_leader(region.id, p.store_id);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    t.commit().await.expect("commit");
+    chaos.await.expect("chaos task");
+
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let all = snap.scan(.., 10_240).await.expect("scan");
+    assert_eq!(all.len(), 10_000);
+    assert_eq!(all[1234], KvPair::new(key(1234), "v1234"));
+    server.shutdown().await;
+}
+
+/// Concurrent transfers between accounts; every snapshot sees the same total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_keep_the_total() {
+    const ACCOUNTS: u64 = 8;
+    const TOTAL: u64 = ACCOUNTS * 100;
+    let (server, client) = start(vec![b"acct3".to_vec(), b"acct6".to_vec()]).await;
+    let mut init = client.begin().await.expect("begin");
+    for a in 0..ACCOUNTS {
+        init.put(format!("acct{a}"), "100").expect("put");
+    }
+    init.commit().await.expect("init");
+
+    let committed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let client = client.clone();
+            let committed = committed.clone();
+            tokio::spawn(async move {
+                for i in 0..15u64 {
+                    let from = (w * 7 + i * 3) % ACCOUNTS;
+                    let to = (from + 1 + i % (ACCOUNTS - 1)) % ACCOUNTS;
+                    let mut t = client.begin().await.expect("begin");
+                    let read = |v: Option<tikv_tokio::Value>| -> u64 {
+                        s(&v.expect("account exists")).parse().expect("number")
+                    };
+                    let a = read(t.get(format!("acct{from}")).await.expect("get"));
+                    let b = read(t.get(format!("acct{to}")).await.expect("get"));
+                    let amount = (i % 5) + 1;
+                    if a < amount {
+                        continue;
+                    }
+                    t.put(format!("acct{from}"), (a - amount).to_string()).expect("put");
+                    t.put(format!("acct{to}"), (b + amount).to_string()).expect("put");
+                    match t.commit().await {
+                        Ok(_) => {
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(Error::WriteConflict { .. }) => {}
+                        Err(e) => panic!("transfer failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let auditor = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+                let pairs = snap.scan("acct".."acct~", 100).await.expect("scan");
+                let total: u64 = pairs.iter().map(|p| s(&p.value).parse::<u64>().expect("n")).sum();
+                assert_eq!(total, TOTAL, "a snapshot saw money appear or vanish");
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        })
+    };
+    for w in workers {
+        w.await.expect("worker");
+    }
+    auditor.await.expect("auditor");
+    assert!(committed.load(Ordering::Relaxed) > 0, "some transfers committed");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let pairs = snap.scan("acct".."acct~", 100).await.expect("scan");
+    assert_eq!(pairs.iter().map(|p| s(&p.value).parse::<u64>().expect("n")).sum::<u64>(), TOTAL);
+    server.shutdown().await;
+}
