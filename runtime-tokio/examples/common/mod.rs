@@ -5,7 +5,8 @@ use tikv_sim::server::{ServerOptions, SimServer};
 use tikv_sim::{Cluster, ClusterConfig};
 
 /// PD endpoints to use, and the embedded server to keep alive (if any).
-pub async fn cluster() -> Result<(Vec<String>, Option<SimServer>), Box<dyn std::error::Error>> {
+pub(crate) async fn cluster() -> Result<(Vec<String>, Option<SimServer>), Box<dyn std::error::Error>>
+{
     let mut args = std::env::args().skip(1);
     let mut pd = Vec::new();
     while let Some(arg) = args.next() {
