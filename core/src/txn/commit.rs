@@ -45,6 +45,15 @@ pub const MAX_LOCK_TTL: u64 = 20_000;
 pub const ASYNC_COMMIT_KEYS_LIMIT: usize = 256;
 /// client-go `AsyncCommit.TotalKeySizeLimit`.
 pub const ASYNC_COMMIT_KEY_SIZE_LIMIT: usize = 4 * 1024;
+/// client-go `TTLRefreshedTxnSize`: transactions at least this large keep
+/// their primary lock alive with heartbeats while they commit.
+pub const TTL_REFRESHED_TXN_SIZE: usize = 32 * 1024 * 1024;
+/// Heartbeat period: half of `ManagedLockTTL` (client-go).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(MAX_LOCK_TTL / 2);
+/// client-go stops heartbeats after this many consecutive failures.
+pub const MAX_HEARTBEAT_FAILURES: u32 = 10;
+/// client-go `MaxTxnTTL`: a transaction's lock is not kept alive longer.
+pub const MAX_TXN_TTL: Duration = Duration::from_secs(3600);
 /// client-go `AsyncCommit.SafeWindow`, milliseconds.
 pub const ASYNC_COMMIT_SAFE_WINDOW_MS: i64 = 2_000;
 
@@ -123,6 +132,10 @@ pub struct CommitOptions {
     pub causal_consistency: bool,
     /// `Prewrite.assertion_level`.
     pub assertion_level: kvrpcpb::AssertionLevel,
+    /// Transactions at least this large (key + value bytes) send
+    /// `TxnHeartBeat`s on their primary while committing; `None` means
+    /// client-go's [`TTL_REFRESHED_TXN_SIZE`].
+    pub heartbeat_threshold: Option<usize>,
 }
 
 /// How the commit went through.
@@ -296,6 +309,51 @@ impl PointPlan for CommitPlan {
     }
 }
 
+/// `TxnHeartBeat` on the primary: extends the primary lock's TTL.
+#[derive(Debug)]
+struct HeartbeatPlan {
+    start_ts: u64,
+    advise_lock_ttl: u64,
+    ok: bool,
+}
+
+impl PointPlan for HeartbeatPlan {
+    type Output = bool;
+    fn build(&self, key: &Key) -> KvRequest {
+        KvRequest::TxnHeartBeat(kvrpcpb::TxnHeartBeatRequest {
+            primary_lock: key.to_bytes(),
+            start_version: self.start_ts,
+            advise_lock_ttl: self.advise_lock_ttl,
+            ..Default::default()
+        })
+    }
+    fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::TxnHeartBeat(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        self.ok = r.error.is_none();
+        Ok(())
+    }
+    fn finish(self) -> bool {
+        self.ok
+    }
+}
+
+/// The TTL manager (client-go `ttlManager.keepAlive`): while a large
+/// transaction commits, every [`HEARTBEAT_INTERVAL`] it asks TiKV to extend
+/// the primary lock's TTL to the transaction's age plus [`MAX_LOCK_TTL`], so
+/// readers do not roll it back as abandoned. It stops with the commit, after
+/// [`MAX_HEARTBEAT_FAILURES`] failures in a row, or at [`MAX_TXN_TTL`].
+#[derive(Debug)]
+struct Heartbeat {
+    next_at: Instant,
+    started: Instant,
+    elapsed_at_start: Duration,
+    failures: u32,
+    seq: u64,
+    in_flight: Option<Box<KeyFanout<Point<HeartbeatPlan>>>>,
+}
+
 /// `Commit` or `BatchRollback` of many keys, for the background phases.
 #[derive(Debug)]
 pub struct KeysPlan {
@@ -419,8 +477,19 @@ pub struct Committer {
     step: Step,
     backoffer: Backoffer,
     epoch: u64,
-    ids: IdMap<u64>,
+    ids: IdMap<Child>,
+    heartbeat: Option<Heartbeat>,
+    heartbeat_wanted: bool,
+    elapsed: Duration,
     result: Option<Result<CommitOutcome, Error>>,
+}
+
+/// Whose RPC an id belongs to: the current step (by its number) or a
+/// heartbeat (by its number). Late answers to an old child are dropped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Child {
+    Step(u64),
+    Heartbeat(u64),
 }
 
 impl std::fmt::Debug for Committer {
@@ -461,6 +530,7 @@ impl Committer {
         .version();
         let budget = view.config.budget(view.config.backoff.prewrite);
         let backoffer = view.backoffer(budget);
+        let opts_threshold = opts.heartbeat_threshold.unwrap_or(TTL_REFRESHED_TXN_SIZE);
         Committer {
             lock_ttl: lock_ttl(size, elapsed),
             view,
@@ -483,13 +553,86 @@ impl Committer {
             backoffer,
             epoch: 0,
             ids: IdMap::new(),
+            heartbeat: None,
+            heartbeat_wanted: size >= opts_threshold,
+            elapsed,
             result: None,
         }
     }
 
     fn finish(&mut self, result: Result<CommitOutcome, Error>) {
         self.step = Step::Done;
+        self.heartbeat = None;
         self.result = Some(result);
+    }
+
+    /// Starts the TTL manager with the first prewrite (client-go starts it
+    /// once the primary is prewritten; an early beat that finds no lock yet
+    /// counts as one failure).
+    fn start_heartbeat(&mut self, now: Instant) {
+        if self.heartbeat_wanted && self.heartbeat.is_none() {
+            self.heartbeat = Some(Heartbeat {
+                next_at: now + HEARTBEAT_INTERVAL,
+                started: now,
+                elapsed_at_start: self.elapsed,
+                failures: 0,
+                seq: 0,
+                in_flight: None,
+            });
+        }
+    }
+
+    fn heartbeat_due(&mut self, now: Instant) {
+        let primary = self.primary.clone();
+        let view = self.view.clone();
+        let start_ts = self.start_ts;
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
+        if hb.in_flight.is_some() || now < hb.next_at {
+            return;
+        }
+        let age = hb.elapsed_at_start + now.saturating_duration_since(hb.started);
+        if age >= MAX_TXN_TTL {
+            self.heartbeat = None;
+            return;
+        }
+        let plan = HeartbeatPlan {
+            start_ts,
+            advise_lock_ttl: age.as_millis() as u64 + MAX_LOCK_TTL,
+            ok: false,
+        };
+        let budget = view.config.budget(view.config.backoff.txn_heartbeat);
+        let mut op = Point::fanout(
+            &view,
+            plan,
+            primary,
+            view.config.read_timeout_short,
+            view.backoffer(budget),
+        );
+        op.start(now);
+        hb.seq += 1;
+        hb.in_flight = Some(Box::new(op));
+        hb.next_at = now + HEARTBEAT_INTERVAL;
+        self.check_heartbeat();
+    }
+
+    fn check_heartbeat(&mut self) {
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
+        let Some(outcome) = hb.in_flight.as_mut().and_then(|op| op.poll_result()) else {
+            return;
+        };
+        hb.in_flight = None;
+        if matches!(outcome, Ok(true)) {
+            hb.failures = 0;
+        } else {
+            hb.failures += 1;
+            if hb.failures >= MAX_HEARTBEAT_FAILURES {
+                self.heartbeat = None;
+            }
+        }
     }
 
     fn set_step(&mut self, step: Step, now: Instant) {
@@ -540,6 +683,7 @@ impl Committer {
             one_pc_commit_ts: Vec::new(),
         };
         self.first_round = false;
+        self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork());
         self.set_step(Step::Prewrite(Box::new(op)), now);
@@ -761,16 +905,32 @@ impl Operation for Committer {
             Step::Tso(op) => op.poll_rpc(),
             Step::CommitPrimary(op) => op.poll_rpc(),
             _ => None,
-        }?;
-        Some(self.ids.wrap(self.epoch, rpc))
+        };
+        if let Some(rpc) = rpc {
+            return Some(self.ids.wrap(Child::Step(self.epoch), rpc));
+        }
+        let hb = self.heartbeat.as_mut()?;
+        let rpc = hb.in_flight.as_mut()?.poll_rpc()?;
+        Some(self.ids.wrap(Child::Heartbeat(hb.seq), rpc))
     }
 
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        let Some((epoch, id)) = self.ids.take(id) else {
+        let Some((child, id)) = self.ids.take(id) else {
             return;
         };
-        if epoch != self.epoch {
-            return;
+        match child {
+            Child::Heartbeat(seq) => {
+                if let Some(hb) = self.heartbeat.as_mut()
+                    && hb.seq == seq
+                    && let Some(op) = hb.in_flight.as_mut()
+                {
+                    op.on_response(id, response, now);
+                }
+                self.check_heartbeat();
+                return;
+            }
+            Child::Step(epoch) if epoch != self.epoch => return,
+            Child::Step(_) => {}
         }
         match &mut self.step {
             Step::Prewrite(op) => op.on_response(id, response, now),
@@ -783,6 +943,11 @@ impl Operation for Committer {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        if let Some(op) = self.heartbeat.as_mut().and_then(|hb| hb.in_flight.as_mut()) {
+            op.on_timeout(now);
+            self.check_heartbeat();
+        }
+        self.heartbeat_due(now);
         match &mut self.step {
             Step::Prewrite(op) => op.on_timeout(now),
             Step::Resolve(op) => op.on_timeout(now),
@@ -798,14 +963,19 @@ impl Operation for Committer {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match &self.step {
+        let step = match &self.step {
             Step::Prewrite(op) => op.poll_timeout(),
             Step::Resolve(op) => op.poll_timeout(),
             Step::Tso(op) => op.poll_timeout(),
             Step::CommitPrimary(op) => op.poll_timeout(),
             Step::Sleep(until) => Some(*until),
             _ => None,
-        }
+        };
+        let heartbeat = self.heartbeat.as_ref().and_then(|hb| match &hb.in_flight {
+            Some(op) => op.poll_timeout(),
+            None => Some(hb.next_at),
+        });
+        crate::time::earliest(step, heartbeat)
     }
 
     fn poll_result(&mut self) -> Option<Result<CommitOutcome, Error>> {

@@ -328,3 +328,64 @@ fn lock_ttl_grows_with_size_and_age() {
     assert_eq!(lock_ttl(4 * 1024 * 1024, Duration::ZERO), 12_000);
     assert_eq!(lock_ttl(1 << 30, Duration::ZERO), 20_000);
 }
+
+/// A large transaction that waits a long time in prewrite (another
+/// transaction's live lock) keeps its own primary alive with heartbeats.
+#[test]
+fn large_transactions_send_heartbeats_while_committing() {
+    let mut c = FakeCluster::new(&[]);
+    let locked = || {
+        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    primary_lock: "p".into(),
+                    key: "b".into(),
+                    lock_version: ts(400),
+                    lock_ttl: 600_000,
+                    txn_size: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    };
+    let alive = || {
+        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+            lock_ttl: 600_000,
+            ..Default::default()
+        }))
+    };
+    for _ in 0..15 {
+        c.fault("prewrite", locked());
+        c.fault("check_txn_status", alive());
+    }
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    for _ in 0..10 {
+        c.fault("txn_heart_beat", respond(KvResponse::TxnHeartBeat(Default::default())));
+    }
+    let opts = CommitOptions { heartbeat_threshold: Some(0), ..Default::default() };
+    let (log, result) = drive(committer(&["a", "b"], opts), &mut c);
+    result.expect("committed once the other lock was gone");
+    let beats: Vec<_> =
+        log.lines().filter(|l| l.contains("send") && l.contains("txn_heart_beat")).collect();
+    assert!(beats.len() >= 2, "heartbeats every 10 s while waiting:\n{log}");
+    assert!(beats[0].starts_with("t+10."), "{}", beats[0]);
+    assert!(beats[1].starts_with("t+20."), "{}", beats[1]);
+    let hb = c.received.iter().find_map(|r| match r {
+        KvRequest::TxnHeartBeat(h) => Some(h.clone()),
+        _ => None,
+    });
+    let hb = hb.expect("a heartbeat");
+    assert_eq!(&hb.primary_lock[..], b"a");
+    assert!(hb.advise_lock_ttl >= MAX_LOCK_TTL + 10_000, "age + 20 s: {}", hb.advise_lock_ttl);
+
+    // A small transaction sends none.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (log, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
+    result.expect("committed");
+    assert!(!log.contains("txn_heart_beat"));
+}
