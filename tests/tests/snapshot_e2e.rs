@@ -54,6 +54,38 @@ impl Writer<'_> {
         }
     }
 
+    /// An async-commit prewrite: the primary's lock lists the secondaries.
+    fn prewrite_async(&self, start_ts: u64, primary: &str, keys: &[(&str, &str)], ttl: u64) {
+        let secondaries: Vec<_> =
+            keys.iter().filter(|(k, _)| *k != primary).map(|(k, _)| k.to_string().into()).collect();
+        for (k, v) in keys {
+            let req = kvrpcpb::PrewriteRequest {
+                mutations: vec![kvrpcpb::Mutation {
+                    op: kvrpcpb::Op::Put as i32,
+                    key: k.to_string().into(),
+                    value: v.to_string().into(),
+                    ..Default::default()
+                }],
+                primary_lock: primary.to_string().into(),
+                start_version: start_ts,
+                lock_ttl: ttl,
+                txn_size: keys.len() as u64,
+                min_commit_ts: start_ts + 1,
+                max_commit_ts: start_ts + (60_000 << 18),
+                use_async_commit: true,
+                secondaries: if *k == primary { secondaries.clone() } else { Vec::new() },
+                ..Default::default()
+            };
+            match self.send(k.as_bytes(), req.into()) {
+                KvResponse::Prewrite(r) => {
+                    assert!(r.errors.is_empty(), "{:?}", r.errors);
+                    assert!(r.min_commit_ts > 0, "TiKV accepted async commit");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     fn commit(&self, start_ts: u64, commit_ts: u64, keys: &[&str]) {
         for k in keys {
             let req = kvrpcpb::CommitRequest {
@@ -143,6 +175,20 @@ async fn reads_see_committed_data_and_resolve_locks_of_every_kind() {
     let back = snap.scan_reverse("a".."z", 2).await.expect("reverse scan");
     assert_eq!(back, vec![KvPair::new("q", "q1"), KvPair::new("h", "h2")]);
     assert_eq!(snap.scan_keys("b".."r", 10).await.expect("keys").len(), 2);
+
+    // An async-commit writer that crashed after prewriting every key: it is
+    // committed (every prewrite succeeded). Once its TTL passed, a reader
+    // recovers the commit ts from the secondaries and reads the values.
+    let t6 = ts().await;
+    w.prewrite_async(t6, "h", &[("h", "h6"), ("q", "q6")], 100);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("q").await.expect("get").as_deref(), Some(&b"q6"[..]));
+    assert_eq!(snap.get("h").await.expect("get").as_deref(), Some(&b"h6"[..]));
+    assert!(
+        server.cluster().locks().iter().all(|l| l.lock_version != t6),
+        "the async-commit transaction's locks are resolved"
+    );
 
     // A live transaction started after the reader: its locks do not block
     // the reader (the lock's ts is above the read ts, TiKV skips it).
