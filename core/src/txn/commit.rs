@@ -230,7 +230,7 @@ impl KeyPlan for PrewritePlan {
         let KvResponse::Prewrite(r) = response else {
             return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
-        let mut locked_keys = Vec::new();
+        let mut locked_keys: Vec<Key> = Vec::new();
         for e in r.errors {
             if let Some(info) = &e.locked {
                 for lock in Lock::from_info(info) {
@@ -264,7 +264,12 @@ impl KeyPlan for PrewritePlan {
             }
         }
         if !locked_keys.is_empty() {
-            self.retry.extend(batch.into_iter().filter(|m| locked_keys.contains(&m.key)));
+            // TiKV writes nothing for a prewrite in which any key is locked
+            // ("skip write stage if some keys are locked"), so the whole
+            // batch is sent again once the locks are resolved, as client-go
+            // does. Retrying only the locked keys would leave the others
+            // without a lock, and a commit built on them would be wrong.
+            self.retry.extend(batch);
             return Ok(());
         }
         self.min_commit_ts_seen.push(r.min_commit_ts);

@@ -389,3 +389,51 @@ fn large_transactions_send_heartbeats_while_committing() {
     result.expect("committed");
     assert!(!log.contains("txn_heart_beat"));
 }
+
+/// TiKV writes nothing for a prewrite in which any key is locked, so after
+/// resolving, the whole batch is prewritten again — not only the locked key
+/// (found by the bank-transfer e2e test: the primary was never locked and
+/// its commit found no lock).
+#[test]
+fn a_partly_locked_batch_is_prewritten_again_whole() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    primary_lock: "p".into(),
+                    key: "b".into(),
+                    lock_version: ts(100),
+                    lock_ttl: 10,
+                    txn_size: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    );
+    c.fault(
+        "check_txn_status",
+        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+            action: kvrpcpb::Action::TtlExpireRollback as i32,
+            ..Default::default()
+        })),
+    );
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (_, result) = drive(committer(&["a", "b"], CommitOptions::default()), &mut c);
+    result.expect("committed");
+    let prewrites: Vec<Vec<Bytes>> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => Some(p.mutations.iter().map(|m| m.key.clone()).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prewrites.len(), 2);
+    assert_eq!(prewrites[1], vec![Bytes::from("a"), Bytes::from("b")]);
+}
