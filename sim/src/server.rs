@@ -122,10 +122,8 @@ impl TikvService {
         let resp = match req {
             KvRequest::PessimisticLock(r) => self.pessimistic_lock(r).await,
             req => {
-                let releases = !matches!(
-                    req,
-                    KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_)
-                );
+                let releases =
+                    !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
                 let resp = self.cluster.handle_kv(self.store_id, req, self.clock.now());
                 if releases {
                     self.released.notify_waiters();
@@ -505,11 +503,10 @@ impl SimServer {
         let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
         if slot.running.is_none() {
             let (listener, _) = bind(slot.addr).await?;
-            slot.running =
-                Some(serve(
-                    listener,
-                    Self::store_router(&self.cluster, store_id, self.clock, &self.released),
-                ));
+            slot.running = Some(serve(
+                listener,
+                Self::store_router(&self.cluster, store_id, self.clock, &self.released),
+            ));
         }
         let _ = self.cluster.start_store(store_id);
         Ok(())

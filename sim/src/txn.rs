@@ -1371,7 +1371,9 @@ impl crate::Cluster {
             return None;
         }
         let commit_ts = match st.mvcc.txn_record(&key, waited.lock_version) {
-            TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => commit_ts,
+            TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
+                commit_ts
+            }
             _ => 0,
         };
         Some(kvrpcpb::PessimisticLockResponse {
