@@ -7,6 +7,11 @@
 //! error status PD would send. Methods the model does not serve answer
 //! `Unimplemented` (the generated default stubs).
 //!
+//! `PessimisticLock` waits here for a conflicting lock, as TiKV's lock
+//! manager does, simplified (see `TikvService::pessimistic_lock`): every
+//! command that may release a lock wakes all parked requests, which re-check
+//! their lock in the model.
+//!
 //! Time: the model clock is the wall time elapsed since [`SimServer::start`],
 //! mapped explicitly onto [`tikv_core::time::Instant`] (the only place that
 //! reads a clock).
@@ -119,19 +124,16 @@ struct TikvService {
 
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
-        let resp = match req {
-            KvRequest::PessimisticLock(r) => self.pessimistic_lock(r).await,
-            req => {
-                let releases =
-                    !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
-                let resp = self.cluster.handle_kv(self.store_id, req, self.clock.now());
-                if releases {
-                    self.released.notify_waiters();
-                }
-                resp.map_err(to_status)
-            }
-        };
-        resp
+        if let KvRequest::PessimisticLock(r) = req {
+            return self.pessimistic_lock(r).await;
+        }
+        let releases =
+            !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
+        let resp = self.cluster.handle_kv(self.store_id, req, self.clock.now());
+        if releases {
+            self.released.notify_waiters();
+        }
+        resp.map_err(to_status)
     }
 
     /// `PessimisticLock` with TiKV's lock waiting, simplified: a request that
