@@ -31,12 +31,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts one simulator on a free port; prints its PD address once it serves.
+# Starts one simulator on a free port (in this shell, so that the cleanup
+# above knows its pid).
 start_sim() {
   local name=$1; shift
   "$sim" --pd 127.0.0.1:0 --stores 3 --regions 4 "$@" >"$logdir/$name.log" 2>&1 &
   pids+=($!)
-  local pid=$!
+}
+
+# Waits until a simulator serves; prints its PD address.
+sim_pd_addr() {
+  local name=$1 pid=$2
   for _ in $(seq 1 200); do
     if grep -q '^ready' "$logdir/$name.log"; then
       sed -n 's/^pd 0: //p' "$logdir/$name.log"
@@ -50,8 +55,10 @@ start_sim() {
   return 1
 }
 
-raw_pd=$(start_sim raw)
-txn_pd=$(start_sim txn --txn)
+start_sim raw
+start_sim txn --txn
+raw_pd=$(sim_pd_addr raw "${pids[0]}")
+txn_pd=$(sim_pd_addr txn "${pids[1]}")
 echo "raw cluster PD $raw_pd, txn cluster PD $txn_pd"
 
 cd tests/peer-client-go
