@@ -51,10 +51,17 @@
 //! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
 //!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
 //!   `MaxTimestampNotSynced` after a leader change). No latches, no
-//!   in-memory pessimistic locks, no lock waiting: `PessimisticLock` always
-//!   answers `KeyIsLocked` at once (no-wait), whatever `wait_timeout` says,
-//!   in the legacy wake-up mode (`results`, `lock_only_if_exists`,
-//!   `is_first_lock` are ignored); no deadlock detection. Values always live
+//!   in-memory pessimistic locks. `PessimisticLock` runs in the legacy
+//!   wake-up mode (`WakeUpModeForceLock`, `results`, `lock_only_if_exists`,
+//!   `is_first_lock` are ignored). The model answers a conflicting lock with
+//!   `KeyIsLocked` at once; lock waiting lives in the gRPC face
+//!   (`server`): a request with `wait_timeout >= 0` is parked until that
+//!   lock is released, then answers `WriteConflict` (reason
+//!   `PessimisticRetry`) as TiKV's woken legacy waiters do, or after
+//!   `min(wait_timeout, 1 s)` (0 meaning 1 s, TiKV's `wait_for_lock_timeout`)
+//!   answers the `KeyIsLocked`. Simplified: every waiter of a key wakes at
+//!   once (no queue order, no delayed wake-up), and the deterministic world
+//!   (which calls the model directly) never waits. No deadlock detection. Values always live
 //!   in the default CF (no short-value inlining); rollback records are all
 //!   kept (never collapsed, all protected); no GC, no `gc_fence`, no
 //!   `last_change`, no txn source, no shared locks, no pipelined DML

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
-//!          [--api-version 1|2] [--store-base-port PORT] [--cluster-id ID] [--seed S]
+//!          [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]
 //! ```
 //!
 //! Each `--pd` adds one PD member (the first is the leader). Store ports are
 //! ephemeral unless `--store-base-port` is given (store `i` listens on
 //! `PORT + i - 1`). `--regions N` pre-splits the raw key space into `N`
 //! regions at evenly spaced first bytes (after the `r\0\0\0` keyspace prefix
-//! in API V2). Prints the addresses and serves until Ctrl-C.
+//! in API V2). `--txn` makes an API V1 cluster a transactional one
+//! ([`ClusterConfig::v1_txn`]: boundaries memcomparable-encoded). A port of 0
+//! picks a free one. Prints the addresses and serves until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -18,13 +20,14 @@ use tikv_sim::server::{ServerOptions, SimServer};
 use tikv_sim::{ApiVersion, Cluster, ClusterConfig};
 
 const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
-[--api-version 1|2] [--store-base-port PORT] [--cluster-id ID] [--seed S]";
+[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]";
 
 struct Args {
     pd: Vec<SocketAddr>,
     stores: usize,
     regions: usize,
     api: ApiVersion,
+    txn: bool,
     store_base_port: Option<u16>,
     cluster_id: Option<u64>,
     seed: u64,
@@ -36,6 +39,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         stores: 3,
         regions: 1,
         api: ApiVersion::V1,
+        txn: false,
         store_base_port: None,
         cluster_id: None,
         seed: 0,
@@ -43,6 +47,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_owned());
+        }
+        if flag == "--txn" {
+            args.txn = true;
+            continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = |what: &str| format!("{flag}: {what} expected, got {value:?}\n{USAGE}");
@@ -102,6 +110,7 @@ fn main() -> ExitCode {
         split_keys: split_keys(args.regions, args.api),
         seed: args.seed,
         pd_members: args.pd.len(),
+        v1_txn: args.txn,
         ..ClusterConfig::default()
     };
     if let Some(id) = args.cluster_id {
@@ -146,6 +155,7 @@ fn main() -> ExitCode {
             }
         }
         println!("regions: {}", cluster.regions().len());
+        println!("ready");
         if let Err(e) = tokio::signal::ctrl_c().await {
             eprintln!("cannot wait for Ctrl-C: {e}");
         }
@@ -173,6 +183,8 @@ mod tests {
         assert_eq!(a.regions, 4);
         assert_eq!(a.api, ApiVersion::V2);
         assert_eq!(a.store_base_port, Some(20160));
+        assert!(!a.txn);
+        assert!(parse("--txn --pd 127.0.0.1:0").unwrap().txn);
         assert!(parse("--stores 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());

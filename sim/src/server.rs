@@ -7,6 +7,11 @@
 //! error status PD would send. Methods the model does not serve answer
 //! `Unimplemented` (the generated default stubs).
 //!
+//! `PessimisticLock` waits here for a conflicting lock, as TiKV's lock
+//! manager does, simplified (see `TikvService::pessimistic_lock`): every
+//! command that may release a lock wakes all parked requests, which re-check
+//! their lock in the model.
+//!
 //! Time: the model clock is the wall time elapsed since [`SimServer::start`],
 //! mapped explicitly onto [`tikv_core::time::Instant`] (the only place that
 //! reads a clock).
@@ -20,6 +25,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,7 +37,7 @@ use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
 use tikv_proto::{keyspacepb, kvrpcpb, pdpb};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::codegen::BoxStream;
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
@@ -90,17 +96,87 @@ fn to_status(e: RpcError) -> Status {
     }
 }
 
+/// TiKV's `wait_for_lock_timeout` default: the ceiling of every lock wait.
+const WAIT_FOR_LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a pessimistic lock request may wait (`WaitTimeout::from_encoded`
+/// then `into_duration_with_ceiling`): negative is no wait, 0 the default
+/// (the ceiling), otherwise the request's milliseconds up to the ceiling.
+fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
+    match u64::try_from(encoded) {
+        Err(_) => None,
+        Ok(0) => Some(WAIT_FOR_LOCK_TIMEOUT),
+        Ok(ms) => Some(Duration::from_millis(ms).min(WAIT_FOR_LOCK_TIMEOUT)),
+    }
+}
+
 /// The `Tikv` service of one store.
 #[derive(Clone, Debug)]
 struct TikvService {
     cluster: Cluster,
     store_id: u64,
     clock: WallClock,
+    /// Woken after every command that may release a lock (shared by all
+    /// stores: a lock waited for on one store may be released through another
+    /// after a leader change).
+    released: Arc<Notify>,
 }
 
 impl TikvService {
-    fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
-        self.cluster.handle_kv(self.store_id, req, self.clock.now()).map_err(to_status)
+    async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
+        if let KvRequest::PessimisticLock(r) = req {
+            return self.pessimistic_lock(r).await;
+        }
+        let releases =
+            !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
+        let resp = self.cluster.handle_kv(self.store_id, req, self.clock.now());
+        if releases {
+            self.released.notify_waiters();
+        }
+        resp.map_err(to_status)
+    }
+
+    /// `PessimisticLock` with TiKV's lock waiting, simplified: a request that
+    /// meets a lock and may wait is parked until that lock is released (then
+    /// it answers what a woken legacy-mode request answers, see
+    /// [`Cluster::pessimistic_lock_wake_up`]) or until its wait timeout (then
+    /// the original `KeyIsLocked`). Not modelled: the wait queue's order and
+    /// delayed wake-up of the other waiters (every waiter of a key wakes at
+    /// once), deadlock detection, and the resumable (`WakeUpModeForceLock`)
+    /// mode, which is treated as legacy.
+    async fn pessimistic_lock(
+        &self,
+        r: kvrpcpb::PessimisticLockRequest,
+    ) -> Result<KvResponse, Status> {
+        let wait = lock_wait_timeout(r.wait_timeout);
+        let mut notified = std::pin::pin!(self.released.notified());
+        notified.as_mut().enable();
+        let resp = self
+            .cluster
+            .handle_kv(self.store_id, KvRequest::PessimisticLock(r.clone()), self.clock.now())
+            .map_err(to_status)?;
+        let waited = match (&resp, wait) {
+            (KvResponse::PessimisticLock(p), Some(wait)) if p.region_error.is_none() => {
+                match p.errors.first().and_then(|e| e.locked.clone()) {
+                    Some(lock) => (lock, wait),
+                    None => return Ok(resp),
+                }
+            }
+            _ => return Ok(resp),
+        };
+        let (lock, wait) = waited;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(woken) = self.cluster.pessimistic_lock_wake_up(&r, &lock) {
+                return Ok(KvResponse::PessimisticLock(woken));
+            }
+            tokio::select! {
+                () = notified.as_mut() => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(resp),
+            }
+            notified.set(self.released.notified());
+            notified.as_mut().enable();
+        }
     }
 }
 
@@ -113,7 +189,7 @@ macro_rules! tikv_methods {
                     &self,
                     request: Request<kvrpcpb::$req>,
                 ) -> Result<Response<kvrpcpb::$resp>, Status> {
-                    match self.call(KvRequest::$variant(request.into_inner()))? {
+                    match self.call(KvRequest::$variant(request.into_inner())).await? {
                         KvResponse::$variant(r) => Ok(Response::new(r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
@@ -340,6 +416,7 @@ struct StoreSlot {
 pub struct SimServer {
     cluster: Cluster,
     clock: WallClock,
+    released: Arc<Notify>,
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
 }
@@ -350,6 +427,7 @@ impl SimServer {
     /// inside a tokio runtime.
     pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
         let clock = WallClock(std::time::Instant::now());
+        let released = Arc::new(Notify::new());
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut stores = BTreeMap::new();
         for id in cluster.store_ids() {
@@ -358,7 +436,7 @@ impl SimServer {
             // The store's address must be registered before anything can
             // ask PD for it.
             let _ = cluster.set_store_address(id, &addr.to_string());
-            let running = serve(listener, Self::store_router(&cluster, id, clock));
+            let running = serve(listener, Self::store_router(&cluster, id, clock, &released));
             stores.insert(id, StoreSlot { addr, running: Some(running) });
         }
         let mut pd = Vec::new();
@@ -372,11 +450,17 @@ impl SimServer {
                 .add_service(KeyspaceServer::new(svc));
             pd.push((addr, serve(listener, router)));
         }
-        Ok(SimServer { cluster, clock, pd, stores: tokio::sync::Mutex::new(stores) })
+        Ok(SimServer { cluster, clock, released, pd, stores: tokio::sync::Mutex::new(stores) })
     }
 
-    fn store_router(cluster: &Cluster, store_id: u64, clock: WallClock) -> Router {
-        let svc = TikvService { cluster: cluster.clone(), store_id, clock };
+    fn store_router(
+        cluster: &Cluster,
+        store_id: u64,
+        clock: WallClock,
+        released: &Arc<Notify>,
+    ) -> Router {
+        let svc =
+            TikvService { cluster: cluster.clone(), store_id, clock, released: released.clone() };
         tonic::transport::Server::builder().add_service(TikvServer::new(svc))
     }
 
@@ -421,8 +505,10 @@ impl SimServer {
         let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
         if slot.running.is_none() {
             let (listener, _) = bind(slot.addr).await?;
-            slot.running =
-                Some(serve(listener, Self::store_router(&self.cluster, store_id, self.clock)));
+            slot.running = Some(serve(
+                listener,
+                Self::store_router(&self.cluster, store_id, self.clock, &self.released),
+            ));
         }
         let _ = self.cluster.start_store(store_id);
         Ok(())

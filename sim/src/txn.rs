@@ -55,6 +55,33 @@ fn locked(lock: &Lock) -> kvrpcpb::KeyError {
     kvrpcpb::KeyError { locked: Some(lock.info()), ..Default::default() }
 }
 
+/// The `WriteConflict` key error of a pessimistic lock request (reason
+/// `PessimisticRetry`): a newer commit than its `for_update_ts`, or the
+/// release of a lock it waited for (`conflict_commit_ts` 0 for a rollback).
+fn pessimistic_retry(
+    r: &kvrpcpb::PessimisticLockRequest,
+    key: &[u8],
+    conflict_start_ts: u64,
+    conflict_commit_ts: u64,
+) -> kvrpcpb::KeyError {
+    let start_ts = r.start_version;
+    kvrpcpb::KeyError {
+        retryable: format!(
+            "WriteConflict {{ start_ts: {start_ts}, conflict_start_ts: {conflict_start_ts}, conflict_commit_ts: {conflict_commit_ts}, key: {} }}",
+            hex(key)
+        ),
+        conflict: Some(kvrpcpb::WriteConflict {
+            start_ts,
+            conflict_ts: conflict_start_ts,
+            key: Bytes::copy_from_slice(key),
+            primary: r.primary_lock.clone(),
+            conflict_commit_ts,
+            reason: kvrpcpb::write_conflict::Reason::PessimisticRetry as i32,
+        }),
+        ..Default::default()
+    }
+}
+
 fn txn_not_found(start_ts: u64, key: &Bytes) -> kvrpcpb::KeyError {
     kvrpcpb::KeyError {
         txn_not_found: Some(kvrpcpb::TxnNotFound { start_ts, primary_key: key.clone() }),
@@ -1163,8 +1190,9 @@ impl State {
         resp
     }
 
-    /// `commands::AcquirePessimisticLock` in the legacy wake-up mode, always
-    /// without waiting: a conflicting lock is reported at once.
+    /// `commands::AcquirePessimisticLock` in the legacy wake-up mode: a
+    /// conflicting lock is reported at once. Waiting for it is the server
+    /// face's part (`server`, over [`crate::Cluster::pessimistic_lock_wake_up`]).
     pub(crate) fn kv_pessimistic_lock(
         &mut self,
         store: u64,
@@ -1234,24 +1262,7 @@ impl State {
                     if let Some((commit_ts, w)) = self.mvcc.latest_write(key)
                         && commit_ts > r.for_update_ts
                     {
-                        use kvrpcpb::write_conflict::Reason;
-                        return Err(kvrpcpb::KeyError {
-                                retryable: format!(
-                                    "WriteConflict {{ start_ts: {start_ts}, conflict_start_ts: {}, conflict_commit_ts: {commit_ts}, key: {} }}",
-                                    w.start_ts,
-                                    hex(&m.key)
-                                ),
-                                conflict: Some(kvrpcpb::WriteConflict {
-                                    start_ts,
-                                    conflict_ts: w.start_ts,
-                                    key: m.key.clone(),
-                                    primary: r.primary_lock.clone(),
-                                    conflict_commit_ts: commit_ts,
-                                    reason: Reason::PessimisticRetry as i32,
-                                }),
-                                ..Default::default()
-                            }
-                            .into());
+                        return Err(pessimistic_retry(r, &m.key, w.start_ts, commit_ts).into());
                     }
                     match self.mvcc.txn_record(key, start_ts) {
                         TxnRecord::Single { write, .. } if write.kind == WriteKind::Rollback => {
@@ -1334,5 +1345,40 @@ impl State {
             Err(Fail::Key(e)) => resp.errors = vec![*e],
         }
         resp
+    }
+}
+
+/// Lock waiting (TiKV's `LockWaitQueues`), split so that the model stays
+/// synchronous: the server face parks a request whose response carries
+/// `KeyIsLocked` and asks here, on every release, whether it is woken.
+impl crate::Cluster {
+    /// For a `PessimisticLock` request `r` that met `waited` (the `locked`
+    /// error of its response): `None` while that lock is still held; once it
+    /// is released, the answer TiKV gives a woken request in the legacy
+    /// wake-up mode (`LockWaitQueues::pop_for_waking_up` cancelling the
+    /// entry): a `WriteConflict` with reason `PessimisticRetry` whose
+    /// `conflict_commit_ts` is the releasing transaction's commit ts on that
+    /// key, or 0 when it was rolled back. The client then retries with a
+    /// newer `for_update_ts`.
+    pub fn pessimistic_lock_wake_up(
+        &self,
+        r: &kvrpcpb::PessimisticLockRequest,
+        waited: &kvrpcpb::LockInfo,
+    ) -> Option<kvrpcpb::PessimisticLockResponse> {
+        let st = self.lock();
+        let key = txn_key(&waited.key);
+        if st.mvcc.locks.get(&key).is_some_and(|l| l.ts == waited.lock_version) {
+            return None;
+        }
+        let commit_ts = match st.mvcc.txn_record(&key, waited.lock_version) {
+            TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
+                commit_ts
+            }
+            _ => 0,
+        };
+        Some(kvrpcpb::PessimisticLockResponse {
+            errors: vec![pessimistic_retry(r, &waited.key, waited.lock_version, commit_ts)],
+            ..Default::default()
+        })
     }
 }

@@ -135,3 +135,72 @@ async fn serves_pd_tso_and_raw_kv_and_stops_stores() {
 
     server.shutdown().await;
 }
+
+/// TiKV's lock waiting for `PessimisticLock`: a waiter is woken by the
+/// release with a `PessimisticRetry` write conflict, times out with the
+/// `KeyIsLocked`, and a negative `wait_timeout` does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pessimistic_lock_waits_for_release() {
+    let cluster = Cluster::new(ClusterConfig { v1_txn: true, ..ClusterConfig::default() });
+    let server = SimServer::start(cluster.clone(), ServerOptions::default()).await.unwrap();
+    let region = cluster.regions()[0].clone();
+    let leader = cluster.leader_of(region.id).unwrap();
+    let addr = server.store_addr(leader.store_id).await.unwrap();
+    let mut kv = TikvClient::new(channel(format!("http://{addr}")).await.unwrap());
+    let ctx = cluster.context_for(region.id);
+    let lock_req = |start: u64, wait_timeout: i64| kvrpcpb::PessimisticLockRequest {
+        context: ctx.clone(),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::PessimisticLock as i32,
+            key: "k".into(),
+            ..Default::default()
+        }],
+        primary_lock: "k".into(),
+        start_version: start,
+        for_update_ts: start,
+        lock_ttl: 3000,
+        wait_timeout,
+        ..Default::default()
+    };
+    let held = kv.kv_pessimistic_lock(lock_req(10, -1)).await.unwrap().into_inner();
+    assert!(held.errors.is_empty(), "{:?}", held.errors);
+
+    // No wait: KeyIsLocked at once.
+    let t = std::time::Instant::now();
+    let r = kv.kv_pessimistic_lock(lock_req(20, -1)).await.unwrap().into_inner();
+    assert_eq!(r.errors[0].locked.as_ref().unwrap().lock_version, 10);
+    assert!(t.elapsed() < Duration::from_millis(500));
+
+    // Wait, then time out: KeyIsLocked after the request's timeout.
+    let t = std::time::Instant::now();
+    let r = kv.kv_pessimistic_lock(lock_req(20, 150)).await.unwrap().into_inner();
+    assert_eq!(r.errors[0].locked.as_ref().unwrap().lock_version, 10);
+    assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+
+    // Wait, woken by the holder's rollback: a write conflict without a commit ts.
+    let mut kv2 = kv.clone();
+    let rollback = kvrpcpb::PessimisticRollbackRequest {
+        context: ctx.clone(),
+        keys: vec!["k".into()],
+        start_version: 10,
+        for_update_ts: 10,
+    };
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kv2.kv_pessimistic_rollback(rollback).await.unwrap().into_inner()
+    });
+    let t = std::time::Instant::now();
+    let r = kv.kv_pessimistic_lock(lock_req(20, 0)).await.unwrap().into_inner();
+    let waited = t.elapsed();
+    assert!(releaser.await.unwrap().errors.is_empty());
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_millis(1000), "woken before the default timeout: {waited:?}");
+    let conflict = r.errors[0].conflict.clone().expect("a write conflict");
+    assert_eq!((conflict.start_ts, conflict.conflict_ts, conflict.conflict_commit_ts), (20, 10, 0));
+    assert_eq!(conflict.reason, kvrpcpb::write_conflict::Reason::PessimisticRetry as i32);
+    // The woken request did not lock; retrying it does.
+    assert!(cluster.locks().is_empty());
+    let r = kv.kv_pessimistic_lock(lock_req(20, 0)).await.unwrap().into_inner();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    server.shutdown().await;
+}
