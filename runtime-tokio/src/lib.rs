@@ -14,7 +14,8 @@
 //!   spawner.
 //! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC (tonic on HTTP/2):
 //!   one cached channel per address, client-go's dial and keepalive settings,
-//!   per-call deadlines, and the PD TSO stream.
+//!   per-call deadlines, the PD TSO stream, and TiKV's `BatchCommands`
+//!   streams (client-go's request batching, on by default).
 //!
 //! Nothing in this crate's public API names tonic or hyper: errors come back
 //! as `tikv_core::rpc::RpcError`.
@@ -39,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod clock;
 mod platform;
 mod runtime;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
+use tikv_core::rpc::batch::{BatchPolicy, is_batchable};
 use tikv_core::rpc::{
     KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, RpcError, Target,
 };
@@ -15,6 +16,7 @@ use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::tikvpb::tikv_client::TikvClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::batch::BatchConns;
 use crate::status::to_rpc_error;
 use crate::{clock, tso};
 
@@ -52,6 +54,14 @@ pub struct TransportConfig {
     pub initial_stream_window_size: u32,
     /// HTTP/2 initial connection window. Default 128 MiB.
     pub initial_connection_window_size: u32,
+    /// Send TiKV requests that have a batch form over one long-lived
+    /// `BatchCommands` stream per store, as client-go does; the others,
+    /// and all requests while a stream cannot be established, go unary.
+    /// Default on; off sends every request unary.
+    pub batch_commands: bool,
+    /// How long the stream's collector waits for more requests before
+    /// sending a short batch. Default [`BatchPolicy::Standard`], client-go's.
+    pub batch_policy: BatchPolicy,
 }
 
 impl Default for TransportConfig {
@@ -65,6 +75,8 @@ impl Default for TransportConfig {
             max_encoding_message_size: usize::MAX,
             initial_stream_window_size: 128 << 20,
             initial_connection_window_size: 128 << 20,
+            batch_commands: true,
+            batch_policy: BatchPolicy::Standard,
         }
     }
 }
@@ -93,6 +105,18 @@ impl TransportConfig {
     pub fn max_message_sizes(mut self, decoding: usize, encoding: usize) -> Self {
         self.max_decoding_message_size = decoding;
         self.max_encoding_message_size = encoding;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_commands`].
+    pub fn batch_commands(mut self, enabled: bool) -> Self {
+        self.batch_commands = enabled;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_policy`].
+    pub fn batch_policy(mut self, policy: BatchPolicy) -> Self {
+        self.batch_policy = policy;
         self
     }
 
@@ -130,6 +154,13 @@ impl TransportConfig {
 /// round at a time; a stream that fails is dropped, the failed round reports
 /// `RpcError::Unavailable`, and the next round opens a new one.
 ///
+/// With [`TransportConfig::batch_commands`] (the default), TiKV requests
+/// that have a batch form ride one `BatchCommands` stream per store,
+/// batched by `tikv_core::rpc::batch::BatchCollector` (client-go's policy);
+/// a broken stream fails its in-flight requests with a retryable
+/// `RpcError::Unavailable` and is re-created after a backoff, during which
+/// requests go unary.
+///
 /// Cloning is cheap and shares the channels. Calls must run inside a tokio
 /// runtime.
 #[derive(Clone, Debug)]
@@ -142,6 +173,7 @@ pub(crate) struct Inner {
     config: TransportConfig,
     channels: Mutex<HashMap<Arc<str>, Channel>>,
     pub(crate) tso: tso::Streams,
+    batch: BatchConns,
 }
 
 impl GrpcTransport {
@@ -153,6 +185,7 @@ impl GrpcTransport {
                 config,
                 channels: Mutex::new(HashMap::new()),
                 tso: tso::Streams::default(),
+                batch: BatchConns::default(),
             }),
         }
     }
@@ -195,6 +228,7 @@ impl Transport for GrpcTransport {
             Target::Pd { addr } | Target::Store { addr, .. } => addr.clone(),
         };
         async move {
+            let core_deadline = deadline;
             let deadline = clock::to_tokio(deadline);
             let timeout =
                 deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
@@ -202,7 +236,7 @@ impl Transport for GrpcTransport {
                 return Err(RpcError::DeadlineExceeded);
             }
             let name = request.name();
-            let call = dispatch(&inner, &addr, request, timeout);
+            let call = dispatch(&inner, &addr, request, core_deadline, timeout);
             let response = match deadline {
                 // Enforced here as well as by the server: a peer that never
                 // answers (or a stuck connect) must not hold the caller.
@@ -231,10 +265,16 @@ async fn dispatch(
     inner: &Inner,
     addr: &Arc<str>,
     request: Request,
+    deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
     let channel = inner.channel(addr)?;
     match request {
+        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => inner
+            .batch
+            .call(addr, channel, &inner.config, request, deadline)
+            .await
+            .map(Response::Kv),
         Request::Kv(request) => {
             call_kv(channel, &inner.config, request, timeout).await.map(Response::Kv)
         }
@@ -266,7 +306,7 @@ fn grpc_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
 macro_rules! kv_dispatch {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
         /// Sends one TiKV request with the matching `Tikv` method.
-        async fn call_kv(
+        pub(crate) async fn call_kv(
             channel: Channel,
             config: &TransportConfig,
             request: KvRequest,

@@ -11,6 +11,18 @@
 //! manager does, simplified (see `TikvService::pessimistic_lock`): every
 //! command that may release a lock wakes all parked requests, which re-check
 //! their lock in the model.
+//! `BatchCommands` follows TiKV's `src/server/service/kv.rs`: every entry of
+//! an inbound message is handled (here synchronously, by
+//! [`Cluster::handle_kv`]) and the answers go back in one
+//! `BatchCommandsResponse` per inbound message, under the same request ids,
+//! with a `transport_layer_load` of 0 (the model has no thread pool to
+//! load). An `Empty` entry is echoed with its `test_id`; an entry this model
+//! does not serve (coprocessor, GC, import, a missing command) gets an
+//! answer without a command, as TiKV answers requests it cannot parse. A
+//! transport fault from the model (a stopped store, an injected error) ends
+//! the stream with that status, so every request on it fails, as when a
+//! real store's stream breaks. [`SimServer::batch_stats`] counts messages
+//! and requests, so tests can see that batching happened.
 //!
 //! Time: the model clock is the wall time elapsed since [`SimServer::start`],
 //! mapped explicitly onto [`tikv_core::time::Instant`] (the only place that
@@ -26,14 +38,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tikv_core::rpc::batch::{from_batch_cmd, response_to_batch};
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_proto::keyspacepb::keyspace_server::{Keyspace, KeyspaceServer};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
+use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
+use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
+use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
+use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
 use tikv_proto::{keyspacepb, kvrpcpb, pdpb};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,6 +128,24 @@ fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
     }
 }
 
+/// What the stores' `BatchCommands` streams have seen (all stores together).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `BatchCommands` streams opened.
+    pub streams: u64,
+    /// `BatchCommandsRequest` messages received.
+    pub messages: u64,
+    /// Entries in them (requests, probes included).
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct BatchCounters {
+    streams: AtomicU64,
+    messages: AtomicU64,
+    requests: AtomicU64,
+}
+
 /// The `Tikv` service of one store.
 #[derive(Clone, Debug)]
 struct TikvService {
@@ -120,6 +156,7 @@ struct TikvService {
     /// stores: a lock waited for on one store may be released through another
     /// after a leader change).
     released: Arc<Notify>,
+    counters: Arc<BatchCounters>,
 }
 
 impl TikvService {
@@ -178,6 +215,69 @@ impl TikvService {
             notified.as_mut().enable();
         }
     }
+
+    /// Answers one inbound message (module docs).
+    async fn batch(&self, req: BatchCommandsRequest) -> Result<BatchCommandsResponse, Status> {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
+        let mut responses = Vec::with_capacity(req.requests.len());
+        for entry in req.requests {
+            let cmd = match entry.cmd.map(from_batch_cmd) {
+                Some(Ok(request)) => response_to_batch(self.call(request).await?),
+                Some(Err(ReqCmd::Empty(empty))) => {
+                    Some(RespCmd::Empty(BatchCommandsEmptyResponse { test_id: empty.test_id }))
+                }
+                Some(Err(_)) | None => None,
+            };
+            responses.push(RespEntry { cmd });
+        }
+        Ok(BatchCommandsResponse {
+            responses,
+            request_ids: req.request_ids,
+            transport_layer_load: 0,
+            ..Default::default()
+        })
+    }
+
+    /// One answer message per inbound message; the first error ends the
+    /// stream with its status. Messages are handled concurrently (TiKV runs
+    /// every entry on its own), so a `PessimisticLock` waiting for a lock
+    /// does not hold up the commit that would release it on the same
+    /// stream; answers go out as they are ready.
+    fn batch_stream(
+        &self,
+        mut inbound: tonic::Streaming<BatchCommandsRequest>,
+    ) -> BoxStream<BatchCommandsResponse> {
+        self.counters.streams.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<BatchCommandsResponse, Status>>();
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(req)) => {
+                        let (svc, tx) = (svc.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let _ = tx.unbounded_send(svc.batch(req).await);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.unbounded_send(Err(status));
+                        break;
+                    }
+                }
+            }
+        });
+        let out = futures::stream::unfold(Some(rx), |state| async move {
+            let mut rx = state?;
+            match futures::StreamExt::next(&mut rx).await? {
+                Ok(resp) => Some((Ok(resp), Some(rx))),
+                // The first error ends the stream, as a broken TiKV stream does.
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Box::pin(out)
+    }
 }
 
 macro_rules! tikv_methods {
@@ -195,6 +295,13 @@ macro_rules! tikv_methods {
                     }
                 }
             )*
+
+            async fn batch_commands(
+                &self,
+                request: Request<tonic::Streaming<BatchCommandsRequest>>,
+            ) -> Result<Response<BoxStream<BatchCommandsResponse>>, Status> {
+                Ok(Response::new(self.batch_stream(request.into_inner())))
+            }
         }
     };
 }
@@ -417,6 +524,7 @@ pub struct SimServer {
     cluster: Cluster,
     clock: WallClock,
     released: Arc<Notify>,
+    counters: Arc<BatchCounters>,
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
 }
@@ -428,6 +536,7 @@ impl SimServer {
     pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
         let clock = WallClock(std::time::Instant::now());
         let released = Arc::new(Notify::new());
+        let counters = Arc::new(BatchCounters::default());
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut stores = BTreeMap::new();
         for id in cluster.store_ids() {
@@ -436,7 +545,8 @@ impl SimServer {
             // The store's address must be registered before anything can
             // ask PD for it.
             let _ = cluster.set_store_address(id, &addr.to_string());
-            let running = serve(listener, Self::store_router(&cluster, id, clock, &released));
+            let running =
+                serve(listener, Self::store_router(&cluster, id, clock, &released, &counters));
             stores.insert(id, StoreSlot { addr, running: Some(running) });
         }
         let mut pd = Vec::new();
@@ -450,7 +560,14 @@ impl SimServer {
                 .add_service(KeyspaceServer::new(svc));
             pd.push((addr, serve(listener, router)));
         }
-        Ok(SimServer { cluster, clock, released, pd, stores: tokio::sync::Mutex::new(stores) })
+        Ok(SimServer {
+            cluster,
+            clock,
+            released,
+            counters,
+            pd,
+            stores: tokio::sync::Mutex::new(stores),
+        })
     }
 
     fn store_router(
@@ -458,10 +575,26 @@ impl SimServer {
         store_id: u64,
         clock: WallClock,
         released: &Arc<Notify>,
+        counters: &Arc<BatchCounters>,
     ) -> Router {
-        let svc =
-            TikvService { cluster: cluster.clone(), store_id, clock, released: released.clone() };
+        let svc = TikvService {
+            cluster: cluster.clone(),
+            store_id,
+            clock,
+            released: released.clone(),
+            counters: counters.clone(),
+        };
         tonic::transport::Server::builder().add_service(TikvServer::new(svc))
+    }
+
+    /// What the stores' `BatchCommands` streams have received so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        let c = &self.counters;
+        BatchStats {
+            streams: c.streams.load(Ordering::Relaxed),
+            messages: c.messages.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// The served cluster (for topology changes and injections while serving).
@@ -507,7 +640,13 @@ impl SimServer {
             let (listener, _) = bind(slot.addr).await?;
             slot.running = Some(serve(
                 listener,
-                Self::store_router(&self.cluster, store_id, self.clock, &self.released),
+                Self::store_router(
+                    &self.cluster,
+                    store_id,
+                    self.clock,
+                    &self.released,
+                    &self.counters,
+                ),
             ));
         }
         let _ = self.cluster.start_store(store_id);

@@ -7,6 +7,7 @@
 //! idea), so routing code can stamp the `kvrpcpb::Context` and read the region
 //! error of any TiKV response without knowing which command it is.
 
+pub mod batch;
 pub mod fanout;
 pub mod region_error;
 pub mod sender;

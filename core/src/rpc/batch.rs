@@ -1,0 +1,639 @@
+//! The `BatchCommands` batching policy: one [`BatchCollector`] per stream.
+//!
+//! TiKV's `BatchCommands` RPC is a bidirectional stream on which every
+//! message carries many requests, each tagged with a client-chosen id, and
+//! every answer message carries responses under the same ids. client-go
+//! sends nearly all point requests this way (`internal/client/client_batch.go`,
+//! `conn_batch.go`); with tonic it is the difference between ~85K and
+//! ~350K+ ops/s on one connection (`perf-reliability-anchors.md` §3.3).
+//!
+//! The collector is the whole protocol, without I/O: requests are
+//! [`push`](BatchCollector::push)ed with the time they arrived; the runtime
+//! drains [`poll_batch`](BatchCollector::poll_batch) (messages to write),
+//! [`poll_completion`](BatchCollector::poll_completion) (answers for
+//! waiters) and [`poll_fallback`](BatchCollector::poll_fallback) (requests
+//! to send as unary calls instead), arms one timer at
+//! [`poll_timeout`](BatchCollector::poll_timeout), and feeds back
+//! responses, stream failures and timer firings. The waiter type `W` is the
+//! runtime's (a oneshot sender, a test label); the collector only moves it.
+//!
+//! Decisions, each client-go's:
+//! - **What rides the stream**: a request whose command has a
+//!   `BatchCommandsRequest.Request` oneof case ([`to_batch_cmd`]); the rest
+//!   (`RawGetKeyTtl`, `RawCompareAndSwap`, `RawChecksum`, `SplitRegion`,
+//!   `UnsafeDestroyRange`) stay unary, as `tikvrpc.ToBatchCommandsRequest`
+//!   refuses them.
+//! - **When to flush**: at most [`MAX_BATCH_SIZE`] (128, client-go's
+//!   `MaxBatchSize`) requests per message. Everything queued goes at once
+//!   unless the "standard" turbo policy (client-go's default
+//!   `batch-policy`, cg#1411) predicts more arrivals: it keeps an EWMA
+//!   (weight 0.2) of the gap between a batch's first request and the latest
+//!   request before it, each gap capped at 5 x 100 µs; when the estimate is
+//!   below 80 µs it waits up to 100 µs for an EWMA-sized batch (the average
+//!   of recent batch sizes, rounded up from .8). See [`BatchPolicy`].
+//! - **Ids**: increasing per collector, never reused, so a late answer to
+//!   an abandoned request can never complete another one. Answers with an
+//!   unknown id (expired, or from a server bug) are dropped and counted.
+//! - **Deadlines**: every request has one; [`on_timeout`](BatchCollector::on_timeout)
+//!   fails the expired ones with [`RpcError::DeadlineExceeded`] whether
+//!   queued or sent (client-go's per-entry timer), which also frees their slot.
+//! - **Stream life**: a new stream first carries a probe (an `Empty`
+//!   request, which TiKV echoes) and requests queue until its answer shows
+//!   the stream works. A stream that breaks fails every sent request with
+//!   the retryable `RpcError::Unavailable("batch stream broken: ...")`
+//!   (client-go fails the pending entries of the broken stream); requests
+//!   not yet written are handed back as fallbacks to send unary. Until the
+//!   next attempt (backoff 100 ms doubling to 2 s, `BoTiKVRPC`'s range)
+//!   new requests fall back to unary too, so a store that rejects the
+//!   stream, or an older server without it, is still served.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
+use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
+use tikv_proto::tikvpb::{
+    BatchCommandsEmptyRequest, BatchCommandsRequest, BatchCommandsResponse, batch_commands_request,
+};
+
+use super::{KvRequest, KvResponse, RpcError};
+use crate::time::{Duration, Instant};
+
+/// client-go's `MaxBatchSize` default: requests per `BatchCommandsRequest`.
+pub const MAX_BATCH_SIZE: usize = 128;
+
+/// client-go's turbo wait `t` (100 µs).
+const TURBO_WAIT: Duration = Duration::from_micros(100);
+/// client-go's `BatchWaitSize` default: the initial batch-size estimate.
+const DEFAULT_BATCH_WAIT_SIZE: u64 = 8;
+/// Fixed-point scale of the batch-size EWMA (thousandths of a request), so
+/// the policy is integer arithmetic and transcripts are exact.
+const MILLI: u64 = 1000;
+/// First backoff before re-creating a broken stream (`BoTiKVRPC` base).
+const REOPEN_BASE: Duration = Duration::from_millis(100);
+/// Largest backoff before re-creating a broken stream (`BoTiKVRPC` cap).
+const REOPEN_CAP: Duration = Duration::from_secs(2);
+
+macro_rules! batch_conversions {
+    (batch: [$($b:ident),* $(,)?], unary: [$($u:ident),* $(,)?] $(,)?) => {
+        /// The stream form of `request`, or the request back if its command
+        /// has no `BatchCommandsRequest` case and must be sent unary.
+        ///
+        /// ```
+        /// use tikv_core::rpc::KvRequest;
+        /// use tikv_core::rpc::batch::to_batch_cmd;
+        ///
+        /// assert!(to_batch_cmd(KvRequest::RawGet(Default::default())).is_ok());
+        /// assert!(to_batch_cmd(KvRequest::RawChecksum(Default::default())).is_err());
+        /// ```
+        // The error carries the request back so the caller can still send it.
+        #[allow(clippy::result_large_err)]
+        pub fn to_batch_cmd(request: KvRequest) -> Result<ReqCmd, KvRequest> {
+            match request {
+                $(KvRequest::$b(r) => Ok(ReqCmd::$b(r)),)*
+                $(KvRequest::$u(_) => Err(request),)*
+            }
+        }
+
+        /// True if `request` can ride a `BatchCommands` stream.
+        pub fn is_batchable(request: &KvRequest) -> bool {
+            match request {
+                $(KvRequest::$b(_) => true,)*
+                $(KvRequest::$u(_) => false,)*
+            }
+        }
+
+        /// The typed request inside a stream entry (the server side), or the
+        /// entry back for commands this client does not model (`Empty`,
+        /// `Coprocessor`, ...).
+        #[allow(clippy::result_large_err)]
+        pub fn from_batch_cmd(cmd: ReqCmd) -> Result<KvRequest, ReqCmd> {
+            match cmd {
+                $(ReqCmd::$b(r) => Ok(KvRequest::$b(r)),)*
+                other => Err(other),
+            }
+        }
+
+        /// The stream form of a response (the server side); `None` for the
+        /// commands that have no batch case.
+        pub fn response_to_batch(response: KvResponse) -> Option<RespCmd> {
+            match response {
+                $(KvResponse::$b(r) => Some(RespCmd::$b(r)),)*
+                $(KvResponse::$u(_) => None,)*
+            }
+        }
+
+        /// The typed response inside a stream entry, or the entry back if it
+        /// is not a response to any request this client sends on the stream.
+        #[allow(clippy::result_large_err)]
+        pub fn response_from_batch(cmd: RespCmd) -> Result<KvResponse, RespCmd> {
+            match cmd {
+                $(RespCmd::$b(r) => Ok(KvResponse::$b(r)),)*
+                other => Err(other),
+            }
+        }
+    };
+}
+
+// Every `KvRequest` variant is listed once: adding one to `for_each_kv_rpc!`
+// fails to compile until it is sorted here. The unary list is client-go's
+// (no batch case in kvproto for these commands).
+batch_conversions! {
+    batch: [
+        Get, Scan, Prewrite, PessimisticLock, PessimisticRollback, TxnHeartBeat,
+        CheckTxnStatus, CheckSecondaryLocks, Commit, Cleanup, BatchGet, BatchRollback,
+        ScanLock, ResolveLock, DeleteRange, Flush, BufferBatchGet, RawGet, RawBatchGet,
+        RawPut, RawBatchPut, RawDelete, RawBatchDelete, RawScan, RawDeleteRange, RawBatchScan,
+    ],
+    unary: [RawGetKeyTtl, RawCompareAndSwap, RawChecksum, SplitRegion, UnsafeDestroyRange],
+}
+
+/// How long a collector waits for more requests before flushing a short
+/// batch (client-go's `batch-policy`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum BatchPolicy {
+    /// Never wait: send whatever is queued (client-go's `basic`, the
+    /// behaviour before TiDB v8.3).
+    Basic,
+    /// Wait up to 100 µs, only while requests arrive less than 80 µs apart
+    /// on average (client-go's `standard`, the default).
+    Standard,
+    /// Always wait up to 100 µs for 8 requests (client-go's `positive`).
+    Positive,
+}
+
+/// Settings of a [`BatchCollector`]. Defaults are client-go's.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchConfig {
+    /// Most requests per message, at least 1. Default [`MAX_BATCH_SIZE`] (128).
+    pub max_batch_size: usize,
+    /// The wait policy. Default [`BatchPolicy::Standard`].
+    pub policy: BatchPolicy,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_batch_size: MAX_BATCH_SIZE, policy: BatchPolicy::Standard }
+    }
+}
+
+impl BatchConfig {
+    /// Sets [`BatchConfig::policy`].
+    pub fn policy(mut self, policy: BatchPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets [`BatchConfig::max_batch_size`] (at least 1).
+    pub fn max_batch_size(mut self, size: usize) -> Self {
+        self.max_batch_size = size.max(1);
+        self
+    }
+}
+
+/// Where a collector's stream is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    /// No stream. Requests fall back to unary until the reopen time, then
+    /// queue and ask for a stream ([`BatchCollector::wants_stream`]).
+    Down,
+    /// A stream was opened; its probe is unanswered. Requests queue.
+    Probing,
+    /// The stream answered; requests flow.
+    Ready,
+}
+
+/// Counters of one collector, for metrics and tests.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `BatchCommandsRequest` messages emitted (probes excluded).
+    pub batches: u64,
+    /// Requests sent in them.
+    pub requests: u64,
+    /// Responses matched to a waiting request.
+    pub responses: u64,
+    /// Responses whose id matched nothing (expired, failed, or bogus).
+    pub unknown_responses: u64,
+    /// Requests failed by their deadline.
+    pub expired: u64,
+    /// Requests failed because their stream broke.
+    pub broken: u64,
+    /// Requests handed back for unary sending.
+    pub fallbacks: u64,
+    /// Streams opened.
+    pub streams_opened: u64,
+}
+
+/// Identifies one stream of a collector, so events from a replaced stream
+/// are ignored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamGen(pub u64);
+
+/// A request handed back to be sent as a unary call.
+#[derive(Debug)]
+pub struct Fallback<W> {
+    /// The request, as pushed.
+    pub request: KvRequest,
+    /// Its waiter.
+    pub waiter: W,
+    /// Its deadline.
+    pub deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Queued<W> {
+    request: KvRequest,
+    waiter: W,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct InFlight<W> {
+    waiter: W,
+    deadline: Instant,
+    /// The command, to check the answer against.
+    name: &'static str,
+}
+
+/// A decided wait for more requests.
+#[derive(Copy, Clone, Debug)]
+struct Wait {
+    until: Instant,
+    size: usize,
+}
+
+/// The batching state machine of one `BatchCommands` stream (module docs).
+///
+/// ```
+/// use tikv_core::rpc::KvRequest;
+/// use tikv_core::rpc::batch::{BatchCollector, BatchConfig};
+/// use tikv_core::time::Instant;
+///
+/// let mut c = BatchCollector::<&str>::new(BatchConfig::default());
+/// let t = Instant::from_millis(1);
+/// c.push(KvRequest::RawGet(Default::default()), "a", Instant::from_millis(100), t);
+/// let stream = c.wants_stream().then(|| c.open_stream(t)).unwrap();
+/// let probe = c.poll_batch(t).unwrap(); // the handshake goes first
+/// // ... the server echoes the probe, then requests flow:
+/// # let answer = tikv_proto::tikvpb::BatchCommandsResponse {
+/// #     request_ids: probe.request_ids.clone(),
+/// #     responses: vec![Default::default()],
+/// #     ..Default::default()
+/// # };
+/// c.on_response(stream, answer, t);
+/// let batch = c.poll_batch(t).unwrap();
+/// assert_eq!(batch.requests.len(), 1);
+/// ```
+#[derive(Debug)]
+pub struct BatchCollector<W> {
+    config: BatchConfig,
+    state: StreamState,
+    stream: StreamGen,
+    /// When `Down`: no new stream before this instant.
+    reopen_at: Instant,
+    /// Consecutive failed streams (no probe answered), for the backoff.
+    failures: u32,
+    probe: Option<u64>,
+    probe_pending: bool,
+    queue: VecDeque<Queued<W>>,
+    in_flight: BTreeMap<u64, InFlight<W>>,
+    /// (deadline, id) of every in-flight request: the earliest is first.
+    deadlines: BTreeSet<(Instant, u64)>,
+    next_id: u64,
+    /// Arrival of the latest request pushed (client-go's `latestReqArriveTime`).
+    latest_arrival: Option<Instant>,
+    /// Arrival of the current head of the queue, and the gap before it.
+    head_gap: Option<Duration>,
+    /// EWMA of head arrival gaps in nanoseconds; 0 = no sample yet.
+    est_gap_nanos: u64,
+    /// EWMA of flushed batch sizes, in thousandths.
+    avg_size_milli: u64,
+    wait: Option<Wait>,
+    decided: bool,
+    completions: VecDeque<(W, Result<KvResponse, RpcError>)>,
+    fallbacks: VecDeque<Fallback<W>>,
+    stats: BatchStats,
+}
+
+impl<W> BatchCollector<W> {
+    /// A collector with no stream yet.
+    pub fn new(config: BatchConfig) -> Self {
+        BatchCollector {
+            config: config.max_batch_size(config.max_batch_size),
+            state: StreamState::Down,
+            stream: StreamGen(0),
+            reopen_at: Instant::ZERO,
+            failures: 0,
+            probe: None,
+            probe_pending: false,
+            queue: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            next_id: 1,
+            latest_arrival: None,
+            head_gap: None,
+            est_gap_nanos: 0,
+            avg_size_milli: DEFAULT_BATCH_WAIT_SIZE * MILLI,
+            wait: None,
+            decided: false,
+            completions: VecDeque::new(),
+            fallbacks: VecDeque::new(),
+            stats: BatchStats::default(),
+        }
+    }
+
+    /// The stream's state.
+    pub fn state(&self) -> StreamState {
+        self.state
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    /// Requests queued or sent and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
+
+    /// A request arrived at `now`, to be answered through `waiter` by
+    /// `deadline`. It queues for the stream, or becomes a fallback when it
+    /// cannot ride one (no batch case, or the stream is down and backing off).
+    pub fn push(&mut self, request: KvRequest, waiter: W, deadline: Instant, now: Instant) {
+        let usable = match self.state {
+            StreamState::Down => now >= self.reopen_at,
+            StreamState::Probing | StreamState::Ready => true,
+        };
+        if !usable || !is_batchable(&request) {
+            self.stats.fallbacks += 1;
+            self.fallbacks.push_back(Fallback { request, waiter, deadline });
+            return;
+        }
+        if self.queue.is_empty() {
+            // client-go's head arrival interval: measured from the latest
+            // request before this one, only if time moved forward.
+            self.head_gap = self
+                .latest_arrival
+                .map(|latest| now.saturating_duration_since(latest))
+                .filter(|gap| !gap.is_zero());
+        }
+        self.latest_arrival = Some(self.latest_arrival.map_or(now, |l| l.max(now)));
+        self.queue.push_back(Queued { request, waiter, deadline });
+    }
+
+    /// True when requests wait for a stream that does not exist: the
+    /// runtime should open one and call [`open_stream`](Self::open_stream).
+    pub fn wants_stream(&self) -> bool {
+        self.state == StreamState::Down && !self.queue.is_empty()
+    }
+
+    /// The runtime opened a new stream; its first message must be the
+    /// probe that [`poll_batch`](Self::poll_batch) returns next. Events of
+    /// any earlier stream are ignored from now on.
+    pub fn open_stream(&mut self, _now: Instant) -> StreamGen {
+        self.stream = StreamGen(self.stream.0 + 1);
+        self.state = StreamState::Probing;
+        let id = self.take_id();
+        self.probe = Some(id);
+        self.probe_pending = true;
+        self.stats.streams_opened += 1;
+        self.stream
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.saturating_add(1);
+        id
+    }
+
+    /// The next message to write on the current stream, if the policy says
+    /// to send now. Call until `None` after every event.
+    pub fn poll_batch(&mut self, now: Instant) -> Option<BatchCommandsRequest> {
+        match self.state {
+            StreamState::Down => return None,
+            StreamState::Probing => {
+                if !self.probe_pending {
+                    return None;
+                }
+                self.probe_pending = false;
+                let id = self.probe?;
+                let empty = BatchCommandsEmptyRequest { test_id: id, delay_time: 0 };
+                return Some(BatchCommandsRequest {
+                    requests: vec![batch_commands_request::Request {
+                        cmd: Some(ReqCmd::Empty(empty)),
+                    }],
+                    request_ids: vec![id],
+                    client_send_time_ns: 0,
+                });
+            }
+            StreamState::Ready => {}
+        }
+        if self.queue.is_empty() {
+            return None;
+        }
+        let max = self.config.max_batch_size;
+        if self.queue.len() < max {
+            if !self.decided {
+                self.decided = true;
+                self.wait = self.decide_wait(now);
+            }
+            if let Some(wait) = self.wait
+                && now < wait.until
+                && self.queue.len() < wait.size
+            {
+                return None;
+            }
+        }
+        Some(self.flush(now))
+    }
+
+    /// client-go's `turboBatchTrigger.needFetchMore` and
+    /// `preferredBatchWaitSize`, decided once per batch.
+    fn decide_wait(&mut self, now: Instant) -> Option<Wait> {
+        let size = match self.config.policy {
+            BatchPolicy::Basic => return None,
+            BatchPolicy::Positive => DEFAULT_BATCH_WAIT_SIZE as usize,
+            BatchPolicy::Standard => {
+                // Only a head that followed an earlier request has a gap;
+                // the first request after idleness never waits.
+                let gap = self.head_gap?;
+                let cap = TURBO_WAIT.as_nanos() as u64 * 5;
+                let gap = (gap.as_nanos().min(u128::from(cap))) as u64;
+                self.est_gap_nanos = if self.est_gap_nanos == 0 {
+                    gap
+                } else {
+                    // w = 0.2
+                    (gap + 4 * self.est_gap_nanos) / 5
+                };
+                // p * t = 0.8 x 100 µs
+                if self.est_gap_nanos >= TURBO_WAIT.as_nanos() as u64 * 8 / 10 {
+                    return None;
+                }
+                let whole = self.avg_size_milli / MILLI;
+                let frac = self.avg_size_milli % MILLI;
+                // q = 0.8: round up from .8
+                (whole + u64::from(frac >= 800)) as usize
+            }
+        };
+        if self.queue.len() >= size {
+            return None;
+        }
+        Some(Wait { until: now + TURBO_WAIT, size })
+    }
+
+    fn flush(&mut self, _now: Instant) -> BatchCommandsRequest {
+        let n = self.queue.len().min(self.config.max_batch_size);
+        let mut requests = Vec::with_capacity(n);
+        let mut request_ids = Vec::with_capacity(n);
+        for queued in self.queue.drain(..n) {
+            let id = self.next_id;
+            self.next_id = self.next_id.saturating_add(1);
+            let name = queued.request.name();
+            // Only batchable requests are queued (`push`).
+            let Ok(cmd) = to_batch_cmd(queued.request) else { continue };
+            requests.push(batch_commands_request::Request { cmd: Some(cmd) });
+            request_ids.push(id);
+            self.deadlines.insert((queued.deadline, id));
+            self.in_flight
+                .insert(id, InFlight { waiter: queued.waiter, deadline: queued.deadline, name });
+        }
+        let n = requests.len() as u64;
+        self.stats.batches += 1;
+        self.stats.requests += n;
+        // client-go: avgBatchWaitSize = 0.2 * len + 0.8 * avgBatchWaitSize
+        self.avg_size_milli = (n * MILLI + 4 * self.avg_size_milli) / 5;
+        self.wait = None;
+        self.decided = false;
+        // The rest of the queue (beyond max) is a new batch whose head
+        // arrived with the others: no gap.
+        self.head_gap = None;
+        BatchCommandsRequest { requests, request_ids, client_send_time_ns: 0 }
+    }
+
+    /// The earliest instant at which the collector has something to do:
+    /// the end of a batch wait, a request deadline, or the reopen time of a
+    /// stream that queued requests wait for.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let wait = self.wait.filter(|_| self.state == StreamState::Ready).map(|w| w.until);
+        let in_flight = self.deadlines.first().map(|(d, _)| *d);
+        let queued = self.queue.iter().map(|q| q.deadline).min();
+        [wait, in_flight, queued].into_iter().flatten().min()
+    }
+
+    /// The clock reached `now`: fails every request whose deadline passed.
+    /// (A batch whose wait ended is returned by the next `poll_batch`.)
+    pub fn on_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(entry) = self.in_flight.remove(&id) {
+                self.stats.expired += 1;
+                self.completions.push_back((entry.waiter, Err(RpcError::DeadlineExceeded)));
+            }
+        }
+        if self.queue.iter().any(|q| q.deadline <= now) {
+            let mut kept = VecDeque::with_capacity(self.queue.len());
+            for queued in self.queue.drain(..) {
+                if queued.deadline <= now {
+                    self.stats.expired += 1;
+                    self.completions.push_back((queued.waiter, Err(RpcError::DeadlineExceeded)));
+                } else {
+                    kept.push_back(queued);
+                }
+            }
+            self.queue = kept;
+        }
+    }
+
+    /// A message arrived on stream `stream`. Each response completes the
+    /// request with its id; unknown ids are counted and dropped; an entry
+    /// of another command than the request's becomes
+    /// [`RpcError::Mismatch`] for that request.
+    pub fn on_response(
+        &mut self,
+        stream: StreamGen,
+        response: BatchCommandsResponse,
+        _now: Instant,
+    ) {
+        if stream != self.stream {
+            return;
+        }
+        let BatchCommandsResponse { responses, request_ids, .. } = response;
+        let mut responses = responses.into_iter();
+        for id in request_ids {
+            let cmd = responses.next().and_then(|r| r.cmd);
+            if self.probe == Some(id) {
+                // Any answer to the probe proves the stream works.
+                self.probe = None;
+                self.state = StreamState::Ready;
+                self.failures = 0;
+                continue;
+            }
+            let Some(entry) = self.in_flight.remove(&id) else {
+                self.stats.unknown_responses += 1;
+                continue;
+            };
+            self.deadlines.remove(&(entry.deadline, id));
+            self.stats.responses += 1;
+            let result = match cmd.map(response_from_batch) {
+                Some(Ok(response)) if response.name() == entry.name => Ok(response),
+                Some(_) | None => Err(RpcError::Mismatch),
+            };
+            self.completions.push_back((entry.waiter, result));
+        }
+    }
+
+    /// Stream `stream` failed (`reason` for the error message). Every sent
+    /// request fails with `RpcError::Unavailable("batch stream broken:
+    /// {reason}")`, retryable; queued ones become fallbacks; the next
+    /// stream may be opened after a backoff (100 ms doubling to 2 s per
+    /// consecutive stream that never answered its probe).
+    pub fn on_stream_broken(&mut self, stream: StreamGen, reason: &str, now: Instant) {
+        if stream != self.stream || self.state == StreamState::Down {
+            return;
+        }
+        if self.state == StreamState::Probing {
+            self.failures = self.failures.saturating_add(1);
+        }
+        let exp = self.failures.saturating_sub(1).min(16);
+        let backoff = REOPEN_BASE.saturating_mul(1 << exp).min(REOPEN_CAP);
+        // A stream that worked and broke is retried on the first backoff
+        // step, a stream that keeps failing to start on a growing one.
+        self.reopen_at = now + backoff;
+        self.state = StreamState::Down;
+        self.probe = None;
+        self.probe_pending = false;
+        self.wait = None;
+        self.decided = false;
+        let error = RpcError::Unavailable(format!("batch stream broken: {reason}"));
+        self.deadlines.clear();
+        for (_, entry) in std::mem::take(&mut self.in_flight) {
+            self.stats.broken += 1;
+            self.completions.push_back((entry.waiter, Err(error.clone())));
+        }
+        for queued in self.queue.drain(..) {
+            self.stats.fallbacks += 1;
+            self.fallbacks.push_back(Fallback {
+                request: queued.request,
+                waiter: queued.waiter,
+                deadline: queued.deadline,
+            });
+        }
+    }
+
+    /// The next answer for a waiter.
+    pub fn poll_completion(&mut self) -> Option<(W, Result<KvResponse, RpcError>)> {
+        self.completions.pop_front()
+    }
+
+    /// The next request to send as a unary call instead.
+    pub fn poll_fallback(&mut self) -> Option<Fallback<W>> {
+        self.fallbacks.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+//! Scripted arrivals and time against the collector, as insta transcripts.
+
+use std::fmt::Write;
+
+use tikv_proto::kvrpcpb;
+use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
+use tikv_proto::tikvpb::{BatchCommandsRequest, BatchCommandsResponse};
+
+use super::*;
+
+fn us(n: u64) -> Instant {
+    Instant::from_nanos(n * 1000)
+}
+
+fn get(key: &str) -> KvRequest {
+    KvRequest::RawGet(kvrpcpb::RawGetRequest {
+        key: key.as_bytes().to_vec().into(),
+        ..Default::default()
+    })
+}
+
+/// A runtime in miniature: drains every output after each event and
+/// writes a line per output.
+struct Script {
+    c: BatchCollector<String>,
+    stream: StreamGen,
+    /// Messages written and not yet answered, oldest first.
+    sent: Vec<BatchCommandsRequest>,
+    log: String,
+}
+
+impl Script {
+    fn new(config: BatchConfig) -> Script {
+        Script {
+            c: BatchCollector::new(config),
+            stream: StreamGen(0),
+            sent: Vec::new(),
+            log: String::new(),
+        }
+    }
+
+    fn line(&mut self, now: Instant, what: impl std::fmt::Display) {
+        let _ = writeln!(self.log, "{now}  {what}");
+    }
+
+    /// What the runtime does after every event.
+    fn drain(&mut self, now: Instant) {
+        if self.c.wants_stream() {
+            self.stream = self.c.open_stream(now);
+            let stream = self.stream;
+            self.line(now, format_args!("open stream {stream:?}"));
+        }
+        while let Some(batch) = self.c.poll_batch(now) {
+            let what: Vec<String> = batch
+                .requests
+                .iter()
+                .zip(&batch.request_ids)
+                .map(|(r, id)| match &r.cmd {
+                    Some(ReqCmd::Empty(_)) => format!("{id}:probe"),
+                    Some(ReqCmd::RawGet(g)) => {
+                        format!("{id}:{}", String::from_utf8_lossy(&g.key))
+                    }
+                    Some(ReqCmd::RawPut(p)) => {
+                        format!("{id}:put {}", String::from_utf8_lossy(&p.key))
+                    }
+                    _ => format!("{id}:?"),
+                })
+                .collect();
+            let shown = if what.len() > 6 {
+                format!("{} .. {} ({} requests)", what[0], what[what.len() - 1], what.len())
+            } else {
+                what.join(" ")
+            };
+            self.line(now, format_args!("send [{shown}]"));
+            self.sent.push(batch);
+        }
+        while let Some((waiter, result)) = self.c.poll_completion() {
+            let result = match result {
+                Ok(r) => format!("ok {r:?}"),
+                Err(e) => format!("err {e}"),
+            };
+            self.line(now, format_args!("done {waiter}: {result}"));
+        }
+        while let Some(f) = self.c.poll_fallback() {
+            self.line(now, format_args!("unary {}: {:?}", f.waiter, f.request));
+        }
+        if let Some(at) = self.c.poll_timeout() {
+            self.line(now, format_args!("timer {at}"));
+        }
+    }
+
+    fn push(&mut self, now: Instant, label: &str, deadline: Instant) {
+        self.push_req(now, label, get(label), deadline);
+    }
+
+    fn push_req(&mut self, now: Instant, label: &str, req: KvRequest, deadline: Instant) {
+        self.line(now, format_args!("push {label}"));
+        self.c.push(req, label.to_owned(), deadline, now);
+        self.drain(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.line(now, "tick");
+        self.c.on_timeout(now);
+        self.drain(now);
+    }
+
+    /// The server answers the oldest unanswered message in full.
+    fn answer_oldest(&mut self, now: Instant) {
+        let batch = self.sent.remove(0);
+        let responses = batch
+            .requests
+            .iter()
+            .map(|r| RespEntry {
+                cmd: Some(match &r.cmd {
+                    Some(ReqCmd::Empty(_)) => RespCmd::Empty(Default::default()),
+                    Some(ReqCmd::RawPut(_)) => RespCmd::RawPut(Default::default()),
+                    _ => RespCmd::RawGet(Default::default()),
+                }),
+            })
+            .collect();
+        self.answer(
+            now,
+            BatchCommandsResponse {
+                responses,
+                request_ids: batch.request_ids,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn answer(&mut self, now: Instant, response: BatchCommandsResponse) {
+        self.line(now, format_args!("answer ids {:?}", response.request_ids));
+        self.c.on_response(self.stream, response, now);
+        self.drain(now);
+    }
+
+    fn broken(&mut self, now: Instant, reason: &str) {
+        self.line(now, format_args!("stream broken: {reason}"));
+        self.sent.clear();
+        self.c.on_stream_broken(self.stream, reason, now);
+        self.drain(now);
+    }
+
+    /// Opens the stream with a first request and answers the probe.
+    fn ready(&mut self, now: Instant) {
+        self.push(now, "first", now + Duration::from_secs(1));
+        self.answer_oldest(now);
+        if self.sent.is_empty() {
+            // `Positive` holds even a lone request for its wait.
+            self.tick(now + TURBO_WAIT);
+            self.answer_oldest(now + TURBO_WAIT);
+        } else {
+            self.answer_oldest(now);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        let s = self.c.stats();
+        let _ = writeln!(self.log, "{s:?}");
+        self.log
+    }
+}
+
+#[test]
+fn sparse_arrivals_are_sent_at_once() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    // 1 ms apart: far above the 80 µs threshold, no request ever waits.
+    for i in 0..4 {
+        let t = us(1000 * (i + 1));
+        s.push(t, &format!("k{i}"), t + Duration::from_millis(10));
+        s.answer_oldest(t + Duration::from_micros(50));
+    }
+    insta::assert_snapshot!(s.finish());
+}
+
+#[test]
+fn dense_arrivals_wait_for_a_batch() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    // Requests every 20 µs. The gap estimate starts at the first gap and
+    // falls under 80 µs; from then on the head of a batch waits up to
+    // 100 µs for the (EWMA-estimated) batch size.
+    let mut t = 0;
+    for i in 0..24 {
+        t += 20;
+        s.tick(us(t));
+        s.push(us(t), &format!("k{i}"), us(t) + Duration::from_millis(10));
+    }
+    // Then arrivals 1 ms apart: the first long gap (capped at 500 µs)
+    // lifts the estimate over 80 µs, and nothing waits any more.
+    t += 100;
+    for i in 0..3 {
+        s.tick(us(t));
+        t += 1000;
+        s.push(us(t), &format!("s{i}"), us(t) + Duration::from_millis(10));
+    }
+    insta::assert_snapshot!(s.finish());
+}
+
+#[test]
+fn a_burst_is_cut_into_messages_of_128() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    s.line(us(1000), "300 requests arrive in one instant");
+    for i in 0..300 {
+        s.c.push(
+            get(&format!("b{i}")),
+            format!("b{i}"),
+            us(1000) + Duration::from_secs(1),
+            us(1000),
+        );
+    }
+    s.drain(us(1000));
+    insta::assert_snapshot!(s.finish());
+}
+
+#[test]
+fn policies_differ_only_in_waiting() {
+    let mut out = String::new();
+    for policy in [BatchPolicy::Basic, BatchPolicy::Standard, BatchPolicy::Positive] {
+        let mut s = Script::new(BatchConfig::default().policy(policy));
+        s.ready(us(0));
+        // Two requests 10 µs apart, then silence.
+        s.push(us(100), "a", us(100) + Duration::from_millis(10));
+        s.push(us(110), "b", us(110) + Duration::from_millis(10));
+        s.tick(us(250));
+        let _ = writeln!(out, "--- {policy:?}\n{}", s.finish());
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn deadlines_unknown_ids_and_mismatches() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    s.push(us(1000), "late", us(2000));
+    s.push(us(3000), "mismatch", us(10_000));
+    // The deadline passes before the answer: the waiter gets
+    // DeadlineExceeded at once, and the late answer is an unknown id.
+    s.tick(us(2000));
+    let late = s.sent.remove(0);
+    let mismatch = s.sent.remove(0);
+    s.answer(
+        us(2500),
+        BatchCommandsResponse {
+            responses: vec![RespEntry { cmd: Some(RespCmd::RawGet(Default::default())) }],
+            request_ids: late.request_ids,
+            ..Default::default()
+        },
+    );
+    // An answer of another command, an answer without a command (TiKV's
+    // reply to a request it cannot parse), and an id never issued.
+    s.answer(
+        us(3500),
+        BatchCommandsResponse {
+            responses: vec![
+                RespEntry { cmd: Some(RespCmd::Commit(Default::default())) },
+                RespEntry { cmd: None },
+            ],
+            request_ids: vec![mismatch.request_ids[0], 999],
+            ..Default::default()
+        },
+    );
+    // More ids than responses: the missing response is a mismatch too.
+    s.push(us(4000), "short", us(10_000));
+    let short = s.sent.remove(0);
+    s.answer(
+        us(4100),
+        BatchCommandsResponse {
+            responses: vec![],
+            request_ids: short.request_ids,
+            ..Default::default()
+        },
+    );
+    // A request queued while the stream is still probing expires in the queue.
+    s.broken(us(5000), "reset");
+    s.push(us(105_200), "queued", us(105_300));
+    s.tick(us(105_300));
+    insta::assert_snapshot!(s.finish());
+}
+
+#[test]
+fn a_broken_stream_fails_pending_and_reopens_with_backoff() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    s.push(us(1000), "sent1", us(1_000_000));
+    s.push(us(2000), "sent2", us(1_000_000));
+    // Sent requests fail with the retryable error; the stream is down.
+    s.broken(us(3000), "connection reset");
+    // During the backoff (100 ms) requests go unary.
+    s.push(us(4000), "during-backoff", us(1_000_000));
+    // After it, a request asks for a new stream and waits for the probe.
+    s.push(us(103_000), "after", us(1_000_000));
+    s.push(us(103_010), "after2", us(1_000_000));
+    // The new stream fails before answering its probe: queued requests
+    // (never written) go unary, and the next backoff doubles.
+    s.broken(us(104_000), "connection refused");
+    s.push(us(204_000), "too-early", us(1_000_000));
+    s.push(us(304_000), "retry", us(1_000_000));
+    s.answer_oldest(us(304_100));
+    // An event from a replaced stream is ignored.
+    s.line(us(304_200), "old stream reports a failure");
+    s.c.on_stream_broken(StreamGen(1), "stale", us(304_200));
+    s.drain(us(304_200));
+    // Unbatchable commands never ride the stream.
+    s.push_req(us(305_000), "checksum", KvRequest::RawChecksum(Default::default()), us(1_000_000));
+    insta::assert_snapshot!(s.finish());
+}
+
+macro_rules! round_trip_all {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Every command either rides the stream both ways or stays unary.
+        #[test]
+        fn conversions_round_trip() {
+            let mut batchable = Vec::new();
+            let mut unary = Vec::new();
+            $(
+                let req = KvRequest::$variant(Default::default());
+                match to_batch_cmd(req.clone()) {
+                    Ok(cmd) => {
+                        assert!(is_batchable(&req));
+                        assert!(from_batch_cmd(cmd).is_ok_and(|r| r == req));
+                        let resp = KvResponse::$variant(Default::default());
+                        let cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
+                        assert!(response_from_batch(cmd).is_ok_and(|r| r == resp));
+                        batchable.push(stringify!($method));
+                    }
+                    Err(back) => {
+                        assert!(!is_batchable(&req));
+                        assert!(back == req);
+                        assert!(response_to_batch(KvResponse::$variant(Default::default())).is_none());
+                        unary.push(stringify!($method));
+                    }
+                }
+            )*
+            insta::assert_snapshot!(format!("batch: {}\nunary: {}", batchable.join(" "), unary.join(" ")));
+        }
+    };
+}
+crate::for_each_kv_rpc!(round_trip_all);

@@ -1,0 +1,210 @@
+//! `BatchCommands` streams of `GrpcTransport`: against the simulated
+//! cluster, and against a tiny server that swallows requests.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tikv_core::Error;
+use tikv_core::config::Config;
+use tikv_core::rpc::{KvRequest, Request, RpcError, Target};
+use tikv_driver::{Platform, Runtime, Transport};
+use tikv_proto::kvrpcpb::RawGetRequest;
+use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
+use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
+use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
+use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
+use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
+use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::{Cluster, ClusterConfig};
+use tikv_tokio::{GrpcTransport, TokioRuntime, TransportConfig};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+/// The tokio platform with every request unary.
+struct Unary;
+
+impl Platform for Unary {
+    type Runtime = TokioRuntime;
+    type Transport = GrpcTransport;
+
+    fn build(_config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
+        let transport = GrpcTransport::new(TransportConfig::default().batch_commands(false));
+        Ok((TokioRuntime::new(), transport))
+    }
+}
+
+async fn sim() -> SimServer {
+    let cfg = ClusterConfig { split_keys: vec![b"k5".to_vec()], ..ClusterConfig::default() };
+    SimServer::start(Cluster::new(cfg), ServerOptions::default()).await.expect("sim starts")
+}
+
+fn config(server: &SimServer) -> Config {
+    Config::default()
+        .with_pd_endpoints(server.pd_addrs())
+        .with_read_timeout_short(Duration::from_secs(2))
+        .with_read_timeout_medium(Duration::from_secs(2))
+}
+
+/// `n` concurrent tasks, each putting then getting its own key.
+async fn put_get_concurrently<P: Platform>(client: &tikv_driver::RawClient<P>, n: usize, round: u32)
+where
+    tikv_driver::RawClient<P>: Clone,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i:04}");
+                let value = format!("v{i}-{round}");
+                client.put(key.clone(), value.clone()).await.expect("put");
+                let got = client.get(key).await.expect("get");
+                assert_eq!(got.as_deref(), Some(value.as_bytes()));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_raw_ops_ride_the_stream_in_batches() {
+    let server = sim().await;
+    let client =
+        tikv_tokio::RawClient::connect_with_config(config(&server)).await.expect("connect");
+    put_get_concurrently(&client, 256, 0).await;
+    let stats = server.batch_stats();
+    // 512 requests plus one probe per store stream; fewer messages than
+    // requests means the collector packed several into one.
+    assert!(stats.requests >= 512, "{stats:?}");
+    assert!(stats.messages < stats.requests, "{stats:?}");
+    assert!(stats.streams >= 1 && stats.streams <= 3, "{stats:?}");
+
+    // The unary switch: the same work without touching the stream.
+    let unary = tikv_driver::RawClient::<Unary>::connect_with_config(config(&server))
+        .await
+        .expect("connect");
+    put_get_concurrently(&unary, 64, 1).await;
+    assert_eq!(server.batch_stats().requests, stats.requests);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_breaks_the_stream_and_the_client_recovers() {
+    let server = sim().await;
+    let client =
+        tikv_tokio::RawClient::connect_with_config(config(&server)).await.expect("connect");
+    put_get_concurrently(&client, 64, 0).await;
+    let before = server.batch_stats();
+
+    // Keep 64 tasks busy while every store goes down and comes back.
+    let load = tokio::spawn({
+        let client = client.clone();
+        async move { put_get_concurrently(&client, 64, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for id in server.cluster().store_ids() {
+        server.stop_store(id).await.expect("stop");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in server.cluster().store_ids() {
+        server.start_store(id).await.expect("start");
+    }
+    load.await.expect("every operation succeeds after the restart");
+
+    // New streams were opened and carry the traffic again.
+    put_get_concurrently(&client, 64, 2).await;
+    let after = server.batch_stats();
+    assert!(after.streams > before.streams, "{before:?} -> {after:?}");
+    assert!(after.requests >= before.requests + 128, "{before:?} -> {after:?}");
+    server.shutdown().await;
+}
+
+// ------------------------------------------------- a server that never answers
+
+/// Answers the stream's probe (`Empty`) and swallows every other request.
+struct Swallow;
+
+#[tonic::async_trait]
+impl Tikv for Swallow {
+    async fn batch_commands(
+        &self,
+        request: GrpcRequest<Streaming<BatchCommandsRequest>>,
+    ) -> Result<GrpcResponse<tonic::codegen::BoxStream<BatchCommandsResponse>>, Status> {
+        let answers = request.into_inner().filter_map(|message| async move {
+            let message = message.ok()?;
+            let mut out = BatchCommandsResponse::default();
+            for (entry, id) in message.requests.into_iter().zip(message.request_ids) {
+                if let Some(ReqCmd::Empty(e)) = entry.cmd {
+                    let cmd = RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id });
+                    out.responses.push(RespEntry { cmd: Some(cmd) });
+                    out.request_ids.push(id);
+                }
+            }
+            (!out.request_ids.is_empty()).then_some(Ok(out))
+        });
+        Ok(GrpcResponse::new(Box::pin(answers)))
+    }
+}
+
+fn start_swallow() -> (SocketAddr, tokio::runtime::Runtime) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _ = tonic::transport::Server::builder()
+            .add_service(TikvServer::new(Swallow))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (addr, rt)
+}
+
+fn raw_get() -> Request {
+    Request::Kv(KvRequest::RawGet(RawGetRequest {
+        key: b"k".to_vec().into(),
+        ..Default::default()
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_fail_retryably_when_the_stream_breaks() {
+    let (addr, server_rt) = start_swallow();
+    let rt = TokioRuntime::new();
+    let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
+    let target = Target::Store { store_id: 1, addr: addr.to_string().into() };
+    let deadline = rt.now() + Duration::from_secs(10);
+    let calls: Vec<_> =
+        (0..8).map(|_| tokio::spawn(transport.call(&target, raw_get(), deadline))).collect();
+    // The requests are on the stream, unanswered; the server dies.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server_rt.shutdown_background();
+    for call in calls {
+        match call.await.expect("task") {
+            Err(RpcError::Unavailable(m)) => assert!(m.contains("batch stream broken"), "{m}"),
+            other => panic!("expected a broken stream, got {other:?}"),
+        }
+    }
+    // During the re-creation backoff, requests go unary (and find nobody).
+    match transport.call(&target, raw_get(), rt.now() + Duration::from_secs(2)).await {
+        Err(RpcError::Unavailable(_)) => {}
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_ends_at_its_deadline() {
+    let (addr, server_rt) = start_swallow();
+    let rt = TokioRuntime::new();
+    let transport = GrpcTransport::new(TransportConfig::default());
+    let target = Target::Store { store_id: 1, addr: addr.to_string().into() };
+    let started = std::time::Instant::now();
+    let result = transport.call(&target, raw_get(), rt.now() + Duration::from_millis(300)).await;
+    assert_eq!(result.map(|r| r.name()), Err(RpcError::DeadlineExceeded));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    server_rt.shutdown_background();
+}
