@@ -6,6 +6,11 @@
 //! more split while the run goes on. Every result is checked against a model
 //! (a `BTreeMap`); one `PASS`/`FAIL` line per operation, and the exit code is
 //! non-zero if anything failed.
+//!
+//! An interop part runs our client (`tikv-tokio`) and tikv-client 0.4 on the
+//! same transactional cluster: data written by one is read by the other, and
+//! locks left by a writer of one (made to "crash" by failing its commits in
+//! the simulator) are resolved by a reader of the other.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -417,6 +422,180 @@ async fn txn_suite(report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Data and locks crossing between our client and tikv-client 0.4.
+async fn interop_suite(report: &mut Report) -> Result<(), String> {
+    use tikv_core::rpc::RpcError;
+    use tikv_sim::Filter;
+    use tikv_tokio as ours;
+
+    let (cluster, server) = start_cluster(true).await?;
+    let pd = server.pd_addrs();
+    let peer = step("connect", TransactionClient::new(pd.clone()).await)?;
+    // Short commit budget: the "crashed" writer gives up quickly.
+    let budgets = ours::BackoffBudgets {
+        commit: Duration::from_millis(300),
+        prewrite: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let config = ours::Config::default().with_pd_endpoints(pd).with_backoff_budgets(budgets);
+    let mine = ours::TransactionClient::connect_with_config(config)
+        .await
+        .map_err(|e| format!("connect ours: {e}"))?;
+    let ours_err = |what: &str, e: ours::Error| format!("{what}: {e}");
+    let block_commits = || {
+        cluster.inject_rpc_error(
+            Filter::any().command("kv_commit"),
+            RpcError::Unavailable("commit blocked".into()),
+            1_000_000,
+        )
+    };
+
+    // Ours writes, tikv-client reads.
+    let keys = spread("io-a", 4);
+    let r: Check = async {
+        let mut t = mine.begin().await.map_err(|e| ours_err("begin", e))?;
+        for k in &keys {
+            t.put(k.clone(), b"from ours".to_vec()).map_err(|e| ours_err("put", e))?;
+        }
+        t.commit().await.map_err(|e| ours_err("commit", e))?;
+        let mut snap = peer.snapshot(
+            step("ts", peer.current_timestamp().await)?,
+            TransactionOptions::new_optimistic(),
+        );
+        for k in &keys {
+            let v = step("get", snap.get(k.clone()).await)?;
+            expect_eq("tikv-client reads our write", v, Some(b"from ours".to_vec()))?;
+        }
+        Ok(())
+    }
+    .await;
+    report.record("interop: ours commits, tikv-client reads", r);
+
+    // tikv-client writes, ours reads.
+    let keys = spread("io-b", 4);
+    let r: Check = async {
+        let mut t = step("begin", peer.begin_optimistic().await)?;
+        for k in &keys {
+            step("put", t.put(k.clone(), b"from peer".to_vec()).await)?;
+        }
+        step("commit", t.commit().await)?;
+        let snap = mine.snapshot(mine.current_timestamp().await.map_err(|e| ours_err("ts", e))?);
+        for k in &keys {
+            let v = snap.get(k.clone()).await.map_err(|e| ours_err("get", e))?;
+            expect_eq(
+                "ours reads tikv-client's write",
+                v.map(|b| b.to_vec()),
+                Some(b"from peer".to_vec()),
+            )?;
+        }
+        Ok(())
+    }
+    .await;
+    report.record("interop: tikv-client commits, ours reads", r);
+
+    // Our writer "crashes" after prewrite (every Commit fails): its
+    // outcome is undetermined and its locks stay. tikv-client's reader
+    // waits out the TTL, rolls it back and reads the old values.
+    let keys = spread("io-b", 4);
+    let r: Check = async {
+        let mut t = mine.begin().await.map_err(|e| ours_err("begin", e))?;
+        for k in &keys {
+            t.put(k.clone(), b"never committed".to_vec()).map_err(|e| ours_err("put", e))?;
+        }
+        block_commits();
+        let outcome = t.commit().await;
+        cluster.clear_injections();
+        match outcome {
+            Err(ours::Error::Undetermined(_)) => {}
+            other => return Err(format!("our commit: want undetermined, got {other:?}")),
+        }
+        if cluster.locks().is_empty() {
+            return Err("the crashed writer left no locks".into());
+        }
+        // tikv-client gives up on a live lock instead of waiting for it:
+        // read once the locks' TTL (3 s) has passed.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let mut snap = peer.snapshot(
+            step("ts", peer.current_timestamp().await)?,
+            TransactionOptions::new_optimistic(),
+        );
+        for k in &keys {
+            let v = step("get", snap.get(k.clone()).await)?;
+            expect_eq("tikv-client resolves our crashed writer", v, Some(b"from peer".to_vec()))?;
+        }
+        Ok(())
+    }
+    .await;
+    report.record("interop: ours crashes after prewrite, tikv-client resolves (rolled back)", r);
+
+    // tikv-client's writer "crashes" after prewrite (its commit is dropped
+    // while every Commit fails); our reader resolves its locks.
+    let keys = spread("io-a", 4);
+    let r: Check = async {
+        let mut t = step("begin", peer.begin_optimistic().await)?;
+        for k in &keys {
+            step("put", t.put(k.clone(), b"peer never committed".to_vec()).await)?;
+        }
+        block_commits();
+        let _ = tokio::time::timeout(Duration::from_secs(2), t.commit()).await;
+        drop(t);
+        cluster.clear_injections();
+        let left = cluster.locks().len();
+        if left == 0 {
+            return Err("tikv-client's crashed writer left no locks".into());
+        }
+        println!("  (tikv-client's writer left {left} locks)");
+        // Past the locks' TTL the reader rolls the transaction back and
+        // cleans its locks up (before that it would read past them, leaving
+        // them, as client-go does).
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let snap = mine.snapshot(mine.current_timestamp().await.map_err(|e| ours_err("ts", e))?);
+        for k in &keys {
+            let v = snap.get(k.clone()).await.map_err(|e| ours_err("get", e))?;
+            expect_eq(
+                "ours resolves tikv-client's crashed writer",
+                v.map(|b| b.to_vec()),
+                Some(b"from ours".to_vec()),
+            )?;
+        }
+        expect_eq("locks left", cluster.locks().len(), 0)
+    }
+    .await;
+    report.record("interop: tikv-client crashes after prewrite, ours resolves (rolled back)", r);
+
+    // Our async-commit writer prewrites everything (so it is committed) but
+    // its commit phase never lands: tikv-client recovers it through the
+    // secondaries and reads the new values.
+    let keys = spread("io-c", 4);
+    let r: Check = async {
+        block_commits();
+        let mut t = mine
+            .begin_with_options(ours::TransactionOptions::default().with_async_commit())
+            .await
+            .map_err(|e| ours_err("begin", e))?;
+        for k in &keys {
+            t.put(k.clone(), b"async".to_vec()).map_err(|e| ours_err("put", e))?;
+        }
+        t.commit().await.map_err(|e| ours_err("async commit", e))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.clear_injections();
+        let mut snap = peer.snapshot(
+            step("ts", peer.current_timestamp().await)?,
+            TransactionOptions::new_optimistic(),
+        );
+        for k in &keys {
+            let v = step("get", snap.get(k.clone()).await)?;
+            expect_eq("tikv-client recovers our async commit", v, Some(b"async".to_vec()))?;
+        }
+        Ok(())
+    }
+    .await;
+    report.record("interop: ours async-commits, commit phase lost, tikv-client recovers it", r);
+
+    server.shutdown().await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -435,6 +614,9 @@ fn main() -> ExitCode {
             }
             if let Err(e) = txn_suite(&mut report).await {
                 report.record("txn suite", Err(e));
+            }
+            if let Err(e) = interop_suite(&mut report).await {
+                report.record("interop suite", Err(e));
             }
         };
         tokio::time::timeout(limit, run).await
