@@ -74,9 +74,7 @@ mod conn;
 mod platform;
 mod rt;
 mod runtime;
-mod status;
 mod transport;
-mod tso;
 
 pub use platform::{AsyncStd, RawClient, Snapshot, Transaction, TransactionClient};
 pub use runtime::AsyncStdRuntime;

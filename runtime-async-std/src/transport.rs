@@ -5,18 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{self, BoxFuture, Either, FutureExt};
-use tikv_core::rpc::{
-    KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, RpcError, Target,
-};
+use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_driver::Transport;
-use tikv_proto::keyspacepb::keyspace_client::KeyspaceClient;
-use tikv_proto::pdpb::pd_client::PdClient;
-use tikv_proto::tikvpb::tikv_client::TikvClient;
 
-use crate::conn::{Channel, Pool, remaining};
-use crate::status::to_rpc_error;
-use crate::{clock, tso};
+use crate::clock;
+use crate::conn::{Pool, remaining};
+use tikv_grpc::MessageLimits;
+use tikv_grpc::dispatch::{call_kv, call_pd, pd_client};
+use tikv_grpc::tso;
 
 /// Connection settings of a [`GrpcTransport`]. The defaults are client-go's
 /// (`internal/client/conn_pool.go`, `config/client.go`), as in `tikv-tokio`.
@@ -72,6 +69,14 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
+    /// The message size limits for the generated clients.
+    pub(crate) fn limits(&self) -> MessageLimits {
+        MessageLimits {
+            decoding: self.max_decoding_message_size,
+            encoding: self.max_encoding_message_size,
+        }
+    }
+
     /// Sets [`TransportConfig::connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -213,94 +218,14 @@ async fn dispatch(
     let channel = inner.pool.channel(addr, &inner.config).await?;
     match request {
         Request::Kv(request) => {
-            call_kv(channel, &inner.config, request, timeout).await.map(Response::Kv)
+            call_kv(channel, inner.config.limits(), request, timeout).await.map(Response::Kv)
         }
         Request::Pd(PdRequest::Tso(request)) => {
-            let config = &inner.config;
-            let client = || {
-                PdClient::new(channel)
-                    .max_decoding_message_size(config.max_decoding_message_size)
-                    .max_encoding_message_size(config.max_encoding_message_size)
-            };
+            let client = || pd_client(channel, inner.config.limits());
             inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
         }
         Request::Pd(request) => {
-            call_pd(channel, &inner.config, request, timeout).await.map(Response::Pd)
+            call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
         }
     }
 }
-
-/// A tonic request carrying the caller's deadline as `grpc-timeout`, so the
-/// server can stop working on a call nobody waits for.
-fn grpc_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    request
-}
-
-macro_rules! kv_dispatch {
-    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// Sends one TiKV request with the matching `Tikv` method.
-        async fn call_kv(
-            channel: Channel,
-            config: &TransportConfig,
-            request: KvRequest,
-            timeout: Option<Duration>,
-        ) -> Result<KvResponse, RpcError> {
-            let mut client = TikvClient::new(channel)
-                .max_decoding_message_size(config.max_decoding_message_size)
-                .max_encoding_message_size(config.max_encoding_message_size);
-            match request {
-                $(
-                    KvRequest::$variant(r) => client
-                        .$method(grpc_request(r, timeout))
-                        .await
-                        .map(|resp| KvResponse::$variant(resp.into_inner()))
-                        .map_err(to_rpc_error),
-                )*
-            }
-        }
-    };
-}
-tikv_core::for_each_kv_rpc!(kv_dispatch);
-
-/// The client for a PD-side service named in `for_each_pd_rpc!`.
-macro_rules! pd_service_client {
-    (pdpb, $channel:expr, $config:expr) => {
-        PdClient::new($channel)
-            .max_decoding_message_size($config.max_decoding_message_size)
-            .max_encoding_message_size($config.max_encoding_message_size)
-    };
-    (keyspacepb, $channel:expr, $config:expr) => {
-        KeyspaceClient::new($channel)
-            .max_decoding_message_size($config.max_decoding_message_size)
-            .max_encoding_message_size($config.max_encoding_message_size)
-    };
-}
-
-macro_rules! pd_dispatch {
-    ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// Sends one unary PD request with the matching `PD`/`Keyspace` method.
-        async fn call_pd(
-            channel: Channel,
-            config: &TransportConfig,
-            request: PdRequest,
-            timeout: Option<Duration>,
-        ) -> Result<PdResponse, RpcError> {
-            match request {
-                $(
-                    PdRequest::$variant(r) => pd_service_client!($svc, channel, config)
-                        .$method(grpc_request(r, timeout))
-                        .await
-                        .map(|resp| PdResponse::$variant(resp.into_inner()))
-                        .map_err(to_rpc_error),
-                )*
-                // Routed to the stream by `dispatch`; never unary.
-                PdRequest::Tso(_) => Err(RpcError::Mismatch),
-            }
-        }
-    };
-}
-tikv_core::for_each_pd_rpc!(pd_dispatch);

@@ -34,8 +34,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::clock;
-use crate::status::to_rpc_error;
-use crate::transport::{TransportConfig, call_kv};
+use tikv_grpc::dispatch::call_kv;
+use tikv_grpc::status::to_rpc_error;
+
+use crate::transport::TransportConfig;
 
 type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
 
@@ -157,7 +159,7 @@ impl Outputs {
             tokio::spawn(async move {
                 let timeout = clock::to_tokio(deadline)
                     .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                let result = call_kv(channel, &config, request, timeout).await;
+                let result = call_kv(channel, config.limits(), request, timeout).await;
                 let _ = reply.send(result);
             });
         }

@@ -44,9 +44,7 @@ mod batch;
 mod clock;
 mod platform;
 mod runtime;
-mod status;
 mod transport;
-mod tso;
 
 pub use platform::{RawClient, Snapshot, Tokio, Transaction, TransactionClient};
 pub use runtime::TokioRuntime;

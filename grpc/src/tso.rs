@@ -13,20 +13,20 @@ use tikv_core::rpc::RpcError;
 use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::pdpb::{TsoRequest, TsoResponse};
 use tonic::Streaming;
-use tonic::transport::Channel;
 
+use crate::GrpcChannel;
 use crate::status::to_rpc_error;
 
-type Slot = Arc<tokio::sync::Mutex<Option<Stream>>>;
+type Slot = Arc<futures::lock::Mutex<Option<Stream>>>;
 
 /// The TSO streams of one transport, by PD address.
 #[derive(Debug, Default)]
-pub(crate) struct Streams {
+pub struct Streams {
     by_addr: Mutex<HashMap<Arc<str>, Slot>>,
 }
 
-/// An open stream: the sending half of the request stream tonic is reading,
-/// and the response stream.
+/// An open stream: the sending half of the request stream the call is
+/// reading, and the response stream.
 struct Stream {
     requests: mpsc::UnboundedSender<TsoRequest>,
     responses: Streaming<TsoResponse>,
@@ -56,10 +56,10 @@ impl Streams {
     /// or whose round was abandoned midway (the caller dropped this future at
     /// its deadline), is closed rather than reused: its late response can
     /// never be read as the answer to the next round.
-    pub(crate) async fn round(
+    pub async fn round<C: GrpcChannel>(
         &self,
         addr: &Arc<str>,
-        client: impl FnOnce() -> PdClient<Channel>,
+        client: impl FnOnce() -> PdClient<C>,
         request: TsoRequest,
     ) -> Result<TsoResponse, RpcError> {
         let slot = self.slot(addr);
@@ -86,8 +86,11 @@ impl Stream {
     ///
     /// The request is queued before the call is made because some servers
     /// (grpc-go, i.e. PD) send response headers only with the first response,
-    /// and tonic's call resolves on the headers.
-    async fn open(mut client: PdClient<Channel>, first: TsoRequest) -> Result<Stream, RpcError> {
+    /// and the stub's call resolves on the headers.
+    async fn open<C: GrpcChannel>(
+        mut client: PdClient<C>,
+        first: TsoRequest,
+    ) -> Result<Stream, RpcError> {
         let (requests, outgoing) = mpsc::unbounded();
         requests.unbounded_send(first).map_err(|_| broken("closed"))?;
         let responses = client.tso(outgoing).await.map_err(to_rpc_error)?.into_inner();

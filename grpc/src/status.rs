@@ -12,28 +12,28 @@ const DECODE_PREFIX: &str = "failed to decode Protobuf message";
 /// Maps a status from a tonic call to the core's error.
 ///
 /// A status the server sent has no `source`; one that tonic made up from a
-/// local failure (connection refused or reset, an HTTP/2 protocol error from
-/// a garbage peer) carries its cause as the source. The latter are transport
-/// failures, so they become `Unavailable` whatever code tonic picked: the
-/// core treats them as "this store is unreachable", not as a server verdict.
-pub(crate) fn to_rpc_error(status: Status) -> RpcError {
+/// local failure (the connection was reset, refused or closed under the
+/// call, hyper saw an HTTP/2 protocol error from a garbage peer) carries its
+/// cause as the source. The latter are transport failures whatever code
+/// tonic picked (it calls a connection closed mid-call `Cancelled` when its
+/// hyper mapping is compiled in), so they become `Unavailable`: the core
+/// treats them as "this store is unreachable", not as a server verdict.
+pub fn to_rpc_error(status: Status) -> RpcError {
     let message = status.message();
     match status.code() {
-        Code::Unavailable => RpcError::Unavailable(describe(&status)),
         Code::DeadlineExceeded => RpcError::DeadlineExceeded,
-        Code::Cancelled => RpcError::Canceled,
         Code::Internal if message.starts_with(DECODE_PREFIX) => {
             RpcError::Decode(message.to_owned())
         }
-        Code::Unknown | Code::Internal if status.source().is_some() => {
-            RpcError::Unavailable(describe(&status))
-        }
+        _ if status.source().is_some() => RpcError::Unavailable(describe(&status)),
+        Code::Unavailable => RpcError::Unavailable(describe(&status)),
+        Code::Cancelled => RpcError::Canceled,
         code => RpcError::Status { code: code as i32, message: message.to_owned() },
     }
 }
 
-/// The status message followed by its source chain, since tonic's message
-/// for local failures is often just "transport error".
+/// The status message followed by its source chain, since the message for
+/// local failures is often just the outermost layer's.
 fn describe(status: &Status) -> String {
     let mut out = status.message().to_owned();
     let mut source = status.source();
@@ -81,5 +81,15 @@ mod tests {
             RpcError::Unavailable(m) => assert!(m.contains("reset by peer"), "{m}"),
             other => panic!("{other:?}"),
         }
+        // Whatever code tonic gave it.
+        let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed early");
+        let mut status = Status::cancelled("connection closed");
+        status.set_source(std::sync::Arc::new(closed));
+        match to_rpc_error(status) {
+            RpcError::Unavailable(m) => assert!(m.contains("closed early"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let status = Status::cancelled("connection closed");
+        assert_eq!(to_rpc_error(status), RpcError::Canceled, "no source: the server said so");
     }
 }

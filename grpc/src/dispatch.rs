@@ -1,0 +1,91 @@
+//! Each request variant to its generated stub method.
+
+use std::time::Duration;
+
+use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
+use tikv_proto::keyspacepb::keyspace_client::KeyspaceClient;
+use tikv_proto::pdpb::pd_client::PdClient;
+use tikv_proto::tikvpb::tikv_client::TikvClient;
+
+use crate::status::to_rpc_error;
+use crate::{GrpcChannel, MessageLimits};
+
+/// A tonic request carrying the caller's deadline as `grpc-timeout`, so the
+/// server can stop working on a call nobody waits for.
+pub fn grpc_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
+/// A `PD` client over `channel` with `limits`.
+pub fn pd_client<C: GrpcChannel>(channel: C, limits: MessageLimits) -> PdClient<C> {
+    PdClient::new(channel)
+        .max_decoding_message_size(limits.decoding)
+        .max_encoding_message_size(limits.encoding)
+}
+
+macro_rules! kv_dispatch {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Sends one TiKV request with the matching `Tikv` method.
+        pub async fn call_kv<C: GrpcChannel>(
+            channel: C,
+            limits: MessageLimits,
+            request: KvRequest,
+            timeout: Option<Duration>,
+        ) -> Result<KvResponse, RpcError> {
+            let mut client = TikvClient::new(channel)
+                .max_decoding_message_size(limits.decoding)
+                .max_encoding_message_size(limits.encoding);
+            match request {
+                $(
+                    KvRequest::$variant(r) => client
+                        .$method(grpc_request(r, timeout))
+                        .await
+                        .map(|resp| KvResponse::$variant(resp.into_inner()))
+                        .map_err(to_rpc_error),
+                )*
+            }
+        }
+    };
+}
+tikv_core::for_each_kv_rpc!(kv_dispatch);
+
+/// The client for a PD-side service named in `for_each_pd_rpc!`.
+macro_rules! pd_service_client {
+    (pdpb, $channel:expr, $limits:expr) => {
+        pd_client($channel, $limits)
+    };
+    (keyspacepb, $channel:expr, $limits:expr) => {
+        KeyspaceClient::new($channel)
+            .max_decoding_message_size($limits.decoding)
+            .max_encoding_message_size($limits.encoding)
+    };
+}
+
+macro_rules! pd_dispatch {
+    ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        /// Sends one unary PD request with the matching `PD`/`Keyspace`
+        /// method. `Tso` is not unary (see [`crate::tso`]) and is refused.
+        pub async fn call_pd<C: GrpcChannel>(
+            channel: C,
+            limits: MessageLimits,
+            request: PdRequest,
+            timeout: Option<Duration>,
+        ) -> Result<PdResponse, RpcError> {
+            match request {
+                $(
+                    PdRequest::$variant(r) => pd_service_client!($svc, channel, limits)
+                        .$method(grpc_request(r, timeout))
+                        .await
+                        .map(|resp| PdResponse::$variant(resp.into_inner()))
+                        .map_err(to_rpc_error),
+                )*
+                PdRequest::Tso(_) => Err(RpcError::Mismatch),
+            }
+        }
+    };
+}
+tikv_core::for_each_pd_rpc!(pd_dispatch);

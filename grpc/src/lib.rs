@@ -1,0 +1,52 @@
+//! The tonic glue both runtime crates share, written once.
+//!
+//! `tikv-tokio` (tonic's own channel) and `tikv-async-std` (hyper HTTP/2 on
+//! async-io) differ only in how they open an HTTP/2 connection. Everything
+//! above that is here, generic over the channel ([`GrpcChannel`]):
+//! - [`dispatch`]: each `KvRequest`/`PdRequest` variant to its generated
+//!   stub method (from `for_each_kv_rpc!` / `for_each_pd_rpc!`, so a new RPC
+//!   is listed in one place);
+//! - [`status`]: gRPC statuses to the core's `RpcError`;
+//! - [`tso`]: PD's TSO stream, one per PD address.
+
+#![forbid(unsafe_code)]
+
+pub mod dispatch;
+pub mod status;
+pub mod tso;
+
+use tonic::codegen::{Body, Bytes, StdError};
+
+/// An HTTP/2 channel the generated tonic clients can run over: what the
+/// stubs require of their `T`, named once.
+pub trait GrpcChannel:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> GrpcChannel for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Message size limits for the generated clients (client-go sets an
+/// unlimited receive size).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Largest message accepted from the server.
+    pub decoding: usize,
+    /// Largest message sent.
+    pub encoding: usize,
+}
