@@ -26,7 +26,9 @@ use crate::key::Key;
 use crate::op::{IdMap, Operation};
 use crate::pd::{PdCall, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
+};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -174,6 +176,9 @@ pub struct ResolveOptions {
     pub for_read: bool,
     /// Resolve key by key even for large transactions.
     pub lite: bool,
+    /// Stamped into every request (client-go takes the caller's request
+    /// source and resource group from its context).
+    pub tags: RequestTags,
 }
 
 // ---------------------------------------------------------------- plans
@@ -501,7 +506,8 @@ impl ResolveLocks {
             outcome: None,
         };
         let primary = cur.lock.primary.clone();
-        let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork());
+        let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Status(Box::new(op)), now);
     }
 
@@ -584,7 +590,8 @@ impl ResolveLocks {
             missing: false,
             checked: 0,
         };
-        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Secondaries(Box::new(op)), now);
     }
 
@@ -624,7 +631,8 @@ impl ResolveLocks {
             with_keys: true,
             timeout: self.timeout(),
         };
-        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Cleanup(Box::new(op)), now);
     }
 
@@ -662,7 +670,8 @@ impl ResolveLocks {
             }
         };
         let key = lock.key.clone();
-        let op = KeyFanout::new(self.view.clone(), plan, vec![key], self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, vec![key], self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Cleanup(Box::new(op)), now);
     }
 

@@ -46,6 +46,7 @@ pub use tikv_core::config::{BackoffBudgets, Config};
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
 pub use tikv_core::pd::Timestamp;
 pub use tikv_core::raw::ColumnFamily;
+pub use tikv_core::rpc::{RequestSource, RequestTags};
 
 /// Re-exported so runtime crates and tests need not depend on `futures` to
 /// name the boxed future type of the traits.

@@ -8,11 +8,13 @@ use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
+use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{
     CommitOptions, Committer, commit_keys, mutations_from_buffer, rollback_keys,
 };
 use tikv_core::txn::membuffer::{BufferedValue, FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
+use tikv_proto::kvrpcpb;
 
 use crate::Runtime;
 use crate::client::{ClientCore, Platform};
@@ -216,6 +218,48 @@ impl TransactionOptions {
     /// (client-go `SetCausalConsistency(true)`).
     pub fn with_causal_consistency(mut self) -> Self {
         self.commit.causal_consistency = true;
+        self
+    }
+
+    /// How strictly TiKV checks the assertions the mutations carry
+    /// (client-go `SetAssertionLevel`; `Off` by default).
+    pub fn with_assertion_level(mut self, level: kvrpcpb::AssertionLevel) -> Self {
+        self.commit.assertion_level = level;
+        self
+    }
+
+    /// Schedules every request of the transaction at `priority` in TiKV
+    /// (client-go `SetPriority`).
+    pub fn with_priority(self, priority: kvrpcpb::CommandPri) -> Self {
+        self.with_tags(|t| t.priority = priority)
+    }
+
+    /// Labels every request with who sent it (client-go
+    /// `SetRequestSourceType` and friends), for TiKV's metrics and
+    /// resource control.
+    pub fn with_request_source(self, source: RequestSource) -> Self {
+        self.with_tags(|t| t.request_source = Some(source.clone()))
+    }
+
+    /// Charges every request to this resource group (client-go
+    /// `SetResourceGroupName`).
+    pub fn with_resource_group_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.with_tags(|t| t.resource_group_name = Some(name.clone()))
+    }
+
+    /// Attaches opaque bytes TiKV attributes resource usage to (client-go
+    /// `SetResourceGroupTag`).
+    pub fn with_resource_group_tag(self, tag: impl Into<bytes::Bytes>) -> Self {
+        let tag = tag.into();
+        self.with_tags(|t| t.resource_group_tag = tag.clone())
+    }
+
+    /// The tags live in both the read and the commit options (reads and the
+    /// commit are separate operations); the builders keep them equal.
+    fn with_tags(mut self, set: impl Fn(&mut RequestTags)) -> Self {
+        set(&mut self.read.tags);
+        set(&mut self.commit.tags);
         self
     }
 }
@@ -434,14 +478,17 @@ impl<P: Platform> Transaction<P> {
                         self.start_ts,
                         outcome.commit_ts,
                         outcome.keys_to_commit,
-                    );
+                    )
+                    .with_tags(&self.options.commit.tags);
                     self.core.spawn_op(op);
                 }
                 Ok(Timestamp::from_version(outcome.commit_ts))
             }
             Err(Error::Undetermined(why)) => Err(Error::Undetermined(why)),
             Err(e) => {
-                self.core.spawn_op(rollback_keys(&view, self.start_ts, keys));
+                let op =
+                    rollback_keys(&view, self.start_ts, keys).with_tags(&self.options.commit.tags);
+                self.core.spawn_op(op);
                 Err(e)
             }
         }

@@ -80,6 +80,6 @@ pub use platform::{AsyncStd, RawClient, Snapshot, Transaction, TransactionClient
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
+    RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp, TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

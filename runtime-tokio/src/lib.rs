@@ -50,6 +50,6 @@ pub use platform::{RawClient, Snapshot, Tokio, Transaction, TransactionClient};
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
+    RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp, TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

@@ -42,7 +42,8 @@ fn ok(resp: KvResponse) -> Fault {
 
 fn run(c: &mut FakeCluster, locks: Vec<Lock>, for_read: bool) -> (String, ResolveOutcome) {
     let v = view();
-    let opts = ResolveOptions { caller_start_ts: ts(950), for_read, lite: false };
+    let opts =
+        ResolveOptions { caller_start_ts: ts(950), for_read, lite: false, ..Default::default() };
     let bo = v.backoffer(Duration::from_secs(40));
     let (log, result) = drive(ResolveLocks::new(v, locks, opts, bo), c);
     (log, result.expect("resolved"))

@@ -11,7 +11,10 @@ pub mod batch;
 pub mod fanout;
 pub mod region_error;
 pub mod sender;
+mod tags;
 pub mod walk;
+
+pub use tags::{RequestSource, RequestTags};
 
 use std::fmt;
 use std::sync::Arc;

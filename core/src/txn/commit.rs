@@ -29,7 +29,9 @@ use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{IdMap, Operation};
 use crate::pd::{PdCall, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
+};
 use crate::time::{Duration, Instant};
 use crate::txn::membuffer::{BufferedValue, MemBuffer};
 use crate::view::ClusterView;
@@ -136,6 +138,11 @@ pub struct CommitOptions {
     /// `TxnHeartBeat`s on their primary while committing; `None` means
     /// client-go's [`TTL_REFRESHED_TXN_SIZE`].
     pub heartbeat_threshold: Option<usize>,
+    /// Priority, request source and resource group of every request of the
+    /// commit (client-go copies the transaction's into each prewrite and
+    /// commit context). [`commit_keys`] and [`rollback_keys`] take them with
+    /// [`KeyFanout::with_tags`].
+    pub tags: RequestTags,
 }
 
 /// How the commit went through.
@@ -591,6 +598,7 @@ impl Committer {
         let primary = self.primary.clone();
         let view = self.view.clone();
         let start_ts = self.start_ts;
+        let tags = self.opts.tags.clone();
         let Some(hb) = self.heartbeat.as_mut() else {
             return;
         };
@@ -614,7 +622,8 @@ impl Committer {
             primary,
             view.config.read_timeout_short,
             view.backoffer(budget),
-        );
+        )
+        .with_tags(&tags);
         op.start(now);
         hb.seq += 1;
         hb.in_flight = Some(Box::new(op));
@@ -690,7 +699,8 @@ impl Committer {
         self.first_round = false;
         self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
-        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Prewrite(Box::new(op)), now);
     }
 
@@ -719,8 +729,12 @@ impl Committer {
         self.one_pc_seen.extend(plan.one_pc_commit_ts);
         if !plan.met.is_empty() {
             self.pending = plan.retry;
-            let opts =
-                ResolveOptions { caller_start_ts: self.start_ts, for_read: false, lite: false };
+            let opts = ResolveOptions {
+                caller_start_ts: self.start_ts,
+                for_read: false,
+                lite: false,
+                tags: self.opts.tags.clone(),
+            };
             let resolve =
                 ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
             self.set_step(Step::Resolve(Box::new(resolve)), now);
@@ -772,7 +786,8 @@ impl Committer {
             self.primary.clone(),
             self.view.config.read_timeout_short,
             self.view.backoffer(budget),
-        );
+        )
+        .with_tags(&self.opts.tags);
         self.set_step(Step::CommitPrimary(Box::new(op)), now);
     }
 

@@ -17,7 +17,7 @@ use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{IdMap, Operation};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::walk::{RangePlan, RangeWalk};
-use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -30,10 +30,11 @@ pub struct ReadOptions {
     /// `Context.isolation_level` (SI by default; RC reads the latest
     /// committed data and ignores locks).
     pub isolation_level: kvrpcpb::IsolationLevel,
-    /// `Context.priority`.
-    pub priority: kvrpcpb::CommandPri,
     /// `Context.not_fill_cache`: do not pollute TiKV's block cache.
     pub not_fill_cache: bool,
+    /// Priority, request source and resource group of every request,
+    /// lock resolution included.
+    pub tags: RequestTags,
 }
 
 /// What a snapshot read has learned about locks so far: transactions it may
@@ -59,14 +60,15 @@ impl LockSets {
     }
 
     fn context(&self, opts: &ReadOptions) -> kvrpcpb::Context {
-        kvrpcpb::Context {
+        let mut ctx = kvrpcpb::Context {
             resolved_locks: self.resolved.clone(),
             committed_locks: self.committed.clone(),
             isolation_level: opts.isolation_level as i32,
-            priority: opts.priority as i32,
             not_fill_cache: opts.not_fill_cache,
             ..Default::default()
-        }
+        };
+        opts.tags.stamp(&mut ctx);
+        ctx
     }
 }
 
@@ -216,7 +218,12 @@ impl ReadLoop {
     }
 
     fn resolve(&mut self, met: Vec<Lock>) -> ResolveLocks {
-        let opts = ResolveOptions { caller_start_ts: self.ts, for_read: true, lite: true };
+        let opts = ResolveOptions {
+            caller_start_ts: self.ts,
+            for_read: true,
+            lite: true,
+            tags: self.opts.tags.clone(),
+        };
         ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork())
     }
 

@@ -437,3 +437,58 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
     assert_eq!(prewrites.len(), 2);
     assert_eq!(prewrites[1], vec![Bytes::from("a"), Bytes::from("b")]);
 }
+
+#[test]
+fn every_request_of_a_commit_carries_the_transaction_tags() {
+    let mut c = FakeCluster::new(&["m"]);
+    // A lock met at prewrite brings the resolver's requests in too.
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    primary_lock: "p".into(),
+                    key: "b".into(),
+                    lock_version: ts(100),
+                    lock_ttl: 10,
+                    txn_size: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    );
+    c.fault(
+        "check_txn_status",
+        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+            action: kvrpcpb::Action::TtlExpireRollback as i32,
+            ..Default::default()
+        })),
+    );
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let tags = RequestTags {
+        priority: kvrpcpb::CommandPri::High,
+        request_source: Some(crate::rpc::RequestSource::external("Update")),
+        resource_group_name: Some("rg1".into()),
+        resource_group_tag: Bytes::from_static(b"tag"),
+    };
+    let opts = CommitOptions { tags, ..Default::default() };
+    let (_, result) = drive(committer(&["a", "b", "x"], opts), &mut c);
+    result.expect("committed");
+    let names: Vec<&str> = c.received.iter().map(KvRequest::name).collect();
+    for needed in ["kv_prewrite", "kv_check_txn_status", "kv_resolve_lock", "kv_commit"] {
+        assert!(names.contains(&needed), "{needed} missing from {names:?}");
+    }
+    for req in &c.received {
+        let ctx = req.context().expect("stamped");
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32, "{}", req.name());
+        assert_eq!(ctx.request_source, "external_Update", "{}", req.name());
+        let group = ctx.resource_control_context.as_ref().map(|r| r.resource_group_name.as_str());
+        assert_eq!(group, Some("rg1"), "{}", req.name());
+        assert_eq!(&ctx.resource_group_tag[..], b"tag", "{}", req.name());
+    }
+}

@@ -226,3 +226,37 @@ fn scan_resumes_at_a_resolved_lock() {
     assert_eq!(scans[1].limit, 9, "one pair already found");
     insta::assert_snapshot!(log);
 }
+
+/// The snapshot's tags reach its reads and the resolver's requests alike.
+#[test]
+fn reads_and_their_lock_resolution_carry_the_snapshot_tags() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(kvrpcpb::GetResponse {
+            error: Some(locked("k", 800, 3000)),
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, ts(900)));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("kv_get", get_value("v"));
+    let opts = ReadOptions {
+        tags: RequestTags {
+            priority: kvrpcpb::CommandPri::Low,
+            resource_group_name: Some("analytics".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), opts);
+    let (_, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v")));
+    assert_eq!(c.received.len(), 4, "get, check status, resolve, get");
+    for req in &c.received {
+        let ctx = req.context().expect("stamped");
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::Low as i32, "{}", req.name());
+        let group = ctx.resource_control_context.as_ref().map(|r| r.resource_group_name.as_str());
+        assert_eq!(group, Some("analytics"), "{}", req.name());
+    }
+}
