@@ -718,6 +718,7 @@ impl ResolveLocks {
                         Some(ts) => {
                             self.current_ts =
                                 Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                            self.view.last_ts.observe(self.current_ts, now);
                             self.next_lock(now);
                         }
                         None => self.fail(Error::malformed("TSO response without a timestamp")),
@@ -772,7 +773,15 @@ impl Operation for ResolveLocks {
             return;
         }
         if self.locks.iter().any(|l| l.ttl != 0) {
-            // "Now" for TTL checks (client-go uses its low-resolution TSO).
+            // "Now" for TTL checks: client-go's low-resolution timestamp,
+            // the newest this client has seen, while it is recent; else a
+            // fresh one from PD.
+            let max_age = self.view.config.low_resolution_ts_max_age;
+            if let Some(ts) = self.view.last_ts.fresh(now, max_age) {
+                self.current_ts = ts;
+                self.next_lock(now);
+                return;
+            }
             let request =
                 PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
             let call = PdCall::new(

@@ -466,7 +466,12 @@ fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
 
 /// A view over `pd1:2379` with the default config, API V1 raw.
 pub(crate) fn view() -> Arc<ClusterView> {
-    let config = Config::default().with_pd_endpoints(["pd1:2379"]);
+    view_with(Config::default())
+}
+
+/// A view over `config` with the fake cluster's PD endpoint.
+pub(crate) fn view_with(config: Config) -> Arc<ClusterView> {
+    let config = config.with_pd_endpoints(["pd1:2379"]);
     let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
     Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Raw), pd))
 }

@@ -94,7 +94,7 @@ impl<P: Platform> ClientCore<P> {
             view.config.budget(view.config.backoff.tso),
             rng.next_u64(),
         );
-        let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
+        let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 

@@ -1,10 +1,13 @@
 //! The timestamp oracle: a background task that batches callers into PD
 //! `Tso` rounds (core's [`TsoBatcher`]).
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use tikv_core::Error;
 use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher};
+use tikv_core::view::ClusterView;
 
 use crate::{Runtime, Transport, execute};
 
@@ -20,12 +23,13 @@ impl Oracle {
     /// Spawns the TSO task on `rt`.
     pub(crate) fn start<R: Runtime, T: Transport>(
         batcher: TsoBatcher,
+        view: Arc<ClusterView>,
         rt: R,
-        transport: std::sync::Arc<T>,
+        transport: Arc<T>,
     ) -> Oracle {
         let (requests, rx) = mpsc::unbounded();
         let task_rt = rt.clone();
-        rt.spawn(Box::pin(run(batcher, task_rt, transport, rx)));
+        rt.spawn(Box::pin(run(batcher, view, task_rt, transport, rx)));
         Oracle { requests }
     }
 
@@ -43,8 +47,9 @@ impl Oracle {
 /// batching needs no deliberate delay.
 async fn run<R: Runtime, T: Transport>(
     mut batcher: TsoBatcher,
+    view: Arc<ClusterView>,
     rt: R,
-    transport: std::sync::Arc<T>,
+    transport: Arc<T>,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
 ) {
     while let Some(first) = rx.next().await {
@@ -65,6 +70,11 @@ async fn run<R: Runtime, T: Transport>(
         let outcome = execute(round, &rt, &*transport).await;
         match batcher.finish_round(count, outcome) {
             Ok(timestamps) => {
+                // The newest timestamp doubles as the low-resolution "now"
+                // of lock TTL checks (client-go's `lastTS`).
+                if let Some(last) = timestamps.last() {
+                    view.last_ts.observe(last.version(), rt.now());
+                }
                 for (w, ts) in waiters.into_iter().zip(timestamps) {
                     let _ = w.send(Ok(ts));
                 }

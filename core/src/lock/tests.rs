@@ -6,7 +6,8 @@ use std::fmt::Write;
 use tikv_proto::kvrpcpb;
 
 use super::*;
-use crate::testing::{FakeCluster, Fault, drive, view};
+use crate::config::Config;
+use crate::testing::{FakeCluster, Fault, drive, view, view_with};
 
 /// A start ts at `physical_ms` (the fake PD's clock reads 1000 ms).
 fn ts(physical_ms: i64) -> u64 {
@@ -222,4 +223,48 @@ fn shared_lock_wrappers_expand_to_their_inner_locks() {
     };
     let locks = Lock::from_info(&wrapper);
     assert_eq!(locks.iter().map(|l| l.txn_id).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// TTL checks use the newest timestamp the client has seen while it is
+/// younger than `low_resolution_ts_max_age` (client-go's low-resolution
+/// timestamp), and fetch (and record) a fresh one from PD once it is older.
+#[test]
+fn ttl_checks_use_the_recent_low_resolution_timestamp() {
+    let resolve_with = |max_age: Duration| {
+        let mut c = FakeCluster::new(&[]);
+        c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+        c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+        let v = view_with(Config::default().with_low_resolution_ts_max_age(max_age));
+        // Seen at the instant the resolution starts.
+        v.last_ts.observe(ts(990), Instant::ZERO);
+        let opts =
+            ResolveOptions { caller_start_ts: ts(950), for_read: true, ..Default::default() };
+        let bo = v.backoffer(Duration::from_secs(40));
+        let op = ResolveLocks::new(v.clone(), vec![lock("k", 800, 10)], opts, bo);
+        let (log, result) = drive(op, &mut c);
+        result.expect("resolved");
+        let current_ts: Vec<u64> = c
+            .received
+            .iter()
+            .filter_map(|r| match r {
+                KvRequest::CheckTxnStatus(r) => Some(r.current_ts),
+                _ => None,
+            })
+            .collect();
+        let newest = v.last_ts.fresh(Instant::ZERO, Duration::from_secs(1));
+        (log.contains(" tso -> pd"), current_ts, newest)
+    };
+    // Recent enough: used as is, PD is not asked.
+    let (asked_pd, current_ts, newest) = resolve_with(Duration::from_secs(2));
+    assert!(!asked_pd);
+    assert_eq!(current_ts, vec![ts(990)]);
+    assert_eq!(newest, Some(ts(990)));
+
+    // Too old (any age is, with a zero bound): PD is asked, and its fresh
+    // timestamp (the fake PD's clock reads 1000 ms) becomes the newest.
+    let (asked_pd, current_ts, newest) = resolve_with(Duration::ZERO);
+    assert!(asked_pd);
+    assert_eq!(current_ts.len(), 1);
+    assert!(current_ts[0] > ts(1000), "{current_ts:?}");
+    assert_eq!(newest, Some(current_ts[0]));
 }

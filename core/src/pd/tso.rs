@@ -54,6 +54,34 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// The newest timestamp a client has seen and when it arrived: client-go's
+/// low-resolution timestamp (`pdOracle.lastTS`, refreshed every 2 s by its
+/// updater and by every timestamp it fetches). The lock resolver uses it as
+/// "now" for TTL checks instead of asking PD each time. A stale value only
+/// makes locks look alive longer, never expired early, so it is safe; it is
+/// used only while younger than a bound, after which a fresh timestamp is
+/// fetched (and recorded), so resolution never waits on a frozen clock.
+#[derive(Debug, Default)]
+pub struct LastTimestamp {
+    seen: std::sync::Mutex<Option<(u64, Instant)>>,
+}
+
+impl LastTimestamp {
+    /// Records `ts`, obtained at `now`, if it is the newest seen.
+    pub fn observe(&self, ts: u64, now: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none_or(|(last, _)| ts > last) {
+            *seen = Some((ts, now));
+        }
+    }
+
+    /// The newest timestamp, if it arrived less than `max_age` before `now`.
+    pub fn fresh(&self, now: Instant, max_age: Duration) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.filter(|&(_, at)| now.saturating_duration_since(at) < max_age).map(|(ts, _)| ts)
+    }
+}
+
 /// Most timestamps asked for in one `Tso` round (PD's client uses 10,000).
 pub const MAX_TSO_BATCH: usize = 10_000;
 

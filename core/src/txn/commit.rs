@@ -822,6 +822,7 @@ impl Committer {
                         return;
                     };
                     let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                    self.view.last_ts.observe(ts, now);
                     match self.tso_for {
                         TsoFor::MinCommitTs => {
                             self.min_commit_ts = self.min_commit_ts.max(ts + 1);
