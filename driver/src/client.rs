@@ -13,6 +13,7 @@ use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 use tikv_proto::pdpb;
 
+use crate::collapse::Collapsing;
 use crate::oracle::Oracle;
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
@@ -35,7 +36,8 @@ pub trait Platform: Send + Sync + 'static {
 pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) rt: P::Runtime,
-    pub(crate) transport: Arc<P::Transport>,
+    /// The platform's transport behind request collapsing.
+    pub(crate) transport: Arc<Collapsing<P::Transport>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
     _background: Vec<Background>,
@@ -95,6 +97,7 @@ impl<P: Platform> ClientCore<P> {
             rng.next_u64(),
         );
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
+        let transport = Arc::new(Collapsing::new(transport));
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 

@@ -25,6 +25,7 @@
 
 mod background;
 mod client;
+mod collapse;
 mod execute;
 mod oracle;
 mod raw;

@@ -288,6 +288,62 @@ impl Request {
     }
 }
 
+/// Identifies a request whose answer any identical concurrent request may
+/// share, so a transport can send it once (client-go's `reqCollapse`).
+///
+/// Only region-wide `ResolveLock` qualifies, as in client-go: many readers
+/// meeting locks of one large transaction in one region would each send the
+/// same request, and TiKV's answer (resolved or not, or a region error each
+/// caller handles itself) does not depend on who asked. Lite resolves (with
+/// keys) and GC's batch resolves (with `txn_infos`) are never collapsed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CollapseKey {
+    store_id: u64,
+    region_id: u64,
+    start_ts: u64,
+    commit_ts: u64,
+    is_async: bool,
+}
+
+impl CollapseKey {
+    /// The key of `request` to `target`, or `None` if it must be sent as is.
+    ///
+    /// ```
+    /// use tikv_core::rpc::{CollapseKey, KvRequest, Request, Target};
+    /// use tikv_proto::kvrpcpb::{Context, ResolveLockRequest};
+    ///
+    /// let store = Target::Store { store_id: 1, addr: "s1:20160".into() };
+    /// let region_wide = |keys: Vec<bytes::Bytes>| {
+    ///     Request::Kv(KvRequest::ResolveLock(ResolveLockRequest {
+    ///         context: Some(Context { region_id: 9, ..Default::default() }),
+    ///         start_version: 100,
+    ///         commit_version: 120,
+    ///         keys,
+    ///         ..Default::default()
+    ///     }))
+    /// };
+    /// assert!(CollapseKey::of(&store, &region_wide(vec![])).is_some());
+    /// assert!(CollapseKey::of(&store, &region_wide(vec!["k".into()])).is_none());
+    /// ```
+    pub fn of(target: &Target, request: &Request) -> Option<CollapseKey> {
+        let (Target::Store { store_id, .. }, Request::Kv(KvRequest::ResolveLock(r))) =
+            (target, request)
+        else {
+            return None;
+        };
+        if !r.keys.is_empty() || !r.txn_infos.is_empty() {
+            return None;
+        }
+        Some(CollapseKey {
+            store_id: *store_id,
+            region_id: r.context.as_ref()?.region_id,
+            start_ts: r.start_version,
+            commit_ts: r.commit_version,
+            is_async: r.is_async,
+        })
+    }
+}
+
 impl Response {
     /// The method name.
     pub fn name(&self) -> &'static str {
