@@ -29,6 +29,7 @@ mod collapse;
 mod execute;
 mod oracle;
 mod raw;
+mod scanner;
 mod traits;
 mod txn;
 
@@ -36,6 +37,7 @@ pub use background::{Background, spawn_periodic};
 pub use client::Platform;
 pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
+pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::txn::commit::CommitOptions;
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};

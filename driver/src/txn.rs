@@ -18,6 +18,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::Runtime;
 use crate::client::{ClientCore, Platform};
+use crate::scanner::{Scanner, TxnScanner};
 
 /// A client for transactional data (client-go's `txnkv.Client`).
 ///
@@ -100,9 +101,15 @@ impl<P: Platform> TransactionClient<P> {
 /// committed later: skip; alive: wait, bounded by the lock's TTL and the read
 /// budget).
 pub struct Snapshot<P: Platform> {
-    core: Arc<ClientCore<P>>,
-    ts: u64,
-    opts: ReadOptions,
+    pub(crate) core: Arc<ClientCore<P>>,
+    pub(crate) ts: u64,
+    pub(crate) opts: ReadOptions,
+}
+
+impl<P: Platform> Clone for Snapshot<P> {
+    fn clone(&self) -> Self {
+        Snapshot { core: self.core.clone(), ts: self.ts, opts: self.opts.clone() }
+    }
 }
 
 impl<P: Platform> std::fmt::Debug for Snapshot<P> {
@@ -169,6 +176,18 @@ impl<P: Platform> Snapshot<P> {
         limit: u32,
     ) -> Result<Vec<KvPair>, Error> {
         self.scan_inner(range.into(), limit, false, true).await
+    }
+
+    /// A lazy ascending scan of `range`, fetched in batches of
+    /// [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE) (client-go `KVSnapshot.Iter`).
+    pub fn scan_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
+        Scanner::new(self.clone(), range.into(), false)
+    }
+
+    /// A lazy descending scan of `range` (client-go
+    /// `KVSnapshot.IterReverse`). In API V1 the range needs a bounded end.
+    pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
+        Scanner::new(self.clone(), range.into(), true)
     }
 
     async fn scan_inner(
@@ -271,7 +290,7 @@ pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
     start_ts: u64,
     started: tikv_core::time::Instant,
-    buffer: MemBuffer,
+    pub(crate) buffer: MemBuffer,
     options: TransactionOptions,
     finished: bool,
 }
@@ -355,58 +374,43 @@ impl<P: Platform> Transaction<P> {
         self.scan_merged(range.into(), limit, true).await
     }
 
-    /// Merges the snapshot's pairs with the buffer's: buffered writes win,
-    /// buffered deletes hide. The snapshot is asked for `limit` plus the
-    /// number of buffered deletes in range, since at most that many of its
-    /// pairs can be hidden.
+    /// A lazy ascending scan of `range` as this transaction sees it: the
+    /// snapshot merged with the transaction's own writes (client-go's
+    /// `UnionIter`), fetched in batches of [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE).
+    pub fn scan_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
+        let range = range.into();
+        TxnScanner::new(self, self.snapshot().scan_iter(range.clone()), range, false)
+    }
+
+    /// A lazy descending scan of `range` as this transaction sees it.
+    pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
+        let range = range.into();
+        TxnScanner::new(self, self.snapshot().scan_reverse_iter(range.clone()), range, true)
+    }
+
+    /// The first `limit` pairs of the merged scan. The snapshot is asked for
+    /// `limit` plus the number of buffered deletes in range per batch, since
+    /// at most that many of its pairs can be hidden: one request usually
+    /// suffices.
     async fn scan_merged(
         &self,
         range: KeyRange,
         limit: u32,
         reverse: bool,
     ) -> Result<Vec<KvPair>, Error> {
-        let bounds = (
-            std::ops::Bound::Included(range.start.as_bytes()),
-            if range.end.is_empty() {
-                std::ops::Bound::Unbounded
-            } else {
-                std::ops::Bound::Excluded(range.end.as_bytes())
-            },
-        );
-        let buffered: Vec<(Key, Option<Value>)> = self
-            .buffer
-            .iter(bounds)
-            .filter_map(|(k, e)| match e.value {
-                Some(BufferedValue::Put(v)) => Some((Key::from(k.to_vec()), Some(v.clone()))),
-                Some(BufferedValue::Delete) => Some((Key::from(k.to_vec()), None)),
-                None => None,
-            })
-            .collect();
-        let deletes = buffered.iter().filter(|(_, v)| v.is_none()).count() as u32;
-        let snap = self.snapshot();
-        let from_snapshot = if reverse {
-            snap.scan_reverse(range, limit.saturating_add(deletes)).await?
+        let end = if range.end.is_empty() {
+            std::ops::Bound::Unbounded
         } else {
-            snap.scan(range, limit.saturating_add(deletes)).await?
+            std::ops::Bound::Excluded(range.end.as_bytes())
         };
-        let mut merged: std::collections::BTreeMap<Key, Value> =
-            from_snapshot.into_iter().map(|p| (p.key, p.value)).collect();
-        for (k, v) in buffered {
-            match v {
-                Some(v) => {
-                    merged.insert(k, v);
-                }
-                None => {
-                    merged.remove(&k);
-                }
-            }
-        }
-        let pairs = merged.into_iter().map(|(key, value)| KvPair { key, value });
-        Ok(if reverse {
-            pairs.rev().take(limit as usize).collect()
-        } else {
-            pairs.take(limit as usize).collect()
-        })
+        let deletes = self
+            .buffer
+            .iter((std::ops::Bound::Included(range.start.as_bytes()), end))
+            .filter(|(_, e)| matches!(e.value, Some(BufferedValue::Delete)))
+            .count();
+        let batch = limit.saturating_add(u32::try_from(deletes).unwrap_or(u32::MAX));
+        let scanner = if reverse { self.scan_reverse_iter(range) } else { self.scan_iter(range) };
+        scanner.with_batch_size(batch).collect(limit as usize).await
     }
 
     /// Buffers `key = value`.
