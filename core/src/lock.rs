@@ -669,8 +669,27 @@ impl ResolveLocks {
                 timeout: self.view.config.read_timeout_short,
             }
         };
-        let key = lock.key.clone();
-        let op = KeyFanout::new(self.view.clone(), plan, vec![key], self.backoffer.fork())
+        let mut keys = vec![lock.key.clone()];
+        if matches!(plan, CleanupPlan::Resolve { with_keys: true, .. }) {
+            // client-go's `batchLiteResolveLocks`: the other pending locks of
+            // this transaction that would be resolved key by key too ride
+            // along, one request per region instead of one per key. Their
+            // outcome is the transaction's, filed once for it.
+            let (txn_id, lite) = (lock.txn_id, self.opts.lite);
+            let mut rest = VecDeque::with_capacity(self.locks.len());
+            for l in self.locks.drain(..) {
+                let same_fate = l.txn_id == txn_id
+                    && !l.is_pessimistic()
+                    && (lite || l.txn_size < RESOLVE_LITE_THRESHOLD);
+                if same_fate {
+                    keys.push(l.key);
+                } else {
+                    rest.push_back(l);
+                }
+            }
+            self.locks = rest;
+        }
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
             .with_tags(&self.opts.tags);
         self.set_step(Step::Cleanup(Box::new(op)), now);
     }

@@ -257,9 +257,10 @@ async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer() {
 
     // Keys only.
     let keys = snapshot.scan_iter("k100".."k105").key_only().collect(100).await.expect("keys");
-    assert_eq!(keys.iter().map(|p| s(p.key.as_bytes())).collect::<Vec<_>>(), [
-        "k100", "k101", "k102", "k103", "k104"
-    ]);
+    assert_eq!(
+        keys.iter().map(|p| s(p.key.as_bytes())).collect::<Vec<_>>(),
+        ["k100", "k101", "k102", "k103", "k104"]
+    );
     assert!(keys.iter().all(|p| p.value.is_empty()));
 
     // Laziness: the first pair costs one page (a request or two), reading

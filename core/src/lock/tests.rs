@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use bytes::Bytes;
 use tikv_proto::kvrpcpb;
 
 use super::*;
@@ -267,4 +268,43 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
     assert_eq!(current_ts.len(), 1);
     assert!(current_ts[0] > ts(1000), "{current_ts:?}");
     assert_eq!(newest, Some(current_ts[0]));
+}
+
+/// Several locks of one small transaction are cleaned with one `ResolveLock`
+/// per region carrying all their keys (client-go `batchLiteResolveLocks`),
+/// after a single `CheckTxnStatus`; another transaction's lock is resolved
+/// on its own.
+#[test]
+fn lite_resolves_of_one_transaction_are_batched_per_region() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("check_txn_status", status(0, ts(900), kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut other = lock("c", 700, 10);
+    other.primary = Key::from("q");
+    let locks = vec![lock("a", 800, 10), other, lock("b", 800, 10), lock("x", 800, 10)];
+    let (_, outcome) = run(&mut c, locks, true);
+    assert_eq!(outcome.access_locks, vec![ts(800)]);
+    assert_eq!(outcome.ignore_locks, vec![ts(700)]);
+    let mut resolves: Vec<(u64, Vec<Bytes>)> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::ResolveLock(r) => Some((r.start_version, r.keys.clone())),
+            _ => None,
+        })
+        .collect();
+    resolves.sort();
+    assert_eq!(
+        resolves,
+        vec![
+            (ts(700), vec![Bytes::from("c")]),
+            (ts(800), vec![Bytes::from("a"), Bytes::from("b")]),
+            (ts(800), vec![Bytes::from("x")]),
+        ]
+    );
+    let checks = c.received.iter().filter(|r| matches!(r, KvRequest::CheckTxnStatus(_))).count();
+    assert_eq!(checks, 2, "one status check per transaction");
 }
