@@ -60,6 +60,10 @@ pub struct Lock {
     pub for_update_ts: u64,
     /// The lock's `min_commit_ts` (async commit).
     pub min_commit_ts: u64,
+    /// Left by a file-based transaction: TiKV needs the flag on
+    /// `CheckTxnStatus` and `ResolveLock` (client-go forwards it; it writes
+    /// no such transactions itself, nor do we).
+    pub is_txn_file: bool,
 }
 
 impl Lock {
@@ -79,6 +83,7 @@ impl Lock {
             use_async_commit: info.use_async_commit,
             for_update_ts: info.lock_for_update_ts,
             min_commit_ts: info.min_commit_ts,
+            is_txn_file: info.is_txn_file,
         }]
     }
 
@@ -214,6 +219,7 @@ impl PointPlan for CheckStatusPlan {
             force_sync_commit: self.force_sync_commit,
             resolving_pessimistic_lock: self.lock.is_pessimistic(),
             verify_is_primary: true,
+            is_txn_file: self.lock.is_txn_file,
             ..Default::default()
         })
     }
@@ -306,7 +312,7 @@ impl KeyPlan for SecondariesPlan {
 /// `PessimisticRollback`.
 #[derive(Debug)]
 enum CleanupPlan {
-    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, timeout: Duration },
+    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, is_txn_file: bool, timeout: Duration },
     PessimisticRollback { txn_id: u64, for_update_ts: u64, timeout: Duration },
 }
 
@@ -324,10 +330,11 @@ impl KeyPlan for CleanupPlan {
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
         match *self {
-            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, .. } => {
+            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
                 KvRequest::ResolveLock(kvrpcpb::ResolveLockRequest {
                     start_version: txn_id,
                     commit_version: commit_ts,
+                    is_txn_file,
                     keys: if with_keys {
                         batch.iter().map(Key::to_bytes).collect()
                     } else {
@@ -629,6 +636,7 @@ impl ResolveLocks {
             txn_id: cur.lock.txn_id,
             commit_ts,
             with_keys: true,
+            is_txn_file: cur.lock.is_txn_file,
             timeout: self.timeout(),
         };
         let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
@@ -666,6 +674,7 @@ impl ResolveLocks {
                 txn_id: lock.txn_id,
                 commit_ts: status.commit_ts,
                 with_keys: lite,
+                is_txn_file: lock.is_txn_file,
                 timeout: self.view.config.read_timeout_short,
             }
         };

@@ -26,6 +26,7 @@ fn lock(key: &str, txn_ms: i64, ttl: u64) -> Lock {
         use_async_commit: false,
         for_update_ts: 0,
         min_commit_ts: 0,
+        is_txn_file: false,
     }
 }
 
@@ -307,4 +308,26 @@ fn lite_resolves_of_one_transaction_are_batched_per_region() {
     );
     let checks = c.received.iter().filter(|r| matches!(r, KvRequest::CheckTxnStatus(_))).count();
     assert_eq!(checks, 2, "one status check per transaction");
+}
+
+/// A lock left by a file-based transaction carries `is_txn_file` into the
+/// status check and the cleanup, as client-go forwards it.
+#[test]
+fn txn_file_locks_forward_the_flag() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, ts(900), kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut l = lock("k", 800, 10);
+    l.is_txn_file = true;
+    run(&mut c, vec![l], true);
+    let flags: Vec<(&str, bool)> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::CheckTxnStatus(r) => Some(("check", r.is_txn_file)),
+            KvRequest::ResolveLock(r) => Some(("resolve", r.is_txn_file)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flags, [("check", true), ("resolve", true)]);
 }
