@@ -40,7 +40,6 @@
 
 #![forbid(unsafe_code)]
 
-mod batch;
 mod clock;
 mod platform;
 mod runtime;
