@@ -69,8 +69,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::channel::oneshot;
-    use tikv_core::rpc::{KvRequest, KvResponse};
-    use tikv_proto::kvrpcpb;
+    use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse};
+    use tikv_proto::{kvrpcpb, pdpb};
 
     use super::*;
 
@@ -91,10 +91,12 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let (tx, rx) = oneshot::channel();
             self.gates.lock().unwrap().push(tx);
-            let Request::Kv(kv) = request else { unreachable!("the test sends TiKV requests") };
             async move {
                 rx.await.map_err(|_| RpcError::Unavailable("gate dropped".into()))?;
-                Ok(Response::Kv(kv.response_template()))
+                Ok(match request {
+                    Request::Kv(kv) => Response::Kv(kv.response_template()),
+                    Request::Pd(_) => Response::Pd(PdResponse::GetRegion(Default::default())),
+                })
             }
             .boxed()
         }
@@ -151,5 +153,39 @@ mod tests {
         assert!(a.is_err() && b.is_err());
         let _c = collapsing.call(&store, resolve(7, vec![]), Instant::MAX);
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Concurrent misses for one key (and lookups of one store) ask PD once.
+    #[test]
+    fn identical_pd_region_and_store_reads_share_one_call() {
+        let inner = Arc::new(Gated::default());
+        let collapsing = Collapsing::new(inner.clone());
+        let pd = Target::Pd { addr: "pd1:2379".into() };
+        let other_pd = Target::Pd { addr: "pd2:2379".into() };
+        let region = |key: &'static str| {
+            Request::Pd(PdRequest::GetRegion(pdpb::GetRegionRequest {
+                region_key: key.into(),
+                ..Default::default()
+            }))
+        };
+        let store = |id| {
+            Request::Pd(PdRequest::GetStore(pdpb::GetStoreRequest {
+                store_id: id,
+                ..Default::default()
+            }))
+        };
+        let calls = vec![
+            collapsing.call(&pd, region("k1"), Instant::MAX),
+            collapsing.call(&pd, region("k1"), Instant::MAX), // shared
+            collapsing.call(&pd, region("k2"), Instant::MAX),
+            collapsing.call(&other_pd, region("k1"), Instant::MAX),
+            collapsing.call(&pd, store(4), Instant::MAX),
+            collapsing.call(&pd, store(4), Instant::MAX), // shared
+            collapsing.call(&pd, store(5), Instant::MAX),
+        ];
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 5);
+        inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
+        let answers = futures::executor::block_on(futures::future::join_all(calls));
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     }
 }

@@ -289,20 +289,29 @@ impl Request {
 }
 
 /// Identifies a request whose answer any identical concurrent request may
-/// share, so a transport can send it once (client-go's `reqCollapse`).
+/// share, so a transport can send it once (client-go's `reqCollapse`, and
+/// the deduplication of concurrent region misses).
 ///
-/// Only region-wide `ResolveLock` qualifies, as in client-go: many readers
-/// meeting locks of one large transaction in one region would each send the
-/// same request, and TiKV's answer (resolved or not, or a region error each
-/// caller handles itself) does not depend on who asked. Lite resolves (with
-/// keys) and GC's batch resolves (with `txn_infos`) are never collapsed.
+/// Two kinds qualify:
+/// - region-wide `ResolveLock`, as in client-go: many readers meeting locks
+///   of one large transaction in one region would each send the same
+///   request, and TiKV's answer (resolved, or a region error each caller
+///   handles itself) does not depend on who asked. Lite resolves (with keys)
+///   and GC's batch resolves (with `txn_infos`) are never collapsed;
+/// - PD reads of one region or store (`GetRegion`, `GetPrevRegion`,
+///   `GetRegionByID`, `GetStore`, `GetAllStores`) to one PD member: every
+///   operation that misses the cache for the same key at once, or meets the
+///   same unknown store, would otherwise ask PD separately.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CollapseKey {
-    store_id: u64,
-    region_id: u64,
-    start_ts: u64,
-    commit_ts: u64,
-    is_async: bool,
+pub struct CollapseKey(Collapsible);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Collapsible {
+    ResolveLock { store_id: u64, region_id: u64, start_ts: u64, commit_ts: u64, is_async: bool },
+    Region { pd: Arc<str>, key: bytes::Bytes, prev: bool, buckets: bool },
+    RegionById { pd: Arc<str>, id: u64, buckets: bool },
+    Store { pd: Arc<str>, id: u64 },
+    AllStores { pd: Arc<str>, exclude_tombstones: bool },
 }
 
 impl CollapseKey {
@@ -326,21 +335,42 @@ impl CollapseKey {
     /// assert!(CollapseKey::of(&store, &region_wide(vec!["k".into()])).is_none());
     /// ```
     pub fn of(target: &Target, request: &Request) -> Option<CollapseKey> {
-        let (Target::Store { store_id, .. }, Request::Kv(KvRequest::ResolveLock(r))) =
-            (target, request)
-        else {
-            return None;
+        let key = match (target, request) {
+            (Target::Store { store_id, .. }, Request::Kv(KvRequest::ResolveLock(r))) => {
+                if !r.keys.is_empty() || !r.txn_infos.is_empty() {
+                    return None;
+                }
+                Collapsible::ResolveLock {
+                    store_id: *store_id,
+                    region_id: r.context.as_ref()?.region_id,
+                    start_ts: r.start_version,
+                    commit_ts: r.commit_version,
+                    is_async: r.is_async,
+                }
+            }
+            (Target::Pd { addr }, Request::Pd(request)) => {
+                let pd = addr.clone();
+                match request {
+                    PdRequest::GetRegion(r) | PdRequest::GetPrevRegion(r) => Collapsible::Region {
+                        pd,
+                        key: r.region_key.clone(),
+                        prev: matches!(request, PdRequest::GetPrevRegion(_)),
+                        buckets: r.need_buckets,
+                    },
+                    PdRequest::GetRegionById(r) => {
+                        Collapsible::RegionById { pd, id: r.region_id, buckets: r.need_buckets }
+                    }
+                    PdRequest::GetStore(r) => Collapsible::Store { pd, id: r.store_id },
+                    PdRequest::GetAllStores(r) => Collapsible::AllStores {
+                        pd,
+                        exclude_tombstones: r.exclude_tombstone_stores,
+                    },
+                    _ => return None,
+                }
+            }
+            _ => return None,
         };
-        if !r.keys.is_empty() || !r.txn_infos.is_empty() {
-            return None;
-        }
-        Some(CollapseKey {
-            store_id: *store_id,
-            region_id: r.context.as_ref()?.region_id,
-            start_ts: r.start_version,
-            commit_ts: r.commit_version,
-            is_async: r.is_async,
-        })
+        Some(CollapseKey(key))
     }
 }
 
