@@ -14,7 +14,7 @@ use tikv_core::{Error, backoff::Backoffer};
 use tikv_proto::pdpb;
 
 use crate::collapse::Collapsing;
-use crate::oracle::Oracle;
+use crate::oracle::{Oracle, OracleRouted};
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
 /// A runtime and a transport that belong together (they share a clock).
@@ -36,8 +36,9 @@ pub trait Platform: Send + Sync + 'static {
 pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) rt: P::Runtime,
-    /// The platform's transport behind request collapsing.
-    pub(crate) transport: Arc<Collapsing<P::Transport>>,
+    /// The platform's transport behind request collapsing and the TSO task
+    /// (operations' timestamps join its batched rounds).
+    pub(crate) transport: Arc<Collapsing<OracleRouted<P::Transport>>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
     _background: Vec<Background>,
@@ -97,7 +98,8 @@ impl<P: Platform> ClientCore<P> {
             rng.next_u64(),
         );
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
-        let transport = Arc::new(Collapsing::new(transport));
+        let routed = OracleRouted::new(transport, oracle.clone());
+        let transport = Arc::new(Collapsing::new(Arc::new(routed)));
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 
