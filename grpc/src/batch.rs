@@ -2,10 +2,10 @@
 //! written once for every runtime (spawning and timers come from a
 //! `tikv_driver::Runtime`, the HTTP/2 channel is any [`GrpcChannel`]).
 //!
-//! Per store address, one long-lived bidirectional `BatchCommands` stream on
-//! the address's channel, driven by two tasks around one [`BatchCollector`]
-//! (behind a mutex held only for the collector's own bookkeeping, never
-//! across I/O):
+//! Per store connection (several per address, see [`BatchConns`]), one
+//! long-lived bidirectional `BatchCommands` stream, driven by two tasks
+//! around one [`BatchCollector`] (behind a mutex held only for the
+//! collector's own bookkeeping, never across I/O):
 //! - the **driver** task receives callers' requests, pushes them into the
 //!   collector, writes the messages it emits, arms its timer (batch waits
 //!   and request deadlines), opens a new stream when it asks for one, and
@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,7 +43,7 @@ use tikv_proto::tikvpb::tikv_client::TikvClient;
 
 use crate::dispatch::call_kv;
 use crate::status::to_rpc_error;
-use crate::{GrpcChannel, TransportConfig};
+use crate::{ConnId, GrpcChannel, TransportConfig};
 
 type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
 
@@ -60,10 +61,13 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// The `BatchCommands` connections of one transport, by store address.
+/// The `BatchCommands` connections of one transport: per store address,
+/// [`TransportConfig::batch_streams_per_store`] of them, each with its own
+/// collector and stream, taken in turn by successive requests.
 #[derive(Debug, Default)]
 pub struct BatchConns {
-    by_addr: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<Entry>>>,
+    by_conn: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Entry>>>,
+    turn: AtomicUsize,
 }
 
 /// Where a batch connection gets its HTTP/2 channel. It is asked again for
@@ -90,14 +94,15 @@ impl<C, R> Shared<C, R> {
 }
 
 impl BatchConns {
-    /// Sends `request` over `addr`'s stream (or, as the collector decides,
-    /// unary) and waits for its answer. The first call for an address
-    /// spawns its tasks on `rt`, getting channels from `source()`.
+    /// Sends `request` over one of `addr`'s streams (or, as its collector
+    /// decides, unary) and waits for its answer. The first call on the n-th
+    /// connection of an address spawns its tasks on `rt`, getting channels
+    /// from `source(n)` (each `n` must be a separate HTTP/2 connection).
     pub async fn call<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
         addr: &Arc<str>,
-        source: impl Fn() -> ChannelSource<C>,
+        source: impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
         request: KvRequest,
         deadline: Instant,
@@ -107,10 +112,12 @@ impl BatchConns {
     {
         let (reply, answer) = oneshot::channel();
         let mut entry = Entry { request, deadline, arrived: rt.now(), reply };
+        let n = config.batch_streams_per_store.max(1);
+        let conn = (addr.clone(), self.turn.fetch_add(1, Ordering::Relaxed) % n);
         // Twice at most: a driver whose executor has shut down (its task
         // dropped, so its queue closed) is replaced by one spawned now.
         for _ in 0..2 {
-            let sender = self.sender(rt, addr, &source, config);
+            let sender = self.sender(rt, &conn, &source, config);
             match sender.unbounded_send(entry) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
@@ -119,9 +126,9 @@ impl BatchConns {
                 }
                 Err(e) => {
                     entry = e.into_inner();
-                    let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-                    if map.get(addr).is_some_and(|s| s.same_receiver(&sender)) {
-                        map.remove(addr);
+                    let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+                    if map.get(&conn).is_some_and(|s| s.same_receiver(&sender)) {
+                        map.remove(&conn);
                     }
                 }
             }
@@ -132,15 +139,15 @@ impl BatchConns {
     fn sender<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
-        addr: &Arc<str>,
-        source: &impl Fn() -> ChannelSource<C>,
+        conn: &ConnId,
+        source: &impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
     ) -> mpsc::UnboundedSender<Entry>
     where
         C::Future: Send,
     {
-        let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = map.get(addr) {
+        let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = map.get(conn) {
             return sender.clone();
         }
         let (sender, entries) = mpsc::unbounded();
@@ -149,12 +156,12 @@ impl BatchConns {
         let shared = Arc::new(Shared {
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
-            channel: source(),
+            channel: source(conn.1),
             rt: rt.clone(),
             config: config.clone(),
         });
         rt.spawn(drive(shared, entries, woken).boxed());
-        map.insert(addr.clone(), sender.clone());
+        map.insert(conn.clone(), sender.clone());
         sender
     }
 }

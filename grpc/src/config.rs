@@ -51,6 +51,11 @@ pub struct TransportConfig {
     /// How long the stream's collector waits for more requests before
     /// sending a short batch. Default [`BatchPolicy::Standard`], client-go's.
     pub batch_policy: BatchPolicy,
+    /// `BatchCommands` streams per store, each on its own HTTP/2 connection,
+    /// taken in turn by successive requests. Default 4 (client-go's
+    /// `GrpcConnectionCount`): TiKV serves each connection on one of its
+    /// gRPC threads, so several spread a busy client over them.
+    pub batch_streams_per_store: usize,
 }
 
 impl Default for TransportConfig {
@@ -66,6 +71,7 @@ impl Default for TransportConfig {
             initial_connection_window_size: 128 << 20,
             batch_commands: true,
             batch_policy: BatchPolicy::Standard,
+            batch_streams_per_store: 4,
         }
     }
 }
@@ -114,6 +120,12 @@ impl TransportConfig {
     /// Sets [`TransportConfig::batch_policy`].
     pub fn batch_policy(mut self, policy: BatchPolicy) -> Self {
         self.batch_policy = policy;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_streams_per_store`] (at least 1).
+    pub fn batch_streams_per_store(mut self, n: usize) -> Self {
+        self.batch_streams_per_store = n.max(1);
         self
     }
 

@@ -48,6 +48,11 @@ impl<T> GrpcChannel for T where
 {
 }
 
+/// One HTTP/2 connection of a transport: the peer's address and a
+/// connection number (0 carries unary calls and the first `BatchCommands`
+/// stream; see [`TransportConfig::batch_streams_per_store`]).
+pub type ConnId = (std::sync::Arc<str>, usize);
+
 /// Message size limits for the generated clients (client-go sets an
 /// unlimited receive size).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

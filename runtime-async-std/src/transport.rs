@@ -35,8 +35,10 @@ pub use tikv_grpc::TransportConfig;
 /// new one.
 ///
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
-/// that have a batch form ride one `BatchCommands` stream per store
-/// (`tikv_grpc::batch`, the same code as `tikv-tokio`'s), batched by the
+/// that have a batch form ride `BatchCommands` streams instead, one on each
+/// of [`TransportConfig::batch_streams_per_store`] connections per store
+/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`,
+/// the same code as `tikv-tokio`'s), batched by the
 /// core's `BatchCollector`; a broken stream fails its in-flight requests
 /// with a retryable `RpcError::Unavailable` and is re-created, on a
 /// redialled connection, after a backoff.
@@ -141,38 +143,40 @@ async fn dispatch(
     deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
-    let channel = inner.pool.channel(addr, &inner.config).await?;
     match request {
-        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => inner
-            .batch
-            .call(&inner.rt, addr, || pooled_channel(inner, addr), &inner.config, request, deadline)
-            .await
-            .map(Response::Kv),
+        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => {
+            let source = |conn| pooled_channel(inner, addr, conn);
+            let call = inner.batch.call(&inner.rt, addr, source, &inner.config, request, deadline);
+            call.await.map(Response::Kv)
+        }
         Request::Kv(request) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             call_kv(channel, inner.config.limits(), request, timeout).await.map(Response::Kv)
         }
         Request::Pd(PdRequest::Tso(request)) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             let client = || pd_client(channel, inner.config.limits());
             inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
         }
         Request::Pd(request) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
         }
     }
 }
 
-/// The batch streams of `addr` take their connection from the pool each
-/// time they open a stream or fall back to unary, so a broken connection is
-/// redialled. The source holds the transport weakly: the stream tasks must
-/// not keep a dropped transport alive.
-fn pooled_channel(inner: &Arc<Inner>, addr: &Arc<str>) -> ChannelSource<Channel> {
+/// Batch connection `conn` of `addr` takes its HTTP/2 connection from the
+/// pool each time it opens a stream or falls back to unary, so a broken
+/// connection is redialled. The source holds the transport weakly: the
+/// stream tasks must not keep a dropped transport alive.
+fn pooled_channel(inner: &Arc<Inner>, addr: &Arc<str>, conn: usize) -> ChannelSource<Channel> {
     let (inner, addr) = (Arc::downgrade(inner), addr.clone());
     Arc::new(move || {
         let (inner, addr) = (inner.clone(), addr.clone());
         async move {
             let inner =
                 inner.upgrade().ok_or_else(|| RpcError::Unavailable("transport dropped".into()))?;
-            inner.pool.channel(&addr, &inner.config).await
+            inner.pool.channel(&addr, conn, &inner.config).await
         }
         .boxed()
     })

@@ -397,8 +397,12 @@ impl Client {
         Client::with_config(TransportConfig::default().connect_timeout(Duration::from_secs(2)))
     }
 
+    /// These tests are about unary calls and the connection pool, so every
+    /// request goes unary (the `BatchCommands` path has its own suite test,
+    /// `tikv_tests::raw::requests_ride_batch_streams_and_survive_a_store_outage`).
     fn with_config(config: TransportConfig) -> Client {
-        Client { rt: AsyncStdRuntime::new(), transport: GrpcTransport::new(config) }
+        let transport = GrpcTransport::new(config.batch_commands(false));
+        Client { rt: AsyncStdRuntime::new(), transport }
     }
 
     fn deadline(&self, ms: u64) -> Instant {

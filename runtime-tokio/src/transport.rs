@@ -12,6 +12,7 @@ use tikv_driver::Transport;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::clock;
+use tikv_grpc::ConnId;
 use tikv_grpc::batch::{BatchConns, ChannelSource};
 use tikv_grpc::dispatch::{call_kv, call_pd, pd_client};
 use tikv_grpc::tso;
@@ -48,7 +49,9 @@ fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> 
 /// `RpcError::Unavailable`, and the next round opens a new one.
 ///
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
-/// that have a batch form ride one `BatchCommands` stream per store,
+/// that have a batch form ride `BatchCommands` streams instead, one on each
+/// of [`TransportConfig::batch_streams_per_store`] connections per store
+/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`),
 /// batched by `tikv_core::rpc::batch::BatchCollector` (client-go's policy);
 /// a broken stream fails its in-flight requests with a retryable
 /// `RpcError::Unavailable` and is re-created after a backoff, during which
@@ -64,7 +67,9 @@ pub struct GrpcTransport {
 #[derive(Debug)]
 pub(crate) struct Inner {
     config: TransportConfig,
-    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    /// By address and connection number: 0 serves unary calls and the
+    /// first batch stream, the others one batch stream each.
+    channels: Mutex<HashMap<ConnId, Channel>>,
     pub(crate) tso: tso::Streams,
     batch: BatchConns,
     /// Spawns the batch streams' tasks on the caller's runtime.
@@ -99,16 +104,28 @@ impl Default for GrpcTransport {
 }
 
 impl Inner {
-    /// The cached channel for `addr`, created lazily: `connect_lazy` dials on
-    /// the first request, so the lock is never held across I/O.
-    fn channel(&self, addr: &Arc<str>) -> Result<Channel, RpcError> {
+    /// The cached channel `conn` of `addr` (each its own HTTP/2
+    /// connection), created lazily: `connect_lazy` dials on the first
+    /// request, so the lock is never held across I/O.
+    fn channel(&self, addr: &Arc<str>, conn: usize) -> Result<Channel, RpcError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
+        let key = (addr.clone(), conn);
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
         let channel = endpoint(&self.config, addr)?.connect_lazy();
-        channels.insert(addr.clone(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
+    }
+
+    /// The channel source of batch connection `conn` of `addr`. tonic's
+    /// channel reconnects by itself, so the streams reuse it.
+    fn stream_channel(&self, addr: &Arc<str>, conn: usize) -> ChannelSource<Channel> {
+        let channel = self.channel(addr, conn);
+        Arc::new(move || {
+            let channel = channel.clone();
+            async move { channel }.boxed()
+        })
     }
 }
 
@@ -164,37 +181,24 @@ async fn dispatch(
     deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
-    let channel = inner.channel(addr)?;
     match request {
-        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => inner
-            .batch
-            .call(
-                &inner.rt,
-                addr,
-                || ready_channel(channel.clone()),
-                &inner.config,
-                request,
-                deadline,
-            )
-            .await
-            .map(Response::Kv),
+        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => {
+            let source = |conn| inner.stream_channel(addr, conn);
+            let call = inner.batch.call(&inner.rt, addr, source, &inner.config, request, deadline);
+            call.await.map(Response::Kv)
+        }
         Request::Kv(request) => {
+            let channel = inner.channel(addr, 0)?;
             call_kv(channel, inner.config.limits(), request, timeout).await.map(Response::Kv)
         }
         Request::Pd(PdRequest::Tso(request)) => {
+            let channel = inner.channel(addr, 0)?;
             let client = || pd_client(channel, inner.config.limits());
             inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
         }
         Request::Pd(request) => {
+            let channel = inner.channel(addr, 0)?;
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
         }
     }
-}
-
-/// tonic's channel reconnects by itself: the batch streams reuse it.
-fn ready_channel(channel: Channel) -> ChannelSource<Channel> {
-    Arc::new(move || {
-        let channel = channel.clone();
-        async move { Ok(channel) }.boxed()
-    })
 }

@@ -368,19 +368,22 @@ async fn put_get_concurrently<H: Harness>(client: &RawClient<H>, n: usize, round
     futures::future::join_all(work).await;
 }
 
-/// `BatchCommands` (the default transport): concurrent requests are packed
-/// into fewer stream messages than requests, and after every store went
-/// down and came back, new streams (on new connections) carry the traffic.
+/// `BatchCommands` (the default transport): concurrent requests spread over
+/// the store's four streams and are packed into fewer messages than
+/// requests, and after every store went down and came back, new streams (on
+/// new connections) carry the traffic.
 pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>() {
     let server = start(SimApi::V1, vec![b"k5".to_vec()]).await;
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     put_get_concurrently::<H>(&client, 256, 0).await;
     let before = server.batch_stats().await;
     // 512 requests plus a probe per stream; fewer messages than requests
-    // means the collector packed several into one.
+    // means the collectors packed several into one. Requests take the four
+    // connections of a store in turn, so every one of them got a stream
+    // (three stores at most carry leaders).
     assert!(before.requests >= 512, "{before:?}");
     assert!(before.messages < before.requests, "{before:?}");
-    assert!((1..=3).contains(&before.streams), "{before:?}");
+    assert!((4..=12).contains(&before.streams), "{before:?}");
 
     for id in server.cluster().store_ids() {
         server.stop_store(id).await.expect("stop");
