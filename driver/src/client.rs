@@ -103,6 +103,29 @@ impl<P: Platform> ClientCore<P> {
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 
+    /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`): PD
+    /// must already have handed out `ts`, else a later commit could take a
+    /// smaller timestamp and appear under the read. Free when the client has
+    /// seen a timestamp at least as new; otherwise asks for a fresh one.
+    /// `u64::MAX` ("the latest") is allowed, as in client-go; the values
+    /// between `i64::MAX` and it are refused as the mistakes they are.
+    pub(crate) async fn validate_read_ts(&self, ts: u64) -> Result<(), Error> {
+        if ts == u64::MAX {
+            return Ok(());
+        }
+        if ts >= i64::MAX as u64 {
+            return Err(Error::InvalidArgument(format!("read ts {ts} is not a TSO timestamp")));
+        }
+        if self.view.last_ts.newest().is_some_and(|newest| ts <= newest) {
+            return Ok(());
+        }
+        let current = self.oracle.get_timestamp().await?.version();
+        if ts > current {
+            return Err(Error::FutureReadTs { read_ts: ts, current_ts: current });
+        }
+        Ok(())
+    }
+
     /// Runs one operation to completion in the caller's task.
     pub(crate) async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
         execute(op, &self.rt, &*self.transport).await

@@ -132,7 +132,7 @@ impl<P: Platform> Scanner<P> {
             self.snapshot.ts,
             self.snapshot.opts.clone(),
         );
-        let batch = self.snapshot.core.run(op).await?;
+        let batch = self.snapshot.run(op).await?;
         match batch.last() {
             // A short batch means the range has no more pairs.
             Some(last) if batch.len() as u32 >= self.batch_size => {

@@ -134,7 +134,7 @@ impl<P: Platform> Snapshot<P> {
     /// The value of `key` at the snapshot, `None` if it did not exist.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let op = SnapshotGet::new(self.core.view.clone(), key.into(), self.ts, self.opts.clone());
-        self.core.run(op).await
+        self.run(op).await
     }
 
     /// Whether `key` existed at the snapshot.
@@ -149,7 +149,7 @@ impl<P: Platform> Snapshot<P> {
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         let op = SnapshotBatchGet::new(self.core.view.clone(), keys, self.ts, self.opts.clone());
-        self.core.run(op).await
+        self.run(op).await
     }
 
     /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
@@ -206,6 +206,13 @@ impl<P: Platform> Snapshot<P> {
             self.ts,
             self.opts.clone(),
         );
+        self.run(op).await
+    }
+
+    /// Runs a read of this snapshot after checking its timestamp
+    /// (client-go validates the read ts of every read request).
+    pub(crate) async fn run<O: tikv_core::op::Operation>(&self, op: O) -> Result<O::Output, Error> {
+        self.core.validate_read_ts(self.ts).await?;
         self.core.run(op).await
     }
 }

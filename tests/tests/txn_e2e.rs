@@ -303,3 +303,25 @@ async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer() {
     assert_eq!(strings(t.scan_reverse("k".."l", 5).await.expect("scan reverse")), last_five);
     t.rollback().await.expect("rollback");
 }
+
+/// A snapshot at a timestamp PD has not handed out yet is refused
+/// (client-go's `ValidateReadTS`); one at a timestamp obtained elsewhere but
+/// already handed out reads fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_a_future_timestamp_are_refused() {
+    let (server, client) = start(Vec::new()).await;
+    let now = client.current_timestamp().await.expect("ts");
+    let future = tikv_tokio::Timestamp { physical: now.physical + 3_600_000, logical: 0 };
+    match client.snapshot(future).get("k").await {
+        Err(Error::FutureReadTs { read_ts, current_ts }) => {
+            assert_eq!(read_ts, future.version());
+            assert!(current_ts > now.version() && current_ts < read_ts);
+        }
+        other => panic!("expected FutureReadTs, got {other:?}"),
+    }
+    // Another client's fresh timestamp is newer than anything this one has
+    // seen: checked against PD, and fine.
+    let other = TransactionClient::connect(server.pd_addrs()).await.expect("connect");
+    let theirs = other.current_timestamp().await.expect("ts");
+    assert_eq!(client.snapshot(theirs).get("k").await.expect("read"), None);
+}

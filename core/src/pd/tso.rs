@@ -75,6 +75,12 @@ impl LastTimestamp {
         }
     }
 
+    /// The newest timestamp seen, however old: every timestamp up to it has
+    /// been handed out by PD.
+    pub fn newest(&self) -> Option<u64> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).map(|(ts, _)| ts)
+    }
+
     /// The newest timestamp, if it arrived less than `max_age` before `now`.
     pub fn fresh(&self, now: Instant, max_age: Duration) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
