@@ -222,7 +222,11 @@ async fn dispatch(
         }
         Request::Pd(PdRequest::Tso(request)) => {
             let client = || pd_client(channel, inner.config.limits());
-            inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
+            inner
+                .tso
+                .round(addr, client, *request)
+                .await
+                .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
         Request::Pd(request) => {
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
