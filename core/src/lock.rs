@@ -210,7 +210,7 @@ enum StatusError {
 impl PointPlan for CheckStatusPlan {
     type Output = Result<TxnStatus, StatusError>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
+        KvRequest::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusRequest {
             primary_key: key.to_bytes(),
             lock_ts: self.lock.txn_id,
             caller_start_ts: self.caller_start_ts,
@@ -221,7 +221,7 @@ impl PointPlan for CheckStatusPlan {
             verify_is_primary: true,
             is_txn_file: self.lock.is_txn_file,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::CheckTxnStatus(r) = response else {
@@ -270,11 +270,11 @@ impl KeyPlan for SecondariesPlan {
         (usize::MAX, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        KvRequest::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksRequest {
+        KvRequest::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             start_version: self.txn_id,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -331,7 +331,7 @@ impl KeyPlan for CleanupPlan {
     fn build(&self, batch: &[Key]) -> KvRequest {
         match *self {
             CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
-                KvRequest::ResolveLock(kvrpcpb::ResolveLockRequest {
+                KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
                     start_version: txn_id,
                     commit_version: commit_ts,
                     is_txn_file,
@@ -341,15 +341,15 @@ impl KeyPlan for CleanupPlan {
                         Vec::new()
                     },
                     ..Default::default()
-                })
+                }))
             }
             CleanupPlan::PessimisticRollback { txn_id, for_update_ts, .. } => {
-                KvRequest::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
+                KvRequest::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
                     start_version: txn_id,
                     for_update_ts,
                     keys: batch.iter().map(Key::to_bytes).collect(),
                     ..Default::default()
-                })
+                }))
             }
         }
     }
@@ -810,8 +810,10 @@ impl Operation for ResolveLocks {
                 self.next_lock(now);
                 return;
             }
-            let request =
-                PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+            let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
+                count: 1,
+                ..Default::default()
+            }));
             let call = PdCall::new(
                 self.view.pd.clone(),
                 request,

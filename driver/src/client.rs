@@ -155,10 +155,10 @@ async fn refresh_stores<P: Platform>(
     transport: &Arc<P::Transport>,
     backoffer: Backoffer,
 ) -> Result<(), Error> {
-    let request = PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+    let request = PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
         exclude_tombstone_stores: true,
         ..Default::default()
-    });
+    }));
     let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
     match execute(call, rt, &**transport).await? {
         PdResponse::GetAllStores(r) => {

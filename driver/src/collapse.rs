@@ -103,13 +103,13 @@ mod tests {
     }
 
     fn resolve(region_id: u64, keys: Vec<bytes::Bytes>) -> Request {
-        Request::Kv(KvRequest::ResolveLock(kvrpcpb::ResolveLockRequest {
+        Request::Kv(KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
             context: Some(kvrpcpb::Context { region_id, ..Default::default() }),
             start_version: 100,
             commit_version: 0,
             keys,
             ..Default::default()
-        }))
+        })))
     }
 
     #[test]
@@ -163,16 +163,16 @@ mod tests {
         let pd = Target::Pd { addr: "pd1:2379".into() };
         let other_pd = Target::Pd { addr: "pd2:2379".into() };
         let region = |key: &'static str| {
-            Request::Pd(PdRequest::GetRegion(pdpb::GetRegionRequest {
+            Request::Pd(PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 region_key: key.into(),
                 ..Default::default()
-            }))
+            })))
         };
         let store = |id| {
-            Request::Pd(PdRequest::GetStore(pdpb::GetStoreRequest {
+            Request::Pd(PdRequest::GetStore(Box::new(pdpb::GetStoreRequest {
                 store_id: id,
                 ..Default::default()
-            }))
+            })))
         };
         let calls = vec![
             collapsing.call(&pd, region("k1"), Instant::MAX),

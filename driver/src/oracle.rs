@@ -129,7 +129,7 @@ impl<T: Transport> Transport for OracleRouted<T> {
                         .get_timestamp()
                         .await
                         .map_err(|e| RpcError::Unavailable(format!("TSO: {e}")))?;
-                    Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+                    Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
                         header: None,
                         count: 1,
                         timestamp: Some(pdpb::Timestamp {
@@ -137,7 +137,7 @@ impl<T: Transport> Transport for OracleRouted<T> {
                             logical: ts.logical,
                             suffix_bits: 0,
                         }),
-                    })))
+                    }))))
                 }
                 .boxed()
             }
@@ -191,7 +191,7 @@ mod tests {
                     suffix_bits: 0,
                 }),
             };
-            futures::future::ready(Ok(Response::Pd(PdResponse::Tso(response)))).boxed()
+            futures::future::ready(Ok(Response::Pd(PdResponse::Tso(Box::new(response))))).boxed()
         }
     }
 
@@ -210,8 +210,12 @@ mod tests {
         let routed = OracleRouted::new(pd.clone(), oracle);
 
         let target = Target::Pd { addr: "pd1:2379".into() };
-        let tso =
-            || Request::Pd(PdRequest::Tso(pdpb::TsoRequest { count: 1, ..Default::default() }));
+        let tso = || {
+            Request::Pd(PdRequest::Tso(Box::new(pdpb::TsoRequest {
+                count: 1,
+                ..Default::default()
+            })))
+        };
         let calls: Vec<_> = (0..20).map(|_| routed.call(&target, tso(), Instant::MAX)).collect();
 
         let mut pool = LocalPool::new();

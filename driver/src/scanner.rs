@@ -26,7 +26,8 @@ pub const DEFAULT_SCAN_BATCH_SIZE: u32 = 256;
 /// [`Scanner::next`] leaves the position unchanged, so it may be called again.
 ///
 /// ```no_run
-/// # async fn demo(client: tikv_tokio::TransactionClient) -> Result<(), tikv_tokio::Error> {
+/// # use tikv_driver::{Error, Platform, TransactionClient};
+/// # async fn demo<P: Platform>(client: TransactionClient<P>) -> Result<(), Error> {
 /// let snapshot = client.snapshot(client.current_timestamp().await?);
 /// let mut rows = snapshot.scan_iter("user/".."user0").with_batch_size(1024);
 /// while let Some(pair) = rows.next().await? {

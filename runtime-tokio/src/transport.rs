@@ -194,7 +194,11 @@ async fn dispatch(
         Request::Pd(PdRequest::Tso(request)) => {
             let channel = inner.channel(addr, 0)?;
             let client = || pd_client(channel, inner.config.limits());
-            inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
+            inner
+                .tso
+                .round(addr, client, *request)
+                .await
+                .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
         Request::Pd(request) => {
             let channel = inner.channel(addr, 0)?;

@@ -126,10 +126,10 @@ fn start_swallow() -> (SocketAddr, tokio::runtime::Runtime) {
 }
 
 fn raw_get() -> Request {
-    Request::Kv(KvRequest::RawGet(RawGetRequest {
+    Request::Kv(KvRequest::RawGet(Box::new(RawGetRequest {
         key: b"k".to_vec().into(),
         ..Default::default()
-    }))
+    })))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

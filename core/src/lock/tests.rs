@@ -31,12 +31,14 @@ fn lock(key: &str, txn_ms: i64, ttl: u64) -> Lock {
 }
 
 fn status(ttl: u64, commit: u64, action: kvrpcpb::Action) -> Fault {
-    Fault::Respond(Box::new(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
-        lock_ttl: ttl,
-        commit_version: commit,
-        action: action as i32,
-        ..Default::default()
-    })))
+    Fault::Respond(Box::new(KvResponse::CheckTxnStatus(Box::new(
+        kvrpcpb::CheckTxnStatusResponse {
+            lock_ttl: ttl,
+            commit_version: commit,
+            action: action as i32,
+            ..Default::default()
+        },
+    ))))
 }
 
 fn ok(resp: KvResponse) -> Fault {
@@ -102,13 +104,13 @@ fn every_transaction_fate() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "check_txn_status",
-        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        ok(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             error: Some(kvrpcpb::KeyError {
                 txn_not_found: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::LockNotExistRollback));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
@@ -156,11 +158,11 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
     };
     c.fault(
         "check_txn_status",
-        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        ok(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             lock_ttl: 500,
             lock_info: Some(primary_lock.clone()),
             ..Default::default()
-        })),
+        }))),
     );
     let secondary = |key: &str, min: u64| kvrpcpb::LockInfo {
         key: key.to_string().into(),
@@ -171,17 +173,17 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
     // Two regions: [a, p) and [z] split at "m" — "a" and "p" in the first.
     c.fault(
         "check_secondary_locks",
-        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+        ok(KvResponse::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
             locks: vec![secondary("a", ts(100) + 7), secondary("p", ts(100) + 5)],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_secondary_locks",
-        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+        ok(KvResponse::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
             locks: vec![secondary("z", ts(100) + 9)],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));

@@ -131,7 +131,7 @@ impl TsoBatcher {
     /// A round for `count` callers (clamped to 1..=[`MAX_TSO_BATCH`]).
     pub fn start_round(&mut self, count: usize) -> TsoRound {
         let count = count.clamp(1, MAX_TSO_BATCH) as u32;
-        let request = PdRequest::Tso(pdpb::TsoRequest { count, ..Default::default() });
+        let request = PdRequest::Tso(Box::new(pdpb::TsoRequest { count, ..Default::default() }));
         let backoffer = Backoffer::new(self.budget, self.rng.fork());
         TsoRound { call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer), count }
     }
@@ -216,11 +216,11 @@ mod tests {
     use crate::rpc::{Request, Target};
 
     fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
-        Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+        Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
             header: None,
             count,
             timestamp: Some(pdpb::Timestamp { physical, logical, suffix_bits: 0 }),
-        })))
+        }))))
     }
 
     fn batcher() -> TsoBatcher {

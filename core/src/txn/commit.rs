@@ -211,7 +211,7 @@ impl KeyPlan for PrewritePlan {
     fn build(&self, batch: &[Mutation]) -> KvRequest {
         let has_primary = batch.iter().any(|m| m.key == self.primary);
         let try_one_pc = self.try_one_pc.replace(false);
-        KvRequest::Prewrite(kvrpcpb::PrewriteRequest {
+        KvRequest::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
             primary_lock: self.primary.to_bytes(),
             start_version: self.start_ts,
@@ -228,7 +228,7 @@ impl KeyPlan for PrewritePlan {
             try_one_pc,
             assertion_level: self.assertion_level as i32,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -299,12 +299,12 @@ struct CommitPlan {
 impl PointPlan for CommitPlan {
     type Output = Result<(), kvrpcpb::KeyError>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::Commit(kvrpcpb::CommitRequest {
+        KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
             keys: vec![key.to_bytes()],
             start_version: self.start_ts,
             commit_version: self.commit_ts,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Commit(r) = response else {
@@ -332,12 +332,12 @@ struct HeartbeatPlan {
 impl PointPlan for HeartbeatPlan {
     type Output = bool;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::TxnHeartBeat(kvrpcpb::TxnHeartBeatRequest {
+        KvRequest::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatRequest {
             primary_lock: key.to_bytes(),
             start_version: self.start_ts,
             advise_lock_ttl: self.advise_lock_ttl,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::TxnHeartBeat(r) = response else {
@@ -390,17 +390,17 @@ impl KeyPlan for KeysPlan {
     fn build(&self, batch: &[Key]) -> KvRequest {
         let keys = batch.iter().map(Key::to_bytes).collect();
         match self.commit_ts {
-            Some(commit_ts) => KvRequest::Commit(kvrpcpb::CommitRequest {
+            Some(commit_ts) => KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
                 keys,
                 start_version: self.start_ts,
                 commit_version: commit_ts,
                 ..Default::default()
-            }),
-            None => KvRequest::BatchRollback(kvrpcpb::BatchRollbackRequest {
+            })),
+            None => KvRequest::BatchRollback(Box::new(kvrpcpb::BatchRollbackRequest {
                 keys,
                 start_version: self.start_ts,
                 ..Default::default()
-            }),
+            })),
         }
     }
     fn timeout(&self) -> Duration {
@@ -664,8 +664,10 @@ impl Committer {
 
     fn tso(&mut self, purpose: TsoFor, now: Instant) {
         self.tso_for = purpose;
-        let request =
-            PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+        let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
+            count: 1,
+            ..Default::default()
+        }));
         let budget = self.view.config.budget(self.view.config.backoff.tso);
         let call = PdCall::new(
             self.view.pd.clone(),

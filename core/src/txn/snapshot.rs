@@ -95,12 +95,12 @@ struct GetPlan {
 impl PointPlan for GetPlan {
     type Output = (Option<Value>, Vec<Lock>);
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::Get(kvrpcpb::GetRequest {
+        KvRequest::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(self.locks.context(&self.opts)),
             key: key.to_bytes(),
             version: self.ts,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Get(r) = response else {
@@ -143,12 +143,12 @@ impl KeyPlan for BatchGetPlan {
         (BATCH_GET_SIZE, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        KvRequest::BatchGet(kvrpcpb::BatchGetRequest {
+        KvRequest::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             context: Some(self.locks.context(&self.opts)),
             keys: batch.iter().map(Key::to_bytes).collect(),
             version: self.ts,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -527,7 +527,7 @@ impl RangePlan for ScanPlan {
         } else {
             (part.start.to_bytes(), part.end.to_bytes())
         };
-        KvRequest::Scan(kvrpcpb::ScanRequest {
+        KvRequest::Scan(Box::new(kvrpcpb::ScanRequest {
             context: Some(self.locks.context(&self.opts)),
             start_key,
             end_key,
@@ -536,7 +536,7 @@ impl RangePlan for ScanPlan {
             key_only: self.key_only,
             reverse: self.reverse,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout

@@ -22,11 +22,11 @@ fn respond(resp: KvResponse) -> Fault {
 }
 
 fn prewrite_ok(min_commit_ts: u64, one_pc: u64) -> Fault {
-    respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+    respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
         min_commit_ts,
         one_pc_commit_ts: one_pc,
         ..Default::default()
-    }))
+    })))
 }
 
 fn commit_ok() -> Fault {
@@ -158,7 +158,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 conflict: Some(kvrpcpb::WriteConflict {
                     start_ts: ts(500),
@@ -170,7 +170,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
@@ -182,7 +182,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -195,14 +195,14 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_txn_status",
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             action: kvrpcpb::Action::TtlExpireRollback as i32,
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
@@ -215,7 +215,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -227,7 +227,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
@@ -239,13 +239,13 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault(
         "kv_commit",
-        respond(KvResponse::Commit(kvrpcpb::CommitResponse {
+        respond(KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             error: Some(kvrpcpb::KeyError {
                 commit_ts_expired: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("kv_commit", commit_ok());
     let (log, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
@@ -266,13 +266,13 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault(
         "kv_commit",
-        respond(KvResponse::Commit(kvrpcpb::CommitResponse {
+        respond(KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             error: Some(kvrpcpb::KeyError {
                 txn_lock_not_found: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(matches!(&result, Err(Error::KeyError(e)) if e.txn_lock_not_found.is_some()));
@@ -335,7 +335,7 @@ fn lock_ttl_grows_with_size_and_age() {
 fn large_transactions_send_heartbeats_while_committing() {
     let mut c = FakeCluster::new(&[]);
     let locked = || {
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -348,13 +348,13 @@ fn large_transactions_send_heartbeats_while_committing() {
                 ..Default::default()
             }],
             ..Default::default()
-        }))
+        })))
     };
     let alive = || {
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             lock_ttl: 600_000,
             ..Default::default()
-        }))
+        })))
     };
     for _ in 0..15 {
         c.fault("prewrite", locked());
@@ -399,7 +399,7 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -412,14 +412,14 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_txn_status",
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             action: kvrpcpb::Action::TtlExpireRollback as i32,
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
@@ -444,7 +444,7 @@ fn every_request_of_a_commit_carries_the_transaction_tags() {
     // A lock met at prewrite brings the resolver's requests in too.
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -457,14 +457,14 @@ fn every_request_of_a_commit_carries_the_transaction_tags() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_txn_status",
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             action: kvrpcpb::Action::TtlExpireRollback as i32,
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
