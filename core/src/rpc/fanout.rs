@@ -39,6 +39,10 @@ pub trait KeyPlan {
     fn timeout(&self) -> Duration;
     /// Takes a successful response for `batch`.
     fn merge(&mut self, batch: Vec<Self::Item>, response: KvResponse) -> Result<(), Error>;
+    /// `batch` comes back to be located and built again (its region was
+    /// wrong); `maybe_applied` says an attempt lost its answer, so a store
+    /// may have applied the request nonetheless.
+    fn relocated(&mut self, _batch: &[Self::Item], _maybe_applied: bool) {}
     /// Produces the result once every batch has been merged.
     fn finish(self) -> Self::Output;
 }
@@ -266,6 +270,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                         self.maybe_finish();
                     }
                     Ok(RegionOutcome::Relocate) => {
+                        if let Some(plan) = self.plan.as_mut() {
+                            plan.relocated(&items, call.lost_answers() > 0);
+                        }
                         if let Some(bo) = child_backoffer {
                             let longer = self
                                 .relocated

@@ -175,9 +175,21 @@ struct PrewritePlan {
     async_commit: bool,
     /// All keys but the primary, for the primary's batch in async commit.
     secondaries: Vec<Key>,
-    /// Set on the first batch built only: a relocated batch may hold a
-    /// subset of the keys, and 1PC must never commit part of a transaction.
-    try_one_pc: std::cell::Cell<bool>,
+    /// Try 1PC. Only a batch holding every mutation asks for it, on every
+    /// attempt (client-go keeps `TryOnePc` in a retried single-batch
+    /// request): 1PC must never commit part of a transaction, and a retry
+    /// of a 1PC prewrite that already committed must ask for 1PC again to
+    /// be told the commit ts (TiKV's `check_committed_record_on_err`).
+    one_pc: bool,
+    /// Mutations in the whole transaction.
+    total: usize,
+    /// 1PC requests built that may have committed the transaction: neither
+    /// answered nor handed back unapplied (carried over rounds).
+    one_pc_unanswered: std::cell::Cell<u32>,
+    /// A batch without 1PC was built while a 1PC request was unanswered
+    /// (the keys moved to several regions): its answer cannot tell a fresh
+    /// 2PC lock from "already committed by the lost 1PC attempt".
+    split_after_one_pc: std::cell::Cell<bool>,
     assertion_level: kvrpcpb::AssertionLevel,
     timeout: Duration,
     // Results.
@@ -203,7 +215,12 @@ impl KeyPlan for PrewritePlan {
     }
     fn build(&self, batch: &[Mutation]) -> KvRequest {
         let has_primary = batch.iter().any(|m| m.key == self.primary);
-        let try_one_pc = self.try_one_pc.replace(false);
+        let try_one_pc = self.one_pc && batch.len() == self.total;
+        if try_one_pc {
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get() + 1);
+        } else if self.one_pc && self.one_pc_unanswered.get() > 0 {
+            self.split_after_one_pc.set(true);
+        }
         KvRequest::Prewrite(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
             primary_lock: self.primary.to_bytes(),
@@ -226,10 +243,20 @@ impl KeyPlan for PrewritePlan {
     fn timeout(&self) -> Duration {
         self.timeout
     }
+    fn relocated(&mut self, batch: &[Mutation], maybe_applied: bool) {
+        if self.one_pc && batch.len() == self.total && !maybe_applied {
+            // Refused with a region error on every attempt: not applied.
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+        }
+    }
     fn merge(&mut self, batch: Vec<Mutation>, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Prewrite(r) = response else {
             return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
+        if self.one_pc && batch.len() == self.total {
+            // The answer to a 1PC request: TiKV decided.
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+        }
         let mut locked_keys: Vec<Key> = Vec::new();
         for e in r.errors {
             if let Some(info) = &e.locked {
@@ -475,7 +502,10 @@ pub struct Committer {
     min_commit_ts: u64,
     min_commit_ts_seen: Vec<u64>,
     one_pc_seen: Vec<u64>,
-    first_round: bool,
+    /// 1PC requests whose answer never came (see `PrewritePlan`).
+    one_pc_unanswered: u32,
+    /// The 1PC attempt may have committed at a ts we cannot learn.
+    one_pc_uncertain: bool,
     assertion_error: Option<Error>,
     tso_for: TsoFor,
     commit_ts: u64,
@@ -550,7 +580,8 @@ impl Committer {
             min_commit_ts: start_ts + 1,
             min_commit_ts_seen: Vec::new(),
             one_pc_seen: Vec::new(),
-            first_round: true,
+            one_pc_unanswered: 0,
+            one_pc_uncertain: false,
             assertion_error: None,
             tso_for: TsoFor::CommitTs,
             commit_ts: 0,
@@ -677,7 +708,10 @@ impl Committer {
             max_commit_ts: if self.async_commit || self.one_pc { self.max_commit_ts } else { 0 },
             async_commit: self.async_commit,
             secondaries,
-            try_one_pc: std::cell::Cell::new(self.one_pc && self.first_round),
+            one_pc: self.one_pc,
+            total: self.all_keys.len(),
+            one_pc_unanswered: std::cell::Cell::new(self.one_pc_unanswered),
+            split_after_one_pc: std::cell::Cell::new(false),
             assertion_level: self.opts.assertion_level,
             timeout: self.view.config.read_timeout_short,
             met: Vec::new(),
@@ -687,7 +721,6 @@ impl Committer {
             min_commit_ts_seen: Vec::new(),
             one_pc_commit_ts: Vec::new(),
         };
-        self.first_round = false;
         self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork());
@@ -710,6 +743,8 @@ impl Committer {
     }
 
     fn after_prewrite(&mut self, plan: PrewritePlan, now: Instant) {
+        self.one_pc_unanswered = plan.one_pc_unanswered.get();
+        self.one_pc_uncertain |= plan.split_after_one_pc.get();
         if let Some(e) = plan.error {
             self.finish(Err(e));
             return;
@@ -742,8 +777,20 @@ impl Committer {
                     }));
                     return;
                 }
-                // TiKV declined 1PC (or the batch was split): the locks are
-                // ordinary prewrite locks; commit them with 2PC.
+                // A 1PC attempt lost its answer and the keys then went out
+                // in several batches: TiKV answers those alike whether it
+                // wrote 2PC locks or finds the transaction committed by
+                // that attempt, at a ts a 2PC commit would not report.
+                _ if self.one_pc_uncertain => {
+                    self.finish(Err(Error::Undetermined(format!(
+                        "a 1PC prewrite of txn {} lost its answer before its keys moved to \
+                         several regions: it may have committed",
+                        self.start_ts
+                    ))));
+                    return;
+                }
+                // TiKV declined 1PC: the locks are ordinary prewrite
+                // locks; commit them with 2PC.
                 _ => self.one_pc = false,
             }
         }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use bytes::Bytes;
-use tikv_proto::kvrpcpb;
+use tikv_proto::{errorpb, kvrpcpb};
 
 use super::*;
 use crate::testing::{FakeCluster, Fault, drive, view};
@@ -436,4 +436,91 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
         .collect();
     assert_eq!(prewrites.len(), 2);
     assert_eq!(prewrites[1], vec![Bytes::from("a"), Bytes::from("b")]);
+}
+
+/// Caches the region of `a` in a fresh view (1PC is only tried when every
+/// key is in one cached region).
+fn view_with_a_cached(c: &mut FakeCluster) -> Arc<ClusterView> {
+    let v = view();
+    c.data.insert(b"a".to_vec(), Bytes::from("0"));
+    let _ = drive(crate::raw::get(&v, Key::from("a"), &Default::default()), c);
+    v
+}
+
+fn one_pc_committer(v: Arc<ClusterView>) -> Committer {
+    let opts = CommitOptions { one_pc: true, ..Default::default() };
+    Committer::new(v, ts(500), Key::from("a"), vec![put("a"), put("b")], Duration::ZERO, opts)
+}
+
+fn prewrites(c: &FakeCluster) -> Vec<(Vec<Bytes>, bool)> {
+    c.received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => {
+                Some((p.mutations.iter().map(|m| m.key.clone()).collect(), p.try_one_pc))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A 1PC prewrite sent again after a region error still asks for 1PC, as
+/// client-go's retried single batch does: if an earlier attempt committed
+/// the transaction, only a 1PC request is answered with its commit ts
+/// (TiKV's `check_committed_record_on_err`); a plain one looks like a
+/// fresh 2PC lock, and the commit would report a ts of its own.
+/// (Found by the transactional simulation, seed 865.)
+#[test]
+fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
+    let mut out = String::new();
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    let epoch = errorpb::Error {
+        message: "epoch not match".into(),
+        epoch_not_match: Some(Default::default()),
+        ..Default::default()
+    };
+    c.fault("prewrite", Fault::Region(Box::new(epoch.clone())));
+    c.fault("prewrite", prewrite_ok(0, ts(1000) + 3));
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    let outcome = result.expect("committed");
+    assert_eq!((outcome.mode, outcome.commit_ts), (CommitMode::OnePhase, ts(1000) + 3));
+    let sent = prewrites(&c);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(_, one_pc)| *one_pc), "every attempt asks for 1PC: {sent:?}");
+    let _ = writeln!(out, "== retried after a region error\n{log}");
+
+    // The first attempt's answer is lost, then the keys move to two
+    // regions: the two 2PC answers cannot tell whether the lost attempt
+    // committed the transaction, at a ts nobody reports. Undetermined,
+    // and no commit is sent.
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    // (The retry goes to the next peer, which applies the split and is
+    // not the leader; the leader then refuses the old epoch.)
+    c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
+    c.fault("prewrite", Fault::SplitAt(b"b".to_vec()));
+    c.fault("prewrite", Fault::Region(Box::new(epoch.clone())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    assert!(matches!(&result, Err(Error::Undetermined(_))), "{result:?}");
+    let sent = prewrites(&c);
+    assert!(sent.iter().any(|(keys, one_pc)| keys.len() == 1 && !one_pc), "{sent:?}");
+    assert!(!c.received.iter().any(|r| matches!(r, KvRequest::Commit(_))), "no commit");
+    let _ = writeln!(out, "== lost answer, then split\n{log}");
+
+    // Split without a lost 1PC answer (the first attempt met the new
+    // epoch): nothing was committed, so 2PC goes on.
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    c.fault("prewrite", Fault::SplitAt(b"b".to_vec()));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    let outcome = result.expect("committed with 2PC");
+    assert_eq!(outcome.mode, CommitMode::TwoPhase);
+    let _ = writeln!(out, "== split after a region error\n{log}");
+    insta::assert_snapshot!(out);
 }
