@@ -598,7 +598,7 @@ pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
     }
     faults.sort_by_key(|(at, _)| *at);
     let heal_at = Instant::from_millis(active + u.int_in_range(0..=500)?);
-    Ok((u.arbitrary()?, Plan { swarm, faults, heal_at }))
+    Ok((u.arbitrary()?, Plan { swarm, faults, heal_at, txn: None }))
 }
 
 /// Runs a world whose plan came from fuzzer bytes; it must pass.
