@@ -239,15 +239,16 @@ fn regression_seeds_pass() {
         let report = world::run(WorldConfig::seed(seed));
         assert!(report.passed(), "seed {seed}: {}", report.failure());
     }
-    // Txn 464, 600, 612, 715, 982: a prewrite retried after its transaction
-    // committed met its own commit record and the simulator answered
-    // `WriteConflict`, where TiKV answers success with the commit ts
-    // (`check_committed_record_on_err`; fixed in the simulator). Txn 105,
-    // 865: a 1PC prewrite whose answer was lost was retried after a region
-    // error without `try_one_pc`, so TiKV's "already committed" answer read
-    // as a 2PC lock and the committer reported a fresh ts as the commit ts
-    // (fixed in the committer).
-    const TXN: &[u64] = &[105, 464, 600, 612, 715, 865, 982];
+    // Txn 6, 36, 44: a prewrite retried after its transaction committed
+    // met its own commit record and the simulator answered `WriteConflict`,
+    // where TiKV answers success with the commit ts
+    // (`check_committed_record_on_err`; fixed in the simulator). Txn 28,
+    // 526, 2506: a 1PC prewrite whose answer was lost was retried after a
+    // region error without `try_one_pc`, so TiKV's "already committed"
+    // answer read as a 2PC lock and the committer reported a fresh ts as
+    // the commit ts (fixed in the committer). Each fails with its fix
+    // reverted.
+    const TXN: &[u64] = &[6, 36, 44, 28, 526, 2506];
     for &seed in TXN {
         let report = world::run(WorldConfig::txn(seed));
         assert!(report.passed(), "seed {seed}: {}", report.failure());
