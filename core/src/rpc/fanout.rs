@@ -116,6 +116,14 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
     }
 
+    /// The backoffer with every finished child's sleeps folded in: a
+    /// parent running fan-outs one after another merges it back, so the
+    /// sleeps of its steps add up against one budget, as client-go's
+    /// sequential steps share one `Backoffer`.
+    pub fn backoffer(&self) -> &Backoffer {
+        &self.backoffer
+    }
+
     fn fail(&mut self, e: Error) {
         if self.result.is_none() {
             self.result = Some(Err(e));

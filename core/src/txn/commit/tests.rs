@@ -524,3 +524,97 @@ fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
     let _ = writeln!(out, "== split after a region error\n{log}");
     insta::assert_snapshot!(out);
 }
+
+fn region_error(what: &str) -> Fault {
+    let mut e = errorpb::Error { message: what.into(), ..Default::default() };
+    match what {
+        "not leader" => e.not_leader = Some(Default::default()),
+        _ => e.region_not_found = Some(Default::default()),
+    }
+    Fault::Region(Box::new(e))
+}
+
+/// Undetermined only when an answer that decides the outcome was lost
+/// (client-go sets its undetermined error on RPC errors only): a failed
+/// async-commit prewrite or a failed primary commit whose attempts were all
+/// refused with region errors is a definite failure; one that lost an
+/// answer is undetermined. (Found by the `committer` property.)
+#[test]
+fn undetermined_only_after_a_lost_answer() {
+    let small = |opts: CommitOptions| {
+        // Budgets small enough for region errors to exhaust them.
+        let budgets = crate::config::BackoffBudgets {
+            prewrite: Duration::from_millis(30),
+            commit: Duration::from_millis(30),
+            ..Default::default()
+        };
+        let config = crate::config::Config::default()
+            .with_pd_endpoints(["pd1:2379"])
+            .with_backoff_budgets(budgets);
+        let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
+        let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
+        let v = Arc::new(ClusterView::new(config, codec, pd));
+        Committer::new(v, ts(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts)
+    };
+    let mut out = String::new();
+    let async_commit = CommitOptions { async_commit: true, ..Default::default() };
+
+    // Async commit, every prewrite refused: definite.
+    let mut c = FakeCluster::new(&[]);
+    for _ in 0..1000 {
+        c.fault("prewrite", region_error("region not found"));
+    }
+    let (log, result) = drive(small(async_commit.clone()), &mut c);
+    assert!(matches!(&result, Err(Error::BackoffExhausted { .. })), "{result:?}");
+    let _ = writeln!(out, "== async commit, prewrites refused\n{log}");
+
+    // Async commit, one prewrite answer lost before the refusals: undetermined.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
+    for _ in 0..1000 {
+        c.fault("prewrite", region_error("region not found"));
+    }
+    let (_, result) = drive(small(async_commit), &mut c);
+    assert!(matches!(&result, Err(Error::Undetermined(_))), "{result:?}");
+
+    // 2PC, the primary's commit refused until the budget runs out: definite.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    for _ in 0..1000 {
+        c.fault("kv_commit", region_error("region not found"));
+    }
+    let (log, result) = drive(small(CommitOptions::default()), &mut c);
+    assert!(matches!(&result, Err(Error::BackoffExhausted { .. })), "{result:?}");
+    let _ = writeln!(out, "== primary commit refused\n{log}");
+    insta::assert_snapshot!(out);
+}
+
+/// client-go does not chase a `CommitTsExpired` whose `min_commit_ts` is
+/// more than an hour past the attempted commit ts: definite failure
+/// (nothing was committed).
+#[test]
+fn an_absurd_commit_ts_push_is_refused() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault(
+        "kv_commit",
+        respond(KvResponse::Commit(kvrpcpb::CommitResponse {
+            error: Some(kvrpcpb::KeyError {
+                commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                    attempted_commit_ts: ts(1000),
+                    min_commit_ts: ts(1000) + MAX_COMMIT_TS_PUSH + 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    );
+    let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
+    assert!(
+        matches!(&result, Err(Error::KeyError(e)) if e.commit_ts_expired.is_some()),
+        "{result:?}"
+    );
+    let commits = c.received.iter().filter(|r| matches!(r, KvRequest::Commit(_))).count();
+    assert_eq!(commits, 1, "no retry with a newer commit ts");
+}
