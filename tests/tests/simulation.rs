@@ -246,8 +246,8 @@ fn regression_seeds_pass() {
     // 526, 2506: a 1PC prewrite whose answer was lost was retried after a
     // region error without `try_one_pc`, so TiKV's "already committed"
     // answer read as a 2PC lock and the committer reported a fresh ts as
-    // the commit ts (fixed in the committer). Each fails with its fix
-    // reverted.
+    // the commit ts (fixed in the committer). Each failed with its fix
+    // reverted when it was recorded.
     const TXN: &[u64] = &[6, 36, 44, 28, 526, 2506];
     for &seed in TXN {
         let report = world::run(WorldConfig::txn(seed));
