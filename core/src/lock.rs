@@ -286,6 +286,13 @@ impl KeyPlan for SecondariesPlan {
         if let Some(e) = r.error {
             return Err(Error::KeyError(Box::new(e)));
         }
+        if let Some(l) = r.locks.iter().find(|l| l.lock_version != self.txn_id) {
+            // client-go `addKeys`: "unexpected timestamp".
+            return Err(Error::malformed(format!(
+                "CheckSecondaryLocks of txn {} answered a lock of txn {}",
+                self.txn_id, l.lock_version
+            )));
+        }
         if r.commit_ts > 0 {
             if self.commit_ts > 0 && self.commit_ts != r.commit_ts {
                 return Err(Error::malformed(format!(
@@ -452,6 +459,12 @@ impl ResolveLocks {
         }
     }
 
+    /// The budget with every finished step's sleeps folded in (a caller
+    /// running this as one of its steps merges it back).
+    pub fn backoffer(&self) -> &Backoffer {
+        &self.backoffer
+    }
+
     fn timeout(&self) -> Duration {
         self.view.config.read_timeout_short
     }
@@ -525,6 +538,17 @@ impl ResolveLocks {
         };
         let status = match outcome {
             Ok(status) => status,
+            Err(StatusError::TxnNotFound) if cur.rollback_if_not_exist => {
+                // TiKV rolls the transaction back instead of answering this
+                // (`check_txn_status_missing_lock`); asking again would
+                // loop for as long as the server keeps saying it.
+                let e = Error::malformed(format!(
+                    "txn {} not found although rollback_if_not_exist was set",
+                    cur.lock.txn_id
+                ));
+                self.fail(e);
+                return;
+            }
             Err(StatusError::TxnNotFound) => {
                 // client-go getTxnStatusFromLock: an expired lock whose
                 // primary has no trace is rolled back; a live pessimistic
@@ -614,12 +638,33 @@ impl ResolveLocks {
             return;
         }
         let primary_min = cur.status.primary_lock.as_ref().map_or(0, |l| l.min_commit_ts);
+        let largest_min = checked.locks.iter().map(|l| l.min_commit_ts).fold(primary_min, u64::max);
         let commit_ts = if checked.commit_ts > 0 {
+            if checked.commit_ts < largest_min {
+                // client-go: "commit TS must be greater or equal to min
+                // commit TS".
+                let e = Error::malformed(format!(
+                    "txn {} reported committed at {} below a lock's min_commit_ts {largest_min}",
+                    cur.lock.txn_id, checked.commit_ts
+                ));
+                self.fail(e);
+                return;
+            }
             checked.commit_ts
         } else if checked.missing {
             0
+        } else if largest_min == 0 {
+            // Every lock is there, so the transaction committed, but TiKV
+            // writes no async-commit lock without a min_commit_ts: the
+            // commit ts is unknowable. Rolling back could undo a commit.
+            let e = Error::malformed(format!(
+                "async-commit locks of txn {} carry no min_commit_ts",
+                cur.lock.txn_id
+            ));
+            self.fail(e);
+            return;
         } else {
-            checked.locks.iter().map(|l| l.min_commit_ts).fold(primary_min, u64::max)
+            largest_min
         };
         let status = TxnStatus { ttl: 0, commit_ts, action: cur.status.action, primary_lock: None };
         self.view.txn_status.insert(cur.lock.txn_id, &status);
@@ -734,13 +779,16 @@ impl ResolveLocks {
         self.next_lock(now);
     }
 
-    /// Moves on when the current child has finished.
+    /// Moves on when the current child has finished. Each finished child's
+    /// sleeps are folded back, so one budget covers the whole resolution
+    /// (client-go passes one `Backoffer` through every step).
     fn check(&mut self, now: Instant) {
         match &mut self.step {
             Step::Tso(op) => {
                 let Some(outcome) = op.poll_result() else {
                     return;
                 };
+                self.backoffer.merge_from(op.backoffer());
                 match outcome {
                     Ok(PdResponse::Tso(r)) => match r.timestamp {
                         Some(ts) => {
@@ -761,6 +809,7 @@ impl ResolveLocks {
                 let Some(outcome) = op.poll_result() else {
                     return;
                 };
+                self.backoffer.merge_from(op.backoffer());
                 match outcome {
                     Ok(status) => self.on_status(status, now),
                     Err(e) => self.fail(e),
@@ -770,6 +819,7 @@ impl ResolveLocks {
                 let Some(outcome) = op.poll_result() else {
                     return;
                 };
+                self.backoffer.merge_from(op.backoffer());
                 match outcome {
                     Ok(checked) => self.on_secondaries(checked, now),
                     Err(e) => self.fail(e),
@@ -779,6 +829,7 @@ impl ResolveLocks {
                 let Some(outcome) = op.poll_result() else {
                     return;
                 };
+                self.backoffer.merge_from(op.backoffer());
                 match outcome {
                     Ok(()) => {
                         let status =

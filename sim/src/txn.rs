@@ -156,6 +156,18 @@ impl Undo {
     }
 }
 
+/// What a prewrite did (TiKV's `PrewriteResult`).
+pub(crate) struct Prewritten {
+    /// `KeyIsLocked` errors (nothing is written then).
+    locked: Vec<kvrpcpb::KeyError>,
+    /// The async-commit `min_commit_ts` (0 when not async commit).
+    min_commit_ts: u64,
+    /// The 1PC commit ts (0 when not committed by 1PC).
+    one_pc_commit_ts: u64,
+    /// A retry of a committed transaction: what it wrote is discarded.
+    discard: bool,
+}
+
 /// What `cleanup` found when the key is not locked by the transaction.
 enum CleanupErr {
     Committed(u64),
@@ -441,14 +453,15 @@ impl State {
         let mut resp = kvrpcpb::PrewriteResponse::default();
         let mut undo = Undo::default();
         match self.prewrite(store, &r, &mut undo) {
-            Ok((errors, min_commit_ts, one_pc_commit_ts)) => {
-                if !errors.is_empty() {
-                    // "Skip write stage if some keys are locked."
+            Ok(done) => {
+                // "Skip write stage if some keys are locked"; a retry of a
+                // committed transaction writes nothing either (`txn.clear()`).
+                if !done.locked.is_empty() || done.discard {
                     undo.restore(&mut self.mvcc);
                 }
-                resp.errors = errors;
-                resp.min_commit_ts = min_commit_ts;
-                resp.one_pc_commit_ts = one_pc_commit_ts;
+                resp.errors = done.locked;
+                resp.min_commit_ts = done.min_commit_ts;
+                resp.one_pc_commit_ts = done.one_pc_commit_ts;
             }
             Err(Fail::Region(e)) => {
                 undo.restore(&mut self.mvcc);
@@ -462,13 +475,13 @@ impl State {
         resp
     }
 
-    /// Returns (KeyIsLocked errors, async-commit min_commit_ts, 1PC commit ts).
+    /// `Prewrite::prewrite` and `write_result`.
     fn prewrite(
         &mut self,
         store: u64,
         r: &kvrpcpb::PrewriteRequest,
         undo: &mut Undo,
-    ) -> Result<(Vec<kvrpcpb::KeyError>, u64, u64), Fail> {
+    ) -> Result<Prewritten, Fail> {
         let keys = r.mutations.iter().map(|m| &m.key[..]);
         let region = self.txn_region(store, "prewrite", &r.context, keys, false)?;
         let mut encoded = Vec::with_capacity(r.mutations.len());
@@ -515,15 +528,11 @@ impl State {
             let mut pessimistic_locked = None;
             match self.mvcc.locks.get(key) {
                 Some(lock) if lock.ts != start_ts => {
+                    if let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc) {
+                        return Ok(done);
+                    }
                     if action == PA::DoPessimisticCheck {
                         return Err(pessimistic_lock_not_found(start_ts, &m.key));
-                    }
-                    // `check_committed_record_on_err`: a retried prewrite of a
-                    // committed transaction succeeds with nothing to do.
-                    if let TxnRecord::Single { write, .. } = self.mvcc.txn_record(key, start_ts)
-                        && write.kind != WriteKind::Rollback
-                    {
-                        return Ok((Vec::new(), 0, 0));
                     }
                     lock_errors.push(locked(lock));
                     continue;
@@ -555,6 +564,11 @@ impl State {
                 None if action == PA::DoPessimisticCheck => {
                     // `amend_pessimistic_lock`.
                     if self.mvcc.latest_write(key).is_some_and(|(c, _)| c >= start_ts) {
+                        if let Some(done) =
+                            self.committed_retry(key, start_ts, async_commit, one_pc)
+                        {
+                            return Ok(done);
+                        }
                         return Err(pessimistic_lock_not_found(start_ts, &m.key));
                     }
                     lock_amended = true;
@@ -572,8 +586,23 @@ impl State {
             } else {
                 r.skip_constraint_check
             };
-            if !skip_constraint_check && pessimistic_locked.is_none() {
-                self.check_for_newer_version(r, key, &m.key, action, should_not_exist)?;
+            if !skip_constraint_check
+                && pessimistic_locked.is_none()
+                && let Err(e) =
+                    self.check_for_newer_version(r, key, &m.key, action, should_not_exist)
+            {
+                // A write conflict with a newer commit, or a missing
+                // pessimistic lock, may be this transaction's own commit:
+                // a retry after it committed succeeds.
+                let own_commit_possible = matches!(&e, Fail::Key(k)
+                    if k.conflict.as_ref().is_some_and(|c| c.conflict_commit_ts > start_ts)
+                        || k.abort.starts_with("PessimisticLockNotFound"));
+                if own_commit_possible
+                    && let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc)
+                {
+                    return Ok(done);
+                }
+                return Err(e);
             }
             if !lock_amended && let Err(e) = self.check_assertion(r, key, m) {
                 assertion_failure.get_or_insert(e);
@@ -634,6 +663,9 @@ impl State {
             if too_large {
                 // CommitTsTooLarge: unless this is a retry of a committed
                 // transaction, fall back to 2PC for the rest.
+                if let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc) {
+                    return Ok(done);
+                }
                 async_commit = false;
                 one_pc = false;
                 final_min_commit_ts = 0;
@@ -644,7 +676,12 @@ impl State {
         }
         if !lock_errors.is_empty() {
             let min = if async_commit { final_min_commit_ts } else { 0 };
-            return Ok((lock_errors, min, 0));
+            return Ok(Prewritten {
+                locked: lock_errors,
+                min_commit_ts: min,
+                one_pc_commit_ts: 0,
+                discard: false,
+            });
         }
         let mut one_pc_commit_ts = 0;
         if one_pc && final_min_commit_ts != 0 {
@@ -656,7 +693,31 @@ impl State {
             one_pc_commit_ts = final_min_commit_ts;
         }
         let min_commit_ts = if async_commit { final_min_commit_ts } else { 0 };
-        Ok((Vec::new(), min_commit_ts, one_pc_commit_ts))
+        Ok(Prewritten { locked: Vec::new(), min_commit_ts, one_pc_commit_ts, discard: false })
+    }
+
+    /// `check_committed_record_on_err`: a prewrite that met a conflict on a
+    /// key this transaction already committed (a retry after the commit) is
+    /// answered as a success carrying the commit ts, as `min_commit_ts` for
+    /// async commit and `one_pc_commit_ts` for 1PC, and writes nothing.
+    fn committed_retry(
+        &self,
+        key: &[u8],
+        start_ts: u64,
+        async_commit: bool,
+        one_pc: bool,
+    ) -> Option<Prewritten> {
+        match self.mvcc.txn_record(key, start_ts) {
+            TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
+                Some(Prewritten {
+                    locked: Vec::new(),
+                    min_commit_ts: if async_commit { commit_ts } else { 0 },
+                    one_pc_commit_ts: if one_pc { commit_ts } else { 0 },
+                    discard: true,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// `PrewriteMutation::check_for_newer_version` and `check_data_constraint`.

@@ -511,6 +511,59 @@ fn one_pc_writes_commit_records() {
     assert_eq!(value(&c, b"a", 70), None);
 }
 
+/// TiKV's `check_committed_record_on_err`: a prewrite retried after its
+/// transaction committed (its first answer was lost) meets its own commit
+/// record, writes nothing and succeeds with the commit ts, reported as the
+/// 1PC commit ts (1PC) or `min_commit_ts` (async commit); plain 2PC gets
+/// zeros. Another transaction's newer commit on the key does not change
+/// that, but a rolled-back transaction still conflicts.
+#[test]
+fn a_prewrite_retried_after_the_commit_succeeds_with_the_commit_ts() {
+    let c = cluster();
+    let muts = || vec![m(Op::Put, b"a", b"1"), m(Op::Put, b"b", b"2")];
+    let mut r = prewrite_req(muts(), b"a", 50);
+    r.try_one_pc = true;
+    let first = prewrite(&c, r.clone());
+    assert_eq!(first.one_pc_commit_ts, 51);
+    let retry = prewrite(&c, r.clone());
+    assert!(retry.errors.is_empty(), "{:?}", retry.errors);
+    assert_eq!((retry.one_pc_commit_ts, retry.min_commit_ts), (51, 0));
+    // A newer transaction overwrites `a`, then the retry comes again.
+    put(&c, b"a", b"9", 60, 61);
+    let late = prewrite(&c, r.clone());
+    assert!(late.errors.is_empty(), "{:?}", late.errors);
+    assert_eq!(late.one_pc_commit_ts, 51);
+    assert!(c.locks().is_empty(), "nothing written: {:?}", c.locks());
+    assert_eq!(value(&c, b"a", 70).as_deref(), Some(&b"9"[..]));
+    // The same retry as async commit reports the commit ts as min_commit_ts.
+    let mut r2 = r.clone();
+    r2.try_one_pc = false;
+    r2.use_async_commit = true;
+    r2.secondaries = vec![b(b"b")];
+    let async_retry = prewrite(&c, r2);
+    assert_eq!((async_retry.min_commit_ts, async_retry.one_pc_commit_ts), (51, 0));
+    // ... and as plain 2PC it answers zeros, writing nothing.
+    let mut r3 = r;
+    r3.try_one_pc = false;
+    let plain = prewrite(&c, r3);
+    assert!(plain.errors.is_empty() && plain.min_commit_ts == 0 && plain.one_pc_commit_ts == 0);
+    assert!(c.locks().is_empty());
+    // A rolled-back transaction's retry is still refused.
+    let rolled = prewrite_req(vec![m(Op::Put, b"x", b"1")], b"x", 80);
+    let cleanup = kvrpcpb::BatchRollbackRequest {
+        keys: vec![b(b"x")],
+        start_version: 80,
+        ..Default::default()
+    };
+    let _ = send(&c, b"x", KvRequest::from(cleanup));
+    let refused = prewrite(&c, rolled);
+    assert!(
+        refused.errors.first().and_then(|e| e.conflict.as_ref()).is_some(),
+        "{:?}",
+        refused.errors
+    );
+}
+
 #[test]
 fn resolve_lock_by_keys_region_wide_and_txn_infos() {
     let c = cluster();

@@ -24,8 +24,12 @@ use tikv_core::rpc::{
 use tikv_core::time::{Duration, Instant};
 use tikv_core::view::ClusterView;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
-use tikv_sim::world::faults::{Fault, Plan, Swarm};
+use tikv_sim::world::faults::{Fault, Plan, Swarm, TxnParams};
+use tikv_sim::world::txn_history::TxnKeys;
 use tikv_sim::world::{self, WorldConfig};
+
+mod txn;
+pub use txn::{committer, lock_resolver};
 
 const PD: &str = "pd1:2379";
 /// Inputs fed to one machine at most; a machine still running then has been
@@ -103,6 +107,34 @@ fn answer(
     rpc: &Rpc,
     fed: &mut Fed,
 ) -> Result<Result<Response, RpcError>> {
+    answer_in(u, rpc, fed, false)
+}
+
+/// A region as PD describes it to a client in txn mode (`txn`: boundaries
+/// memcomparable-encoded) or raw mode.
+fn region_for(u: &mut Unstructured<'_>, txn: bool) -> Result<metapb::Region> {
+    let mut r = region(u)?;
+    if txn {
+        let enc = |k: &Bytes| {
+            if k.is_empty() {
+                k.clone()
+            } else {
+                Bytes::from(tikv_core::key::memcomparable::encode_bytes(k))
+            }
+        };
+        r.start_key = enc(&r.start_key);
+        r.end_key = enc(&r.end_key);
+    }
+    Ok(r)
+}
+
+/// [`answer`] for a client in txn mode (`txn`) or raw mode.
+fn answer_in(
+    u: &mut Unstructured<'_>,
+    rpc: &Rpc,
+    fed: &mut Fed,
+    txn: bool,
+) -> Result<Result<Response, RpcError>> {
     if u.ratio(1, 8)? {
         return Ok(Err(match u.int_in_range(0..=2u8)? {
             0 => RpcError::Unavailable("fuzz".into()),
@@ -122,7 +154,7 @@ fn answer(
             })))
         }
         Request::Pd(PdRequest::GetRegion(_)) | Request::Pd(PdRequest::GetPrevRegion(_)) => {
-            let r = if u.ratio(1, 8)? { None } else { Some(region(u)?) };
+            let r = if u.ratio(1, 8)? { None } else { Some(region_for(u, txn)?) };
             let leader = r.as_ref().and_then(|r| r.peers.first().copied());
             let resp = pdpb::GetRegionResponse {
                 header: header(),
@@ -138,7 +170,7 @@ fn answer(
         Request::Pd(PdRequest::BatchScanRegions(_)) => {
             let mut regions = Vec::new();
             for _ in 0..u.int_in_range(0..=3)? {
-                let r = region(u)?;
+                let r = region_for(u, txn)?;
                 regions.push(pdpb::Region {
                     leader: r.peers.first().copied(),
                     region: Some(r),
@@ -159,6 +191,19 @@ fn answer(
                     ..Default::default()
                 }),
                 ..Default::default()
+            })))
+        }
+        Request::Pd(PdRequest::Tso(req)) => {
+            // PD's clock mostly moves forward.
+            fed.physical += i64::from(u.int_in_range(0..=40u8)?);
+            Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
+                header: header(),
+                count: req.count,
+                timestamp: Some(pdpb::Timestamp {
+                    physical: fed.physical,
+                    logical: i64::from(u.int_in_range(0..=3u8)?),
+                    suffix_bits: 0,
+                }),
             })))
         }
         Request::Pd(other) => {
@@ -257,6 +302,8 @@ fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
 struct Fed {
     values: BTreeSet<Bytes>,
     clean_writes: usize,
+    /// PD's TSO clock (physical milliseconds) for TSO answers.
+    physical: i64,
 }
 
 fn view(seed: u64) -> Arc<ClusterView> {
@@ -268,9 +315,44 @@ fn view(seed: u64) -> Arc<ClusterView> {
 /// Drives `op` with arbitrary events; returns its result if it finished.
 fn drive<O: Operation>(
     u: &mut Unstructured<'_>,
-    mut op: O,
+    op: O,
     fed: &mut Fed,
 ) -> Result<Option<Result<O::Output, Error>>> {
+    let mut answer_fn = |u: &mut Unstructured<'_>, rpc: &Rpc, fresh: bool| {
+        let before = fed.clean_writes;
+        let a = answer(u, rpc, fed);
+        if !fresh {
+            fed.clean_writes = before;
+        }
+        a
+    };
+    Ok(drive_with(u, op, &mut answer_fn)?.result)
+}
+
+/// How a driven machine's run went.
+struct Driven<T> {
+    /// Its result, if it finished.
+    result: Option<Result<T, Error>>,
+    /// Every RPC it sent, with the outcome it was fed for it (`None` while
+    /// unanswered). Duplicates and stale answers are not listed.
+    rpcs: Vec<(Rpc, Option<Result<Response, RpcError>>)>,
+    /// Virtual time that passed while nothing was in flight: the machine
+    /// was only sleeping (backoff) or waiting for its own timer.
+    slept: Duration,
+}
+
+/// Answers an RPC; `fresh` is false for a duplicate or stale answer (which
+/// the machine must ignore, so it proves nothing).
+type AnswerFn<'a> =
+    dyn FnMut(&mut Unstructured<'_>, &Rpc, bool) -> Result<Result<Response, RpcError>> + 'a;
+
+/// Drives `op` with arbitrary events, answering with `answer`.
+fn drive_with<O: Operation>(
+    u: &mut Unstructured<'_>,
+    mut op: O,
+    answer: &mut AnswerFn<'_>,
+) -> Result<Driven<O::Output>> {
+    let mut driven = Driven { result: None, rpcs: Vec::new(), slept: Duration::ZERO };
     let mut now = Instant::ZERO;
     let mut outstanding: Vec<Rpc> = Vec::new();
     let mut answered: Vec<Rpc> = Vec::new();
@@ -287,10 +369,12 @@ fn drive<O: Operation>(
                 );
             }
             assert!(rpc.deadline >= now, "deadline in the past");
+            driven.rpcs.push((rpc.clone(), None));
             outstanding.push(rpc);
         }
         if let Some(result) = op.poll_result() {
-            return Ok(Some(result));
+            driven.result = Some(result);
+            return Ok(driven);
         }
         let timeout = op.poll_timeout();
         assert!(
@@ -298,15 +382,24 @@ fn drive<O: Operation>(
             "stalled: nothing in flight, no timer, no result"
         );
         if u.is_empty() {
-            return Ok(None);
+            return Ok(driven);
         }
+        let record =
+            |driven: &mut Driven<O::Output>, rpc: &Rpc, resp: &Result<Response, RpcError>| {
+                if let Some(slot) =
+                    driven.rpcs.iter_mut().rev().find(|(r, a)| r.id == rpc.id && a.is_none())
+                {
+                    slot.1 = Some(resp.clone());
+                }
+            };
         match u.int_in_range(0..=9u8)? {
             // Answer an outstanding RPC (the most common event).
             0..=6 if !outstanding.is_empty() => {
                 let i = u.choose_index(outstanding.len())?;
                 let rpc = outstanding.swap_remove(i);
                 now += Duration::from_micros(u.int_in_range(0..=5000)?);
-                let resp = answer(u, &rpc, fed)?;
+                let resp = answer(u, &rpc, true)?;
+                record(&mut driven, &rpc, &resp);
                 op.on_response(rpc.id, resp, now);
                 answered.push(rpc);
             }
@@ -314,28 +407,32 @@ fn drive<O: Operation>(
             7 if !answered.is_empty() => {
                 let i = u.choose_index(answered.len())?;
                 let rpc = answered[i].clone();
-                let before = fed.clean_writes;
-                let resp = answer(u, &rpc, fed)?;
-                fed.clean_writes = before;
+                let resp = answer(u, &rpc, false)?;
                 op.on_response(rpc.id, resp, now);
             }
             // Time passes to the timer (or jumps arbitrarily).
             _ => {
                 let jump = Duration::from_millis(u.int_in_range(0..=3000)?);
-                now = timeout.map_or(now + jump, |t| t.max(now));
+                let to = timeout.map_or(now + jump, |t| t.max(now));
+                if outstanding.is_empty() {
+                    driven.slept += to.saturating_duration_since(now);
+                }
+                now = to;
                 // Deadlines the world would enforce.
                 let expired: Vec<Rpc> =
                     outstanding.iter().filter(|r| r.deadline <= now).cloned().collect();
                 outstanding.retain(|r| r.deadline > now);
                 for rpc in expired {
-                    op.on_response(rpc.id, Err(RpcError::DeadlineExceeded), now);
+                    let resp = Err(RpcError::DeadlineExceeded);
+                    record(&mut driven, &rpc, &resp);
+                    op.on_response(rpc.id, resp, now);
                     answered.push(rpc);
                 }
                 op.on_timeout(now);
             }
         }
     }
-    Ok(None)
+    Ok(driven)
 }
 
 /// A raw operation fed arbitrary responses, errors, duplicates, timeouts
@@ -560,7 +657,7 @@ pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
             splits.push(k);
         }
     }
-    let swarm = Swarm {
+    let mut swarm = Swarm {
         clients,
         ops_per_client,
         keys,
@@ -577,7 +674,7 @@ pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
         raw_budget: ms(u.int_in_range(5..=20_000)?),
     };
     let active = u.int_in_range(10..=3000u64)?;
-    let mut faults = Vec::new();
+    let mut faults: Vec<(Instant, Fault)> = Vec::new();
     for _ in 0..u.int_in_range(0..=12)? {
         let at = Instant::from_millis(u.int_in_range(0..=active)?);
         let dur = ms(u.int_in_range(1..=5000)?);
@@ -598,7 +695,28 @@ pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
     }
     faults.sort_by_key(|(at, _)| *at);
     let heal_at = Instant::from_millis(active + u.int_in_range(0..=500)?);
-    Ok((u.arbitrary()?, Plan { swarm, faults, heal_at }))
+    // Now and then a transactional world: its keys are the families', and
+    // it crashes clients and picks commit modes from the bytes too.
+    let txn = if u.ratio(1, 2)? {
+        let keys = TxnKeys {
+            accounts: u.int_in_range(2..=4)?,
+            lists: u.int_in_range(1..=3)?,
+            registers: u.int_in_range(0..=2)?,
+        };
+        swarm.keys = keys.total();
+        swarm.splits.retain(|&k| k < keys.total());
+        faults.retain(|(_, f)| !matches!(f, Fault::Split(k) if *k >= keys.total()));
+        Some(TxnParams {
+            keys,
+            crash_permille: u.int_in_range(0..=500)?,
+            async_commit_permille: u.int_in_range(0..=1000)?,
+            one_pc_permille: u.int_in_range(0..=1000)?,
+            budget_permille: u.int_in_range(5..=1000)?,
+        })
+    } else {
+        None
+    };
+    Ok((u.arbitrary()?, Plan { swarm, faults, heal_at, txn }))
 }
 
 /// Runs a world whose plan came from fuzzer bytes; it must pass.

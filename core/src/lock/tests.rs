@@ -333,3 +333,91 @@ fn txn_file_locks_forward_the_flag() {
         .collect();
     assert_eq!(flags, [("check", true), ("resolve", true)]);
 }
+
+/// Answers TiKV never gives make the resolver fail, not guess: a
+/// `TxnNotFound` to a status check that asked to roll back a missing
+/// transaction (asking again would loop for as long as the server keeps
+/// saying it), secondary locks of another transaction, every async-commit
+/// lock present but none with a `min_commit_ts` (rolling back could undo a
+/// commit), a commit ts below a lock's `min_commit_ts`. (Found by the
+/// `lock_resolver` property.)
+#[test]
+fn impossible_answers_fail_the_resolution() {
+    let resolve = |c: &mut FakeCluster, l: Lock| {
+        let v = view();
+        let opts = ResolveOptions {
+            caller_start_ts: ts(950),
+            for_read: true,
+            lite: false,
+            ..Default::default()
+        };
+        let bo = v.backoffer(Duration::from_secs(40));
+        drive(ResolveLocks::new(v, vec![l], opts, bo), c)
+    };
+    let not_found = || {
+        ok(KvResponse::from(kvrpcpb::CheckTxnStatusResponse {
+            error: Some(kvrpcpb::KeyError {
+                txn_not_found: Some(Default::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    };
+    let mut out = String::new();
+
+    // An expired lock's primary is missing, and stays "not found" even when
+    // told to roll it back.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", not_found());
+    c.fault("check_txn_status", not_found());
+    let (log, result) = resolve(&mut c, lock("k", 100, 500));
+    assert!(matches!(&result, Err(Error::MalformedResponse(_))), "{result:?}");
+    let _ = writeln!(out, "== txn not found despite rollback_if_not_exist\n{log}");
+
+    // Async commit recovery with malformed secondaries.
+    let primary_lock = kvrpcpb::LockInfo {
+        primary_lock: "p".into(),
+        key: "p".into(),
+        lock_version: ts(100),
+        lock_ttl: 500,
+        use_async_commit: true,
+        secondaries: vec!["a".into()],
+        ..Default::default()
+    };
+    let recover = |c: &mut FakeCluster, answer: kvrpcpb::CheckSecondaryLocksResponse| {
+        c.fault(
+            "check_txn_status",
+            ok(KvResponse::from(kvrpcpb::CheckTxnStatusResponse {
+                lock_ttl: 500,
+                lock_info: Some(primary_lock.clone()),
+                ..Default::default()
+            })),
+        );
+        c.fault("check_secondary_locks", ok(KvResponse::from(answer)));
+        let mut l = lock("a", 100, 500);
+        l.use_async_commit = true;
+        resolve(c, l)
+    };
+    let held = |key: &str, version: u64, min: u64| kvrpcpb::LockInfo {
+        key: key.to_string().into(),
+        lock_version: version,
+        min_commit_ts: min,
+        ..primary_lock.clone()
+    };
+    let cases = [
+        ("a lock of another txn", vec![held("a", ts(200), 7), held("p", ts(100), 7)], 0),
+        ("no min_commit_ts anywhere", vec![held("a", ts(100), 0), held("p", ts(100), 0)], 0),
+        ("committed below a min_commit_ts", vec![held("a", ts(100), ts(100) + 9)], ts(100) + 5),
+    ];
+    for (name, locks, commit_ts) in cases {
+        let mut c = FakeCluster::new(&[]);
+        let answer =
+            kvrpcpb::CheckSecondaryLocksResponse { locks, commit_ts, ..Default::default() };
+        let (log, result) = recover(&mut c, answer);
+        assert!(matches!(&result, Err(Error::MalformedResponse(_))), "{name}: {result:?}");
+        let resolved = c.received.iter().filter(|r| matches!(r, KvRequest::ResolveLock(_))).count();
+        assert_eq!(resolved, 0, "{name}: nothing is resolved");
+        let _ = writeln!(out, "== {name}\n{log}");
+    }
+    insta::assert_snapshot!(out);
+}

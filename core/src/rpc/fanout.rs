@@ -39,6 +39,10 @@ pub trait KeyPlan {
     fn timeout(&self) -> Duration;
     /// Takes a successful response for `batch`.
     fn merge(&mut self, batch: Vec<Self::Item>, response: KvResponse) -> Result<(), Error>;
+    /// `batch` comes back to be located and built again (its region was
+    /// wrong); `maybe_applied` says an attempt lost its answer, so a store
+    /// may have applied the request nonetheless.
+    fn relocated(&mut self, _batch: &[Self::Item], _maybe_applied: bool) {}
     /// Produces the result once every batch has been merged.
     fn finish(self) -> Self::Output;
 }
@@ -119,6 +123,14 @@ impl<P: KeyPlan> KeyFanout<P> {
     pub fn with_tags(mut self, tags: &RequestTags) -> Self {
         self.tags.clone_from(tags);
         self
+    }
+
+    /// The backoffer with every finished child's sleeps folded in: a
+    /// parent running fan-outs one after another merges it back, so the
+    /// sleeps of its steps add up against one budget, as client-go's
+    /// sequential steps share one `Backoffer`.
+    pub fn backoffer(&self) -> &Backoffer {
+        &self.backoffer
     }
 
     fn fail(&mut self, e: Error) {
@@ -278,6 +290,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                         self.maybe_finish();
                     }
                     Ok(RegionOutcome::Relocate) => {
+                        if let Some(plan) = self.plan.as_mut() {
+                            plan.relocated(&items, call.lost_answers() > 0);
+                        }
                         if let Some(bo) = child_backoffer {
                             let longer = self
                                 .relocated

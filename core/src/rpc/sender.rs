@@ -70,6 +70,7 @@ pub struct RegionCall {
     peer_offset: usize,
     attempts: u32,
     quick_retries: u32,
+    lost_answers: u32,
     next_id: u64,
     phase: Phase,
     outbox: Option<Rpc>,
@@ -96,6 +97,7 @@ impl RegionCall {
             peer_offset: 0,
             attempts: 0,
             quick_retries: 0,
+            lost_answers: 0,
             next_id: 0,
             phase: Phase::Idle,
             outbox: None,
@@ -111,6 +113,13 @@ impl RegionCall {
     /// The backoffer, once the call is over (for the parent to merge).
     pub fn take_backoffer(&mut self) -> Option<Backoffer> {
         self.backoffer.take()
+    }
+
+    /// Attempts that failed in transport (deadline, unreachable store): the
+    /// store may have applied each of them. Attempts answered with a region
+    /// error were not applied.
+    pub fn lost_answers(&self) -> u32 {
+        self.lost_answers
     }
 
     fn finish(&mut self, result: Result<RegionOutcome, Error>) {
@@ -380,6 +389,7 @@ impl Operation for RegionCall {
                     Err(e) => {
                         // client-go onSendFail: the store may be down. Try the
                         // next peer after a BoTiKVRPC sleep.
+                        self.lost_answers += 1;
                         self.peer_offset += 1;
                         self.view.stores.mark_unreachable(store_id);
                         self.sleep_then(

@@ -58,6 +58,9 @@ pub const MAX_HEARTBEAT_FAILURES: u32 = 10;
 pub const MAX_TXN_TTL: Duration = Duration::from_secs(3600);
 /// client-go `AsyncCommit.SafeWindow`, milliseconds.
 pub const ASYNC_COMMIT_SAFE_WINDOW_MS: i64 = 2_000;
+/// client-go refuses to chase a `CommitTsExpired` whose `min_commit_ts` is
+/// more than an hour past the attempted commit ts (`3600000 << 18`).
+pub const MAX_COMMIT_TS_PUSH: u64 = 3_600_000 << 18;
 
 /// One write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,9 +185,21 @@ struct PrewritePlan {
     async_commit: bool,
     /// All keys but the primary, for the primary's batch in async commit.
     secondaries: Vec<Key>,
-    /// Set on the first batch built only: a relocated batch may hold a
-    /// subset of the keys, and 1PC must never commit part of a transaction.
-    try_one_pc: std::cell::Cell<bool>,
+    /// Try 1PC. Only a batch holding every mutation asks for it, on every
+    /// attempt (client-go keeps `TryOnePc` in a retried single-batch
+    /// request): 1PC must never commit part of a transaction, and a retry
+    /// of a 1PC prewrite that already committed must ask for 1PC again to
+    /// be told the commit ts (TiKV's `check_committed_record_on_err`).
+    one_pc: bool,
+    /// Mutations in the whole transaction.
+    total: usize,
+    /// 1PC requests built that may have committed the transaction: neither
+    /// answered nor handed back unapplied (carried over rounds).
+    one_pc_unanswered: std::cell::Cell<u32>,
+    /// A batch without 1PC was built while a 1PC request was unanswered
+    /// (the keys moved to several regions): its answer cannot tell a fresh
+    /// 2PC lock from "already committed by the lost 1PC attempt".
+    split_after_one_pc: std::cell::Cell<bool>,
     assertion_level: kvrpcpb::AssertionLevel,
     timeout: Duration,
     // Results.
@@ -210,7 +225,12 @@ impl KeyPlan for PrewritePlan {
     }
     fn build(&self, batch: &[Mutation]) -> KvRequest {
         let has_primary = batch.iter().any(|m| m.key == self.primary);
-        let try_one_pc = self.try_one_pc.replace(false);
+        let try_one_pc = self.one_pc && batch.len() == self.total;
+        if try_one_pc {
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get() + 1);
+        } else if self.one_pc && self.one_pc_unanswered.get() > 0 {
+            self.split_after_one_pc.set(true);
+        }
         KvRequest::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
             primary_lock: self.primary.to_bytes(),
@@ -233,10 +253,20 @@ impl KeyPlan for PrewritePlan {
     fn timeout(&self) -> Duration {
         self.timeout
     }
+    fn relocated(&mut self, batch: &[Mutation], maybe_applied: bool) {
+        if self.one_pc && batch.len() == self.total && !maybe_applied {
+            // Refused with a region error on every attempt: not applied.
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+        }
+    }
     fn merge(&mut self, batch: Vec<Mutation>, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Prewrite(r) = response else {
             return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
+        if self.one_pc && batch.len() == self.total {
+            // The answer to a 1PC request: TiKV decided.
+            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+        }
         let mut locked_keys: Vec<Key> = Vec::new();
         for e in r.errors {
             if let Some(info) = &e.locked {
@@ -482,7 +512,22 @@ pub struct Committer {
     min_commit_ts: u64,
     min_commit_ts_seen: Vec<u64>,
     one_pc_seen: Vec<u64>,
-    first_round: bool,
+    /// 1PC requests whose answer never came (see `PrewritePlan`).
+    one_pc_unanswered: u32,
+    /// The 1PC attempt may have committed at a ts we cannot learn.
+    one_pc_uncertain: bool,
+    /// A `Prewrite` RPC lost its answer (transport error or deadline): a
+    /// store may have applied it, so a failed async-commit/1PC prewrite is
+    /// undetermined (client-go's `setUndeterminedErr` on an RPC error).
+    prewrite_lost_answer: bool,
+    /// A `Commit` of the primary lost its answer: it may have been applied
+    /// (client-go's `setUndeterminedErr` on the primary's RPC error).
+    commit_lost_answer: bool,
+    /// The budget of every TSO call of this commit, shared.
+    tso_backoffer: Backoffer,
+    /// The budget of the primary's commit, shared by its retries with newer
+    /// commit timestamps (`CommitTsExpired`), as client-go keeps one `bo`.
+    commit_backoffer: Option<Backoffer>,
     assertion_error: Option<Error>,
     tso_for: TsoFor,
     commit_ts: u64,
@@ -501,6 +546,10 @@ pub struct Committer {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Child {
     Step(u64),
+    /// A `Prewrite` RPC of the current step.
+    Prewrite(u64),
+    /// A `Commit` RPC (of the primary) of the current step.
+    Commit(u64),
     Heartbeat(u64),
 }
 
@@ -542,6 +591,7 @@ impl Committer {
         .version();
         let budget = view.config.budget(view.config.backoff.prewrite);
         let backoffer = view.backoffer(budget);
+        let tso_backoffer = view.backoffer(view.config.budget(view.config.backoff.tso));
         let opts_threshold = opts.heartbeat_threshold.unwrap_or(TTL_REFRESHED_TXN_SIZE);
         Committer {
             lock_ttl: lock_ttl(size, elapsed),
@@ -557,7 +607,12 @@ impl Committer {
             min_commit_ts: start_ts + 1,
             min_commit_ts_seen: Vec::new(),
             one_pc_seen: Vec::new(),
-            first_round: true,
+            one_pc_unanswered: 0,
+            one_pc_uncertain: false,
+            prewrite_lost_answer: false,
+            commit_lost_answer: false,
+            tso_backoffer,
+            commit_backoffer: None,
             assertion_error: None,
             tso_for: TsoFor::CommitTs,
             commit_ts: 0,
@@ -668,12 +723,11 @@ impl Committer {
             count: 1,
             ..Default::default()
         }));
-        let budget = self.view.config.budget(self.view.config.backoff.tso);
         let call = PdCall::new(
             self.view.pd.clone(),
             request,
             self.view.config.pd_timeout,
-            self.view.backoffer(budget),
+            self.tso_backoffer.fork(),
         );
         self.set_step(Step::Tso(Box::new(call)), now);
     }
@@ -688,7 +742,10 @@ impl Committer {
             max_commit_ts: if self.async_commit || self.one_pc { self.max_commit_ts } else { 0 },
             async_commit: self.async_commit,
             secondaries,
-            try_one_pc: std::cell::Cell::new(self.one_pc && self.first_round),
+            one_pc: self.one_pc,
+            total: self.all_keys.len(),
+            one_pc_unanswered: std::cell::Cell::new(self.one_pc_unanswered),
+            split_after_one_pc: std::cell::Cell::new(false),
             assertion_level: self.opts.assertion_level,
             timeout: self.view.config.read_timeout_short,
             met: Vec::new(),
@@ -698,7 +755,6 @@ impl Committer {
             min_commit_ts_seen: Vec::new(),
             one_pc_commit_ts: Vec::new(),
         };
-        self.first_round = false;
         self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
@@ -710,6 +766,7 @@ impl Committer {
     /// whose answer never came may already have committed the transaction.
     fn prewrite_failed(&mut self, e: Error) {
         let maybe_committed = (self.async_commit || self.one_pc)
+            && self.prewrite_lost_answer
             && matches!(e, Error::BackoffExhausted { .. } | Error::Rpc(_) | Error::Undetermined(_));
         if maybe_committed {
             self.finish(Err(Error::Undetermined(format!(
@@ -722,6 +779,8 @@ impl Committer {
     }
 
     fn after_prewrite(&mut self, plan: PrewritePlan, now: Instant) {
+        self.one_pc_unanswered = plan.one_pc_unanswered.get();
+        self.one_pc_uncertain |= plan.split_after_one_pc.get();
         if let Some(e) = plan.error {
             self.finish(Err(e));
             return;
@@ -758,8 +817,20 @@ impl Committer {
                     }));
                     return;
                 }
-                // TiKV declined 1PC (or the batch was split): the locks are
-                // ordinary prewrite locks; commit them with 2PC.
+                // A 1PC attempt lost its answer and the keys then went out
+                // in several batches: TiKV answers those alike whether it
+                // wrote 2PC locks or finds the transaction committed by
+                // that attempt, at a ts a 2PC commit would not report.
+                _ if self.one_pc_uncertain => {
+                    self.finish(Err(Error::Undetermined(format!(
+                        "a 1PC prewrite of txn {} lost its answer before its keys moved to \
+                         several regions: it may have committed",
+                        self.start_ts
+                    ))));
+                    return;
+                }
+                // TiKV declined 1PC: the locks are ordinary prewrite
+                // locks; commit them with 2PC.
                 _ => self.one_pc = false,
             }
         }
@@ -781,13 +852,17 @@ impl Committer {
 
     fn commit_primary(&mut self, now: Instant) {
         let plan = CommitPlan { start_ts: self.start_ts, commit_ts: self.commit_ts, outcome: None };
-        let budget = self.view.config.budget(self.view.config.backoff.commit);
+        let view = &self.view;
+        let bo = self
+            .commit_backoffer
+            .get_or_insert_with(|| view.backoffer(view.config.budget(view.config.backoff.commit)))
+            .fork();
         let op = Point::fanout(
             &self.view,
             plan,
             self.primary.clone(),
             self.view.config.read_timeout_short,
-            self.view.backoffer(budget),
+            bo,
         )
         .with_tags(&self.opts.tags);
         self.set_step(Step::CommitPrimary(Box::new(op)), now);
@@ -795,92 +870,132 @@ impl Committer {
 
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Prewrite(op) => match op.poll_result() {
-                None => {}
-                Some(Ok(plan)) => self.after_prewrite(plan, now),
-                Some(Err(e)) => self.prewrite_failed(e),
-            },
-            Step::Resolve(op) => match op.poll_result() {
-                None => {}
-                Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(outcome)) if outcome.ms_before_expired > 0 => {
-                    let cap = Duration::from_millis(outcome.ms_before_expired);
-                    match self.backoffer.backoff_capped(
-                        BackoffKind::TxnLock,
-                        cap,
-                        format!("prewrite of txn {} waits for a live lock", self.start_ts),
-                    ) {
-                        Ok(sleep) => self.step = Step::Sleep(now + sleep),
-                        Err(e) => self.finish(Err(e)),
-                    }
+            Step::Prewrite(op) => {
+                let Some(outcome) = op.poll_result() else { return };
+                // The rounds' sleeps add up against the prewrite budget.
+                self.backoffer.merge_from(op.backoffer());
+                match outcome {
+                    Ok(plan) => self.after_prewrite(plan, now),
+                    Err(e) => self.prewrite_failed(e),
                 }
-                Some(Ok(_)) => self.prewrite(now),
-            },
-            Step::Tso(op) => match op.poll_result() {
-                None => {}
-                Some(Ok(PdResponse::Tso(r))) => {
-                    let Some(ts) = r.timestamp else {
-                        self.finish(Err(Error::malformed("TSO response without a timestamp")));
-                        return;
-                    };
-                    let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
-                    self.view.last_ts.observe(ts, now);
-                    match self.tso_for {
-                        TsoFor::MinCommitTs => {
-                            self.min_commit_ts = self.min_commit_ts.max(ts + 1);
-                            self.prewrite(now);
-                        }
-                        TsoFor::CommitTs => {
-                            if ts <= self.start_ts {
-                                self.finish(Err(Error::malformed(format!(
-                                    "commit ts {ts} not after start ts {}",
-                                    self.start_ts
-                                ))));
-                                return;
-                            }
-                            self.commit_ts = ts;
-                            self.commit_primary(now);
-                        }
-                    }
+            }
+            Step::Resolve(op) => {
+                let Some(outcome) = op.poll_result() else { return };
+                self.backoffer.merge_from(op.backoffer());
+                self.after_resolve(outcome, now);
+            }
+            Step::Tso(op) => {
+                let Some(outcome) = op.poll_result() else { return };
+                self.tso_backoffer.merge_from(op.backoffer());
+                self.after_tso(outcome, now);
+            }
+            Step::CommitPrimary(op) => {
+                let Some(outcome) = op.poll_result() else { return };
+                if let Some(bo) = self.commit_backoffer.as_mut() {
+                    bo.merge_from(op.backoffer());
                 }
-                Some(Ok(other)) => {
-                    self.finish(Err(Error::malformed(format!("unexpected {}", other.name()))))
-                }
-                Some(Err(e)) => self.finish(Err(e)),
-            },
-            Step::CommitPrimary(op) => match op.poll_result() {
-                None => {}
-                Some(Ok(Ok(()))) => {
-                    let keys =
-                        self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
-                    let commit_ts = self.commit_ts;
-                    self.finish(Ok(CommitOutcome {
-                        commit_ts,
-                        mode: CommitMode::TwoPhase,
-                        keys_to_commit: keys,
-                    }));
-                }
-                Some(Ok(Err(e))) if e.commit_ts_expired.is_some() => {
-                    // The lock's min_commit_ts was pushed past our commit ts
-                    // by a reader: commit at a newer timestamp.
-                    self.tso(TsoFor::CommitTs, now);
-                }
-                Some(Ok(Err(e))) if e.txn_lock_not_found.is_some() => {
-                    // The primary's lock is gone and there is no commit
-                    // record: a resolver rolled the transaction back.
-                    self.finish(Err(Error::KeyError(Box::new(e))));
-                }
-                Some(Ok(Err(e))) => self.finish(Err(Error::KeyError(Box::new(e)))),
-                Some(Err(e)) => {
-                    // The commit point's answer is unknown: a Commit that was
-                    // sent may have been applied.
-                    self.finish(Err(Error::Undetermined(format!(
-                        "commit of primary {:?} of txn {} at {}: {e}",
-                        self.primary, self.start_ts, self.commit_ts
-                    ))));
-                }
-            },
+                self.after_commit_primary(outcome, now);
+            }
             Step::Sleep(_) | Step::Idle | Step::Done => {}
+        }
+    }
+
+    fn after_resolve(&mut self, outcome: Result<crate::lock::ResolveOutcome, Error>, now: Instant) {
+        match outcome {
+            Err(e) => self.finish(Err(e)),
+            Ok(outcome) if outcome.ms_before_expired > 0 => {
+                let cap = Duration::from_millis(outcome.ms_before_expired);
+                match self.backoffer.backoff_capped(
+                    BackoffKind::TxnLock,
+                    cap,
+                    format!("prewrite of txn {} waits for a live lock", self.start_ts),
+                ) {
+                    Ok(sleep) => self.step = Step::Sleep(now + sleep),
+                    Err(e) => self.finish(Err(e)),
+                }
+            }
+            Ok(_) => self.prewrite(now),
+        }
+    }
+
+    fn after_tso(&mut self, outcome: Result<PdResponse, Error>, now: Instant) {
+        match outcome {
+            Ok(PdResponse::Tso(r)) => {
+                let Some(ts) = r.timestamp else {
+                    self.finish(Err(Error::malformed("TSO response without a timestamp")));
+                    return;
+                };
+                let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                self.view.last_ts.observe(ts, now);
+                match self.tso_for {
+                    TsoFor::MinCommitTs => {
+                        self.min_commit_ts = self.min_commit_ts.max(ts + 1);
+                        self.prewrite(now);
+                    }
+                    TsoFor::CommitTs => {
+                        if ts <= self.start_ts {
+                            self.finish(Err(Error::malformed(format!(
+                                "commit ts {ts} not after start ts {}",
+                                self.start_ts
+                            ))));
+                            return;
+                        }
+                        self.commit_ts = ts;
+                        self.commit_primary(now);
+                    }
+                }
+            }
+            Ok(other) => self.finish(Err(Error::malformed(format!("unexpected {}", other.name())))),
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn after_commit_primary(
+        &mut self,
+        outcome: Result<Result<(), kvrpcpb::KeyError>, Error>,
+        now: Instant,
+    ) {
+        match outcome {
+            Ok(Ok(())) => {
+                let keys = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
+                let commit_ts = self.commit_ts;
+                self.finish(Ok(CommitOutcome {
+                    commit_ts,
+                    mode: CommitMode::TwoPhase,
+                    keys_to_commit: keys,
+                }));
+            }
+            Ok(Err(e))
+                if e.commit_ts_expired.as_ref().is_some_and(|x| {
+                    x.min_commit_ts.saturating_sub(x.attempted_commit_ts) > MAX_COMMIT_TS_PUSH
+                }) =>
+            {
+                // client-go: "2PC MinCommitTS is too large"; TiKV
+                // refused the commit, nothing was committed.
+                self.finish(Err(Error::KeyError(Box::new(e))));
+            }
+            Ok(Err(e)) if e.commit_ts_expired.is_some() => {
+                // The lock's min_commit_ts was pushed past our commit ts
+                // by a reader: commit at a newer timestamp.
+                self.tso(TsoFor::CommitTs, now);
+            }
+            Ok(Err(e)) if e.txn_lock_not_found.is_some() => {
+                // The primary's lock is gone and there is no commit
+                // record: a resolver rolled the transaction back.
+                self.finish(Err(Error::KeyError(Box::new(e))));
+            }
+            Ok(Err(e)) => self.finish(Err(Error::KeyError(Box::new(e)))),
+            Err(e) if self.commit_lost_answer => {
+                // The commit point's answer is unknown: a Commit that was
+                // sent may have been applied.
+                self.finish(Err(Error::Undetermined(format!(
+                    "commit of primary {:?} of txn {} at {}: {e}",
+                    self.primary, self.start_ts, self.commit_ts
+                ))));
+            }
+            // Every Commit sent was refused (region errors) or none was
+            // sent (the region could not be located): nothing committed.
+            Err(e) => self.finish(Err(e)),
         }
     }
 }
@@ -930,7 +1045,12 @@ impl Operation for Committer {
             _ => None,
         };
         if let Some(rpc) = rpc {
-            return Some(self.ids.wrap(Child::Step(self.epoch), rpc));
+            let child = match &rpc.request {
+                crate::rpc::Request::Kv(KvRequest::Prewrite(_)) => Child::Prewrite(self.epoch),
+                crate::rpc::Request::Kv(KvRequest::Commit(_)) => Child::Commit(self.epoch),
+                _ => Child::Step(self.epoch),
+            };
+            return Some(self.ids.wrap(child, rpc));
         }
         let hb = self.heartbeat.as_mut()?;
         let rpc = hb.in_flight.as_mut()?.poll_rpc()?;
@@ -952,8 +1072,20 @@ impl Operation for Committer {
                 self.check_heartbeat();
                 return;
             }
-            Child::Step(epoch) if epoch != self.epoch => return,
-            Child::Step(_) => {}
+            Child::Prewrite(_) if response.is_err() => {
+                // Even an old round's attempt may have been applied.
+                self.prewrite_lost_answer = true;
+            }
+            Child::Commit(_) if response.is_err() => self.commit_lost_answer = true,
+            _ => {}
+        }
+        match child {
+            Child::Step(epoch) | Child::Prewrite(epoch) | Child::Commit(epoch)
+                if epoch != self.epoch =>
+            {
+                return;
+            }
+            _ => {}
         }
         match &mut self.step {
             Step::Prewrite(op) => op.on_response(id, response, now),

@@ -1,23 +1,28 @@
 //! Runs deterministic worlds ([`tikv_sim::world`]) and reports throughput.
 //!
 //! ```text
-//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [SEEDS] [FIRST]
-//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world
+//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--txn] [SEEDS] [FIRST]
+//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--txn]
 //! ```
 //!
-//! With `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
+//! `--txn` runs the transactional workload instead of the raw one. With
+//! `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
 //! runs `SEEDS` seeds (default 1000) from `FIRST` (default 0), prints every
-//! failing seed, and ends with simulated operations per second and seeds per
-//! minute of wall-clock time. Exits non-zero if any seed failed.
+//! failing seed, and ends with simulated operations (transactions) per
+//! second and seeds per minute of wall-clock time. Exits non-zero if any
+//! seed failed.
 
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
-use tikv_sim::world::{self, WorldConfig};
+use tikv_sim::world::{self, Workload, WorldConfig};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let workload = if args.iter().any(|a| a == "--txn") { Workload::Txn } else { Workload::Raw };
+    let config = |seed| WorldConfig { seed, workload, ..WorldConfig::default() };
     if let Some(seed) = std::env::var("TIKV_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let report = world::run(WorldConfig { seed, trace: true, ..WorldConfig::default() });
+        let report = world::run(WorldConfig { trace: true, ..config(seed) });
         print!("{}", report.trace);
         if report.passed() {
             println!("seed {seed}: passed");
@@ -26,20 +31,24 @@ fn main() -> ExitCode {
         println!("{}", report.failure());
         return ExitCode::FAILURE;
     }
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>());
-    let seeds = args.next().and_then(Result::ok).unwrap_or(1000);
-    let first = args.next().and_then(Result::ok).unwrap_or(0);
+    let mut numbers = args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse::<u64>());
+    let seeds = numbers.next().and_then(Result::ok).unwrap_or(1000);
+    let first = numbers.next().and_then(Result::ok).unwrap_or(0);
     // Wall-clock time is read only here, to measure; the worlds never see it.
     let started = WallClock::now();
     let (mut ops, mut rpcs, mut events, mut failed, mut unknown) =
         (0usize, 0u64, 0u64, 0u64, 0usize);
+    let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
-        let report = world::run(WorldConfig::seed(seed));
+        let report = world::run(config(seed));
         ops += report.stats.ops;
         rpcs += report.stats.rpcs;
         events += report.stats.events;
         unknown += report.stats.unknown_keys;
+        committed += report.stats.ok;
+        undetermined += report.stats.undetermined;
+        crashes += report.stats.crashes;
         max_op = max_op.max(report.stats.max_op);
         if !report.passed() {
             failed += 1;
@@ -47,13 +56,18 @@ fn main() -> ExitCode {
         }
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let what = match workload {
+        Workload::Raw => "ops",
+        Workload::Txn => "txns",
+    };
     println!(
-        "{seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; {ops} ops, {rpcs} RPCs, \
-         {events} events; longest op {max_op:?} (virtual)",
+        "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
+         {ops} {what} ({committed} ok, {undetermined} undetermined, {crashes} client crashes), \
+         {rpcs} RPCs, {events} events; longest {max_op:?} (virtual)",
         first + seeds
     );
     println!(
-        "{:.1} s wall: {:.0} simulated ops/s, {:.0} RPCs/s, {:.0} seeds/minute",
+        "{:.1} s wall: {:.0} simulated {what}/s, {:.0} RPCs/s, {:.0} seeds/minute",
         secs,
         ops as f64 / secs,
         rpcs as f64 / secs,

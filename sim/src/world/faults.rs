@@ -7,6 +7,8 @@ use std::fmt;
 use tikv_core::rng::Rng;
 use tikv_core::time::{Duration, Instant};
 
+use super::txn_history::TxnKeys;
+
 /// Network and workload parameters of one run. Probabilities are per mille.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Swarm {
@@ -14,7 +16,9 @@ pub struct Swarm {
     pub clients: usize,
     /// Operations each client runs in the active phase.
     pub ops_per_client: usize,
-    /// Keys `k0..k{keys}` (at most 10, so wire order is numeric order).
+    /// Keys `k0..k{keys}` (at most 10, so wire order is numeric order); in
+    /// the transactional world, the keys of all families
+    /// ([`TxnParams::keys`]).
     pub keys: u32,
     /// Stores in the cluster.
     pub stores: usize,
@@ -46,7 +50,8 @@ pub struct Swarm {
 /// One scheduled fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Split the region containing key `k{0}` at it.
+    /// Split the region containing key `k{0}` at it (transactional world:
+    /// the key with this index, [`TxnKeys::key`]).
     Split(u32),
     /// Merge the region at this index (in key order, modulo the count) into
     /// its right neighbour.
@@ -86,6 +91,25 @@ impl fmt::Display for Fault {
     }
 }
 
+/// The transactional world's parameters. Probabilities are per mille.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnParams {
+    /// The key families (accounts, lists, registers); `Swarm::keys` is
+    /// their total, and `Fault::Split(i)` splits at the `i`-th key.
+    pub keys: TxnKeys,
+    /// Chance (‰) that a client crashes while a transaction of it commits
+    /// (its machines are dropped mid-commit; its locks stay behind).
+    pub crash_permille: u64,
+    /// Chance (‰) a transaction asks for async commit.
+    pub async_commit_permille: u64,
+    /// Chance (‰) a transaction asks for 1PC.
+    pub one_pc_permille: u64,
+    /// The clients' transactional backoff budgets, in ‰ of client-go's
+    /// (small budgets make operations give up: failed and undetermined
+    /// outcomes).
+    pub budget_permille: u64,
+}
+
 /// Everything the seed decides before the run starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -94,8 +118,11 @@ pub struct Plan {
     /// Faults and when they strike (all before [`Plan::heal_at`]).
     pub faults: Vec<(Instant, Fault)>,
     /// When every fault is healed and the network turns reliable; the
-    /// quiescence phase starts here.
+    /// quiescence phase starts here (the transactional world waits for its
+    /// clients and for lock TTLs first).
     pub heal_at: Instant,
+    /// The transactional world's parameters (`None` for the raw world).
+    pub txn: Option<TxnParams>,
 }
 
 /// Number of PD members of every world.
@@ -116,15 +143,51 @@ fn permille(rng: &mut Rng, max: u64) -> u64 {
 }
 
 impl Plan {
-    /// Draws a plan from `rng`.
+    /// Draws a plan for the raw world from `rng`.
     pub fn draw(rng: &mut Rng) -> Plan {
         let keys = rng.gen_range(3, 9) as u32;
+        Plan::draw_universe(rng, keys, (200, 3000), (6, 26))
+    }
+
+    /// Draws a plan for the transactional world from `rng`: the key
+    /// families, then a universe and faults as for the raw world, then how
+    /// often clients crash and which commit modes they ask for.
+    pub fn draw_txn(rng: &mut Rng) -> Plan {
+        let keys = TxnKeys {
+            accounts: rng.gen_range(2, 6) as u32,
+            lists: rng.gen_range(1, 5) as u32,
+            registers: rng.gen_range(0, 4) as u32,
+        };
+        // Longer than client-go's 3 s lock TTL, so the locks of crashed
+        // clients expire (and are resolved) while the others still work.
+        let mut plan = Plan::draw_universe(rng, keys.total(), (500, 7000), (4, 16));
+        plan.txn = Some(TxnParams {
+            keys,
+            crash_permille: match rng.gen_range(0, 4) {
+                0 => 0,
+                1 => rng.gen_range(1, 100),
+                _ => rng.gen_range(100, 400),
+            },
+            async_commit_permille: rng.gen_range(0, 700),
+            one_pc_permille: rng.gen_range(0, 600),
+            budget_permille: match rng.gen_range(0, 4) {
+                0 | 1 => 1000,
+                2 => rng.gen_range(5, 50),
+                _ => rng.gen_range(50, 500),
+            },
+        });
+        plan
+    }
+
+    /// Draws a universe: the active phase lasts `active_ms`, each client
+    /// runs `ops` operations (ranges, upper bound excluded).
+    fn draw_universe(rng: &mut Rng, keys: u32, active_ms: (u64, u64), ops: (u64, u64)) -> Plan {
         let stores = rng.gen_range(3, 6) as usize;
         let mut splits: Vec<u32> = (1..keys).filter(|_| rng.gen_ratio(1, 3)).collect();
         splits.dedup();
         let reorder = rng.gen_ratio(2, 3);
-        let active = ms(rng.gen_range(200, 3000));
-        let ops_per_client = rng.gen_range(6, 26) as usize;
+        let active = ms(rng.gen_range(active_ms.0, active_ms.1));
+        let ops_per_client = rng.gen_range(ops.0, ops.1) as usize;
         let swarm = Swarm {
             clients: rng.gen_range(2, 6) as usize,
             ops_per_client,
@@ -184,7 +247,7 @@ impl Plan {
         }
         faults.sort_by_key(|(at, _)| *at);
         let heal_at = Instant::ZERO + active + ms(rng.gen_range(0, 500));
-        Plan { swarm, faults, heal_at }
+        Plan { swarm, faults, heal_at, txn: None }
     }
 }
 
@@ -210,6 +273,20 @@ impl fmt::Display for Plan {
             s.think,
             s.raw_budget
         )?;
+        if let Some(t) = &self.txn {
+            writeln!(
+                f,
+                "txn: {} accounts, {} lists, {} registers; crash {}‰, async commit {}‰, 1PC {}‰, \
+                 backoff budgets {}‰",
+                t.keys.accounts,
+                t.keys.lists,
+                t.keys.registers,
+                t.crash_permille,
+                t.async_commit_permille,
+                t.one_pc_permille,
+                t.budget_permille
+            )?;
+        }
         for (at, fault) in &self.faults {
             writeln!(f, "fault at {at}: {fault}")?;
         }

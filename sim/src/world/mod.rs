@@ -1,6 +1,20 @@
-//! The deterministic world: several simulated clients run raw operations of
-//! the real core against one [`Cluster`] over a faulty simulated network,
-//! in virtual time, and the run is checked afterwards.
+//! The deterministic world: several simulated clients run operations of the
+//! real core against one [`Cluster`] over a faulty simulated network, in
+//! virtual time, and the run is checked afterwards.
+//!
+//! Two workloads ([`Workload`]):
+//! - **raw**: raw gets, puts, deletes, CAS, batch operations and scans,
+//!   checked for per-key linearizability ([`linearizability`]);
+//! - **txn**: transactions on the real transactional
+//!   machines: a start ts from the simulated PD's TSO, snapshot reads that
+//!   resolve the locks they meet, the `Committer` with 2PC, async commit or
+//!   1PC as the seed chooses per transaction, and the background commit of
+//!   secondaries / cleanup of failed transactions. Bank transfers,
+//!   list-append transactions and register puts/inserts/deletes run
+//!   concurrently; clients crash mid-commit and leave their locks behind.
+//!   Checked for snapshot isolation and the bank invariant ([`si`]), with an
+//!   Elle-style list-append checker ([`elle`]), and for liveness (every lock
+//!   is resolved in the end).
 //!
 //! One seeded generator ([`Rng`]) decides everything; one event queue
 //! ordered by `(instant, sequence number)` holds every pending delivery,
@@ -26,18 +40,35 @@
 //!   back, busy store (`ServerIsBusy`), PD leader change, stale PD, and the
 //!   partitions above. At [`Plan::heal_at`] everything heals and the network
 //!   turns reliable (latency stays); the clients then run a few more
-//!   operations (the quiescence phase), which must succeed.
+//!   operations (the quiescence phase), which must succeed;
+//! - (txn) a client may crash while one of its transactions commits: after
+//!   a seeded number of further inputs (so after some prewrites, after the
+//!   primary's commit, during the secondaries or during an async commit), or
+//!   right at the commit point before any secondary is sent. Its machines
+//!   are dropped, requests already on the wire still arrive, and the client
+//!   restarts with empty caches. The transaction is undetermined.
 //!
-//! Checks after the run ([`Report::violations`]): per-key linearizability
-//! of the raw history including the final data ([`linearizability`]), and
-//! liveness (every operation ends within [`LIVENESS_BOUND`], quiescence
+//! Transactional quiescence: after the heal, once every client finished its
+//! transactions and every lock's TTL has passed, each client runs
+//! [`QUIET_OPS`] reads of every key (they resolve what crashed and
+//! undetermined transactions left). Then the audit: the clock jumps past
+//! every TTL, a fresh client reads every key, the locks no read meets (a
+//! `LockKeys` lock) are resolved as GC's lock resolution would, and the
+//! lock CF must be empty.
+//!
+//! Checks after the run ([`Report::violations`]): the workload's checkers
+//! and liveness (every operation ends within its bound, quiescence
 //! operations succeed within [`QUIET_BOUND`], no operation stalls).
 //!
-//! A deliberately broken world ([`Bug`]) proves the checker can fail.
+//! Deliberately broken worlds ([`Bug`]) prove the checkers can fail.
 
+pub mod elle;
 pub mod faults;
 pub mod history;
 pub mod linearizability;
+pub mod si;
+pub mod txn_history;
+mod txn_workload;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,24 +76,28 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use tikv_core::codec::{ApiCodec, Mode};
-use tikv_core::config::Config;
+use tikv_core::config::{BackoffBudgets, Config};
 use tikv_core::error::Error;
+use tikv_core::lock::{Lock, ResolveLocks, ResolveOptions};
 use tikv_core::pd::PdState;
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
 use tikv_core::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use tikv_core::time::{Duration, Instant};
+use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
 use tikv_proto::errorpb;
 
-use crate::{Cluster, ClusterConfig, Filter};
-pub use faults::{Fault, PD_MEMBERS, Plan, Swarm};
+use crate::{Cluster, ClusterConfig, Filter, WriteKind};
+pub use faults::{Fault, PD_MEMBERS, Plan, Swarm, TxnParams};
 use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
 };
-use workload::SimOp;
+use txn_history::{Micro, TxnEntry, TxnHistory, TxnKind, TxnOutcome, parse_list, parse_list_value};
+use txn_workload::{TxnProgram, TxnSpec};
+use workload::{Finished, SimOp};
 
-/// Every operation must end (success or typed error) within this much
+/// Every raw operation must end (success or typed error) within this much
 /// virtual time of its invocation. The raw backoff budget is 40 s of sleep
 /// (client-go's 20 s at weight 2); RPC waits come on top of it.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(120);
@@ -72,17 +107,52 @@ pub const QUIET_BOUND: Duration = Duration::from_secs(30);
 pub const QUIET_OPS: usize = 2;
 /// The run is cut off (a liveness failure) this long after the heal.
 const HARD_STOP: Duration = Duration::from_secs(900);
+/// The transactional world waits for clients and lock TTLs after the heal.
+const TXN_HARD_STOP: Duration = Duration::from_secs(3600);
 /// And after this many events.
 const MAX_EVENTS: u64 = 5_000_000;
+
+/// Which workload a world runs.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// Raw key-value operations, checked for linearizability.
+    #[default]
+    Raw,
+    /// Transactions, checked for snapshot isolation, the bank invariant and
+    /// list-append anomalies.
+    Txn,
+}
 
 /// A deliberately broken world, to show the checkers catch real bugs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Bug {
-    /// A store applies some raw puts but answers them with an error, so
-    /// the client reports a definite failure for a write that happened.
+    /// Raw: a store applies some raw puts but answers them with an error,
+    /// so the client reports a definite failure for a write that happened.
     PutAppliedButReportedFailed,
-    /// Stores answer raw gets from a copy of the data taken early in the run.
+    /// Raw: stores answer raw gets from a copy of the data taken early in
+    /// the run.
     StaleReads,
+    /// Txn: 2PC commits the secondaries before the primary (the commit
+    /// point), so a transaction whose primary then fails is half committed.
+    SecondariesBeforePrimary,
+    /// Txn: snapshot reads skip lock resolution and read through locks
+    /// (read-committed isolation), missing commits not yet resolved.
+    ReadThroughLocks,
+    /// Txn: a transaction is reported committed as soon as the primary's
+    /// `Commit` is sent, before TiKV confirmed it.
+    SuccessBeforePrimaryCommit,
+}
+
+impl Bug {
+    /// The workload the broken variant applies to.
+    pub fn workload(self) -> Workload {
+        match self {
+            Bug::PutAppliedButReportedFailed | Bug::StaleReads => Workload::Raw,
+            Bug::SecondariesBeforePrimary
+            | Bug::ReadThroughLocks
+            | Bug::SuccessBeforePrimaryCommit => Workload::Txn,
+        }
+    }
 }
 
 /// How to run one world.
@@ -92,16 +162,24 @@ pub struct WorldConfig {
     pub seed: u64,
     /// Record a readable trace in [`Report::trace`].
     pub trace: bool,
-    /// Break the world on purpose.
+    /// Break the world on purpose (its workload must be [`Bug::workload`]).
     pub bug: Option<Bug>,
-    /// Use this plan instead of drawing one from the seed (fuzzing).
+    /// Use this plan instead of drawing one from the seed (fuzzing). A plan
+    /// with [`Plan::txn`] runs the transactional workload.
     pub plan: Option<Plan>,
+    /// The workload (when the plan is drawn from the seed).
+    pub workload: Workload,
 }
 
 impl WorldConfig {
-    /// A config for `seed` with everything else default.
+    /// A raw-workload config for `seed` with everything else default.
     pub fn seed(seed: u64) -> WorldConfig {
         WorldConfig { seed, ..WorldConfig::default() }
+    }
+
+    /// A transactional-workload config for `seed`.
+    pub fn txn(seed: u64) -> WorldConfig {
+        WorldConfig { seed, workload: Workload::Txn, ..WorldConfig::default() }
     }
 }
 
@@ -112,16 +190,29 @@ pub struct Stats {
     pub events: u64,
     /// RPCs emitted by operations.
     pub rpcs: u64,
-    /// Operations run.
+    /// Operations (raw) or transactions (txn) run.
     pub ops: usize,
-    /// Successful operations.
+    /// Successful operations / committed transactions.
     pub ok: usize,
-    /// Definitely failed operations.
+    /// Definitely failed operations / transactions.
     pub failed: usize,
-    /// Undetermined operations.
+    /// Undetermined operations / transactions.
     pub undetermined: usize,
     /// Faults applied.
     pub faults: usize,
+    /// Client crashes (txn).
+    pub crashes: usize,
+    /// Locks the audit found left behind and resolved as GC would (txn:
+    /// `LockKeys` locks, which no read meets).
+    pub swept_locks: usize,
+    /// Lock-resolution RPCs sent (`CheckTxnStatus`, `CheckSecondaryLocks`,
+    /// `ResolveLock`).
+    pub resolver_rpcs: u64,
+    /// `CheckSecondaryLocks` RPCs sent (async-commit recovery).
+    pub secondary_checks: u64,
+    /// Transactions undetermined because their client crashed mid-commit
+    /// that were found (committed, rolled back or never written) at the end.
+    pub crashed_resolved: (usize, usize),
     /// Virtual time at the end of the run.
     pub end: Instant,
     /// Longest operation.
@@ -135,11 +226,15 @@ pub struct Stats {
 pub struct Report {
     /// The seed that reproduces it.
     pub seed: u64,
+    /// The workload it ran.
+    pub workload: Workload,
     /// The plan it ran.
     pub plan: Plan,
-    /// Every operation.
+    /// Every raw operation (raw workload).
     pub history: History,
-    /// Checker failures (linearizability, final state, liveness).
+    /// Every transaction (txn workload).
+    pub txn_history: TxnHistory,
+    /// Checker failures (the workload's checkers, final state, liveness).
     pub violations: Vec<String>,
     /// Counters.
     pub stats: Stats,
@@ -155,8 +250,14 @@ impl Report {
 
     /// A failure message naming the seed, the plan and the violations.
     pub fn failure(&self) -> String {
+        let test = match self.workload {
+            Workload::Raw => "seeds_pass",
+            Workload::Txn => "txn_seeds_pass",
+        };
         format!(
-            "simulation failed: rerun with TIKV_SIM_SEED={}\n{}\n{}",
+            "simulation failed ({:?} workload): rerun with TIKV_SIM_SEED={} \
+             (cargo test -p tikv-tests --test simulation {test} -- --nocapture)\n{}\n{}",
+            self.workload,
             self.seed,
             self.plan,
             self.violations.join("\n")
@@ -167,12 +268,17 @@ impl Report {
 /// Runs one world to the end and checks it.
 pub fn run(cfg: WorldConfig) -> Report {
     let mut rng = Rng::new(cfg.seed);
+    let workload = cfg.bug.map_or(cfg.workload, Bug::workload);
     let plan = match cfg.plan.clone() {
         Some(p) => p,
+        None if workload == Workload::Txn => Plan::draw_txn(&mut rng),
         None => Plan::draw(&mut rng),
     };
     let mut world = World::new(cfg, plan, rng);
     world.run();
+    if world.txn.is_some() {
+        world.audit();
+    }
     world.finish()
 }
 
@@ -212,6 +318,8 @@ enum Event {
     StaleCopy,
     /// Everything heals; quiescence begins.
     HealAll,
+    /// (txn) Every client is done and every lock expired: quiescence reads.
+    QuietStart,
 }
 
 struct Flight {
@@ -219,21 +327,72 @@ struct Flight {
     write: bool,
 }
 
+/// What a task's history entry is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Task {
+    /// A raw operation (index into [`Report::history`]).
+    Raw,
+    /// A transaction (index into [`Report::txn_history`]).
+    Txn,
+    /// The audit's lock sweep.
+    Sweep,
+}
+
 struct Running {
     /// Global operation number (events of finished operations are ignored).
     seq: u64,
+    task: Task,
     entry: usize,
     op: Box<dyn SimOp>,
     inflight: BTreeMap<RpcId, Flight>,
     timer_at: Option<Instant>,
     unacked: u32,
     effect_until: Instant,
+    /// The result was taken; the task is now a background tail.
+    reported: bool,
+    /// A crash was considered for this transaction's commit.
+    crash_drawn: bool,
+}
+
+/// When a client crashes (txn).
+#[derive(Copy, Clone, Debug)]
+struct CrashPlan {
+    /// After this many more inputs to the client's tasks.
+    after_inputs: u32,
+    /// Or right when its transaction reports committed, before the
+    /// secondaries are sent.
+    at_commit_point: bool,
 }
 
 struct Client {
     view: Arc<ClusterView>,
     running: Option<Running>,
+    /// Tasks whose result was reported that still work (secondaries).
+    tails: Vec<Running>,
     issued: usize,
+    crash: Option<CrashPlan>,
+}
+
+/// The transactional world's state.
+struct TxnWorld {
+    params: TxnParams,
+    history: TxnHistory,
+    next_value: u32,
+    phase: TxnPhase,
+    /// Index of the audit client in `World::clients`.
+    auditor: usize,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum TxnPhase {
+    /// Before the heal.
+    Active,
+    /// Healed; waiting for clients to finish and locks to expire.
+    Settling,
+    /// Quiescence reads.
+    Quiet,
+    /// The final audit.
+    Audit,
 }
 
 struct World {
@@ -247,6 +406,7 @@ struct World {
     opts: RawOptions,
     clients: Vec<Client>,
     history: History,
+    txn: Option<TxnWorld>,
     partitions: BTreeSet<(usize, Endpoint)>,
     calm: bool,
     pd_urls: Vec<String>,
@@ -301,36 +461,69 @@ fn is_definite(e: &Error) -> bool {
     )
 }
 
+/// client-go's transactional backoff budgets scaled to `permille`.
+fn scaled_budgets(permille: u64) -> BackoffBudgets {
+    let d = BackoffBudgets::default();
+    let s = |x: Duration| x * permille as u32 / 1000;
+    BackoffBudgets {
+        tso: s(d.tso),
+        get: s(d.get),
+        batch_get: s(d.batch_get),
+        scan: s(d.scan),
+        prewrite: s(d.prewrite),
+        commit: s(d.commit),
+        commit_secondary: s(d.commit_secondary),
+        cleanup: s(d.cleanup),
+        txn_heartbeat: s(d.txn_heartbeat),
+        get_txn_status: s(d.get_txn_status),
+        async_resolve_lock: s(d.async_resolve_lock),
+        locate_region: s(d.locate_region),
+        ..d
+    }
+}
+
 impl World {
     fn new(cfg: WorldConfig, plan: Plan, mut rng: Rng) -> World {
         let swarm = &plan.swarm;
+        let txn_keys = plan.txn.as_ref().map(|t| t.keys);
+        let split_keys = match txn_keys {
+            Some(k) => swarm.splits.iter().map(|&i| k.key(i).into_bytes()).collect(),
+            None => swarm.splits.iter().map(|&k| key_bytes(k)).collect(),
+        };
         let cluster = Cluster::new(ClusterConfig {
             stores: swarm.stores,
-            split_keys: swarm.splits.iter().map(|&k| key_bytes(k)).collect(),
+            split_keys,
             seed: rng.next_u64(),
             pd_members: PD_MEMBERS,
+            v1_txn: txn_keys.is_some(),
             ..ClusterConfig::default()
         });
         let pd_urls: Vec<String> =
             (0..PD_MEMBERS).map(|i| format!("http://pd-{i}.sim:2379")).collect();
-        let clients = (0..swarm.clients)
+        let txn_budgets = plan.txn.as_ref().map(|t| scaled_budgets(t.budget_permille));
+        let mut clients: Vec<Client> = (0..swarm.clients)
             .map(|_| {
-                // Short deadlines keep runs small in virtual time; the
-                // protocol logic does not depend on their size.
-                let mut budgets = Config::default().backoff;
-                budgets.raw = swarm.raw_budget;
-                let config = Config::default()
-                    .with_backoff_budgets(budgets)
-                    .with_pd_endpoints(pd_urls.clone())
-                    .with_rng_seed(rng.next_u64())
-                    .with_pd_timeout(Duration::from_secs(1))
-                    .with_read_timeout_short(Duration::from_secs(1))
-                    .with_read_timeout_medium(Duration::from_secs(2));
-                let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
-                let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Raw), pd));
-                Client { view, running: None, issued: 0 }
+                let seed = rng.next_u64();
+                Client::new(new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone()))
             })
             .collect();
+        let txn = plan.txn.clone().map(|params| {
+            // The auditor: a fresh client with client-go's budgets.
+            let seed = rng.next_u64();
+            clients.push(Client::new(new_view(
+                &pd_urls,
+                seed,
+                swarm.raw_budget,
+                Some(BackoffBudgets::default()),
+            )));
+            TxnWorld {
+                params,
+                history: TxnHistory::default(),
+                next_value: 0,
+                phase: TxnPhase::Active,
+                auditor: clients.len() - 1,
+            }
+        });
         let mut world = World {
             seed: cfg.seed,
             rng,
@@ -342,6 +535,7 @@ impl World {
             opts: RawOptions { atomic: true, ..RawOptions::default() },
             clients,
             history: History::default(),
+            txn,
             partitions: BTreeSet::new(),
             calm: false,
             pd_urls,
@@ -358,7 +552,7 @@ impl World {
             let header = format!("seed {}\n{}", world.seed, world.plan);
             world.log(header);
         }
-        for c in 0..world.clients.len() {
+        for c in 0..world.plan.swarm.clients {
             let start = Instant::ZERO + world.rng.gen_duration(world.plan.swarm.think);
             world.schedule(start, Event::Issue(c));
         }
@@ -401,8 +595,12 @@ impl World {
         !self.calm && self.rng.gen_ratio(permille, 1000)
     }
 
+    fn hard_stop(&self) -> Instant {
+        self.plan.heal_at + if self.txn.is_some() { TXN_HARD_STOP } else { HARD_STOP }
+    }
+
     fn run(&mut self) {
-        let stop_at = self.plan.heal_at + HARD_STOP;
+        let stop_at = self.hard_stop();
         while let Some(((at, _), event)) = self.queue.pop_first() {
             self.now = at;
             self.stats.events += 1;
@@ -411,6 +609,7 @@ impl World {
                     "liveness: the run did not quiesce (stopped at {at} after {} events)",
                     self.stats.events
                 ));
+                self.queue.clear();
                 break;
             }
             self.handle(event);
@@ -418,9 +617,17 @@ impl World {
         self.stats.end = self.now;
         for (i, c) in self.clients.iter().enumerate() {
             if let Some(r) = &c.running {
+                let what = match r.task {
+                    Task::Raw => self.history.entries[r.entry].kind.to_string(),
+                    _ => "a transaction".into(),
+                };
+                self.violations
+                    .push(format!("liveness: client {i} op{} ({what}) never finished", r.entry));
+            }
+            for t in &c.tails {
                 self.violations.push(format!(
-                    "liveness: client {i} op{} ({}) never finished",
-                    r.entry, self.history.entries[r.entry].kind
+                    "liveness: client {i} txn {} never finished its background work",
+                    t.entry
                 ));
             }
         }
@@ -443,7 +650,7 @@ impl World {
                 }
                 let what = if known { "recv" } else { "recv duplicate" };
                 self.log(format!("c{client} op{entry} {what} {id} {}", summarize(&result)));
-                self.feed(client, |op, now| op.on_response(id, result, now));
+                self.feed(client, op, |o, now| o.on_response(id, result, now));
             }
             Event::Deadline { client, op, id } => {
                 let Some(r) = self.running_mut(client, op) else { return };
@@ -453,8 +660,8 @@ impl World {
                 }
                 let entry = r.entry;
                 self.log(format!("c{client} op{entry} deadline exceeded {id}"));
-                self.feed(client, |op, now| {
-                    op.on_response(id, Err(RpcError::DeadlineExceeded), now)
+                self.feed(client, op, |o, now| {
+                    o.on_response(id, Err(RpcError::DeadlineExceeded), now)
                 });
             }
             Event::Timer { client, op } => {
@@ -464,7 +671,7 @@ impl World {
                     return;
                 }
                 r.timer_at = None;
-                self.feed(client, |op, now| op.on_timeout(now));
+                self.feed(client, op, |o, now| o.on_timeout(now));
             }
             Event::Fault(f) => self.fault(f),
             Event::StoreUp(s) => {
@@ -486,16 +693,40 @@ impl World {
                 self.log("bug: stores keep a stale copy for reads from now on");
             }
             Event::HealAll => self.heal_all(),
+            Event::QuietStart => self.quiet_start(),
         }
     }
 
     fn running_mut(&mut self, client: usize, op: u64) -> Option<&mut Running> {
-        self.clients[client].running.as_mut().filter(|r| r.seq == op)
+        let c = &mut self.clients[client];
+        if c.running.as_ref().is_some_and(|r| r.seq == op) {
+            return c.running.as_mut();
+        }
+        c.tails.iter_mut().find(|r| r.seq == op)
+    }
+
+    /// Takes task `op` of client `c` out of its slot; `true` if it was the
+    /// foreground operation.
+    fn take_task(&mut self, c: usize, op: u64) -> Option<(Running, bool)> {
+        let client = &mut self.clients[c];
+        if client.running.as_ref().is_some_and(|r| r.seq == op) {
+            return client.running.take().map(|r| (r, true));
+        }
+        let i = client.tails.iter().position(|r| r.seq == op)?;
+        Some((client.tails.remove(i), false))
+    }
+
+    fn active_ops(&self) -> usize {
+        self.plan.swarm.ops_per_client
     }
 
     fn issue(&mut self, c: usize) {
+        if self.txn.is_some() {
+            self.issue_txn(c);
+            return;
+        }
         let quiet = self.now >= self.plan.heal_at;
-        let budget = self.plan.swarm.ops_per_client + if quiet { QUIET_OPS } else { 0 };
+        let budget = self.active_ops() + if quiet { QUIET_OPS } else { 0 };
         // Two wake-ups may race (the heal and a completion): one operation
         // at a time per client.
         if self.clients[c].issued >= budget || self.clients[c].running.is_some() {
@@ -513,20 +744,7 @@ impl World {
         self.stats.ops += 1;
         self.log(format!("c{c} op{entry} invoke {kind}"));
         match workload::build(&self.clients[c].view, &kind, &self.opts) {
-            Ok(mut op) => {
-                op.start(self.now);
-                self.next_op += 1;
-                self.clients[c].running = Some(Running {
-                    seq: self.next_op,
-                    entry,
-                    op,
-                    inflight: BTreeMap::new(),
-                    timer_at: None,
-                    unacked: 0,
-                    effect_until: self.now,
-                });
-                self.pump(c);
-            }
+            Ok(op) => self.launch(c, Task::Raw, entry, op),
             Err(e) => {
                 self.history.entries[entry].end = Some(self.now);
                 self.history.entries[entry].outcome = Outcome::Fail(e.to_string());
@@ -535,34 +753,169 @@ impl World {
         }
     }
 
+    /// Starts `op` as client `c`'s foreground operation.
+    fn launch(&mut self, c: usize, task: Task, entry: usize, mut op: Box<dyn SimOp>) {
+        op.start(self.now);
+        self.next_op += 1;
+        let seq = self.next_op;
+        self.clients[c].running = Some(Running {
+            seq,
+            task,
+            entry,
+            op,
+            inflight: BTreeMap::new(),
+            timer_at: None,
+            unacked: 0,
+            effect_until: self.now,
+            reported: false,
+            crash_drawn: false,
+        });
+        self.pump(c, seq);
+    }
+
+    fn issue_txn(&mut self, c: usize) {
+        let Some(t) = self.txn.as_ref() else { return };
+        let phase = t.phase;
+        // After the heal, clients finish their transactions (on a reliable
+        // network) before the quiescence reads.
+        let budget = match phase {
+            TxnPhase::Active | TxnPhase::Settling => self.active_ops(),
+            TxnPhase::Quiet => self.active_ops() + QUIET_OPS,
+            TxnPhase::Audit => return,
+        };
+        if self.clients[c].issued >= budget || self.clients[c].running.is_some() {
+            return;
+        }
+        self.clients[c].issued += 1;
+        let spec = if phase == TxnPhase::Quiet {
+            self.full_read_spec()
+        } else {
+            let Some(t) = self.txn.as_mut() else { return };
+            txn_workload::pick(&mut self.rng, &t.params, &mut t.next_value)
+        };
+        self.launch_txn(c, spec);
+    }
+
+    fn full_read_spec(&mut self) -> TxnSpec {
+        TxnSpec {
+            kind: TxnKind::FullRead,
+            read_method: txn_workload::pick_read_method(&mut self.rng),
+            opts: CommitOptions::default(),
+        }
+    }
+
+    fn launch_txn(&mut self, c: usize, spec: TxnSpec) {
+        let Some(t) = self.txn.as_mut() else { return };
+        let entry = t.history.entries.len();
+        t.history.entries.push(TxnEntry {
+            id: entry,
+            client: c,
+            kind: spec.kind.clone(),
+            read_method: spec.read_method,
+            async_commit: spec.opts.async_commit,
+            one_pc: spec.opts.one_pc,
+            causal: spec.opts.causal_consistency,
+            invoke: self.now,
+            end: None,
+            run: Default::default(),
+            outcome: TxnOutcome::Pending,
+            crashed: false,
+        });
+        let keys = t.params.keys;
+        self.stats.ops += 1;
+        let o = &spec.opts;
+        let mode = match (o.async_commit, o.one_pc, o.causal_consistency) {
+            (false, false, _) => "2pc",
+            (true, false, false) => "async",
+            (true, false, true) => "async causal",
+            (false, true, false) => "1pc",
+            (false, true, true) => "1pc causal",
+            (true, true, false) => "async+1pc",
+            (true, true, true) => "async+1pc causal",
+        };
+        self.log(format!(
+            "c{c} txn{entry} invoke {} ({:?} reads, {mode})",
+            spec.kind, spec.read_method
+        ));
+        let bug = self.bug;
+        let op = TxnProgram::new(self.clients[c].view.clone(), entry, spec, &keys, bug);
+        self.launch(c, Task::Txn, entry, Box::new(op));
+    }
+
     fn next_issue(&mut self, c: usize) {
+        if let Some(t) = &self.txn {
+            match t.phase {
+                TxnPhase::Active | TxnPhase::Settling
+                    if self.clients[c].issued < self.active_ops() =>
+                {
+                    let think = self.rng.gen_duration(self.plan.swarm.think);
+                    self.schedule(self.now + think, Event::Issue(c));
+                }
+                // Done before the heal: wait for it.
+                TxnPhase::Active => {}
+                TxnPhase::Settling => self.maybe_settle(),
+                TxnPhase::Quiet => {
+                    let think = self.rng.gen_duration(self.plan.swarm.think);
+                    self.schedule(self.now + think, Event::Issue(c));
+                }
+                TxnPhase::Audit => {}
+            }
+            return;
+        }
         let quiet = self.now >= self.plan.heal_at;
-        let active_done = self.clients[c].issued >= self.plan.swarm.ops_per_client;
+        let active_done = self.clients[c].issued >= self.active_ops();
         let think = self.rng.gen_duration(self.plan.swarm.think);
         // After its active operations a client waits for the heal.
         let at = if active_done && !quiet { self.plan.heal_at } else { self.now + think };
         self.schedule(at, Event::Issue(c));
     }
 
-    /// Feeds one input to client `c`'s operation, then drains its outputs.
-    fn feed(&mut self, c: usize, input: impl FnOnce(&mut dyn SimOp, Instant)) {
+    /// Feeds one input to task `op` of client `c`, then drains its outputs.
+    fn feed(&mut self, c: usize, op: u64, input: impl FnOnce(&mut dyn SimOp, Instant)) {
         let now = self.now;
-        if let Some(r) = self.clients[c].running.as_mut() {
+        if let Some(r) = self.running_mut(c, op) {
             input(&mut *r.op, now);
         }
-        self.pump(c);
+        self.pump(c, op);
+        self.crash_tick(c);
     }
 
-    /// Drains a running operation: sends its RPCs, completes it, or re-arms
-    /// its timer.
-    fn pump(&mut self, c: usize) {
-        let Some(mut r) = self.clients[c].running.take() else { return };
-        while let Some(rpc) = r.op.poll_rpc() {
+    /// Drains a task: sends its RPCs, records its result, moves it to the
+    /// background or drops it when done, or re-arms its timer.
+    fn pump(&mut self, c: usize, op: u64) {
+        let Some((mut r, foreground)) = self.take_task(c, op) else { return };
+        let now = self.now;
+        if !r.reported
+            && let Some(finished) = r.op.poll_result()
+        {
+            r.reported = true;
+            let committed = matches!(&finished, Finished::Txn(t) if matches!(t.1, TxnOutcome::Committed { .. }));
+            self.complete(c, &r, finished);
+            if committed && self.clients[c].crash.is_some_and(|p| p.at_commit_point) {
+                // Crash at the commit point: nothing after it is sent.
+                self.crash(c, Some(r));
+                return;
+            }
+        }
+        while let Some(rpc) = r.op.poll_rpc(now) {
             self.send(c, &mut r, rpc);
         }
-        if let Some(result) = r.op.poll_result() {
-            self.complete(c, r, result);
+        // A late result (a tail's) would be dropped; the op reports once.
+        if !r.reported
+            && let Some(finished) = r.op.poll_result()
+        {
+            r.reported = true;
+            self.complete(c, &r, finished);
+        }
+        if r.reported && r.op.is_done() {
+            if r.task == Task::Txn && !foreground {
+                self.log(format!("c{c} txn{} background work done", r.entry));
+            }
             return;
+        }
+        if r.task == Task::Txn && !r.crash_drawn && r.op.committing() {
+            r.crash_drawn = true;
+            self.draw_crash(c);
         }
         let t = r.op.poll_timeout();
         if t != r.timer_at {
@@ -574,16 +927,41 @@ impl World {
         if r.inflight.is_empty() && t.is_none() {
             let entry = r.entry;
             self.violations.push(format!(
-                "liveness: client {c} op{entry} stalled (no RPC in flight, no timer, no result)"
+                "liveness: client {c} task {entry} stalled (no RPC in flight, no timer, no result)"
             ));
-            self.complete(c, r, Err(Error::Undetermined("stalled".into())));
+            if !r.reported {
+                r.reported = true;
+                let finished = match r.task {
+                    Task::Raw => Finished::Raw(Err(Error::Undetermined("stalled".into()))),
+                    Task::Txn => Finished::Txn(Box::new((
+                        r.op.progress().unwrap_or_default(),
+                        TxnOutcome::Undetermined("stalled".into()),
+                    ))),
+                    Task::Sweep => Finished::Sweep(Err(Error::Undetermined("stalled".into()))),
+                };
+                self.complete(c, &r, finished);
+            }
             return;
         }
-        self.clients[c].running = Some(r);
+        if r.reported {
+            self.clients[c].tails.push(r);
+        } else {
+            self.clients[c].running = Some(r);
+        }
     }
 
     fn send(&mut self, c: usize, r: &mut Running, rpc: Rpc) {
         self.stats.rpcs += 1;
+        match &rpc.request {
+            Request::Kv(KvRequest::CheckTxnStatus(_) | KvRequest::ResolveLock(_)) => {
+                self.stats.resolver_rpcs += 1;
+            }
+            Request::Kv(KvRequest::CheckSecondaryLocks(_)) => {
+                self.stats.resolver_rpcs += 1;
+                self.stats.secondary_checks += 1;
+            }
+            _ => {}
+        }
         let write = is_write(&rpc.request);
         if write {
             r.effect_until = r.effect_until.max(rpc.deadline);
@@ -687,7 +1065,28 @@ impl World {
         Ok(resp)
     }
 
-    fn complete(&mut self, c: usize, r: Running, result: Result<OkValue, Error>) {
+    /// Records a task's result.
+    fn complete(&mut self, c: usize, r: &Running, finished: Finished) {
+        match finished {
+            Finished::Raw(result) => self.complete_raw(c, r, result),
+            Finished::Txn(t) => self.complete_txn(c, r, *t),
+            Finished::Sweep(result) => {
+                match &result {
+                    Ok(0) => {}
+                    Ok(alive) => self.violations.push(format!(
+                        "liveness: the audit's lock sweep found locks alive {alive} ms past every TTL"
+                    )),
+                    Err(e) => self.violations.push(format!("liveness: the audit's lock sweep failed: {e}")),
+                }
+                self.log(format!("audit: lock sweep: {result:?}"));
+            }
+        }
+        if r.task != Task::Sweep {
+            self.next_issue(c);
+        }
+    }
+
+    fn complete_raw(&mut self, c: usize, r: &Running, result: Result<OkValue, Error>) {
         let now = self.now;
         let unanswered_writes = r.inflight.values().filter(|f| f.write).count() as u32;
         let effect_until = r
@@ -726,7 +1125,125 @@ impl World {
         self.stats.max_op = self.stats.max_op.max(took);
         self.violations.extend(problems);
         self.log(line);
-        self.next_issue(c);
+    }
+
+    fn complete_txn(
+        &mut self,
+        c: usize,
+        r: &Running,
+        (run, outcome): (txn_history::TxnRun, TxnOutcome),
+    ) {
+        let now = self.now;
+        let bound = self.txn_bound();
+        let Some(t) = self.txn.as_mut() else { return };
+        let quiet = matches!(t.phase, TxnPhase::Quiet | TxnPhase::Audit);
+        let e = &mut t.history.entries[r.entry];
+        e.end = Some(now);
+        e.run = run;
+        e.outcome = outcome;
+        let took = now - e.invoke;
+        let line = format!(
+            "c{c} txn{} {} after {took:?}: start {:?} {:?}",
+            e.id, e.kind, e.run.start_ts, e.outcome
+        );
+        let mut problems = Vec::new();
+        if took > bound {
+            problems.push(format!(
+                "liveness: txn {} ({}) took {took:?} (bound {bound:?})",
+                e.id, e.kind
+            ));
+        }
+        if quiet && (took > QUIET_BOUND || !matches!(e.outcome, TxnOutcome::Committed { .. })) {
+            problems.push(format!(
+                "liveness: txn {} ({}) after the heal ended {:?} after {took:?}",
+                e.id, e.kind, e.outcome
+            ));
+        }
+        match e.outcome {
+            TxnOutcome::Committed { .. } => self.stats.ok += 1,
+            TxnOutcome::Failed(_) => self.stats.failed += 1,
+            _ => self.stats.undetermined += 1,
+        }
+        self.stats.max_op = self.stats.max_op.max(took);
+        self.violations.extend(problems);
+        self.log(line);
+    }
+
+    /// How long a transaction may take: three times the backoff budgets of
+    /// the phases it can go through (TSO, read, TSO for async commit/1PC,
+    /// prewrite, TSO for the commit ts, the primary's commit), since RPC
+    /// waits come on top of the sleeps, as for raw operations.
+    fn txn_bound(&self) -> Duration {
+        let Some(t) = &self.txn else { return LIVENESS_BOUND };
+        let config = Config::default();
+        let b = scaled_budgets(t.params.budget_permille);
+        let read = b.get.max(b.batch_get).max(b.scan);
+        let sum = 3 * b.tso + read + b.prewrite + b.commit;
+        config.budget(sum) * 3 + Duration::from_secs(30)
+    }
+
+    /// (txn) Arms a crash for client `c`'s transaction that started
+    /// committing, with the plan's chance.
+    fn draw_crash(&mut self, c: usize) {
+        let Some(t) = &self.txn else { return };
+        if t.phase != TxnPhase::Active || c >= self.plan.swarm.clients {
+            return;
+        }
+        let p = t.params.crash_permille;
+        if self.clients[c].crash.is_some() || !self.chance(p) {
+            return;
+        }
+        let plan = CrashPlan {
+            after_inputs: self.rng.gen_range(0, 12) as u32,
+            at_commit_point: self.rng.gen_ratio(1, 4),
+        };
+        self.log(format!("c{c} will crash: {plan:?}"));
+        self.clients[c].crash = Some(plan);
+    }
+
+    fn crash_tick(&mut self, c: usize) {
+        let Some(plan) = self.clients[c].crash.as_mut() else { return };
+        if plan.after_inputs > 0 {
+            plan.after_inputs -= 1;
+            return;
+        }
+        self.crash(c, None);
+    }
+
+    /// Drops every machine of client `c` (and `extra`, a task already taken
+    /// out of its slot); the client restarts with empty caches.
+    fn crash(&mut self, c: usize, extra: Option<Running>) {
+        self.stats.crashes += 1;
+        let client = &mut self.clients[c];
+        client.crash = None;
+        let mut dropped: Vec<Running> = client.tails.drain(..).collect();
+        dropped.extend(client.running.take());
+        dropped.extend(extra);
+        let now = self.now;
+        let mut notes = Vec::new();
+        let mut finished_foreground = false;
+        if let Some(t) = self.txn.as_mut() {
+            for r in &dropped {
+                let e = &mut t.history.entries[r.entry];
+                e.crashed = true;
+                if !r.reported {
+                    e.run = r.op.progress().unwrap_or_default();
+                    let when = if r.op.committing() { " while committing" } else { "" };
+                    e.outcome = TxnOutcome::Undetermined(format!("the client crashed{when}"));
+                    e.end = Some(now);
+                    self.stats.undetermined += 1;
+                    finished_foreground = true;
+                }
+                notes.push(format!("txn{} ({:?})", e.id, e.outcome));
+            }
+        }
+        self.log(format!("c{c} CRASH: drops {}; restarts with empty caches", notes.join(", ")));
+        let seed = self.rng.next_u64();
+        let budgets = self.txn.as_ref().map(|t| scaled_budgets(t.params.budget_permille));
+        self.clients[c].view = new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets);
+        if finished_foreground {
+            self.next_issue(c);
+        }
     }
 
     fn fault(&mut self, fault: Fault) {
@@ -735,7 +1252,13 @@ impl World {
         }
         self.stats.faults += 1;
         let outcome = match &fault {
-            Fault::Split(k) => format!("{:?}", self.cluster.split(&key_bytes(*k))),
+            Fault::Split(k) => {
+                let key = match &self.txn {
+                    Some(t) => t.params.keys.key(*k).into_bytes(),
+                    None => key_bytes(*k),
+                };
+                format!("{:?}", self.cluster.split(&key))
+            }
             Fault::Merge(i) => {
                 let regions = self.cluster.regions();
                 let i = i % regions.len();
@@ -804,6 +1327,14 @@ impl World {
         self.cluster.set_pd_stale(false);
         self.cluster.clear_injections();
         self.log("heal: all faults healed, network reliable; quiescence begins");
+        if let Some(t) = self.txn.as_mut() {
+            t.phase = TxnPhase::Settling;
+            for c in &mut self.clients {
+                c.crash = None;
+            }
+            self.maybe_settle();
+            return;
+        }
         for c in 0..self.clients.len() {
             if self.clients[c].running.is_none() {
                 self.schedule(self.now, Event::Issue(c));
@@ -811,7 +1342,126 @@ impl World {
         }
     }
 
+    /// The instant after which every lock in the cluster has expired
+    /// (TiKV's rule: `physical(lock_ts) + ttl < physical(current_ts)`), on
+    /// the world's clock.
+    fn locks_expire_at(&self) -> Instant {
+        let base = self.cluster.config().tso_base_ms;
+        self.cluster
+            .locks()
+            .iter()
+            .map(|l| {
+                let expiry_ms = (l.lock_version >> 18).saturating_add(l.lock_ttl).saturating_add(1);
+                Instant::from_millis(expiry_ms.saturating_sub(base))
+            })
+            .fold(self.now, Instant::max)
+    }
+
+    /// (txn) Once every client finished its transactions after the heal,
+    /// wait for every lock's TTL, then start the quiescence reads.
+    fn maybe_settle(&mut self) {
+        let Some(t) = &self.txn else { return };
+        if t.phase != TxnPhase::Settling {
+            return;
+        }
+        let clients = self.plan.swarm.clients;
+        let ops = self.active_ops();
+        // A client with transactions left has its next one scheduled.
+        if self.clients[..clients].iter().any(|c| c.running.is_some() || c.issued < ops) {
+            return;
+        }
+        let at = self.locks_expire_at();
+        self.log(format!("settle: every client is done; quiescence reads at {at}"));
+        self.schedule(at, Event::QuietStart);
+    }
+
+    fn quiet_start(&mut self) {
+        let at = self.locks_expire_at();
+        if at > self.now {
+            // Requests still on the wire at the heal took locks since.
+            self.schedule(at, Event::QuietStart);
+            return;
+        }
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.phase != TxnPhase::Settling {
+            return;
+        }
+        t.phase = TxnPhase::Quiet;
+        self.log("quiet: every lock expired; quiescence reads begin");
+        for c in 0..self.plan.swarm.clients {
+            self.schedule(self.now, Event::Issue(c));
+        }
+    }
+
+    /// Drives the queue until it is empty (the audit's steps).
+    fn drain(&mut self) {
+        self.run();
+    }
+
+    /// (txn) The audit: past every TTL, a fresh client reads every key;
+    /// locks no read meets are resolved as GC would; none may remain.
+    fn audit(&mut self) {
+        let Some(t) = self.txn.as_mut() else { return };
+        t.phase = TxnPhase::Audit;
+        let auditor = t.auditor;
+        let expire = self.locks_expire_at();
+        if expire > self.now {
+            self.log(format!("audit: the clock jumps to {expire}, past every lock's TTL"));
+            self.now = expire;
+        }
+        let spec = self.full_read_spec();
+        self.log("audit: reading every key");
+        self.launch_txn(auditor, spec);
+        self.drain();
+        let left: Vec<Lock> = self.cluster.locks().iter().flat_map(Lock::from_info).collect();
+        for l in &left {
+            // A read of every key meets every Put/Delete lock at or below
+            // its ts and resolves it; only `LockKeys` locks stay unseen.
+            if l.lock_type != tikv_proto::kvrpcpb::Op::Lock {
+                self.violations.push(format!(
+                    "liveness: the audit read left txn {}'s {:?} lock on {:?}",
+                    l.txn_id, l.lock_type, l.key
+                ));
+            }
+        }
+        if !left.is_empty() {
+            self.stats.swept_locks = left.len();
+            self.log(format!("audit: resolving {} locks no read met, as GC would", left.len()));
+            let view = self.clients[auditor].view.clone();
+            let caller = self
+                .txn
+                .as_ref()
+                .and_then(|t| t.history.entries.last())
+                .and_then(|e| e.run.start_ts)
+                .unwrap_or(u64::MAX);
+            let budget = view.config.budget(view.config.backoff.gc_resolve_lock);
+            let opts = ResolveOptions {
+                caller_start_ts: caller,
+                for_read: false,
+                lite: true,
+                ..Default::default()
+            };
+            let op = ResolveLocks::new(view.clone(), left, opts, view.backoffer(budget));
+            let op =
+                workload::erase_with(op, |r: Result<tikv_core::lock::ResolveOutcome, Error>| {
+                    Finished::Sweep(r.map(|o| o.ms_before_expired))
+                });
+            self.launch(auditor, Task::Sweep, usize::MAX, op);
+            self.drain();
+        }
+        for l in self.cluster.locks() {
+            self.violations.push(format!(
+                "liveness: a lock of txn {} on {:?} was never resolved",
+                l.lock_version,
+                String::from_utf8_lossy(&l.key)
+            ));
+        }
+    }
+
     fn finish(mut self) -> Report {
+        if let Some(t) = self.txn.take() {
+            return self.finish_txn(t);
+        }
         // Idle clients were woken at the heal; one whose active operations
         // were still running then has scheduled itself since.
         let snapshot = self.cluster.raw_snapshot("default");
@@ -845,11 +1495,149 @@ impl World {
         }
         Report {
             seed: self.seed,
+            workload: Workload::Raw,
             plan: self.plan,
             history: self.history,
+            txn_history: TxnHistory::default(),
             violations: self.violations,
             stats: self.stats,
             trace: self.trace.unwrap_or_default(),
         }
     }
+
+    fn finish_txn(mut self, t: TxnWorld) -> Report {
+        let keys = t.params.keys;
+        // What became of every transaction on every key it wrote.
+        let mut fates = si::Fates::new();
+        for e in &t.history.entries {
+            let Some(start_ts) = e.run.start_ts else { continue };
+            if e.run.writes.is_empty() {
+                continue;
+            }
+            let per_key: Vec<(String, si::KeyFate)> = e
+                .run
+                .writes
+                .iter()
+                .map(|(k, _)| {
+                    let fate = match self.cluster.commit_record(k.as_bytes(), start_ts) {
+                        Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
+                        Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
+                        None => si::KeyFate::Absent,
+                    };
+                    (k.clone(), fate)
+                })
+                .collect();
+            if e.crashed && matches!(e.outcome, TxnOutcome::Undetermined(_)) {
+                let committed =
+                    |f: &(String, si::KeyFate)| matches!(f.1, si::KeyFate::Committed { .. });
+                if per_key.iter().all(committed) {
+                    self.stats.crashed_resolved.0 += 1;
+                } else if !per_key.iter().any(committed) {
+                    self.stats.crashed_resolved.1 += 1;
+                }
+            }
+            fates.insert(e.id, per_key);
+        }
+        let final_data: BTreeMap<String, String> = self
+            .cluster
+            .mvcc_snapshot(u64::MAX)
+            .into_iter()
+            .map(|(k, v)| {
+                (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
+            })
+            .collect();
+        for v in si::check(&t.history, &fates, &final_data) {
+            self.violations.push(format!("si: {v}"));
+        }
+        for v in si::check_bank(&t.history, &keys.account_keys(), &final_data) {
+            self.violations.push(v);
+        }
+        for a in elle::check(&elle_history(&t.history)) {
+            self.violations.push(format!("elle: {a}"));
+        }
+        let (_, _, _, pending) = t.history.counts();
+        debug_assert!(pending == 0 || !self.violations.is_empty());
+        if self.trace.is_some() {
+            let summary = format!(
+                "end: {:?}; final data {:?}; {} violations",
+                self.stats,
+                final_data,
+                self.violations.len()
+            );
+            self.log(summary);
+        }
+        Report {
+            seed: self.seed,
+            workload: Workload::Txn,
+            plan: self.plan,
+            history: self.history,
+            txn_history: t.history,
+            violations: self.violations,
+            stats: self.stats,
+            trace: self.trace.unwrap_or_default(),
+        }
+    }
+}
+
+impl Client {
+    fn new(view: Arc<ClusterView>) -> Client {
+        Client { view, running: None, tails: Vec::new(), issued: 0, crash: None }
+    }
+}
+
+/// A client's view of the cluster (a fresh process: empty caches). Short
+/// deadlines keep runs small in virtual time; the protocol logic does not
+/// depend on their size.
+fn new_view(
+    pd_urls: &[String],
+    seed: u64,
+    raw_budget: Duration,
+    txn_budgets: Option<BackoffBudgets>,
+) -> Arc<ClusterView> {
+    let mode = if txn_budgets.is_some() { Mode::Txn } else { Mode::Raw };
+    let mut budgets = txn_budgets.unwrap_or_default();
+    budgets.raw = raw_budget;
+    let config = Config::default()
+        .with_backoff_budgets(budgets)
+        .with_pd_endpoints(pd_urls.to_vec())
+        .with_rng_seed(seed)
+        .with_pd_timeout(Duration::from_secs(1))
+        .with_read_timeout_short(Duration::from_secs(1))
+        .with_read_timeout_medium(Duration::from_secs(2));
+    let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
+    Arc::new(ClusterView::new(config, ApiCodec::v1(mode), pd))
+}
+
+/// The list-append view of a transactional history, for [`elle::check`]:
+/// list transactions with their micro-operations, and every full read's
+/// lists as reads.
+fn elle_history(history: &TxnHistory) -> Vec<elle::ElleTxn> {
+    let mut out = Vec::new();
+    for e in &history.entries {
+        let status = match e.outcome {
+            TxnOutcome::Committed { .. } => elle::Status::Committed,
+            TxnOutcome::Failed(_) => elle::Status::Aborted,
+            TxnOutcome::Undetermined(_) | TxnOutcome::Pending => elle::Status::Unknown,
+        };
+        let ops = match &e.kind {
+            TxnKind::Lists { ops, .. } => {
+                if e.run.micro.is_empty() {
+                    ops.clone()
+                } else {
+                    e.run.micro.clone()
+                }
+            }
+            TxnKind::FullRead => e
+                .run
+                .reads
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some(Micro::Read(parse_list(k)?, Some(parse_list_value(v.as_deref()))))
+                })
+                .collect(),
+            _ => continue,
+        };
+        out.push(elle::ElleTxn { id: e.id, status, ops });
+    }
+    out
 }

@@ -14,15 +14,42 @@ use tikv_core::time::Instant;
 use tikv_core::view::ClusterView;
 
 use super::history::{KeyId, OkValue, OpKind, Val, key_bytes, parse_key, parse_value, value_bytes};
+use super::txn_history::{TxnOutcome, TxnRun};
 
-/// An [`Operation`] with its output already turned into an [`OkValue`].
+/// What a finished task reports.
+pub(crate) enum Finished {
+    /// A raw operation's result.
+    Raw(Result<OkValue, Error>),
+    /// A transaction: what it did and how it ended.
+    Txn(Box<(TxnRun, TxnOutcome)>),
+    /// The audit's lock sweep: how many locks were still alive.
+    Sweep(Result<u64, Error>),
+}
+
+/// An [`Operation`] of the world: a raw operation with its output already
+/// turned into an [`OkValue`], or a transaction program.
 pub(crate) trait SimOp {
     fn start(&mut self, now: Instant);
-    fn poll_rpc(&mut self) -> Option<Rpc>;
+    fn poll_rpc(&mut self, now: Instant) -> Option<Rpc>;
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant);
     fn on_timeout(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
-    fn poll_result(&mut self) -> Option<Result<OkValue, Error>>;
+    /// The result, once.
+    fn poll_result(&mut self) -> Option<Finished>;
+    /// False while work continues after the result (a transaction commits
+    /// its secondaries, or cleans up, in the background).
+    fn is_done(&self) -> bool {
+        true
+    }
+    /// True while a transaction is in its commit phase (a client crash then
+    /// leaves its locks behind).
+    fn committing(&self) -> bool {
+        false
+    }
+    /// What a transaction has done so far (for a client that crashes).
+    fn progress(&self) -> Option<TxnRun> {
+        None
+    }
 }
 
 struct Erased<O, F> {
@@ -33,12 +60,12 @@ struct Erased<O, F> {
 impl<O, F> SimOp for Erased<O, F>
 where
     O: Operation,
-    F: FnMut(O::Output) -> OkValue,
+    F: FnMut(Result<O::Output, Error>) -> Finished,
 {
     fn start(&mut self, now: Instant) {
         self.op.start(now)
     }
-    fn poll_rpc(&mut self) -> Option<Rpc> {
+    fn poll_rpc(&mut self, _now: Instant) -> Option<Rpc> {
         self.op.poll_rpc()
     }
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
@@ -50,17 +77,26 @@ where
     fn poll_timeout(&self) -> Option<Instant> {
         self.op.poll_timeout()
     }
-    fn poll_result(&mut self) -> Option<Result<OkValue, Error>> {
-        self.op.poll_result().map(|r| r.map(&mut self.map))
+    fn poll_result(&mut self) -> Option<Finished> {
+        self.op.poll_result().map(&mut self.map)
     }
 }
 
-fn erase<O, F>(op: O, map: F) -> Box<dyn SimOp>
+/// Wraps any operation, mapping its result into a [`Finished`].
+pub(crate) fn erase_with<O, F>(op: O, map: F) -> Box<dyn SimOp>
+where
+    O: Operation + 'static,
+    F: FnMut(Result<O::Output, Error>) -> Finished + 'static,
+{
+    Box::new(Erased { op, map })
+}
+
+fn erase<O, F>(op: O, mut map: F) -> Box<dyn SimOp>
 where
     O: Operation + 'static,
     F: FnMut(O::Output) -> OkValue + 'static,
 {
-    Box::new(Erased { op, map })
+    erase_with(op, move |r: Result<O::Output, Error>| Finished::Raw(r.map(&mut map)))
 }
 
 fn key(k: KeyId) -> Key {

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use bytes::Bytes;
-use tikv_proto::kvrpcpb;
+use tikv_proto::{errorpb, kvrpcpb};
 
 use super::*;
 use crate::testing::{FakeCluster, Fault, drive, view};
@@ -491,4 +491,185 @@ fn every_request_of_a_commit_carries_the_transaction_tags() {
         assert_eq!(group, Some("rg1"), "{}", req.name());
         assert_eq!(&ctx.resource_group_tag[..], b"tag", "{}", req.name());
     }
+}
+
+/// Caches the region of `a` in a fresh view (1PC is only tried when every
+/// key is in one cached region).
+fn view_with_a_cached(c: &mut FakeCluster) -> Arc<ClusterView> {
+    let v = view();
+    c.data.insert(b"a".to_vec(), Bytes::from("0"));
+    let _ = drive(crate::raw::get(&v, Key::from("a"), &Default::default()), c);
+    v
+}
+
+fn one_pc_committer(v: Arc<ClusterView>) -> Committer {
+    let opts = CommitOptions { one_pc: true, ..Default::default() };
+    Committer::new(v, ts(500), Key::from("a"), vec![put("a"), put("b")], Duration::ZERO, opts)
+}
+
+fn prewrites(c: &FakeCluster) -> Vec<(Vec<Bytes>, bool)> {
+    c.received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => {
+                Some((p.mutations.iter().map(|m| m.key.clone()).collect(), p.try_one_pc))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A 1PC prewrite sent again after a region error still asks for 1PC, as
+/// client-go's retried single batch does: if an earlier attempt committed
+/// the transaction, only a 1PC request is answered with its commit ts
+/// (TiKV's `check_committed_record_on_err`); a plain one looks like a
+/// fresh 2PC lock, and the commit would report a ts of its own.
+/// (Found by the transactional simulation, seed 865.)
+#[test]
+fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
+    let mut out = String::new();
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    let epoch = errorpb::Error {
+        message: "epoch not match".into(),
+        epoch_not_match: Some(Default::default()),
+        ..Default::default()
+    };
+    c.fault("prewrite", Fault::Region(Box::new(epoch.clone())));
+    c.fault("prewrite", prewrite_ok(0, ts(1000) + 3));
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    let outcome = result.expect("committed");
+    assert_eq!((outcome.mode, outcome.commit_ts), (CommitMode::OnePhase, ts(1000) + 3));
+    let sent = prewrites(&c);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(_, one_pc)| *one_pc), "every attempt asks for 1PC: {sent:?}");
+    let _ = writeln!(out, "== retried after a region error\n{log}");
+
+    // The first attempt's answer is lost, then the keys move to two
+    // regions: the two 2PC answers cannot tell whether the lost attempt
+    // committed the transaction, at a ts nobody reports. Undetermined,
+    // and no commit is sent.
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    // (The retry goes to the next peer, which applies the split and is
+    // not the leader; the leader then refuses the old epoch.)
+    c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
+    c.fault("prewrite", Fault::SplitAt(b"b".to_vec()));
+    c.fault("prewrite", Fault::Region(Box::new(epoch.clone())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    assert!(matches!(&result, Err(Error::Undetermined(_))), "{result:?}");
+    let sent = prewrites(&c);
+    assert!(sent.iter().any(|(keys, one_pc)| keys.len() == 1 && !one_pc), "{sent:?}");
+    assert!(!c.received.iter().any(|r| matches!(r, KvRequest::Commit(_))), "no commit");
+    let _ = writeln!(out, "== lost answer, then split\n{log}");
+
+    // Split without a lost 1PC answer (the first attempt met the new
+    // epoch): nothing was committed, so 2PC goes on.
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    c.fault("prewrite", Fault::SplitAt(b"b".to_vec()));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (log, result) = drive(one_pc_committer(v), &mut c);
+    let outcome = result.expect("committed with 2PC");
+    assert_eq!(outcome.mode, CommitMode::TwoPhase);
+    let _ = writeln!(out, "== split after a region error\n{log}");
+    insta::assert_snapshot!(out);
+}
+
+fn region_error(what: &str) -> Fault {
+    let mut e = errorpb::Error { message: what.into(), ..Default::default() };
+    match what {
+        "not leader" => e.not_leader = Some(Default::default()),
+        _ => e.region_not_found = Some(Default::default()),
+    }
+    Fault::Region(Box::new(e))
+}
+
+/// Undetermined only when an answer that decides the outcome was lost
+/// (client-go sets its undetermined error on RPC errors only): a failed
+/// async-commit prewrite or a failed primary commit whose attempts were all
+/// refused with region errors is a definite failure; one that lost an
+/// answer is undetermined. (Found by the `committer` property.)
+#[test]
+fn undetermined_only_after_a_lost_answer() {
+    let small = |opts: CommitOptions| {
+        // Budgets small enough for region errors to exhaust them.
+        let budgets = crate::config::BackoffBudgets {
+            prewrite: Duration::from_millis(30),
+            commit: Duration::from_millis(30),
+            ..Default::default()
+        };
+        let config = crate::config::Config::default()
+            .with_pd_endpoints(["pd1:2379"])
+            .with_backoff_budgets(budgets);
+        let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
+        let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
+        let v = Arc::new(ClusterView::new(config, codec, pd));
+        Committer::new(v, ts(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts)
+    };
+    let mut out = String::new();
+    let async_commit = CommitOptions { async_commit: true, ..Default::default() };
+
+    // Async commit, every prewrite refused: definite.
+    let mut c = FakeCluster::new(&[]);
+    for _ in 0..1000 {
+        c.fault("prewrite", region_error("region not found"));
+    }
+    let (log, result) = drive(small(async_commit.clone()), &mut c);
+    assert!(matches!(&result, Err(Error::BackoffExhausted { .. })), "{result:?}");
+    let _ = writeln!(out, "== async commit, prewrites refused\n{log}");
+
+    // Async commit, one prewrite answer lost before the refusals: undetermined.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
+    for _ in 0..1000 {
+        c.fault("prewrite", region_error("region not found"));
+    }
+    let (_, result) = drive(small(async_commit), &mut c);
+    assert!(matches!(&result, Err(Error::Undetermined(_))), "{result:?}");
+
+    // 2PC, the primary's commit refused until the budget runs out: definite.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    for _ in 0..1000 {
+        c.fault("kv_commit", region_error("region not found"));
+    }
+    let (log, result) = drive(small(CommitOptions::default()), &mut c);
+    assert!(matches!(&result, Err(Error::BackoffExhausted { .. })), "{result:?}");
+    let _ = writeln!(out, "== primary commit refused\n{log}");
+    insta::assert_snapshot!(out);
+}
+
+/// client-go does not chase a `CommitTsExpired` whose `min_commit_ts` is
+/// more than an hour past the attempted commit ts: definite failure
+/// (nothing was committed).
+#[test]
+fn an_absurd_commit_ts_push_is_refused() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault(
+        "kv_commit",
+        respond(KvResponse::from(kvrpcpb::CommitResponse {
+            error: Some(kvrpcpb::KeyError {
+                commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                    attempted_commit_ts: ts(1000),
+                    min_commit_ts: ts(1000) + MAX_COMMIT_TS_PUSH + 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    );
+    let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
+    assert!(
+        matches!(&result, Err(Error::KeyError(e)) if e.commit_ts_expired.is_some()),
+        "{result:?}"
+    );
+    let commits = c.received.iter().filter(|r| matches!(r, KvRequest::Commit(_))).count();
+    assert_eq!(commits, 1, "no retry with a newer commit ts");
 }
