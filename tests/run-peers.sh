@@ -6,7 +6,10 @@
 #     processes started here: an API V1 raw cluster and an API V1 txn one;
 #  3. our client and client-go on one cluster (`interop-client-go` of the
 #     tikv-tests crate: it serves the cluster in its own process and drives
-#     the Go program's `interop` step server).
+#     the Go program's `interop` step server);
+#  4. a smoke run of the side-by-side benchmark (debug builds, a fraction of
+#     a second per cell: it checks that every client's runner works, not
+#     how fast it is; the benchmark itself is bench/side-by-side.sh).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
 # them). Exits non-zero if any peer check fails.
 set -euo pipefail
@@ -22,7 +25,8 @@ if ! command -v go >/dev/null 2>&1; then
   echo "go not found: the client-go peer needs the Go toolchain" >&2
   exit 1
 fi
-cargo build --locked -p tikv-sim --bin tikv-sim -p tikv-tests --bin interop-client-go
+cargo build --locked -p tikv-sim --bin tikv-sim -p tikv-tests --bin interop-client-go \
+  -p tikv-bench --bin tikv-bench
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
@@ -86,3 +90,9 @@ echo "--- interop: our client and client-go on one cluster"
   tail -n 50 "$logdir/interop-client-go.log" >&2
   exit "$status"
 }
+
+echo "--- side-by-side benchmark, smoke run"
+cargo build --locked --manifest-path tests/peer-tikv-client/Cargo.toml --bin tikv-client-bench
+"$CARGO_TARGET_DIR/debug/tikv-bench" --secs 0.2 --conc 2 --ops get,put \
+  --modes batch,floor-stream,client-go,tikv-client \
+  --client-go "$go_bin" --tikv-client "$CARGO_TARGET_DIR/debug/tikv-client-bench"
