@@ -2,8 +2,9 @@ package main
 
 // The bench mode: client-go's rawkv client under the workload of `tikv-bench`
 // (bench/src/workload.rs), for its side-by-side table. It uses client-go's
-// default configuration (BatchCommands on), except that the PD router client
-// is off as everywhere in this program (pdOptions). For each (op,
+// default configuration (BatchCommands on, 4 connections per store), except
+// that the PD router client is off as everywhere in this program
+// (pdOptions); --grpc-connections changes the connection count. For each (op,
 // concurrency) cell it runs `conc` goroutines that each issue one operation
 // after another on their own keys for a warm-up and then for `secs`, and
 // prints one machine-readable line:
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/tikv/client-go/v2/config"
 	"github.com/tikv/client-go/v2/rawkv"
 )
 
@@ -130,6 +132,7 @@ func benchMain(args []string) int {
 	valueLen := fs.Int("value-len", 64, "value length in bytes")
 	keysPerTask := fs.Uint64("keys-per-task", 64, "distinct keys each task cycles through")
 	logFile := fs.String("log", "", "client-go's log file (default: none below error level, to stderr)")
+	conns := fs.Uint("grpc-connections", 0, "gRPC connections per store (0: client-go's default, 4)")
 	_ = fs.Parse(args)
 	conc, err := parseInts(*concs)
 	if *pdAddrs == "" || err != nil || *keyLen < 13 || *keysPerTask == 0 {
@@ -139,6 +142,11 @@ func benchMain(args []string) int {
 	if err := setupLogger(*logFile); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if *conns > 0 {
+		config.UpdateGlobal(func(conf *config.Config) {
+			conf.TiKVClient.GrpcConnectionCount = *conns
+		})
 	}
 	ctx := context.Background()
 	cli, err := rawkv.NewClientWithOpts(ctx, strings.Split(*pdAddrs, ","),
