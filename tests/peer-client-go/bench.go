@@ -4,7 +4,8 @@ package main
 // (bench/src/workload.rs), for its side-by-side table. It uses client-go's
 // default configuration (BatchCommands on, 4 connections per store), except
 // that the PD router client is off as everywhere in this program
-// (pdOptions); --grpc-connections changes the connection count. For each (op,
+// (pdOptions); --grpc-connections changes the connection count, --unary
+// turns BatchCommands off. For each (op,
 // concurrency) cell it runs `conc` goroutines that each issue one operation
 // after another on their own keys for a warm-up and then for `secs`, and
 // prints one machine-readable line:
@@ -133,6 +134,7 @@ func benchMain(args []string) int {
 	keysPerTask := fs.Uint64("keys-per-task", 64, "distinct keys each task cycles through")
 	logFile := fs.String("log", "", "client-go's log file (default: none below error level, to stderr)")
 	conns := fs.Uint("grpc-connections", 0, "gRPC connections per store (0: client-go's default, 4)")
+	unary := fs.Bool("unary", false, "BatchCommands off (MaxBatchSize 0): one unary call per request")
 	_ = fs.Parse(args)
 	conc, err := parseInts(*concs)
 	if *pdAddrs == "" || err != nil || *keyLen < 13 || *keysPerTask == 0 {
@@ -143,11 +145,14 @@ func benchMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if *conns > 0 {
-		config.UpdateGlobal(func(conf *config.Config) {
+	config.UpdateGlobal(func(conf *config.Config) {
+		if *conns > 0 {
 			conf.TiKVClient.GrpcConnectionCount = *conns
-		})
-	}
+		}
+		if *unary {
+			conf.TiKVClient.MaxBatchSize = 0
+		}
+	})
 	ctx := context.Background()
 	cli, err := rawkv.NewClientWithOpts(ctx, strings.Split(*pdAddrs, ","),
 		rawkv.WithAPIVersion(kvrpcpb.APIVersion_V1), rawkv.WithPDOptions(pdOptions()...))
