@@ -174,10 +174,10 @@ async fn region_context(pd: &str, cluster_id: u64) -> Result<Context, String> {
     let rt = TokioRuntime::new();
     let transport = GrpcTransport::new(TransportConfig::default());
     let target = Target::Pd { addr: pd.into() };
-    let mut req = PdRequest::GetRegion(GetRegionRequest {
+    let mut req = PdRequest::GetRegion(Box::new(GetRegionRequest {
         region_key: b"bench".to_vec().into(),
         ..Default::default()
-    });
+    }));
     req.set_cluster_id(cluster_id);
     let deadline = rt.now() + Duration::from_secs(5);
     match transport.call(&target, Request::Pd(req), deadline).await {
@@ -430,18 +430,18 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                         let rt = TokioRuntime::new();
                         Arc::new(move |t, i| {
                             let request = if is_get {
-                                KvRequest::RawGet(RawGetRequest {
+                                KvRequest::RawGet(Box::new(RawGetRequest {
                                     context: Some(ctx.clone()),
                                     key: w.key(t, i).into(),
                                     ..Default::default()
-                                })
+                                }))
                             } else {
-                                KvRequest::RawPut(RawPutRequest {
+                                KvRequest::RawPut(Box::new(RawPutRequest {
                                     context: Some(ctx.clone()),
                                     key: w.key(t, i).into(),
                                     value: value.clone().into(),
                                     ..Default::default()
-                                })
+                                }))
                             };
                             let deadline = rt.now() + Duration::from_secs(5);
                             let call = transport.call(&target, Request::Kv(request), deadline);

@@ -125,6 +125,11 @@ pub struct Config {
     pub rng_seed: u64,
     /// Timeout of PD requests: 3s (client-go `PDClient.PDServerTimeout`).
     pub pd_timeout: Duration,
+    /// How old the cached newest timestamp may be when the lock resolver
+    /// uses it as "now" instead of asking PD: 2s (client-go's oracle
+    /// refreshes its low-resolution timestamp every `defaultOracleUpdateInterval`,
+    /// 2 s).
+    pub low_resolution_ts_max_age: Duration,
     /// Timeout of most TiKV requests: 30s (client-go `client.ReadTimeoutShort`).
     pub read_timeout_short: Duration,
     /// Timeout of requests that may scan (Scan, BatchGet, ScanLock,
@@ -173,6 +178,7 @@ impl Default for Config {
             keyspace: None,
             rng_seed: 0,
             pd_timeout: secs(3),
+            low_resolution_ts_max_age: secs(2),
             read_timeout_short: secs(30),
             read_timeout_medium: secs(60),
             max_write_execution_time: secs(20),
@@ -227,6 +233,8 @@ impl Config {
         with_rng_seed: rng_seed: u64;
         /// Sets the PD request timeout.
         with_pd_timeout: pd_timeout: Duration;
+        /// Sets how old a cached timestamp may be for lock TTL checks.
+        with_low_resolution_ts_max_age: low_resolution_ts_max_age: Duration;
         /// Sets the short TiKV request timeout.
         with_read_timeout_short: read_timeout_short: Duration;
         /// Sets the medium TiKV request timeout.

@@ -155,6 +155,16 @@ pub enum Error {
     /// that was closed, or the buffer was rolled back below it.
     #[error("checkpoint is no longer valid")]
     StaleCheckpoint,
+    /// A read at a timestamp PD has not handed out yet (client-go's
+    /// `ErrFutureTSRead` from `ValidateReadTS`): a later commit could get a
+    /// smaller timestamp and appear under the read, breaking isolation.
+    #[error("read ts {read_ts} is ahead of PD's current ts {current_ts}")]
+    FutureReadTs {
+        /// The timestamp the read asked for.
+        read_ts: u64,
+        /// PD's timestamp when it was checked.
+        current_ts: u64,
+    },
 }
 
 impl Error {

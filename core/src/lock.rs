@@ -26,7 +26,9 @@ use crate::key::Key;
 use crate::op::{IdMap, Operation};
 use crate::pd::{PdCall, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
+};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -58,6 +60,10 @@ pub struct Lock {
     pub for_update_ts: u64,
     /// The lock's `min_commit_ts` (async commit).
     pub min_commit_ts: u64,
+    /// Left by a file-based transaction: TiKV needs the flag on
+    /// `CheckTxnStatus` and `ResolveLock` (client-go forwards it; it writes
+    /// no such transactions itself, nor do we).
+    pub is_txn_file: bool,
 }
 
 impl Lock {
@@ -77,6 +83,7 @@ impl Lock {
             use_async_commit: info.use_async_commit,
             for_update_ts: info.lock_for_update_ts,
             min_commit_ts: info.min_commit_ts,
+            is_txn_file: info.is_txn_file,
         }]
     }
 
@@ -174,6 +181,9 @@ pub struct ResolveOptions {
     pub for_read: bool,
     /// Resolve key by key even for large transactions.
     pub lite: bool,
+    /// Stamped into every request (client-go takes the caller's request
+    /// source and resource group from its context).
+    pub tags: RequestTags,
 }
 
 // ---------------------------------------------------------------- plans
@@ -200,7 +210,7 @@ enum StatusError {
 impl PointPlan for CheckStatusPlan {
     type Output = Result<TxnStatus, StatusError>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
+        KvRequest::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusRequest {
             primary_key: key.to_bytes(),
             lock_ts: self.lock.txn_id,
             caller_start_ts: self.caller_start_ts,
@@ -209,8 +219,9 @@ impl PointPlan for CheckStatusPlan {
             force_sync_commit: self.force_sync_commit,
             resolving_pessimistic_lock: self.lock.is_pessimistic(),
             verify_is_primary: true,
+            is_txn_file: self.lock.is_txn_file,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::CheckTxnStatus(r) = response else {
@@ -259,11 +270,11 @@ impl KeyPlan for SecondariesPlan {
         (usize::MAX, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        KvRequest::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksRequest {
+        KvRequest::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             start_version: self.txn_id,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -301,7 +312,7 @@ impl KeyPlan for SecondariesPlan {
 /// `PessimisticRollback`.
 #[derive(Debug)]
 enum CleanupPlan {
-    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, timeout: Duration },
+    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, is_txn_file: bool, timeout: Duration },
     PessimisticRollback { txn_id: u64, for_update_ts: u64, timeout: Duration },
 }
 
@@ -319,25 +330,26 @@ impl KeyPlan for CleanupPlan {
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
         match *self {
-            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, .. } => {
-                KvRequest::ResolveLock(kvrpcpb::ResolveLockRequest {
+            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
+                KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
                     start_version: txn_id,
                     commit_version: commit_ts,
+                    is_txn_file,
                     keys: if with_keys {
                         batch.iter().map(Key::to_bytes).collect()
                     } else {
                         Vec::new()
                     },
                     ..Default::default()
-                })
+                }))
             }
             CleanupPlan::PessimisticRollback { txn_id, for_update_ts, .. } => {
-                KvRequest::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
+                KvRequest::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
                     start_version: txn_id,
                     for_update_ts,
                     keys: batch.iter().map(Key::to_bytes).collect(),
                     ..Default::default()
-                })
+                }))
             }
         }
     }
@@ -501,7 +513,8 @@ impl ResolveLocks {
             outcome: None,
         };
         let primary = cur.lock.primary.clone();
-        let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork());
+        let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Status(Box::new(op)), now);
     }
 
@@ -584,7 +597,8 @@ impl ResolveLocks {
             missing: false,
             checked: 0,
         };
-        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Secondaries(Box::new(op)), now);
     }
 
@@ -622,9 +636,11 @@ impl ResolveLocks {
             txn_id: cur.lock.txn_id,
             commit_ts,
             with_keys: true,
+            is_txn_file: cur.lock.is_txn_file,
             timeout: self.timeout(),
         };
-        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Cleanup(Box::new(op)), now);
     }
 
@@ -658,11 +674,32 @@ impl ResolveLocks {
                 txn_id: lock.txn_id,
                 commit_ts: status.commit_ts,
                 with_keys: lite,
+                is_txn_file: lock.is_txn_file,
                 timeout: self.view.config.read_timeout_short,
             }
         };
-        let key = lock.key.clone();
-        let op = KeyFanout::new(self.view.clone(), plan, vec![key], self.backoffer.fork());
+        let mut keys = vec![lock.key.clone()];
+        if matches!(plan, CleanupPlan::Resolve { with_keys: true, .. }) {
+            // client-go's `batchLiteResolveLocks`: the other pending locks of
+            // this transaction that would be resolved key by key too ride
+            // along, one request per region instead of one per key. Their
+            // outcome is the transaction's, filed once for it.
+            let (txn_id, lite) = (lock.txn_id, self.opts.lite);
+            let mut rest = VecDeque::with_capacity(self.locks.len());
+            for l in self.locks.drain(..) {
+                let same_fate = l.txn_id == txn_id
+                    && !l.is_pessimistic()
+                    && (lite || l.txn_size < RESOLVE_LITE_THRESHOLD);
+                if same_fate {
+                    keys.push(l.key);
+                } else {
+                    rest.push_back(l);
+                }
+            }
+            self.locks = rest;
+        }
+        let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Cleanup(Box::new(op)), now);
     }
 
@@ -709,6 +746,7 @@ impl ResolveLocks {
                         Some(ts) => {
                             self.current_ts =
                                 Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                            self.view.last_ts.observe(self.current_ts, now);
                             self.next_lock(now);
                         }
                         None => self.fail(Error::malformed("TSO response without a timestamp")),
@@ -763,9 +801,19 @@ impl Operation for ResolveLocks {
             return;
         }
         if self.locks.iter().any(|l| l.ttl != 0) {
-            // "Now" for TTL checks (client-go uses its low-resolution TSO).
-            let request =
-                PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+            // "Now" for TTL checks: client-go's low-resolution timestamp,
+            // the newest this client has seen, while it is recent; else a
+            // fresh one from PD.
+            let max_age = self.view.config.low_resolution_ts_max_age;
+            if let Some(ts) = self.view.last_ts.fresh(now, max_age) {
+                self.current_ts = ts;
+                self.next_lock(now);
+                return;
+            }
+            let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
+                count: 1,
+                ..Default::default()
+            }));
             let call = PdCall::new(
                 self.view.pd.clone(),
                 request,

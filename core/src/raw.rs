@@ -100,11 +100,11 @@ pub struct GetPlan {
 impl PointPlan for GetPlan {
     type Output = Option<Value>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::RawGet(kvrpcpb::RawGetRequest {
+        KvRequest::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: key.to_bytes(),
             cf: self.cf.wire_name().into(),
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawGet(r) = response else {
@@ -142,11 +142,11 @@ impl KeyPlan for BatchGetPlan {
         (self.max_keys, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        KvRequest::RawBatchGet(kvrpcpb::RawBatchGetRequest {
+        KvRequest::RawBatchGet(Box::new(kvrpcpb::RawBatchGetRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             cf: self.opts.cf.wire_name().into(),
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -205,14 +205,14 @@ impl KeyPlan for PutPlan {
         if self.single
             && let Some(item) = batch.first()
         {
-            return KvRequest::RawPut(kvrpcpb::RawPutRequest {
+            return KvRequest::RawPut(Box::new(kvrpcpb::RawPutRequest {
                 key: item.pair.key.to_bytes(),
                 value: item.pair.value.clone(),
                 ttl: item.ttl,
                 cf,
                 for_cas: self.opts.atomic,
                 ..Default::default()
-            });
+            }));
         }
         let mut request = kvrpcpb::RawBatchPutRequest {
             pairs: batch
@@ -234,7 +234,7 @@ impl KeyPlan for PutPlan {
         {
             request.ttl = batch.first().map_or(0, |i| i.ttl);
         }
-        KvRequest::RawBatchPut(request)
+        KvRequest::RawBatchPut(Box::new(request))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -275,19 +275,19 @@ impl KeyPlan for DeletePlan {
         if self.single
             && let Some(key) = batch.first()
         {
-            return KvRequest::RawDelete(kvrpcpb::RawDeleteRequest {
+            return KvRequest::RawDelete(Box::new(kvrpcpb::RawDeleteRequest {
                 key: key.to_bytes(),
                 cf,
                 for_cas: self.opts.atomic,
                 ..Default::default()
-            });
+            }));
         }
-        KvRequest::RawBatchDelete(kvrpcpb::RawBatchDeleteRequest {
+        KvRequest::RawBatchDelete(Box::new(kvrpcpb::RawBatchDeleteRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             cf,
             for_cas: self.opts.atomic,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -312,11 +312,11 @@ pub struct GetKeyTtlPlan {
 impl PointPlan for GetKeyTtlPlan {
     type Output = Option<u64>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest {
+        KvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest {
             key: key.to_bytes(),
             cf: self.cf.wire_name().into(),
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawGetKeyTtl(r) = response else {
@@ -353,7 +353,7 @@ pub struct CasPlan {
 impl PointPlan for CasPlan {
     type Output = CasOutcome;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::RawCompareAndSwap(kvrpcpb::RawCasRequest {
+        KvRequest::RawCompareAndSwap(Box::new(kvrpcpb::RawCasRequest {
             key: key.to_bytes(),
             value: self.new_value.clone(),
             previous_not_exist: self.expected.is_none(),
@@ -361,7 +361,7 @@ impl PointPlan for CasPlan {
             cf: self.cf.wire_name().into(),
             ttl: self.ttl,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::RawCompareAndSwap(r) = response else {
@@ -404,7 +404,7 @@ impl RangePlan for ScanPlan {
         } else {
             (part.start.to_bytes(), part.end.to_bytes())
         };
-        KvRequest::RawScan(kvrpcpb::RawScanRequest {
+        KvRequest::RawScan(Box::new(kvrpcpb::RawScanRequest {
             start_key,
             end_key,
             limit: remaining,
@@ -412,7 +412,7 @@ impl RangePlan for ScanPlan {
             cf: self.opts.cf.wire_name().into(),
             reverse: self.reverse,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -449,12 +449,12 @@ pub struct DeleteRangePlan {
 impl RangePlan for DeleteRangePlan {
     type Output = ();
     fn build(&mut self, part: &KeyRange) -> KvRequest {
-        KvRequest::RawDeleteRange(kvrpcpb::RawDeleteRangeRequest {
+        KvRequest::RawDeleteRange(Box::new(kvrpcpb::RawDeleteRangeRequest {
             start_key: part.start.to_bytes(),
             end_key: part.end.to_bytes(),
             cf: self.opts.cf.wire_name().into(),
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -479,14 +479,14 @@ pub struct ChecksumPlan {
 impl RangePlan for ChecksumPlan {
     type Output = RawChecksum;
     fn build(&mut self, part: &KeyRange) -> KvRequest {
-        KvRequest::RawChecksum(kvrpcpb::RawChecksumRequest {
+        KvRequest::RawChecksum(Box::new(kvrpcpb::RawChecksumRequest {
             algorithm: kvrpcpb::ChecksumAlgorithm::Crc64Xor as i32,
             ranges: vec![kvrpcpb::KeyRange {
                 start_key: part.start.to_bytes(),
                 end_key: part.end.to_bytes(),
             }],
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout

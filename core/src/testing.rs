@@ -181,18 +181,20 @@ impl FakeCluster {
             ..Default::default()
         };
         Ok(match req {
-            PdRequest::GetMembers(_) => PdResponse::GetMembers(pdpb::GetMembersResponse {
-                header: self.header(),
-                leader: leader_member,
-                ..Default::default()
-            }),
+            PdRequest::GetMembers(_) => {
+                PdResponse::GetMembers(Box::new(pdpb::GetMembersResponse {
+                    header: self.header(),
+                    leader: leader_member,
+                    ..Default::default()
+                }))
+            }
             PdRequest::GetRegion(r) => {
-                PdResponse::GetRegion(region_resp(self.region_of(&r.region_key)))
+                PdResponse::GetRegion(Box::new(region_resp(self.region_of(&r.region_key))))
             }
             PdRequest::GetPrevRegion(r) => {
                 let idx = self.regions.iter().position(|x| x.meta.start_key == r.region_key);
                 let prev = idx.and_then(|i| i.checked_sub(1)).and_then(|i| self.regions.get(i));
-                PdResponse::GetPrevRegion(region_resp(prev))
+                PdResponse::GetPrevRegion(Box::new(region_resp(prev)))
             }
             PdRequest::BatchScanRegions(_) if self.no_batch_scan => {
                 return Err(RpcError::Status { code: 12, message: "unknown method".into() });
@@ -216,12 +218,12 @@ impl FakeCluster {
                         ..Default::default()
                     })
                     .collect();
-                PdResponse::BatchScanRegions(pdpb::BatchScanRegionsResponse {
+                PdResponse::BatchScanRegions(Box::new(pdpb::BatchScanRegionsResponse {
                     header: self.header(),
                     regions,
-                })
+                }))
             }
-            PdRequest::GetStore(r) => PdResponse::GetStore(pdpb::GetStoreResponse {
+            PdRequest::GetStore(r) => PdResponse::GetStore(Box::new(pdpb::GetStoreResponse {
                 header: self.header(),
                 store: self.stores.get(&r.store_id).map(|addr| metapb::Store {
                     id: r.store_id,
@@ -229,10 +231,10 @@ impl FakeCluster {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
+            })),
             PdRequest::Tso(r) => {
                 self.tso += i64::from(r.count);
-                PdResponse::Tso(pdpb::TsoResponse {
+                PdResponse::Tso(Box::new(pdpb::TsoResponse {
                     header: self.header(),
                     count: r.count,
                     timestamp: Some(pdpb::Timestamp {
@@ -240,7 +242,7 @@ impl FakeCluster {
                         logical: self.tso,
                         suffix_bits: 0,
                     }),
-                })
+                }))
             }
             other => {
                 return Err(RpcError::Status {
@@ -316,26 +318,28 @@ impl FakeCluster {
             KvRequest::RawGet(r) => {
                 assert!(inside(&r.key), "test bug: key outside region");
                 let v = self.data.get(&r.key[..]).cloned();
-                KvResponse::RawGet(kvrpcpb::RawGetResponse {
+                KvResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
                     not_found: v.is_none(),
                     value: v.unwrap_or_default(),
                     ..Default::default()
-                })
+                }))
             }
-            KvRequest::RawBatchGet(r) => KvResponse::RawBatchGet(kvrpcpb::RawBatchGetResponse {
-                pairs: r
-                    .keys
-                    .iter()
-                    .filter_map(|k| {
-                        self.data.get(&k[..]).map(|v| kvrpcpb::KvPair {
-                            key: k.clone(),
-                            value: v.clone(),
-                            ..Default::default()
+            KvRequest::RawBatchGet(r) => {
+                KvResponse::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
+                    pairs: r
+                        .keys
+                        .iter()
+                        .filter_map(|k| {
+                            self.data.get(&k[..]).map(|v| kvrpcpb::KvPair {
+                                key: k.clone(),
+                                value: v.clone(),
+                                ..Default::default()
+                            })
                         })
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
+                        .collect(),
+                    ..Default::default()
+                }))
+            }
             KvRequest::RawPut(r) => {
                 self.data.insert(r.key.to_vec(), r.value);
                 KvResponse::RawPut(Default::default())
@@ -367,7 +371,7 @@ impl FakeCluster {
                         .take(r.limit as usize)
                         .collect()
                 };
-                KvResponse::RawScan(kvrpcpb::RawScanResponse {
+                KvResponse::RawScan(Box::new(kvrpcpb::RawScanResponse {
                     kvs: pairs
                         .into_iter()
                         .map(|(k, v)| kvrpcpb::KvPair {
@@ -377,7 +381,7 @@ impl FakeCluster {
                         })
                         .collect(),
                     ..Default::default()
-                })
+                }))
             }
             KvRequest::RawDelete(r) => {
                 self.data.remove(&r.key[..]);
@@ -396,10 +400,12 @@ impl FakeCluster {
                 });
                 KvResponse::RawDeleteRange(Default::default())
             }
-            KvRequest::RawGetKeyTtl(r) => KvResponse::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse {
-                not_found: !self.data.contains_key(&r.key[..]),
-                ..Default::default()
-            }),
+            KvRequest::RawGetKeyTtl(r) => {
+                KvResponse::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlResponse {
+                    not_found: !self.data.contains_key(&r.key[..]),
+                    ..Default::default()
+                }))
+            }
             KvRequest::RawCompareAndSwap(r) => {
                 let current = self.data.get(&r.key[..]).cloned();
                 let matches = match &current {
@@ -409,12 +415,12 @@ impl FakeCluster {
                 if matches {
                     self.data.insert(r.key.to_vec(), r.value);
                 }
-                KvResponse::RawCompareAndSwap(kvrpcpb::RawCasResponse {
+                KvResponse::RawCompareAndSwap(Box::new(kvrpcpb::RawCasResponse {
                     succeed: matches,
                     previous_not_exist: current.is_none(),
                     previous_value: current.unwrap_or_default(),
                     ..Default::default()
-                })
+                }))
             }
             KvRequest::RawChecksum(r) => {
                 // Not TiKV's CRC: the client only XORs region answers, so any
@@ -431,7 +437,7 @@ impl FakeCluster {
                         resp.total_bytes += (k.len() + v.len()) as u64;
                     }
                 }
-                KvResponse::RawChecksum(resp)
+                KvResponse::RawChecksum(Box::new(resp))
             }
             other => {
                 let mut resp = other.response_template();
@@ -466,7 +472,12 @@ fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
 
 /// A view over `pd1:2379` with the default config, API V1 raw.
 pub(crate) fn view() -> Arc<ClusterView> {
-    let config = Config::default().with_pd_endpoints(["pd1:2379"]);
+    view_with(Config::default())
+}
+
+/// A view over `config` with the fake cluster's PD endpoint.
+pub(crate) fn view_with(config: Config) -> Arc<ClusterView> {
+    let config = config.with_pd_endpoints(["pd1:2379"]);
     let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
     Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Raw), pd))
 }

@@ -8,7 +8,7 @@ use crate::backoff::Backoffer;
 use crate::codec::ApiCodec;
 use crate::config::Config;
 use crate::lock::TxnStatusCache;
-use crate::pd::PdState;
+use crate::pd::{LastTimestamp, PdState};
 use crate::region::{RegionCache, StoreTable};
 use crate::rng::Rng;
 use crate::time::Duration;
@@ -32,6 +32,8 @@ pub struct ClusterView {
     pub pd: Arc<PdState>,
     /// Outcomes of transactions found committed or rolled back.
     pub txn_status: TxnStatusCache,
+    /// The newest timestamp seen (the low-resolution "now" of TTL checks).
+    pub last_ts: LastTimestamp,
     /// Seeds backoffers deterministically: the n-th operation of a client
     /// gets `rng_seed + n`, so a simulation replays exactly.
     backoff_seq: AtomicU64,
@@ -53,6 +55,7 @@ impl ClusterView {
             stores: StoreTable::new(),
             pd,
             txn_status: TxnStatusCache::default(),
+            last_ts: LastTimestamp::default(),
             backoff_seq: AtomicU64::new(0),
         }
     }

@@ -13,7 +13,8 @@ use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 use tikv_proto::pdpb;
 
-use crate::oracle::Oracle;
+use crate::collapse::Collapsing;
+use crate::oracle::{Oracle, OracleRouted};
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
 /// A runtime and a transport that belong together (they share a clock).
@@ -35,7 +36,9 @@ pub trait Platform: Send + Sync + 'static {
 pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) rt: P::Runtime,
-    pub(crate) transport: Arc<P::Transport>,
+    /// The platform's transport behind request collapsing and the TSO task
+    /// (operations' timestamps join its batched rounds).
+    pub(crate) transport: Arc<Collapsing<OracleRouted<P::Transport>>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
     _background: Vec<Background>,
@@ -94,8 +97,33 @@ impl<P: Platform> ClientCore<P> {
             view.config.budget(view.config.backoff.tso),
             rng.next_u64(),
         );
-        let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
+        let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
+        let routed = OracleRouted::new(transport, oracle.clone());
+        let transport = Arc::new(Collapsing::new(Arc::new(routed)));
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
+    }
+
+    /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`): PD
+    /// must already have handed out `ts`, else a later commit could take a
+    /// smaller timestamp and appear under the read. Free when the client has
+    /// seen a timestamp at least as new; otherwise asks for a fresh one.
+    /// `u64::MAX` ("the latest") is allowed, as in client-go; the values
+    /// between `i64::MAX` and it are refused as the mistakes they are.
+    pub(crate) async fn validate_read_ts(&self, ts: u64) -> Result<(), Error> {
+        if ts == u64::MAX {
+            return Ok(());
+        }
+        if ts >= i64::MAX as u64 {
+            return Err(Error::InvalidArgument(format!("read ts {ts} is not a TSO timestamp")));
+        }
+        if self.view.last_ts.newest().is_some_and(|newest| ts <= newest) {
+            return Ok(());
+        }
+        let current = self.oracle.get_timestamp().await?.version();
+        if ts > current {
+            return Err(Error::FutureReadTs { read_ts: ts, current_ts: current });
+        }
+        Ok(())
     }
 
     /// Runs one operation to completion in the caller's task.
@@ -127,10 +155,10 @@ async fn refresh_stores<P: Platform>(
     transport: &Arc<P::Transport>,
     backoffer: Backoffer,
 ) -> Result<(), Error> {
-    let request = PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+    let request = PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
         exclude_tombstone_stores: true,
         ..Default::default()
-    });
+    }));
     let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
     match execute(call, rt, &**transport).await? {
         PdResponse::GetAllStores(r) => {

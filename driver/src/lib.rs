@@ -25,9 +25,11 @@
 
 mod background;
 mod client;
+mod collapse;
 mod execute;
 mod oracle;
 mod raw;
+mod scanner;
 mod traits;
 mod txn;
 
@@ -35,6 +37,7 @@ pub use background::{Background, spawn_periodic};
 pub use client::Platform;
 pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
+pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::txn::commit::CommitOptions;
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};
@@ -46,6 +49,7 @@ pub use tikv_core::config::{BackoffBudgets, Config};
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
 pub use tikv_core::pd::Timestamp;
 pub use tikv_core::raw::ColumnFamily;
+pub use tikv_core::rpc::{RequestSource, RequestTags};
 
 /// Re-exported so runtime crates and tests need not depend on `futures` to
 /// name the boxed future type of the traits.

@@ -8,14 +8,17 @@ use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
+use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{
     CommitOptions, Committer, commit_keys, mutations_from_buffer, rollback_keys,
 };
 use tikv_core::txn::membuffer::{BufferedValue, FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
+use tikv_proto::kvrpcpb;
 
 use crate::Runtime;
 use crate::client::{ClientCore, Platform};
+use crate::scanner::{Scanner, TxnScanner};
 
 /// A client for transactional data (client-go's `txnkv.Client`).
 ///
@@ -98,9 +101,15 @@ impl<P: Platform> TransactionClient<P> {
 /// committed later: skip; alive: wait, bounded by the lock's TTL and the read
 /// budget).
 pub struct Snapshot<P: Platform> {
-    core: Arc<ClientCore<P>>,
-    ts: u64,
-    opts: ReadOptions,
+    pub(crate) core: Arc<ClientCore<P>>,
+    pub(crate) ts: u64,
+    pub(crate) opts: ReadOptions,
+}
+
+impl<P: Platform> Clone for Snapshot<P> {
+    fn clone(&self) -> Self {
+        Snapshot { core: self.core.clone(), ts: self.ts, opts: self.opts.clone() }
+    }
 }
 
 impl<P: Platform> std::fmt::Debug for Snapshot<P> {
@@ -125,7 +134,7 @@ impl<P: Platform> Snapshot<P> {
     /// The value of `key` at the snapshot, `None` if it did not exist.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let op = SnapshotGet::new(self.core.view.clone(), key.into(), self.ts, self.opts.clone());
-        self.core.run(op).await
+        self.run(op).await
     }
 
     /// Whether `key` existed at the snapshot.
@@ -140,7 +149,7 @@ impl<P: Platform> Snapshot<P> {
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         let op = SnapshotBatchGet::new(self.core.view.clone(), keys, self.ts, self.opts.clone());
-        self.core.run(op).await
+        self.run(op).await
     }
 
     /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
@@ -169,6 +178,18 @@ impl<P: Platform> Snapshot<P> {
         self.scan_inner(range.into(), limit, false, true).await
     }
 
+    /// A lazy ascending scan of `range`, fetched in batches of
+    /// [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE) (client-go `KVSnapshot.Iter`).
+    pub fn scan_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
+        Scanner::new(self.clone(), range.into(), false)
+    }
+
+    /// A lazy descending scan of `range` (client-go
+    /// `KVSnapshot.IterReverse`). In API V1 the range needs a bounded end.
+    pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
+        Scanner::new(self.clone(), range.into(), true)
+    }
+
     async fn scan_inner(
         &self,
         range: KeyRange,
@@ -185,6 +206,13 @@ impl<P: Platform> Snapshot<P> {
             self.ts,
             self.opts.clone(),
         );
+        self.run(op).await
+    }
+
+    /// Runs a read of this snapshot after checking its timestamp
+    /// (client-go validates the read ts of every read request).
+    pub(crate) async fn run<O: tikv_core::op::Operation>(&self, op: O) -> Result<O::Output, Error> {
+        self.core.validate_read_ts(self.ts).await?;
         self.core.run(op).await
     }
 }
@@ -218,6 +246,48 @@ impl TransactionOptions {
         self.commit.causal_consistency = true;
         self
     }
+
+    /// How strictly TiKV checks the assertions the mutations carry
+    /// (client-go `SetAssertionLevel`; `Off` by default).
+    pub fn with_assertion_level(mut self, level: kvrpcpb::AssertionLevel) -> Self {
+        self.commit.assertion_level = level;
+        self
+    }
+
+    /// Schedules every request of the transaction at `priority` in TiKV
+    /// (client-go `SetPriority`).
+    pub fn with_priority(self, priority: kvrpcpb::CommandPri) -> Self {
+        self.with_tags(|t| t.priority = priority)
+    }
+
+    /// Labels every request with who sent it (client-go
+    /// `SetRequestSourceType` and friends), for TiKV's metrics and
+    /// resource control.
+    pub fn with_request_source(self, source: RequestSource) -> Self {
+        self.with_tags(|t| t.request_source = Some(source.clone()))
+    }
+
+    /// Charges every request to this resource group (client-go
+    /// `SetResourceGroupName`).
+    pub fn with_resource_group_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.with_tags(|t| t.resource_group_name = Some(name.clone()))
+    }
+
+    /// Attaches opaque bytes TiKV attributes resource usage to (client-go
+    /// `SetResourceGroupTag`).
+    pub fn with_resource_group_tag(self, tag: impl Into<bytes::Bytes>) -> Self {
+        let tag = tag.into();
+        self.with_tags(|t| t.resource_group_tag = tag.clone())
+    }
+
+    /// The tags live in both the read and the commit options (reads and the
+    /// commit are separate operations); the builders keep them equal.
+    fn with_tags(mut self, set: impl Fn(&mut RequestTags)) -> Self {
+        set(&mut self.read.tags);
+        set(&mut self.commit.tags);
+        self
+    }
 }
 
 /// An optimistic transaction (client-go `KVTxn`): reads see the snapshot at
@@ -227,7 +297,7 @@ pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
     start_ts: u64,
     started: tikv_core::time::Instant,
-    buffer: MemBuffer,
+    pub(crate) buffer: MemBuffer,
     options: TransactionOptions,
     finished: bool,
 }
@@ -311,58 +381,43 @@ impl<P: Platform> Transaction<P> {
         self.scan_merged(range.into(), limit, true).await
     }
 
-    /// Merges the snapshot's pairs with the buffer's: buffered writes win,
-    /// buffered deletes hide. The snapshot is asked for `limit` plus the
-    /// number of buffered deletes in range, since at most that many of its
-    /// pairs can be hidden.
+    /// A lazy ascending scan of `range` as this transaction sees it: the
+    /// snapshot merged with the transaction's own writes (client-go's
+    /// `UnionIter`), fetched in batches of [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE).
+    pub fn scan_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
+        let range = range.into();
+        TxnScanner::new(self, self.snapshot().scan_iter(range.clone()), range, false)
+    }
+
+    /// A lazy descending scan of `range` as this transaction sees it.
+    pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
+        let range = range.into();
+        TxnScanner::new(self, self.snapshot().scan_reverse_iter(range.clone()), range, true)
+    }
+
+    /// The first `limit` pairs of the merged scan. The snapshot is asked for
+    /// `limit` plus the number of buffered deletes in range per batch, since
+    /// at most that many of its pairs can be hidden: one request usually
+    /// suffices.
     async fn scan_merged(
         &self,
         range: KeyRange,
         limit: u32,
         reverse: bool,
     ) -> Result<Vec<KvPair>, Error> {
-        let bounds = (
-            std::ops::Bound::Included(range.start.as_bytes()),
-            if range.end.is_empty() {
-                std::ops::Bound::Unbounded
-            } else {
-                std::ops::Bound::Excluded(range.end.as_bytes())
-            },
-        );
-        let buffered: Vec<(Key, Option<Value>)> = self
-            .buffer
-            .iter(bounds)
-            .filter_map(|(k, e)| match e.value {
-                Some(BufferedValue::Put(v)) => Some((Key::from(k.to_vec()), Some(v.clone()))),
-                Some(BufferedValue::Delete) => Some((Key::from(k.to_vec()), None)),
-                None => None,
-            })
-            .collect();
-        let deletes = buffered.iter().filter(|(_, v)| v.is_none()).count() as u32;
-        let snap = self.snapshot();
-        let from_snapshot = if reverse {
-            snap.scan_reverse(range, limit.saturating_add(deletes)).await?
+        let end = if range.end.is_empty() {
+            std::ops::Bound::Unbounded
         } else {
-            snap.scan(range, limit.saturating_add(deletes)).await?
+            std::ops::Bound::Excluded(range.end.as_bytes())
         };
-        let mut merged: std::collections::BTreeMap<Key, Value> =
-            from_snapshot.into_iter().map(|p| (p.key, p.value)).collect();
-        for (k, v) in buffered {
-            match v {
-                Some(v) => {
-                    merged.insert(k, v);
-                }
-                None => {
-                    merged.remove(&k);
-                }
-            }
-        }
-        let pairs = merged.into_iter().map(|(key, value)| KvPair { key, value });
-        Ok(if reverse {
-            pairs.rev().take(limit as usize).collect()
-        } else {
-            pairs.take(limit as usize).collect()
-        })
+        let deletes = self
+            .buffer
+            .iter((std::ops::Bound::Included(range.start.as_bytes()), end))
+            .filter(|(_, e)| matches!(e.value, Some(BufferedValue::Delete)))
+            .count();
+        let batch = limit.saturating_add(u32::try_from(deletes).unwrap_or(u32::MAX));
+        let scanner = if reverse { self.scan_reverse_iter(range) } else { self.scan_iter(range) };
+        scanner.with_batch_size(batch).collect(limit as usize).await
     }
 
     /// Buffers `key = value`.
@@ -434,14 +489,17 @@ impl<P: Platform> Transaction<P> {
                         self.start_ts,
                         outcome.commit_ts,
                         outcome.keys_to_commit,
-                    );
+                    )
+                    .with_tags(&self.options.commit.tags);
                     self.core.spawn_op(op);
                 }
                 Ok(Timestamp::from_version(outcome.commit_ts))
             }
             Err(Error::Undetermined(why)) => Err(Error::Undetermined(why)),
             Err(e) => {
-                self.core.spawn_op(rollback_keys(&view, self.start_ts, keys));
+                let op =
+                    rollback_keys(&view, self.start_ts, keys).with_tags(&self.options.commit.tags);
+                self.core.spawn_op(op);
                 Err(e)
             }
         }

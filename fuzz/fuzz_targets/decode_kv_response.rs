@@ -15,7 +15,7 @@ macro_rules! decoders {
         /// Decodes `data` as the `which`-th response type, if it parses.
         fn decode(which: u8, data: &[u8]) -> Option<KvResponse> {
             let decoders: &[fn(&[u8]) -> Option<KvResponse>] = &[
-                $(|d| kvrpcpb::$resp::decode(d).ok().map(KvResponse::$variant),)*
+                $(|d| kvrpcpb::$resp::decode(d).ok().map(KvResponse::from),)*
             ];
             decoders.get(usize::from(which) % decoders.len()).and_then(|f| f(data))
         }

@@ -42,9 +42,9 @@ macro_rules! kv_dispatch {
             match request {
                 $(
                     KvRequest::$variant(r) => client
-                        .$method(grpc_request(r, timeout))
+                        .$method(grpc_request(*r, timeout))
                         .await
-                        .map(|resp| KvResponse::$variant(resp.into_inner()))
+                        .map(|resp| KvResponse::$variant(Box::new(resp.into_inner())))
                         .map_err(to_rpc_error),
                 )*
             }
@@ -78,9 +78,9 @@ macro_rules! pd_dispatch {
             match request {
                 $(
                     PdRequest::$variant(r) => pd_service_client!($svc, channel, limits)
-                        .$method(grpc_request(r, timeout))
+                        .$method(grpc_request(*r, timeout))
                         .await
-                        .map(|resp| PdResponse::$variant(resp.into_inner()))
+                        .map(|resp| PdResponse::$variant(Box::new(resp.into_inner())))
                         .map_err(to_rpc_error),
                 )*
                 PdRequest::Tso(_) => Err(RpcError::Mismatch),

@@ -7,13 +7,20 @@
 //!   stub method (from `for_each_kv_rpc!` / `for_each_pd_rpc!`, so a new RPC
 //!   is listed in one place);
 //! - [`status`]: gRPC statuses to the core's `RpcError`;
-//! - [`tso`]: PD's TSO stream, one per PD address.
+//! - [`tso`]: PD's TSO stream, one per PD address;
+//! - [`batch`]: `BatchCommands` streams, one per store, around the core's
+//!   batch collector;
+//! - [`TransportConfig`]: the connection settings both runtimes take.
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
+mod config;
 pub mod dispatch;
 pub mod status;
 pub mod tso;
+
+pub use config::TransportConfig;
 
 use tonic::codegen::{Body, Bytes, StdError};
 
@@ -40,6 +47,11 @@ impl<T> GrpcChannel for T where
         + 'static
 {
 }
+
+/// One HTTP/2 connection of a transport: the peer's address and a
+/// connection number (0 carries unary calls and the first `BatchCommands`
+/// stream; see [`TransportConfig::batch_streams_per_store`]).
+pub type ConnId = (std::sync::Arc<str>, usize);
 
 /// Message size limits for the generated clients (client-go sets an
 /// unlimited receive size).

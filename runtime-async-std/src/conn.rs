@@ -14,6 +14,7 @@ use futures::future::{self, Either};
 use http::uri::{Authority, Scheme, Uri};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use tikv_core::rpc::RpcError;
+use tikv_grpc::ConnId;
 use tonic::body::Body;
 
 use crate::rt::{AsyncIoTimer, AsyncStdExecutor, FuturesIo};
@@ -190,28 +191,30 @@ impl Slot {
     }
 }
 
-/// One HTTP/2 connection per address, opened on first use and reopened
-/// after it breaks.
+/// HTTP/2 connections by address and connection number (0 serves unary
+/// calls and the first batch stream, the others a batch stream each), each
+/// opened on first use and reopened after it breaks.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    slots: Mutex<HashMap<ConnId, Arc<Slot>>>,
 }
 
 impl Pool {
-    fn slot(&self, addr: &Arc<str>) -> Arc<Slot> {
+    fn slot(&self, addr: &Arc<str>, conn: usize) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.entry(addr.clone()).or_default().clone()
+        slots.entry((addr.clone(), conn)).or_default().clone()
     }
 
-    /// The connection to `addr`, dialled if there is none or it broke. No
-    /// lock is held across I/O but the per-address dial lock, which only
-    /// callers of the same address wait on.
+    /// Connection `conn` to `addr`, dialled if there is none or it broke.
+    /// No lock is held across I/O but the per-connection dial lock, which
+    /// only callers of the same connection wait on.
     pub(crate) async fn channel(
         &self,
         addr: &Arc<str>,
+        conn: usize,
         config: &TransportConfig,
     ) -> Result<Channel, RpcError> {
-        let slot = self.slot(addr);
+        let slot = self.slot(addr, conn);
         if let Some(channel) = slot.live() {
             return Ok(channel);
         }

@@ -76,10 +76,13 @@ mod rt;
 mod runtime;
 mod transport;
 
-pub use platform::{AsyncStd, RawClient, Snapshot, Transaction, TransactionClient};
+pub use platform::{
+    AsyncStd, RawClient, Scanner, Snapshot, Transaction, TransactionClient, TxnScanner,
+};
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
+    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
+    Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
+    TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

@@ -44,3 +44,9 @@ pub type Snapshot = tikv_driver::Snapshot<AsyncStd>;
 
 /// An optimistic transaction on async-std (see `tikv_driver::Transaction`).
 pub type Transaction = tikv_driver::Transaction<AsyncStd>;
+
+/// A lazy snapshot scan ([`tikv_driver::Scanner`]) on AsyncStd.
+pub type Scanner = tikv_driver::Scanner<AsyncStd>;
+
+/// A lazy transactional scan ([`tikv_driver::TxnScanner`]) on AsyncStd.
+pub type TxnScanner<'a> = tikv_driver::TxnScanner<'a, AsyncStd>;

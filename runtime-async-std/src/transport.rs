@@ -5,111 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{self, BoxFuture, Either, FutureExt};
+use tikv_core::rpc::batch::is_batchable;
 use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_driver::Transport;
 
 use crate::clock;
-use crate::conn::{Pool, remaining};
-use tikv_grpc::MessageLimits;
+use crate::conn::{Channel, Pool, remaining};
+use tikv_grpc::batch::{BatchConns, ChannelSource};
 use tikv_grpc::dispatch::{call_kv, call_pd, pd_client};
 use tikv_grpc::tso;
 
-/// Connection settings of a [`GrpcTransport`]. The defaults are client-go's
-/// (`internal/client/conn_pool.go`, `config/client.go`), as in `tikv-tokio`.
-///
-/// ```
-/// use std::time::Duration;
-/// use tikv_async_std::TransportConfig;
-///
-/// let config = TransportConfig::default()
-///     .connect_timeout(Duration::from_secs(2))
-///     .keepalive(Duration::from_secs(20), Duration::from_secs(5));
-/// assert_eq!(config.connect_timeout, Duration::from_secs(2));
-/// assert_eq!(config.keepalive_timeout, Duration::from_secs(5));
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TransportConfig {
-    /// Limit on establishing a connection (name lookup, TCP connect and
-    /// HTTP/2 handshake). Default 5s.
-    pub connect_timeout: Duration,
-    /// Interval of HTTP/2 keepalive pings, sent also while idle; zero
-    /// disables them. Default 10s.
-    pub keepalive_interval: Duration,
-    /// How long to wait for a ping's answer before the connection is
-    /// declared dead. Default 3s.
-    pub keepalive_timeout: Duration,
-    /// Disable Nagle's algorithm: requests are small and latency-bound. Default on.
-    pub tcp_nodelay: bool,
-    /// Largest response accepted. Default unlimited, as client-go.
-    pub max_decoding_message_size: usize,
-    /// Largest request sent. Default unlimited (the server enforces its own).
-    pub max_encoding_message_size: usize,
-    /// HTTP/2 initial stream window. Default 128 MiB (client-go's
-    /// `DefGrpcInitialWindowSize`).
-    pub initial_stream_window_size: u32,
-    /// HTTP/2 initial connection window. Default 128 MiB.
-    pub initial_connection_window_size: u32,
-}
+use crate::AsyncStdRuntime;
 
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            connect_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(3),
-            tcp_nodelay: true,
-            max_decoding_message_size: usize::MAX,
-            max_encoding_message_size: usize::MAX,
-            initial_stream_window_size: 128 << 20,
-            initial_connection_window_size: 128 << 20,
-        }
-    }
-}
-
-impl TransportConfig {
-    /// The message size limits for the generated clients.
-    pub(crate) fn limits(&self) -> MessageLimits {
-        MessageLimits {
-            decoding: self.max_decoding_message_size,
-            encoding: self.max_encoding_message_size,
-        }
-    }
-
-    /// Sets [`TransportConfig::connect_timeout`].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the keepalive ping interval and its answer timeout.
-    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.keepalive_interval = interval;
-        self.keepalive_timeout = timeout;
-        self
-    }
-
-    /// Sets [`TransportConfig::tcp_nodelay`].
-    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
-        self.tcp_nodelay = enabled;
-        self
-    }
-
-    /// Sets the largest response and request message sizes.
-    pub fn max_message_sizes(mut self, decoding: usize, encoding: usize) -> Self {
-        self.max_decoding_message_size = decoding;
-        self.max_encoding_message_size = encoding;
-        self
-    }
-
-    /// Sets the HTTP/2 initial stream and connection windows.
-    pub fn window_sizes(mut self, stream: u32, connection: u32) -> Self {
-        self.initial_stream_window_size = stream;
-        self.initial_connection_window_size = connection;
-        self
-    }
-}
+pub use tikv_grpc::TransportConfig;
 
 /// `tikv_driver::Transport` over gRPC: TiKV's `Tikv` service and PD's `PD`
 /// and `Keyspace` services, with the tonic-generated stubs running over
@@ -125,6 +34,15 @@ impl TransportConfig {
 /// failed round reports `RpcError::Unavailable`, and the next round opens a
 /// new one.
 ///
+/// With [`TransportConfig::batch_commands`] (the default), TiKV requests
+/// that have a batch form ride `BatchCommands` streams instead, one on each
+/// of [`TransportConfig::batch_streams_per_store`] connections per store
+/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`,
+/// the same code as `tikv-tokio`'s), batched by the
+/// core's `BatchCollector`; a broken stream fails its in-flight requests
+/// with a retryable `RpcError::Unavailable` and is re-created, on a
+/// redialled connection, after a backoff.
+///
 /// Cloning is cheap and shares the connections. Dropping the last clone
 /// closes them. Calls can be awaited on any executor (async-std, smol, a
 /// plain `block_on`): connection tasks run on async-std's executor and I/O
@@ -139,6 +57,8 @@ struct Inner {
     config: TransportConfig,
     pool: Pool,
     tso: tso::Streams,
+    batch: BatchConns,
+    rt: AsyncStdRuntime,
 }
 
 impl GrpcTransport {
@@ -146,7 +66,13 @@ impl GrpcTransport {
     pub fn new(config: TransportConfig) -> GrpcTransport {
         clock::init();
         GrpcTransport {
-            inner: Arc::new(Inner { config, pool: Pool::default(), tso: tso::Streams::default() }),
+            inner: Arc::new(Inner {
+                config,
+                pool: Pool::default(),
+                tso: tso::Streams::default(),
+                batch: BatchConns::default(),
+                rt: AsyncStdRuntime::new(),
+            }),
         }
     }
 
@@ -174,13 +100,14 @@ impl Transport for GrpcTransport {
             Target::Pd { addr } | Target::Store { addr, .. } => addr.clone(),
         };
         async move {
+            let core_deadline = deadline;
             let deadline = clock::to_std(deadline);
             let timeout = deadline.map(remaining);
             if timeout == Some(Duration::ZERO) {
                 return Err(RpcError::DeadlineExceeded);
             }
             let name = request.name();
-            let call = dispatch(&inner, &addr, request, timeout);
+            let call = dispatch(&inner, &addr, request, core_deadline, timeout);
             let response = match deadline {
                 // Enforced here as well as by the server: a peer that never
                 // answers (or a stuck dial) must not hold the caller.
@@ -210,22 +137,51 @@ impl Transport for GrpcTransport {
 }
 
 async fn dispatch(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     addr: &Arc<str>,
     request: Request,
+    deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
-    let channel = inner.pool.channel(addr, &inner.config).await?;
     match request {
+        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => {
+            let source = |conn| pooled_channel(inner, addr, conn);
+            let call = inner.batch.call(&inner.rt, addr, source, &inner.config, request, deadline);
+            call.await.map(Response::Kv)
+        }
         Request::Kv(request) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             call_kv(channel, inner.config.limits(), request, timeout).await.map(Response::Kv)
         }
         Request::Pd(PdRequest::Tso(request)) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             let client = || pd_client(channel, inner.config.limits());
-            inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
+            inner
+                .tso
+                .round(addr, client, *request)
+                .await
+                .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
         Request::Pd(request) => {
+            let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
         }
     }
+}
+
+/// Batch connection `conn` of `addr` takes its HTTP/2 connection from the
+/// pool each time it opens a stream or falls back to unary, so a broken
+/// connection is redialled. The source holds the transport weakly: the
+/// stream tasks must not keep a dropped transport alive.
+fn pooled_channel(inner: &Arc<Inner>, addr: &Arc<str>, conn: usize) -> ChannelSource<Channel> {
+    let (inner, addr) = (Arc::downgrade(inner), addr.clone());
+    Arc::new(move || {
+        let (inner, addr) = (inner.clone(), addr.clone());
+        async move {
+            let inner =
+                inner.upgrade().ok_or_else(|| RpcError::Unavailable("transport dropped".into()))?;
+            inner.pool.channel(&addr, conn, &inner.config).await
+        }
+        .boxed()
+    })
 }

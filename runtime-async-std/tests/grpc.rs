@@ -27,7 +27,7 @@ use tikv_core::rpc::{
 };
 use tikv_core::time::Instant;
 use tikv_driver::{Runtime, Transport, execute};
-use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse, RawPutRequest};
+use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
 use tikv_proto::pdpb::{
     GetMembersRequest, GetMembersResponse, ResponseHeader, Timestamp, TsoRequest, TsoResponse,
@@ -373,11 +373,14 @@ fn store(addr: Arc<str>) -> Target {
 }
 
 fn raw_get(key: &'static str) -> Request {
-    Request::Kv(KvRequest::RawGet(RawGetRequest { key: key.into(), ..Default::default() }))
+    Request::Kv(KvRequest::RawGet(Box::new(RawGetRequest {
+        key: key.into(),
+        ..Default::default()
+    })))
 }
 
 fn tso(count: u32) -> Request {
-    Request::Pd(PdRequest::Tso(TsoRequest { count, ..Default::default() }))
+    Request::Pd(PdRequest::Tso(Box::new(TsoRequest { count, ..Default::default() })))
 }
 
 fn physical(response: Result<Response, RpcError>) -> i64 {
@@ -397,8 +400,12 @@ impl Client {
         Client::with_config(TransportConfig::default().connect_timeout(Duration::from_secs(2)))
     }
 
+    /// These tests are about unary calls and the connection pool, so every
+    /// request goes unary (the `BatchCommands` path has its own suite test,
+    /// `tikv_tests::raw::requests_ride_batch_streams_and_survive_a_store_outage`).
     fn with_config(config: TransportConfig) -> Client {
-        Client { rt: AsyncStdRuntime::new(), transport: GrpcTransport::new(config) }
+        let transport = GrpcTransport::new(config.batch_commands(false));
+        Client { rt: AsyncStdRuntime::new(), transport }
     }
 
     fn deadline(&self, ms: u64) -> Instant {
@@ -454,7 +461,7 @@ fn unimplemented_method_is_status_12() {
     let server = TestServer::start(1);
     let client = Client::new();
     block_on(async {
-        let put = Request::Kv(KvRequest::RawPut(RawPutRequest::default()));
+        let put = Request::Kv(KvRequest::RawPut(Box::default()));
         match client.call(&store(server.addr()), put, 5000).await {
             Err(RpcError::Status { code, .. }) => {
                 assert_eq!(code, tikv_core::rpc::GRPC_UNIMPLEMENTED)

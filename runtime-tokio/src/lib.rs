@@ -40,16 +40,18 @@
 
 #![forbid(unsafe_code)]
 
-mod batch;
 mod clock;
 mod platform;
 mod runtime;
 mod transport;
 
-pub use platform::{RawClient, Snapshot, Tokio, Transaction, TransactionClient};
+pub use platform::{
+    RawClient, Scanner, Snapshot, Tokio, Transaction, TransactionClient, TxnScanner,
+};
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, Error, Key, KeyRange, KvPair,
-    RawChecksum, ReadOptions, Timestamp, TransactionOptions, Value,
+    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
+    Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
+    TransactionOptions, Value,
 };
 pub use transport::{GrpcTransport, TransportConfig};

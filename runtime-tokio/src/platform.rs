@@ -53,3 +53,9 @@ pub type Snapshot = tikv_driver::Snapshot<Tokio>;
 
 /// An optimistic transaction on tokio (see `tikv_driver::Transaction`).
 pub type Transaction = tikv_driver::Transaction<Tokio>;
+
+/// A lazy snapshot scan ([`tikv_driver::Scanner`]) on Tokio.
+pub type Scanner = tikv_driver::Scanner<Tokio>;
+
+/// A lazy transactional scan ([`tikv_driver::TxnScanner`]) on Tokio.
+pub type TxnScanner<'a> = tikv_driver::TxnScanner<'a, Tokio>;

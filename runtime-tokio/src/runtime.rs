@@ -41,6 +41,13 @@ impl TokioRuntime {
         TokioRuntime { handle: Handle::try_current().ok() }
     }
 
+    /// A runtime that always spawns onto the tokio runtime current at the
+    /// `spawn` call (the transport's background tasks follow their callers).
+    pub(crate) fn current() -> TokioRuntime {
+        clock::init();
+        TokioRuntime { handle: None }
+    }
+
     /// A runtime that spawns onto `handle`, wherever it is called from.
     pub fn with_handle(handle: Handle) -> TokioRuntime {
         clock::init();

@@ -5,148 +5,37 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use tikv_core::rpc::batch::{BatchPolicy, is_batchable};
+use tikv_core::rpc::batch::is_batchable;
 use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_driver::Transport;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batch::BatchConns;
 use crate::clock;
-use tikv_grpc::MessageLimits;
+use tikv_grpc::ConnId;
+use tikv_grpc::batch::{BatchConns, ChannelSource};
 use tikv_grpc::dispatch::{call_kv, call_pd, pd_client};
 use tikv_grpc::tso;
 
-/// Connection settings of a [`GrpcTransport`]. The defaults are client-go's
-/// (`internal/client/conn_pool.go`, `config/client.go`).
-///
-/// ```
-/// use std::time::Duration;
-/// use tikv_tokio::TransportConfig;
-///
-/// let config = TransportConfig::default()
-///     .connect_timeout(Duration::from_secs(2))
-///     .keepalive(Duration::from_secs(20), Duration::from_secs(5));
-/// assert_eq!(config.connect_timeout, Duration::from_secs(2));
-/// assert_eq!(config.keepalive_timeout, Duration::from_secs(5));
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TransportConfig {
-    /// Limit on establishing a connection (TCP and HTTP/2 handshake). Default 5s.
-    pub connect_timeout: Duration,
-    /// Interval of HTTP/2 keepalive pings, sent also while idle. Default 10s.
-    pub keepalive_interval: Duration,
-    /// How long to wait for a ping's answer before the connection is
-    /// declared dead. Default 3s.
-    pub keepalive_timeout: Duration,
-    /// Disable Nagle's algorithm: requests are small and latency-bound. Default on.
-    pub tcp_nodelay: bool,
-    /// Largest response accepted. Default unlimited, as client-go.
-    pub max_decoding_message_size: usize,
-    /// Largest request sent. Default unlimited (the server enforces its own).
-    pub max_encoding_message_size: usize,
-    /// HTTP/2 initial stream window. Default 128 MiB (client-go's
-    /// `DefGrpcInitialWindowSize`).
-    pub initial_stream_window_size: u32,
-    /// HTTP/2 initial connection window. Default 128 MiB.
-    pub initial_connection_window_size: u32,
-    /// Send TiKV requests that have a batch form over one long-lived
-    /// `BatchCommands` stream per store, as client-go does; the others,
-    /// and all requests while a stream cannot be established, go unary.
-    /// Default on; off sends every request unary.
-    pub batch_commands: bool,
-    /// How long the stream's collector waits for more requests before
-    /// sending a short batch. Default [`BatchPolicy::Standard`], client-go's.
-    pub batch_policy: BatchPolicy,
-}
+use crate::TokioRuntime;
 
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            connect_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(3),
-            tcp_nodelay: true,
-            max_decoding_message_size: usize::MAX,
-            max_encoding_message_size: usize::MAX,
-            initial_stream_window_size: 128 << 20,
-            initial_connection_window_size: 128 << 20,
-            batch_commands: true,
-            batch_policy: BatchPolicy::Standard,
-        }
-    }
-}
+pub use tikv_grpc::TransportConfig;
 
-impl TransportConfig {
-    /// The message size limits for the generated clients.
-    pub(crate) fn limits(&self) -> MessageLimits {
-        MessageLimits {
-            decoding: self.max_decoding_message_size,
-            encoding: self.max_encoding_message_size,
-        }
-    }
-
-    /// Sets [`TransportConfig::connect_timeout`].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the keepalive ping interval and its answer timeout.
-    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.keepalive_interval = interval;
-        self.keepalive_timeout = timeout;
-        self
-    }
-
-    /// Sets [`TransportConfig::tcp_nodelay`].
-    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
-        self.tcp_nodelay = enabled;
-        self
-    }
-
-    /// Sets the largest response and request message sizes.
-    pub fn max_message_sizes(mut self, decoding: usize, encoding: usize) -> Self {
-        self.max_decoding_message_size = decoding;
-        self.max_encoding_message_size = encoding;
-        self
-    }
-
-    /// Sets [`TransportConfig::batch_commands`].
-    pub fn batch_commands(mut self, enabled: bool) -> Self {
-        self.batch_commands = enabled;
-        self
-    }
-
-    /// Sets [`TransportConfig::batch_policy`].
-    pub fn batch_policy(mut self, policy: BatchPolicy) -> Self {
-        self.batch_policy = policy;
-        self
-    }
-
-    /// Sets the HTTP/2 initial stream and connection windows.
-    pub fn window_sizes(mut self, stream: u32, connection: u32) -> Self {
-        self.initial_stream_window_size = stream;
-        self.initial_connection_window_size = connection;
-        self
-    }
-
-    fn endpoint(&self, addr: &str) -> Result<Endpoint, RpcError> {
-        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| RpcError::Unavailable(format!("invalid address {addr:?}: {e}")))?;
-        Ok(endpoint
-            .connect_timeout(self.connect_timeout)
-            .http2_keep_alive_interval(self.keepalive_interval)
-            .keep_alive_timeout(self.keepalive_timeout)
-            // client-go's PermitWithoutStream: detect a dead store before
-            // the next request has to.
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(self.tcp_nodelay)
-            .initial_stream_window_size(self.initial_stream_window_size)
-            .initial_connection_window_size(self.initial_connection_window_size))
-    }
+/// tonic's endpoint for `addr` with `config`'s settings.
+fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> {
+    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| RpcError::Unavailable(format!("invalid address {addr:?}: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        // client-go's PermitWithoutStream: detect a dead store before
+        // the next request has to.
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(config.tcp_nodelay)
+        .initial_stream_window_size(config.initial_stream_window_size)
+        .initial_connection_window_size(config.initial_connection_window_size))
 }
 
 /// `tikv_driver::Transport` over gRPC: TiKV's `Tikv` service and PD's `PD`
@@ -160,7 +49,9 @@ impl TransportConfig {
 /// `RpcError::Unavailable`, and the next round opens a new one.
 ///
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
-/// that have a batch form ride one `BatchCommands` stream per store,
+/// that have a batch form ride `BatchCommands` streams instead, one on each
+/// of [`TransportConfig::batch_streams_per_store`] connections per store
+/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`),
 /// batched by `tikv_core::rpc::batch::BatchCollector` (client-go's policy);
 /// a broken stream fails its in-flight requests with a retryable
 /// `RpcError::Unavailable` and is re-created after a backoff, during which
@@ -176,9 +67,13 @@ pub struct GrpcTransport {
 #[derive(Debug)]
 pub(crate) struct Inner {
     config: TransportConfig,
-    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    /// By address and connection number: 0 serves unary calls and the
+    /// first batch stream, the others one batch stream each.
+    channels: Mutex<HashMap<ConnId, Channel>>,
     pub(crate) tso: tso::Streams,
     batch: BatchConns,
+    /// Spawns the batch streams' tasks on the caller's runtime.
+    rt: TokioRuntime,
 }
 
 impl GrpcTransport {
@@ -191,6 +86,7 @@ impl GrpcTransport {
                 channels: Mutex::new(HashMap::new()),
                 tso: tso::Streams::default(),
                 batch: BatchConns::default(),
+                rt: TokioRuntime::current(),
             }),
         }
     }
@@ -208,16 +104,28 @@ impl Default for GrpcTransport {
 }
 
 impl Inner {
-    /// The cached channel for `addr`, created lazily: `connect_lazy` dials on
-    /// the first request, so the lock is never held across I/O.
-    fn channel(&self, addr: &Arc<str>) -> Result<Channel, RpcError> {
+    /// The cached channel `conn` of `addr` (each its own HTTP/2
+    /// connection), created lazily: `connect_lazy` dials on the first
+    /// request, so the lock is never held across I/O.
+    fn channel(&self, addr: &Arc<str>, conn: usize) -> Result<Channel, RpcError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
+        let key = (addr.clone(), conn);
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = self.config.endpoint(addr)?.connect_lazy();
-        channels.insert(addr.clone(), channel.clone());
+        let channel = endpoint(&self.config, addr)?.connect_lazy();
+        channels.insert(key, channel.clone());
         Ok(channel)
+    }
+
+    /// The channel source of batch connection `conn` of `addr`. tonic's
+    /// channel reconnects by itself, so the streams reuse it.
+    fn stream_channel(&self, addr: &Arc<str>, conn: usize) -> ChannelSource<Channel> {
+        let channel = self.channel(addr, conn);
+        Arc::new(move || {
+            let channel = channel.clone();
+            async move { channel }.boxed()
+        })
     }
 }
 
@@ -273,21 +181,27 @@ async fn dispatch(
     deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
-    let channel = inner.channel(addr)?;
     match request {
-        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => inner
-            .batch
-            .call(addr, channel, &inner.config, request, deadline)
-            .await
-            .map(Response::Kv),
+        Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => {
+            let source = |conn| inner.stream_channel(addr, conn);
+            let call = inner.batch.call(&inner.rt, addr, source, &inner.config, request, deadline);
+            call.await.map(Response::Kv)
+        }
         Request::Kv(request) => {
+            let channel = inner.channel(addr, 0)?;
             call_kv(channel, inner.config.limits(), request, timeout).await.map(Response::Kv)
         }
         Request::Pd(PdRequest::Tso(request)) => {
+            let channel = inner.channel(addr, 0)?;
             let client = || pd_client(channel, inner.config.limits());
-            inner.tso.round(addr, client, request).await.map(|r| Response::Pd(PdResponse::Tso(r)))
+            inner
+                .tso
+                .round(addr, client, *request)
+                .await
+                .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
         Request::Pd(request) => {
+            let channel = inner.channel(addr, 0)?;
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)
         }
     }

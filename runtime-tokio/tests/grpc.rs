@@ -17,7 +17,7 @@ use tikv_core::rpc::{
 };
 use tikv_core::time::Instant;
 use tikv_driver::{Runtime, Transport, execute};
-use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse, RawPutRequest};
+use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
 use tikv_proto::pdpb::{
     GetMembersRequest, GetMembersResponse, ResponseHeader, Timestamp, TsoRequest, TsoResponse,
@@ -219,11 +219,14 @@ fn store(addr: Arc<str>) -> Target {
 }
 
 fn raw_get(key: &'static str) -> Request {
-    Request::Kv(KvRequest::RawGet(RawGetRequest { key: key.into(), ..Default::default() }))
+    Request::Kv(KvRequest::RawGet(Box::new(RawGetRequest {
+        key: key.into(),
+        ..Default::default()
+    })))
 }
 
 fn tso(count: u32) -> Request {
-    Request::Pd(PdRequest::Tso(TsoRequest { count, ..Default::default() }))
+    Request::Pd(PdRequest::Tso(Box::new(TsoRequest { count, ..Default::default() })))
 }
 
 fn physical(response: Result<Response, RpcError>) -> i64 {
@@ -281,7 +284,7 @@ async fn unary_calls_to_tikv_and_pd() {
 async fn unimplemented_method_is_status_12() {
     let server = TestServer::start(1);
     let client = Client::new();
-    let put = Request::Kv(KvRequest::RawPut(RawPutRequest::default()));
+    let put = Request::Kv(KvRequest::RawPut(Box::default()));
     match client.call(&store(server.addr()), put, 5000).await {
         Err(RpcError::Status { code, .. }) => assert_eq!(code, tikv_core::rpc::GRPC_UNIMPLEMENTED),
         other => panic!("{other:?}"),

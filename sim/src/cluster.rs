@@ -284,7 +284,6 @@ pub(crate) struct State {
 /// lock briefly and never blocks otherwise.
 ///
 /// ```
-/// use tikv_core::rpc::{KvRequest, KvResponse};
 /// use tikv_core::time::Instant;
 /// use tikv_proto::kvrpcpb;
 /// use tikv_sim::{Cluster, ClusterConfig};
@@ -299,7 +298,7 @@ pub(crate) struct State {
 ///     value: "v".into(),
 ///     ..Default::default()
 /// };
-/// let resp = cluster.handle_kv(leader.store_id, KvRequest::RawPut(put), Instant::ZERO).unwrap();
+/// let resp = cluster.handle_kv(leader.store_id, put.into(), Instant::ZERO).unwrap();
 /// assert!(resp.region_error().is_none());
 /// assert_eq!(cluster.raw_snapshot("default").get(&b"k"[..]), Some(&b"v".to_vec()));
 /// ```
@@ -913,60 +912,76 @@ impl State {
         }
         let now_secs = self.ttl_now(now);
         let resp = match req {
-            KvRequest::RawGet(r) => KvResponse::RawGet(self.raw_get(store_id, r, now_secs)),
+            KvRequest::RawGet(r) => {
+                KvResponse::RawGet(Box::new(self.raw_get(store_id, *r, now_secs)))
+            }
             KvRequest::RawBatchGet(r) => {
-                KvResponse::RawBatchGet(self.raw_batch_get(store_id, r, now_secs))
+                KvResponse::RawBatchGet(Box::new(self.raw_batch_get(store_id, *r, now_secs)))
             }
-            KvRequest::RawPut(r) => KvResponse::RawPut(self.raw_put(store_id, r, now_secs)),
+            KvRequest::RawPut(r) => {
+                KvResponse::RawPut(Box::new(self.raw_put(store_id, *r, now_secs)))
+            }
             KvRequest::RawBatchPut(r) => {
-                KvResponse::RawBatchPut(self.raw_batch_put(store_id, r, now_secs))
+                KvResponse::RawBatchPut(Box::new(self.raw_batch_put(store_id, *r, now_secs)))
             }
-            KvRequest::RawDelete(r) => KvResponse::RawDelete(self.raw_delete(store_id, r)),
+            KvRequest::RawDelete(r) => {
+                KvResponse::RawDelete(Box::new(self.raw_delete(store_id, *r)))
+            }
             KvRequest::RawBatchDelete(r) => {
-                KvResponse::RawBatchDelete(self.raw_batch_delete(store_id, r))
+                KvResponse::RawBatchDelete(Box::new(self.raw_batch_delete(store_id, *r)))
             }
             KvRequest::RawDeleteRange(r) => {
-                KvResponse::RawDeleteRange(self.raw_delete_range(store_id, r))
+                KvResponse::RawDeleteRange(Box::new(self.raw_delete_range(store_id, *r)))
             }
-            KvRequest::RawScan(r) => KvResponse::RawScan(self.raw_scan(store_id, r, now_secs)),
+            KvRequest::RawScan(r) => {
+                KvResponse::RawScan(Box::new(self.raw_scan(store_id, *r, now_secs)))
+            }
             KvRequest::RawBatchScan(r) => {
-                KvResponse::RawBatchScan(self.raw_batch_scan(store_id, r, now_secs))
+                KvResponse::RawBatchScan(Box::new(self.raw_batch_scan(store_id, *r, now_secs)))
             }
             KvRequest::RawGetKeyTtl(r) => {
-                KvResponse::RawGetKeyTtl(self.raw_get_key_ttl(store_id, r, now_secs))
+                KvResponse::RawGetKeyTtl(Box::new(self.raw_get_key_ttl(store_id, *r, now_secs)))
             }
             KvRequest::RawCompareAndSwap(r) => {
-                KvResponse::RawCompareAndSwap(self.raw_cas(store_id, r, now_secs))
+                KvResponse::RawCompareAndSwap(Box::new(self.raw_cas(store_id, *r, now_secs)))
             }
             KvRequest::RawChecksum(r) => {
-                KvResponse::RawChecksum(self.raw_checksum(store_id, r, now_secs))
+                KvResponse::RawChecksum(Box::new(self.raw_checksum(store_id, *r, now_secs)))
             }
-            KvRequest::Get(r) => KvResponse::Get(self.kv_get(store_id, r)),
-            KvRequest::BatchGet(r) => KvResponse::BatchGet(self.kv_batch_get(store_id, r)),
-            KvRequest::Scan(r) => KvResponse::Scan(self.kv_scan(store_id, r)),
-            KvRequest::Prewrite(r) => KvResponse::Prewrite(self.kv_prewrite(store_id, r)),
-            KvRequest::Commit(r) => KvResponse::Commit(self.kv_commit(store_id, r)),
+            KvRequest::Get(r) => KvResponse::Get(Box::new(self.kv_get(store_id, *r))),
+            KvRequest::BatchGet(r) => {
+                KvResponse::BatchGet(Box::new(self.kv_batch_get(store_id, *r)))
+            }
+            KvRequest::Scan(r) => KvResponse::Scan(Box::new(self.kv_scan(store_id, *r))),
+            KvRequest::Prewrite(r) => {
+                KvResponse::Prewrite(Box::new(self.kv_prewrite(store_id, *r)))
+            }
+            KvRequest::Commit(r) => KvResponse::Commit(Box::new(self.kv_commit(store_id, *r))),
             KvRequest::BatchRollback(r) => {
-                KvResponse::BatchRollback(self.kv_batch_rollback(store_id, r))
+                KvResponse::BatchRollback(Box::new(self.kv_batch_rollback(store_id, *r)))
             }
-            KvRequest::Cleanup(r) => KvResponse::Cleanup(self.kv_cleanup(store_id, r)),
+            KvRequest::Cleanup(r) => KvResponse::Cleanup(Box::new(self.kv_cleanup(store_id, *r))),
             KvRequest::CheckTxnStatus(r) => {
-                KvResponse::CheckTxnStatus(self.kv_check_txn_status(store_id, r))
+                KvResponse::CheckTxnStatus(Box::new(self.kv_check_txn_status(store_id, *r)))
             }
-            KvRequest::CheckSecondaryLocks(r) => {
-                KvResponse::CheckSecondaryLocks(self.kv_check_secondary_locks(store_id, r))
+            KvRequest::CheckSecondaryLocks(r) => KvResponse::CheckSecondaryLocks(Box::new(
+                self.kv_check_secondary_locks(store_id, *r),
+            )),
+            KvRequest::ResolveLock(r) => {
+                KvResponse::ResolveLock(Box::new(self.kv_resolve_lock(store_id, *r)))
             }
-            KvRequest::ResolveLock(r) => KvResponse::ResolveLock(self.kv_resolve_lock(store_id, r)),
             KvRequest::TxnHeartBeat(r) => {
-                KvResponse::TxnHeartBeat(self.kv_txn_heart_beat(store_id, r))
+                KvResponse::TxnHeartBeat(Box::new(self.kv_txn_heart_beat(store_id, *r)))
             }
-            KvRequest::ScanLock(r) => KvResponse::ScanLock(self.kv_scan_lock(store_id, r)),
+            KvRequest::ScanLock(r) => {
+                KvResponse::ScanLock(Box::new(self.kv_scan_lock(store_id, *r)))
+            }
             KvRequest::PessimisticLock(r) => {
-                KvResponse::PessimisticLock(self.kv_pessimistic_lock(store_id, r))
+                KvResponse::PessimisticLock(Box::new(self.kv_pessimistic_lock(store_id, *r)))
             }
-            KvRequest::PessimisticRollback(r) => {
-                KvResponse::PessimisticRollback(self.kv_pessimistic_rollback(store_id, r))
-            }
+            KvRequest::PessimisticRollback(r) => KvResponse::PessimisticRollback(Box::new(
+                self.kv_pessimistic_rollback(store_id, *r),
+            )),
             other => {
                 return Err(RpcError::Status {
                     code: tikv_core::rpc::GRPC_UNIMPLEMENTED,

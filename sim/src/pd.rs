@@ -121,26 +121,26 @@ impl State {
         Ok(match req {
             PdRequest::GetMembers(_) => {
                 let leader = self.pd.members.get(self.pd.leader).cloned();
-                PdResponse::GetMembers(pdpb::GetMembersResponse {
+                PdResponse::GetMembers(Box::new(pdpb::GetMembersResponse {
                     header: self.header(),
                     members: self.pd.members.clone(),
                     leader: leader.clone(),
                     etcd_leader: leader,
                     ..Default::default()
-                })
+                }))
             }
             PdRequest::GetClusterInfo(_) => {
-                PdResponse::GetClusterInfo(pdpb::GetClusterInfoResponse {
+                PdResponse::GetClusterInfo(Box::new(pdpb::GetClusterInfoResponse {
                     header: self.header(),
                     service_modes: vec![pdpb::ServiceMode::PdSvcMode as i32],
                     tso_urls: Vec::new(),
-                })
+                }))
             }
-            PdRequest::Tso(r) => PdResponse::Tso(self.tso(member, r, now)?),
+            PdRequest::Tso(r) => PdResponse::Tso(Box::new(self.tso(member, *r, now)?)),
             PdRequest::GetRegion(r) => {
                 self.validate(member, r.header.as_ref())?;
                 let region = containing(self.pd_regions(), &r.region_key);
-                PdResponse::GetRegion(self.region_response(region))
+                PdResponse::GetRegion(Box::new(self.region_response(region)))
             }
             PdRequest::GetPrevRegion(r) => {
                 self.validate(member, r.header.as_ref())?;
@@ -149,32 +149,32 @@ impl State {
                 let prev = containing(regions, &r.region_key)
                     .and_then(|cur| regions.range(..cur.meta.start_key.to_vec()).next_back())
                     .map(|(_, r)| r);
-                PdResponse::GetPrevRegion(self.region_response(prev))
+                PdResponse::GetPrevRegion(Box::new(self.region_response(prev)))
             }
             PdRequest::GetRegionById(r) => {
                 self.validate(member, r.header.as_ref())?;
                 let region = self.pd_regions().values().find(|x| x.meta.id == r.region_id);
-                PdResponse::GetRegionById(self.region_response(region))
+                PdResponse::GetRegionById(Box::new(self.region_response(region)))
             }
             PdRequest::ScanRegions(r) => {
                 self.validate(member, r.header.as_ref())?;
                 let limit = if r.limit <= 0 { usize::MAX } else { r.limit as usize };
                 let found: Vec<&Region> =
                     self.overlapping(&r.start_key, &r.end_key).take(limit).collect();
-                PdResponse::ScanRegions(pdpb::ScanRegionsResponse {
+                PdResponse::ScanRegions(Box::new(pdpb::ScanRegionsResponse {
                     header: self.header(),
                     region_metas: found.iter().map(|x| x.meta.clone()).collect(),
                     leaders: found.iter().map(|x| x.leader().unwrap_or_default()).collect(),
                     regions: found.iter().map(|x| Self::pd_region(x)).collect(),
-                })
+                }))
             }
             PdRequest::BatchScanRegions(r) => {
                 self.validate(member, r.header.as_ref())?;
-                PdResponse::BatchScanRegions(self.batch_scan_regions(&r))
+                PdResponse::BatchScanRegions(Box::new(self.batch_scan_regions(&r)))
             }
             PdRequest::GetStore(r) => {
                 self.validate(member, r.header.as_ref())?;
-                PdResponse::GetStore(match self.stores.get(&r.store_id) {
+                PdResponse::GetStore(Box::new(match self.stores.get(&r.store_id) {
                     Some(s) => pdpb::GetStoreResponse {
                         header: self.header(),
                         store: Some(s.meta.clone()),
@@ -190,7 +190,7 @@ impl State {
                         ),
                         ..Default::default()
                     },
-                })
+                }))
             }
             PdRequest::GetAllStores(r) => {
                 self.validate(member, r.header.as_ref())?;
@@ -203,10 +203,10 @@ impl State {
                     })
                     .map(|s| s.meta.clone())
                     .collect();
-                PdResponse::GetAllStores(pdpb::GetAllStoresResponse {
+                PdResponse::GetAllStores(Box::new(pdpb::GetAllStoresResponse {
                     header: self.header(),
                     stores,
-                })
+                }))
             }
             PdRequest::GetGcState(r) => {
                 self.validate(member, r.header.as_ref())?;
@@ -215,7 +215,7 @@ impl State {
                     Some(pdpb::keyspace_scope::Keyspace::KeyspaceIdentity(k)) => k.keyspace_id,
                     None => NULL_KEYSPACE_ID,
                 };
-                PdResponse::GetGcState(pdpb::GetGcStateResponse {
+                PdResponse::GetGcState(Box::new(pdpb::GetGcStateResponse {
                     header: self.header(),
                     gc_state: Some(pdpb::GcState {
                         keyspace_scope: Some(pdpb::KeyspaceScope {
@@ -227,11 +227,11 @@ impl State {
                         gc_barriers: Vec::new(),
                     }),
                     global_gc_barriers: None,
-                })
+                }))
             }
             PdRequest::LoadKeyspace(r) => {
                 self.validate(member, r.header.as_ref())?;
-                PdResponse::LoadKeyspace(match self.pd.keyspaces.get(&r.name) {
+                PdResponse::LoadKeyspace(Box::new(match self.pd.keyspaces.get(&r.name) {
                     Some(meta) => keyspacepb::LoadKeyspaceResponse {
                         header: self.header(),
                         keyspace: Some(meta.clone()),
@@ -243,7 +243,7 @@ impl State {
                         ),
                         keyspace: None,
                     },
-                })
+                }))
             }
         })
     }

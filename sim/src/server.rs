@@ -164,7 +164,7 @@ struct TikvService {
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
-            return self.pessimistic_lock(r).await;
+            return self.pessimistic_lock(*r).await;
         }
         let releases =
             !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
@@ -192,7 +192,11 @@ impl TikvService {
         notified.as_mut().enable();
         let resp = self
             .cluster
-            .handle_kv(self.store_id, KvRequest::PessimisticLock(r.clone()), self.clock.now())
+            .handle_kv(
+                self.store_id,
+                KvRequest::PessimisticLock(Box::new(r.clone())),
+                self.clock.now(),
+            )
             .map_err(to_status)?;
         let waited = match (&resp, wait) {
             (KvResponse::PessimisticLock(p), Some(wait)) if p.region_error.is_none() => {
@@ -207,7 +211,7 @@ impl TikvService {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(woken) = self.cluster.pessimistic_lock_wake_up(&r, &lock) {
-                return Ok(KvResponse::PessimisticLock(woken));
+                return Ok(KvResponse::PessimisticLock(Box::new(woken)));
             }
             tokio::select! {
                 () = notified.as_mut() => {}
@@ -291,8 +295,8 @@ macro_rules! tikv_methods {
                     &self,
                     request: Request<kvrpcpb::$req>,
                 ) -> Result<Response<kvrpcpb::$resp>, Status> {
-                    match self.call(KvRequest::$variant(request.into_inner())).await? {
-                        KvResponse::$variant(r) => Ok(Response::new(r)),
+                    match self.call(KvRequest::$variant(Box::new(request.into_inner()))).await? {
+                        KvResponse::$variant(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
                 }
@@ -334,8 +338,8 @@ impl PdService {
             async move {
                 let mut inbound = state?;
                 match inbound.message().await {
-                    Ok(Some(req)) => match svc.call(PdRequest::Tso(req)) {
-                        Ok(PdResponse::Tso(r)) => Some((Ok(r), Some(inbound))),
+                    Ok(Some(req)) => match svc.call(PdRequest::Tso(Box::new(req))) {
+                        Ok(PdResponse::Tso(r)) => Some((Ok(*r), Some(inbound))),
                         Ok(_) => Some((
                             Err(Status::internal("response does not match the request")),
                             None,
@@ -365,8 +369,8 @@ macro_rules! pd_split {
         impl Pd for PdService {
             $(
                 async fn $pm(&self, request: Request<pdpb::$prq>) -> Result<Response<pdpb::$prs>, Status> {
-                    match self.call(PdRequest::$pv(request.into_inner()))? {
-                        PdResponse::$pv(r) => Ok(Response::new(r)),
+                    match self.call(PdRequest::$pv(Box::new(request.into_inner())))? {
+                        PdResponse::$pv(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
                 }
@@ -384,8 +388,8 @@ macro_rules! pd_split {
         impl Keyspace for PdService {
             $(
                 async fn $km(&self, request: Request<keyspacepb::$krq>) -> Result<Response<keyspacepb::$krs>, Status> {
-                    match self.call(PdRequest::$kv(request.into_inner()))? {
-                        PdResponse::$kv(r) => Ok(Response::new(r)),
+                    match self.call(PdRequest::$kv(Box::new(request.into_inner())))? {
+                        PdResponse::$kv(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
                 }

@@ -43,7 +43,7 @@ fn put(c: &Cluster, key: &[u8], value: &[u8], ttl: u64, now: Instant) -> kvrpcpb
         ..Default::default()
     };
     match send(c, key, req.into(), now) {
-        KvResponse::RawPut(r) => r,
+        KvResponse::RawPut(r) => *r,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -61,7 +61,7 @@ fn get(c: &Cluster, key: &[u8], now: Instant) -> Option<Vec<u8>> {
 
 fn scan(c: &Cluster, route: &[u8], req: kvrpcpb::RawScanRequest) -> kvrpcpb::RawScanResponse {
     match send(c, route, req.into(), T0) {
-        KvResponse::RawScan(r) => r,
+        KvResponse::RawScan(r) => *r,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -697,8 +697,8 @@ fn get_region(c: &Cluster, key: &[u8]) -> pdpb::GetRegionResponse {
         region_key: Bytes::copy_from_slice(key),
         ..Default::default()
     };
-    match pd(c, 0, PdRequest::GetRegion(req)).unwrap() {
-        PdResponse::GetRegion(r) => r,
+    match pd(c, 0, PdRequest::GetRegion(Box::new(req))).unwrap() {
+        PdResponse::GetRegion(r) => *r,
         other => panic!("{other:?}"),
     }
 }
@@ -715,13 +715,13 @@ fn pd_region_lookups_follow_splits_and_merges() {
 
     let prev =
         pdpb::GetRegionRequest { header: header(&c), region_key: "g".into(), ..Default::default() };
-    match pd(&c, 0, PdRequest::GetPrevRegion(prev)).unwrap() {
+    match pd(&c, 0, PdRequest::GetPrevRegion(Box::new(prev))).unwrap() {
         PdResponse::GetPrevRegion(r) => assert_eq!(r.region.unwrap().id, left),
         other => panic!("{other:?}"),
     }
     let by_id =
         pdpb::GetRegionByIdRequest { header: header(&c), region_id: right, ..Default::default() };
-    match pd(&c, 0, PdRequest::GetRegionById(by_id)).unwrap() {
+    match pd(&c, 0, PdRequest::GetRegionById(Box::new(by_id))).unwrap() {
         PdResponse::GetRegionById(r) => assert_eq!(&r.region.unwrap().start_key[..], b"f"),
         other => panic!("{other:?}"),
     }
@@ -731,7 +731,7 @@ fn pd_region_lookups_follow_splits_and_merges() {
         end_key: "".into(),
         limit: 2,
     };
-    match pd(&c, 0, PdRequest::ScanRegions(scan)).unwrap() {
+    match pd(&c, 0, PdRequest::ScanRegions(Box::new(scan))).unwrap() {
         PdResponse::ScanRegions(r) => {
             let ids: Vec<u64> = r.regions.iter().map(|x| x.region.as_ref().unwrap().id).collect();
             assert_eq!(ids, vec![left, right]);
@@ -748,7 +748,7 @@ fn pd_region_lookups_follow_splits_and_merges() {
         ],
         ..Default::default()
     };
-    match pd(&c, 0, PdRequest::BatchScanRegions(batch)).unwrap() {
+    match pd(&c, 0, PdRequest::BatchScanRegions(Box::new(batch))).unwrap() {
         PdResponse::BatchScanRegions(r) => {
             let ids: Vec<u64> = r.regions.iter().map(|x| x.region.as_ref().unwrap().id).collect();
             let last = c.regions()[2].id;
@@ -784,21 +784,21 @@ fn pd_members_leadership_and_cluster_id() {
     // A follower refuses leader-only calls.
     let req = pdpb::GetRegionRequest { header: header(&c), ..Default::default() };
     assert_eq!(
-        pd(&c, 1, PdRequest::GetRegion(req.clone())),
+        pd(&c, 1, PdRequest::GetRegion(Box::new(req.clone()))),
         Err(RpcError::Status { code: 14, message: "not leader".into() })
     );
     c.set_pd_leader(1).unwrap();
-    assert!(pd(&c, 1, PdRequest::GetRegion(req.clone())).is_ok());
+    assert!(pd(&c, 1, PdRequest::GetRegion(Box::new(req.clone()))).is_ok());
     assert_eq!(members(0).leader.unwrap().member_id, members(0).members[1].member_id);
     // TSO on a follower fails with PD's "is not leader" text.
     let tso = pdpb::TsoRequest { header: header(&c), count: 1, ..Default::default() };
-    match pd(&c, 0, PdRequest::Tso(tso)) {
+    match pd(&c, 0, PdRequest::Tso(Box::new(tso))) {
         Err(RpcError::Status { code: 2, message }) => assert!(message.contains("is not leader")),
         other => panic!("{other:?}"),
     }
     // A wrong cluster id is FailedPrecondition.
     let bad = pdpb::GetRegionRequest::default();
-    match pd(&c, 1, PdRequest::GetRegion(bad)) {
+    match pd(&c, 1, PdRequest::GetRegion(Box::new(bad))) {
         Err(RpcError::Status { code: 9, message }) => {
             assert!(message.starts_with("mismatch cluster id"))
         }
@@ -807,8 +807,8 @@ fn pd_members_leadership_and_cluster_id() {
     assert!(pd(&c, 7, PdRequest::GetMembers(Default::default())).is_err());
     // Injected PD faults.
     c.inject_pd_error(Filter::any().command("get_region"), RpcError::Unavailable("x".into()), 1);
-    assert!(pd(&c, 1, PdRequest::GetRegion(req.clone())).is_err());
-    assert!(pd(&c, 1, PdRequest::GetRegion(req)).is_ok());
+    assert!(pd(&c, 1, PdRequest::GetRegion(Box::new(req.clone()))).is_err());
+    assert!(pd(&c, 1, PdRequest::GetRegion(Box::new(req))).is_ok());
 }
 
 #[test]
@@ -817,7 +817,7 @@ fn pd_stores_keyspaces_and_gc_state() {
     let all = |exclude| {
         let req =
             pdpb::GetAllStoresRequest { header: header(&c), exclude_tombstone_stores: exclude };
-        match pd(&c, 0, PdRequest::GetAllStores(req)).unwrap() {
+        match pd(&c, 0, PdRequest::GetAllStores(Box::new(req))).unwrap() {
             PdResponse::GetAllStores(r) => r.stores.iter().map(|s| s.id).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
         }
@@ -826,14 +826,22 @@ fn pd_stores_keyspaces_and_gc_state() {
     c.tombstone_store(3).unwrap();
     assert_eq!(all(true), vec![1, 2]);
     assert_eq!(all(false), vec![1, 2, 3]);
-    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 2 }))
-        .unwrap()
+    match pd(
+        &c,
+        0,
+        PdRequest::GetStore(Box::new(pdpb::GetStoreRequest { header: header(&c), store_id: 2 })),
+    )
+    .unwrap()
     {
         PdResponse::GetStore(r) => assert_eq!(r.store.unwrap().address, "store-2.sim:20160"),
         other => panic!("{other:?}"),
     }
-    match pd(&c, 0, PdRequest::GetStore(pdpb::GetStoreRequest { header: header(&c), store_id: 99 }))
-        .unwrap()
+    match pd(
+        &c,
+        0,
+        PdRequest::GetStore(Box::new(pdpb::GetStoreRequest { header: header(&c), store_id: 99 })),
+    )
+    .unwrap()
     {
         PdResponse::GetStore(r) => {
             assert_eq!(r.header.unwrap().error.unwrap().message, "invalid store ID 99, not found");
@@ -847,7 +855,7 @@ fn pd_stores_keyspaces_and_gc_state() {
             name: name.into(),
             ..Default::default()
         };
-        match pd(&c, 0, PdRequest::LoadKeyspace(req)).unwrap() {
+        match pd(&c, 0, PdRequest::LoadKeyspace(Box::new(req))).unwrap() {
             PdResponse::LoadKeyspace(r) => r,
             other => panic!("{other:?}"),
         }
@@ -870,7 +878,10 @@ fn pd_stores_keyspaces_and_gc_state() {
     let gc = || match pd(
         &c,
         0,
-        PdRequest::GetGcState(pdpb::GetGcStateRequest { header: header(&c), ..Default::default() }),
+        PdRequest::GetGcState(Box::new(pdpb::GetGcStateRequest {
+            header: header(&c),
+            ..Default::default()
+        })),
     )
     .unwrap()
     {
@@ -888,7 +899,7 @@ fn tso_is_monotonic_and_returns_the_last_of_a_batch() {
     let base = c.config().tso_base_ms as i64;
     let tso = |count, now| {
         let req = pdpb::TsoRequest { header: header(&c), count, ..Default::default() };
-        match c.handle_pd(0, PdRequest::Tso(req), now).unwrap() {
+        match c.handle_pd(0, PdRequest::Tso(Box::new(req)), now).unwrap() {
             PdResponse::Tso(r) => {
                 assert_eq!(r.count, count);
                 let t = r.timestamp.unwrap();
@@ -912,7 +923,7 @@ fn tso_is_monotonic_and_returns_the_last_of_a_batch() {
     let t2 = tso(200_000, Instant::from_millis(1000));
     assert!(t2 > t && t2.0 == base + 1001);
     let req = pdpb::TsoRequest { header: header(&c), count: 0, ..Default::default() };
-    assert!(c.handle_pd(0, PdRequest::Tso(req), T0 + Duration::from_secs(2)).is_err());
+    assert!(c.handle_pd(0, PdRequest::Tso(Box::new(req)), T0 + Duration::from_secs(2)).is_err());
     let req = pdpb::TsoRequest { header: header(&c), count: u32::MAX, ..Default::default() };
-    assert!(c.handle_pd(0, PdRequest::Tso(req), T0).is_err());
+    assert!(c.handle_pd(0, PdRequest::Tso(Box::new(req)), T0).is_err());
 }

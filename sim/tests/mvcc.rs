@@ -68,10 +68,10 @@ fn prewrite_req(
 
 fn prewrite(c: &Cluster, r: kvrpcpb::PrewriteRequest) -> kvrpcpb::PrewriteResponse {
     let key = r.mutations[0].key.clone();
-    match send(c, &key, KvRequest::Prewrite(r)) {
+    match send(c, &key, KvRequest::Prewrite(Box::new(r))) {
         KvResponse::Prewrite(p) => {
             assert!(p.region_error.is_none(), "{:?}", p.region_error);
-            p
+            *p
         }
         other => panic!("{other:?}"),
     }
@@ -84,8 +84,8 @@ fn commit(c: &Cluster, keys: &[&[u8]], start: u64, commit_ts: u64) -> kvrpcpb::C
         commit_version: commit_ts,
         ..Default::default()
     };
-    match send(c, keys[0], KvRequest::Commit(r)) {
-        KvResponse::Commit(p) => p,
+    match send(c, keys[0], KvRequest::Commit(Box::new(r))) {
+        KvResponse::Commit(p) => *p,
         other => panic!("{other:?}"),
     }
 }
@@ -97,8 +97,8 @@ fn get_ctx(
     tweak: impl FnOnce(&mut kvrpcpb::Context),
 ) -> kvrpcpb::GetResponse {
     let r = kvrpcpb::GetRequest { key: b(key), version: ts, ..Default::default() };
-    match send_ctx(c, key, KvRequest::Get(r), T0, tweak) {
-        KvResponse::Get(g) => g,
+    match send_ctx(c, key, KvRequest::Get(Box::new(r)), T0, tweak) {
+        KvResponse::Get(g) => *g,
         other => panic!("{other:?}"),
     }
 }
@@ -119,8 +119,8 @@ fn check_txn_status(
     now: Instant,
 ) -> kvrpcpb::CheckTxnStatusResponse {
     let key = r.primary_key.clone();
-    match send_ctx(c, &key, KvRequest::CheckTxnStatus(r), now, |_| {}) {
-        KvResponse::CheckTxnStatus(s) => s,
+    match send_ctx(c, &key, KvRequest::CheckTxnStatus(Box::new(r)), now, |_| {}) {
+        KvResponse::CheckTxnStatus(s) => *s,
         other => panic!("{other:?}"),
     }
 }
@@ -166,7 +166,7 @@ fn prewrite_commit_read_at_various_ts() {
             need_commit_ts: true,
             ..Default::default()
         };
-        match send(&c, b"b", KvRequest::Get(r)) {
+        match send(&c, b"b", KvRequest::Get(Box::new(r))) {
             KvResponse::Get(g) => g,
             other => panic!("{other:?}"),
         }
@@ -229,14 +229,18 @@ fn reader_meets_lock_resolved_and_committed_locks() {
         version: 11,
         ..Default::default()
     };
-    let KvResponse::BatchGet(bg) = send(&c, b"k", KvRequest::BatchGet(r)) else { panic!() };
+    let KvResponse::BatchGet(bg) = send(&c, b"k", KvRequest::BatchGet(Box::new(r))) else {
+        panic!()
+    };
     assert!(bg.region_error.is_some(), "zz lives in the other region");
     let r = kvrpcpb::BatchGetRequest {
         keys: vec![b(b"k"), b(b"k2")],
         version: 11,
         ..Default::default()
     };
-    let KvResponse::BatchGet(bg) = send(&c, b"k", KvRequest::BatchGet(r)) else { panic!() };
+    let KvResponse::BatchGet(bg) = send(&c, b"k", KvRequest::BatchGet(Box::new(r))) else {
+        panic!()
+    };
     assert_eq!(bg.pairs.len(), 2);
     assert!(bg.pairs.iter().all(|p| p.error.as_ref().is_some_and(|e| e.locked.is_some())));
 }
@@ -259,7 +263,7 @@ fn scan_forward_reverse_with_locks() {
             key_only,
             ..Default::default()
         };
-        match send(&c, b"a", KvRequest::Scan(r)) {
+        match send(&c, b"a", KvRequest::Scan(Box::new(r))) {
             KvResponse::Scan(s) => s,
             other => panic!("{other:?}"),
         }
@@ -357,7 +361,8 @@ fn rollback_protects_against_late_prewrite() {
         start_version: 10,
         ..Default::default()
     };
-    let KvResponse::BatchRollback(rb) = send(&c, b"k", KvRequest::BatchRollback(r)) else {
+    let KvResponse::BatchRollback(rb) = send(&c, b"k", KvRequest::BatchRollback(Box::new(r)))
+    else {
         panic!()
     };
     assert!(rb.error.is_none());
@@ -374,12 +379,13 @@ fn rollback_protects_against_late_prewrite() {
         start_version: 30,
         ..Default::default()
     };
-    let KvResponse::BatchRollback(rb) = send(&c, b"j", KvRequest::BatchRollback(r)) else {
+    let KvResponse::BatchRollback(rb) = send(&c, b"j", KvRequest::BatchRollback(Box::new(r)))
+    else {
         panic!()
     };
     assert!(rb.error.unwrap().abort.contains("Committed"));
     let r = kvrpcpb::CleanupRequest { key: b(b"j"), start_version: 30, ..Default::default() };
-    let KvResponse::Cleanup(cl) = send(&c, b"j", KvRequest::Cleanup(r)) else { panic!() };
+    let KvResponse::Cleanup(cl) = send(&c, b"j", KvRequest::Cleanup(Box::new(r))) else { panic!() };
     assert_eq!(cl.commit_version, 40);
 }
 
@@ -428,7 +434,7 @@ fn async_commit_and_check_secondary_locks() {
     let csl = |keys: Vec<Bytes>| {
         let r =
             kvrpcpb::CheckSecondaryLocksRequest { keys, start_version: 50, ..Default::default() };
-        match send(&c, b"a", KvRequest::CheckSecondaryLocks(r)) {
+        match send(&c, b"a", KvRequest::CheckSecondaryLocks(Box::new(r))) {
             KvResponse::CheckSecondaryLocks(r) => r,
             other => panic!("{other:?}"),
         }
@@ -445,7 +451,9 @@ fn async_commit_and_check_secondary_locks() {
         commit_version: 101,
         ..Default::default()
     };
-    let KvResponse::ResolveLock(rl) = send(&c, b"a", KvRequest::ResolveLock(r)) else { panic!() };
+    let KvResponse::ResolveLock(rl) = send(&c, b"a", KvRequest::ResolveLock(Box::new(r))) else {
+        panic!()
+    };
     assert!(rl.error.is_none());
     assert!(c.locks().is_empty());
     assert_eq!(value(&c, b"a", 200).as_deref(), Some(&b"1"[..]));
@@ -455,7 +463,8 @@ fn async_commit_and_check_secondary_locks() {
         start_version: 300,
         ..Default::default()
     };
-    let KvResponse::CheckSecondaryLocks(r) = send(&c, b"c", KvRequest::CheckSecondaryLocks(r))
+    let KvResponse::CheckSecondaryLocks(r) =
+        send(&c, b"c", KvRequest::CheckSecondaryLocks(Box::new(r)))
     else {
         panic!()
     };
@@ -510,7 +519,11 @@ fn resolve_lock_by_keys_region_wide_and_txn_infos() {
             prewrite(&c, prewrite_req(vec![m(Op::Put, key, b"v")], key, start)).errors.is_empty()
         );
     }
-    let resolve = |r: kvrpcpb::ResolveLockRequest| match send(&c, b"a", KvRequest::ResolveLock(r)) {
+    let resolve = |r: kvrpcpb::ResolveLockRequest| match send(
+        &c,
+        b"a",
+        KvRequest::ResolveLock(Box::new(r)),
+    ) {
         KvResponse::ResolveLock(rl) => rl,
         other => panic!("{other:?}"),
     };
@@ -555,7 +568,7 @@ fn heartbeat_and_scan_lock() {
             advise_lock_ttl: ttl,
             ..Default::default()
         };
-        match send(&c, b"a", KvRequest::TxnHeartBeat(r)) {
+        match send(&c, b"a", KvRequest::TxnHeartBeat(Box::new(r))) {
             KvResponse::TxnHeartBeat(h) => h,
             other => panic!("{other:?}"),
         }
@@ -565,7 +578,7 @@ fn heartbeat_and_scan_lock() {
     assert!(hb(100, 11).error.unwrap().txn_not_found.is_some());
     let scan_lock = |max_version: u64, limit: u32| {
         let r = kvrpcpb::ScanLockRequest { max_version, limit, ..Default::default() };
-        match send(&c, b"a", KvRequest::ScanLock(r)) {
+        match send(&c, b"a", KvRequest::ScanLock(Box::new(r))) {
             KvResponse::ScanLock(s) => s.locks,
             other => panic!("{other:?}"),
         }
@@ -590,7 +603,7 @@ fn pessimistic_lock_prewrite_and_rollback() {
             return_values: true,
             ..Default::default()
         };
-        match send(&c, b"k", KvRequest::PessimisticLock(r)) {
+        match send(&c, b"k", KvRequest::PessimisticLock(Box::new(r))) {
             KvResponse::PessimisticLock(p) => p,
             other => panic!("{other:?}"),
         }
@@ -618,7 +631,8 @@ fn pessimistic_lock_prewrite_and_rollback() {
         for_update_ts: 20,
         ..Default::default()
     };
-    let KvResponse::PessimisticRollback(pr) = send(&c, b"k", KvRequest::PessimisticRollback(r))
+    let KvResponse::PessimisticRollback(pr) =
+        send(&c, b"k", KvRequest::PessimisticRollback(Box::new(r)))
     else {
         panic!()
     };
@@ -634,7 +648,9 @@ fn region_checks_and_key_mode() {
     let c = cluster();
     // "z" is not in the region of "a": a region error, nothing written.
     let r = prewrite_req(vec![m(Op::Put, b"a", b"1"), m(Op::Put, b"z", b"2")], b"a", 10);
-    let KvResponse::Prewrite(p) = send(&c, b"a", KvRequest::Prewrite(r)) else { panic!() };
+    let KvResponse::Prewrite(p) = send(&c, b"a", KvRequest::Prewrite(Box::new(r))) else {
+        panic!()
+    };
     assert!(p.region_error.unwrap().key_not_in_region.is_some());
     assert!(c.locks().is_empty());
     // V1 txn boundaries are memcomparable.
@@ -665,7 +681,8 @@ fn pessimistic_lock_wake_up_after_commit() {
         ..Default::default()
     };
     assert!(prewrite(&c, prewrite_req(vec![m(Op::Put, b"k", b"v")], b"k", 10)).errors.is_empty());
-    let KvResponse::PessimisticLock(p) = send(&c, b"k", KvRequest::PessimisticLock(req.clone()))
+    let KvResponse::PessimisticLock(p) =
+        send(&c, b"k", KvRequest::PessimisticLock(Box::new(req.clone())))
     else {
         panic!()
     };

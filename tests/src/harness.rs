@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use tikv_driver::Platform;
-use tikv_sim::server::{ServerError, ServerOptions, SimServer};
+use tikv_sim::server::{BatchStats, ServerError, ServerOptions, SimServer};
 use tikv_sim::{Cluster, ClusterConfig};
 
 /// What a suite needs from a runtime: the client platform to test, a way to
@@ -73,6 +73,7 @@ type Reply<T> = oneshot::Sender<T>;
 enum Command {
     StopStore(u64, Reply<Result<(), ServerError>>),
     StartStore(u64, Reply<Result<(), ServerError>>),
+    BatchStats(Reply<BatchStats>),
 }
 
 /// A [`SimServer`] running on its own thread ([`SIM_THREAD`]) with a
@@ -92,6 +93,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::StopStore(id, _) => write!(f, "StopStore({id})"),
             Command::StartStore(id, _) => write!(f, "StartStore({id})"),
+            Command::BatchStats(_) => write!(f, "BatchStats"),
         }
     }
 }
@@ -136,6 +138,9 @@ impl SimHandle {
                             Command::StartStore(id, reply) => {
                                 let _ = reply.send(server.start_store(id).await);
                             }
+                            Command::BatchStats(reply) => {
+                                let _ = reply.send(server.batch_stats());
+                            }
                         }
                     }
                     server.shutdown().await;
@@ -175,6 +180,12 @@ impl SimHandle {
     /// Restarts a stopped store on its address: see [`SimServer::start_store`].
     pub async fn start_store(&self, store_id: u64) -> Result<(), ServerError> {
         self.command(|reply| Command::StartStore(store_id, reply)).await
+    }
+
+    /// What the stores' `BatchCommands` streams have received so far: see
+    /// [`SimServer::batch_stats`].
+    pub async fn batch_stats(&self) -> BatchStats {
+        self.command(Command::BatchStats).await
     }
 
     /// Stops every listener and joins the server thread.

@@ -113,13 +113,13 @@ fn answer(
     let header = || Some(pdpb::ResponseHeader { cluster_id: 7, error: None });
     Ok(Ok(match &rpc.request {
         Request::Pd(PdRequest::GetMembers(_)) => {
-            Response::Pd(PdResponse::GetMembers(pdpb::GetMembersResponse {
+            Response::Pd(PdResponse::GetMembers(Box::new(pdpb::GetMembersResponse {
                 header: header(),
                 leader: u
                     .ratio(7, 8)?
                     .then(|| pdpb::Member { client_urls: vec![PD.into()], ..Default::default() }),
                 ..Default::default()
-            }))
+            })))
         }
         Request::Pd(PdRequest::GetRegion(_)) | Request::Pd(PdRequest::GetPrevRegion(_)) => {
             let r = if u.ratio(1, 8)? { None } else { Some(region(u)?) };
@@ -131,8 +131,8 @@ fn answer(
                 ..Default::default()
             };
             Response::Pd(match &rpc.request {
-                Request::Pd(PdRequest::GetRegion(_)) => PdResponse::GetRegion(resp),
-                _ => PdResponse::GetPrevRegion(resp),
+                Request::Pd(PdRequest::GetRegion(_)) => PdResponse::GetRegion(Box::new(resp)),
+                _ => PdResponse::GetPrevRegion(Box::new(resp)),
             })
         }
         Request::Pd(PdRequest::BatchScanRegions(_)) => {
@@ -145,13 +145,13 @@ fn answer(
                     ..Default::default()
                 });
             }
-            Response::Pd(PdResponse::BatchScanRegions(pdpb::BatchScanRegionsResponse {
+            Response::Pd(PdResponse::BatchScanRegions(Box::new(pdpb::BatchScanRegionsResponse {
                 header: header(),
                 regions,
-            }))
+            })))
         }
         Request::Pd(PdRequest::GetStore(r)) => {
-            Response::Pd(PdResponse::GetStore(pdpb::GetStoreResponse {
+            Response::Pd(PdResponse::GetStore(Box::new(pdpb::GetStoreResponse {
                 header: header(),
                 store: u.ratio(7, 8)?.then(|| metapb::Store {
                     id: r.store_id,
@@ -159,7 +159,7 @@ fn answer(
                     ..Default::default()
                 }),
                 ..Default::default()
-            }))
+            })))
         }
         Request::Pd(other) => {
             return Ok(Err(RpcError::Status {
@@ -486,7 +486,7 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
                         physical += i64::from(u.int_in_range(-2..=5i8)?);
                         let count =
                             if u.ratio(1, 16)? { u.int_in_range(0..=3)? } else { req.count };
-                        Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+                        Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
                             header: Some(pdpb::ResponseHeader { cluster_id: 7, error: None }),
                             count,
                             timestamp: Some(pdpb::Timestamp {
@@ -494,7 +494,7 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
                                 logical: i64::from(u.int_in_range(0..=300u16)?),
                                 suffix_bits: 0,
                             }),
-                        })))
+                        }))))
                     }
                     _ => answer(u, &rpc, &mut Fed::default())?,
                 };

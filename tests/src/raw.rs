@@ -34,6 +34,7 @@ macro_rules! raw_suite {
             injected_region_errors_are_retried_or_reported,
             api_v2_keyspace_with_ttl,
             connecting_to_an_unreachable_pd_fails_with_a_pd_timeout,
+            requests_ride_batch_streams_and_survive_a_store_outage,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -354,4 +355,46 @@ pub async fn connecting_to_an_unreachable_pd_fails_with_a_pd_timeout<H: Harness>
     }
     // Budget 1.5 s × weight 2 plus one capped sleep and connect attempts.
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
+/// `n` concurrent puts then gets of distinct keys, all checked.
+async fn put_get_concurrently<H: Harness>(client: &RawClient<H>, n: usize, round: u32) {
+    let work = (0..n).map(|i| async move {
+        let (key, value) = (format!("k{i:04}"), format!("v{i}-{round}"));
+        client.put(key.clone(), value.clone()).await.expect("put");
+        let got = client.get(key).await.expect("get");
+        assert_eq!(got.as_deref(), Some(value.as_bytes()));
+    });
+    futures::future::join_all(work).await;
+}
+
+/// `BatchCommands` (the default transport): concurrent requests spread over
+/// the store's four streams and are packed into fewer messages than
+/// requests, and after every store went down and came back, new streams (on
+/// new connections) carry the traffic.
+pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>() {
+    let server = start(SimApi::V1, vec![b"k5".to_vec()]).await;
+    let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
+    put_get_concurrently::<H>(&client, 256, 0).await;
+    let before = server.batch_stats().await;
+    // 512 requests plus a probe per stream; fewer messages than requests
+    // means the collectors packed several into one. Requests take the four
+    // connections of a store in turn, so every one of them got a stream
+    // (three stores at most carry leaders).
+    assert!(before.requests >= 512, "{before:?}");
+    assert!(before.messages < before.requests, "{before:?}");
+    assert!((4..=12).contains(&before.streams), "{before:?}");
+
+    for id in server.cluster().store_ids() {
+        server.stop_store(id).await.expect("stop");
+    }
+    H::sleep(Duration::from_millis(300)).await;
+    for id in server.cluster().store_ids() {
+        server.start_store(id).await.expect("start");
+    }
+    put_get_concurrently::<H>(&client, 64, 1).await;
+    let after = server.batch_stats().await;
+    assert!(after.streams > before.streams, "{before:?} -> {after:?}");
+    assert!(after.requests >= before.requests + 128, "{before:?} -> {after:?}");
+    server.shutdown().await;
 }

@@ -565,113 +565,145 @@ fn sample_responses() -> Vec<KvResponse> {
         )]
     };
     vec![
-        KvResponse::Get(GetResponse { region_error: re(), error: ke(), ..Default::default() }),
-        KvResponse::Scan(ScanResponse { region_error: re(), pairs: pairs(), error: ke() }),
-        KvResponse::Prewrite(PrewriteResponse {
-            region_error: re(),
-            errors: vec![key_error()],
-            ..Default::default()
-        }),
-        KvResponse::PessimisticLock(PessimisticLockResponse {
-            region_error: re(),
-            errors: vec![key_error()],
-            ..Default::default()
-        }),
-        KvResponse::PessimisticRollback(PessimisticRollbackResponse {
-            region_error: re(),
-            errors: vec![key_error()],
-            ..Default::default()
-        }),
-        KvResponse::TxnHeartBeat(TxnHeartBeatResponse {
+        KvResponse::Get(Box::new(GetResponse {
             region_error: re(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::CheckTxnStatus(CheckTxnStatusResponse {
+        })),
+        KvResponse::Scan(Box::new(ScanResponse {
+            region_error: re(),
+            pairs: pairs(),
+            error: ke(),
+        })),
+        KvResponse::Prewrite(Box::new(PrewriteResponse {
+            region_error: re(),
+            errors: vec![key_error()],
+            ..Default::default()
+        })),
+        KvResponse::PessimisticLock(Box::new(PessimisticLockResponse {
+            region_error: re(),
+            errors: vec![key_error()],
+            ..Default::default()
+        })),
+        KvResponse::PessimisticRollback(Box::new(PessimisticRollbackResponse {
+            region_error: re(),
+            errors: vec![key_error()],
+            ..Default::default()
+        })),
+        KvResponse::TxnHeartBeat(Box::new(TxnHeartBeatResponse {
+            region_error: re(),
+            error: ke(),
+            ..Default::default()
+        })),
+        KvResponse::CheckTxnStatus(Box::new(CheckTxnStatusResponse {
             region_error: re(),
             error: ke(),
             lock_info: Some(lock("cts")),
             ..Default::default()
-        }),
-        KvResponse::CheckSecondaryLocks(CheckSecondaryLocksResponse {
+        })),
+        KvResponse::CheckSecondaryLocks(Box::new(CheckSecondaryLocksResponse {
             region_error: re(),
             error: ke(),
             locks: vec![lock("csl")],
             ..Default::default()
-        }),
-        KvResponse::Commit(CommitResponse {
+        })),
+        KvResponse::Commit(Box::new(CommitResponse {
             region_error: re(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::Cleanup(CleanupResponse {
+        })),
+        KvResponse::Cleanup(Box::new(CleanupResponse {
             region_error: re(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::BatchGet(BatchGetResponse {
+        })),
+        KvResponse::BatchGet(Box::new(BatchGetResponse {
             region_error: re(),
             pairs: pairs(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::BatchRollback(BatchRollbackResponse {
+        })),
+        KvResponse::BatchRollback(Box::new(BatchRollbackResponse {
             region_error: re(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::ScanLock(ScanLockResponse {
+        })),
+        KvResponse::ScanLock(Box::new(ScanLockResponse {
             region_error: re(),
             error: ke(),
             locks: vec![lock("sl")],
             ..Default::default()
-        }),
-        KvResponse::ResolveLock(ResolveLockResponse {
+        })),
+        KvResponse::ResolveLock(Box::new(ResolveLockResponse {
             region_error: re(),
             error: ke(),
             ..Default::default()
-        }),
-        KvResponse::DeleteRange(DeleteRangeResponse { region_error: re(), ..Default::default() }),
-        KvResponse::Flush(FlushResponse {
+        })),
+        KvResponse::DeleteRange(Box::new(DeleteRangeResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::Flush(Box::new(FlushResponse {
             region_error: re(),
             errors: vec![key_error()],
             ..Default::default()
-        }),
-        KvResponse::BufferBatchGet(BufferBatchGetResponse {
+        })),
+        KvResponse::BufferBatchGet(Box::new(BufferBatchGetResponse {
             region_error: re(),
             error: ke(),
             pairs: pairs(),
             ..Default::default()
-        }),
-        KvResponse::RawGet(RawGetResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawBatchGet(RawBatchGetResponse { region_error: re(), pairs: pairs() }),
-        KvResponse::RawPut(RawPutResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawBatchPut(RawBatchPutResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawDelete(RawDeleteResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawBatchDelete(RawBatchDeleteResponse {
+        })),
+        KvResponse::RawGet(Box::new(RawGetResponse { region_error: re(), ..Default::default() })),
+        KvResponse::RawBatchGet(Box::new(RawBatchGetResponse {
+            region_error: re(),
+            pairs: pairs(),
+        })),
+        KvResponse::RawPut(Box::new(RawPutResponse { region_error: re(), ..Default::default() })),
+        KvResponse::RawBatchPut(Box::new(RawBatchPutResponse {
             region_error: re(),
             ..Default::default()
-        }),
-        KvResponse::RawScan(RawScanResponse { region_error: re(), kvs: pairs() }),
-        KvResponse::RawDeleteRange(RawDeleteRangeResponse {
+        })),
+        KvResponse::RawDelete(Box::new(RawDeleteResponse {
             region_error: re(),
             ..Default::default()
-        }),
-        KvResponse::RawBatchScan(RawBatchScanResponse { region_error: re(), kvs: pairs() }),
-        KvResponse::RawGetKeyTtl(RawGetKeyTtlResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawCompareAndSwap(RawCasResponse { region_error: re(), ..Default::default() }),
-        KvResponse::RawChecksum(RawChecksumResponse { region_error: re(), ..Default::default() }),
-        KvResponse::SplitRegion(SplitRegionResponse {
+        })),
+        KvResponse::RawBatchDelete(Box::new(RawBatchDeleteResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::RawScan(Box::new(RawScanResponse { region_error: re(), kvs: pairs() })),
+        KvResponse::RawDeleteRange(Box::new(RawDeleteRangeResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::RawBatchScan(Box::new(RawBatchScanResponse {
+            region_error: re(),
+            kvs: pairs(),
+        })),
+        KvResponse::RawGetKeyTtl(Box::new(RawGetKeyTtlResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::RawCompareAndSwap(Box::new(RawCasResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::RawChecksum(Box::new(RawChecksumResponse {
+            region_error: re(),
+            ..Default::default()
+        })),
+        KvResponse::SplitRegion(Box::new(SplitRegionResponse {
             region_error: re(),
             left: regions().pop(),
             right: regions().pop(),
             regions: regions(),
             errors: vec![key_error()],
-        }),
-        KvResponse::UnsafeDestroyRange(UnsafeDestroyRangeResponse {
+        })),
+        KvResponse::UnsafeDestroyRange(Box::new(UnsafeDestroyRangeResponse {
             region_error: re(),
             ..Default::default()
-        }),
+        })),
     ]
 }
 
@@ -775,18 +807,18 @@ fn responses_with_foreign_keys_are_malformed() {
     let codec = v2(Mode::Txn, 3);
     let foreign = Bytes::from_static(b"x\x00\x00\x04a");
     let mut cases: Vec<KvResponse> = vec![
-        KvResponse::RawScan(kvrpcpb::RawScanResponse {
+        KvResponse::RawScan(Box::new(kvrpcpb::RawScanResponse {
             kvs: vec![kvrpcpb::KvPair { key: foreign.clone(), ..Default::default() }],
             ..Default::default()
-        }),
-        KvResponse::Get(kvrpcpb::GetResponse {
+        })),
+        KvResponse::Get(Box::new(kvrpcpb::GetResponse {
             error: Some(kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo { key: foreign.clone(), ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        KvResponse::Commit(kvrpcpb::CommitResponse {
+        })),
+        KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             region_error: Some(errorpb::Error {
                 key_not_in_region: Some(errorpb::KeyNotInRegion {
                     key: foreign.clone(),
@@ -795,8 +827,8 @@ fn responses_with_foreign_keys_are_malformed() {
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        KvResponse::Commit(kvrpcpb::CommitResponse {
+        })),
+        KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             region_error: Some(errorpb::Error {
                 epoch_not_match: Some(errorpb::EpochNotMatch {
                     current_regions: vec![region(b"\x01\x02", b"")],
@@ -804,11 +836,11 @@ fn responses_with_foreign_keys_are_malformed() {
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        KvResponse::SplitRegion(kvrpcpb::SplitRegionResponse {
+        })),
+        KvResponse::SplitRegion(Box::new(kvrpcpb::SplitRegionResponse {
             regions: vec![region(&memcomparable::encode_bytes(b"y"), &[])],
             ..Default::default()
-        }),
+        })),
     ];
     for resp in &mut cases {
         let name = resp.name();
@@ -820,7 +852,7 @@ fn responses_with_foreign_keys_are_malformed() {
 fn v1_responses() {
     let enc = |k: &[u8]| Bytes::from(memcomparable::encode_bytes(k));
     let make = || {
-        KvResponse::Get(kvrpcpb::GetResponse {
+        KvResponse::Get(Box::new(kvrpcpb::GetResponse {
             region_error: Some(errorpb::Error {
                 key_not_in_region: Some(errorpb::KeyNotInRegion {
                     key: b("k"),
@@ -838,7 +870,7 @@ fn v1_responses() {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     };
     // Txn: region boundaries decoded, nothing dropped, keys untouched.
     let mut resp = make();
@@ -859,10 +891,10 @@ fn v1_responses() {
     ApiCodec::v1(Mode::Raw).decode_response(&mut resp).unwrap();
     assert!(resp == make());
     // Txn: split results are decoded too.
-    let mut split = KvResponse::SplitRegion(kvrpcpb::SplitRegionResponse {
+    let mut split = KvResponse::SplitRegion(Box::new(kvrpcpb::SplitRegionResponse {
         regions: vec![region(&enc(b"a"), &enc(b"m")), region(&enc(b"m"), b"")],
         ..Default::default()
-    });
+    }));
     ApiCodec::v1(Mode::Txn).decode_response(&mut split).unwrap();
     let KvResponse::SplitRegion(s) = split else { panic!() };
     assert_eq!(&s.regions[0].end_key[..], b"m");

@@ -3,10 +3,12 @@
 
 use std::fmt::Write;
 
+use bytes::Bytes;
 use tikv_proto::kvrpcpb;
 
 use super::*;
-use crate::testing::{FakeCluster, Fault, drive, view};
+use crate::config::Config;
+use crate::testing::{FakeCluster, Fault, drive, view, view_with};
 
 /// A start ts at `physical_ms` (the fake PD's clock reads 1000 ms).
 fn ts(physical_ms: i64) -> u64 {
@@ -24,16 +26,19 @@ fn lock(key: &str, txn_ms: i64, ttl: u64) -> Lock {
         use_async_commit: false,
         for_update_ts: 0,
         min_commit_ts: 0,
+        is_txn_file: false,
     }
 }
 
 fn status(ttl: u64, commit: u64, action: kvrpcpb::Action) -> Fault {
-    Fault::Respond(Box::new(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
-        lock_ttl: ttl,
-        commit_version: commit,
-        action: action as i32,
-        ..Default::default()
-    })))
+    Fault::Respond(Box::new(KvResponse::CheckTxnStatus(Box::new(
+        kvrpcpb::CheckTxnStatusResponse {
+            lock_ttl: ttl,
+            commit_version: commit,
+            action: action as i32,
+            ..Default::default()
+        },
+    ))))
 }
 
 fn ok(resp: KvResponse) -> Fault {
@@ -42,7 +47,8 @@ fn ok(resp: KvResponse) -> Fault {
 
 fn run(c: &mut FakeCluster, locks: Vec<Lock>, for_read: bool) -> (String, ResolveOutcome) {
     let v = view();
-    let opts = ResolveOptions { caller_start_ts: ts(950), for_read, lite: false };
+    let opts =
+        ResolveOptions { caller_start_ts: ts(950), for_read, lite: false, ..Default::default() };
     let bo = v.backoffer(Duration::from_secs(40));
     let (log, result) = drive(ResolveLocks::new(v, locks, opts, bo), c);
     (log, result.expect("resolved"))
@@ -98,13 +104,13 @@ fn every_transaction_fate() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "check_txn_status",
-        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        ok(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             error: Some(kvrpcpb::KeyError {
                 txn_not_found: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::LockNotExistRollback));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
@@ -152,11 +158,11 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
     };
     c.fault(
         "check_txn_status",
-        ok(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        ok(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             lock_ttl: 500,
             lock_info: Some(primary_lock.clone()),
             ..Default::default()
-        })),
+        }))),
     );
     let secondary = |key: &str, min: u64| kvrpcpb::LockInfo {
         key: key.to_string().into(),
@@ -167,17 +173,17 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
     // Two regions: [a, p) and [z] split at "m" — "a" and "p" in the first.
     c.fault(
         "check_secondary_locks",
-        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+        ok(KvResponse::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
             locks: vec![secondary("a", ts(100) + 7), secondary("p", ts(100) + 5)],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_secondary_locks",
-        ok(KvResponse::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+        ok(KvResponse::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
             locks: vec![secondary("z", ts(100) + 9)],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
@@ -221,4 +227,109 @@ fn shared_lock_wrappers_expand_to_their_inner_locks() {
     };
     let locks = Lock::from_info(&wrapper);
     assert_eq!(locks.iter().map(|l| l.txn_id).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// TTL checks use the newest timestamp the client has seen while it is
+/// younger than `low_resolution_ts_max_age` (client-go's low-resolution
+/// timestamp), and fetch (and record) a fresh one from PD once it is older.
+#[test]
+fn ttl_checks_use_the_recent_low_resolution_timestamp() {
+    let resolve_with = |max_age: Duration| {
+        let mut c = FakeCluster::new(&[]);
+        c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+        c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+        let v = view_with(Config::default().with_low_resolution_ts_max_age(max_age));
+        // Seen at the instant the resolution starts.
+        v.last_ts.observe(ts(990), Instant::ZERO);
+        let opts =
+            ResolveOptions { caller_start_ts: ts(950), for_read: true, ..Default::default() };
+        let bo = v.backoffer(Duration::from_secs(40));
+        let op = ResolveLocks::new(v.clone(), vec![lock("k", 800, 10)], opts, bo);
+        let (log, result) = drive(op, &mut c);
+        result.expect("resolved");
+        let current_ts: Vec<u64> = c
+            .received
+            .iter()
+            .filter_map(|r| match r {
+                KvRequest::CheckTxnStatus(r) => Some(r.current_ts),
+                _ => None,
+            })
+            .collect();
+        let newest = v.last_ts.fresh(Instant::ZERO, Duration::from_secs(1));
+        (log.contains(" tso -> pd"), current_ts, newest)
+    };
+    // Recent enough: used as is, PD is not asked.
+    let (asked_pd, current_ts, newest) = resolve_with(Duration::from_secs(2));
+    assert!(!asked_pd);
+    assert_eq!(current_ts, vec![ts(990)]);
+    assert_eq!(newest, Some(ts(990)));
+
+    // Too old (any age is, with a zero bound): PD is asked, and its fresh
+    // timestamp (the fake PD's clock reads 1000 ms) becomes the newest.
+    let (asked_pd, current_ts, newest) = resolve_with(Duration::ZERO);
+    assert!(asked_pd);
+    assert_eq!(current_ts.len(), 1);
+    assert!(current_ts[0] > ts(1000), "{current_ts:?}");
+    assert_eq!(newest, Some(current_ts[0]));
+}
+
+/// Several locks of one small transaction are cleaned with one `ResolveLock`
+/// per region carrying all their keys (client-go `batchLiteResolveLocks`),
+/// after a single `CheckTxnStatus`; another transaction's lock is resolved
+/// on its own.
+#[test]
+fn lite_resolves_of_one_transaction_are_batched_per_region() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("check_txn_status", status(0, ts(900), kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut other = lock("c", 700, 10);
+    other.primary = Key::from("q");
+    let locks = vec![lock("a", 800, 10), other, lock("b", 800, 10), lock("x", 800, 10)];
+    let (_, outcome) = run(&mut c, locks, true);
+    assert_eq!(outcome.access_locks, vec![ts(800)]);
+    assert_eq!(outcome.ignore_locks, vec![ts(700)]);
+    let mut resolves: Vec<(u64, Vec<Bytes>)> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::ResolveLock(r) => Some((r.start_version, r.keys.clone())),
+            _ => None,
+        })
+        .collect();
+    resolves.sort();
+    assert_eq!(
+        resolves,
+        vec![
+            (ts(700), vec![Bytes::from("c")]),
+            (ts(800), vec![Bytes::from("a"), Bytes::from("b")]),
+            (ts(800), vec![Bytes::from("x")]),
+        ]
+    );
+    let checks = c.received.iter().filter(|r| matches!(r, KvRequest::CheckTxnStatus(_))).count();
+    assert_eq!(checks, 2, "one status check per transaction");
+}
+
+/// A lock left by a file-based transaction carries `is_txn_file` into the
+/// status check and the cleanup, as client-go forwards it.
+#[test]
+fn txn_file_locks_forward_the_flag() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("check_txn_status", status(0, ts(900), kvrpcpb::Action::NoAction));
+    c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
+    let mut l = lock("k", 800, 10);
+    l.is_txn_file = true;
+    run(&mut c, vec![l], true);
+    let flags: Vec<(&str, bool)> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::CheckTxnStatus(r) => Some(("check", r.is_txn_file)),
+            KvRequest::ResolveLock(r) => Some(("resolve", r.is_txn_file)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flags, [("check", true), ("resolve", true)]);
 }

@@ -110,7 +110,7 @@ impl PdCall {
                 ..Default::default()
             }),
         };
-        self.send(Target::Pd { addr }, PdRequest::GetMembers(req), now);
+        self.send(Target::Pd { addr }, PdRequest::GetMembers(Box::new(req)), now);
     }
 
     fn back_off(&mut self, reason: impl std::fmt::Display, now: Instant) {

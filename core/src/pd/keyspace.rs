@@ -25,10 +25,10 @@ impl LoadKeyspace {
     /// Loads `name`.
     pub fn new(pd: Arc<PdState>, name: &str, timeout: Duration, backoffer: Backoffer) -> Self {
         let name = if name.is_empty() { "DEFAULT".to_string() } else { name.to_string() };
-        let request = PdRequest::LoadKeyspace(keyspacepb::LoadKeyspaceRequest {
+        let request = PdRequest::LoadKeyspace(Box::new(keyspacepb::LoadKeyspaceRequest {
             name: name.clone(),
             ..Default::default()
-        });
+        }));
         LoadKeyspace { name, call: PdCall::new(pd, request, timeout, backoffer), result: None }
     }
 

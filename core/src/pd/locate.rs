@@ -90,25 +90,25 @@ impl LocateRegion {
 
     fn request(&self) -> Result<PdRequest, Error> {
         Ok(match &self.by {
-            LocateBy::Key(k) => PdRequest::GetRegion(pdpb::GetRegionRequest {
+            LocateBy::Key(k) => PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 region_key: self.region_key(k, false)?.into(),
                 ..Default::default()
-            }),
+            })),
             LocateBy::EndKey(k) => {
                 let req = pdpb::GetRegionRequest {
                     region_key: self.region_key(k, true)?.into(),
                     ..Default::default()
                 };
                 if self.search_prev {
-                    PdRequest::GetPrevRegion(req)
+                    PdRequest::GetPrevRegion(Box::new(req))
                 } else {
-                    PdRequest::GetRegion(req)
+                    PdRequest::GetRegion(Box::new(req))
                 }
             }
-            LocateBy::Id(id) => PdRequest::GetRegionById(pdpb::GetRegionByIdRequest {
+            LocateBy::Id(id) => PdRequest::GetRegionById(Box::new(pdpb::GetRegionByIdRequest {
                 region_id: *id,
                 ..Default::default()
-            }),
+            })),
         })
     }
 
@@ -142,7 +142,12 @@ impl LocateRegion {
         self.backoffer = Some(backoffer);
     }
 
-    fn on_answer(&mut self, resp: pdpb::GetRegionResponse, backoffer: Backoffer, now: Instant) {
+    fn on_answer(
+        &mut self,
+        resp: Box<pdpb::GetRegionResponse>,
+        backoffer: Backoffer,
+        now: Instant,
+    ) {
         let Some(region) = resp.region else {
             if let LocateBy::Id(id) = self.by {
                 self.backoffer = Some(backoffer);
@@ -295,7 +300,8 @@ pub struct ResolveStore {
 impl ResolveStore {
     /// Resolves `store_id` with a retry budget.
     pub fn new(view: Arc<ClusterView>, store_id: u64, backoffer: Backoffer) -> ResolveStore {
-        let request = PdRequest::GetStore(pdpb::GetStoreRequest { store_id, ..Default::default() });
+        let request =
+            PdRequest::GetStore(Box::new(pdpb::GetStoreRequest { store_id, ..Default::default() }));
         let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
         ResolveStore { view, store_id, call: Some(call), result: None }
     }
@@ -393,11 +399,11 @@ impl LoadRegions {
         backoffer: Backoffer,
     ) -> LoadRegions {
         let (start_key, end_key) = view.codec.encode_region_range(range);
-        let request = PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+        let request = PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
             ranges: vec![pdpb::KeyRange { start_key: start_key.into(), end_key: end_key.into() }],
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
             ..Default::default()
-        });
+        }));
         let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
         LoadRegions { view, call: Some(call), backoffer: None, result: None }
     }

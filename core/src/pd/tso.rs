@@ -54,6 +54,40 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// The newest timestamp a client has seen and when it arrived: client-go's
+/// low-resolution timestamp (`pdOracle.lastTS`, refreshed every 2 s by its
+/// updater and by every timestamp it fetches). The lock resolver uses it as
+/// "now" for TTL checks instead of asking PD each time. A stale value only
+/// makes locks look alive longer, never expired early, so it is safe; it is
+/// used only while younger than a bound, after which a fresh timestamp is
+/// fetched (and recorded), so resolution never waits on a frozen clock.
+#[derive(Debug, Default)]
+pub struct LastTimestamp {
+    seen: std::sync::Mutex<Option<(u64, Instant)>>,
+}
+
+impl LastTimestamp {
+    /// Records `ts`, obtained at `now`, if it is the newest seen.
+    pub fn observe(&self, ts: u64, now: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none_or(|(last, _)| ts > last) {
+            *seen = Some((ts, now));
+        }
+    }
+
+    /// The newest timestamp seen, however old: every timestamp up to it has
+    /// been handed out by PD.
+    pub fn newest(&self) -> Option<u64> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).map(|(ts, _)| ts)
+    }
+
+    /// The newest timestamp, if it arrived less than `max_age` before `now`.
+    pub fn fresh(&self, now: Instant, max_age: Duration) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.filter(|&(_, at)| now.saturating_duration_since(at) < max_age).map(|(ts, _)| ts)
+    }
+}
+
 /// Most timestamps asked for in one `Tso` round (PD's client uses 10,000).
 pub const MAX_TSO_BATCH: usize = 10_000;
 
@@ -97,7 +131,7 @@ impl TsoBatcher {
     /// A round for `count` callers (clamped to 1..=[`MAX_TSO_BATCH`]).
     pub fn start_round(&mut self, count: usize) -> TsoRound {
         let count = count.clamp(1, MAX_TSO_BATCH) as u32;
-        let request = PdRequest::Tso(pdpb::TsoRequest { count, ..Default::default() });
+        let request = PdRequest::Tso(Box::new(pdpb::TsoRequest { count, ..Default::default() }));
         let backoffer = Backoffer::new(self.budget, self.rng.fork());
         TsoRound { call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer), count }
     }
@@ -182,11 +216,11 @@ mod tests {
     use crate::rpc::{Request, Target};
 
     fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
-        Ok(Response::Pd(PdResponse::Tso(pdpb::TsoResponse {
+        Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
             header: None,
             count,
             timestamp: Some(pdpb::Timestamp { physical, logical, suffix_bits: 0 }),
-        })))
+        }))))
     }
 
     fn batcher() -> TsoBatcher {

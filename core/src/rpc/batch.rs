@@ -86,10 +86,9 @@ macro_rules! batch_conversions {
         /// assert!(to_batch_cmd(KvRequest::RawChecksum(Default::default())).is_err());
         /// ```
         // The error carries the request back so the caller can still send it.
-        #[allow(clippy::result_large_err)]
         pub fn to_batch_cmd(request: KvRequest) -> Result<ReqCmd, KvRequest> {
             match request {
-                $(KvRequest::$b(r) => Ok(ReqCmd::$b(r)),)*
+                $(KvRequest::$b(r) => Ok(ReqCmd::$b(*r)),)*
                 $(KvRequest::$u(_) => Err(request),)*
             }
         }
@@ -108,7 +107,7 @@ macro_rules! batch_conversions {
         #[allow(clippy::result_large_err)]
         pub fn from_batch_cmd(cmd: ReqCmd) -> Result<KvRequest, ReqCmd> {
             match cmd {
-                $(ReqCmd::$b(r) => Ok(KvRequest::$b(r)),)*
+                $(ReqCmd::$b(r) => Ok(KvRequest::$b(Box::new(r))),)*
                 other => Err(other),
             }
         }
@@ -117,7 +116,7 @@ macro_rules! batch_conversions {
         /// commands that have no batch case.
         pub fn response_to_batch(response: KvResponse) -> Option<RespCmd> {
             match response {
-                $(KvResponse::$b(r) => Some(RespCmd::$b(r)),)*
+                $(KvResponse::$b(r) => Some(RespCmd::$b(*r)),)*
                 $(KvResponse::$u(_) => None,)*
             }
         }
@@ -127,7 +126,7 @@ macro_rules! batch_conversions {
         #[allow(clippy::result_large_err)]
         pub fn response_from_batch(cmd: RespCmd) -> Result<KvResponse, RespCmd> {
             match cmd {
-                $(RespCmd::$b(r) => Ok(KvResponse::$b(r)),)*
+                $(RespCmd::$b(r) => Ok(KvResponse::$b(Box::new(r))),)*
                 other => Err(other),
             }
         }

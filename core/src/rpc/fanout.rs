@@ -15,7 +15,7 @@ use crate::op::{IdMap, Operation};
 use crate::pd::{LocateBy, LocateRegion};
 use crate::region::RegionRef;
 use crate::rpc::sender::{RegionCall, RegionOutcome};
-use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant, earliest};
 use crate::view::ClusterView;
 
@@ -72,6 +72,8 @@ pub struct KeyFanout<P: KeyPlan> {
     /// a fresh fork would restart every sleep at its base.
     relocated: Option<Backoffer>,
     started: bool,
+    /// Stamped into every request built (priority, source, resource group).
+    tags: RequestTags,
     result: Option<Result<P::Output, Error>>,
 }
 
@@ -108,8 +110,15 @@ impl<P: KeyPlan> KeyFanout<P> {
             backoffer,
             relocated: None,
             started: false,
+            tags: RequestTags::default(),
             result: None,
         }
+    }
+
+    /// Stamps `tags` into the context of every request this fan-out sends.
+    pub fn with_tags(mut self, tags: &RequestTags) -> Self {
+        self.tags.clone_from(tags);
+        self
     }
 
     fn fail(&mut self, e: Error) {
@@ -186,7 +195,10 @@ impl<P: KeyPlan> KeyFanout<P> {
         let calls: Vec<_> = new_children
             .into_iter()
             .map(|(region, items)| {
-                let request = plan.build(&items);
+                let mut request = plan.build(&items);
+                if !self.tags.is_empty() {
+                    self.tags.stamp(request.context_mut());
+                }
                 let backoffer = match self.relocated.take() {
                     Some(bo) => bo,
                     None => self.backoffer.fork(),

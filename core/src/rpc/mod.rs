@@ -6,12 +6,26 @@
 //! Requests are a typed enum over the kvproto messages (client-go's `tikvrpc`
 //! idea), so routing code can stamp the `kvrpcpb::Context` and read the region
 //! error of any TiKV response without knowing which command it is.
+//!
+//! Every variant of the four message enums ([`KvRequest`], [`KvResponse`],
+//! [`PdRequest`], [`PdResponse`]) holds its message in a `Box`. A kvproto
+//! message is large inline (a request's `Context` is over 500 bytes, a
+//! response's `errorpb::Error` 600, the largest response over 2 KB), and a
+//! message changes hands many times between its construction and the
+//! transport (plan → sender → fan-out → driver → transport → batch
+//! collector, and back): unboxed, each hand-off copied the size of the
+//! largest variant, which profiled at about a fifth of the client's CPU
+//! (issue #7). Boxed, each hand-off moves a pointer, for one allocation per
+//! message. `From<message>` builds the enum from a bare message.
 
 pub mod batch;
 pub mod fanout;
 pub mod region_error;
 pub mod sender;
+mod tags;
 pub mod walk;
+
+pub use tags::{RequestSource, RequestTags};
 
 use std::fmt;
 use std::sync::Arc;
@@ -87,20 +101,18 @@ macro_rules! for_each_pd_rpc {
 
 macro_rules! kv_enums {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// A request to a TiKV store.
+        /// A request to a TiKV store; variants are boxed (module docs).
         #[derive(Clone, PartialEq)]
-        // Variants are the kvproto messages themselves; boxing them would
-        // cost an allocation per request for no gain.
-        #[allow(missing_docs, clippy::large_enum_variant)]
+        #[allow(missing_docs)]
         pub enum KvRequest {
-            $($variant(kvrpcpb::$req),)*
+            $($variant(Box<kvrpcpb::$req>),)*
         }
 
-        /// A response from a TiKV store.
+        /// A response from a TiKV store; variants are boxed (module docs).
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs, clippy::large_enum_variant)]
+        #[allow(missing_docs)]
         pub enum KvResponse {
-            $($variant(kvrpcpb::$resp),)*
+            $($variant(Box<kvrpcpb::$resp>),)*
         }
 
         impl KvRequest {
@@ -152,7 +164,11 @@ macro_rules! kv_enums {
 
         $(
             impl From<kvrpcpb::$req> for KvRequest {
-                fn from(r: kvrpcpb::$req) -> KvRequest { KvRequest::$variant(r) }
+                fn from(r: kvrpcpb::$req) -> KvRequest { KvRequest::$variant(Box::new(r)) }
+            }
+
+            impl From<kvrpcpb::$resp> for KvResponse {
+                fn from(r: kvrpcpb::$resp) -> KvResponse { KvResponse::$variant(Box::new(r)) }
             }
         )*
     };
@@ -180,22 +196,23 @@ impl ClusterIdHeader for pdpb::ResponseHeader {
 
 macro_rules! pd_enums {
     ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// A unary request to PD (the `PD` and `Keyspace` services).
+        /// A unary request to PD (the `PD` and `Keyspace` services);
+        /// variants are boxed (module docs).
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs, clippy::large_enum_variant)]
+        #[allow(missing_docs)]
         pub enum PdRequest {
-            $($variant($svc::$req),)*
+            $($variant(Box<$svc::$req>),)*
             /// One round on the TSO stream.
-            Tso(pdpb::TsoRequest),
+            Tso(Box<pdpb::TsoRequest>),
         }
 
-        /// A response from PD.
+        /// A response from PD; variants are boxed (module docs).
         #[derive(Clone, PartialEq)]
-        #[allow(missing_docs, clippy::large_enum_variant)]
+        #[allow(missing_docs)]
         pub enum PdResponse {
-            $($variant($svc::$resp),)*
+            $($variant(Box<$svc::$resp>),)*
             /// One round on the TSO stream.
-            Tso(pdpb::TsoResponse),
+            Tso(Box<pdpb::TsoResponse>),
         }
 
         impl PdRequest {
@@ -257,7 +274,6 @@ impl PdResponse {
 
 /// A request to TiKV or PD.
 #[derive(Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// To a TiKV store.
     Kv(KvRequest),
@@ -267,7 +283,6 @@ pub enum Request {
 
 /// A response from TiKV or PD.
 #[derive(Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
 pub enum Response {
     /// From a TiKV store.
     Kv(KvResponse),
@@ -282,6 +297,92 @@ impl Request {
             Request::Kv(r) => r.name(),
             Request::Pd(r) => r.name(),
         }
+    }
+}
+
+/// Identifies a request whose answer any identical concurrent request may
+/// share, so a transport can send it once (client-go's `reqCollapse`, and
+/// the deduplication of concurrent region misses).
+///
+/// Two kinds qualify:
+/// - region-wide `ResolveLock`, as in client-go: many readers meeting locks
+///   of one large transaction in one region would each send the same
+///   request, and TiKV's answer (resolved, or a region error each caller
+///   handles itself) does not depend on who asked. Lite resolves (with keys)
+///   and GC's batch resolves (with `txn_infos`) are never collapsed;
+/// - PD reads of one region or store (`GetRegion`, `GetPrevRegion`,
+///   `GetRegionByID`, `GetStore`, `GetAllStores`) to one PD member: every
+///   operation that misses the cache for the same key at once, or meets the
+///   same unknown store, would otherwise ask PD separately.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CollapseKey(Collapsible);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Collapsible {
+    ResolveLock { store_id: u64, region_id: u64, start_ts: u64, commit_ts: u64, is_async: bool },
+    Region { pd: Arc<str>, key: bytes::Bytes, prev: bool, buckets: bool },
+    RegionById { pd: Arc<str>, id: u64, buckets: bool },
+    Store { pd: Arc<str>, id: u64 },
+    AllStores { pd: Arc<str>, exclude_tombstones: bool },
+}
+
+impl CollapseKey {
+    /// The key of `request` to `target`, or `None` if it must be sent as is.
+    ///
+    /// ```
+    /// use tikv_core::rpc::{CollapseKey, KvRequest, Request, Target};
+    /// use tikv_proto::kvrpcpb::{Context, ResolveLockRequest};
+    ///
+    /// let store = Target::Store { store_id: 1, addr: "s1:20160".into() };
+    /// let region_wide = |keys: Vec<bytes::Bytes>| {
+    ///     Request::Kv(KvRequest::ResolveLock(Box::new(ResolveLockRequest {
+    ///         context: Some(Context { region_id: 9, ..Default::default() }),
+    ///         start_version: 100,
+    ///         commit_version: 120,
+    ///         keys,
+    ///         ..Default::default()
+    ///     })))
+    /// };
+    /// assert!(CollapseKey::of(&store, &region_wide(vec![])).is_some());
+    /// assert!(CollapseKey::of(&store, &region_wide(vec!["k".into()])).is_none());
+    /// ```
+    pub fn of(target: &Target, request: &Request) -> Option<CollapseKey> {
+        let key = match (target, request) {
+            (Target::Store { store_id, .. }, Request::Kv(KvRequest::ResolveLock(r))) => {
+                if !r.keys.is_empty() || !r.txn_infos.is_empty() {
+                    return None;
+                }
+                Collapsible::ResolveLock {
+                    store_id: *store_id,
+                    region_id: r.context.as_ref()?.region_id,
+                    start_ts: r.start_version,
+                    commit_ts: r.commit_version,
+                    is_async: r.is_async,
+                }
+            }
+            (Target::Pd { addr }, Request::Pd(request)) => {
+                let pd = addr.clone();
+                match request {
+                    PdRequest::GetRegion(r) | PdRequest::GetPrevRegion(r) => Collapsible::Region {
+                        pd,
+                        key: r.region_key.clone(),
+                        prev: matches!(request, PdRequest::GetPrevRegion(_)),
+                        buckets: r.need_buckets,
+                    },
+                    PdRequest::GetRegionById(r) => {
+                        Collapsible::RegionById { pd, id: r.region_id, buckets: r.need_buckets }
+                    }
+                    PdRequest::GetStore(r) => Collapsible::Store { pd, id: r.store_id },
+                    PdRequest::GetAllStores(r) => Collapsible::AllStores {
+                        pd,
+                        exclude_tombstones: r.exclude_tombstone_stores,
+                    },
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        Some(CollapseKey(key))
     }
 }
 
@@ -416,3 +517,64 @@ pub enum RpcError {
 
 /// gRPC status code `Unimplemented`.
 pub const GRPC_UNIMPLEMENTED: i32 = 12;
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use tikv_proto::{kvrpcpb, pdpb};
+
+    use super::*;
+    use crate::error::Error;
+    use crate::rpc::sender::RegionOutcome;
+
+    /// The types every request and response passes through by value, with
+    /// the bounds they were brought under (module docs). A variant added
+    /// unboxed, or a field added to `Rpc`, fails here rather than silently
+    /// bringing the copies back.
+    #[test]
+    fn hot_types_stay_small() {
+        const WORD: usize = size_of::<usize>();
+        // A tag and a box.
+        assert!(size_of::<KvRequest>() <= 2 * WORD, "KvRequest: {}", size_of::<KvRequest>());
+        assert!(size_of::<KvResponse>() <= 2 * WORD, "KvResponse: {}", size_of::<KvResponse>());
+        assert!(size_of::<PdRequest>() <= 2 * WORD, "PdRequest: {}", size_of::<PdRequest>());
+        assert!(size_of::<PdResponse>() <= 2 * WORD, "PdResponse: {}", size_of::<PdResponse>());
+        assert!(size_of::<Request>() <= 3 * WORD, "Request: {}", size_of::<Request>());
+        assert!(size_of::<Response>() <= 3 * WORD, "Response: {}", size_of::<Response>());
+        // Id, target, request, deadline.
+        assert!(size_of::<Rpc>() <= 8 * WORD, "Rpc: {}", size_of::<Rpc>());
+        // What the runtime feeds back, and what a sender hands its parent.
+        let fed_back = size_of::<Result<Response, RpcError>>();
+        assert!(fed_back <= 4 * WORD, "Result<Response, RpcError>: {fed_back}");
+        assert!(size_of::<RegionOutcome>() <= 2 * WORD, "RegionOutcome");
+        let outcome = size_of::<Result<RegionOutcome, Error>>();
+        assert!(outcome <= 11 * WORD, "Result<RegionOutcome, Error>: {outcome}");
+        // The messages themselves are what the boxes keep out of the moves.
+        assert!(size_of::<kvrpcpb::RawGetRequest>() > 8 * WORD);
+        assert!(size_of::<kvrpcpb::CheckTxnStatusResponse>() > 64 * WORD);
+        assert!(size_of::<pdpb::GetStoreResponse>() > 8 * WORD);
+    }
+
+    #[test]
+    fn messages_convert_into_their_variant() {
+        let request = KvRequest::from(kvrpcpb::RawGetRequest {
+            key: b"k".to_vec().into(),
+            ..Default::default()
+        });
+        let KvRequest::RawGet(inner) = &request else {
+            panic!("wrong variant: {request:?}");
+        };
+        assert_eq!(&inner.key[..], b"k");
+        let response = KvResponse::from(kvrpcpb::RawGetResponse {
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        });
+        assert!(response.matches(&request));
+        assert!(!KvResponse::from(kvrpcpb::RawPutResponse::default()).matches(&request));
+        let KvResponse::RawGet(inner) = response else {
+            panic!("wrong variant");
+        };
+        assert_eq!(&inner.value[..], b"v");
+    }
+}

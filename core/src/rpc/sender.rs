@@ -15,7 +15,6 @@ use crate::view::ClusterView;
 
 /// How a [`RegionCall`] ended when it did not fail.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // moved once, to the parent
 pub enum RegionOutcome {
     /// TiKV answered without a region error; keys are decoded to user keys.
     Response(KvResponse),

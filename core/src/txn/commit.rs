@@ -29,7 +29,9 @@ use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{IdMap, Operation};
 use crate::pd::{PdCall, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{
+    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
+};
 use crate::time::{Duration, Instant};
 use crate::txn::membuffer::{BufferedValue, MemBuffer};
 use crate::view::ClusterView;
@@ -136,6 +138,11 @@ pub struct CommitOptions {
     /// `TxnHeartBeat`s on their primary while committing; `None` means
     /// client-go's [`TTL_REFRESHED_TXN_SIZE`].
     pub heartbeat_threshold: Option<usize>,
+    /// Priority, request source and resource group of every request of the
+    /// commit (client-go copies the transaction's into each prewrite and
+    /// commit context). [`commit_keys`] and [`rollback_keys`] take them with
+    /// [`KeyFanout::with_tags`].
+    pub tags: RequestTags,
 }
 
 /// How the commit went through.
@@ -204,7 +211,7 @@ impl KeyPlan for PrewritePlan {
     fn build(&self, batch: &[Mutation]) -> KvRequest {
         let has_primary = batch.iter().any(|m| m.key == self.primary);
         let try_one_pc = self.try_one_pc.replace(false);
-        KvRequest::Prewrite(kvrpcpb::PrewriteRequest {
+        KvRequest::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
             primary_lock: self.primary.to_bytes(),
             start_version: self.start_ts,
@@ -221,7 +228,7 @@ impl KeyPlan for PrewritePlan {
             try_one_pc,
             assertion_level: self.assertion_level as i32,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -292,12 +299,12 @@ struct CommitPlan {
 impl PointPlan for CommitPlan {
     type Output = Result<(), kvrpcpb::KeyError>;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::Commit(kvrpcpb::CommitRequest {
+        KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
             keys: vec![key.to_bytes()],
             start_version: self.start_ts,
             commit_version: self.commit_ts,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Commit(r) = response else {
@@ -325,12 +332,12 @@ struct HeartbeatPlan {
 impl PointPlan for HeartbeatPlan {
     type Output = bool;
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::TxnHeartBeat(kvrpcpb::TxnHeartBeatRequest {
+        KvRequest::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatRequest {
             primary_lock: key.to_bytes(),
             start_version: self.start_ts,
             advise_lock_ttl: self.advise_lock_ttl,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::TxnHeartBeat(r) = response else {
@@ -383,17 +390,17 @@ impl KeyPlan for KeysPlan {
     fn build(&self, batch: &[Key]) -> KvRequest {
         let keys = batch.iter().map(Key::to_bytes).collect();
         match self.commit_ts {
-            Some(commit_ts) => KvRequest::Commit(kvrpcpb::CommitRequest {
+            Some(commit_ts) => KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
                 keys,
                 start_version: self.start_ts,
                 commit_version: commit_ts,
                 ..Default::default()
-            }),
-            None => KvRequest::BatchRollback(kvrpcpb::BatchRollbackRequest {
+            })),
+            None => KvRequest::BatchRollback(Box::new(kvrpcpb::BatchRollbackRequest {
                 keys,
                 start_version: self.start_ts,
                 ..Default::default()
-            }),
+            })),
         }
     }
     fn timeout(&self) -> Duration {
@@ -591,6 +598,7 @@ impl Committer {
         let primary = self.primary.clone();
         let view = self.view.clone();
         let start_ts = self.start_ts;
+        let tags = self.opts.tags.clone();
         let Some(hb) = self.heartbeat.as_mut() else {
             return;
         };
@@ -614,7 +622,8 @@ impl Committer {
             primary,
             view.config.read_timeout_short,
             view.backoffer(budget),
-        );
+        )
+        .with_tags(&tags);
         op.start(now);
         hb.seq += 1;
         hb.in_flight = Some(Box::new(op));
@@ -655,8 +664,10 @@ impl Committer {
 
     fn tso(&mut self, purpose: TsoFor, now: Instant) {
         self.tso_for = purpose;
-        let request =
-            PdRequest::Tso(tikv_proto::pdpb::TsoRequest { count: 1, ..Default::default() });
+        let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
+            count: 1,
+            ..Default::default()
+        }));
         let budget = self.view.config.budget(self.view.config.backoff.tso);
         let call = PdCall::new(
             self.view.pd.clone(),
@@ -690,7 +701,8 @@ impl Committer {
         self.first_round = false;
         self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
-        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork());
+        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
+            .with_tags(&self.opts.tags);
         self.set_step(Step::Prewrite(Box::new(op)), now);
     }
 
@@ -719,8 +731,12 @@ impl Committer {
         self.one_pc_seen.extend(plan.one_pc_commit_ts);
         if !plan.met.is_empty() {
             self.pending = plan.retry;
-            let opts =
-                ResolveOptions { caller_start_ts: self.start_ts, for_read: false, lite: false };
+            let opts = ResolveOptions {
+                caller_start_ts: self.start_ts,
+                for_read: false,
+                lite: false,
+                tags: self.opts.tags.clone(),
+            };
             let resolve =
                 ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
             self.set_step(Step::Resolve(Box::new(resolve)), now);
@@ -772,7 +788,8 @@ impl Committer {
             self.primary.clone(),
             self.view.config.read_timeout_short,
             self.view.backoffer(budget),
-        );
+        )
+        .with_tags(&self.opts.tags);
         self.set_step(Step::CommitPrimary(Box::new(op)), now);
     }
 
@@ -807,6 +824,7 @@ impl Committer {
                         return;
                     };
                     let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
+                    self.view.last_ts.observe(ts, now);
                     match self.tso_for {
                         TsoFor::MinCommitTs => {
                             self.min_commit_ts = self.min_commit_ts.max(ts + 1);

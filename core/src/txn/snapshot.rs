@@ -17,7 +17,7 @@ use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{IdMap, Operation};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::walk::{RangePlan, RangeWalk};
-use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -30,10 +30,11 @@ pub struct ReadOptions {
     /// `Context.isolation_level` (SI by default; RC reads the latest
     /// committed data and ignores locks).
     pub isolation_level: kvrpcpb::IsolationLevel,
-    /// `Context.priority`.
-    pub priority: kvrpcpb::CommandPri,
     /// `Context.not_fill_cache`: do not pollute TiKV's block cache.
     pub not_fill_cache: bool,
+    /// Priority, request source and resource group of every request,
+    /// lock resolution included.
+    pub tags: RequestTags,
 }
 
 /// What a snapshot read has learned about locks so far: transactions it may
@@ -59,14 +60,15 @@ impl LockSets {
     }
 
     fn context(&self, opts: &ReadOptions) -> kvrpcpb::Context {
-        kvrpcpb::Context {
+        let mut ctx = kvrpcpb::Context {
             resolved_locks: self.resolved.clone(),
             committed_locks: self.committed.clone(),
             isolation_level: opts.isolation_level as i32,
-            priority: opts.priority as i32,
             not_fill_cache: opts.not_fill_cache,
             ..Default::default()
-        }
+        };
+        opts.tags.stamp(&mut ctx);
+        ctx
     }
 }
 
@@ -93,12 +95,12 @@ struct GetPlan {
 impl PointPlan for GetPlan {
     type Output = (Option<Value>, Vec<Lock>);
     fn build(&self, key: &Key) -> KvRequest {
-        KvRequest::Get(kvrpcpb::GetRequest {
+        KvRequest::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(self.locks.context(&self.opts)),
             key: key.to_bytes(),
             version: self.ts,
             ..Default::default()
-        })
+        }))
     }
     fn merge(&mut self, response: KvResponse) -> Result<(), Error> {
         let KvResponse::Get(r) = response else {
@@ -141,12 +143,12 @@ impl KeyPlan for BatchGetPlan {
         (BATCH_GET_SIZE, usize::MAX)
     }
     fn build(&self, batch: &[Key]) -> KvRequest {
-        KvRequest::BatchGet(kvrpcpb::BatchGetRequest {
+        KvRequest::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             context: Some(self.locks.context(&self.opts)),
             keys: batch.iter().map(Key::to_bytes).collect(),
             version: self.ts,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout
@@ -216,7 +218,12 @@ impl ReadLoop {
     }
 
     fn resolve(&mut self, met: Vec<Lock>) -> ResolveLocks {
-        let opts = ResolveOptions { caller_start_ts: self.ts, for_read: true, lite: true };
+        let opts = ResolveOptions {
+            caller_start_ts: self.ts,
+            for_read: true,
+            lite: true,
+            tags: self.opts.tags.clone(),
+        };
         ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork())
     }
 
@@ -520,7 +527,7 @@ impl RangePlan for ScanPlan {
         } else {
             (part.start.to_bytes(), part.end.to_bytes())
         };
-        KvRequest::Scan(kvrpcpb::ScanRequest {
+        KvRequest::Scan(Box::new(kvrpcpb::ScanRequest {
             context: Some(self.locks.context(&self.opts)),
             start_key,
             end_key,
@@ -529,7 +536,7 @@ impl RangePlan for ScanPlan {
             key_only: self.key_only,
             reverse: self.reverse,
             ..Default::default()
-        })
+        }))
     }
     fn timeout(&self) -> Duration {
         self.timeout

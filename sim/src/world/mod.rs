@@ -187,13 +187,13 @@ enum Event {
     /// The client starts its next operation.
     Issue(usize),
     /// A request reaches its server.
-    Arrive { client: usize, op: u64, rpc: Box<Rpc> },
+    Arrive { client: usize, op: u64, rpc: Rpc },
     /// A response reaches its client.
     Respond {
         client: usize,
         op: u64,
         id: RpcId,
-        result: Box<Result<Response, RpcError>>,
+        result: Result<Response, RpcError>,
         duplicate: bool,
     },
     /// An RPC's deadline.
@@ -443,7 +443,7 @@ impl World {
                 }
                 let what = if known { "recv" } else { "recv duplicate" };
                 self.log(format!("c{client} op{entry} {what} {id} {}", summarize(&result)));
-                self.feed(client, |op, now| op.on_response(id, *result, now));
+                self.feed(client, |op, now| op.on_response(id, result, now));
             }
             Event::Deadline { client, op, id } => {
                 let Some(r) = self.running_mut(client, op) else { return };
@@ -605,7 +605,7 @@ impl World {
             return;
         }
         let at = self.now + self.latency();
-        self.schedule(at, Event::Arrive { client: c, op: r.seq, rpc: Box::new(rpc) });
+        self.schedule(at, Event::Arrive { client: c, op: r.seq, rpc });
     }
 
     fn pd_member(&self, addr: &str) -> Option<usize> {
@@ -614,8 +614,7 @@ impl World {
         self.pd_urls.iter().position(|u| bare(u) == bare(addr))
     }
 
-    fn arrive(&mut self, c: usize, op: u64, rpc: Box<Rpc>) {
-        let rpc = *rpc;
+    fn arrive(&mut self, c: usize, op: u64, rpc: Rpc) {
         let id = rpc.id;
         if self.now > rpc.deadline {
             self.log(format!("server: request {id} of c{c} arrived after its deadline, refused"));
@@ -647,19 +646,10 @@ impl World {
             let again = at + self.latency();
             self.schedule(
                 again,
-                Event::Respond {
-                    client: c,
-                    op,
-                    id,
-                    result: Box::new(result.clone()),
-                    duplicate: true,
-                },
+                Event::Respond { client: c, op, id, result: result.clone(), duplicate: true },
             );
         }
-        self.schedule(
-            at,
-            Event::Respond { client: c, op, id, result: Box::new(result), duplicate: false },
-        );
+        self.schedule(at, Event::Respond { client: c, op, id, result, duplicate: false });
     }
 
     fn serve_kv(&mut self, store: u64, req: KvRequest) -> Result<KvResponse, RpcError> {

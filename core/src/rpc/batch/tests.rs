@@ -13,10 +13,10 @@ fn us(n: u64) -> Instant {
 }
 
 fn get(key: &str) -> KvRequest {
-    KvRequest::RawGet(kvrpcpb::RawGetRequest {
+    KvRequest::RawGet(Box::new(kvrpcpb::RawGetRequest {
         key: key.as_bytes().to_vec().into(),
         ..Default::default()
-    })
+    }))
 }
 
 /// A runtime in miniature: drains every output after each event and

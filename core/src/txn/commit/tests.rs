@@ -22,11 +22,11 @@ fn respond(resp: KvResponse) -> Fault {
 }
 
 fn prewrite_ok(min_commit_ts: u64, one_pc: u64) -> Fault {
-    respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+    respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
         min_commit_ts,
         one_pc_commit_ts: one_pc,
         ..Default::default()
-    }))
+    })))
 }
 
 fn commit_ok() -> Fault {
@@ -158,7 +158,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 conflict: Some(kvrpcpb::WriteConflict {
                     start_ts: ts(500),
@@ -170,7 +170,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
@@ -182,7 +182,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -195,14 +195,14 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_txn_status",
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             action: kvrpcpb::Action::TtlExpireRollback as i32,
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
@@ -215,7 +215,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -227,7 +227,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
@@ -239,13 +239,13 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault(
         "kv_commit",
-        respond(KvResponse::Commit(kvrpcpb::CommitResponse {
+        respond(KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             error: Some(kvrpcpb::KeyError {
                 commit_ts_expired: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("kv_commit", commit_ok());
     let (log, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
@@ -266,13 +266,13 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault(
         "kv_commit",
-        respond(KvResponse::Commit(kvrpcpb::CommitResponse {
+        respond(KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
             error: Some(kvrpcpb::KeyError {
                 txn_lock_not_found: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
-        })),
+        }))),
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(matches!(&result, Err(Error::KeyError(e)) if e.txn_lock_not_found.is_some()));
@@ -335,7 +335,7 @@ fn lock_ttl_grows_with_size_and_age() {
 fn large_transactions_send_heartbeats_while_committing() {
     let mut c = FakeCluster::new(&[]);
     let locked = || {
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -348,13 +348,13 @@ fn large_transactions_send_heartbeats_while_committing() {
                 ..Default::default()
             }],
             ..Default::default()
-        }))
+        })))
     };
     let alive = || {
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             lock_ttl: 600_000,
             ..Default::default()
-        }))
+        })))
     };
     for _ in 0..15 {
         c.fault("prewrite", locked());
@@ -399,7 +399,7 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "prewrite",
-        respond(KvResponse::Prewrite(kvrpcpb::PrewriteResponse {
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![kvrpcpb::KeyError {
                 locked: Some(kvrpcpb::LockInfo {
                     primary_lock: "p".into(),
@@ -412,14 +412,14 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
                 ..Default::default()
             }],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "check_txn_status",
-        respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             action: kvrpcpb::Action::TtlExpireRollback as i32,
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
@@ -436,4 +436,59 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
         .collect();
     assert_eq!(prewrites.len(), 2);
     assert_eq!(prewrites[1], vec![Bytes::from("a"), Bytes::from("b")]);
+}
+
+#[test]
+fn every_request_of_a_commit_carries_the_transaction_tags() {
+    let mut c = FakeCluster::new(&["m"]);
+    // A lock met at prewrite brings the resolver's requests in too.
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    primary_lock: "p".into(),
+                    key: "b".into(),
+                    lock_version: ts(100),
+                    lock_ttl: 10,
+                    txn_size: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))),
+    );
+    c.fault(
+        "check_txn_status",
+        respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
+            action: kvrpcpb::Action::TtlExpireRollback as i32,
+            ..Default::default()
+        }))),
+    );
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let tags = RequestTags {
+        priority: kvrpcpb::CommandPri::High,
+        request_source: Some(crate::rpc::RequestSource::external("Update")),
+        resource_group_name: Some("rg1".into()),
+        resource_group_tag: Bytes::from_static(b"tag"),
+    };
+    let opts = CommitOptions { tags, ..Default::default() };
+    let (_, result) = drive(committer(&["a", "b", "x"], opts), &mut c);
+    result.expect("committed");
+    let names: Vec<&str> = c.received.iter().map(KvRequest::name).collect();
+    for needed in ["kv_prewrite", "kv_check_txn_status", "kv_resolve_lock", "kv_commit"] {
+        assert!(names.contains(&needed), "{needed} missing from {names:?}");
+    }
+    for req in &c.received {
+        let ctx = req.context().expect("stamped");
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32, "{}", req.name());
+        assert_eq!(ctx.request_source, "external_Update", "{}", req.name());
+        let group = ctx.resource_control_context.as_ref().map(|r| r.resource_group_name.as_str());
+        assert_eq!(group, Some("rg1"), "{}", req.name());
+        assert_eq!(&ctx.resource_group_tag[..], b"tag", "{}", req.name());
+    }
 }

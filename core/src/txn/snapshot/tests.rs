@@ -30,18 +30,18 @@ fn locked(key: &str, txn_ms: i64, ttl: u64) -> kvrpcpb::KeyError {
 }
 
 fn get_value(v: &str) -> Fault {
-    respond(KvResponse::Get(kvrpcpb::GetResponse {
+    respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
         value: v.to_string().into(),
         ..Default::default()
-    }))
+    })))
 }
 
 fn status(ttl: u64, commit: u64) -> Fault {
-    respond(KvResponse::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+    respond(KvResponse::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
         lock_ttl: ttl,
         commit_version: commit,
         ..Default::default()
-    }))
+    })))
 }
 
 /// A lock of a transaction committed before the read: resolved, then the
@@ -51,10 +51,10 @@ fn get_resolves_a_committed_lock_and_reads_through_it() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "kv_get",
-        respond(KvResponse::Get(kvrpcpb::GetResponse {
+        respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
             error: Some(locked("k", 800, 3000)),
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("check_txn_status", status(0, ts(900)));
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
@@ -83,10 +83,10 @@ fn get_waits_out_a_live_lock() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "kv_get",
-        respond(KvResponse::Get(kvrpcpb::GetResponse {
+        respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
             error: Some(locked("k", 995, 20)),
             ..Default::default()
-        })),
+        }))),
     );
     // 995 ms + 20 ms TTL, PD says 1000 ms: 15 ms left, so the first sleep
     // (10 ms base, equal jitter) is at most 15 ms.
@@ -112,19 +112,19 @@ fn batch_get_rereads_only_locked_keys() {
     locked_pair.error = Some(locked("b", 100, 10));
     c.fault(
         "kv_batch_get",
-        respond(KvResponse::BatchGet(kvrpcpb::BatchGetResponse {
+        respond(KvResponse::BatchGet(Box::new(kvrpcpb::BatchGetResponse {
             pairs: vec![pair("a", "1"), locked_pair, pair("c", "3")],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("check_txn_status", status(0, 0));
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault(
         "kv_batch_get",
-        respond(KvResponse::BatchGet(kvrpcpb::BatchGetResponse {
+        respond(KvResponse::BatchGet(Box::new(kvrpcpb::BatchGetResponse {
             pairs: vec![pair("b", "2")],
             ..Default::default()
-        })),
+        }))),
     );
     let keys = ["c", "a", "b", "d"].map(Key::from).to_vec();
     let op = SnapshotBatchGet::new(view(), keys, ts(950), ReadOptions::default());
@@ -154,10 +154,10 @@ fn other_key_errors_are_returned() {
     let mut c = FakeCluster::new(&[]);
     c.fault(
         "kv_get",
-        respond(KvResponse::Get(kvrpcpb::GetResponse {
+        respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
             error: Some(kvrpcpb::KeyError { abort: "boom".into(), ..Default::default() }),
             ..Default::default()
-        })),
+        }))),
     );
     let op = SnapshotGet::new(view(), Key::from("k"), ts(950), ReadOptions::default());
     let (_, result) = drive(op, &mut c);
@@ -179,26 +179,26 @@ fn scan_resumes_at_a_resolved_lock() {
     locked_pair.error = Some(locked("c", 100, 10));
     c.fault(
         "kv_scan",
-        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+        respond(KvResponse::Scan(Box::new(kvrpcpb::ScanResponse {
             pairs: vec![pair("a", "1"), locked_pair, pair("d", "ignored: after the lock")],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault("check_txn_status", status(0, 0));
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault(
         "kv_scan",
-        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+        respond(KvResponse::Scan(Box::new(kvrpcpb::ScanResponse {
             pairs: vec![pair("d", "4")],
             ..Default::default()
-        })),
+        }))),
     );
     c.fault(
         "kv_scan",
-        respond(KvResponse::Scan(kvrpcpb::ScanResponse {
+        respond(KvResponse::Scan(Box::new(kvrpcpb::ScanResponse {
             pairs: vec![pair("x", "24")],
             ..Default::default()
-        })),
+        }))),
     );
     let op = SnapshotScan::new(
         view(),
@@ -225,4 +225,38 @@ fn scan_resumes_at_a_resolved_lock() {
     assert_eq!(scans[1].context.as_ref().expect("ctx").resolved_locks, vec![ts(100)]);
     assert_eq!(scans[1].limit, 9, "one pair already found");
     insta::assert_snapshot!(log);
+}
+
+/// The snapshot's tags reach its reads and the resolver's requests alike.
+#[test]
+fn reads_and_their_lock_resolution_carry_the_snapshot_tags() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
+            error: Some(locked("k", 800, 3000)),
+            ..Default::default()
+        }))),
+    );
+    c.fault("check_txn_status", status(0, ts(900)));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("kv_get", get_value("v"));
+    let opts = ReadOptions {
+        tags: RequestTags {
+            priority: kvrpcpb::CommandPri::Low,
+            resource_group_name: Some("analytics".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), opts);
+    let (_, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v")));
+    assert_eq!(c.received.len(), 4, "get, check status, resolve, get");
+    for req in &c.received {
+        let ctx = req.context().expect("stamped");
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::Low as i32, "{}", req.name());
+        let group = ctx.resource_control_context.as_ref().map(|r| r.resource_group_name.as_str());
+        assert_eq!(group, Some("analytics"), "{}", req.name());
+    }
 }

@@ -1,0 +1,388 @@
+//! `BatchCommands` streams: the runtime half of `tikv_core::rpc::batch`,
+//! written once for every runtime (spawning and timers come from a
+//! `tikv_driver::Runtime`, the HTTP/2 channel is any [`GrpcChannel`]).
+//!
+//! Per store connection (several per address, see [`BatchConns`]), one
+//! long-lived bidirectional `BatchCommands` stream, driven by two tasks
+//! around one [`BatchCollector`] (behind a mutex held only for the
+//! collector's own bookkeeping, never across I/O):
+//! - the **driver** task receives callers' requests, pushes them into the
+//!   collector, writes the messages it emits, arms its timer (batch waits
+//!   and request deadlines), opens a new stream when it asks for one, and
+//!   sends its fallbacks as unary calls;
+//! - one **receiver** task per stream reads answer messages, feeds them to
+//!   the collector and hands each answer to its caller; when the stream
+//!   ends or fails it reports the break (sent requests fail with the
+//!   retryable `Unavailable("batch stream broken: ..")`).
+//!
+//! Every policy decision (what to batch, when to flush, ids, deadlines,
+//! re-creation backoff, what falls back to unary) is the collector's.
+//!
+//! Timer resolution: runtime timers are coarse (tokio's ticks every 1 ms),
+//! far coarser than the 100 µs batch wait, so a wait shorter than a
+//! millisecond is done by yielding to the executor (the callers producing
+//! requests run meanwhile) and checking the clock again, not by sleeping.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tikv_core::rpc::batch::{BatchCollector, BatchConfig, StreamGen};
+use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
+use tikv_core::time::Instant;
+use tikv_driver::Runtime;
+use tikv_proto::tikvpb::BatchCommandsRequest;
+use tikv_proto::tikvpb::tikv_client::TikvClient;
+
+use crate::dispatch::call_kv;
+use crate::status::to_rpc_error;
+use crate::{ConnId, GrpcChannel, TransportConfig};
+
+type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
+
+/// A caller's request on its way to the driver task.
+struct Entry {
+    request: KvRequest,
+    deadline: Instant,
+    arrived: Instant,
+    reply: Reply,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry({:?})", self.request)
+    }
+}
+
+/// The `BatchCommands` connections of one transport: per store address,
+/// [`TransportConfig::batch_streams_per_store`] of them, each with its own
+/// collector and stream, taken in turn by successive requests.
+#[derive(Debug, Default)]
+pub struct BatchConns {
+    by_conn: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Entry>>>,
+    turn: AtomicUsize,
+}
+
+/// Where a batch connection gets its HTTP/2 channel. It is asked again for
+/// every new stream and every unary fallback, so a runtime whose channels do
+/// not reconnect by themselves (`tikv-async-std` redials through its pool)
+/// hands out a live one; tonic's channel reconnects and is handed out as is.
+pub type ChannelSource<C> = Arc<dyn Fn() -> BoxFuture<'static, Result<C, RpcError>> + Send + Sync>;
+
+/// State shared by the driver and receiver tasks of one address.
+struct Shared<C, R> {
+    collector: Mutex<BatchCollector<Reply>>,
+    /// Receiver → driver: the collector changed state (stream ready or
+    /// broken) and has output only the driver handles.
+    wake: mpsc::UnboundedSender<()>,
+    channel: ChannelSource<C>,
+    rt: R,
+    config: TransportConfig,
+}
+
+impl<C, R> Shared<C, R> {
+    fn lock(&self) -> MutexGuard<'_, BatchCollector<Reply>> {
+        self.collector.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl BatchConns {
+    /// Sends `request` over one of `addr`'s streams (or, as its collector
+    /// decides, unary) and waits for its answer. The first call on the n-th
+    /// connection of an address spawns its tasks on `rt`, getting channels
+    /// from `source(n)` (each `n` must be a separate HTTP/2 connection).
+    pub async fn call<C: GrpcChannel + Sync, R: Runtime>(
+        &self,
+        rt: &R,
+        addr: &Arc<str>,
+        source: impl Fn(usize) -> ChannelSource<C>,
+        config: &TransportConfig,
+        request: KvRequest,
+        deadline: Instant,
+    ) -> Result<KvResponse, RpcError>
+    where
+        C::Future: Send,
+    {
+        let (reply, answer) = oneshot::channel();
+        let mut entry = Entry { request, deadline, arrived: rt.now(), reply };
+        let n = config.batch_streams_per_store.max(1);
+        let conn = (addr.clone(), self.turn.fetch_add(1, Ordering::Relaxed) % n);
+        // Twice at most: a driver whose executor has shut down (its task
+        // dropped, so its queue closed) is replaced by one spawned now.
+        for _ in 0..2 {
+            let sender = self.sender(rt, &conn, &source, config);
+            match sender.unbounded_send(entry) {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(RpcError::Unavailable("batch stream closed".into()))
+                    });
+                }
+                Err(e) => {
+                    entry = e.into_inner();
+                    let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+                    if map.get(&conn).is_some_and(|s| s.same_receiver(&sender)) {
+                        map.remove(&conn);
+                    }
+                }
+            }
+        }
+        Err(RpcError::Unavailable("batch stream driver is gone".into()))
+    }
+
+    fn sender<C: GrpcChannel + Sync, R: Runtime>(
+        &self,
+        rt: &R,
+        conn: &ConnId,
+        source: &impl Fn(usize) -> ChannelSource<C>,
+        config: &TransportConfig,
+    ) -> mpsc::UnboundedSender<Entry>
+    where
+        C::Future: Send,
+    {
+        let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = map.get(conn) {
+            return sender.clone();
+        }
+        let (sender, entries) = mpsc::unbounded();
+        let (wake, woken) = mpsc::unbounded();
+        let batch = BatchConfig::default().policy(config.batch_policy);
+        let shared = Arc::new(Shared {
+            collector: Mutex::new(BatchCollector::new(batch)),
+            wake,
+            channel: source(conn.1),
+            rt: rt.clone(),
+            config: config.clone(),
+        });
+        rt.spawn(drive(shared, entries, woken).boxed());
+        map.insert(conn.clone(), sender.clone());
+        sender
+    }
+}
+
+/// What the driver does with the collector's output outside the lock.
+#[derive(Default)]
+struct Outputs {
+    done: Vec<(Reply, Result<KvResponse, RpcError>)>,
+    unary: Vec<(KvRequest, Reply, Instant)>,
+}
+
+impl Outputs {
+    fn deliver<C: GrpcChannel + Sync, R: Runtime>(&mut self, shared: &Shared<C, R>)
+    where
+        C::Future: Send,
+    {
+        for (reply, result) in self.done.drain(..) {
+            // The caller may have given up; nothing to do then.
+            let _ = reply.send(result);
+        }
+        for (request, reply, deadline) in self.unary.drain(..) {
+            let channel = (shared.channel)();
+            let limits = shared.config.limits();
+            let rt = shared.rt.clone();
+            shared.rt.spawn(
+                async move {
+                    let result = match channel.await {
+                        Ok(channel) => {
+                            let timeout = (deadline != Instant::MAX)
+                                .then(|| deadline.saturating_duration_since(rt.now()));
+                            call_kv(channel, limits, request, timeout).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                }
+                .boxed(),
+            );
+        }
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    /// A request arrived (already pushed into the collector).
+    Entry,
+    Closed,
+    Nudged,
+    Timer,
+}
+
+/// The driver task of one address; ends when the transport is dropped.
+async fn drive<C: GrpcChannel + Sync, R: Runtime>(
+    shared: Arc<Shared<C, R>>,
+    mut entries: mpsc::UnboundedReceiver<Entry>,
+    mut woken: mpsc::UnboundedReceiver<()>,
+) where
+    C::Future: Send,
+{
+    let mut stream: Option<mpsc::UnboundedSender<BatchCommandsRequest>> = None;
+    let mut out = Outputs::default();
+    let mut sleep: Option<(Instant, BoxFuture<'static, ()>)> = None;
+    loop {
+        let timeout = {
+            let mut c = shared.lock();
+            let now = shared.rt.now();
+            c.on_timeout(now);
+            if c.wants_stream() {
+                let generation = c.open_stream(now);
+                let (tx, rx) = mpsc::unbounded();
+                stream = Some(tx);
+                shared.rt.spawn(receive(shared.clone(), generation, rx).boxed());
+            }
+            while let Some(batch) = c.poll_batch(now) {
+                // A failed write means the stream is gone; its receiver
+                // reports the break.
+                if let Some(tx) = &stream {
+                    let _ = tx.unbounded_send(batch);
+                }
+            }
+            while let Some(done) = c.poll_completion() {
+                out.done.push(done);
+            }
+            while let Some(f) = c.poll_fallback() {
+                out.unary.push((f.request, f.waiter, f.deadline));
+            }
+            c.poll_timeout()
+        };
+        out.deliver(&shared);
+
+        let now = shared.rt.now();
+        let soon = timeout.is_some_and(|at| at.saturating_duration_since(now) < SHORT_WAIT);
+        if soon {
+            // A sub-millisecond batch wait: let the callers run, then look
+            // again (module docs).
+            YieldOnce(false).await;
+        } else {
+            if sleep.as_ref().map(|(at, _)| Some(*at)) != Some(timeout) {
+                sleep = timeout.map(|at| (at, shared.rt.sleep_until(at)));
+            }
+            let wake = futures::future::poll_fn(|cx| {
+                if let Poll::Ready(entry) = entries.poll_next_unpin(cx) {
+                    return Poll::Ready(match entry {
+                        Some(entry) => {
+                            push(&shared, entry);
+                            Wake::Entry
+                        }
+                        None => Wake::Closed,
+                    });
+                }
+                if let Poll::Ready(Some(())) = woken.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Nudged);
+                }
+                if let Some((_, timer)) = sleep.as_mut()
+                    && timer.poll_unpin(cx).is_ready()
+                {
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Closed => return,
+                Wake::Timer => sleep = None,
+                Wake::Entry | Wake::Nudged => {}
+            }
+        }
+        // Take everything already queued (client-go's non-blocking sweep),
+        // and the nudges that came with it.
+        loop {
+            match entries.try_recv() {
+                Ok(entry) => push(&shared, entry),
+                Err(mpsc::TryRecvError::Closed) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        while woken.try_recv().is_ok() {}
+    }
+}
+
+/// Waits shorter than this are done by yielding (module docs).
+const SHORT_WAIT: Duration = Duration::from_millis(1);
+
+/// Returns `Pending` once (after waking itself), then `Ready`: lets every
+/// other ready task of the executor run before the driver looks again.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn push<C, R>(shared: &Shared<C, R>, entry: Entry) {
+    shared.lock().push(entry.request, entry.reply, entry.deadline, entry.arrived);
+}
+
+/// Reads one stream's answers until it ends, then reports the break.
+async fn receive<C: GrpcChannel + Sync, R: Runtime>(
+    shared: Arc<Shared<C, R>>,
+    generation: StreamGen,
+    requests: mpsc::UnboundedReceiver<BatchCommandsRequest>,
+) where
+    C::Future: Send,
+{
+    let limits = shared.config.limits();
+    let mut done = Vec::new();
+    let opened = match (shared.channel)().await {
+        Ok(channel) => {
+            let mut client = TikvClient::new(channel)
+                .max_decoding_message_size(limits.decoding)
+                .max_encoding_message_size(limits.encoding);
+            client.batch_commands(requests).await.map_err(to_rpc_error)
+        }
+        Err(e) => Err(e),
+    };
+    let reason = match opened {
+        Err(e) => e.to_string(),
+        Ok(response) => {
+            let mut answers = response.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(message)) => {
+                        let changed = {
+                            let mut c = shared.lock();
+                            let before = c.state();
+                            c.on_response(generation, message, shared.rt.now());
+                            while let Some(d) = c.poll_completion() {
+                                done.push(d);
+                            }
+                            c.state() != before
+                        };
+                        for (reply, result) in done.drain(..) {
+                            let _ = reply.send(result);
+                        }
+                        if changed {
+                            let _ = shared.wake.unbounded_send(());
+                        }
+                    }
+                    Ok(None) => break "closed by the store".to_owned(),
+                    Err(status) => break to_rpc_error(status).to_string(),
+                }
+            }
+        }
+    };
+    {
+        let mut c = shared.lock();
+        c.on_stream_broken(generation, &reason, shared.rt.now());
+        while let Some(d) = c.poll_completion() {
+            done.push(d);
+        }
+    }
+    for (reply, result) in done.drain(..) {
+        let _ = reply.send(result);
+    }
+    // Fallbacks and the next stream are the driver's.
+    let _ = shared.wake.unbounded_send(());
+}
