@@ -4,6 +4,8 @@
 //! cargo build --release -p tikv-sim -p tikv-bench
 //! target/release/tikv-bench [--secs 3] [--conc 1,64,256] [--ops get,put]
 //!                           [--modes batch,unary,floor-stream,floor-unary]
+//!                           [--key-len 16] [--value-len 64]
+//!                           [--client-go PATH] [--tikv-client PATH]
 //! ```
 //!
 //! Starts `tikv-sim` (next to this binary, or `$TIKV_SIM`) as a separate
@@ -21,21 +23,28 @@
 //!   prebuilt requests with the region context filled in, no routing, an
 //!   id → oneshot map and a sender task taking whatever is queued (the
 //!   transport's ceiling);
-//! - `floor-unary`: prebuilt unary tonic calls.
+//! - `floor-unary`: prebuilt unary tonic calls;
+//! - `client-go`, `tikv-client`: the peers, each in its own process
+//!   (`tikv_bench::peers`; not in the default set). Their programs are
+//!   found next to this binary (`peer-client-go`, `tikv-client-bench`) or
+//!   given with `--client-go` / `--tikv-client`; `bench/side-by-side.sh`
+//!   builds everything and runs them all.
 //!
-//! Each (op, concurrency, mode) runs for `--secs` after a short warm-up;
-//! keys are 24 bytes, values 128 bytes. CPU is the client process's
-//! user+system time from `/proc/self/stat` (10 ms ticks), divided by
-//! completed operations. The ratios compare each of our modes with its
-//! floor from the same run.
+//! Each (op, concurrency, mode) runs the workload of `tikv_bench::workload`
+//! for `--secs` after a short warm-up; keys are 16 bytes and values 64
+//! unless `--key-len` / `--value-len` say otherwise. CPU is the client
+//! process's user+system time, divided by completed operations. The
+//! ratios compare each of our modes with its floor from the same run; with
+//! peers in the run, a second table gives our modes' ratios to each peer.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::BoxFuture;
+use tikv_bench::peers::{PEER_MODES, PeerPlan, Peers, Row};
+use tikv_bench::workload::{self, Op, Workload};
 use tikv_core::config::Config;
 use tikv_core::rpc::batch::BatchPolicy;
 use tikv_core::rpc::{KvRequest, PdRequest, PdResponse, Request, Response, Target};
@@ -49,9 +58,6 @@ use tikv_proto::tikvpb::{BatchCommandsRequest, BatchCommandsResponse};
 use tikv_tokio::{GrpcTransport, TokioRuntime, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
-
-const VALUE_LEN: usize = 128;
-const KEYS_PER_TASK: u64 = 1000;
 
 /// The tokio platform with every request unary.
 struct Unary;
@@ -93,6 +99,8 @@ struct Args {
     conc: Vec<usize>,
     ops: Vec<String>,
     modes: Vec<String>,
+    workload: Workload,
+    peer_bins: HashMap<&'static str, PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -101,7 +109,14 @@ fn parse_args() -> Result<Args, String> {
         conc: vec![1, 64, 256],
         ops: vec!["get".into(), "put".into()],
         modes: ["batch", "unary", "floor-stream", "floor-unary"].map(String::from).to_vec(),
+        workload: Workload::default(),
+        peer_bins: HashMap::new(),
     };
+    // Peer programs next to this binary unless given.
+    if let Ok(exe) = std::env::current_exe() {
+        args.peer_bins.insert("client-go", exe.with_file_name("peer-client-go"));
+        args.peer_bins.insert("tikv-client", exe.with_file_name("tikv-client-bench"));
+    }
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -117,112 +132,36 @@ fn parse_args() -> Result<Args, String> {
             }
             "--ops" => args.ops = list(),
             "--modes" => args.modes = list(),
+            "--key-len" => {
+                args.workload.key_len = value.parse().map_err(|_| "--key-len: a number")?;
+                if args.workload.key_len < Workload::MIN_KEY_LEN {
+                    return Err(format!("--key-len: at least {}", Workload::MIN_KEY_LEN));
+                }
+            }
+            "--value-len" => {
+                args.workload.value_len = value.parse().map_err(|_| "--value-len: a number")?
+            }
+            "--client-go" => drop(args.peer_bins.insert("client-go", value.into())),
+            "--tikv-client" => drop(args.peer_bins.insert("tikv-client", value.into())),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     Ok(args)
 }
 
-/// The client's CPU time so far (user + system, all threads).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces): state is
-    // field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // Fields 14 and 15 are at 11 and 12 counting from state = 0. USER_HZ is
-    // 100 on Linux.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-fn key(task: usize, i: u64) -> Vec<u8> {
-    format!("bench-key-{task:06}-{:07}", i % KEYS_PER_TASK).into_bytes()
-}
-
-/// One operation of a mode, by task and sequence number.
-type Op = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, bool> + Send + Sync>;
-
-struct Outcome {
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    cpu: Duration,
-    latencies: Vec<u32>,
-}
-
-async fn run(op: Op, conc: usize, secs: f64) -> Outcome {
-    let warm = Duration::from_millis(300);
-    let measure = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..conc)
-        .map(|t| {
-            let (op, measure, stop, errors) =
-                (op.clone(), measure.clone(), stop.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(1 << 16);
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    let ok = op(t, i).await;
-                    i += 1;
-                    if measure.load(Ordering::Relaxed) {
-                        if ok {
-                            lat.push(
-                                u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX),
-                            );
-                        } else {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    tokio::time::sleep(warm).await;
-    let (t0, cpu0) = (Instant::now(), cpu_time());
-    measure.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    measure.store(false, Ordering::Relaxed);
-    let (elapsed, cpu) = (t0.elapsed(), cpu_time().saturating_sub(cpu0));
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap_or_default());
-    }
-    latencies.sort_unstable();
-    Outcome {
-        ops: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        cpu,
-        latencies,
-    }
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// A raw get or put through one of our clients.
-fn ours<P: Platform>(client: &RawClient<P>, is_get: bool, value: &[u8]) -> Op
+fn ours<P: Platform>(client: &RawClient<P>, is_get: bool, w: Workload) -> Op
 where
     RawClient<P>: Clone,
 {
-    let (client, value) = (client.clone(), value.to_vec());
+    let (client, value) = (client.clone(), w.value());
     Arc::new(move |t, i| {
         let (client, value) = (client.clone(), value.clone());
         Box::pin(async move {
             if is_get {
-                client.get(key(t, i)).await.is_ok()
+                client.get(w.key(t, i)).await.is_ok()
             } else {
-                client.put(key(t, i), value).await.is_ok()
+                client.put(w.key(t, i), value).await.is_ok()
             }
         })
     })
@@ -377,7 +316,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "{e}\nusage: tikv-bench [--secs S] [--conc 1,64,256] [--ops get,put] [--modes batch,unary,floor-stream,floor-unary]"
+                "{e}\nusage: tikv-bench [--secs S] [--conc 1,64,256] [--ops get,put] [--modes batch,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
             );
             return ExitCode::from(2);
         }
@@ -441,18 +380,31 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
         .await
         .map_err(|e| e.to_string())?;
     let floor = FloorStream::open(channel.clone()).await?;
-    let value = vec![b'v'; VALUE_LEN];
+    let w = args.workload;
+    let value = w.value();
     // Every key exists, so gets return values.
     for t in 0..args.conc.iter().copied().max().unwrap_or(1) {
-        for i in 0..KEYS_PER_TASK.min(64) {
-            batch.put(key(t, i), value.clone()).await.map_err(|e| format!("preload: {e}"))?;
-        }
+        let pairs = (0..w.keys_per_task).map(|i| (w.key(t, i), value.clone())).collect::<Vec<_>>();
+        batch.batch_put(pairs).await.map_err(|e| format!("preload: {e}"))?;
     }
+    let mut peers = Peers::new(
+        PeerPlan {
+            pd: pd.clone(),
+            ops: args.ops.clone(),
+            conc: args.conc.clone(),
+            secs: args.secs,
+            workload: w,
+        },
+        args.peer_bins.clone(),
+    );
+    let mut all_rows = Vec::new();
 
     println!(
-        "# tikv-bench: {}s per cell, 1 client worker{}, key 24 B, value {VALUE_LEN} B",
+        "# tikv-bench: {}s per cell, 1 client worker{}, key {} B, value {} B",
         args.secs,
-        if pinned { ", client on core 0, tikv-sim on core 1" } else { ", unpinned" }
+        if pinned { ", client on core 0, tikv-sim on core 1" } else { ", unpinned" },
+        w.key_len,
+        w.value_len,
     );
     println!(
         "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | errors | ops/s vs floor | CPU/op vs floor |"
@@ -468,9 +420,9 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
             for mode in modes {
                 let is_get = op_name == "get";
                 let op: Op = match mode {
-                    "batch" => ours(&batch, is_get, &value),
-                    "batch-basic" => ours(&basic, is_get, &value),
-                    "unary" => ours(&unary, is_get, &value),
+                    "batch" => ours(&batch, is_get, w),
+                    "batch-basic" => ours(&basic, is_get, w),
+                    "unary" => ours(&unary, is_get, w),
                     "transport" => {
                         let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
                         let target = Target::Store { store_id: 1, addr: store.clone().into() };
@@ -480,13 +432,13 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                             let request = if is_get {
                                 KvRequest::RawGet(Box::new(RawGetRequest {
                                     context: Some(ctx.clone()),
-                                    key: key(t, i).into(),
+                                    key: w.key(t, i).into(),
                                     ..Default::default()
                                 }))
                             } else {
                                 KvRequest::RawPut(Box::new(RawPutRequest {
                                     context: Some(ctx.clone()),
-                                    key: key(t, i).into(),
+                                    key: w.key(t, i).into(),
                                     value: value.clone().into(),
                                     ..Default::default()
                                 }))
@@ -502,13 +454,13 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                             let cmd = if is_get {
                                 ReqCmd::RawGet(RawGetRequest {
                                     context: Some(ctx.clone()),
-                                    key: key(t, i).into(),
+                                    key: w.key(t, i).into(),
                                     ..Default::default()
                                 })
                             } else {
                                 ReqCmd::RawPut(RawPutRequest {
                                     context: Some(ctx.clone()),
-                                    key: key(t, i).into(),
+                                    key: w.key(t, i).into(),
                                     value: value.clone().into(),
                                     ..Default::default()
                                 })
@@ -523,7 +475,7 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                             let mut client = TikvClient::new(channel.clone());
                             let (ctx, value) = (ctx.clone(), value.clone());
                             Box::pin(async move {
-                                let key = key(t, i).into();
+                                let key = w.key(t, i).into();
                                 if is_get {
                                     let req = RawGetRequest {
                                         context: Some(ctx),
@@ -543,11 +495,24 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                             })
                         })
                     }
+                    peer if PEER_MODES.contains(&peer) => {
+                        let o = peers.cell(peer, op_name, conc).await?;
+                        rows.push(format!(
+                            "| {op_name} | {conc} | {mode} | {:.0} | {} | {} | {:.1} | {} |  |  |",
+                            o.ops_per_sec(),
+                            o.p50_us,
+                            o.p99_us,
+                            o.cpu_us_per_op(),
+                            o.errors,
+                        ));
+                        all_rows.push(Row { mode: mode.to_owned(), result: o });
+                        continue;
+                    }
                     other => return Err(format!("unknown mode {other}")),
                 };
-                let o = run(op, conc, args.secs).await;
-                let ops_s = o.ops as f64 / o.elapsed.as_secs_f64();
-                let cpu_op = o.cpu.as_secs_f64() * 1e6 / (o.ops.max(1) as f64);
+                let o = workload::run(op, op_name, conc, args.secs).await;
+                let ops_s = o.ops_per_sec();
+                let cpu_op = o.cpu_us_per_op();
                 if mode.starts_with("floor") {
                     floors.insert(
                         if mode == "floor-stream" { "batch" } else { "unary" },
@@ -562,15 +527,30 @@ async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<()
                     .unwrap_or_else(|| " | ".to_owned());
                 rows.push(format!(
                     "| {op_name} | {conc} | {mode} | {ops_s:.0} | {} | {} | {cpu_op:.1} | {} | {ratio} |",
-                    percentile(&o.latencies, 0.50),
-                    percentile(&o.latencies, 0.99),
-                    o.errors,
+                    o.p50_us, o.p99_us, o.errors,
                 ));
+                all_rows.push(Row { mode: mode.to_owned(), result: o });
             }
             for row in rows {
                 println!("{row}");
             }
         }
+    }
+    let ratios = tikv_bench::peers::ratio_table(&all_rows);
+    if !ratios.is_empty() && all_rows.iter().any(|r| PEER_MODES.contains(&r.mode.as_str())) {
+        println!(
+            "\n# ours ÷ peer and ours ÷ floor, same run (ops/s: higher is better for us; CPU/op: lower)"
+        );
+        print!("{ratios}");
+    }
+    // A cell with failed or no operations measured nothing worth comparing.
+    let broken: Vec<_> = all_rows
+        .iter()
+        .filter(|r| r.result.errors > 0 || r.result.ops == 0)
+        .map(|r| format!("{} {} at {}", r.mode, r.result.op, r.result.conc))
+        .collect();
+    if !broken.is_empty() {
+        return Err(format!("cells with errors or no completed operation: {}", broken.join(", ")));
     }
     Ok(())
 }

@@ -56,4 +56,6 @@ generated!(
     pdpb,
     /// `keyspacepb`: the `Keyspace` service.
     keyspacepb,
+    /// `meta_storagepb`: PD's `MetaStorage` service (`Get`).
+    meta_storagepb,
 );

@@ -100,6 +100,9 @@
 //! - PD: no follower handling (followers refuse all but GetMembers and
 //!   GetClusterInfo), no forwarding, no rate limits, no heartbeats; a stopped
 //!   store stays `Up` in PD. The stale mode freezes the region directory only.
+//! - PD's `MetaStorage` (its etcd, over gRPC) serves `Get` only, over an
+//!   empty store at revision 1 (no microservice ever registers itself), on
+//!   every member.
 //! - PD keyspaces: a plain table (DEFAULT, id 0, ENABLED, plus what
 //!   [`Cluster::add_keyspace`] adds); keyspace region bounds are not split or
 //!   checked.

@@ -1,6 +1,7 @@
 //! The gRPC face: the same [`Cluster`] served over tonic on loopback.
 //!
-//! One listener per PD member (the `PD` and `Keyspace` services share it) and
+//! One listener per PD member (the `PD`, `Keyspace` and `MetaStorage`
+//! services share it; `MetaStorage` serves `Get` over an empty store) and
 //! one per store (the `Tikv` service). Every unary method forwards to
 //! [`Cluster::handle_kv`] / [`Cluster::handle_pd`]; the `Tso` stream answers
 //! each request message with one response, in order, and ends with the
@@ -46,13 +47,14 @@ use tikv_core::rpc::batch::{from_batch_cmd, response_to_batch};
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_proto::keyspacepb::keyspace_server::{Keyspace, KeyspaceServer};
+use tikv_proto::meta_storagepb::meta_storage_server::{MetaStorage, MetaStorageServer};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
 use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
 use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
-use tikv_proto::{keyspacepb, kvrpcpb, pdpb};
+use tikv_proto::{keyspacepb, kvrpcpb, meta_storagepb, pdpb};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
@@ -396,6 +398,33 @@ macro_rules! pd_split {
     };
 }
 
+/// PD's `MetaStorage` `Get` (PD's `MetaStorageServer.Get`: an etcd range
+/// read answered with the cluster id and the store's revision). The model
+/// has no etcd: its meta storage is empty, as a PD's is when no
+/// microservice (router, TSO, resource manager) has registered itself, so
+/// every range reads no keys, at revision 1 (etcd's first). PD clients call
+/// it at startup to discover microservices; without it client-go's PD
+/// client retries for 5 s before it gives up on the router service.
+/// Served by every member (it reads etcd directly, without a leader check).
+#[tonic::async_trait]
+impl MetaStorage for PdService {
+    async fn get(
+        &self,
+        _request: Request<meta_storagepb::GetRequest>,
+    ) -> Result<Response<meta_storagepb::GetResponse>, Status> {
+        Ok(Response::new(meta_storagepb::GetResponse {
+            header: Some(meta_storagepb::ResponseHeader {
+                cluster_id: self.cluster.config().cluster_id,
+                error: None,
+                revision: 1,
+            }),
+            kvs: Vec::new(),
+            more: false,
+            count: 0,
+        }))
+    }
+}
+
 macro_rules! pd_methods {
     ($(($variant:ident, $svc:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
         pd_split!(@acc [] [] $(($variant, $svc, $method, $req, $resp))*);
@@ -561,7 +590,8 @@ impl SimServer {
             let svc = PdService { cluster: cluster.clone(), member, clock };
             let router = tonic::transport::Server::builder()
                 .add_service(PdServer::new(svc.clone()))
-                .add_service(KeyspaceServer::new(svc));
+                .add_service(KeyspaceServer::new(svc.clone()))
+                .add_service(MetaStorageServer::new(svc));
             pd.push((addr, serve(listener, router)));
         }
         Ok(SimServer {

@@ -204,3 +204,33 @@ async fn pessimistic_lock_waits_for_release() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_storage_get_reads_an_empty_store_on_every_member() {
+    use tikv_proto::meta_storagepb::{self, meta_storage_client::MetaStorageClient};
+    let cluster = Cluster::new(ClusterConfig { pd_members: 2, ..ClusterConfig::default() });
+    let server = SimServer::start(cluster.clone(), ServerOptions::default()).await.unwrap();
+    for addr in server.pd_addrs() {
+        let mut ms = MetaStorageClient::new(channel(format!("http://{addr}")).await.unwrap());
+        // What PD clients ask at startup: the router service's registry prefix.
+        let key = format!("/ms/{}/router/registry/", cluster.config().cluster_id);
+        let mut range_end = key.clone().into_bytes();
+        *range_end.last_mut().unwrap() += 1;
+        let r = ms
+            .get(meta_storagepb::GetRequest {
+                key: key.into_bytes().into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let header = r.header.unwrap();
+        assert_eq!(
+            (header.cluster_id, header.error, header.revision),
+            (cluster.config().cluster_id, None, 1)
+        );
+        assert_eq!((r.kvs.len(), r.count, r.more), (0, 0, false));
+    }
+    server.shutdown().await;
+}

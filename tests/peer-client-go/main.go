@@ -7,6 +7,13 @@
 //
 // The raw cluster is an API V1 raw cluster; the txn cluster an API V1
 // transactional one (`tikv-sim --txn`). Both should have several regions.
+//
+// Two more modes serve other programs of this repository:
+//
+//	peer-client-go interop --pd ADDR   client-go as a step server for the
+//	                                   interop driver (interop.go)
+//	peer-client-go bench --pd ADDR ... client-go under tikv-bench's workload
+//	                                   (bench.go)
 package main
 
 import (
@@ -21,7 +28,6 @@ import (
 
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 	"github.com/pingcap/log"
-	"github.com/tikv/client-go/v2/config"
 	tikverr "github.com/tikv/client-go/v2/error"
 	"github.com/tikv/client-go/v2/kv"
 	"github.com/tikv/client-go/v2/oracle"
@@ -699,36 +705,48 @@ func runTxn(ctx context.Context, c *checker, pd []string) {
 	c.check("gc state read (GetGCState)", err)
 }
 
-func main() {
-	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 raw cluster, comma separated")
-	txnPD := flag.String("txn-pd", "", "PD address(es) of an API V1 transactional cluster, comma separated")
-	timeout := flag.Duration("timeout", 3*time.Minute, "overall time limit")
-	logFile := flag.String("log", "", "client-go's log file (default: none below error level, to stderr)")
-	flag.Parse()
-	// client-go logs through pingcap/log, to stdout by default; keep stdout
-	// for the PASS/FAIL lines.
+// setupLogger routes client-go's log (pingcap/log, to stdout by default)
+// to a file at info level, or to stderr at error level: stdout is kept for
+// this program's own lines.
+func setupLogger(logFile string) error {
 	var lg *zap.Logger
 	var props *log.ZapProperties
 	var err error
-	if *logFile != "" {
-		lg, props, err = log.InitLogger(&log.Config{Level: "info", File: log.FileLogConfig{Filename: *logFile}})
+	if logFile != "" {
+		lg, props, err = log.InitLogger(&log.Config{Level: "info", File: log.FileLogConfig{Filename: logFile}})
 	} else {
 		stderr := zapcore.AddSync(os.Stderr)
 		lg, props, err = log.InitLoggerWithWriteSyncer(&log.Config{Level: "error"}, stderr, stderr)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "cannot set up client-go's logger: %v\n", err)
-		os.Exit(2)
+		return fmt.Errorf("cannot set up client-go's logger: %v", err)
 	}
 	log.ReplaceGlobals(lg, props)
+	return nil
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "interop":
+			os.Exit(interopMain(os.Args[2:]))
+		case "bench":
+			os.Exit(benchMain(os.Args[2:]))
+		}
+	}
+	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 raw cluster, comma separated")
+	txnPD := flag.String("txn-pd", "", "PD address(es) of an API V1 transactional cluster, comma separated")
+	timeout := flag.Duration("timeout", 3*time.Minute, "overall time limit")
+	logFile := flag.String("log", "", "client-go's log file (default: none below error level, to stderr)")
+	flag.Parse()
+	if err := setupLogger(*logFile); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if *rawPD == "" && *txnPD == "" {
 		fmt.Fprintln(os.Stderr, "usage: peer-client-go --raw-pd HOST:PORT --txn-pd HOST:PORT")
 		os.Exit(2)
 	}
-	// The simulator serves unary calls only: no BatchCommands stream.
-	config.UpdateGlobal(func(conf *config.Config) {
-		conf.TiKVClient.MaxBatchSize = 0
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	c := &checker{}

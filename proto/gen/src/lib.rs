@@ -24,12 +24,13 @@ pub const PROTO_FILES: &[&str] = &[
     "tikvpb.proto",
     "pdpb.proto",
     "keyspacepb.proto",
+    "meta_storagepb.proto",
 ];
 
 /// The packages that have a gRPC service; their tonic modules are gated
 /// behind the `grpc` feature of `tikv-proto` so the sans-IO core never
 /// compiles tonic.
-const SERVICE_PACKAGES: &[&str] = &["tikvpb", "pdpb", "keyspacepb"];
+const SERVICE_PACKAGES: &[&str] = &["tikvpb", "pdpb", "keyspacepb", "meta_storagepb"];
 
 /// The `proto/` directory of the workspace (parent of this crate).
 pub fn proto_dir() -> PathBuf {

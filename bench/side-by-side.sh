@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark (issue #6): raw get and put through our tokio
+# client (BatchCommands and unary), client-go, tikv-client 0.4 and the
+# minimal tonic floors, against one `tikv-sim` process, in one run.
+#
+#   bash bench/side-by-side.sh                 # 3 s per cell, conc 1,64,256
+#   bash bench/side-by-side.sh --secs 1 --conc 64
+#
+# Builds everything in release first (tikv-sim and tikv-bench; tikv-client's
+# runner from tests/peer-tikv-client, its own workspace; client-go's program
+# from tests/peer-client-go, which needs Go), then runs tikv-bench with every
+# mode; extra arguments go to tikv-bench. Not part of CI's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+out="$CARGO_TARGET_DIR/release"
+
+cargo build --release --locked -p tikv-sim -p tikv-bench
+cargo build --release --locked --manifest-path tests/peer-tikv-client/Cargo.toml \
+  --bin tikv-client-bench
+if ! command -v go >/dev/null 2>&1; then
+  echo "go not found: the client-go runner needs the Go toolchain" >&2
+  exit 1
+fi
+# kvproto's pseudo-versions are not in the checksum database; go.sum pins them.
+(cd tests/peer-client-go &&
+  GONOSUMDB=github.com/pingcap/kvproto GOFLAGS="-mod=readonly -buildvcs=false" \
+    go build -o "$out/peer-client-go" .)
+
+exec "$out/tikv-bench" \
+  --modes batch,unary,floor-stream,floor-unary,client-go,tikv-client \
+  --client-go "$out/peer-client-go" --tikv-client "$out/tikv-client-bench" "$@"

@@ -1,0 +1,621 @@
+//! `interop-client-go`: our client and Go's `tikv/client-go` v2 on one
+//! simulated cluster.
+//!
+//! ```text
+//! interop-client-go --go-bin PATH [--go-log FILE]
+//! ```
+//!
+//! Serves a transactional API V1 cluster (three stores, four regions split
+//! at `0x40`, `0x80`, `0xc0`) in this process, connects our tokio client to
+//! it, and starts `PATH interop --pd ADDR` (the `tests/peer-client-go`
+//! program) as a step server that answers one command per line (see its
+//! `interop.go`). This process owns the cluster, so it makes writers "crash"
+//! by failing `Commit` RPCs with [`Cluster::inject_rpc_error`], and checks
+//! outcomes in the model itself ([`Cluster::commit_record`],
+//! [`Cluster::locks`]). client-go's writers crash through its exported test
+//! probes instead (`TxnProbe`, `CommitterProbe`): they prewrite, optionally
+//! commit the primary, and stop.
+//!
+//! Checks, one `PASS`/`FAIL` line each, exit code non-zero on any failure:
+//! data written by each client (2PC, async commit, 1PC) is read by the
+//! other; a crashed writer of each is resolved by a reader of the other with
+//! the right outcome (rolled back when the primary never committed, rolled
+//! forward at the primary's commit ts when it did, committed at the
+//! transaction's commit ts when an async commit's commit phase is lost).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use tikv_core::rpc::RpcError;
+use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::{Cluster, ClusterConfig, Filter, WriteKind};
+use tikv_tokio::{BackoffBudgets, Config, Error, TransactionClient, TransactionOptions};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+type Check = Result<(), String>;
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// How long one step of the Go side may take (client-go waits out a live
+/// lock's TTL before resolving it; ours are 3 s).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longer than our locks' TTL (3 s, client-go's default for small
+/// transactions), counted from the writer's start.
+const LOCK_TTL_PASSED: Duration = Duration::from_millis(3_200);
+
+/// How long a reader's background lock resolution may take to land.
+const RESOLVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Longer than client-go's crashed writers' lock TTL (`GO_LOCK_TTL_MS`).
+const GO_LOCK_TTL_PASSED: Duration = Duration::from_millis(300);
+
+/// The lock TTL of client-go's crashed writers, short so that our readers
+/// need not wait long.
+const GO_LOCK_TTL_MS: u64 = 100;
+
+/// Counts results and prints one line per check.
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn record(&mut self, check: &str, result: Check) {
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                println!("PASS {check}");
+            }
+            Err(why) => {
+                self.failed += 1;
+                println!("FAIL {check}: {why}");
+            }
+        }
+    }
+}
+
+fn expect_eq<T: PartialEq + Debug>(what: &str, got: T, want: T) -> Check {
+    if got == want { Ok(()) } else { Err(format!("{what}: got {got:?}, want {want:?}")) }
+}
+
+fn ours<T>(what: &str, r: Result<T, Error>) -> Result<T, String> {
+    r.map_err(|e| format!("ours, {what}: {e}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("odd-length hex {s:?}"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| format!("bad hex {s:?}"))
+        })
+        .collect()
+}
+
+/// `n` keys whose first bytes spread over the whole byte range, so they
+/// land in every region.
+fn spread(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut k = vec![(i * 256 / n) as u8];
+            k.extend_from_slice(format!("{prefix}-{i:03}").as_bytes());
+            k
+        })
+        .collect()
+}
+
+/// The client-go step server (`peer-client-go interop`).
+struct GoPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl GoPeer {
+    async fn start(bin: &PathBuf, pd: &str, log: Option<&PathBuf>) -> Result<GoPeer, String> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("interop").arg("--pd").arg(pd);
+        if let Some(log) = log {
+            cmd.arg("--log").arg(log);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let mut peer = GoPeer { child, stdin, stdout };
+        match peer.read_line().await?.as_str() {
+            "ready" => Ok(peer),
+            other => Err(format!("client-go did not start: {other}")),
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<String, String> {
+        match tokio::time::timeout(STEP_TIMEOUT, self.stdout.next_line()).await {
+            Err(_) => Err(format!("client-go gave no answer within {STEP_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(format!("reading client-go: {e}")),
+            Ok(Ok(None)) => Err("client-go exited".into()),
+            Ok(Ok(Some(line))) => Ok(line),
+        }
+    }
+
+    /// Sends one command; returns the fields of its `ok` answer.
+    async fn call(&mut self, command: String) -> Result<Vec<String>, String> {
+        let line = format!("{command}\n");
+        self.stdin.write_all(line.as_bytes()).await.map_err(|e| format!("writing: {e}"))?;
+        self.stdin.flush().await.map_err(|e| format!("writing: {e}"))?;
+        let answer = self.read_line().await?;
+        match answer.strip_prefix("ok") {
+            Some(rest) => Ok(rest.split_whitespace().map(str::to_owned).collect()),
+            None => Err(format!("client-go: {answer}")),
+        }
+    }
+
+    fn pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> String {
+        pairs.iter().map(|(k, v)| format!(" {}={}", hex(k), hex(v))).collect()
+    }
+
+    fn two_ts(fields: &[String]) -> Result<(u64, u64), String> {
+        match fields {
+            [a, b] => match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) => Ok((a, b)),
+                _ => Err(format!("bad timestamps {fields:?}")),
+            },
+            _ => Err(format!("want two timestamps, got {fields:?}")),
+        }
+    }
+
+    /// One client-go transaction writing `pairs` (`mode`: 2pc, async, 1pc);
+    /// returns its (start ts, commit ts).
+    async fn commit(
+        &mut self,
+        mode: &str,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(u64, u64), String> {
+        let fields = self.call(format!("commit {mode}{}", Self::pairs(pairs))).await?;
+        Self::two_ts(&fields)
+    }
+
+    /// A fresh client-go transaction reads `keys`.
+    async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let list: String = keys.iter().map(|k| format!(" {}", hex(k))).collect();
+        let fields = self.call(format!("get{list}")).await?;
+        if fields.len() != keys.len() {
+            return Err(format!("{} values for {} keys", fields.len(), keys.len()));
+        }
+        fields
+            .iter()
+            .map(|f| match f.strip_prefix('x') {
+                Some(h) => unhex(h).map(Some),
+                None if f == "-" => Ok(None),
+                None => Err(format!("bad value {f:?}")),
+            })
+            .collect()
+    }
+
+    /// A client-go writer that prewrites `pairs` (the first key is the
+    /// primary) with lock TTL `ttl_ms`, commits the primary if asked, and
+    /// stops; returns (start ts, commit ts or 0).
+    async fn prewrite_and_crash(
+        &mut self,
+        mode: &str,
+        ttl_ms: u64,
+        commit_primary: bool,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(u64, u64), String> {
+        let primary = u8::from(commit_primary);
+        let fields =
+            self.call(format!("prewrite {mode} {ttl_ms} {primary}{}", Self::pairs(pairs))).await?;
+        Self::two_ts(&fields)
+    }
+
+    async fn quit(mut self) {
+        let _ = self.stdin.write_all(b"quit\n").await;
+        let _ = self.stdin.flush().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Everything one run needs.
+struct Run {
+    cluster: Cluster,
+    mine: TransactionClient,
+    go: GoPeer,
+    model: Model,
+}
+
+fn with_value(keys: &[Vec<u8>], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    keys.iter().map(|k| (k.clone(), value.to_vec())).collect()
+}
+
+impl Run {
+    /// client-go reads `keys` and must see the model's values.
+    async fn go_reads_model(&mut self, keys: &[Vec<u8>]) -> Check {
+        let got = self.go.get(keys).await?;
+        let want: Vec<_> = keys.iter().map(|k| self.model.get(k).cloned()).collect();
+        expect_eq("client-go reads", got, want)
+    }
+
+    /// Our snapshot at a fresh timestamp reads `keys` and must see the
+    /// model's values.
+    async fn ours_reads_model(&mut self, keys: &[Vec<u8>]) -> Check {
+        let ts = ours("timestamp", self.mine.current_timestamp().await)?;
+        let snap = self.mine.snapshot(ts);
+        for k in keys {
+            let got = ours("snapshot get", snap.get(k.clone()).await)?;
+            expect_eq(
+                &format!("ours reads {k:x?}"),
+                got.map(|v| v.to_vec()),
+                self.model.get(k).cloned(),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn ours_commit(
+        &mut self,
+        opts: TransactionOptions,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<u64, Error> {
+        let mut t = self.mine.begin_with_options(opts).await?;
+        for (k, v) in pairs {
+            t.put(k.clone(), v.clone())?;
+        }
+        t.commit().await.map(|ts| ts.version())
+    }
+
+    /// Every key of transaction `start_ts` has the outcome `want`
+    /// (`None`: rolled back; `Some(ts)`: committed at `ts`), and none is
+    /// locked any more.
+    fn expect_outcome(&self, keys: &[Vec<u8>], start_ts: u64, want: Option<u64>) -> Check {
+        for k in keys {
+            let record = self.cluster.commit_record(k, start_ts);
+            let got = record.as_ref().map(|r| (r.kind, r.commit_ts));
+            let ok = match want {
+                None => matches!(got, Some((WriteKind::Rollback, _))),
+                Some(ts) => got == Some((WriteKind::Put, ts)),
+            };
+            if !ok {
+                return Err(format!(
+                    "key {k:x?} of txn {start_ts}: record {record:?}, want {}",
+                    want.map_or("a rollback".to_owned(), |ts| format!("a put committed at {ts}"))
+                ));
+            }
+        }
+        let left: Vec<_> =
+            self.cluster.locks().into_iter().filter(|l| l.lock_version == start_ts).collect();
+        expect_eq("locks of the transaction left", left.len(), 0)
+    }
+
+    /// [`Run::expect_outcome`], polled until `RESOLVE_WAIT` has passed:
+    /// readers resolve the locks they read past in the background
+    /// (client-go's `resolveLocks` for reads does), so the records may land
+    /// after the read returns.
+    async fn wait_outcome(&self, keys: &[Vec<u8>], start_ts: u64, want: Option<u64>) -> Check {
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        loop {
+            let outcome = self.expect_outcome(keys, start_ts, want);
+            if outcome.is_ok() || tokio::time::Instant::now() >= deadline {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The start ts of the one transaction locking `n` of `keys` (a crashed
+    /// writer's).
+    fn crashed_txn(&self, keys: &[Vec<u8>], n: usize) -> Result<u64, String> {
+        let locks: Vec<_> = self
+            .cluster
+            .locks()
+            .into_iter()
+            .filter(|l| keys.iter().any(|k| k[..] == l.key[..]))
+            .collect();
+        let first =
+            locks.first().map(|l| l.lock_version).ok_or("the crashed writer left no locks")?;
+        if locks.len() != n || locks.iter().any(|l| l.lock_version != first) {
+            return Err(format!("want {n} locks of one transaction, found {locks:?}"));
+        }
+        Ok(first)
+    }
+
+    fn block_commits(&self, filter: Filter) {
+        self.cluster.inject_rpc_error(
+            filter.command("kv_commit"),
+            RpcError::Unavailable("commit blocked by the interop driver".into()),
+            1_000_000,
+        );
+    }
+
+    fn region_of(&self, key: &[u8]) -> Result<u64, String> {
+        let region_key = self.cluster.txn_region_key(key);
+        self.cluster
+            .region_for_region_key(&region_key)
+            .map(|r| r.id)
+            .ok_or_else(|| format!("no region for {key:x?}"))
+    }
+
+    fn remember(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+        for (k, v) in pairs {
+            self.model.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+async fn checks(run: &mut Run, report: &mut Report) {
+    let a = spread("io-a", 4);
+    let b = spread("io-b", 4);
+    let c = spread("io-c", 4);
+    let d = spread("io-d", 4);
+    let one_pc_ours = vec![b"\x05io-1pc-ours".to_vec()];
+    let one_pc_go = vec![b"\x06io-1pc-go".to_vec()];
+
+    let r: Check = async {
+        let pairs = with_value(&a, b"ours 2pc");
+        ours("2PC commit", run.ours_commit(TransactionOptions::default(), &pairs).await)?;
+        run.remember(&pairs);
+        let pairs = with_value(&b, b"ours async");
+        let opts = TransactionOptions::default().with_async_commit();
+        ours("async commit", run.ours_commit(opts, &pairs).await)?;
+        run.remember(&pairs);
+        let pairs = with_value(&one_pc_ours, b"ours 1pc");
+        let opts = TransactionOptions::default().with_async_commit().with_one_pc();
+        ours("1PC commit", run.ours_commit(opts, &pairs).await)?;
+        run.remember(&pairs);
+        let keys: Vec<_> = a.iter().chain(&b).chain(&one_pc_ours).cloned().collect();
+        run.go_reads_model(&keys).await
+    }
+    .await;
+    report.record("interop: ours commits (2PC, async commit, 1PC), client-go reads", r);
+
+    let r: Check = async {
+        for (mode, keys, value) in [
+            ("2pc", &c, &b"go 2pc"[..]),
+            ("async", &d, b"go async"),
+            ("1pc", &one_pc_go, b"go 1pc"),
+        ] {
+            let pairs = with_value(keys, value);
+            let (start, commit) = run.go.commit(mode, &pairs).await?;
+            if commit <= start {
+                return Err(format!(
+                    "client-go {mode}: commit ts {commit} not after start {start}"
+                ));
+            }
+            run.remember(&pairs);
+        }
+        let keys: Vec<_> = c.iter().chain(&d).chain(&one_pc_go).cloned().collect();
+        run.ours_reads_model(&keys).await
+    }
+    .await;
+    report.record("interop: client-go commits (2PC, async commit, 1PC), ours reads", r);
+
+    // Our writer "crashes" after prewrite: every Commit fails, the outcome
+    // is undetermined and the locks stay. Once their TTL (3 s) has passed,
+    // client-go's reader finds the primary uncommitted and rolls the
+    // transaction back. (Within the TTL it would push the primary's
+    // min_commit_ts past its read ts and read around the locks, leaving
+    // them, as TiKV's CheckTxnStatus allows.)
+    let r: Check = async {
+        let pairs = with_value(&a, b"ours crashed");
+        run.block_commits(Filter::any());
+        let outcome = run.ours_commit(TransactionOptions::default(), &pairs).await;
+        run.cluster.clear_injections();
+        match outcome {
+            Err(Error::Undetermined(_)) => {}
+            other => return Err(format!("our commit: want undetermined, got {other:?}")),
+        }
+        let start = run.crashed_txn(&a, a.len())?;
+        tokio::time::sleep(LOCK_TTL_PASSED).await;
+        run.go_reads_model(&a).await?;
+        run.wait_outcome(&a, start, None).await
+    }
+    .await;
+    report
+        .record("interop: ours crashes after prewrite (undetermined), client-go rolls it back", r);
+
+    // Our primary commits but every secondary's Commit is lost: client-go's
+    // reader finds the primary committed and commits the secondaries at
+    // the same commit ts.
+    let r: Check = async {
+        let pairs = with_value(&c, b"ours primary only");
+        // Our primary is the first key in order: the one in the first region.
+        for k in &c[1..] {
+            run.block_commits(Filter::any().region(run.region_of(k)?));
+        }
+        let commit_ts = ours(
+            "commit (primary reachable)",
+            run.ours_commit(TransactionOptions::default(), &pairs).await,
+        )?;
+        run.remember(&pairs);
+        let start = run.crashed_txn(&c, c.len() - 1)?;
+        // Commits stay blocked until the outcome is checked (client-go
+        // commits the secondaries with ResolveLock, not Commit), so that our
+        // own background commit of the secondaries cannot land instead.
+        run.go_reads_model(&c).await?;
+        run.wait_outcome(&c, start, Some(commit_ts)).await
+    }
+    .await;
+    run.cluster.clear_injections();
+    report.record(
+        "interop: ours commits the primary only, client-go rolls the secondaries forward",
+        r,
+    );
+
+    // client-go's writer crashes after prewrite (short TTL); our reader
+    // rolls it back.
+    let r: Check = async {
+        let pairs = with_value(&d, b"go crashed");
+        let (start, _) = run.go.prewrite_and_crash("2pc", GO_LOCK_TTL_MS, false, &pairs).await?;
+        expect_eq("client-go's locks", run.crashed_txn(&d, d.len())?, start)?;
+        // Within the TTL our reader would push the primary's min_commit_ts
+        // and read around the locks.
+        tokio::time::sleep(GO_LOCK_TTL_PASSED).await;
+        run.ours_reads_model(&d).await?;
+        run.wait_outcome(&d, start, None).await
+    }
+    .await;
+    report.record("interop: client-go crashes after prewrite, ours rolls it back", r);
+
+    // client-go commits its primary and crashes; our reader rolls the
+    // secondaries forward at the primary's commit ts.
+    let e = spread("io-e", 4);
+    let r: Check = async {
+        let pairs = with_value(&e, b"go primary only");
+        let (start, commit) = run.go.prewrite_and_crash("2pc", 3_000, true, &pairs).await?;
+        run.remember(&pairs);
+        expect_eq("client-go's locks", run.crashed_txn(&e, e.len() - 1)?, start)?;
+        run.ours_reads_model(&e).await?;
+        run.wait_outcome(&e, start, Some(commit)).await
+    }
+    .await;
+    report.record(
+        "interop: client-go commits the primary only, ours rolls the secondaries forward",
+        r,
+    );
+
+    // Our async-commit writer prewrites everything (so it is committed) but
+    // its commit phase is lost: client-go's reader waits out the TTL,
+    // checks the secondaries and commits all at our commit ts.
+    let f = spread("io-f", 4);
+    let r: Check = async {
+        let pairs = with_value(&f, b"ours async, commit lost");
+        run.block_commits(Filter::any());
+        let opts = TransactionOptions::default().with_async_commit();
+        let commit_ts = ours("async commit", run.ours_commit(opts, &pairs).await)?;
+        run.remember(&pairs);
+        let start = run.crashed_txn(&f, f.len())?;
+        // Commits stay blocked until the outcome is checked (as above).
+        run.go_reads_model(&f).await?;
+        run.wait_outcome(&f, start, Some(commit_ts)).await
+    }
+    .await;
+    run.cluster.clear_injections();
+    report.record("interop: ours async-commits, commit phase lost, client-go recovers it", r);
+
+    // client-go's async-commit writer prewrites everything and crashes: our
+    // reader recovers it through the secondaries.
+    let g = spread("io-g", 4);
+    let r: Check = async {
+        let pairs = with_value(&g, b"go async, commit lost");
+        let (start, _) = run.go.prewrite_and_crash("async", GO_LOCK_TTL_MS, false, &pairs).await?;
+        run.remember(&pairs);
+        expect_eq("client-go's locks", run.crashed_txn(&g, g.len())?, start)?;
+        tokio::time::sleep(GO_LOCK_TTL_PASSED).await;
+        run.ours_reads_model(&g).await?;
+        // All keys committed at one commit ts, after the start.
+        let commit_ts = run
+            .cluster
+            .commit_record(&g[0], start)
+            .map(|r| r.commit_ts)
+            .ok_or("the primary has no commit record")?;
+        if commit_ts <= start {
+            return Err(format!("commit ts {commit_ts} not after start {start}"));
+        }
+        run.wait_outcome(&g, start, Some(commit_ts)).await
+    }
+    .await;
+    report.record("interop: client-go async-commits, commit phase lost, ours recovers it", r);
+
+    let r: Check = async {
+        expect_eq("locks left", run.cluster.locks().len(), 0)?;
+        expect_eq("committed data", run.cluster.mvcc_snapshot(u64::MAX), run.model.clone())
+    }
+    .await;
+    report.record("interop: the cluster holds exactly the model's data, no locks", r);
+}
+
+async fn start(go_bin: &PathBuf, go_log: Option<&PathBuf>) -> Result<(Run, SimServer), String> {
+    let tso_base_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| e.to_string())?;
+    let cluster = Cluster::new(ClusterConfig {
+        stores: 3,
+        split_keys: vec![vec![0x40], vec![0x80], vec![0xc0]],
+        v1_txn: true,
+        tso_base_ms,
+        ..ClusterConfig::default()
+    });
+    let server = SimServer::start(cluster.clone(), ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let pd = server.pd_addrs();
+    // Short commit budgets: a "crashed" writer of ours gives up quickly.
+    let budgets = BackoffBudgets {
+        commit: Duration::from_millis(300),
+        prewrite: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let config = Config::default().with_pd_endpoints(pd.clone()).with_backoff_budgets(budgets);
+    let mine = TransactionClient::connect_with_config(config)
+        .await
+        .map_err(|e| format!("connect ours: {e}"))?;
+    let go = GoPeer::start(go_bin, &pd[0], go_log).await?;
+    Ok((Run { cluster, mine, go, model: Model::new() }, server))
+}
+
+fn parse_args() -> Result<(PathBuf, Option<PathBuf>), String> {
+    let mut go_bin = None;
+    let mut go_log = None;
+    let mut it = std::env::args_os().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().map(PathBuf::from);
+        match (flag.to_str(), value) {
+            (Some("--go-bin"), Some(v)) => go_bin = Some(v),
+            (Some("--go-log"), Some(v)) => go_log = Some(v),
+            _ => return Err(format!("bad argument {flag:?}")),
+        }
+    }
+    Ok((go_bin.ok_or("--go-bin is required")?, go_log))
+}
+
+fn main() -> ExitCode {
+    let (go_bin, go_log) = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\nusage: interop-client-go --go-bin PATH [--go-log FILE]");
+            return ExitCode::from(2);
+        }
+    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start a tokio runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let mut report = Report::default();
+    rt.block_on(async {
+        let (mut run, server) = match start(&go_bin, go_log.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.record("interop: start the cluster, our client and client-go", Err(e));
+                return;
+            }
+        };
+        let limit = Duration::from_secs(120);
+        if tokio::time::timeout(limit, checks(&mut run, &mut report)).await.is_err() {
+            report.record("interop run", Err(format!("timed out after {limit:?}")));
+        }
+        run.go.quit().await;
+        server.shutdown().await;
+    });
+    println!("interop client-go: {} passed, {} failed", report.passed, report.failed);
+    if report.failed == 0 && report.passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
