@@ -83,11 +83,12 @@ fn now() -> Instant {
 
 impl BatchConns {
     /// Sends `request` over `addr`'s stream (or, as the collector decides,
-    /// unary) and waits for its answer.
+    /// unary) and waits for its answer. `channel` gives the address's
+    /// channel, asked for only when the address has no stream driver yet.
     pub(crate) async fn call(
         &self,
         addr: &Arc<str>,
-        channel: Channel,
+        channel: impl Fn() -> Result<Channel, RpcError>,
         config: &TransportConfig,
         request: KvRequest,
         deadline: Instant,
@@ -97,7 +98,7 @@ impl BatchConns {
         // Twice at most: a driver whose runtime has shut down is replaced
         // by one on the caller's runtime.
         for _ in 0..2 {
-            let sender = self.sender(addr, &channel, config);
+            let sender = self.sender(addr, &channel, config)?;
             match sender.send(entry) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
@@ -119,24 +120,25 @@ impl BatchConns {
     fn sender(
         &self,
         addr: &Arc<str>,
-        channel: &Channel,
+        channel: &impl Fn() -> Result<Channel, RpcError>,
         config: &TransportConfig,
-    ) -> mpsc::UnboundedSender<Entry> {
+    ) -> Result<mpsc::UnboundedSender<Entry>, RpcError> {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = map.get(addr) {
-            return sender.clone();
+            return Ok(sender.clone());
         }
+        let channel = channel()?;
         let (sender, entries) = mpsc::unbounded_channel();
         let batch = BatchConfig::default().policy(config.batch_policy);
         let shared = Arc::new(Shared {
             collector: Mutex::new(BatchCollector::new(batch)),
             wake: Notify::new(),
-            channel: channel.clone(),
+            channel,
             config: Arc::new(config.clone()),
         });
         tokio::spawn(drive(shared, entries));
         map.insert(addr.clone(), sender.clone());
-        sender
+        Ok(sender)
     }
 }
 
