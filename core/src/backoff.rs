@@ -250,6 +250,8 @@ struct KindStats {
     expo: Option<ExpoState>,
 }
 
+type KindTable = [KindStats; BackoffKind::ALL.len()];
+
 /// Per-operation backoff state, following client-go's `retry.Backoffer`.
 ///
 /// Each call to [`Backoffer::backoff`] returns how long to sleep (the core
@@ -282,8 +284,13 @@ pub struct Backoffer {
     budget_ms: u64,
     total_ms: u64,
     excluded_ms: u64,
-    kinds: [KindStats; BackoffKind::ALL.len()],
-    /// The last [`MAX_RECORDED_ERRORS`] reasons, oldest first.
+    /// Per-kind stats, allocated by the first backoff. Almost every
+    /// operation finishes without one, and each creates, forks, moves and
+    /// merges backoffers: inline, the table made a backoffer 656 bytes
+    /// (issue #7's profile).
+    kinds: Option<Box<KindTable>>,
+    /// The last [`MAX_RECORDED_ERRORS`] reasons, oldest first (allocated by
+    /// the first one).
     errors: std::collections::VecDeque<String>,
     /// How many reasons were ever recorded (decides which side's errors win
     /// in [`Backoffer::merge_from`]).
@@ -300,8 +307,8 @@ impl Backoffer {
             budget_ms: saturating_millis(budget),
             total_ms: 0,
             excluded_ms: 0,
-            kinds: Default::default(),
-            errors: std::collections::VecDeque::with_capacity(MAX_RECORDED_ERRORS),
+            kinds: None,
+            errors: std::collections::VecDeque::new(),
             errors_seen: 0,
             rng,
         }
@@ -356,7 +363,7 @@ impl Backoffer {
         // client-go raises bases below 2ms to 2 (its `rand.Intn` would panic).
         let base_ms = saturating_millis(base).max(2);
         let cap_ms_kind = saturating_millis(cap);
-        let stats = &mut self.kinds[kind as usize];
+        let stats = &mut self.kinds.get_or_insert_with(Box::default)[kind as usize];
         let state = stats.expo.get_or_insert(ExpoState { attempt: 0, last_sleep_ms: base_ms });
         let sleep = next_sleep_ms(base_ms, cap_ms_kind, jitter, state, &mut self.rng);
         let real = cap_ms.map_or(sleep, |c| sleep.min(c));
@@ -390,7 +397,7 @@ impl Backoffer {
     pub fn dominant_kind(&self, current: BackoffKind) -> BackoffKind {
         let mut best: Option<(BackoffKind, u64)> = None;
         for kind in BackoffKind::ALL {
-            let slept = self.kinds[kind as usize].sleep_ms;
+            let slept = self.kind_stats(kind).sleep_ms;
             if kind.excluded_from_budget() || slept == 0 {
                 continue;
             }
@@ -439,12 +446,17 @@ impl Backoffer {
 
     /// Successful backoffs of `kind` so far (client-go `backoffTimes`).
     pub fn attempts(&self, kind: BackoffKind) -> u32 {
-        self.kinds[kind as usize].times
+        self.kind_stats(kind).times
     }
 
     /// Cumulative sleep of `kind` (client-go `backoffSleepMS`).
     pub fn kind_sleep(&self, kind: BackoffKind) -> Duration {
-        Duration::from_millis(self.kinds[kind as usize].sleep_ms)
+        Duration::from_millis(self.kind_stats(kind).sleep_ms)
+    }
+
+    fn kind_stats(&self, kind: BackoffKind) -> &KindStats {
+        const NONE: &KindStats = &KindStats { times: 0, sleep_ms: 0, expo: None };
+        self.kinds.as_ref().map_or(NONE, |kinds| &kinds[kind as usize])
     }
 
     /// The last reasons given, oldest first (at most [`MAX_RECORDED_ERRORS`]).
@@ -459,7 +471,7 @@ impl Backoffer {
     /// kind starts again from the base.
     pub fn fork(&mut self) -> Backoffer {
         let mut kinds = self.kinds.clone();
-        for k in &mut kinds {
+        for k in kinds.iter_mut().flat_map(|table| table.iter_mut()) {
             k.expo = None;
         }
         Backoffer {
@@ -483,9 +495,12 @@ impl Backoffer {
     pub fn merge_from(&mut self, child: &Backoffer) {
         self.total_ms = self.total_ms.max(child.total_ms);
         self.excluded_ms = self.excluded_ms.max(child.excluded_ms);
-        for (mine, theirs) in self.kinds.iter_mut().zip(&child.kinds) {
-            mine.times = mine.times.max(theirs.times);
-            mine.sleep_ms = mine.sleep_ms.max(theirs.sleep_ms);
+        if let Some(theirs) = &child.kinds {
+            let mine = self.kinds.get_or_insert_with(Box::default);
+            for (mine, theirs) in mine.iter_mut().zip(theirs.iter()) {
+                mine.times = mine.times.max(theirs.times);
+                mine.sleep_ms = mine.sleep_ms.max(theirs.sleep_ms);
+            }
         }
         if child.errors_seen > self.errors_seen {
             self.errors = child.errors.clone();
@@ -500,7 +515,7 @@ impl Backoffer {
         self.budget_ms = saturating_millis(budget);
         self.total_ms = 0;
         self.excluded_ms = 0;
-        for k in &mut self.kinds {
+        for k in self.kinds.iter_mut().flat_map(|table| table.iter_mut()) {
             k.expo = None;
         }
     }
@@ -803,6 +818,29 @@ mod tests {
             a.kind_sleep(BackoffKind::TikvRpc)
         );
         insta::assert_snapshot!(out);
+    }
+
+    /// Operations that never back off (nearly all) only create, fork, move
+    /// and merge backoffers: those stay small and allocation-free.
+    #[test]
+    fn per_kind_stats_exist_only_after_a_backoff() {
+        let words = std::mem::size_of::<Backoffer>() / std::mem::size_of::<usize>();
+        assert!(words <= 16, "Backoffer is {words} words");
+        let mut parent = Backoffer::new(Duration::from_secs(1), Rng::new(5));
+        let mut quiet = parent.fork();
+        parent.merge_from(&quiet);
+        assert!(parent.kinds.is_none() && quiet.kinds.is_none());
+        assert!(parent.errors.capacity() == 0 && quiet.errors.capacity() == 0);
+
+        // A child that backed off brings its counts into a parent without any.
+        let slept = quiet.backoff(BackoffKind::ServerBusy, "busy").unwrap();
+        parent.merge_from(&quiet);
+        assert_eq!(parent.attempts(BackoffKind::ServerBusy), 1);
+        assert_eq!(parent.kind_sleep(BackoffKind::ServerBusy), slept);
+        assert_eq!(parent.attempts(BackoffKind::RegionMiss), 0);
+        assert_eq!(parent.last_errors().collect::<Vec<_>>(), ["busy"]);
+        // And a fork of that parent starts from them.
+        assert_eq!(parent.fork().attempts(BackoffKind::ServerBusy), 1);
     }
 
     #[test]

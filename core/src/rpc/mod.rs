@@ -150,7 +150,10 @@ macro_rules! kv_enums {
 
             /// True if this response answers a request of the same command.
             pub fn matches(&self, req: &KvRequest) -> bool {
-                std::mem::discriminant(self) == std::mem::discriminant(&req.response_template())
+                match (self, req) {
+                    $((KvResponse::$variant(_), KvRequest::$variant(_)) => true,)*
+                    _ => false,
+                }
             }
         }
 

@@ -322,9 +322,19 @@ macro_rules! round_trip_all {
                     Ok(cmd) => {
                         assert!(is_batchable(&req));
                         assert!(from_batch_cmd(cmd).is_ok_and(|r| r == req));
-                        let resp = KvResponse::$variant(Default::default());
-                        let cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
-                        assert!(response_from_batch(cmd).is_ok_and(|r| r == resp));
+                        // A non-empty message, to see that it is moved out.
+                        let region_error = tikv_proto::errorpb::Error {
+                            message: stringify!($variant).into(),
+                            ..Default::default()
+                        };
+                        let resp = KvResponse::from(kvrpcpb::$resp {
+                            region_error: Some(region_error),
+                            ..Default::default()
+                        });
+                        let mut cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
+                        assert!(take_response_from_batch(&mut cmd).is_some_and(|r| r == resp));
+                        assert!(take_response_from_batch(&mut cmd)
+                            .is_some_and(|r| r.region_error().is_none()));
                         batchable.push(stringify!($method));
                     }
                     Err(back) => {
