@@ -1267,7 +1267,8 @@ impl World {
                     Some(t) => t.params.keys.key(*k).into_bytes(),
                     None => key_bytes(*k),
                 };
-                format!("{:?}", self.cluster.split(&key))
+                let at = String::from_utf8_lossy(&key).into_owned();
+                format!("at {at}: {:?}", self.cluster.split(&key))
             }
             Fault::Merge(i) => {
                 let regions = self.cluster.regions();
