@@ -91,6 +91,8 @@ struct TxnSums {
     failed: usize,
     undetermined: usize,
     crashes: usize,
+    crashed_after_commit_point: usize,
+    crashed_async_commits: usize,
     crashed_then_committed: usize,
     crashed_then_rolled_back: usize,
     faults: usize,
@@ -120,6 +122,12 @@ fn txn_seeds_pass() {
         for e in &report.txn_history.entries {
             if let TxnOutcome::Committed { mode: Some(mode), .. } = e.outcome {
                 sums.modes[mode as usize] += 1;
+                // Reported committed, then its client crashed before the
+                // secondaries were all committed.
+                sums.crashed_after_commit_point += usize::from(e.crashed);
+            }
+            if e.crashed && e.async_commit && matches!(e.outcome, TxnOutcome::Undetermined(_)) {
+                sums.crashed_async_commits += 1;
             }
         }
         sums.crashed_then_committed += s.crashed_resolved.0;
@@ -135,6 +143,8 @@ fn txn_seeds_pass() {
         assert!(sums.modes.iter().all(|&m| m > 0), "a commit mode never ran: {sums:?}");
         assert!(sums.crashes > 0 && sums.undetermined > 0 && sums.failed > 0, "{sums:?}");
         assert!(sums.crashed_then_committed > 0, "no crashed txn was committed: {sums:?}");
+        assert!(sums.crashed_after_commit_point > 0, "no crash after a commit point: {sums:?}");
+        assert!(sums.crashed_async_commits > 0, "no crash during an async commit: {sums:?}");
         assert!(sums.crashed_then_rolled_back > 0, "no crashed txn was rolled back: {sums:?}");
         assert!(sums.resolver_rpcs > 0 && sums.secondary_checks > 0, "{sums:?}");
     }

@@ -76,6 +76,12 @@ impl<P: RangePlan> std::fmt::Debug for RangeWalk<P> {
 }
 
 impl<P: RangePlan> RangeWalk<P> {
+    /// The walk's backoffer (it passes from step to step; `None` while a
+    /// step holds it): a parent folds it back once the walk is over.
+    pub fn backoffer(&self) -> Option<&Backoffer> {
+        self.backoffer.as_ref()
+    }
+
     /// Walks `range` with `plan`.
     pub fn new(
         view: Arc<ClusterView>,

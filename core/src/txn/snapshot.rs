@@ -227,6 +227,15 @@ impl ReadLoop {
         ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork())
     }
 
+    /// A finished step's sleeps count against the read's budget (client-go
+    /// passes one `Backoffer` through a read's retries and resolutions).
+    fn fold<T>(&mut self, outcome: Option<T>, step: Option<&Backoffer>) -> Option<T> {
+        if let (Some(_), Some(bo)) = (&outcome, step) {
+            self.backoffer.merge_from(bo);
+        }
+        outcome
+    }
+
     /// After resolving: sleep if a transaction is alive, else retry now.
     fn after_resolve(
         &mut self,
@@ -343,7 +352,7 @@ impl SnapshotGet {
 
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Read(op) => match op.poll_result() {
+            Step::Read(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok((value, met))) if met.is_empty() => self.finish(Ok(value)),
@@ -355,7 +364,7 @@ impl SnapshotGet {
                     self.check(now);
                 }
             },
-            Step::Resolve(op) => match op.poll_result() {
+            Step::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
@@ -450,7 +459,7 @@ impl SnapshotBatchGet {
 
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Read(op) => match op.poll_result() {
+            Step::Read(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok(plan)) => {
@@ -467,7 +476,7 @@ impl SnapshotBatchGet {
                     }
                 }
             },
-            Step::Resolve(op) => match op.poll_result() {
+            Step::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
@@ -670,7 +679,7 @@ impl SnapshotScan {
 
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            ScanStep::Walk(op) => match op.poll_result() {
+            ScanStep::Walk(op) => match self.lp.fold(op.poll_result(), op.backoffer()) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok(pass)) => {
@@ -697,7 +706,7 @@ impl SnapshotScan {
                     }
                 }
             },
-            ScanStep::Resolve(op) => match op.poll_result() {
+            ScanStep::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
                 None => {}
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {

@@ -1257,7 +1257,8 @@ impl World {
                     Some(t) => t.params.keys.key(*k).into_bytes(),
                     None => key_bytes(*k),
                 };
-                format!("{:?}", self.cluster.split(&key))
+                let at = String::from_utf8_lossy(&key).into_owned();
+                format!("at {at}: {:?}", self.cluster.split(&key))
             }
             Fault::Merge(i) => {
                 let regions = self.cluster.regions();
@@ -1484,21 +1485,31 @@ impl World {
         self.stats.unknown_keys = verdict.unknown.len();
         let (_, _, _, pending) = self.history.counts();
         debug_assert!(pending == 0 || !self.violations.is_empty());
+        let finals: Vec<String> = finals.iter().map(|(k, v)| format!("k{k}=v{v}")).collect();
+        self.into_report(Workload::Raw, TxnHistory::default(), format!("{finals:?}"))
+    }
+
+    /// The report, after a trace line with the counters and final data.
+    fn into_report(
+        mut self,
+        workload: Workload,
+        txn_history: TxnHistory,
+        finals: String,
+    ) -> Report {
         if self.trace.is_some() {
             let summary = format!(
-                "end: {:?}; final data {:?}; {} violations",
+                "end: {:?}; final data {finals}; {} violations",
                 self.stats,
-                finals.iter().map(|(k, v)| format!("k{k}=v{v}")).collect::<Vec<_>>(),
                 self.violations.len()
             );
             self.log(summary);
         }
         Report {
             seed: self.seed,
-            workload: Workload::Raw,
+            workload,
             plan: self.plan,
             history: self.history,
-            txn_history: TxnHistory::default(),
+            txn_history,
             violations: self.violations,
             stats: self.stats,
             trace: self.trace.unwrap_or_default(),
@@ -1557,25 +1568,7 @@ impl World {
         }
         let (_, _, _, pending) = t.history.counts();
         debug_assert!(pending == 0 || !self.violations.is_empty());
-        if self.trace.is_some() {
-            let summary = format!(
-                "end: {:?}; final data {:?}; {} violations",
-                self.stats,
-                final_data,
-                self.violations.len()
-            );
-            self.log(summary);
-        }
-        Report {
-            seed: self.seed,
-            workload: Workload::Txn,
-            plan: self.plan,
-            history: self.history,
-            txn_history: t.history,
-            violations: self.violations,
-            stats: self.stats,
-            trace: self.trace.unwrap_or_default(),
-        }
+        self.into_report(Workload::Txn, t.history, format!("{final_data:?}"))
     }
 }
 

@@ -416,14 +416,22 @@ impl TxnProgram {
         self.set_step(step, now);
     }
 
-    fn record_pairs(&mut self, wanted: &[String], pairs: Vec<KvPair>) {
-        for k in wanted {
-            self.found.insert(k.clone(), None);
+    /// A batch get (or, `scanned`, a scan) finished: every key it covered
+    /// was read, absent unless returned.
+    fn after_pairs(&mut self, result: Result<Vec<KvPair>, Error>, scanned: bool, now: Instant) {
+        let pairs = match result {
+            Ok(pairs) => pairs,
+            Err(e) => return self.fail(e),
+        };
+        let wanted = if scanned { &self.scan_keys } else { &self.reads_wanted };
+        for k in wanted.clone() {
+            self.found.insert(k, None);
         }
         for p in pairs {
             let key = String::from_utf8_lossy(p.key.as_bytes()).into_owned();
             self.found.insert(key, Some(text(&p.value)));
         }
+        self.after_reads(now);
     }
 
     /// The snapshot is read: compute the writes and commit them.
@@ -535,24 +543,16 @@ impl TxnProgram {
                     }
                 }
             },
-            Step::BatchGet(op) => match op.poll_result() {
-                None => {}
-                Some(Err(e)) => self.fail(e),
-                Some(Ok(pairs)) => {
-                    let wanted = self.reads_wanted.clone();
-                    self.record_pairs(&wanted, pairs);
-                    self.after_reads(now);
+            Step::BatchGet(op) => {
+                if let Some(result) = op.poll_result() {
+                    self.after_pairs(result, false, now);
                 }
-            },
-            Step::Scan(op) => match op.poll_result() {
-                None => {}
-                Some(Err(e)) => self.fail(e),
-                Some(Ok(pairs)) => {
-                    let wanted = self.scan_keys.clone();
-                    self.record_pairs(&wanted, pairs);
-                    self.after_reads(now);
+            }
+            Step::Scan(op) => {
+                if let Some(result) = op.poll_result() {
+                    self.after_pairs(result, true, now);
                 }
-            },
+            }
             Step::Commit(op) => match op.poll_result() {
                 None => {}
                 Some(result) => self.after_commit(result, now),

@@ -260,3 +260,52 @@ fn reads_and_their_lock_resolution_carry_the_snapshot_tags() {
         assert_eq!(group, Some("analytics"), "{}", req.name());
     }
 }
+
+/// One budget covers a read's attempts and the lock resolutions between
+/// them (client-go passes one `Backoffer` through): region misses before a
+/// resolved lock count against the attempts after it.
+#[test]
+fn a_read_spends_one_budget_across_its_attempts() {
+    let region_miss = || {
+        Fault::Region(Box::new(tikv_proto::errorpb::Error {
+            message: "region not found".into(),
+            region_not_found: Some(Default::default()),
+            ..Default::default()
+        }))
+    };
+    let mut c = FakeCluster::new(&[]);
+    for _ in 0..3 {
+        c.fault("kv_get", region_miss());
+    }
+    c.fault(
+        "kv_get",
+        respond(KvResponse::from(kvrpcpb::GetResponse {
+            error: Some(locked("k", 800, 3000)),
+            ..Default::default()
+        })),
+    );
+    c.fault("check_txn_status", status(0, ts(900)));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    for _ in 0..100 {
+        c.fault("kv_get", region_miss());
+    }
+    // 20 ms at client-go's weight 2: 40 ms of sleep.
+    let budgets =
+        crate::config::BackoffBudgets { get: Duration::from_millis(20), ..Default::default() };
+    let config = crate::config::Config::default()
+        .with_pd_endpoints(["pd1:2379"])
+        .with_backoff_budgets(budgets);
+    let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
+    let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
+    let v = Arc::new(ClusterView::new(config, codec, pd));
+    let op = SnapshotGet::new(v, Key::from("k"), ts(950), ReadOptions::default());
+    let (log, result) = drive(op, &mut c);
+    let Err(Error::BackoffExhausted { total_sleep, .. }) = result else {
+        panic!("{result:?}");
+    };
+    // Exhausted once the whole read slept its budget (plus the last
+    // sleep, whose check came before it): not a fresh budget after the lock.
+    assert!(total_sleep >= Duration::from_millis(40), "{total_sleep:?}");
+    assert!(total_sleep < Duration::from_millis(60), "{total_sleep:?}");
+    insta::assert_snapshot!(log);
+}
