@@ -212,7 +212,17 @@ impl<P: KeyPlan> KeyFanout<P> {
                     self.tags.stamp(request.context_mut());
                 }
                 let backoffer = match self.relocated.take() {
-                    Some(bo) => bo,
+                    // The relocated batch keeps its own schedule (so its
+                    // sleeps keep growing) but takes in what was slept
+                    // since it was handed back, e.g. by the locate that
+                    // found its new region: the budget counts every sleep.
+                    // (Found by the `lock_resolver` fuzz target: without
+                    // this, a PD outage during the locate was not charged
+                    // and the operation slept twice its budget.)
+                    Some(mut bo) => {
+                        bo.merge_from(&self.backoffer);
+                        bo
+                    }
                     None => self.backoffer.fork(),
                 };
                 let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer);
