@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
 use tikv_core::op::Operation;
-use tikv_core::pd::{LoadKeyspace, PdCall, PdState, TsoBatcher};
+use tikv_core::pd::{LoadKeyspace, PdCall, PdState, ReadTsVerdict, TsoBatcher, judge_read_ts};
 use tikv_core::rng::Rng;
 use tikv_core::rpc::{PdRequest, PdResponse};
 use tikv_core::view::ClusterView;
@@ -103,27 +103,18 @@ impl<P: Platform> ClientCore<P> {
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 
-    /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`): PD
-    /// must already have handed out `ts`, else a later commit could take a
-    /// smaller timestamp and appear under the read. Free when the client has
-    /// seen a timestamp at least as new; otherwise asks for a fresh one.
-    /// `u64::MAX` ("the latest") is allowed, as in client-go; the values
-    /// between `i64::MAX` and it are refused as the mistakes they are.
+    /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`;
+    /// the rule is core's [`judge_read_ts`]): free when the client has seen
+    /// a timestamp at least as new, otherwise checked against a fresh one.
     pub(crate) async fn validate_read_ts(&self, ts: u64) -> Result<(), Error> {
-        if ts == u64::MAX {
-            return Ok(());
-        }
-        if ts >= i64::MAX as u64 {
-            return Err(Error::InvalidArgument(format!("read ts {ts} is not a TSO timestamp")));
-        }
-        if self.view.last_ts.newest().is_some_and(|newest| ts <= newest) {
+        if judge_read_ts(ts, self.view.last_ts.newest())? == ReadTsVerdict::Safe {
             return Ok(());
         }
         let current = self.oracle.get_timestamp().await?.version();
-        if ts > current {
-            return Err(Error::FutureReadTs { read_ts: ts, current_ts: current });
+        match judge_read_ts(ts, Some(current))? {
+            ReadTsVerdict::Safe => Ok(()),
+            ReadTsVerdict::AskPd => Err(Error::FutureReadTs { read_ts: ts, current_ts: current }),
         }
-        Ok(())
     }
 
     /// Runs one operation to completion in the caller's task.

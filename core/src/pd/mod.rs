@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
 pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
-pub use tso::{LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, Timestamp, TsoBatcher, TsoRound};
+pub use tso::{
+    LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, ReadTsVerdict, Timestamp, TsoBatcher, TsoRound,
+    judge_read_ts,
+};
 
 /// What the client knows about the PD cluster: the configured endpoints, the
 /// current leader and the cluster id. Shared by every PD call of a client.

@@ -88,6 +88,42 @@ impl LastTimestamp {
     }
 }
 
+/// Whether a read at some timestamp may run (client-go `ValidateReadTS`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReadTsVerdict {
+    /// PD has handed the timestamp out already: no later commit can take a
+    /// smaller one, so the read is stable.
+    Safe,
+    /// Not known to be handed out: compare with a fresh timestamp from PD.
+    AskPd,
+}
+
+/// Judges a read at `read_ts` given a timestamp PD is known to have handed
+/// out (`handed_out`: the newest seen, or a fresh one). `u64::MAX` means
+/// "the latest" and is allowed, as in client-go; the values between
+/// `i64::MAX` and it are refused as the mistakes they are.
+///
+/// ```
+/// use tikv_core::pd::{ReadTsVerdict, judge_read_ts};
+/// assert_eq!(judge_read_ts(10, Some(12)), Ok(ReadTsVerdict::Safe));
+/// assert_eq!(judge_read_ts(13, Some(12)), Ok(ReadTsVerdict::AskPd));
+/// assert_eq!(judge_read_ts(u64::MAX, None), Ok(ReadTsVerdict::Safe));
+/// assert!(judge_read_ts(u64::MAX - 1, Some(12)).is_err());
+/// ```
+pub fn judge_read_ts(read_ts: u64, handed_out: Option<u64>) -> Result<ReadTsVerdict, Error> {
+    if read_ts == u64::MAX {
+        return Ok(ReadTsVerdict::Safe);
+    }
+    if read_ts >= i64::MAX as u64 {
+        return Err(Error::InvalidArgument(format!("read ts {read_ts} is not a TSO timestamp")));
+    }
+    Ok(if handed_out.is_some_and(|ts| read_ts <= ts) {
+        ReadTsVerdict::Safe
+    } else {
+        ReadTsVerdict::AskPd
+    })
+}
+
 /// Most timestamps asked for in one `Tso` round (PD's client uses 10,000).
 pub const MAX_TSO_BATCH: usize = 10_000;
 
@@ -213,6 +249,16 @@ impl Operation for TsoRound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// client-go's `ValidateReadTS` rule at its edges.
+    #[test]
+    fn read_timestamps_are_judged_against_what_pd_handed_out() {
+        assert_eq!(judge_read_ts(5, None), Ok(ReadTsVerdict::AskPd), "nothing seen yet");
+        assert_eq!(judge_read_ts(5, Some(5)), Ok(ReadTsVerdict::Safe), "exactly handed out");
+        assert_eq!(judge_read_ts(6, Some(5)), Ok(ReadTsVerdict::AskPd), "ahead of it");
+        assert_eq!(judge_read_ts(u64::MAX, Some(5)), Ok(ReadTsVerdict::Safe), "the latest");
+        assert!(matches!(judge_read_ts(i64::MAX as u64, Some(5)), Err(Error::InvalidArgument(_))));
+    }
     use crate::rpc::{Request, Target};
 
     fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
