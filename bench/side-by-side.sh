@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark (issue #6): raw get and put through our tokio
-# client (BatchCommands and unary), client-go, tikv-client 0.4 and the
-# minimal tonic floors, against one `tikv-sim` process, in one run.
+# The side-by-side benchmark (issues #6 and #7): raw get and put through our
+# tokio client (BatchCommands and unary), client-go, tikv-client 0.4 and the
+# minimal tonic floors, against the echo cluster (canned answers: the
+# ceiling) and then one `tikv-sim` process, medians of 3, with the ratios
+# issue #7 sets targets on, in one run.
 #
-#   bash bench/side-by-side.sh                 # 3 s per cell, conc 1,64,256
-#   bash bench/side-by-side.sh --secs 1 --conc 64
+#   bash bench/side-by-side.sh                 # 2 s per cell, conc 1,64,256,1024
+#   bash bench/side-by-side.sh --secs 1 --conc 64 --reps 1
 #
-# Builds everything in release first (tikv-sim and tikv-bench; tikv-client's
+# Builds everything in release first (tikv-sim, tikv-echo and tikv-bench; tikv-client's
 # runner from tests/peer-tikv-client, its own workspace; client-go's program
 # from tests/peer-client-go, which needs Go), then runs tikv-bench with every
 # mode; extra arguments go to tikv-bench. Not part of CI's tests.

@@ -28,7 +28,7 @@ if ! command -v go >/dev/null 2>&1; then
   echo "go not found: the client-go peer needs the Go toolchain" >&2
   exit 1
 fi
-cargo build --locked -p tikv-sim --bin tikv-sim -p tikv-tests --bin interop-client-go \
+cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo -p tikv-tests --bin interop-client-go \
   -p tikv-bench --bin tikv-bench
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
@@ -95,6 +95,6 @@ echo "--- interop: our client and client-go on one cluster"
 }
 
 echo "--- side-by-side benchmark, smoke run"
-"$CARGO_TARGET_DIR/debug/tikv-bench" --secs 0.2 --conc 2 --ops get,put \
+"$CARGO_TARGET_DIR/debug/tikv-bench" --secs 0.2 --reps 1 --conc 2 --ops get,put \
   --modes batch,floor-stream,client-go,tikv-client \
   --client-go "$go_bin" --tikv-client "$CARGO_TARGET_DIR/debug/tikv-client-bench"

@@ -1,28 +1,36 @@
-//! `tikv-bench`: raw get/put throughput, latency and client CPU on loopback.
+//! `tikv-bench`: raw get/put throughput, latency and CPU on loopback, in
+//! one table with the ratios issue #7 sets targets on.
 //!
 //! ```text
 //! cargo build --release -p tikv-sim -p tikv-bench
-//! target/release/tikv-bench [--secs 3] [--conc 1,64,256] [--ops get,put]
+//! target/release/tikv-bench [--secs 2] [--reps 3] [--servers echo,sim]
+//!                           [--conc 1,64,256,1024] [--ops get,put]
 //!                           [--modes batch,unary,floor-stream,floor-unary]
-//!                           [--key-len 16] [--value-len 64]
+//!                           [--key-len 24] [--value-len 128]
 //!                           [--client-go PATH] [--tikv-client PATH]
 //! ```
 //!
-//! Starts `tikv-sim` (next to this binary, or `$TIKV_SIM`) as a separate
-//! process with one store and one region, pinned to core 1 with `taskset`
-//! when available, and re-executes itself on core 0. The client runs on a
-//! one-worker tokio runtime. Modes:
+//! Servers, each a separate process pinned to core 1 with `taskset` when
+//! available (this process re-executes itself on core 0), one at a time:
+//! - `echo`: `tikv-echo` (`tikv_sim::echo`), a store and PD with canned
+//!   answers: the server costs next to nothing, so a cell measures the
+//!   client and the transport. `floor-stream` against it is the **stream
+//!   echo ceiling** (`perf-reliability-anchors.md` §3.3, B1);
+//! - `sim`: `tikv-sim` with one store and one region: every request runs
+//!   the MVCC model, as a real server would do work.
+//!
+//! The client runs on a one-worker tokio runtime. Modes:
 //! - `batch`: our `RawClient` (region cache, request building, retry loop)
-//!   over the `BatchCommands` stream;
+//!   over `BatchCommands` streams (4 per store, the default);
 //! - `batch-basic`: the same with client-go's `basic` policy (never wait
-//!   for more requests; not in the default set);
+//!   for more requests), `batch-1stream`, `batch-2streams`: the same with
+//!   one or two streams (B3; not in the default set);
 //! - `transport`: our `GrpcTransport` alone on the stream, prebuilt
 //!   requests as the floor's (no driver, no routing; not in the default set);
 //! - `unary`: the same client with `TransportConfig::batch_commands(false)`;
 //! - `floor-stream`: a minimal tonic client on one `BatchCommands` stream:
 //!   prebuilt requests with the region context filled in, no routing, an
-//!   id → oneshot map and a sender task taking whatever is queued (the
-//!   transport's ceiling);
+//!   id → oneshot map and a sender task taking whatever is queued;
 //! - `floor-unary`: prebuilt unary tonic calls;
 //! - `client-go`, `tikv-client`: the peers, each in its own process
 //!   (`tikv_bench::peers`; not in the default set). Their programs are
@@ -30,21 +38,27 @@
 //!   given with `--client-go` / `--tikv-client`; `bench/side-by-side.sh`
 //!   builds everything and runs them all.
 //!
-//! Each (op, concurrency, mode) runs the workload of `tikv_bench::workload`
-//! for `--secs` after a short warm-up; keys are 16 bytes and values 64
-//! unless `--key-len` / `--value-len` say otherwise. CPU is the client
-//! process's user+system time, divided by completed operations. The
-//! ratios compare each of our modes with its floor from the same run; with
-//! peers in the run, a second table gives our modes' ratios to each peer.
+//! Each (server, op, concurrency, mode) cell runs the workload of
+//! `tikv_bench::workload` for `--secs` after a short warm-up, `--reps`
+//! times (the repetitions interleave: every cell once, then again), and
+//! the table shows the median of each column. Client CPU is this
+//! process's user+system time per completed operation in the measured
+//! window; server CPU is the server process's; the average batch is
+//! entries per `BatchCommands` message the server received in the cell.
+//! Peers run in their own processes (client CPU is theirs) and report no
+//! server columns. A last table checks issue #7's targets: ours (`batch`)
+//! against the stream echo (`floor-stream` on `echo`) and against
+//! tikv-client 0.4 on each server.
 
 use std::collections::HashMap;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tikv_bench::peers::{PEER_MODES, PeerPlan, Peers, Row};
-use tikv_bench::workload::{self, Op, Workload};
+use tikv_bench::workload::{self, CellResult, Op, Workload};
 use tikv_core::config::Config;
 use tikv_core::rpc::batch::BatchPolicy;
 use tikv_core::rpc::{KvRequest, PdRequest, PdResponse, Request, Response, Target};
@@ -94,8 +108,27 @@ impl Platform for BatchBasic {
     }
 }
 
+/// The tokio platform with `N` batch streams per store (B3).
+struct BatchStreams<const N: usize>;
+
+impl<const N: usize> Platform for BatchStreams<N> {
+    type Runtime = TokioRuntime;
+    type Transport = GrpcTransport;
+
+    fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), tikv_core::Error> {
+        let transport = GrpcTransport::new(
+            TransportConfig::default()
+                .connect_timeout(config.connect_timeout)
+                .batch_streams_per_store(N),
+        );
+        Ok((TokioRuntime::new(), transport))
+    }
+}
+
 struct Args {
     secs: f64,
+    reps: usize,
+    servers: Vec<String>,
     conc: Vec<usize>,
     ops: Vec<String>,
     modes: Vec<String>,
@@ -105,8 +138,10 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        secs: 3.0,
-        conc: vec![1, 64, 256],
+        secs: 2.0,
+        reps: 3,
+        servers: vec!["echo".into(), "sim".into()],
+        conc: vec![1, 64, 256, 1024],
         ops: vec!["get".into(), "put".into()],
         modes: ["batch", "unary", "floor-stream", "floor-unary"].map(String::from).to_vec(),
         workload: Workload::default(),
@@ -123,6 +158,16 @@ fn parse_args() -> Result<Args, String> {
         let list = || value.split(',').map(str::to_owned).collect::<Vec<_>>();
         match flag.as_str() {
             "--secs" => args.secs = value.parse().map_err(|_| "--secs: a number")?,
+            "--reps" => {
+                args.reps = value.parse().map_err(|_| "--reps: a number")?;
+                args.reps = args.reps.max(1);
+            }
+            "--servers" => {
+                args.servers = list();
+                if let Some(s) = args.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
+                    return Err(format!("--servers: unknown server {s} (echo, sim)"));
+                }
+            }
             "--conc" => {
                 args.conc = list()
                     .iter()
@@ -259,14 +304,27 @@ impl FloorStream {
     }
 }
 
-// ------------------------------------------------------------ main
+// ------------------------------------------------------------ servers
 
-struct Server(Child);
+/// The servers a run can use (`--servers`), in the order they run.
+const SERVERS: [&str; 2] = ["echo", "sim"];
+
+/// A server process (`tikv-echo` or `tikv-sim`), killed on drop.
+struct Server {
+    child: Child,
+    /// Kept open: `stats` requests go here (and `tikv-echo` serves until it
+    /// closes).
+    stdin: Option<ChildStdin>,
+    /// The server's stdout, line by line, from a reader thread.
+    lines: std::sync::mpsc::Receiver<String>,
+    pd: String,
+    store: String,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -274,49 +332,98 @@ fn have_taskset() -> bool {
     Command::new("taskset").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-fn start_server(pinned: bool) -> Result<(Server, String, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let sim = std::env::var_os("TIKV_SIM")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| exe.with_file_name("tikv-sim"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let pd = format!("127.0.0.1:{port}");
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("1").arg(&sim);
-        c
-    } else {
-        Command::new(&sim)
-    };
-    cmd.args(["--pd", &pd, "--stores", "1"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child =
-        cmd.spawn().map_err(|e| format!("cannot start {} ({e}); build it first", sim.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let server = Server(child);
-    let mut store = None;
-    use std::io::BufRead;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(addr) = line.strip_prefix("store 1: ") {
-            store = Some(addr.to_owned());
+impl Server {
+    /// Starts server `kind` (one of [`SERVERS`]) next to this binary (or at
+    /// `$TIKV_ECHO` / `$TIKV_SIM`), on core 1 when `pinned`.
+    fn start(kind: &str, pinned: bool, w: Workload) -> Result<Server, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let (bin, env) =
+            if kind == "echo" { ("tikv-echo", "TIKV_ECHO") } else { ("tikv-sim", "TIKV_SIM") };
+        let path =
+            std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| exe.with_file_name(bin));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let pd = format!("127.0.0.1:{port}");
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("1").arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        if kind == "echo" {
+            cmd.args(["--pd", &pd, "--value-len", &w.value_len.to_string()]);
+        } else {
+            cmd.args(["--pd", &pd, "--stores", "1"]);
         }
-        if line.starts_with("regions:") {
-            break;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {} ({e}); build it first", path.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server { child, stdin, lines, pd, store: String::new() };
+        loop {
+            let line = server
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| format!("{bin} did not print its addresses"))?;
+            if let Some(addr) = line.strip_prefix("store 1: ") {
+                server.store = addr.to_owned();
+            }
+            if line.starts_with("regions:") {
+                break;
+            }
+        }
+        if server.store.is_empty() {
+            return Err(format!("{bin} did not print its store address"));
+        }
+        Ok(server)
+    }
+
+    /// The server process's CPU time so far.
+    fn cpu(&self) -> Duration {
+        workload::process_cpu_time(self.child.id())
+    }
+
+    /// `(messages, entries)` its `BatchCommands` streams received so far;
+    /// `None` when it does not answer.
+    fn batch_stats(&mut self) -> Option<(u64, u64)> {
+        let stdin = self.stdin.as_mut()?;
+        writeln!(stdin, "stats").ok()?;
+        stdin.flush().ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            let Some(rest) = line.strip_prefix("stats ") else { continue };
+            let field = |name: &str| {
+                rest.split_whitespace()
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+            };
+            return Some((field("messages")?, field("entries")?));
         }
     }
-    let store = store.ok_or("tikv-sim did not print its store address")?;
-    Ok((server, pd, store))
 }
+
+// ------------------------------------------------------------ main
 
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "{e}\nusage: tikv-bench [--secs S] [--conc 1,64,256] [--ops get,put] [--modes batch,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
+                "{e}\nusage: tikv-bench [--secs S] [--reps N] [--servers echo,sim] [--conc 1,64,256,1024] [--ops get,put] [--modes batch,batch-basic,batch-1stream,batch-2streams,transport,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
             );
             return ExitCode::from(2);
         }
@@ -335,13 +442,6 @@ fn main() -> ExitCode {
             _ => ExitCode::FAILURE,
         };
     }
-    let (server, pd, store) = match start_server(pinned) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
             Ok(rt) => rt,
@@ -350,9 +450,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    let result = rt.block_on(bench(args, pd, store, pinned));
-    drop(server);
-    match result {
+    match rt.block_on(bench(args, pinned)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -361,193 +459,381 @@ fn main() -> ExitCode {
     }
 }
 
-async fn bench(args: Args, pd: String, store: String, pinned: bool) -> Result<(), String> {
-    let config = Config::default().with_pd_endpoints([pd.clone()]);
-    let batch = tikv_tokio::RawClient::connect_with_config(config.clone())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let unary = RawClient::<Unary>::connect_with_config(config.clone())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let basic = RawClient::<BatchBasic>::connect_with_config(config)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let ctx = region_context(&pd, batch.cluster_id()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{store}"))
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let floor = FloorStream::open(channel.clone()).await?;
-    let w = args.workload;
-    let value = w.value();
-    // Every key exists, so gets return values.
-    for t in 0..args.conc.iter().copied().max().unwrap_or(1) {
-        let pairs = (0..w.keys_per_task).map(|i| (w.key(t, i), value.clone())).collect::<Vec<_>>();
-        batch.batch_put(pairs).await.map_err(|e| format!("preload: {e}"))?;
-    }
-    let mut peers = Peers::new(
-        PeerPlan {
-            pd: pd.clone(),
-            ops: args.ops.clone(),
-            conc: args.conc.clone(),
-            secs: args.secs,
-            workload: w,
-        },
-        args.peer_bins.clone(),
-    );
-    let mut all_rows = Vec::new();
+/// Our clients and the floors, connected to one server.
+struct Clients {
+    batch: RawClient<tikv_tokio::Tokio>,
+    basic: RawClient<BatchBasic>,
+    one_stream: RawClient<BatchStreams<1>>,
+    two_streams: RawClient<BatchStreams<2>>,
+    unary: RawClient<Unary>,
+    /// The region context the floors' prebuilt requests carry.
+    ctx: Context,
+    store: String,
+    channel: Channel,
+    floor: FloorStream,
+}
 
-    println!(
-        "# tikv-bench: {}s per cell, 1 client worker{}, key {} B, value {} B",
-        args.secs,
-        if pinned { ", client on core 0, tikv-sim on core 1" } else { ", unpinned" },
-        w.key_len,
-        w.value_len,
-    );
-    println!(
-        "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | errors | ops/s vs floor | CPU/op vs floor |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for op_name in &args.ops {
-        for &conc in &args.conc {
-            let mut floors: HashMap<&str, (f64, f64)> = HashMap::new();
-            let mut rows = Vec::new();
-            // Floors first, so each of our rows can show its ratio.
-            let mut modes: Vec<&str> = args.modes.iter().map(String::as_str).collect();
-            modes.sort_by_key(|m| !m.starts_with("floor"));
-            for mode in modes {
-                let is_get = op_name == "get";
-                let op: Op = match mode {
-                    "batch" => ours(&batch, is_get, w),
-                    "batch-basic" => ours(&basic, is_get, w),
-                    "unary" => ours(&unary, is_get, w),
-                    "transport" => {
-                        let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
-                        let target = Target::Store { store_id: 1, addr: store.clone().into() };
-                        let (ctx, value) = (ctx.clone(), value.clone());
-                        let rt = TokioRuntime::new();
-                        Arc::new(move |t, i| {
-                            let request = if is_get {
-                                KvRequest::RawGet(Box::new(RawGetRequest {
-                                    context: Some(ctx.clone()),
-                                    key: w.key(t, i).into(),
-                                    ..Default::default()
-                                }))
-                            } else {
-                                KvRequest::RawPut(Box::new(RawPutRequest {
-                                    context: Some(ctx.clone()),
-                                    key: w.key(t, i).into(),
-                                    value: value.clone().into(),
-                                    ..Default::default()
-                                }))
-                            };
-                            let deadline = rt.now() + Duration::from_secs(5);
-                            let call = transport.call(&target, Request::Kv(request), deadline);
-                            Box::pin(async move { call.await.is_ok() })
-                        })
-                    }
-                    "floor-stream" => {
-                        let (floor, ctx, value) = (floor.clone(), ctx.clone(), value.clone());
-                        Arc::new(move |t, i| {
-                            let cmd = if is_get {
-                                ReqCmd::RawGet(RawGetRequest {
-                                    context: Some(ctx.clone()),
-                                    key: w.key(t, i).into(),
-                                    ..Default::default()
-                                })
-                            } else {
-                                ReqCmd::RawPut(RawPutRequest {
-                                    context: Some(ctx.clone()),
-                                    key: w.key(t, i).into(),
-                                    value: value.clone().into(),
-                                    ..Default::default()
-                                })
-                            };
-                            let floor = floor.clone();
-                            Box::pin(async move { floor.call(cmd).await })
-                        })
-                    }
-                    "floor-unary" => {
-                        let (channel, ctx, value) = (channel.clone(), ctx.clone(), value.clone());
-                        Arc::new(move |t, i| {
-                            let mut client = TikvClient::new(channel.clone());
-                            let (ctx, value) = (ctx.clone(), value.clone());
-                            Box::pin(async move {
-                                let key = w.key(t, i).into();
-                                if is_get {
-                                    let req = RawGetRequest {
-                                        context: Some(ctx),
-                                        key,
-                                        ..Default::default()
-                                    };
-                                    client.raw_get(req).await.is_ok()
-                                } else {
-                                    let req = RawPutRequest {
-                                        context: Some(ctx),
-                                        key,
-                                        value: value.into(),
-                                        ..Default::default()
-                                    };
-                                    client.raw_put(req).await.is_ok()
-                                }
-                            })
-                        })
-                    }
-                    peer if PEER_MODES.contains(&peer) => {
-                        let o = peers.cell(peer, op_name, conc).await?;
-                        rows.push(format!(
-                            "| {op_name} | {conc} | {mode} | {:.0} | {} | {} | {:.1} | {} |  |  |",
-                            o.ops_per_sec(),
-                            o.p50_us,
-                            o.p99_us,
-                            o.cpu_us_per_op(),
-                            o.errors,
-                        ));
-                        all_rows.push(Row { mode: mode.to_owned(), result: o });
-                        continue;
-                    }
-                    other => return Err(format!("unknown mode {other}")),
-                };
-                let o = workload::run(op, op_name, conc, args.secs).await;
-                let ops_s = o.ops_per_sec();
-                let cpu_op = o.cpu_us_per_op();
-                if mode.starts_with("floor") {
-                    floors.insert(
-                        if mode == "floor-stream" { "batch" } else { "unary" },
-                        (ops_s, cpu_op),
-                    );
-                }
-                let floor_of =
-                    if mode.starts_with("batch") || mode == "transport" { "batch" } else { mode };
-                let ratio = floors
-                    .get(floor_of)
-                    .map(|(f_ops, f_cpu)| format!("{:.2} | {:.2}", ops_s / f_ops, cpu_op / f_cpu))
-                    .unwrap_or_else(|| " | ".to_owned());
-                rows.push(format!(
-                    "| {op_name} | {conc} | {mode} | {ops_s:.0} | {} | {} | {cpu_op:.1} | {} | {ratio} |",
-                    o.p50_us, o.p99_us, o.errors,
-                ));
-                all_rows.push(Row { mode: mode.to_owned(), result: o });
+async fn connect<P: Platform>(config: &Config) -> Result<RawClient<P>, String> {
+    RawClient::<P>::connect_with_config(config.clone()).await.map_err(|e| format!("connect: {e}"))
+}
+
+impl Clients {
+    async fn connect(server: &Server) -> Result<Clients, String> {
+        let config = Config::default().with_pd_endpoints([server.pd.clone()]);
+        let batch = connect(&config).await?;
+        let ctx = region_context(&server.pd, batch.cluster_id()).await?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.store))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Clients {
+            batch,
+            basic: connect(&config).await?,
+            one_stream: connect(&config).await?,
+            two_streams: connect(&config).await?,
+            unary: connect(&config).await?,
+            ctx,
+            store: server.store.clone(),
+            floor: FloorStream::open(channel.clone()).await?,
+            channel,
+        })
+    }
+
+    /// The operation of `mode`; `None` for a peer (run in its own process).
+    fn op(&self, mode: &str, is_get: bool, w: Workload) -> Result<Option<Op>, String> {
+        let value = w.value();
+        Ok(Some(match mode {
+            "batch" => ours(&self.batch, is_get, w),
+            "batch-basic" => ours(&self.basic, is_get, w),
+            "batch-1stream" => ours(&self.one_stream, is_get, w),
+            "batch-2streams" => ours(&self.two_streams, is_get, w),
+            "unary" => ours(&self.unary, is_get, w),
+            "transport" => {
+                let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
+                let target = Target::Store { store_id: 1, addr: self.store.clone().into() };
+                let ctx = self.ctx.clone();
+                let rt = TokioRuntime::new();
+                Arc::new(move |t, i| {
+                    let request = if is_get {
+                        KvRequest::RawGet(Box::new(RawGetRequest {
+                            context: Some(ctx.clone()),
+                            key: w.key(t, i).into(),
+                            ..Default::default()
+                        }))
+                    } else {
+                        KvRequest::RawPut(Box::new(RawPutRequest {
+                            context: Some(ctx.clone()),
+                            key: w.key(t, i).into(),
+                            value: value.clone().into(),
+                            ..Default::default()
+                        }))
+                    };
+                    let deadline = rt.now() + Duration::from_secs(5);
+                    let call = transport.call(&target, Request::Kv(request), deadline);
+                    Box::pin(async move { call.await.is_ok() })
+                })
             }
-            for row in rows {
-                println!("{row}");
+            "floor-stream" => {
+                let (floor, ctx) = (self.floor.clone(), self.ctx.clone());
+                Arc::new(move |t, i| {
+                    let cmd = if is_get {
+                        ReqCmd::RawGet(RawGetRequest {
+                            context: Some(ctx.clone()),
+                            key: w.key(t, i).into(),
+                            ..Default::default()
+                        })
+                    } else {
+                        ReqCmd::RawPut(RawPutRequest {
+                            context: Some(ctx.clone()),
+                            key: w.key(t, i).into(),
+                            value: value.clone().into(),
+                            ..Default::default()
+                        })
+                    };
+                    let floor = floor.clone();
+                    Box::pin(async move { floor.call(cmd).await })
+                })
+            }
+            "floor-unary" => {
+                let (channel, ctx) = (self.channel.clone(), self.ctx.clone());
+                Arc::new(move |t, i| {
+                    let mut client = TikvClient::new(channel.clone());
+                    let (ctx, value) = (ctx.clone(), value.clone());
+                    Box::pin(async move {
+                        let key = w.key(t, i).into();
+                        if is_get {
+                            let req =
+                                RawGetRequest { context: Some(ctx), key, ..Default::default() };
+                            client.raw_get(req).await.is_ok()
+                        } else {
+                            let req = RawPutRequest {
+                                context: Some(ctx),
+                                key,
+                                value: value.into(),
+                                ..Default::default()
+                            };
+                            client.raw_put(req).await.is_ok()
+                        }
+                    })
+                })
+            }
+            peer if PEER_MODES.contains(&peer) => return Ok(None),
+            other => return Err(format!("unknown mode {other}")),
+        }))
+    }
+}
+
+/// One repetition of one cell.
+struct Sample {
+    result: CellResult,
+    /// Server CPU in the measured window (`None` for peers).
+    server_cpu: Option<Duration>,
+    /// `(messages, entries)` the server's streams received during the cell.
+    batches: Option<(u64, u64)>,
+}
+
+/// The median of a cell's repetitions, column by column.
+#[derive(Clone, Debug)]
+struct Median {
+    ops_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_op: f64,
+    server_cpu_us_op: Option<f64>,
+    avg_batch: Option<f64>,
+    errors: u64,
+    ops: u64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some((v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+impl Median {
+    fn of(samples: &[Sample]) -> Median {
+        let col =
+            |f: &dyn Fn(&Sample) -> Option<f64>| median(samples.iter().filter_map(f).collect());
+        Median {
+            ops_s: col(&|s| Some(s.result.ops_per_sec())).unwrap_or(0.0),
+            p50_us: col(&|s| Some(f64::from(s.result.p50_us))).unwrap_or(0.0),
+            p99_us: col(&|s| Some(f64::from(s.result.p99_us))).unwrap_or(0.0),
+            cpu_us_op: col(&|s| Some(s.result.cpu_us_per_op())).unwrap_or(0.0),
+            server_cpu_us_op: col(&|s| {
+                Some(s.server_cpu?.as_secs_f64() * 1e6 / s.result.ops.max(1) as f64)
+            }),
+            avg_batch: col(&|s| match s.batches? {
+                (0, _) => None,
+                (m, e) => Some(e as f64 / m as f64),
+            }),
+            errors: samples.iter().map(|s| s.result.errors).sum(),
+            ops: samples.iter().map(|s| s.result.ops).min().unwrap_or(0),
+        }
+    }
+
+    /// A one-second result with the median rates, for the peer ratio table.
+    fn as_result(&self, op: &str, conc: usize) -> CellResult {
+        CellResult {
+            op: op.to_owned(),
+            conc,
+            ops: self.ops_s.round() as u64,
+            errors: self.errors,
+            elapsed: Duration::from_secs(1),
+            cpu: Duration::from_secs_f64(self.cpu_us_op * self.ops_s / 1e6),
+            p50_us: self.p50_us.round() as u32,
+            p99_us: self.p99_us.round() as u32,
+        }
+    }
+}
+
+/// Cell → repetitions, in first-run order.
+type Cells = Vec<((String, usize, String), Vec<Sample>)>;
+
+/// Every repetition of every cell against one server.
+async fn run_server(args: &Args, server: &mut Server) -> Result<Cells, String> {
+    let clients = Clients::connect(server).await?;
+    let w = args.workload;
+    let mut cells: Cells = Vec::new();
+    for rep in 0..args.reps {
+        let mut peers = Peers::new(
+            PeerPlan {
+                pd: server.pd.clone(),
+                ops: args.ops.clone(),
+                conc: args.conc.clone(),
+                secs: args.secs,
+                workload: w,
+            },
+            args.peer_bins.clone(),
+        );
+        eprintln!("# repetition {} of {}", rep + 1, args.reps);
+        for op_name in &args.ops {
+            for &conc in &args.conc {
+                for mode in &args.modes {
+                    let sample = match clients.op(mode, op_name == "get", w)? {
+                        Some(op) => {
+                            let before = server.batch_stats();
+                            let (result, server_cpu) =
+                                workload::run_with_server(op, op_name, conc, args.secs, || {
+                                    server.cpu()
+                                })
+                                .await;
+                            let after = server.batch_stats();
+                            let batches = before.zip(after).map(|((m0, e0), (m1, e1))| {
+                                (m1.saturating_sub(m0), e1.saturating_sub(e0))
+                            });
+                            Sample { result, server_cpu: Some(server_cpu), batches }
+                        }
+                        None => Sample {
+                            result: peers.cell(mode, op_name, conc).await?,
+                            server_cpu: None,
+                            batches: None,
+                        },
+                    };
+                    let key = (op_name.clone(), conc, mode.clone());
+                    match cells.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(sample),
+                        None => cells.push((key, vec![sample])),
+                    }
+                }
             }
         }
     }
-    let ratios = tikv_bench::peers::ratio_table(&all_rows);
-    if !ratios.is_empty() && all_rows.iter().any(|r| PEER_MODES.contains(&r.mode.as_str())) {
+    Ok(cells)
+}
+
+/// Medians by server and cell.
+type Medians = Vec<(String, String, usize, String, Median)>;
+
+fn find<'a>(m: &'a Medians, server: &str, op: &str, conc: usize, mode: &str) -> Option<&'a Median> {
+    m.iter()
+        .find(|(s, o, c, md, _)| s == server && o == op && *c == conc && md == mode)
+        .map(|(.., x)| x)
+}
+
+/// `value` with its verdict against `target` (`at_least` or at most).
+fn verdict(value: Option<f64>, target: f64, at_least: bool) -> String {
+    match value {
+        None => "–".to_owned(),
+        Some(v) if v.is_finite() => {
+            let met = if at_least { v >= target } else { v <= target };
+            format!("{v:.2} {}", if met { "met" } else { "NOT met" })
+        }
+        Some(_) => "–".to_owned(),
+    }
+}
+
+/// Issue #7's targets, from the medians of this run.
+fn targets_table(m: &Medians, args: &Args) -> String {
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let mut out = String::from(
+        "| op | conc | ops/s ÷ stream echo (≥ 0.60) | client CPU/op ÷ stream echo (≤ 1.5) | p99 ÷ stream echo (≤ 2, conc 64) | ops/s ÷ tikv-client on echo (≥ 3) | ops/s ÷ tikv-client on sim (≥ 3) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for op in &args.ops {
+        for &conc in args.conc.iter().filter(|c| [64, 256].contains(*c)) {
+            let ours = |server: &str| find(m, server, op, conc, "batch");
+            let echo = find(m, "echo", op, conc, "floor-stream");
+            let tc = |server: &str| find(m, server, op, conc, "tikv-client").map(|x| x.ops_s);
+            let ops = ratio(ours("echo").map(|x| x.ops_s), echo.map(|x| x.ops_s));
+            let cpu = ratio(ours("echo").map(|x| x.cpu_us_op), echo.map(|x| x.cpu_us_op));
+            let p99 = if conc == 64 {
+                verdict(ratio(ours("echo").map(|x| x.p99_us), echo.map(|x| x.p99_us)), 2.0, false)
+            } else {
+                "–".to_owned()
+            };
+            out.push_str(&format!(
+                "| {op} | {conc} | {} | {} | {p99} | {} | {} |\n",
+                verdict(ops, 0.6, true),
+                verdict(cpu, 1.5, false),
+                verdict(ratio(ours("echo").map(|x| x.ops_s), tc("echo")), 3.0, true),
+                verdict(ratio(ours("sim").map(|x| x.ops_s), tc("sim")), 3.0, true),
+            ));
+        }
+    }
+    out
+}
+
+async fn bench(args: Args, pinned: bool) -> Result<(), String> {
+    let w = args.workload;
+    println!(
+        "# tikv-bench: {} s per cell, medians of {}, 1 client worker{}, key {} B, value {} B",
+        args.secs,
+        args.reps,
+        if pinned { ", client on core 0, server on core 1" } else { ", unpinned" },
+        w.key_len,
+        w.value_len,
+    );
+    let mut medians: Medians = Vec::new();
+    for kind in &args.servers {
+        let mut server = Server::start(kind, pinned, w)?;
+        if kind == "sim" {
+            // Every key exists, so gets return values (the echo cluster
+            // answers every get with a value and stores nothing).
+            let preload = Clients::connect(&server).await?;
+            let value = w.value();
+            for t in 0..args.conc.iter().copied().max().unwrap_or(1) {
+                let pairs =
+                    (0..w.keys_per_task).map(|i| (w.key(t, i), value.clone())).collect::<Vec<_>>();
+                preload.batch.batch_put(pairs).await.map_err(|e| format!("preload: {e}"))?;
+            }
+        }
+        let cells = run_server(&args, &mut server).await?;
+        drop(server);
         println!(
-            "\n# ours ÷ peer and ours ÷ floor, same run (ops/s: higher is better for us; CPU/op: lower)"
+            "\n## server: {kind}{}\n",
+            if kind == "echo" {
+                " (canned answers: the client and transport alone)"
+            } else {
+                " (the MVCC model behind every request)"
+            }
         );
-        print!("{ratios}");
+        println!(
+            "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | server CPU us/op | avg batch | errors |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        let mut rows = Vec::new();
+        for ((op, conc, mode), samples) in &cells {
+            let m = Median::of(samples);
+            let opt = |v: Option<f64>, digits: usize| {
+                v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+            };
+            println!(
+                "| {op} | {conc} | {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} |",
+                m.ops_s,
+                m.p50_us,
+                m.p99_us,
+                m.cpu_us_op,
+                opt(m.server_cpu_us_op, 1),
+                opt(m.avg_batch, 1),
+                m.errors,
+            );
+            rows.push(Row { mode: mode.clone(), result: m.as_result(op, *conc) });
+            medians.push((kind.clone(), op.clone(), *conc, mode.clone(), m));
+        }
+        let ratios = tikv_bench::peers::ratio_table(&rows);
+        if !ratios.is_empty() {
+            println!(
+                "\n### {kind}: ours ÷ peer and ours ÷ floor (medians; ops/s: higher is better for us; CPU/op: lower)\n"
+            );
+            print!("{ratios}");
+        }
+    }
+    if args.servers.iter().any(|s| s == "echo") && args.modes.iter().any(|m| m == "batch") {
+        println!(
+            "\n## issue #7 targets (ours = `batch`; stream echo = `floor-stream` on `echo`)\n"
+        );
+        print!("{}", targets_table(&medians, &args));
     }
     // A cell with failed or no operations measured nothing worth comparing.
-    let broken: Vec<_> = all_rows
+    let broken: Vec<_> = medians
         .iter()
-        .filter(|r| r.result.errors > 0 || r.result.ops == 0)
-        .map(|r| format!("{} {} at {}", r.mode, r.result.op, r.result.conc))
+        .filter(|(.., m)| m.errors > 0 || m.ops == 0)
+        .map(|(s, op, conc, mode, _)| format!("{mode} {op} at {conc} on {s}"))
         .collect();
     if !broken.is_empty() {
         return Err(format!("cells with errors or no completed operation: {}", broken.join(", ")));

@@ -30,9 +30,10 @@ pub struct Workload {
 }
 
 impl Default for Workload {
-    /// Issue #6's side-by-side workload: 16-byte keys, 64-byte values.
+    /// Issue #7's B2 shape (`perf-reliability-anchors.md` §3.2): 24-byte
+    /// keys, 128-byte values.
     fn default() -> Workload {
-        Workload { key_len: 16, value_len: 64, keys_per_task: 64 }
+        Workload { key_len: 24, value_len: 128, keys_per_task: 64 }
     }
 }
 
@@ -131,7 +132,17 @@ impl CellResult {
 /// This process's CPU time so far (user + system, all threads), from
 /// `/proc/self/stat` (10 ms ticks); zero where that file does not exist.
 pub fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time_of("/proc/self/stat")
+}
+
+/// Another process's CPU time so far (the benchmark's server), as
+/// [`cpu_time`] reads its own.
+pub fn process_cpu_time(pid: u32) -> Duration {
+    cpu_time_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_time_of(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     // Fields after the command name (which may contain spaces): state is
     // field 3, utime 14, stime 15, i.e. 0, 11 and 12 counting from state.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -153,6 +164,18 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
 /// Runs one cell on the current tokio runtime: `conc` tasks loop on `op`
 /// for [`WARM_UP`], then for `secs` measured.
 pub async fn run(op: Op, op_name: &str, conc: usize, secs: f64) -> CellResult {
+    run_with_server(op, op_name, conc, secs, || Duration::ZERO).await.0
+}
+
+/// [`run`], also returning how much `server_cpu` (a clock of the server
+/// process's CPU time) advanced in the measured window.
+pub async fn run_with_server(
+    op: Op,
+    op_name: &str,
+    conc: usize,
+    secs: f64,
+    server_cpu: impl Fn() -> Duration,
+) -> (CellResult, Duration) {
     let measure = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -182,18 +205,19 @@ pub async fn run(op: Op, op_name: &str, conc: usize, secs: f64) -> CellResult {
         })
         .collect();
     tokio::time::sleep(WARM_UP).await;
-    let (t0, cpu0) = (Instant::now(), cpu_time());
+    let (t0, cpu0, server0) = (Instant::now(), cpu_time(), server_cpu());
     measure.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     measure.store(false, Ordering::Relaxed);
     let (elapsed, cpu) = (t0.elapsed(), cpu_time().saturating_sub(cpu0));
+    let server = server_cpu().saturating_sub(server0);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.unwrap_or_default());
     }
     latencies.sort_unstable();
-    CellResult {
+    let result = CellResult {
         op: op_name.to_owned(),
         conc,
         ops: latencies.len() as u64,
@@ -202,7 +226,8 @@ pub async fn run(op: Op, op_name: &str, conc: usize, secs: f64) -> CellResult {
         cpu,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
-    }
+    };
+    (result, server)
 }
 
 #[cfg(test)]
@@ -212,12 +237,12 @@ mod tests {
     #[test]
     fn keys_have_the_asked_length_and_cycle() {
         let w = Workload::default();
-        assert_eq!(w.key(3, 5), b"kkkk000003000005".to_vec());
+        assert_eq!(w.key(3, 5), b"kkkkkkkkkkkk000003000005".to_vec());
         assert_eq!(w.key(3, 5 + 64), w.key(3, 5));
         assert_ne!(w.key(4, 5), w.key(3, 5));
-        let long = Workload { key_len: 24, ..w };
-        assert_eq!(long.key(0, 1).len(), 24);
-        assert_eq!(w.value().len(), 64);
+        let short = Workload { key_len: 16, ..w };
+        assert_eq!(short.key(0, 1).len(), 16);
+        assert_eq!(w.value().len(), 128);
     }
 
     #[test]

@@ -119,6 +119,8 @@
 
 pub mod cluster;
 pub mod crc64;
+#[cfg(feature = "server")]
+pub mod echo;
 pub mod mvcc;
 mod pd;
 mod raw;

@@ -11,8 +11,12 @@
 //! regions at evenly spaced first bytes (after the `r\0\0\0` keyspace prefix
 //! in API V2). `--txn` makes an API V1 cluster a transactional one
 //! ([`ClusterConfig::v1_txn`]: boundaries memcomparable-encoded). A port of 0
-//! picks a free one. Prints the addresses and serves until Ctrl-C.
+//! picks a free one. Prints the addresses and serves until Ctrl-C. Each
+//! `stats` line on stdin is answered on stdout with
+//! `stats streams=S messages=M entries=E`, the stores' `BatchCommands`
+//! traffic so far (the benchmark's average batch size).
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -156,8 +160,35 @@ fn main() -> ExitCode {
         }
         println!("regions: {}", cluster.regions().len());
         println!("ready");
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("cannot wait for Ctrl-C: {e}");
+        // `stats` lines on stdin ask for the streams' traffic (the
+        // benchmark's average batch size); stdin closing changes nothing.
+        let (stats_tx, mut stats_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) if l.trim() == "stats" => {
+                        if stats_tx.send(()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        loop {
+            tokio::select! {
+                signal = tokio::signal::ctrl_c() => {
+                    if let Err(e) = signal {
+                        eprintln!("cannot wait for Ctrl-C: {e}");
+                    }
+                    break;
+                }
+                Some(()) = stats_rx.recv() => {
+                    let s = server.batch_stats();
+                    println!("stats streams={} messages={} entries={}", s.streams, s.messages, s.requests);
+                }
+            }
         }
         server.shutdown().await;
         ExitCode::SUCCESS

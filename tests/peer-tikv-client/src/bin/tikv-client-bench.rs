@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! tikv-client-bench bench --pd ADDR [--ops get,put] [--conc 1,64,256] [--secs 3]
-//!                         [--key-len 16] [--value-len 64] [--keys-per-task 64]
+//!                         [--key-len 24] [--value-len 128] [--keys-per-task 64]
 //! ```
 //!
 //! Connects to a running cluster (`tikv-bench` starts `tikv-sim` and runs
