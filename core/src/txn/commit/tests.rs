@@ -673,3 +673,96 @@ fn an_absurd_commit_ts_push_is_refused() {
     let commits = c.received.iter().filter(|r| matches!(r, KvRequest::Commit(_))).count();
     assert_eq!(commits, 1, "no retry with a newer commit ts");
 }
+
+/// client-go's batch rule (`appendBatchMutationsBySize`), written out
+/// independently of ours: keys join a batch while its size is below
+/// `limit`, so a batch ends with the key that reaches the limit.
+fn client_go_batches(sizes: &[usize], limit: usize) -> usize {
+    let (mut batches, mut start) = (0, 0);
+    while start < sizes.len() {
+        let (mut end, mut size) = (start, 0);
+        while end < sizes.len() && size < limit {
+            size += sizes[end];
+            end += 1;
+        }
+        batches += 1;
+        start = end;
+    }
+    batches
+}
+
+/// Benchmark B7's shape (issue #7): 10,000 keys of 24 bytes with 128-byte
+/// values over 100 regions on 3 stores. Prewrite sends one RPC per 16 KiB
+/// (key + value) batch of each region, exactly client-go's count; commit
+/// sends the primary alone (the commit point), then one RPC per 16 KiB of
+/// keys per region. 80 regions hold 75 keys (11,400 bytes: one batch) and
+/// 20 hold 200 (30,400 bytes: two batches, 108 keys then 92), so the rule
+/// is exercised, not just "one batch per region".
+#[test]
+fn a_large_commit_sends_client_go_batch_counts() {
+    const VALUE_LEN: usize = 128;
+    let key = |i: usize| format!("key{i:021}");
+    let per_region: Vec<usize> = (0..100).map(|r| if r < 80 { 75 } else { 200 }).collect();
+    let total: usize = per_region.iter().sum();
+    assert_eq!(total, 10_000);
+    let mut split_keys = Vec::new();
+    let mut at = 0;
+    for n in &per_region[..99] {
+        at += n;
+        split_keys.push(key(at));
+    }
+    let splits: Vec<&str> = split_keys.iter().map(String::as_str).collect();
+    let mut c = FakeCluster::new(&splits);
+    // client-go's counts, region by region.
+    let prewrites: usize = per_region
+        .iter()
+        .map(|&n| client_go_batches(&vec![24 + VALUE_LEN; n], TXN_COMMIT_BATCH_SIZE))
+        .sum();
+    let secondary_commits: usize =
+        per_region.iter().map(|&n| client_go_batches(&vec![24; n], TXN_COMMIT_BATCH_SIZE)).sum();
+    assert_eq!((prewrites, secondary_commits), (120, 100), "the reference rule");
+    for _ in 0..prewrites {
+        c.fault("prewrite", prewrite_ok(0, 0));
+    }
+    for _ in 0..=secondary_commits {
+        c.fault("kv_commit", commit_ok());
+    }
+    let mutations: Vec<Mutation> = (0..total)
+        .map(|i| Mutation {
+            op: kvrpcpb::Op::Put,
+            key: Key::from(key(i)),
+            value: Bytes::from(vec![b'v'; VALUE_LEN]),
+        })
+        .collect();
+    let v = view();
+    let committer = Committer::new(
+        v.clone(),
+        ts(500),
+        Key::from(key(0)),
+        mutations,
+        Duration::from_millis(10),
+        CommitOptions::default(),
+    );
+    let (_, result) = drive(committer, &mut c);
+    let outcome = result.expect("committed");
+    assert_eq!(outcome.mode, CommitMode::TwoPhase);
+    let count =
+        |c: &FakeCluster, name: &str| c.received.iter().filter(|r| r.name() == name).count();
+    assert_eq!(count(&c, "kv_prewrite"), prewrites);
+    assert_eq!(count(&c, "kv_commit"), 1, "the primary alone");
+    assert_eq!(outcome.keys_to_commit.len(), total - 1);
+    let (_, result) =
+        drive(commit_keys(&v, ts(500), outcome.commit_ts, outcome.keys_to_commit), &mut c);
+    result.expect("secondaries committed");
+    assert_eq!(count(&c, "kv_commit"), 1 + secondary_commits);
+    // Every key of every prewrite went out once.
+    let prewritten: usize = c
+        .received
+        .iter()
+        .map(|r| match r {
+            KvRequest::Prewrite(p) => p.mutations.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(prewritten, total);
+}
