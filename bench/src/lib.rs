@@ -4,4 +4,5 @@
 //! clients and the floors in-process.
 
 pub mod peers;
+pub mod server;
 pub mod workload;

@@ -51,13 +51,13 @@
 //! tikv-client 0.4 on each server.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tikv_bench::peers::{PEER_MODES, PeerPlan, Peers, Row};
+use tikv_bench::server::{SERVERS, Server, pin_to_core_0};
 use tikv_bench::workload::{self, CellResult, Op, Workload};
 use tikv_core::config::Config;
 use tikv_core::rpc::batch::BatchPolicy;
@@ -304,118 +304,6 @@ impl FloorStream {
     }
 }
 
-// ------------------------------------------------------------ servers
-
-/// The servers a run can use (`--servers`), in the order they run.
-const SERVERS: [&str; 2] = ["echo", "sim"];
-
-/// A server process (`tikv-echo` or `tikv-sim`), killed on drop.
-struct Server {
-    child: Child,
-    /// Kept open: `stats` requests go here (and `tikv-echo` serves until it
-    /// closes).
-    stdin: Option<ChildStdin>,
-    /// The server's stdout, line by line, from a reader thread.
-    lines: std::sync::mpsc::Receiver<String>,
-    pd: String,
-    store: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn have_taskset() -> bool {
-    Command::new("taskset").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
-impl Server {
-    /// Starts server `kind` (one of [`SERVERS`]) next to this binary (or at
-    /// `$TIKV_ECHO` / `$TIKV_SIM`), on core 1 when `pinned`.
-    fn start(kind: &str, pinned: bool, w: Workload) -> Result<Server, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let (bin, env) =
-            if kind == "echo" { ("tikv-echo", "TIKV_ECHO") } else { ("tikv-sim", "TIKV_SIM") };
-        let path =
-            std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| exe.with_file_name(bin));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let pd = format!("127.0.0.1:{port}");
-        let mut cmd = if pinned {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("1").arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        if kind == "echo" {
-            cmd.args(["--pd", &pd, "--value-len", &w.value_len.to_string()]);
-        } else {
-            cmd.args(["--pd", &pd, "--stores", "1"]);
-        }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {} ({e}); build it first", path.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let stdin = child.stdin.take();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server { child, stdin, lines, pd, store: String::new() };
-        loop {
-            let line = server
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| format!("{bin} did not print its addresses"))?;
-            if let Some(addr) = line.strip_prefix("store 1: ") {
-                server.store = addr.to_owned();
-            }
-            if line.starts_with("regions:") {
-                break;
-            }
-        }
-        if server.store.is_empty() {
-            return Err(format!("{bin} did not print its store address"));
-        }
-        Ok(server)
-    }
-
-    /// The server process's CPU time so far.
-    fn cpu(&self) -> Duration {
-        workload::process_cpu_time(self.child.id())
-    }
-
-    /// `(messages, entries)` its `BatchCommands` streams received so far;
-    /// `None` when it does not answer.
-    fn batch_stats(&mut self) -> Option<(u64, u64)> {
-        let stdin = self.stdin.as_mut()?;
-        writeln!(stdin, "stats").ok()?;
-        stdin.flush().ok()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.lines.recv_timeout(left).ok()?;
-            let Some(rest) = line.strip_prefix("stats ") else { continue };
-            let field = |name: &str| {
-                rest.split_whitespace()
-                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
-            };
-            return Some((field("messages")?, field("entries")?));
-        }
-    }
-}
-
 // ------------------------------------------------------------ main
 
 fn main() -> ExitCode {
@@ -428,19 +316,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let pinned = have_taskset();
-    if pinned && std::env::var_os("TIKV_BENCH_PINNED").is_none() {
-        // Re-run this process on core 0; the server gets core 1.
-        let status = Command::new("taskset")
-            .arg("-c")
-            .arg("0")
-            .args(std::env::args_os())
-            .env("TIKV_BENCH_PINNED", "1")
-            .status();
-        return match status {
-            Ok(s) if s.success() => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        };
+    let (pinned_run, pinned) = pin_to_core_0();
+    if let Some(ok) = pinned_run {
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
@@ -770,7 +648,10 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
     );
     let mut medians: Medians = Vec::new();
     for kind in &args.servers {
-        let mut server = Server::start(kind, pinned, w)?;
+        let value_len = w.value_len.to_string();
+        let server_args: &[&str] =
+            if kind == "echo" { &["--value-len", &value_len] } else { &["--stores", "1"] };
+        let mut server = Server::start(kind, server_args, pinned)?;
         if kind == "sim" {
             // Every key exists, so gets return values (the echo cluster
             // answers every get with a value and stores nothing).

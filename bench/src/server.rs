@@ -1,0 +1,136 @@
+//! The benchmark's server processes: `tikv-echo` (canned answers, the
+//! ceiling) and `tikv-sim` (the MVCC model), each pinned to core 1 when
+//! `taskset` is available, with their CPU time and `BatchCommands` traffic.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+/// The servers a run can use (`--servers`), in the order they run.
+pub const SERVERS: [&str; 2] = ["echo", "sim"];
+
+/// A server process (`tikv-echo` or `tikv-sim`), killed on drop.
+pub struct Server {
+    child: Child,
+    /// Kept open: `stats` requests go here (and `tikv-echo` serves until it
+    /// closes).
+    stdin: Option<ChildStdin>,
+    /// The server's stdout, line by line, from a reader thread.
+    lines: std::sync::mpsc::Receiver<String>,
+    /// PD's address.
+    pub pd: String,
+    /// Store 1's address.
+    pub store: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `taskset` can pin processes to cores here.
+pub fn have_taskset() -> bool {
+    Command::new("taskset").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+impl Server {
+    /// Starts server `kind` (one of [`SERVERS`]) next to this binary (or at
+    /// `$TIKV_ECHO` / `$TIKV_SIM`) with `--pd ADDR` and `args`, on core 1
+    /// when `pinned`.
+    pub fn start(kind: &str, args: &[&str], pinned: bool) -> Result<Server, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let (bin, env) =
+            if kind == "echo" { ("tikv-echo", "TIKV_ECHO") } else { ("tikv-sim", "TIKV_SIM") };
+        let path =
+            std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| exe.with_file_name(bin));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let pd = format!("127.0.0.1:{port}");
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("1").arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        cmd.args(["--pd", &pd]).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {} ({e}); build it first", path.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server { child, stdin, lines, pd, store: String::new() };
+        loop {
+            let line = server
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| format!("{bin} did not print its addresses"))?;
+            if let Some(addr) = line.strip_prefix("store 1: ") {
+                server.store = addr.to_owned();
+            }
+            if line.starts_with("regions:") {
+                break;
+            }
+        }
+        if server.store.is_empty() {
+            return Err(format!("{bin} did not print its store address"));
+        }
+        Ok(server)
+    }
+
+    /// The server process's CPU time so far.
+    pub fn cpu(&self) -> Duration {
+        crate::workload::process_cpu_time(self.child.id())
+    }
+
+    /// `(messages, entries)` its `BatchCommands` streams received so far;
+    /// `None` when it does not answer.
+    pub fn batch_stats(&mut self) -> Option<(u64, u64)> {
+        let stdin = self.stdin.as_mut()?;
+        writeln!(stdin, "stats").ok()?;
+        stdin.flush().ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            let Some(rest) = line.strip_prefix("stats ") else { continue };
+            let field = |name: &str| {
+                rest.split_whitespace()
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+            };
+            return Some((field("messages")?, field("entries")?));
+        }
+    }
+}
+
+/// Re-runs this process on core 0 (the server gets core 1) when `taskset`
+/// is available and this is not already the pinned run: `Some(success)`
+/// is the pinned run's outcome, `None` means carry on here; the second
+/// value says whether this run is pinned.
+pub fn pin_to_core_0() -> (Option<bool>, bool) {
+    let pinned = have_taskset();
+    if pinned && std::env::var_os("TIKV_BENCH_PINNED").is_none() {
+        let status = Command::new("taskset")
+            .arg("-c")
+            .arg("0")
+            .args(std::env::args_os())
+            .env("TIKV_BENCH_PINNED", "1")
+            .status();
+        return (Some(matches!(status, Ok(s) if s.success())), pinned);
+    }
+    (None, pinned)
+}
