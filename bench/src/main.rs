@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tikv_bench::peers::{PEER_MODES, PeerPlan, Peers, Row};
-use tikv_bench::server::{SERVERS, Server, pin_to_core_0};
+use tikv_bench::server::{SERVERS, Server, ServerStats, pin_to_core_0};
 use tikv_bench::workload::{self, CellResult, Op, Workload};
 use tikv_core::config::Config;
 use tikv_core::rpc::batch::BatchPolicy;
@@ -165,7 +165,7 @@ fn parse_args() -> Result<Args, String> {
             "--servers" => {
                 args.servers = list();
                 if let Some(s) = args.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
-                    return Err(format!("--servers: unknown server {s} (echo, sim)"));
+                    return Err(format!("--servers: unknown server {s} ({})", SERVERS.join(", ")));
                 }
             }
             "--conc" => {
@@ -311,7 +311,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "{e}\nusage: tikv-bench [--secs S] [--reps N] [--servers echo,sim] [--conc 1,64,256,1024] [--ops get,put] [--modes batch,batch-basic,batch-1stream,batch-2streams,transport,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
+                "{e}\nusage: tikv-bench [--secs S] [--reps N] [--servers echo,sim,sim-faults] [--conc 1,64,256,1024] [--ops get,put] [--modes batch,batch-basic,batch-1stream,batch-2streams,transport,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
             );
             return ExitCode::from(2);
         }
@@ -468,8 +468,8 @@ struct Sample {
     result: CellResult,
     /// Server CPU in the measured window (`None` for peers).
     server_cpu: Option<Duration>,
-    /// `(messages, entries)` the server's streams received during the cell.
-    batches: Option<(u64, u64)>,
+    /// The server's traffic during the cell.
+    traffic: Option<ServerStats>,
 }
 
 /// The median of a cell's repetitions, column by column.
@@ -481,6 +481,7 @@ struct Median {
     cpu_us_op: f64,
     server_cpu_us_op: Option<f64>,
     avg_batch: Option<f64>,
+    pd_calls_s: Option<f64>,
     errors: u64,
     ops: u64,
 }
@@ -506,9 +507,14 @@ impl Median {
             server_cpu_us_op: col(&|s| {
                 Some(s.server_cpu?.as_secs_f64() * 1e6 / s.result.ops.max(1) as f64)
             }),
-            avg_batch: col(&|s| match s.batches? {
-                (0, _) => None,
-                (m, e) => Some(e as f64 / m as f64),
+            avg_batch: col(&|s| match s.traffic? {
+                ServerStats { messages: 0, .. } => None,
+                t => Some(t.entries as f64 / t.messages as f64),
+            }),
+            // Over the whole cell (warm-up included), per measured second:
+            // an upper bound on the measured window's rate.
+            pd_calls_s: col(&|s| {
+                Some(s.traffic?.pd_unary? as f64 / s.result.elapsed.as_secs_f64().max(1e-9))
             }),
             errors: samples.iter().map(|s| s.result.errors).sum(),
             ops: samples.iter().map(|s| s.result.ops).min().unwrap_or(0),
@@ -555,22 +561,20 @@ async fn run_server(args: &Args, server: &mut Server) -> Result<Cells, String> {
                 for mode in &args.modes {
                     let sample = match clients.op(mode, op_name == "get", w)? {
                         Some(op) => {
-                            let before = server.batch_stats();
+                            let before = server.stats();
                             let (result, server_cpu) =
                                 workload::run_with_server(op, op_name, conc, args.secs, || {
                                     server.cpu()
                                 })
                                 .await;
-                            let after = server.batch_stats();
-                            let batches = before.zip(after).map(|((m0, e0), (m1, e1))| {
-                                (m1.saturating_sub(m0), e1.saturating_sub(e0))
-                            });
-                            Sample { result, server_cpu: Some(server_cpu), batches }
+                            let after = server.stats();
+                            let traffic = before.zip(after).map(|(b, a)| b.delta(a));
+                            Sample { result, server_cpu: Some(server_cpu), traffic }
                         }
                         None => Sample {
                             result: peers.cell(mode, op_name, conc).await?,
                             server_cpu: None,
-                            batches: None,
+                            traffic: None,
                         },
                     };
                     let key = (op_name.clone(), conc, mode.clone());
@@ -649,10 +653,22 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
     let mut medians: Medians = Vec::new();
     for kind in &args.servers {
         let value_len = w.value_len.to_string();
-        let server_args: &[&str] =
-            if kind == "echo" { &["--value-len", &value_len] } else { &["--stores", "1"] };
+        let server_args: &[&str] = match kind.as_str() {
+            "echo" => &["--value-len", &value_len],
+            "sim-faults" => &[
+                "--stores",
+                "3",
+                "--regions",
+                "3",
+                "--region-error-rate",
+                "0.1",
+                "--region-error-kinds",
+                "not-leader,epoch-not-match",
+            ],
+            _ => &["--stores", "1"],
+        };
         let mut server = Server::start(kind, server_args, pinned)?;
-        if kind == "sim" {
+        if kind != "echo" {
             // Every key exists, so gets return values (the echo cluster
             // answers every get with a value and stores nothing).
             let preload = Clients::connect(&server).await?;
@@ -667,16 +683,18 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
         drop(server);
         println!(
             "\n## server: {kind}{}\n",
-            if kind == "echo" {
-                " (canned answers: the client and transport alone)"
-            } else {
-                " (the MVCC model behind every request)"
+            match kind.as_str() {
+                "echo" => " (canned answers: the client and transport alone)",
+                "sim-faults" => {
+                    " (3 stores, 3 regions, 10 % of requests answered NotLeader or EpochNotMatch)"
+                }
+                _ => " (the MVCC model behind every request)",
             }
         );
         println!(
-            "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | server CPU us/op | avg batch | errors |"
+            "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | server CPU us/op | avg batch | PD calls/s | errors |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows = Vec::new();
         for ((op, conc, mode), samples) in &cells {
             let m = Median::of(samples);
@@ -684,13 +702,14 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                 v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
             };
             println!(
-                "| {op} | {conc} | {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} |",
+                "| {op} | {conc} | {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} |",
                 m.ops_s,
                 m.p50_us,
                 m.p99_us,
                 m.cpu_us_op,
                 opt(m.server_cpu_us_op, 1),
                 opt(m.avg_batch, 1),
+                opt(m.pd_calls_s, 1),
                 m.errors,
             );
             rows.push(Row { mode: mode.clone(), result: m.as_result(op, *conc) });

@@ -7,8 +7,35 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-/// The servers a run can use (`--servers`), in the order they run.
-pub const SERVERS: [&str; 2] = ["echo", "sim"];
+/// The servers a run can use (`--servers`): `echo` (`tikv-echo`), `sim`
+/// (`tikv-sim`, one store) and `sim-faults` (`tikv-sim`, 3 stores and 3
+/// regions, 10 % of requests answered `NotLeader` or `EpochNotMatch`:
+/// benchmark B9; `ServerIsBusy` is left out because client-go's 2 s
+/// `BoTiKVServerBusy` backoff, which we follow, turns any share of it into
+/// a latency test).
+pub const SERVERS: [&str; 3] = ["echo", "sim", "sim-faults"];
+
+/// What a server reports about its traffic so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// `BatchCommandsRequest` messages received.
+    pub messages: u64,
+    /// Entries in them.
+    pub entries: u64,
+    /// Unary PD requests served (`tikv-sim` only).
+    pub pd_unary: Option<u64>,
+}
+
+impl ServerStats {
+    /// The traffic between `self` (earlier) and `later`.
+    pub fn delta(self, later: ServerStats) -> ServerStats {
+        ServerStats {
+            messages: later.messages.saturating_sub(self.messages),
+            entries: later.entries.saturating_sub(self.entries),
+            pd_unary: later.pd_unary.zip(self.pd_unary).map(|(l, e)| l.saturating_sub(e)),
+        }
+    }
+}
 
 /// A server process (`tikv-echo` or `tikv-sim`), killed on drop.
 pub struct Server {
@@ -97,9 +124,8 @@ impl Server {
         crate::workload::process_cpu_time(self.child.id())
     }
 
-    /// `(messages, entries)` its `BatchCommands` streams received so far;
-    /// `None` when it does not answer.
-    pub fn batch_stats(&mut self) -> Option<(u64, u64)> {
+    /// Its traffic so far; `None` when it does not answer.
+    pub fn stats(&mut self) -> Option<ServerStats> {
         let stdin = self.stdin.as_mut()?;
         writeln!(stdin, "stats").ok()?;
         stdin.flush().ok()?;
@@ -112,7 +138,11 @@ impl Server {
                 rest.split_whitespace()
                     .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
             };
-            return Some((field("messages")?, field("entries")?));
+            return Some(ServerStats {
+                messages: field("messages")?,
+                entries: field("entries")?,
+                pd_unary: field("pd_unary"),
+            });
         }
     }
 }

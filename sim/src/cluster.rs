@@ -162,6 +162,22 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// The region errors [`Cluster::set_region_error_rate`] draws from: what a
+/// busy, changing cluster sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RandomRegionError {
+    /// `NotLeader` naming the current leader (a follower that just learned
+    /// it): the client updates the leader and retries.
+    NotLeader,
+    /// `ServerIsBusy`: client-go backs off `BoTiKVServerBusy` (2 s to 10 s)
+    /// before retrying the leader, so even a small share of these dominates
+    /// latency.
+    ServerIsBusy,
+    /// `EpochNotMatch` carrying the current region, as TiKV always sends
+    /// it: the client replaces its cache entry and retries.
+    EpochNotMatch,
+}
+
 /// SplitMix64: a tiny, well-mixed PRNG; all model randomness comes from it.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitMix64(u64);
@@ -274,6 +290,10 @@ pub(crate) struct State {
     pub(crate) region_errors: Vec<Injection<errorpb::Error>>,
     pub(crate) rpc_errors: Vec<Injection<RpcError>>,
     pub(crate) pd_errors: Vec<Injection<RpcError>>,
+    /// Per mille of TiKV requests answered with a random region error of
+    /// one of these kinds ([`Cluster::set_region_error_rate`]).
+    pub(crate) region_error_per_mille: u32,
+    pub(crate) region_error_kinds: Vec<RandomRegionError>,
     /// The latest instant any request carried (for test helpers that need "now").
     pub(crate) last_now: Instant,
 }
@@ -495,6 +515,17 @@ impl Cluster {
         self.lock().pd_errors.push(Injection { filter, what: error, remaining: times });
     }
 
+    /// Region errors at random (benchmark B9 of issue #7): from now on each
+    /// TiKV request to an existing region is answered, with probability
+    /// `per_mille / 1000` and instead of being executed, with a region error
+    /// of one of `kinds`, drawn uniformly (see [`RandomRegionError`]). 0 or
+    /// no kinds turns it off. Draws come from the model's seeded generator.
+    pub fn set_region_error_rate(&self, per_mille: u32, kinds: &[RandomRegionError]) {
+        let mut st = self.lock();
+        st.region_error_per_mille = if kinds.is_empty() { 0 } else { per_mille.min(1000) };
+        st.region_error_kinds = kinds.to_vec();
+    }
+
     /// Drops every pending injection.
     pub fn clear_injections(&self) {
         let mut st = self.lock();
@@ -648,6 +679,8 @@ impl State {
             region_errors: Vec::new(),
             rpc_errors: Vec::new(),
             pd_errors: Vec::new(),
+            region_error_per_mille: 0,
+            region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
             cfg,
         };
@@ -844,6 +877,35 @@ impl State {
         Ok(())
     }
 
+    /// A draw for [`Cluster::set_region_error_rate`].
+    fn random_region_error(&mut self, region_id: u64) -> Option<errorpb::Error> {
+        if self.region_error_per_mille == 0
+            || self.rng.below(1000) >= self.region_error_per_mille as usize
+        {
+            return None;
+        }
+        let kind = self.region_error_kinds[self.rng.below(self.region_error_kinds.len())];
+        let region = self.region_ids.get(&region_id).and_then(|start| self.regions.get(start))?;
+        let mut err = errorpb::Error::default();
+        match kind {
+            RandomRegionError::NotLeader => {
+                err.message = "injected: not leader".into();
+                err.not_leader = Some(errorpb::NotLeader { region_id, leader: region.leader() });
+            }
+            RandomRegionError::ServerIsBusy => {
+                err.message = "injected: server is busy".into();
+                err.server_is_busy =
+                    Some(errorpb::ServerIsBusy { reason: "injected".into(), ..Default::default() });
+            }
+            RandomRegionError::EpochNotMatch => {
+                err.message = "injected: epoch not match".into();
+                err.epoch_not_match =
+                    Some(errorpb::EpochNotMatch { current_regions: vec![region.meta.clone()] });
+            }
+        }
+        Some(err)
+    }
+
     /// Takes one use of the first matching injection.
     fn take_injection<T: Clone>(
         list: &mut Vec<Injection<T>>,
@@ -906,6 +968,11 @@ impl State {
         if let Some(err) =
             Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd)
         {
+            let mut resp = req.response_template();
+            set_region_error(&mut resp, err);
+            return Ok(resp);
+        }
+        if let Some(err) = self.random_region_error(ctx.region_id) {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(resp);

@@ -129,5 +129,5 @@ pub mod server;
 mod txn;
 pub mod world;
 
-pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, SimError};
+pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, RandomRegionError, SimError};
 pub use mvcc::{CommitRecord, WriteKind};

@@ -3,6 +3,7 @@
 //! ```text
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
 //!          [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]
+//!          [--region-error-rate F] [--region-error-kinds K,K]
 //! ```
 //!
 //! Each `--pd` adds one PD member (the first is the leader). Store ports are
@@ -13,18 +14,24 @@
 //! ([`ClusterConfig::v1_txn`]: boundaries memcomparable-encoded). A port of 0
 //! picks a free one. Prints the addresses and serves until Ctrl-C. Each
 //! `stats` line on stdin is answered on stdout with
-//! `stats streams=S messages=M entries=E`, the stores' `BatchCommands`
-//! traffic so far (the benchmark's average batch size).
+//! `stats streams=S messages=M entries=E pd_unary=P`: the stores'
+//! `BatchCommands` traffic so far (the benchmark's average batch size) and
+//! the unary PD requests served. `--region-error-rate F` answers a fraction
+//! `F` of TiKV requests with a random region error
+//! ([`Cluster::set_region_error_rate`], benchmark B9) of the kinds listed
+//! by `--region-error-kinds` (`not-leader`, `server-is-busy`,
+//! `epoch-not-match`; default all three).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use tikv_sim::server::{ServerOptions, SimServer};
-use tikv_sim::{ApiVersion, Cluster, ClusterConfig};
+use tikv_sim::{ApiVersion, Cluster, ClusterConfig, RandomRegionError};
 
 const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
-[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]";
+[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
+[--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match]";
 
 struct Args {
     pd: Vec<SocketAddr>,
@@ -35,6 +42,9 @@ struct Args {
     store_base_port: Option<u16>,
     cluster_id: Option<u64>,
     seed: u64,
+    /// Region errors per mille of TiKV requests.
+    region_error_per_mille: u32,
+    region_error_kinds: Vec<RandomRegionError>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -47,6 +57,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         store_base_port: None,
         cluster_id: None,
         seed: 0,
+        region_error_per_mille: 0,
+        region_error_kinds: vec![
+            RandomRegionError::NotLeader,
+            RandomRegionError::ServerIsBusy,
+            RandomRegionError::EpochNotMatch,
+        ],
     };
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -74,6 +90,24 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--cluster-id" => args.cluster_id = Some(value.parse().map_err(|_| bad("a number"))?),
             "--seed" => args.seed = value.parse().map_err(|_| bad("a number"))?,
+            "--region-error-rate" => {
+                let rate: f64 = value.parse().map_err(|_| bad("a fraction"))?;
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(bad("a fraction in [0, 1]"));
+                }
+                args.region_error_per_mille = (rate * 1000.0).round() as u32;
+            }
+            "--region-error-kinds" => {
+                args.region_error_kinds = value
+                    .split(',')
+                    .map(|k| match k {
+                        "not-leader" => Ok(RandomRegionError::NotLeader),
+                        "server-is-busy" => Ok(RandomRegionError::ServerIsBusy),
+                        "epoch-not-match" => Ok(RandomRegionError::EpochNotMatch),
+                        _ => Err(bad("not-leader, server-is-busy or epoch-not-match")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -126,6 +160,7 @@ fn main() -> ExitCode {
         cfg.tso_base_ms = u64::try_from(d.as_millis()).unwrap_or(cfg.tso_base_ms);
     }
     let cluster = Cluster::new(cfg);
+    cluster.set_region_error_rate(args.region_error_per_mille, &args.region_error_kinds);
     let mut opts = ServerOptions { pd_addrs: args.pd.clone(), ..ServerOptions::default() };
     if let Some(base) = args.store_base_port {
         for (i, id) in cluster.store_ids().into_iter().enumerate() {
@@ -186,7 +221,13 @@ fn main() -> ExitCode {
                 }
                 Some(()) = stats_rx.recv() => {
                     let s = server.batch_stats();
-                    println!("stats streams={} messages={} entries={}", s.streams, s.messages, s.requests);
+                    println!(
+                        "stats streams={} messages={} entries={} pd_unary={}",
+                        s.streams,
+                        s.messages,
+                        s.requests,
+                        server.pd_unary_calls()
+                    );
                 }
             }
         }
@@ -216,6 +257,16 @@ mod tests {
         assert_eq!(a.store_base_port, Some(20160));
         assert!(!a.txn);
         assert!(parse("--txn --pd 127.0.0.1:0").unwrap().txn);
+        let faulty = parse("--pd 127.0.0.1:0 --region-error-rate 0.1").unwrap();
+        assert_eq!(faulty.region_error_per_mille, 100);
+        assert!(parse("--pd 127.0.0.1:0 --region-error-rate 2").is_err());
+        let kinds =
+            parse("--pd 127.0.0.1:0 --region-error-kinds not-leader,epoch-not-match").unwrap();
+        assert_eq!(
+            kinds.region_error_kinds,
+            vec![RandomRegionError::NotLeader, RandomRegionError::EpochNotMatch]
+        );
+        assert!(parse("--pd 127.0.0.1:0 --region-error-kinds busy").is_err());
         assert!(parse("--stores 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());

@@ -319,11 +319,18 @@ struct PdService {
     cluster: Cluster,
     member: usize,
     clock: WallClock,
+    /// Unary requests served by every member (all but `Tso`).
+    unary_calls: Arc<AtomicU64>,
 }
 
 impl PdService {
     fn call(&self, req: PdRequest) -> Result<PdResponse, Status> {
         self.cluster.handle_pd(self.member, req, self.clock.now()).map_err(to_status)
+    }
+
+    fn unary(&self, req: PdRequest) -> Result<PdResponse, Status> {
+        self.unary_calls.fetch_add(1, Ordering::Relaxed);
+        self.call(req)
     }
 
     /// One response per request message, in order; the first error ends the
@@ -369,7 +376,7 @@ macro_rules! pd_split {
         impl Pd for PdService {
             $(
                 async fn $pm(&self, request: Request<pdpb::$prq>) -> Result<Response<pdpb::$prs>, Status> {
-                    match self.call(PdRequest::$pv(Box::new(request.into_inner())))? {
+                    match self.unary(PdRequest::$pv(Box::new(request.into_inner())))? {
                         PdResponse::$pv(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
@@ -388,7 +395,7 @@ macro_rules! pd_split {
         impl Keyspace for PdService {
             $(
                 async fn $km(&self, request: Request<keyspacepb::$krq>) -> Result<Response<keyspacepb::$krs>, Status> {
-                    match self.call(PdRequest::$kv(Box::new(request.into_inner())))? {
+                    match self.unary(PdRequest::$kv(Box::new(request.into_inner())))? {
                         PdResponse::$kv(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
@@ -558,6 +565,7 @@ pub struct SimServer {
     clock: WallClock,
     released: Arc<Notify>,
     counters: Arc<BatchCounters>,
+    pd_unary_calls: Arc<AtomicU64>,
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
 }
@@ -583,11 +591,17 @@ impl SimServer {
             stores.insert(id, StoreSlot { addr, running: Some(running) });
         }
         let mut pd = Vec::new();
+        let pd_unary_calls = Arc::new(AtomicU64::new(0));
         for member in 0..cluster.pd_member_count() {
             let want = opts.pd_addrs.get(member).copied().unwrap_or(loopback);
             let (listener, addr) = bind(want).await?;
             let _ = cluster.set_pd_member_url(member, &format!("http://{addr}"));
-            let svc = PdService { cluster: cluster.clone(), member, clock };
+            let svc = PdService {
+                cluster: cluster.clone(),
+                member,
+                clock,
+                unary_calls: pd_unary_calls.clone(),
+            };
             let router = tonic::transport::Server::builder()
                 .add_service(PdServer::new(svc.clone()))
                 .add_service(KeyspaceServer::new(svc.clone()))
@@ -599,6 +613,7 @@ impl SimServer {
             clock,
             released,
             counters,
+            pd_unary_calls,
             pd,
             stores: tokio::sync::Mutex::new(stores),
         })
@@ -629,6 +644,12 @@ impl SimServer {
             messages: c.messages.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
         }
+    }
+
+    /// Unary PD requests (everything but `Tso`) all members have served:
+    /// region and store lookups, mostly (a benchmark's "no PD storm" check).
+    pub fn pd_unary_calls(&self) -> u64 {
+        self.pd_unary_calls.load(Ordering::Relaxed)
     }
 
     /// The served cluster (for topology changes and injections while serving).

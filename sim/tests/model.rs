@@ -6,7 +6,7 @@ use tikv_core::key::memcomparable;
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::{Duration, Instant};
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb, pdpb};
-use tikv_sim::{ApiVersion, Cluster, ClusterConfig, Filter};
+use tikv_sim::{ApiVersion, Cluster, ClusterConfig, Filter, RandomRegionError};
 
 const T0: Instant = Instant::ZERO;
 
@@ -926,4 +926,47 @@ fn tso_is_monotonic_and_returns_the_last_of_a_batch() {
     assert!(c.handle_pd(0, PdRequest::Tso(Box::new(req)), T0 + Duration::from_secs(2)).is_err());
     let req = pdpb::TsoRequest { header: header(&c), count: u32::MAX, ..Default::default() };
     assert!(c.handle_pd(0, PdRequest::Tso(Box::new(req)), T0).is_err());
+}
+
+/// `set_region_error_rate`: at 1000 per mille every request is refused
+/// with one of the asked kinds (each naming the live region, so a client
+/// can act on it) and nothing is executed; at 0, or with no kinds, nothing
+/// is injected; in between, roughly the asked share.
+#[test]
+fn random_region_errors_at_a_rate() {
+    let c = v1();
+    let region = region_of(&c, b"a");
+    let all = [
+        RandomRegionError::NotLeader,
+        RandomRegionError::ServerIsBusy,
+        RandomRegionError::EpochNotMatch,
+    ];
+    c.set_region_error_rate(1000, &all);
+    let mut kinds = [0u32; 3];
+    for _ in 0..300 {
+        let resp = put(&c, b"a", b"1", 0, T0);
+        let e = resp.region_error.expect("every request refused");
+        if let Some(nl) = &e.not_leader {
+            assert_eq!(nl.leader, c.leader_of(region.id));
+            kinds[0] += 1;
+        } else if e.server_is_busy.is_some() {
+            kinds[1] += 1;
+        } else if let Some(en) = &e.epoch_not_match {
+            assert_eq!(en.current_regions, vec![region.clone()]);
+            kinds[2] += 1;
+        } else {
+            panic!("unexpected kind {e:?}");
+        }
+    }
+    assert!(kinds.iter().all(|&k| k > 50), "all three kinds drawn: {kinds:?}");
+    assert!(c.raw_snapshot("default").is_empty(), "nothing was executed");
+    c.set_region_error_rate(0, &all);
+    assert!(put(&c, b"a", b"1", 0, T0).region_error.is_none());
+    c.set_region_error_rate(1000, &[]);
+    assert!(put(&c, b"a", b"1", 0, T0).region_error.is_none(), "no kinds: off");
+    c.set_region_error_rate(1000, &[RandomRegionError::NotLeader]);
+    assert!(put(&c, b"a", b"1", 0, T0).region_error.unwrap().not_leader.is_some());
+    c.set_region_error_rate(100, &all);
+    let refused = (0..2000).filter(|_| put(&c, b"a", b"1", 0, T0).region_error.is_some()).count();
+    assert!((120..=280).contains(&refused), "about 10 %: {refused} of 2000");
 }

@@ -136,7 +136,7 @@ async fn run(keys: usize, reps: usize, pinned: bool) -> Result<(), String> {
     // Repetition 0 is cold (streams opened, with their probe entries;
     // regions loaded from PD): shown, left out of the medians.
     for rep in 0..=reps {
-        let before = server.batch_stats().ok_or("tikv-sim does not report stats")?;
+        let before = server.stats().ok_or("tikv-sim does not report stats")?;
         let cpu0 = cpu_time();
         let mut txn = client.begin().await.map_err(|e| format!("begin: {e}"))?;
         for i in 0..keys {
@@ -149,16 +149,16 @@ async fn run(keys: usize, reps: usize, pinned: bool) -> Result<(), String> {
         let cpu = cpu_time().saturating_sub(cpu0);
         // The secondaries are committed in the background: wait until the
         // count stops moving.
-        let mut after = server.batch_stats().ok_or("no stats")?;
+        let mut after = server.stats().ok_or("no stats")?;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = server.batch_stats().ok_or("no stats")?;
+            let now = server.stats().ok_or("no stats")?;
             if now == after {
                 break;
             }
             after = now;
         }
-        let received = after.1 - before.1;
+        let received = before.delta(after).entries;
         println!(
             "| {} | {:.1} | {:.1} | {received} | {expected} | {:.1} |",
             if rep == 0 { "cold".to_owned() } else { rep.to_string() },
