@@ -9,7 +9,7 @@ use std::ops::Bound;
 use tikv_core::Error;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::txn::membuffer::BufferedValue;
-use tikv_core::txn::snapshot::SnapshotScan;
+use tikv_core::txn::snapshot::{SnapshotScan, range_after_page};
 
 use crate::client::Platform;
 use crate::txn::{Snapshot, Transaction};
@@ -99,15 +99,8 @@ impl<P: Platform> Scanner<P> {
     }
 
     /// Collects up to `limit` pairs.
-    pub async fn collect(mut self, limit: usize) -> Result<Vec<KvPair>, Error> {
-        let mut out = Vec::new();
-        while out.len() < limit {
-            match self.next().await? {
-                Some(pair) => out.push(pair),
-                None => break,
-            }
-        }
-        Ok(out)
+    pub async fn collect(self, limit: usize) -> Result<Vec<KvPair>, Error> {
+        collect_pairs(self, limit).await
     }
 
     /// The remaining pairs as a `futures::Stream`; it ends after the first
@@ -134,17 +127,9 @@ impl<P: Platform> Scanner<P> {
             self.snapshot.opts.clone(),
         );
         let batch = self.snapshot.run(op).await?;
-        match batch.last() {
-            // A short batch means the range has no more pairs.
-            Some(last) if batch.len() as u32 >= self.batch_size => {
-                if self.reverse {
-                    self.remaining.end = last.key.clone();
-                } else {
-                    self.remaining.start = last.key.next_key();
-                }
-                self.exhausted = self.remaining.is_empty();
-            }
-            _ => self.exhausted = true,
+        match range_after_page(&self.remaining, &batch, self.batch_size, self.reverse) {
+            Some(rest) => self.remaining = rest,
+            None => self.exhausted = true,
         }
         self.fetched.extend(batch);
         Ok(())
@@ -243,14 +228,35 @@ impl<'a, P: Platform> TxnScanner<'a, P> {
     }
 
     /// Collects up to `limit` pairs.
-    pub async fn collect(mut self, limit: usize) -> Result<Vec<KvPair>, Error> {
-        let mut out = Vec::new();
-        while out.len() < limit {
-            match self.next().await? {
-                Some(pair) => out.push(pair),
-                None => break,
-            }
-        }
-        Ok(out)
+    pub async fn collect(self, limit: usize) -> Result<Vec<KvPair>, Error> {
+        collect_pairs(self, limit).await
     }
+}
+
+/// One pair at a time: what collecting needs from either scanner.
+trait NextPair {
+    async fn next_pair(&mut self) -> Result<Option<KvPair>, Error>;
+}
+
+impl<P: Platform> NextPair for Scanner<P> {
+    async fn next_pair(&mut self) -> Result<Option<KvPair>, Error> {
+        self.next().await
+    }
+}
+
+impl<P: Platform> NextPair for TxnScanner<'_, P> {
+    async fn next_pair(&mut self) -> Result<Option<KvPair>, Error> {
+        self.next().await
+    }
+}
+
+/// Up to `limit` pairs from `source`.
+async fn collect_pairs(mut source: impl NextPair, limit: usize) -> Result<Vec<KvPair>, Error> {
+    let mut out = Vec::new();
+    while out.len() < limit
+        && let Some(pair) = source.next_pair().await?
+    {
+        out.push(pair);
+    }
+    Ok(out)
 }

@@ -328,3 +328,27 @@ async fn reads_at_a_future_timestamp_are_refused() {
     let theirs = other.current_timestamp().await.expect("ts");
     assert_eq!(client.snapshot(theirs).get("k").await.expect("read"), None);
 }
+
+/// The public futures are `Send`, so applications can spawn them on a
+/// multi-threaded runtime (checked at compile time; never called).
+#[allow(dead_code)]
+fn public_futures_are_send(
+    raw: tikv_tokio::RawClient,
+    client: tikv_tokio::TransactionClient,
+    txn: &mut tikv_tokio::Transaction,
+    owned: tikv_tokio::Transaction,
+) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(raw.get(b"k".to_vec()));
+    is_send(raw.put(b"k".to_vec(), b"v".to_vec()));
+    is_send(raw.scan(b"a".to_vec()..b"z".to_vec(), 10));
+    is_send(client.begin());
+    is_send(client.current_timestamp());
+    let snapshot = client.snapshot(tikv_tokio::Timestamp::from_version(1));
+    is_send(snapshot.get(b"k".to_vec()));
+    is_send(snapshot.scan_iter(b"a".to_vec()..b"z".to_vec()).collect(10));
+    is_send(snapshot.scan_iter(b"a".to_vec()..b"z".to_vec()).into_stream());
+    is_send(txn.get(b"k".to_vec()));
+    is_send(txn.scan_iter(b"a".to_vec()..b"z".to_vec()).collect(10));
+    is_send(owned.commit());
+}

@@ -586,6 +586,31 @@ enum ScanStep {
     Done,
 }
 
+/// What a paged scan still has to read after one page of a [`SnapshotScan`]
+/// over `range` that asked for `page_size` pairs and got `page`; `None`
+/// when the scan is over. client-go's `Scanner.getData`: a short page means
+/// the range holds no more pairs; otherwise the next page starts just after
+/// the page's last key (forward) or ends at it (reverse, the end being
+/// exclusive).
+pub fn range_after_page(
+    range: &KeyRange,
+    page: &[KvPair],
+    page_size: u32,
+    reverse: bool,
+) -> Option<KeyRange> {
+    let last = page.last()?;
+    if page.len() < page_size as usize {
+        return None;
+    }
+    let mut rest = range.clone();
+    if reverse {
+        rest.end = last.key.clone();
+    } else {
+        rest.start = last.key.next_key();
+    }
+    (!rest.is_empty()).then_some(rest)
+}
+
 /// A snapshot scan of up to `limit` pairs, forward or in reverse (client-go
 /// `KVSnapshot.Iter` / `IterReverse`, collected). A pass walks the regions
 /// until it meets a lock; the lock is resolved for reading and the next

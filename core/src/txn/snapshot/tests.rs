@@ -309,3 +309,31 @@ fn a_read_spends_one_budget_across_its_attempts() {
     assert!(total_sleep < Duration::from_millis(60), "{total_sleep:?}");
     insta::assert_snapshot!(log);
 }
+
+/// The paging rule of lazy scans (`range_after_page`, client-go's
+/// `Scanner.getData`).
+#[test]
+fn pages_continue_after_the_last_key_until_a_short_page() {
+    let pair = |k: &str| KvPair { key: Key::from(k.to_string()), value: Value::new() };
+    let range = KeyRange::new(Key::from("a"), Key::from("z"));
+    let full = [pair("b"), pair("c")];
+    // Forward: a full page continues just after its last key.
+    let rest = range_after_page(&range, &full, 2, false).expect("more to read");
+    assert_eq!(rest, KeyRange::new(Key::from("c").next_key(), Key::from("z")));
+    // Reverse: a full page continues below its last (lowest) key, the end
+    // being exclusive.
+    let down = [pair("y"), pair("x")];
+    let rest = range_after_page(&range, &down, 2, true).expect("more to read");
+    assert_eq!(rest, KeyRange::new(Key::from("a"), Key::from("x")));
+    // A short page, or an empty one, ends the scan.
+    assert_eq!(range_after_page(&range, &full[..1], 2, false), None);
+    assert_eq!(range_after_page(&range, &[], 2, false), None);
+    // A full page that reaches the end of a bounded range ends it too.
+    let tight = KeyRange::new(Key::from("a"), Key::from("c").next_key());
+    assert_eq!(range_after_page(&tight, &full, 2, false), None);
+    let bottom = KeyRange::new(Key::from("x"), Key::from("z"));
+    assert_eq!(range_after_page(&bottom, &down, 2, true), None);
+    // An unbounded range never runs out by itself.
+    let open = KeyRange::new(Key::from("a"), Key::default());
+    assert!(range_after_page(&open, &full, 2, false).is_some());
+}
