@@ -236,6 +236,25 @@ impl ReadLoop {
         outcome
     }
 
+    /// Starts resolving the locks a read met; the machine's next step.
+    fn start_resolve<F: KeyPlan>(&mut self, met: Vec<Lock>, now: Instant) -> Step<F> {
+        let mut resolve = Box::new(self.resolve(met));
+        self.epoch += 1;
+        resolve.start(now);
+        Step::Resolve(resolve)
+    }
+
+    /// A resolve step's progress: `None` while it runs; then the instant to
+    /// read again at (`None`: now), or the read's error.
+    fn poll_resolve(
+        &mut self,
+        op: &mut ResolveLocks,
+        now: Instant,
+    ) -> Option<Result<Option<Instant>, Error>> {
+        let outcome = self.fold(op.poll_result(), Some(op.backoffer()))?;
+        Some(outcome.and_then(|outcome| self.after_resolve(&outcome, now)))
+    }
+
     /// After resolving: sleep if a transaction is alive, else retry now.
     fn after_resolve(
         &mut self,
@@ -357,21 +376,15 @@ impl SnapshotGet {
                 Some(Err(e)) => self.finish(Err(e)),
                 Some(Ok((value, met))) if met.is_empty() => self.finish(Ok(value)),
                 Some(Ok((_, met))) => {
-                    let mut resolve = Box::new(self.lp.resolve(met));
-                    self.lp.epoch += 1;
-                    resolve.start(now);
-                    self.step = Step::Resolve(resolve);
+                    self.step = self.lp.start_resolve(met, now);
                     self.check(now);
                 }
             },
-            Step::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
+            Step::Resolve(op) => match self.lp.poll_resolve(op, now) {
                 None => {}
+                Some(Ok(None)) => self.read(now),
+                Some(Ok(Some(until))) => self.step = Step::Sleep(until),
                 Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
-                    Ok(None) => self.read(now),
-                    Ok(Some(until)) => self.step = Step::Sleep(until),
-                    Err(e) => self.finish(Err(e)),
-                },
             },
             Step::Sleep(_) | Step::Done => {}
         }
@@ -468,22 +481,16 @@ impl SnapshotBatchGet {
                     if plan.met.is_empty() {
                         self.read(now);
                     } else {
-                        let mut resolve = Box::new(self.lp.resolve(plan.met));
-                        self.lp.epoch += 1;
-                        resolve.start(now);
-                        self.step = Step::Resolve(resolve);
+                        self.step = self.lp.start_resolve(plan.met, now);
                         self.check(now);
                     }
                 }
             },
-            Step::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
+            Step::Resolve(op) => match self.lp.poll_resolve(op, now) {
                 None => {}
+                Some(Ok(None)) => self.read(now),
+                Some(Ok(Some(until))) => self.step = Step::Sleep(until),
                 Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
-                    Ok(None) => self.read(now),
-                    Ok(Some(until)) => self.step = Step::Sleep(until),
-                    Err(e) => self.finish(Err(e)),
-                },
             },
             Step::Sleep(_) | Step::Done => {}
         }
