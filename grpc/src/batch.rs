@@ -2,21 +2,23 @@
 //! written once for every runtime (spawning and timers come from a
 //! `tikv_driver::Runtime`, the HTTP/2 channel is any [`GrpcChannel`]).
 //!
-//! Per store connection (several per address, see [`BatchConns`]), one
-//! long-lived bidirectional `BatchCommands` stream, driven by two tasks
-//! around one [`BatchCollector`] (behind a mutex held only for the
-//! collector's own bookkeeping, never across I/O):
-//! - the **driver** task receives callers' requests, pushes them into the
-//!   collector, writes the messages it emits, arms its timer (batch waits
-//!   and request deadlines), opens a new stream when it asks for one, and
-//!   sends its fallbacks as unary calls;
-//! - one **receiver** task per stream reads answer messages, feeds them to
-//!   the collector and hands each answer to its caller; when the stream
-//!   ends or fails it reports the break (sent requests fail with the
-//!   retryable `Unavailable("batch stream broken: ..")`).
+//! Per store address, one [`BatchCollector`] (behind a mutex held only for
+//! the collector's own bookkeeping, never across I/O) over
+//! [`TransportConfig::batch_streams_per_store`] long-lived bidirectional
+//! `BatchCommands` streams, one per HTTP/2 connection (client-go's
+//! `batchConn` over its `batchCommandsClients`), driven by:
+//! - one **driver** task that receives callers' requests, pushes them into
+//!   the collector, writes the messages it emits to the stream it names,
+//!   arms its timer (batch waits and request deadlines), opens a stream on
+//!   each slot it asks for, and sends its fallbacks as unary calls;
+//! - one **receiver** task per stream that reads answer messages, feeds
+//!   them to the collector and hands each answer to its caller; when the
+//!   stream ends or fails it reports the break (requests sent on it fail
+//!   with the retryable `Unavailable("batch stream broken: ..")`).
 //!
-//! Every policy decision (what to batch, when to flush, ids, deadlines,
-//! re-creation backoff, what falls back to unary) is the collector's.
+//! Every policy decision (what to batch, when to flush, which stream takes
+//! a message, ids, deadlines, re-creation backoff, what falls back to
+//! unary) is the collector's.
 //!
 //! Timer resolution: runtime timers are coarse (tokio's ticks every 1 ms),
 //! far coarser than the 100 µs batch wait, so a wait shorter than a
@@ -26,7 +28,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,7 +44,7 @@ use tikv_proto::tikvpb::tikv_client::TikvClient;
 
 use crate::dispatch::call_kv;
 use crate::status::to_rpc_error;
-use crate::{ConnId, GrpcChannel, TransportConfig};
+use crate::{GrpcChannel, TransportConfig};
 
 type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
 
@@ -61,13 +62,12 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// The `BatchCommands` connections of one transport: per store address,
-/// [`TransportConfig::batch_streams_per_store`] of them, each with its own
-/// collector and stream, taken in turn by successive requests.
+/// The `BatchCommands` streams of one transport: per store address, one
+/// collector over [`TransportConfig::batch_streams_per_store`] connections'
+/// streams.
 #[derive(Debug, Default)]
 pub struct BatchConns {
-    by_conn: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Entry>>>,
-    turn: AtomicUsize,
+    by_addr: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<Entry>>>,
 }
 
 /// Where a batch connection gets its HTTP/2 channel. It is asked again for
@@ -82,7 +82,8 @@ struct Shared<C, R> {
     /// Receiver → driver: the collector changed state (stream ready or
     /// broken) and has output only the driver handles.
     wake: mpsc::UnboundedSender<()>,
-    channel: ChannelSource<C>,
+    /// One channel source per stream slot; unary fallbacks use slot 0's.
+    channels: Vec<ChannelSource<C>>,
     rt: R,
     config: TransportConfig,
 }
@@ -95,9 +96,10 @@ impl<C, R> Shared<C, R> {
 
 impl BatchConns {
     /// Sends `request` over one of `addr`'s streams (or, as its collector
-    /// decides, unary) and waits for its answer. The first call on the n-th
-    /// connection of an address spawns its tasks on `rt`, getting channels
-    /// from `source(n)` (each `n` must be a separate HTTP/2 connection).
+    /// decides, unary) and waits for its answer. The first call for an
+    /// address spawns its tasks on `rt`, getting the channel of stream
+    /// slot `n` from `source(n)` (each `n` must be a separate HTTP/2
+    /// connection).
     pub async fn call<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
@@ -112,12 +114,10 @@ impl BatchConns {
     {
         let (reply, answer) = oneshot::channel();
         let mut entry = Entry { request, deadline, arrived: rt.now(), reply };
-        let n = config.batch_streams_per_store.max(1);
-        let conn = (addr.clone(), self.turn.fetch_add(1, Ordering::Relaxed) % n);
         // Twice at most: a driver whose executor has shut down (its task
         // dropped, so its queue closed) is replaced by one spawned now.
         for _ in 0..2 {
-            let sender = self.sender(rt, &conn, &source, config);
+            let sender = self.sender(rt, addr, &source, config);
             match sender.unbounded_send(entry) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
@@ -126,9 +126,9 @@ impl BatchConns {
                 }
                 Err(e) => {
                     entry = e.into_inner();
-                    let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
-                    if map.get(&conn).is_some_and(|s| s.same_receiver(&sender)) {
-                        map.remove(&conn);
+                    let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+                    if map.get(addr).is_some_and(|s| s.same_receiver(&sender)) {
+                        map.remove(addr);
                     }
                 }
             }
@@ -139,29 +139,30 @@ impl BatchConns {
     fn sender<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
-        conn: &ConnId,
+        addr: &Arc<str>,
         source: &impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
     ) -> mpsc::UnboundedSender<Entry>
     where
         C::Future: Send,
     {
-        let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = map.get(conn) {
+        let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = map.get(addr) {
             return sender.clone();
         }
         let (sender, entries) = mpsc::unbounded();
         let (wake, woken) = mpsc::unbounded();
-        let batch = BatchConfig::default().policy(config.batch_policy);
+        let streams = config.batch_streams_per_store.max(1);
+        let batch = BatchConfig::default().policy(config.batch_policy).streams(streams);
         let shared = Arc::new(Shared {
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
-            channel: source(conn.1),
+            channels: (0..streams).map(source).collect(),
             rt: rt.clone(),
             config: config.clone(),
         });
         rt.spawn(drive(shared, entries, woken).boxed());
-        map.insert(conn.clone(), sender.clone());
+        map.insert(addr.clone(), sender.clone());
         sender
     }
 }
@@ -183,7 +184,7 @@ impl Outputs {
             let _ = reply.send(result);
         }
         for (request, reply, deadline) in self.unary.drain(..) {
-            let channel = (shared.channel)();
+            let channel = (shared.channels[0])();
             let limits = shared.config.limits();
             let rt = shared.rt.clone();
             shared.rt.spawn(
@@ -221,7 +222,9 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
 ) where
     C::Future: Send,
 {
-    let mut stream: Option<mpsc::UnboundedSender<BatchCommandsRequest>> = None;
+    // The writing half of each slot's current stream.
+    let mut streams: Vec<Option<mpsc::UnboundedSender<BatchCommandsRequest>>> =
+        (0..shared.channels.len()).map(|_| None).collect();
     let mut out = Outputs::default();
     let mut sleep: Option<(Instant, BoxFuture<'static, ()>)> = None;
     loop {
@@ -229,16 +232,16 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
             let mut c = shared.lock();
             let now = shared.rt.now();
             c.on_timeout(now);
-            if c.wants_stream() {
-                let generation = c.open_stream(now);
+            while let Some(slot) = c.wants_stream(now) {
+                let generation = c.open_stream(slot, now);
                 let (tx, rx) = mpsc::unbounded();
-                stream = Some(tx);
+                streams[slot] = Some(tx);
                 shared.rt.spawn(receive(shared.clone(), generation, rx).boxed());
             }
-            while let Some(batch) = c.poll_batch(now) {
+            while let Some((stream, batch)) = c.poll_batch(now) {
                 // A failed write means the stream is gone; its receiver
                 // reports the break.
-                if let Some(tx) = &stream {
+                if let Some(tx) = &streams[stream.slot] {
                     let _ = tx.unbounded_send(batch);
                 }
             }
@@ -335,7 +338,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
 {
     let limits = shared.config.limits();
     let mut done = Vec::new();
-    let opened = match (shared.channel)().await {
+    let opened = match (shared.channels[generation.slot])().await {
         Ok(channel) => {
             let mut client = TikvClient::new(channel)
                 .max_decoding_message_size(limits.decoding)
@@ -353,12 +356,12 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
                     Ok(Some(message)) => {
                         let changed = {
                             let mut c = shared.lock();
-                            let before = c.state();
+                            let before = c.slot_state(generation.slot);
                             c.on_response(generation, message, shared.rt.now());
                             while let Some(d) = c.poll_completion() {
                                 done.push(d);
                             }
-                            c.state() != before
+                            c.slot_state(generation.slot) != before
                         };
                         for (reply, result) in done.drain(..) {
                             let _ = reply.send(result);

@@ -51,8 +51,9 @@ pub struct TransportConfig {
     /// How long the stream's collector waits for more requests before
     /// sending a short batch. Default [`BatchPolicy::Standard`], client-go's.
     pub batch_policy: BatchPolicy,
-    /// `BatchCommands` streams per store, each on its own HTTP/2 connection,
-    /// taken in turn by successive requests. Default 4 (client-go's
+    /// `BatchCommands` streams per store, each on its own HTTP/2 connection;
+    /// the store's one collector hands whole messages to them in turn.
+    /// Default 4 (client-go's
     /// `GrpcConnectionCount`): TiKV serves each connection on one of its
     /// gRPC threads, so several spread a busy client over them.
     pub batch_streams_per_store: usize,

@@ -37,11 +37,12 @@ pub use tikv_grpc::TransportConfig;
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
 /// that have a batch form ride `BatchCommands` streams instead, one on each
 /// of [`TransportConfig::batch_streams_per_store`] connections per store
-/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`,
-/// the same code as `tikv-tokio`'s), batched by the
-/// core's `BatchCollector`; a broken stream fails its in-flight requests
-/// with a retryable `RpcError::Unavailable` and is re-created, on a
-/// redialled connection, after a backoff.
+/// (the first shared with unary calls), batched by one core
+/// `BatchCollector` per store that hands whole messages to the streams in
+/// turn (`tikv_grpc::batch`, the same code as `tikv-tokio`'s); a broken
+/// stream fails its in-flight requests with a retryable
+/// `RpcError::Unavailable` and is re-created, on a redialled connection,
+/// after a backoff.
 ///
 /// Cloning is cheap and shares the connections. Dropping the last clone
 /// closes them. Calls can be awaited on any executor (async-std, smol, a

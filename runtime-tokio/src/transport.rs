@@ -51,11 +51,13 @@ fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> 
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
 /// that have a batch form ride `BatchCommands` streams instead, one on each
 /// of [`TransportConfig::batch_streams_per_store`] connections per store
-/// (the first shared with unary calls), taken in turn (`tikv_grpc::batch`),
-/// batched by `tikv_core::rpc::batch::BatchCollector` (client-go's policy);
+/// (the first shared with unary calls), batched by one
+/// `tikv_core::rpc::batch::BatchCollector` per store (client-go's policy),
+/// which hands whole messages to the streams in turn (`tikv_grpc::batch`);
 /// a broken stream fails its in-flight requests with a retryable
-/// `RpcError::Unavailable` and is re-created after a backoff, during which
-/// requests go unary.
+/// `RpcError::Unavailable` and is re-created after a backoff, while the
+/// other streams carry the traffic (with every stream down, requests go
+/// unary).
 ///
 /// Cloning is cheap and shares the channels. Calls must run inside a tokio
 /// runtime.

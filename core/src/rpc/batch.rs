@@ -1,4 +1,4 @@
-//! The `BatchCommands` batching policy: one [`BatchCollector`] per stream.
+//! The `BatchCommands` batching policy: one [`BatchCollector`] per store.
 //!
 //! TiKV's `BatchCommands` RPC is a bidirectional stream on which every
 //! message carries many requests, each tagged with a client-chosen id, and
@@ -37,15 +37,23 @@
 //! - **Deadlines**: every request has one; [`on_timeout`](BatchCollector::on_timeout)
 //!   fails the expired ones with [`RpcError::DeadlineExceeded`] whether
 //!   queued or sent (client-go's per-entry timer), which also frees their slot.
+//! - **Streams**: one collector per store, one queue and one wait policy,
+//!   over [`BatchConfig::streams`] streams (one per HTTP/2 connection;
+//!   client-go's `GrpcConnectionCount` is 4); each message goes whole to
+//!   the next ready stream in turn (client-go's `batchConn.getClientAndSend`
+//!   round-robin), so spreading load over connections does not shrink
+//!   batches.
 //! - **Stream life**: a new stream first carries a probe (an `Empty`
-//!   request, which TiKV echoes) and requests queue until its answer shows
-//!   the stream works. A stream that breaks fails every sent request with
-//!   the retryable `RpcError::Unavailable("batch stream broken: ...")`
+//!   request, which TiKV echoes) and requests queue until an answer shows
+//!   a stream works. A stream that breaks fails every request sent on it
+//!   with the retryable `RpcError::Unavailable("batch stream broken: ...")`
 //!   (client-go fails the pending entries of the broken stream); requests
-//!   not yet written are handed back as fallbacks to send unary. Until the
-//!   next attempt (backoff 100 ms doubling to 2 s, `BoTiKVRPC`'s range)
-//!   new requests fall back to unary too, so a store that rejects the
-//!   stream, or an older server without it, is still served.
+//!   not yet written wait for the other streams, or, when none is left,
+//!   are handed back as fallbacks to send unary. Until a slot's next
+//!   attempt (backoff 100 ms doubling to 2 s, `BoTiKVRPC`'s range) it takes
+//!   nothing; with every slot down, new requests fall back to unary too, so
+//!   a store that rejects the stream, or an older server without it, is
+//!   still served.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -170,11 +178,15 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// The wait policy. Default [`BatchPolicy::Standard`].
     pub policy: BatchPolicy,
+    /// Streams (one per HTTP/2 connection) the collector spreads whole
+    /// messages over, at least 1. Default 1; client-go's
+    /// `GrpcConnectionCount` is 4.
+    pub streams: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch_size: MAX_BATCH_SIZE, policy: BatchPolicy::Standard }
+        BatchConfig { max_batch_size: MAX_BATCH_SIZE, policy: BatchPolicy::Standard, streams: 1 }
     }
 }
 
@@ -190,13 +202,20 @@ impl BatchConfig {
         self.max_batch_size = size.max(1);
         self
     }
+
+    /// Sets [`BatchConfig::streams`] (at least 1).
+    pub fn streams(mut self, n: usize) -> Self {
+        self.streams = n.max(1);
+        self
+    }
 }
 
-/// Where a collector's stream is in its life.
+/// Where one of a collector's streams is in its life.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum StreamState {
-    /// No stream. Requests fall back to unary until the reopen time, then
-    /// queue and ask for a stream ([`BatchCollector::wants_stream`]).
+    /// No stream. It may be opened at its reopen time, when requests are
+    /// queued ([`BatchCollector::wants_stream`]); until then requests
+    /// fall back to unary if no other stream can take them.
     Down,
     /// A stream was opened; its probe is unanswered. Requests queue.
     Probing,
@@ -225,10 +244,16 @@ pub struct BatchStats {
     pub streams_opened: u64,
 }
 
-/// Identifies one stream of a collector, so events from a replaced stream
-/// are ignored.
+/// Identifies one stream of a collector: its slot (which connection) and
+/// the generation of the stream on that slot, so events from a replaced
+/// stream are ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamGen(pub u64);
+pub struct StreamGen {
+    /// The slot, `0..BatchConfig::streams`.
+    pub slot: usize,
+    /// Streams opened on this slot so far, this one included.
+    pub generation: u64,
+}
 
 /// A request handed back to be sent as a unary call.
 #[derive(Debug)]
@@ -254,6 +279,8 @@ struct InFlight<W> {
     deadline: Instant,
     /// The command, to check the answer against.
     name: &'static str,
+    /// The slot it was written to.
+    slot: usize,
 }
 
 /// A decided wait for more requests.
@@ -263,7 +290,23 @@ struct Wait {
     size: usize,
 }
 
-/// The batching state machine of one `BatchCommands` stream (module docs).
+/// One stream slot (one HTTP/2 connection's stream).
+#[derive(Debug)]
+struct Slot {
+    state: StreamState,
+    generation: u64,
+    /// When `Down`: no new stream before this instant.
+    reopen_at: Instant,
+    /// Consecutive failed streams (no probe answered), for the backoff.
+    failures: u32,
+    probe: Option<u64>,
+    probe_pending: bool,
+}
+
+/// The batching state machine of one store's `BatchCommands` streams
+/// (module docs): one queue and one wait policy, whole messages handed to
+/// the ready streams in turn (client-go's `batchConn`, one per store, over
+/// its `batchCommandsClients`).
 ///
 /// ```
 /// use tikv_core::rpc::KvRequest;
@@ -273,8 +316,9 @@ struct Wait {
 /// let mut c = BatchCollector::<&str>::new(BatchConfig::default());
 /// let t = Instant::from_millis(1);
 /// c.push(KvRequest::RawGet(Default::default()), "a", Instant::from_millis(100), t);
-/// let stream = c.wants_stream().then(|| c.open_stream(t)).unwrap();
-/// let probe = c.poll_batch(t).unwrap(); // the handshake goes first
+/// let slot = c.wants_stream(t).unwrap();
+/// let stream = c.open_stream(slot, t);
+/// let (_, probe) = c.poll_batch(t).unwrap(); // the handshake goes first
 /// // ... the server echoes the probe, then requests flow:
 /// # let answer = tikv_proto::tikvpb::BatchCommandsResponse {
 /// #     request_ids: probe.request_ids.clone(),
@@ -282,20 +326,15 @@ struct Wait {
 /// #     ..Default::default()
 /// # };
 /// c.on_response(stream, answer, t);
-/// let batch = c.poll_batch(t).unwrap();
-/// assert_eq!(batch.requests.len(), 1);
+/// let (on, batch) = c.poll_batch(t).unwrap();
+/// assert_eq!((on, batch.requests.len()), (stream, 1));
 /// ```
 #[derive(Debug)]
 pub struct BatchCollector<W> {
     config: BatchConfig,
-    state: StreamState,
-    stream: StreamGen,
-    /// When `Down`: no new stream before this instant.
-    reopen_at: Instant,
-    /// Consecutive failed streams (no probe answered), for the backoff.
-    failures: u32,
-    probe: Option<u64>,
-    probe_pending: bool,
+    slots: Vec<Slot>,
+    /// The slot after the one that took the last message.
+    next_slot: usize,
     queue: VecDeque<Queued<W>>,
     in_flight: BTreeMap<u64, InFlight<W>>,
     /// (deadline, id) of every in-flight request: the earliest is first.
@@ -319,14 +358,21 @@ pub struct BatchCollector<W> {
 impl<W> BatchCollector<W> {
     /// A collector with no stream yet.
     pub fn new(config: BatchConfig) -> Self {
+        let config = config.max_batch_size(config.max_batch_size).streams(config.streams);
+        let slots = (0..config.streams)
+            .map(|_| Slot {
+                state: StreamState::Down,
+                generation: 0,
+                reopen_at: Instant::ZERO,
+                failures: 0,
+                probe: None,
+                probe_pending: false,
+            })
+            .collect();
         BatchCollector {
-            config: config.max_batch_size(config.max_batch_size),
-            state: StreamState::Down,
-            stream: StreamGen(0),
-            reopen_at: Instant::ZERO,
-            failures: 0,
-            probe: None,
-            probe_pending: false,
+            config,
+            slots,
+            next_slot: 0,
             queue: VecDeque::new(),
             in_flight: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -343,9 +389,22 @@ impl<W> BatchCollector<W> {
         }
     }
 
-    /// The stream's state.
+    /// The best state among the streams: `Ready` if any stream is ready,
+    /// else `Probing` if any is starting, else `Down`.
     pub fn state(&self) -> StreamState {
-        self.state
+        let any = |state| self.slots.iter().any(|s| s.state == state);
+        if any(StreamState::Ready) {
+            StreamState::Ready
+        } else if any(StreamState::Probing) {
+            StreamState::Probing
+        } else {
+            StreamState::Down
+        }
+    }
+
+    /// The state of slot `slot` (`Down` for a slot that does not exist).
+    pub fn slot_state(&self, slot: usize) -> StreamState {
+        self.slots.get(slot).map_or(StreamState::Down, |s| s.state)
     }
 
     /// The counters.
@@ -358,15 +417,17 @@ impl<W> BatchCollector<W> {
         self.queue.len() + self.in_flight.len()
     }
 
+    /// True if some stream is up or starting, or may be opened at `now`.
+    fn usable(&self, now: Instant) -> bool {
+        self.slots.iter().any(|s| s.state != StreamState::Down || now >= s.reopen_at)
+    }
+
     /// A request arrived at `now`, to be answered through `waiter` by
-    /// `deadline`. It queues for the stream, or becomes a fallback when it
-    /// cannot ride one (no batch case, or the stream is down and backing off).
+    /// `deadline`. It queues for the streams, or becomes a fallback when it
+    /// cannot ride one (no batch case, or every stream is down and backing
+    /// off).
     pub fn push(&mut self, request: KvRequest, waiter: W, deadline: Instant, now: Instant) {
-        let usable = match self.state {
-            StreamState::Down => now >= self.reopen_at,
-            StreamState::Probing | StreamState::Ready => true,
-        };
-        if !usable || !is_batchable(&request) {
+        if !self.usable(now) || !is_batchable(&request) {
             self.stats.fallbacks += 1;
             self.fallbacks.push_back(Fallback { request, waiter, deadline });
             return;
@@ -383,23 +444,34 @@ impl<W> BatchCollector<W> {
         self.queue.push_back(Queued { request, waiter, deadline });
     }
 
-    /// True when requests wait for a stream that does not exist: the
-    /// runtime should open one and call [`open_stream`](Self::open_stream).
-    pub fn wants_stream(&self) -> bool {
-        self.state == StreamState::Down && !self.queue.is_empty()
+    /// A slot whose stream the runtime should open now (then call
+    /// [`open_stream`](Self::open_stream)): requests are queued and the
+    /// slot is down past its reopen time. Call until `None`; every slot
+    /// opens on the first request, as client-go dials all its connections.
+    pub fn wants_stream(&self, now: Instant) -> Option<usize> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        self.slots.iter().position(|s| s.state == StreamState::Down && now >= s.reopen_at)
     }
 
-    /// The runtime opened a new stream; its first message must be the
-    /// probe that [`poll_batch`](Self::poll_batch) returns next. Events of
-    /// any earlier stream are ignored from now on.
-    pub fn open_stream(&mut self, _now: Instant) -> StreamGen {
-        self.stream = StreamGen(self.stream.0 + 1);
-        self.state = StreamState::Probing;
+    /// The runtime opened a new stream on `slot`; its first message must be
+    /// the probe that [`poll_batch`](Self::poll_batch) returns next. Events
+    /// of any earlier stream of that slot are ignored from now on.
+    ///
+    /// # Panics
+    ///
+    /// If `slot` is not below [`BatchConfig::streams`] (a runtime bug: it
+    /// opens only slots [`wants_stream`](Self::wants_stream) names).
+    pub fn open_stream(&mut self, slot: usize, _now: Instant) -> StreamGen {
         let id = self.take_id();
-        self.probe = Some(id);
-        self.probe_pending = true;
+        let s = &mut self.slots[slot];
+        s.generation += 1;
+        s.state = StreamState::Probing;
+        s.probe = Some(id);
+        s.probe_pending = true;
         self.stats.streams_opened += 1;
-        self.stream
+        StreamGen { slot, generation: s.generation }
     }
 
     fn take_id(&mut self) -> u64 {
@@ -408,31 +480,30 @@ impl<W> BatchCollector<W> {
         id
     }
 
-    /// The next message to write on the current stream, if the policy says
-    /// to send now. Call until `None` after every event.
-    pub fn poll_batch(&mut self, now: Instant) -> Option<BatchCommandsRequest> {
-        match self.state {
-            StreamState::Down => return None,
-            StreamState::Probing => {
-                if !self.probe_pending {
-                    return None;
-                }
-                self.probe_pending = false;
-                let id = self.probe?;
-                let empty = BatchCommandsEmptyRequest { test_id: id, delay_time: 0 };
-                return Some(BatchCommandsRequest {
-                    requests: vec![batch_commands_request::Request {
-                        cmd: Some(ReqCmd::Empty(empty)),
-                    }],
-                    request_ids: vec![id],
-                    client_send_time_ns: 0,
-                });
-            }
-            StreamState::Ready => {}
+    /// The next message to write and the stream to write it on, if the
+    /// policy says to send now: probes of new streams first, then batches,
+    /// each to the next ready stream in turn. Call until `None` after every
+    /// event.
+    pub fn poll_batch(&mut self, now: Instant) -> Option<(StreamGen, BatchCommandsRequest)> {
+        if let Some(slot) = self.slots.iter().position(|s| s.probe_pending) {
+            let s = &mut self.slots[slot];
+            s.probe_pending = false;
+            let id = s.probe?;
+            let empty = BatchCommandsEmptyRequest { test_id: id, delay_time: 0 };
+            let probe = BatchCommandsRequest {
+                requests: vec![batch_commands_request::Request { cmd: Some(ReqCmd::Empty(empty)) }],
+                request_ids: vec![id],
+                client_send_time_ns: 0,
+            };
+            return Some((StreamGen { slot, generation: s.generation }, probe));
         }
         if self.queue.is_empty() {
             return None;
         }
+        let n = self.slots.len();
+        let slot = (0..n)
+            .map(|i| (self.next_slot + i) % n)
+            .find(|&i| self.slots[i].state == StreamState::Ready)?;
         let max = self.config.max_batch_size;
         if self.queue.len() < max {
             if !self.decided {
@@ -446,7 +517,9 @@ impl<W> BatchCollector<W> {
                 return None;
             }
         }
-        Some(self.flush(now))
+        self.next_slot = (slot + 1) % n;
+        let message = self.flush(slot);
+        Some((StreamGen { slot, generation: self.slots[slot].generation }, message))
     }
 
     /// client-go's `turboBatchTrigger.needFetchMore` and
@@ -483,7 +556,7 @@ impl<W> BatchCollector<W> {
         Some(Wait { until: now + TURBO_WAIT, size })
     }
 
-    fn flush(&mut self, _now: Instant) -> BatchCommandsRequest {
+    fn flush(&mut self, slot: usize) -> BatchCommandsRequest {
         let n = self.queue.len().min(self.config.max_batch_size);
         let mut requests = Vec::with_capacity(n);
         let mut request_ids = Vec::with_capacity(n);
@@ -496,8 +569,10 @@ impl<W> BatchCollector<W> {
             requests.push(batch_commands_request::Request { cmd: Some(cmd) });
             request_ids.push(id);
             self.deadlines.insert((queued.deadline, id));
-            self.in_flight
-                .insert(id, InFlight { waiter: queued.waiter, deadline: queued.deadline, name });
+            self.in_flight.insert(
+                id,
+                InFlight { waiter: queued.waiter, deadline: queued.deadline, name, slot },
+            );
         }
         let n = requests.len() as u64;
         self.stats.batches += 1;
@@ -513,10 +588,9 @@ impl<W> BatchCollector<W> {
     }
 
     /// The earliest instant at which the collector has something to do:
-    /// the end of a batch wait, a request deadline, or the reopen time of a
-    /// stream that queued requests wait for.
+    /// the end of a batch wait or a request deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let wait = self.wait.filter(|_| self.state == StreamState::Ready).map(|w| w.until);
+        let wait = self.wait.filter(|_| self.state() == StreamState::Ready).map(|w| w.until);
         let in_flight = self.deadlines.first().map(|(d, _)| *d);
         let queued = self.queue.iter().map(|q| q.deadline).min();
         [wait, in_flight, queued].into_iter().flatten().min()
@@ -549,32 +623,42 @@ impl<W> BatchCollector<W> {
         }
     }
 
+    /// True if `stream` is the current stream of its slot.
+    fn is_current(&self, stream: StreamGen) -> bool {
+        self.slots.get(stream.slot).is_some_and(|s| s.generation == stream.generation)
+    }
+
     /// A message arrived on stream `stream`. Each response completes the
-    /// request with its id; unknown ids are counted and dropped; an entry
-    /// of another command than the request's becomes
-    /// [`RpcError::Mismatch`] for that request.
+    /// request with its id; unknown ids (and ids written to another
+    /// stream) are counted and dropped; an entry of another command than
+    /// the request's becomes [`RpcError::Mismatch`] for that request.
     pub fn on_response(
         &mut self,
         stream: StreamGen,
         response: BatchCommandsResponse,
         _now: Instant,
     ) {
-        if stream != self.stream {
+        if !self.is_current(stream) {
             return;
         }
         let BatchCommandsResponse { mut responses, request_ids, .. } = response;
         for (i, id) in request_ids.into_iter().enumerate() {
-            if self.probe == Some(id) {
+            let slot = &mut self.slots[stream.slot];
+            if slot.probe == Some(id) {
                 // Any answer to the probe proves the stream works.
-                self.probe = None;
-                self.state = StreamState::Ready;
-                self.failures = 0;
+                slot.probe = None;
+                slot.state = StreamState::Ready;
+                slot.failures = 0;
                 continue;
             }
-            let Some(entry) = self.in_flight.remove(&id) else {
-                self.stats.unknown_responses += 1;
-                continue;
-            };
+            match self.in_flight.get(&id) {
+                Some(entry) if entry.slot == stream.slot => {}
+                _ => {
+                    self.stats.unknown_responses += 1;
+                    continue;
+                }
+            }
+            let Some(entry) = self.in_flight.remove(&id) else { continue };
             self.deadlines.remove(&(entry.deadline, id));
             self.stats.responses += 1;
             let cmd = responses.get_mut(i).and_then(|r| r.cmd.as_mut());
@@ -586,41 +670,53 @@ impl<W> BatchCollector<W> {
         }
     }
 
-    /// Stream `stream` failed (`reason` for the error message). Every sent
-    /// request fails with `RpcError::Unavailable("batch stream broken:
-    /// {reason}")`, retryable; queued ones become fallbacks; the next
-    /// stream may be opened after a backoff (100 ms doubling to 2 s per
-    /// consecutive stream that never answered its probe).
+    /// Stream `stream` failed (`reason` for the error message). Every
+    /// request sent on it fails with `RpcError::Unavailable("batch stream
+    /// broken: {reason}")`, retryable; its slot may open a new stream after
+    /// a backoff (100 ms doubling to 2 s per consecutive stream that never
+    /// answered its probe). Queued requests stay for the other streams, or
+    /// become fallbacks when no stream can take them.
     pub fn on_stream_broken(&mut self, stream: StreamGen, reason: &str, now: Instant) {
-        if stream != self.stream || self.state == StreamState::Down {
+        if !self.is_current(stream) || self.slots[stream.slot].state == StreamState::Down {
             return;
         }
-        if self.state == StreamState::Probing {
-            self.failures = self.failures.saturating_add(1);
+        let slot = &mut self.slots[stream.slot];
+        if slot.state == StreamState::Probing {
+            slot.failures = slot.failures.saturating_add(1);
         }
-        let exp = self.failures.saturating_sub(1).min(16);
+        let exp = slot.failures.saturating_sub(1).min(16);
         let backoff = REOPEN_BASE.saturating_mul(1 << exp).min(REOPEN_CAP);
         // A stream that worked and broke is retried on the first backoff
         // step, a stream that keeps failing to start on a growing one.
-        self.reopen_at = now + backoff;
-        self.state = StreamState::Down;
-        self.probe = None;
-        self.probe_pending = false;
-        self.wait = None;
-        self.decided = false;
+        slot.reopen_at = now + backoff;
+        slot.state = StreamState::Down;
+        slot.probe = None;
+        slot.probe_pending = false;
         let error = RpcError::Unavailable(format!("batch stream broken: {reason}"));
-        self.deadlines.clear();
-        for (_, entry) in std::mem::take(&mut self.in_flight) {
-            self.stats.broken += 1;
-            self.completions.push_back((entry.waiter, Err(error.clone())));
+        let broken: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, entry)| entry.slot == stream.slot)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in broken {
+            if let Some(entry) = self.in_flight.remove(&id) {
+                self.deadlines.remove(&(entry.deadline, id));
+                self.stats.broken += 1;
+                self.completions.push_back((entry.waiter, Err(error.clone())));
+            }
         }
-        for queued in self.queue.drain(..) {
-            self.stats.fallbacks += 1;
-            self.fallbacks.push_back(Fallback {
-                request: queued.request,
-                waiter: queued.waiter,
-                deadline: queued.deadline,
-            });
+        if self.slots.iter().all(|s| s.state == StreamState::Down) {
+            self.wait = None;
+            self.decided = false;
+            for queued in self.queue.drain(..) {
+                self.stats.fallbacks += 1;
+                self.fallbacks.push_back(Fallback {
+                    request: queued.request,
+                    waiter: queued.waiter,
+                    deadline: queued.deadline,
+                });
+            }
         }
     }
 

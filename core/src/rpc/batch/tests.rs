@@ -23,9 +23,10 @@ fn get(key: &str) -> KvRequest {
 /// writes a line per output.
 struct Script {
     c: BatchCollector<String>,
-    stream: StreamGen,
+    /// The current stream of each slot.
+    streams: Vec<StreamGen>,
     /// Messages written and not yet answered, oldest first.
-    sent: Vec<BatchCommandsRequest>,
+    sent: Vec<(StreamGen, BatchCommandsRequest)>,
     log: String,
 }
 
@@ -33,7 +34,9 @@ impl Script {
     fn new(config: BatchConfig) -> Script {
         Script {
             c: BatchCollector::new(config),
-            stream: StreamGen(0),
+            streams: (0..config.streams.max(1))
+                .map(|slot| StreamGen { slot, generation: 0 })
+                .collect(),
             sent: Vec::new(),
             log: String::new(),
         }
@@ -45,12 +48,12 @@ impl Script {
 
     /// What the runtime does after every event.
     fn drain(&mut self, now: Instant) {
-        if self.c.wants_stream() {
-            self.stream = self.c.open_stream(now);
-            let stream = self.stream;
-            self.line(now, format_args!("open stream {stream:?}"));
+        while let Some(slot) = self.c.wants_stream(now) {
+            let stream = self.c.open_stream(slot, now);
+            self.streams[slot] = stream;
+            self.line(now, format_args!("open stream {}.{}", stream.slot, stream.generation));
         }
-        while let Some(batch) = self.c.poll_batch(now) {
+        while let Some((stream, batch)) = self.c.poll_batch(now) {
             let what: Vec<String> = batch
                 .requests
                 .iter()
@@ -71,8 +74,12 @@ impl Script {
             } else {
                 what.join(" ")
             };
-            self.line(now, format_args!("send [{shown}]"));
-            self.sent.push(batch);
+            if self.streams.len() > 1 {
+                self.line(now, format_args!("send on {} [{shown}]", stream.slot));
+            } else {
+                self.line(now, format_args!("send [{shown}]"));
+            }
+            self.sent.push((stream, batch));
         }
         while let Some((waiter, result)) = self.c.poll_completion() {
             let result = match result {
@@ -107,7 +114,13 @@ impl Script {
 
     /// The server answers the oldest unanswered message in full.
     fn answer_oldest(&mut self, now: Instant) {
-        let batch = self.sent.remove(0);
+        self.answer_oldest_on(now, self.sent[0].0.slot);
+    }
+
+    /// The server answers the oldest unanswered message of `slot` in full.
+    fn answer_oldest_on(&mut self, now: Instant, slot: usize) {
+        let i = self.sent.iter().position(|(s, _)| s.slot == slot).expect("a message to answer");
+        let (stream, batch) = self.sent.remove(i);
         let responses = batch
             .requests
             .iter()
@@ -119,8 +132,9 @@ impl Script {
                 }),
             })
             .collect();
-        self.answer(
+        self.answer_on(
             now,
+            stream,
             BatchCommandsResponse {
                 responses,
                 request_ids: batch.request_ids,
@@ -129,16 +143,37 @@ impl Script {
         );
     }
 
+    /// An answer on slot 0's stream.
     fn answer(&mut self, now: Instant, response: BatchCommandsResponse) {
-        self.line(now, format_args!("answer ids {:?}", response.request_ids));
-        self.c.on_response(self.stream, response, now);
+        self.answer_on(now, self.streams[0], response);
+    }
+
+    fn answer_on(&mut self, now: Instant, stream: StreamGen, response: BatchCommandsResponse) {
+        if self.streams.len() > 1 {
+            self.line(
+                now,
+                format_args!("answer on {} ids {:?}", stream.slot, response.request_ids),
+            );
+        } else {
+            self.line(now, format_args!("answer ids {:?}", response.request_ids));
+        }
+        self.c.on_response(stream, response, now);
         self.drain(now);
     }
 
+    /// Slot 0's stream breaks.
     fn broken(&mut self, now: Instant, reason: &str) {
-        self.line(now, format_args!("stream broken: {reason}"));
-        self.sent.clear();
-        self.c.on_stream_broken(self.stream, reason, now);
+        self.broken_on(now, 0, reason);
+    }
+
+    fn broken_on(&mut self, now: Instant, slot: usize, reason: &str) {
+        if self.streams.len() > 1 {
+            self.line(now, format_args!("stream {slot} broken: {reason}"));
+        } else {
+            self.line(now, format_args!("stream broken: {reason}"));
+        }
+        self.sent.retain(|(s, _)| s.slot != slot);
+        self.c.on_stream_broken(self.streams[slot], reason, now);
         self.drain(now);
     }
 
@@ -240,8 +275,8 @@ fn deadlines_unknown_ids_and_mismatches() {
     // The deadline passes before the answer: the waiter gets
     // DeadlineExceeded at once, and the late answer is an unknown id.
     s.tick(us(2000));
-    let late = s.sent.remove(0);
-    let mismatch = s.sent.remove(0);
+    let (_, late) = s.sent.remove(0);
+    let (_, mismatch) = s.sent.remove(0);
     s.answer(
         us(2500),
         BatchCommandsResponse {
@@ -265,7 +300,7 @@ fn deadlines_unknown_ids_and_mismatches() {
     );
     // More ids than responses: the missing response is a mismatch too.
     s.push(us(4000), "short", us(10_000));
-    let short = s.sent.remove(0);
+    let (_, short) = s.sent.remove(0);
     s.answer(
         us(4100),
         BatchCommandsResponse {
@@ -302,10 +337,54 @@ fn a_broken_stream_fails_pending_and_reopens_with_backoff() {
     s.answer_oldest(us(304_100));
     // An event from a replaced stream is ignored.
     s.line(us(304_200), "old stream reports a failure");
-    s.c.on_stream_broken(StreamGen(1), "stale", us(304_200));
+    s.c.on_stream_broken(StreamGen { slot: 0, generation: 1 }, "stale", us(304_200));
     s.drain(us(304_200));
     // Unbatchable commands never ride the stream.
     s.push_req(us(305_000), "checksum", KvRequest::RawChecksum(Default::default()), us(1_000_000));
+    insta::assert_snapshot!(s.finish());
+}
+
+/// client-go's shape: one queue over several connections' streams. Every
+/// slot opens on the first request; whole messages go to the ready streams
+/// in turn; a broken stream fails only what was written to it and its slot
+/// backs off alone while the others carry the traffic; with every stream
+/// down, queued requests go unary.
+#[test]
+fn several_streams_take_whole_messages_in_turn() {
+    let mut s = Script::new(BatchConfig::default().streams(3).max_batch_size(8));
+    s.push(us(0), "first", us(0) + Duration::from_secs(1));
+    // Slot 1 answers its probe first: it takes the waiting request.
+    s.answer_oldest_on(us(10), 1);
+    s.answer_oldest_on(us(20), 0);
+    s.answer_oldest_on(us(30), 2);
+    s.answer_oldest_on(us(40), 1);
+    s.line(us(1000), "20 requests arrive in one instant");
+    for i in 0..20 {
+        s.c.push(
+            get(&format!("b{i}")),
+            format!("b{i}"),
+            us(1000) + Duration::from_secs(1),
+            us(1000),
+        );
+    }
+    s.drain(us(1000));
+    // Slot 0's stream breaks with its 8 requests in flight; the others'
+    // requests are unaffected.
+    s.broken_on(us(2000), 0, "connection reset");
+    s.answer_oldest_on(us(2100), 1);
+    s.answer_oldest_on(us(2200), 2);
+    // During slot 0's backoff the other streams take everything.
+    s.push(us(3000), "x", us(1_000_000));
+    s.push(us(4000), "y", us(1_000_000));
+    // After it, the next request reopens slot 0 (a probe) and rides a
+    // ready stream meanwhile.
+    s.push(us(103_000), "z", us(1_000_000));
+    // Every stream breaks: queued requests go unary, as do new ones.
+    s.broken_on(us(104_000), 1, "gone");
+    s.broken_on(us(104_000), 2, "gone");
+    s.push(us(104_100), "queued-behind-probe", us(1_000_000));
+    s.broken_on(us(104_200), 0, "refused");
+    s.push(us(104_300), "all-down", us(1_000_000));
     insta::assert_snapshot!(s.finish());
 }
 
