@@ -726,3 +726,199 @@ pub fn world_schedule(u: &mut Unstructured<'_>) -> Result<()> {
     assert!(report.passed(), "{}", report.failure());
     Ok(())
 }
+
+/// One store's `BatchCommands` collector over 1 to 4 streams, fed arbitrary
+/// arrivals, answers (in full, partial, of the wrong command, for unknown
+/// ids, on stale streams), stream breaks and clock jumps. Every caller is
+/// answered at most once, and an answer is always its own request's (the
+/// server echoes the key); ids are never reused; a stream's probe precedes
+/// its requests; requests fall back to unary only when they cannot ride a
+/// stream; and once every deadline has passed, every caller has an answer
+/// or a fallback and nothing is left pending.
+pub fn batch_collector(u: &mut Unstructured<'_>) -> Result<()> {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use tikv_core::rpc::batch::{BatchCollector, BatchConfig, BatchPolicy, StreamGen, StreamState};
+    use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
+    use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
+    use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
+    use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsResponse};
+
+    let streams = usize::from(u.int_in_range(1..=4u8)?);
+    let policy = *u.choose(&[BatchPolicy::Basic, BatchPolicy::Standard, BatchPolicy::Positive])?;
+    let config = BatchConfig::default()
+        .streams(streams)
+        .policy(policy)
+        .max_batch_size(usize::from(u.int_in_range(1..=8u8)?));
+    let mut c = BatchCollector::<u64>::new(config);
+    let mut now = Instant::ZERO;
+    // Per slot: the current stream and its unanswered messages, oldest first.
+    let mut current: Vec<Option<StreamGen>> = vec![None; streams];
+    let mut wire: Vec<VecDeque<(StreamGen, tikv_proto::tikvpb::BatchCommandsRequest)>> =
+        vec![VecDeque::new(); streams];
+    // Streams whose first message was seen (it must be the probe).
+    let mut started: BTreeSet<StreamGen> = BTreeSet::new();
+    let mut ids_seen: BTreeSet<u64> = BTreeSet::new();
+    // Caller label -> its key; handled callers are removed.
+    let mut callers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut next_label = 0u64;
+    let mut latest_deadline = Instant::ZERO;
+
+    // What a runtime does after every event; checks what comes out.
+    let drain =
+        |c: &mut BatchCollector<u64>,
+         now: Instant,
+         current: &mut Vec<Option<StreamGen>>,
+         wire: &mut Vec<VecDeque<(StreamGen, tikv_proto::tikvpb::BatchCommandsRequest)>>,
+         started: &mut BTreeSet<StreamGen>,
+         ids_seen: &mut BTreeSet<u64>,
+         callers: &mut BTreeMap<u64, Vec<u8>>| {
+            while let Some(slot) = c.wants_stream(now) {
+                let stream = c.open_stream(slot, now);
+                assert_eq!(stream.slot, slot);
+                current[slot] = Some(stream);
+                wire[slot].clear();
+            }
+            while let Some((stream, message)) = c.poll_batch(now) {
+                assert_eq!(current[stream.slot], Some(stream), "messages go to current streams");
+                let is_probe = matches!(
+                    message.requests.first().and_then(|r| r.cmd.as_ref()),
+                    Some(ReqCmd::Empty(_))
+                );
+                if started.insert(stream) {
+                    assert!(is_probe, "a new stream's first message is its probe");
+                }
+                assert_eq!(message.requests.len(), message.request_ids.len());
+                assert!(message.requests.len() <= config.max_batch_size.max(1));
+                for id in &message.request_ids {
+                    assert!(ids_seen.insert(*id), "id {id} reused");
+                }
+                wire[stream.slot].push_back((stream, message));
+            }
+            while let Some((label, result)) = c.poll_completion() {
+                let key = callers.remove(&label).expect("a caller is answered once");
+                if let Ok(KvResponse::RawGet(r)) = &result {
+                    assert_eq!(&r.value[..], &key[..], "the answer is the caller's own");
+                }
+            }
+            while let Some(f) = c.poll_fallback() {
+                let batchable = tikv_core::rpc::batch::is_batchable(&f.request);
+                assert!(
+                    !batchable || c.state() == StreamState::Down,
+                    "a batchable request falls back only with every stream down"
+                );
+                assert!(callers.remove(&f.waiter).is_some(), "a fallback is a live caller");
+            }
+        };
+
+    for _ in 0..MAX_INPUTS {
+        if u.is_empty() {
+            break;
+        }
+        match u.int_in_range(0..=9u8)? {
+            0..=3 => {
+                let label = next_label;
+                next_label += 1;
+                let key = format!("k{label}").into_bytes();
+                let request = if u.ratio(1, 16)? {
+                    KvRequest::RawChecksum(Default::default())
+                } else {
+                    KvRequest::RawGet(Box::new(kvrpcpb::RawGetRequest {
+                        key: key.clone().into(),
+                        ..Default::default()
+                    }))
+                };
+                let deadline = now + Duration::from_micros(u.int_in_range(1..=200_000)?);
+                latest_deadline = latest_deadline.max(deadline);
+                callers.insert(label, key);
+                c.push(request, label, deadline, now);
+            }
+            4..=6 => {
+                let slot = usize::from(u.int_in_range(0..=(streams - 1) as u8)?);
+                let Some((stream, message)) = wire[slot].pop_front() else { continue };
+                let mut ids = message.request_ids.clone();
+                let mut responses: Vec<RespEntry> = message
+                    .requests
+                    .iter()
+                    .map(|r| RespEntry {
+                        cmd: match &r.cmd {
+                            Some(ReqCmd::Empty(e)) => {
+                                Some(RespCmd::Empty(BatchCommandsEmptyResponse {
+                                    test_id: e.test_id,
+                                }))
+                            }
+                            Some(ReqCmd::RawGet(g)) => {
+                                Some(RespCmd::RawGet(kvrpcpb::RawGetResponse {
+                                    value: g.key.clone(),
+                                    ..Default::default()
+                                }))
+                            }
+                            _ => None,
+                        },
+                    })
+                    .collect();
+                match u.int_in_range(0..=7u8)? {
+                    // A wrong command for the first entry.
+                    0 if !responses.is_empty() => {
+                        responses[0].cmd = Some(RespCmd::RawPut(Default::default()));
+                    }
+                    // Fewer responses than ids.
+                    1 => {
+                        responses.pop();
+                    }
+                    // An id that was never issued, and a repeated one.
+                    2 => {
+                        ids.push(u64::MAX - u64::from(u.arbitrary::<u8>()?));
+                        responses.push(RespEntry::default());
+                        if let Some(first) = ids.first().copied() {
+                            ids.push(first);
+                            responses.push(RespEntry::default());
+                        }
+                    }
+                    // Half now, the rest in a later message.
+                    3 if ids.len() > 1 => {
+                        let half = ids.len() / 2;
+                        let rest_ids = ids.split_off(half);
+                        let rest = responses.split_off(half);
+                        let mut later = message.clone();
+                        later.request_ids = rest_ids;
+                        later.requests = message.requests[half..].to_vec();
+                        wire[slot].push_front((stream, later));
+                        let _ = rest;
+                    }
+                    _ => {}
+                }
+                let answer =
+                    BatchCommandsResponse { responses, request_ids: ids, ..Default::default() };
+                c.on_response(stream, answer, now);
+            }
+            7 => {
+                let slot = usize::from(u.int_in_range(0..=(streams - 1) as u8)?);
+                let stream = match current[slot] {
+                    // Sometimes a replaced stream reports late.
+                    Some(s) if u.ratio(1, 4)? && s.generation > 1 => {
+                        StreamGen { slot, generation: s.generation - 1 }
+                    }
+                    Some(s) => s,
+                    None => continue,
+                };
+                if current[slot] == Some(stream) {
+                    wire[slot].clear();
+                }
+                c.on_stream_broken(stream, "fuzzed", now);
+            }
+            _ => {
+                now += Duration::from_micros(u.int_in_range(0..=50_000)?);
+                c.on_timeout(now);
+            }
+        }
+        drain(&mut c, now, &mut current, &mut wire, &mut started, &mut ids_seen, &mut callers);
+    }
+    // Every deadline passes: everyone has had an answer or a fallback.
+    now = now.max(latest_deadline) + Duration::from_millis(1);
+    c.on_timeout(now);
+    drain(&mut c, now, &mut current, &mut wire, &mut started, &mut ids_seen, &mut callers);
+    assert!(callers.is_empty(), "callers left without an answer: {callers:?}");
+    assert_eq!(c.pending(), 0);
+    Ok(())
+}

@@ -27,6 +27,11 @@ fn tso_timestamps_strictly_increase() {
 }
 
 #[test]
+fn batch_collector_answers_every_caller_once_with_its_own_answer() {
+    arbtest::arbtest(props::batch_collector).budget_ms(BUDGET_MS);
+}
+
+#[test]
 fn worlds_from_arbitrary_schedules_pass() {
     arbtest::arbtest(props::world_schedule).budget_ms(BUDGET_MS);
 }
