@@ -18,7 +18,9 @@
 //!
 //! Every policy decision (what to batch, when to flush, which stream takes
 //! a message, ids, deadlines, re-creation backoff, what falls back to
-//! unary) is the collector's.
+//! unary) is the collector's. The driver ends after
+//! [`TransportConfig::batch_idle_timeout`] with nothing queued or in flight,
+//! closing the streams; the next request starts a new driver.
 //!
 //! Timer resolution: runtime timers are coarse (tokio's ticks every 1 ms),
 //! far coarser than the 100 µs batch wait, so a wait shorter than a
@@ -227,6 +229,12 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         (0..shared.channels.len()).map(|_| None).collect();
     let mut out = Outputs::default();
     let mut sleep: Option<(Instant, BoxFuture<'static, ()>)> = None;
+    // The last time the driver saw a request queued or in flight (idle
+    // recycling; no extra wake-up per request is needed to track it).
+    let mut last_active = shared.rt.now();
+    // Recycling: the queue is closed, the driver ends once what was
+    // already sent to it is answered.
+    let mut closing = false;
     loop {
         let timeout = {
             let mut c = shared.lock();
@@ -251,11 +259,33 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
             while let Some(f) = c.poll_fallback() {
                 out.unary.push((f.request, f.waiter, f.deadline));
             }
-            c.poll_timeout()
+            if c.pending() > 0 {
+                last_active = now;
+            }
+            (c.poll_timeout(), c.pending() == 0)
         };
+        let (timeout, idle) = timeout;
         out.deliver(&shared);
 
         let now = shared.rt.now();
+        // Idle for the whole timeout: close the queue, so callers holding
+        // this driver's sender find it closed and spawn a new driver
+        // (`BatchConns::call`); serve any request that slipped in before
+        // the close, then end, dropping the streams.
+        let recycle_at = last_active + shared.config.batch_idle_timeout;
+        if closing && idle {
+            return;
+        }
+        if !closing && idle && now >= recycle_at {
+            entries.close();
+            closing = true;
+            while let Ok(entry) = entries.try_recv() {
+                push(&shared, entry);
+            }
+            continue;
+        }
+        let timeout =
+            if closing { timeout } else { [timeout, Some(recycle_at)].into_iter().flatten().min() };
         let soon = timeout.is_some_and(|at| at.saturating_duration_since(now) < SHORT_WAIT);
         if soon {
             // A sub-millisecond batch wait: let the callers run, then look
@@ -266,7 +296,7 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
                 sleep = timeout.map(|at| (at, shared.rt.sleep_until(at)));
             }
             let wake = futures::future::poll_fn(|cx| {
-                if let Poll::Ready(entry) = entries.poll_next_unpin(cx) {
+                if !closing && let Poll::Ready(entry) = entries.poll_next_unpin(cx) {
                     return Poll::Ready(match entry {
                         Some(entry) => {
                             push(&shared, entry);
@@ -294,7 +324,7 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         }
         // Take everything already queued (client-go's non-blocking sweep),
         // and the nudges that came with it.
-        loop {
+        while !closing {
             match entries.try_recv() {
                 Ok(entry) => push(&shared, entry),
                 Err(mpsc::TryRecvError::Closed) => return,

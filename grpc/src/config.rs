@@ -57,6 +57,12 @@ pub struct TransportConfig {
     /// `GrpcConnectionCount`): TiKV serves each connection on one of its
     /// gRPC threads, so several spread a busy client over them.
     pub batch_streams_per_store: usize,
+    /// A store's `BatchCommands` streams are closed after this long without
+    /// a request queued or in flight, and reopened by the next request
+    /// (client-go recycles a `batchConn` idle for `idleTimeout`, 3 min), so
+    /// a client does not hold streams to stores it no longer talks to.
+    /// Default 3 min.
+    pub batch_idle_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -73,6 +79,7 @@ impl Default for TransportConfig {
             batch_commands: true,
             batch_policy: BatchPolicy::Standard,
             batch_streams_per_store: 4,
+            batch_idle_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -127,6 +134,12 @@ impl TransportConfig {
     /// Sets [`TransportConfig::batch_streams_per_store`] (at least 1).
     pub fn batch_streams_per_store(mut self, n: usize) -> Self {
         self.batch_streams_per_store = n.max(1);
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_idle_timeout`].
+    pub fn batch_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_idle_timeout = timeout;
         self
     }
 

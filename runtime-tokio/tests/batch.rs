@@ -169,3 +169,40 @@ async fn an_unanswered_request_ends_at_its_deadline() {
     assert!(started.elapsed() < Duration::from_secs(2));
     server_rt.shutdown_background();
 }
+
+/// The tokio platform whose streams are recycled after 300 ms idle.
+struct QuickIdle;
+
+impl Platform for QuickIdle {
+    type Runtime = TokioRuntime;
+    type Transport = GrpcTransport;
+
+    fn build(_config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
+        let config = TransportConfig::default().batch_idle_timeout(Duration::from_millis(300));
+        Ok((TokioRuntime::new(), GrpcTransport::new(config)))
+    }
+}
+
+/// client-go's idle recycling: a store's streams close after the idle
+/// timeout and the next request opens new ones (and succeeds); streams
+/// with steady traffic are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_are_recycled_and_busy_ones_kept() {
+    let server = sim().await;
+    let client = tikv_driver::RawClient::<QuickIdle>::connect_with_config(config(&server))
+        .await
+        .expect("connect");
+    client.put("k1".to_owned(), "v1".to_owned()).await.expect("put");
+    let opened = server.batch_stats().streams;
+    assert_eq!(opened, 4, "one store touched: its four streams");
+    // Busy: a request every 50 ms for well over the timeout.
+    for _ in 0..15 {
+        assert!(client.get("k1".to_owned()).await.expect("get").is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.batch_stats().streams, opened, "busy streams are kept");
+    // Idle past the timeout: the next request reopens the streams.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(client.get("k1".to_owned()).await.expect("get").as_deref(), Some(&b"v1"[..]));
+    assert_eq!(server.batch_stats().streams, opened + 4, "recycled, then reopened");
+}
