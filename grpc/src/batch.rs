@@ -324,11 +324,13 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         }
         // Take everything already queued (client-go's non-blocking sweep),
         // and the nudges that came with it.
-        while !closing {
-            match entries.try_recv() {
-                Ok(entry) => push(&shared, entry),
-                Err(mpsc::TryRecvError::Closed) => return,
-                Err(mpsc::TryRecvError::Empty) => break,
+        if !closing {
+            loop {
+                match entries.try_recv() {
+                    Ok(entry) => push(&shared, entry),
+                    Err(mpsc::TryRecvError::Closed) => return,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
             }
         }
         while woken.try_recv().is_ok() {}
