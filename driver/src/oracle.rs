@@ -1,13 +1,17 @@
 //! The timestamp oracle: a background task that batches callers into PD
-//! `Tso` rounds (core's [`TsoBatcher`]).
+//! `Tso` rounds, several in flight at once (core's [`TsoBatcher`] decides).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::FuturesUnordered;
 use tikv_core::Error;
-use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher};
+use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher, TsoRound, TsoRoundEnd, TsoTicket};
 use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_core::view::ClusterView;
@@ -45,10 +49,18 @@ impl Oracle {
     }
 }
 
-/// One round at a time: wait for a caller, take everyone else already
-/// waiting (up to the batch limit), ask PD once, answer them all in order.
-/// Callers arriving during a round wait in the channel for the next one, so
-/// batching needs no deliberate delay.
+/// What woke the TSO task.
+enum Event<D> {
+    Caller(Waiter),
+    RoundDone(D),
+    Closed,
+}
+
+/// Callers queue in arrival order; whenever the batcher has room, the
+/// oldest (up to the batch limit) leave in a round at once, so callers that
+/// arrive while every round is out wait together for the next free slot:
+/// batching needs no deliberate delay. Rounds run concurrently; each one's
+/// answer is judged by the batcher when it completes.
 async fn run<R: Runtime, T: Transport>(
     mut batcher: TsoBatcher,
     view: Arc<ClusterView>,
@@ -56,39 +68,80 @@ async fn run<R: Runtime, T: Transport>(
     transport: Arc<T>,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
 ) {
-    while let Some(first) = rx.next().await {
-        let mut waiters = vec![first];
-        while waiters.len() < MAX_TSO_BATCH {
+    let mut queue: VecDeque<Waiter> = VecDeque::new();
+    let mut rounds = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        // Everyone already in the channel joins before a round leaves.
+        while open {
             match rx.try_recv() {
-                Ok(w) => waiters.push(w),
-                Err(_) => break,
+                Ok(w) => queue.push_back(w),
+                Err(mpsc::TryRecvError::Closed) => open = false,
+                Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        // Callers that gave up meanwhile do not cost a timestamp.
-        waiters.retain(|w| !w.is_canceled());
-        if waiters.is_empty() {
-            continue;
+        while batcher.in_flight() < batcher.max_in_flight() && !queue.is_empty() {
+            let take = queue.len().min(MAX_TSO_BATCH);
+            // Callers that gave up meanwhile do not cost a timestamp.
+            let waiters: Vec<Waiter> = queue.drain(..take).filter(|w| !w.is_canceled()).collect();
+            let Some(round) = batcher.start_round(waiters.len()) else { continue };
+            rounds.push(run_round(round, waiters, rt.clone(), transport.clone()));
         }
-        let round = batcher.start_round(waiters.len());
-        let count = round.count();
+        let event = futures::future::poll_fn(|cx| {
+            if let Poll::Ready(Some(done)) = rounds.poll_next_unpin(cx) {
+                return Poll::Ready(Event::RoundDone(done));
+            }
+            if open {
+                return match rx.poll_next_unpin(cx) {
+                    Poll::Ready(Some(w)) => Poll::Ready(Event::Caller(w)),
+                    Poll::Ready(None) => Poll::Ready(Event::Closed),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if rounds.is_empty() { Poll::Ready(Event::Closed) } else { Poll::Pending }
+        })
+        .await;
+        match event {
+            Event::Caller(w) => queue.push_back(w),
+            Event::Closed if rounds.is_empty() && queue.is_empty() => return,
+            Event::Closed => open = false,
+            Event::RoundDone((ticket, waiters, outcome)) => {
+                match batcher.finish_round(ticket, outcome) {
+                    TsoRoundEnd::Served(batch) => {
+                        // The newest timestamp doubles as the low-resolution
+                        // "now" of lock TTL checks (client-go's `lastTS`).
+                        view.last_ts.observe(batch.last().version(), rt.now());
+                        for (w, ts) in waiters.into_iter().zip(batch.iter()) {
+                            let _ = w.send(Ok(ts));
+                        }
+                    }
+                    TsoRoundEnd::Requeue => {
+                        for w in waiters.into_iter().rev() {
+                            queue.push_front(w);
+                        }
+                    }
+                    TsoRoundEnd::Failed(e) => {
+                        for w in waiters {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Executes one round, keeping its callers and ticket for the answer.
+fn run_round<R: Runtime, T: Transport>(
+    round: TsoRound,
+    waiters: Vec<Waiter>,
+    rt: R,
+    transport: Arc<T>,
+) -> impl Future<Output = (TsoTicket, Vec<Waiter>, Result<PdResponse, Error>)> {
+    let ticket = round.ticket();
+    async move {
         let outcome = execute(round, &rt, &*transport).await;
-        match batcher.finish_round(count, outcome) {
-            Ok(timestamps) => {
-                // The newest timestamp doubles as the low-resolution "now"
-                // of lock TTL checks (client-go's `lastTS`).
-                if let Some(last) = timestamps.last() {
-                    view.last_ts.observe(last.version(), rt.now());
-                }
-                for (w, ts) in waiters.into_iter().zip(timestamps) {
-                    let _ = w.send(Ok(ts));
-                }
-            }
-            Err(e) => {
-                for w in waiters {
-                    let _ = w.send(Err(e.clone()));
-                }
-            }
-        }
+        (ticket, waiters, outcome)
     }
 }
 
@@ -204,7 +257,8 @@ mod tests {
         pd_state.set_leader("pd1:2379".into());
         let config = Config::default().with_pd_endpoints(["pd1:2379"]);
         let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
-        let batcher = TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1);
+        let batcher =
+            TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1, 1);
         let pd = Arc::new(Pd::default());
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), pd.clone());
         let routed = OracleRouted::new(pd.clone(), oracle);
