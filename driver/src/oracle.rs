@@ -290,4 +290,95 @@ mod tests {
         let newest = Timestamp { physical: 100, logical: 20 }.version();
         assert_eq!(view.last_ts.fresh(rt.now(), Duration::from_secs(1)), Some(newest));
     }
+
+    type HeldReply = oneshot::Sender<Result<Response, RpcError>>;
+
+    /// PD's TSO holding every answer until the test releases it.
+    #[derive(Default)]
+    struct HeldPd {
+        asked: Mutex<Vec<(u32, HeldReply)>>,
+    }
+
+    impl HeldPd {
+        fn counts(&self) -> Vec<u32> {
+            self.asked.lock().unwrap().iter().map(|(c, _)| *c).collect()
+        }
+
+        /// Answers the oldest held round with `count` timestamps ending at
+        /// `100.logical`.
+        fn release_oldest(&self, logical: i64) {
+            let (count, reply) = self.asked.lock().unwrap().remove(0);
+            let response = pdpb::TsoResponse {
+                header: None,
+                count,
+                timestamp: Some(pdpb::Timestamp { physical: 100, logical, suffix_bits: 0 }),
+            };
+            let _ = reply.send(Ok(Response::Pd(PdResponse::Tso(Box::new(response)))));
+        }
+    }
+
+    impl Transport for HeldPd {
+        fn call(
+            &self,
+            _: &Target,
+            request: Request,
+            _: Instant,
+        ) -> BoxFuture<'static, Result<Response, RpcError>> {
+            let Request::Pd(PdRequest::Tso(r)) = request else {
+                return futures::future::ready(Err(RpcError::Unavailable("not PD's TSO".into())))
+                    .boxed();
+            };
+            let (tx, rx) = oneshot::channel();
+            self.asked.lock().unwrap().push((r.count, tx));
+            rx.map(|r| r.unwrap_or(Err(RpcError::Canceled))).boxed()
+        }
+    }
+
+    /// With two rounds allowed in flight, the first two callers each get a
+    /// round at once (no waiting for company); the five that arrive while
+    /// both are out wait and leave together in the round the first answer
+    /// frees. Every caller gets a distinct timestamp, in order.
+    #[test]
+    fn rounds_pipeline_and_callers_coalesce_while_all_are_out() {
+        let rt = ManualRuntime::default();
+        let pd_state = Arc::new(PdState::new(["pd1:2379"]));
+        pd_state.set_leader("pd1:2379".into());
+        let config = Config::default().with_pd_endpoints(["pd1:2379"]);
+        let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
+        let batcher =
+            TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1, 2);
+        let pd = Arc::new(HeldPd::default());
+        let oracle = Oracle::start(batcher, view, rt.clone(), pd.clone());
+        let mut pool = LocalPool::new();
+        for task in rt.take_spawned() {
+            pool.spawner().spawn_local(task).unwrap();
+        }
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let spawner = pool.spawner();
+        let call = |n: usize| {
+            let (oracle, answers) = (oracle.clone(), answers.clone());
+            let task = async move {
+                let ts = oracle.get_timestamp().await.expect("timestamp");
+                answers.lock().unwrap().push((n, ts.logical));
+            };
+            spawner.spawn_local(task).unwrap();
+        };
+        call(0);
+        pool.run_until_stalled();
+        call(1);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 1], "two rounds out, one caller each");
+        (2..7).for_each(call);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 1], "both slots busy: the five wait");
+        pd.release_oldest(1);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 5], "the freed slot takes all five");
+        pd.release_oldest(2);
+        pd.release_oldest(7);
+        pool.run_until_stalled();
+        let mut got = answers.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, (0..7).map(|n| (n, n as i64 + 1)).collect::<Vec<_>>());
+    }
 }
