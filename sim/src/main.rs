@@ -3,6 +3,7 @@
 //! ```text
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
 //!          [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]
+//!          [--tso-latency-us US]
 //! ```
 //!
 //! Each `--pd` adds one PD member (the first is the leader). Store ports are
@@ -20,7 +21,8 @@ use tikv_sim::server::{ServerOptions, SimServer};
 use tikv_sim::{ApiVersion, Cluster, ClusterConfig};
 
 const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
-[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]";
+[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
+[--tso-latency-us US]";
 
 struct Args {
     pd: Vec<SocketAddr>,
@@ -31,6 +33,7 @@ struct Args {
     store_base_port: Option<u16>,
     cluster_id: Option<u64>,
     seed: u64,
+    tso_latency_us: u64,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -43,6 +46,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         store_base_port: None,
         cluster_id: None,
         seed: 0,
+        tso_latency_us: 0,
     };
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -70,6 +74,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--cluster-id" => args.cluster_id = Some(value.parse().map_err(|_| bad("a number"))?),
             "--seed" => args.seed = value.parse().map_err(|_| bad("a number"))?,
+            "--tso-latency-us" => {
+                args.tso_latency_us = value.parse().map_err(|_| bad("microseconds"))?
+            }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -122,7 +129,11 @@ fn main() -> ExitCode {
         cfg.tso_base_ms = u64::try_from(d.as_millis()).unwrap_or(cfg.tso_base_ms);
     }
     let cluster = Cluster::new(cfg);
-    let mut opts = ServerOptions { pd_addrs: args.pd.clone(), ..ServerOptions::default() };
+    let mut opts = ServerOptions {
+        pd_addrs: args.pd.clone(),
+        tso_latency: std::time::Duration::from_micros(args.tso_latency_us),
+        ..ServerOptions::default()
+    };
     if let Some(base) = args.store_base_port {
         for (i, id) in cluster.store_ids().into_iter().enumerate() {
             let port = base.saturating_add(i as u16);
@@ -185,6 +196,8 @@ mod tests {
         assert_eq!(a.store_base_port, Some(20160));
         assert!(!a.txn);
         assert!(parse("--txn --pd 127.0.0.1:0").unwrap().txn);
+        assert_eq!(parse("--pd 127.0.0.1:0 --tso-latency-us 500").unwrap().tso_latency_us, 500);
+        assert!(parse("--pd 127.0.0.1:0 --tso-latency-us soon").is_err());
         assert!(parse("--stores 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());
