@@ -248,17 +248,23 @@ mod tests {
         }
     }
 
-    /// Twenty operations asking for a timestamp at once share the TSO
-    /// task's single round, and each gets a distinct one.
-    #[test]
-    fn operations_timestamps_join_the_batched_rounds() {
-        let rt = ManualRuntime::default();
+    /// A manual runtime, a client view whose PD leader is known, and a
+    /// batcher allowing `max_in_flight` rounds.
+    fn setup(max_in_flight: usize) -> (ManualRuntime, Arc<ClusterView>, TsoBatcher) {
         let pd_state = Arc::new(PdState::new(["pd1:2379"]));
         pd_state.set_leader("pd1:2379".into());
         let config = Config::default().with_pd_endpoints(["pd1:2379"]);
         let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
-        let batcher =
-            TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1, 1);
+        let (timeout, budget) = (Duration::from_secs(3), Duration::from_secs(30));
+        let batcher = TsoBatcher::new(pd_state, timeout, budget, 1, max_in_flight);
+        (ManualRuntime::default(), view, batcher)
+    }
+
+    /// Twenty operations asking for a timestamp at once share the TSO
+    /// task's single round, and each gets a distinct one.
+    #[test]
+    fn operations_timestamps_join_the_batched_rounds() {
+        let (rt, view, batcher) = setup(1);
         let pd = Arc::new(Pd::default());
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), pd.clone());
         let routed = OracleRouted::new(pd.clone(), oracle);
@@ -340,13 +346,7 @@ mod tests {
     /// frees. Every caller gets a distinct timestamp, in order.
     #[test]
     fn rounds_pipeline_and_callers_coalesce_while_all_are_out() {
-        let rt = ManualRuntime::default();
-        let pd_state = Arc::new(PdState::new(["pd1:2379"]));
-        pd_state.set_leader("pd1:2379".into());
-        let config = Config::default().with_pd_endpoints(["pd1:2379"]);
-        let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
-        let batcher =
-            TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1, 2);
+        let (rt, view, batcher) = setup(2);
         let pd = Arc::new(HeldPd::default());
         let oracle = Oracle::start(batcher, view, rt.clone(), pd.clone());
         let mut pool = LocalPool::new();

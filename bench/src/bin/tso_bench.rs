@@ -16,12 +16,13 @@
 //! distribution. Every cell runs `--runs` times, interleaved; the table
 //! reports the median of each metric.
 
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tikv_bench::sim_process::{have_taskset, rerun_on_core_0, start_sim};
 use tikv_bench::workload::{self, Op, percentile};
 use tikv_core::Error;
 use tikv_core::config::Config;
@@ -97,55 +98,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
-}
-
-/// The `tikv-sim` process; killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have_taskset() -> bool {
-    Command::new("taskset").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
-/// Starts `tikv-sim` (next to this binary, or `$TIKV_SIM`) with one store
-/// and the TSO latency; returns it and its PD address.
-fn start_server(pinned: bool, latency_us: u64) -> Result<(Server, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let sim = std::env::var_os("TIKV_SIM")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| exe.with_file_name("tikv-sim"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let pd = format!("127.0.0.1:{port}");
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("1").arg(&sim);
-        c
-    } else {
-        Command::new(&sim)
-    };
-    cmd.args(["--pd", &pd, "--stores", "1", "--txn", "--tso-latency-us", &latency_us.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child =
-        cmd.spawn().map_err(|e| format!("cannot start {} ({e}); build it first", sim.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let server = Server(child);
-    use std::io::BufRead;
-    for line in std::io::BufReader::new(stdout).lines() {
-        if line.map_err(|e| e.to_string())?.starts_with("regions:") {
-            return Ok((server, pd));
-        }
-    }
-    Err("tikv-sim ended before serving".into())
 }
 
 /// One cell's measurements.
@@ -248,21 +200,13 @@ fn main() -> ExitCode {
         }
     };
     let pinned = have_taskset();
-    if pinned && std::env::var_os("TIKV_BENCH_PINNED").is_none() {
-        // Re-run this process on core 0; the server gets core 1.
-        let status = Command::new("taskset")
-            .arg("-c")
-            .arg("0")
-            .args(std::env::args_os())
-            .env("TIKV_BENCH_PINNED", "1")
-            .status();
-        return match status {
-            Ok(s) if s.success() => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        };
+    if let Some(code) = rerun_on_core_0(pinned) {
+        return code;
     }
-    let (server, pd) = match start_server(pinned, args.latency_us) {
-        Ok(s) => s,
+    let latency = args.latency_us.to_string();
+    let sim_args = ["--stores", "1", "--txn", "--tso-latency-us", latency.as_str()];
+    let (server, pd) = match start_sim(pinned, &sim_args) {
+        Ok((server, pd, _)) => (server, pd),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
