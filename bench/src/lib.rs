@@ -1,7 +1,9 @@
 //! `tikv-bench`'s library: the benchmark workload shared with the peer
-//! runners ([`workload`]), and the peers run in their own processes for the
-//! side-by-side table ([`peers`]). The binary (`src/main.rs`) runs our
-//! clients and the floors in-process.
+//! runners ([`workload`]), the peers run in their own processes for the
+//! side-by-side table ([`peers`]), and the server processes the benchmarks
+//! run against ([`server`]: `tikv-echo`, `tikv-sim`). The binaries run our
+//! clients in-process: `tikv-bench` (raw get/put, the floors and peers),
+//! `txn-commit` (B7) and `tso-bench` (B8).
 
 pub mod peers;
 pub mod server;

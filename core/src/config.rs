@@ -168,6 +168,11 @@ pub struct Config {
     /// Keys per RawKV batch get request: 512 (client-go uses
     /// `rawkv.rawBatchPairCount` for batch gets too).
     pub raw_batch_get_pair_count: usize,
+    /// Most `Tso` rounds in flight at once on the TSO stream:
+    /// [`crate::pd::DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`] (PD's client sends
+    /// one at a time unless `TSOClientRPCConcurrency` is raised; 1 here
+    /// restores that).
+    pub tso_max_rounds_in_flight: usize,
 }
 
 impl Default for Config {
@@ -194,6 +199,7 @@ impl Default for Config {
             raw_batch_pair_count: 512,
             raw_batch_put_size: 16 * 1024,
             raw_batch_get_pair_count: 512,
+            tso_max_rounds_in_flight: crate::pd::DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
         }
     }
 }
@@ -265,6 +271,8 @@ impl Config {
         with_raw_batch_put_size: raw_batch_put_size: usize;
         /// Sets the keys per RawKV batch get.
         with_raw_batch_get_pair_count: raw_batch_get_pair_count: usize;
+        /// Sets the most TSO rounds in flight at once (at least 1).
+        with_tso_max_rounds_in_flight: tso_max_rounds_in_flight: usize;
     }
 
     /// `base` scaled by [`Config::backoff_weight`] (client-go

@@ -96,6 +96,7 @@ impl<P: Platform> ClientCore<P> {
             view.config.pd_timeout,
             view.config.budget(view.config.backoff.tso),
             rng.next_u64(),
+            view.config.tso_max_rounds_in_flight,
         );
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
         let routed = OracleRouted::new(transport, oracle.clone());

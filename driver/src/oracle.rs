@@ -1,13 +1,17 @@
 //! The timestamp oracle: a background task that batches callers into PD
-//! `Tso` rounds (core's [`TsoBatcher`]).
+//! `Tso` rounds, several in flight at once (core's [`TsoBatcher`] decides).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::FuturesUnordered;
 use tikv_core::Error;
-use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher};
+use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher, TsoRound, TsoRoundEnd, TsoTicket};
 use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_core::view::ClusterView;
@@ -45,10 +49,18 @@ impl Oracle {
     }
 }
 
-/// One round at a time: wait for a caller, take everyone else already
-/// waiting (up to the batch limit), ask PD once, answer them all in order.
-/// Callers arriving during a round wait in the channel for the next one, so
-/// batching needs no deliberate delay.
+/// What woke the TSO task.
+enum Event<D> {
+    Caller(Waiter),
+    RoundDone(D),
+    Closed,
+}
+
+/// Callers queue in arrival order; whenever the batcher has room, the
+/// oldest (up to the batch limit) leave in a round at once, so callers that
+/// arrive while every round is out wait together for the next free slot:
+/// batching needs no deliberate delay. Rounds run concurrently; each one's
+/// answer is judged by the batcher when it completes.
 async fn run<R: Runtime, T: Transport>(
     mut batcher: TsoBatcher,
     view: Arc<ClusterView>,
@@ -56,39 +68,80 @@ async fn run<R: Runtime, T: Transport>(
     transport: Arc<T>,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
 ) {
-    while let Some(first) = rx.next().await {
-        let mut waiters = vec![first];
-        while waiters.len() < MAX_TSO_BATCH {
+    let mut queue: VecDeque<Waiter> = VecDeque::new();
+    let mut rounds = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        // Everyone already in the channel joins before a round leaves.
+        while open {
             match rx.try_recv() {
-                Ok(w) => waiters.push(w),
-                Err(_) => break,
+                Ok(w) => queue.push_back(w),
+                Err(mpsc::TryRecvError::Closed) => open = false,
+                Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        // Callers that gave up meanwhile do not cost a timestamp.
-        waiters.retain(|w| !w.is_canceled());
-        if waiters.is_empty() {
-            continue;
+        while batcher.in_flight() < batcher.max_in_flight() && !queue.is_empty() {
+            let take = queue.len().min(MAX_TSO_BATCH);
+            // Callers that gave up meanwhile do not cost a timestamp.
+            let waiters: Vec<Waiter> = queue.drain(..take).filter(|w| !w.is_canceled()).collect();
+            let Some(round) = batcher.start_round(waiters.len()) else { continue };
+            rounds.push(run_round(round, waiters, rt.clone(), transport.clone()));
         }
-        let round = batcher.start_round(waiters.len());
-        let count = round.count();
+        let event = futures::future::poll_fn(|cx| {
+            if let Poll::Ready(Some(done)) = rounds.poll_next_unpin(cx) {
+                return Poll::Ready(Event::RoundDone(done));
+            }
+            if open {
+                return match rx.poll_next_unpin(cx) {
+                    Poll::Ready(Some(w)) => Poll::Ready(Event::Caller(w)),
+                    Poll::Ready(None) => Poll::Ready(Event::Closed),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if rounds.is_empty() { Poll::Ready(Event::Closed) } else { Poll::Pending }
+        })
+        .await;
+        match event {
+            Event::Caller(w) => queue.push_back(w),
+            Event::Closed if rounds.is_empty() && queue.is_empty() => return,
+            Event::Closed => open = false,
+            Event::RoundDone((ticket, waiters, outcome)) => {
+                match batcher.finish_round(ticket, outcome) {
+                    TsoRoundEnd::Served(batch) => {
+                        // The newest timestamp doubles as the low-resolution
+                        // "now" of lock TTL checks (client-go's `lastTS`).
+                        view.last_ts.observe(batch.last().version(), rt.now());
+                        for (w, ts) in waiters.into_iter().zip(batch.iter()) {
+                            let _ = w.send(Ok(ts));
+                        }
+                    }
+                    TsoRoundEnd::Requeue => {
+                        for w in waiters.into_iter().rev() {
+                            queue.push_front(w);
+                        }
+                    }
+                    TsoRoundEnd::Failed(e) => {
+                        for w in waiters {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Executes one round, keeping its callers and ticket for the answer.
+fn run_round<R: Runtime, T: Transport>(
+    round: TsoRound,
+    waiters: Vec<Waiter>,
+    rt: R,
+    transport: Arc<T>,
+) -> impl Future<Output = (TsoTicket, Vec<Waiter>, Result<PdResponse, Error>)> {
+    let ticket = round.ticket();
+    async move {
         let outcome = execute(round, &rt, &*transport).await;
-        match batcher.finish_round(count, outcome) {
-            Ok(timestamps) => {
-                // The newest timestamp doubles as the low-resolution "now"
-                // of lock TTL checks (client-go's `lastTS`).
-                if let Some(last) = timestamps.last() {
-                    view.last_ts.observe(last.version(), rt.now());
-                }
-                for (w, ts) in waiters.into_iter().zip(timestamps) {
-                    let _ = w.send(Ok(ts));
-                }
-            }
-            Err(e) => {
-                for w in waiters {
-                    let _ = w.send(Err(e.clone()));
-                }
-            }
-        }
+        (ticket, waiters, outcome)
     }
 }
 
@@ -195,16 +248,23 @@ mod tests {
         }
     }
 
-    /// Twenty operations asking for a timestamp at once share the TSO
-    /// task's single round, and each gets a distinct one.
-    #[test]
-    fn operations_timestamps_join_the_batched_rounds() {
-        let rt = ManualRuntime::default();
+    /// A manual runtime, a client view whose PD leader is known, and a
+    /// batcher allowing `max_in_flight` rounds.
+    fn setup(max_in_flight: usize) -> (ManualRuntime, Arc<ClusterView>, TsoBatcher) {
         let pd_state = Arc::new(PdState::new(["pd1:2379"]));
         pd_state.set_leader("pd1:2379".into());
         let config = Config::default().with_pd_endpoints(["pd1:2379"]);
         let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
-        let batcher = TsoBatcher::new(pd_state, Duration::from_secs(3), Duration::from_secs(30), 1);
+        let (timeout, budget) = (Duration::from_secs(3), Duration::from_secs(30));
+        let batcher = TsoBatcher::new(pd_state, timeout, budget, 1, max_in_flight);
+        (ManualRuntime::default(), view, batcher)
+    }
+
+    /// Twenty operations asking for a timestamp at once share the TSO
+    /// task's single round, and each gets a distinct one.
+    #[test]
+    fn operations_timestamps_join_the_batched_rounds() {
+        let (rt, view, batcher) = setup(1);
         let pd = Arc::new(Pd::default());
         let oracle = Oracle::start(batcher, view.clone(), rt.clone(), pd.clone());
         let routed = OracleRouted::new(pd.clone(), oracle);
@@ -235,5 +295,90 @@ mod tests {
         // The newest is also the low-resolution timestamp now.
         let newest = Timestamp { physical: 100, logical: 20 }.version();
         assert_eq!(view.last_ts.fresh(rt.now(), Duration::from_secs(1)), Some(newest));
+    }
+
+    type HeldReply = oneshot::Sender<Result<Response, RpcError>>;
+
+    /// PD's TSO holding every answer until the test releases it.
+    #[derive(Default)]
+    struct HeldPd {
+        asked: Mutex<Vec<(u32, HeldReply)>>,
+    }
+
+    impl HeldPd {
+        fn counts(&self) -> Vec<u32> {
+            self.asked.lock().unwrap().iter().map(|(c, _)| *c).collect()
+        }
+
+        /// Answers the oldest held round with `count` timestamps ending at
+        /// `100.logical`.
+        fn release_oldest(&self, logical: i64) {
+            let (count, reply) = self.asked.lock().unwrap().remove(0);
+            let response = pdpb::TsoResponse {
+                header: None,
+                count,
+                timestamp: Some(pdpb::Timestamp { physical: 100, logical, suffix_bits: 0 }),
+            };
+            let _ = reply.send(Ok(Response::Pd(PdResponse::Tso(Box::new(response)))));
+        }
+    }
+
+    impl Transport for HeldPd {
+        fn call(
+            &self,
+            _: &Target,
+            request: Request,
+            _: Instant,
+        ) -> BoxFuture<'static, Result<Response, RpcError>> {
+            let Request::Pd(PdRequest::Tso(r)) = request else {
+                return futures::future::ready(Err(RpcError::Unavailable("not PD's TSO".into())))
+                    .boxed();
+            };
+            let (tx, rx) = oneshot::channel();
+            self.asked.lock().unwrap().push((r.count, tx));
+            rx.map(|r| r.unwrap_or(Err(RpcError::Canceled))).boxed()
+        }
+    }
+
+    /// With two rounds allowed in flight, the first two callers each get a
+    /// round at once (no waiting for company); the five that arrive while
+    /// both are out wait and leave together in the round the first answer
+    /// frees. Every caller gets a distinct timestamp, in order.
+    #[test]
+    fn rounds_pipeline_and_callers_coalesce_while_all_are_out() {
+        let (rt, view, batcher) = setup(2);
+        let pd = Arc::new(HeldPd::default());
+        let oracle = Oracle::start(batcher, view, rt.clone(), pd.clone());
+        let mut pool = LocalPool::new();
+        for task in rt.take_spawned() {
+            pool.spawner().spawn_local(task).unwrap();
+        }
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let spawner = pool.spawner();
+        let call = |n: usize| {
+            let (oracle, answers) = (oracle.clone(), answers.clone());
+            let task = async move {
+                let ts = oracle.get_timestamp().await.expect("timestamp");
+                answers.lock().unwrap().push((n, ts.logical));
+            };
+            spawner.spawn_local(task).unwrap();
+        };
+        call(0);
+        pool.run_until_stalled();
+        call(1);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 1], "two rounds out, one caller each");
+        (2..7).for_each(call);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 1], "both slots busy: the five wait");
+        pd.release_oldest(1);
+        pool.run_until_stalled();
+        assert_eq!(pd.counts(), [1, 5], "the freed slot takes all five");
+        pd.release_oldest(2);
+        pd.release_oldest(7);
+        pool.run_until_stalled();
+        let mut got = answers.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, (0..7).map(|n| (n, n as i64 + 1)).collect::<Vec<_>>());
     }
 }

@@ -1,6 +1,7 @@
-//! The TSO batcher fed arbitrary PD answers (including clocks going back and
-//! wrong counts): handed-out timestamps strictly increase, and every caller
-//! is answered at most once.
+//! The TSO batcher with several rounds in flight, fed arbitrary PD answers
+//! (including clocks going back and wrong counts) in arbitrary interleavings
+//! across its rounds: no more rounds out than allowed, handed-out timestamps
+//! strictly increase, and every caller is answered at most once.
 
 #![no_main]
 

@@ -1,35 +1,60 @@
-//! PD's TSO stream: one long-lived bidirectional stream per PD address.
+//! PD's TSO stream: one long-lived bidirectional stream per PD address,
+//! with several rounds in flight on it.
 //!
-//! A round is one `TsoRequest` sent and the next `TsoResponse` read. Rounds
-//! on one stream are serialised (an async mutex per address), so responses
-//! pair with requests by order. Pipelining several rounds is a later step.
+//! PD answers a stream's requests one by one, in order, so a round is
+//! "send a `TsoRequest`, take the next answer not yet taken". A round
+//! appends its reply slot and sends its request under one lock, so slots
+//! queue in sending order; one reader task per stream takes each answer,
+//! checks it against the oldest outstanding request with core's
+//! [`TsoStreamOrder`] (count, strictly increasing) and hands it to that
+//! slot. How many rounds are in flight is the core batcher's decision; this
+//! module only moves frames.
+//!
+//! A stream breaks when PD ends it, on a transport error, on an answer that
+//! fails the order check, or when a round is abandoned before its answer
+//! (its caller's deadline passed: the stream is presumed stuck, as PD's
+//! client cancels a stream whose RPC times out). A broken stream fails
+//! every round in flight with the retryable `RpcError::Unavailable`, is
+//! closed, and the next round opens a new one, so a late answer can never
+//! be read as another round's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures::channel::mpsc;
+use futures::FutureExt;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{self, Either};
+use tikv_core::pd::TsoStreamOrder;
 use tikv_core::rpc::RpcError;
+use tikv_driver::Runtime;
 use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::pdpb::{TsoRequest, TsoResponse};
-use tonic::Streaming;
 
 use crate::GrpcChannel;
 use crate::status::to_rpc_error;
 
-type Slot = Arc<futures::lock::Mutex<Option<Stream>>>;
+type Reply = oneshot::Sender<Result<TsoResponse, RpcError>>;
 
 /// The TSO streams of one transport, by PD address.
 #[derive(Debug, Default)]
 pub struct Streams {
-    by_addr: Mutex<HashMap<Arc<str>, Slot>>,
+    by_addr: Mutex<HashMap<Arc<str>, Arc<Stream>>>,
 }
 
-/// An open stream: the sending half of the request stream the call is
-/// reading, and the response stream.
+/// One open (or opening) stream.
 struct Stream {
-    requests: mpsc::UnboundedSender<TsoRequest>,
-    responses: Streaming<TsoResponse>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The request stream the call reads; `None` once broken.
+    requests: Option<mpsc::UnboundedSender<TsoRequest>>,
+    order: TsoStreamOrder,
+    /// The reply slots of the outstanding requests, oldest first.
+    replies: VecDeque<Reply>,
+    /// Dropped to stop the reader task when the stream breaks on our side.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl fmt::Debug for Stream {
@@ -42,58 +67,157 @@ fn broken(what: impl fmt::Display) -> RpcError {
     RpcError::Unavailable(format!("tso stream: {what}"))
 }
 
-impl Streams {
-    fn slot(&self, addr: &Arc<str>) -> Slot {
-        let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(addr.clone()).or_default().clone()
+impl Stream {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One round on `addr`'s stream, opening it (with `client()`) if there
-    /// is none.
-    ///
-    /// The stream is taken out of its slot for the duration of the round and
-    /// put back only after a complete round. So a stream whose round failed,
-    /// or whose round was abandoned midway (the caller dropped this future at
-    /// its deadline), is closed rather than reused: its late response can
-    /// never be read as the answer to the next round.
-    pub async fn round<C: GrpcChannel>(
-        &self,
-        addr: &Arc<str>,
-        client: impl FnOnce() -> PdClient<C>,
-        request: TsoRequest,
-    ) -> Result<TsoResponse, RpcError> {
-        let slot = self.slot(addr);
-        let mut guard = slot.lock().await;
-        let mut stream = match guard.take() {
-            Some(stream) => {
-                stream.requests.unbounded_send(request).map_err(|_| broken("closed"))?;
-                stream
-            }
-            None => Stream::open(client(), request).await?,
+    fn is_broken(&self) -> bool {
+        self.lock().requests.is_none()
+    }
+
+    /// Closes the stream and fails every round in flight on it.
+    fn break_with(&self, why: &RpcError) {
+        let replies = {
+            let mut state = self.lock();
+            state.requests = None;
+            state.stop = None;
+            std::mem::take(&mut state.replies)
         };
-        let response = match stream.responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return Err(broken("closed by PD")),
-            Err(status) => return Err(broken(to_rpc_error(status))),
+        for reply in replies {
+            let _ = reply.send(Err(why.clone()));
+        }
+    }
+
+    /// Queues `request` with its reply slot, in sending order.
+    fn send(&self, request: TsoRequest, reply: Reply) -> Result<(), Reply> {
+        let mut state = self.lock();
+        let count = request.count;
+        let Some(requests) = &state.requests else { return Err(reply) };
+        if requests.unbounded_send(request).is_err() {
+            return Err(reply);
+        }
+        state.order.on_send(count);
+        state.replies.push_back(reply);
+        Ok(())
+    }
+
+    /// Takes one answer: checks it and hands it to the oldest round.
+    fn deliver(&self, answer: TsoResponse) -> Result<(), RpcError> {
+        let reply = {
+            let mut state = self.lock();
+            state.order.on_answer(&answer).map_err(broken)?;
+            state.replies.pop_front()
         };
-        *guard = Some(stream);
-        Ok(response)
+        // The order check found a request outstanding, so a slot is there.
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(answer));
+        }
+        Ok(())
     }
 }
 
-impl Stream {
-    /// Opens a stream whose first message is `first`.
-    ///
-    /// The request is queued before the call is made because some servers
-    /// (grpc-go, i.e. PD) send response headers only with the first response,
-    /// and the stub's call resolves on the headers.
-    async fn open<C: GrpcChannel>(
-        mut client: PdClient<C>,
-        first: TsoRequest,
-    ) -> Result<Stream, RpcError> {
-        let (requests, outgoing) = mpsc::unbounded();
-        requests.unbounded_send(first).map_err(|_| broken("closed"))?;
-        let responses = client.tso(outgoing).await.map_err(to_rpc_error)?.into_inner();
-        Ok(Stream { requests, responses })
+/// Breaks the stream if the round is dropped before its answer.
+struct Abandon<'a>(Option<&'a Stream>);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            stream.break_with(&broken("a round was abandoned (deadline)"));
+        }
     }
+}
+
+impl Streams {
+    /// One round on `addr`'s stream, opening it (with `client()`, its
+    /// reader task spawned on `rt`) if there is none or it broke.
+    pub async fn round<C, R>(
+        &self,
+        rt: &R,
+        addr: &Arc<str>,
+        client: impl FnOnce() -> PdClient<C>,
+        request: TsoRequest,
+    ) -> Result<TsoResponse, RpcError>
+    where
+        C: GrpcChannel,
+        C::Future: Send,
+        R: Runtime,
+    {
+        let (reply, answer) = oneshot::channel();
+        let stream = {
+            let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+            match map.get(addr) {
+                Some(stream) if !stream.is_broken() => stream.clone(),
+                _ => {
+                    let stream = open(rt, client());
+                    map.insert(addr.clone(), stream.clone());
+                    stream
+                }
+            }
+        };
+        // A stream that broke since it was looked up refuses the request;
+        // the round reports it like any break and is retried by its caller.
+        if stream.send(request, reply).is_err() {
+            return Err(broken("closed"));
+        }
+        let mut abandon = Abandon(Some(&stream));
+        let result = answer.await.unwrap_or_else(|_| Err(broken("closed")));
+        abandon.0 = None;
+        result
+    }
+}
+
+/// A new stream whose reader task (spawned on `rt`) makes the call.
+///
+/// Requests may be queued before the call is made, and must be: some
+/// servers (grpc-go, i.e. PD) send response headers only with the first
+/// response, and the stub's call resolves on the headers.
+fn open<C, R>(rt: &R, mut client: PdClient<C>) -> Arc<Stream>
+where
+    C: GrpcChannel,
+    C::Future: Send,
+    R: Runtime,
+{
+    let (requests, outgoing) = mpsc::unbounded();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stream = Arc::new(Stream {
+        state: Mutex::new(State {
+            requests: Some(requests),
+            order: TsoStreamOrder::default(),
+            replies: VecDeque::new(),
+            stop: Some(stop),
+        }),
+    });
+    // The reader holds the stream weakly: dropping the transport drops the
+    // stream, whose dropped `stop` ends the reader and the call.
+    let reader = Arc::downgrade(&stream);
+    rt.spawn(
+        async move {
+            let read = async {
+                let mut responses = match client.tso(outgoing).await {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => return broken(to_rpc_error(status)),
+                };
+                loop {
+                    let answer = match responses.message().await {
+                        Ok(Some(answer)) => answer,
+                        Ok(None) => return broken("closed by PD"),
+                        Err(status) => return broken(to_rpc_error(status)),
+                    };
+                    let Some(stream) = reader.upgrade() else { return broken("dropped") };
+                    if let Err(why) = stream.deliver(answer) {
+                        return why;
+                    }
+                }
+            };
+            // The stream fails, or our side broke it (dropping `stop`).
+            if let Either::Left((why, _)) = future::select(Box::pin(read), stopped).await
+                && let Some(stream) = reader.upgrade()
+            {
+                stream.break_with(&why);
+            }
+        }
+        .boxed(),
+    );
+    stream
 }

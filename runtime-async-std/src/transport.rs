@@ -30,9 +30,9 @@ pub use tikv_grpc::TransportConfig;
 /// call; a connection that breaks is replaced on the next call. Each call's
 /// deadline is sent as `grpc-timeout` and enforced locally with an async-io
 /// timer. PD's TSO requests go over one long-lived bidirectional stream per
-/// PD address, one round at a time; a stream that fails is dropped, the
-/// failed round reports `RpcError::Unavailable`, and the next round opens a
-/// new one.
+/// PD address, several rounds in flight, answers matched in order
+/// (`tikv_grpc::tso`); a stream that fails is dropped, its rounds in flight
+/// report `RpcError::Unavailable`, and the next round opens a new one.
 ///
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
 /// that have a batch form ride `BatchCommands` streams instead, one on each
@@ -159,7 +159,7 @@ async fn dispatch(
             let client = || pd_client(channel, inner.config.limits());
             inner
                 .tso
-                .round(addr, client, *request)
+                .round(&inner.rt, addr, client, *request)
                 .await
                 .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }

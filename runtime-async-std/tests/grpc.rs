@@ -67,10 +67,13 @@ impl Tikv for TestTikv {
 /// `get_members` answers with the cluster id; `tso` answers each request
 /// with `physical = generation * 1000 + n` (n counts from 1 per server) and
 /// the requested count, takes 300ms for a count of [`SLOW_TSO_COUNT`], and
-/// closes the stream when asked for a count of 0.
+/// closes the stream when asked for a count of 0. With `hold` above 1 it
+/// instead answers nothing until it holds that many requests, then answers
+/// them all in order.
 struct TestPd {
     generation: i64,
     issued: Arc<AtomicI64>,
+    hold: usize,
 }
 
 fn header() -> Option<ResponseHeader> {
@@ -91,6 +94,26 @@ impl Pd for TestPd {
         request: GrpcRequest<Streaming<TsoRequest>>,
     ) -> Result<GrpcResponse<tonic::codegen::BoxStream<TsoResponse>>, Status> {
         let (generation, issued) = (self.generation, self.issued.clone());
+        if self.hold > 1 {
+            let answers = request.into_inner().chunks(self.hold).flat_map(move |held| {
+                let answers: Vec<Result<TsoResponse, Status>> = held
+                    .into_iter()
+                    .map(|r| {
+                        let r = r?;
+                        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        let timestamp =
+                            Timestamp { physical: generation * 1000 + n, ..Default::default() };
+                        Ok(TsoResponse {
+                            header: header(),
+                            count: r.count,
+                            timestamp: Some(timestamp),
+                        })
+                    })
+                    .collect();
+                futures::stream::iter(answers)
+            });
+            return Ok(GrpcResponse::new(Box::pin(answers)));
+        }
         let answers = request
             .into_inner()
             .take_while(|r| futures::future::ready(!matches!(r, Ok(r) if r.count == 0)))
@@ -221,27 +244,32 @@ struct TestServer {
 
 impl TestServer {
     fn start(generation: i64) -> TestServer {
-        TestServer::serve(StdListener::bind("127.0.0.1:0").unwrap(), generation)
+        TestServer::serve(StdListener::bind("127.0.0.1:0").unwrap(), generation, 1)
+    }
+
+    /// A server whose TSO answers only once it holds `hold` requests.
+    fn holding(generation: i64, hold: usize) -> TestServer {
+        TestServer::serve(StdListener::bind("127.0.0.1:0").unwrap(), generation, hold)
     }
 
     /// Restarts on `addr`, retrying while the old listener is still closing.
     fn restart(addr: SocketAddr, generation: i64) -> TestServer {
         for _ in 0..200 {
             if let Ok(listener) = StdListener::bind(addr) {
-                return TestServer::serve(listener, generation);
+                return TestServer::serve(listener, generation, 1);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("could not rebind {addr}");
     }
 
-    fn serve(listener: StdListener, generation: i64) -> TestServer {
+    fn serve(listener: StdListener, generation: i64, hold: usize) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let listener = Async::new(listener).unwrap();
         let tasks = Tasks::default();
         let open = Arc::new(AtomicUsize::new(0));
         let tikv = TikvServer::new(TestTikv);
-        let pd = PdServer::new(TestPd { generation, issued: Arc::default() });
+        let pd = PdServer::new(TestPd { generation, issued: Arc::default(), hold });
         let (spawner, counter) = (tasks.clone(), open.clone());
         tasks.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -596,6 +624,29 @@ fn server_dying_mid_call_is_unavailable_and_the_next_call_redials() {
         let _server = TestServer::restart(addr, 2);
         let get = client.call(&store(addr.to_string().into()), raw_get("k"), 2000).await;
         assert!(get.is_ok(), "redialled: {get:?}");
+    });
+}
+
+/// Three rounds are in flight on one stream at once (the server answers
+/// only when it holds all three; the stream's reader runs on async-std's
+/// spawner), and each gets the answer to its own request.
+#[test]
+fn tso_rounds_are_pipelined_on_one_stream() {
+    let server = TestServer::holding(5, 3);
+    let client = Client::new();
+    let pd = Target::Pd { addr: server.addr() };
+    block_on(async {
+        let (a, b, c) = futures::join!(
+            client.call(&pd, tso(1), 2000),
+            client.call(&pd, tso(2), 2000),
+            client.call(&pd, tso(3), 2000),
+        );
+        for (answer, count) in [(a, 1), (b, 2), (c, 3)] {
+            match answer {
+                Ok(Response::Pd(PdResponse::Tso(r))) => assert_eq!(r.count, count),
+                other => panic!("{other:?}"),
+            }
+        }
     });
 }
 

@@ -44,8 +44,9 @@ fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> 
 /// One HTTP/2 channel per address, created on first use and cached (a
 /// channel multiplexes concurrent calls and reconnects by itself). Each
 /// call's deadline is sent as `grpc-timeout` and enforced locally. PD's TSO
-/// requests go over one long-lived bidirectional stream per PD address, one
-/// round at a time; a stream that fails is dropped, the failed round reports
+/// requests go over one long-lived bidirectional stream per PD address,
+/// several rounds in flight, answers matched in order (`tikv_grpc::tso`); a
+/// stream that fails is dropped, its rounds in flight report
 /// `RpcError::Unavailable`, and the next round opens a new one.
 ///
 /// With [`TransportConfig::batch_commands`] (the default), TiKV requests
@@ -204,7 +205,7 @@ async fn dispatch(
         Request::Pd(PdRequest::Tso(request)) => {
             let channel = inner.channel(addr, 0)?;
             let client = || pd_client(channel, inner.config.limits());
-            Box::pin(inner.tso.round(addr, client, *request))
+            Box::pin(inner.tso.round(&inner.rt, addr, client, *request))
                 .await
                 .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }

@@ -53,10 +53,20 @@ impl Tikv for TestTikv {
 /// `get_members` answers with the cluster id; `tso` answers each request
 /// with `physical = generation * 1000 + n` (n counts from 1 per server) and
 /// the requested count, takes 300ms for a count of [`SLOW_TSO_COUNT`], and
-/// closes the stream when asked for a count of 0.
+/// closes the stream when asked for a count of 0. With a [`Pipeline`] it
+/// instead answers nothing until it holds that many requests, then answers
+/// them all (in order, or swapped pairwise).
 struct TestPd {
     generation: i64,
     issued: Arc<AtomicI64>,
+    pipeline: Option<Pipeline>,
+}
+
+/// How [`TestPd`] answers pipelined requests.
+#[derive(Clone, Copy)]
+struct Pipeline {
+    hold: usize,
+    swap: bool,
 }
 
 fn header() -> Option<ResponseHeader> {
@@ -77,6 +87,31 @@ impl Pd for TestPd {
         request: GrpcRequest<Streaming<TsoRequest>>,
     ) -> Result<GrpcResponse<tonic::codegen::BoxStream<TsoResponse>>, Status> {
         let (generation, issued) = (self.generation, self.issued.clone());
+        if let Some(Pipeline { hold, swap }) = self.pipeline {
+            let answers = request.into_inner().chunks(hold).flat_map(move |held| {
+                let mut answers: Vec<Result<TsoResponse, Status>> = held
+                    .into_iter()
+                    .map(|r| {
+                        let r = r?;
+                        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        Ok(TsoResponse {
+                            header: header(),
+                            count: r.count,
+                            timestamp: Some(Timestamp {
+                                physical: generation * 1000 + n,
+                                logical: i64::from(r.count),
+                                suffix_bits: 0,
+                            }),
+                        })
+                    })
+                    .collect();
+                if swap {
+                    answers.chunks_mut(2).for_each(|pair| pair.reverse());
+                }
+                futures::stream::iter(answers)
+            });
+            return Ok(GrpcResponse::new(Box::pin(answers)));
+        }
         let answers = request
             .into_inner()
             .take_while(|r| futures::future::ready(!matches!(r, Ok(r) if r.count == 0)))
@@ -112,21 +147,26 @@ struct TestServer {
 impl TestServer {
     fn start(generation: i64) -> TestServer {
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
-        TestServer::serve(listener, generation)
+        TestServer::serve(listener, generation, None)
+    }
+
+    fn pipelined(generation: i64, pipeline: Pipeline) -> TestServer {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        TestServer::serve(listener, generation, Some(pipeline))
     }
 
     /// Restarts on `addr`, retrying while the old listener is still closing.
     fn restart(addr: SocketAddr, generation: i64) -> TestServer {
         for _ in 0..200 {
             if let Ok(listener) = StdListener::bind(addr) {
-                return TestServer::serve(listener, generation);
+                return TestServer::serve(listener, generation, None);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("could not rebind {addr}");
     }
 
-    fn serve(listener: StdListener, generation: i64) -> TestServer {
+    fn serve(listener: StdListener, generation: i64, pipeline: Option<Pipeline>) -> TestServer {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +176,7 @@ impl TestServer {
             .unwrap();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let pd = TestPd { generation, issued: Arc::default() };
+            let pd = TestPd { generation, issued: Arc::default(), pipeline };
             tonic::transport::Server::builder()
                 .add_service(TikvServer::new(TestTikv))
                 .add_service(PdServer::new(pd))
@@ -506,4 +546,51 @@ async fn execute_bounds_a_call_the_transport_never_answers() {
     assert_eq!(result, Err(Error::Rpc(RpcError::DeadlineExceeded)));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(90) && waited < Duration::from_secs(1), "{waited:?}");
+}
+
+/// Three rounds are in flight on one stream at once (the server answers
+/// only when it holds all three), and each gets the answer to its own
+/// request: answers are matched to requests in sending order.
+#[tokio::test]
+async fn tso_rounds_are_pipelined_on_one_stream() {
+    let server = TestServer::pipelined(5, Pipeline { hold: 3, swap: false });
+    let client = Client::new();
+    let pd = Target::Pd { addr: server.addr() };
+    for _ in 0..2 {
+        let (a, b, c) = futures::join!(
+            client.call(&pd, tso(1), 2000),
+            client.call(&pd, tso(2), 2000),
+            client.call(&pd, tso(3), 2000),
+        );
+        for (answer, count) in [(a, 1), (b, 2), (c, 3)] {
+            match answer {
+                Ok(Response::Pd(PdResponse::Tso(r))) => assert_eq!(r.count, count),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+/// A server answering two pipelined requests in swapped order breaks the
+/// stream: both rounds fail with the retryable `Unavailable` (never with
+/// each other's timestamps), and the next round opens a fresh stream.
+#[tokio::test]
+async fn reordered_tso_answers_break_the_stream() {
+    let server = TestServer::pipelined(6, Pipeline { hold: 2, swap: true });
+    let client = Client::new();
+    let pd = Target::Pd { addr: server.addr() };
+    let (a, b) = futures::join!(client.call(&pd, tso(1), 2000), client.call(&pd, tso(2), 2000));
+    for answer in [a, b] {
+        assert!(
+            matches!(&answer, Err(RpcError::Unavailable(m)) if m.contains("the oldest request asked")),
+            "{answer:?}"
+        );
+    }
+    // A fresh stream, whose answers come swapped too. With equal counts the
+    // first answer (the second request's) is a valid range for the first
+    // round; the second is lower than it, which the stream order check
+    // refuses: that round fails, nobody gets a timestamp twice.
+    let (a, b) = futures::join!(client.call(&pd, tso(4), 2000), client.call(&pd, tso(4), 2000));
+    assert_eq!(physical(a), 6004);
+    assert!(matches!(&b, Err(RpcError::Unavailable(m)) if m.contains("same stream")), "{b:?}");
 }

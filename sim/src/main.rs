@@ -3,7 +3,7 @@
 //! ```text
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
 //!          [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]
-//!          [--region-error-rate F] [--region-error-kinds K,K]
+//!          [--region-error-rate F] [--region-error-kinds K,K] [--tso-latency-us US]
 //! ```
 //!
 //! Each `--pd` adds one PD member (the first is the leader). Store ports are
@@ -20,7 +20,9 @@
 //! `F` of TiKV requests with a random region error
 //! ([`Cluster::set_region_error_rate`], benchmark B9) of the kinds listed
 //! by `--region-error-kinds` (`not-leader`, `server-is-busy`,
-//! `epoch-not-match`; default all three).
+//! `epoch-not-match`; default all three). `--tso-latency-us US` holds each
+//! TSO answer back by `US` microseconds (`ServerOptions::tso_latency`,
+//! benchmark B8), pipelined requests overlapping.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -31,7 +33,8 @@ use tikv_sim::{ApiVersion, Cluster, ClusterConfig, RandomRegionError};
 
 const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
 [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
-[--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match]";
+[--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match] \
+[--tso-latency-us US]";
 
 struct Args {
     pd: Vec<SocketAddr>,
@@ -45,6 +48,7 @@ struct Args {
     /// Region errors per mille of TiKV requests.
     region_error_per_mille: u32,
     region_error_kinds: Vec<RandomRegionError>,
+    tso_latency_us: u64,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -63,6 +67,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             RandomRegionError::ServerIsBusy,
             RandomRegionError::EpochNotMatch,
         ],
+        tso_latency_us: 0,
     };
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -107,6 +112,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                         _ => Err(bad("not-leader, server-is-busy or epoch-not-match")),
                     })
                     .collect::<Result<_, _>>()?;
+            }
+            "--tso-latency-us" => {
+                args.tso_latency_us = value.parse().map_err(|_| bad("microseconds"))?
             }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
@@ -161,7 +169,11 @@ fn main() -> ExitCode {
     }
     let cluster = Cluster::new(cfg);
     cluster.set_region_error_rate(args.region_error_per_mille, &args.region_error_kinds);
-    let mut opts = ServerOptions { pd_addrs: args.pd.clone(), ..ServerOptions::default() };
+    let mut opts = ServerOptions {
+        pd_addrs: args.pd.clone(),
+        tso_latency: std::time::Duration::from_micros(args.tso_latency_us),
+        ..ServerOptions::default()
+    };
     if let Some(base) = args.store_base_port {
         for (i, id) in cluster.store_ids().into_iter().enumerate() {
             let port = base.saturating_add(i as u16);
@@ -267,6 +279,8 @@ mod tests {
             vec![RandomRegionError::NotLeader, RandomRegionError::EpochNotMatch]
         );
         assert!(parse("--pd 127.0.0.1:0 --region-error-kinds busy").is_err());
+        assert_eq!(parse("--pd 127.0.0.1:0 --tso-latency-us 500").unwrap().tso_latency_us, 500);
+        assert!(parse("--pd 127.0.0.1:0 --tso-latency-us soon").is_err());
         assert!(parse("--stores 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());

@@ -72,6 +72,9 @@ pub struct ServerOptions {
     pub pd_addrs: Vec<SocketAddr>,
     /// Store id → address.
     pub store_addrs: BTreeMap<u64, SocketAddr>,
+    /// Extra latency of every `Tso` answer (a PD farther away than
+    /// loopback), for benchmarks; zero by default.
+    pub tso_latency: Duration,
 }
 
 /// Why the server could not start or restart a listener.
@@ -321,6 +324,7 @@ struct PdService {
     clock: WallClock,
     /// Unary requests served by every member (all but `Tso`).
     unary_calls: Arc<AtomicU64>,
+    tso_latency: Duration,
 }
 
 impl PdService {
@@ -339,6 +343,9 @@ impl PdService {
         &self,
         inbound: tonic::Streaming<pdpb::TsoRequest>,
     ) -> BoxStream<pdpb::TsoResponse> {
+        if !self.tso_latency.is_zero() {
+            return self.delayed_tso_stream(inbound);
+        }
         let svc = self.clone();
         let out = futures::stream::unfold(Some(inbound), move |state| {
             let svc = svc.clone();
@@ -357,6 +364,54 @@ impl PdService {
                     Err(status) => Some((Err(status), None)),
                 }
             }
+        });
+        Box::pin(out)
+    }
+}
+
+impl PdService {
+    /// The `Tso` stream with each answer held back [`ServerOptions::tso_latency`]
+    /// after its request arrived: answers stay in order, and the latencies
+    /// of pipelined requests overlap as they do on a network. Timed by a
+    /// thread per stream, because tokio's timer ticks every millisecond,
+    /// coarser than the sub-millisecond latencies benchmarks ask for.
+    fn delayed_tso_stream(
+        &self,
+        mut inbound: tonic::Streaming<pdpb::TsoRequest>,
+    ) -> BoxStream<pdpb::TsoResponse> {
+        type Answer = Result<pdpb::TsoResponse, Status>;
+        let latency = self.tso_latency;
+        let (out, answers) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+        let (line, due) = std::sync::mpsc::channel::<(std::time::Instant, Answer)>();
+        std::thread::spawn(move || {
+            for (at, answer) in due {
+                std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                if out.send(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer = match inbound.message().await {
+                    Ok(Some(req)) => match svc.call(PdRequest::Tso(Box::new(req))) {
+                        Ok(PdResponse::Tso(r)) => Ok(*r),
+                        Ok(_) => Err(Status::internal("response does not match the request")),
+                        Err(status) => Err(status),
+                    },
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                // The first error ends the stream, as in `tso_stream`.
+                let last = answer.is_err();
+                if line.send((std::time::Instant::now() + latency, answer)).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let out = futures::stream::unfold(answers, |mut answers| async move {
+            answers.recv().await.map(|answer| (answer, answers))
         });
         Box::pin(out)
     }
@@ -601,6 +656,7 @@ impl SimServer {
                 member,
                 clock,
                 unary_calls: pd_unary_calls.clone(),
+                tso_latency: opts.tso_latency,
             };
             let router = tonic::transport::Server::builder()
                 .add_service(PdServer::new(svc.clone()))

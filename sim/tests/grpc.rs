@@ -234,3 +234,30 @@ async fn meta_storage_get_reads_an_empty_store_on_every_member() {
     }
     server.shutdown().await;
 }
+
+/// With a TSO latency, each answer comes that long after its request, in
+/// order, and pipelined requests wait out their latencies together: ten
+/// requests sent at once are all answered in about one latency, not ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tso_latency_delays_answers_without_serialising_them() {
+    let cluster = Cluster::new(ClusterConfig::default());
+    let latency = Duration::from_millis(100);
+    let opts = ServerOptions { tso_latency: latency, ..ServerOptions::default() };
+    let server = SimServer::start(cluster.clone(), opts).await.unwrap();
+    let mut pd = PdClient::new(channel(format!("http://{}", server.pd_addrs()[0])).await.unwrap());
+    let header =
+        Some(pdpb::RequestHeader { cluster_id: cluster.config().cluster_id, ..Default::default() });
+    let reqs: Vec<pdpb::TsoRequest> = (1..=10)
+        .map(|n| pdpb::TsoRequest { header: header.clone(), count: n, ..Default::default() })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut stream = pd.tso(futures::stream::iter(reqs)).await.unwrap().into_inner();
+    for n in 1..=10 {
+        assert_eq!(stream.message().await.unwrap().unwrap().count, n, "in order");
+    }
+    let took = started.elapsed();
+    assert!(took >= latency, "{took:?}");
+    assert!(took < latency * 3, "latencies overlap: {took:?}");
+    assert!(stream.message().await.unwrap().is_none(), "stream ends with the requests");
+    server.shutdown().await;
+}

@@ -15,7 +15,7 @@ use tikv_core::config::Config;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair};
 use tikv_core::op::Operation;
-use tikv_core::pd::{PdState, TsoBatcher, TsoRound};
+use tikv_core::pd::{PdState, TsoBatcher, TsoRound, TsoRoundEnd, TsoTicket};
 use tikv_core::raw::{self, RawOptions};
 use tikv_core::region::{RegionCache, RegionVerId};
 use tikv_core::rpc::{
@@ -554,17 +554,33 @@ pub fn region_cache(u: &mut Unstructured<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The TSO batcher fed arbitrary PD answers: the timestamps it hands out
-/// strictly increase, and every caller is answered at most once.
+/// The TSO batcher with several rounds in flight, fed arbitrary PD answers
+/// (clocks going back, wrong counts, failures) in an arbitrary interleaving
+/// across its rounds: no more rounds are out than allowed, the timestamps
+/// it hands out strictly increase in the order handed out, every caller is
+/// answered at most once, and a requeued round's callers are served later.
 pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
+    /// A round in flight: the machine, its callers, its outstanding RPCs.
+    struct Flight {
+        round: TsoRound,
+        ticket: TsoTicket,
+        callers: Vec<u32>,
+        rpcs: Vec<Rpc>,
+    }
     let pd = Arc::new(PdState::new([PD]));
-    let mut tso =
-        TsoBatcher::new(pd, Duration::from_secs(1), Duration::from_secs(5), u.arbitrary()?);
+    let max_in_flight = u.int_in_range(1..=4usize)?;
+    let mut tso = TsoBatcher::new(
+        pd,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        u.arbitrary()?,
+        max_in_flight,
+    );
     let mut now = Instant::ZERO;
-    let mut outstanding: Vec<Rpc> = Vec::new();
-    // Callers waiting for the next round, and the round in flight.
-    let mut waiting = 0usize;
-    let mut round: Option<TsoRound> = None;
+    let mut waiting: std::collections::VecDeque<u32> = Default::default();
+    let mut next_caller = 0u32;
+    let mut answered: BTreeSet<u32> = BTreeSet::new();
+    let mut flights: Vec<Flight> = Vec::new();
     let mut last: Option<u64> = None;
     let mut physical: i64 = 1000;
     for _ in 0..MAX_INPUTS {
@@ -572,9 +588,18 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
             break;
         }
         match u.int_in_range(0..=5u8)? {
-            0 | 1 => waiting += usize::from(u.int_in_range(1..=4u8)?),
-            2..=4 if !outstanding.is_empty() => {
-                let rpc = outstanding.remove(0);
+            0 | 1 => {
+                for _ in 0..u.int_in_range(1..=4u8)? {
+                    waiting.push_back(next_caller);
+                    next_caller += 1;
+                }
+            }
+            2..=4 if flights.iter().any(|f| !f.rpcs.is_empty()) => {
+                // Any outstanding RPC of any round: answers interleave freely.
+                let with_rpcs: Vec<usize> =
+                    (0..flights.len()).filter(|&i| !flights[i].rpcs.is_empty()).collect();
+                let f = with_rpcs[u.choose_index(with_rpcs.len())?];
+                let rpc = flights[f].rpcs.remove(0);
                 now += Duration::from_millis(u.int_in_range(0..=10)?);
                 let resp = match &rpc.request {
                     Request::Pd(PdRequest::Tso(req)) if !u.ratio(1, 8)? => {
@@ -595,48 +620,65 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
                     }
                     _ => answer(u, &rpc, &mut Fed::default())?,
                 };
-                if let Some(r) = round.as_mut() {
-                    r.on_response(rpc.id, resp, now);
-                }
+                flights[f].round.on_response(rpc.id, resp, now);
             }
             _ => {
                 now += Duration::from_millis(u.int_in_range(0..=2000)?);
-                let expired: Vec<Rpc> =
-                    outstanding.iter().filter(|r| r.deadline <= now).cloned().collect();
-                outstanding.retain(|r| r.deadline > now);
-                if let Some(r) = round.as_mut() {
+                for f in &mut flights {
+                    let expired: Vec<Rpc> =
+                        f.rpcs.iter().filter(|r| r.deadline <= now).cloned().collect();
+                    f.rpcs.retain(|r| r.deadline > now);
                     for rpc in expired {
-                        r.on_response(rpc.id, Err(RpcError::DeadlineExceeded), now);
+                        f.round.on_response(rpc.id, Err(RpcError::DeadlineExceeded), now);
                     }
-                    r.on_timeout(now);
+                    f.round.on_timeout(now);
                 }
             }
         }
-        // A finished round hands out its timestamps, strictly increasing.
-        if let Some(outcome) = round.as_mut().and_then(|r| r.poll_result()) {
-            let count = round.as_ref().map_or(0, |r| r.count());
-            round = None;
-            outstanding.clear();
-            if let Ok(timestamps) = tso.finish_round(count, outcome) {
-                assert_eq!(timestamps.len(), count as usize, "one timestamp per caller");
-                for ts in timestamps {
-                    let v = ts.version();
-                    assert!(last.is_none_or(|l| v > l), "timestamp {v} after {last:?}");
-                    last = Some(v);
+        // Finished rounds, in an arbitrary order, hand out their timestamps.
+        let mut i = 0;
+        while i < flights.len() {
+            let Some(outcome) = flights[i].round.poll_result() else {
+                i += 1;
+                continue;
+            };
+            let f = flights.swap_remove(i);
+            match tso.finish_round(f.ticket, outcome) {
+                TsoRoundEnd::Served(batch) => {
+                    assert_eq!(batch.len(), f.callers.len(), "one timestamp per caller");
+                    for (caller, ts) in f.callers.iter().zip(batch.iter()) {
+                        let v = ts.version();
+                        assert!(last.is_none_or(|l| v > l), "timestamp {v} after {last:?}");
+                        last = Some(v);
+                        assert!(answered.insert(*caller), "caller {caller} answered twice");
+                    }
+                }
+                TsoRoundEnd::Requeue => {
+                    for caller in f.callers.into_iter().rev() {
+                        waiting.push_front(caller);
+                    }
+                }
+                TsoRoundEnd::Failed(_) => {
+                    for caller in f.callers {
+                        assert!(answered.insert(caller), "caller {caller} answered twice");
+                    }
                 }
             }
         }
-        if round.is_none() && waiting > 0 {
-            let mut r = tso.start_round(waiting);
-            waiting -= (r.count() as usize).min(waiting);
-            r.start(now);
-            round = Some(r);
+        while let Some(mut round) = tso.start_round(waiting.len()) {
+            let callers: Vec<u32> = waiting.drain(..round.count() as usize).collect();
+            round.start(now);
+            flights.push(Flight { ticket: round.ticket(), round, callers, rpcs: Vec::new() });
         }
+        assert!(flights.len() <= max_in_flight, "{} rounds out", flights.len());
+        assert_eq!(tso.in_flight(), flights.len());
         let mut emitted = 0;
-        while let Some(rpc) = round.as_mut().and_then(|r| r.poll_rpc()) {
-            emitted += 1;
-            assert!(emitted <= MAX_RPCS_PER_INPUT, "retry storm");
-            outstanding.push(rpc);
+        for f in &mut flights {
+            while let Some(rpc) = f.round.poll_rpc() {
+                emitted += 1;
+                assert!(emitted <= MAX_RPCS_PER_INPUT, "retry storm");
+                f.rpcs.push(rpc);
+            }
         }
     }
     Ok(())

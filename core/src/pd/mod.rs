@@ -4,7 +4,8 @@
 //!   member discovery (`GetMembers`) and leader failover.
 //! - [`LocateRegion`] / [`ResolveStore`]: fill the region cache and store
 //!   table from PD.
-//! - [`TsoBatcher`]: coalesces timestamp requests onto the `Tso` stream.
+//! - [`TsoBatcher`]: coalesces timestamp requests into pipelined rounds on
+//!   the `Tso` stream; [`TsoStreamOrder`] checks that stream's answers.
 //! - [`LoadKeyspace`]: resolves a keyspace name to its metadata.
 
 mod call;
@@ -19,8 +20,9 @@ pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
 pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
 pub use tso::{
-    LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, ReadTsVerdict, Timestamp, TsoBatcher, TsoRound,
-    judge_read_ts,
+    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, ReadTsVerdict,
+    Timestamp, TsoBatch, TsoBatcher, TsoRound, TsoRoundEnd, TsoStreamError, TsoStreamOrder,
+    TsoTicket, judge_read_ts,
 };
 
 /// What the client knows about the PD cluster: the configured endpoints, the

@@ -124,30 +124,120 @@ pub fn judge_read_ts(read_ts: u64, handed_out: Option<u64>) -> Result<ReadTsVerd
     })
 }
 
-/// Most timestamps asked for in one `Tso` round (PD's client uses 10,000).
+/// Most timestamps asked for in one `Tso` round (PD's client uses 10,000,
+/// `defaultMaxTSOBatchSize`).
 pub const MAX_TSO_BATCH: usize = 10_000;
 
-/// The timestamp oracle's client side: batches of callers become `Tso`
-/// rounds, and handed-out timestamps are strictly increasing, also across
-/// PD leader changes (a round that would go backwards fails its callers).
+/// Rounds kept in flight on the TSO stream by default: 4, the token count
+/// of PD's PARALLEL mode.
 ///
-/// The driver owns one per client. While a round is out, new callers queue
-/// (in the driver's channel); when it returns, everything queued, up to
-/// [`MAX_TSO_BATCH`], goes into the next round — no deliberate wait, as PD's
-/// client does by default:
+/// PD's client sends one RPC at a time by default
+/// (`defaultTSOClientRPCConcurrency = 1`); its opt-in concurrent modes
+/// (`tidb_tso_client_rpc_mode` PARALLEL / PARALLEL-FAST, concurrency 2 / 4)
+/// allow twice the concurrency in flight but pace rounds at the estimated
+/// RPC latency divided by the concurrency. We never wait deliberately: a
+/// round leaves as soon as a caller is waiting and fewer than this many
+/// rounds are out, so depth only adds rounds when callers arrive while
+/// every round is busy. With one round in flight, callers that come back
+/// from a round split into a round of the first one back and a round of the
+/// rest, which then waits a whole extra round trip; a second slot takes the
+/// rest at once (B8, `tso-bench`: 64 callers at ~0.7 ms RTT, p50 1.4 ms at
+/// depth 1 and 0.74 ms at depth 2 or 4).
+pub const DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT: usize = 4;
+
+/// The consecutive timestamps one round hands out, in order: `count`
+/// logical values ending at PD's answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TsoBatch {
+    first: Timestamp,
+    count: u32,
+}
+
+impl TsoBatch {
+    /// How many timestamps the batch holds (the round's caller count).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the batch is empty (never, for a served round).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The `i`-th timestamp, for the `i`-th caller of the round.
+    pub fn get(&self, i: usize) -> Option<Timestamp> {
+        (i < self.len()).then(|| Timestamp {
+            physical: self.first.physical,
+            logical: self.first.logical + i as i64,
+        })
+    }
+
+    /// The first (smallest) timestamp.
+    pub fn first(&self) -> Timestamp {
+        self.first
+    }
+
+    /// The last (largest) timestamp: PD's answer.
+    pub fn last(&self) -> Timestamp {
+        Timestamp {
+            physical: self.first.physical,
+            logical: self.first.logical + i64::from(self.count) - 1,
+        }
+    }
+
+    /// Every timestamp, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Timestamp> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// How a round ended, for its callers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TsoRoundEnd {
+    /// The callers' timestamps, in caller order.
+    Served(TsoBatch),
+    /// PD's answer was valid but not above a timestamp another round handed
+    /// out while this one was in flight (two rounds overtook each other,
+    /// e.g. across a reconnect): the callers are unanswered and go back to
+    /// the head of the queue for the next round, so handed-out timestamps
+    /// stay strictly increasing without failing anyone.
+    Requeue,
+    /// The round failed; every caller gets this error.
+    Failed(Error),
+}
+
+/// The timestamp oracle's client side: waiting callers become `Tso` rounds,
+/// several rounds may be in flight, and handed-out timestamps are strictly
+/// increasing, also across stream reconnects and PD leader changes.
 ///
-/// 1. [`TsoBatcher::start_round`] for `n` waiting callers gives a
-///    [`TsoRound`] operation (a [`PdCall`], so discovery and failover are
-///    the same as for any PD request);
-/// 2. the driver executes it;
-/// 3. [`TsoBatcher::finish_round`] with [`TsoRound::count`] checks the
-///    answer and returns `n` timestamps in order.
+/// The driver owns one per client and holds the queue of waiting callers;
+/// every decision is here:
+///
+/// 1. whenever callers wait, [`TsoBatcher::start_round`] gives a
+///    [`TsoRound`] for up to [`MAX_TSO_BATCH`] of them (the oldest first),
+///    unless `max_in_flight` rounds are already out: then the callers keep
+///    waiting and join the next round together. No deliberate wait, as PD's
+///    client by default (`MaxTSOBatchWaitInterval` 0).
+/// 2. the driver executes the round (a [`PdCall`], so discovery and
+///    failover are the same as for any PD request);
+/// 3. [`TsoBatcher::finish_round`] with the round's [`TsoTicket`] judges the
+///    answer, saying what the round's callers get ([`TsoRoundEnd`]).
+///
+/// Monotonicity (PD's `tsoDispatcher.checkMonotonicity`): an answer not
+/// above the newest timestamp handed out *before its round was sent* means
+/// PD went backwards (a new leader without a fence); PD's client panics,
+/// here the round fails with [`Error::MalformedResponse`]. An answer above
+/// that but not above one handed out *since* (a round sent later, answered
+/// first) is fine as a TSO but would break the handed-out order, so the
+/// round is asked again ([`TsoRoundEnd::Requeue`]).
 #[derive(Debug)]
 pub struct TsoBatcher {
     pd: Arc<PdState>,
     timeout: Duration,
     budget: Duration,
     rng: Rng,
+    max_in_flight: usize,
+    in_flight: usize,
     last: Option<Timestamp>,
 }
 
@@ -155,34 +245,92 @@ pub struct TsoBatcher {
 #[derive(Debug)]
 pub struct TsoRound {
     call: PdCall,
+    ticket: TsoTicket,
+}
+
+/// What [`TsoBatcher::finish_round`] needs to know about a round: taken
+/// from [`TsoRound::ticket`] before the round is executed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TsoTicket {
     count: u32,
+    /// The newest timestamp handed out when the round was sent.
+    floor: Option<Timestamp>,
+}
+
+impl TsoTicket {
+    /// How many callers the round serves.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
 }
 
 impl TsoBatcher {
-    /// A batcher whose rounds have `timeout` per RPC and `budget` of retries.
-    pub fn new(pd: Arc<PdState>, timeout: Duration, budget: Duration, seed: u64) -> TsoBatcher {
-        TsoBatcher { pd, timeout, budget, rng: Rng::new(seed), last: None }
+    /// A batcher whose rounds have `timeout` per RPC and `budget` of
+    /// retries, with at most `max_in_flight` rounds out at once (at least 1;
+    /// see [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`]).
+    pub fn new(
+        pd: Arc<PdState>,
+        timeout: Duration,
+        budget: Duration,
+        seed: u64,
+        max_in_flight: usize,
+    ) -> TsoBatcher {
+        TsoBatcher {
+            pd,
+            timeout,
+            budget,
+            rng: Rng::new(seed),
+            max_in_flight: max_in_flight.max(1),
+            in_flight: 0,
+            last: None,
+        }
     }
 
-    /// A round for `count` callers (clamped to 1..=[`MAX_TSO_BATCH`]).
-    pub fn start_round(&mut self, count: usize) -> TsoRound {
-        let count = count.clamp(1, MAX_TSO_BATCH) as u32;
+    /// A round for the first `waiting` callers (at most [`MAX_TSO_BATCH`]),
+    /// or `None` when nobody waits or `max_in_flight` rounds are out. Every
+    /// round started must be finished with [`TsoBatcher::finish_round`].
+    pub fn start_round(&mut self, waiting: usize) -> Option<TsoRound> {
+        if waiting == 0 || self.in_flight >= self.max_in_flight {
+            return None;
+        }
+        self.in_flight += 1;
+        let count = waiting.min(MAX_TSO_BATCH) as u32;
         let request = PdRequest::Tso(Box::new(pdpb::TsoRequest { count, ..Default::default() }));
         let backoffer = Backoffer::new(self.budget, self.rng.fork());
-        TsoRound { call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer), count }
+        Some(TsoRound {
+            call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer),
+            ticket: TsoTicket { count, floor: self.last },
+        })
     }
 
-    /// Validates a round's answer and returns its `count` timestamps in
-    /// order. PD answers with the last timestamp of the batch; the batch is
-    /// the `count` consecutive logical values ending there.
+    /// Judges a round's answer (see the type's docs) and frees its slot.
+    /// PD answers with the last timestamp of the batch; the batch is the
+    /// `count` consecutive logical values ending there.
     pub fn finish_round(
         &mut self,
-        count: u32,
+        ticket: TsoTicket,
         outcome: Result<PdResponse, Error>,
-    ) -> Result<Vec<Timestamp>, Error> {
+    ) -> TsoRoundEnd {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match self.judge(ticket, outcome) {
+            Ok(batch) if self.last.is_some_and(|last| batch.first <= last) => TsoRoundEnd::Requeue,
+            Ok(batch) => {
+                self.last = Some(batch.last());
+                TsoRoundEnd::Served(batch)
+            }
+            Err(e) => TsoRoundEnd::Failed(e),
+        }
+    }
+
+    fn judge(
+        &self,
+        ticket: TsoTicket,
+        outcome: Result<PdResponse, Error>,
+    ) -> Result<TsoBatch, Error> {
         let PdResponse::Tso(resp) = outcome? else {
             return Err(Error::malformed("TSO round answered by another method"));
         };
+        let count = ticket.count;
         if resp.count != count {
             return Err(Error::malformed(format!(
                 "TSO returned {} timestamps, {count} asked",
@@ -192,21 +340,31 @@ impl TsoBatcher {
         let Some(ts) = resp.timestamp else {
             return Err(Error::malformed("TSO response without a timestamp"));
         };
-        let first = Timestamp { physical: ts.physical, logical: ts.logical - i64::from(count) + 1 };
+        let first = Timestamp {
+            physical: ts.physical,
+            logical: ts.logical.saturating_sub(i64::from(count) - 1),
+        };
         if first.physical < 0 || first.logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
             return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
         }
-        if let Some(prev) = self.last
-            && first <= prev
+        if let Some(floor) = ticket.floor
+            && first <= floor
         {
             return Err(Error::malformed(format!(
-                "TSO went backwards: {first} after {prev} (PD leader change without a fence?)"
+                "TSO went backwards: {first} after {floor} (PD leader change without a fence?)"
             )));
         }
-        self.last = Some(Timestamp { physical: ts.physical, logical: ts.logical });
-        Ok((0..i64::from(count))
-            .map(|i| Timestamp { physical: first.physical, logical: first.logical + i })
-            .collect())
+        Ok(TsoBatch { first, count })
+    }
+
+    /// Rounds started and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The most rounds in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     /// The last timestamp handed out, if any (client-go keeps it as the
@@ -217,10 +375,14 @@ impl TsoBatcher {
 }
 
 impl TsoRound {
-    /// How many timestamps the round asks for (pass it to
-    /// [`TsoBatcher::finish_round`]).
+    /// How many timestamps the round asks for.
     pub fn count(&self) -> u32 {
-        self.count
+        self.ticket.count
+    }
+
+    /// What [`TsoBatcher::finish_round`] needs once the round is done.
+    pub fn ticket(&self) -> TsoTicket {
+        self.ticket
     }
 }
 
@@ -246,9 +408,94 @@ impl Operation for TsoRound {
     }
 }
 
+/// Why a TSO stream's answer cannot be trusted; the stream must be closed
+/// and every round in flight on it failed (retryably).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TsoStreamError {
+    /// An answer arrived with no request outstanding (PD's client: "tsoStream
+    /// timing order broken").
+    #[error("answer with no request outstanding")]
+    Unsolicited,
+    /// The answer's count is not the oldest outstanding request's: answers
+    /// are out of order or wrong (PD's client: `ErrTSOLength`).
+    #[error("answer for {answered} timestamps, the oldest request asked {asked}")]
+    CountMismatch {
+        /// What the oldest outstanding request asked for.
+        asked: u32,
+        /// What the answer carries.
+        answered: u32,
+    },
+    /// The answer carries no timestamp.
+    #[error("answer without a timestamp")]
+    NoTimestamp,
+    /// The answer's range does not start above the previous answer's end:
+    /// one PD leader answers a stream in increasing order, so the answers
+    /// were reordered or the server went backwards.
+    #[error("answer starting at {first} after {previous} on the same stream")]
+    NotIncreasing {
+        /// The end of the previous answer.
+        previous: Timestamp,
+        /// The start of this one.
+        first: Timestamp,
+    },
+}
+
+/// The order of one TSO stream: PD answers the requests of a stream one by
+/// one, in the order they were sent, so several rounds may be in flight and
+/// each answer belongs to the oldest outstanding request. The runtime glue
+/// records every request sent and checks every answer here before handing
+/// it to its round; an error means the stream is broken.
+#[derive(Debug, Default)]
+pub struct TsoStreamOrder {
+    /// The counts of outstanding requests, oldest first.
+    asked: std::collections::VecDeque<u32>,
+    /// The end of the previous answer.
+    previous: Option<Timestamp>,
+}
+
+impl TsoStreamOrder {
+    /// Records a request for `count` timestamps sent on the stream.
+    pub fn on_send(&mut self, count: u32) {
+        self.asked.push_back(count);
+    }
+
+    /// Checks an answer against the oldest outstanding request, which it
+    /// completes. An answer carrying a PD error header is the oldest
+    /// request's (its round reports the error) and is not checked further.
+    pub fn on_answer(&mut self, answer: &pdpb::TsoResponse) -> Result<(), TsoStreamError> {
+        let asked = self.asked.pop_front().ok_or(TsoStreamError::Unsolicited)?;
+        if answer.header.as_ref().is_some_and(|h| h.error.is_some()) {
+            return Ok(());
+        }
+        if answer.count != asked {
+            return Err(TsoStreamError::CountMismatch { asked, answered: answer.count });
+        }
+        let ts = answer.timestamp.as_ref().ok_or(TsoStreamError::NoTimestamp)?;
+        let first = Timestamp {
+            physical: ts.physical,
+            logical: ts.logical.saturating_sub(i64::from(asked) - 1),
+        };
+        if let Some(previous) = self.previous
+            && first <= previous
+        {
+            return Err(TsoStreamError::NotIncreasing { previous, first });
+        }
+        self.previous = Some(Timestamp { physical: ts.physical, logical: ts.logical });
+        Ok(())
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.asked.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write;
+
     use super::*;
+    use crate::rpc::{Request, Target};
 
     /// client-go's `ValidateReadTS` rule at its edges.
     #[test]
@@ -259,74 +506,245 @@ mod tests {
         assert_eq!(judge_read_ts(u64::MAX, Some(5)), Ok(ReadTsVerdict::Safe), "the latest");
         assert!(matches!(judge_read_ts(i64::MAX as u64, Some(5)), Err(Error::InvalidArgument(_))));
     }
-    use crate::rpc::{Request, Target};
 
-    fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
-        Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
+    fn tso_answer(count: u32, physical: i64, logical: i64) -> pdpb::TsoResponse {
+        pdpb::TsoResponse {
             header: None,
             count,
             timestamp: Some(pdpb::Timestamp { physical, logical, suffix_bits: 0 }),
-        }))))
+        }
     }
 
-    fn batcher() -> TsoBatcher {
+    fn tso_response(count: u32, physical: i64, logical: i64) -> Result<Response, RpcError> {
+        Ok(Response::Pd(PdResponse::Tso(Box::new(tso_answer(count, physical, logical)))))
+    }
+
+    fn batcher(max_in_flight: usize) -> TsoBatcher {
         let pd = Arc::new(PdState::new(["pd1:2379"]));
         pd.set_leader("pd1:2379".into());
-        TsoBatcher::new(pd, Duration::from_secs(3), Duration::from_secs(30), 1)
+        TsoBatcher::new(pd, Duration::from_secs(3), Duration::from_secs(30), 1, max_in_flight)
     }
 
-    /// Runs one round against a scripted answer.
-    fn round(
-        b: &mut TsoBatcher,
-        callers: usize,
-        answer: Result<Response, RpcError>,
-    ) -> (Rpc, Result<Vec<Timestamp>, Error>) {
-        let mut r = b.start_round(callers);
-        r.start(Instant::ZERO);
-        let rpc = r.poll_rpc().expect("a round sends at once");
-        r.on_response(rpc.id, answer, Instant::ZERO);
-        let outcome = r.poll_result().expect("one answer ends the round");
-        let result = b.finish_round(r.count(), outcome);
-        (rpc, result)
+    /// A script of a client with a queue of waiting callers, a batcher and
+    /// its rounds in flight; every step is written to a transcript.
+    struct Script {
+        b: TsoBatcher,
+        waiting: usize,
+        rounds: Vec<(char, TsoRound, Rpc)>,
+        next_name: char,
+        log: String,
     }
 
-    /// A round for n callers asks PD for n timestamps on the leader's TSO
-    /// stream and hands out n consecutive logical values ending at PD's.
-    #[test]
-    fn a_round_serves_its_callers_consecutive_timestamps() {
-        let mut b = batcher();
-        let (rpc, ts) = round(&mut b, 4, tso_response(4, 100, 10));
-        assert!(matches!(rpc.target, Target::Pd { .. }));
-        match &rpc.request {
-            Request::Pd(PdRequest::Tso(r)) => assert_eq!(r.count, 4),
-            other => panic!("unexpected {other:?}"),
+    impl Script {
+        fn new(max_in_flight: usize) -> Script {
+            Script {
+                b: batcher(max_in_flight),
+                waiting: 0,
+                rounds: Vec::new(),
+                next_name: 'A',
+                log: String::new(),
+            }
         }
-        let shown: Vec<String> = ts.expect("timestamps").iter().map(|t| t.to_string()).collect();
-        assert_eq!(shown, ["100.7", "100.8", "100.9", "100.10"]);
-        assert_eq!(b.last(), Some(Timestamp { physical: 100, logical: 10 }));
+
+        /// `n` callers arrive; rounds start while the batcher allows.
+        fn arrive(&mut self, n: usize) {
+            self.waiting += n;
+            writeln!(self.log, "+{n} callers (waiting {})", self.waiting).unwrap();
+            self.dispatch();
+        }
+
+        fn dispatch(&mut self) {
+            while let Some(mut round) = self.b.start_round(self.waiting) {
+                self.waiting -= round.count() as usize;
+                round.start(Instant::ZERO);
+                let rpc = round.poll_rpc().expect("a round sends at once");
+                let Request::Pd(PdRequest::Tso(req)) = &rpc.request else {
+                    panic!("a round sends Tso, not {:?}", rpc.request)
+                };
+                assert!(matches!(rpc.target, Target::Pd { .. }));
+                let name = self.next_name;
+                self.next_name = char::from(self.next_name as u8 + 1);
+                writeln!(
+                    self.log,
+                    "  round {name} sent: Tso count={} (in flight {}, waiting {})",
+                    req.count,
+                    self.b.in_flight(),
+                    self.waiting
+                )
+                .unwrap();
+                self.rounds.push((name, round, rpc));
+            }
+        }
+
+        /// Round `name` gets `answer`; its end is logged, a requeue puts
+        /// its callers back, and waiting callers may start rounds.
+        fn answer(&mut self, name: char, answer: Result<Response, RpcError>) -> TsoRoundEnd {
+            let at = self.rounds.iter().position(|(n, ..)| *n == name).expect("round in flight");
+            let (_, mut round, rpc) = self.rounds.remove(at);
+            let shown = match &answer {
+                Ok(Response::Pd(PdResponse::Tso(r))) => match &r.timestamp {
+                    Some(ts) => format!("count={} ts={}.{}", r.count, ts.physical, ts.logical),
+                    None => format!("count={} no timestamp", r.count),
+                },
+                Ok(other) => other.name().to_string(),
+                Err(e) => format!("error {e}"),
+            };
+            round.on_response(rpc.id, answer, Instant::ZERO);
+            let outcome = round.poll_result().expect("one answer ends the round");
+            let ticket = round.ticket();
+            let end = self.b.finish_round(ticket, outcome);
+            let said = match &end {
+                TsoRoundEnd::Served(batch) => {
+                    let all: Vec<String> = batch.iter().map(|t| t.to_string()).collect();
+                    format!("served [{}]", all.join(", "))
+                }
+                TsoRoundEnd::Requeue => {
+                    self.waiting += ticket.count() as usize;
+                    format!("requeued {} callers", ticket.count())
+                }
+                TsoRoundEnd::Failed(e) => format!("failed: {e}"),
+            };
+            writeln!(self.log, "round {name} answered {shown}: {said}").unwrap();
+            self.dispatch();
+            end
+        }
+    }
+
+    /// Callers arriving while every round is out wait and go together into
+    /// the round that the next answer frees; up to `max_in_flight` rounds
+    /// are out at once, and no caller waits for a round to fill.
+    #[test]
+    fn rounds_pipeline_up_to_the_limit_and_coalesce_the_rest() {
+        let mut s = Script::new(2);
+        s.arrive(1);
+        s.arrive(3);
+        s.arrive(2);
+        s.arrive(5);
+        s.answer('A', tso_response(1, 100, 1));
+        s.answer('B', tso_response(3, 100, 4));
+        s.arrive(1);
+        s.answer('C', tso_response(7, 100, 11));
+        s.answer('D', tso_response(1, 101, 0));
+        assert_eq!(s.b.in_flight(), 0);
+        assert_eq!(s.b.last(), Some(Timestamp { physical: 101, logical: 0 }));
+        insta::assert_snapshot!(s.log);
+    }
+
+    /// Rounds answered out of their sending order (driver scheduling, or a
+    /// round retried on a new stream) still hand out strictly increasing
+    /// timestamps: the late, lower answer is asked again rather than handed
+    /// out or failed. An answer below what was handed out before the round
+    /// was even sent is PD going backwards, and fails the round (PD's
+    /// client panics on it).
+    #[test]
+    fn overtaken_rounds_are_asked_again_and_backwards_answers_fail() {
+        let mut s = Script::new(3);
+        s.arrive(2);
+        s.arrive(1);
+        s.answer('B', tso_response(1, 100, 9));
+        let end = s.answer('A', tso_response(2, 100, 8));
+        assert_eq!(end, TsoRoundEnd::Requeue);
+        let end = s.answer('C', tso_response(2, 100, 11));
+        assert!(matches!(end, TsoRoundEnd::Served(b) if b.first().logical == 10));
+        s.arrive(1);
+        let end = s.answer('D', tso_response(1, 99, 500));
+        assert!(
+            matches!(end, TsoRoundEnd::Failed(Error::MalformedResponse(m)) if m.contains("backwards"))
+        );
+        insta::assert_snapshot!(s.log);
+    }
+
+    /// Wrong answers fail only their round; the slot is freed and later
+    /// rounds still have to beat the last good timestamp.
+    #[test]
+    fn malformed_answers_fail_their_round() {
+        let mut s = Script::new(4);
+        s.arrive(1);
+        assert!(matches!(s.answer('A', tso_response(1, 100, 5)), TsoRoundEnd::Served(_)));
+        s.arrive(2);
+        s.arrive(1);
+        s.arrive(3);
+        s.arrive(1);
+        s.answer('B', tso_response(1, 200, 1)); // short
+        s.answer('C', Ok(Response::Pd(PdResponse::GetMembers(Default::default()))));
+        s.answer('D', tso_response(3, 300, 1)); // the first logical would be -1
+        s.answer(
+            'E',
+            Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
+                count: 1,
+                ..Default::default()
+            })))),
+        );
+        assert_eq!(s.b.in_flight(), 0);
+        s.arrive(1);
+        assert!(matches!(s.answer('F', tso_response(1, 100, 6)), TsoRoundEnd::Served(_)));
+        insta::assert_snapshot!(s.log);
     }
 
     #[test]
-    fn a_round_that_goes_backwards_or_is_malformed_fails_its_callers() {
-        let mut b = batcher();
-        assert!(round(&mut b, 1, tso_response(1, 100, 5)).1.is_ok());
-        let backwards = round(&mut b, 1, tso_response(1, 99, 9)).1;
-        assert!(matches!(backwards, Err(Error::MalformedResponse(m)) if m.contains("backwards")));
-        let short = round(&mut b, 2, tso_response(1, 200, 1)).1;
-        assert!(matches!(short, Err(Error::MalformedResponse(_))));
-        let wrong = Ok(Response::Pd(PdResponse::GetMembers(Default::default())));
-        assert!(matches!(round(&mut b, 1, wrong).1, Err(Error::MalformedResponse(_))));
-        let underflow = round(&mut b, 3, tso_response(3, 300, 1)).1;
-        assert!(matches!(underflow, Err(Error::MalformedResponse(_))));
-        // A good round after the bad ones still has to beat the last good one.
-        assert!(round(&mut b, 1, tso_response(1, 100, 6)).1.is_ok());
+    fn rounds_are_clamped_to_the_batch_limit_and_need_a_caller() {
+        let mut b = batcher(1);
+        assert!(b.start_round(0).is_none());
+        let round = b.start_round(MAX_TSO_BATCH * 2).expect("room");
+        assert_eq!(round.count(), MAX_TSO_BATCH as u32);
+        assert!(b.start_round(1).is_none(), "the only slot is taken");
+        assert_eq!(batcher(0).max_in_flight(), 1, "at least one round");
+    }
+
+    /// The stream check: each answer belongs to the oldest request, must
+    /// carry its count and must start above the previous answer.
+    #[test]
+    fn a_stream_answers_its_requests_in_order() {
+        let mut order = TsoStreamOrder::default();
+        assert_eq!(order.on_answer(&tso_answer(1, 1, 1)), Err(TsoStreamError::Unsolicited));
+        order.on_send(2);
+        order.on_send(3);
+        assert_eq!(order.outstanding(), 2);
+        assert_eq!(order.on_answer(&tso_answer(2, 10, 2)), Ok(()));
+        // The 3-timestamp answer must start at 10.3 or later.
+        assert_eq!(
+            order.on_answer(&tso_answer(3, 10, 4)),
+            Err(TsoStreamError::NotIncreasing {
+                previous: Timestamp { physical: 10, logical: 2 },
+                first: Timestamp { physical: 10, logical: 2 },
+            })
+        );
+        // A broken stream is dropped; its successor starts afresh.
+        let mut order = TsoStreamOrder::default();
+        order.on_send(3);
+        order.on_send(1);
+        // Answers swapped: the count betrays it.
+        assert_eq!(
+            order.on_answer(&tso_answer(1, 11, 1)),
+            Err(TsoStreamError::CountMismatch { asked: 3, answered: 1 })
+        );
+        let mut order = TsoStreamOrder::default();
+        order.on_send(1);
+        let mut no_ts = tso_answer(1, 0, 0);
+        no_ts.timestamp = None;
+        assert_eq!(order.on_answer(&no_ts), Err(TsoStreamError::NoTimestamp));
+        // A PD error header belongs to the oldest request, unchecked.
+        let mut order = TsoStreamOrder::default();
+        order.on_send(5);
+        let error = pdpb::TsoResponse {
+            header: Some(pdpb::ResponseHeader {
+                cluster_id: 1,
+                error: Some(pdpb::Error { r#type: 2, message: "not leader".into() }),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(order.on_answer(&error), Ok(()));
+        assert_eq!(order.outstanding(), 0);
     }
 
     #[test]
-    fn rounds_are_clamped_to_the_batch_limit() {
-        let mut b = batcher();
-        assert_eq!(b.start_round(0).count, 1);
-        assert_eq!(b.start_round(MAX_TSO_BATCH * 2).count, MAX_TSO_BATCH as u32);
+    fn a_batch_lists_consecutive_logicals() {
+        let batch = TsoBatch { first: Timestamp { physical: 7, logical: 3 }, count: 3 };
+        let all: Vec<Timestamp> = batch.iter().collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(batch.get(2), Some(batch.last()));
+        assert_eq!(batch.last(), Timestamp { physical: 7, logical: 5 });
+        assert_eq!(batch.get(3), None);
     }
 
     #[test]
