@@ -122,7 +122,7 @@ fn lookup_by_key_end_key_and_id() {
     let a = c.locate_key(b"c", now).unwrap();
     let b = c.get_by_id(2, now).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
-    assert_eq!(a.meta().start_key.as_ref(), b"b");
+    assert_eq!(a.to_meta().start_key.as_ref(), b"b");
     assert_eq!(a.peers().len(), 3);
     assert_eq!(a.leader().id, 202);
 }
