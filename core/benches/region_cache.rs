@@ -8,7 +8,9 @@
 //!   without a writer that re-inserts existing regions (a refresh from PD) at
 //!   1 % of the lookup rate. `*-same-region` has the readers hit one region:
 //!   with one reader, the cost of a lookup whose memory is all cached; with
-//!   two, plus the cost of handing out a shared handle to a hot region.
+//!   two, plus the cost of handing out a shared handle to a hot region;
+//!   `2-threads-handle-clone-only` is that handle's share alone (two threads
+//!   cloning and dropping one `Arc<Region>`).
 //! - `insert/{n}/refresh`: re-inserting one existing region (the writer's cost).
 //! - B5: a full-range walk (`group_ranges_by_region`) over 10k regions; the
 //!   allocations per walk are printed.
@@ -246,6 +248,26 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|iters| run_readers(&cache, &keys, n, now, load, iters))
             });
         }
+        // What `2-threads-same-region` pays for the shared handle alone: both
+        // threads clone and drop one `RegionRef` (an `Arc`), no lookup.
+        g.bench_function(BenchmarkId::from_parameter("2-threads-handle-clone-only"), |b| {
+            let region = cache.locate_key(&keys[0], now).expect("cached");
+            b.iter_custom(|iters| {
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let region = region.clone();
+                        std::thread::spawn(move || {
+                            let started = StdInstant::now();
+                            for _ in 0..iters {
+                                black_box(black_box(&region).clone());
+                            }
+                            started.elapsed()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().expect("thread")).sum::<StdDuration>() / 2
+            })
+        });
         g.finish();
 
         let mut g = c.benchmark_group(format!("insert/{n}"));
@@ -263,14 +285,13 @@ fn bench(c: &mut Criterion) {
 
     let n = 10_000;
     let cache = cache(n);
-    let allocs = ALLOCS.load(Ordering::Relaxed);
-    let groups = cache.group_ranges_by_region(&KeyRange::all(), now);
-    eprintln!(
-        "group_ranges_by_region over {n} regions: {} allocations",
-        ALLOCS.load(Ordering::Relaxed) - allocs
-    );
-    assert_eq!(groups.ranges.len(), n as usize);
-    drop(groups);
+    for walk in ["first", "second"] {
+        let allocs = ALLOCS.load(Ordering::Relaxed);
+        let groups = cache.group_ranges_by_region(&KeyRange::all(), now);
+        let allocs = ALLOCS.load(Ordering::Relaxed) - allocs;
+        eprintln!("group_ranges_by_region over {n} regions, {walk} walk: {allocs} allocations");
+        assert_eq!(groups.ranges.len(), n as usize);
+    }
     let mut g = c.benchmark_group(format!("group_ranges_by_region/{n}"));
     g.throughput(Throughput::Elements(n));
     g.bench_function("full-range", |b| {
