@@ -5,11 +5,12 @@
 //! bytes before the handle), so an ordered map of plain keys pays a `memcmp`
 //! through a pointer, usually a cache miss, at every step of every lookup.
 //! Here each node stores the longest prefix its keys share and, per key, a
-//! [`code`]: the next 7 bytes after that prefix as a big-endian integer plus
+//! code: the next 7 bytes after that prefix as a big-endian integer plus
 //! the suffix length, which orders like the keys themselves. A lookup computes
-//! the probe's code once per node and counts the codes below it in one
-//! sequential pass over a small array; the full keys are only read when a
-//! probe and a key agree on all 7 bytes and both go on beyond them.
+//! the probe's code ([`code_at`]) once per node and searches the node's array
+//! of codes (binary search in inner nodes, which stay cached; a forward scan
+//! in leaves, which usually do not); the full keys are only read when a probe
+//! and a key agree on all 7 bytes and both go on beyond them.
 //!
 //! Each leaf entry also carries a *joined* bit: the region's end is unbounded
 //! or equals the next cached region's start. Since a lookup lands on the
@@ -47,26 +48,35 @@ const EMPTY_KEY: u64 = 0;
 
 const _: () = assert!(LEAF_CAP < 64, "joined bits live in a u64");
 
-/// The code of the suffix of a key after its node's prefix: the first
-/// [`CODE_BYTES`] bytes, zero-padded, then `min(len, CODE_BYTES + 1) + 1`.
+/// The code of `key[prefix_len..]`, the suffix of a key after its node's
+/// prefix: the first [`CODE_BYTES`] bytes, zero-padded, then
+/// `min(len, CODE_BYTES + 1) + 1`.
 ///
 /// For suffixes `a <= b`, `code(a) <= code(b)`; equal codes mean equal
 /// suffixes unless the low byte is [`LONG_SUFFIX`] (both go on past the
 /// fingerprint). Zero-padding alone would tie `"ab"` with `"ab\0"`; the
 /// length byte orders the shorter first, as byte-wise comparison does.
-fn code(suffix: &[u8]) -> u64 {
-    let len = suffix.len().min(CODE_BYTES + 1) as u64;
-    let bytes = match suffix.first_chunk::<8>() {
-        // One load for the common case; the 8th byte is masked off.
-        Some(eight) => u64::from_be_bytes(*eight) & !0xff,
-        None => {
-            let mut bytes = [0u8; 8];
-            let n = suffix.len().min(CODE_BYTES);
-            bytes[..n].copy_from_slice(&suffix[..n]);
-            u64::from_be_bytes(bytes)
-        }
+///
+/// This runs at every node of every lookup, so it reads whole words of
+/// `key` where it can instead of copying bytes into a buffer (a store that
+/// the following load must wait for).
+fn code_at(key: &[u8], prefix_len: usize) -> u64 {
+    let n = key.len() - prefix_len;
+    let len = n.min(CODE_BYTES + 1) as u64 + 1;
+    let bytes = if let Some(eight) = key[prefix_len..].first_chunk::<8>() {
+        // The 8th byte is masked off.
+        u64::from_be_bytes(*eight) & !0xff
+    } else if n == 0 {
+        0
+    } else if let Some(last) = key.last_chunk::<8>() {
+        // The suffix is the key's tail: shift the last word's other bytes out.
+        u64::from_be_bytes(*last) << (8 * (8 - n))
+    } else {
+        let mut bytes = [0u8; 8];
+        bytes[..n].copy_from_slice(&key[prefix_len..]);
+        u64::from_be_bytes(bytes)
     };
-    bytes | (len + 1)
+    bytes | len
 }
 
 /// Where a probe falls relative to a node's prefix.
@@ -119,7 +129,7 @@ impl<const CAP: usize> Codes<CAP> {
 
     /// The code of a key of this node (it shares the prefix or is empty).
     fn code_of(&self, key: &[u8]) -> u64 {
-        if key.is_empty() { EMPTY_KEY } else { code(&key[self.prefix.len()..]) }
+        if key.is_empty() { EMPTY_KEY } else { code_at(key, self.prefix.len()) }
     }
 
     /// True if `key` can be stored under the current prefix.
@@ -131,13 +141,13 @@ impl<const CAP: usize> Codes<CAP> {
         let p = self.prefix.len();
         if probe.starts_with(&self.prefix) {
             // The usual case: an equality test is cheaper than an ordering.
-            return Side::Within(code(&probe[p..]));
+            return Side::Within(code_at(probe, p));
         }
         if probe.len() >= p {
             match probe[..p].cmp(&self.prefix) {
                 Ordering::Less => Side::Below,
                 Ordering::Greater => Side::Above,
-                Ordering::Equal => Side::Within(code(&probe[p..])),
+                Ordering::Equal => Side::Within(code_at(probe, p)),
             }
         } else {
             // A probe that is a proper prefix of the prefix sorts before it.
@@ -168,7 +178,13 @@ impl<const CAP: usize> Codes<CAP> {
         };
         // Codes are sorted (unused slots last).
         let codes = &self.codes[..len];
-        let below = codes.partition_point(|&c| c < pc);
+        let below = if CAP <= LEAF_CAP {
+            // Leaves are usually cold: a forward scan streams their lines in
+            // one go, where a binary search waits for each line in turn.
+            codes.iter().take_while(|&&c| c < pc).count()
+        } else {
+            codes.partition_point(|&c| c < pc)
+        };
         let equal = codes[below..].iter().take_while(|&&c| c == pc).count();
         if equal == 0 {
             return below;
@@ -778,6 +794,14 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// The code of a whole key, byte by byte (the model for [`code_at`]).
+    fn code(suffix: &[u8]) -> u64 {
+        let mut bytes = [0u8; 8];
+        let n = suffix.len().min(CODE_BYTES);
+        bytes[..n].copy_from_slice(&suffix[..n]);
+        u64::from_be_bytes(bytes) | (suffix.len().min(CODE_BYTES + 1) as u64 + 1)
+    }
+
     fn region(start: &[u8]) -> RegionRef {
         let meta = metapb::Region {
             id: 1,
@@ -820,6 +844,12 @@ mod tests {
             let (a, b) = (code(&w[0]), code(&w[1]));
             assert!(a <= b, "{:?} < {:?} but codes {a:x} > {b:x}", w[0], w[1]);
             assert!(a < b || a & 0xff == LONG_SUFFIX, "{:?} and {:?} tie at {a:x}", w[0], w[1]);
+        }
+        // Word loads at an offset agree with the byte-wise code of the suffix.
+        for k in &keys {
+            for p in 0..=k.len() {
+                assert_eq!(code_at(k, p), code(&k[p..]), "{k:?} at {p}");
+            }
         }
         assert_eq!(code(b"ab") & 0xff, 3);
         assert!(code(b"ab") < code(b"ab\0"));

@@ -3,8 +3,8 @@
 //! Every operation of a client routes its keys through one shared
 //! [`RegionCache`] and resolves store addresses through one shared
 //! [`StoreTable`]. Both are `Send + Sync`, meant to live in an `Arc`, and keep
-//! their critical sections short: a lookup takes a read lock, clones an `Arc`
-//! and releases the lock; TTL extension, leader switches and invalidation are
+//! their critical sections short: a lookup takes a read lock (its own
+//! thread's shard of it), clones an `Arc` and releases the lock; TTL extension, leader switches and invalidation are
 //! atomics on the [`Region`] itself, so they never take the cache's lock.
 //!
 //! Regions are cached with their keys already decoded to user keys: the API
