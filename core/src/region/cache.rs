@@ -33,9 +33,11 @@ use crate::time::{Duration, Instant};
 /// invalidation reason is still needed when the replacement arrives (see
 /// [`InvalidReason::NoLeader`]).
 ///
-/// Measured with `cargo bench -p tikv-core --bench region_cache` (see the
-/// numbers in that file): about 7x to 60x faster lookups than the previous
-/// `RwLock<BTreeMap>` and about half the memory per region.
+/// Measured with `cargo bench -p tikv-core --bench region_cache` (numbers
+/// in that file), against the previous `RwLock<BTreeMap>` of `Arc`s side by
+/// side: random lookups 2.4-5x faster (100k and 1M regions, 1 and 2 readers,
+/// with and without concurrent inserts), cached lookups 2x, the full-range
+/// walk 5x, and half the memory per region (~280-305 resident bytes).
 pub struct RegionCache {
     index: ShardedLock<Index>,
     ttl: TtlPolicy,
