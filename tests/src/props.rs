@@ -542,7 +542,7 @@ pub fn region_cache(u: &mut Unstructured<'_>) -> Result<()> {
         }
         let snapshot = cache.snapshot();
         for w in snapshot.windows(2) {
-            let (a, b) = (w[0].meta(), w[1].meta());
+            let (a, b) = (&w[0].to_meta(), &w[1].to_meta());
             assert!(
                 !overlaps(a, b),
                 "cached regions overlap: {:?} and {:?}",

@@ -1,12 +1,13 @@
 //! The region cache: which region holds a key, at which epoch, led by whom.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError};
 
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use hashbrown::HashTable;
 use tikv_proto::metapb;
 
+use super::index::RegionTree;
 use super::ttl::TtlPolicy;
 use super::{InsertError, InvalidReason, Region, RegionRef, RegionVerId};
 use crate::key::{Key, KeyRange};
@@ -15,49 +16,73 @@ use crate::time::{Duration, Instant};
 /// The shared region cache (client-go's `RegionCache`, without the PD side:
 /// loading is the caller's job).
 ///
-/// Internally a `BTreeMap` keyed by **start key** plus an id index, behind one
-/// `RwLock`. Start keys are used, as client-go's `SortedRegions` does, because
-/// the empty start key already sorts first, while the empty end key
-/// (unbounded) would need a wrapper to sort last; the lookup is the same
-/// "greatest start `<=` key, then check the end". Cached regions never
-/// overlap: [`RegionCache::insert`] removes every overlapping entry, so at most
-/// one candidate has to be checked per lookup.
+/// Internally a B+tree keyed by **start key** (see `index.rs`: nodes compare
+/// fixed-width key fingerprints, so a lookup rarely touches a key's bytes)
+/// plus an id index, behind one reader-writer lock sharded per thread
+/// (`crossbeam_utils::sync::ShardedLock`): a lookup writes only its own
+/// shard's reader count, so readers on different cores do not bounce one
+/// cache line, while an insert locks every shard. Start keys are used, as
+/// client-go's `SortedRegions` does, because the empty start key already
+/// sorts first, while the empty end key (unbounded) would need a wrapper to
+/// sort last; the lookup is the same "greatest start `<=` key, then check the
+/// end". Cached regions never overlap: [`RegionCache::insert`] removes every
+/// overlapping entry, so at most one candidate has to be checked per lookup.
 ///
-/// Invalidated and expired entries stay in the map (lookups skip them) until a
+/// Invalidated and expired entries stay in the index (lookups skip them) until a
 /// newer region replaces them or [`RegionCache::evict_expired`] drops them: the
 /// invalidation reason is still needed when the replacement arrives (see
 /// [`InvalidReason::NoLeader`]).
+///
+/// Measured with `cargo bench -p tikv-core --bench region_cache` (numbers
+/// in that file), against the previous `RwLock<BTreeMap>` of `Arc`s side by
+/// side: random lookups 2.4-5x faster (100k and 1M regions, 1 and 2 readers,
+/// with and without concurrent inserts), cached lookups 2x, the full-range
+/// walk 5x, and half the memory per region (~280-305 resident bytes).
 pub struct RegionCache {
-    index: RwLock<Index>,
+    index: ShardedLock<Index>,
     ttl: TtlPolicy,
 }
 
+/// Regions a [`RegionCache::group_ranges_by_region`] walk visits per read
+/// lock, so that a long walk does not hold off inserts (which take every shard).
+const WALK_BATCH: usize = 128;
+
 #[derive(Default)]
 struct Index {
-    by_start: BTreeMap<Key, RegionRef>,
+    by_start: RegionTree,
     /// The one cached version of each region id (client-go's
     /// `latestVersions` + `regions`, merged because overlapping versions are
-    /// never kept side by side here).
-    by_id: HashMap<u64, RegionRef>,
+    /// never kept side by side here). A table of the regions themselves,
+    /// hashed by id, rather than a map from id: 8 bytes a slot instead of 16.
+    by_id: HashTable<RegionRef>,
+}
+
+/// splitmix64's finalizer: region ids are sequential, the table wants all
+/// bits mixed. Fixed, so runs are reproducible.
+fn id_hash(id: u64) -> u64 {
+    let mut z = id;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Index {
     /// The cached region whose `[start, end)` contains `key`.
     fn find(&self, key: &[u8]) -> Option<&RegionRef> {
-        let (_, r) =
-            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
-        r.contains(key).then_some(r)
+        let (r, joined) = self.by_start.find_le(key)?;
+        // Joined: the end is the next start, which is above `key`.
+        (joined || r.contains(key)).then_some(r)
     }
 
     /// The cached region holding the keys just below `key` (client-go's
     /// `SearchByKey(key, isEndKey=true)`).
     fn find_by_end(&self, key: &[u8]) -> Option<&RegionRef> {
-        let r = if key.is_empty() {
-            self.by_start.last_key_value()?.1
-        } else {
-            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(key))).next_back()?.1
-        };
+        let r = if key.is_empty() { self.by_start.last()? } else { self.by_start.find_lt(key)? };
         r.contains_by_end(key).then_some(r)
+    }
+
+    fn get_id(&self, id: u64) -> Option<&RegionRef> {
+        self.by_id.find(id_hash(id), |r| r.ver.id == id)
     }
 
     /// Every cached region overlapping `[start, end)`, in key order.
@@ -65,18 +90,13 @@ impl Index {
         let mut out = Vec::new();
         // The region starting before `start` overlaps if it reaches past it.
         // (client-go only scans from `start`, leaving such a region behind.)
-        if let Some((_, r)) = self
-            .by_start
-            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(start.as_bytes())))
-            .next_back()
+        if let Some(r) = self.by_start.find_lt(start.as_bytes())
             && (r.end.is_empty() || r.end > *start)
         {
             out.push(r.clone());
         }
-        for (s, r) in
-            self.by_start.range::<[u8], _>((Bound::Included(start.as_bytes()), Bound::Unbounded))
-        {
-            if !end.is_empty() && s >= end {
+        for (r, _) in self.by_start.iter_from_ge(start.as_bytes()) {
+            if !end.is_empty() && r.start >= *end {
                 break;
             }
             out.push(r.clone());
@@ -84,13 +104,25 @@ impl Index {
         out
     }
 
-    /// Removes `r` from both maps, only where the slot still holds `r` itself.
+    /// Adds `r`, which overlaps nothing cached and whose id is not cached.
+    fn insert(&mut self, r: RegionRef) {
+        self.by_start.insert(r.clone());
+        let joined = r.end.is_empty() || self.by_start.get(r.end.as_bytes()).is_some();
+        self.by_start.set_joined(r.start.as_bytes(), joined);
+        self.by_start.set_joined_before(r.start.as_bytes(), |prev| prev.end == r.start);
+        self.by_id.insert_unique(id_hash(r.ver.id), r, |r| id_hash(r.ver.id));
+    }
+
+    /// Removes `r` from both indexes, only where the slot still holds `r` itself.
     fn remove(&mut self, r: &RegionRef) {
-        if self.by_start.get(&r.start).is_some_and(|x| Arc::ptr_eq(x, r)) {
-            self.by_start.remove(&r.start);
+        let start = r.start.as_bytes();
+        if self.by_start.get(start).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            self.by_start.remove(start);
+            // The previous region now borders a gap (or nothing).
+            self.by_start.set_joined_before(start, |_| false);
         }
-        if self.by_id.get(&r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)) {
-            self.by_id.remove(&r.ver.id);
+        if let Ok(slot) = self.by_id.find_entry(id_hash(r.ver.id), |x| Arc::ptr_eq(x, r)) {
+            slot.remove();
         }
     }
 }
@@ -155,16 +187,16 @@ impl RegionCache {
     /// after their last refresh (client-go: 600 s + 60 s). The jitter comes
     /// from a generator seeded with `seed`, so runs are reproducible.
     pub fn new(ttl: Duration, ttl_jitter: Duration, seed: u64) -> RegionCache {
-        RegionCache { index: RwLock::default(), ttl: TtlPolicy::new(ttl, ttl_jitter, seed) }
+        RegionCache { index: ShardedLock::default(), ttl: TtlPolicy::new(ttl, ttl_jitter, seed) }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Index> {
+    fn read(&self) -> ShardedLockReadGuard<'_, Index> {
         // A panic elsewhere cannot leave the maps half-updated in a way that
         // breaks lookups (each write is a few map operations), so keep going.
         self.index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -176,8 +208,9 @@ impl RegionCache {
     /// The region containing `key`, or `None` if it is not cached, was
     /// invalidated or its TTL expired (the caller then loads it from PD).
     pub fn locate_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
-        let r = self.read().find(key).cloned()?;
-        self.usable(&r, now).then_some(r)
+        // Checked before the `Arc` is cloned: an unusable region costs no
+        // reference-count write.
+        self.read().find(key).filter(|r| self.usable(r, now)).cloned()
     }
 
     /// The region containing the keys just below `key`: its start is `< key`
@@ -185,19 +218,17 @@ impl RegionCache {
     /// the key space: the last region. Used by reverse scans (client-go's
     /// `LocateEndKey`).
     pub fn locate_end_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
-        let r = self.read().find_by_end(key).cloned()?;
-        self.usable(&r, now).then_some(r)
+        self.read().find_by_end(key).filter(|r| self.usable(r, now)).cloned()
     }
 
     /// The cached version of region `id`, if valid and not expired.
     pub fn get_by_id(&self, id: u64, now: Instant) -> Option<RegionRef> {
-        let r = self.read().by_id.get(&id).cloned()?;
-        self.usable(&r, now).then_some(r)
+        self.read().get_id(id).filter(|r| self.usable(r, now)).cloned()
     }
 
     /// The cached entry for exactly `ver`, valid or not, without touching its TTL.
     fn get_exact(&self, ver: RegionVerId) -> Option<RegionRef> {
-        self.read().by_id.get(&ver.id).filter(|r| r.ver == ver).cloned()
+        self.read().get_id(ver.id).filter(|r| r.ver == ver).cloned()
     }
 
     /// Caches a region from PD (keys already decoded) with its leader, as
@@ -227,7 +258,7 @@ impl RegionCache {
         let ver = region.ver;
         let (region, dropped) = {
             let mut index = self.write();
-            let same_id = index.by_id.get(&ver.id).cloned();
+            let same_id = index.get_id(ver.id).cloned();
             if let Some(old) = &same_id
                 && (old.ver.version > ver.version || old.ver.conf_ver > ver.conf_ver)
             {
@@ -240,7 +271,8 @@ impl RegionCache {
             if let Some(old) = same_id {
                 if old.invalid_reason() == Some(InvalidReason::NoLeader) {
                     let next = (old.leader_index() + 1) % region.peers().len();
-                    region.leader.store(next, Ordering::Release);
+                    // `next < peers.len()`, which fits a u32 (checked in `Region::new`).
+                    region.leader.store(next as u32, Ordering::Release);
                 }
                 if !dropped.iter().any(|r| Arc::ptr_eq(r, &old)) {
                     dropped.push(old);
@@ -251,8 +283,7 @@ impl RegionCache {
             }
             region.expires_at.store(self.ttl.next_deadline(now), Ordering::Release);
             let region = Arc::new(region);
-            index.by_start.insert(region.start.clone(), region.clone());
-            index.by_id.insert(ver.id, region.clone());
+            index.insert(region.clone());
             (region, dropped)
         };
         // Outside the lock: only atomics, but nothing needs the lock for them.
@@ -376,20 +407,37 @@ impl RegionCache {
             return RangeGroupResult { ranges, uncovered: None };
         }
         let mut cursor = range.start.clone();
+        // One walk along the index per batch (client-go's batched B-tree
+        // visit, cg#1410) instead of one search per region.
         loop {
-            let Some(region) = self.locate_key(cursor.as_bytes(), now) else {
-                let uncovered = KeyRange { start: cursor, end: range.end.clone() };
-                return RangeGroupResult { ranges, uncovered: Some(uncovered) };
-            };
-            let region_end = region.end.clone();
-            // The piece ends at whichever of the two ends comes first.
-            let last = region_end.is_empty() || (!range.end.is_empty() && range.end <= region_end);
-            let end = if last { range.end.clone() } else { region_end.clone() };
-            ranges.push((region, KeyRange { start: cursor, end }));
-            if last {
-                return RangeGroupResult { ranges, uncovered: None };
+            let index = self.read();
+            let mut entries = index.by_start.iter_from_le(cursor.as_bytes());
+            // True when the previous region's end is known to be the next start.
+            let mut adjacent = false;
+            for _ in 0..WALK_BATCH {
+                let (region, joined) = match entries.next() {
+                    Some((r, joined))
+                        if (adjacent || r.contains(cursor.as_bytes())) && self.usable(r, now) =>
+                    {
+                        (r, joined)
+                    }
+                    _ => {
+                        let uncovered = KeyRange { start: cursor, end: range.end.clone() };
+                        return RangeGroupResult { ranges, uncovered: Some(uncovered) };
+                    }
+                };
+                // The piece ends at whichever of the two ends comes first.
+                let last =
+                    region.end.is_empty() || (!range.end.is_empty() && range.end <= region.end);
+                let end = if last { range.end.clone() } else { region.end.clone() };
+                ranges.push((region.clone(), KeyRange { start: cursor, end: end.clone() }));
+                if last {
+                    return RangeGroupResult { ranges, uncovered: None };
+                }
+                cursor = end;
+                // Joined: the next entry starts at `cursor`, so it holds it.
+                adjacent = joined;
             }
-            cursor = region_end;
         }
     }
 
@@ -400,7 +448,8 @@ impl RegionCache {
         let mut index = self.write();
         let dead: Vec<RegionRef> = index
             .by_start
-            .values()
+            .iter()
+            .map(|(r, _)| r)
             .filter(|r| r.is_invalidated() || r.expires_at.load(Ordering::Acquire) < now_ns)
             .cloned()
             .collect();
@@ -418,37 +467,39 @@ impl RegionCache {
 
     /// True if nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.read().by_start.is_empty()
+        self.read().by_start.len() == 0
     }
 
     /// Drops every entry. Handles held by operations stay usable: they fail
     /// at TiKV with a region error and relocate.
     pub fn clear(&self) {
-        let mut index = self.write();
-        index.by_start.clear();
-        index.by_id.clear();
+        *self.write() = Index::default();
     }
 
     /// Every cached entry in key order (valid or not), for diagnostics.
     pub fn snapshot(&self) -> Vec<RegionRef> {
-        self.read().by_start.values().cloned().collect()
+        self.read().by_start.iter().map(|(r, _)| r.clone()).collect()
     }
 }
 
 #[cfg(test)]
 impl RegionCache {
-    /// Panics if the two indexes disagree or cached ranges overlap.
+    /// Panics if the two indexes disagree, cached ranges overlap, or a
+    /// joined bit is wrong.
     pub(super) fn check_invariants(&self) {
         let index = self.read();
+        index.by_start.check();
         assert_eq!(index.by_start.len(), index.by_id.len(), "one entry per id");
-        let mut prev_end: Option<&Key> = None;
-        for (start, r) in &index.by_start {
-            assert_eq!(start, &r.start);
-            assert!(index.by_id.get(&r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)));
-            if let Some(end) = prev_end {
-                assert!(!end.is_empty() && end <= start, "{end:?} overlaps {r:?}");
+        let entries: Vec<_> = index.by_start.iter().collect();
+        for (i, (r, joined)) in entries.iter().enumerate() {
+            assert!(index.get_id(r.ver.id).is_some_and(|x| Arc::ptr_eq(x, r)));
+            match entries.get(i + 1) {
+                Some((next, _)) => {
+                    assert!(!r.end.is_empty() && r.end <= next.start, "{r:?} overlaps {next:?}");
+                    assert_eq!(*joined, r.end == next.start, "joined bit of {r:?}");
+                }
+                None => assert_eq!(*joined, r.end.is_empty(), "joined bit of {r:?}"),
             }
-            prev_end = Some(&r.end);
         }
     }
 }

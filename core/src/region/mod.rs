@@ -3,8 +3,8 @@
 //! Every operation of a client routes its keys through one shared
 //! [`RegionCache`] and resolves store addresses through one shared
 //! [`StoreTable`]. Both are `Send + Sync`, meant to live in an `Arc`, and keep
-//! their critical sections short: a lookup takes a read lock, clones an `Arc`
-//! and releases the lock; TTL extension, leader switches and invalidation are
+//! their critical sections short: a lookup takes a read lock (its own
+//! thread's shard of it), clones an `Arc` and releases the lock; TTL extension, leader switches and invalidation are
 //! atomics on the [`Region`] itself, so they never take the cache's lock.
 //!
 //! Regions are cached with their keys already decoded to user keys: the API
@@ -16,6 +16,7 @@
 //! plus `checkRegionCacheTTL`), the caller asks PD and inserts the answer.
 
 mod cache;
+mod index;
 mod store;
 mod ttl;
 
@@ -24,8 +25,9 @@ mod tests;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
+use smallvec::SmallVec;
 use tikv_proto::metapb;
 
 use crate::error::Error;
@@ -173,22 +175,32 @@ pub type RegionRef = Arc<Region>;
 /// Invalid-reason slot value meaning "still valid".
 const VALID: u8 = 0;
 
+/// The peers of a region, inline up to the usual three replicas.
+type Peers = SmallVec<[metapb::Peer; 3]>;
+
 /// A cached region: PD's metadata with keys decoded to user keys, plus the
 /// mutable routing state client-go keeps next to it (current leader, TTL,
 /// invalidation).
+///
+/// Only what routing needs is kept (about 200 bytes plus the two keys, for
+/// issue #7's per-region budget): the identity, the two keys (copied into
+/// buffers of their own, so a cached region never pins a whole PD response)
+/// and the peers, inline up to three. `repr(C)` puts the fields every lookup
+/// reads (TTL, invalidation) first, on the cache line of the `Arc` counts.
+#[repr(C)]
 pub struct Region {
-    meta: metapb::Region,
-    ver: RegionVerId,
-    start: Key,
-    end: Key,
-    /// Index into `meta.peers` of the peer requests go to (client-go's
-    /// `workTiKVIdx`). Always `< meta.peers.len()`; atomic so a `NotLeader`
-    /// hint can move it without replacing the region.
-    leader: AtomicUsize,
     /// TTL deadline in nanoseconds of [`Instant`] (client-go's `ttl`).
     expires_at: AtomicU64,
     /// [`VALID`] or an [`InvalidReason`] discriminant.
     invalid: AtomicU8,
+    /// Index into `peers` of the peer requests go to (client-go's
+    /// `workTiKVIdx`). Always `< peers.len()`; atomic so a `NotLeader`
+    /// hint can move it without replacing the region.
+    leader: AtomicU32,
+    ver: RegionVerId,
+    start: Key,
+    end: Key,
+    peers: Peers,
 }
 
 impl Region {
@@ -199,31 +211,47 @@ impl Region {
     /// index defaults to the first peer when the leader is unknown or not
     /// among the peers. Peers on tombstone stores are not filtered here: the
     /// cache does not consult the [`StoreTable`]; the replica selector skips them.
-    fn new(mut meta: metapb::Region, leader: Option<&metapb::Peer>) -> Result<Region, InsertError> {
+    fn new(meta: metapb::Region, leader: Option<&metapb::Peer>) -> Result<Region, InsertError> {
         let id = meta.id;
         if meta.region_epoch.is_none() {
             return Err(InsertError::MissingEpoch { id });
         }
-        let start = Key::new(meta.start_key.clone());
-        let end = Key::new(meta.end_key.clone());
+        let start = Key::from(meta.start_key.to_vec());
+        let end = Key::from(meta.end_key.to_vec());
         if !end.is_empty() && start >= end {
             return Err(InsertError::InvertedRange { id, start, end });
         }
         let is_leader = |p: &metapb::Peer| leader.is_some_and(|l| same_peer(p, l));
-        meta.peers.retain(|p| !p.is_witness || is_leader(p));
-        if meta.peers.is_empty() {
+        let peers: Peers =
+            meta.peers.iter().filter(|p| !p.is_witness || is_leader(p)).cloned().collect();
+        // More peers than a u32 counts cannot be decoded from a message that fits in memory;
+        // refusing them keeps the leader index narrow without a panic path.
+        if peers.is_empty() || u32::try_from(peers.len()).is_err() {
             return Err(InsertError::NoPeers { id });
         }
-        let leader_idx = meta.peers.iter().position(is_leader).unwrap_or(0);
+        let leader_idx = peers.iter().position(is_leader).unwrap_or(0) as u32;
         Ok(Region {
-            ver: RegionVerId::of(&meta),
-            meta,
-            start,
-            end,
-            leader: AtomicUsize::new(leader_idx),
             expires_at: AtomicU64::new(0),
             invalid: AtomicU8::new(VALID),
+            leader: AtomicU32::new(leader_idx),
+            ver: RegionVerId::of(&meta),
+            start,
+            end,
+            peers,
         })
+    }
+
+    /// PD's metadata as cached (user keys, witness followers removed), rebuilt
+    /// on demand: the cache does not keep the message itself.
+    pub fn to_meta(&self) -> metapb::Region {
+        metapb::Region {
+            id: self.ver.id,
+            start_key: self.start.to_bytes(),
+            end_key: self.end.to_bytes(),
+            region_epoch: Some(self.epoch()),
+            peers: self.peers.to_vec(),
+            ..Default::default()
+        }
     }
 
     /// The region's identity at its epoch.
@@ -236,11 +264,6 @@ impl Region {
         self.ver.id
     }
 
-    /// PD's metadata (user keys, witness followers removed).
-    pub fn meta(&self) -> &metapb::Region {
-        &self.meta
-    }
-
     /// The region's epoch (always present in a cached region).
     pub fn epoch(&self) -> metapb::RegionEpoch {
         metapb::RegionEpoch { conf_ver: self.ver.conf_ver, version: self.ver.version }
@@ -248,7 +271,7 @@ impl Region {
 
     /// The peers requests may be sent to; never empty.
     pub fn peers(&self) -> &[metapb::Peer] {
-        &self.meta.peers
+        &self.peers
     }
 
     /// Inclusive start key.
@@ -283,7 +306,7 @@ impl Region {
 
     /// Index into [`Region::peers`] of the current leader.
     pub fn leader_index(&self) -> usize {
-        self.leader.load(Ordering::Acquire)
+        self.leader.load(Ordering::Acquire) as usize
     }
 
     /// The peer requests are routed to: PD's leader, the last `NotLeader`
@@ -291,7 +314,7 @@ impl Region {
     pub fn leader(&self) -> &metapb::Peer {
         // The index is only ever set to a position in `peers`, which is
         // immutable and non-empty.
-        &self.meta.peers[self.leader_index()]
+        &self.peers[self.leader_index()]
     }
 
     /// The store holding [`Region::leader`].
@@ -301,16 +324,17 @@ impl Region {
 
     /// The peer of this region on `store_id`, if any.
     pub fn peer_on_store(&self, store_id: u64) -> Option<&metapb::Peer> {
-        self.meta.peers.iter().find(|p| p.store_id == store_id)
+        self.peers.iter().find(|p| p.store_id == store_id)
     }
 
     /// Makes the peer on `store_id` the leader (client-go's
     /// `switchWorkLeaderToPeer`). Returns false, changing nothing, if the
     /// region has no peer there.
     pub fn switch_leader_to_store(&self, store_id: u64) -> bool {
-        match self.meta.peers.iter().position(|p| p.store_id == store_id) {
+        match self.peers.iter().position(|p| p.store_id == store_id) {
             Some(i) => {
-                self.leader.store(i, Ordering::Release);
+                // `i < peers.len()`, which fits a u32 (checked in `new`).
+                self.leader.store(i as u32, Ordering::Release);
                 true
             }
             None => false,
@@ -322,10 +346,14 @@ impl Region {
     /// leader is still `tried`, so concurrent callers that failed on the same
     /// peer advance it once. Returns the leader index afterwards.
     pub fn switch_to_next_peer(&self, tried: usize) -> usize {
-        let next = (tried + 1) % self.meta.peers.len();
-        match self.leader.compare_exchange(tried, next, Ordering::AcqRel, Ordering::Acquire) {
+        let next = tried.wrapping_add(1) % self.peers.len();
+        // No leader index is that large, so such a `tried` is not the leader.
+        let Ok(tried) = u32::try_from(tried) else { return self.leader_index() };
+        // `next < peers.len()`, which fits a u32 (checked in `new`).
+        match self.leader.compare_exchange(tried, next as u32, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => next,
-            Err(current) => current,
+            Err(current) => current as usize,
         }
     }
 

@@ -122,7 +122,7 @@ fn lookup_by_key_end_key_and_id() {
     let a = c.locate_key(b"c", now).unwrap();
     let b = c.get_by_id(2, now).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
-    assert_eq!(a.meta().start_key.as_ref(), b"b");
+    assert_eq!(a.to_meta().start_key.as_ref(), b"b");
     assert_eq!(a.peers().len(), 3);
     assert_eq!(a.leader().id, 202);
 }
@@ -649,4 +649,67 @@ fn random_inserts_keep_the_index_consistent() {
         }
     }
     assert!(ok > 100 && refused > 100, "both paths exercised: {ok} ok, {refused} refused");
+}
+
+/// Lookups and range walks on other threads always get a region that
+/// contains their key (or nothing) while one thread splits, merges and
+/// refreshes regions: each insert is atomic to readers.
+#[test]
+fn lookups_stay_correct_while_another_thread_inserts() {
+    const N: u64 = 600;
+    let key = |i: u64| format!("t_r{i:05}");
+    let c = cache();
+    for i in 0..N {
+        let start = if i == 0 { String::new() } else { key(i) };
+        let end = if i + 1 == N { String::new() } else { key(i + 1) };
+        put(&c, meta(i + 1, &start, &end, 1, 1, &[1, 2, 3]), 1, t(0));
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let (c, done) = (&c, &done);
+                s.spawn(move || {
+                    let (mut hits, mut walks) = (0u64, 0u64);
+                    let mut i = r;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) || hits < 1000 {
+                        i = (i * 7 + 13) % (N * 10);
+                        let k = format!("t_r{:05}{}", i / 10, i % 10);
+                        if let Some(region) = c.locate_key(k.as_bytes(), t(1)) {
+                            assert!(region.contains(k.as_bytes()), "{region:?} does not hold {k}");
+                            hits += 1;
+                        }
+                        if i % 97 == 0 {
+                            let g = c.group_ranges_by_region(&KeyRange::all(), t(1));
+                            for (region, piece) in &g.ranges {
+                                assert!(region.contains(piece.start.as_bytes()));
+                            }
+                            for w in g.ranges.windows(2) {
+                                assert_eq!(w[0].1.end, w[1].1.start, "pieces are contiguous");
+                            }
+                            walks += 1;
+                        }
+                    }
+                    (hits, walks)
+                })
+            })
+            .collect();
+        // Split region i in two, then merge it back, each at a newer version.
+        for round in 0..300u64 {
+            let i = 1 + (round * 37) % (N - 2);
+            let version = 2 + 2 * round;
+            let (start, mid, end) = (key(i), format!("{}5", key(i)), key(i + 1));
+            let split_id = 10_000 + round;
+            put(&c, meta(i + 1, &start, &mid, 1, version, &[1, 2, 3]), 2, t(1));
+            put(&c, meta(split_id, &mid, &end, 1, version, &[1, 2, 3]), 3, t(1));
+            put(&c, meta(i + 1, &start, &end, 1, version + 1, &[1, 2, 3]), 1, t(1));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            let (hits, walks) = r.join().expect("reader");
+            assert!(hits >= 1000 && walks > 0, "reader made progress: {hits} hits, {walks} walks");
+        }
+    });
+    c.check_invariants();
+    assert_eq!(c.len() as u64, N);
 }

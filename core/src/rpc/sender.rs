@@ -204,7 +204,7 @@ impl RegionCall {
         {
             let ctx = request.context_mut();
             ctx.region_id = self.region.id();
-            ctx.region_epoch = self.region.meta().region_epoch;
+            ctx.region_epoch = Some(self.region.epoch());
             ctx.peer = Some(peer);
             ctx.cluster_id = self.view.pd.cluster_id();
             ctx.is_retry_request = self.attempts > 0;
