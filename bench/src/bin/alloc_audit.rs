@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p tikv-bench --bin alloc_audit -- [--n 200000] [--e2e-ops 20000]
 //!                                                        [--conc 64] [--ops put,get]
+//!                                                        [--core get,put,batch-get,snapshot-get]
 //! ```
 //!
 //! A counting global allocator counts the allocations (and reallocations)
@@ -256,7 +257,8 @@ fn core_rounds<O: Operation>(
     })
 }
 
-fn core_section(n: usize) -> Result<Vec<CoreRow>, String> {
+fn core_section(n: usize, which: &[String]) -> Result<Vec<CoreRow>, String> {
+    let wanted = |name: &str| which.iter().any(|w| w == name);
     let view = warm_view();
     let opts = RawOptions::default();
     let keys: Vec<Key> = (0..64u32).map(|i| Key::from(format!("key-{i:011}"))).collect();
@@ -264,62 +266,75 @@ fn core_section(n: usize) -> Result<Vec<CoreRow>, String> {
     let batch: Vec<Key> = keys[..16].to_vec();
     let mut rows = Vec::new();
 
-    rows.push(core_rounds(
-        "raw get",
-        n,
-        |i| raw::get(&view, keys[i % keys.len()].clone(), &opts),
-        |_| {
-            KvResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
-                value: value.clone(),
-                ..Default::default()
-            }))
-        },
-    )?);
-    rows.push(core_rounds(
-        "raw put",
-        n,
-        |i| {
-            let pair = KvPair { key: keys[i % keys.len()].clone(), value: value.clone() };
-            raw::put(&view, pair, 0, &opts)
-        },
-        |_| KvResponse::RawPut(Box::default()),
-    )?);
-    rows.push(core_rounds(
-        "raw batch get (16 keys)",
-        n,
-        |_| raw::batch_get(&view, batch.clone(), &opts),
-        |request| {
-            let KvRequest::RawBatchGet(r) = request else {
-                return KvResponse::RawBatchGet(Box::default());
-            };
-            KvResponse::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
-                pairs: r
-                    .keys
-                    .iter()
-                    .map(|k| kvrpcpb::KvPair {
-                        key: k.clone(),
-                        value: value.clone(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }))
-        },
-    )?);
-    rows.push(core_rounds(
-        "snapshot get",
-        n,
-        |i| {
-            let opts = ReadOptions::default();
-            SnapshotGet::new(view.clone(), keys[i % keys.len()].clone(), 400_000 + i as u64, opts)
-        },
-        |_| {
-            KvResponse::Get(Box::new(kvrpcpb::GetResponse {
-                value: value.clone(),
-                ..Default::default()
-            }))
-        },
-    )?);
+    if wanted("get") {
+        rows.push(core_rounds(
+            "raw get",
+            n,
+            |i| raw::get(&view, keys[i % keys.len()].clone(), &opts),
+            |_| {
+                KvResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+                    value: value.clone(),
+                    ..Default::default()
+                }))
+            },
+        )?);
+    }
+    if wanted("put") {
+        rows.push(core_rounds(
+            "raw put",
+            n,
+            |i| {
+                let pair = KvPair { key: keys[i % keys.len()].clone(), value: value.clone() };
+                raw::put(&view, pair, 0, &opts)
+            },
+            |_| KvResponse::RawPut(Box::default()),
+        )?);
+    }
+    if wanted("batch-get") {
+        rows.push(core_rounds(
+            "raw batch get (16 keys)",
+            n,
+            |_| raw::batch_get(&view, batch.clone(), &opts),
+            |request| {
+                let KvRequest::RawBatchGet(r) = request else {
+                    return KvResponse::RawBatchGet(Box::default());
+                };
+                KvResponse::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
+                    pairs: r
+                        .keys
+                        .iter()
+                        .map(|k| kvrpcpb::KvPair {
+                            key: k.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }))
+            },
+        )?);
+    }
+    if wanted("snapshot-get") {
+        rows.push(core_rounds(
+            "snapshot get",
+            n,
+            |i| {
+                let opts = ReadOptions::default();
+                SnapshotGet::new(
+                    view.clone(),
+                    keys[i % keys.len()].clone(),
+                    400_000 + i as u64,
+                    opts,
+                )
+            },
+            |_| {
+                KvResponse::Get(Box::new(kvrpcpb::GetResponse {
+                    value: value.clone(),
+                    ..Default::default()
+                }))
+            },
+        )?);
+    }
     Ok(rows)
 }
 
@@ -439,11 +454,17 @@ struct Args {
     e2e_ops: u64,
     conc: usize,
     ops: Vec<String>,
+    core: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args =
-        Args { n: 200_000, e2e_ops: 20_000, conc: 64, ops: vec!["put".into(), "get".into()] };
+    let mut args = Args {
+        n: 200_000,
+        e2e_ops: 20_000,
+        conc: 64,
+        ops: vec!["put".into(), "get".into()],
+        core: ["get", "put", "batch-get", "snapshot-get"].map(String::from).to_vec(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -454,6 +475,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--conc" => args.conc = value()?.parse().map_err(|e| format!("--conc: {e}"))?,
             "--ops" => args.ops = value()?.split(',').map(str::to_owned).collect(),
+            "--core" => args.core = value()?.split(',').map(str::to_owned).collect(),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -471,7 +493,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match core_section(args.n) {
+    match core_section(args.n, &args.core) {
         Ok(rows) => {
             println!("core (sans-IO, {} rounds each)", args.n);
             println!("{:<26} {:>9} {:>10} {:>10}", "op", "ns/op", "allocs/op", "bytes/op");
