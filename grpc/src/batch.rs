@@ -39,8 +39,9 @@ use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_driver::Runtime;
 use tikv_proto::tikvpb::BatchCommandsRequest;
-use tikv_proto::tikvpb::tikv_client::TikvClient;
+use tonic::codegen::http::uri::PathAndQuery;
 
+use crate::batch_codec::BatchCodec;
 use crate::dispatch::call_kv;
 use crate::status::to_rpc_error;
 use crate::{ConnId, GrpcChannel, TransportConfig};
@@ -337,10 +338,23 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
     let mut done = Vec::new();
     let opened = match (shared.channel)().await {
         Ok(channel) => {
-            let mut client = TikvClient::new(channel)
+            // The generated stub's call with our codec (`batch_codec`).
+            let mut grpc = tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(limits.decoding)
                 .max_encoding_message_size(limits.encoding);
-            client.batch_commands(requests).await.map_err(to_rpc_error)
+            // The service's error type need not be `Send`: turn it into a
+            // message before the next await.
+            let ready = grpc.ready().await.map_err(|e| {
+                RpcError::Unavailable(format!("BatchCommands: channel not ready: {}", e.into()))
+            });
+            match ready {
+                Ok(()) => {
+                    let path = PathAndQuery::from_static("/tikvpb.Tikv/BatchCommands");
+                    let request = tonic::IntoStreamingRequest::into_streaming_request(requests);
+                    grpc.streaming(request, path, BatchCodec).await.map_err(to_rpc_error)
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
