@@ -4,6 +4,7 @@
 //! cargo run --release -p tikv-bench --bin alloc_audit -- [--n 200000] [--e2e-ops 20000]
 //!                                                        [--conc 64] [--ops put,get]
 //!                                                        [--core get,put,batch-get,snapshot-get]
+//!                                                        [--floor]
 //! ```
 //!
 //! A counting global allocator counts the allocations (and reallocations)
@@ -24,7 +25,9 @@
 //! there and only the client's allocations are counted; the server's, on its
 //! own thread, are not. The figure is per operation at `--conc` concurrent
 //! callers, after a warm-up, and includes tonic's and hyper's encoding and
-//! framing buffers (shared by the batched requests of one message).
+//! framing buffers (shared by the batched requests of one message). With
+//! `--floor` the same section runs `tikv-bench`'s floor client instead
+//! (one stream, prebuilt contexts, no routing), for a same-harness ratio.
 
 // A global allocator implements the `unsafe` trait `GlobalAlloc`; the
 // implementation only forwards to `System` and bumps thread-local counters.
@@ -347,9 +350,18 @@ struct E2eRow {
     bytes_per_op: f64,
 }
 
-/// Starts `tikv-sim` (one store, one region) on its own thread and runtime;
-/// returns its PD address and a handle that stops it when dropped.
-fn start_sim() -> Result<(String, std::sync::mpsc::Sender<()>), String> {
+/// A running in-process `tikv-sim`: PD and store addresses, the region's
+/// context (for the floor's prebuilt requests), and the handle that stops it
+/// when dropped.
+struct Sim {
+    pd: String,
+    store: String,
+    context: kvrpcpb::Context,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Starts `tikv-sim` (one store, one region) on its own thread and runtime.
+fn start_sim() -> Result<Sim, String> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -370,7 +382,10 @@ fn start_sim() -> Result<(String, std::sync::mpsc::Sender<()>), String> {
             match tikv_sim::server::SimServer::start(cluster, Default::default()).await {
                 Ok(server) => {
                     let pd = server.pd_addrs().into_iter().next().unwrap_or_default();
-                    let _ = addr_tx.send(Ok(pd));
+                    let store = server.store_addr(1).await.unwrap_or_default();
+                    let region = server.cluster().regions().first().map_or(0, |r| r.id);
+                    let context = server.cluster().context_for(region).unwrap_or_default();
+                    let _ = addr_tx.send(Ok((pd, store, context)));
                     // Serve until the sender is dropped.
                     let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                     server.shutdown().await;
@@ -381,21 +396,147 @@ fn start_sim() -> Result<(String, std::sync::mpsc::Sender<()>), String> {
             }
         });
     });
-    let pd = addr_rx.recv().map_err(|e| e.to_string())??;
-    Ok((pd, stop_tx))
+    let (pd, store, context) = addr_rx.recv().map_err(|e| e.to_string())??;
+    Ok(Sim { pd, store, context, _stop: stop_tx })
 }
 
-fn e2e_section(ops: u64, conc: usize, which: &[String]) -> Result<Vec<E2eRow>, String> {
-    let (pd, _stop) = start_sim()?;
+/// The floor (as `tikv-bench`'s `floor-stream` mode): a minimal tonic client
+/// on one `BatchCommands` stream, with prebuilt region contexts, no routing,
+/// an id → waiter map, and a sender task taking whatever is queued.
+#[derive(Clone)]
+struct Floor {
+    queue: tokio::sync::mpsc::UnboundedSender<(FloorCmd, tokio::sync::oneshot::Sender<()>)>,
+    context: Arc<kvrpcpb::Context>,
+}
+
+type FloorCmd = tikv_proto::tikvpb::batch_commands_request::request::Cmd;
+
+impl Floor {
+    async fn open(store: &str, context: kvrpcpb::Context) -> Result<Floor, String> {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        use tikv_proto::tikvpb::batch_commands_request::Request as Entry;
+        use tikv_proto::tikvpb::{BatchCommandsRequest, BatchCommandsResponse};
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{store}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel();
+        let (out, out_rx) = futures::channel::mpsc::unbounded::<BatchCommandsRequest>();
+        let waiters: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
+        // An empty first message, so the call's headers come back.
+        let _ = out.unbounded_send(BatchCommandsRequest::default());
+        let mut answers = tikv_proto::tikvpb::tikv_client::TikvClient::new(channel)
+            .batch_commands(out_rx)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let senders = waiters.clone();
+        tokio::spawn(async move {
+            let mut next_id = 0u64;
+            while let Some(first) = queued.recv().await {
+                let mut batch = BatchCommandsRequest::default();
+                let mut entries = vec![first];
+                while entries.len() < 128 {
+                    match queued.try_recv() {
+                        Ok(entry) => entries.push(entry),
+                        Err(_) => break,
+                    }
+                }
+                {
+                    let mut map = senders.lock().unwrap_or_else(|e| e.into_inner());
+                    for (cmd, waiter) in entries {
+                        next_id += 1;
+                        map.insert(next_id, waiter);
+                        batch.requests.push(Entry { cmd: Some(cmd) });
+                        batch.request_ids.push(next_id);
+                    }
+                }
+                if out.unbounded_send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok(Some(BatchCommandsResponse { request_ids, .. })) = answers.message().await
+            {
+                let mut map = waiters.lock().unwrap_or_else(|e| e.into_inner());
+                for id in request_ids {
+                    if let Some(waiter) = map.remove(&id) {
+                        let _ = waiter.send(());
+                    }
+                }
+            }
+        });
+        Ok(Floor { queue, context: Arc::new(context) })
+    }
+
+    async fn call(&self, cmd: FloorCmd) -> bool {
+        let (waiter, done) = tokio::sync::oneshot::channel();
+        self.queue.send((cmd, waiter)).is_ok() && done.await.is_ok()
+    }
+}
+
+/// Whose client the end-to-end section runs.
+#[derive(Clone)]
+enum E2eClient {
+    Ours(tikv_tokio::RawClient),
+    Floor(Floor),
+}
+
+impl E2eClient {
+    async fn call(&self, op: &str, key: Vec<u8>, value: &Bytes) -> bool {
+        match self {
+            E2eClient::Ours(client) if op == "put" => client.put(key, value.clone()).await.is_ok(),
+            E2eClient::Ours(client) => client.get(key).await.is_ok(),
+            E2eClient::Floor(floor) => {
+                let context = Some(kvrpcpb::Context::clone(&floor.context));
+                let cmd = if op == "put" {
+                    FloorCmd::RawPut(kvrpcpb::RawPutRequest {
+                        context,
+                        key: key.into(),
+                        value: value.clone(),
+                        ..Default::default()
+                    })
+                } else {
+                    FloorCmd::RawGet(kvrpcpb::RawGetRequest {
+                        context,
+                        key: key.into(),
+                        ..Default::default()
+                    })
+                };
+                floor.call(cmd).await
+            }
+        }
+    }
+}
+
+fn e2e_section(
+    ops: u64,
+    conc: usize,
+    which: &[String],
+    floor: bool,
+) -> Result<Vec<E2eRow>, String> {
+    let sim = start_sim()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let config = Config::default().with_pd_endpoints([pd]);
-        let client = tikv_tokio::RawClient::connect_with_config(config)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let client = if floor {
+            E2eClient::Floor(Floor::open(&sim.store, sim.context.clone()).await?)
+        } else {
+            let config = Config::default().with_pd_endpoints([sim.pd.clone()]);
+            let client = tikv_tokio::RawClient::connect_with_config(config)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            E2eClient::Ours(client)
+        };
+        // The keys of `tikv-bench`'s workload, built per call by every client.
+        let workload = tikv_bench::workload::Workload::default();
         let value = Bytes::from(vec![b'v'; 64]);
         let mut rows = Vec::new();
         for op in ["put", "get"].into_iter().filter(|op| which.iter().any(|w| w == op)) {
@@ -406,13 +547,7 @@ fn e2e_section(ops: u64, conc: usize, which: &[String]) -> Result<Vec<E2eRow>, S
                         let value = value.clone();
                         async move {
                             for i in 0..per_task {
-                                let key = format!("k{task:06}{:06}", i % 64);
-                                let ok = if op == "put" {
-                                    client.put(key, value.clone()).await.is_ok()
-                                } else {
-                                    client.get(key).await.is_ok()
-                                };
-                                if !ok {
+                                if !client.call(op, workload.key(task, i), &value).await {
                                     return false;
                                 }
                             }
@@ -455,6 +590,7 @@ struct Args {
     conc: usize,
     ops: Vec<String>,
     core: Vec<String>,
+    floor: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -464,6 +600,7 @@ fn parse_args() -> Result<Args, String> {
         conc: 64,
         ops: vec!["put".into(), "get".into()],
         core: ["get", "put", "batch-get", "snapshot-get"].map(String::from).to_vec(),
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -476,6 +613,7 @@ fn parse_args() -> Result<Args, String> {
             "--conc" => args.conc = value()?.parse().map_err(|e| format!("--conc: {e}"))?,
             "--ops" => args.ops = value()?.split(',').map(str::to_owned).collect(),
             "--core" => args.core = value()?.split(',').map(str::to_owned).collect(),
+            "--floor" => args.floor = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -513,11 +651,12 @@ fn main() -> ExitCode {
         }
     }
     if args.e2e_ops > 0 {
-        match e2e_section(args.e2e_ops, args.conc, &args.ops) {
+        match e2e_section(args.e2e_ops, args.conc, &args.ops, args.floor) {
             Ok(rows) => {
                 println!();
                 println!(
-                    "tokio client over BatchCommands, client thread only (tonic/hyper included)"
+                    "{} over BatchCommands, client thread only (tonic/hyper included)",
+                    if args.floor { "the floor client" } else { "our tokio client" }
                 );
                 println!("{:<6} {:>5} {:>10} {:>10}", "op", "conc", "allocs/op", "bytes/op");
                 for r in &rows {
