@@ -276,7 +276,10 @@ impl<P: KeyPlan> KeyFanout<P> {
                     }
                     None => self.backoffer.fork(),
                 };
-                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer);
+                // The fan-out keeps the items, so a retry's request is
+                // built again rather than copied up front.
+                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer)
+                    .rebuilding();
                 Child::Call(Box::new(call), items)
             })
             .collect();
@@ -306,11 +309,22 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
     }
 
-    /// Collects a finished child, if `idx` has finished.
+    /// Collects a finished child, if `idx` has finished, or hands a call
+    /// the request its retry waits for.
     fn check_child(&mut self, idx: usize, now: Instant) {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
+        if let Some(Child::Call(call, items)) = slot
+            && call.needs_request()
+            && let Some(plan) = self.plan.as_ref()
+        {
+            let mut request = plan.build(items);
+            if !self.tags.is_empty() {
+                self.tags.stamp(request.context_mut());
+            }
+            call.supply_request(request);
+        }
         let done = match slot {
             Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
                 self.finished_call = Some(outcome);
