@@ -3,7 +3,7 @@
 //! side-by-side table ([`peers`]), and the server processes the benchmarks
 //! run against ([`server`]: `tikv-echo`, `tikv-sim`). The binaries run our
 //! clients in-process: `tikv-bench` (raw get/put, the floors and peers),
-//! `txn-commit` (B7) and `tso-bench` (B8).
+//! `txn-commit` (B7) and `tso-bench` (B8), `alloc-audit` (B10).
 
 pub mod peers;
 pub mod server;

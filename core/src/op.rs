@@ -70,16 +70,26 @@ impl<O: Operation + ?Sized> Operation for Box<O> {
 /// Maps a parent's RPC ids onto `(child, child id)` pairs, so children can
 /// choose ids freely. Lookups are by id; nothing iterates the map, so hash
 /// order never influences a decision.
+///
+/// The first few entries live inline (most parents have one or two RPCs in
+/// flight at a time, and a hash table was an allocation per operation in
+/// issue #7's audit); beyond [`IdMap::INLINE`] the rest go to a hash map.
 #[derive(Debug, Default)]
 pub struct IdMap<C> {
     next: u64,
+    inline: smallvec::SmallVec<[(RpcId, C, RpcId); IdMap::<()>::INLINE]>,
     map: hashbrown::HashMap<RpcId, (C, RpcId)>,
+}
+
+impl IdMap<()> {
+    /// Entries kept inline before the hash map is used.
+    pub const INLINE: usize = 4;
 }
 
 impl<C: Copy> IdMap<C> {
     /// An empty map.
     pub fn new() -> Self {
-        IdMap { next: 0, map: hashbrown::HashMap::new() }
+        IdMap { next: 0, inline: smallvec::SmallVec::new(), map: hashbrown::HashMap::new() }
     }
 
     /// Allocates a fresh parent id for nothing in particular (a parent's own RPC).
@@ -91,18 +101,64 @@ impl<C: Copy> IdMap<C> {
     /// Rewrites a child's RPC to carry a fresh parent id, remembering the origin.
     pub fn wrap(&mut self, child: C, mut rpc: Rpc) -> Rpc {
         let id = self.fresh();
-        self.map.insert(id, (child, rpc.id));
+        if self.inline.len() < IdMap::<()>::INLINE {
+            self.inline.push((id, child, rpc.id));
+        } else {
+            self.map.insert(id, (child, rpc.id));
+        }
         rpc.id = id;
         rpc
     }
 
     /// Resolves (and forgets) a parent id.
     pub fn take(&mut self, id: RpcId) -> Option<(C, RpcId)> {
-        self.map.remove(&id)
+        match self.inline.iter().position(|&(parent, _, _)| parent == id) {
+            // Order inside the inline set does not matter: lookups are by id.
+            Some(i) => {
+                let (_, child, child_id) = self.inline.swap_remove(i);
+                Some((child, child_id))
+            }
+            None => self.map.remove(&id),
+        }
     }
 
     /// Number of RPCs in flight.
     pub fn in_flight(&self) -> usize {
-        self.map.len()
+        self.inline.len() + self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{KvRequest, Request, Target};
+    use crate::time::Instant;
+
+    fn rpc(id: u64) -> Rpc {
+        Rpc {
+            id: RpcId(id),
+            target: Target::Pd { addr: "pd:2379".into() },
+            request: Request::Kv(KvRequest::RawGet(Default::default())),
+            deadline: Instant::MAX,
+        }
+    }
+
+    /// Ids resolve to their origin whether they sit inline or in the hash
+    /// map, in any order, once each.
+    #[test]
+    fn id_map_resolves_inline_and_spilled_entries() {
+        let mut ids = IdMap::<usize>::new();
+        let parents: Vec<RpcId> =
+            (0..10).map(|child| ids.wrap(child, rpc(100 + child as u64)).id).collect();
+        assert_eq!(ids.in_flight(), 10);
+        for &child in &[7usize, 0, 9, 3, 1, 2, 8, 4, 6, 5] {
+            assert_eq!(ids.take(parents[child]), Some((child, RpcId(100 + child as u64))));
+            assert_eq!(ids.take(parents[child]), None, "an id resolves once");
+        }
+        assert_eq!(ids.in_flight(), 0);
+        // Freed inline room is used again; ids never repeat.
+        let again = ids.wrap(42, rpc(5)).id;
+        assert!(!parents.contains(&again));
+        assert_eq!(ids.take(again), Some((42, RpcId(5))));
     }
 }

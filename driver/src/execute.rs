@@ -152,15 +152,42 @@ fn poll_event(
     Poll::Pending
 }
 
-type CallFuture =
+type CallFuture = BoxFuture<'static, Result<Response, RpcError>>;
+
+type ManyFuture =
     BoxFuture<'static, (u64, Result<Result<Response, RpcError>, futures::future::Aborted>)>;
 
 /// The RPCs in flight. Each call gets a private sequence number, so a
 /// machine that (wrongly) reuses an RPC id cannot confuse the bookkeeping.
+///
+/// Most operations have one RPC in flight at a time (a point read or write
+/// and its retries), so the first call lives in an inline slot and is
+/// polled directly; only the calls started while it is busy go to the
+/// general set. The slot saves the set's per-call bookkeeping (issue #7's
+/// profile: a task allocation in `FuturesUnordered`, a boxed wrapper, an
+/// abort handle, a map entry and a deadline-set node per call, plus the
+/// set's own allocations per operation).
 #[derive(Default)]
 struct Calls {
     next_seq: u64,
-    futures: FuturesUnordered<CallFuture>,
+    single: Option<SingleCall>,
+    /// Created by the first call that finds the slot busy.
+    many: Option<ManyCalls>,
+}
+
+/// The call in the inline slot. Dropping it drops (cancels) the
+/// transport's future.
+struct SingleCall {
+    seq: u64,
+    id: RpcId,
+    deadline: Instant,
+    call: CallFuture,
+}
+
+/// The calls beyond the first.
+#[derive(Default)]
+struct ManyCalls {
+    futures: FuturesUnordered<ManyFuture>,
     /// Live calls by sequence number. Only looked up, never iterated, so hash
     /// order cannot influence anything.
     live: HashMap<u64, LiveCall>,
@@ -178,34 +205,54 @@ impl Calls {
     fn launch<T: Transport + ?Sized>(&mut self, rpc: Rpc, transport: &T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (abort, registration) = AbortHandle::new_pair();
         let call = transport.call(&rpc.target, rpc.request, rpc.deadline);
-        self.futures.push(Abortable::new(call, registration).map(move |r| (seq, r)).boxed());
-        self.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort });
-        self.deadlines.insert((rpc.deadline, seq));
+        if self.single.is_none() {
+            self.single = Some(SingleCall { seq, id: rpc.id, deadline: rpc.deadline, call });
+            return;
+        }
+        let many = self.many.get_or_insert_with(ManyCalls::default);
+        let (abort, registration) = AbortHandle::new_pair();
+        many.futures.push(Abortable::new(call, registration).map(move |r| (seq, r)).boxed());
+        many.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort });
+        many.deadlines.insert((rpc.deadline, seq));
     }
 
     /// True when no call is waiting for an answer (aborted calls that have
     /// not been polled out yet do not count).
     fn is_idle(&self) -> bool {
-        self.live.is_empty()
+        self.single.is_none() && self.many.as_ref().is_none_or(|m| m.live.is_empty())
+    }
+
+    /// `(deadline, seq)` of the live call that expires first.
+    fn first_deadline(&self) -> Option<(Instant, u64)> {
+        let single = self.single.as_ref().map(|c| (c.deadline, c.seq));
+        let many = self.many.as_ref().and_then(|m| m.deadlines.first().copied());
+        match (single, many) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The nearest deadline of a live call. [`Instant::MAX`] means "no
     /// deadline", so it never arms the timer.
     fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(d, _)| d).filter(|&d| d != Instant::MAX)
+        self.first_deadline().map(|(d, _)| d).filter(|&d| d != Instant::MAX)
     }
 
     /// Drops the live call with the earliest deadline if that deadline has
     /// passed, returning its RPC id.
     fn expire_one(&mut self, now: Instant) -> Option<RpcId> {
-        let &(deadline, seq) = self.deadlines.first()?;
+        let (deadline, seq) = self.first_deadline()?;
         if deadline > now || deadline == Instant::MAX {
             return None;
         }
-        self.deadlines.pop_first();
-        let call = self.live.remove(&seq)?;
+        if self.single.as_ref().is_some_and(|c| c.seq == seq) {
+            // Dropping the future cancels the call.
+            return self.single.take().map(|c| c.id);
+        }
+        let many = self.many.as_mut()?;
+        many.deadlines.pop_first();
+        let call = many.live.remove(&seq)?;
         // Aborting wakes the future, which then resolves to `Aborted` and is
         // discarded; the transport's future is dropped with it.
         call.abort.abort();
@@ -214,11 +261,21 @@ impl Calls {
 
     /// The next outcome of a live call.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(RpcId, Result<Response, RpcError>)> {
+        if let Some(single) = self.single.as_mut()
+            && let Poll::Ready(result) = single.call.poll_unpin(cx)
+        {
+            let id = single.id;
+            self.single = None;
+            return Poll::Ready((id, result));
+        }
+        let Some(many) = self.many.as_mut() else {
+            return Poll::Pending;
+        };
         loop {
-            match self.futures.poll_next_unpin(cx) {
+            match many.futures.poll_next_unpin(cx) {
                 Poll::Ready(Some((seq, Ok(result)))) => {
-                    if let Some(call) = self.live.remove(&seq) {
-                        self.deadlines.remove(&(call.deadline, seq));
+                    if let Some(call) = many.live.remove(&seq) {
+                        many.deadlines.remove(&(call.deadline, seq));
                         return Poll::Ready((call.id, result));
                     }
                 }

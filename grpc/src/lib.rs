@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+mod batch_codec;
 mod config;
 pub mod dispatch;
 pub mod status;

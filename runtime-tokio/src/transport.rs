@@ -43,7 +43,8 @@ fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> 
 ///
 /// One HTTP/2 channel per address, created on first use and cached (a
 /// channel multiplexes concurrent calls and reconnects by itself). Each
-/// call's deadline is sent as `grpc-timeout` and enforced locally. PD's TSO
+/// unary call's deadline is sent as `grpc-timeout` and enforced locally by a
+/// timer; a `BatchCommands` request's by the batch collector. PD's TSO
 /// requests go over one long-lived bidirectional stream per PD address,
 /// several rounds in flight, answers matched in order (`tikv_grpc::tso`); a
 /// stream that fails is dropped, its rounds in flight report
@@ -152,21 +153,33 @@ impl Transport for GrpcTransport {
                 return Err(RpcError::DeadlineExceeded);
             }
             let name = request.name();
+            // A request for the stream needs no timer of its own: the batch
+            // collector fails it at its deadline (the stream's driver task
+            // keeps one timer for all of its requests), and `execute`
+            // enforces the deadline too. One timer per call, not two
+            // (issue #7's profile).
+            let stream_enforced = inner.config.batch_commands
+                && matches!(&request, Request::Kv(r) if is_batchable(r));
             let call = dispatch(&inner, &addr, request, core_deadline, timeout);
-            let response = match deadline {
+            let result = match deadline.filter(|_| !stream_enforced) {
                 // Enforced here as well as by the server: a peer that never
                 // answers (or a stuck connect) must not hold the caller.
                 Some(at) => match tokio::time::timeout_at(at, call).await {
-                    Ok(Err(RpcError::Canceled)) if tokio::time::Instant::now() >= at => {
-                        // tonic servers enforce `grpc-timeout` by answering
-                        // CANCELLED ("Timeout expired"); that answer can beat
-                        // our own timer by a hair. It is our deadline.
-                        return Err(RpcError::DeadlineExceeded);
-                    }
-                    Ok(result) => result?,
+                    Ok(result) => result,
                     Err(_elapsed) => return Err(RpcError::DeadlineExceeded),
                 },
-                None => call.await?,
+                None => call.await,
+            };
+            let response = match result {
+                Ok(response) => response,
+                // tonic enforces `grpc-timeout` as well: its client answers
+                // "Timeout expired", a tonic server CANCELLED, and either can
+                // beat our own timer (or the collector's) by a hair. A
+                // failure once the deadline has passed is the deadline's.
+                Err(_) if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) => {
+                    return Err(RpcError::DeadlineExceeded);
+                }
+                Err(e) => return Err(e),
             };
             if response.name() != name {
                 return Err(RpcError::Mismatch);

@@ -6,7 +6,10 @@
 //! error re-locate; if the batch still fits one region retry it, otherwise
 //! re-group), written once and parameterised by a [`KeyPlan`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::backoff::Backoffer;
 use crate::error::Error;
@@ -48,8 +51,46 @@ pub trait KeyPlan {
 }
 
 enum Child<I> {
+    /// Boxed: inline, the call made every move of the fan-out (into the
+    /// driver's future, in and out of the children) copy ~450 bytes more,
+    /// which cost more instructions per raw get than the allocation it
+    /// saved (issue #7's callgrind profile).
     Call(Box<RegionCall>, Vec<I>),
     Locate(Box<LocateRegion>),
+}
+
+/// Children by index; the first lives inline.
+type Children<I> = SmallVec<[Option<Child<I>>; 1]>;
+
+/// A FIFO of child indexes whose first entry lives inline, so an operation
+/// with one child at a time never allocates for it.
+#[derive(Debug, Default)]
+struct ReadyQueue {
+    first: Option<usize>,
+    rest: VecDeque<usize>,
+}
+
+impl ReadyQueue {
+    fn push_back(&mut self, idx: usize) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(idx);
+        } else {
+            self.rest.push_back(idx);
+        }
+    }
+
+    fn front(&self) -> Option<usize> {
+        self.first.or_else(|| self.rest.front().copied())
+    }
+
+    fn pop_front(&mut self) -> Option<usize> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
 }
 
 /// Runs a [`KeyPlan`] over a set of items.
@@ -59,10 +100,10 @@ pub struct KeyFanout<P: KeyPlan> {
     /// Items not yet sent (no cached region, or handed back by `Relocate`),
     /// sorted by key.
     pending: Vec<P::Item>,
-    children: Vec<Option<Child<P::Item>>>,
+    children: Children<P::Item>,
     /// Children that may have RPCs to hand out, so `poll_rpc` does not scan
     /// every child ever started (a batch can have thousands).
-    ready: std::collections::VecDeque<usize>,
+    ready: ReadyQueue,
     /// Hand-off slots for the outcome of the child being collected.
     finished_call: Option<Result<RegionOutcome, Error>>,
     finished_locate: Option<Result<(), Error>>,
@@ -104,8 +145,8 @@ impl<P: KeyPlan> KeyFanout<P> {
             view,
             plan: Some(plan),
             pending: items,
-            children: Vec::new(),
-            ready: std::collections::VecDeque::new(),
+            children: SmallVec::new(),
+            ready: ReadyQueue::default(),
             finished_call: None,
             finished_locate: None,
             live: 0,
@@ -166,46 +207,56 @@ impl<P: KeyPlan> KeyFanout<P> {
         };
         let (max_count, max_bytes) = plan.batch_limits();
         let max_count = max_count.max(1);
-        let pending = std::mem::take(&mut self.pending);
-        let mut unrouted: Vec<P::Item> = Vec::new();
-        let mut new_children = Vec::new();
+        let mut items = std::mem::take(&mut self.pending);
+        // Cut the sorted items into runs, each a batch for one region or a
+        // stretch without a cached region: `(first index, region)`.
+        let mut runs: SmallVec<[(usize, Option<RegionRef>); 2]> = SmallVec::new();
         let mut region: Option<RegionRef> = None;
-        let mut batch: Vec<P::Item> = Vec::new();
-        let mut batch_bytes = 0usize;
-        for item in pending {
-            let key = P::key(&item).as_bytes();
+        let (mut batch_len, mut batch_bytes) = (0usize, 0usize);
+        for (i, item) in items.iter().enumerate() {
+            let key = P::key(item).as_bytes();
             let same = matches!(&region, Some(r) if r.contains(key));
             if !same {
-                if let Some(r) = region.take()
-                    && !batch.is_empty()
-                {
-                    new_children.push((r, std::mem::take(&mut batch)));
-                }
-                batch_bytes = 0;
                 region = self.view.regions.locate_key(key, now);
+                let unrouted_run_continues = region.is_none()
+                    && runs.last().is_some_and(|(_, r): &(usize, Option<RegionRef>)| r.is_none());
+                if !unrouted_run_continues {
+                    runs.push((i, region.clone()));
+                }
+                (batch_len, batch_bytes) = (0, 0);
                 if region.is_none() {
-                    unrouted.push(item);
                     continue;
                 }
             }
-            let size = P::size(&item);
-            if !batch.is_empty() && (batch.len() >= max_count || batch_bytes + size > max_bytes) {
-                if let Some(r) = &region {
-                    new_children.push((r.clone(), std::mem::take(&mut batch)));
-                }
-                batch_bytes = 0;
+            let size = P::size(item);
+            if batch_len > 0 && (batch_len >= max_count || batch_bytes + size > max_bytes) {
+                runs.push((i, region.clone()));
+                (batch_len, batch_bytes) = (0, 0);
             }
+            batch_len += 1;
             batch_bytes += size;
-            batch.push(item);
         }
-        if let Some(r) = region
-            && !batch.is_empty()
-        {
-            new_children.push((r, batch));
+        // Split from the back, so the first run keeps the items' own vector:
+        // a one-batch operation (every point read and write) moves it into
+        // its batch without allocating (issue #7's audit).
+        let mut batches: SmallVec<[(RegionRef, Vec<P::Item>); 1]> = SmallVec::new();
+        let mut unrouted_runs: SmallVec<[Vec<P::Item>; 1]> = SmallVec::new();
+        for (start, region) in runs.into_iter().rev() {
+            let run = if start == 0 { std::mem::take(&mut items) } else { items.split_off(start) };
+            match region {
+                Some(region) => batches.push((region, run)),
+                None => unrouted_runs.push(run),
+            }
         }
+        let unrouted: Vec<P::Item> = match unrouted_runs.len() {
+            0 => Vec::new(),
+            1 => unrouted_runs.pop().unwrap_or_default(),
+            _ => unrouted_runs.into_iter().rev().flatten().collect(),
+        };
         let timeout = plan.timeout();
-        let calls: Vec<_> = new_children
+        let calls: SmallVec<[Child<P::Item>; 1]> = batches
             .into_iter()
+            .rev()
             .map(|(region, items)| {
                 let mut request = plan.build(&items);
                 if !self.tags.is_empty() {
@@ -225,7 +276,10 @@ impl<P: KeyPlan> KeyFanout<P> {
                     }
                     None => self.backoffer.fork(),
                 };
-                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer);
+                // The fan-out keeps the items, so a retry's request is
+                // built again rather than copied up front.
+                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer)
+                    .rebuilding();
                 Child::Call(Box::new(call), items)
             })
             .collect();
@@ -255,11 +309,22 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
     }
 
-    /// Collects a finished child, if `idx` has finished.
+    /// Collects a finished child, if `idx` has finished, or hands a call
+    /// the request its retry waits for.
     fn check_child(&mut self, idx: usize, now: Instant) {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
+        if let Some(Child::Call(call, items)) = slot
+            && call.needs_request()
+            && let Some(plan) = self.plan.as_ref()
+        {
+            let mut request = plan.build(items);
+            if !self.tags.is_empty() {
+                self.tags.stamp(request.context_mut());
+            }
+            call.supply_request(request);
+        }
         let done = match slot {
             Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
                 self.finished_call = Some(outcome);
@@ -354,7 +419,7 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        while let Some(&idx) = self.ready.front() {
+        while let Some(idx) = self.ready.front() {
             let rpc = match self.children.get_mut(idx) {
                 Some(Some(Child::Call(call, _))) => call.poll_rpc(),
                 Some(Some(Child::Locate(locate))) => locate.poll_rpc(),

@@ -35,8 +35,21 @@ const MAX_RETRIES_WITHOUT_BACKOFF: u32 = 10;
 enum Phase {
     Idle,
     Resolving(Box<ResolveStore>),
-    Sending { id: RpcId, store_id: u64 },
-    Sleeping { until: Instant, then: AfterSleep },
+    Sending {
+        id: RpcId,
+        store_id: u64,
+    },
+    /// A retry is due and the request was sent away: the parent supplies a
+    /// fresh one ([`RegionCall::supply_request`]).
+    AwaitingRequest {
+        peer: tikv_proto::metapb::Peer,
+        addr: Arc<str>,
+        now: Instant,
+    },
+    Sleeping {
+        until: Instant,
+        then: AfterSleep,
+    },
     Done,
 }
 
@@ -64,7 +77,13 @@ enum AfterSleep {
 pub struct RegionCall {
     view: Arc<ClusterView>,
     region: RegionRef,
-    request: Result<KvRequest, Error>,
+    /// `None` once sent in rebuild mode, until the parent supplies the next.
+    request: Option<Result<KvRequest, Error>>,
+    /// The command, for matching the answer once the request is sent away.
+    command: &'static str,
+    /// Rebuild mode ([`RegionCall::rebuilding`]): attempts send the request
+    /// itself instead of a copy.
+    rebuild: bool,
     timeout: Duration,
     backoffer: Option<Backoffer>,
     peer_offset: usize,
@@ -87,11 +106,14 @@ impl RegionCall {
         timeout: Duration,
         backoffer: Backoffer,
     ) -> RegionCall {
+        let command = request.name();
         let request = view.codec.encode_request(&mut request).map(|()| request);
         RegionCall {
             view,
             region,
-            request,
+            request: Some(request),
+            command,
+            rebuild: false,
             timeout,
             backoffer: Some(backoffer),
             peer_offset: 0,
@@ -103,6 +125,35 @@ impl RegionCall {
             outbox: None,
             result: None,
         }
+    }
+
+    /// Rebuild mode: every attempt sends the request itself rather than a
+    /// copy kept for retries (the copy was an allocation and a deep clone of
+    /// the message per call, issue #7's profile). When a retry is due, the
+    /// call waits, emitting nothing, until the parent, which can build the
+    /// request again, hands it over with [`RegionCall::supply_request`]
+    /// (check [`RegionCall::needs_request`] after every input).
+    pub fn rebuilding(mut self) -> RegionCall {
+        self.rebuild = true;
+        self
+    }
+
+    /// True when a retry waits for [`RegionCall::supply_request`].
+    pub fn needs_request(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingRequest { .. })
+    }
+
+    /// Hands over the request (user keys, as given to [`RegionCall::new`])
+    /// for the retry that waits for it; the retry is sent at the instant it
+    /// became due. Ignored when no retry waits.
+    pub fn supply_request(&mut self, mut request: KvRequest) {
+        let Phase::AwaitingRequest { peer, addr, now } =
+            std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        self.request = Some(self.view.codec.encode_request(&mut request).map(|()| request));
+        self.send(peer, addr, now);
     }
 
     /// The region this call targets.
@@ -191,15 +242,23 @@ impl RegionCall {
     }
 
     fn send(&mut self, peer: tikv_proto::metapb::Peer, addr: Arc<str>, now: Instant) {
-        let request = match &self.request {
-            Ok(r) => r,
-            Err(e) => {
-                let e = e.clone();
+        let mut request = match self.request.take() {
+            Some(Ok(request)) if self.rebuild => request,
+            Some(Ok(request)) => {
+                let copy = request.clone();
+                self.request = Some(Ok(request));
+                copy
+            }
+            Some(Err(e)) => {
+                self.request = Some(Err(e.clone()));
                 self.finish(Err(e));
                 return;
             }
+            None => {
+                self.phase = Phase::AwaitingRequest { peer, addr, now };
+                return;
+            }
         };
-        let mut request = request.clone();
         let store_id = peer.store_id;
         {
             let ctx = request.context_mut();
@@ -377,8 +436,7 @@ impl Operation for RegionCall {
                 self.phase = Phase::Idle;
                 match response {
                     Ok(Response::Kv(resp)) => {
-                        let matches =
-                            self.request.as_ref().map(|r| resp.matches(r)).unwrap_or(false);
+                        let matches = resp.name() == self.command;
                         if matches {
                             self.on_kv_response(store_id, resp, now);
                         } else {

@@ -175,6 +175,8 @@ struct Script {
     settled: usize,
     wake_at: Option<Instant>,
     done: bool,
+    /// The two RPCs' deadlines (ms after start); 50 and 100 when unset.
+    deadlines_ms: Option<[u64; 2]>,
 }
 
 impl Operation for Script {
@@ -182,7 +184,8 @@ impl Operation for Script {
 
     fn start(&mut self, now: Instant) {
         self.log.push(Input::Start(now));
-        for (id, store_id, ms) in [(1, 1, 50), (2, 2, 100)] {
+        let [first, second] = self.deadlines_ms.unwrap_or([50, 100]);
+        for (id, store_id, ms) in [(1, 1, first), (2, 2, second)] {
             self.outbox.push(Rpc {
                 id: RpcId(id),
                 target: store(store_id),
@@ -283,6 +286,41 @@ fn answered_call_stuck_call_then_timer() {
         ]
     );
     assert_eq!(transport.len(), 2, "no RPC was sent twice");
+}
+
+/// The first call rides the loop's inline slot and the second its general
+/// set: expiry follows deadlines across both, whichever holds the call.
+#[test]
+fn calls_expire_in_deadline_order_wherever_they_are_held() {
+    let rt = ManualRuntime::default();
+    let transport = ScriptedTransport::default();
+    let mut pool = LocalPool::new();
+    let op = Script { deadlines_ms: Some([100, 50]), ..Script::default() };
+    let result = spawn_execute(&pool, op, &rt, &transport);
+    pool.run_until_stalled();
+    assert_eq!(transport.len(), 2);
+    assert_eq!(rt.armed().last(), Some(&Instant::from_millis(50)), "the later call's deadline");
+
+    rt.advance_to(Instant::from_millis(60));
+    pool.run_until_stalled();
+    assert!(transport.dropped(1) && !transport.dropped(0), "only the second call expired");
+    assert_eq!(rt.armed().last(), Some(&Instant::from_millis(100)));
+
+    rt.advance_to(Instant::from_millis(100));
+    pool.run_until_stalled();
+    assert!(transport.dropped(0), "the first call expires at its own deadline");
+    rt.advance_to(Instant::from_millis(150));
+    pool.run_until_stalled();
+    let log = result.borrow_mut().take().expect("finished").expect("succeeded");
+    assert_eq!(
+        log,
+        vec![
+            Input::Start(Instant::ZERO),
+            Input::Response(RpcId(2), Err(RpcError::DeadlineExceeded), Instant::from_millis(60)),
+            Input::Response(RpcId(1), Err(RpcError::DeadlineExceeded), Instant::from_millis(100)),
+            Input::Timeout(Instant::from_millis(150)),
+        ]
+    );
 }
 
 #[test]
