@@ -170,7 +170,7 @@ async fn an_unanswered_request_ends_at_its_deadline() {
     server_rt.shutdown_background();
 }
 
-/// The tokio platform whose streams are recycled after 300 ms idle.
+/// The tokio platform whose streams are recycled after 500 ms idle.
 struct QuickIdle;
 
 impl Platform for QuickIdle {
@@ -178,7 +178,7 @@ impl Platform for QuickIdle {
     type Transport = GrpcTransport;
 
     fn build(_config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
-        let config = TransportConfig::default().batch_idle_timeout(Duration::from_millis(300));
+        let config = TransportConfig::default().batch_idle_timeout(Duration::from_millis(500));
         Ok((TokioRuntime::new(), GrpcTransport::new(config)))
     }
 }
@@ -192,17 +192,31 @@ async fn idle_streams_are_recycled_and_busy_ones_kept() {
     let client = tikv_driver::RawClient::<QuickIdle>::connect_with_config(config(&server))
         .await
         .expect("connect");
+    // The server sees a stream when its first message arrives; the put
+    // rides whichever stream answered its probe first, so wait for all.
+    let streams_reach = |n: u64| {
+        let server = &server;
+        async move {
+            for _ in 0..200 {
+                if server.batch_stats().streams >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            server.batch_stats().streams
+        }
+    };
     client.put("k1".to_owned(), "v1".to_owned()).await.expect("put");
-    let opened = server.batch_stats().streams;
+    let opened = streams_reach(4).await;
     assert_eq!(opened, 4, "one store touched: its four streams");
     // Busy: a request every 50 ms for well over the timeout.
-    for _ in 0..15 {
+    for _ in 0..20 {
         assert!(client.get("k1".to_owned()).await.expect("get").is_some());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(server.batch_stats().streams, opened, "busy streams are kept");
     // Idle past the timeout: the next request reopens the streams.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(client.get("k1".to_owned()).await.expect("get").as_deref(), Some(&b"v1"[..]));
-    assert_eq!(server.batch_stats().streams, opened + 4, "recycled, then reopened");
+    assert_eq!(streams_reach(opened + 4).await, opened + 4, "recycled, then reopened");
 }
