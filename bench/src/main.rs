@@ -60,7 +60,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tikv_bench::peers::{PEER_MODES, PeerPlan, Peers, Row};
-use tikv_bench::server::{SERVERS, Server, ServerStats, pin_to_core_0};
+use tikv_bench::server::{SERVERS, Server, ServerStats, run_on_client_core};
 use tikv_bench::workload::{self, CellResult, Op, Workload};
 use tikv_core::config::Config;
 use tikv_core::rpc::batch::BatchPolicy;
@@ -319,25 +319,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (pinned_run, pinned) = pin_to_core_0();
-    if let Some(ok) = pinned_run {
-        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-    }
-    let rt =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    match rt.block_on(bench(args, pinned)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_client_core(|pinned| bench(args, pinned))
 }
 
 /// Our clients and the floors, connected to one server.

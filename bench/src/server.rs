@@ -164,3 +164,33 @@ pub fn pin_to_core_0() -> (Option<bool>, bool) {
     }
     (None, pinned)
 }
+
+/// A benchmark's `main` after argument parsing: pins this process to core 0
+/// ([`pin_to_core_0`]), runs `bench(pinned)` on a one-worker tokio runtime
+/// (the client side of every benchmark here), and turns its outcome into
+/// the exit code, printing the error.
+pub fn run_on_client_core<F>(bench: impl FnOnce(bool) -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    use std::process::ExitCode;
+    let (pinned_run, pinned) = pin_to_core_0();
+    if let Some(ok) = pinned_run {
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start the tokio runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    match rt.block_on(bench(pinned)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -18,8 +18,8 @@
 //!
 //! Every policy decision (what to batch, when to flush, which stream takes
 //! a message, ids, deadlines, re-creation backoff, what falls back to
-//! unary) is the collector's. The driver ends after
-//! [`TransportConfig::batch_idle_timeout`] with nothing queued or in flight,
+//! unary, when the streams are idle) is the collector's. Once the collector
+//! is idle ([`TransportConfig::batch_idle_timeout`]) the driver ends,
 //! closing the streams; the next request starts a new driver.
 //!
 //! Timer resolution: runtime timers are coarse (tokio's ticks every 1 ms),
@@ -158,7 +158,10 @@ impl BatchConns {
         let (sender, entries) = mpsc::unbounded();
         let (wake, woken) = mpsc::unbounded();
         let streams = config.batch_streams_per_store.max(1);
-        let batch = BatchConfig::default().policy(config.batch_policy).streams(streams);
+        let batch = BatchConfig::default()
+            .policy(config.batch_policy)
+            .streams(streams)
+            .idle_timeout(config.batch_idle_timeout);
         let shared = Arc::new(Shared {
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
@@ -232,9 +235,6 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         (0..shared.channels.len()).map(|_| None).collect();
     let mut out = Outputs::default();
     let mut sleep: Option<(Instant, BoxFuture<'static, ()>)> = None;
-    // The last time the driver saw a request queued or in flight (idle
-    // recycling; no extra wake-up per request is needed to track it).
-    let mut last_active = shared.rt.now();
     // Recycling: the queue is closed, the driver ends once what was
     // already sent to it is answered.
     let mut closing = false;
@@ -262,12 +262,9 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
             while let Some(f) = c.poll_fallback() {
                 out.unary.push((f.request, f.waiter, f.deadline));
             }
-            if c.pending() > 0 {
-                last_active = now;
-            }
-            (c.poll_timeout(), c.pending() == 0)
+            (c.poll_timeout(), c.pending() == 0, c.is_idle(now))
         };
-        let (timeout, idle) = timeout;
+        let (timeout, drained, idle) = timeout;
         out.deliver(&shared);
 
         let now = shared.rt.now();
@@ -275,11 +272,10 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         // this driver's sender find it closed and spawn a new driver
         // (`BatchConns::call`); serve any request that slipped in before
         // the close, then end, dropping the streams.
-        let recycle_at = last_active + shared.config.batch_idle_timeout;
-        if closing && idle {
+        if closing && drained {
             return;
         }
-        if !closing && idle && now >= recycle_at {
+        if !closing && idle {
             entries.close();
             closing = true;
             while let Ok(entry) = entries.try_recv() {
@@ -287,8 +283,6 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
             }
             continue;
         }
-        let timeout =
-            if closing { timeout } else { [timeout, Some(recycle_at)].into_iter().flatten().min() };
         let soon = timeout.is_some_and(|at| at.saturating_duration_since(now) < SHORT_WAIT);
         if soon {
             // A sub-millisecond batch wait: let the callers run, then look

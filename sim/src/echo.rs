@@ -398,14 +398,7 @@ impl MetaStorage for EchoPd {
         &self,
         _request: Request<meta_storagepb::GetRequest>,
     ) -> Result<Response<meta_storagepb::GetResponse>, Status> {
-        Ok(Response::new(meta_storagepb::GetResponse {
-            header: Some(meta_storagepb::ResponseHeader {
-                cluster_id: CLUSTER_ID,
-                error: None,
-                revision: 1,
-            }),
-            ..Default::default()
-        }))
+        Ok(Response::new(crate::server::empty_meta_storage_get(CLUSTER_ID)))
     }
 }
 

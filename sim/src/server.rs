@@ -474,16 +474,18 @@ impl MetaStorage for PdService {
         &self,
         _request: Request<meta_storagepb::GetRequest>,
     ) -> Result<Response<meta_storagepb::GetResponse>, Status> {
-        Ok(Response::new(meta_storagepb::GetResponse {
-            header: Some(meta_storagepb::ResponseHeader {
-                cluster_id: self.cluster.config().cluster_id,
-                error: None,
-                revision: 1,
-            }),
-            kvs: Vec::new(),
-            more: false,
-            count: 0,
-        }))
+        Ok(Response::new(empty_meta_storage_get(self.cluster.config().cluster_id)))
+    }
+}
+
+/// The answer of an empty meta storage to any range read: no keys, at
+/// revision 1 (etcd's first).
+pub(crate) fn empty_meta_storage_get(cluster_id: u64) -> meta_storagepb::GetResponse {
+    meta_storagepb::GetResponse {
+        header: Some(meta_storagepb::ResponseHeader { cluster_id, error: None, revision: 1 }),
+        kvs: Vec::new(),
+        more: false,
+        count: 0,
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tikv_bench::server::{Server, pin_to_core_0};
+use tikv_bench::server::{Server, run_on_client_core};
 use tikv_bench::workload::{self, Op, percentile};
 use tikv_core::Error;
 use tikv_core::config::Config;
@@ -199,42 +199,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (pinned_run, pinned) = pin_to_core_0();
-    if let Some(ok) = pinned_run {
-        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-    }
-    let latency = args.latency_us.to_string();
-    let sim_args = ["--stores", "1", "--txn", "--tso-latency-us", latency.as_str()];
-    let server = match Server::start("sim", &sim_args, pinned) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let pd = server.pd.clone();
-    let rt =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("cannot start the tokio runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    println!(
-        "B8 TSO: PD answer latency {} µs, {} s per cell, median of {} runs{}",
-        args.latency_us,
-        args.secs,
-        args.runs,
-        if pinned { ", client on core 0, tikv-sim on core 1" } else { ", unpinned" }
-    );
-    let result = rt.block_on(bench(&args, &pd));
-    drop(server);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_client_core(|pinned| async move {
+        let latency = args.latency_us.to_string();
+        let sim_args = ["--stores", "1", "--txn", "--tso-latency-us", latency.as_str()];
+        let server = Server::start("sim", &sim_args, pinned)?;
+        println!(
+            "B8 TSO: PD answer latency {} µs, {} s per cell, median of {} runs{}",
+            args.latency_us,
+            args.secs,
+            args.runs,
+            if pinned { ", client on core 0, tikv-sim on core 1" } else { ", unpinned" }
+        );
+        let result = bench(&args, &server.pd).await;
+        drop(server);
+        result
+    })
 }

@@ -26,7 +26,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tikv_bench::server::{Server, pin_to_core_0};
+use tikv_bench::server::{Server, run_on_client_core};
 use tikv_bench::workload::cpu_time;
 use tikv_tokio::{Config, TransactionClient};
 
@@ -86,25 +86,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (pinned_run, pinned) = pin_to_core_0();
-    if let Some(ok) = pinned_run {
-        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-    }
-    let rt =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    match rt.block_on(run(keys, reps, pinned)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_client_core(|pinned| run(keys, reps, pinned))
 }
 
 async fn run(keys: usize, reps: usize, pinned: bool) -> Result<(), String> {

@@ -182,11 +182,21 @@ pub struct BatchConfig {
     /// messages over, at least 1. Default 1; client-go's
     /// `GrpcConnectionCount` is 4.
     pub streams: usize,
+    /// After this long with nothing queued or in flight the collector is
+    /// idle ([`BatchCollector::is_idle`]) and the runtime closes its
+    /// streams (client-go recycles a `batchConn` idle for `idleTimeout`,
+    /// 3 min). Default `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch_size: MAX_BATCH_SIZE, policy: BatchPolicy::Standard, streams: 1 }
+        BatchConfig {
+            max_batch_size: MAX_BATCH_SIZE,
+            policy: BatchPolicy::Standard,
+            streams: 1,
+            idle_timeout: None,
+        }
     }
 }
 
@@ -206,6 +216,12 @@ impl BatchConfig {
     /// Sets [`BatchConfig::streams`] (at least 1).
     pub fn streams(mut self, n: usize) -> Self {
         self.streams = n.max(1);
+        self
+    }
+
+    /// Sets [`BatchConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 }
@@ -353,6 +369,9 @@ pub struct BatchCollector<W> {
     completions: VecDeque<(W, Result<KvResponse, RpcError>)>,
     fallbacks: VecDeque<Fallback<W>>,
     stats: BatchStats,
+    /// The latest event that pushed or answered a request (idleness);
+    /// `None` before the first request.
+    last_active: Option<Instant>,
 }
 
 impl<W> BatchCollector<W> {
@@ -386,6 +405,7 @@ impl<W> BatchCollector<W> {
             completions: VecDeque::new(),
             fallbacks: VecDeque::new(),
             stats: BatchStats::default(),
+            last_active: None,
         }
     }
 
@@ -427,6 +447,7 @@ impl<W> BatchCollector<W> {
     /// cannot ride one (no batch case, or every stream is down and backing
     /// off).
     pub fn push(&mut self, request: KvRequest, waiter: W, deadline: Instant, now: Instant) {
+        self.touch(now);
         if !self.usable(now) || !is_batchable(&request) {
             self.stats.fallbacks += 1;
             self.fallbacks.push_back(Fallback { request, waiter, deadline });
@@ -588,17 +609,42 @@ impl<W> BatchCollector<W> {
     }
 
     /// The earliest instant at which the collector has something to do:
-    /// the end of a batch wait or a request deadline.
+    /// the end of a batch wait, a request deadline, or the moment it
+    /// becomes idle.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let wait = self.wait.filter(|_| self.state() == StreamState::Ready).map(|w| w.until);
         let in_flight = self.deadlines.first().map(|(d, _)| *d);
         let queued = self.queue.iter().map(|q| q.deadline).min();
-        [wait, in_flight, queued].into_iter().flatten().min()
+        [wait, in_flight, queued, self.idle_at()].into_iter().flatten().min()
+    }
+
+    /// When the collector becomes idle if nothing happens meanwhile. Its
+    /// timer fires then even with requests pending (an answer does not
+    /// wake the runtime); [`on_timeout`](Self::on_timeout) then counts the
+    /// pending requests as activity and moves it on.
+    fn idle_at(&self) -> Option<Instant> {
+        Some(self.last_active? + self.config.idle_timeout?)
+    }
+
+    /// Activity at `now` (idleness counts from the latest).
+    fn touch(&mut self, now: Instant) {
+        self.last_active = Some(self.last_active.map_or(now, |at| at.max(now)));
+    }
+
+    /// True when nothing has been queued or in flight for
+    /// [`BatchConfig::idle_timeout`]: the runtime should close the streams
+    /// (requests that arrive later start a new collector).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.pending() == 0 && self.idle_at().is_some_and(|at| now >= at)
     }
 
     /// The clock reached `now`: fails every request whose deadline passed.
     /// (A batch whose wait ended is returned by the next `poll_batch`.)
     pub fn on_timeout(&mut self, now: Instant) {
+        if self.pending() > 0 {
+            // Requests waiting are activity: idleness counts from now.
+            self.touch(now);
+        }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -636,11 +682,12 @@ impl<W> BatchCollector<W> {
         &mut self,
         stream: StreamGen,
         response: BatchCommandsResponse,
-        _now: Instant,
+        now: Instant,
     ) {
         if !self.is_current(stream) {
             return;
         }
+        self.touch(now);
         let BatchCommandsResponse { mut responses, request_ids, .. } = response;
         for (i, id) in request_ids.into_iter().enumerate() {
             let slot = &mut self.slots[stream.slot];

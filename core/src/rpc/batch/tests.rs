@@ -106,6 +106,15 @@ impl Script {
         self.drain(now);
     }
 
+    /// `n` requests `b0..` arrive in one instant (deadline 1 s later).
+    fn burst(&mut self, now: Instant, n: usize) {
+        self.line(now, format_args!("{n} requests arrive in one instant"));
+        for i in 0..n {
+            self.c.push(get(&format!("b{i}")), format!("b{i}"), now + Duration::from_secs(1), now);
+        }
+        self.drain(now);
+    }
+
     fn tick(&mut self, now: Instant) {
         self.line(now, "tick");
         self.c.on_timeout(now);
@@ -238,16 +247,7 @@ fn dense_arrivals_wait_for_a_batch() {
 fn a_burst_is_cut_into_messages_of_128() {
     let mut s = Script::new(BatchConfig::default());
     s.ready(us(0));
-    s.line(us(1000), "300 requests arrive in one instant");
-    for i in 0..300 {
-        s.c.push(
-            get(&format!("b{i}")),
-            format!("b{i}"),
-            us(1000) + Duration::from_secs(1),
-            us(1000),
-        );
-    }
-    s.drain(us(1000));
+    s.burst(us(1000), 300);
     insta::assert_snapshot!(s.finish());
 }
 
@@ -358,16 +358,7 @@ fn several_streams_take_whole_messages_in_turn() {
     s.answer_oldest_on(us(20), 0);
     s.answer_oldest_on(us(30), 2);
     s.answer_oldest_on(us(40), 1);
-    s.line(us(1000), "20 requests arrive in one instant");
-    for i in 0..20 {
-        s.c.push(
-            get(&format!("b{i}")),
-            format!("b{i}"),
-            us(1000) + Duration::from_secs(1),
-            us(1000),
-        );
-    }
-    s.drain(us(1000));
+    s.burst(us(1000), 20);
     // Slot 0's stream breaks with its 8 requests in flight; the others'
     // requests are unaffected.
     s.broken_on(us(2000), 0, "connection reset");
@@ -385,6 +376,35 @@ fn several_streams_take_whole_messages_in_turn() {
     s.push(us(104_100), "queued-behind-probe", us(1_000_000));
     s.broken_on(us(104_200), 0, "refused");
     s.push(us(104_300), "all-down", us(1_000_000));
+    insta::assert_snapshot!(s.finish());
+}
+
+/// Idleness (client-go's `idleTimeout` recycling): the collector is idle
+/// once nothing has been queued or in flight for the timeout, measured from
+/// the last request pushed or answered; its timer fires then, so the
+/// runtime need not poll. A request in flight longer than the timeout
+/// keeps it busy (the timer moves on).
+#[test]
+fn idle_after_the_timeout_with_nothing_pending() {
+    let config = BatchConfig::default().idle_timeout(Duration::from_millis(100));
+    // A collector is made for a request: unused, it is not idle yet.
+    let fresh = BatchCollector::<String>::new(config);
+    assert!(!fresh.is_idle(us(10_000_000)));
+    assert_eq!(fresh.poll_timeout(), None);
+    let mut s = Script::new(config);
+    s.ready(us(0));
+    let idle = |s: &Script, at: Instant| format!("idle at {at}: {}", s.c.is_idle(at));
+    let mut notes = vec![idle(&s, us(99_000)), idle(&s, us(100_000))];
+    s.push(us(50_000), "slow", us(1_000_000));
+    // The idle timer fires with the request in flight: still busy.
+    s.tick(us(150_000));
+    notes.push(idle(&s, us(300_000)));
+    s.answer_oldest(us(300_000));
+    notes.push(idle(&s, us(399_000)));
+    notes.push(idle(&s, us(400_000)));
+    for note in notes {
+        s.line(us(0), note);
+    }
     insta::assert_snapshot!(s.finish());
 }
 
