@@ -13,10 +13,19 @@
 //! - [`backoff`]: client-go's backoff kinds and budgets.
 //! - [`region`]: the region cache and store table.
 //! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces.
+//!   A machine that needs a timestamp runs the leaf [`pd::GetTimestamp`]:
+//!   it emits [`rpc::Request::Timestamp`] to [`rpc::Target::Oracle`], which
+//!   the runtime answers from the client's [`pd::TsoBatcher`] (the driver's
+//!   TSO task, or the simulated world's per-client batcher in virtual time),
+//!   so every need of a client shares its batched `Tso` rounds.
 //! - [`rpc`]: typed requests, the region-error table and the retrying sender.
 //! - [`raw`]: RawKV operations.
 //! - [`lock`]: the lock resolver.
-//! - [`txn`]: snapshot reads and the transaction write buffer.
+//! - [`txn`]: snapshot reads, the transaction write buffer and the commit
+//!   protocols. What follows a commit (the secondaries' commit, a failed
+//!   transaction's rollback, or nothing when the outcome is undetermined)
+//!   is the committer's decision ([`txn::commit::Committer::take_follow_up`]);
+//!   runtimes only run it.
 
 #![forbid(unsafe_code)]
 

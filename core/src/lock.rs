@@ -24,11 +24,9 @@ use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::key::Key;
 use crate::op::{IdMap, Operation};
-use crate::pd::{PdCall, Timestamp};
+use crate::pd::{GetTimestamp, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{
-    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
-};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -384,7 +382,7 @@ impl KeyPlan for CleanupPlan {
 
 enum Step {
     Idle,
-    Tso(Box<PdCall>),
+    Timestamp(GetTimestamp),
     Status(Box<KeyFanout<Point<CheckStatusPlan>>>),
     Secondaries(Box<KeyFanout<SecondariesPlan>>),
     Cleanup(Box<KeyFanout<CleanupPlan>>),
@@ -478,7 +476,7 @@ impl ResolveLocks {
         self.epoch += 1;
         self.step = step;
         match &mut self.step {
-            Step::Tso(op) => op.start(now),
+            Step::Timestamp(op) => op.start(now),
             Step::Status(op) => op.start(now),
             Step::Secondaries(op) => op.start(now),
             Step::Cleanup(op) => op.start(now),
@@ -784,23 +782,14 @@ impl ResolveLocks {
     /// (client-go passes one `Backoffer` through every step).
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Tso(op) => {
+            Step::Timestamp(op) => {
                 let Some(outcome) = op.poll_result() else {
                     return;
                 };
-                self.backoffer.merge_from(op.backoffer());
                 match outcome {
-                    Ok(PdResponse::Tso(r)) => match r.timestamp {
-                        Some(ts) => {
-                            self.current_ts =
-                                Timestamp { physical: ts.physical, logical: ts.logical }.version();
-                            self.view.last_ts.observe(self.current_ts, now);
-                            self.next_lock(now);
-                        }
-                        None => self.fail(Error::malformed("TSO response without a timestamp")),
-                    },
-                    Ok(other) => {
-                        self.fail(Error::malformed(format!("unexpected {}", other.name())))
+                    Ok(ts) => {
+                        self.current_ts = ts.version();
+                        self.next_lock(now);
                     }
                     Err(e) => self.fail(e),
                 }
@@ -861,17 +850,7 @@ impl Operation for ResolveLocks {
                 self.next_lock(now);
                 return;
             }
-            let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
-                count: 1,
-                ..Default::default()
-            }));
-            let call = PdCall::new(
-                self.view.pd.clone(),
-                request,
-                self.view.config.pd_timeout,
-                self.backoffer.fork(),
-            );
-            self.set_step(Step::Tso(Box::new(call)), now);
+            self.set_step(Step::Timestamp(GetTimestamp::new()), now);
         } else {
             self.next_lock(now);
         }
@@ -879,7 +858,7 @@ impl Operation for ResolveLocks {
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
         let rpc = match &mut self.step {
-            Step::Tso(op) => op.poll_rpc(),
+            Step::Timestamp(op) => op.poll_rpc(),
             Step::Status(op) => op.poll_rpc(),
             Step::Secondaries(op) => op.poll_rpc(),
             Step::Cleanup(op) => op.poll_rpc(),
@@ -896,7 +875,7 @@ impl Operation for ResolveLocks {
             return;
         }
         match &mut self.step {
-            Step::Tso(op) => op.on_response(id, response, now),
+            Step::Timestamp(op) => op.on_response(id, response, now),
             Step::Status(op) => op.on_response(id, response, now),
             Step::Secondaries(op) => op.on_response(id, response, now),
             Step::Cleanup(op) => op.on_response(id, response, now),
@@ -907,7 +886,7 @@ impl Operation for ResolveLocks {
 
     fn on_timeout(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Tso(op) => op.on_timeout(now),
+            Step::Timestamp(op) => op.on_timeout(now),
             Step::Status(op) => op.on_timeout(now),
             Step::Secondaries(op) => op.on_timeout(now),
             Step::Cleanup(op) => op.on_timeout(now),
@@ -922,7 +901,7 @@ impl Operation for ResolveLocks {
 
     fn poll_timeout(&self) -> Option<Instant> {
         match &self.step {
-            Step::Tso(op) => op.poll_timeout(),
+            Step::Timestamp(op) => op.poll_timeout(),
             Step::Status(op) => op.poll_timeout(),
             Step::Secondaries(op) => op.poll_timeout(),
             Step::Cleanup(op) => op.poll_timeout(),

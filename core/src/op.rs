@@ -45,6 +45,30 @@ pub trait Operation {
     fn poll_result(&mut self) -> Option<Result<Self::Output, Error>>;
 }
 
+/// Lets a runtime drive an operation it keeps, to ask it more after the
+/// result (e.g. `Committer::take_follow_up`).
+impl<O: Operation + ?Sized> Operation for &mut O {
+    type Output = O::Output;
+    fn start(&mut self, now: Instant) {
+        (**self).start(now)
+    }
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        (**self).poll_rpc()
+    }
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        (**self).on_response(id, response, now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        (**self).on_timeout(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+    fn poll_result(&mut self) -> Option<Result<Self::Output, Error>> {
+        (**self).poll_result()
+    }
+}
+
 impl<O: Operation + ?Sized> Operation for Box<O> {
     type Output = O::Output;
     fn start(&mut self, now: Instant) {

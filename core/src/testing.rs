@@ -17,7 +17,7 @@ use crate::codec::{ApiCodec, Mode};
 use crate::config::Config;
 use crate::error::Error;
 use crate::op::Operation;
-use crate::pd::PdState;
+use crate::pd::{PdState, TsoBatcher, TsoRoundEnd};
 use crate::rpc::{
     KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, Target,
 };
@@ -55,6 +55,12 @@ pub(crate) struct FakeCluster {
     pub(crate) no_batch_scan: bool,
     /// Every TiKV request received, in order (for asserting on contexts).
     pub(crate) received: Vec<KvRequest>,
+    /// The client's timestamp oracle: answers [`Request::Timestamp`] with a
+    /// real [`TsoBatcher`] whose one-caller rounds this fake's PD serves at
+    /// once. Built on first use over a default view; tests that look at the
+    /// client's newest timestamp install the view under test
+    /// ([`FakeCluster::set_oracle_view`]).
+    oracle: Option<TsoBatcher<()>>,
     next_id: u64,
     tso: i64,
 }
@@ -73,6 +79,7 @@ impl FakeCluster {
             faults: VecDeque::new(),
             no_batch_scan: false,
             received: Vec::new(),
+            oracle: None,
             next_id: 100,
             tso: 0,
         };
@@ -149,7 +156,37 @@ impl FakeCluster {
             (Target::Store { store_id, .. }, Request::Kv(req)) => {
                 self.handle_kv(*store_id, req.clone()).map(Response::Kv)
             }
+            (Target::Oracle, Request::Timestamp) => self.timestamp(),
             _ => Err(RpcError::Unavailable("wrong target".into())),
+        }
+    }
+
+    /// Makes the oracle record the timestamps it hands out in `view`.
+    pub(crate) fn set_oracle_view(&mut self, view: Arc<ClusterView>) {
+        self.oracle = Some(TsoBatcher::new(view, 0));
+    }
+
+    /// One timestamp from the oracle: a round of the real batcher, its PD
+    /// calls served synchronously by this fake.
+    fn timestamp(&mut self) -> Result<Response, RpcError> {
+        let mut oracle = self.oracle.take().unwrap_or_else(|| TsoBatcher::new(view(), 0));
+        oracle.enqueue(());
+        let (mut round, callers) = oracle.poll_round(|_| false).expect("one round at a time");
+        round.start(Instant::ZERO);
+        let outcome = loop {
+            if let Some(outcome) = round.poll_result() {
+                break outcome;
+            }
+            let rpc = round.poll_rpc().expect("a round in progress sends");
+            let resp = self.handle(&rpc);
+            round.on_response(rpc.id, resp, Instant::ZERO);
+        };
+        let end = oracle.finish_round(callers, outcome, Instant::ZERO);
+        self.oracle = Some(oracle);
+        match end {
+            TsoRoundEnd::Served(served) => Ok(Response::Timestamp(served[0].1)),
+            TsoRoundEnd::Failed(_, e) => Err(RpcError::NoTimestamp(Box::new(e))),
+            TsoRoundEnd::Requeued => Err(RpcError::Unavailable("a lone round requeued".into())),
         }
     }
 
@@ -486,6 +523,7 @@ fn summarize(resp: &Result<Response, RpcError>) -> String {
     match resp {
         Err(e) => format!("error: {e}"),
         Ok(Response::Pd(r)) => r.name().to_string(),
+        Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
         Ok(Response::Kv(r)) => match r.region_error() {
             Some(e) => format!("{} region error: {}", r.name(), e.message),
             None => format!("{} ok", r.name()),

@@ -14,7 +14,7 @@ use tikv_core::{Error, backoff::Backoffer};
 use tikv_proto::pdpb;
 
 use crate::collapse::Collapsing;
-use crate::oracle::{Oracle, OracleRouted};
+use crate::oracle::{ClientTransport, Oracle};
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
 /// A runtime and a transport that belong together (they share a clock).
@@ -36,9 +36,9 @@ pub trait Platform: Send + Sync + 'static {
 pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) rt: P::Runtime,
-    /// The platform's transport behind request collapsing and the TSO task
-    /// (operations' timestamps join its batched rounds).
-    pub(crate) transport: Arc<Collapsing<OracleRouted<P::Transport>>>,
+    /// The platform's transport behind request collapsing, and the TSO task
+    /// answering operations' timestamp needs (they join its batched rounds).
+    pub(crate) transport: Arc<ClientTransport<Collapsing<P::Transport>>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
     _background: Vec<Background>,
@@ -91,16 +91,9 @@ impl<P: Platform> ClientCore<P> {
                 }
             })
         };
-        let batcher = TsoBatcher::new(
-            view.pd.clone(),
-            view.config.pd_timeout,
-            view.config.budget(view.config.backoff.tso),
-            rng.next_u64(),
-            view.config.tso_max_rounds_in_flight,
-        );
-        let oracle = Oracle::start(batcher, view.clone(), rt.clone(), transport.clone());
-        let routed = OracleRouted::new(transport, oracle.clone());
-        let transport = Arc::new(Collapsing::new(Arc::new(routed)));
+        let batcher = TsoBatcher::new(view.clone(), rng.next_u64());
+        let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
+        let transport = Arc::new(ClientTransport::new(Collapsing::new(transport), oracle.clone()));
         Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
     }
 

@@ -96,6 +96,7 @@ mod tests {
                 Ok(match request {
                     Request::Kv(kv) => Response::Kv(kv.response_template()),
                     Request::Pd(_) => Response::Pd(PdResponse::GetRegion(Default::default())),
+                    Request::Timestamp => return Err(RpcError::NotNetwork("timestamp")),
                 })
             }
             .boxed()

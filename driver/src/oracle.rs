@@ -1,8 +1,10 @@
-//! The timestamp oracle: a background task that batches callers into PD
-//! `Tso` rounds, several in flight at once (core's [`TsoBatcher`] decides).
+//! The timestamp oracle: a background task that answers every timestamp
+//! need of a client's operations ([`Request::Timestamp`]) and of
+//! [`Oracle::get_timestamp`] from one core [`TsoBatcher`], which batches the
+//! waiting callers into PD `Tso` rounds, several in flight at once. Every
+//! decision (batch size, callers that gave up, requeue order, monotonicity)
+//! is the batcher's; this task only keeps the channels and runs the rounds.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -11,11 +13,9 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::FuturesUnordered;
 use tikv_core::Error;
-use tikv_core::pd::{MAX_TSO_BATCH, Timestamp, TsoBatcher, TsoRound, TsoRoundEnd, TsoTicket};
-use tikv_core::rpc::{PdRequest, PdResponse, Request, Response, RpcError, Target};
+use tikv_core::pd::{Timestamp, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd};
+use tikv_core::rpc::{PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
-use tikv_core::view::ClusterView;
-use tikv_proto::pdpb;
 
 use crate::{Runtime, Transport, execute};
 
@@ -28,16 +28,15 @@ pub(crate) struct Oracle {
 }
 
 impl Oracle {
-    /// Spawns the TSO task on `rt`.
+    /// Spawns the TSO task on `rt`; its rounds go out through `transport`.
     pub(crate) fn start<R: Runtime, T: Transport>(
-        batcher: TsoBatcher,
-        view: Arc<ClusterView>,
+        batcher: TsoBatcher<Waiter>,
         rt: R,
         transport: Arc<T>,
     ) -> Oracle {
         let (requests, rx) = mpsc::unbounded();
         let task_rt = rt.clone();
-        rt.spawn(Box::pin(run(batcher, view, task_rt, transport, rx)));
+        rt.spawn(Box::pin(run(batcher, task_rt, transport, rx)));
         Oracle { requests }
     }
 
@@ -56,36 +55,30 @@ enum Event<D> {
     Closed,
 }
 
-/// Callers queue in arrival order; whenever the batcher has room, the
-/// oldest (up to the batch limit) leave in a round at once, so callers that
-/// arrive while every round is out wait together for the next free slot:
-/// batching needs no deliberate delay. Rounds run concurrently; each one's
-/// answer is judged by the batcher when it completes.
+/// Callers join the batcher's queue; whenever it has room, a round leaves
+/// at once for the oldest of them, so callers that arrive while every round
+/// is out wait together for the next free slot: batching needs no
+/// deliberate delay. Rounds run concurrently; each one's answer is judged by
+/// the batcher when it completes.
 async fn run<R: Runtime, T: Transport>(
-    mut batcher: TsoBatcher,
-    view: Arc<ClusterView>,
+    mut batcher: TsoBatcher<Waiter>,
     rt: R,
     transport: Arc<T>,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
 ) {
-    let mut queue: VecDeque<Waiter> = VecDeque::new();
     let mut rounds = FuturesUnordered::new();
     let mut open = true;
     loop {
         // Everyone already in the channel joins before a round leaves.
         while open {
             match rx.try_recv() {
-                Ok(w) => queue.push_back(w),
+                Ok(w) => batcher.enqueue(w),
                 Err(mpsc::TryRecvError::Closed) => open = false,
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        while batcher.in_flight() < batcher.max_in_flight() && !queue.is_empty() {
-            let take = queue.len().min(MAX_TSO_BATCH);
-            // Callers that gave up meanwhile do not cost a timestamp.
-            let waiters: Vec<Waiter> = queue.drain(..take).filter(|w| !w.is_canceled()).collect();
-            let Some(round) = batcher.start_round(waiters.len()) else { continue };
-            rounds.push(run_round(round, waiters, rt.clone(), transport.clone()));
+        while let Some((round, callers)) = batcher.poll_round(|w| w.is_canceled()) {
+            rounds.push(run_round(round, callers, rt.clone(), transport.clone()));
         }
         let event = futures::future::poll_fn(|cx| {
             if let Poll::Ready(Some(done)) = rounds.poll_next_unpin(cx) {
@@ -102,25 +95,18 @@ async fn run<R: Runtime, T: Transport>(
         })
         .await;
         match event {
-            Event::Caller(w) => queue.push_back(w),
-            Event::Closed if rounds.is_empty() && queue.is_empty() => return,
+            Event::Caller(w) => batcher.enqueue(w),
+            Event::Closed if rounds.is_empty() && batcher.waiting() == 0 => return,
             Event::Closed => open = false,
-            Event::RoundDone((ticket, waiters, outcome)) => {
-                match batcher.finish_round(ticket, outcome) {
-                    TsoRoundEnd::Served(batch) => {
-                        // The newest timestamp doubles as the low-resolution
-                        // "now" of lock TTL checks (client-go's `lastTS`).
-                        view.last_ts.observe(batch.last().version(), rt.now());
-                        for (w, ts) in waiters.into_iter().zip(batch.iter()) {
+            Event::RoundDone((callers, outcome)) => {
+                match batcher.finish_round(callers, outcome, rt.now()) {
+                    TsoRoundEnd::Served(served) => {
+                        for (w, ts) in served {
                             let _ = w.send(Ok(ts));
                         }
                     }
-                    TsoRoundEnd::Requeue => {
-                        for w in waiters.into_iter().rev() {
-                            queue.push_front(w);
-                        }
-                    }
-                    TsoRoundEnd::Failed(e) => {
+                    TsoRoundEnd::Requeued => {}
+                    TsoRoundEnd::Failed(waiters, e) => {
                         for w in waiters {
                             let _ = w.send(Err(e.clone()));
                         }
@@ -131,70 +117,54 @@ async fn run<R: Runtime, T: Transport>(
     }
 }
 
-/// Executes one round, keeping its callers and ticket for the answer.
-fn run_round<R: Runtime, T: Transport>(
+/// Executes one round, keeping its callers for the answer.
+async fn run_round<R: Runtime, T: Transport>(
     round: TsoRound,
-    waiters: Vec<Waiter>,
+    callers: TsoRoundCallers<Waiter>,
     rt: R,
     transport: Arc<T>,
-) -> impl Future<Output = (TsoTicket, Vec<Waiter>, Result<PdResponse, Error>)> {
-    let ticket = round.ticket();
-    async move {
-        let outcome = execute(round, &rt, &*transport).await;
-        (ticket, waiters, outcome)
-    }
+) -> (TsoRoundCallers<Waiter>, Result<PdResponse, Error>) {
+    let outcome = execute(round, &rt, &*transport).await;
+    (callers, outcome)
 }
 
-/// Routes the `Tso` requests operations make (a commit timestamp, a
-/// min-commit-ts bound, "now" for lock checks) through the client's TSO task,
-/// so concurrent committers share its batched rounds instead of each taking
-/// a round of its own on PD's stream, and every timestamp the client uses
-/// comes from one strictly increasing sequence (PD's client batches every
-/// caller of a process the same way). Everything else goes to `inner`.
-///
-/// The TSO task's own rounds use the unwrapped transport.
-pub(crate) struct OracleRouted<T> {
-    inner: Arc<T>,
+/// What a client's operations send through: their timestamp needs
+/// ([`Target::Oracle`]) to the client's oracle, so concurrent operations
+/// share its batched rounds and every timestamp the client uses comes from
+/// one strictly increasing sequence; everything else to the network.
+pub(crate) struct ClientTransport<T> {
+    network: T,
     oracle: Oracle,
 }
 
-impl<T> OracleRouted<T> {
-    pub(crate) fn new(inner: Arc<T>, oracle: Oracle) -> Self {
-        OracleRouted { inner, oracle }
+impl<T> ClientTransport<T> {
+    pub(crate) fn new(network: T, oracle: Oracle) -> Self {
+        ClientTransport { network, oracle }
     }
 }
 
-impl<T: Transport> Transport for OracleRouted<T> {
+impl<T: Transport> Transport for ClientTransport<T> {
     fn call(
         &self,
         target: &Target,
         request: Request,
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
-        match &request {
-            Request::Pd(PdRequest::Tso(r)) if r.count == 1 => {
+        match (target, &request) {
+            (Target::Oracle, Request::Timestamp) => {
                 let oracle = self.oracle.clone();
                 async move {
-                    // The TSO task already retried within its budget; what
-                    // it could not get is reported as unavailable, which the
-                    // caller's PD call backs off on like any PD failure.
-                    let ts = oracle
-                        .get_timestamp()
-                        .await
-                        .map_err(|e| RpcError::Unavailable(format!("TSO: {e}")))?;
-                    Ok(Response::Pd(PdResponse::Tso(Box::new(pdpb::TsoResponse {
-                        header: None,
-                        count: 1,
-                        timestamp: Some(pdpb::Timestamp {
-                            physical: ts.physical,
-                            logical: ts.logical,
-                            suffix_bits: 0,
-                        }),
-                    }))))
+                    match oracle.get_timestamp().await {
+                        Ok(ts) => Ok(Response::Timestamp(ts)),
+                        Err(e) => Err(RpcError::NoTimestamp(Box::new(e))),
+                    }
                 }
                 .boxed()
             }
-            _ => self.inner.call(target, request, deadline),
+            (Target::Oracle, _) | (_, Request::Timestamp) => {
+                futures::future::ready(Err(RpcError::NotNetwork(request.name()))).boxed()
+            }
+            _ => self.network.call(target, request, deadline),
         }
     }
 }
@@ -209,7 +179,10 @@ mod tests {
     use tikv_core::codec::{ApiCodec, Mode};
     use tikv_core::config::Config;
     use tikv_core::pd::PdState;
+    use tikv_core::rpc::PdRequest;
     use tikv_core::time::Duration;
+    use tikv_core::view::ClusterView;
+    use tikv_proto::pdpb;
 
     use super::*;
     use crate::execute::tests::ManualRuntime;
@@ -250,33 +223,32 @@ mod tests {
 
     /// A manual runtime, a client view whose PD leader is known, and a
     /// batcher allowing `max_in_flight` rounds.
-    fn setup(max_in_flight: usize) -> (ManualRuntime, Arc<ClusterView>, TsoBatcher) {
+    fn setup(max_in_flight: usize) -> (ManualRuntime, Arc<ClusterView>, TsoBatcher<Waiter>) {
         let pd_state = Arc::new(PdState::new(["pd1:2379"]));
         pd_state.set_leader("pd1:2379".into());
-        let config = Config::default().with_pd_endpoints(["pd1:2379"]);
-        let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state.clone()));
-        let (timeout, budget) = (Duration::from_secs(3), Duration::from_secs(30));
-        let batcher = TsoBatcher::new(pd_state, timeout, budget, 1, max_in_flight);
+        let config = Config::default()
+            .with_pd_endpoints(["pd1:2379"])
+            .with_tso_max_rounds_in_flight(max_in_flight);
+        let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd_state));
+        let batcher = TsoBatcher::new(view.clone(), 1);
         (ManualRuntime::default(), view, batcher)
     }
 
     /// Twenty operations asking for a timestamp at once share the TSO
-    /// task's single round, and each gets a distinct one.
+    /// task's single round, and each gets a distinct one; the network is
+    /// never asked for a timestamp need.
     #[test]
     fn operations_timestamps_join_the_batched_rounds() {
         let (rt, view, batcher) = setup(1);
         let pd = Arc::new(Pd::default());
-        let oracle = Oracle::start(batcher, view.clone(), rt.clone(), pd.clone());
-        let routed = OracleRouted::new(pd.clone(), oracle);
+        let oracle = Oracle::start(batcher, rt.clone(), pd.clone());
+        let client = ClientTransport::new(pd.clone(), oracle);
 
-        let target = Target::Pd { addr: "pd1:2379".into() };
-        let tso = || {
-            Request::Pd(PdRequest::Tso(Box::new(pdpb::TsoRequest {
-                count: 1,
-                ..Default::default()
-            })))
-        };
-        let calls: Vec<_> = (0..20).map(|_| routed.call(&target, tso(), Instant::MAX)).collect();
+        let calls: Vec<_> = (0..20)
+            .map(|_| client.call(&Target::Oracle, Request::Timestamp, Instant::MAX))
+            .collect();
+        let misrouted =
+            client.call(&Target::Pd { addr: "pd1:2379".into() }, Request::Timestamp, Instant::MAX);
 
         let mut pool = LocalPool::new();
         for task in rt.take_spawned() {
@@ -286,11 +258,13 @@ mod tests {
         let logicals: Vec<i64> = answers
             .into_iter()
             .map(|a| match a {
-                Ok(Response::Pd(PdResponse::Tso(r))) => r.timestamp.unwrap().logical,
+                Ok(Response::Timestamp(ts)) => ts.logical,
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
         assert_eq!(pd.rounds.load(Ordering::SeqCst), 1, "one round for all twenty");
+        let misrouted = pool.run_until(misrouted);
+        assert_eq!(misrouted.map(|_| ()), Err(RpcError::NotNetwork("timestamp")));
         assert_eq!(logicals, (1..=20).collect::<Vec<i64>>());
         // The newest is also the low-resolution timestamp now.
         let newest = Timestamp { physical: 100, logical: 20 }.version();
@@ -346,9 +320,9 @@ mod tests {
     /// frees. Every caller gets a distinct timestamp, in order.
     #[test]
     fn rounds_pipeline_and_callers_coalesce_while_all_are_out() {
-        let (rt, view, batcher) = setup(2);
+        let (rt, _view, batcher) = setup(2);
         let pd = Arc::new(HeldPd::default());
-        let oracle = Oracle::start(batcher, view, rt.clone(), pd.clone());
+        let oracle = Oracle::start(batcher, rt.clone(), pd.clone());
         let mut pool = LocalPool::new();
         for task in rt.take_spawned() {
             pool.spawner().spawn_local(task).unwrap();

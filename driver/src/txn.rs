@@ -9,9 +9,7 @@ use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
 use tikv_core::rpc::{RequestSource, RequestTags};
-use tikv_core::txn::commit::{
-    CommitOptions, Committer, commit_keys, mutations_from_buffer, rollback_keys,
-};
+use tikv_core::txn::commit::{CommitOptions, Committer, mutations_from_buffer};
 use tikv_core::txn::membuffer::{BufferedValue, FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 use tikv_proto::kvrpcpb;
@@ -470,39 +468,20 @@ impl<P: Platform> Transaction<P> {
             // Nothing to write: a read-only transaction commits at its start.
             return Ok(Timestamp::from_version(self.start_ts));
         };
-        let keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
         let elapsed = self.core.rt.now().saturating_duration_since(self.started);
-        let view = self.core.view.clone();
-        let committer = Committer::new(
-            view.clone(),
+        let mut committer = Committer::new(
+            self.core.view.clone(),
             self.start_ts,
             primary,
             mutations,
             elapsed,
             self.options.commit.clone(),
         );
-        match self.core.run(committer).await {
-            Ok(outcome) => {
-                if !outcome.keys_to_commit.is_empty() {
-                    let op = commit_keys(
-                        &view,
-                        self.start_ts,
-                        outcome.commit_ts,
-                        outcome.keys_to_commit,
-                    )
-                    .with_tags(&self.options.commit.tags);
-                    self.core.spawn_op(op);
-                }
-                Ok(Timestamp::from_version(outcome.commit_ts))
-            }
-            Err(Error::Undetermined(why)) => Err(Error::Undetermined(why)),
-            Err(e) => {
-                let op =
-                    rollback_keys(&view, self.start_ts, keys).with_tags(&self.options.commit.tags);
-                self.core.spawn_op(op);
-                Err(e)
-            }
+        let result = self.core.run(&mut committer).await;
+        if let Some(follow_up) = committer.take_follow_up() {
+            self.core.spawn_op(follow_up);
         }
+        result.map(|outcome| Timestamp::from_version(outcome.commit_ts))
     }
 
     /// Abandons the transaction. Nothing was sent for an optimistic

@@ -97,8 +97,8 @@ impl Transport for GrpcTransport {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         let inner = self.inner.clone();
-        let addr = match target {
-            Target::Pd { addr } | Target::Store { addr, .. } => addr.clone(),
+        let Some(addr) = target.addr().cloned() else {
+            return futures::future::ready(Err(RpcError::NotNetwork(request.name()))).boxed();
         };
         async move {
             let core_deadline = deadline;
@@ -163,6 +163,7 @@ async fn dispatch(
                 .await
                 .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
+        Request::Timestamp => Err(RpcError::NotNetwork("timestamp")),
         Request::Pd(request) => {
             let channel = inner.pool.channel(addr, 0, &inner.config).await?;
             call_pd(channel, inner.config.limits(), request, timeout).await.map(Response::Pd)

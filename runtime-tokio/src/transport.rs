@@ -141,8 +141,8 @@ impl Transport for GrpcTransport {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         let inner = self.inner.clone();
-        let addr = match target {
-            Target::Pd { addr } | Target::Store { addr, .. } => addr.clone(),
+        let Some(addr) = target.addr().cloned() else {
+            return futures::future::ready(Err(RpcError::NotNetwork(request.name()))).boxed();
         };
         async move {
             let core_deadline = deadline;
@@ -222,6 +222,7 @@ async fn dispatch(
                 .await
                 .map(|r| Response::Pd(PdResponse::Tso(Box::new(r))))
         }
+        Request::Timestamp => Err(RpcError::NotNetwork("timestamp")),
         Request::Pd(request) => {
             let channel = inner.channel(addr, 0)?;
             Box::pin(call_pd(channel, inner.config.limits(), request, timeout))

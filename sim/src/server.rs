@@ -116,6 +116,8 @@ fn to_status(e: RpcError) -> Status {
         RpcError::Decode(m) => Status::internal(m),
         RpcError::Status { code, message } => Status::new(tonic::Code::from_i32(code), message),
         RpcError::Mismatch => Status::internal("response does not match the request"),
+        RpcError::NoTimestamp(e) => Status::unavailable(e.to_string()),
+        RpcError::NotNetwork(m) => Status::invalid_argument(format!("{m} is not a network call")),
     }
 }
 

@@ -15,7 +15,7 @@ use tikv_core::config::Config;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair};
 use tikv_core::op::Operation;
-use tikv_core::pd::{PdState, TsoBatcher, TsoRound, TsoRoundEnd, TsoTicket};
+use tikv_core::pd::{PdState, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd};
 use tikv_core::raw::{self, RawOptions};
 use tikv_core::region::{RegionCache, RegionVerId};
 use tikv_core::rpc::{
@@ -205,6 +205,19 @@ fn answer_in(
                     suffix_bits: 0,
                 }),
             })))
+        }
+        Request::Timestamp => {
+            // The client's oracle: a timestamp from a clock that mostly
+            // moves forward, or the error its round ended with.
+            if u.ratio(1, 10)? {
+                let e = Error::NoPdLeader("fuzz".into());
+                return Ok(Err(RpcError::NoTimestamp(Box::new(e))));
+            }
+            fed.physical += i64::from(u.int_in_range(0..=40u8)?);
+            Response::Timestamp(tikv_core::pd::Timestamp {
+                physical: fed.physical,
+                logical: i64::from(u.int_in_range(0..=3u8)?),
+            })
         }
         Request::Pd(other) => {
             return Ok(Err(RpcError::Status {
@@ -556,28 +569,28 @@ pub fn region_cache(u: &mut Unstructured<'_>) -> Result<()> {
 
 /// The TSO batcher with several rounds in flight, fed arbitrary PD answers
 /// (clocks going back, wrong counts, failures) in an arbitrary interleaving
-/// across its rounds: no more rounds are out than allowed, the timestamps
-/// it hands out strictly increase in the order handed out, every caller is
-/// answered at most once, and a requeued round's callers are served later.
+/// across its rounds, with callers giving up: no more rounds are out than
+/// allowed, the timestamps it hands out strictly increase in the order
+/// handed out, every caller is answered at most once, a caller that gave up
+/// before its round left is never asked for, and a requeued round's callers
+/// are served later.
 pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
     /// A round in flight: the machine, its callers, its outstanding RPCs.
     struct Flight {
         round: TsoRound,
-        ticket: TsoTicket,
-        callers: Vec<u32>,
+        callers: TsoRoundCallers<u32>,
         rpcs: Vec<Rpc>,
     }
     let pd = Arc::new(PdState::new([PD]));
     let max_in_flight = u.int_in_range(1..=4usize)?;
-    let mut tso = TsoBatcher::new(
-        pd,
-        Duration::from_secs(1),
-        Duration::from_secs(5),
-        u.arbitrary()?,
-        max_in_flight,
-    );
+    let config = Config::default()
+        .with_pd_endpoints([PD])
+        .with_pd_timeout(Duration::from_secs(1))
+        .with_tso_max_rounds_in_flight(max_in_flight);
+    let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd));
+    let mut tso = TsoBatcher::new(view, u.arbitrary()?);
     let mut now = Instant::ZERO;
-    let mut waiting: std::collections::VecDeque<u32> = Default::default();
+    let mut gave_up: BTreeSet<u32> = BTreeSet::new();
     let mut next_caller = 0u32;
     let mut answered: BTreeSet<u32> = BTreeSet::new();
     let mut flights: Vec<Flight> = Vec::new();
@@ -590,8 +603,11 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
         match u.int_in_range(0..=5u8)? {
             0 | 1 => {
                 for _ in 0..u.int_in_range(1..=4u8)? {
-                    waiting.push_back(next_caller);
+                    tso.enqueue(next_caller);
                     next_caller += 1;
+                }
+                if next_caller > 0 && u.ratio(1, 4)? {
+                    gave_up.insert(u.int_in_range(0..=next_caller - 1)?);
                 }
             }
             2..=4 if flights.iter().any(|f| !f.rpcs.is_empty()) => {
@@ -643,32 +659,34 @@ pub fn tso_batcher(u: &mut Unstructured<'_>) -> Result<()> {
                 continue;
             };
             let f = flights.swap_remove(i);
-            match tso.finish_round(f.ticket, outcome) {
-                TsoRoundEnd::Served(batch) => {
-                    assert_eq!(batch.len(), f.callers.len(), "one timestamp per caller");
-                    for (caller, ts) in f.callers.iter().zip(batch.iter()) {
+            let count = f.callers.len();
+            match tso.finish_round(f.callers, outcome, now) {
+                TsoRoundEnd::Served(served) => {
+                    assert_eq!(served.len(), count, "one timestamp per caller");
+                    for (caller, ts) in served {
                         let v = ts.version();
                         assert!(last.is_none_or(|l| v > l), "timestamp {v} after {last:?}");
                         last = Some(v);
-                        assert!(answered.insert(*caller), "caller {caller} answered twice");
+                        assert!(answered.insert(caller), "caller {caller} answered twice");
                     }
                 }
-                TsoRoundEnd::Requeue => {
-                    for caller in f.callers.into_iter().rev() {
-                        waiting.push_front(caller);
-                    }
-                }
-                TsoRoundEnd::Failed(_) => {
-                    for caller in f.callers {
+                TsoRoundEnd::Requeued => {}
+                TsoRoundEnd::Failed(callers, _) => {
+                    assert_eq!(callers.len(), count, "every caller of the round fails");
+                    for caller in callers {
                         assert!(answered.insert(caller), "caller {caller} answered twice");
                     }
                 }
             }
         }
-        while let Some(mut round) = tso.start_round(waiting.len()) {
-            let callers: Vec<u32> = waiting.drain(..round.count() as usize).collect();
+        while let Some((mut round, callers)) = tso.poll_round(|c| gave_up.contains(c)) {
+            assert_eq!(round.count() as usize, callers.len());
+            assert!(!callers.callers().iter().any(|c| gave_up.contains(c)), "asked for a quitter");
             round.start(now);
-            flights.push(Flight { ticket: round.ticket(), round, callers, rpcs: Vec::new() });
+            flights.push(Flight { round, callers, rpcs: Vec::new() });
+        }
+        for f in &flights {
+            assert!(f.callers.len() <= tikv_core::pd::MAX_TSO_BATCH);
         }
         assert!(flights.len() <= max_in_flight, "{} rounds out", flights.len());
         assert_eq!(tso.in_flight(), flights.len());

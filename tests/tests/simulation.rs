@@ -100,6 +100,8 @@ struct TxnSums {
     resolver_rpcs: u64,
     secondary_checks: u64,
     swept_locks: usize,
+    timestamp_needs: u64,
+    tso_rounds: (u64, u64),
 }
 
 #[test]
@@ -119,6 +121,9 @@ fn txn_seeds_pass() {
         sums.resolver_rpcs += s.resolver_rpcs;
         sums.secondary_checks += s.secondary_checks;
         sums.swept_locks += s.swept_locks;
+        sums.timestamp_needs += s.timestamp_needs;
+        sums.tso_rounds.0 += s.tso_rounds.0;
+        sums.tso_rounds.1 += s.tso_rounds.1;
         for e in &report.txn_history.entries {
             if let TxnOutcome::Committed { mode: Some(mode), .. } = e.outcome {
                 sums.modes[mode as usize] += 1;
@@ -147,6 +152,10 @@ fn txn_seeds_pass() {
         assert!(sums.crashed_async_commits > 0, "no crash during an async commit: {sums:?}");
         assert!(sums.crashed_then_rolled_back > 0, "no crashed txn was rolled back: {sums:?}");
         assert!(sums.resolver_rpcs > 0 && sums.secondary_checks > 0, "{sums:?}");
+        // Timestamps come from the clients' oracles (the driver's batcher),
+        // and some rounds served several needs at once.
+        assert!(sums.timestamp_needs >= sums.txns as u64, "{sums:?}");
+        assert!(sums.tso_rounds.0 > 0 && sums.tso_rounds.1 > 0, "no batched TSO round: {sums:?}");
     }
 }
 

@@ -196,7 +196,7 @@ fn core_rounds<O: Operation>(
         let rpc = op.poll_rpc().ok_or_else(|| format!("{name}: no RPC emitted"))?;
         match rpc.request {
             Request::Kv(r) => r,
-            Request::Pd(r) => return Err(format!("{name}: unexpected PD request {}", r.name())),
+            other => return Err(format!("{name}: unexpected request {}", other.name())),
         }
     };
     let round = |op: &mut O, response: KvResponse| -> Result<(), String> {

@@ -239,6 +239,7 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
         c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
         c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
         let v = view_with(Config::default().with_low_resolution_ts_max_age(max_age));
+        c.set_oracle_view(v.clone());
         // Seen at the instant the resolution starts.
         v.last_ts.observe(ts(990), Instant::ZERO);
         let opts =
@@ -256,7 +257,7 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
             })
             .collect();
         let newest = v.last_ts.fresh(Instant::ZERO, Duration::from_secs(1));
-        (log.contains(" tso -> pd"), current_ts, newest)
+        (log.contains(" timestamp -> oracle"), current_ts, newest)
     };
     // Recent enough: used as is, PD is not asked.
     let (asked_pd, current_ts, newest) = resolve_with(Duration::from_secs(2));

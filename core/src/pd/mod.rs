@@ -4,8 +4,10 @@
 //!   member discovery (`GetMembers`) and leader failover.
 //! - [`LocateRegion`] / [`ResolveStore`]: fill the region cache and store
 //!   table from PD.
-//! - [`TsoBatcher`]: coalesces timestamp requests into pipelined rounds on
-//!   the `Tso` stream; [`TsoStreamOrder`] checks that stream's answers.
+//! - [`GetTimestamp`]: an operation's need for a timestamp, answered by the
+//!   client's [`TsoBatcher`], which coalesces every caller's need into
+//!   pipelined rounds on the `Tso` stream; [`TsoStreamOrder`] checks that
+//!   stream's answers.
 //! - [`LoadKeyspace`]: resolves a keyspace name to its metadata.
 
 mod call;
@@ -20,9 +22,9 @@ pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
 pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
 pub use tso::{
-    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, ReadTsVerdict,
-    Timestamp, TsoBatch, TsoBatcher, TsoRound, TsoRoundEnd, TsoStreamError, TsoStreamOrder,
-    TsoTicket, judge_read_ts,
+    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, GetTimestamp, LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH,
+    ReadTsVerdict, Timestamp, TsoBatch, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd,
+    TsoStreamError, TsoStreamOrder, judge_read_ts,
 };
 
 /// What the client knows about the PD cluster: the configured endpoints, the

@@ -1,5 +1,6 @@
 //! Timestamp oracle: batching timestamp requests onto PD's `Tso` stream.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -8,10 +9,11 @@ use tikv_proto::pdpb;
 use crate::backoff::Backoffer;
 use crate::error::Error;
 use crate::op::Operation;
-use crate::pd::{PdCall, PdState};
+use crate::pd::PdCall;
 use crate::rng::Rng;
-use crate::rpc::{PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use crate::time::{Duration, Instant};
+use crate::view::ClusterView;
 
 /// Bits of the logical part of a TSO timestamp (`oracle.ComposeTS`).
 pub const LOGICAL_BITS: u32 = 18;
@@ -193,35 +195,41 @@ impl TsoBatch {
 
 /// How a round ended, for its callers.
 #[derive(Clone, Debug, PartialEq)]
-pub enum TsoRoundEnd {
-    /// The callers' timestamps, in caller order.
-    Served(TsoBatch),
+pub enum TsoRoundEnd<W> {
+    /// Each caller with its timestamp, in caller order.
+    Served(Vec<(W, Timestamp)>),
     /// PD's answer was valid but not above a timestamp another round handed
     /// out while this one was in flight (two rounds overtook each other,
-    /// e.g. across a reconnect): the callers are unanswered and go back to
-    /// the head of the queue for the next round, so handed-out timestamps
+    /// e.g. across a reconnect): the callers went back to the head of the
+    /// queue, in their order, for the next round, so handed-out timestamps
     /// stay strictly increasing without failing anyone.
-    Requeue,
+    Requeued,
     /// The round failed; every caller gets this error.
-    Failed(Error),
+    Failed(Vec<W>, Error),
 }
 
-/// The timestamp oracle's client side: waiting callers become `Tso` rounds,
-/// several rounds may be in flight, and handed-out timestamps are strictly
-/// increasing, also across stream reconnects and PD leader changes.
+/// The timestamp oracle's client side: callers queue for a timestamp,
+/// waiting callers become `Tso` rounds, several rounds may be in flight,
+/// and handed-out timestamps are strictly increasing, also across stream
+/// reconnects and PD leader changes.
 ///
-/// The driver owns one per client and holds the queue of waiting callers;
-/// every decision is here:
+/// A runtime (the driver's TSO task, the simulated world) owns one per
+/// client and answers every [`Request::Timestamp`] with it; `W` is how it
+/// reaches a caller again (a channel, an operation's RPC id). Every decision
+/// is here:
 ///
-/// 1. whenever callers wait, [`TsoBatcher::start_round`] gives a
-///    [`TsoRound`] for up to [`MAX_TSO_BATCH`] of them (the oldest first),
-///    unless `max_in_flight` rounds are already out: then the callers keep
-///    waiting and join the next round together. No deliberate wait, as PD's
-///    client by default (`MaxTSOBatchWaitInterval` 0).
-/// 2. the driver executes the round (a [`PdCall`], so discovery and
+/// 1. [`TsoBatcher::enqueue`] queues a caller;
+/// 2. whenever callers wait, [`TsoBatcher::poll_round`] gives a [`TsoRound`]
+///    for up to [`MAX_TSO_BATCH`] of them (the oldest first; callers that
+///    gave up meanwhile are dropped and cost no timestamp), unless
+///    `max_in_flight` rounds are already out: then the callers keep waiting
+///    and join the next round together. No deliberate wait, as PD's client
+///    by default (`MaxTSOBatchWaitInterval` 0);
+/// 3. the runtime executes the round (a [`PdCall`], so discovery and
 ///    failover are the same as for any PD request);
-/// 3. [`TsoBatcher::finish_round`] with the round's [`TsoTicket`] judges the
-///    answer, saying what the round's callers get ([`TsoRoundEnd`]).
+/// 4. [`TsoBatcher::finish_round`] judges the answer and says what the
+///    round's callers get ([`TsoRoundEnd`]); a served round also becomes
+///    the client's low-resolution "now" ([`ClusterView::last_ts`]).
 ///
 /// Monotonicity (PD's `tsoDispatcher.checkMonotonicity`): an answer not
 /// above the newest timestamp handed out *before its round was sent* means
@@ -229,132 +237,131 @@ pub enum TsoRoundEnd {
 /// here the round fails with [`Error::MalformedResponse`]. An answer above
 /// that but not above one handed out *since* (a round sent later, answered
 /// first) is fine as a TSO but would break the handed-out order, so the
-/// round is asked again ([`TsoRoundEnd::Requeue`]).
+/// round is asked again ([`TsoRoundEnd::Requeued`]).
+///
+/// [`Request::Timestamp`]: crate::rpc::Request::Timestamp
 #[derive(Debug)]
-pub struct TsoBatcher {
-    pd: Arc<PdState>,
-    timeout: Duration,
-    budget: Duration,
+pub struct TsoBatcher<W> {
+    view: Arc<ClusterView>,
     rng: Rng,
     max_in_flight: usize,
     in_flight: usize,
     last: Option<Timestamp>,
+    queue: VecDeque<W>,
 }
 
 /// One `Tso` round for `count` callers; yields PD's answer.
 #[derive(Debug)]
 pub struct TsoRound {
     call: PdCall,
-    ticket: TsoTicket,
+    count: u32,
 }
 
-/// What [`TsoBatcher::finish_round`] needs to know about a round: taken
-/// from [`TsoRound::ticket`] before the round is executed.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct TsoTicket {
-    count: u32,
+/// The callers of a round in flight and what [`TsoBatcher::finish_round`]
+/// needs to judge its answer.
+#[derive(Debug)]
+pub struct TsoRoundCallers<W> {
+    callers: Vec<W>,
     /// The newest timestamp handed out when the round was sent.
     floor: Option<Timestamp>,
 }
 
-impl TsoTicket {
+impl<W> TsoRoundCallers<W> {
+    /// The callers, oldest first.
+    pub fn callers(&self) -> &[W] {
+        &self.callers
+    }
+
     /// How many callers the round serves.
-    pub fn count(&self) -> u32 {
-        self.count
+    pub fn len(&self) -> usize {
+        self.callers.len()
+    }
+
+    /// Whether the round serves nobody (never, for a round that was sent).
+    pub fn is_empty(&self) -> bool {
+        self.callers.is_empty()
     }
 }
 
-impl TsoBatcher {
-    /// A batcher whose rounds have `timeout` per RPC and `budget` of
-    /// retries, with at most `max_in_flight` rounds out at once (at least 1;
-    /// see [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`]).
-    pub fn new(
-        pd: Arc<PdState>,
-        timeout: Duration,
-        budget: Duration,
-        seed: u64,
-        max_in_flight: usize,
-    ) -> TsoBatcher {
+impl<W> TsoBatcher<W> {
+    /// The batcher of the client seen through `view`: rounds have the PD
+    /// timeout per RPC and the TSO backoff budget, and at most
+    /// `tso_max_rounds_in_flight` (at least 1) are out at once (see
+    /// [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`]).
+    pub fn new(view: Arc<ClusterView>, seed: u64) -> TsoBatcher<W> {
+        let max_in_flight = view.config.tso_max_rounds_in_flight.max(1);
         TsoBatcher {
-            pd,
-            timeout,
-            budget,
+            view,
             rng: Rng::new(seed),
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
             in_flight: 0,
             last: None,
+            queue: VecDeque::new(),
         }
     }
 
-    /// A round for the first `waiting` callers (at most [`MAX_TSO_BATCH`]),
-    /// or `None` when nobody waits or `max_in_flight` rounds are out. Every
-    /// round started must be finished with [`TsoBatcher::finish_round`].
-    pub fn start_round(&mut self, waiting: usize) -> Option<TsoRound> {
-        if waiting == 0 || self.in_flight >= self.max_in_flight {
-            return None;
-        }
-        self.in_flight += 1;
-        let count = waiting.min(MAX_TSO_BATCH) as u32;
-        let request = PdRequest::Tso(Box::new(pdpb::TsoRequest { count, ..Default::default() }));
-        let backoffer = Backoffer::new(self.budget, self.rng.fork());
-        Some(TsoRound {
-            call: PdCall::new(self.pd.clone(), request, self.timeout, backoffer),
-            ticket: TsoTicket { count, floor: self.last },
-        })
+    /// Queues a caller for a timestamp.
+    pub fn enqueue(&mut self, caller: W) {
+        self.queue.push_back(caller);
     }
 
-    /// Judges a round's answer (see the type's docs) and frees its slot.
-    /// PD answers with the last timestamp of the batch; the batch is the
-    /// `count` consecutive logical values ending there.
+    /// Callers queued and not yet in a round.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The next round to send, for the oldest waiting callers (at most
+    /// [`MAX_TSO_BATCH`]) for which `gave_up` is false; `None` when nobody
+    /// waits or `max_in_flight` rounds are out. Every round returned must be
+    /// finished with [`TsoBatcher::finish_round`].
+    pub fn poll_round(
+        &mut self,
+        mut gave_up: impl FnMut(&W) -> bool,
+    ) -> Option<(TsoRound, TsoRoundCallers<W>)> {
+        while self.in_flight < self.max_in_flight && !self.queue.is_empty() {
+            let take = self.queue.len().min(MAX_TSO_BATCH);
+            let callers: Vec<W> = self.queue.drain(..take).filter(|w| !gave_up(w)).collect();
+            if callers.is_empty() {
+                continue;
+            }
+            self.in_flight += 1;
+            let count = callers.len() as u32;
+            let request =
+                PdRequest::Tso(Box::new(pdpb::TsoRequest { count, ..Default::default() }));
+            let config = &self.view.config;
+            let backoffer = Backoffer::new(config.budget(config.backoff.tso), self.rng.fork());
+            let call = PdCall::new(self.view.pd.clone(), request, config.pd_timeout, backoffer);
+            return Some((TsoRound { call, count }, TsoRoundCallers { callers, floor: self.last }));
+        }
+        None
+    }
+
+    /// Judges a round's answer (see the type's docs), frees its slot and
+    /// says what its callers get. PD answers with the last timestamp of the
+    /// batch; the batch is the `count` consecutive logical values ending
+    /// there. `now` is when the answer arrived.
     pub fn finish_round(
         &mut self,
-        ticket: TsoTicket,
+        round: TsoRoundCallers<W>,
         outcome: Result<PdResponse, Error>,
-    ) -> TsoRoundEnd {
+        now: Instant,
+    ) -> TsoRoundEnd<W> {
         self.in_flight = self.in_flight.saturating_sub(1);
-        match self.judge(ticket, outcome) {
-            Ok(batch) if self.last.is_some_and(|last| batch.first <= last) => TsoRoundEnd::Requeue,
+        let TsoRoundCallers { callers, floor } = round;
+        match judge(callers.len() as u32, floor, outcome) {
+            Ok(batch) if self.last.is_some_and(|last| batch.first <= last) => {
+                for w in callers.into_iter().rev() {
+                    self.queue.push_front(w);
+                }
+                TsoRoundEnd::Requeued
+            }
             Ok(batch) => {
                 self.last = Some(batch.last());
-                TsoRoundEnd::Served(batch)
+                self.view.last_ts.observe(batch.last().version(), now);
+                TsoRoundEnd::Served(callers.into_iter().zip(batch.iter()).collect())
             }
-            Err(e) => TsoRoundEnd::Failed(e),
+            Err(e) => TsoRoundEnd::Failed(callers, e),
         }
-    }
-
-    fn judge(
-        &self,
-        ticket: TsoTicket,
-        outcome: Result<PdResponse, Error>,
-    ) -> Result<TsoBatch, Error> {
-        let PdResponse::Tso(resp) = outcome? else {
-            return Err(Error::malformed("TSO round answered by another method"));
-        };
-        let count = ticket.count;
-        if resp.count != count {
-            return Err(Error::malformed(format!(
-                "TSO returned {} timestamps, {count} asked",
-                resp.count
-            )));
-        }
-        let Some(ts) = resp.timestamp else {
-            return Err(Error::malformed("TSO response without a timestamp"));
-        };
-        let first = Timestamp {
-            physical: ts.physical,
-            logical: ts.logical.saturating_sub(i64::from(count) - 1),
-        };
-        if first.physical < 0 || first.logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
-            return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
-        }
-        if let Some(floor) = ticket.floor
-            && first <= floor
-        {
-            return Err(Error::malformed(format!(
-                "TSO went backwards: {first} after {floor} (PD leader change without a fence?)"
-            )));
-        }
-        Ok(TsoBatch { first, count })
     }
 
     /// Rounds started and not yet finished.
@@ -374,15 +381,45 @@ impl TsoBatcher {
     }
 }
 
+/// The batch a round's answer hands out, or why it cannot be trusted.
+fn judge(
+    count: u32,
+    floor: Option<Timestamp>,
+    outcome: Result<PdResponse, Error>,
+) -> Result<TsoBatch, Error> {
+    let PdResponse::Tso(resp) = outcome? else {
+        return Err(Error::malformed("TSO round answered by another method"));
+    };
+    if resp.count != count {
+        return Err(Error::malformed(format!(
+            "TSO returned {} timestamps, {count} asked",
+            resp.count
+        )));
+    }
+    let Some(ts) = resp.timestamp else {
+        return Err(Error::malformed("TSO response without a timestamp"));
+    };
+    let first = Timestamp {
+        physical: ts.physical,
+        logical: ts.logical.saturating_sub(i64::from(count) - 1),
+    };
+    if first.physical < 0 || first.logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
+        return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
+    }
+    if let Some(floor) = floor
+        && first <= floor
+    {
+        return Err(Error::malformed(format!(
+            "TSO went backwards: {first} after {floor} (PD leader change without a fence?)"
+        )));
+    }
+    Ok(TsoBatch { first, count })
+}
+
 impl TsoRound {
     /// How many timestamps the round asks for.
     pub fn count(&self) -> u32 {
-        self.ticket.count
-    }
-
-    /// What [`TsoBatcher::finish_round`] needs once the round is done.
-    pub fn ticket(&self) -> TsoTicket {
-        self.ticket
+        self.count
     }
 }
 
@@ -405,6 +442,81 @@ impl Operation for TsoRound {
     }
     fn poll_result(&mut self) -> Option<Result<PdResponse, Error>> {
         self.call.poll_result()
+    }
+}
+
+/// One fresh timestamp for an operation (a commit ts, a min-commit-ts
+/// bound, "now" for lock TTL checks): a leaf that sends
+/// [`Request::Timestamp`] to [`Target::Oracle`] and yields the answer.
+///
+/// The runtime answers from the client's [`TsoBatcher`], so concurrent
+/// operations share its rounds and every timestamp a client uses comes
+/// from one strictly increasing sequence (PD's client batches every caller
+/// of a process the same way). The round already retried within the TSO
+/// budget, so an oracle failure ends this operation with the round's error.
+///
+/// [`Request::Timestamp`]: crate::rpc::Request::Timestamp
+/// [`Target::Oracle`]: crate::rpc::Target::Oracle
+#[derive(Debug, Default)]
+pub struct GetTimestamp {
+    outbox: Option<Rpc>,
+    waiting: bool,
+    result: Option<Result<Timestamp, Error>>,
+}
+
+impl GetTimestamp {
+    /// The RPC id of the one request.
+    const ID: RpcId = RpcId(1);
+
+    /// A request for one timestamp.
+    pub fn new() -> GetTimestamp {
+        GetTimestamp::default()
+    }
+}
+
+impl Operation for GetTimestamp {
+    type Output = Timestamp;
+
+    fn start(&mut self, _now: Instant) {
+        if self.waiting || self.result.is_some() {
+            return;
+        }
+        self.waiting = true;
+        // No deadline of its own: the oracle's round is bounded by its
+        // per-RPC timeout and the TSO budget.
+        self.outbox = Some(Rpc {
+            id: Self::ID,
+            target: Target::Oracle,
+            request: Request::Timestamp,
+            deadline: Instant::MAX,
+        });
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.outbox.take()
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, _now: Instant) {
+        if id != Self::ID || !self.waiting {
+            return;
+        }
+        self.waiting = false;
+        self.result = Some(match response {
+            Ok(Response::Timestamp(ts)) => Ok(ts),
+            Ok(other) => Err(Error::malformed(format!("timestamp answered by {}", other.name()))),
+            Err(RpcError::NoTimestamp(e)) => Err(*e),
+            Err(e) => Err(Error::Rpc(e)),
+        });
+    }
+
+    fn on_timeout(&mut self, _now: Instant) {}
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Timestamp, Error>> {
+        self.result.take()
     }
 }
 
@@ -495,7 +607,9 @@ mod tests {
     use std::fmt::Write;
 
     use super::*;
-    use crate::rpc::{Request, Target};
+    use crate::codec::{ApiCodec, Mode};
+    use crate::config::Config;
+    use crate::pd::PdState;
 
     /// client-go's `ValidateReadTS` rule at its edges.
     #[test]
@@ -519,18 +633,25 @@ mod tests {
         Ok(Response::Pd(PdResponse::Tso(Box::new(tso_answer(count, physical, logical)))))
     }
 
-    fn batcher(max_in_flight: usize) -> TsoBatcher {
+    fn batcher(max_in_flight: usize) -> TsoBatcher<u32> {
         let pd = Arc::new(PdState::new(["pd1:2379"]));
         pd.set_leader("pd1:2379".into());
-        TsoBatcher::new(pd, Duration::from_secs(3), Duration::from_secs(30), 1, max_in_flight)
+        let config = Config::default()
+            .with_pd_endpoints(["pd1:2379"])
+            .with_tso_max_rounds_in_flight(max_in_flight);
+        let view = Arc::new(ClusterView::new(config, ApiCodec::v1(Mode::Txn), pd));
+        TsoBatcher::new(view, 1)
     }
 
-    /// A script of a client with a queue of waiting callers, a batcher and
-    /// its rounds in flight; every step is written to a transcript.
+    /// A round in flight in a [`Script`]: its name, machine, callers and RPC.
+    type Flight = (char, TsoRound, TsoRoundCallers<u32>, Rpc);
+
+    /// A script of a client whose callers queue in a batcher with rounds in
+    /// flight; every step is written to a transcript.
     struct Script {
-        b: TsoBatcher,
-        waiting: usize,
-        rounds: Vec<(char, TsoRound, Rpc)>,
+        b: TsoBatcher<u32>,
+        next_caller: u32,
+        rounds: Vec<Flight>,
         next_name: char,
         log: String,
     }
@@ -539,7 +660,7 @@ mod tests {
         fn new(max_in_flight: usize) -> Script {
             Script {
                 b: batcher(max_in_flight),
-                waiting: 0,
+                next_caller: 0,
                 rounds: Vec::new(),
                 next_name: 'A',
                 log: String::new(),
@@ -548,20 +669,23 @@ mod tests {
 
         /// `n` callers arrive; rounds start while the batcher allows.
         fn arrive(&mut self, n: usize) {
-            self.waiting += n;
-            writeln!(self.log, "+{n} callers (waiting {})", self.waiting).unwrap();
+            for _ in 0..n {
+                self.b.enqueue(self.next_caller);
+                self.next_caller += 1;
+            }
+            writeln!(self.log, "+{n} callers (waiting {})", self.b.waiting()).unwrap();
             self.dispatch();
         }
 
         fn dispatch(&mut self) {
-            while let Some(mut round) = self.b.start_round(self.waiting) {
-                self.waiting -= round.count() as usize;
+            while let Some((mut round, callers)) = self.b.poll_round(|_| false) {
                 round.start(Instant::ZERO);
                 let rpc = round.poll_rpc().expect("a round sends at once");
                 let Request::Pd(PdRequest::Tso(req)) = &rpc.request else {
                     panic!("a round sends Tso, not {:?}", rpc.request)
                 };
                 assert!(matches!(rpc.target, Target::Pd { .. }));
+                assert_eq!(req.count as usize, callers.len());
                 let name = self.next_name;
                 self.next_name = char::from(self.next_name as u8 + 1);
                 writeln!(
@@ -569,18 +693,18 @@ mod tests {
                     "  round {name} sent: Tso count={} (in flight {}, waiting {})",
                     req.count,
                     self.b.in_flight(),
-                    self.waiting
+                    self.b.waiting()
                 )
                 .unwrap();
-                self.rounds.push((name, round, rpc));
+                self.rounds.push((name, round, callers, rpc));
             }
         }
 
         /// Round `name` gets `answer`; its end is logged, a requeue puts
         /// its callers back, and waiting callers may start rounds.
-        fn answer(&mut self, name: char, answer: Result<Response, RpcError>) -> TsoRoundEnd {
+        fn answer(&mut self, name: char, answer: Result<Response, RpcError>) -> TsoRoundEnd<u32> {
             let at = self.rounds.iter().position(|(n, ..)| *n == name).expect("round in flight");
-            let (_, mut round, rpc) = self.rounds.remove(at);
+            let (_, mut round, callers, rpc) = self.rounds.remove(at);
             let shown = match &answer {
                 Ok(Response::Pd(PdResponse::Tso(r))) => match &r.timestamp {
                     Some(ts) => format!("count={} ts={}.{}", r.count, ts.physical, ts.logical),
@@ -591,18 +715,15 @@ mod tests {
             };
             round.on_response(rpc.id, answer, Instant::ZERO);
             let outcome = round.poll_result().expect("one answer ends the round");
-            let ticket = round.ticket();
-            let end = self.b.finish_round(ticket, outcome);
+            let count = callers.len();
+            let end = self.b.finish_round(callers, outcome, Instant::ZERO);
             let said = match &end {
-                TsoRoundEnd::Served(batch) => {
-                    let all: Vec<String> = batch.iter().map(|t| t.to_string()).collect();
+                TsoRoundEnd::Served(served) => {
+                    let all: Vec<String> = served.iter().map(|(_, t)| t.to_string()).collect();
                     format!("served [{}]", all.join(", "))
                 }
-                TsoRoundEnd::Requeue => {
-                    self.waiting += ticket.count() as usize;
-                    format!("requeued {} callers", ticket.count())
-                }
-                TsoRoundEnd::Failed(e) => format!("failed: {e}"),
+                TsoRoundEnd::Requeued => format!("requeued {count} callers"),
+                TsoRoundEnd::Failed(_, e) => format!("failed: {e}"),
             };
             writeln!(self.log, "round {name} answered {shown}: {said}").unwrap();
             self.dispatch();
@@ -643,13 +764,18 @@ mod tests {
         s.arrive(1);
         s.answer('B', tso_response(1, 100, 9));
         let end = s.answer('A', tso_response(2, 100, 8));
-        assert_eq!(end, TsoRoundEnd::Requeue);
+        assert_eq!(end, TsoRoundEnd::Requeued);
+        // The requeued callers keep their order and are served first.
         let end = s.answer('C', tso_response(2, 100, 11));
-        assert!(matches!(end, TsoRoundEnd::Served(b) if b.first().logical == 10));
+        let TsoRoundEnd::Served(served) = end else { panic!("{end:?}") };
+        assert_eq!(
+            served.iter().map(|(c, t)| (*c, t.logical)).collect::<Vec<_>>(),
+            [(0, 10), (1, 11)]
+        );
         s.arrive(1);
         let end = s.answer('D', tso_response(1, 99, 500));
         assert!(
-            matches!(end, TsoRoundEnd::Failed(Error::MalformedResponse(m)) if m.contains("backwards"))
+            matches!(end, TsoRoundEnd::Failed(c, Error::MalformedResponse(m)) if c == [3] && m.contains("backwards"))
         );
         insta::assert_snapshot!(s.log);
     }
@@ -684,11 +810,82 @@ mod tests {
     #[test]
     fn rounds_are_clamped_to_the_batch_limit_and_need_a_caller() {
         let mut b = batcher(1);
-        assert!(b.start_round(0).is_none());
-        let round = b.start_round(MAX_TSO_BATCH * 2).expect("room");
+        assert!(b.poll_round(|_| false).is_none(), "nobody waits");
+        for caller in 0..(MAX_TSO_BATCH * 2) as u32 {
+            b.enqueue(caller);
+        }
+        let (round, callers) = b.poll_round(|_| false).expect("room");
         assert_eq!(round.count(), MAX_TSO_BATCH as u32);
-        assert!(b.start_round(1).is_none(), "the only slot is taken");
+        assert_eq!(callers.len(), MAX_TSO_BATCH);
+        assert!(b.poll_round(|_| false).is_none(), "the only slot is taken");
+        assert_eq!(b.waiting(), MAX_TSO_BATCH);
         assert_eq!(batcher(0).max_in_flight(), 1, "at least one round");
+    }
+
+    /// Callers that gave up before their round left cost no timestamp; a
+    /// queue of only such callers sends nothing.
+    #[test]
+    fn callers_that_gave_up_are_not_asked_for() {
+        let mut b = batcher(2);
+        for caller in 0..6 {
+            b.enqueue(caller);
+        }
+        let (round, callers) = b.poll_round(|c| c % 2 == 1).expect("room");
+        assert_eq!(round.count(), 3);
+        assert_eq!(callers.callers, [0, 2, 4]);
+        b.enqueue(7);
+        assert!(b.poll_round(|_| true).is_none(), "every waiting caller gave up");
+        assert_eq!((b.waiting(), b.in_flight()), (0, 1));
+    }
+
+    /// A served round becomes the client's low-resolution "now".
+    #[test]
+    fn a_served_round_is_the_newest_timestamp_seen() {
+        let mut b = batcher(1);
+        b.enqueue(0);
+        b.enqueue(1);
+        let (mut round, callers) = b.poll_round(|_| false).expect("room");
+        round.start(Instant::ZERO);
+        let rpc = round.poll_rpc().expect("sent");
+        round.on_response(rpc.id, tso_response(2, 100, 6), Instant::from_millis(3));
+        let outcome = round.poll_result().expect("answered");
+        let end = b.finish_round(callers, outcome, Instant::from_millis(3));
+        assert!(matches!(end, TsoRoundEnd::Served(ref s) if s.len() == 2), "{end:?}");
+        let newest = Timestamp { physical: 100, logical: 6 }.version();
+        assert_eq!(b.view.last_ts.newest(), Some(newest));
+    }
+
+    /// The leaf asks the oracle once, with no deadline of its own, and
+    /// passes on what the oracle answers: a timestamp, the round's typed
+    /// error, or a malformed answer.
+    #[test]
+    fn get_timestamp_asks_the_oracle_once() {
+        let ts = Timestamp { physical: 5, logical: 1 };
+        let mut op = GetTimestamp::new();
+        op.start(Instant::ZERO);
+        let rpc = op.poll_rpc().expect("asks");
+        assert_eq!((rpc.target.clone(), rpc.deadline), (Target::Oracle, Instant::MAX));
+        assert!(matches!(rpc.request, Request::Timestamp));
+        assert!(op.poll_rpc().is_none() && op.poll_timeout().is_none());
+        op.start(Instant::ZERO);
+        assert!(op.poll_rpc().is_none(), "started once");
+        op.on_response(RpcId(99), Ok(Response::Timestamp(ts)), Instant::ZERO);
+        assert_eq!(op.poll_result(), None, "not its id");
+        op.on_response(rpc.id, Ok(Response::Timestamp(ts)), Instant::ZERO);
+        assert_eq!(op.poll_result(), Some(Ok(ts)));
+
+        let failed = |answer: Result<Response, RpcError>| {
+            let mut op = GetTimestamp::new();
+            op.start(Instant::ZERO);
+            let rpc = op.poll_rpc().expect("asks");
+            op.on_response(rpc.id, answer, Instant::ZERO);
+            op.poll_result().expect("answered").expect_err("an error")
+        };
+        let pd_down = Error::NoPdLeader("none".into());
+        assert_eq!(failed(Err(RpcError::NoTimestamp(Box::new(pd_down.clone())))), pd_down);
+        assert_eq!(failed(Err(RpcError::Canceled)), Error::Rpc(RpcError::Canceled));
+        let other = Ok(Response::Pd(PdResponse::GetMembers(Default::default())));
+        assert!(matches!(failed(other), Error::MalformedResponse(_)));
     }
 
     /// The stream check: each answer belongs to the oldest request, must

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, pdpb};
 
+use crate::pd::Timestamp;
 use crate::time::Instant;
 
 /// Calls `$m!` with the list of TiKV unary RPCs the client speaks:
@@ -275,22 +276,32 @@ impl PdResponse {
     }
 }
 
-/// A request to TiKV or PD.
+/// A request to TiKV or PD, or for a timestamp.
 #[derive(Clone, PartialEq)]
 pub enum Request {
     /// To a TiKV store.
     Kv(KvRequest),
     /// To PD.
     Pd(PdRequest),
+    /// One fresh timestamp, sent to [`Target::Oracle`]: the runtime answers
+    /// it from the client's timestamp oracle (a [`TsoBatcher`] whose rounds
+    /// every waiting operation shares), never from the network directly.
+    /// Build it with [`GetTimestamp`].
+    ///
+    /// [`TsoBatcher`]: crate::pd::TsoBatcher
+    /// [`GetTimestamp`]: crate::pd::GetTimestamp
+    Timestamp,
 }
 
-/// A response from TiKV or PD.
+/// A response from TiKV or PD, or a timestamp.
 #[derive(Clone, PartialEq)]
 pub enum Response {
     /// From a TiKV store.
     Kv(KvResponse),
     /// From PD.
     Pd(PdResponse),
+    /// The answer to [`Request::Timestamp`].
+    Timestamp(Timestamp),
 }
 
 impl Request {
@@ -299,6 +310,7 @@ impl Request {
         match self {
             Request::Kv(r) => r.name(),
             Request::Pd(r) => r.name(),
+            Request::Timestamp => "timestamp",
         }
     }
 }
@@ -395,6 +407,7 @@ impl Response {
         match self {
             Response::Kv(r) => r.name(),
             Response::Pd(r) => r.name(),
+            Response::Timestamp(_) => "timestamp",
         }
     }
 }
@@ -455,6 +468,19 @@ pub enum Target {
         /// The store's address.
         addr: Arc<str>,
     },
+    /// The client's own timestamp oracle ([`Request::Timestamp`]): local to
+    /// the client, not an address on the network.
+    Oracle,
+}
+
+impl Target {
+    /// The network address, `None` for [`Target::Oracle`].
+    pub fn addr(&self) -> Option<&Arc<str>> {
+        match self {
+            Target::Pd { addr } | Target::Store { addr, .. } => Some(addr),
+            Target::Oracle => None,
+        }
+    }
 }
 
 impl fmt::Debug for Target {
@@ -462,6 +488,7 @@ impl fmt::Debug for Target {
         match self {
             Target::Pd { addr } => write!(f, "pd({addr})"),
             Target::Store { store_id, addr } => write!(f, "store{store_id}({addr})"),
+            Target::Oracle => f.write_str("oracle"),
         }
     }
 }
@@ -490,7 +517,7 @@ impl fmt::Debug for Rpc {
 }
 
 /// Transport-level failure of one RPC, as reported by a runtime.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RpcError {
     /// Could not connect, or the connection broke before a response.
     #[error("unavailable: {0}")]
@@ -516,6 +543,15 @@ pub enum RpcError {
     /// (a broken transport or server).
     #[error("response does not match the request")]
     Mismatch,
+    /// The client's timestamp oracle could not get a timestamp (its round
+    /// already retried within the TSO budget): the error it ended with.
+    #[error("no timestamp: {0}")]
+    NoTimestamp(Box<crate::error::Error>),
+    /// A network transport was handed a request only the client itself
+    /// answers ([`Request::Timestamp`] for [`Target::Oracle`]); the method
+    /// name.
+    #[error("{0} is not sent over the network")]
+    NotNetwork(&'static str),
 }
 
 /// gRPC status code `Unimplemented`.
@@ -545,8 +581,9 @@ mod tests {
         assert!(size_of::<PdResponse>() <= 2 * WORD, "PdResponse: {}", size_of::<PdResponse>());
         assert!(size_of::<Request>() <= 3 * WORD, "Request: {}", size_of::<Request>());
         assert!(size_of::<Response>() <= 3 * WORD, "Response: {}", size_of::<Response>());
-        // Id, target, request, deadline.
-        assert!(size_of::<Rpc>() <= 8 * WORD, "Rpc: {}", size_of::<Rpc>());
+        // Id, target (a tag, a store id and an address), request, deadline.
+        assert!(size_of::<Target>() <= 4 * WORD, "Target: {}", size_of::<Target>());
+        assert!(size_of::<Rpc>() <= 9 * WORD, "Rpc: {}", size_of::<Rpc>());
         // What the runtime feeds back, and what a sender hands its parent.
         let fed_back = size_of::<Result<Response, RpcError>>();
         assert!(fed_back <= 4 * WORD, "Result<Response, RpcError>: {fed_back}");

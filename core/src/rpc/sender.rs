@@ -443,7 +443,9 @@ impl Operation for RegionCall {
                             self.finish(Err(Error::Rpc(RpcError::Mismatch)));
                         }
                     }
-                    Ok(Response::Pd(_)) => self.finish(Err(Error::Rpc(RpcError::Mismatch))),
+                    Ok(Response::Pd(_) | Response::Timestamp(_)) => {
+                        self.finish(Err(Error::Rpc(RpcError::Mismatch)))
+                    }
                     Err(e) => {
                         // client-go onSendFail: the store may be down. Try the
                         // next peer after a BoTiKVRPC sleep.

@@ -14,9 +14,10 @@
 //!    answer that never came makes the outcome undetermined; a primary lock
 //!    already gone (rolled back by a resolver) is a definite failure.
 //!    `CommitTsExpired` fetches a newer commit ts and retries.
-//! 4. The caller commits the secondaries in the background
-//!    ([`commit_keys`]) and, on a definite failure, rolls the prewritten
-//!    keys back ([`rollback_keys`]).
+//! 4. Then [`Committer::take_follow_up`] hands the runtime what runs in
+//!    the background: the secondaries' commit ([`commit_keys`]) or, on a
+//!    definite failure, the rollback of the prewritten keys
+//!    ([`rollback_keys`]).
 
 use std::sync::Arc;
 
@@ -27,11 +28,9 @@ use crate::error::Error;
 use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{IdMap, Operation};
-use crate::pd::{PdCall, Timestamp};
+use crate::pd::{GetTimestamp, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{
-    KvRequest, KvResponse, PdRequest, PdResponse, RequestTags, Response, Rpc, RpcError, RpcId,
-};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::txn::membuffer::{BufferedValue, MemBuffer};
 use crate::view::ClusterView;
@@ -483,7 +482,7 @@ enum Step {
     Prewrite(Box<KeyFanout<PrewritePlan>>),
     Resolve(Box<ResolveLocks>),
     Sleep(Instant),
-    Tso(Box<PdCall>),
+    Timestamp(GetTimestamp),
     CommitPrimary(Box<KeyFanout<Point<CommitPlan>>>),
     Done,
 }
@@ -523,8 +522,6 @@ pub struct Committer {
     /// A `Commit` of the primary lost its answer: it may have been applied
     /// (client-go's `setUndeterminedErr` on the primary's RPC error).
     commit_lost_answer: bool,
-    /// The budget of every TSO call of this commit, shared.
-    tso_backoffer: Backoffer,
     /// The budget of the primary's commit, shared by its retries with newer
     /// commit timestamps (`CommitTsExpired`), as client-go keeps one `bo`.
     commit_backoffer: Option<Backoffer>,
@@ -539,6 +536,8 @@ pub struct Committer {
     heartbeat_wanted: bool,
     elapsed: Duration,
     result: Option<Result<CommitOutcome, Error>>,
+    /// What must run after the result ([`Committer::take_follow_up`]).
+    follow_up: Option<KeyFanout<KeysPlan>>,
 }
 
 /// Whose RPC an id belongs to: the current step (by its number) or a
@@ -591,7 +590,6 @@ impl Committer {
         .version();
         let budget = view.config.budget(view.config.backoff.prewrite);
         let backoffer = view.backoffer(budget);
-        let tso_backoffer = view.backoffer(view.config.budget(view.config.backoff.tso));
         let opts_threshold = opts.heartbeat_threshold.unwrap_or(TTL_REFRESHED_TXN_SIZE);
         Committer {
             lock_ttl: lock_ttl(size, elapsed),
@@ -611,7 +609,6 @@ impl Committer {
             one_pc_uncertain: false,
             prewrite_lost_answer: false,
             commit_lost_answer: false,
-            tso_backoffer,
             commit_backoffer: None,
             assertion_error: None,
             tso_for: TsoFor::CommitTs,
@@ -624,13 +621,46 @@ impl Committer {
             heartbeat_wanted: size >= opts_threshold,
             elapsed,
             result: None,
+            follow_up: None,
         }
     }
 
     fn finish(&mut self, result: Result<CommitOutcome, Error>) {
         self.step = Step::Done;
         self.heartbeat = None;
+        self.follow_up = self.follow_up_of(&result);
         self.result = Some(result);
+    }
+
+    /// What the transaction still owes the cluster once its outcome is
+    /// known (client-go's `twoPhaseCommitter.execute` epilogue): committed
+    /// with keys still locked, their commit; a definite failure, the
+    /// rollback of every key it may have prewritten (client-go's cleanup);
+    /// an undetermined outcome, nothing: the locks stay for readers to
+    /// resolve, since rolling back a transaction that may have committed
+    /// would be wrong.
+    fn follow_up_of(&self, result: &Result<CommitOutcome, Error>) -> Option<KeyFanout<KeysPlan>> {
+        let op = match result {
+            Ok(outcome) if outcome.keys_to_commit.is_empty() => return None,
+            Ok(outcome) => commit_keys(
+                &self.view,
+                self.start_ts,
+                outcome.commit_ts,
+                outcome.keys_to_commit.clone(),
+            ),
+            Err(Error::Undetermined(_)) => return None,
+            Err(_) => rollback_keys(&self.view, self.start_ts, self.all_keys.clone()),
+        };
+        Some(op.with_tags(&self.opts.tags))
+    }
+
+    /// The operation to run in the background after the result: the
+    /// secondaries' commit, or the rollback of a definitely failed
+    /// transaction (see `follow_up_of`); `None` if there is nothing to do
+    /// or the result is not out yet. Runtimes run it without waiting and
+    /// ignore its outcome: readers resolve whatever it leaves.
+    pub fn take_follow_up(&mut self) -> Option<KeyFanout<KeysPlan>> {
+        self.follow_up.take()
     }
 
     /// Starts the TTL manager with the first prewrite (client-go starts it
@@ -710,7 +740,7 @@ impl Committer {
         match &mut self.step {
             Step::Prewrite(op) => op.start(now),
             Step::Resolve(op) => op.start(now),
-            Step::Tso(op) => op.start(now),
+            Step::Timestamp(op) => op.start(now),
             Step::CommitPrimary(op) => op.start(now),
             _ => {}
         }
@@ -719,17 +749,7 @@ impl Committer {
 
     fn tso(&mut self, purpose: TsoFor, now: Instant) {
         self.tso_for = purpose;
-        let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
-            count: 1,
-            ..Default::default()
-        }));
-        let call = PdCall::new(
-            self.view.pd.clone(),
-            request,
-            self.view.config.pd_timeout,
-            self.tso_backoffer.fork(),
-        );
-        self.set_step(Step::Tso(Box::new(call)), now);
+        self.set_step(Step::Timestamp(GetTimestamp::new()), now);
     }
 
     fn prewrite(&mut self, now: Instant) {
@@ -884,9 +904,8 @@ impl Committer {
                 self.backoffer.merge_from(op.backoffer());
                 self.after_resolve(outcome, now);
             }
-            Step::Tso(op) => {
+            Step::Timestamp(op) => {
                 let Some(outcome) = op.poll_result() else { return };
-                self.tso_backoffer.merge_from(op.backoffer());
                 self.after_tso(outcome, now);
             }
             Step::CommitPrimary(op) => {
@@ -918,15 +937,10 @@ impl Committer {
         }
     }
 
-    fn after_tso(&mut self, outcome: Result<PdResponse, Error>, now: Instant) {
+    fn after_tso(&mut self, outcome: Result<Timestamp, Error>, now: Instant) {
         match outcome {
-            Ok(PdResponse::Tso(r)) => {
-                let Some(ts) = r.timestamp else {
-                    self.finish(Err(Error::malformed("TSO response without a timestamp")));
-                    return;
-                };
-                let ts = Timestamp { physical: ts.physical, logical: ts.logical }.version();
-                self.view.last_ts.observe(ts, now);
+            Ok(ts) => {
+                let ts = ts.version();
                 match self.tso_for {
                     TsoFor::MinCommitTs => {
                         self.min_commit_ts = self.min_commit_ts.max(ts + 1);
@@ -945,7 +959,6 @@ impl Committer {
                     }
                 }
             }
-            Ok(other) => self.finish(Err(Error::malformed(format!("unexpected {}", other.name())))),
             Err(e) => self.finish(Err(e)),
         }
     }
@@ -1040,7 +1053,7 @@ impl Operation for Committer {
         let rpc = match &mut self.step {
             Step::Prewrite(op) => op.poll_rpc(),
             Step::Resolve(op) => op.poll_rpc(),
-            Step::Tso(op) => op.poll_rpc(),
+            Step::Timestamp(op) => op.poll_rpc(),
             Step::CommitPrimary(op) => op.poll_rpc(),
             _ => None,
         };
@@ -1090,7 +1103,7 @@ impl Operation for Committer {
         match &mut self.step {
             Step::Prewrite(op) => op.on_response(id, response, now),
             Step::Resolve(op) => op.on_response(id, response, now),
-            Step::Tso(op) => op.on_response(id, response, now),
+            Step::Timestamp(op) => op.on_response(id, response, now),
             Step::CommitPrimary(op) => op.on_response(id, response, now),
             _ => return,
         }
@@ -1106,7 +1119,7 @@ impl Operation for Committer {
         match &mut self.step {
             Step::Prewrite(op) => op.on_timeout(now),
             Step::Resolve(op) => op.on_timeout(now),
-            Step::Tso(op) => op.on_timeout(now),
+            Step::Timestamp(op) => op.on_timeout(now),
             Step::CommitPrimary(op) => op.on_timeout(now),
             Step::Sleep(until) if now >= *until => {
                 self.prewrite(now);
@@ -1121,7 +1134,7 @@ impl Operation for Committer {
         let step = match &self.step {
             Step::Prewrite(op) => op.poll_timeout(),
             Step::Resolve(op) => op.poll_timeout(),
-            Step::Tso(op) => op.poll_timeout(),
+            Step::Timestamp(op) => op.poll_timeout(),
             Step::CommitPrimary(op) => op.poll_timeout(),
             Step::Sleep(until) => Some(*until),
             _ => None,

@@ -79,10 +79,15 @@ use tikv_core::codec::{ApiCodec, Mode};
 use tikv_core::config::{BackoffBudgets, Config};
 use tikv_core::error::Error;
 use tikv_core::lock::{Lock, ResolveLocks, ResolveOptions};
-use tikv_core::pd::PdState;
+use tikv_core::op::Operation;
+use tikv_core::pd::{
+    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, PdState, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd,
+};
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
-use tikv_core::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
+use tikv_core::rpc::{
+    KvRequest, KvResponse, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target,
+};
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
@@ -95,7 +100,7 @@ use history::{
 };
 use txn_history::{Micro, TxnEntry, TxnHistory, TxnKind, TxnOutcome, parse_list, parse_list_value};
 use txn_workload::{TxnProgram, TxnSpec};
-use workload::{Finished, SimOp};
+use workload::{Finished, OracleWaiter, SimOp};
 
 /// Every raw operation must end (success or typed error) within this much
 /// virtual time of its invocation. The raw backoff budget is 40 s of sleep
@@ -210,6 +215,11 @@ pub struct Stats {
     pub resolver_rpcs: u64,
     /// `CheckSecondaryLocks` RPCs sent (async-commit recovery).
     pub secondary_checks: u64,
+    /// Timestamp needs of operations, answered by their client's oracle.
+    pub timestamp_needs: u64,
+    /// `Tso` rounds the oracles sent, and those of them that served more
+    /// than one need at once (batching).
+    pub tso_rounds: (u64, u64),
     /// Transactions undetermined because their client crashed mid-commit
     /// that were found (committed, rolled back or never written) at the end.
     pub crashed_resolved: (usize, usize),
@@ -320,6 +330,8 @@ enum Event {
     HealAll,
     /// (txn) Every client is done and every lock expired: quiescence reads.
     QuietStart,
+    /// The client's oracle sends rounds for its waiting timestamp needs.
+    OracleRounds(usize),
 }
 
 struct Flight {
@@ -336,6 +348,8 @@ enum Task {
     Txn,
     /// The audit's lock sweep.
     Sweep,
+    /// A round of the client's timestamp oracle (no history entry).
+    TsoRound,
 }
 
 struct Running {
@@ -365,7 +379,16 @@ struct CrashPlan {
 }
 
 struct Client {
+    /// Shared by the clients of one process.
     view: Arc<ClusterView>,
+    /// The first client of this client's process.
+    process: usize,
+    /// On a process's first client: answers the timestamp needs
+    /// ([`Target::Oracle`]) of every operation of the process, as the
+    /// driver's TSO task does: the same core batcher, its rounds sent to
+    /// the simulated PD over the simulated network (as tasks of this
+    /// client). `None` on the other clients, and while the world borrows it.
+    oracle: Option<TsoBatcher<OracleWaiter>>,
     running: Option<Running>,
     /// Tasks whose result was reported that still work (secondaries).
     tails: Vec<Running>,
@@ -445,6 +468,7 @@ fn summarize(result: &Result<Response, RpcError>) -> String {
             Some(e) => format!("{} region error: {}", r.name(), e.message),
             None => format!("{} ok", r.name()),
         },
+        Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
     }
 }
 
@@ -501,21 +525,36 @@ impl World {
         let pd_urls: Vec<String> =
             (0..PD_MEMBERS).map(|i| format!("http://pd-{i}.sim:2379")).collect();
         let txn_budgets = plan.txn.as_ref().map(|t| scaled_budgets(t.budget_permille));
-        let mut clients: Vec<Client> = (0..swarm.clients)
-            .map(|_| {
-                let seed = rng.next_u64();
-                Client::new(new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone()))
-            })
-            .collect();
+        // Transactional clients run in processes of one to three, which
+        // share a view and a timestamp oracle as the transactions of one
+        // application share its client: their timestamp needs meet in the
+        // oracle's rounds (pipelined 1, 2 or 4 deep), and a crash takes
+        // the whole process down.
+        let mut clients: Vec<Client> = Vec::with_capacity(swarm.clients + 1);
+        while clients.len() < swarm.clients {
+            let (size, depth) = match plan.txn {
+                Some(_) => (1 + rng.gen_range(0, 3) as usize, 1 << rng.gen_range(0, 3)),
+                None => (1, DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT),
+            };
+            let seed = rng.next_u64();
+            let view = new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone(), depth);
+            let lead = clients.len();
+            for _ in 0..size.min(swarm.clients - lead) {
+                clients.push(Client::new(view.clone(), lead));
+            }
+        }
         let txn = plan.txn.clone().map(|params| {
             // The auditor: a fresh client with client-go's budgets.
             let seed = rng.next_u64();
-            clients.push(Client::new(new_view(
+            let budgets = Some(BackoffBudgets::default());
+            let view = new_view(
                 &pd_urls,
                 seed,
                 swarm.raw_budget,
-                Some(BackoffBudgets::default()),
-            )));
+                budgets,
+                DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
+            );
+            clients.push(Client::new(view, clients.len()));
             TxnWorld {
                 params,
                 history: TxnHistory::default(),
@@ -625,10 +664,13 @@ impl World {
                     .push(format!("liveness: client {i} op{} ({what}) never finished", r.entry));
             }
             for t in &c.tails {
-                self.violations.push(format!(
-                    "liveness: client {i} txn {} never finished its background work",
-                    t.entry
-                ));
+                self.violations.push(match t.task {
+                    Task::TsoRound => format!("liveness: client {i}'s oracle round never finished"),
+                    _ => format!(
+                        "liveness: client {i} txn {} never finished its background work",
+                        t.entry
+                    ),
+                });
             }
         }
     }
@@ -694,6 +736,7 @@ impl World {
             }
             Event::HealAll => self.heal_all(),
             Event::QuietStart => self.quiet_start(),
+            Event::OracleRounds(c) => self.oracle_rounds(c),
         }
     }
 
@@ -938,12 +981,14 @@ impl World {
                         TxnOutcome::Undetermined("stalled".into()),
                     ))),
                     Task::Sweep => Finished::Sweep(Err(Error::Undetermined("stalled".into()))),
+                    // Its callers stall in turn and are reported as such.
+                    Task::TsoRound => return,
                 };
                 self.complete(c, &r, finished);
             }
             return;
         }
-        if r.reported {
+        if r.reported || !foreground {
             self.clients[c].tails.push(r);
         } else {
             self.clients[c].running = Some(r);
@@ -951,6 +996,21 @@ impl World {
     }
 
     fn send(&mut self, c: usize, r: &mut Running, rpc: Rpc) {
+        if rpc.target == Target::Oracle {
+            // Local to the client: queued in its oracle, answered when a
+            // round is. The round leaves from an event of its own, once
+            // this task is back in its slot (a caller that gave up is then
+            // seen as such).
+            r.inflight.insert(rpc.id, Flight { deadline: rpc.deadline, write: false });
+            self.stats.timestamp_needs += 1;
+            self.log(format!("c{c} op{} needs a timestamp ({})", r.entry, rpc.id));
+            let lead = self.clients[c].process;
+            if let Some(oracle) = self.clients[lead].oracle.as_mut() {
+                oracle.enqueue((c, r.seq, rpc.id));
+            }
+            self.schedule(self.now, Event::OracleRounds(lead));
+            return;
+        }
         self.stats.rpcs += 1;
         match &rpc.request {
             Request::Kv(KvRequest::CheckTxnStatus(_) | KvRequest::ResolveLock(_)) => {
@@ -1001,6 +1061,7 @@ impl World {
         let endpoint = match &rpc.target {
             Target::Store { store_id, .. } => Some(Endpoint::Store(*store_id)),
             Target::Pd { addr } => self.pd_member(addr).map(Endpoint::Pd),
+            Target::Oracle => None,
         };
         if endpoint.is_some_and(|e| self.partitions.contains(&(c, e))) {
             self.log(format!("net: request {id} of c{c} lost in a partition"));
@@ -1065,9 +1126,83 @@ impl World {
         Ok(resp)
     }
 
+    /// Sends a round for the waiting timestamp needs of the process whose
+    /// first client is `c`, while its oracle allows; a need whose task has
+    /// finished or stopped waiting costs no timestamp.
+    fn oracle_rounds(&mut self, c: usize) {
+        let Some(mut oracle) = self.clients[c].oracle.take() else { return };
+        let mut rounds = Vec::new();
+        {
+            let clients = &self.clients;
+            let waiting = |&(client, op, id): &OracleWaiter| {
+                let client = &clients[client];
+                let task = client.running.iter().chain(&client.tails).find(|r| r.seq == op);
+                task.is_some_and(|r| r.inflight.contains_key(&id))
+            };
+            while let Some(round) = oracle.poll_round(|w| !waiting(w)) {
+                rounds.push(round);
+            }
+        }
+        self.clients[c].oracle = Some(oracle);
+        for (round, callers) in rounds {
+            self.log(format!("c{c} oracle: Tso round for {} callers", callers.len()));
+            self.stats.tso_rounds.0 += 1;
+            self.stats.tso_rounds.1 += u64::from(callers.len() > 1);
+            let mut op = Box::new(OracleRound { round, callers: Some(callers) });
+            op.start(self.now);
+            self.next_op += 1;
+            let seq = self.next_op;
+            self.clients[c].tails.push(Running {
+                seq,
+                task: Task::TsoRound,
+                entry: usize::MAX,
+                op,
+                inflight: BTreeMap::new(),
+                timer_at: None,
+                unacked: 0,
+                effect_until: self.now,
+                reported: false,
+                crash_drawn: true,
+            });
+            self.pump(c, seq);
+        }
+    }
+
+    /// Hands a finished oracle round's timestamps (or its error) to the
+    /// waiting operations, at once: the oracle is in the client's process.
+    fn oracle_answers(
+        &mut self,
+        c: usize,
+        callers: TsoRoundCallers<OracleWaiter>,
+        outcome: Result<PdResponse, Error>,
+    ) {
+        let Some(oracle) = self.clients[c].oracle.as_mut() else { return };
+        let answers: Vec<(OracleWaiter, Result<Response, RpcError>)> =
+            match oracle.finish_round(callers, outcome, self.now) {
+                TsoRoundEnd::Served(served) => {
+                    served.into_iter().map(|(w, ts)| (w, Ok(Response::Timestamp(ts)))).collect()
+                }
+                TsoRoundEnd::Requeued => Vec::new(),
+                TsoRoundEnd::Failed(waiters, e) => waiters
+                    .into_iter()
+                    .map(|w| (w, Err(RpcError::NoTimestamp(Box::new(e.clone())))))
+                    .collect(),
+            };
+        for ((client, op, id), result) in answers {
+            let event = Event::Respond { client, op, id, result, duplicate: false };
+            self.schedule(self.now, event);
+        }
+        self.schedule(self.now, Event::OracleRounds(c));
+    }
+
     /// Records a task's result.
     fn complete(&mut self, c: usize, r: &Running, finished: Finished) {
         match finished {
+            Finished::Tso(round) => {
+                let (callers, outcome) = *round;
+                self.oracle_answers(c, callers, outcome);
+                return;
+            }
             Finished::Raw(result) => self.complete_raw(c, r, result),
             Finished::Txn(t) => self.complete_txn(c, r, *t),
             Finished::Sweep(result) => {
@@ -1212,8 +1347,35 @@ impl World {
 
     /// Drops every machine of client `c` (and `extra`, a task already taken
     /// out of its slot); the client restarts with empty caches.
+    /// The whole process of client `c` goes down, its other clients too.
     fn crash(&mut self, c: usize, extra: Option<Running>) {
         self.stats.crashes += 1;
+        let lead = self.clients[c].process;
+        let members: Vec<usize> =
+            (0..self.clients.len()).filter(|&m| self.clients[m].process == lead).collect();
+        let mut extra = extra;
+        let mut restart_issue = Vec::new();
+        for &m in &members {
+            if self.drop_tasks(m, if m == c { extra.take() } else { None }) {
+                restart_issue.push(m);
+            }
+        }
+        let seed = self.rng.next_u64();
+        let budgets = self.txn.as_ref().map(|t| scaled_budgets(t.params.budget_permille));
+        let depth = self.clients[c].view.config.tso_max_rounds_in_flight;
+        let view = new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets, depth);
+        for &m in &members {
+            self.clients[m].restart(view.clone(), m);
+        }
+        for m in restart_issue {
+            self.next_issue(m);
+        }
+    }
+
+    /// Drops every machine of client `c` (and `extra`, a task already taken
+    /// out of its slot) in a crash of its process; true if its foreground
+    /// transaction was cut short.
+    fn drop_tasks(&mut self, c: usize, extra: Option<Running>) -> bool {
         let client = &mut self.clients[c];
         client.crash = None;
         let mut dropped: Vec<Running> = client.tails.drain(..).collect();
@@ -1223,7 +1385,7 @@ impl World {
         let mut notes = Vec::new();
         let mut finished_foreground = false;
         if let Some(t) = self.txn.as_mut() {
-            for r in &dropped {
+            for r in dropped.iter().filter(|r| r.task == Task::Txn) {
                 let e = &mut t.history.entries[r.entry];
                 e.crashed = true;
                 if !r.reported {
@@ -1238,12 +1400,7 @@ impl World {
             }
         }
         self.log(format!("c{c} CRASH: drops {}; restarts with empty caches", notes.join(", ")));
-        let seed = self.rng.next_u64();
-        let budgets = self.txn.as_ref().map(|t| scaled_budgets(t.params.budget_permille));
-        self.clients[c].view = new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets);
-        if finished_foreground {
-            self.next_issue(c);
-        }
+        finished_foreground
     }
 
     fn fault(&mut self, fault: Fault) {
@@ -1573,8 +1730,61 @@ impl World {
 }
 
 impl Client {
-    fn new(view: Arc<ClusterView>) -> Client {
-        Client { view, running: None, tails: Vec::new(), issued: 0, crash: None }
+    /// Client number `me` of the process whose first client is `process`.
+    fn new(view: Arc<ClusterView>, process: usize) -> Client {
+        let mut client = Client {
+            view,
+            process,
+            oracle: None,
+            running: None,
+            tails: Vec::new(),
+            issued: 0,
+            crash: None,
+        };
+        client.restart(client.view.clone(), process);
+        client
+    }
+
+    /// The process restarted (or started): a new view, and on its first
+    /// client a new oracle.
+    fn restart(&mut self, view: Arc<ClusterView>, me: usize) {
+        self.oracle = (me == self.process).then(|| oracle_for(&view));
+        self.view = view;
+    }
+}
+
+/// The timestamp oracle of a client with `view`.
+fn oracle_for(view: &Arc<ClusterView>) -> TsoBatcher<OracleWaiter> {
+    TsoBatcher::new(view.clone(), view.config.rng_seed ^ 0x7150_0a11)
+}
+
+/// A round of a client's oracle as a world task; its result hands the
+/// round's callers back with PD's answer.
+struct OracleRound {
+    round: TsoRound,
+    callers: Option<TsoRoundCallers<OracleWaiter>>,
+}
+
+impl SimOp for OracleRound {
+    fn start(&mut self, now: Instant) {
+        self.round.start(now)
+    }
+    fn poll_rpc(&mut self, _now: Instant) -> Option<Rpc> {
+        self.round.poll_rpc()
+    }
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.round.on_response(id, response, now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.round.on_timeout(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.round.poll_timeout()
+    }
+    fn poll_result(&mut self) -> Option<Finished> {
+        let outcome = self.round.poll_result()?;
+        let callers = self.callers.take()?;
+        Some(Finished::Tso(Box::new((callers, outcome))))
     }
 }
 
@@ -1586,6 +1796,7 @@ fn new_view(
     seed: u64,
     raw_budget: Duration,
     txn_budgets: Option<BackoffBudgets>,
+    tso_rounds_in_flight: usize,
 ) -> Arc<ClusterView> {
     let mode = if txn_budgets.is_some() { Mode::Txn } else { Mode::Raw };
     let mut budgets = txn_budgets.unwrap_or_default();
@@ -1596,7 +1807,8 @@ fn new_view(
         .with_rng_seed(seed)
         .with_pd_timeout(Duration::from_secs(1))
         .with_read_timeout_short(Duration::from_secs(1))
-        .with_read_timeout_medium(Duration::from_secs(2));
+        .with_read_timeout_medium(Duration::from_secs(2))
+        .with_tso_max_rounds_in_flight(tso_rounds_in_flight);
     let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
     Arc::new(ClusterView::new(config, ApiCodec::v1(mode), pd))
 }

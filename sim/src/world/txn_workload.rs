@@ -1,11 +1,12 @@
 //! The transactional workload: which transaction a client runs next, and
 //! [`TxnProgram`], which runs one the way the driver's `Transaction` does,
-//! on the real core machines: a start ts from PD's TSO (`PdCall`), snapshot
-//! reads (`SnapshotGet`, `SnapshotBatchGet`, `SnapshotScan`, resolving the
-//! locks they meet), the writes buffered in a `MemBuffer`, the `Committer`
-//! (2PC, async commit or 1PC as the seed chose), then, in the background,
-//! the secondaries' commit (`commit_keys`) or the cleanup of a failed
-//! transaction (`rollback_keys`).
+//! on the real core machines: a start ts from the client's oracle
+//! (`GetTimestamp`, answered by the world's per-client `TsoBatcher`),
+//! snapshot reads (`SnapshotGet`, `SnapshotBatchGet`, `SnapshotScan`,
+//! resolving the locks they meet), the writes buffered in a `MemBuffer`,
+//! the `Committer` (2PC, async commit or 1PC as the seed chose), then, in
+//! the background, the committer's follow-up: the secondaries' commit or
+//! the cleanup of a failed transaction.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -13,14 +14,13 @@ use std::sync::Arc;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::op::{IdMap, Operation};
-use tikv_core::pd::{PdCall, Timestamp};
+use tikv_core::pd::GetTimestamp;
 use tikv_core::rng::Rng;
 use tikv_core::rpc::fanout::KeyFanout;
-use tikv_core::rpc::{KvRequest, PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId};
+use tikv_core::rpc::{KvRequest, Request, Response, Rpc, RpcError, RpcId};
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::{
     CommitMode, CommitOptions, Committer, KeysPlan, commit_keys, mutations_from_buffer,
-    rollback_keys,
 };
 use tikv_core::txn::membuffer::{FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
@@ -255,7 +255,7 @@ enum Tag {
 }
 
 enum Step {
-    Tso(Box<PdCall>),
+    Timestamp(GetTimestamp),
     Get {
         op: Box<SnapshotGet>,
         key: Key,
@@ -273,7 +273,7 @@ enum Step {
 macro_rules! each_step {
     ($step:expr, $op:ident => $body:expr, $other:expr) => {
         match $step {
-            Step::Tso($op) => $body,
+            Step::Timestamp($op) => $body,
             Step::Get { op: $op, .. } => $body,
             Step::BatchGet($op) => $body,
             Step::Scan($op) => $body,
@@ -499,25 +499,14 @@ impl TxnProgram {
         self.set_step(Step::Tail(Box::new(op)), now);
     }
 
-    fn all_keys(&self) -> Vec<Key> {
-        self.primary.iter().chain(&self.secondaries).cloned().collect()
-    }
-
     fn check(&mut self, now: Instant) {
         match &mut self.step {
-            Step::Tso(op) => match op.poll_result() {
+            Step::Timestamp(op) => match op.poll_result() {
                 None => {}
-                Some(Ok(PdResponse::Tso(r))) => match r.timestamp {
-                    Some(ts) => {
-                        let ts = Timestamp { physical: ts.physical, logical: ts.logical };
-                        self.run.start_ts = Some(ts.version());
-                        self.began = now;
-                        self.read(now);
-                    }
-                    None => self.fail(Error::malformed("TSO response without a timestamp")),
-                },
-                Some(Ok(other)) => {
-                    self.fail(Error::malformed(format!("unexpected {}", other.name())))
+                Some(Ok(ts)) => {
+                    self.run.start_ts = Some(ts.version());
+                    self.began = now;
+                    self.read(now);
                 }
                 Some(Err(e)) => self.fail(e),
             },
@@ -553,10 +542,12 @@ impl TxnProgram {
                     self.after_pairs(result, true, now);
                 }
             }
-            Step::Commit(op) => match op.poll_result() {
-                None => {}
-                Some(result) => self.after_commit(result, now),
-            },
+            Step::Commit(op) => {
+                if let Some(result) = op.poll_result() {
+                    let follow_up = op.take_follow_up();
+                    self.after_commit(result, follow_up, now);
+                }
+            }
             Step::Tail(op) => {
                 if op.poll_result().is_some() {
                     // Secondaries or cleanup done (or given up: readers
@@ -568,40 +559,24 @@ impl TxnProgram {
         }
     }
 
+    /// Reports the commit's outcome and runs the committer's follow-up
+    /// (the same one the driver spawns) as the transaction's tail.
     fn after_commit(
         &mut self,
         result: Result<tikv_core::txn::commit::CommitOutcome, Error>,
+        follow_up: Option<KeyFanout<KeysPlan>>,
         now: Instant,
     ) {
-        let Some(start_ts) = self.run.start_ts else { return };
-        match result {
+        self.report(match result {
             Ok(outcome) => {
-                self.report(TxnOutcome::Committed {
-                    commit_ts: outcome.commit_ts,
-                    mode: Some(outcome.mode),
-                });
-                if outcome.keys_to_commit.is_empty() {
-                    self.step = Step::Done;
-                } else {
-                    let op = commit_keys(
-                        &self.view,
-                        start_ts,
-                        outcome.commit_ts,
-                        outcome.keys_to_commit,
-                    );
-                    self.tail(op, now);
-                }
+                TxnOutcome::Committed { commit_ts: outcome.commit_ts, mode: Some(outcome.mode) }
             }
-            Err(Error::Undetermined(why)) => {
-                self.step = Step::Done;
-                self.report(TxnOutcome::Undetermined(why));
-            }
-            Err(e) => {
-                // The driver's cleanup of a definitely failed commit.
-                self.report(TxnOutcome::Failed(e.to_string()));
-                let op = rollback_keys(&self.view, start_ts, self.all_keys());
-                self.tail(op, now);
-            }
+            Err(Error::Undetermined(why)) => TxnOutcome::Undetermined(why),
+            Err(e) => TxnOutcome::Failed(e.to_string()),
+        });
+        match follow_up {
+            Some(op) => self.tail(op, now),
+            None => self.step = Step::Done,
         }
     }
 
@@ -652,18 +627,7 @@ fn text(v: &Value) -> String {
 
 impl SimOp for TxnProgram {
     fn start(&mut self, now: Instant) {
-        let request = PdRequest::Tso(Box::new(tikv_proto::pdpb::TsoRequest {
-            count: 1,
-            ..Default::default()
-        }));
-        let budget = self.view.config.budget(self.view.config.backoff.tso);
-        let call = PdCall::new(
-            self.view.pd.clone(),
-            request,
-            self.view.config.pd_timeout,
-            self.view.backoffer(budget),
-        );
-        self.set_step(Step::Tso(Box::new(call)), now);
+        self.set_step(Step::Timestamp(GetTimestamp::new()), now);
     }
 
     fn poll_rpc(&mut self, now: Instant) -> Option<Rpc> {

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair};
 use tikv_core::op::Operation;
+use tikv_core::pd::TsoRoundCallers;
 use tikv_core::raw::{self, PutItem, RawOptions};
 use tikv_core::rng::Rng;
-use tikv_core::rpc::{Response, Rpc, RpcError, RpcId};
+use tikv_core::rpc::{PdResponse, Response, Rpc, RpcError, RpcId};
 use tikv_core::time::Instant;
 use tikv_core::view::ClusterView;
 
@@ -24,7 +25,16 @@ pub(crate) enum Finished {
     Txn(Box<(TxnRun, TxnOutcome)>),
     /// The audit's lock sweep: how many locks were still alive.
     Sweep(Result<u64, Error>),
+    /// A round of a client's timestamp oracle: its callers and PD's answer.
+    Tso(Box<FinishedRound>),
 }
+
+/// A timestamp need waiting in a process's oracle: the client, its task and
+/// the RPC id.
+pub(crate) type OracleWaiter = (usize, u64, RpcId);
+
+/// A finished oracle round: its callers and PD's answer.
+pub(crate) type FinishedRound = (TsoRoundCallers<OracleWaiter>, Result<PdResponse, Error>);
 
 /// An [`Operation`] of the world: a raw operation with its output already
 /// turned into an [`OkValue`], or a transaction program.

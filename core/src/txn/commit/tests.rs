@@ -766,3 +766,86 @@ fn a_large_commit_sends_client_go_batch_counts() {
         .sum();
     assert_eq!(prewritten, total);
 }
+
+/// The request kind and keys of the follow-up `op` hands back, run against
+/// `c` (one region: one batch).
+fn follow_up_of(op: &mut Committer, c: &mut FakeCluster) -> Option<(&'static str, Vec<Bytes>)> {
+    let follow_up = op.take_follow_up()?;
+    assert!(op.take_follow_up().is_none(), "handed back once");
+    c.fault("kv_commit", commit_ok());
+    c.fault("batch_rollback", respond(KvResponse::BatchRollback(Default::default())));
+    let before = c.received.len();
+    let (_, result) = drive(follow_up, c);
+    result.expect("the follow-up runs");
+    let sent: Vec<(&'static str, Vec<Bytes>)> = c.received[before..]
+        .iter()
+        .map(|r| match r {
+            KvRequest::Commit(r) => ("commit", r.keys.clone()),
+            KvRequest::BatchRollback(r) => ("rollback", r.keys.clone()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "one region, one batch: {sent:?}");
+    sent.into_iter().next()
+}
+
+/// What the runtime runs after the result is the committer's decision:
+/// the secondaries' commit after 2PC, every key's commit after async
+/// commit, nothing after 1PC or an undetermined outcome, and the rollback
+/// of every key after a definite failure.
+#[test]
+fn the_committer_hands_back_its_follow_up() {
+    let keys = |ks: &[&str]| ks.iter().map(|k| Bytes::from(k.to_string())).collect::<Vec<_>>();
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let mut op = committer(&["a", "b", "c"], CommitOptions::default());
+    assert!(op.take_follow_up().is_none(), "nothing before the result");
+    drive(&mut op, &mut c).1.expect("committed");
+    assert_eq!(follow_up_of(&mut op, &mut c), Some(("commit", keys(&["b", "c"]))));
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 3, 0));
+    let mut op = committer(&["a", "b"], CommitOptions { async_commit: true, ..Default::default() });
+    drive(&mut op, &mut c).1.expect("committed");
+    assert_eq!(follow_up_of(&mut op, &mut c), Some(("commit", keys(&["a", "b"]))));
+
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    c.fault("prewrite", prewrite_ok(0, ts(1000) + 5));
+    let mut op = one_pc_committer(v);
+    drive(&mut op, &mut c).1.expect("committed");
+    assert_eq!(follow_up_of(&mut op, &mut c), None);
+
+    // An async-commit prewrite lost its answer, then the budget ran out.
+    let budgets =
+        crate::config::BackoffBudgets { prewrite: Duration::from_millis(30), ..Default::default() };
+    let v =
+        crate::testing::view_with(crate::config::Config::default().with_backoff_budgets(budgets));
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
+    for _ in 0..1000 {
+        c.fault("prewrite", region_error("region not found"));
+    }
+    let opts = CommitOptions { async_commit: true, ..Default::default() };
+    let mut op = Committer::new(v, ts(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts);
+    let outcome = drive(&mut op, &mut c).1;
+    assert!(matches!(outcome, Err(Error::Undetermined(_))), "{outcome:?}");
+    assert!(op.take_follow_up().is_none(), "locks of a maybe-committed txn stay");
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                already_exist: Some(kvrpcpb::AlreadyExist { key: "b".into() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))),
+    );
+    let mut op = committer(&["a", "b"], CommitOptions::default());
+    assert!(matches!(drive(&mut op, &mut c).1, Err(Error::KeyExists(_))));
+    assert_eq!(follow_up_of(&mut op, &mut c), Some(("rollback", keys(&["a", "b"]))));
+}
