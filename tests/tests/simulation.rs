@@ -18,7 +18,7 @@
 //!   simulation`.
 
 use tikv_sim::world::history::Outcome;
-use tikv_sim::world::txn_history::TxnOutcome;
+use tikv_sim::world::txn_history::{TxnOutcome, TxnWrite};
 use tikv_sim::world::{self, Bug, Report, Workload, WorldConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -100,6 +100,10 @@ struct TxnSums {
     resolver_rpcs: u64,
     secondary_checks: u64,
     swept_locks: usize,
+    /// Transactions that read their keys again over their own writes, and
+    /// how many of those reads the buffer answered (a put or a delete).
+    own_reads: usize,
+    own_reads_from_buffer: usize,
 }
 
 #[test]
@@ -120,6 +124,13 @@ fn txn_seeds_pass() {
         sums.secondary_checks += s.secondary_checks;
         sums.swept_locks += s.swept_locks;
         for e in &report.txn_history.entries {
+            sums.own_reads += usize::from(!e.run.own_reads.is_empty());
+            sums.own_reads_from_buffer += e
+                .run
+                .own_reads
+                .iter()
+                .filter(|(k, _)| e.run.writes.iter().any(|(w, op)| w == k && *op != TxnWrite::Lock))
+                .count();
             if let TxnOutcome::Committed { mode: Some(mode), .. } = e.outcome {
                 sums.modes[mode as usize] += 1;
                 // Reported committed, then its client crashed before the
@@ -147,6 +158,7 @@ fn txn_seeds_pass() {
         assert!(sums.crashed_async_commits > 0, "no crash during an async commit: {sums:?}");
         assert!(sums.crashed_then_rolled_back > 0, "no crashed txn was rolled back: {sums:?}");
         assert!(sums.resolver_rpcs > 0 && sums.secondary_checks > 0, "{sums:?}");
+        assert!(sums.own_reads > seeds as usize && sums.own_reads_from_buffer > 0, "{sums:?}");
     }
 }
 
