@@ -7,10 +7,13 @@
 //! - [`TsoBatcher`]: coalesces timestamp requests into pipelined rounds on
 //!   the `Tso` stream; [`TsoStreamOrder`] checks that stream's answers.
 //! - [`LoadKeyspace`]: resolves a keyspace name to its metadata.
+//! - [`RefreshStores`]: PD's store list into the store table, at connect
+//!   and periodically.
 
 mod call;
 mod keyspace;
 mod locate;
+mod stores;
 mod tso;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +22,7 @@ use std::sync::{Arc, Mutex};
 pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
 pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
+pub use stores::RefreshStores;
 pub use tso::{
     DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH, ReadTsVerdict,
     Timestamp, TsoBatch, TsoBatcher, TsoRound, TsoRoundEnd, TsoStreamError, TsoStreamOrder,
