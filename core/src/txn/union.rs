@@ -190,16 +190,6 @@ impl UnionScan {
         self.batch_size = batch_size.max(1);
     }
 
-    /// Stops after `limit` more pairs.
-    pub fn set_limit(&mut self, limit: usize) {
-        self.limit = limit;
-    }
-
-    /// The scanned range.
-    pub fn range(&self) -> &KeyRange {
-        &self.range
-    }
-
     /// True for a descending scan.
     pub fn is_reverse(&self) -> bool {
         self.reverse
