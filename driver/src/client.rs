@@ -6,12 +6,12 @@ use std::sync::Arc;
 use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
 use tikv_core::op::Operation;
-use tikv_core::pd::{LoadKeyspace, PdCall, PdState, ReadTsVerdict, TsoBatcher, judge_read_ts};
+use tikv_core::pd::{
+    LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, TsoBatcher, judge_read_ts,
+};
 use tikv_core::rng::Rng;
-use tikv_core::rpc::{PdRequest, PdResponse};
 use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
-use tikv_proto::pdpb;
 
 use crate::collapse::Collapsing;
 use crate::oracle::{ClientTransport, Oracle};
@@ -132,28 +132,12 @@ impl<P: Platform> ClientCore<P> {
     }
 }
 
-/// `GetAllStores` into the store table (client-go refreshes stores every
-/// `StoresRefreshInterval` and checks each for address changes).
+/// Runs core's [`RefreshStores`] (PD's store list into the store table).
 async fn refresh_stores<P: Platform>(
     view: &Arc<ClusterView>,
     rt: &P::Runtime,
     transport: &Arc<P::Transport>,
     backoffer: Backoffer,
 ) -> Result<(), Error> {
-    let request = PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
-        exclude_tombstone_stores: true,
-        ..Default::default()
-    }));
-    let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
-    match execute(call, rt, &**transport).await? {
-        PdResponse::GetAllStores(r) => {
-            for store in r.stores {
-                // A store PD describes badly is skipped; requests to it
-                // resolve it again on demand.
-                let _ = view.stores.insert(store);
-            }
-            Ok(())
-        }
-        other => Err(Error::malformed(format!("GetAllStores answered by {}", other.name()))),
-    }
+    execute(RefreshStores::new(view.clone(), backoffer), rt, &**transport).await.map(drop)
 }

@@ -4,12 +4,11 @@
 //! memory, and stopping early costs no further requests.
 
 use std::collections::VecDeque;
-use std::ops::Bound;
 
 use tikv_core::Error;
-use tikv_core::key::{Key, KeyRange, KvPair, Value};
-use tikv_core::txn::membuffer::BufferedValue;
+use tikv_core::key::{KeyRange, KvPair};
 use tikv_core::txn::snapshot::{SnapshotScan, range_after_page};
+use tikv_core::txn::union::{UnionScan, UnionStep};
 
 use crate::client::Platform;
 use crate::txn::{Snapshot, Transaction};
@@ -90,14 +89,6 @@ impl<P: Platform> Scanner<P> {
         Ok(self.fetched.pop_front())
     }
 
-    /// The next pair without consuming it.
-    pub(crate) async fn peek(&mut self) -> Result<Option<&KvPair>, Error> {
-        if self.fetched.is_empty() && !self.exhausted {
-            self.fetch().await?;
-        }
-        Ok(self.fetched.front())
-    }
-
     /// Collects up to `limit` pairs.
     pub async fn collect(self, limit: usize) -> Result<Vec<KvPair>, Error> {
         collect_pairs(self, limit).await
@@ -141,89 +132,52 @@ impl<P: Platform> Scanner<P> {
 /// deletes hide), client-go's `UnionIter`. From
 /// [`Transaction::scan_iter`] / [`Transaction::scan_reverse_iter`]; it
 /// borrows the transaction, so the buffer cannot change under it.
+///
+/// The merge is core's [`UnionScan`]; this only runs the snapshot scans it
+/// asks for. A failed [`TxnScanner::next`] leaves the position unchanged.
 pub struct TxnScanner<'a, P: Platform> {
     txn: &'a Transaction<P>,
-    snapshot: Scanner<P>,
-    /// The last buffered key merged; the next one lies beyond it.
-    buffer_cursor: Option<Key>,
-    range: KeyRange,
-    reverse: bool,
+    snapshot: Snapshot<P>,
+    union: UnionScan,
 }
 
 impl<P: Platform> std::fmt::Debug for TxnScanner<'_, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxnScanner").field("snapshot", &self.snapshot).finish()
+        f.debug_struct("TxnScanner").field("union", &self.union).finish()
     }
 }
 
 impl<'a, P: Platform> TxnScanner<'a, P> {
-    pub(crate) fn new(
-        txn: &'a Transaction<P>,
-        snapshot: Scanner<P>,
-        range: KeyRange,
-        reverse: bool,
-    ) -> Self {
-        TxnScanner { txn, snapshot, buffer_cursor: None, range, reverse }
+    pub(crate) fn new(txn: &'a Transaction<P>, union: UnionScan) -> Self {
+        TxnScanner { txn, snapshot: txn.snapshot(), union }
     }
 
     /// Fetches up to `n` snapshot pairs per request (at least 1).
     pub fn with_batch_size(mut self, n: u32) -> Self {
-        self.snapshot = self.snapshot.with_batch_size(n);
+        self.union.set_batch_size(n);
         self
-    }
-
-    /// The next buffered write in the scan direction: a put's value or
-    /// `None` for a delete. Entries carrying only flags (locked keys) are
-    /// not writes and are skipped.
-    fn next_buffered(&self) -> Option<(Key, Option<Value>)> {
-        let start = Bound::Included(self.range.start.as_bytes());
-        let end = if self.range.end.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(self.range.end.as_bytes())
-        };
-        let cursor = self.buffer_cursor.as_ref().map(|k| Bound::Excluded(k.as_bytes()));
-        let buffer = &self.txn.buffer;
-        let mut entries = if self.reverse {
-            buffer.iter_rev((start, cursor.unwrap_or(end)))
-        } else {
-            buffer.iter((cursor.unwrap_or(start), end))
-        };
-        entries.find_map(|(key, entry)| match entry.value {
-            Some(BufferedValue::Put(v)) => Some((Key::from(key.to_vec()), Some(v.clone()))),
-            Some(BufferedValue::Delete) => Some((Key::from(key.to_vec()), None)),
-            None => None,
-        })
     }
 
     /// The next pair, `None` at the end of the range.
     pub async fn next(&mut self) -> Result<Option<KvPair>, Error> {
         loop {
-            let buffered = self.next_buffered();
-            let from_snapshot = self.snapshot.peek().await?.map(|p| p.key.clone());
-            let take_buffered = match (&buffered, &from_snapshot) {
-                (None, None) => return Ok(None),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((b, _)), Some(s)) => {
-                    if b == s {
-                        // The transaction's own write shadows the snapshot's.
-                        self.snapshot.next().await?;
-                        true
-                    } else {
-                        (b < s) != self.reverse
-                    }
+            match self.union.poll(&self.txn.buffer) {
+                UnionStep::Pair(pair) => return Ok(Some(pair)),
+                UnionStep::End => return Ok(None),
+                UnionStep::Fetch(batch) => {
+                    let op = SnapshotScan::new(
+                        self.snapshot.core.view.clone(),
+                        batch.range,
+                        batch.limit,
+                        false,
+                        self.union.is_reverse(),
+                        self.snapshot.ts,
+                        self.snapshot.opts.clone(),
+                    );
+                    let pairs = self.snapshot.run(op).await?;
+                    self.union.on_snapshot_batch(pairs);
                 }
-            };
-            if !take_buffered {
-                return self.snapshot.next().await;
             }
-            let Some((key, value)) = buffered else { continue };
-            self.buffer_cursor = Some(key.clone());
-            if let Some(value) = value {
-                return Ok(Some(KvPair { key, value }));
-            }
-            // A buffered delete: nothing to yield, look further.
         }
     }
 

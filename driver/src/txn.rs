@@ -10,13 +10,14 @@ use tikv_core::key::{Key, KeyRange, KvPair, Value};
 use tikv_core::pd::Timestamp;
 use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{CommitOptions, Committer, mutations_from_buffer};
-use tikv_core::txn::membuffer::{BufferedValue, FlagsOp, MemBuffer};
+use tikv_core::txn::membuffer::{FlagsOp, MemBuffer};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
+use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
 use tikv_proto::kvrpcpb;
 
 use crate::Runtime;
 use crate::client::{ClientCore, Platform};
-use crate::scanner::{Scanner, TxnScanner};
+use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 
 /// A client for transactional data (client-go's `txnkv.Client`).
 ///
@@ -322,22 +323,19 @@ impl<P: Platform> Transaction<P> {
         Ok(())
     }
 
-    fn snapshot(&self) -> Snapshot<P> {
+    pub(crate) fn snapshot(&self) -> Snapshot<P> {
         Snapshot { core: self.core.clone(), ts: self.start_ts, opts: self.options.read.clone() }
     }
 
     /// The value of `key`: this transaction's own write if any, else the
-    /// snapshot's.
+    /// snapshot's (core's [`read_point`]).
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let key = key.into();
-        if let Some(entry) = self.buffer.get(key.as_bytes()) {
-            match entry.value {
-                Some(BufferedValue::Put(v)) => return Ok(Some(v.clone())),
-                Some(BufferedValue::Delete) => return Ok(None),
-                None => {}
-            }
+        match read_point(&self.buffer, key.as_bytes()) {
+            PointRead::Put(v) => Ok(Some(v)),
+            PointRead::Deleted => Ok(None),
+            PointRead::Snapshot => self.snapshot().get(key).await,
         }
-        self.snapshot().get(key).await
     }
 
     /// Whether `key` exists for this transaction.
@@ -345,24 +343,16 @@ impl<P: Platform> Transaction<P> {
         Ok(self.get(key).await?.is_some())
     }
 
-    /// The pairs among `keys` that exist for this transaction, sorted.
+    /// The pairs among `keys` that exist for this transaction, sorted: the
+    /// buffer answers the keys it wrote, the snapshot the others (core's
+    /// [`UnionBatchGet`]).
     pub async fn batch_get(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<Vec<KvPair>, Error> {
-        let mut out = Vec::new();
-        let mut from_snapshot = Vec::new();
-        for key in keys.into_iter().map(Into::into) {
-            match self.buffer.get(key.as_bytes()).and_then(|e| e.value) {
-                Some(BufferedValue::Put(v)) => out.push(KvPair { key, value: v.clone() }),
-                Some(BufferedValue::Delete) => {}
-                None => from_snapshot.push(key),
-            }
-        }
-        out.extend(self.snapshot().batch_get(from_snapshot).await?);
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.dedup_by(|a, b| a.key == b.key);
-        Ok(out)
+        let mut get = UnionBatchGet::new(&self.buffer, keys.into_iter().map(Into::into));
+        let from_snapshot = self.snapshot().batch_get(get.take_snapshot_keys()).await?;
+        Ok(get.merge(from_snapshot))
     }
 
     /// Up to `limit` pairs in `range` for this transaction, ascending.
@@ -383,39 +373,24 @@ impl<P: Platform> Transaction<P> {
     /// snapshot merged with the transaction's own writes (client-go's
     /// `UnionIter`), fetched in batches of [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE).
     pub fn scan_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
-        let range = range.into();
-        TxnScanner::new(self, self.snapshot().scan_iter(range.clone()), range, false)
+        TxnScanner::new(self, UnionScan::new(range.into(), false, DEFAULT_SCAN_BATCH_SIZE))
     }
 
     /// A lazy descending scan of `range` as this transaction sees it.
     pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
-        let range = range.into();
-        TxnScanner::new(self, self.snapshot().scan_reverse_iter(range.clone()), range, true)
+        TxnScanner::new(self, UnionScan::new(range.into(), true, DEFAULT_SCAN_BATCH_SIZE))
     }
 
-    /// The first `limit` pairs of the merged scan. The snapshot is asked for
-    /// `limit` plus the number of buffered deletes in range per batch, since
-    /// at most that many of its pairs can be hidden: one request usually
-    /// suffices.
+    /// The first `limit` pairs of the merged scan, batched as core's
+    /// [`UnionScan::with_limit`] decides.
     async fn scan_merged(
         &self,
         range: KeyRange,
         limit: u32,
         reverse: bool,
     ) -> Result<Vec<KvPair>, Error> {
-        let end = if range.end.is_empty() {
-            std::ops::Bound::Unbounded
-        } else {
-            std::ops::Bound::Excluded(range.end.as_bytes())
-        };
-        let deletes = self
-            .buffer
-            .iter((std::ops::Bound::Included(range.start.as_bytes()), end))
-            .filter(|(_, e)| matches!(e.value, Some(BufferedValue::Delete)))
-            .count();
-        let batch = limit.saturating_add(u32::try_from(deletes).unwrap_or(u32::MAX));
-        let scanner = if reverse { self.scan_reverse_iter(range) } else { self.scan_iter(range) };
-        scanner.with_batch_size(batch).collect(limit as usize).await
+        let union = UnionScan::with_limit(&self.buffer, range, reverse, limit);
+        TxnScanner::new(self, union).collect(limit as usize).await
     }
 
     /// Buffers `key = value`.

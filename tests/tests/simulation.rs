@@ -18,7 +18,7 @@
 //!   simulation`.
 
 use tikv_sim::world::history::Outcome;
-use tikv_sim::world::txn_history::TxnOutcome;
+use tikv_sim::world::txn_history::{TxnOutcome, TxnWrite};
 use tikv_sim::world::{self, Bug, Report, Workload, WorldConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -102,6 +102,10 @@ struct TxnSums {
     swept_locks: usize,
     timestamp_needs: u64,
     tso_rounds: (u64, u64),
+    /// Transactions that read their keys again over their own writes, and
+    /// how many of those reads the buffer answered (a put or a delete).
+    own_reads: usize,
+    own_reads_from_buffer: usize,
 }
 
 #[test]
@@ -125,6 +129,13 @@ fn txn_seeds_pass() {
         sums.tso_rounds.0 += s.tso_rounds.0;
         sums.tso_rounds.1 += s.tso_rounds.1;
         for e in &report.txn_history.entries {
+            sums.own_reads += usize::from(!e.run.own_reads.is_empty());
+            sums.own_reads_from_buffer += e
+                .run
+                .own_reads
+                .iter()
+                .filter(|(k, _)| e.run.writes.iter().any(|(w, op)| w == k && *op != TxnWrite::Lock))
+                .count();
             if let TxnOutcome::Committed { mode: Some(mode), .. } = e.outcome {
                 sums.modes[mode as usize] += 1;
                 // Reported committed, then its client crashed before the
@@ -156,6 +167,7 @@ fn txn_seeds_pass() {
         // and some rounds served several needs at once.
         assert!(sums.timestamp_needs >= sums.txns as u64, "{sums:?}");
         assert!(sums.tso_rounds.0 > 0 && sums.tso_rounds.1 > 0, "no batched TSO round: {sums:?}");
+        assert!(sums.own_reads > seeds as usize && sums.own_reads_from_buffer > 0, "{sums:?}");
     }
 }
 

@@ -9,10 +9,13 @@
 //!   pipelined rounds on the `Tso` stream; [`TsoStreamOrder`] checks that
 //!   stream's answers.
 //! - [`LoadKeyspace`]: resolves a keyspace name to its metadata.
+//! - [`RefreshStores`]: PD's store list into the store table, at connect
+//!   and periodically.
 
 mod call;
 mod keyspace;
 mod locate;
+mod stores;
 mod tso;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex};
 pub use call::PdCall;
 pub use keyspace::LoadKeyspace;
 pub use locate::{LoadRegions, LocateBy, LocateRegion, ResolveStore};
+pub use stores::RefreshStores;
 pub use tso::{
     DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, GetTimestamp, LOGICAL_BITS, LastTimestamp, MAX_TSO_BATCH,
     ReadTsVerdict, Timestamp, TsoBatch, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd,

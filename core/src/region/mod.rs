@@ -35,7 +35,7 @@ use crate::key::{Key, KeyRange};
 use crate::time::Instant;
 
 pub use cache::{EpochNotMatchAction, GroupResult, RangeGroupResult, RegionCache, RegionGroup};
-pub use store::{ResolveState, StoreInfo, StoreTable};
+pub use store::{ResolveState, StoreInfo, StoreListChanges, StoreTable};
 
 /// A region's identity at one epoch: client-go's `RegionVerID`.
 ///

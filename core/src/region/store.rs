@@ -1,5 +1,8 @@
 //! The store table: store id → address, labels and resolve state
 //! (client-go's `store_cache.go`, without the PD calls and health loops).
+//!
+//! [`StoreTable::apply_store_list`] is the decision half of the periodic
+//! store refresh; the PD half is [`crate::pd::RefreshStores`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -141,6 +144,29 @@ impl fmt::Debug for StoreInfo {
     }
 }
 
+/// What [`StoreTable::apply_store_list`] did with PD's store list, by
+/// store id (each list sorted).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreListChanges {
+    /// Stores the table did not know, now [`ResolveState::Resolved`].
+    pub added: Vec<u64>,
+    /// Stores whose address, labels or state changed: a new entry replaced
+    /// the old one, which holders see as [`ResolveState::Deleted`].
+    pub updated: Vec<u64>,
+    /// Stores listed as before (an entry waiting for a check is
+    /// [`ResolveState::Resolved`] again).
+    pub unchanged: Vec<u64>,
+    /// Stores PD lists as tombstones, now [`ResolveState::Tombstone`].
+    pub tombstoned: Vec<u64>,
+    /// Usable stores PD no longer lists: marked [`ResolveState::NeedCheck`],
+    /// so their next use asks PD about them (`GetStore`), which tells a
+    /// removed store from a listing gap.
+    pub unlisted: Vec<u64>,
+    /// Stores PD describes badly (id 0, no address), skipped; requests to
+    /// them resolve them again on demand.
+    pub refused: Vec<(u64, Error)>,
+}
+
 /// The shared store table.
 ///
 /// `get` only hands out stores a request may use now (or tombstones, so the
@@ -203,6 +229,62 @@ impl StoreTable {
             old.set_resolve_state(old_state);
         }
         Ok(info)
+    }
+
+    /// Applies PD's list of stores (`GetAllStores` without tombstones), as
+    /// client-go's store-list updater and store re-resolve together decide:
+    /// - each listed store goes through [`StoreTable::insert`]: unknown ones
+    ///   are added, changed addresses or labels replace the entry (holders
+    ///   of the old one see it deleted and look the store up again, which
+    ///   moves requests to the new address), tombstones are recorded, and
+    ///   badly described stores are skipped;
+    /// - a usable store missing from a non-empty list is marked for a check
+    ///   (client-go re-resolves such a store with `GetStore` and marks it a
+    ///   tombstone if PD says it is gone; here the next request that needs
+    ///   it does that). An empty list says nothing about any store (a
+    ///   cluster always has some), so it invalidates nothing.
+    pub fn apply_store_list(&self, stores: Vec<metapb::Store>) -> StoreListChanges {
+        let mut changes = StoreListChanges::default();
+        let mut listed = Vec::with_capacity(stores.len());
+        for store in stores {
+            let id = store.id;
+            listed.push(id);
+            let old = self.entry(id);
+            match self.insert(store) {
+                Err(e) => changes.refused.push((id, e)),
+                Ok(info) if info.is_tombstone() => changes.tombstoned.push(id),
+                Ok(info) => match old {
+                    None => changes.added.push(id),
+                    Some(old) if Arc::ptr_eq(&old, &info) => changes.unchanged.push(id),
+                    Some(_) => changes.updated.push(id),
+                },
+            }
+        }
+        if !listed.is_empty() {
+            listed.sort_unstable();
+            for info in self.all() {
+                if listed.binary_search(&info.id).is_err()
+                    && info.change_resolve_state(ResolveState::Resolved, ResolveState::NeedCheck)
+                {
+                    changes.unlisted.push(info.id);
+                }
+            }
+        }
+        for ids in [
+            &mut changes.added,
+            &mut changes.updated,
+            &mut changes.unchanged,
+            &mut changes.tombstoned,
+        ] {
+            ids.sort_unstable();
+        }
+        changes.refused.sort_by_key(|r| r.0);
+        changes
+    }
+
+    /// The entry of store `id` in any state.
+    fn entry(&self, id: u64) -> Option<Arc<StoreInfo>> {
+        self.stores.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
     /// The store if it is usable ([`ResolveState::Resolved`]) or known to be
@@ -282,5 +364,73 @@ impl StoreTable {
 impl fmt::Debug for StoreTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.all()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(id: u64, address: &str, state: metapb::StoreState, zone: &str) -> metapb::Store {
+        metapb::Store {
+            id,
+            address: address.into(),
+            state: state as i32,
+            labels: vec![metapb::StoreLabel { key: "zone".into(), value: zone.into() }],
+            ..Default::default()
+        }
+    }
+
+    /// Every branch of a store-list refresh, over a table that knows some
+    /// of the stores in every state.
+    #[test]
+    fn store_list_refresh_adds_updates_tombstones_and_checks_unlisted_stores() {
+        use metapb::StoreState::{Tombstone, Up};
+        let table = StoreTable::new();
+        let first = table.apply_store_list(vec![
+            store(1, "tikv-1:20160", Up, "z1"),
+            store(2, "tikv-2:20160", Up, "z2"),
+            store(3, "tikv-3:20160", Up, "z3"),
+            store(4, "tikv-4:20160", Up, "z4"),
+        ]);
+        assert_eq!(first.added, [1, 2, 3, 4]);
+        assert_eq!(first, StoreListChanges { added: vec![1, 2, 3, 4], ..Default::default() });
+
+        let s1 = table.get(1).unwrap();
+        table.invalidate(2); // a request to store 2 failed
+        let s4 = table.get(4).unwrap();
+        let changes = table.apply_store_list(vec![
+            store(7, "tikv-7:20160", Up, "z1"),
+            store(1, "tikv-1b:20160", Up, "z1"), // moved
+            store(2, "tikv-2:20160", Up, "z2"),  // as before
+            store(5, "", Tombstone, "z5"),       // listed although tombstone
+            store(6, "", Up, "z6"),              // no address
+            store(0, "zero:1", Up, "z0"),        // PD never assigns id 0
+        ]);
+        assert_eq!(changes.added, [7]);
+        assert_eq!(changes.updated, [1]);
+        assert_eq!(changes.unchanged, [2]);
+        assert_eq!(changes.tombstoned, [5]);
+        // 3 and 4 are not listed any more; 5 and 6 were never usable.
+        assert_eq!(changes.unlisted, [3, 4]);
+        let refused: Vec<u64> = changes.refused.iter().map(|r| r.0).collect();
+        assert_eq!(refused, [0, 6]);
+        assert!(changes.refused.iter().all(|r| matches!(r.1, Error::MalformedResponse(_))));
+
+        assert_eq!(s1.resolve_state(), ResolveState::Deleted, "holders of the old entry move");
+        assert_eq!(table.get(1).unwrap().address, "tikv-1b:20160");
+        assert_eq!(table.resolve_state(2), ResolveState::Resolved, "a listed store is usable");
+        assert_eq!(s4.resolve_state(), ResolveState::NeedCheck);
+        assert!(table.get(4).is_none(), "an unlisted store is asked about before use");
+        assert!(table.get(5).unwrap().is_tombstone());
+        assert_eq!(table.resolve_state(6), ResolveState::Unresolved);
+
+        // An empty list invalidates nothing.
+        assert_eq!(table.apply_store_list(Vec::new()), StoreListChanges::default());
+        assert_eq!(table.resolve_state(7), ResolveState::Resolved);
+        // A tombstone stays one when PD stops listing it.
+        let again = table.apply_store_list(vec![store(7, "tikv-7:20160", Up, "z1")]);
+        assert_eq!(again.unlisted, [1, 2]);
+        assert!(table.get(5).unwrap().is_tombstone());
     }
 }

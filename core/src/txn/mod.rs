@@ -4,7 +4,10 @@
 //! - [`commit`]: two-phase commit, async commit and 1PC.
 //! - [`membuffer`]: the transaction's ordered write buffer with key flags,
 //!   nested staging and checkpoints (client-go's `MemDB`).
+//! - [`union`]: read-your-writes, the buffer merged over snapshot reads
+//!   (client-go's `KVUnionStore` / `UnionIter`).
 
 pub mod commit;
 pub mod membuffer;
 pub mod snapshot;
+pub mod union;

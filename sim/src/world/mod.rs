@@ -66,6 +66,7 @@ pub mod elle;
 pub mod faults;
 pub mod history;
 pub mod linearizability;
+mod own_reads;
 pub mod si;
 pub mod txn_history;
 mod txn_workload;

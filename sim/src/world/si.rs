@@ -19,6 +19,9 @@
 //!   stale, dirty, lost or phantom value; reads of transactions that later
 //!   failed are checked too, since TiKV's snapshot reads are consistent
 //!   regardless of the reader's fate);
+//! - every read a transaction makes over its own buffered writes
+//!   (read-your-writes, core's merge) sees its puts, not its deleted keys,
+//!   and the model at its start ts for the keys it did not write;
 //! - first committer wins: no two committed writers of a key overlap
 //!   (`start_ts < other's commit_ts` in both directions);
 //! - real time: a transaction that started after another reported its
@@ -232,6 +235,37 @@ fn check_reads(history: &TxnHistory, model: &Model, out: &mut Vec<String>) {
     }
 }
 
+/// Every read a transaction made over its own buffered writes sees those
+/// writes over its snapshot (client-go's `KVUnionStore`): its put's value,
+/// absent after its delete, and the model at its start ts for keys it did
+/// not write or only locked.
+fn check_own_reads(history: &TxnHistory, model: &Model, out: &mut Vec<String>) {
+    for e in &history.entries {
+        let Some(ts) = e.run.start_ts else { continue };
+        let writes: BTreeMap<&str, &TxnWrite> =
+            e.run.writes.iter().map(|(k, w)| (k.as_str(), w)).collect();
+        for (k, seen) in &e.run.own_reads {
+            let want = match writes.get(k.as_str()) {
+                Some(TxnWrite::Put(v)) => Some(v.clone()),
+                Some(TxnWrite::Delete) => None,
+                Some(TxnWrite::Lock) | None => model.at(k, ts).0,
+            };
+            if *seen != want {
+                let own = writes.get(k.as_str()).map_or("nothing".into(), |w| format!("{k}{w}"));
+                out.push(format!(
+                    "read-your-writes: txn {} ({}, {:?}) read {k}={} at {ts} over its writes; \
+                     it wrote {own}, so it should see {}",
+                    e.id,
+                    e.kind,
+                    e.outcome,
+                    show(seen),
+                    show(&want)
+                ));
+            }
+        }
+    }
+}
+
 /// A commit reported before another transaction began is visible to it
 /// (not promised under causal consistency).
 fn check_real_time(history: &TxnHistory, out: &mut Vec<String>) {
@@ -276,6 +310,7 @@ pub fn check(
     let model = check_fates(history, fates, &mut out);
     check_write_conflicts(&model, &mut out);
     check_reads(history, &model, &mut out);
+    check_own_reads(history, &model, &mut out);
     check_real_time(history, &mut out);
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
     for k in model.keys.keys() {
@@ -384,6 +419,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), TxnWrite::Put(v.to_string())))
                     .collect(),
                 micro: Vec::new(),
+                own_reads: Vec::new(),
             },
             outcome: TxnOutcome::Committed { commit_ts: start_ts, mode: None },
             crashed: false,
@@ -416,6 +452,32 @@ mod tests {
         let h = TxnHistory { entries: vec![t0.clone(), t1.clone(), stale] };
         let v = check(&h, &fates, &data(&[("r0", "x2")]));
         assert!(v.len() == 1 && v[0].starts_with("read:"), "{v:?}");
+
+        // Reads over its own writes: its put, its delete, and the snapshot
+        // (at its start ts) for a key it did not write.
+        let mut own = entry(3, 50, &[], &[("r1", "x5")]);
+        own.run.writes.push(("r2".into(), TxnWrite::Delete));
+        own.run.writes.push(("r3".into(), TxnWrite::Lock));
+        own.run.own_reads = vec![
+            ("r0".into(), Some("x2".into())),
+            ("r1".into(), Some("x5".into())),
+            ("r2".into(), None),
+            ("r3".into(), None),
+        ];
+        let mut fates5 = fates.clone();
+        fates5.insert(3, vec![("r1".into(), KeyFate::Absent), ("r2".into(), KeyFate::Absent)]);
+        own.outcome = TxnOutcome::Failed("conflict".into());
+        let h = TxnHistory { entries: vec![t0.clone(), t1.clone(), own.clone()] };
+        assert_eq!(check(&h, &fates5, &data(&[("r0", "x2")])), Vec::<String>::new());
+        // Not seeing its own put, seeing a key it deleted, or a stale value
+        // under its own write set: each named.
+        for (i, bad) in [None, Some("x9"), Some("x1")].into_iter().enumerate() {
+            let mut e = own.clone();
+            e.run.own_reads[[1, 2, 0][i]].1 = bad.map(String::from);
+            let h = TxnHistory { entries: vec![t0.clone(), t1.clone(), e] };
+            let v = check(&h, &fates5, &data(&[("r0", "x2")]));
+            assert!(v.len() == 1 && v[0].starts_with("read-your-writes:"), "{v:?}");
+        }
 
         // A lost update: txn 1 started before txn 0 committed.
         let mut fates2 = Fates::new();

@@ -279,6 +279,10 @@ pub struct TxnRun {
     pub reads: Vec<(String, Option<String>)>,
     /// The writes it tried to commit, in key order.
     pub writes: Vec<(String, TxnWrite)>,
+    /// Its keys read again after buffering its writes, through the
+    /// read-your-writes merge, by key (`None`: absent); empty for
+    /// transactions that write nothing or did not get that far.
+    pub own_reads: Vec<(String, Option<String>)>,
     /// List micro-operations with their results.
     pub micro: Vec<Micro>,
 }

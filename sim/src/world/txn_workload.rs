@@ -1,9 +1,10 @@
 //! The transactional workload: which transaction a client runs next, and
 //! [`TxnProgram`], which runs one the way the driver's `Transaction` does,
 //! on the real core machines: a start ts from the client's oracle
-//! (`GetTimestamp`, answered by the world's per-client `TsoBatcher`),
+//! (`GetTimestamp`, answered by the world's per-process `TsoBatcher`),
 //! snapshot reads (`SnapshotGet`, `SnapshotBatchGet`, `SnapshotScan`,
-//! resolving the locks they meet), the writes buffered in a `MemBuffer`,
+//! resolving the locks they meet), the writes buffered in a `MemBuffer` and
+//! read back through core's read-your-writes merge ([`super::own_reads`]),
 //! the `Committer` (2PC, async commit or 1PC as the seed chose), then, in
 //! the background, the committer's follow-up: the secondaries' commit or
 //! the cleanup of a failed transaction.
@@ -29,6 +30,7 @@ use tikv_proto::kvrpcpb;
 
 use super::Bug;
 use super::faults::TxnParams;
+use super::own_reads::{OwnRead, OwnReadKeys, OwnReads};
 use super::txn_history::{
     Micro, ReadMethod, RegOp, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite, account,
     balance_value, list, list_value, parse_balance, parse_list_value, register, register_value,
@@ -168,6 +170,53 @@ fn read_set(kind: &TxnKind, keys: &TxnKeys) -> Vec<String> {
     set
 }
 
+/// The keys a transaction reads again over its own writes: those it read
+/// and those it writes; a scan covers every key of the run between the
+/// first and the last of them.
+fn own_read_keys(
+    kind: &TxnKind,
+    method: ReadMethod,
+    reads_wanted: &[String],
+    keys: &TxnKeys,
+) -> OwnReadKeys {
+    let mut set: Vec<String> = reads_wanted.to_vec();
+    if let TxnKind::Registers(ops) = kind {
+        set.extend(ops.iter().filter_map(|op| match op {
+            RegOp::Read(_) => None,
+            RegOp::Put(k, _) | RegOp::Delete(k) | RegOp::Insert(k, _) => Some(register(*k)),
+        }));
+    }
+    set.sort();
+    set.dedup();
+    match (method, set.first(), set.last()) {
+        (ReadMethod::Scan | ReadMethod::ScanReverse, Some(first), Some(last)) => {
+            let range = KeyRange::new(Key::from(first.clone()), Key::from(last.clone()).next_key());
+            let covered =
+                keys.all().into_iter().filter(|k| k >= first && k <= last).map(Key::from).collect();
+            OwnReadKeys::Range(range, covered)
+        }
+        _ => OwnReadKeys::Points(set.into_iter().map(Key::from).collect()),
+    }
+}
+
+/// The buffer holding `writes`.
+fn buffer_writes(writes: &BTreeMap<String, BufferOp>) -> Result<MemBuffer, Error> {
+    let mut buffer = MemBuffer::new();
+    for (k, op) in writes {
+        match op {
+            BufferOp::Put(v) => buffer.set(k.as_bytes(), Value::from(v.clone()))?,
+            BufferOp::Insert(v) => buffer.set_with_flags(
+                k.as_bytes(),
+                Value::from(v.clone()),
+                &[FlagsOp::SetPresumeKeyNotExists],
+            )?,
+            BufferOp::Delete => buffer.delete(k.as_bytes())?,
+            BufferOp::Lock => buffer.update_flags(k.as_bytes(), &[FlagsOp::SetKeyLocked])?,
+        }
+    }
+    Ok(buffer)
+}
+
 /// A buffered write with its buffer operation.
 #[derive(Clone, Debug)]
 enum BufferOp {
@@ -263,6 +312,8 @@ enum Step {
     },
     BatchGet(Box<SnapshotBatchGet>),
     Scan(Box<SnapshotScan>),
+    /// Its keys read again over its buffered writes (see `own_reads`).
+    OwnRead(Box<OwnRead>),
     Commit(Box<Committer>),
     /// After the result: secondaries' commit or a failed transaction's
     /// cleanup, in the background.
@@ -277,6 +328,7 @@ macro_rules! each_step {
             Step::Get { op: $op, .. } => $body,
             Step::BatchGet($op) => $body,
             Step::Scan($op) => $body,
+            Step::OwnRead($op) => $body,
             Step::Commit($op) => $body,
             Step::Tail($op) => $body,
             Step::Done => $other,
@@ -296,6 +348,9 @@ pub(crate) struct TxnProgram {
     /// last key read); empty for point reads.
     scan_keys: Vec<String>,
     reads_wanted: Vec<String>,
+    /// What the read of its own writes covers, and whether it is done.
+    own_read_keys: OwnReadKeys,
+    own_read_done: bool,
     found: BTreeMap<String, Option<String>>,
     run: TxnRun,
     primary: Option<Key>,
@@ -329,6 +384,7 @@ impl TxnProgram {
             }
             _ => Vec::new(),
         };
+        let own_read_keys = own_read_keys(&spec.kind, spec.read_method, &reads_wanted, keys);
         let read_opts = ReadOptions {
             // The broken variant reads at read-committed isolation, which
             // ignores locks: it neither waits for nor resolves them.
@@ -348,6 +404,8 @@ impl TxnProgram {
             read_opts,
             scan_keys,
             reads_wanted,
+            own_read_keys,
+            own_read_done: false,
             found: BTreeMap::new(),
             run: TxnRun::default(),
             primary: None,
@@ -437,6 +495,9 @@ impl TxnProgram {
     /// The snapshot is read: compute the writes and commit them.
     fn after_reads(&mut self, now: Instant) {
         self.run.reads = self.found.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !self.own_read_done && self.read_own_writes(now) {
+            return;
+        }
         let writes = plan_writes(&mut self.kind, &self.found, self.id);
         if let TxnKind::Lists { ops, .. } = &self.kind {
             self.run.micro = ops.clone();
@@ -453,23 +514,10 @@ impl TxnProgram {
             })
             .collect();
         let Some(start_ts) = self.run.start_ts else { return };
-        let mut buffer = MemBuffer::new();
-        for (k, op) in &writes {
-            let r = match op {
-                BufferOp::Put(v) => buffer.set(k.as_bytes(), Value::from(v.clone())),
-                BufferOp::Insert(v) => buffer.set_with_flags(
-                    k.as_bytes(),
-                    Value::from(v.clone()),
-                    &[FlagsOp::SetPresumeKeyNotExists],
-                ),
-                BufferOp::Delete => buffer.delete(k.as_bytes()),
-                BufferOp::Lock => buffer.update_flags(k.as_bytes(), &[FlagsOp::SetKeyLocked]),
-            };
-            if let Err(e) = r {
-                self.fail(e);
-                return;
-            }
-        }
+        let buffer = match buffer_writes(&writes) {
+            Ok(buffer) => buffer,
+            Err(e) => return self.fail(e),
+        };
         let (mutations, primary) = mutations_from_buffer(&buffer);
         let Some(primary) = primary else {
             // Read-only: commits at its start ts without writing.
@@ -493,6 +541,43 @@ impl TxnProgram {
             self.opts.clone(),
         );
         self.set_step(Step::Commit(Box::new(committer)), now);
+    }
+
+    /// Before committing a transaction that writes, reads its keys again
+    /// through core's read-your-writes merge over the same snapshot; false
+    /// if there is nothing to write (or the reads could not start).
+    fn read_own_writes(&mut self, now: Instant) -> bool {
+        let Some(start_ts) = self.run.start_ts else { return false };
+        // The same plan the commit makes next (planning is pure).
+        let writes = plan_writes(&mut self.kind.clone(), &self.found, self.id);
+        if writes.is_empty() {
+            return false;
+        }
+        let buffer = match buffer_writes(&writes) {
+            Ok(buffer) => buffer,
+            Err(_) => return false,
+        };
+        let op = OwnRead::new(
+            self.view.clone(),
+            start_ts,
+            self.read_opts.clone(),
+            buffer,
+            self.read_method,
+            self.own_read_keys.clone(),
+        );
+        self.set_step(Step::OwnRead(Box::new(op)), now);
+        true
+    }
+
+    fn after_own_read(&mut self, result: Result<OwnReads, Error>, now: Instant) {
+        match result {
+            Ok(reads) => {
+                self.run.own_reads = reads;
+                self.own_read_done = true;
+                self.after_reads(now);
+            }
+            Err(e) => self.fail(e),
+        }
     }
 
     fn tail(&mut self, op: KeyFanout<KeysPlan>, now: Instant) {
@@ -540,6 +625,11 @@ impl TxnProgram {
             Step::Scan(op) => {
                 if let Some(result) = op.poll_result() {
                     self.after_pairs(result, true, now);
+                }
+            }
+            Step::OwnRead(op) => {
+                if let Some(result) = op.poll_result() {
+                    self.after_own_read(result, now);
                 }
             }
             Step::Commit(op) => {
