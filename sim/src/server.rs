@@ -632,6 +632,24 @@ impl SimServer {
     /// member client URLs, store addresses) and starts serving. Must be called
     /// inside a tokio runtime.
     pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
+        Self::start_serving(cluster, opts, true).await
+    }
+
+    /// Like [`SimServer::start`], but serves the stores only: the cluster's
+    /// PD is elsewhere (a real PD the stores joined, see
+    /// [`crate::join::JoinedCluster`]), so [`SimServer::pd_addrs`] is empty.
+    pub async fn start_stores(
+        cluster: Cluster,
+        opts: ServerOptions,
+    ) -> Result<SimServer, ServerError> {
+        Self::start_serving(cluster, opts, false).await
+    }
+
+    async fn start_serving(
+        cluster: Cluster,
+        opts: ServerOptions,
+        serve_pd: bool,
+    ) -> Result<SimServer, ServerError> {
         let clock = WallClock(std::time::Instant::now());
         let released = Arc::new(Notify::new());
         let counters = Arc::new(BatchCounters::default());
@@ -649,7 +667,8 @@ impl SimServer {
         }
         let mut pd = Vec::new();
         let pd_unary_calls = Arc::new(AtomicU64::new(0));
-        for member in 0..cluster.pd_member_count() {
+        let members = if serve_pd { cluster.pd_member_count() } else { 0 };
+        for member in 0..members {
             let want = opts.pd_addrs.get(member).copied().unwrap_or(loopback);
             let (listener, addr) = bind(want).await?;
             let _ = cluster.set_pd_member_url(member, &format!("http://{addr}"));
