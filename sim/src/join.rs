@@ -143,6 +143,8 @@ struct Shared {
     /// Store id → the sending half of its current `RegionHeartbeat` stream.
     streams: Mutex<BTreeMap<u64, mpsc::UnboundedSender<pdpb::RegionHeartbeatRequest>>>,
     refusals: Mutex<Vec<String>>,
+    /// Operators carried out, by kind (see [`JoinedCluster::applied_operators`]).
+    applied: Mutex<BTreeMap<&'static str, u64>>,
     started: std::time::Instant,
     unix_start_secs: u64,
 }
@@ -177,6 +179,11 @@ impl Shared {
         let line = format!("{what} refused: {why}");
         eprintln!("tikv-sim: {line}");
         self.refusals.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    fn applied(&self, kind: &'static str, region_id: u64) {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+        self.report(region_id);
     }
 
     /// The leader's report of a region on its store's stream.
@@ -287,40 +294,49 @@ impl Shared {
                 &[cp],
                 ConfChangeKind::Simple,
             ) {
-                Ok(()) => self.report(region_id),
+                Ok(()) => self.applied("ChangePeer", region_id),
                 Err(e) => self.refused(&what("ChangePeer"), &e),
             }
         } else if let Some(v2) = resp.change_peer_v2 {
-            let result = match v2.changes.len() {
-                0 => self.cluster.leave_joint(store_id, region_id, epoch).map(|_| ()),
-                1 => self.cluster.change_peers(
-                    store_id,
-                    region_id,
-                    epoch,
-                    &v2.changes,
-                    ConfChangeKind::Simple,
+            let (kind, result) = match v2.changes.len() {
+                0 => (
+                    "ChangePeerV2 leave joint",
+                    self.cluster.leave_joint(store_id, region_id, epoch).map(|_| ()),
                 ),
-                _ => self
-                    .cluster
-                    .change_peers(
+                1 => (
+                    "ChangePeerV2",
+                    self.cluster.change_peers(
                         store_id,
                         region_id,
                         epoch,
                         &v2.changes,
-                        ConfChangeKind::EnterJoint,
-                    )
-                    .and_then(|()| {
-                        self.report(region_id);
-                        self.cluster.leave_joint(store_id, region_id, None).map(|_| ())
-                    }),
+                        ConfChangeKind::Simple,
+                    ),
+                ),
+                _ => (
+                    "ChangePeerV2 joint",
+                    self.cluster
+                        .change_peers(
+                            store_id,
+                            region_id,
+                            epoch,
+                            &v2.changes,
+                            ConfChangeKind::EnterJoint,
+                        )
+                        .and_then(|()| {
+                            // Reported in the joint state, then left at once.
+                            self.report(region_id);
+                            self.cluster.leave_joint(store_id, region_id, None).map(|_| ())
+                        }),
+                ),
             };
             match result {
-                Ok(()) => self.report(region_id),
+                Ok(()) => self.applied(kind, region_id),
                 Err(e) => self.refused(&what("ChangePeerV2"), &e),
             }
         } else if let Some(tl) = resp.transfer_leader {
             match self.cluster.transfer_leader_from(store_id, region_id, tl.peer, &tl.peers) {
-                Ok(_) => self.report(region_id),
+                Ok(_) => self.applied("TransferLeader", region_id),
                 Err(e) => self.refused(&what("TransferLeader"), &e),
             }
         } else if let Some(split) = resp.split_region {
@@ -332,10 +348,22 @@ impl Shared {
                     &what("SplitRegion"),
                     &format!("policy {policy} is not modelled (only USEKEY)"),
                 );
-            } else if let Err(e) =
-                self.split(store_id, region_id, epoch, &split.keys, pdpb::SplitReason::Admin).await
-            {
-                self.refused(&what("SplitRegion"), &e);
+            } else {
+                match self
+                    .split(store_id, region_id, epoch, &split.keys, pdpb::SplitReason::Admin)
+                    .await
+                {
+                    // `split` reported every resulting region already.
+                    Ok(_) => {
+                        *self
+                            .applied
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry("SplitRegion")
+                            .or_default() += 1
+                    }
+                    Err(e) => self.refused(&what("SplitRegion"), &e),
+                }
             }
         } else if resp.merge.is_some() {
             self.refused(&what("Merge"), "region merge is not modelled in the joined mode");
@@ -346,13 +374,25 @@ impl Shared {
 }
 
 /// Stores of a simulated cluster joined to a real PD, serving over gRPC on
-/// loopback (module docs). Dropping it leaves the tasks running until the
-/// runtime ends; [`JoinedCluster::shutdown`] stops everything.
+/// loopback (module docs). Dropping it stops the heartbeats (the stores then
+/// look dead to PD); [`JoinedCluster::shutdown`] also closes the listeners.
 #[derive(Debug)]
 pub struct JoinedCluster {
     shared: Arc<Shared>,
     server: SimServer,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
+}
+
+/// The heartbeat tasks, aborted when dropped.
+#[derive(Debug)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl JoinedCluster {
@@ -435,6 +475,7 @@ impl JoinedCluster {
             cluster,
             streams: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Vec::new()),
+            applied: Mutex::new(BTreeMap::new()),
             started,
             unix_start_secs,
         });
@@ -472,7 +513,7 @@ impl JoinedCluster {
                 periodic.report_all();
             }
         }));
-        Ok(JoinedCluster { shared, server, tasks })
+        Ok(JoinedCluster { shared, server, tasks: Tasks(tasks) })
     }
 
     /// The model the stores serve (its regions are what the stores report).
@@ -493,6 +534,15 @@ impl JoinedCluster {
     /// Every operator or split the stores refused so far, as logged.
     pub fn refusals(&self) -> Vec<String> {
         self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many operators of each kind PD sent and the stores carried out:
+    /// `ChangePeer`, `ChangePeerV2` (one change), `ChangePeerV2 joint`
+    /// (entered and left), `ChangePeerV2 leave joint` (PD's explicit leave
+    /// step), `TransferLeader`, `SplitRegion`.
+    pub fn applied_operators(&self) -> BTreeMap<String, u64> {
+        let applied = self.shared.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
     }
 
     /// A store-initiated split (TiKV's split checker) of the region
@@ -525,9 +575,7 @@ impl JoinedCluster {
 
     /// Stops the heartbeats and the store listeners.
     pub async fn shutdown(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        drop(self.tasks);
         self.shared.streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.server.shutdown().await;
     }

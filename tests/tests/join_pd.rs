@@ -89,6 +89,7 @@ impl Drop for RealPd {
         for _ in 0..50 {
             let gone = !Command::new("kill")
                 .args(["-0", &self.pid.to_string()])
+                .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             if gone {
@@ -556,6 +557,27 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     })
     .await;
 
+    // A peer PD removes (demoted through a joint change, then removed) and
+    // its replica checker adds back (learner, then promoted): a new peer id
+    // on that store, `conf_ver` up by each step.
+    let follower = joined.cluster().store_ids().into_iter().find(|s| *s != to).expect("a follower");
+    let old_peer = right.peers.iter().find(|p| p.store_id == follower).expect("a peer").id;
+    let old_conf_ver = joined.cluster().region(right.id).unwrap().region_epoch.unwrap().conf_ver;
+    post(
+        &addr,
+        "/pd/api/v1/operators",
+        &format!(r#"{{"name":"remove-peer","region_id":{},"store_id":{follower}}}"#, right.id),
+    );
+    converge(&addr, &joined, "after PD's peer removal and re-addition", |regions| {
+        all_replicated(regions)
+            && regions.iter().any(|r| {
+                r.0 == right.id
+                    && r.3 >= old_conf_ver + 3
+                    && r.5.iter().any(|p| p.1 == follower && p.0 != old_peer)
+            })
+    })
+    .await;
+
     check_raw(&raw, &raw_model, "after split and transfer").await;
     check_txn(&txn, &txn_model, "after split and transfer").await;
     write_all(&raw, &txn, &mut raw_model, &mut txn_model, "second").await;
@@ -576,6 +598,16 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     check_txn(&txn, &txn_model, "third").await;
 
     assert_eq!(joined.refusals(), Vec::<String>::new(), "no operator was refused");
+    let applied = joined.applied_operators();
+    eprintln!("operators carried out: {applied:?}");
+    // PD's keyspace split and ours; the transfer; peers added, promoted,
+    // demoted and removed (PD sends single changes as `ChangePeerV2`).
+    for (kind, least) in [("SplitRegion", 2), ("TransferLeader", 1), ("ChangePeerV2", 6)] {
+        assert!(
+            applied.get(kind).is_some_and(|n| *n >= least),
+            "fewer than {least} {kind} operators: {applied:?}"
+        );
+    }
     joined.shutdown().await;
     drop(pd);
 }
