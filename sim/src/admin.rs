@@ -16,10 +16,13 @@
 //! comes back as a [`Refusal`] text for the log, as TiKV logs and drops a
 //! failed admin command that PD sent.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use tikv_proto::{metapb, pdpb};
 
 use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
+use crate::mvcc::LockType;
 use crate::{Cluster, ClusterConfig};
 
 /// Why a store did not carry out an admin command (logged; PD times the
@@ -467,6 +470,65 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// One round of TiKV's resolved-ts worker with `ts` fresh from PD's TSO:
+    /// `max_ts` rises to `ts` (the concurrency manager's `update_max_ts`, so
+    /// no later commit lands at or below it), and every region's resolved ts
+    /// becomes `min(ts, oldest prewrite lock start_ts in the region)`
+    /// (`Resolver::resolve`; pessimistic locks do not hold it back), never
+    /// going backwards. Returns, per store, the minimum over the regions it
+    /// holds a peer of: what the store reports in `ReportMinResolvedTS`
+    /// (stores without regions are left out).
+    pub(crate) fn advance_resolved_ts(&self, ts: u64) -> BTreeMap<u64, u64> {
+        let mut st = self.lock();
+        st.mvcc.update_max_ts(ts);
+        let mut resolved = BTreeMap::new();
+        for region in st.regions.values() {
+            let start = region.meta.start_key.to_vec();
+            let oldest_lock = st
+                .mvcc
+                .locks
+                .range(start..)
+                .take_while(|(k, _)| {
+                    region.meta.end_key.is_empty() || k[..] < region.meta.end_key[..]
+                })
+                .filter(|(_, l)| l.lock_type != LockType::Pessimistic)
+                .map(|(_, l)| l.ts)
+                .min();
+            let now = oldest_lock.map_or(ts, |l| l.min(ts));
+            let before = st.resolved_ts.get(&region.meta.id).copied().unwrap_or(0);
+            resolved.insert(region.meta.id, before.max(now));
+        }
+        let mut per_store: BTreeMap<u64, u64> = BTreeMap::new();
+        for region in st.regions.values() {
+            let ts = resolved[&region.meta.id];
+            for p in &region.meta.peers {
+                let min = per_store.entry(p.store_id).or_insert(u64::MAX);
+                *min = (*min).min(ts);
+            }
+        }
+        st.resolved_ts = resolved;
+        per_store
+    }
+
+    /// TiKV's `GetStoreSafeTS`: the smallest safe ts of the store's peers
+    /// whose regions overlap `[start, end)` (empty end: unbounded; an empty
+    /// range: the whole store), 0 when none.
+    pub fn store_safe_ts(&self, store_id: u64, start: &[u8], end: &[u8]) -> u64 {
+        let st = self.lock();
+        st.regions
+            .values()
+            .filter(|r| r.peer_on(store_id).is_some())
+            .filter(|r| {
+                (end.is_empty() || &r.meta.start_key[..] < end)
+                    && (r.meta.end_key.is_empty() || &r.meta.end_key[..] > start)
+            })
+            .map(|r| st.resolved_ts.get(&r.meta.id).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 impl State {
     /// The region, if `store_id`'s peer of it is the leader (admin commands
     /// are proposed by the leader; a follower answers NotLeader).
@@ -636,6 +698,42 @@ mod tests {
         let remove_learner = [change(ConfChangeType::RemoveNode, 12, 2)];
         c.change_peers(1, 10, epoch(8, 1), &remove_learner, simple).unwrap();
         assert_eq!(roles(&c, 10), vec![(11, 1, Voter), (13, 3, Voter)]);
+    }
+
+    #[test]
+    fn resolved_ts_is_held_back_by_locks_and_never_goes_back() {
+        use tikv_proto::kvrpcpb;
+        let c = bootstrapped();
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: c.context_for(10),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            }],
+            primary_lock: "k".into(),
+            start_version: 100,
+            lock_ttl: 3000,
+            ..Default::default()
+        };
+        let resp = c.handle_kv(1, prewrite.into(), tikv_core::time::Instant::ZERO).unwrap();
+        assert!(resp.region_error().is_none());
+        assert_eq!(c.locks().len(), 1);
+        assert_eq!(c.advance_resolved_ts(50), BTreeMap::from([(1, 50)]));
+        assert_eq!(c.advance_resolved_ts(200), BTreeMap::from([(1, 100)]), "the lock holds it");
+        assert!(c.max_ts() >= 200, "no commit may land at or below a resolved ts");
+        assert_eq!(c.store_safe_ts(1, b"", b""), 100);
+        assert_eq!(c.store_safe_ts(2, b"", b""), 0, "store 2 holds no peer");
+        c.change_peers(
+            1,
+            10,
+            epoch(1, 1),
+            &[change(ConfChangeType::AddLearnerNode, 12, 2)],
+            ConfChangeKind::Simple,
+        )
+        .unwrap();
+        assert_eq!(c.advance_resolved_ts(80), BTreeMap::from([(1, 100), (2, 100)]), "monotonic");
     }
 
     #[test]

@@ -303,6 +303,10 @@ pub(crate) struct State {
     pub(crate) region_error_kinds: Vec<RandomRegionError>,
     /// The latest instant any request carried (for test helpers that need "now").
     pub(crate) last_now: Instant,
+    /// Region id → its resolved ts (TiKV's resolved-ts worker; every replica
+    /// applies instantly, so it is also every peer's safe ts). Advanced only
+    /// in the joined mode; a region without an entry has 0.
+    pub(crate) resolved_ts: BTreeMap<u64, u64>,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -689,6 +693,7 @@ impl State {
             region_error_per_mille: 0,
             region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
+            resolved_ts: BTreeMap::new(),
             cfg,
         };
         for _ in 0..st.cfg.stores {

@@ -42,10 +42,16 @@
 //!   another process cannot be replicated here (no raft messages or
 //!   snapshots between processes), so PD's attempts to add peers here never
 //!   reach these stores.
+//! - Every [`JoinOptions::resolved_ts_interval`] the stores take a TSO from
+//!   PD, advance every region's resolved ts (held back by the oldest
+//!   prewrite lock in it) and report each store's minimum with
+//!   `ReportMinResolvedTS`; `GetStoreSafeTS` on a store answers the
+//!   minimum safe ts of its peers. Simplified: every replica applies at
+//!   once, so a follower's safe ts is the leader's resolved ts (no
+//!   `CheckLeader` rounds), and one interval does TiKV's advance and report.
 //! - No buckets, no down or pending peers (every replica applies
 //!   instantly), no read/write flow statistics, no hot-region data, no
-//!   store labels or status address, no `ReportMinResolvedTS`, no
-//!   graceful-shutdown or store-state changes (PD's `NodeState` answer is
+//!   store labels or status address, no graceful-shutdown or store-state changes (PD's `NodeState` answer is
 //!   ignored), no unsafe recovery.
 //! - A broken heartbeat stream is reopened after a short pause; reports made
 //!   while it was down are lost until the next periodic heartbeat.
@@ -84,6 +90,12 @@ pub struct JoinOptions {
     /// How often each region's leader reports it without a change (TiKV's
     /// `pd-heartbeat-tick-interval`: 60 s).
     pub region_heartbeat_interval: Duration,
+    /// How often the stores advance their resolved ts (a TSO from PD, see
+    /// [`Cluster::store_safe_ts`]) and send `ReportMinResolvedTS`. TiKV
+    /// reports every 1 s (`report-min-resolved-ts-interval`) but advances
+    /// every 20 s (`resolved-ts.advance-ts-interval`); one interval does
+    /// both here, 1 s by default, so stale reads see a fresh safe ts.
+    pub resolved_ts_interval: Duration,
     /// How long to wait for PD to answer at start.
     pub connect_timeout: Duration,
 }
@@ -97,6 +109,7 @@ impl JoinOptions {
             store_version: DEFAULT_STORE_VERSION.to_owned(),
             store_heartbeat_interval: Duration::from_secs(10),
             region_heartbeat_interval: Duration::from_secs(60),
+            resolved_ts_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -233,6 +246,54 @@ impl Shared {
             Some(e) => Err(JoinError::Pd("StoreHeartbeat", e)),
             None => Ok(()),
         }
+    }
+
+    /// One timestamp from PD's TSO stream.
+    async fn tso(&self) -> Result<u64, String> {
+        let req = pdpb::TsoRequest { header: self.header(), count: 1, ..Default::default() };
+        let resp = self
+            .pd()
+            .tso(futures::stream::iter([req]))
+            .await
+            .map_err(|s| format!("Tso failed: {}", s.message()))?;
+        let first = resp.into_inner().next().await;
+        match first {
+            Some(Ok(r)) => {
+                if let Some(e) = header_error(r.header.as_ref()) {
+                    return Err(format!("Tso failed: {e}"));
+                }
+                let ts = r.timestamp.unwrap_or_default();
+                let physical = u64::try_from(ts.physical).unwrap_or(0);
+                let logical = u64::try_from(ts.logical).unwrap_or(0);
+                Ok((physical << 18) | logical)
+            }
+            Some(Err(s)) => Err(format!("Tso failed: {}", s.message())),
+            None => Err("Tso stream ended without an answer".to_owned()),
+        }
+    }
+
+    /// A resolved-ts round ([`Cluster::store_safe_ts`]) and every store's
+    /// `ReportMinResolvedTS` (TiKV's `report_min_resolved_ts`).
+    async fn resolved_ts_round(&self) -> Result<(), String> {
+        let ts = self.tso().await?;
+        let per_store = self.cluster.advance_resolved_ts(ts);
+        for (store_id, min_resolved_ts) in per_store {
+            let req = pdpb::ReportMinResolvedTsRequest {
+                header: self.header(),
+                store_id,
+                min_resolved_ts,
+            };
+            let resp = self
+                .pd()
+                .report_min_resolved_ts(req)
+                .await
+                .map_err(|s| format!("ReportMinResolvedTS failed: {}", s.message()))?
+                .into_inner();
+            if let Some(e) = header_error(resp.header.as_ref()) {
+                return Err(format!("ReportMinResolvedTS failed: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// A split of `region_id` at `keys` proposed by `store_id`'s peer:
@@ -511,6 +572,17 @@ impl JoinedCluster {
             loop {
                 tick.tick().await;
                 periodic.report_all();
+            }
+        }));
+        let periodic = shared.clone();
+        let resolve_every = opts.resolved_ts_interval;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(resolve_every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = periodic.resolved_ts_round().await {
+                    eprintln!("tikv-sim: resolved ts: {e}");
+                }
             }
         }));
         Ok(JoinedCluster { shared, server, tasks: Tasks(tasks) })

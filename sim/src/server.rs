@@ -311,6 +311,22 @@ macro_rules! tikv_methods {
             ) -> Result<Response<BoxStream<BatchCommandsResponse>>, Status> {
                 Ok(Response::new(self.batch_stream(request.into_inner())))
             }
+
+            /// TiKV's `GetStoreSafeTS`: the smallest safe ts of this store's
+            /// peers in the key range ([`Cluster::store_safe_ts`]; advanced
+            /// by the joined mode's resolved-ts rounds, 0 otherwise).
+            async fn get_store_safe_ts(
+                &self,
+                request: Request<kvrpcpb::StoreSafeTsRequest>,
+            ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
+                if !self.cluster.is_store_running(self.store_id) {
+                    return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
+                }
+                let range = request.into_inner().key_range.unwrap_or_default();
+                let safe_ts =
+                    self.cluster.store_safe_ts(self.store_id, &range.start_key, &range.end_key);
+                Ok(Response::new(kvrpcpb::StoreSafeTsResponse { safe_ts }))
+            }
         }
     };
 }

@@ -156,7 +156,8 @@ fn post(addr: &str, path: &str, body: &str) {
 enum Json {
     Null,
     Bool(bool),
-    Num(f64),
+    /// A number as written (PD's timestamps need all 64 bits).
+    Num(String),
     Str(String),
     Arr(Vec<Json>),
     Obj(Vec<(String, Json)>),
@@ -189,7 +190,7 @@ impl Json {
 
     fn u64(&self) -> u64 {
         match self {
-            Json::Num(n) => *n as u64,
+            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
             _ => 0,
         }
     }
@@ -315,7 +316,8 @@ impl JsonParser<'_> {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).expect("a number");
-                Json::Num(text.parse().unwrap_or_else(|_| panic!("JSON: bad number {text:?}")))
+                assert!(!text.is_empty(), "JSON: unexpected text at {start}");
+                Json::Num(text.to_owned())
             }
         }
     }
@@ -516,6 +518,28 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     write_all(&raw, &txn, &mut raw_model, &mut txn_model, "first").await;
     check_raw(&raw, &raw_model, "first").await;
     check_txn(&txn, &txn_model, "first").await;
+
+    // The stores' resolved ts reaches PD (`ReportMinResolvedTS`) and their
+    // safe ts (`GetStoreSafeTS`) passes a timestamp taken now.
+    let ts0 = txn.current_timestamp().await.expect("a timestamp").version();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reported = get_json(&addr, "/pd/api/v1/min-resolved-ts").get("min_resolved_ts").u64();
+        let safe = joined
+            .cluster()
+            .store_ids()
+            .into_iter()
+            .map(|s| joined.cluster().store_safe_ts(s, b"", b""))
+            .min();
+        if reported > ts0 && safe.is_some_and(|s| s > ts0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "min resolved ts {reported}, safe ts {safe:?}, want > {ts0}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A split PD drives (its HTTP operator API, USEKEY): the store asks PD
     // for ids, splits, reports. Boundaries are memcomparable-encoded, as
