@@ -204,6 +204,10 @@ impl Shared {
         let Some(report) = self.cluster.region_report(region_id) else {
             return;
         };
+        if !self.cluster.is_store_running(report.leader_store) {
+            // A leader on a stopped store ("not yet re-elected") is silent.
+            return;
+        }
         let mut request = report.request;
         request.header = self.header();
         let secs = self.unix_start_secs + self.started.elapsed().as_secs();
@@ -278,6 +282,9 @@ impl Shared {
         let ts = self.tso().await?;
         let per_store = self.cluster.advance_resolved_ts(ts);
         for (store_id, min_resolved_ts) in per_store {
+            if !self.cluster.is_store_running(store_id) {
+                continue;
+            }
             let req = pdpb::ReportMinResolvedTsRequest {
                 header: self.header(),
                 store_id,
@@ -342,6 +349,10 @@ impl Shared {
     async fn on_operator(&self, store_id: u64, resp: pdpb::RegionHeartbeatResponse) {
         if let Some(e) = header_error(resp.header.as_ref()) {
             eprintln!("tikv-sim: store {store_id}: region heartbeat error: {e}");
+            return;
+        }
+        if !self.cluster.is_store_running(store_id) {
+            // A crashed store receives nothing; PD times the operator out.
             return;
         }
         let region_id = resp.region_id;
@@ -558,6 +569,9 @@ impl JoinedCluster {
             loop {
                 tick.tick().await;
                 for &id in &store_ids {
+                    if !periodic.cluster.is_store_running(id) {
+                        continue;
+                    }
                     if let Err(e) = periodic.store_heartbeat(id).await {
                         eprintln!("tikv-sim: store {id}: {e}");
                     }
@@ -643,6 +657,25 @@ impl JoinedCluster {
             )
             .await
             .map_err(JoinError::Refused)
+    }
+
+    /// Crashes a store ([`SimServer::stop_store`]): its leaders move to
+    /// the lowest-id running peers, which report to PD at once (higher
+    /// term); the stopped store sends no heartbeat until it restarts, so PD
+    /// marks it disconnected after 20 s.
+    pub async fn stop_store(&self, store_id: u64) -> Result<(), JoinError> {
+        self.server.stop_store(store_id).await?;
+        self.shared.report_all();
+        Ok(())
+    }
+
+    /// Restarts a stopped store ([`SimServer::start_store`]) and heartbeats
+    /// it at once.
+    pub async fn start_store(&self, store_id: u64) -> Result<(), JoinError> {
+        self.server.start_store(store_id).await?;
+        self.shared.store_heartbeat(store_id).await?;
+        self.shared.report_all();
+        Ok(())
     }
 
     /// Stops the heartbeats and the store listeners.

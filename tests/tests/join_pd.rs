@@ -5,323 +5,18 @@
 //! split; our client routes through the real PD and reads and writes
 //! correctly across all of them.
 //!
-//! The real PD comes from `shared/pd/` beside the checkout (`<x>/main` or
-//! CI's clone, with `<x>/shared`): `start-pd.sh` unpacks it (needs `xz` once
-//! and `curl`). Without it the test fails with a message saying so.
+//! The real PD comes from `shared/pd/` beside the checkout
+//! ([`tikv_tests::real_pd`]); without it the test fails with a message
+//! saying so.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use tikv_core::key::memcomparable::encode_bytes;
 use tikv_sim::ClusterConfig;
 use tikv_sim::join::{JoinOptions, JoinedCluster};
+use tikv_tests::real_pd::{RealPd, get_json, http, post};
 use tikv_tokio::{RawClient, TransactionClient};
-
-/// `shared/pd/` beside the checkout.
-fn shared_pd_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let workspace = root.parent().expect("tests/ lives in the workspace");
-    let dir = workspace.parent().map(|p| p.join("shared").join("pd")).unwrap_or_default();
-    assert!(
-        dir.join("start-pd.sh").is_file(),
-        "the real PD is missing: expected {}/start-pd.sh (the `shared/` directory beside the \
-         checkout, holding pd-server.xz; see issue 13). This test needs it and does not skip.",
-        dir.display()
-    );
-    dir
-}
-
-fn free_port() -> (TcpListener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let port = l.local_addr().expect("local addr").port();
-    (l, port)
-}
-
-/// A PD started by `start-pd.sh`, killed by its pid when dropped.
-struct RealPd {
-    pid: u32,
-    data: PathBuf,
-    addr: String,
-}
-
-impl RealPd {
-    fn start() -> RealPd {
-        let dir = shared_pd_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let data =
-            std::env::temp_dir().join(format!("tikv-join-pd-{}-{nanos}", std::process::id()));
-        let (client, client_port) = free_port();
-        let (peer, peer_port) = free_port();
-        drop((client, peer));
-        let out = Command::new("bash")
-            .arg(dir.join("start-pd.sh"))
-            .arg(&data)
-            .arg(client_port.to_string())
-            .arg(peer_port.to_string())
-            .env("PD_EXTRA", format!("--config {}", dir.join("pd-fast.toml").display()))
-            .output()
-            .expect("run start-pd.sh (needs bash)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let pid = stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok());
-        match (out.status.success(), pid) {
-            (true, Some(pid)) => RealPd { pid, data, addr: format!("127.0.0.1:{client_port}") },
-            _ => panic!(
-                "start-pd.sh failed ({}): {stdout}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    }
-}
-
-impl Drop for RealPd {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.pid.to_string()).status();
-        for _ in 0..50 {
-            let gone = !Command::new("kill")
-                .args(["-0", &self.pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if gone {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = std::fs::remove_dir_all(&self.data);
-        for ext in ["log", "stdout", "pid"] {
-            let _ = std::fs::remove_file(self.data.with_extension(ext));
-        }
-    }
-}
-
-/// One HTTP/1.1 request to PD's API; returns the status and the body
-/// (chunked bodies decoded).
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).expect("connect to PD's HTTP API");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).expect("send the request");
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).expect("read the answer");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
-    if !chunked {
-        return (status, rest.to_owned());
-    }
-    let mut out = String::new();
-    let mut rest = rest;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    (status, out)
-}
-
-fn get_json(addr: &str, path: &str) -> Json {
-    let (status, body) = http(addr, "GET", path, None);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    Json::parse(&body)
-}
-
-fn post(addr: &str, path: &str, body: &str) {
-    let (status, answer) = http(addr, "POST", path, Some(body));
-    assert_eq!(status, 200, "POST {path} {body}: {answer}");
-}
-
-/// Just enough JSON for PD's answers.
-#[derive(Clone, Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    /// A number as written (PD's timestamps need all 64 bits).
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
-        let v = p.value();
-        p.ws();
-        assert_eq!(p.i, p.s.len(), "trailing text after JSON: {text}");
-        v
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(fields) => {
-                fields.iter().find(|(k, _)| k == key).map_or(&Json::Null, |f| &f.1)
-            }
-            _ => &Json::Null,
-        }
-    }
-
-    fn items(&self) -> &[Json] {
-        match self {
-            Json::Arr(items) => items,
-            _ => &[],
-        }
-    }
-
-    fn u64(&self) -> u64 {
-        match self {
-            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
-            _ => 0,
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            _ => "",
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) {
-        self.ws();
-        assert_eq!(self.s.get(self.i), Some(&c), "JSON: expected {:?} at {}", c as char, self.i);
-        self.i += 1;
-    }
-
-    fn value(&mut self) -> Json {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Json::Obj(fields);
-                }
-                loop {
-                    self.ws();
-                    let Json::Str(key) = self.value() else { panic!("JSON: a key expected") };
-                    self.eat(b':');
-                    fields.push((key, self.value()));
-                    self.ws();
-                    self.i += 1;
-                    if self.s[self.i - 1] == b'}' {
-                        return Json::Obj(fields);
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Json::Arr(items);
-                }
-                loop {
-                    items.push(self.value());
-                    self.ws();
-                    self.i += 1;
-                    if self.s[self.i - 1] == b']' {
-                        return Json::Arr(items);
-                    }
-                }
-            }
-            Some(b'"') => {
-                self.i += 1;
-                let mut out = String::new();
-                loop {
-                    let c = self.s[self.i];
-                    self.i += 1;
-                    match c {
-                        b'"' => return Json::Str(out),
-                        b'\\' => {
-                            let e = self.s[self.i];
-                            self.i += 1;
-                            match e {
-                                b'n' => out.push('\n'),
-                                b't' => out.push('\t'),
-                                b'u' => {
-                                    let hex = std::str::from_utf8(&self.s[self.i..self.i + 4])
-                                        .expect("hex escape");
-                                    let code = u32::from_str_radix(hex, 16).expect("hex escape");
-                                    out.push(char::from_u32(code).unwrap_or('?'));
-                                    self.i += 4;
-                                }
-                                other => out.push(other as char),
-                            }
-                        }
-                        _ => {
-                            // Multi-byte UTF-8 goes through byte by byte.
-                            let start = self.i - 1;
-                            let mut end = self.i;
-                            while end < self.s.len() && (self.s[end] & 0xC0) == 0x80 {
-                                end += 1;
-                            }
-                            out.push_str(&String::from_utf8_lossy(&self.s[start..end]));
-                            self.i = end;
-                        }
-                    }
-                }
-            }
-            Some(b't') => {
-                self.i += 4;
-                Json::Bool(true)
-            }
-            Some(b'f') => {
-                self.i += 5;
-                Json::Bool(false)
-            }
-            Some(b'n') => {
-                self.i += 4;
-                Json::Null
-            }
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && b"+-.eE0123456789".contains(&self.s[self.i]) {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i]).expect("a number");
-                assert!(!text.is_empty(), "JSON: unexpected text at {start}");
-                Json::Num(text.to_owned())
-            }
-        }
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
@@ -458,7 +153,7 @@ fn all_replicated(regions: &[RegionView]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_join_a_real_pd_and_follow_its_changes() {
     let pd = RealPd::start();
-    let addr = pd.addr.clone();
+    let addr = pd.addr().to_owned();
     // Determinism: no balancing, no merging; the replica checker (adding
     // the missing replicas) and admin operators stay on.
     post(
@@ -620,6 +315,21 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     write_all(&raw, &txn, &mut raw_model, &mut txn_model, "third").await;
     check_raw(&raw, &raw_model, "third").await;
     check_txn(&txn, &txn_model, "third").await;
+
+    // A store crash: its leaders move (the model elects at once) and PD
+    // learns it from the new leaders' reports; the client follows.
+    let crashed = joined.cluster().leader_of(right.id).expect("a leader").store_id;
+    joined.stop_store(crashed).await.expect("stop a store");
+    converge(&addr, &joined, "after a store crash", |regions| {
+        regions.iter().all(|r| r.6 != crashed)
+    })
+    .await;
+    check_raw(&raw, &raw_model, "with a store down").await;
+    check_txn(&txn, &txn_model, "with a store down").await;
+    write_all(&raw, &txn, &mut raw_model, &mut txn_model, "fourth").await;
+    joined.start_store(crashed).await.expect("restart the store");
+    check_raw(&raw, &raw_model, "after the restart").await;
+    check_txn(&txn, &txn_model, "after the restart").await;
 
     assert_eq!(joined.refusals(), Vec::<String>::new(), "no operator was refused");
     let applied = joined.applied_operators();
