@@ -331,6 +331,25 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     check_raw(&raw, &raw_model, "after the restart").await;
     check_txn(&txn, &txn_model, "after the restart").await;
 
+    // Another process's stores join the bootstrapped cluster: registered,
+    // Up, holding no region.
+    let late = JoinedCluster::start(ClusterConfig::default(), JoinOptions::new(addr.clone(), 1))
+        .await
+        .expect("join a bootstrapped cluster");
+    assert!(late.cluster().regions().is_empty());
+    let late_store = late.cluster().store_ids()[0];
+    assert!(!joined.cluster().store_ids().contains(&late_store), "PD allocated a fresh id");
+    let stores = get_json(&addr, "/pd/api/v1/stores");
+    let late_state = stores
+        .get("stores")
+        .items()
+        .iter()
+        .find(|s| s.get("store").get("id").u64() == late_store)
+        .map(|s| s.get("store").get("state_name").str().to_owned());
+    assert_eq!(late_state.as_deref(), Some("Up"), "{stores:?}");
+    assert_eq!(late.cluster_id(), joined.cluster_id());
+    late.shutdown().await;
+
     assert_eq!(joined.refusals(), Vec::<String>::new(), "no operator was refused");
     let applied = joined.applied_operators();
     eprintln!("operators carried out: {applied:?}");
