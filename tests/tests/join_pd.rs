@@ -1,9 +1,11 @@
 //! Simulated stores joined to a real PD (`tikv_sim::join`, what
 //! `tikv-sim --join-pd` runs): PD's view of stores and regions matches the
 //! simulator's through PD's own splits and replica additions, a PD-driven
-//! split and leader transfer (PD's HTTP operator API) and a store-initiated
-//! split; our client routes through the real PD and reads and writes
-//! correctly across all of them.
+//! split, leader transfer, peer removal and scatter (PD's HTTP operator
+//! API), a store-initiated split, a store crash and restart, and a second
+//! process joining; the stores' resolved ts reaches PD. Our clients (raw and
+//! transactional) route through the real PD and read and write correctly
+//! across all of them, checked against a model.
 //!
 //! The real PD comes from `shared/pd/` beside the checkout
 //! ([`tikv_tests::real_pd`]); without it the test fails with a message
@@ -84,8 +86,9 @@ fn sim_regions(joined: &JoinedCluster) -> Vec<RegionView> {
         .collect()
 }
 
-/// Polls until PD's region view equals the simulator's and `done` holds
-/// for it (PD applies heartbeats asynchronously).
+/// Polls until PD runs no operator, its region view equals the
+/// simulator's, and `done` holds for it (PD applies heartbeats
+/// asynchronously).
 async fn converge(
     pd: &str,
     joined: &JoinedCluster,
@@ -94,14 +97,16 @@ async fn converge(
 ) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
+        let operators = get_json(pd, "/pd/api/v1/operators");
         let sim = sim_regions(joined);
         let pd_view = pd_regions(pd);
-        if sim == pd_view && done(&sim) {
+        if operators.items().is_empty() && sim == pd_view && done(&sim) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{what}: PD and the simulator disagree\n  sim: {sim:?}\n  pd:  {pd_view:?}\n  refusals: {:?}",
+            "{what}: PD and the simulator disagree\n  sim: {sim:?}\n  pd:  {pd_view:?}\n  \
+             PD's operators: {operators:?}\n  refusals: {:?}",
             joined.refusals()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -296,6 +301,17 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
             })
     })
     .await;
+
+    // PD's scatter (its HTTP operator API) of every region: with three
+    // stores and three replicas it moves leaders.
+    for region in joined.cluster().regions() {
+        post(
+            &addr,
+            "/pd/api/v1/operators",
+            &format!(r#"{{"name":"scatter-region","region_id":{}}}"#, region.id),
+        );
+    }
+    converge(&addr, &joined, "after PD's scatter", all_replicated).await;
 
     check_raw(&raw, &raw_model, "after split and transfer").await;
     check_txn(&txn, &txn_model, "after split and transfer").await;
