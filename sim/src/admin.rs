@@ -328,6 +328,14 @@ impl Cluster {
                     peer.id
                 ));
             }
+            if ty != ConfChangeType::RemoveNode && !st.stores.contains_key(&peer.store_id) {
+                // A store of another process (or none): no raft messages or
+                // snapshots reach it from here, so it could never serve.
+                return Err(format!(
+                    "store {} is not one of this simulator's stores (peer {} of region {region_id})",
+                    peer.store_id, peer.id
+                ));
+            }
             let existing = meta.peers.iter().position(|p| p.store_id == peer.store_id);
             match (existing, ty) {
                 (None, ConfChangeType::AddNode) => {
@@ -671,6 +679,9 @@ mod tests {
         assert!(c.change_peers(1, 10, epoch(3, 1), &missing, simple).is_err());
         let leader = [change(ConfChangeType::RemoveNode, 11, 1)];
         assert!(c.change_peers(1, 10, epoch(3, 1), &leader, simple).is_err());
+        // A store this process does not run cannot get a peer.
+        let elsewhere = [change(ConfChangeType::AddLearnerNode, 14, 4)];
+        assert!(c.change_peers(1, 10, epoch(3, 1), &elsewhere, simple).is_err());
         // A follower store does not apply PD's commands.
         let learner = [change(ConfChangeType::AddLearnerNode, 13, 3)];
         assert!(c.change_peers(2, 10, epoch(3, 1), &learner, simple).is_err());

@@ -41,7 +41,11 @@
 //!   heartbeats them, but they hold no region: regions whose leaders live in
 //!   another process cannot be replicated here (no raft messages or
 //!   snapshots between processes), so PD's attempts to add peers here never
-//!   reach these stores.
+//!   reach these stores, and a conf change that would put a peer on a store
+//!   of another process is refused.
+//! - One PD endpoint, no PD leader failover or member discovery (TiKV's
+//!   `pd_client` follows the leader among several); meant for the
+//!   single-node PD of `shared/pd/`.
 //! - Every [`JoinOptions::resolved_ts_interval`] the stores take a TSO from
 //!   PD, advance every region's resolved ts (held back by the oldest
 //!   prewrite lock in it) and report each store's minimum with
