@@ -27,7 +27,10 @@
 //!   every resulting region). PD's own splits at the keyspace boundaries
 //!   right after bootstrap arrive this way;
 //! - [`JoinedCluster::split`] is a store-initiated split (TiKV's split
-//!   checker), through the same `AskBatchSplit` path.
+//!   checker), through the same `AskBatchSplit` path; so is TiKV's
+//!   `SplitRegion` RPC on a store (a client's pre-split), whose answer
+//!   carries every resulting region. A client's `SplitRegions` /
+//!   `ScatterRegion` to PD come back as operators (above).
 //!
 //! What the joined mode cannot do towards PD (each refusal is logged on
 //! stderr as `tikv-sim: ... refused ...` and kept in
@@ -60,23 +63,27 @@
 //! - A broken heartbeat stream is reopened after a short pause; reports made
 //!   while it was down are lost until the next periodic heartbeat.
 //!
-//! The stores serve the model over gRPC as [`SimServer::start_stores`]
-//! does; clients get regions, stores, TSO and members from PD itself.
+//! The stores serve the model over gRPC as [`SimServer`]'s stores do (it
+//! serves no PD here); clients get regions, stores, TSO and members from PD
+//! itself.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tikv_core::key::memcomparable;
 use tikv_proto::pdpb::pd_client::PdClient;
-use tikv_proto::{metapb, pdpb};
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admin::{ConfChangeKind, DEFAULT_STORE_VERSION, Refusal};
-use crate::server::{ServerError, ServerOptions, SimServer};
+use crate::server::{ServerError, ServerOptions, SimServer, StoreAdmin};
 use crate::{Cluster, ClusterConfig};
 
 /// How the stores join PD.
@@ -449,6 +456,64 @@ impl Shared {
     }
 }
 
+/// TiKV's `SplitRegion` RPC (`src/server/service/kv.rs`): the keys are
+/// mapped into region key space (`encode_raw_key` for raw, memcomparable
+/// for txn keys), raftstore's checks answer region errors (NotLeader,
+/// EpochNotMatch, ...), then the split goes through PD as any other
+/// (`Shared::split`); a failed one answers a message-only region error
+/// "failed to split: ...".
+impl StoreAdmin for Shared {
+    // TiKV still reads the deprecated `split_key` and fills `left`/`right`
+    // for two-way splits, for older clients.
+    #[allow(deprecated)]
+    fn split_region(
+        &self,
+        store_id: u64,
+        req: kvrpcpb::SplitRegionRequest,
+    ) -> Pin<Box<dyn Future<Output = kvrpcpb::SplitRegionResponse> + Send + '_>> {
+        Box::pin(async move {
+            let mut resp = kvrpcpb::SplitRegionResponse::default();
+            let checked = self.cluster.lock().check_region(store_id, req.context.as_ref(), false);
+            if let Err(e) = checked {
+                resp.region_error = Some(*e);
+                return resp;
+            }
+            let ctx = req.context.unwrap_or_default();
+            let raw_keys =
+                if req.split_key.is_empty() { req.split_keys } else { vec![req.split_key] };
+            let keys: Vec<Bytes> = raw_keys
+                .iter()
+                .map(|k| {
+                    Bytes::from(if req.is_raw_kv {
+                        self.cluster.region_key(k)
+                    } else {
+                        memcomparable::encode_bytes(k)
+                    })
+                })
+                .collect();
+            let split = self
+                .split(store_id, ctx.region_id, ctx.region_epoch, &keys, pdpb::SplitReason::Admin)
+                .await;
+            match split {
+                Ok(regions) => {
+                    if let [left, right] = &regions[..] {
+                        resp.left = Some(left.clone());
+                        resp.right = Some(right.clone());
+                    }
+                    resp.regions = regions;
+                }
+                Err(e) => {
+                    resp.region_error = Some(errorpb::Error {
+                        message: format!("failed to split: {e}"),
+                        ..Default::default()
+                    });
+                }
+            }
+            resp
+        })
+    }
+}
+
 /// Stores of a simulated cluster joined to a real PD, serving over gRPC on
 /// loopback (module docs). Dropping it stops the heartbeats (the stores then
 /// look dead to PD); [`JoinedCluster::shutdown`] also closes the listeners.
@@ -504,8 +569,20 @@ impl JoinedCluster {
             .map_or(cfg.tso_base_ms, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let cfg = ClusterConfig { cluster_id, tso_base_ms, ..cfg };
         let cluster = Cluster::joined(cfg, &store_ids, &opts.store_version, bootstrap);
+        let shared = Arc::new(Shared {
+            pd: pd.clone(),
+            cluster_id,
+            cluster: cluster.clone(),
+            streams: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(Vec::new()),
+            applied: Mutex::new(BTreeMap::new()),
+            started,
+            unix_start_secs,
+        });
         // Listen first: PutStore carries the real addresses.
-        let server = SimServer::start_stores(cluster.clone(), ServerOptions::default()).await?;
+        let server =
+            SimServer::start_stores(cluster.clone(), ServerOptions::default(), shared.clone())
+                .await?;
         let put_header = || Some(pdpb::RequestHeader { cluster_id, ..Default::default() });
         let registered = |id: u64| {
             cluster.store_meta(id).map(|meta| metapb::Store {
@@ -545,16 +622,6 @@ impl JoinedCluster {
                 return Err(JoinError::Pd("PutStore", e));
             }
         }
-        let shared = Arc::new(Shared {
-            pd,
-            cluster_id,
-            cluster,
-            streams: Mutex::new(BTreeMap::new()),
-            refusals: Mutex::new(Vec::new()),
-            applied: Mutex::new(BTreeMap::new()),
-            started,
-            unix_start_secs,
-        });
         for &id in &store_ids {
             shared.store_heartbeat(id).await?;
         }

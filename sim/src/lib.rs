@@ -54,7 +54,9 @@
 //!   stopped store to model "leader not yet re-elected".
 //! - Raw and transactional commands are executed; `DeleteRange`, `Flush`,
 //!   `BufferBatchGet`, `SplitRegion` and `UnsafeDestroyRange` answer gRPC
-//!   `Unimplemented`.
+//!   `Unimplemented` (the joined mode's stores split through the real PD on
+//!   `SplitRegion`; `GetStoreSafeTS` answers every store's safe ts, 0 until
+//!   the joined mode advances it).
 //! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
 //!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
 //!   `MaxTimestampNotSynced` after a leader change). No latches, no

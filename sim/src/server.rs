@@ -133,6 +133,18 @@ fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
     }
 }
 
+/// Store-side admin RPCs that need PD: the joined mode's stores split
+/// through the real PD (`AskBatchSplit`, see [`crate::join`]); without one
+/// they answer `Unimplemented`, as before.
+pub(crate) trait StoreAdmin: Send + Sync + std::fmt::Debug {
+    /// TiKV's `SplitRegion` on `store_id`.
+    fn split_region(
+        &self,
+        store_id: u64,
+        req: kvrpcpb::SplitRegionRequest,
+    ) -> Pin<Box<dyn Future<Output = kvrpcpb::SplitRegionResponse> + Send + '_>>;
+}
+
 /// What the stores' `BatchCommands` streams have seen (all stores together).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -162,12 +174,20 @@ struct TikvService {
     /// after a leader change).
     released: Arc<Notify>,
     counters: Arc<BatchCounters>,
+    admin: Option<Arc<dyn StoreAdmin>>,
 }
 
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
             return self.pessimistic_lock(*r).await;
+        }
+        if let (KvRequest::SplitRegion(r), Some(admin)) = (&req, &self.admin) {
+            if !self.cluster.is_store_running(self.store_id) {
+                return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
+            }
+            let resp = admin.split_region(self.store_id, (**r).clone()).await;
+            return Ok(KvResponse::SplitRegion(Box::new(resp)));
         }
         let releases =
             !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
@@ -641,6 +661,7 @@ pub struct SimServer {
     pd_unary_calls: Arc<AtomicU64>,
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
+    admin: Option<Arc<dyn StoreAdmin>>,
 }
 
 impl SimServer {
@@ -648,23 +669,26 @@ impl SimServer {
     /// member client URLs, store addresses) and starts serving. Must be called
     /// inside a tokio runtime.
     pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
-        Self::start_serving(cluster, opts, true).await
+        Self::start_serving(cluster, opts, true, None).await
     }
 
     /// Like [`SimServer::start`], but serves the stores only: the cluster's
     /// PD is elsewhere (a real PD the stores joined, see
-    /// [`crate::join::JoinedCluster`]), so [`SimServer::pd_addrs`] is empty.
-    pub async fn start_stores(
+    /// [`crate::join::JoinedCluster`]), so [`SimServer::pd_addrs`] is empty;
+    /// `admin` carries out the store RPCs that need that PD.
+    pub(crate) async fn start_stores(
         cluster: Cluster,
         opts: ServerOptions,
+        admin: Arc<dyn StoreAdmin>,
     ) -> Result<SimServer, ServerError> {
-        Self::start_serving(cluster, opts, false).await
+        Self::start_serving(cluster, opts, false, Some(admin)).await
     }
 
     async fn start_serving(
         cluster: Cluster,
         opts: ServerOptions,
         serve_pd: bool,
+        admin: Option<Arc<dyn StoreAdmin>>,
     ) -> Result<SimServer, ServerError> {
         let clock = WallClock(std::time::Instant::now());
         let released = Arc::new(Notify::new());
@@ -677,8 +701,10 @@ impl SimServer {
             // The store's address must be registered before anything can
             // ask PD for it.
             let _ = cluster.set_store_address(id, &addr.to_string());
-            let running =
-                serve(listener, Self::store_router(&cluster, id, clock, &released, &counters));
+            let running = serve(
+                listener,
+                Self::store_router(&cluster, id, clock, &released, &counters, &admin),
+            );
             stores.insert(id, StoreSlot { addr, running: Some(running) });
         }
         let mut pd = Vec::new();
@@ -709,6 +735,7 @@ impl SimServer {
             pd_unary_calls,
             pd,
             stores: tokio::sync::Mutex::new(stores),
+            admin,
         })
     }
 
@@ -718,6 +745,7 @@ impl SimServer {
         clock: WallClock,
         released: &Arc<Notify>,
         counters: &Arc<BatchCounters>,
+        admin: &Option<Arc<dyn StoreAdmin>>,
     ) -> Router {
         let svc = TikvService {
             cluster: cluster.clone(),
@@ -725,6 +753,7 @@ impl SimServer {
             clock,
             released: released.clone(),
             counters: counters.clone(),
+            admin: admin.clone(),
         };
         tonic::transport::Server::builder().add_service(TikvServer::new(svc))
     }
@@ -794,6 +823,7 @@ impl SimServer {
                     self.clock,
                     &self.released,
                     &self.counters,
+                    &self.admin,
                 ),
             ));
         }

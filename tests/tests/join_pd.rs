@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tikv_core::key::memcomparable::encode_bytes;
+use tikv_proto::kvrpcpb::{self, SplitRegionRequest};
+use tikv_proto::metapb::{Peer, RegionEpoch};
+use tikv_proto::tikvpb::tikv_client::TikvClient;
 use tikv_sim::ClusterConfig;
 use tikv_sim::join::{JoinOptions, JoinedCluster};
 use tikv_tests::real_pd::{RealPd, get_json, http, post};
@@ -331,6 +334,51 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     write_all(&raw, &txn, &mut raw_model, &mut txn_model, "third").await;
     check_raw(&raw, &raw_model, "third").await;
     check_txn(&txn, &txn_model, "third").await;
+
+    // TiKV's `SplitRegion` RPC on a store (a client's pre-split): the
+    // stale epoch and a follower are refused with region errors, the leader
+    // splits through PD and answers with both halves.
+    let n = joined.cluster().region_for_region_key(&encode_bytes(b"n")).expect("a region");
+    let leader = joined.cluster().leader_of(n.id).expect("a leader");
+    let follower = n.peers.iter().find(|p| p.store_id != leader.store_id).copied().unwrap();
+    let stub = |store: u64| {
+        let addr = joined.server().store_addr(store);
+        async move {
+            let addr = addr.await.expect("store address");
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .expect("a store URL")
+                .connect()
+                .await
+                .expect("connect to a store");
+            TikvClient::new(channel)
+        }
+    };
+    let split = |peer: Peer, version: u64| SplitRegionRequest {
+        context: Some(kvrpcpb::Context {
+            region_id: n.id,
+            region_epoch: Some(RegionEpoch { version, ..n.region_epoch.unwrap() }),
+            peer: Some(peer),
+            ..Default::default()
+        }),
+        split_keys: vec![b"n".to_vec().into()],
+        ..Default::default()
+    };
+    let version = n.region_epoch.unwrap().version;
+    let stale = stub(leader.store_id).await.split_region(split(leader, version - 1)).await;
+    assert!(stale.unwrap().into_inner().region_error.unwrap().epoch_not_match.is_some());
+    let to_follower = stub(follower.store_id).await.split_region(split(follower, version)).await;
+    assert!(to_follower.unwrap().into_inner().region_error.unwrap().not_leader.is_some());
+    let done = stub(leader.store_id).await.split_region(split(leader, version)).await;
+    let done = done.expect("SplitRegion").into_inner();
+    assert!(done.region_error.is_none(), "{done:?}");
+    assert_eq!(done.regions.len(), 2);
+    assert_eq!(done.regions[1].start_key, encode_bytes(b"n"));
+    converge(&addr, &joined, "after SplitRegion", |regions| {
+        regions.iter().any(|r| r.1 == hex(&encode_bytes(b"n")))
+    })
+    .await;
+    check_raw(&raw, &raw_model, "after SplitRegion").await;
+    check_txn(&txn, &txn_model, "after SplitRegion").await;
 
     // A store crash: its leaders move (the model elects at once) and PD
     // learns it from the new leaders' reports; the client follows.
