@@ -140,6 +140,8 @@ pub mod mvcc;
 mod pd;
 mod raw;
 #[cfg(feature = "server")]
+pub mod real_pd;
+#[cfg(feature = "server")]
 pub mod server;
 mod txn;
 pub mod world;

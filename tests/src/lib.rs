@@ -23,8 +23,6 @@ pub mod harness;
 pub mod props;
 #[cfg(feature = "e2e")]
 pub mod raw;
-#[cfg(feature = "e2e")]
-pub mod real_pd;
 
 #[cfg(feature = "e2e")]
 pub use harness::Harness;

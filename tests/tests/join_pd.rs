@@ -8,7 +8,7 @@
 //! across all of them, checked against a model.
 //!
 //! The real PD comes from `shared/pd/` beside the checkout
-//! ([`tikv_tests::real_pd`]); without it the test fails with a message
+//! ([`tikv_sim::real_pd`]); without it the test fails with a message
 //! saying so.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use tikv_proto::metapb::{Peer, RegionEpoch};
 use tikv_proto::tikvpb::tikv_client::TikvClient;
 use tikv_sim::ClusterConfig;
 use tikv_sim::join::{JoinOptions, JoinedCluster};
-use tikv_tests::real_pd::{RealPd, get_json, http, post};
+use tikv_sim::real_pd::{RealPd, get_json, http, post};
 use tikv_tokio::{RawClient, TransactionClient};
 
 fn hex(bytes: &[u8]) -> String {

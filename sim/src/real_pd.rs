@@ -1,8 +1,9 @@
-//! A real PD for tests: `shared/pd/` beside the checkout (tikv/pd built
-//! for this project; `start-pd.sh` unpacks it with `xz` once and waits for
-//! it with `curl`), started on free loopback ports and stopped by pid, plus
-//! a tiny HTTP/1.1 client and JSON reader for PD's HTTP API
-//! (`/pd/api/v1/...`), so the tests need no HTTP or JSON crate.
+//! A real PD for tests of the joined mode ([`crate::join`]): `shared/pd/`
+//! beside the checkout (tikv/pd built for this project; `start-pd.sh`
+//! unpacks it with `xz` once and waits for it with `curl`), started on free
+//! loopback ports and stopped by pid, plus a tiny HTTP/1.1 client and JSON
+//! reader for PD's HTTP API (`/pd/api/v1/...`), so tests need no HTTP or
+//! JSON crate.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
