@@ -17,51 +17,54 @@
 //!   [`JoinOptions::region_heartbeat_interval`] (TiKV: 60 s) and at once
 //!   after every change;
 //! - operators PD sends back on a store's stream are carried out by that
-//!   store's peer (see the simulator's `admin` module for the raftstore checks) and the
-//!   result is reported: `ChangePeer` and `ChangePeerV2` (add learner,
-//!   promote, demote, remove; a joint change is entered, reported, left
-//!   at once, as TiKV's leader does, and reported again), `TransferLeader`
-//!   (the term rises; the new leader reports on its own stream), and
-//!   `SplitRegion` with policy `USEKEY` (`AskBatchSplit` for ids, the split
-//!   applied as `exec_batch_split` does, `ReportBatchSplit`, a heartbeat for
-//!   every resulting region). PD's own splits at the keyspace boundaries
-//!   right after bootstrap arrive this way;
+//!   store's peer (the simulator's `admin` module holds raftstore's checks)
+//!   and the result is reported: `ChangePeer` and `ChangePeerV2` (add
+//!   learner, promote, demote, remove; a joint change is entered, reported,
+//!   left at once, as TiKV's leader does, and reported again),
+//!   `TransferLeader` (the term rises; the new leader reports on its own
+//!   stream), and `SplitRegion` with policy `USEKEY` (`AskBatchSplit` for
+//!   ids, the split applied as `exec_batch_split` does, `ReportBatchSplit`,
+//!   a heartbeat for every resulting region). PD's own splits at the
+//!   keyspace boundaries right after bootstrap arrive this way, and so do a
+//!   client's `SplitRegions` / `ScatterRegion` sent to PD;
 //! - [`JoinedCluster::split`] is a store-initiated split (TiKV's split
 //!   checker), through the same `AskBatchSplit` path; so is TiKV's
 //!   `SplitRegion` RPC on a store (a client's pre-split), whose answer
-//!   carries every resulting region. A client's `SplitRegions` /
-//!   `ScatterRegion` to PD come back as operators (above).
+//!   carries every resulting region;
+//! - every [`JoinOptions::resolved_ts_interval`] the stores take a TSO from
+//!   PD, advance every region's resolved ts (held back by the oldest
+//!   prewrite lock in it) and report each store's minimum with
+//!   `ReportMinResolvedTS`; `GetStoreSafeTS` on a store answers the minimum
+//!   safe ts of its peers;
+//! - [`JoinedCluster::stop_store`] silences a store towards PD (no
+//!   heartbeats, reports or operators) until it restarts.
 //!
-//! What the joined mode cannot do towards PD (each refusal is logged on
-//! stderr as `tikv-sim: ... refused ...` and kept in
+//! What the joined mode cannot do towards PD (each refused operator is
+//! logged on stderr as `tikv-sim: ... refused ...` and kept in
 //! [`JoinedCluster::refusals`]; PD then times the operator out):
 //! - `Merge` operators (PD's merge checker; turn it off with
 //!   `merge-schedule-limit = 0`), `SplitRegion` with the `SCAN` or
 //!   `APPROXIMATE` policy (no half-split: there is no size-based split
-//!   checker), `BatchSwitchWitness` (no witnesses). `ChangeSplit` (auto split
-//!   on/off) is accepted and ignored: the model never splits by itself.
+//!   checker), `BatchSwitchWitness` (no witnesses). `ChangeSplit` (auto
+//!   split on/off) is ignored: the model never splits by itself.
 //! - Joining an already bootstrapped cluster registers the stores and
-//!   heartbeats them, but they hold no region: regions whose leaders live in
-//!   another process cannot be replicated here (no raft messages or
-//!   snapshots between processes), so PD's attempts to add peers here never
-//!   reach these stores, and a conf change that would put a peer on a store
-//!   of another process is refused.
+//!   heartbeats them, but they hold no region: regions whose leaders live
+//!   in another process cannot be replicated here (no raft messages or
+//!   snapshots between processes), so a conf change that would put a peer
+//!   on a store of another process is refused.
 //! - One PD endpoint, no PD leader failover or member discovery (TiKV's
 //!   `pd_client` follows the leader among several); meant for the
 //!   single-node PD of `shared/pd/`.
-//! - Every [`JoinOptions::resolved_ts_interval`] the stores take a TSO from
-//!   PD, advance every region's resolved ts (held back by the oldest
-//!   prewrite lock in it) and report each store's minimum with
-//!   `ReportMinResolvedTS`; `GetStoreSafeTS` on a store answers the
-//!   minimum safe ts of its peers. Simplified: every replica applies at
-//!   once, so a follower's safe ts is the leader's resolved ts (no
-//!   `CheckLeader` rounds), and one interval does TiKV's advance and report.
-//! - No buckets, no down or pending peers (every replica applies
-//!   instantly), no read/write flow statistics, no hot-region data, no
-//!   store labels or status address, no graceful-shutdown or store-state changes (PD's `NodeState` answer is
-//!   ignored), no unsafe recovery.
-//! - A broken heartbeat stream is reopened after a short pause; reports made
-//!   while it was down are lost until the next periodic heartbeat.
+//! - Resolved ts: every replica applies at once, so a follower's safe ts is
+//!   the leader's resolved ts (no `CheckLeader` rounds), and one interval
+//!   does TiKV's advance (20 s) and report (1 s).
+//! - Approximate sizes count raw data only; no buckets, no down or pending
+//!   peers (every replica applies instantly), no read/write flow
+//!   statistics (report intervals are empty), no hot-region data, no store
+//!   labels or status address, no graceful shutdown, PD's `NodeState`
+//!   answer is ignored, no unsafe recovery.
+//! - A broken heartbeat stream is reopened after a short pause; reports
+//!   made while it was down are lost until the next periodic heartbeat.
 //!
 //! The stores serve the model over gRPC as [`SimServer`]'s stores do (it
 //! serves no PD here); clients get regions, stores, TSO and members from PD
@@ -112,7 +115,7 @@ pub struct JoinOptions {
 }
 
 impl JoinOptions {
-    /// `stores` stores joining the PD at `pd`, with TiKV's intervals.
+    /// `stores` stores joining the PD at `pd`, with TiKV's heartbeat intervals.
     pub fn new(pd: impl Into<String>, stores: usize) -> JoinOptions {
         JoinOptions {
             pd: pd.into(),
@@ -563,7 +566,7 @@ impl JoinedCluster {
         } else {
             Some((alloc_id(&mut pd, cluster_id).await?, alloc_id(&mut pd, cluster_id).await?))
         };
-        // TSO and TTL time are PD's wall clock, as for a real store.
+        // TTL time follows the wall clock, the clock of PD's TSO.
         let tso_base_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(cfg.tso_base_ms, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
