@@ -134,8 +134,8 @@ impl Cluster {
     }
 
     /// The leader's report of a region (TiKV's `HeartbeatTask`): the region,
-    /// its leader peer and term, and rough sizes of the raw data in its
-    /// range.
+    /// its leader peer and term, and rough sizes of the data in its range
+    /// (raw entries, and committed versions of transactional keys).
     pub(crate) fn region_report(&self, region_id: u64) -> Option<RegionReport> {
         let st = self.lock();
         let region = st.region_by_id(region_id)?;
@@ -151,6 +151,17 @@ impl Cluster {
                 keys += 1;
                 bytes += (k.len() + e.value.len()) as u64;
             }
+        }
+        let start = region.meta.start_key.to_vec();
+        let in_region =
+            |k: &Vec<u8>| region.meta.end_key.is_empty() || k[..] < region.meta.end_key[..];
+        for (k, versions) in st.mvcc.writes.range(start.clone()..).take_while(|(k, _)| in_region(k))
+        {
+            keys += versions.by_commit.len() as u64;
+            bytes += (k.len() * versions.by_commit.len()) as u64;
+        }
+        for (_, values) in st.mvcc.values.range(start..).take_while(|(k, _)| in_region(k)) {
+            bytes += values.values().map(|v| v.len() as u64).sum::<u64>();
         }
         Some(RegionReport {
             leader_store: region.leader_store,
@@ -745,6 +756,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.advance_resolved_ts(80), BTreeMap::from([(1, 100), (2, 100)]), "monotonic");
+        // Committed, the key counts in the region's approximate size.
+        assert_eq!(c.region_report(10).unwrap().request.approximate_keys, 0);
+        let commit = kvrpcpb::CommitRequest {
+            context: c.context_for(10),
+            start_version: 100,
+            keys: vec!["k".into()],
+            commit_version: 250,
+            ..Default::default()
+        };
+        let resp = c.handle_kv(1, commit.into(), tikv_core::time::Instant::ZERO).unwrap();
+        assert!(resp.region_error().is_none());
+        assert!(c.locks().is_empty());
+        let report = c.region_report(10).unwrap().request;
+        assert_eq!(report.approximate_keys, 1);
+        assert!(report.approximate_size > 1, "key and value bytes");
     }
 
     #[test]

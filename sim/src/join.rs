@@ -13,7 +13,7 @@
 //! - every store heartbeats every [`JoinOptions::store_heartbeat_interval`]
 //!   (TiKV: 10 s) with its region count and a large, mostly free disk;
 //! - the leader of every region reports it (region, leader peer, term,
-//!   approximate size and keys of its raw data) on its store's stream every
+//!   approximate size and keys of its data) on its store's stream every
 //!   [`JoinOptions::region_heartbeat_interval`] (TiKV: 60 s) and at once
 //!   after every change;
 //! - operators PD sends back on a store's stream are carried out by that
@@ -58,11 +58,12 @@
 //! - Resolved ts: every replica applies at once, so a follower's safe ts is
 //!   the leader's resolved ts (no `CheckLeader` rounds), and one interval
 //!   does TiKV's advance (20 s) and report (1 s).
-//! - Approximate sizes count raw data only; no buckets, no down or pending
-//!   peers (every replica applies instantly), no read/write flow
-//!   statistics (report intervals are empty), no hot-region data, no store
-//!   labels or status address, no graceful shutdown, PD's `NodeState`
-//!   answer is ignored, no unsafe recovery.
+//! - Approximate sizes are rough (key and value bytes, no engine
+//!   overhead); no buckets, no down or pending peers (every replica applies
+//!   at once), no read/write flow statistics (report intervals are
+//!   empty), no hot-region data, no store labels or status address, no
+//!   graceful shutdown, PD's `NodeState` answer is ignored, no unsafe
+//!   recovery.
 //! - A broken heartbeat stream is reopened after a short pause; reports
 //!   made while it was down are lost until the next periodic heartbeat.
 //!
