@@ -52,7 +52,10 @@ generated!(
     coprocessor,
     /// `tikvpb`: the `Tikv` service and `BatchCommands` envelopes.
     tikvpb,
-    /// `pdpb`: the `PD` service.
+    /// `eraftpb`: raft's conf-change kinds, named by PD's `ChangePeer` operators.
+    eraftpb,
+    /// `pdpb`: the `PD` service (a client's calls and a store's: bootstrap,
+    /// heartbeats, splits).
     pdpb,
     /// `keyspacepb`: the `Keyspace` service.
     keyspacepb,

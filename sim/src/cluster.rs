@@ -203,7 +203,14 @@ pub(crate) struct Region {
     pub(crate) meta: metapb::Region,
     /// The store whose peer leads the region.
     pub(crate) leader_store: u64,
+    /// The leader's raft term, as TiKV reports it to PD in region
+    /// heartbeats (PD ignores a report with a lower term than it has seen).
+    pub(crate) term: u64,
 }
+
+/// The term of a region's first leader in TiKV: peers start at
+/// `RAFT_INIT_LOG_TERM` (5) and the first election raises it by one.
+pub(crate) const FIRST_LEADER_TERM: u64 = 6;
 
 impl Region {
     pub(crate) fn peer_on(&self, store_id: u64) -> Option<&metapb::Peer> {
@@ -296,6 +303,10 @@ pub(crate) struct State {
     pub(crate) region_error_kinds: Vec<RandomRegionError>,
     /// The latest instant any request carried (for test helpers that need "now").
     pub(crate) last_now: Instant,
+    /// Region id → its resolved ts (TiKV's resolved-ts worker; every replica
+    /// applies instantly, so it is also every peer's safe ts). Advanced only
+    /// in the joined mode; a region without an entry has 0.
+    pub(crate) resolved_ts: BTreeMap<u64, u64>,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -682,6 +693,7 @@ impl State {
             region_error_per_mille: 0,
             region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
+            resolved_ts: BTreeMap::new(),
             cfg,
         };
         for _ in 0..st.cfg.stores {
@@ -724,7 +736,7 @@ impl State {
                 peers,
                 ..Default::default()
             };
-            st.insert_region(Region { meta, leader_store });
+            st.insert_region(Region { meta, leader_store, term: FIRST_LEADER_TERM });
             start = end_key;
         }
         st
@@ -760,7 +772,7 @@ impl State {
         self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000) / 1000
     }
 
-    fn insert_region(&mut self, region: Region) {
+    pub(crate) fn insert_region(&mut self, region: Region) {
         let start = region.meta.start_key.to_vec();
         self.region_ids.insert(region.meta.id, start.clone());
         self.regions.insert(start, region);
@@ -770,7 +782,7 @@ impl State {
         self.region_ids.get(&id).and_then(|k| self.regions.get(k))
     }
 
-    fn region_by_id_mut(&mut self, id: u64) -> Option<&mut Region> {
+    pub(crate) fn region_by_id_mut(&mut self, id: u64) -> Option<&mut Region> {
         let key = self.region_ids.get(&id)?;
         self.regions.get_mut(key)
     }
@@ -802,6 +814,7 @@ impl State {
                 ..old.meta.clone()
             },
             leader_store: old.leader_store,
+            term: FIRST_LEADER_TERM,
         };
         let right = Region {
             meta: metapb::Region {
@@ -810,6 +823,7 @@ impl State {
                 ..old.meta.clone()
             },
             leader_store: old.leader_store,
+            term: old.term,
         };
         self.regions.remove(&old.meta.start_key[..]);
         let right_id = right.meta.id;
@@ -849,6 +863,10 @@ impl State {
         if region.peer_on(store_id).is_none() {
             return Err(SimError::NoPeerOnStore { region_id, store_id });
         }
+        if region.leader_store != store_id {
+            // The new leader won an election: a higher term.
+            region.term += 1;
+        }
         region.leader_store = store_id;
         Ok(())
     }
@@ -872,6 +890,7 @@ impl State {
             candidates.sort_unstable();
             if let Some(&s) = candidates.first() {
                 region.leader_store = s;
+                region.term += 1;
             }
         }
         Ok(())

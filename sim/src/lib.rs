@@ -11,6 +11,13 @@
 //!   services) and one per store (Tikv service). Wall-clock time since the
 //!   server started is mapped onto the model's [`tikv_core::time::Instant`].
 //!   The `tikv-sim` binary wraps it.
+//! - `join::JoinedCluster` (feature `server`; `tikv-sim --join-pd`) serves
+//!   the stores only and joins them to a real PD as TiKV stores do:
+//!   bootstrap, `PutStore`, heartbeats, and PD's operators (conf changes,
+//!   leader transfers, splits) carried out on the model by the `admin`
+//!   module's raftstore rules. What it cannot do towards PD is listed in
+//!   `join`'s docs. The in-process PD model stays what the deterministic
+//!   world and the unit-level suites use.
 //!
 //! Semantics follow TiKV and PD (see each module for the functions followed):
 //! raftstore's proposal checks and region errors, `Storage::raw_*`, the
@@ -47,7 +54,9 @@
 //!   stopped store to model "leader not yet re-elected".
 //! - Raw and transactional commands are executed; `DeleteRange`, `Flush`,
 //!   `BufferBatchGet`, `SplitRegion` and `UnsafeDestroyRange` answer gRPC
-//!   `Unimplemented`.
+//!   `Unimplemented` (the joined mode's stores split through the real PD on
+//!   `SplitRegion`; `GetStoreSafeTS` answers every store's safe ts, 0 until
+//!   the joined mode advances it).
 //! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
 //!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
 //!   `MaxTimestampNotSynced` after a leader change). No latches, no
@@ -89,8 +98,11 @@
 //!   errors; TiKV reports some read-side cases through engine errors instead.
 //! - Storage errors that TiKV puts in a key error (`RawBatchGet`, scans) carry
 //!   the message in `KeyError.abort` (TiKV's wording of the debug form differs).
-//! - No raft terms (`StaleCommand` only by injection), no conf changes (no
-//!   add/remove peer; `conf_ver` stays 1), no buckets, no store labels, no
+//! - Raft terms only as numbers PD sees (they rise on every leader change;
+//!   `StaleCommand` only by injection). With the simulator's own PD there
+//!   are no conf changes (no add/remove peer; `conf_ver` stays 1); joined to
+//!   a real PD, conf changes come from PD's operators (peer roles, learners,
+//!   joint states as TiKV applies them). No buckets, no store labels, no
 //!   read pool busy checks, no flashback.
 //! - TTL time is `(tso_base_ms + now) / 1000` seconds, the same clock as TSO.
 //! - TSO: physical time follows the model clock; when the logical counter
@@ -117,17 +129,23 @@
 //!   raw or txn data, not both (raw keys are compared with the boundaries as
 //!   sent, as TiKV does).
 
+mod admin;
 pub mod cluster;
 pub mod crc64;
 #[cfg(feature = "server")]
 pub mod echo;
+#[cfg(feature = "server")]
+pub mod join;
 pub mod mvcc;
 mod pd;
 mod raw;
+#[cfg(feature = "server")]
+pub mod real_pd;
 #[cfg(feature = "server")]
 pub mod server;
 mod txn;
 pub mod world;
 
+pub use admin::DEFAULT_STORE_VERSION;
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, RandomRegionError, SimError};
 pub use mvcc::{CommitRecord, WriteKind};

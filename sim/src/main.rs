@@ -23,21 +23,42 @@
 //! `epoch-not-match`; default all three). `--tso-latency-us US` holds each
 //! TSO answer back by `US` microseconds (`ServerOptions::tso_latency`,
 //! benchmark B8), pipelined requests overlapping.
+//!
+//! ```text
+//! tikv-sim --join-pd HOST:PORT [--stores 3] [--regions N] [--api-version 1|2] [--txn]
+//!          [--store-version V] [--seed S] [--region-error-rate F] [--region-error-kinds K,K]
+//! ```
+//!
+//! With `--join-pd` the simulator serves no PD of its own: its stores join
+//! the real PD at that address as TiKV stores do (`tikv_sim::join`:
+//! bootstrap or join, `PutStore` with version `--store-version`, default
+//! 8.5.0, heartbeats, PD's operators carried out), and clients connect to
+//! that PD. `--regions N` then splits through PD (`AskBatchSplit`) after
+//! joining. Stdin also takes `split HEXKEY`: a store-initiated split at a
+//! key in region key space, answered with `split ok IDS` or `split refused
+//! WHY`.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use tikv_sim::join::{JoinOptions, JoinedCluster};
 use tikv_sim::server::{ServerOptions, SimServer};
 use tikv_sim::{ApiVersion, Cluster, ClusterConfig, RandomRegionError};
 
-const USAGE: &str = "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
+const USAGE: &str =
+    "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
 [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
 [--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match] \
-[--tso-latency-us US]";
+[--tso-latency-us US]
+       tikv-sim --join-pd HOST:PORT [--stores N] [--regions N] [--api-version 1|2] [--txn] \
+[--store-version V] [--seed S] [--region-error-rate F] [--region-error-kinds K,K]";
 
 struct Args {
     pd: Vec<SocketAddr>,
+    /// A real PD to join instead of serving one.
+    join_pd: Option<String>,
+    store_version: Option<String>,
     stores: usize,
     regions: usize,
     api: ApiVersion,
@@ -54,6 +75,8 @@ struct Args {
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         pd: Vec::new(),
+        join_pd: None,
+        store_version: None,
         stores: 3,
         regions: 1,
         api: ApiVersion::V1,
@@ -81,6 +104,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         let bad = |what: &str| format!("{flag}: {what} expected, got {value:?}\n{USAGE}");
         match flag.as_str() {
             "--pd" => args.pd.push(value.parse().map_err(|_| bad("HOST:PORT"))?),
+            "--join-pd" => {
+                if !value.contains(':') {
+                    return Err(bad("HOST:PORT"));
+                }
+                args.join_pd = Some(value)
+            }
+            "--store-version" => args.store_version = Some(value),
             "--stores" => args.stores = value.parse().map_err(|_| bad("a number"))?,
             "--regions" => args.regions = value.parse().map_err(|_| bad("a number"))?,
             "--api-version" => {
@@ -119,8 +149,20 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
-    if args.pd.is_empty() {
-        return Err(format!("--pd is required\n{USAGE}"));
+    if args.join_pd.is_some() {
+        let served_pd_only = [
+            ("--pd", !args.pd.is_empty()),
+            ("--store-base-port", args.store_base_port.is_some()),
+            ("--cluster-id", args.cluster_id.is_some()),
+            ("--tso-latency-us", args.tso_latency_us != 0),
+        ];
+        if let Some((flag, _)) = served_pd_only.iter().find(|(_, set)| *set) {
+            return Err(format!("{flag} cannot be used with --join-pd\n{USAGE}"));
+        }
+    } else if args.pd.is_empty() {
+        return Err(format!("--pd or --join-pd is required\n{USAGE}"));
+    } else if args.store_version.is_some() {
+        return Err(format!("--store-version needs --join-pd\n{USAGE}"));
     }
     if args.stores == 0 {
         return Err(format!("--stores must be at least 1\n{USAGE}"));
@@ -150,6 +192,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(pd) = args.join_pd.clone() {
+        return run_joined(args, pd);
+    }
     let mut cfg = ClusterConfig {
         stores: args.stores,
         api_version: args.api,
@@ -208,21 +253,8 @@ fn main() -> ExitCode {
         println!("regions: {}", cluster.regions().len());
         println!("ready");
         // `stats` lines on stdin ask for the streams' traffic (the
-        // benchmark's average batch size); stdin closing changes nothing.
-        let (stats_tx, mut stats_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                match line {
-                    Ok(l) if l.trim() == "stats" => {
-                        if stats_tx.send(()).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
+        // benchmark's average batch size).
+        let mut lines = stdin_lines();
         loop {
             tokio::select! {
                 signal = tokio::signal::ctrl_c() => {
@@ -231,7 +263,10 @@ fn main() -> ExitCode {
                     }
                     break;
                 }
-                Some(()) = stats_rx.recv() => {
+                Some(line) = lines.recv() => {
+                    if line != "stats" {
+                        continue;
+                    }
                     let s = server.batch_stats();
                     println!(
                         "stats streams={} messages={} entries={} pd_unary={}",
@@ -244,6 +279,122 @@ fn main() -> ExitCode {
             }
         }
         server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reads stdin lines on a thread of their own and hands them over; stdin
+/// closing changes nothing.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l.trim().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    rx
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `--join-pd`: the stores join a real PD (`tikv_sim::join`).
+fn run_joined(args: Args, pd: String) -> ExitCode {
+    let cfg = ClusterConfig {
+        api_version: args.api,
+        seed: args.seed,
+        v1_txn: args.txn,
+        ..ClusterConfig::default()
+    };
+    let mut opts = JoinOptions::new(pd, args.stores);
+    if let Some(v) = args.store_version.clone() {
+        opts.store_version = v;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let joined = match JoinedCluster::start(cfg, opts).await {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let cluster = joined.cluster().clone();
+        cluster.set_region_error_rate(args.region_error_per_mille, &args.region_error_kinds);
+        let cfg = cluster.config();
+        for key in split_keys(args.regions, args.api) {
+            let region_key = if cfg.api_version == ApiVersion::V1 && cfg.v1_txn {
+                tikv_core::key::memcomparable::encode_bytes(&key)
+            } else {
+                cluster.region_key(&key)
+            };
+            if let Err(e) = joined.split(&region_key).await {
+                eprintln!("--regions: split at {key:?}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!(
+            "tikv-sim: joined PD, cluster id {}, api {:?}",
+            joined.cluster_id(),
+            cfg.api_version
+        );
+        for id in cluster.store_ids() {
+            if let Some(addr) = joined.server().store_addr(id).await {
+                println!("store {id}: {addr}");
+            }
+        }
+        println!("regions: {}", cluster.regions().len());
+        println!("ready");
+        let mut lines = stdin_lines();
+        loop {
+            tokio::select! {
+                signal = tokio::signal::ctrl_c() => {
+                    if let Err(e) = signal {
+                        eprintln!("cannot wait for Ctrl-C: {e}");
+                    }
+                    break;
+                }
+                Some(line) = lines.recv() => {
+                    if line == "stats" {
+                        let s = joined.server().batch_stats();
+                        println!(
+                            "stats streams={} messages={} entries={} pd_unary=0",
+                            s.streams, s.messages, s.requests
+                        );
+                    } else if let Some(hex) = line.strip_prefix("split ") {
+                        match parse_hex(hex.trim()) {
+                            None => println!("split refused: not a hex key"),
+                            Some(key) => match joined.split(&key).await {
+                                Ok(regions) => {
+                                    let ids: Vec<String> =
+                                        regions.iter().map(|r| r.id.to_string()).collect();
+                                    println!("split ok {}", ids.join(","));
+                                }
+                                Err(e) => println!("split refused: {e}"),
+                            },
+                        }
+                    }
+                }
+            }
+        }
+        joined.shutdown().await;
         ExitCode::SUCCESS
     })
 }
@@ -282,9 +433,23 @@ mod tests {
         assert_eq!(parse("--pd 127.0.0.1:0 --tso-latency-us 500").unwrap().tso_latency_us, 500);
         assert!(parse("--pd 127.0.0.1:0 --tso-latency-us soon").is_err());
         assert!(parse("--stores 3").is_err());
+        let joined = parse("--join-pd 127.0.0.1:2379 --stores 3 --store-version 9.0.0").unwrap();
+        assert_eq!(joined.join_pd.as_deref(), Some("127.0.0.1:2379"));
+        assert_eq!(joined.store_version.as_deref(), Some("9.0.0"));
+        assert!(parse("--join-pd 127.0.0.1:2379 --pd 127.0.0.1:2380").is_err());
+        assert!(parse("--join-pd 127.0.0.1:2379 --cluster-id 5").is_err());
+        assert!(parse("--join-pd localhost").is_err());
+        assert!(parse("--pd 127.0.0.1:1 --store-version 9.0.0").is_err());
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());
         assert!(parse("--pd").is_err());
+    }
+
+    #[test]
+    fn hex_keys_parse() {
+        assert_eq!(parse_hex("00ff7a"), Some(vec![0, 255, 0x7a]));
+        assert_eq!(parse_hex("0"), None);
+        assert_eq!(parse_hex("zz"), None);
     }
 
     #[test]

@@ -135,6 +135,18 @@ fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
     }
 }
 
+/// Store-side admin RPCs that need PD: the joined mode's stores split
+/// through the real PD (`AskBatchSplit`, see [`crate::join`]); without one
+/// they answer `Unimplemented`, as before.
+pub(crate) trait StoreAdmin: Send + Sync + std::fmt::Debug {
+    /// TiKV's `SplitRegion` on `store_id`.
+    fn split_region(
+        &self,
+        store_id: u64,
+        req: kvrpcpb::SplitRegionRequest,
+    ) -> Pin<Box<dyn Future<Output = kvrpcpb::SplitRegionResponse> + Send + '_>>;
+}
+
 /// What the stores' `BatchCommands` streams have seen (all stores together).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -164,12 +176,20 @@ struct TikvService {
     /// after a leader change).
     released: Arc<Notify>,
     counters: Arc<BatchCounters>,
+    admin: Option<Arc<dyn StoreAdmin>>,
 }
 
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
             return self.pessimistic_lock(*r).await;
+        }
+        if let (KvRequest::SplitRegion(r), Some(admin)) = (&req, &self.admin) {
+            if !self.cluster.is_store_running(self.store_id) {
+                return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
+            }
+            let resp = admin.split_region(self.store_id, (**r).clone()).await;
+            return Ok(KvResponse::SplitRegion(Box::new(resp)));
         }
         let releases =
             !matches!(req, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
@@ -312,6 +332,22 @@ macro_rules! tikv_methods {
                 request: Request<tonic::Streaming<BatchCommandsRequest>>,
             ) -> Result<Response<BoxStream<BatchCommandsResponse>>, Status> {
                 Ok(Response::new(self.batch_stream(request.into_inner())))
+            }
+
+            /// TiKV's `GetStoreSafeTS`: the smallest safe ts of this store's
+            /// peers in the key range ([`Cluster::store_safe_ts`]; advanced
+            /// by the joined mode's resolved-ts rounds, 0 otherwise).
+            async fn get_store_safe_ts(
+                &self,
+                request: Request<kvrpcpb::StoreSafeTsRequest>,
+            ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
+                if !self.cluster.is_store_running(self.store_id) {
+                    return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
+                }
+                let range = request.into_inner().key_range.unwrap_or_default();
+                let safe_ts =
+                    self.cluster.store_safe_ts(self.store_id, &range.start_key, &range.end_key);
+                Ok(Response::new(kvrpcpb::StoreSafeTsResponse { safe_ts }))
             }
         }
     };
@@ -627,6 +663,7 @@ pub struct SimServer {
     pd_unary_calls: Arc<AtomicU64>,
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
+    admin: Option<Arc<dyn StoreAdmin>>,
 }
 
 impl SimServer {
@@ -634,6 +671,27 @@ impl SimServer {
     /// member client URLs, store addresses) and starts serving. Must be called
     /// inside a tokio runtime.
     pub async fn start(cluster: Cluster, opts: ServerOptions) -> Result<SimServer, ServerError> {
+        Self::start_serving(cluster, opts, true, None).await
+    }
+
+    /// Like [`SimServer::start`], but serves the stores only: the cluster's
+    /// PD is elsewhere (a real PD the stores joined, see
+    /// [`crate::join::JoinedCluster`]), so [`SimServer::pd_addrs`] is empty;
+    /// `admin` carries out the store RPCs that need that PD.
+    pub(crate) async fn start_stores(
+        cluster: Cluster,
+        opts: ServerOptions,
+        admin: Arc<dyn StoreAdmin>,
+    ) -> Result<SimServer, ServerError> {
+        Self::start_serving(cluster, opts, false, Some(admin)).await
+    }
+
+    async fn start_serving(
+        cluster: Cluster,
+        opts: ServerOptions,
+        serve_pd: bool,
+        admin: Option<Arc<dyn StoreAdmin>>,
+    ) -> Result<SimServer, ServerError> {
         let clock = WallClock(std::time::Instant::now());
         let released = Arc::new(Notify::new());
         let counters = Arc::new(BatchCounters::default());
@@ -645,13 +703,16 @@ impl SimServer {
             // The store's address must be registered before anything can
             // ask PD for it.
             let _ = cluster.set_store_address(id, &addr.to_string());
-            let running =
-                serve(listener, Self::store_router(&cluster, id, clock, &released, &counters));
+            let running = serve(
+                listener,
+                Self::store_router(&cluster, id, clock, &released, &counters, &admin),
+            );
             stores.insert(id, StoreSlot { addr, running: Some(running) });
         }
         let mut pd = Vec::new();
         let pd_unary_calls = Arc::new(AtomicU64::new(0));
-        for member in 0..cluster.pd_member_count() {
+        let members = if serve_pd { cluster.pd_member_count() } else { 0 };
+        for member in 0..members {
             let want = opts.pd_addrs.get(member).copied().unwrap_or(loopback);
             let (listener, addr) = bind(want).await?;
             let _ = cluster.set_pd_member_url(member, &format!("http://{addr}"));
@@ -676,6 +737,7 @@ impl SimServer {
             pd_unary_calls,
             pd,
             stores: tokio::sync::Mutex::new(stores),
+            admin,
         })
     }
 
@@ -685,6 +747,7 @@ impl SimServer {
         clock: WallClock,
         released: &Arc<Notify>,
         counters: &Arc<BatchCounters>,
+        admin: &Option<Arc<dyn StoreAdmin>>,
     ) -> Router {
         let svc = TikvService {
             cluster: cluster.clone(),
@@ -692,6 +755,7 @@ impl SimServer {
             clock,
             released: released.clone(),
             counters: counters.clone(),
+            admin: admin.clone(),
         };
         tonic::transport::Server::builder().add_service(TikvServer::new(svc))
     }
@@ -761,6 +825,7 @@ impl SimServer {
                     self.clock,
                     &self.released,
                     &self.counters,
+                    &self.admin,
                 ),
             ));
         }

@@ -22,6 +22,7 @@ pub const PROTO_FILES: &[&str] = &[
     "kvrpcpb.proto",
     "coprocessor.proto",
     "tikvpb.proto",
+    "eraftpb.proto",
     "pdpb.proto",
     "keyspacepb.proto",
     "meta_storagepb.proto",

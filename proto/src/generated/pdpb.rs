@@ -725,6 +725,283 @@ pub struct GetMinTsResponse {
     #[prost(message, optional, tag = "2")]
     pub timestamp: ::core::option::Option<Timestamp>,
 }
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BootstrapRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub store: ::core::option::Option<super::metapb::Store>,
+    #[prost(message, optional, tag = "3")]
+    pub region: ::core::option::Option<super::metapb::Region>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BootstrapResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AllocIdRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(uint32, tag = "2")]
+    pub count: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AllocIdResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(uint64, tag = "2")]
+    pub id: u64,
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PutStoreRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub store: ::core::option::Option<super::metapb::Store>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutStoreResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StoreHeartbeatRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub stats: ::core::option::Option<StoreStats>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StoreHeartbeatResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(string, tag = "3")]
+    pub cluster_version: ::prost::alloc::string::String,
+    #[prost(enumeration = "super::metapb::NodeState", tag = "8")]
+    pub state: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RegionHeartbeatRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub region: ::core::option::Option<super::metapb::Region>,
+    #[prost(message, optional, tag = "3")]
+    pub leader: ::core::option::Option<super::metapb::Peer>,
+    #[prost(message, repeated, tag = "4")]
+    pub down_peers: ::prost::alloc::vec::Vec<PeerStats>,
+    #[prost(message, repeated, tag = "5")]
+    pub pending_peers: ::prost::alloc::vec::Vec<super::metapb::Peer>,
+    #[prost(uint64, tag = "6")]
+    pub bytes_written: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes_read: u64,
+    #[prost(uint64, tag = "8")]
+    pub keys_written: u64,
+    #[prost(uint64, tag = "9")]
+    pub keys_read: u64,
+    #[prost(uint64, tag = "10")]
+    pub approximate_size: u64,
+    #[prost(message, optional, tag = "12")]
+    pub interval: ::core::option::Option<TimeInterval>,
+    #[prost(uint64, tag = "13")]
+    pub approximate_keys: u64,
+    #[prost(uint64, tag = "14")]
+    pub term: u64,
+    #[prost(message, optional, tag = "16")]
+    pub query_stats: ::core::option::Option<QueryStats>,
+    #[prost(uint64, tag = "18")]
+    pub approximate_kv_size: u64,
+    #[prost(uint64, tag = "19")]
+    pub approximate_columnar_kv_size: u64,
+    #[prost(message, optional, tag = "21")]
+    pub cpu_stats: ::core::option::Option<CpuStats>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangePeer {
+    #[prost(message, optional, tag = "1")]
+    pub peer: ::core::option::Option<super::metapb::Peer>,
+    #[prost(enumeration = "super::eraftpb::ConfChangeType", tag = "2")]
+    pub change_type: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChangePeerV2 {
+    #[prost(message, repeated, tag = "1")]
+    pub changes: ::prost::alloc::vec::Vec<ChangePeer>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransferLeader {
+    #[prost(message, optional, tag = "1")]
+    pub peer: ::core::option::Option<super::metapb::Peer>,
+    #[prost(message, repeated, tag = "2")]
+    pub peers: ::prost::alloc::vec::Vec<super::metapb::Peer>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Merge {
+    #[prost(message, optional, tag = "1")]
+    pub target: ::core::option::Option<super::metapb::Region>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SplitRegion {
+    #[prost(enumeration = "CheckPolicy", tag = "1")]
+    pub policy: i32,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub keys: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SwitchWitness {
+    #[prost(uint64, tag = "1")]
+    pub peer_id: u64,
+    #[prost(bool, tag = "2")]
+    pub is_witness: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BatchSwitchWitness {
+    #[prost(message, repeated, tag = "1")]
+    pub switch_witnesses: ::prost::alloc::vec::Vec<SwitchWitness>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangeSplit {
+    #[prost(bool, tag = "1")]
+    pub auto_split_enabled: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RegionHeartbeatResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub change_peer: ::core::option::Option<ChangePeer>,
+    #[prost(message, optional, tag = "3")]
+    pub transfer_leader: ::core::option::Option<TransferLeader>,
+    #[prost(uint64, tag = "4")]
+    pub region_id: u64,
+    #[prost(message, optional, tag = "5")]
+    pub region_epoch: ::core::option::Option<super::metapb::RegionEpoch>,
+    #[prost(message, optional, tag = "6")]
+    pub target_peer: ::core::option::Option<super::metapb::Peer>,
+    #[prost(message, optional, tag = "7")]
+    pub merge: ::core::option::Option<Merge>,
+    #[prost(message, optional, tag = "8")]
+    pub split_region: ::core::option::Option<SplitRegion>,
+    #[prost(message, optional, tag = "9")]
+    pub change_peer_v2: ::core::option::Option<ChangePeerV2>,
+    #[prost(message, optional, tag = "10")]
+    pub switch_witnesses: ::core::option::Option<BatchSwitchWitness>,
+    #[prost(message, optional, tag = "11")]
+    pub change_split: ::core::option::Option<ChangeSplit>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AskBatchSplitRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub region: ::core::option::Option<super::metapb::Region>,
+    #[prost(uint32, tag = "3")]
+    pub split_count: u32,
+    #[prost(enumeration = "SplitReason", tag = "4")]
+    pub reason: i32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SplitId {
+    #[prost(uint64, tag = "1")]
+    pub new_region_id: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    pub new_peer_ids: ::prost::alloc::vec::Vec<u64>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AskBatchSplitResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub ids: ::prost::alloc::vec::Vec<SplitId>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReportBatchSplitRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub regions: ::prost::alloc::vec::Vec<super::metapb::Region>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportBatchSplitResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportMinResolvedTsRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(uint64, tag = "2")]
+    pub store_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub min_resolved_ts: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportMinResolvedTsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CheckPolicy {
+    Scan = 0,
+    Approximate = 1,
+    Usekey = 2,
+}
+impl CheckPolicy {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Scan => "SCAN",
+            Self::Approximate => "APPROXIMATE",
+            Self::Usekey => "USEKEY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SCAN" => Some(Self::Scan),
+            "APPROXIMATE" => Some(Self::Approximate),
+            "USEKEY" => Some(Self::Usekey),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SplitReason {
+    Admin = 0,
+    Size = 1,
+    Load = 2,
+}
+impl SplitReason {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Admin => "ADMIN",
+            Self::Size => "SIZE",
+            Self::Load => "LOAD",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ADMIN" => Some(Self::Admin),
+            "SIZE" => Some(Self::Size),
+            "LOAD" => Some(Self::Load),
+            _ => None,
+        }
+    }
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorType {
@@ -1473,6 +1750,179 @@ pub mod pd_client {
             req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "GetMinTS"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn bootstrap(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BootstrapRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BootstrapResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/Bootstrap");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "Bootstrap"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn alloc_id(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AllocIdRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AllocIdResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/AllocID");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "AllocID"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn put_store(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutStoreResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/PutStore");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "PutStore"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn store_heartbeat(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StoreHeartbeatRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::StoreHeartbeatResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/StoreHeartbeat");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "StoreHeartbeat"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn region_heartbeat(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::RegionHeartbeatRequest,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::RegionHeartbeatResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/RegionHeartbeat");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "RegionHeartbeat"));
+            self.inner.streaming(req, path, codec).await
+        }
+        pub async fn ask_batch_split(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AskBatchSplitRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AskBatchSplitResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/AskBatchSplit");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "AskBatchSplit"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn report_batch_split(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReportBatchSplitRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportBatchSplitResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/pdpb.PD/ReportBatchSplit");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("pdpb.PD", "ReportBatchSplit"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn report_min_resolved_ts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReportMinResolvedTsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportMinResolvedTsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/pdpb.PD/ReportMinResolvedTS",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("pdpb.PD", "ReportMinResolvedTS"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1710,6 +2160,78 @@ pub mod pd_server {
             request: tonic::Request<super::GetMinTsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::GetMinTsResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn bootstrap(
+            &self,
+            request: tonic::Request<super::BootstrapRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BootstrapResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn alloc_id(
+            &self,
+            request: tonic::Request<super::AllocIdRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AllocIdResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn put_store(
+            &self,
+            request: tonic::Request<super::PutStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutStoreResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn store_heartbeat(
+            &self,
+            request: tonic::Request<super::StoreHeartbeatRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::StoreHeartbeatResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn region_heartbeat(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::RegionHeartbeatRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<BoxStream<super::RegionHeartbeatResponse>>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn ask_batch_split(
+            &self,
+            request: tonic::Request<super::AskBatchSplitRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AskBatchSplitResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn report_batch_split(
+            &self,
+            request: tonic::Request<super::ReportBatchSplitRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportBatchSplitResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn report_min_resolved_ts(
+            &self,
+            request: tonic::Request<super::ReportMinResolvedTsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportMinResolvedTsResponse>,
             tonic::Status,
         > {
             Err(tonic::Status::unimplemented("Not yet implemented"))
@@ -2871,6 +3393,359 @@ pub mod pd_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetMinTSSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/Bootstrap" => {
+                    #[allow(non_camel_case_types)]
+                    struct BootstrapSvc<T: Pd>(pub Arc<T>);
+                    impl<T: Pd> tonic::server::UnaryService<super::BootstrapRequest>
+                    for BootstrapSvc<T> {
+                        type Response = super::BootstrapResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BootstrapRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::bootstrap(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BootstrapSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/AllocID" => {
+                    #[allow(non_camel_case_types)]
+                    struct AllocIDSvc<T: Pd>(pub Arc<T>);
+                    impl<T: Pd> tonic::server::UnaryService<super::AllocIdRequest>
+                    for AllocIDSvc<T> {
+                        type Response = super::AllocIdResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AllocIdRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::alloc_id(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AllocIDSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/PutStore" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutStoreSvc<T: Pd>(pub Arc<T>);
+                    impl<T: Pd> tonic::server::UnaryService<super::PutStoreRequest>
+                    for PutStoreSvc<T> {
+                        type Response = super::PutStoreResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutStoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::put_store(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutStoreSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/StoreHeartbeat" => {
+                    #[allow(non_camel_case_types)]
+                    struct StoreHeartbeatSvc<T: Pd>(pub Arc<T>);
+                    impl<T: Pd> tonic::server::UnaryService<super::StoreHeartbeatRequest>
+                    for StoreHeartbeatSvc<T> {
+                        type Response = super::StoreHeartbeatResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StoreHeartbeatRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::store_heartbeat(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StoreHeartbeatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/RegionHeartbeat" => {
+                    #[allow(non_camel_case_types)]
+                    struct RegionHeartbeatSvc<T: Pd>(pub Arc<T>);
+                    impl<
+                        T: Pd,
+                    > tonic::server::StreamingService<super::RegionHeartbeatRequest>
+                    for RegionHeartbeatSvc<T> {
+                        type Response = super::RegionHeartbeatResponse;
+                        type ResponseStream = BoxStream<super::RegionHeartbeatResponse>;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::RegionHeartbeatRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::region_heartbeat(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RegionHeartbeatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/AskBatchSplit" => {
+                    #[allow(non_camel_case_types)]
+                    struct AskBatchSplitSvc<T: Pd>(pub Arc<T>);
+                    impl<T: Pd> tonic::server::UnaryService<super::AskBatchSplitRequest>
+                    for AskBatchSplitSvc<T> {
+                        type Response = super::AskBatchSplitResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AskBatchSplitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::ask_batch_split(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AskBatchSplitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/ReportBatchSplit" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportBatchSplitSvc<T: Pd>(pub Arc<T>);
+                    impl<
+                        T: Pd,
+                    > tonic::server::UnaryService<super::ReportBatchSplitRequest>
+                    for ReportBatchSplitSvc<T> {
+                        type Response = super::ReportBatchSplitResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReportBatchSplitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::report_batch_split(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportBatchSplitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/ReportMinResolvedTS" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportMinResolvedTSSvc<T: Pd>(pub Arc<T>);
+                    impl<
+                        T: Pd,
+                    > tonic::server::UnaryService<super::ReportMinResolvedTsRequest>
+                    for ReportMinResolvedTSSvc<T> {
+                        type Response = super::ReportMinResolvedTsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReportMinResolvedTsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::report_min_resolved_ts(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportMinResolvedTSSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
