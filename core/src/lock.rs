@@ -23,7 +23,7 @@ use tikv_proto::kvrpcpb;
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::key::Key;
-use crate::op::{IdMap, Operation};
+use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::{GetTimestamp, Timestamp};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
@@ -380,14 +380,16 @@ impl KeyPlan for CleanupPlan {
 
 // ---------------------------------------------------------------- the machine
 
-enum Step {
-    Idle,
-    Timestamp(GetTimestamp),
-    Status(Box<KeyFanout<Point<CheckStatusPlan>>>),
-    Secondaries(Box<KeyFanout<SecondariesPlan>>),
-    Cleanup(Box<KeyFanout<CleanupPlan>>),
-    Sleep(Instant),
-    Done,
+/// What a step of the resolution produced.
+enum Done {
+    /// "Now" for TTL checks.
+    Timestamp(Result<Timestamp, Error>),
+    /// The current lock's transaction status from its primary.
+    Status(Result<Result<TxnStatus, StatusError>, Error>),
+    /// The async-commit secondaries' states.
+    Secondaries(Result<SecondariesPlan, Error>),
+    /// The current lock (and its companions) cleaned up.
+    Cleanup(Result<(), Error>),
 }
 
 /// The lock being resolved and what is known of it so far.
@@ -407,12 +409,9 @@ pub struct ResolveLocks {
     locks: VecDeque<Lock>,
     current_ts: u64,
     current: Option<Current>,
-    step: Step,
+    started: bool,
+    step: StepSlot<Done>,
     backoffer: Backoffer,
-    /// Child RPC ids carry the child's number, so a late answer to an
-    /// earlier child is dropped.
-    epoch: u64,
-    ids: IdMap<u64>,
     /// (txn, region) pairs already cleaned region-wide (client-go's
     /// `cleanRegions`): one region-wide `ResolveLock` covers every lock of
     /// that transaction in the region.
@@ -446,10 +445,9 @@ impl ResolveLocks {
             locks: locks.into(),
             current_ts: u64::MAX,
             current: None,
-            step: Step::Idle,
+            started: false,
+            step: StepSlot::new(),
             backoffer,
-            epoch: 0,
-            ids: IdMap::new(),
             cleaned: Vec::new(),
             ms_before_expired: None,
             outcome: ResolveOutcome::default(),
@@ -468,28 +466,15 @@ impl ResolveLocks {
     }
 
     fn fail(&mut self, e: Error) {
-        self.step = Step::Done;
+        self.step.clear();
         self.result = Some(Err(e));
-    }
-
-    fn set_step(&mut self, step: Step, now: Instant) {
-        self.epoch += 1;
-        self.step = step;
-        match &mut self.step {
-            Step::Timestamp(op) => op.start(now),
-            Step::Status(op) => op.start(now),
-            Step::Secondaries(op) => op.start(now),
-            Step::Cleanup(op) => op.start(now),
-            _ => {}
-        }
-        self.check(now);
     }
 
     /// Takes the next lock, or finishes.
     fn next_lock(&mut self, now: Instant) {
         let Some(lock) = self.locks.pop_front() else {
             self.outcome.ms_before_expired = self.ms_before_expired.unwrap_or(0);
-            self.step = Step::Done;
+            self.step.clear();
             self.result = Some(Ok(std::mem::take(&mut self.outcome)));
             return;
         };
@@ -526,7 +511,7 @@ impl ResolveLocks {
         let primary = cur.lock.primary.clone();
         let op = Point::fanout(&self.view, plan, primary, self.timeout(), self.backoffer.fork())
             .with_tags(&self.opts.tags);
-        self.set_step(Step::Status(Box::new(op)), now);
+        self.step.start(op, Done::Status, now);
     }
 
     fn on_status(&mut self, outcome: Result<TxnStatus, StatusError>, now: Instant) {
@@ -561,7 +546,7 @@ impl ResolveLocks {
                 } else {
                     let reason = format!("txn {} not found at its primary", cur.lock.txn_id);
                     match self.backoffer.backoff(BackoffKind::TxnNotFound, reason) {
-                        Ok(sleep) => self.set_step(Step::Sleep(now + sleep), now),
+                        Ok(sleep) => self.step.sleep_until(now + sleep),
                         Err(e) => self.fail(e),
                     }
                 }
@@ -621,7 +606,7 @@ impl ResolveLocks {
         };
         let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
             .with_tags(&self.opts.tags);
-        self.set_step(Step::Secondaries(Box::new(op)), now);
+        self.step.start(op, Done::Secondaries, now);
     }
 
     fn on_secondaries(&mut self, checked: SecondariesPlan, now: Instant) {
@@ -684,7 +669,7 @@ impl ResolveLocks {
         };
         let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
             .with_tags(&self.opts.tags);
-        self.set_step(Step::Cleanup(Box::new(op)), now);
+        self.step.start(op, Done::Cleanup, now);
     }
 
     /// Cleans up the current lock of a determined transaction.
@@ -743,7 +728,7 @@ impl ResolveLocks {
         }
         let op = KeyFanout::new(self.view.clone(), plan, keys, self.backoffer.fork())
             .with_tags(&self.opts.tags);
-        self.set_step(Step::Cleanup(Box::new(op)), now);
+        self.step.start(op, Done::Cleanup, now);
     }
 
     /// Files the current lock's outcome (client-go's loop at the end of
@@ -777,58 +762,34 @@ impl ResolveLocks {
         self.next_lock(now);
     }
 
-    /// Moves on when the current child has finished. Each finished child's
-    /// sleeps are folded back, so one budget covers the whole resolution
-    /// (client-go passes one `Backoffer` through every step).
+    /// Moves on when the current step has finished, until one is running.
+    /// Each finished step's sleeps are folded back, so one budget covers the
+    /// whole resolution (client-go passes one `Backoffer` through every
+    /// step).
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Timestamp(op) => {
-                let Some(outcome) = op.poll_result() else {
-                    return;
-                };
-                match outcome {
-                    Ok(ts) => {
-                        self.current_ts = ts.version();
-                        self.next_lock(now);
-                    }
-                    Err(e) => self.fail(e),
+        while let Some(event) = self.step.poll_event(&mut self.backoffer) {
+            match event {
+                StepEvent::Woke => self.check_status(now),
+                StepEvent::Done(Done::Timestamp(Ok(ts))) => {
+                    self.current_ts = ts.version();
+                    self.next_lock(now);
                 }
-            }
-            Step::Status(op) => {
-                let Some(outcome) = op.poll_result() else {
-                    return;
-                };
-                self.backoffer.merge_from(op.backoffer());
-                match outcome {
-                    Ok(status) => self.on_status(status, now),
-                    Err(e) => self.fail(e),
+                StepEvent::Done(Done::Status(Ok(status))) => self.on_status(status, now),
+                StepEvent::Done(Done::Secondaries(Ok(checked))) => {
+                    self.on_secondaries(checked, now)
                 }
-            }
-            Step::Secondaries(op) => {
-                let Some(outcome) = op.poll_result() else {
-                    return;
-                };
-                self.backoffer.merge_from(op.backoffer());
-                match outcome {
-                    Ok(checked) => self.on_secondaries(checked, now),
-                    Err(e) => self.fail(e),
+                StepEvent::Done(Done::Cleanup(Ok(()))) => {
+                    let status =
+                        self.current.as_ref().map(|c| c.status.clone()).unwrap_or_default();
+                    self.record(status, now);
                 }
+                StepEvent::Done(
+                    Done::Timestamp(Err(e))
+                    | Done::Status(Err(e))
+                    | Done::Secondaries(Err(e))
+                    | Done::Cleanup(Err(e)),
+                ) => self.fail(e),
             }
-            Step::Cleanup(op) => {
-                let Some(outcome) = op.poll_result() else {
-                    return;
-                };
-                self.backoffer.merge_from(op.backoffer());
-                match outcome {
-                    Ok(()) => {
-                        let status =
-                            self.current.as_ref().map(|c| c.status.clone()).unwrap_or_default();
-                        self.record(status, now);
-                    }
-                    Err(e) => self.fail(e),
-                }
-            }
-            Step::Sleep(_) | Step::Idle | Step::Done => {}
         }
     }
 }
@@ -837,7 +798,7 @@ impl Operation for ResolveLocks {
     type Output = ResolveOutcome;
 
     fn start(&mut self, now: Instant) {
-        if !matches!(self.step, Step::Idle) {
+        if std::mem::replace(&mut self.started, true) {
             return;
         }
         if self.locks.iter().any(|l| l.ttl != 0) {
@@ -848,70 +809,40 @@ impl Operation for ResolveLocks {
             if let Some(ts) = self.view.last_ts.fresh(now, max_age) {
                 self.current_ts = ts;
                 self.next_lock(now);
-                return;
+            } else {
+                self.step.start(GetTimestamp::new(), Done::Timestamp, now);
             }
-            self.set_step(Step::Timestamp(GetTimestamp::new()), now);
         } else {
             self.next_lock(now);
-        }
-    }
-
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        let rpc = match &mut self.step {
-            Step::Timestamp(op) => op.poll_rpc(),
-            Step::Status(op) => op.poll_rpc(),
-            Step::Secondaries(op) => op.poll_rpc(),
-            Step::Cleanup(op) => op.poll_rpc(),
-            _ => None,
-        }?;
-        Some(self.ids.wrap(self.epoch, rpc))
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        let Some((epoch, id)) = self.ids.take(id) else {
-            return;
-        };
-        if epoch != self.epoch {
-            return;
-        }
-        match &mut self.step {
-            Step::Timestamp(op) => op.on_response(id, response, now),
-            Step::Status(op) => op.on_response(id, response, now),
-            Step::Secondaries(op) => op.on_response(id, response, now),
-            Step::Cleanup(op) => op.on_response(id, response, now),
-            _ => return,
         }
         self.check(now);
     }
 
-    fn on_timeout(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Timestamp(op) => op.on_timeout(now),
-            Step::Status(op) => op.on_timeout(now),
-            Step::Secondaries(op) => op.on_timeout(now),
-            Step::Cleanup(op) => op.on_timeout(now),
-            Step::Sleep(until) if now >= *until => {
-                self.check_status(now);
-                return;
-            }
-            _ => return,
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.step.poll_rpc()
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        if self.step.on_response(id, response, now) {
+            self.check(now);
         }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.step.on_timeout(now);
         self.check(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match &self.step {
-            Step::Timestamp(op) => op.poll_timeout(),
-            Step::Status(op) => op.poll_timeout(),
-            Step::Secondaries(op) => op.poll_timeout(),
-            Step::Cleanup(op) => op.poll_timeout(),
-            Step::Sleep(until) => Some(*until),
-            _ => None,
-        }
+        self.step.poll_timeout()
     }
 
     fn poll_result(&mut self) -> Option<Result<ResolveOutcome, Error>> {
         self.result.take()
+    }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        Some(&self.backoffer)
     }
 }
 

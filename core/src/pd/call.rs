@@ -258,6 +258,10 @@ impl Operation for PdCall {
     fn poll_result(&mut self) -> Option<Result<PdResponse, Error>> {
         self.result.take()
     }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        Some(&self.backoffer)
+    }
 }
 
 impl PdCall {

@@ -481,6 +481,10 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     fn poll_result(&mut self) -> Option<Result<P::Output, Error>> {
         self.result.take()
     }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        Some(&self.backoffer)
+    }
 }
 
 /// A single-key command: the key is the only item, one request, one answer.

@@ -350,4 +350,8 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
     fn poll_result(&mut self) -> Option<Result<P::Output, Error>> {
         self.result.take()
     }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        self.backoffer.as_ref()
+    }
 }

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::key::KeyRange;
 use crate::key::{Key, KvPair, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
-use crate::op::{IdMap, Operation};
+use crate::op::{Operation, StepEvent, StepSlot};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
@@ -182,28 +182,39 @@ impl KeyPlan for BatchGetPlan {
 
 // ---------------------------------------------------------------- machines
 
-enum Step<F: KeyPlan> {
-    Read(Box<KeyFanout<F>>),
-    Resolve(Box<ResolveLocks>),
-    Sleep(Instant),
-    Done,
+/// What a read machine's step produced: the read's output, or the
+/// resolution of the locks it met.
+enum ReadEvent<T> {
+    Read(Result<T, Error>),
+    Resolved(Result<ResolveOutcome, Error>),
 }
 
-/// The shared retry loop of a point or batch read: read; if locks were met,
-/// resolve them; back off if some transaction is still alive; read again
-/// with the learned lock sets.
-struct ReadLoop {
+/// What a read machine does next, as the shared loop decided.
+enum ReadNext<T> {
+    /// Take in a finished read's output.
+    Merge(T),
+    /// Read again (the locks met are resolved, or the wait for a live one
+    /// is over).
+    ReadAgain,
+    /// The read failed.
+    Fail(Error),
+}
+
+/// The shared retry loop of a point, batch or range read: read; if locks
+/// were met, resolve them; back off if some transaction is still alive;
+/// read again with the learned lock sets. It holds the machine's one step.
+struct ReadLoop<T> {
     view: Arc<ClusterView>,
     ts: u64,
     opts: ReadOptions,
     locks: LockSets,
     backoffer: Backoffer,
-    epoch: u64,
-    ids: IdMap<u64>,
+    started: bool,
+    step: StepSlot<ReadEvent<T>>,
 }
 
-impl ReadLoop {
-    fn new(view: Arc<ClusterView>, ts: u64, opts: ReadOptions) -> ReadLoop {
+impl<T: Send + 'static> ReadLoop<T> {
+    fn new(view: Arc<ClusterView>, ts: u64, opts: ReadOptions) -> ReadLoop<T> {
         let budget = view.config.budget(view.config.backoff.get);
         let backoffer = view.backoffer(budget);
         ReadLoop {
@@ -212,47 +223,61 @@ impl ReadLoop {
             opts,
             locks: LockSets::default(),
             backoffer,
-            epoch: 0,
-            ids: IdMap::new(),
+            started: false,
+            step: StepSlot::new(),
         }
     }
 
-    fn resolve(&mut self, met: Vec<Lock>) -> ResolveLocks {
+    /// True the first time only: a machine starts once.
+    fn begin(&mut self) -> bool {
+        !std::mem::replace(&mut self.started, true)
+    }
+
+    /// Runs `op` as the read step.
+    fn start_read<O>(&mut self, op: O, now: Instant)
+    where
+        O: Operation<Output = T> + Send + 'static,
+    {
+        self.step.start(op, ReadEvent::Read, now);
+    }
+
+    /// Starts resolving the locks a read met.
+    fn start_resolve(&mut self, met: Vec<Lock>, now: Instant) {
         let opts = ResolveOptions {
             caller_start_ts: self.ts,
             for_read: true,
             lite: true,
             tags: self.opts.tags.clone(),
         };
-        ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork())
+        let resolve = ResolveLocks::new(self.view.clone(), met, opts, self.backoffer.fork());
+        self.step.start(resolve, ReadEvent::Resolved, now);
     }
 
-    /// A finished step's sleeps count against the read's budget (client-go
-    /// passes one `Backoffer` through a read's retries and resolutions).
-    fn fold<T>(&mut self, outcome: Option<T>, step: Option<&Backoffer>) -> Option<T> {
-        if let (Some(_), Some(bo)) = (&outcome, step) {
-            self.backoffer.merge_from(bo);
+    /// The next decision once a step is over (`None` while it runs or
+    /// sleeps). A finished step's sleeps count against the read's budget
+    /// (client-go passes one `Backoffer` through a read's retries and
+    /// resolutions).
+    fn poll_next(&mut self, now: Instant) -> Option<ReadNext<T>> {
+        loop {
+            let next = match self.step.poll_event(&mut self.backoffer)? {
+                StepEvent::Done(ReadEvent::Read(Ok(out))) => ReadNext::Merge(out),
+                StepEvent::Done(ReadEvent::Resolved(Ok(outcome))) => {
+                    match self.after_resolve(&outcome, now) {
+                        Ok(None) => ReadNext::ReadAgain,
+                        Ok(Some(until)) => {
+                            self.step.sleep_until(until);
+                            continue;
+                        }
+                        Err(e) => ReadNext::Fail(e),
+                    }
+                }
+                StepEvent::Done(ReadEvent::Read(Err(e)) | ReadEvent::Resolved(Err(e))) => {
+                    ReadNext::Fail(e)
+                }
+                StepEvent::Woke => ReadNext::ReadAgain,
+            };
+            return Some(next);
         }
-        outcome
-    }
-
-    /// Starts resolving the locks a read met; the machine's next step.
-    fn start_resolve<F: KeyPlan>(&mut self, met: Vec<Lock>, now: Instant) -> Step<F> {
-        let mut resolve = Box::new(self.resolve(met));
-        self.epoch += 1;
-        resolve.start(now);
-        Step::Resolve(resolve)
-    }
-
-    /// A resolve step's progress: `None` while it runs; then the instant to
-    /// read again at (`None`: now), or the read's error.
-    fn poll_resolve(
-        &mut self,
-        op: &mut ResolveLocks,
-        now: Instant,
-    ) -> Option<Result<Option<Instant>, Error>> {
-        let outcome = self.fold(op.poll_result(), Some(op.backoffer()))?;
-        Some(outcome.and_then(|outcome| self.after_resolve(&outcome, now)))
     }
 
     /// After resolving: sleep if a transaction is alive, else retry now.
@@ -275,61 +300,39 @@ impl ReadLoop {
     }
 }
 
-macro_rules! read_machine_plumbing {
+/// The four inputs of a read machine go to its loop's step; the machine's
+/// `check` then makes its decisions.
+macro_rules! read_machine_inputs {
     () => {
         fn poll_rpc(&mut self) -> Option<Rpc> {
-            let rpc = match &mut self.step {
-                Step::Read(op) => op.poll_rpc(),
-                Step::Resolve(op) => op.poll_rpc(),
-                _ => None,
-            }?;
-            Some(self.lp.ids.wrap(self.lp.epoch, rpc))
+            self.lp.step.poll_rpc()
         }
 
         fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-            let Some((epoch, id)) = self.lp.ids.take(id) else {
-                return;
-            };
-            if epoch != self.lp.epoch {
-                return;
+            if self.lp.step.on_response(id, response, now) {
+                self.check(now);
             }
-            match &mut self.step {
-                Step::Read(op) => op.on_response(id, response, now),
-                Step::Resolve(op) => op.on_response(id, response, now),
-                _ => return,
-            }
-            self.check(now);
         }
 
         fn on_timeout(&mut self, now: Instant) {
-            match &mut self.step {
-                Step::Read(op) => op.on_timeout(now),
-                Step::Resolve(op) => op.on_timeout(now),
-                Step::Sleep(until) if now >= *until => {
-                    self.read(now);
-                    return;
-                }
-                _ => return,
-            }
+            self.lp.step.on_timeout(now);
             self.check(now);
         }
 
         fn poll_timeout(&self) -> Option<Instant> {
-            match &self.step {
-                Step::Read(op) => op.poll_timeout(),
-                Step::Resolve(op) => op.poll_timeout(),
-                Step::Sleep(until) => Some(*until),
-                Step::Done => None,
-            }
+            self.lp.step.poll_timeout()
+        }
+
+        fn backoff_spent(&self) -> Option<&Backoffer> {
+            Some(&self.lp.backoffer)
         }
     };
 }
 
 /// A point read of one key at a snapshot timestamp.
 pub struct SnapshotGet {
-    lp: ReadLoop,
+    lp: ReadLoop<(Option<Value>, Vec<Lock>)>,
     key: Key,
-    step: Step<Point<GetPlan>>,
     result: Option<Result<Option<Value>, Error>>,
 }
 
@@ -342,7 +345,7 @@ impl std::fmt::Debug for SnapshotGet {
 impl SnapshotGet {
     /// Reads `key` as of `ts`.
     pub fn new(view: Arc<ClusterView>, key: Key, ts: u64, opts: ReadOptions) -> SnapshotGet {
-        SnapshotGet { lp: ReadLoop::new(view, ts, opts), key, step: Step::Done, result: None }
+        SnapshotGet { lp: ReadLoop::new(view, ts, opts), key, result: None }
     }
 
     fn read(&mut self, now: Instant) {
@@ -356,37 +359,22 @@ impl SnapshotGet {
         let timeout = self.lp.view.config.read_timeout_short;
         let op =
             Point::fanout(&self.lp.view, plan, self.key.clone(), timeout, self.lp.backoffer.fork());
-        self.lp.epoch += 1;
-        self.step = Step::Read(Box::new(op));
-        if let Step::Read(op) = &mut self.step {
-            op.start(now);
-        }
-        self.check(now);
+        self.lp.start_read(op, now);
     }
 
     fn finish(&mut self, result: Result<Option<Value>, Error>) {
-        self.step = Step::Done;
+        self.lp.step.clear();
         self.result = Some(result);
     }
 
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Read(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
-                None => {}
-                Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok((value, met))) if met.is_empty() => self.finish(Ok(value)),
-                Some(Ok((_, met))) => {
-                    self.step = self.lp.start_resolve(met, now);
-                    self.check(now);
-                }
-            },
-            Step::Resolve(op) => match self.lp.poll_resolve(op, now) {
-                None => {}
-                Some(Ok(None)) => self.read(now),
-                Some(Ok(Some(until))) => self.step = Step::Sleep(until),
-                Some(Err(e)) => self.finish(Err(e)),
-            },
-            Step::Sleep(_) | Step::Done => {}
+        while let Some(next) = self.lp.poll_next(now) {
+            match next {
+                ReadNext::Merge((value, met)) if met.is_empty() => self.finish(Ok(value)),
+                ReadNext::Merge((_, met)) => self.lp.start_resolve(met, now),
+                ReadNext::ReadAgain => self.read(now),
+                ReadNext::Fail(e) => self.finish(Err(e)),
+            }
         }
     }
 }
@@ -395,12 +383,13 @@ impl Operation for SnapshotGet {
     type Output = Option<Value>;
 
     fn start(&mut self, now: Instant) {
-        if matches!(self.step, Step::Done) && self.result.is_none() {
+        if self.lp.begin() {
             self.read(now);
+            self.check(now);
         }
     }
 
-    read_machine_plumbing!();
+    read_machine_inputs!();
 
     fn poll_result(&mut self) -> Option<Result<Option<Value>, Error>> {
         self.result.take()
@@ -410,10 +399,9 @@ impl Operation for SnapshotGet {
 /// A batch read at a snapshot timestamp: the pairs that exist, sorted by key.
 /// Locked keys are resolved and read again; keys already read are not.
 pub struct SnapshotBatchGet {
-    lp: ReadLoop,
+    lp: ReadLoop<BatchGetPlan>,
     pending: Vec<Key>,
     found: Vec<KvPair>,
-    step: Step<BatchGetPlan>,
     result: Option<Result<Vec<KvPair>, Error>>,
 }
 
@@ -436,7 +424,7 @@ impl SnapshotBatchGet {
             let budget = lp.view.config.budget(lp.view.config.backoff.batch_get);
             lp.view.backoffer(budget)
         };
-        SnapshotBatchGet { lp, pending: keys, found: Vec::new(), step: Step::Done, result: None }
+        SnapshotBatchGet { lp, pending: keys, found: Vec::new(), result: None }
     }
 
     fn read(&mut self, now: Instant) {
@@ -457,42 +445,29 @@ impl SnapshotBatchGet {
         };
         let keys = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.lp.view.clone(), plan, keys, self.lp.backoffer.fork());
-        self.lp.epoch += 1;
-        self.step = Step::Read(Box::new(op));
-        if let Step::Read(op) = &mut self.step {
-            op.start(now);
-        }
-        self.check(now);
+        self.lp.start_read(op, now);
     }
 
     fn finish(&mut self, result: Result<Vec<KvPair>, Error>) {
-        self.step = Step::Done;
+        self.lp.step.clear();
         self.result = Some(result);
     }
 
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Read(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
-                None => {}
-                Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(plan)) => {
+        while let Some(next) = self.lp.poll_next(now) {
+            match next {
+                ReadNext::Merge(plan) => {
                     self.found.extend(plan.found);
                     self.pending = plan.retry;
                     if plan.met.is_empty() {
                         self.read(now);
                     } else {
-                        self.step = self.lp.start_resolve(plan.met, now);
-                        self.check(now);
+                        self.lp.start_resolve(plan.met, now);
                     }
                 }
-            },
-            Step::Resolve(op) => match self.lp.poll_resolve(op, now) {
-                None => {}
-                Some(Ok(None)) => self.read(now),
-                Some(Ok(Some(until))) => self.step = Step::Sleep(until),
-                Some(Err(e)) => self.finish(Err(e)),
-            },
-            Step::Sleep(_) | Step::Done => {}
+                ReadNext::ReadAgain => self.read(now),
+                ReadNext::Fail(e) => self.finish(Err(e)),
+            }
         }
     }
 }
@@ -501,12 +476,13 @@ impl Operation for SnapshotBatchGet {
     type Output = Vec<KvPair>;
 
     fn start(&mut self, now: Instant) {
-        if matches!(self.step, Step::Done) && self.result.is_none() {
+        if self.lp.begin() {
             self.read(now);
+            self.check(now);
         }
     }
 
-    read_machine_plumbing!();
+    read_machine_inputs!();
 
     fn poll_result(&mut self) -> Option<Result<Vec<KvPair>, Error>> {
         self.result.take()
@@ -586,13 +562,6 @@ impl RangePlan for ScanPlan {
     }
 }
 
-enum ScanStep {
-    Walk(Box<RangeWalk<ScanPlan>>),
-    Resolve(Box<ResolveLocks>),
-    Sleep(Instant),
-    Done,
-}
-
 /// What a paged scan still has to read after one page of a [`SnapshotScan`]
 /// over `range` that asked for `page_size` pairs and got `page`; `None`
 /// when the scan is over. client-go's `Scanner.getData`: a short page means
@@ -623,13 +592,12 @@ pub fn range_after_page(
 /// until it meets a lock; the lock is resolved for reading and the next
 /// pass resumes at the locked key with the learned lock sets.
 pub struct SnapshotScan {
-    lp: ReadLoop,
+    lp: ReadLoop<ScanPlan>,
     range: KeyRange,
     limit: usize,
     key_only: bool,
     reverse: bool,
     pairs: Vec<KvPair>,
-    step: ScanStep,
     result: Option<Result<Vec<KvPair>, Error>>,
 }
 
@@ -666,7 +634,6 @@ impl SnapshotScan {
             key_only,
             reverse,
             pairs: Vec::new(),
-            step: ScanStep::Done,
             result: None,
         }
     }
@@ -696,25 +663,18 @@ impl SnapshotScan {
             self.reverse,
             self.lp.backoffer.fork(),
         );
-        self.lp.epoch += 1;
-        self.step = ScanStep::Walk(Box::new(walk));
-        if let ScanStep::Walk(op) = &mut self.step {
-            op.start(now);
-        }
-        self.check(now);
+        self.lp.start_read(walk, now);
     }
 
     fn finish(&mut self, result: Result<Vec<KvPair>, Error>) {
-        self.step = ScanStep::Done;
+        self.lp.step.clear();
         self.result = Some(result);
     }
 
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            ScanStep::Walk(op) => match self.lp.fold(op.poll_result(), op.backoffer()) {
-                None => {}
-                Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(pass)) => {
+        while let Some(next) = self.lp.poll_next(now) {
+            match next {
+                ReadNext::Merge(pass) => {
                     self.pairs.extend(pass.pairs);
                     match pass.resume_at {
                         None => {
@@ -729,25 +689,13 @@ impl SnapshotScan {
                             } else {
                                 self.range.start = key;
                             }
-                            let mut resolve = Box::new(self.lp.resolve(pass.met));
-                            self.lp.epoch += 1;
-                            resolve.start(now);
-                            self.step = ScanStep::Resolve(resolve);
-                            self.check(now);
+                            self.lp.start_resolve(pass.met, now);
                         }
                     }
                 }
-            },
-            ScanStep::Resolve(op) => match self.lp.fold(op.poll_result(), Some(op.backoffer())) {
-                None => {}
-                Some(Err(e)) => self.finish(Err(e)),
-                Some(Ok(outcome)) => match self.lp.after_resolve(&outcome, now) {
-                    Ok(None) => self.read(now),
-                    Ok(Some(until)) => self.step = ScanStep::Sleep(until),
-                    Err(e) => self.finish(Err(e)),
-                },
-            },
-            ScanStep::Sleep(_) | ScanStep::Done => {}
+                ReadNext::ReadAgain => self.read(now),
+                ReadNext::Fail(e) => self.finish(Err(e)),
+            }
         }
     }
 }
@@ -756,56 +704,13 @@ impl Operation for SnapshotScan {
     type Output = Vec<KvPair>;
 
     fn start(&mut self, now: Instant) {
-        if matches!(self.step, ScanStep::Done) && self.result.is_none() {
+        if self.lp.begin() {
             self.read(now);
+            self.check(now);
         }
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        let rpc = match &mut self.step {
-            ScanStep::Walk(op) => op.poll_rpc(),
-            ScanStep::Resolve(op) => op.poll_rpc(),
-            _ => None,
-        }?;
-        Some(self.lp.ids.wrap(self.lp.epoch, rpc))
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        let Some((epoch, id)) = self.lp.ids.take(id) else {
-            return;
-        };
-        if epoch != self.lp.epoch {
-            return;
-        }
-        match &mut self.step {
-            ScanStep::Walk(op) => op.on_response(id, response, now),
-            ScanStep::Resolve(op) => op.on_response(id, response, now),
-            _ => return,
-        }
-        self.check(now);
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        match &mut self.step {
-            ScanStep::Walk(op) => op.on_timeout(now),
-            ScanStep::Resolve(op) => op.on_timeout(now),
-            ScanStep::Sleep(until) if now >= *until => {
-                self.read(now);
-                return;
-            }
-            _ => return,
-        }
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match &self.step {
-            ScanStep::Walk(op) => op.poll_timeout(),
-            ScanStep::Resolve(op) => op.poll_timeout(),
-            ScanStep::Sleep(until) => Some(*until),
-            ScanStep::Done => None,
-        }
-    }
+    read_machine_inputs!();
 
     fn poll_result(&mut self) -> Option<Result<Vec<KvPair>, Error>> {
         self.result.take()
