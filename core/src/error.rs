@@ -86,9 +86,15 @@ pub enum Error {
         reason: String,
     },
     /// The outcome of a write is unknown: it may or may not have been applied
-    /// (client-go's `ErrResultUndetermined`).
+    /// (client-go's `ErrResultUndetermined`). Only that: every other failure
+    /// is definite.
     #[error("result undetermined: {0}")]
     Undetermined(String),
+    /// A bug in the client: a protocol machine broke its contract (e.g. it
+    /// stalled with no RPC in flight, no timer and no result). Whatever it
+    /// had sent may or may not have been applied.
+    #[error("internal error (a client bug): {0}")]
+    Internal(String),
     /// Another transaction wrote a key this one wrote, after this one
     /// started (client-go `ErrWriteConflict`).
     #[error(

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
-use crate::key::{Key, KeyRange, KvPair, Value};
+use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse};
@@ -642,17 +642,16 @@ pub fn compare_and_swap(
     Ok(point(view, CasPlan { cf: opts.cf, expected, new_value, ttl, outcome: None }, key))
 }
 
-/// `scan(range, limit)` forward, or `reverse_scan` with `reverse`: at most
-/// `limit` pairs (≤ the configured maximum, client-go's 10240), in key order
-/// (descending for reverse).
+/// `scan` / `scan_reverse` of `range` as `spec` says: at most `spec.limit`
+/// pairs (≤ the configured maximum, client-go's 10240), in key order
+/// (descending for a reverse scan).
 pub fn scan(
     view: &Arc<ClusterView>,
     range: KeyRange,
-    limit: u32,
-    key_only: bool,
-    reverse: bool,
+    spec: ScanSpec,
     opts: &RawOptions,
 ) -> Result<RawRangeOp<ScanPlan>, Error> {
+    let ScanSpec { limit, reverse, key_only } = spec;
     let max = view.config.max_raw_scan_limit;
     if limit > max {
         return Err(Error::ScanLimitExceeded { limit, max });

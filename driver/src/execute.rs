@@ -34,7 +34,7 @@ use crate::{Runtime, Transport};
 /// RPCs still in flight when the result is ready are dropped (cancelled).
 /// An operation that is not finished but has nothing in flight and no timeout
 /// could never make progress; rather than hang, `execute` returns
-/// [`Error::Undetermined`] for it (this is a bug in the operation).
+/// [`Error::Internal`] for it (this is a bug in the operation).
 ///
 /// ```
 /// use futures::future::{self, BoxFuture, FutureExt};
@@ -118,7 +118,7 @@ where
 
         let wake_at = earliest(op_deadline, calls.next_deadline());
         if calls.is_idle() && wake_at.is_none() {
-            return Err(Error::Undetermined(
+            return Err(Error::Internal(
                 "operation stalled: no RPC in flight, no timer and no result".into(),
             ));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tikv_core::Error;
 use tikv_core::codec::Mode;
 use tikv_core::config::Config;
-use tikv_core::key::{Key, KeyRange, KvPair, Value};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
 
 use crate::client::{ClientCore, Platform};
@@ -181,7 +181,7 @@ impl<P: Platform> RawClient<P> {
     /// Up to `limit` pairs in `range`, in ascending key order. `limit` may
     /// be at most the configured maximum (10240 by default).
     pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
-        self.scan_inner(range.into(), limit, false, false).await
+        self.scan_inner(range.into(), ScanSpec::forward(limit)).await
     }
 
     /// Like [`RawClient::scan`], returning keys only (values are not sent).
@@ -190,39 +190,33 @@ impl<P: Platform> RawClient<P> {
         range: impl Into<KeyRange>,
         limit: u32,
     ) -> Result<Vec<Key>, Error> {
-        let pairs = self.scan_inner(range.into(), limit, true, false).await?;
+        let pairs = self.scan_inner(range.into(), ScanSpec::forward(limit).keys_only()).await?;
         Ok(pairs.into_iter().map(|p| p.key).collect())
     }
 
     /// Up to `limit` pairs in `range`, in descending key order. The range
     /// needs a bounded end in API V1 (client-go cannot locate "the last
     /// region" either).
-    pub async fn reverse_scan(
+    pub async fn scan_reverse(
         &self,
         range: impl Into<KeyRange>,
         limit: u32,
     ) -> Result<Vec<KvPair>, Error> {
-        self.scan_inner(range.into(), limit, false, true).await
+        self.scan_inner(range.into(), ScanSpec::reverse(limit)).await
     }
 
-    /// Like [`RawClient::reverse_scan`], returning keys only.
-    pub async fn reverse_scan_keys(
+    /// Like [`RawClient::scan_reverse`], returning keys only.
+    pub async fn scan_reverse_keys(
         &self,
         range: impl Into<KeyRange>,
         limit: u32,
     ) -> Result<Vec<Key>, Error> {
-        let pairs = self.scan_inner(range.into(), limit, true, true).await?;
+        let pairs = self.scan_inner(range.into(), ScanSpec::reverse(limit).keys_only()).await?;
         Ok(pairs.into_iter().map(|p| p.key).collect())
     }
 
-    async fn scan_inner(
-        &self,
-        range: KeyRange,
-        limit: u32,
-        key_only: bool,
-        reverse: bool,
-    ) -> Result<Vec<KvPair>, Error> {
-        let op = raw::scan(&self.core.view, range, limit, key_only, reverse, &self.opts)?;
+    async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
+        let op = raw::scan(&self.core.view, range, spec, &self.opts)?;
         self.core.run(op).await
     }
 
@@ -235,7 +229,7 @@ impl<P: Platform> RawClient<P> {
     ) -> Result<Vec<KvPair>, Error> {
         let mut out = Vec::new();
         for range in ranges {
-            out.extend(self.scan_inner(range.into(), each_limit, false, false).await?);
+            out.extend(self.scan_inner(range.into(), ScanSpec::forward(each_limit)).await?);
         }
         Ok(out)
     }
@@ -248,7 +242,8 @@ impl<P: Platform> RawClient<P> {
     ) -> Result<Vec<Key>, Error> {
         let mut out = Vec::new();
         for range in ranges {
-            let pairs = self.scan_inner(range.into(), each_limit, true, false).await?;
+            let pairs =
+                self.scan_inner(range.into(), ScanSpec::forward(each_limit).keys_only()).await?;
             out.extend(pairs.into_iter().map(|p| p.key));
         }
         Ok(out)

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use tikv_core::Error;
-use tikv_core::key::{KeyRange, KvPair};
+use tikv_core::key::{KeyRange, KvPair, ScanSpec};
 use tikv_core::txn::snapshot::{SnapshotScan, range_after_page};
 use tikv_core::txn::union::{UnionScan, UnionStep};
 
@@ -108,12 +108,12 @@ impl<P: Platform> Scanner<P> {
     }
 
     async fn fetch(&mut self) -> Result<(), Error> {
+        let spec =
+            ScanSpec { limit: self.batch_size, reverse: self.reverse, key_only: self.key_only };
         let op = SnapshotScan::new(
             self.snapshot.core.view.clone(),
             self.remaining.clone(),
-            self.batch_size,
-            self.key_only,
-            self.reverse,
+            spec,
             self.snapshot.ts,
             self.snapshot.opts.clone(),
         );
@@ -165,12 +165,15 @@ impl<'a, P: Platform> TxnScanner<'a, P> {
                 UnionStep::Pair(pair) => return Ok(Some(pair)),
                 UnionStep::End => return Ok(None),
                 UnionStep::Fetch(batch) => {
+                    let spec = ScanSpec {
+                        limit: batch.limit,
+                        reverse: self.union.is_reverse(),
+                        key_only: false,
+                    };
                     let op = SnapshotScan::new(
                         self.snapshot.core.view.clone(),
                         batch.range,
-                        batch.limit,
-                        false,
-                        self.union.is_reverse(),
+                        spec,
                         self.snapshot.ts,
                         self.snapshot.opts.clone(),
                     );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tikv_core::Error;
 use tikv_core::codec::Mode;
 use tikv_core::config::Config;
-use tikv_core::key::{Key, KeyRange, KvPair, Value};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::pd::Timestamp;
 use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{CommitOptions, Committer, mutations_from_buffer};
@@ -153,7 +153,7 @@ impl<P: Platform> Snapshot<P> {
 
     /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
     pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
-        self.scan_inner(range.into(), limit, false, false).await
+        self.scan_inner(range.into(), ScanSpec::forward(limit)).await
     }
 
     /// Like [`Snapshot::scan`], keys only (values are not sent).
@@ -162,7 +162,7 @@ impl<P: Platform> Snapshot<P> {
         range: impl Into<KeyRange>,
         limit: u32,
     ) -> Result<Vec<Key>, Error> {
-        let pairs = self.scan_inner(range.into(), limit, true, false).await?;
+        let pairs = self.scan_inner(range.into(), ScanSpec::forward(limit).keys_only()).await?;
         Ok(pairs.into_iter().map(|p| p.key).collect())
     }
 
@@ -174,7 +174,7 @@ impl<P: Platform> Snapshot<P> {
         range: impl Into<KeyRange>,
         limit: u32,
     ) -> Result<Vec<KvPair>, Error> {
-        self.scan_inner(range.into(), limit, false, true).await
+        self.scan_inner(range.into(), ScanSpec::reverse(limit)).await
     }
 
     /// A lazy ascending scan of `range`, fetched in batches of
@@ -189,22 +189,8 @@ impl<P: Platform> Snapshot<P> {
         Scanner::new(self.clone(), range.into(), true)
     }
 
-    async fn scan_inner(
-        &self,
-        range: KeyRange,
-        limit: u32,
-        key_only: bool,
-        reverse: bool,
-    ) -> Result<Vec<KvPair>, Error> {
-        let op = SnapshotScan::new(
-            self.core.view.clone(),
-            range,
-            limit,
-            key_only,
-            reverse,
-            self.ts,
-            self.opts.clone(),
-        );
+    async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
+        let op = SnapshotScan::new(self.core.view.clone(), range, spec, self.ts, self.opts.clone());
         self.run(op).await
     }
 

@@ -80,7 +80,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The scan crosses every region boundary (g, n, t).
     let all = client.scan("a".."z", 100).await?;
     println!("scan a..z       = {all:?}");
-    let back = client.reverse_scan_keys("a".."z", 3).await?;
+    let back = client.scan_reverse_keys("a".."z", 3).await?;
     println!("reverse 3 keys  = {back:?}");
 
     let sum = client.checksum("a".."z").await?;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tikv_core::codec::{ApiCodec, Mode};
 use tikv_core::config::Config;
 use tikv_core::error::Error;
-use tikv_core::key::{Key, KeyRange, KvPair};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec};
 use tikv_core::op::Operation;
 use tikv_core::pd::{PdState, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd};
 use tikv_core::raw::{self, RawOptions};
@@ -488,9 +488,17 @@ pub fn raw_op_events(u: &mut Unstructured<'_>) -> Result<()> {
         }
         4 => {
             let range = KeyRange::new(Key::new(opt_key(u)?), Key::EMPTY);
-            let scan =
-                raw::scan(&view, range, u.int_in_range(1..=5)?, false, u.arbitrary()?, &opts)
-                    .expect("limit within bounds");
+            let scan = raw::scan(
+                &view,
+                range,
+                ScanSpec {
+                    limit: u.int_in_range(1..=5)?,
+                    reverse: u.arbitrary()?,
+                    key_only: false,
+                },
+                &opts,
+            )
+            .expect("limit within bounds");
             if let Some(Ok(pairs)) = drive(u, scan, &mut fed)? {
                 for p in pairs {
                     assert!(fed.values.contains(&p.value), "scan invented {:?}", p.value);

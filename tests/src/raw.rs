@@ -183,14 +183,14 @@ pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_out
                 let (lo, hi) = (key(a.min(b)), key(a.max(b)));
                 let limit = rng.below(60) as u32 + 1;
                 let got =
-                    client.reverse_scan(lo.clone()..hi.clone(), limit).await.expect("reverse_scan");
+                    client.scan_reverse(lo.clone()..hi.clone(), limit).await.expect("scan_reverse");
                 let want: Vec<KvPair> = model
                     .range(lo.clone()..hi.clone())
                     .rev()
                     .take(limit as usize)
                     .map(|(k, v)| KvPair::new(k.clone(), v.clone()))
                     .collect();
-                assert_eq!(got, want, "reverse_scan {lo}..{hi} at step {step}");
+                assert_eq!(got, want, "scan_reverse {lo}..{hi} at step {step}");
             }
             9 => {
                 let got = cas_client
@@ -316,7 +316,7 @@ pub async fn api_v2_keyspace_with_ttl<H: Harness>() {
     let all = client.scan(.., 100).await.expect("scan");
     assert_eq!(all, vec![KvPair::new("a", "1"), KvPair::new("h", "2"), KvPair::new("q", "3")]);
     // Unbounded reverse scans work in V2: the end is the keyspace's end.
-    let back = client.reverse_scan_keys(.., 2).await.expect("reverse scan");
+    let back = client.scan_reverse_keys(.., 2).await.expect("reverse scan");
     assert_eq!(back, vec![Key::from("q"), Key::from("h")]);
     // Keys are stored with the keyspace prefix.
     let stored = server.cluster().raw_snapshot("default");

@@ -268,6 +268,42 @@ impl fmt::Debug for KeyRange {
     }
 }
 
+/// What a scan reads of its range: at most `limit` pairs, in ascending or
+/// descending key order, with or without their values.
+///
+/// ```
+/// use tikv_core::key::ScanSpec;
+/// let spec = ScanSpec::reverse(10).keys_only();
+/// assert!(spec.reverse && spec.key_only && spec.limit == 10);
+/// assert!(!ScanSpec::forward(10).reverse);
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ScanSpec {
+    /// The most pairs returned.
+    pub limit: u32,
+    /// Descending key order (the range's end is still exclusive).
+    pub reverse: bool,
+    /// Keys only: values are not sent.
+    pub key_only: bool,
+}
+
+impl ScanSpec {
+    /// Up to `limit` pairs in ascending key order, with values.
+    pub fn forward(limit: u32) -> ScanSpec {
+        ScanSpec { limit, reverse: false, key_only: false }
+    }
+
+    /// Up to `limit` pairs in descending key order, with values.
+    pub fn reverse(limit: u32) -> ScanSpec {
+        ScanSpec { limit, reverse: true, key_only: false }
+    }
+
+    /// The same scan without values.
+    pub fn keys_only(self) -> ScanSpec {
+        ScanSpec { key_only: true, ..self }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

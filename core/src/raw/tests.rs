@@ -331,13 +331,15 @@ fn scans_walk_regions_forward_and_in_reverse() {
     seed(&mut c, &["a", "b", "d", "e", "g", "h", "n", "o"]);
     let v = view();
     let (log, result) =
-        drive(scan(&v, KeyRange::new("b", "o"), 5, false, false, &opts()).unwrap(), &mut c);
+        drive(scan(&v, KeyRange::new("b", "o"), ScanSpec::forward(5), &opts()).unwrap(), &mut c);
     let keys: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
     assert_eq!(keys, ["b", "d", "e", "g", "h"].map(Key::from));
     insta::assert_snapshot!("forward", log);
 
-    let (log, result) =
-        drive(scan(&v, KeyRange::new("b", "o"), 4, true, true, &opts()).unwrap(), &mut c);
+    let (log, result) = drive(
+        scan(&v, KeyRange::new("b", "o"), ScanSpec::reverse(4).keys_only(), &opts()).unwrap(),
+        &mut c,
+    );
     let pairs = result.unwrap();
     let keys: Vec<_> = pairs.iter().map(|p| p.key.clone()).collect();
     assert_eq!(keys, ["n", "h", "g", "e"].map(Key::from));
@@ -348,7 +350,7 @@ fn scans_walk_regions_forward_and_in_reverse() {
 #[test]
 fn scan_limit_above_the_maximum_is_refused() {
     let v = view();
-    let err = scan(&v, KeyRange::all(), 10_241, false, false, &opts()).unwrap_err();
+    let err = scan(&v, KeyRange::all(), ScanSpec::forward(10_241), &opts()).unwrap_err();
     assert_eq!(err, Error::ScanLimitExceeded { limit: 10_241, max: 10_240 });
 }
 
@@ -489,7 +491,7 @@ fn scan_falls_back_to_single_region_locates_on_an_old_pd() {
     seed(&mut c, &["a", "d", "g"]);
     let v = view();
     let (log, result) =
-        drive(scan(&v, KeyRange::all(), 10, false, false, &opts()).unwrap(), &mut c);
+        drive(scan(&v, KeyRange::all(), ScanSpec::forward(10), &opts()).unwrap(), &mut c);
     let keys: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
     assert_eq!(keys, ["a", "d", "g"].map(Key::from));
     assert_eq!(

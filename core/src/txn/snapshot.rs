@@ -11,8 +11,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
-use crate::key::KeyRange;
-use crate::key::{Key, KvPair, Value};
+use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
@@ -612,16 +611,15 @@ impl std::fmt::Debug for SnapshotScan {
 }
 
 impl SnapshotScan {
-    /// Scans `range` as of `ts`, at most `limit` pairs.
+    /// Scans `range` as of `ts` as `spec` says.
     pub fn new(
         view: Arc<ClusterView>,
         range: KeyRange,
-        limit: u32,
-        key_only: bool,
-        reverse: bool,
+        spec: ScanSpec,
         ts: u64,
         opts: ReadOptions,
     ) -> SnapshotScan {
+        let ScanSpec { limit, reverse, key_only } = spec;
         let mut lp = ReadLoop::new(view, ts, opts);
         lp.backoffer = {
             let budget = lp.view.config.budget(lp.view.config.backoff.scan);

@@ -426,7 +426,7 @@ impl Operation for Stuck {
 fn a_stalled_operation_is_an_error_not_a_hang() {
     let rt = ManualRuntime::default();
     let result = futures::executor::block_on(execute(Stuck, &rt, &ScriptedTransport::default()));
-    assert!(matches!(result, Err(Error::Undetermined(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
 }
 
 /// Fans out `n` RPCs and collects the ids it was answered under.

@@ -976,12 +976,12 @@ impl World {
             if !r.reported {
                 r.reported = true;
                 let finished = match r.task {
-                    Task::Raw => Finished::Raw(Err(Error::Undetermined("stalled".into()))),
+                    Task::Raw => Finished::Raw(Err(Error::Internal("stalled".into()))),
                     Task::Txn => Finished::Txn(Box::new((
                         r.op.progress().unwrap_or_default(),
                         TxnOutcome::Undetermined("stalled".into()),
                     ))),
-                    Task::Sweep => Finished::Sweep(Err(Error::Undetermined("stalled".into()))),
+                    Task::Sweep => Finished::Sweep(Err(Error::Internal("stalled".into()))),
                     // Its callers stall in turn and are reported as such.
                     Task::TsoRound => return,
                 };

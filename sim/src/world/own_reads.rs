@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use tikv_core::error::Error;
-use tikv_core::key::{Key, KeyRange, KvPair};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec};
 use tikv_core::op::{IdMap, Operation};
 use tikv_core::rpc::{Response, Rpc, RpcError, RpcId};
 use tikv_core::time::Instant;
@@ -196,15 +196,8 @@ impl OwnRead {
                     UnionStep::End => return None,
                     UnionStep::Fetch(batch) => {
                         let reverse = scan.is_reverse();
-                        let op = SnapshotScan::new(
-                            view,
-                            batch.range,
-                            batch.limit,
-                            false,
-                            reverse,
-                            ts,
-                            opts,
-                        );
+                        let spec = ScanSpec { limit: batch.limit, reverse, key_only: false };
+                        let op = SnapshotScan::new(view, batch.range, spec, ts, opts);
                         return Some(Child::Scan(Box::new(op)));
                     }
                 }

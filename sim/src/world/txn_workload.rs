@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use tikv_core::error::Error;
-use tikv_core::key::{Key, KeyRange, KvPair, Value};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::op::{IdMap, Operation};
 use tikv_core::pd::GetTimestamp;
 use tikv_core::rng::Rng;
@@ -467,7 +467,8 @@ impl TxnProgram {
                 let range = KeyRange::new(Key::from(first), Key::from(last).next_key());
                 let limit = self.scan_keys.len() as u32 + 1;
                 let reverse = self.read_method == ReadMethod::ScanReverse;
-                let op = SnapshotScan::new(view, range, limit, false, reverse, start_ts, opts);
+                let spec = ScanSpec { limit, reverse, key_only: false };
+                let op = SnapshotScan::new(view, range, spec, start_ts, opts);
                 Step::Scan(Box::new(op))
             }
         };

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tikv_core::error::Error;
-use tikv_core::key::{Key, KeyRange, KvPair};
+use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec};
 use tikv_core::op::Operation;
 use tikv_core::pd::TsoRoundCallers;
 use tikv_core::raw::{self, PutItem, RawOptions};
@@ -169,7 +169,7 @@ pub(crate) fn build(
         ),
         OpKind::Scan { start, end, limit } => {
             let range = KeyRange::new(key(*start), key(*end));
-            erase(raw::scan(view, range, *limit, false, false, opts)?, pairs)
+            erase(raw::scan(view, range, ScanSpec::forward(*limit), opts)?, pairs)
         }
     })
 }

@@ -203,11 +203,9 @@ fn scan_resumes_at_a_resolved_lock() {
     let op = SnapshotScan::new(
         view(),
         KeyRange::all(),
-        10,
-        false,
-        false,
+        ScanSpec::forward(10),
         ts(950),
-        ReadOptions::default(),
+        Default::default(),
     );
     let (log, result) = drive(op, &mut c);
     let got: Vec<_> = result.unwrap().into_iter().map(|p| p.key).collect();
