@@ -1,4 +1,4 @@
-//! Region cache lookups (issue #7's B4 and B5).
+//! Region cache lookups (benchmarks B4 and B5 of the README's suite).
 //!
 //! - B4: `locate_key` of random keys in a cache of 100k and 1M regions with
 //!   TiDB-like 19-byte start keys (`t` + table id + `_r` + handle, sharing a
@@ -53,8 +53,8 @@
 //!
 //! Random lookups over 1M regions stay memory-bound here: each needs at least
 //! the leaf and the region record from DRAM (the record for its TTL and
-//! invalidation state and its `Arc` count), which alone exceeds issue #7's
-//! 100 ns on this machine; a cached lookup (`same-region`) is ~115 ns, of
+//! invalidation state and its `Arc` count), which alone exceeds 100 ns on
+//! this machine; a cached lookup (`same-region`) is ~115 ns, of
 //! which ~35 ns are the lock and `Arc` atomics. The first walk allocates once
 //! per region: it clones each end key, turning its buffer into a shared one
 //! (the cache keeps keys unshared until then, 32 bytes less per key).

@@ -286,8 +286,7 @@ pub struct Backoffer {
     excluded_ms: u64,
     /// Per-kind stats, allocated by the first backoff. Almost every
     /// operation finishes without one, and each creates, forks, moves and
-    /// merges backoffers: inline, the table made a backoffer 656 bytes
-    /// (issue #7's profile).
+    /// merges backoffers: boxed, the table is not copied with every move.
     kinds: Option<Box<KindTable>>,
     /// The last [`MAX_RECORDED_ERRORS`] reasons, oldest first (allocated by
     /// the first one).

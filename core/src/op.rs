@@ -333,8 +333,8 @@ impl<D> StepSlot<D> {
 /// order never influences a decision.
 ///
 /// The first few entries live inline (most parents have one or two RPCs in
-/// flight at a time, and a hash table was an allocation per operation in
-/// issue #7's audit); beyond [`IdMap::INLINE`] the rest go to a hash map.
+/// flight at a time, and a hash table would be an allocation per
+/// operation); beyond [`IdMap::INLINE`] the rest go to a hash map.
 #[derive(Debug, Default)]
 pub struct IdMap<C> {
     next: u64,

@@ -163,10 +163,10 @@ type ManyFuture =
 /// Most operations have one RPC in flight at a time (a point read or write
 /// and its retries), so the first call lives in an inline slot and is
 /// polled directly; only the calls started while it is busy go to the
-/// general set. The slot saves the set's per-call bookkeeping (issue #7's
-/// profile: a task allocation in `FuturesUnordered`, a boxed wrapper, an
-/// abort handle, a map entry and a deadline-set node per call, plus the
-/// set's own allocations per operation).
+/// general set. The slot saves the set's per-call bookkeeping (a task
+/// allocation in `FuturesUnordered`, a boxed wrapper, an abort handle, a map
+/// entry and a deadline-set node per call, plus the set's own allocations
+/// per operation).
 #[derive(Default)]
 struct Calls {
     next_seq: u64,

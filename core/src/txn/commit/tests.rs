@@ -691,7 +691,7 @@ fn client_go_batches(sizes: &[usize], limit: usize) -> usize {
     batches
 }
 
-/// Benchmark B7's shape (issue #7): 10,000 keys of 24 bytes with 128-byte
+/// Benchmark B7's shape: 10,000 keys of 24 bytes with 128-byte
 /// values over 100 regions on 3 stores. Prewrite sends one RPC per 16 KiB
 /// (key + value) batch of each region, exactly client-go's count; commit
 /// sends the primary alone (the commit point), then one RPC per 16 KiB of
