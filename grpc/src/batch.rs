@@ -46,7 +46,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use crate::batch_codec::BatchCodec;
 use crate::dispatch::call_kv;
 use crate::status::to_rpc_error;
-use crate::{GrpcChannel, TransportConfig};
+use crate::{GrpcChannel, MessageLimits, TransportConfig};
 
 type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
 
@@ -193,7 +193,7 @@ impl Outputs {
         }
         for (request, reply, deadline) in self.unary.drain(..) {
             let channel = (shared.channels[0])();
-            let limits = shared.config.limits();
+            let limits = MessageLimits::of(&shared.config);
             let rt = shared.rt.clone();
             shared.rt.spawn(
                 async move {
@@ -365,7 +365,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
 ) where
     C::Future: Send,
 {
-    let limits = shared.config.limits();
+    let limits = MessageLimits::of(&shared.config);
     let mut done = Vec::new();
     let opened = match (shared.channels[generation.slot])().await {
         Ok(channel) => {
