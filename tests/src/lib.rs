@@ -23,6 +23,8 @@ pub mod harness;
 pub mod props;
 #[cfg(feature = "e2e")]
 pub mod raw;
+#[cfg(feature = "e2e")]
+pub mod transport;
 
 #[cfg(feature = "e2e")]
 pub use harness::Harness;
