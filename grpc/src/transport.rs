@@ -279,7 +279,117 @@ fn stream_channel<C: Connector>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use futures::channel::oneshot;
+    use tikv_core::rpc::KvRequest;
+    use tonic::codegen::http;
+
     use super::*;
+
+    /// A clock from process start, timers and tasks on plain threads: just
+    /// enough runtime to drive the transport without a runtime crate.
+    #[derive(Clone, Debug)]
+    struct ThreadRuntime(std::time::Instant);
+
+    impl Runtime for ThreadRuntime {
+        fn now(&self) -> Instant {
+            Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        }
+        fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+            if deadline == Instant::MAX {
+                return future::pending().boxed();
+            }
+            let wait = deadline.saturating_duration_since(self.now());
+            let (fired, timer) = oneshot::channel();
+            std::thread::spawn(move || {
+                std::thread::sleep(wait);
+                let _ = fired.send(());
+            });
+            timer.map(drop).boxed()
+        }
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            std::thread::spawn(move || futures::executor::block_on(task));
+        }
+    }
+
+    /// A channel whose every request is refused, as by a dead peer.
+    #[derive(Clone, Debug)]
+    struct Refused;
+
+    impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Refused {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::io::Error;
+        type Future = future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _request: http::Request<tonic::body::Body>) -> Self::Future {
+            let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+            future::ready(Err(refused))
+        }
+    }
+
+    /// Counts the timers the transport arms.
+    #[derive(Debug)]
+    struct Counting {
+        rt: ThreadRuntime,
+        timers: AtomicUsize,
+    }
+
+    impl Connector for Counting {
+        type Channel = Refused;
+        type Runtime = ThreadRuntime;
+        type Sleep = BoxFuture<'static, ()>;
+
+        fn runtime(&self) -> &ThreadRuntime {
+            &self.rt
+        }
+        fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+            self.timers.fetch_add(1, Ordering::SeqCst);
+            self.rt.sleep_until(deadline)
+        }
+        fn channel(
+            &self,
+            _addr: &Arc<str>,
+            _conn: usize,
+            _config: &TransportConfig,
+        ) -> impl Future<Output = Result<Refused, RpcError>> + Send {
+            future::ready(Ok(Refused))
+        }
+    }
+
+    /// Sends a `RawGet` with a deadline 2 s away; the timers armed and the
+    /// outcome.
+    fn raw_get_over(config: TransportConfig) -> (usize, Result<Response, RpcError>) {
+        let connector =
+            Counting { rt: ThreadRuntime(std::time::Instant::now()), timers: AtomicUsize::new(0) };
+        let transport = GrpcTransport::with_connector(connector, config);
+        let deadline = transport.connector().rt.now() + Duration::from_secs(2);
+        let target = Target::Store { store_id: 1, addr: "127.0.0.1:1".into() };
+        let request = Request::Kv(KvRequest::RawGet(Box::default()));
+        let result = futures::executor::block_on(transport.call(&target, request, deadline));
+        (transport.connector().timers.load(Ordering::SeqCst), result)
+    }
+
+    #[test]
+    fn one_timer_per_call_the_stream_enforces_its_own() {
+        let (timers, result) = raw_get_over(TransportConfig::default().batch_commands(false));
+        assert_eq!(timers, 1, "a unary call arms its timer");
+        assert!(matches!(result, Err(RpcError::Unavailable(_))), "{result:?}");
+
+        // On the stream path the collector holds the deadline: no timer here
+        // (the request ends unary after the stream fails to open, or at its
+        // deadline, either way without one).
+        let (timers, result) = raw_get_over(TransportConfig::default());
+        assert_eq!(timers, 0, "a stream request arms none");
+        assert!(
+            matches!(result, Err(RpcError::Unavailable(_) | RpcError::DeadlineExceeded)),
+            "{result:?}"
+        );
+    }
 
     #[test]
     fn a_failure_after_the_deadline_is_the_deadlines() {
