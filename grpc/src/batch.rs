@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
 use tikv_core::rpc::batch::{BatchCollector, BatchConfig, StreamGen};
 use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
@@ -197,13 +197,24 @@ impl Outputs {
             let rt = shared.rt.clone();
             shared.rt.spawn(
                 async move {
-                    let result = match channel.await {
-                        Ok(channel) => {
-                            let timeout = (deadline != Instant::MAX)
-                                .then(|| deadline.saturating_duration_since(rt.now()));
-                            call_kv(channel, limits, request, timeout).await
+                    let call = async {
+                        let channel = channel.await?;
+                        let timeout = (deadline != Instant::MAX)
+                            .then(|| deadline.saturating_duration_since(rt.now()));
+                        call_kv(channel, limits, request, timeout).await
+                    };
+                    // The transport arms no timer for a stream request (the
+                    // collector holds its deadline); once handed out here it
+                    // is this task's to end at the deadline, even if the
+                    // peer never answers.
+                    let result = if deadline == Instant::MAX {
+                        call.await
+                    } else {
+                        let timer = rt.sleep_until(deadline);
+                        match future::select(std::pin::pin!(call), timer).await {
+                            Either::Left((result, _)) => result,
+                            Either::Right(_) => Err(RpcError::DeadlineExceeded),
                         }
-                        Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
                 }

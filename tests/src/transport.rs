@@ -55,6 +55,7 @@ macro_rules! transport_suite {
             unary_calls_to_tikv_and_pd,
             batchable_requests_ride_the_stream_and_the_switch_keeps_them_unary,
             requests_go_unary_when_the_store_has_no_batch_stream,
+            a_unary_fallback_ends_at_its_deadline,
             a_mismatched_answer_is_a_mismatch,
             unimplemented_method_is_status_12,
             slow_server_is_deadline_exceeded_on_time,
@@ -89,6 +90,11 @@ const SLOW_TSO_COUNT: u32 = 99;
 /// The key the test store never answers in time (unary: after 10 s; on the
 /// stream: never).
 const SLOW_KEY: &str = "slow";
+/// The key on which the test store's unary `raw_get` stalls its whole
+/// server for [`FROZEN_FOR`] (a hung process: not even its `grpc-timeout`
+/// enforcement runs).
+const FREEZE_KEY: &str = "freeze";
+const FROZEN_FOR: Duration = Duration::from_millis(1500);
 /// The key the test store answers, on the stream, with another RPC's
 /// response.
 const MISMATCH_KEY: &str = "mismatch";
@@ -136,6 +142,10 @@ impl Tikv for TestTikv {
         let key = request.into_inner().key;
         if key[..] == *SLOW_KEY.as_bytes() {
             tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        if key[..] == *FREEZE_KEY.as_bytes() {
+            // Blocks the server's only worker thread.
+            std::thread::sleep(FROZEN_FOR);
         }
         Ok(GrpcResponse::new(value_of(&key)))
     }
@@ -577,6 +587,21 @@ pub async fn requests_go_unary_when_the_store_has_no_batch_stream<H: Harness>() 
     let response = client.call(&store(server.addr()), raw_get("k"), 5000).await;
     assert_eq!(value(response), b"value-of-k");
     assert_eq!((server.served.unary(), server.served.batched()), (1, 0));
+}
+
+/// A stream request the collector sends unary (the store has no stream)
+/// still ends at its deadline when the store hangs: the transport arms no
+/// timer for it, the fallback does.
+pub async fn a_unary_fallback_ends_at_its_deadline<H: Harness>() {
+    let server = TestServer::start(Serve { batch: false, ..Serve::generation(1) });
+    let client = Client::<H>::new();
+    let target = store(server.addr());
+    client.call(&target, raw_get("k"), 5000).await.expect("warm-up");
+    let started = std::time::Instant::now();
+    let response = client.call(&target, raw_get(FREEZE_KEY), 300).await;
+    on_time(started.elapsed(), 300);
+    assert!(started.elapsed() < FROZEN_FOR, "ended by the server, not the deadline");
+    assert_eq!(response, Err(RpcError::DeadlineExceeded));
 }
 
 /// An answer of another RPC than the request's is `Mismatch`, not a
