@@ -84,11 +84,7 @@ impl Platform for Unary {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), tikv_core::Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .batch_commands(false),
-        );
+        let transport = GrpcTransport::new(config.transport.clone().batch_commands(false));
         Ok((TokioRuntime::new(), transport))
     }
 }
@@ -102,11 +98,8 @@ impl Platform for BatchBasic {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), tikv_core::Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .batch_policy(BatchPolicy::Basic),
-        );
+        let transport =
+            GrpcTransport::new(config.transport.clone().batch_policy(BatchPolicy::Basic));
         Ok((TokioRuntime::new(), transport))
     }
 }
@@ -119,11 +112,7 @@ impl<const N: usize> Platform for BatchStreams<N> {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), tikv_core::Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .batch_streams_per_store(N),
-        );
+        let transport = GrpcTransport::new(config.transport.clone().batch_streams_per_store(N));
         Ok((TokioRuntime::new(), transport))
     }
 }

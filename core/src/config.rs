@@ -15,10 +15,14 @@
 //! // Budgets are weighted by `backoff_weight` (client-go `BackOffWeight`, 2).
 //! assert_eq!(cfg.budget(cfg.backoff.prewrite), Duration::from_secs(80));
 //! ```
+//!
+//! The transport's settings are a [`TransportConfig`] in
+//! [`Config::transport`], so every one of them reaches the runtime crate.
 
 use crate::backoff::{self, Backoffer};
 use crate::codec::ApiVersion;
 use crate::rng::Rng;
+use crate::rpc::batch::BatchPolicy;
 use crate::time::Duration;
 
 const fn secs(s: u64) -> Duration {
@@ -109,6 +113,147 @@ impl Default for BackoffBudgets {
     }
 }
 
+/// Settings of the gRPC transport (`tikv_grpc::GrpcTransport`, which both
+/// runtime crates use). Plain data: the runtime crate's `Platform::build`
+/// hands [`Config::transport`] to its transport whole. The defaults are
+/// client-go's (`internal/client/conn_pool.go`, `config/client.go`).
+///
+/// ```
+/// use tikv_core::config::{Config, TransportConfig};
+/// use tikv_core::time::Duration;
+///
+/// let transport = TransportConfig::default()
+///     .connect_timeout(Duration::from_secs(2))
+///     .keepalive(Duration::from_secs(20), Duration::from_secs(5))
+///     .batch_streams_per_store(2);
+/// let config = Config::default().with_transport(transport);
+/// assert_eq!(config.transport.connect_timeout, Duration::from_secs(2));
+/// assert_eq!(config.transport.keepalive_timeout, Duration::from_secs(5));
+/// assert_eq!(config.transport.batch_streams_per_store, 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Limit on establishing a connection (name lookup, TCP connect and
+    /// HTTP/2 handshake): 5s (client-go `client.dialTimeout`).
+    pub connect_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings, sent also while idle; zero
+    /// disables them: 10s (client-go `TiKVClient.GrpcKeepAliveTime`).
+    pub keepalive_interval: Duration,
+    /// How long to wait for a ping's answer before the connection is
+    /// declared dead: 3s (client-go `TiKVClient.GrpcKeepAliveTimeout`).
+    pub keepalive_timeout: Duration,
+    /// Disable Nagle's algorithm: requests are small and latency-bound. Default on.
+    pub tcp_nodelay: bool,
+    /// Largest response accepted. Default unlimited, as client-go.
+    pub max_decoding_message_size: usize,
+    /// Largest request sent. Default unlimited (the server enforces its own).
+    pub max_encoding_message_size: usize,
+    /// HTTP/2 initial stream window: 128 MiB (client-go's
+    /// `DefGrpcInitialWindowSize`).
+    pub initial_stream_window_size: u32,
+    /// HTTP/2 initial connection window: 128 MiB (client-go's
+    /// `DefGrpcInitialConnWindowSize`).
+    pub initial_connection_window_size: u32,
+    /// Send TiKV requests that have a batch form over long-lived
+    /// `BatchCommands` streams per store, as client-go does; the others,
+    /// and all requests while a stream cannot be established, go unary.
+    /// Default on; off sends every request unary.
+    pub batch_commands: bool,
+    /// How long a store's batch collector waits for more requests before
+    /// sending a short batch. Default [`BatchPolicy::Standard`], client-go's.
+    pub batch_policy: BatchPolicy,
+    /// `BatchCommands` streams per store, each on its own HTTP/2 connection;
+    /// the store's one collector hands whole messages to them in turn.
+    /// Default 4 (client-go's `GrpcConnectionCount`): TiKV serves each
+    /// connection on one of its gRPC threads, so several spread a busy
+    /// client over them.
+    pub batch_streams_per_store: usize,
+    /// A store's `BatchCommands` streams are closed after this long without
+    /// a request queued or in flight, and reopened by the next request
+    /// (client-go recycles a `batchConn` idle for `idleTimeout`), so a
+    /// client does not hold streams to stores it no longer talks to: 3 min.
+    pub batch_idle_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            connect_timeout: secs(5),
+            keepalive_interval: secs(10),
+            keepalive_timeout: secs(3),
+            tcp_nodelay: true,
+            max_decoding_message_size: usize::MAX,
+            max_encoding_message_size: usize::MAX,
+            initial_stream_window_size: 128 << 20,
+            initial_connection_window_size: 128 << 20,
+            batch_commands: true,
+            batch_policy: BatchPolicy::Standard,
+            batch_streams_per_store: 4,
+            batch_idle_timeout: secs(180),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Sets [`TransportConfig::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the keepalive ping interval and its answer timeout.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Sets [`TransportConfig::tcp_nodelay`].
+    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
+        self.tcp_nodelay = enabled;
+        self
+    }
+
+    /// Sets the largest response and request message sizes.
+    pub fn max_message_sizes(mut self, decoding: usize, encoding: usize) -> Self {
+        self.max_decoding_message_size = decoding;
+        self.max_encoding_message_size = encoding;
+        self
+    }
+
+    /// Sets the HTTP/2 initial stream and connection windows.
+    pub fn window_sizes(mut self, stream: u32, connection: u32) -> Self {
+        self.initial_stream_window_size = stream;
+        self.initial_connection_window_size = connection;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_commands`].
+    pub fn batch_commands(mut self, enabled: bool) -> Self {
+        self.batch_commands = enabled;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_policy`].
+    pub fn batch_policy(mut self, policy: BatchPolicy) -> Self {
+        self.batch_policy = policy;
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_streams_per_store`] (at least 1).
+    pub fn batch_streams_per_store(mut self, n: usize) -> Self {
+        self.batch_streams_per_store = n.max(1);
+        self
+    }
+
+    /// Sets [`TransportConfig::batch_idle_timeout`].
+    pub fn batch_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_idle_timeout = timeout;
+        self
+    }
+}
+
 /// Configuration of a TiKV client. Defaults follow client-go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -138,12 +283,10 @@ pub struct Config {
     /// `Context.max_execution_duration_ms` of writes: 20s (client-go
     /// `client.MaxWriteExecutionTime` = `ReadTimeoutShort` - 10s).
     pub max_write_execution_time: Duration,
-    /// Connection dial timeout: 5s (client-go `client.dialTimeout`).
-    pub connect_timeout: Duration,
-    /// gRPC keepalive ping interval: 10s (client-go `TiKVClient.GrpcKeepAliveTime`).
-    pub keepalive_interval: Duration,
-    /// gRPC keepalive ack timeout: 3s (client-go `TiKVClient.GrpcKeepAliveTimeout`).
-    pub keepalive_timeout: Duration,
+    /// The gRPC transport's settings (connections, keepalive, message
+    /// limits, `BatchCommands` streams), handed whole to the runtime crate's
+    /// transport.
+    pub transport: TransportConfig,
     /// Multiplier of backoff budgets: 2 (client-go `kv.DefBackOffWeight`).
     pub backoff_weight: u32,
     /// Per-operation backoff budgets, unweighted.
@@ -187,9 +330,7 @@ impl Default for Config {
             read_timeout_short: secs(30),
             read_timeout_medium: secs(60),
             max_write_execution_time: secs(20),
-            connect_timeout: secs(5),
-            keepalive_interval: secs(10),
-            keepalive_timeout: secs(3),
+            transport: TransportConfig::default(),
             backoff_weight: backoff::DEFAULT_BACKOFF_WEIGHT,
             backoff: BackoffBudgets::default(),
             region_cache_ttl: secs(600),
@@ -247,12 +388,8 @@ impl Config {
         with_read_timeout_medium: read_timeout_medium: Duration;
         /// Sets the write execution limit sent to TiKV.
         with_max_write_execution_time: max_write_execution_time: Duration;
-        /// Sets the connection timeout.
-        with_connect_timeout: connect_timeout: Duration;
-        /// Sets the keepalive interval.
-        with_keepalive_interval: keepalive_interval: Duration;
-        /// Sets the keepalive timeout.
-        with_keepalive_timeout: keepalive_timeout: Duration;
+        /// Replaces the transport settings.
+        with_transport: transport: TransportConfig;
         /// Sets the backoff budget weight.
         with_backoff_weight: backoff_weight: u32;
         /// Replaces the backoff budgets.
@@ -273,6 +410,27 @@ impl Config {
         with_raw_batch_get_pair_count: raw_batch_get_pair_count: usize;
         /// Sets the most TSO rounds in flight at once (at least 1).
         with_tso_max_rounds_in_flight: tso_max_rounds_in_flight: usize;
+    }
+
+    /// Sets the transport's connection timeout
+    /// ([`TransportConfig::connect_timeout`]).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Config {
+        self.transport.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the transport's keepalive ping interval
+    /// ([`TransportConfig::keepalive_interval`]).
+    pub fn with_keepalive_interval(mut self, interval: Duration) -> Config {
+        self.transport.keepalive_interval = interval;
+        self
+    }
+
+    /// Sets the transport's keepalive answer timeout
+    /// ([`TransportConfig::keepalive_timeout`]).
+    pub fn with_keepalive_timeout(mut self, timeout: Duration) -> Config {
+        self.transport.keepalive_timeout = timeout;
+        self
     }
 
     /// `base` scaled by [`Config::backoff_weight`] (client-go
@@ -330,6 +488,40 @@ mod tests {
         assert_eq!(d.budget(d.backoff.raw), Duration::from_secs(40));
         assert_eq!(d.budget(d.backoff.commit_secondary), Duration::from_secs(82));
         assert_eq!(d.max_write_execution_time, d.read_timeout_short - Duration::from_secs(10));
+    }
+
+    #[test]
+    fn transport_settings_are_carried_whole() {
+        let cfg = Config::default()
+            .with_transport(
+                TransportConfig::default()
+                    .batch_commands(false)
+                    .batch_policy(BatchPolicy::Positive)
+                    .batch_streams_per_store(0)
+                    .window_sizes(1 << 20, 2 << 20)
+                    .max_message_sizes(4 << 20, 8 << 20)
+                    .batch_idle_timeout(Duration::from_secs(7)),
+            )
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keepalive_interval(Duration::from_secs(20))
+            .with_keepalive_timeout(Duration::from_secs(4));
+        let t = &cfg.transport;
+        assert!(!t.batch_commands);
+        assert_eq!(t.batch_policy, BatchPolicy::Positive);
+        assert_eq!(t.batch_streams_per_store, 1, "at least one stream");
+        assert_eq!(
+            (t.initial_stream_window_size, t.initial_connection_window_size),
+            (1 << 20, 2 << 20)
+        );
+        assert_eq!((t.max_decoding_message_size, t.max_encoding_message_size), (4 << 20, 8 << 20));
+        assert_eq!(t.batch_idle_timeout, Duration::from_secs(7));
+        // The single-setting builders change only their field.
+        assert_eq!(t.connect_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (t.keepalive_interval, t.keepalive_timeout),
+            (Duration::from_secs(20), Duration::from_secs(4))
+        );
+        assert!(t.tcp_nodelay);
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub trait Platform: Send + Sync + 'static {
     /// RPCs to PD and TiKV.
     type Transport: Transport;
 
-    /// Builds the runtime and transport for a client with `config`.
+    /// Builds the runtime and transport for a client with `config`; the
+    /// transport takes all of [`Config::transport`].
     fn build(config: &Config) -> Result<(Self::Runtime, Self::Transport), Error>;
 }
 

@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
 use tikv_core::rpc::batch::{BatchCollector, BatchConfig, StreamGen};
 use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
@@ -46,7 +46,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use crate::batch_codec::BatchCodec;
 use crate::dispatch::call_kv;
 use crate::status::to_rpc_error;
-use crate::{GrpcChannel, TransportConfig};
+use crate::{GrpcChannel, MessageLimits, TransportConfig};
 
 type Reply = oneshot::Sender<Result<KvResponse, RpcError>>;
 
@@ -193,17 +193,28 @@ impl Outputs {
         }
         for (request, reply, deadline) in self.unary.drain(..) {
             let channel = (shared.channels[0])();
-            let limits = shared.config.limits();
+            let limits = MessageLimits::of(&shared.config);
             let rt = shared.rt.clone();
             shared.rt.spawn(
                 async move {
-                    let result = match channel.await {
-                        Ok(channel) => {
-                            let timeout = (deadline != Instant::MAX)
-                                .then(|| deadline.saturating_duration_since(rt.now()));
-                            call_kv(channel, limits, request, timeout).await
+                    let call = async {
+                        let channel = channel.await?;
+                        let timeout = (deadline != Instant::MAX)
+                            .then(|| deadline.saturating_duration_since(rt.now()));
+                        call_kv(channel, limits, request, timeout).await
+                    };
+                    // The transport arms no timer for a stream request (the
+                    // collector holds its deadline); once handed out here it
+                    // is this task's to end at the deadline, even if the
+                    // peer never answers.
+                    let result = if deadline == Instant::MAX {
+                        call.await
+                    } else {
+                        let timer = rt.sleep_until(deadline);
+                        match future::select(std::pin::pin!(call), timer).await {
+                            Either::Left((result, _)) => result,
+                            Either::Right(_) => Err(RpcError::DeadlineExceeded),
                         }
-                        Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
                 }
@@ -365,7 +376,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
 ) where
     C::Future: Send,
 {
-    let limits = shared.config.limits();
+    let limits = MessageLimits::of(&shared.config);
     let mut done = Vec::new();
     let opened = match (shared.channels[generation.slot])().await {
         Ok(channel) => {

@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::{self, Either};
 use http::uri::{Authority, Scheme, Uri};
@@ -18,13 +17,13 @@ use tikv_grpc::ConnId;
 use tonic::body::Body;
 
 use crate::rt::{AsyncIoTimer, AsyncStdExecutor, FuturesIo};
-use crate::transport::TransportConfig;
+use tikv_grpc::TransportConfig;
 
 /// One HTTP/2 connection as a `tower_service::Service`, which is what the
 /// tonic stubs (`TikvClient<S>`, `PdClient<S>`, ...) accept. Cloning shares
 /// the connection: HTTP/2 multiplexes concurrent calls on it.
 #[derive(Clone, Debug)]
-pub(crate) struct Channel {
+pub struct Channel {
     send: SendRequest<Body>,
     authority: Authority,
 }
@@ -227,11 +226,6 @@ impl Pool {
         *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
         Ok(channel)
     }
-}
-
-/// How long until `deadline`, for the `grpc-timeout` header.
-pub(crate) fn remaining(deadline: std::time::Instant) -> Duration {
-    deadline.saturating_duration_since(std::time::Instant::now())
 }
 
 #[cfg(test)]

@@ -40,11 +40,16 @@
 //!
 //! - [`AsyncStdRuntime`]: `tikv_driver::Runtime` over the monotonic clock,
 //!   async-io's timers and async-std's spawner.
-//! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC: hyper 1.x HTTP/2
-//!   client connections on `async_io::Async<TcpStream>`, wrapped as a tower
-//!   service for the tonic stubs; one connection per address, redialled
-//!   after it breaks; client-go's dial and keepalive settings; per-call
-//!   deadlines; and the PD TSO stream.
+//! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC, the transport
+//!   of `tikv-grpc` written once for every runtime (per-call deadlines, the
+//!   PD TSO stream, TiKV's `BatchCommands` streams) over an
+//!   [`AsyncStdConnector`]: hyper 1.x HTTP/2 client connections on
+//!   `async_io::Async<TcpStream>`, wrapped as a tower service for the tonic
+//!   stubs (one per address and connection number, redialled after it
+//!   breaks, client-go's dial and keepalive settings), async-io's timer and
+//!   async-std's spawner.
+//! - [`AsyncStd`]: the `tikv_driver::Platform` pairing them; its `build`
+//!   hands the transport the whole `Config::transport` ([`TransportConfig`]).
 //!
 //! Nothing in this crate's public API names tonic, hyper or a runtime type:
 //! errors come back as `tikv_core::rpc::RpcError`.
@@ -71,11 +76,12 @@
 
 mod clock;
 mod conn;
+mod connector;
 mod platform;
 mod rt;
 mod runtime;
-mod transport;
 
+pub use connector::{AsyncStdConnector, GrpcTransport};
 pub use platform::{
     AsyncStd, RawClient, Scanner, Snapshot, Transaction, TransactionClient, TxnScanner,
 };
@@ -85,4 +91,4 @@ pub use tikv_driver::{
     Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
     TransactionOptions, Value,
 };
-pub use transport::{GrpcTransport, TransportConfig};
+pub use tikv_grpc::TransportConfig;

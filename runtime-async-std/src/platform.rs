@@ -4,7 +4,7 @@ use tikv_core::Error;
 use tikv_core::config::Config;
 use tikv_driver::Platform;
 
-use crate::{AsyncStdRuntime, GrpcTransport, TransportConfig};
+use crate::{AsyncStdRuntime, GrpcTransport};
 
 /// Marker type selecting async-io/async-std and hyper for the generic
 /// clients of `tikv-driver`. Users rarely name it: use [`RawClient`].
@@ -16,12 +16,7 @@ impl Platform for AsyncStd {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(AsyncStdRuntime, GrpcTransport), Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .keepalive(config.keepalive_interval, config.keepalive_timeout),
-        );
-        Ok((AsyncStdRuntime::new(), transport))
+        Ok((AsyncStdRuntime::new(), GrpcTransport::new(config.transport.clone())))
     }
 }
 

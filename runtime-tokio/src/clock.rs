@@ -2,9 +2,10 @@
 //!
 //! RPC deadlines are produced on the runtime's clock and consumed by the
 //! transport, so both must agree on the origin. Rather than make users pair
-//! values correctly, every [`TokioRuntime`](crate::TokioRuntime) and
-//! [`GrpcTransport`](crate::GrpcTransport) in the process shares one origin,
-//! captured when the first of them is constructed.
+//! values correctly, every [`TokioRuntime`](crate::TokioRuntime) in the
+//! process (the transport's included, see
+//! [`TokioConnector`](crate::TokioConnector)) shares one origin, captured
+//! when the first of them is constructed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -39,6 +40,14 @@ pub(crate) fn to_tokio(t: Instant) -> Option<tokio::time::Instant> {
     origin().checked_add(Duration::from_nanos(t.as_nanos()))
 }
 
+/// Tokio's view of a core instant for a timer: an instant tokio cannot
+/// represent (or [`Instant::MAX`]) becomes one decades away, which is as
+/// good as never.
+pub(crate) fn to_tokio_or_far(t: Instant) -> tokio::time::Instant {
+    const DECADES: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    to_tokio(t).unwrap_or_else(|| tokio::time::Instant::now() + DECADES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +59,7 @@ mod tests {
         let core = from_tokio(t);
         assert_eq!(to_tokio(core), Some(t), "{core}");
         assert_eq!(to_tokio(Instant::MAX), None);
+        assert!(to_tokio_or_far(Instant::MAX) > t + Duration::from_secs(3600 * 24 * 365));
         let before_origin = origin() - Duration::from_secs(1);
         assert_eq!(from_tokio(before_origin), Instant::ZERO);
     }

@@ -12,10 +12,14 @@
 //! Underneath:
 //! - [`TokioRuntime`]: `tikv_driver::Runtime` over tokio's clock, timers and
 //!   spawner.
-//! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC (tonic on HTTP/2):
-//!   one cached channel per address, client-go's dial and keepalive settings,
-//!   per-call deadlines, the PD TSO stream, and TiKV's `BatchCommands`
-//!   streams (client-go's request batching, on by default).
+//! - [`GrpcTransport`]: `tikv_driver::Transport` over gRPC, the transport
+//!   of `tikv-grpc` written once for every runtime (per-call deadlines, the
+//!   PD TSO stream, TiKV's `BatchCommands` streams) over a
+//!   [`TokioConnector`]: tonic's HTTP/2 channels (one cached per address
+//!   and connection number, client-go's dial and keepalive settings),
+//!   tokio's timer and spawner.
+//! - [`Tokio`]: the `tikv_driver::Platform` pairing them; its `build` hands
+//!   the transport the whole `Config::transport` ([`TransportConfig`]).
 //!
 //! Nothing in this crate's public API names tonic or hyper: errors come back
 //! as `tikv_core::rpc::RpcError`.
@@ -41,10 +45,11 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod connector;
 mod platform;
 mod runtime;
-mod transport;
 
+pub use connector::{GrpcTransport, TokioConnector};
 pub use platform::{
     RawClient, Scanner, Snapshot, Tokio, Transaction, TransactionClient, TxnScanner,
 };
@@ -54,4 +59,4 @@ pub use tikv_driver::{
     Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
     TransactionOptions, Value,
 };
-pub use transport::{GrpcTransport, TransportConfig};
+pub use tikv_grpc::TransportConfig;

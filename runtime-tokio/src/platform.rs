@@ -4,7 +4,7 @@ use tikv_core::Error;
 use tikv_core::config::Config;
 use tikv_driver::Platform;
 
-use crate::{GrpcTransport, TokioRuntime, TransportConfig};
+use crate::{GrpcTransport, TokioRuntime};
 
 /// Marker type selecting tokio and tonic for the generic clients of
 /// `tikv-driver`. Users rarely name it: use [`RawClient`].
@@ -16,12 +16,7 @@ impl Platform for Tokio {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .keepalive(config.keepalive_interval, config.keepalive_timeout),
-        );
-        Ok((TokioRuntime::new(), transport))
+        Ok((TokioRuntime::new(), GrpcTransport::new(config.transport.clone())))
     }
 }
 

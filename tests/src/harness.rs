@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use tikv_core::time::Instant;
 use tikv_driver::Platform;
 use tikv_sim::server::{BatchStats, ServerError, ServerOptions, SimServer};
 use tikv_sim::{Cluster, ClusterConfig};
@@ -21,6 +22,13 @@ pub trait Harness: 'static {
 
     /// Sleeps on this runtime's timer.
     fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Runs `task` on this runtime's executor, beside the test; the
+    /// returned future yields its output (and fails the test if it panicked).
+    /// Called from within [`Harness::block_on`].
+    fn spawn<T: Send + 'static>(
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send;
 }
 
 /// The tokio client (`tikv_tokio::Tokio`) on a two-worker multi-thread
@@ -45,6 +53,13 @@ impl Harness for TokioHarness {
     fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(duration)
     }
+
+    fn spawn<T: Send + 'static>(
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        let handle = tokio::spawn(task);
+        async move { handle.await.expect("spawned task") }
+    }
 }
 
 /// The async-std client (`tikv_async_std::AsyncStd`) under
@@ -63,6 +78,12 @@ impl Harness for AsyncStdHarness {
     async fn sleep(duration: Duration) {
         async_io::Timer::after(duration).await;
     }
+
+    fn spawn<T: Send + 'static>(
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        async_std::task::spawn(task)
+    }
 }
 
 /// The name of the simulated cluster's thread.
@@ -74,6 +95,7 @@ enum Command {
     StopStore(u64, Reply<Result<(), ServerError>>),
     StartStore(u64, Reply<Result<(), ServerError>>),
     BatchStats(Reply<BatchStats>),
+    Now(Reply<Instant>),
 }
 
 /// A [`SimServer`] running on its own thread ([`SIM_THREAD`]) with a
@@ -94,6 +116,7 @@ impl std::fmt::Debug for Command {
             Command::StopStore(id, _) => write!(f, "StopStore({id})"),
             Command::StartStore(id, _) => write!(f, "StartStore({id})"),
             Command::BatchStats(_) => write!(f, "BatchStats"),
+            Command::Now(_) => write!(f, "Now"),
         }
     }
 }
@@ -141,6 +164,9 @@ impl SimHandle {
                             Command::BatchStats(reply) => {
                                 let _ = reply.send(server.batch_stats());
                             }
+                            Command::Now(reply) => {
+                                let _ = reply.send(server.now());
+                            }
                         }
                     }
                     server.shutdown().await;
@@ -186,6 +212,11 @@ impl SimHandle {
     /// [`SimServer::batch_stats`].
     pub async fn batch_stats(&self) -> BatchStats {
         self.command(Command::BatchStats).await
+    }
+
+    /// The model instant corresponding to now: see [`SimServer::now`].
+    pub async fn now(&self) -> Instant {
+        self.command(Command::Now).await
     }
 
     /// Stops every listener and joins the server thread.

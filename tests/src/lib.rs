@@ -7,8 +7,10 @@
 //! A suite is a set of `async fn`s generic over a [`Harness`], which names
 //! the client platform under test and knows how to run a future on its
 //! runtime. The test binaries in `tests/` stamp each suite out once per
-//! runtime with its macro ([`raw_suite!`]), so the same bodies run under
-//! tokio and under async-std:
+//! runtime with its macro ([`raw_suite!`], [`txn_suite!`],
+//! [`snapshot_suite!`], [`tso_suite!`], and [`transport_suite!`] for the
+//! gRPC transport alone), so the same bodies run under tokio and under
+//! async-std:
 //!
 //! ```text
 //! tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness);
@@ -23,6 +25,14 @@ pub mod harness;
 pub mod props;
 #[cfg(feature = "e2e")]
 pub mod raw;
+#[cfg(feature = "e2e")]
+pub mod snapshot;
+#[cfg(feature = "e2e")]
+pub mod transport;
+#[cfg(feature = "e2e")]
+pub mod tso;
+#[cfg(feature = "e2e")]
+pub mod txn;
 
 #[cfg(feature = "e2e")]
 pub use harness::Harness;

@@ -104,6 +104,12 @@ impl Harness for NoTokioHarness {
     fn sleep(duration: Duration) -> impl std::future::Future<Output = ()> + Send {
         AsyncStdHarness::sleep(duration)
     }
+
+    fn spawn<T: Send + 'static>(
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> impl std::future::Future<Output = T> + Send {
+        AsyncStdHarness::spawn(checked(task.boxed()))
+    }
 }
 
 /// The test body itself, checked on every poll too.

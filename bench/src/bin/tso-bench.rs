@@ -29,7 +29,7 @@ use tikv_core::config::Config;
 use tikv_core::rpc::{PdRequest, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_driver::{Platform, Transport};
-use tikv_tokio::{GrpcTransport, TokioRuntime, TransportConfig};
+use tikv_tokio::{GrpcTransport, TokioRuntime};
 
 /// Batch sizes of the `Tso` rounds sent while recording.
 static ROUNDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -62,11 +62,7 @@ impl Platform for Recorded {
     type Transport = Recording;
 
     fn build(config: &Config) -> Result<(TokioRuntime, Recording), Error> {
-        let transport = GrpcTransport::new(
-            TransportConfig::default()
-                .connect_timeout(config.connect_timeout)
-                .keepalive(config.keepalive_interval, config.keepalive_timeout),
-        );
+        let transport = GrpcTransport::new(config.transport.clone());
         Ok((TokioRuntime::new(), Recording(transport)))
     }
 }

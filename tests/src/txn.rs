@@ -1,0 +1,364 @@
+//! The transaction suite: optimistic transactions over loopback gRPC
+//! against the simulated cluster in API V1 txn mode: read-your-writes,
+//! conflicts, inserts, async commit and 1PC, a large transaction over many
+//! regions with a split and leader moves during the commit, concurrent bank
+//! transfers, lazy scans, and reads at a future timestamp.
+//!
+//! Each test is an `async fn` generic over the [`Harness`];
+//! [`txn_suite!`](crate::txn_suite) stamps them out as `#[test]`s for one
+//! runtime.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tikv_driver::{Error, KvPair, TransactionOptions};
+use tikv_sim::ClusterConfig;
+
+use crate::harness::{Harness, SimHandle};
+
+/// The client type under test.
+type TransactionClient<H> = tikv_driver::TransactionClient<<H as Harness>::Platform>;
+
+/// Stamps out the transaction suite as `#[test]` functions running on the
+/// given [`Harness`](crate::Harness). Every test of [`txn`](crate::txn) is
+/// listed here once.
+///
+/// ```text
+/// tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness);
+/// ```
+#[macro_export]
+macro_rules! txn_suite {
+    ($harness:ty) => {
+        $crate::txn_suite!(@each $harness;
+            writes_commit_conflict_and_read_back,
+            a_large_transaction_over_many_regions_survives_splits_during_commit,
+            bank_transfers_keep_the_total,
+            lazy_scans_page_across_regions_and_merge_the_transaction_buffer,
+            reads_at_a_future_timestamp_are_refused,
+        );
+    };
+    (@each $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                <$harness as $crate::Harness>::block_on($crate::txn::$name::<$harness>());
+            }
+        )*
+    };
+}
+
+async fn start<H: Harness>(split_keys: Vec<Vec<u8>>) -> (SimHandle, TransactionClient<H>) {
+    let server =
+        SimHandle::start(ClusterConfig { v1_txn: true, split_keys, ..Default::default() }).await;
+    let client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    (server, client)
+}
+
+fn s(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Read-your-writes, a merged scan before commit, write conflicts (also
+/// through `lock_keys`), inserts, async commit and 1PC.
+pub async fn writes_commit_conflict_and_read_back<H: Harness>() {
+    let (server, client) = start::<H>(vec![b"g".to_vec(), b"p".to_vec()]).await;
+
+    // Read-your-writes and a merged scan before commit.
+    let mut t = client.begin().await.expect("begin");
+    t.put("a", "1").expect("put");
+    t.put("h", "2").expect("put");
+    t.put("q", "3").expect("put");
+    assert_eq!(t.get("h").await.expect("get").as_deref(), Some(&b"2"[..]));
+    t.delete("q").expect("delete");
+    assert_eq!(t.get("q").await.expect("get"), None);
+    assert_eq!(
+        t.scan(.., 10).await.expect("scan"),
+        vec![KvPair::new("a", "1"), KvPair::new("h", "2")]
+    );
+    let c1 = t.commit().await.expect("commit");
+
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(
+        snap.scan(.., 10).await.expect("scan"),
+        vec![KvPair::new("a", "1"), KvPair::new("h", "2")]
+    );
+    let before = client.snapshot(tikv_driver::Timestamp::from_version(c1.version() - 1));
+    assert_eq!(before.get("a").await.expect("get"), None, "invisible before the commit ts");
+
+    // Two writers of one key: the first to commit wins, the other conflicts.
+    let mut w1 = client.begin().await.expect("begin");
+    let mut w2 = client.begin().await.expect("begin");
+    w1.put("h", "w1").expect("put");
+    w2.put("h", "w2").expect("put");
+    w1.commit().await.expect("first committer wins");
+    match w2.commit().await {
+        Err(Error::WriteConflict { key, .. }) => assert_eq!(key, tikv_driver::Key::from("h")),
+        other => panic!("expected a write conflict, got {other:?}"),
+    }
+    // The loser left no lock behind (rolled back in the background or
+    // never prewritten): a fresh read is not blocked.
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("h").await.expect("get").as_deref(), Some(&b"w1"[..]));
+
+    // Optimistic lock_keys: a key read and locked but written by another
+    // transaction meanwhile makes the commit conflict.
+    let mut reader = client.begin().await.expect("begin");
+    let _ = reader.get("a").await.expect("get");
+    reader.lock_keys(["a"]).expect("lock");
+    reader.put("z", "derived from a").expect("put");
+    let mut writer = client.begin().await.expect("begin");
+    writer.put("a", "changed").expect("put");
+    writer.commit().await.expect("commit");
+    assert!(matches!(reader.commit().await, Err(Error::WriteConflict { .. })));
+
+    // Insert of an existing key.
+    let mut ins = client.begin().await.expect("begin");
+    ins.insert("a", "again").expect("insert");
+    assert!(matches!(ins.commit().await, Err(Error::KeyExists(_))));
+    let mut ins = client.begin().await.expect("begin");
+    ins.insert("new", "fresh").expect("insert");
+    ins.commit().await.expect("insert of an absent key");
+
+    // Async commit and 1PC happy paths.
+    let mut ac = client
+        .begin_with_options(TransactionOptions::default().with_async_commit())
+        .await
+        .expect("begin");
+    ac.put("b", "async").expect("put");
+    ac.put("x", "async").expect("put");
+    let ac_ts = ac.commit().await.expect("async commit");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    // Async commit's commit ts is the fresh TSO + 1 (or TiKV's max ts + 1),
+    // which a later TSO may equal: visible either way, since reads see
+    // commits at or below their ts.
+    assert!(snap.timestamp().version() >= ac_ts.version());
+    assert_eq!(snap.get("x").await.expect("get").as_deref(), Some(&b"async"[..]));
+    assert_eq!(snap.get("b").await.expect("get").as_deref(), Some(&b"async"[..]));
+
+    let mut one = client
+        .begin_with_options(TransactionOptions::default().with_one_pc())
+        .await
+        .expect("begin");
+    one.put("c", "1pc").expect("put");
+    one.put("d", "1pc").expect("put");
+    one.commit().await.expect("1pc");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("d").await.expect("get").as_deref(), Some(&b"1pc"[..]));
+    assert!(
+        server.cluster().locks().is_empty() || {
+            // Background secondary commits may still be in flight; give them a moment.
+            H::sleep(std::time::Duration::from_millis(200)).await;
+            server.cluster().locks().is_empty()
+        }
+    );
+    server.shutdown().await;
+}
+
+/// 10,000 keys over ≥ 100 regions in one transaction, with splits and
+/// leader transfers while it commits; every key is visible afterwards.
+pub async fn a_large_transaction_over_many_regions_survives_splits_during_commit<H: Harness>() {
+    let key = |i: u32| format!("k{i:05}");
+    let splits: Vec<Vec<u8>> = (1..100).map(|i| key(i * 100).into_bytes()).collect();
+    let (server, client) = start::<H>(splits).await;
+    assert!(server.cluster().regions().len() >= 100);
+
+    let mut t = client.begin().await.expect("begin");
+    for i in 0..10_000 {
+        t.put(key(i), format!("v{i}")).expect("put");
+    }
+    let cluster = server.cluster().clone();
+    let chaos = H::spawn(async move {
+        for i in 0..20u32 {
+            let _ = cluster.split(key(i * 100 + 50).as_bytes());
+            let regions = cluster.regions();
+            if let Some(region) = regions.get(i as usize)
+                && let Some(leader) = cluster.leader_of(region.id)
+                && let Some(p) = region.peers.iter().find(|p| p.store_id != leader.store_id)
+            {
+                let _ = cluster.transfer_leader(region.id, p.store_id);
+            }
+            H::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    t.commit().await.expect("commit");
+    chaos.await;
+
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let all = snap.scan(.., 10_240).await.expect("scan");
+    assert_eq!(all.len(), 10_000);
+    assert_eq!(all[1234], KvPair::new(key(1234), "v1234"));
+    server.shutdown().await;
+}
+
+/// Concurrent transfers between accounts; every snapshot sees the same total.
+pub async fn bank_transfers_keep_the_total<H: Harness>() {
+    const ACCOUNTS: u64 = 8;
+    const TOTAL: u64 = ACCOUNTS * 100;
+    let (server, client) = start::<H>(vec![b"acct3".to_vec(), b"acct6".to_vec()]).await;
+    let mut init = client.begin().await.expect("begin");
+    for a in 0..ACCOUNTS {
+        init.put(format!("acct{a}"), "100").expect("put");
+    }
+    init.commit().await.expect("init");
+
+    let committed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let client = client.clone();
+            let committed = committed.clone();
+            H::spawn(async move {
+                for i in 0..15u64 {
+                    let from = (w * 7 + i * 3) % ACCOUNTS;
+                    let to = (from + 1 + i % (ACCOUNTS - 1)) % ACCOUNTS;
+                    let mut t = client.begin().await.expect("begin");
+                    let read = |v: Option<tikv_driver::Value>| -> u64 {
+                        s(&v.expect("account exists")).parse().expect("number")
+                    };
+                    let a = read(t.get(format!("acct{from}")).await.expect("get"));
+                    let b = read(t.get(format!("acct{to}")).await.expect("get"));
+                    let amount = (i % 5) + 1;
+                    if a < amount {
+                        continue;
+                    }
+                    t.put(format!("acct{from}"), (a - amount).to_string()).expect("put");
+                    t.put(format!("acct{to}"), (b + amount).to_string()).expect("put");
+                    match t.commit().await {
+                        Ok(_) => {
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(Error::WriteConflict { .. }) => {}
+                        Err(e) => panic!("transfer failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let auditor = {
+        let client = client.clone();
+        H::spawn(async move {
+            for _ in 0..20 {
+                let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+                let pairs = snap.scan("acct".."acct~", 100).await.expect("scan");
+                let total: u64 = pairs.iter().map(|p| s(&p.value).parse::<u64>().expect("n")).sum();
+                assert_eq!(total, TOTAL, "a snapshot saw money appear or vanish");
+                H::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        })
+    };
+    for w in workers {
+        w.await;
+    }
+    auditor.await;
+    assert!(committed.load(Ordering::Relaxed) > 0, "some transfers committed");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let pairs = snap.scan("acct".."acct~", 100).await.expect("scan");
+    assert_eq!(pairs.iter().map(|p| s(&p.value).parse::<u64>().expect("n")).sum::<u64>(), TOTAL);
+    server.shutdown().await;
+}
+
+/// Lazy scans (client-go `Iter`/`IterReverse`/`UnionIter`): pages of a
+/// chosen size across 20 regions, forward and reverse, keys only, early
+/// stops that send nothing more, and a transaction's own writes merged in.
+pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: Harness>() {
+    use std::collections::BTreeMap;
+
+    use futures::StreamExt;
+
+    let splits: Vec<Vec<u8>> = (1..20).map(|i| format!("k{:03}", i * 10).into_bytes()).collect();
+    let (server, client) = start::<H>(splits).await;
+    let mut model = BTreeMap::new();
+    let mut t = client.begin().await.expect("begin");
+    for i in 0..200 {
+        let (k, v) = (format!("k{i:03}"), format!("v{i}"));
+        t.put(k.clone(), v.clone()).expect("put");
+        model.insert(k, v);
+    }
+    t.commit().await.expect("commit");
+    let pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let strings = |ps: Vec<KvPair>| -> Vec<(String, String)> {
+        ps.into_iter().map(|p| (s(p.key.as_bytes()), s(&p.value))).collect()
+    };
+
+    let snapshot = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let all = snapshot.scan_iter("k".."l").with_batch_size(7).collect(usize::MAX).await;
+    assert_eq!(strings(all.expect("forward")), pairs(&model));
+    let all = snapshot.scan_reverse_iter("k".."l").with_batch_size(7).collect(usize::MAX).await;
+    let mut reversed = pairs(&model);
+    reversed.reverse();
+    assert_eq!(strings(all.expect("reverse")), reversed);
+
+    // A batch size that divides the range exactly still ends cleanly.
+    let sub = snapshot.scan_iter("k050".."k060").with_batch_size(5).collect(100).await;
+    assert_eq!(strings(sub.expect("sub-range")).len(), 10);
+
+    // Keys only.
+    let keys = snapshot.scan_iter("k100".."k105").key_only().collect(100).await.expect("keys");
+    assert_eq!(
+        keys.iter().map(|p| s(p.key.as_bytes())).collect::<Vec<_>>(),
+        ["k100", "k101", "k102", "k103", "k104"]
+    );
+    assert!(keys.iter().all(|p| p.value.is_empty()));
+
+    // Laziness: the first pair costs one page (a request or two), reading
+    // everything costs one per region at least.
+    let before = server.batch_stats().await.requests;
+    let mut scanner = snapshot.scan_iter("k".."l").with_batch_size(4);
+    let first = scanner.next().await.expect("next").expect("a pair");
+    assert_eq!(s(first.key.as_bytes()), "k000");
+    let after_first = server.batch_stats().await.requests;
+    assert!(after_first - before <= 2, "first page cost {} requests", after_first - before);
+    let rest: Vec<_> = scanner.into_stream().collect().await;
+    assert_eq!(rest.len(), 199);
+    let rest_cost = server.batch_stats().await.requests - after_first;
+    assert!(rest_cost >= 20, "the rest cost {rest_cost} requests");
+
+    // A transaction's view: buffered puts (new and overwriting), deletes
+    // (existing and not), a lock-only key, all merged with the snapshot.
+    let mut t = client.begin().await.expect("begin");
+    let mut view = model.clone();
+    for (k, v) in [("k0005", "new"), ("k010", "over"), ("k199x", "tail"), ("j", "outside")] {
+        t.put(k, v).expect("put");
+        view.insert(k.to_string(), v.to_string());
+    }
+    for k in ["k020", "k021", "k0999", "k150"] {
+        t.delete(k).expect("delete");
+        view.remove(k);
+    }
+    t.lock_keys(["k030"]).expect("lock");
+    view.remove("j");
+    let got = t.scan_iter("k".."l").with_batch_size(3).collect(usize::MAX).await;
+    assert_eq!(strings(got.expect("merged forward")), pairs(&view));
+    let got = t.scan_reverse_iter("k".."l").with_batch_size(3).collect(usize::MAX).await;
+    let mut reversed = pairs(&view);
+    reversed.reverse();
+    assert_eq!(strings(got.expect("merged reverse")), reversed);
+    // The limited scans agree with the lazy ones.
+    let first_five: Vec<_> = pairs(&view).into_iter().take(5).collect();
+    assert_eq!(strings(t.scan("k".."l", 5).await.expect("scan")), first_five);
+    let last_five: Vec<_> = reversed.into_iter().take(5).collect();
+    assert_eq!(strings(t.scan_reverse("k".."l", 5).await.expect("scan reverse")), last_five);
+    t.rollback().await.expect("rollback");
+}
+
+/// A snapshot at a timestamp PD has not handed out yet is refused
+/// (client-go's `ValidateReadTS`); one at a timestamp obtained elsewhere but
+/// already handed out reads fine.
+pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>() {
+    let (server, client) = start::<H>(Vec::new()).await;
+    let now = client.current_timestamp().await.expect("ts");
+    let future = tikv_driver::Timestamp { physical: now.physical + 3_600_000, logical: 0 };
+    match client.snapshot(future).get("k").await {
+        Err(Error::FutureReadTs { read_ts, current_ts }) => {
+            assert_eq!(read_ts, future.version());
+            assert!(current_ts > now.version() && current_ts < read_ts);
+        }
+        other => panic!("expected FutureReadTs, got {other:?}"),
+    }
+    // Another client's fresh timestamp is newer than anything this one has
+    // seen: checked against PD, and fine.
+    let other = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let theirs = other.current_timestamp().await.expect("ts");
+    assert_eq!(client.snapshot(theirs).get("k").await.expect("read"), None);
+}
