@@ -356,8 +356,9 @@ impl State {
                 1 => vec![r.ttls[0]; r.pairs.len()],
                 _ => r.ttls.clone(),
             };
+            // `check_ttl_valid`: with TTL enabled (`V1ttl`, `V2`) one TTL per pair.
             self.check_ttl(&ttls)?;
-            if self.cfg.api_version == ApiVersion::V2 && ttls.len() != r.pairs.len() {
+            if self.storage_api() != kvrpcpb::ApiVersion::V1 && ttls.len() != r.pairs.len() {
                 return Err(Reject::Other(
                     "The length of ttls does not equal to the length of pairs".to_owned(),
                 ));

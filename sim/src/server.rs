@@ -627,6 +627,14 @@ fn serve_status(listener: TcpListener, cluster: Cluster, addr: SocketAddr) -> Jo
     })
 }
 
+/// Stops a status server and waits until its listener is closed (an
+/// aborted task's future, which owns the listener, is dropped before its
+/// handle resolves).
+async fn stop_status(status: JoinHandle<()>) {
+    status.abort();
+    let _ = status.await;
+}
+
 /// Sorts the PD RPC list into the `PD` and `Keyspace` services and emits one
 /// trait impl for each (a trait impl cannot be split across blocks).
 macro_rules! pd_split {
@@ -989,15 +997,15 @@ impl SimServer {
     /// Crashes a store: the model stops it (its leaders move), the listeners
     /// close and open connections are reset.
     pub async fn stop_store(&self, store_id: u64) -> Result<(), ServerError> {
-        let running = {
+        let (running, status) = {
             let mut stores = self.stores.lock().await;
             let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
             let _ = self.cluster.stop_store(store_id);
-            if let Some(status) = slot.status.take() {
-                status.abort();
-            }
-            slot.running.take()
+            (slot.running.take(), slot.status.take())
         };
+        if let Some(status) = status {
+            stop_status(status).await;
+        }
         if let Some(r) = running {
             r.stop().await;
         }
@@ -1035,7 +1043,7 @@ impl SimServer {
         let stores = std::mem::take(&mut *self.stores.lock().await);
         for slot in stores.into_values() {
             if let Some(status) = slot.status {
-                status.abort();
+                stop_status(status).await;
             }
             if let Some(r) = slot.running {
                 r.stop().await;

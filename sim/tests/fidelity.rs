@@ -262,6 +262,31 @@ fn api_v1_with_ttl_enabled_serves_raw_ttls_and_refuses_txn() {
     assert!(raw_ttl(&ttl, "no-ttl").not_found);
     assert!(raw_put(&ttl, "plain", 0).error.is_empty());
     assert_eq!(raw_ttl(&ttl, "plain").ttl, 0);
+    // `check_ttl_valid`: with TTL enabled, one TTL per pair (or one for all).
+    let batch = |ttls: Vec<u64>| {
+        let region = ttl.region_for_region_key(b"b").unwrap();
+        let req = kvrpcpb::RawBatchPutRequest {
+            context: ttl.context_for(region.id),
+            pairs: ["b1", "b2", "b3"]
+                .iter()
+                .map(|k| kvrpcpb::KvPair {
+                    key: k.to_string().into(),
+                    value: "v".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ttls,
+            ..Default::default()
+        };
+        let store = ttl.leader_of(region.id).unwrap().store_id;
+        match ttl.handle_kv(store, KvRequest::RawBatchPut(Box::new(req)), Instant::ZERO) {
+            Ok(KvResponse::RawBatchPut(r)) => r.error,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(batch(vec![10]), "");
+    assert_eq!(batch(vec![10, 20, 30]), "");
+    assert!(batch(vec![10, 20]).contains("length of ttls"));
     // `Storage::check_api_version`: a V1ttl storage serves raw commands only.
     let refused = prewrite(&ttl, b"t");
     let abort = refused.errors[0].abort.clone();
