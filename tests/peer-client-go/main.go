@@ -500,7 +500,8 @@ func runTxn(ctx context.Context, c *checker, pd []string) {
 
 	// Pre-split (KVStore.SplitRegions: TiKV's SplitRegion RPC on the
 	// region's leader, no scatter), then PD routes each key to a region that
-	// starts at it.
+	// starts at it. A real PD learns the split from the stores' region
+	// heartbeats, asynchronously as with TiKV: it is polled for up to 5 s.
 	splitKeys := []string{"split-a", "split-b"}
 	err = func() error {
 		ids, err := cli.KVStore.SplitRegions(ctx, byteSlices(splitKeys), false, nil)
@@ -510,13 +511,20 @@ func runTxn(ctx context.Context, c *checker, pd []string) {
 		if len(ids) == 0 {
 			return errors.New("SplitRegions returned no new region")
 		}
+		deadline := time.Now().Add(5 * time.Second)
 		for _, k := range splitKeys {
-			r, err := cli.KVStore.GetPDClient().GetRegion(ctx, []byte(k))
-			if err != nil {
-				return err
-			}
-			if string(r.Meta.StartKey) != k {
-				return fmt.Errorf("key %q: region %d starts at %q after the split", k, r.Meta.Id, r.Meta.StartKey)
+			for {
+				r, err := cli.KVStore.GetPDClient().GetRegion(ctx, []byte(k))
+				if err != nil {
+					return err
+				}
+				if string(r.Meta.StartKey) == k {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("key %q: region %d starts at %q after the split", k, r.Meta.Id, r.Meta.StartKey)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
 		return nil
