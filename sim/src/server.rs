@@ -143,8 +143,8 @@ fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
 }
 
 /// Store-side admin RPCs that need PD: the joined mode's stores split
-/// through the real PD (`AskBatchSplit`, see [`crate::join`]); without one
-/// they answer `Unimplemented`, as before.
+/// through the real PD (`AskBatchSplit`, see [`crate::join`]); with the
+/// model's own PD, [`Cluster::handle_kv`] serves them.
 pub(crate) trait StoreAdmin: Send + Sync + std::fmt::Debug {
     /// TiKV's `SplitRegion` on `store_id`.
     fn split_region(
