@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Runs the peer clients against the simulated cluster:
 #  1. tikv-client 0.4 (tests/peer-tikv-client: its own workspace and lock
-#     file; it starts its simulated clusters in-process);
-#  2. Go's client-go v2 (tests/peer-client-go), against two `tikv-sim`
-#     processes started here: an API V1 raw cluster and an API V1 txn one;
+#     file; it starts its simulated clusters in-process; later also against
+#     the real PD below, `--pd`);
+#  2. Go's client-go v2 (tests/peer-client-go), against `tikv-sim`
+#     processes started here: one API V1 cluster for the raw and the txn
+#     checks (it serves both key spaces, as TiKV does) and one with TTL
+#     enabled (`--enable-ttl`); then again against a real PD (`../shared/pd`
+#     beside the checkout, started once by `real-pd`, stopped by pid at
+#     exit) with `tikv-sim --join-pd` stores, client-go running as it ships
+#     (router client, etcd safe-point KV: `--real-pd`);
 #  3. our client and client-go on one cluster (`interop-client-go` of the
 #     tikv-tests crate: it serves the cluster in its own process and drives
 #     the Go program's `interop` step server);
@@ -28,18 +34,37 @@ if ! command -v go >/dev/null 2>&1; then
   echo "go not found: the client-go peer needs the Go toolchain" >&2
   exit 1
 fi
-cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo -p tikv-tests --bin interop-client-go \
-  -p tikv-bench --bin tikv-bench
+pd_dir="$root/../shared/pd"
+if [ ! -f "$pd_dir/start-pd.sh" ]; then
+  echo "the real PD is missing: expected $pd_dir/start-pd.sh (shared/ beside the checkout)" >&2
+  exit 1
+fi
+cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo --bin real-pd \
+  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
 pids=()
+pd_pid=""
+pd_data=""
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$pd_pid" ]; then
+    kill "$pd_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pd_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pd_pid" 2>/dev/null || true
+  fi
+  if [ -n "$pd_data" ]; then
+    rm -rf "$pd_data" "$pd_data.log" "$pd_data.stdout" "$pd_data.pid"
+  fi
   rm -rf "$logdir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Starts one simulator on a free port (in this shell, so that the cleanup
 # above knows its pid).
@@ -65,11 +90,24 @@ sim_pd_addr() {
   return 1
 }
 
-start_sim raw
-start_sim txn --txn
-raw_pd=$(sim_pd_addr raw "${pids[0]}")
-txn_pd=$(sim_pd_addr txn "${pids[1]}")
-echo "raw cluster PD $raw_pd, txn cluster PD $txn_pd"
+# One PD for the whole script (about a second to start); `real-pd` prints
+# `addr=... pid=... data=...` and leaves it running for the cleanup above.
+pd_line=$("$CARGO_TARGET_DIR/debug/real-pd")
+pd_pid=$(sed -n 's/.* pid=\([0-9]*\).*/\1/p' <<<"$pd_line")
+pd_data=$(sed -n 's/.* data=\(.*\)$/\1/p' <<<"$pd_line")
+real_pd=$(sed -n 's/^addr=\([^ ]*\).*/\1/p' <<<"$pd_line")
+if [ -z "$pd_pid" ] || [ -z "$real_pd" ]; then
+  echo "real-pd did not start PD: $pd_line" >&2
+  exit 1
+fi
+
+start_sim v1
+start_sim ttl --enable-ttl
+"$sim" --join-pd "$real_pd" --stores 3 --regions 4 >"$logdir/joined.log" 2>&1 &
+pids+=($!)
+v1_pd=$(sim_pd_addr v1 "${pids[0]}")
+ttl_pd=$(sim_pd_addr ttl "${pids[1]}")
+echo "V1 cluster PD $v1_pd, V1 cluster with TTL PD $ttl_pd, real PD $real_pd"
 
 # kvproto's pseudo-versions are not in the checksum database the proxy
 # serves; go.sum pins their hashes, so the check is skipped for that module only.
@@ -78,12 +116,33 @@ go_bin="$logdir/peer-client-go"
   GONOSUMDB=github.com/pingcap/kvproto GOFLAGS="-mod=readonly -buildvcs=false" \
     go build -o "$go_bin" .)
 
-"$go_bin" --raw-pd "$raw_pd" --txn-pd "$txn_pd" 2>"$logdir/client-go.stderr" || {
+"$go_bin" --raw-pd "$v1_pd" --txn-pd "$v1_pd" --ttl-pd "$ttl_pd" 2>"$logdir/client-go.stderr" || {
   status=$?
   echo "client-go peer failed (exit $status); its log:" >&2
   tail -n 50 "$logdir/client-go.stderr" >&2
   exit "$status"
 }
+
+echo "--- client-go against the real PD and tikv-sim --join-pd stores"
+for _ in $(seq 1 200); do
+  if grep -q '^ready' "$logdir/joined.log"; then break; fi
+  if ! kill -0 "${pids[2]}" 2>/dev/null; then break; fi
+  sleep 0.05
+done
+if ! grep -q '^ready' "$logdir/joined.log"; then
+  echo "tikv-sim --join-pd did not join the real PD:" >&2
+  cat "$logdir/joined.log" >&2
+  exit 1
+fi
+"$go_bin" --real-pd --raw-pd "$real_pd" --txn-pd "$real_pd" 2>"$logdir/client-go-real-pd.stderr" || {
+  status=$?
+  echo "client-go peer against the real PD failed (exit $status); its log:" >&2
+  tail -n 50 "$logdir/client-go-real-pd.stderr" >&2
+  exit "$status"
+}
+
+echo "--- tikv-client 0.4 against the real PD and tikv-sim --join-pd stores"
+"$CARGO_TARGET_DIR/debug/peer-tikv-client" --pd "$real_pd"
 
 echo "--- interop: our client and client-go on one cluster"
 "$CARGO_TARGET_DIR/debug/interop-client-go" --go-bin "$go_bin" \

@@ -62,3 +62,9 @@ generated!(
     /// `meta_storagepb`: PD's `MetaStorage` service (`Get`).
     meta_storagepb,
 );
+
+/// `grpc.health.v1`: gRPC's standard health checking service (not kvproto),
+/// which TiKV serves next to `Tikv` and client-go probes after an RPC error.
+pub mod health {
+    include!("generated/grpc.health.v1.rs");
+}

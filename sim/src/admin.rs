@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use tikv_proto::{metapb, pdpb};
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
 use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
 use crate::mvcc::LockType;
@@ -177,11 +177,7 @@ impl Cluster {
         })
     }
 
-    /// `validate_split_region` on `store_id`'s peer: the peer leads the
-    /// region, the epoch's version is current, the keys are non-empty and
-    /// inside the region. Returns the region and the keys sorted, without
-    /// duplicates or the region's start key (`exec_batch_split` refuses keys
-    /// that do not increase from the start key).
+    /// `validate_split_region` (see [`State::validate_split`]).
     pub(crate) fn validate_split(
         &self,
         store_id: u64,
@@ -189,52 +185,10 @@ impl Cluster {
         epoch: Option<metapb::RegionEpoch>,
         keys: &[Bytes],
     ) -> Result<(metapb::Region, Vec<Bytes>), Refusal> {
-        let st = self.lock();
-        let region = st.leader_region(store_id, region_id)?;
-        let current = region.meta.region_epoch.unwrap_or_default();
-        if let Some(epoch) = epoch
-            && epoch.version != current.version
-        {
-            return Err(format!(
-                "epoch changed {current:?} != {epoch:?}, retry later (split of region {region_id})"
-            ));
-        }
-        if keys.is_empty() {
-            return Err(format!("no split key is specified (region {region_id})"));
-        }
-        let mut sorted: Vec<Bytes> = Vec::with_capacity(keys.len());
-        for key in keys {
-            if key.is_empty() {
-                return Err(format!("split key should not be empty (region {region_id})"));
-            }
-            if !region.contains(key) {
-                return Err(format!(
-                    "split key {} is not in region {region_id} [{}, {})",
-                    hex(key),
-                    hex(&region.meta.start_key),
-                    hex(&region.meta.end_key)
-                ));
-            }
-            sorted.push(key.clone());
-        }
-        sorted.sort();
-        sorted.dedup();
-        sorted.retain(|k| *k != region.meta.start_key);
-        if sorted.is_empty() {
-            return Err(format!("every split key is region {region_id}'s start key"));
-        }
-        Ok((region.meta.clone(), sorted))
+        self.lock().validate_split(store_id, region_id, epoch, keys)
     }
 
-    /// `exec_batch_split` with `right_derive_when_split` (TiKV's default):
-    /// keys `k1 < .. < kn` cut the region into `[start, k1)`, ..,
-    /// `[kn-1, kn)`, which become new regions with the ids PD allocated in
-    /// `ids` (peer ids in the order of the region's peers), and `[kn, end)`,
-    /// which the original region keeps; every one gets `version + n`. The
-    /// new regions' leaders are on the original leader's store (their peers
-    /// there campaign first), at TiKV's first term. `expected` is the epoch
-    /// the split was validated against: a region changed in between is
-    /// refused. Returns every resulting region in key order.
+    /// `exec_batch_split` (see [`State::apply_batch_split`]).
     pub(crate) fn apply_batch_split(
         &self,
         region_id: u64,
@@ -242,63 +196,7 @@ impl Cluster {
         keys: &[Bytes],
         ids: &[pdpb::SplitId],
     ) -> Result<Vec<metapb::Region>, Refusal> {
-        let mut st = self.lock();
-        let old =
-            st.region_by_id(region_id).cloned().ok_or(format!("region {region_id} is gone"))?;
-        let current = old.meta.region_epoch.unwrap_or_default();
-        if expected.is_some_and(|e| e.version != current.version) {
-            return Err(format!("region {region_id} changed while PD allocated split ids"));
-        }
-        if ids.len() < keys.len() {
-            return Err(format!(
-                "PD allocated {} ids for {} split keys of region {region_id}",
-                ids.len(),
-                keys.len()
-            ));
-        }
-        if let Some(bad) = ids.iter().find(|i| i.new_peer_ids.len() != old.meta.peers.len()) {
-            return Err(format!(
-                "PD allocated {} peer ids for region {} with {} peers",
-                bad.new_peer_ids.len(),
-                bad.new_region_id,
-                old.meta.peers.len()
-            ));
-        }
-        let n = keys.len() as u64;
-        let epoch =
-            metapb::RegionEpoch { conf_ver: current.conf_ver, version: current.version + n };
-        let mut out = Vec::with_capacity(keys.len() + 1);
-        let mut start = old.meta.start_key.clone();
-        st.regions.remove(&old.meta.start_key[..]);
-        for (key, id) in keys.iter().zip(ids) {
-            let peers = old
-                .meta
-                .peers
-                .iter()
-                .zip(&id.new_peer_ids)
-                .map(|(p, &new_id)| metapb::Peer { id: new_id, ..*p })
-                .collect();
-            let meta = metapb::Region {
-                id: id.new_region_id,
-                start_key: start.clone(),
-                end_key: key.clone(),
-                region_epoch: Some(epoch),
-                peers,
-                ..old.meta.clone()
-            };
-            out.push(meta.clone());
-            st.insert_region(Region {
-                meta,
-                leader_store: old.leader_store,
-                term: FIRST_LEADER_TERM,
-            });
-            start = key.clone();
-        }
-        let derived =
-            metapb::Region { start_key: start, region_epoch: Some(epoch), ..old.meta.clone() };
-        out.push(derived.clone());
-        st.insert_region(Region { meta: derived, ..old });
-        Ok(out)
+        self.lock().apply_batch_split(region_id, expected, keys, ids)
     }
 
     /// A conf change PD sent to `store_id`'s peer (`ChangePeer` as
@@ -549,6 +447,201 @@ impl Cluster {
 }
 
 impl State {
+    /// The keys of TiKV's `SplitRegion` RPC in region key space
+    /// (`future_split_region`): the deprecated `split_key` if set, else
+    /// `split_keys`; raw keys (`is_raw_kv`) are mapped like raw data
+    /// (`encode_raw_key`), the others memcomparable-encoded as txn keys.
+    #[allow(deprecated)]
+    pub(crate) fn split_request_keys(&self, req: &kvrpcpb::SplitRegionRequest) -> Vec<Bytes> {
+        let keys = if req.split_key.is_empty() {
+            req.split_keys.clone()
+        } else {
+            vec![req.split_key.clone()]
+        };
+        keys.iter()
+            .map(|k| {
+                Bytes::from(if req.is_raw_kv {
+                    self.enc(k)
+                } else {
+                    tikv_core::key::memcomparable::encode_bytes(k)
+                })
+            })
+            .collect()
+    }
+
+    /// TiKV's `SplitRegion` RPC served with the model's own PD: raftstore's
+    /// checks (region errors), `validate_split_region`, then the batch split
+    /// with ids allocated as PD's `AskBatchSplit` would, which that PD sees
+    /// at once. A refused split answers a message-only region error
+    /// "failed to split: ...", as in the joined mode (`join`'s
+    /// `StoreAdmin::split_region`, which asks the real PD instead).
+    #[allow(deprecated)]
+    pub(crate) fn kv_split_region(
+        &mut self,
+        store_id: u64,
+        req: kvrpcpb::SplitRegionRequest,
+    ) -> kvrpcpb::SplitRegionResponse {
+        let mut resp = kvrpcpb::SplitRegionResponse::default();
+        if let Err(e) = self.check_region(store_id, req.context.as_ref(), false) {
+            resp.region_error = Some(*e);
+            return resp;
+        }
+        let keys = self.split_request_keys(&req);
+        let ctx = req.context.unwrap_or_default();
+        let split = self.validate_split(store_id, ctx.region_id, ctx.region_epoch, &keys).and_then(
+            |(region, keys)| {
+                let ids: Vec<pdpb::SplitId> = keys
+                    .iter()
+                    .map(|_| pdpb::SplitId {
+                        new_region_id: self.alloc_id(),
+                        new_peer_ids: region.peers.iter().map(|_| self.alloc_id()).collect(),
+                    })
+                    .collect();
+                self.apply_batch_split(ctx.region_id, region.region_epoch, &keys, &ids)
+            },
+        );
+        match split {
+            Ok(regions) => {
+                if let [left, right] = &regions[..] {
+                    resp.left = Some(left.clone());
+                    resp.right = Some(right.clone());
+                }
+                resp.regions = regions;
+            }
+            Err(e) => {
+                resp.region_error = Some(errorpb::Error {
+                    message: format!("failed to split: {e}"),
+                    ..Default::default()
+                });
+            }
+        }
+        resp
+    }
+
+    /// `validate_split_region` on `store_id`'s peer: the peer leads the
+    /// region, the epoch's version is current, the keys are non-empty and
+    /// inside the region. Returns the region and the keys sorted, without
+    /// duplicates or the region's start key (`exec_batch_split` refuses keys
+    /// that do not increase from the start key).
+    pub(crate) fn validate_split(
+        &self,
+        store_id: u64,
+        region_id: u64,
+        epoch: Option<metapb::RegionEpoch>,
+        keys: &[Bytes],
+    ) -> Result<(metapb::Region, Vec<Bytes>), Refusal> {
+        let st = self;
+        let region = st.leader_region(store_id, region_id)?;
+        let current = region.meta.region_epoch.unwrap_or_default();
+        if let Some(epoch) = epoch
+            && epoch.version != current.version
+        {
+            return Err(format!(
+                "epoch changed {current:?} != {epoch:?}, retry later (split of region {region_id})"
+            ));
+        }
+        if keys.is_empty() {
+            return Err(format!("no split key is specified (region {region_id})"));
+        }
+        let mut sorted: Vec<Bytes> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if key.is_empty() {
+                return Err(format!("split key should not be empty (region {region_id})"));
+            }
+            if !region.contains(key) {
+                return Err(format!(
+                    "split key {} is not in region {region_id} [{}, {})",
+                    hex(key),
+                    hex(&region.meta.start_key),
+                    hex(&region.meta.end_key)
+                ));
+            }
+            sorted.push(key.clone());
+        }
+        sorted.sort();
+        sorted.dedup();
+        sorted.retain(|k| *k != region.meta.start_key);
+        if sorted.is_empty() {
+            return Err(format!("every split key is region {region_id}'s start key"));
+        }
+        Ok((region.meta.clone(), sorted))
+    }
+
+    /// `exec_batch_split` with `right_derive_when_split` (TiKV's default):
+    /// keys `k1 < .. < kn` cut the region into `[start, k1)`, ..,
+    /// `[kn-1, kn)`, which become new regions with the ids PD allocated in
+    /// `ids` (peer ids in the order of the region's peers), and `[kn, end)`,
+    /// which the original region keeps; every one gets `version + n`. The
+    /// new regions' leaders are on the original leader's store (their peers
+    /// there campaign first), at TiKV's first term. `expected` is the epoch
+    /// the split was validated against: a region changed in between is
+    /// refused. Returns every resulting region in key order.
+    pub(crate) fn apply_batch_split(
+        &mut self,
+        region_id: u64,
+        expected: Option<metapb::RegionEpoch>,
+        keys: &[Bytes],
+        ids: &[pdpb::SplitId],
+    ) -> Result<Vec<metapb::Region>, Refusal> {
+        let st = self;
+        let old =
+            st.region_by_id(region_id).cloned().ok_or(format!("region {region_id} is gone"))?;
+        let current = old.meta.region_epoch.unwrap_or_default();
+        if expected.is_some_and(|e| e.version != current.version) {
+            return Err(format!("region {region_id} changed while PD allocated split ids"));
+        }
+        if ids.len() < keys.len() {
+            return Err(format!(
+                "PD allocated {} ids for {} split keys of region {region_id}",
+                ids.len(),
+                keys.len()
+            ));
+        }
+        if let Some(bad) = ids.iter().find(|i| i.new_peer_ids.len() != old.meta.peers.len()) {
+            return Err(format!(
+                "PD allocated {} peer ids for region {} with {} peers",
+                bad.new_peer_ids.len(),
+                bad.new_region_id,
+                old.meta.peers.len()
+            ));
+        }
+        let n = keys.len() as u64;
+        let epoch =
+            metapb::RegionEpoch { conf_ver: current.conf_ver, version: current.version + n };
+        let mut out = Vec::with_capacity(keys.len() + 1);
+        let mut start = old.meta.start_key.clone();
+        st.regions.remove(&old.meta.start_key[..]);
+        for (key, id) in keys.iter().zip(ids) {
+            let peers = old
+                .meta
+                .peers
+                .iter()
+                .zip(&id.new_peer_ids)
+                .map(|(p, &new_id)| metapb::Peer { id: new_id, ..*p })
+                .collect();
+            let meta = metapb::Region {
+                id: id.new_region_id,
+                start_key: start.clone(),
+                end_key: key.clone(),
+                region_epoch: Some(epoch),
+                peers,
+                ..old.meta.clone()
+            };
+            out.push(meta.clone());
+            st.insert_region(Region {
+                meta,
+                leader_store: old.leader_store,
+                term: FIRST_LEADER_TERM,
+            });
+            start = key.clone();
+        }
+        let derived =
+            metapb::Region { start_key: start, region_epoch: Some(epoch), ..old.meta.clone() };
+        out.push(derived.clone());
+        st.insert_region(Region { meta: derived, ..old });
+        Ok(out)
+    }
+
     /// The region, if `store_id`'s peer of it is the leader (admin commands
     /// are proposed by the leader; a follower answers NotLeader).
     fn leader_region(&self, store_id: u64, region_id: u64) -> Result<&Region, Refusal> {

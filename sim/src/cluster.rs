@@ -45,12 +45,21 @@ pub struct ClusterConfig {
     /// TSO physical time (Unix milliseconds) at model instant zero. TTLs are
     /// measured on the same clock (`(base + now) / 1000` seconds).
     pub tso_base_ms: u64,
-    /// API V1 only: the cluster holds transactional data, so region
-    /// boundaries from [`ClusterConfig::split_keys`] and [`Cluster::split`]
-    /// are memcomparable-encoded, as TiDB-style deployments have them and as
-    /// clients in txn mode expect. In V1 a cluster serves raw or txn data, not
-    /// both. API V2 always encodes boundaries and ignores this.
+    /// API V1 only: region boundaries from [`ClusterConfig::split_keys`] and
+    /// [`Cluster::split`] are memcomparable-encoded, as PD's own splits and
+    /// TiDB-style deployments have them and as clients in txn mode expect
+    /// (client-go decodes every boundary in txn mode). Either way a V1 cluster
+    /// serves both key spaces, as TiKV does: raw keys are compared with the
+    /// boundaries as sent, txn keys memcomparable-encoded; raw clients do not
+    /// decode boundaries, so they work with both layouts. Off, boundaries are
+    /// the raw bytes (the seeded world's raw runs). API V2 always encodes
+    /// boundaries and ignores this.
     pub v1_txn: bool,
+    /// API V1 only: TiKV's `storage.enable-ttl`, which makes the storage
+    /// `V1ttl`: raw writes may carry a TTL and `RawGetKeyTTL` answers, and
+    /// transactional commands are refused (`Storage::check_api_version`
+    /// allows only raw commands on a `V1ttl` storage). API V2 always has TTL.
+    pub enable_ttl: bool,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +75,7 @@ impl Default for ClusterConfig {
             // clients deriving wall time from TSO see sane values.
             tso_base_ms: 1_735_689_600_000,
             v1_txn: false,
+            enable_ttl: false,
         }
     }
 }
@@ -455,6 +465,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets a store's status address (TiKV's `status-addr`), which PD's
+    /// store list reports.
+    pub fn set_store_status_address(&self, store_id: u64, addr: &str) -> Result<(), SimError> {
+        let mut st = self.lock();
+        let store = st.stores.get_mut(&store_id).ok_or(SimError::NoSuchStore(store_id))?;
+        store.meta.status_address = addr.to_owned();
+        Ok(())
+    }
+
     /// Sets the client URL GetMembers reports for a PD member.
     pub fn set_pd_member_url(&self, member: usize, url: &str) -> Result<(), SimError> {
         let mut st = self.lock();
@@ -767,6 +786,15 @@ impl State {
         }
     }
 
+    /// The storage's API version as TiKV names it (`V1ttl` for API V1 with
+    /// [`ClusterConfig::enable_ttl`]).
+    pub(crate) fn storage_api(&self) -> kvrpcpb::ApiVersion {
+        match self.cfg.api_version {
+            ApiVersion::V1 if self.cfg.enable_ttl => kvrpcpb::ApiVersion::V1ttl,
+            v => kvrpcpb::ApiVersion::from(v),
+        }
+    }
+
     /// Seconds on TiKV's TTL clock (`ttl_current_ts`), derived from the model clock.
     pub(crate) fn ttl_now(&self, now: Instant) -> u64 {
         self.cfg.tso_base_ms.saturating_add(now.as_nanos() / 1_000_000) / 1000
@@ -1068,6 +1096,9 @@ impl State {
             KvRequest::PessimisticRollback(r) => KvResponse::PessimisticRollback(Box::new(
                 self.kv_pessimistic_rollback(store_id, *r),
             )),
+            KvRequest::SplitRegion(r) => {
+                KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
+            }
             other => {
                 return Err(RpcError::Status {
                     code: tikv_core::rpc::GRPC_UNIMPLEMENTED,

@@ -79,7 +79,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tikv_core::key::memcomparable;
 use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 use tokio::sync::mpsc;
@@ -482,19 +481,8 @@ impl StoreAdmin for Shared {
                 resp.region_error = Some(*e);
                 return resp;
             }
+            let keys = self.cluster.lock().split_request_keys(&req);
             let ctx = req.context.unwrap_or_default();
-            let raw_keys =
-                if req.split_key.is_empty() { req.split_keys } else { vec![req.split_key] };
-            let keys: Vec<Bytes> = raw_keys
-                .iter()
-                .map(|k| {
-                    Bytes::from(if req.is_raw_kv {
-                        self.cluster.region_key(k)
-                    } else {
-                        memcomparable::encode_bytes(k)
-                    })
-                })
-                .collect();
             let split = self
                 .split(store_id, ctx.region_id, ctx.region_epoch, &keys, pdpb::SplitReason::Admin)
                 .await;

@@ -52,11 +52,21 @@
 //! - Leader election is instant: stopping a store hands each region it led to
 //!   the lowest-id running peer. `transfer_leader` can point a region at a
 //!   stopped store to model "leader not yet re-elected".
-//! - Raw and transactional commands are executed; `DeleteRange`, `Flush`,
-//!   `BufferBatchGet`, `SplitRegion` and `UnsafeDestroyRange` answer gRPC
-//!   `Unimplemented` (the joined mode's stores split through the real PD on
-//!   `SplitRegion`; `GetStoreSafeTS` answers every store's safe ts, 0 until
-//!   the joined mode advances it).
+//! - Raw and transactional commands are executed, and `SplitRegion` (with
+//!   the model's own PD the split is applied at once with ids that PD
+//!   allocates; joined to a real PD it goes through `AskBatchSplit`);
+//!   `DeleteRange`, `Flush`, `BufferBatchGet` and `UnsafeDestroyRange` answer
+//!   gRPC `Unimplemented` as unary calls, and on a `BatchCommands` stream
+//!   (with coprocessor, GC, import and flashback entries) their own response
+//!   type carrying an error; `GetStoreSafeTS` answers every store's safe ts,
+//!   0 until the joined mode advances it.
+//! - Every store serves gRPC health (`grpc.health.v1.Health/Check`: SERVING
+//!   for the server as a whole, no per-service status, no `Watch`) and a
+//!   status address (TiKV's `status-addr`) answering `GET /status` and `GET
+//!   /config`; the config holds only `storage.api-version`,
+//!   `storage.enable-ttl` and the `server` addresses, not TiKV's full
+//!   configuration, and `?full=`, `POST /config`, metrics and the debug
+//!   endpoints are not served (404).
 //! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
 //!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
 //!   `MaxTimestampNotSynced` after a leader change). No latches, no
@@ -87,9 +97,12 @@
 //!   expired when `physical(lock_ts) + ttl < physical(current_ts)`, with
 //!   `current_ts` from the request (tests get one with
 //!   [`Cluster::current_ts`]).
-//! - API V1TTL is not modelled: a V1 cluster rejects nonzero TTLs with TiKV's
-//!   "ttl is not enabled" text, and answers `RawGetKeyTTL` with the error
-//!   "get ttl on non-ttl store" (TiKV panics there).
+//! - API V1 with TTL ([`ClusterConfig::enable_ttl`], TiKV's
+//!   `storage.enable-ttl`) is the `V1ttl` storage: raw TTLs and
+//!   `RawGetKeyTTL` are served, transactional commands refused. Without it a
+//!   V1 cluster rejects nonzero TTLs with TiKV's "ttl is not enabled" text,
+//!   and answers `RawGetKeyTTL` with the error "get ttl on non-ttl store"
+//!   (TiKV panics there).
 //! - `RawBatchPut` ignores the deprecated scalar `ttl` field, as TiKV HEAD does
 //!   (only `ttls` is read: none → no TTL, one → for every key).
 //! - `for_cas` is accepted and ignored: every command is atomic in the model
@@ -125,9 +138,13 @@
 //!   memcomparable in V2), except in a V1 txn cluster
 //!   ([`ClusterConfig::v1_txn`]) where they are memcomparable as txn keys
 //!   need; [`Cluster::split_region_key`] takes region keys as is. Txn keys are
-//!   always memcomparable-encoded in region key space; in V1 a cluster serves
-//!   raw or txn data, not both (raw keys are compared with the boundaries as
-//!   sent, as TiKV does).
+//!   always memcomparable-encoded in region key space; raw keys are compared
+//!   with the boundaries as sent, as TiKV does, so a V1 cluster serves both
+//!   key spaces at once (the `tikv-sim` binary always uses memcomparable
+//!   boundaries, which client-go's txn mode can decode). Raw and txn data
+//!   are kept apart: in TiKV V1 a raw scan of the default CF would also meet
+//!   transactional values stored there (values over 255 bytes, under their
+//!   encoded key and start ts); here it never does.
 
 mod admin;
 pub mod cluster;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
-//!          [--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S]
+//!          [--api-version 1|2] [--enable-ttl] [--store-base-port PORT] [--cluster-id ID] [--seed S]
 //!          [--region-error-rate F] [--region-error-kinds K,K] [--tso-latency-us US]
 //! ```
 //!
@@ -10,8 +10,13 @@
 //! ephemeral unless `--store-base-port` is given (store `i` listens on
 //! `PORT + i - 1`). `--regions N` pre-splits the raw key space into `N`
 //! regions at evenly spaced first bytes (after the `r\0\0\0` keyspace prefix
-//! in API V2). `--txn` makes an API V1 cluster a transactional one
-//! ([`ClusterConfig::v1_txn`]: boundaries memcomparable-encoded). A port of 0
+//! in API V2). An API V1 cluster serves raw and transactional keys at once,
+//! as TiKV does: its region boundaries are memcomparable-encoded
+//! ([`ClusterConfig::v1_txn`]), as PD's own splits make them and as
+//! client-go's txn mode decodes them; raw keys are compared with them as
+//! sent. `--txn` is accepted and changes nothing. `--enable-ttl` is TiKV's
+//! `storage.enable-ttl` (API V1 only, [`ClusterConfig::enable_ttl`]): raw
+//! writes may carry a TTL, transactional commands are refused. A port of 0
 //! picks a free one. Prints the addresses and serves until Ctrl-C. Each
 //! `stats` line on stdin is answered on stdout with
 //! `stats streams=S messages=M entries=E pd_unary=P`: the stores'
@@ -25,7 +30,7 @@
 //! benchmark B8), pipelined requests overlapping.
 //!
 //! ```text
-//! tikv-sim --join-pd HOST:PORT [--stores 3] [--regions N] [--api-version 1|2] [--txn]
+//! tikv-sim --join-pd HOST:PORT [--stores 3] [--regions N] [--api-version 1|2] [--enable-ttl]
 //!          [--store-version V] [--seed S] [--region-error-rate F] [--region-error-kinds K,K]
 //! ```
 //!
@@ -33,7 +38,9 @@
 //! the real PD at that address as TiKV stores do (`tikv_sim::join`:
 //! bootstrap or join, `PutStore` with version `--store-version`, default
 //! 8.5.0, heartbeats, PD's operators carried out), and clients connect to
-//! that PD. `--regions N` then splits through PD (`AskBatchSplit`) after
+//! that PD. Every store also serves gRPC health and a status address
+//! (TiKV's `status-addr`: `/status`, `/config`), printed as `status ID:
+//! ADDR` and reported to PD. `--regions N` then splits through PD (`AskBatchSplit`) after
 //! joining. Stdin also takes `split HEXKEY`: a store-initiated split at a
 //! key in region key space, answered with `split ok IDS` or `split refused
 //! WHY`.
@@ -48,10 +55,10 @@ use tikv_sim::{ApiVersion, Cluster, ClusterConfig, RandomRegionError};
 
 const USAGE: &str =
     "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
-[--api-version 1|2] [--txn] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
+[--api-version 1|2] [--enable-ttl] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
 [--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match] \
 [--tso-latency-us US]
-       tikv-sim --join-pd HOST:PORT [--stores N] [--regions N] [--api-version 1|2] [--txn] \
+       tikv-sim --join-pd HOST:PORT [--stores N] [--regions N] [--api-version 1|2] [--enable-ttl] \
 [--store-version V] [--seed S] [--region-error-rate F] [--region-error-kinds K,K]";
 
 struct Args {
@@ -62,7 +69,8 @@ struct Args {
     stores: usize,
     regions: usize,
     api: ApiVersion,
-    txn: bool,
+    /// TiKV's `storage.enable-ttl` (API V1).
+    enable_ttl: bool,
     store_base_port: Option<u16>,
     cluster_id: Option<u64>,
     seed: u64,
@@ -80,7 +88,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         stores: 3,
         regions: 1,
         api: ApiVersion::V1,
-        txn: false,
+        enable_ttl: false,
         store_base_port: None,
         cluster_id: None,
         seed: 0,
@@ -96,8 +104,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_owned());
         }
+        // Every V1 cluster serves both key spaces; the flag stays accepted.
         if flag == "--txn" {
-            args.txn = true;
+            continue;
+        }
+        if flag == "--enable-ttl" {
+            args.enable_ttl = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -164,6 +176,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     } else if args.store_version.is_some() {
         return Err(format!("--store-version needs --join-pd\n{USAGE}"));
     }
+    if args.enable_ttl && args.api != ApiVersion::V1 {
+        return Err(format!("--enable-ttl is for API V1 (API V2 always has TTL)\n{USAGE}"));
+    }
     if args.stores == 0 {
         return Err(format!("--stores must be at least 1\n{USAGE}"));
     }
@@ -201,7 +216,8 @@ fn main() -> ExitCode {
         split_keys: split_keys(args.regions, args.api),
         seed: args.seed,
         pd_members: args.pd.len(),
-        v1_txn: args.txn,
+        v1_txn: true,
+        enable_ttl: args.enable_ttl,
         ..ClusterConfig::default()
     };
     if let Some(id) = args.cluster_id {
@@ -248,6 +264,9 @@ fn main() -> ExitCode {
         for id in cluster.store_ids() {
             if let Some(addr) = server.store_addr(id).await {
                 println!("store {id}: {addr}");
+            }
+            if let Some(addr) = server.store_status_addr(id).await {
+                println!("status {id}: {addr}");
             }
         }
         println!("regions: {}", cluster.regions().len());
@@ -314,7 +333,8 @@ fn run_joined(args: Args, pd: String) -> ExitCode {
     let cfg = ClusterConfig {
         api_version: args.api,
         seed: args.seed,
-        v1_txn: args.txn,
+        v1_txn: true,
+        enable_ttl: args.enable_ttl,
         ..ClusterConfig::default()
     };
     let mut opts = JoinOptions::new(pd, args.stores);
@@ -358,6 +378,9 @@ fn run_joined(args: Args, pd: String) -> ExitCode {
         for id in cluster.store_ids() {
             if let Some(addr) = joined.server().store_addr(id).await {
                 println!("store {id}: {addr}");
+            }
+            if let Some(addr) = joined.server().store_status_addr(id).await {
+                println!("status {id}: {addr}");
             }
         }
         println!("regions: {}", cluster.regions().len());
@@ -418,8 +441,10 @@ mod tests {
         assert_eq!(a.regions, 4);
         assert_eq!(a.api, ApiVersion::V2);
         assert_eq!(a.store_base_port, Some(20160));
-        assert!(!a.txn);
-        assert!(parse("--txn --pd 127.0.0.1:0").unwrap().txn);
+        assert!(!a.enable_ttl);
+        assert!(parse("--txn --pd 127.0.0.1:0").is_ok());
+        assert!(parse("--enable-ttl --pd 127.0.0.1:0").unwrap().enable_ttl);
+        assert!(parse("--enable-ttl --api-version 2 --pd 127.0.0.1:0").is_err());
         let faulty = parse("--pd 127.0.0.1:0 --region-error-rate 0.1").unwrap();
         assert_eq!(faulty.region_error_per_mille, 100);
         assert!(parse("--pd 127.0.0.1:0 --region-error-rate 2").is_err());

@@ -91,10 +91,12 @@ impl State {
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), Reject> {
         let req = req_api(ctx);
-        let storage = kvrpcpb::ApiVersion::from(self.cfg.api_version);
-        match (self.cfg.api_version, req) {
-            (ApiVersion::V1, kvrpcpb::ApiVersion::V1) => Ok(()),
-            (ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
+        let storage = self.storage_api();
+        match (storage, req) {
+            (kvrpcpb::ApiVersion::V1 | kvrpcpb::ApiVersion::V1ttl, kvrpcpb::ApiVersion::V1) => {
+                Ok(())
+            }
+            (kvrpcpb::ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
                 for key in keys {
                     if !is_raw_mode(key) {
                         return Err(Reject::Other(format!(
@@ -121,9 +123,11 @@ impl State {
         ranges: impl IntoIterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>)>,
     ) -> Result<(), Reject> {
         let req = req_api(ctx);
-        match (self.cfg.api_version, req) {
-            (ApiVersion::V1, kvrpcpb::ApiVersion::V1) => Ok(()),
-            (ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
+        match (self.storage_api(), req) {
+            (kvrpcpb::ApiVersion::V1 | kvrpcpb::ApiVersion::V1ttl, kvrpcpb::ApiVersion::V1) => {
+                Ok(())
+            }
+            (kvrpcpb::ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
                 for (s, e) in ranges {
                     if !is_raw_range(s, e) {
                         return Err(Reject::Other(format!(
@@ -170,9 +174,10 @@ impl State {
         Ok(())
     }
 
-    /// `ttl is not enabled`: API V1 has no TTL in this model (V1TTL is not modelled).
+    /// `ttl is not enabled`: a TTL needs a storage with TTL (`V1ttl` or
+    /// `V2`, TiKV's `F::IS_TTL_ENABLED`).
     fn check_ttl(&self, ttls: &[u64]) -> Result<(), Reject> {
-        if self.cfg.api_version == ApiVersion::V1 && ttls.iter().any(|&t| t != 0) {
+        if self.storage_api() == kvrpcpb::ApiVersion::V1 && ttls.iter().any(|&t| t != 0) {
             return Err(Reject::Other(
                 "ttl is not enabled, but get put request with ttl".to_owned(),
             ));
@@ -351,8 +356,9 @@ impl State {
                 1 => vec![r.ttls[0]; r.pairs.len()],
                 _ => r.ttls.clone(),
             };
+            // `check_ttl_valid`: with TTL enabled (`V1ttl`, `V2`) one TTL per pair.
             self.check_ttl(&ttls)?;
-            if self.cfg.api_version == ApiVersion::V2 && ttls.len() != r.pairs.len() {
+            if self.storage_api() != kvrpcpb::ApiVersion::V1 && ttls.len() != r.pairs.len() {
                 return Err(Reject::Other(
                     "The length of ttls does not equal to the length of pairs".to_owned(),
                 ));
@@ -573,7 +579,7 @@ impl State {
             let cf = self.raw_cf(&r.cf)?;
             let key = self.enc(&r.key);
             check_key_in_region(&key, &region)?;
-            if self.cfg.api_version == ApiVersion::V1 {
+            if self.storage_api() == kvrpcpb::ApiVersion::V1 {
                 // TiKV panics here ("get ttl on non-ttl store"); the model
                 // answers with an error instead.
                 return Err(Reject::Other("get ttl on non-ttl store".to_owned()));

@@ -96,6 +96,14 @@ impl RealPd {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// Leaves PD running past this value, for a script that stops it itself
+    /// (`real-pd`): returns its data directory, which the caller removes
+    /// with its `.log`, `.stdout` and `.pid` siblings after killing the pid.
+    pub fn detach(self) -> PathBuf {
+        let pd = std::mem::ManuallyDrop::new(self);
+        pd.data.clone()
+    }
 }
 
 impl Drop for RealPd {

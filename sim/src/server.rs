@@ -2,7 +2,9 @@
 //!
 //! One listener per PD member (the `PD`, `Keyspace` and `MetaStorage`
 //! services share it; `MetaStorage` serves `Get` over an empty store) and
-//! one per store (the `Tikv` service). Every unary method forwards to
+//! two per store: gRPC (the `Tikv` service and gRPC health) and the status
+//! address (HTTP `/status` and `/config`, whose address the store reports
+//! to PD as TiKV's `status-addr`). Every unary method forwards to
 //! [`Cluster::handle_kv`] / [`Cluster::handle_pd`]; the `Tso` stream answers
 //! each request message with one response, in order, and ends with the
 //! error status PD would send. Methods the model does not serve answer
@@ -18,8 +20,10 @@
 //! `BatchCommandsResponse` per inbound message, under the same request ids,
 //! with a `transport_layer_load` of 0 (the model has no thread pool to
 //! load). An `Empty` entry is echoed with its `test_id`; an entry this model
-//! does not serve (coprocessor, GC, import, a missing command) gets an
-//! answer without a command, as TiKV answers requests it cannot parse. A
+//! does not execute (coprocessor, GC, import, delete range, ...) gets its
+//! own response type carrying an error (`TikvService::unserved_entry`), and
+//! an entry without a command an answer without one, as TiKV answers
+//! requests it cannot parse. A
 //! transport fault from the model (a stopped store, an injected error) ends
 //! the stream with that status, so every request on it fails, as when a
 //! real store's stream breaks. [`SimServer::batch_stats`] counts messages
@@ -46,6 +50,9 @@ use std::time::Duration;
 use tikv_core::rpc::batch::{from_batch_cmd, response_to_batch};
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::Instant;
+use tikv_proto::health::health_check_response::ServingStatus;
+use tikv_proto::health::health_server::{Health, HealthServer};
+use tikv_proto::health::{HealthCheckRequest, HealthCheckResponse};
 use tikv_proto::keyspacepb::keyspace_server::{Keyspace, KeyspaceServer};
 use tikv_proto::meta_storagepb::meta_storage_server::{MetaStorage, MetaStorageServer};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
@@ -54,8 +61,8 @@ use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
 use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
-use tikv_proto::{keyspacepb, kvrpcpb, meta_storagepb, pdpb};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tikv_proto::{coprocessor, keyspacepb, kvrpcpb, meta_storagepb, pdpb};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -136,8 +143,8 @@ fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
 }
 
 /// Store-side admin RPCs that need PD: the joined mode's stores split
-/// through the real PD (`AskBatchSplit`, see [`crate::join`]); without one
-/// they answer `Unimplemented`, as before.
+/// through the real PD (`AskBatchSplit`, see [`crate::join`]); with the
+/// model's own PD, [`Cluster::handle_kv`] serves them.
 pub(crate) trait StoreAdmin: Send + Sync + std::fmt::Debug {
     /// TiKV's `SplitRegion` on `store_id`.
     fn split_region(
@@ -253,12 +260,22 @@ impl TikvService {
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
         let mut responses = Vec::with_capacity(req.requests.len());
         for entry in req.requests {
-            let cmd = match entry.cmd.map(from_batch_cmd) {
-                Some(Ok(request)) => response_to_batch(self.call(request).await?),
-                Some(Err(ReqCmd::Empty(empty))) => {
-                    Some(RespCmd::Empty(BatchCommandsEmptyResponse { test_id: empty.test_id }))
-                }
-                Some(Err(_)) | None => None,
+            let cmd = match entry.cmd {
+                // TiKV answers an entry it cannot parse (no command, or one
+                // newer than its kvproto) with an empty response.
+                None => None,
+                Some(cmd) => match self.unserved_entry(&cmd) {
+                    Some(answer) => Some(answer),
+                    None => match from_batch_cmd(cmd) {
+                        Ok(request) => response_to_batch(self.call(request).await?),
+                        Err(ReqCmd::Empty(empty)) => {
+                            Some(RespCmd::Empty(BatchCommandsEmptyResponse {
+                                test_id: empty.test_id,
+                            }))
+                        }
+                        Err(_) => None,
+                    },
+                },
             };
             responses.push(RespEntry { cmd });
         }
@@ -267,6 +284,77 @@ impl TikvService {
             request_ids: req.request_ids,
             transport_layer_load: 0,
             ..Default::default()
+        })
+    }
+
+    /// The answer to a `BatchCommands` entry the model does not execute:
+    /// TiKV serves every command, so the client gets the response type it
+    /// asked for, carrying an error in that response's own error field (an
+    /// answer without a command is client-go's "Unknown command response").
+    /// `GetHealthFeedback` is answered as TiKV does (this store's feedback,
+    /// never slow). `None` for the commands the model executes and `Empty`.
+    fn unserved_entry(&self, cmd: &ReqCmd) -> Option<RespCmd> {
+        let why = |name: &str| format!("{name} is not implemented by the simulator");
+        let key_error = |name: &str| kvrpcpb::KeyError { abort: why(name), ..Default::default() };
+        Some(match cmd {
+            ReqCmd::GetHealthFeedback(_) => {
+                RespCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackResponse {
+                    region_error: None,
+                    health_feedback: Some(kvrpcpb::HealthFeedback {
+                        store_id: self.store_id,
+                        feedback_seq_no: 0,
+                        // raftstore's slow score runs from 1 (healthy) to 100.
+                        slow_score: 1,
+                    }),
+                })
+            }
+            // `Cluster::handle_kv` answers these three `Unimplemented`,
+            // which on a stream would end it for every request.
+            ReqCmd::DeleteRange(_) => RespCmd::DeleteRange(kvrpcpb::DeleteRangeResponse {
+                error: why("DeleteRange"),
+                ..Default::default()
+            }),
+            ReqCmd::Flush(_) => RespCmd::Flush(kvrpcpb::FlushResponse {
+                errors: vec![key_error("Flush")],
+                ..Default::default()
+            }),
+            ReqCmd::BufferBatchGet(_) => RespCmd::BufferBatchGet(kvrpcpb::BufferBatchGetResponse {
+                error: Some(key_error("BufferBatchGet")),
+                ..Default::default()
+            }),
+            ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {
+                error: why("Import"),
+                ..Default::default()
+            }),
+            ReqCmd::Gc(_) => RespCmd::Gc(kvrpcpb::GcResponse {
+                error: Some(key_error("GC")),
+                ..Default::default()
+            }),
+            ReqCmd::Coprocessor(_) => RespCmd::Coprocessor(coprocessor::Response {
+                other_error: why("Coprocessor"),
+                ..Default::default()
+            }),
+            ReqCmd::RawCoprocessor(_) => RespCmd::RawCoprocessor(kvrpcpb::RawCoprocessorResponse {
+                error: why("RawCoprocessor"),
+                ..Default::default()
+            }),
+            ReqCmd::FlashbackToVersion(_) => {
+                RespCmd::FlashbackToVersion(kvrpcpb::FlashbackToVersionResponse {
+                    error: why("FlashbackToVersion"),
+                    ..Default::default()
+                })
+            }
+            ReqCmd::PrepareFlashbackToVersion(_) => {
+                RespCmd::PrepareFlashbackToVersion(kvrpcpb::PrepareFlashbackToVersionResponse {
+                    error: why("PrepareFlashbackToVersion"),
+                    ..Default::default()
+                })
+            }
+            // TiKV's answer has no fields: the broadcast is best effort.
+            ReqCmd::BroadcastTxnStatus(_) => {
+                RespCmd::BroadcastTxnStatus(kvrpcpb::BroadcastTxnStatusResponse {})
+            }
+            _ => return None,
         })
     }
 
@@ -453,6 +541,98 @@ impl PdService {
         });
         Box::pin(out)
     }
+}
+
+/// gRPC's health service on every store, as TiKV registers it: the server
+/// as a whole (service `""`) is SERVING while the store runs (a stopped
+/// store's listener is closed, so the probe fails to connect); any other
+/// service name is unknown (`NOT_FOUND`, as gRPC's health servers answer).
+/// client-go probes it after an RPC error before it marks the store
+/// unreachable.
+#[derive(Clone, Debug)]
+struct HealthService;
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        if !service.is_empty() {
+            return Err(Status::not_found(format!("unknown service {service:?}")));
+        }
+        Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
+    }
+}
+
+/// The body of TiKV's status server `GET /config` for this cluster: the
+/// configuration as TiKV serialises it (`TikvConfig`, kebab-case names),
+/// reduced to what the model has: `storage.api-version`,
+/// `storage.enable-ttl` (what client-go reads to learn the API version), and
+/// the store's addresses under `server`.
+fn config_json(cluster: &Cluster, addr: SocketAddr, status_addr: SocketAddr) -> String {
+    let cfg = cluster.config();
+    let api_version = match cfg.api_version {
+        crate::ApiVersion::V1 => 1,
+        crate::ApiVersion::V2 => 2,
+    };
+    let enable_ttl = cfg.enable_ttl || api_version == 2;
+    format!(
+        "{{\"server\":{{\"addr\":\"{addr}\",\"advertise-addr\":\"{addr}\",\
+\"status-addr\":\"{status_addr}\",\"advertise-status-addr\":\"{status_addr}\"}},\
+\"storage\":{{\"api-version\":{api_version},\"enable-ttl\":{enable_ttl}}}}}"
+    )
+}
+
+/// Answers one HTTP/1.1 connection of a store's status server: `GET
+/// /status` (200, empty body, as TiKV's liveness answer), `GET /config`
+/// ([`config_json`]), 404 otherwise; one request per connection.
+async fn serve_status_connection(mut conn: TcpStream, cluster: Cluster, addr: SocketAddr) {
+    let Ok(status_addr) = conn.local_addr() else { return };
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    // The request head ends with an empty line; 16 KiB is plenty for a GET.
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET", "/status") => ("200 OK", String::new()),
+        ("GET", "/config") => ("200 OK", config_json(&cluster, addr, status_addr)),
+        _ => ("404 Not Found", String::new()),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+/// A store's status server (TiKV's `status-addr`): accepts until aborted.
+fn serve_status(listener: TcpListener, cluster: Cluster, addr: SocketAddr) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve_status_connection(conn, cluster.clone(), addr));
+        }
+    })
+}
+
+/// Stops a status server and waits until its listener is closed (an
+/// aborted task's future, which owns the listener, is dropped before its
+/// handle resolves).
+async fn stop_status(status: JoinHandle<()>) {
+    status.abort();
+    let _ = status.await;
 }
 
 /// Sorts the PD RPC list into the `PD` and `Keyspace` services and emits one
@@ -651,6 +831,10 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
 struct StoreSlot {
     addr: SocketAddr,
     running: Option<Running>,
+    /// The status server's address (TiKV's `status-addr`).
+    status_addr: SocketAddr,
+    /// The status server, while the store runs.
+    status: Option<JoinHandle<()>>,
 }
 
 /// A [`Cluster`] served over gRPC on loopback.
@@ -703,11 +887,17 @@ impl SimServer {
             // The store's address must be registered before anything can
             // ask PD for it.
             let _ = cluster.set_store_address(id, &addr.to_string());
+            let (status_listener, status_addr) = bind(loopback).await?;
+            let _ = cluster.set_store_status_address(id, &status_addr.to_string());
             let running = serve(
                 listener,
                 Self::store_router(&cluster, id, clock, &released, &counters, &admin),
             );
-            stores.insert(id, StoreSlot { addr, running: Some(running) });
+            let status = serve_status(status_listener, cluster.clone(), addr);
+            stores.insert(
+                id,
+                StoreSlot { addr, running: Some(running), status_addr, status: Some(status) },
+            );
         }
         let mut pd = Vec::new();
         let pd_unary_calls = Arc::new(AtomicU64::new(0));
@@ -757,7 +947,9 @@ impl SimServer {
             counters: counters.clone(),
             admin: admin.clone(),
         };
-        tonic::transport::Server::builder().add_service(TikvServer::new(svc))
+        tonic::transport::Server::builder()
+            .add_service(TikvServer::new(svc))
+            .add_service(HealthServer::new(HealthService))
     }
 
     /// What the stores' `BatchCommands` streams have received so far.
@@ -796,15 +988,24 @@ impl SimServer {
         self.stores.lock().await.get(&store_id).map(|s| s.addr.to_string())
     }
 
-    /// Crashes a store: the model stops it (its leaders move), the listener
-    /// closes and open connections are reset.
+    /// A store's status server address (`host:port`, TiKV's `status-addr`,
+    /// serving `/status` and `/config`), also while it is stopped.
+    pub async fn store_status_addr(&self, store_id: u64) -> Option<String> {
+        self.stores.lock().await.get(&store_id).map(|s| s.status_addr.to_string())
+    }
+
+    /// Crashes a store: the model stops it (its leaders move), the listeners
+    /// close and open connections are reset.
     pub async fn stop_store(&self, store_id: u64) -> Result<(), ServerError> {
-        let running = {
+        let (running, status) = {
             let mut stores = self.stores.lock().await;
             let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
             let _ = self.cluster.stop_store(store_id);
-            slot.running.take()
+            (slot.running.take(), slot.status.take())
         };
+        if let Some(status) = status {
+            stop_status(status).await;
+        }
         if let Some(r) = running {
             r.stop().await;
         }
@@ -815,6 +1016,10 @@ impl SimServer {
     pub async fn start_store(&self, store_id: u64) -> Result<(), ServerError> {
         let mut stores = self.stores.lock().await;
         let slot = stores.get_mut(&store_id).ok_or(ServerError::NoSuchStore(store_id))?;
+        if slot.status.is_none() {
+            let (listener, _) = bind(slot.status_addr).await?;
+            slot.status = Some(serve_status(listener, self.cluster.clone(), slot.addr));
+        }
         if slot.running.is_none() {
             let (listener, _) = bind(slot.addr).await?;
             slot.running = Some(serve(
@@ -837,6 +1042,9 @@ impl SimServer {
     pub async fn shutdown(self) {
         let stores = std::mem::take(&mut *self.stores.lock().await);
         for slot in stores.into_values() {
+            if let Some(status) = slot.status {
+                stop_status(status).await;
+            }
             if let Some(r) = slot.running {
                 r.stop().await;
             }

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use tikv_proto::{errorpb, kvrpcpb, metapb};
 
-use crate::cluster::{ApiVersion, State, check_key_in_region, check_key_seekable, hex};
+use crate::cluster::{State, check_key_in_region, check_key_seekable, hex};
 use crate::mvcc::{
     Lock, LockType, MvccStore, TxnRecord, Versions, Write, WriteKind, physical, txn_key,
 };
@@ -214,10 +214,10 @@ impl State {
     ) -> Result<(), Fail> {
         let v = ctx.as_ref().map_or(0, |c| c.api_version);
         let req = kvrpcpb::ApiVersion::try_from(v).unwrap_or(kvrpcpb::ApiVersion::V1);
-        let storage = kvrpcpb::ApiVersion::from(self.cfg.api_version);
-        match (self.cfg.api_version, req) {
-            (ApiVersion::V1, kvrpcpb::ApiVersion::V1) => Ok(()),
-            (ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
+        let storage = self.storage_api();
+        match (storage, req) {
+            (kvrpcpb::ApiVersion::V1, kvrpcpb::ApiVersion::V1) => Ok(()),
+            (kvrpcpb::ApiVersion::V2, kvrpcpb::ApiVersion::V2) => {
                 for key in keys {
                     if key.first() != Some(&b'x') {
                         return Err(abort(format!(

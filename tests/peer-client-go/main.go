@@ -3,10 +3,13 @@
 // against a model. It prints one PASS or FAIL line per operation and exits
 // non-zero if any check failed.
 //
-//	go run . --raw-pd 127.0.0.1:PORT --txn-pd 127.0.0.1:PORT
+//	go run . [--real-pd] --raw-pd 127.0.0.1:PORT --txn-pd 127.0.0.1:PORT [--ttl-pd 127.0.0.1:PORT]
 //
-// The raw cluster is an API V1 raw cluster; the txn cluster an API V1
-// transactional one (`tikv-sim --txn`). Both should have several regions.
+// Both addresses may name one API V1 cluster (`tikv-sim` serves raw and
+// transactional keys at once); it should have several regions. With
+// --real-pd the PD is a real one (`tikv-sim --join-pd` stores): client-go
+// then runs as it ships, with PD's router client and txnkv.NewClient's
+// etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
 // Two more modes serve other programs of this repository:
 //
@@ -347,7 +350,48 @@ func runRaw(ctx context.Context, c *checker, pd []string) {
 	} else {
 		c.fail("raw PutWithTTL refused on an API V1 cluster", "got %v", err)
 	}
-	fmt.Println("SKIP raw PutWithTTL success path: needs an API V2 cluster; this run uses API V1 raw and txn clusters")
+}
+
+// runRawTTL checks TTLs on an API V1 cluster with TiKV's storage.enable-ttl
+// (`tikv-sim --enable-ttl`).
+func runRawTTL(ctx context.Context, c *checker, pd []string) {
+	cli, err := rawkv.NewClientWithOpts(ctx, pd, rawkv.WithAPIVersion(kvrpcpb.APIVersion_V1),
+		rawkv.WithPDOptions(pdOptions()...))
+	if !c.check("raw connect to a V1 cluster with TTL enabled", err) {
+		return
+	}
+	defer cli.Close()
+	err = func() error {
+		if err := cli.PutWithTTL(ctx, []byte("\x22ttl"), []byte("x"), 30); err != nil {
+			return err
+		}
+		v, err := cli.Get(ctx, []byte("\x22ttl"))
+		if err != nil {
+			return err
+		}
+		if err := want("Get of a key with TTL", string(v), "x"); err != nil {
+			return err
+		}
+		ttl, err := cli.GetKeyTTL(ctx, []byte("\x22ttl"))
+		if err != nil {
+			return err
+		}
+		if ttl == nil || *ttl == 0 || *ttl > 30 {
+			return fmt.Errorf("GetKeyTTL: got %v, want 1..30 s", ttl)
+		}
+		if err := cli.Put(ctx, []byte("\x22plain"), []byte("y")); err != nil {
+			return err
+		}
+		ttl, err = cli.GetKeyTTL(ctx, []byte("\x22plain"))
+		if err != nil {
+			return err
+		}
+		if ttl == nil || *ttl != 0 {
+			return fmt.Errorf("GetKeyTTL of a key without TTL: got %v, want 0", ttl)
+		}
+		return nil
+	}()
+	c.check("raw PutWithTTL and GetKeyTTL on API V1 with TTL enabled", err)
 }
 
 func firstLine(s string) string {
@@ -403,18 +447,30 @@ func readAll(ctx context.Context, cli *txnkv.Client, m model, keys []string) err
 	return nil
 }
 
+// realPD is set by --real-pd: the PD is a real one, so nothing is switched
+// off.
+var realPD bool
+
 // pdOptions switches off what the simulated PD does not serve yet: the
 // router client's QueryRegion stream (client-go then asks PD with unary
-// GetRegion/BatchScanRegions, as with PDs before the router service).
+// GetRegion/BatchScanRegions, as with PDs before the router service). A
+// real PD serves it: client-go's defaults then.
 func pdOptions() []opt.ClientOption {
+	if realPD {
+		return nil
+	}
 	return []opt.ClientOption{opt.WithEnableRouterClient(false)}
 }
 
-// newTxnClient builds what txnkv.NewClient builds, from client-go's own
+// newTxnClient is txnkv.NewClient against a real PD. Against the simulated
+// PD it builds what txnkv.NewClient builds, from client-go's own
 // lower-level constructors: txnkv.NewClient also opens an etcd client on the
 // PD addresses for the legacy safe-point KV, which the simulator does not
 // serve. The store reads its txn safe point through PD's GC states API.
 func newTxnClient(addrs []string) (*txnkv.Client, error) {
+	if realPD {
+		return txnkv.NewClient(addrs)
+	}
 	pdCli, err := pd.NewClient(caller.Component("peer-client-go"), addrs, pd.SecurityOption{}, pdOptions()...)
 	if err != nil {
 		return nil, err
@@ -431,12 +487,49 @@ func newTxnClient(addrs []string) (*txnkv.Client, error) {
 
 func runTxn(ctx context.Context, c *checker, pd []string) {
 	cli, err := newTxnClient(pd)
-	if !c.check("txn connect (tikv.NewKVStore with a mock SafePointKV)", err) {
+	connect := "txn connect (tikv.NewKVStore with a mock SafePointKV)"
+	if realPD {
+		connect = "txn connect (txnkv.NewClient, etcd safe-point KV)"
+	}
+	if !c.check(connect, err) {
 		return
 	}
 	defer cli.Close()
 	m := model{}
 	var all []string
+
+	// Pre-split (KVStore.SplitRegions: TiKV's SplitRegion RPC on the
+	// region's leader, no scatter), then PD routes each key to a region that
+	// starts at it. A real PD learns the split from the stores' region
+	// heartbeats, asynchronously as with TiKV: it is polled for up to 5 s.
+	splitKeys := []string{"split-a", "split-b"}
+	err = func() error {
+		ids, err := cli.KVStore.SplitRegions(ctx, byteSlices(splitKeys), false, nil)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return errors.New("SplitRegions returned no new region")
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for _, k := range splitKeys {
+			for {
+				r, err := cli.KVStore.GetPDClient().GetRegion(ctx, []byte(k))
+				if err != nil {
+					return err
+				}
+				if string(r.Meta.StartKey) == k {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("key %q: region %d starts at %q after the split", k, r.Meta.Id, r.Meta.StartKey)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		return nil
+	}()
+	c.check("txn SplitRegions (pre-split through the stores)", err)
 
 	// Optimistic 2PC across regions.
 	keys := spreadKeys("opt", 8)
@@ -734,8 +827,10 @@ func main() {
 			os.Exit(benchMain(os.Args[2:]))
 		}
 	}
-	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 raw cluster, comma separated")
-	txnPD := flag.String("txn-pd", "", "PD address(es) of an API V1 transactional cluster, comma separated")
+	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")
+	txnPD := flag.String("txn-pd", "", "PD address(es) of an API V1 cluster for the txn checks, comma separated")
+	ttlPD := flag.String("ttl-pd", "", "PD address(es) of an API V1 cluster with TTL enabled (tikv-sim --enable-ttl), comma separated")
+	flag.BoolVar(&realPD, "real-pd", false, "the PD is a real one: run client-go with its defaults")
 	timeout := flag.Duration("timeout", 3*time.Minute, "overall time limit")
 	logFile := flag.String("log", "", "client-go's log file (default: none below error level, to stderr)")
 	flag.Parse()
@@ -743,8 +838,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	if *rawPD == "" && *txnPD == "" {
-		fmt.Fprintln(os.Stderr, "usage: peer-client-go --raw-pd HOST:PORT --txn-pd HOST:PORT")
+	if *rawPD == "" && *txnPD == "" && *ttlPD == "" {
+		fmt.Fprintln(os.Stderr, "usage: peer-client-go [--real-pd] --raw-pd HOST:PORT --txn-pd HOST:PORT [--ttl-pd HOST:PORT]")
 		os.Exit(2)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -755,6 +850,9 @@ func main() {
 	}
 	if *txnPD != "" {
 		runTxn(ctx, c, strings.Split(*txnPD, ","))
+	}
+	if *ttlPD != "" {
+		runRawTTL(ctx, c, strings.Split(*ttlPD, ","))
 	}
 	fmt.Printf("client-go: %d passed, %d failed\n", c.passed, c.failed)
 	if c.failed > 0 || c.passed == 0 {

@@ -26,12 +26,19 @@ pub const PROTO_FILES: &[&str] = &[
     "pdpb.proto",
     "keyspacepb.proto",
     "meta_storagepb.proto",
+    "health.proto",
 ];
+
+/// Packages of [`PROTO_FILES`] that are not kvproto's, so the kvproto schema
+/// check skips them: gRPC's own health checking protocol, which TiKV serves
+/// next to its kvproto services.
+pub const NON_KVPROTO_PACKAGES: &[&str] = &["grpc.health.v1"];
 
 /// The packages that have a gRPC service; their tonic modules are gated
 /// behind the `grpc` feature of `tikv-proto` so the sans-IO core never
 /// compiles tonic.
-const SERVICE_PACKAGES: &[&str] = &["tikvpb", "pdpb", "keyspacepb", "meta_storagepb"];
+const SERVICE_PACKAGES: &[&str] =
+    &["tikvpb", "pdpb", "keyspacepb", "meta_storagepb", "grpc.health.v1"];
 
 /// The `proto/` directory of the workspace (parent of this crate).
 pub fn proto_dir() -> PathBuf {
