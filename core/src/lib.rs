@@ -40,6 +40,7 @@ pub mod pd;
 pub mod raw;
 pub mod region;
 pub mod rng;
+pub mod route;
 pub mod rpc;
 pub mod time;
 pub mod txn;

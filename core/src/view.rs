@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::backoff::Backoffer;
 use crate::codec::ApiCodec;
 use crate::config::Config;
-use crate::lock::TxnStatusCache;
+use crate::lock::status::TxnStatusCache;
 use crate::pd::{LastTimestamp, PdState};
 use crate::region::{RegionCache, StoreTable};
 use crate::rng::Rng;

@@ -485,21 +485,19 @@ fn concurrent_calls_share_one_connection() {
 }
 
 #[test]
-fn unimplemented_method_is_status_12() {
+fn unimplemented_method_is_typed() {
     let server = TestServer::start(1);
     let client = Client::new();
     block_on(async {
         let put = Request::Kv(KvRequest::RawPut(Box::default()));
         match client.call(&store(server.addr()), put, 5000).await {
-            Err(RpcError::Status { code, .. }) => {
-                assert_eq!(code, tikv_core::rpc::GRPC_UNIMPLEMENTED)
-            }
+            Err(RpcError::Unimplemented(_)) => {}
             other => panic!("{other:?}"),
         }
         let pd = Target::Pd { addr: server.addr() };
         let stores = Request::Pd(PdRequest::GetAllStores(Default::default()));
         let result = client.call(&pd, stores, 5000).await;
-        assert!(matches!(result, Err(RpcError::Status { code: 12, .. })), "{result:?}");
+        assert!(matches!(result, Err(RpcError::Unimplemented(_))), "{result:?}");
     });
 }
 

@@ -321,18 +321,18 @@ async fn unary_calls_to_tikv_and_pd() {
 }
 
 #[tokio::test]
-async fn unimplemented_method_is_status_12() {
+async fn unimplemented_method_is_typed() {
     let server = TestServer::start(1);
     let client = Client::new();
     let put = Request::Kv(KvRequest::RawPut(Box::default()));
     match client.call(&store(server.addr()), put, 5000).await {
-        Err(RpcError::Status { code, .. }) => assert_eq!(code, tikv_core::rpc::GRPC_UNIMPLEMENTED),
+        Err(RpcError::Unimplemented(_)) => {}
         other => panic!("{other:?}"),
     }
     // Unimplemented PD method on a server that does serve PD.
     let pd = Target::Pd { addr: server.addr() };
     let stores = Request::Pd(PdRequest::GetAllStores(Default::default()));
-    assert!(matches!(client.call(&pd, stores, 5000).await, Err(RpcError::Status { code: 12, .. })));
+    assert!(matches!(client.call(&pd, stores, 5000).await, Err(RpcError::Unimplemented(_))));
 }
 
 #[tokio::test]

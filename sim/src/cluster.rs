@@ -1069,10 +1069,10 @@ impl State {
                 self.kv_pessimistic_rollback(store_id, *r),
             )),
             other => {
-                return Err(RpcError::Status {
-                    code: tikv_core::rpc::GRPC_UNIMPLEMENTED,
-                    message: format!("{} is not implemented by the simulator", other.name()),
-                });
+                return Err(RpcError::Unimplemented(format!(
+                    "{} is not implemented by the simulator",
+                    other.name()
+                )));
             }
         };
         Ok(resp)

@@ -19,11 +19,8 @@
 //! message. `From<message>` builds the enum from a bare message.
 
 pub mod batch;
-pub mod fanout;
 pub mod region_error;
-pub mod sender;
 mod tags;
-pub mod walk;
 
 pub use tags::{RequestSource, RequestTags};
 
@@ -531,7 +528,14 @@ pub enum RpcError {
     /// The response could not be decoded.
     #[error("decode error: {0}")]
     Decode(String),
-    /// The server answered with a gRPC status other than OK.
+    /// The server does not serve the method (gRPC `Unimplemented`): an
+    /// older PD or TiKV. Callers with a fallback take it (client-go falls
+    /// back from `BatchScanRegions` to `ScanRegions` this way); it is never
+    /// a reason to retry or to look for another leader. The status message.
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
+    /// The server answered with another gRPC status than OK, one the
+    /// transport has no variant of its own for.
     #[error("grpc status {code}: {message}")]
     Status {
         /// The gRPC status code as a number.
@@ -554,9 +558,6 @@ pub enum RpcError {
     NotNetwork(&'static str),
 }
 
-/// gRPC status code `Unimplemented`.
-pub const GRPC_UNIMPLEMENTED: i32 = 12;
-
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
@@ -564,8 +565,6 @@ mod tests {
     use tikv_proto::{kvrpcpb, pdpb};
 
     use super::*;
-    use crate::error::Error;
-    use crate::rpc::sender::RegionOutcome;
 
     /// The types every request and response passes through by value, with
     /// the bounds they were brought under (module docs). A variant added
@@ -584,12 +583,9 @@ mod tests {
         // Id, target (a tag, a store id and an address), request, deadline.
         assert!(size_of::<Target>() <= 4 * WORD, "Target: {}", size_of::<Target>());
         assert!(size_of::<Rpc>() <= 9 * WORD, "Rpc: {}", size_of::<Rpc>());
-        // What the runtime feeds back, and what a sender hands its parent.
+        // What the runtime feeds back.
         let fed_back = size_of::<Result<Response, RpcError>>();
         assert!(fed_back <= 4 * WORD, "Result<Response, RpcError>: {fed_back}");
-        assert!(size_of::<RegionOutcome>() <= 2 * WORD, "RegionOutcome");
-        let outcome = size_of::<Result<RegionOutcome, Error>>();
-        assert!(outcome <= 11 * WORD, "Result<RegionOutcome, Error>: {outcome}");
         // The messages themselves are what the boxes keep out of the moves.
         assert!(size_of::<kvrpcpb::RawGetRequest>() > 8 * WORD);
         assert!(size_of::<kvrpcpb::CheckTxnStatusResponse>() > 64 * WORD);

@@ -17,7 +17,7 @@ use crate::key::Key;
 use crate::op::{IdMap, Operation};
 use crate::pd::{LocateBy, LocateRegion};
 use crate::region::RegionRef;
-use crate::rpc::sender::{RegionCall, RegionOutcome};
+use crate::route::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant, earliest};
 use crate::view::ClusterView;
@@ -36,15 +36,17 @@ pub trait KeyPlan {
     /// `(max items, max bytes)` per request; a batch closes when either is
     /// reached (a single oversized item still forms a batch).
     fn batch_limits(&self) -> (usize, usize);
-    /// The request for one batch, all in one region, sorted by key.
-    fn build(&self, batch: &[Self::Item]) -> KvRequest;
+    /// The request for one batch, all in one region, sorted by key; called
+    /// for every attempt, so a retry carries what the plan knows then.
+    fn build(&mut self, batch: &[Self::Item]) -> KvRequest;
     /// Per-attempt RPC timeout.
     fn timeout(&self) -> Duration;
     /// Takes a successful response for `batch`.
     fn merge(&mut self, batch: Vec<Self::Item>, response: KvResponse) -> Result<(), Error>;
-    /// `batch` comes back to be located and built again (its region was
-    /// wrong); `maybe_applied` says an attempt lost its answer, so a store
-    /// may have applied the request nonetheless.
+    /// `batch`, for which at least one request was built, comes back to be
+    /// located and built again (its region was wrong); `maybe_applied` says
+    /// an attempt lost its answer, so a store may have applied the request
+    /// nonetheless.
     fn relocated(&mut self, _batch: &[Self::Item], _maybe_applied: bool) {}
     /// Produces the result once every batch has been merged.
     fn finish(self) -> Self::Output;
@@ -119,6 +121,8 @@ pub struct KeyFanout<P: KeyPlan> {
     started: bool,
     /// Stamped into every request built (priority, source, resource group).
     tags: RequestTags,
+    /// Attempts whose answer was lost (see [`KeyFanout::lost_answers`]).
+    lost_answers: u32,
     result: Option<Result<P::Output, Error>>,
 }
 
@@ -156,8 +160,19 @@ impl<P: KeyPlan> KeyFanout<P> {
             relocated: None,
             started: false,
             tags: RequestTags::default(),
+            lost_answers: 0,
             result: None,
         }
+    }
+
+    /// Requests this fan-out sent whose answer was lost (a transport error
+    /// or deadline): a store may have applied each of them. Attempts
+    /// answered with a region error were not applied; attempts abandoned
+    /// when the fan-out failed are not counted (their answers are dropped).
+    /// A parent whose outcome depends on whether a write may have landed
+    /// (client-go's undetermined errors) reads it once the fan-out is over.
+    pub fn lost_answers(&self) -> u32 {
+        self.lost_answers
     }
 
     /// Stamps `tags` into the context of every request this fan-out sends.
@@ -177,6 +192,11 @@ impl<P: KeyPlan> KeyFanout<P> {
     fn fail(&mut self, e: Error) {
         if self.result.is_none() {
             self.result = Some(Err(e));
+        }
+        for child in self.children.iter().flatten() {
+            if let Child::Call(call, _) = child {
+                self.lost_answers += call.lost_answers();
+            }
         }
         self.children.clear();
         self.ready.clear();
@@ -258,10 +278,6 @@ impl<P: KeyPlan> KeyFanout<P> {
             .into_iter()
             .rev()
             .map(|(region, items)| {
-                let mut request = plan.build(&items);
-                if !self.tags.is_empty() {
-                    self.tags.stamp(request.context_mut());
-                }
                 let backoffer = match self.relocated.take() {
                     // The relocated batch keeps its own schedule (so its
                     // sleeps keep growing) but takes in what was slept
@@ -276,10 +292,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                     }
                     None => self.backoffer.fork(),
                 };
-                // The fan-out keeps the items, so a retry's request is
-                // built again rather than copied up front.
-                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer)
-                    .rebuilding();
+                // The fan-out keeps the items and builds each attempt's
+                // request from them (`poll_rpc`).
+                let call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
                 Child::Call(Box::new(call), items)
             })
             .collect();
@@ -309,22 +324,11 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
     }
 
-    /// Collects a finished child, if `idx` has finished, or hands a call
-    /// the request its retry waits for.
+    /// Collects a finished child, if `idx` has finished.
     fn check_child(&mut self, idx: usize, now: Instant) {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
-        if let Some(Child::Call(call, items)) = slot
-            && call.needs_request()
-            && let Some(plan) = self.plan.as_ref()
-        {
-            let mut request = plan.build(items);
-            if !self.tags.is_empty() {
-                self.tags.stamp(request.context_mut());
-            }
-            call.supply_request(request);
-        }
         let done = match slot {
             Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
                 self.finished_call = Some(outcome);
@@ -348,6 +352,7 @@ impl<P: KeyPlan> KeyFanout<P> {
                 let Some(outcome) = self.finished_call.take() else {
                     return;
                 };
+                self.lost_answers += call.lost_answers();
                 let child_backoffer = call.take_backoffer();
                 if let Some(bo) = &child_backoffer {
                     self.backoffer.merge_from(bo);
@@ -365,7 +370,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                         self.maybe_finish();
                     }
                     Ok(RegionOutcome::Relocate) => {
-                        if let Some(plan) = self.plan.as_mut() {
+                        if let Some(plan) = self.plan.as_mut()
+                            && call.attempts() > 0
+                        {
                             plan.relocated(&items, call.lost_answers() > 0);
                         }
                         if let Some(bo) = child_backoffer {
@@ -421,7 +428,21 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     fn poll_rpc(&mut self) -> Option<Rpc> {
         while let Some(idx) = self.ready.front() {
             let rpc = match self.children.get_mut(idx) {
-                Some(Some(Child::Call(call, _))) => call.poll_rpc(),
+                // The plan lives until every child is over.
+                Some(Some(Child::Call(call, items))) if let Some(plan) = self.plan.as_mut() => {
+                    let tags = &self.tags;
+                    match call.poll_rpc(|_attempt| build(plan, tags, items)) {
+                        Some(Ok(rpc)) => Some(rpc),
+                        Some(Err(e)) => {
+                            if let Some(bo) = call.take_backoffer() {
+                                self.backoffer.merge_from(&bo);
+                            }
+                            self.fail(e);
+                            return None;
+                        }
+                        None => None,
+                    }
+                }
                 Some(Some(Child::Locate(locate))) => locate.poll_rpc(),
                 _ => None,
             };
@@ -483,14 +504,23 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     }
 }
 
+/// The request of `plan` for `items`, with the fan-out's `tags`.
+fn build<P: KeyPlan>(plan: &mut P, tags: &RequestTags, items: &[P::Item]) -> KvRequest {
+    let mut request = plan.build(items);
+    if !tags.is_empty() {
+        tags.stamp(request.context_mut());
+    }
+    request
+}
+
 /// A single-key command: the key is the only item, one request, one answer.
 /// [`Point`] adapts it to [`KeyPlan`], so single-key operations share the
 /// fan-out machinery (cache miss, region errors, relocation) with batches.
 pub trait PointPlan {
     /// The operation's result.
     type Output;
-    /// The request for `key`.
-    fn build(&self, key: &Key) -> KvRequest;
+    /// The request for `key`, built for every attempt.
+    fn build(&mut self, key: &Key) -> KvRequest;
     /// Takes the answer.
     fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
     /// The result.
@@ -529,7 +559,7 @@ impl<P: PointPlan> KeyPlan for Point<P> {
     fn batch_limits(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         // The fan-out never builds an empty batch.
         self.plan.build(batch.first().unwrap_or(&Key::EMPTY))
     }
