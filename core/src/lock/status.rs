@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use tikv_proto::kvrpcpb;
 
 use crate::key::Key;
-use crate::pd::Timestamp;
+use crate::pd::timestamp::Timestamp;
 
 /// How many determined transaction outcomes a client remembers.
 pub const TXN_STATUS_CACHE_SIZE: usize = 2048;

@@ -53,10 +53,9 @@ pub trait KeyPlan {
 }
 
 enum Child<I> {
-    /// Boxed: inline, the call made every move of the fan-out (into the
-    /// driver's future, in and out of the children) copy ~450 bytes more,
-    /// which cost more instructions per raw get than the allocation it
-    /// saved (issue #7's callgrind profile).
+    /// Boxed: inline, the call would make every move of the fan-out (into
+    /// the driver's future, in and out of the children) copy the call's
+    /// few hundred bytes, which costs more than the one allocation.
     Call(Box<RegionCall>, Vec<I>),
     Locate(Box<LocateRegion>),
 }
@@ -258,7 +257,7 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
         // Split from the back, so the first run keeps the items' own vector:
         // a one-batch operation (every point read and write) moves it into
-        // its batch without allocating (issue #7's audit).
+        // its batch without allocating.
         let mut batches: SmallVec<[(RegionRef, Vec<P::Item>); 1]> = SmallVec::new();
         let mut unrouted_runs: SmallVec<[Vec<P::Item>; 1]> = SmallVec::new();
         for (start, region) in runs.into_iter().rev() {
@@ -282,10 +281,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                     // The relocated batch keeps its own schedule (so its
                     // sleeps keep growing) but takes in what was slept
                     // since it was handed back, e.g. by the locate that
-                    // found its new region: the budget counts every sleep.
-                    // (Found by the `lock_resolver` fuzz target: without
-                    // this, a PD outage during the locate was not charged
-                    // and the operation slept twice its budget.)
+                    // found its new region: the budget counts every sleep
+                    // (a PD outage during that locate must not let the
+                    // operation sleep past its budget).
                     Some(mut bo) => {
                         bo.merge_from(&self.backoffer);
                         bo
@@ -571,5 +569,157 @@ impl<P: PointPlan> KeyPlan for Point<P> {
     }
     fn finish(self) -> P::Output {
         self.plan.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tikv_proto::{errorpb, kvrpcpb};
+
+    use super::*;
+    use crate::testing::{FakeCluster, Fault, drive, view};
+
+    /// `RawBatchPut` of every key, recording what the fan-out asks of it.
+    #[derive(Default)]
+    struct RecordingPut {
+        builds: u32,
+        relocated: Vec<bool>,
+    }
+
+    impl KeyPlan for RecordingPut {
+        type Item = Key;
+        type Output = (u32, Vec<bool>);
+        fn key(item: &Key) -> &Key {
+            item
+        }
+        fn size(item: &Key) -> usize {
+            item.len()
+        }
+        fn batch_limits(&self) -> (usize, usize) {
+            (usize::MAX, usize::MAX)
+        }
+        fn build(&mut self, batch: &[Key]) -> KvRequest {
+            self.builds += 1;
+            let pairs = batch
+                .iter()
+                .map(|k| kvrpcpb::KvPair {
+                    key: k.to_bytes(),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                })
+                .collect();
+            KvRequest::from(kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() })
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(2)
+        }
+        fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+            match response {
+                KvResponse::RawBatchPut(_) => Ok(()),
+                other => Err(Error::malformed(other.name())),
+            }
+        }
+        fn relocated(&mut self, _batch: &[Key], maybe_applied: bool) {
+            self.relocated.push(maybe_applied);
+        }
+        fn finish(self) -> (u32, Vec<bool>) {
+            (self.builds, self.relocated)
+        }
+    }
+
+    fn put(view: &Arc<ClusterView>, keys: &[&'static str]) -> KeyFanout<RecordingPut> {
+        let keys = keys.iter().map(|k| Key::from(*k)).collect();
+        KeyFanout::new(
+            view.clone(),
+            RecordingPut::default(),
+            keys,
+            view.backoffer(Duration::from_secs(20)),
+        )
+    }
+
+    fn server_is_busy() -> Fault {
+        Fault::Region(Box::new(errorpb::Error {
+            message: "busy".into(),
+            server_is_busy: Some(Default::default()),
+            ..Default::default()
+        }))
+    }
+
+    /// Every attempt gets a request built from the plan's state, and a
+    /// retry says so in its context.
+    #[test]
+    fn each_attempt_builds_its_request() {
+        let mut c = FakeCluster::new(&[]);
+        let v = view();
+        c.fault("raw_batch_put", server_is_busy());
+        let mut op = put(&v, &["a"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (builds, relocated) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        assert_eq!(builds, 2, "{log}");
+        assert!(relocated.is_empty());
+        let retries: Vec<bool> = c
+            .received
+            .iter()
+            .filter(|r| matches!(r, KvRequest::RawBatchPut(_)))
+            .map(|r| r.context().is_some_and(|ctx| ctx.is_retry_request))
+            .collect();
+        assert_eq!(retries, [false, true]);
+        assert_eq!(op.lost_answers(), 0, "a region error is an answer: nothing applied");
+    }
+
+    /// A transport failure may have been applied; the fan-out reports it
+    /// once it is over, even when the attempt was retried successfully.
+    #[test]
+    fn lost_answers_are_reported() {
+        let mut c = FakeCluster::new(&["m"]);
+        let v = view();
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::DeadlineExceeded));
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (builds, _) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        // Two batches; the one that lost its answer retries on the next
+        // peer, which names the leader, and once more there.
+        assert_eq!(builds, 4, "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
+    }
+
+    /// When one batch fails, the lost answers of the batches still running
+    /// are reported too: the parent decides at that moment.
+    #[test]
+    fn a_failed_fan_out_reports_the_lost_answers_of_live_batches() {
+        let mut c = FakeCluster::new(&["m"]);
+        let v = view();
+        // The first batch's request loses its answer (and sleeps before its
+        // retry); the second's meets an error that is not retried.
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::Unavailable("reset".into())));
+        c.fault(
+            "raw_batch_put",
+            Fault::Region(Box::new(errorpb::Error {
+                message: "too large".into(),
+                raft_entry_too_large: Some(Default::default()),
+                ..Default::default()
+            })),
+        );
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        assert!(matches!(result, Err(Error::Region(_))), "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
+    }
+
+    /// A batch handed back tells the plan whether an attempt may have
+    /// applied; one handed back before any request was built is not
+    /// reported.
+    #[test]
+    fn relocated_batches_say_whether_they_may_have_applied() {
+        let mut c = FakeCluster::new(&[]);
+        let v = view();
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::DeadlineExceeded));
+        c.fault("raw_batch_put", Fault::SplitAt(b"m".to_vec()));
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (_, relocated) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        assert_eq!(relocated, [true], "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
     }
 }

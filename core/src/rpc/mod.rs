@@ -13,15 +13,15 @@
 //! response's `errorpb::Error` 600, the largest response over 2 KB), and a
 //! message changes hands many times between its construction and the
 //! transport (plan → sender → fan-out → driver → transport → batch
-//! collector, and back): unboxed, each hand-off copied the size of the
-//! largest variant, which profiled at about a fifth of the client's CPU
-//! (issue #7). Boxed, each hand-off moves a pointer, for one allocation per
-//! message. `From<message>` builds the enum from a bare message.
+//! collector, and back): unboxed, each hand-off would copy the size of the
+//! largest variant, a large share of the client's CPU. Boxed, each hand-off
+//! moves a pointer, for one allocation per message. `From<message>` builds the enum from a bare message.
 
 pub mod batch;
 pub mod region_error;
 mod tags;
 
+pub use crate::error::RpcError;
 pub use tags::{RequestSource, RequestTags};
 
 use std::fmt;
@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, pdpb};
 
-use crate::pd::Timestamp;
+use crate::pd::timestamp::Timestamp;
 use crate::time::Instant;
 
 /// Calls `$m!` with the list of TiKV unary RPCs the client speaks:
@@ -511,51 +511,6 @@ impl fmt::Debug for Rpc {
             self.id, self.request, self.target, self.deadline
         )
     }
-}
-
-/// Transport-level failure of one RPC, as reported by a runtime.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum RpcError {
-    /// Could not connect, or the connection broke before a response.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The deadline passed without a response.
-    #[error("deadline exceeded")]
-    DeadlineExceeded,
-    /// The call was canceled.
-    #[error("canceled")]
-    Canceled,
-    /// The response could not be decoded.
-    #[error("decode error: {0}")]
-    Decode(String),
-    /// The server does not serve the method (gRPC `Unimplemented`): an
-    /// older PD or TiKV. Callers with a fallback take it (client-go falls
-    /// back from `BatchScanRegions` to `ScanRegions` this way); it is never
-    /// a reason to retry or to look for another leader. The status message.
-    #[error("unimplemented: {0}")]
-    Unimplemented(String),
-    /// The server answered with another gRPC status than OK, one the
-    /// transport has no variant of its own for.
-    #[error("grpc status {code}: {message}")]
-    Status {
-        /// The gRPC status code as a number.
-        code: i32,
-        /// The status message.
-        message: String,
-    },
-    /// The runtime returned a response of another command than the request
-    /// (a broken transport or server).
-    #[error("response does not match the request")]
-    Mismatch,
-    /// The client's timestamp oracle could not get a timestamp (its round
-    /// already retried within the TSO budget): the error it ended with.
-    #[error("no timestamp: {0}")]
-    NoTimestamp(Box<crate::error::Error>),
-    /// A network transport was handed a request only the client itself
-    /// answers ([`Request::Timestamp`] for [`Target::Oracle`]); the method
-    /// name.
-    #[error("{0} is not sent over the network")]
-    NotNetwork(&'static str),
 }
 
 #[cfg(test)]
