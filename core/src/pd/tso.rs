@@ -196,7 +196,7 @@ impl<W> TsoBatcher<W> {
     /// The batcher of the client seen through `view`: rounds have the PD
     /// timeout per RPC and the TSO backoff budget, and at most
     /// `tso_max_rounds_in_flight` (at least 1) are out at once (see
-    /// [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`]).
+    /// [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`](crate::config::DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT)).
     pub fn new(view: Arc<ClusterView>, seed: u64) -> TsoBatcher<W> {
         let max_in_flight = view.config.tso_max_rounds_in_flight.max(1);
         TsoBatcher {
