@@ -337,7 +337,7 @@ impl ApiCodec {
             return Ok(Bytes::new());
         }
         // Bytes after the encoded value are ignored, as client-go does.
-        memcomparable::decode_bytes(key).map(|(v, _)| Bytes::from(v))
+        Ok(memcomparable::decode_bytes(key).map(|(v, _)| Bytes::from(v))?)
     }
 
     /// Decodes region boundaries as reported by PD or TiKV into user keys;

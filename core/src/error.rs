@@ -9,7 +9,6 @@ use std::fmt;
 use tikv_proto::{errorpb, kvrpcpb};
 
 use crate::backoff::{BackoffKind, ExhaustedClass};
-use crate::rpc::RpcError;
 use crate::time::Duration;
 
 /// Result alias for the core.
@@ -180,8 +179,66 @@ impl Error {
     }
 }
 
+impl From<crate::key::memcomparable::MalformedKey> for Error {
+    fn from(e: crate::key::memcomparable::MalformedKey) -> Error {
+        Error::malformed(e)
+    }
+}
+
 impl From<RpcError> for Error {
     fn from(e: RpcError) -> Error {
         Error::Rpc(e)
     }
+}
+
+/// Transport-level failure of one RPC, as reported by a runtime (also
+/// [`crate::rpc::RpcError`], beside the requests it fails). It lives here,
+/// with [`Error`] that wraps it and that it wraps
+/// ([`RpcError::NoTimestamp`]), so the vocabulary of failures depends on no
+/// other module's.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RpcError {
+    /// Could not connect, or the connection broke before a response.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed without a response.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The call was canceled.
+    #[error("canceled")]
+    Canceled,
+    /// The response could not be decoded.
+    #[error("decode error: {0}")]
+    Decode(String),
+    /// The server does not serve the method (gRPC `Unimplemented`): an
+    /// older PD or TiKV. Callers with a fallback take it (client-go falls
+    /// back from `BatchScanRegions` to `ScanRegions` this way); it is never
+    /// a reason to retry or to look for another leader. The status message.
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
+    /// The server answered with another gRPC status than OK, one the
+    /// transport has no variant of its own for.
+    #[error("grpc status {code}: {message}")]
+    Status {
+        /// The gRPC status code as a number.
+        code: i32,
+        /// The status message.
+        message: String,
+    },
+    /// The runtime returned a response of another command than the request
+    /// (a broken transport or server).
+    #[error("response does not match the request")]
+    Mismatch,
+    /// The client's timestamp oracle could not get a timestamp (its round
+    /// already retried within the TSO budget): the error it ended with.
+    #[error("no timestamp: {0}")]
+    NoTimestamp(Box<Error>),
+    /// A network transport was handed a request only the client itself
+    /// answers ([`Request::Timestamp`] for [`Target::Oracle`]); the method
+    /// name.
+    ///
+    /// [`Request::Timestamp`]: crate::rpc::Request::Timestamp
+    /// [`Target::Oracle`]: crate::rpc::Target::Oracle
+    #[error("{0} is not sent over the network")]
+    NotNetwork(&'static str),
 }

@@ -15,8 +15,8 @@
 //!
 //! Determined outcomes are cached per client (client-go keeps 2048).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tikv_proto::kvrpcpb;
 
@@ -25,136 +25,18 @@ use crate::error::Error;
 use crate::key::Key;
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::{GetTimestamp, Timestamp};
-use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
+pub mod status;
+
+pub use status::{Lock, TXN_STATUS_CACHE_SIZE, TxnStatus, TxnStatusCache};
+
 /// client-go's `ResolveLockLiteThreshold`: transactions with fewer keys are
 /// resolved key by key, larger ones region-wide.
 pub const RESOLVE_LITE_THRESHOLD: u64 = 512;
-
-/// How many determined transaction outcomes a client remembers.
-pub const TXN_STATUS_CACHE_SIZE: usize = 2048;
-
-/// A lock met on a key (from `kvrpcpb::LockInfo`, keys already decoded).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lock {
-    /// The locked key.
-    pub key: Key,
-    /// The primary key of the lock's transaction.
-    pub primary: Key,
-    /// The transaction's start timestamp.
-    pub txn_id: u64,
-    /// Lock TTL in milliseconds (from the transaction's start, physical).
-    pub ttl: u64,
-    /// Keys the transaction wrote in this region (decides lite resolving).
-    pub txn_size: u64,
-    /// What kind of lock (`Put`, `Del`, `Lock`, `PessimisticLock`, ...).
-    pub lock_type: kvrpcpb::Op,
-    /// The transaction uses async commit.
-    pub use_async_commit: bool,
-    /// For pessimistic locks, the lock's `for_update_ts`.
-    pub for_update_ts: u64,
-    /// The lock's `min_commit_ts` (async commit).
-    pub min_commit_ts: u64,
-    /// Left by a file-based transaction: TiKV needs the flag on
-    /// `CheckTxnStatus` and `ResolveLock` (client-go forwards it; it writes
-    /// no such transactions itself, nor do we).
-    pub is_txn_file: bool,
-}
-
-impl Lock {
-    /// The locks described by `info`: one, or the inner locks of a shared
-    /// lock wrapper (client-go expands them before resolving).
-    pub fn from_info(info: &kvrpcpb::LockInfo) -> Vec<Lock> {
-        if !info.shared_lock_infos.is_empty() {
-            return info.shared_lock_infos.iter().flat_map(Lock::from_info).collect();
-        }
-        vec![Lock {
-            key: info.key.clone().into(),
-            primary: info.primary_lock.clone().into(),
-            txn_id: info.lock_version,
-            ttl: info.lock_ttl,
-            txn_size: info.txn_size,
-            lock_type: kvrpcpb::Op::try_from(info.lock_type).unwrap_or(kvrpcpb::Op::Put),
-            use_async_commit: info.use_async_commit,
-            for_update_ts: info.lock_for_update_ts,
-            min_commit_ts: info.min_commit_ts,
-            is_txn_file: info.is_txn_file,
-        }]
-    }
-
-    /// A pessimistic lock (acquired by `PessimisticLock`, not prewritten).
-    pub fn is_pessimistic(&self) -> bool {
-        matches!(self.lock_type, kvrpcpb::Op::PessimisticLock | kvrpcpb::Op::SharedPessimisticLock)
-    }
-
-    /// Milliseconds until the lock expires at `current_ts`, or 0 if it has
-    /// (client-go `oracle.UntilExpired`: TTLs count in the physical domain
-    /// from the lock's start timestamp).
-    pub fn ms_until_expired(&self, ttl: u64, current_ts: u64) -> u64 {
-        let start = Timestamp::from_version(self.txn_id).physical.max(0) as u64;
-        let now = Timestamp::from_version(current_ts).physical.max(0) as u64;
-        start.saturating_add(ttl).saturating_sub(now)
-    }
-}
-
-/// A transaction's fate as its primary reports it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TxnStatus {
-    /// Remaining lock TTL; non-zero means the transaction is alive.
-    pub ttl: u64,
-    /// Commit timestamp; 0 with `ttl == 0` means rolled back.
-    pub commit_ts: u64,
-    /// What `CheckTxnStatus` did.
-    pub action: kvrpcpb::Action,
-    /// The primary's lock, when it is still locked (async commit needs it).
-    pub primary_lock: Option<kvrpcpb::LockInfo>,
-}
-
-impl TxnStatus {
-    /// Committed at `commit_ts`.
-    pub fn is_committed(&self) -> bool {
-        self.ttl == 0 && self.commit_ts > 0
-    }
-    /// Rolled back.
-    pub fn is_rolled_back(&self) -> bool {
-        self.ttl == 0 && self.commit_ts == 0
-    }
-}
-
-/// The client's cache of determined outcomes (committed or rolled back),
-/// FIFO-evicted. Shared by all operations of a client.
-#[derive(Debug, Default)]
-pub struct TxnStatusCache {
-    inner: Mutex<(HashMap<u64, TxnStatus>, VecDeque<u64>)>,
-}
-
-impl TxnStatusCache {
-    /// The cached outcome of `txn_id`.
-    pub fn get(&self, txn_id: u64) -> Option<TxnStatus> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.0.get(&txn_id).cloned()
-    }
-
-    /// Remembers a determined outcome; alive transactions are not cached.
-    pub fn insert(&self, txn_id: u64, status: &TxnStatus) {
-        if status.ttl != 0 {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *inner;
-        if map.insert(txn_id, status.clone()).is_none() {
-            order.push_back(txn_id);
-            while order.len() > TXN_STATUS_CACHE_SIZE {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                }
-            }
-        }
-    }
-}
 
 /// What the caller learns from resolving.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -207,7 +89,7 @@ enum StatusError {
 
 impl PointPlan for CheckStatusPlan {
     type Output = Result<TxnStatus, StatusError>;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusRequest {
             primary_key: key.to_bytes(),
             lock_ts: self.lock.txn_id,
@@ -267,7 +149,7 @@ impl KeyPlan for SecondariesPlan {
     fn batch_limits(&self) -> (usize, usize) {
         (usize::MAX, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         KvRequest::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             start_version: self.txn_id,
@@ -333,7 +215,7 @@ impl KeyPlan for CleanupPlan {
     fn batch_limits(&self) -> (usize, usize) {
         (usize::MAX, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         match *self {
             CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
                 KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {

@@ -13,8 +13,8 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
-use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::walk::{RangePlan, RangeWalk};
+use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse};
 use crate::time::Duration;
 use crate::view::ClusterView;
@@ -99,7 +99,7 @@ pub struct GetPlan {
 
 impl PointPlan for GetPlan {
     type Output = Option<Value>;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: key.to_bytes(),
             cf: self.cf.wire_name().into(),
@@ -141,7 +141,7 @@ impl KeyPlan for BatchGetPlan {
     fn batch_limits(&self) -> (usize, usize) {
         (self.max_keys, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         KvRequest::RawBatchGet(Box::new(kvrpcpb::RawBatchGetRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
             cf: self.opts.cf.wire_name().into(),
@@ -200,7 +200,7 @@ impl KeyPlan for PutPlan {
     fn batch_limits(&self) -> (usize, usize) {
         self.limits
     }
-    fn build(&self, batch: &[PutItem]) -> KvRequest {
+    fn build(&mut self, batch: &[PutItem]) -> KvRequest {
         let cf = self.opts.cf.wire_name().to_string();
         if self.single
             && let Some(item) = batch.first()
@@ -270,7 +270,7 @@ impl KeyPlan for DeletePlan {
     fn batch_limits(&self) -> (usize, usize) {
         (self.max_keys, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         let cf = self.opts.cf.wire_name().to_string();
         if self.single
             && let Some(key) = batch.first()
@@ -311,7 +311,7 @@ pub struct GetKeyTtlPlan {
 
 impl PointPlan for GetKeyTtlPlan {
     type Output = Option<u64>;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest {
             key: key.to_bytes(),
             cf: self.cf.wire_name().into(),
@@ -352,7 +352,7 @@ pub struct CasPlan {
 
 impl PointPlan for CasPlan {
     type Output = CasOutcome;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::RawCompareAndSwap(Box::new(kvrpcpb::RawCasRequest {
             key: key.to_bytes(),
             value: self.new_value.clone(),

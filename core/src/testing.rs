@@ -234,7 +234,7 @@ impl FakeCluster {
                 PdResponse::GetPrevRegion(Box::new(region_resp(prev)))
             }
             PdRequest::BatchScanRegions(_) if self.no_batch_scan => {
-                return Err(RpcError::Status { code: 12, message: "unknown method".into() });
+                return Err(RpcError::Unimplemented("unknown method".into()));
             }
             PdRequest::BatchScanRegions(r) => {
                 let Some(range) = r.ranges.first() else {
@@ -282,10 +282,7 @@ impl FakeCluster {
                 }))
             }
             other => {
-                return Err(RpcError::Status {
-                    code: 12,
-                    message: format!("{} unimplemented", other.name()),
-                });
+                return Err(RpcError::Unimplemented(format!("{} unimplemented", other.name())));
             }
         })
     }

@@ -28,6 +28,7 @@ pub fn to_rpc_error(status: Status) -> RpcError {
         _ if status.source().is_some() => RpcError::Unavailable(describe(&status)),
         Code::Unavailable => RpcError::Unavailable(describe(&status)),
         Code::Cancelled => RpcError::Canceled,
+        Code::Unimplemented => RpcError::Unimplemented(message.to_owned()),
         code => RpcError::Status { code: code as i32, message: message.to_owned() },
     }
 }
@@ -56,7 +57,7 @@ mod tests {
     fn server_statuses_keep_their_code() {
         assert_eq!(
             to_rpc_error(Status::unimplemented("nope")),
-            RpcError::Status { code: 12, message: "nope".into() }
+            RpcError::Unimplemented("nope".into())
         );
         assert_eq!(
             to_rpc_error(Status::internal("boom")),

@@ -1100,10 +1100,10 @@ impl State {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }
             other => {
-                return Err(RpcError::Status {
-                    code: tikv_core::rpc::GRPC_UNIMPLEMENTED,
-                    message: format!("{} is not implemented by the simulator", other.name()),
-                });
+                return Err(RpcError::Unimplemented(format!(
+                    "{} is not implemented by the simulator",
+                    other.name()
+                )));
             }
         };
         Ok(resp)

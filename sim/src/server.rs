@@ -121,6 +121,7 @@ fn to_status(e: RpcError) -> Status {
         RpcError::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
         RpcError::Canceled => Status::cancelled("canceled"),
         RpcError::Decode(m) => Status::internal(m),
+        RpcError::Unimplemented(m) => Status::unimplemented(m),
         RpcError::Status { code, message } => Status::new(tonic::Code::from_i32(code), message),
         RpcError::Mismatch => Status::internal("response does not match the request"),
         RpcError::NoTimestamp(e) => Status::unavailable(e.to_string()),

@@ -220,10 +220,7 @@ fn answer_in(
             })
         }
         Request::Pd(other) => {
-            return Ok(Err(RpcError::Status {
-                code: 12,
-                message: format!("{} not fuzzed", other.name()),
-            }));
+            return Ok(Err(RpcError::Unimplemented(format!("{} not fuzzed", other.name()))));
         }
         Request::Kv(req) => {
             let mut resp = req.response_template();

@@ -57,7 +57,7 @@ macro_rules! transport_suite {
             requests_go_unary_when_the_store_has_no_batch_stream,
             a_unary_fallback_ends_at_its_deadline,
             a_mismatched_answer_is_a_mismatch,
-            unimplemented_method_is_status_12,
+            unimplemented_method_is_typed,
             slow_server_is_deadline_exceeded_on_time,
             unanswered_stream_request_is_deadline_exceeded_on_time,
             stalled_peer_is_deadline_exceeded_on_time,
@@ -615,18 +615,19 @@ pub async fn a_mismatched_answer_is_a_mismatch<H: Harness>() {
     assert_eq!(value(client.call(&store(server.addr()), raw_get("k"), 5000).await), b"value-of-k");
 }
 
-/// A method the server does not implement is its status, code 12.
-pub async fn unimplemented_method_is_status_12<H: Harness>() {
+/// A method the server does not implement is `RpcError::Unimplemented`
+/// (gRPC status 12), a variant of its own: the core falls back on it.
+pub async fn unimplemented_method_is_typed<H: Harness>() {
     let server = TestServer::start(Serve::generation(1));
     let client = Client::<H>::unary();
     let put = Request::Kv(KvRequest::RawPut(Box::default()));
     let response = client.call(&store(server.addr()), put, 5000).await;
-    assert!(matches!(response, Err(RpcError::Status { code: 12, .. })), "{response:?}");
+    assert!(matches!(response, Err(RpcError::Unimplemented(_))), "{response:?}");
     // Unimplemented PD method on a server that does serve PD.
     let pd = Target::Pd { addr: server.addr() };
     let stores = Request::Pd(PdRequest::GetAllStores(Default::default()));
     let response = client.call(&pd, stores, 5000).await;
-    assert!(matches!(response, Err(RpcError::Status { code: 12, .. })), "{response:?}");
+    assert!(matches!(response, Err(RpcError::Unimplemented(_))), "{response:?}");
 }
 
 /// A unary call to a store that answers too late ends at its deadline, as

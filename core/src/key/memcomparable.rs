@@ -17,8 +17,6 @@
 //! assert_eq!(decode_bytes(&enc).unwrap(), (b"hello world".to_vec(), enc.len()));
 //! ```
 
-use crate::error::Error;
-
 /// Data bytes per group.
 const GROUP: usize = 8;
 /// Marker of a full group (no padding).
@@ -62,53 +60,55 @@ pub fn encode_bytes_desc(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A memcomparable value that does not decode; the reason. It becomes
+/// [`crate::Error::MalformedResponse`] (the keys come from the network).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedKey(pub String);
+
 /// Decodes one ascending-encoded value from the front of `data`.
 ///
 /// Returns the value and how many bytes of `data` it used (trailing bytes are
 /// left to the caller). Truncated groups, a marker claiming more than 8 pad
-/// bytes, and non-zero padding are all [`Error::MalformedResponse`], as
-/// client-go's `DecodeBytes` rejects them: these keys come from PD and TiKV.
-pub fn decode_bytes(data: &[u8]) -> Result<(Vec<u8>, usize), Error> {
+/// bytes, and non-zero padding are all [`MalformedKey`], as client-go's
+/// `DecodeBytes` rejects them: these keys come from PD and TiKV.
+pub fn decode_bytes(data: &[u8]) -> Result<(Vec<u8>, usize), MalformedKey> {
     decode(data, false)
 }
 
 /// Decodes one descending-encoded value (see [`encode_bytes_desc`]).
-pub fn decode_bytes_desc(data: &[u8]) -> Result<(Vec<u8>, usize), Error> {
+pub fn decode_bytes_desc(data: &[u8]) -> Result<(Vec<u8>, usize), MalformedKey> {
     decode(data, true)
 }
 
-fn decode(data: &[u8], desc: bool) -> Result<(Vec<u8>, usize), Error> {
+fn decode(data: &[u8], desc: bool) -> Result<(Vec<u8>, usize), MalformedKey> {
     let mut out = Vec::with_capacity(data.len() / (GROUP + 1) * GROUP);
     let mut groups = data.chunks(GROUP + 1);
     let mut used = 0;
     loop {
         let Some(group) = groups.next() else {
-            return Err(Error::malformed(format_args!(
-                "memcomparable: input ends after {used} bytes without a final group"
+            return Err(MalformedKey(format!(
+                "input ends after {used} bytes without a final group"
             )));
         };
         let (bytes, marker) = match group.split_last() {
             Some((&marker, bytes)) if bytes.len() == GROUP => (bytes, marker),
             _ => {
-                return Err(Error::malformed(format_args!(
-                    "memcomparable: truncated group at offset {used}"
-                )));
+                return Err(MalformedKey(format!("truncated group at offset {used}")));
             }
         };
         let marker = if desc { !marker } else { marker };
         let pad = usize::from(MARKER - marker);
         if pad > GROUP {
-            return Err(Error::malformed(format_args!(
-                "memcomparable: invalid marker {marker:#04x} at offset {}",
+            return Err(MalformedKey(format!(
+                "invalid marker {marker:#04x} at offset {}",
                 used + GROUP
             )));
         }
         let (real, padding) = bytes.split_at(GROUP - pad);
         let pad_byte = if desc { !PAD } else { PAD };
         if padding.iter().any(|&b| b != pad_byte) {
-            return Err(Error::malformed(format_args!(
-                "memcomparable: non-zero padding in group at offset {used}"
-            )));
+            return Err(MalformedKey(format!("non-zero padding in group at offset {used}")));
         }
         out.extend_from_slice(real);
         used += GROUP + 1;
@@ -201,7 +201,7 @@ mod tests {
         ];
         for case in cases {
             match decode_bytes(case) {
-                Err(Error::MalformedResponse(_)) => {}
+                Err(MalformedKey(_)) => {}
                 other => panic!("{case:?} decoded to {other:?}"),
             }
         }

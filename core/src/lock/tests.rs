@@ -8,6 +8,7 @@ use tikv_proto::kvrpcpb;
 
 use super::*;
 use crate::config::Config;
+use crate::pd::Timestamp;
 use crate::testing::{FakeCluster, Fault, drive, view, view_with};
 
 /// A start ts at `physical_ms` (the fake PD's clock reads 1000 ms).

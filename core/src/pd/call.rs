@@ -173,9 +173,9 @@ impl PdCall {
                     self.request.name()
                 ))));
             }
-            Err(RpcError::Status { code, message }) if code == crate::rpc::GRPC_UNIMPLEMENTED => {
+            Err(e @ RpcError::Unimplemented(_)) => {
                 // Not a leadership problem: the server does not know the method.
-                self.finish(Err(Error::Rpc(RpcError::Status { code, message })));
+                self.finish(Err(Error::Rpc(e)));
             }
             Err(e) => {
                 self.pd.forget_leader(&addr);

@@ -1,7 +1,6 @@
 //! Timestamp oracle: batching timestamp requests onto PD's `Tso` stream.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 
 use tikv_proto::pdpb;
@@ -12,83 +11,10 @@ use crate::op::Operation;
 use crate::pd::PdCall;
 use crate::rng::Rng;
 use crate::rpc::{PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target};
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 use crate::view::ClusterView;
 
-/// Bits of the logical part of a TSO timestamp (`oracle.ComposeTS`).
-pub const LOGICAL_BITS: u32 = 18;
-
-/// A PD timestamp: physical milliseconds and an 18-bit logical counter.
-///
-/// ```
-/// use tikv_core::pd::Timestamp;
-/// let ts = Timestamp { physical: 1000, logical: 5 };
-/// assert_eq!(ts.version(), (1000 << 18) | 5);
-/// assert_eq!(Timestamp::from_version(ts.version()), ts);
-/// ```
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp {
-    /// Milliseconds since the Unix epoch, as PD's clock saw them.
-    pub physical: i64,
-    /// Logical counter within the millisecond.
-    pub logical: i64,
-}
-
-impl Timestamp {
-    /// The `u64` form TiKV uses (`physical << 18 | logical`).
-    pub fn version(self) -> u64 {
-        ((self.physical.max(0) as u64) << LOGICAL_BITS)
-            | (self.logical.max(0) as u64 & ((1 << LOGICAL_BITS) - 1))
-    }
-
-    /// Splits a `u64` version into its parts.
-    pub fn from_version(v: u64) -> Timestamp {
-        Timestamp {
-            physical: (v >> LOGICAL_BITS) as i64,
-            logical: (v & ((1 << LOGICAL_BITS) - 1)) as i64,
-        }
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.physical, self.logical)
-    }
-}
-
-/// The newest timestamp a client has seen and when it arrived: client-go's
-/// low-resolution timestamp (`pdOracle.lastTS`, refreshed every 2 s by its
-/// updater and by every timestamp it fetches). The lock resolver uses it as
-/// "now" for TTL checks instead of asking PD each time. A stale value only
-/// makes locks look alive longer, never expired early, so it is safe; it is
-/// used only while younger than a bound, after which a fresh timestamp is
-/// fetched (and recorded), so resolution never waits on a frozen clock.
-#[derive(Debug, Default)]
-pub struct LastTimestamp {
-    seen: std::sync::Mutex<Option<(u64, Instant)>>,
-}
-
-impl LastTimestamp {
-    /// Records `ts`, obtained at `now`, if it is the newest seen.
-    pub fn observe(&self, ts: u64, now: Instant) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.is_none_or(|(last, _)| ts > last) {
-            *seen = Some((ts, now));
-        }
-    }
-
-    /// The newest timestamp seen, however old: every timestamp up to it has
-    /// been handed out by PD.
-    pub fn newest(&self) -> Option<u64> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).map(|(ts, _)| ts)
-    }
-
-    /// The newest timestamp, if it arrived less than `max_age` before `now`.
-    pub fn fresh(&self, now: Instant, max_age: Duration) -> Option<u64> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.filter(|&(_, at)| now.saturating_duration_since(at) < max_age).map(|(ts, _)| ts)
-    }
-}
+use super::{LOGICAL_BITS, Timestamp};
 
 /// Whether a read at some timestamp may run (client-go `ValidateReadTS`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -129,23 +55,6 @@ pub fn judge_read_ts(read_ts: u64, handed_out: Option<u64>) -> Result<ReadTsVerd
 /// Most timestamps asked for in one `Tso` round (PD's client uses 10,000,
 /// `defaultMaxTSOBatchSize`).
 pub const MAX_TSO_BATCH: usize = 10_000;
-
-/// Rounds kept in flight on the TSO stream by default: 4, the token count
-/// of PD's PARALLEL mode.
-///
-/// PD's client sends one RPC at a time by default
-/// (`defaultTSOClientRPCConcurrency = 1`); its opt-in concurrent modes
-/// (`tidb_tso_client_rpc_mode` PARALLEL / PARALLEL-FAST, concurrency 2 / 4)
-/// allow twice the concurrency in flight but pace rounds at the estimated
-/// RPC latency divided by the concurrency. We never wait deliberately: a
-/// round leaves as soon as a caller is waiting and fewer than this many
-/// rounds are out, so depth only adds rounds when callers arrive while
-/// every round is busy. With one round in flight, callers that come back
-/// from a round split into a round of the first one back and a round of the
-/// rest, which then waits a whole extra round trip; a second slot takes the
-/// rest at once (B8, `tso-bench`: 64 callers at ~0.7 ms RTT, p50 1.4 ms at
-/// depth 1 and 0.74 ms at depth 2 or 4).
-pub const DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// The consecutive timestamps one round hands out, in order: `count`
 /// logical values ending at PD's answer.
@@ -287,7 +196,7 @@ impl<W> TsoBatcher<W> {
     /// The batcher of the client seen through `view`: rounds have the PD
     /// timeout per RPC and the TSO backoff budget, and at most
     /// `tso_max_rounds_in_flight` (at least 1) are out at once (see
-    /// [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`]).
+    /// [`DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT`](crate::config::DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT)).
     pub fn new(view: Arc<ClusterView>, seed: u64) -> TsoBatcher<W> {
         let max_in_flight = view.config.tso_max_rounds_in_flight.max(1);
         TsoBatcher {

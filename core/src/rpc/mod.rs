@@ -13,18 +13,15 @@
 //! response's `errorpb::Error` 600, the largest response over 2 KB), and a
 //! message changes hands many times between its construction and the
 //! transport (plan → sender → fan-out → driver → transport → batch
-//! collector, and back): unboxed, each hand-off copied the size of the
-//! largest variant, which profiled at about a fifth of the client's CPU
-//! (issue #7). Boxed, each hand-off moves a pointer, for one allocation per
-//! message. `From<message>` builds the enum from a bare message.
+//! collector, and back): unboxed, each hand-off would copy the size of the
+//! largest variant, a large share of the client's CPU. Boxed, each hand-off
+//! moves a pointer, for one allocation per message. `From<message>` builds the enum from a bare message.
 
 pub mod batch;
-pub mod fanout;
 pub mod region_error;
-pub mod sender;
 mod tags;
-pub mod walk;
 
+pub use crate::error::RpcError;
 pub use tags::{RequestSource, RequestTags};
 
 use std::fmt;
@@ -32,7 +29,7 @@ use std::sync::Arc;
 
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, pdpb};
 
-use crate::pd::Timestamp;
+use crate::pd::timestamp::Timestamp;
 use crate::time::Instant;
 
 /// Calls `$m!` with the list of TiKV unary RPCs the client speaks:
@@ -516,47 +513,6 @@ impl fmt::Debug for Rpc {
     }
 }
 
-/// Transport-level failure of one RPC, as reported by a runtime.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum RpcError {
-    /// Could not connect, or the connection broke before a response.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The deadline passed without a response.
-    #[error("deadline exceeded")]
-    DeadlineExceeded,
-    /// The call was canceled.
-    #[error("canceled")]
-    Canceled,
-    /// The response could not be decoded.
-    #[error("decode error: {0}")]
-    Decode(String),
-    /// The server answered with a gRPC status other than OK.
-    #[error("grpc status {code}: {message}")]
-    Status {
-        /// The gRPC status code as a number.
-        code: i32,
-        /// The status message.
-        message: String,
-    },
-    /// The runtime returned a response of another command than the request
-    /// (a broken transport or server).
-    #[error("response does not match the request")]
-    Mismatch,
-    /// The client's timestamp oracle could not get a timestamp (its round
-    /// already retried within the TSO budget): the error it ended with.
-    #[error("no timestamp: {0}")]
-    NoTimestamp(Box<crate::error::Error>),
-    /// A network transport was handed a request only the client itself
-    /// answers ([`Request::Timestamp`] for [`Target::Oracle`]); the method
-    /// name.
-    #[error("{0} is not sent over the network")]
-    NotNetwork(&'static str),
-}
-
-/// gRPC status code `Unimplemented`.
-pub const GRPC_UNIMPLEMENTED: i32 = 12;
-
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
@@ -564,8 +520,6 @@ mod tests {
     use tikv_proto::{kvrpcpb, pdpb};
 
     use super::*;
-    use crate::error::Error;
-    use crate::rpc::sender::RegionOutcome;
 
     /// The types every request and response passes through by value, with
     /// the bounds they were brought under (module docs). A variant added
@@ -584,12 +538,9 @@ mod tests {
         // Id, target (a tag, a store id and an address), request, deadline.
         assert!(size_of::<Target>() <= 4 * WORD, "Target: {}", size_of::<Target>());
         assert!(size_of::<Rpc>() <= 9 * WORD, "Rpc: {}", size_of::<Rpc>());
-        // What the runtime feeds back, and what a sender hands its parent.
+        // What the runtime feeds back.
         let fed_back = size_of::<Result<Response, RpcError>>();
         assert!(fed_back <= 4 * WORD, "Result<Response, RpcError>: {fed_back}");
-        assert!(size_of::<RegionOutcome>() <= 2 * WORD, "RegionOutcome");
-        let outcome = size_of::<Result<RegionOutcome, Error>>();
-        assert!(outcome <= 11 * WORD, "Result<RegionOutcome, Error>: {outcome}");
         // The messages themselves are what the boxes keep out of the moves.
         assert!(size_of::<kvrpcpb::RawGetRequest>() > 8 * WORD);
         assert!(size_of::<kvrpcpb::CheckTxnStatusResponse>() > 64 * WORD);

@@ -29,7 +29,7 @@ use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{IdMap, Operation};
 use crate::pd::{GetTimestamp, Timestamp};
-use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::txn::membuffer::{BufferedValue, MemBuffer};
@@ -194,11 +194,11 @@ struct PrewritePlan {
     total: usize,
     /// 1PC requests built that may have committed the transaction: neither
     /// answered nor handed back unapplied (carried over rounds).
-    one_pc_unanswered: std::cell::Cell<u32>,
+    one_pc_unanswered: u32,
     /// A batch without 1PC was built while a 1PC request was unanswered
     /// (the keys moved to several regions): its answer cannot tell a fresh
     /// 2PC lock from "already committed by the lost 1PC attempt".
-    split_after_one_pc: std::cell::Cell<bool>,
+    split_after_one_pc: bool,
     assertion_level: kvrpcpb::AssertionLevel,
     timeout: Duration,
     // Results.
@@ -222,13 +222,13 @@ impl KeyPlan for PrewritePlan {
     fn batch_limits(&self) -> (usize, usize) {
         (usize::MAX, TXN_COMMIT_BATCH_SIZE)
     }
-    fn build(&self, batch: &[Mutation]) -> KvRequest {
+    fn build(&mut self, batch: &[Mutation]) -> KvRequest {
         let has_primary = batch.iter().any(|m| m.key == self.primary);
         let try_one_pc = self.one_pc && batch.len() == self.total;
         if try_one_pc {
-            self.one_pc_unanswered.set(self.one_pc_unanswered.get() + 1);
-        } else if self.one_pc && self.one_pc_unanswered.get() > 0 {
-            self.split_after_one_pc.set(true);
+            self.one_pc_unanswered += 1;
+        } else if self.one_pc && self.one_pc_unanswered > 0 {
+            self.split_after_one_pc = true;
         }
         KvRequest::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
@@ -255,7 +255,7 @@ impl KeyPlan for PrewritePlan {
     fn relocated(&mut self, batch: &[Mutation], maybe_applied: bool) {
         if self.one_pc && batch.len() == self.total && !maybe_applied {
             // Refused with a region error on every attempt: not applied.
-            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+            self.one_pc_unanswered = self.one_pc_unanswered.saturating_sub(1);
         }
     }
     fn merge(&mut self, batch: Vec<Mutation>, response: KvResponse) -> Result<(), Error> {
@@ -264,7 +264,7 @@ impl KeyPlan for PrewritePlan {
         };
         if self.one_pc && batch.len() == self.total {
             // The answer to a 1PC request: TiKV decided.
-            self.one_pc_unanswered.set(self.one_pc_unanswered.get().saturating_sub(1));
+            self.one_pc_unanswered = self.one_pc_unanswered.saturating_sub(1);
         }
         let mut locked_keys: Vec<Key> = Vec::new();
         for e in r.errors {
@@ -327,7 +327,7 @@ struct CommitPlan {
 
 impl PointPlan for CommitPlan {
     type Output = Result<(), kvrpcpb::KeyError>;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
             keys: vec![key.to_bytes()],
             start_version: self.start_ts,
@@ -360,7 +360,7 @@ struct HeartbeatPlan {
 
 impl PointPlan for HeartbeatPlan {
     type Output = bool;
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatRequest {
             primary_lock: key.to_bytes(),
             start_version: self.start_ts,
@@ -416,7 +416,7 @@ impl KeyPlan for KeysPlan {
     fn batch_limits(&self) -> (usize, usize) {
         (usize::MAX, TXN_COMMIT_BATCH_SIZE)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         let keys = batch.iter().map(Key::to_bytes).collect();
         match self.commit_ts {
             Some(commit_ts) => KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
@@ -515,12 +515,14 @@ pub struct Committer {
     one_pc_unanswered: u32,
     /// The 1PC attempt may have committed at a ts we cannot learn.
     one_pc_uncertain: bool,
-    /// A `Prewrite` RPC lost its answer (transport error or deadline): a
-    /// store may have applied it, so a failed async-commit/1PC prewrite is
-    /// undetermined (client-go's `setUndeterminedErr` on an RPC error).
+    /// A `Prewrite` RPC of any round lost its answer (transport error or
+    /// deadline), as the prewrite fan-outs report: a store may have applied
+    /// it, so a failed async-commit/1PC prewrite is undetermined
+    /// (client-go's `setUndeterminedErr` on an RPC error).
     prewrite_lost_answer: bool,
-    /// A `Commit` of the primary lost its answer: it may have been applied
-    /// (client-go's `setUndeterminedErr` on the primary's RPC error).
+    /// A `Commit` of the primary, in any round, lost its answer: it may have
+    /// been applied (client-go's `setUndeterminedErr` on the primary's RPC
+    /// error).
     commit_lost_answer: bool,
     /// The budget of the primary's commit, shared by its retries with newer
     /// commit timestamps (`CommitTsExpired`), as client-go keeps one `bo`.
@@ -541,14 +543,12 @@ pub struct Committer {
 }
 
 /// Whose RPC an id belongs to: the current step (by its number) or a
-/// heartbeat (by its number). Late answers to an old child are dropped.
+/// heartbeat (by its number). Late answers to an old child are dropped: a
+/// step ends only once every RPC it sent was answered, or by failing, which
+/// ends the commit at once.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Child {
     Step(u64),
-    /// A `Prewrite` RPC of the current step.
-    Prewrite(u64),
-    /// A `Commit` RPC (of the primary) of the current step.
-    Commit(u64),
     Heartbeat(u64),
 }
 
@@ -764,8 +764,8 @@ impl Committer {
             secondaries,
             one_pc: self.one_pc,
             total: self.all_keys.len(),
-            one_pc_unanswered: std::cell::Cell::new(self.one_pc_unanswered),
-            split_after_one_pc: std::cell::Cell::new(false),
+            one_pc_unanswered: self.one_pc_unanswered,
+            split_after_one_pc: false,
             assertion_level: self.opts.assertion_level,
             timeout: self.view.config.read_timeout_short,
             met: Vec::new(),
@@ -799,8 +799,8 @@ impl Committer {
     }
 
     fn after_prewrite(&mut self, plan: PrewritePlan, now: Instant) {
-        self.one_pc_unanswered = plan.one_pc_unanswered.get();
-        self.one_pc_uncertain |= plan.split_after_one_pc.get();
+        self.one_pc_unanswered = plan.one_pc_unanswered;
+        self.one_pc_uncertain |= plan.split_after_one_pc;
         if let Some(e) = plan.error {
             self.finish(Err(e));
             return;
@@ -892,6 +892,7 @@ impl Committer {
         match &mut self.step {
             Step::Prewrite(op) => {
                 let Some(outcome) = op.poll_result() else { return };
+                self.prewrite_lost_answer |= op.lost_answers() > 0;
                 // The rounds' sleeps add up against the prewrite budget.
                 self.backoffer.merge_from(op.backoffer());
                 match outcome {
@@ -910,6 +911,7 @@ impl Committer {
             }
             Step::CommitPrimary(op) => {
                 let Some(outcome) = op.poll_result() else { return };
+                self.commit_lost_answer |= op.lost_answers() > 0;
                 if let Some(bo) = self.commit_backoffer.as_mut() {
                     bo.merge_from(op.backoffer());
                 }
@@ -1058,12 +1060,7 @@ impl Operation for Committer {
             _ => None,
         };
         if let Some(rpc) = rpc {
-            let child = match &rpc.request {
-                crate::rpc::Request::Kv(KvRequest::Prewrite(_)) => Child::Prewrite(self.epoch),
-                crate::rpc::Request::Kv(KvRequest::Commit(_)) => Child::Commit(self.epoch),
-                _ => Child::Step(self.epoch),
-            };
-            return Some(self.ids.wrap(child, rpc));
+            return Some(self.ids.wrap(Child::Step(self.epoch), rpc));
         }
         let hb = self.heartbeat.as_mut()?;
         let rpc = hb.in_flight.as_mut()?.poll_rpc()?;
@@ -1085,20 +1082,8 @@ impl Operation for Committer {
                 self.check_heartbeat();
                 return;
             }
-            Child::Prewrite(_) if response.is_err() => {
-                // Even an old round's attempt may have been applied.
-                self.prewrite_lost_answer = true;
-            }
-            Child::Commit(_) if response.is_err() => self.commit_lost_answer = true,
-            _ => {}
-        }
-        match child {
-            Child::Step(epoch) | Child::Prewrite(epoch) | Child::Commit(epoch)
-                if epoch != self.epoch =>
-            {
-                return;
-            }
-            _ => {}
+            Child::Step(epoch) if epoch != self.epoch => return,
+            Child::Step(_) => {}
         }
         match &mut self.step {
             Step::Prewrite(op) => op.on_response(id, response, now),

@@ -96,6 +96,7 @@
 //! # Ok::<(), tikv_core::Error>(())
 //! ```
 
+mod arena;
 mod art;
 mod index;
 #[cfg(test)]
@@ -107,7 +108,8 @@ use std::ops::{Bound, RangeBounds};
 use crate::error::{Error, Result};
 use crate::key::Value;
 
-use self::index::{Index, IndexIter, KeyArena};
+use self::arena::KeyArena;
+use self::index::{Index, IndexIter};
 
 pub use self::index::IndexKind;
 

@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{Operation, StepEvent, StepSlot};
-use crate::rpc::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::walk::{RangePlan, RangeWalk};
+use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
@@ -93,7 +93,7 @@ struct GetPlan {
 
 impl PointPlan for GetPlan {
     type Output = (Option<Value>, Vec<Lock>);
-    fn build(&self, key: &Key) -> KvRequest {
+    fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(self.locks.context(&self.opts)),
             key: key.to_bytes(),
@@ -141,7 +141,7 @@ impl KeyPlan for BatchGetPlan {
     fn batch_limits(&self) -> (usize, usize) {
         (BATCH_GET_SIZE, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         KvRequest::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             context: Some(self.locks.context(&self.opts)),
             keys: batch.iter().map(Key::to_bytes).collect(),

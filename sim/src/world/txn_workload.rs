@@ -17,7 +17,7 @@ use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::op::{IdMap, Operation};
 use tikv_core::pd::GetTimestamp;
 use tikv_core::rng::Rng;
-use tikv_core::rpc::fanout::KeyFanout;
+use tikv_core::route::fanout::KeyFanout;
 use tikv_core::rpc::{KvRequest, Request, Response, Rpc, RpcError, RpcId};
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::{

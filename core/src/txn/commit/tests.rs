@@ -644,6 +644,55 @@ fn undetermined_only_after_a_lost_answer() {
     insta::assert_snapshot!(out);
 }
 
+/// A lost answer counts for the whole commit, not only for the round that
+/// lost it: a primary `Commit` whose answer was lost, then retried and told
+/// `CommitTsExpired`, may still have committed at the first commit ts, so
+/// when the next round is refused until the budget runs out the outcome is
+/// undetermined.
+#[test]
+fn a_lost_answer_of_an_earlier_round_still_counts() {
+    let budgets =
+        crate::config::BackoffBudgets { commit: Duration::from_secs(2), ..Default::default() };
+    let config = crate::config::Config::default()
+        .with_pd_endpoints(["pd1:2379"])
+        .with_backoff_budgets(budgets);
+    let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
+    let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
+    let v = Arc::new(ClusterView::new(config, codec, pd));
+    let committer = Committer::new(
+        v,
+        ts(500),
+        Key::from("a"),
+        vec![put("a")],
+        Duration::ZERO,
+        CommitOptions::default(),
+    );
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", Fault::Rpc(RpcError::DeadlineExceeded));
+    c.fault(
+        "kv_commit",
+        respond(KvResponse::from(kvrpcpb::CommitResponse {
+            error: Some(kvrpcpb::KeyError {
+                commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                    attempted_commit_ts: 1,
+                    min_commit_ts: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    );
+    for _ in 0..1000 {
+        c.fault("kv_commit", region_error("region not found"));
+    }
+    let (log, result) = drive(committer, &mut c);
+    let commits = c.received.iter().filter(|r| matches!(r, KvRequest::Commit(_))).count();
+    assert!(commits > 3, "the second round ran: {log}");
+    assert!(matches!(&result, Err(Error::Undetermined(_))), "{result:?}\n{log}");
+}
+
 /// client-go does not chase a `CommitTsExpired` whose `min_commit_ts` is
 /// more than an hour past the attempted commit ts: definite failure
 /// (nothing was committed).

@@ -19,7 +19,7 @@ use std::ops::Bound;
 
 use smallvec::SmallVec;
 
-use super::index::KeyArena;
+use super::arena::KeyArena;
 
 /// No node / no child.
 const NONE: u32 = u32::MAX;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tikv_proto::{kvrpcpb, metapb};
+
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::op::Operation;
@@ -35,16 +37,11 @@ const MAX_RETRIES_WITHOUT_BACKOFF: u32 = 10;
 enum Phase {
     Idle,
     Resolving(Box<ResolveStore>),
+    /// An attempt is decided (waiting in `RegionCall::due` for its
+    /// request) or in flight.
     Sending {
         id: RpcId,
         store_id: u64,
-    },
-    /// A retry is due and the request was sent away: the parent supplies a
-    /// fresh one ([`RegionCall::supply_request`]).
-    AwaitingRequest {
-        peer: tikv_proto::metapb::Peer,
-        addr: Arc<str>,
-        now: Instant,
     },
     Sleeping {
         until: Instant,
@@ -59,31 +56,67 @@ enum AfterSleep {
     Relocate,
 }
 
+/// One try of a [`RegionCall`]: where it goes and the routing its request's
+/// `kvrpcpb::Context` must carry. The parent builds the request for every
+/// attempt from its own state ([`RegionCall::poll_rpc`]), as a QUIC sender
+/// rebuilds a retransmission from what is still unacknowledged rather than
+/// keeping the sent packet: nothing keeps a copy of the request for retries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    id: RpcId,
+    /// The peer asked: the cached leader, or the next peer after failures.
+    pub peer: metapb::Peer,
+    /// The peer's store address.
+    pub addr: Arc<str>,
+    /// A retry of the same request (TiKV's `is_retry_request`).
+    pub is_retry: bool,
+    /// When the runtime gives up on the attempt.
+    pub deadline: Instant,
+    region_id: u64,
+    epoch: metapb::RegionEpoch,
+    cluster_id: u64,
+    timeout_ms: u64,
+}
+
+impl Attempt {
+    /// Writes the attempt's routing into `ctx`: region id, epoch, peer,
+    /// cluster id, retry flag, and the RPC timeout as the max execution
+    /// duration when the request did not set one (client-go fills it so).
+    pub fn stamp(&self, ctx: &mut kvrpcpb::Context) {
+        ctx.region_id = self.region_id;
+        ctx.region_epoch = Some(self.epoch);
+        ctx.peer = Some(self.peer);
+        ctx.cluster_id = self.cluster_id;
+        ctx.is_retry_request = self.is_retry;
+        if ctx.max_execution_duration_ms == 0 {
+            ctx.max_execution_duration_ms = self.timeout_ms;
+        }
+    }
+}
+
 /// Sends one request to the leader of one region and handles everything
 /// TiKV can answer, following client-go's region-error table
 /// ([`crate::rpc::region_error`]):
 ///
-/// - stamps the `kvrpcpb::Context` (region id, epoch, peer, API version,
-///   keyspace, cluster id, retry flag, max execution duration);
+/// - decides each [`Attempt`] (peer, address, context); the parent builds
+///   the request for it, which the call stamps (region id, epoch, peer, API
+///   version, keyspace, cluster id, retry flag, max execution duration) and
+///   encodes with the client's API codec;
 /// - resolves the leader's store address through PD when it is unknown;
 /// - on a send failure backs off `BoTiKVRPC` and tries the next peer (a
 ///   follower answers `NotLeader` with the new leader once one is elected);
 /// - on a region error switches leader, backs off and retries, or hands the
 ///   request back as [`RegionOutcome::Relocate`] after updating the cache.
 ///
-/// The request is encoded with the client's API codec once, at construction,
-/// and the response decoded before it is returned.
+/// The response is decoded before it is returned. The call runs like an
+/// [`Operation`], except that [`RegionCall::poll_rpc`] takes the builder of
+/// the request.
 #[derive(Debug)]
 pub struct RegionCall {
     view: Arc<ClusterView>,
     region: RegionRef,
-    /// `None` once sent in rebuild mode, until the parent supplies the next.
-    request: Option<Result<KvRequest, Error>>,
-    /// The command, for matching the answer once the request is sent away.
+    /// The command of the last request built, for matching its answer.
     command: &'static str,
-    /// Rebuild mode ([`RegionCall::rebuilding`]): attempts send the request
-    /// itself instead of a copy.
-    rebuild: bool,
     timeout: Duration,
     backoffer: Option<Backoffer>,
     peer_offset: usize,
@@ -92,28 +125,25 @@ pub struct RegionCall {
     lost_answers: u32,
     next_id: u64,
     phase: Phase,
-    outbox: Option<Rpc>,
+    /// The attempt decided and not yet built.
+    due: Option<Attempt>,
     result: Option<Result<RegionOutcome, Error>>,
 }
 
 impl RegionCall {
-    /// A call of `request` (user keys) on `region`, each attempt bounded by
-    /// `timeout`, retries bounded by `backoffer`.
+    /// A call on `region`, each attempt bounded by `timeout`, retries
+    /// bounded by `backoffer`. The request comes from the builder given to
+    /// [`RegionCall::poll_rpc`], once per attempt.
     pub fn new(
         view: Arc<ClusterView>,
         region: RegionRef,
-        mut request: KvRequest,
         timeout: Duration,
         backoffer: Backoffer,
     ) -> RegionCall {
-        let command = request.name();
-        let request = view.codec.encode_request(&mut request).map(|()| request);
         RegionCall {
             view,
             region,
-            request: Some(request),
-            command,
-            rebuild: false,
+            command: "",
             timeout,
             backoffer: Some(backoffer),
             peer_offset: 0,
@@ -122,38 +152,44 @@ impl RegionCall {
             lost_answers: 0,
             next_id: 0,
             phase: Phase::Idle,
-            outbox: None,
+            due: None,
             result: None,
         }
     }
 
-    /// Rebuild mode: every attempt sends the request itself rather than a
-    /// copy kept for retries (the copy was an allocation and a deep clone of
-    /// the message per call, issue #7's profile). When a retry is due, the
-    /// call waits, emitting nothing, until the parent, which can build the
-    /// request again, hands it over with [`RegionCall::supply_request`]
-    /// (check [`RegionCall::needs_request`] after every input).
-    pub fn rebuilding(mut self) -> RegionCall {
-        self.rebuild = true;
-        self
+    /// The next RPC: a PD lookup of the leader's store, or the request of
+    /// the attempt due, which `build` makes (user keys, any context fields
+    /// of its own); the call stamps the attempt's routing into it and
+    /// encodes it. `Some(Err)` when the request cannot be encoded: the call
+    /// is over with that error.
+    pub fn poll_rpc(
+        &mut self,
+        build: impl FnOnce(&Attempt) -> KvRequest,
+    ) -> Option<Result<Rpc, Error>> {
+        if let Phase::Resolving(resolve) = &mut self.phase {
+            return resolve.poll_rpc().map(Ok);
+        }
+        let attempt = self.due.take()?;
+        let mut request = build(&attempt);
+        if let Err(e) = self.view.codec.encode_request(&mut request) {
+            self.phase = Phase::Done;
+            return Some(Err(e));
+        }
+        let ctx = request.context_mut();
+        attempt.stamp(ctx);
+        self.view.codec.stamp_context(ctx);
+        self.command = request.name();
+        Some(Ok(Rpc {
+            id: attempt.id,
+            target: Target::Store { store_id: attempt.peer.store_id, addr: attempt.addr },
+            request: Request::Kv(request),
+            deadline: attempt.deadline,
+        }))
     }
 
-    /// True when a retry waits for [`RegionCall::supply_request`].
-    pub fn needs_request(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingRequest { .. })
-    }
-
-    /// Hands over the request (user keys, as given to [`RegionCall::new`])
-    /// for the retry that waits for it; the retry is sent at the instant it
-    /// became due. Ignored when no retry waits.
-    pub fn supply_request(&mut self, mut request: KvRequest) {
-        let Phase::AwaitingRequest { peer, addr, now } =
-            std::mem::replace(&mut self.phase, Phase::Idle)
-        else {
-            return;
-        };
-        self.request = Some(self.view.codec.encode_request(&mut request).map(|()| request));
-        self.send(peer, addr, now);
+    /// Attempts decided so far (each built and sent, or about to be).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// The region this call targets.
@@ -180,7 +216,7 @@ impl RegionCall {
 
     /// Picks the peer to talk to: the cached leader, rotated by
     /// `peer_offset` after failures.
-    fn target_peer(&self) -> Option<tikv_proto::metapb::Peer> {
+    fn target_peer(&self) -> Option<metapb::Peer> {
         let peers = self.region.peers();
         if peers.is_empty() {
             return None;
@@ -241,48 +277,23 @@ impl RegionCall {
         }
     }
 
-    fn send(&mut self, peer: tikv_proto::metapb::Peer, addr: Arc<str>, now: Instant) {
-        let mut request = match self.request.take() {
-            Some(Ok(request)) if self.rebuild => request,
-            Some(Ok(request)) => {
-                let copy = request.clone();
-                self.request = Some(Ok(request));
-                copy
-            }
-            Some(Err(e)) => {
-                self.request = Some(Err(e.clone()));
-                self.finish(Err(e));
-                return;
-            }
-            None => {
-                self.phase = Phase::AwaitingRequest { peer, addr, now };
-                return;
-            }
-        };
+    fn send(&mut self, peer: metapb::Peer, addr: Arc<str>, now: Instant) {
         let store_id = peer.store_id;
-        {
-            let ctx = request.context_mut();
-            ctx.region_id = self.region.id();
-            ctx.region_epoch = Some(self.region.epoch());
-            ctx.peer = Some(peer);
-            ctx.cluster_id = self.view.pd.cluster_id();
-            ctx.is_retry_request = self.attempts > 0;
-            if ctx.max_execution_duration_ms == 0 {
-                // client-go fills it with the RPC timeout when unset.
-                ctx.max_execution_duration_ms = self.timeout.as_millis() as u64;
-            }
-            self.view.codec.stamp_context(ctx);
-        }
-        self.attempts += 1;
         self.next_id += 1;
         let id = RpcId(self.next_id);
-        self.phase = Phase::Sending { id, store_id };
-        self.outbox = Some(Rpc {
+        self.due = Some(Attempt {
             id,
-            target: Target::Store { store_id, addr },
-            request: Request::Kv(request),
+            peer,
+            addr,
+            is_retry: self.attempts > 0,
             deadline: now + self.timeout,
+            region_id: self.region.id(),
+            epoch: self.region.epoch(),
+            cluster_id: self.view.pd.cluster_id(),
+            timeout_ms: self.timeout.as_millis() as u64,
         });
+        self.attempts += 1;
+        self.phase = Phase::Sending { id, store_id };
     }
 
     fn sleep_then(
@@ -409,23 +420,18 @@ fn describe(e: &tikv_proto::errorpb::Error) -> String {
     if e.message.is_empty() { format!("{e:?}") } else { e.message.clone() }
 }
 
-impl Operation for RegionCall {
-    type Output = RegionOutcome;
-
-    fn start(&mut self, now: Instant) {
+/// The [`Operation`] inputs and outputs; the output side is
+/// [`RegionCall::poll_rpc`], which needs the request's builder.
+impl RegionCall {
+    /// Begins the call: the first attempt, or the lookup of its store.
+    pub fn start(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Idle) && self.result.is_none() {
             self.attempt(now);
         }
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        if let Phase::Resolving(resolve) = &mut self.phase {
-            return resolve.poll_rpc();
-        }
-        self.outbox.take()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+    /// Feeds the outcome of an RPC emitted under `id`.
+    pub fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
         match &mut self.phase {
             Phase::Resolving(resolve) => {
                 resolve.on_response(id, response, now);
@@ -465,7 +471,8 @@ impl Operation for RegionCall {
         }
     }
 
-    fn on_timeout(&mut self, now: Instant) {
+    /// Called once the instant of [`RegionCall::poll_timeout`] has passed.
+    pub fn on_timeout(&mut self, now: Instant) {
         match &mut self.phase {
             Phase::Resolving(resolve) => {
                 resolve.on_timeout(now);
@@ -483,7 +490,8 @@ impl Operation for RegionCall {
         }
     }
 
-    fn poll_timeout(&self) -> Option<Instant> {
+    /// When the call next wants [`RegionCall::on_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Resolving(resolve) => resolve.poll_timeout(),
             Phase::Sleeping { until, .. } => Some(*until),
@@ -491,7 +499,25 @@ impl Operation for RegionCall {
         }
     }
 
-    fn poll_result(&mut self) -> Option<Result<RegionOutcome, Error>> {
+    /// The outcome, once.
+    pub fn poll_result(&mut self) -> Option<Result<RegionOutcome, Error>> {
         self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// What a call hands its parent moves by value on every answer (see
+    /// [`crate::rpc`]'s boxed messages): a variant added unboxed fails here.
+    #[test]
+    fn outcome_stays_small() {
+        const WORD: usize = size_of::<usize>();
+        assert!(size_of::<RegionOutcome>() <= 2 * WORD, "RegionOutcome");
+        let outcome = size_of::<Result<RegionOutcome, Error>>();
+        assert!(outcome <= 11 * WORD, "Result<RegionOutcome, Error>: {outcome}");
     }
 }

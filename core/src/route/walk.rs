@@ -13,7 +13,7 @@ use crate::key::{Key, KeyRange};
 use crate::op::{IdMap, Operation};
 use crate::pd::{LoadRegions, LocateBy, LocateRegion};
 use crate::region::RegionRef;
-use crate::rpc::sender::{RegionCall, RegionOutcome};
+use crate::route::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
@@ -22,7 +22,8 @@ use crate::view::ClusterView;
 pub trait RangePlan {
     /// The operation's result.
     type Output;
-    /// The request for `part`, the piece of the range inside one region.
+    /// The request for `part`, the piece of the range inside one region;
+    /// called for every attempt.
     fn build(&mut self, part: &KeyRange) -> KvRequest;
     /// Per-attempt RPC timeout.
     fn timeout(&self) -> Duration;
@@ -200,18 +201,12 @@ impl<P: RangePlan> RangeWalk<P> {
 
     fn send(&mut self, region: RegionRef, now: Instant) {
         let part = self.part(&region);
-        let (Some(plan), Some(backoffer)) = (self.plan.as_mut(), self.backoffer.take()) else {
+        let (Some(plan), Some(backoffer)) = (self.plan.as_ref(), self.backoffer.take()) else {
             return;
         };
-        let request = plan.build(&part);
         self.epoch += 1;
-        let mut call = Box::new(RegionCall::new(
-            self.view.clone(),
-            region,
-            request,
-            plan.timeout(),
-            backoffer,
-        ));
+        let mut call =
+            Box::new(RegionCall::new(self.view.clone(), region, plan.timeout(), backoffer));
         call.start(now);
         self.step = Step::Call(call, part);
         self.check(now);
@@ -245,9 +240,7 @@ impl<P: RangePlan> RangeWalk<P> {
                 self.step = Step::Idle;
                 match outcome {
                     Ok(_) => self.after_load(now),
-                    Err(Error::Rpc(RpcError::Status { code, .. }))
-                        if code == crate::rpc::GRPC_UNIMPLEMENTED =>
-                    {
+                    Err(Error::Rpc(RpcError::Unimplemented(_))) => {
                         self.no_batch_load = true;
                         self.after_load(now);
                     }
@@ -306,7 +299,17 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
         let rpc = match &mut self.step {
             Step::Load(l) => l.poll_rpc(),
             Step::Locate(l) => l.poll_rpc(),
-            Step::Call(c, _) => c.poll_rpc(),
+            Step::Call(c, part) => {
+                let plan = self.plan.as_mut()?;
+                match c.poll_rpc(|_attempt| plan.build(part))? {
+                    Ok(rpc) => Some(rpc),
+                    Err(e) => {
+                        self.backoffer = c.take_backoffer();
+                        self.finish(Err(e));
+                        return None;
+                    }
+                }
+            }
             _ => None,
         }?;
         Some(self.ids.wrap(self.epoch, rpc))

@@ -17,7 +17,7 @@ use crate::key::Key;
 use crate::op::{IdMap, Operation};
 use crate::pd::{LocateBy, LocateRegion};
 use crate::region::RegionRef;
-use crate::rpc::sender::{RegionCall, RegionOutcome};
+use crate::route::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant, earliest};
 use crate::view::ClusterView;
@@ -36,25 +36,26 @@ pub trait KeyPlan {
     /// `(max items, max bytes)` per request; a batch closes when either is
     /// reached (a single oversized item still forms a batch).
     fn batch_limits(&self) -> (usize, usize);
-    /// The request for one batch, all in one region, sorted by key.
-    fn build(&self, batch: &[Self::Item]) -> KvRequest;
+    /// The request for one batch, all in one region, sorted by key; called
+    /// for every attempt, so a retry carries what the plan knows then.
+    fn build(&mut self, batch: &[Self::Item]) -> KvRequest;
     /// Per-attempt RPC timeout.
     fn timeout(&self) -> Duration;
     /// Takes a successful response for `batch`.
     fn merge(&mut self, batch: Vec<Self::Item>, response: KvResponse) -> Result<(), Error>;
-    /// `batch` comes back to be located and built again (its region was
-    /// wrong); `maybe_applied` says an attempt lost its answer, so a store
-    /// may have applied the request nonetheless.
+    /// `batch`, for which at least one request was built, comes back to be
+    /// located and built again (its region was wrong); `maybe_applied` says
+    /// an attempt lost its answer, so a store may have applied the request
+    /// nonetheless.
     fn relocated(&mut self, _batch: &[Self::Item], _maybe_applied: bool) {}
     /// Produces the result once every batch has been merged.
     fn finish(self) -> Self::Output;
 }
 
 enum Child<I> {
-    /// Boxed: inline, the call made every move of the fan-out (into the
-    /// driver's future, in and out of the children) copy ~450 bytes more,
-    /// which cost more instructions per raw get than the allocation it
-    /// saved (issue #7's callgrind profile).
+    /// Boxed: inline, the call would make every move of the fan-out (into
+    /// the driver's future, in and out of the children) copy the call's
+    /// few hundred bytes, which costs more than the one allocation.
     Call(Box<RegionCall>, Vec<I>),
     Locate(Box<LocateRegion>),
 }
@@ -119,6 +120,8 @@ pub struct KeyFanout<P: KeyPlan> {
     started: bool,
     /// Stamped into every request built (priority, source, resource group).
     tags: RequestTags,
+    /// Attempts whose answer was lost (see [`KeyFanout::lost_answers`]).
+    lost_answers: u32,
     result: Option<Result<P::Output, Error>>,
 }
 
@@ -156,8 +159,19 @@ impl<P: KeyPlan> KeyFanout<P> {
             relocated: None,
             started: false,
             tags: RequestTags::default(),
+            lost_answers: 0,
             result: None,
         }
+    }
+
+    /// Requests this fan-out sent whose answer was lost (a transport error
+    /// or deadline): a store may have applied each of them. Attempts
+    /// answered with a region error were not applied; attempts abandoned
+    /// when the fan-out failed are not counted (their answers are dropped).
+    /// A parent whose outcome depends on whether a write may have landed
+    /// (client-go's undetermined errors) reads it once the fan-out is over.
+    pub fn lost_answers(&self) -> u32 {
+        self.lost_answers
     }
 
     /// Stamps `tags` into the context of every request this fan-out sends.
@@ -177,6 +191,11 @@ impl<P: KeyPlan> KeyFanout<P> {
     fn fail(&mut self, e: Error) {
         if self.result.is_none() {
             self.result = Some(Err(e));
+        }
+        for child in self.children.iter().flatten() {
+            if let Child::Call(call, _) = child {
+                self.lost_answers += call.lost_answers();
+            }
         }
         self.children.clear();
         self.ready.clear();
@@ -238,7 +257,7 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
         // Split from the back, so the first run keeps the items' own vector:
         // a one-batch operation (every point read and write) moves it into
-        // its batch without allocating (issue #7's audit).
+        // its batch without allocating.
         let mut batches: SmallVec<[(RegionRef, Vec<P::Item>); 1]> = SmallVec::new();
         let mut unrouted_runs: SmallVec<[Vec<P::Item>; 1]> = SmallVec::new();
         for (start, region) in runs.into_iter().rev() {
@@ -258,28 +277,22 @@ impl<P: KeyPlan> KeyFanout<P> {
             .into_iter()
             .rev()
             .map(|(region, items)| {
-                let mut request = plan.build(&items);
-                if !self.tags.is_empty() {
-                    self.tags.stamp(request.context_mut());
-                }
                 let backoffer = match self.relocated.take() {
                     // The relocated batch keeps its own schedule (so its
                     // sleeps keep growing) but takes in what was slept
                     // since it was handed back, e.g. by the locate that
-                    // found its new region: the budget counts every sleep.
-                    // (Found by the `lock_resolver` fuzz target: without
-                    // this, a PD outage during the locate was not charged
-                    // and the operation slept twice its budget.)
+                    // found its new region: the budget counts every sleep
+                    // (a PD outage during that locate must not let the
+                    // operation sleep past its budget).
                     Some(mut bo) => {
                         bo.merge_from(&self.backoffer);
                         bo
                     }
                     None => self.backoffer.fork(),
                 };
-                // The fan-out keeps the items, so a retry's request is
-                // built again rather than copied up front.
-                let call = RegionCall::new(self.view.clone(), region, request, timeout, backoffer)
-                    .rebuilding();
+                // The fan-out keeps the items and builds each attempt's
+                // request from them (`poll_rpc`).
+                let call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
                 Child::Call(Box::new(call), items)
             })
             .collect();
@@ -309,22 +322,11 @@ impl<P: KeyPlan> KeyFanout<P> {
         }
     }
 
-    /// Collects a finished child, if `idx` has finished, or hands a call
-    /// the request its retry waits for.
+    /// Collects a finished child, if `idx` has finished.
     fn check_child(&mut self, idx: usize, now: Instant) {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
-        if let Some(Child::Call(call, items)) = slot
-            && call.needs_request()
-            && let Some(plan) = self.plan.as_ref()
-        {
-            let mut request = plan.build(items);
-            if !self.tags.is_empty() {
-                self.tags.stamp(request.context_mut());
-            }
-            call.supply_request(request);
-        }
         let done = match slot {
             Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
                 self.finished_call = Some(outcome);
@@ -348,6 +350,7 @@ impl<P: KeyPlan> KeyFanout<P> {
                 let Some(outcome) = self.finished_call.take() else {
                     return;
                 };
+                self.lost_answers += call.lost_answers();
                 let child_backoffer = call.take_backoffer();
                 if let Some(bo) = &child_backoffer {
                     self.backoffer.merge_from(bo);
@@ -365,7 +368,9 @@ impl<P: KeyPlan> KeyFanout<P> {
                         self.maybe_finish();
                     }
                     Ok(RegionOutcome::Relocate) => {
-                        if let Some(plan) = self.plan.as_mut() {
+                        if let Some(plan) = self.plan.as_mut()
+                            && call.attempts() > 0
+                        {
                             plan.relocated(&items, call.lost_answers() > 0);
                         }
                         if let Some(bo) = child_backoffer {
@@ -421,7 +426,21 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     fn poll_rpc(&mut self) -> Option<Rpc> {
         while let Some(idx) = self.ready.front() {
             let rpc = match self.children.get_mut(idx) {
-                Some(Some(Child::Call(call, _))) => call.poll_rpc(),
+                // The plan lives until every child is over.
+                Some(Some(Child::Call(call, items))) if let Some(plan) = self.plan.as_mut() => {
+                    let tags = &self.tags;
+                    match call.poll_rpc(|_attempt| build(plan, tags, items)) {
+                        Some(Ok(rpc)) => Some(rpc),
+                        Some(Err(e)) => {
+                            if let Some(bo) = call.take_backoffer() {
+                                self.backoffer.merge_from(&bo);
+                            }
+                            self.fail(e);
+                            return None;
+                        }
+                        None => None,
+                    }
+                }
                 Some(Some(Child::Locate(locate))) => locate.poll_rpc(),
                 _ => None,
             };
@@ -487,14 +506,23 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     }
 }
 
+/// The request of `plan` for `items`, with the fan-out's `tags`.
+fn build<P: KeyPlan>(plan: &mut P, tags: &RequestTags, items: &[P::Item]) -> KvRequest {
+    let mut request = plan.build(items);
+    if !tags.is_empty() {
+        tags.stamp(request.context_mut());
+    }
+    request
+}
+
 /// A single-key command: the key is the only item, one request, one answer.
 /// [`Point`] adapts it to [`KeyPlan`], so single-key operations share the
 /// fan-out machinery (cache miss, region errors, relocation) with batches.
 pub trait PointPlan {
     /// The operation's result.
     type Output;
-    /// The request for `key`.
-    fn build(&self, key: &Key) -> KvRequest;
+    /// The request for `key`, built for every attempt.
+    fn build(&mut self, key: &Key) -> KvRequest;
     /// Takes the answer.
     fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
     /// The result.
@@ -533,7 +561,7 @@ impl<P: PointPlan> KeyPlan for Point<P> {
     fn batch_limits(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn build(&self, batch: &[Key]) -> KvRequest {
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
         // The fan-out never builds an empty batch.
         self.plan.build(batch.first().unwrap_or(&Key::EMPTY))
     }
@@ -545,5 +573,157 @@ impl<P: PointPlan> KeyPlan for Point<P> {
     }
     fn finish(self) -> P::Output {
         self.plan.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tikv_proto::{errorpb, kvrpcpb};
+
+    use super::*;
+    use crate::testing::{FakeCluster, Fault, drive, view};
+
+    /// `RawBatchPut` of every key, recording what the fan-out asks of it.
+    #[derive(Default)]
+    struct RecordingPut {
+        builds: u32,
+        relocated: Vec<bool>,
+    }
+
+    impl KeyPlan for RecordingPut {
+        type Item = Key;
+        type Output = (u32, Vec<bool>);
+        fn key(item: &Key) -> &Key {
+            item
+        }
+        fn size(item: &Key) -> usize {
+            item.len()
+        }
+        fn batch_limits(&self) -> (usize, usize) {
+            (usize::MAX, usize::MAX)
+        }
+        fn build(&mut self, batch: &[Key]) -> KvRequest {
+            self.builds += 1;
+            let pairs = batch
+                .iter()
+                .map(|k| kvrpcpb::KvPair {
+                    key: k.to_bytes(),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                })
+                .collect();
+            KvRequest::from(kvrpcpb::RawBatchPutRequest { pairs, ..Default::default() })
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(2)
+        }
+        fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+            match response {
+                KvResponse::RawBatchPut(_) => Ok(()),
+                other => Err(Error::malformed(other.name())),
+            }
+        }
+        fn relocated(&mut self, _batch: &[Key], maybe_applied: bool) {
+            self.relocated.push(maybe_applied);
+        }
+        fn finish(self) -> (u32, Vec<bool>) {
+            (self.builds, self.relocated)
+        }
+    }
+
+    fn put(view: &Arc<ClusterView>, keys: &[&'static str]) -> KeyFanout<RecordingPut> {
+        let keys = keys.iter().map(|k| Key::from(*k)).collect();
+        KeyFanout::new(
+            view.clone(),
+            RecordingPut::default(),
+            keys,
+            view.backoffer(Duration::from_secs(20)),
+        )
+    }
+
+    fn server_is_busy() -> Fault {
+        Fault::Region(Box::new(errorpb::Error {
+            message: "busy".into(),
+            server_is_busy: Some(Default::default()),
+            ..Default::default()
+        }))
+    }
+
+    /// Every attempt gets a request built from the plan's state, and a
+    /// retry says so in its context.
+    #[test]
+    fn each_attempt_builds_its_request() {
+        let mut c = FakeCluster::new(&[]);
+        let v = view();
+        c.fault("raw_batch_put", server_is_busy());
+        let mut op = put(&v, &["a"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (builds, relocated) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        assert_eq!(builds, 2, "{log}");
+        assert!(relocated.is_empty());
+        let retries: Vec<bool> = c
+            .received
+            .iter()
+            .filter(|r| matches!(r, KvRequest::RawBatchPut(_)))
+            .map(|r| r.context().is_some_and(|ctx| ctx.is_retry_request))
+            .collect();
+        assert_eq!(retries, [false, true]);
+        assert_eq!(op.lost_answers(), 0, "a region error is an answer: nothing applied");
+    }
+
+    /// A transport failure may have been applied; the fan-out reports it
+    /// once it is over, even when the attempt was retried successfully.
+    #[test]
+    fn lost_answers_are_reported() {
+        let mut c = FakeCluster::new(&["m"]);
+        let v = view();
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::DeadlineExceeded));
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (builds, _) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        // Two batches; the one that lost its answer retries on the next
+        // peer, which names the leader, and once more there.
+        assert_eq!(builds, 4, "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
+    }
+
+    /// When one batch fails, the lost answers of the batches still running
+    /// are reported too: the parent decides at that moment.
+    #[test]
+    fn a_failed_fan_out_reports_the_lost_answers_of_live_batches() {
+        let mut c = FakeCluster::new(&["m"]);
+        let v = view();
+        // The first batch's request loses its answer (and sleeps before its
+        // retry); the second's meets an error that is not retried.
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::Unavailable("reset".into())));
+        c.fault(
+            "raw_batch_put",
+            Fault::Region(Box::new(errorpb::Error {
+                message: "too large".into(),
+                raft_entry_too_large: Some(Default::default()),
+                ..Default::default()
+            })),
+        );
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        assert!(matches!(result, Err(Error::Region(_))), "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
+    }
+
+    /// A batch handed back tells the plan whether an attempt may have
+    /// applied; one handed back before any request was built is not
+    /// reported.
+    #[test]
+    fn relocated_batches_say_whether_they_may_have_applied() {
+        let mut c = FakeCluster::new(&[]);
+        let v = view();
+        c.fault("raw_batch_put", Fault::Rpc(RpcError::DeadlineExceeded));
+        c.fault("raw_batch_put", Fault::SplitAt(b"m".to_vec()));
+        let mut op = put(&v, &["a", "z"]);
+        let (log, result) = drive(&mut op, &mut c);
+        let (_, relocated) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        assert_eq!(relocated, [true], "{log}");
+        assert_eq!(op.lost_answers(), 1, "{log}");
     }
 }
