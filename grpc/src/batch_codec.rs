@@ -4,8 +4,8 @@
 //! prost decodes a repeated message field by pushing into an empty `Vec`,
 //! growing it by doubling; a `batch_commands_response::Response` is a
 //! large enum, so the regrowth copies of one message of a few dozen
-//! answers were ~8 % of the client's instructions per raw get at
-//! concurrency 64 (issue #7's callgrind profile). Counting the entries
+//! answers cost several percent of the client's instructions per raw get
+//! under load. Counting the entries
 //! first is one pass over the field keys.
 
 use prost::Message;

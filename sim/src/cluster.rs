@@ -545,7 +545,7 @@ impl Cluster {
         self.lock().pd_errors.push(Injection { filter, what: error, remaining: times });
     }
 
-    /// Region errors at random (benchmark B9 of issue #7): from now on each
+    /// Region errors at random (benchmark B9, `sim-faults`): from now on each
     /// TiKV request to an existing region is answered, with probability
     /// `per_mille / 1000` and instead of being executed, with a region error
     /// of one of `kinds`, drawn uniformly (see [`RandomRegionError`]). 0 or

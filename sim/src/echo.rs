@@ -1,4 +1,4 @@
-//! The echo cluster (benchmark B1 of issue #7): a store and a PD that do no
+//! The echo cluster (benchmark B1): a store and a PD that do no
 //! work, served over gRPC like [`crate::server`].
 //!
 //! The simulated cluster (`tikv-sim`) runs a real MVCC model behind every
