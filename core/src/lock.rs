@@ -649,7 +649,7 @@ impl ResolveLocks {
     /// whole resolution (client-go passes one `Backoffer` through every
     /// step).
     fn check(&mut self, now: Instant) {
-        while let Some(event) = self.step.poll_event(&mut self.backoffer) {
+        while let Some(event) = self.step.poll_event(Some(&mut self.backoffer)) {
             match event {
                 StepEvent::Woke => self.check_status(now),
                 StepEvent::Done(Done::Timestamp(Ok(ts))) => {

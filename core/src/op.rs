@@ -56,6 +56,14 @@ pub trait Operation {
     fn backoff_spent(&self) -> Option<&Backoffer> {
         None
     }
+
+    /// RPCs this operation sent whose answers were lost (a transport error
+    /// or a deadline): a store may have applied them. A parent whose
+    /// outcome depends on it (a commit) reads it from the child instead of
+    /// inspecting requests.
+    fn lost_answers(&self) -> u32 {
+        0
+    }
 }
 
 /// Lets a runtime drive an operation it keeps, to ask it more after the
@@ -83,6 +91,9 @@ impl<O: Operation + ?Sized> Operation for &mut O {
     fn backoff_spent(&self) -> Option<&Backoffer> {
         (**self).backoff_spent()
     }
+    fn lost_answers(&self) -> u32 {
+        (**self).lost_answers()
+    }
 }
 
 impl<O: Operation + ?Sized> Operation for Box<O> {
@@ -108,6 +119,9 @@ impl<O: Operation + ?Sized> Operation for Box<O> {
     fn backoff_spent(&self) -> Option<&Backoffer> {
         (**self).backoff_spent()
     }
+    fn lost_answers(&self) -> u32 {
+        (**self).lost_answers()
+    }
 }
 
 /// What a [`StepSlot`] reports to its machine.
@@ -127,8 +141,9 @@ trait StepChild<D>: Send {
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant);
     fn on_timeout(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
-    /// The mapped outcome (once), with the sleeps the child spent.
-    fn poll_done(&mut self) -> Option<(D, Option<&Backoffer>)>;
+    /// The mapped outcome (once), with the sleeps the child spent and its
+    /// lost answers.
+    fn poll_done(&mut self) -> Option<(D, Option<&Backoffer>, u32)>;
 }
 
 struct Mapped<O, F> {
@@ -156,11 +171,11 @@ where
     fn poll_timeout(&self) -> Option<Instant> {
         self.op.poll_timeout()
     }
-    fn poll_done(&mut self) -> Option<(D, Option<&Backoffer>)> {
+    fn poll_done(&mut self) -> Option<(D, Option<&Backoffer>, u32)> {
         // Checked before taking the result: a finished child reports once.
         let map = self.map.take()?;
         match self.op.poll_result() {
-            Some(result) => Some((map(result), self.op.backoff_spent())),
+            Some(result) => Some((map(result), self.op.backoff_spent(), self.op.lost_answers())),
             None => {
                 self.map = Some(map);
                 None
@@ -200,15 +215,17 @@ enum StepState<D> {
 /// step.sleep_until(Instant::from_millis(5));
 /// assert_eq!(step.poll_timeout(), Some(Instant::from_millis(5)));
 /// step.on_timeout(Instant::from_millis(4));
-/// assert_eq!(step.poll_event(&mut budget), None, "not yet");
+/// assert_eq!(step.poll_event(Some(&mut budget)), None, "not yet");
 /// step.on_timeout(Instant::from_millis(5));
-/// assert_eq!(step.poll_event(&mut budget), Some(StepEvent::Woke));
+/// assert_eq!(step.poll_event(Some(&mut budget)), Some(StepEvent::Woke));
 /// assert!(step.is_idle());
 /// ```
 pub struct StepSlot<D> {
     ids: IdMap<u64>,
     number: u64,
     state: StepState<D>,
+    /// The lost answers of the step that finished last.
+    lost_answers: u32,
 }
 
 impl<D> std::fmt::Debug for StepSlot<D> {
@@ -232,7 +249,7 @@ impl<D> Default for StepSlot<D> {
 impl<D> StepSlot<D> {
     /// An idle slot.
     pub fn new() -> StepSlot<D> {
-        StepSlot { ids: IdMap::new(), number: 0, state: StepState::Idle }
+        StepSlot { ids: IdMap::new(), number: 0, state: StepState::Idle, lost_answers: 0 }
     }
 
     /// Starts `op` as the step (dropping whatever step was running); its
@@ -259,6 +276,12 @@ impl<D> StepSlot<D> {
     pub fn clear(&mut self) {
         self.number += 1;
         self.state = StepState::Idle;
+    }
+
+    /// The lost answers ([`Operation::lost_answers`]) of the child whose
+    /// [`StepEvent::Done`] was reported last.
+    pub fn lost_answers(&self) -> u32 {
+        self.lost_answers
     }
 
     /// Whether no step runs.
@@ -310,14 +333,16 @@ impl<D> StepSlot<D> {
     }
 
     /// What happened to the step, once: its child finished (its sleeps
-    /// are folded into `budget`) or its sleep ended. The slot is idle after.
-    pub fn poll_event(&mut self, budget: &mut Backoffer) -> Option<StepEvent<D>> {
+    /// are folded into `budget`, if the machine keeps one for it) or its
+    /// sleep ended. The slot is idle after.
+    pub fn poll_event(&mut self, budget: Option<&mut Backoffer>) -> Option<StepEvent<D>> {
         let event = match &mut self.state {
             StepState::Child(child) => {
-                let (done, spent) = child.poll_done()?;
-                if let Some(spent) = spent {
+                let (done, spent, lost) = child.poll_done()?;
+                if let (Some(budget), Some(spent)) = (budget, spent) {
                     budget.merge_from(spent);
                 }
+                self.lost_answers = lost;
                 StepEvent::Done(done)
             }
             StepState::Woke => StepEvent::Woke,
@@ -475,26 +500,26 @@ mod tests {
         let second = slot.poll_rpc().expect("the new child's RPC");
         assert_ne!(first.id, second.id, "parent ids never repeat");
         assert!(!slot.on_response(first.id, answer(), now), "late answer dropped");
-        assert_eq!(slot.poll_event(&mut budget), None);
+        assert_eq!(slot.poll_event(Some(&mut budget)), None);
         assert!(slot.on_response(second.id, answer(), now));
         assert_eq!(
-            slot.poll_event(&mut budget),
+            slot.poll_event(Some(&mut budget)),
             Some(StepEvent::Done(Event::Echoed(Ok("raw_get"))))
         );
-        assert_eq!(slot.poll_event(&mut budget), None, "reported once");
+        assert_eq!(slot.poll_event(Some(&mut budget)), None, "reported once");
         assert!(slot.is_idle());
         assert_eq!(budget.total_sleep(), Duration::from_millis(30), "the child's sleeps count");
 
         slot.sleep_until(Instant::from_millis(5));
         assert_eq!(slot.poll_timeout(), Some(Instant::from_millis(5)));
         slot.on_timeout(Instant::from_millis(5));
-        assert_eq!(slot.poll_event(&mut budget), Some(StepEvent::Woke));
+        assert_eq!(slot.poll_event(Some(&mut budget)), Some(StepEvent::Woke));
 
         slot.start(Echo::new(0), Event::Echoed, now);
         let third = slot.poll_rpc().expect("sent");
         slot.clear();
         assert!(!slot.on_response(third.id, answer(), now), "a cleared step hears nothing");
-        assert_eq!(slot.poll_event(&mut budget), None);
+        assert_eq!(slot.poll_event(Some(&mut budget)), None);
     }
 
     /// Ids resolve to their origin whether they sit inline or in the hash

@@ -504,6 +504,10 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     fn backoff_spent(&self) -> Option<&Backoffer> {
         Some(&self.backoffer)
     }
+
+    fn lost_answers(&self) -> u32 {
+        self.lost_answers
+    }
 }
 
 /// The request of `plan` for `items`, with the fan-out's `tags`.

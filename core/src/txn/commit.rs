@@ -27,7 +27,7 @@ use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
-use crate::op::{IdMap, Operation};
+use crate::op::{IdMap, Operation, StepEvent, StepSlot};
 use crate::pd::{GetTimestamp, Timestamp};
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
@@ -383,16 +383,129 @@ impl PointPlan for HeartbeatPlan {
 /// The TTL manager (client-go `ttlManager.keepAlive`): while a large
 /// transaction commits, every [`HEARTBEAT_INTERVAL`] it asks TiKV to extend
 /// the primary lock's TTL to the transaction's age plus [`MAX_LOCK_TTL`], so
-/// readers do not roll it back as abandoned. It stops with the commit, after
-/// [`MAX_HEARTBEAT_FAILURES`] failures in a row, or at [`MAX_TXN_TTL`].
+/// readers do not roll it back as abandoned. It ends by itself after
+/// [`MAX_HEARTBEAT_FAILURES`] failures in a row or at [`MAX_TXN_TTL`]; its
+/// owner drops it when the commit ends.
 #[derive(Debug)]
-struct Heartbeat {
-    next_at: Instant,
-    started: Instant,
+pub struct KeepAlive {
+    view: Arc<ClusterView>,
+    start_ts: u64,
+    primary: Key,
+    tags: RequestTags,
+    /// The transaction's age when the keep-alive started.
     elapsed_at_start: Duration,
+    started: Instant,
+    next_at: Instant,
     failures: u32,
-    seq: u64,
-    in_flight: Option<Box<KeyFanout<Point<HeartbeatPlan>>>>,
+    /// The beat in flight (each with a budget of its own).
+    beat: StepSlot<Result<bool, Error>>,
+    result: Option<Result<(), Error>>,
+}
+
+impl KeepAlive {
+    /// Keeps the primary lock of the transaction that started at
+    /// `start_ts`, now `elapsed` old, alive.
+    pub fn new(
+        view: Arc<ClusterView>,
+        start_ts: u64,
+        primary: Key,
+        elapsed: Duration,
+        tags: RequestTags,
+    ) -> KeepAlive {
+        KeepAlive {
+            view,
+            start_ts,
+            primary,
+            tags,
+            elapsed_at_start: elapsed,
+            started: Instant::ZERO,
+            next_at: Instant::MAX,
+            failures: 0,
+            beat: StepSlot::new(),
+            result: None,
+        }
+    }
+
+    /// A beat's answer: a success resets the failure count.
+    fn check(&mut self) {
+        let Some(StepEvent::Done(outcome)) = self.beat.poll_event(None) else { return };
+        if matches!(outcome, Ok(true)) {
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            if self.failures >= MAX_HEARTBEAT_FAILURES {
+                self.result = Some(Ok(()));
+            }
+        }
+    }
+
+    /// Sends the next beat once it is due and none is in flight.
+    fn beat_if_due(&mut self, now: Instant) {
+        if self.result.is_some() || !self.beat.is_idle() || now < self.next_at {
+            return;
+        }
+        let age = self.elapsed_at_start + now.saturating_duration_since(self.started);
+        if age >= MAX_TXN_TTL {
+            self.result = Some(Ok(()));
+            return;
+        }
+        let plan = HeartbeatPlan {
+            start_ts: self.start_ts,
+            advise_lock_ttl: age.as_millis() as u64 + MAX_LOCK_TTL,
+            ok: false,
+        };
+        let view = &self.view;
+        let budget = view.config.budget(view.config.backoff.txn_heartbeat);
+        let op = Point::fanout(
+            view,
+            plan,
+            self.primary.clone(),
+            view.config.read_timeout_short,
+            view.backoffer(budget),
+        )
+        .with_tags(&self.tags);
+        self.beat.start(op, |outcome| outcome, now);
+        self.next_at = now + HEARTBEAT_INTERVAL;
+        self.check();
+    }
+}
+
+impl Operation for KeepAlive {
+    type Output = ();
+
+    fn start(&mut self, now: Instant) {
+        if self.next_at == Instant::MAX {
+            self.started = now;
+            self.next_at = now + HEARTBEAT_INTERVAL;
+        }
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.beat.poll_rpc()
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        if self.beat.on_response(id, response, now) {
+            self.check();
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.beat.on_timeout(now);
+        self.check();
+        self.beat_if_due(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.result.is_some() {
+            return None;
+        }
+        if self.beat.is_idle() { Some(self.next_at) } else { self.beat.poll_timeout() }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<(), Error>> {
+        self.result.take()
+    }
 }
 
 /// `Commit` or `BatchRollback` of many keys, for the background phases.
@@ -477,14 +590,13 @@ pub fn rollback_keys(
 
 // ---------------------------------------------------------------- the machine
 
-enum Step {
-    Idle,
-    Prewrite(Box<KeyFanout<PrewritePlan>>),
-    Resolve(Box<ResolveLocks>),
-    Sleep(Instant),
-    Timestamp(GetTimestamp),
-    CommitPrimary(Box<KeyFanout<Point<CommitPlan>>>),
-    Done,
+/// What a step of the commit produced.
+/// The large outcomes are boxed: the enum moves with every event.
+enum Done {
+    Prewrite(Box<Result<PrewritePlan, Error>>),
+    Resolved(Result<crate::lock::ResolveOutcome, Error>),
+    Timestamp(Result<Timestamp, Error>),
+    CommitPrimary(Box<Result<Result<(), kvrpcpb::KeyError>, Error>>),
 }
 
 /// What the next TSO answer is for.
@@ -530,11 +642,15 @@ pub struct Committer {
     assertion_error: Option<Error>,
     tso_for: TsoFor,
     commit_ts: u64,
-    step: Step,
+    started: bool,
+    step: StepSlot<Done>,
     backoffer: Backoffer,
-    epoch: u64,
+    /// The step's and the keep-alive's RPCs under one id space.
     ids: IdMap<Child>,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<KeepAlive>,
+    /// Keep-alives started so far: a late answer to an earlier one is
+    /// dropped.
+    heartbeats: u64,
     heartbeat_wanted: bool,
     elapsed: Duration,
     result: Option<Result<CommitOutcome, Error>>,
@@ -542,13 +658,11 @@ pub struct Committer {
     follow_up: Option<KeyFanout<KeysPlan>>,
 }
 
-/// Whose RPC an id belongs to: the current step (by its number) or a
-/// heartbeat (by its number). Late answers to an old child are dropped: a
-/// step ends only once every RPC it sent was answered, or by failing, which
-/// ends the commit at once.
+/// Whose RPC an id belongs to: the step (whose slot drops late answers of
+/// earlier steps) or a keep-alive (by its number).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Child {
-    Step(u64),
+    Step,
     Heartbeat(u64),
 }
 
@@ -613,11 +727,12 @@ impl Committer {
             assertion_error: None,
             tso_for: TsoFor::CommitTs,
             commit_ts: 0,
-            step: Step::Idle,
+            started: false,
+            step: StepSlot::new(),
             backoffer,
-            epoch: 0,
             ids: IdMap::new(),
             heartbeat: None,
+            heartbeats: 0,
             heartbeat_wanted: size >= opts_threshold,
             elapsed,
             result: None,
@@ -626,7 +741,7 @@ impl Committer {
     }
 
     fn finish(&mut self, result: Result<CommitOutcome, Error>) {
-        self.step = Step::Done;
+        self.step.clear();
         self.heartbeat = None;
         self.follow_up = self.follow_up_of(&result);
         self.result = Some(result);
@@ -668,88 +783,29 @@ impl Committer {
     /// counts as one failure).
     fn start_heartbeat(&mut self, now: Instant) {
         if self.heartbeat_wanted && self.heartbeat.is_none() {
-            self.heartbeat = Some(Heartbeat {
-                next_at: now + HEARTBEAT_INTERVAL,
-                started: now,
-                elapsed_at_start: self.elapsed,
-                failures: 0,
-                seq: 0,
-                in_flight: None,
-            });
+            let mut keep_alive = KeepAlive::new(
+                self.view.clone(),
+                self.start_ts,
+                self.primary.clone(),
+                self.elapsed,
+                self.opts.tags.clone(),
+            );
+            keep_alive.start(now);
+            self.heartbeats += 1;
+            self.heartbeat = Some(keep_alive);
         }
     }
 
-    fn heartbeat_due(&mut self, now: Instant) {
-        let primary = self.primary.clone();
-        let view = self.view.clone();
-        let start_ts = self.start_ts;
-        let tags = self.opts.tags.clone();
-        let Some(hb) = self.heartbeat.as_mut() else {
-            return;
-        };
-        if hb.in_flight.is_some() || now < hb.next_at {
-            return;
-        }
-        let age = hb.elapsed_at_start + now.saturating_duration_since(hb.started);
-        if age >= MAX_TXN_TTL {
-            self.heartbeat = None;
-            return;
-        }
-        let plan = HeartbeatPlan {
-            start_ts,
-            advise_lock_ttl: age.as_millis() as u64 + MAX_LOCK_TTL,
-            ok: false,
-        };
-        let budget = view.config.budget(view.config.backoff.txn_heartbeat);
-        let mut op = Point::fanout(
-            &view,
-            plan,
-            primary,
-            view.config.read_timeout_short,
-            view.backoffer(budget),
-        )
-        .with_tags(&tags);
-        op.start(now);
-        hb.seq += 1;
-        hb.in_flight = Some(Box::new(op));
-        hb.next_at = now + HEARTBEAT_INTERVAL;
-        self.check_heartbeat();
-    }
-
+    /// Drops the keep-alive once it ended by itself.
     fn check_heartbeat(&mut self) {
-        let Some(hb) = self.heartbeat.as_mut() else {
-            return;
-        };
-        let Some(outcome) = hb.in_flight.as_mut().and_then(|op| op.poll_result()) else {
-            return;
-        };
-        hb.in_flight = None;
-        if matches!(outcome, Ok(true)) {
-            hb.failures = 0;
-        } else {
-            hb.failures += 1;
-            if hb.failures >= MAX_HEARTBEAT_FAILURES {
-                self.heartbeat = None;
-            }
+        if self.heartbeat.as_mut().is_some_and(|hb| hb.poll_result().is_some()) {
+            self.heartbeat = None;
         }
-    }
-
-    fn set_step(&mut self, step: Step, now: Instant) {
-        self.epoch += 1;
-        self.step = step;
-        match &mut self.step {
-            Step::Prewrite(op) => op.start(now),
-            Step::Resolve(op) => op.start(now),
-            Step::Timestamp(op) => op.start(now),
-            Step::CommitPrimary(op) => op.start(now),
-            _ => {}
-        }
-        self.check(now);
     }
 
     fn tso(&mut self, purpose: TsoFor, now: Instant) {
         self.tso_for = purpose;
-        self.set_step(Step::Timestamp(GetTimestamp::new()), now);
+        self.step.start(GetTimestamp::new(), Done::Timestamp, now);
     }
 
     fn prewrite(&mut self, now: Instant) {
@@ -779,7 +835,7 @@ impl Committer {
         let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
             .with_tags(&self.opts.tags);
-        self.set_step(Step::Prewrite(Box::new(op)), now);
+        self.step.start(op, |outcome| Done::Prewrite(Box::new(outcome)), now);
     }
 
     /// An error while prewriting. Under async commit or 1PC a prewrite
@@ -818,7 +874,7 @@ impl Committer {
             };
             let resolve =
                 ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
-            self.set_step(Step::Resolve(Box::new(resolve)), now);
+            self.step.start(resolve, Done::Resolved, now);
             return;
         }
         if let Some(e) = self.assertion_error.take() {
@@ -885,39 +941,36 @@ impl Committer {
             bo,
         )
         .with_tags(&self.opts.tags);
-        self.set_step(Step::CommitPrimary(Box::new(op)), now);
+        self.step.start(op, |outcome| Done::CommitPrimary(Box::new(outcome)), now);
     }
 
+    /// Moves on when the step has finished, until one is running. The
+    /// prewrite rounds' and resolutions' sleeps add up against the prewrite
+    /// budget; once the primary's commit has a budget of its own, every
+    /// later step (commit retries and their timestamps) spends that one.
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Prewrite(op) => {
-                let Some(outcome) = op.poll_result() else { return };
-                self.prewrite_lost_answer |= op.lost_answers() > 0;
-                // The rounds' sleeps add up against the prewrite budget.
-                self.backoffer.merge_from(op.backoffer());
-                match outcome {
-                    Ok(plan) => self.after_prewrite(plan, now),
-                    Err(e) => self.prewrite_failed(e),
+        loop {
+            let budget = match &mut self.commit_backoffer {
+                Some(bo) => bo,
+                None => &mut self.backoffer,
+            };
+            let Some(event) = self.step.poll_event(Some(budget)) else { return };
+            match event {
+                StepEvent::Woke => self.prewrite(now),
+                StepEvent::Done(Done::Prewrite(outcome)) => {
+                    self.prewrite_lost_answer |= self.step.lost_answers() > 0;
+                    match *outcome {
+                        Ok(plan) => self.after_prewrite(plan, now),
+                        Err(e) => self.prewrite_failed(e),
+                    }
+                }
+                StepEvent::Done(Done::Resolved(outcome)) => self.after_resolve(outcome, now),
+                StepEvent::Done(Done::Timestamp(outcome)) => self.after_tso(outcome, now),
+                StepEvent::Done(Done::CommitPrimary(outcome)) => {
+                    self.commit_lost_answer |= self.step.lost_answers() > 0;
+                    self.after_commit_primary(*outcome, now);
                 }
             }
-            Step::Resolve(op) => {
-                let Some(outcome) = op.poll_result() else { return };
-                self.backoffer.merge_from(op.backoffer());
-                self.after_resolve(outcome, now);
-            }
-            Step::Timestamp(op) => {
-                let Some(outcome) = op.poll_result() else { return };
-                self.after_tso(outcome, now);
-            }
-            Step::CommitPrimary(op) => {
-                let Some(outcome) = op.poll_result() else { return };
-                self.commit_lost_answer |= op.lost_answers() > 0;
-                if let Some(bo) = self.commit_backoffer.as_mut() {
-                    bo.merge_from(op.backoffer());
-                }
-                self.after_commit_primary(outcome, now);
-            }
-            Step::Sleep(_) | Step::Idle | Step::Done => {}
         }
     }
 
@@ -931,7 +984,7 @@ impl Committer {
                     cap,
                     format!("prewrite of txn {} waits for a live lock", self.start_ts),
                 ) {
-                    Ok(sleep) => self.step = Step::Sleep(now + sleep),
+                    Ok(sleep) => self.step.sleep_until(now + sleep),
                     Err(e) => self.finish(Err(e)),
                 }
             }
@@ -1019,7 +1072,7 @@ impl Operation for Committer {
     type Output = CommitOutcome;
 
     fn start(&mut self, now: Instant) {
-        if !matches!(self.step, Step::Idle) {
+        if std::mem::replace(&mut self.started, true) {
             return;
         }
         if self.pending.is_empty() {
@@ -1052,19 +1105,11 @@ impl Operation for Committer {
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        let rpc = match &mut self.step {
-            Step::Prewrite(op) => op.poll_rpc(),
-            Step::Resolve(op) => op.poll_rpc(),
-            Step::Timestamp(op) => op.poll_rpc(),
-            Step::CommitPrimary(op) => op.poll_rpc(),
-            _ => None,
-        };
-        if let Some(rpc) = rpc {
-            return Some(self.ids.wrap(Child::Step(self.epoch), rpc));
+        if let Some(rpc) = self.step.poll_rpc() {
+            return Some(self.ids.wrap(Child::Step, rpc));
         }
-        let hb = self.heartbeat.as_mut()?;
-        let rpc = hb.in_flight.as_mut()?.poll_rpc()?;
-        Some(self.ids.wrap(Child::Heartbeat(hb.seq), rpc))
+        let rpc = self.heartbeat.as_mut()?.poll_rpc()?;
+        Some(self.ids.wrap(Child::Heartbeat(self.heartbeats), rpc))
     }
 
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
@@ -1072,63 +1117,34 @@ impl Operation for Committer {
             return;
         };
         match child {
-            Child::Heartbeat(seq) => {
-                if let Some(hb) = self.heartbeat.as_mut()
-                    && hb.seq == seq
-                    && let Some(op) = hb.in_flight.as_mut()
+            Child::Heartbeat(n) => {
+                if n == self.heartbeats
+                    && let Some(hb) = self.heartbeat.as_mut()
                 {
-                    op.on_response(id, response, now);
+                    hb.on_response(id, response, now);
+                    self.check_heartbeat();
                 }
-                self.check_heartbeat();
-                return;
             }
-            Child::Step(epoch) if epoch != self.epoch => return,
-            Child::Step(_) => {}
+            Child::Step => {
+                if self.step.on_response(id, response, now) {
+                    self.check(now);
+                }
+            }
         }
-        match &mut self.step {
-            Step::Prewrite(op) => op.on_response(id, response, now),
-            Step::Resolve(op) => op.on_response(id, response, now),
-            Step::Timestamp(op) => op.on_response(id, response, now),
-            Step::CommitPrimary(op) => op.on_response(id, response, now),
-            _ => return,
-        }
-        self.check(now);
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        if let Some(op) = self.heartbeat.as_mut().and_then(|hb| hb.in_flight.as_mut()) {
-            op.on_timeout(now);
+        if let Some(hb) = self.heartbeat.as_mut() {
+            hb.on_timeout(now);
             self.check_heartbeat();
         }
-        self.heartbeat_due(now);
-        match &mut self.step {
-            Step::Prewrite(op) => op.on_timeout(now),
-            Step::Resolve(op) => op.on_timeout(now),
-            Step::Timestamp(op) => op.on_timeout(now),
-            Step::CommitPrimary(op) => op.on_timeout(now),
-            Step::Sleep(until) if now >= *until => {
-                self.prewrite(now);
-                return;
-            }
-            _ => return,
-        }
+        self.step.on_timeout(now);
         self.check(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let step = match &self.step {
-            Step::Prewrite(op) => op.poll_timeout(),
-            Step::Resolve(op) => op.poll_timeout(),
-            Step::Timestamp(op) => op.poll_timeout(),
-            Step::CommitPrimary(op) => op.poll_timeout(),
-            Step::Sleep(until) => Some(*until),
-            _ => None,
-        };
-        let heartbeat = self.heartbeat.as_ref().and_then(|hb| match &hb.in_flight {
-            Some(op) => op.poll_timeout(),
-            None => Some(hb.next_at),
-        });
-        crate::time::earliest(step, heartbeat)
+        let heartbeat = self.heartbeat.as_ref().and_then(|hb| hb.poll_timeout());
+        crate::time::earliest(self.step.poll_timeout(), heartbeat)
     }
 
     fn poll_result(&mut self) -> Option<Result<CommitOutcome, Error>> {

@@ -258,7 +258,7 @@ impl<T: Send + 'static> ReadLoop<T> {
     /// resolutions).
     fn poll_next(&mut self, now: Instant) -> Option<ReadNext<T>> {
         loop {
-            let next = match self.step.poll_event(&mut self.backoffer)? {
+            let next = match self.step.poll_event(Some(&mut self.backoffer))? {
                 StepEvent::Done(ReadEvent::Read(Ok(out))) => ReadNext::Merge(out),
                 StepEvent::Done(ReadEvent::Resolved(Ok(outcome))) => {
                     match self.after_resolve(&outcome, now) {

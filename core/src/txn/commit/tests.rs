@@ -898,3 +898,56 @@ fn the_committer_hands_back_its_follow_up() {
     assert!(matches!(drive(&mut op, &mut c).1, Err(Error::KeyExists(_))));
     assert_eq!(follow_up_of(&mut op, &mut c), Some(("rollback", keys(&["a", "b"]))));
 }
+
+/// The keep-alive on its own: a beat every `HEARTBEAT_INTERVAL`, each
+/// advising the transaction's age plus `MAX_LOCK_TTL`; it ends by itself
+/// after `MAX_HEARTBEAT_FAILURES` failed beats in a row, and once the
+/// transaction is `MAX_TXN_TTL` old.
+#[test]
+fn the_keep_alive_beats_until_it_fails_or_the_transaction_is_too_old() {
+    let beat = |error: bool| {
+        respond(KvResponse::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatResponse {
+            error: error.then(|| kvrpcpb::KeyError { abort: "gone".into(), ..Default::default() }),
+            ..Default::default()
+        })))
+    };
+    let advised = |c: &FakeCluster| -> Vec<u64> {
+        c.received
+            .iter()
+            .filter_map(|r| match r {
+                KvRequest::TxnHeartBeat(h) => Some(h.advise_lock_ttl),
+                _ => None,
+            })
+            .collect()
+    };
+    let keep_alive = |elapsed: Duration| {
+        KeepAlive::new(view(), ts(500), Key::from("p"), elapsed, RequestTags::default())
+    };
+
+    // One success resets the count: 1 failure, 1 success, then 10 failures.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("txn_heart_beat", beat(true));
+    c.fault("txn_heart_beat", beat(false));
+    for _ in 0..MAX_HEARTBEAT_FAILURES {
+        c.fault("txn_heart_beat", beat(true));
+    }
+    let (_, result) = drive(keep_alive(Duration::from_secs(1)), &mut c);
+    result.expect("ends by itself");
+    let ttls = advised(&c);
+    assert_eq!(ttls.len(), 2 + MAX_HEARTBEAT_FAILURES as usize);
+    let interval = HEARTBEAT_INTERVAL.as_millis() as u64;
+    for (i, ttl) in ttls.iter().enumerate() {
+        // Beat i+1 leaves one interval after the previous one (answers
+        // take a millisecond each in the fake).
+        let age = 1_000 + (i as u64 + 1) * interval;
+        assert!((age + MAX_LOCK_TTL..age + MAX_LOCK_TTL + 50).contains(ttl), "{i}: {ttl}");
+    }
+
+    // A transaction 15 s short of the limit: one beat, then the age is up.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("txn_heart_beat", beat(false));
+    c.fault("txn_heart_beat", beat(false));
+    let (_, result) = drive(keep_alive(MAX_TXN_TTL - Duration::from_secs(15)), &mut c);
+    result.expect("ends by itself");
+    assert_eq!(advised(&c).len(), 1);
+}
