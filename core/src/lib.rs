@@ -19,12 +19,16 @@
 //!   it needs nothing from routing).
 //! - [`view`]: [`view::ClusterView`], the knowledge every machine of a
 //!   client shares.
-//! - [`op`]: the contract every machine follows.
+//! - [`op`]: the contract every machine follows, and [`op::StepSlot`], the
+//!   one place composite machines (the lock resolver, snapshot reads, the
+//!   committer and its keep-alive) keep their current child: id mapping,
+//!   late answers of replaced steps dropped, the child's backoff sleeps and
+//!   lost answers handed back, a built-in sleep.
 //! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces.
 //!   A machine that needs a timestamp runs the leaf [`pd::GetTimestamp`]:
 //!   it emits [`rpc::Request::Timestamp`] to [`rpc::Target::Oracle`], which
 //!   the runtime answers from the client's [`pd::TsoBatcher`] (the driver's
-//!   TSO task, or the simulated world's per-client batcher in virtual time),
+//!   TSO task, or the simulated world's per-process batcher in virtual time),
 //!   so every need of a client shares its batched `Tso` rounds.
 //! - [`route`]: the routing machines: one request to one region's leader
 //!   ([`route::sender::RegionCall`], which decides each attempt while its
