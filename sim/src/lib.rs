@@ -130,7 +130,9 @@
 //!   every member.
 //! - PD keyspaces: a plain table (DEFAULT, id 0, ENABLED, plus what
 //!   [`Cluster::add_keyspace`] adds); keyspace region bounds are not split or
-//!   checked.
+//!   checked, so `LoadKeyspace` answers at once where the real PD answers
+//!   `EntryNotFound` until the keyspace's boundaries are split
+//!   (`tests/tests/pd_model_vs_real.rs` compares the two after the split).
 //! - GC state: safe points are plain numbers set by the test
 //!   ([`Cluster::set_gc_safe_points`]); no GC barriers.
 //! - Region boundaries from [`ClusterConfig::split_keys`] and
