@@ -80,9 +80,8 @@ use tikv_core::codec::{ApiCodec, Mode};
 use tikv_core::config::{BackoffBudgets, Config};
 use tikv_core::error::Error;
 use tikv_core::lock::{Lock, ResolveLocks, ResolveOptions};
-use tikv_core::op::Operation;
 use tikv_core::pd::{
-    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, PdState, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd,
+    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, PdState, TsoBatcher, TsoRoundCallers, TsoRoundEnd,
 };
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
@@ -798,12 +797,19 @@ impl World {
     }
 
     /// Starts `op` as client `c`'s foreground operation.
-    fn launch(&mut self, c: usize, task: Task, entry: usize, mut op: Box<dyn SimOp>) {
+    fn launch(&mut self, c: usize, task: Task, entry: usize, op: Box<dyn SimOp>) {
+        let r = self.start_task(task, entry, op);
+        let seq = r.seq;
+        self.clients[c].running = Some(r);
+        self.pump(c, seq);
+    }
+
+    /// Starts `op` as a new task with a fresh sequence number.
+    fn start_task(&mut self, task: Task, entry: usize, mut op: Box<dyn SimOp>) -> Running {
         op.start(self.now);
         self.next_op += 1;
-        let seq = self.next_op;
-        self.clients[c].running = Some(Running {
-            seq,
+        Running {
+            seq: self.next_op,
             task,
             entry,
             op,
@@ -813,8 +819,7 @@ impl World {
             effect_until: self.now,
             reported: false,
             crash_drawn: false,
-        });
-        self.pump(c, seq);
+        }
     }
 
     fn issue_txn(&mut self, c: usize) {
@@ -1149,22 +1154,14 @@ impl World {
             self.log(format!("c{c} oracle: Tso round for {} callers", callers.len()));
             self.stats.tso_rounds.0 += 1;
             self.stats.tso_rounds.1 += u64::from(callers.len() > 1);
-            let mut op = Box::new(OracleRound { round, callers: Some(callers) });
-            op.start(self.now);
-            self.next_op += 1;
-            let seq = self.next_op;
-            self.clients[c].tails.push(Running {
-                seq,
-                task: Task::TsoRound,
-                entry: usize::MAX,
-                op,
-                inflight: BTreeMap::new(),
-                timer_at: None,
-                unacked: 0,
-                effect_until: self.now,
-                reported: false,
-                crash_drawn: true,
+            let op = workload::erase_with(round, move |outcome| {
+                Finished::Tso(Box::new((callers, outcome)))
             });
+            // A background task of the process, never a crash point itself.
+            let mut r = self.start_task(Task::TsoRound, usize::MAX, op);
+            r.crash_drawn = true;
+            let seq = r.seq;
+            self.clients[c].tails.push(r);
             self.pump(c, seq);
         }
     }
@@ -1757,36 +1754,6 @@ impl Client {
 /// The timestamp oracle of a client with `view`.
 fn oracle_for(view: &Arc<ClusterView>) -> TsoBatcher<OracleWaiter> {
     TsoBatcher::new(view.clone(), view.config.rng_seed ^ 0x7150_0a11)
-}
-
-/// A round of a client's oracle as a world task; its result hands the
-/// round's callers back with PD's answer.
-struct OracleRound {
-    round: TsoRound,
-    callers: Option<TsoRoundCallers<OracleWaiter>>,
-}
-
-impl SimOp for OracleRound {
-    fn start(&mut self, now: Instant) {
-        self.round.start(now)
-    }
-    fn poll_rpc(&mut self, _now: Instant) -> Option<Rpc> {
-        self.round.poll_rpc()
-    }
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        self.round.on_response(id, response, now)
-    }
-    fn on_timeout(&mut self, now: Instant) {
-        self.round.on_timeout(now)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.round.poll_timeout()
-    }
-    fn poll_result(&mut self) -> Option<Finished> {
-        let outcome = self.round.poll_result()?;
-        let callers = self.callers.take()?;
-        Some(Finished::Tso(Box::new((callers, outcome))))
-    }
 }
 
 /// A client's view of the cluster (a fresh process: empty caches). Short

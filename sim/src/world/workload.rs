@@ -64,13 +64,14 @@ pub(crate) trait SimOp {
 
 struct Erased<O, F> {
     op: O,
-    map: F,
+    /// Taken with the result: an operation reports once.
+    map: Option<F>,
 }
 
 impl<O, F> SimOp for Erased<O, F>
 where
     O: Operation,
-    F: FnMut(Result<O::Output, Error>) -> Finished,
+    F: FnOnce(Result<O::Output, Error>) -> Finished,
 {
     fn start(&mut self, now: Instant) {
         self.op.start(now)
@@ -88,7 +89,14 @@ where
         self.op.poll_timeout()
     }
     fn poll_result(&mut self) -> Option<Finished> {
-        self.op.poll_result().map(&mut self.map)
+        let map = self.map.take()?;
+        match self.op.poll_result() {
+            Some(result) => Some(map(result)),
+            None => {
+                self.map = Some(map);
+                None
+            }
+        }
     }
 }
 
@@ -96,17 +104,17 @@ where
 pub(crate) fn erase_with<O, F>(op: O, map: F) -> Box<dyn SimOp>
 where
     O: Operation + 'static,
-    F: FnMut(Result<O::Output, Error>) -> Finished + 'static,
+    F: FnOnce(Result<O::Output, Error>) -> Finished + 'static,
 {
-    Box::new(Erased { op, map })
+    Box::new(Erased { op, map: Some(map) })
 }
 
-fn erase<O, F>(op: O, mut map: F) -> Box<dyn SimOp>
+fn erase<O, F>(op: O, map: F) -> Box<dyn SimOp>
 where
     O: Operation + 'static,
-    F: FnMut(O::Output) -> OkValue + 'static,
+    F: FnOnce(O::Output) -> OkValue + 'static,
 {
-    erase_with(op, move |r: Result<O::Output, Error>| Finished::Raw(r.map(&mut map)))
+    erase_with(op, move |r: Result<O::Output, Error>| Finished::Raw(r.map(map)))
 }
 
 fn key(k: KeyId) -> Key {
