@@ -9,6 +9,7 @@ use std::fmt;
 use tikv_proto::{errorpb, kvrpcpb};
 
 use crate::backoff::{BackoffKind, ExhaustedClass};
+use crate::pd::timestamp::Timestamp;
 use crate::time::Duration;
 
 /// Result alias for the core.
@@ -101,9 +102,9 @@ pub enum Error {
     )]
     WriteConflict {
         /// This transaction's start ts.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// The conflicting transaction's commit ts (or start ts, for a lock).
-        conflict_ts: u64,
+        conflict_ts: Timestamp,
         /// The key.
         key: crate::key::Key,
         /// The conflicting transaction's primary key.
@@ -166,9 +167,9 @@ pub enum Error {
     #[error("read ts {read_ts} is ahead of PD's current ts {current_ts}")]
     FutureReadTs {
         /// The timestamp the read asked for.
-        read_ts: u64,
+        read_ts: Timestamp,
         /// PD's timestamp when it was checked.
-        current_ts: u64,
+        current_ts: Timestamp,
     },
 }
 

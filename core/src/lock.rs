@@ -46,17 +46,17 @@ pub struct ResolveOutcome {
     pub ms_before_expired: u64,
     /// Transactions whose locks a reader may skip (`Context.resolved_locks`):
     /// rolled back, committed after the reader, or pushed past it.
-    pub ignore_locks: Vec<u64>,
+    pub ignore_locks: Vec<Timestamp>,
     /// Transactions committed before the reader, whose values it may read
     /// through their locks (`Context.committed_locks`).
-    pub access_locks: Vec<u64>,
+    pub access_locks: Vec<Timestamp>,
 }
 
 /// Options of [`ResolveLocks`] (client-go `ResolveLocksOptions`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolveOptions {
     /// The start ts of the reader or writer that met the locks.
-    pub caller_start_ts: u64,
+    pub caller_start_ts: Timestamp,
     /// A reader: locks it may skip or read through are reported.
     pub for_read: bool,
     /// Resolve key by key even for large transactions.
@@ -72,8 +72,8 @@ pub struct ResolveOptions {
 #[derive(Debug)]
 struct CheckStatusPlan {
     lock: Lock,
-    caller_start_ts: u64,
-    current_ts: u64,
+    caller_start_ts: Timestamp,
+    current_ts: Timestamp,
     rollback_if_not_exist: bool,
     force_sync_commit: bool,
     outcome: Option<Result<TxnStatus, StatusError>>,
@@ -92,9 +92,9 @@ impl PointPlan for CheckStatusPlan {
     fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusRequest {
             primary_key: key.to_bytes(),
-            lock_ts: self.lock.txn_id,
-            caller_start_ts: self.caller_start_ts,
-            current_ts: self.current_ts,
+            lock_ts: self.lock.txn_id.version(),
+            caller_start_ts: self.caller_start_ts.version(),
+            current_ts: self.current_ts.version(),
             rollback_if_not_exist: self.rollback_if_not_exist,
             force_sync_commit: self.force_sync_commit,
             resolving_pessimistic_lock: self.lock.is_pessimistic(),
@@ -113,7 +113,7 @@ impl PointPlan for CheckStatusPlan {
             Some(e) => Err(StatusError::Other(Error::KeyError(Box::new(e)))),
             None => Ok(TxnStatus {
                 ttl: r.lock_ttl,
-                commit_ts: r.commit_version,
+                commit_ts: Timestamp::from_version(r.commit_version),
                 action: kvrpcpb::Action::try_from(r.action).unwrap_or(kvrpcpb::Action::NoAction),
                 primary_lock: r.lock_info,
             }),
@@ -129,10 +129,10 @@ impl PointPlan for CheckStatusPlan {
 /// `CheckSecondaryLocks` over the keys of an async-commit transaction.
 #[derive(Debug)]
 struct SecondariesPlan {
-    txn_id: u64,
+    txn_id: Timestamp,
     timeout: Duration,
     locks: Vec<kvrpcpb::LockInfo>,
-    commit_ts: u64,
+    commit_ts: Timestamp,
     missing: bool,
     checked: usize,
 }
@@ -152,7 +152,7 @@ impl KeyPlan for SecondariesPlan {
     fn build(&mut self, batch: &[Key]) -> KvRequest {
         KvRequest::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksRequest {
             keys: batch.iter().map(Key::to_bytes).collect(),
-            start_version: self.txn_id,
+            start_version: self.txn_id.version(),
             ..Default::default()
         }))
     }
@@ -166,7 +166,7 @@ impl KeyPlan for SecondariesPlan {
         if let Some(e) = r.error {
             return Err(Error::KeyError(Box::new(e)));
         }
-        if let Some(l) = r.locks.iter().find(|l| l.lock_version != self.txn_id) {
+        if let Some(l) = r.locks.iter().find(|l| l.lock_version != self.txn_id.version()) {
             // client-go `addKeys`: "unexpected timestamp".
             return Err(Error::malformed(format!(
                 "CheckSecondaryLocks of txn {} answered a lock of txn {}",
@@ -174,13 +174,14 @@ impl KeyPlan for SecondariesPlan {
             )));
         }
         if r.commit_ts > 0 {
-            if self.commit_ts > 0 && self.commit_ts != r.commit_ts {
+            let commit_ts = Timestamp::from_version(r.commit_ts);
+            if !self.commit_ts.is_zero() && self.commit_ts != commit_ts {
                 return Err(Error::malformed(format!(
                     "txn {} reported committed at {} and {}",
-                    self.txn_id, self.commit_ts, r.commit_ts
+                    self.txn_id, self.commit_ts, commit_ts
                 )));
             }
-            self.commit_ts = r.commit_ts;
+            self.commit_ts = commit_ts;
         } else if r.locks.len() < batch.len() {
             // TiKV rolls back (and reports nothing for) a missing lock of an
             // uncommitted transaction.
@@ -199,8 +200,18 @@ impl KeyPlan for SecondariesPlan {
 /// `PessimisticRollback`.
 #[derive(Debug)]
 enum CleanupPlan {
-    Resolve { txn_id: u64, commit_ts: u64, with_keys: bool, is_txn_file: bool, timeout: Duration },
-    PessimisticRollback { txn_id: u64, for_update_ts: u64, timeout: Duration },
+    Resolve {
+        txn_id: Timestamp,
+        commit_ts: Timestamp,
+        with_keys: bool,
+        is_txn_file: bool,
+        timeout: Duration,
+    },
+    PessimisticRollback {
+        txn_id: Timestamp,
+        for_update_ts: Timestamp,
+        timeout: Duration,
+    },
 }
 
 impl KeyPlan for CleanupPlan {
@@ -219,8 +230,8 @@ impl KeyPlan for CleanupPlan {
         match *self {
             CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
                 KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
-                    start_version: txn_id,
-                    commit_version: commit_ts,
+                    start_version: txn_id.version(),
+                    commit_version: commit_ts.version(),
                     is_txn_file,
                     keys: if with_keys {
                         batch.iter().map(Key::to_bytes).collect()
@@ -232,8 +243,8 @@ impl KeyPlan for CleanupPlan {
             }
             CleanupPlan::PessimisticRollback { txn_id, for_update_ts, .. } => {
                 KvRequest::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
-                    start_version: txn_id,
-                    for_update_ts,
+                    start_version: txn_id.version(),
+                    for_update_ts: for_update_ts.version(),
                     keys: batch.iter().map(Key::to_bytes).collect(),
                     ..Default::default()
                 }))
@@ -289,7 +300,7 @@ pub struct ResolveLocks {
     view: Arc<ClusterView>,
     opts: ResolveOptions,
     locks: VecDeque<Lock>,
-    current_ts: u64,
+    current_ts: Timestamp,
     current: Option<Current>,
     started: bool,
     step: StepSlot<Done>,
@@ -297,7 +308,7 @@ pub struct ResolveLocks {
     /// (txn, region) pairs already cleaned region-wide (client-go's
     /// `cleanRegions`): one region-wide `ResolveLock` covers every lock of
     /// that transaction in the region.
-    cleaned: Vec<(u64, u64)>,
+    cleaned: Vec<(Timestamp, u64)>,
     ms_before_expired: Option<u64>,
     outcome: ResolveOutcome,
     result: Option<Result<ResolveOutcome, Error>>,
@@ -325,7 +336,7 @@ impl ResolveLocks {
             view,
             opts,
             locks: locks.into(),
-            current_ts: u64::MAX,
+            current_ts: Timestamp::MAX,
             current: None,
             started: false,
             step: StepSlot::new(),
@@ -385,7 +396,7 @@ impl ResolveLocks {
             lock: cur.lock.clone(),
             caller_start_ts: self.opts.caller_start_ts,
             // TTL 0 is TiKV's "resolve unconditionally": current_ts = max.
-            current_ts: if cur.lock.ttl == 0 { u64::MAX } else { self.current_ts },
+            current_ts: if cur.lock.ttl == 0 { Timestamp::MAX } else { self.current_ts },
             rollback_if_not_exist: cur.rollback_if_not_exist,
             force_sync_commit: cur.force_sync_commit,
             outcome: None,
@@ -482,7 +493,7 @@ impl ResolveLocks {
             txn_id,
             timeout: self.timeout(),
             locks: Vec::new(),
-            commit_ts: 0,
+            commit_ts: Timestamp::ZERO,
             missing: false,
             checked: 0,
         };
@@ -503,8 +514,10 @@ impl ResolveLocks {
             return;
         }
         let primary_min = cur.status.primary_lock.as_ref().map_or(0, |l| l.min_commit_ts);
-        let largest_min = checked.locks.iter().map(|l| l.min_commit_ts).fold(primary_min, u64::max);
-        let commit_ts = if checked.commit_ts > 0 {
+        let largest_min = Timestamp::from_version(
+            checked.locks.iter().map(|l| l.min_commit_ts).fold(primary_min, u64::max),
+        );
+        let commit_ts = if !checked.commit_ts.is_zero() {
             if checked.commit_ts < largest_min {
                 // client-go: "commit TS must be greater or equal to min
                 // commit TS".
@@ -517,8 +530,8 @@ impl ResolveLocks {
             }
             checked.commit_ts
         } else if checked.missing {
-            0
-        } else if largest_min == 0 {
+            Timestamp::ZERO
+        } else if largest_min.is_zero() {
             // Every lock is there, so the transaction committed, but TiKV
             // writes no async-commit lock without a min_commit_ts: the
             // commit ts is unknowable. Rolling back could undo a commit.
@@ -565,7 +578,11 @@ impl ResolveLocks {
             CleanupPlan::PessimisticRollback {
                 txn_id: lock.txn_id,
                 // client-go: a lock without for_update_ts rolls back any.
-                for_update_ts: if lock.for_update_ts == 0 { u64::MAX } else { lock.for_update_ts },
+                for_update_ts: if lock.for_update_ts.is_zero() {
+                    Timestamp::MAX
+                } else {
+                    lock.for_update_ts
+                },
                 timeout: self.view.config.read_timeout_short,
             }
         } else {
@@ -653,7 +670,7 @@ impl ResolveLocks {
             match event {
                 StepEvent::Woke => self.check_status(now),
                 StepEvent::Done(Done::Timestamp(Ok(ts))) => {
-                    self.current_ts = ts.version();
+                    self.current_ts = ts;
                     self.next_lock(now);
                 }
                 StepEvent::Done(Done::Status(Ok(status))) => self.on_status(status, now),

@@ -7,7 +7,7 @@ use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
 use tikv_core::op::Operation;
 use tikv_core::pd::{
-    LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, TsoBatcher, judge_read_ts,
+    LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, Timestamp, TsoBatcher, judge_read_ts,
 };
 use tikv_core::rng::Rng;
 use tikv_core::view::ClusterView;
@@ -101,11 +101,11 @@ impl<P: Platform> ClientCore<P> {
     /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`;
     /// the rule is core's [`judge_read_ts`]): free when the client has seen
     /// a timestamp at least as new, otherwise checked against a fresh one.
-    pub(crate) async fn validate_read_ts(&self, ts: u64) -> Result<(), Error> {
+    pub(crate) async fn validate_read_ts(&self, ts: Timestamp) -> Result<(), Error> {
         if judge_read_ts(ts, self.view.last_ts.newest())? == ReadTsVerdict::Safe {
             return Ok(());
         }
-        let current = self.oracle.get_timestamp().await?.version();
+        let current = self.oracle.get_timestamp().await?;
         match judge_read_ts(ts, Some(current))? {
             ReadTsVerdict::Safe => Ok(()),
             ReadTsVerdict::AskPd => Err(Error::FutureReadTs { read_ts: ts, current_ts: current }),

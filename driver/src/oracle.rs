@@ -258,7 +258,7 @@ mod tests {
         let logicals: Vec<i64> = answers
             .into_iter()
             .map(|a| match a {
-                Ok(Response::Timestamp(ts)) => ts.logical,
+                Ok(Response::Timestamp(ts)) => ts.logical(),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(misrouted.map(|_| ()), Err(RpcError::NotNetwork("timestamp")));
         assert_eq!(logicals, (1..=20).collect::<Vec<i64>>());
         // The newest is also the low-resolution timestamp now.
-        let newest = Timestamp { physical: 100, logical: 20 }.version();
+        let newest = Timestamp::compose(100, 20);
         assert_eq!(view.last_ts.fresh(rt.now(), Duration::from_secs(1)), Some(newest));
     }
 
@@ -333,7 +333,7 @@ mod tests {
             let (oracle, answers) = (oracle.clone(), answers.clone());
             let task = async move {
                 let ts = oracle.get_timestamp().await.expect("timestamp");
-                answers.lock().unwrap().push((n, ts.logical));
+                answers.lock().unwrap().push((n, ts.logical()));
             };
             spawner.spawn_local(task).unwrap();
         };

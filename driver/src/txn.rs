@@ -80,7 +80,7 @@ impl<P: Platform> TransactionClient<P> {
         let start = self.current_timestamp().await?;
         Ok(Transaction {
             core: self.core.clone(),
-            start_ts: start.version(),
+            start_ts: start,
             started: self.core.rt.now(),
             buffer: MemBuffer::new(),
             options,
@@ -91,7 +91,7 @@ impl<P: Platform> TransactionClient<P> {
     /// A read-only view of the data as of `ts` (client-go
     /// `KVStore.GetSnapshot`).
     pub fn snapshot(&self, ts: Timestamp) -> Snapshot<P> {
-        Snapshot { core: self.core.clone(), ts: ts.version(), opts: ReadOptions::default() }
+        Snapshot { core: self.core.clone(), ts, opts: ReadOptions::default() }
     }
 }
 
@@ -101,7 +101,7 @@ impl<P: Platform> TransactionClient<P> {
 /// budget).
 pub struct Snapshot<P: Platform> {
     pub(crate) core: Arc<ClientCore<P>>,
-    pub(crate) ts: u64,
+    pub(crate) ts: Timestamp,
     pub(crate) opts: ReadOptions,
 }
 
@@ -113,14 +113,14 @@ impl<P: Platform> Clone for Snapshot<P> {
 
 impl<P: Platform> std::fmt::Debug for Snapshot<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("ts", &Timestamp::from_version(self.ts)).finish()
+        f.debug_struct("Snapshot").field("ts", &self.ts).finish()
     }
 }
 
 impl<P: Platform> Snapshot<P> {
     /// The snapshot's timestamp.
     pub fn timestamp(&self) -> Timestamp {
-        Timestamp::from_version(self.ts)
+        self.ts
     }
 
     /// Reads at low priority / without filling TiKV's cache / with another
@@ -280,7 +280,7 @@ impl TransactionOptions {
 /// [`Transaction::commit`]. Dropping it without committing sends nothing.
 pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
-    start_ts: u64,
+    start_ts: Timestamp,
     started: tikv_core::time::Instant,
     pub(crate) buffer: MemBuffer,
     options: TransactionOptions,
@@ -290,7 +290,7 @@ pub struct Transaction<P: Platform> {
 impl<P: Platform> std::fmt::Debug for Transaction<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
-            .field("start_ts", &Timestamp::from_version(self.start_ts))
+            .field("start_ts", &self.start_ts)
             .field("buffered", &self.buffer.len())
             .finish()
     }
@@ -299,7 +299,7 @@ impl<P: Platform> std::fmt::Debug for Transaction<P> {
 impl<P: Platform> Transaction<P> {
     /// The start timestamp.
     pub fn start_timestamp(&self) -> Timestamp {
-        Timestamp::from_version(self.start_ts)
+        self.start_ts
     }
 
     fn check_active(&self) -> Result<(), Error> {
@@ -427,7 +427,7 @@ impl<P: Platform> Transaction<P> {
         let (mutations, primary) = mutations_from_buffer(&self.buffer);
         let Some(primary) = primary else {
             // Nothing to write: a read-only transaction commits at its start.
-            return Ok(Timestamp::from_version(self.start_ts));
+            return Ok(self.start_ts);
         };
         let elapsed = self.core.rt.now().saturating_duration_since(self.started);
         let mut committer = Committer::new(
@@ -442,7 +442,7 @@ impl<P: Platform> Transaction<P> {
         if let Some(follow_up) = committer.take_follow_up() {
             self.core.spawn_op(follow_up);
         }
-        result.map(|outcome| Timestamp::from_version(outcome.commit_ts))
+        result.map(|outcome| outcome.commit_ts)
     }
 
     /// Abandons the transaction. Nothing was sent for an optimistic

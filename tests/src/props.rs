@@ -214,10 +214,8 @@ fn answer_in(
                 return Ok(Err(RpcError::NoTimestamp(Box::new(e))));
             }
             fed.physical += i64::from(u.int_in_range(0..=40u8)?);
-            Response::Timestamp(tikv_core::pd::Timestamp {
-                physical: fed.physical,
-                logical: i64::from(u.int_in_range(0..=3u8)?),
-            })
+            let logical = i64::from(u.int_in_range(0..=3u8)?);
+            Response::Timestamp(tikv_core::pd::Timestamp::compose(fed.physical, logical))
         }
         Request::Pd(other) => {
             return Ok(Err(RpcError::Unimplemented(format!("{} not fuzzed", other.name()))));

@@ -348,11 +348,11 @@ pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: 
 pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>() {
     let (server, client) = start::<H>(Vec::new()).await;
     let now = client.current_timestamp().await.expect("ts");
-    let future = tikv_driver::Timestamp { physical: now.physical + 3_600_000, logical: 0 };
+    let future = tikv_driver::Timestamp::compose(now.physical() + 3_600_000, 0);
     match client.snapshot(future).get("k").await {
         Err(Error::FutureReadTs { read_ts, current_ts }) => {
-            assert_eq!(read_ts, future.version());
-            assert!(current_ts > now.version() && current_ts < read_ts);
+            assert_eq!(read_ts, future);
+            assert!(current_ts > now && current_ts < read_ts);
         }
         other => panic!("expected FutureReadTs, got {other:?}"),
     }

@@ -46,7 +46,7 @@ use tikv_core::config::Config;
 use tikv_core::key::Key;
 use tikv_core::key::KvPair;
 use tikv_core::op::Operation;
-use tikv_core::pd::PdState;
+use tikv_core::pd::{PdState, Timestamp};
 use tikv_core::raw::{self, RawOptions};
 use tikv_core::rpc::{KvRequest, KvResponse, Request, Response, Rpc};
 use tikv_core::time::Instant;
@@ -326,7 +326,7 @@ fn core_section(n: usize, which: &[String]) -> Result<Vec<CoreRow>, String> {
                 SnapshotGet::new(
                     view.clone(),
                     keys[i % keys.len()].clone(),
-                    400_000 + i as u64,
+                    Timestamp::from_version(400_000 + i as u64),
                     opts,
                 )
             },

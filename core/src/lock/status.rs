@@ -24,8 +24,8 @@ pub struct Lock {
     pub key: Key,
     /// The primary key of the lock's transaction.
     pub primary: Key,
-    /// The transaction's start timestamp.
-    pub txn_id: u64,
+    /// The transaction's start timestamp, which identifies it.
+    pub txn_id: Timestamp,
     /// Lock TTL in milliseconds (from the transaction's start, physical).
     pub ttl: u64,
     /// Keys the transaction wrote in this region (decides lite resolving).
@@ -35,9 +35,9 @@ pub struct Lock {
     /// The transaction uses async commit.
     pub use_async_commit: bool,
     /// For pessimistic locks, the lock's `for_update_ts`.
-    pub for_update_ts: u64,
+    pub for_update_ts: Timestamp,
     /// The lock's `min_commit_ts` (async commit).
-    pub min_commit_ts: u64,
+    pub min_commit_ts: Timestamp,
     /// Left by a file-based transaction: TiKV needs the flag on
     /// `CheckTxnStatus` and `ResolveLock` (client-go forwards it; it writes
     /// no such transactions itself, nor do we).
@@ -54,13 +54,13 @@ impl Lock {
         vec![Lock {
             key: info.key.clone().into(),
             primary: info.primary_lock.clone().into(),
-            txn_id: info.lock_version,
+            txn_id: Timestamp::from_version(info.lock_version),
             ttl: info.lock_ttl,
             txn_size: info.txn_size,
             lock_type: kvrpcpb::Op::try_from(info.lock_type).unwrap_or(kvrpcpb::Op::Put),
             use_async_commit: info.use_async_commit,
-            for_update_ts: info.lock_for_update_ts,
-            min_commit_ts: info.min_commit_ts,
+            for_update_ts: Timestamp::from_version(info.lock_for_update_ts),
+            min_commit_ts: Timestamp::from_version(info.min_commit_ts),
             is_txn_file: info.is_txn_file,
         }]
     }
@@ -73,9 +73,9 @@ impl Lock {
     /// Milliseconds until the lock expires at `current_ts`, or 0 if it has
     /// (client-go `oracle.UntilExpired`: TTLs count in the physical domain
     /// from the lock's start timestamp).
-    pub fn ms_until_expired(&self, ttl: u64, current_ts: u64) -> u64 {
-        let start = Timestamp::from_version(self.txn_id).physical.max(0) as u64;
-        let now = Timestamp::from_version(current_ts).physical.max(0) as u64;
+    pub fn ms_until_expired(&self, ttl: u64, current_ts: Timestamp) -> u64 {
+        let start = self.txn_id.physical().max(0) as u64;
+        let now = current_ts.physical().max(0) as u64;
         start.saturating_add(ttl).saturating_sub(now)
     }
 }
@@ -85,8 +85,8 @@ impl Lock {
 pub struct TxnStatus {
     /// Remaining lock TTL; non-zero means the transaction is alive.
     pub ttl: u64,
-    /// Commit timestamp; 0 with `ttl == 0` means rolled back.
-    pub commit_ts: u64,
+    /// Commit timestamp; zero with `ttl == 0` means rolled back.
+    pub commit_ts: Timestamp,
     /// What `CheckTxnStatus` did.
     pub action: kvrpcpb::Action,
     /// The primary's lock, when it is still locked (async commit needs it).
@@ -96,11 +96,11 @@ pub struct TxnStatus {
 impl TxnStatus {
     /// Committed at `commit_ts`.
     pub fn is_committed(&self) -> bool {
-        self.ttl == 0 && self.commit_ts > 0
+        self.ttl == 0 && !self.commit_ts.is_zero()
     }
     /// Rolled back.
     pub fn is_rolled_back(&self) -> bool {
-        self.ttl == 0 && self.commit_ts == 0
+        self.ttl == 0 && self.commit_ts.is_zero()
     }
 }
 
@@ -108,18 +108,18 @@ impl TxnStatus {
 /// FIFO-evicted. Shared by all operations of a client.
 #[derive(Debug, Default)]
 pub struct TxnStatusCache {
-    inner: Mutex<(HashMap<u64, TxnStatus>, VecDeque<u64>)>,
+    inner: Mutex<(HashMap<Timestamp, TxnStatus>, VecDeque<Timestamp>)>,
 }
 
 impl TxnStatusCache {
     /// The cached outcome of `txn_id`.
-    pub fn get(&self, txn_id: u64) -> Option<TxnStatus> {
+    pub fn get(&self, txn_id: Timestamp) -> Option<TxnStatus> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.0.get(&txn_id).cloned()
     }
 
     /// Remembers a determined outcome; alive transactions are not cached.
-    pub fn insert(&self, txn_id: u64, status: &TxnStatus) {
+    pub fn insert(&self, txn_id: Timestamp, status: &TxnStatus) {
         if status.ttl != 0 {
             return;
         }

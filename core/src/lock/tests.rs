@@ -12,21 +12,27 @@ use crate::pd::Timestamp;
 use crate::testing::{FakeCluster, Fault, drive, view, view_with};
 
 /// A start ts at `physical_ms` (the fake PD's clock reads 1000 ms).
+/// The version of a timestamp at `physical_ms`, as the wire carries it.
 fn ts(physical_ms: i64) -> u64 {
-    Timestamp { physical: physical_ms, logical: 0 }.version()
+    ts_at(physical_ms).version()
+}
+
+/// The timestamp at `physical_ms`.
+fn ts_at(physical_ms: i64) -> Timestamp {
+    Timestamp::compose(physical_ms, 0)
 }
 
 fn lock(key: &str, txn_ms: i64, ttl: u64) -> Lock {
     Lock {
         key: Key::from(key.to_string()),
         primary: Key::from("p"),
-        txn_id: ts(txn_ms),
+        txn_id: ts_at(txn_ms),
         ttl,
         txn_size: 1,
         lock_type: kvrpcpb::Op::Put,
         use_async_commit: false,
-        for_update_ts: 0,
-        min_commit_ts: 0,
+        for_update_ts: Timestamp::ZERO,
+        min_commit_ts: Timestamp::ZERO,
         is_txn_file: false,
     }
 }
@@ -49,7 +55,7 @@ fn ok(resp: KvResponse) -> Fault {
 fn run(c: &mut FakeCluster, locks: Vec<Lock>, for_read: bool) -> (String, ResolveOutcome) {
     let v = view();
     let opts =
-        ResolveOptions { caller_start_ts: ts(950), for_read, lite: false, ..Default::default() };
+        ResolveOptions { caller_start_ts: ts_at(950), for_read, lite: false, ..Default::default() };
     let bo = v.backoffer(Duration::from_secs(40));
     let (log, result) = drive(ResolveLocks::new(v, locks, opts, bo), c);
     (log, result.expect("resolved"))
@@ -69,7 +75,7 @@ fn every_transaction_fate() {
     c.fault("check_txn_status", status(0, ts(900) + 1, kvrpcpb::Action::NoAction));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     let o = case("committed before the reader", &mut c, vec![lock("k", 800, 3000)], true);
-    assert_eq!(o.access_locks, vec![ts(800)]);
+    assert_eq!(o.access_locks, vec![ts_at(800)]);
     assert!(o.ignore_locks.is_empty() && o.ms_before_expired == 0);
 
     // Committed after the reader: skipped.
@@ -77,14 +83,14 @@ fn every_transaction_fate() {
     c.fault("check_txn_status", status(0, ts(990), kvrpcpb::Action::NoAction));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     let o = case("committed after the reader", &mut c, vec![lock("k", 800, 3000)], true);
-    assert_eq!(o.ignore_locks, vec![ts(800)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(800)]);
 
     // Rolled back (the TTL expired): skipped.
     let mut c = FakeCluster::new(&[]);
     c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::TtlExpireRollback));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     let o = case("rolled back", &mut c, vec![lock("k", 100, 500)], true);
-    assert_eq!(o.ignore_locks, vec![ts(100)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(100)]);
 
     // Alive, writer: wait until it expires (started at 900 ms with 3 s TTL,
     // PD says it is 1000 ms now: 2900 ms left).
@@ -97,7 +103,7 @@ fn every_transaction_fate() {
     let mut c = FakeCluster::new(&[]);
     c.fault("check_txn_status", status(3000, 0, kvrpcpb::Action::MinCommitTsPushed));
     let o = case("alive, pushed past the reader", &mut c, vec![lock("k", 900, 3000)], true);
-    assert_eq!(o.ignore_locks, vec![ts(900)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(900)]);
     assert_eq!(o.ms_before_expired, 0);
 
     // The primary has no trace and the lock expired: ask again with
@@ -116,7 +122,7 @@ fn every_transaction_fate() {
     c.fault("check_txn_status", status(0, 0, kvrpcpb::Action::LockNotExistRollback));
     c.fault("resolve_lock", ok(KvResponse::ResolveLock(Default::default())));
     let o = case("txn not found, lock expired", &mut c, vec![lock("k", 100, 500)], true);
-    assert_eq!(o.ignore_locks, vec![ts(100)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(100)]);
 
     // A large transaction is resolved region-wide, once per region.
     let mut c = FakeCluster::new(&[]);
@@ -127,7 +133,7 @@ fn every_transaction_fate() {
         l.txn_size = 1000;
     }
     let o = case("large transaction, two locks in one region", &mut c, big, true);
-    assert_eq!(o.ignore_locks, vec![ts(100)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(100)]);
 
     // A pessimistic lock of a rolled-back transaction: pessimistic rollback.
     let mut c = FakeCluster::new(&[]);
@@ -136,7 +142,7 @@ fn every_transaction_fate() {
     let mut pl = lock("k", 100, 500);
     pl.lock_type = kvrpcpb::Op::PessimisticLock;
     let o = case("pessimistic lock", &mut c, vec![pl], true);
-    assert_eq!(o.ignore_locks, vec![ts(100)]);
+    assert_eq!(o.ignore_locks, vec![ts_at(100)]);
 
     insta::assert_snapshot!(out);
 }
@@ -193,7 +199,7 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
     let (log, outcome) = run(&mut c, vec![l], true);
     // Committed at the largest min_commit_ts (100 ms + 9), before the
     // reader (950 ms): readable through the locks.
-    assert_eq!(outcome.access_locks, vec![ts(100)]);
+    assert_eq!(outcome.access_locks, vec![ts_at(100)]);
     assert!(outcome.ignore_locks.is_empty());
     insta::assert_snapshot!(log);
 }
@@ -201,15 +207,18 @@ fn expired_async_commit_is_recovered_from_its_secondaries() {
 #[test]
 fn determined_outcomes_are_cached_and_alive_ones_are_not() {
     let cache = TxnStatusCache::default();
-    cache.insert(1, &TxnStatus { ttl: 10, ..Default::default() });
-    assert_eq!(cache.get(1), None);
-    cache.insert(2, &TxnStatus { commit_ts: 5, ..Default::default() });
-    assert!(cache.get(2).is_some_and(|s| s.is_committed()));
+    cache.insert(Timestamp::from_version(1), &TxnStatus { ttl: 10, ..Default::default() });
+    assert_eq!(cache.get(Timestamp::from_version(1)), None);
+    cache.insert(
+        Timestamp::from_version(2),
+        &TxnStatus { commit_ts: Timestamp::from_version(5), ..Default::default() },
+    );
+    assert!(cache.get(Timestamp::from_version(2)).is_some_and(|s| s.is_committed()));
     for id in 10..10 + TXN_STATUS_CACHE_SIZE as u64 {
-        cache.insert(id, &TxnStatus::default());
+        cache.insert(Timestamp::from_version(id), &TxnStatus::default());
     }
-    assert_eq!(cache.get(2), None, "oldest evicted first");
-    assert!(cache.get(10 + TXN_STATUS_CACHE_SIZE as u64 - 1).is_some());
+    assert_eq!(cache.get(Timestamp::from_version(2)), None, "oldest evicted first");
+    assert!(cache.get(Timestamp::from_version(10 + TXN_STATUS_CACHE_SIZE as u64 - 1)).is_some());
 }
 
 #[test]
@@ -227,7 +236,7 @@ fn shared_lock_wrappers_expand_to_their_inner_locks() {
         ..Default::default()
     };
     let locks = Lock::from_info(&wrapper);
-    assert_eq!(locks.iter().map(|l| l.txn_id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(locks.iter().map(|l| l.txn_id.version()).collect::<Vec<_>>(), vec![1, 2]);
 }
 
 /// TTL checks use the newest timestamp the client has seen while it is
@@ -242,9 +251,9 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
         let v = view_with(Config::default().with_low_resolution_ts_max_age(max_age));
         c.set_oracle_view(v.clone());
         // Seen at the instant the resolution starts.
-        v.last_ts.observe(ts(990), Instant::ZERO);
+        v.last_ts.observe(ts_at(990), Instant::ZERO);
         let opts =
-            ResolveOptions { caller_start_ts: ts(950), for_read: true, ..Default::default() };
+            ResolveOptions { caller_start_ts: ts_at(950), for_read: true, ..Default::default() };
         let bo = v.backoffer(Duration::from_secs(40));
         let op = ResolveLocks::new(v.clone(), vec![lock("k", 800, 10)], opts, bo);
         let (log, result) = drive(op, &mut c);
@@ -264,7 +273,7 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
     let (asked_pd, current_ts, newest) = resolve_with(Duration::from_secs(2));
     assert!(!asked_pd);
     assert_eq!(current_ts, vec![ts(990)]);
-    assert_eq!(newest, Some(ts(990)));
+    assert_eq!(newest, Some(ts_at(990)));
 
     // Too old (any age is, with a zero bound): PD is asked, and its fresh
     // timestamp (the fake PD's clock reads 1000 ms) becomes the newest.
@@ -272,7 +281,7 @@ fn ttl_checks_use_the_recent_low_resolution_timestamp() {
     assert!(asked_pd);
     assert_eq!(current_ts.len(), 1);
     assert!(current_ts[0] > ts(1000), "{current_ts:?}");
-    assert_eq!(newest, Some(current_ts[0]));
+    assert_eq!(newest.map(Timestamp::version), Some(current_ts[0]));
 }
 
 /// Several locks of one small transaction are cleaned with one `ResolveLock`
@@ -291,8 +300,8 @@ fn lite_resolves_of_one_transaction_are_batched_per_region() {
     other.primary = Key::from("q");
     let locks = vec![lock("a", 800, 10), other, lock("b", 800, 10), lock("x", 800, 10)];
     let (_, outcome) = run(&mut c, locks, true);
-    assert_eq!(outcome.access_locks, vec![ts(800)]);
-    assert_eq!(outcome.ignore_locks, vec![ts(700)]);
+    assert_eq!(outcome.access_locks, vec![ts_at(800)]);
+    assert_eq!(outcome.ignore_locks, vec![ts_at(700)]);
     let mut resolves: Vec<(u64, Vec<Bytes>)> = c
         .received
         .iter()
@@ -348,7 +357,7 @@ fn impossible_answers_fail_the_resolution() {
     let resolve = |c: &mut FakeCluster, l: Lock| {
         let v = view();
         let opts = ResolveOptions {
-            caller_start_ts: ts(950),
+            caller_start_ts: ts_at(950),
             for_read: true,
             lite: false,
             ..Default::default()

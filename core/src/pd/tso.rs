@@ -32,17 +32,21 @@ pub enum ReadTsVerdict {
 /// `i64::MAX` and it are refused as the mistakes they are.
 ///
 /// ```
-/// use tikv_core::pd::{ReadTsVerdict, judge_read_ts};
-/// assert_eq!(judge_read_ts(10, Some(12)), Ok(ReadTsVerdict::Safe));
-/// assert_eq!(judge_read_ts(13, Some(12)), Ok(ReadTsVerdict::AskPd));
-/// assert_eq!(judge_read_ts(u64::MAX, None), Ok(ReadTsVerdict::Safe));
-/// assert!(judge_read_ts(u64::MAX - 1, Some(12)).is_err());
+/// use tikv_core::pd::{ReadTsVerdict, Timestamp, judge_read_ts};
+/// let ts = Timestamp::from_version;
+/// assert_eq!(judge_read_ts(ts(10), Some(ts(12))), Ok(ReadTsVerdict::Safe));
+/// assert_eq!(judge_read_ts(ts(13), Some(ts(12))), Ok(ReadTsVerdict::AskPd));
+/// assert_eq!(judge_read_ts(Timestamp::MAX, None), Ok(ReadTsVerdict::Safe));
+/// assert!(judge_read_ts(ts(u64::MAX - 1), Some(ts(12))).is_err());
 /// ```
-pub fn judge_read_ts(read_ts: u64, handed_out: Option<u64>) -> Result<ReadTsVerdict, Error> {
-    if read_ts == u64::MAX {
+pub fn judge_read_ts(
+    read_ts: Timestamp,
+    handed_out: Option<Timestamp>,
+) -> Result<ReadTsVerdict, Error> {
+    if read_ts == Timestamp::MAX {
         return Ok(ReadTsVerdict::Safe);
     }
-    if read_ts >= i64::MAX as u64 {
+    if read_ts.version() >= i64::MAX as u64 {
         return Err(Error::InvalidArgument(format!("read ts {read_ts} is not a TSO timestamp")));
     }
     Ok(if handed_out.is_some_and(|ts| read_ts <= ts) {
@@ -77,10 +81,9 @@ impl TsoBatch {
 
     /// The `i`-th timestamp, for the `i`-th caller of the round.
     pub fn get(&self, i: usize) -> Option<Timestamp> {
-        (i < self.len()).then(|| Timestamp {
-            physical: self.first.physical,
-            logical: self.first.logical + i as i64,
-        })
+        // Consecutive logical values of one millisecond: `judge` checked
+        // that the last of them fits in the logical bits.
+        (i < self.len()).then(|| Timestamp::from_version(self.first.version() + i as u64))
     }
 
     /// The first (smallest) timestamp.
@@ -90,10 +93,7 @@ impl TsoBatch {
 
     /// The last (largest) timestamp: PD's answer.
     pub fn last(&self) -> Timestamp {
-        Timestamp {
-            physical: self.first.physical,
-            logical: self.first.logical + i64::from(self.count) - 1,
-        }
+        Timestamp::from_version(self.first.version() + u64::from(self.count.max(1)) - 1)
     }
 
     /// Every timestamp, in order.
@@ -266,7 +266,7 @@ impl<W> TsoBatcher<W> {
             }
             Ok(batch) => {
                 self.last = Some(batch.last());
-                self.view.last_ts.observe(batch.last().version(), now);
+                self.view.last_ts.observe(batch.last(), now);
                 TsoRoundEnd::Served(callers.into_iter().zip(batch.iter()).collect())
             }
             Err(e) => TsoRoundEnd::Failed(callers, e),
@@ -308,18 +308,16 @@ fn judge(
     let Some(ts) = resp.timestamp else {
         return Err(Error::malformed("TSO response without a timestamp"));
     };
-    let first = Timestamp {
-        physical: ts.physical,
-        logical: ts.logical.saturating_sub(i64::from(count) - 1),
-    };
-    if first.physical < 0 || first.logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
+    let first_logical = ts.logical.saturating_sub(i64::from(count) - 1);
+    if ts.physical < 0 || first_logical < 0 || ts.logical >= 1 << LOGICAL_BITS {
         return Err(Error::malformed(format!("TSO returned an invalid timestamp {ts:?}")));
     }
+    let first = Timestamp::compose(ts.physical, first_logical);
     if let Some(floor) = floor
         && first <= floor
     {
         return Err(Error::malformed(format!(
-            "TSO went backwards: {first} after {floor} (PD leader change without a fence?)"
+            "TSO went backwards: {first:#} after {floor:#} (PD leader change without a fence?)"
         )));
     }
     Ok(TsoBatch { first, count })
@@ -452,7 +450,7 @@ pub enum TsoStreamError {
     /// The answer's range does not start above the previous answer's end:
     /// one PD leader answers a stream in increasing order, so the answers
     /// were reordered or the server went backwards.
-    #[error("answer starting at {first} after {previous} on the same stream")]
+    #[error("answer starting at {first:#} after {previous:#} on the same stream")]
     NotIncreasing {
         /// The end of the previous answer.
         previous: Timestamp,
@@ -492,16 +490,14 @@ impl TsoStreamOrder {
             return Err(TsoStreamError::CountMismatch { asked, answered: answer.count });
         }
         let ts = answer.timestamp.as_ref().ok_or(TsoStreamError::NoTimestamp)?;
-        let first = Timestamp {
-            physical: ts.physical,
-            logical: ts.logical.saturating_sub(i64::from(asked) - 1),
-        };
+        let first =
+            Timestamp::compose(ts.physical, ts.logical.saturating_sub(i64::from(asked) - 1));
         if let Some(previous) = self.previous
             && first <= previous
         {
             return Err(TsoStreamError::NotIncreasing { previous, first });
         }
-        self.previous = Some(Timestamp { physical: ts.physical, logical: ts.logical });
+        self.previous = Some(Timestamp::compose(ts.physical, ts.logical));
         Ok(())
     }
 
@@ -523,11 +519,23 @@ mod tests {
     /// client-go's `ValidateReadTS` rule at its edges.
     #[test]
     fn read_timestamps_are_judged_against_what_pd_handed_out() {
-        assert_eq!(judge_read_ts(5, None), Ok(ReadTsVerdict::AskPd), "nothing seen yet");
-        assert_eq!(judge_read_ts(5, Some(5)), Ok(ReadTsVerdict::Safe), "exactly handed out");
-        assert_eq!(judge_read_ts(6, Some(5)), Ok(ReadTsVerdict::AskPd), "ahead of it");
-        assert_eq!(judge_read_ts(u64::MAX, Some(5)), Ok(ReadTsVerdict::Safe), "the latest");
-        assert!(matches!(judge_read_ts(i64::MAX as u64, Some(5)), Err(Error::InvalidArgument(_))));
+        let ts = Timestamp::from_version;
+        assert_eq!(judge_read_ts(ts(5), None), Ok(ReadTsVerdict::AskPd), "nothing seen yet");
+        assert_eq!(
+            judge_read_ts(ts(5), Some(ts(5))),
+            Ok(ReadTsVerdict::Safe),
+            "exactly handed out"
+        );
+        assert_eq!(judge_read_ts(ts(6), Some(ts(5))), Ok(ReadTsVerdict::AskPd), "ahead of it");
+        assert_eq!(
+            judge_read_ts(Timestamp::MAX, Some(ts(5))),
+            Ok(ReadTsVerdict::Safe),
+            "the latest"
+        );
+        assert!(matches!(
+            judge_read_ts(ts(i64::MAX as u64), Some(ts(5))),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     fn tso_answer(count: u32, physical: i64, logical: i64) -> pdpb::TsoResponse {
@@ -628,7 +636,7 @@ mod tests {
             let end = self.b.finish_round(callers, outcome, Instant::ZERO);
             let said = match &end {
                 TsoRoundEnd::Served(served) => {
-                    let all: Vec<String> = served.iter().map(|(_, t)| t.to_string()).collect();
+                    let all: Vec<String> = served.iter().map(|(_, t)| format!("{t:#}")).collect();
                     format!("served [{}]", all.join(", "))
                 }
                 TsoRoundEnd::Requeued => format!("requeued {count} callers"),
@@ -656,7 +664,7 @@ mod tests {
         s.answer('C', tso_response(7, 100, 11));
         s.answer('D', tso_response(1, 101, 0));
         assert_eq!(s.b.in_flight(), 0);
-        assert_eq!(s.b.last(), Some(Timestamp { physical: 101, logical: 0 }));
+        assert_eq!(s.b.last(), Some(Timestamp::compose(101, 0)));
         insta::assert_snapshot!(s.log);
     }
 
@@ -678,7 +686,7 @@ mod tests {
         let end = s.answer('C', tso_response(2, 100, 11));
         let TsoRoundEnd::Served(served) = end else { panic!("{end:?}") };
         assert_eq!(
-            served.iter().map(|(c, t)| (*c, t.logical)).collect::<Vec<_>>(),
+            served.iter().map(|(c, t)| (*c, t.logical())).collect::<Vec<_>>(),
             [(0, 10), (1, 11)]
         );
         s.arrive(1);
@@ -760,7 +768,7 @@ mod tests {
         let outcome = round.poll_result().expect("answered");
         let end = b.finish_round(callers, outcome, Instant::from_millis(3));
         assert!(matches!(end, TsoRoundEnd::Served(ref s) if s.len() == 2), "{end:?}");
-        let newest = Timestamp { physical: 100, logical: 6 }.version();
+        let newest = Timestamp::compose(100, 6);
         assert_eq!(b.view.last_ts.newest(), Some(newest));
     }
 
@@ -769,7 +777,7 @@ mod tests {
     /// error, or a malformed answer.
     #[test]
     fn get_timestamp_asks_the_oracle_once() {
-        let ts = Timestamp { physical: 5, logical: 1 };
+        let ts = Timestamp::compose(5, 1);
         let mut op = GetTimestamp::new();
         op.start(Instant::ZERO);
         let rpc = op.poll_rpc().expect("asks");
@@ -811,8 +819,8 @@ mod tests {
         assert_eq!(
             order.on_answer(&tso_answer(3, 10, 4)),
             Err(TsoStreamError::NotIncreasing {
-                previous: Timestamp { physical: 10, logical: 2 },
-                first: Timestamp { physical: 10, logical: 2 },
+                previous: Timestamp::compose(10, 2),
+                first: Timestamp::compose(10, 2),
             })
         );
         // A broken stream is dropped; its successor starts afresh.
@@ -845,21 +853,18 @@ mod tests {
 
     #[test]
     fn a_batch_lists_consecutive_logicals() {
-        let batch = TsoBatch { first: Timestamp { physical: 7, logical: 3 }, count: 3 };
+        let batch = TsoBatch { first: Timestamp::compose(7, 3), count: 3 };
         let all: Vec<Timestamp> = batch.iter().collect();
         assert_eq!(all.len(), 3);
         assert_eq!(batch.get(2), Some(batch.last()));
-        assert_eq!(batch.last(), Timestamp { physical: 7, logical: 5 });
+        assert_eq!(batch.last(), Timestamp::compose(7, 5));
         assert_eq!(batch.get(3), None);
     }
 
     #[test]
     fn version_packs_physical_and_logical() {
-        let ts = Timestamp { physical: 1_700_000_000_000, logical: 3 };
+        let ts = Timestamp::compose(1_700_000_000_000, 3);
         assert_eq!(Timestamp::from_version(ts.version()), ts);
-        assert!(
-            Timestamp { physical: 1, logical: 0 }.version()
-                > Timestamp { physical: 0, logical: 262_143 }.version()
-        );
+        assert!(Timestamp::compose(1, 0).version() > Timestamp::compose(0, 262_143).version());
     }
 }

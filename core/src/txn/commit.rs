@@ -162,7 +162,7 @@ pub enum CommitMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitOutcome {
     /// The commit timestamp.
-    pub commit_ts: u64,
+    pub commit_ts: Timestamp,
     /// How it committed.
     pub mode: CommitMode,
     /// Keys whose locks still need a `Commit` (secondaries in 2PC; every
@@ -176,11 +176,11 @@ pub struct CommitOutcome {
 /// `Prewrite` batches.
 #[derive(Debug)]
 struct PrewritePlan {
-    start_ts: u64,
+    start_ts: Timestamp,
     primary: Key,
     lock_ttl: u64,
-    min_commit_ts: u64,
-    max_commit_ts: u64,
+    min_commit_ts: Timestamp,
+    max_commit_ts: Timestamp,
     async_commit: bool,
     /// All keys but the primary, for the primary's batch in async commit.
     secondaries: Vec<Key>,
@@ -206,8 +206,8 @@ struct PrewritePlan {
     retry: Vec<Mutation>,
     error: Option<Error>,
     assertion_error: Option<Error>,
-    min_commit_ts_seen: Vec<u64>,
-    one_pc_commit_ts: Vec<u64>,
+    min_commit_ts_seen: Vec<Timestamp>,
+    one_pc_commit_ts: Vec<Timestamp>,
 }
 
 impl KeyPlan for PrewritePlan {
@@ -233,11 +233,11 @@ impl KeyPlan for PrewritePlan {
         KvRequest::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: batch.iter().map(Mutation::to_proto).collect(),
             primary_lock: self.primary.to_bytes(),
-            start_version: self.start_ts,
+            start_version: self.start_ts.version(),
             lock_ttl: self.lock_ttl,
             txn_size: batch.len() as u64,
-            min_commit_ts: self.min_commit_ts,
-            max_commit_ts: self.max_commit_ts,
+            min_commit_ts: self.min_commit_ts.version(),
+            max_commit_ts: self.max_commit_ts.version(),
             use_async_commit: self.async_commit,
             secondaries: if self.async_commit && has_primary {
                 self.secondaries.iter().map(Key::to_bytes).collect()
@@ -285,8 +285,8 @@ impl KeyPlan for PrewritePlan {
                 }
             } else if let Some(c) = &e.conflict {
                 self.error.get_or_insert(Error::WriteConflict {
-                    start_ts: c.start_ts,
-                    conflict_ts: c.conflict_ts,
+                    start_ts: Timestamp::from_version(c.start_ts),
+                    conflict_ts: Timestamp::from_version(c.conflict_ts),
                     key: c.key.clone().into(),
                     primary: c.primary.clone().into(),
                 });
@@ -308,8 +308,8 @@ impl KeyPlan for PrewritePlan {
             self.retry.extend(batch);
             return Ok(());
         }
-        self.min_commit_ts_seen.push(r.min_commit_ts);
-        self.one_pc_commit_ts.push(r.one_pc_commit_ts);
+        self.min_commit_ts_seen.push(Timestamp::from_version(r.min_commit_ts));
+        self.one_pc_commit_ts.push(Timestamp::from_version(r.one_pc_commit_ts));
         Ok(())
     }
     fn finish(self) -> PrewritePlan {
@@ -320,8 +320,8 @@ impl KeyPlan for PrewritePlan {
 /// `Commit` of keys at a commit ts (primary or secondaries).
 #[derive(Debug)]
 struct CommitPlan {
-    start_ts: u64,
-    commit_ts: u64,
+    start_ts: Timestamp,
+    commit_ts: Timestamp,
     outcome: Option<Result<(), kvrpcpb::KeyError>>,
 }
 
@@ -330,8 +330,8 @@ impl PointPlan for CommitPlan {
     fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
             keys: vec![key.to_bytes()],
-            start_version: self.start_ts,
-            commit_version: self.commit_ts,
+            start_version: self.start_ts.version(),
+            commit_version: self.commit_ts.version(),
             ..Default::default()
         }))
     }
@@ -353,7 +353,7 @@ impl PointPlan for CommitPlan {
 /// `TxnHeartBeat` on the primary: extends the primary lock's TTL.
 #[derive(Debug)]
 struct HeartbeatPlan {
-    start_ts: u64,
+    start_ts: Timestamp,
     advise_lock_ttl: u64,
     ok: bool,
 }
@@ -363,7 +363,7 @@ impl PointPlan for HeartbeatPlan {
     fn build(&mut self, key: &Key) -> KvRequest {
         KvRequest::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatRequest {
             primary_lock: key.to_bytes(),
-            start_version: self.start_ts,
+            start_version: self.start_ts.version(),
             advise_lock_ttl: self.advise_lock_ttl,
             ..Default::default()
         }))
@@ -389,7 +389,7 @@ impl PointPlan for HeartbeatPlan {
 #[derive(Debug)]
 pub struct KeepAlive {
     view: Arc<ClusterView>,
-    start_ts: u64,
+    start_ts: Timestamp,
     primary: Key,
     tags: RequestTags,
     /// The transaction's age when the keep-alive started.
@@ -407,7 +407,7 @@ impl KeepAlive {
     /// `start_ts`, now `elapsed` old, alive.
     pub fn new(
         view: Arc<ClusterView>,
-        start_ts: u64,
+        start_ts: Timestamp,
         primary: Key,
         elapsed: Duration,
         tags: RequestTags,
@@ -511,9 +511,9 @@ impl Operation for KeepAlive {
 /// `Commit` or `BatchRollback` of many keys, for the background phases.
 #[derive(Debug)]
 pub struct KeysPlan {
-    start_ts: u64,
+    start_ts: Timestamp,
     /// `Some(ts)`: commit at ts; `None`: roll back.
-    commit_ts: Option<u64>,
+    commit_ts: Option<Timestamp>,
     timeout: Duration,
 }
 
@@ -534,13 +534,13 @@ impl KeyPlan for KeysPlan {
         match self.commit_ts {
             Some(commit_ts) => KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
                 keys,
-                start_version: self.start_ts,
-                commit_version: commit_ts,
+                start_version: self.start_ts.version(),
+                commit_version: commit_ts.version(),
                 ..Default::default()
             })),
             None => KvRequest::BatchRollback(Box::new(kvrpcpb::BatchRollbackRequest {
                 keys,
-                start_version: self.start_ts,
+                start_version: self.start_ts.version(),
                 ..Default::default()
             })),
         }
@@ -566,8 +566,8 @@ impl KeyPlan for KeysPlan {
 /// every key of an async-commit transaction). Budget: client-go's 41 s.
 pub fn commit_keys(
     view: &Arc<ClusterView>,
-    start_ts: u64,
-    commit_ts: u64,
+    start_ts: Timestamp,
+    commit_ts: Timestamp,
     keys: Vec<Key>,
 ) -> KeyFanout<KeysPlan> {
     let plan =
@@ -580,7 +580,7 @@ pub fn commit_keys(
 /// (`BatchRollback`, client-go's cleanup; budget 20 s).
 pub fn rollback_keys(
     view: &Arc<ClusterView>,
-    start_ts: u64,
+    start_ts: Timestamp,
     keys: Vec<Key>,
 ) -> KeyFanout<KeysPlan> {
     let plan = KeysPlan { start_ts, commit_ts: None, timeout: view.config.read_timeout_short };
@@ -611,18 +611,18 @@ enum TsoFor {
 /// Commits a transaction's mutations. See the module docs for the protocol.
 pub struct Committer {
     view: Arc<ClusterView>,
-    start_ts: u64,
+    start_ts: Timestamp,
     primary: Key,
     pending: Vec<Mutation>,
     all_keys: Vec<Key>,
     opts: CommitOptions,
     lock_ttl: u64,
-    max_commit_ts: u64,
+    max_commit_ts: Timestamp,
     async_commit: bool,
     one_pc: bool,
-    min_commit_ts: u64,
-    min_commit_ts_seen: Vec<u64>,
-    one_pc_seen: Vec<u64>,
+    min_commit_ts: Timestamp,
+    min_commit_ts_seen: Vec<Timestamp>,
+    one_pc_seen: Vec<Timestamp>,
     /// 1PC requests whose answer never came (see `PrewritePlan`).
     one_pc_unanswered: u32,
     /// The 1PC attempt may have committed at a ts we cannot learn.
@@ -641,7 +641,7 @@ pub struct Committer {
     commit_backoffer: Option<Backoffer>,
     assertion_error: Option<Error>,
     tso_for: TsoFor,
-    commit_ts: u64,
+    commit_ts: Timestamp,
     started: bool,
     step: StepSlot<Done>,
     backoffer: Backoffer,
@@ -681,7 +681,7 @@ impl Committer {
     /// started at `start_ts` and has been running for `elapsed`.
     pub fn new(
         view: Arc<ClusterView>,
-        start_ts: u64,
+        start_ts: Timestamp,
         primary: Key,
         mutations: Vec<Mutation>,
         elapsed: Duration,
@@ -696,12 +696,10 @@ impl Committer {
             && key_size <= ASYNC_COMMIT_KEY_SIZE_LIMIT;
         // Refined in `start` against the region cache.
         let one_pc = opts.one_pc && size <= TXN_COMMIT_BATCH_SIZE;
-        let start_physical = Timestamp::from_version(start_ts).physical;
-        let max_commit_ts = Timestamp {
-            physical: start_physical + elapsed.as_millis() as i64 + ASYNC_COMMIT_SAFE_WINDOW_MS,
-            logical: 0,
-        }
-        .version();
+        let max_commit_ts = Timestamp::compose(
+            start_ts.physical() + elapsed.as_millis() as i64 + ASYNC_COMMIT_SAFE_WINDOW_MS,
+            0,
+        );
         let budget = view.config.budget(view.config.backoff.prewrite);
         let backoffer = view.backoffer(budget);
         let opts_threshold = opts.heartbeat_threshold.unwrap_or(TTL_REFRESHED_TXN_SIZE);
@@ -716,7 +714,7 @@ impl Committer {
             max_commit_ts,
             async_commit,
             one_pc,
-            min_commit_ts: start_ts + 1,
+            min_commit_ts: start_ts.next(),
             min_commit_ts_seen: Vec::new(),
             one_pc_seen: Vec::new(),
             one_pc_unanswered: 0,
@@ -726,7 +724,7 @@ impl Committer {
             commit_backoffer: None,
             assertion_error: None,
             tso_for: TsoFor::CommitTs,
-            commit_ts: 0,
+            commit_ts: Timestamp::ZERO,
             started: false,
             step: StepSlot::new(),
             backoffer,
@@ -815,7 +813,11 @@ impl Committer {
             primary: self.primary.clone(),
             lock_ttl: self.lock_ttl,
             min_commit_ts: self.min_commit_ts,
-            max_commit_ts: if self.async_commit || self.one_pc { self.max_commit_ts } else { 0 },
+            max_commit_ts: if self.async_commit || self.one_pc {
+                self.max_commit_ts
+            } else {
+                Timestamp::ZERO
+            },
             async_commit: self.async_commit,
             secondaries,
             one_pc: self.one_pc,
@@ -884,7 +886,7 @@ impl Committer {
         // Every mutation is prewritten.
         if self.one_pc {
             match self.one_pc_seen.as_slice() {
-                [ts] if *ts > 0 => {
+                [ts] if !ts.is_zero() => {
                     let commit_ts = *ts;
                     self.finish(Ok(CommitOutcome {
                         commit_ts,
@@ -911,8 +913,8 @@ impl Committer {
             }
         }
         if self.async_commit {
-            if self.min_commit_ts_seen.iter().all(|ts| *ts > 0) {
-                let commit_ts = self.min_commit_ts_seen.iter().copied().max().unwrap_or(0);
+            if self.min_commit_ts_seen.iter().all(|ts| !ts.is_zero()) {
+                let commit_ts = self.min_commit_ts_seen.iter().copied().max().unwrap_or_default();
                 self.finish(Ok(CommitOutcome {
                     commit_ts,
                     mode: CommitMode::AsyncCommit,
@@ -994,26 +996,23 @@ impl Committer {
 
     fn after_tso(&mut self, outcome: Result<Timestamp, Error>, now: Instant) {
         match outcome {
-            Ok(ts) => {
-                let ts = ts.version();
-                match self.tso_for {
-                    TsoFor::MinCommitTs => {
-                        self.min_commit_ts = self.min_commit_ts.max(ts + 1);
-                        self.prewrite(now);
-                    }
-                    TsoFor::CommitTs => {
-                        if ts <= self.start_ts {
-                            self.finish(Err(Error::malformed(format!(
-                                "commit ts {ts} not after start ts {}",
-                                self.start_ts
-                            ))));
-                            return;
-                        }
-                        self.commit_ts = ts;
-                        self.commit_primary(now);
-                    }
+            Ok(ts) => match self.tso_for {
+                TsoFor::MinCommitTs => {
+                    self.min_commit_ts = self.min_commit_ts.max(ts.next());
+                    self.prewrite(now);
                 }
-            }
+                TsoFor::CommitTs => {
+                    if ts <= self.start_ts {
+                        self.finish(Err(Error::malformed(format!(
+                            "commit ts {ts} not after start ts {}",
+                            self.start_ts
+                        ))));
+                        return;
+                    }
+                    self.commit_ts = ts;
+                    self.commit_primary(now);
+                }
+            },
             Err(e) => self.finish(Err(e)),
         }
     }

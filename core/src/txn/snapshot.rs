@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{Operation, StepEvent, StepSlot};
+use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
@@ -40,6 +41,7 @@ pub struct ReadOptions {
 /// skip and ones it may read through. Kept across retries of one read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct LockSets {
+    /// Start ts versions, as `Context` carries them.
     resolved: Vec<u64>,
     committed: Vec<u64>,
 }
@@ -47,13 +49,13 @@ struct LockSets {
 impl LockSets {
     fn absorb(&mut self, outcome: &ResolveOutcome) {
         for t in &outcome.ignore_locks {
-            if !self.resolved.contains(t) {
-                self.resolved.push(*t);
+            if !self.resolved.contains(&t.version()) {
+                self.resolved.push(t.version());
             }
         }
         for t in &outcome.access_locks {
-            if !self.committed.contains(t) {
-                self.committed.push(*t);
+            if !self.committed.contains(&t.version()) {
+                self.committed.push(t.version());
             }
         }
     }
@@ -84,7 +86,7 @@ fn split_key_error(e: kvrpcpb::KeyError) -> Result<Vec<Lock>, Error> {
 /// `Get` of one key.
 #[derive(Debug)]
 struct GetPlan {
-    ts: u64,
+    ts: Timestamp,
     opts: ReadOptions,
     locks: LockSets,
     value: Option<Value>,
@@ -97,7 +99,7 @@ impl PointPlan for GetPlan {
         KvRequest::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(self.locks.context(&self.opts)),
             key: key.to_bytes(),
-            version: self.ts,
+            version: self.ts.version(),
             ..Default::default()
         }))
     }
@@ -120,7 +122,7 @@ impl PointPlan for GetPlan {
 /// `BatchGet` of many keys; locked keys are collected for a retry.
 #[derive(Debug)]
 struct BatchGetPlan {
-    ts: u64,
+    ts: Timestamp,
     opts: ReadOptions,
     locks: LockSets,
     timeout: Duration,
@@ -145,7 +147,7 @@ impl KeyPlan for BatchGetPlan {
         KvRequest::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             context: Some(self.locks.context(&self.opts)),
             keys: batch.iter().map(Key::to_bytes).collect(),
-            version: self.ts,
+            version: self.ts.version(),
             ..Default::default()
         }))
     }
@@ -204,7 +206,7 @@ enum ReadNext<T> {
 /// read again with the learned lock sets. It holds the machine's one step.
 struct ReadLoop<T> {
     view: Arc<ClusterView>,
-    ts: u64,
+    ts: Timestamp,
     opts: ReadOptions,
     locks: LockSets,
     backoffer: Backoffer,
@@ -213,7 +215,7 @@ struct ReadLoop<T> {
 }
 
 impl<T: Send + 'static> ReadLoop<T> {
-    fn new(view: Arc<ClusterView>, ts: u64, opts: ReadOptions) -> ReadLoop<T> {
+    fn new(view: Arc<ClusterView>, ts: Timestamp, opts: ReadOptions) -> ReadLoop<T> {
         let budget = view.config.budget(view.config.backoff.get);
         let backoffer = view.backoffer(budget);
         ReadLoop {
@@ -343,7 +345,7 @@ impl std::fmt::Debug for SnapshotGet {
 
 impl SnapshotGet {
     /// Reads `key` as of `ts`.
-    pub fn new(view: Arc<ClusterView>, key: Key, ts: u64, opts: ReadOptions) -> SnapshotGet {
+    pub fn new(view: Arc<ClusterView>, key: Key, ts: Timestamp, opts: ReadOptions) -> SnapshotGet {
         SnapshotGet { lp: ReadLoop::new(view, ts, opts), key, result: None }
     }
 
@@ -415,7 +417,12 @@ impl std::fmt::Debug for SnapshotBatchGet {
 
 impl SnapshotBatchGet {
     /// Reads `keys` as of `ts`.
-    pub fn new(view: Arc<ClusterView>, mut keys: Vec<Key>, ts: u64, opts: ReadOptions) -> Self {
+    pub fn new(
+        view: Arc<ClusterView>,
+        mut keys: Vec<Key>,
+        ts: Timestamp,
+        opts: ReadOptions,
+    ) -> Self {
         keys.sort();
         keys.dedup();
         let mut lp = ReadLoop::new(view, ts, opts);
@@ -495,7 +502,7 @@ impl Operation for SnapshotBatchGet {
 /// can resume at the locked key once the lock is resolved.
 #[derive(Debug)]
 struct ScanPlan {
-    ts: u64,
+    ts: Timestamp,
     opts: ReadOptions,
     locks: LockSets,
     timeout: Duration,
@@ -523,7 +530,7 @@ impl RangePlan for ScanPlan {
             start_key,
             end_key,
             limit: u32::try_from(self.limit - self.pairs.len()).unwrap_or(u32::MAX),
-            version: self.ts,
+            version: self.ts.version(),
             key_only: self.key_only,
             reverse: self.reverse,
             ..Default::default()
@@ -616,7 +623,7 @@ impl SnapshotScan {
         view: Arc<ClusterView>,
         range: KeyRange,
         spec: ScanSpec,
-        ts: u64,
+        ts: Timestamp,
         opts: ReadOptions,
     ) -> SnapshotScan {
         let ScanSpec { limit, reverse, key_only } = spec;

@@ -81,7 +81,7 @@ use tikv_core::config::{BackoffBudgets, Config};
 use tikv_core::error::Error;
 use tikv_core::lock::{Lock, ResolveLocks, ResolveOptions};
 use tikv_core::pd::{
-    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, PdState, TsoBatcher, TsoRoundCallers, TsoRoundEnd,
+    DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, PdState, Timestamp, TsoBatcher, TsoRoundCallers, TsoRoundEnd,
 };
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
@@ -1592,7 +1592,7 @@ impl World {
                 .unwrap_or(u64::MAX);
             let budget = view.config.budget(view.config.backoff.gc_resolve_lock);
             let opts = ResolveOptions {
-                caller_start_ts: caller,
+                caller_start_ts: Timestamp::from_version(caller),
                 for_read: false,
                 lite: true,
                 ..Default::default()

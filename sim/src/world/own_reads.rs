@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec};
 use tikv_core::op::{IdMap, Operation};
+use tikv_core::pd::Timestamp;
 use tikv_core::rpc::{Response, Rpc, RpcError, RpcId};
 use tikv_core::time::Instant;
 use tikv_core::txn::membuffer::MemBuffer;
@@ -186,7 +187,8 @@ impl OwnRead {
 
     /// The next snapshot read the merge needs; `None` when every key is read.
     fn next_child(&mut self) -> Option<Child> {
-        let (view, ts, opts) = (self.view.clone(), self.start_ts, self.opts.clone());
+        let (view, ts, opts) =
+            (self.view.clone(), Timestamp::from_version(self.start_ts), self.opts.clone());
         if let Some(scan) = self.scan.as_mut() {
             loop {
                 match scan.poll(&self.buffer) {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tikv_core::error::Error;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::op::{IdMap, Operation};
-use tikv_core::pd::GetTimestamp;
+use tikv_core::pd::{GetTimestamp, Timestamp};
 use tikv_core::rng::Rng;
 use tikv_core::route::fanout::KeyFanout;
 use tikv_core::rpc::{KvRequest, Request, Response, Rpc, RpcError, RpcId};
@@ -455,12 +455,16 @@ impl TxnProgram {
             ReadMethod::Get => {
                 let mut rest: VecDeque<Key> = keys.into();
                 let key = rest.pop_front().unwrap_or_default();
-                let op = SnapshotGet::new(view, key.clone(), start_ts, opts);
+                let op =
+                    SnapshotGet::new(view, key.clone(), Timestamp::from_version(start_ts), opts);
                 Step::Get { op: Box::new(op), key, rest }
             }
-            ReadMethod::BatchGet => {
-                Step::BatchGet(Box::new(SnapshotBatchGet::new(view, keys, start_ts, opts)))
-            }
+            ReadMethod::BatchGet => Step::BatchGet(Box::new(SnapshotBatchGet::new(
+                view,
+                keys,
+                Timestamp::from_version(start_ts),
+                opts,
+            ))),
             ReadMethod::Scan | ReadMethod::ScanReverse => {
                 let first = self.scan_keys.first().cloned().unwrap_or_default();
                 let last = self.scan_keys.last().cloned().unwrap_or_default();
@@ -468,7 +472,8 @@ impl TxnProgram {
                 let limit = self.scan_keys.len() as u32 + 1;
                 let reverse = self.read_method == ReadMethod::ScanReverse;
                 let spec = ScanSpec { limit, reverse, key_only: false };
-                let op = SnapshotScan::new(view, range, spec, start_ts, opts);
+                let op =
+                    SnapshotScan::new(view, range, spec, Timestamp::from_version(start_ts), opts);
                 Step::Scan(Box::new(op))
             }
         };
@@ -535,7 +540,7 @@ impl TxnProgram {
         let elapsed = now.saturating_duration_since(self.began);
         let committer = Committer::new(
             self.view.clone(),
-            start_ts,
+            Timestamp::from_version(start_ts),
             primary,
             mutations,
             elapsed,
@@ -608,7 +613,7 @@ impl TxnProgram {
                             let op = SnapshotGet::new(
                                 self.view.clone(),
                                 next.clone(),
-                                ts,
+                                Timestamp::from_version(ts),
                                 self.read_opts.clone(),
                             );
                             let rest = std::mem::take(rest);
@@ -659,9 +664,10 @@ impl TxnProgram {
         now: Instant,
     ) {
         self.report(match result {
-            Ok(outcome) => {
-                TxnOutcome::Committed { commit_ts: outcome.commit_ts, mode: Some(outcome.mode) }
-            }
+            Ok(outcome) => TxnOutcome::Committed {
+                commit_ts: outcome.commit_ts.version(),
+                mode: Some(outcome.mode),
+            },
             Err(Error::Undetermined(why)) => TxnOutcome::Undetermined(why),
             Err(e) => TxnOutcome::Failed(e.to_string()),
         });
@@ -688,7 +694,12 @@ impl TxnProgram {
                 let Some(start_ts) = self.run.start_ts else { return Some(rpc) };
                 let timeout = rpc.deadline.saturating_duration_since(now);
                 self.held = Some((rpc, timeout));
-                let mut op = commit_keys(&self.view, start_ts, commit_ts, self.secondaries.clone());
+                let mut op = commit_keys(
+                    &self.view,
+                    Timestamp::from_version(start_ts),
+                    Timestamp::from_version(commit_ts),
+                    self.secondaries.clone(),
+                );
                 op.start(now);
                 self.early = Some(Box::new(op));
                 self.check_early();

@@ -55,11 +55,8 @@ fn txn_view(seed: u64) -> Arc<ClusterView> {
 /// A timestamp near PD's clock (physical 1000–1020 ms), from a small set so
 /// that transactions and commit timestamps collide.
 fn ts(u: &mut Unstructured<'_>) -> Result<u64> {
-    Ok(Timestamp {
-        physical: 1000 + i64::from(u.int_in_range(0..=20u8)?),
-        logical: i64::from(u.int_in_range(0..=3u8)?),
-    }
-    .version())
+    let physical = 1000 + i64::from(u.int_in_range(0..=20u8)?);
+    Ok(Timestamp::compose(physical, i64::from(u.int_in_range(0..=3u8)?)).version())
 }
 
 /// What the fuzzer said about each transaction (by start ts).
@@ -336,7 +333,7 @@ pub fn lock_resolver(u: &mut Unstructured<'_>) -> Result<()> {
         locks.extend(Lock::from_info(&info));
     }
     let opts = ResolveOptions {
-        caller_start_ts: ts(u)?,
+        caller_start_ts: Timestamp::from_version(ts(u)?),
         for_read: u.arbitrary()?,
         lite: u.arbitrary()?,
         ..Default::default()
@@ -356,24 +353,24 @@ pub fn lock_resolver(u: &mut Unstructured<'_>) -> Result<()> {
         driven.slept
     );
     let Some(Ok(outcome)) = driven.result else { return Ok(()) };
-    let caller = opts.caller_start_ts;
-    for txn in &outcome.access_locks {
+    let caller = opts.caller_start_ts.version();
+    for txn in outcome.access_locks.iter().map(|t| t.version()) {
         // Read through: committed at or before the reader.
         assert!(
-            ev.commit_timestamps(*txn).iter().any(|&c| c <= caller),
+            ev.commit_timestamps(txn).iter().any(|&c| c <= caller),
             "reads through txn {txn}'s lock, never said committed before {caller}: {ev:?}"
         );
     }
-    for txn in &outcome.ignore_locks {
+    for txn in outcome.ignore_locks.iter().map(|t| t.version()) {
         // client-go `getTxnStatusFromLock`: a live pessimistic lock whose
         // primary has no trace gets its own TTL as the status, so a TTL-0
         // one ("resolve unconditionally") counts as rolled back.
-        let ttl0_pessimistic_gone = ev.not_found.contains(txn)
-            && locks.iter().any(|l| l.txn_id == *txn && l.is_pessimistic() && l.ttl == 0);
-        let justified = ev.rolled_back.contains(txn)
-            || ev.pushed.contains(txn)
+        let ttl0_pessimistic_gone = ev.not_found.contains(&txn)
+            && locks.iter().any(|l| l.txn_id.version() == txn && l.is_pessimistic() && l.ttl == 0);
+        let justified = ev.rolled_back.contains(&txn)
+            || ev.pushed.contains(&txn)
             || ttl0_pessimistic_gone
-            || ev.commit_timestamps(*txn).iter().any(|&c| c > caller);
+            || ev.commit_timestamps(txn).iter().any(|&c| c > caller);
         assert!(justified, "skips txn {txn}'s lock without cause: {ev:?}");
     }
     if outcome.ms_before_expired > 0 {
@@ -450,7 +447,7 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
     let budgets = config.backoff.prewrite + config.backoff.commit + config.backoff.tso;
     let op = Committer::new(
         view.clone(),
-        start_ts,
+        Timestamp::from_version(start_ts),
         primary.clone(),
         mutations,
         Duration::from_millis(u.int_in_range(0..=100)?),
@@ -502,7 +499,7 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
         None => {}
         Some(Ok(outcome)) => match outcome.mode {
             CommitMode::TwoPhase => assert!(
-                acked(outcome.commit_ts),
+                acked(outcome.commit_ts.version()),
                 "reported committed at {} without the primary's commit acknowledged",
                 outcome.commit_ts
             ),
@@ -514,7 +511,7 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
                     .map(|p| p.min_commit_ts)
                     .collect();
                 assert!(
-                    seen.contains(&outcome.commit_ts),
+                    seen.contains(&outcome.commit_ts.version()),
                     "async commit at {}, not a min_commit_ts TiKV gave: {seen:?}",
                     outcome.commit_ts
                 );
@@ -524,7 +521,7 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
                 let told = prewrites.iter().any(|(q, a)| {
                     q.try_one_pc
                         && clean_prewrite(a)
-                            .is_some_and(|p| p.one_pc_commit_ts == outcome.commit_ts)
+                            .is_some_and(|p| p.one_pc_commit_ts == outcome.commit_ts.version())
                 });
                 assert!(told, "1PC at {}, which TiKV never reported", outcome.commit_ts);
             }

@@ -9,8 +9,14 @@ use tikv_proto::{errorpb, kvrpcpb};
 use super::*;
 use crate::testing::{FakeCluster, Fault, drive, view};
 
+/// The version of a timestamp at `physical_ms`, as the wire carries it.
 fn ts(physical_ms: i64) -> u64 {
-    Timestamp { physical: physical_ms, logical: 0 }.version()
+    ts_at(physical_ms).version()
+}
+
+/// The timestamp at `physical_ms`.
+fn ts_at(physical_ms: i64) -> Timestamp {
+    Timestamp::compose(physical_ms, 0)
 }
 
 fn put(k: &str) -> Mutation {
@@ -37,7 +43,7 @@ fn committer(keys: &[&str], opts: CommitOptions) -> Committer {
     let v = view();
     Committer::new(
         v,
-        ts(500),
+        ts_at(500),
         Key::from(keys[0].to_string()),
         keys.iter().map(|k| put(k)).collect(),
         Duration::from_millis(10),
@@ -54,7 +60,7 @@ fn two_phase_commit_prewrites_every_region_then_commits_the_primary() {
     let (log, result) = drive(committer(&["a", "b", "x"], CommitOptions::default()), &mut c);
     let outcome = result.expect("committed");
     assert_eq!(outcome.mode, CommitMode::TwoPhase);
-    assert!(outcome.commit_ts > ts(500));
+    assert!(outcome.commit_ts > ts_at(500));
     assert_eq!(outcome.keys_to_commit, vec![Key::from("b"), Key::from("x")]);
     let commits: Vec<_> = c
         .received
@@ -77,7 +83,7 @@ fn async_commit_is_committed_at_the_largest_min_commit_ts() {
     let (log, result) = drive(committer(&["a", "x"], opts), &mut c);
     let outcome = result.expect("committed");
     assert_eq!(outcome.mode, CommitMode::AsyncCommit);
-    assert_eq!(outcome.commit_ts, ts(1000) + 9);
+    assert_eq!(outcome.commit_ts, Timestamp::from_version(ts(1000) + 9));
     assert_eq!(outcome.keys_to_commit.len(), 2, "every key is committed in the background");
     let prewrites: Vec<_> = c
         .received
@@ -117,7 +123,7 @@ fn declined_async_commit_and_one_pc_fall_back_to_two_phase() {
     let opts = CommitOptions { one_pc: true, ..Default::default() };
     let committer = Committer::new(
         v,
-        ts(500),
+        ts_at(500),
         Key::from("a"),
         vec![put("a"), put("b")],
         Duration::from_millis(10),
@@ -142,11 +148,20 @@ fn one_pc_commits_in_the_prewrite() {
     let _ = drive(crate::raw::get(&v, Key::from("a"), &Default::default()), &mut c);
     c.fault("prewrite", prewrite_ok(0, ts(1000) + 3));
     let opts = CommitOptions { one_pc: true, ..Default::default() };
-    let committer =
-        Committer::new(v, ts(500), Key::from("a"), vec![put("a"), put("b")], Duration::ZERO, opts);
+    let committer = Committer::new(
+        v,
+        ts_at(500),
+        Key::from("a"),
+        vec![put("a"), put("b")],
+        Duration::ZERO,
+        opts,
+    );
     let (_, result) = drive(committer, &mut c);
     let outcome = result.expect("committed");
-    assert_eq!((outcome.mode, outcome.commit_ts), (CommitMode::OnePhase, ts(1000) + 3));
+    assert_eq!(
+        (outcome.mode, outcome.commit_ts),
+        (CommitMode::OnePhase, Timestamp::from_version(ts(1000) + 3))
+    );
     assert!(outcome.keys_to_commit.is_empty());
 }
 
@@ -174,7 +189,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
-        matches!(result, Err(Error::WriteConflict { conflict_ts, .. }) if conflict_ts == ts(600))
+        matches!(result, Err(Error::WriteConflict { conflict_ts, .. }) if conflict_ts == ts_at(600))
     );
 
     // A lock of an older transaction: resolved (it is rolled back), then
@@ -231,7 +246,7 @@ fn errors_are_definite_or_undetermined_as_the_protocol_says() {
     );
     let (_, result) = drive(committer(&["a"], CommitOptions::default()), &mut c);
     assert!(
-        matches!(result, Err(Error::WriteConflict { conflict_ts, .. }) if conflict_ts == ts(900))
+        matches!(result, Err(Error::WriteConflict { conflict_ts, .. }) if conflict_ts == ts_at(900))
     );
 
     // CommitTsExpired: a newer commit ts, then success.
@@ -504,7 +519,7 @@ fn view_with_a_cached(c: &mut FakeCluster) -> Arc<ClusterView> {
 
 fn one_pc_committer(v: Arc<ClusterView>) -> Committer {
     let opts = CommitOptions { one_pc: true, ..Default::default() };
-    Committer::new(v, ts(500), Key::from("a"), vec![put("a"), put("b")], Duration::ZERO, opts)
+    Committer::new(v, ts_at(500), Key::from("a"), vec![put("a"), put("b")], Duration::ZERO, opts)
 }
 
 fn prewrites(c: &FakeCluster) -> Vec<(Vec<Bytes>, bool)> {
@@ -539,7 +554,10 @@ fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
     c.fault("prewrite", prewrite_ok(0, ts(1000) + 3));
     let (log, result) = drive(one_pc_committer(v), &mut c);
     let outcome = result.expect("committed");
-    assert_eq!((outcome.mode, outcome.commit_ts), (CommitMode::OnePhase, ts(1000) + 3));
+    assert_eq!(
+        (outcome.mode, outcome.commit_ts),
+        (CommitMode::OnePhase, Timestamp::from_version(ts(1000) + 3))
+    );
     let sent = prewrites(&c);
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent.iter().all(|(_, one_pc)| *one_pc), "every attempt asks for 1PC: {sent:?}");
@@ -609,7 +627,7 @@ fn undetermined_only_after_a_lost_answer() {
         let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
         let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
         let v = Arc::new(ClusterView::new(config, codec, pd));
-        Committer::new(v, ts(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts)
+        Committer::new(v, ts_at(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts)
     };
     let mut out = String::new();
     let async_commit = CommitOptions { async_commit: true, ..Default::default() };
@@ -661,7 +679,7 @@ fn a_lost_answer_of_an_earlier_round_still_counts() {
     let v = Arc::new(ClusterView::new(config, codec, pd));
     let committer = Committer::new(
         v,
-        ts(500),
+        ts_at(500),
         Key::from("a"),
         vec![put("a")],
         Duration::ZERO,
@@ -786,7 +804,7 @@ fn a_large_commit_sends_client_go_batch_counts() {
     let v = view();
     let committer = Committer::new(
         v.clone(),
-        ts(500),
+        ts_at(500),
         Key::from(key(0)),
         mutations,
         Duration::from_millis(10),
@@ -801,7 +819,7 @@ fn a_large_commit_sends_client_go_batch_counts() {
     assert_eq!(count(&c, "kv_commit"), 1, "the primary alone");
     assert_eq!(outcome.keys_to_commit.len(), total - 1);
     let (_, result) =
-        drive(commit_keys(&v, ts(500), outcome.commit_ts, outcome.keys_to_commit), &mut c);
+        drive(commit_keys(&v, ts_at(500), outcome.commit_ts, outcome.keys_to_commit), &mut c);
     result.expect("secondaries committed");
     assert_eq!(count(&c, "kv_commit"), 1 + secondary_commits);
     // Every key of every prewrite went out once.
@@ -878,7 +896,8 @@ fn the_committer_hands_back_its_follow_up() {
         c.fault("prewrite", region_error("region not found"));
     }
     let opts = CommitOptions { async_commit: true, ..Default::default() };
-    let mut op = Committer::new(v, ts(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts);
+    let mut op =
+        Committer::new(v, ts_at(500), Key::from("a"), vec![put("a")], Duration::ZERO, opts);
     let outcome = drive(&mut op, &mut c).1;
     assert!(matches!(outcome, Err(Error::Undetermined(_))), "{outcome:?}");
     assert!(op.take_follow_up().is_none(), "locks of a maybe-committed txn stay");
@@ -921,7 +940,7 @@ fn the_keep_alive_beats_until_it_fails_or_the_transaction_is_too_old() {
             .collect()
     };
     let keep_alive = |elapsed: Duration| {
-        KeepAlive::new(view(), ts(500), Key::from("p"), elapsed, RequestTags::default())
+        KeepAlive::new(view(), ts_at(500), Key::from("p"), elapsed, RequestTags::default())
     };
 
     // One success resets the count: 1 failure, 1 success, then 10 failures.

@@ -7,8 +7,14 @@ use super::*;
 use crate::pd::Timestamp;
 use crate::testing::{FakeCluster, Fault, drive, view};
 
+/// The version of a timestamp at `physical_ms`, as the wire carries it.
 fn ts(physical_ms: i64) -> u64 {
-    Timestamp { physical: physical_ms, logical: 0 }.version()
+    ts_at(physical_ms).version()
+}
+
+/// The timestamp at `physical_ms`.
+fn ts_at(physical_ms: i64) -> Timestamp {
+    Timestamp::compose(physical_ms, 0)
 }
 
 fn respond(resp: KvResponse) -> Fault {
@@ -59,7 +65,7 @@ fn get_resolves_a_committed_lock_and_reads_through_it() {
     c.fault("check_txn_status", status(0, ts(900)));
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("kv_get", get_value("v"));
-    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), ReadOptions::default());
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), ReadOptions::default());
     let (log, result) = drive(op, &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v")));
     let gets: Vec<_> = c
@@ -92,7 +98,7 @@ fn get_waits_out_a_live_lock() {
     // (10 ms base, equal jitter) is at most 15 ms.
     c.fault("check_txn_status", status(20, 0));
     c.fault("kv_get", get_value("v2"));
-    let op = SnapshotGet::new(view(), Key::from("k"), ts(999), ReadOptions::default());
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(999), ReadOptions::default());
     let (log, result) = drive(op, &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v2")));
     insta::assert_snapshot!(log);
@@ -127,7 +133,7 @@ fn batch_get_rereads_only_locked_keys() {
         }))),
     );
     let keys = ["c", "a", "b", "d"].map(Key::from).to_vec();
-    let op = SnapshotBatchGet::new(view(), keys, ts(950), ReadOptions::default());
+    let op = SnapshotBatchGet::new(view(), keys, ts_at(950), ReadOptions::default());
     let (log, result) = drive(op, &mut c);
     let got: Vec<_> = result.unwrap().into_iter().map(|p| (p.key, p.value)).collect();
     assert_eq!(
@@ -159,7 +165,7 @@ fn other_key_errors_are_returned() {
             ..Default::default()
         }))),
     );
-    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), ReadOptions::default());
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), ReadOptions::default());
     let (_, result) = drive(op, &mut c);
     assert!(matches!(result, Err(Error::KeyError(e)) if e.abort == "boom"));
 }
@@ -204,7 +210,7 @@ fn scan_resumes_at_a_resolved_lock() {
         view(),
         KeyRange::all(),
         ScanSpec::forward(10),
-        ts(950),
+        ts_at(950),
         Default::default(),
     );
     let (log, result) = drive(op, &mut c);
@@ -247,7 +253,7 @@ fn reads_and_their_lock_resolution_carry_the_snapshot_tags() {
         },
         ..Default::default()
     };
-    let op = SnapshotGet::new(view(), Key::from("k"), ts(950), opts);
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), opts);
     let (_, result) = drive(op, &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v")));
     assert_eq!(c.received.len(), 4, "get, check status, resolve, get");
@@ -296,7 +302,7 @@ fn a_read_spends_one_budget_across_its_attempts() {
     let pd = Arc::new(crate::pd::PdState::new(config.pd_endpoints.clone()));
     let codec = crate::codec::ApiCodec::v1(crate::codec::Mode::Raw);
     let v = Arc::new(ClusterView::new(config, codec, pd));
-    let op = SnapshotGet::new(v, Key::from("k"), ts(950), ReadOptions::default());
+    let op = SnapshotGet::new(v, Key::from("k"), ts_at(950), ReadOptions::default());
     let (log, result) = drive(op, &mut c);
     let Err(Error::BackoffExhausted { total_sleep, .. }) = result else {
         panic!("{result:?}");
