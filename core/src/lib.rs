@@ -21,10 +21,13 @@
 //!   client shares.
 //! - [`op`]: the contract every machine follows, and [`op::StepSlot`], the
 //!   one place composite machines (the lock resolver, snapshot reads, the
-//!   committer and its keep-alive) keep their current child: id mapping,
-//!   late answers of replaced steps dropped, the child's backoff sleeps and
-//!   lost answers handed back, a built-in sleep.
-//! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces.
+//!   committer and its keep-alive, the range walk) keep their current
+//!   child: id mapping, late answers of replaced steps dropped, the child's
+//!   backoff sleeps and lost answers handed back, a built-in sleep
+//!   ([`op::HandBack`] for a child handed the parent's own backoffer).
+//! - [`pd`]: PD member discovery, region/store lookups, TSO, keyspaces;
+//!   [`pd::Timestamp`] is the one timestamp type (start, commit,
+//!   for-update, read and lock timestamps), `u64` only on the wire.
 //!   A machine that needs a timestamp runs the leaf [`pd::GetTimestamp`]:
 //!   it emits [`rpc::Request::Timestamp`] to [`rpc::Target::Oracle`], which
 //!   the runtime answers from the client's [`pd::TsoBatcher`] (the driver's

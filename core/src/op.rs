@@ -124,6 +124,51 @@ impl<O: Operation + ?Sized> Operation for Box<O> {
     }
 }
 
+/// A child that was handed its parent's own backoffer (not a fork) and
+/// hands it back beside its result, which it always yields as `Ok`.
+///
+/// A range walk passes one backoffer from step to step, as client-go's scan
+/// loop passes one `Backoffer` to every region: the per-kind schedules keep
+/// growing across regions instead of restarting with each fork. `take` is
+/// how the child gives its backoffer up once it is over.
+pub struct HandBack<O> {
+    op: O,
+    take: fn(&mut O) -> Option<Backoffer>,
+}
+
+impl<O> HandBack<O> {
+    /// Wraps `op`, which holds the parent's backoffer until `take` returns it.
+    pub fn new(op: O, take: fn(&mut O) -> Option<Backoffer>) -> HandBack<O> {
+        HandBack { op, take }
+    }
+}
+
+impl<O: Operation> Operation for HandBack<O> {
+    type Output = (Result<O::Output, Error>, Option<Backoffer>);
+    fn start(&mut self, now: Instant) {
+        self.op.start(now)
+    }
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.op.poll_rpc()
+    }
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.op.on_response(id, response, now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.op.on_timeout(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.op.poll_timeout()
+    }
+    fn poll_result(&mut self) -> Option<Result<Self::Output, Error>> {
+        let result = self.op.poll_result()?;
+        Some(Ok((result, (self.take)(&mut self.op))))
+    }
+    fn lost_answers(&self) -> u32 {
+        self.op.lost_answers()
+    }
+}
+
 /// What a [`StepSlot`] reports to its machine.
 #[derive(Debug, PartialEq)]
 pub enum StepEvent<D> {

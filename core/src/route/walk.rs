@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::backoff::Backoffer;
 use crate::error::Error;
 use crate::key::{Key, KeyRange};
-use crate::op::{IdMap, Operation};
+use crate::op::{HandBack, Operation, StepEvent, StepSlot};
 use crate::pd::{LoadRegions, LocateBy, LocateRegion};
 use crate::region::RegionRef;
 use crate::route::sender::{RegionCall, RegionOutcome};
@@ -18,8 +18,9 @@ use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
-/// What a range operation sends per region and how it merges.
-pub trait RangePlan {
+/// What a range operation sends per region and how it merges. A plan is
+/// owned data: it travels with each region's call and back.
+pub trait RangePlan: Send + 'static {
     /// The operation's result.
     type Output;
     /// The request for `part`, the piece of the range inside one region;
@@ -38,31 +39,93 @@ pub trait RangePlan {
 /// tasks load 128 regions at a time).
 const REGIONS_PER_LOAD: usize = 128;
 
-enum Step {
-    Idle,
-    Load(Box<LoadRegions>),
-    Locate(Box<LocateRegion>),
-    Call(Box<RegionCall>, KeyRange),
-    Done,
+/// One region's call, carrying the plan that builds its request on every
+/// attempt; plan, part and backoffer come back with the outcome.
+struct PartCall<P> {
+    call: RegionCall,
+    plan: Option<P>,
+    part: KeyRange,
+    /// The request could not be encoded: the call is over.
+    unsendable: Option<Error>,
+}
+
+/// How a region's call ended, with what it carried.
+struct CallEnd<P> {
+    plan: P,
+    part: KeyRange,
+    outcome: Result<RegionOutcome, Error>,
+    backoffer: Option<Backoffer>,
+}
+
+impl<P: RangePlan> Operation for PartCall<P> {
+    type Output = CallEnd<P>;
+    fn start(&mut self, now: Instant) {
+        self.call.start(now)
+    }
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let plan = self.plan.as_mut()?;
+        let part = &self.part;
+        match self.call.poll_rpc(|_attempt| plan.build(part))? {
+            Ok(rpc) => Some(rpc),
+            Err(e) => {
+                self.unsendable = Some(e);
+                None
+            }
+        }
+    }
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.call.on_response(id, response, now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.call.on_timeout(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.call.poll_timeout()
+    }
+    fn poll_result(&mut self) -> Option<Result<CallEnd<P>, Error>> {
+        let outcome = match self.unsendable.take() {
+            Some(e) => Err(e),
+            None => self.call.poll_result()?,
+        };
+        let plan = self.plan.take()?;
+        let part = std::mem::take(&mut self.part);
+        Some(Ok(CallEnd { plan, part, outcome, backoffer: self.call.take_backoffer() }))
+    }
+    fn lost_answers(&self) -> u32 {
+        self.call.lost_answers()
+    }
+}
+
+/// What the walk's current step ended with; every step hands the backoffer
+/// back.
+enum Done<P> {
+    Loaded(Result<Vec<RegionRef>, Error>, Option<Backoffer>),
+    Located(Result<RegionRef, Error>, Option<Backoffer>),
+    Called(Box<CallEnd<P>>),
+    /// A step that ended without its output (cannot happen with the
+    /// children above, which always report `Ok`).
+    Lost(Error),
 }
 
 /// Walks `range` forward or in reverse, one region at a time.
 pub struct RangeWalk<P: RangePlan> {
     view: Arc<ClusterView>,
+    /// The plan, while no region's call carries it.
     plan: Option<P>,
     range: KeyRange,
     reverse: bool,
     /// Forward: the next start key. Reverse: the next (exclusive) upper end;
     /// empty means unbounded.
     cursor: Key,
-    step: Step,
+    step: StepSlot<Done<P>>,
+    /// The walk's backoffer, while no step holds it.
     backoffer: Option<Backoffer>,
-    /// Counts children; RPC ids carry it so a late answer meant for an
-    /// earlier child is dropped rather than fed to the current one.
-    epoch: u64,
-    ids: IdMap<u64>,
+    /// The latest time the walk was given, for a step that ends while its
+    /// request is built (an unencodable request).
+    now: Instant,
     /// PD refused `BatchScanRegions` (an old PD): locate one region at a time.
     no_batch_load: bool,
+    started: bool,
     result: Option<Result<P::Output, Error>>,
 }
 
@@ -98,11 +161,11 @@ impl<P: RangePlan> RangeWalk<P> {
             range,
             reverse,
             cursor,
-            step: Step::Idle,
+            step: StepSlot::new(),
             backoffer: Some(backoffer),
-            epoch: 0,
-            ids: IdMap::new(),
+            now: Instant::ZERO,
             no_batch_load: false,
+            started: false,
             result: None,
         }
     }
@@ -116,7 +179,7 @@ impl<P: RangePlan> RangeWalk<P> {
     }
 
     fn finish(&mut self, result: Result<(), Error>) {
-        self.step = Step::Done;
+        self.step.clear();
         self.result = Some(match result {
             Ok(()) => match self.plan.take() {
                 Some(plan) => Ok(plan.finish()),
@@ -144,20 +207,20 @@ impl<P: RangePlan> RangeWalk<P> {
         let Some(backoffer) = self.backoffer.take() else {
             return;
         };
-        self.epoch += 1;
         if !self.reverse && !self.no_batch_load {
             let rest = KeyRange { start: self.cursor.clone(), end: self.range.end.clone() };
-            let mut load =
-                Box::new(LoadRegions::new(self.view.clone(), &rest, REGIONS_PER_LOAD, backoffer));
-            load.start(now);
-            self.step = Step::Load(load);
+            let load = LoadRegions::new(self.view.clone(), &rest, REGIONS_PER_LOAD, backoffer);
+            let load = HandBack::new(load, LoadRegions::take_backoffer);
+            self.step.start(load, |r| carried(r, Done::Loaded), now);
         } else {
-            let mut locate =
-                Box::new(LocateRegion::new(self.view.clone(), self.locate_by(), backoffer));
-            locate.start(now);
-            self.step = Step::Locate(locate);
+            self.locate(backoffer, now);
         }
-        self.check(now);
+    }
+
+    fn locate(&mut self, backoffer: Backoffer, now: Instant) {
+        let locate = LocateRegion::new(self.view.clone(), self.locate_by(), backoffer);
+        let locate = HandBack::new(locate, LocateRegion::take_backoffer);
+        self.step.start(locate, |r| carried(r, Done::Located), now);
     }
 
     /// After a batch load: the cursor's region is cached now, or (PD had
@@ -167,15 +230,9 @@ impl<P: RangePlan> RangeWalk<P> {
             self.send(region, now);
             return;
         }
-        let Some(backoffer) = self.backoffer.take() else {
-            return;
-        };
-        self.epoch += 1;
-        let mut locate =
-            Box::new(LocateRegion::new(self.view.clone(), self.locate_by(), backoffer));
-        locate.start(now);
-        self.step = Step::Locate(locate);
-        self.check(now);
+        if let Some(backoffer) = self.backoffer.take() {
+            self.locate(backoffer, now);
+        }
     }
 
     /// The part of the range inside `region`, starting at the cursor.
@@ -201,15 +258,16 @@ impl<P: RangePlan> RangeWalk<P> {
 
     fn send(&mut self, region: RegionRef, now: Instant) {
         let part = self.part(&region);
-        let (Some(plan), Some(backoffer)) = (self.plan.as_ref(), self.backoffer.take()) else {
+        let (Some(plan), Some(backoffer)) = (self.plan.take(), self.backoffer.take()) else {
             return;
         };
-        self.epoch += 1;
-        let mut call =
-            Box::new(RegionCall::new(self.view.clone(), region, plan.timeout(), backoffer));
-        call.start(now);
-        self.step = Step::Call(call, part);
-        self.check(now);
+        let call = RegionCall::new(self.view.clone(), region, plan.timeout(), backoffer);
+        let call = PartCall { call, plan: Some(plan), part, unsendable: None };
+        self.step.start(
+            call,
+            |r| r.map_or_else(Done::Lost, |end| Done::Called(Box::new(end))),
+            now,
+        );
     }
 
     /// Moves the cursor past `part`; true if the walk is over.
@@ -230,59 +288,64 @@ impl<P: RangePlan> RangeWalk<P> {
         }
     }
 
+    /// Moves on when the current step has finished, until one is running.
     fn check(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Load(load) => {
-                let Some(outcome) = load.poll_result() else {
-                    return;
-                };
-                self.backoffer = load.take_backoffer();
-                self.step = Step::Idle;
-                match outcome {
-                    Ok(_) => self.after_load(now),
-                    Err(Error::Rpc(RpcError::Unimplemented(_))) => {
-                        self.no_batch_load = true;
-                        self.after_load(now);
-                    }
-                    Err(e) => self.finish(Err(e)),
-                }
-            }
-            Step::Locate(locate) => {
-                let Some(outcome) = locate.poll_result() else {
-                    return;
-                };
-                self.backoffer = locate.take_backoffer();
-                self.step = Step::Idle;
-                match outcome {
-                    Ok(region) => self.send(region, now),
-                    Err(e) => self.finish(Err(e)),
-                }
-            }
-            Step::Call(call, part) => {
-                let Some(outcome) = call.poll_result() else {
-                    return;
-                };
-                self.backoffer = call.take_backoffer();
-                let part = std::mem::take(part);
-                self.step = Step::Idle;
-                match outcome {
-                    Ok(RegionOutcome::Response(resp)) => {
-                        let more = match self.plan.as_mut() {
-                            Some(plan) => plan.merge(&part, resp),
-                            None => Ok(false),
-                        };
-                        match more {
-                            Ok(true) if !self.advance(&part) => self.next_region(now),
-                            Ok(_) => self.finish(Ok(())),
-                            Err(e) => self.finish(Err(e)),
+        // The backoffer travels through the steps, so nothing is merged here.
+        while let Some(event) = self.step.poll_event(None) {
+            let StepEvent::Done(done) = event else { continue };
+            match done {
+                Done::Loaded(outcome, backoffer) => {
+                    self.backoffer = backoffer;
+                    match outcome {
+                        Ok(_) => self.after_load(now),
+                        Err(Error::Rpc(RpcError::Unimplemented(_))) => {
+                            self.no_batch_load = true;
+                            self.after_load(now);
                         }
+                        Err(e) => self.finish(Err(e)),
                     }
-                    Ok(RegionOutcome::Relocate) => self.next_region(now),
-                    Err(e) => self.finish(Err(e)),
                 }
+                Done::Located(outcome, backoffer) => {
+                    self.backoffer = backoffer;
+                    match outcome {
+                        Ok(region) => self.send(region, now),
+                        Err(e) => self.finish(Err(e)),
+                    }
+                }
+                Done::Called(end) => {
+                    let CallEnd { mut plan, part, outcome, backoffer } = *end;
+                    self.backoffer = backoffer;
+                    match outcome {
+                        Ok(RegionOutcome::Response(resp)) => {
+                            let more = plan.merge(&part, resp);
+                            self.plan = Some(plan);
+                            match more {
+                                Ok(true) if !self.advance(&part) => self.next_region(now),
+                                Ok(_) => self.finish(Ok(())),
+                                Err(e) => self.finish(Err(e)),
+                            }
+                        }
+                        Ok(RegionOutcome::Relocate) => {
+                            self.plan = Some(plan);
+                            self.next_region(now);
+                        }
+                        Err(e) => self.finish(Err(e)),
+                    }
+                }
+                Done::Lost(e) => self.finish(Err(e)),
             }
-            Step::Idle | Step::Done => {}
         }
+    }
+}
+
+/// A handed-back child's outcome as the walk's event.
+fn carried<T, P>(
+    result: Result<(Result<T, Error>, Option<Backoffer>), Error>,
+    done: fn(Result<T, Error>, Option<Backoffer>) -> Done<P>,
+) -> Done<P> {
+    match result {
+        Ok((outcome, backoffer)) => done(outcome, backoffer),
+        Err(e) => Done::Lost(e),
     }
 }
 
@@ -290,64 +353,37 @@ impl<P: RangePlan> Operation for RangeWalk<P> {
     type Output = P::Output;
 
     fn start(&mut self, now: Instant) {
-        if matches!(self.step, Step::Idle) && self.result.is_none() {
+        self.now = now;
+        if !std::mem::replace(&mut self.started, true) && self.result.is_none() {
             self.next_region(now);
+            self.check(now);
         }
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        let rpc = match &mut self.step {
-            Step::Load(l) => l.poll_rpc(),
-            Step::Locate(l) => l.poll_rpc(),
-            Step::Call(c, part) => {
-                let plan = self.plan.as_mut()?;
-                match c.poll_rpc(|_attempt| plan.build(part))? {
-                    Ok(rpc) => Some(rpc),
-                    Err(e) => {
-                        self.backoffer = c.take_backoffer();
-                        self.finish(Err(e));
-                        return None;
-                    }
-                }
-            }
-            _ => None,
-        }?;
-        Some(self.ids.wrap(self.epoch, rpc))
+        if let Some(rpc) = self.step.poll_rpc() {
+            return Some(rpc);
+        }
+        // A region's request that cannot be encoded ends its call here.
+        self.check(self.now);
+        self.step.poll_rpc()
     }
 
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        let Some((epoch, id)) = self.ids.take(id) else {
-            return;
-        };
-        if epoch != self.epoch {
-            return;
+        self.now = now;
+        if self.step.on_response(id, response, now) {
+            self.check(now);
         }
-        match &mut self.step {
-            Step::Load(l) => l.on_response(id, response, now),
-            Step::Locate(l) => l.on_response(id, response, now),
-            Step::Call(c, _) => c.on_response(id, response, now),
-            _ => return,
-        }
-        self.check(now);
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        match &mut self.step {
-            Step::Load(l) => l.on_timeout(now),
-            Step::Locate(l) => l.on_timeout(now),
-            Step::Call(c, _) => c.on_timeout(now),
-            _ => return,
-        }
+        self.now = now;
+        self.step.on_timeout(now);
         self.check(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match &self.step {
-            Step::Load(l) => l.poll_timeout(),
-            Step::Locate(l) => l.poll_timeout(),
-            Step::Call(c, _) => c.poll_timeout(),
-            _ => None,
-        }
+        self.step.poll_timeout()
     }
 
     fn poll_result(&mut self) -> Option<Result<P::Output, Error>> {
