@@ -505,3 +505,21 @@ fn scan_falls_back_to_single_region_locates_on_an_old_pd() {
         "{log}"
     );
 }
+
+/// Writes give TiKV client-go's `MaxWriteExecutionTime` (20 s) as their max
+/// execution duration; reads keep their RPC timeout (30 s).
+#[test]
+fn writes_carry_the_write_execution_limit_and_reads_their_timeout() {
+    let mut c = FakeCluster::new(&[]);
+    let v = view();
+    let put_op = put(&v, KvPair::new(Key::from("a"), Bytes::from("v")), 0, &opts());
+    drive(put_op, &mut c).1.expect("put");
+    drive(get(&v, Key::from("a"), &opts()), &mut c).1.expect("get");
+    drive(delete(&v, Key::from("a"), &opts()), &mut c).1.expect("delete");
+    let limits: Vec<(&str, u64)> = c
+        .received
+        .iter()
+        .map(|r| (r.name(), r.context().map_or(0, |ctx| ctx.max_execution_duration_ms)))
+        .collect();
+    assert_eq!(limits, [("raw_put", 20_000), ("raw_get", 30_000), ("raw_delete", 20_000)]);
+}

@@ -175,7 +175,12 @@ impl RegionCall {
             self.phase = Phase::Done;
             return Some(Err(e));
         }
+        let is_write = request.is_write();
         let ctx = request.context_mut();
+        if is_write && ctx.max_execution_duration_ms == 0 {
+            let limit = self.view.config.max_write_execution_time;
+            ctx.max_execution_duration_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        }
         attempt.stamp(ctx);
         self.view.codec.stamp_context(ctx);
         self.command = request.name();

@@ -176,6 +176,39 @@ macro_rules! kv_enums {
 }
 for_each_kv_rpc!(kv_enums);
 
+impl KvRequest {
+    /// Whether the command writes: TiKV gets
+    /// [`Config::max_write_execution_time`] as its max execution duration
+    /// instead of the RPC timeout (client-go sets `MaxWriteExecutionTime`
+    /// on prewrite, commit, cleanup, pessimistic lock and rollback, lock
+    /// resolution, heartbeats, flushes and the raw writes). A raw `Put` is
+    /// a write here too; client-go leaves it at the RPC timeout.
+    ///
+    /// [`Config::max_write_execution_time`]: crate::config::Config::max_write_execution_time
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            KvRequest::Prewrite(_)
+                | KvRequest::PessimisticLock(_)
+                | KvRequest::PessimisticRollback(_)
+                | KvRequest::TxnHeartBeat(_)
+                | KvRequest::CheckSecondaryLocks(_)
+                | KvRequest::Commit(_)
+                | KvRequest::Cleanup(_)
+                | KvRequest::BatchRollback(_)
+                | KvRequest::ResolveLock(_)
+                | KvRequest::DeleteRange(_)
+                | KvRequest::Flush(_)
+                | KvRequest::RawPut(_)
+                | KvRequest::RawBatchPut(_)
+                | KvRequest::RawDelete(_)
+                | KvRequest::RawBatchDelete(_)
+                | KvRequest::RawDeleteRange(_)
+                | KvRequest::RawCompareAndSwap(_)
+        )
+    }
+}
+
 /// Lets one macro arm stamp the cluster id on every PD request: kvproto's
 /// `GetClusterInfoRequest` carries a `ResponseHeader` where all others carry a
 /// `RequestHeader`.

@@ -62,6 +62,11 @@ fn two_phase_commit_prewrites_every_region_then_commits_the_primary() {
     assert_eq!(outcome.mode, CommitMode::TwoPhase);
     assert!(outcome.commit_ts > ts_at(500));
     assert_eq!(outcome.keys_to_commit, vec![Key::from("b"), Key::from("x")]);
+    // client-go's `MaxWriteExecutionTime`, not the 30 s RPC timeout.
+    for r in &c.received {
+        let limit = r.context().map_or(0, |ctx| ctx.max_execution_duration_ms);
+        assert_eq!(limit, 20_000, "{} carries {limit} ms", r.name());
+    }
     let commits: Vec<_> = c
         .received
         .iter()
