@@ -265,9 +265,11 @@ pub struct Config {
     /// (client-go resolves an empty name to `"DEFAULT"`).
     pub keyspace: Option<String>,
     /// Seed of the core's random generator (backoff jitter, replica order,
-    /// TTL jitter). Default 0; runtimes that want varied jitter across
-    /// processes seed it from entropy, tests and simulations pin it.
-    pub rng_seed: u64,
+    /// region TTL jitter). `None` (the default): the driver seeds it from
+    /// entropy at connect, so a fleet of clients spreads its retries as
+    /// client-go's per-process random source does; tests and simulations
+    /// pin it to replay exactly.
+    pub rng_seed: Option<u64>,
     /// Timeout of PD requests: 3s (client-go `PDClient.PDServerTimeout`).
     pub pd_timeout: Duration,
     /// How old the cached newest timestamp may be when the lock resolver
@@ -324,7 +326,7 @@ impl Default for Config {
             pd_endpoints: Vec::new(),
             api_version: ApiVersion::V1,
             keyspace: None,
-            rng_seed: 0,
+            rng_seed: None,
             pd_timeout: secs(3),
             low_resolution_ts_max_age: secs(2),
             read_timeout_short: secs(30),
@@ -367,6 +369,18 @@ impl Config {
         self
     }
 
+    /// Pins the random seed (a replayable client).
+    pub fn with_rng_seed(mut self, seed: u64) -> Config {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// The seed in force: the one set, or 0 for a view built without one
+    /// (the driver always sets one before building its view).
+    pub fn seed(&self) -> u64 {
+        self.rng_seed.unwrap_or(0)
+    }
+
     /// Selects a keyspace by name (API V2).
     pub fn with_keyspace(mut self, name: impl Into<String>) -> Config {
         self.keyspace = Some(name.into());
@@ -376,8 +390,6 @@ impl Config {
     with! {
         /// Sets the API version.
         with_api_version: api_version: ApiVersion;
-        /// Sets the random seed.
-        with_rng_seed: rng_seed: u64;
         /// Sets the PD request timeout.
         with_pd_timeout: pd_timeout: Duration;
         /// Sets how old a cached timestamp may be for lock TTL checks.
@@ -446,9 +458,9 @@ impl Config {
         Backoffer::new(self.budget(base), rng)
     }
 
-    /// The root random generator seeded with [`Config::rng_seed`].
+    /// The root random generator, seeded with [`Config::seed`].
     pub fn rng(&self) -> Rng {
-        Rng::new(self.rng_seed)
+        Rng::new(self.seed())
     }
 
     /// A region's cache TTL: `region_cache_ttl` plus a jitter drawn in

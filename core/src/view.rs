@@ -36,7 +36,7 @@ pub struct ClusterView {
     /// The newest timestamp seen (the low-resolution "now" of TTL checks).
     pub last_ts: LastTimestamp,
     /// Seeds backoffers deterministically: the n-th operation of a client
-    /// gets `rng_seed + n`, so a simulation replays exactly.
+    /// gets `seed + n`, so a simulation replays exactly.
     backoff_seq: AtomicU64,
 }
 
@@ -47,7 +47,7 @@ impl ClusterView {
         let regions = RegionCache::new(
             config.region_cache_ttl,
             config.region_cache_ttl_jitter,
-            config.rng_seed ^ 0x5eed_cac4e,
+            config.seed() ^ 0x5eed_cac4e,
         );
         ClusterView {
             config,
@@ -64,6 +64,6 @@ impl ClusterView {
     /// A fresh backoffer with `budget` (already weighted by the caller).
     pub fn backoffer(&self, budget: Duration) -> Backoffer {
         let n = self.backoff_seq.fetch_add(1, Ordering::Relaxed);
-        Backoffer::new(budget, Rng::new(self.config.rng_seed.wrapping_add(n)))
+        Backoffer::new(budget, Rng::new(self.config.seed().wrapping_add(n)))
     }
 }

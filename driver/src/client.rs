@@ -9,7 +9,6 @@ use tikv_core::op::Operation;
 use tikv_core::pd::{
     LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, Timestamp, TsoBatcher, judge_read_ts,
 };
-use tikv_core::rng::Rng;
 use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 
@@ -53,10 +52,11 @@ impl<P: Platform> ClientCore<P> {
         if config.pd_endpoints.is_empty() {
             return Err(Error::InvalidArgument("no PD endpoints given".into()));
         }
+        let config = with_process_seed(config);
         let (rt, transport) = P::build(&config)?;
         let transport = Arc::new(transport);
         let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
-        let mut rng = Rng::new(config.rng_seed);
+        let mut rng = config.rng();
         let budget = config.budget(config.backoff.locate_region);
 
         let codec = match config.api_version {
@@ -141,4 +141,34 @@ async fn refresh_stores<P: Platform>(
     backoffer: Backoffer,
 ) -> Result<(), Error> {
     execute(RefreshStores::new(view.clone(), backoffer), rt, &**transport).await.map(drop)
+}
+
+/// `config` with a seed: the one it pins, else one from this process's
+/// entropy, so clients of different processes (and different clients of
+/// one) draw different backoff and TTL jitter.
+fn with_process_seed(mut config: Config) -> Config {
+    if config.rng_seed.is_none() {
+        use std::hash::BuildHasher;
+        // `RandomState` carries per-process random keys (advanced for each
+        // instance); hashing the clock in as well costs nothing.
+        let now = std::time::SystemTime::now();
+        config.rng_seed = Some(std::collections::hash_map::RandomState::new().hash_one(now));
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unpinned clients get different seeds, so a fleet does not retry in
+    /// lockstep; a pinned seed is kept for replay.
+    #[test]
+    fn unpinned_clients_draw_their_own_seeds() {
+        let a = with_process_seed(Config::default()).rng_seed;
+        let b = with_process_seed(Config::default()).rng_seed;
+        assert!(a.is_some() && b.is_some());
+        assert_ne!(a, b);
+        assert_eq!(with_process_seed(Config::default().with_rng_seed(7)).rng_seed, Some(7));
+    }
 }

@@ -1753,7 +1753,7 @@ impl Client {
 
 /// The timestamp oracle of a client with `view`.
 fn oracle_for(view: &Arc<ClusterView>) -> TsoBatcher<OracleWaiter> {
-    TsoBatcher::new(view.clone(), view.config.rng_seed ^ 0x7150_0a11)
+    TsoBatcher::new(view.clone(), view.config.seed() ^ 0x7150_0a11)
 }
 
 /// A client's view of the cluster (a fresh process: empty caches). Short
