@@ -3,7 +3,7 @@
 //! The same client as `tikv-tokio`, with no tokio runtime anywhere: timers
 //! and sockets are async-io's, background tasks run on async-std's executor,
 //! and gRPC is the tonic-generated stubs over hyper's HTTP/2 client. Most
-//! users need only [`RawClient`] (and, later, the transactional client):
+//! users need only [`RawClient`] or [`TransactionClient`]:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), tikv_async_std::Error> {

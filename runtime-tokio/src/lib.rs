@@ -1,11 +1,17 @@
 //! The TiKV client on tokio.
 //!
-//! Most users need only [`RawClient`] (and, later, the transactional client):
+//! Most users need only [`RawClient`] or [`TransactionClient`]:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tikv_tokio::Error> {
-//! let client = tikv_tokio::RawClient::connect(["127.0.0.1:2379"]).await?;
-//! client.put("hello", "world").await?;
+//! let raw = tikv_tokio::RawClient::connect(["127.0.0.1:2379"]).await?;
+//! raw.put("hello", "world").await?;
+//!
+//! let txns = tikv_tokio::TransactionClient::connect(["127.0.0.1:2379"]).await?;
+//! let mut txn = txns.begin().await?;
+//! txn.put("k", "v")?;
+//! let commit_ts = txn.commit().await?;
+//! # let _ = commit_ts;
 //! # Ok(()) }
 //! ```
 //!

@@ -31,8 +31,8 @@ impl Platform for Tokio {
 /// ```
 pub type RawClient = tikv_driver::RawClient<Tokio>;
 
-/// The transactional client on tokio (so far: timestamps and snapshot
-/// reads; see `tikv_driver::TransactionClient`).
+/// The transactional client on tokio: timestamps, snapshot reads and
+/// optimistic transactions (see `tikv_driver::TransactionClient`).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tikv_tokio::Error> {

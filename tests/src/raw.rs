@@ -327,6 +327,21 @@ pub async fn api_v2_keyspace_with_ttl<H: Harness>() {
     assert!(ttl <= Duration::from_secs(1));
     assert_eq!(client.get_key_ttl("a").await.expect("ttl"), Some(Duration::ZERO));
     assert_eq!(client.get_key_ttl("nope").await.expect("ttl"), None);
+    // Each key of a batch keeps its own TTL (kvrpcpb `RawBatchPut.ttls`).
+    let ttls = [Duration::from_secs(100), Duration::ZERO, Duration::from_secs(300)];
+    client
+        .batch_put_with_ttl([("t1", "x"), ("t2", "y"), ("t3", "z")], ttls)
+        .await
+        .expect("batch_put_with_ttl");
+    for (key, ttl) in [("t1", 100), ("t2", 0), ("t3", 300)] {
+        let left = client.get_key_ttl(key).await.expect("ttl").expect("key exists");
+        let want = Duration::from_secs(ttl);
+        assert!(left <= want && left + Duration::from_secs(5) >= want, "{key}: {left:?}");
+    }
+    assert!(matches!(
+        client.batch_put_with_ttl([("t4", "w")], []).await,
+        Err(Error::InvalidArgument(_))
+    ));
     H::sleep(Duration::from_millis(2100)).await;
     assert_eq!(client.get("ttl").await.expect("get"), None, "expired");
     server.shutdown().await;

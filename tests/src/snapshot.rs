@@ -30,6 +30,7 @@ macro_rules! snapshot_suite {
     ($harness:ty) => {
         $crate::snapshot_suite!(@each $harness;
             reads_see_committed_data_and_resolve_locks_of_every_kind,
+            read_committed_reads_past_live_locks,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -233,5 +234,41 @@ pub async fn reads_see_committed_data_and_resolve_locks_of_every_kind<H: Harness
     // pushes the lock's min_commit_ts and reads past it.
     let later = client.snapshot(client.current_timestamp().await.expect("ts"));
     assert_eq!(later.get("a").await.expect("get").as_deref(), Some(&b"a2"[..]));
+    server.shutdown().await;
+}
+
+/// A read-committed snapshot (`ReadOptions::isolation_level`) reads the
+/// newest committed value past a live lock and leaves the lock alone, as
+/// TiKV skips lock checks for RC reads; a snapshot-isolation read of the
+/// same key pushes the lock's `min_commit_ts` to read past it.
+pub async fn read_committed_reads_past_live_locks<H: Harness>() {
+    let (server, client) = start::<H>().await;
+    let w = Writer { server: &server };
+    let ts = || async { client.current_timestamp().await.expect("ts").version() };
+    let t1 = ts().await;
+    w.prewrite(t1, "a", &[("a", "a1")], 3000).await;
+    let c1 = ts().await;
+    w.commit(t1, c1, &["a"]).await;
+    let t2 = ts().await;
+    w.prewrite(t2, "a", &[("a", "a2")], 60_000).await;
+    let lock_min_commit =
+        || server.cluster().locks().iter().find(|l| l.lock_version == t2).map(|l| l.min_commit_ts);
+
+    let rc = tikv_driver::ReadOptions {
+        isolation_level: kvrpcpb::IsolationLevel::Rc,
+        not_fill_cache: true,
+        ..Default::default()
+    };
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts")).with_read_options(rc);
+    assert_eq!(snap.get("a").await.expect("RC get").as_deref(), Some(&b"a1"[..]));
+    assert_eq!(snap.batch_get(["a"]).await.expect("RC batch_get"), vec![KvPair::new("a", "a1")]);
+    assert_eq!(lock_min_commit(), Some(t2 + 1), "an RC read leaves the lock alone");
+
+    let si = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(si.get("a").await.expect("SI get").as_deref(), Some(&b"a1"[..]));
+    assert!(
+        lock_min_commit().is_some_and(|m| m > t2 + 1),
+        "an SI read pushes the live lock past itself"
+    );
     server.shutdown().await;
 }

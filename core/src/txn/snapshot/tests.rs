@@ -341,3 +341,29 @@ fn pages_continue_after_the_last_key_until_a_short_page() {
     let open = KeyRange::new(Key::from("a"), Key::default());
     assert!(range_after_page(&open, &full, 2, false).is_some());
 }
+
+/// The read options reach TiKV on every request of the read: isolation
+/// level, `not_fill_cache` and the request tags.
+#[test]
+fn read_options_are_stamped_on_every_request() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("kv_get", get_value("v"));
+    for _ in 0..2 {
+        c.fault("kv_batch_get", respond(KvResponse::BatchGet(Default::default())));
+    }
+    let opts = ReadOptions {
+        isolation_level: kvrpcpb::IsolationLevel::Rc,
+        not_fill_cache: true,
+        ..ReadOptions::default()
+    };
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), opts.clone());
+    assert_eq!(drive(op, &mut c).1.unwrap(), Some(Bytes::from("v")));
+    let keys = vec![Key::from("a"), Key::from("z")];
+    drive(SnapshotBatchGet::new(view(), keys, ts_at(950), opts), &mut c).1.expect("batch get");
+    let contexts: Vec<_> = c.received.iter().filter_map(|r| r.context().cloned()).collect();
+    assert_eq!(contexts.len(), 3, "one get, a batch get per region");
+    for ctx in contexts {
+        assert_eq!(ctx.isolation_level, kvrpcpb::IsolationLevel::Rc as i32);
+        assert!(ctx.not_fill_cache);
+    }
+}
