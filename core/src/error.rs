@@ -178,6 +178,63 @@ impl Error {
     pub fn malformed(msg: impl fmt::Display) -> Error {
         Error::MalformedResponse(msg.to_string())
     }
+
+    /// The write may or may not have been applied (client-go's
+    /// `IsErrorUndetermined`): retrying it blindly could apply it twice, so
+    /// callers check (read back) before deciding.
+    pub fn is_undetermined(&self) -> bool {
+        matches!(self, Error::Undetermined(_))
+    }
+
+    /// Another transaction wrote a key of this one after it started
+    /// (client-go's `IsErrWriteConflict`), as a typed error or as TiKV's key
+    /// error: a fresh transaction may succeed.
+    pub fn is_write_conflict(&self) -> bool {
+        match self {
+            Error::WriteConflict { .. } => true,
+            Error::KeyError(e) => e.conflict.is_some(),
+            _ => false,
+        }
+    }
+
+    /// An inserted key already exists (client-go's `IsErrKeyExist`).
+    pub fn is_key_exists(&self) -> bool {
+        match self {
+            Error::KeyExists(_) => true,
+            Error::KeyError(e) => e.already_exist.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Trying the same operation again later (a fresh transaction, for a
+    /// transactional one) may succeed, and nothing of the failed attempt
+    /// was applied: retry budgets that ran out, unreachable or slow servers,
+    /// no PD leader, write conflicts, and key errors TiKV marks retryable.
+    /// Undetermined outcomes are not retryable (see
+    /// [`Error::is_undetermined`]), nor are bad arguments, malformed answers
+    /// or refusals.
+    ///
+    /// ```
+    /// use tikv_core::Error;
+    /// assert!(Error::NoPdLeader("all members down".into()).is_retryable());
+    /// assert!(!Error::Undetermined("commit lost its answer".into()).is_retryable());
+    /// assert!(!Error::InvalidArgument("empty key".into()).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::BackoffExhausted { .. } | Error::NoPdLeader(_) | Error::WriteConflict { .. } => {
+                true
+            }
+            Error::Rpc(e) => matches!(
+                e,
+                RpcError::Unavailable(_) | RpcError::DeadlineExceeded | RpcError::NoTimestamp(_)
+            ),
+            Error::KeyError(e) => {
+                e.conflict.is_some() || !e.retryable.is_empty() || e.locked.is_some()
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<crate::key::memcomparable::MalformedKey> for Error {
@@ -242,4 +299,42 @@ pub enum RpcError {
     /// [`Target::Oracle`]: crate::rpc::Target::Oracle
     #[error("{0} is not sent over the network")]
     NotNetwork(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_error(f: impl FnOnce(&mut kvrpcpb::KeyError)) -> Error {
+        let mut e = kvrpcpb::KeyError::default();
+        f(&mut e);
+        Error::KeyError(Box::new(e))
+    }
+
+    /// What a caller may do next, per error: the helpers agree with the
+    /// variants' documented meaning.
+    #[test]
+    fn helpers_classify_what_a_caller_may_do_next() {
+        let conflict = Error::WriteConflict {
+            start_ts: Timestamp::from_version(1),
+            conflict_ts: Timestamp::from_version(2),
+            key: "k".into(),
+            primary: "p".into(),
+        };
+        assert!(conflict.is_write_conflict() && conflict.is_retryable());
+        let tikv_conflict = key_error(|e| e.conflict = Some(Default::default()));
+        assert!(tikv_conflict.is_write_conflict() && tikv_conflict.is_retryable());
+        let exists = key_error(|e| e.already_exist = Some(Default::default()));
+        assert!(exists.is_key_exists() && !exists.is_retryable());
+        assert!(Error::KeyExists("k".into()).is_key_exists());
+        assert!(key_error(|e| e.retryable = "stale".into()).is_retryable());
+        assert!(key_error(|e| e.abort = "txn not found".into()).is_retryable().eq(&false));
+        assert!(Error::Rpc(RpcError::DeadlineExceeded).is_retryable());
+        assert!(!Error::Rpc(RpcError::Decode("junk".into())).is_retryable());
+        let undetermined = Error::Undetermined("lost".into());
+        assert!(undetermined.is_undetermined() && !undetermined.is_retryable());
+        let bug = Error::Internal("stalled".into());
+        assert!(!bug.is_undetermined() && !bug.is_retryable());
+        assert!(!Error::malformed("x").is_retryable());
+    }
 }

@@ -44,12 +44,18 @@ pub use traits::{Runtime, Transport};
 pub use txn::{Snapshot, Transaction, TransactionClient, TransactionOptions};
 
 pub use tikv_core::Error;
+pub use tikv_core::backoff::{BackoffKind, ExhaustedClass};
 pub use tikv_core::codec::ApiVersion;
 pub use tikv_core::config::{BackoffBudgets, Config};
+pub use tikv_core::error::RpcError;
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
 pub use tikv_core::pd::Timestamp;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::rpc::{RequestSource, RequestTags};
+/// The kvproto messages some errors carry (e.g. [`Error::KeyError`]'s
+/// `kvrpcpb::KeyError`), so matching on them needs no direct dependency on
+/// `tikv-proto` at a matching version.
+pub use tikv_proto as proto;
 
 /// Re-exported so runtime crates and tests need not depend on `futures` to
 /// name the boxed future type of the traits.

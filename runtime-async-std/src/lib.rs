@@ -87,8 +87,8 @@ pub use platform::{
 };
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
-    Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
-    TransactionOptions, Value,
+    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, ColumnFamily, Config,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, Key, KeyRange, KvPair, RawChecksum,
+    ReadOptions, RequestSource, RequestTags, RpcError, Timestamp, TransactionOptions, Value, proto,
 };
 pub use tikv_grpc::TransportConfig;

@@ -15,6 +15,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Errors are matched with this crate's paths alone (the kvproto messages
+//! some carry are re-exported as [`proto`]), or classified with
+//! [`Error::is_retryable`], [`Error::is_undetermined`],
+//! [`Error::is_write_conflict`]:
+//!
+//! ```no_run
+//! use tikv_tokio::{Error, RpcError};
+//!
+//! # async fn demo(client: tikv_tokio::RawClient) {
+//! match client.get("k").await {
+//!     Ok(value) => println!("{value:?}"),
+//!     Err(Error::Rpc(RpcError::DeadlineExceeded)) => println!("slow store"),
+//!     Err(Error::KeyError(e)) => {
+//!         let e: &tikv_tokio::proto::kvrpcpb::KeyError = &e;
+//!         println!("TiKV refused: {e:?}")
+//!     }
+//!     Err(e) if e.is_retryable() => println!("try again later: {e}"),
+//!     Err(e) => println!("failed: {e}"),
+//! }
+//! # }
+//! ```
+//!
 //! Underneath:
 //! - [`TokioRuntime`]: `tikv_driver::Runtime` over tokio's clock, timers and
 //!   spawner.
@@ -61,8 +83,8 @@ pub use platform::{
 };
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
-    Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
-    TransactionOptions, Value,
+    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, ColumnFamily, Config,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, Key, KeyRange, KvPair, RawChecksum,
+    ReadOptions, RequestSource, RequestTags, RpcError, Timestamp, TransactionOptions, Value, proto,
 };
 pub use tikv_grpc::TransportConfig;

@@ -88,15 +88,41 @@ impl From<Bytes> for Key {
     }
 }
 
-impl From<&'static str> for Key {
-    fn from(s: &'static str) -> Key {
-        Key(Bytes::from_static(s.as_bytes()))
+/// Borrowed bytes are copied (keys are short; the copy is one allocation),
+/// so keys come from any slice, not only from `'static` data.
+impl From<&str> for Key {
+    fn from(s: &str) -> Key {
+        Key(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
-impl From<&'static [u8]> for Key {
-    fn from(s: &'static [u8]) -> Key {
-        Key(Bytes::from_static(s))
+impl From<&[u8]> for Key {
+    fn from(s: &[u8]) -> Key {
+        Key(Bytes::copy_from_slice(s))
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Key {
+    fn from(s: &[u8; N]) -> Key {
+        Key(Bytes::copy_from_slice(s))
+    }
+}
+
+impl From<&String> for Key {
+    fn from(s: &String) -> Key {
+        Key::from(s.as_str())
+    }
+}
+
+impl From<&Vec<u8>> for Key {
+    fn from(v: &Vec<u8>) -> Key {
+        Key::from(v.as_slice())
+    }
+}
+
+impl From<&Key> for Key {
+    fn from(k: &Key) -> Key {
+        k.clone()
     }
 }
 
@@ -328,5 +354,22 @@ mod tests {
     fn debug_is_readable() {
         assert_eq!(format!("{:?}", Key::from(&b"a\x00\""[..])), "\"a\\x00\\x22\"");
         assert_eq!(format!("{:?}", KeyRange::new("a", "")), "[\"a\", +inf)");
+    }
+
+    /// Keys come from borrowed data of any lifetime, not only literals.
+    #[test]
+    fn keys_come_from_borrowed_and_owned_data() {
+        let owned = String::from("user/42");
+        let bytes = owned.clone().into_bytes();
+        let from_borrowed = {
+            let local = owned.clone();
+            Key::from(local.as_str())
+        };
+        assert_eq!(from_borrowed, Key::from(owned.clone()));
+        assert_eq!(Key::from(&owned), Key::from(bytes.as_slice()));
+        assert_eq!(Key::from(&bytes), Key::from(bytes.clone()));
+        assert_eq!(Key::from(b"user/42"), Key::from(&owned));
+        assert_eq!(Key::from(&Key::from("k")), Key::from("k"));
+        assert_eq!(Key::from(Bytes::from_static(b"k")).as_bytes(), b"k");
     }
 }
