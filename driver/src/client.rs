@@ -1,7 +1,8 @@
 //! What every client shares: the platform (runtime + transport), the
 //! cluster view, and the background tasks, plus bootstrapping from PD.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
@@ -9,6 +10,7 @@ use tikv_core::op::Operation;
 use tikv_core::pd::{
     LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, Timestamp, TsoBatcher, judge_read_ts,
 };
+use tikv_core::time::Duration;
 use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 
@@ -32,6 +34,10 @@ pub trait Platform: Send + Sync + 'static {
     fn build(config: &Config) -> Result<(Self::Runtime, Self::Transport), Error>;
 }
 
+/// How often [`ClientCore::close`] looks whether background operations
+/// have finished.
+const CLOSE_POLL: Duration = Duration::from_millis(5);
+
 /// The machinery one client instance owns.
 pub(crate) struct ClientCore<P: Platform> {
     pub(crate) view: Arc<ClusterView>,
@@ -41,7 +47,31 @@ pub(crate) struct ClientCore<P: Platform> {
     pub(crate) transport: Arc<ClientTransport<Collapsing<P::Transport>>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
-    _background: Vec<Background>,
+    /// The periodic tasks (store refresh), stopped by [`ClientCore::close`].
+    background: Mutex<Vec<Background>>,
+    /// Set by [`ClientCore::close`]: operations then fail with
+    /// [`Error::Closed`].
+    closed: AtomicBool,
+    /// Operations running in the background (secondary commits,
+    /// rollbacks), which `close` waits for.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one background operation for as long as it lives (finished or
+/// dropped with its runtime).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<P: Platform> ClientCore<P> {
@@ -95,7 +125,15 @@ impl<P: Platform> ClientCore<P> {
         let batcher = TsoBatcher::new(view.clone(), rng.next_u64());
         let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
         let transport = Arc::new(ClientTransport::new(Collapsing::new(transport), oracle.clone()));
-        Ok(ClientCore { view, rt, transport, oracle, _background: vec![refresher] })
+        Ok(ClientCore {
+            view,
+            rt,
+            transport,
+            oracle,
+            background: Mutex::new(vec![refresher]),
+            closed: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`;
@@ -105,16 +143,49 @@ impl<P: Platform> ClientCore<P> {
         if judge_read_ts(ts, self.view.last_ts.newest())? == ReadTsVerdict::Safe {
             return Ok(());
         }
-        let current = self.oracle.get_timestamp().await?;
+        let current = self.timestamp().await?;
         match judge_read_ts(ts, Some(current))? {
             ReadTsVerdict::Safe => Ok(()),
             ReadTsVerdict::AskPd => Err(Error::FutureReadTs { read_ts: ts, current_ts: current }),
         }
     }
 
+    /// A fresh timestamp from the client's TSO task.
+    pub(crate) async fn timestamp(&self) -> Result<Timestamp, Error> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.oracle.get_timestamp().await
+    }
+
     /// Runs one operation to completion in the caller's task.
     pub(crate) async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         execute(op, &self.rt, &*self.transport).await
+    }
+
+    /// Closes the client: new operations fail with [`Error::Closed`], the
+    /// periodic tasks and the TSO task stop (waiting timestamp callers get
+    /// `Closed`), and background operations already started (secondary
+    /// commits, rollbacks) are waited for, at most `wait`. Returns how many
+    /// were still running then; they go on in the runtime, and whatever
+    /// lock they leave is resolved by later readers.
+    pub(crate) async fn close(&self, wait: Duration) -> usize {
+        self.closed.store(true, Ordering::SeqCst);
+        self.background.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let deadline = self.rt.now() + wait;
+        // A close is rare and short: polling the count costs nothing that
+        // matters and needs no notification machinery.
+        let mut left = self.in_flight.load(Ordering::SeqCst);
+        while left > 0 && self.rt.now() < deadline {
+            let tick = (self.rt.now() + CLOSE_POLL).min(deadline);
+            self.rt.sleep_until(tick).await;
+            left = self.in_flight.load(Ordering::SeqCst);
+        }
+        self.oracle.stop();
+        left
     }
 
     /// Runs an operation in the background (secondary commits, cleanup),
@@ -127,7 +198,9 @@ impl<P: Platform> ClientCore<P> {
     {
         let rt = self.rt.clone();
         let transport = self.transport.clone();
+        let counted = InFlight::enter(&self.in_flight);
         self.rt.spawn(Box::pin(async move {
+            let _counted = counted;
             let _ = execute(op, &rt, &*transport).await;
         }));
     }

@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{AbortHandle, Abortable, BoxFuture, FutureExt};
 use futures::stream::FuturesUnordered;
 use tikv_core::Error;
 use tikv_core::pd::{Timestamp, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEnd};
@@ -21,10 +21,12 @@ use crate::{Runtime, Transport, execute};
 
 type Waiter = oneshot::Sender<Result<Timestamp, Error>>;
 
-/// A handle on the client's TSO task. Dropping every handle ends the task.
+/// A handle on the client's TSO task. Dropping every handle, or
+/// [`Oracle::stop`], ends the task.
 #[derive(Clone, Debug)]
 pub(crate) struct Oracle {
     requests: mpsc::UnboundedSender<Waiter>,
+    task: AbortHandle,
 }
 
 impl Oracle {
@@ -36,8 +38,19 @@ impl Oracle {
     ) -> Oracle {
         let (requests, rx) = mpsc::unbounded();
         let task_rt = rt.clone();
-        rt.spawn(Box::pin(run(batcher, task_rt, transport, rx)));
-        Oracle { requests }
+        let (task, registration) = AbortHandle::new_pair();
+        let run = Abortable::new(run(batcher, task_rt, transport, rx), registration);
+        rt.spawn(Box::pin(async move {
+            let _ = run.await;
+        }));
+        Oracle { requests, task }
+    }
+
+    /// Ends the task now: callers waiting for a timestamp, and later ones,
+    /// get [`Error::Closed`].
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+        self.requests.close_channel();
     }
 
     /// A fresh timestamp, strictly greater than every one handed out before.

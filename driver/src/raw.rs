@@ -93,6 +93,21 @@ impl<P: Platform> RawClient<P> {
         self.core.view.pd.cluster_id()
     }
 
+    /// Closes the client and every clone of it (client-go `Client.Close`):
+    /// later calls fail with [`Error::Closed`] and the background tasks
+    /// stop. Returns how many background operations were still running
+    /// after waiting for them at most `wait` (a raw client starts none).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::RawClient<impl tikv_driver::Platform>) {
+    /// use std::time::Duration;
+    /// assert_eq!(client.close(Duration::from_secs(5)).await, 0);
+    /// # }
+    /// ```
+    pub async fn close(&self, wait: Duration) -> usize {
+        self.core.close(wait).await
+    }
+
     /// The value of `key`, or `None` if it does not exist (an existing empty
     /// value is `Some(empty)`).
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {

@@ -59,7 +59,26 @@ impl<P: Platform> TransactionClient<P> {
     /// timestamp this client handed out before (client-go
     /// `KVStore.CurrentTimestamp`). Concurrent callers share TSO rounds.
     pub async fn current_timestamp(&self) -> Result<Timestamp, Error> {
-        self.core.oracle.get_timestamp().await
+        self.core.timestamp().await
+    }
+
+    /// Closes the client and every clone of it (client-go `KVStore.Close`):
+    /// later calls (its transactions' and snapshots' included) fail with
+    /// [`Error::Closed`], the store refresh and TSO tasks stop, and the
+    /// background work of earlier commits (secondary commits, rollbacks) is
+    /// waited for, at most `wait`. Returns how many of those were still
+    /// running then: they go on in the runtime, and any lock they leave is
+    /// resolved by later readers.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) {
+    /// use std::time::Duration;
+    /// let unfinished = client.close(Duration::from_secs(5)).await;
+    /// assert_eq!(unfinished, 0, "every secondary commit finished");
+    /// # }
+    /// ```
+    pub async fn close(&self, wait: std::time::Duration) -> usize {
+        self.core.close(wait).await
     }
 
     /// The PD cluster id.

@@ -35,6 +35,7 @@ macro_rules! raw_suite {
             api_v2_keyspace_with_ttl,
             connecting_to_an_unreachable_pd_fails_with_a_pd_timeout,
             requests_ride_batch_streams_and_survive_a_store_outage,
+            close_stops_the_client_and_its_clones,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -411,5 +412,19 @@ pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>(
     let after = server.batch_stats().await;
     assert!(after.streams > before.streams, "{before:?} -> {after:?}");
     assert!(after.requests >= before.requests + 128, "{before:?} -> {after:?}");
+    server.shutdown().await;
+}
+
+/// `close` stops the client and every clone: later calls fail with
+/// `Error::Closed` at once; a raw client leaves no background work.
+pub async fn close_stops_the_client_and_its_clones<H: Harness>() {
+    let server = start(SimApi::V1, Vec::new()).await;
+    let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
+    client.put("k", "v").await.expect("put");
+    let clone = client.clone();
+    assert_eq!(client.close(Duration::from_secs(1)).await, 0);
+    assert!(matches!(client.get("k").await, Err(Error::Closed)));
+    assert!(matches!(clone.put("k", "w").await, Err(Error::Closed)));
+    assert!(matches!(clone.scan(.., 10).await, Err(Error::Closed)));
     server.shutdown().await;
 }

@@ -35,6 +35,7 @@ macro_rules! txn_suite {
             bank_transfers_keep_the_total,
             lazy_scans_page_across_regions_and_merge_the_transaction_buffer,
             reads_at_a_future_timestamp_are_refused,
+            close_waits_for_background_commits_then_refuses_calls,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -361,4 +362,37 @@ pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>() {
     let other = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     let theirs = other.current_timestamp().await.expect("ts");
     assert_eq!(client.snapshot(theirs).get("k").await.expect("read"), None);
+}
+
+/// `close` waits for the secondaries' commit that a commit left running in
+/// the background (slowed here by a busy store), then stops the client:
+/// later calls of the client, its clones and its snapshots fail with
+/// `Error::Closed`.
+pub async fn close_waits_for_background_commits_then_refuses_calls<H: Harness>() {
+    let (server, client) = start::<H>(vec![b"g".to_vec()]).await;
+    let secondary_region = {
+        let cluster = server.cluster();
+        cluster.region_for_region_key(&cluster.txn_region_key(b"h")).expect("region").id
+    };
+    let busy = tikv_proto::errorpb::Error {
+        message: "server is busy".into(),
+        server_is_busy: Some(Default::default()),
+        ..Default::default()
+    };
+    let filter = tikv_sim::Filter::any().command("kv_commit").region(secondary_region);
+    server.cluster().inject_region_error(filter, busy, 1);
+
+    let mut t = client.begin().await.expect("begin");
+    t.put("a", "1").expect("put");
+    t.put("h", "2").expect("put");
+    t.commit().await.expect("the primary's commit is the commit point");
+    let clone = client.clone();
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(client.close(std::time::Duration::from_secs(30)).await, 0, "nothing left running");
+    assert!(server.cluster().locks().is_empty(), "the secondary was committed before close ended");
+
+    assert!(matches!(client.current_timestamp().await, Err(Error::Closed)));
+    assert!(matches!(clone.begin().await, Err(Error::Closed)));
+    assert!(matches!(snap.get("a").await, Err(Error::Closed)));
+    server.shutdown().await;
 }
