@@ -10,10 +10,10 @@
 //! error status PD would send. Methods the model does not serve answer
 //! `Unimplemented` (the generated default stubs).
 //!
-//! `PessimisticLock` waits here for a conflicting lock, as TiKV's lock
-//! manager does, simplified (see `TikvService::pessimistic_lock`): every
-//! command that may release a lock wakes all parked requests, which re-check
-//! their lock in the model.
+//! `PessimisticLock` waits here for a conflicting lock: the model parks it
+//! ([`crate::lock_wait`]); every command that may release a lock wakes the
+//! parked calls, which collect their answers from the model, and a parked
+//! call fires the model's lock-wait deadlines on the wall clock.
 //! `BatchCommands` follows TiKV's `src/server/service/kv.rs`: every entry of
 //! an inbound message is handled (here synchronously, by
 //! [`Cluster::handle_kv`]) and the answers go back in one
@@ -71,6 +71,7 @@ use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::Cluster;
+use crate::lock_wait::{KvAnswer, LockWaitToken};
 
 /// Where to listen. Missing entries listen on `127.0.0.1:0` (an ephemeral port).
 #[derive(Clone, Debug, Default)]
@@ -129,17 +130,16 @@ fn to_status(e: RpcError) -> Status {
     }
 }
 
-/// TiKV's `wait_for_lock_timeout` default: the ceiling of every lock wait.
-const WAIT_FOR_LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A parked `PessimisticLock` whose call may be dropped before its answer:
+/// the model forgets the wait then.
+struct ParkedLock<'a> {
+    cluster: &'a Cluster,
+    token: LockWaitToken,
+}
 
-/// How long a pessimistic lock request may wait (`WaitTimeout::from_encoded`
-/// then `into_duration_with_ceiling`): negative is no wait, 0 the default
-/// (the ceiling), otherwise the request's milliseconds up to the ceiling.
-fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
-    match u64::try_from(encoded) {
-        Err(_) => None,
-        Ok(0) => Some(WAIT_FOR_LOCK_TIMEOUT),
-        Ok(ms) => Some(Duration::from_millis(ms).min(WAIT_FOR_LOCK_TIMEOUT)),
+impl Drop for ParkedLock<'_> {
+    fn drop(&mut self) {
+        self.cluster.cancel_lock_wait(self.token);
     }
 }
 
@@ -208,47 +208,41 @@ impl TikvService {
         resp.map_err(to_status)
     }
 
-    /// `PessimisticLock` with TiKV's lock waiting, simplified: a request that
-    /// meets a lock and may wait is parked until that lock is released (then
-    /// it answers what a woken legacy-mode request answers, see
-    /// [`Cluster::pessimistic_lock_wake_up`]) or until its wait timeout (then
-    /// the original `KeyIsLocked`). Not modelled: the wait queue's order and
-    /// delayed wake-up of the other waiters (every waiter of a key wakes at
-    /// once), deadlock detection, and the resumable (`WakeUpModeForceLock`)
-    /// mode, which is treated as legacy.
+    /// `PessimisticLock` with TiKV's lock waiting, as the model keeps it
+    /// ([`crate::lock_wait`]): a parked request is held here until the model
+    /// has its answer (woken by a command of any connection, or by a
+    /// deadline this task fires on the wall clock); dropping the call (a
+    /// closed connection) cancels the wait.
     async fn pessimistic_lock(
         &self,
         r: kvrpcpb::PessimisticLockRequest,
     ) -> Result<KvResponse, Status> {
-        let wait = lock_wait_timeout(r.wait_timeout);
         let mut notified = std::pin::pin!(self.released.notified());
         notified.as_mut().enable();
-        let resp = self
-            .cluster
-            .handle_kv(
-                self.store_id,
-                KvRequest::PessimisticLock(Box::new(r.clone())),
-                self.clock.now(),
-            )
-            .map_err(to_status)?;
-        let waited = match (&resp, wait) {
-            (KvResponse::PessimisticLock(p), Some(wait)) if p.region_error.is_none() => {
-                match p.errors.first().and_then(|e| e.locked.clone()) {
-                    Some(lock) => (lock, wait),
-                    None => return Ok(resp),
-                }
-            }
-            _ => return Ok(resp),
+        let answer = self.cluster.handle_kv_waiting(
+            self.store_id,
+            KvRequest::PessimisticLock(Box::new(r)),
+            self.clock.now(),
+        );
+        // A force-lock request may resume others' waits when it fails.
+        self.released.notify_waiters();
+        let token = match answer.map_err(to_status)? {
+            KvAnswer::Ready(resp) => return Ok(resp),
+            KvAnswer::Waiting(token) => token,
         };
-        let (lock, wait) = waited;
-        let deadline = tokio::time::Instant::now() + wait;
+        let parked = ParkedLock { cluster: &self.cluster, token };
         loop {
-            if let Some(woken) = self.cluster.pessimistic_lock_wake_up(&r, &lock) {
-                return Ok(KvResponse::PessimisticLock(Box::new(woken)));
+            if let Some(resp) = self.cluster.take_lock_wait_answer(parked.token) {
+                return Ok(KvResponse::PessimisticLock(Box::new(resp)));
             }
+            let next = self.cluster.next_lock_wait_deadline();
+            let sleep = next.map(|at| at.saturating_duration_since(self.clock.now()));
             tokio::select! {
                 () = notified.as_mut() => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(resp),
+                () = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => {
+                    self.cluster.advance_lock_waits(self.clock.now());
+                    self.released.notify_waiters();
+                }
             }
             notified.set(self.released.notified());
             notified.as_mut().enable();
