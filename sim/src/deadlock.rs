@@ -45,13 +45,9 @@ pub(crate) struct Cycle {
     pub(crate) wait_chain: Vec<WaitForEntry>,
 }
 
-/// TiKV's `Key::gen_hash` identifies keys in the detector; the model hashes
-/// the raw key with CRC-64 (a stable digest of our own, not TiKV's
-/// farmhash fingerprint, so clients must not compare it with theirs).
+/// TiKV's `Key::gen_hash`: FarmHash's fingerprint of the raw key.
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
-    let mut d = crate::crc64::Digest::new();
-    d.write(key);
-    d.sum64()
+    crate::farmhash::fingerprint64(key)
 }
 
 /// `DetectTable::detect` for the new edge `new` over the existing `edges`:

@@ -77,10 +77,9 @@
 //!   others, `min(wait_timeout, 1 s)` timeouts, one detector for all
 //!   regions and stores); [`Cluster::handle_kv`], which the deterministic
 //!   world drives, never parks (a lock is answered `KeyIsLocked` at once).
-//!   Simplified: the detector's key hash is CRC-64 (TiKV's is farmhash),
-//!   edges never expire on their own, and a resumed force-lock waiter keeps
-//!   its first deadline. Values always live
-//!   in the default CF (no short-value inlining); rollback records are all
+//!   Simplified: detector edges never expire on their own, and a resumed
+//!   force-lock waiter keeps its first deadline. Values always live in the
+//!   default CF (no short-value inlining); rollback records are all
 //!   kept (never collapsed, all protected); no GC, no `gc_fence`, no
 //!   `last_change`, no txn source, no shared locks, no pipelined DML
 //!   generations, no txn files (`is_txn_file` ignored), no old values for
@@ -156,6 +155,7 @@ pub mod crc64;
 mod deadlock;
 #[cfg(feature = "server")]
 pub mod echo;
+mod farmhash;
 #[cfg(feature = "server")]
 pub mod join;
 pub mod lock_wait;
