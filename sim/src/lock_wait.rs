@@ -22,9 +22,10 @@
 //!   (`AcquirePessimisticLockResumed`) and locks the key, even over a newer
 //!   commit (`LockedWithConflict`); meeting a lock again, it keeps waiting.
 //!   The waiters left behind now wait for the new holder
-//!   (`update_lock_wait`).
+//!   (`update_lock_wait`); a force-lock waiter's new wait is checked for
+//!   deadlocks again.
 //! - A waiter whose deadline passes answers `KeyIsLocked` with the lock it
-//!   waited for (`cancel_for_timeout`).
+//!   waited for and `duration_to_last_update_ms` (`cancel_for_timeout`).
 //!
 //! Time is the caller's: it calls [`crate::Cluster::advance_lock_waits`]
 //! with its clock (wall time in the gRPC face, virtual time in a
@@ -86,6 +87,9 @@ struct Waiter {
     /// The lock it waits for (updated when the key changes hands).
     lock: kvrpcpb::LockInfo,
     deadline: Instant,
+    /// When `lock` last changed (`last_updated_time`), for the timeout's
+    /// `duration_to_last_update_ms`.
+    last_updated: Option<Instant>,
     /// The key's legacy wake-up count when it was queued: a delayed
     /// wake-up wakes only the waiters queued before it.
     wake_up_index: u64,
@@ -199,25 +203,15 @@ impl State {
         let queue = self.lock_waits.keys.entry(key.clone()).or_default();
         queue.holder = lock.lock_version;
         let wake_up_index = queue.wake_ups;
-        let waiter = Waiter { store, req: r, key, lock, deadline, wake_up_index };
+        let waiter =
+            Waiter { store, req: r, key, lock, deadline, last_updated: None, wake_up_index };
         if !waiter.req.is_first_lock
             && let Some(cycle) = deadlock::detect(&self.lock_waits.edges(), &edge_of(&waiter))
         {
             if self.lock_waits.keys.get(&waiter.key).is_some_and(|q| q.queue.is_empty()) {
                 self.lock_waits.keys.remove(&waiter.key);
             }
-            // `cancel_for_deadlock`: the lock waited for and the cycle.
-            let e = kvrpcpb::KeyError {
-                deadlock: Some(kvrpcpb::Deadlock {
-                    lock_ts: waiter.lock.lock_version,
-                    lock_key: waiter.lock.key.clone(),
-                    deadlock_key_hash: cycle.deadlock_key_hash,
-                    wait_chain: cycle.wait_chain,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            return Some(failed_lock_response(&waiter.req, e));
+            return Some(deadlock_response(&waiter, cycle));
         }
         let queue = self.lock_waits.keys.entry(waiter.key.clone()).or_default();
         queue.queue.insert((waiter.req.start_version, token));
@@ -241,7 +235,7 @@ impl State {
                 // wait for the new holder.
                 (0, Some((ts, info))) => {
                     q.holder = ts;
-                    self.update_lock_wait(&key, &info);
+                    self.update_lock_wait(&key, &info, now);
                 }
                 (0, None) => {}
                 (released, _) => {
@@ -291,7 +285,7 @@ impl State {
             && let Some(q) = self.lock_waits.keys.get_mut(key)
         {
             q.holder = info.lock_version;
-            self.update_lock_wait(key, &info);
+            self.update_lock_wait(key, &info, now);
         }
     }
 
@@ -303,12 +297,34 @@ impl State {
         }
     }
 
-    /// `update_lock_wait`: the waiters of `key` now wait for `lock`.
-    fn update_lock_wait(&mut self, key: &[u8], lock: &kvrpcpb::LockInfo) {
+    /// `update_lock_wait`: the waiters of `key` now wait for `lock`. A
+    /// force-lock waiter's new wait is checked for deadlocks again
+    /// (`handle_update_wait_for`; legacy waiters are not).
+    fn update_lock_wait(&mut self, key: &[u8], lock: &kvrpcpb::LockInfo, now: Instant) {
         let Some(q) = self.lock_waits.keys.get(key) else { return };
-        for (_, token) in &q.queue {
-            if let Some(w) = self.lock_waits.waiters.get_mut(token) {
-                w.lock = lock.clone();
+        let tokens: Vec<u64> = q.queue.iter().map(|(_, t)| *t).collect();
+        for token in tokens {
+            let Some(w) = self.lock_waits.waiters.get_mut(&token) else { continue };
+            if w.lock.lock_version == lock.lock_version {
+                continue;
+            }
+            w.lock = lock.clone();
+            w.last_updated = Some(now);
+            if !force_lock(&w.req) || w.req.is_first_lock {
+                continue;
+            }
+            let new = edge_of(w);
+            let others: Vec<WaitEdge> = self
+                .lock_waits
+                .waiters
+                .iter()
+                .filter(|(t, _)| **t != token)
+                .map(|(_, o)| edge_of(o))
+                .collect();
+            if let Some(cycle) = deadlock::detect(&others, &new)
+                && let Some(w) = self.lock_waits.unqueue(token)
+            {
+                self.lock_waits.answers.insert(token, deadlock_response(&w, cycle));
             }
         }
     }
@@ -329,7 +345,14 @@ impl State {
         due.sort_unstable();
         for (_, token) in due {
             if let Some(w) = self.lock_waits.unqueue(token) {
-                let e = kvrpcpb::KeyError { locked: Some(w.lock), ..Default::default() };
+                // `cancel_for_timeout`: how long ago the wait last changed
+                // (at least 1 ms), 0 when it never did.
+                let mut lock = w.lock;
+                lock.duration_to_last_update_ms = w.last_updated.map_or(0, |t| {
+                    let ms = now.saturating_duration_since(t).as_millis();
+                    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+                });
+                let e = kvrpcpb::KeyError { locked: Some(lock), ..Default::default() };
                 self.lock_waits.answers.insert(token, failed_lock_response(&w.req, e));
             }
         }
@@ -389,6 +412,21 @@ impl State {
     pub(crate) fn lock_waiters(&self) -> usize {
         self.lock_waits.waiters.len()
     }
+}
+
+/// `cancel_for_deadlock`: the lock waited for and the cycle.
+fn deadlock_response(w: &Waiter, cycle: deadlock::Cycle) -> kvrpcpb::PessimisticLockResponse {
+    let e = kvrpcpb::KeyError {
+        deadlock: Some(kvrpcpb::Deadlock {
+            lock_ts: w.lock.lock_version,
+            lock_key: w.lock.key.clone(),
+            deadlock_key_hash: cycle.deadlock_key_hash,
+            wait_chain: cycle.wait_chain,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    failed_lock_response(&w.req, e)
 }
 
 /// A legacy waiter's answer: the error alone.

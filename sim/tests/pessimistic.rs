@@ -227,7 +227,10 @@ fn a_waiter_left_behind_waits_for_the_next_holder() {
     assert!(c.take_lock_wait_answer(t30).is_none());
     c.advance_lock_waits(ms(500));
     let timed_out = c.take_lock_wait_answer(t30).expect("timed out");
-    assert_eq!(timed_out.errors[0].locked.as_ref().unwrap().lock_version, 20);
+    let locked = timed_out.errors[0].locked.clone().unwrap();
+    assert_eq!(locked.lock_version, 20);
+    // The wait changed at t = 0 (20 took the key), 500 ms before.
+    assert_eq!(locked.duration_to_last_update_ms, 500);
 }
 
 #[test]
@@ -249,6 +252,7 @@ fn a_wait_times_out_with_key_is_locked_and_no_wait_answers_at_once() {
     let r = c.take_lock_wait_answer(token).expect("timed out");
     let locked = r.errors[0].locked.clone().expect("KeyIsLocked");
     assert_eq!((locked.lock_version, &locked.key[..]), (10, &b"k"[..]));
+    assert_eq!(locked.duration_to_last_update_ms, 0, "the wait never changed");
     assert_eq!(c.lock_waiters(), 0);
     assert_eq!(c.next_lock_wait_deadline(), None);
     // 0 is TiKV's default ceiling, and larger values are capped by it.
@@ -470,4 +474,35 @@ fn handle_kv_never_waits() {
     r.wait_timeout = 0;
     assert!(lock(&c, r).errors[0].locked.is_some());
     assert_eq!(c.lock_waiters(), 0);
+}
+
+#[test]
+fn a_force_lock_waiter_whose_key_changes_hands_into_a_cycle_is_told_deadlock() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"k"], 10, 10)).errors.is_empty());
+    assert!(lock(&c, lock_req(&[b"j"], 30, 30)).errors.is_empty());
+    // 30 (force-lock) and 12 (legacy, the head) wait for 10 on k.
+    let mut r = force(lock_req(&[b"k"], 30, 30));
+    r.wait_timeout = 0;
+    let t30 = parked(lock_waiting(&c, r, T0));
+    let mut r = lock_req(&[b"k"], 12, 12);
+    r.wait_timeout = 0;
+    let t12 = parked(lock_waiting(&c, r, T0));
+    pessimistic_rollback(&c, b"k", &[b"k"], 10, 10);
+    assert!(c.take_lock_wait_answer(t12).is_some());
+    // 15 waits for 30 on j, then takes the free k: 30 now waits for 15.
+    let mut r = lock_req(&[b"j"], 15, 15);
+    r.wait_timeout = 0;
+    let _t15 = parked(lock_waiting(&c, r, T0));
+    assert!(lock(&c, lock_req(&[b"k"], 15, 15)).errors.is_empty());
+    let resp = c.take_lock_wait_answer(t30).expect("the new wait closes a cycle");
+    let dl = resp.errors[0].deadlock.clone().expect("a deadlock");
+    assert_eq!(dl.lock_ts, 15);
+    let chain: Vec<(u64, u64)> = dl.wait_chain.iter().map(|e| (e.txn, e.wait_for_txn)).collect();
+    assert_eq!(chain, vec![(15, 30), (30, 15)]);
+    assert_eq!(
+        resp.results[0].r#type,
+        kvrpcpb::PessimisticLockKeyResultType::LockResultFailed as i32
+    );
+    assert_eq!(c.lock_waiters(), 1);
 }
