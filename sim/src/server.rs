@@ -19,7 +19,8 @@
 //! [`Cluster::handle_kv`]) and the answers go back in one
 //! `BatchCommandsResponse` per inbound message, under the same request ids,
 //! with a `transport_layer_load` of 0 (the model has no thread pool to
-//! load). An `Empty` entry is echoed with its `test_id`; an entry this model
+//! load); a `PessimisticLock` entry that waits for a lock answers later in
+//! a message of its own, so it holds up none of its message's other entries. An `Empty` entry is echoed with its `test_id`; an entry this model
 //! does not execute (coprocessor, GC, import, delete range, ...) gets its
 //! own response type carrying an error (`TikvService::unserved_entry`), and
 //! an entry without a command an answer without one, as TiKV answers
@@ -130,18 +131,55 @@ fn to_status(e: RpcError) -> Status {
     }
 }
 
-/// A parked `PessimisticLock` whose call may be dropped before its answer:
-/// the model forgets the wait then.
-struct ParkedLock<'a> {
-    cluster: &'a Cluster,
+/// A `PessimisticLock` answered now or parked by the model.
+enum Started {
+    Done(KvResponse),
+    Parked(ParkedLock),
+}
+
+/// A parked `PessimisticLock`. Dropping it before its answer (a closed
+/// connection drops the call) makes the model forget the wait.
+struct ParkedLock {
+    svc: TikvService,
     token: LockWaitToken,
 }
 
-impl Drop for ParkedLock<'_> {
-    fn drop(&mut self) {
-        self.cluster.cancel_lock_wait(self.token);
+impl ParkedLock {
+    /// Holds the call until the model has its answer: woken by a command
+    /// of any connection, or by a deadline this task fires on the wall
+    /// clock.
+    async fn answer(self) -> KvResponse {
+        let svc = &self.svc;
+        let mut notified = std::pin::pin!(svc.released.notified());
+        loop {
+            notified.as_mut().enable();
+            if let Some(resp) = svc.cluster.take_lock_wait_answer(self.token) {
+                return KvResponse::PessimisticLock(Box::new(resp));
+            }
+            let next = svc.cluster.next_lock_wait_deadline();
+            let sleep = next.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(svc.clock.now())
+            });
+            tokio::select! {
+                () = notified.as_mut() => {}
+                () = tokio::time::sleep(sleep) => {
+                    svc.cluster.advance_lock_waits(svc.clock.now());
+                    svc.released.notify_waiters();
+                }
+            }
+            notified.set(svc.released.notified());
+        }
     }
 }
+
+impl Drop for ParkedLock {
+    fn drop(&mut self) {
+        self.svc.cluster.cancel_lock_wait(self.token);
+    }
+}
+
+/// Where a `BatchCommands` stream's answers go.
+type Answers = futures::channel::mpsc::UnboundedSender<Result<BatchCommandsResponse, Status>>;
 
 /// Store-side admin RPCs that need PD: the joined mode's stores split
 /// through the real PD (`AskBatchSplit`, see [`crate::join`]); with the
@@ -190,7 +228,10 @@ struct TikvService {
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
-            return self.pessimistic_lock(*r).await;
+            return Ok(match self.start_lock(*r)? {
+                Started::Done(resp) => resp,
+                Started::Parked(parked) => parked.answer().await,
+            });
         }
         if let (KvRequest::SplitRegion(r), Some(admin)) = (&req, &self.admin) {
             if !self.cluster.is_store_running(self.store_id) {
@@ -208,17 +249,10 @@ impl TikvService {
         resp.map_err(to_status)
     }
 
-    /// `PessimisticLock` with TiKV's lock waiting, as the model keeps it
-    /// ([`crate::lock_wait`]): a parked request is held here until the model
-    /// has its answer (woken by a command of any connection, or by a
-    /// deadline this task fires on the wall clock); dropping the call (a
-    /// closed connection) cancels the wait.
-    async fn pessimistic_lock(
-        &self,
-        r: kvrpcpb::PessimisticLockRequest,
-    ) -> Result<KvResponse, Status> {
-        let mut notified = std::pin::pin!(self.released.notified());
-        notified.as_mut().enable();
+    /// Starts a `PessimisticLock` with TiKV's lock waiting, as the model
+    /// keeps it ([`crate::lock_wait`]): answered now, or parked until
+    /// [`ParkedLock::answer`].
+    fn start_lock(&self, r: kvrpcpb::PessimisticLockRequest) -> Result<Started, Status> {
         let answer = self.cluster.handle_kv_waiting(
             self.store_id,
             KvRequest::PessimisticLock(Box::new(r)),
@@ -226,35 +260,26 @@ impl TikvService {
         );
         // A force-lock request may resume others' waits when it fails.
         self.released.notify_waiters();
-        let token = match answer.map_err(to_status)? {
-            KvAnswer::Ready(resp) => return Ok(resp),
-            KvAnswer::Waiting(token) => token,
-        };
-        let parked = ParkedLock { cluster: &self.cluster, token };
-        loop {
-            if let Some(resp) = self.cluster.take_lock_wait_answer(parked.token) {
-                return Ok(KvResponse::PessimisticLock(Box::new(resp)));
-            }
-            let next = self.cluster.next_lock_wait_deadline();
-            let sleep = next.map(|at| at.saturating_duration_since(self.clock.now()));
-            tokio::select! {
-                () = notified.as_mut() => {}
-                () = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => {
-                    self.cluster.advance_lock_waits(self.clock.now());
-                    self.released.notify_waiters();
-                }
-            }
-            notified.set(self.released.notified());
-            notified.as_mut().enable();
-        }
+        Ok(match answer.map_err(to_status)? {
+            KvAnswer::Ready(resp) => Started::Done(resp),
+            KvAnswer::Waiting(token) => Started::Parked(ParkedLock { svc: self.clone(), token }),
+        })
     }
 
-    /// Answers one inbound message (module docs).
-    async fn batch(&self, req: BatchCommandsRequest) -> Result<BatchCommandsResponse, Status> {
+    /// Answers one inbound message (module docs): `None` when every entry
+    /// is a parked `PessimisticLock`, each of which answers in a message of
+    /// its own through `late` once woken, as TiKV answers entries
+    /// independently.
+    async fn batch(
+        &self,
+        req: BatchCommandsRequest,
+        late: &Answers,
+    ) -> Result<Option<BatchCommandsResponse>, Status> {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
         let mut responses = Vec::with_capacity(req.requests.len());
-        for entry in req.requests {
+        let mut request_ids = Vec::with_capacity(req.requests.len());
+        for (entry, id) in req.requests.into_iter().zip(req.request_ids) {
             let cmd = match entry.cmd {
                 // TiKV answers an entry it cannot parse (no command, or one
                 // newer than its kvproto) with an empty response.
@@ -262,6 +287,22 @@ impl TikvService {
                 Some(cmd) => match self.unserved_entry(&cmd) {
                     Some(answer) => Some(answer),
                     None => match from_batch_cmd(cmd) {
+                        Ok(KvRequest::PessimisticLock(r)) => match self.start_lock(*r)? {
+                            Started::Done(resp) => response_to_batch(resp),
+                            Started::Parked(parked) => {
+                                let late = late.clone();
+                                tokio::spawn(async move {
+                                    let cmd = response_to_batch(parked.answer().await);
+                                    let _ = late.unbounded_send(Ok(BatchCommandsResponse {
+                                        responses: vec![RespEntry { cmd }],
+                                        request_ids: vec![id],
+                                        transport_layer_load: 0,
+                                        ..Default::default()
+                                    }));
+                                });
+                                continue;
+                            }
+                        },
                         Ok(request) => response_to_batch(self.call(request).await?),
                         Err(ReqCmd::Empty(empty)) => {
                             Some(RespCmd::Empty(BatchCommandsEmptyResponse {
@@ -273,13 +314,17 @@ impl TikvService {
                 },
             };
             responses.push(RespEntry { cmd });
+            request_ids.push(id);
         }
-        Ok(BatchCommandsResponse {
+        if responses.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(BatchCommandsResponse {
             responses,
-            request_ids: req.request_ids,
+            request_ids,
             transport_layer_load: 0,
             ..Default::default()
-        })
+        }))
     }
 
     /// The answer to a `BatchCommands` entry the model does not execute:
@@ -371,7 +416,15 @@ impl TikvService {
                     Ok(Some(req)) => {
                         let (svc, tx) = (svc.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let _ = tx.unbounded_send(svc.batch(req).await);
+                            match svc.batch(req, &tx).await {
+                                Ok(None) => {}
+                                Ok(Some(resp)) => {
+                                    let _ = tx.unbounded_send(Ok(resp));
+                                }
+                                Err(status) => {
+                                    let _ = tx.unbounded_send(Err(status));
+                                }
+                            }
                         });
                     }
                     Ok(None) => break,

@@ -186,3 +186,58 @@ async fn a_dropped_call_leaves_the_queue() {
     parked(&cluster, 0).await;
     server.shutdown().await;
 }
+
+/// On a `BatchCommands` stream a parked lock request does not hold up the
+/// other entries of its message: the commit batched after it runs, and the
+/// woken lock answers in a message of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_lock_wait_answers_apart_from_its_message() {
+    use tikv_proto::tikvpb::batch_commands_request::{Request as ReqEntry, request::Cmd as ReqCmd};
+    use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
+    let (cluster, server) = serve().await;
+    let (mut kv, ctx) = connect(&cluster, &server, b"k").await;
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(ctx.clone()),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: "k".into(),
+            value: "v".into(),
+            ..Default::default()
+        }],
+        primary_lock: "k".into(),
+        start_version: 10,
+        lock_ttl: 3000,
+        ..Default::default()
+    };
+    assert!(kv.kv_prewrite(prewrite).await.unwrap().into_inner().errors.is_empty());
+    let commit = kvrpcpb::CommitRequest {
+        context: Some(ctx.clone()),
+        keys: vec!["k".into()],
+        start_version: 10,
+        commit_version: 15,
+        ..Default::default()
+    };
+    let req = tikv_proto::tikvpb::BatchCommandsRequest {
+        requests: vec![
+            ReqEntry { cmd: Some(ReqCmd::PessimisticLock(lock_req(&ctx, b"k", b"k", 20))) },
+            ReqEntry { cmd: Some(ReqCmd::Commit(commit)) },
+        ],
+        request_ids: vec![7, 8],
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let mut stream =
+        kv.batch_commands(futures::stream::iter(vec![req])).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.request_ids, vec![8], "the commit answers first");
+    assert!(matches!(&first.responses[0].cmd, Some(RespCmd::Commit(c)) if c.error.is_none()));
+    let second = stream.message().await.unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert_eq!(second.request_ids, vec![7]);
+    let Some(RespCmd::PessimisticLock(lock)) = &second.responses[0].cmd else {
+        panic!("{second:?}")
+    };
+    let conflict = lock.errors[0].conflict.clone().expect("woken by the commit");
+    assert_eq!((conflict.start_ts, conflict.conflict_commit_ts), (20, 15));
+    server.shutdown().await;
+}
