@@ -16,8 +16,10 @@
 //!   of its queue. Legacy mode (`WakeUpModeNormal`): the head answers a
 //!   `WriteConflict` (reason `PessimisticRetry`, the releasing
 //!   transaction's commit ts on the key or 0 for a rollback), and the
-//!   waiters queued before that wake-up follow after
-//!   [`WAKE_UP_DELAY`] (`delayed_notify_all`) with the same conflict.
+//!   waiters queued before that wake-up follow after [`WAKE_UP_DELAY`]
+//!   (`delayed_notify_all`, even if the key was locked again meanwhile):
+//!   legacy ones with the same conflict, up to the first force-lock one,
+//!   which resumes.
 //!   Force-lock mode (`WakeUpModeForceLock`): the head resumes
 //!   (`AcquirePessimisticLockResumed`) and locks the key, even over a newer
 //!   commit (`LockedWithConflict`); meeting a lock again, it keeps waiting.
@@ -101,7 +103,7 @@ struct KeyQueue {
     /// (start_ts, token): the smallest start_ts is woken first.
     queue: BTreeSet<(u64, u64)>,
     /// The ts of the lock the queue is blocked by; 0 while the key is
-    /// unlocked (after a legacy wake-up, before the delayed one).
+    /// unlocked (after a legacy wake-up).
     holder: u64,
     /// Legacy wake-ups so far (`legacy_wake_up_index`).
     wake_ups: u64,
@@ -109,13 +111,12 @@ struct KeyQueue {
     last_conflict: (u64, u64),
 }
 
-/// A scheduled `delayed_notify_all`.
+/// A scheduled `delayed_notify_all` (at most one per key: a later legacy
+/// wake-up postpones it, as `handle_delayed_wake_up` does).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct DelayedWakeUp {
     due: Instant,
     key: Vec<u8>,
-    /// Waiters queued before this wake-up index are woken.
-    wake_up_index: u64,
 }
 
 /// All lock waits of the cluster.
@@ -268,12 +269,10 @@ impl State {
                 self.lock_waits.answers.insert(token, lock_error_response(e));
                 if let Some(q) = self.lock_waits.keys.get_mut(key) {
                     q.wake_ups += 1;
-                    let wake_up_index = q.wake_ups;
-                    self.lock_waits.delayed.insert(DelayedWakeUp {
-                        due: now + WAKE_UP_DELAY,
-                        key: key.to_vec(),
-                        wake_up_index,
-                    });
+                    self.lock_waits.delayed.retain(|d| d.key != key);
+                    self.lock_waits
+                        .delayed
+                        .insert(DelayedWakeUp { due: now + WAKE_UP_DELAY, key: key.to_vec() });
                 }
                 break;
             }
@@ -333,7 +332,7 @@ impl State {
     pub(crate) fn advance_lock_waits(&mut self, now: Instant) {
         while let Some(d) = self.lock_waits.delayed.first().filter(|d| d.due <= now).cloned() {
             self.lock_waits.delayed.remove(&d);
-            self.delayed_notify_all(&d.key, d.wake_up_index, now);
+            self.delayed_notify_all(&d.key, now);
         }
         let mut due: Vec<(Instant, u64)> = self
             .lock_waits
@@ -358,32 +357,26 @@ impl State {
         }
     }
 
-    /// `delayed_notify_all`: the waiters queued before the legacy wake-up
-    /// `wake_up_index` are woken (legacy ones with the last conflict,
-    /// force-lock ones resumed), unless the key is locked again; then they
-    /// stay queued for its release.
-    fn delayed_notify_all(&mut self, key: &[u8], wake_up_index: u64, now: Instant) {
+    /// `delayed_notify_all`: in queue order, the waiters queued before the
+    /// key's latest legacy wake-up are woken, legacy ones with the last
+    /// release's conflict, up to the first force-lock one, which resumes
+    /// (whether or not the key was locked again meanwhile).
+    fn delayed_notify_all(&mut self, key: &[u8], now: Instant) {
         let Some(q) = self.lock_waits.keys.get(key) else { return };
-        if q.holder != 0 {
-            return;
-        }
         let (start_ts, commit_ts) = q.last_conflict;
-        let tokens: Vec<u64> = q
-            .queue
-            .iter()
-            .map(|(_, t)| *t)
-            .filter(|t| {
-                self.lock_waits.waiters.get(t).is_some_and(|w| w.wake_up_index < wake_up_index)
-            })
-            .collect();
+        let latest = q.wake_ups;
+        let tokens: Vec<u64> = q.queue.iter().map(|(_, t)| *t).collect();
         for token in tokens {
-            let Some(w) = self.lock_waits.unqueue(token) else { continue };
+            if self.lock_waits.waiters.get(&token).is_none_or(|w| w.wake_up_index >= latest) {
+                break;
+            }
+            let Some(w) = self.lock_waits.unqueue(token) else { break };
             if force_lock(&w.req) {
                 self.resume(token, w, now);
-            } else {
-                let e = crate::txn::pessimistic_retry(&w.req, &w.lock.key, start_ts, commit_ts);
-                self.lock_waits.answers.insert(token, lock_error_response(e));
+                break;
             }
+            let e = crate::txn::pessimistic_retry(&w.req, &w.lock.key, start_ts, commit_ts);
+            self.lock_waits.answers.insert(token, lock_error_response(e));
         }
     }
 

@@ -209,7 +209,7 @@ fn waiters_are_woken_in_start_ts_order_and_the_rest_after_the_delay() {
 }
 
 #[test]
-fn a_waiter_left_behind_waits_for_the_next_holder() {
+fn the_delayed_wake_up_comes_even_if_the_key_was_locked_again() {
     let c = cluster();
     assert!(lock(&c, lock_req(&[b"k"], 10, 10)).errors.is_empty());
     let mut r30 = lock_req(&[b"k"], 30, 30);
@@ -220,16 +220,37 @@ fn a_waiter_left_behind_waits_for_the_next_holder() {
     let t20 = parked(lock_waiting(&c, r20, T0));
     pessimistic_rollback(&c, b"k", &[b"k"], 10, 10);
     assert!(c.take_lock_wait_answer(t20).is_some());
-    // The woken txn locks again before the delayed wake-up: 30 keeps
-    // waiting, now for 20, and times out with 20's lock.
+    // The woken txn locks again before the delay is over; 30 is still
+    // told to retry (TiKV's `delayed_notify_all` does not look at the key).
     assert!(lock(&c, lock_req(&[b"k"], 20, 21)).errors.is_empty());
-    c.advance_lock_waits(ms(20));
+    c.advance_lock_waits(ms(19));
     assert!(c.take_lock_wait_answer(t30).is_none());
+    c.advance_lock_waits(ms(20));
+    let woken = c.take_lock_wait_answer(t30).expect("the delayed wake-up");
+    assert_eq!(woken.errors[0].conflict.as_ref().unwrap().conflict_ts, 10);
+}
+
+#[test]
+fn a_waiter_left_behind_waits_for_the_resumed_holder() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"k"], 10, 10)).errors.is_empty());
+    // 20 (force-lock, the head) and 30 (legacy) wait for 10.
+    let mut r20 = force(lock_req(&[b"k"], 20, 20));
+    r20.wait_timeout = 0;
+    let t20 = parked(lock_waiting(&c, r20, T0));
+    let mut r30 = lock_req(&[b"k"], 30, 30);
+    r30.wait_timeout = 500;
+    let t30 = parked(lock_waiting(&c, r30, T0));
+    pessimistic_rollback(&c, b"k", &[b"k"], 10, 10);
+    // 20 resumed and took the key; no delayed wake-up for a resumed head.
+    assert!(c.take_lock_wait_answer(t20).unwrap().errors.is_empty());
+    assert_eq!(locks(&c), vec![(b"k".to_vec(), 20, 20, PL)]);
+    assert_eq!(c.next_lock_wait_deadline(), Some(ms(500)));
     c.advance_lock_waits(ms(500));
     let timed_out = c.take_lock_wait_answer(t30).expect("timed out");
     let locked = timed_out.errors[0].locked.clone().unwrap();
+    // 30 now waited for 20, since the release at t = 0.
     assert_eq!(locked.lock_version, 20);
-    // The wait changed at t = 0 (20 took the key), 500 ms before.
     assert_eq!(locked.duration_to_last_update_ms, 500);
 }
 
