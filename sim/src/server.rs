@@ -20,11 +20,12 @@
 //! `BatchCommandsResponse` per inbound message, under the same request ids,
 //! with a `transport_layer_load` of 0 (the model has no thread pool to
 //! load); a `PessimisticLock` entry that waits for a lock answers later in
-//! a message of its own, so it holds up none of its message's other entries. An `Empty` entry is echoed with its `test_id`; an entry this model
-//! does not execute (coprocessor, GC, import, delete range, ...) gets its
-//! own response type carrying an error (`TikvService::unserved_entry`), and
-//! an entry without a command an answer without one, as TiKV answers
-//! requests it cannot parse. A
+//! a message of its own, so it holds up none of its message's other
+//! entries. An `Empty` entry is echoed with its `test_id`; an entry this
+//! model does not execute (coprocessor, GC, import, delete range, ...)
+//! gets its own response type carrying an error
+//! (`TikvService::unserved_entry`), and an entry without a command an
+//! answer without one, as TiKV answers requests it cannot parse. A
 //! transport fault from the model (a stopped store, an injected error) ends
 //! the stream with that status, so every request on it fails, as when a
 //! real store's stream breaks. [`SimServer::batch_stats`] counts messages
@@ -258,7 +259,8 @@ impl TikvService {
             KvRequest::PessimisticLock(Box::new(r)),
             self.clock.now(),
         );
-        // A force-lock request may resume others' waits when it fails.
+        // Taking a key changes what its waiters wait for, which may answer
+        // one (a force-lock waiter's new wait can close a cycle).
         self.released.notify_waiters();
         Ok(match answer.map_err(to_status)? {
             KvAnswer::Ready(resp) => Started::Done(resp),
