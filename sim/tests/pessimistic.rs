@@ -527,3 +527,50 @@ fn a_force_lock_waiter_whose_key_changes_hands_into_a_cycle_is_told_deadlock() {
     );
     assert_eq!(c.lock_waiters(), 1);
 }
+
+#[test]
+fn a_blocked_request_writes_nothing_while_it_waits() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"k"], 10, 10)).errors.is_empty());
+    // 20 locks a and k; k is held, so a is not locked either.
+    let mut r = lock_req(&[b"a", b"k"], 20, 20);
+    r.wait_timeout = 0;
+    let token = parked(lock_waiting(&c, r, T0));
+    assert_eq!(locks(&c), vec![(b"k".to_vec(), 10, 10, PL)]);
+    commit(&c, b"k", 10, 12);
+    let woken = c.take_lock_wait_answer(token).expect("woken");
+    let conflict = woken.errors[0].conflict.clone().expect("a write conflict");
+    assert_eq!((&conflict.key[..], conflict.conflict_commit_ts), (&b"k"[..], 12));
+    assert!(c.locks().is_empty());
+}
+
+/// The resolver's way out of an expired pessimistic lock
+/// (`CheckTxnStatus` with `resolving_pessimistic_lock`) releases it like any
+/// other command and wakes its waiters.
+#[test]
+fn resolving_an_expired_pessimistic_lock_wakes_its_waiters() {
+    let c = cluster();
+    let start = c.current_ts(T0);
+    let mut r = lock_req(&[b"k"], start, start);
+    r.lock_ttl = 100;
+    assert!(lock(&c, r).errors.is_empty());
+    let mut r = lock_req(&[b"k"], start + 1, start + 1);
+    r.wait_timeout = 0;
+    let token = parked(lock_waiting(&c, r, T0));
+    let check = kvrpcpb::CheckTxnStatusRequest {
+        primary_key: b(b"k"),
+        lock_ts: start,
+        caller_start_ts: start + 1,
+        current_ts: c.current_ts(ms(500)),
+        resolving_pessimistic_lock: true,
+        ..Default::default()
+    };
+    let KvResponse::CheckTxnStatus(s) =
+        send_at(&c, b"k", KvRequest::CheckTxnStatus(Box::new(check)), ms(500))
+    else {
+        panic!()
+    };
+    assert_eq!(s.action, kvrpcpb::Action::TtlExpirePessimisticRollback as i32);
+    let woken = c.take_lock_wait_answer(token).expect("woken by the resolution");
+    assert_eq!(woken.errors[0].conflict.as_ref().unwrap().conflict_ts, start);
+}
