@@ -130,9 +130,15 @@ pub(crate) struct LockWaits {
 }
 
 impl LockWaits {
-    /// The wait-for edges of every waiter, in token order.
-    fn edges(&self) -> Vec<WaitEdge> {
-        self.waiters.values().map(edge_of).collect()
+    /// The wait-for edges, in token order: one per waiter but those sent
+    /// as a transaction's first lock, which TiKV never registers with the
+    /// detector; `except` leaves one waiter out.
+    fn edges(&self, except: Option<u64>) -> Vec<WaitEdge> {
+        self.waiters
+            .iter()
+            .filter(|(t, w)| Some(**t) != except && !w.req.is_first_lock)
+            .map(|(_, w)| edge_of(w))
+            .collect()
     }
 
     /// Removes a waiter from its key's queue (the queue goes when empty).
@@ -207,7 +213,7 @@ impl State {
         let waiter =
             Waiter { store, req: r, key, lock, deadline, last_updated: None, wake_up_index };
         if !waiter.req.is_first_lock
-            && let Some(cycle) = deadlock::detect(&self.lock_waits.edges(), &edge_of(&waiter))
+            && let Some(cycle) = deadlock::detect(&self.lock_waits.edges(None), &edge_of(&waiter))
         {
             if self.lock_waits.keys.get(&waiter.key).is_some_and(|q| q.queue.is_empty()) {
                 self.lock_waits.keys.remove(&waiter.key);
@@ -313,14 +319,7 @@ impl State {
                 continue;
             }
             let new = edge_of(w);
-            let others: Vec<WaitEdge> = self
-                .lock_waits
-                .waiters
-                .iter()
-                .filter(|(t, _)| **t != token)
-                .map(|(_, o)| edge_of(o))
-                .collect();
-            if let Some(cycle) = deadlock::detect(&others, &new)
+            if let Some(cycle) = deadlock::detect(&self.lock_waits.edges(Some(token)), &new)
                 && let Some(w) = self.lock_waits.unqueue(token)
             {
                 self.lock_waits.answers.insert(token, deadlock_response(&w, cycle));

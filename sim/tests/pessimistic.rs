@@ -574,3 +574,20 @@ fn resolving_an_expired_pessimistic_lock_wakes_its_waiters() {
     let woken = c.take_lock_wait_answer(token).expect("woken by the resolution");
     assert_eq!(woken.errors[0].conflict.as_ref().unwrap().conflict_ts, start);
 }
+
+/// TiKV neither checks nor registers a wait sent as the transaction's first
+/// lock (such a transaction holds nothing another could wait for).
+#[test]
+fn a_first_lock_wait_is_left_out_of_the_graph() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"a"], 10, 10)).errors.is_empty());
+    assert!(lock(&c, lock_req(&[b"z"], 20, 20)).errors.is_empty());
+    let mut r = lock_req(&[b"z"], 10, 10);
+    r.wait_timeout = 0;
+    r.is_first_lock = true;
+    let _t10 = parked(lock_waiting(&c, r, T0));
+    let mut r = lock_req(&[b"a"], 20, 20);
+    r.wait_timeout = 0;
+    let _t20 = parked(lock_waiting(&c, r, T0));
+    assert_eq!(c.lock_waiters(), 2, "no edge from 10: no cycle seen");
+}
