@@ -15,6 +15,8 @@ use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb};
 
+use crate::lock_wait::KvAnswer;
+
 use tikv_core::key::memcomparable;
 
 /// The storage API version of the whole cluster (TiKV's `storage.api-version`):
@@ -317,6 +319,8 @@ pub(crate) struct State {
     /// applies instantly, so it is also every peer's safe ts). Advanced only
     /// in the joined mode; a region without an entry has 0.
     pub(crate) resolved_ts: BTreeMap<u64, u64>,
+    /// Parked `PessimisticLock` requests ([`crate::lock_wait`]).
+    pub(crate) lock_waits: crate::lock_wait::LockWaits,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -374,7 +378,10 @@ impl Cluster {
         req: KvRequest,
         now: Instant,
     ) -> Result<KvResponse, RpcError> {
-        self.lock().handle_kv(store_id, req, now)
+        let mut st = self.lock();
+        let resp = st.handle_kv(store_id, req, now);
+        st.wake_lock_waiters(now);
+        resp
     }
 
     /// Handles one PD request (unary, or one round of the TSO stream) arriving
@@ -713,6 +720,7 @@ impl State {
             region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
             resolved_ts: BTreeMap::new(),
+            lock_waits: Default::default(),
             cfg,
         };
         for _ in 0..st.cfg.stores {
@@ -992,6 +1000,22 @@ impl State {
         req: KvRequest,
         now: Instant,
     ) -> Result<KvResponse, RpcError> {
+        match self.handle_kv_answer(store_id, req, now, false)? {
+            KvAnswer::Ready(resp) => Ok(resp),
+            // Without `may_wait` nothing parks.
+            KvAnswer::Waiting(_) => Err(RpcError::Canceled),
+        }
+    }
+
+    /// One TiKV request; with `may_wait` a `PessimisticLock` that meets a
+    /// lock may park ([`crate::lock_wait`]).
+    pub(crate) fn handle_kv_answer(
+        &mut self,
+        store_id: u64,
+        req: KvRequest,
+        now: Instant,
+        may_wait: bool,
+    ) -> Result<KvAnswer, RpcError> {
         self.last_now = self.last_now.max(now);
         let cmd = req.name();
         let ctx = req.context().cloned().unwrap_or_default();
@@ -1017,12 +1041,12 @@ impl State {
         {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
-            return Ok(resp);
+            return Ok(KvAnswer::Ready(resp));
         }
         if let Some(err) = self.random_region_error(ctx.region_id) {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
-            return Ok(resp);
+            return Ok(KvAnswer::Ready(resp));
         }
         let now_secs = self.ttl_now(now);
         let resp = match req {
@@ -1090,6 +1114,9 @@ impl State {
             KvRequest::ScanLock(r) => {
                 KvResponse::ScanLock(Box::new(self.kv_scan_lock(store_id, *r)))
             }
+            KvRequest::PessimisticLock(r) if may_wait => {
+                return Ok(self.pessimistic_lock_waiting(store_id, *r, now));
+            }
             KvRequest::PessimisticLock(r) => {
                 KvResponse::PessimisticLock(Box::new(self.kv_pessimistic_lock(store_id, *r)))
             }
@@ -1106,7 +1133,7 @@ impl State {
                 )));
             }
         };
-        Ok(resp)
+        Ok(KvAnswer::Ready(resp))
     }
 
     /// raftstore's proposal checks, in TiKV's order: store id

@@ -70,26 +70,23 @@
 //! - Transactions (see [`mvcc`] and the `txn` module): one `max_ts` for the
 //!   whole cluster instead of one per TiKV (stronger than TiKV; there is no
 //!   `MaxTimestampNotSynced` after a leader change). No latches, no
-//!   in-memory pessimistic locks. `PessimisticLock` runs in the legacy
-//!   wake-up mode (`WakeUpModeForceLock`, `results`, `lock_only_if_exists`,
-//!   `is_first_lock` are ignored). The model answers a conflicting lock with
-//!   `KeyIsLocked` at once; lock waiting lives in the gRPC face
-//!   (`server`): a request with `wait_timeout >= 0` is parked until that
-//!   lock is released, then answers `WriteConflict` (reason
-//!   `PessimisticRetry`) as TiKV's woken legacy waiters do, or after
-//!   `min(wait_timeout, 1 s)` (0 meaning 1 s, TiKV's `wait_for_lock_timeout`)
-//!   answers the `KeyIsLocked`. Simplified: every waiter of a key wakes at
-//!   once (no queue order, no delayed wake-up), and the deterministic world
-//!   (which calls the model directly) never waits. No deadlock detection. Values always live
-//!   in the default CF (no short-value inlining); rollback records are all
+//!   in-memory pessimistic locks. Lock waiting and deadlock detection are
+//!   model state ([`lock_wait`]): [`Cluster::handle_kv_waiting`] parks a
+//!   `PessimisticLock` that meets a lock (per-key queues by start ts,
+//!   legacy and force-lock wake-up, TiKV's 20 ms delayed wake-up of the
+//!   others, `min(wait_timeout, 1 s)` timeouts, one detector for all
+//!   regions and stores); [`Cluster::handle_kv`], which the deterministic
+//!   world drives, never parks (a lock is answered `KeyIsLocked` at once).
+//!   Simplified: detector edges never expire on their own, and a resumed
+//!   force-lock waiter keeps its first deadline. Values always live in the
+//!   default CF (no short-value inlining); rollback records are all
 //!   kept (never collapsed, all protected); no GC, no `gc_fence`, no
 //!   `last_change`, no txn source, no shared locks, no pipelined DML
 //!   generations, no txn files (`is_txn_file` ignored), no old values for
 //!   CDC. Assertions are checked whenever the level is not `Off` (TiKV's
 //!   `Fast` skips them when the previous write is not loaded). `RcCheckTs`
 //!   reads are treated as `Rc` (locks ignored). `sample_step` in `Scan` is
-//!   ignored. `PessimisticRollback` with no keys does nothing (TiKV scans the
-//!   region). Values returned by `PessimisticLock` are the latest committed
+//!   ignored. Values returned by `PessimisticLock` are the latest committed
 //!   ones. Key errors that TiKV renders with `Debug` (`abort`, `retryable`)
 //!   carry a similar but not identical text. Key size limits are not
 //!   checked for txn keys.
@@ -155,10 +152,13 @@
 mod admin;
 pub mod cluster;
 pub mod crc64;
+mod deadlock;
 #[cfg(feature = "server")]
 pub mod echo;
+mod farmhash;
 #[cfg(feature = "server")]
 pub mod join;
+pub mod lock_wait;
 pub mod mvcc;
 mod pd;
 mod raw;
@@ -171,4 +171,5 @@ pub mod world;
 
 pub use admin::DEFAULT_STORE_VERSION;
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, RandomRegionError, SimError};
+pub use lock_wait::{KvAnswer, LockWaitToken};
 pub use mvcc::{CommitRecord, WriteKind};

@@ -10,20 +10,22 @@
 //! error status PD would send. Methods the model does not serve answer
 //! `Unimplemented` (the generated default stubs).
 //!
-//! `PessimisticLock` waits here for a conflicting lock, as TiKV's lock
-//! manager does, simplified (see `TikvService::pessimistic_lock`): every
-//! command that may release a lock wakes all parked requests, which re-check
-//! their lock in the model.
+//! `PessimisticLock` waits here for a conflicting lock: the model parks it
+//! ([`crate::lock_wait`]); every command that may release a lock wakes the
+//! parked calls, which collect their answers from the model, and a parked
+//! call fires the model's lock-wait deadlines on the wall clock.
 //! `BatchCommands` follows TiKV's `src/server/service/kv.rs`: every entry of
 //! an inbound message is handled (here synchronously, by
 //! [`Cluster::handle_kv`]) and the answers go back in one
 //! `BatchCommandsResponse` per inbound message, under the same request ids,
 //! with a `transport_layer_load` of 0 (the model has no thread pool to
-//! load). An `Empty` entry is echoed with its `test_id`; an entry this model
-//! does not execute (coprocessor, GC, import, delete range, ...) gets its
-//! own response type carrying an error (`TikvService::unserved_entry`), and
-//! an entry without a command an answer without one, as TiKV answers
-//! requests it cannot parse. A
+//! load); a `PessimisticLock` entry that waits for a lock answers later in
+//! a message of its own, so it holds up none of its message's other
+//! entries. An `Empty` entry is echoed with its `test_id`; an entry this
+//! model does not execute (coprocessor, GC, import, delete range, ...)
+//! gets its own response type carrying an error
+//! (`TikvService::unserved_entry`), and an entry without a command an
+//! answer without one, as TiKV answers requests it cannot parse. A
 //! transport fault from the model (a stopped store, an injected error) ends
 //! the stream with that status, so every request on it fails, as when a
 //! real store's stream breaks. [`SimServer::batch_stats`] counts messages
@@ -71,6 +73,7 @@ use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::Cluster;
+use crate::lock_wait::{KvAnswer, LockWaitToken};
 
 /// Where to listen. Missing entries listen on `127.0.0.1:0` (an ephemeral port).
 #[derive(Clone, Debug, Default)]
@@ -129,19 +132,55 @@ fn to_status(e: RpcError) -> Status {
     }
 }
 
-/// TiKV's `wait_for_lock_timeout` default: the ceiling of every lock wait.
-const WAIT_FOR_LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A `PessimisticLock` answered now or parked by the model.
+enum Started {
+    Done(KvResponse),
+    Parked(ParkedLock),
+}
 
-/// How long a pessimistic lock request may wait (`WaitTimeout::from_encoded`
-/// then `into_duration_with_ceiling`): negative is no wait, 0 the default
-/// (the ceiling), otherwise the request's milliseconds up to the ceiling.
-fn lock_wait_timeout(encoded: i64) -> Option<Duration> {
-    match u64::try_from(encoded) {
-        Err(_) => None,
-        Ok(0) => Some(WAIT_FOR_LOCK_TIMEOUT),
-        Ok(ms) => Some(Duration::from_millis(ms).min(WAIT_FOR_LOCK_TIMEOUT)),
+/// A parked `PessimisticLock`. Dropping it before its answer (a closed
+/// connection drops the call) makes the model forget the wait.
+struct ParkedLock {
+    svc: TikvService,
+    token: LockWaitToken,
+}
+
+impl ParkedLock {
+    /// Holds the call until the model has its answer: woken by a command
+    /// of any connection, or by a deadline this task fires on the wall
+    /// clock.
+    async fn answer(self) -> KvResponse {
+        let svc = &self.svc;
+        let mut notified = std::pin::pin!(svc.released.notified());
+        loop {
+            notified.as_mut().enable();
+            if let Some(resp) = svc.cluster.take_lock_wait_answer(self.token) {
+                return KvResponse::PessimisticLock(Box::new(resp));
+            }
+            let next = svc.cluster.next_lock_wait_deadline();
+            let sleep = next.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(svc.clock.now())
+            });
+            tokio::select! {
+                () = notified.as_mut() => {}
+                () = tokio::time::sleep(sleep) => {
+                    svc.cluster.advance_lock_waits(svc.clock.now());
+                    svc.released.notify_waiters();
+                }
+            }
+            notified.set(svc.released.notified());
+        }
     }
 }
+
+impl Drop for ParkedLock {
+    fn drop(&mut self) {
+        self.svc.cluster.cancel_lock_wait(self.token);
+    }
+}
+
+/// Where a `BatchCommands` stream's answers go.
+type Answers = futures::channel::mpsc::UnboundedSender<Result<BatchCommandsResponse, Status>>;
 
 /// Store-side admin RPCs that need PD: the joined mode's stores split
 /// through the real PD (`AskBatchSplit`, see [`crate::join`]); with the
@@ -190,7 +229,10 @@ struct TikvService {
 impl TikvService {
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
-            return self.pessimistic_lock(*r).await;
+            return Ok(match self.start_lock(*r)? {
+                Started::Done(resp) => resp,
+                Started::Parked(parked) => parked.answer().await,
+            });
         }
         if let (KvRequest::SplitRegion(r), Some(admin)) = (&req, &self.admin) {
             if !self.cluster.is_store_running(self.store_id) {
@@ -208,59 +250,38 @@ impl TikvService {
         resp.map_err(to_status)
     }
 
-    /// `PessimisticLock` with TiKV's lock waiting, simplified: a request that
-    /// meets a lock and may wait is parked until that lock is released (then
-    /// it answers what a woken legacy-mode request answers, see
-    /// [`Cluster::pessimistic_lock_wake_up`]) or until its wait timeout (then
-    /// the original `KeyIsLocked`). Not modelled: the wait queue's order and
-    /// delayed wake-up of the other waiters (every waiter of a key wakes at
-    /// once), deadlock detection, and the resumable (`WakeUpModeForceLock`)
-    /// mode, which is treated as legacy.
-    async fn pessimistic_lock(
-        &self,
-        r: kvrpcpb::PessimisticLockRequest,
-    ) -> Result<KvResponse, Status> {
-        let wait = lock_wait_timeout(r.wait_timeout);
-        let mut notified = std::pin::pin!(self.released.notified());
-        notified.as_mut().enable();
-        let resp = self
-            .cluster
-            .handle_kv(
-                self.store_id,
-                KvRequest::PessimisticLock(Box::new(r.clone())),
-                self.clock.now(),
-            )
-            .map_err(to_status)?;
-        let waited = match (&resp, wait) {
-            (KvResponse::PessimisticLock(p), Some(wait)) if p.region_error.is_none() => {
-                match p.errors.first().and_then(|e| e.locked.clone()) {
-                    Some(lock) => (lock, wait),
-                    None => return Ok(resp),
-                }
-            }
-            _ => return Ok(resp),
-        };
-        let (lock, wait) = waited;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(woken) = self.cluster.pessimistic_lock_wake_up(&r, &lock) {
-                return Ok(KvResponse::PessimisticLock(Box::new(woken)));
-            }
-            tokio::select! {
-                () = notified.as_mut() => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(resp),
-            }
-            notified.set(self.released.notified());
-            notified.as_mut().enable();
-        }
+    /// Starts a `PessimisticLock` with TiKV's lock waiting, as the model
+    /// keeps it ([`crate::lock_wait`]): answered now, or parked until
+    /// [`ParkedLock::answer`].
+    fn start_lock(&self, r: kvrpcpb::PessimisticLockRequest) -> Result<Started, Status> {
+        let answer = self.cluster.handle_kv_waiting(
+            self.store_id,
+            KvRequest::PessimisticLock(Box::new(r)),
+            self.clock.now(),
+        );
+        // Taking a key changes what its waiters wait for, which may answer
+        // one (a force-lock waiter's new wait can close a cycle).
+        self.released.notify_waiters();
+        Ok(match answer.map_err(to_status)? {
+            KvAnswer::Ready(resp) => Started::Done(resp),
+            KvAnswer::Waiting(token) => Started::Parked(ParkedLock { svc: self.clone(), token }),
+        })
     }
 
-    /// Answers one inbound message (module docs).
-    async fn batch(&self, req: BatchCommandsRequest) -> Result<BatchCommandsResponse, Status> {
+    /// Answers one inbound message (module docs): `None` when every entry
+    /// is a parked `PessimisticLock`, each of which answers in a message of
+    /// its own through `late` once woken, as TiKV answers entries
+    /// independently.
+    async fn batch(
+        &self,
+        req: BatchCommandsRequest,
+        late: &Answers,
+    ) -> Result<Option<BatchCommandsResponse>, Status> {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
         let mut responses = Vec::with_capacity(req.requests.len());
-        for entry in req.requests {
+        let mut request_ids = Vec::with_capacity(req.requests.len());
+        for (entry, id) in req.requests.into_iter().zip(req.request_ids) {
             let cmd = match entry.cmd {
                 // TiKV answers an entry it cannot parse (no command, or one
                 // newer than its kvproto) with an empty response.
@@ -268,6 +289,22 @@ impl TikvService {
                 Some(cmd) => match self.unserved_entry(&cmd) {
                     Some(answer) => Some(answer),
                     None => match from_batch_cmd(cmd) {
+                        Ok(KvRequest::PessimisticLock(r)) => match self.start_lock(*r)? {
+                            Started::Done(resp) => response_to_batch(resp),
+                            Started::Parked(parked) => {
+                                let late = late.clone();
+                                tokio::spawn(async move {
+                                    let cmd = response_to_batch(parked.answer().await);
+                                    let _ = late.unbounded_send(Ok(BatchCommandsResponse {
+                                        responses: vec![RespEntry { cmd }],
+                                        request_ids: vec![id],
+                                        transport_layer_load: 0,
+                                        ..Default::default()
+                                    }));
+                                });
+                                continue;
+                            }
+                        },
                         Ok(request) => response_to_batch(self.call(request).await?),
                         Err(ReqCmd::Empty(empty)) => {
                             Some(RespCmd::Empty(BatchCommandsEmptyResponse {
@@ -279,13 +316,17 @@ impl TikvService {
                 },
             };
             responses.push(RespEntry { cmd });
+            request_ids.push(id);
         }
-        Ok(BatchCommandsResponse {
+        if responses.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(BatchCommandsResponse {
             responses,
-            request_ids: req.request_ids,
+            request_ids,
             transport_layer_load: 0,
             ..Default::default()
-        })
+        }))
     }
 
     /// The answer to a `BatchCommands` entry the model does not execute:
@@ -377,7 +418,15 @@ impl TikvService {
                     Ok(Some(req)) => {
                         let (svc, tx) = (svc.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let _ = tx.unbounded_send(svc.batch(req).await);
+                            match svc.batch(req, &tx).await {
+                                Ok(None) => {}
+                                Ok(Some(resp)) => {
+                                    let _ = tx.unbounded_send(Ok(resp));
+                                }
+                                Err(status) => {
+                                    let _ = tx.unbounded_send(Err(status));
+                                }
+                            }
                         });
                     }
                     Ok(None) => break,

@@ -58,7 +58,7 @@ fn locked(lock: &Lock) -> kvrpcpb::KeyError {
 /// The `WriteConflict` key error of a pessimistic lock request (reason
 /// `PessimisticRetry`): a newer commit than its `for_update_ts`, or the
 /// release of a lock it waited for (`conflict_commit_ts` 0 for a rollback).
-fn pessimistic_retry(
+pub(crate) fn pessimistic_retry(
     r: &kvrpcpb::PessimisticLockRequest,
     key: &[u8],
     conflict_start_ts: u64,
@@ -501,6 +501,11 @@ impl State {
         let mut lock_errors = Vec::new();
         let mut assertion_failure = None;
         let mut written: Vec<(Vec<u8>, Bytes)> = Vec::new();
+        let expected_for_update_ts: std::collections::BTreeMap<usize, u64> = r
+            .for_update_ts_constraints
+            .iter()
+            .map(|c| (c.index as usize, c.expected_for_update_ts))
+            .collect();
 
         for (i, (m, key)) in r.mutations.iter().zip(&encoded).enumerate() {
             let op = kvrpcpb::Op::try_from(m.op).ok();
@@ -543,6 +548,12 @@ impl State {
                             "LockTypeNotMatch {{ start_ts: {start_ts}, key: {}, pessimistic: true }}",
                             hex(&m.key)
                         )));
+                    }
+                    // `for_update_ts_constraints`: a lock taken in force-lock
+                    // mode at another for_update_ts than the client knows
+                    // counts as lost (`LockForUpdateTsMismatch`).
+                    if expected_for_update_ts.get(&i).is_some_and(|&ts| ts != lock.for_update_ts) {
+                        return Err(pessimistic_lock_not_found(start_ts, &m.key));
                     }
                     pessimistic_locked = Some(lock.for_update_ts);
                 }
@@ -1251,23 +1262,43 @@ impl State {
         resp
     }
 
-    /// `commands::AcquirePessimisticLock` in the legacy wake-up mode: a
-    /// conflicting lock is reported at once. Waiting for it is the server
-    /// face's part (`server`, over [`crate::Cluster::pessimistic_lock_wake_up`]).
+    /// `commands::AcquirePessimisticLock` answered at once: a conflicting
+    /// lock is reported as `KeyIsLocked` without waiting (what TiKV answers
+    /// a request with `wait_timeout < 0`). Waiting is
+    /// [`crate::Cluster::handle_kv_waiting`]'s part.
     pub(crate) fn kv_pessimistic_lock(
         &mut self,
         store: u64,
         r: kvrpcpb::PessimisticLockRequest,
     ) -> kvrpcpb::PessimisticLockResponse {
-        let mut resp = kvrpcpb::PessimisticLockResponse::default();
+        match self.acquire_pessimistic_lock(store, &r) {
+            Acquired::Answer(resp) => *resp,
+            Acquired::Blocked { lock, .. } => failed_lock_response(
+                &r,
+                kvrpcpb::KeyError { locked: Some(lock), ..Default::default() },
+            ),
+        }
+    }
+
+    /// `commands::AcquirePessimisticLock` (`process_write`): every key or
+    /// none is locked; meeting another transaction's lock stops the command
+    /// with nothing written and reports that lock, so the caller may answer
+    /// `KeyIsLocked` or wait for it.
+    pub(crate) fn acquire_pessimistic_lock(
+        &mut self,
+        store: u64,
+        r: &kvrpcpb::PessimisticLockRequest,
+    ) -> Acquired {
         let mut undo = Undo::default();
-        let res = self.pessimistic_lock(store, &r, &mut undo);
+        let res = self.pessimistic_lock(store, r, &mut undo);
+        let mut resp = kvrpcpb::PessimisticLockResponse::default();
         match res {
-            Ok((values, not_founds)) => {
-                if r.return_values {
+            Ok(results) => {
+                if force_lock(r) {
+                    resp.results = results.into_iter().map(LockKeyResult::into_pb).collect();
+                } else {
+                    let (values, not_founds) = LockKeyResult::into_legacy(results);
                     resp.values = values;
-                }
-                if r.check_existence || r.return_values {
                     resp.not_founds = not_founds;
                 }
             }
@@ -1277,10 +1308,16 @@ impl State {
             }
             Err(Fail::Key(e)) => {
                 undo.restore(&mut self.mvcc);
+                if let Some(lock) = e.locked {
+                    let key = txn_key(&lock.key);
+                    return Acquired::Blocked { key, lock };
+                }
+                // Key errors other than a lock end the whole request, in
+                // both modes (`future_acquire_pessimistic_lock`).
                 resp.errors = vec![*e];
             }
         }
-        resp
+        Acquired::Answer(Box::new(resp))
     }
 
     fn pessimistic_lock(
@@ -1288,7 +1325,7 @@ impl State {
         store: u64,
         r: &kvrpcpb::PessimisticLockRequest,
         undo: &mut Undo,
-    ) -> Result<(Vec<Bytes>, Vec<bool>), Fail> {
+    ) -> Result<Vec<LockKeyResult>, Fail> {
         let keys = r.mutations.iter().map(|m| &m.key[..]);
         let region = self.txn_region(store, "acquire_pessimistic_lock", &r.context, keys, false)?;
         let mut encoded = Vec::new();
@@ -1297,82 +1334,145 @@ impl State {
             check_key_in_region(&key, &region)?;
             encoded.push(key);
         }
-        let start_ts = r.start_version;
-        let need_value = r.return_values || r.check_existence;
-        let mut values = Vec::new();
-        let mut not_founds = Vec::new();
-        for (m, key) in r.mutations.iter().zip(&encoded) {
-            let should_not_exist = m.assertion == kvrpcpb::Assertion::NotExist as i32;
-            if need_value || should_not_exist {
-                self.mvcc.update_max_ts(r.for_update_ts);
-            }
-            let value = self.mvcc.committed_value(key, u64::MAX).map(|(v, _)| v);
-            match self.mvcc.locks.get(key).cloned() {
-                Some(lock) if lock.ts != start_ts => return Err(locked(&lock).into()),
-                Some(mut lock) => {
-                    // Our own lock: a pessimistic one moves its for_update_ts up.
-                    if lock.lock_type == LockType::Pessimistic
-                        && r.for_update_ts > lock.for_update_ts
-                    {
-                        undo.save(&self.mvcc, key);
-                        lock.for_update_ts = r.for_update_ts;
-                        self.mvcc.locks.insert(key.clone(), lock);
-                    }
-                }
-                None => {
-                    if let Some((commit_ts, w)) = self.mvcc.latest_write(key)
-                        && commit_ts > r.for_update_ts
-                    {
-                        return Err(pessimistic_retry(r, &m.key, w.start_ts, commit_ts).into());
-                    }
-                    match self.mvcc.txn_record(key, start_ts) {
-                        TxnRecord::Single { write, .. } if write.kind == WriteKind::Rollback => {
-                            return Err(abort(format!(
-                                "PessimisticLockRolledBack {{ start_ts: {start_ts}, key: {} }}",
-                                hex(&m.key)
-                            )));
-                        }
-                        TxnRecord::OverlappedRollback => {
-                            return Err(abort(format!(
-                                "PessimisticLockRolledBack {{ start_ts: {start_ts}, key: {} }}",
-                                hex(&m.key)
-                            )));
-                        }
-                        _ => {}
-                    }
-                    if should_not_exist && value.is_some() {
-                        return Err(kvrpcpb::KeyError {
-                            already_exist: Some(kvrpcpb::AlreadyExist { key: m.key.clone() }),
-                            ..Default::default()
-                        }
-                        .into());
-                    }
-                    undo.save(&self.mvcc, key);
-                    self.mvcc.locks.insert(
-                        key.clone(),
-                        Lock {
-                            user_key: m.key.clone(),
-                            lock_type: LockType::Pessimistic,
-                            primary: r.primary_lock.clone(),
-                            ts: start_ts,
-                            ttl: r.lock_ttl,
-                            for_update_ts: r.for_update_ts,
-                            txn_size: 0,
-                            min_commit_ts: r.min_commit_ts,
-                            use_async_commit: false,
-                            secondaries: Vec::new(),
-                        },
-                    );
-                }
-            }
-            not_founds.push(value.is_none());
-            values.push(value.unwrap_or_default());
+        let allow_lock_with_conflict = force_lock(r);
+        if allow_lock_with_conflict && r.mutations.len() > 1 {
+            return Err(abort(
+                "multiple keys in a single request with allowed_lock_with_conflict set is not allowed"
+                    .to_owned(),
+            ));
         }
-        Ok((values, not_founds))
+        let mut results = Vec::new();
+        for (m, key) in r.mutations.iter().zip(&encoded) {
+            results.push(self.lock_one_key(r, m, key, allow_lock_with_conflict, undo)?);
+        }
+        Ok(results)
+    }
+
+    /// `actions::acquire_pessimistic_lock` for one key (exclusive locks).
+    fn lock_one_key(
+        &mut self,
+        r: &kvrpcpb::PessimisticLockRequest,
+        m: &kvrpcpb::Mutation,
+        key: &[u8],
+        allow_lock_with_conflict: bool,
+        undo: &mut Undo,
+    ) -> Result<LockKeyResult, Fail> {
+        let start_ts = r.start_version;
+        if r.lock_only_if_exists && !r.return_values {
+            return Err(abort(format!(
+                "LockIfExistsFailed {{ start_ts: {start_ts}, key: {} }}",
+                hex(&m.key)
+            )));
+        }
+        let should_not_exist = m.assertion == kvrpcpb::Assertion::NotExist as i32;
+        if r.return_values || r.check_existence || should_not_exist {
+            self.mvcc.update_max_ts(r.for_update_ts);
+        }
+        let already_exist = || -> Fail {
+            kvrpcpb::KeyError {
+                already_exist: Some(kvrpcpb::AlreadyExist { key: m.key.clone() }),
+                ..Default::default()
+            }
+            .into()
+        };
+        let mut for_update_ts = r.for_update_ts;
+        // Holding a lock of this transaction (or none) nothing commits on
+        // the key after its latest write, so the latest committed value is
+        // the one at `for_update_ts`.
+        let value = self.mvcc.committed_value(key, u64::MAX).map(|(v, _)| v);
+        match self.mvcc.locks.get(key).cloned() {
+            Some(lock) if lock.ts != start_ts => return Err(locked(&lock).into()),
+            Some(lock) if lock.lock_type != LockType::Pessimistic => {
+                return Err(abort(format!(
+                    "LockTypeNotMatch {{ start_ts: {start_ts}, key: {}, pessimistic: false }}",
+                    hex(&m.key)
+                )));
+            }
+            Some(mut lock) => {
+                // `handle_existing_exclusive_lock`: a force-lock request
+                // older than the lock reports the lock's for_update_ts.
+                let conflict_ts = (allow_lock_with_conflict && for_update_ts < lock.for_update_ts)
+                    .then_some(lock.for_update_ts);
+                if let Some(ts) = conflict_ts {
+                    for_update_ts = ts;
+                }
+                if should_not_exist && value.is_some() {
+                    let newer = self.mvcc.data_write(key, u64::MAX);
+                    if let Some((c, w)) = newer.filter(|(c, _)| *c > r.for_update_ts) {
+                        return Err(pessimistic_retry(r, &m.key, w.start_ts, c).into());
+                    }
+                    return Err(already_exist());
+                }
+                if for_update_ts > lock.for_update_ts {
+                    undo.save(&self.mvcc, key);
+                    lock.for_update_ts = for_update_ts;
+                    self.mvcc.locks.insert(key.to_vec(), lock);
+                }
+                return Ok(LockKeyResult::new(r, conflict_ts, value));
+            }
+            None => {}
+        }
+        let mut conflict = None;
+        if let Some((commit_ts, w)) = self.mvcc.latest_write(key)
+            && commit_ts > for_update_ts
+        {
+            if !allow_lock_with_conflict {
+                return Err(pessimistic_retry(r, &m.key, w.start_ts, commit_ts).into());
+            }
+            // Force-lock mode locks anyway, at the conflicting commit ts.
+            conflict = Some((w.start_ts, commit_ts));
+            for_update_ts = commit_ts;
+        }
+        match self.mvcc.txn_record(key, start_ts) {
+            TxnRecord::Single { write, .. } if write.kind == WriteKind::Rollback => {
+                return Err(abort(format!(
+                    "PessimisticLockRolledBack {{ start_ts: {start_ts}, key: {} }}",
+                    hex(&m.key)
+                )));
+            }
+            TxnRecord::OverlappedRollback => {
+                return Err(abort(format!(
+                    "PessimisticLockRolledBack {{ start_ts: {start_ts}, key: {} }}",
+                    hex(&m.key)
+                )));
+            }
+            _ => {}
+        }
+        if should_not_exist && value.is_some() {
+            // A newer version that fails the check asks for a retry instead.
+            if let Some((s, c)) = conflict {
+                return Err(pessimistic_retry(r, &m.key, s, c).into());
+            }
+            return Err(already_exist());
+        }
+        if !r.lock_only_if_exists || value.is_some() {
+            undo.save(&self.mvcc, key);
+            self.mvcc.locks.insert(
+                key.to_vec(),
+                Lock {
+                    user_key: m.key.clone(),
+                    lock_type: LockType::Pessimistic,
+                    primary: r.primary_lock.clone(),
+                    ts: start_ts,
+                    ttl: r.lock_ttl,
+                    for_update_ts,
+                    txn_size: 0,
+                    min_commit_ts: r.min_commit_ts,
+                    use_async_commit: false,
+                    secondaries: Vec::new(),
+                },
+            );
+        } else if let Some((s, c)) = conflict {
+            return Err(pessimistic_retry(r, &m.key, s, c).into());
+        }
+        Ok(LockKeyResult::new(r, conflict.map(|(_, c)| c), value))
     }
 
     /// `commands::PessimisticRollback`: drops this transaction's pessimistic
-    /// locks with `for_update_ts <=` the request's.
+    /// locks with `for_update_ts <=` the request's, on the given keys or,
+    /// with no keys, on every key of the region
+    /// (`PessimisticRollbackReadPhase` scanning the region's locks). No
+    /// rollback record is written (`unlock_key`).
     pub(crate) fn kv_pessimistic_rollback(
         &mut self,
         store: u64,
@@ -1382,19 +1482,33 @@ impl State {
         let res = (|| {
             let keys = r.keys.iter().map(|k| &k[..]);
             let region = self.txn_region(store, "pessimistic_rollback", &r.context, keys, false)?;
+            let drops = |l: &Lock| {
+                l.ts == r.start_version
+                    && l.lock_type == LockType::Pessimistic
+                    && l.for_update_ts <= r.for_update_ts
+            };
             let mut encoded = Vec::new();
             for k in &r.keys {
                 let key = txn_key(k);
                 check_key_in_region(&key, &region)?;
                 encoded.push(key);
             }
+            if r.keys.is_empty() {
+                let end = (!region.end_key.is_empty()).then_some(&region.end_key[..]);
+                let range = (
+                    std::ops::Bound::Included(&region.start_key[..]),
+                    end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                );
+                encoded = self
+                    .mvcc
+                    .locks
+                    .range::<[u8], _>(range)
+                    .filter(|(_, l)| drops(l))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+            }
             for key in &encoded {
-                let drop = self.mvcc.locks.get(key).is_some_and(|l| {
-                    l.ts == r.start_version
-                        && l.lock_type == LockType::Pessimistic
-                        && l.for_update_ts <= r.for_update_ts
-                });
-                if drop {
+                if self.mvcc.locks.get(key).is_some_and(drops) {
                     self.mvcc.locks.remove(key);
                 }
             }
@@ -1409,37 +1523,101 @@ impl State {
     }
 }
 
-/// Lock waiting (TiKV's `LockWaitQueues`), split so that the model stays
-/// synchronous: the server face parks a request whose response carries
-/// `KeyIsLocked` and asks here, on every release, whether it is woken.
-impl crate::Cluster {
-    /// For a `PessimisticLock` request `r` that met `waited` (the `locked`
-    /// error of its response): `None` while that lock is still held; once it
-    /// is released, the answer TiKV gives a woken request in the legacy
-    /// wake-up mode (`LockWaitQueues::pop_for_waking_up` cancelling the
-    /// entry): a `WriteConflict` with reason `PessimisticRetry` whose
-    /// `conflict_commit_ts` is the releasing transaction's commit ts on that
-    /// key, or 0 when it was rolled back. The client then retries with a
-    /// newer `for_update_ts`.
-    pub fn pessimistic_lock_wake_up(
-        &self,
-        r: &kvrpcpb::PessimisticLockRequest,
-        waited: &kvrpcpb::LockInfo,
-    ) -> Option<kvrpcpb::PessimisticLockResponse> {
-        let st = self.lock();
-        let key = txn_key(&waited.key);
-        if st.mvcc.locks.get(&key).is_some_and(|l| l.ts == waited.lock_version) {
-            return None;
-        }
-        let commit_ts = match st.mvcc.txn_record(&key, waited.lock_version) {
-            TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
-                commit_ts
-            }
-            _ => 0,
-        };
-        Some(kvrpcpb::PessimisticLockResponse {
-            errors: vec![pessimistic_retry(r, &waited.key, waited.lock_version, commit_ts)],
+/// Is this request in the force-lock wake-up mode (TiKV's
+/// `allow_lock_with_conflict`)?
+pub(crate) fn force_lock(r: &kvrpcpb::PessimisticLockRequest) -> bool {
+    r.wake_up_mode == kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeForceLock as i32
+}
+
+/// The answer to a lock request that failed with `e` as a whole (no wait, a
+/// timeout, a deadlock): in force-lock mode the key's result is
+/// `LockResultFailed` beside the error (`PessimisticLockResults::into_pb`).
+pub(crate) fn failed_lock_response(
+    r: &kvrpcpb::PessimisticLockRequest,
+    e: kvrpcpb::KeyError,
+) -> kvrpcpb::PessimisticLockResponse {
+    let mut resp = kvrpcpb::PessimisticLockResponse { errors: vec![e], ..Default::default() };
+    if force_lock(r) {
+        resp.results = vec![kvrpcpb::PessimisticLockKeyResult {
+            r#type: kvrpcpb::PessimisticLockKeyResultType::LockResultFailed as i32,
             ..Default::default()
-        })
+        }];
+    }
+    resp
+}
+
+/// What `AcquirePessimisticLock` did.
+pub(crate) enum Acquired {
+    /// The answer (locked, or failed with an error other than a lock).
+    Answer(Box<kvrpcpb::PessimisticLockResponse>),
+    /// Met another transaction's lock on `key` (region key space); nothing
+    /// was written.
+    Blocked { key: Vec<u8>, lock: kvrpcpb::LockInfo },
+}
+
+/// One key's result (TiKV's `PessimisticLockKeyResult`, successes only).
+enum LockKeyResult {
+    Empty,
+    Value(Option<Bytes>),
+    Existence(bool),
+    LockedWithConflict { value: Option<Bytes>, conflict_ts: u64 },
+}
+
+impl LockKeyResult {
+    /// `PessimisticLockKeyResult::new_success`.
+    fn new(
+        r: &kvrpcpb::PessimisticLockRequest,
+        conflict_ts: Option<u64>,
+        value: Option<Bytes>,
+    ) -> LockKeyResult {
+        match conflict_ts {
+            Some(conflict_ts) => LockKeyResult::LockedWithConflict { value, conflict_ts },
+            None if r.return_values => LockKeyResult::Value(value),
+            None if r.check_existence => LockKeyResult::Existence(value.is_some()),
+            None => LockKeyResult::Empty,
+        }
+    }
+
+    /// `PessimisticLockResults::into_pb` (force-lock mode).
+    fn into_pb(self) -> kvrpcpb::PessimisticLockKeyResult {
+        use kvrpcpb::PessimisticLockKeyResultType as T;
+        let (t, value, existence, ts) = match self {
+            LockKeyResult::Empty => (T::LockResultNormal, None, false, 0),
+            LockKeyResult::Value(v) => {
+                let exists = v.is_some();
+                (T::LockResultNormal, v, exists, 0)
+            }
+            LockKeyResult::Existence(e) => (T::LockResultNormal, None, e, 0),
+            LockKeyResult::LockedWithConflict { value, conflict_ts } => {
+                let exists = value.is_some();
+                (T::LockResultLockedWithConflict, value, exists, conflict_ts)
+            }
+        };
+        kvrpcpb::PessimisticLockKeyResult {
+            r#type: t as i32,
+            value: value.unwrap_or_default(),
+            existence,
+            locked_with_conflict_ts: ts,
+            ..Default::default()
+        }
+    }
+
+    /// `PessimisticLockResults::into_legacy_values_and_not_founds`: values
+    /// only when asked for, `not_founds` when values or existence were.
+    fn into_legacy(results: Vec<LockKeyResult>) -> (Vec<Bytes>, Vec<bool>) {
+        let mut values = Vec::new();
+        let mut not_founds = Vec::new();
+        for res in results {
+            match res {
+                LockKeyResult::Value(v) => {
+                    not_founds.push(v.is_none());
+                    values.push(v.unwrap_or_default());
+                }
+                LockKeyResult::Existence(e) => not_founds.push(!e),
+                // Legacy mode never locks with conflict.
+                LockKeyResult::Empty | LockKeyResult::LockedWithConflict { .. } => {}
+            }
+        }
+        (values, not_founds)
     }
 }

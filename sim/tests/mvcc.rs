@@ -721,32 +721,3 @@ fn region_checks_and_key_mode() {
     assert!(p.errors[0].abort.contains("Key mode mismatched"));
     assert_eq!(v2.locks().len(), 1);
 }
-
-#[test]
-fn pessimistic_lock_wake_up_after_commit() {
-    let c = cluster();
-    let req = kvrpcpb::PessimisticLockRequest {
-        mutations: vec![m(Op::PessimisticLock, b"k", b"")],
-        primary_lock: b(b"k"),
-        start_version: 20,
-        for_update_ts: 20,
-        lock_ttl: 3000,
-        ..Default::default()
-    };
-    assert!(prewrite(&c, prewrite_req(vec![m(Op::Put, b"k", b"v")], b"k", 10)).errors.is_empty());
-    let KvResponse::PessimisticLock(p) =
-        send(&c, b"k", KvRequest::PessimisticLock(Box::new(req.clone())))
-    else {
-        panic!()
-    };
-    let waited = p.errors[0].locked.clone().expect("KeyIsLocked");
-    assert!(c.pessimistic_lock_wake_up(&req, &waited).is_none(), "the lock is still held");
-    assert!(commit(&c, &[b"k"], 10, 15).error.is_none());
-    let woken = c.pessimistic_lock_wake_up(&req, &waited).expect("released");
-    let conflict = woken.errors[0].conflict.clone().expect("a write conflict");
-    assert_eq!(
-        (conflict.start_ts, conflict.conflict_ts, conflict.conflict_commit_ts),
-        (20, 10, 15)
-    );
-    assert_eq!(&conflict.key[..], b"k");
-}
