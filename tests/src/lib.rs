@@ -22,6 +22,8 @@
 
 #[cfg(feature = "e2e")]
 pub mod harness;
+#[cfg(feature = "e2e")]
+pub mod pd_view;
 pub mod props;
 #[cfg(feature = "e2e")]
 pub mod raw;
