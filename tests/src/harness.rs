@@ -578,6 +578,28 @@ impl SimHandle {
         self.pd_addrs.clone()
     }
 
+    /// Stops the real PD and starts it again on its address and data
+    /// ([`RealPd::restart`]): clients and the joined stores lose their
+    /// streams and must reconnect; PD keeps its cluster, regions and TSO
+    /// window. The in-process PD model has no restart (it keeps no state
+    /// apart from the cluster it serves): [`BedError::NotOnThisBed`] there.
+    ///
+    /// Blocks the calling thread while PD restarts (about a second).
+    pub async fn restart_pd(&mut self) -> Result<(), BedError> {
+        match &mut self.real_pd {
+            Some(pd) => {
+                pd.restart();
+                Ok(())
+            }
+            None => Err(BedError::NotOnThisBed(NotOnThisBed {
+                bed: self.topology.bed,
+                step: "restart PD",
+                why: "the simulator's PD model lives in the cluster it serves and has no \
+                      process to restart",
+            })),
+        }
+    }
+
     /// Crashes a store: see [`SimServer::stop_store`] (and, on a real PD,
     /// [`JoinedCluster::stop_store`]: the new leaders report to PD).
     pub async fn stop_store(&self, store_id: u64) -> Result<(), BedError> {

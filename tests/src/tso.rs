@@ -1,6 +1,6 @@
 //! The TSO suite: timestamps from `TransactionClient::current_timestamp`
-//! over loopback gRPC, unique and increasing under concurrency and across a
-//! PD leader change. [`tso_suite!`](crate::tso_suite) stamps the tests out
+//! over loopback gRPC, unique and increasing under concurrency, across a
+//! PD leader change (in-process) and across a PD restart (real PD). [`tso_suite!`](crate::tso_suite) stamps the tests out
 //! as `#[test]`s for one [`Harness`] and [`Bed`].
 
 use std::collections::BTreeSet;
@@ -38,17 +38,19 @@ macro_rules! tso_suite {
     };
     ($harness:ty, $bed:ident) => {
         $crate::tso_suite!(@each $harness, $bed;
-            timestamps_are_unique_and_increasing_across_a_pd_leader_change,
+            timestamps_are_unique_and_increasing_across_pd_failovers,
         );
     };
 }
 
 /// Concurrent callers share rounds and each gets its own timestamp; after
-/// PD leadership moves, timestamps keep increasing. The real PD is a single
-/// member: there the leader change is [`BedError::NotOnThisBed`], and the
-/// test checks that it says so and that timestamps keep increasing.
-pub async fn timestamps_are_unique_and_increasing_across_a_pd_leader_change<H: Harness>(bed: Bed) {
-    let server = SimHandle::start(bed, ClusterConfig { pd_members: 3, ..Default::default() }).await;
+/// PD leadership moves, and after PD restarts, timestamps keep increasing.
+/// Each bed takes one of the two steps: the real PD is a single member (no
+/// leader change), the in-process PD model has no process to restart; the
+/// other step is [`BedError::NotOnThisBed`], which the test checks.
+pub async fn timestamps_are_unique_and_increasing_across_pd_failovers<H: Harness>(bed: Bed) {
+    let mut server =
+        SimHandle::start(bed, ClusterConfig { pd_members: 3, ..Default::default() }).await;
     let client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     // Concurrent callers share rounds; every one gets its own timestamp.
     let calls: Vec<_> = (0..300)
@@ -77,5 +79,18 @@ pub async fn timestamps_are_unique_and_increasing_across_a_pd_leader_change<H: H
     }
     let after = client.current_timestamp().await.expect("ts after failover");
     assert!(after > before, "{after} after {before}");
+
+    // PD restarts (the real one; the model has no process): the client's
+    // TSO stream breaks, it reconnects, and timestamps keep increasing.
+    match server.restart_pd().await {
+        Ok(()) => assert_eq!(bed, Bed::RealPd),
+        Err(BedError::NotOnThisBed(not)) => {
+            assert_eq!(not.bed, Bed::InProcess, "{not}");
+            eprintln!("not on this bed: {not}");
+        }
+        Err(e) => panic!("PD restart: {e}"),
+    }
+    let restarted = client.current_timestamp().await.expect("ts after PD's restart");
+    assert!(restarted > after, "{restarted} after {after}");
     server.shutdown().await;
 }
