@@ -113,7 +113,8 @@ pub fn all_replicated(regions: &[RegionView]) -> bool {
 
 /// Polls until PD runs no operator, its region view equals the stores',
 /// and `done` holds for it; gives up after `within`, describing both views
-/// and PD's pending operators.
+/// and PD's pending operators. Runs inside a tokio runtime (its timer), as
+/// the joined stores do.
 pub async fn converge(
     pd: &str,
     cluster: &Cluster,
