@@ -349,6 +349,12 @@ fn remove_schedulers(pd: &str) -> Result<(), String> {
 /// until PD has split at its keyspace boundaries and replicated every
 /// region three times, then splits at `config.split_keys` through PD.
 async fn join_real_pd(pd: &str, config: ClusterConfig) -> Result<JoinedCluster, String> {
+    if config.stores != 3 {
+        return Err(format!(
+            "the real-PD bed runs 3 stores (PD's max-replicas), not {}",
+            config.stores
+        ));
+    }
     let mut opts = JoinOptions::new(pd, config.stores);
     // Changes are reported at once; the periodic report only repairs a
     // report lost with a broken stream.
@@ -458,9 +464,10 @@ impl SimHandle {
     /// Starts serving a cluster built from `config` on `bed` and waits
     /// until clients can use it: in-process, once it listens; on a real PD,
     /// once PD has the stores, every region replicated three times and the
-    /// `split_keys` applied (`config.stores`, `split_keys`, API version and
-    /// encoding are honoured; PD allocates the store and region ids, and
-    /// `pd_members` is one).
+    /// `split_keys` applied (`split_keys`, API version and encoding are
+    /// honoured; PD allocates the store and region ids, `pd_members` is
+    /// one, and `config.stores` must be 3, PD's default `max-replicas`, for
+    /// every region to be replicated).
     ///
     /// # Panics
     ///
