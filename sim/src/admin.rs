@@ -116,6 +116,15 @@ impl Cluster {
         cluster
     }
 
+    /// Maps a split key given as a request key into region key space, as
+    /// [`Cluster::split`] and [`ClusterConfig::split_keys`] map it: raw in
+    /// API V1, memcomparable-encoded for a V1 txn cluster and in API V2.
+    /// What a split of the joined stores (PD's `split-region` operator,
+    /// [`crate::join::JoinedCluster::split`]) needs for the same boundary.
+    pub fn boundary_key(&self, key: &[u8]) -> Vec<u8> {
+        self.lock().boundary_enc(key)
+    }
+
     /// A store's metadata as the model holds it.
     pub(crate) fn store_meta(&self, store_id: u64) -> Option<metapb::Store> {
         self.lock().stores.get(&store_id).map(|s| s.meta.clone())

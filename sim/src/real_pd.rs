@@ -46,6 +46,8 @@ pub struct RealPd {
     pid: u32,
     data: PathBuf,
     addr: String,
+    client_port: u16,
+    peer_port: u16,
 }
 
 impl RealPd {
@@ -55,7 +57,6 @@ impl RealPd {
     ///
     /// When PD is missing ([`shared_pd_dir`]) or does not start.
     pub fn start() -> RealPd {
-        let dir = shared_pd_dir();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -64,27 +65,21 @@ impl RealPd {
         let (client, client_port) = free_port();
         let (peer, peer_port) = free_port();
         drop((client, peer));
-        let out = Command::new("bash")
-            .arg(dir.join("start-pd.sh"))
-            .arg(&data)
-            .arg(client_port.to_string())
-            .arg(peer_port.to_string())
-            .env("PD_EXTRA", format!("--config {}", dir.join("pd-fast.toml").display()))
-            .output()
-            .expect("run start-pd.sh (needs bash)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let pid = stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok());
-        match (out.status.success(), pid) {
-            (true, Some(pid)) => RealPd { pid, data, addr: format!("127.0.0.1:{client_port}") },
-            _ => panic!(
-                "start-pd.sh failed ({}): {stdout}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        let pid = launch(&data, client_port, peer_port);
+        RealPd { pid, data, addr: format!("127.0.0.1:{client_port}"), client_port, peer_port }
+    }
+
+    /// Stops PD (by its pid) and starts it again on the same ports and data
+    /// directory, as an operator restarts a PD: the cluster id, the
+    /// bootstrapped cluster and the TSO window it saved survive. Waits until
+    /// it has a leader again.
+    ///
+    /// # Panics
+    ///
+    /// When PD does not start again.
+    pub fn restart(&mut self) {
+        stop_process(self.pid);
+        self.pid = launch(&self.data, self.client_port, self.peer_port);
     }
 
     /// PD's client address (`127.0.0.1:PORT`): gRPC and the HTTP API.
@@ -106,20 +101,49 @@ impl RealPd {
     }
 }
 
+/// Runs `start-pd.sh` (which waits until PD has a leader); returns PD's pid.
+fn launch(data: &std::path::Path, client_port: u16, peer_port: u16) -> u32 {
+    let dir = shared_pd_dir();
+    let out = Command::new("bash")
+        .arg(dir.join("start-pd.sh"))
+        .arg(data)
+        .arg(client_port.to_string())
+        .arg(peer_port.to_string())
+        .env("PD_EXTRA", format!("--config {}", dir.join("pd-fast.toml").display()))
+        .output()
+        .expect("run start-pd.sh (needs bash)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid =
+        stdout.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok());
+    match (out.status.success(), pid) {
+        (true, Some(pid)) => pid,
+        _ => panic!(
+            "start-pd.sh failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Kills `pid` (SIGTERM) and waits up to 5 s for it to be gone.
+fn stop_process(pid: u32) {
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    for _ in 0..50 {
+        let gone = !Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if gone {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for RealPd {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.pid.to_string()).status();
-        for _ in 0..50 {
-            let gone = !Command::new("kill")
-                .args(["-0", &self.pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if gone {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        stop_process(self.pid);
         let _ = std::fs::remove_dir_all(&self.data);
         for ext in ["log", "stdout", "pid"] {
             let _ = std::fs::remove_file(self.data.with_extension(ext));

@@ -14,14 +14,21 @@
 //!
 //! ```text
 //! tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness);
+//! tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness, RealPd);
 //! ```
 //!
-//! The simulated cluster always runs on a thread of its own ("sim-server")
-//! with a private tokio current-thread runtime ([`harness::SimHandle`]), so
-//! the client side of an async-std run has no tokio runtime at all.
+//! Each cluster-backed test also takes the [`harness::Bed`] it runs on: the
+//! simulator's own PD in-process, or a real PD with the simulated stores
+//! joined to it, where splits and leader moves are PD operators; the
+//! second argument of a suite's macro picks it. The simulated stores always
+//! run on a thread of their own ("sim-server") with a private tokio
+//! current-thread runtime ([`harness::SimHandle`]), so the client side of
+//! an async-std run has no tokio runtime at all.
 
 #[cfg(feature = "e2e")]
 pub mod harness;
+#[cfg(feature = "e2e")]
+pub mod pd_view;
 pub mod props;
 #[cfg(feature = "e2e")]
 pub mod raw;

@@ -2,9 +2,9 @@
 //! cluster, with ≥ 8 regions, a split, leader transfers and a store outage
 //! during the run. Every result is compared with a `BTreeMap`.
 //!
-//! Each test is an `async fn` generic over the [`Harness`];
-//! [`raw_suite!`](crate::raw_suite) stamps them out as `#[test]`s for one
-//! runtime.
+//! Each test is an `async fn` generic over the [`Harness`] that takes the
+//! [`Bed`] to run on; [`raw_suite!`](crate::raw_suite) stamps them out as
+//! `#[test]`s for one runtime and bed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,38 +13,57 @@ use tikv_driver::{ApiVersion, BackoffBudgets, ColumnFamily, Config, Error, Key, 
 use tikv_proto::errorpb;
 use tikv_sim::{ApiVersion as SimApi, ClusterConfig, Filter};
 
-use crate::harness::{Harness, SimHandle};
+use crate::harness::{Bed, Harness, SimHandle};
 
 /// The client type under test.
 type RawClient<H> = tikv_driver::RawClient<<H as Harness>::Platform>;
 
 /// Stamps out the RawKV suite as `#[test]` functions running on the given
-/// [`Harness`](crate::Harness). Every test of [`raw`](crate::raw) is listed
-/// here once.
+/// [`Harness`](crate::Harness) and [`Bed`](crate::harness::Bed) variant
+/// (`InProcess` when left out). Every test of [`raw`](crate::raw) is listed
+/// here once; the one that starts no cluster is stamped out with the
+/// in-process bed only.
 ///
 /// ```text
 /// tikv_tests::raw_suite!(tikv_tests::harness::TokioHarness);
+/// tikv_tests::raw_suite!(tikv_tests::harness::TokioHarness, RealPd);
 /// ```
 #[macro_export]
 macro_rules! raw_suite {
-    ($harness:ty) => {
-        $crate::raw_suite!(@each $harness;
-            raw_operations_match_a_model_through_splits_leader_moves_and_an_outage,
-            column_families_are_separate,
-            injected_region_errors_are_retried_or_reported,
-            api_v2_keyspace_with_ttl,
-            connecting_to_an_unreachable_pd_fails_with_a_pd_timeout,
-            requests_ride_batch_streams_and_survive_a_store_outage,
-            close_stops_the_client_and_its_clones,
-        );
+    (@each $harness:ty, $bed:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                <$harness as $crate::Harness>::block_on(
+                    $crate::raw::$name::<$harness>($crate::harness::Bed::$bed),
+                );
+            }
+        )*
     };
-    (@each $harness:ty; $($name:ident),* $(,)?) => {
+    (@without_cluster $harness:ty, InProcess; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
                 <$harness as $crate::Harness>::block_on($crate::raw::$name::<$harness>());
             }
         )*
+    };
+    (@without_cluster $harness:ty, RealPd; $($name:ident),* $(,)?) => {};
+    ($harness:ty) => {
+        $crate::raw_suite!($harness, InProcess);
+    };
+    ($harness:ty, $bed:ident) => {
+        $crate::raw_suite!(@each $harness, $bed;
+            raw_operations_match_a_model_through_splits_leader_moves_and_an_outage,
+            column_families_are_separate,
+            injected_region_errors_are_retried_or_reported,
+            api_v2_keyspace_with_ttl,
+            requests_ride_batch_streams_and_survive_a_store_outage,
+            close_stops_the_client_and_its_clones,
+        );
+        $crate::raw_suite!(@without_cluster $harness, $bed;
+            connecting_to_an_unreachable_pd_fails_with_a_pd_timeout,
+        );
     };
 }
 
@@ -73,8 +92,9 @@ fn pairs_of(model: &BTreeMap<String, String>, lo: &str, hi: &str, limit: usize) 
         .collect()
 }
 
-async fn start(api: SimApi, split_keys: Vec<Vec<u8>>) -> SimHandle {
-    SimHandle::start(ClusterConfig { api_version: api, split_keys, ..Default::default() }).await
+async fn start(bed: Bed, api: SimApi, split_keys: Vec<Vec<u8>>) -> SimHandle {
+    let config = ClusterConfig { api_version: api, split_keys, ..Default::default() };
+    SimHandle::start(bed, config).await
 }
 
 fn config(server: &SimHandle) -> Config {
@@ -89,14 +109,19 @@ fn config(server: &SimHandle) -> Config {
 /// 400 random RawKV operations against an 8-region cluster, with splits,
 /// leader transfers and a store outage mid-run, each result compared with a
 /// `BTreeMap` model; whole-range scan and checksum at the end.
-pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_outage<H: Harness>() {
+pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_outage<H: Harness>(
+    bed: Bed,
+) {
     // 8 regions to start with.
     let splits = ["k025", "k050", "k075", "k100", "k125", "k150", "k175"];
-    let server = start(SimApi::V1, splits.iter().map(|s| s.as_bytes().to_vec()).collect()).await;
+    let server =
+        start(bed, SimApi::V1, splits.iter().map(|s| s.as_bytes().to_vec()).collect()).await;
     assert!(server.cluster().regions().len() >= 8);
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     assert_ne!(client.cluster_id(), 0);
     let cas_client = client.with_atomic_for_cas();
+    let topology = server.topology();
+    let first_store = server.cluster().store_ids()[0];
 
     let mut model: BTreeMap<String, String> = BTreeMap::new();
     let mut rng = Lcg(2024);
@@ -104,20 +129,20 @@ pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_out
         // Faults during the run.
         match step {
             80 => {
-                server.cluster().split(b"k060").expect("split");
-                server.cluster().split(b"k160").expect("split");
+                topology.split(b"k060").await.expect("split");
+                topology.split(b"k160").await.expect("split");
             }
             140 => {
                 for region in server.cluster().regions() {
                     let leader = server.cluster().leader_of(region.id).expect("leader");
                     let next = region.peers.iter().find(|p| p.store_id != leader.store_id);
                     if let Some(p) = next {
-                        server.cluster().transfer_leader(region.id, p.store_id).expect("transfer");
+                        topology.transfer_leader(region.id, p.store_id).await.expect("transfer");
                     }
                 }
             }
-            200 => server.stop_store(1).await.expect("stop store 1"),
-            280 => server.start_store(1).await.expect("restart store 1"),
+            200 => server.stop_store(first_store).await.expect("stop the first store"),
+            280 => server.start_store(first_store).await.expect("restart the first store"),
             _ => {}
         }
         let k = key(rng.below(200));
@@ -256,8 +281,8 @@ pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_out
 }
 
 /// The default and lock column families hold separate values for a key.
-pub async fn column_families_are_separate<H: Harness>() {
-    let server = start(SimApi::V1, vec![b"m".to_vec()]).await;
+pub async fn column_families_are_separate<H: Harness>(bed: Bed) {
+    let server = start(bed, SimApi::V1, vec![b"m".to_vec()]).await;
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     let lock = client.with_cf(ColumnFamily::Lock);
     client.put("a", "default").await.expect("put");
@@ -272,8 +297,8 @@ pub async fn column_families_are_separate<H: Harness>() {
 
 /// Retryable region errors (server busy, stale command) are retried;
 /// a non-retryable one (raft entry too large) is reported as such.
-pub async fn injected_region_errors_are_retried_or_reported<H: Harness>() {
-    let server = start(SimApi::V1, vec![b"m".to_vec()]).await;
+pub async fn injected_region_errors_are_retried_or_reported<H: Harness>(bed: Bed) {
+    let server = start(bed, SimApi::V1, vec![b"m".to_vec()]).await;
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     client.put("k", "v").await.expect("put");
     let busy = errorpb::Error {
@@ -305,10 +330,10 @@ pub async fn injected_region_errors_are_retried_or_reported<H: Harness>() {
 
 /// API V2: keys live under the DEFAULT keyspace's prefix, unbounded
 /// reverse scans end at the keyspace's end, TTLs expire.
-pub async fn api_v2_keyspace_with_ttl<H: Harness>() {
+pub async fn api_v2_keyspace_with_ttl<H: Harness>(bed: Bed) {
     // Regions split inside the DEFAULT keyspace's raw range (`r\0\0\0`).
     let split = |s: &str| [b"r\0\0\0".as_slice(), s.as_bytes()].concat();
-    let server = start(SimApi::V2, vec![split("g"), split("p")]).await;
+    let server = start(bed, SimApi::V2, vec![split("g"), split("p")]).await;
     let client =
         RawClient::<H>::connect_with_config(config(&server).with_api_version(ApiVersion::V2))
             .await
@@ -388,8 +413,8 @@ async fn put_get_concurrently<H: Harness>(client: &RawClient<H>, n: usize, round
 /// the store's four streams and are packed into fewer messages than
 /// requests, and after every store went down and came back, new streams (on
 /// new connections) carry the traffic.
-pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>() {
-    let server = start(SimApi::V1, vec![b"k5".to_vec()]).await;
+pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>(bed: Bed) {
+    let server = start(bed, SimApi::V1, vec![b"k5".to_vec()]).await;
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     put_get_concurrently::<H>(&client, 256, 0).await;
     let before = server.batch_stats().await;
@@ -417,8 +442,8 @@ pub async fn requests_ride_batch_streams_and_survive_a_store_outage<H: Harness>(
 
 /// `close` stops the client and every clone: later calls fail with
 /// `Error::Closed` at once; a raw client leaves no background work.
-pub async fn close_stops_the_client_and_its_clones<H: Harness>() {
-    let server = start(SimApi::V1, Vec::new()).await;
+pub async fn close_stops_the_client_and_its_clones<H: Harness>(bed: Bed) {
+    let server = start(bed, SimApi::V1, Vec::new()).await;
     let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
     client.put("k", "v").await.expect("put");
     let clone = client.clone();

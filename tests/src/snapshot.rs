@@ -4,7 +4,8 @@
 //! client under test.
 //!
 //! [`snapshot_suite!`](crate::snapshot_suite) stamps the tests out as
-//! `#[test]`s for one [`Harness`].
+//! `#[test]`s for one [`Harness`] and [`Bed`]: on a real PD the writer
+//! still reaches the stores directly, and the reader routes through PD.
 
 use std::time::Duration;
 
@@ -13,33 +14,40 @@ use tikv_driver::KvPair;
 use tikv_proto::kvrpcpb;
 use tikv_sim::ClusterConfig;
 
-use crate::harness::{Harness, SimHandle};
+use crate::harness::{Bed, Harness, SimHandle};
 
 /// The client type under test.
 type TransactionClient<H> = tikv_driver::TransactionClient<<H as Harness>::Platform>;
 
 /// Stamps out the snapshot suite as `#[test]` functions running on the
-/// given [`Harness`](crate::Harness). Every test of
+/// given [`Harness`](crate::Harness) and [`Bed`](crate::harness::Bed)
+/// variant (`InProcess` when left out). Every test of
 /// [`snapshot`](crate::snapshot) is listed here once.
 ///
 /// ```text
 /// tikv_tests::snapshot_suite!(tikv_tests::harness::TokioHarness);
+/// tikv_tests::snapshot_suite!(tikv_tests::harness::TokioHarness, RealPd);
 /// ```
 #[macro_export]
 macro_rules! snapshot_suite {
-    ($harness:ty) => {
-        $crate::snapshot_suite!(@each $harness;
-            reads_see_committed_data_and_resolve_locks_of_every_kind,
-            read_committed_reads_past_live_locks,
-        );
-    };
-    (@each $harness:ty; $($name:ident),* $(,)?) => {
+    (@each $harness:ty, $bed:ident; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                <$harness as $crate::Harness>::block_on($crate::snapshot::$name::<$harness>());
+                <$harness as $crate::Harness>::block_on(
+                    $crate::snapshot::$name::<$harness>($crate::harness::Bed::$bed),
+                );
             }
         )*
+    };
+    ($harness:ty) => {
+        $crate::snapshot_suite!($harness, InProcess);
+    };
+    ($harness:ty, $bed:ident) => {
+        $crate::snapshot_suite!(@each $harness, $bed;
+            reads_see_committed_data_and_resolve_locks_of_every_kind,
+            read_committed_reads_past_live_locks,
+        );
     };
 }
 
@@ -134,21 +142,21 @@ impl Writer<'_> {
     }
 }
 
-async fn start<H: Harness>() -> (SimHandle, TransactionClient<H>) {
-    let server = SimHandle::start(ClusterConfig {
+async fn start<H: Harness>(bed: Bed) -> (SimHandle, TransactionClient<H>) {
+    let config = ClusterConfig {
         v1_txn: true,
         split_keys: vec![b"g".to_vec(), b"p".to_vec()],
         ..Default::default()
-    })
-    .await;
+    };
+    let server = SimHandle::start(bed, config).await;
     let client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     (server, client)
 }
 
 /// Snapshot reads meet committed data and the locks of committed,
 /// rolled-back, crashed (plain and async-commit) and live writers.
-pub async fn reads_see_committed_data_and_resolve_locks_of_every_kind<H: Harness>() {
-    let (server, client) = start::<H>().await;
+pub async fn reads_see_committed_data_and_resolve_locks_of_every_kind<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed).await;
     let w = Writer { server: &server };
     let ts = || async { client.current_timestamp().await.expect("ts").version() };
 
@@ -241,8 +249,8 @@ pub async fn reads_see_committed_data_and_resolve_locks_of_every_kind<H: Harness
 /// newest committed value past a live lock and leaves the lock alone, as
 /// TiKV skips lock checks for RC reads; a snapshot-isolation read of the
 /// same key pushes the lock's `min_commit_ts` to read past it.
-pub async fn read_committed_reads_past_live_locks<H: Harness>() {
-    let (server, client) = start::<H>().await;
+pub async fn read_committed_reads_past_live_locks<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed).await;
     let w = Writer { server: &server };
     let ts = || async { client.current_timestamp().await.expect("ts").version() };
     let t1 = ts().await;

@@ -10,6 +10,14 @@
 //! would, and the client side of an async-std run has no tokio runtime.
 //! [`transport_suite!`](crate::transport_suite) stamps the tests out for
 //! one [`Harness`].
+//!
+//! These scripted peers are this suite's in-process bed: a real PD cannot
+//! be made to stall, hang up, answer garbage or reorder answers on cue, so
+//! none of those tests has a real-PD form. On the real-PD bed
+//! ([`Bed::RealPd`](crate::harness::Bed)) the suite instead runs the
+//! transport's PD paths against the real PD ([`RealPd`]): unary calls, TSO
+//! rounds one at a time and pipelined, and a PD restart under an open TSO
+//! stream.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
@@ -29,26 +37,46 @@ use tikv_driver::{Config, Platform, Runtime, Transport, execute};
 use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
 use tikv_proto::pdpb::{
-    GetMembersRequest, GetMembersResponse, ResponseHeader, Timestamp, TsoRequest, TsoResponse,
+    GetMembersRequest, GetMembersResponse, RequestHeader, ResponseHeader, Timestamp, TsoRequest,
+    TsoResponse,
 };
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
 use tikv_proto::tikvpb::batch_commands_response::Response as RespEntry;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
 use tikv_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
+use tikv_sim::real_pd::RealPd;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 use crate::harness::Harness;
 
 /// Stamps out the transport suite as `#[test]` functions running on the
-/// given [`Harness`](crate::Harness). Every test of
+/// given [`Harness`](crate::Harness): the scripted-peer tests (`InProcess`,
+/// the default) or the real-PD ones (`RealPd`). Every test of
 /// [`transport`](crate::transport) is listed here once.
 ///
 /// ```text
 /// tikv_tests::transport_suite!(tikv_tests::harness::TokioHarness);
+/// tikv_tests::transport_suite!(tikv_tests::harness::TokioHarness, RealPd);
 /// ```
 #[macro_export]
 macro_rules! transport_suite {
+    (@each $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                <$harness as $crate::Harness>::block_on($crate::transport::$name::<$harness>());
+            }
+        )*
+    };
+    ($harness:ty, RealPd) => {
+        $crate::transport_suite!(@each $harness;
+            pd_calls_and_the_tso_stream_against_a_real_pd_and_its_restart,
+        );
+    };
+    ($harness:ty, InProcess) => {
+        $crate::transport_suite!($harness);
+    };
     ($harness:ty) => {
         $crate::transport_suite!(@each $harness;
             a_call_future_stays_small,
@@ -73,14 +101,6 @@ macro_rules! transport_suite {
             execute_runs_an_operation_over_grpc,
             execute_bounds_a_call_the_transport_never_answers,
         );
-    };
-    (@each $harness:ty; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                <$harness as $crate::Harness>::block_on($crate::transport::$name::<$harness>());
-            }
-        )*
     };
 }
 
@@ -935,4 +955,87 @@ pub async fn execute_bounds_a_call_the_transport_never_answers<H: Harness>() {
     let result = execute(op, &client.rt, &BlackHole).await;
     on_time(started.elapsed(), 100);
     assert_eq!(result, Err(Error::Rpc(RpcError::DeadlineExceeded)));
+}
+
+/// The transport's PD paths against a real PD (one started for the test,
+/// no stores): unary `GetMembers` answers PD's cluster id and leader; TSO
+/// rounds, one at a time and three pipelined on one stream, answer their
+/// own counts with strictly increasing timestamps; and after PD restarts on
+/// its address under the open stream, rounds fail only as `Unavailable`
+/// until one on a new stream answers above every earlier timestamp (PD
+/// saved its TSO window before it stopped).
+pub async fn pd_calls_and_the_tso_stream_against_a_real_pd_and_its_restart<H: Harness>() {
+    // Blocks the test's own thread for about a second.
+    let mut pd = RealPd::start();
+    let client = Client::<H>::new();
+    let target = Target::Pd { addr: pd.addr().into() };
+    let members =
+        client.call(&target, Request::Pd(PdRequest::GetMembers(Default::default())), 5000).await;
+    let cluster_id = match members {
+        Ok(Response::Pd(PdResponse::GetMembers(r))) => {
+            assert!(r.leader.is_some(), "{r:?}");
+            r.header.map_or(0, |h| h.cluster_id)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(cluster_id, 0);
+    // PD refuses a TSO request whose header names another cluster.
+    let tso = |count: u32| {
+        Request::Pd(PdRequest::Tso(Box::new(TsoRequest {
+            header: Some(RequestHeader { cluster_id, ..Default::default() }),
+            count,
+            ..Default::default()
+        })))
+    };
+    // The last timestamp of a round, composed as PD's clients compose it.
+    let last_ts = |response: Result<Response, RpcError>| -> (u64, u32) {
+        match response {
+            Ok(Response::Pd(PdResponse::Tso(r))) => {
+                let ts = r.timestamp.expect("timestamp");
+                let physical = u64::try_from(ts.physical).expect("physical");
+                let logical = u64::try_from(ts.logical).expect("logical");
+                ((physical << 18) | logical, r.count)
+            }
+            other => panic!("expected a TSO response, got {other:?}"),
+        }
+    };
+
+    let mut last = 0;
+    for _ in 0..5 {
+        let (ts, n) = last_ts(client.call(&target, tso(3), 2000).await);
+        assert_eq!(n, 3);
+        assert!(ts > last, "{ts} after {last}");
+        last = ts;
+    }
+    for _ in 0..2 {
+        let (a, b, c) = futures::join!(
+            client.call(&target, tso(1), 2000),
+            client.call(&target, tso(2), 2000),
+            client.call(&target, tso(3), 2000),
+        );
+        let rounds = [last_ts(a), last_ts(b), last_ts(c)];
+        assert_eq!(rounds.map(|r| r.1), [1, 2, 3]);
+        let mut stamps: Vec<u64> = rounds.iter().map(|r| r.0).collect();
+        stamps.sort_unstable();
+        stamps.dedup();
+        assert_eq!(stamps.len(), 3, "{rounds:?}");
+        assert!(stamps[0] > last, "{rounds:?} after {last}");
+        last = stamps[2];
+    }
+
+    // Blocks the test's own thread while PD stops and starts again.
+    pd.restart();
+    let mut recovered = None;
+    for _ in 0..100 {
+        match client.call(&target, tso(1), 2000).await {
+            Ok(response) => {
+                recovered = Some(last_ts(Ok(response)).0);
+                break;
+            }
+            Err(RpcError::Unavailable(_)) => H::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("a TSO round across PD's restart: {other:?}"),
+        }
+    }
+    let recovered = recovered.expect("TSO answers again after PD's restart");
+    assert!(recovered > last, "{recovered} after {last}, across PD's restart");
 }

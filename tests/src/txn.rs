@@ -4,9 +4,9 @@
 //! regions with a split and leader moves during the commit, concurrent bank
 //! transfers, lazy scans, and reads at a future timestamp.
 //!
-//! Each test is an `async fn` generic over the [`Harness`];
-//! [`txn_suite!`](crate::txn_suite) stamps them out as `#[test]`s for one
-//! runtime.
+//! Each test is an `async fn` generic over the [`Harness`] that takes the
+//! [`Bed`] to run on; [`txn_suite!`](crate::txn_suite) stamps them out as
+//! `#[test]`s for one runtime and bed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,22 +14,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tikv_driver::{Error, KvPair, TransactionOptions};
 use tikv_sim::ClusterConfig;
 
-use crate::harness::{Harness, SimHandle};
+use crate::harness::{Bed, Harness, SimHandle};
 
 /// The client type under test.
 type TransactionClient<H> = tikv_driver::TransactionClient<<H as Harness>::Platform>;
 
 /// Stamps out the transaction suite as `#[test]` functions running on the
-/// given [`Harness`](crate::Harness). Every test of [`txn`](crate::txn) is
-/// listed here once.
+/// given [`Harness`](crate::Harness) and [`Bed`](crate::harness::Bed)
+/// variant (`InProcess` when left out). Every test of
+/// [`txn`](crate::txn) is listed here once.
 ///
 /// ```text
 /// tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness);
+/// tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness, RealPd);
 /// ```
 #[macro_export]
 macro_rules! txn_suite {
+    (@each $harness:ty, $bed:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                <$harness as $crate::Harness>::block_on(
+                    $crate::txn::$name::<$harness>($crate::harness::Bed::$bed),
+                );
+            }
+        )*
+    };
     ($harness:ty) => {
-        $crate::txn_suite!(@each $harness;
+        $crate::txn_suite!($harness, InProcess);
+    };
+    ($harness:ty, $bed:ident) => {
+        $crate::txn_suite!(@each $harness, $bed;
             writes_commit_conflict_and_read_back,
             a_large_transaction_over_many_regions_survives_splits_during_commit,
             bank_transfers_keep_the_total,
@@ -38,19 +53,14 @@ macro_rules! txn_suite {
             close_waits_for_background_commits_then_refuses_calls,
         );
     };
-    (@each $harness:ty; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                <$harness as $crate::Harness>::block_on($crate::txn::$name::<$harness>());
-            }
-        )*
-    };
 }
 
-async fn start<H: Harness>(split_keys: Vec<Vec<u8>>) -> (SimHandle, TransactionClient<H>) {
-    let server =
-        SimHandle::start(ClusterConfig { v1_txn: true, split_keys, ..Default::default() }).await;
+async fn start<H: Harness>(
+    bed: Bed,
+    split_keys: Vec<Vec<u8>>,
+) -> (SimHandle, TransactionClient<H>) {
+    let config = ClusterConfig { v1_txn: true, split_keys, ..Default::default() };
+    let server = SimHandle::start(bed, config).await;
     let client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     (server, client)
 }
@@ -61,8 +71,8 @@ fn s(v: &[u8]) -> String {
 
 /// Read-your-writes, a merged scan before commit, write conflicts (also
 /// through `lock_keys`), inserts, async commit and 1PC.
-pub async fn writes_commit_conflict_and_read_back<H: Harness>() {
-    let (server, client) = start::<H>(vec![b"g".to_vec(), b"p".to_vec()]).await;
+pub async fn writes_commit_conflict_and_read_back<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"g".to_vec(), b"p".to_vec()]).await;
 
     // Read-your-writes and a merged scan before commit.
     let mut t = client.begin().await.expect("begin");
@@ -157,10 +167,12 @@ pub async fn writes_commit_conflict_and_read_back<H: Harness>() {
 
 /// 10,000 keys over ≥ 100 regions in one transaction, with splits and
 /// leader transfers while it commits; every key is visible afterwards.
-pub async fn a_large_transaction_over_many_regions_survives_splits_during_commit<H: Harness>() {
+pub async fn a_large_transaction_over_many_regions_survives_splits_during_commit<H: Harness>(
+    bed: Bed,
+) {
     let key = |i: u32| format!("k{i:05}");
     let splits: Vec<Vec<u8>> = (1..100).map(|i| key(i * 100).into_bytes()).collect();
-    let (server, client) = start::<H>(splits).await;
+    let (server, client) = start::<H>(bed, splits).await;
     assert!(server.cluster().regions().len() >= 100);
 
     let mut t = client.begin().await.expect("begin");
@@ -168,15 +180,16 @@ pub async fn a_large_transaction_over_many_regions_survives_splits_during_commit
         t.put(key(i), format!("v{i}")).expect("put");
     }
     let cluster = server.cluster().clone();
+    let topology = server.topology().clone();
     let chaos = H::spawn(async move {
         for i in 0..20u32 {
-            let _ = cluster.split(key(i * 100 + 50).as_bytes());
+            topology.split(key(i * 100 + 50).as_bytes()).await.expect("split during the commit");
             let regions = cluster.regions();
             if let Some(region) = regions.get(i as usize)
                 && let Some(leader) = cluster.leader_of(region.id)
                 && let Some(p) = region.peers.iter().find(|p| p.store_id != leader.store_id)
             {
-                let _ = cluster.transfer_leader(region.id, p.store_id);
+                topology.transfer_leader(region.id, p.store_id).await.expect("leader transfer");
             }
             H::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -192,10 +205,10 @@ pub async fn a_large_transaction_over_many_regions_survives_splits_during_commit
 }
 
 /// Concurrent transfers between accounts; every snapshot sees the same total.
-pub async fn bank_transfers_keep_the_total<H: Harness>() {
+pub async fn bank_transfers_keep_the_total<H: Harness>(bed: Bed) {
     const ACCOUNTS: u64 = 8;
     const TOTAL: u64 = ACCOUNTS * 100;
-    let (server, client) = start::<H>(vec![b"acct3".to_vec(), b"acct6".to_vec()]).await;
+    let (server, client) = start::<H>(bed, vec![b"acct3".to_vec(), b"acct6".to_vec()]).await;
     let mut init = client.begin().await.expect("begin");
     for a in 0..ACCOUNTS {
         init.put(format!("acct{a}"), "100").expect("put");
@@ -260,13 +273,13 @@ pub async fn bank_transfers_keep_the_total<H: Harness>() {
 /// Lazy scans (client-go `Iter`/`IterReverse`/`UnionIter`): pages of a
 /// chosen size across 20 regions, forward and reverse, keys only, early
 /// stops that send nothing more, and a transaction's own writes merged in.
-pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: Harness>() {
+pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: Harness>(bed: Bed) {
     use std::collections::BTreeMap;
 
     use futures::StreamExt;
 
     let splits: Vec<Vec<u8>> = (1..20).map(|i| format!("k{:03}", i * 10).into_bytes()).collect();
-    let (server, client) = start::<H>(splits).await;
+    let (server, client) = start::<H>(bed, splits).await;
     let mut model = BTreeMap::new();
     let mut t = client.begin().await.expect("begin");
     for i in 0..200 {
@@ -346,8 +359,8 @@ pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: 
 /// A snapshot at a timestamp PD has not handed out yet is refused
 /// (client-go's `ValidateReadTS`); one at a timestamp obtained elsewhere but
 /// already handed out reads fine.
-pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>() {
-    let (server, client) = start::<H>(Vec::new()).await;
+pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, Vec::new()).await;
     let now = client.current_timestamp().await.expect("ts");
     let future = tikv_driver::Timestamp::compose(now.physical() + 3_600_000, 0);
     match client.snapshot(future).get("k").await {
@@ -368,8 +381,8 @@ pub async fn reads_at_a_future_timestamp_are_refused<H: Harness>() {
 /// the background (slowed here by a busy store), then stops the client:
 /// later calls of the client, its clones and its snapshots fail with
 /// `Error::Closed`.
-pub async fn close_waits_for_background_commits_then_refuses_calls<H: Harness>() {
-    let (server, client) = start::<H>(vec![b"g".to_vec()]).await;
+pub async fn close_waits_for_background_commits_then_refuses_calls<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"g".to_vec()]).await;
     let secondary_region = {
         let cluster = server.cluster();
         cluster.region_for_region_key(&cluster.txn_region_key(b"h")).expect("region").id

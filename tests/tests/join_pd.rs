@@ -21,98 +21,19 @@ use tikv_proto::tikvpb::tikv_client::TikvClient;
 use tikv_sim::ClusterConfig;
 use tikv_sim::join::{JoinOptions, JoinedCluster};
 use tikv_sim::real_pd::{RealPd, get_json, http, post};
+use tikv_tests::pd_view::{self, RegionView, all_replicated, hex};
 use tikv_tokio::{RawClient, TransactionClient};
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// A region as PD's HTTP API and the simulator both describe it:
-/// `(id, start, end, conf_ver, version, [(peer, store, role)], leader store)`.
-type RegionView = (u64, String, String, u64, u64, Vec<(u64, u64, String)>, u64);
-
-fn pd_regions(pd: &str) -> Vec<RegionView> {
-    let json = get_json(pd, "/pd/api/v1/regions");
-    let mut out: Vec<RegionView> = json
-        .get("regions")
-        .items()
-        .iter()
-        .map(|r| {
-            let mut peers: Vec<(u64, u64, String)> = r
-                .get("peers")
-                .items()
-                .iter()
-                .map(|p| {
-                    let role = match p.get("role_name").str() {
-                        "" => "Voter".to_owned(),
-                        other => other.to_owned(),
-                    };
-                    (p.get("id").u64(), p.get("store_id").u64(), role)
-                })
-                .collect();
-            peers.sort();
-            (
-                r.get("id").u64(),
-                r.get("start_key").str().to_owned(),
-                r.get("end_key").str().to_owned(),
-                r.get("epoch").get("conf_ver").u64(),
-                r.get("epoch").get("version").u64(),
-                peers,
-                r.get("leader").get("store_id").u64(),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
-}
-
-fn sim_regions(joined: &JoinedCluster) -> Vec<RegionView> {
-    let cluster = joined.cluster();
-    cluster
-        .regions()
-        .into_iter()
-        .map(|r| {
-            let epoch = r.region_epoch.unwrap_or_default();
-            let mut peers: Vec<(u64, u64, String)> = r
-                .peers
-                .iter()
-                .map(|p| {
-                    let role = tikv_proto::metapb::PeerRole::try_from(p.role)
-                        .map_or("?".to_owned(), |r| format!("{r:?}"));
-                    (p.id, p.store_id, role)
-                })
-                .collect();
-            peers.sort();
-            let leader = cluster.leader_of(r.id).map_or(0, |p| p.store_id);
-            (r.id, hex(&r.start_key), hex(&r.end_key), epoch.conf_ver, epoch.version, peers, leader)
-        })
-        .collect()
-}
-
-/// Polls until PD runs no operator, its region view equals the
-/// simulator's, and `done` holds for it (PD applies heartbeats
-/// asynchronously).
+/// Waits until PD's region view equals the stores' and `done` holds.
 async fn converge(
     pd: &str,
     joined: &JoinedCluster,
     what: &str,
     done: impl Fn(&[RegionView]) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let operators = get_json(pd, "/pd/api/v1/operators");
-        let sim = sim_regions(joined);
-        let pd_view = pd_regions(pd);
-        if operators.items().is_empty() && sim == pd_view && done(&sim) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: PD and the simulator disagree\n  sim: {sim:?}\n  pd:  {pd_view:?}\n  \
-             PD's operators: {operators:?}\n  refusals: {:?}",
-            joined.refusals()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let converged = pd_view::converge(pd, joined.cluster(), Duration::from_secs(20), done).await;
+    if let Err(e) = converged {
+        panic!("{what}: {e}\n  refusals: {:?}", joined.refusals());
     }
 }
 
@@ -151,11 +72,6 @@ async fn write_all(
         txn_model.insert(tkey, value);
     }
     t.commit().await.unwrap_or_else(|e| panic!("{round}: commit: {e}"));
-}
-
-fn all_replicated(regions: &[RegionView]) -> bool {
-    regions.len() >= 3
-        && regions.iter().all(|r| r.5.len() == 3 && r.5.iter().all(|p| p.2 == "Voter"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +176,7 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
         ),
     );
     converge(&addr, &joined, "after PD's split", |regions| {
-        regions.iter().any(|r| r.1 == hex(&k)) && all_replicated(regions)
+        regions.iter().any(|r| r.start == hex(&k)) && all_replicated(regions)
     })
     .await;
     let right = joined.cluster().region_for_region_key(&k).expect("the right half");
@@ -280,7 +196,7 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
         &format!(r#"{{"name":"transfer-leader","region_id":{},"to_store_id":{to}}}"#, right.id),
     );
     converge(&addr, &joined, "after PD's leader transfer", |regions| {
-        regions.iter().any(|r| r.0 == right.id && r.6 == to)
+        regions.iter().any(|r| r.id == right.id && r.leader_store == to)
     })
     .await;
 
@@ -298,9 +214,9 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     converge(&addr, &joined, "after PD's peer removal and re-addition", |regions| {
         all_replicated(regions)
             && regions.iter().any(|r| {
-                r.0 == right.id
-                    && r.3 >= old_conf_ver + 3
-                    && r.5.iter().any(|p| p.1 == follower && p.0 != old_peer)
+                r.id == right.id
+                    && r.conf_ver >= old_conf_ver + 3
+                    && r.peers.iter().any(|p| p.1 == follower && p.0 != old_peer)
             })
     })
     .await;
@@ -328,7 +244,7 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     assert_eq!(regions.len(), 2);
     assert_eq!(regions[1].start_key, q);
     converge(&addr, &joined, "after the store's split", |regions| {
-        regions.iter().any(|r| r.1 == hex(&q))
+        regions.iter().any(|r| r.start == hex(&q))
     })
     .await;
     write_all(&raw, &txn, &mut raw_model, &mut txn_model, "third").await;
@@ -374,7 +290,7 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     assert_eq!(done.regions.len(), 2);
     assert_eq!(done.regions[1].start_key, encode_bytes(b"n"));
     converge(&addr, &joined, "after SplitRegion", |regions| {
-        regions.iter().any(|r| r.1 == hex(&encode_bytes(b"n")))
+        regions.iter().any(|r| r.start == hex(&encode_bytes(b"n")))
     })
     .await;
     check_raw(&raw, &raw_model, "after SplitRegion").await;
@@ -385,7 +301,7 @@ async fn stores_join_a_real_pd_and_follow_its_changes() {
     let crashed = joined.cluster().leader_of(right.id).expect("a leader").store_id;
     joined.stop_store(crashed).await.expect("stop a store");
     converge(&addr, &joined, "after a store crash", |regions| {
-        regions.iter().all(|r| r.6 != crashed)
+        regions.iter().all(|r| r.leader_store != crashed)
     })
     .await;
     check_raw(&raw, &raw_model, "with a store down").await;

@@ -21,7 +21,7 @@ use tikv_proto::pdpb::{
 use tikv_sim::ClusterConfig;
 use tikv_sim::join::{JoinOptions, JoinedCluster};
 use tikv_sim::real_pd::{RealPd, get_json};
-use tikv_tests::harness::SimHandle;
+use tikv_tests::harness::{Bed, SimHandle};
 use tonic::transport::Channel;
 
 /// What one PD answered, reduced to what both must agree on.
@@ -143,7 +143,7 @@ async fn the_model_pd_answers_as_the_real_pd_does() {
     }
     let real = ask(&addr).await;
 
-    let sim = SimHandle::start(ClusterConfig::default()).await;
+    let sim = SimHandle::start(Bed::InProcess, ClusterConfig::default()).await;
     let model = ask(&sim.pd_addrs()[0]).await;
     assert_eq!(model, real, "the model PD differs from the real PD (left: model)");
     joined.shutdown().await;

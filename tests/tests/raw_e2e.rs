@@ -1,6 +1,12 @@
-//! The RawKV end-to-end suite ([`tikv_tests::raw`]) on the tokio client.
+//! The RawKV end-to-end suite ([`tikv_tests::raw`]) on the tokio client, on
+//! both beds: the in-process simulator and a real PD with simulated stores
+//! joined to it (`tikv_tests::harness::Bed`).
 
 tikv_tests::raw_suite!(tikv_tests::harness::TokioHarness);
+
+mod real_pd {
+    tikv_tests::raw_suite!(tikv_tests::harness::TokioHarness, RealPd);
+}
 
 /// The benchmark's echo cluster (`tikv_sim::echo`, the ceiling of
 /// `tikv-bench --servers echo`) serves our client unchanged: it must, or

@@ -1,5 +1,7 @@
 //! The RawKV end-to-end suite ([`tikv_tests::raw`]) on the async-std client,
-//! and the proof that the async-std client runs without any tokio runtime.
+//! on both beds (the in-process simulator and a real PD with simulated
+//! stores joined to it), and the proof that the async-std client runs
+//! without any tokio runtime.
 //!
 //! This is a test binary of its own (a process of its own), so no tokio
 //! harness runs beside it: the only tokio runtime in the process is the
@@ -14,9 +16,13 @@ use tikv_core::rpc::{Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_driver::{Config, Error, Platform, Runtime, Transport};
 use tikv_tests::Harness;
-use tikv_tests::harness::{AsyncStdHarness, SIM_THREAD};
+use tikv_tests::harness::{AsyncStdHarness, Bed, SIM_THREAD};
 
 tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness);
+
+mod real_pd {
+    tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness, RealPd);
+}
 
 // ------------------------------------------------------------------ checks
 
@@ -155,16 +161,20 @@ fn the_async_std_client_runs_without_a_tokio_runtime() {
 
     // Three suite tests (the model run has splits, leader moves and a store
     // outage; the client's store refresher runs in the background) on the
-    // checked platform.
-    NoTokioHarness::block_on(tikv_tests::raw::column_families_are_separate::<NoTokioHarness>());
+    // checked platform, the model run on the real PD too.
+    NoTokioHarness::block_on(tikv_tests::raw::column_families_are_separate::<NoTokioHarness>(
+        Bed::InProcess,
+    ));
     NoTokioHarness::block_on(tikv_tests::raw::injected_region_errors_are_retried_or_reported::<
         NoTokioHarness,
-    >());
-    NoTokioHarness::block_on(
-        tikv_tests::raw::raw_operations_match_a_model_through_splits_leader_moves_and_an_outage::<
-            NoTokioHarness,
-        >(),
-    );
+    >(Bed::InProcess));
+    for bed in [Bed::InProcess, Bed::RealPd] {
+        NoTokioHarness::block_on(
+            tikv_tests::raw::raw_operations_match_a_model_through_splits_leader_moves_and_an_outage::<
+                NoTokioHarness,
+            >(bed),
+        );
+    }
 
     stop.store(true, Ordering::SeqCst);
     let seen = watcher.join().expect("watcher");

@@ -1,4 +1,6 @@
-//! The TSO suite ([`tikv_tests::tso`]) under both runtimes.
+//! The TSO suite ([`tikv_tests::tso`]) under both runtimes, each on
+//! both beds: the in-process simulator and a real PD with simulated stores
+//! joined to it (`tikv_tests::harness::Bed`).
 
 mod on_tokio {
     tikv_tests::tso_suite!(tikv_tests::harness::TokioHarness);
@@ -6,4 +8,12 @@ mod on_tokio {
 
 mod on_async_std {
     tikv_tests::tso_suite!(tikv_tests::harness::AsyncStdHarness);
+}
+
+mod on_tokio_real_pd {
+    tikv_tests::tso_suite!(tikv_tests::harness::TokioHarness, RealPd);
+}
+
+mod on_async_std_real_pd {
+    tikv_tests::tso_suite!(tikv_tests::harness::AsyncStdHarness, RealPd);
 }

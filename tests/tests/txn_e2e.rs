@@ -1,4 +1,6 @@
-//! The transaction suite ([`tikv_tests::txn`]) under both runtimes.
+//! The transaction suite ([`tikv_tests::txn`]) under both runtimes, each on
+//! both beds: the in-process simulator and a real PD with simulated stores
+//! joined to it (`tikv_tests::harness::Bed`).
 
 mod on_tokio {
     tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness);
@@ -6,6 +8,14 @@ mod on_tokio {
 
 mod on_async_std {
     tikv_tests::txn_suite!(tikv_tests::harness::AsyncStdHarness);
+}
+
+mod on_tokio_real_pd {
+    tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness, RealPd);
+}
+
+mod on_async_std_real_pd {
+    tikv_tests::txn_suite!(tikv_tests::harness::AsyncStdHarness, RealPd);
 }
 
 /// The public futures are `Send`, so applications can spawn them on a
