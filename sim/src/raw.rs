@@ -9,6 +9,7 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
+use tikv_core::key::ScanSpec;
 use tikv_proto::{kvrpcpb, metapb};
 
 use crate::cluster::{
@@ -200,18 +201,16 @@ impl State {
     }
 
     /// Visible entries of `cf` in `[lower, upper)` (region key space; `None`
-    /// upper means unbounded), forward or backward, at most `limit`.
-    #[allow(clippy::too_many_arguments)]
+    /// upper means unbounded), in `spec`'s order, at most its limit.
     fn scan_range(
         &self,
         cf: usize,
         lower: &[u8],
         upper: Option<&[u8]>,
-        reverse: bool,
-        limit: usize,
-        key_only: bool,
+        spec: ScanSpec,
         now_secs: u64,
     ) -> Vec<kvrpcpb::KvPair> {
+        let limit = spec.limit as usize;
         if upper.is_some_and(|u| u <= lower) {
             return Vec::new();
         }
@@ -219,10 +218,10 @@ impl State {
         let iter = self.data[cf].range::<[u8], _>(range).map(|(_, e)| e);
         let to_pair = |e: &Entry| kvrpcpb::KvPair {
             key: e.user_key.clone(),
-            value: if key_only { Bytes::new() } else { e.value.clone() },
+            value: if spec.key_only { Bytes::new() } else { e.value.clone() },
             ..Default::default()
         };
-        if reverse {
+        if spec.reverse {
             iter.rev().filter(|e| e.visible(now_secs)).take(limit).map(to_pair).collect()
         } else {
             iter.filter(|e| e.visible(now_secs)).take(limit).map(to_pair).collect()
@@ -234,33 +233,30 @@ impl State {
     /// `[start, end]` of the region, the other bound is clamped to the region.
     /// Forward: `[start, end)`. Reverse: `start` is the exclusive upper bound
     /// and `end` the inclusive lower bound.
-    #[allow(clippy::too_many_arguments)]
     fn scan_in_region(
         &self,
         region: &metapb::Region,
         cf: usize,
         start: &[u8],
         end: Option<&[u8]>,
-        limit: usize,
-        key_only: bool,
-        reverse: bool,
+        spec: ScanSpec,
         now_secs: u64,
     ) -> Result<Vec<kvrpcpb::KvPair>, Reject> {
-        if limit == 0 {
+        if spec.limit == 0 {
             return Ok(Vec::new());
         }
         check_key_seekable(start, region)?;
         let region_end = (!region.end_key.is_empty()).then_some(&region.end_key[..]);
-        if reverse {
+        if spec.reverse {
             let lower = end.map_or(&region.start_key[..], |e| e.max(&region.start_key[..]));
-            Ok(self.scan_range(cf, lower, Some(start), true, limit, key_only, now_secs))
+            Ok(self.scan_range(cf, lower, Some(start), spec, now_secs))
         } else {
             let upper = match (end, region_end) {
                 (Some(e), Some(r)) => Some(e.min(r)),
                 (Some(e), None) => Some(e),
                 (None, r) => r,
             };
-            Ok(self.scan_range(cf, start, upper, false, limit, key_only, now_secs))
+            Ok(self.scan_range(cf, start, upper, spec, now_secs))
         }
     }
 
@@ -499,9 +495,7 @@ impl State {
                 cf,
                 &start,
                 end.as_deref(),
-                r.limit as usize,
-                r.key_only,
-                r.reverse,
+                ScanSpec { limit: r.limit, reverse: r.reverse, key_only: r.key_only },
                 now,
             )
         })();
@@ -554,9 +548,7 @@ impl State {
                     cf,
                     &start,
                     end.as_deref(),
-                    r.each_limit as usize,
-                    r.key_only,
-                    r.reverse,
+                    ScanSpec { limit: r.each_limit, reverse: r.reverse, key_only: r.key_only },
                     now,
                 )?);
             }
@@ -667,9 +659,7 @@ impl State {
                     0,
                     &start,
                     end.as_deref(),
-                    usize::MAX,
-                    false,
-                    false,
+                    ScanSpec::forward(u32::MAX),
                     now,
                 )? {
                     checksum = crc64::checksum_crc64_xor(checksum, &pair.key, &pair.value);

@@ -156,6 +156,15 @@ impl Undo {
     }
 }
 
+/// Which one-round commit protocols a prewrite still asks for (TiKV may
+/// decline either): what a retried prewrite of a committed transaction
+/// reports its commit ts as.
+#[derive(Clone, Copy, Debug)]
+struct CommitProtocols {
+    async_commit: bool,
+    one_pc: bool,
+}
+
 /// What a prewrite did (TiKV's `PrewriteResult`).
 pub(crate) struct Prewritten {
     /// `KeyIsLocked` errors (nothing is written then).
@@ -533,7 +542,11 @@ impl State {
             let mut pessimistic_locked = None;
             match self.mvcc.locks.get(key) {
                 Some(lock) if lock.ts != start_ts => {
-                    if let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc) {
+                    if let Some(done) = self.committed_retry(
+                        key,
+                        start_ts,
+                        CommitProtocols { async_commit, one_pc },
+                    ) {
                         return Ok(done);
                     }
                     if action == PA::DoPessimisticCheck {
@@ -575,9 +588,11 @@ impl State {
                 None if action == PA::DoPessimisticCheck => {
                     // `amend_pessimistic_lock`.
                     if self.mvcc.latest_write(key).is_some_and(|(c, _)| c >= start_ts) {
-                        if let Some(done) =
-                            self.committed_retry(key, start_ts, async_commit, one_pc)
-                        {
+                        if let Some(done) = self.committed_retry(
+                            key,
+                            start_ts,
+                            CommitProtocols { async_commit, one_pc },
+                        ) {
                             return Ok(done);
                         }
                         return Err(pessimistic_lock_not_found(start_ts, &m.key));
@@ -609,7 +624,11 @@ impl State {
                     if k.conflict.as_ref().is_some_and(|c| c.conflict_commit_ts > start_ts)
                         || k.abort.starts_with("PessimisticLockNotFound"));
                 if own_commit_possible
-                    && let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc)
+                    && let Some(done) = self.committed_retry(
+                        key,
+                        start_ts,
+                        CommitProtocols { async_commit, one_pc },
+                    )
                 {
                     return Ok(done);
                 }
@@ -674,7 +693,9 @@ impl State {
             if too_large {
                 // CommitTsTooLarge: unless this is a retry of a committed
                 // transaction, fall back to 2PC for the rest.
-                if let Some(done) = self.committed_retry(key, start_ts, async_commit, one_pc) {
+                if let Some(done) =
+                    self.committed_retry(key, start_ts, CommitProtocols { async_commit, one_pc })
+                {
                     return Ok(done);
                 }
                 async_commit = false;
@@ -715,9 +736,9 @@ impl State {
         &self,
         key: &[u8],
         start_ts: u64,
-        async_commit: bool,
-        one_pc: bool,
+        protocols: CommitProtocols,
     ) -> Option<Prewritten> {
+        let CommitProtocols { async_commit, one_pc } = protocols;
         match self.mvcc.txn_record(key, start_ts) {
             TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
                 Some(Prewritten {
