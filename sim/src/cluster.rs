@@ -283,8 +283,8 @@ pub(crate) struct PdState {
     /// When set, PD answers region queries from this frozen copy.
     pub(crate) stale_regions: Option<BTreeMap<Vec<u8>, Region>>,
     pub(crate) keyspaces: BTreeMap<String, keyspacepb::KeyspaceMeta>,
-    pub(crate) txn_safe_point: u64,
-    pub(crate) gc_safe_point: u64,
+    /// GC states by keyspace (`gc`).
+    pub(crate) gc: crate::gc::GcStates,
 }
 
 /// The whole model. Methods live here, in `raw.rs` and in `pd.rs`.
@@ -519,11 +519,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the safe points GetGCState reports.
+    /// Sets the null keyspace's safe points (the unified GC's) directly,
+    /// without collecting garbage.
     pub fn set_gc_safe_points(&self, txn_safe_point: u64, gc_safe_point: u64) {
         let mut st = self.lock();
-        st.pd.txn_safe_point = txn_safe_point;
-        st.pd.gc_safe_point = gc_safe_point;
+        let state = st.pd.gc.get_mut(crate::gc::NULL_KEYSPACE_ID);
+        state.txn_safe_point = txn_safe_point;
+        state.gc_safe_point = gc_safe_point;
     }
 
     /// The next `times` requests matching `filter` get `error` as their
@@ -703,8 +705,7 @@ impl State {
                 tso: (0, 0),
                 stale_regions: None,
                 keyspaces,
-                txn_safe_point: 0,
-                gc_safe_point: 0,
+                gc: Default::default(),
             },
             region_errors: Vec::new(),
             rpc_errors: Vec::new(),
@@ -1096,6 +1097,12 @@ impl State {
             KvRequest::PessimisticRollback(r) => KvResponse::PessimisticRollback(Box::new(
                 self.kv_pessimistic_rollback(store_id, *r),
             )),
+            KvRequest::DeleteRange(r) => {
+                KvResponse::DeleteRange(Box::new(self.kv_delete_range(store_id, *r)))
+            }
+            KvRequest::UnsafeDestroyRange(r) => {
+                KvResponse::UnsafeDestroyRange(Box::new(self.kv_unsafe_destroy_range(*r)))
+            }
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }

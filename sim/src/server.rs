@@ -20,7 +20,7 @@
 //! `BatchCommandsResponse` per inbound message, under the same request ids,
 //! with a `transport_layer_load` of 0 (the model has no thread pool to
 //! load). An `Empty` entry is echoed with its `test_id`; an entry this model
-//! does not execute (coprocessor, GC, import, delete range, ...) gets its
+//! does not execute (coprocessor, GC, import, flush, ...) gets its
 //! own response type carrying an error (`TikvService::unserved_entry`), and
 //! an entry without a command an answer without one, as TiKV answers
 //! requests it cannot parse. A
@@ -309,12 +309,8 @@ impl TikvService {
                     }),
                 })
             }
-            // `Cluster::handle_kv` answers these three `Unimplemented`,
+            // `Cluster::handle_kv` answers these two `Unimplemented`,
             // which on a stream would end it for every request.
-            ReqCmd::DeleteRange(_) => RespCmd::DeleteRange(kvrpcpb::DeleteRangeResponse {
-                error: why("DeleteRange"),
-                ..Default::default()
-            }),
             ReqCmd::Flush(_) => RespCmd::Flush(kvrpcpb::FlushResponse {
                 errors: vec![key_error("Flush")],
                 ..Default::default()

@@ -92,6 +92,10 @@ macro_rules! for_each_pd_rpc {
             (GetStore, pdpb, get_store, GetStoreRequest, GetStoreResponse),
             (GetAllStores, pdpb, get_all_stores, GetAllStoresRequest, GetAllStoresResponse),
             (GetGcState, pdpb, get_gc_state, GetGcStateRequest, GetGcStateResponse),
+            (AdvanceTxnSafePoint, pdpb, advance_txn_safe_point, AdvanceTxnSafePointRequest, AdvanceTxnSafePointResponse),
+            (AdvanceGcSafePoint, pdpb, advance_gc_safe_point, AdvanceGcSafePointRequest, AdvanceGcSafePointResponse),
+            (SetGcBarrier, pdpb, set_gc_barrier, SetGcBarrierRequest, SetGcBarrierResponse),
+            (DeleteGcBarrier, pdpb, delete_gc_barrier, DeleteGcBarrierRequest, DeleteGcBarrierResponse),
             (LoadKeyspace, keyspacepb, load_keyspace, LoadKeyspaceRequest, LoadKeyspaceResponse),
         }
     };
@@ -260,6 +264,10 @@ impl PdResponse {
             PdResponse::GetStore(r) => r.header.as_ref(),
             PdResponse::GetAllStores(r) => r.header.as_ref(),
             PdResponse::GetGcState(r) => r.header.as_ref(),
+            PdResponse::AdvanceTxnSafePoint(r) => r.header.as_ref(),
+            PdResponse::AdvanceGcSafePoint(r) => r.header.as_ref(),
+            PdResponse::SetGcBarrier(r) => r.header.as_ref(),
+            PdResponse::DeleteGcBarrier(r) => r.header.as_ref(),
             PdResponse::Tso(r) => r.header.as_ref(),
             PdResponse::LoadKeyspace(r) => r.header.as_ref(),
         }
