@@ -55,6 +55,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("route/walk.rs"),
         ],
     ),
+    ("range_task", &[include_str!("range_task.rs")]),
     ("raw", &[include_str!("raw.rs")]),
     ("lock", &[include_str!("lock.rs")]),
     (

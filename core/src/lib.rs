@@ -34,6 +34,8 @@
 //!   ([`route::sender::RegionCall`], which decides each attempt while its
 //!   parent builds the request for it), key batches fanned out by region
 //!   ([`route::fanout`]), ranges walked region by region ([`route::walk`]).
+//! - [`range_task`]: the range-task runner: a range cut into tasks of N
+//!   regions, run with bounded concurrency (client-go's `rangetask`).
 //! - [`raw`]: RawKV operations.
 //! - [`lock`]: the lock resolver.
 //! - [`txn`]: snapshot reads, the transaction write buffer and the commit
@@ -54,7 +56,7 @@
 //! 3. Shared knowledge: `view`.
 //! 4. PD machines: `pd` (`call`, `keyspace`, `locate`, `stores`, `tso`).
 //! 5. Routing: `route` (`sender`, then `fanout` and `walk`).
-//! 6. Operations: `raw`, `lock`, then `txn`.
+//! 6. Operations: `range_task`, `raw`, `lock`, then `txn`.
 
 #![forbid(unsafe_code)]
 
@@ -66,6 +68,7 @@ pub mod key;
 pub mod lock;
 pub mod op;
 pub mod pd;
+pub mod range_task;
 pub mod raw;
 pub mod region;
 pub mod rng;
