@@ -71,6 +71,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("txn/union.rs"),
         ],
     ),
+    ("gc", &[include_str!("gc.rs")]),
 ];
 
 /// The unit a `crate::` path names: the longest unit that prefixes it.

@@ -37,6 +37,8 @@
 //! - [`range_task`]: the range-task runner: a range cut into tasks of N
 //!   regions, run with bounded concurrency (client-go's `rangetask`).
 //! - [`raw`]: RawKV operations.
+//! - [`gc`]: GC (locks resolved below a safe point, the safe points
+//!   advanced), `delete_range`, `unsafe_destroy_range`, lock scans.
 //! - [`lock`]: the lock resolver.
 //! - [`txn`]: snapshot reads, the transaction write buffer and the commit
 //!   protocols. What follows a commit (the secondaries' commit, a failed
@@ -56,7 +58,7 @@
 //! 3. Shared knowledge: `view`.
 //! 4. PD machines: `pd` (`call`, `keyspace`, `locate`, `stores`, `tso`).
 //! 5. Routing: `route` (`sender`, then `fanout` and `walk`).
-//! 6. Operations: `range_task`, `raw`, `lock`, then `txn`.
+//! 6. Operations: `range_task`, `raw`, `lock`, then `txn` and `gc`.
 
 #![forbid(unsafe_code)]
 
@@ -64,6 +66,7 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod key;
 pub mod lock;
 pub mod op;

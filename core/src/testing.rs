@@ -55,6 +55,13 @@ pub(crate) struct FakeCluster {
     pub(crate) no_batch_scan: bool,
     /// Every TiKV request received, in order (for asserting on contexts).
     pub(crate) received: Vec<KvRequest>,
+    /// PD's GC state (null keyspace): txn and GC safe points, and the ts
+    /// of one GC barrier holding the txn safe point back, if set.
+    pub(crate) txn_safe_point: u64,
+    pub(crate) gc_safe_point: u64,
+    pub(crate) gc_barrier: Option<u64>,
+    /// Stores PD lists as tombstones.
+    pub(crate) tombstones: Vec<u64>,
     /// The client's timestamp oracle: answers [`Request::Timestamp`] with a
     /// real [`TsoBatcher`] whose one-caller rounds this fake's PD serves at
     /// once. Built on first use over a default view; tests that look at the
@@ -79,6 +86,10 @@ impl FakeCluster {
             faults: VecDeque::new(),
             no_batch_scan: false,
             received: Vec::new(),
+            txn_safe_point: 0,
+            gc_safe_point: 0,
+            gc_barrier: None,
+            tombstones: Vec::new(),
             oracle: None,
             next_id: 100,
             tso: 0,
@@ -269,6 +280,65 @@ impl FakeCluster {
                 }),
                 ..Default::default()
             })),
+            PdRequest::GetAllStores(_) => {
+                PdResponse::GetAllStores(Box::new(pdpb::GetAllStoresResponse {
+                    header: self.header(),
+                    stores: self
+                        .stores
+                        .iter()
+                        .map(|(id, addr)| metapb::Store {
+                            id: *id,
+                            address: addr.clone(),
+                            state: if self.tombstones.contains(id) {
+                                metapb::StoreState::Tombstone as i32
+                            } else {
+                                metapb::StoreState::Up as i32
+                            },
+                            ..Default::default()
+                        })
+                        .collect(),
+                }))
+            }
+            // PD's rules in short: the txn safe point stops at the barrier,
+            // the GC safe point may not pass the txn safe point.
+            PdRequest::AdvanceTxnSafePoint(r) => {
+                let old = self.txn_safe_point;
+                let new = old.max(self.gc_barrier.map_or(r.target, |b| b.min(r.target)));
+                self.txn_safe_point = new;
+                PdResponse::AdvanceTxnSafePoint(Box::new(pdpb::AdvanceTxnSafePointResponse {
+                    header: self.header(),
+                    old_txn_safe_point: old,
+                    new_txn_safe_point: new,
+                    blocker_description: if new < r.target {
+                        "barrier".into()
+                    } else {
+                        String::new()
+                    },
+                }))
+            }
+            PdRequest::AdvanceGcSafePoint(r) => {
+                let old = self.gc_safe_point;
+                if r.target > self.txn_safe_point {
+                    return Ok(PdResponse::AdvanceGcSafePoint(Box::new(
+                        pdpb::AdvanceGcSafePointResponse {
+                            header: Some(pdpb::ResponseHeader {
+                                cluster_id: 7,
+                                error: Some(pdpb::Error {
+                                    r#type: pdpb::ErrorType::Unknown as i32,
+                                    message: "exceeds the txn safe point".into(),
+                                }),
+                            }),
+                            ..Default::default()
+                        },
+                    )));
+                }
+                self.gc_safe_point = r.target;
+                PdResponse::AdvanceGcSafePoint(Box::new(pdpb::AdvanceGcSafePointResponse {
+                    header: self.header(),
+                    old_gc_safe_point: old,
+                    new_gc_safe_point: r.target,
+                }))
+            }
             PdRequest::Tso(r) => {
                 self.tso += i64::from(r.count);
                 PdResponse::Tso(Box::new(pdpb::TsoResponse {
