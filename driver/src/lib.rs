@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod background;
 mod client;
 mod collapse;
@@ -46,8 +47,11 @@ pub use txn::{Snapshot, Transaction, TransactionClient, TransactionOptions};
 pub use tikv_core::Error;
 pub use tikv_core::codec::ApiVersion;
 pub use tikv_core::config::{BackoffBudgets, Config};
+pub use tikv_core::gc::GcOutcome;
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
+pub use tikv_core::lock::Lock;
 pub use tikv_core::pd::Timestamp;
+pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::rpc::{RequestSource, RequestTags};
 

@@ -26,7 +26,7 @@ use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 /// (point, batch and range reads that resolve the locks they meet) and
 /// optimistic [`Transaction`]s ([`TransactionClient::begin`]).
 pub struct TransactionClient<P: Platform> {
-    core: Arc<ClientCore<P>>,
+    pub(crate) core: Arc<ClientCore<P>>,
 }
 
 impl<P: Platform> Clone for TransactionClient<P> {

@@ -1,11 +1,14 @@
-//! The transaction suite ([`tikv_tests::txn`]) under both runtimes.
+//! The transaction suite ([`tikv_tests::txn`]) and the GC suite
+//! ([`tikv_tests::gc`]) under both runtimes.
 
 mod on_tokio {
     tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness);
+    tikv_tests::gc_suite!(tikv_tests::harness::TokioHarness);
 }
 
 mod on_async_std {
     tikv_tests::txn_suite!(tikv_tests::harness::AsyncStdHarness);
+    tikv_tests::gc_suite!(tikv_tests::harness::AsyncStdHarness);
 }
 
 /// The public futures are `Send`, so applications can spawn them on a

@@ -1,0 +1,83 @@
+//! Administrative calls on the transactional client (client-go `tikv/gc.go`,
+//! `txnkv/rangetask`): lock scans and resolution over ranges, GC rounds,
+//! `DeleteRange` and `UnsafeDestroyRange`. The machines are core's
+//! [`tikv_core::gc`]; this file only runs them.
+
+use tikv_core::Error;
+use tikv_core::gc::{self, GcOutcome, RANGE_TASK_CONCURRENCY, UnsafeDestroyRange};
+use tikv_core::key::KeyRange;
+use tikv_core::lock::Lock;
+use tikv_core::pd::Timestamp;
+use tikv_core::range_task::RangeTaskStat;
+
+use crate::client::Platform;
+use crate::txn::TransactionClient;
+
+impl<P: Platform> TransactionClient<P> {
+    /// Up to `limit` locks in `range` whose transactions started at or
+    /// before `max_ts`, in key order (TiKV `ScanLock`, region by region).
+    pub async fn scan_locks(
+        &self,
+        range: impl Into<KeyRange>,
+        max_ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Lock>, Error> {
+        let op = gc::scan_locks(&self.core.view, range.into(), max_ts.version(), limit);
+        Ok(self.core.run(op).await?.locks)
+    }
+
+    /// Resolves every lock in `range` whose transaction started at or
+    /// before `max_ts` (client-go `ResolveLocksForRange`): each such
+    /// transaction is committed or rolled back for good, as GC needs.
+    pub async fn resolve_locks_for_range(
+        &self,
+        range: impl Into<KeyRange>,
+        max_ts: Timestamp,
+    ) -> Result<RangeTaskStat, Error> {
+        let op = gc::resolve_locks_for_range(&self.core.view, range.into(), max_ts.version());
+        Ok(self.core.run(op).await?.stat)
+    }
+
+    /// One GC round towards `safe_point` (client-go `KVStore.GC`): advances
+    /// the txn safe point (PD holds it behind GC barriers), resolves every
+    /// lock at or below the safe point reached over the whole key space
+    /// (8 tasks of 128 regions at a time), then advances the GC safe point
+    /// to it, after which the stores may collect versions below it.
+    pub async fn gc(&self, safe_point: Timestamp) -> Result<GcOutcome, Error> {
+        let op = gc::Gc::new(&self.core.view, safe_point.version(), RANGE_TASK_CONCURRENCY);
+        self.core.run(op).await
+    }
+
+    /// Deletes every version of every key in `range` (client-go
+    /// `DeleteRangeTask`; not transactional, and `range` needs a bounded end).
+    pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<RangeTaskStat, Error> {
+        self.delete_range_inner(range.into(), false).await
+    }
+
+    /// Like [`TransactionClient::delete_range`], but TiKV deletes nothing and
+    /// only notifies its observers (client-go's `notifyOnly` task).
+    pub async fn delete_range_notify_only(
+        &self,
+        range: impl Into<KeyRange>,
+    ) -> Result<RangeTaskStat, Error> {
+        self.delete_range_inner(range.into(), true).await
+    }
+
+    async fn delete_range_inner(
+        &self,
+        range: KeyRange,
+        notify_only: bool,
+    ) -> Result<RangeTaskStat, Error> {
+        let op = gc::delete_range(&self.core.view, range, notify_only, RANGE_TASK_CONCURRENCY)?;
+        self.core.run(op).await
+    }
+
+    /// Destroys every version of every key in `range` on every store that
+    /// is neither a tombstone nor TiFlash, all at once, bypassing Raft
+    /// (client-go `KVStore.UnsafeDestroyRange`, 5 minutes per store). Only
+    /// for ranges no one reads or writes any more; the error lists every
+    /// store that failed.
+    pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
+        self.core.run(UnsafeDestroyRange::new(&self.core.view, range.into())).await
+    }
+}
