@@ -13,9 +13,13 @@
 //!   range-task runner, or only notify (`notify_only`).
 //! - [`UnsafeDestroyRange`]: `UnsafeDestroyRange` to every store that is not
 //!   a tombstone nor TiFlash, all at once, errors gathered per store.
+//! - The read visibility check (client-go `KVStore.CheckVisibility`): a
+//!   [`TxnSafePointCache`] the runtime keeps fresh with
+//!   [`LoadTxnSafePoint`], and [`check_visibility`] refusing reads below
+//!   the txn safe point.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tikv_proto::{kvrpcpb, metapb, pdpb};
 
@@ -828,6 +832,175 @@ impl Operation for UnsafeDestroyRange {
 
     fn backoff_spent(&self) -> Option<&Backoffer> {
         Some(&self.budget)
+    }
+}
+
+// ---------------------------------------------------------------- visibility
+
+/// How often the runtime reloads the txn safe point (client-go
+/// `pollTxnSafePointInterval`).
+pub const TXN_SAFE_POINT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// A cached txn safe point older than this is not trusted (client-go's
+/// `GcStateCacheInterval` of 100 s minus `gcCPUTimeInaccuracyBound` of
+/// 10 s): GC may have moved past it since.
+pub const TXN_SAFE_POINT_MAX_AGE: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Default)]
+struct CachedSafePoint {
+    txn_safe_point: u64,
+    loaded_at: Option<Instant>,
+    /// PD has no GC-states API (PD < 9; client-go then reads the safe
+    /// point from etcd, which this client does not): nothing to check.
+    unsupported: bool,
+}
+
+/// The client's cached txn safe point (client-go's `gcStateCacheMu`).
+#[derive(Debug, Default)]
+pub struct TxnSafePointCache {
+    inner: Mutex<CachedSafePoint>,
+}
+
+/// What the cache knows at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedTxnSafePoint {
+    /// Loaded within [`TXN_SAFE_POINT_MAX_AGE`].
+    Fresh(u64),
+    /// Never loaded, or too old to trust: load it before checking.
+    Stale,
+    /// PD cannot tell it; reads go unchecked.
+    Unsupported,
+}
+
+impl TxnSafePointCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedSafePoint> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a txn safe point PD reported at `now` (client-go
+    /// `UpdateTxnSafePointCache`).
+    pub fn update(&self, txn_safe_point: u64, now: Instant) {
+        let mut c = self.lock();
+        c.txn_safe_point = txn_safe_point;
+        c.loaded_at = Some(now);
+    }
+
+    /// Records that PD has no GC-states API.
+    pub fn mark_unsupported(&self) {
+        self.lock().unsupported = true;
+    }
+
+    /// The cached value as of `now`.
+    pub fn get(&self, now: Instant) -> CachedTxnSafePoint {
+        let c = self.lock();
+        if c.unsupported {
+            return CachedTxnSafePoint::Unsupported;
+        }
+        match c.loaded_at {
+            Some(at) if now.saturating_duration_since(at) <= TXN_SAFE_POINT_MAX_AGE => {
+                CachedTxnSafePoint::Fresh(c.txn_safe_point)
+            }
+            _ => CachedTxnSafePoint::Stale,
+        }
+    }
+
+    /// Feeds a [`LoadTxnSafePoint`] outcome: a value is recorded, PD's
+    /// `Unimplemented` marks the API missing; other errors are returned.
+    pub fn record(&self, loaded: Result<u64, Error>, now: Instant) -> Result<(), Error> {
+        match loaded {
+            Ok(txn_safe_point) => {
+                self.update(txn_safe_point, now);
+                Ok(())
+            }
+            Err(Error::Rpc(RpcError::Unimplemented(_))) => {
+                self.mark_unsupported();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// client-go `CheckVisibility`'s rule: a read at `start_ts` below the txn
+/// safe point may meet collected data, so it is refused.
+pub fn check_visibility(start_ts: u64, txn_safe_point: u64) -> Result<(), Error> {
+    if start_ts < txn_safe_point {
+        return Err(Error::TxnAbortedByGc { start_ts, txn_safe_point });
+    }
+    Ok(())
+}
+
+/// Loads the txn safe point from PD's `GetGCState` for the client's
+/// keyspace (the null keyspace in API V1; PD answers a keyspace without
+/// its own GC with the unified state), barriers left out.
+#[derive(Debug)]
+pub struct LoadTxnSafePoint {
+    call: PdCall,
+    result: Option<Result<u64, Error>>,
+}
+
+impl LoadTxnSafePoint {
+    /// A load for the keyspace `view`'s codec names.
+    pub fn new(view: &Arc<ClusterView>) -> LoadTxnSafePoint {
+        let keyspace_scope = view.codec.keyspace_id().map(|id| pdpb::KeyspaceScope {
+            keyspace: Some(pdpb::keyspace_scope::Keyspace::KeyspaceId(id)),
+        });
+        let request = PdRequest::GetGcState(Box::new(pdpb::GetGcStateRequest {
+            keyspace_scope,
+            exclude_gc_barriers: true,
+            ..Default::default()
+        }));
+        let budget = view.backoffer(GC_PD_BUDGET);
+        LoadTxnSafePoint {
+            call: PdCall::new(view.pd.clone(), request, view.config.pd_timeout, budget),
+            result: None,
+        }
+    }
+
+    fn check(&mut self) {
+        let Some(outcome) = self.call.poll_result() else { return };
+        self.result = Some(match outcome {
+            Ok(PdResponse::GetGcState(r)) => match r.gc_state {
+                Some(state) => Ok(state.txn_safe_point),
+                None => Err(Error::malformed("GetGCState without a GC state")),
+            },
+            Ok(other) => Err(Error::malformed(format!("unexpected PD {}", other.name()))),
+            Err(e) => Err(e),
+        });
+    }
+}
+
+impl Operation for LoadTxnSafePoint {
+    type Output = u64;
+
+    fn start(&mut self, now: Instant) {
+        self.call.start(now);
+        self.check();
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        self.call.poll_rpc()
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.call.on_response(id, response, now);
+        self.check();
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.call.on_timeout(now);
+        self.check();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.call.poll_timeout()
+    }
+
+    fn poll_result(&mut self) -> Option<Result<u64, Error>> {
+        self.result.take()
+    }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        Some(self.call.backoffer())
     }
 }
 

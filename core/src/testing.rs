@@ -316,6 +316,17 @@ impl FakeCluster {
                     },
                 }))
             }
+            PdRequest::GetGcState(_) => {
+                PdResponse::GetGcState(Box::new(pdpb::GetGcStateResponse {
+                    header: self.header(),
+                    gc_state: Some(pdpb::GcState {
+                        txn_safe_point: self.txn_safe_point,
+                        gc_safe_point: self.gc_safe_point,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))
+            }
             PdRequest::AdvanceGcSafePoint(r) => {
                 let old = self.gc_safe_point;
                 if r.target > self.txn_safe_point {

@@ -10,6 +10,7 @@ use tikv_core::lock::Lock;
 use tikv_core::pd::Timestamp;
 use tikv_core::range_task::RangeTaskStat;
 
+use crate::Runtime;
 use crate::client::Platform;
 use crate::txn::TransactionClient;
 
@@ -45,7 +46,13 @@ impl<P: Platform> TransactionClient<P> {
     /// to it, after which the stores may collect versions below it.
     pub async fn gc(&self, safe_point: Timestamp) -> Result<GcOutcome, Error> {
         let op = gc::Gc::new(&self.core.view, safe_point.version(), RANGE_TASK_CONCURRENCY);
-        self.core.run(op).await
+        let outcome = self.core.run(op).await?;
+        if self.core.view.codec.keyspace_id().is_none() {
+            // The round moved the unified txn safe point this client's
+            // reads are checked against: no need to wait for the poller.
+            self.core.txn_safe_point.update(outcome.safe_point, self.core.rt.now());
+        }
+        Ok(outcome)
     }
 
     /// Deletes every version of every key in `range` (client-go

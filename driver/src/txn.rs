@@ -195,9 +195,11 @@ impl<P: Platform> Snapshot<P> {
     }
 
     /// Runs a read of this snapshot after checking its timestamp
-    /// (client-go validates the read ts of every read request).
+    /// (client-go validates the read ts of every read request, and checks
+    /// it against the txn safe point).
     pub(crate) async fn run<O: tikv_core::op::Operation>(&self, op: O) -> Result<O::Output, Error> {
         self.core.validate_read_ts(self.ts).await?;
+        self.core.check_visibility(self.ts).await?;
         self.core.run(op).await
     }
 }

@@ -34,6 +34,7 @@ macro_rules! gc_suite {
             locks_are_scanned_and_resolved_over_a_range,
             delete_range_deletes_and_notify_only_does_not,
             unsafe_destroy_range_empties_the_range_and_names_failed_stores,
+            reads_below_the_txn_safe_point_are_refused,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -218,4 +219,33 @@ pub async fn unsafe_destroy_range_empties_the_range_and_names_failed_stores<H: H
     let Err(Error::Server(message)) = err else { panic!("{err:?}") };
     assert!(message.contains(&format!("store {down}")), "{message}");
     server.cluster().start_store(down).expect("start");
+}
+
+/// Once GC has moved the txn safe point, reads below it are refused
+/// (`Error::TxnAbortedByGc`) rather than served from collected data: by
+/// the client that ran GC, by a transaction that began before, and by a
+/// client connected afterwards (it loads the safe point when it connects).
+pub async fn reads_below_the_txn_safe_point_are_refused<H: Harness>() {
+    let (server, client) = start::<H>().await;
+    put(&client, &[("a", Some("1"))]).await;
+    let old = client.current_timestamp().await.unwrap();
+    let txn = client.begin().await.expect("begin");
+    put(&client, &[("a", Some("2"))]).await;
+    let safe_point = client.current_timestamp().await.unwrap();
+    client.gc(safe_point).await.expect("gc");
+
+    let refused = |r: Result<Option<tikv_driver::Value>, Error>| match r {
+        Err(Error::TxnAbortedByGc { start_ts, txn_safe_point }) => {
+            assert!(start_ts < txn_safe_point);
+            assert_eq!(txn_safe_point, safe_point.version());
+        }
+        other => panic!("expected TxnAbortedByGc, got {other:?}"),
+    };
+    refused(client.snapshot(old).get("a".to_string()).await);
+    refused(txn.get("b".to_string()).await);
+    let at_safe_point = client.snapshot(safe_point).get("a".to_string()).await.expect("read");
+    assert_eq!(at_safe_point.as_deref(), Some(&b"2"[..]));
+
+    let other = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    refused(other.snapshot(old).get("a".to_string()).await);
 }

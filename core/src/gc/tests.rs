@@ -235,3 +235,38 @@ fn unsafe_destroy_range_asks_every_live_store_and_gathers_failures() {
     let (_, result) = drive(UnsafeDestroyRange::new(&view(), KeyRange::new("a", "")), &mut c);
     assert!(matches!(result, Err(Error::InvalidArgument(_))), "{result:?}");
 }
+
+/// The cache is trusted for 90 s after a load; PD without the GC-states
+/// API turns the check off; reads below the txn safe point are refused.
+#[test]
+fn the_txn_safe_point_cache_ages_and_the_visibility_rule_refuses_old_reads() {
+    let cache = TxnSafePointCache::default();
+    let t0 = Instant::from_millis(1_000);
+    assert_eq!(cache.get(t0), CachedTxnSafePoint::Stale, "never loaded");
+    cache.update(50, t0);
+    assert_eq!(cache.get(t0 + TXN_SAFE_POINT_MAX_AGE), CachedTxnSafePoint::Fresh(50));
+    let later = t0 + TXN_SAFE_POINT_MAX_AGE + Duration::from_millis(1);
+    assert_eq!(cache.get(later), CachedTxnSafePoint::Stale);
+
+    assert!(check_visibility(50, 50).is_ok(), "the safe point itself is still readable");
+    assert!(matches!(
+        check_visibility(49, 50),
+        Err(Error::TxnAbortedByGc { start_ts: 49, txn_safe_point: 50 })
+    ));
+
+    let failed = Err(Error::Rpc(RpcError::Unavailable("down".into())));
+    assert!(cache.record(failed, later).is_err(), "a failed load is the caller's error");
+    assert_eq!(cache.get(later), CachedTxnSafePoint::Stale);
+    let old_pd = Err(Error::Rpc(RpcError::Unimplemented("GetGCState".into())));
+    assert!(cache.record(old_pd, later).is_ok());
+    assert_eq!(cache.get(later), CachedTxnSafePoint::Unsupported);
+}
+
+/// The load reads the txn safe point from PD's GC state.
+#[test]
+fn the_txn_safe_point_is_loaded_from_the_gc_state() {
+    let mut c = FakeCluster::new(&[]);
+    c.txn_safe_point = 77;
+    let (log, result) = drive(LoadTxnSafePoint::new(&view()), &mut c);
+    assert_eq!(result.unwrap(), 77, "{log}");
+}
