@@ -72,6 +72,7 @@ const UNITS: &[(&str, &[&str])] = &[
         ],
     ),
     ("gc", &[include_str!("gc.rs")]),
+    ("split", &[include_str!("split.rs")]),
 ];
 
 /// The unit a `crate::` path names: the longest unit that prefixes it.

@@ -39,6 +39,7 @@
 //! - [`raw`]: RawKV operations.
 //! - [`gc`]: GC (locks resolved below a safe point, the safe points
 //!   advanced), `delete_range`, `unsafe_destroy_range`, lock scans.
+//! - [`split`]: region splits and PD scatters.
 //! - [`lock`]: the lock resolver.
 //! - [`txn`]: snapshot reads, the transaction write buffer and the commit
 //!   protocols. What follows a commit (the secondaries' commit, a failed
@@ -58,7 +59,7 @@
 //! 3. Shared knowledge: `view`.
 //! 4. PD machines: `pd` (`call`, `keyspace`, `locate`, `stores`, `tso`).
 //! 5. Routing: `route` (`sender`, then `fanout` and `walk`).
-//! 6. Operations: `range_task`, `raw`, `lock`, then `txn` and `gc`.
+//! 6. Operations: `range_task`, `raw`, `lock`, then `txn`, `gc` and `split`.
 
 #![forbid(unsafe_code)]
 
@@ -77,6 +78,7 @@ pub mod region;
 pub mod rng;
 pub mod route;
 pub mod rpc;
+pub mod split;
 pub mod time;
 pub mod txn;
 pub mod view;

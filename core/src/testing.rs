@@ -62,6 +62,10 @@ pub(crate) struct FakeCluster {
     pub(crate) gc_barrier: Option<u64>,
     /// Stores PD lists as tombstones.
     pub(crate) tombstones: Vec<u64>,
+    /// Regions PD was asked to scatter, in order; `GetOperator` answers
+    /// `RUNNING` for a scattered region this many more times, then `SUCCESS`.
+    pub(crate) scattered: Vec<u64>,
+    pub(crate) operator_running_polls: u32,
     /// The client's timestamp oracle: answers [`Request::Timestamp`] with a
     /// real [`TsoBatcher`] whose one-caller rounds this fake's PD serves at
     /// once. Built on first use over a default view; tests that look at the
@@ -90,6 +94,8 @@ impl FakeCluster {
             gc_safe_point: 0,
             gc_barrier: None,
             tombstones: Vec::new(),
+            scattered: Vec::new(),
+            operator_running_polls: 0,
             oracle: None,
             next_id: 100,
             tso: 0,
@@ -314,6 +320,41 @@ impl FakeCluster {
                     } else {
                         String::new()
                     },
+                }))
+            }
+            PdRequest::ScatterRegion(r) => {
+                self.scattered.extend(&r.regions_id);
+                PdResponse::ScatterRegion(Box::new(pdpb::ScatterRegionResponse {
+                    header: self.header(),
+                    finished_percentage: 100,
+                    ..Default::default()
+                }))
+            }
+            PdRequest::GetOperator(r) if !self.scattered.contains(&r.region_id) => {
+                PdResponse::GetOperator(Box::new(pdpb::GetOperatorResponse {
+                    header: Some(pdpb::ResponseHeader {
+                        cluster_id: 7,
+                        error: Some(pdpb::Error {
+                            r#type: pdpb::ErrorType::RegionNotFound as i32,
+                            message: "Not Found".into(),
+                        }),
+                    }),
+                    ..Default::default()
+                }))
+            }
+            PdRequest::GetOperator(r) => {
+                let running = self.operator_running_polls > 0;
+                self.operator_running_polls = self.operator_running_polls.saturating_sub(1);
+                PdResponse::GetOperator(Box::new(pdpb::GetOperatorResponse {
+                    header: self.header(),
+                    region_id: r.region_id,
+                    desc: "scatter-region".into(),
+                    status: if running {
+                        pdpb::OperatorStatus::Running as i32
+                    } else {
+                        pdpb::OperatorStatus::Success as i32
+                    },
+                    ..Default::default()
                 }))
             }
             PdRequest::GetGcState(_) => {

@@ -1,14 +1,16 @@
 //! Administrative calls on the transactional client (client-go `tikv/gc.go`,
-//! `txnkv/rangetask`): lock scans and resolution over ranges, GC rounds,
-//! `DeleteRange` and `UnsafeDestroyRange`. The machines are core's
-//! [`tikv_core::gc`]; this file only runs them.
+//! `txnkv/rangetask`, `tikv/split_region.go`): lock scans and resolution
+//! over ranges, GC rounds, `DeleteRange`, `UnsafeDestroyRange`, region
+//! splits and scatters. The machines are core's [`tikv_core::gc`] and
+//! [`tikv_core::split`]; this file only runs them.
 
 use tikv_core::Error;
 use tikv_core::gc::{self, GcOutcome, RANGE_TASK_CONCURRENCY, UnsafeDestroyRange};
-use tikv_core::key::KeyRange;
+use tikv_core::key::{Key, KeyRange};
 use tikv_core::lock::Lock;
 use tikv_core::pd::Timestamp;
 use tikv_core::range_task::RangeTaskStat;
+use tikv_core::split::{SplitRegions, SplitRegionsOutcome, WAIT_SCATTER_BUDGET, WaitScatterFinish};
 
 use crate::Runtime;
 use crate::client::Platform;
@@ -86,5 +88,26 @@ impl<P: Platform> TransactionClient<P> {
     /// store that failed.
     pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
         self.core.run(UnsafeDestroyRange::new(&self.core.view, range.into())).await
+    }
+
+    /// Splits regions at `keys` (client-go `KVStore.SplitRegions`: TiKV
+    /// `SplitRegion` to each region's leader, up to 2048 keys a request)
+    /// and, with `scatter`, asks PD to scatter every new region. The
+    /// outcome lists the new regions; a failed scatter is reported beside
+    /// them (the splits stand).
+    pub async fn split_regions(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+        scatter: bool,
+    ) -> Result<SplitRegionsOutcome, Error> {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.core.run(SplitRegions::new(&self.core.view, keys, scatter)).await
+    }
+
+    /// Waits until PD has no running scatter for `region_id` (client-go
+    /// `WaitScatterRegionFinish`, up to 2 minutes of polling).
+    pub async fn wait_scatter_finish(&self, region_id: u64) -> Result<(), Error> {
+        let op = WaitScatterFinish::new(&self.core.view, region_id, WAIT_SCATTER_BUDGET);
+        self.core.run(op).await
     }
 }

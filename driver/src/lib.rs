@@ -54,6 +54,7 @@ pub use tikv_core::pd::Timestamp;
 pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::rpc::{RequestSource, RequestTags};
+pub use tikv_core::split::SplitRegionsOutcome;
 
 /// Re-exported so runtime crates and tests need not depend on `futures` to
 /// name the boxed future type of the traits.

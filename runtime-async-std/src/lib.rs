@@ -89,6 +89,6 @@ pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
     GcOutcome, Key, KeyRange, KvPair, Lock, RangeTaskStat, RawChecksum, ReadOptions, RequestSource,
-    RequestTags, Timestamp, TransactionOptions, Value,
+    RequestTags, SplitRegionsOutcome, Timestamp, TransactionOptions, Value,
 };
 pub use tikv_grpc::TransportConfig;

@@ -285,6 +285,8 @@ pub(crate) struct PdState {
     pub(crate) keyspaces: BTreeMap<String, keyspacepb::KeyspaceMeta>,
     /// GC states by keyspace (`gc`).
     pub(crate) gc: crate::gc::GcStates,
+    /// Each region's latest operator (`scatter`).
+    pub(crate) operators: BTreeMap<u64, crate::scatter::Operator>,
 }
 
 /// The whole model. Methods live here, in `raw.rs` and in `pd.rs`.
@@ -706,6 +708,7 @@ impl State {
                 stale_regions: None,
                 keyspaces,
                 gc: Default::default(),
+                operators: BTreeMap::new(),
             },
             region_errors: Vec::new(),
             rpc_errors: Vec::new(),
@@ -887,7 +890,11 @@ impl State {
         Ok(target)
     }
 
-    fn transfer_leader(&mut self, region_id: u64, store_id: u64) -> Result<(), SimError> {
+    pub(crate) fn transfer_leader(
+        &mut self,
+        region_id: u64,
+        store_id: u64,
+    ) -> Result<(), SimError> {
         let region = self.region_by_id_mut(region_id).ok_or(SimError::NoSuchRegion(region_id))?;
         if region.peer_on(store_id).is_none() {
             return Err(SimError::NoPeerOnStore { region_id, store_id });

@@ -147,6 +147,10 @@
 //!   served from what is left, as TiKV does (refusing them is the
 //!   client's job). [`Cluster::set_gc_safe_points`] sets the unified safe
 //!   points directly, without collecting.
+//! - PD scatter ([`scatter`]): `ScatterRegion` starts a `scatter-region`
+//!   operator per region that finishes after a fixed model time by moving
+//!   the region's leader to its next running peer; `GetOperator` reports
+//!   it. No placement, no store limits, no groups.
 //! - Region boundaries from [`ClusterConfig::split_keys`] and
 //!   [`Cluster::split`] are request keys mapped like raw data (identity in V1,
 //!   memcomparable in V2), except in a V1 txn cluster
@@ -177,6 +181,7 @@ mod pd;
 mod raw;
 #[cfg(feature = "server")]
 pub mod real_pd;
+pub mod scatter;
 #[cfg(feature = "server")]
 pub mod server;
 mod txn;

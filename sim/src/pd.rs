@@ -229,6 +229,14 @@ impl State {
                 self.validate(member, r.header.as_ref())?;
                 PdResponse::DeleteGcBarrier(Box::new(self.delete_gc_barrier(&r, now)))
             }
+            PdRequest::ScatterRegion(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::ScatterRegion(Box::new(self.scatter_region(&r, now)))
+            }
+            PdRequest::GetOperator(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::GetOperator(Box::new(self.get_operator(&r, now)))
+            }
             PdRequest::LoadKeyspace(r) => {
                 self.validate(member, r.header.as_ref())?;
                 PdResponse::LoadKeyspace(Box::new(match self.pd.keyspaces.get(&r.name) {

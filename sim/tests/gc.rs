@@ -482,3 +482,43 @@ fn unsafe_destroy_range_needs_no_region_and_empties_the_range() {
     assert!(c.locks().is_empty());
     assert_eq!(value(&c, b"x", 30).as_deref(), Some(&b"1"[..]));
 }
+
+// ---- PD scatter (not GC, but PD's other administrative state) ----
+
+#[test]
+fn scatter_operators_run_over_model_time_then_move_the_leader() {
+    let c = cluster();
+    let region = c.regions()[0].clone();
+    let leader = c.leader_of(region.id).unwrap().store_id;
+    let get = |now: Instant| {
+        let req = pdpb::GetOperatorRequest { header: header(&c), region_id: region.id };
+        match pd(&c, PdRequest::GetOperator(Box::new(req)), now) {
+            PdResponse::GetOperator(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    };
+    let none = get(T0);
+    let e = none.header.unwrap().error.unwrap();
+    assert_eq!(
+        (e.r#type, e.message.as_str()),
+        (pdpb::ErrorType::RegionNotFound as i32, "Not Found")
+    );
+
+    let req = pdpb::ScatterRegionRequest {
+        header: header(&c),
+        regions_id: vec![region.id, 999],
+        ..Default::default()
+    };
+    let r = match pd(&c, PdRequest::ScatterRegion(Box::new(req)), T0) {
+        PdResponse::ScatterRegion(r) => *r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((r.finished_percentage, r.failed_regions_id), (50, vec![999]));
+    let running = get(T0 + tikv_sim::scatter::SCATTER_DURATION - Duration::from_millis(1));
+    assert_eq!(running.status, pdpb::OperatorStatus::Running as i32);
+    assert_eq!(&running.desc[..], b"scatter-region");
+    assert_eq!(c.leader_of(region.id).unwrap().store_id, leader, "nothing moved yet");
+    let done = get(T0 + tikv_sim::scatter::SCATTER_DURATION);
+    assert_eq!(done.status, pdpb::OperatorStatus::Success as i32);
+    assert_ne!(c.leader_of(region.id).unwrap().store_id, leader, "the leader moved");
+}

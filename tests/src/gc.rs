@@ -35,6 +35,7 @@ macro_rules! gc_suite {
             delete_range_deletes_and_notify_only_does_not,
             unsafe_destroy_range_empties_the_range_and_names_failed_stores,
             reads_below_the_txn_safe_point_are_refused,
+            split_and_scatter_regions,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -248,4 +249,35 @@ pub async fn reads_below_the_txn_safe_point_are_refused<H: Harness>() {
 
     let other = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     refused(other.snapshot(old).get("a".to_string()).await);
+}
+
+/// `split_regions` splits at every key and names the new regions; with
+/// scatter, PD runs a scatter operator per new region, which
+/// `wait_scatter_finish` waits out (the model's operator moves the
+/// region's leader when it finishes); data keeps working across the new
+/// boundaries.
+pub async fn split_and_scatter_regions<H: Harness>() {
+    let (server, client) = start::<H>().await;
+    let cluster = server.cluster();
+    assert_eq!(cluster.regions().len(), 3);
+    let outcome = client.split_regions(["c".to_string(), "k".to_string()], true).await;
+    let outcome = outcome.expect("split");
+    assert!(outcome.scatter_error.is_none(), "{outcome:?}");
+    assert_eq!(outcome.region_ids.len(), 2, "{outcome:?}");
+    assert_eq!(cluster.regions().len(), 5);
+    let leaders_before: Vec<u64> =
+        outcome.region_ids.iter().map(|id| cluster.leader_of(*id).unwrap().store_id).collect();
+    for id in &outcome.region_ids {
+        client.wait_scatter_finish(*id).await.expect("scatter finishes");
+    }
+    let leaders_after: Vec<u64> =
+        outcome.region_ids.iter().map(|id| cluster.leader_of(*id).unwrap().store_id).collect();
+    assert_ne!(leaders_before, leaders_after, "the scatter moved the leaders");
+    // A region never scattered has nothing to wait for.
+    let first = cluster.regions()[0].id;
+    client.wait_scatter_finish(first).await.expect("no operator");
+
+    put(&client, &[("b", Some("1")), ("d", Some("2")), ("l", Some("3"))]).await;
+    assert_eq!(read(&client, "d").await.as_deref(), Some("2"));
+    assert_eq!(read(&client, "l").await.as_deref(), Some("3"));
 }

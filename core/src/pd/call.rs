@@ -206,6 +206,8 @@ fn response_template(req: &PdRequest) -> PdResponse {
         PdRequest::AdvanceGcSafePoint(_) => PdResponse::AdvanceGcSafePoint(Default::default()),
         PdRequest::SetGcBarrier(_) => PdResponse::SetGcBarrier(Default::default()),
         PdRequest::DeleteGcBarrier(_) => PdResponse::DeleteGcBarrier(Default::default()),
+        PdRequest::ScatterRegion(_) => PdResponse::ScatterRegion(Default::default()),
+        PdRequest::GetOperator(_) => PdResponse::GetOperator(Default::default()),
         PdRequest::LoadKeyspace(_) => PdResponse::LoadKeyspace(Default::default()),
         PdRequest::Tso(_) => PdResponse::Tso(Default::default()),
     }

@@ -96,6 +96,8 @@ macro_rules! for_each_pd_rpc {
             (AdvanceGcSafePoint, pdpb, advance_gc_safe_point, AdvanceGcSafePointRequest, AdvanceGcSafePointResponse),
             (SetGcBarrier, pdpb, set_gc_barrier, SetGcBarrierRequest, SetGcBarrierResponse),
             (DeleteGcBarrier, pdpb, delete_gc_barrier, DeleteGcBarrierRequest, DeleteGcBarrierResponse),
+            (ScatterRegion, pdpb, scatter_region, ScatterRegionRequest, ScatterRegionResponse),
+            (GetOperator, pdpb, get_operator, GetOperatorRequest, GetOperatorResponse),
             (LoadKeyspace, keyspacepb, load_keyspace, LoadKeyspaceRequest, LoadKeyspaceResponse),
         }
     };
@@ -268,6 +270,8 @@ impl PdResponse {
             PdResponse::AdvanceGcSafePoint(r) => r.header.as_ref(),
             PdResponse::SetGcBarrier(r) => r.header.as_ref(),
             PdResponse::DeleteGcBarrier(r) => r.header.as_ref(),
+            PdResponse::ScatterRegion(r) => r.header.as_ref(),
+            PdResponse::GetOperator(r) => r.header.as_ref(),
             PdResponse::Tso(r) => r.header.as_ref(),
             PdResponse::LoadKeyspace(r) => r.header.as_ref(),
         }
