@@ -5,6 +5,7 @@
 //!   what is left); the new regions are every region a response lists but
 //!   the last (the one that kept the original's right end); with `scatter`,
 //!   each new region is then handed to PD's `ScatterRegion`, one at a time.
+//! - [`scatter_regions`]: PD's `ScatterRegion` for regions by id.
 //! - [`WaitScatterFinish`]: polls PD's `GetOperator` until the region has no
 //!   running `scatter-region` operator.
 
@@ -208,7 +209,14 @@ impl Operation for SplitRegions {
         }
         let plan =
             SplitPlan { timeout: self.view.config.read_timeout_short, new_regions: Vec::new() };
-        let keys = std::mem::take(&mut self.keys);
+        let mut keys = std::mem::take(&mut self.keys);
+        // client-go groups split keys with `equalRegionStartKey`: a key
+        // that already starts a region needs no split (TiKV would refuse
+        // it). Regions the cache knows are checked here; the fan-out
+        // locates the rest.
+        keys.retain(|k| {
+            self.view.regions.locate_key(k.as_bytes(), now).is_none_or(|r| r.start_key() != k)
+        });
         let fanout = KeyFanout::new(self.view.clone(), plan, keys, self.budget.fork());
         self.step.start(fanout, SplitEvent::Split, now);
         self.check(now);
@@ -240,6 +248,18 @@ impl Operation for SplitRegions {
     fn backoff_spent(&self) -> Option<&Backoffer> {
         Some(&self.budget)
     }
+}
+
+/// PD's `ScatterRegion` for `region_ids` in one call (PD's `regions_id`
+/// form, what client-go's `ScatterRegions` sends); the answer carries the
+/// finished percentage and the regions PD could not scatter.
+pub fn scatter_regions(view: &Arc<ClusterView>, region_ids: Vec<u64>) -> PdCall {
+    let request = PdRequest::ScatterRegion(Box::new(pdpb::ScatterRegionRequest {
+        regions_id: region_ids,
+        ..Default::default()
+    }));
+    let budget = view.backoffer(view.config.budget(view.config.backoff.locate_region));
+    PdCall::new(view.pd.clone(), request, view.config.pd_timeout, budget)
 }
 
 /// client-go `KVStore.WaitScatterRegionFinish` (module docs): done when PD

@@ -10,7 +10,10 @@ use tikv_core::key::{Key, KeyRange};
 use tikv_core::lock::Lock;
 use tikv_core::pd::Timestamp;
 use tikv_core::range_task::RangeTaskStat;
-use tikv_core::split::{SplitRegions, SplitRegionsOutcome, WAIT_SCATTER_BUDGET, WaitScatterFinish};
+use tikv_core::rpc::PdResponse;
+use tikv_core::split::{
+    SplitRegions, SplitRegionsOutcome, WAIT_SCATTER_BUDGET, WaitScatterFinish, scatter_regions,
+};
 
 use crate::Runtime;
 use crate::client::Platform;
@@ -102,6 +105,16 @@ impl<P: Platform> TransactionClient<P> {
     ) -> Result<SplitRegionsOutcome, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         self.core.run(SplitRegions::new(&self.core.view, keys, scatter)).await
+    }
+
+    /// Asks PD to scatter the regions `region_ids` (client-go
+    /// `ScatterRegions`); returns the ids PD could not scatter (empty when
+    /// every region got its operator).
+    pub async fn scatter_regions(&self, region_ids: Vec<u64>) -> Result<Vec<u64>, Error> {
+        match self.core.run(scatter_regions(&self.core.view, region_ids)).await? {
+            PdResponse::ScatterRegion(r) => Ok(r.failed_regions_id),
+            other => Err(Error::malformed(format!("unexpected PD {}", other.name()))),
+        }
     }
 
     /// Waits until PD has no running scatter for `region_id` (client-go

@@ -276,6 +276,10 @@ pub async fn split_and_scatter_regions<H: Harness>() {
     // A region never scattered has nothing to wait for.
     let first = cluster.regions()[0].id;
     client.wait_scatter_finish(first).await.expect("no operator");
+    // Scattering by id: unknown regions come back as failed.
+    let failed = client.scatter_regions(vec![first, 999_999]).await.expect("scatter");
+    assert_eq!(failed, [999_999]);
+    client.wait_scatter_finish(first).await.expect("scatter finishes");
 
     put(&client, &[("b", Some("1")), ("d", Some("2")), ("l", Some("3"))]).await;
     assert_eq!(read(&client, "d").await.as_deref(), Some("2"));

@@ -68,3 +68,29 @@ fn waiting_for_a_scatter_polls_until_the_operator_is_done() {
     let (_, result) = drive(WaitScatterFinish::new(&view(), 5, budget), &mut c);
     assert!(matches!(result, Err(Error::BackoffExhausted { .. })), "{result:?}");
 }
+
+/// A key that already starts a cached region is not sent.
+#[test]
+fn a_key_at_a_region_start_is_not_split_again() {
+    let mut c = FakeCluster::new(&["m"]);
+    let v = view();
+    // The first call caches both regions.
+    split_answer(&mut c, &[201, 1]);
+    split_answer(&mut c, &[202, 2]);
+    let keys = vec![Key::from("c"), Key::from("x")];
+    let (_, result) = drive(SplitRegions::new(&v, keys, false), &mut c);
+    assert_eq!(result.unwrap().region_ids, [201, 202]);
+    let before = c.received.len();
+    let (_, result) = drive(SplitRegions::new(&v, vec![Key::from("m")], false), &mut c);
+    assert!(result.unwrap().region_ids.is_empty());
+    assert_eq!(c.received.len(), before, "nothing sent for a key that starts a region");
+}
+
+/// PD's batch scatter.
+#[test]
+fn scatter_regions_asks_pd_once_for_all() {
+    let mut c = FakeCluster::new(&[]);
+    let (_, result) = drive(scatter_regions(&view(), vec![4, 5]), &mut c);
+    assert!(matches!(result, Ok(PdResponse::ScatterRegion(r)) if r.finished_percentage == 100));
+    assert_eq!(c.scattered, [4, 5]);
+}
