@@ -1,8 +1,10 @@
-//! The GC suite: GC rounds, lock scans and resolution over ranges,
-//! `delete_range` and `unsafe_destroy_range` through the transactional
-//! client over loopback gRPC, against the simulated cluster (whose PD keeps
-//! GC states as PD does and whose stores collect garbage below the GC safe
-//! point). Crashed writers are driven directly against the cluster.
+//! The GC and region-administration suite: GC rounds, GC barriers, lock
+//! scans and resolution over ranges, reads refused below the txn safe
+//! point, `delete_range`, `unsafe_destroy_range`, and region splits and
+//! scatters, through the transactional client over loopback gRPC against
+//! the simulated cluster (whose PD keeps GC states and scatter operators as
+//! PD does and whose stores collect garbage below the GC safe point).
+//! Crashed writers are driven directly against the cluster.
 //!
 //! [`gc_suite!`](crate::gc_suite) stamps the tests out as `#[test]`s for
 //! one [`Harness`].
