@@ -171,6 +171,18 @@ pub enum Error {
         /// PD's timestamp when it was checked.
         current_ts: Timestamp,
     },
+    /// The read's timestamp is below the txn safe point: GC may already
+    /// have collected what it would read (client-go `ErrTxnAbortedByGC`,
+    /// whose text this keeps).
+    #[error(
+        "GC life time is shorter than transaction duration, transaction start ts is {start_ts}, txn safe point is {txn_safe_point}"
+    )]
+    TxnAbortedByGc {
+        /// The timestamp of the refused read.
+        start_ts: Timestamp,
+        /// The txn safe point it is below.
+        txn_safe_point: Timestamp,
+    },
 }
 
 impl Error {

@@ -55,6 +55,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("route/walk.rs"),
         ],
     ),
+    ("range_task", &[include_str!("range_task.rs")]),
     ("raw", &[include_str!("raw.rs")]),
     ("lock", &[include_str!("lock.rs")]),
     (
@@ -70,6 +71,8 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("txn/union.rs"),
         ],
     ),
+    ("gc", &[include_str!("gc.rs")]),
+    ("split", &[include_str!("split.rs")]),
 ];
 
 /// The unit a `crate::` path names: the longest unit that prefixes it.

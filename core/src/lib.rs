@@ -37,7 +37,12 @@
 //!   ([`route::sender::RegionCall`], which decides each attempt while its
 //!   parent builds the request for it), key batches fanned out by region
 //!   ([`route::fanout`]), ranges walked region by region ([`route::walk`]).
+//! - [`range_task`]: the range-task runner: a range cut into tasks of N
+//!   regions, run with bounded concurrency (client-go's `rangetask`).
 //! - [`raw`]: RawKV operations.
+//! - [`gc`]: GC (locks resolved below a safe point, the safe points
+//!   advanced), `delete_range`, `unsafe_destroy_range`, lock scans.
+//! - [`split`]: region splits and PD scatters.
 //! - [`lock`]: the lock resolver.
 //! - [`txn`]: snapshot reads, the transaction write buffer and the commit
 //!   protocols. What follows a commit (the secondaries' commit, a failed
@@ -57,7 +62,7 @@
 //! 3. Shared knowledge: `view`.
 //! 4. PD machines: `pd` (`call`, `keyspace`, `locate`, `stores`, `tso`).
 //! 5. Routing: `route` (`sender`, then `fanout` and `walk`).
-//! 6. Operations: `raw`, `lock`, then `txn`.
+//! 6. Operations: `range_task`, `raw`, `lock`, then `txn`, `gc` and `split`.
 
 #![forbid(unsafe_code)]
 
@@ -65,15 +70,18 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod key;
 pub mod lock;
 pub mod op;
 pub mod pd;
+pub mod range_task;
 pub mod raw;
 pub mod region;
 pub mod rng;
 pub mod route;
 pub mod rpc;
+pub mod split;
 pub mod time;
 pub mod txn;
 pub mod view;

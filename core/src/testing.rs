@@ -55,6 +55,17 @@ pub(crate) struct FakeCluster {
     pub(crate) no_batch_scan: bool,
     /// Every TiKV request received, in order (for asserting on contexts).
     pub(crate) received: Vec<KvRequest>,
+    /// PD's GC state (null keyspace): txn and GC safe points, and the ts
+    /// of one GC barrier holding the txn safe point back, if set.
+    pub(crate) txn_safe_point: u64,
+    pub(crate) gc_safe_point: u64,
+    pub(crate) gc_barrier: Option<u64>,
+    /// Stores PD lists as tombstones.
+    pub(crate) tombstones: Vec<u64>,
+    /// Regions PD was asked to scatter, in order; `GetOperator` answers
+    /// `RUNNING` for a scattered region this many more times, then `SUCCESS`.
+    pub(crate) scattered: Vec<u64>,
+    pub(crate) operator_running_polls: u32,
     /// The client's timestamp oracle: answers [`Request::Timestamp`] with a
     /// real [`TsoBatcher`] whose one-caller rounds this fake's PD serves at
     /// once. Built on first use over a default view; tests that look at the
@@ -79,6 +90,12 @@ impl FakeCluster {
             faults: VecDeque::new(),
             no_batch_scan: false,
             received: Vec::new(),
+            txn_safe_point: 0,
+            gc_safe_point: 0,
+            gc_barrier: None,
+            tombstones: Vec::new(),
+            scattered: Vec::new(),
+            operator_running_polls: 0,
             oracle: None,
             next_id: 100,
             tso: 0,
@@ -269,6 +286,111 @@ impl FakeCluster {
                 }),
                 ..Default::default()
             })),
+            PdRequest::GetAllStores(_) => {
+                PdResponse::GetAllStores(Box::new(pdpb::GetAllStoresResponse {
+                    header: self.header(),
+                    stores: self
+                        .stores
+                        .iter()
+                        .map(|(id, addr)| metapb::Store {
+                            id: *id,
+                            address: addr.clone(),
+                            state: if self.tombstones.contains(id) {
+                                metapb::StoreState::Tombstone as i32
+                            } else {
+                                metapb::StoreState::Up as i32
+                            },
+                            ..Default::default()
+                        })
+                        .collect(),
+                }))
+            }
+            // PD's rules in short: the txn safe point stops at the barrier,
+            // the GC safe point may not pass the txn safe point.
+            PdRequest::AdvanceTxnSafePoint(r) => {
+                let old = self.txn_safe_point;
+                let new = old.max(self.gc_barrier.map_or(r.target, |b| b.min(r.target)));
+                self.txn_safe_point = new;
+                PdResponse::AdvanceTxnSafePoint(Box::new(pdpb::AdvanceTxnSafePointResponse {
+                    header: self.header(),
+                    old_txn_safe_point: old,
+                    new_txn_safe_point: new,
+                    blocker_description: if new < r.target {
+                        "barrier".into()
+                    } else {
+                        String::new()
+                    },
+                }))
+            }
+            PdRequest::ScatterRegion(r) => {
+                self.scattered.extend(&r.regions_id);
+                PdResponse::ScatterRegion(Box::new(pdpb::ScatterRegionResponse {
+                    header: self.header(),
+                    finished_percentage: 100,
+                    ..Default::default()
+                }))
+            }
+            PdRequest::GetOperator(r) if !self.scattered.contains(&r.region_id) => {
+                PdResponse::GetOperator(Box::new(pdpb::GetOperatorResponse {
+                    header: Some(pdpb::ResponseHeader {
+                        cluster_id: 7,
+                        error: Some(pdpb::Error {
+                            r#type: pdpb::ErrorType::RegionNotFound as i32,
+                            message: "Not Found".into(),
+                        }),
+                    }),
+                    ..Default::default()
+                }))
+            }
+            PdRequest::GetOperator(r) => {
+                let running = self.operator_running_polls > 0;
+                self.operator_running_polls = self.operator_running_polls.saturating_sub(1);
+                PdResponse::GetOperator(Box::new(pdpb::GetOperatorResponse {
+                    header: self.header(),
+                    region_id: r.region_id,
+                    desc: "scatter-region".into(),
+                    status: if running {
+                        pdpb::OperatorStatus::Running as i32
+                    } else {
+                        pdpb::OperatorStatus::Success as i32
+                    },
+                    ..Default::default()
+                }))
+            }
+            PdRequest::GetGcState(_) => {
+                PdResponse::GetGcState(Box::new(pdpb::GetGcStateResponse {
+                    header: self.header(),
+                    gc_state: Some(pdpb::GcState {
+                        txn_safe_point: self.txn_safe_point,
+                        gc_safe_point: self.gc_safe_point,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))
+            }
+            PdRequest::AdvanceGcSafePoint(r) => {
+                let old = self.gc_safe_point;
+                if r.target > self.txn_safe_point {
+                    return Ok(PdResponse::AdvanceGcSafePoint(Box::new(
+                        pdpb::AdvanceGcSafePointResponse {
+                            header: Some(pdpb::ResponseHeader {
+                                cluster_id: 7,
+                                error: Some(pdpb::Error {
+                                    r#type: pdpb::ErrorType::Unknown as i32,
+                                    message: "exceeds the txn safe point".into(),
+                                }),
+                            }),
+                            ..Default::default()
+                        },
+                    )));
+                }
+                self.gc_safe_point = r.target;
+                PdResponse::AdvanceGcSafePoint(Box::new(pdpb::AdvanceGcSafePointResponse {
+                    header: self.header(),
+                    old_gc_safe_point: old,
+                    new_gc_safe_point: r.target,
+                }))
+            }
             PdRequest::Tso(r) => {
                 self.tso += i64::from(r.count);
                 PdResponse::Tso(Box::new(pdpb::TsoResponse {

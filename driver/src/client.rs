@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use tikv_core::codec::{ApiCodec, ApiVersion, Mode};
 use tikv_core::config::Config;
+use tikv_core::gc::{
+    CachedTxnSafePoint, LoadTxnSafePoint, TXN_SAFE_POINT_POLL_INTERVAL, TxnSafePointCache,
+    check_visibility,
+};
 use tikv_core::op::Operation;
 use tikv_core::pd::{
     LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, Timestamp, TsoBatcher, judge_read_ts,
@@ -47,7 +51,11 @@ pub(crate) struct ClientCore<P: Platform> {
     pub(crate) transport: Arc<ClientTransport<Collapsing<P::Transport>>>,
     /// Timestamps from PD, batched by a background task.
     pub(crate) oracle: Oracle,
-    /// The periodic tasks (store refresh), stopped by [`ClientCore::close`].
+    /// The txn safe point reads are checked against (transactional
+    /// clients poll it in the background).
+    pub(crate) txn_safe_point: Arc<TxnSafePointCache>,
+    /// The periodic tasks (store refresh, txn safe point poll), stopped by
+    /// [`ClientCore::close`].
     background: Mutex<Vec<Background>>,
     /// Set by [`ClientCore::close`]: operations then fail with
     /// [`Error::Closed`].
@@ -122,6 +130,25 @@ impl<P: Platform> ClientCore<P> {
                 }
             })
         };
+        let mut background = vec![refresher];
+        let txn_safe_point = Arc::new(TxnSafePointCache::default());
+        if mode == Mode::Txn {
+            // client-go loads the txn safe point when the store opens and
+            // polls it every 10 s; a failed load here is left to the first
+            // read, which loads it again before checking.
+            let loaded = execute(LoadTxnSafePoint::new(&view), &rt, &*transport).await;
+            let _ = txn_safe_point.record(loaded, rt.now());
+            let (view, rt2, transport, cache) =
+                (view.clone(), rt.clone(), transport.clone(), txn_safe_point.clone());
+            background.push(spawn_periodic(&rt, TXN_SAFE_POINT_POLL_INTERVAL, move || {
+                let (view, rt, transport, cache) =
+                    (view.clone(), rt2.clone(), transport.clone(), cache.clone());
+                async move {
+                    let loaded = execute(LoadTxnSafePoint::new(&view), &rt, &*transport).await;
+                    let _ = cache.record(loaded, rt.now());
+                }
+            }));
+        }
         let batcher = TsoBatcher::new(view.clone(), rng.next_u64());
         let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
         let transport = Arc::new(ClientTransport::new(Collapsing::new(transport), oracle.clone()));
@@ -130,10 +157,28 @@ impl<P: Platform> ClientCore<P> {
             rt,
             transport,
             oracle,
-            background: Mutex::new(vec![refresher]),
+            txn_safe_point,
+            background: Mutex::new(background),
             closed: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Refuses a read at `ts` below the txn safe point (client-go
+    /// `CheckVisibility`, core's [`check_visibility`]). A cached value too
+    /// old to trust is reloaded first; a PD without the GC-states API
+    /// leaves reads unchecked.
+    pub(crate) async fn check_visibility(&self, ts: Timestamp) -> Result<(), Error> {
+        let mut cached = self.txn_safe_point.get(self.rt.now());
+        if cached == CachedTxnSafePoint::Stale {
+            let loaded = self.run(LoadTxnSafePoint::new(&self.view)).await;
+            self.txn_safe_point.record(loaded, self.rt.now())?;
+            cached = self.txn_safe_point.get(self.rt.now());
+        }
+        match cached {
+            CachedTxnSafePoint::Fresh(txn_safe_point) => check_visibility(ts, txn_safe_point),
+            CachedTxnSafePoint::Stale | CachedTxnSafePoint::Unsupported => Ok(()),
+        }
     }
 
     /// Checks that reading at `ts` is safe (client-go's `ValidateReadTS`;

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod background;
 mod client;
 mod collapse;
@@ -48,10 +49,14 @@ pub use tikv_core::backoff::{BackoffKind, ExhaustedClass};
 pub use tikv_core::codec::ApiVersion;
 pub use tikv_core::config::{BackoffBudgets, Config};
 pub use tikv_core::error::RpcError;
+pub use tikv_core::gc::GcOutcome;
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};
+pub use tikv_core::lock::Lock;
 pub use tikv_core::pd::Timestamp;
+pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::rpc::{RequestSource, RequestTags};
+pub use tikv_core::split::SplitRegionsOutcome;
 /// The kvproto messages some errors carry (e.g. [`Error::KeyError`]'s
 /// `kvrpcpb::KeyError`), so matching on them needs no direct dependency on
 /// `tikv-proto` at a matching version.

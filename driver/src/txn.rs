@@ -26,7 +26,7 @@ use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 /// (point, batch and range reads that resolve the locks they meet) and
 /// optimistic [`Transaction`]s ([`TransactionClient::begin`]).
 pub struct TransactionClient<P: Platform> {
-    core: Arc<ClientCore<P>>,
+    pub(crate) core: Arc<ClientCore<P>>,
 }
 
 impl<P: Platform> Clone for TransactionClient<P> {
@@ -214,9 +214,11 @@ impl<P: Platform> Snapshot<P> {
     }
 
     /// Runs a read of this snapshot after checking its timestamp
-    /// (client-go validates the read ts of every read request).
+    /// (client-go validates the read ts of every read request, and checks
+    /// it against the txn safe point).
     pub(crate) async fn run<O: tikv_core::op::Operation>(&self, op: O) -> Result<O::Output, Error> {
         self.core.validate_read_ts(self.ts).await?;
+        self.core.check_visibility(self.ts).await?;
         self.core.run(op).await
     }
 }

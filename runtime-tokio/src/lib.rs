@@ -84,7 +84,8 @@ pub use platform::{
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, ColumnFamily, Config,
-    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, Key, KeyRange, KvPair, RawChecksum,
-    ReadOptions, RequestSource, RequestTags, RpcError, Timestamp, TransactionOptions, Value, proto,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,
+    RangeTaskStat, RawChecksum, ReadOptions, RequestSource, RequestTags, RpcError,
+    SplitRegionsOutcome, Timestamp, TransactionOptions, Value, proto,
 };
 pub use tikv_grpc::TransportConfig;

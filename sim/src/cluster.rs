@@ -285,8 +285,10 @@ pub(crate) struct PdState {
     /// When set, PD answers region queries from this frozen copy.
     pub(crate) stale_regions: Option<BTreeMap<Vec<u8>, Region>>,
     pub(crate) keyspaces: BTreeMap<String, keyspacepb::KeyspaceMeta>,
-    pub(crate) txn_safe_point: u64,
-    pub(crate) gc_safe_point: u64,
+    /// GC states by keyspace (`gc`).
+    pub(crate) gc: crate::gc::GcStates,
+    /// Each region's latest operator (`scatter`).
+    pub(crate) operators: BTreeMap<u64, crate::scatter::Operator>,
 }
 
 /// The whole model. Methods live here, in `raw.rs` and in `pd.rs`.
@@ -526,11 +528,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the safe points GetGCState reports.
+    /// Sets the null keyspace's safe points (the unified GC's) directly,
+    /// without collecting garbage.
     pub fn set_gc_safe_points(&self, txn_safe_point: u64, gc_safe_point: u64) {
         let mut st = self.lock();
-        st.pd.txn_safe_point = txn_safe_point;
-        st.pd.gc_safe_point = gc_safe_point;
+        let state = st.pd.gc.get_mut(crate::gc::NULL_KEYSPACE_ID);
+        state.txn_safe_point = txn_safe_point;
+        state.gc_safe_point = gc_safe_point;
     }
 
     /// The next `times` requests matching `filter` get `error` as their
@@ -710,8 +714,8 @@ impl State {
                 tso: (0, 0),
                 stale_regions: None,
                 keyspaces,
-                txn_safe_point: 0,
-                gc_safe_point: 0,
+                gc: Default::default(),
+                operators: BTreeMap::new(),
             },
             region_errors: Vec::new(),
             rpc_errors: Vec::new(),
@@ -894,7 +898,11 @@ impl State {
         Ok(target)
     }
 
-    fn transfer_leader(&mut self, region_id: u64, store_id: u64) -> Result<(), SimError> {
+    pub(crate) fn transfer_leader(
+        &mut self,
+        region_id: u64,
+        store_id: u64,
+    ) -> Result<(), SimError> {
         let region = self.region_by_id_mut(region_id).ok_or(SimError::NoSuchRegion(region_id))?;
         if region.peer_on(store_id).is_none() {
             return Err(SimError::NoPeerOnStore { region_id, store_id });
@@ -1123,6 +1131,12 @@ impl State {
             KvRequest::PessimisticRollback(r) => KvResponse::PessimisticRollback(Box::new(
                 self.kv_pessimistic_rollback(store_id, *r),
             )),
+            KvRequest::DeleteRange(r) => {
+                KvResponse::DeleteRange(Box::new(self.kv_delete_range(store_id, *r)))
+            }
+            KvRequest::UnsafeDestroyRange(r) => {
+                KvResponse::UnsafeDestroyRange(Box::new(self.kv_unsafe_destroy_range(*r)))
+            }
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }

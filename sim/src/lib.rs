@@ -55,8 +55,11 @@
 //! - Raw and transactional commands are executed, and `SplitRegion` (with
 //!   the model's own PD the split is applied at once with ids that PD
 //!   allocates; joined to a real PD it goes through `AskBatchSplit`);
-//!   `DeleteRange`, `Flush`, `BufferBatchGet` and `UnsafeDestroyRange` answer
-//!   gRPC `Unimplemented` as unary calls, and on a `BatchCommands` stream
+//!   `DeleteRange` and `UnsafeDestroyRange` act on the transactional data
+//!   only (raw data is kept apart, below), and `UnsafeDestroyRange` with an
+//!   empty start or end key answers an error where TiKV's assertion stops
+//!   the process; `Flush` and `BufferBatchGet` answer gRPC `Unimplemented`
+//!   as unary calls, and on a `BatchCommands` stream
 //!   (with coprocessor, GC, import and flashback entries) their own response
 //!   type carrying an error; `GetStoreSafeTS` answers every store's safe ts,
 //!   0 until the joined mode advances it.
@@ -80,7 +83,7 @@
 //!   Simplified: detector edges never expire on their own, and a resumed
 //!   force-lock waiter keeps its first deadline. Values always live in the
 //!   default CF (no short-value inlining); rollback records are all
-//!   kept (never collapsed, all protected); no GC, no `gc_fence`, no
+//!   kept (never collapsed, all protected); no `gc_fence`, no
 //!   `last_change`, no txn source, no shared locks, no pipelined DML
 //!   generations, no txn files (`is_txn_file` ignored), no old values for
 //!   CDC. Assertions are checked whenever the level is not `Off` (TiKV's
@@ -130,8 +133,21 @@
 //!   checked, so `LoadKeyspace` answers at once where the real PD answers
 //!   `EntryNotFound` until the keyspace's boundaries are split
 //!   (`tests/tests/pd_model_vs_real.rs` compares the two after the split).
-//! - GC state: safe points are plain numbers set by the test
-//!   ([`Cluster::set_gc_safe_points`]); no GC barriers.
+//! - GC (the `gc` module): PD's GC states per keyspace (txn and GC safe
+//!   points, GC barriers with a TTL on the model clock) as PD's
+//!   `GCStateManager` keeps them, without global GC barriers, service safe
+//!   points or TiDB's min-start-ts keys; a barrier's expiration in a
+//!   blocker description is model time. Advancing the GC safe point
+//!   collects garbage in the stores at once (TiKV's GC worker polls and its
+//!   compaction filter drops versions lazily, so TiKV may still serve some
+//!   collected versions for a while); reads below the GC safe point are
+//!   served from what is left, as TiKV does (refusing them is the
+//!   client's job). [`Cluster::set_gc_safe_points`] sets the unified safe
+//!   points directly, without collecting.
+//! - PD scatter ([`scatter`]): `ScatterRegion` starts a `scatter-region`
+//!   operator per region that finishes after a fixed model time by moving
+//!   the region's leader to its next running peer; `GetOperator` reports
+//!   it. No placement, no store limits, no groups.
 //! - Region boundaries from [`ClusterConfig::split_keys`] and
 //!   [`Cluster::split`] are request keys mapped like raw data (identity in V1,
 //!   memcomparable in V2), except in a V1 txn cluster
@@ -156,6 +172,7 @@ mod deadlock;
 #[cfg(feature = "server")]
 pub mod echo;
 mod farmhash;
+mod gc;
 #[cfg(feature = "server")]
 pub mod join;
 pub mod lock_wait;
@@ -164,6 +181,7 @@ mod pd;
 mod raw;
 #[cfg(feature = "server")]
 pub mod real_pd;
+pub mod scatter;
 #[cfg(feature = "server")]
 pub mod server;
 mod txn;

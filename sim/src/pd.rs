@@ -25,19 +25,20 @@ const UNAVAILABLE: i32 = 14;
 /// PD's logical counter has 18 bits.
 const MAX_LOGICAL: i64 = 1 << 18;
 
-/// PD's `NullKeyspaceID`: the global scope.
-const NULL_KEYSPACE_ID: u32 = u32::MAX;
-
 fn status(code: i32, message: impl Into<String>) -> RpcError {
     RpcError::Status { code, message: message.into() }
 }
 
 impl State {
-    fn header(&self) -> Option<pdpb::ResponseHeader> {
+    pub(crate) fn header(&self) -> Option<pdpb::ResponseHeader> {
         Some(pdpb::ResponseHeader { cluster_id: self.cfg.cluster_id, error: None })
     }
 
-    fn error_header(&self, kind: pdpb::ErrorType, message: &str) -> Option<pdpb::ResponseHeader> {
+    pub(crate) fn error_header(
+        &self,
+        kind: pdpb::ErrorType,
+        message: &str,
+    ) -> Option<pdpb::ResponseHeader> {
         Some(pdpb::ResponseHeader {
             cluster_id: self.cfg.cluster_id,
             error: Some(pdpb::Error { r#type: kind as i32, message: message.to_owned() }),
@@ -210,24 +211,31 @@ impl State {
             }
             PdRequest::GetGcState(r) => {
                 self.validate(member, r.header.as_ref())?;
-                let keyspace_id = match r.keyspace_scope.and_then(|s| s.keyspace) {
-                    Some(pdpb::keyspace_scope::Keyspace::KeyspaceId(id)) => id,
-                    Some(pdpb::keyspace_scope::Keyspace::KeyspaceIdentity(k)) => k.keyspace_id,
-                    None => NULL_KEYSPACE_ID,
-                };
-                PdResponse::GetGcState(Box::new(pdpb::GetGcStateResponse {
-                    header: self.header(),
-                    gc_state: Some(pdpb::GcState {
-                        keyspace_scope: Some(pdpb::KeyspaceScope {
-                            keyspace: Some(pdpb::keyspace_scope::Keyspace::KeyspaceId(keyspace_id)),
-                        }),
-                        is_keyspace_level_gc: false,
-                        txn_safe_point: self.pd.txn_safe_point,
-                        gc_safe_point: self.pd.gc_safe_point,
-                        gc_barriers: Vec::new(),
-                    }),
-                    global_gc_barriers: None,
-                }))
+                PdResponse::GetGcState(Box::new(self.get_gc_state(&r, now)))
+            }
+            PdRequest::AdvanceTxnSafePoint(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::AdvanceTxnSafePoint(Box::new(self.advance_txn_safe_point(&r, now)))
+            }
+            PdRequest::AdvanceGcSafePoint(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::AdvanceGcSafePoint(Box::new(self.advance_gc_safe_point(&r)))
+            }
+            PdRequest::SetGcBarrier(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::SetGcBarrier(Box::new(self.set_gc_barrier(&r, now)))
+            }
+            PdRequest::DeleteGcBarrier(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::DeleteGcBarrier(Box::new(self.delete_gc_barrier(&r, now)))
+            }
+            PdRequest::ScatterRegion(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::ScatterRegion(Box::new(self.scatter_region(&r, now)))
+            }
+            PdRequest::GetOperator(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::GetOperator(Box::new(self.get_operator(&r, now)))
             }
             PdRequest::LoadKeyspace(r) => {
                 self.validate(member, r.header.as_ref())?;

@@ -22,7 +22,7 @@
 //! load); a `PessimisticLock` entry that waits for a lock answers later in
 //! a message of its own, so it holds up none of its message's other
 //! entries. An `Empty` entry is echoed with its `test_id`; an entry this
-//! model does not execute (coprocessor, GC, import, delete range, ...)
+//! model does not execute (coprocessor, GC, import, flush, ...)
 //! gets its own response type carrying an error
 //! (`TikvService::unserved_entry`), and an entry without a command an
 //! answer without one, as TiKV answers requests it cannot parse. A
@@ -350,12 +350,8 @@ impl TikvService {
                     }),
                 })
             }
-            // `Cluster::handle_kv` answers these three `Unimplemented`,
+            // `Cluster::handle_kv` answers these two `Unimplemented`,
             // which on a stream would end it for every request.
-            ReqCmd::DeleteRange(_) => RespCmd::DeleteRange(kvrpcpb::DeleteRangeResponse {
-                error: why("DeleteRange"),
-                ..Default::default()
-            }),
             ReqCmd::Flush(_) => RespCmd::Flush(kvrpcpb::FlushResponse {
                 errors: vec![key_error("Flush")],
                 ..Default::default()

@@ -246,7 +246,7 @@ impl State {
     }
 
     /// API check, then raftstore's checks; returns the region.
-    fn txn_region<'a>(
+    pub(crate) fn txn_region<'a>(
         &self,
         store: u64,
         cmd: &str,

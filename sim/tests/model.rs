@@ -553,7 +553,7 @@ fn region_errors_from_routing() {
     // Commands the model does not implement answer Unimplemented, as TiKV
     // does for an unknown method.
     let unmodelled: KvRequest =
-        kvrpcpb::DeleteRangeRequest { context: Some(ctx), ..Default::default() }.into();
+        kvrpcpb::FlushRequest { context: Some(ctx), ..Default::default() }.into();
     assert!(matches!(
         c.handle_kv(leader.store_id, unmodelled, T0),
         Err(RpcError::Unimplemented(_))

@@ -7,7 +7,7 @@
 //! A suite is a set of `async fn`s generic over a [`Harness`], which names
 //! the client platform under test and knows how to run a future on its
 //! runtime. The test binaries in `tests/` stamp each suite out once per
-//! runtime with its macro ([`raw_suite!`], [`txn_suite!`],
+//! runtime with its macro ([`raw_suite!`], [`txn_suite!`], [`gc_suite!`],
 //! [`snapshot_suite!`], [`tso_suite!`], and [`transport_suite!`] for the
 //! gRPC transport alone), so the same bodies run under tokio and under
 //! async-std:
@@ -25,6 +25,8 @@
 //! current-thread runtime ([`harness::SimHandle`]), so the client side of
 //! an async-std run has no tokio runtime at all.
 
+#[cfg(feature = "e2e")]
+pub mod gc;
 #[cfg(feature = "e2e")]
 pub mod harness;
 #[cfg(feature = "e2e")]

@@ -51,9 +51,10 @@ macro_rules! snapshot_suite {
     };
 }
 
-/// A writer that speaks percolator to the simulated cluster directly.
-struct Writer<'a> {
-    server: &'a SimHandle,
+/// A writer that speaks percolator to the simulated cluster directly (also
+/// the GC suite's crashed writers).
+pub(crate) struct Writer<'a> {
+    pub(crate) server: &'a SimHandle,
 }
 
 impl Writer<'_> {
@@ -68,7 +69,13 @@ impl Writer<'_> {
         cluster.handle_kv(store, req, self.server.now().await).expect("served")
     }
 
-    async fn prewrite(&self, start_ts: u64, primary: &str, keys: &[(&str, &str)], ttl: u64) {
+    pub(crate) async fn prewrite(
+        &self,
+        start_ts: u64,
+        primary: &str,
+        keys: &[(&str, &str)],
+        ttl: u64,
+    ) {
         // One request per key: keys may live in different regions.
         for (k, v) in keys {
             let req = kvrpcpb::PrewriteRequest {
@@ -126,7 +133,7 @@ impl Writer<'_> {
         }
     }
 
-    async fn commit(&self, start_ts: u64, commit_ts: u64, keys: &[&str]) {
+    pub(crate) async fn commit(&self, start_ts: u64, commit_ts: u64, keys: &[&str]) {
         for k in keys {
             let req = kvrpcpb::CommitRequest {
                 keys: vec![k.to_string().into()],

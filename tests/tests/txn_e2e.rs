@@ -1,13 +1,16 @@
 //! The transaction suite ([`tikv_tests::txn`]) under both runtimes, each on
 //! both beds: the in-process simulator and a real PD with simulated stores
-//! joined to it (`tikv_tests::harness::Bed`).
+//! joined to it (`tikv_tests::harness::Bed`); the GC suite
+//! ([`tikv_tests::gc`]) under both runtimes on the in-process bed.
 
 mod on_tokio {
     tikv_tests::txn_suite!(tikv_tests::harness::TokioHarness);
+    tikv_tests::gc_suite!(tikv_tests::harness::TokioHarness);
 }
 
 mod on_async_std {
     tikv_tests::txn_suite!(tikv_tests::harness::AsyncStdHarness);
+    tikv_tests::gc_suite!(tikv_tests::harness::AsyncStdHarness);
 }
 
 mod on_tokio_real_pd {

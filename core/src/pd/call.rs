@@ -202,6 +202,12 @@ fn response_template(req: &PdRequest) -> PdResponse {
         PdRequest::GetStore(_) => PdResponse::GetStore(Default::default()),
         PdRequest::GetAllStores(_) => PdResponse::GetAllStores(Default::default()),
         PdRequest::GetGcState(_) => PdResponse::GetGcState(Default::default()),
+        PdRequest::AdvanceTxnSafePoint(_) => PdResponse::AdvanceTxnSafePoint(Default::default()),
+        PdRequest::AdvanceGcSafePoint(_) => PdResponse::AdvanceGcSafePoint(Default::default()),
+        PdRequest::SetGcBarrier(_) => PdResponse::SetGcBarrier(Default::default()),
+        PdRequest::DeleteGcBarrier(_) => PdResponse::DeleteGcBarrier(Default::default()),
+        PdRequest::ScatterRegion(_) => PdResponse::ScatterRegion(Default::default()),
+        PdRequest::GetOperator(_) => PdResponse::GetOperator(Default::default()),
         PdRequest::LoadKeyspace(_) => PdResponse::LoadKeyspace(Default::default()),
         PdRequest::Tso(_) => PdResponse::Tso(Default::default()),
     }

@@ -92,6 +92,12 @@ macro_rules! for_each_pd_rpc {
             (GetStore, pdpb, get_store, GetStoreRequest, GetStoreResponse),
             (GetAllStores, pdpb, get_all_stores, GetAllStoresRequest, GetAllStoresResponse),
             (GetGcState, pdpb, get_gc_state, GetGcStateRequest, GetGcStateResponse),
+            (AdvanceTxnSafePoint, pdpb, advance_txn_safe_point, AdvanceTxnSafePointRequest, AdvanceTxnSafePointResponse),
+            (AdvanceGcSafePoint, pdpb, advance_gc_safe_point, AdvanceGcSafePointRequest, AdvanceGcSafePointResponse),
+            (SetGcBarrier, pdpb, set_gc_barrier, SetGcBarrierRequest, SetGcBarrierResponse),
+            (DeleteGcBarrier, pdpb, delete_gc_barrier, DeleteGcBarrierRequest, DeleteGcBarrierResponse),
+            (ScatterRegion, pdpb, scatter_region, ScatterRegionRequest, ScatterRegionResponse),
+            (GetOperator, pdpb, get_operator, GetOperatorRequest, GetOperatorResponse),
             (LoadKeyspace, keyspacepb, load_keyspace, LoadKeyspaceRequest, LoadKeyspaceResponse),
         }
     };
@@ -293,6 +299,12 @@ impl PdResponse {
             PdResponse::GetStore(r) => r.header.as_ref(),
             PdResponse::GetAllStores(r) => r.header.as_ref(),
             PdResponse::GetGcState(r) => r.header.as_ref(),
+            PdResponse::AdvanceTxnSafePoint(r) => r.header.as_ref(),
+            PdResponse::AdvanceGcSafePoint(r) => r.header.as_ref(),
+            PdResponse::SetGcBarrier(r) => r.header.as_ref(),
+            PdResponse::DeleteGcBarrier(r) => r.header.as_ref(),
+            PdResponse::ScatterRegion(r) => r.header.as_ref(),
+            PdResponse::GetOperator(r) => r.header.as_ref(),
             PdResponse::Tso(r) => r.header.as_ref(),
             PdResponse::LoadKeyspace(r) => r.header.as_ref(),
         }

@@ -486,6 +486,24 @@ pub mod keyspace_scope {
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AdvanceGcSafePointRequest {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<RequestHeader>,
+    #[prost(message, optional, tag = "2")]
+    pub keyspace_scope: ::core::option::Option<KeyspaceScope>,
+    #[prost(uint64, tag = "3")]
+    pub target: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AdvanceGcSafePointResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(uint64, tag = "2")]
+    pub old_gc_safe_point: u64,
+    #[prost(uint64, tag = "3")]
+    pub new_gc_safe_point: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AdvanceTxnSafePointRequest {
     #[prost(message, optional, tag = "1")]
     pub header: ::core::option::Option<RequestHeader>,
@@ -1528,6 +1546,30 @@ pub mod pd_client {
                 .insert(GrpcMethod::new("pdpb.PD", "UpdateServiceGCSafePoint"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn advance_gc_safe_point(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AdvanceGcSafePointRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AdvanceGcSafePointResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/pdpb.PD/AdvanceGCSafePoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("pdpb.PD", "AdvanceGCSafePoint"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn advance_txn_safe_point(
             &mut self,
             request: impl tonic::IntoRequest<super::AdvanceTxnSafePointRequest>,
@@ -2070,6 +2112,15 @@ pub mod pd_server {
             request: tonic::Request<super::UpdateServiceGcSafePointRequest>,
         ) -> std::result::Result<
             tonic::Response<super::UpdateServiceGcSafePointResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented("Not yet implemented"))
+        }
+        async fn advance_gc_safe_point(
+            &self,
+            request: tonic::Request<super::AdvanceGcSafePointRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AdvanceGcSafePointResponse>,
             tonic::Status,
         > {
             Err(tonic::Status::unimplemented("Not yet implemented"))
@@ -2953,6 +3004,51 @@ pub mod pd_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UpdateServiceGCSafePointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/pdpb.PD/AdvanceGCSafePoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct AdvanceGCSafePointSvc<T: Pd>(pub Arc<T>);
+                    impl<
+                        T: Pd,
+                    > tonic::server::UnaryService<super::AdvanceGcSafePointRequest>
+                    for AdvanceGCSafePointSvc<T> {
+                        type Response = super::AdvanceGcSafePointResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AdvanceGcSafePointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Pd>::advance_gc_safe_point(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AdvanceGCSafePointSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
