@@ -161,6 +161,18 @@ pub enum Error {
     /// that was closed, or the buffer was rolled back below it.
     #[error("checkpoint is no longer valid")]
     StaleCheckpoint,
+    /// The transaction ran longer than a transaction may (client-go's
+    /// "txn takes too much time", `MaxTxnTimeUse`): refused before its
+    /// commit point, so nothing of it is committed.
+    #[error("txn {start_ts} ran past the {limit:?} limit (at ts {now_ts})")]
+    TxnTooLong {
+        /// The transaction's start ts.
+        start_ts: Timestamp,
+        /// The timestamp at which it was found too old.
+        now_ts: Timestamp,
+        /// The limit.
+        limit: Duration,
+    },
     /// A read at a timestamp PD has not handed out yet (client-go's
     /// `ErrFutureTSRead` from `ValidateReadTS`): a later commit could get a
     /// smaller timestamp and appear under the read, breaking isolation.

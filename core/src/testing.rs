@@ -74,6 +74,8 @@ pub(crate) struct FakeCluster {
     oracle: Option<TsoBatcher<()>>,
     next_id: u64,
     tso: i64,
+    /// The physical part of the fake PD's timestamps (milliseconds).
+    pub(crate) tso_physical: i64,
 }
 
 impl FakeCluster {
@@ -99,6 +101,7 @@ impl FakeCluster {
             oracle: None,
             next_id: 100,
             tso: 0,
+            tso_physical: 1000,
         };
         let mut bounds: Vec<Vec<u8>> = vec![Vec::new()];
         bounds.extend(splits.iter().map(|s| s.as_bytes().to_vec()));
@@ -397,7 +400,7 @@ impl FakeCluster {
                     header: self.header(),
                     count: r.count,
                     timestamp: Some(pdpb::Timestamp {
-                        physical: 1000,
+                        physical: self.tso_physical,
                         logical: self.tso,
                         suffix_bits: 0,
                     }),

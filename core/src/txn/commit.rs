@@ -61,6 +61,11 @@ pub const ASYNC_COMMIT_SAFE_WINDOW_MS: i64 = 2_000;
 /// more than an hour past the attempted commit ts (`3600000 << 18`).
 pub const MAX_COMMIT_TS_PUSH: u64 = 3_600_000 << 18;
 
+/// The longest a transaction may run from its start to its commit ts:
+/// 24 h (client-go `MaxTxnTimeUse`). Past it GC may already have
+/// collected what the transaction read.
+pub const MAX_TXN_TIME_USE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// One write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mutation {
@@ -1009,12 +1014,25 @@ impl Committer {
                         ))));
                         return;
                     }
+                    let ran = ts.physical().saturating_sub(self.start_ts.physical());
+                    if u128::try_from(ran).unwrap_or(0) >= MAX_TXN_TIME_USE.as_millis() {
+                        // client-go checks the same after the commit ts,
+                        // before the primary's commit: nothing is
+                        // committed yet, so the failure is definite.
+                        self.finish(Err(self.too_long(ts)));
+                        return;
+                    }
                     self.commit_ts = ts;
                     self.commit_primary(now);
                 }
             },
             Err(e) => self.finish(Err(e)),
         }
+    }
+
+    /// The transaction ran past [`MAX_TXN_TIME_USE`] by `now_ts`.
+    fn too_long(&self, now_ts: Timestamp) -> Error {
+        Error::TxnTooLong { start_ts: self.start_ts, now_ts, limit: MAX_TXN_TIME_USE }
     }
 
     fn after_commit_primary(
@@ -1080,6 +1098,13 @@ impl Operation for Committer {
                 mode: CommitMode::TwoPhase,
                 keys_to_commit: Vec::new(),
             }));
+            return;
+        }
+        if self.elapsed >= MAX_TXN_TIME_USE {
+            // Refused before anything is written: under async commit or
+            // 1PC the prewrite itself would be the commit point.
+            self.finish(Err(self.too_long(self.start_ts)));
+            self.follow_up = None; // nothing was written to roll back
             return;
         }
         if self.one_pc {

@@ -975,3 +975,43 @@ fn the_keep_alive_beats_until_it_fails_or_the_transaction_is_too_old() {
     result.expect("ends by itself");
     assert_eq!(advised(&c).len(), 1);
 }
+
+/// client-go's `MaxTxnTimeUse`: a transaction older than 24 h is refused
+/// before anything is written, and one whose commit ts comes 24 h after its
+/// start fails before its primary's commit, its prewrites rolled back.
+#[test]
+fn transactions_past_the_time_limit_are_refused_before_the_commit_point() {
+    let mut c = FakeCluster::new(&[]);
+    let day = MAX_TXN_TIME_USE;
+    let mut op = Committer::new(
+        view(),
+        ts_at(500),
+        Key::from("a"),
+        vec![put("a")],
+        day,
+        CommitOptions { async_commit: true, ..Default::default() },
+    );
+    let result = drive(&mut op, &mut c).1;
+    assert!(matches!(result, Err(Error::TxnTooLong { .. })), "{result:?}");
+    assert!(c.received.is_empty(), "nothing sent: {:?}", c.received);
+    assert!(op.take_follow_up().is_none(), "nothing to roll back");
+
+    let mut c = FakeCluster::new(&[]);
+    c.tso_physical = 500 + day.as_millis() as i64;
+    c.fault("prewrite", prewrite_ok(0, 0));
+    let mut op = committer(&["a", "b"], CommitOptions::default());
+    let result = drive(&mut op, &mut c).1;
+    assert!(
+        matches!(result, Err(Error::TxnTooLong { start_ts, .. }) if start_ts == ts_at(500)),
+        "{result:?}"
+    );
+    assert!(
+        !c.received.iter().any(|r| matches!(r, KvRequest::Commit(_))),
+        "the primary is never committed"
+    );
+    assert_eq!(
+        follow_up_of(&mut op, &mut c).map(|(kind, _)| kind),
+        Some("rollback"),
+        "the prewritten keys are rolled back"
+    );
+}
