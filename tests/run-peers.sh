@@ -12,7 +12,8 @@
 #     (router client, etcd safe-point KV: `--real-pd`);
 #  3. our client and client-go on one cluster (`interop-client-go` of the
 #     tikv-tests crate: it serves the cluster in its own process and drives
-#     the Go program's `interop` step server);
+#     the Go program's `interop` step server), then again with its stores
+#     joined to a real PD of its own (`--real-pd`);
 #  4. a smoke run of the side-by-side benchmark (debug builds, a fraction of
 #     a second per cell: it checks that every client's runner works, not
 #     how fast it is; the benchmark itself is bench/side-by-side.sh).
@@ -150,6 +151,15 @@ echo "--- interop: our client and client-go on one cluster"
   status=$?
   echo "interop with client-go failed (exit $status); client-go's log:" >&2
   tail -n 50 "$logdir/interop-client-go.log" >&2
+  exit "$status"
+}
+
+echo "--- interop: our client and client-go on one cluster of simulated stores joined to a real PD"
+"$CARGO_TARGET_DIR/debug/interop-client-go" --go-bin "$go_bin" --real-pd \
+  --go-log "$logdir/interop-client-go-real-pd.log" || {
+  status=$?
+  echo "interop with client-go on the real PD failed (exit $status); client-go's log:" >&2
+  tail -n 50 "$logdir/interop-client-go-real-pd.log" >&2
   exit "$status"
 }
 

@@ -235,9 +235,10 @@ func interopMain(args []string) int {
 	fs := flag.NewFlagSet("interop", flag.ExitOnError)
 	pdAddrs := fs.String("pd", "", "PD address(es) of an API V1 transactional cluster, comma separated")
 	logFile := fs.String("log", "", "client-go's log file (default: none below error level, to stderr)")
+	fs.BoolVar(&realPD, "real-pd", false, "the PD is a real one: client-go runs as it ships")
 	_ = fs.Parse(args)
 	if *pdAddrs == "" {
-		fmt.Fprintln(os.Stderr, "usage: peer-client-go interop --pd HOST:PORT")
+		fmt.Fprintln(os.Stderr, "usage: peer-client-go interop --pd HOST:PORT [--real-pd]")
 		return 2
 	}
 	if err := setupLogger(*logFile); err != nil {

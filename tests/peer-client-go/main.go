@@ -14,7 +14,8 @@
 // Two more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
-//	                                   interop driver (interop.go)
+//	                                   interop driver (interop.go); with
+//	                                   --real-pd, client-go as it ships
 //	peer-client-go bench --pd ADDR ... client-go under tikv-bench's workload
 //	                                   (bench.go)
 package main

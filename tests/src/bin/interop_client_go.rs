@@ -2,12 +2,14 @@
 //! simulated cluster.
 //!
 //! ```text
-//! interop-client-go --go-bin PATH [--go-log FILE]
+//! interop-client-go --go-bin PATH [--go-log FILE] [--real-pd]
 //! ```
 //!
 //! Serves a transactional API V1 cluster (three stores, four regions split
-//! at `0x40`, `0x80`, `0xc0`) in this process, connects our tokio client to
-//! it, and starts `PATH interop --pd ADDR` (the `tests/peer-client-go`
+//! at `0x40`, `0x80`, `0xc0`) in this process, with its own PD or, with
+//! `--real-pd`, as simulated stores joined to a real PD started for the run
+//! (`tikv_tests::harness::Bed::RealPd`), connects our tokio client to it,
+//! and starts `PATH interop --pd ADDR [--real-pd]` (the `tests/peer-client-go`
 //! program) as a step server that answers one command per line (see its
 //! `interop.go`). This process owns the cluster, so it makes writers "crash"
 //! by failing `Commit` RPCs with [`Cluster::inject_rpc_error`], and checks
@@ -30,8 +32,8 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use tikv_core::rpc::RpcError;
-use tikv_sim::server::{ServerOptions, SimServer};
 use tikv_sim::{Cluster, ClusterConfig, Filter, WriteKind};
+use tikv_tests::harness::{Bed, SimHandle};
 use tikv_tokio::{BackoffBudgets, Config, Error, TransactionClient, TransactionOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -125,9 +127,18 @@ struct GoPeer {
 }
 
 impl GoPeer {
-    async fn start(bin: &PathBuf, pd: &str, log: Option<&PathBuf>) -> Result<GoPeer, String> {
+    async fn start(
+        bin: &PathBuf,
+        pd: &str,
+        bed: Bed,
+        log: Option<&PathBuf>,
+    ) -> Result<GoPeer, String> {
         let mut cmd = Command::new(bin);
         cmd.arg("interop").arg("--pd").arg(pd);
+        if bed == Bed::RealPd {
+            // client-go as it ships: router client, etcd safe-point KV.
+            cmd.arg("--real-pd");
+        }
         if let Some(log) = log {
             cmd.arg("--log").arg(log);
         }
@@ -539,21 +550,24 @@ async fn checks(run: &mut Run, report: &mut Report) {
     report.record("interop: the cluster holds exactly the model's data, no locks", r);
 }
 
-async fn start(go_bin: &PathBuf, go_log: Option<&PathBuf>) -> Result<(Run, SimServer), String> {
+async fn start(
+    bed: Bed,
+    go_bin: &PathBuf,
+    go_log: Option<&PathBuf>,
+) -> Result<(Run, SimHandle), String> {
     let tso_base_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(ClusterConfig {
+    let config = ClusterConfig {
         stores: 3,
         split_keys: vec![vec![0x40], vec![0x80], vec![0xc0]],
         v1_txn: true,
         tso_base_ms,
         ..ClusterConfig::default()
-    });
-    let server = SimServer::start(cluster.clone(), ServerOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    };
+    let server = SimHandle::start(bed, config).await;
+    let cluster = server.cluster().clone();
     let pd = server.pd_addrs();
     // Short commit budgets: a "crashed" writer of ours gives up quickly.
     let budgets = BackoffBudgets {
@@ -565,15 +579,20 @@ async fn start(go_bin: &PathBuf, go_log: Option<&PathBuf>) -> Result<(Run, SimSe
     let mine = TransactionClient::connect_with_config(config)
         .await
         .map_err(|e| format!("connect ours: {e}"))?;
-    let go = GoPeer::start(go_bin, &pd[0], go_log).await?;
+    let go = GoPeer::start(go_bin, &pd[0], bed, go_log).await?;
     Ok((Run { cluster, mine, go, model: Model::new() }, server))
 }
 
-fn parse_args() -> Result<(PathBuf, Option<PathBuf>), String> {
+fn parse_args() -> Result<(PathBuf, Option<PathBuf>, Bed), String> {
     let mut go_bin = None;
     let mut go_log = None;
+    let mut bed = Bed::InProcess;
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
+        if flag.to_str() == Some("--real-pd") {
+            bed = Bed::RealPd;
+            continue;
+        }
         let value = it.next().map(PathBuf::from);
         match (flag.to_str(), value) {
             (Some("--go-bin"), Some(v)) => go_bin = Some(v),
@@ -581,14 +600,14 @@ fn parse_args() -> Result<(PathBuf, Option<PathBuf>), String> {
             _ => return Err(format!("bad argument {flag:?}")),
         }
     }
-    Ok((go_bin.ok_or("--go-bin is required")?, go_log))
+    Ok((go_bin.ok_or("--go-bin is required")?, go_log, bed))
 }
 
 fn main() -> ExitCode {
-    let (go_bin, go_log) = match parse_args() {
+    let (go_bin, go_log, bed) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}\nusage: interop-client-go --go-bin PATH [--go-log FILE]");
+            eprintln!("{e}\nusage: interop-client-go --go-bin PATH [--go-log FILE] [--real-pd]");
             return ExitCode::from(2);
         }
     };
@@ -602,7 +621,7 @@ fn main() -> ExitCode {
         };
     let mut report = Report::default();
     rt.block_on(async {
-        let (mut run, server) = match start(&go_bin, go_log.as_ref()).await {
+        let (mut run, server) = match start(bed, &go_bin, go_log.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
                 report.record("interop: start the cluster, our client and client-go", Err(e));
