@@ -10,11 +10,12 @@
 #     beside the checkout, started once by `real-pd`, stopped by pid at
 #     exit) with `tikv-sim --join-pd` stores, client-go running as it ships
 #     (router client, etcd safe-point KV: `--real-pd`);
-#  3. our client and client-go on one cluster (`interop-client-go` of the
+#  3. our tokio examples (`--pd`) against the real PD and joined stores;
+#  4. our client and client-go on one cluster (`interop-client-go` of the
 #     tikv-tests crate: it serves the cluster in its own process and drives
 #     the Go program's `interop` step server), then again with its stores
 #     joined to a real PD of its own (`--real-pd`);
-#  4. a smoke run of the side-by-side benchmark (debug builds, a fraction of
+#  5. a smoke run of the side-by-side benchmark (debug builds, a fraction of
 #     a second per cell: it checks that every client's runner works, not
 #     how fast it is; the benchmark itself is bench/side-by-side.sh).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
@@ -144,6 +145,21 @@ fi
 
 echo "--- tikv-client 0.4 against the real PD and tikv-sim --join-pd stores"
 "$CARGO_TARGET_DIR/debug/peer-tikv-client" --pd "$real_pd"
+
+echo "--- our examples against the real PD and tikv-sim --join-pd stores"
+# Built by the test step already (cargo test builds examples); each runs
+# its client-go counterpart's steps against the cluster given by --pd.
+cargo build --locked -p tikv-tokio --examples
+for example in quickstart transaction async_commit one_pc split_scatter delete_range \
+  gc_worker unsafe_destroy_range; do
+  "$CARGO_TARGET_DIR/debug/examples/$example" --pd "$real_pd" >"$logdir/example-$example.log" 2>&1 || {
+    status=$?
+    echo "example $example against the real PD failed (exit $status):" >&2
+    cat "$logdir/example-$example.log" >&2
+    exit "$status"
+  }
+  echo "example $example: $(tail -n 1 "$logdir/example-$example.log")"
+done
 
 echo "--- interop: our client and client-go on one cluster"
 "$CARGO_TARGET_DIR/debug/interop-client-go" --go-bin "$go_bin" \
