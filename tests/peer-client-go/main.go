@@ -519,10 +519,15 @@ func runTxn(ctx context.Context, c *checker, pd []string) {
 				if err != nil {
 					return err
 				}
-				if string(r.Meta.StartKey) == k {
+				// A real PD may answer with no region for a moment while
+				// the split's heartbeats arrive: not yet, poll again.
+				if r != nil && r.Meta != nil && string(r.Meta.StartKey) == k {
 					break
 				}
 				if time.Now().After(deadline) {
+					if r == nil || r.Meta == nil {
+						return fmt.Errorf("key %q: PD knows no region for it after the split", k)
+					}
 					return fmt.Errorf("key %q: region %d starts at %q after the split", k, r.Meta.Id, r.Meta.StartKey)
 				}
 				time.Sleep(20 * time.Millisecond)
