@@ -299,6 +299,14 @@ pub enum RpcError {
     /// [`Target::Oracle`]: crate::rpc::Target::Oracle
     #[error("{0} is not sent over the network")]
     NotNetwork(&'static str),
+    /// TLS refused or impossible: the peer's certificate did not verify
+    /// (unknown CA, wrong name), the server refused the client's (or its
+    /// missing) certificate, the configured certificates could not be read,
+    /// or an `https://` address was given without TLS configured. Never
+    /// retried: the next attempt would fail the same way (client-go's
+    /// handshake errors are as final).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

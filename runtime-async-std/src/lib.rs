@@ -91,4 +91,4 @@ pub use tikv_driver::{
     DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, Key, KeyRange, KvPair, RawChecksum,
     ReadOptions, RequestSource, RequestTags, RpcError, Timestamp, TransactionOptions, Value, proto,
 };
-pub use tikv_grpc::TransportConfig;
+pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

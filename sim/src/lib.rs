@@ -166,6 +166,8 @@ mod raw;
 pub mod real_pd;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod tls;
 mod txn;
 pub mod world;
 
