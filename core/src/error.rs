@@ -302,9 +302,11 @@ pub enum RpcError {
     /// TLS refused or impossible: the peer's certificate did not verify
     /// (unknown CA, wrong name), the server refused the client's (or its
     /// missing) certificate, the configured certificates could not be read,
-    /// or an `https://` address was given without TLS configured. Never
-    /// retried: the next attempt would fail the same way (client-go's
-    /// handshake errors are as final).
+    /// or an `https://` address was given without TLS configured. PD calls
+    /// end on it at once: every member shares the one TLS configuration, so
+    /// the next attempt would fail the same way. To a store it is a send
+    /// failure like any other (client-go's `onSendFail`: the next peer is
+    /// tried after a backoff), since one store's certificate may be wrong.
     #[error("TLS: {0}")]
     Tls(String),
 }
