@@ -174,6 +174,93 @@ pub struct TransportConfig {
     /// (client-go recycles a `batchConn` idle for `idleTimeout`), so a
     /// client does not hold streams to stores it no longer talks to: 3 min.
     pub batch_idle_timeout: Duration,
+    /// TLS for every connection, PD and stores alike (client-go's one
+    /// `config.Security` for the whole cluster). Default none: cleartext,
+    /// and an `https://` address is refused with `RpcError::Tls`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Where a PEM document comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// A file, read again for every new connection (client-go reloads its
+    /// certificates on each handshake), so certificates rotated on disk are
+    /// used by the next connection without a restart.
+    File(std::path::PathBuf),
+    /// PEM text held in memory.
+    Pem(Vec<u8>),
+}
+
+impl PemSource {
+    /// A PEM file, read on each new connection.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> PemSource {
+        PemSource::File(path.into())
+    }
+
+    /// PEM text in memory.
+    pub fn pem(text: impl Into<Vec<u8>>) -> PemSource {
+        PemSource::Pem(text.into())
+    }
+}
+
+impl std::fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PemSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            // May hold a private key: never printed.
+            PemSource::Pem(text) => write!(f, "Pem({} bytes)", text.len()),
+        }
+    }
+}
+
+/// TLS settings of the client's connections (client-go's `config.Security`:
+/// `ClusterSSLCA`, `ClusterSSLCert`, `ClusterSSLKey`).
+///
+/// The server's certificate must chain to [`TlsConfig::ca`] and name the
+/// host the client dials (or [`TlsConfig::server_name`]); a client
+/// certificate is presented when the server asks (mutual TLS).
+///
+/// ```
+/// use tikv_core::config::{Config, PemSource, TlsConfig, TransportConfig};
+///
+/// let tls = TlsConfig::new(PemSource::file("/etc/tikv/ca.pem"))
+///     .identity(PemSource::file("/etc/tikv/client.pem"), PemSource::file("/etc/tikv/client-key.pem"));
+/// let config = Config::default().with_transport(TransportConfig::default().tls(tls));
+/// assert!(config.transport.tls.is_some());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The certificate authorities the servers' certificates must chain to.
+    pub ca: PemSource,
+    /// The client's certificate chain, presented for mutual TLS.
+    pub cert: Option<PemSource>,
+    /// The private key of [`TlsConfig::cert`].
+    pub key: Option<PemSource>,
+    /// The name the servers' certificates must carry, instead of the host
+    /// of the address dialled (for certificates issued to one cluster name
+    /// while the client dials IPs).
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// Verifies servers against `ca`; no client certificate.
+    pub fn new(ca: PemSource) -> TlsConfig {
+        TlsConfig { ca, cert: None, key: None, server_name: None }
+    }
+
+    /// Presents `cert` (with its private `key`) to servers that ask for one.
+    pub fn identity(mut self, cert: PemSource, key: PemSource) -> TlsConfig {
+        self.cert = Some(cert);
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets [`TlsConfig::server_name`].
+    pub fn server_name(mut self, name: impl Into<String>) -> TlsConfig {
+        self.server_name = Some(name.into());
+        self
+    }
 }
 
 impl Default for TransportConfig {
@@ -191,6 +278,7 @@ impl Default for TransportConfig {
             batch_policy: BatchPolicy::Standard,
             batch_streams_per_store: 4,
             batch_idle_timeout: secs(180),
+            tls: None,
         }
     }
 }
@@ -244,6 +332,12 @@ impl TransportConfig {
     /// Sets [`TransportConfig::batch_streams_per_store`] (at least 1).
     pub fn batch_streams_per_store(mut self, n: usize) -> Self {
         self.batch_streams_per_store = n.max(1);
+        self
+    }
+
+    /// Sets [`TransportConfig::tls`]: every connection uses TLS.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -422,6 +516,13 @@ impl Config {
         with_raw_batch_get_pair_count: raw_batch_get_pair_count: usize;
         /// Sets the most TSO rounds in flight at once (at least 1).
         with_tso_max_rounds_in_flight: tso_max_rounds_in_flight: usize;
+    }
+
+    /// Sets the transport's TLS ([`TransportConfig::tls`]): every
+    /// connection, to PD and to the stores, uses it.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Config {
+        self.transport.tls = Some(tls);
+        self
     }
 
     /// Sets the transport's connection timeout

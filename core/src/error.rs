@@ -323,6 +323,16 @@ pub enum RpcError {
     /// [`Target::Oracle`]: crate::rpc::Target::Oracle
     #[error("{0} is not sent over the network")]
     NotNetwork(&'static str),
+    /// TLS refused or impossible: the peer's certificate did not verify
+    /// (unknown CA, wrong name), the server refused the client's (or its
+    /// missing) certificate, the configured certificates could not be read,
+    /// or an `https://` address was given without TLS configured. PD calls
+    /// end on it at once: every member shares the one TLS configuration, so
+    /// the next attempt would fail the same way. To a store it is a send
+    /// failure like any other (client-go's `onSendFail`: the next peer is
+    /// tried after a backoff), since one store's certificate may be wrong.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! - [`status`]: gRPC statuses to the core's `RpcError`;
 //! - [`tso`]: PD's TSO stream, one per PD address;
 //! - [`batch`]: `BatchCommands` streams, one collector per store, around the
-//!   core's batch collector.
+//!   core's batch collector;
+//! - [`tls`]: the client's TLS configuration and TLS failures, for the
+//!   runtimes' handshakes.
 //!
 //! The settings are `tikv_core::config::TransportConfig` (re-exported here
 //! as [`TransportConfig`]), carried by the client's `Config`, so every one
@@ -28,10 +30,11 @@ pub mod batch;
 mod batch_codec;
 pub mod dispatch;
 pub mod status;
+pub mod tls;
 mod transport;
 pub mod tso;
 
-pub use tikv_core::config::TransportConfig;
+pub use tikv_core::config::{PemSource, TlsConfig, TransportConfig};
 pub use transport::{Connector, GrpcTransport};
 
 use tonic::codegen::{Body, Bytes, StdError};

@@ -17,7 +17,8 @@ const DECODE_PREFIX: &str = "failed to decode Protobuf message";
 /// cause as the source. The latter are transport failures whatever code
 /// tonic picked (it calls a connection closed mid-call `Cancelled` when its
 /// hyper mapping is compiled in), so they become `Unavailable`: the core
-/// treats them as "this store is unreachable", not as a server verdict.
+/// treats them as "this store is unreachable", not as a server verdict;
+/// except TLS failures, which are [`RpcError::Tls`].
 pub fn to_rpc_error(status: Status) -> RpcError {
     let message = status.message();
     match status.code() {
@@ -25,6 +26,9 @@ pub fn to_rpc_error(status: Status) -> RpcError {
         Code::Internal if message.starts_with(DECODE_PREFIX) => {
             RpcError::Decode(message.to_owned())
         }
+        // A refused certificate or a TLS alert: retrying would be refused
+        // the same way.
+        _ if crate::tls::tls_failure(&status).is_some() => RpcError::Tls(describe(&status)),
         _ if status.source().is_some() => RpcError::Unavailable(describe(&status)),
         Code::Unavailable => RpcError::Unavailable(describe(&status)),
         Code::Cancelled => RpcError::Canceled,

@@ -92,4 +92,4 @@ pub use tikv_driver::{
     RangeTaskStat, RawChecksum, ReadOptions, RequestSource, RequestTags, RpcError,
     SplitRegionsOutcome, Timestamp, TransactionOptions, Value, proto,
 };
-pub use tikv_grpc::TransportConfig;
+pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

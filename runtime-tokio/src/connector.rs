@@ -3,11 +3,18 @@
 
 use std::collections::HashMap;
 use std::future::{self, Future};
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
+use hyper_util::rt::TokioIo;
+use tikv_core::config::TlsConfig;
 use tikv_core::rpc::RpcError;
 use tikv_core::time::Instant;
-use tikv_grpc::{ConnId, Connector, TransportConfig};
+use tikv_grpc::{ConnId, Connector, TransportConfig, tls};
+use tokio::net::TcpStream;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{TokioRuntime, clock};
@@ -52,7 +59,16 @@ impl TokioConnector {
         if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = endpoint(config, addr)?.connect_lazy();
+        tls::check_scheme(addr, config)?;
+        let channel = match &config.tls {
+            Some(tls) => {
+                endpoint(config, &https(addr))?.connect_with_connector_lazy(TlsConnector {
+                    tls: tls.clone(),
+                    nodelay: config.tcp_nodelay,
+                })
+            }
+            None => endpoint(config, addr)?.connect_lazy(),
+        };
         channels.insert(key, channel.clone());
         Ok(channel)
     }
@@ -101,4 +117,49 @@ fn endpoint(config: &TransportConfig, addr: &str) -> Result<Endpoint, RpcError> 
         // client-go's PermitWithoutStream: detect a dead store before
         // the next request has to.
         .keep_alive_while_idle(true))
+}
+
+/// `addr` with the `https` scheme, which the requests then carry.
+fn https(addr: &str) -> String {
+    let bare = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    format!("https://{bare}")
+}
+
+/// Opens a TCP connection and a TLS session over it (tokio-rustls) for
+/// tonic's channel, which asks again for every new connection: the
+/// certificates are read each time, so files rotated on disk take effect
+/// on the next connection (client-go reloads them on each handshake).
+#[derive(Clone, Debug)]
+struct TlsConnector {
+    tls: TlsConfig,
+    nodelay: bool,
+}
+
+type TlsIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower_service::Service<Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TlsIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (tls, nodelay) = (self.tls.clone(), self.nodelay);
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port_u16().unwrap_or(443);
+            let client = tls::client_config(&tls)?;
+            let name = tls::server_name(&tls, host)?;
+            let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+            let tcp = TcpStream::connect((bare_host, port)).await?;
+            tcp.set_nodelay(nodelay)?;
+            let connector = tokio_rustls::TlsConnector::from(client.config.clone());
+            let stream = connector.connect(name, tcp).await?;
+            client.check_handshake()?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }

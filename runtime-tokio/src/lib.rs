@@ -37,6 +37,21 @@
 //! # }
 //! ```
 //!
+//! TLS (and mutual TLS) for PD and every store, as client-go's
+//! `config.Security`; the certificate files are read again for every new
+//! connection:
+//!
+//! ```no_run
+//! use tikv_tokio::{Config, PemSource, TlsConfig};
+//!
+//! # async fn demo() -> Result<(), tikv_tokio::Error> {
+//! let tls = TlsConfig::new(PemSource::file("/etc/tikv/ca.pem"))
+//!     .identity(PemSource::file("/etc/tikv/client.pem"), PemSource::file("/etc/tikv/client-key.pem"));
+//! let config = Config::default().with_pd_endpoints(["https://pd-0:2379"]).with_tls(tls);
+//! let client = tikv_tokio::RawClient::connect_with_config(config).await?;
+//! # let _ = client; Ok(()) }
+//! ```
+//!
 //! Underneath:
 //! - [`TokioRuntime`]: `tikv_driver::Runtime` over tokio's clock, timers and
 //!   spawner.
@@ -88,4 +103,4 @@ pub use tikv_driver::{
     RangeTaskStat, RawChecksum, ReadOptions, RequestSource, RequestTags, RpcError,
     SplitRegionsOutcome, Timestamp, TransactionOptions, Value, proto,
 };
-pub use tikv_grpc::TransportConfig;
+pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

@@ -184,6 +184,8 @@ pub mod real_pd;
 pub mod scatter;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod tls;
 mod txn;
 pub mod world;
 

@@ -4,6 +4,7 @@
 //! tikv-sim --pd 127.0.0.1:2379 [--pd ADDR ...] [--stores 3] [--regions N]
 //!          [--api-version 1|2] [--enable-ttl] [--store-base-port PORT] [--cluster-id ID] [--seed S]
 //!          [--region-error-rate F] [--region-error-kinds K,K] [--tso-latency-us US]
+//!          [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
 //! ```
 //!
 //! Each `--pd` adds one PD member (the first is the leader). Store ports are
@@ -27,7 +28,11 @@
 //! by `--region-error-kinds` (`not-leader`, `server-is-busy`,
 //! `epoch-not-match`; default all three). `--tso-latency-us US` holds each
 //! TSO answer back by `US` microseconds (`ServerOptions::tso_latency`,
-//! benchmark B8), pipelined requests overlapping.
+//! benchmark B8), pipelined requests overlapping. `--tls-cert` and
+//! `--tls-key` (PEM) serve TLS on every PD and store listener (PD members
+//! then advertise `https://` URLs), as TiKV's and PD's `security.cert-path`
+//! and `key-path`; `--tls-ca` also requires clients to present a
+//! certificate chaining to that CA (mutual TLS, TiKV's `ca-path`).
 //!
 //! ```text
 //! tikv-sim --join-pd HOST:PORT [--stores 3] [--regions N] [--api-version 1|2] [--enable-ttl]
@@ -51,13 +56,14 @@ use std::process::ExitCode;
 
 use tikv_sim::join::{JoinOptions, JoinedCluster};
 use tikv_sim::server::{ServerOptions, SimServer};
+use tikv_sim::tls::ServerTls;
 use tikv_sim::{ApiVersion, Cluster, ClusterConfig, RandomRegionError};
 
 const USAGE: &str =
     "usage: tikv-sim --pd HOST:PORT [--pd HOST:PORT ...] [--stores N] [--regions N] \
 [--api-version 1|2] [--enable-ttl] [--store-base-port PORT] [--cluster-id ID] [--seed S] \
 [--region-error-rate F] [--region-error-kinds not-leader,server-is-busy,epoch-not-match] \
-[--tso-latency-us US]
+[--tso-latency-us US] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
        tikv-sim --join-pd HOST:PORT [--stores N] [--regions N] [--api-version 1|2] [--enable-ttl] \
 [--store-version V] [--seed S] [--region-error-rate F] [--region-error-kinds K,K]";
 
@@ -78,6 +84,10 @@ struct Args {
     region_error_per_mille: u32,
     region_error_kinds: Vec<RandomRegionError>,
     tso_latency_us: u64,
+    /// The servers' certificate, key and client CA (mutual TLS), PEM files.
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -99,6 +109,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             RandomRegionError::EpochNotMatch,
         ],
         tso_latency_us: 0,
+        tls_cert: None,
+        tls_key: None,
+        tls_ca: None,
     };
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -158,6 +171,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tso-latency-us" => {
                 args.tso_latency_us = value.parse().map_err(|_| bad("microseconds"))?
             }
+            "--tls-cert" => args.tls_cert = Some(value.into()),
+            "--tls-key" => args.tls_key = Some(value.into()),
+            "--tls-ca" => args.tls_ca = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -167,6 +183,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             ("--store-base-port", args.store_base_port.is_some()),
             ("--cluster-id", args.cluster_id.is_some()),
             ("--tso-latency-us", args.tso_latency_us != 0),
+            ("--tls-cert", args.tls_cert.is_some()),
+            ("--tls-key", args.tls_key.is_some()),
+            ("--tls-ca", args.tls_ca.is_some()),
         ];
         if let Some((flag, _)) = served_pd_only.iter().find(|(_, set)| *set) {
             return Err(format!("{flag} cannot be used with --join-pd\n{USAGE}"));
@@ -178,6 +197,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     if args.enable_ttl && args.api != ApiVersion::V1 {
         return Err(format!("--enable-ttl is for API V1 (API V2 always has TTL)\n{USAGE}"));
+    }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err(format!("--tls-cert and --tls-key go together\n{USAGE}"));
+    }
+    if args.tls_ca.is_some() && args.tls_cert.is_none() {
+        return Err(format!("--tls-ca needs --tls-cert and --tls-key\n{USAGE}"));
     }
     if args.stores == 0 {
         return Err(format!("--stores must be at least 1\n{USAGE}"));
@@ -235,6 +260,15 @@ fn main() -> ExitCode {
         tso_latency: std::time::Duration::from_micros(args.tso_latency_us),
         ..ServerOptions::default()
     };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match ServerTls::from_files(cert, key, args.tls_ca.as_deref()) {
+            Ok(tls) => opts.tls = Some(tls),
+            Err(e) => {
+                eprintln!("TLS: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(base) = args.store_base_port {
         for (i, id) in cluster.store_ids().into_iter().enumerate() {
             let port = base.saturating_add(i as u16);
@@ -468,6 +502,12 @@ mod tests {
         assert!(parse("--pd 127.0.0.1:1 --api-version 3").is_err());
         assert!(parse("--pd 127.0.0.1:1 --bogus 1").is_err());
         assert!(parse("--pd").is_err());
+        let tls =
+            parse("--pd 127.0.0.1:1 --tls-cert c.pem --tls-key k.pem --tls-ca ca.pem").unwrap();
+        assert_eq!(tls.tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert!(parse("--pd 127.0.0.1:1 --tls-cert c.pem").is_err());
+        assert!(parse("--pd 127.0.0.1:1 --tls-ca ca.pem").is_err());
+        assert!(parse("--join-pd 127.0.0.1:2379 --tls-cert c.pem --tls-key k.pem").is_err());
     }
 
     #[test]

@@ -74,6 +74,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Cluster;
 use crate::lock_wait::{KvAnswer, LockWaitToken};
+use crate::tls::ServerTls;
 
 /// Where to listen. Missing entries listen on `127.0.0.1:0` (an ephemeral port).
 #[derive(Clone, Debug, Default)]
@@ -85,6 +86,9 @@ pub struct ServerOptions {
     /// Extra latency of every `Tso` answer (a PD farther away than
     /// loopback), for benchmarks; zero by default.
     pub tso_latency: Duration,
+    /// Serve TLS on every PD and store listener (PD members then advertise
+    /// `https://` URLs); cleartext when unset.
+    pub tls: Option<ServerTls>,
 }
 
 /// Why the server could not start or restart a listener.
@@ -129,6 +133,7 @@ fn to_status(e: RpcError) -> Status {
         RpcError::Mismatch => Status::internal("response does not match the request"),
         RpcError::NoTimestamp(e) => Status::unavailable(e.to_string()),
         RpcError::NotNetwork(m) => Status::invalid_argument(format!("{m} is not a network call")),
+        RpcError::Tls(m) => Status::unavailable(m),
     }
 }
 
@@ -760,16 +765,69 @@ macro_rules! pd_methods {
 }
 tikv_core::for_each_pd_rpc!(pd_methods);
 
+/// An accepted connection, cleartext or TLS.
+enum ServedStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ServedStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ServedStream::Plain(s) => s,
+            ServedStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+/// Forwards one I/O method to whichever stream this is.
+macro_rules! either_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            ServedStream::Plain($s) => $e,
+            ServedStream::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for ServedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either_stream!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ServedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        either_stream!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either_stream!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either_stream!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// A TCP connection that can be killed from outside: once the kill signal
 /// fires, reads and writes fail with `ConnectionReset`, hyper drops the
 /// connection and the socket closes.
 struct KillableStream {
-    inner: TcpStream,
+    inner: ServedStream,
     killed: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl KillableStream {
-    fn new(inner: TcpStream, mut kill: watch::Receiver<bool>) -> KillableStream {
+    fn new(inner: ServedStream, mut kill: watch::Receiver<bool>) -> KillableStream {
         let killed = Box::pin(async move {
             // An error means the sender is gone: the listener was torn down.
             let _ = kill.wait_for(|k| *k).await;
@@ -820,7 +878,7 @@ impl Connected for KillableStream {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+        self.inner.tcp().connect_info()
     }
 }
 
@@ -844,25 +902,69 @@ impl Running {
     }
 }
 
-fn serve(listener: TcpListener, router: Router) -> Running {
+fn serve(listener: TcpListener, router: Router, tls: Option<&ServerTls>) -> Running {
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let (kill, kill_rx) = watch::channel(false);
-    let incoming = futures::stream::unfold(listener, move |listener| {
-        let kill_rx = kill_rx.clone();
-        async move {
-            let conn = listener.accept().await.map(|(stream, _)| {
-                let _ = stream.set_nodelay(true);
-                KillableStream::new(stream, kill_rx)
+    // TLS handshakes run on tasks of their own, so a slow or refused
+    // client holds up no other connection; refused ones are dropped.
+    let (accepted, accepted_rx) = tokio::sync::mpsc::channel::<KillableStream>(16);
+    let tls = tls.cloned();
+    let accept_loop = async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (accepted, kill_rx) = (accepted.clone(), kill_rx.clone());
+            let Some(tls) = tls.clone() else {
+                let served = KillableStream::new(ServedStream::Plain(stream), kill_rx);
+                if accepted.send(served).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            tokio::spawn(async move {
+                let handshake = tls.acceptor().accept(stream).into_fallible();
+                match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                    Ok(Ok(session)) => {
+                        tls.accepted(session.get_ref().1);
+                        let served = ServedStream::Tls(Box::new(session));
+                        let _ = accepted.send(KillableStream::new(served, kill_rx)).await;
+                    }
+                    Ok(Err((_, mut refused))) => {
+                        // The alert is sent. With TLS 1.3 the client may
+                        // already be sending requests: closing with them
+                        // unread would reset the connection and could
+                        // destroy the alert before the client reads it, so
+                        // drain until it closes (bounded), as a server
+                        // lingering on close does.
+                        let mut sink = [0u8; 4096];
+                        let drain =
+                            async { while refused.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
+                        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                    }
+                    Err(_) => {}
+                }
             });
-            Some((conn, listener))
         }
+    };
+    let incoming = futures::stream::unfold(accepted_rx, |mut rx| async move {
+        let conn = rx.recv().await?;
+        Some((Ok::<_, io::Error>(conn), rx))
     });
     let join = tokio::spawn(async move {
         let signal = async {
             let _ = shutdown_rx.await;
         };
-        // Errors here mean the listener broke; the store is then simply gone.
-        let _ = router.serve_with_incoming_shutdown(incoming, signal).await;
+        let serving = router.serve_with_incoming_shutdown(incoming, signal);
+        let mut serving = std::pin::pin!(serving);
+        // The accept loop runs in this task, so the listener is closed by
+        // the time the task ends (a restarted store binds the same address).
+        // It ends only if the listener breaks; the store is then simply
+        // gone once the connections being set up are served.
+        tokio::select! {
+            _ = &mut serving => {}
+            () = accept_loop => {
+                let _ = serving.await;
+            }
+        }
     });
     Running { shutdown, kill, join }
 }
@@ -894,6 +996,7 @@ pub struct SimServer {
     pd: Vec<(SocketAddr, Running)>,
     stores: tokio::sync::Mutex<BTreeMap<u64, StoreSlot>>,
     admin: Option<Arc<dyn StoreAdmin>>,
+    tls: Option<ServerTls>,
 }
 
 impl SimServer {
@@ -938,6 +1041,7 @@ impl SimServer {
             let running = serve(
                 listener,
                 Self::store_router(&cluster, id, clock, &released, &counters, &admin),
+                opts.tls.as_ref(),
             );
             let status = serve_status(status_listener, cluster.clone(), addr);
             stores.insert(
@@ -951,7 +1055,8 @@ impl SimServer {
         for member in 0..members {
             let want = opts.pd_addrs.get(member).copied().unwrap_or(loopback);
             let (listener, addr) = bind(want).await?;
-            let _ = cluster.set_pd_member_url(member, &format!("http://{addr}"));
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            let _ = cluster.set_pd_member_url(member, &format!("{scheme}://{addr}"));
             let svc = PdService {
                 cluster: cluster.clone(),
                 member,
@@ -963,7 +1068,7 @@ impl SimServer {
                 .add_service(PdServer::new(svc.clone()))
                 .add_service(KeyspaceServer::new(svc.clone()))
                 .add_service(MetaStorageServer::new(svc));
-            pd.push((addr, serve(listener, router)));
+            pd.push((addr, serve(listener, router, opts.tls.as_ref())));
         }
         Ok(SimServer {
             cluster,
@@ -974,6 +1079,7 @@ impl SimServer {
             pd,
             stores: tokio::sync::Mutex::new(stores),
             admin,
+            tls: opts.tls,
         })
     }
 
@@ -1078,6 +1184,7 @@ impl SimServer {
                     &self.counters,
                     &self.admin,
                 ),
+                self.tls.as_ref(),
             ));
         }
         let _ = self.cluster.start_store(store_id);

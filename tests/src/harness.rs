@@ -13,6 +13,7 @@ use tikv_driver::Platform;
 use tikv_sim::join::{JoinError, JoinOptions, JoinedCluster};
 use tikv_sim::real_pd::{RealPd, get_json, http, post};
 use tikv_sim::server::{BatchStats, ServerError, ServerOptions, SimServer};
+use tikv_sim::tls::ServerTls;
 use tikv_sim::{Cluster, ClusterConfig, SimError};
 
 use crate::pd_view::{all_replicated, converge, hex};
@@ -475,6 +476,19 @@ impl SimHandle {
     /// when the real PD is missing beside the checkout
     /// ([`tikv_sim::real_pd::shared_pd_dir`]): such a test fails, never skips.
     pub async fn start(bed: Bed, config: ClusterConfig) -> SimHandle {
+        SimHandle::launch(bed, config, ServerOptions::default()).await
+    }
+
+    /// Starts serving a cluster built from `config` in-process with TLS on
+    /// every PD and store listener (see [`SimHandle::start`]). TLS runs on
+    /// the in-process bed only: the real PD of the other bed is started
+    /// without certificates.
+    pub async fn start_tls(config: ClusterConfig, tls: ServerTls) -> SimHandle {
+        let opts = ServerOptions { tls: Some(tls), ..ServerOptions::default() };
+        SimHandle::launch(Bed::InProcess, config, opts).await
+    }
+
+    async fn launch(bed: Bed, config: ClusterConfig, opts: ServerOptions) -> SimHandle {
         let real_pd = match bed {
             Bed::InProcess => None,
             Bed::RealPd => {
@@ -502,7 +516,7 @@ impl SimHandle {
                     let started = match pd_addr {
                         None => {
                             let cluster = Cluster::new(config);
-                            SimServer::start(cluster, ServerOptions::default())
+                            SimServer::start(cluster, opts)
                                 .await
                                 .map(Served::InProcess)
                                 .map_err(|e| e.to_string())

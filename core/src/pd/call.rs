@@ -133,6 +133,12 @@ impl PdCall {
         resp: Result<Response, RpcError>,
         now: Instant,
     ) {
+        if let Err(e @ RpcError::Tls(_)) = resp {
+            // Every member shares the one security configuration: asking
+            // the next one would be refused the same way.
+            self.finish(Err(Error::Rpc(e)));
+            return;
+        }
         let leader = match resp {
             Ok(Response::Pd(PdResponse::GetMembers(m))) => {
                 if let Some(h) = &m.header {
@@ -173,8 +179,9 @@ impl PdCall {
                     self.request.name()
                 ))));
             }
-            Err(e @ RpcError::Unimplemented(_)) => {
-                // Not a leadership problem: the server does not know the method.
+            Err(e @ (RpcError::Unimplemented(_) | RpcError::Tls(_))) => {
+                // Not a leadership problem: the server does not know the
+                // method, or TLS is misconfigured.
                 self.finish(Err(Error::Rpc(e)));
             }
             Err(e) => {

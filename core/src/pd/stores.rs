@@ -180,6 +180,28 @@ mod tests {
         insta::assert_snapshot!(out);
     }
 
+    /// A TLS refusal ends a PD call at once, from the leader as in member
+    /// discovery: every member shares the one TLS configuration, so no
+    /// other member or later attempt would be accepted.
+    #[test]
+    fn tls_refusals_end_pd_calls_at_once() {
+        let refused = || Err(RpcError::Tls("invalid peer certificate: UnknownIssuer".into()));
+        let view = crate::testing::view();
+        let (log, result) = script(refresh(&view), [refused()].into());
+        assert_eq!(result.unwrap_err(), Error::Rpc(refused().unwrap_err()));
+        assert!(!log.contains("timer"), "no backoff:\n{log}");
+
+        let view = crate::testing::view();
+        let mut op = refresh(&view);
+        op.start(Instant::ZERO);
+        let rpc = op.poll_rpc().expect("member discovery");
+        assert!(matches!(rpc.request, Request::Pd(PdRequest::GetMembers(_))), "{rpc:?}");
+        op.on_response(rpc.id, refused(), Instant::ZERO);
+        assert!(op.poll_rpc().is_none(), "no other member is asked");
+        let result = op.poll_result().expect("done");
+        assert_eq!(result.unwrap_err(), Error::Rpc(refused().unwrap_err()));
+    }
+
     /// A PD error or an answer of the wrong type fails the refresh and
     /// leaves the table as it was.
     #[test]
