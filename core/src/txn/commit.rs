@@ -278,6 +278,7 @@ impl KeyPlan for PrewritePlan {
                             conflict_ts: lock.txn_id,
                             key: lock.key.clone(),
                             primary: lock.primary.clone(),
+                            conflict_commit_ts: Timestamp::ZERO,
                         });
                     }
                     locked_keys.push(lock.key.clone());
@@ -289,6 +290,7 @@ impl KeyPlan for PrewritePlan {
                     conflict_ts: Timestamp::from_version(c.conflict_ts),
                     key: c.key.clone().into(),
                     primary: c.primary.clone().into(),
+                    conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
                 });
             } else if let Some(a) = &e.already_exist {
                 self.error.get_or_insert(Error::KeyExists(a.key.clone().into()));
