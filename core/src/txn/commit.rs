@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use tikv_proto::kvrpcpb;
+use tikv_proto::kvrpcpb::prewrite_request::PessimisticAction;
 
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
@@ -32,7 +33,7 @@ use crate::pd::{GetTimestamp, Timestamp};
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
-use crate::txn::membuffer::{BufferedValue, MemBuffer};
+use crate::txn::membuffer::{BufferedValue, KeyFlags, MemBuffer};
 use crate::view::ClusterView;
 
 /// client-go `kv.TxnCommitBatchSize`: a prewrite/commit batch closes once
@@ -70,6 +71,11 @@ pub struct Mutation {
     pub key: Key,
     /// The value (empty unless `Put`/`Insert`).
     pub value: Value,
+    /// What TiKV checks of the key's pessimistic lock at prewrite (only
+    /// sent by a pessimistic transaction): `DoPessimisticCheck` for a key
+    /// this transaction locked pessimistically, `DoConstraintCheck` for a
+    /// lazily checked unique key, `SkipPessimisticCheck` otherwise.
+    pub pessimistic_action: PessimisticAction,
 }
 
 impl Mutation {
@@ -90,22 +96,53 @@ impl Mutation {
 /// locked is `Lock`. Keys are in order; the primary is the first key whose
 /// mutation writes a lock (`CheckNotExists` does not).
 pub fn mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
+    buffer_mutations(buffer, false)
+}
+
+/// The mutations of a pessimistic transaction's buffer (client-go
+/// `initKeysAndMutations` with `isPessimistic`): as
+/// [`mutations_from_buffer`], except that a tombstone of a presumed-absent
+/// key is a `Del` (its pessimistic lock already checked), a tombstone of a
+/// key this transaction inserted is dropped, or a `Lock` if the key is
+/// locked; each mutation carries its [`PessimisticAction`]. The primary
+/// (when the transaction has none from its locks) is chosen as for
+/// optimistic transactions.
+pub fn pessimistic_mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
+    buffer_mutations(buffer, true)
+}
+
+fn buffer_mutations(buffer: &MemBuffer, pessimistic: bool) -> (Vec<Mutation>, Option<Key>) {
     let mut out = Vec::with_capacity(buffer.len());
     for (key, entry) in buffer.iter::<std::ops::RangeFull>(..) {
-        let presumed_absent = entry.flags.has_presume_key_not_exists();
+        let flags = entry.flags;
+        let locked = flags.contains(KeyFlags::KEY_LOCKED);
+        let presumed_absent = flags.has_presume_key_not_exists();
         let (op, value) = match entry.value {
             Some(BufferedValue::Put(v)) if presumed_absent => (kvrpcpb::Op::Insert, v.clone()),
             Some(BufferedValue::Put(v)) => (kvrpcpb::Op::Put, v.clone()),
-            Some(BufferedValue::Delete) if presumed_absent => {
+            Some(BufferedValue::Delete) if presumed_absent && !pessimistic => {
                 (kvrpcpb::Op::CheckNotExists, Value::new())
             }
-            Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
-            None if entry.flags.contains(crate::txn::membuffer::KeyFlags::KEY_LOCKED) => {
+            Some(BufferedValue::Delete)
+                if pessimistic && flags.contains(KeyFlags::NEWLY_INSERTED) =>
+            {
+                if !locked {
+                    continue;
+                }
                 (kvrpcpb::Op::Lock, Value::new())
             }
+            Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
+            None if locked => (kvrpcpb::Op::Lock, Value::new()),
             None => continue,
         };
-        out.push(Mutation { op, key: Key::from(key.to_vec()), value });
+        let pessimistic_action = if pessimistic && locked {
+            PessimisticAction::DoPessimisticCheck
+        } else if flags.contains(KeyFlags::NEED_CONSTRAINT_CHECK_IN_PREWRITE) {
+            PessimisticAction::DoConstraintCheck
+        } else {
+            PessimisticAction::SkipPessimisticCheck
+        };
+        out.push(Mutation { op, key: Key::from(key.to_vec()), value, pessimistic_action });
     }
     let primary = out.iter().find(|m| m.op != kvrpcpb::Op::CheckNotExists).map(|m| m.key.clone());
     (out, primary)
@@ -177,6 +214,9 @@ pub struct CommitOutcome {
 #[derive(Debug)]
 struct PrewritePlan {
     start_ts: Timestamp,
+    /// A pessimistic transaction's `for_update_ts`; zero for an optimistic
+    /// one.
+    for_update_ts: Timestamp,
     primary: Key,
     lock_ttl: u64,
     min_commit_ts: Timestamp,
@@ -246,6 +286,12 @@ impl KeyPlan for PrewritePlan {
             },
             try_one_pc,
             assertion_level: self.assertion_level as i32,
+            for_update_ts: self.for_update_ts.version(),
+            pessimistic_actions: if self.for_update_ts.is_zero() {
+                Vec::new()
+            } else {
+                batch.iter().map(|m| m.pessimistic_action as i32).collect()
+            },
             ..Default::default()
         }))
     }
@@ -270,9 +316,11 @@ impl KeyPlan for PrewritePlan {
         for e in r.errors {
             if let Some(info) = &e.locked {
                 for lock in Lock::from_info(info) {
-                    if lock.txn_id > self.start_ts {
+                    if lock.txn_id > self.start_ts && self.for_update_ts.is_zero() {
                         // client-go: an optimistic transaction meeting a
-                        // newer transaction's lock conflicts at once.
+                        // newer transaction's lock conflicts at once (a
+                        // pessimistic one holds its keys' locks, so what it
+                        // meets is resolved like any other lock).
                         self.error.get_or_insert(Error::WriteConflict {
                             start_ts: self.start_ts,
                             conflict_ts: lock.txn_id,
@@ -614,6 +662,8 @@ enum TsoFor {
 pub struct Committer {
     view: Arc<ClusterView>,
     start_ts: Timestamp,
+    /// Zero unless [`Committer::pessimistic`].
+    for_update_ts: Timestamp,
     primary: Key,
     pending: Vec<Mutation>,
     all_keys: Vec<Key>,
@@ -709,6 +759,7 @@ impl Committer {
             lock_ttl: lock_ttl(size, elapsed),
             view,
             start_ts,
+            for_update_ts: Timestamp::ZERO,
             primary,
             pending: mutations,
             all_keys,
@@ -738,6 +789,21 @@ impl Committer {
             result: None,
             follow_up: None,
         }
+    }
+
+    /// Commits as a pessimistic transaction whose locks were taken at
+    /// `for_update_ts` (client-go with `isPessimistic`): every prewrite
+    /// carries it and each mutation's [`PessimisticAction`], its
+    /// `min_commit_ts` is above it, and a newer transaction's lock met is
+    /// resolved rather than a conflict. Async commit and 1PC stay as
+    /// eligible as for an optimistic transaction. (client-go also raises a
+    /// pessimistic async commit's TTL past `max_commit_ts`, tidb#33641; the
+    /// TTL, at least [`DEFAULT_LOCK_TTL`] plus the age, is always past the
+    /// [`ASYNC_COMMIT_SAFE_WINDOW_MS`] plus the age already.)
+    pub fn pessimistic(mut self, for_update_ts: Timestamp) -> Committer {
+        self.for_update_ts = for_update_ts;
+        self.min_commit_ts = self.min_commit_ts.max(for_update_ts.next());
+        self
     }
 
     fn finish(&mut self, result: Result<CommitOutcome, Error>) {
@@ -812,6 +878,7 @@ impl Committer {
         let secondaries = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
         let plan = PrewritePlan {
             start_ts: self.start_ts,
+            for_update_ts: self.for_update_ts,
             primary: self.primary.clone(),
             lock_ttl: self.lock_ttl,
             min_commit_ts: self.min_commit_ts,
