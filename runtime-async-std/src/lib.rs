@@ -88,7 +88,7 @@ pub use platform::{
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, CasOutcome, ColumnFamily, Config, DEFAULT_SCAN_BATCH_SIZE, Error,
-    Key, KeyRange, KvPair, RawChecksum, ReadOptions, RequestSource, RequestTags, Timestamp,
-    TransactionOptions, Value,
+    Key, KeyRange, KvPair, LockOptions, LockWait, RawChecksum, ReadOptions, RequestSource,
+    RequestTags, ReturnedValue, Timestamp, TransactionOptions, Value,
 };
 pub use tikv_grpc::TransportConfig;
