@@ -440,8 +440,9 @@ impl<P: Platform> Transaction<P> {
     ///
     /// In a pessimistic transaction the keys are locked in TiKV now, at a
     /// fresh `for_update_ts`, as `options` says (waiting, values,
-    /// existence, lock-only-if-exists); keys this transaction already
-    /// locked are skipped. The returned values are the ones asked for, per
+    /// existence, lock-only-if-exists, share mode); keys this transaction
+    /// already locked are skipped, and a key it locked in share mode cannot
+    /// be locked exclusively (client-go refuses the upgrade too). The returned values are the ones asked for, per
     /// newly locked key, sorted. A newer write than the `for_update_ts`
     /// makes the call lock again at a fresh one (TiDB's statement retry, up
     /// to [`PESSIMISTIC_LOCK_MAX_RETRIES`] times); [`Error::Deadlock`],
@@ -463,8 +464,20 @@ impl<P: Platform> Transaction<P> {
             }
             return Ok(Vec::new());
         }
-        let keys: Vec<Key> =
-            keys.into_iter().map(Into::into).filter(|k: &Key| !self.is_locked(k)).collect();
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let shared = |k: &Key| {
+            self.buffer
+                .get(k.as_bytes())
+                .is_some_and(|e| e.flags.contains(KeyFlags::KEY_LOCKED_IN_SHARE_MODE))
+        };
+        if !options.in_share_mode && keys.iter().any(shared) {
+            // client-go: "upgrading a shared lock to an exclusive lock is
+            // not supported".
+            return Err(Error::InvalidArgument(
+                "a key locked in share mode cannot be locked exclusively".into(),
+            ));
+        }
+        let keys: Vec<Key> = keys.into_iter().filter(|k| !self.is_locked(k)).collect();
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -538,9 +551,14 @@ impl<P: Platform> Transaction<P> {
             } else {
                 FlagsOp::SetKeyLockedValueNotExists
             };
+            let mode = if options.in_share_mode {
+                FlagsOp::SetKeyLockedInShareMode
+            } else {
+                FlagsOp::SetKeyLockedInExclusiveMode
+            };
             self.buffer.update_flags(
                 key.as_bytes(),
-                &[FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, value_flag],
+                &[FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, value_flag, mode],
             )?;
         }
         Ok(outcome.values)

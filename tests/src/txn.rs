@@ -413,7 +413,8 @@ pub async fn pessimistic_counters_lose_no_update<H: Harness>() {
 /// fails at once and a bounded wait times out; `rollback` releases the
 /// locks, and so does dropping the transaction (well before their 20 s
 /// TTL). Values come back from `batch_get_for_update`, and a committed
-/// pessimistic write is read back.
+/// pessimistic write is read back. A shared lock needs a primary and is
+/// not upgraded.
 pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>() {
     let (server, client) = start::<H>(vec![b"m".to_vec()]).await;
     let mut init = client.begin().await.expect("begin");
@@ -471,5 +472,20 @@ pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>() {
         snap.scan(.., 10).await.expect("scan"),
         vec![KvPair::new("a", "3"), KvPair::new("x", "4")]
     );
+
+    // Share mode: only under a primary locked before, and never upgraded.
+    let mut sharer = client.begin_with_options(pessimistic()).await.expect("begin");
+    let shared = LockOptions::new().in_share_mode();
+    assert!(matches!(
+        sharer.lock_keys(["s"], shared.clone()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    sharer.lock_keys(["p"], LockOptions::new()).await.expect("the primary");
+    sharer.lock_keys(["s"], shared).await.expect("a shared lock");
+    assert!(matches!(
+        sharer.lock_keys(["s"], LockOptions::new()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    sharer.rollback().await.expect("rollback");
     server.shutdown().await;
 }

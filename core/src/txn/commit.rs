@@ -65,7 +65,7 @@ pub const MAX_COMMIT_TS_PUSH: u64 = 3_600_000 << 18;
 /// One write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mutation {
-    /// `Put`, `Del`, `Lock`, `Insert` or `CheckNotExists`.
+    /// `Put`, `Del`, `Lock`, `SharedLock`, `Insert` or `CheckNotExists`.
     pub op: kvrpcpb::Op,
     /// The key.
     pub key: Key,
@@ -104,9 +104,10 @@ pub fn mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>)
 /// [`mutations_from_buffer`], except that a tombstone of a presumed-absent
 /// key is a `Del` (its pessimistic lock already checked), a tombstone of a
 /// key this transaction inserted is dropped, or a `Lock` if the key is
-/// locked; each mutation carries its [`PessimisticAction`]. The primary
-/// (when the transaction has none from its locks) is chosen as for
-/// optimistic transactions.
+/// locked; a key only locked in share mode is a `SharedLock` (never the
+/// primary; async commit and 1PC are then off); each mutation carries its
+/// [`PessimisticAction`]. The primary (when the transaction has none from
+/// its locks) is chosen as for optimistic transactions.
 pub fn pessimistic_mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
     buffer_mutations(buffer, true)
 }
@@ -132,6 +133,10 @@ fn buffer_mutations(buffer: &MemBuffer, pessimistic: bool) -> (Vec<Mutation>, Op
                 (kvrpcpb::Op::Lock, Value::new())
             }
             Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
+            // client-go `getLockTypeFromFlags`.
+            None if locked && flags.contains(KeyFlags::KEY_LOCKED_IN_SHARE_MODE) => {
+                (kvrpcpb::Op::SharedLock, Value::new())
+            }
             None if locked => (kvrpcpb::Op::Lock, Value::new()),
             None => continue,
         };
@@ -144,7 +149,11 @@ fn buffer_mutations(buffer: &MemBuffer, pessimistic: bool) -> (Vec<Mutation>, Op
         };
         out.push(Mutation { op, key: Key::from(key.to_vec()), value, pessimistic_action });
     }
-    let primary = out.iter().find(|m| m.op != kvrpcpb::Op::CheckNotExists).map(|m| m.key.clone());
+    // Neither a check nor a shared lock can be the primary (client-go).
+    let primary = out
+        .iter()
+        .find(|m| !matches!(m.op, kvrpcpb::Op::CheckNotExists | kvrpcpb::Op::SharedLock))
+        .map(|m| m.key.clone());
     (out, primary)
 }
 
@@ -742,12 +751,15 @@ impl Committer {
         let size: usize = mutations.iter().map(|m| m.key.len() + m.value.len()).sum();
         let key_size: usize = mutations.iter().map(|m| m.key.len()).sum();
         let all_keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
-        // client-go checkAsyncCommit / checkOnePC.
+        // client-go checkAsyncCommit / checkOnePC; neither with shared
+        // locks.
+        let shared_locks = mutations.iter().any(|m| m.op == kvrpcpb::Op::SharedLock);
         let async_commit = opts.async_commit
+            && !shared_locks
             && mutations.len() <= ASYNC_COMMIT_KEYS_LIMIT
             && key_size <= ASYNC_COMMIT_KEY_SIZE_LIMIT;
         // Refined in `start` against the region cache.
-        let one_pc = opts.one_pc && size <= TXN_COMMIT_BATCH_SIZE;
+        let one_pc = opts.one_pc && !shared_locks && size <= TXN_COMMIT_BATCH_SIZE;
         let max_commit_ts = Timestamp::compose(
             start_ts.physical() + elapsed.as_millis() as i64 + ASYNC_COMMIT_SAFE_WINDOW_MS,
             0,

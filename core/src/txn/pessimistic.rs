@@ -119,6 +119,11 @@ pub struct LockOptions {
     /// Lock only the keys that exist (needs `return_values`, as in
     /// client-go).
     pub lock_only_if_exists: bool,
+    /// Take shared locks (`SharedPessimisticLock`): other transactions may
+    /// share them, none may lock the keys exclusively. As in client-go, a
+    /// shared lock is never the primary (the transaction must have locked
+    /// one exclusively before) and is never upgraded.
+    pub in_share_mode: bool,
 }
 
 impl LockOptions {
@@ -154,6 +159,12 @@ impl LockOptions {
     /// Locks only the keys that exist.
     pub fn lock_only_if_exists(mut self) -> LockOptions {
         self.lock_only_if_exists = true;
+        self
+    }
+
+    /// Takes shared locks.
+    pub fn in_share_mode(mut self) -> LockOptions {
+        self.in_share_mode = true;
         self
     }
 }
@@ -314,11 +325,16 @@ impl KeyPlan for LockPlan {
         (usize::MAX, TXN_COMMIT_BATCH_SIZE)
     }
     fn build(&mut self, batch: &[Key]) -> KvRequest {
+        let op = if self.options.in_share_mode {
+            kvrpcpb::Op::SharedPessimisticLock
+        } else {
+            kvrpcpb::Op::PessimisticLock
+        };
         KvRequest::PessimisticLock(Box::new(kvrpcpb::PessimisticLockRequest {
             mutations: batch
                 .iter()
                 .map(|k| kvrpcpb::Mutation {
-                    op: kvrpcpb::Op::PessimisticLock as i32,
+                    op: op as i32,
                     key: k.to_bytes(),
                     ..Default::default()
                 })
@@ -371,10 +387,19 @@ impl KeyPlan for LockPlan {
                 });
             } else if let Some(info) = &e.locked {
                 retry = true;
-                let recent = info.duration_to_last_update_ms > 0
-                    && info.duration_to_last_update_ms < SKIP_RESOLVE_THRESHOLD_MS;
-                if !recent {
-                    self.locks.extend(Lock::from_info(info));
+                // A shared lock wraps its holders' locks, each with its own
+                // last update (client-go resolves them one by one).
+                let held = if info.shared_lock_infos.is_empty() {
+                    std::slice::from_ref(info)
+                } else {
+                    &info.shared_lock_infos[..]
+                };
+                for info in held {
+                    let recent = info.duration_to_last_update_ms > 0
+                        && info.duration_to_last_update_ms < SKIP_RESOLVE_THRESHOLD_MS;
+                    if !recent {
+                        self.locks.extend(Lock::from_info(info));
+                    }
                 }
             } else if let Some(c) = &e.conflict {
                 self.error.get_or_insert(Error::WriteConflict {
@@ -687,6 +712,14 @@ impl Operation for AcquirePessimisticLocks {
             // not exist is not locked, so it cannot be the primary.
             self.result = Some(Err(Error::InvalidArgument(
                 "lock_only_if_exists on several keys needs a primary locked before".into(),
+            )));
+            return;
+        }
+        if opts.in_share_mode && self.assigned_primary {
+            // client-go: "pessimistic lock in share mode requires primary
+            // key to be selected".
+            self.result = Some(Err(Error::InvalidArgument(
+                "a shared lock needs a primary locked exclusively before".into(),
             )));
             return;
         }

@@ -1139,3 +1139,32 @@ fn a_pessimistic_commit_carries_for_update_ts_and_its_checks() {
     });
     assert_eq!(first, Some((true, ts(900))));
 }
+
+/// A key only locked in share mode prewrites a `SharedLock`, which is never
+/// the primary and turns async commit and 1PC off (client-go).
+#[test]
+fn shared_locks_are_not_primaries_and_turn_async_commit_off() {
+    use crate::txn::membuffer::FlagsOp;
+    let mut b = MemBuffer::new();
+    b.update_flags(b"a", &[FlagsOp::SetKeyLocked, FlagsOp::SetKeyLockedInShareMode]).unwrap();
+    b.update_flags(b"b", &[FlagsOp::SetKeyLocked]).unwrap();
+    let (m, primary) = pessimistic_mutations_from_buffer(&b);
+    let ops: Vec<_> = m.iter().map(|m| m.op).collect();
+    assert_eq!(ops, vec![kvrpcpb::Op::SharedLock, kvrpcpb::Op::Lock]);
+    assert_eq!(primary, Some(Key::from("b")), "a shared lock is never the primary");
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 5, 0));
+    c.fault("kv_commit", commit_ok());
+    let opts = CommitOptions { async_commit: true, one_pc: true, ..Default::default() };
+    let committer =
+        Committer::new(view(), ts_at(500), Key::from("b"), m, Duration::from_millis(10), opts)
+            .pessimistic(ts_at(900));
+    let (_, result) = drive(committer, &mut c);
+    assert_eq!(result.expect("committed").mode, CommitMode::TwoPhase);
+    let prewrite = c.received.iter().find_map(|r| match r {
+        KvRequest::Prewrite(p) => Some((p.use_async_commit, p.try_one_pc)),
+        _ => None,
+    });
+    assert_eq!(prewrite, Some((false, false)));
+}

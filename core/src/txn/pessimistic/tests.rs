@@ -460,3 +460,58 @@ fn fingerprint64_matches_farmhash() {
     assert!(fingerprint64(&[7u8; 40]).is_some());
     assert_eq!(fingerprint64(&[7u8; 65]), None, "longer keys are not hashed");
 }
+
+/// Shared locks: taken with `SharedPessimisticLock` under a primary locked
+/// before, refused as a first lock; a shared lock met is resolved holder by
+/// holder, each by its own last update.
+#[test]
+fn shared_locks_need_a_primary_and_resolve_each_holder() {
+    let mut c = FakeCluster::new(&[]);
+    let (_, result) = drive(acquire(&["a"], None, LockOptions::new().in_share_mode()), &mut c);
+    assert!(matches!(result, Err(Error::InvalidArgument(_))), "{result:?}");
+    assert!(c.received.is_empty());
+
+    let holder = |txn_ms: i64, updated_ms: u64| kvrpcpb::LockInfo {
+        key: Bytes::from("a"),
+        primary_lock: Bytes::from("q"),
+        lock_version: ts_at(txn_ms).version(),
+        lock_ttl: 3_000,
+        lock_type: kvrpcpb::Op::SharedPessimisticLock as i32,
+        duration_to_last_update_ms: updated_ms,
+        ..Default::default()
+    };
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "pessimistic_lock",
+        lock_error(kvrpcpb::KeyError {
+            locked: Some(kvrpcpb::LockInfo {
+                key: Bytes::from("a"),
+                // The wrapper's own update time is not the holders'.
+                duration_to_last_update_ms: 10,
+                shared_lock_infos: vec![holder(300, 50), holder(310, 0)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    c.fault("check_txn_status", status(0));
+    c.fault("pessimistic_rollback", respond(KvResponse::PessimisticRollback(Default::default())));
+    c.fault("pessimistic_lock", lock_ok());
+    let (_, result) = drive(acquire(&["a"], Some("p"), LockOptions::new().in_share_mode()), &mut c);
+    assert_eq!(result.expect("locked").locked, keys(&["a"]));
+    let checked: Vec<u64> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::CheckTxnStatus(s) => Some(s.lock_ts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checked, vec![ts_at(310).version()], "only the holder not updated recently");
+    let reqs = lock_requests(&c);
+    assert!(
+        reqs.iter()
+            .flat_map(|r| &r.mutations)
+            .all(|m| m.op == kvrpcpb::Op::SharedPessimisticLock as i32)
+    );
+}
