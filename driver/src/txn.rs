@@ -511,6 +511,7 @@ impl<P: Platform> Transaction<P> {
             keys,
             txn_elapsed: self.core.rt.now().saturating_duration_since(self.started),
             options: options.clone(),
+            force_lock: false,
             tags: self.options.commit.tags.clone(),
         };
         let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);

@@ -24,8 +24,12 @@
 //!    `asyncPessimisticRollback`). A single key that failed with a write
 //!    conflict or `AlreadyExist` was not locked and needs none.
 //!
-//! TiKV's legacy wake-up mode is used (`WakeUpModeNormal`): a request that
-//! waited and was woken answers a write conflict.
+//! TiKV's legacy wake-up mode (`WakeUpModeNormal`) is the default: a
+//! request that waited and was woken answers a write conflict. A call of
+//! one key may ask for `WakeUpModeForceLock` (client-go's fair locking): the
+//! woken request takes the lock over a newer write and reports it as
+//! `LockedWithConflict`; the failed call's rollback then covers that
+//! write's ts.
 
 use std::sync::Arc;
 
@@ -187,6 +191,12 @@ pub struct AcquireRequest {
     pub txn_elapsed: Duration,
     /// What the call asks for.
     pub options: LockOptions,
+    /// Lock in TiKV's `WakeUpModeForceLock` (client-go's fair locking of a
+    /// single key): a request woken after waiting takes the lock even over
+    /// a newer write, answering `LockedWithConflict` with that write's ts,
+    /// instead of failing with a write conflict. Only for one key; calls
+    /// of several keys use the legacy mode.
+    pub force_lock: bool,
     /// Priority, request source and resource group of every request.
     pub tags: RequestTags,
 }
@@ -199,6 +209,11 @@ pub struct ReturnedValue {
     pub value: Value,
     /// Whether the key exists.
     pub exists: bool,
+    /// In `WakeUpModeForceLock`, the commit ts of a write newer than the
+    /// call's `for_update_ts` that the lock was taken over (zero if none):
+    /// the value is as of that write, and the transaction must count its
+    /// `for_update_ts` on this key from it.
+    pub locked_with_conflict_ts: Timestamp,
 }
 
 /// A successful lock call.
@@ -210,8 +225,12 @@ pub struct AcquireOutcome {
     pub assigned_primary: Option<Key>,
     /// The keys that hold this transaction's lock now, sorted.
     pub locked: Vec<Key>,
-    /// Per key, sorted, when values or existence were asked for.
+    /// Per key, sorted, when values or existence were asked for, or when
+    /// a key was locked with a conflict.
     pub values: Vec<(Key, ReturnedValue)>,
+    /// The largest `locked_with_conflict_ts` of the call (zero if none):
+    /// rolling these locks back needs a `for_update_ts` at least this.
+    pub max_locked_with_conflict_ts: Timestamp,
 }
 
 /// farmhash's `Fingerprint64` (TiKV hashes keys with it in the deadlock
@@ -299,6 +318,7 @@ struct LockPlan {
     lock_ttl: u64,
     wait_timeout: i64,
     is_first_lock: bool,
+    force_lock: bool,
     options: LockOptions,
     timeout: Duration,
     // Results.
@@ -350,7 +370,11 @@ impl KeyPlan for LockPlan {
             min_commit_ts: self.for_update_ts.next().version(),
             check_existence: self.options.check_existence,
             lock_only_if_exists: self.options.lock_only_if_exists,
-            wake_up_mode: kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeNormal as i32,
+            wake_up_mode: if self.force_lock {
+                kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeForceLock as i32
+            } else {
+                kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeNormal as i32
+            },
             ..Default::default()
         }))
     }
@@ -361,6 +385,9 @@ impl KeyPlan for LockPlan {
         let KvResponse::PessimisticLock(r) = response else {
             return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
+        if self.force_lock {
+            return self.merge_force_lock(batch, *r);
+        }
         if !r.results.is_empty() {
             // client-go: the legacy mode answers in `values`/`not_founds`.
             return Err(Error::malformed("pessimistic lock response corrupted: per-key results"));
@@ -369,8 +396,24 @@ impl KeyPlan for LockPlan {
             self.merge_values(batch, &r)?;
             return Ok(());
         }
+        if self.take_key_errors(&r.errors) {
+            // TiKV locks a batch all or nothing: the whole batch goes again.
+            self.retry.extend(batch);
+        }
+        Ok(())
+    }
+    fn finish(self) -> LockPlan {
+        self
+    }
+}
+
+impl LockPlan {
+    /// Takes a response's key errors (client-go
+    /// `handleKeyErrorForResolve`): fatal ones become the call's error,
+    /// locks old enough are kept for the resolver. Whether a lock was met.
+    fn take_key_errors(&mut self, errors: &[kvrpcpb::KeyError]) -> bool {
         let mut retry = false;
-        for e in &r.errors {
+        for e in errors {
             if let Some(exists) = &e.already_exist {
                 self.error.get_or_insert(Error::KeyExists(exists.key.clone().into()));
             } else if let Some(d) = &e.deadlock {
@@ -413,18 +456,83 @@ impl KeyPlan for LockPlan {
                 self.error.get_or_insert(Error::KeyError(Box::new(e.clone())));
             }
         }
-        if retry {
-            // TiKV locks a batch all or nothing: the whole batch goes again.
-            self.retry.extend(batch);
+        retry
+    }
+
+    /// A `WakeUpModeForceLock` answer for one key (client-go
+    /// `handlePessimisticLockResponseForceLockMode`): `results` say whether
+    /// the key was locked, normally or over a newer write, or failed on the
+    /// lock in `errors`.
+    fn merge_force_lock(
+        &mut self,
+        batch: Vec<Key>,
+        r: kvrpcpb::PessimisticLockResponse,
+    ) -> Result<(), Error> {
+        use kvrpcpb::PessimisticLockKeyResultType as ResultType;
+        if batch.len() != 1 || r.results.len() > 1 {
+            return Err(Error::malformed(format!(
+                "force-lock answer of {} results for {} keys",
+                r.results.len(),
+                batch.len()
+            )));
+        }
+        // A shared lock met fails the key whatever the result says.
+        let mut failed = r
+            .errors
+            .iter()
+            .any(|e| e.locked.as_ref().is_some_and(|l| !l.shared_lock_infos.is_empty()));
+        let met_lock = self.take_key_errors(&r.errors);
+        if self.error.is_some() {
+            return Ok(());
+        }
+        let Some(result) = r.results.into_iter().next() else {
+            return Err(Error::malformed("pessimistic lock response corrupted: no result"));
+        };
+        let key = batch.into_iter().next().unwrap_or_default();
+        match ResultType::try_from(result.r#type) {
+            Ok(ResultType::LockResultNormal) => {
+                if self.options.return_values || self.options.check_existence {
+                    let value =
+                        if self.options.return_values { result.value } else { Value::new() };
+                    let returned = ReturnedValue {
+                        value,
+                        exists: result.existence,
+                        locked_with_conflict_ts: Timestamp::ZERO,
+                    };
+                    self.values.push((key.clone(), returned));
+                }
+            }
+            Ok(ResultType::LockResultLockedWithConflict) => {
+                let returned = ReturnedValue {
+                    value: result.value,
+                    exists: result.existence,
+                    locked_with_conflict_ts: Timestamp::from_version(
+                        result.locked_with_conflict_ts,
+                    ),
+                };
+                self.values.push((key.clone(), returned));
+            }
+            Ok(ResultType::LockResultFailed) => failed = true,
+            Err(_) => {
+                return Err(Error::malformed(format!(
+                    "unknown lock result type {}",
+                    result.r#type
+                )));
+            }
+        }
+        if failed {
+            // Resolved (or, for recently updated locks, waited on again) and
+            // retried as in the legacy mode.
+            self.retry.push(key);
+        } else if met_lock {
+            // client-go: a locked key must come with a failed result.
+            return Err(Error::malformed(
+                "pessimistic lock response corrupted: locked but not failed",
+            ));
         }
         Ok(())
     }
-    fn finish(self) -> LockPlan {
-        self
-    }
-}
 
-impl LockPlan {
     /// The values and existence a successful batch returned, key by key in
     /// the batch's order (client-go's `handlePessimisticLockResponseNormalMode`).
     fn merge_values(
@@ -449,7 +557,10 @@ impl LockPlan {
         }
         for (i, key) in batch.into_iter().enumerate() {
             let value = if values { r.values[i].clone() } else { Value::new() };
-            self.values.push((key, ReturnedValue { value, exists: !r.not_founds[i] }));
+            let exists = !r.not_founds[i];
+            let returned =
+                ReturnedValue { value, exists, locked_with_conflict_ts: Timestamp::ZERO };
+            self.values.push((key, returned));
         }
         Ok(())
     }
@@ -496,6 +607,7 @@ pub struct AcquirePessimisticLocks {
     values: Vec<(Key, ReturnedValue)>,
     /// The key that closed a deadlock cycle, when TiKV named it.
     deadlock_key: Option<Key>,
+    max_locked_with_conflict_ts: Timestamp,
     started: Option<Instant>,
     step: StepSlot<Done>,
     backoffer: Backoffer,
@@ -536,6 +648,7 @@ impl AcquirePessimisticLocks {
             all_keys,
             values: Vec::new(),
             deadlock_key: None,
+            max_locked_with_conflict_ts: Timestamp::ZERO,
             started: None,
             step: StepSlot::new(),
             backoffer,
@@ -570,10 +683,13 @@ impl AcquirePessimisticLocks {
         // was not locked (client-go `keyMayBeLocked`).
         let key_may_be_locked = !matches!(e, Error::WriteConflict { .. } | Error::KeyExists(_));
         if self.all_keys.len() > 1 || key_may_be_locked {
+            // client-go: a lock taken over a newer write carries that
+            // write's ts as its for_update_ts.
+            let for_update_ts = self.req.for_update_ts.max(self.max_locked_with_conflict_ts);
             self.follow_up = Some(rollback_pessimistic_locks(
                 &self.view,
                 self.req.start_ts,
-                self.req.for_update_ts,
+                for_update_ts,
                 self.all_keys.clone(),
                 &self.req.tags,
             ));
@@ -595,6 +711,7 @@ impl AcquirePessimisticLocks {
             // client-go: only a transaction's first lock call of one key
             // (TiKV then may answer without waiting for the write to apply).
             is_first_lock: self.assigned_primary && self.all_keys.len() == 1,
+            force_lock: self.req.force_lock && self.all_keys.len() == 1,
             options: self.req.options.clone(),
             timeout: self.view.config.read_timeout_short,
             values: Vec::new(),
@@ -610,6 +727,10 @@ impl AcquirePessimisticLocks {
     }
 
     fn after_lock(&mut self, plan: LockPlan, now: Instant) {
+        for (_, v) in &plan.values {
+            self.max_locked_with_conflict_ts =
+                self.max_locked_with_conflict_ts.max(v.locked_with_conflict_ts);
+        }
         self.values.extend(plan.values);
         if let Some(e) = plan.error {
             self.deadlock_key = plan.deadlock_key;
@@ -675,7 +796,13 @@ impl AcquirePessimisticLocks {
         }
         let assigned_primary =
             (self.assigned_primary && locked.contains(&self.primary)).then(|| self.primary.clone());
-        self.result = Some(Ok(AcquireOutcome { assigned_primary, locked, values }));
+        let max_locked_with_conflict_ts = self.max_locked_with_conflict_ts;
+        self.result = Some(Ok(AcquireOutcome {
+            assigned_primary,
+            locked,
+            values,
+            max_locked_with_conflict_ts,
+        }));
     }
 
     fn check(&mut self, now: Instant) {

@@ -26,6 +26,7 @@ fn request(ks: &[&str], primary: Option<&str>, options: LockOptions) -> AcquireR
         keys: keys(ks),
         txn_elapsed: Duration::from_millis(40),
         options,
+        force_lock: false,
         tags: RequestTags::default(),
     }
 }
@@ -185,8 +186,14 @@ fn values_and_existence_come_back_per_key() {
     assert_eq!(
         outcome.values,
         vec![
-            (Key::from("a"), ReturnedValue { value: Bytes::from("1"), exists: true }),
-            (Key::from("b"), ReturnedValue { value: Bytes::new(), exists: false }),
+            (
+                Key::from("a"),
+                ReturnedValue { value: Bytes::from("1"), exists: true, ..Default::default() }
+            ),
+            (
+                Key::from("b"),
+                ReturnedValue { value: Bytes::new(), exists: false, ..Default::default() }
+            ),
         ]
     );
     let reqs = lock_requests(&c);
@@ -201,7 +208,10 @@ fn values_and_existence_come_back_per_key() {
         drive(acquire(&["a"], Some("p"), LockOptions::new().check_existence()), &mut c);
     assert_eq!(
         result.expect("locked").values,
-        vec![(Key::from("a"), ReturnedValue { value: Bytes::new(), exists: false })]
+        vec![(
+            Key::from("a"),
+            ReturnedValue { value: Bytes::new(), exists: false, ..Default::default() }
+        )]
     );
     let mut c = FakeCluster::new(&[]);
     c.fault("pessimistic_lock", lock_ok());
@@ -514,4 +524,146 @@ fn shared_locks_need_a_primary_and_resolve_each_holder() {
             .flat_map(|r| &r.mutations)
             .all(|m| m.op == kvrpcpb::Op::SharedPessimisticLock as i32)
     );
+}
+
+fn force_result(
+    kind: kvrpcpb::PessimisticLockKeyResultType,
+    value: &str,
+    conflict: u64,
+) -> kvrpcpb::PessimisticLockKeyResult {
+    kvrpcpb::PessimisticLockKeyResult {
+        r#type: kind as i32,
+        value: Bytes::from(value.to_string()),
+        existence: !value.is_empty(),
+        locked_with_conflict_ts: conflict,
+        ..Default::default()
+    }
+}
+
+fn force_answer(
+    results: Vec<kvrpcpb::PessimisticLockKeyResult>,
+    errors: Vec<kvrpcpb::KeyError>,
+) -> Fault {
+    respond(KvResponse::PessimisticLock(Box::new(kvrpcpb::PessimisticLockResponse {
+        results,
+        errors,
+        ..Default::default()
+    })))
+}
+
+fn forced(ks: &[&str], options: LockOptions) -> AcquirePessimisticLocks {
+    AcquirePessimisticLocks::new(
+        view(),
+        AcquireRequest { force_lock: true, ..request(ks, Some("p"), options) },
+    )
+}
+
+/// `WakeUpModeForceLock` (fair locking of one key): a normal result carries
+/// the value asked for; a key locked over a newer write reports that
+/// write's ts (always, values asked or not); a failed result on a lock is
+/// resolved and retried as in the legacy mode. Several keys use the legacy
+/// mode.
+#[test]
+fn force_lock_mode_reports_locks_taken_over_newer_writes() {
+    use kvrpcpb::PessimisticLockKeyResultType::*;
+    let mut c = FakeCluster::new(&[]);
+    c.fault("pessimistic_lock", force_answer(vec![force_result(LockResultNormal, "1", 0)], vec![]));
+    let (_, result) = drive(forced(&["a"], LockOptions::new().return_values()), &mut c);
+    let outcome = result.expect("locked");
+    assert_eq!(outcome.values[0].1.value, Bytes::from("1"));
+    assert_eq!(outcome.max_locked_with_conflict_ts, Timestamp::ZERO);
+    assert_eq!(
+        lock_requests(&c)[0].wake_up_mode,
+        kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeForceLock as i32
+    );
+
+    let mut c = FakeCluster::new(&[]);
+    let conflict = ts_at(950).version();
+    c.fault(
+        "pessimistic_lock",
+        force_answer(vec![force_result(LockResultLockedWithConflict, "2", conflict)], vec![]),
+    );
+    let (_, result) = drive(forced(&["a"], LockOptions::new()), &mut c);
+    let outcome = result.expect("locked");
+    assert_eq!(outcome.locked, keys(&["a"]));
+    assert_eq!(outcome.max_locked_with_conflict_ts, ts_at(950));
+    assert_eq!(
+        outcome.values,
+        vec![(
+            Key::from("a"),
+            ReturnedValue {
+                value: Bytes::from("2"),
+                exists: true,
+                locked_with_conflict_ts: ts_at(950)
+            }
+        )]
+    );
+
+    let mut c = FakeCluster::new(&[]);
+    let failed_on_lock = |updated_ms| {
+        let Fault::Respond(resp) = locked("a", updated_ms) else { unreachable!() };
+        let KvResponse::PessimisticLock(r) = *resp else { unreachable!() };
+        force_answer(vec![force_result(LockResultFailed, "", 0)], r.errors)
+    };
+    c.fault("pessimistic_lock", failed_on_lock(100));
+    c.fault("pessimistic_lock", failed_on_lock(0));
+    c.fault("check_txn_status", status(0));
+    c.fault("pessimistic_rollback", respond(KvResponse::PessimisticRollback(Default::default())));
+    c.fault("pessimistic_lock", force_answer(vec![force_result(LockResultNormal, "", 0)], vec![]));
+    let (_, result) = drive(forced(&["a"], LockOptions::new()), &mut c);
+    assert_eq!(result.expect("locked").locked, keys(&["a"]));
+    assert_eq!(
+        names(&c),
+        vec![
+            "kv_pessimistic_lock",
+            "kv_pessimistic_lock",
+            "kv_check_txn_status",
+            "kv_pessimistic_rollback",
+            "kv_pessimistic_lock",
+        ]
+    );
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("pessimistic_lock", lock_ok());
+    let (_, result) = drive(forced(&["a", "b"], LockOptions::new()), &mut c);
+    result.expect("locked");
+    assert_eq!(
+        lock_requests(&c)[0].wake_up_mode,
+        kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeNormal as i32,
+        "several keys: the legacy mode"
+    );
+}
+
+/// Force-lock answers that break the protocol are errors, not panics
+/// (client-go panics on some): no result, several results, a lock met with
+/// a successful result, an unknown result type.
+#[test]
+fn malformed_force_lock_answers_are_errors() {
+    use kvrpcpb::PessimisticLockKeyResultType::*;
+    let Fault::Respond(resp) = locked("a", 0) else { unreachable!() };
+    let KvResponse::PessimisticLock(r) = *resp else { unreachable!() };
+    let cases = vec![
+        ("no result", force_answer(vec![], vec![])),
+        (
+            "two results",
+            force_answer(
+                vec![force_result(LockResultNormal, "", 0), force_result(LockResultNormal, "", 0)],
+                vec![],
+            ),
+        ),
+        ("locked but normal", force_answer(vec![force_result(LockResultNormal, "", 0)], r.errors)),
+        (
+            "unknown type",
+            force_answer(
+                vec![kvrpcpb::PessimisticLockKeyResult { r#type: 9, ..Default::default() }],
+                vec![],
+            ),
+        ),
+    ];
+    for (name, fault) in cases {
+        let mut c = FakeCluster::new(&[]);
+        c.fault("pessimistic_lock", fault);
+        let (_, result) = drive(forced(&["a"], LockOptions::new()), &mut c);
+        assert!(matches!(result, Err(Error::MalformedResponse(_))), "{name}: {result:?}");
+    }
 }
