@@ -226,6 +226,9 @@ struct PrewritePlan {
     /// A pessimistic transaction's `for_update_ts`; zero for an optimistic
     /// one.
     for_update_ts: Timestamp,
+    /// Keys whose pessimistic lock must carry exactly this `for_update_ts`
+    /// (sorted by key).
+    for_update_ts_constraints: Arc<[(Key, Timestamp)]>,
     primary: Key,
     lock_ttl: u64,
     min_commit_ts: Timestamp,
@@ -301,6 +304,18 @@ impl KeyPlan for PrewritePlan {
             } else {
                 batch.iter().map(|m| m.pessimistic_action as i32).collect()
             },
+            for_update_ts_constraints: batch
+                .iter()
+                .enumerate()
+                .filter_map(|(index, m)| {
+                    let constraints = &self.for_update_ts_constraints;
+                    let at = constraints.binary_search_by(|(k, _)| k.cmp(&m.key)).ok()?;
+                    Some(kvrpcpb::prewrite_request::ForUpdateTsConstraint {
+                        index: index as u32,
+                        expected_for_update_ts: constraints[at].1.version(),
+                    })
+                })
+                .collect(),
             ..Default::default()
         }))
     }
@@ -673,6 +688,8 @@ pub struct Committer {
     start_ts: Timestamp,
     /// Zero unless [`Committer::pessimistic`].
     for_update_ts: Timestamp,
+    /// See [`Committer::for_update_ts_constraints`].
+    for_update_ts_constraints: Arc<[(Key, Timestamp)]>,
     primary: Key,
     pending: Vec<Mutation>,
     all_keys: Vec<Key>,
@@ -772,6 +789,7 @@ impl Committer {
             view,
             start_ts,
             for_update_ts: Timestamp::ZERO,
+            for_update_ts_constraints: Arc::new([]),
             primary,
             pending: mutations,
             all_keys,
@@ -815,6 +833,21 @@ impl Committer {
     pub fn pessimistic(mut self, for_update_ts: Timestamp) -> Committer {
         self.for_update_ts = for_update_ts;
         self.min_commit_ts = self.min_commit_ts.max(for_update_ts.next());
+        self
+    }
+
+    /// Makes TiKV check, at prewrite, that the pessimistic lock of each of
+    /// these keys carries exactly this `for_update_ts` (client-go's
+    /// `forUpdateTSConstraints`, set by fair locking, where a key's lock may
+    /// have been taken over a newer write at that write's ts): a lock lost
+    /// and taken again meanwhile fails the prewrite instead of committing a
+    /// value computed from an older read.
+    pub fn for_update_ts_constraints(
+        mut self,
+        mut constraints: Vec<(Key, Timestamp)>,
+    ) -> Committer {
+        constraints.sort_by(|a, b| a.0.cmp(&b.0));
+        self.for_update_ts_constraints = constraints.into();
         self
     }
 
@@ -891,6 +924,7 @@ impl Committer {
         let plan = PrewritePlan {
             start_ts: self.start_ts,
             for_update_ts: self.for_update_ts,
+            for_update_ts_constraints: self.for_update_ts_constraints.clone(),
             primary: self.primary.clone(),
             lock_ttl: self.lock_ttl,
             min_commit_ts: self.min_commit_ts,

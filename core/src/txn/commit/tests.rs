@@ -1168,3 +1168,50 @@ fn shared_locks_are_not_primaries_and_turn_async_commit_off() {
     });
     assert_eq!(prewrite, Some((false, false)));
 }
+
+/// `for_update_ts` constraints go with the mutations of their keys, by
+/// index within each batch.
+#[test]
+fn for_update_ts_constraints_follow_their_keys_into_each_batch() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let mutations = vec![pessimistic_put("a"), pessimistic_put("b"), pessimistic_put("x")];
+    let committer = Committer::new(
+        view(),
+        ts_at(500),
+        Key::from("a"),
+        mutations,
+        Duration::from_millis(10),
+        CommitOptions::default(),
+    )
+    .pessimistic(ts_at(900))
+    .for_update_ts_constraints(vec![(Key::from("x"), ts_at(950)), (Key::from("b"), ts_at(920))]);
+    let (_, result) = drive(committer, &mut c);
+    result.expect("committed");
+    // Per prewrite: its keys, and its constraints as (index, expected ts).
+    type Batch = (Vec<Bytes>, Vec<(u32, u64)>);
+    let mut got: Vec<Batch> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => Some((
+                p.mutations.iter().map(|m| m.key.clone()).collect(),
+                p.for_update_ts_constraints
+                    .iter()
+                    .map(|c| (c.index, c.expected_for_update_ts))
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (vec![Bytes::from("a"), Bytes::from("b")], vec![(1, ts(920))]),
+            (vec![Bytes::from("x")], vec![(0, ts(950))]),
+        ]
+    );
+}
