@@ -5,9 +5,10 @@
 //!
 //! 1. **The primary first.** When the call locks the transaction's primary
 //!    (or chooses it: the smallest key, when the transaction has none yet),
-//!    that key is locked alone before any other, so a secondary lock never
-//!    exists without its primary (client-go locks the primary's batch first
-//!    for the same reason).
+//!    the primary's batch (the keys of its cached region, up to 16 KiB; the
+//!    primary alone if its region is not cached) is locked before any other
+//!    key, so a secondary lock never exists without its primary, as in
+//!    client-go.
 //! 2. **The other keys**, grouped by region, in parallel.
 //! 3. **Answers.** A `KeyIsLocked` whose lock was updated in the last
 //!    [`SKIP_RESOLVE_THRESHOLD_MS`] belongs to a live transaction: the batch
@@ -854,14 +855,26 @@ impl Operation for AcquirePessimisticLocks {
             self.finish();
             return;
         }
-        let mut keys = std::mem::take(&mut self.all_keys);
-        self.all_keys = keys.clone();
-        match keys.iter().position(|k| *k == self.primary) {
-            Some(i) => {
-                self.pending = vec![keys.remove(i)];
-                self.rest = keys;
+        let keys = self.all_keys.clone();
+        if !keys.contains(&self.primary) {
+            self.pending = keys;
+        } else {
+            // client-go locks the primary's batch first: the primary with
+            // the keys of its region, up to a batch's size. Without a cached
+            // region for it, the primary goes alone.
+            let region = self.view.regions.locate_key(self.primary.as_bytes(), now);
+            let mut bytes = self.primary.len();
+            for key in keys {
+                let joins = key != self.primary
+                    && region.as_ref().is_some_and(|r| r.contains(key.as_bytes()))
+                    && bytes + key.len() <= TXN_COMMIT_BATCH_SIZE;
+                if key == self.primary || joins {
+                    bytes += if joins { key.len() } else { 0 };
+                    self.pending.push(key);
+                } else {
+                    self.rest.push(key);
+                }
             }
-            None => self.pending = keys,
         }
         self.lock(now);
     }

@@ -667,3 +667,21 @@ fn malformed_force_lock_answers_are_errors() {
         assert!(matches!(result, Err(Error::MalformedResponse(_))), "{name}: {result:?}");
     }
 }
+
+/// With the primary's region cached, the keys of that region go with the
+/// primary in the first batch; the other regions' keys follow.
+#[test]
+fn the_primary_batch_holds_the_keys_of_its_region() {
+    let mut c = FakeCluster::new(&["m"]);
+    let v = view();
+    c.data.insert(b"a".to_vec(), Bytes::from("0"));
+    let _ = drive(crate::raw::get(&v, Key::from("a"), &Default::default()), &mut c);
+    c.received.clear();
+    c.fault("pessimistic_lock", lock_ok());
+    c.fault("pessimistic_lock", lock_ok());
+    let op = AcquirePessimisticLocks::new(v, request(&["x", "b", "a"], None, LockOptions::new()));
+    let (_, result) = drive(op, &mut c);
+    assert_eq!(result.expect("locked").locked, keys(&["a", "b", "x"]));
+    let batches: Vec<_> = lock_requests(&c).iter().map(mutation_keys).collect();
+    assert_eq!(batches, vec![vec![Bytes::from("a"), Bytes::from("b")], vec![Bytes::from("x")]]);
+}
