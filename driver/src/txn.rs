@@ -477,6 +477,16 @@ impl<P: Platform> Transaction<P> {
                 "a key locked in share mode cannot be locked exclusively".into(),
             ));
         }
+        for key in keys.iter().filter(|k| self.is_locked(k)) {
+            // client-go: a key locked before and found to exist, now
+            // inserted, already exists.
+            let flags = self.buffer.get(key.as_bytes()).map(|e| e.flags).unwrap_or_default();
+            if flags.contains(KeyFlags::NEED_CHECK_EXISTS)
+                && flags.contains(KeyFlags::KEY_LOCKED_VAL_EXIST)
+            {
+                return Err(Error::KeyExists(key.clone()));
+            }
+        }
         let keys: Vec<Key> = keys.into_iter().filter(|k| !self.is_locked(k)).collect();
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -504,11 +514,20 @@ impl<P: Platform> Transaction<P> {
         for_update_ts: Timestamp,
         options: &LockOptions,
     ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        let presumed_absent: Vec<Key> = keys
+            .iter()
+            .filter(|k| {
+                let entry = self.buffer.get(k.as_bytes());
+                entry.is_some_and(|e| e.flags.has_presume_key_not_exists())
+            })
+            .cloned()
+            .collect();
         let req = AcquireRequest {
             start_ts: self.start_ts,
             for_update_ts,
             primary: self.primary.clone(),
             keys,
+            presumed_absent: presumed_absent.clone(),
             txn_elapsed: self.core.rt.now().saturating_duration_since(self.started),
             options: options.clone(),
             force_lock: false,
@@ -525,6 +544,13 @@ impl<P: Platform> Transaction<P> {
                 let _ = self.core.run(rollback).await;
             } else {
                 self.core.spawn_op(rollback);
+            }
+        }
+        if result.is_err() {
+            // client-go unmarks the keys it presumed absent when locking
+            // them failed.
+            for key in &presumed_absent {
+                self.buffer.update_flags(key.as_bytes(), &[FlagsOp::DelPresumeKeyNotExists])?;
             }
         }
         let outcome = result?;

@@ -414,7 +414,7 @@ pub async fn pessimistic_counters_lose_no_update<H: Harness>() {
 /// locks, and so does dropping the transaction (well before their 20 s
 /// TTL). Values come back from `batch_get_for_update`, and a committed
 /// pessimistic write is read back. A shared lock needs a primary and is
-/// not upgraded.
+/// not upgraded; an inserted key that exists fails its lock.
 pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>() {
     let (server, client) = start::<H>(vec![b"m".to_vec()]).await;
     let mut init = client.begin().await.expect("begin");
@@ -487,5 +487,21 @@ pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>() {
         Err(Error::InvalidArgument(_))
     ));
     sharer.rollback().await.expect("rollback");
+
+    // An inserted key is locked asserting it does not exist.
+    let mut inserter = client.begin_with_options(pessimistic()).await.expect("begin");
+    inserter.insert("a", "again").expect("insert");
+    match inserter.lock_keys(["a"], LockOptions::new()).await {
+        Err(Error::KeyExists(key)) => assert_eq!(key, tikv_driver::Key::from("a")),
+        res => panic!("expected the key to exist, got {res:?}"),
+    }
+    // A key locked before and found to exist fails its insert at once.
+    inserter.lock_keys(["x"], LockOptions::new()).await.expect("lock");
+    inserter.insert("x", "again").expect("insert");
+    assert!(matches!(
+        inserter.lock_keys(["x"], LockOptions::new()).await,
+        Err(Error::KeyExists(_))
+    ));
+    inserter.rollback().await.expect("rollback");
     server.shutdown().await;
 }

@@ -187,6 +187,11 @@ pub struct AcquireRequest {
     /// The keys to lock (any order, duplicates allowed), none of them
     /// locked by this transaction yet.
     pub keys: Vec<Key>,
+    /// Keys of `keys` the transaction presumes absent (it inserts them):
+    /// their lock requests assert `NotExist`, so TiKV refuses to lock an
+    /// existing one with `AlreadyExist` (client-go
+    /// `HasPresumeKeyNotExists`).
+    pub presumed_absent: Vec<Key>,
     /// How long the transaction has been running (lock TTLs count from its
     /// start).
     pub txn_elapsed: Duration,
@@ -320,6 +325,8 @@ struct LockPlan {
     wait_timeout: i64,
     is_first_lock: bool,
     force_lock: bool,
+    /// Sorted.
+    presumed_absent: Arc<[Key]>,
     options: LockOptions,
     timeout: Duration,
     // Results.
@@ -357,6 +364,11 @@ impl KeyPlan for LockPlan {
                 .map(|k| kvrpcpb::Mutation {
                     op: op as i32,
                     key: k.to_bytes(),
+                    assertion: if self.presumed_absent.binary_search(k).is_ok() {
+                        kvrpcpb::Assertion::NotExist as i32
+                    } else {
+                        kvrpcpb::Assertion::None as i32
+                    },
                     ..Default::default()
                 })
                 .collect(),
@@ -609,6 +621,8 @@ pub struct AcquirePessimisticLocks {
     /// The key that closed a deadlock cycle, when TiKV named it.
     deadlock_key: Option<Key>,
     max_locked_with_conflict_ts: Timestamp,
+    /// The request's presumed-absent keys, sorted, shared by every round.
+    presumed_absent: Arc<[Key]>,
     started: Option<Instant>,
     step: StepSlot<Done>,
     backoffer: Backoffer,
@@ -639,6 +653,9 @@ impl AcquirePessimisticLocks {
         };
         let budget = view.config.budget(view.config.backoff.pessimistic_lock);
         let backoffer = view.backoffer(budget);
+        let mut presumed_absent = std::mem::take(&mut req.presumed_absent);
+        presumed_absent.sort();
+        let presumed_absent: Arc<[Key]> = presumed_absent.into();
         AcquirePessimisticLocks {
             view,
             req,
@@ -650,6 +667,7 @@ impl AcquirePessimisticLocks {
             values: Vec::new(),
             deadlock_key: None,
             max_locked_with_conflict_ts: Timestamp::ZERO,
+            presumed_absent,
             started: None,
             step: StepSlot::new(),
             backoffer,
@@ -713,6 +731,7 @@ impl AcquirePessimisticLocks {
             // (TiKV then may answer without waiting for the write to apply).
             is_first_lock: self.assigned_primary && self.all_keys.len() == 1,
             force_lock: self.req.force_lock && self.all_keys.len() == 1,
+            presumed_absent: self.presumed_absent.clone(),
             options: self.req.options.clone(),
             timeout: self.view.config.read_timeout_short,
             values: Vec::new(),

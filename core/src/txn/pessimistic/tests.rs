@@ -24,6 +24,7 @@ fn request(ks: &[&str], primary: Option<&str>, options: LockOptions) -> AcquireR
         for_update_ts: ts_at(900),
         primary: primary.map(|p| Key::from(p.to_string())),
         keys: keys(ks),
+        presumed_absent: Vec::new(),
         txn_elapsed: Duration::from_millis(40),
         options,
         force_lock: false,
@@ -684,4 +685,29 @@ fn the_primary_batch_holds_the_keys_of_its_region() {
     assert_eq!(result.expect("locked").locked, keys(&["a", "b", "x"]));
     let batches: Vec<_> = lock_requests(&c).iter().map(mutation_keys).collect();
     assert_eq!(batches, vec![vec![Bytes::from("a"), Bytes::from("b")], vec![Bytes::from("x")]]);
+}
+
+/// Keys the transaction presumes absent are locked with a `NotExist`
+/// assertion; TiKV's `AlreadyExist` ends the call.
+#[test]
+fn presumed_absent_keys_assert_not_exist() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "pessimistic_lock",
+        lock_error(kvrpcpb::KeyError {
+            already_exist: Some(kvrpcpb::AlreadyExist { key: Bytes::from("b") }),
+            ..Default::default()
+        }),
+    );
+    let req = AcquireRequest {
+        presumed_absent: keys(&["b"]),
+        ..request(&["a", "b"], Some("p"), LockOptions::new())
+    };
+    let (_, result) = drive(AcquirePessimisticLocks::new(view(), req), &mut c);
+    assert_eq!(result, Err(Error::KeyExists(Key::from("b"))));
+    let assertions: Vec<i32> = lock_requests(&c)[0].mutations.iter().map(|m| m.assertion).collect();
+    assert_eq!(
+        assertions,
+        vec![kvrpcpb::Assertion::None as i32, kvrpcpb::Assertion::NotExist as i32]
+    );
 }
