@@ -442,8 +442,10 @@ impl<P: Platform> Transaction<P> {
     /// fresh `for_update_ts`, as `options` says (waiting, values,
     /// existence, lock-only-if-exists, share mode); keys this transaction
     /// already locked are skipped, and a key it locked in share mode cannot
-    /// be locked exclusively (client-go refuses the upgrade too). The returned values are the ones asked for, per
-    /// newly locked key, sorted. A newer write than the `for_update_ts`
+    /// be locked exclusively (client-go refuses the upgrade too). The
+    /// returned values are the ones asked for, per key, sorted; a key
+    /// locked before is marked `already_locked` (with values asked for,
+    /// as client-go). A newer write than the `for_update_ts`
     /// makes the call lock again at a fresh one (TiDB's statement retry, up
     /// to [`PESSIMISTIC_LOCK_MAX_RETRIES`] times); [`Error::Deadlock`],
     /// [`Error::LockWaitTimeout`] and [`Error::LockAcquireFailAndNoWaitSet`]
@@ -487,19 +489,28 @@ impl<P: Platform> Transaction<P> {
                 return Err(Error::KeyExists(key.clone()));
             }
         }
-        let keys: Vec<Key> = keys.into_iter().filter(|k| !self.is_locked(k)).collect();
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        let (held, keys): (Vec<Key>, Vec<Key>) = keys.into_iter().partition(|k| self.is_locked(k));
+        let mut values = Vec::new();
+        if options.return_values {
+            let marker = ReturnedValue { already_locked: true, ..Default::default() };
+            values.extend(held.into_iter().map(|k| (k, marker.clone())));
         }
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let for_update_ts = self.core.oracle.get_timestamp().await?;
-            match self.acquire(keys.clone(), for_update_ts, &options).await {
-                Err(Error::WriteConflict { .. }) if attempts < PESSIMISTIC_LOCK_MAX_RETRIES => {}
-                other => return other,
-            }
+        if !keys.is_empty() {
+            let mut attempts = 0;
+            let locked = loop {
+                attempts += 1;
+                let for_update_ts = self.core.oracle.get_timestamp().await?;
+                match self.acquire(keys.clone(), for_update_ts, &options).await {
+                    Err(Error::WriteConflict { .. }) if attempts < PESSIMISTIC_LOCK_MAX_RETRIES => {
+                    }
+                    other => break other?,
+                }
+            };
+            values.extend(locked);
         }
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        values.dedup_by(|a, b| a.0 == b.0);
+        Ok(values)
     }
 
     /// Whether this pessimistic transaction holds a lock on `key`.
@@ -616,7 +627,6 @@ impl<P: Platform> Transaction<P> {
             self.lock_keys(keys.clone(), LockOptions::new()).await?;
             return self.batch_get(keys).await;
         }
-        let already: Vec<Key> = keys.iter().filter(|k| self.is_locked(k)).cloned().collect();
         let locked = self.lock_keys(keys.clone(), LockOptions::new().return_values()).await?;
         let mut read_again = Vec::new();
         let mut out = Vec::new();
@@ -625,12 +635,12 @@ impl<P: Platform> Transaction<P> {
                 PointRead::Put(v) => out.push(KvPair::new(key, v)),
                 PointRead::Deleted => {}
                 PointRead::Snapshot => match locked.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    Ok(i) if locked[i].1.already_locked => read_again.push(key),
                     Ok(i) if locked[i].1.exists => {
                         out.push(KvPair::new(key, locked[i].1.value.clone()))
                     }
                     Ok(_) => {}
-                    Err(_) if already.contains(&key) => read_again.push(key),
-                    // Locked by this call without a value: it does not exist.
+                    // Not locked (lock-only-if-exists never applies here).
                     Err(_) => {}
                 },
             }

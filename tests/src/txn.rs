@@ -464,6 +464,17 @@ pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>() {
     assert_eq!(pairs, vec![KvPair::new("a", "1")]);
     // A key this transaction already locked is read again, not locked again.
     assert_eq!(third.get_for_update("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+    let values =
+        third.lock_keys(["zz2", "a"], LockOptions::new().return_values()).await.expect("lock");
+    let marks: Vec<_> =
+        values.iter().map(|(k, v)| (k.clone(), v.already_locked, v.exists)).collect();
+    assert_eq!(
+        marks,
+        vec![
+            (tikv_driver::Key::from("a"), true, false),
+            (tikv_driver::Key::from("zz2"), false, false)
+        ]
+    );
     third.put("a", "3").expect("put");
     third.put("x", "4").expect("put");
     third.commit().await.expect("commit");

@@ -220,6 +220,10 @@ pub struct ReturnedValue {
     /// the value is as of that write, and the transaction must count its
     /// `for_update_ts` on this key from it.
     pub locked_with_conflict_ts: Timestamp,
+    /// The transaction held the key's lock before the call, which read
+    /// nothing for it (client-go `AlreadyLocked`): the caller reads it
+    /// another way.
+    pub already_locked: bool,
 }
 
 /// A successful lock call.
@@ -507,11 +511,8 @@ impl LockPlan {
                 if self.options.return_values || self.options.check_existence {
                     let value =
                         if self.options.return_values { result.value } else { Value::new() };
-                    let returned = ReturnedValue {
-                        value,
-                        exists: result.existence,
-                        locked_with_conflict_ts: Timestamp::ZERO,
-                    };
+                    let returned =
+                        ReturnedValue { value, exists: result.existence, ..Default::default() };
                     self.values.push((key.clone(), returned));
                 }
             }
@@ -522,6 +523,7 @@ impl LockPlan {
                     locked_with_conflict_ts: Timestamp::from_version(
                         result.locked_with_conflict_ts,
                     ),
+                    already_locked: false,
                 };
                 self.values.push((key.clone(), returned));
             }
@@ -571,8 +573,7 @@ impl LockPlan {
         for (i, key) in batch.into_iter().enumerate() {
             let value = if values { r.values[i].clone() } else { Value::new() };
             let exists = !r.not_founds[i];
-            let returned =
-                ReturnedValue { value, exists, locked_with_conflict_ts: Timestamp::ZERO };
+            let returned = ReturnedValue { value, exists, ..Default::default() };
             self.values.push((key, returned));
         }
         Ok(())

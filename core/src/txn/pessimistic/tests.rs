@@ -595,7 +595,8 @@ fn force_lock_mode_reports_locks_taken_over_newer_writes() {
             ReturnedValue {
                 value: Bytes::from("2"),
                 exists: true,
-                locked_with_conflict_ts: ts_at(950)
+                locked_with_conflict_ts: ts_at(950),
+                already_locked: false,
             }
         )]
     );
