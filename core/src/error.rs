@@ -109,7 +109,39 @@ pub enum Error {
         key: crate::key::Key,
         /// The conflicting transaction's primary key.
         primary: crate::key::Key,
+        /// The commit ts of the newer write a pessimistic lock met (TiKV's
+        /// `conflict_commit_ts`, zero when unknown): locking again with a
+        /// `for_update_ts` at or above it gets past this conflict.
+        conflict_commit_ts: Timestamp,
     },
+    /// A pessimistic lock request would close a cycle of transactions
+    /// waiting for each other's locks; TiKV's deadlock detector chose this
+    /// one to fail (client-go `ErrDeadlock`). The locks the request took are
+    /// rolled back.
+    #[error("deadlock: waiting for txn {lock_ts} on {lock_key:?} (retryable: {retryable})")]
+    Deadlock {
+        /// The start ts of the transaction holding the lock waited for.
+        lock_ts: Timestamp,
+        /// The key waited for.
+        lock_key: crate::key::Key,
+        /// TiKV's hash (farmhash `Fingerprint64`) of the key that closed
+        /// the cycle.
+        deadlock_key_hash: u64,
+        /// The cycle, as TiKV's detector reports it.
+        wait_chain: Vec<tikv_proto::deadlock::WaitForEntry>,
+        /// The key that closed the cycle is one this request was locking:
+        /// retrying the statement (after its locks are rolled back) may
+        /// succeed (client-go `IsRetryable`).
+        retryable: bool,
+    },
+    /// A pessimistic lock is still held by another transaction after the
+    /// wait the caller allowed (client-go `ErrLockWaitTimeout`).
+    #[error("lock wait timeout")]
+    LockWaitTimeout,
+    /// A no-wait pessimistic lock met another transaction's live lock
+    /// (client-go `ErrLockAcquireFailAndNoWaitSet`).
+    #[error("lock acquire failed and no wait is set")]
+    LockAcquireFailAndNoWaitSet,
     /// An inserted key already exists (client-go `ErrKeyExist`).
     #[error("key {0:?} already exists")]
     KeyExists(crate::key::Key),
@@ -233,7 +265,8 @@ impl Error {
     /// Trying the same operation again later (a fresh transaction, for a
     /// transactional one) may succeed, and nothing of the failed attempt
     /// was applied: retry budgets that ran out, unreachable or slow servers,
-    /// no PD leader, write conflicts, and key errors TiKV marks retryable.
+    /// no PD leader, write conflicts, deadlocks and pessimistic locks not
+    /// acquired in time, and key errors TiKV marks retryable.
     /// Undetermined outcomes are not retryable (see
     /// [`Error::is_undetermined`]), nor are bad arguments, malformed answers
     /// or refusals.
@@ -246,9 +279,12 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::BackoffExhausted { .. } | Error::NoPdLeader(_) | Error::WriteConflict { .. } => {
-                true
-            }
+            Error::BackoffExhausted { .. }
+            | Error::NoPdLeader(_)
+            | Error::WriteConflict { .. }
+            | Error::Deadlock { .. }
+            | Error::LockWaitTimeout
+            | Error::LockAcquireFailAndNoWaitSet => true,
             Error::Rpc(e) => matches!(
                 e,
                 RpcError::Unavailable(_) | RpcError::DeadlineExceeded | RpcError::NoTimestamp(_)
@@ -352,6 +388,7 @@ mod tests {
         let conflict = Error::WriteConflict {
             start_ts: Timestamp::from_version(1),
             conflict_ts: Timestamp::from_version(2),
+            conflict_commit_ts: Timestamp::ZERO,
             key: "k".into(),
             primary: "p".into(),
         };
@@ -370,5 +407,7 @@ mod tests {
         let bug = Error::Internal("stalled".into());
         assert!(!bug.is_undetermined() && !bug.is_retryable());
         assert!(!Error::malformed("x").is_retryable());
+        assert!(Error::LockWaitTimeout.is_retryable());
+        assert!(Error::LockAcquireFailAndNoWaitSet.is_retryable());
     }
 }

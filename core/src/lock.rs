@@ -196,22 +196,15 @@ impl KeyPlan for SecondariesPlan {
     }
 }
 
-/// `ResolveLock` with keys (lite) or region-wide (no keys), or
-/// `PessimisticRollback`.
+/// `ResolveLock` with keys (lite) or region-wide (no keys). Pessimistic
+/// locks are rolled back with [`pessimistic_rollback`].
 #[derive(Debug)]
-enum CleanupPlan {
-    Resolve {
-        txn_id: Timestamp,
-        commit_ts: Timestamp,
-        with_keys: bool,
-        is_txn_file: bool,
-        timeout: Duration,
-    },
-    PessimisticRollback {
-        txn_id: Timestamp,
-        for_update_ts: Timestamp,
-        timeout: Duration,
-    },
+struct CleanupPlan {
+    txn_id: Timestamp,
+    commit_ts: Timestamp,
+    with_keys: bool,
+    is_txn_file: bool,
+    timeout: Duration,
 }
 
 impl KeyPlan for CleanupPlan {
@@ -227,48 +220,93 @@ impl KeyPlan for CleanupPlan {
         (usize::MAX, usize::MAX)
     }
     fn build(&mut self, batch: &[Key]) -> KvRequest {
-        match *self {
-            CleanupPlan::Resolve { txn_id, commit_ts, with_keys, is_txn_file, .. } => {
-                KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
-                    start_version: txn_id.version(),
-                    commit_version: commit_ts.version(),
-                    is_txn_file,
-                    keys: if with_keys {
-                        batch.iter().map(Key::to_bytes).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    ..Default::default()
-                }))
-            }
-            CleanupPlan::PessimisticRollback { txn_id, for_update_ts, .. } => {
-                KvRequest::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
-                    start_version: txn_id.version(),
-                    for_update_ts: for_update_ts.version(),
-                    keys: batch.iter().map(Key::to_bytes).collect(),
-                    ..Default::default()
-                }))
-            }
-        }
+        KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
+            start_version: self.txn_id.version(),
+            commit_version: self.commit_ts.version(),
+            is_txn_file: self.is_txn_file,
+            keys: if self.with_keys {
+                batch.iter().map(Key::to_bytes).collect()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }))
     }
     fn timeout(&self) -> Duration {
-        match *self {
-            CleanupPlan::Resolve { timeout, .. }
-            | CleanupPlan::PessimisticRollback { timeout, .. } => timeout,
-        }
+        self.timeout
     }
     fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
-        let error = match response {
-            KvResponse::ResolveLock(r) => r.error,
-            KvResponse::PessimisticRollback(r) => r.errors.into_iter().next(),
-            other => return Err(Error::malformed(format!("unexpected {}", other.name()))),
+        let KvResponse::ResolveLock(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
-        match error {
+        match r.error {
             Some(e) => Err(Error::KeyError(Box::new(e))),
             None => Ok(()),
         }
     }
     fn finish(self) {}
+}
+
+/// `PessimisticRollback` of keys (client-go `actionPessimisticRollback`):
+/// removes the transaction's pessimistic locks on them whose
+/// `for_update_ts` is at or below the request's.
+#[derive(Debug)]
+pub struct PessimisticRollbackPlan {
+    start_ts: Timestamp,
+    for_update_ts: Timestamp,
+    timeout: Duration,
+}
+
+impl KeyPlan for PessimisticRollbackPlan {
+    type Item = Key;
+    type Output = ();
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, usize::MAX)
+    }
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
+        KvRequest::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
+            start_version: self.start_ts.version(),
+            for_update_ts: self.for_update_ts.version(),
+            keys: batch.iter().map(Key::to_bytes).collect(),
+            ..Default::default()
+        }))
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::PessimisticRollback(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        match r.errors.into_iter().next() {
+            Some(e) => Err(Error::KeyError(Box::new(e))),
+            None => Ok(()),
+        }
+    }
+    fn finish(self) {}
+}
+
+/// Rolls back the pessimistic locks of the transaction `start_ts` on
+/// `keys` taken at or below `for_update_ts`, spending `backoffer`.
+pub fn pessimistic_rollback(
+    view: &Arc<ClusterView>,
+    start_ts: Timestamp,
+    for_update_ts: Timestamp,
+    keys: Vec<Key>,
+    backoffer: Backoffer,
+) -> KeyFanout<PessimisticRollbackPlan> {
+    let plan = PessimisticRollbackPlan {
+        start_ts,
+        for_update_ts,
+        timeout: view.config.read_timeout_short,
+    };
+    KeyFanout::new(view.clone(), plan, keys, backoffer)
 }
 
 // ---------------------------------------------------------------- the machine
@@ -555,7 +593,7 @@ impl ResolveLocks {
             .unwrap_or_default();
         keys.push(cur.lock.primary.clone());
         cur.status = status;
-        let plan = CleanupPlan::Resolve {
+        let plan = CleanupPlan {
             txn_id: cur.lock.txn_id,
             commit_ts,
             with_keys: true,
@@ -574,39 +612,41 @@ impl ResolveLocks {
         };
         cur.status = status.clone();
         let lock = &cur.lock;
-        let plan = if lock.is_pessimistic() {
-            CleanupPlan::PessimisticRollback {
-                txn_id: lock.txn_id,
-                // client-go: a lock without for_update_ts rolls back any.
-                for_update_ts: if lock.for_update_ts.is_zero() {
-                    Timestamp::MAX
-                } else {
-                    lock.for_update_ts
-                },
-                timeout: self.view.config.read_timeout_short,
-            }
-        } else {
-            let lite = self.opts.lite || lock.txn_size < RESOLVE_LITE_THRESHOLD;
-            if !lite {
-                let region = self.view.regions.locate_key(lock.key.as_bytes(), now).map(|r| r.id());
-                if let Some(region) = region {
-                    if self.cleaned.contains(&(lock.txn_id, region)) {
-                        self.record(status, now);
-                        return;
-                    }
-                    self.cleaned.push((lock.txn_id, region));
+        if lock.is_pessimistic() {
+            // client-go: a lock without for_update_ts rolls back any.
+            let for_update_ts =
+                if lock.for_update_ts.is_zero() { Timestamp::MAX } else { lock.for_update_ts };
+            let op = pessimistic_rollback(
+                &self.view,
+                lock.txn_id,
+                for_update_ts,
+                vec![lock.key.clone()],
+                self.backoffer.fork(),
+            )
+            .with_tags(&self.opts.tags);
+            self.step.start(op, Done::Cleanup, now);
+            return;
+        }
+        let lite = self.opts.lite || lock.txn_size < RESOLVE_LITE_THRESHOLD;
+        if !lite {
+            let region = self.view.regions.locate_key(lock.key.as_bytes(), now).map(|r| r.id());
+            if let Some(region) = region {
+                if self.cleaned.contains(&(lock.txn_id, region)) {
+                    self.record(status, now);
+                    return;
                 }
+                self.cleaned.push((lock.txn_id, region));
             }
-            CleanupPlan::Resolve {
-                txn_id: lock.txn_id,
-                commit_ts: status.commit_ts,
-                with_keys: lite,
-                is_txn_file: lock.is_txn_file,
-                timeout: self.view.config.read_timeout_short,
-            }
+        }
+        let plan = CleanupPlan {
+            txn_id: lock.txn_id,
+            commit_ts: status.commit_ts,
+            with_keys: lite,
+            is_txn_file: lock.is_txn_file,
+            timeout: self.view.config.read_timeout_short,
         };
         let mut keys = vec![lock.key.clone()];
-        if matches!(plan, CleanupPlan::Resolve { with_keys: true, .. }) {
+        if lite {
             // client-go's `batchLiteResolveLocks`: the other pending locks of
             // this transaction that would be resolved key by key too ride
             // along, one request per region instead of one per key. Their

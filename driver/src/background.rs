@@ -34,6 +34,17 @@ impl Drop for Background {
     }
 }
 
+/// Spawns `task` on `rt` until it ends or the returned handle is dropped.
+pub(crate) fn spawn_until_dropped<R, Fut>(rt: &R, task: Fut) -> Background
+where
+    R: Runtime,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (abort, registration) = AbortHandle::new_pair();
+    rt.spawn(Abortable::new(task, registration).map(drop).boxed());
+    Background { abort }
+}
+
 /// Spawns a task on `rt` that runs `f()` once per `interval` until the
 /// returned handle is dropped.
 ///
@@ -64,7 +75,6 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (abort, registration) = AbortHandle::new_pair();
     let clock = rt.clone();
     let task = async move {
         let mut due = clock.now() + interval;
@@ -79,8 +89,7 @@ where
             }
         }
     };
-    rt.spawn(Abortable::new(task, registration).map(drop).boxed());
-    Background { abort }
+    spawn_until_dropped(rt, task)
 }
 
 #[cfg(test)]

@@ -233,6 +233,20 @@ impl<P: Platform> ClientCore<P> {
         left
     }
 
+    /// Runs an operation in the background until it ends or the returned
+    /// handle is dropped (a pessimistic transaction's TTL keep-alive).
+    pub(crate) fn spawn_op_until_dropped<O>(&self, op: O) -> crate::Background
+    where
+        O: Operation + Send + 'static,
+        O::Output: Send,
+    {
+        let rt = self.rt.clone();
+        let transport = self.transport.clone();
+        crate::background::spawn_until_dropped(&self.rt, async move {
+            let _ = execute(op, &rt, &*transport).await;
+        })
+    }
+
     /// Runs an operation in the background (secondary commits, cleanup),
     /// ignoring its result: it is an optimisation the protocol does not
     /// depend on (readers resolve whatever it leaves).

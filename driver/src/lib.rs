@@ -40,9 +40,12 @@ pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::txn::commit::CommitOptions;
+pub use tikv_core::txn::pessimistic::{LockOptions, LockWait, ReturnedValue};
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};
-pub use txn::{Snapshot, Transaction, TransactionClient, TransactionOptions};
+pub use txn::{
+    PESSIMISTIC_LOCK_MAX_RETRIES, Snapshot, Transaction, TransactionClient, TransactionOptions,
+};
 
 pub use tikv_core::Error;
 pub use tikv_core::backoff::{BackoffKind, ExhaustedClass};

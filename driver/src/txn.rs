@@ -1,5 +1,5 @@
 //! The transactional client: timestamps, snapshot reads, and optimistic
-//! transactions committed with 2PC, async commit or 1PC.
+//! or pessimistic transactions committed with 2PC, async commit or 1PC.
 
 use std::sync::Arc;
 
@@ -9,15 +9,20 @@ use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::pd::Timestamp;
 use tikv_core::rpc::{RequestSource, RequestTags};
-use tikv_core::txn::commit::{CommitOptions, Committer, mutations_from_buffer};
-use tikv_core::txn::membuffer::{FlagsOp, MemBuffer};
+use tikv_core::txn::commit::{
+    CommitOptions, Committer, KeepAlive, mutations_from_buffer, pessimistic_mutations_from_buffer,
+};
+use tikv_core::txn::membuffer::{FlagsOp, KeyFlags, MemBuffer};
+use tikv_core::txn::pessimistic::{
+    AcquirePessimisticLocks, AcquireRequest, LockOptions, ReturnedValue, rollback_pessimistic_locks,
+};
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
 use tikv_proto::kvrpcpb;
 
-use crate::Runtime;
 use crate::client::{ClientCore, Platform};
 use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
+use crate::{Background, Runtime};
 
 /// A client for transactional data (client-go's `txnkv.Client`).
 ///
@@ -104,6 +109,9 @@ impl<P: Platform> TransactionClient<P> {
             buffer: MemBuffer::new(),
             options,
             finished: false,
+            primary: None,
+            for_update_ts: Timestamp::ZERO,
+            keep_alive: None,
         })
     }
 
@@ -231,9 +239,22 @@ pub struct TransactionOptions {
     pub commit: CommitOptions,
     /// How reads are done (priority, isolation level, cache).
     pub read: ReadOptions,
+    /// Lock keys as they are locked ([`Transaction::lock_keys`],
+    /// [`Transaction::get_for_update`]) instead of at commit (client-go
+    /// `SetPessimistic`).
+    pub pessimistic: bool,
 }
 
 impl TransactionOptions {
+    /// A pessimistic transaction (client-go `SetPessimistic(true)`): keys
+    /// are locked in TiKV when [`Transaction::lock_keys`] or
+    /// [`Transaction::get_for_update`] is called, so a commit does not fail
+    /// on a write conflict on them.
+    pub fn with_pessimistic(mut self) -> Self {
+        self.pessimistic = true;
+        self
+    }
+
     /// Tries async commit (client-go `SetEnableAsyncCommit`).
     pub fn with_async_commit(mut self) -> Self {
         self.commit.async_commit = true;
@@ -296,9 +317,15 @@ impl TransactionOptions {
     }
 }
 
-/// An optimistic transaction (client-go `KVTxn`): reads see the snapshot at
-/// its start timestamp plus its own writes; writes are buffered and sent at
-/// [`Transaction::commit`]. Dropping it without committing sends nothing.
+/// A transaction (client-go `KVTxn`): reads see the snapshot at its start
+/// timestamp plus its own writes; writes are buffered and sent at
+/// [`Transaction::commit`].
+///
+/// An optimistic transaction sends nothing before commit, so dropping it
+/// leaves nothing behind. A pessimistic one
+/// ([`TransactionOptions::with_pessimistic`]) holds the locks it took
+/// until it commits or rolls back; dropping it without either rolls them
+/// back in the background.
 pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
     start_ts: Timestamp,
@@ -306,6 +333,14 @@ pub struct Transaction<P: Platform> {
     pub(crate) buffer: MemBuffer,
     options: TransactionOptions,
     finished: bool,
+    /// The primary of a pessimistic transaction, chosen by its first lock.
+    primary: Option<Key>,
+    /// The newest `for_update_ts` its locks were taken at (zero before the
+    /// first).
+    for_update_ts: Timestamp,
+    /// Heartbeats on the primary from the first lock (client-go's TTL
+    /// manager); dropping it stops them.
+    keep_alive: Option<Background>,
 }
 
 impl<P: Platform> std::fmt::Debug for Transaction<P> {
@@ -422,18 +457,253 @@ impl<P: Platform> Transaction<P> {
         self.buffer.delete(key.as_bytes())
     }
 
-    /// Locks `keys` at commit (optimistic `LockKeys`): the commit fails with
-    /// a write conflict if another transaction wrote them after this one
-    /// started, even though this transaction does not write them.
-    pub fn lock_keys(
+    /// Locks `keys` (client-go `LockKeys`).
+    ///
+    /// In a pessimistic transaction the keys are locked in TiKV now, at a
+    /// fresh `for_update_ts`, as `options` says (waiting, values,
+    /// existence, lock-only-if-exists, share mode); keys this transaction
+    /// already locked are skipped, and a key it locked in share mode cannot
+    /// be locked exclusively (client-go refuses the upgrade too). The
+    /// returned values are the ones asked for, per key, sorted; a key
+    /// locked before is marked `already_locked` (with values asked for,
+    /// as client-go). A newer write than the `for_update_ts`
+    /// makes the call lock again at a fresh one (TiDB's statement retry, up
+    /// to [`PESSIMISTIC_LOCK_MAX_RETRIES`] times); [`Error::Deadlock`],
+    /// [`Error::LockWaitTimeout`] and [`Error::LockAcquireFailAndNoWaitSet`]
+    /// end it, and whatever it locked is rolled back.
+    ///
+    /// In an optimistic transaction the keys are only marked: the commit
+    /// fails with a write conflict if another transaction wrote them after
+    /// this one started, even though this one does not write them.
+    pub async fn lock_keys(
         &mut self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
-    ) -> Result<(), Error> {
+        options: LockOptions,
+    ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
         self.check_active()?;
-        for key in keys.into_iter().map(Into::into) {
-            self.buffer.update_flags(key.as_bytes(), &[FlagsOp::SetKeyLocked])?;
+        if !self.options.pessimistic {
+            for key in keys.into_iter().map(Into::into) {
+                self.buffer.update_flags(key.as_bytes(), &[FlagsOp::SetKeyLocked])?;
+            }
+            return Ok(Vec::new());
         }
-        Ok(())
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let shared = |k: &Key| {
+            self.buffer
+                .get(k.as_bytes())
+                .is_some_and(|e| e.flags.contains(KeyFlags::KEY_LOCKED_IN_SHARE_MODE))
+        };
+        if !options.in_share_mode && keys.iter().any(shared) {
+            // client-go: "upgrading a shared lock to an exclusive lock is
+            // not supported".
+            return Err(Error::InvalidArgument(
+                "a key locked in share mode cannot be locked exclusively".into(),
+            ));
+        }
+        for key in keys.iter().filter(|k| self.is_locked(k)) {
+            // client-go: a key locked before and found to exist, now
+            // inserted, already exists.
+            let flags = self.buffer.get(key.as_bytes()).map(|e| e.flags).unwrap_or_default();
+            if flags.contains(KeyFlags::NEED_CHECK_EXISTS)
+                && flags.contains(KeyFlags::KEY_LOCKED_VAL_EXIST)
+            {
+                return Err(Error::KeyExists(key.clone()));
+            }
+        }
+        let (held, keys): (Vec<Key>, Vec<Key>) = keys.into_iter().partition(|k| self.is_locked(k));
+        let mut values = Vec::new();
+        if options.return_values {
+            let marker = ReturnedValue { already_locked: true, ..Default::default() };
+            values.extend(held.into_iter().map(|k| (k, marker.clone())));
+        }
+        if !keys.is_empty() {
+            let mut attempts = 0;
+            let locked = loop {
+                attempts += 1;
+                let for_update_ts = self.core.oracle.get_timestamp().await?;
+                match self.acquire(keys.clone(), for_update_ts, &options).await {
+                    Err(Error::WriteConflict { .. }) if attempts < PESSIMISTIC_LOCK_MAX_RETRIES => {
+                    }
+                    other => break other?,
+                }
+            };
+            values.extend(locked);
+        }
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        values.dedup_by(|a, b| a.0 == b.0);
+        Ok(values)
+    }
+
+    /// Whether this pessimistic transaction holds a lock on `key`.
+    fn is_locked(&self, key: &Key) -> bool {
+        self.buffer.get(key.as_bytes()).is_some_and(|e| e.flags.contains(KeyFlags::KEY_LOCKED))
+    }
+
+    /// One lock call at `for_update_ts` (client-go `lockKeys`).
+    async fn acquire(
+        &mut self,
+        keys: Vec<Key>,
+        for_update_ts: Timestamp,
+        options: &LockOptions,
+    ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        let presumed_absent: Vec<Key> = keys
+            .iter()
+            .filter(|k| {
+                let entry = self.buffer.get(k.as_bytes());
+                entry.is_some_and(|e| e.flags.has_presume_key_not_exists())
+            })
+            .cloned()
+            .collect();
+        let req = AcquireRequest {
+            start_ts: self.start_ts,
+            for_update_ts,
+            primary: self.primary.clone(),
+            keys,
+            presumed_absent: presumed_absent.clone(),
+            txn_elapsed: self.core.rt.now().saturating_duration_since(self.started),
+            options: options.clone(),
+            force_lock: false,
+            tags: self.options.commit.tags.clone(),
+        };
+        let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);
+        let result = self.core.run(&mut op).await;
+        self.for_update_ts = self.for_update_ts.max(for_update_ts);
+        if let Some(rollback) = op.take_follow_up() {
+            if matches!(result, Err(Error::Deadlock { retryable: true, .. })) {
+                // client-go waits for the rollback before a retryable
+                // deadlock is retried, so the other transaction gets the
+                // keys; the rollback's own failure changes nothing.
+                let _ = self.core.run(rollback).await;
+            } else {
+                self.core.spawn_op(rollback);
+            }
+        }
+        if result.is_err() {
+            // client-go unmarks the keys it presumed absent when locking
+            // them failed.
+            for key in &presumed_absent {
+                self.buffer.update_flags(key.as_bytes(), &[FlagsOp::DelPresumeKeyNotExists])?;
+            }
+        }
+        let outcome = result?;
+        if let Some(primary) = outcome.assigned_primary {
+            // client-go starts the TTL manager once the primary is locked.
+            let elapsed = self.core.rt.now().saturating_duration_since(self.started);
+            let keep_alive = KeepAlive::new(
+                self.core.view.clone(),
+                self.start_ts,
+                primary.clone(),
+                elapsed,
+                self.options.commit.tags.clone(),
+            );
+            self.keep_alive = Some(self.core.spawn_op_until_dropped(keep_alive));
+            self.primary = Some(primary);
+        }
+        for key in &outcome.locked {
+            // client-go: a key locked without reading it is taken to exist.
+            let exists = match outcome.values.binary_search_by(|(k, _)| k.cmp(key)) {
+                Ok(i) => outcome.values[i].1.exists,
+                Err(_) => true,
+            };
+            let value_flag = if exists {
+                FlagsOp::SetKeyLockedValueExists
+            } else {
+                FlagsOp::SetKeyLockedValueNotExists
+            };
+            let mode = if options.in_share_mode {
+                FlagsOp::SetKeyLockedInShareMode
+            } else {
+                FlagsOp::SetKeyLockedInExclusiveMode
+            };
+            self.buffer.update_flags(
+                key.as_bytes(),
+                &[FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, value_flag, mode],
+            )?;
+        }
+        Ok(outcome.values)
+    }
+
+    /// Locks `key` and returns its latest committed value, or this
+    /// transaction's own write of it (`SELECT ... FOR UPDATE`). A key this
+    /// transaction locked before is read at the newest `for_update_ts`,
+    /// which no other transaction can have written past while the lock is
+    /// held. In an optimistic transaction: [`Transaction::get`] plus an
+    /// optimistic lock.
+    pub async fn get_for_update(&mut self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let key = key.into();
+        let mut pairs = self.batch_get_for_update([key]).await?;
+        Ok(pairs.pop().map(|p| p.value))
+    }
+
+    /// Locks `keys` and returns the pairs among them that exist, sorted, as
+    /// [`Transaction::get_for_update`] reads them.
+    pub async fn batch_get_for_update(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<KvPair>, Error> {
+        let mut keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        keys.sort();
+        keys.dedup();
+        if !self.options.pessimistic {
+            self.lock_keys(keys.clone(), LockOptions::new()).await?;
+            return self.batch_get(keys).await;
+        }
+        let locked = self.lock_keys(keys.clone(), LockOptions::new().return_values()).await?;
+        let mut read_again = Vec::new();
+        let mut out = Vec::new();
+        for key in keys {
+            match read_point(&self.buffer, key.as_bytes()) {
+                PointRead::Put(v) => out.push(KvPair::new(key, v)),
+                PointRead::Deleted => {}
+                PointRead::Snapshot => match locked.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    Ok(i) if locked[i].1.already_locked => read_again.push(key),
+                    Ok(i) if locked[i].1.exists => {
+                        out.push(KvPair::new(key, locked[i].1.value.clone()))
+                    }
+                    Ok(_) => {}
+                    // Not locked (lock-only-if-exists never applies here).
+                    Err(_) => {}
+                },
+            }
+        }
+        if !read_again.is_empty() {
+            let snapshot = Snapshot {
+                core: self.core.clone(),
+                ts: self.for_update_ts,
+                opts: self.options.read.clone(),
+            };
+            out.extend(snapshot.batch_get(read_again).await?);
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        Ok(out)
+    }
+
+    /// The keys this pessimistic transaction holds locks on.
+    fn locked_keys(&self) -> Vec<Key> {
+        self.buffer
+            .iter::<std::ops::RangeFull>(..)
+            .filter(|(_, e)| e.flags.contains(KeyFlags::KEY_LOCKED))
+            .map(|(k, _)| Key::from(k.to_vec()))
+            .collect()
+    }
+
+    /// The rollback of this pessimistic transaction's locks, if it holds
+    /// any (client-go `rollbackPessimisticLocks`).
+    fn pessimistic_rollback(&self) -> Option<impl tikv_core::op::Operation<Output = ()> + use<P>> {
+        if !self.options.pessimistic || self.primary.is_none() {
+            return None;
+        }
+        let keys = self.locked_keys();
+        if keys.is_empty() {
+            return None;
+        }
+        Some(rollback_pessimistic_locks(
+            &self.core.view,
+            self.start_ts,
+            self.for_update_ts,
+            keys,
+            &self.options.commit.tags,
+        ))
     }
 
     /// Commits; returns the commit timestamp.
@@ -445,7 +715,13 @@ impl<P: Platform> Transaction<P> {
     pub async fn commit(mut self) -> Result<Timestamp, Error> {
         self.check_active()?;
         self.finished = true;
-        let (mutations, primary) = mutations_from_buffer(&self.buffer);
+        let (mutations, primary) = if self.options.pessimistic {
+            let (mutations, first) = pessimistic_mutations_from_buffer(&self.buffer);
+            // The locks point at the primary chosen by the first lock.
+            (mutations, self.primary.clone().or(first))
+        } else {
+            mutations_from_buffer(&self.buffer)
+        };
         let Some(primary) = primary else {
             // Nothing to write: a read-only transaction commits at its start.
             return Ok(self.start_ts);
@@ -459,7 +735,13 @@ impl<P: Platform> Transaction<P> {
             elapsed,
             self.options.commit.clone(),
         );
+        if self.options.pessimistic {
+            // A transaction that locked nothing prewrites at its start ts.
+            committer = committer.pessimistic(self.for_update_ts.max(self.start_ts));
+        }
         let result = self.core.run(&mut committer).await;
+        // The commit settled the primary's fate: no more heartbeats.
+        self.keep_alive = None;
         if let Some(follow_up) = committer.take_follow_up() {
             self.core.spawn_op(follow_up);
         }
@@ -467,10 +749,36 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Abandons the transaction. Nothing was sent for an optimistic
-    /// transaction before commit, so there is nothing to undo.
+    /// transaction before commit, so there is nothing to undo; a
+    /// pessimistic one's locks are rolled back (client-go `Rollback`), and
+    /// the rollback's error, if any, is returned (its locks then expire
+    /// with their TTL, no longer kept alive).
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.check_active()?;
         self.finished = true;
-        Ok(())
+        self.keep_alive = None;
+        match self.pessimistic_rollback() {
+            Some(op) => self.core.run(op).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// client-go leaves retrying a pessimistic statement that met a newer write
+/// to TiDB, which retries it up to `pessimistic-txn.max-retry-count` (256)
+/// times; [`Transaction::lock_keys`] does the same.
+pub const PESSIMISTIC_LOCK_MAX_RETRIES: u32 = 256;
+
+impl<P: Platform> Drop for Transaction<P> {
+    /// A pessimistic transaction dropped without commit or rollback rolls
+    /// its locks back in the background, so none outlives it.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.keep_alive = None;
+        if let Some(op) = self.pessimistic_rollback() {
+            self.core.spawn_op(op);
+        }
     }
 }

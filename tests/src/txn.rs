@@ -2,7 +2,9 @@
 //! against the simulated cluster in API V1 txn mode: read-your-writes,
 //! conflicts, inserts, async commit and 1PC, a large transaction over many
 //! regions with a split and leader moves during the commit, concurrent bank
-//! transfers, lazy scans, and reads at a future timestamp.
+//! transfers, lazy scans, and reads at a future timestamp; pessimistic
+//! transactions: contended counters, no-wait and bounded waits, and locks
+//! released by rollback and by drop.
 //!
 //! Each test is an `async fn` generic over the [`Harness`] that takes the
 //! [`Bed`] to run on; [`txn_suite!`](crate::txn_suite) stamps them out as
@@ -11,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tikv_driver::{Error, KvPair, TransactionOptions};
+use tikv_driver::{Error, KvPair, LockOptions, TransactionOptions};
 use tikv_sim::ClusterConfig;
 
 use crate::harness::{Bed, Harness, SimHandle};
@@ -51,6 +53,8 @@ macro_rules! txn_suite {
             lazy_scans_page_across_regions_and_merge_the_transaction_buffer,
             reads_at_a_future_timestamp_are_refused,
             close_waits_for_background_commits_then_refuses_calls,
+            pessimistic_counters_lose_no_update,
+            pessimistic_locks_hold_until_rolled_back_or_dropped,
         );
     };
 }
@@ -115,7 +119,7 @@ pub async fn writes_commit_conflict_and_read_back<H: Harness>(bed: Bed) {
     // transaction meanwhile makes the commit conflict.
     let mut reader = client.begin().await.expect("begin");
     let _ = reader.get("a").await.expect("get");
-    reader.lock_keys(["a"]).expect("lock");
+    reader.lock_keys(["a"], LockOptions::new()).await.expect("lock");
     reader.put("z", "derived from a").expect("put");
     let mut writer = client.begin().await.expect("begin");
     writer.put("a", "changed").expect("put");
@@ -340,7 +344,7 @@ pub async fn lazy_scans_page_across_regions_and_merge_the_transaction_buffer<H: 
         t.delete(k).expect("delete");
         view.remove(k);
     }
-    t.lock_keys(["k030"]).expect("lock");
+    t.lock_keys(["k030"], LockOptions::new()).await.expect("lock");
     view.remove("j");
     let got = t.scan_iter("k".."l").with_batch_size(3).collect(usize::MAX).await;
     assert_eq!(strings(got.expect("merged forward")), pairs(&view));
@@ -407,5 +411,155 @@ pub async fn close_waits_for_background_commits_then_refuses_calls<H: Harness>(b
     assert!(matches!(client.current_timestamp().await, Err(Error::Closed)));
     assert!(matches!(clone.begin().await, Err(Error::Closed)));
     assert!(matches!(snap.get("a").await, Err(Error::Closed)));
+    server.shutdown().await;
+}
+
+fn pessimistic() -> TransactionOptions {
+    TransactionOptions::default().with_pessimistic()
+}
+
+/// Pessimistic read-modify-write of one counter from four workers at once:
+/// `get_for_update` locks the counter before reading it, so every commit
+/// succeeds and no increment is lost.
+pub async fn pessimistic_counters_lose_no_update<H: Harness>(bed: Bed) {
+    const WORKERS: u64 = 4;
+    const INCREMENTS: u64 = 8;
+    let (server, client) = start::<H>(bed, vec![]).await;
+    let mut init = client.begin().await.expect("begin");
+    init.put("counter", "0").expect("put");
+    init.commit().await.expect("init");
+
+    // A client per worker: the simulator answers the requests of one
+    // BatchCommands stream in order, so a lock request waiting there would
+    // hold up the commit that releases the lock it waits for.
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let pd = server.pd_addrs();
+            H::spawn(async move {
+                let client = TransactionClient::<H>::connect(pd).await.expect("connect");
+                for _ in 0..INCREMENTS {
+                    let mut t = client.begin_with_options(pessimistic()).await.expect("begin");
+                    let v = t.get_for_update("counter").await.expect("get_for_update");
+                    let n: u64 = s(&v.expect("the counter exists")).parse().expect("number");
+                    t.put("counter", (n + 1).to_string()).expect("put");
+                    t.commit().await.expect("a pessimistic commit does not conflict");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await;
+    }
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    let total = s(&snap.get("counter").await.expect("get").expect("exists"));
+    assert_eq!(total, (WORKERS * INCREMENTS).to_string(), "an increment was lost");
+    server.shutdown().await;
+}
+
+/// A pessimistic lock blocks other transactions' locks: a no-wait lock
+/// fails at once and a bounded wait times out; `rollback` releases the
+/// locks, and so does dropping the transaction (well before their 20 s
+/// TTL). Values come back from `batch_get_for_update`, and a committed
+/// pessimistic write is read back. A shared lock needs a primary and is
+/// not upgraded; an inserted key that exists fails its lock.
+pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+    let mut init = client.begin().await.expect("begin");
+    init.put("a", "1").expect("put");
+    init.commit().await.expect("init");
+
+    let mut holder = client.begin_with_options(pessimistic()).await.expect("begin");
+    holder.lock_keys(["a", "x"], LockOptions::new()).await.expect("lock two regions");
+    let mut other = client.begin_with_options(pessimistic()).await.expect("begin");
+    match other.lock_keys(["x"], LockOptions::new().no_wait()).await {
+        Err(Error::LockAcquireFailAndNoWaitSet) => {}
+        res => panic!("expected a no-wait failure, got {res:?}"),
+    }
+    let bounded = LockOptions::new().wait_timeout(std::time::Duration::from_millis(200));
+    match other.lock_keys(["a"], bounded).await {
+        Err(Error::LockWaitTimeout) => {}
+        res => panic!("expected a lock wait timeout, got {res:?}"),
+    }
+
+    holder.rollback().await.expect("rollback");
+    let values = other
+        .lock_keys(["a", "x"], LockOptions::new().no_wait().return_values())
+        .await
+        .expect("released by the rollback");
+    assert_eq!(values.len(), 2);
+    assert!(values[0].1.exists && values[0].1.value == "1" && !values[1].1.exists);
+    drop(other);
+
+    // The dropped transaction's locks are rolled back in the background.
+    let mut third = client.begin_with_options(pessimistic()).await.expect("begin");
+    let mut pairs = None;
+    for _ in 0..100 {
+        let mut probe = client.begin_with_options(pessimistic()).await.expect("begin");
+        match probe.lock_keys(["a", "x"], LockOptions::new().no_wait()).await {
+            Ok(_) => {
+                probe.rollback().await.expect("rollback");
+                pairs = Some(third.batch_get_for_update(["a", "x", "zz"]).await.expect("lock"));
+                break;
+            }
+            Err(Error::LockAcquireFailAndNoWaitSet) => {
+                H::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("probe failed: {e}"),
+        }
+    }
+    let pairs = pairs.expect("the dropped transaction's locks were released within 2 s");
+    assert_eq!(pairs, vec![KvPair::new("a", "1")]);
+    // A key this transaction already locked is read again, not locked again.
+    assert_eq!(third.get_for_update("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+    let values =
+        third.lock_keys(["zz2", "a"], LockOptions::new().return_values()).await.expect("lock");
+    let marks: Vec<_> =
+        values.iter().map(|(k, v)| (k.clone(), v.already_locked, v.exists)).collect();
+    assert_eq!(
+        marks,
+        vec![
+            (tikv_driver::Key::from("a"), true, false),
+            (tikv_driver::Key::from("zz2"), false, false)
+        ]
+    );
+    third.put("a", "3").expect("put");
+    third.put("x", "4").expect("put");
+    third.commit().await.expect("commit");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(
+        snap.scan(.., 10).await.expect("scan"),
+        vec![KvPair::new("a", "3"), KvPair::new("x", "4")]
+    );
+
+    // Share mode: only under a primary locked before, and never upgraded.
+    let mut sharer = client.begin_with_options(pessimistic()).await.expect("begin");
+    let shared = LockOptions::new().in_share_mode();
+    assert!(matches!(
+        sharer.lock_keys(["s"], shared.clone()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    sharer.lock_keys(["p"], LockOptions::new()).await.expect("the primary");
+    sharer.lock_keys(["s"], shared).await.expect("a shared lock");
+    assert!(matches!(
+        sharer.lock_keys(["s"], LockOptions::new()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    sharer.rollback().await.expect("rollback");
+
+    // An inserted key is locked asserting it does not exist.
+    let mut inserter = client.begin_with_options(pessimistic()).await.expect("begin");
+    inserter.insert("a", "again").expect("insert");
+    match inserter.lock_keys(["a"], LockOptions::new()).await {
+        Err(Error::KeyExists(key)) => assert_eq!(key, tikv_driver::Key::from("a")),
+        res => panic!("expected the key to exist, got {res:?}"),
+    }
+    // A key locked before and found to exist fails its insert at once.
+    inserter.lock_keys(["x"], LockOptions::new()).await.expect("lock");
+    inserter.insert("x", "again").expect("insert");
+    assert!(matches!(
+        inserter.lock_keys(["x"], LockOptions::new()).await,
+        Err(Error::KeyExists(_))
+    ));
+    inserter.rollback().await.expect("rollback");
     server.shutdown().await;
 }

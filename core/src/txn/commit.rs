@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use tikv_proto::kvrpcpb;
+use tikv_proto::kvrpcpb::prewrite_request::PessimisticAction;
 
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
@@ -32,7 +33,7 @@ use crate::pd::{GetTimestamp, Timestamp};
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
-use crate::txn::membuffer::{BufferedValue, MemBuffer};
+use crate::txn::membuffer::{BufferedValue, KeyFlags, MemBuffer};
 use crate::view::ClusterView;
 
 /// client-go `kv.TxnCommitBatchSize`: a prewrite/commit batch closes once
@@ -69,12 +70,17 @@ pub const MAX_TXN_TIME_USE: Duration = Duration::from_secs(24 * 60 * 60);
 /// One write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mutation {
-    /// `Put`, `Del`, `Lock`, `Insert` or `CheckNotExists`.
+    /// `Put`, `Del`, `Lock`, `SharedLock`, `Insert` or `CheckNotExists`.
     pub op: kvrpcpb::Op,
     /// The key.
     pub key: Key,
     /// The value (empty unless `Put`/`Insert`).
     pub value: Value,
+    /// What TiKV checks of the key's pessimistic lock at prewrite (only
+    /// sent by a pessimistic transaction): `DoPessimisticCheck` for a key
+    /// this transaction locked pessimistically, `DoConstraintCheck` for a
+    /// lazily checked unique key, `SkipPessimisticCheck` otherwise.
+    pub pessimistic_action: PessimisticAction,
 }
 
 impl Mutation {
@@ -95,24 +101,64 @@ impl Mutation {
 /// locked is `Lock`. Keys are in order; the primary is the first key whose
 /// mutation writes a lock (`CheckNotExists` does not).
 pub fn mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
+    buffer_mutations(buffer, false)
+}
+
+/// The mutations of a pessimistic transaction's buffer (client-go
+/// `initKeysAndMutations` with `isPessimistic`): as
+/// [`mutations_from_buffer`], except that a tombstone of a presumed-absent
+/// key is a `Del` (its pessimistic lock already checked), a tombstone of a
+/// key this transaction inserted is dropped, or a `Lock` if the key is
+/// locked; a key only locked in share mode is a `SharedLock` (never the
+/// primary; async commit and 1PC are then off); each mutation carries its
+/// [`PessimisticAction`]. The primary (when the transaction has none from
+/// its locks) is chosen as for optimistic transactions.
+pub fn pessimistic_mutations_from_buffer(buffer: &MemBuffer) -> (Vec<Mutation>, Option<Key>) {
+    buffer_mutations(buffer, true)
+}
+
+fn buffer_mutations(buffer: &MemBuffer, pessimistic: bool) -> (Vec<Mutation>, Option<Key>) {
     let mut out = Vec::with_capacity(buffer.len());
     for (key, entry) in buffer.iter::<std::ops::RangeFull>(..) {
-        let presumed_absent = entry.flags.has_presume_key_not_exists();
+        let flags = entry.flags;
+        let locked = flags.contains(KeyFlags::KEY_LOCKED);
+        let presumed_absent = flags.has_presume_key_not_exists();
         let (op, value) = match entry.value {
             Some(BufferedValue::Put(v)) if presumed_absent => (kvrpcpb::Op::Insert, v.clone()),
             Some(BufferedValue::Put(v)) => (kvrpcpb::Op::Put, v.clone()),
-            Some(BufferedValue::Delete) if presumed_absent => {
+            Some(BufferedValue::Delete) if presumed_absent && !pessimistic => {
                 (kvrpcpb::Op::CheckNotExists, Value::new())
             }
-            Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
-            None if entry.flags.contains(crate::txn::membuffer::KeyFlags::KEY_LOCKED) => {
+            Some(BufferedValue::Delete)
+                if pessimistic && flags.contains(KeyFlags::NEWLY_INSERTED) =>
+            {
+                if !locked {
+                    continue;
+                }
                 (kvrpcpb::Op::Lock, Value::new())
             }
+            Some(BufferedValue::Delete) => (kvrpcpb::Op::Del, Value::new()),
+            // client-go `getLockTypeFromFlags`.
+            None if locked && flags.contains(KeyFlags::KEY_LOCKED_IN_SHARE_MODE) => {
+                (kvrpcpb::Op::SharedLock, Value::new())
+            }
+            None if locked => (kvrpcpb::Op::Lock, Value::new()),
             None => continue,
         };
-        out.push(Mutation { op, key: Key::from(key.to_vec()), value });
+        let pessimistic_action = if pessimistic && locked {
+            PessimisticAction::DoPessimisticCheck
+        } else if flags.contains(KeyFlags::NEED_CONSTRAINT_CHECK_IN_PREWRITE) {
+            PessimisticAction::DoConstraintCheck
+        } else {
+            PessimisticAction::SkipPessimisticCheck
+        };
+        out.push(Mutation { op, key: Key::from(key.to_vec()), value, pessimistic_action });
     }
-    let primary = out.iter().find(|m| m.op != kvrpcpb::Op::CheckNotExists).map(|m| m.key.clone());
+    // Neither a check nor a shared lock can be the primary (client-go).
+    let primary = out
+        .iter()
+        .find(|m| !matches!(m.op, kvrpcpb::Op::CheckNotExists | kvrpcpb::Op::SharedLock))
+        .map(|m| m.key.clone());
     (out, primary)
 }
 
@@ -182,6 +228,12 @@ pub struct CommitOutcome {
 #[derive(Debug)]
 struct PrewritePlan {
     start_ts: Timestamp,
+    /// A pessimistic transaction's `for_update_ts`; zero for an optimistic
+    /// one.
+    for_update_ts: Timestamp,
+    /// Keys whose pessimistic lock must carry exactly this `for_update_ts`
+    /// (sorted by key).
+    for_update_ts_constraints: Arc<[(Key, Timestamp)]>,
     primary: Key,
     lock_ttl: u64,
     min_commit_ts: Timestamp,
@@ -251,6 +303,24 @@ impl KeyPlan for PrewritePlan {
             },
             try_one_pc,
             assertion_level: self.assertion_level as i32,
+            for_update_ts: self.for_update_ts.version(),
+            pessimistic_actions: if self.for_update_ts.is_zero() {
+                Vec::new()
+            } else {
+                batch.iter().map(|m| m.pessimistic_action as i32).collect()
+            },
+            for_update_ts_constraints: batch
+                .iter()
+                .enumerate()
+                .filter_map(|(index, m)| {
+                    let constraints = &self.for_update_ts_constraints;
+                    let at = constraints.binary_search_by(|(k, _)| k.cmp(&m.key)).ok()?;
+                    Some(kvrpcpb::prewrite_request::ForUpdateTsConstraint {
+                        index: index as u32,
+                        expected_for_update_ts: constraints[at].1.version(),
+                    })
+                })
+                .collect(),
             ..Default::default()
         }))
     }
@@ -275,14 +345,17 @@ impl KeyPlan for PrewritePlan {
         for e in r.errors {
             if let Some(info) = &e.locked {
                 for lock in Lock::from_info(info) {
-                    if lock.txn_id > self.start_ts {
+                    if lock.txn_id > self.start_ts && self.for_update_ts.is_zero() {
                         // client-go: an optimistic transaction meeting a
-                        // newer transaction's lock conflicts at once.
+                        // newer transaction's lock conflicts at once (a
+                        // pessimistic one holds its keys' locks, so what it
+                        // meets is resolved like any other lock).
                         self.error.get_or_insert(Error::WriteConflict {
                             start_ts: self.start_ts,
                             conflict_ts: lock.txn_id,
                             key: lock.key.clone(),
                             primary: lock.primary.clone(),
+                            conflict_commit_ts: Timestamp::ZERO,
                         });
                     }
                     locked_keys.push(lock.key.clone());
@@ -294,6 +367,7 @@ impl KeyPlan for PrewritePlan {
                     conflict_ts: Timestamp::from_version(c.conflict_ts),
                     key: c.key.clone().into(),
                     primary: c.primary.clone().into(),
+                    conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
                 });
             } else if let Some(a) = &e.already_exist {
                 self.error.get_or_insert(Error::KeyExists(a.key.clone().into()));
@@ -617,6 +691,10 @@ enum TsoFor {
 pub struct Committer {
     view: Arc<ClusterView>,
     start_ts: Timestamp,
+    /// Zero unless [`Committer::pessimistic`].
+    for_update_ts: Timestamp,
+    /// See [`Committer::for_update_ts_constraints`].
+    for_update_ts_constraints: Arc<[(Key, Timestamp)]>,
     primary: Key,
     pending: Vec<Mutation>,
     all_keys: Vec<Key>,
@@ -695,12 +773,15 @@ impl Committer {
         let size: usize = mutations.iter().map(|m| m.key.len() + m.value.len()).sum();
         let key_size: usize = mutations.iter().map(|m| m.key.len()).sum();
         let all_keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
-        // client-go checkAsyncCommit / checkOnePC.
+        // client-go checkAsyncCommit / checkOnePC; neither with shared
+        // locks.
+        let shared_locks = mutations.iter().any(|m| m.op == kvrpcpb::Op::SharedLock);
         let async_commit = opts.async_commit
+            && !shared_locks
             && mutations.len() <= ASYNC_COMMIT_KEYS_LIMIT
             && key_size <= ASYNC_COMMIT_KEY_SIZE_LIMIT;
         // Refined in `start` against the region cache.
-        let one_pc = opts.one_pc && size <= TXN_COMMIT_BATCH_SIZE;
+        let one_pc = opts.one_pc && !shared_locks && size <= TXN_COMMIT_BATCH_SIZE;
         let max_commit_ts = Timestamp::compose(
             start_ts.physical() + elapsed.as_millis() as i64 + ASYNC_COMMIT_SAFE_WINDOW_MS,
             0,
@@ -712,6 +793,8 @@ impl Committer {
             lock_ttl: lock_ttl(size, elapsed),
             view,
             start_ts,
+            for_update_ts: Timestamp::ZERO,
+            for_update_ts_constraints: Arc::new([]),
             primary,
             pending: mutations,
             all_keys,
@@ -741,6 +824,36 @@ impl Committer {
             result: None,
             follow_up: None,
         }
+    }
+
+    /// Commits as a pessimistic transaction whose locks were taken at
+    /// `for_update_ts` (client-go with `isPessimistic`): every prewrite
+    /// carries it and each mutation's [`PessimisticAction`], its
+    /// `min_commit_ts` is above it, and a newer transaction's lock met is
+    /// resolved rather than a conflict. Async commit and 1PC stay as
+    /// eligible as for an optimistic transaction. (client-go also raises a
+    /// pessimistic async commit's TTL past `max_commit_ts`, tidb#33641; the
+    /// TTL, at least [`DEFAULT_LOCK_TTL`] plus the age, is always past the
+    /// [`ASYNC_COMMIT_SAFE_WINDOW_MS`] plus the age already.)
+    pub fn pessimistic(mut self, for_update_ts: Timestamp) -> Committer {
+        self.for_update_ts = for_update_ts;
+        self.min_commit_ts = self.min_commit_ts.max(for_update_ts.next());
+        self
+    }
+
+    /// Makes TiKV check, at prewrite, that the pessimistic lock of each of
+    /// these keys carries exactly this `for_update_ts` (client-go's
+    /// `forUpdateTSConstraints`, set by fair locking, where a key's lock may
+    /// have been taken over a newer write at that write's ts): a lock lost
+    /// and taken again meanwhile fails the prewrite instead of committing a
+    /// value computed from an older read.
+    pub fn for_update_ts_constraints(
+        mut self,
+        mut constraints: Vec<(Key, Timestamp)>,
+    ) -> Committer {
+        constraints.sort_by(|a, b| a.0.cmp(&b.0));
+        self.for_update_ts_constraints = constraints.into();
+        self
     }
 
     fn finish(&mut self, result: Result<CommitOutcome, Error>) {
@@ -815,6 +928,8 @@ impl Committer {
         let secondaries = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
         let plan = PrewritePlan {
             start_ts: self.start_ts,
+            for_update_ts: self.for_update_ts,
+            for_update_ts_constraints: self.for_update_ts_constraints.clone(),
             primary: self.primary.clone(),
             lock_ttl: self.lock_ttl,
             min_commit_ts: self.min_commit_ts,

@@ -2,6 +2,7 @@
 //!
 //! - [`snapshot`]: reads at a timestamp that resolve the locks they meet.
 //! - [`commit`]: two-phase commit, async commit and 1PC.
+//! - [`pessimistic`]: pessimistic locks: acquiring them and rolling them back.
 //! - [`membuffer`]: the transaction's ordered write buffer with key flags,
 //!   nested staging and checkpoints (client-go's `MemDB`).
 //! - [`union`]: read-your-writes, the buffer merged over snapshot reads
@@ -9,5 +10,6 @@
 
 pub mod commit;
 pub mod membuffer;
+pub mod pessimistic;
 pub mod snapshot;
 pub mod union;

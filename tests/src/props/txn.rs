@@ -434,6 +434,7 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
             op: kvrpcpb::Op::Put,
             key: Key::from(k.clone()),
             value: Bytes::from("v"),
+            pessimistic_action: Default::default(),
         })
         .collect();
     let primary = mutations[0].key.clone();

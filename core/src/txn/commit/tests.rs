@@ -20,7 +20,12 @@ fn ts_at(physical_ms: i64) -> Timestamp {
 }
 
 fn put(k: &str) -> Mutation {
-    Mutation { op: kvrpcpb::Op::Put, key: Key::from(k.to_string()), value: Bytes::from("v") }
+    Mutation {
+        op: kvrpcpb::Op::Put,
+        key: Key::from(k.to_string()),
+        value: Bytes::from("v"),
+        pessimistic_action: PessimisticAction::SkipPessimisticCheck,
+    }
 }
 
 fn respond(resp: KvResponse) -> Fault {
@@ -804,6 +809,7 @@ fn a_large_commit_sends_client_go_batch_counts() {
             op: kvrpcpb::Op::Put,
             key: Key::from(key(i)),
             value: Bytes::from(vec![b'v'; VALUE_LEN]),
+            pessimistic_action: PessimisticAction::SkipPessimisticCheck,
         })
         .collect();
     let v = view();
@@ -1013,5 +1019,239 @@ fn transactions_past_the_time_limit_are_refused_before_the_commit_point() {
         follow_up_of(&mut op, &mut c).map(|(kind, _)| kind),
         Some("rollback"),
         "the prewritten keys are rolled back"
+    );
+}
+
+/// A pessimistic transaction's buffer: the keys it locked carry
+/// `DoPessimisticCheck`, a lazily checked unique key `DoConstraintCheck`;
+/// a presumed-absent tombstone is a `Del`, a tombstone of a key it
+/// inserted is dropped (or a `Lock` if locked).
+#[test]
+fn pessimistic_mutations_carry_their_checks() {
+    use crate::txn::membuffer::FlagsOp;
+    let mut b = MemBuffer::new();
+    b.set_with_flags(b"a", Bytes::from("1"), &[FlagsOp::SetKeyLocked]).unwrap();
+    b.set(b"b", Bytes::from("2")).unwrap();
+    b.update_flags(b"c", &[FlagsOp::SetKeyLocked]).unwrap();
+    b.delete_with_flags(b"d", &[FlagsOp::SetPresumeKeyNotExists]).unwrap();
+    b.delete_with_flags(b"e", &[FlagsOp::SetNewlyInserted]).unwrap();
+    b.delete_with_flags(b"f", &[FlagsOp::SetNewlyInserted, FlagsOp::SetKeyLocked]).unwrap();
+    b.set_with_flags(
+        b"g",
+        Bytes::from("7"),
+        &[FlagsOp::SetPresumeKeyNotExists, FlagsOp::SetNeedConstraintCheckInPrewrite],
+    )
+    .unwrap();
+    let (m, primary) = pessimistic_mutations_from_buffer(&b);
+    let got: Vec<_> = m
+        .iter()
+        .map(|m| {
+            (String::from_utf8_lossy(m.key.as_bytes()).into_owned(), m.op, m.pessimistic_action)
+        })
+        .collect();
+    use PessimisticAction::*;
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), kvrpcpb::Op::Put, DoPessimisticCheck),
+            ("b".into(), kvrpcpb::Op::Put, SkipPessimisticCheck),
+            ("c".into(), kvrpcpb::Op::Lock, DoPessimisticCheck),
+            ("d".into(), kvrpcpb::Op::Del, SkipPessimisticCheck),
+            ("f".into(), kvrpcpb::Op::Lock, DoPessimisticCheck),
+            ("g".into(), kvrpcpb::Op::Insert, DoConstraintCheck),
+        ]
+    );
+    assert_eq!(primary, Some(Key::from("a")));
+    // The optimistic reading of the same buffer is unchanged.
+    let (m, _) = mutations_from_buffer(&b);
+    let ops: Vec<_> = m.iter().map(|m| m.op).collect();
+    assert_eq!(ops[3], kvrpcpb::Op::CheckNotExists);
+    assert_eq!(ops.len(), 7, "optimistic keeps every tombstone");
+    assert!(m.iter().all(|m| m.pessimistic_action != DoPessimisticCheck));
+}
+
+fn pessimistic_put(k: &str) -> Mutation {
+    Mutation { pessimistic_action: PessimisticAction::DoPessimisticCheck, ..put(k) }
+}
+
+/// A pessimistic commit sends `for_update_ts` and the per-mutation checks,
+/// starts `min_commit_ts` above `for_update_ts`, and resolves a newer
+/// transaction's lock instead of failing; async commit (with a lock TTL
+/// past `max_commit_ts`) and 1PC stay available.
+#[test]
+fn a_pessimistic_commit_carries_for_update_ts_and_its_checks() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    primary_lock: "q".into(),
+                    key: "b".into(),
+                    lock_version: ts(700),
+                    lock_ttl: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))),
+    );
+    c.fault("check_txn_status", respond(KvResponse::CheckTxnStatus(Default::default())));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let mutations = vec![pessimistic_put("a"), put("b")];
+    let committer = Committer::new(
+        view(),
+        ts_at(500),
+        Key::from("a"),
+        mutations,
+        Duration::from_millis(10),
+        CommitOptions::default(),
+    )
+    .pessimistic(ts_at(900));
+    let (log, result) = drive(committer, &mut c);
+    assert_eq!(result.expect("committed after resolving").mode, CommitMode::TwoPhase, "{log}");
+    let prewrites: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prewrites.len(), 2, "the newer lock was resolved, then the batch sent again");
+    for p in &prewrites {
+        assert_eq!(p.for_update_ts, ts(900));
+        assert_eq!(p.min_commit_ts, ts(900) + 1);
+        assert_eq!(
+            p.pessimistic_actions,
+            vec![
+                PessimisticAction::DoPessimisticCheck as i32,
+                PessimisticAction::SkipPessimisticCheck as i32
+            ]
+        );
+    }
+
+    // Async commit: allowed, with the TTL reaching past max_commit_ts.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 5, 0));
+    let opts = CommitOptions { async_commit: true, ..Default::default() };
+    let committer = Committer::new(
+        view(),
+        ts_at(500),
+        Key::from("a"),
+        vec![pessimistic_put("a")],
+        Duration::from_millis(10),
+        opts,
+    )
+    .pessimistic(ts_at(900));
+    let (_, result) = drive(committer, &mut c);
+    assert_eq!(result.expect("committed").mode, CommitMode::AsyncCommit);
+    let ttl = c.received.iter().find_map(|r| match r {
+        KvRequest::Prewrite(p) => Some(p.lock_ttl),
+        _ => None,
+    });
+    // Past max_commit_ts (start + 10 ms + the 2 s safe window), as
+    // client-go requires of a pessimistic async commit.
+    assert_eq!(ttl, Some(3_010));
+
+    // 1PC: allowed.
+    let mut c = FakeCluster::new(&[]);
+    let v = view_with_a_cached(&mut c);
+    c.fault("prewrite", prewrite_ok(0, ts(1000) + 3));
+    let opts = CommitOptions { one_pc: true, ..Default::default() };
+    let committer = Committer::new(
+        v,
+        ts_at(500),
+        Key::from("a"),
+        vec![pessimistic_put("a")],
+        Duration::ZERO,
+        opts,
+    )
+    .pessimistic(ts_at(900));
+    let (_, result) = drive(committer, &mut c);
+    assert_eq!(result.expect("committed").mode, CommitMode::OnePhase);
+    let first = c.received.iter().find_map(|r| match r {
+        KvRequest::Prewrite(p) => Some((p.try_one_pc, p.for_update_ts)),
+        _ => None,
+    });
+    assert_eq!(first, Some((true, ts(900))));
+}
+
+/// A key only locked in share mode prewrites a `SharedLock`, which is never
+/// the primary and turns async commit and 1PC off (client-go).
+#[test]
+fn shared_locks_are_not_primaries_and_turn_async_commit_off() {
+    use crate::txn::membuffer::FlagsOp;
+    let mut b = MemBuffer::new();
+    b.update_flags(b"a", &[FlagsOp::SetKeyLocked, FlagsOp::SetKeyLockedInShareMode]).unwrap();
+    b.update_flags(b"b", &[FlagsOp::SetKeyLocked]).unwrap();
+    let (m, primary) = pessimistic_mutations_from_buffer(&b);
+    let ops: Vec<_> = m.iter().map(|m| m.op).collect();
+    assert_eq!(ops, vec![kvrpcpb::Op::SharedLock, kvrpcpb::Op::Lock]);
+    assert_eq!(primary, Some(Key::from("b")), "a shared lock is never the primary");
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 5, 0));
+    c.fault("kv_commit", commit_ok());
+    let opts = CommitOptions { async_commit: true, one_pc: true, ..Default::default() };
+    let committer =
+        Committer::new(view(), ts_at(500), Key::from("b"), m, Duration::from_millis(10), opts)
+            .pessimistic(ts_at(900));
+    let (_, result) = drive(committer, &mut c);
+    assert_eq!(result.expect("committed").mode, CommitMode::TwoPhase);
+    let prewrite = c.received.iter().find_map(|r| match r {
+        KvRequest::Prewrite(p) => Some((p.use_async_commit, p.try_one_pc)),
+        _ => None,
+    });
+    assert_eq!(prewrite, Some((false, false)));
+}
+
+/// `for_update_ts` constraints go with the mutations of their keys, by
+/// index within each batch.
+#[test]
+fn for_update_ts_constraints_follow_their_keys_into_each_batch() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let mutations = vec![pessimistic_put("a"), pessimistic_put("b"), pessimistic_put("x")];
+    let committer = Committer::new(
+        view(),
+        ts_at(500),
+        Key::from("a"),
+        mutations,
+        Duration::from_millis(10),
+        CommitOptions::default(),
+    )
+    .pessimistic(ts_at(900))
+    .for_update_ts_constraints(vec![(Key::from("x"), ts_at(950)), (Key::from("b"), ts_at(920))]);
+    let (_, result) = drive(committer, &mut c);
+    result.expect("committed");
+    // Per prewrite: its keys, and its constraints as (index, expected ts).
+    type Batch = (Vec<Bytes>, Vec<(u32, u64)>);
+    let mut got: Vec<Batch> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) => Some((
+                p.mutations.iter().map(|m| m.key.clone()).collect(),
+                p.for_update_ts_constraints
+                    .iter()
+                    .map(|c| (c.index, c.expected_for_update_ts))
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (vec![Bytes::from("a"), Bytes::from("b")], vec![(1, ts(920))]),
+            (vec![Bytes::from("x")], vec![(0, ts(950))]),
+        ]
     );
 }
