@@ -333,24 +333,7 @@ impl Operation for LocksInRange {
         self.check(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<LocksInRangeOutcome, Error>> {
         self.result.take()
@@ -533,24 +516,7 @@ impl Operation for Gc {
         self.check(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<GcOutcome, Error>> {
         self.result.take()

@@ -26,7 +26,7 @@ use crate::key::Key;
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::{GetTimestamp, Timestamp};
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
-use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -757,24 +757,7 @@ impl Operation for ResolveLocks {
         self.check(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<ResolveOutcome, Error>> {
         self.result.take()

@@ -169,6 +169,49 @@ impl<O: Operation> Operation for HandBack<O> {
     }
 }
 
+/// The four inputs of an [`Operation`] that keeps its current child in a
+/// [`StepSlot`] at `self.<path>` and moves on in its own `check(now)`:
+/// each input goes to the slot, and after an answer of the current step or
+/// a timer firing, `check` takes what happened. A machine writes only its
+/// `start`, `poll_result` and decisions.
+///
+/// ```text
+/// impl Operation for Gc {
+///     type Output = GcOutcome;
+///     fn start(&mut self, now: Instant) { ... }
+///     forward_step_inputs!(step);
+///     fn poll_result(&mut self) -> Option<Result<GcOutcome, Error>> { ... }
+/// }
+/// ```
+macro_rules! forward_step_inputs {
+    ($($slot:ident).+) => {
+        fn poll_rpc(&mut self) -> Option<$crate::rpc::Rpc> {
+            self.$($slot).+.poll_rpc()
+        }
+
+        fn on_response(
+            &mut self,
+            id: $crate::rpc::RpcId,
+            response: Result<$crate::rpc::Response, $crate::rpc::RpcError>,
+            now: $crate::time::Instant,
+        ) {
+            if self.$($slot).+.on_response(id, response, now) {
+                self.check(now);
+            }
+        }
+
+        fn on_timeout(&mut self, now: $crate::time::Instant) {
+            self.$($slot).+.on_timeout(now);
+            self.check(now);
+        }
+
+        fn poll_timeout(&self) -> Option<$crate::time::Instant> {
+            self.$($slot).+.poll_timeout()
+        }
+    };
+}
+pub(crate) use forward_step_inputs;
+
 /// What a [`StepSlot`] reports to its machine.
 #[derive(Debug, PartialEq)]
 pub enum StepEvent<D> {

@@ -20,7 +20,7 @@ use crate::key::Key;
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::PdCall;
 use crate::route::fanout::{KeyFanout, KeyPlan};
-use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -222,24 +222,7 @@ impl Operation for SplitRegions {
         self.check(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<SplitRegionsOutcome, Error>> {
         self.result.take()
@@ -357,24 +340,7 @@ impl Operation for WaitScatterFinish {
         self.check(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<(), Error>> {
         self.result.take()

@@ -46,7 +46,7 @@ use crate::lock::{
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan};
-use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags};
 use crate::time::{Duration, Instant};
 use crate::txn::commit::{MAX_LOCK_TTL, TXN_COMMIT_BATCH_SIZE};
 use crate::view::ClusterView;
@@ -899,24 +899,7 @@ impl Operation for AcquirePessimisticLocks {
         self.lock(now);
     }
 
-    fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
-    }
-
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
-        }
-    }
-
-    fn on_timeout(&mut self, now: Instant) {
-        self.step.on_timeout(now);
-        self.check(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.step.poll_timeout()
-    }
+    crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<AcquireOutcome, Error>> {
         self.result.take()

@@ -17,7 +17,7 @@ use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
 use crate::route::walk::{RangePlan, RangeWalk};
-use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
+use crate::rpc::{KvRequest, KvResponse, RequestTags};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -305,24 +305,7 @@ impl<T: Send + 'static> ReadLoop<T> {
 /// `check` then makes its decisions.
 macro_rules! read_machine_inputs {
     () => {
-        fn poll_rpc(&mut self) -> Option<Rpc> {
-            self.lp.step.poll_rpc()
-        }
-
-        fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-            if self.lp.step.on_response(id, response, now) {
-                self.check(now);
-            }
-        }
-
-        fn on_timeout(&mut self, now: Instant) {
-            self.lp.step.on_timeout(now);
-            self.check(now);
-        }
-
-        fn poll_timeout(&self) -> Option<Instant> {
-            self.lp.step.poll_timeout()
-        }
+        crate::op::forward_step_inputs!(lp.step);
 
         fn backoff_spent(&self) -> Option<&Backoffer> {
             Some(&self.lp.backoffer)
