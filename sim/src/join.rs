@@ -89,6 +89,12 @@ use crate::admin::{ConfChangeKind, DEFAULT_STORE_VERSION, Refusal};
 use crate::server::{ServerError, ServerOptions, SimServer, StoreAdmin};
 use crate::{Cluster, ClusterConfig};
 
+/// How often, and how far apart, a split asks PD again while PD does not
+/// know the region yet (50 × 100 ms: PD hears a new region's heartbeat
+/// within a few hundred milliseconds).
+const ASK_SPLIT_TRIES: u32 = 50;
+const ASK_SPLIT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How the stores join PD.
 #[derive(Clone, Debug)]
 pub struct JoinOptions {
@@ -336,12 +342,22 @@ impl Shared {
             split_count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
             reason: reason as i32,
         };
-        let resp = self
-            .pd()
-            .ask_batch_split(ask)
-            .await
-            .map_err(|s| format!("AskBatchSplit failed: {}", s.message()))?
-            .into_inner();
+        // PD refuses to split a region it has not heard of yet ("region not
+        // found": the heartbeat of a region just made by a split is still on
+        // its way). TiKV's split checker simply tries again later; so do we,
+        // reporting the region again, for a bounded while.
+        let mut tries = 0;
+        let resp = loop {
+            match self.pd().ask_batch_split(ask.clone()).await {
+                Ok(resp) => break resp.into_inner(),
+                Err(s) if s.message().contains("region not found") && tries < ASK_SPLIT_TRIES => {
+                    tries += 1;
+                    self.report(region_id);
+                    tokio::time::sleep(ASK_SPLIT_RETRY).await;
+                }
+                Err(s) => return Err(format!("AskBatchSplit failed: {}", s.message())),
+            }
+        };
         if let Some(e) = header_error(resp.header.as_ref()) {
             return Err(format!("AskBatchSplit failed: {e}"));
         }
