@@ -55,6 +55,7 @@ macro_rules! txn_suite {
             close_waits_for_background_commits_then_refuses_calls,
             pessimistic_counters_lose_no_update,
             pessimistic_locks_hold_until_rolled_back_or_dropped,
+            a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
         );
     };
 }
@@ -561,5 +562,46 @@ pub async fn pessimistic_locks_hold_until_rolled_back_or_dropped<H: Harness>(bed
         Err(Error::KeyExists(_))
     ));
     inserter.rollback().await.expect("rollback");
+    server.shutdown().await;
+}
+
+/// Two pessimistic transactions lock in opposite orders: the lock request
+/// that closes the cycle fails at once with `Error::Deadlock` (TiKV's
+/// detector, with the wait chain), the victim rolls back, and the other
+/// transaction's waiting request then gets its lock and commits.
+pub async fn a_pessimistic_deadlock_fails_one_side_and_the_other_commits<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+    // A second client: its lock requests travel on their own streams.
+    let other = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let wait = LockOptions::new().wait_timeout(std::time::Duration::from_secs(5));
+    let mut a = client.begin_with_options(pessimistic()).await.expect("begin a");
+    let mut b = other.begin_with_options(pessimistic()).await.expect("begin b");
+    a.lock_keys(["a"], LockOptions::new()).await.expect("a locks a");
+    b.lock_keys(["z"], LockOptions::new()).await.expect("b locks z");
+
+    let first = H::spawn({
+        let wait = wait.clone();
+        async move {
+            let locked = a.lock_keys(["z"], wait).await.map(drop);
+            (a, locked)
+        }
+    });
+    // Let a's request wait for b's lock before b closes the cycle.
+    H::sleep(std::time::Duration::from_millis(300)).await;
+    match b.lock_keys(["a"], wait).await {
+        Err(Error::Deadlock { wait_chain, .. }) => {
+            assert!(!wait_chain.is_empty(), "TiKV's detector names the wait chain");
+        }
+        other => panic!("expected the cycle's last request to deadlock, got {other:?}"),
+    }
+    b.rollback().await.expect("the victim rolls back");
+
+    let (mut a, locked) = first.await;
+    locked.expect("a gets z once the victim is gone");
+    a.put("a", "from a").expect("put");
+    a.put("z", "from a").expect("put");
+    a.commit().await.expect("the survivor commits");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("z").await.expect("get").as_deref(), Some(&b"from a"[..]));
     server.shutdown().await;
 }
