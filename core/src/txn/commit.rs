@@ -1129,8 +1129,9 @@ impl Committer {
                         ))));
                         return;
                     }
-                    let ran = ts.physical().saturating_sub(self.start_ts.physical());
-                    if u128::try_from(ran).unwrap_or(0) >= MAX_TXN_TIME_USE.as_millis() {
+                    let ran_ms = ts.physical().saturating_sub(self.start_ts.physical());
+                    let ran = Duration::from_millis(u64::try_from(ran_ms).unwrap_or(0));
+                    if ran >= MAX_TXN_TIME_USE {
                         // client-go checks the same after the commit ts,
                         // before the primary's commit: nothing is
                         // committed yet, so the failure is definite.
