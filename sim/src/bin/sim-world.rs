@@ -1,11 +1,11 @@
 //! Runs deterministic worlds ([`tikv_sim::world`]) and reports throughput.
 //!
 //! ```text
-//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--txn] [SEEDS] [FIRST]
-//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--txn]
+//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn] [SEEDS] [FIRST]
+//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn]
 //! ```
 //!
-//! `--txn` runs the transactional workload instead of the raw one. With
+//! `--raw` (the default) runs the raw workload, `--txn` the transactional one. With
 //! `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
 //! runs `SEEDS` seeds (default 1000) from `FIRST` (default 0), prints every
 //! failing seed, and ends with simulated operations (transactions) per
@@ -19,7 +19,17 @@ use tikv_sim::world::{self, Workload, WorldConfig};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let workload = if args.iter().any(|a| a == "--txn") { Workload::Txn } else { Workload::Raw };
+    let mut workload = Workload::Raw;
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        workload = match flag.as_str() {
+            "--raw" => Workload::Raw,
+            "--txn" => Workload::Txn,
+            other => {
+                eprintln!("unknown world {other:?}: expected --raw or --txn");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
     let config = |seed| WorldConfig { seed, workload, ..WorldConfig::default() };
     if let Some(seed) = std::env::var("TIKV_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         let report = world::run(WorldConfig { trace: true, ..config(seed) });
