@@ -18,7 +18,26 @@ package main
 //	                                      also commits the primary before "crashing"
 //	                                      -> ok START_TS COMMIT_TS (0: not committed)
 //
-// Keys and values are hex. An error answers `err MESSAGE` (one line).
+//	plock ID WAIT_MS K...                 pessimistic transaction ID (begun on first use)
+//	                                      locks the keys at a fresh for_update_ts,
+//	                                      retrying a write conflict with a fresh one as
+//	                                      TiDB does; WAIT_MS -1 is no-wait, 0 waits
+//	                                      until the lock is free (kv.LockAlwaysWait)
+//	                                      -> ok START_TS FOR_UPDATE_TS
+//	plock-bg ID WAIT_MS K...              the same in the background -> ok at once;
+//	await ID                              then its answer, as plock's
+//	pcommit ID K=V...                     sets the pairs and commits transaction ID
+//	                                      -> ok START_TS COMMIT_TS
+//	prollback ID                          rolls transaction ID back -> ok
+//	pcrash ID                             transaction ID "crashes": its TTL manager
+//	                                      stops and it is abandoned with its locks
+//	                                      -> ok START_TS
+//	lock-ttl MS                           client-go's ManagedLockTTL for later
+//	                                      pessimistic transactions -> ok
+//
+// Keys and values are hex. An error answers `err MESSAGE` (one line); a
+// pessimistic lock's typed failures answer `err deadlock ...`,
+// `err lock-wait-timeout ...` or `err no-wait ...`.
 
 import (
 	"bufio"
@@ -31,9 +50,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	tikverr "github.com/tikv/client-go/v2/error"
+	"github.com/tikv/client-go/v2/kv"
 	"github.com/tikv/client-go/v2/oracle"
 	"github.com/tikv/client-go/v2/txnkv"
 	"github.com/tikv/client-go/v2/txnkv/transaction"
@@ -66,6 +87,211 @@ func parsePairs(fields []string) ([]pair, error) {
 
 type interopServer struct {
 	cli *txnkv.Client
+	// Pessimistic transactions held between commands, by the driver's ID.
+	held map[string]*transaction.KVTxn
+	// Background lock calls (plock-bg), answered by await.
+	pending map[string]chan lockAnswer
+}
+
+type lockAnswer struct {
+	answer string
+	err    error
+}
+
+func parseKeys(fields []string) ([][]byte, error) {
+	if len(fields) == 0 {
+		return nil, errors.New("no keys")
+	}
+	out := make([][]byte, 0, len(fields))
+	for _, f := range fields {
+		key, err := hex.DecodeString(f)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: %v", f, err)
+		}
+		out = append(out, key)
+	}
+	return out, nil
+}
+
+// heldTxn returns pessimistic transaction id, beginning it if new.
+func (s *interopServer) heldTxn(id string) (*transaction.KVTxn, error) {
+	if txn, ok := s.held[id]; ok {
+		return txn, nil
+	}
+	txn, err := s.cli.Begin()
+	if err != nil {
+		return nil, err
+	}
+	txn.SetPessimistic(true)
+	s.held[id] = txn
+	return txn, nil
+}
+
+// classifyLockErr names a pessimistic lock's typed failures so the driver
+// can tell them apart.
+func classifyLockErr(err error) error {
+	var deadlock *tikverr.ErrDeadlock
+	switch {
+	case errors.As(err, &deadlock):
+		return fmt.Errorf("deadlock retryable=%v: %v", deadlock.IsRetryable, err)
+	case errors.Is(err, tikverr.ErrLockWaitTimeout):
+		return fmt.Errorf("lock-wait-timeout: %v", err)
+	case errors.Is(err, tikverr.ErrLockAcquireFailAndNoWaitSet):
+		return fmt.Errorf("no-wait: %v", err)
+	}
+	return err
+}
+
+// lockKeys is one locking statement of a pessimistic transaction, retried
+// with a fresh for_update_ts on a write conflict as TiDB retries it.
+func (s *interopServer) lockKeys(ctx context.Context, txn *transaction.KVTxn, waitMs int64, keys [][]byte) (string, error) {
+	for attempt := 0; ; attempt++ {
+		forUpdateTS, err := s.cli.GetTimestamp(ctx)
+		if err != nil {
+			return "", err
+		}
+		err = txn.LockKeys(ctx, kv.NewLockCtx(forUpdateTS, waitMs, time.Now()), keys...)
+		if err != nil && tikverr.IsErrWriteConflict(err) && attempt < 16 {
+			continue
+		}
+		if err != nil {
+			return "", classifyLockErr(err)
+		}
+		return fmt.Sprintf("%d %d", txn.StartTS(), forUpdateTS), nil
+	}
+}
+
+func (s *interopServer) plock(ctx context.Context, args []string, background bool) (string, error) {
+	if len(args) < 3 {
+		return "", errors.New("usage: plock ID WAIT_MS K...")
+	}
+	id := args[0]
+	waitMs, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("WAIT_MS: %v", err)
+	}
+	if waitMs == 0 {
+		waitMs = kv.LockAlwaysWait
+	}
+	keys, err := parseKeys(args[2:])
+	if err != nil {
+		return "", err
+	}
+	txn, err := s.heldTxn(id)
+	if err != nil {
+		return "", err
+	}
+	if !background {
+		return s.lockKeys(ctx, txn, waitMs, keys)
+	}
+	if _, busy := s.pending[id]; busy {
+		return "", fmt.Errorf("transaction %s already has a lock call in flight", id)
+	}
+	done := make(chan lockAnswer, 1)
+	s.pending[id] = done
+	go func() {
+		// Not the step's context: the call outlives this command.
+		bgCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		answer, err := s.lockKeys(bgCtx, txn, waitMs, keys)
+		done <- lockAnswer{answer, err}
+	}()
+	return "", nil
+}
+
+func (s *interopServer) await(ctx context.Context, args []string) (string, error) {
+	if len(args) != 1 {
+		return "", errors.New("usage: await ID")
+	}
+	done, ok := s.pending[args[0]]
+	if !ok {
+		return "", fmt.Errorf("no lock call in flight for %s", args[0])
+	}
+	select {
+	case a := <-done:
+		delete(s.pending, args[0])
+		return a.answer, a.err
+	case <-ctx.Done():
+		return "", fmt.Errorf("await %s: %v", args[0], ctx.Err())
+	}
+}
+
+// finishHeld takes transaction id out of the table; it must exist and have
+// no lock call in flight.
+func (s *interopServer) finishHeld(id string) (*transaction.KVTxn, error) {
+	txn, ok := s.held[id]
+	if !ok {
+		return nil, fmt.Errorf("no transaction %s", id)
+	}
+	if _, busy := s.pending[id]; busy {
+		return nil, fmt.Errorf("transaction %s has a lock call in flight", id)
+	}
+	delete(s.held, id)
+	return txn, nil
+}
+
+func (s *interopServer) pcommit(ctx context.Context, args []string) (string, error) {
+	if len(args) < 1 {
+		return "", errors.New("usage: pcommit ID K=V...")
+	}
+	var pairs []pair
+	if len(args) > 1 {
+		var err error
+		if pairs, err = parsePairs(args[1:]); err != nil {
+			return "", err
+		}
+	}
+	txn, err := s.finishHeld(args[0])
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pairs {
+		if err := txn.Set(p.key, p.value); err != nil {
+			return "", err
+		}
+	}
+	if err := txn.Commit(ctx); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d %d", txn.StartTS(), txn.CommitTS()), nil
+}
+
+func (s *interopServer) prollback(args []string) (string, error) {
+	if len(args) != 1 {
+		return "", errors.New("usage: prollback ID")
+	}
+	txn, err := s.finishHeld(args[0])
+	if err != nil {
+		return "", err
+	}
+	return "", txn.Rollback()
+}
+
+// pcrash abandons transaction ID as a crashed TiDB would: no rollback, and
+// its TTL manager stops so its locks expire (client-go's integration tests
+// crash a pessimistic transaction the same way).
+func (s *interopServer) pcrash(args []string) (string, error) {
+	if len(args) != 1 {
+		return "", errors.New("usage: pcrash ID")
+	}
+	txn, err := s.finishHeld(args[0])
+	if err != nil {
+		return "", err
+	}
+	transaction.TxnProbe{KVTxn: txn}.GetCommitter().CloseTTLManager()
+	return fmt.Sprintf("%d", txn.StartTS()), nil
+}
+
+func (s *interopServer) lockTTL(args []string) (string, error) {
+	if len(args) != 1 {
+		return "", errors.New("usage: lock-ttl MS")
+	}
+	ms, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil {
+		return "", err
+	}
+	atomic.StoreUint64(&transaction.ManagedLockTTL, ms)
+	return "", nil
 }
 
 func (s *interopServer) commit(ctx context.Context, args []string) (string, error) {
@@ -212,6 +438,20 @@ func (s *interopServer) serve(ctx context.Context, in io.Reader, out io.Writer) 
 			answer, err = s.get(stepCtx, fields[1:])
 		case "prewrite":
 			answer, err = s.prewrite(stepCtx, fields[1:])
+		case "plock":
+			answer, err = s.plock(stepCtx, fields[1:], false)
+		case "plock-bg":
+			answer, err = s.plock(stepCtx, fields[1:], true)
+		case "await":
+			answer, err = s.await(stepCtx, fields[1:])
+		case "pcommit":
+			answer, err = s.pcommit(stepCtx, fields[1:])
+		case "prollback":
+			answer, err = s.prollback(fields[1:])
+		case "pcrash":
+			answer, err = s.pcrash(fields[1:])
+		case "lock-ttl":
+			answer, err = s.lockTTL(fields[1:])
 		case "quit":
 			cancel()
 			return nil
@@ -252,7 +492,11 @@ func interopMain(args []string) int {
 	}
 	defer cli.Close()
 	fmt.Println("ready")
-	s := &interopServer{cli: cli}
+	s := &interopServer{
+		cli:     cli,
+		held:    map[string]*transaction.KVTxn{},
+		pending: map[string]chan lockAnswer{},
+	}
 	if err := s.serve(context.Background(), os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "interop: %v\n", err)
 		return 1

@@ -28,6 +28,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
@@ -731,6 +732,107 @@ func runTxn(ctx context.Context, c *checker, pd []string) {
 		return nil
 	}()
 	c.check("txn pessimistic lock no-wait on a held lock", err)
+
+	// A deadlock between two pessimistic transactions: TiKV's detector fails
+	// the request that closes the cycle, the other's wait ends once the
+	// victim rolls back.
+	err = func() error {
+		ka, kb := []byte("\x3adeadlock-a"), []byte("\xbadeadlock-b")
+		t1, err := cli.Begin()
+		if err != nil {
+			return err
+		}
+		t1.SetPessimistic(true)
+		t2, err := cli.Begin()
+		if err != nil {
+			return err
+		}
+		t2.SetPessimistic(true)
+		// A woken waiter is answered with a write conflict (TiKV's legacy
+		// wake-up), which TiDB retries with a fresh for_update_ts.
+		lock := func(t *transaction.KVTxn, k []byte) error {
+			for {
+				ts, err := cli.GetTimestamp(ctx)
+				if err != nil {
+					return err
+				}
+				err = t.LockKeys(ctx, kv.NewLockCtx(ts, kv.LockAlwaysWait, time.Now()), k)
+				if !tikverr.IsErrWriteConflict(err) {
+					return err
+				}
+			}
+		}
+		if err := lock(t1, ka); err != nil {
+			return fmt.Errorf("T1 locks a: %w", err)
+		}
+		if err := lock(t2, kb); err != nil {
+			return fmt.Errorf("T2 locks b: %w", err)
+		}
+		waiting := make(chan error, 1)
+		go func() { waiting <- lock(t1, kb) }()
+		time.Sleep(300 * time.Millisecond)
+		err = lock(t2, ka)
+		var deadlock *tikverr.ErrDeadlock
+		if !errors.As(err, &deadlock) {
+			_ = t2.Rollback()
+			<-waiting
+			_ = t1.Rollback()
+			return fmt.Errorf("T2 closes the cycle: want ErrDeadlock, got %v", err)
+		}
+		if err := t2.Rollback(); err != nil {
+			return err
+		}
+		if err := <-waiting; err != nil {
+			return fmt.Errorf("T1's wait for b after the victim rolled back: %w", err)
+		}
+		_ = t1.Set(ka, []byte("t1"))
+		_ = t1.Set(kb, []byte("t1"))
+		if err := t1.Commit(ctx); err != nil {
+			return err
+		}
+		m[string(ka)], m[string(kb)] = "t1", "t1"
+		all = append(all, string(ka), string(kb))
+		return readAll(ctx, cli, m, all)
+	}()
+	c.check("txn pessimistic deadlock (the cycle's last request fails with ErrDeadlock, the other commits)", err)
+
+	// A pessimistic writer crashes holding its lock (its TTL manager stops,
+	// as in client-go's own tests); another's lock request waits until the
+	// lock's TTL has passed, resolves it and gets the key.
+	err = func() error {
+		k := []byte("\x3bcrashed-pessimistic")
+		atomic.StoreUint64(&transaction.ManagedLockTTL, 500)
+		t1, err := cli.Begin()
+		if err == nil {
+			t1.SetPessimistic(true)
+			ts, _ := cli.GetTimestamp(ctx)
+			err = t1.LockKeys(ctx, kv.NewLockCtx(ts, kv.LockAlwaysWait, time.Now()), k)
+		}
+		atomic.StoreUint64(&transaction.ManagedLockTTL, 20000)
+		if err != nil {
+			return fmt.Errorf("T1 locks: %w", err)
+		}
+		transaction.TxnProbe{KVTxn: t1}.GetCommitter().CloseTTLManager()
+		t2, err := cli.Begin()
+		if err != nil {
+			return err
+		}
+		t2.SetPessimistic(true)
+		ts, _ := cli.GetTimestamp(ctx)
+		start := time.Now()
+		if err := t2.LockKeys(ctx, kv.NewLockCtx(ts, kv.LockAlwaysWait, time.Now()), k); err != nil {
+			return fmt.Errorf("T2 locks past the crashed lock: %w", err)
+		}
+		_ = t2.Set(k, []byte("t2"))
+		if err := t2.Commit(ctx); err != nil {
+			return err
+		}
+		fmt.Printf("  (T2 waited %v for the crashed lock's TTL)\n", time.Since(start).Round(time.Millisecond))
+		m[string(k)] = "t2"
+		all = append(all, string(k))
+		return readAll(ctx, cli, m, all)
+	}()
+	c.check("txn pessimistic lock of a crashed writer resolved after its TTL", err)
 
 	// Lock resolution: a "crashed" writer prewrote (primary + secondary in
 	// another region) and never committed; a reader after the TTL rolls it back.

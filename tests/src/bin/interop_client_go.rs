@@ -23,7 +23,10 @@
 //! other; a crashed writer of each is resolved by a reader of the other with
 //! the right outcome (rolled back when the primary never committed, rolled
 //! forward at the primary's commit ts when it did, committed at the
-//! transaction's commit ts when an async commit's commit phase is lost).
+//! transaction's commit ts when an async commit's commit phase is lost);
+//! pessimistic transactions of the two block each other until the holder
+//! commits, a deadlock across them fails the side that closes the cycle,
+//! and a crashed pessimistic writer of each is cleaned up by the other.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -34,7 +37,9 @@ use std::time::Duration;
 use tikv_core::rpc::RpcError;
 use tikv_sim::{Cluster, ClusterConfig, Filter, WriteKind};
 use tikv_tests::harness::{Bed, SimHandle};
-use tikv_tokio::{BackoffBudgets, Config, Error, TransactionClient, TransactionOptions};
+use tikv_tokio::{
+    BackoffBudgets, Config, Error, LockOptions, TransactionClient, TransactionOptions,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -202,8 +207,7 @@ impl GoPeer {
 
     /// A fresh client-go transaction reads `keys`.
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
-        let list: String = keys.iter().map(|k| format!(" {}", hex(k))).collect();
-        let fields = self.call(format!("get{list}")).await?;
+        let fields = self.call(format!("get{}", Self::keys(keys))).await?;
         if fields.len() != keys.len() {
             return Err(format!("{} values for {} keys", fields.len(), keys.len()));
         }
@@ -233,6 +237,63 @@ impl GoPeer {
         Self::two_ts(&fields)
     }
 
+    /// client-go's pessimistic transaction `id` (begun on first use) locks
+    /// `keys`, waiting `wait_ms` (-1: no wait, 0: as long as TiKV lets it);
+    /// returns (start ts, for_update_ts).
+    async fn plock(
+        &mut self,
+        id: &str,
+        wait_ms: i64,
+        keys: &[Vec<u8>],
+    ) -> Result<(u64, u64), String> {
+        let fields = self.call(format!("plock {id} {wait_ms}{}", Self::keys(keys))).await?;
+        Self::two_ts(&fields)
+    }
+
+    /// [`GoPeer::plock`] in the background: answered by [`GoPeer::await_lock`].
+    async fn plock_bg(&mut self, id: &str, wait_ms: i64, keys: &[Vec<u8>]) -> Check {
+        self.call(format!("plock-bg {id} {wait_ms}{}", Self::keys(keys))).await.map(drop)
+    }
+
+    /// The answer of transaction `id`'s background lock call.
+    async fn await_lock(&mut self, id: &str) -> Result<(u64, u64), String> {
+        let fields = self.call(format!("await {id}")).await?;
+        Self::two_ts(&fields)
+    }
+
+    /// Sets `pairs` in client-go's pessimistic transaction `id` and commits
+    /// it; returns (start ts, commit ts).
+    async fn pcommit(
+        &mut self,
+        id: &str,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(u64, u64), String> {
+        let fields = self.call(format!("pcommit {id}{}", Self::pairs(pairs))).await?;
+        Self::two_ts(&fields)
+    }
+
+    async fn prollback(&mut self, id: &str) -> Check {
+        self.call(format!("prollback {id}")).await.map(drop)
+    }
+
+    /// client-go's pessimistic transaction `id` crashes with its locks held
+    /// (its TTL manager stops); returns its start ts.
+    async fn pcrash(&mut self, id: &str) -> Result<u64, String> {
+        match self.call(format!("pcrash {id}")).await?.as_slice() {
+            [ts] => ts.parse().map_err(|_| format!("bad start ts {ts:?}")),
+            other => Err(format!("want a start ts, got {other:?}")),
+        }
+    }
+
+    /// client-go's `ManagedLockTTL` for its later pessimistic transactions.
+    async fn set_lock_ttl(&mut self, ms: u64) -> Check {
+        self.call(format!("lock-ttl {ms}")).await.map(drop)
+    }
+
+    fn keys(keys: &[Vec<u8>]) -> String {
+        keys.iter().map(|k| format!(" {}", hex(k))).collect()
+    }
+
     async fn quit(mut self) {
         let _ = self.stdin.write_all(b"quit\n").await;
         let _ = self.stdin.flush().await;
@@ -245,6 +306,8 @@ impl GoPeer {
 /// Everything one run needs.
 struct Run {
     cluster: Cluster,
+    /// The PD endpoints, for extra clients of ours.
+    pd: Vec<String>,
     mine: TransactionClient,
     go: GoPeer,
     model: Model,
@@ -542,12 +605,234 @@ async fn checks(run: &mut Run, report: &mut Report) {
     .await;
     report.record("interop: client-go async-commits, commit phase lost, ours recovers it", r);
 
+    pessimistic_checks(run, report).await;
+
     let r: Check = async {
         expect_eq("locks left", run.cluster.locks().len(), 0)?;
         expect_eq("committed data", run.cluster.mvcc_snapshot(u64::MAX), run.model.clone())
     }
     .await;
     report.record("interop: the cluster holds exactly the model's data, no locks", r);
+}
+
+fn pessimistic() -> TransactionOptions {
+    TransactionOptions::default().with_pessimistic()
+}
+
+/// How long a waiting lock request may wait in the pessimistic checks.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a blocked lock request must stay blocked before the holder
+/// lets go, to show it really waits.
+const HOLD: Duration = Duration::from_millis(300);
+
+/// Pessimistic transactions of both clients on the same keys: each one's
+/// lock blocks the other's until it commits, a deadlock across the two is
+/// found by TiKV's detector whichever side closes the cycle, and a crashed
+/// pessimistic writer of each is cleaned up by the other.
+async fn pessimistic_checks(run: &mut Run, report: &mut Report) {
+    let r: Check = async {
+        let k = b"\x31io-pess-go-holds".to_vec();
+        run.go.plock("hold-1", 0, std::slice::from_ref(&k)).await?;
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        let waiter = tokio::spawn({
+            let k = k.clone();
+            async move {
+                let r = t
+                    .lock_keys([k], LockOptions::new().wait_timeout(LOCK_WAIT).return_values())
+                    .await;
+                (t, r)
+            }
+        });
+        tokio::time::sleep(HOLD).await;
+        if waiter.is_finished() {
+            return Err("ours got the lock while client-go held it".into());
+        }
+        let pairs = vec![(k.clone(), b"go pessimistic".to_vec())];
+        run.go.pcommit("hold-1", &pairs).await?;
+        run.remember(&pairs);
+        let (mut t, r) = waiter.await.map_err(|e| format!("our waiter: {e}"))?;
+        let values = ours("lock after the wait", r)?;
+        // A locking read returns the latest committed value: client-go's.
+        expect_eq(
+            "our locking read",
+            values.iter().map(|(_, v)| v.value.to_vec()).collect::<Vec<_>>(),
+            vec![b"go pessimistic".to_vec()],
+        )?;
+        ours("put", t.put(k.clone(), b"ours after go".to_vec()))?;
+        ours("commit", t.commit().await)?;
+        run.remember(&[(k.clone(), b"ours after go".to_vec())]);
+        run.go_reads_model(&[k]).await
+    }
+    .await;
+    report.record("interop: client-go's pessimistic lock blocks ours until it commits", r);
+
+    let r: Check = async {
+        let k = b"\x32io-pess-ours-holds".to_vec();
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours("lock", t.lock_keys([k.clone()], LockOptions::new()).await)?;
+        run.go.plock_bg("wait-2", 0, std::slice::from_ref(&k)).await?;
+        tokio::time::sleep(HOLD).await;
+        ours("put", t.put(k.clone(), b"ours pessimistic".to_vec()))?;
+        let commit_ts = ours("commit", t.commit().await)?.version();
+        let (_, for_update_ts) = run.go.await_lock("wait-2").await?;
+        // client-go's lock was granted after our commit: it locked at a
+        // for_update_ts newer than that commit (woken, it met our write and
+        // retried with a fresh one).
+        if for_update_ts <= commit_ts {
+            return Err(format!(
+                "client-go locked at for_update_ts {for_update_ts}, not after our commit {commit_ts}"
+            ));
+        }
+        let pairs = vec![(k.clone(), b"go after ours".to_vec())];
+        run.go.pcommit("wait-2", &pairs).await?;
+        run.remember(&pairs);
+        run.ours_reads_model(&[k]).await
+    }
+    .await;
+    report.record("interop: our pessimistic lock blocks client-go's until we commit", r);
+
+    let r: Check = async {
+        let (ka, kb) = (b"\x33io-dl-a".to_vec(), b"\xb3io-dl-b".to_vec());
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours("lock a", t.lock_keys([ka.clone()], LockOptions::new()).await)?;
+        run.go.plock("dl-3", 0, std::slice::from_ref(&kb)).await?;
+        // client-go waits for our lock on a; our request for b closes the cycle.
+        run.go.plock_bg("dl-3", 0, std::slice::from_ref(&ka)).await?;
+        tokio::time::sleep(HOLD).await;
+        match t.lock_keys([kb.clone()], LockOptions::new().wait_timeout(LOCK_WAIT)).await {
+            Err(Error::Deadlock { wait_chain, .. }) if !wait_chain.is_empty() => {}
+            other => return Err(format!("ours closes the cycle: want Deadlock, got {other:?}")),
+        }
+        ours("the victim rolls back", t.rollback().await)?;
+        run.go.await_lock("dl-3").await?;
+        let pairs =
+            vec![(ka.clone(), b"go survived".to_vec()), (kb.clone(), b"go survived".to_vec())];
+        run.go.pcommit("dl-3", &pairs).await?;
+        run.remember(&pairs);
+        run.ours_reads_model(&[ka, kb]).await
+    }
+    .await;
+    report.record(
+        "interop: a deadlock closed by ours fails ours with Deadlock, client-go goes on",
+        r,
+    );
+
+    let r: Check = async {
+        let (kc, kd) = (b"\x34io-dl-c".to_vec(), b"\xb4io-dl-d".to_vec());
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours("lock c", t.lock_keys([kc.clone()], LockOptions::new()).await)?;
+        run.go.plock("dl-4", 0, std::slice::from_ref(&kd)).await?;
+        let waiter = tokio::spawn({
+            let kd = kd.clone();
+            async move {
+                let r = t.lock_keys([kd], LockOptions::new().wait_timeout(LOCK_WAIT)).await;
+                (t, r)
+            }
+        });
+        tokio::time::sleep(HOLD).await;
+        match run.go.plock("dl-4", 0, std::slice::from_ref(&kc)).await {
+            Err(e) if e.contains("err deadlock") => {}
+            other => {
+                return Err(format!("client-go closes the cycle: want deadlock, got {other:?}"));
+            }
+        }
+        run.go.prollback("dl-4").await?;
+        let (mut t, r) = waiter.await.map_err(|e| format!("our waiter: {e}"))?;
+        ours("our lock once client-go rolled back", r)?;
+        let pairs =
+            vec![(kc.clone(), b"ours survived".to_vec()), (kd.clone(), b"ours survived".to_vec())];
+        for (k, v) in &pairs {
+            ours("put", t.put(k.clone(), v.clone()))?;
+        }
+        ours("commit", t.commit().await)?;
+        run.remember(&pairs);
+        run.go_reads_model(&[kc, kd]).await
+    }
+    .await;
+    report
+        .record("interop: a deadlock closed by client-go fails it with Deadlock, ours goes on", r);
+
+    // Both sides crash a pessimistic writer at once, so the wait for our
+    // lock's TTL (client-go's ManagedLockTTL, 20 s) is paid once.
+    let r: Check = async {
+        let (ke, kf) = (b"\x35io-crash-go".to_vec(), b"\xb5io-crash-ours".to_vec());
+        // client-go's crashing writer gets a short TTL; later ones the default.
+        run.go.set_lock_ttl(GO_PESSIMISTIC_TTL_MS).await?;
+        let locked = run.go.plock("crash-5", 0, std::slice::from_ref(&ke)).await;
+        run.go.set_lock_ttl(MANAGED_LOCK_TTL_MS).await?;
+        let (go_start, _) = locked?;
+        expect_eq("client-go's crashed start ts", run.go.pcrash("crash-5").await?, go_start)?;
+
+        let our_start = crash_ours_holding(run, &kf).await?;
+        expect_eq(
+            "our crashed writer's lock",
+            run.crashed_txn(std::slice::from_ref(&kf), 1)?,
+            our_start,
+        )?;
+
+        // client-go waits on our crashed lock until its TTL has passed,
+        // then resolves it.
+        run.go.plock_bg("after-crash-6", 0, std::slice::from_ref(&kf)).await?;
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours(
+            "ours locks past client-go's crashed lock",
+            t.lock_keys([ke.clone()], LockOptions::new().wait_timeout(LOCK_WAIT)).await,
+        )?;
+        ours("put", t.put(ke.clone(), b"ours after go crashed".to_vec()))?;
+        ours("commit", t.commit().await)?;
+        run.remember(&[(ke.clone(), b"ours after go crashed".to_vec())]);
+        run.go.await_lock("after-crash-6").await?;
+        let pairs = vec![(kf.clone(), b"go after ours crashed".to_vec())];
+        run.go.pcommit("after-crash-6", &pairs).await?;
+        run.remember(&pairs);
+        for start in [go_start, our_start] {
+            let left = run.cluster.locks().into_iter().filter(|l| l.lock_version == start).count();
+            expect_eq(&format!("locks of crashed txn {start}"), left, 0)?;
+        }
+        run.ours_reads_model(&[ke.clone(), kf.clone()]).await?;
+        run.go_reads_model(&[ke, kf]).await
+    }
+    .await;
+    report
+        .record("interop: a crashed pessimistic writer of each side is cleaned up by the other", r);
+}
+
+/// client-go's default `ManagedLockTTL`, which our pessimistic locks use too.
+const MANAGED_LOCK_TTL_MS: u64 = 20_000;
+
+/// client-go's crashing pessimistic writer's lock TTL, short so that our
+/// lock request need not wait long.
+const GO_PESSIMISTIC_TTL_MS: u64 = 500;
+
+/// A pessimistic writer of ours locks `key` and its process dies: a client
+/// of its own on a runtime of its own, shut down with the transaction still
+/// open, so that neither its keep-alive nor its rollback-on-drop runs.
+/// Returns the crashed transaction's start ts.
+async fn crash_ours_holding(run: &Run, key: &[u8]) -> Result<u64, String> {
+    let process = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a runtime for the crashing writer: {e}"))?;
+    let pd = run.pd.clone();
+    let key = key.to_vec();
+    let locked = process
+        .spawn(async move {
+            let client = TransactionClient::connect(pd).await?;
+            let mut t = client.begin_with_options(pessimistic()).await?;
+            t.lock_keys([key], LockOptions::new()).await?;
+            Ok::<_, Error>((client, t))
+        })
+        .await
+        .map_err(|e| format!("the crashing writer: {e}"))?;
+    let (client, t) = ours("the crashing writer locks", locked)?;
+    let start = t.start_timestamp().version();
+    process.shutdown_background();
+    // Dropping them would run the rollback-on-drop a crash never runs.
+    std::mem::forget(t);
+    std::mem::forget(client);
+    Ok(start)
 }
 
 async fn start(
@@ -580,7 +865,7 @@ async fn start(
         .await
         .map_err(|e| format!("connect ours: {e}"))?;
     let go = GoPeer::start(go_bin, &pd[0], bed, go_log).await?;
-    Ok((Run { cluster, mine, go, model: Model::new() }, server))
+    Ok((Run { cluster, pd, mine, go, model: Model::new() }, server))
 }
 
 fn parse_args() -> Result<(PathBuf, Option<PathBuf>, Bed), String> {
@@ -628,7 +913,7 @@ fn main() -> ExitCode {
                 return;
             }
         };
-        let limit = Duration::from_secs(120);
+        let limit = Duration::from_secs(180);
         if tokio::time::timeout(limit, checks(&mut run, &mut report)).await.is_err() {
             report.record("interop run", Err(format!("timed out after {limit:?}")));
         }
