@@ -15,9 +15,11 @@
 #     tikv-tests crate: it serves the cluster in its own process and drives
 #     the Go program's `interop` step server), then again with its stores
 #     joined to a real PD of its own (`--real-pd`);
-#  5. a smoke run of the side-by-side benchmark (debug builds, a fraction of
-#     a second per cell: it checks that every client's runner works, not
-#     how fast it is; the benchmark itself is bench/side-by-side.sh).
+#  5. a smoke run of the side-by-side benchmark and of the contended-counter
+#     benchmark (debug builds, a fraction of a second per cell: it checks
+#     that every client's runner works, and that the counters add up, not
+#     how fast it is; the benchmarks themselves are bench/side-by-side.sh
+#     and txn-contention in release).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
 # them). Exits non-zero if any peer check fails.
 set -euo pipefail
@@ -42,7 +44,7 @@ if [ ! -f "$pd_dir/start-pd.sh" ]; then
   exit 1
 fi
 cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo --bin real-pd \
-  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench
+  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
@@ -183,3 +185,7 @@ echo "--- side-by-side benchmark, smoke run"
 "$CARGO_TARGET_DIR/debug/tikv-bench" --secs 0.2 --reps 1 --conc 2 --ops get,put \
   --modes batch,floor-stream,client-go,tikv-client \
   --client-go "$go_bin" --tikv-client "$CARGO_TARGET_DIR/debug/tikv-client-bench"
+
+echo "--- contended-counter benchmark, smoke run"
+"$CARGO_TARGET_DIR/debug/txn-contention" --secs 0.3 --reps 1 --conc 4 --keys 2 \
+  --client-go "$go_bin"

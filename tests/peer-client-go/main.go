@@ -11,13 +11,15 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Two more modes serve other programs of this repository:
+// Three more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
 //	                                   --real-pd, client-go as it ships
 //	peer-client-go bench --pd ADDR ... client-go under tikv-bench's workload
 //	                                   (bench.go)
+//	peer-client-go contention --pd ADDR ... client-go's transactions on
+//	                                   shared counters (contention.go)
 package main
 
 import (
@@ -933,6 +935,8 @@ func main() {
 			os.Exit(interopMain(os.Args[2:]))
 		case "bench":
 			os.Exit(benchMain(os.Args[2:]))
+		case "contention":
+			os.Exit(contentionMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")
