@@ -40,6 +40,7 @@ pub use execute::execute;
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::txn::commit::CommitOptions;
+pub use tikv_core::txn::membuffer::Checkpoint;
 pub use tikv_core::txn::pessimistic::{LockOptions, LockWait, ReturnedValue};
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};

@@ -12,7 +12,7 @@ use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{
     CommitOptions, Committer, KeepAlive, mutations_from_buffer, pessimistic_mutations_from_buffer,
 };
-use tikv_core::txn::membuffer::{FlagsOp, KeyFlags, MemBuffer};
+use tikv_core::txn::membuffer::{Checkpoint, FlagsOp, KeyFlags, MemBuffer};
 use tikv_core::txn::pessimistic::{
     AcquirePessimisticLocks, AcquireRequest, LockOptions, ReturnedValue, rollback_pessimistic_locks,
 };
@@ -102,7 +102,40 @@ impl<P: Platform> TransactionClient<P> {
         options: TransactionOptions,
     ) -> Result<Transaction<P>, Error> {
         let start = self.current_timestamp().await?;
-        Ok(Transaction {
+        Ok(self.transaction_at(start, options))
+    }
+
+    /// Starts a transaction at a start timestamp the caller chose (client-go
+    /// `Begin(tikv.WithStartTS(ts))`), e.g. one from another client or an
+    /// earlier [`current_timestamp`](Self::current_timestamp), to read as
+    /// of it and commit after it.
+    ///
+    /// Fails with [`Error::TxnAbortedByGc`] when `start_ts` is below the
+    /// txn safe point: GC may already have removed versions it would read
+    /// (client-go checks the same on every read). A start ts PD has not
+    /// issued yet is refused by the first read
+    /// ([`Error::FutureReadTs`]), as client-go's read-ts validation does.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let ts = client.current_timestamp().await?;
+    /// // ... later, a transaction that reads as of `ts`:
+    /// let txn = client.begin_at(ts, TransactionOptions::default()).await?;
+    /// assert_eq!(txn.start_timestamp(), ts);
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_at(
+        &self,
+        start_ts: Timestamp,
+        options: TransactionOptions,
+    ) -> Result<Transaction<P>, Error> {
+        self.core.check_visibility(start_ts).await?;
+        Ok(self.transaction_at(start_ts, options))
+    }
+
+    fn transaction_at(&self, start: Timestamp, options: TransactionOptions) -> Transaction<P> {
+        Transaction {
             core: self.core.clone(),
             start_ts: start,
             started: self.core.rt.now(),
@@ -112,7 +145,7 @@ impl<P: Platform> TransactionClient<P> {
             primary: None,
             for_update_ts: Timestamp::ZERO,
             keep_alive: None,
-        })
+        }
     }
 
     /// A read-only view of the data as of `ts` (client-go
@@ -356,6 +389,73 @@ impl<P: Platform> Transaction<P> {
     /// The start timestamp.
     pub fn start_timestamp(&self) -> Timestamp {
         self.start_ts
+    }
+
+    /// Whether the transaction is pessimistic
+    /// ([`TransactionOptions::with_pessimistic`]).
+    pub fn is_pessimistic(&self) -> bool {
+        self.options.pessimistic
+    }
+
+    /// The newest `for_update_ts` this pessimistic transaction locked at
+    /// (client-go `GetForUpdateTS`); zero before its first lock and in an
+    /// optimistic transaction.
+    pub fn for_update_timestamp(&self) -> Timestamp {
+        self.for_update_ts
+    }
+
+    /// The number of keys buffered: writes, and keys only locked or marked
+    /// (client-go `KVTxn.Len`).
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether nothing is buffered (see [`len`](Self::len)).
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// The bytes of keys and values buffered (client-go `KVTxn.Size`, what
+    /// the transaction size limits count).
+    pub fn size(&self) -> usize {
+        self.buffer.size()
+    }
+
+    /// Whether committing would write nothing: no write and no lock
+    /// buffered (client-go `KVTxn.IsReadOnly`). Committing a read-only
+    /// transaction sends nothing.
+    pub fn is_read_only(&self) -> bool {
+        !self.buffer.dirty()
+    }
+
+    /// Marks the buffered writes' current state, to return to with
+    /// [`revert_to_checkpoint`](Self::revert_to_checkpoint) (client-go's
+    /// memdb `Checkpoint`, what TiDB's `SAVEPOINT` uses).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("a", "1")?;
+    /// let savepoint = txn.checkpoint();
+    /// txn.put("a", "2")?;
+    /// txn.put("b", "2")?;
+    /// txn.revert_to_checkpoint(savepoint)?;
+    /// assert_eq!(txn.get("a").await?.as_deref(), Some(&b"1"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        self.buffer.checkpoint()
+    }
+
+    /// Undoes every buffered write since `checkpoint` (client-go
+    /// `RevertToCheckpoint`). Pessimistic locks taken since stay held until
+    /// the transaction ends, as TiDB's `ROLLBACK TO SAVEPOINT` keeps them:
+    /// a key locked but no longer written commits as a lock only.
+    /// Fails with [`Error::StaleCheckpoint`] if the buffer was already
+    /// reverted past `checkpoint`.
+    pub fn revert_to_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.check_active()?;
+        self.buffer.revert_to_checkpoint(checkpoint)
     }
 
     fn check_active(&self) -> Result<(), Error> {

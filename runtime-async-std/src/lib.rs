@@ -87,7 +87,7 @@ pub use platform::{
 };
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, ColumnFamily, Config,
+    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
     DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,
     LockOptions, LockWait, RangeTaskStat, RawChecksum, ReadOptions, RequestSource, RequestTags,
     ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions, Value, proto,

@@ -228,8 +228,9 @@ pub async fn unsafe_destroy_range_empties_the_range_and_names_failed_stores<H: H
 
 /// Once GC has moved the txn safe point, reads below it are refused
 /// (`Error::TxnAbortedByGc`) rather than served from collected data: by
-/// the client that ran GC, by a transaction that began before, and by a
-/// client connected afterwards (it loads the safe point when it connects).
+/// the client that ran GC, by a transaction that began before, by
+/// `begin_at` a start ts below it, and by a client connected afterwards
+/// (it loads the safe point when it connects).
 pub async fn reads_below_the_txn_safe_point_are_refused<H: Harness>() {
     let (server, client) = start::<H>().await;
     put(&client, &[("a", Some("1"))]).await;
@@ -248,6 +249,13 @@ pub async fn reads_below_the_txn_safe_point_are_refused<H: Harness>() {
     };
     refused(client.snapshot(old).get("a".to_string()).await);
     refused(txn.get("b".to_string()).await);
+    match client.begin_at(old, tikv_driver::TransactionOptions::default()).await {
+        Err(Error::TxnAbortedByGc { start_ts, .. }) => assert_eq!(start_ts, old),
+        other => panic!("begin_at below the txn safe point: want TxnAbortedByGc, got {other:?}"),
+    }
+    let at =
+        client.begin_at(safe_point, Default::default()).await.expect("begin at the safe point");
+    assert_eq!(at.get("a".to_string()).await.expect("read").as_deref(), Some(&b"2"[..]));
     let at_safe_point = client.snapshot(safe_point).get("a".to_string()).await.expect("read");
     assert_eq!(at_safe_point.as_deref(), Some(&b"2"[..]));
 

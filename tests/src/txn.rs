@@ -56,6 +56,7 @@ macro_rules! txn_suite {
             pessimistic_counters_lose_no_update,
             pessimistic_locks_hold_until_rolled_back_or_dropped,
             a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
+            begin_at_a_chosen_ts_checkpoints_and_introspection,
         );
     };
 }
@@ -603,5 +604,70 @@ pub async fn a_pessimistic_deadlock_fails_one_side_and_the_other_commits<H: Harn
     a.commit().await.expect("the survivor commits");
     let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
     assert_eq!(snap.get("z").await.expect("get").as_deref(), Some(&b"from a"[..]));
+    server.shutdown().await;
+}
+
+/// `begin_at` reads as of the chosen start ts and conflicts with what was
+/// committed after it; a checkpoint reverts buffered writes but keeps the
+/// pessimistic locks taken since (TiDB's `ROLLBACK TO SAVEPOINT`); the
+/// introspection calls follow the buffer.
+pub async fn begin_at_a_chosen_ts_checkpoints_and_introspection<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+    let before = client.current_timestamp().await.expect("ts");
+    let mut w = client.begin().await.expect("begin");
+    w.put("k", "after").expect("put");
+    w.commit().await.expect("commit");
+
+    let mut old = client.begin_at(before, TransactionOptions::default()).await.expect("begin_at");
+    assert_eq!(old.start_timestamp(), before);
+    assert!(old.is_read_only() && old.is_empty());
+    assert_eq!(old.get("k").await.expect("get"), None, "reads as of the chosen ts");
+    assert!(old.is_read_only(), "a read buffers nothing");
+    old.put("k", "stale").expect("put");
+    assert!(!old.is_read_only());
+    assert_eq!((old.len(), old.size()), (1, "k".len() + "stale".len()));
+    match old.commit().await {
+        Err(e) if e.is_write_conflict() => {}
+        other => panic!("a write over a newer commit: want a write conflict, got {other:?}"),
+    }
+
+    // Checkpoints in an optimistic transaction.
+    let mut t = client.begin().await.expect("begin");
+    t.put("a", "1").expect("put");
+    let savepoint = t.checkpoint();
+    t.put("a", "2").expect("put");
+    t.put("z", "2").expect("put");
+    assert_eq!(t.len(), 2);
+    t.revert_to_checkpoint(savepoint).expect("revert");
+    assert_eq!(t.get("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(t.get("z").await.expect("get"), None);
+    assert_eq!(t.len(), 1);
+    t.commit().await.expect("commit");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(snap.get("z").await.expect("get"), None);
+
+    // In a pessimistic transaction a lock taken after the checkpoint stays
+    // held after the revert, until the transaction commits.
+    let mut p = client.begin_with_options(pessimistic()).await.expect("begin");
+    assert!(p.is_pessimistic());
+    assert_eq!(p.for_update_timestamp(), tikv_driver::Timestamp::ZERO);
+    p.lock_keys(["a"], LockOptions::new()).await.expect("lock a");
+    let savepoint = p.checkpoint();
+    p.put("z", "locked after the savepoint").expect("put");
+    p.lock_keys(["z"], LockOptions::new()).await.expect("lock z");
+    assert!(p.for_update_timestamp() > p.start_timestamp());
+    p.revert_to_checkpoint(savepoint).expect("revert");
+    assert_eq!(p.get("z").await.expect("get"), None);
+    let mut other = client.begin_with_options(pessimistic()).await.expect("begin");
+    match other.lock_keys(["z"], LockOptions::new().no_wait()).await {
+        Err(Error::LockAcquireFailAndNoWaitSet) => {}
+        res => panic!("z stays locked after the revert, got {res:?}"),
+    }
+    p.commit().await.expect("commit");
+    other.lock_keys(["z"], LockOptions::new().no_wait()).await.expect("z is free after the commit");
+    other.rollback().await.expect("rollback");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("z").await.expect("get"), None, "the reverted write is not committed");
     server.shutdown().await;
 }
