@@ -12,9 +12,11 @@ use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{
     CommitOptions, Committer, KeepAlive, mutations_from_buffer, pessimistic_mutations_from_buffer,
 };
+use tikv_core::txn::fair_locking::{FairLocking, Reuse};
 use tikv_core::txn::membuffer::{Checkpoint, FlagsOp, KeyFlags, MemBuffer};
 use tikv_core::txn::pessimistic::{
-    AcquirePessimisticLocks, AcquireRequest, LockOptions, ReturnedValue, rollback_pessimistic_locks,
+    AcquireOutcome, AcquirePessimisticLocks, AcquireRequest, LockOptions, ReturnedValue,
+    rollback_pessimistic_locks,
 };
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
@@ -145,6 +147,9 @@ impl<P: Platform> TransactionClient<P> {
             primary: None,
             for_update_ts: Timestamp::ZERO,
             keep_alive: None,
+            fair: None,
+            max_locked_with_conflict_ts: Timestamp::ZERO,
+            for_update_ts_checks: Default::default(),
         }
     }
 
@@ -374,6 +379,15 @@ pub struct Transaction<P: Platform> {
     /// Heartbeats on the primary from the first lock (client-go's TTL
     /// manager); dropping it stops them.
     keep_alive: Option<Background>,
+    /// The open fair-locking session, if any.
+    fair: Option<FairLocking>,
+    /// The largest ts of a write a fair lock was taken over: rollbacks
+    /// need a `for_update_ts` at least this, and a key locked again is
+    /// read at least at it.
+    max_locked_with_conflict_ts: Timestamp,
+    /// The `for_update_ts` each fairly locked key's lock carries, checked
+    /// by TiKV at prewrite (client-go `forUpdateTSChecks`).
+    for_update_ts_checks: std::collections::BTreeMap<Key, Timestamp>,
 }
 
 impl<P: Platform> std::fmt::Debug for Transaction<P> {
@@ -587,7 +601,22 @@ impl<P: Platform> Transaction<P> {
             }
             return Ok(Vec::new());
         }
-        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let mut keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        keys.sort();
+        keys.dedup();
+        if self.fair.is_some() {
+            if options.in_share_mode {
+                return Err(Error::InvalidArgument(
+                    "shared locks are not supported in fair locking".into(),
+                ));
+            }
+            if keys.len() > 1 {
+                // client-go: fair locking applies to single-key calls; a
+                // call of several keys ends the session as `done` does and
+                // locks normally.
+                self.done_fair_locking()?;
+            }
+        }
         let shared = |k: &Key| {
             self.buffer
                 .get(k.as_bytes())
@@ -610,7 +639,9 @@ impl<P: Platform> Transaction<P> {
                 return Err(Error::KeyExists(key.clone()));
             }
         }
-        let (held, keys): (Vec<Key>, Vec<Key>) = keys.into_iter().partition(|k| self.is_locked(k));
+        let held_by_fair = |k: &Key| self.fair.as_ref().is_some_and(|f| f.holds(k));
+        let (held, keys): (Vec<Key>, Vec<Key>) =
+            keys.into_iter().partition(|k| self.is_locked(k) || held_by_fair(k));
         let mut values = Vec::new();
         if options.return_values {
             let marker = ReturnedValue { already_locked: true, ..Default::default() };
@@ -621,7 +652,12 @@ impl<P: Platform> Transaction<P> {
             let locked = loop {
                 attempts += 1;
                 let for_update_ts = self.core.oracle.get_timestamp().await?;
-                match self.acquire(keys.clone(), for_update_ts, &options).await {
+                let attempt = if self.fair.is_some() {
+                    self.acquire_fair(keys.clone(), for_update_ts, &options).await
+                } else {
+                    self.acquire(keys.clone(), for_update_ts, &options).await
+                };
+                match attempt {
                     Err(Error::WriteConflict { .. }) if attempts < PESSIMISTIC_LOCK_MAX_RETRIES => {
                     }
                     other => break other?,
@@ -639,13 +675,103 @@ impl<P: Platform> Transaction<P> {
         self.buffer.get(key.as_bytes()).is_some_and(|e| e.flags.contains(KeyFlags::KEY_LOCKED))
     }
 
-    /// One lock call at `for_update_ts` (client-go `lockKeys`).
+    /// One lock call at `for_update_ts` (client-go `lockKeys`), recorded
+    /// in the buffer.
     async fn acquire(
         &mut self,
         keys: Vec<Key>,
         for_update_ts: Timestamp,
         options: &LockOptions,
     ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        let outcome = self.send_lock(keys, for_update_ts, options, false).await?;
+        for key in &outcome.locked {
+            // client-go: a key locked without reading it is taken to exist.
+            let exists = match outcome.values.binary_search_by(|(k, _)| k.cmp(key)) {
+                Ok(i) => outcome.values[i].1.exists,
+                Err(_) => true,
+            };
+            let value_flag = if exists {
+                FlagsOp::SetKeyLockedValueExists
+            } else {
+                FlagsOp::SetKeyLockedValueNotExists
+            };
+            let mode = if options.in_share_mode {
+                FlagsOp::SetKeyLockedInShareMode
+            } else {
+                FlagsOp::SetKeyLockedInExclusiveMode
+            };
+            self.buffer.update_flags(
+                key.as_bytes(),
+                &[FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, value_flag, mode],
+            )?;
+        }
+        Ok(outcome.values)
+    }
+
+    /// One lock call of a single key in a fair-locking session: taken over
+    /// from the previous attempt when it can be, else locked in TiKV's
+    /// force-lock mode; recorded in the session, not the buffer.
+    async fn acquire_fair(
+        &mut self,
+        keys: Vec<Key>,
+        for_update_ts: Timestamp,
+        options: &LockOptions,
+    ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        let now = self.core.rt.now();
+        let Some(fair) = self.fair.as_mut() else {
+            return Err(Error::InvalidArgument("no fair locking session".into()));
+        };
+        let [key] = keys.as_slice() else {
+            return Err(Error::InvalidArgument("fair locking locks one key per call".into()));
+        };
+        let assigned = self.primary.is_none();
+        if assigned {
+            fair.choose_primary(std::slice::from_ref(key));
+        }
+        if let Reuse::Held(value) = fair.reuse(key, options, for_update_ts, now)? {
+            if assigned {
+                // The previous attempt's primary, still kept alive.
+                self.primary = Some(key.clone());
+            }
+            self.for_update_ts = self.for_update_ts.max(for_update_ts);
+            let asked = options.return_values || options.check_existence;
+            return Ok(if asked { vec![(key.clone(), value)] } else { Vec::new() });
+        }
+        let result = self.send_lock(keys.clone(), for_update_ts, options, true).await;
+        let Some(fair) = self.fair.as_mut() else {
+            return Err(Error::InvalidArgument("no fair locking session".into()));
+        };
+        match result {
+            Ok(outcome) => {
+                for locked in &outcome.locked {
+                    let value = match outcome.values.binary_search_by(|(k, _)| k.cmp(locked)) {
+                        Ok(i) => outcome.values[i].1.clone(),
+                        Err(_) => ReturnedValue::default(),
+                    };
+                    fair.record(locked.clone(), value, options, for_update_ts);
+                }
+                self.max_locked_with_conflict_ts =
+                    self.max_locked_with_conflict_ts.max(outcome.max_locked_with_conflict_ts);
+                Ok(outcome.values)
+            }
+            Err(e) => {
+                // The call rolled its key back (its follow-up).
+                fair.forget(&keys, Timestamp::ZERO);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends one lock call at `for_update_ts` and handles what follows it:
+    /// the rollback of a failed call, the keys presumed absent, and the
+    /// heartbeats once the primary is locked.
+    async fn send_lock(
+        &mut self,
+        keys: Vec<Key>,
+        for_update_ts: Timestamp,
+        options: &LockOptions,
+        force_lock: bool,
+    ) -> Result<AcquireOutcome, Error> {
         let presumed_absent: Vec<Key> = keys
             .iter()
             .filter(|k| {
@@ -662,7 +788,7 @@ impl<P: Platform> Transaction<P> {
             presumed_absent: presumed_absent.clone(),
             txn_elapsed: self.core.rt.now().saturating_duration_since(self.started),
             options: options.clone(),
-            force_lock: false,
+            force_lock,
             tags: self.options.commit.tags.clone(),
         };
         let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);
@@ -686,7 +812,7 @@ impl<P: Platform> Transaction<P> {
             }
         }
         let outcome = result?;
-        if let Some(primary) = outcome.assigned_primary {
+        if let Some(primary) = outcome.assigned_primary.clone() {
             // client-go starts the TTL manager once the primary is locked.
             let elapsed = self.core.rt.now().saturating_duration_since(self.started);
             let keep_alive = KeepAlive::new(
@@ -699,28 +825,162 @@ impl<P: Platform> Transaction<P> {
             self.keep_alive = Some(self.core.spawn_op_until_dropped(keep_alive));
             self.primary = Some(primary);
         }
-        for key in &outcome.locked {
-            // client-go: a key locked without reading it is taken to exist.
-            let exists = match outcome.values.binary_search_by(|(k, _)| k.cmp(key)) {
-                Ok(i) => outcome.values[i].1.exists,
-                Err(_) => true,
-            };
-            let value_flag = if exists {
+        Ok(outcome)
+    }
+
+    /// Opens a fair ("aggressive") locking session (client-go
+    /// `StartAggressiveLocking`, TiDB's fair locking): until
+    /// [`done_fair_locking`](Self::done_fair_locking) or
+    /// [`cancel_fair_locking`](Self::cancel_fair_locking), each
+    /// single-key [`lock_keys`](Self::lock_keys) (and `get_for_update`)
+    /// locks in TiKV's force-lock mode: a request that waited for another
+    /// transaction takes the lock when it is released even if that
+    /// transaction wrote the key, and returns the newest value with
+    /// [`ReturnedValue::locked_with_conflict_ts`] set, instead of failing
+    /// with a write conflict. Waiters are woken in order, so contended keys
+    /// are served fairly and no work is thrown away.
+    ///
+    /// A caller whose statement must be redone (it read something older
+    /// than such a value) calls [`retry_fair_locking`](Self::retry_fair_locking)
+    /// and runs it again: keys it locks again keep their locks without an
+    /// RPC; the ones it no longer needs are released at the next retry or
+    /// at done. A lock call of several keys ends the session as done does.
+    /// Only for pessimistic transactions; shared locks are refused while a
+    /// session is open.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.start_fair_locking()?;
+    /// let n = txn.get_for_update("counter").await?; // waits, then the newest value
+    /// let n: u64 = n.map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+    /// txn.done_fair_locking()?;
+    /// txn.put("counter", (n + 1).to_string())?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_fair_locking(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        if !self.options.pessimistic {
+            return Err(Error::InvalidArgument(
+                "fair locking needs a pessimistic transaction".into(),
+            ));
+        }
+        if self.fair.is_some() {
+            return Err(Error::InvalidArgument("a fair locking session is already open".into()));
+        }
+        self.fair = Some(FairLocking::start(self.core.rt.now()));
+        Ok(())
+    }
+
+    /// Whether a fair-locking session is open.
+    pub fn is_fair_locking(&self) -> bool {
+        self.fair.is_some()
+    }
+
+    /// Ends the current attempt of the fair-locking session and starts the
+    /// next (client-go `RetryAggressiveLocking`): the locks this attempt
+    /// took are kept for the next one to take over; those of the attempt
+    /// before that the current one did not take over are rolled back in
+    /// the background.
+    pub fn retry_fair_locking(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        let now = self.core.rt.now();
+        let Some(fair) = self.fair.as_mut() else {
+            return Err(Error::InvalidArgument("no fair locking session".into()));
+        };
+        let (rollback, unset_primary) = fair.retry(now);
+        if unset_primary {
+            // Chosen again by the next attempt; its heartbeats go on
+            // meanwhile (client-go `resetPrimary(true)`).
+            self.primary = None;
+        }
+        self.spawn_rollback(rollback);
+        Ok(())
+    }
+
+    /// Ends the fair-locking session keeping the final attempt's locks as
+    /// if they were taken normally (client-go `DoneAggressiveLocking`); the
+    /// previous attempt's unneeded locks are rolled back in the
+    /// background. The prewrite checks that each key's lock still carries
+    /// the `for_update_ts` it was taken at.
+    pub fn done_fair_locking(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        let Some(fair) = self.fair.take() else {
+            return Err(Error::InvalidArgument("no fair locking session".into()));
+        };
+        let done = fair.done();
+        if done.reset_primary {
+            // The primary chosen during the session is not locked any more.
+            self.primary = None;
+            self.keep_alive = None;
+        }
+        self.max_locked_with_conflict_ts =
+            self.max_locked_with_conflict_ts.max(done.max_locked_with_conflict_ts);
+        for locked in &done.locked {
+            let value_flag = if locked.exists() {
                 FlagsOp::SetKeyLockedValueExists
             } else {
                 FlagsOp::SetKeyLockedValueNotExists
             };
-            let mode = if options.in_share_mode {
-                FlagsOp::SetKeyLockedInShareMode
-            } else {
-                FlagsOp::SetKeyLockedInExclusiveMode
-            };
             self.buffer.update_flags(
-                key.as_bytes(),
-                &[FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, value_flag, mode],
+                locked.key.as_bytes(),
+                &[
+                    FlagsOp::SetKeyLocked,
+                    FlagsOp::DelNeedCheckExists,
+                    value_flag,
+                    FlagsOp::SetKeyLockedInExclusiveMode,
+                ],
             )?;
+            self.for_update_ts_checks
+                .entry(locked.key.clone())
+                .or_insert(locked.actual_for_update_ts);
         }
-        Ok(outcome.values)
+        self.spawn_rollback(done.rollback);
+        Ok(())
+    }
+
+    /// Ends the fair-locking session giving up every lock it took
+    /// (client-go `CancelAggressiveLocking`), rolled back in the
+    /// background.
+    pub fn cancel_fair_locking(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        let Some(fair) = self.fair.take() else {
+            return Err(Error::InvalidArgument("no fair locking session".into()));
+        };
+        self.max_locked_with_conflict_ts =
+            self.max_locked_with_conflict_ts.max(fair.max_locked_with_conflict_ts());
+        let (keys, lost_primary) = fair.cancel();
+        if lost_primary {
+            self.primary = None;
+            self.keep_alive = None;
+        }
+        self.spawn_rollback(keys);
+        Ok(())
+    }
+
+    /// The `for_update_ts` a rollback of this transaction's locks needs:
+    /// the newest any of them carries.
+    fn rollback_for_update_ts(&self) -> Timestamp {
+        let fair = self.fair.as_ref().map_or(Timestamp::ZERO, |f| f.max_locked_with_conflict_ts());
+        self.for_update_ts.max(self.max_locked_with_conflict_ts).max(fair)
+    }
+
+    /// Rolls `keys`' pessimistic locks back in the background (client-go
+    /// `asyncPessimisticRollback`).
+    fn spawn_rollback(&self, keys: Vec<Key>) {
+        if keys.is_empty() {
+            return;
+        }
+        let op = rollback_pessimistic_locks(
+            &self.core.view,
+            self.start_ts,
+            self.rollback_for_update_ts(),
+            keys,
+            &self.options.commit.tags,
+        );
+        self.core.spawn_op(op);
     }
 
     /// Locks `key` and returns its latest committed value, or this
@@ -767,9 +1027,11 @@ impl<P: Platform> Transaction<P> {
             }
         }
         if !read_again.is_empty() {
+            // A key locked over a newer write is read at least at that
+            // write; holding the lock, any later ts reads the same.
             let snapshot = Snapshot {
                 core: self.core.clone(),
-                ts: self.for_update_ts,
+                ts: self.for_update_ts.max(self.max_locked_with_conflict_ts),
                 opts: self.options.read.clone(),
             };
             out.extend(snapshot.batch_get(read_again).await?);
@@ -790,17 +1052,20 @@ impl<P: Platform> Transaction<P> {
     /// The rollback of this pessimistic transaction's locks, if it holds
     /// any (client-go `rollbackPessimisticLocks`).
     fn pessimistic_rollback(&self) -> Option<impl tikv_core::op::Operation<Output = ()> + use<P>> {
-        if !self.options.pessimistic || self.primary.is_none() {
+        if !self.options.pessimistic {
             return None;
         }
-        let keys = self.locked_keys();
+        let mut keys = self.locked_keys();
+        if let Some(fair) = &self.fair {
+            keys.extend(fair.held_keys().cloned());
+        }
         if keys.is_empty() {
             return None;
         }
         Some(rollback_pessimistic_locks(
             &self.core.view,
             self.start_ts,
-            self.for_update_ts,
+            self.rollback_for_update_ts(),
             keys,
             &self.options.commit.tags,
         ))
@@ -814,6 +1079,17 @@ impl<P: Platform> Transaction<P> {
     /// the prewritten locks are rolled back in the background.
     pub async fn commit(mut self) -> Result<Timestamp, Error> {
         self.check_active()?;
+        if let Some(fair) = &self.fair {
+            if fair.holds_any() {
+                // client-go refuses too; dropped, the transaction rolls
+                // every lock back.
+                return Err(Error::InvalidArgument(
+                    "commit with a fair locking session holding locks: done or cancel it first"
+                        .into(),
+                ));
+            }
+            self.cancel_fair_locking()?;
+        }
         self.finished = true;
         let (mutations, primary) = if self.options.pessimistic {
             let (mutations, first) = pessimistic_mutations_from_buffer(&self.buffer);
@@ -838,6 +1114,10 @@ impl<P: Platform> Transaction<P> {
         if self.options.pessimistic {
             // A transaction that locked nothing prewrites at its start ts.
             committer = committer.pessimistic(self.for_update_ts.max(self.start_ts));
+            if !self.for_update_ts_checks.is_empty() {
+                let checks = std::mem::take(&mut self.for_update_ts_checks);
+                committer = committer.for_update_ts_constraints(checks.into_iter().collect());
+            }
         }
         let result = self.core.run(&mut committer).await;
         // The commit settled the primary's fate: no more heartbeats.

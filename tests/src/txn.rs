@@ -57,6 +57,7 @@ macro_rules! txn_suite {
             pessimistic_locks_hold_until_rolled_back_or_dropped,
             a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
             begin_at_a_chosen_ts_checkpoints_and_introspection,
+            fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them,
         );
     };
 }
@@ -669,5 +670,111 @@ pub async fn begin_at_a_chosen_ts_checkpoints_and_introspection<H: Harness>(bed:
     other.rollback().await.expect("rollback");
     let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
     assert_eq!(snap.get("z").await.expect("get"), None, "the reverted write is not committed");
+    server.shutdown().await;
+}
+
+/// Waits until `key` can be locked by a fresh pessimistic transaction
+/// without waiting (a background rollback has landed), then releases it.
+async fn until_lockable<H: Harness>(client: &TransactionClient<H>, key: &str) {
+    for _ in 0..250 {
+        let mut probe = client.begin_with_options(pessimistic()).await.expect("begin");
+        let locked = probe.lock_keys([key], LockOptions::new().no_wait()).await;
+        probe.rollback().await.expect("rollback");
+        match locked {
+            Ok(_) => return,
+            Err(Error::LockAcquireFailAndNoWaitSet) => {
+                H::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("probing {key}: {e:?}"),
+        }
+    }
+    panic!("{key} stayed locked");
+}
+
+/// Fair locking (client-go's aggressive locking): a waiter woken after the
+/// holder wrote the key takes the lock over that write and gets its value
+/// (`locked_with_conflict_ts` set) instead of a write conflict, and
+/// commits with the lock's for_update_ts checked at prewrite; a retried
+/// attempt takes over the previous attempt's locks without RPCs (shown
+/// with lock requests failing meanwhile) and `done` rolls back the ones it
+/// no longer needs; `cancel` rolls back everything.
+pub async fn fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them<H: Harness>(
+    bed: Bed,
+) {
+    use std::time::Duration;
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+    let values = LockOptions::new().return_values().wait_timeout(Duration::from_secs(5));
+
+    let mut holder = client.begin_with_options(pessimistic()).await.expect("begin");
+    holder.lock_keys(["k"], LockOptions::new()).await.expect("holder locks k");
+    let mut fair = client.begin_with_options(pessimistic()).await.expect("begin");
+    assert!(matches!(
+        client.begin().await.expect("begin").start_fair_locking(),
+        Err(Error::InvalidArgument(_))
+    ));
+    fair.start_fair_locking().expect("start");
+    let waiter = H::spawn({
+        let values = values.clone();
+        async move {
+            let locked = fair.lock_keys(["k"], values).await;
+            (fair, locked)
+        }
+    });
+    H::sleep(Duration::from_millis(300)).await;
+    holder.put("k", "from holder").expect("put");
+    let holder_commit = holder.commit().await.expect("holder commits");
+    let (mut fair, locked) = waiter.await;
+    let locked = locked.expect("the waiter takes the lock over the holder's write");
+    assert_eq!(locked.len(), 1);
+    let (key, returned) = &locked[0];
+    assert_eq!(key, &tikv_driver::Key::from("k"));
+    assert_eq!(&returned.value[..], b"from holder", "the newest value, not a conflict");
+    assert_eq!(returned.locked_with_conflict_ts, holder_commit);
+
+    // The statement is redone: k and a second key are locked again in the
+    // next attempt; lock requests fail meanwhile, so they must be reused.
+    fair.lock_keys(["spare"], LockOptions::new()).await.expect("lock spare");
+    fair.retry_fair_locking().expect("retry");
+    server.cluster().inject_rpc_error(
+        tikv_sim::Filter::any().command("kv_pessimistic_lock"),
+        tikv_driver::RpcError::Unavailable("lock requests are down".into()),
+        1_000_000,
+    );
+    let again = fair.lock_keys(["k"], values.clone()).await.expect("k is taken over");
+    server.cluster().clear_injections();
+    assert_eq!(&again[0].1.value[..], b"from holder");
+    assert_eq!(again[0].1.locked_with_conflict_ts, tikv_driver::Timestamp::ZERO);
+    fair.done_fair_locking().expect("done");
+    assert!(!fair.is_fair_locking());
+    // "spare" was not needed by the final attempt: released.
+    until_lockable::<H>(&client, "spare").await;
+    // k is still held.
+    let mut other = client.begin_with_options(pessimistic()).await.expect("begin");
+    assert!(matches!(
+        other.lock_keys(["k"], LockOptions::new().no_wait()).await,
+        Err(Error::LockAcquireFailAndNoWaitSet)
+    ));
+    other.rollback().await.expect("rollback");
+    // A read of k in the transaction sees the holder's write, not its own
+    // for_update_ts's older view.
+    assert_eq!(fair.get_for_update("k").await.expect("get").as_deref(), Some(&b"from holder"[..]));
+    fair.put("k", "from fair").expect("put");
+    fair.commit().await.expect("commit with k's for_update_ts checked at prewrite");
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("k").await.expect("get").as_deref(), Some(&b"from fair"[..]));
+
+    // Cancel gives up every lock of the session; a commit with a session
+    // holding locks is refused and the dropped transaction releases them.
+    let mut cancelled = client.begin_with_options(pessimistic()).await.expect("begin");
+    cancelled.start_fair_locking().expect("start");
+    cancelled.lock_keys(["c"], LockOptions::new()).await.expect("lock");
+    cancelled.cancel_fair_locking().expect("cancel");
+    until_lockable::<H>(&client, "c").await;
+    cancelled.rollback().await.expect("rollback");
+    let mut refused = client.begin_with_options(pessimistic()).await.expect("begin");
+    refused.start_fair_locking().expect("start");
+    refused.lock_keys(["r"], LockOptions::new()).await.expect("lock");
+    assert!(matches!(refused.commit().await, Err(Error::InvalidArgument(_))));
+    until_lockable::<H>(&client, "r").await;
     server.shutdown().await;
 }
