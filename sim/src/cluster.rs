@@ -1119,6 +1119,10 @@ impl State {
             KvRequest::TxnHeartBeat(r) => {
                 KvResponse::TxnHeartBeat(Box::new(self.kv_txn_heart_beat(store_id, *r)))
             }
+            KvRequest::Flush(r) => KvResponse::Flush(Box::new(self.kv_flush(store_id, *r))),
+            KvRequest::BufferBatchGet(r) => {
+                KvResponse::BufferBatchGet(Box::new(self.kv_buffer_batch_get(store_id, *r)))
+            }
             KvRequest::ScanLock(r) => {
                 KvResponse::ScanLock(Box::new(self.kv_scan_lock(store_id, *r)))
             }
@@ -1139,12 +1143,6 @@ impl State {
             }
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
-            }
-            other => {
-                return Err(RpcError::Unimplemented(format!(
-                    "{} is not implemented by the simulator",
-                    other.name()
-                )));
             }
         };
         Ok(KvAnswer::Ready(resp))

@@ -58,10 +58,11 @@
 //!   `DeleteRange` and `UnsafeDestroyRange` act on the transactional data
 //!   only (raw data is kept apart, below), and `UnsafeDestroyRange` with an
 //!   empty start or end key answers an error where TiKV's assertion stops
-//!   the process; `Flush` and `BufferBatchGet` answer gRPC `Unimplemented`
-//!   as unary calls, and on a `BatchCommands` stream
-//!   (with coprocessor, GC, import and flashback entries) their own response
-//!   type carrying an error; `GetStoreSafeTS` answers every store's safe ts,
+//!   the process; pipelined DML's `Flush` (generations, TiKV's
+//!   `prewrite_with_generation`) and `BufferBatchGet` (a transaction's own
+//!   flushed locks) are executed; coprocessor, GC, import and flashback
+//!   entries on a `BatchCommands` stream get their own response type
+//!   carrying an error; `GetStoreSafeTS` answers every store's safe ts,
 //!   0 until the joined mode advances it.
 //! - Every store serves gRPC health (`grpc.health.v1.Health/Check`: SERVING
 //!   for the server as a whole, no per-service status, no `Watch`) and a

@@ -74,6 +74,9 @@ pub(crate) struct Lock {
     pub(crate) min_commit_ts: u64,
     pub(crate) use_async_commit: bool,
     pub(crate) secondaries: Vec<Bytes>,
+    /// The flush generation of a pipelined transaction's lock (0 for every
+    /// other lock): a flush of an older generation leaves it alone.
+    pub(crate) generation: u64,
 }
 
 impl Lock {

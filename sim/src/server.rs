@@ -355,16 +355,6 @@ impl TikvService {
                     }),
                 })
             }
-            // `Cluster::handle_kv` answers these two `Unimplemented`,
-            // which on a stream would end it for every request.
-            ReqCmd::Flush(_) => RespCmd::Flush(kvrpcpb::FlushResponse {
-                errors: vec![key_error("Flush")],
-                ..Default::default()
-            }),
-            ReqCmd::BufferBatchGet(_) => RespCmd::BufferBatchGet(kvrpcpb::BufferBatchGetResponse {
-                error: Some(key_error("BufferBatchGet")),
-                ..Default::default()
-            }),
             ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {
                 error: why("Import"),
                 ..Default::default()

@@ -663,6 +663,7 @@ impl State {
                 min_commit_ts: r.min_commit_ts,
                 use_async_commit: false,
                 secondaries: Vec::new(),
+                generation: 0,
             };
             if async_commit {
                 lock.use_async_commit = true;
@@ -726,6 +727,205 @@ impl State {
         }
         let min_commit_ts = if async_commit { final_min_commit_ts } else { 0 };
         Ok(Prewritten { locked: Vec::new(), min_commit_ts, one_pc_commit_ts, discard: false })
+    }
+
+    /// `commands::Flush` (pipelined DML): each mutation is prewritten as an
+    /// optimistic lock of the pipelined transaction at `generation`
+    /// (`prewrite_with_generation`). A key the transaction flushed before is
+    /// overwritten by a newer generation and left alone by an older one
+    /// (`GenerationOutOfOrder`); inserting a key an earlier flush put fails
+    /// with `AlreadyExist`; an assertion is checked on a key's first flush
+    /// only. Locks of other transactions come back as `KeyIsLocked` per key
+    /// while the rest is written; any other error fails the whole request
+    /// and writes nothing. The locks carry `min_commit_ts = start_ts + 1`
+    /// and an unknown (maximal) transaction size, as TiKV writes them.
+    pub(crate) fn kv_flush(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::FlushRequest,
+    ) -> kvrpcpb::FlushResponse {
+        let mut resp = kvrpcpb::FlushResponse::default();
+        let mut undo = Undo::default();
+        match self.flush(store, &r, &mut undo) {
+            Ok(locked) => resp.errors = locked,
+            Err(Fail::Region(e)) => {
+                undo.restore(&mut self.mvcc);
+                resp.region_error = Some(*e);
+            }
+            Err(Fail::Key(e)) => {
+                undo.restore(&mut self.mvcc);
+                resp.errors = vec![*e];
+            }
+        }
+        resp
+    }
+
+    fn flush(
+        &mut self,
+        store: u64,
+        r: &kvrpcpb::FlushRequest,
+        undo: &mut Undo,
+    ) -> Result<Vec<kvrpcpb::KeyError>, Fail> {
+        let keys = r.mutations.iter().map(|m| &m.key[..]);
+        let region = self.txn_region(store, "flush", &r.context, keys, false)?;
+        if r.generation == 0 {
+            return Err(abort("generation should be greater than 0 for Flush requests".into()));
+        }
+        let mut encoded = Vec::with_capacity(r.mutations.len());
+        for m in &r.mutations {
+            let key = txn_key(&m.key);
+            check_key_in_region(&key, &region)?;
+            encoded.push(key);
+        }
+        let start_ts = r.start_ts;
+        // The checks shared with an optimistic prewrite read these fields.
+        let as_prewrite = kvrpcpb::PrewriteRequest {
+            start_version: start_ts,
+            primary_lock: r.primary_key.clone(),
+            assertion_level: r.assertion_level,
+            ..Default::default()
+        };
+        let no_protocols = CommitProtocols { async_commit: false, one_pc: false };
+        let mut lock_errors = Vec::new();
+        let mut assertion_failure = None;
+        for (m, key) in r.mutations.iter().zip(&encoded) {
+            let (lock_type, should_not_exist) = match kvrpcpb::Op::try_from(m.op).ok() {
+                Some(kvrpcpb::Op::Put) => (Some(LockType::Put), false),
+                Some(kvrpcpb::Op::Del) => (Some(LockType::Delete), false),
+                Some(kvrpcpb::Op::Lock) => (Some(LockType::Lock), false),
+                Some(kvrpcpb::Op::Insert) => (Some(LockType::Put), true),
+                Some(kvrpcpb::Op::CheckNotExists) => (None, true),
+                _ => return Err(abort(format!("mismatch Op in flush mutations: {}", m.op))),
+            };
+            if should_not_exist {
+                self.mvcc.update_max_ts(start_ts);
+            }
+            let mut subsequent_flush = false;
+            match self.mvcc.locks.get(key) {
+                Some(lock) if lock.ts != start_ts => {
+                    if self.committed_retry(key, start_ts, no_protocols).is_some() {
+                        // This transaction already committed: a late flush.
+                        return Ok(Vec::new());
+                    }
+                    lock_errors.push(locked(lock));
+                    continue;
+                }
+                Some(lock) if lock.lock_type == LockType::Pessimistic => {
+                    return Err(abort(format!(
+                        "LockTypeNotMatch {{ start_ts: {start_ts}, key: {}, pessimistic: true }}",
+                        hex(&m.key)
+                    )));
+                }
+                Some(lock) if lock.generation >= r.generation => {
+                    // `GenerationOutOfOrder`: an older flush arriving late.
+                    continue;
+                }
+                Some(lock) if should_not_exist && lock.lock_type == LockType::Put => {
+                    return Err(kvrpcpb::KeyError {
+                        already_exist: Some(kvrpcpb::AlreadyExist { key: m.key.clone() }),
+                        ..Default::default()
+                    }
+                    .into());
+                }
+                Some(_) => subsequent_flush = true,
+                None => {}
+            }
+            if let Err(e) = self.check_for_newer_version(
+                &as_prewrite,
+                key,
+                &m.key,
+                kvrpcpb::prewrite_request::PessimisticAction::SkipPessimisticCheck,
+                should_not_exist,
+            ) {
+                let newer_commit = matches!(&e, Fail::Key(k)
+                    if k.conflict.as_ref().is_some_and(|c| c.conflict_commit_ts > start_ts));
+                if newer_commit && self.committed_retry(key, start_ts, no_protocols).is_some() {
+                    return Ok(Vec::new());
+                }
+                return Err(e);
+            }
+            if !subsequent_flush && let Err(e) = self.check_assertion(&as_prewrite, key, m) {
+                assertion_failure.get_or_insert(e);
+            }
+            let Some(lock_type) = lock_type else { continue };
+            undo.save(&self.mvcc, key);
+            let values = self.mvcc.values.entry(key.clone()).or_default();
+            if lock_type == LockType::Put {
+                values.insert(start_ts, m.value.clone());
+            } else {
+                // An earlier generation's value is not this one's.
+                values.remove(&start_ts);
+            }
+            self.mvcc.locks.insert(
+                key.clone(),
+                Lock {
+                    user_key: m.key.clone(),
+                    lock_type,
+                    primary: r.primary_key.clone(),
+                    ts: start_ts,
+                    ttl: r.lock_ttl,
+                    for_update_ts: 0,
+                    txn_size: u64::MAX,
+                    min_commit_ts: start_ts.saturating_add(1),
+                    use_async_commit: false,
+                    secondaries: Vec::new(),
+                    generation: r.generation,
+                },
+            );
+        }
+        if let Some(e) = assertion_failure {
+            return Err(e);
+        }
+        Ok(lock_errors)
+    }
+
+    /// `Storage::buffer_batch_get`: a pipelined transaction reads back what
+    /// it flushed, from its own locks only (other transactions' locks and
+    /// committed data are not consulted). A flushed delete comes back as a
+    /// pair with an empty value, as client-go's membuffer holds it; keys
+    /// without a lock of the transaction are left out.
+    pub(crate) fn kv_buffer_batch_get(
+        &mut self,
+        store: u64,
+        r: kvrpcpb::BufferBatchGetRequest,
+    ) -> kvrpcpb::BufferBatchGetResponse {
+        let mut resp = kvrpcpb::BufferBatchGetResponse::default();
+        let res = (|| {
+            let keys = r.keys.iter().map(|k| &k[..]);
+            let region = self.txn_region(store, "buffer_batch_get", &r.context, keys, true)?;
+            let mut wanted: Vec<&Bytes> = r.keys.iter().collect();
+            wanted.sort();
+            wanted.dedup();
+            let mut pairs = Vec::new();
+            for k in wanted {
+                let key = txn_key(k);
+                check_key_in_region(&key, &region)?;
+                let Some(lock) = self.mvcc.locks.get(&key).filter(|l| l.ts == r.version) else {
+                    continue;
+                };
+                let value = match lock.lock_type {
+                    LockType::Delete => Bytes::new(),
+                    LockType::Put => {
+                        match self.mvcc.values.get(&key).and_then(|v| v.get(&r.version)) {
+                            Some(v) => v.clone(),
+                            None => continue,
+                        }
+                    }
+                    LockType::Lock | LockType::Pessimistic => {
+                        return Err(abort(format!(
+                            "unexpected {:?} lock of pipelined transaction {} on {}",
+                            lock.lock_type,
+                            r.version,
+                            hex(k)
+                        )));
+                    }
+                };
+                pairs.push(kvrpcpb::KvPair { key: k.clone(), value, ..Default::default() });
+            }
+            Ok(pairs)
+        })();
+        fill_one!(resp, res, |pairs| resp.pairs = pairs);
+        resp
     }
 
     /// `check_committed_record_on_err`: a prewrite that met a conflict on a
@@ -1481,6 +1681,7 @@ impl State {
                     min_commit_ts: r.min_commit_ts,
                     use_async_commit: false,
                     secondaries: Vec::new(),
+                    generation: 0,
                 },
             );
         } else if let Some((s, c)) = conflict {

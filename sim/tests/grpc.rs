@@ -95,7 +95,7 @@ async fn serves_pd_tso_and_raw_kv_and_stops_stores() {
     let resp = kv.raw_get(get.clone()).await.unwrap().into_inner();
     assert_eq!(&resp.value[..], b"v");
     // Unsupported methods answer Unimplemented.
-    let err = kv.kv_flush(kvrpcpb::FlushRequest::default()).await.unwrap_err();
+    let err = kv.mvcc_get_by_key(kvrpcpb::MvccGetByKeyRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     // Transactional reads are served (an empty V1 raw cluster has no txn data).
     let txn_get = kvrpcpb::GetRequest {
