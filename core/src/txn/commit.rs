@@ -84,7 +84,7 @@ pub struct Mutation {
 }
 
 impl Mutation {
-    fn to_proto(&self) -> kvrpcpb::Mutation {
+    pub(crate) fn to_proto(&self) -> kvrpcpb::Mutation {
         kvrpcpb::Mutation {
             op: self.op as i32,
             key: self.key.to_bytes(),

@@ -30,11 +30,24 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tikv_proto::kvrpcpb;
 
 use crate::Error;
+use crate::backoff::{BackoffKind, Backoffer};
 use crate::key::{Key, Value};
-use crate::txn::commit::{Mutation, mutations_from_buffer};
+use crate::lock::{Lock, ResolveLocks, ResolveOptions};
+use crate::op::{Operation, StepEvent, StepSlot, forward_step_inputs};
+use crate::pd::Timestamp;
+use crate::route::fanout::{KeyFanout, KeyPlan};
+use crate::rpc::{KvRequest, KvResponse, RequestTags};
+use crate::time::{Duration, Instant};
+use crate::txn::commit::{
+    DEFAULT_LOCK_TTL, MAX_LOCK_TTL, Mutation, TXN_COMMIT_BATCH_SIZE, mutations_from_buffer,
+};
 use crate::txn::membuffer::{BufferedValue, FlagsOp, KeyFlags, MemBuffer};
+use crate::view::ClusterView;
 
 /// When the mutable buffer is handed off to be flushed (client-go's
 /// `MinFlushKeys`, `MinFlushMemSize`, `ForceFlushMemSizeThreshold`).
@@ -275,6 +288,252 @@ impl PipelinedBuffer {
     }
 }
 
+/// Budget of one generation's flush, lock resolution included (client-go
+/// flushes with a 20 s backoffer).
+pub const FLUSH_BUDGET: Duration = Duration::from_secs(20);
+
+/// What a pipelined transaction's flush carries besides its mutations.
+#[derive(Clone, Debug)]
+pub struct FlushRequest {
+    /// The transaction's start ts.
+    pub start_ts: Timestamp,
+    /// Its primary key (every lock points at it; its region's flush also
+    /// starts the heartbeats, which the caller runs).
+    pub primary: Key,
+    /// The generation being flushed (from 1; see [`Flush::generation`]).
+    pub generation: u64,
+    /// Assertions TiKV checks on each key's first flush.
+    pub assertion_level: kvrpcpb::AssertionLevel,
+    /// Priority, request source and resource group of every request.
+    pub tags: RequestTags,
+}
+
+/// `Flush` of one region's batch (client-go `buildPipelinedFlushRequest`),
+/// collecting the locks of other transactions met.
+struct FlushPlan {
+    req: FlushRequest,
+    timeout: Duration,
+    met: Vec<Lock>,
+    retry: Vec<Mutation>,
+    error: Option<Error>,
+}
+
+impl KeyPlan for FlushPlan {
+    type Item = Mutation;
+    type Output = FlushPlan;
+    fn key(item: &Mutation) -> &Key {
+        &item.key
+    }
+    fn size(item: &Mutation) -> usize {
+        item.key.len() + item.value.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        (usize::MAX, TXN_COMMIT_BATCH_SIZE)
+    }
+    fn build(&mut self, batch: &[Mutation]) -> KvRequest {
+        KvRequest::Flush(Box::new(kvrpcpb::FlushRequest {
+            mutations: batch.iter().map(Mutation::to_proto).collect(),
+            primary_key: self.req.primary.to_bytes(),
+            start_ts: self.req.start_ts.version(),
+            // TiKV writes start_ts + 1 whatever is sent; client-go sends it.
+            min_commit_ts: self.req.start_ts.next().version(),
+            generation: self.req.generation,
+            // client-go: `max(defaultLockTTL, ManagedLockTTL)`; the
+            // heartbeats keep the primary alive beyond it.
+            lock_ttl: DEFAULT_LOCK_TTL.max(MAX_LOCK_TTL),
+            assertion_level: self.req.assertion_level as i32,
+            ..Default::default()
+        }))
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, batch: Vec<Mutation>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::Flush(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        let mut locked_keys: Vec<Key> = Vec::new();
+        for e in r.errors {
+            if let Some(a) = &e.already_exist {
+                self.error.get_or_insert(Error::KeyExists(a.key.clone().into()));
+            } else if let Some(info) = &e.locked {
+                for lock in Lock::from_info(info) {
+                    if lock.txn_id > self.req.start_ts {
+                        // client-go: a newer transaction's lock means this
+                        // optimistic transaction will conflict anyway.
+                        self.error.get_or_insert(Error::WriteConflict {
+                            start_ts: self.req.start_ts,
+                            conflict_ts: lock.txn_id,
+                            key: lock.key.clone(),
+                            primary: lock.primary.clone(),
+                            conflict_commit_ts: Timestamp::ZERO,
+                        });
+                    }
+                    locked_keys.push(lock.key.clone());
+                    self.met.push(lock);
+                }
+            } else if let Some(c) = &e.conflict {
+                self.error.get_or_insert(Error::WriteConflict {
+                    start_ts: Timestamp::from_version(c.start_ts),
+                    conflict_ts: Timestamp::from_version(c.conflict_ts),
+                    key: c.key.clone().into(),
+                    primary: c.primary.clone().into(),
+                    conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
+                });
+            } else if e.assertion_failed.is_some() {
+                self.error.get_or_insert(Error::AssertionFailed(Box::new(e)));
+            } else {
+                self.error.get_or_insert(Error::KeyError(Box::new(e)));
+            }
+        }
+        // Unlike a prewrite, TiKV writes the keys that were not locked:
+        // only the locked ones are flushed again once resolved.
+        self.retry.extend(batch.into_iter().filter(|m| locked_keys.contains(&m.key)));
+        Ok(())
+    }
+    fn finish(self) -> FlushPlan {
+        self
+    }
+}
+
+enum FlushDone {
+    Flushed(Box<Result<FlushPlan, Error>>),
+    Resolved(Result<crate::lock::ResolveOutcome, Error>),
+}
+
+/// Flushes one generation's mutations (client-go `actionPipelinedFlush`):
+/// `Flush` per region batch; the locks of other transactions met are
+/// resolved (a live one waited on, bounded by its TTL) and their keys
+/// flushed again; a newer transaction's lock is a write conflict, a key an
+/// insert finds existing is `KeyExists`. Succeeds when every mutation holds
+/// the transaction's lock of this generation (or a newer one).
+pub struct FlushGeneration {
+    view: Arc<ClusterView>,
+    req: FlushRequest,
+    pending: Vec<Mutation>,
+    step: StepSlot<FlushDone>,
+    backoffer: Backoffer,
+    started: bool,
+    result: Option<Result<(), Error>>,
+}
+
+impl std::fmt::Debug for FlushGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushGeneration")
+            .field("start_ts", &self.req.start_ts)
+            .field("generation", &self.req.generation)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl FlushGeneration {
+    /// The flush of `mutations` as `req` says.
+    pub fn new(view: Arc<ClusterView>, req: FlushRequest, mutations: Vec<Mutation>) -> Self {
+        let backoffer = view.backoffer(view.config.budget(FLUSH_BUDGET));
+        FlushGeneration {
+            view,
+            req,
+            pending: mutations,
+            step: StepSlot::default(),
+            backoffer,
+            started: false,
+            result: None,
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let plan = FlushPlan {
+            req: self.req.clone(),
+            timeout: self.view.config.read_timeout_short,
+            met: Vec::new(),
+            retry: Vec::new(),
+            error: None,
+        };
+        let items = std::mem::take(&mut self.pending);
+        let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
+            .with_tags(&self.req.tags);
+        self.step.start(op, |outcome| FlushDone::Flushed(Box::new(outcome)), now);
+    }
+
+    fn after_flush(&mut self, plan: FlushPlan, now: Instant) {
+        if let Some(e) = plan.error {
+            self.result = Some(Err(e));
+            return;
+        }
+        if plan.met.is_empty() {
+            self.result = Some(Ok(()));
+            return;
+        }
+        self.pending = plan.retry;
+        let opts = ResolveOptions {
+            caller_start_ts: self.req.start_ts,
+            for_read: false,
+            lite: false,
+            tags: self.req.tags.clone(),
+        };
+        let resolve = ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
+        self.step.start(resolve, FlushDone::Resolved, now);
+    }
+
+    fn check(&mut self, now: Instant) {
+        while let Some(event) = self.step.poll_event(Some(&mut self.backoffer)) {
+            match event {
+                StepEvent::Woke => self.flush(now),
+                StepEvent::Done(FlushDone::Flushed(outcome)) => match *outcome {
+                    Ok(plan) => self.after_flush(plan, now),
+                    Err(e) => self.result = Some(Err(e)),
+                },
+                StepEvent::Done(FlushDone::Resolved(Err(e))) => self.result = Some(Err(e)),
+                StepEvent::Done(FlushDone::Resolved(Ok(outcome))) => {
+                    if outcome.ms_before_expired == 0 {
+                        self.flush(now);
+                        continue;
+                    }
+                    let cap = Duration::from_millis(outcome.ms_before_expired);
+                    let why = format!(
+                        "flush of generation {} of txn {} waits for a live lock",
+                        self.req.generation, self.req.start_ts
+                    );
+                    match self.backoffer.backoff_capped(BackoffKind::TxnLock, cap, why) {
+                        Ok(sleep) => self.step.sleep_until(now + sleep),
+                        Err(e) => self.result = Some(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Operation for FlushGeneration {
+    type Output = ();
+
+    fn start(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        if self.req.generation == 0 {
+            self.result =
+                Some(Err(Error::InvalidArgument("pipelined flush generations start at 1".into())));
+            return;
+        }
+        if self.pending.is_empty() {
+            self.result = Some(Ok(()));
+            return;
+        }
+        self.flush(now);
+    }
+
+    forward_step_inputs!(step);
+
+    fn poll_result(&mut self) -> Option<Result<(), Error>> {
+        if self.result.is_some() {
+            self.step.clear();
+        }
+        self.result.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +651,132 @@ mod tests {
         b.put(b"a", "1").unwrap();
         let _stage = b.current.staging();
         assert!(matches!(b.start_flush(true), Err(Error::InvalidArgument(_))));
+    }
+
+    // ------------------------------------------------------- the flush machine
+
+    use crate::testing::{FakeCluster, Fault, drive, view};
+    use bytes::Bytes;
+
+    fn start_ts() -> Timestamp {
+        Timestamp::compose(500, 0)
+    }
+
+    fn flush_op(keys: &[&str], generation: u64) -> FlushGeneration {
+        let mut b = PipelinedBuffer::new(small());
+        for k in keys {
+            b.put(k.as_bytes(), "v").unwrap();
+        }
+        let mutations = started(b.start_flush(true).unwrap()).mutations;
+        let req = FlushRequest {
+            start_ts: start_ts(),
+            primary: Key::from(keys[0].to_string()),
+            generation,
+            assertion_level: kvrpcpb::AssertionLevel::Off,
+            tags: RequestTags::default(),
+        };
+        FlushGeneration::new(view(), req, mutations)
+    }
+
+    fn respond(resp: KvResponse) -> Fault {
+        Fault::Respond(Box::new(resp))
+    }
+
+    fn flush_ok() -> Fault {
+        respond(KvResponse::Flush(Default::default()))
+    }
+
+    fn flush_errors(errors: Vec<kvrpcpb::KeyError>) -> Fault {
+        respond(KvResponse::Flush(Box::new(kvrpcpb::FlushResponse {
+            errors,
+            ..Default::default()
+        })))
+    }
+
+    fn locked(key: &str, lock_version: u64) -> kvrpcpb::KeyError {
+        kvrpcpb::KeyError {
+            locked: Some(kvrpcpb::LockInfo {
+                primary_lock: key.to_string().into(),
+                key: key.to_string().into(),
+                lock_version,
+                lock_ttl: 0,
+                txn_size: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn flushes(c: &FakeCluster) -> Vec<kvrpcpb::FlushRequest> {
+        c.received
+            .iter()
+            .filter_map(|r| match r {
+                KvRequest::Flush(f) => Some((**f).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_generation_is_flushed_per_region_carrying_its_generation() {
+        let mut c = FakeCluster::new(&["m"]);
+        c.fault("flush", flush_ok());
+        c.fault("flush", flush_ok());
+        let (log, result) = drive(flush_op(&["a", "b", "x"], 3), &mut c);
+        result.expect("flushed");
+        let sent = flushes(&c);
+        assert_eq!(sent.len(), 2, "one request per region");
+        for f in &sent {
+            assert_eq!((f.generation, f.start_ts), (3, start_ts().version()));
+            assert_eq!(f.min_commit_ts, start_ts().version() + 1);
+            assert_eq!(&f.primary_key[..], b"a");
+            assert_eq!(f.lock_ttl, MAX_LOCK_TTL);
+        }
+        let keys: Vec<Vec<Bytes>> =
+            sent.iter().map(|f| f.mutations.iter().map(|m| m.key.clone()).collect()).collect();
+        assert_eq!(keys, vec![vec![Bytes::from("a"), Bytes::from("b")], vec![Bytes::from("x")]]);
+        insta::assert_snapshot!(log);
+    }
+
+    #[test]
+    fn older_locks_are_resolved_and_only_their_keys_flushed_again() {
+        let mut c = FakeCluster::new(&[]);
+        let older = Timestamp::compose(400, 0).version();
+        c.fault("flush", flush_errors(vec![locked("b", older)]));
+        // The lock's transaction is found rolled back, and resolved.
+        c.fault("check_txn_status", respond(KvResponse::CheckTxnStatus(Default::default())));
+        c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+        c.fault("flush", flush_ok());
+        let (log, result) = drive(flush_op(&["a", "b", "c"], 1), &mut c);
+        result.expect("flushed once the lock was resolved");
+        let sent = flushes(&c);
+        assert_eq!(sent.len(), 2);
+        let retried: Vec<_> = sent[1].mutations.iter().map(|m| m.key.clone()).collect();
+        assert_eq!(retried, vec![Bytes::from("b")], "TiKV wrote the others already");
+        insta::assert_snapshot!(log);
+    }
+
+    #[test]
+    fn newer_locks_conflicts_and_existing_keys_fail_the_flush() {
+        let newer = Timestamp::compose(600, 0).version();
+        let mut c = FakeCluster::new(&[]);
+        c.fault("flush", flush_errors(vec![locked("b", newer)]));
+        let (_, result) = drive(flush_op(&["a", "b"], 1), &mut c);
+        assert!(matches!(result, Err(Error::WriteConflict { .. })), "{result:?}");
+
+        let mut c = FakeCluster::new(&[]);
+        let exists = kvrpcpb::KeyError {
+            already_exist: Some(kvrpcpb::AlreadyExist { key: "b".into() }),
+            ..Default::default()
+        };
+        c.fault("flush", flush_errors(vec![exists]));
+        let (_, result) = drive(flush_op(&["a", "b"], 1), &mut c);
+        assert!(matches!(result, Err(Error::KeyExists(k)) if k == Key::from("b")));
+
+        // Generation 0 is refused before anything is sent.
+        let mut c = FakeCluster::new(&[]);
+        let (_, result) = drive(flush_op(&["a"], 0), &mut c);
+        assert!(matches!(result, Err(Error::InvalidArgument(_))));
+        assert!(c.received.is_empty());
     }
 }
