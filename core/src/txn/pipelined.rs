@@ -36,11 +36,14 @@ use tikv_proto::kvrpcpb;
 
 use crate::Error;
 use crate::backoff::{BackoffKind, Backoffer};
+use crate::key::KeyRange;
 use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{Operation, StepEvent, StepSlot, forward_step_inputs};
 use crate::pd::Timestamp;
+use crate::range_task::{RangeTaskHandler, RangeTaskRunner, RangeTaskStat};
 use crate::route::fanout::{KeyFanout, KeyPlan};
+use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, RequestTags};
 use crate::time::{Duration, Instant};
 use crate::txn::commit::{
@@ -534,6 +537,94 @@ impl Operation for FlushGeneration {
     }
 }
 
+/// Budget of one region's resolution of a pipelined transaction's locks.
+pub const RESOLVE_FLUSHED_BUDGET: Duration = Duration::from_secs(20);
+
+/// Regions resolved at once by default (client-go's pipelined
+/// `ResolveLockConcurrency`, 8).
+pub const RESOLVE_FLUSHED_CONCURRENCY: usize = 8;
+
+/// A region-wide `ResolveLock` of a pipelined transaction's locks in one
+/// region (client-go's pipelined resolve handler): committed at
+/// `commit_ts`, or rolled back when it is zero.
+#[derive(Debug)]
+pub struct ResolveFlushedPlan {
+    start_ts: Timestamp,
+    commit_ts: Timestamp,
+    timeout: Duration,
+    regions: u64,
+}
+
+impl RangePlan for ResolveFlushedPlan {
+    type Output = RangeTaskStat;
+    fn build(&mut self, _part: &KeyRange) -> KvRequest {
+        // No keys: TiKV resolves every lock of the transaction in the
+        // region the request is routed to.
+        KvRequest::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
+            start_version: self.start_ts.version(),
+            commit_version: self.commit_ts.version(),
+            ..Default::default()
+        }))
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, _part: &KeyRange, response: KvResponse) -> Result<bool, Error> {
+        let KvResponse::ResolveLock(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            return Err(Error::KeyError(Box::new(e)));
+        }
+        self.regions += 1;
+        Ok(true)
+    }
+    fn finish(self) -> RangeTaskStat {
+        RangeTaskStat { completed_regions: self.regions, failed_regions: 0 }
+    }
+}
+
+/// The range-task handler of [`resolve_flushed`]: one region per task.
+#[derive(Debug)]
+pub struct ResolveFlushedHandler {
+    view: Arc<ClusterView>,
+    start_ts: Timestamp,
+    commit_ts: Timestamp,
+}
+
+impl RangeTaskHandler for ResolveFlushedHandler {
+    type Task = RangeWalk<ResolveFlushedPlan>;
+    fn task(&mut self, range: KeyRange) -> RangeWalk<ResolveFlushedPlan> {
+        let plan = ResolveFlushedPlan {
+            start_ts: self.start_ts,
+            commit_ts: self.commit_ts,
+            timeout: self.view.config.read_timeout_short,
+            regions: 0,
+        };
+        let budget = self.view.backoffer(RESOLVE_FLUSHED_BUDGET);
+        RangeWalk::new(self.view.clone(), plan, range, false, budget)
+    }
+}
+
+/// Resolves every lock a pipelined transaction flushed between `first` and
+/// `last` (inclusive; [`PipelinedBuffer::flushed_range`]), region by
+/// region, `concurrency` regions at once (client-go
+/// `resolveFlushedLocks`): committed at `commit_ts` once the primary is
+/// committed, or rolled back with a zero `commit_ts`. A failed region
+/// leaves its locks to readers, who resolve them through the primary.
+pub fn resolve_flushed(
+    view: &Arc<ClusterView>,
+    (first, last): (Key, Key),
+    start_ts: Timestamp,
+    commit_ts: Timestamp,
+    concurrency: usize,
+) -> RangeTaskRunner<ResolveFlushedHandler> {
+    let range = KeyRange::new(first, last.next_key());
+    let handler = ResolveFlushedHandler { view: view.clone(), start_ts, commit_ts };
+    let budget = view.backoffer(RESOLVE_FLUSHED_BUDGET);
+    RangeTaskRunner::new(view.clone(), handler, range, 1, concurrency.max(1), budget)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,5 +869,55 @@ mod tests {
         let (_, result) = drive(flush_op(&["a"], 0), &mut c);
         assert!(matches!(result, Err(Error::InvalidArgument(_))));
         assert!(c.received.is_empty());
+    }
+
+    #[test]
+    fn the_flushed_range_is_resolved_region_by_region() {
+        let mut c = FakeCluster::new(&["g", "m", "t"]);
+        for _ in 0..3 {
+            c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+        }
+        let commit_ts = Timestamp::compose(600, 0);
+        let range = (Key::from("b"), Key::from("p"));
+        let op = resolve_flushed(&view(), range, start_ts(), commit_ts, 2);
+        let (_, result) = drive(op, &mut c);
+        assert_eq!(result.expect("resolved").completed_regions, 3, "b..=p spans three regions");
+        let resolves: Vec<_> = c
+            .received
+            .iter()
+            .filter_map(|r| match r {
+                KvRequest::ResolveLock(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolves.len(), 3);
+        for r in &resolves {
+            assert_eq!(
+                (r.start_version, r.commit_version),
+                (start_ts().version(), commit_ts.version())
+            );
+            assert!(r.keys.is_empty(), "region-wide");
+        }
+        let mut regions: Vec<_> =
+            resolves.iter().map(|r| r.context.as_ref().map_or(0, |c| c.region_id)).collect();
+        regions.dedup();
+        assert_eq!(regions.len(), 3, "one per region");
+
+        // A region's failure fails the run.
+        let mut c = FakeCluster::new(&[]);
+        let failed = kvrpcpb::ResolveLockResponse {
+            error: Some(kvrpcpb::KeyError { abort: "boom".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        c.fault("resolve_lock", respond(KvResponse::ResolveLock(Box::new(failed))));
+        let op = resolve_flushed(
+            &view(),
+            (Key::from("a"), Key::from("a")),
+            start_ts(),
+            Timestamp::ZERO,
+            1,
+        );
+        let (_, result) = drive(op, &mut c);
+        assert!(matches!(result, Err(Error::KeyError(_))), "{result:?}");
     }
 }
