@@ -37,7 +37,7 @@ use tikv_proto::kvrpcpb;
 use crate::Error;
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::key::KeyRange;
-use crate::key::{Key, Value};
+use crate::key::{Key, KvPair, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{Operation, StepEvent, StepSlot, forward_step_inputs};
 use crate::pd::Timestamp;
@@ -50,6 +50,7 @@ use crate::txn::commit::{
     DEFAULT_LOCK_TTL, MAX_LOCK_TTL, Mutation, TXN_COMMIT_BATCH_SIZE, mutations_from_buffer,
 };
 use crate::txn::membuffer::{BufferedValue, FlagsOp, KeyFlags, MemBuffer};
+use crate::txn::snapshot::BATCH_GET_SIZE;
 use crate::view::ClusterView;
 
 /// When the mutable buffer is handed off to be flushed (client-go's
@@ -537,6 +538,76 @@ impl Operation for FlushGeneration {
     }
 }
 
+/// `BufferBatchGet` per region (client-go `BatchGetWithTier(BufferTier)`):
+/// what a pipelined transaction flushed, read from its own locks.
+#[derive(Debug)]
+pub struct BufferBatchGetPlan {
+    start_ts: Timestamp,
+    timeout: Duration,
+    found: Vec<KvPair>,
+}
+
+impl KeyPlan for BufferBatchGetPlan {
+    type Item = Key;
+    type Output = Vec<KvPair>;
+    fn key(item: &Key) -> &Key {
+        item
+    }
+    fn size(item: &Key) -> usize {
+        item.len()
+    }
+    fn batch_limits(&self) -> (usize, usize) {
+        // Batched like a snapshot `BatchGet`, as client-go does.
+        (BATCH_GET_SIZE, usize::MAX)
+    }
+    fn build(&mut self, batch: &[Key]) -> KvRequest {
+        KvRequest::BufferBatchGet(Box::new(kvrpcpb::BufferBatchGetRequest {
+            keys: batch.iter().map(Key::to_bytes).collect(),
+            version: self.start_ts.version(),
+            ..Default::default()
+        }))
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
+        let KvResponse::BufferBatchGet(r) = response else {
+            return Err(Error::malformed(format!("unexpected {}", response.name())));
+        };
+        if let Some(e) = r.error {
+            return Err(Error::KeyError(Box::new(e)));
+        }
+        self.found
+            .extend(r.pairs.into_iter().map(|p| KvPair { key: p.key.into(), value: p.value }));
+        Ok(())
+    }
+    fn finish(mut self) -> Vec<KvPair> {
+        self.found.sort_by(|a, b| a.key.cmp(&b.key));
+        self.found
+    }
+}
+
+/// Reads back what pipelined transaction `start_ts` flushed for `keys`:
+/// the pairs its locks hold, sorted, a flushed delete as an empty value
+/// ([`PipelinedBuffer::record_flushed_read`] takes them); keys it did not
+/// flush are left out.
+pub fn buffer_batch_get(
+    view: &Arc<ClusterView>,
+    mut keys: Vec<Key>,
+    start_ts: Timestamp,
+    tags: &RequestTags,
+) -> KeyFanout<BufferBatchGetPlan> {
+    keys.sort();
+    keys.dedup();
+    let plan = BufferBatchGetPlan {
+        start_ts,
+        timeout: view.config.read_timeout_medium,
+        found: Vec::new(),
+    };
+    let budget = view.config.budget(view.config.backoff.batch_get);
+    KeyFanout::new(view.clone(), plan, keys, view.backoffer(budget)).with_tags(tags)
+}
+
 /// Budget of one region's resolution of a pipelined transaction's locks.
 pub const RESOLVE_FLUSHED_BUDGET: Duration = Duration::from_secs(20);
 
@@ -919,5 +990,42 @@ mod tests {
         );
         let (_, result) = drive(op, &mut c);
         assert!(matches!(result, Err(Error::KeyError(_))), "{result:?}");
+    }
+
+    #[test]
+    fn flushed_values_are_read_back_per_region() {
+        let mut c = FakeCluster::new(&["m"]);
+        let answer = |pairs: &[(&str, &str)]| {
+            respond(KvResponse::BufferBatchGet(Box::new(kvrpcpb::BufferBatchGetResponse {
+                pairs: pairs
+                    .iter()
+                    .map(|(k, v)| kvrpcpb::KvPair {
+                        key: k.to_string().into(),
+                        value: v.to_string().into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })))
+        };
+        c.fault("buffer_batch_get", answer(&[("x", "")]));
+        c.fault("buffer_batch_get", answer(&[("a", "1")]));
+        let keys = vec![Key::from("x"), Key::from("a"), Key::from("b"), Key::from("a")];
+        let op = buffer_batch_get(&view(), keys, start_ts(), &RequestTags::default());
+        let (_, result) = drive(op, &mut c);
+        let pairs = result.expect("read back");
+        assert_eq!(pairs, vec![KvPair::new("a", "1"), KvPair::new("x", "")]);
+        let asked: usize = c
+            .received
+            .iter()
+            .map(|r| match r {
+                KvRequest::BufferBatchGet(b) => {
+                    assert_eq!(b.version, start_ts().version());
+                    b.keys.len()
+                }
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(asked, 3, "each key once");
     }
 }
