@@ -11,7 +11,7 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Three more modes serve other programs of this repository:
+// Four more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
@@ -20,6 +20,8 @@
 //	                                   (bench.go)
 //	peer-client-go contention --pd ADDR ... client-go's transactions on
 //	                                   shared counters (contention.go)
+//	peer-client-go txnbench --pd ADDR ... client-go's small transactions
+//	                                   under txn-bench's workloads (txnbench.go)
 package main
 
 import (
@@ -937,6 +939,8 @@ func main() {
 			os.Exit(benchMain(os.Args[2:]))
 		case "contention":
 			os.Exit(contentionMain(os.Args[2:]))
+		case "txnbench":
+			os.Exit(txnBenchMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")

@@ -1,0 +1,284 @@
+//! `txn-bench`: small transactions through our tokio client beside
+//! client-go, on one `tikv-sim` process (issue #19's transactional
+//! benchmark).
+//!
+//! ```text
+//! cargo build --release -p tikv-sim -p tikv-bench
+//! (cd tests/peer-client-go && go build -o ../../target/release/peer-client-go .)
+//! target/release/txn-bench [--cells rw-2pc,rw-async,rw-1pc,rw-pessimistic,w4-2pc,w4-async,ro16-snapshot]
+//!                          [--conc 1,64,256] [--secs 2] [--reps 3]
+//!                          [--client-go target/release/peer-client-go]
+//! ```
+//!
+//! A cell is `WORKLOAD-MODE`; each runs `conc` tasks that each run one
+//! transaction after another on their own keys (no contention: that is
+//! `txn-contention`'s subject):
+//!
+//! - `rw`: read one key, write another, commit (both in one region);
+//! - `w4`: write four keys in four regions, commit;
+//! - `ro16`: a snapshot at a fresh timestamp batch-reads 16 keys over four
+//!   regions (the mode is ignored).
+//!
+//! Modes: `2pc`, `async` (async commit), `1pc` (1PC; keys over several
+//! regions fall back to 2PC), `pessimistic` (`rw`: the read locks its key
+//! with its value, `get_for_update`). client-go runs the same cells
+//! (`peer-client-go txnbench`, `tests/peer-client-go/txnbench.go`) with the
+//! same keys, as a child process on this process's core; `tikv-sim` runs on
+//! the other core. The table shows medians over `reps` of transactions per
+//! second, p50/p99 latency, client CPU per transaction and failed
+//! transactions, then ours ÷ client-go per cell.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tikv_bench::server::{Server, run_on_client_core};
+use tikv_bench::workload::{CellResult, Op, run};
+use tikv_tokio::{Config, TransactionClient, TransactionOptions};
+
+/// Key `n` of task `t` in region `region` of `tikv-sim --regions 4`
+/// (split at first bytes 0x40, 0x80, 0xc0): the same keys client-go's
+/// runner uses (`txnKey`).
+fn txn_key(region: usize, t: usize, n: u64) -> Vec<u8> {
+    let first = (0x20 + region * 0x40) as u8 as char;
+    format!("{first}-{:06}-{:06}", t % 1_000_000, n % 64).into_bytes()
+}
+
+fn options(mode: &str) -> Result<TransactionOptions, String> {
+    let o = TransactionOptions::default();
+    Ok(match mode {
+        "2pc" | "snapshot" => o,
+        "async" => o.with_async_commit(),
+        "1pc" => o.with_async_commit().with_one_pc(),
+        "pessimistic" => o.with_pessimistic(),
+        other => return Err(format!("unknown mode {other}")),
+    })
+}
+
+/// One transaction of `workload`; true if it committed (or read).
+async fn run_txn(
+    client: TransactionClient,
+    workload: &'static str,
+    opts: TransactionOptions,
+    t: usize,
+    i: u64,
+) -> bool {
+    let attempt = async {
+        if workload == "ro16" {
+            let snap = client.snapshot(client.current_timestamp().await?);
+            let keys: Vec<_> = (0..16u64).map(|k| txn_key(k as usize % 4, t, i + k)).collect();
+            snap.batch_get(keys).await?;
+            return Ok::<_, tikv_tokio::Error>(());
+        }
+        let pessimistic = opts.pessimistic;
+        let mut txn = client.begin_with_options(opts).await?;
+        match workload {
+            "rw" => {
+                let (read, write) = (txn_key(1, t, i), txn_key(1, t, i + 32));
+                if pessimistic {
+                    txn.get_for_update(read).await?;
+                } else {
+                    txn.get(read).await?;
+                }
+                txn.put(write, "v")?;
+            }
+            _ => {
+                for region in 0..4 {
+                    txn.put(txn_key(region, t, i), "v")?;
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok(())
+    };
+    attempt.await.is_ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0 }
+}
+
+struct Args {
+    cells: Vec<String>,
+    concs: Vec<usize>,
+    secs: f64,
+    reps: usize,
+    client_go: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        cells: [
+            "rw-2pc",
+            "rw-async",
+            "rw-1pc",
+            "rw-pessimistic",
+            "w4-2pc",
+            "w4-async",
+            "ro16-snapshot",
+        ]
+        .map(String::from)
+        .to_vec(),
+        concs: vec![1, 64, 256],
+        secs: 2.0,
+        reps: 3,
+        client_go: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = || format!("{flag}: bad value {value:?}");
+        match flag.as_str() {
+            "--cells" => args.cells = value.split(',').map(String::from).collect(),
+            "--conc" => {
+                args.concs = value
+                    .split(',')
+                    .map(|c| c.parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?
+            }
+            "--secs" => args.secs = value.parse().map_err(|_| bad())?,
+            "--reps" => args.reps = value.parse().map_err(|_| bad())?,
+            "--client-go" => args.client_go = Some(value.into()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    for cell in &args.cells {
+        let (workload, mode) = cell.split_once('-').ok_or(format!("cell {cell}: WORKLOAD-MODE"))?;
+        if !["rw", "w4", "ro16"].contains(&workload) {
+            return Err(format!("cell {cell}: unknown workload"));
+        }
+        options(mode)?;
+    }
+    if args.reps == 0 || args.concs.contains(&0) || !args.secs.is_normal() || args.secs < 0.0 {
+        return Err("--reps, --conc and --secs must be positive".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "{e}\nusage: txn-bench [--cells WORKLOAD-MODE,...] [--conc 1,64,256] [--secs S] [--reps N] [--client-go PATH]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    run_on_client_core(|pinned| bench(args, pinned))
+}
+
+/// client-go's runner on the given cells, once.
+async fn client_go(
+    bin: &PathBuf,
+    pd: &str,
+    cells: &[String],
+    concs: &[usize],
+    secs: f64,
+) -> Result<Vec<CellResult>, String> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("txnbench")
+        .args(["--pd", pd, "--cells", &cells.join(",")])
+        .args(["--conc", &concs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")])
+        .args(["--secs", &secs.to_string()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<_> = stdout.lines().filter_map(CellResult::parse_line).collect();
+    if results.len() != cells.len() * concs.len() {
+        return Err(format!(
+            "client-go gave {} results for {} cells (exit {}): {}{}",
+            results.len(),
+            cells.len() * concs.len(),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(results)
+}
+
+async fn bench(args: Args, pinned: bool) -> Result<(), String> {
+    let server = Server::start("sim", &["--txn", "--stores", "3", "--regions", "4"], pinned)?;
+    let config = Config::default().with_pd_endpoints([server.pd.clone()]);
+    let client = TransactionClient::connect_with_config(config)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    println!(
+        "# txn-bench: {} s per cell, median of {}{}",
+        args.secs,
+        args.reps,
+        if pinned { "; clients on core 0, tikv-sim on core 1" } else { "; unpinned" }
+    );
+    // (cell, conc) -> the results of every repetition.
+    type Key = (String, usize);
+    let mut ours: BTreeMap<Key, Vec<CellResult>> = BTreeMap::new();
+    let mut theirs: BTreeMap<Key, Vec<CellResult>> = BTreeMap::new();
+    for _ in 0..args.reps {
+        for cell in &args.cells {
+            let (workload, mode) = cell.split_once('-').unwrap_or_default();
+            let workload: &'static str = match workload {
+                "rw" => "rw",
+                "w4" => "w4",
+                _ => "ro16",
+            };
+            let opts = options(mode)?;
+            for &conc in &args.concs {
+                let op: Op = {
+                    let (client, opts) = (client.clone(), opts.clone());
+                    Arc::new(move |t, i| {
+                        run_txn(client.clone(), workload, opts.clone(), t, i).boxed()
+                    })
+                };
+                let result = run(op, cell, conc, args.secs).await;
+                ours.entry((cell.clone(), conc)).or_default().push(result);
+            }
+        }
+        if let Some(bin) = &args.client_go {
+            for r in client_go(bin, &server.pd, &args.cells, &args.concs, args.secs).await? {
+                theirs.entry((r.op.clone(), r.conc)).or_default().push(r);
+            }
+        }
+    }
+    println!("| cell | conc | client | txn/s | p50 ms | p99 ms | client CPU µs/txn | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let med = |v: &[CellResult], f: &dyn Fn(&CellResult) -> f64| median(v.iter().map(f).collect());
+    let mut ratios = Vec::new();
+    for ((cell, conc), results) in &ours {
+        let errors: u64 = results.iter().map(|r| r.errors).sum();
+        let row = |who: &str, v: &[CellResult], errors: u64| {
+            println!(
+                "| {cell} | {conc} | {who} | {:.0} | {:.2} | {:.2} | {:.0} | {errors} |",
+                med(v, &CellResult::ops_per_sec),
+                med(v, &|r| f64::from(r.p50_us) / 1e3),
+                med(v, &|r| f64::from(r.p99_us) / 1e3),
+                med(v, &CellResult::cpu_us_per_op),
+            );
+        };
+        row("ours", results, errors);
+        if let Some(go) = theirs.get(&(cell.clone(), *conc)) {
+            row("client-go", go, go.iter().map(|r| r.errors).sum());
+            let ratio = |f: &dyn Fn(&CellResult) -> f64| med(results, f) / med(go, f).max(1e-9);
+            ratios.push(format!(
+                "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× |",
+                ratio(&CellResult::ops_per_sec),
+                ratio(&|r| f64::from(r.p99_us)),
+                ratio(&CellResult::cpu_us_per_op),
+            ));
+        }
+    }
+    if !ratios.is_empty() {
+        println!();
+        println!("| cell | conc | ours ÷ client-go txn/s | p99 | client CPU per txn |");
+        println!("|---|---|---|---|---|");
+        for r in ratios {
+            println!("{r}");
+        }
+    }
+    Ok(())
+}
