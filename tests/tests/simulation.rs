@@ -10,7 +10,8 @@
 //!   anomalies, honest outcomes and liveness (no lock left behind).
 //! - Pessimistic worlds: locked bank transfers and counter increments with
 //!   `get_for_update`, lock waiting in TiKV's lock manager (wait, wait with
-//!   a timeout, no wait), lock-order inversions that deadlock, clients
+//!   a timeout, no wait), fair locking (locks taken over newer writes,
+//!   checked at prewrite), lock-order inversions that deadlock, clients
 //!   crashing while they hold pessimistic locks; checked for snapshot
 //!   isolation with the pessimistic guarantee, the bank invariant, no lost
 //!   update on the counters, one victim per deadlock, honest outcomes and
@@ -193,6 +194,7 @@ struct PessSums {
     lock_waits: u64,
     deadlocks: usize,
     lock_wait_failures: usize,
+    locked_with_conflict: usize,
     /// Committed increments and locked transfers that moved money.
     increments: usize,
     transfers: usize,
@@ -217,6 +219,7 @@ fn pess_seeds_pass() {
         sums.lock_waits += s.lock_waits;
         sums.deadlocks += s.deadlocks;
         sums.lock_wait_failures += s.lock_wait_failures;
+        sums.locked_with_conflict += s.locked_with_conflict;
         sums.swept_locks += s.swept_locks;
         sums.resolver_rpcs += s.resolver_rpcs;
         for e in &report.txn_history.entries {
@@ -239,6 +242,7 @@ fn pess_seeds_pass() {
         assert!(sums.faults > seeds as usize, "too few faults: {sums:?}");
         assert!(sums.lock_waits > seeds, "too few lock waits: {sums:?}");
         assert!(sums.deadlocks > 0 && sums.lock_wait_failures > 0, "{sums:?}");
+        assert!(sums.locked_with_conflict > 0, "fair locking never met a newer write: {sums:?}");
         assert!(sums.crashes > 0 && sums.crashed_holding_locks > 0, "{sums:?}");
         assert!(sums.undetermined > 0 && sums.failed > 0, "{sums:?}");
         assert!(sums.increments > seeds as usize && sums.transfers > 0, "{sums:?}");

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         (0usize, 0u64, 0u64, 0u64, 0usize);
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
+    let mut with_conflict = 0usize;
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
         let report = world::run(config(seed));
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         lock_waits += report.stats.lock_waits;
         deadlocks += report.stats.deadlocks;
         gave_up += report.stats.lock_wait_failures;
+        with_conflict += report.stats.locked_with_conflict;
         max_op = max_op.max(report.stats.max_op);
         if !report.passed() {
             failed += 1;
@@ -86,7 +88,8 @@ fn main() -> ExitCode {
     if workload == Workload::Pessimistic {
         println!(
             "{lock_waits} lock requests waited in TiKV, {deadlocks} deadlock victims, \
-             {gave_up} lock calls gave up waiting (timeout or no-wait)"
+             {gave_up} lock calls gave up waiting (timeout or no-wait), {with_conflict} locks \
+             taken over a newer write (fair locking)"
         );
     }
     println!(

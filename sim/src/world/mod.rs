@@ -260,6 +260,9 @@ pub struct Stats {
     pub lock_waits: u64,
     /// (pessimistic) Transactions that failed as a deadlock's victim.
     pub deadlocks: usize,
+    /// (pessimistic) Locks fair locking took over a newer write
+    /// (`LockedWithConflict`).
+    pub locked_with_conflict: usize,
     /// (pessimistic) Lock calls that gave up waiting
     /// (`LockWaitTimeout`, `LockAcquireFailAndNoWaitSet`).
     pub lock_wait_failures: usize,
@@ -1510,6 +1513,7 @@ impl World {
             _ => self.stats.undetermined += 1,
         }
         self.stats.deadlocks += usize::from(!e.run.deadlock.is_empty());
+        self.stats.locked_with_conflict += e.run.locked.iter().filter(|l| l.with_conflict).count();
         self.stats.max_op = self.stats.max_op.max(took);
         self.violations.extend(problems);
         self.log(line);

@@ -88,7 +88,8 @@ pub(crate) fn pick(rng: &mut Rng, params: &TxnParams) -> TxnSpec {
                     % keys.registers;
                 counters.push(second);
             }
-            TxnKind::Pessimistic(PessKind::Increment { counters, wait })
+            let fair = rng.gen_ratio(1, 2);
+            TxnKind::Pessimistic(PessKind::Increment { counters, wait, fair })
         }
         _ => TxnKind::BankRead,
     };
@@ -172,6 +173,9 @@ pub(crate) struct PessProgram {
     primary: Option<Key>,
     /// Keys this transaction holds locks on, and the values it read.
     values: BTreeMap<Key, Option<String>>,
+    /// Keys locked over a newer write (fair locking), with that write's
+    /// commit ts: the lock's `for_update_ts`, checked at prewrite.
+    constraints: Vec<(Key, Timestamp)>,
     /// [`Bug::ReadBeforeLock`]: the values read at the start ts.
     stale: BTreeMap<Key, Option<String>>,
     began: Instant,
@@ -216,6 +220,7 @@ impl PessProgram {
             max_for_update_ts: Timestamp::ZERO,
             primary: None,
             values: BTreeMap::new(),
+            constraints: Vec::new(),
             stale: BTreeMap::new(),
             began: Instant::ZERO,
             step: Step::Done,
@@ -318,7 +323,7 @@ impl PessProgram {
             presumed_absent: Vec::new(),
             txn_elapsed: now.saturating_duration_since(self.began),
             options: LockOptions { wait: self.kind.wait(), ..LockOptions::new().return_values() },
-            force_lock: false,
+            force_lock: matches!(self.kind, PessKind::Increment { fair: true, .. }),
             tags: RequestTags::default(),
         };
         let op = AcquirePessimisticLocks::new(self.view.clone(), req);
@@ -361,18 +366,29 @@ impl PessProgram {
             self.primary = Some(primary);
         }
         for key in std::mem::take(&mut self.call) {
-            let read = match outcome.values.binary_search_by(|(k, _)| k.cmp(&key)) {
-                Ok(i) => outcome.values[i].1.exists.then(|| text(&outcome.values[i].1.value)),
-                Err(_) => None,
+            let (read, conflict_ts) = match outcome.values.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) => {
+                    let v = &outcome.values[i].1;
+                    (v.exists.then(|| text(&v.value)), v.locked_with_conflict_ts)
+                }
+                Err(_) => (None, Timestamp::ZERO),
             };
+            // Locked over a newer write: the value is as of that write,
+            // and the lock's for_update_ts is its commit ts.
+            let lock_ts = self.for_update_ts.max(conflict_ts);
+            if conflict_ts > self.for_update_ts {
+                self.constraints.push((key.clone(), conflict_ts));
+                self.max_for_update_ts = self.max_for_update_ts.max(conflict_ts);
+            }
             let value = match self.bug {
                 Some(Bug::ReadBeforeLock) => self.stale.get(&key).cloned().flatten(),
                 _ => read,
             };
             self.run.locked.push(LockedRead {
                 key: text(key.as_bytes()),
-                for_update_ts: self.for_update_ts.version(),
+                for_update_ts: lock_ts.version(),
                 value: value.clone(),
+                with_conflict: conflict_ts > self.for_update_ts,
             });
             self.values.insert(key, value);
         }
@@ -448,7 +464,8 @@ impl PessProgram {
             elapsed,
             self.opts.clone(),
         )
-        .pessimistic(self.max_for_update_ts.max(Timestamp::from_version(start_ts)));
+        .pessimistic(self.max_for_update_ts.max(Timestamp::from_version(start_ts)))
+        .for_update_ts_constraints(self.constraints.clone());
         self.set_step(Step::Commit(Box::new(committer)), now);
     }
 

@@ -126,6 +126,7 @@ mod tests {
             kind: TxnKind::Pessimistic(PessKind::Increment {
                 counters: vec![0],
                 wait: Default::default(),
+                fair: false,
             }),
             read_method: ReadMethod::Get,
             async_commit: false,

@@ -569,6 +569,7 @@ mod tests {
             key: "r0".into(),
             for_update_ts,
             value: seen.map(String::from),
+            with_conflict: false,
         }];
         e
     }

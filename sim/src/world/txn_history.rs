@@ -223,6 +223,12 @@ pub enum PessKind {
         counters: Vec<u32>,
         /// How the locks wait.
         wait: LockWait,
+        /// Fair locking (client-go's aggressive locking of one key): each
+        /// call locks in TiKV's `WakeUpModeForceLock`, so a woken or
+        /// conflicting request takes the lock over a newer write
+        /// (`LockedWithConflict`) instead of failing, and the prewrite
+        /// checks each such lock's `for_update_ts`.
+        fair: bool,
     },
 }
 
@@ -262,9 +268,10 @@ impl fmt::Display for PessKind {
                 if *one_call { "one call" } else { "from first" },
                 wait(w)
             ),
-            PessKind::Increment { counters, wait: w } => {
+            PessKind::Increment { counters, wait: w, fair } => {
                 let names: Vec<String> = counters.iter().map(|c| format!("r{c}")).collect();
-                write!(f, "increment {} ({})", names.join(" then "), wait(w))
+                let fair = if *fair { ", fair" } else { "" };
+                write!(f, "increment {} ({}{fair})", names.join(" then "), wait(w))
             }
         }
     }
@@ -400,6 +407,10 @@ pub struct LockedRead {
     pub for_update_ts: u64,
     /// The value the transaction read for it (`None`: absent).
     pub value: Option<String>,
+    /// Fair locking took the lock over a newer write than the call's
+    /// `for_update_ts` (`LockedWithConflict`); `for_update_ts` is then that
+    /// write's commit ts.
+    pub with_conflict: bool,
 }
 
 /// One transaction of one client.
