@@ -188,8 +188,11 @@ struct PessSums {
     undetermined: usize,
     crashes: usize,
     /// Transactions whose client crashed while they held pessimistic locks
-    /// (before committing).
+    /// (before committing), and of those, the ones whose locks other
+    /// clients resolved during the run / the audit swept.
     crashed_holding_locks: usize,
+    crashed_locks_resolved_by_others: usize,
+    crashed_locks_swept: usize,
     faults: usize,
     lock_waits: u64,
     deadlocks: usize,
@@ -222,6 +225,8 @@ fn pess_seeds_pass() {
         sums.locked_with_conflict += s.locked_with_conflict;
         sums.swept_locks += s.swept_locks;
         sums.resolver_rpcs += s.resolver_rpcs;
+        sums.crashed_locks_resolved_by_others += s.crashed_lock_holders.0;
+        sums.crashed_locks_swept += s.crashed_lock_holders.1;
         for e in &report.txn_history.entries {
             let TxnKind::Pessimistic(kind) = &e.kind else { continue };
             let committed = matches!(e.outcome, TxnOutcome::Committed { .. });
@@ -244,6 +249,7 @@ fn pess_seeds_pass() {
         assert!(sums.deadlocks > 0 && sums.lock_wait_failures > 0, "{sums:?}");
         assert!(sums.locked_with_conflict > 0, "fair locking never met a newer write: {sums:?}");
         assert!(sums.crashes > 0 && sums.crashed_holding_locks > 0, "{sums:?}");
+        assert!(sums.crashed_locks_resolved_by_others > 0, "{sums:?}");
         assert!(sums.undetermined > 0 && sums.failed > 0, "{sums:?}");
         assert!(sums.increments > seeds as usize && sums.transfers > 0, "{sums:?}");
         assert!(sums.resolver_rpcs > 0, "{sums:?}");

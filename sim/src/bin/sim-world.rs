@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
     let mut with_conflict = 0usize;
+    let mut crashed_holders = (0usize, 0usize);
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
         let report = world::run(config(seed));
@@ -68,6 +69,8 @@ fn main() -> ExitCode {
         deadlocks += report.stats.deadlocks;
         gave_up += report.stats.lock_wait_failures;
         with_conflict += report.stats.locked_with_conflict;
+        crashed_holders.0 += report.stats.crashed_lock_holders.0;
+        crashed_holders.1 += report.stats.crashed_lock_holders.1;
         max_op = max_op.max(report.stats.max_op);
         if !report.passed() {
             failed += 1;
@@ -90,6 +93,11 @@ fn main() -> ExitCode {
             "{lock_waits} lock requests waited in TiKV, {deadlocks} deadlock victims, \
              {gave_up} lock calls gave up waiting (timeout or no-wait), {with_conflict} locks \
              taken over a newer write (fair locking)"
+        );
+        println!(
+            "clients crashed holding pessimistic locks: {} times other clients resolved them, \
+             {} times the audit swept them",
+            crashed_holders.0, crashed_holders.1
         );
     }
     println!(

@@ -263,6 +263,11 @@ pub struct Stats {
     /// (pessimistic) Locks fair locking took over a newer write
     /// (`LockedWithConflict`).
     pub locked_with_conflict: usize,
+    /// (pessimistic) Transactions whose client crashed while they held
+    /// pessimistic locks (before committing): those whose locks other
+    /// clients resolved during the run, and those with locks left for the
+    /// audit's sweep (on keys nobody locked again).
+    pub crashed_lock_holders: (usize, usize),
     /// (pessimistic) Lock calls that gave up waiting
     /// (`LockWaitTimeout`, `LockAcquireFailAndNoWaitSet`).
     pub lock_wait_failures: usize,
@@ -564,6 +569,8 @@ fn scaled_budgets(permille: u64) -> BackoffBudgets {
         get_txn_status: s(d.get_txn_status),
         async_resolve_lock: s(d.async_resolve_lock),
         locate_region: s(d.locate_region),
+        pessimistic_lock: s(d.pessimistic_lock),
+        pessimistic_rollback: s(d.pessimistic_rollback),
         ..d
     }
 }
@@ -1799,6 +1806,21 @@ impl World {
         self.launch_txn(auditor, spec);
         self.drain();
         let left: Vec<Lock> = self.cluster.locks().iter().flat_map(Lock::from_info).collect();
+        if let Some(t) = &self.txn {
+            let holders = t
+                .history
+                .entries
+                .iter()
+                .filter(|e| e.crashed && !e.run.locked.is_empty() && e.run.writes.is_empty());
+            for e in holders {
+                let ts = e.run.start_ts.unwrap_or_default();
+                if left.iter().any(|l| l.txn_id.version() == ts) {
+                    self.stats.crashed_lock_holders.1 += 1;
+                } else {
+                    self.stats.crashed_lock_holders.0 += 1;
+                }
+            }
+        }
         for l in &left {
             // A read of every key meets every Put/Delete lock at or below
             // its ts and resolves it; only `LockKeys` locks stay unseen.

@@ -12,6 +12,11 @@
 //!   `LockAcquireFailAndNoWaitSet` and any other error end the transaction,
 //!   whose locks are then rolled back (the failed call's follow-up, and the
 //!   rollback the driver runs when a transaction is dropped);
+//! - with fair locking (some counter increments), each single-key call in
+//!   TiKV's `WakeUpModeForceLock`: a lock taken over a newer write
+//!   (`LockedWithConflict`) counts that write's commit ts as the key's
+//!   `for_update_ts`, and the prewrite checks it
+//!   (`for_update_ts_constraints`), as client-go's aggressive locking does;
 //! - the TTL manager (`KeepAlive`) from the first lock on, beside the rest,
 //!   as the driver spawns it;
 //! - the `Committer` in pessimistic mode at the largest `for_update_ts`
