@@ -1,11 +1,13 @@
 //! Runs deterministic worlds ([`tikv_sim::world`]) and reports throughput.
 //!
 //! ```text
-//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn] [SEEDS] [FIRST]
-//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn]
+//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess] [SEEDS] [FIRST]
+//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess]
 //! ```
 //!
-//! `--raw` (the default) runs the raw workload, `--txn` the transactional one. With
+//! `--raw` (the default) runs the raw workload, `--txn` the transactional one,
+//! `--pess` the pessimistic one (then also lock waits, deadlock victims and
+//! lock calls that gave up waiting are counted). With
 //! `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
 //! runs `SEEDS` seeds (default 1000) from `FIRST` (default 0), prints every
 //! failing seed, and ends with simulated operations (transactions) per
@@ -24,8 +26,9 @@ fn main() -> ExitCode {
         workload = match flag.as_str() {
             "--raw" => Workload::Raw,
             "--txn" => Workload::Txn,
+            "--pess" => Workload::Pessimistic,
             other => {
-                eprintln!("unknown world {other:?}: expected --raw or --txn");
+                eprintln!("unknown world {other:?}: expected --raw, --txn or --pess");
                 return ExitCode::FAILURE;
             }
         };
@@ -49,6 +52,9 @@ fn main() -> ExitCode {
     let (mut ops, mut rpcs, mut events, mut failed, mut unknown) =
         (0usize, 0u64, 0u64, 0u64, 0usize);
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
+    let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
+    let mut with_conflict = 0usize;
+    let mut crashed_holders = (0usize, 0usize);
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
         let report = world::run(config(seed));
@@ -59,6 +65,12 @@ fn main() -> ExitCode {
         committed += report.stats.ok;
         undetermined += report.stats.undetermined;
         crashes += report.stats.crashes;
+        lock_waits += report.stats.lock_waits;
+        deadlocks += report.stats.deadlocks;
+        gave_up += report.stats.lock_wait_failures;
+        with_conflict += report.stats.locked_with_conflict;
+        crashed_holders.0 += report.stats.crashed_lock_holders.0;
+        crashed_holders.1 += report.stats.crashed_lock_holders.1;
         max_op = max_op.max(report.stats.max_op);
         if !report.passed() {
             failed += 1;
@@ -68,7 +80,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let what = match workload {
         Workload::Raw => "ops",
-        Workload::Txn => "txns",
+        Workload::Txn | Workload::Pessimistic => "txns",
     };
     println!(
         "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
@@ -76,6 +88,18 @@ fn main() -> ExitCode {
          {rpcs} RPCs, {events} events; longest {max_op:?} (virtual)",
         first + seeds
     );
+    if workload == Workload::Pessimistic {
+        println!(
+            "{lock_waits} lock requests waited in TiKV, {deadlocks} deadlock victims, \
+             {gave_up} lock calls gave up waiting (timeout or no-wait), {with_conflict} locks \
+             taken over a newer write (fair locking)"
+        );
+        println!(
+            "clients crashed holding pessimistic locks: {} times other clients resolved them, \
+             {} times the audit swept them",
+            crashed_holders.0, crashed_holders.1
+        );
+    }
     println!(
         "{:.1} s wall: {:.0} simulated {what}/s, {:.0} RPCs/s, {:.0} seeds/minute",
         secs,

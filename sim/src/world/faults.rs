@@ -179,6 +179,34 @@ impl Plan {
         plan
     }
 
+    /// Draws a plan for the pessimistic world from `rng`: accounts and
+    /// counters (the register family), then the universe, faults, crashes
+    /// and commit modes as for the transactional world.
+    pub fn draw_pess(rng: &mut Rng) -> Plan {
+        let keys = TxnKeys {
+            accounts: rng.gen_range(2, 5) as u32,
+            lists: 0,
+            registers: rng.gen_range(1, 4) as u32,
+        };
+        let mut plan = Plan::draw_universe(rng, keys.total(), (500, 7000), (4, 12));
+        plan.txn = Some(TxnParams {
+            keys,
+            crash_permille: match rng.gen_range(0, 4) {
+                0 => 0,
+                1 => rng.gen_range(1, 100),
+                _ => rng.gen_range(100, 300),
+            },
+            async_commit_permille: rng.gen_range(0, 700),
+            one_pc_permille: rng.gen_range(0, 600),
+            budget_permille: match rng.gen_range(0, 4) {
+                0 | 1 => 1000,
+                2 => rng.gen_range(5, 50),
+                _ => rng.gen_range(50, 500),
+            },
+        });
+        plan
+    }
+
     /// Draws a universe: the active phase lasts `active_ms`, each client
     /// runs `ops` operations (ranges, upper bound excluded).
     fn draw_universe(rng: &mut Rng, keys: u32, active_ms: (u64, u64), ops: (u64, u64)) -> Plan {

@@ -2,7 +2,7 @@
 //! real core against one [`Cluster`] over a faulty simulated network, in
 //! virtual time, and the run is checked afterwards.
 //!
-//! Two workloads ([`Workload`]):
+//! Three workloads ([`Workload`]):
 //! - **raw**: raw gets, puts, deletes, CAS, batch operations and scans,
 //!   checked for per-key linearizability ([`linearizability`]);
 //! - **txn**: transactions on the real transactional
@@ -14,7 +14,20 @@
 //!   concurrently; clients crash mid-commit and leave their locks behind.
 //!   Checked for snapshot isolation and the bank invariant ([`si`]), with an
 //!   Elle-style list-append checker ([`elle`]), and for liveness (every lock
-//!   is resolved in the end).
+//!   is resolved in the end);
+//! - **pessimistic**: pessimistic transactions (`pess_workload`): locked
+//!   bank transfers and counter increments that lock with `get_for_update`
+//!   before they write, waiting, waiting with a timeout or not at all, in
+//!   orders that deadlock; bank reads; clients that crash holding
+//!   pessimistic locks. Lock requests that meet a lock wait in the
+//!   cluster's lock manager ([`crate::lock_wait`]): the world parks them,
+//!   advances their timeouts and delayed wake-ups on its clock, and sends
+//!   their answers (woken, timed out, deadlock) back over the network; a
+//!   wait whose caller gave up (its deadline passed, the call ended, the
+//!   client crashed) is cancelled, as a closed gRPC call is. Checked for
+//!   snapshot isolation with the pessimistic guarantee ([`si`]), the bank
+//!   invariant, lost updates and deadlock victims ([`pessimistic`]), and
+//!   liveness (no lock and no parked request left after the audit).
 //!
 //! One seeded generator ([`Rng`]) decides everything; one event queue
 //! ordered by `(instant, sequence number)` holds every pending delivery,
@@ -67,6 +80,8 @@ pub mod faults;
 pub mod history;
 pub mod linearizability;
 mod own_reads;
+mod pess_workload;
+pub mod pessimistic;
 pub mod si;
 pub mod txn_history;
 mod txn_workload;
@@ -93,7 +108,7 @@ use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
 use tikv_proto::errorpb;
 
-use crate::{Cluster, ClusterConfig, Filter, WriteKind};
+use crate::{Cluster, ClusterConfig, Filter, KvAnswer, LockWaitToken, WriteKind};
 pub use faults::{Fault, PD_MEMBERS, Plan, Swarm, TxnParams};
 use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
@@ -126,6 +141,10 @@ pub enum Workload {
     /// Transactions, checked for snapshot isolation, the bank invariant and
     /// list-append anomalies.
     Txn,
+    /// Pessimistic transactions with lock waiting and deadlocks, checked
+    /// for snapshot isolation with the pessimistic guarantee, the bank
+    /// invariant, lost updates and deadlock victims ([`pessimistic`]).
+    Pessimistic,
 }
 
 /// A deliberately broken world, to show the checkers catch real bugs.
@@ -146,6 +165,14 @@ pub enum Bug {
     /// Txn: a transaction is reported committed as soon as the primary's
     /// `Commit` is sent, before TiKV confirmed it.
     SuccessBeforePrimaryCommit,
+    /// Pessimistic: a transaction reads its keys at its start ts before
+    /// locking them and computes its writes from those reads instead of
+    /// the values the locks returned.
+    ReadBeforeLock,
+    /// Pessimistic: when TiKV answers a deadlock to the request that closed
+    /// a cycle, the world also fails the other members' parked waits with
+    /// it, so one cycle has several victims.
+    DeadlockBothVictims,
 }
 
 impl Bug {
@@ -156,6 +183,7 @@ impl Bug {
             Bug::SecondariesBeforePrimary
             | Bug::ReadThroughLocks
             | Bug::SuccessBeforePrimaryCommit => Workload::Txn,
+            Bug::ReadBeforeLock | Bug::DeadlockBothVictims => Workload::Pessimistic,
         }
     }
 }
@@ -185,6 +213,11 @@ impl WorldConfig {
     /// A transactional-workload config for `seed`.
     pub fn txn(seed: u64) -> WorldConfig {
         WorldConfig { seed, workload: Workload::Txn, ..WorldConfig::default() }
+    }
+
+    /// A pessimistic-workload config for `seed`.
+    pub fn pess(seed: u64) -> WorldConfig {
+        WorldConfig { seed, workload: Workload::Pessimistic, ..WorldConfig::default() }
     }
 }
 
@@ -223,6 +256,21 @@ pub struct Stats {
     /// Transactions undetermined because their client crashed mid-commit
     /// that were found (committed, rolled back or never written) at the end.
     pub crashed_resolved: (usize, usize),
+    /// (pessimistic) Lock requests parked in TiKV's lock manager.
+    pub lock_waits: u64,
+    /// (pessimistic) Transactions that failed as a deadlock's victim.
+    pub deadlocks: usize,
+    /// (pessimistic) Locks fair locking took over a newer write
+    /// (`LockedWithConflict`).
+    pub locked_with_conflict: usize,
+    /// (pessimistic) Transactions whose client crashed while they held
+    /// pessimistic locks (before committing): those whose locks other
+    /// clients resolved during the run, and those with locks left for the
+    /// audit's sweep (on keys nobody locked again).
+    pub crashed_lock_holders: (usize, usize),
+    /// (pessimistic) Lock calls that gave up waiting
+    /// (`LockWaitTimeout`, `LockAcquireFailAndNoWaitSet`).
+    pub lock_wait_failures: usize,
     /// Virtual time at the end of the run.
     pub end: Instant,
     /// Longest operation.
@@ -263,6 +311,7 @@ impl Report {
         let test = match self.workload {
             Workload::Raw => "seeds_pass",
             Workload::Txn => "txn_seeds_pass",
+            Workload::Pessimistic => "pess_seeds_pass",
         };
         format!(
             "simulation failed ({:?} workload): rerun with TIKV_SIM_SEED={} \
@@ -282,6 +331,7 @@ pub fn run(cfg: WorldConfig) -> Report {
     let plan = match cfg.plan.clone() {
         Some(p) => p,
         None if workload == Workload::Txn => Plan::draw_txn(&mut rng),
+        None if workload == Workload::Pessimistic => Plan::draw_pess(&mut rng),
         None => Plan::draw(&mut rng),
     };
     let mut world = World::new(cfg, plan, rng);
@@ -332,6 +382,18 @@ enum Event {
     QuietStart,
     /// The client's oracle sends rounds for its waiting timestamp needs.
     OracleRounds(usize),
+    /// (pessimistic) A lock-wait timeout or delayed wake-up is due.
+    LockWaits,
+}
+
+/// A `PessimisticLock` request parked in the cluster's lock manager: whose
+/// it is, so its answer goes back over the network when it comes.
+struct Parked {
+    client: usize,
+    op: u64,
+    id: RpcId,
+    endpoint: Endpoint,
+    start_ts: u64,
 }
 
 struct Flight {
@@ -420,6 +482,11 @@ enum TxnPhase {
 
 struct World {
     seed: u64,
+    workload: Workload,
+    /// (pessimistic) Parked lock requests, and when the lock manager next
+    /// has a timeout or delayed wake-up due.
+    parked: BTreeMap<LockWaitToken, Parked>,
+    lock_wait_timer: Option<Instant>,
     rng: Rng,
     now: Instant,
     queue: BTreeMap<(Instant, u64), Event>,
@@ -502,6 +569,8 @@ fn scaled_budgets(permille: u64) -> BackoffBudgets {
         get_txn_status: s(d.get_txn_status),
         async_resolve_lock: s(d.async_resolve_lock),
         locate_region: s(d.locate_region),
+        pessimistic_lock: s(d.pessimistic_lock),
+        pessimistic_rollback: s(d.pessimistic_rollback),
         ..d
     }
 }
@@ -525,6 +594,8 @@ impl World {
         let pd_urls: Vec<String> =
             (0..PD_MEMBERS).map(|i| format!("http://pd-{i}.sim:2379")).collect();
         let txn_budgets = plan.txn.as_ref().map(|t| scaled_budgets(t.budget_permille));
+        let workload = cfg.bug.map_or(cfg.workload, Bug::workload);
+        let timeout = rpc_timeout(workload);
         // Transactional clients run in processes of one to three, which
         // share a view and a timestamp oracle as the transactions of one
         // application share its client: their timestamp needs meet in the
@@ -537,7 +608,8 @@ impl World {
                 None => (1, DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT),
             };
             let seed = rng.next_u64();
-            let view = new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone(), depth);
+            let view =
+                new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone(), depth, timeout);
             let lead = clients.len();
             for _ in 0..size.min(swarm.clients - lead) {
                 clients.push(Client::new(view.clone(), lead));
@@ -553,6 +625,7 @@ impl World {
                 swarm.raw_budget,
                 budgets,
                 DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
+                timeout,
             );
             clients.push(Client::new(view, clients.len()));
             TxnWorld {
@@ -565,6 +638,9 @@ impl World {
         });
         let mut world = World {
             seed: cfg.seed,
+            workload,
+            parked: BTreeMap::new(),
+            lock_wait_timer: None,
             rng,
             now: Instant::ZERO,
             queue: BTreeMap::new(),
@@ -695,6 +771,9 @@ impl World {
                 self.feed(client, op, |o, now| o.on_response(id, result, now));
             }
             Event::Deadline { client, op, id } => {
+                // The call's deadline passed: gRPC cancels it, and TiKV
+                // drops a parked lock request with it.
+                self.cancel_parked(|p| p.client == client && p.op == op && p.id == id);
                 let Some(r) = self.running_mut(client, op) else { return };
                 let Some(flight) = r.inflight.remove(&id) else { return };
                 if flight.write {
@@ -737,6 +816,13 @@ impl World {
             Event::HealAll => self.heal_all(),
             Event::QuietStart => self.quiet_start(),
             Event::OracleRounds(c) => self.oracle_rounds(c),
+            Event::LockWaits => {
+                if self.lock_wait_timer == Some(self.now) {
+                    self.lock_wait_timer = None;
+                    self.cluster.advance_lock_waits(self.now);
+                    self.collect_lock_answers();
+                }
+            }
         }
     }
 
@@ -838,6 +924,9 @@ impl World {
         self.clients[c].issued += 1;
         let spec = if phase == TxnPhase::Quiet {
             self.full_read_spec()
+        } else if self.workload == Workload::Pessimistic {
+            let Some(t) = self.txn.as_ref() else { return };
+            pess_workload::pick(&mut self.rng, &t.params)
         } else {
             let Some(t) = self.txn.as_mut() else { return };
             txn_workload::pick(&mut self.rng, &t.params, &mut t.next_value)
@@ -887,8 +976,14 @@ impl World {
             spec.kind, spec.read_method
         ));
         let bug = self.bug;
-        let op = TxnProgram::new(self.clients[c].view.clone(), entry, spec, &keys, bug);
-        self.launch(c, Task::Txn, entry, Box::new(op));
+        let view = self.clients[c].view.clone();
+        let op: Box<dyn SimOp> = match spec.kind {
+            TxnKind::Pessimistic(kind) => {
+                Box::new(pess_workload::PessProgram::new(view, entry, kind, spec.opts, bug))
+            }
+            _ => Box::new(TxnProgram::new(view, entry, spec, &keys, bug)),
+        };
+        self.launch(c, Task::Txn, entry, op);
     }
 
     fn next_issue(&mut self, c: usize) {
@@ -949,6 +1044,14 @@ impl World {
         while let Some(rpc) = r.op.poll_rpc(now) {
             self.send(c, &mut r, rpc);
         }
+        let abandoned = r.op.abandoned();
+        if !abandoned.is_empty() {
+            let seq = r.seq;
+            for id in &abandoned {
+                r.inflight.remove(id);
+            }
+            self.cancel_parked(|p| p.client == c && p.op == seq && abandoned.contains(&p.id));
+        }
         // A late result (a tail's) would be dropped; the op reports once.
         if !r.reported
             && let Some(finished) = r.op.poll_result()
@@ -960,6 +1063,8 @@ impl World {
             if r.task == Task::Txn && !foreground {
                 self.log(format!("c{c} txn{} background work done", r.entry));
             }
+            let seq = r.seq;
+            self.cancel_parked(|p| p.client == c && p.op == seq);
             return;
         }
         if r.task == Task::Txn && !r.crash_drawn && r.op.committing() {
@@ -1077,9 +1182,48 @@ impl World {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
                 self.cluster.handle_pd(m, req, self.now).map(Response::Pd)
             }
+            (Some(Endpoint::Store(s)), Request::Kv(req))
+                if self.workload == Workload::Pessimistic =>
+            {
+                let start_ts = match &req {
+                    KvRequest::PessimisticLock(r) => r.start_version,
+                    _ => 0,
+                };
+                let answer = self.cluster.handle_kv_waiting(s, req, self.now);
+                let result = match answer {
+                    Ok(KvAnswer::Ready(resp)) => Ok(resp),
+                    Ok(KvAnswer::Waiting(token)) => {
+                        self.stats.lock_waits += 1;
+                        self.log(format!("server: c{c} {id} waits for a lock ({token:?})"));
+                        let endpoint = Endpoint::Store(s);
+                        let parked = Parked { client: c, op, id, endpoint, start_ts };
+                        self.parked.insert(token, parked);
+                        self.collect_lock_answers();
+                        return;
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Ok(KvResponse::PessimisticLock(r)) = &result {
+                    self.on_lock_answer(start_ts, r);
+                }
+                self.collect_lock_answers();
+                result.map(Response::Kv)
+            }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => self.serve_kv(s, req).map(Response::Kv),
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", rpc.target))),
         };
+        self.respond(c, op, id, endpoint, result);
+    }
+
+    /// Sends a server's answer back to client `c` over the network.
+    fn respond(
+        &mut self,
+        c: usize,
+        op: u64,
+        id: RpcId,
+        endpoint: Option<Endpoint>,
+        result: Result<Response, RpcError>,
+    ) {
         self.log(format!("server: c{c} {id} -> {}", summarize(&result)));
         let partitioned = endpoint.is_some_and(|e| self.partitions.contains(&(c, e)));
         if partitioned || self.chance(self.plan.swarm.drop_response_permille) {
@@ -1095,6 +1239,79 @@ impl World {
             );
         }
         self.schedule(at, Event::Respond { client: c, op, id, result, duplicate: false });
+    }
+
+    /// (pessimistic) Sends the answers of the parked lock requests that were
+    /// woken, timed out or failed since, and keeps the lock manager's
+    /// timer armed.
+    fn collect_lock_answers(&mut self) {
+        let tokens: Vec<LockWaitToken> = self.parked.keys().copied().collect();
+        for token in tokens {
+            let Some(resp) = self.cluster.take_lock_wait_answer(token) else { continue };
+            let Some(p) = self.parked.remove(&token) else { continue };
+            self.log(format!("server: c{} {} stops waiting ({token:?})", p.client, p.id));
+            self.on_lock_answer(p.start_ts, &resp);
+            let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(resp))));
+            self.respond(p.client, p.op, p.id, Some(p.endpoint), result);
+        }
+        let next = self.cluster.next_lock_wait_deadline();
+        if next != self.lock_wait_timer {
+            self.lock_wait_timer = next;
+            if let Some(at) = next {
+                self.schedule(at, Event::LockWaits);
+            }
+        }
+    }
+
+    /// (pessimistic) Drops the parked lock requests `which` picks (their
+    /// callers went away); they leave TiKV's wait queues and wait-for graph.
+    fn cancel_parked(&mut self, which: impl Fn(&Parked) -> bool) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let tokens: Vec<LockWaitToken> =
+            self.parked.iter().filter(|(_, p)| which(p)).map(|(t, _)| *t).collect();
+        for token in tokens {
+            self.parked.remove(&token);
+            self.cluster.cancel_lock_wait(token);
+            self.log(format!("server: lock wait {token:?} cancelled by its caller"));
+        }
+        self.collect_lock_answers();
+    }
+
+    /// (pessimistic) A lock request of transaction `start_ts` was answered.
+    /// [`Bug::DeadlockBothVictims`] answers the same deadlock to the parked
+    /// requests of the cycle's other transactions.
+    fn on_lock_answer(
+        &mut self,
+        start_ts: u64,
+        resp: &tikv_proto::kvrpcpb::PessimisticLockResponse,
+    ) {
+        if self.bug != Some(Bug::DeadlockBothVictims) {
+            return;
+        }
+        let Some(chain) = resp.errors.iter().find_map(|e| e.deadlock.as_ref()) else { return };
+        let others: Vec<u64> =
+            chain.wait_chain.iter().map(|w| w.txn).filter(|&t| t != start_ts).collect();
+        let victims: Vec<LockWaitToken> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| others.contains(&p.start_ts))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in victims {
+            let Some(p) = self.parked.remove(&token) else { continue };
+            self.cluster.cancel_lock_wait(token);
+            let copy = tikv_proto::kvrpcpb::PessimisticLockResponse {
+                errors: vec![tikv_proto::kvrpcpb::KeyError {
+                    deadlock: Some(chain.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(copy))));
+            self.respond(p.client, p.op, p.id, Some(p.endpoint), result);
+        }
     }
 
     fn serve_kv(&mut self, store: u64, req: KvRequest) -> Result<KvResponse, RpcError> {
@@ -1292,11 +1509,18 @@ impl World {
                 e.id, e.kind, e.outcome
             ));
         }
-        match e.outcome {
+        match &e.outcome {
             TxnOutcome::Committed { .. } => self.stats.ok += 1,
-            TxnOutcome::Failed(_) => self.stats.failed += 1,
+            TxnOutcome::Failed(why) => {
+                self.stats.failed += 1;
+                let gave_up = why == &Error::LockWaitTimeout.to_string()
+                    || why == &Error::LockAcquireFailAndNoWaitSet.to_string();
+                self.stats.lock_wait_failures += usize::from(gave_up);
+            }
             _ => self.stats.undetermined += 1,
         }
+        self.stats.deadlocks += usize::from(!e.run.deadlock.is_empty());
+        self.stats.locked_with_conflict += e.run.locked.iter().filter(|l| l.with_conflict).count();
         self.stats.max_op = self.stats.max_op.max(took);
         self.violations.extend(problems);
         self.log(line);
@@ -1312,7 +1536,15 @@ impl World {
         let b = scaled_budgets(t.params.budget_permille);
         let read = b.get.max(b.batch_get).max(b.scan);
         let sum = 3 * b.tso + read + b.prewrite + b.commit;
-        config.budget(sum) * 3 + Duration::from_secs(30)
+        let bound = config.budget(sum) * 3 + Duration::from_secs(30);
+        if self.workload != Workload::Pessimistic {
+            return bound;
+        }
+        // Lock calls wait for other transactions' locks, a crashed
+        // client's until their TTL (20 s past their transaction's age)
+        // runs out, and several calls, each with a TSO round.
+        let lock_ttl = Duration::from_millis(tikv_core::txn::commit::MAX_LOCK_TTL);
+        bound + config.budget(b.pessimistic_lock) * 3 + lock_ttl * 4
     }
 
     /// (txn) Arms a crash for client `c`'s transaction that started
@@ -1351,6 +1583,8 @@ impl World {
         let lead = self.clients[c].process;
         let members: Vec<usize> =
             (0..self.clients.len()).filter(|&m| self.clients[m].process == lead).collect();
+        // The process's connections close: TiKV drops its parked requests.
+        self.cancel_parked(|p| members.contains(&p.client));
         let mut extra = extra;
         let mut restart_issue = Vec::new();
         for &m in &members {
@@ -1361,7 +1595,9 @@ impl World {
         let seed = self.rng.next_u64();
         let budgets = self.txn.as_ref().map(|t| scaled_budgets(t.params.budget_permille));
         let depth = self.clients[c].view.config.tso_max_rounds_in_flight;
-        let view = new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets, depth);
+        let timeout = rpc_timeout(self.workload);
+        let view =
+            new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets, depth, timeout);
         for &m in &members {
             self.clients[m].restart(view.clone(), m);
         }
@@ -1570,10 +1806,31 @@ impl World {
         self.launch_txn(auditor, spec);
         self.drain();
         let left: Vec<Lock> = self.cluster.locks().iter().flat_map(Lock::from_info).collect();
+        if let Some(t) = &self.txn {
+            let holders = t
+                .history
+                .entries
+                .iter()
+                .filter(|e| e.crashed && !e.run.locked.is_empty() && e.run.writes.is_empty());
+            for e in holders {
+                let ts = e.run.start_ts.unwrap_or_default();
+                if left.iter().any(|l| l.txn_id.version() == ts) {
+                    self.stats.crashed_lock_holders.1 += 1;
+                } else {
+                    self.stats.crashed_lock_holders.0 += 1;
+                }
+            }
+        }
         for l in &left {
             // A read of every key meets every Put/Delete lock at or below
             // its ts and resolves it; only `LockKeys` locks stay unseen.
-            if l.lock_type != tikv_proto::kvrpcpb::Op::Lock {
+            // Reads pass pessimistic locks too (TiKV ignores them).
+            let unseen = match l.lock_type {
+                tikv_proto::kvrpcpb::Op::Lock => true,
+                tikv_proto::kvrpcpb::Op::PessimisticLock => self.workload == Workload::Pessimistic,
+                _ => false,
+            };
+            if !unseen {
                 self.violations.push(format!(
                     "liveness: the audit read left txn {}'s {:?} lock on {:?}",
                     l.txn_id, l.lock_type, l.key
@@ -1610,6 +1867,13 @@ impl World {
                 "liveness: a lock of txn {} on {:?} was never resolved",
                 l.lock_version,
                 String::from_utf8_lossy(&l.key)
+            ));
+        }
+        if !self.parked.is_empty() || self.cluster.lock_waiters() > 0 {
+            self.violations.push(format!(
+                "liveness: {} lock requests still wait in TiKV after the audit ({} unanswered)",
+                self.cluster.lock_waiters(),
+                self.parked.len()
             ));
         }
     }
@@ -1718,12 +1982,23 @@ impl World {
         for v in si::check_bank(&t.history, &keys.account_keys(), &final_data) {
             self.violations.push(v);
         }
-        for a in elle::check(&elle_history(&t.history)) {
-            self.violations.push(format!("elle: {a}"));
+        if self.workload == Workload::Pessimistic {
+            let counters: Vec<String> = (0..keys.registers).map(txn_history::register).collect();
+            for v in pessimistic::check_counters(&t.history, &fates, &counters, &final_data) {
+                self.violations.push(format!("counters: {v}"));
+            }
+            for v in pessimistic::check_deadlocks(&t.history) {
+                self.violations.push(format!("deadlock: {v}"));
+            }
+        } else {
+            for a in elle::check(&elle_history(&t.history)) {
+                self.violations.push(format!("elle: {a}"));
+            }
         }
         let (_, _, _, pending) = t.history.counts();
         debug_assert!(pending == 0 || !self.violations.is_empty());
-        self.into_report(Workload::Txn, t.history, format!("{final_data:?}"))
+        let workload = self.workload;
+        self.into_report(workload, t.history, format!("{final_data:?}"))
     }
 }
 
@@ -1765,6 +2040,7 @@ fn new_view(
     raw_budget: Duration,
     txn_budgets: Option<BackoffBudgets>,
     tso_rounds_in_flight: usize,
+    read_timeout_short: Duration,
 ) -> Arc<ClusterView> {
     let mode = if txn_budgets.is_some() { Mode::Txn } else { Mode::Raw };
     let mut budgets = txn_budgets.unwrap_or_default();
@@ -1774,11 +2050,23 @@ fn new_view(
         .with_pd_endpoints(pd_urls.to_vec())
         .with_rng_seed(seed)
         .with_pd_timeout(Duration::from_secs(1))
-        .with_read_timeout_short(Duration::from_secs(1))
+        .with_read_timeout_short(read_timeout_short)
         .with_read_timeout_medium(Duration::from_secs(2))
         .with_tso_max_rounds_in_flight(tso_rounds_in_flight);
     let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
     Arc::new(ClusterView::new(config, ApiCodec::v1(mode), pd))
+}
+
+/// The short RPC timeout of a world's clients. A pessimistic lock request
+/// may wait in TiKV up to its `wait-for-lock-timeout` (1 s), so the
+/// pessimistic world's calls get 2 s (client-go's 30 s `ReadTimeoutShort`
+/// is as far above TiKV's ceiling): the answer then comes from TiKV, as
+/// `KeyIsLocked`, rather than from the deadline.
+fn rpc_timeout(workload: Workload) -> Duration {
+    match workload {
+        Workload::Pessimistic => Duration::from_secs(2),
+        Workload::Raw | Workload::Txn => Duration::from_secs(1),
+    }
 }
 
 /// The list-append view of a transactional history, for [`elle::check`]:

@@ -23,7 +23,13 @@
 //!   (read-your-writes, core's merge) sees its puts, not its deleted keys,
 //!   and the model at its start ts for the keys it did not write;
 //! - first committer wins: no two committed writers of a key overlap
-//!   (`start_ts < other's commit_ts` in both directions);
+//!   (`start_ts < other's commit_ts` in both directions), except that a
+//!   pessimistic transaction's write of a key it locked is checked from its
+//!   lock: **the pessimistic guarantee**, no other transaction committed
+//!   the key after the lock's `for_update_ts` and before this commit, and
+//!   the value the transaction read under the lock equals the model at
+//!   that `for_update_ts`; together, the value read with `get_for_update`
+//!   is the value the commit overwrote;
 //! - real time: a transaction that started after another reported its
 //!   commit (linearizable modes, i.e. not causal consistency) has a start ts
 //!   at least that commit ts, so it sees it;
@@ -65,6 +71,8 @@ struct Version {
     start_ts: u64,
     txn: usize,
     write: TxnWrite,
+    /// The `for_update_ts` of the writer's pessimistic lock on the key.
+    locked_at: Option<u64>,
 }
 
 fn expected_kind(w: &TxnWrite) -> WriteKind {
@@ -176,11 +184,13 @@ fn check_fates(history: &TxnHistory, fates: &Fates, out: &mut Vec<String>) -> Mo
                     e.id
                 ));
             }
+            let locked_at = e.run.locked.iter().find(|l| l.key == k).map(|l| l.for_update_ts);
             model.keys.entry(k.to_string()).or_default().push(Version {
                 commit_ts,
                 start_ts,
                 txn: e.id,
                 write: (*w).clone(),
+                locked_at,
             });
         }
     }
@@ -200,6 +210,14 @@ fn check_write_conflicts(model: &Model, out: &mut Vec<String>) {
                     "write conflict: txns {} and {} both committed {k} at {}",
                     a.txn, b.txn, a.commit_ts
                 ));
+            } else if let Some(f) = b.locked_at {
+                // TiKV refuses a pessimistic lock below a newer commit.
+                if a.commit_ts > f {
+                    out.push(format!(
+                        "pessimistic: txn {} locked {k} at for_update_ts {f} and committed it at {}, but txn {} committed {k} at {} in between (lost update)",
+                        b.txn, b.commit_ts, a.txn, a.commit_ts
+                    ));
+                }
             } else if b.start_ts < a.commit_ts {
                 out.push(format!(
                     "write conflict: txn {} (start {}) and txn {} (commit {}) both committed {k} \
@@ -228,6 +246,32 @@ fn check_reads(history: &TxnHistory, model: &Model, out: &mut Vec<String>) {
                     e.kind,
                     e.outcome,
                     show(seen),
+                    show(&want)
+                ));
+            }
+        }
+    }
+}
+
+/// Every value a pessimistic transaction read under its lock equals the
+/// model at the lock's `for_update_ts`.
+fn check_locked_reads(history: &TxnHistory, model: &Model, out: &mut Vec<String>) {
+    for e in &history.entries {
+        for l in &e.run.locked {
+            let (want, by) = model.at(&l.key, l.for_update_ts);
+            if l.value != want {
+                let writer = match by {
+                    Some(v) => format!("txn {} at {}", v.txn, v.commit_ts),
+                    None => "nobody".into(),
+                };
+                out.push(format!(
+                    "pessimistic: txn {} ({}, {:?}) read {}={} under its lock at for_update_ts {}; committed then: {} (written by {writer})",
+                    e.id,
+                    e.kind,
+                    e.outcome,
+                    l.key,
+                    show(&l.value),
+                    l.for_update_ts,
                     show(&want)
                 ));
             }
@@ -310,6 +354,7 @@ pub fn check(
     let model = check_fates(history, fates, &mut out);
     check_write_conflicts(&model, &mut out);
     check_reads(history, &model, &mut out);
+    check_locked_reads(history, &model, &mut out);
     check_own_reads(history, &model, &mut out);
     check_real_time(history, &mut out);
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
@@ -420,6 +465,8 @@ mod tests {
                     .collect(),
                 micro: Vec::new(),
                 own_reads: Vec::new(),
+                locked: Vec::new(),
+                deadlock: Vec::new(),
             },
             outcome: TxnOutcome::Committed { commit_ts: start_ts, mode: None },
             crashed: false,
@@ -513,6 +560,40 @@ mod tests {
         let h = TxnHistory { entries: vec![t0, t1, late] };
         let v = check(&h, &fates, &data(&[("r0", "x2")]));
         assert!(v.iter().any(|v| v.starts_with("real time:")), "{v:?}");
+    }
+
+    /// A pessimistic writer of `r0` that locked it at `for_update_ts` and
+    /// read `seen` under the lock.
+    fn locked(mut e: TxnEntry, for_update_ts: u64, seen: Option<&str>) -> TxnEntry {
+        e.run.locked = vec![crate::world::txn_history::LockedRead {
+            key: "r0".into(),
+            for_update_ts,
+            value: seen.map(String::from),
+            with_conflict: false,
+        }];
+        e
+    }
+
+    #[test]
+    fn the_pessimistic_guarantee_is_checked_from_the_lock() {
+        // Txn 1 started before txn 0 committed, but locked r0 after it and
+        // read its value: no lost update, though optimistically it would be.
+        let mut fates = Fates::new();
+        let a = committed(entry(0, 10, &[], &[("r0", "x1")]), 20, &mut fates);
+        let b =
+            committed(locked(entry(1, 15, &[], &[("r0", "x2")]), 22, Some("x1")), 25, &mut fates);
+        let good = TxnHistory { entries: vec![a.clone(), b] };
+        assert_eq!(check(&good, &fates, &data(&[("r0", "x2")])), Vec::<String>::new());
+
+        // It read something else under the lock than what was committed.
+        let b = committed(locked(entry(1, 15, &[], &[("r0", "x2")]), 22, None), 25, &mut fates);
+        let v = check(&TxnHistory { entries: vec![a.clone(), b] }, &fates, &data(&[("r0", "x2")]));
+        assert!(v.len() == 1 && v[0].starts_with("pessimistic: txn 1"), "{v:?}");
+
+        // Its lock predates txn 0's commit: txn 0 wrote under its lock.
+        let b = committed(locked(entry(1, 15, &[], &[("r0", "x2")]), 18, None), 25, &mut fates);
+        let v = check(&TxnHistory { entries: vec![a, b] }, &fates, &data(&[("r0", "x2")]));
+        assert!(v.len() == 1 && v[0].contains("in between (lost update)"), "{v:?}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   [`INITIAL_BALANCE`];
 //! - lists `l0..` hold comma-separated unique elements appended by
 //!   list-append transactions (Elle's workload); absent means empty;
-//! - registers `r0..` hold unique values `x{n}` put, inserted and deleted.
+//! - registers `r0..` hold unique values `x{n}` put, inserted and deleted;
+//!   in the pessimistic world they are counters instead,
+//!   `"{count}:t{txn}"`, absent meaning 0.
 //!
 //! Every family has at most ten keys, so a key's wire order is its index
 //! order.
@@ -18,6 +20,7 @@ use std::fmt;
 
 use tikv_core::time::Instant;
 use tikv_core::txn::commit::CommitMode;
+use tikv_core::txn::pessimistic::LockWait;
 
 /// The balance of an account nobody has written yet.
 pub const INITIAL_BALANCE: u64 = 100;
@@ -92,6 +95,21 @@ pub fn balance_value(balance: u64, writer: usize) -> String {
 pub fn parse_balance(value: Option<&str>) -> Option<u64> {
     match value {
         None => Some(INITIAL_BALANCE),
+        Some(v) => v.split_once(':')?.0.parse().ok(),
+    }
+}
+
+/// A counter value (pessimistic world): the count and the writing
+/// transaction.
+pub fn counter_value(count: u64, writer: usize) -> String {
+    format!("{count}:t{writer}")
+}
+
+/// The count a counter value holds (`None` for anything malformed).
+/// Absent counters hold 0.
+pub fn parse_counter(value: Option<&str>) -> Option<u64> {
+    match value {
+        None => Some(0),
         Some(v) => v.split_once(':')?.0.parse().ok(),
     }
 }
@@ -172,6 +190,91 @@ pub enum TxnKind {
     Registers(Vec<RegOp>),
     /// Read every key (the quiescence phase and the final audit).
     FullRead,
+    /// A pessimistic transaction (the pessimistic world).
+    Pessimistic(PessKind),
+}
+
+/// What a pessimistic transaction does. Every key it writes it first locks
+/// with `get_for_update` (a `PessimisticLock` returning the value) at a
+/// fresh `for_update_ts`, waiting as `wait` says, and computes its write
+/// from the value the lock returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PessKind {
+    /// Move `amount` from account `from` to account `to` if `from` holds
+    /// that much (both locked; only locked when it does not). With
+    /// `one_call` both accounts are locked in one call; otherwise `from`
+    /// first, then `to`, so two transfers the other way round may deadlock.
+    Transfer {
+        /// Account index.
+        from: u32,
+        /// Account index.
+        to: u32,
+        /// How much.
+        amount: u64,
+        /// Both accounts in one lock call.
+        one_call: bool,
+        /// How the locks wait.
+        wait: LockWait,
+    },
+    /// Add one to each of these counters, locking them one call at a time
+    /// in this order (two counters in opposite orders may deadlock).
+    Increment {
+        /// Counter indices (the register family), distinct.
+        counters: Vec<u32>,
+        /// How the locks wait.
+        wait: LockWait,
+        /// Fair locking (client-go's aggressive locking of one key): each
+        /// call locks in TiKV's `WakeUpModeForceLock`, so a woken or
+        /// conflicting request takes the lock over a newer write
+        /// (`LockedWithConflict`) instead of failing, and the prewrite
+        /// checks each such lock's `for_update_ts`.
+        fair: bool,
+    },
+}
+
+impl PessKind {
+    /// The lock calls, in order: the keys of each.
+    pub fn lock_calls(&self) -> Vec<Vec<String>> {
+        match self {
+            PessKind::Transfer { from, to, one_call: true, .. } => {
+                vec![vec![account(*from), account(*to)]]
+            }
+            PessKind::Transfer { from, to, .. } => vec![vec![account(*from)], vec![account(*to)]],
+            PessKind::Increment { counters, .. } => {
+                counters.iter().map(|c| vec![register(*c)]).collect()
+            }
+        }
+    }
+
+    /// How its lock calls wait.
+    pub fn wait(&self) -> LockWait {
+        match self {
+            PessKind::Transfer { wait, .. } | PessKind::Increment { wait, .. } => *wait,
+        }
+    }
+}
+
+impl fmt::Display for PessKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wait = |w: &LockWait| match w {
+            LockWait::NoWait => "no wait".to_string(),
+            LockWait::Always => "wait".to_string(),
+            LockWait::Timeout(d) => format!("wait {d:?}"),
+        };
+        match self {
+            PessKind::Transfer { from, to, amount, one_call, wait: w } => write!(
+                f,
+                "locked transfer {amount} a{from}->a{to} ({}, {})",
+                if *one_call { "one call" } else { "from first" },
+                wait(w)
+            ),
+            PessKind::Increment { counters, wait: w, fair } => {
+                let names: Vec<String> = counters.iter().map(|c| format!("r{c}")).collect();
+                let fair = if *fair { ", fair" } else { "" };
+                write!(f, "increment {} ({}{fair})", names.join(" then "), wait(w))
+            }
+        }
+    }
 }
 
 impl fmt::Display for TxnKind {
@@ -209,6 +312,7 @@ impl fmt::Display for TxnKind {
                 write!(f, "]")
             }
             TxnKind::FullRead => write!(f, "full read"),
+            TxnKind::Pessimistic(k) => write!(f, "{k}"),
         }
     }
 }
@@ -285,6 +389,28 @@ pub struct TxnRun {
     pub own_reads: Vec<(String, Option<String>)>,
     /// List micro-operations with their results.
     pub micro: Vec<Micro>,
+    /// (pessimistic) The keys it locked and read with `get_for_update`.
+    pub locked: Vec<LockedRead>,
+    /// (pessimistic) The wait-for cycle TiKV reported when this
+    /// transaction's lock call failed with `Deadlock`, as (waiting txn, txn
+    /// waited for, key hash) edges; empty otherwise.
+    pub deadlock: Vec<(u64, u64, u64)>,
+}
+
+/// A key a pessimistic transaction locked, with the value it read under
+/// the lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockedRead {
+    /// The key.
+    pub key: String,
+    /// The `for_update_ts` of the lock call that took the lock.
+    pub for_update_ts: u64,
+    /// The value the transaction read for it (`None`: absent).
+    pub value: Option<String>,
+    /// Fair locking took the lock over a newer write than the call's
+    /// `for_update_ts` (`LockedWithConflict`); `for_update_ts` is then that
+    /// write's commit ts.
+    pub with_conflict: bool,
 }
 
 /// One transaction of one client.

@@ -164,6 +164,8 @@ fn read_set(kind: &TxnKind, keys: &TxnKeys) -> Vec<String> {
             })
             .collect(),
         TxnKind::FullRead => keys.all(),
+        // Run by the pessimistic world's own program.
+        TxnKind::Pessimistic(_) => Vec::new(),
     };
     set.sort();
     set.dedup();
@@ -246,7 +248,7 @@ fn plan_writes(
                 writes.insert(b, BufferOp::Put(balance_value(y + *amount, id)));
             }
         }
-        TxnKind::BankRead | TxnKind::FullRead => {}
+        TxnKind::BankRead | TxnKind::FullRead | TxnKind::Pessimistic(_) => {}
         TxnKind::Lists { ops, lock_reads } => {
             let mut state: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             let mut appended = Vec::new();

@@ -60,6 +60,13 @@ pub(crate) trait SimOp {
     fn progress(&self) -> Option<TxnRun> {
         None
     }
+    /// RPCs in flight that the operation no longer waits for (a machine
+    /// that ended or was dropped): the client cancels them, as the driver
+    /// does by dropping their futures, so a server drops a parked lock
+    /// request of theirs.
+    fn abandoned(&mut self) -> Vec<RpcId> {
+        Vec::new()
+    }
 }
 
 struct Erased<O, F> {
