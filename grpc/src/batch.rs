@@ -260,7 +260,15 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
                 streams[slot] = Some(tx);
                 shared.rt.spawn(receive(shared.clone(), generation, rx).boxed());
             }
-            while let Some((stream, batch)) = c.poll_batch(now) {
+            loop {
+                let oldest = c.oldest_queued();
+                let Some((stream, batch)) = c.poll_batch(now) else { break };
+                if let Some(oldest) = oldest
+                    && !is_probe(&batch)
+                {
+                    let wait = now.saturating_duration_since(oldest);
+                    tikv_driver::record_batch(batch.requests.len(), wait);
+                }
                 // A failed write means the stream is gone; its receiver
                 // reports the break.
                 if let Some(tx) = &streams[stream.slot] {
@@ -343,6 +351,12 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
         }
         while woken.try_recv().is_ok() {}
     }
+}
+
+/// A stream's first message, which carries no caller's request.
+fn is_probe(batch: &BatchCommandsRequest) -> bool {
+    use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
+    matches!(batch.requests.as_slice(), [r] if matches!(r.cmd, Some(Cmd::Empty(_))))
 }
 
 /// Waits shorter than this are done by yielding (module docs).
