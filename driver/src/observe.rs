@@ -7,28 +7,9 @@
 //! `tracing` and `metrics`. Without a subscriber a span is a disabled
 //! callsite check; without a recorder a series is the facade's no-op.
 //!
-//! # Spans and events
-//!
-//! | name | level | fields |
-//! |---|---|---|
-//! | span `tikv_op` | DEBUG | `kind` (`raw_get`, `txn_commit`, ...) |
-//! | span `tikv_rpc` (child of `tikv_op`) | DEBUG | `cmd`, `region_id`, `store_id`, `addr`, `retry`, `seq` |
-//! | event in `tikv_rpc`: answered | TRACE | `elapsed_us` |
-//! | event in `tikv_rpc`: region error | DEBUG | `region_error` (kind), `elapsed_us` |
-//! | event in `tikv_rpc`: transport error | DEBUG | `error`, `elapsed_us` |
-//! | event in `tikv_op`: backoff | DEBUG | `backoff` (kind), `sleeps`, `slept_ms` |
-//! | event in `tikv_op`: finished | DEBUG (ok) / WARN (error) | `outcome` (`ok` or the error kind), `elapsed_ms`, `error` |
-//! | event: background work failed | WARN | `task` (`secondary_commit`, `rollback`, `store_refresh`, ...), `error` |
-//!
-//! Every event has the target `tikv_driver`, so `RUST_LOG=tikv_driver=debug`
-//! (tracing-subscriber's `EnvFilter`) shows operations and RPCs, and
-//! `tikv_driver=warn` only failures.
-//!
-//! # Metrics
-//!
-//! See [`names`] for the series and their labels (the table is also in the
-//! README's production section). [`describe_metrics`] registers their
-//! descriptions and units with the installed recorder.
+//! The spans, events and series, with their levels and labels, are
+//! documented for users in the README's production section; the series
+//! names are [`names`].
 
 use std::time::Duration;
 
@@ -56,8 +37,8 @@ pub mod names {
     /// `epoch_not_match`, `server_is_busy`, ...) and `store`. client-go
     /// `tikv_client_go_region_err_total`.
     pub const REGION_ERRORS: &str = "tikv_client_region_errors_total";
-    /// Counter: backoff sleeps. Label `kind` (`RegionMiss`, `TikvRpc`,
-    /// `TxnLockFast`, ...).
+    /// Counter: backoff sleeps. Label `kind`, client-go's name of the
+    /// backoff type (`regionMiss`, `tikvRPC`, `txnLockFast`, ...).
     pub const BACKOFF_SLEEPS: &str = "tikv_client_backoff_sleeps_total";
     /// Histogram, seconds: per operation and backoff kind, the time it
     /// slept on that kind. Label `kind`. client-go
