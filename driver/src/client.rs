@@ -218,7 +218,21 @@ impl<P: Platform> ClientCore<P> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        execute_observed(kind, op, &self.rt, &*self.transport).await
+        execute_observed(kind, op, &self.rt, &*self.transport, own_budget).await
+    }
+
+    /// [`ClientCore::run`] for an operation whose backoff is spread over
+    /// several budgets, which `budgets` lists (a commit's phases).
+    pub(crate) async fn run_with_budgets<O: Operation>(
+        &self,
+        kind: &'static str,
+        op: O,
+        budgets: Budgets<O>,
+    ) -> Result<O::Output, Error> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        execute_observed(kind, op, &self.rt, &*self.transport, budgets).await
     }
 
     /// Closes the client: new operations fail with [`Error::Closed`], the
@@ -253,7 +267,7 @@ impl<P: Platform> ClientCore<P> {
         let rt = self.rt.clone();
         let transport = self.transport.clone();
         crate::background::spawn_until_dropped(&self.rt, async move {
-            let result = execute_observed(task, op, &rt, &*transport).await;
+            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
             observe::background_result(task, &result);
         })
     }
@@ -272,19 +286,32 @@ impl<P: Platform> ClientCore<P> {
         let counted = InFlight::enter(&self.in_flight);
         self.rt.spawn(Box::pin(async move {
             let _counted = counted;
-            let result = execute_observed(task, op, &rt, &*transport).await;
+            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
             observe::background_result(task, &result);
         }));
     }
 }
 
+/// Hands each backoff budget of an operation to the callback, once it
+/// has ended.
+pub(crate) type Budgets<O> = fn(&O, &mut dyn FnMut(&Backoffer));
+
+/// The budget an operation reports itself ([`Operation::backoff_spent`]).
+fn own_budget<O: Operation>(op: &O, report: &mut dyn FnMut(&Backoffer)) {
+    if let Some(budget) = op.backoff_spent() {
+        report(budget);
+    }
+}
+
 /// [`execute`] inside an operation span named `kind`, reporting the
-/// operation's duration, outcome and backoff sleeps when it ends.
+/// operation's duration, outcome and backoff sleeps (from `budgets`) when
+/// it ends.
 async fn execute_observed<O, R, T>(
     kind: &'static str,
     mut op: O,
     rt: &R,
     transport: &T,
+    budgets: Budgets<O>,
 ) -> Result<O::Output, Error>
 where
     O: Operation,
@@ -296,7 +323,8 @@ where
     let result =
         tracing::Instrument::instrument(execute(&mut op, rt, transport), span.clone()).await;
     let elapsed = rt.now().saturating_duration_since(started);
-    observe::operation_finished(kind, &span, elapsed, op.backoff_spent(), &result);
+    budgets(&op, &mut |budget| observe::backoff_slept(&span, budget));
+    observe::operation_finished(kind, &span, elapsed, &result);
     result
 }
 

@@ -419,19 +419,14 @@ pub(crate) fn operation_span(kind: &'static str) -> Span {
     tracing::debug_span!(target: "tikv_driver", "tikv_op", kind)
 }
 
-/// Reports an operation's end inside its span: the backoff it slept, its
-/// duration and outcome.
+/// Reports an operation's end inside its span: its duration and outcome.
 pub(crate) fn operation_finished<T>(
     kind: &'static str,
     span: &Span,
     elapsed: Duration,
-    backoff: Option<&Backoffer>,
     result: &Result<T, Error>,
 ) {
     let _entered = span.enter();
-    if let Some(bo) = backoff {
-        record_backoff(bo);
-    }
     let elapsed_ms = elapsed.as_secs_f64() * 1e3;
     match result {
         Ok(_) => {
@@ -448,8 +443,10 @@ pub(crate) fn operation_finished<T>(
     }
 }
 
-/// The sleeps an operation's backoffer took, by kind.
-fn record_backoff(bo: &Backoffer) {
+/// Reports the sleeps one budget of an ended operation took, by kind, in
+/// the operation's span.
+pub(crate) fn backoff_slept(span: &Span, bo: &Backoffer) {
+    let _entered = span.enter();
     if bo.total_sleep().is_zero() && BackoffKind::ALL.iter().all(|&k| bo.attempts(k) == 0) {
         return;
     }

@@ -747,7 +747,12 @@ impl<P: Platform> Transaction<P> {
             committer = committer.pessimistic(self.for_update_ts.max(self.start_ts));
         }
         let started = self.core.rt.now();
-        let result = self.core.run("txn_commit", &mut committer).await;
+        let result = self
+            .core
+            .run_with_budgets("txn_commit", &mut committer, |c, report| {
+                c.budgets().for_each(&mut *report)
+            })
+            .await;
         observe::commit_finished(
             &written,
             self.core.rt.now().saturating_duration_since(started),

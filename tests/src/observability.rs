@@ -354,7 +354,8 @@ async fn txn_cluster(bed: Bed) -> SimHandle {
 /// A raw get and a transaction commit each get an operation span, and
 /// each of their RPCs a child span naming the region, store id and
 /// address it went to; the request series counts them by command and
-/// store.
+/// store; the commit's series (size, mode) and its prewrite's backoff
+/// after an injected `StaleCommand` are recorded.
 pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harness>(bed: Bed) {
     let server = raw_cluster(bed).await;
     let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
@@ -395,6 +396,12 @@ pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harne
 
     let server_txn = txn_cluster(bed).await;
     let txn = TransactionClient::<H>::connect(server_txn.pd_addrs()).await.expect("connect");
+    let stale = errorpb::Error {
+        message: "stale command".into(),
+        stale_command: Some(Default::default()),
+        ..Default::default()
+    };
+    server_txn.cluster().inject_region_error(Filter::any().command("kv_prewrite"), stale, 1);
     let mut t = txn.begin().await.expect("begin");
     t.put("a", "1").expect("put");
     t.put("z", "22").expect("put");
@@ -420,6 +427,11 @@ pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harne
     assert!(cap.counter(names::TXN_PHASE, &[("phase", "prewrite"), ("result", "ok")]) >= 2);
     assert!(!cap.samples(names::TSO_BATCH_SIZE, &[]).is_empty(), "timestamps came in TSO rounds");
     assert!(!cap.samples(names::TSO_WAIT, &[]).is_empty());
+    // The prewrite's backoff is the commit's, reported in its span.
+    let backoff = cap.events(Level::DEBUG, &[("backoff", "staleCommand"), ("sleeps", "1")]);
+    assert_eq!(backoff.len(), 1, "{backoff:?}");
+    assert_eq!(backoff[0].span, Some(commits[0].id));
+    assert_eq!(cap.counter(names::BACKOFF_SLEEPS, &[("kind", "staleCommand")]), 1);
     server.shutdown().await;
     server_txn.shutdown().await;
 }
