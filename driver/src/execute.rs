@@ -97,8 +97,11 @@ where
     let mut timer = Timer::default();
     op.start(rt.now());
     loop {
+        // One clock reading stamps every RPC of this drain.
+        let mut sent_at = None;
         while let Some(rpc) = op.poll_rpc() {
-            calls.launch(rpc, transport, rt.now());
+            let now = *sent_at.get_or_insert_with(|| rt.now());
+            calls.launch(rpc, transport, now);
         }
         if let Some(result) = op.poll_result() {
             return result;

@@ -414,6 +414,9 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
         }
         Err(e) => Err(e),
     };
+    // A stream the store ends is routine (the driver closes idle streams,
+    // a store restarts); one that fails is worth a warning.
+    let mut failed = true;
     let reason = match opened {
         Err(e) => e.to_string(),
         Ok(response) => {
@@ -437,12 +440,26 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
                             let _ = shared.wake.unbounded_send(());
                         }
                     }
-                    Ok(None) => break "closed by the store".to_owned(),
+                    Ok(None) => {
+                        failed = false;
+                        break "closed by the store".to_owned();
+                    }
                     Err(status) => break to_rpc_error(status).to_string(),
                 }
             }
         }
     };
+    if failed {
+        tracing::warn!(
+            target: "tikv_driver",
+            slot = generation.slot,
+            generation = generation.generation,
+            reason = %reason,
+            "BatchCommands stream failed"
+        );
+    } else {
+        tracing::debug!(target: "tikv_driver", slot = generation.slot, "BatchCommands stream ended");
+    }
     {
         let mut c = shared.lock();
         c.on_stream_broken(generation, &reason, shared.rt.now());
