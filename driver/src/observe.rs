@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 use tikv_core::Error;
 use tikv_core::backoff::{BackoffKind, Backoffer};
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, Request, Response, Rpc, RpcError, Target};
@@ -134,7 +134,7 @@ pub fn record_batch(requests: usize, oldest_wait: Duration) {
 pub(crate) struct RpcObserver {
     span: Span,
     cmd: &'static str,
-    store: metrics::SharedString,
+    store: StoreKey,
     facts: RequestFacts,
     sent: Instant,
 }
@@ -152,32 +152,129 @@ enum RequestFacts {
     RegionLoad,
 }
 
-/// How many store-id labels each thread keeps formatted.
-const STORE_LABELS_PER_THREAD: usize = 64;
-
-thread_local! {
-    /// Store ids already formatted as labels: a label is then a reference
-    /// count, not an allocation per RPC (clusters have few stores).
-    static STORE_LABELS: std::cell::RefCell<Vec<(u64, std::sync::Arc<str>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+/// Where an RPC went, as the `store` label names it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum StoreKey {
+    Store(u64),
+    Pd,
+    Oracle,
 }
 
-fn store_label(target: &Target) -> metrics::SharedString {
-    match target {
-        Target::Store { store_id, .. } => STORE_LABELS.with(|labels| {
-            let mut labels = labels.borrow_mut();
-            if let Some((_, label)) = labels.iter().find(|(id, _)| id == store_id) {
-                return metrics::SharedString::from(label.clone());
-            }
-            let label: std::sync::Arc<str> = store_id.to_string().into();
-            if labels.len() < STORE_LABELS_PER_THREAD {
-                labels.push((*store_id, label.clone()));
-            }
-            metrics::SharedString::from(label)
-        }),
-        Target::Pd { .. } => metrics::SharedString::const_str("pd"),
-        Target::Oracle => metrics::SharedString::const_str("oracle"),
+impl StoreKey {
+    fn of(target: &Target) -> StoreKey {
+        match target {
+            Target::Store { store_id, .. } => StoreKey::Store(*store_id),
+            Target::Pd { .. } => StoreKey::Pd,
+            Target::Oracle => StoreKey::Oracle,
+        }
     }
+
+    fn label(self) -> metrics::SharedString {
+        match self {
+            StoreKey::Store(id) => metrics::SharedString::from(id.to_string()),
+            StoreKey::Pd => metrics::SharedString::const_str("pd"),
+            StoreKey::Oracle => metrics::SharedString::const_str("oracle"),
+        }
+    }
+}
+
+/// A `&'static str` compared and hashed by address: the label values of
+/// the hot series are literals, and a literal duplicated at two addresses
+/// only costs a second cache entry for the same series.
+#[derive(Clone, Copy)]
+struct Literal(&'static str);
+
+impl PartialEq for Literal {
+    fn eq(&self, other: &Literal) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Literal {}
+
+impl std::hash::Hash for Literal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.0.as_ptr() as usize);
+    }
+}
+
+/// Hashes the few machine words of a handle key (addresses, a store id):
+/// SipHash would cost more than the lookup saves.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+}
+
+type WordMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<WordHasher>>;
+
+/// Handles of the series recorded on every RPC or operation, registered
+/// once per thread: building a labelled key allocates, and without this a
+/// client with no recorder installed would pay that on every RPC. The
+/// price: a recorder installed after a thread first recorded a series is
+/// not seen by that thread (install it before connecting).
+#[derive(Default)]
+struct HotHandles {
+    requests: WordMap<(Literal, StoreKey), Histogram>,
+    histograms: WordMap<(Literal, Literal, Literal), Histogram>,
+    counters: WordMap<(Literal, Literal, Literal), Counter>,
+}
+
+thread_local! {
+    static HOT: std::cell::RefCell<HotHandles> = std::cell::RefCell::new(HotHandles::default());
+}
+
+/// `tikv_client_request_duration_seconds{cmd, store}`.
+fn request_histogram(cmd: &'static str, store: StoreKey) -> Histogram {
+    HOT.with(|hot| {
+        hot.borrow_mut()
+            .requests
+            .entry((Literal(cmd), store))
+            .or_insert_with(
+                || histogram!(names::REQUEST_DURATION, "cmd" => cmd, "store" => store.label()),
+            )
+            .clone()
+    })
+}
+
+/// A label: key and literal value.
+type Label = (&'static str, &'static str);
+
+/// The histogram `name{l1, l2}` of literal label values; the label keys
+/// are fixed per name, so `name` and the values identify it.
+fn hot_histogram(name: &'static str, l1: Label, l2: Label) -> Histogram {
+    HOT.with(|hot| {
+        hot.borrow_mut()
+            .histograms
+            .entry((Literal(name), Literal(l1.1), Literal(l2.1)))
+            .or_insert_with(|| histogram!(name, l1.0 => l1.1, l2.0 => l2.1))
+            .clone()
+    })
+}
+
+/// The counter `name{l1, l2}`, as [`hot_histogram`].
+fn hot_counter(name: &'static str, l1: Label, l2: Label) -> Counter {
+    HOT.with(|hot| {
+        hot.borrow_mut()
+            .counters
+            .entry((Literal(name), Literal(l1.1), Literal(l2.1)))
+            .or_insert_with(|| counter!(name, l1.0 => l1.1, l2.0 => l2.1))
+            .clone()
+    })
 }
 
 fn facts_of(request: &Request) -> RequestFacts {
@@ -236,7 +333,7 @@ impl RpcObserver {
         RpcObserver {
             span,
             cmd,
-            store: store_label(&rpc.target),
+            store: StoreKey::of(&rpc.target),
             facts: facts_of(&rpc.request),
             sent: now,
         }
@@ -252,14 +349,14 @@ impl RpcObserver {
         let elapsed = now.saturating_duration_since(self.sent);
         let elapsed_us = elapsed.as_micros() as u64;
         let (cmd, store) = (self.cmd, self.store);
-        histogram!(names::REQUEST_DURATION, "cmd" => cmd, "store" => store.clone())
-            .record(elapsed.as_secs_f64());
+        request_histogram(cmd, store).record(elapsed.as_secs_f64());
         let _entered = self.span.enter();
         match result {
             Ok(Response::Kv(resp)) => {
                 if let Some(e) = resp.region_error() {
                     let kind = region_error_kind(e);
-                    counter!(names::REGION_ERRORS, "kind" => kind, "store" => store).increment(1);
+                    counter!(names::REGION_ERRORS, "kind" => kind, "store" => store.label())
+                        .increment(1);
                     if invalidates_region(e) {
                         counter!(names::REGION_CACHE_OPERATIONS, "type" => "invalidate", "result" => kind)
                             .increment(1);
@@ -274,7 +371,7 @@ impl RpcObserver {
                 match self.facts {
                     RequestFacts::Txn(phase) => {
                         let result = if has_key_error(resp) { "key_error" } else { "ok" };
-                        counter!(names::TXN_PHASE, "phase" => phase, "result" => result)
+                        hot_counter(names::TXN_PHASE, ("phase", phase), ("result", result))
                             .increment(1);
                         if let Some(outcome) = check_txn_status_action(resp) {
                             counter!(names::LOCK_RESOLUTIONS, "outcome" => outcome).increment(1);
@@ -297,7 +394,7 @@ impl RpcObserver {
             }
             Err(e) => {
                 let kind = rpc_error_kind(e);
-                counter!(names::RPC_ERRORS, "cmd" => cmd, "store" => store, "kind" => kind)
+                counter!(names::RPC_ERRORS, "cmd" => cmd, "store" => store.label(), "kind" => kind)
                     .increment(1);
                 match self.facts {
                     RequestFacts::RegionLoad => {
@@ -430,7 +527,7 @@ pub(crate) fn operation_finished<T>(
     let elapsed_ms = elapsed.as_secs_f64() * 1e3;
     match result {
         Ok(_) => {
-            histogram!(names::OPERATION_DURATION, "kind" => kind, "result" => "ok")
+            hot_histogram(names::OPERATION_DURATION, ("kind", kind), ("result", "ok"))
                 .record(elapsed.as_secs_f64());
             tracing::debug!(target: "tikv_driver", outcome = "ok", elapsed_ms, "operation finished");
         }
@@ -526,19 +623,20 @@ pub(crate) fn commit_finished(
     result: &Result<tikv_core::txn::commit::CommitOutcome, Error>,
 ) {
     use tikv_core::txn::commit::CommitMode;
-    let (mode, outcome) = match result {
+    let duration = match result {
         Ok(o) => {
             let mode = match o.mode {
                 CommitMode::TwoPhase => "2pc",
                 CommitMode::AsyncCommit => "async_commit",
                 CommitMode::OnePhase => "1pc",
             };
-            (mode, std::borrow::Cow::Borrowed("ok"))
+            hot_histogram(names::TXN_COMMIT_DURATION, ("mode", mode), ("result", "ok"))
         }
-        Err(e) => ("none", std::borrow::Cow::Owned(error_kind(e))),
+        Err(e) => {
+            histogram!(names::TXN_COMMIT_DURATION, "mode" => "none", "result" => error_kind(e))
+        }
     };
-    histogram!(names::TXN_COMMIT_DURATION, "mode" => mode, "result" => outcome)
-        .record(elapsed.as_secs_f64());
+    duration.record(elapsed.as_secs_f64());
     histogram!(names::TXN_WRITE_KEYS).record(size.keys as f64);
     histogram!(names::TXN_WRITE_BYTES).record(size.bytes as f64);
 }

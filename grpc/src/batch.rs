@@ -414,8 +414,10 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
         }
         Err(e) => Err(e),
     };
-    // A stream the store ends is routine (the driver closes idle streams,
-    // a store restarts); one that fails is worth a warning.
+    // A stream the store ends is routine (the driver closes idle streams);
+    // one that fails is news (INFO), not a failure of anyone's request:
+    // its requests are retried by their operations, which warn if they
+    // fail in the end.
     let mut failed = true;
     let reason = match opened {
         Err(e) => e.to_string(),
@@ -450,7 +452,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
         }
     };
     if failed {
-        tracing::warn!(
+        tracing::info!(
             target: "tikv_driver",
             slot = generation.slot,
             generation = generation.generation,
