@@ -153,7 +153,7 @@ echo "--- our examples against the real PD and tikv-sim --join-pd stores"
 # its client-go counterpart's steps against the cluster given by --pd.
 cargo build --locked -p tikv-tokio --examples
 for example in quickstart transaction async_commit one_pc pessimistic split_scatter delete_range \
-  gc_worker unsafe_destroy_range; do
+  gc_worker unsafe_destroy_range metrics; do
   "$CARGO_TARGET_DIR/debug/examples/$example" --pd "$real_pd" >"$logdir/example-$example.log" 2>&1 || {
     status=$?
     echo "example $example against the real PD failed (exit $status):" >&2

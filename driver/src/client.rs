@@ -19,6 +19,7 @@ use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 
 use crate::collapse::Collapsing;
+use crate::observe;
 use crate::oracle::{ClientTransport, Oracle};
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
 
@@ -125,8 +126,9 @@ impl<P: Platform> ClientCore<P> {
                     let budget = view.config.budget(view.config.backoff.locate_region);
                     // A failed refresh is retried at the next tick; the
                     // request path resolves stores on demand anyway.
-                    let _ =
+                    let refreshed =
                         refresh_stores::<P>(&view, &rt, &transport, view.backoffer(budget)).await;
+                    observe::background_result("store_refresh", &refreshed);
                 }
             })
         };
@@ -137,7 +139,9 @@ impl<P: Platform> ClientCore<P> {
             // polls it every 10 s; a failed load here is left to the first
             // read, which loads it again before checking.
             let loaded = execute(LoadTxnSafePoint::new(&view), &rt, &*transport).await;
-            let _ = txn_safe_point.record(loaded, rt.now());
+            // A PD without the GC-states API is recorded, not an error.
+            let recorded = txn_safe_point.record(loaded, rt.now());
+            observe::background_result("txn_safe_point_load", &recorded);
             let (view, rt2, transport, cache) =
                 (view.clone(), rt.clone(), transport.clone(), txn_safe_point.clone());
             background.push(spawn_periodic(&rt, TXN_SAFE_POINT_POLL_INTERVAL, move || {
@@ -145,7 +149,8 @@ impl<P: Platform> ClientCore<P> {
                     (view.clone(), rt2.clone(), transport.clone(), cache.clone());
                 async move {
                     let loaded = execute(LoadTxnSafePoint::new(&view), &rt, &*transport).await;
-                    let _ = cache.record(loaded, rt.now());
+                    let recorded = cache.record(loaded, rt.now());
+                    observe::background_result("txn_safe_point_poll", &recorded);
                 }
             }));
         }
@@ -171,7 +176,7 @@ impl<P: Platform> ClientCore<P> {
     pub(crate) async fn check_visibility(&self, ts: Timestamp) -> Result<(), Error> {
         let mut cached = self.txn_safe_point.get(self.rt.now());
         if cached == CachedTxnSafePoint::Stale {
-            let loaded = self.run(LoadTxnSafePoint::new(&self.view)).await;
+            let loaded = self.run("load_txn_safe_point", LoadTxnSafePoint::new(&self.view)).await;
             self.txn_safe_point.record(loaded, self.rt.now())?;
             cached = self.txn_safe_point.get(self.rt.now());
         }
@@ -203,12 +208,31 @@ impl<P: Platform> ClientCore<P> {
         self.oracle.get_timestamp().await
     }
 
-    /// Runs one operation to completion in the caller's task.
-    pub(crate) async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
+    /// Runs one operation to completion in the caller's task, in a span
+    /// named by `kind` (see [`crate::observe`]).
+    pub(crate) async fn run<O: Operation>(
+        &self,
+        kind: &'static str,
+        op: O,
+    ) -> Result<O::Output, Error> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        execute(op, &self.rt, &*self.transport).await
+        execute_observed(kind, op, &self.rt, &*self.transport, own_budget).await
+    }
+
+    /// [`ClientCore::run`] for an operation whose backoff is spread over
+    /// several budgets, which `budgets` lists (a commit's phases).
+    pub(crate) async fn run_with_budgets<O: Operation>(
+        &self,
+        kind: &'static str,
+        op: O,
+        budgets: Budgets<O>,
+    ) -> Result<O::Output, Error> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        execute_observed(kind, op, &self.rt, &*self.transport, budgets).await
     }
 
     /// Closes the client: new operations fail with [`Error::Closed`], the
@@ -235,7 +259,7 @@ impl<P: Platform> ClientCore<P> {
 
     /// Runs an operation in the background until it ends or the returned
     /// handle is dropped (a pessimistic transaction's TTL keep-alive).
-    pub(crate) fn spawn_op_until_dropped<O>(&self, op: O) -> crate::Background
+    pub(crate) fn spawn_op_until_dropped<O>(&self, task: &'static str, op: O) -> crate::Background
     where
         O: Operation + Send + 'static,
         O::Output: Send,
@@ -243,14 +267,16 @@ impl<P: Platform> ClientCore<P> {
         let rt = self.rt.clone();
         let transport = self.transport.clone();
         crate::background::spawn_until_dropped(&self.rt, async move {
-            let _ = execute(op, &rt, &*transport).await;
+            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
+            observe::background_result(task, &result);
         })
     }
 
-    /// Runs an operation in the background (secondary commits, cleanup),
-    /// ignoring its result: it is an optimisation the protocol does not
-    /// depend on (readers resolve whatever it leaves).
-    pub(crate) fn spawn_op<O>(&self, op: O)
+    /// Runs an operation in the background (secondary commits, cleanup).
+    /// Its failure is logged at WARN and counted, nothing more: the work is
+    /// an optimisation the protocol does not depend on (readers resolve
+    /// whatever it leaves).
+    pub(crate) fn spawn_op<O>(&self, task: &'static str, op: O)
     where
         O: Operation + Send + 'static,
         O::Output: Send,
@@ -260,9 +286,46 @@ impl<P: Platform> ClientCore<P> {
         let counted = InFlight::enter(&self.in_flight);
         self.rt.spawn(Box::pin(async move {
             let _counted = counted;
-            let _ = execute(op, &rt, &*transport).await;
+            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
+            observe::background_result(task, &result);
         }));
     }
+}
+
+/// Hands each backoff budget of an operation to the callback, once it
+/// has ended.
+pub(crate) type Budgets<O> = fn(&O, &mut dyn FnMut(&Backoffer));
+
+/// The budget an operation reports itself ([`Operation::backoff_spent`]).
+fn own_budget<O: Operation>(op: &O, report: &mut dyn FnMut(&Backoffer)) {
+    if let Some(budget) = op.backoff_spent() {
+        report(budget);
+    }
+}
+
+/// [`execute`] inside an operation span named `kind`, reporting the
+/// operation's duration, outcome and backoff sleeps (from `budgets`) when
+/// it ends.
+async fn execute_observed<O, R, T>(
+    kind: &'static str,
+    mut op: O,
+    rt: &R,
+    transport: &T,
+    budgets: Budgets<O>,
+) -> Result<O::Output, Error>
+where
+    O: Operation,
+    R: Runtime,
+    T: Transport + ?Sized,
+{
+    let span = observe::operation_span(kind);
+    let started = rt.now();
+    let result =
+        tracing::Instrument::instrument(execute(&mut op, rt, transport), span.clone()).await;
+    let elapsed = rt.now().saturating_duration_since(started);
+    budgets(&op, &mut |budget| observe::backoff_slept(&span, budget));
+    observe::operation_finished(kind, &span, elapsed, &result);
+    result
 }
 
 /// Runs core's [`RefreshStores`] (PD's store list into the store table).

@@ -10,6 +10,7 @@ use tikv_core::op::Operation;
 use tikv_core::rpc::{Response, Rpc, RpcError, RpcId};
 use tikv_core::time::{Instant, earliest};
 
+use crate::observe::RpcObserver;
 use crate::{Runtime, Transport};
 
 /// Runs `op` to completion in the caller's task and returns its result.
@@ -96,8 +97,11 @@ where
     let mut timer = Timer::default();
     op.start(rt.now());
     loop {
+        // One clock reading stamps every RPC of this drain.
+        let mut sent_at = None;
         while let Some(rpc) = op.poll_rpc() {
-            calls.launch(rpc, transport);
+            let now = *sent_at.get_or_insert_with(|| rt.now());
+            calls.launch(rpc, transport, now);
         }
         if let Some(result) = op.poll_result() {
             return result;
@@ -106,8 +110,10 @@ where
         // Inputs that are already due are fed before waiting, one at a time,
         // so the operation's outputs are drained after each of them.
         let now = rt.now();
-        if let Some(id) = calls.expire_one(now) {
-            op.on_response(id, Err(RpcError::DeadlineExceeded), now);
+        if let Some((id, observer)) = calls.expire_one(now) {
+            let result = Err(RpcError::DeadlineExceeded);
+            observer.answered(&result, now);
+            op.on_response(id, result, now);
             continue;
         }
         let op_deadline = op.poll_timeout();
@@ -126,23 +132,24 @@ where
 
         // `None` is the timer: deadlines are re-checked against a fresh
         // `now` at the top.
-        if let Some((id, result)) =
+        if let Some((id, result, observer)) =
             futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await
         {
-            op.on_response(id, result, rt.now());
+            let now = rt.now();
+            observer.answered(&result, now);
+            op.on_response(id, result, now);
         }
     }
 }
+
+/// An RPC outcome, with what the loop reports about it.
+type Outcome = (RpcId, Result<Response, RpcError>, RpcObserver);
 
 /// What woke the loop: an RPC outcome, or `None` for the timer.
 ///
 /// Responses win over the timer when both are ready: a response that made it
 /// in time should not be reported as a deadline miss.
-fn poll_event(
-    cx: &mut Context<'_>,
-    calls: &mut Calls,
-    timer: &mut Timer,
-) -> Poll<Option<(RpcId, Result<Response, RpcError>)>> {
+fn poll_event(cx: &mut Context<'_>, calls: &mut Calls, timer: &mut Timer) -> Poll<Option<Outcome>> {
     if let Poll::Ready(outcome) = calls.poll_next(cx) {
         return Poll::Ready(Some(outcome));
     }
@@ -182,6 +189,7 @@ struct SingleCall {
     id: RpcId,
     deadline: Instant,
     call: CallFuture,
+    observer: RpcObserver,
 }
 
 /// The calls beyond the first.
@@ -199,21 +207,34 @@ struct LiveCall {
     id: RpcId,
     deadline: Instant,
     abort: AbortHandle,
+    observer: RpcObserver,
 }
 
 impl Calls {
-    fn launch<T: Transport + ?Sized>(&mut self, rpc: Rpc, transport: &T) {
+    fn launch<T: Transport + ?Sized>(&mut self, rpc: Rpc, transport: &T, now: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let call = transport.call(&rpc.target, rpc.request, rpc.deadline);
+        let observer = RpcObserver::sent(&rpc, seq, now);
+        let call = {
+            // Transport-level events (batching, reconnects) land in the
+            // RPC's span; a disabled span costs no wrapper.
+            let _entered = observer.span().enter();
+            transport.call(&rpc.target, rpc.request, rpc.deadline)
+        };
+        let call = if observer.span().is_disabled() {
+            call
+        } else {
+            tracing::Instrument::instrument(call, observer.span().clone()).boxed()
+        };
         if self.single.is_none() {
-            self.single = Some(SingleCall { seq, id: rpc.id, deadline: rpc.deadline, call });
+            self.single =
+                Some(SingleCall { seq, id: rpc.id, deadline: rpc.deadline, call, observer });
             return;
         }
         let many = self.many.get_or_insert_with(ManyCalls::default);
         let (abort, registration) = AbortHandle::new_pair();
         many.futures.push(Abortable::new(call, registration).map(move |r| (seq, r)).boxed());
-        many.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort });
+        many.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort, observer });
         many.deadlines.insert((rpc.deadline, seq));
     }
 
@@ -241,14 +262,14 @@ impl Calls {
 
     /// Drops the live call with the earliest deadline if that deadline has
     /// passed, returning its RPC id.
-    fn expire_one(&mut self, now: Instant) -> Option<RpcId> {
+    fn expire_one(&mut self, now: Instant) -> Option<(RpcId, RpcObserver)> {
         let (deadline, seq) = self.first_deadline()?;
         if deadline > now || deadline == Instant::MAX {
             return None;
         }
         if self.single.as_ref().is_some_and(|c| c.seq == seq) {
             // Dropping the future cancels the call.
-            return self.single.take().map(|c| c.id);
+            return self.single.take().map(|c| (c.id, c.observer));
         }
         let many = self.many.as_mut()?;
         many.deadlines.pop_first();
@@ -256,17 +277,16 @@ impl Calls {
         // Aborting wakes the future, which then resolves to `Aborted` and is
         // discarded; the transport's future is dropped with it.
         call.abort.abort();
-        Some(call.id)
+        Some((call.id, call.observer))
     }
 
     /// The next outcome of a live call.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(RpcId, Result<Response, RpcError>)> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         if let Some(single) = self.single.as_mut()
             && let Poll::Ready(result) = single.call.poll_unpin(cx)
+            && let Some(single) = self.single.take()
         {
-            let id = single.id;
-            self.single = None;
-            return Poll::Ready((id, result));
+            return Poll::Ready((single.id, result, single.observer));
         }
         let Some(many) = self.many.as_mut() else {
             return Poll::Pending;
@@ -276,7 +296,7 @@ impl Calls {
                 Poll::Ready(Some((seq, Ok(result)))) => {
                     if let Some(call) = many.live.remove(&seq) {
                         many.deadlines.remove(&(call.deadline, seq));
-                        return Poll::Ready((call.id, result));
+                        return Poll::Ready((call.id, result, call.observer));
                     }
                 }
                 // An expired call: its outcome was already reported.

@@ -17,7 +17,7 @@ use tikv_core::pd::{Timestamp, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEn
 use tikv_core::rpc::{PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 
-use crate::{Runtime, Transport, execute};
+use crate::{Runtime, Transport, execute, observe};
 
 type Waiter = oneshot::Sender<Result<Timestamp, Error>>;
 
@@ -55,9 +55,12 @@ impl Oracle {
 
     /// A fresh timestamp, strictly greater than every one handed out before.
     pub(crate) async fn get_timestamp(&self) -> Result<Timestamp, Error> {
+        let asked = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         self.requests.unbounded_send(tx).map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let answer = rx.await.map_err(|_| Error::Closed)?;
+        metrics::histogram!(observe::names::TSO_WAIT).record(asked.elapsed().as_secs_f64());
+        answer
     }
 }
 
@@ -91,6 +94,7 @@ async fn run<R: Runtime, T: Transport>(
             }
         }
         while let Some((round, callers)) = batcher.poll_round(|w| w.is_canceled()) {
+            metrics::histogram!(observe::names::TSO_BATCH_SIZE).record(callers.len() as f64);
             rounds.push(run_round(round, callers, rt.clone(), transport.clone()));
         }
         let event = futures::future::poll_fn(|cx| {
@@ -120,6 +124,14 @@ async fn run<R: Runtime, T: Transport>(
                     }
                     TsoRoundEnd::Requeued => {}
                     TsoRoundEnd::Failed(waiters, e) => {
+                        // Each waiter gets the error; the log says why a
+                        // whole round of them failed at once.
+                        tracing::warn!(
+                            target: "tikv_driver",
+                            callers = waiters.len(),
+                            error = %e,
+                            "TSO round failed"
+                        );
                         for w in waiters {
                             let _ = w.send(Err(e.clone()));
                         }

@@ -111,7 +111,7 @@ impl<P: Platform> RawClient<P> {
     /// The value of `key`, or `None` if it does not exist (an existing empty
     /// value is `Some(empty)`).
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
-        self.core.run(raw::get(&self.core.view, key.into(), &self.opts)).await
+        self.core.run("raw_get", raw::get(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// The pairs that exist among `keys`, sorted by key.
@@ -120,7 +120,7 @@ impl<P: Platform> RawClient<P> {
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core.run(raw::batch_get(&self.core.view, keys, &self.opts)).await
+        self.core.run("raw_batch_get", raw::batch_get(&self.core.view, keys, &self.opts)).await
     }
 
     /// Writes `key = value`.
@@ -141,7 +141,7 @@ impl<P: Platform> RawClient<P> {
 
     async fn put_ttl_secs(&self, key: Key, value: Value, ttl: u64) -> Result<(), Error> {
         let pair = KvPair { key, value };
-        self.core.run(raw::put(&self.core.view, pair, ttl, &self.opts)).await
+        self.core.run("raw_put", raw::put(&self.core.view, pair, ttl, &self.opts)).await
     }
 
     /// Writes many pairs; a key given twice keeps its last value.
@@ -150,7 +150,7 @@ impl<P: Platform> RawClient<P> {
         pairs: impl IntoIterator<Item = impl Into<KvPair>>,
     ) -> Result<(), Error> {
         let items = pairs.into_iter().map(|p| PutItem { pair: p.into(), ttl: 0 }).collect();
-        self.core.run(raw::batch_put(&self.core.view, items, &self.opts)).await
+        self.core.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
     }
 
     /// Writes many pairs, each with its own TTL (`ttls` pairs up with
@@ -170,12 +170,12 @@ impl<P: Platform> RawClient<P> {
             )));
         }
         let items = pairs.into_iter().zip(ttls).map(|(pair, ttl)| PutItem { pair, ttl }).collect();
-        self.core.run(raw::batch_put(&self.core.view, items, &self.opts)).await
+        self.core.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
     }
 
     /// Deletes `key` (deleting a missing key is not an error).
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
-        self.core.run(raw::delete(&self.core.view, key.into(), &self.opts)).await
+        self.core.run("raw_delete", raw::delete(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// Deletes many keys.
@@ -184,13 +184,17 @@ impl<P: Platform> RawClient<P> {
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<(), Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core.run(raw::batch_delete(&self.core.view, keys, &self.opts)).await
+        self.core
+            .run("raw_batch_delete", raw::batch_delete(&self.core.view, keys, &self.opts))
+            .await
     }
 
     /// Deletes every key in `range`, region by region (not atomic across
     /// regions, as in client-go).
     pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
-        self.core.run(raw::delete_range(&self.core.view, range.into(), &self.opts)).await
+        self.core
+            .run("raw_delete_range", raw::delete_range(&self.core.view, range.into(), &self.opts))
+            .await
     }
 
     /// Up to `limit` pairs in `range`, in ascending key order. `limit` may
@@ -232,7 +236,7 @@ impl<P: Platform> RawClient<P> {
 
     async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
         let op = raw::scan(&self.core.view, range, spec, &self.opts)?;
-        self.core.run(op).await
+        self.core.run("raw_scan", op).await
     }
 
     /// Scans several ranges, up to `each_limit` pairs from each, and
@@ -267,7 +271,10 @@ impl<P: Platform> RawClient<P> {
     /// The remaining time to live of `key`: `None` if the key does not
     /// exist, `Some(ZERO)` if it never expires.
     pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>, Error> {
-        let ttl = self.core.run(raw::get_key_ttl(&self.core.view, key.into(), &self.opts)).await?;
+        let ttl = self
+            .core
+            .run("raw_get_key_ttl", raw::get_key_ttl(&self.core.view, key.into(), &self.opts))
+            .await?;
         Ok(ttl.map(Duration::from_secs))
     }
 
@@ -288,11 +295,11 @@ impl<P: Platform> RawClient<P> {
             0,
             &self.opts,
         )?;
-        self.core.run(op).await
+        self.core.run("raw_compare_and_swap", op).await
     }
 
     /// CRC-64 XOR checksum, pair count and byte count over `range`.
     pub async fn checksum(&self, range: impl Into<KeyRange>) -> Result<RawChecksum, Error> {
-        self.core.run(raw::checksum(&self.core.view, range.into())).await
+        self.core.run("raw_checksum", raw::checksum(&self.core.view, range.into())).await
     }
 }

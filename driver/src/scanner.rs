@@ -117,7 +117,7 @@ impl<P: Platform> Scanner<P> {
             self.snapshot.ts,
             self.snapshot.opts.clone(),
         );
-        let batch = self.snapshot.run(op).await?;
+        let batch = self.snapshot.run("snapshot_scan", op).await?;
         match range_after_page(&self.remaining, &batch, self.batch_size, self.reverse) {
             Some(rest) => self.remaining = rest,
             None => self.exhausted = true,
@@ -177,7 +177,7 @@ impl<'a, P: Platform> TxnScanner<'a, P> {
                         self.snapshot.ts,
                         self.snapshot.opts.clone(),
                     );
-                    let pairs = self.snapshot.run(op).await?;
+                    let pairs = self.snapshot.run("txn_scan", op).await?;
                     self.union.on_snapshot_batch(pairs);
                 }
             }

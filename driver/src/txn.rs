@@ -23,6 +23,7 @@ use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
 use tikv_proto::kvrpcpb;
 
 use crate::client::{ClientCore, Platform};
+use crate::observe;
 use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 use crate::{Background, Runtime};
 
@@ -198,7 +199,7 @@ impl<P: Platform> Snapshot<P> {
     /// The value of `key` at the snapshot, `None` if it did not exist.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let op = SnapshotGet::new(self.core.view.clone(), key.into(), self.ts, self.opts.clone());
-        self.run(op).await
+        self.run("snapshot_get", op).await
     }
 
     /// Whether `key` existed at the snapshot.
@@ -213,7 +214,7 @@ impl<P: Platform> Snapshot<P> {
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         let op = SnapshotBatchGet::new(self.core.view.clone(), keys, self.ts, self.opts.clone());
-        self.run(op).await
+        self.run("snapshot_batch_get", op).await
     }
 
     /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
@@ -256,16 +257,20 @@ impl<P: Platform> Snapshot<P> {
 
     async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
         let op = SnapshotScan::new(self.core.view.clone(), range, spec, self.ts, self.opts.clone());
-        self.run(op).await
+        self.run("snapshot_scan", op).await
     }
 
     /// Runs a read of this snapshot after checking its timestamp
     /// (client-go validates the read ts of every read request, and checks
     /// it against the txn safe point).
-    pub(crate) async fn run<O: tikv_core::op::Operation>(&self, op: O) -> Result<O::Output, Error> {
+    pub(crate) async fn run<O: tikv_core::op::Operation>(
+        &self,
+        kind: &'static str,
+        op: O,
+    ) -> Result<O::Output, Error> {
         self.core.validate_read_ts(self.ts).await?;
         self.core.check_visibility(self.ts).await?;
-        self.core.run(op).await
+        self.core.run(kind, op).await
     }
 }
 
@@ -792,16 +797,17 @@ impl<P: Platform> Transaction<P> {
             tags: self.options.commit.tags.clone(),
         };
         let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);
-        let result = self.core.run(&mut op).await;
+        let result = self.core.run("txn_lock_keys", &mut op).await;
         self.for_update_ts = self.for_update_ts.max(for_update_ts);
         if let Some(rollback) = op.take_follow_up() {
             if matches!(result, Err(Error::Deadlock { retryable: true, .. })) {
                 // client-go waits for the rollback before a retryable
                 // deadlock is retried, so the other transaction gets the
                 // keys; the rollback's own failure changes nothing.
-                let _ = self.core.run(rollback).await;
+                let rolled_back = self.core.run("pessimistic_rollback", rollback).await;
+                observe::background_result("pessimistic_rollback", &rolled_back);
             } else {
-                self.core.spawn_op(rollback);
+                self.core.spawn_op("pessimistic_rollback", rollback);
             }
         }
         if result.is_err() {
@@ -822,7 +828,7 @@ impl<P: Platform> Transaction<P> {
                 elapsed,
                 self.options.commit.tags.clone(),
             );
-            self.keep_alive = Some(self.core.spawn_op_until_dropped(keep_alive));
+            self.keep_alive = Some(self.core.spawn_op_until_dropped("txn_keep_alive", keep_alive));
             self.primary = Some(primary);
         }
         Ok(outcome)
@@ -980,7 +986,7 @@ impl<P: Platform> Transaction<P> {
             keys,
             &self.options.commit.tags,
         );
-        self.core.spawn_op(op);
+        self.core.spawn_op("fair_locking_rollback", op);
     }
 
     /// Locks `key` and returns its latest committed value, or this
@@ -1102,6 +1108,7 @@ impl<P: Platform> Transaction<P> {
             // Nothing to write: a read-only transaction commits at its start.
             return Ok(self.start_ts);
         };
+        let written = observe::WriteSize::of(&mutations);
         let elapsed = self.core.rt.now().saturating_duration_since(self.started);
         let mut committer = Committer::new(
             self.core.view.clone(),
@@ -1119,11 +1126,25 @@ impl<P: Platform> Transaction<P> {
                 committer = committer.for_update_ts_constraints(checks.into_iter().collect());
             }
         }
-        let result = self.core.run(&mut committer).await;
+        let started = self.core.rt.now();
+        let result = self
+            .core
+            .run_with_budgets("txn_commit", &mut committer, |c, report| {
+                c.budgets().for_each(&mut *report)
+            })
+            .await;
+        observe::commit_finished(
+            &written,
+            self.core.rt.now().saturating_duration_since(started),
+            &result,
+        );
         // The commit settled the primary's fate: no more heartbeats.
         self.keep_alive = None;
         if let Some(follow_up) = committer.take_follow_up() {
-            self.core.spawn_op(follow_up);
+            // Secondary commits after a success, the rollback of the
+            // prewritten locks after a definite failure.
+            let task = if result.is_ok() { "secondary_commit" } else { "commit_cleanup" };
+            self.core.spawn_op(task, follow_up);
         }
         result.map(|outcome| outcome.commit_ts)
     }
@@ -1138,7 +1159,7 @@ impl<P: Platform> Transaction<P> {
         self.finished = true;
         self.keep_alive = None;
         match self.pessimistic_rollback() {
-            Some(op) => self.core.run(op).await,
+            Some(op) => self.core.run("txn_rollback", op).await,
             None => Ok(()),
         }
     }
@@ -1158,7 +1179,7 @@ impl<P: Platform> Drop for Transaction<P> {
         }
         self.keep_alive = None;
         if let Some(op) = self.pessimistic_rollback() {
-            self.core.spawn_op(op);
+            self.core.spawn_op("dropped_txn_rollback", op);
         }
     }
 }

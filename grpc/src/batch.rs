@@ -260,7 +260,15 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
                 streams[slot] = Some(tx);
                 shared.rt.spawn(receive(shared.clone(), generation, rx).boxed());
             }
-            while let Some((stream, batch)) = c.poll_batch(now) {
+            loop {
+                let oldest = c.oldest_queued();
+                let Some((stream, batch)) = c.poll_batch(now) else { break };
+                if let Some(oldest) = oldest
+                    && !is_probe(&batch)
+                {
+                    let wait = now.saturating_duration_since(oldest);
+                    tikv_driver::record_batch(batch.requests.len(), wait);
+                }
                 // A failed write means the stream is gone; its receiver
                 // reports the break.
                 if let Some(tx) = &streams[stream.slot] {
@@ -345,6 +353,12 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
     }
 }
 
+/// A stream's first message, which carries no caller's request.
+fn is_probe(batch: &BatchCommandsRequest) -> bool {
+    use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
+    matches!(batch.requests.as_slice(), [r] if matches!(r.cmd, Some(Cmd::Empty(_))))
+}
+
 /// Waits shorter than this are done by yielding (module docs).
 const SHORT_WAIT: Duration = Duration::from_millis(1);
 
@@ -400,6 +414,11 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
         }
         Err(e) => Err(e),
     };
+    // A stream the store ends is routine (the driver closes idle streams);
+    // one that fails is news (INFO), not a failure of anyone's request:
+    // its requests are retried by their operations, which warn if they
+    // fail in the end.
+    let mut failed = true;
     let reason = match opened {
         Err(e) => e.to_string(),
         Ok(response) => {
@@ -423,12 +442,26 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
                             let _ = shared.wake.unbounded_send(());
                         }
                     }
-                    Ok(None) => break "closed by the store".to_owned(),
+                    Ok(None) => {
+                        failed = false;
+                        break "closed by the store".to_owned();
+                    }
                     Err(status) => break to_rpc_error(status).to_string(),
                 }
             }
         }
     };
+    if failed {
+        tracing::info!(
+            target: "tikv_driver",
+            slot = generation.slot,
+            generation = generation.generation,
+            reason = %reason,
+            "BatchCommands stream failed"
+        );
+    } else {
+        tracing::debug!(target: "tikv_driver", slot = generation.slot, "BatchCommands stream ended");
+    }
     {
         let mut c = shared.lock();
         c.on_stream_broken(generation, &reason, shared.rt.now());

@@ -8,7 +8,8 @@
 //! the client platform under test and knows how to run a future on its
 //! runtime. The test binaries in `tests/` stamp each suite out once per
 //! runtime with its macro ([`raw_suite!`], [`txn_suite!`], [`gc_suite!`],
-//! [`snapshot_suite!`], [`tso_suite!`], [`tls_suite!`], and
+//! [`snapshot_suite!`], [`tso_suite!`], [`tls_suite!`],
+//! [`observability_suite!`], and
 //! [`transport_suite!`] for the
 //! gRPC transport alone), so the same bodies run under tokio and under
 //! async-std:
@@ -30,6 +31,8 @@
 pub mod gc;
 #[cfg(feature = "e2e")]
 pub mod harness;
+#[cfg(feature = "e2e")]
+pub mod observability;
 #[cfg(feature = "e2e")]
 pub mod pd_view;
 pub mod props;

@@ -287,6 +287,8 @@ struct Queued<W> {
     request: KvRequest,
     waiter: W,
     deadline: Instant,
+    /// When it was pushed, for [`BatchCollector::oldest_queued`].
+    arrived: Instant,
 }
 
 #[derive(Debug)]
@@ -462,7 +464,15 @@ impl<W> BatchCollector<W> {
                 .filter(|gap| !gap.is_zero());
         }
         self.latest_arrival = Some(self.latest_arrival.map_or(now, |l| l.max(now)));
-        self.queue.push_back(Queued { request, waiter, deadline });
+        self.queue.push_back(Queued { request, waiter, deadline, arrived: now });
+    }
+
+    /// When the oldest request still queued arrived (`None` when none is):
+    /// read before [`poll_batch`](Self::poll_batch), it tells how long the
+    /// head of the batch it emits waited (client-go's
+    /// `batch_wait_duration`).
+    pub fn oldest_queued(&self) -> Option<Instant> {
+        self.queue.front().map(|q| q.arrived)
     }
 
     /// A slot whose stream the runtime should open now (then call

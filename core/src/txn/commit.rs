@@ -885,11 +885,19 @@ impl Committer {
         Some(op.with_tags(&self.opts.tags))
     }
 
+    /// The budgets the commit slept against, for runtimes that report
+    /// backoff: the prewrite phase's (its rounds and lock waits), then the
+    /// primary commit's once that phase began. Each sleep is in one of them.
+    pub fn budgets(&self) -> impl Iterator<Item = &Backoffer> {
+        std::iter::once(&self.backoffer).chain(self.commit_backoffer.as_ref())
+    }
+
     /// The operation to run in the background after the result: the
     /// secondaries' commit, or the rollback of a definitely failed
     /// transaction (see `follow_up_of`); `None` if there is nothing to do
     /// or the result is not out yet. Runtimes run it without waiting and
-    /// ignore its outcome: readers resolve whatever it leaves.
+    /// do not wait for its outcome (they log a failure): readers resolve
+    /// whatever it leaves.
     pub fn take_follow_up(&mut self) -> Option<KeyFanout<KeysPlan>> {
         self.follow_up.take()
     }
