@@ -469,8 +469,12 @@ fn repeated_region_errors_back_off_exponentially() {
     let v = view();
     let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
     for _ in 0..12 {
-        let unknown = errorpb::Error { message: "unknown".into(), ..Default::default() };
-        c.fault("raw_get", Fault::Region(Box::new(unknown)));
+        let wrong_region = errorpb::Error {
+            message: "key not in region".into(),
+            key_not_in_region: Some(Default::default()),
+            ..Default::default()
+        };
+        c.fault("raw_get", Fault::Region(Box::new(wrong_region)));
     }
     let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
@@ -522,4 +526,42 @@ fn writes_carry_the_write_execution_limit_and_reads_their_timeout() {
         .map(|r| (r.name(), r.context().map_or(0, |ctx| ctx.max_execution_duration_ms)))
         .collect();
     assert_eq!(limits, [("raw_put", 20_000), ("raw_get", 30_000), ("raw_delete", 20_000)]);
+}
+
+/// A client reading from followers: its reads go to a follower with
+/// `replica_read` set, its writes to the leader without it.
+#[test]
+fn follower_reads_go_to_followers_and_writes_to_the_leader() {
+    use crate::route::replica::{ReplicaRead, ReplicaReadType};
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let opts = RawOptions { replica_read: ReplicaRead::of(ReplicaReadType::Follower), ..opts() };
+    let (read_log, result) = drive(get(&v, Key::from("k"), &opts), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let (scan_log, result) =
+        drive(scan(&v, KeyRange::all(), ScanSpec::forward(10), &opts).unwrap(), &mut c);
+    assert_eq!(result.unwrap().len(), 1);
+    let item = PutItem { pair: KvPair::new(Key::from("w"), Bytes::from("x")), ttl: 0 };
+    let (write_log, result) = drive(batch_put(&v, vec![item], &opts), &mut c);
+    result.unwrap();
+    let sent: Vec<String> = c
+        .received
+        .iter()
+        .map(|r| {
+            let ctx = r.context().cloned().unwrap_or_default();
+            let store = ctx.peer.map_or(0, |p| p.store_id);
+            format!("{} store{store} replica_read={}", r.name(), ctx.replica_read)
+        })
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|l| l.contains("store1 ")).count(),
+        1,
+        "only the write goes to the leader (store 1): {sent:?}"
+    );
+    let out = format!(
+        "== get\n{read_log}\n== scan\n{scan_log}\n== batch put\n{write_log}\n== contexts\n{}\n",
+        sent.join("\n")
+    );
+    insta::assert_snapshot!(out);
 }
