@@ -565,3 +565,50 @@ fn follower_reads_go_to_followers_and_writes_to_the_leader() {
     );
     insta::assert_snapshot!(out);
 }
+
+/// `ServerIsBusy` through the region call: a follower read moves to the
+/// other replicas at once and sleeps `BoTiKVServerBusy` only when it has
+/// none left (then re-locates); a leader read sleeps and asks the leader
+/// again, and after the leader's second `ServerIsBusy(0)` probes a follower
+/// with a leader read, whose `NotLeader` sends it back (client-go #2028).
+#[test]
+fn server_is_busy_fast_retries_replica_reads_and_backs_off_leader_reads() {
+    use crate::route::replica::{ReplicaRead, ReplicaReadType};
+    let busy = || {
+        Fault::Region(Box::new(errorpb::Error {
+            message: "server is busy".into(),
+            server_is_busy: Some(Default::default()),
+            ..Default::default()
+        }))
+    };
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    for _ in 0..3 {
+        c.fault("raw_get", busy());
+    }
+    let follower =
+        RawOptions { replica_read: ReplicaRead::of(ReplicaReadType::Follower), ..opts() };
+    let (follower_log, result) = drive(get(&v, Key::from("k"), &follower), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let sleeps = follower_log.lines().filter(|l| l.ends_with("timer")).count();
+    assert_eq!(sleeps, 1, "one deferred sleep once every replica was busy:\n{follower_log}");
+
+    for _ in 0..2 {
+        c.fault("raw_get", busy());
+    }
+    let (leader_log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let stores: Vec<&str> = leader_log
+        .lines()
+        .filter(|l| l.contains("send") && l.contains("raw_get"))
+        .filter_map(|l| l.split("-> ").nth(1))
+        .collect();
+    assert_eq!(stores.len(), 4, "leader, leader, a follower probe, leader:\n{leader_log}");
+    assert_eq!(stores[0], stores[1]);
+    assert_ne!(stores[2], stores[0], "the probe goes to a follower");
+    assert_eq!(stores[3], stores[0]);
+    let out = format!("== follower read\n{follower_log}\n== leader read\n{leader_log}");
+    insta::assert_snapshot!(out);
+}
