@@ -18,18 +18,21 @@
 //! - peers on TiFlash stores are never chosen: TiKV requests go to TiKV
 //!   stores only (client-go keeps separate access lists for the two).
 //!
-//! Store health (liveness probes, slow scores, load-based replica read)
-//! is not modelled yet: a store counts as reachable until a send to it
-//! fails within this call (client-go bumps the store's epoch after a failed
-//! liveness probe, which makes the replica a non-candidate), and no store
-//! counts as slow.
+//! With a busy threshold (load-based replica read), a leader read whose
+//! leader's store reported a read queue longer than the threshold goes to
+//! an idle follower as a replica read instead.
+//!
+//! Store health (liveness probes, slow scores) is not modelled yet: a store
+//! counts as reachable until a send to it fails within this call (client-go
+//! bumps the store's epoch after a failed liveness probe, which makes the
+//! replica a non-candidate), and no store counts as slow.
 
 use smallvec::SmallVec;
 use tikv_proto::metapb;
 
 use crate::region::{InvalidReason, Region, StoreTable};
 use crate::rng::Rng;
-use crate::time::Duration;
+use crate::time::{Duration, Instant};
 
 /// Where a read may be served (client-go `kv.ReplicaReadType`). Writes
 /// always go to the leader whatever the read type.
@@ -65,6 +68,12 @@ pub struct ReplicaRead {
     /// Labels a preferred store carries (`zone`, `host`, ...); empty: no
     /// preference.
     pub labels: Vec<metapb::StoreLabel>,
+    /// Load-based replica read (client-go `BusyThresholdMs`, TiDB's
+    /// `tidb_load_based_replica_read_threshold`): a leader read tells TiKV
+    /// to refuse it with `ServerIsBusy` when its read queue is longer than
+    /// this, and goes to an idle follower when the leader's store said so
+    /// recently. Zero: off.
+    pub busy_threshold: Duration,
 }
 
 impl ReplicaRead {
@@ -75,7 +84,14 @@ impl ReplicaRead {
 
     /// Reads of `read_type` without label preference.
     pub fn of(read_type: ReplicaReadType) -> ReplicaRead {
-        ReplicaRead { read_type, labels: Vec::new() }
+        ReplicaRead { read_type, ..ReplicaRead::default() }
+    }
+
+    /// Moves leader reads to idle followers while the leader's read queue
+    /// is longer than `threshold` (see [`ReplicaRead::busy_threshold`]).
+    pub fn with_busy_threshold(mut self, threshold: Duration) -> ReplicaRead {
+        self.busy_threshold = threshold;
+        self
     }
 
     /// Prefers stores carrying label `key=value` (in addition to any
@@ -171,6 +187,9 @@ struct Mixed {
     learner_only: bool,
     /// Match the selector's labels.
     match_labels: bool,
+    /// Only idle followers: stores whose read queue is within this and
+    /// that did not answer `ServerIsBusy` (zero: any).
+    busy_threshold: Duration,
 }
 
 /// What the selector decided for the next attempt.
@@ -220,6 +239,9 @@ pub enum BusyStep {
 pub struct ReplicaSelector {
     read_type: ReplicaReadType,
     labels: Vec<metapb::StoreLabel>,
+    /// Zero once no idle replica was left (client-go drops the threshold
+    /// and reads from the leader then).
+    busy_threshold: Duration,
     /// One per peer of the region, same order.
     replicas: SmallVec<[Replica; 3]>,
     /// The peer of the last [`Pick::Send`].
@@ -245,6 +267,7 @@ impl ReplicaSelector {
         ReplicaSelector {
             read_type: read.read_type,
             labels: read.labels.clone(),
+            busy_threshold: read.busy_threshold,
             replicas: region.peers().iter().map(|_| Replica::default()).collect(),
             target: None,
             leader_busy_count: 0,
@@ -260,6 +283,13 @@ impl ReplicaSelector {
     pub fn set_read(&mut self, read: &ReplicaRead) {
         self.read_type = read.read_type;
         self.labels.clone_from(&read.labels);
+        self.busy_threshold = read.busy_threshold;
+    }
+
+    /// The busy threshold the next request carries
+    /// (`Context.busy_threshold_ms`); zero once dropped.
+    pub fn busy_threshold(&self) -> Duration {
+        self.busy_threshold
     }
 
     /// The read type now in force: a replica read falls back to leader
@@ -274,8 +304,9 @@ impl ReplicaSelector {
         self.target
     }
 
-    /// Chooses the next attempt's peer (client-go `replicaSelector.next`).
-    pub fn next(&mut self, region: &Region, stores: &StoreTable) -> Pick {
+    /// Chooses the next attempt's peer (client-go `replicaSelector.next`);
+    /// `now` ages the read queues stores reported.
+    pub fn next(&mut self, region: &Region, stores: &StoreTable, now: Instant) -> Pick {
         if self.retry_invalidated {
             self.retry_invalidated = false;
         } else if region.is_invalidated() {
@@ -303,8 +334,8 @@ impl ReplicaSelector {
             return Pick::Resolve(store_id);
         }
         let picked = match self.read_type {
-            ReplicaReadType::Leader => self.next_for_leader_read(region, stores),
-            _ => self.next_for_replica_read(region, stores),
+            ReplicaReadType::Leader => self.next_for_leader_read(region, stores, now),
+            _ => self.next_for_replica_read(region, stores, now),
         };
         let Some((peer, replica_read)) = picked else {
             return Pick::Exhausted;
@@ -318,20 +349,35 @@ impl ReplicaSelector {
         Pick::Send { peer, replica_read }
     }
 
-    /// client-go `nextForReplicaReadLeader` (without forwarding and the
-    /// busy threshold).
+    /// client-go `nextForReplicaReadLeader` (without forwarding).
     fn next_for_leader_read(
         &mut self,
         region: &Region,
         stores: &StoreTable,
+        now: Instant,
     ) -> Option<(usize, bool)> {
         let leader = region.leader_index();
         if self.is_leader_candidate(leader) && !self.replicas[leader].has(Flags::SUSPECT_NOT_LEADER)
         {
+            if !self.busy_threshold.is_zero() {
+                let leader_store = region.peers()[leader].store_id;
+                let queue =
+                    stores.get(leader_store).map_or(Duration::ZERO, |s| s.estimated_wait(now));
+                if queue > self.busy_threshold || self.replicas[leader].has(Flags::SERVER_BUSY) {
+                    // The leader is busy: an idle replica serves the read.
+                    let idle = Mixed { busy_threshold: self.busy_threshold, ..Mixed::default() };
+                    if let Some(target) = self.mixed(region, stores, now, idle) {
+                        return Some((target, true));
+                    }
+                    // Every replica is busy: the leader it is, without
+                    // the threshold.
+                    self.busy_threshold = Duration::ZERO;
+                }
+            }
             return Some((leader, false));
         }
         // Followers with leader semantics: one of them names the leader.
-        let target = self.mixed(region, stores, Mixed::default())?;
+        let target = self.mixed(region, stores, now, Mixed::default())?;
         // A read whose leader ran out of its short timeout is served by the
         // follower itself rather than bounced back.
         let replica_read = target != leader && self.replicas[leader].has(Flags::DEADLINE);
@@ -343,6 +389,7 @@ impl ReplicaSelector {
         &mut self,
         region: &Region,
         stores: &StoreTable,
+        now: Instant,
     ) -> Option<(usize, bool)> {
         let strategy = Mixed {
             try_leader: matches!(
@@ -352,8 +399,9 @@ impl ReplicaSelector {
             prefer_leader: self.read_type == ReplicaReadType::PreferLeader,
             learner_only: self.read_type == ReplicaReadType::Learner,
             match_labels: true,
+            busy_threshold: Duration::ZERO,
         };
-        let target = self.mixed(region, stores, strategy)?;
+        let target = self.mixed(region, stores, now, strategy)?;
         Some((target, target != region.leader_index()))
     }
 
@@ -369,13 +417,28 @@ impl ReplicaSelector {
 
     /// client-go `ReplicaSelectMixedStrategy.next`: the best-scoring
     /// candidate, at random among ties.
-    fn mixed(&mut self, region: &Region, stores: &StoreTable, s: Mixed) -> Option<usize> {
+    fn mixed(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        now: Instant,
+        s: Mixed,
+    ) -> Option<usize> {
         let leader = region.leader_index();
         let mut best: SmallVec<[usize; 3]> = SmallVec::new();
         let mut best_score = 0u8;
         for (i, peer) in region.peers().iter().enumerate() {
             let is_leader = i == leader;
             if !self.is_candidate(i, is_leader) {
+                continue;
+            }
+            if !s.busy_threshold.is_zero()
+                && (is_leader
+                    || self.replicas[i].has(Flags::SERVER_BUSY)
+                    || stores
+                        .get(peer.store_id)
+                        .is_some_and(|st| st.estimated_wait(now) > s.busy_threshold))
+            {
                 continue;
             }
             let score = self.score(i, peer, is_leader, stores, s);
@@ -391,6 +454,10 @@ impl ReplicaSelector {
             0 => {}
             1 => return Some(best[0]),
             n => return Some(best[self.rng.gen_range(0, n as u64) as usize]),
+        }
+        // Looking for an idle replica only: none is no reason to reload.
+        if !s.busy_threshold.is_zero() {
+            return None;
         }
         // The leader was skipped only as a suspect and nobody else can be
         // probed: back to it, as client-go restores it rather than reload
@@ -548,13 +615,28 @@ impl ReplicaSelector {
         NotLeaderStep::Retry(Some(leader.store_id))
     }
 
-    /// The target answered `ServerIsBusy` with `estimated_wait_ms`: client-go
-    /// `onServerIsBusy` (without the store load statistics and the busy
-    /// threshold of load-based replica reads).
-    pub fn on_server_is_busy(&mut self, region: &Region, estimated_wait_ms: u32) -> BusyStep {
+    /// The target answered `ServerIsBusy` with `estimated_wait_ms` at `now`:
+    /// client-go `onServerIsBusy`. A wait estimate is kept on the store (the
+    /// next reads with a busy threshold avoid it); without one the cached
+    /// leader may become a suspect.
+    pub fn on_server_is_busy(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        estimated_wait_ms: u32,
+        now: Instant,
+    ) -> BusyStep {
         let leader = region.leader_index();
-        if estimated_wait_ms == 0
-            && self.read_type == ReplicaReadType::Leader
+        if estimated_wait_ms != 0 {
+            if let Some(t) = self.target {
+                if let Some(store) = stores.get(region.peers()[t].store_id) {
+                    store.record_estimated_wait(estimated_wait_ms, now);
+                }
+                if !self.busy_threshold.is_zero() {
+                    self.replicas[t].add(Flags::SERVER_BUSY);
+                }
+            }
+        } else if self.read_type == ReplicaReadType::Leader
             && self.target == Some(leader)
             && !self.leader_busy_probed
         {

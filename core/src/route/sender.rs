@@ -86,6 +86,9 @@ pub struct Attempt {
     /// Served as a replica read (`Context.replica_read`): the peer is not
     /// the leader and the request is a snapshot read.
     pub replica_read: bool,
+    /// `Context.busy_threshold_ms` of a snapshot read (load-based replica
+    /// read); zero otherwise.
+    pub busy_threshold_ms: u32,
     /// When the runtime gives up on the attempt.
     pub deadline: Instant,
     region_id: u64,
@@ -96,9 +99,9 @@ pub struct Attempt {
 
 impl Attempt {
     /// Writes the attempt's routing into `ctx`: region id, epoch, peer,
-    /// cluster id, retry and replica-read flags, and the RPC timeout as the
-    /// max execution duration when the request did not set one (client-go
-    /// fills it so).
+    /// cluster id, retry and replica-read flags, busy threshold, and the
+    /// RPC timeout as the max execution duration when the request did not
+    /// set one (client-go fills it so).
     pub fn stamp(&self, ctx: &mut kvrpcpb::Context) {
         ctx.region_id = self.region_id;
         ctx.region_epoch = Some(self.epoch);
@@ -106,6 +109,7 @@ impl Attempt {
         ctx.cluster_id = self.cluster_id;
         ctx.is_retry_request = self.is_retry;
         ctx.replica_read = self.replica_read;
+        ctx.busy_threshold_ms = self.busy_threshold_ms;
         if ctx.max_execution_duration_ms == 0 {
             ctx.max_execution_duration_ms = self.timeout_ms;
         }
@@ -216,6 +220,9 @@ impl RegionCall {
         }
         self.snapshot_read = request.is_snapshot_read();
         attempt.replica_read &= self.snapshot_read;
+        if !self.snapshot_read {
+            attempt.busy_threshold_ms = 0;
+        }
         self.sent_replica_read = attempt.replica_read;
         let is_write = request.is_write();
         let ctx = request.context_mut();
@@ -284,7 +291,7 @@ impl RegionCall {
     }
 
     fn attempt(&mut self, now: Instant) {
-        let pick = self.selector.next(&self.region, &self.view.stores);
+        let pick = self.selector.next(&self.region, &self.view.stores, now);
         self.sync_invalidation();
         match pick {
             Pick::Exhausted => {
@@ -382,6 +389,8 @@ impl RegionCall {
             addr,
             is_retry: self.attempts > 0,
             replica_read,
+            busy_threshold_ms: u32::try_from(self.selector.busy_threshold().as_millis())
+                .unwrap_or(u32::MAX),
             deadline: now + self.timeout,
             region_id: self.region.id(),
             epoch: self.region.epoch(),
@@ -489,7 +498,12 @@ impl RegionCall {
                 self.retry_now(now);
             }
             RegionErrorAction::ServerIsBusy { estimated_wait_ms, .. } => {
-                match self.selector.on_server_is_busy(&self.region, estimated_wait_ms) {
+                match self.selector.on_server_is_busy(
+                    &self.region,
+                    &self.view.stores,
+                    estimated_wait_ms,
+                    now,
+                ) {
                     BusyStep::FastRetry => self.retry_now(now),
                     BusyStep::Backoff => self.sleep_then(
                         BackoffKind::ServerBusy,

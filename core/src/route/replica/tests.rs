@@ -104,7 +104,7 @@ fn script(
     let mut replica_read = false;
     for step in steps {
         let outcome = match *step {
-            Step::Next => match s.next(region, stores) {
+            Step::Next => match s.next(region, stores, Instant::ZERO) {
                 Pick::Send { peer, replica_read: rr } => {
                     replica_read = rr;
                     format!(
@@ -127,7 +127,9 @@ fn script(
                 let peer = store.and_then(|st| region.peer_on_store(st).copied());
                 format!("{:?}", s.on_not_leader(region, peer.as_ref()))
             }
-            Step::Busy(wait) => format!("{:?}", s.on_server_is_busy(region, wait)),
+            Step::Busy(wait) => {
+                format!("{:?}", s.on_server_is_busy(region, stores, wait, Instant::ZERO))
+            }
             Step::RegionNotFound => format!("retry on leader: {}", s.on_region_not_found(region)),
             Step::DataIsNotReady => {
                 s.on_data_is_not_ready();
@@ -270,13 +272,16 @@ fn ties_are_broken_at_random_by_the_seed() {
         let mut hits = [0u32; 4];
         for seed in 0..300 {
             let mut s = ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
-            let Pick::Send { peer, .. } = s.next(&region, &stores) else {
+            let Pick::Send { peer, .. } = s.next(&region, &stores, Instant::ZERO) else {
                 panic!("a pick");
             };
             hits[region.peers()[peer].store_id as usize] += 1;
             let mut again =
                 ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
-            assert_eq!(again.next(&region, &stores), Pick::Send { peer, replica_read: peer != 0 });
+            assert_eq!(
+                again.next(&region, &stores, Instant::ZERO),
+                Pick::Send { peer, replica_read: peer != 0 }
+            );
         }
         let _ = writeln!(
             out,
@@ -346,7 +351,7 @@ fn tiflash_peers_are_never_chosen() {
     let _ = writeln!(out, "== follower read, TiFlash store unknown");
     let read = ReplicaRead::of(ReplicaReadType::Follower);
     let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
-    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores));
+    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores, Instant::ZERO));
     stores
         .insert(metapb::Store {
             id: 4,
@@ -356,7 +361,7 @@ fn tiflash_peers_are_never_chosen() {
         })
         .expect("valid store");
     let _ = writeln!(out, "(store 4 resolved: engine=tiflash)");
-    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores));
+    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores, Instant::ZERO));
     let _ = writeln!(out, "    {}", s.describe(&region));
     insta::assert_snapshot!(out);
 }
@@ -396,9 +401,9 @@ fn busy_replicas_defer_their_sleeps_until_the_call_returns_to_them() {
         ReplicaSelector::new(&region, &ReplicaRead::of(ReplicaReadType::Mixed), Rng::new(3));
     let mut out = String::new();
     let mut busy_stores = Vec::new();
-    while let Pick::Send { peer, .. } = s.next(&region, &stores) {
+    while let Pick::Send { peer, .. } = s.next(&region, &stores, Instant::ZERO) {
         let store = region.peers()[peer].store_id;
-        let step = s.on_server_is_busy(&region, 0);
+        let step = s.on_server_is_busy(&region, &stores, 0, Instant::ZERO);
         let _ = writeln!(out, "store{store} busy => {step:?}");
         assert_eq!(step, BusyStep::FastRetry, "replica reads never sleep on one store");
         busy_stores.push(store);
@@ -418,11 +423,11 @@ fn busy_replicas_defer_their_sleeps_until_the_call_returns_to_them() {
 fn a_not_leader_hint_outside_the_region_invalidates_it() {
     let (region, stores) = setup(&three_voters(), 1, &[]);
     let mut s = ReplicaSelector::new(&region, &ReplicaRead::leader(), Rng::new(1));
-    assert!(matches!(s.next(&region, &stores), Pick::Send { peer: 0, .. }));
+    assert!(matches!(s.next(&region, &stores, Instant::ZERO), Pick::Send { peer: 0, .. }));
     let stranger = metapb::Peer { id: 99, store_id: 9, ..Default::default() };
     assert_eq!(s.on_not_leader(&region, Some(&stranger)), NotLeaderStep::Retry(None));
     assert_eq!(region.invalid_reason(), Some(InvalidReason::StoreNotFound));
-    assert_eq!(s.next(&region, &stores), Pick::Exhausted);
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Exhausted);
 }
 
 #[test]
@@ -430,13 +435,61 @@ fn an_unknown_store_is_resolved_before_it_is_picked() {
     let (region, stores) = setup(&three_voters(), 2, &[2, 3]);
     // A leader read needs only the leader's store.
     let mut s = ReplicaSelector::new(&region, &ReplicaRead::leader(), Rng::new(1));
-    assert_eq!(s.next(&region, &stores), Pick::Resolve(2));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(2));
     // A replica read scores every peer, so it needs every store.
     let mut s =
         ReplicaSelector::new(&region, &ReplicaRead::of(ReplicaReadType::Mixed), Rng::new(1));
-    assert_eq!(s.next(&region, &stores), Pick::Resolve(2));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(2));
     stores
         .insert(metapb::Store { id: 2, address: "store2:20160".into(), ..Default::default() })
         .expect("valid store");
-    assert_eq!(s.next(&region, &stores), Pick::Resolve(3));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(3));
+}
+
+/// Load-based replica read: a leader read with a busy threshold goes to
+/// the leader until its store reports a longer queue (`ServerIsBusy` with
+/// an estimated wait), then to idle followers as replica reads; once every
+/// replica is busy the threshold is dropped and the leader serves. The
+/// estimate ages: after it has passed, the leader is idle again.
+#[test]
+fn a_busy_leader_sends_reads_with_a_threshold_to_idle_followers() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let read = ReplicaRead::leader().with_busy_threshold(Duration::from_millis(50));
+    let t0 = Instant::ZERO;
+    let mut out = String::new();
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let mut step = |s: &mut ReplicaSelector, busy: Option<u32>, now: Instant| {
+        let pick = s.next(&region, &stores, now);
+        let _ = writeln!(out, "Next => {pick:?} (threshold {:?})", s.busy_threshold());
+        if let (Pick::Send { peer, .. }, Some(wait)) = (&pick, busy) {
+            let step = s.on_server_is_busy(&region, &stores, wait, now);
+            let _ = writeln!(
+                out,
+                "store{} busy, estimated wait {wait} ms => {step:?}",
+                region.peers()[*peer].store_id
+            );
+        }
+        let _ = writeln!(out, "    {}", s.describe(&region));
+        pick
+    };
+    // The leader's queue is 200 ms: the read moves to a follower, busy too,
+    // then the other, busy too; then the leader without the threshold.
+    assert!(matches!(step(&mut s, Some(200), t0), Pick::Send { peer: 0, replica_read: false }));
+    assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
+    assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
+    assert_eq!(step(&mut s, None, t0), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(s.busy_threshold(), Duration::ZERO);
+    // A new read 100 ms later: the leader's 200 ms estimate has 100 ms
+    // left, above the threshold: straight to an idle follower (their
+    // estimates, 300 ms, have 200 ms left: busy too, so the leader).
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let later = t0 + Duration::from_millis(100);
+    assert_eq!(step(&mut s, None, later), Pick::Send { peer: 0, replica_read: false });
+    // 400 ms later every estimate has run out: the leader, threshold kept.
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let idle = t0 + Duration::from_millis(400);
+    assert_eq!(step(&mut s, None, idle), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(s.busy_threshold(), Duration::from_millis(50));
+    assert_eq!(region.invalid_reason(), None, "looking for idle replicas reloads nothing");
+    insta::assert_snapshot!(out);
 }
