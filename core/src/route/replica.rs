@@ -313,40 +313,46 @@ impl ReplicaSelector {
             return Pick::Exhausted;
         }
         self.target = None;
-        // Learn which peers sit on TiFlash stores; a replica read scores
-        // every peer by its store, so every store must be known first.
-        let mut unknown = None;
-        for (i, peer) in region.peers().iter().enumerate() {
-            match stores.get(peer.store_id) {
-                Some(store) if store.is_tiflash() || store.is_tombstone() => {
-                    self.replicas[i].add(Flags::EXCLUDED)
+        // A replica read scores every peer by its store, so every store
+        // must be known first; a leader read looks up only the store it
+        // picks (one lookup on the hot path).
+        if self.read_type.is_follower_read() {
+            for (i, peer) in region.peers().iter().enumerate() {
+                match stores.get(peer.store_id) {
+                    Some(store) if store.is_tiflash() || store.is_tombstone() => {
+                        self.replicas[i].add(Flags::EXCLUDED)
+                    }
+                    Some(_) => {}
+                    None if !self.replicas[i].has(Flags::EXCLUDED) => {
+                        return Pick::Resolve(peer.store_id);
+                    }
+                    None => {}
                 }
-                Some(_) => {}
-                None if unknown.is_none() && !self.replicas[i].has(Flags::EXCLUDED) => {
-                    unknown = Some(peer.store_id)
-                }
-                None => {}
             }
         }
-        if self.read_type.is_follower_read()
-            && let Some(store_id) = unknown
-        {
-            return Pick::Resolve(store_id);
+        // Each round either decides or excludes one more peer found on a
+        // TiFlash or removed store, so this ends.
+        loop {
+            let picked = match self.read_type {
+                ReplicaReadType::Leader => self.next_for_leader_read(region, stores, now),
+                _ => self.next_for_replica_read(region, stores, now),
+            };
+            let Some((peer, replica_read)) = picked else {
+                return Pick::Exhausted;
+            };
+            let store_id = region.peers()[peer].store_id;
+            match stores.get(store_id) {
+                None => return Pick::Resolve(store_id),
+                Some(store) if store.is_tiflash() || store.is_tombstone() => {
+                    self.replicas[peer].add(Flags::EXCLUDED);
+                }
+                Some(_) => {
+                    self.replicas[peer].attempts += 1;
+                    self.target = Some(peer);
+                    return Pick::Send { peer, replica_read };
+                }
+            }
         }
-        let picked = match self.read_type {
-            ReplicaReadType::Leader => self.next_for_leader_read(region, stores, now),
-            _ => self.next_for_replica_read(region, stores, now),
-        };
-        let Some((peer, replica_read)) = picked else {
-            return Pick::Exhausted;
-        };
-        let store_id = region.peers()[peer].store_id;
-        if stores.get(store_id).is_none() {
-            return Pick::Resolve(store_id);
-        }
-        self.replicas[peer].attempts += 1;
-        self.target = Some(peer);
-        Pick::Send { peer, replica_read }
     }
 
     /// client-go `nextForReplicaReadLeader` (without forwarding).
