@@ -14,6 +14,7 @@ use tikv_proto::kvrpcpb;
 use crate::error::Error;
 use crate::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::replica::ReplicaRead;
 use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse};
 use crate::time::Duration;
@@ -62,6 +63,11 @@ pub struct RawOptions {
     /// Atomic mode (client-go `SetAtomicForCAS`): every write sets
     /// `for_cas` so TiKV serialises it with compare-and-swap.
     pub atomic: bool,
+    /// Which replica serves the reads (`get`, `batch_get`, `get_key_ttl`,
+    /// scans); writes always go to the leader. TiKV serves a raw replica
+    /// read after a read index on the leader, so it is as fresh as a
+    /// leader read.
+    pub replica_read: ReplicaRead,
 }
 
 /// The result of [`checksum`]: XOR of per-pair CRC-64 digests, pair count
@@ -515,7 +521,7 @@ pub type RawRangeOp<P> = RangeWalk<P>;
 
 /// `get(key)`: the value, or `None` if absent.
 pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<Point<GetPlan>> {
-    point(view, GetPlan { cf: opts.cf, value: None }, key)
+    point(view, GetPlan { cf: opts.cf, value: None }, key).with_replica_read(&opts.replica_read)
 }
 
 fn point<P: PointPlan>(view: &Arc<ClusterView>, plan: P, key: Key) -> RawKeyOp<Point<P>> {
@@ -535,6 +541,7 @@ pub fn batch_get(
         pairs: Vec::new(),
     };
     KeyFanout::new(view.clone(), plan, keys, view.backoffer(raw_budget(view)))
+        .with_replica_read(&opts.replica_read)
 }
 
 /// `put(key, value)` with an optional TTL in seconds (0 = none).
@@ -620,7 +627,7 @@ pub fn get_key_ttl(
     key: Key,
     opts: &RawOptions,
 ) -> RawKeyOp<Point<GetKeyTtlPlan>> {
-    point(view, GetKeyTtlPlan { cf: opts.cf, ttl: None }, key)
+    point(view, GetKeyTtlPlan { cf: opts.cf, ttl: None }, key).with_replica_read(&opts.replica_read)
 }
 
 /// `compare_and_swap(key, expected, new)`: writes `new` if the current value
@@ -664,7 +671,8 @@ pub fn scan(
         reverse,
         pairs: Vec::new(),
     };
-    Ok(RangeWalk::new(view.clone(), plan, range, reverse, view.backoffer(raw_budget(view))))
+    Ok(RangeWalk::new(view.clone(), plan, range, reverse, view.backoffer(raw_budget(view)))
+        .with_replica_read(&opts.replica_read))
 }
 
 /// `delete_range(range)`.

@@ -439,7 +439,22 @@ impl FakeCluster {
             );
             return Ok(resp);
         };
-        if region.leader_store != store_id {
+        if !region.meta.peers.iter().any(|p| p.store_id == store_id) {
+            let mut resp = req.response_template();
+            set_region_error(
+                &mut resp,
+                errorpb::Error {
+                    message: "region not found".into(),
+                    region_not_found: Some(errorpb::RegionNotFound { region_id: ctx.region_id }),
+                    ..Default::default()
+                },
+            );
+            return Ok(resp);
+        }
+        // A follower serves a replica read (TiKV first asks the leader for
+        // a read index, which this fake's leaders always grant).
+        let replica_read = ctx.replica_read && req.is_snapshot_read();
+        if region.leader_store != store_id && !replica_read {
             let mut resp = req.response_template();
             let leader =
                 region.meta.peers.iter().find(|p| p.store_id == region.leader_store).copied();

@@ -38,6 +38,9 @@ pub struct ClusterView {
     /// Seeds backoffers deterministically: the n-th operation of a client
     /// gets `seed + n`, so a simulation replays exactly.
     backoff_seq: AtomicU64,
+    /// Seeds replica selectors the same way, on a sequence of their own so
+    /// that backoff seeds do not depend on how many calls were made.
+    replica_seq: AtomicU64,
 }
 
 impl ClusterView {
@@ -58,6 +61,7 @@ impl ClusterView {
             txn_status: TxnStatusCache::default(),
             last_ts: LastTimestamp::default(),
             backoff_seq: AtomicU64::new(0),
+            replica_seq: AtomicU64::new(0),
         }
     }
 
@@ -65,5 +69,12 @@ impl ClusterView {
     pub fn backoffer(&self, budget: Duration) -> Backoffer {
         let n = self.backoff_seq.fetch_add(1, Ordering::Relaxed);
         Backoffer::new(budget, Rng::new(self.config.seed().wrapping_add(n)))
+    }
+
+    /// A fresh generator for a replica selector's tie-breaks: the n-th
+    /// selector of a client gets its own deterministic stream.
+    pub fn replica_rng(&self) -> Rng {
+        let n = self.replica_seq.fetch_add(1, Ordering::Relaxed);
+        Rng::new((self.config.seed() ^ 0x7e91_1ca5).wrapping_add(n))
     }
 }

@@ -61,6 +61,7 @@ pub use tikv_core::lock::Lock;
 pub use tikv_core::pd::Timestamp;
 pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
+pub use tikv_core::route::replica::{ReplicaRead, ReplicaReadType};
 pub use tikv_core::rpc::{RequestSource, RequestTags};
 pub use tikv_core::split::SplitRegionsOutcome;
 /// The kvproto messages some errors carry (e.g. [`Error::KeyError`]'s

@@ -8,6 +8,7 @@ use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
+use tikv_core::route::replica::ReplicaRead;
 
 use crate::client::{ClientCore, Platform};
 
@@ -85,6 +86,16 @@ impl<P: Platform> RawClient<P> {
     pub fn with_atomic_for_cas(&self) -> Self {
         let mut c = self.clone();
         c.opts.atomic = true;
+        c
+    }
+
+    /// A handle whose reads (`get`, `batch_get`, `get_key_ttl`, scans) are
+    /// served by the replicas `read` chooses: followers, learners, the
+    /// leader or a mix, preferring stores with its labels. Writes always go
+    /// to the leader.
+    pub fn with_replica_read(&self, read: ReplicaRead) -> Self {
+        let mut c = self.clone();
+        c.opts.replica_read = read;
         c
     }
 

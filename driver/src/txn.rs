@@ -8,6 +8,7 @@ use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
 use tikv_core::pd::Timestamp;
+use tikv_core::route::replica::ReplicaRead;
 use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::txn::commit::{
     CommitOptions, Committer, KeepAlive, mutations_from_buffer, pessimistic_mutations_from_buffer,
@@ -196,6 +197,14 @@ impl<P: Platform> Snapshot<P> {
         self
     }
 
+    /// Reads from the replicas `read` chooses (client-go
+    /// `KVSnapshot.SetReplicaRead` and `SetMatchStoreLabels`): followers,
+    /// learners, the leader or a mix, preferring stores with its labels.
+    pub fn with_replica_read(mut self, read: ReplicaRead) -> Self {
+        self.opts.replica_read = read;
+        self
+    }
+
     /// The value of `key` at the snapshot, `None` if it did not exist.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let op = SnapshotGet::new(self.core.view.clone(), key.into(), self.ts, self.opts.clone());
@@ -321,6 +330,14 @@ impl TransactionOptions {
     /// (client-go `SetAssertionLevel`; `Off` by default).
     pub fn with_assertion_level(mut self, level: kvrpcpb::AssertionLevel) -> Self {
         self.commit.assertion_level = level;
+        self
+    }
+
+    /// Serves the transaction's snapshot reads from the replicas `read`
+    /// chooses (client-go `KVTxn.GetSnapshot().SetReplicaRead`); locks and
+    /// the commit always go to the leaders.
+    pub fn with_replica_read(mut self, read: ReplicaRead) -> Self {
+        self.read.replica_read = read;
         self
     }
 

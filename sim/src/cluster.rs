@@ -62,6 +62,13 @@ pub struct ClusterConfig {
     /// transactional commands are refused (`Storage::check_api_version`
     /// allows only raw commands on a `V1ttl` storage). API V2 always has TTL.
     pub enable_ttl: bool,
+    /// Stores beyond the `stores` voters, one per entry with the entry's
+    /// labels (`("engine", "tiflash")` makes a TiFlash store), each holding
+    /// a learner peer of every initial region (PD's `AddLearner`, so those
+    /// regions start at `conf_ver` 2). Learners never lead; they serve
+    /// replica reads. Their ids follow the voters' stores. In-process PD
+    /// only: joined to a real PD, PD places the replicas.
+    pub learner_stores: Vec<Vec<(String, String)>>,
 }
 
 impl Default for ClusterConfig {
@@ -78,6 +85,7 @@ impl Default for ClusterConfig {
             tso_base_ms: 1_735_689_600_000,
             v1_txn: false,
             enable_ttl: false,
+            learner_stores: Vec::new(),
         }
     }
 }
@@ -145,6 +153,13 @@ pub enum SimError {
         /// The store.
         store_id: u64,
     },
+    /// A learner cannot lead the region.
+    LearnerCannotLead {
+        /// The region.
+        region_id: u64,
+        /// The learner's store.
+        store_id: u64,
+    },
     /// A keyspace with this name or id exists already.
     KeyspaceExists(String),
 }
@@ -161,6 +176,9 @@ impl std::fmt::Display for SimError {
             SimError::NotAdjacent(a, b) => write!(f, "regions {a} and {b} are not adjacent"),
             SimError::NoPeerOnStore { region_id, store_id } => {
                 write!(f, "region {region_id} has no peer on store {store_id}")
+            }
+            SimError::LearnerCannotLead { region_id, store_id } => {
+                write!(f, "the peer of region {region_id} on store {store_id} is a learner")
             }
             SimError::KeyspaceExists(name) => write!(f, "keyspace {name} exists"),
         }
@@ -323,6 +341,9 @@ pub(crate) struct State {
     pub(crate) resolved_ts: BTreeMap<u64, u64>,
     /// Parked `PessimisticLock` requests ([`crate::lock_wait`]).
     pub(crate) lock_waits: crate::lock_wait::LockWaits,
+    /// TiKV requests that reached a running store, by (store, command,
+    /// `Context.replica_read`) ([`Cluster::kv_request_count`]).
+    pub(crate) kv_requests: BTreeMap<(u64, &'static str, bool), u64>,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -395,6 +416,27 @@ impl Cluster {
         now: Instant,
     ) -> Result<PdResponse, RpcError> {
         self.lock().handle_pd(member, req, now)
+    }
+
+    /// How many `command` requests (the method name, e.g. `raw_get`,
+    /// `kv_get`) reached store `store_id` while it was running, whatever
+    /// the answer; `replica_read` counts only those with
+    /// `Context.replica_read` set (`Some(true)`), only those without
+    /// (`Some(false)`), or both (`None`).
+    pub fn kv_request_count(
+        &self,
+        store_id: u64,
+        command: &str,
+        replica_read: Option<bool>,
+    ) -> u64 {
+        self.lock()
+            .kv_requests
+            .iter()
+            .filter(|((s, c, rr), _)| {
+                *s == store_id && *c == command && replica_read.is_none_or(|want| want == *rr)
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The cluster's configuration.
@@ -725,6 +767,7 @@ impl State {
             last_now: Instant::ZERO,
             resolved_ts: BTreeMap::new(),
             lock_waits: Default::default(),
+            kv_requests: BTreeMap::new(),
             cfg,
         };
         for _ in 0..st.cfg.stores {
@@ -740,12 +783,31 @@ impl State {
             };
             st.stores.insert(id, Store { meta, running: true });
         }
+        let store_ids: Vec<u64> = st.stores.keys().copied().collect();
+        let mut learner_store_ids = Vec::new();
+        for labels in st.cfg.learner_stores.clone() {
+            let id = st.alloc_id();
+            let meta = metapb::Store {
+                id,
+                address: format!("store-{id}.sim:20160"),
+                peer_address: format!("store-{id}.sim:20160"),
+                state: metapb::StoreState::Up as i32,
+                node_state: metapb::NodeState::Serving as i32,
+                version: "8.5.0-sim".to_owned(),
+                labels: labels
+                    .into_iter()
+                    .map(|(key, value)| metapb::StoreLabel { key, value })
+                    .collect(),
+                ..Default::default()
+            };
+            st.stores.insert(id, Store { meta, running: true });
+            learner_store_ids.push(id);
+        }
         let mut bounds: Vec<Vec<u8>> =
             st.cfg.split_keys.iter().map(|k| st.boundary_enc(k)).collect();
         bounds.retain(|k| !k.is_empty());
         bounds.sort();
         bounds.dedup();
-        let store_ids: Vec<u64> = st.stores.keys().copied().collect();
         let replicas = store_ids.len().min(3);
         let mut start = Vec::new();
         for (i, end) in bounds.into_iter().map(Some).chain([None]).enumerate() {
@@ -758,12 +820,22 @@ impl State {
                 })
                 .collect();
             let leader_store = peers[st.rng.below(peers.len())].store_id;
+            let mut peers = peers;
+            for &store_id in &learner_store_ids {
+                peers.push(metapb::Peer {
+                    id: st.alloc_id(),
+                    store_id,
+                    role: metapb::PeerRole::Learner as i32,
+                    ..Default::default()
+                });
+            }
             let end_key = end.clone().unwrap_or_default();
+            let conf_ver = 1 + learner_store_ids.len() as u64;
             let meta = metapb::Region {
                 id: region_id,
                 start_key: start.clone().into(),
                 end_key: end_key.clone().into(),
-                region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+                region_epoch: Some(metapb::RegionEpoch { conf_ver, version: 1 }),
                 peers,
                 ..Default::default()
             };
@@ -904,8 +976,12 @@ impl State {
         store_id: u64,
     ) -> Result<(), SimError> {
         let region = self.region_by_id_mut(region_id).ok_or(SimError::NoSuchRegion(region_id))?;
-        if region.peer_on(store_id).is_none() {
-            return Err(SimError::NoPeerOnStore { region_id, store_id });
+        match region.peer_on(store_id) {
+            None => return Err(SimError::NoPeerOnStore { region_id, store_id }),
+            Some(p) if is_learner(p) => {
+                return Err(SimError::LearnerCannotLead { region_id, store_id });
+            }
+            Some(_) => {}
         }
         if region.leader_store != store_id {
             // The new leader won an election: a higher term.
@@ -928,6 +1004,7 @@ impl State {
                 .meta
                 .peers
                 .iter()
+                .filter(|p| !is_learner(p))
                 .map(|p| p.store_id)
                 .filter(|s| running.contains(s))
                 .collect();
@@ -1037,6 +1114,7 @@ impl State {
             }
             Some(_) => {}
         }
+        *self.kv_requests.entry((store_id, cmd, ctx.replica_read)).or_default() += 1;
         // TiKV's `reject_if_cluster_id_mismatch!`: a gRPC INVALID_ARGUMENT status.
         if ctx.cluster_id > 0 && ctx.cluster_id != self.cfg.cluster_id {
             return Err(RpcError::Status {
@@ -1193,6 +1271,18 @@ impl State {
             }));
         }
         let follower_read_ok = read_only && (ctx.replica_read || ctx.stale_read);
+        // A replica read first asks the leader for a read index (TiKV's
+        // `Peer::read_index`); with the leader's store down and no new
+        // leader elected the follower knows no leader, and raftstore
+        // answers `NotLeader` without a hint.
+        let leader_alive = self.stores.get(&region.leader_store).is_some_and(|s| s.running);
+        if region.leader_store != store_id && ctx.replica_read && read_only && !leader_alive {
+            return Err(Box::new(errorpb::Error {
+                message: format!("peer is not leader for region {region_id}, leader may None"),
+                not_leader: Some(errorpb::NotLeader { region_id, leader: None }),
+                ..Default::default()
+            }));
+        }
         if region.leader_store != store_id && !follower_read_ok {
             let leader = region.leader();
             return Err(Box::new(errorpb::Error {
@@ -1254,6 +1344,11 @@ impl State {
             }
         }
     }
+}
+
+/// True for a learner peer (it never leads, it serves replica reads).
+pub(crate) fn is_learner(peer: &metapb::Peer) -> bool {
+    peer.role == metapb::PeerRole::Learner as i32
 }
 
 /// The region of `regions` (keyed by start key) that contains `key`.

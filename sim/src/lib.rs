@@ -29,8 +29,11 @@
 //! - `RegionNotFound` — the store has no peer of the context's region
 //!   (unknown id, merged away, or a store that never held it).
 //! - `MismatchPeerId` — the context peer id is not this store's peer id.
-//! - `NotLeader` with the leader hint — the peer is a follower (reads with
-//!   `replica_read`/`stale_read` are served by followers).
+//! - `NotLeader` with the leader hint — the peer is a follower or learner
+//!   (reads with `replica_read`/`stale_read` are served by followers and
+//!   learners). A replica read while the leader's store is stopped and no
+//!   new leader is elected gets `NotLeader` without a hint (the read index
+//!   has no leader to ask).
 //! - `EpochNotMatch` with `current_regions` (the region and its split
 //!   siblings, raftstore's `collect_sibling_region`) — stale `version`.
 //! - A message-only error `missing epoch!` — context without an epoch.
@@ -114,10 +117,17 @@
 //!   the message in `KeyError.abort` (TiKV's wording of the debug form differs).
 //! - Raft terms only as numbers PD sees (they rise on every leader change;
 //!   `StaleCommand` only by injection). With the simulator's own PD there
-//!   are no conf changes (no add/remove peer; `conf_ver` stays 1); joined to
-//!   a real PD, conf changes come from PD's operators (peer roles, learners,
-//!   joint states as TiKV applies them). No buckets, no store labels, no
-//!   read pool busy checks, no flashback.
+//!   are no conf changes after the start (no add/remove peer; `conf_ver`
+//!   stays as built); joined to a real PD, conf changes come from PD's operators (peer roles, learners,
+//!   joint states as TiKV applies them); with the model's own PD,
+//!   [`ClusterConfig::learner_stores`] adds stores (with labels, e.g.
+//!   `engine=tiflash`) holding a learner of every initial region. A TiFlash
+//!   store is modelled as a store like the others (it answers TiKV
+//!   requests as TiKV would), so tests can see whether a client sent it
+//!   any ([`Cluster::kv_request_count`]). A replica
+//!   read is served from the shared data once the leader's store runs (the
+//!   read index always succeeds then). No buckets, no read pool busy
+//!   checks, no flashback.
 //! - TTL time is `(tso_base_ms + now) / 1000` seconds, the same clock as TSO.
 //! - TSO: physical time follows the model clock; when the logical counter
 //!   would overflow 18 bits the model advances physical by 1 ms instead of

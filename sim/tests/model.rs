@@ -961,3 +961,56 @@ fn random_region_errors_at_a_rate() {
     let refused = (0..2000).filter(|_| put(&c, b"a", b"1", 0, T0).region_error.is_some()).count();
     assert!((120..=280).contains(&refused), "about 10 %: {refused} of 2000");
 }
+
+/// Replica reads: a follower and a learner serve a read with
+/// `replica_read` while the leader's store runs, refuse it with `NotLeader`
+/// without a hint while it is down and no leader is elected, and refuse a
+/// plain read with the leader's name; a learner is never elected; every
+/// request reaching a running store is counted.
+#[test]
+fn replica_reads_need_a_live_leader_and_learners_never_lead() {
+    let c = Cluster::new(ClusterConfig {
+        learner_stores: vec![vec![("engine".into(), "tiflash".into())]],
+        ..ClusterConfig::default()
+    });
+    put(&c, b"k", b"v", 0, T0);
+    let region = region_of(&c, b"k");
+    assert_eq!(region.region_epoch.unwrap().conf_ver, 2, "AddLearner bumped conf_ver");
+    let learner =
+        *region.peers.iter().find(|p| p.role == metapb::PeerRole::Learner as i32).unwrap();
+    assert_eq!(learner.store_id, 4);
+    let leader = c.leader_of(region.id).unwrap().store_id;
+    let follower = region.peers.iter().find(|p| p.store_id != leader && p.store_id != 4).unwrap();
+    let read = |store: u64, replica_read: bool| {
+        let mut ctx = c.context_for(region.id).unwrap();
+        ctx.peer = region.peers.iter().find(|p| p.store_id == store).copied();
+        ctx.replica_read = replica_read;
+        let req =
+            kvrpcpb::RawGetRequest { context: Some(ctx), key: "k".into(), ..Default::default() };
+        c.handle_kv(store, req.into(), T0)
+    };
+    for store in [follower.store_id, 4] {
+        match read(store, true).expect("served") {
+            KvResponse::RawGet(r) => assert_eq!((r.region_error, &r.value[..]), (None, &b"v"[..])),
+            other => panic!("unexpected {other:?}"),
+        }
+        let plain = read(store, false).expect("answered");
+        let hint = region_error(&plain).not_leader.expect("not leader").leader;
+        assert_eq!(hint.map(|p| p.store_id), Some(leader));
+    }
+    assert_eq!(c.kv_request_count(4, "raw_get", Some(true)), 1);
+    assert_eq!(c.kv_request_count(4, "raw_get", Some(false)), 1);
+    assert_eq!(c.kv_request_count(4, "raw_get", None), 2);
+
+    assert!(c.transfer_leader(region.id, 4).is_err(), "a learner cannot lead");
+    // The leader dies and, pointed back at it, is not re-elected: replica
+    // reads have no leader to ask for a read index.
+    c.stop_store(leader).unwrap();
+    let new_leader = c.leader_of(region.id).unwrap().store_id;
+    assert_ne!(new_leader, 4, "the learner is not elected");
+    assert_ne!(new_leader, leader);
+    c.transfer_leader(region.id, leader).unwrap();
+    let resp = read(4, true).expect("answered");
+    let not_leader = region_error(&resp).not_leader.expect("not leader");
+    assert_eq!(not_leader.leader, None, "no hint: no live leader");
+}

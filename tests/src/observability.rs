@@ -355,7 +355,7 @@ async fn txn_cluster(bed: Bed) -> SimHandle {
 /// each of their RPCs a child span naming the region, store id and
 /// address it went to; the request series counts them by command and
 /// store; the commit's series (size, mode) and its prewrite's backoff
-/// after an injected `StaleCommand` are recorded.
+/// after an injected `MaxTimestampNotSynced` are recorded.
 pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harness>(bed: Bed) {
     let server = raw_cluster(bed).await;
     let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
@@ -396,12 +396,12 @@ pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harne
 
     let server_txn = txn_cluster(bed).await;
     let txn = TransactionClient::<H>::connect(server_txn.pd_addrs()).await.expect("connect");
-    let stale = errorpb::Error {
-        message: "stale command".into(),
-        stale_command: Some(Default::default()),
+    let not_synced = errorpb::Error {
+        message: "max timestamp not synced".into(),
+        max_timestamp_not_synced: Some(Default::default()),
         ..Default::default()
     };
-    server_txn.cluster().inject_region_error(Filter::any().command("kv_prewrite"), stale, 1);
+    server_txn.cluster().inject_region_error(Filter::any().command("kv_prewrite"), not_synced, 1);
     let mut t = txn.begin().await.expect("begin");
     t.put("a", "1").expect("put");
     t.put("z", "22").expect("put");
@@ -428,15 +428,17 @@ pub async fn operations_and_their_rpcs_are_traced_with_region_and_store<H: Harne
     assert!(!cap.samples(names::TSO_BATCH_SIZE, &[]).is_empty(), "timestamps came in TSO rounds");
     assert!(!cap.samples(names::TSO_WAIT, &[]).is_empty());
     // The prewrite's backoff is the commit's, reported in its span.
-    let backoff = cap.events(Level::DEBUG, &[("backoff", "staleCommand"), ("sleeps", "1")]);
+    let backoff = cap.events(Level::DEBUG, &[("backoff", "maxTsNotSynced"), ("sleeps", "1")]);
     assert_eq!(backoff.len(), 1, "{backoff:?}");
     assert_eq!(backoff[0].span, Some(commits[0].id));
-    assert_eq!(cap.counter(names::BACKOFF_SLEEPS, &[("kind", "staleCommand")]), 1);
+    assert_eq!(cap.counter(names::BACKOFF_SLEEPS, &[("kind", "maxTsNotSynced")]), 1);
     server.shutdown().await;
     server_txn.shutdown().await;
 }
 
-/// An injected `StaleCommand` region error on a raw get is counted by its
+/// An injected `MaxTimestampNotSynced` region error on a raw get (which
+/// backs off; `StaleCommand` retries another replica at once, as client-go
+/// does with its replica selector) is counted by its
 /// kind and store, the backoff it caused by kind, and both show up in the
 /// traces: a DEBUG event in the RPC's span and a backoff event in the
 /// operation's.
@@ -444,35 +446,38 @@ pub async fn a_region_error_is_counted_by_kind_with_its_backoff<H: Harness>(bed:
     let server = raw_cluster(bed).await;
     let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
     raw.put("k", "v").await.expect("put");
-    let stale = errorpb::Error {
-        message: "stale command".into(),
-        stale_command: Some(Default::default()),
+    let not_synced = errorpb::Error {
+        message: "max timestamp not synced".into(),
+        max_timestamp_not_synced: Some(Default::default()),
         ..Default::default()
     };
-    server.cluster().inject_region_error(Filter::any().command("raw_get"), stale, 2);
+    server.cluster().inject_region_error(Filter::any().command("raw_get"), not_synced, 2);
     assert_eq!(raw.get("k").await.expect("retried").as_deref(), Some(&b"v"[..]));
     let cap = capture();
 
-    assert_eq!(cap.counter(names::REGION_ERRORS, &[("kind", "stale_command")]), 2);
+    assert_eq!(cap.counter(names::REGION_ERRORS, &[("kind", "max_timestamp_not_synced")]), 2);
     let leader = {
         let cluster = server.cluster();
         let region = cluster.region_for_region_key(&cluster.region_key(b"k")).expect("region");
         cluster.leader_of(region.id).expect("leader").store_id.to_string()
     };
     assert_eq!(
-        cap.counter(names::REGION_ERRORS, &[("kind", "stale_command"), ("store", &leader)]),
+        cap.counter(
+            names::REGION_ERRORS,
+            &[("kind", "max_timestamp_not_synced"), ("store", &leader)]
+        ),
         2
     );
-    assert_eq!(cap.counter(names::BACKOFF_SLEEPS, &[("kind", "staleCommand")]), 2);
-    let slept = cap.samples(names::BACKOFF_SECONDS, &[("kind", "staleCommand")]);
-    // BoStaleCmd sleeps 2 ms, then 4 ms (no jitter).
+    assert_eq!(cap.counter(names::BACKOFF_SLEEPS, &[("kind", "maxTsNotSynced")]), 2);
+    let slept = cap.samples(names::BACKOFF_SECONDS, &[("kind", "maxTsNotSynced")]);
+    // BoMaxTsNotSynced sleeps 2 ms, then 4 ms (no jitter).
     assert_eq!(slept.len(), 1, "{slept:?}");
     assert!((slept[0] - 0.006).abs() < 1e-9, "{slept:?}");
     assert_eq!(cap.samples(names::REQUEST_DURATION, &[("cmd", "raw_get")]).len(), 3);
 
     let op = cap.spans("tikv_op", &[("kind", "raw_get")]);
     assert_eq!(op.len(), 1);
-    let errors = cap.events(Level::DEBUG, &[("region_error", "stale_command")]);
+    let errors = cap.events(Level::DEBUG, &[("region_error", "max_timestamp_not_synced")]);
     assert_eq!(errors.len(), 2, "{errors:?}");
     for e in &errors {
         let rpc = cap.span(e.span.expect("in a span")).expect("span");
@@ -481,7 +486,7 @@ pub async fn a_region_error_is_counted_by_kind_with_its_backoff<H: Harness>(bed:
     }
     let retries = cap.spans("tikv_rpc", &[("cmd", "raw_get"), ("retry", "true")]);
     assert_eq!(retries.len(), 2, "two retries after the errors: {retries:?}");
-    let backoff = cap.events(Level::DEBUG, &[("backoff", "staleCommand"), ("sleeps", "2")]);
+    let backoff = cap.events(Level::DEBUG, &[("backoff", "maxTsNotSynced"), ("sleeps", "2")]);
     assert_eq!(backoff.len(), 1, "{backoff:?}");
     assert_eq!(backoff[0].span, Some(op[0].id));
 

@@ -469,8 +469,12 @@ fn repeated_region_errors_back_off_exponentially() {
     let v = view();
     let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
     for _ in 0..12 {
-        let unknown = errorpb::Error { message: "unknown".into(), ..Default::default() };
-        c.fault("raw_get", Fault::Region(Box::new(unknown)));
+        let wrong_region = errorpb::Error {
+            message: "key not in region".into(),
+            key_not_in_region: Some(Default::default()),
+            ..Default::default()
+        };
+        c.fault("raw_get", Fault::Region(Box::new(wrong_region)));
     }
     let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
@@ -522,4 +526,89 @@ fn writes_carry_the_write_execution_limit_and_reads_their_timeout() {
         .map(|r| (r.name(), r.context().map_or(0, |ctx| ctx.max_execution_duration_ms)))
         .collect();
     assert_eq!(limits, [("raw_put", 20_000), ("raw_get", 30_000), ("raw_delete", 20_000)]);
+}
+
+/// A client reading from followers: its reads go to a follower with
+/// `replica_read` set, its writes to the leader without it.
+#[test]
+fn follower_reads_go_to_followers_and_writes_to_the_leader() {
+    use crate::route::replica::{ReplicaRead, ReplicaReadType};
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let opts = RawOptions { replica_read: ReplicaRead::of(ReplicaReadType::Follower), ..opts() };
+    let (read_log, result) = drive(get(&v, Key::from("k"), &opts), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let (scan_log, result) =
+        drive(scan(&v, KeyRange::all(), ScanSpec::forward(10), &opts).unwrap(), &mut c);
+    assert_eq!(result.unwrap().len(), 1);
+    let item = PutItem { pair: KvPair::new(Key::from("w"), Bytes::from("x")), ttl: 0 };
+    let (write_log, result) = drive(batch_put(&v, vec![item], &opts), &mut c);
+    result.unwrap();
+    let sent: Vec<String> = c
+        .received
+        .iter()
+        .map(|r| {
+            let ctx = r.context().cloned().unwrap_or_default();
+            let store = ctx.peer.map_or(0, |p| p.store_id);
+            format!("{} store{store} replica_read={}", r.name(), ctx.replica_read)
+        })
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|l| l.contains("store1 ")).count(),
+        1,
+        "only the write goes to the leader (store 1): {sent:?}"
+    );
+    let out = format!(
+        "== get\n{read_log}\n== scan\n{scan_log}\n== batch put\n{write_log}\n== contexts\n{}\n",
+        sent.join("\n")
+    );
+    insta::assert_snapshot!(out);
+}
+
+/// `ServerIsBusy` through the region call: a follower read moves to the
+/// other replicas at once and sleeps `BoTiKVServerBusy` only when it has
+/// none left (then re-locates); a leader read sleeps and asks the leader
+/// again, and after the leader's second `ServerIsBusy(0)` probes a follower
+/// with a leader read, whose `NotLeader` sends it back (client-go #2028).
+#[test]
+fn server_is_busy_fast_retries_replica_reads_and_backs_off_leader_reads() {
+    use crate::route::replica::{ReplicaRead, ReplicaReadType};
+    let busy = || {
+        Fault::Region(Box::new(errorpb::Error {
+            message: "server is busy".into(),
+            server_is_busy: Some(Default::default()),
+            ..Default::default()
+        }))
+    };
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    for _ in 0..3 {
+        c.fault("raw_get", busy());
+    }
+    let follower =
+        RawOptions { replica_read: ReplicaRead::of(ReplicaReadType::Follower), ..opts() };
+    let (follower_log, result) = drive(get(&v, Key::from("k"), &follower), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let sleeps = follower_log.lines().filter(|l| l.ends_with("timer")).count();
+    assert_eq!(sleeps, 1, "one deferred sleep once every replica was busy:\n{follower_log}");
+
+    for _ in 0..2 {
+        c.fault("raw_get", busy());
+    }
+    let (leader_log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let stores: Vec<&str> = leader_log
+        .lines()
+        .filter(|l| l.contains("send") && l.contains("raw_get"))
+        .filter_map(|l| l.split("-> ").nth(1))
+        .collect();
+    assert_eq!(stores.len(), 4, "leader, leader, a follower probe, leader:\n{leader_log}");
+    assert_eq!(stores[0], stores[1]);
+    assert_ne!(stores[2], stores[0], "the probe goes to a follower");
+    assert_eq!(stores[3], stores[0]);
+    let out = format!("== follower read\n{follower_log}\n== leader read\n{leader_log}");
+    insta::assert_snapshot!(out);
 }

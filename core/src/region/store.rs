@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tikv_proto::metapb;
 
 use crate::error::Error;
+use crate::time::{Duration, Instant};
 
 /// Where a store stands in client-go's resolve life cycle.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +73,11 @@ pub struct StoreInfo {
     pub labels: Vec<metapb::StoreLabel>,
     resolve_state: AtomicU8,
     reachable: AtomicBool,
+    /// TiKV's last estimate of its read pool's queueing time, in
+    /// milliseconds, and when it was received (nanoseconds of [`Instant`]):
+    /// client-go's `loadStats`.
+    estimated_wait_ms: AtomicU32,
+    wait_reported_at: AtomicU64,
 }
 
 impl StoreInfo {
@@ -83,6 +89,8 @@ impl StoreInfo {
             labels: store.labels,
             resolve_state: AtomicU8::new(resolve_state as u8),
             reachable: AtomicBool::new(true),
+            estimated_wait_ms: AtomicU32::new(0),
+            wait_reported_at: AtomicU64::new(0),
         }
     }
 
@@ -116,6 +124,21 @@ impl StoreInfo {
     /// as client-go's `GetStoreTypeByMeta`).
     pub fn is_tiflash(&self) -> bool {
         matches!(self.label("engine"), Some("tiflash" | "tiflash_compute"))
+    }
+
+    /// Records TiKV's estimate of its read queue (`ServerIsBusy.estimated_wait_ms`)
+    /// as of `now` (client-go `updateServerLoadStats`).
+    pub fn record_estimated_wait(&self, wait_ms: u32, now: Instant) {
+        self.wait_reported_at.store(now.as_nanos(), Ordering::Release);
+        self.estimated_wait_ms.store(wait_ms, Ordering::Release);
+    }
+
+    /// The read queue TiKV estimated, minus the time since it said so
+    /// (client-go `EstimatedWaitTime`): zero once that much time passed.
+    pub fn estimated_wait(&self, now: Instant) -> Duration {
+        let wait = Duration::from_millis(u64::from(self.estimated_wait_ms.load(Ordering::Acquire)));
+        let at = Instant::from_nanos(self.wait_reported_at.load(Ordering::Acquire));
+        wait.saturating_sub(now.saturating_duration_since(at))
     }
 
     /// False after [`StoreTable::mark_unreachable`], until marked reachable.

@@ -1,5 +1,5 @@
 //! The retrying sender for one region: client-go's `RegionRequestSender`
-//! on the leader-only path.
+//! with its replica selector ([`super::replica`]).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::op::Operation;
 use crate::pd::ResolveStore;
 use crate::region::{EpochNotMatchAction, InvalidReason, RegionRef};
+use crate::route::replica::{BusyStep, NotLeaderStep, Pick, ReplicaRead, ReplicaSelector};
 use crate::rpc::region_error::{RegionErrorAction, classify};
 use crate::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use crate::time::{Duration, Instant};
@@ -20,18 +21,22 @@ use crate::view::ClusterView;
 pub enum RegionOutcome {
     /// TiKV answered without a region error; keys are decoded to user keys.
     Response(KvResponse),
-    /// The cached region was wrong (split, merged, moved). The cache has been
-    /// updated or invalidated; the caller must locate its keys again and
-    /// rebuild the request (re-splitting a batch if the keys now span
-    /// several regions).
+    /// The cached region was wrong (split, merged, moved), or no replica of
+    /// it is left to try. The cache has been updated or invalidated; the
+    /// caller must locate its keys again and rebuild the request
+    /// (re-splitting a batch if the keys now span several regions).
     Relocate,
 }
 
-/// Consecutive retries without a sleep (leader switches) after which the
-/// sender backs off anyway, so two replicas naming each other as leader
-/// cannot make it spin (client-go bounds this through per-replica attempt
-/// counts in its replica selector).
+/// Consecutive retries without a sleep (leader switches, fast retries on
+/// other replicas) after which the sender backs off anyway, so two replicas
+/// naming each other as leader cannot make it spin.
 const MAX_RETRIES_WITHOUT_BACKOFF: u32 = 10;
+
+/// client-go's `ReadTimeoutShort`: a read whose timeout is shorter was
+/// given a configurable timeout, and running out of it moves the read to
+/// another replica at once (`isReadReqConfigurableTimeout`).
+const READ_TIMEOUT_SHORT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 enum Phase {
@@ -42,6 +47,7 @@ enum Phase {
     Sending {
         id: RpcId,
         store_id: u64,
+        sent_at: Instant,
     },
     Sleeping {
         until: Instant,
@@ -52,8 +58,15 @@ enum Phase {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum AfterSleep {
+    /// Pick a replica again.
     Retry,
     Relocate,
+    /// Send to the replica already picked (the sleep was one deferred for
+    /// its store).
+    Send {
+        peer: usize,
+        replica_read: bool,
+    },
 }
 
 /// One try of a [`RegionCall`]: where it goes and the routing its request's
@@ -64,12 +77,18 @@ enum AfterSleep {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
     id: RpcId,
-    /// The peer asked: the cached leader, or the next peer after failures.
+    /// The peer asked: the one the replica selector picked.
     pub peer: metapb::Peer,
     /// The peer's store address.
     pub addr: Arc<str>,
     /// A retry of the same request (TiKV's `is_retry_request`).
     pub is_retry: bool,
+    /// Served as a replica read (`Context.replica_read`): the peer is not
+    /// the leader and the request is a snapshot read.
+    pub replica_read: bool,
+    /// `Context.busy_threshold_ms` of a snapshot read (load-based replica
+    /// read); zero otherwise.
+    pub busy_threshold_ms: u32,
     /// When the runtime gives up on the attempt.
     pub deadline: Instant,
     region_id: u64,
@@ -80,33 +99,38 @@ pub struct Attempt {
 
 impl Attempt {
     /// Writes the attempt's routing into `ctx`: region id, epoch, peer,
-    /// cluster id, retry flag, and the RPC timeout as the max execution
-    /// duration when the request did not set one (client-go fills it so).
+    /// cluster id, retry and replica-read flags, busy threshold, and the
+    /// RPC timeout as the max execution duration when the request did not
+    /// set one (client-go fills it so).
     pub fn stamp(&self, ctx: &mut kvrpcpb::Context) {
         ctx.region_id = self.region_id;
         ctx.region_epoch = Some(self.epoch);
         ctx.peer = Some(self.peer);
         ctx.cluster_id = self.cluster_id;
         ctx.is_retry_request = self.is_retry;
+        ctx.replica_read = self.replica_read;
+        ctx.busy_threshold_ms = self.busy_threshold_ms;
         if ctx.max_execution_duration_ms == 0 {
             ctx.max_execution_duration_ms = self.timeout_ms;
         }
     }
 }
 
-/// Sends one request to the leader of one region and handles everything
-/// TiKV can answer, following client-go's region-error table
-/// ([`crate::rpc::region_error`]):
+/// Sends one request to one region and handles everything TiKV can answer,
+/// following client-go's region-error table ([`crate::rpc::region_error`]):
 ///
-/// - decides each [`Attempt`] (peer, address, context); the parent builds
-///   the request for it, which the call stamps (region id, epoch, peer, API
-///   version, keyspace, cluster id, retry flag, max execution duration) and
-///   encodes with the client's API codec;
-/// - resolves the leader's store address through PD when it is unknown;
-/// - on a send failure backs off `BoTiKVRPC` and tries the next peer (a
+/// - the [`ReplicaSelector`] decides each [`Attempt`]'s peer: the leader
+///   for leader reads and every write, a follower or learner for replica
+///   reads ([`RegionCall::with_replica_read`]), never a TiFlash store; the
+///   parent builds the request for it, which the call stamps (region id,
+///   epoch, peer, replica read, API version, keyspace, cluster id, retry
+///   flag, max execution duration) and encodes with the client's API codec;
+/// - resolves a store's address through PD when it is unknown;
+/// - on a send failure backs off `BoTiKVRPC` and tries another peer (a
 ///   follower answers `NotLeader` with the new leader once one is elected);
-/// - on a region error switches leader, backs off and retries, or hands the
-///   request back as [`RegionOutcome::Relocate`] after updating the cache.
+/// - on a region error switches leader, backs off and retries, retries
+///   another replica at once, or hands the request back as
+///   [`RegionOutcome::Relocate`] after updating the cache.
 ///
 /// The response is decoded before it is returned. The call runs like an
 /// [`Operation`], except that [`RegionCall::poll_rpc`] takes the builder of
@@ -115,11 +139,18 @@ impl Attempt {
 pub struct RegionCall {
     view: Arc<ClusterView>,
     region: RegionRef,
+    selector: ReplicaSelector,
     /// The command of the last request built, for matching its answer.
     command: &'static str,
+    /// The last request built is a snapshot read.
+    snapshot_read: bool,
+    /// The last request built went out as a replica read.
+    sent_replica_read: bool,
     timeout: Duration,
     backoffer: Option<Backoffer>,
-    peer_offset: usize,
+    /// The store resolved last, so a store PD describes but the table
+    /// refuses ends the call instead of being resolved forever.
+    last_resolved: Option<u64>,
     attempts: u32,
     quick_retries: u32,
     lost_answers: u32,
@@ -132,21 +163,25 @@ pub struct RegionCall {
 
 impl RegionCall {
     /// A call on `region`, each attempt bounded by `timeout`, retries
-    /// bounded by `backoffer`. The request comes from the builder given to
-    /// [`RegionCall::poll_rpc`], once per attempt.
+    /// bounded by `backoffer`, reading from the leader. The request comes
+    /// from the builder given to [`RegionCall::poll_rpc`], once per attempt.
     pub fn new(
         view: Arc<ClusterView>,
         region: RegionRef,
         timeout: Duration,
         backoffer: Backoffer,
     ) -> RegionCall {
+        let selector = ReplicaSelector::new(&region, &ReplicaRead::leader(), view.replica_rng());
         RegionCall {
             view,
             region,
+            selector,
             command: "",
+            snapshot_read: false,
+            sent_replica_read: false,
             timeout,
             backoffer: Some(backoffer),
-            peer_offset: 0,
+            last_resolved: None,
             attempts: 0,
             quick_retries: 0,
             lost_answers: 0,
@@ -157,11 +192,19 @@ impl RegionCall {
         }
     }
 
-    /// The next RPC: a PD lookup of the leader's store, or the request of
-    /// the attempt due, which `build` makes (user keys, any context fields
-    /// of its own); the call stamps the attempt's routing into it and
-    /// encodes it. `Some(Err)` when the request cannot be encoded: the call
-    /// is over with that error.
+    /// Chooses replicas as `read` says. Only snapshot reads
+    /// ([`KvRequest::is_snapshot_read`]) are ever sent as replica reads;
+    /// any other request to a follower carries leader semantics.
+    pub fn with_replica_read(mut self, read: &ReplicaRead) -> RegionCall {
+        self.selector.set_read(read);
+        self
+    }
+
+    /// The next RPC: a PD lookup of a store, or the request of the attempt
+    /// due, which `build` makes (user keys, any context fields of its own);
+    /// the call stamps the attempt's routing into it and encodes it.
+    /// `Some(Err)` when the request cannot be encoded: the call is over
+    /// with that error.
     pub fn poll_rpc(
         &mut self,
         build: impl FnOnce(&Attempt) -> KvRequest,
@@ -169,12 +212,18 @@ impl RegionCall {
         if let Phase::Resolving(resolve) = &mut self.phase {
             return resolve.poll_rpc().map(Ok);
         }
-        let attempt = self.due.take()?;
+        let mut attempt = self.due.take()?;
         let mut request = build(&attempt);
         if let Err(e) = self.view.codec.encode_request(&mut request) {
             self.phase = Phase::Done;
             return Some(Err(e));
         }
+        self.snapshot_read = request.is_snapshot_read();
+        attempt.replica_read &= self.snapshot_read;
+        if !self.snapshot_read {
+            attempt.busy_threshold_ms = 0;
+        }
+        self.sent_replica_read = attempt.replica_read;
         let is_write = request.is_write();
         let ctx = request.context_mut();
         if is_write && ctx.max_execution_duration_ms == 0 {
@@ -202,6 +251,11 @@ impl RegionCall {
         &self.region
     }
 
+    /// The replica selector's state, one line (for transcripts).
+    pub fn describe_replicas(&self) -> String {
+        self.selector.describe(&self.region)
+    }
+
     /// The backoffer, once the call is over (for the parent to merge).
     pub fn take_backoffer(&mut self) -> Option<Backoffer> {
         self.backoffer.take()
@@ -219,37 +273,82 @@ impl RegionCall {
         self.result = Some(result);
     }
 
-    /// Picks the peer to talk to: the cached leader, rotated by
-    /// `peer_offset` after failures.
-    fn target_peer(&self) -> Option<metapb::Peer> {
-        let peers = self.region.peers();
-        if peers.is_empty() {
-            return None;
+    /// Makes the cache's entry follow an invalidation of this call's
+    /// handle: the cache may hold another handle for the same region
+    /// version (re-inserted meanwhile).
+    fn sync_invalidation(&self) {
+        if let Some(reason) = self.region.invalid_reason() {
+            self.view.regions.invalidate(self.region.ver_id(), reason);
         }
-        peers.get((self.region.leader_index() + self.peer_offset) % peers.len()).cloned()
+    }
+
+    /// Switches the cache's copy of the region to the leader the selector
+    /// switched this call's handle to.
+    fn follow_leader(&self, store_id: Option<u64>) {
+        if let Some(store_id) = store_id {
+            self.view.regions.update_leader(self.region.ver_id(), store_id);
+        }
     }
 
     fn attempt(&mut self, now: Instant) {
-        let Some(peer) = self.target_peer() else {
-            self.view.regions.invalidate(self.region.ver_id(), InvalidReason::NoLeader);
-            self.finish(Ok(RegionOutcome::Relocate));
-            return;
-        };
-        match self.view.stores.get(peer.store_id) {
-            Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
-                self.send(peer, store.address.as_str().into(), now)
+        let pick = self.selector.next(&self.region, &self.view.stores, now);
+        self.sync_invalidation();
+        match pick {
+            Pick::Exhausted => {
+                // client-go `backoffOnNoCandidate`: the deferred busy sleep
+                // is taken before the request goes back to be re-located.
+                if self.selector.take_any_pending_backoff() {
+                    self.sleep_then(
+                        BackoffKind::ServerBusy,
+                        format!("region {}: every replica is busy", self.region.id()),
+                        AfterSleep::Relocate,
+                        now,
+                    );
+                } else {
+                    self.finish(Ok(RegionOutcome::Relocate));
+                }
             }
-            _ => {
+            Pick::Resolve(store_id) if self.last_resolved == Some(store_id) => {
+                self.store_unusable(now);
+            }
+            Pick::Resolve(store_id) => {
                 let Some(backoffer) = self.backoffer.take() else {
                     return;
                 };
                 let mut resolve =
-                    Box::new(ResolveStore::new(self.view.clone(), peer.store_id, backoffer));
+                    Box::new(ResolveStore::new(self.view.clone(), store_id, backoffer));
                 resolve.start(now);
                 self.phase = Phase::Resolving(resolve);
                 self.check_resolve(now);
             }
+            Pick::Send { peer, replica_read } => {
+                self.last_resolved = None;
+                let store_id = self.region.peers()[peer].store_id;
+                if self.selector.take_pending_backoff(store_id) {
+                    self.sleep_then(
+                        BackoffKind::ServerBusy,
+                        format!("store {store_id} was busy"),
+                        AfterSleep::Send { peer, replica_read },
+                        now,
+                    );
+                } else {
+                    self.send(peer, replica_read, now);
+                }
+            }
         }
+    }
+
+    /// The store of the picked replica is gone or PD cannot name it: the
+    /// region info is stale. Re-locate after a region-miss backoff.
+    fn store_unusable(&mut self, now: Instant) {
+        self.region.invalidate(InvalidReason::Other);
+        self.view.regions.invalidate(self.region.ver_id(), InvalidReason::Other);
+        self.sleep_then(
+            BackoffKind::RegionMiss,
+            "store of the replica cannot be resolved",
+            AfterSleep::Relocate,
+            now,
+        );
     }
 
     fn check_resolve(&mut self, now: Instant) {
@@ -263,27 +362,25 @@ impl RegionCall {
         self.phase = Phase::Idle;
         match outcome {
             Ok(store) if !store.address.is_empty() && !store.is_tombstone() => {
-                match self.target_peer() {
-                    Some(peer) => self.send(peer, store.address.as_str().into(), now),
-                    None => self.finish(Ok(RegionOutcome::Relocate)),
-                }
+                self.last_resolved = Some(store.id);
+                self.attempt(now);
             }
-            Ok(_) | Err(_) => {
-                // The store is gone or PD cannot name it: the region info is
-                // stale. Re-locate after a region-miss backoff.
-                self.view.regions.invalidate(self.region.ver_id(), InvalidReason::Other);
-                self.sleep_then(
-                    BackoffKind::RegionMiss,
-                    "store of the leader cannot be resolved",
-                    AfterSleep::Relocate,
-                    now,
-                );
-            }
+            Ok(_) | Err(_) => self.store_unusable(now),
         }
     }
 
-    fn send(&mut self, peer: metapb::Peer, addr: Arc<str>, now: Instant) {
+    fn send(&mut self, peer: usize, replica_read: bool, now: Instant) {
+        let peer = self.region.peers()[peer];
         let store_id = peer.store_id;
+        let addr: Arc<str> = match self.view.stores.get(store_id) {
+            Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
+                store.address.as_str().into()
+            }
+            _ => {
+                self.store_unusable(now);
+                return;
+            }
+        };
         self.next_id += 1;
         let id = RpcId(self.next_id);
         self.due = Some(Attempt {
@@ -291,6 +388,9 @@ impl RegionCall {
             peer,
             addr,
             is_retry: self.attempts > 0,
+            replica_read,
+            busy_threshold_ms: u32::try_from(self.selector.busy_threshold().as_millis())
+                .unwrap_or(u32::MAX),
             deadline: now + self.timeout,
             region_id: self.region.id(),
             epoch: self.region.epoch(),
@@ -298,7 +398,7 @@ impl RegionCall {
             timeout_ms: self.timeout.as_millis() as u64,
         });
         self.attempts += 1;
-        self.phase = Phase::Sending { id, store_id };
+        self.phase = Phase::Sending { id, store_id, sent_at: now };
     }
 
     fn sleep_then(
@@ -334,34 +434,41 @@ impl RegionCall {
         }
     }
 
+    /// client-go `isReadReqConfigurableTimeout`: a snapshot read given a
+    /// timeout shorter than the default short read timeout.
+    fn has_configurable_read_timeout(&self) -> bool {
+        self.snapshot_read && self.timeout < READ_TIMEOUT_SHORT
+    }
+
     fn on_kv_response(&mut self, store_id: u64, mut resp: KvResponse, now: Instant) {
         let Some(region_error) = resp.take_region_error() else {
+            let moved = self.selector.on_success(&self.region, self.sent_replica_read);
+            self.follow_leader(moved);
             let decoded = self.view.codec.decode_response(&mut resp).map(|()| resp);
             self.finish(decoded.map(RegionOutcome::Response));
             return;
         };
         let ver = self.region.ver_id();
         match classify(&region_error) {
-            RegionErrorAction::SwitchLeader(leader) => {
-                // Switch on this call's own handle: the cache may hold
-                // another handle for the same region version (re-inserted
-                // meanwhile), and the next attempt picks its peer from ours.
-                // The cache's copy is switched too, for later operations.
-                self.view.regions.update_leader(ver, leader.store_id);
-                if self.region.switch_leader_to_store(leader.store_id) {
-                    self.peer_offset = 0;
-                    self.retry_now(now);
-                } else {
-                    // The named leader is not a peer we know: the region
-                    // changed under us. Re-locate.
-                    self.region.invalidate(InvalidReason::StoreNotFound);
-                    self.finish(Ok(RegionOutcome::Relocate));
+            RegionErrorAction::NotLeader(leader) => {
+                // The selector switches this call's own handle (the next
+                // attempt picks its peer from it); the cache's copy follows.
+                let step = self.selector.on_not_leader(&self.region, leader.as_ref());
+                self.sync_invalidation();
+                match step {
+                    NotLeaderStep::Backoff => self.sleep_then(
+                        BackoffKind::RegionScheduling,
+                        format!("store {store_id}: {}", describe(&region_error)),
+                        AfterSleep::Retry,
+                        now,
+                    ),
+                    NotLeaderStep::Retry(moved) => {
+                        self.follow_leader(moved);
+                        self.retry_now(now);
+                    }
                 }
             }
-            RegionErrorAction::Backoff { kind, try_next_peer } => {
-                if try_next_peer {
-                    self.peer_offset += 1;
-                }
+            RegionErrorAction::Backoff(kind) => {
                 self.sleep_then(
                     kind,
                     format!("store {store_id}: {}", describe(&region_error)),
@@ -369,8 +476,60 @@ impl RegionCall {
                     now,
                 );
             }
+            RegionErrorAction::RegionNotFound => {
+                let retry_on_leader = self.selector.on_region_not_found(&self.region);
+                self.sync_invalidation();
+                if retry_on_leader {
+                    self.retry_now(now);
+                } else {
+                    self.sleep_then(
+                        BackoffKind::RegionMiss,
+                        describe(&region_error),
+                        AfterSleep::Relocate,
+                        now,
+                    );
+                }
+            }
+            RegionErrorAction::ServerIsBusy { deadline: true, .. }
+            | RegionErrorAction::DeadlineExceeded
+                if self.has_configurable_read_timeout() =>
+            {
+                self.selector.on_deadline_exceeded();
+                self.retry_now(now);
+            }
+            RegionErrorAction::ServerIsBusy { estimated_wait_ms, .. } => {
+                match self.selector.on_server_is_busy(
+                    &self.region,
+                    &self.view.stores,
+                    estimated_wait_ms,
+                    now,
+                ) {
+                    BusyStep::FastRetry => self.retry_now(now),
+                    BusyStep::Backoff => self.sleep_then(
+                        BackoffKind::ServerBusy,
+                        format!("store {store_id}: {}", describe(&region_error)),
+                        AfterSleep::Retry,
+                        now,
+                    ),
+                }
+            }
+            RegionErrorAction::DataIsNotReady => {
+                self.selector.on_data_is_not_ready();
+                self.retry_now(now);
+            }
+            RegionErrorAction::FlashbackInProgress => {
+                if self.selector.on_flashback_in_progress(&self.region, self.sent_replica_read) {
+                    self.retry_now(now);
+                } else {
+                    self.finish(Err(Error::Region(Box::new(region_error))));
+                }
+            }
+            RegionErrorAction::DeadlineExceeded | RegionErrorAction::TryNextReplica => {
+                self.retry_now(now)
+            }
             RegionErrorAction::Relocate { invalidate, backoff, invalidate_store } => {
                 if let Some(reason) = invalidate {
+                    self.region.invalidate(reason);
                     self.view.regions.invalidate(ver, reason);
                 }
                 if invalidate_store {
@@ -442,8 +601,9 @@ impl RegionCall {
                 resolve.on_response(id, response, now);
                 self.check_resolve(now);
             }
-            Phase::Sending { id: expected, store_id } if *expected == id => {
+            Phase::Sending { id: expected, store_id, sent_at } if *expected == id => {
                 let store_id = *store_id;
+                self.selector.record_attempt_time(now.saturating_duration_since(*sent_at));
                 self.phase = Phase::Idle;
                 match response {
                     Ok(Response::Kv(resp)) => {
@@ -457,12 +617,25 @@ impl RegionCall {
                     Ok(Response::Pd(_) | Response::Timestamp(_)) => {
                         self.finish(Err(Error::Rpc(RpcError::Mismatch)))
                     }
-                    Err(e) => {
-                        // client-go onSendFail: the store may be down. Try the
-                        // next peer after a BoTiKVRPC sleep.
+                    Err(RpcError::DeadlineExceeded) if self.has_configurable_read_timeout() => {
+                        // client-go `onReadReqConfigurableTimeout`: another
+                        // replica at once, no backoff, no store invalidation.
                         self.lost_answers += 1;
-                        self.peer_offset += 1;
-                        self.view.stores.mark_unreachable(store_id);
+                        self.selector.on_deadline_exceeded();
+                        self.retry_now(now);
+                    }
+                    Err(e) => {
+                        // client-go onSendFail: back off BoTiKVRPC and pick
+                        // again. client-go probes the store's liveness and
+                        // gives up on it only if the probe fails too; a
+                        // refused or broken connection stands in for that
+                        // probe here, while a deadline leaves the peer a
+                        // candidate within its attempt and time limits.
+                        self.lost_answers += 1;
+                        if matches!(e, RpcError::Unavailable(_)) {
+                            self.selector.on_send_failure();
+                            self.view.stores.mark_unreachable(store_id);
+                        }
                         self.sleep_then(
                             BackoffKind::TikvRpc,
                             format!("send to store {store_id} failed: {e}"),
@@ -489,6 +662,7 @@ impl RegionCall {
                 match then {
                     AfterSleep::Retry => self.attempt(now),
                     AfterSleep::Relocate => self.finish(Ok(RegionOutcome::Relocate)),
+                    AfterSleep::Send { peer, replica_read } => self.send(peer, replica_read, now),
                 }
             }
             _ => {}

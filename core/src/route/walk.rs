@@ -13,6 +13,7 @@ use crate::key::{Key, KeyRange};
 use crate::op::{HandBack, Operation, StepEvent, StepSlot};
 use crate::pd::{LoadRegions, LocateBy, LocateRegion};
 use crate::region::RegionRef;
+use crate::route::replica::ReplicaRead;
 use crate::route::sender::{RegionCall, RegionOutcome};
 use crate::rpc::{KvRequest, KvResponse, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
@@ -125,6 +126,8 @@ pub struct RangeWalk<P: RangePlan> {
     now: Instant,
     /// PD refused `BatchScanRegions` (an old PD): locate one region at a time.
     no_batch_load: bool,
+    /// Where the region calls send (leader unless a replica read).
+    replica_read: ReplicaRead,
     started: bool,
     result: Option<Result<P::Output, Error>>,
 }
@@ -165,9 +168,17 @@ impl<P: RangePlan> RangeWalk<P> {
             backoffer: Some(backoffer),
             now: Instant::ZERO,
             no_batch_load: false,
+            replica_read: ReplicaRead::leader(),
             started: false,
             result: None,
         }
+    }
+
+    /// Sends as a replica read as `read` says (snapshot reads only: see
+    /// [`RegionCall::with_replica_read`]).
+    pub fn with_replica_read(mut self, read: &ReplicaRead) -> Self {
+        self.replica_read.clone_from(read);
+        self
     }
 
     fn locate_by(&self) -> LocateBy {
@@ -261,7 +272,8 @@ impl<P: RangePlan> RangeWalk<P> {
         let (Some(plan), Some(backoffer)) = (self.plan.take(), self.backoffer.take()) else {
             return;
         };
-        let call = RegionCall::new(self.view.clone(), region, plan.timeout(), backoffer);
+        let call = RegionCall::new(self.view.clone(), region, plan.timeout(), backoffer)
+            .with_replica_read(&self.replica_read);
         let call = PartCall { call, plan: Some(plan), part, unsendable: None };
         self.step.start(
             call,

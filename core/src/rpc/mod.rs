@@ -183,6 +183,24 @@ macro_rules! kv_enums {
 for_each_kv_rpc!(kv_enums);
 
 impl KvRequest {
+    /// Whether TiKV serves the command from a snapshot without writing, so
+    /// a follower or learner may serve it with `Context.replica_read` (after
+    /// a read index on the leader): the point, batch and range reads, raw
+    /// and transactional (client-go's `isReadReq` plus the raw reads).
+    pub fn is_snapshot_read(&self) -> bool {
+        matches!(
+            self,
+            KvRequest::Get(_)
+                | KvRequest::BatchGet(_)
+                | KvRequest::Scan(_)
+                | KvRequest::RawGet(_)
+                | KvRequest::RawBatchGet(_)
+                | KvRequest::RawScan(_)
+                | KvRequest::RawBatchScan(_)
+                | KvRequest::RawGetKeyTtl(_)
+        )
+    }
+
     /// Whether the command writes: TiKV gets
     /// [`Config::max_write_execution_time`] as its max execution duration
     /// instead of the RPC timeout (client-go sets `MaxWriteExecutionTime`

@@ -3,8 +3,11 @@
 //!
 //! The sender applies the cache side effects (leader switch, invalidation) and
 //! the backoff; this module only decides. Rows follow
-//! `research/client-go-features.md` §5.3 for the leader-only path (no replica
-//! or stale reads yet).
+//! `research/client-go-features.md` §5.3 on the replica-selector path: the
+//! rows whose handling depends on which replica answered (`NotLeader`,
+//! `RegionNotFound`, `ServerIsBusy`, `StaleCommand`, `DataIsNotReady`,
+//! `FlashbackInProgress`, deadlines, unknown kinds) name the error and the
+//! sender asks its [`crate::route::replica::ReplicaSelector`].
 
 use tikv_proto::errorpb;
 use tikv_proto::metapb;
@@ -15,18 +18,39 @@ use crate::region::InvalidReason;
 /// What the sender does with a region error.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegionErrorAction {
-    /// `NotLeader` naming a leader: switch the cached leader to it and retry
-    /// at once, without backoff.
-    SwitchLeader(metapb::Peer),
+    /// `NotLeader`, naming the leader or nobody (an election is under way):
+    /// the selector switches to the named leader and retries at once, or
+    /// backs off `BoRegionScheduling` and tries another peer.
+    NotLeader(Option<metapb::Peer>),
     /// Retry the same region after a backoff of this kind (the cached region
-    /// stays valid). `try_next_peer` asks to try another peer first
-    /// (`NotLeader` without a leader: the old leader may be gone).
-    Backoff {
-        /// The backoff kind to sleep on.
-        kind: BackoffKind,
-        /// Rotate to the next peer before retrying.
-        try_next_peer: bool,
+    /// stays valid).
+    Backoff(BackoffKind),
+    /// `RegionNotFound`: a follower that lacks the region leaves one retry
+    /// on the leader; otherwise invalidate and re-locate after `BoRegionMiss`.
+    RegionNotFound,
+    /// `ServerIsBusy`: try another replica at once or back off
+    /// `BoTiKVServerBusy`, as the selector decides. `deadline` when the
+    /// reason is TiKV's "deadline is exceeded" (a read that ran out of its
+    /// short configurable timeout in TiKV's queue).
+    ServerIsBusy {
+        /// TiKV's estimate of the queueing time, in milliseconds.
+        estimated_wait_ms: u32,
+        /// The reason says the request's deadline passed.
+        deadline: bool,
     },
+    /// `DataIsNotReady` (a stale read above the replica's safe ts): retry
+    /// without backoff, that replica allowed one more (replica) read.
+    DataIsNotReady,
+    /// `FlashbackInProgress`: a replica read on a follower retries on the
+    /// leader; otherwise the error goes to the caller.
+    FlashbackInProgress,
+    /// The message says "Deadline is exceeded": a read with a short
+    /// configurable timeout retries another replica at once; anything else
+    /// is handled as [`RegionErrorAction::TryNextReplica`].
+    DeadlineExceeded,
+    /// `StaleCommand` and kinds this client does not know: retry at once on
+    /// the replica the selector picks (the attempt limits bound it).
+    TryNextReplica,
     /// The cached region is wrong: invalidate it for this reason and hand the
     /// request back to the caller to re-locate (and re-split a batch). With
     /// `backoff`, sleep first (client-go's `MayBackoffForRegionError`:
@@ -56,8 +80,8 @@ pub enum RegionErrorAction {
 /// Decides what to do with `err` (client-go `onRegionError`).
 ///
 /// Unknown kinds (a field this client does not know, so only `message` is
-/// set) invalidate the region and re-locate with backoff, as client-go's
-/// no-selector fallback does: the next attempt starts from fresh PD data.
+/// set) retry on the next replica, as client-go's selector path does; the
+/// selector's attempt limits end in a region reload.
 pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
     use RegionErrorAction::*;
     let relocate =
@@ -68,12 +92,12 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
     }
     if let Some(nl) = &err.not_leader {
         return match &nl.leader {
-            Some(leader) if leader.store_id != 0 => SwitchLeader(*leader),
-            _ => Backoff { kind: BackoffKind::RegionScheduling, try_next_peer: true },
+            Some(leader) if leader.store_id != 0 => NotLeader(Some(*leader)),
+            _ => NotLeader(None),
         };
     }
     if err.disk_full.is_some() {
-        return Backoff { kind: BackoffKind::DiskFull, try_next_peer: false };
+        return Backoff(BackoffKind::DiskFull);
     }
     if err.recovery_in_progress.is_some() {
         return relocate(InvalidReason::Other, Some(BackoffKind::RegionRecoveryInProgress));
@@ -83,11 +107,14 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
         // returns to the caller, which re-locates.
         return relocate(InvalidReason::Other, Some(BackoffKind::RegionMiss));
     }
-    if err.flashback_in_progress.is_some() || err.flashback_not_prepared.is_some() {
+    if err.flashback_in_progress.is_some() {
+        return FlashbackInProgress;
+    }
+    if err.flashback_not_prepared.is_some() {
         return Fail;
     }
     if err.region_not_found.is_some() {
-        return relocate(InvalidReason::RegionNotFound, Some(BackoffKind::RegionMiss));
+        return RegionNotFound;
     }
     if err.key_not_in_region.is_some() {
         return relocate(InvalidReason::Other, Some(BackoffKind::RegionMiss));
@@ -95,14 +122,16 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
     if let Some(e) = &err.epoch_not_match {
         return EpochNotMatch(e.current_regions.clone());
     }
-    if err.server_is_busy.is_some() {
-        return Backoff { kind: BackoffKind::ServerBusy, try_next_peer: false };
+    if let Some(busy) = &err.server_is_busy {
+        return ServerIsBusy {
+            estimated_wait_ms: busy.estimated_wait_ms,
+            deadline: busy.reason.contains("deadline is exceeded"),
+        };
     }
     if err.stale_command.is_some() {
-        // client-go's selector would move to the next replica without
-        // backoff; this sender talks to the leader only, so it takes the
-        // no-selector path and backs off `BoStaleCmd` (bounded by the budget).
-        return Backoff { kind: BackoffKind::StaleCommand, try_next_peer: false };
+        // The old leader's term changed: a new leader is elected soon and
+        // the selector finds it, without backoff.
+        return TryNextReplica;
     }
     if err.store_not_match.is_some() {
         return Relocate {
@@ -115,18 +144,19 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
         return Fail;
     }
     if err.max_timestamp_not_synced.is_some() {
-        return Backoff { kind: BackoffKind::MaxTsNotSynced, try_next_peer: false };
+        return Backoff(BackoffKind::MaxTsNotSynced);
     }
     if err.region_not_initialized.is_some() {
-        return Backoff { kind: BackoffKind::RegionNotInitialized, try_next_peer: false };
+        return Backoff(BackoffKind::RegionNotInitialized);
     }
     if err.read_index_not_ready.is_some() || err.proposal_in_merging_mode.is_some() {
-        return Backoff { kind: BackoffKind::RegionScheduling, try_next_peer: false };
+        return Backoff(BackoffKind::RegionScheduling);
     }
     if err.data_is_not_ready.is_some() {
-        // Only stale reads get this; a leader read never should. Retry after
-        // a short backoff rather than failing.
-        return Backoff { kind: BackoffKind::RegionMiss, try_next_peer: false };
+        return DataIsNotReady;
+    }
+    if err.message.contains("Deadline is exceeded") {
+        return DeadlineExceeded;
     }
     if err.mismatch_peer_id.is_some() {
         return relocate(InvalidReason::Other, Some(BackoffKind::RegionMiss));
@@ -143,7 +173,7 @@ pub fn classify(err: &errorpb::Error) -> RegionErrorAction {
     if err.message.contains("invalid max_ts update") {
         return Fail;
     }
-    relocate(InvalidReason::Other, Some(BackoffKind::RegionMiss))
+    TryNextReplica
 }
 
 #[cfg(test)]
@@ -199,6 +229,37 @@ mod tests {
             (
                 "ServerIsBusy",
                 errorpb::Error { server_is_busy: Some(Default::default()), ..Default::default() },
+            ),
+            (
+                "ServerIsBusy with a wait",
+                errorpb::Error {
+                    server_is_busy: Some(errorpb::ServerIsBusy {
+                        estimated_wait_ms: 30,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "ServerIsBusy deadline",
+                errorpb::Error {
+                    server_is_busy: Some(errorpb::ServerIsBusy {
+                        reason: "deadline is exceeded".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "DataIsNotReady",
+                errorpb::Error {
+                    data_is_not_ready: Some(Default::default()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "Deadline is exceeded",
+                errorpb::Error { message: "Deadline is exceeded".into(), ..Default::default() },
             ),
             (
                 "StaleCommand",
@@ -295,7 +356,9 @@ mod tests {
         for (name, err) in rows {
             let action = classify(&err);
             let shown = match action {
-                RegionErrorAction::SwitchLeader(p) => format!("SwitchLeader(store {})", p.store_id),
+                RegionErrorAction::NotLeader(Some(p)) => {
+                    format!("NotLeader(store {})", p.store_id)
+                }
                 RegionErrorAction::EpochNotMatch(r) => {
                     format!("EpochNotMatch({} regions)", r.len())
                 }

@@ -16,6 +16,7 @@ use crate::lock::{Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan, Point, PointPlan};
+use crate::route::replica::ReplicaRead;
 use crate::route::walk::{RangePlan, RangeWalk};
 use crate::rpc::{KvRequest, KvResponse, RequestTags};
 use crate::time::{Duration, Instant};
@@ -35,6 +36,11 @@ pub struct ReadOptions {
     /// Priority, request source and resource group of every request,
     /// lock resolution included.
     pub tags: RequestTags,
+    /// Which replica serves the reads (client-go `KVSnapshot.SetReplicaRead`
+    /// and `SetMatchStoreLabels`). TiKV serves a replica read after a read
+    /// index on the leader, so it sees every commit before the read began;
+    /// lock resolution always goes to the leaders.
+    pub replica_read: ReplicaRead,
 }
 
 /// What a snapshot read has learned about locks so far: transactions it may
@@ -342,7 +348,8 @@ impl SnapshotGet {
         };
         let timeout = self.lp.view.config.read_timeout_short;
         let op =
-            Point::fanout(&self.lp.view, plan, self.key.clone(), timeout, self.lp.backoffer.fork());
+            Point::fanout(&self.lp.view, plan, self.key.clone(), timeout, self.lp.backoffer.fork())
+                .with_replica_read(&self.lp.opts.replica_read);
         self.lp.start_read(op, now);
     }
 
@@ -433,7 +440,8 @@ impl SnapshotBatchGet {
             retry: Vec::new(),
         };
         let keys = std::mem::take(&mut self.pending);
-        let op = KeyFanout::new(self.lp.view.clone(), plan, keys, self.lp.backoffer.fork());
+        let op = KeyFanout::new(self.lp.view.clone(), plan, keys, self.lp.backoffer.fork())
+            .with_replica_read(&self.lp.opts.replica_read);
         self.lp.start_read(op, now);
     }
 
@@ -650,7 +658,8 @@ impl SnapshotScan {
             self.range.clone(),
             self.reverse,
             self.lp.backoffer.fork(),
-        );
+        )
+        .with_replica_read(&self.lp.opts.replica_read);
         self.lp.start_read(walk, now);
     }
 

@@ -579,8 +579,9 @@ fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
     // and no commit is sent.
     let mut c = FakeCluster::new(&[]);
     let v = view_with_a_cached(&mut c);
-    // (The retry goes to the next peer, which applies the split and is
-    // not the leader; the leader then refuses the old epoch.)
+    // (The deadline leaves the leader a candidate: the retry goes to it,
+    // which applies the split and refuses the old epoch; one re-split
+    // batch then meets the scripted EpochNotMatch once more.)
     c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
     c.fault("prewrite", Fault::SplitAt(b"b".to_vec()));
     c.fault("prewrite", Fault::Region(Box::new(epoch.clone())));

@@ -1,0 +1,758 @@
+//! The replica selector: which peer of a region each attempt of a
+//! [`RegionCall`](super::sender::RegionCall) goes to (client-go's
+//! `replicaSelector`, `internal/locate/replica_selector.go`).
+//!
+//! One selector lives as long as one call on one cached region. It keeps,
+//! per peer, the attempts made, the time they took and what the peer
+//! answered (flags), and decides from them:
+//!
+//! - **leader reads** ([`ReplicaReadType::Leader`]) go to the cached leader
+//!   while it is a candidate (reachable, fewer than 10 attempts and 50 s,
+//!   no `NotLeader` or deadline answer, not suspected of having lost its
+//!   leadership); otherwise followers are tried once each *with leader
+//!   semantics*, so that one of them names the new leader;
+//! - **replica reads** (follower, mixed, learner, prefer-leader) score every
+//!   candidate peer (not slow, labels match, preferred leader, normal peer,
+//!   not attempted: high bit to low) and pick the best, at random among
+//!   ties; `replica_read` is set only when the target is not the leader;
+//! - peers on TiFlash stores are never chosen: TiKV requests go to TiKV
+//!   stores only (client-go keeps separate access lists for the two).
+//!
+//! With a busy threshold (load-based replica read), a leader read whose
+//! leader's store reported a read queue longer than the threshold goes to
+//! an idle follower as a replica read instead.
+//!
+//! Store health (liveness probes, slow scores) is not modelled yet: a store
+//! counts as reachable until a send to it fails within this call (client-go
+//! bumps the store's epoch after a failed liveness probe, which makes the
+//! replica a non-candidate), and no store counts as slow.
+
+use smallvec::SmallVec;
+use tikv_proto::metapb;
+
+use crate::region::{InvalidReason, Region, StoreTable};
+use crate::rng::Rng;
+use crate::time::{Duration, Instant};
+
+/// Where a read may be served (client-go `kv.ReplicaReadType`). Writes
+/// always go to the leader whatever the read type.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ReplicaReadType {
+    /// The leader only (TiKV's default).
+    #[default]
+    Leader,
+    /// Followers (and learners); the leader only when no follower is left.
+    Follower,
+    /// Leader and followers alike, at random.
+    Mixed,
+    /// Learners; voters only when no learner is left.
+    Learner,
+    /// The leader unless it is slow, else a follower.
+    PreferLeader,
+}
+
+impl ReplicaReadType {
+    /// True for every type but [`ReplicaReadType::Leader`].
+    pub fn is_follower_read(self) -> bool {
+        self != ReplicaReadType::Leader
+    }
+}
+
+/// How a read chooses its replica: the read type and the store labels to
+/// prefer (client-go's `WithMatchLabels`: a store matches when it carries
+/// every one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaRead {
+    /// The read type.
+    pub read_type: ReplicaReadType,
+    /// Labels a preferred store carries (`zone`, `host`, ...); empty: no
+    /// preference.
+    pub labels: Vec<metapb::StoreLabel>,
+    /// Load-based replica read (client-go `BusyThresholdMs`, TiDB's
+    /// `tidb_load_based_replica_read_threshold`): a leader read tells TiKV
+    /// to refuse it with `ServerIsBusy` when its read queue is longer than
+    /// this, and goes to an idle follower when the leader's store said so
+    /// recently. Zero: off.
+    pub busy_threshold: Duration,
+}
+
+impl ReplicaRead {
+    /// Leader reads, the default.
+    pub fn leader() -> ReplicaRead {
+        ReplicaRead::default()
+    }
+
+    /// Reads of `read_type` without label preference.
+    pub fn of(read_type: ReplicaReadType) -> ReplicaRead {
+        ReplicaRead { read_type, ..ReplicaRead::default() }
+    }
+
+    /// Moves leader reads to idle followers while the leader's read queue
+    /// is longer than `threshold` (see [`ReplicaRead::busy_threshold`]).
+    pub fn with_busy_threshold(mut self, threshold: Duration) -> ReplicaRead {
+        self.busy_threshold = threshold;
+        self
+    }
+
+    /// Prefers stores carrying label `key=value` (in addition to any
+    /// label given before).
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> ReplicaRead {
+        self.labels.push(metapb::StoreLabel { key: key.into(), value: value.into() });
+        self
+    }
+}
+
+/// client-go's `maxReplicaAttempt`: attempts on the leader before the
+/// selector gives up on it.
+const MAX_REPLICA_ATTEMPTS: u32 = 10;
+/// client-go's `maxReplicaAttemptTime`: time spent on the leader's attempts
+/// before the selector gives up on it (two 30 s read timeouts exceed it).
+const MAX_REPLICA_ATTEMPT_TIME: Duration = Duration::from_secs(50);
+/// client-go's `leaderBusyProbeThreshold`: `ServerIsBusy` answers without
+/// an estimated wait from the cached leader after which a follower is
+/// probed with a leader read (tikv/client-go#2028: a wedged read pool
+/// rejects before raft, so the store never says it lost its leadership).
+const LEADER_BUSY_PROBE_THRESHOLD: u32 = 2;
+
+/// What a peer answered within this call (client-go's replica flags).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// A read with a short, configurable timeout ran out of time there.
+    const DEADLINE: u8 = 1;
+    /// A stale read found its safe ts behind (`DataIsNotReady`).
+    const DATA_NOT_READY: u8 = 1 << 1;
+    /// It answered `NotLeader`.
+    const NOT_LEADER: u8 = 1 << 2;
+    /// It answered `ServerIsBusy` and the call moved on without sleeping.
+    const SERVER_BUSY: u8 = 1 << 3;
+    /// The cached leader kept answering `ServerIsBusy` without a wait.
+    const SUSPECT_NOT_LEADER: u8 = 1 << 4;
+    /// A send to it failed: the stand-in for client-go's stale store epoch.
+    const UNREACHABLE: u8 = 1 << 5;
+    /// Its store is a TiFlash store or removed from the cluster: never a
+    /// target of a TiKV request (client-go builds its TiKV access list
+    /// without them).
+    const EXCLUDED: u8 = 1 << 6;
+
+    fn has(self, f: u8) -> bool {
+        self.0 & f != 0
+    }
+}
+
+/// The selector's record of one peer (client-go's `replica`).
+#[derive(Clone, Debug, Default)]
+struct Replica {
+    attempts: u32,
+    attempted_time: Duration,
+    flags: Flags,
+}
+
+impl Replica {
+    fn is_exhausted(&self, max_attempts: u32, max_time: Option<Duration>) -> bool {
+        self.attempts >= max_attempts || max_time.is_some_and(|t| self.attempted_time >= t)
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags.has(f)
+    }
+
+    fn add(&mut self, f: u8) {
+        self.flags.0 |= f;
+    }
+
+    fn remove(&mut self, f: u8) {
+        self.flags.0 &= !f;
+    }
+}
+
+/// The score bits of client-go's `storeSelectionScore`, high to low.
+mod score {
+    pub(super) const NOT_SLOW: u8 = 1 << 4;
+    pub(super) const LABEL_MATCHES: u8 = 1 << 3;
+    pub(super) const PREFER_LEADER: u8 = 1 << 2;
+    pub(super) const NORMAL_PEER: u8 = 1 << 1;
+    pub(super) const NOT_ATTEMPTED: u8 = 1;
+}
+
+/// The knobs of client-go's `ReplicaSelectMixedStrategy`.
+#[derive(Copy, Clone, Debug, Default)]
+struct Mixed {
+    /// The leader scores as a normal peer (mixed, prefer-leader).
+    try_leader: bool,
+    /// The leader scores above every follower (prefer-leader).
+    prefer_leader: bool,
+    /// Only learners score as normal peers (learner reads).
+    learner_only: bool,
+    /// Match the selector's labels.
+    match_labels: bool,
+    /// Only idle followers: stores whose read queue is within this and
+    /// that did not answer `ServerIsBusy` (zero: any).
+    busy_threshold: Duration,
+}
+
+/// What the selector decided for the next attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Send to the peer at this index of the region's peers.
+    Send {
+        /// Index into [`Region::peers`].
+        peer: usize,
+        /// Set `Context.replica_read` (the target is not the leader and
+        /// the request is served as a replica read).
+        replica_read: bool,
+    },
+    /// The selector needs to know this store (its address, labels and
+    /// engine) before it can decide: load it from PD and ask again.
+    Resolve(u64),
+    /// No candidate is left. The region is invalidated unless a deadline
+    /// answer was seen (then only this call gives up, as client-go's fast
+    /// retry without invalidation).
+    Exhausted,
+}
+
+/// What to do after a `NotLeader` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotLeaderStep {
+    /// No leader named: back off `BoRegionScheduling`, then pick again.
+    Backoff,
+    /// Retry at once; `Some(store)`: the cached leader moved to this store
+    /// (the cache's copy should follow).
+    Retry(Option<u64>),
+}
+
+/// What to do after a `ServerIsBusy` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusyStep {
+    /// Try another replica at once; the `BoTiKVServerBusy` sleep is
+    /// deferred until the call returns to this store or runs out of
+    /// candidates.
+    FastRetry,
+    /// Back off `BoTiKVServerBusy` and retry (a leader read whose leader is
+    /// still a good candidate).
+    Backoff,
+}
+
+/// The replica selector of one call (client-go `replicaSelector`).
+#[derive(Clone, Debug)]
+pub struct ReplicaSelector {
+    read_type: ReplicaReadType,
+    labels: Vec<metapb::StoreLabel>,
+    /// Zero once no idle replica was left (client-go drops the threshold
+    /// and reads from the leader then).
+    busy_threshold: Duration,
+    /// One per peer of the region, same order.
+    replicas: SmallVec<[Replica; 3]>,
+    /// The peer of the last [`Pick::Send`].
+    target: Option<usize>,
+    /// `ServerIsBusy` answers without a wait from the cached leader, the
+    /// peer id they were counted for, and whether a probe was fired.
+    leader_busy_count: u32,
+    leader_busy_peer: u64,
+    leader_busy_probed: bool,
+    /// Stores with a deferred `BoTiKVServerBusy` sleep (client-go's
+    /// `pendingBackoffs`, which only ever hold that kind).
+    pending_busy: SmallVec<[u64; 2]>,
+    /// The region was invalidated by `RegionNotFound` from a follower, but
+    /// this call may still try the leader once.
+    retry_invalidated: bool,
+    rng: Rng,
+}
+
+impl ReplicaSelector {
+    /// A selector for a call on `region`, reading as `read` says; `rng`
+    /// breaks ties between equally good replicas.
+    pub fn new(region: &Region, read: &ReplicaRead, rng: Rng) -> ReplicaSelector {
+        ReplicaSelector {
+            read_type: read.read_type,
+            labels: read.labels.clone(),
+            busy_threshold: read.busy_threshold,
+            replicas: region.peers().iter().map(|_| Replica::default()).collect(),
+            target: None,
+            leader_busy_count: 0,
+            leader_busy_peer: 0,
+            leader_busy_probed: false,
+            pending_busy: SmallVec::new(),
+            retry_invalidated: false,
+            rng,
+        }
+    }
+
+    /// Reads as `read` says from now on.
+    pub fn set_read(&mut self, read: &ReplicaRead) {
+        self.read_type = read.read_type;
+        self.labels.clone_from(&read.labels);
+        self.busy_threshold = read.busy_threshold;
+    }
+
+    /// The busy threshold the next request carries
+    /// (`Context.busy_threshold_ms`); zero once dropped.
+    pub fn busy_threshold(&self) -> Duration {
+        self.busy_threshold
+    }
+
+    /// The read type now in force: a replica read falls back to leader
+    /// reads once a `NotLeader` names a usable leader, a `RegionNotFound`
+    /// comes from a follower, or a follower is in flashback.
+    pub fn read_type(&self) -> ReplicaReadType {
+        self.read_type
+    }
+
+    /// The peer index of the last [`Pick::Send`].
+    pub fn target(&self) -> Option<usize> {
+        self.target
+    }
+
+    /// Chooses the next attempt's peer (client-go `replicaSelector.next`);
+    /// `now` ages the read queues stores reported.
+    pub fn next(&mut self, region: &Region, stores: &StoreTable, now: Instant) -> Pick {
+        if self.retry_invalidated {
+            self.retry_invalidated = false;
+        } else if region.is_invalidated() {
+            return Pick::Exhausted;
+        }
+        self.target = None;
+        // A replica read scores every peer by its store, so every store
+        // must be known first; a leader read looks up only the store it
+        // picks (one lookup on the hot path).
+        if self.read_type.is_follower_read() {
+            for (i, peer) in region.peers().iter().enumerate() {
+                match stores.get(peer.store_id) {
+                    Some(store) if store.is_tiflash() || store.is_tombstone() => {
+                        self.replicas[i].add(Flags::EXCLUDED)
+                    }
+                    Some(_) => {}
+                    None if !self.replicas[i].has(Flags::EXCLUDED) => {
+                        return Pick::Resolve(peer.store_id);
+                    }
+                    None => {}
+                }
+            }
+        }
+        // Each round either decides or excludes one more peer found on a
+        // TiFlash or removed store, so this ends.
+        loop {
+            let picked = match self.read_type {
+                ReplicaReadType::Leader => self.next_for_leader_read(region, stores, now),
+                _ => self.next_for_replica_read(region, stores, now),
+            };
+            let Some((peer, replica_read)) = picked else {
+                return Pick::Exhausted;
+            };
+            let store_id = region.peers()[peer].store_id;
+            match stores.get(store_id) {
+                None => return Pick::Resolve(store_id),
+                Some(store) if store.is_tiflash() || store.is_tombstone() => {
+                    self.replicas[peer].add(Flags::EXCLUDED);
+                }
+                Some(_) => {
+                    self.replicas[peer].attempts += 1;
+                    self.target = Some(peer);
+                    return Pick::Send { peer, replica_read };
+                }
+            }
+        }
+    }
+
+    /// client-go `nextForReplicaReadLeader` (without forwarding).
+    fn next_for_leader_read(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        now: Instant,
+    ) -> Option<(usize, bool)> {
+        let leader = region.leader_index();
+        if self.is_leader_candidate(leader) && !self.replicas[leader].has(Flags::SUSPECT_NOT_LEADER)
+        {
+            if !self.busy_threshold.is_zero() {
+                let leader_store = region.peers()[leader].store_id;
+                let queue =
+                    stores.get(leader_store).map_or(Duration::ZERO, |s| s.estimated_wait(now));
+                if queue > self.busy_threshold || self.replicas[leader].has(Flags::SERVER_BUSY) {
+                    // The leader is busy: an idle replica serves the read.
+                    let idle = Mixed { busy_threshold: self.busy_threshold, ..Mixed::default() };
+                    if let Some(target) = self.mixed(region, stores, now, idle) {
+                        return Some((target, true));
+                    }
+                    // Every replica is busy: the leader it is, without
+                    // the threshold.
+                    self.busy_threshold = Duration::ZERO;
+                }
+            }
+            return Some((leader, false));
+        }
+        // Followers with leader semantics: one of them names the leader.
+        let target = self.mixed(region, stores, now, Mixed::default())?;
+        // A read whose leader ran out of its short timeout is served by the
+        // follower itself rather than bounced back.
+        let replica_read = target != leader && self.replicas[leader].has(Flags::DEADLINE);
+        Some((target, replica_read))
+    }
+
+    /// client-go `nextForReplicaReadMixed` (without stale reads).
+    fn next_for_replica_read(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        now: Instant,
+    ) -> Option<(usize, bool)> {
+        let strategy = Mixed {
+            try_leader: matches!(
+                self.read_type,
+                ReplicaReadType::Mixed | ReplicaReadType::PreferLeader
+            ),
+            prefer_leader: self.read_type == ReplicaReadType::PreferLeader,
+            learner_only: self.read_type == ReplicaReadType::Learner,
+            match_labels: true,
+            busy_threshold: Duration::ZERO,
+        };
+        let target = self.mixed(region, stores, now, strategy)?;
+        Some((target, target != region.leader_index()))
+    }
+
+    /// client-go `isLeaderCandidate`.
+    fn is_leader_candidate(&self, leader: usize) -> bool {
+        let r = &self.replicas[leader];
+        !(r.has(Flags::UNREACHABLE)
+            || r.has(Flags::EXCLUDED)
+            || r.is_exhausted(MAX_REPLICA_ATTEMPTS, Some(MAX_REPLICA_ATTEMPT_TIME))
+            || r.has(Flags::DEADLINE)
+            || r.has(Flags::NOT_LEADER))
+    }
+
+    /// client-go `ReplicaSelectMixedStrategy.next`: the best-scoring
+    /// candidate, at random among ties.
+    fn mixed(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        now: Instant,
+        s: Mixed,
+    ) -> Option<usize> {
+        let leader = region.leader_index();
+        let mut best: SmallVec<[usize; 3]> = SmallVec::new();
+        let mut best_score = 0u8;
+        for (i, peer) in region.peers().iter().enumerate() {
+            let is_leader = i == leader;
+            if !self.is_candidate(i, is_leader) {
+                continue;
+            }
+            if !s.busy_threshold.is_zero()
+                && (is_leader
+                    || self.replicas[i].has(Flags::SERVER_BUSY)
+                    || stores
+                        .get(peer.store_id)
+                        .is_some_and(|st| st.estimated_wait(now) > s.busy_threshold))
+            {
+                continue;
+            }
+            let score = self.score(i, peer, is_leader, stores, s);
+            if best.is_empty() || score > best_score {
+                best_score = score;
+                best.clear();
+                best.push(i);
+            } else if score == best_score {
+                best.push(i);
+            }
+        }
+        match best.len() {
+            0 => {}
+            1 => return Some(best[0]),
+            n => return Some(best[self.rng.gen_range(0, n as u64) as usize]),
+        }
+        // Looking for an idle replica only: none is no reason to reload.
+        if !s.busy_threshold.is_zero() {
+            return None;
+        }
+        // The leader was skipped only as a suspect and nobody else can be
+        // probed: back to it, as client-go restores it rather than reload
+        // the region for nothing.
+        if self.replicas[leader].has(Flags::SUSPECT_NOT_LEADER) {
+            self.replicas[leader].remove(Flags::SUSPECT_NOT_LEADER);
+            if self.is_leader_candidate(leader) {
+                return Some(leader);
+            }
+        }
+        // After a deadline answer the call retries elsewhere without
+        // reloading the region.
+        if !self.replicas.iter().any(|r| r.has(Flags::DEADLINE)) {
+            region.invalidate(InvalidReason::Other);
+        }
+        None
+    }
+
+    /// client-go `ReplicaSelectMixedStrategy.isCandidate`.
+    fn is_candidate(&self, i: usize, is_leader: bool) -> bool {
+        let r = &self.replicas[i];
+        if r.has(Flags::UNREACHABLE) || r.has(Flags::EXCLUDED) {
+            return false;
+        }
+        // A follower that was not ready for a stale read may serve the
+        // replica read that follows.
+        let max_attempts = if r.has(Flags::DATA_NOT_READY) && !is_leader { 2 } else { 1 };
+        !r.is_exhausted(max_attempts, None)
+    }
+
+    /// client-go `ReplicaSelectMixedStrategy.calculateScore` (no store is
+    /// slow: store health is not tracked yet).
+    fn score(
+        &self,
+        i: usize,
+        peer: &metapb::Peer,
+        is_leader: bool,
+        stores: &StoreTable,
+        s: Mixed,
+    ) -> u8 {
+        let mut score = score::NOT_SLOW;
+        if !s.match_labels || self.labels_match(peer.store_id, stores) {
+            score |= score::LABEL_MATCHES;
+        }
+        if is_leader {
+            if s.prefer_leader {
+                score |= score::PREFER_LEADER;
+            } else if s.try_leader {
+                // With labels to match, the leader wins among equally
+                // matching replicas.
+                score |=
+                    if self.labels.is_empty() { score::NORMAL_PEER } else { score::PREFER_LEADER };
+            }
+        } else if !s.learner_only || peer.role == metapb::PeerRole::Learner as i32 {
+            score |= score::NORMAL_PEER;
+        }
+        if self.replicas[i].attempts == 0 {
+            score |= score::NOT_ATTEMPTED;
+        }
+        score
+    }
+
+    /// client-go `Store.IsLabelsMatch`: the store carries every label.
+    fn labels_match(&self, store_id: u64, stores: &StoreTable) -> bool {
+        if self.labels.is_empty() {
+            return true;
+        }
+        let Some(store) = stores.get(store_id) else {
+            return false;
+        };
+        self.labels.iter().all(|l| store.label(&l.key) == Some(l.value.as_str()))
+    }
+
+    /// How long the last attempt took (client-go `recordAttemptedTime`).
+    pub fn record_attempt_time(&mut self, took: Duration) {
+        if let Some(t) = self.target {
+            let r = &mut self.replicas[t];
+            r.attempted_time = r.attempted_time.saturating_add(took);
+        }
+    }
+
+    /// A send to the target failed (client-go `onSendFailure` when the
+    /// liveness check fails): the peer is no candidate for the rest of the
+    /// call.
+    pub fn on_send_failure(&mut self) {
+        self.flag_target(Flags::UNREACHABLE);
+    }
+
+    /// A read with a short configurable timeout ran out of it on the
+    /// target (client-go `onReadReqConfigurableTimeout`): retry another
+    /// replica at once.
+    pub fn on_deadline_exceeded(&mut self) {
+        self.flag_target(Flags::DEADLINE);
+    }
+
+    /// The target answered `DataIsNotReady` (client-go `onDataIsNotReady`).
+    pub fn on_data_is_not_ready(&mut self) {
+        self.flag_target(Flags::DATA_NOT_READY);
+    }
+
+    fn flag_target(&mut self, f: u8) {
+        if let Some(t) = self.target {
+            self.replicas[t].add(f);
+        }
+    }
+
+    /// The answer was a success: if it came from a peer that is not the
+    /// cached leader and served the request as the leader, that peer is
+    /// the leader now (client-go `onSendSuccess`). Returns its store when
+    /// the cached leader moved.
+    pub fn on_success(&mut self, region: &Region, sent_as_replica_read: bool) -> Option<u64> {
+        let t = self.target?;
+        if t == region.leader_index() || sent_as_replica_read {
+            return None;
+        }
+        let store_id = region.peers()[t].store_id;
+        region.switch_leader_to_store(store_id).then_some(store_id)
+    }
+
+    /// The target answered `NotLeader` naming `leader` (or nobody): client-go
+    /// `onNotLeader`.
+    pub fn on_not_leader(
+        &mut self,
+        region: &Region,
+        leader: Option<&metapb::Peer>,
+    ) -> NotLeaderStep {
+        self.flag_target(Flags::NOT_LEADER);
+        let Some(leader) = leader.filter(|l| l.store_id != 0) else {
+            return NotLeaderStep::Backoff;
+        };
+        let Some(i) =
+            region.peers().iter().position(|p| p.id == leader.id && p.store_id == leader.store_id)
+        else {
+            // The leader is not in the cached version: reload the region.
+            region.invalidate(InvalidReason::StoreNotFound);
+            return NotLeaderStep::Retry(None);
+        };
+        // A hibernated region elects no new leader until a follower hears
+        // from a client: do not go back to an unreachable one.
+        if self.replicas[i].has(Flags::UNREACHABLE) {
+            return NotLeaderStep::Retry(None);
+        }
+        // client-go `onUpdateLeader`: one more chance for a replica already
+        // worn out (each follower is tried once, so this cannot loop).
+        let r = &mut self.replicas[i];
+        if r.is_exhausted(MAX_REPLICA_ATTEMPTS, Some(MAX_REPLICA_ATTEMPT_TIME)) {
+            r.attempts = MAX_REPLICA_ATTEMPTS - 1;
+            r.attempted_time = Duration::ZERO;
+        }
+        r.remove(Flags::NOT_LEADER | Flags::SUSPECT_NOT_LEADER);
+        region.switch_leader_to_store(leader.store_id);
+        if self.is_leader_candidate(i) {
+            self.read_type = ReplicaReadType::Leader;
+        }
+        NotLeaderStep::Retry(Some(leader.store_id))
+    }
+
+    /// The target answered `ServerIsBusy` with `estimated_wait_ms` at `now`:
+    /// client-go `onServerIsBusy`. A wait estimate is kept on the store (the
+    /// next reads with a busy threshold avoid it); without one the cached
+    /// leader may become a suspect.
+    pub fn on_server_is_busy(
+        &mut self,
+        region: &Region,
+        stores: &StoreTable,
+        estimated_wait_ms: u32,
+        now: Instant,
+    ) -> BusyStep {
+        let leader = region.leader_index();
+        if estimated_wait_ms != 0 {
+            if let Some(t) = self.target {
+                if let Some(store) = stores.get(region.peers()[t].store_id) {
+                    store.record_estimated_wait(estimated_wait_ms, now);
+                }
+                if !self.busy_threshold.is_zero() {
+                    self.replicas[t].add(Flags::SERVER_BUSY);
+                }
+            }
+        } else if self.read_type == ReplicaReadType::Leader
+            && self.target == Some(leader)
+            && !self.leader_busy_probed
+        {
+            let leader_peer = region.peers()[leader].id;
+            if self.leader_busy_peer != leader_peer {
+                self.leader_busy_peer = leader_peer;
+                self.leader_busy_count = 0;
+            }
+            self.leader_busy_count += 1;
+            if self.leader_busy_count >= LEADER_BUSY_PROBE_THRESHOLD {
+                self.replicas[leader].add(Flags::SUSPECT_NOT_LEADER);
+                self.leader_busy_probed = true;
+            }
+        }
+        // client-go `canFastRetry`: a leader read whose leader is still a
+        // good candidate sleeps and asks the leader again.
+        let fast = self.read_type != ReplicaReadType::Leader
+            || !self.is_leader_candidate(leader)
+            || self.replicas[leader].has(Flags::SERVER_BUSY);
+        if !fast {
+            return BusyStep::Backoff;
+        }
+        if let Some(t) = self.target {
+            let store_id = region.peers()[t].store_id;
+            if !self.pending_busy.contains(&store_id) {
+                self.pending_busy.push(store_id);
+            }
+            self.replicas[t].add(Flags::SERVER_BUSY);
+        }
+        BusyStep::FastRetry
+    }
+
+    /// The target answered `RegionNotFound` (client-go `onRegionNotFound`).
+    /// True: retry on the leader once (the region is invalidated for every
+    /// other request); false: the region is invalidated, re-locate.
+    pub fn on_region_not_found(&mut self, region: &Region) -> bool {
+        region.invalidate(InvalidReason::RegionNotFound);
+        if self.replicas[region.leader_index()].attempts == 0 {
+            self.read_type = ReplicaReadType::Leader;
+            self.retry_invalidated = true;
+            return true;
+        }
+        false
+    }
+
+    /// The target answered `FlashbackInProgress` (client-go
+    /// `onFlashbackInProgress`): a replica read from a follower may retry
+    /// on the leader.
+    pub fn on_flashback_in_progress(
+        &mut self,
+        region: &Region,
+        sent_as_replica_read: bool,
+    ) -> bool {
+        if sent_as_replica_read && self.target.is_some_and(|t| t != region.leader_index()) {
+            self.read_type = ReplicaReadType::Leader;
+            return true;
+        }
+        false
+    }
+
+    /// True once if the call deferred a `BoTiKVServerBusy` sleep for
+    /// `store_id`: it sleeps before sending there again (client-go
+    /// `backoffOnRetry`).
+    pub fn take_pending_backoff(&mut self, store_id: u64) -> bool {
+        let before = self.pending_busy.len();
+        self.pending_busy.retain(|s| *s != store_id);
+        self.pending_busy.len() != before
+    }
+
+    /// True if any sleep was deferred; clears them all (client-go
+    /// `backoffOnNoCandidate` applies the largest, and there is one kind).
+    pub fn take_any_pending_backoff(&mut self) -> bool {
+        let any = !self.pending_busy.is_empty();
+        self.pending_busy.clear();
+        any
+    }
+
+    /// One line per peer: attempts, time, flags (for transcripts).
+    pub fn describe(&self, region: &Region) -> String {
+        let leader = region.leader_index();
+        let mut out = format!("{:?}", self.read_type);
+        for (i, (peer, r)) in region.peers().iter().zip(&self.replicas).enumerate() {
+            out.push_str(&format!(
+                " | store{}{}{} attempts={}",
+                peer.store_id,
+                if i == leader { "(leader)" } else { "" },
+                if peer.role == metapb::PeerRole::Learner as i32 { "(learner)" } else { "" },
+                r.attempts
+            ));
+            for (f, name) in [
+                (Flags::DEADLINE, "deadline"),
+                (Flags::DATA_NOT_READY, "data-not-ready"),
+                (Flags::NOT_LEADER, "not-leader"),
+                (Flags::SERVER_BUSY, "busy"),
+                (Flags::SUSPECT_NOT_LEADER, "suspect"),
+                (Flags::UNREACHABLE, "unreachable"),
+                (Flags::EXCLUDED, "excluded"),
+            ] {
+                if r.has(f) {
+                    out.push(' ');
+                    out.push_str(name);
+                }
+            }
+        }
+        if !self.pending_busy.is_empty() {
+            out.push_str(&format!(" | pending busy sleeps {:?}", self.pending_busy));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

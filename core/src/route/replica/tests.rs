@@ -1,0 +1,495 @@
+//! Transcript tests of the replica selector: one scripted call per state
+//! and read type, each step showing the pick and every peer's record.
+
+use std::fmt::Write;
+
+use super::*;
+use crate::region::{RegionCache, RegionRef};
+use crate::time::Instant;
+
+/// A peer of the test region: its store, role and store labels.
+struct PeerSpec {
+    store: u64,
+    learner: bool,
+    labels: &'static [(&'static str, &'static str)],
+}
+
+fn voter(store: u64) -> PeerSpec {
+    PeerSpec { store, learner: false, labels: &[] }
+}
+
+fn learner(store: u64) -> PeerSpec {
+    PeerSpec { store, learner: true, labels: &[] }
+}
+
+fn tiflash(store: u64) -> PeerSpec {
+    PeerSpec { store, learner: true, labels: &[("engine", "tiflash")] }
+}
+
+fn in_zone(mut p: PeerSpec, zone: &'static str) -> PeerSpec {
+    p.labels = match zone {
+        "z1" => &[("zone", "z1")],
+        "z2" => &[("zone", "z2")],
+        _ => &[("zone", "z3")],
+    };
+    p
+}
+
+/// A region over `peers` led by the peer on `leader_store`, and a store
+/// table knowing every store (unless listed in `unknown`).
+fn setup(peers: &[PeerSpec], leader_store: u64, unknown: &[u64]) -> (RegionRef, StoreTable) {
+    let meta = metapb::Region {
+        id: 1,
+        region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+        peers: peers
+            .iter()
+            .map(|p| metapb::Peer {
+                id: 10 + p.store,
+                store_id: p.store,
+                role: if p.learner {
+                    metapb::PeerRole::Learner as i32
+                } else {
+                    metapb::PeerRole::Voter as i32
+                },
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let leader = meta.peers.iter().find(|p| p.store_id == leader_store).copied();
+    let cache = RegionCache::new(Duration::from_secs(600), Duration::ZERO, 1);
+    let region = cache.insert(meta, leader, Instant::ZERO).expect("valid region");
+    let stores = StoreTable::new();
+    for p in peers.iter().filter(|p| !unknown.contains(&p.store)) {
+        stores
+            .insert(metapb::Store {
+                id: p.store,
+                address: format!("store{}:20160", p.store),
+                labels: p
+                    .labels
+                    .iter()
+                    .map(|(k, v)| metapb::StoreLabel { key: (*k).into(), value: (*v).into() })
+                    .collect(),
+                ..Default::default()
+            })
+            .expect("valid store");
+    }
+    (region, stores)
+}
+
+/// What a scripted step feeds the selector.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Next,
+    SendFailure,
+    Deadline,
+    NotLeader(Option<u64>),
+    Busy(u32),
+    RegionNotFound,
+    DataIsNotReady,
+    Success,
+}
+
+/// Runs `steps` and writes one line per step: the step, its outcome and
+/// the selector's record afterwards.
+fn script(
+    region: &RegionRef,
+    stores: &StoreTable,
+    read: &ReplicaRead,
+    seed: u64,
+    steps: &[Step],
+) -> String {
+    let mut s = ReplicaSelector::new(region, read, Rng::new(seed));
+    let mut out = String::new();
+    let mut replica_read = false;
+    for step in steps {
+        let outcome = match *step {
+            Step::Next => match s.next(region, stores, Instant::ZERO) {
+                Pick::Send { peer, replica_read: rr } => {
+                    replica_read = rr;
+                    format!(
+                        "send to store{}{}",
+                        region.peers()[peer].store_id,
+                        if rr { " replica_read" } else { "" }
+                    )
+                }
+                other => format!("{other:?}"),
+            },
+            Step::SendFailure => {
+                s.on_send_failure();
+                String::new()
+            }
+            Step::Deadline => {
+                s.on_deadline_exceeded();
+                String::new()
+            }
+            Step::NotLeader(store) => {
+                let peer = store.and_then(|st| region.peer_on_store(st).copied());
+                format!("{:?}", s.on_not_leader(region, peer.as_ref()))
+            }
+            Step::Busy(wait) => {
+                format!("{:?}", s.on_server_is_busy(region, stores, wait, Instant::ZERO))
+            }
+            Step::RegionNotFound => format!("retry on leader: {}", s.on_region_not_found(region)),
+            Step::DataIsNotReady => {
+                s.on_data_is_not_ready();
+                String::new()
+            }
+            Step::Success => format!("leader moved to {:?}", s.on_success(region, replica_read)),
+        };
+        let _ = writeln!(out, "{step:?} => {outcome}");
+        let _ = writeln!(out, "    {}", s.describe(region));
+    }
+    if let Some(reason) = region.invalid_reason() {
+        let _ = writeln!(out, "region invalidated: {reason}");
+    }
+    out
+}
+
+fn three_voters() -> Vec<PeerSpec> {
+    vec![voter(1), voter(2), voter(3)]
+}
+
+#[test]
+fn leader_read_moves_to_followers_with_leader_semantics_after_a_send_failure() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::leader(),
+        1,
+        &[Next, SendFailure, Next, NotLeader(Some(3)), Next, Success],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn leader_read_gives_up_on_the_leader_after_ten_attempts() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 2, &[]);
+    // Busy answers with a wait are retried on the leader after a backoff
+    // until its ten attempts are spent; then each follower once, with
+    // leader semantics (fast retries now); then nothing is left.
+    let mut steps = Vec::new();
+    for _ in 0..10 {
+        steps.extend([Next, Busy(20)]);
+    }
+    steps.extend([Next, Busy(20), Next, Busy(20), Next]);
+    let out = script(&region, &stores, &ReplicaRead::leader(), 1, &steps);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn two_busy_answers_from_the_leader_probe_a_follower_once() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    // tikv/client-go#2028: the second ServerIsBusy(0) makes the leader a
+    // suspect; one follower is asked with a leader read; its NotLeader
+    // names the same leader, which is trusted again and not probed twice.
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::leader(),
+        1,
+        &[
+            Next,
+            Busy(0),
+            Next,
+            Busy(0),
+            Next,
+            NotLeader(Some(1)),
+            Next,
+            Busy(0),
+            Next,
+            Busy(0),
+            Next,
+        ],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_suspect_leader_without_followers_to_probe_is_asked_again() {
+    use Step::*;
+    let (region, stores) = setup(&[voter(1)], 1, &[]);
+    let out =
+        script(&region, &stores, &ReplicaRead::leader(), 1, &[Next, Busy(0), Next, Busy(0), Next]);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_leader_deadline_sends_the_read_to_a_follower_as_a_replica_read() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    // Every replica runs out of the short timeout: the call gives up
+    // without invalidating the region.
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::leader(),
+        1,
+        &[Next, Deadline, Next, Deadline, Next, Deadline, Next],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn follower_read_tries_followers_first_and_the_leader_last() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 2, &[]);
+    let steps = [Next, Busy(0), Next, Busy(0), Next, Busy(0), Next];
+    let out = script(&region, &stores, &ReplicaRead::of(ReplicaReadType::Follower), 1, &steps);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn learner_read_tries_learners_first() {
+    use Step::*;
+    let (region, stores) = setup(&[voter(1), voter(2), learner(3)], 1, &[]);
+    let steps = [Next, SendFailure, Next, SendFailure, Next, SendFailure, Next];
+    let out = script(&region, &stores, &ReplicaRead::of(ReplicaReadType::Learner), 1, &steps);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn prefer_leader_read_goes_to_the_leader_then_followers() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 3, &[]);
+    let steps = [Next, SendFailure, Next, SendFailure, Next];
+    let out = script(&region, &stores, &ReplicaRead::of(ReplicaReadType::PreferLeader), 1, &steps);
+    insta::assert_snapshot!(out);
+}
+
+/// Ties are broken by the seeded generator: a mixed read spreads over all
+/// three replicas, a follower read over the two followers, and the same
+/// seed always picks the same replica.
+#[test]
+fn ties_are_broken_at_random_by_the_seed() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let mut out = String::new();
+    for read_type in [ReplicaReadType::Mixed, ReplicaReadType::Follower] {
+        let mut hits = [0u32; 4];
+        for seed in 0..300 {
+            let mut s = ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
+            let Pick::Send { peer, .. } = s.next(&region, &stores, Instant::ZERO) else {
+                panic!("a pick");
+            };
+            hits[region.peers()[peer].store_id as usize] += 1;
+            let mut again =
+                ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
+            assert_eq!(
+                again.next(&region, &stores, Instant::ZERO),
+                Pick::Send { peer, replica_read: peer != 0 }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{read_type:?}: store1 {} store2 {} store3 {}",
+            hits[1], hits[2], hits[3]
+        );
+        for store in 2..=3 {
+            assert!(hits[store] > 50, "{read_type:?} spreads: {hits:?}");
+        }
+        assert_eq!(hits[1] > 50, read_type == ReplicaReadType::Mixed, "{hits:?}");
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn labels_pick_the_matching_replica_and_the_leader_among_matches() {
+    use Step::*;
+    let peers = || vec![in_zone(voter(1), "z1"), in_zone(voter(2), "z2"), in_zone(voter(3), "z3")];
+    let mut out = String::new();
+    // A follower read preferring z3 goes to store 3 first.
+    let (region, stores) = setup(&peers(), 1, &[]);
+    let read = ReplicaRead::of(ReplicaReadType::Follower).with_label("zone", "z3");
+    let _ = writeln!(out, "== follower, zone z3");
+    out.push_str(&script(&region, &stores, &read, 1, &[Next, SendFailure, Next]));
+    // A mixed read whose label only the leader matches goes to the leader.
+    let (region, stores) = setup(&peers(), 1, &[]);
+    let read = ReplicaRead::of(ReplicaReadType::Mixed).with_label("zone", "z1");
+    let _ = writeln!(out, "== mixed, zone z1 (the leader's)");
+    out.push_str(&script(&region, &stores, &read, 1, &[Next]));
+    // No store matches: the label bit is equal for all, the plain rules decide.
+    let (region, stores) = setup(&peers(), 1, &[]);
+    let read = ReplicaRead::of(ReplicaReadType::Follower).with_label("zone", "z9");
+    let _ = writeln!(out, "== follower, zone z9 (nobody's)");
+    out.push_str(&script(&region, &stores, &read, 1, &[Next]));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn tiflash_peers_are_never_chosen() {
+    use Step::*;
+    let mut out = String::new();
+    // Leader read whose leader and followers all fail: the TiFlash
+    // learner is never tried, and the region is given up on.
+    let (region, stores) = setup(&[voter(1), voter(2), tiflash(4)], 1, &[]);
+    let _ = writeln!(out, "== leader read");
+    out.push_str(&script(
+        &region,
+        &stores,
+        &ReplicaRead::leader(),
+        1,
+        &[Next, SendFailure, Next, SendFailure, Next],
+    ));
+    // A learner read with a TiFlash learner and a TiKV learner: the TiKV
+    // one, then voters.
+    let (region, stores) = setup(&[voter(1), voter(2), tiflash(4), learner(5)], 1, &[]);
+    let _ = writeln!(out, "== learner read");
+    out.push_str(&script(
+        &region,
+        &stores,
+        &ReplicaRead::of(ReplicaReadType::Learner),
+        1,
+        &[Next, SendFailure, Next, SendFailure, Next, SendFailure, Next],
+    ));
+    // The store of a TiFlash peer is not known yet: a replica read learns
+    // it first, and then never picks it.
+    let (region, stores) = setup(&[voter(1), tiflash(4)], 1, &[4]);
+    let _ = writeln!(out, "== follower read, TiFlash store unknown");
+    let read = ReplicaRead::of(ReplicaReadType::Follower);
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores, Instant::ZERO));
+    stores
+        .insert(metapb::Store {
+            id: 4,
+            address: "store4:20160".into(),
+            labels: vec![metapb::StoreLabel { key: "engine".into(), value: "tiflash".into() }],
+            ..Default::default()
+        })
+        .expect("valid store");
+    let _ = writeln!(out, "(store 4 resolved: engine=tiflash)");
+    let _ = writeln!(out, "Next => {:?}", s.next(&region, &stores, Instant::ZERO));
+    let _ = writeln!(out, "    {}", s.describe(&region));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn region_not_found_from_a_follower_leaves_one_try_on_the_leader() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::of(ReplicaReadType::Follower),
+        1,
+        &[Next, RegionNotFound, Next, RegionNotFound, Next],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn data_not_ready_leaves_the_follower_a_second_try() {
+    use Step::*;
+    let (region, stores) = setup(&[voter(1), voter(2)], 1, &[]);
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::of(ReplicaReadType::Follower),
+        1,
+        &[Next, DataIsNotReady, Next, DataIsNotReady, Next],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn busy_replicas_defer_their_sleeps_until_the_call_returns_to_them() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let mut s =
+        ReplicaSelector::new(&region, &ReplicaRead::of(ReplicaReadType::Mixed), Rng::new(3));
+    let mut out = String::new();
+    let mut busy_stores = Vec::new();
+    while let Pick::Send { peer, .. } = s.next(&region, &stores, Instant::ZERO) {
+        let store = region.peers()[peer].store_id;
+        let step = s.on_server_is_busy(&region, &stores, 0, Instant::ZERO);
+        let _ = writeln!(out, "store{store} busy => {step:?}");
+        assert_eq!(step, BusyStep::FastRetry, "replica reads never sleep on one store");
+        busy_stores.push(store);
+    }
+    let _ = writeln!(out, "    {}", s.describe(&region));
+    busy_stores.sort_unstable();
+    assert_eq!(busy_stores, [1, 2, 3]);
+    assert!(s.take_pending_backoff(2), "returning to store 2 sleeps first");
+    assert!(!s.take_pending_backoff(2), "once");
+    assert!(s.take_any_pending_backoff(), "no candidate left: the deferred sleep is taken");
+    assert!(!s.take_any_pending_backoff());
+    assert_eq!(region.invalid_reason(), Some(InvalidReason::Other));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_not_leader_hint_outside_the_region_invalidates_it() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let mut s = ReplicaSelector::new(&region, &ReplicaRead::leader(), Rng::new(1));
+    assert!(matches!(s.next(&region, &stores, Instant::ZERO), Pick::Send { peer: 0, .. }));
+    let stranger = metapb::Peer { id: 99, store_id: 9, ..Default::default() };
+    assert_eq!(s.on_not_leader(&region, Some(&stranger)), NotLeaderStep::Retry(None));
+    assert_eq!(region.invalid_reason(), Some(InvalidReason::StoreNotFound));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Exhausted);
+}
+
+#[test]
+fn an_unknown_store_is_resolved_before_it_is_picked() {
+    let (region, stores) = setup(&three_voters(), 2, &[2, 3]);
+    // A leader read needs only the leader's store.
+    let mut s = ReplicaSelector::new(&region, &ReplicaRead::leader(), Rng::new(1));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(2));
+    // A replica read scores every peer, so it needs every store.
+    let mut s =
+        ReplicaSelector::new(&region, &ReplicaRead::of(ReplicaReadType::Mixed), Rng::new(1));
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(2));
+    stores
+        .insert(metapb::Store { id: 2, address: "store2:20160".into(), ..Default::default() })
+        .expect("valid store");
+    assert_eq!(s.next(&region, &stores, Instant::ZERO), Pick::Resolve(3));
+}
+
+/// Load-based replica read: a leader read with a busy threshold goes to
+/// the leader until its store reports a longer queue (`ServerIsBusy` with
+/// an estimated wait), then to idle followers as replica reads; once every
+/// replica is busy the threshold is dropped and the leader serves. The
+/// estimate ages: after it has passed, the leader is idle again.
+#[test]
+fn a_busy_leader_sends_reads_with_a_threshold_to_idle_followers() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let read = ReplicaRead::leader().with_busy_threshold(Duration::from_millis(50));
+    let t0 = Instant::ZERO;
+    let mut out = String::new();
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let mut step = |s: &mut ReplicaSelector, busy: Option<u32>, now: Instant| {
+        let pick = s.next(&region, &stores, now);
+        let _ = writeln!(out, "Next => {pick:?} (threshold {:?})", s.busy_threshold());
+        if let (Pick::Send { peer, .. }, Some(wait)) = (&pick, busy) {
+            let step = s.on_server_is_busy(&region, &stores, wait, now);
+            let _ = writeln!(
+                out,
+                "store{} busy, estimated wait {wait} ms => {step:?}",
+                region.peers()[*peer].store_id
+            );
+        }
+        let _ = writeln!(out, "    {}", s.describe(&region));
+        pick
+    };
+    // The leader's queue is 200 ms: the read moves to a follower, busy too,
+    // then the other, busy too; then the leader without the threshold.
+    assert!(matches!(step(&mut s, Some(200), t0), Pick::Send { peer: 0, replica_read: false }));
+    assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
+    assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
+    assert_eq!(step(&mut s, None, t0), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(s.busy_threshold(), Duration::ZERO);
+    // A new read 100 ms later: the leader's 200 ms estimate has 100 ms
+    // left, above the threshold: straight to an idle follower (their
+    // estimates, 300 ms, have 200 ms left: busy too, so the leader).
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let later = t0 + Duration::from_millis(100);
+    assert_eq!(step(&mut s, None, later), Pick::Send { peer: 0, replica_read: false });
+    // 400 ms later every estimate has run out: the leader, threshold kept.
+    let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
+    let idle = t0 + Duration::from_millis(400);
+    assert_eq!(step(&mut s, None, idle), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(s.busy_threshold(), Duration::from_millis(50));
+    assert_eq!(region.invalid_reason(), None, "looking for idle replicas reloads nothing");
+    insta::assert_snapshot!(out);
+}

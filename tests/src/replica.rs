@@ -1,0 +1,294 @@
+//! The replica-read suite: raw and snapshot reads with a
+//! [`ReplicaReadType`] over loopback gRPC, with the simulated stores
+//! counting what reaches each of them
+//! ([`tikv_sim::Cluster::kv_request_count`]).
+//!
+//! [`replica_suite!`](crate::replica_suite) stamps the tests out as
+//! `#[test]`s for one [`Harness`] and [`Bed`]. Learner and TiFlash stores
+//! come from [`ClusterConfig::learner_stores`], which only the in-process
+//! PD serves: on a real PD those two tests say so ([`NotOnThisBed`]) and
+//! check the plain three-voter layout instead.
+
+use tikv_driver::{KvPair, ReplicaRead, ReplicaReadType, TransactionOptions};
+use tikv_sim::{Cluster, ClusterConfig};
+
+use crate::harness::{Bed, Harness, NotOnThisBed, SimHandle};
+
+/// The client types under test.
+type RawClient<H> = tikv_driver::RawClient<<H as Harness>::Platform>;
+type TransactionClient<H> = tikv_driver::TransactionClient<<H as Harness>::Platform>;
+
+/// Stamps out the replica-read suite as `#[test]` functions running on the
+/// given [`Harness`](crate::Harness) and [`Bed`](crate::harness::Bed)
+/// variant (`InProcess` when left out). Every test of
+/// [`replica`](crate::replica) is listed here once.
+///
+/// ```text
+/// tikv_tests::replica_suite!(tikv_tests::harness::TokioHarness);
+/// tikv_tests::replica_suite!(tikv_tests::harness::TokioHarness, RealPd);
+/// ```
+#[macro_export]
+macro_rules! replica_suite {
+    (@each $harness:ty, $bed:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                <$harness as $crate::Harness>::block_on(
+                    $crate::replica::$name::<$harness>($crate::harness::Bed::$bed),
+                );
+            }
+        )*
+    };
+    ($harness:ty) => {
+        $crate::replica_suite!($harness, InProcess);
+    };
+    ($harness:ty, $bed:ident) => {
+        $crate::replica_suite!(@each $harness, $bed;
+            follower_reads_land_on_followers_and_writes_on_the_leader,
+            learner_reads_land_on_learners,
+            a_dead_leader_does_not_stop_follower_reads,
+            tiflash_peers_are_never_chosen,
+        );
+    };
+}
+
+/// Reads per handle in each test: enough that a read landing on the wrong
+/// store would show.
+const READS: usize = 12;
+
+/// The region holding raw key `key` (region key space), and its leader's
+/// store. On a real PD the key space is split at PD's own boundaries, so
+/// each test keeps its keys in one region and asks for that one.
+fn region_of(cluster: &Cluster, region_key: &[u8]) -> (u64, u64) {
+    let region = cluster.region_for_region_key(region_key).expect("a region holds every key");
+    let leader = cluster.leader_of(region.id).expect("a leader").store_id;
+    (region.id, leader)
+}
+
+/// [`region_of`] a raw key.
+fn raw_region(cluster: &Cluster, key: &[u8]) -> (u64, u64) {
+    region_of(cluster, &cluster.region_key(key))
+}
+
+/// `command` requests per store, as `store:count` (replica reads, then
+/// leader-semantics ones), for failure messages.
+fn counts(cluster: &Cluster, command: &str) -> String {
+    cluster
+        .store_ids()
+        .into_iter()
+        .map(|s| {
+            format!(
+                "store{s}: {} replica / {} plain",
+                cluster.kv_request_count(s, command, Some(true)),
+                cluster.kv_request_count(s, command, Some(false))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Raw follower reads (point, batch, scan) are served by followers with
+/// `replica_read`; the same handle's writes go to the leader without it; a
+/// transaction's snapshot reads with follower reads see its commit and go
+/// to followers too, its prewrite and commit to the leader.
+pub async fn follower_reads_land_on_followers_and_writes_on_the_leader<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (_, leader) = raw_region(&cluster, b"k");
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let follower = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::Follower));
+    for i in 0..READS {
+        follower.put(format!("k{i:02}"), format!("v{i}")).await.expect("put");
+    }
+    for i in 0..READS {
+        let got = follower.get(format!("k{i:02}")).await.expect("get");
+        assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+    let pairs = follower.batch_get(["k00", "k05", "k99"]).await.expect("batch_get");
+    assert_eq!(pairs, vec![KvPair::new("k00", "v0"), KvPair::new("k05", "v5")]);
+    let scanned = follower.scan("k".."l", 100).await.expect("scan");
+    assert_eq!(scanned.len(), READS);
+
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    for (command, n) in [("raw_get", READS as u64), ("raw_batch_get", 1), ("raw_scan", 1)] {
+        let on_followers: u64 =
+            followers.iter().map(|s| cluster.kv_request_count(*s, command, Some(true))).sum();
+        assert_eq!(on_followers, n, "{command}: {}", counts(&cluster, command));
+        assert_eq!(
+            cluster.kv_request_count(leader, command, None),
+            0,
+            "{command}: {}",
+            counts(&cluster, command)
+        );
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_put", Some(false)),
+        READS as u64,
+        "raw_put: {}",
+        counts(&cluster, "raw_put")
+    );
+    for s in &followers {
+        assert_eq!(cluster.kv_request_count(*s, "raw_put", None), 0, "no write to a follower");
+    }
+
+    // Transactional: the commit goes to the leader, the follower reads of
+    // a later snapshot see it.
+    let (_, leader) = region_of(&cluster, &cluster.txn_region_key(b"t1"));
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let txn_client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let opts =
+        TransactionOptions::default().with_replica_read(ReplicaRead::of(ReplicaReadType::Follower));
+    let mut txn = txn_client.begin_with_options(opts).await.expect("begin");
+    txn.put("t1", "x").expect("put");
+    txn.commit().await.expect("commit");
+    let ts = txn_client.current_timestamp().await.expect("ts");
+    let snap =
+        txn_client.snapshot(ts).with_replica_read(ReplicaRead::of(ReplicaReadType::Follower));
+    for _ in 0..READS {
+        assert_eq!(snap.get("t1").await.expect("get").as_deref(), Some(&b"x"[..]));
+    }
+    let on_followers: u64 =
+        followers.iter().map(|s| cluster.kv_request_count(*s, "kv_get", Some(true))).sum();
+    assert_eq!(on_followers, READS as u64, "kv_get: {}", counts(&cluster, "kv_get"));
+    assert_eq!(cluster.kv_request_count(leader, "kv_get", None), 0);
+    assert!(cluster.kv_request_count(leader, "kv_prewrite", Some(false)) > 0);
+    for s in &followers {
+        assert_eq!(cluster.kv_request_count(*s, "kv_prewrite", None), 0);
+        assert_eq!(cluster.kv_request_count(*s, "kv_commit", None), 0);
+    }
+    server.shutdown().await;
+}
+
+/// A learner peer serves every learner read; nothing else reaches it.
+pub async fn learner_reads_land_on_learners<H: Harness>(bed: Bed) {
+    if bed == Bed::RealPd {
+        not_on_real_pd("add a learner peer");
+        return follower_reads_land_on_followers_and_writes_on_the_leader::<H>(bed).await;
+    }
+    let config = ClusterConfig {
+        learner_stores: vec![vec![("zone".into(), "z4".into())]],
+        ..ClusterConfig::default()
+    };
+    let server = SimHandle::start(bed, config).await;
+    let cluster = server.cluster().clone();
+    let learner_store = 4;
+    let region = cluster.regions().into_iter().next().expect("one region");
+    assert!(region.peers.iter().any(|p| p.store_id == learner_store), "{region:?}");
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    let learner = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::Learner));
+    for _ in 0..READS {
+        assert_eq!(learner.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(
+        cluster.kv_request_count(learner_store, "raw_get", Some(true)),
+        READS as u64,
+        "{}",
+        counts(&cluster, "raw_get")
+    );
+    assert_eq!(cluster.kv_request_count(learner_store, "raw_put", None), 0);
+    // Voters serve none of them.
+    let voters: u64 = cluster
+        .store_ids()
+        .into_iter()
+        .filter(|s| *s != learner_store)
+        .map(|s| cluster.kv_request_count(s, "raw_get", None))
+        .sum();
+    assert_eq!(voters, 0, "{}", counts(&cluster, "raw_get"));
+    server.shutdown().await;
+}
+
+/// The leader's store dies (the model elects a new leader at once): follower
+/// reads go on being served by the live replicas without error, and a
+/// leader read finds the new leader; the dead store is sent nothing more
+/// than the attempt that found it down.
+pub async fn a_dead_leader_does_not_stop_follower_reads<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (region, old_leader) = raw_region(&cluster, b"k");
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    // Warm the cache: the client believes in the old leader.
+    assert_eq!(raw.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    server.stop_store(old_leader).await.expect("stop the leader's store");
+    let new_leader = cluster.leader_of(region).expect("a new leader").store_id;
+    assert_ne!(new_leader, old_leader);
+
+    let follower = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::Follower));
+    for _ in 0..READS {
+        assert_eq!(follower.get("k").await.expect("follower get").as_deref(), Some(&b"v"[..]));
+    }
+    let served: u64 = cluster
+        .store_ids()
+        .into_iter()
+        .filter(|s| *s != old_leader)
+        .map(|s| cluster.kv_request_count(s, "raw_get", Some(true)))
+        .sum();
+    assert_eq!(served, READS as u64, "{}", counts(&cluster, "raw_get"));
+    // A leader read of the same client gets past the dead store too.
+    assert_eq!(raw.get("k").await.expect("leader get").as_deref(), Some(&b"v"[..]));
+    assert!(cluster.kv_request_count(new_leader, "raw_get", Some(false)) >= 1);
+    server.shutdown().await;
+}
+
+/// A region with a TiFlash learner (store labelled `engine=tiflash`):
+/// leader, follower, mixed, prefer-leader and learner reads, and a leader
+/// read whose leader died, never send it anything.
+pub async fn tiflash_peers_are_never_chosen<H: Harness>(bed: Bed) {
+    if bed == Bed::RealPd {
+        not_on_real_pd("add a TiFlash store and learner");
+        return a_dead_leader_does_not_stop_follower_reads::<H>(bed).await;
+    }
+    let config = ClusterConfig {
+        learner_stores: vec![vec![("engine".into(), "tiflash".into())]],
+        ..ClusterConfig::default()
+    };
+    let server = SimHandle::start(bed, config).await;
+    let cluster = server.cluster().clone();
+    let (region, _) = raw_region(&cluster, b"k");
+    let tiflash = 4;
+    // The peers are stores 1, 2, 3 and then the TiFlash learner: with the
+    // leader on store 3, "the next peer" after it is the TiFlash one.
+    let leader = 3;
+    server.topology().transfer_leader(region, leader).await.expect("transfer leader");
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    for read_type in [
+        ReplicaReadType::Leader,
+        ReplicaReadType::Follower,
+        ReplicaReadType::Mixed,
+        ReplicaReadType::PreferLeader,
+        ReplicaReadType::Learner,
+    ] {
+        let handle = raw.with_replica_read(ReplicaRead::of(read_type));
+        for _ in 0..READS {
+            let got = handle.get("k").await.unwrap_or_else(|e| panic!("{read_type:?}: {e}"));
+            assert_eq!(got.as_deref(), Some(&b"v"[..]), "{read_type:?}");
+        }
+    }
+    // The leader dies: the leader read moves on to the TiKV followers only.
+    server.stop_store(leader).await.expect("stop the leader's store");
+    for _ in 0..READS {
+        assert_eq!(raw.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    for command in ["raw_get", "raw_put"] {
+        assert_eq!(
+            cluster.kv_request_count(tiflash, command, None),
+            0,
+            "{command}: {}",
+            counts(&cluster, command)
+        );
+    }
+    server.shutdown().await;
+}
+
+/// Says which step the real-PD bed cannot take (the test then checks the
+/// plain three-voter layout instead).
+fn not_on_real_pd(step: &'static str) {
+    let skip = NotOnThisBed {
+        bed: Bed::RealPd,
+        step,
+        why: "peers added to the model directly are unknown to the real PD",
+    };
+    eprintln!("{skip}; checking the three-voter layout instead");
+}
