@@ -177,6 +177,7 @@ mod gc;
 pub mod join;
 pub mod lock_wait;
 pub mod mvcc;
+pub mod net;
 mod pd;
 mod raw;
 #[cfg(feature = "server")]
