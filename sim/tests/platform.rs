@@ -468,3 +468,23 @@ fn user_faults_apply_and_heal() {
     assert_eq!(v.as_deref(), Some(&b"2"[..]), "the client went around the faults");
     assert!(waited >= Duration::from_secs(1), "the partition held the read back: {waited:?}");
 }
+
+/// The seeded world's raw workload through the public `RawClient` on the
+/// platform, checked for per-key linearizability.
+#[test]
+fn raw_world_through_the_public_client_is_linearizable() {
+    let n = seeds(100);
+    let mut ops = 0;
+    let mut undetermined = 0;
+    for seed in 0..n {
+        match tikv_sim::platform::run_raw_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                ops += report.output.ops;
+                undetermined += report.output.outcomes.2;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(ops > 10 * n as usize, "{ops} ops");
+    assert!(undetermined > 0, "no operation was ever undetermined: no faults?");
+}

@@ -72,6 +72,7 @@
 //! entropy and break replay: build them from [`Sim::config`].
 
 mod exec;
+mod raw_world;
 
 use std::fmt;
 use std::future::Future;
@@ -89,6 +90,7 @@ use crate::world::{Fault, PD_MEMBERS, Plan, Swarm};
 use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
+pub use raw_world::{RawWorldStats, run_raw_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;

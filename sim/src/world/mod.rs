@@ -70,7 +70,7 @@ mod own_reads;
 pub mod si;
 pub mod txn_history;
 mod txn_workload;
-mod workload;
+pub(crate) mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -462,7 +462,7 @@ fn summarize(result: &Result<Response, RpcError>) -> String {
 
 /// Definite failures: the server refused the command itself, or the client
 /// refused to send it. Anything else may hide an applied write.
-fn is_definite(e: &Error) -> bool {
+pub(crate) fn is_definite(e: &Error) -> bool {
     matches!(
         e,
         Error::Server(_)
