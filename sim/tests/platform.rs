@@ -488,3 +488,25 @@ fn raw_world_through_the_public_client_is_linearizable() {
     assert!(ops > 10 * n as usize, "{ops} ops");
     assert!(undetermined > 0, "no operation was ever undetermined: no faults?");
 }
+
+/// The seeded world's transactional workload through the public
+/// `TransactionClient` on the platform, checked for snapshot isolation,
+/// honest outcomes, the bank total and list-append anomalies.
+#[test]
+fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
+    let n = seeds(100);
+    let (mut txns, mut failed, mut undetermined) = (0, 0, 0);
+    for seed in 0..n {
+        match tikv_sim::platform::run_txn_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                txns += report.output.txns;
+                failed += report.output.outcomes.1;
+                undetermined += report.output.outcomes.2;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(txns > 5 * n as usize, "{txns} transactions");
+    assert!(failed > 0, "no transaction ever failed: no faults?");
+    println!("{txns} transactions, {failed} failed, {undetermined} undetermined");
+}

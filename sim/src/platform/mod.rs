@@ -73,6 +73,7 @@
 
 mod exec;
 mod raw_world;
+mod txn_world;
 
 use std::fmt;
 use std::future::Future;
@@ -91,6 +92,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
+pub use txn_world::{TxnWorldStats, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;

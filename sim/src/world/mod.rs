@@ -69,7 +69,7 @@ pub mod linearizability;
 mod own_reads;
 pub mod si;
 pub mod txn_history;
-mod txn_workload;
+pub(crate) mod txn_workload;
 pub(crate) mod workload;
 
 use std::collections::BTreeMap;
@@ -474,7 +474,7 @@ pub(crate) fn is_definite(e: &Error) -> bool {
 }
 
 /// client-go's transactional backoff budgets scaled to `permille`.
-fn scaled_budgets(permille: u64) -> BackoffBudgets {
+pub(crate) fn scaled_budgets(permille: u64) -> BackoffBudgets {
     let d = BackoffBudgets::default();
     let s = |x: Duration| x * permille as u32 / 1000;
     BackoffBudgets {
@@ -1677,7 +1677,7 @@ fn new_view(
 /// The list-append view of a transactional history, for [`elle::check`]:
 /// list transactions with their micro-operations, and every full read's
 /// lists as reads.
-fn elle_history(history: &TxnHistory) -> Vec<elle::ElleTxn> {
+pub(crate) fn elle_history(history: &TxnHistory) -> Vec<elle::ElleTxn> {
     let mut out = Vec::new();
     for e in &history.entries {
         let status = match e.outcome {
