@@ -58,7 +58,7 @@ struct State {
     hash: u64,
     trace: Option<String>,
     stats: SimStats,
-    /// The fault-free network the user's own faults heal into.
+    /// When the drawn fault schedule heals.
     heal_at: Option<Instant>,
 }
 
@@ -693,11 +693,11 @@ pub(crate) fn spawn(shared: &Arc<Shared>, fut: BoxFuture<'static, ()>) {
 fn summarize(result: &Reply) -> String {
     match result {
         Err(e) => format!("error: {e}"),
-        Ok(r) => r_name(r).to_owned(),
+        Ok(r) => response_name(r).to_owned(),
     }
 }
 
-fn r_name(r: &Response) -> &'static str {
+fn response_name(r: &Response) -> &'static str {
     match r {
         Response::Kv(r) => r.name(),
         Response::Pd(r) => r.name(),

@@ -66,6 +66,13 @@
 //! [`SimConfig::max_events`]. [`sweep`] runs many seeds and returns the
 //! failures.
 //!
+//! The seeded world's own workloads also run here, through the public
+//! clients, checked by the world's checkers: [`run_raw_world`] (per-key
+//! linearizability) and [`run_txn_world`] (snapshot isolation, honest
+//! outcomes, the bank total, list-append anomalies), so the driver's code
+//! paths (its TSO task, background secondaries and cleanups, store
+//! refresh, scanners) meet the same faults as the core machines.
+//!
 //! Limits: the stores answer a `PessimisticLock` that meets a lock at once
 //! (`KeyIsLocked`, as in the seeded world; no lock waiting). Clients built
 //! with an unpinned `Config::rng_seed` draw their seed from the process's
