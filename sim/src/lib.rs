@@ -11,6 +11,10 @@
 //!   services) and one per store (Tikv service). Wall-clock time since the
 //!   server started is mapped onto the model's [`tikv_core::time::Instant`].
 //!   The `tikv-sim` binary wraps it.
+//! - `platform` (feature `platform`, on by default) runs applications on
+//!   the public clients of `tikv-driver` against the same cluster, on a
+//!   virtual-time executor over the seeded world's network and fault model
+//!   ([`net`]): `platform::simulate(seed, config, |sim| async move { .. })`.
 //! - `join::JoinedCluster` (feature `server`; `tikv-sim --join-pd`) serves
 //!   the stores only and joins them to a real PD as TiKV stores do:
 //!   bootstrap, `PutStore`, heartbeats, and PD's operators (conf changes,
@@ -188,7 +192,10 @@ mod gc;
 pub mod join;
 pub mod lock_wait;
 pub mod mvcc;
+pub mod net;
 mod pd;
+#[cfg(feature = "platform")]
+pub mod platform;
 mod raw;
 #[cfg(feature = "server")]
 pub mod real_pd;

@@ -84,10 +84,10 @@ mod pess_workload;
 pub mod pessimistic;
 pub mod si;
 pub mod txn_history;
-mod txn_workload;
-mod workload;
+pub(crate) mod txn_workload;
+pub(crate) mod workload;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -106,9 +106,9 @@ use tikv_core::rpc::{
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
-use tikv_proto::errorpb;
 
-use crate::{Cluster, ClusterConfig, Filter, KvAnswer, LockWaitToken, WriteKind};
+use crate::net::{Endpoint, Network, Recovery};
+use crate::{Cluster, ClusterConfig, KvAnswer, LockWaitToken, WriteKind};
 pub use faults::{Fault, PD_MEMBERS, Plan, Swarm, TxnParams};
 use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
@@ -342,13 +342,6 @@ pub fn run(cfg: WorldConfig) -> Report {
     world.finish()
 }
 
-/// A network endpoint a client may be cut off from.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Endpoint {
-    Store(u64),
-    Pd(usize),
-}
-
 enum Event {
     /// The client starts its next operation.
     Issue(usize),
@@ -368,12 +361,8 @@ enum Event {
     Timer { client: usize, op: u64 },
     /// A planned fault strikes.
     Fault(Fault),
-    /// A store comes back.
-    StoreUp(u64),
-    /// A partition heals.
-    Reconnect(usize, Endpoint),
-    /// PD catches up.
-    PdFresh,
+    /// A fault ends (a store comes back, a partition heals, PD catches up).
+    Recover(Recovery),
     /// Take the stale copy for [`Bug::StaleReads`].
     StaleCopy,
     /// Everything heals; quiescence begins.
@@ -497,9 +486,8 @@ struct World {
     clients: Vec<Client>,
     history: History,
     txn: Option<TxnWorld>,
-    partitions: BTreeSet<(usize, Endpoint)>,
-    calm: bool,
-    pd_urls: Vec<String>,
+    /// Message fates, partitions and faults.
+    net: Network,
     trace: Option<String>,
     bug: Option<Bug>,
     stale: Option<BTreeMap<Vec<u8>, Vec<u8>>>,
@@ -541,7 +529,7 @@ fn summarize(result: &Result<Response, RpcError>) -> String {
 
 /// Definite failures: the server refused the command itself, or the client
 /// refused to send it. Anything else may hide an applied write.
-fn is_definite(e: &Error) -> bool {
+pub(crate) fn is_definite(e: &Error) -> bool {
     matches!(
         e,
         Error::Server(_)
@@ -553,7 +541,7 @@ fn is_definite(e: &Error) -> bool {
 }
 
 /// client-go's transactional backoff budgets scaled to `permille`.
-fn scaled_budgets(permille: u64) -> BackoffBudgets {
+pub(crate) fn scaled_budgets(permille: u64) -> BackoffBudgets {
     let d = BackoffBudgets::default();
     let s = |x: Duration| x * permille as u32 / 1000;
     BackoffBudgets {
@@ -636,6 +624,7 @@ impl World {
                 auditor: clients.len() - 1,
             }
         });
+        let net = Network::new(plan.swarm.clone(), pd_urls);
         let mut world = World {
             seed: cfg.seed,
             workload,
@@ -651,9 +640,7 @@ impl World {
             clients,
             history: History::default(),
             txn,
-            partitions: BTreeSet::new(),
-            calm: false,
-            pd_urls,
+            net,
             trace: cfg.trace.then(String::new),
             bug: cfg.bug,
             stale: None,
@@ -693,21 +680,8 @@ impl World {
         self.queue.insert((at.max(self.now), self.seq), event);
     }
 
-    fn latency(&mut self) -> Duration {
-        let s = &self.plan.swarm;
-        let (min, jitter, tail_p, tail) =
-            (s.latency_min, s.latency_jitter, s.tail_permille, s.tail);
-        let mut d = min + self.rng.gen_duration(jitter);
-        // A healed network has no slow tail either: quiescence operations
-        // must not miss deadlines because of it.
-        if self.chance(tail_p) {
-            d += self.rng.gen_duration(tail);
-        }
-        d
-    }
-
     fn chance(&mut self, permille: u64) -> bool {
-        !self.calm && self.rng.gen_ratio(permille, 1000)
+        self.net.chance(&mut self.rng, permille)
     }
 
     fn hard_stop(&self) -> Instant {
@@ -795,19 +769,10 @@ impl World {
                 self.feed(client, op, |o, now| o.on_timeout(now));
             }
             Event::Fault(f) => self.fault(f),
-            Event::StoreUp(s) => {
-                if !self.calm {
-                    let r = self.cluster.start_store(s);
-                    self.log(format!("heal: store {s} up: {r:?}"));
+            Event::Recover(recovery) => {
+                if let Some(line) = self.net.recover(&self.cluster, recovery) {
+                    self.log(line);
                 }
-            }
-            Event::Reconnect(c, e) => {
-                self.partitions.remove(&(c, e));
-                self.log(format!("heal: client {c} reconnects to {e:?}"));
-            }
-            Event::PdFresh => {
-                self.cluster.set_pd_stale(false);
-                self.log("heal: PD region view refreshed");
             }
             Event::StaleCopy => {
                 self.stale = Some(self.cluster.raw_snapshot("default"));
@@ -1149,18 +1114,11 @@ impl World {
         if rpc.deadline != Instant::MAX {
             self.schedule(rpc.deadline, Event::Deadline { client: c, op: r.seq, id: rpc.id });
         }
-        if self.chance(self.plan.swarm.drop_request_permille) {
+        let Some(delay) = self.net.request_delay(&mut self.rng) else {
             self.log(format!("net: request {} of c{c} lost", rpc.id));
             return;
-        }
-        let at = self.now + self.latency();
-        self.schedule(at, Event::Arrive { client: c, op: r.seq, rpc });
-    }
-
-    fn pd_member(&self, addr: &str) -> Option<usize> {
-        let bare =
-            |s: &str| s.trim_start_matches("http://").trim_start_matches("https://").to_owned();
-        self.pd_urls.iter().position(|u| bare(u) == bare(addr))
+        };
+        self.schedule(self.now + delay, Event::Arrive { client: c, op: r.seq, rpc });
     }
 
     fn arrive(&mut self, c: usize, op: u64, rpc: Rpc) {
@@ -1169,12 +1127,8 @@ impl World {
             self.log(format!("server: request {id} of c{c} arrived after its deadline, refused"));
             return;
         }
-        let endpoint = match &rpc.target {
-            Target::Store { store_id, .. } => Some(Endpoint::Store(*store_id)),
-            Target::Pd { addr } => self.pd_member(addr).map(Endpoint::Pd),
-            Target::Oracle => None,
-        };
-        if endpoint.is_some_and(|e| self.partitions.contains(&(c, e))) {
+        let endpoint = self.net.endpoint(&rpc.target);
+        if self.net.is_cut(c, endpoint) {
             self.log(format!("net: request {id} of c{c} lost in a partition"));
             return;
         }
@@ -1225,14 +1179,13 @@ impl World {
         result: Result<Response, RpcError>,
     ) {
         self.log(format!("server: c{c} {id} -> {}", summarize(&result)));
-        let partitioned = endpoint.is_some_and(|e| self.partitions.contains(&(c, e)));
-        if partitioned || self.chance(self.plan.swarm.drop_response_permille) {
+        let Some(delay) = self.net.answer_delay(&mut self.rng, c, endpoint) else {
             self.log(format!("net: response {id} to c{c} lost"));
             return;
-        }
-        let at = self.now + self.latency();
-        if self.chance(self.plan.swarm.duplicate_permille) {
-            let again = at + self.latency();
+        };
+        let at = self.now + delay.first;
+        if let Some(duplicate) = delay.duplicate {
+            let again = at + duplicate;
             self.schedule(
                 again,
                 Event::Respond { client: c, op, id, result: result.clone(), duplicate: true },
@@ -1597,7 +1550,7 @@ impl World {
         let depth = self.clients[c].view.config.tso_max_rounds_in_flight;
         let timeout = rpc_timeout(self.workload);
         let view =
-            new_view(&self.pd_urls, seed, self.plan.swarm.raw_budget, budgets, depth, timeout);
+            new_view(self.net.pd_urls(), seed, self.plan.swarm.raw_budget, budgets, depth, timeout);
         for &m in &members {
             self.clients[m].restart(view.clone(), m);
         }
@@ -1638,86 +1591,26 @@ impl World {
     }
 
     fn fault(&mut self, fault: Fault) {
-        if self.calm {
+        if self.net.is_calm() {
             return;
         }
         self.stats.faults += 1;
-        let outcome = match &fault {
-            Fault::Split(k) => {
-                let key = match &self.txn {
-                    Some(t) => t.params.keys.key(*k).into_bytes(),
-                    None => key_bytes(*k),
-                };
-                let at = String::from_utf8_lossy(&key).into_owned();
-                format!("at {at}: {:?}", self.cluster.split(&key))
-            }
-            Fault::Merge(i) => {
-                let regions = self.cluster.regions();
-                let i = i % regions.len();
-                match regions.get(i + 1) {
-                    Some(right) => format!("{:?}", self.cluster.merge(regions[i].id, right.id)),
-                    None => "only one region".into(),
-                }
-            }
-            Fault::TransferLeader(i, p) => {
-                let regions = self.cluster.regions();
-                let region = &regions[i % regions.len()];
-                let peer = &region.peers[p % region.peers.len().max(1)];
-                format!("{:?}", self.cluster.transfer_leader(region.id, peer.store_id))
-            }
-            Fault::StoreDown(s, d) => {
-                let r = self.cluster.stop_store(*s);
-                let at = self.now + *d;
-                self.schedule(at, Event::StoreUp(*s));
-                format!("{r:?}")
-            }
-            Fault::SlowStore(s, n) => {
-                let busy = errorpb::Error {
-                    message: "server is busy".into(),
-                    server_is_busy: Some(errorpb::ServerIsBusy {
-                        reason: "sim: slow store".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                self.cluster.inject_region_error(Filter::any().store(*s), busy, *n);
-                "injected".into()
-            }
-            Fault::PdLeader(m) => format!("{:?}", self.cluster.set_pd_leader(*m)),
-            Fault::PdStale(d) => {
-                self.cluster.set_pd_stale(true);
-                let at = self.now + *d;
-                self.schedule(at, Event::PdFresh);
-                "frozen".into()
-            }
-            Fault::PartitionStore(c, s, d) => {
-                self.partition(*c, Endpoint::Store(*s), *d);
-                "cut".into()
-            }
-            Fault::PartitionPd(c, m, d) => {
-                self.partition(*c, Endpoint::Pd(*m), *d);
-                "cut".into()
-            }
+        let txn_keys = self.txn.as_ref().map(|t| t.params.keys);
+        let split_key = |k: u32| {
+            Some(match txn_keys {
+                Some(keys) => keys.key(k).into_bytes(),
+                None => key_bytes(k),
+            })
         };
+        let (outcome, recovery) = self.net.apply_fault(&self.cluster, &fault, split_key);
+        if let Some((after, recovery)) = recovery {
+            self.schedule(self.now + after, Event::Recover(recovery));
+        }
         self.log(format!("fault: {fault}: {outcome}"));
     }
 
-    fn partition(&mut self, c: usize, e: Endpoint, d: Duration) {
-        self.partitions.insert((c, e));
-        let at = self.now + d;
-        self.schedule(at, Event::Reconnect(c, e));
-    }
-
     fn heal_all(&mut self) {
-        self.calm = true;
-        for s in self.cluster.store_ids() {
-            if !self.cluster.is_store_running(s) {
-                let _ = self.cluster.start_store(s);
-            }
-        }
-        self.partitions.clear();
-        self.cluster.set_pd_stale(false);
-        self.cluster.clear_injections();
+        self.net.heal(&self.cluster);
         self.log("heal: all faults healed, network reliable; quiescence begins");
         if let Some(t) = self.txn.as_mut() {
             t.phase = TxnPhase::Settling;
@@ -2072,7 +1965,7 @@ fn rpc_timeout(workload: Workload) -> Duration {
 /// The list-append view of a transactional history, for [`elle::check`]:
 /// list transactions with their micro-operations, and every full read's
 /// lists as reads.
-fn elle_history(history: &TxnHistory) -> Vec<elle::ElleTxn> {
+pub(crate) fn elle_history(history: &TxnHistory) -> Vec<elle::ElleTxn> {
     let mut out = Vec::new();
     for e in &history.entries {
         let status = match e.outcome {

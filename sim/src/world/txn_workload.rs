@@ -145,7 +145,7 @@ pub(crate) fn pick_read_method(rng: &mut Rng) -> ReadMethod {
 }
 
 /// The keys a transaction reads from its snapshot, in wire order.
-fn read_set(kind: &TxnKind, keys: &TxnKeys) -> Vec<String> {
+pub(crate) fn read_set(kind: &TxnKind, keys: &TxnKeys) -> Vec<String> {
     let mut set: Vec<String> = match kind {
         TxnKind::Transfer { from, to, .. } => vec![account(*from), account(*to)],
         TxnKind::BankRead => keys.account_keys(),
@@ -221,7 +221,7 @@ fn buffer_writes(writes: &BTreeMap<String, BufferOp>) -> Result<MemBuffer, Error
 
 /// A buffered write with its buffer operation.
 #[derive(Clone, Debug)]
-enum BufferOp {
+pub(crate) enum BufferOp {
     Put(String),
     Insert(String),
     Delete,
@@ -230,7 +230,7 @@ enum BufferOp {
 
 /// Computes the writes of `kind` from its snapshot reads, filling in list
 /// read results. `id` goes into account values.
-fn plan_writes(
+pub(crate) fn plan_writes(
     kind: &mut TxnKind,
     reads: &BTreeMap<String, Option<String>>,
     id: usize,

@@ -128,7 +128,7 @@ fn key(k: KeyId) -> Key {
     Key::new(key_bytes(k))
 }
 
-fn pairs(found: Vec<KvPair>) -> OkValue {
+pub(crate) fn pairs(found: Vec<KvPair>) -> OkValue {
     OkValue::Pairs(
         found
             .into_iter()

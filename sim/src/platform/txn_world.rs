@@ -1,0 +1,357 @@
+//! The seeded world's transactional workload through the public
+//! `TransactionClient`: the same transactions (bank transfers and reads,
+//! list appends, register puts/inserts/deletes, with 2PC, async commit or
+//! 1PC as drawn), run by several clients on the simulated platform under
+//! the seed's faults, and checked by the same checkers: snapshot
+//! isolation against the model rebuilt from the cluster's commit records,
+//! honest outcomes, the bank total and Elle's list-append anomalies.
+//!
+//! What differs from the core-level world: the driver runs the
+//! transactions (its TSO task, background secondaries and cleanups,
+//! store refresh), no client crashes mid-commit (a crash would need the
+//! driver's tasks to die with their client), reads of a transaction's own
+//! writes are not recorded, and the commit mode that went through is not
+//! visible (outcomes carry none).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tikv_core::key::{Key, KeyRange};
+use tikv_core::rng::Rng;
+use tikv_core::time::{Duration, Instant};
+
+use super::{
+    Error, Sim, SimConfig, SimFailure, SimReport, Transaction, TransactionClient, simulate,
+};
+use crate::WriteKind;
+use crate::world::txn_history::{
+    ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite,
+};
+use crate::world::txn_workload::{self, BufferOp, TxnSpec};
+use crate::world::{TxnParams, elle, elle_history, scaled_budgets, si};
+use tikv_driver::{LockOptions, TransactionOptions};
+
+/// What a passing run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnWorldStats {
+    /// Transactions run (including the final full read).
+    pub txns: usize,
+    /// Committed, failed and undetermined transactions.
+    pub outcomes: (usize, usize, usize),
+}
+
+struct Record {
+    rng: Rng,
+    params: TxnParams,
+    history: TxnHistory,
+    next_value: u32,
+}
+
+/// Runs the transactional workload with `seed` through the public client
+/// and checks it; a violation fails the run (its reason lists them).
+///
+/// # Errors
+///
+/// The [`SimFailure`] of a run a checker rejects, whose final read fails,
+/// or that failed as any simulation can.
+pub fn run_txn_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    simulate(seed, config, move |sim| async move { txn_world(sim).await })
+}
+
+async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
+    let mut rng = Rng::new(sim.seed() ^ 0x7478_6e20_776f_726c);
+    let keys = TxnKeys {
+        accounts: rng.gen_range(2, 6) as u32,
+        lists: rng.gen_range(1, 5) as u32,
+        registers: rng.gen_range(0, 4) as u32,
+    };
+    let params = TxnParams {
+        keys,
+        crash_permille: 0,
+        async_commit_permille: rng.gen_range(0, 700),
+        one_pc_permille: rng.gen_range(0, 600),
+        budget_permille: match rng.gen_range(0, 4) {
+            0 | 1 => 1000,
+            2 => rng.gen_range(5, 50),
+            _ => rng.gen_range(50, 500),
+        },
+    };
+    let clients = rng.gen_range(2, 5) as usize;
+    let txns_each = rng.gen_range(4, 16) as usize;
+    let heal_at = sim.heal_at().unwrap_or(Instant::ZERO);
+    let think = (heal_at.saturating_duration_since(Instant::ZERO) * 2 / txns_each as u32)
+        .max(Duration::from_millis(10));
+    let budgets = scaled_budgets(params.budget_permille);
+    let record =
+        Arc::new(Mutex::new(Record { rng, params, history: TxnHistory::default(), next_value: 0 }));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = connect(&sim, Some(budgets.clone())).await?;
+        let (sim2, record) = (sim.clone(), record.clone());
+        tasks.push(sim.spawn(async move {
+            for _ in 0..txns_each {
+                let pause = lock(&record).rng.gen_duration(think);
+                sim2.sleep(pause).await;
+                let spec = {
+                    let r = &mut *lock(&record);
+                    txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value)
+                };
+                run_txn(&sim2, &client, &record, c, spec, &keys).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    if sim.now() < heal_at {
+        sim.sleep_until(heal_at).await;
+    }
+    // The audit: past every lock's TTL, a fresh client with client-go's
+    // budgets reads every key (resolving what failed transactions left),
+    // and must succeed.
+    let cluster = sim.cluster();
+    let expire = locks_expire_at(&sim);
+    if expire > sim.now() {
+        sim.sleep_until(expire).await;
+    }
+    let auditor = connect(&sim, None).await?;
+    let full = {
+        let r = &mut *lock(&record);
+        TxnSpec {
+            kind: TxnKind::FullRead,
+            read_method: txn_workload::pick_read_method(&mut r.rng),
+            opts: Default::default(),
+        }
+    };
+    let audit = run_txn(&sim, &auditor, &record, clients, full, &keys).await;
+    let mut violations = Vec::new();
+    let record = lock(&record);
+    let history = &record.history;
+    if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
+        violations
+            .push(format!("liveness: the audit read ended {:?}", history.entries[audit].outcome));
+    }
+    let mut fates = si::Fates::new();
+    for e in &history.entries {
+        let Some(start_ts) = e.run.start_ts else { continue };
+        if e.run.writes.is_empty() {
+            continue;
+        }
+        let per_key = e
+            .run
+            .writes
+            .iter()
+            .map(|(k, _)| {
+                let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
+                    Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
+                    Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
+                    None => si::KeyFate::Absent,
+                };
+                (k.clone(), fate)
+            })
+            .collect();
+        fates.insert(e.id, per_key);
+    }
+    let final_data: BTreeMap<String, String> = cluster
+        .mvcc_snapshot(u64::MAX)
+        .into_iter()
+        .map(|(k, v)| {
+            (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
+        })
+        .collect();
+    violations
+        .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
+    violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
+    violations
+        .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}")));
+    if !violations.is_empty() {
+        return Err(violations.join("\n"));
+    }
+    let (ok, failed, undetermined, _) = history.counts();
+    Ok(TxnWorldStats { txns: history.entries.len(), outcomes: (ok, failed, undetermined) })
+}
+
+fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    record.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The instant after which every lock in the cluster has expired (TiKV's
+/// rule: `physical(lock_ts) + ttl < physical(current_ts)`).
+fn locks_expire_at(sim: &Sim) -> Instant {
+    let cluster = sim.cluster();
+    let base = cluster.config().tso_base_ms;
+    cluster
+        .locks()
+        .iter()
+        .map(|l| {
+            let expiry_ms = (l.lock_version >> 18).saturating_add(l.lock_ttl).saturating_add(1);
+            Instant::from_millis(expiry_ms.saturating_sub(base))
+        })
+        .fold(sim.now(), Instant::max)
+}
+
+/// A transactional client (with `budgets`, else client-go's), retrying
+/// the connection while PD is out of reach.
+async fn connect(
+    sim: &Sim,
+    budgets: Option<tikv_core::config::BackoffBudgets>,
+) -> Result<TransactionClient, String> {
+    for _ in 0..100 {
+        let mut config = sim.config();
+        if let Some(b) = &budgets {
+            config = config.with_backoff_budgets(b.clone());
+        }
+        match TransactionClient::connect_with_config(config).await {
+            Ok(client) => return Ok(client),
+            Err(_) => sim.sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    Err("no client could connect in 100 attempts".into())
+}
+
+/// Runs one transaction as client `c` and records it; returns its entry.
+async fn run_txn(
+    sim: &Sim,
+    client: &TransactionClient,
+    record: &Mutex<Record>,
+    c: usize,
+    spec: TxnSpec,
+    keys: &TxnKeys,
+) -> usize {
+    let id = {
+        let r = &mut *lock(record);
+        let id = r.history.entries.len();
+        r.history.entries.push(TxnEntry {
+            id,
+            client: c,
+            kind: spec.kind.clone(),
+            read_method: spec.read_method,
+            async_commit: spec.opts.async_commit,
+            one_pc: spec.opts.one_pc,
+            causal: spec.opts.causal_consistency,
+            invoke: sim.now(),
+            end: None,
+            run: TxnRun::default(),
+            outcome: TxnOutcome::Pending,
+            crashed: false,
+        });
+        id
+    };
+    let mut run = TxnRun::default();
+    let outcome = transact(client, spec, keys, id, &mut run).await;
+    let r = &mut *lock(record);
+    let e = &mut r.history.entries[id];
+    e.end = Some(sim.now());
+    e.run = run;
+    e.outcome = outcome;
+    id
+}
+
+async fn transact(
+    client: &TransactionClient,
+    mut spec: TxnSpec,
+    keys: &TxnKeys,
+    id: usize,
+    run: &mut TxnRun,
+) -> TxnOutcome {
+    let options = TransactionOptions { commit: spec.opts.clone(), ..Default::default() };
+    let mut txn = match client.begin_with_options(options).await {
+        Ok(txn) => txn,
+        // No start ts: nothing was written.
+        Err(e) => return TxnOutcome::Failed(e.to_string()),
+    };
+    let start_ts = txn.start_timestamp().version();
+    run.start_ts = Some(start_ts);
+    let wanted = txn_workload::read_set(&spec.kind, keys);
+    let found = match read(&txn, spec.read_method, &wanted, keys).await {
+        Ok(found) => found,
+        Err(e) => return TxnOutcome::Failed(e.to_string()),
+    };
+    run.reads = found.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let writes = txn_workload::plan_writes(&mut spec.kind, &found, id);
+    if let TxnKind::Lists { ops, .. } = &spec.kind {
+        run.micro = ops.clone();
+    }
+    run.writes = writes
+        .iter()
+        .map(|(k, op)| {
+            let w = match op {
+                BufferOp::Put(v) | BufferOp::Insert(v) => TxnWrite::Put(v.clone()),
+                BufferOp::Delete => TxnWrite::Delete,
+                BufferOp::Lock => TxnWrite::Lock,
+            };
+            (k.clone(), w)
+        })
+        .collect();
+    if writes.is_empty() {
+        // A read-only transaction "commits" at its start ts.
+        let _ = txn.rollback().await;
+        return TxnOutcome::Committed { commit_ts: start_ts, mode: None };
+    }
+    for (k, op) in &writes {
+        let buffered = match op {
+            BufferOp::Put(v) => txn.put(k.clone(), v.clone()),
+            BufferOp::Insert(v) => txn.insert(k.clone(), v.clone()),
+            BufferOp::Delete => txn.delete(k.clone()),
+            BufferOp::Lock => txn.lock_keys([k.clone()], LockOptions::default()).await.map(drop),
+        };
+        if let Err(e) = buffered {
+            return TxnOutcome::Failed(format!("buffering: {e}"));
+        }
+    }
+    match txn.commit().await {
+        Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
+        Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
+        Err(e) => TxnOutcome::Failed(e.to_string()),
+    }
+}
+
+/// Reads `wanted` from the transaction's snapshot with `method`; a scan
+/// covers (and reports) every key of the run between the first and the
+/// last wanted key.
+async fn read(
+    txn: &Transaction,
+    method: ReadMethod,
+    wanted: &[String],
+    keys: &TxnKeys,
+) -> Result<BTreeMap<String, Option<String>>, Error> {
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let mut found = BTreeMap::new();
+    let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else {
+        return Ok(found);
+    };
+    match method {
+        ReadMethod::Get => {
+            for k in wanted {
+                let v = txn.get(k.clone()).await?;
+                found.insert(k.clone(), v.map(|v| text(&v)));
+            }
+        }
+        ReadMethod::BatchGet => {
+            for k in wanted {
+                found.insert(k.clone(), None);
+            }
+            for p in txn.batch_get(wanted.iter().cloned()).await? {
+                found.insert(text(p.key.as_bytes()), Some(text(&p.value)));
+            }
+        }
+        ReadMethod::Scan | ReadMethod::ScanReverse => {
+            let covered: Vec<String> =
+                keys.all().into_iter().filter(|k| k >= first && k <= last).collect();
+            for k in &covered {
+                found.insert(k.clone(), None);
+            }
+            let range = KeyRange::new(Key::from(first.clone()), Key::from(last.clone()).next_key());
+            let limit = covered.len() as u32 + 1;
+            let pairs = if method == ReadMethod::Scan {
+                txn.scan(range, limit).await?
+            } else {
+                txn.scan_reverse(range, limit).await?
+            };
+            for p in pairs {
+                found.insert(text(p.key.as_bytes()), Some(text(&p.value)));
+            }
+        }
+    }
+    Ok(found)
+}
