@@ -22,6 +22,8 @@ pub struct ServerStats {
     pub messages: u64,
     /// Entries in them.
     pub entries: u64,
+    /// TiKV requests that came as unary calls (`tikv-sim` only).
+    pub kv_unary: Option<u64>,
     /// Unary PD requests served (`tikv-sim` only).
     pub pd_unary: Option<u64>,
 }
@@ -32,6 +34,7 @@ impl ServerStats {
         ServerStats {
             messages: later.messages.saturating_sub(self.messages),
             entries: later.entries.saturating_sub(self.entries),
+            kv_unary: later.kv_unary.zip(self.kv_unary).map(|(l, e)| l.saturating_sub(e)),
             pd_unary: later.pd_unary.zip(self.pd_unary).map(|(l, e)| l.saturating_sub(e)),
         }
     }
@@ -141,6 +144,7 @@ impl Server {
             return Some(ServerStats {
                 messages: field("messages")?,
                 entries: field("entries")?,
+                kv_unary: field("kv_unary"),
                 pd_unary: field("pd_unary"),
             });
         }

@@ -322,10 +322,11 @@ fn main() -> ExitCode {
                     }
                     let s = server.batch_stats();
                     println!(
-                        "stats streams={} messages={} entries={} pd_unary={}",
+                        "stats streams={} messages={} entries={} kv_unary={} pd_unary={}",
                         s.streams,
                         s.messages,
                         s.requests,
+                        s.unary,
                         server.pd_unary_calls()
                     );
                 }

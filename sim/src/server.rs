@@ -199,7 +199,8 @@ pub(crate) trait StoreAdmin: Send + Sync + std::fmt::Debug {
     ) -> Pin<Box<dyn Future<Output = kvrpcpb::SplitRegionResponse> + Send + '_>>;
 }
 
-/// What the stores' `BatchCommands` streams have seen (all stores together).
+/// The requests the stores have seen (all stores together): on `BatchCommands`
+/// streams and as unary calls.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
     /// `BatchCommands` streams opened.
@@ -208,6 +209,9 @@ pub struct BatchStats {
     pub messages: u64,
     /// Entries in them (requests, probes included).
     pub requests: u64,
+    /// Requests that came as unary calls instead (every TiKV method but
+    /// `BatchCommands` and the store-level ones).
+    pub unary: u64,
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +219,7 @@ struct BatchCounters {
     streams: AtomicU64,
     messages: AtomicU64,
     requests: AtomicU64,
+    unary: AtomicU64,
 }
 
 /// The `Tikv` service of one store.
@@ -449,6 +454,7 @@ macro_rules! tikv_methods {
                     &self,
                     request: Request<kvrpcpb::$req>,
                 ) -> Result<Response<kvrpcpb::$resp>, Status> {
+                    self.counters.unary.fetch_add(1, Ordering::Relaxed);
                     match self.call(KvRequest::$variant(Box::new(request.into_inner()))).await? {
                         KvResponse::$variant(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
@@ -1101,6 +1107,7 @@ impl SimServer {
             streams: c.streams.load(Ordering::Relaxed),
             messages: c.messages.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
+            unary: c.unary.load(Ordering::Relaxed),
         }
     }
 

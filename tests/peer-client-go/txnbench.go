@@ -38,7 +38,9 @@ import (
 // regions of `tikv-sim --regions 4` (split at 0x40, 0x80, 0xc0), then the
 // task and number.
 func txnKey(region int, t int, n uint64) []byte {
-	return []byte(fmt.Sprintf("%c-%06d-%06d", byte(0x20+region*0x40), t, n%64))
+	// The first byte as a byte: %c would write 0xa0 and 0xe0 as two-byte
+	// UTF-8 sequences, in another region.
+	return append([]byte{byte(0x20 + region*0x40)}, fmt.Sprintf("-%06d-%06d", t%1000000, n%64)...)
 }
 
 func runBenchTxn(ctx context.Context, cli *txnkv.Client, workload, mode string, t int, i uint64) error {

@@ -25,8 +25,10 @@
 //! (`peer-client-go txnbench`, `tests/peer-client-go/txnbench.go`) with the
 //! same keys, as a child process on this process's core; `tikv-sim` runs on
 //! the other core. The table shows medians over `reps` of transactions per
-//! second, p50/p99 latency, client CPU per transaction and failed
-//! transactions, then ours ÷ client-go per cell.
+//! second, p50/p99 latency, client CPU per transaction, the store requests
+//! one transaction costs (ours only: `BatchCommands` entries plus unary
+//! calls, counted by `tikv-sim` over transactions run one at a time) and
+//! failed transactions, then ours ÷ client-go per cell.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,8 +44,11 @@ use tikv_tokio::{Config, TransactionClient, TransactionOptions};
 /// (split at first bytes 0x40, 0x80, 0xc0): the same keys client-go's
 /// runner uses (`txnKey`).
 fn txn_key(region: usize, t: usize, n: u64) -> Vec<u8> {
-    let first = (0x20 + region * 0x40) as u8 as char;
-    format!("{first}-{:06}-{:06}", t % 1_000_000, n % 64).into_bytes()
+    // The first byte as a byte: formatted as a char, 0xa0 and 0xe0 would
+    // become two-byte UTF-8 sequences in another region.
+    let mut key = vec![(0x20 + region * 0x40) as u8];
+    key.extend_from_slice(format!("-{:06}-{:06}", t % 1_000_000, n % 64).as_bytes());
+    key
 }
 
 fn options(mode: &str) -> Result<TransactionOptions, String> {
@@ -95,6 +100,11 @@ async fn run_txn(
     };
     attempt.await.is_ok()
 }
+
+/// Transactions run one at a time to count a transaction's store requests
+/// (the secondaries a 2PC commit sends in the background land before the
+/// next transaction's, mostly; the last one's may be missed).
+const RPC_SAMPLE: u64 = 50;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -204,7 +214,7 @@ async fn client_go(
 }
 
 async fn bench(args: Args, pinned: bool) -> Result<(), String> {
-    let server = Server::start("sim", &["--txn", "--stores", "3", "--regions", "4"], pinned)?;
+    let mut server = Server::start("sim", &["--txn", "--stores", "3", "--regions", "4"], pinned)?;
     let config = Config::default().with_pd_endpoints([server.pd.clone()]);
     let client = TransactionClient::connect_with_config(config)
         .await
@@ -217,7 +227,7 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
     );
     // (cell, conc) -> the results of every repetition.
     type Key = (String, usize);
-    let mut ours: BTreeMap<Key, Vec<CellResult>> = BTreeMap::new();
+    let mut ours: BTreeMap<Key, Vec<(CellResult, f64)>> = BTreeMap::new();
     let mut theirs: BTreeMap<Key, Vec<CellResult>> = BTreeMap::new();
     for _ in 0..args.reps {
         for cell in &args.cells {
@@ -235,8 +245,20 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                         run_txn(client.clone(), workload, opts.clone(), t, i).boxed()
                     })
                 };
-                let result = run(op, cell, conc, args.secs).await;
-                ours.entry((cell.clone(), conc)).or_default().push(result);
+                let result = run(op.clone(), cell, conc, args.secs).await;
+                // The store requests one transaction costs (stream entries
+                // and unary calls), over transactions run one at a time on
+                // keys of a task the cell does not use.
+                let before = server.stats().ok_or("tikv-sim does not report stats")?;
+                for i in 0..RPC_SAMPLE {
+                    if !op(999_999, i).await {
+                        return Err(format!("{cell}: a sampled transaction failed"));
+                    }
+                }
+                let delta = before.delta(server.stats().ok_or("tikv-sim does not report stats")?);
+                let unary = delta.kv_unary.ok_or("tikv-sim does not count unary calls")?;
+                let rpcs = (delta.entries + unary) as f64 / RPC_SAMPLE as f64;
+                ours.entry((cell.clone(), conc)).or_default().push((result, rpcs));
             }
         }
         if let Some(bin) = &args.client_go {
@@ -245,25 +267,29 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
             }
         }
     }
-    println!("| cell | conc | client | txn/s | p50 ms | p99 ms | client CPU µs/txn | errors |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| cell | conc | client | txn/s | p50 ms | p99 ms | client CPU µs/txn | store RPCs/txn | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let med = |v: &[CellResult], f: &dyn Fn(&CellResult) -> f64| median(v.iter().map(f).collect());
     let mut ratios = Vec::new();
-    for ((cell, conc), results) in &ours {
+    for ((cell, conc), runs) in &ours {
+        let results: Vec<CellResult> = runs.iter().map(|(r, _)| r.clone()).collect();
+        let rpcs = median(runs.iter().map(|(_, n)| *n).collect());
         let errors: u64 = results.iter().map(|r| r.errors).sum();
-        let row = |who: &str, v: &[CellResult], errors: u64| {
+        let row = |who: &str, v: &[CellResult], rpcs: String, errors: u64| {
             println!(
-                "| {cell} | {conc} | {who} | {:.0} | {:.2} | {:.2} | {:.0} | {errors} |",
+                "| {cell} | {conc} | {who} | {:.0} | {:.2} | {:.2} | {:.0} | {rpcs} | {errors} |",
                 med(v, &CellResult::ops_per_sec),
                 med(v, &|r| f64::from(r.p50_us) / 1e3),
                 med(v, &|r| f64::from(r.p99_us) / 1e3),
                 med(v, &CellResult::cpu_us_per_op),
             );
         };
-        row("ours", results, errors);
+        row("ours", &results, format!("{rpcs:.1}"), errors);
         if let Some(go) = theirs.get(&(cell.clone(), *conc)) {
-            row("client-go", go, go.iter().map(|r| r.errors).sum());
-            let ratio = |f: &dyn Fn(&CellResult) -> f64| med(results, f) / med(go, f).max(1e-9);
+            row("client-go", go, "—".into(), go.iter().map(|r| r.errors).sum());
+            let ratio = |f: &dyn Fn(&CellResult) -> f64| med(&results, f) / med(go, f).max(1e-9);
             ratios.push(format!(
                 "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× |",
                 ratio(&CellResult::ops_per_sec),
