@@ -235,6 +235,18 @@ impl Error {
         Error::MalformedResponse(msg.to_string())
     }
 
+    /// TiKV's `WriteConflict` key error as [`Error::WriteConflict`] (client-go
+    /// `NewErrWriteConflictWithArgs`).
+    pub fn write_conflict(c: &kvrpcpb::WriteConflict) -> Error {
+        Error::WriteConflict {
+            start_ts: Timestamp::from_version(c.start_ts),
+            conflict_ts: Timestamp::from_version(c.conflict_ts),
+            key: c.key.clone().into(),
+            primary: c.primary.clone().into(),
+            conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
+        }
+    }
+
     /// The write may or may not have been applied (client-go's
     /// `IsErrorUndetermined`): retrying it blindly could apply it twice, so
     /// callers check (read back) before deciding.

@@ -362,13 +362,7 @@ impl KeyPlan for PrewritePlan {
                     self.met.push(lock);
                 }
             } else if let Some(c) = &e.conflict {
-                self.error.get_or_insert(Error::WriteConflict {
-                    start_ts: Timestamp::from_version(c.start_ts),
-                    conflict_ts: Timestamp::from_version(c.conflict_ts),
-                    key: c.key.clone().into(),
-                    primary: c.primary.clone().into(),
-                    conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
-                });
+                self.error.get_or_insert(Error::write_conflict(c));
             } else if let Some(a) = &e.already_exist {
                 self.error.get_or_insert(Error::KeyExists(a.key.clone().into()));
             } else if e.assertion_failed.is_some() {

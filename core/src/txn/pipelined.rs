@@ -377,13 +377,7 @@ impl KeyPlan for FlushPlan {
                     self.met.push(lock);
                 }
             } else if let Some(c) = &e.conflict {
-                self.error.get_or_insert(Error::WriteConflict {
-                    start_ts: Timestamp::from_version(c.start_ts),
-                    conflict_ts: Timestamp::from_version(c.conflict_ts),
-                    key: c.key.clone().into(),
-                    primary: c.primary.clone().into(),
-                    conflict_commit_ts: Timestamp::from_version(c.conflict_commit_ts),
-                });
+                self.error.get_or_insert(Error::write_conflict(c));
             } else if e.assertion_failed.is_some() {
                 self.error.get_or_insert(Error::AssertionFailed(Box::new(e)));
             } else {
