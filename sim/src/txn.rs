@@ -82,6 +82,20 @@ pub(crate) fn pessimistic_retry(
     }
 }
 
+/// The lock a prewritten or flushed mutation writes (`None` for
+/// `CheckNotExists`, which writes nothing) and whether the key must not
+/// exist (`PrewriteMutation::from_mutation`); other ops abort `cmd`.
+fn mutation_lock(m: &kvrpcpb::Mutation, cmd: &str) -> Result<(Option<LockType>, bool), Fail> {
+    Ok(match kvrpcpb::Op::try_from(m.op).ok() {
+        Some(kvrpcpb::Op::Put) => (Some(LockType::Put), false),
+        Some(kvrpcpb::Op::Del) => (Some(LockType::Delete), false),
+        Some(kvrpcpb::Op::Lock) => (Some(LockType::Lock), false),
+        Some(kvrpcpb::Op::Insert) => (Some(LockType::Put), true),
+        Some(kvrpcpb::Op::CheckNotExists) => (None, true),
+        _ => return Err(abort(format!("mismatch Op in {cmd} mutations: {}", m.op))),
+    })
+}
+
 fn txn_not_found(start_ts: u64, key: &Bytes) -> kvrpcpb::KeyError {
     kvrpcpb::KeyError {
         txn_not_found: Some(kvrpcpb::TxnNotFound { start_ts, primary_key: key.clone() }),
@@ -517,15 +531,7 @@ impl State {
             .collect();
 
         for (i, (m, key)) in r.mutations.iter().zip(&encoded).enumerate() {
-            let op = kvrpcpb::Op::try_from(m.op).ok();
-            let (lock_type, should_not_exist) = match op {
-                Some(kvrpcpb::Op::Put) => (Some(LockType::Put), false),
-                Some(kvrpcpb::Op::Del) => (Some(LockType::Delete), false),
-                Some(kvrpcpb::Op::Lock) => (Some(LockType::Lock), false),
-                Some(kvrpcpb::Op::Insert) => (Some(LockType::Put), true),
-                Some(kvrpcpb::Op::CheckNotExists) => (None, true),
-                _ => return Err(abort(format!("mismatch Op in prewrite mutations: {}", m.op))),
-            };
+            let (lock_type, should_not_exist) = mutation_lock(m, "prewrite")?;
             let action = r
                 .pessimistic_actions
                 .get(i)
@@ -789,14 +795,7 @@ impl State {
         let mut lock_errors = Vec::new();
         let mut assertion_failure = None;
         for (m, key) in r.mutations.iter().zip(&encoded) {
-            let (lock_type, should_not_exist) = match kvrpcpb::Op::try_from(m.op).ok() {
-                Some(kvrpcpb::Op::Put) => (Some(LockType::Put), false),
-                Some(kvrpcpb::Op::Del) => (Some(LockType::Delete), false),
-                Some(kvrpcpb::Op::Lock) => (Some(LockType::Lock), false),
-                Some(kvrpcpb::Op::Insert) => (Some(LockType::Put), true),
-                Some(kvrpcpb::Op::CheckNotExists) => (None, true),
-                _ => return Err(abort(format!("mismatch Op in flush mutations: {}", m.op))),
-            };
+            let (lock_type, should_not_exist) = mutation_lock(m, "flush")?;
             if should_not_exist {
                 self.mvcc.update_max_ts(start_ts);
             }
