@@ -34,6 +34,7 @@ const fn secs(s: u64) -> Duration {
 /// [`Config::budget`] to get the budget of a `Backoffer`, except where a
 /// field says it is used unweighted.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackoffBudgets {
     /// TSO requests: 15s (`transaction.TsoMaxBackoff`).
     pub tso: Duration,
@@ -350,6 +351,7 @@ impl TransportConfig {
 
 /// Configuration of a TiKV client. Defaults follow client-go.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// PD endpoints (`host:port`, with or without scheme). Default: none.
     pub pd_endpoints: Vec<String>,

@@ -57,6 +57,7 @@ impl ColumnFamily {
 /// Options shared by raw operations of one client (client-go sets the
 /// column family per client or per call, and atomic mode per client).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RawOptions {
     /// Column family of the data.
     pub cf: ColumnFamily,
@@ -68,6 +69,26 @@ pub struct RawOptions {
     /// read after a read index on the leader, so it is as fresh as a
     /// leader read.
     pub replica_read: ReplicaRead,
+}
+
+impl RawOptions {
+    /// Reads and writes column family `cf`.
+    pub fn with_cf(mut self, cf: ColumnFamily) -> RawOptions {
+        self.cf = cf;
+        self
+    }
+
+    /// Atomic mode: every write sets `for_cas`.
+    pub fn with_atomic(mut self, atomic: bool) -> RawOptions {
+        self.atomic = atomic;
+        self
+    }
+
+    /// Serves the reads from the replicas `read` chooses.
+    pub fn with_replica_read(mut self, read: ReplicaRead) -> RawOptions {
+        self.replica_read = read;
+        self
+    }
 }
 
 /// The result of [`checksum`]: XOR of per-pair CRC-64 digests, pair count

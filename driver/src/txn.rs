@@ -283,8 +283,26 @@ impl<P: Platform> Snapshot<P> {
     }
 }
 
-/// Options of a transaction (client-go's per-transaction setters).
+/// Options of a transaction (client-go's per-transaction setters), built
+/// from the default with the `with_*` methods:
+///
+/// ```
+/// use tikv_driver::{RequestSource, TransactionOptions};
+///
+/// let opts = TransactionOptions::default()
+///     .with_pessimistic()
+///     .with_request_source(RequestSource::external("Update"));
+/// assert!(opts.pessimistic && !opts.commit.async_commit);
+/// ```
+///
+/// The option structs are `#[non_exhaustive]`, so new options are not a
+/// breaking change; a struct literal does not compile outside the crate:
+///
+/// ```compile_fail,E0639
+/// let opts = tikv_driver::TransactionOptions { pessimistic: true, ..Default::default() };
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransactionOptions {
     /// How the commit goes through (async commit, 1PC, causal consistency,
     /// assertion level).
@@ -298,6 +316,18 @@ pub struct TransactionOptions {
 }
 
 impl TransactionOptions {
+    /// Replaces the commit options whole.
+    pub fn with_commit_options(mut self, commit: CommitOptions) -> Self {
+        self.commit = commit;
+        self
+    }
+
+    /// Replaces the read options whole.
+    pub fn with_read_options(mut self, read: ReadOptions) -> Self {
+        self.read = read;
+        self
+    }
+
     /// A pessimistic transaction (client-go `SetPessimistic(true)`): keys
     /// are locked in TiKV when [`Transaction::lock_keys`] or
     /// [`Transaction::get_for_update`] is called, so a commit does not fail

@@ -161,17 +161,19 @@ fn a_seed_replays_byte_for_byte_and_seeds_differ() {
 /// undetermined outcomes reach the application.
 fn impatient(sim: &Sim) -> tikv_core::config::Config {
     let ms = Duration::from_millis;
-    let budgets = tikv_core::config::BackoffBudgets {
-        tso: ms(300),
-        raw: ms(300),
-        get: ms(300),
-        batch_get: ms(300),
-        scan: ms(300),
-        prewrite: ms(300),
-        commit: ms(300),
-        locate_region: ms(300),
-        ..Default::default()
-    };
+    let mut budgets = tikv_core::config::BackoffBudgets::default();
+    for budget in [
+        &mut budgets.tso,
+        &mut budgets.raw,
+        &mut budgets.get,
+        &mut budgets.batch_get,
+        &mut budgets.scan,
+        &mut budgets.prewrite,
+        &mut budgets.commit,
+        &mut budgets.locate_region,
+    ] {
+        *budget = ms(300);
+    }
     sim.config().with_backoff_budgets(budgets)
 }
 

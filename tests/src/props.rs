@@ -448,7 +448,7 @@ fn drive_with<O: Operation>(
 /// reports is backed by what it was told.
 pub fn raw_op_events(u: &mut Unstructured<'_>) -> Result<()> {
     let view = view(u.arbitrary()?);
-    let opts = RawOptions { atomic: true, ..RawOptions::default() };
+    let opts = RawOptions::default().with_atomic(true);
     let mut fed = Fed::default();
     let key = Key::new(small_key(u)?);
     match u.int_in_range(0..=5u8)? {

@@ -381,8 +381,8 @@ pub async fn connecting_to_an_unreachable_pd_fails_with_a_pd_timeout<H: Harness>
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").to_string()
     };
-    let budgets =
-        BackoffBudgets { locate_region: Duration::from_millis(1500), ..Default::default() };
+    let mut budgets = BackoffBudgets::default();
+    budgets.locate_region = Duration::from_millis(1500);
     let config = Config::default()
         .with_pd_endpoints([addr])
         .with_pd_timeout(Duration::from_millis(500))

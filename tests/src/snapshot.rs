@@ -269,11 +269,9 @@ pub async fn read_committed_reads_past_live_locks<H: Harness>(bed: Bed) {
     let lock_min_commit =
         || server.cluster().locks().iter().find(|l| l.lock_version == t2).map(|l| l.min_commit_ts);
 
-    let rc = tikv_driver::ReadOptions {
-        isolation_level: kvrpcpb::IsolationLevel::Rc,
-        not_fill_cache: true,
-        ..Default::default()
-    };
+    let rc = tikv_driver::ReadOptions::default()
+        .with_isolation_level(kvrpcpb::IsolationLevel::Rc)
+        .with_not_fill_cache(true);
     let snap = client.snapshot(client.current_timestamp().await.expect("ts")).with_read_options(rc);
     assert_eq!(snap.get("a").await.expect("RC get").as_deref(), Some(&b"a1"[..]));
     assert_eq!(snap.batch_get(["a"]).await.expect("RC batch_get"), vec![KvPair::new("a", "a1")]);

@@ -62,6 +62,7 @@ impl ReplicaReadType {
 /// prefer (client-go's `WithMatchLabels`: a store matches when it carries
 /// every one of them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaRead {
     /// The read type.
     pub read_type: ReplicaReadType,

@@ -19,6 +19,7 @@ use tikv_proto::kvrpcpb;
 /// assert_eq!(RequestSource::default().label(), "unknown");
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestSource {
     /// Issued by the system itself (GC, statistics, DDL) rather than a user.
     pub internal: bool,
@@ -68,6 +69,7 @@ impl RequestSource {
 /// The labels of one transaction, snapshot or operation. The default sends
 /// nothing beyond TiKV's defaults (normal priority, no group, no source).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestTags {
     /// `Context.priority`: TiKV's scheduler serves high before normal before
     /// low.
@@ -83,6 +85,30 @@ pub struct RequestTags {
 }
 
 impl RequestTags {
+    /// Schedules the requests at `priority` in TiKV.
+    pub fn with_priority(mut self, priority: kvrpcpb::CommandPri) -> RequestTags {
+        self.priority = priority;
+        self
+    }
+
+    /// Labels the requests with who sent them.
+    pub fn with_request_source(mut self, source: RequestSource) -> RequestTags {
+        self.request_source = Some(source);
+        self
+    }
+
+    /// Charges the requests to resource group `name`.
+    pub fn with_resource_group_name(mut self, name: impl Into<String>) -> RequestTags {
+        self.resource_group_name = Some(name.into());
+        self
+    }
+
+    /// Attaches opaque bytes TiKV attributes resource usage to.
+    pub fn with_resource_group_tag(mut self, tag: impl Into<Bytes>) -> RequestTags {
+        self.resource_group_tag = tag.into();
+        self
+    }
+
     /// True when stamping would change nothing.
     pub fn is_empty(&self) -> bool {
         *self == RequestTags::default()

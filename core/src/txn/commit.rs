@@ -177,6 +177,7 @@ pub fn lock_ttl(size_bytes: usize, elapsed: Duration) -> u64 {
 
 /// How a transaction commits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CommitOptions {
     /// Try async commit (client-go `SetEnableAsyncCommit`), if eligible.
     pub async_commit: bool,
@@ -196,6 +197,45 @@ pub struct CommitOptions {
     /// commit context). [`commit_keys`] and [`rollback_keys`] take them with
     /// [`KeyFanout::with_tags`].
     pub tags: RequestTags,
+}
+
+impl CommitOptions {
+    /// Tries async commit when the transaction is eligible.
+    pub fn with_async_commit(mut self, enabled: bool) -> CommitOptions {
+        self.async_commit = enabled;
+        self
+    }
+
+    /// Tries 1PC when every mutation fits one batch.
+    pub fn with_one_pc(mut self, enabled: bool) -> CommitOptions {
+        self.one_pc = enabled;
+        self
+    }
+
+    /// Skips the extra TSO round of async commit / 1PC.
+    pub fn with_causal_consistency(mut self, enabled: bool) -> CommitOptions {
+        self.causal_consistency = enabled;
+        self
+    }
+
+    /// Sets `Prewrite.assertion_level`.
+    pub fn with_assertion_level(mut self, level: kvrpcpb::AssertionLevel) -> CommitOptions {
+        self.assertion_level = level;
+        self
+    }
+
+    /// Sends heartbeats on the primary while committing transactions of at
+    /// least `bytes` (`None`: client-go's [`TTL_REFRESHED_TXN_SIZE`]).
+    pub fn with_heartbeat_threshold(mut self, bytes: Option<usize>) -> CommitOptions {
+        self.heartbeat_threshold = bytes;
+        self
+    }
+
+    /// Stamps `tags` into every request of the commit.
+    pub fn with_tags(mut self, tags: RequestTags) -> CommitOptions {
+        self.tags = tags;
+        self
+    }
 }
 
 /// How the commit went through.

@@ -114,6 +114,7 @@ impl LockWait {
 /// assert!(opts.return_values && !opts.check_existence);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockOptions {
     /// How long to wait for other transactions' locks.
     pub wait: LockWait,
@@ -135,6 +136,12 @@ impl LockOptions {
     /// Waits as long as TiKV allows; returns nothing.
     pub fn new() -> LockOptions {
         LockOptions::default()
+    }
+
+    /// Waits for other transactions' locks as `wait` says.
+    pub fn with_wait(mut self, wait: LockWait) -> LockOptions {
+        self.wait = wait;
+        self
     }
 
     /// Fails at once on a live lock.

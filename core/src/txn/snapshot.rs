@@ -27,6 +27,7 @@ pub const BATCH_GET_SIZE: usize = 5120;
 
 /// Read options of a snapshot (client-go `KVSnapshot` setters).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadOptions {
     /// `Context.isolation_level` (SI by default; RC reads the latest
     /// committed data and ignores locks).
@@ -41,6 +42,34 @@ pub struct ReadOptions {
     /// index on the leader, so it sees every commit before the read began;
     /// lock resolution always goes to the leaders.
     pub replica_read: ReplicaRead,
+}
+
+impl ReadOptions {
+    /// Reads at `level` (`Si` by default; `Rc` reads the latest committed
+    /// data and ignores locks).
+    pub fn with_isolation_level(mut self, level: kvrpcpb::IsolationLevel) -> ReadOptions {
+        self.isolation_level = level;
+        self
+    }
+
+    /// Asks TiKV not to fill its block cache with what the reads touch
+    /// (client-go `KVSnapshot.SetNotFillCache`).
+    pub fn with_not_fill_cache(mut self, not_fill_cache: bool) -> ReadOptions {
+        self.not_fill_cache = not_fill_cache;
+        self
+    }
+
+    /// Stamps `tags` into every request of the reads.
+    pub fn with_tags(mut self, tags: RequestTags) -> ReadOptions {
+        self.tags = tags;
+        self
+    }
+
+    /// Serves the reads from the replicas `read` chooses.
+    pub fn with_replica_read(mut self, read: ReplicaRead) -> ReadOptions {
+        self.replica_read = read;
+        self
+    }
 }
 
 /// What a snapshot read has learned about locks so far: transactions it may

@@ -167,7 +167,8 @@ fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
 /// connection is retried while PD is out of reach.
 async fn connect(sim: &Sim, raw_budget: Duration) -> Result<RawClient, String> {
     for _ in 0..100 {
-        let budgets = BackoffBudgets { raw: raw_budget, ..BackoffBudgets::default() };
+        let mut budgets = BackoffBudgets::default();
+        budgets.raw = raw_budget;
         match RawClient::connect_with_config(sim.config().with_backoff_budgets(budgets)).await {
             Ok(raw) => return Ok(raw.with_atomic_for_cas()),
             Err(_) => sim.sleep(std::time::Duration::from_millis(100)).await,

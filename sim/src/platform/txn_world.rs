@@ -254,7 +254,7 @@ async fn transact(
     id: usize,
     run: &mut TxnRun,
 ) -> TxnOutcome {
-    let options = TransactionOptions { commit: spec.opts.clone(), ..Default::default() };
+    let options = TransactionOptions::default().with_commit_options(spec.opts.clone());
     let mut txn = match client.begin_with_options(options).await {
         Ok(txn) => txn,
         // No start ts: nothing was written.

@@ -542,25 +542,27 @@ pub(crate) fn is_definite(e: &Error) -> bool {
 
 /// client-go's transactional backoff budgets scaled to `permille`.
 pub(crate) fn scaled_budgets(permille: u64) -> BackoffBudgets {
-    let d = BackoffBudgets::default();
     let s = |x: Duration| x * permille as u32 / 1000;
-    BackoffBudgets {
-        tso: s(d.tso),
-        get: s(d.get),
-        batch_get: s(d.batch_get),
-        scan: s(d.scan),
-        prewrite: s(d.prewrite),
-        commit: s(d.commit),
-        commit_secondary: s(d.commit_secondary),
-        cleanup: s(d.cleanup),
-        txn_heartbeat: s(d.txn_heartbeat),
-        get_txn_status: s(d.get_txn_status),
-        async_resolve_lock: s(d.async_resolve_lock),
-        locate_region: s(d.locate_region),
-        pessimistic_lock: s(d.pessimistic_lock),
-        pessimistic_rollback: s(d.pessimistic_rollback),
-        ..d
+    let mut b = BackoffBudgets::default();
+    for budget in [
+        &mut b.tso,
+        &mut b.get,
+        &mut b.batch_get,
+        &mut b.scan,
+        &mut b.prewrite,
+        &mut b.commit,
+        &mut b.commit_secondary,
+        &mut b.cleanup,
+        &mut b.txn_heartbeat,
+        &mut b.get_txn_status,
+        &mut b.async_resolve_lock,
+        &mut b.locate_region,
+        &mut b.pessimistic_lock,
+        &mut b.pessimistic_rollback,
+    ] {
+        *budget = s(*budget);
     }
+    b
 }
 
 impl World {
@@ -636,7 +638,7 @@ impl World {
             seq: 0,
             cluster,
             plan,
-            opts: RawOptions { atomic: true, ..RawOptions::default() },
+            opts: RawOptions::default().with_atomic(true),
             clients,
             history: History::default(),
             txn,

@@ -100,12 +100,10 @@ pub(crate) fn pick(rng: &mut Rng, params: &TxnParams) -> TxnSpec {
     };
     let async_commit = rng.gen_ratio(params.async_commit_permille, 1000);
     let one_pc = rng.gen_ratio(params.one_pc_permille, 1000);
-    let opts = CommitOptions {
-        async_commit,
-        one_pc,
-        causal_consistency: (async_commit || one_pc) && rng.gen_ratio(1, 5),
-        ..CommitOptions::default()
-    };
+    let opts = CommitOptions::default()
+        .with_async_commit(async_commit)
+        .with_one_pc(one_pc)
+        .with_causal_consistency((async_commit || one_pc) && rng.gen_ratio(1, 5));
     TxnSpec { kind, read_method: pick_read_method(rng), opts }
 }
 
@@ -327,7 +325,7 @@ impl PessProgram {
             keys: self.call.clone(),
             presumed_absent: Vec::new(),
             txn_elapsed: now.saturating_duration_since(self.began),
-            options: LockOptions { wait: self.kind.wait(), ..LockOptions::new().return_values() },
+            options: LockOptions::new().return_values().with_wait(self.kind.wait()),
             force_lock: matches!(self.kind, PessKind::Increment { fair: true, .. }),
             tags: RequestTags::default(),
         };

@@ -122,15 +122,13 @@ pub(crate) fn pick(rng: &mut Rng, params: &TxnParams, next_value: &mut u32) -> T
     let read_method = pick_read_method(rng);
     let async_commit = rng.gen_ratio(params.async_commit_permille, 1000);
     let one_pc = rng.gen_ratio(params.one_pc_permille, 1000);
-    let opts = CommitOptions {
-        async_commit,
-        one_pc,
-        causal_consistency: (async_commit || one_pc) && rng.gen_ratio(1, 5),
+    let opts = CommitOptions::default()
+        .with_async_commit(async_commit)
+        .with_one_pc(one_pc)
+        .with_causal_consistency((async_commit || one_pc) && rng.gen_ratio(1, 5))
         // Now and then a transaction keeps its primary alive with
         // heartbeats (client-go does it for large ones only).
-        heartbeat_threshold: rng.gen_ratio(1, 10).then_some(0),
-        ..CommitOptions::default()
-    };
+        .with_heartbeat_threshold(rng.gen_ratio(1, 10).then_some(0));
     TxnSpec { kind, read_method, opts }
 }
 
@@ -387,16 +385,14 @@ impl TxnProgram {
             _ => Vec::new(),
         };
         let own_read_keys = own_read_keys(&spec.kind, spec.read_method, &reads_wanted, keys);
-        let read_opts = ReadOptions {
-            // The broken variant reads at read-committed isolation, which
-            // ignores locks: it neither waits for nor resolves them.
-            isolation_level: if bug == Some(Bug::ReadThroughLocks) {
+        // The broken variant reads at read-committed isolation, which
+        // ignores locks: it neither waits for nor resolves them.
+        let read_opts =
+            ReadOptions::default().with_isolation_level(if bug == Some(Bug::ReadThroughLocks) {
                 kvrpcpb::IsolationLevel::Rc
             } else {
                 kvrpcpb::IsolationLevel::Si
-            },
-            ..ReadOptions::default()
-        };
+            });
         TxnProgram {
             view,
             id,

@@ -506,11 +506,9 @@ async fn interop_suite(report: &mut Report) -> Result<(), String> {
     let pd = server.pd_addrs();
     let peer = step("connect", TransactionClient::new(pd.clone()).await)?;
     // Short commit budget: the "crashed" writer gives up quickly.
-    let budgets = ours::BackoffBudgets {
-        commit: Duration::from_millis(300),
-        prewrite: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let mut budgets = ours::BackoffBudgets::default();
+    budgets.commit = Duration::from_millis(300);
+    budgets.prewrite = Duration::from_millis(300);
     let config = ours::Config::default().with_pd_endpoints(pd).with_backoff_budgets(budgets);
     let mine = ours::TransactionClient::connect_with_config(config)
         .await

@@ -855,11 +855,9 @@ async fn start(
     let cluster = server.cluster().clone();
     let pd = server.pd_addrs();
     // Short commit budgets: a "crashed" writer of ours gives up quickly.
-    let budgets = BackoffBudgets {
-        commit: Duration::from_millis(300),
-        prewrite: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let mut budgets = BackoffBudgets::default();
+    budgets.commit = Duration::from_millis(300);
+    budgets.prewrite = Duration::from_millis(300);
     let config = Config::default().with_pd_endpoints(pd.clone()).with_backoff_budgets(budgets);
     let mine = TransactionClient::connect_with_config(config)
         .await

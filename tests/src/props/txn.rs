@@ -438,12 +438,10 @@ pub fn committer(u: &mut Unstructured<'_>) -> Result<()> {
         })
         .collect();
     let primary = mutations[0].key.clone();
-    let opts = CommitOptions {
-        async_commit: u.arbitrary()?,
-        one_pc: u.arbitrary()?,
-        causal_consistency: u.arbitrary()?,
-        ..CommitOptions::default()
-    };
+    let opts = CommitOptions::default()
+        .with_async_commit(u.arbitrary()?)
+        .with_one_pc(u.arbitrary()?)
+        .with_causal_consistency(u.arbitrary()?);
     let config = &view.config;
     let budgets = config.backoff.prewrite + config.backoff.commit + config.backoff.tso;
     let op = Committer::new(
