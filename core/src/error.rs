@@ -381,6 +381,14 @@ pub enum RpcError {
     /// tried after a backoff), since one store's certificate may be wrong.
     #[error("TLS: {0}")]
     Tls(String),
+    /// An RPC interceptor of the caller refused to send the request (its
+    /// reason). The request never left the client, and the operation ends
+    /// with this error instead of retrying: the hook that refused it would
+    /// refuse the retry too. (client-go treats an interceptor's error as a
+    /// send failure and retries until the budget runs out; an interceptor
+    /// that wants that here returns [`RpcError::Unavailable`].)
+    #[error("rejected by an RPC interceptor: {0}")]
+    Rejected(String),
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ impl<P: Platform> TransactionClient<P> {
         limit: usize,
     ) -> Result<Vec<Lock>, Error> {
         let op = gc::scan_locks(&self.core.view, range.into(), max_ts, limit);
-        Ok(self.core.run("scan_locks", op).await?.locks)
+        Ok(self.core.run("scan_locks", op, &self.interceptors).await?.locks)
     }
 
     /// Resolves every lock in `range` whose transaction started at or
@@ -41,7 +41,7 @@ impl<P: Platform> TransactionClient<P> {
         max_ts: Timestamp,
     ) -> Result<RangeTaskStat, Error> {
         let op = gc::resolve_locks_for_range(&self.core.view, range.into(), max_ts);
-        Ok(self.core.run("resolve_locks_for_range", op).await?.stat)
+        Ok(self.core.run("resolve_locks_for_range", op, &self.interceptors).await?.stat)
     }
 
     /// One GC round towards `safe_point` (client-go `KVStore.GC`): advances
@@ -51,7 +51,7 @@ impl<P: Platform> TransactionClient<P> {
     /// to it, after which the stores may collect versions below it.
     pub async fn gc(&self, safe_point: Timestamp) -> Result<GcOutcome, Error> {
         let op = gc::Gc::new(&self.core.view, safe_point, RANGE_TASK_CONCURRENCY);
-        let outcome = self.core.run("gc", op).await?;
+        let outcome = self.core.run("gc", op, &self.interceptors).await?;
         if self.core.view.codec.keyspace_id().is_none() {
             // The round moved the unified txn safe point this client's
             // reads are checked against: no need to wait for the poller.
@@ -81,7 +81,7 @@ impl<P: Platform> TransactionClient<P> {
         notify_only: bool,
     ) -> Result<RangeTaskStat, Error> {
         let op = gc::delete_range(&self.core.view, range, notify_only, RANGE_TASK_CONCURRENCY)?;
-        self.core.run("delete_range", op).await
+        self.core.run("delete_range", op, &self.interceptors).await
     }
 
     /// Destroys every version of every key in `range` on every store that
@@ -91,7 +91,11 @@ impl<P: Platform> TransactionClient<P> {
     /// store that failed.
     pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
         self.core
-            .run("unsafe_destroy_range", UnsafeDestroyRange::new(&self.core.view, range.into()))
+            .run(
+                "unsafe_destroy_range",
+                UnsafeDestroyRange::new(&self.core.view, range.into()),
+                &self.interceptors,
+            )
             .await
     }
 
@@ -106,14 +110,27 @@ impl<P: Platform> TransactionClient<P> {
         scatter: bool,
     ) -> Result<SplitRegionsOutcome, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core.run("split_regions", SplitRegions::new(&self.core.view, keys, scatter)).await
+        self.core
+            .run(
+                "split_regions",
+                SplitRegions::new(&self.core.view, keys, scatter),
+                &self.interceptors,
+            )
+            .await
     }
 
     /// Asks PD to scatter the regions `region_ids` (client-go
     /// `ScatterRegions`); returns the ids PD could not scatter (empty when
     /// every region got its operator).
     pub async fn scatter_regions(&self, region_ids: Vec<u64>) -> Result<Vec<u64>, Error> {
-        match self.core.run("scatter_regions", scatter_regions(&self.core.view, region_ids)).await?
+        match self
+            .core
+            .run(
+                "scatter_regions",
+                scatter_regions(&self.core.view, region_ids),
+                &self.interceptors,
+            )
+            .await?
         {
             PdResponse::ScatterRegion(r) => Ok(r.failed_regions_id),
             other => Err(Error::malformed(format!("unexpected PD {}", other.name()))),
@@ -124,6 +141,6 @@ impl<P: Platform> TransactionClient<P> {
     /// `WaitScatterRegionFinish`, up to 2 minutes of polling).
     pub async fn wait_scatter_finish(&self, region_id: u64) -> Result<(), Error> {
         let op = WaitScatterFinish::new(&self.core.view, region_id, WAIT_SCATTER_BUDGET);
-        self.core.run("wait_scatter_finish", op).await
+        self.core.run("wait_scatter_finish", op, &self.interceptors).await
     }
 }

@@ -19,6 +19,7 @@ use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 
 use crate::collapse::Collapsing;
+use crate::interceptor::{Intercepted, Interceptors};
 use crate::observe;
 use crate::oracle::{ClientTransport, Oracle};
 use crate::{Background, Runtime, Transport, execute, spawn_periodic};
@@ -176,7 +177,8 @@ impl<P: Platform> ClientCore<P> {
     pub(crate) async fn check_visibility(&self, ts: Timestamp) -> Result<(), Error> {
         let mut cached = self.txn_safe_point.get(self.rt.now());
         if cached == CachedTxnSafePoint::Stale {
-            let loaded = self.run("load_txn_safe_point", LoadTxnSafePoint::new(&self.view)).await;
+            let load = LoadTxnSafePoint::new(&self.view);
+            let loaded = self.run("load_txn_safe_point", load, &Interceptors::default()).await;
             self.txn_safe_point.record(loaded, self.rt.now())?;
             cached = self.txn_safe_point.get(self.rt.now());
         }
@@ -210,15 +212,29 @@ impl<P: Platform> ClientCore<P> {
 
     /// Runs one operation to completion in the caller's task, in a span
     /// named by `kind` (see [`crate::observe`]).
+    /// Its store RPCs go through `chain` first.
     pub(crate) async fn run<O: Operation>(
         &self,
         kind: &'static str,
         op: O,
+        chain: &Interceptors,
     ) -> Result<O::Output, Error> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        execute_observed(kind, op, &self.rt, &*self.transport, own_budget).await
+        let transport = self.transport_through(chain);
+        execute_observed(kind, op, &self.rt, &*transport, own_budget).await
+    }
+
+    /// The transport an operation with `chain` sends through: the client's
+    /// own when the chain is empty (no cost per RPC), else the chain in
+    /// front of it.
+    fn transport_through(&self, chain: &Interceptors) -> Arc<dyn Transport> {
+        if chain.is_empty() {
+            self.transport.clone()
+        } else {
+            Arc::new(Intercepted { chain: chain.clone(), transport: self.transport.clone() })
+        }
     }
 
     /// [`ClientCore::run`] for an operation whose backoff is spread over
@@ -228,11 +244,13 @@ impl<P: Platform> ClientCore<P> {
         kind: &'static str,
         op: O,
         budgets: Budgets<O>,
+        chain: &Interceptors,
     ) -> Result<O::Output, Error> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        execute_observed(kind, op, &self.rt, &*self.transport, budgets).await
+        let transport = self.transport_through(chain);
+        execute_observed(kind, op, &self.rt, &*transport, budgets).await
     }
 
     /// Closes the client: new operations fail with [`Error::Closed`], the
@@ -259,13 +277,18 @@ impl<P: Platform> ClientCore<P> {
 
     /// Runs an operation in the background until it ends or the returned
     /// handle is dropped (a pessimistic transaction's TTL keep-alive).
-    pub(crate) fn spawn_op_until_dropped<O>(&self, task: &'static str, op: O) -> crate::Background
+    pub(crate) fn spawn_op_until_dropped<O>(
+        &self,
+        task: &'static str,
+        op: O,
+        chain: &Interceptors,
+    ) -> crate::Background
     where
         O: Operation + Send + 'static,
         O::Output: Send,
     {
         let rt = self.rt.clone();
-        let transport = self.transport.clone();
+        let transport = self.transport_through(chain);
         crate::background::spawn_until_dropped(&self.rt, async move {
             let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
             observe::background_result(task, &result);
@@ -276,13 +299,13 @@ impl<P: Platform> ClientCore<P> {
     /// Its failure is logged at WARN and counted, nothing more: the work is
     /// an optimisation the protocol does not depend on (readers resolve
     /// whatever it leaves).
-    pub(crate) fn spawn_op<O>(&self, task: &'static str, op: O)
+    pub(crate) fn spawn_op<O>(&self, task: &'static str, op: O, chain: &Interceptors)
     where
         O: Operation + Send + 'static,
         O::Output: Send,
     {
         let rt = self.rt.clone();
-        let transport = self.transport.clone();
+        let transport = self.transport_through(chain);
         let counted = InFlight::enter(&self.in_flight);
         self.rt.spawn(Box::pin(async move {
             let _counted = counted;

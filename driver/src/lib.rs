@@ -28,6 +28,7 @@ mod background;
 mod client;
 mod collapse;
 mod execute;
+pub mod interceptor;
 mod observe;
 mod oracle;
 mod raw;

@@ -11,6 +11,7 @@ use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
 use tikv_core::route::replica::ReplicaRead;
 
 use crate::client::{ClientCore, Platform};
+use crate::interceptor::{Interceptors, RpcInterceptor};
 
 pub use tikv_core::raw::{CasOutcome, RawChecksum};
 
@@ -34,11 +35,16 @@ pub use tikv_core::raw::{CasOutcome, RawChecksum};
 pub struct RawClient<P: Platform> {
     core: Arc<ClientCore<P>>,
     opts: RawOptions,
+    interceptors: Interceptors,
 }
 
 impl<P: Platform> Clone for RawClient<P> {
     fn clone(&self) -> Self {
-        RawClient { core: self.core.clone(), opts: self.opts.clone() }
+        RawClient {
+            core: self.core.clone(),
+            opts: self.opts.clone(),
+            interceptors: self.interceptors.clone(),
+        }
     }
 }
 
@@ -69,7 +75,11 @@ impl<P: Platform> RawClient<P> {
     /// and keyspace, timeouts, backoff budgets, ...).
     pub async fn connect_with_config(config: Config) -> Result<Self, Error> {
         let core = ClientCore::<P>::connect(config, Mode::Raw).await?;
-        Ok(RawClient { core: Arc::new(core), opts: RawOptions::default() })
+        Ok(RawClient {
+            core: Arc::new(core),
+            opts: RawOptions::default(),
+            interceptors: Interceptors::default(),
+        })
     }
 
     /// A handle that reads and writes column family `cf`.
@@ -99,6 +109,15 @@ impl<P: Platform> RawClient<P> {
         c
     }
 
+    /// A handle whose requests to the stores go through `interceptor`
+    /// after the ones already added (client-go's `RPCInterceptor`; see
+    /// [`crate::interceptor`]). Other handles are unaffected.
+    pub fn with_interceptor(&self, interceptor: impl RpcInterceptor) -> Self {
+        let mut c = self.clone();
+        c.interceptors = c.interceptors.with(interceptor);
+        c
+    }
+
     /// The PD cluster id (0 until PD has answered once).
     pub fn cluster_id(&self) -> u64 {
         self.core.view.pd.cluster_id()
@@ -122,7 +141,9 @@ impl<P: Platform> RawClient<P> {
     /// The value of `key`, or `None` if it does not exist (an existing empty
     /// value is `Some(empty)`).
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
-        self.core.run("raw_get", raw::get(&self.core.view, key.into(), &self.opts)).await
+        self.core
+            .run("raw_get", raw::get(&self.core.view, key.into(), &self.opts), &self.interceptors)
+            .await
     }
 
     /// The pairs that exist among `keys`, sorted by key.
@@ -131,7 +152,13 @@ impl<P: Platform> RawClient<P> {
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core.run("raw_batch_get", raw::batch_get(&self.core.view, keys, &self.opts)).await
+        self.core
+            .run(
+                "raw_batch_get",
+                raw::batch_get(&self.core.view, keys, &self.opts),
+                &self.interceptors,
+            )
+            .await
     }
 
     /// Writes `key = value`.
@@ -152,7 +179,9 @@ impl<P: Platform> RawClient<P> {
 
     async fn put_ttl_secs(&self, key: Key, value: Value, ttl: u64) -> Result<(), Error> {
         let pair = KvPair { key, value };
-        self.core.run("raw_put", raw::put(&self.core.view, pair, ttl, &self.opts)).await
+        self.core
+            .run("raw_put", raw::put(&self.core.view, pair, ttl, &self.opts), &self.interceptors)
+            .await
     }
 
     /// Writes many pairs; a key given twice keeps its last value.
@@ -161,7 +190,13 @@ impl<P: Platform> RawClient<P> {
         pairs: impl IntoIterator<Item = impl Into<KvPair>>,
     ) -> Result<(), Error> {
         let items = pairs.into_iter().map(|p| PutItem { pair: p.into(), ttl: 0 }).collect();
-        self.core.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
+        self.core
+            .run(
+                "raw_batch_put",
+                raw::batch_put(&self.core.view, items, &self.opts),
+                &self.interceptors,
+            )
+            .await
     }
 
     /// Writes many pairs, each with its own TTL (`ttls` pairs up with
@@ -181,12 +216,24 @@ impl<P: Platform> RawClient<P> {
             )));
         }
         let items = pairs.into_iter().zip(ttls).map(|(pair, ttl)| PutItem { pair, ttl }).collect();
-        self.core.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
+        self.core
+            .run(
+                "raw_batch_put",
+                raw::batch_put(&self.core.view, items, &self.opts),
+                &self.interceptors,
+            )
+            .await
     }
 
     /// Deletes `key` (deleting a missing key is not an error).
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
-        self.core.run("raw_delete", raw::delete(&self.core.view, key.into(), &self.opts)).await
+        self.core
+            .run(
+                "raw_delete",
+                raw::delete(&self.core.view, key.into(), &self.opts),
+                &self.interceptors,
+            )
+            .await
     }
 
     /// Deletes many keys.
@@ -196,7 +243,11 @@ impl<P: Platform> RawClient<P> {
     ) -> Result<(), Error> {
         let keys = keys.into_iter().map(Into::into).collect();
         self.core
-            .run("raw_batch_delete", raw::batch_delete(&self.core.view, keys, &self.opts))
+            .run(
+                "raw_batch_delete",
+                raw::batch_delete(&self.core.view, keys, &self.opts),
+                &self.interceptors,
+            )
             .await
     }
 
@@ -204,7 +255,11 @@ impl<P: Platform> RawClient<P> {
     /// regions, as in client-go).
     pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
         self.core
-            .run("raw_delete_range", raw::delete_range(&self.core.view, range.into(), &self.opts))
+            .run(
+                "raw_delete_range",
+                raw::delete_range(&self.core.view, range.into(), &self.opts),
+                &self.interceptors,
+            )
             .await
     }
 
@@ -247,7 +302,7 @@ impl<P: Platform> RawClient<P> {
 
     async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
         let op = raw::scan(&self.core.view, range, spec, &self.opts)?;
-        self.core.run("raw_scan", op).await
+        self.core.run("raw_scan", op, &self.interceptors).await
     }
 
     /// Scans several ranges, up to `each_limit` pairs from each, and
@@ -284,7 +339,11 @@ impl<P: Platform> RawClient<P> {
     pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>, Error> {
         let ttl = self
             .core
-            .run("raw_get_key_ttl", raw::get_key_ttl(&self.core.view, key.into(), &self.opts))
+            .run(
+                "raw_get_key_ttl",
+                raw::get_key_ttl(&self.core.view, key.into(), &self.opts),
+                &self.interceptors,
+            )
             .await?;
         Ok(ttl.map(Duration::from_secs))
     }
@@ -306,11 +365,13 @@ impl<P: Platform> RawClient<P> {
             0,
             &self.opts,
         )?;
-        self.core.run("raw_compare_and_swap", op).await
+        self.core.run("raw_compare_and_swap", op, &self.interceptors).await
     }
 
     /// CRC-64 XOR checksum, pair count and byte count over `range`.
     pub async fn checksum(&self, range: impl Into<KeyRange>) -> Result<RawChecksum, Error> {
-        self.core.run("raw_checksum", raw::checksum(&self.core.view, range.into())).await
+        self.core
+            .run("raw_checksum", raw::checksum(&self.core.view, range.into()), &self.interceptors)
+            .await
     }
 }

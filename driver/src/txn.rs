@@ -24,6 +24,7 @@ use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
 use tikv_proto::kvrpcpb;
 
 use crate::client::{ClientCore, Platform};
+use crate::interceptor::{Interceptors, RpcInterceptor};
 use crate::observe;
 use crate::scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 use crate::{Background, Runtime};
@@ -36,11 +37,14 @@ use crate::{Background, Runtime};
 /// optimistic [`Transaction`]s ([`TransactionClient::begin`]).
 pub struct TransactionClient<P: Platform> {
     pub(crate) core: Arc<ClientCore<P>>,
+    /// Around every store RPC of this handle, its transactions and
+    /// snapshots included.
+    pub(crate) interceptors: Interceptors,
 }
 
 impl<P: Platform> Clone for TransactionClient<P> {
     fn clone(&self) -> Self {
-        TransactionClient { core: self.core.clone() }
+        TransactionClient { core: self.core.clone(), interceptors: self.interceptors.clone() }
     }
 }
 
@@ -61,7 +65,31 @@ impl<P: Platform> TransactionClient<P> {
     /// Connects with an explicit configuration.
     pub async fn connect_with_config(config: Config) -> Result<Self, Error> {
         let core = ClientCore::<P>::connect(config, Mode::Txn).await?;
-        Ok(TransactionClient { core: Arc::new(core) })
+        Ok(TransactionClient { core: Arc::new(core), interceptors: Interceptors::default() })
+    }
+
+    /// A handle whose store RPCs, those of its transactions and snapshots
+    /// included, go through `interceptor` after the ones already added
+    /// (client-go's `RPCInterceptor`; see [`crate::interceptor`]). Other
+    /// handles are unaffected.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::interceptor::interceptor_fn;
+    /// let traced = client.with_interceptor(interceptor_fn("log", |rpc, next| {
+    ///     eprintln!("{} to store {}", rpc.request.name(), rpc.store_id);
+    ///     next.run(rpc)
+    /// }));
+    /// let mut txn = traced.begin().await?;
+    /// txn.put("k", "v")?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_interceptor(&self, interceptor: impl RpcInterceptor) -> Self {
+        TransactionClient {
+            core: self.core.clone(),
+            interceptors: self.interceptors.with(interceptor),
+        }
     }
 
     /// A fresh timestamp from PD's TSO, strictly greater than every
@@ -141,6 +169,7 @@ impl<P: Platform> TransactionClient<P> {
     fn transaction_at(&self, start: Timestamp, options: TransactionOptions) -> Transaction<P> {
         Transaction {
             core: self.core.clone(),
+            interceptors: self.interceptors.clone(),
             start_ts: start,
             started: self.core.rt.now(),
             buffer: MemBuffer::new(),
@@ -158,7 +187,12 @@ impl<P: Platform> TransactionClient<P> {
     /// A read-only view of the data as of `ts` (client-go
     /// `KVStore.GetSnapshot`).
     pub fn snapshot(&self, ts: Timestamp) -> Snapshot<P> {
-        Snapshot { core: self.core.clone(), ts, opts: ReadOptions::default() }
+        Snapshot {
+            core: self.core.clone(),
+            ts,
+            opts: ReadOptions::default(),
+            interceptors: self.interceptors.clone(),
+        }
     }
 }
 
@@ -170,11 +204,17 @@ pub struct Snapshot<P: Platform> {
     pub(crate) core: Arc<ClientCore<P>>,
     pub(crate) ts: Timestamp,
     pub(crate) opts: ReadOptions,
+    pub(crate) interceptors: Interceptors,
 }
 
 impl<P: Platform> Clone for Snapshot<P> {
     fn clone(&self) -> Self {
-        Snapshot { core: self.core.clone(), ts: self.ts, opts: self.opts.clone() }
+        Snapshot {
+            core: self.core.clone(),
+            ts: self.ts,
+            opts: self.opts.clone(),
+            interceptors: self.interceptors.clone(),
+        }
     }
 }
 
@@ -279,7 +319,14 @@ impl<P: Platform> Snapshot<P> {
     ) -> Result<O::Output, Error> {
         self.core.validate_read_ts(self.ts).await?;
         self.core.check_visibility(self.ts).await?;
-        self.core.run(kind, op).await
+        self.core.run(kind, op, &self.interceptors).await
+    }
+
+    /// This snapshot with its store RPCs going through `interceptor` after
+    /// the ones already set (client-go `KVSnapshot.AddRPCInterceptor`).
+    pub fn with_interceptor(mut self, interceptor: impl RpcInterceptor) -> Self {
+        self.interceptors = self.interceptors.with(interceptor);
+        self
     }
 }
 
@@ -418,6 +465,9 @@ impl TransactionOptions {
 /// back in the background.
 pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
+    /// Around every store RPC of the transaction, its background work
+    /// included.
+    interceptors: Interceptors,
     start_ts: Timestamp,
     started: tikv_core::time::Instant,
     pub(crate) buffer: MemBuffer,
@@ -524,6 +574,14 @@ impl<P: Platform> Transaction<P> {
         self.buffer.revert_to_checkpoint(checkpoint)
     }
 
+    /// Sends this transaction's store RPCs from now on, its reads, locks,
+    /// commit and background work, through `interceptor` after the ones
+    /// already added (client-go `KVTxn.AddRPCInterceptor`); one of the same
+    /// name is replaced.
+    pub fn add_interceptor(&mut self, interceptor: impl RpcInterceptor) {
+        self.interceptors = self.interceptors.with(interceptor);
+    }
+
     fn check_active(&self) -> Result<(), Error> {
         if self.finished {
             return Err(Error::InvalidArgument("the transaction is already finished".into()));
@@ -532,7 +590,12 @@ impl<P: Platform> Transaction<P> {
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot<P> {
-        Snapshot { core: self.core.clone(), ts: self.start_ts, opts: self.options.read.clone() }
+        Snapshot {
+            core: self.core.clone(),
+            ts: self.start_ts,
+            opts: self.options.read.clone(),
+            interceptors: self.interceptors.clone(),
+        }
     }
 
     /// The value of `key`: this transaction's own write if any, else the
@@ -844,17 +907,18 @@ impl<P: Platform> Transaction<P> {
             tags: self.options.commit.tags.clone(),
         };
         let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);
-        let result = self.core.run("txn_lock_keys", &mut op).await;
+        let result = self.core.run("txn_lock_keys", &mut op, &self.interceptors).await;
         self.for_update_ts = self.for_update_ts.max(for_update_ts);
         if let Some(rollback) = op.take_follow_up() {
             if matches!(result, Err(Error::Deadlock { retryable: true, .. })) {
                 // client-go waits for the rollback before a retryable
                 // deadlock is retried, so the other transaction gets the
                 // keys; the rollback's own failure changes nothing.
-                let rolled_back = self.core.run("pessimistic_rollback", rollback).await;
+                let rolled_back =
+                    self.core.run("pessimistic_rollback", rollback, &self.interceptors).await;
                 observe::background_result("pessimistic_rollback", &rolled_back);
             } else {
-                self.core.spawn_op("pessimistic_rollback", rollback);
+                self.core.spawn_op("pessimistic_rollback", rollback, &self.interceptors);
             }
         }
         if result.is_err() {
@@ -875,7 +939,9 @@ impl<P: Platform> Transaction<P> {
                 elapsed,
                 self.options.commit.tags.clone(),
             );
-            self.keep_alive = Some(self.core.spawn_op_until_dropped("txn_keep_alive", keep_alive));
+            let keep_alive =
+                self.core.spawn_op_until_dropped("txn_keep_alive", keep_alive, &self.interceptors);
+            self.keep_alive = Some(keep_alive);
             self.primary = Some(primary);
         }
         Ok(outcome)
@@ -1033,7 +1099,7 @@ impl<P: Platform> Transaction<P> {
             keys,
             &self.options.commit.tags,
         );
-        self.core.spawn_op("fair_locking_rollback", op);
+        self.core.spawn_op("fair_locking_rollback", op, &self.interceptors);
     }
 
     /// Locks `key` and returns its latest committed value, or this
@@ -1086,6 +1152,7 @@ impl<P: Platform> Transaction<P> {
                 core: self.core.clone(),
                 ts: self.for_update_ts.max(self.max_locked_with_conflict_ts),
                 opts: self.options.read.clone(),
+                interceptors: self.interceptors.clone(),
             };
             out.extend(snapshot.batch_get(read_again).await?);
             out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -1176,9 +1243,12 @@ impl<P: Platform> Transaction<P> {
         let started = self.core.rt.now();
         let result = self
             .core
-            .run_with_budgets("txn_commit", &mut committer, |c, report| {
-                c.budgets().for_each(&mut *report)
-            })
+            .run_with_budgets(
+                "txn_commit",
+                &mut committer,
+                |c, report| c.budgets().for_each(&mut *report),
+                &self.interceptors,
+            )
             .await;
         observe::commit_finished(
             &written,
@@ -1191,7 +1261,7 @@ impl<P: Platform> Transaction<P> {
             // Secondary commits after a success, the rollback of the
             // prewritten locks after a definite failure.
             let task = if result.is_ok() { "secondary_commit" } else { "commit_cleanup" };
-            self.core.spawn_op(task, follow_up);
+            self.core.spawn_op(task, follow_up, &self.interceptors);
         }
         result.map(|outcome| outcome.commit_ts)
     }
@@ -1206,7 +1276,7 @@ impl<P: Platform> Transaction<P> {
         self.finished = true;
         self.keep_alive = None;
         match self.pessimistic_rollback() {
-            Some(op) => self.core.run("txn_rollback", op).await,
+            Some(op) => self.core.run("txn_rollback", op, &self.interceptors).await,
             None => Ok(()),
         }
     }
@@ -1226,7 +1296,7 @@ impl<P: Platform> Drop for Transaction<P> {
         }
         self.keep_alive = None;
         if let Some(op) = self.pessimistic_rollback() {
-            self.core.spawn_op("dropped_txn_rollback", op);
+            self.core.spawn_op("dropped_txn_rollback", op, &self.interceptors);
         }
     }
 }

@@ -86,6 +86,8 @@ pub use platform::{
     AsyncStd, RawClient, Scanner, Snapshot, Transaction, TransactionClient, TxnScanner,
 };
 pub use runtime::AsyncStdRuntime;
+/// RPC interceptors: user hooks around every store RPC.
+pub use tikv_driver::interceptor;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
     DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,

@@ -97,6 +97,8 @@ pub use platform::{
     RawClient, Scanner, Snapshot, Tokio, Transaction, TransactionClient, TxnScanner,
 };
 pub use runtime::TokioRuntime;
+/// RPC interceptors: user hooks around every store RPC.
+pub use tikv_driver::interceptor;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
     DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,

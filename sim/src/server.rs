@@ -134,6 +134,7 @@ fn to_status(e: RpcError) -> Status {
         RpcError::NoTimestamp(e) => Status::unavailable(e.to_string()),
         RpcError::NotNetwork(m) => Status::invalid_argument(format!("{m} is not a network call")),
         RpcError::Tls(m) => Status::unavailable(m),
+        RpcError::Rejected(m) => Status::permission_denied(m),
     }
 }
 

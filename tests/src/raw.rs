@@ -60,6 +60,7 @@ macro_rules! raw_suite {
             api_v2_keyspace_with_ttl,
             requests_ride_batch_streams_and_survive_a_store_outage,
             close_stops_the_client_and_its_clones,
+            interceptors_see_and_refuse_raw_rpcs,
         );
         $crate::raw_suite!(@without_cluster $harness, $bed;
             connecting_to_an_unreachable_pd_fails_with_a_pd_timeout,
@@ -292,6 +293,48 @@ pub async fn column_families_are_separate<H: Harness>(bed: Bed) {
     lock.delete("a").await.expect("delete");
     assert_eq!(lock.get("a").await.expect("get"), None);
     assert_eq!(client.get("a").await.expect("get").as_deref(), Some(&b"default"[..]));
+    server.shutdown().await;
+}
+
+/// A raw client's interceptor sees each of its store RPCs, and a refused
+/// one fails the call at once without reaching the store; clients without
+/// it are unaffected.
+pub async fn interceptors_see_and_refuse_raw_rpcs<H: Harness>(bed: Bed) {
+    use futures::FutureExt;
+    use tikv_driver::RpcError;
+    use tikv_driver::interceptor::{KvRequest, interceptor_fn};
+
+    let server = start(bed, SimApi::V1, vec![b"m".to_vec()]).await;
+    let client = RawClient::<H>::connect_with_config(config(&server)).await.expect("connect");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let intercepted = {
+        let seen = seen.clone();
+        client.with_interceptor(interceptor_fn("no-deletes", move |rpc, next| {
+            seen.lock().unwrap().push(rpc.request.name().to_string());
+            if matches!(rpc.request, KvRequest::RawDelete(_)) {
+                return futures::future::ready(Err(RpcError::Rejected("read-only".into()))).boxed();
+            }
+            next.run(rpc)
+        }))
+    };
+    intercepted.put("a", "1").await.expect("put");
+    assert_eq!(intercepted.get("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(intercepted.batch_get(["a", "z"]).await.expect("batch_get").len(), 1);
+    match intercepted.delete("a").await {
+        Err(Error::Rpc(RpcError::Rejected(reason))) => assert_eq!(reason, "read-only"),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // `a` and `z` are in different regions: one batch get per region.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["raw_put", "raw_get", "raw_batch_get", "raw_batch_get", "raw_delete"]
+    );
+    let stores = server.cluster().store_ids();
+    let deletes: u64 =
+        stores.iter().map(|s| server.cluster().kv_request_count(*s, "raw_delete", None)).sum();
+    assert_eq!(deletes, 0, "the refused delete never reached a store");
+    client.delete("a").await.expect("the plain client is not intercepted");
+    assert_eq!(seen.lock().unwrap().len(), 5);
     server.shutdown().await;
 }
 

@@ -58,6 +58,7 @@ macro_rules! txn_suite {
             a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
             begin_at_a_chosen_ts_checkpoints_and_introspection,
             fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them,
+            interceptors_see_change_and_refuse_store_rpcs,
         );
     };
 }
@@ -777,4 +778,89 @@ pub async fn fair_locking_takes_contended_locks_over_newer_writes_and_reuses_the
     assert!(matches!(refused.commit().await, Err(Error::InvalidArgument(_))));
     until_lockable::<H>(&client, "r").await;
     server.shutdown().await;
+}
+
+/// RPC interceptors (client-go `RPCInterceptor`): a client's interceptor
+/// sees every store RPC of its transactions, the background secondary
+/// commit included, and nothing of other handles; a snapshot's interceptor
+/// changes what the store is asked; a transaction's interceptor that
+/// refuses the prewrite ends the commit at once with `Rejected`, having
+/// sent nothing.
+pub async fn interceptors_see_change_and_refuse_store_rpcs<H: Harness>(bed: Bed) {
+    use futures::FutureExt;
+    use tikv_driver::RpcError;
+    use tikv_driver::interceptor::{KvRequest, interceptor_fn};
+
+    let (server, client) = start::<H>(bed, vec![b"g".to_vec()]).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let counted = {
+        let seen = seen.clone();
+        client.with_interceptor(interceptor_fn("count", move |rpc, next| {
+            seen.lock().unwrap().push(rpc.request.name().to_string());
+            next.run(rpc)
+        }))
+    };
+    let commits = || seen.lock().unwrap().iter().filter(|c| *c == "kv_commit").count();
+
+    // Two regions: the primary's commit in the foreground, the
+    // secondary's in the background, both through the interceptor.
+    let mut t = counted.begin().await.expect("begin");
+    t.put("a", "1").expect("put");
+    t.put("h", "2").expect("put");
+    t.commit().await.expect("commit");
+    for _ in 0..200 {
+        if commits() == 2 {
+            break;
+        }
+        H::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let names = seen.lock().unwrap().clone();
+    assert_eq!(names.iter().filter(|c| *c == "kv_prewrite").count(), 2, "{names:?}");
+    assert_eq!(commits(), 2, "primary and secondary commits: {names:?}");
+
+    // The handle without the interceptor is unaffected.
+    let before = seen.lock().unwrap().len();
+    let mut t = client.begin().await.expect("begin");
+    t.put("b", "3").expect("put");
+    t.commit().await.expect("commit");
+    assert_eq!(seen.lock().unwrap().len(), before, "other handles are not intercepted");
+
+    // A snapshot interceptor that asks for another key than the caller.
+    let ts = client.current_timestamp().await.expect("ts");
+    let redirected =
+        client.snapshot(ts).with_interceptor(interceptor_fn("redirect", |mut rpc, next| {
+            if let KvRequest::Get(get) = &mut rpc.request {
+                // Same region: the request still goes to the right one.
+                get.key = b"b".to_vec().into();
+            }
+            next.run(rpc)
+        }));
+    assert_eq!(redirected.get("a").await.expect("get").as_deref(), Some(&b"3"[..]));
+
+    // A refused prewrite: the commit fails at once, nothing reached the
+    // stores, so the old value stays readable without waiting for a lock.
+    let prewrites = || -> u64 {
+        let cluster = server.cluster();
+        cluster
+            .store_ids()
+            .into_iter()
+            .map(|s| cluster.kv_request_count(s, "kv_prewrite", None))
+            .sum()
+    };
+    let sent_before = prewrites();
+    let mut t = counted.begin().await.expect("begin");
+    t.add_interceptor(interceptor_fn("deny", |rpc, next| {
+        if matches!(rpc.request, KvRequest::Prewrite(_)) {
+            return futures::future::ready(Err(RpcError::Rejected("over quota".into()))).boxed();
+        }
+        next.run(rpc)
+    }));
+    t.put("a", "refused").expect("put");
+    match t.commit().await {
+        Err(Error::Rpc(RpcError::Rejected(reason))) => assert_eq!(reason, "over quota"),
+        other => panic!("expected the interceptor's refusal, got {other:?}"),
+    }
+    assert_eq!(prewrites(), sent_before, "no prewrite left the client");
+    let ts = client.current_timestamp().await.expect("ts");
+    assert_eq!(client.snapshot(ts).get("a").await.expect("get").as_deref(), Some(&b"1"[..]));
 }

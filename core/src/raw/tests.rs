@@ -304,6 +304,25 @@ fn send_failure_backs_off_and_follows_the_new_leader() {
     insta::assert_snapshot!(log);
 }
 
+/// A request an interceptor refused ends the call at once: no backoff, no
+/// other peer, no store marked unreachable.
+#[test]
+fn a_request_rejected_by_an_interceptor_ends_the_call_without_retry() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    c.fault("raw_get", Fault::Rpc(RpcError::Rejected("quota".into())));
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result, Err(Error::Rpc(RpcError::Rejected("quota".into()))), "{log}");
+    assert_eq!(log.matches("send #").count(), 1, "one attempt only:\n{log}");
+    assert!(!log.contains("backoff"), "no backoff:\n{log}");
+    // The store is still a good target for the next call.
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    assert_eq!(log.matches("send #").count(), 1, "{log}");
+}
+
 #[test]
 fn persistent_send_failures_exhaust_the_budget_with_a_typed_error() {
     let mut c = FakeCluster::new(&[]);

@@ -617,6 +617,9 @@ impl RegionCall {
                     Ok(Response::Pd(_) | Response::Timestamp(_)) => {
                         self.finish(Err(Error::Rpc(RpcError::Mismatch)))
                     }
+                    // Never sent: not a lost answer, and a retry would be
+                    // refused the same way.
+                    Err(e @ RpcError::Rejected(_)) => self.finish(Err(Error::Rpc(e))),
                     Err(RpcError::DeadlineExceeded) if self.has_configurable_read_timeout() => {
                         // client-go `onReadReqConfigurableTimeout`: another
                         // replica at once, no backoff, no store invalidation.
