@@ -70,6 +70,7 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod exec_details;
 pub mod gc;
 pub mod key;
 pub mod lock;

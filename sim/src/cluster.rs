@@ -1135,6 +1135,10 @@ impl State {
             return Ok(KvAnswer::Ready(resp));
         }
         let now_secs = self.ttl_now(now);
+        let get_key_len = match &req {
+            KvRequest::Get(r) => r.key.len(),
+            _ => 0,
+        };
         let resp = match req {
             KvRequest::RawGet(r) => {
                 KvResponse::RawGet(Box::new(self.raw_get(store_id, *r, now_secs)))
@@ -1223,7 +1227,7 @@ impl State {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }
         };
-        Ok(KvAnswer::Ready(resp))
+        Ok(KvAnswer::Ready(with_read_details(resp, get_key_len)))
     }
 
     /// raftstore's proposal checks, in TiKV's order: store id
@@ -1401,4 +1405,36 @@ pub(crate) fn key_not_in_region(key: &[u8], region: &metapb::Region) -> errorpb:
         }),
         ..Default::default()
     }
+}
+
+/// TiKV's `ExecDetailsV2.scan_detail_v2` on point reads: the versions read
+/// and their bytes (key + value; `get_key_len` is a `Get`'s key, which its
+/// answer does not carry). The model has no engine timings to report, so
+/// the time and write details stay empty.
+fn with_read_details(mut resp: KvResponse, get_key_len: usize) -> KvResponse {
+    let read = |pairs: &mut dyn Iterator<Item = usize>| {
+        let (count, bytes) = pairs.fold((0u64, 0u64), |(n, b), size| (n + 1, b + size as u64));
+        Some(kvrpcpb::ExecDetailsV2 {
+            scan_detail_v2: Some(kvrpcpb::ScanDetailV2 {
+                processed_versions: count,
+                processed_versions_size: bytes,
+                total_versions: count,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    match &mut resp {
+        KvResponse::Get(r) if r.region_error.is_none() && r.error.is_none() => {
+            let size = (!r.not_found).then_some(get_key_len + r.value.len());
+            r.exec_details_v2 = read(&mut size.into_iter());
+        }
+        KvResponse::BatchGet(r) if r.region_error.is_none() => {
+            let mut sizes =
+                r.pairs.iter().filter(|p| p.error.is_none()).map(|p| p.key.len() + p.value.len());
+            r.exec_details_v2 = read(&mut sizes);
+        }
+        _ => {}
+    }
+    resp
 }

@@ -59,6 +59,7 @@ macro_rules! txn_suite {
             begin_at_a_chosen_ts_checkpoints_and_introspection,
             fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them,
             interceptors_see_change_and_refuse_store_rpcs,
+            exec_details_sum_what_each_read_processed,
         );
     };
 }
@@ -863,4 +864,40 @@ pub async fn interceptors_see_change_and_refuse_store_rpcs<H: Harness>(bed: Bed)
     assert_eq!(prewrites(), sent_before, "no prewrite left the client");
     let ts = client.current_timestamp().await.expect("ts");
     assert_eq!(client.snapshot(ts).get("a").await.expect("get").as_deref(), Some(&b"1"[..]));
+}
+
+/// Execution details (client-go `ExecDetails`): a collector added to a
+/// snapshot sums the `ExecDetailsV2` of its reads' answers (the simulator
+/// reports the versions a point read processed and their bytes), and a
+/// transaction's collector sees its commit's requests.
+pub async fn exec_details_sum_what_each_read_processed<H: Harness>(bed: Bed) {
+    use tikv_driver::ExecDetailsCollector;
+
+    let (_server, client) = start::<H>(bed, vec![b"g".to_vec()]).await;
+    let writes = ExecDetailsCollector::new();
+    let mut t = client.begin().await.expect("begin");
+    t.add_interceptor(writes.clone());
+    for (k, v) in [("a", "1"), ("b", "22"), ("h", "333")] {
+        t.put(k, v).expect("put");
+    }
+    t.commit().await.expect("commit");
+    // Two prewrites and the primary's commit at least (the secondary's
+    // commit runs in the background and may not have answered yet).
+    assert!(writes.details().requests >= 3, "{:?}", writes.details());
+
+    let reads = ExecDetailsCollector::new();
+    let ts = client.current_timestamp().await.expect("ts");
+    let snapshot = client.snapshot(ts).with_interceptor(reads.clone());
+    let pairs = snapshot.batch_get(["a", "b", "h", "zz"]).await.expect("batch_get");
+    assert_eq!(pairs.len(), 3);
+    let d = reads.take();
+    // A BatchGet per region (two here, more on the real PD bed, which
+    // starts with regions of its own); three versions of key + value bytes.
+    assert!(d.with_details >= 2 && d.requests >= d.with_details, "{d:?}");
+    assert_eq!((d.scan.processed_keys, d.scan.processed_keys_size), (3, 2 + 3 + 4), "{d:?}");
+    assert_eq!(snapshot.get("b").await.expect("get").as_deref(), Some(&b"22"[..]));
+    let d = reads.take();
+    assert_eq!((d.requests, d.scan.processed_keys, d.scan.processed_keys_size), (1, 1, 3));
+    assert_eq!(snapshot.get("nothing").await.expect("get"), None);
+    assert_eq!(reads.take().scan.processed_keys, 0, "a missing key processes no version");
 }
