@@ -382,6 +382,35 @@ impl State {
         }
     }
 
+    /// The deprecated `UpdateGCSafePoint`, which client-go's `KVStore.GC`
+    /// still ends with: PD's `CompatibleUpdateGCSafePoint` on the null
+    /// keyspace. A smaller target changes nothing and answers the current
+    /// GC safe point (callers pass 0 to read it); a target past the txn
+    /// safe point fails the call with a gRPC error, as PD returns its
+    /// error instead of a header; otherwise as `AdvanceGCSafePoint`.
+    pub(crate) fn update_gc_safe_point(
+        &mut self,
+        r: &pdpb::UpdateGcSafePointRequest,
+    ) -> Result<pdpb::UpdateGcSafePointResponse, tikv_core::rpc::RpcError> {
+        let old = self.pd.gc.get(NULL_KEYSPACE_ID).gc_safe_point;
+        if r.safe_point < old {
+            return Ok(pdpb::UpdateGcSafePointResponse {
+                header: self.header(),
+                new_safe_point: old,
+            });
+        }
+        let advance =
+            pdpb::AdvanceGcSafePointRequest { target: r.safe_point, ..Default::default() };
+        let answer = self.advance_gc_safe_point(&advance);
+        if let Some(e) = answer.header.and_then(|h| h.error) {
+            return Err(tikv_core::rpc::RpcError::Status {
+                code: 2, // gRPC Unknown: PD's errors carry no other code
+                message: e.message,
+            });
+        }
+        Ok(pdpb::UpdateGcSafePointResponse { header: self.header(), new_safe_point: r.safe_point })
+    }
+
     /// `SetGCBarrier`: a positive TTL (`i64::MAX`-ish TTLs never expire),
     /// not the reserved or empty id, not behind the txn safe point.
     pub(crate) fn set_gc_barrier(

@@ -221,6 +221,10 @@ impl State {
                 self.validate(member, r.header.as_ref())?;
                 PdResponse::AdvanceGcSafePoint(Box::new(self.advance_gc_safe_point(&r)))
             }
+            PdRequest::UpdateGcSafePoint(r) => {
+                self.validate(member, r.header.as_ref())?;
+                PdResponse::UpdateGcSafePoint(Box::new(self.update_gc_safe_point(&r)?))
+            }
             PdRequest::SetGcBarrier(r) => {
                 self.validate(member, r.header.as_ref())?;
                 PdResponse::SetGcBarrier(Box::new(self.set_gc_barrier(&r, now)))

@@ -221,6 +221,41 @@ fn gc_safe_point_follows_the_txn_safe_point() {
     assert_eq!((s.txn_safe_point, s.gc_safe_point), (100, 80));
 }
 
+/// The deprecated `UpdateGCSafePoint` (client-go's `KVStore.GC` ends with
+/// it) is PD's compatible advance: a smaller target answers the current
+/// value without an error, one past the txn safe point fails the call, and
+/// an accepted one collects as `AdvanceGCSafePoint` does.
+#[test]
+fn update_gc_safe_point_is_the_compatible_advance() {
+    let c = cluster();
+    write(&c, Op::Put, b"a", b"a10", 9, 10);
+    write(&c, Op::Put, b"a", b"a20", 19, 20);
+    advance_txn(&c, None, 100, T0);
+    let update = |target: u64| {
+        let req = pdpb::UpdateGcSafePointRequest { header: header(&c), safe_point: target };
+        c.handle_pd(0, PdRequest::UpdateGcSafePoint(Box::new(req)), T0)
+    };
+    match update(101) {
+        Err(tikv_core::rpc::RpcError::Status { code: 2, message }) => {
+            assert!(message.contains("ErrGCSafePointExceedsTxnSafePoint"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match update(50) {
+        Ok(PdResponse::UpdateGcSafePoint(r)) => {
+            assert_eq!((error_message(&r.header), r.new_safe_point), (None, 50));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.write_records(b"a"), vec![(20, WriteKind::Put)]);
+    match update(0) {
+        Ok(PdResponse::UpdateGcSafePoint(r)) => assert_eq!(r.new_safe_point, 50),
+        other => panic!("{other:?}"),
+    }
+    let s = gc_state(&c, None, T0).gc_state.unwrap();
+    assert_eq!((s.txn_safe_point, s.gc_safe_point), (100, 50));
+}
+
 #[test]
 fn keyspaces_without_keyspace_level_gc_share_the_unified_state() {
     let c = cluster();

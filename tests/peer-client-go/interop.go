@@ -35,9 +35,17 @@ package main
 //	lock-ttl MS                           client-go's ManagedLockTTL for later
 //	                                      pessimistic transactions -> ok
 //
+//	gc SAFE_POINT                         one GC round (KVStore.GC: advance the txn safe
+//	                                      point, resolve every lock at or below it, then
+//	                                      UpdateGCSafePoint) -> ok NEW_GC_SAFE_POINT
+//	get-at TS K...                        reads each key from a snapshot at TS (client-go
+//	                                      checks TS against its cached txn safe point)
+//	                                      -> ok VALUE..., or err aborted-by-gc ... when
+//	                                      TS is below the txn safe point
 // Keys and values are hex. An error answers `err MESSAGE` (one line); a
 // pessimistic lock's typed failures answer `err deadlock ...`,
-// `err lock-wait-timeout ...` or `err no-wait ...`.
+// `err lock-wait-timeout ...` or `err no-wait ...`; a read refused below the
+// txn safe point answers `err aborted-by-gc ...`.
 
 import (
 	"bufio"
@@ -359,6 +367,54 @@ func (s *interopServer) get(ctx context.Context, args []string) (string, error) 
 	return strings.Join(out, " "), nil
 }
 
+// gc runs one round of client-go's own GC at the given safe point.
+func (s *interopServer) gc(ctx context.Context, args []string) (string, error) {
+	if len(args) != 1 {
+		return "", errors.New("usage: gc SAFE_POINT")
+	}
+	safePoint, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("SAFE_POINT: %v", err)
+	}
+	newSafePoint, err := s.cli.GC(ctx, safePoint)
+	if err != nil {
+		return "", err
+	}
+	return strconv.FormatUint(newSafePoint, 10), nil
+}
+
+// getAt reads keys from one snapshot at a given ts.
+func (s *interopServer) getAt(ctx context.Context, args []string) (string, error) {
+	if len(args) < 2 {
+		return "", errors.New("usage: get-at TS K...")
+	}
+	ts, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("TS: %v", err)
+	}
+	snapshot := s.cli.GetSnapshot(ts)
+	out := make([]string, 0, len(args)-1)
+	for _, a := range args[1:] {
+		key, err := hex.DecodeString(a)
+		if err != nil {
+			return "", fmt.Errorf("key %q: %v", a, err)
+		}
+		v, err := snapshot.Get(ctx, key)
+		var aborted *tikverr.ErrTxnAbortedByGC
+		switch {
+		case errors.As(err, &aborted):
+			return "", fmt.Errorf("aborted-by-gc txn safe point %d: %v", aborted.TxnSafePoint, err)
+		case tikverr.IsErrNotFound(err):
+			out = append(out, "-")
+		case err != nil:
+			return "", err
+		default:
+			out = append(out, "x"+hex.EncodeToString(v.Value))
+		}
+	}
+	return strings.Join(out, " "), nil
+}
+
 // prewrite runs the first phase of a commit through client-go's test probes
 // and stops there (optionally after committing the primary), leaving its
 // locks as a crashed client-go writer would.
@@ -452,6 +508,10 @@ func (s *interopServer) serve(ctx context.Context, in io.Reader, out io.Writer) 
 			answer, err = s.pcrash(fields[1:])
 		case "lock-ttl":
 			answer, err = s.lockTTL(fields[1:])
+		case "gc":
+			answer, err = s.gc(stepCtx, fields[1:])
+		case "get-at":
+			answer, err = s.getAt(stepCtx, fields[1:])
 		case "quit":
 			cancel()
 			return nil

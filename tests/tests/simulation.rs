@@ -16,6 +16,14 @@
 //!   isolation with the pessimistic guarantee, the bank invariant, no lost
 //!   update on the counters, one victim per deadlock, honest outcomes and
 //!   liveness.
+//! - GC worlds: the transactional workload with a GC client beside it: GC
+//!   rounds (client-go `KVStore.GC` on the core machine) that resolve the
+//!   locks crashed writers left, readers at old timestamps that check the
+//!   txn safe point, and `delete_range` over a scratch range; checked for
+//!   no committed data at or above a safe point lost, no lock at or below
+//!   it left after a round, readers below the txn safe point refused and
+//!   the others served the committed data, an empty range after
+//!   `delete_range`, and everything the transactional world checks.
 //!
 //! - `TIKV_SIM_SEED=<n>` reruns one seed of each workload and prints its
 //!   trace (`cargo test -p tikv-tests --test simulation txn_seeds_pass --
@@ -179,6 +187,40 @@ fn txn_seeds_pass() {
     }
 }
 
+#[test]
+fn gc_seeds_pass() {
+    if rerun_one(Workload::Gc) {
+        return;
+    }
+    let mut gc = world::GcStats::default();
+    let (mut crashes, mut faults) = (0usize, 0usize);
+    let seeds = sweep(Workload::Gc, |report| {
+        let g = &report.stats.gc;
+        crashes += report.stats.crashes;
+        faults += report.stats.faults;
+        gc.rounds.0 += g.rounds.0;
+        gc.rounds.1 += g.rounds.1;
+        gc.locks_below_safe_point += g.locks_below_safe_point;
+        gc.collected_versions += g.collected_versions;
+        gc.reads_served += g.reads_served;
+        gc.reads_refused += g.reads_refused;
+        gc.reads_failed += g.reads_failed;
+        gc.delete_ranges.0 += g.delete_ranges.0;
+        gc.delete_ranges.1 += g.delete_ranges.1;
+    });
+    println!("{seeds} GC seeds: {crashes} client crashes, {faults} faults, {gc:?}");
+    // Not vacuous: rounds collected versions and resolved locks crashed
+    // writers left, readers were both served and refused, and ranges were
+    // deleted, all under faults.
+    if seeds >= 200 {
+        assert!(faults > seeds as usize && crashes > 0, "{gc:?}");
+        assert!(gc.rounds.0 > seeds as usize && gc.collected_versions > seeds as usize, "{gc:?}");
+        assert!(gc.locks_below_safe_point > 0, "no round met a crashed writer's lock: {gc:?}");
+        assert!(gc.reads_served > 0 && gc.reads_refused > 0, "{gc:?}");
+        assert!(gc.delete_ranges.0 > 0, "{gc:?}");
+    }
+}
+
 /// Counters over a pessimistic sweep.
 #[derive(Default, Debug)]
 struct PessSums {
@@ -258,7 +300,7 @@ fn pess_seeds_pass() {
 
 #[test]
 fn same_seed_gives_a_byte_identical_trace() {
-    for workload in [Workload::Raw, Workload::Txn, Workload::Pessimistic] {
+    for workload in [Workload::Raw, Workload::Txn, Workload::Pessimistic, Workload::Gc] {
         for seed in [7, 1234] {
             let cfg = WorldConfig { seed, trace: true, workload, ..WorldConfig::default() };
             let a = world::run(cfg.clone());
@@ -363,6 +405,52 @@ fn checkers_catch_success_reported_before_the_primary_commit() {
     let report = first_caught(Bug::SuccessBeforePrimaryCommit, 300);
     assert!(
         report.violations.iter().any(|v| v.starts_with("si: outcome")),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn checker_catches_gc_collecting_past_the_safe_point() {
+    let report = first_caught(Bug::GcCollectsPastSafePoint, 300);
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("gc: collecting at safe point")),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn checkers_catch_readers_that_skip_the_txn_safe_point_check() {
+    let report = first_caught(Bug::SkipVisibilityCheck, 300);
+    assert!(
+        report.violations.iter().any(|v| v.contains("below the txn safe point was served")),
+        "{:?}",
+        report.violations
+    );
+    // And what it was served was not the data committed at its ts.
+    assert!(
+        report.violations.iter().any(|v| v.contains("the committed versions say")),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn checker_catches_a_gc_round_that_leaves_locks() {
+    let report = first_caught(Bug::ScanLockMissesLocks, 300);
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("gc: txn") && v.contains("survived")),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[test]
+fn checker_catches_a_delete_range_not_applied() {
+    let report = first_caught(Bug::DeleteRangeNotApplied, 300);
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("gc: delete_range completed but left")),
         "{:?}",
         report.violations
     );

@@ -211,6 +211,7 @@ fn response_template(req: &PdRequest) -> PdResponse {
         PdRequest::GetGcState(_) => PdResponse::GetGcState(Default::default()),
         PdRequest::AdvanceTxnSafePoint(_) => PdResponse::AdvanceTxnSafePoint(Default::default()),
         PdRequest::AdvanceGcSafePoint(_) => PdResponse::AdvanceGcSafePoint(Default::default()),
+        PdRequest::UpdateGcSafePoint(_) => PdResponse::UpdateGcSafePoint(Default::default()),
         PdRequest::SetGcBarrier(_) => PdResponse::SetGcBarrier(Default::default()),
         PdRequest::DeleteGcBarrier(_) => PdResponse::DeleteGcBarrier(Default::default()),
         PdRequest::ScatterRegion(_) => PdResponse::ScatterRegion(Default::default()),

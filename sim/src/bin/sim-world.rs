@@ -1,13 +1,15 @@
 //! Runs deterministic worlds ([`tikv_sim::world`]) and reports throughput.
 //!
 //! ```text
-//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess] [SEEDS] [FIRST]
-//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess]
+//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc] [SEEDS] [FIRST]
+//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc]
 //! ```
 //!
 //! `--raw` (the default) runs the raw workload, `--txn` the transactional one,
 //! `--pess` the pessimistic one (then also lock waits, deadlock victims and
-//! lock calls that gave up waiting are counted). With
+//! lock calls that gave up waiting are counted), `--gc` the transactional
+//! one with GC rounds, old readers and `delete_range` beside it (then the
+//! GC client's work is counted). With
 //! `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
 //! runs `SEEDS` seeds (default 1000) from `FIRST` (default 0), prints every
 //! failing seed, and ends with simulated operations (transactions) per
@@ -27,8 +29,9 @@ fn main() -> ExitCode {
             "--raw" => Workload::Raw,
             "--txn" => Workload::Txn,
             "--pess" => Workload::Pessimistic,
+            "--gc" => Workload::Gc,
             other => {
-                eprintln!("unknown world {other:?}: expected --raw, --txn or --pess");
+                eprintln!("unknown world {other:?}: expected --raw, --txn, --pess or --gc");
                 return ExitCode::FAILURE;
             }
         };
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
     let mut with_conflict = 0usize;
     let mut crashed_holders = (0usize, 0usize);
+    let mut gc = world::GcStats::default();
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
         let report = world::run(config(seed));
@@ -72,6 +76,16 @@ fn main() -> ExitCode {
         crashed_holders.0 += report.stats.crashed_lock_holders.0;
         crashed_holders.1 += report.stats.crashed_lock_holders.1;
         max_op = max_op.max(report.stats.max_op);
+        let g = &report.stats.gc;
+        gc.rounds.0 += g.rounds.0;
+        gc.rounds.1 += g.rounds.1;
+        gc.locks_below_safe_point += g.locks_below_safe_point;
+        gc.collected_versions += g.collected_versions;
+        gc.reads_served += g.reads_served;
+        gc.reads_refused += g.reads_refused;
+        gc.reads_failed += g.reads_failed;
+        gc.delete_ranges.0 += g.delete_ranges.0;
+        gc.delete_ranges.1 += g.delete_ranges.1;
         if !report.passed() {
             failed += 1;
             println!("{}", report.failure());
@@ -80,7 +94,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let what = match workload {
         Workload::Raw => "ops",
-        Workload::Txn | Workload::Pessimistic => "txns",
+        Workload::Txn | Workload::Pessimistic | Workload::Gc => "txns",
     };
     println!(
         "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
@@ -98,6 +112,22 @@ fn main() -> ExitCode {
             "clients crashed holding pessimistic locks: {} times other clients resolved them, \
              {} times the audit swept them",
             crashed_holders.0, crashed_holders.1
+        );
+    }
+    if workload == Workload::Gc {
+        println!(
+            "GC rounds: {} completed ({} locks at or below their safe points when they began, \
+             {} versions collected), {} failed; old readers: {} served, {} refused below the \
+             txn safe point, {} failed; delete_range: {} completed, {} failed",
+            gc.rounds.0,
+            gc.locks_below_safe_point,
+            gc.collected_versions,
+            gc.rounds.1,
+            gc.reads_served,
+            gc.reads_refused,
+            gc.reads_failed,
+            gc.delete_ranges.0,
+            gc.delete_ranges.1
         );
     }
     println!(

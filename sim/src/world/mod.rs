@@ -28,6 +28,14 @@
 //!   snapshot isolation with the pessimistic guarantee ([`si`]), the bank
 //!   invariant, lost updates and deadlock victims ([`pessimistic`]), and
 //!   liveness (no lock and no parked request left after the audit).
+//! - **gc**: the transactional workload plus a GC client
+//!   (`gc_workload`): GC rounds on the real `Gc` machine while the others
+//!   transact and crash, readers at old timestamps that check the txn safe
+//!   point first, and `delete_range` over a scratch range. Checked for no
+//!   committed data at or above a safe point lost, no lock at or below it
+//!   left after a round, readers below the txn safe point refused and the
+//!   others served the committed data, and an empty range after
+//!   `delete_range`; then as the transactional world.
 //!
 //! One seeded generator ([`Rng`]) decides everything; one event queue
 //! ordered by `(instant, sequence number)` holds every pending delivery,
@@ -77,6 +85,7 @@
 
 pub mod elle;
 pub mod faults;
+mod gc_workload;
 pub mod history;
 pub mod linearizability;
 mod own_reads;
@@ -101,7 +110,7 @@ use tikv_core::pd::{
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
 use tikv_core::rpc::{
-    KvRequest, KvResponse, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target,
+    KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target,
 };
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::CommitOptions;
@@ -110,6 +119,8 @@ use tikv_core::view::ClusterView;
 use crate::net::{Endpoint, Network, Recovery};
 use crate::{Cluster, ClusterConfig, KvAnswer, LockWaitToken, WriteKind};
 pub use faults::{Fault, PD_MEMBERS, Plan, Swarm, TxnParams};
+pub use gc_workload::GcStats;
+use gc_workload::GcWorld;
 use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
 };
@@ -145,6 +156,10 @@ pub enum Workload {
     /// for snapshot isolation with the pessimistic guarantee, the bank
     /// invariant, lost updates and deadlock victims ([`pessimistic`]).
     Pessimistic,
+    /// The transactional workload with GC rounds, readers at old
+    /// timestamps and `delete_range` running beside it, checked for what
+    /// GC must keep, resolve, refuse and delete, and as [`Workload::Txn`].
+    Gc,
 }
 
 /// A deliberately broken world, to show the checkers catch real bugs.
@@ -173,6 +188,18 @@ pub enum Bug {
     /// a cycle, the world also fails the other members' parked waits with
     /// it, so one cycle has several victims.
     DeadlockBothVictims,
+    /// GC: the stores collect garbage up to the current time instead of
+    /// the GC safe point, dropping versions reads above it still need.
+    GcCollectsPastSafePoint,
+    /// GC: readers at old timestamps skip the txn safe point check and
+    /// read whatever GC left.
+    SkipVisibilityCheck,
+    /// GC: the GC client's `ScanLock` answers come back without their
+    /// locks, so rounds resolve nothing.
+    ScanLockMissesLocks,
+    /// GC: `DeleteRange` beyond the range's first region is acknowledged
+    /// but not applied.
+    DeleteRangeNotApplied,
 }
 
 impl Bug {
@@ -184,6 +211,10 @@ impl Bug {
             | Bug::ReadThroughLocks
             | Bug::SuccessBeforePrimaryCommit => Workload::Txn,
             Bug::ReadBeforeLock | Bug::DeadlockBothVictims => Workload::Pessimistic,
+            Bug::GcCollectsPastSafePoint
+            | Bug::SkipVisibilityCheck
+            | Bug::ScanLockMissesLocks
+            | Bug::DeleteRangeNotApplied => Workload::Gc,
         }
     }
 }
@@ -218,6 +249,11 @@ impl WorldConfig {
     /// A pessimistic-workload config for `seed`.
     pub fn pess(seed: u64) -> WorldConfig {
         WorldConfig { seed, workload: Workload::Pessimistic, ..WorldConfig::default() }
+    }
+
+    /// A GC-workload config for `seed`.
+    pub fn gc(seed: u64) -> WorldConfig {
+        WorldConfig { seed, workload: Workload::Gc, ..WorldConfig::default() }
     }
 }
 
@@ -277,6 +313,8 @@ pub struct Stats {
     pub max_op: Duration,
     /// Keys whose linearizability search was cut off.
     pub unknown_keys: usize,
+    /// (gc) What the GC client did.
+    pub gc: GcStats,
 }
 
 /// The outcome of one run.
@@ -312,6 +350,7 @@ impl Report {
             Workload::Raw => "seeds_pass",
             Workload::Txn => "txn_seeds_pass",
             Workload::Pessimistic => "pess_seeds_pass",
+            Workload::Gc => "gc_seeds_pass",
         };
         format!(
             "simulation failed ({:?} workload): rerun with TIKV_SIM_SEED={} \
@@ -330,7 +369,7 @@ pub fn run(cfg: WorldConfig) -> Report {
     let workload = cfg.bug.map_or(cfg.workload, Bug::workload);
     let plan = match cfg.plan.clone() {
         Some(p) => p,
-        None if workload == Workload::Txn => Plan::draw_txn(&mut rng),
+        None if matches!(workload, Workload::Txn | Workload::Gc) => Plan::draw_txn(&mut rng),
         None if workload == Workload::Pessimistic => Plan::draw_pess(&mut rng),
         None => Plan::draw(&mut rng),
     };
@@ -399,6 +438,8 @@ enum Task {
     Txn,
     /// The audit's lock sweep.
     Sweep,
+    /// A task of the GC world's GC client (`gc_workload`).
+    Gc,
     /// A round of the client's timestamp oracle (no history entry).
     TsoRound,
 }
@@ -417,6 +458,8 @@ struct Running {
     reported: bool,
     /// A crash was considered for this transaction's commit.
     crash_drawn: bool,
+    /// The latest deadline of the RPCs it sent: none lands after it.
+    last_deadline: Instant,
 }
 
 /// When a client crashes (txn).
@@ -486,6 +529,8 @@ struct World {
     clients: Vec<Client>,
     history: History,
     txn: Option<TxnWorld>,
+    /// (gc) The GC client and its checks' state.
+    gc: Option<GcWorld>,
     /// Message fates, partitions and faults.
     net: Network,
     trace: Option<String>,
@@ -642,6 +687,7 @@ impl World {
             clients,
             history: History::default(),
             txn,
+            gc: None,
             net,
             trace: cfg.trace.then(String::new),
             bug: cfg.bug,
@@ -659,6 +705,9 @@ impl World {
         for c in 0..world.plan.swarm.clients {
             let start = Instant::ZERO + world.rng.gen_duration(world.plan.swarm.think);
             world.schedule(start, Event::Issue(c));
+        }
+        if workload == Workload::Gc {
+            world.add_gc_client(timeout);
         }
         for (at, fault) in world.plan.faults.clone() {
             world.schedule(at, Event::Fault(fault));
@@ -817,6 +866,10 @@ impl World {
     }
 
     fn issue(&mut self, c: usize) {
+        if self.gc.as_ref().is_some_and(|g| g.client == c) {
+            self.gc_issue();
+            return;
+        }
         if self.txn.is_some() {
             self.issue_txn(c);
             return;
@@ -872,6 +925,7 @@ impl World {
             effect_until: self.now,
             reported: false,
             crash_drawn: false,
+            last_deadline: self.now,
         }
     }
 
@@ -1030,6 +1084,9 @@ impl World {
             if r.task == Task::Txn && !foreground {
                 self.log(format!("c{c} txn{} background work done", r.entry));
             }
+            if let (Task::Txn, Some(g)) = (r.task, self.gc.as_mut()) {
+                g.txn_quiet(r.entry, r.last_deadline);
+            }
             let seq = r.seq;
             self.cancel_parked(|p| p.client == c && p.op == seq);
             return;
@@ -1059,6 +1116,7 @@ impl World {
                         TxnOutcome::Undetermined("stalled".into()),
                     ))),
                     Task::Sweep => Finished::Sweep(Err(Error::Internal("stalled".into()))),
+                    Task::Gc => gc_workload::stalled(r.entry),
                     // Its callers stall in turn and are reported as such.
                     Task::TsoRound => return,
                 };
@@ -1114,6 +1172,7 @@ impl World {
             rpc.deadline
         ));
         if rpc.deadline != Instant::MAX {
+            r.last_deadline = r.last_deadline.max(rpc.deadline);
             self.schedule(rpc.deadline, Event::Deadline { client: c, op: r.seq, id: rpc.id });
         }
         let Some(delay) = self.net.request_delay(&mut self.rng) else {
@@ -1136,7 +1195,15 @@ impl World {
         }
         let result = match (endpoint, rpc.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
-                self.cluster.handle_pd(m, req, self.now).map(Response::Pd)
+                let collection = match &req {
+                    PdRequest::AdvanceGcSafePoint(r) => self.gc_before_collection(r.target),
+                    _ => None,
+                };
+                let result = self.cluster.handle_pd(m, req, self.now).map(Response::Pd);
+                if let Some(before) = collection {
+                    self.gc_after_collection(before);
+                }
+                result
             }
             (Some(Endpoint::Store(s)), Request::Kv(req))
                 if self.workload == Workload::Pessimistic =>
@@ -1165,7 +1232,9 @@ impl World {
                 self.collect_lock_answers();
                 result.map(Response::Kv)
             }
-            (Some(Endpoint::Store(s)), Request::Kv(req)) => self.serve_kv(s, req).map(Response::Kv),
+            (Some(Endpoint::Store(s)), Request::Kv(req)) => {
+                self.gc_serve_kv(c, s, req).map(Response::Kv)
+            }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", rpc.target))),
         };
         self.respond(c, op, id, endpoint, result);
@@ -1375,6 +1444,10 @@ impl World {
             }
             Finished::Raw(result) => self.complete_raw(c, r, result),
             Finished::Txn(t) => self.complete_txn(c, r, *t),
+            Finished::Gc(task) => {
+                self.gc_complete(c, r.entry, r.last_deadline, *task);
+                return;
+            }
             Finished::Sweep(result) => {
                 match &result {
                     Ok(0) => {}
@@ -1575,6 +1648,9 @@ impl World {
         let mut finished_foreground = false;
         if let Some(t) = self.txn.as_mut() {
             for r in dropped.iter().filter(|r| r.task == Task::Txn) {
+                if let Some(g) = self.gc.as_mut() {
+                    g.txn_quiet(r.entry, r.last_deadline.max(now));
+                }
                 let e = &mut t.history.entries[r.entry];
                 e.crashed = true;
                 if !r.reported {
@@ -1831,6 +1907,7 @@ impl World {
     }
 
     fn finish_txn(mut self, t: TxnWorld) -> Report {
+        self.gc_finish();
         let keys = t.params.keys;
         // What became of every transaction on every key it wrote.
         let mut fates = si::Fates::new();
@@ -1847,7 +1924,13 @@ impl World {
                     let fate = match self.cluster.commit_record(k.as_bytes(), start_ts) {
                         Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
                         Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
-                        None => si::KeyFate::Absent,
+                        // GC may have collected the record: the world saw
+                        // it before.
+                        None => self
+                            .gc
+                            .as_ref()
+                            .and_then(|g| g.seen_fate(k.as_bytes(), start_ts))
+                            .unwrap_or(si::KeyFate::Absent),
                     };
                     (k.clone(), fate)
                 })
@@ -1960,7 +2043,7 @@ fn new_view(
 fn rpc_timeout(workload: Workload) -> Duration {
     match workload {
         Workload::Pessimistic => Duration::from_secs(2),
-        Workload::Raw | Workload::Txn => Duration::from_secs(1),
+        Workload::Raw | Workload::Txn | Workload::Gc => Duration::from_secs(1),
     }
 }
 

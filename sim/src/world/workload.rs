@@ -25,6 +25,8 @@ pub(crate) enum Finished {
     Txn(Box<(TxnRun, TxnOutcome)>),
     /// The audit's lock sweep: how many locks were still alive.
     Sweep(Result<u64, Error>),
+    /// A task of the GC world's GC client.
+    Gc(Box<super::gc_workload::GcFinished>),
     /// A round of a client's timestamp oracle: its callers and PD's answer.
     Tso(Box<FinishedRound>),
 }

@@ -26,7 +26,13 @@
 //! transaction's commit ts when an async commit's commit phase is lost);
 //! pessimistic transactions of the two block each other until the holder
 //! commits, a deadlock across them fails the side that closes the cycle,
-//! and a crashed pessimistic writer of each is cleaned up by the other.
+//! and a crashed pessimistic writer of each is cleaned up by the other; a
+//! GC round by each (client-go's `KVStore.GC`, our `TransactionClient::gc`)
+//! rolls back the other's crashed writer whatever its TTL, keeps the newest
+//! version at or below the safe point (older ones are collected: in-process
+//! PD only, where the stores collect at the GC safe point), and the other
+//! client then reads the same data at and after the safe point and refuses
+//! a read below it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -38,7 +44,7 @@ use tikv_core::rpc::RpcError;
 use tikv_sim::{Cluster, ClusterConfig, Filter, WriteKind};
 use tikv_tests::harness::{Bed, SimHandle};
 use tikv_tokio::{
-    BackoffBudgets, Config, Error, LockOptions, TransactionClient, TransactionOptions,
+    BackoffBudgets, Config, Error, LockOptions, Timestamp, TransactionClient, TransactionOptions,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -208,6 +214,11 @@ impl GoPeer {
     /// A fresh client-go transaction reads `keys`.
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
         let fields = self.call(format!("get{}", Self::keys(keys))).await?;
+        Self::values(keys, &fields)
+    }
+
+    /// The values of a `get` or `get-at` answer (`xHEX`, or `-` for none).
+    fn values(keys: &[Vec<u8>], fields: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
         if fields.len() != keys.len() {
             return Err(format!("{} values for {} keys", fields.len(), keys.len()));
         }
@@ -285,6 +296,22 @@ impl GoPeer {
         }
     }
 
+    /// One round of client-go's own GC (`KVStore.GC`) at `safe_point`;
+    /// returns the GC safe point it reached.
+    async fn gc(&mut self, safe_point: u64) -> Result<u64, String> {
+        match self.call(format!("gc {safe_point}")).await?.as_slice() {
+            [ts] => ts.parse().map_err(|_| format!("bad safe point {ts:?}")),
+            other => Err(format!("want a safe point, got {other:?}")),
+        }
+    }
+
+    /// client-go reads `keys` from one snapshot at `ts`; an `Err` carries
+    /// its refusal (`aborted-by-gc ...` below the txn safe point).
+    async fn get_at(&mut self, ts: u64, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let fields = self.call(format!("get-at {ts}{}", Self::keys(keys))).await?;
+        Self::values(keys, &fields)
+    }
+
     /// client-go's `ManagedLockTTL` for its later pessimistic transactions.
     async fn set_lock_ttl(&mut self, ms: u64) -> Check {
         self.call(format!("lock-ttl {ms}")).await.map(drop)
@@ -311,6 +338,7 @@ struct Run {
     mine: TransactionClient,
     go: GoPeer,
     model: Model,
+    bed: Bed,
 }
 
 fn with_value(keys: &[Vec<u8>], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -613,6 +641,154 @@ async fn checks(run: &mut Run, report: &mut Report) {
     }
     .await;
     report.record("interop: the cluster holds exactly the model's data, no locks", r);
+
+    gc_checks(run, report).await;
+}
+
+/// A writer of ours prewrites `pairs` and crashes before its commit (every
+/// `Commit` fails); returns its start ts.
+async fn crash_ours_after_prewrite(
+    run: &mut Run,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+) -> Result<u64, String> {
+    run.block_commits(Filter::any());
+    let outcome = run.ours_commit(TransactionOptions::default(), pairs).await;
+    run.cluster.clear_injections();
+    match outcome {
+        Err(Error::Undetermined(_)) => {}
+        other => return Err(format!("our commit: want undetermined, got {other:?}")),
+    }
+    let keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    run.crashed_txn(&keys, keys.len())
+}
+
+impl Run {
+    /// Transaction `start_ts`, below a GC round's safe point, was rolled
+    /// back by the round: no lock and no commit record is left. Its
+    /// rollback records are below the GC safe point, so the in-process
+    /// stores collect them at once.
+    fn expect_rolled_back_by_gc(&self, keys: &[Vec<u8>], start_ts: u64) -> Check {
+        for k in keys {
+            let record = self.cluster.commit_record(k, start_ts);
+            if record.is_some_and(|r| r.kind != WriteKind::Rollback) {
+                return Err(format!("key {k:x?} of txn {start_ts}: record {record:?} after GC"));
+            }
+        }
+        let left = self.cluster.locks().into_iter().filter(|l| l.lock_version == start_ts);
+        expect_eq("locks of the transaction left after GC", left.count(), 0)
+    }
+
+    /// GC kept, of each of `keys`, the versions after `safe_point` and the
+    /// newest at or below it (committed at `kept`), nothing older. Only the
+    /// in-process PD's stores collect: stores joined to a real PD run no
+    /// GC worker, so there every version stays.
+    fn expect_collected(&self, keys: &[Vec<u8>], safe_point: u64, kept: u64) -> Check {
+        if self.bed != Bed::InProcess {
+            return Ok(());
+        }
+        for k in keys {
+            let records = self.cluster.write_records(k);
+            let at_or_below: Vec<_> = records.iter().filter(|(ts, _)| *ts <= safe_point).collect();
+            expect_eq(
+                &format!("records of {k:x?} at or below the safe point"),
+                at_or_below,
+                vec![&(kept, WriteKind::Put)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// How long client-go may take to see a new txn safe point (its poller's
+/// 10 s interval, and some).
+const GO_SAFE_POINT_POLL: Duration = Duration::from_secs(15);
+
+/// GC by one client, reads by the other (module docs).
+async fn gc_checks(run: &mut Run, report: &mut Report) {
+    let r: Check = async {
+        let keys = spread("io-gc-go", 4);
+        let crashed_keys = spread("io-gc-go-crashed", 4);
+        let pairs = with_value(&keys, b"ours v1");
+        let v1 = ours("commit v1", run.ours_commit(TransactionOptions::default(), &pairs).await)?;
+        let pairs = with_value(&keys, b"ours v2");
+        let v2 = ours("commit v2", run.ours_commit(TransactionOptions::default(), &pairs).await)?;
+        // Its lock's TTL still runs when GC comes: GC resolves it anyway.
+        let crashed = crash_ours_after_prewrite(run, &with_value(&crashed_keys, b"lost")).await?;
+        let safe_point = ours("timestamp", run.mine.current_timestamp().await)?.version();
+        let pairs = with_value(&keys, b"ours v3");
+        ours("commit v3", run.ours_commit(TransactionOptions::default(), &pairs).await)?;
+        run.remember(&pairs);
+        expect_eq("client-go's GC safe point", run.go.gc(safe_point).await?, safe_point)?;
+        run.expect_rolled_back_by_gc(&crashed_keys, crashed)?;
+        run.expect_collected(&keys, safe_point, v2)?;
+        run.ours_reads_model(&[keys.clone(), crashed_keys].concat()).await?;
+        let at_safe_point = run.mine.snapshot(Timestamp::from_version(safe_point));
+        for k in &keys {
+            let got = ours("read at the safe point", at_safe_point.get(k.clone()).await)?;
+            expect_eq(
+                "ours at the safe point",
+                got.map(|v| v.to_vec()),
+                Some(b"ours v2".to_vec()),
+            )?;
+        }
+        // A client of ours started after the round loads the txn safe point.
+        let fresh = ours("connect", TransactionClient::connect(run.pd.clone()).await)?;
+        match fresh.snapshot(Timestamp::from_version(v1)).get(keys[0].clone()).await {
+            Err(Error::TxnAbortedByGc { .. }) => Ok(()),
+            other => Err(format!("ours read below client-go's safe point: {other:?}")),
+        }
+    }
+    .await;
+    report.record(
+        "interop: client-go's GC rolls back our crashed writer, keeps the newest version; ours \
+         reads agree and are refused below its safe point",
+        r,
+    );
+
+    let r: Check = async {
+        let keys = spread("io-gc-ours", 4);
+        let crashed_keys = spread("io-gc-ours-crashed", 4);
+        let (_, w1) = run.go.commit("2pc", &with_value(&keys, b"go w1")).await?;
+        let (_, w2) = run.go.commit("2pc", &with_value(&keys, b"go w2")).await?;
+        // An hour's TTL: only GC's resolution (current ts = max) ends it.
+        let pairs = with_value(&crashed_keys, b"lost");
+        let (crashed, _) = run.go.prewrite_and_crash("2pc", 3_600_000, false, &pairs).await?;
+        let safe_point = ours("timestamp", run.mine.current_timestamp().await)?;
+        let pairs = with_value(&keys, b"go w3");
+        run.go.commit("2pc", &pairs).await?;
+        run.remember(&pairs);
+        let outcome = ours("gc", run.mine.gc(safe_point).await)?;
+        expect_eq("our GC safe point", outcome.safe_point, safe_point)?;
+        let safe_point = safe_point.version();
+        run.expect_rolled_back_by_gc(&crashed_keys, crashed)?;
+        run.expect_collected(&keys, safe_point, w2)?;
+        run.go_reads_model(&[keys.clone(), crashed_keys].concat()).await?;
+        let want = vec![Some(b"go w2".to_vec()); keys.len()];
+        expect_eq("client-go at the safe point", run.go.get_at(safe_point, &keys).await?, want)?;
+        // client-go refuses once its poller has seen the new txn safe point.
+        let deadline = tokio::time::Instant::now() + GO_SAFE_POINT_POLL;
+        loop {
+            match run.go.get_at(w1, &keys[..1]).await {
+                Err(e) if e.contains("aborted-by-gc") => break Ok(()),
+                Err(e) => break Err(e),
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(v) => {
+                    break Err(format!(
+                        "client-go still reads below our safe point after {GO_SAFE_POINT_POLL:?}: \
+                         {v:?}"
+                    ));
+                }
+            }
+        }
+    }
+    .await;
+    report.record(
+        "interop: our GC rolls back client-go's crashed writer, keeps the newest version; \
+         client-go reads agree and refuse below our safe point",
+        r,
+    );
 }
 
 fn pessimistic() -> TransactionOptions {
@@ -863,7 +1039,7 @@ async fn start(
         .await
         .map_err(|e| format!("connect ours: {e}"))?;
     let go = GoPeer::start(go_bin, &pd[0], bed, go_log).await?;
-    Ok((Run { cluster, pd, mine, go, model: Model::new() }, server))
+    Ok((Run { cluster, pd, mine, go, model: Model::new(), bed }, server))
 }
 
 fn parse_args() -> Result<(PathBuf, Option<PathBuf>, Bed), String> {
@@ -911,7 +1087,7 @@ fn main() -> ExitCode {
                 return;
             }
         };
-        let limit = Duration::from_secs(180);
+        let limit = Duration::from_secs(240);
         if tokio::time::timeout(limit, checks(&mut run, &mut report)).await.is_err() {
             report.record("interop run", Err(format!("timed out after {limit:?}")));
         }
