@@ -201,14 +201,11 @@ impl State {
     }
 
     fn log(&mut self, line: std::fmt::Arguments<'_>) {
-        let mut text = String::new();
-        let _ = write!(text, "{} {line}", self.now);
-        for b in text.bytes() {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        // Streamed into the hash (and the kept trace): every message's
+        // full content is formatted, so no line is built on the side.
+        let mut sink = TraceSink { hash: &mut self.hash, text: self.trace.as_mut() };
+        let _ = write!(sink, "{} {line}", self.now);
         if let Some(t) = &mut self.trace {
-            t.push_str(&text);
             t.push('\n');
         }
     }
@@ -229,7 +226,7 @@ impl State {
             }
             Event::Answer { call, reply, result, duplicate } => {
                 let slot = reply.upgrade()?;
-                let summary = summarize(&result);
+                let summary = Summary::of(&result);
                 match slot.fill(result) {
                     Ok(waker) => {
                         self.log(format_args!("recv #{call} {summary}"));
@@ -298,7 +295,7 @@ impl State {
         self.next_call += 1;
         let call = self.next_call;
         self.stats.rpcs += 1;
-        let body = request_debug(&request);
+        let body = RequestDebug(&request);
         self.log(format_args!(
             "send #{call} c{client} {} -> {target:?} deadline {deadline} {body}",
             request.name()
@@ -344,8 +341,7 @@ impl State {
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
-        let body = response_debug(&result);
-        self.log(format_args!("server: #{call} -> {body}"));
+        self.log(format_args!("server: #{call} -> {}", ReplyDebug(&result)));
         let Some(delay) = self.net.answer_delay(&mut self.rng, a.client, endpoint) else {
             self.stats.lost += 1;
             self.log(format_args!("net: answer #{call} lost"));
@@ -690,10 +686,48 @@ pub(crate) fn spawn(shared: &Arc<Shared>, fut: BoxFuture<'static, ()>) {
     shared.spawn(fut);
 }
 
-fn summarize(result: &Reply) -> String {
-    match result {
-        Err(e) => format!("error: {e}"),
-        Ok(r) => response_name(r).to_owned(),
+/// Folds trace text into the FNV-1a hash and, when kept, the trace.
+struct TraceSink<'a> {
+    hash: &'a mut u64,
+    text: Option<&'a mut String>,
+}
+
+impl std::fmt::Write for TraceSink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut hash = *self.hash;
+        for b in s.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        *self.hash = hash;
+        if let Some(t) = &mut self.text {
+            t.push_str(s);
+        }
+        Ok(())
+    }
+}
+
+/// An answer's name or error, for the line of its delivery.
+enum Summary {
+    Name(&'static str),
+    Error(String),
+}
+
+impl Summary {
+    fn of(result: &Reply) -> Summary {
+        match result {
+            Err(e) => Summary::Error(e.to_string()),
+            Ok(r) => Summary::Name(response_name(r)),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Summary::Name(name) => f.write_str(name),
+            Summary::Error(e) => write!(f, "error: {e}"),
+        }
     }
 }
 
@@ -709,11 +743,11 @@ fn response_name(r: &Response) -> &'static str {
 // with equal hashes exchanged byte-identical messages.
 macro_rules! kv_debug {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        fn kv_request_debug(r: &KvRequest) -> String {
-            match r { $(KvRequest::$variant(m) => format!("{m:?}"),)* }
+        fn kv_request_debug(r: &KvRequest, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(KvRequest::$variant(m) => write!(f, "{m:?}"),)* }
         }
-        fn kv_response_debug(r: &KvResponse) -> String {
-            match r { $(KvResponse::$variant(m) => format!("{m:?}"),)* }
+        fn kv_response_debug(r: &KvResponse, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(KvResponse::$variant(m) => write!(f, "{m:?}"),)* }
         }
     };
 }
@@ -721,29 +755,39 @@ tikv_core::for_each_kv_rpc!(kv_debug);
 
 macro_rules! pd_debug {
     ($(($variant:ident, $service:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        fn pd_request_debug(r: &PdRequest) -> String {
-            match r { $(PdRequest::$variant(m) => format!("{m:?}"),)* PdRequest::Tso(m) => format!("{m:?}") }
+        fn pd_request_debug(r: &PdRequest, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(PdRequest::$variant(m) => write!(f, "{m:?}"),)* PdRequest::Tso(m) => write!(f, "{m:?}") }
         }
-        fn pd_response_debug(r: &PdResponse) -> String {
-            match r { $(PdResponse::$variant(m) => format!("{m:?}"),)* PdResponse::Tso(m) => format!("{m:?}") }
+        fn pd_response_debug(r: &PdResponse, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(PdResponse::$variant(m) => write!(f, "{m:?}"),)* PdResponse::Tso(m) => write!(f, "{m:?}") }
         }
     };
 }
 tikv_core::for_each_pd_rpc!(pd_debug);
 
-fn request_debug(r: &Request) -> String {
-    match r {
-        Request::Kv(r) => kv_request_debug(r),
-        Request::Pd(r) => pd_request_debug(r),
-        Request::Timestamp => "timestamp".into(),
+/// A request's full content.
+struct RequestDebug<'a>(&'a Request);
+
+impl std::fmt::Display for RequestDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Request::Kv(r) => kv_request_debug(r, f),
+            Request::Pd(r) => pd_request_debug(r, f),
+            Request::Timestamp => f.write_str("timestamp"),
+        }
     }
 }
 
-fn response_debug(r: &Reply) -> String {
-    match r {
-        Err(e) => format!("error: {e}"),
-        Ok(Response::Kv(r)) => kv_response_debug(r),
-        Ok(Response::Pd(r)) => pd_response_debug(r),
-        Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
+/// An answer's full content.
+struct ReplyDebug<'a>(&'a Reply);
+
+impl std::fmt::Display for ReplyDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Err(e) => write!(f, "error: {e}"),
+            Ok(Response::Kv(r)) => kv_response_debug(r, f),
+            Ok(Response::Pd(r)) => pd_response_debug(r, f),
+            Ok(Response::Timestamp(ts)) => write!(f, "timestamp {ts}"),
+        }
     }
 }
