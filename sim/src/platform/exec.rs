@@ -22,9 +22,9 @@ use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Request, Resp
 use tikv_core::time::{Duration, Instant};
 use tikv_driver::{Runtime, Transport};
 
-use crate::Cluster;
 use crate::net::{Endpoint, Network, Recovery};
 use crate::world::Fault;
+use crate::{Cluster, KvAnswer, LockWaitToken};
 
 use super::SimStats;
 
@@ -60,6 +60,20 @@ struct State {
     stats: SimStats,
     /// When the drawn fault schedule heals.
     heal_at: Option<Instant>,
+    /// `PessimisticLock` requests parked in the cluster's lock manager.
+    parked: BTreeMap<LockWaitToken, Parked>,
+    /// When the lock manager's next timeout or delayed wake-up is due
+    /// (armed as an [`Event::LockWaits`]).
+    lock_wait_timer: Option<Instant>,
+}
+
+/// A parked lock request: where its answer goes once the lock manager
+/// gives one.
+struct Parked {
+    call: u64,
+    client: usize,
+    endpoint: Option<Endpoint>,
+    reply: Weak<Slot<Reply>>,
 }
 
 enum Event {
@@ -77,6 +91,8 @@ enum Event {
     Recover(Recovery),
     /// Every fault heals and the network turns reliable.
     Heal,
+    /// The lock manager's timeouts and delayed wake-ups fall due.
+    LockWaits,
 }
 
 struct Arrival {
@@ -242,6 +258,9 @@ impl State {
             Event::CallDeadline { call, reply } => {
                 let slot = reply.upgrade()?;
                 let waker = slot.fill(Err(RpcError::DeadlineExceeded)).ok()?;
+                // The client stopped waiting: TiKV drops a parked request
+                // whose caller's deadline passed.
+                self.cancel_parked(|p| p.call == call);
                 self.log(format_args!("deadline exceeded #{call}"));
                 waker
             }
@@ -260,6 +279,52 @@ impl State {
                 self.log(format_args!("heal: all faults healed, network reliable"));
                 None
             }
+            Event::LockWaits => {
+                if self.lock_wait_timer == Some(self.now) {
+                    self.lock_wait_timer = None;
+                    self.cluster.advance_lock_waits(self.now);
+                    self.collect_lock_answers();
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends the answers of the parked lock requests that were woken,
+    /// timed out or failed, drops those whose caller went away, and keeps
+    /// the lock manager's timer armed.
+    fn collect_lock_answers(&mut self) {
+        if !self.parked.is_empty() {
+            // A call future dropped (its transaction abandoned, its client
+            // gone) is a closed connection to TiKV.
+            self.cancel_parked(|p| p.reply.strong_count() == 0);
+            let tokens: Vec<LockWaitToken> = self.parked.keys().copied().collect();
+            for token in tokens {
+                let Some(resp) = self.cluster.take_lock_wait_answer(token) else { continue };
+                let Some(p) = self.parked.remove(&token) else { continue };
+                self.log(format_args!("server: #{} stops waiting ({token:?})", p.call));
+                let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(resp))));
+                self.answer(p.call, p.client, p.endpoint, p.reply, result);
+            }
+        }
+        let next = self.cluster.next_lock_wait_deadline();
+        if next != self.lock_wait_timer {
+            self.lock_wait_timer = next;
+            if let Some(at) = next {
+                self.schedule(at, Event::LockWaits);
+            }
+        }
+    }
+
+    /// Takes the parked requests `which` picks out of the lock manager's
+    /// queues and wait-for graph.
+    fn cancel_parked(&mut self, which: impl Fn(&Parked) -> bool) {
+        let tokens: Vec<LockWaitToken> =
+            self.parked.iter().filter(|(_, p)| which(p)).map(|(t, _)| *t).collect();
+        for token in tokens {
+            self.parked.remove(&token);
+            self.cluster.cancel_lock_wait(token);
+            self.log(format_args!("server: lock wait {token:?} cancelled by its caller"));
         }
     }
 
@@ -337,12 +402,41 @@ impl State {
                 self.cluster.handle_pd(m, req, now).map(Response::Pd)
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
-                self.cluster.handle_kv(s, req, now).map(Response::Kv)
+                // TiKV's lock manager: a lock request that meets a lock
+                // waits in the store (in virtual time) until the lock is
+                // released, its wait times out, or it closes a deadlock.
+                let result = match self.cluster.handle_kv_waiting(s, req, now) {
+                    Ok(KvAnswer::Waiting(token)) => {
+                        self.stats.lock_waits += 1;
+                        self.log(format_args!("server: #{call} waits for a lock ({token:?})"));
+                        let parked = Parked { call, client: a.client, endpoint, reply: a.reply };
+                        self.parked.insert(token, parked);
+                        self.collect_lock_answers();
+                        return;
+                    }
+                    Ok(KvAnswer::Ready(resp)) => Ok(Response::Kv(resp)),
+                    Err(e) => Err(e),
+                };
+                // The request may have released locks others wait for.
+                self.collect_lock_answers();
+                result
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
+        self.answer(call, a.client, endpoint, a.reply, result);
+    }
+
+    /// Sends a server's answer to `call` back over the network.
+    fn answer(
+        &mut self,
+        call: u64,
+        client: usize,
+        endpoint: Option<Endpoint>,
+        reply: Weak<Slot<Reply>>,
+        result: Reply,
+    ) {
         self.log(format_args!("server: #{call} -> {}", ReplyDebug(&result)));
-        let Some(delay) = self.net.answer_delay(&mut self.rng, a.client, endpoint) else {
+        let Some(delay) = self.net.answer_delay(&mut self.rng, client, endpoint) else {
             self.stats.lost += 1;
             self.log(format_args!("net: answer #{call} lost"));
             return;
@@ -352,13 +446,13 @@ impl State {
             self.stats.duplicates += 1;
             let event = Event::Answer {
                 call,
-                reply: a.reply.clone(),
+                reply: reply.clone(),
                 result: result.clone(),
                 duplicate: true,
             };
             self.schedule(at + duplicate, event);
         }
-        self.schedule(at, Event::Answer { call, reply: a.reply, result, duplicate: false });
+        self.schedule(at, Event::Answer { call, reply, result, duplicate: false });
     }
 
     /// Pops the next live event: dead timers and answers nobody waits for
@@ -416,6 +510,8 @@ impl Shared {
             trace: trace.then(String::new),
             stats: SimStats::default(),
             heal_at: None,
+            parked: BTreeMap::new(),
+            lock_wait_timer: None,
         };
         let shared = Arc::new(Shared { state: Mutex::new(state) });
         shared.lock().log(format_args!("seed {seed}"));

@@ -73,10 +73,16 @@
 //! paths (its TSO task, background secondaries and cleanups, store
 //! refresh, scanners) meet the same faults as the core machines.
 //!
-//! Limits: the stores answer a `PessimisticLock` that meets a lock at once
-//! (`KeyIsLocked`, as in the seeded world; no lock waiting). Clients built
-//! with an unpinned `Config::rng_seed` draw their seed from the process's
-//! entropy and break replay: build them from [`Sim::config`].
+//! Pessimistic transactions wait for each other in the stores as in TiKV:
+//! a `PessimisticLock` that meets a lock is parked in the cluster's lock
+//! manager ([`crate::lock_wait`]) until the lock is released, its wait
+//! times out or it closes a deadlock, all on the virtual clock; a parked
+//! request whose caller stopped waiting (its deadline passed, its call
+//! dropped) leaves the queues and the wait-for graph.
+//!
+//! Limits: clients built with an unpinned `Config::rng_seed` draw their
+//! seed from the process's entropy and break replay: build them from
+//! [`Sim::config`].
 
 mod exec;
 mod raw_world;
@@ -190,6 +196,8 @@ pub struct SimStats {
     pub faults: u64,
     /// Tasks spawned (by the closure and by the clients).
     pub tasks: u64,
+    /// `PessimisticLock` requests that waited in a store's lock manager.
+    pub lock_waits: u64,
 }
 
 /// A successful run.

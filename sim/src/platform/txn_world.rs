@@ -254,7 +254,14 @@ async fn transact(
     id: usize,
     run: &mut TxnRun,
 ) -> TxnOutcome {
-    let options = TransactionOptions { commit: spec.opts.clone(), ..Default::default() };
+    // Field by field: the driver's option structs are `#[non_exhaustive]`,
+    // and no builder sets the world's heartbeat threshold.
+    #[allow(clippy::field_reassign_with_default)]
+    let options = {
+        let mut options = TransactionOptions::default();
+        options.commit = spec.opts.clone();
+        options
+    };
     let mut txn = match client.begin_with_options(options).await {
         Ok(txn) => txn,
         // No start ts: nothing was written.
