@@ -503,20 +503,25 @@ fn raw_world_through_the_public_client_is_linearizable() {
 #[test]
 fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
     let n = seeds(50);
-    let (mut txns, mut failed, mut undetermined) = (0, 0, 0);
+    let (mut txns, mut failed, mut undetermined, mut crashes) = (0, 0, 0, 0);
     for seed in 0..n {
         match tikv_sim::platform::run_txn_world(seed, SimConfig::chaos()) {
             Ok(report) => {
                 txns += report.output.txns;
                 failed += report.output.outcomes.1;
                 undetermined += report.output.outcomes.2;
+                crashes += report.output.crashes;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     assert!(txns > 5 * n as usize, "{txns} transactions");
     assert!(failed > 0, "no transaction ever failed: no faults?");
-    println!("{txns} transactions, {failed} failed, {undetermined} undetermined");
+    // Clients crashed mid-commit, their transactions undetermined.
+    assert!(crashes > 0 && undetermined > 0, "{crashes} crashes, {undetermined} undetermined");
+    println!(
+        "{txns} transactions, {failed} failed, {undetermined} undetermined, {crashes} crashes"
+    );
 }
 
 fn pessimistic() -> tikv_driver::TransactionOptions {
@@ -686,4 +691,80 @@ fn pessimistic_counters_lose_no_update_under_faults() {
     }
     assert_no_failures(&failures, n);
     assert!(LOCK_WAITS.load(Ordering::Relaxed) > 0, "no lock request ever waited in a store");
+}
+
+/// A crashed process takes its clients' background tasks with it: with
+/// nothing else alive, the simulation then has nothing left to run (a
+/// live client's periodic tasks would keep the clock moving to the time
+/// limit instead).
+#[test]
+fn a_crashed_process_takes_its_clients_background_tasks_with_it() {
+    let config =
+        SimConfig { time_limit: tikv_core::time::Duration::from_secs(120), ..SimConfig::default() };
+    let err = simulate(31, config, |sim| async move {
+        let sim2 = sim.clone();
+        let process = sim.spawn_process(async move {
+            let txns = sim2.txn_client().await?;
+            let mut txn = txns.begin().await?;
+            txn.put("k", "v")?;
+            // Stays in flight until the crash.
+            futures::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        });
+        sim.sleep(Duration::from_secs(5)).await;
+        sim.crash(process.id());
+        assert!(process.join().await.is_none(), "a crashed process has no output");
+        assert_eq!(sim.current_process(), None);
+        futures::future::pending::<()>().await;
+        Ok::<(), Error>(())
+    })
+    .unwrap_err();
+    assert!(err.reason.starts_with("deadlock"), "{err}");
+    assert!(err.end < tikv_core::time::Instant::from_millis(10_000), "{err}");
+}
+
+/// A process crashed in the middle of a commit leaves locks; another
+/// client resolves them and sees the transaction all or nothing.
+#[test]
+fn a_commit_cut_by_a_crash_is_all_or_nothing() {
+    let mut outcomes = BTreeMap::new();
+    for seed in 0..40 {
+        let report = simulate(seed, SimConfig::default(), |sim| async move {
+            let sim2 = sim.clone();
+            let process = sim.spawn_process(async move {
+                let txns = sim2.txn_client().await?;
+                let me = sim2.current_process().expect("inside a process");
+                let mut txn = txns.begin().await?;
+                for k in ["a", "m", "z"] {
+                    txn.put(k, "1")?;
+                }
+                // The crash strikes a few hundred microseconds into the
+                // commit: during prewrite, at the commit point or after.
+                let crasher = sim2.clone();
+                let after = Duration::from_micros(200 + 150 * (sim2.seed() % 8));
+                sim2.spawn(async move {
+                    crasher.sleep(after).await;
+                    crasher.crash(me);
+                })
+                .forget();
+                txn.commit().await?;
+                futures::future::pending::<()>().await;
+                Ok::<_, Error>(())
+            });
+            assert!(process.join().await.is_none());
+            let txns = sim.txn_client().await?;
+            let mut seen = Vec::new();
+            for k in ["a", "m", "z"] {
+                let ts = txns.current_timestamp().await?;
+                seen.push(txns.snapshot(ts).get(k).await?.is_some());
+            }
+            Ok::<_, Error>(seen)
+        })
+        .unwrap_or_else(|f| panic!("{f}"));
+        let seen = report.output;
+        assert!(seen.iter().all(|&s| s == seen[0]), "seed {seed}: partly committed: {seen:?}");
+        *outcomes.entry(seen[0]).or_insert(0) += 1;
+    }
+    // Crashes landed both before and after the commit point.
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
 }

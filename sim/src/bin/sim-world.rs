@@ -137,16 +137,17 @@ mod platform {
     use tikv_sim::platform::{SimConfig, SimFailure, SimStats, run_raw_world, run_txn_world};
     use tikv_sim::world::Workload;
 
-    /// What one seed reports: operations, (ok, failed, undetermined), the
-    /// run's counters.
-    type Seed = Result<(usize, (usize, usize, usize), SimStats), SimFailure>;
+    /// What one seed reports: operations, (ok, failed, undetermined),
+    /// client crashes, the run's counters.
+    type Seed = Result<(usize, (usize, usize, usize), usize, SimStats), SimFailure>;
 
     fn run(workload: Workload, seed: u64, config: SimConfig) -> Seed {
         match workload {
             Workload::Raw => {
-                run_raw_world(seed, config).map(|r| (r.output.ops, r.output.outcomes, r.stats))
+                run_raw_world(seed, config).map(|r| (r.output.ops, r.output.outcomes, 0, r.stats))
             }
-            _ => run_txn_world(seed, config).map(|r| (r.output.txns, r.output.outcomes, r.stats)),
+            _ => run_txn_world(seed, config)
+                .map(|r| (r.output.txns, r.output.outcomes, r.output.crashes, r.stats)),
         }
     }
 
@@ -161,7 +162,7 @@ mod platform {
         }
         if let Some(seed) = trace_seed {
             return match run(workload, seed, SimConfig { trace: true, ..SimConfig::chaos() }) {
-                Ok((ops, outcomes, _)) => {
+                Ok((ops, outcomes, _, _)) => {
                     println!("seed {seed}: passed ({ops} operations, outcomes {outcomes:?})");
                     ExitCode::SUCCESS
                 }
@@ -177,9 +178,11 @@ mod platform {
         let started = WallClock::now();
         let (mut ops, mut failed, mut outcomes, mut rpcs, mut events) =
             (0usize, 0u64, (0usize, 0usize, 0usize), 0u64, 0u64);
+        let mut crashes = 0;
         for seed in seeds {
             match run(workload, seed, SimConfig::chaos()) {
-                Ok((o, (ok, fail, undetermined), stats)) => {
+                Ok((o, (ok, fail, undetermined), crashed, stats)) => {
+                    crashes += crashed;
                     ops += o;
                     outcomes.0 += ok;
                     outcomes.1 += fail;
@@ -197,7 +200,8 @@ mod platform {
         let what = if workload == Workload::Raw { "ops" } else { "txns" };
         println!(
             "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
-             {ops} {what} ({} ok, {} failed, {} undetermined), {rpcs} RPCs, {events} events",
+             {ops} {what} ({} ok, {} failed, {} undetermined, {crashes} client crashes), \
+             {rpcs} RPCs, {events} events",
             first + n,
             outcomes.0,
             outcomes.1,

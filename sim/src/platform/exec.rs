@@ -32,6 +32,10 @@ use super::SimStats;
 /// need not be `Send`).
 pub(crate) const MAIN: u64 = 0;
 
+/// The process of the user's closure and of what it spawns outside any
+/// process of its own (it never crashes).
+pub(crate) const ROOT: u64 = 0;
+
 /// Everything one simulation owns.
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -45,8 +49,13 @@ struct State {
     /// Pending events by `(instant, scheduling order)`.
     events: BTreeMap<(Instant, u64), Event>,
     next_seq: u64,
-    /// Spawned tasks; `None` while one is being polled.
-    tasks: BTreeMap<u64, Option<BoxFuture<'static, ()>>>,
+    /// Spawned tasks: their process and future (`None` while polled).
+    tasks: BTreeMap<u64, (u64, Option<BoxFuture<'static, ()>>)>,
+    /// The process of the task being polled ([`ROOT`] for the closure).
+    current_process: u64,
+    next_process: u64,
+    /// Crashed processes: whatever they or their clients spawn is dropped.
+    crashed: BTreeSet<u64>,
     /// Woken tasks in wake order, each at most once.
     ready: VecDeque<u64>,
     queued: BTreeSet<u64>,
@@ -501,6 +510,9 @@ impl Shared {
             events: BTreeMap::new(),
             next_seq: 0,
             tasks: BTreeMap::new(),
+            current_process: ROOT,
+            next_process: ROOT + 1,
+            crashed: BTreeSet::new(),
             ready: VecDeque::new(),
             queued: BTreeSet::new(),
             next_task: MAIN + 1,
@@ -540,14 +552,52 @@ impl Shared {
         self.lock().rng.next_u64()
     }
 
-    pub(crate) fn register_client(&self) -> usize {
+    /// A new client of the current process: its number on the network
+    /// and its process.
+    pub(crate) fn register_client(&self) -> (usize, u64) {
         let mut st = self.lock();
         st.clients += 1;
         let n = st.clients - 1;
-        st.log(format_args!("client c{n} built"));
-        n
+        let process = st.current_process;
+        st.log(format_args!("client c{n} built in process p{process}"));
+        (n, process)
     }
 
+    /// The process of the task being polled.
+    pub(crate) fn current_process(&self) -> u64 {
+        self.lock().current_process
+    }
+
+    /// A new process id.
+    pub(crate) fn new_process(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_process += 1;
+        st.next_process - 1
+    }
+
+    /// Crashes `process`: its tasks (the application's and its clients'
+    /// background tasks) are dropped now, and whatever it would spawn
+    /// later is dropped at once. Its requests already on the wire still
+    /// reach their servers; their answers find nobody.
+    pub(crate) fn crash(&self, process: u64) {
+        if process == ROOT {
+            return;
+        }
+        let dropped: Vec<BoxFuture<'static, ()>> = {
+            let mut st = self.lock();
+            if !st.crashed.insert(process) {
+                return;
+            }
+            let ids: Vec<u64> =
+                st.tasks.iter().filter(|(_, (p, _))| *p == process).map(|(id, _)| *id).collect();
+            st.log(format_args!("crash: process p{process} and its {} tasks", ids.len()));
+            // A task crashing its own process is being polled (its future
+            // is out of the table): it is dropped when its poll returns.
+            ids.iter().filter_map(|id| st.tasks.remove(id).and_then(|(_, f)| f)).collect()
+        };
+        // Dropped without the lock: drops may spawn (and are refused).
+        drop(dropped);
+    }
     pub(crate) fn schedule_fault(&self, at: Instant, fault: Fault) {
         self.lock().schedule(at, Event::Fault(fault));
     }
@@ -597,12 +647,20 @@ impl Shared {
         (st.hash, st.trace.clone().unwrap_or_default())
     }
 
-    fn spawn(self: &Arc<Self>, fut: BoxFuture<'static, ()>) {
+    /// Spawns `fut` in `process` (the current one when `None`); refused
+    /// (dropped) when that process crashed.
+    fn spawn_in(self: &Arc<Self>, process: Option<u64>, fut: BoxFuture<'static, ()>) {
         let mut st = self.lock();
+        let process = process.unwrap_or(st.current_process);
+        if st.crashed.contains(&process) {
+            drop(st);
+            drop(fut);
+            return;
+        }
         let id = st.next_task;
         st.next_task += 1;
         st.stats.tasks += 1;
-        st.tasks.insert(id, Some(fut));
+        st.tasks.insert(id, (process, Some(fut)));
         st.make_ready(id);
     }
 
@@ -674,15 +732,24 @@ impl Shared {
     }
 
     fn poll_task(self: &Arc<Self>, id: u64) {
-        let Some(mut fut) = self.lock().tasks.get_mut(&id).and_then(Option::take) else {
-            return;
+        let (process, mut fut) = {
+            let mut st = self.lock();
+            let Some((process, Some(fut))) = st.tasks.get_mut(&id).map(|(p, f)| (*p, f.take()))
+            else {
+                return;
+            };
+            st.current_process = process;
+            (process, fut)
         };
         let waker = self.waker(id);
         let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
         let mut st = self.lock();
-        if done {
+        st.current_process = ROOT;
+        if done || st.crashed.contains(&process) {
             st.tasks.remove(&id);
-        } else if let Some(slot) = st.tasks.get_mut(&id) {
+            drop(st);
+            drop(fut);
+        } else if let Some((_, slot)) = st.tasks.get_mut(&id) {
             *slot = Some(fut);
         }
     }
@@ -725,6 +792,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct SimRuntime {
     pub(crate) shared: Arc<Shared>,
+    /// The process of the client it serves.
+    pub(crate) process: u64,
 }
 
 impl std::fmt::Debug for SimRuntime {
@@ -743,7 +812,8 @@ impl Runtime for SimRuntime {
     }
 
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
-        self.shared.spawn(fut);
+        // A client's background tasks belong to the process that built it.
+        self.shared.spawn_in(Some(self.process), fut);
     }
 }
 
@@ -778,8 +848,8 @@ pub(crate) fn sleep(shared: &Arc<Shared>, d: Duration) -> BoxFuture<'static, ()>
     shared.sleep_until(at)
 }
 
-pub(crate) fn spawn(shared: &Arc<Shared>, fut: BoxFuture<'static, ()>) {
-    shared.spawn(fut);
+pub(crate) fn spawn(shared: &Arc<Shared>, process: Option<u64>, fut: BoxFuture<'static, ()>) {
+    shared.spawn_in(process, fut);
 }
 
 /// Folds trace text into the FNV-1a hash and, when kept, the trace.
