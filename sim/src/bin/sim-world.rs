@@ -15,6 +15,16 @@
 //! failing seed, and ends with simulated operations (transactions) per
 //! second and seeds per minute of wall-clock time. Exits non-zero if any
 //! seed failed.
+//!
+//! `--platform` (in a build with the `platform` feature) runs the raw or
+//! transactional workload through the public clients on the simulated
+//! platform instead of the core machines
+//! ([`tikv_sim::platform::run_raw_world`],
+//! [`tikv_sim::platform::run_txn_world`]), with the same checkers:
+//!
+//! ```text
+//! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --txn 1000
+//! ```
 
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
@@ -24,8 +34,13 @@ use tikv_sim::world::{self, Workload, WorldConfig};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut workload = Workload::Raw;
+    let mut platform = false;
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         workload = match flag.as_str() {
+            "--platform" => {
+                platform = true;
+                continue;
+            }
             "--raw" => Workload::Raw,
             "--txn" => Workload::Txn,
             "--pess" => Workload::Pessimistic,
@@ -36,8 +51,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    let trace_seed = std::env::var("TIKV_SIM_SEED").ok().and_then(|s| s.parse().ok());
+    let mut numbers = args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse::<u64>());
+    let seeds = numbers.next().and_then(Result::ok).unwrap_or(1000);
+    let first = numbers.next().and_then(Result::ok).unwrap_or(0);
+    if platform {
+        return platform::main(workload, trace_seed, first..first + seeds);
+    }
     let config = |seed| WorldConfig { seed, workload, ..WorldConfig::default() };
-    if let Some(seed) = std::env::var("TIKV_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = trace_seed {
         let report = world::run(WorldConfig { trace: true, ..config(seed) });
         print!("{}", report.trace);
         if report.passed() {
@@ -47,9 +69,6 @@ fn main() -> ExitCode {
         println!("{}", report.failure());
         return ExitCode::FAILURE;
     }
-    let mut numbers = args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse::<u64>());
-    let seeds = numbers.next().and_then(Result::ok).unwrap_or(1000);
-    let first = numbers.next().and_then(Result::ok).unwrap_or(0);
     // Wall-clock time is read only here, to measure; the worlds never see it.
     let started = WallClock::now();
     let (mut ops, mut rpcs, mut events, mut failed, mut unknown) =
@@ -138,4 +157,106 @@ fn main() -> ExitCode {
         seeds as f64 * 60.0 / secs
     );
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The workloads through the public clients on the simulated platform.
+#[cfg(feature = "platform")]
+mod platform {
+    use std::process::ExitCode;
+    use std::time::Instant as WallClock;
+
+    use tikv_sim::platform::{SimConfig, SimFailure, SimStats, run_raw_world, run_txn_world};
+    use tikv_sim::world::Workload;
+
+    /// What one seed reports: operations, (ok, failed, undetermined),
+    /// client crashes, the run's counters.
+    type Seed = Result<(usize, (usize, usize, usize), usize, SimStats), SimFailure>;
+
+    fn run(workload: Workload, seed: u64, config: SimConfig) -> Seed {
+        match workload {
+            Workload::Raw => {
+                run_raw_world(seed, config).map(|r| (r.output.ops, r.output.outcomes, 0, r.stats))
+            }
+            _ => run_txn_world(seed, config)
+                .map(|r| (r.output.txns, r.output.outcomes, r.output.crashes, r.stats)),
+        }
+    }
+
+    pub(super) fn main(
+        workload: Workload,
+        trace_seed: Option<u64>,
+        seeds: std::ops::Range<u64>,
+    ) -> ExitCode {
+        if workload == Workload::Pessimistic {
+            eprintln!("--platform runs --raw and --txn (the stores do not serve lock waits there)");
+            return ExitCode::FAILURE;
+        }
+        if let Some(seed) = trace_seed {
+            return match run(workload, seed, SimConfig { trace: true, ..SimConfig::chaos() }) {
+                Ok((ops, outcomes, _, _)) => {
+                    println!("seed {seed}: passed ({ops} operations, outcomes {outcomes:?})");
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    print!("{}", failure.trace);
+                    println!("{failure}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        let (n, first) = (seeds.end - seeds.start, seeds.start);
+        // Wall-clock time is read only here, to measure.
+        let started = WallClock::now();
+        let (mut ops, mut failed, mut outcomes, mut rpcs, mut events) =
+            (0usize, 0u64, (0usize, 0usize, 0usize), 0u64, 0u64);
+        let mut crashes = 0;
+        for seed in seeds {
+            match run(workload, seed, SimConfig::chaos()) {
+                Ok((o, (ok, fail, undetermined), crashed, stats)) => {
+                    crashes += crashed;
+                    ops += o;
+                    outcomes.0 += ok;
+                    outcomes.1 += fail;
+                    outcomes.2 += undetermined;
+                    rpcs += stats.rpcs;
+                    events += stats.events;
+                }
+                Err(failure) => {
+                    failed += 1;
+                    println!("{failure}");
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let what = if workload == Workload::Raw { "ops" } else { "txns" };
+        println!(
+            "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
+             {ops} {what} ({} ok, {} failed, {} undetermined, {crashes} client crashes), \
+             {rpcs} RPCs, {events} events",
+            first + n,
+            outcomes.0,
+            outcomes.1,
+            outcomes.2
+        );
+        println!(
+            "{secs:.1} s wall: {:.0} simulated {what}/s, {:.0} RPCs/s, {:.0} seeds/minute",
+            ops as f64 / secs,
+            rpcs as f64 / secs,
+            n as f64 * 60.0 / secs
+        );
+        if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    }
+}
+
+/// Built without the `platform` feature: `--platform` is refused.
+#[cfg(not(feature = "platform"))]
+mod platform {
+    use std::process::ExitCode;
+
+    use tikv_sim::world::Workload;
+
+    pub(super) fn main(_: Workload, _: Option<u64>, _: std::ops::Range<u64>) -> ExitCode {
+        eprintln!("--platform needs sim-world built with the `platform` feature");
+        ExitCode::FAILURE
+    }
 }

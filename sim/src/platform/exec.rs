@@ -22,15 +22,19 @@ use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Request, Resp
 use tikv_core::time::{Duration, Instant};
 use tikv_driver::{Runtime, Transport};
 
-use crate::Cluster;
 use crate::net::{Endpoint, Network, Recovery};
 use crate::world::Fault;
+use crate::{Cluster, KvAnswer, LockWaitToken};
 
 use super::SimStats;
 
 /// The task id of the user's main future (never in the task table: it
 /// need not be `Send`).
 pub(crate) const MAIN: u64 = 0;
+
+/// The process of the user's closure and of what it spawns outside any
+/// process of its own (it never crashes).
+pub(crate) const ROOT: u64 = 0;
 
 /// Everything one simulation owns.
 pub(crate) struct Shared {
@@ -45,8 +49,13 @@ struct State {
     /// Pending events by `(instant, scheduling order)`.
     events: BTreeMap<(Instant, u64), Event>,
     next_seq: u64,
-    /// Spawned tasks; `None` while one is being polled.
-    tasks: BTreeMap<u64, Option<BoxFuture<'static, ()>>>,
+    /// Spawned tasks: their process and future (`None` while polled).
+    tasks: BTreeMap<u64, (u64, Option<BoxFuture<'static, ()>>)>,
+    /// The process of the task being polled ([`ROOT`] for the closure).
+    current_process: u64,
+    next_process: u64,
+    /// Crashed processes: whatever they or their clients spawn is dropped.
+    crashed: BTreeSet<u64>,
     /// Woken tasks in wake order, each at most once.
     ready: VecDeque<u64>,
     queued: BTreeSet<u64>,
@@ -60,6 +69,20 @@ struct State {
     stats: SimStats,
     /// When the drawn fault schedule heals.
     heal_at: Option<Instant>,
+    /// `PessimisticLock` requests parked in the cluster's lock manager.
+    parked: BTreeMap<LockWaitToken, Parked>,
+    /// When the lock manager's next timeout or delayed wake-up is due
+    /// (armed as an [`Event::LockWaits`]).
+    lock_wait_timer: Option<Instant>,
+}
+
+/// A parked lock request: where its answer goes once the lock manager
+/// gives one.
+struct Parked {
+    call: u64,
+    client: usize,
+    endpoint: Option<Endpoint>,
+    reply: Weak<Slot<Reply>>,
 }
 
 enum Event {
@@ -77,6 +100,8 @@ enum Event {
     Recover(Recovery),
     /// Every fault heals and the network turns reliable.
     Heal,
+    /// The lock manager's timeouts and delayed wake-ups fall due.
+    LockWaits,
 }
 
 struct Arrival {
@@ -201,14 +226,11 @@ impl State {
     }
 
     fn log(&mut self, line: std::fmt::Arguments<'_>) {
-        let mut text = String::new();
-        let _ = write!(text, "{} {line}", self.now);
-        for b in text.bytes() {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        // Streamed into the hash (and the kept trace): every message's
+        // full content is formatted, so no line is built on the side.
+        let mut sink = TraceSink { hash: &mut self.hash, text: self.trace.as_mut() };
+        let _ = write!(sink, "{} {line}", self.now);
         if let Some(t) = &mut self.trace {
-            t.push_str(&text);
             t.push('\n');
         }
     }
@@ -229,7 +251,7 @@ impl State {
             }
             Event::Answer { call, reply, result, duplicate } => {
                 let slot = reply.upgrade()?;
-                let summary = summarize(&result);
+                let summary = Summary::of(&result);
                 match slot.fill(result) {
                     Ok(waker) => {
                         self.log(format_args!("recv #{call} {summary}"));
@@ -245,6 +267,9 @@ impl State {
             Event::CallDeadline { call, reply } => {
                 let slot = reply.upgrade()?;
                 let waker = slot.fill(Err(RpcError::DeadlineExceeded)).ok()?;
+                // The client stopped waiting: TiKV drops a parked request
+                // whose caller's deadline passed.
+                self.cancel_parked(|p| p.call == call);
                 self.log(format_args!("deadline exceeded #{call}"));
                 waker
             }
@@ -263,6 +288,52 @@ impl State {
                 self.log(format_args!("heal: all faults healed, network reliable"));
                 None
             }
+            Event::LockWaits => {
+                if self.lock_wait_timer == Some(self.now) {
+                    self.lock_wait_timer = None;
+                    self.cluster.advance_lock_waits(self.now);
+                    self.collect_lock_answers();
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends the answers of the parked lock requests that were woken,
+    /// timed out or failed, drops those whose caller went away, and keeps
+    /// the lock manager's timer armed.
+    fn collect_lock_answers(&mut self) {
+        if !self.parked.is_empty() {
+            // A call future dropped (its transaction abandoned, its client
+            // gone) is a closed connection to TiKV.
+            self.cancel_parked(|p| p.reply.strong_count() == 0);
+            let tokens: Vec<LockWaitToken> = self.parked.keys().copied().collect();
+            for token in tokens {
+                let Some(resp) = self.cluster.take_lock_wait_answer(token) else { continue };
+                let Some(p) = self.parked.remove(&token) else { continue };
+                self.log(format_args!("server: #{} stops waiting ({token:?})", p.call));
+                let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(resp))));
+                self.answer(p.call, p.client, p.endpoint, p.reply, result);
+            }
+        }
+        let next = self.cluster.next_lock_wait_deadline();
+        if next != self.lock_wait_timer {
+            self.lock_wait_timer = next;
+            if let Some(at) = next {
+                self.schedule(at, Event::LockWaits);
+            }
+        }
+    }
+
+    /// Takes the parked requests `which` picks out of the lock manager's
+    /// queues and wait-for graph.
+    fn cancel_parked(&mut self, which: impl Fn(&Parked) -> bool) {
+        let tokens: Vec<LockWaitToken> =
+            self.parked.iter().filter(|(_, p)| which(p)).map(|(t, _)| *t).collect();
+        for token in tokens {
+            self.parked.remove(&token);
+            self.cluster.cancel_lock_wait(token);
+            self.log(format_args!("server: lock wait {token:?} cancelled by its caller"));
         }
     }
 
@@ -298,7 +369,7 @@ impl State {
         self.next_call += 1;
         let call = self.next_call;
         self.stats.rpcs += 1;
-        let body = request_debug(&request);
+        let body = RequestDebug(&request);
         self.log(format_args!(
             "send #{call} c{client} {} -> {target:?} deadline {deadline} {body}",
             request.name()
@@ -340,13 +411,41 @@ impl State {
                 self.cluster.handle_pd(m, req, now).map(Response::Pd)
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
-                self.cluster.handle_kv(s, req, now).map(Response::Kv)
+                // TiKV's lock manager: a lock request that meets a lock
+                // waits in the store (in virtual time) until the lock is
+                // released, its wait times out, or it closes a deadlock.
+                let result = match self.cluster.handle_kv_waiting(s, req, now) {
+                    Ok(KvAnswer::Waiting(token)) => {
+                        self.stats.lock_waits += 1;
+                        self.log(format_args!("server: #{call} waits for a lock ({token:?})"));
+                        let parked = Parked { call, client: a.client, endpoint, reply: a.reply };
+                        self.parked.insert(token, parked);
+                        self.collect_lock_answers();
+                        return;
+                    }
+                    Ok(KvAnswer::Ready(resp)) => Ok(Response::Kv(resp)),
+                    Err(e) => Err(e),
+                };
+                // The request may have released locks others wait for.
+                self.collect_lock_answers();
+                result
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
-        let body = response_debug(&result);
-        self.log(format_args!("server: #{call} -> {body}"));
-        let Some(delay) = self.net.answer_delay(&mut self.rng, a.client, endpoint) else {
+        self.answer(call, a.client, endpoint, a.reply, result);
+    }
+
+    /// Sends a server's answer to `call` back over the network.
+    fn answer(
+        &mut self,
+        call: u64,
+        client: usize,
+        endpoint: Option<Endpoint>,
+        reply: Weak<Slot<Reply>>,
+        result: Reply,
+    ) {
+        self.log(format_args!("server: #{call} -> {}", ReplyDebug(&result)));
+        let Some(delay) = self.net.answer_delay(&mut self.rng, client, endpoint) else {
             self.stats.lost += 1;
             self.log(format_args!("net: answer #{call} lost"));
             return;
@@ -356,13 +455,13 @@ impl State {
             self.stats.duplicates += 1;
             let event = Event::Answer {
                 call,
-                reply: a.reply.clone(),
+                reply: reply.clone(),
                 result: result.clone(),
                 duplicate: true,
             };
             self.schedule(at + duplicate, event);
         }
-        self.schedule(at, Event::Answer { call, reply: a.reply, result, duplicate: false });
+        self.schedule(at, Event::Answer { call, reply, result, duplicate: false });
     }
 
     /// Pops the next live event: dead timers and answers nobody waits for
@@ -411,6 +510,9 @@ impl Shared {
             events: BTreeMap::new(),
             next_seq: 0,
             tasks: BTreeMap::new(),
+            current_process: ROOT,
+            next_process: ROOT + 1,
+            crashed: BTreeSet::new(),
             ready: VecDeque::new(),
             queued: BTreeSet::new(),
             next_task: MAIN + 1,
@@ -420,6 +522,8 @@ impl Shared {
             trace: trace.then(String::new),
             stats: SimStats::default(),
             heal_at: None,
+            parked: BTreeMap::new(),
+            lock_wait_timer: None,
         };
         let shared = Arc::new(Shared { state: Mutex::new(state) });
         shared.lock().log(format_args!("seed {seed}"));
@@ -448,14 +552,52 @@ impl Shared {
         self.lock().rng.next_u64()
     }
 
-    pub(crate) fn register_client(&self) -> usize {
+    /// A new client of the current process: its number on the network
+    /// and its process.
+    pub(crate) fn register_client(&self) -> (usize, u64) {
         let mut st = self.lock();
         st.clients += 1;
         let n = st.clients - 1;
-        st.log(format_args!("client c{n} built"));
-        n
+        let process = st.current_process;
+        st.log(format_args!("client c{n} built in process p{process}"));
+        (n, process)
     }
 
+    /// The process of the task being polled.
+    pub(crate) fn current_process(&self) -> u64 {
+        self.lock().current_process
+    }
+
+    /// A new process id.
+    pub(crate) fn new_process(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_process += 1;
+        st.next_process - 1
+    }
+
+    /// Crashes `process`: its tasks (the application's and its clients'
+    /// background tasks) are dropped now, and whatever it would spawn
+    /// later is dropped at once. Its requests already on the wire still
+    /// reach their servers; their answers find nobody.
+    pub(crate) fn crash(&self, process: u64) {
+        if process == ROOT {
+            return;
+        }
+        let dropped: Vec<BoxFuture<'static, ()>> = {
+            let mut st = self.lock();
+            if !st.crashed.insert(process) {
+                return;
+            }
+            let ids: Vec<u64> =
+                st.tasks.iter().filter(|(_, (p, _))| *p == process).map(|(id, _)| *id).collect();
+            st.log(format_args!("crash: process p{process} and its {} tasks", ids.len()));
+            // A task crashing its own process is being polled (its future
+            // is out of the table): it is dropped when its poll returns.
+            ids.iter().filter_map(|id| st.tasks.remove(id).and_then(|(_, f)| f)).collect()
+        };
+        // Dropped without the lock: drops may spawn (and are refused).
+        drop(dropped);
+    }
     pub(crate) fn schedule_fault(&self, at: Instant, fault: Fault) {
         self.lock().schedule(at, Event::Fault(fault));
     }
@@ -505,12 +647,20 @@ impl Shared {
         (st.hash, st.trace.clone().unwrap_or_default())
     }
 
-    fn spawn(self: &Arc<Self>, fut: BoxFuture<'static, ()>) {
+    /// Spawns `fut` in `process` (the current one when `None`); refused
+    /// (dropped) when that process crashed.
+    fn spawn_in(self: &Arc<Self>, process: Option<u64>, fut: BoxFuture<'static, ()>) {
         let mut st = self.lock();
+        let process = process.unwrap_or(st.current_process);
+        if st.crashed.contains(&process) {
+            drop(st);
+            drop(fut);
+            return;
+        }
         let id = st.next_task;
         st.next_task += 1;
         st.stats.tasks += 1;
-        st.tasks.insert(id, Some(fut));
+        st.tasks.insert(id, (process, Some(fut)));
         st.make_ready(id);
     }
 
@@ -582,15 +732,24 @@ impl Shared {
     }
 
     fn poll_task(self: &Arc<Self>, id: u64) {
-        let Some(mut fut) = self.lock().tasks.get_mut(&id).and_then(Option::take) else {
-            return;
+        let (process, mut fut) = {
+            let mut st = self.lock();
+            let Some((process, Some(fut))) = st.tasks.get_mut(&id).map(|(p, f)| (*p, f.take()))
+            else {
+                return;
+            };
+            st.current_process = process;
+            (process, fut)
         };
         let waker = self.waker(id);
         let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
         let mut st = self.lock();
-        if done {
+        st.current_process = ROOT;
+        if done || st.crashed.contains(&process) {
             st.tasks.remove(&id);
-        } else if let Some(slot) = st.tasks.get_mut(&id) {
+            drop(st);
+            drop(fut);
+        } else if let Some((_, slot)) = st.tasks.get_mut(&id) {
             *slot = Some(fut);
         }
     }
@@ -633,6 +792,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct SimRuntime {
     pub(crate) shared: Arc<Shared>,
+    /// The process of the client it serves.
+    pub(crate) process: u64,
 }
 
 impl std::fmt::Debug for SimRuntime {
@@ -651,7 +812,8 @@ impl Runtime for SimRuntime {
     }
 
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
-        self.shared.spawn(fut);
+        // A client's background tasks belong to the process that built it.
+        self.shared.spawn_in(Some(self.process), fut);
     }
 }
 
@@ -686,14 +848,52 @@ pub(crate) fn sleep(shared: &Arc<Shared>, d: Duration) -> BoxFuture<'static, ()>
     shared.sleep_until(at)
 }
 
-pub(crate) fn spawn(shared: &Arc<Shared>, fut: BoxFuture<'static, ()>) {
-    shared.spawn(fut);
+pub(crate) fn spawn(shared: &Arc<Shared>, process: Option<u64>, fut: BoxFuture<'static, ()>) {
+    shared.spawn_in(process, fut);
 }
 
-fn summarize(result: &Reply) -> String {
-    match result {
-        Err(e) => format!("error: {e}"),
-        Ok(r) => response_name(r).to_owned(),
+/// Folds trace text into the FNV-1a hash and, when kept, the trace.
+struct TraceSink<'a> {
+    hash: &'a mut u64,
+    text: Option<&'a mut String>,
+}
+
+impl std::fmt::Write for TraceSink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut hash = *self.hash;
+        for b in s.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        *self.hash = hash;
+        if let Some(t) = &mut self.text {
+            t.push_str(s);
+        }
+        Ok(())
+    }
+}
+
+/// An answer's name or error, for the line of its delivery.
+enum Summary {
+    Name(&'static str),
+    Error(String),
+}
+
+impl Summary {
+    fn of(result: &Reply) -> Summary {
+        match result {
+            Err(e) => Summary::Error(e.to_string()),
+            Ok(r) => Summary::Name(response_name(r)),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Summary::Name(name) => f.write_str(name),
+            Summary::Error(e) => write!(f, "error: {e}"),
+        }
     }
 }
 
@@ -709,11 +909,11 @@ fn response_name(r: &Response) -> &'static str {
 // with equal hashes exchanged byte-identical messages.
 macro_rules! kv_debug {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        fn kv_request_debug(r: &KvRequest) -> String {
-            match r { $(KvRequest::$variant(m) => format!("{m:?}"),)* }
+        fn kv_request_debug(r: &KvRequest, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(KvRequest::$variant(m) => write!(f, "{m:?}"),)* }
         }
-        fn kv_response_debug(r: &KvResponse) -> String {
-            match r { $(KvResponse::$variant(m) => format!("{m:?}"),)* }
+        fn kv_response_debug(r: &KvResponse, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(KvResponse::$variant(m) => write!(f, "{m:?}"),)* }
         }
     };
 }
@@ -721,29 +921,39 @@ tikv_core::for_each_kv_rpc!(kv_debug);
 
 macro_rules! pd_debug {
     ($(($variant:ident, $service:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        fn pd_request_debug(r: &PdRequest) -> String {
-            match r { $(PdRequest::$variant(m) => format!("{m:?}"),)* PdRequest::Tso(m) => format!("{m:?}") }
+        fn pd_request_debug(r: &PdRequest, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(PdRequest::$variant(m) => write!(f, "{m:?}"),)* PdRequest::Tso(m) => write!(f, "{m:?}") }
         }
-        fn pd_response_debug(r: &PdResponse) -> String {
-            match r { $(PdResponse::$variant(m) => format!("{m:?}"),)* PdResponse::Tso(m) => format!("{m:?}") }
+        fn pd_response_debug(r: &PdResponse, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match r { $(PdResponse::$variant(m) => write!(f, "{m:?}"),)* PdResponse::Tso(m) => write!(f, "{m:?}") }
         }
     };
 }
 tikv_core::for_each_pd_rpc!(pd_debug);
 
-fn request_debug(r: &Request) -> String {
-    match r {
-        Request::Kv(r) => kv_request_debug(r),
-        Request::Pd(r) => pd_request_debug(r),
-        Request::Timestamp => "timestamp".into(),
+/// A request's full content.
+struct RequestDebug<'a>(&'a Request);
+
+impl std::fmt::Display for RequestDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Request::Kv(r) => kv_request_debug(r, f),
+            Request::Pd(r) => pd_request_debug(r, f),
+            Request::Timestamp => f.write_str("timestamp"),
+        }
     }
 }
 
-fn response_debug(r: &Reply) -> String {
-    match r {
-        Err(e) => format!("error: {e}"),
-        Ok(Response::Kv(r)) => kv_response_debug(r),
-        Ok(Response::Pd(r)) => pd_response_debug(r),
-        Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
+/// An answer's full content.
+struct ReplyDebug<'a>(&'a Reply);
+
+impl std::fmt::Display for ReplyDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Err(e) => write!(f, "error: {e}"),
+            Ok(Response::Kv(r)) => kv_response_debug(r, f),
+            Ok(Response::Pd(r)) => pd_response_debug(r, f),
+            Ok(Response::Timestamp(ts)) => write!(f, "timestamp {ts}"),
+        }
     }
 }

@@ -69,14 +69,30 @@
 //! The seeded world's own workloads also run here, through the public
 //! clients, checked by the world's checkers: [`run_raw_world`] (per-key
 //! linearizability) and [`run_txn_world`] (snapshot isolation, honest
-//! outcomes, the bank total, list-append anomalies), so the driver's code
-//! paths (its TSO task, background secondaries and cleanups, store
-//! refresh, scanners) meet the same faults as the core machines.
+//! outcomes, the bank total, list-append anomalies; clients crash
+//! mid-commit as in the core-level world), so the driver's code paths
+//! (its TSO task, background secondaries and cleanups, store refresh,
+//! scanners) meet the same faults as the core machines.
 //!
-//! Limits: the stores answer a `PessimisticLock` that meets a lock at once
-//! (`KeyIsLocked`, as in the seeded world; no lock waiting). Clients built
-//! with an unpinned `Config::rng_seed` draw their seed from the process's
-//! entropy and break replay: build them from [`Sim::config`].
+//! Crashes: [`Sim::spawn_process`] runs a future as a process, a crash
+//! domain like one application server; the clients it builds and every
+//! task it or they spawn (through the driver's `Runtime::spawn`: the TSO
+//! task, store refresh, secondary commits and cleanups, keep-alives)
+//! belong to it, and [`Sim::crash`] drops them all at once, mid-commit if
+//! need be; what the process would spawn afterwards (a dropped
+//! transaction's cleanup) is dropped too. Its requests on the wire still
+//! arrive; other clients resolve the locks it left.
+//!
+//! Pessimistic transactions wait for each other in the stores as in TiKV:
+//! a `PessimisticLock` that meets a lock is parked in the cluster's lock
+//! manager ([`crate::lock_wait`]) until the lock is released, its wait
+//! times out or it closes a deadlock, all on the virtual clock; a parked
+//! request whose caller stopped waiting (its deadline passed, its call
+//! dropped) leaves the queues and the wait-for graph.
+//!
+//! Limits: clients built with an unpinned `Config::rng_seed` draw their
+//! seed from the process's entropy and break replay: build them from
+//! [`Sim::config`].
 
 mod exec;
 mod raw_world;
@@ -134,8 +150,8 @@ impl Platform for SimPlatform {
                 "simulated clients are built inside tikv_sim::platform::simulate only".into(),
             )
         })?;
-        let client = shared.register_client();
-        Ok((SimRuntime { shared: shared.clone() }, SimTransport { shared, client }))
+        let (client, process) = shared.register_client();
+        Ok((SimRuntime { shared: shared.clone(), process }, SimTransport { shared, client }))
     }
 }
 
@@ -190,6 +206,8 @@ pub struct SimStats {
     pub faults: u64,
     /// Tasks spawned (by the closure and by the clients).
     pub tasks: u64,
+    /// `PessimisticLock` requests that waited in a store's lock manager.
+    pub lock_waits: u64,
 }
 
 /// A successful run.
@@ -283,8 +301,43 @@ impl Sim {
         F::Output: Send,
     {
         let (task, handle) = fut.remote_handle();
-        exec::spawn(&self.shared, task.boxed());
+        exec::spawn(&self.shared, None, task.boxed());
         handle
+    }
+
+    /// Runs `fut` as a new process: a crash domain, like one application
+    /// server. The clients it builds and the tasks it and they spawn (a
+    /// client's TSO task, store refresh, secondary commits, keep-alives)
+    /// belong to it, and [`Sim::crash`] ends them all at once.
+    pub fn spawn_process<F>(&self, fut: F) -> Process<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let id = self.shared.new_process();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let task = async move {
+            let _ = tx.send(fut.await);
+        };
+        exec::spawn(&self.shared, Some(id), task.boxed());
+        Process { id: ProcessId(id), output: rx }
+    }
+
+    /// The process the calling task belongs to (`None` outside any
+    /// process started by [`Sim::spawn_process`]).
+    pub fn current_process(&self) -> Option<ProcessId> {
+        let id = self.shared.current_process();
+        (id != exec::ROOT).then_some(ProcessId(id))
+    }
+
+    /// Crashes `process` now, as a machine dies: its tasks and its clients'
+    /// background tasks are dropped without running further, and anything
+    /// it would spawn later (a dropped transaction's cleanup) is dropped at
+    /// once. Its requests already on the wire still reach their servers;
+    /// the answers find nobody. Locks it left behind are resolved by other
+    /// clients as TiKV's protocol has them.
+    pub fn crash(&self, process: ProcessId) {
+        self.shared.crash(process.0);
     }
 
     /// A client configuration for this simulation: the simulated PD
@@ -340,6 +393,29 @@ impl Sim {
     /// Adds a line to the trace (and its hash).
     pub fn log(&self, line: impl AsRef<str>) {
         self.shared.log_user(line.as_ref());
+    }
+}
+
+/// Names a process started by [`Sim::spawn_process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProcessId(u64);
+
+/// A process started by [`Sim::spawn_process`].
+#[derive(Debug)]
+pub struct Process<T> {
+    id: ProcessId,
+    output: futures::channel::oneshot::Receiver<T>,
+}
+
+impl<T> Process<T> {
+    /// Its id, for [`Sim::crash`].
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// Waits for the process: its output, or `None` when it crashed first.
+    pub async fn join(self) -> Option<T> {
+        self.output.await.ok()
     }
 }
 

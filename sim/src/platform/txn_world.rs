@@ -6,12 +6,19 @@
 //! isolation against the model rebuilt from the cluster's commit records,
 //! honest outcomes, the bank total and Elle's list-append anomalies.
 //!
+//! Each client runs in a process of its own ([`Sim::spawn_process`]); as
+//! in the core-level world, with the seed's crash rate a client crashes
+//! while one of its transactions commits (a drawn delay after the commit
+//! began: during prewrite, at the commit point, among the secondaries, or
+//! just after), its background tasks (TSO, store refresh, secondary
+//! commits) dying with it; the transaction is undetermined and a fresh
+//! client with empty caches takes over the rest of its work.
+//!
 //! What differs from the core-level world: the driver runs the
 //! transactions (its TSO task, background secondaries and cleanups,
-//! store refresh), no client crashes mid-commit (a crash would need the
-//! driver's tasks to die with their client), reads of a transaction's own
-//! writes are not recorded, and the commit mode that went through is not
-//! visible (outcomes carry none).
+//! store refresh), reads of a transaction's own writes are not recorded,
+//! and the commit mode that went through is not visible (outcomes carry
+//! none).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +45,8 @@ pub struct TxnWorldStats {
     pub txns: usize,
     /// Committed, failed and undetermined transactions.
     pub outcomes: (usize, usize, usize),
+    /// Clients crashed (each then replaced by a fresh one).
+    pub crashes: usize,
 }
 
 struct Record {
@@ -45,6 +54,12 @@ struct Record {
     params: TxnParams,
     history: TxnHistory,
     next_value: u32,
+    /// Transactions each client finished (a replacement goes on from there).
+    done: Vec<usize>,
+    crashes: usize,
+    /// Transactions per client, and the longest pause before each.
+    txns_each: usize,
+    think: Duration,
 }
 
 /// Runs the transactional workload with `seed` through the public client
@@ -67,7 +82,11 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
     };
     let params = TxnParams {
         keys,
-        crash_permille: 0,
+        crash_permille: match rng.gen_range(0, 4) {
+            0 => 0,
+            1 => rng.gen_range(1, 100),
+            _ => rng.gen_range(100, 400),
+        },
         async_commit_permille: rng.gen_range(0, 700),
         one_pc_permille: rng.gen_range(0, 600),
         budget_permille: match rng.gen_range(0, 4) {
@@ -82,26 +101,35 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
     let think = (heal_at.saturating_duration_since(Instant::ZERO) * 2 / txns_each as u32)
         .max(Duration::from_millis(10));
     let budgets = scaled_budgets(params.budget_permille);
-    let record =
-        Arc::new(Mutex::new(Record { rng, params, history: TxnHistory::default(), next_value: 0 }));
+    let record = Arc::new(Mutex::new(Record {
+        rng,
+        params,
+        history: TxnHistory::default(),
+        next_value: 0,
+        done: vec![0; clients],
+        crashes: 0,
+        txns_each,
+        think,
+    }));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = connect(&sim, Some(budgets.clone())).await?;
-        let (sim2, record) = (sim.clone(), record.clone());
+        let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
+        // Client `c`'s supervisor: a process runs its transactions; when
+        // it crashes, its transaction in flight is undetermined and a new
+        // process goes on with the rest.
         tasks.push(sim.spawn(async move {
-            for _ in 0..txns_each {
-                let pause = lock(&record).rng.gen_duration(think);
-                sim2.sleep(pause).await;
-                let spec = {
-                    let r = &mut *lock(&record);
-                    txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value)
-                };
-                run_txn(&sim2, &client, &record, c, spec, &keys).await;
+            loop {
+                let worker = client_process(sim2.clone(), record.clone(), c, budgets.clone());
+                let process = sim2.spawn_process(worker);
+                match process.join().await {
+                    Some(result) => return result,
+                    None => crashed(&sim2, &record, c),
+                }
             }
         }));
     }
     for t in tasks {
-        t.await;
+        t.await?;
     }
     if sim.now() < heal_at {
         sim.sleep_until(heal_at).await;
@@ -123,8 +151,26 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
             opts: Default::default(),
         }
     };
-    let audit = run_txn(&sim, &auditor, &record, clients, full, &keys).await;
+    let audit = run_txn(&sim, &auditor, &record, clients, full, &keys, None).await;
     let mut violations = Vec::new();
+    // Locks no read meets (a `LockKeys` lock of a crashed client's
+    // transaction) are resolved as GC's lock resolution would; then none
+    // may be left.
+    match auditor.current_timestamp().await {
+        Ok(ts) => {
+            if let Err(e) = auditor.resolve_locks_for_range(KeyRange::all(), ts).await {
+                violations.push(format!("liveness: resolving the locks left failed: {e}"));
+            }
+        }
+        Err(e) => violations.push(format!("liveness: no timestamp for the lock sweep: {e}")),
+    }
+    for l in cluster.locks() {
+        violations.push(format!(
+            "liveness: a lock of txn {} on {:?} was never resolved",
+            l.lock_version,
+            String::from_utf8_lossy(&l.key)
+        ));
+    }
     let record = lock(&record);
     let history = &record.history;
     if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
@@ -168,7 +214,59 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
         return Err(violations.join("\n"));
     }
     let (ok, failed, undetermined, _) = history.counts();
-    Ok(TxnWorldStats { txns: history.entries.len(), outcomes: (ok, failed, undetermined) })
+    Ok(TxnWorldStats {
+        txns: history.entries.len(),
+        outcomes: (ok, failed, undetermined),
+        crashes: record.crashes,
+    })
+}
+
+/// Client `c`'s work in its process: a client of its own, then the
+/// transactions `c` has left; with the seed's crash rate, a transaction's
+/// commit is the moment its process crashes.
+async fn client_process(
+    sim: Sim,
+    record: Arc<Mutex<Record>>,
+    c: usize,
+    budgets: tikv_core::config::BackoffBudgets,
+) -> Result<(), String> {
+    let client = connect(&sim, Some(budgets)).await?;
+    let keys = lock(&record).params.keys;
+    let (txns_each, think) = {
+        let r = lock(&record);
+        (r.txns_each, r.think)
+    };
+    while lock(&record).done[c] < txns_each {
+        let pause = lock(&record).rng.gen_duration(think);
+        sim.sleep(pause).await;
+        let (spec, crash_after) = {
+            let r = &mut *lock(&record);
+            let spec = txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value);
+            let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);
+            (spec, crash.then(|| Duration::from_micros(r.rng.gen_range(0, 40_000))))
+        };
+        run_txn(&sim, &client, &record, c, spec, &keys, crash_after).await;
+        lock(&record).done[c] += 1;
+    }
+    Ok(())
+}
+
+/// Client `c`'s process crashed: its transaction in flight (if any) is
+/// undetermined.
+fn crashed(sim: &Sim, record: &Mutex<Record>, c: usize) {
+    let now = sim.now();
+    let r = &mut *lock(record);
+    r.crashes += 1;
+    for e in r.history.entries.iter_mut().filter(|e| e.client == c) {
+        if matches!(e.outcome, TxnOutcome::Pending) {
+            e.crashed = true;
+            e.end = Some(now);
+            e.outcome = TxnOutcome::Undetermined("the client crashed".into());
+            // Its attempt is over either way: the replacement goes on.
+            r.done[c] += 1;
+        }
+    }
+    sim.log(format!("client c{c} crashed; a new one takes over"));
 }
 
 fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
@@ -210,6 +308,8 @@ async fn connect(
 }
 
 /// Runs one transaction as client `c` and records it; returns its entry.
+/// With `crash_after`, the process running it crashes that long after
+/// its commit began.
 async fn run_txn(
     sim: &Sim,
     client: &TransactionClient,
@@ -217,6 +317,7 @@ async fn run_txn(
     c: usize,
     spec: TxnSpec,
     keys: &TxnKeys,
+    crash_after: Option<Duration>,
 ) -> usize {
     let id = {
         let r = &mut *lock(record);
@@ -238,7 +339,22 @@ async fn run_txn(
         id
     };
     let mut run = TxnRun::default();
-    let outcome = transact(client, spec, keys, id, &mut run).await;
+    let committing = |run: &TxnRun| {
+        // What a crash from here on leaves for the checkers.
+        lock(record).history.entries[id].run = run.clone();
+        if let Some(after) = crash_after
+            && let Some(process) = sim.current_process()
+        {
+            let crasher = sim.clone();
+            sim.log(format!("client c{c} will crash {after:?} into this commit"));
+            sim.spawn(async move {
+                crasher.sleep(after).await;
+                crasher.crash(process);
+            })
+            .forget();
+        }
+    };
+    let outcome = transact(client, spec, keys, id, &mut run, committing).await;
     let r = &mut *lock(record);
     let e = &mut r.history.entries[id];
     e.end = Some(sim.now());
@@ -253,6 +369,7 @@ async fn transact(
     keys: &TxnKeys,
     id: usize,
     run: &mut TxnRun,
+    committing: impl FnOnce(&TxnRun),
 ) -> TxnOutcome {
     let options = TransactionOptions::default().with_commit_options(spec.opts.clone());
     let mut txn = match client.begin_with_options(options).await {
@@ -299,6 +416,7 @@ async fn transact(
             return TxnOutcome::Failed(format!("buffering: {e}"));
         }
     }
+    committing(run);
     match txn.commit().await {
         Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
         Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
