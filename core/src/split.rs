@@ -8,6 +8,9 @@
 //! - [`scatter_regions`]: PD's `ScatterRegion` for regions by id.
 //! - [`WaitScatterFinish`]: polls PD's `GetOperator` until the region has no
 //!   running `scatter-region` operator.
+//! - [`PreSplit`]: before a large prewrite, splits and scatters each region
+//!   that would get too many of its mutations (client-go `groupMutations`
+//!   and `preSplitRegion`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,7 +21,8 @@ use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::key::Key;
 use crate::op::{Operation, StepEvent, StepSlot};
-use crate::pd::PdCall;
+use crate::pd::{LocateBy, LocateRegion, PdCall};
+use crate::region::{InvalidReason, RegionRef, RegionVerId};
 use crate::route::fanout::{KeyFanout, KeyPlan};
 use crate::rpc::{KvRequest, KvResponse, PdRequest, PdResponse};
 use crate::time::{Duration, Instant};
@@ -343,6 +347,234 @@ impl Operation for WaitScatterFinish {
     crate::op::forward_step_inputs!(step);
 
     fn poll_result(&mut self) -> Option<Result<(), Error>> {
+        self.result.take()
+    }
+
+    fn backoff_spent(&self) -> Option<&Backoffer> {
+        Some(&self.budget)
+    }
+}
+
+/// When a transaction's commit splits regions first (client-go
+/// `preSplitDetectThreshold`, `preSplitSizeThreshold`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PreSplitThresholds {
+    /// A region about to get at least this many of the transaction's
+    /// mutations is split first: 100,000.
+    pub detect_mutations: usize,
+    /// Its mutations are cut into pieces of about this many key + value
+    /// bytes, each piece a new region: 32 MiB.
+    pub split_size: usize,
+}
+
+impl Default for PreSplitThresholds {
+    fn default() -> PreSplitThresholds {
+        PreSplitThresholds { detect_mutations: 100_000, split_size: 32 << 20 }
+    }
+}
+
+impl PreSplitThresholds {
+    /// Splits regions with at least `detect_mutations` mutations into
+    /// pieces of `split_size` bytes.
+    pub fn new(detect_mutations: usize, split_size: usize) -> PreSplitThresholds {
+        PreSplitThresholds { detect_mutations, split_size }
+    }
+}
+
+/// What [`PreSplit`] did. Its failures are reported, never raised: the
+/// commit goes on over whatever regions there are (client-go logs them).
+#[derive(Debug, Default, PartialEq)]
+pub struct PreSplitOutcome {
+    /// Regions that got too many mutations and were split.
+    pub regions_split: usize,
+    /// The regions the splits created.
+    pub new_regions: Vec<u64>,
+    /// The first failure: locating, splitting, scattering or waiting.
+    pub error: Option<Error>,
+}
+
+enum PreSplitEvent {
+    Located(Result<RegionRef, Error>),
+    Split(Result<SplitRegionsOutcome, Error>),
+    Waited(Result<(), Error>),
+}
+
+/// client-go's pre-split of a large transaction: the sorted mutation keys
+/// are grouped by region (`groupSortedMutationsByRegion`); each group of at
+/// least [`PreSplitThresholds::detect_mutations`] is cut every
+/// [`PreSplitThresholds::split_size`] bytes; the cuts are split with
+/// scatter, each new region's scatter is waited for, and the split regions
+/// leave the cache so the prewrite groups over the new ones.
+pub struct PreSplit {
+    view: Arc<ClusterView>,
+    /// Sorted keys with their key + value size.
+    keys: Vec<(Key, usize)>,
+    thresholds: PreSplitThresholds,
+    /// The first key not grouped yet.
+    cursor: usize,
+    split_keys: Vec<Key>,
+    split_regions: Vec<RegionVerId>,
+    to_wait: VecDeque<u64>,
+    step: StepSlot<PreSplitEvent>,
+    budget: Backoffer,
+    outcome: PreSplitOutcome,
+    started: bool,
+    result: Option<Result<PreSplitOutcome, Error>>,
+}
+
+impl std::fmt::Debug for PreSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreSplit")
+            .field("keys", &self.keys.len())
+            .field("cursor", &self.cursor)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+impl PreSplit {
+    /// Pre-splits for `keys`, sorted, each with its mutation's key + value
+    /// size. Fewer keys than the detect threshold send nothing.
+    pub fn new(
+        view: &Arc<ClusterView>,
+        keys: Vec<(Key, usize)>,
+        thresholds: PreSplitThresholds,
+    ) -> PreSplit {
+        PreSplit {
+            view: view.clone(),
+            keys,
+            thresholds,
+            cursor: 0,
+            split_keys: Vec::new(),
+            split_regions: Vec::new(),
+            to_wait: VecDeque::new(),
+            step: StepSlot::new(),
+            budget: view.backoffer(view.config.backoff.locate_region),
+            outcome: PreSplitOutcome::default(),
+            started: false,
+            result: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.step.clear();
+        self.result = Some(Ok(std::mem::take(&mut self.outcome)));
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.outcome.error.get_or_insert(e);
+        self.finish();
+    }
+
+    /// Locates the region of the first key not grouped yet, or splits once
+    /// every key is grouped.
+    fn locate_next(&mut self, now: Instant) {
+        let Some((key, _)) = self.keys.get(self.cursor) else {
+            if self.split_keys.is_empty() {
+                self.finish();
+            } else {
+                let keys = std::mem::take(&mut self.split_keys);
+                let split = SplitRegions::new(&self.view, keys, true);
+                self.step.start(split, PreSplitEvent::Split, now);
+            }
+            return;
+        };
+        let locate =
+            LocateRegion::new(self.view.clone(), LocateBy::Key(key.clone()), self.budget.fork());
+        self.step.start(locate, PreSplitEvent::Located, now);
+    }
+
+    /// Takes the keys `region` holds from the cursor on as one group, and
+    /// cuts it if it is large (client-go `preSplitRegion`).
+    fn group(&mut self, region: &RegionRef) -> Result<(), Error> {
+        let rest = &self.keys[self.cursor..];
+        let held = rest.partition_point(|(k, _)| region.contains(k.as_bytes()));
+        if held == 0 {
+            return Err(Error::Internal(format!(
+                "region {} located for a key it does not contain",
+                region.id()
+            )));
+        }
+        if held >= self.thresholds.detect_mutations {
+            let mut size = 0usize;
+            let before = self.split_keys.len();
+            for (key, bytes) in &rest[..held] {
+                size += bytes;
+                if size >= self.thresholds.split_size {
+                    size = 0;
+                    self.split_keys.push(key.clone());
+                }
+            }
+            if self.split_keys.len() > before {
+                self.outcome.regions_split += 1;
+                self.split_regions.push(region.ver_id());
+            }
+        }
+        self.cursor += held;
+        Ok(())
+    }
+
+    fn wait_next(&mut self, now: Instant) {
+        match self.to_wait.pop_front() {
+            Some(region_id) => {
+                let wait = WaitScatterFinish::new(&self.view, region_id, WAIT_SCATTER_BUDGET);
+                self.step.start(wait, PreSplitEvent::Waited, now);
+            }
+            None => self.finish(),
+        }
+    }
+
+    fn check(&mut self, now: Instant) {
+        while let Some(event) = self.step.poll_event(Some(&mut self.budget)) {
+            match event {
+                StepEvent::Done(PreSplitEvent::Located(Ok(region))) => match self.group(&region) {
+                    Ok(()) => self.locate_next(now),
+                    Err(e) => self.fail(e),
+                },
+                StepEvent::Done(PreSplitEvent::Located(Err(e))) => self.fail(e),
+                StepEvent::Done(PreSplitEvent::Split(Ok(split))) => {
+                    // client-go invalidates the split group's region so the
+                    // regrouping loads the new ones.
+                    for ver in self.split_regions.drain(..) {
+                        self.view.regions.invalidate(ver, InvalidReason::Other);
+                    }
+                    self.outcome.error = split.scatter_error;
+                    self.outcome.new_regions = split.region_ids.clone();
+                    self.to_wait = split.region_ids.into();
+                    self.wait_next(now);
+                }
+                StepEvent::Done(PreSplitEvent::Split(Err(e))) => self.fail(e),
+                StepEvent::Done(PreSplitEvent::Waited(waited)) => {
+                    if let Err(e) = waited {
+                        self.outcome.error.get_or_insert(e);
+                    }
+                    self.wait_next(now);
+                }
+                StepEvent::Woke => {}
+            }
+        }
+    }
+}
+
+impl Operation for PreSplit {
+    type Output = PreSplitOutcome;
+
+    fn start(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        if self.keys.len() < self.thresholds.detect_mutations {
+            self.finish();
+            return;
+        }
+        self.locate_next(now);
+        self.check(now);
+    }
+
+    crate::op::forward_step_inputs!(step);
+
+    fn poll_result(&mut self) -> Option<Result<PreSplitOutcome, Error>> {
         self.result.take()
     }
 

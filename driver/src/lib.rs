@@ -67,7 +67,7 @@ pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::route::replica::{ReplicaRead, ReplicaReadType};
 pub use tikv_core::rpc::{RequestSource, RequestTags};
-pub use tikv_core::split::SplitRegionsOutcome;
+pub use tikv_core::split::{PreSplitThresholds, SplitRegionsOutcome};
 /// The kvproto messages some errors carry (e.g. [`Error::KeyError`]'s
 /// `kvrpcpb::KeyError`), so matching on them needs no direct dependency on
 /// `tikv-proto` at a matching version.

@@ -91,9 +91,9 @@ pub use tikv_driver::interceptor;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
     DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass, GcOutcome,
-    Key, KeyRange, KvPair, Lock, LockOptions, LockWait, RangeTaskStat, RawChecksum, ReadOptions,
-    ReplicaRead, ReplicaReadType, RequestSource, RequestTags, ReturnedValue, RpcError,
-    SplitRegionsOutcome, Timestamp, TransactionOptions, Value, describe_metrics, metric_names,
-    proto,
+    Key, KeyRange, KvPair, Lock, LockOptions, LockWait, PreSplitThresholds, RangeTaskStat,
+    RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags,
+    ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions, Value,
+    describe_metrics, metric_names, proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

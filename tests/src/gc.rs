@@ -38,6 +38,7 @@ macro_rules! gc_suite {
             unsafe_destroy_range_empties_the_range_and_names_failed_stores,
             reads_below_the_txn_safe_point_are_refused,
             split_and_scatter_regions,
+            a_large_transaction_is_pre_split_and_scattered_before_its_prewrite,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -296,4 +297,35 @@ pub async fn split_and_scatter_regions<H: Harness>() {
     put(&client, &[("b", Some("1")), ("d", Some("2")), ("l", Some("3"))]).await;
     assert_eq!(read(&client, "d").await.as_deref(), Some("2"));
     assert_eq!(read(&client, "l").await.as_deref(), Some("3"));
+}
+
+/// client-go's pre-split of large transactions (here at a threshold of 40
+/// mutations, cut every 200 bytes): the region that would get 120 of the
+/// mutations is split before the prewrite and the new regions scattered;
+/// the region that gets 3 is left alone; every write commits.
+pub async fn a_large_transaction_is_pre_split_and_scattered_before_its_prewrite<H: Harness>() {
+    use tikv_driver::{PreSplitThresholds, TransactionOptions};
+
+    let (server, client) = start::<H>().await;
+    let cluster = server.cluster();
+    assert_eq!(cluster.regions().len(), 3);
+    let options = TransactionOptions::default().with_pre_split(PreSplitThresholds::new(40, 200));
+    let mut txn = client.begin_with_options(options).await.expect("begin");
+    // 120 keys in [g, p), each 10 key + value bytes: cut every 20 keys.
+    for i in 0..120 {
+        txn.put(format!("h{i:04}"), "v".repeat(5)).expect("put");
+    }
+    for k in ["a", "b", "q"] {
+        txn.put(k.to_string(), "small".to_string()).expect("put");
+    }
+    txn.commit().await.expect("commit");
+    // 120 keys × 10 bytes = 1200 bytes: a cut after every 200 bytes, at
+    // the 20th, 40th, ... and 120th key: six new split points.
+    let regions = cluster.regions();
+    assert_eq!(regions.len(), 3 + 6, "{:?}", regions.iter().map(|r| r.id).collect::<Vec<_>>());
+    for i in [0, 19, 20, 77, 119] {
+        let key = format!("h{i:04}");
+        assert_eq!(read(&client, &key).await.as_deref(), Some("vvvvv"), "{key}");
+    }
+    assert_eq!(read(&client, "q").await.as_deref(), Some("small"));
 }

@@ -94,3 +94,66 @@ fn scatter_regions_asks_pd_once_for_all() {
     assert!(matches!(result, Ok(PdResponse::ScatterRegion(r)) if r.finished_percentage == 100));
     assert_eq!(c.scattered, [4, 5]);
 }
+
+fn sized(keys: &[&str], size: usize) -> Vec<(Key, usize)> {
+    keys.iter().map(|k| (Key::from(*k), size)).collect()
+}
+
+/// client-go's pre-split: only the region with at least the detect
+/// threshold of mutations is cut, every `split_size` bytes; the cuts are
+/// split with scatter, each new region's scatter is waited for, and the
+/// split region leaves the cache.
+#[test]
+fn pre_split_cuts_only_crowded_regions_every_split_size_bytes() {
+    let mut c = FakeCluster::new(&["m"]);
+    let v = view();
+    split_answer(&mut c, &[201, 202, 1]);
+    c.operator_running_polls = 1;
+    // Region [, m) gets 5 keys of 10 bytes, region [m, ) gets 2.
+    let mut keys = sized(&["a", "b", "c", "d", "e"], 10);
+    keys.extend(sized(&["n", "o"], 10));
+    let thresholds = PreSplitThresholds::new(3, 20);
+    let (log, result) = drive(PreSplit::new(&v, keys, thresholds), &mut c);
+    let outcome = result.unwrap();
+    assert_eq!(outcome.regions_split, 1, "{log}");
+    assert_eq!(outcome.new_regions, [201, 202]);
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let sent: Vec<Vec<Vec<u8>>> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::SplitRegion(s) => Some(s.split_keys.iter().map(|k| k.to_vec()).collect()),
+            _ => None,
+        })
+        .collect();
+    // Cut after every 20 bytes: at b and d.
+    assert_eq!(sent, [vec![b"b".to_vec(), b"d".to_vec()]], "{log}");
+    assert_eq!(c.scattered, [201, 202]);
+    assert!(log.matches("get_operator").count() >= 4, "each scatter waited for: {log}");
+    let now = crate::time::Instant::from_millis(1_000);
+    assert!(v.regions.locate_key(b"a", now).is_none(), "the split region left the cache");
+}
+
+/// A transaction below the detect threshold sends nothing; a failed split
+/// is reported in the outcome, not raised (the commit goes on).
+#[test]
+fn pre_split_is_silent_for_small_transactions_and_reports_failures() {
+    let mut c = FakeCluster::new(&[]);
+    let (log, result) =
+        drive(PreSplit::new(&view(), sized(&["a", "b"], 1), PreSplitThresholds::default()), &mut c);
+    assert_eq!(result.unwrap(), PreSplitOutcome::default());
+    assert!(!log.contains("send"), "{log}");
+
+    let mut c = FakeCluster::new(&[]);
+    for _ in 0..200 {
+        c.fault("split_region", Fault::Rpc(crate::rpc::RpcError::Rejected("no".into())));
+    }
+    let (log, result) = drive(
+        PreSplit::new(&view(), sized(&["a", "b"], 10), PreSplitThresholds::new(2, 10)),
+        &mut c,
+    );
+    let outcome = result.unwrap();
+    assert!(outcome.error.is_some(), "{log}");
+    assert_eq!(outcome.regions_split, 1);
+    assert!(outcome.new_regions.is_empty());
+}

@@ -197,6 +197,9 @@ pub struct CommitOptions {
     /// commit context). [`commit_keys`] and [`rollback_keys`] take them with
     /// [`KeyFanout::with_tags`].
     pub tags: RequestTags,
+    /// When the driver splits and scatters crowded regions before the
+    /// prewrite ([`crate::split::PreSplit`]).
+    pub pre_split: crate::split::PreSplitThresholds,
 }
 
 impl CommitOptions {
@@ -234,6 +237,14 @@ impl CommitOptions {
     /// Stamps `tags` into every request of the commit.
     pub fn with_tags(mut self, tags: RequestTags) -> CommitOptions {
         self.tags = tags;
+        self
+    }
+
+    /// Splits and scatters a region before the prewrite when it would get
+    /// at least `thresholds.detect_mutations` mutations (client-go's
+    /// pre-split of large transactions; 100,000 by default).
+    pub fn with_pre_split(mut self, thresholds: crate::split::PreSplitThresholds) -> CommitOptions {
+        self.pre_split = thresholds;
         self
     }
 }
