@@ -29,6 +29,13 @@
 //! # Ok::<(), tikv_core::Error>(())
 //! ```
 
+mod commit;
+
+pub use commit::{
+    MAX_PIPELINED_TXN_TTL, PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive,
+    PipelinedTxnStatus,
+};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
