@@ -83,14 +83,16 @@ mod runtime;
 
 pub use connector::{AsyncStdConnector, GrpcTransport};
 pub use platform::{
-    AsyncStd, RawClient, Scanner, Snapshot, Transaction, TransactionClient, TxnScanner,
+    AsyncStd, PipelinedTransaction, RawClient, Scanner, Snapshot, Transaction, TransactionClient,
+    TxnScanner,
 };
 pub use runtime::AsyncStdRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
-    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,
-    LockOptions, LockWait, RangeTaskStat, RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType,
-    RequestSource, RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp,
-    TransactionOptions, Value, describe_metrics, metric_names, proto,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, FlushThresholds, GcOutcome, Key, KeyRange,
+    KvPair, Lock, LockOptions, LockWait, PipelinedOptions, PipelinedProgress, RangeTaskStat,
+    RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags,
+    ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions, Value,
+    describe_metrics, metric_names, proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};
