@@ -416,6 +416,7 @@ impl<P: Platform> PipelinedTransaction<P> {
             start_ts: self.start_ts,
             primary,
             flushed_range: range,
+            flush_concurrency: self.pipelined.flush_concurrency,
             resolve_concurrency: self.pipelined.resolve_concurrency,
             tags: self.options.commit.tags.clone(),
         };

@@ -48,6 +48,9 @@ pub struct PipelinedCommitRequest {
     /// The smallest and largest key any generation flushed, the last one
     /// included ([`super::PipelinedBuffer::flushed_range`]).
     pub flushed_range: (Key, Key),
+    /// Region batches of the last generation flushed at once
+    /// ([`FlushGeneration::with_concurrency`]).
+    pub flush_concurrency: usize,
     /// Regions resolved at once afterwards.
     pub resolve_concurrency: usize,
     /// Priority, request source and resource group of every request.
@@ -96,8 +99,10 @@ impl PipelinedCommit {
         req: PipelinedCommitRequest,
         last: Option<(FlushRequest, Vec<Mutation>)>,
     ) -> PipelinedCommit {
-        let last_flush =
-            last.map(|(flush, mutations)| FlushGeneration::new(view.clone(), flush, mutations));
+        let last_flush = last.map(|(flush, mutations)| {
+            FlushGeneration::new(view.clone(), flush, mutations)
+                .with_concurrency(req.flush_concurrency)
+        });
         let budget = view.config.budget(view.config.backoff.commit);
         let commit_backoffer = view.backoffer(budget);
         PipelinedCommit {
@@ -505,6 +510,7 @@ mod tests {
             start_ts: start_ts(),
             primary: Key::from("a"),
             flushed_range: buffer.flushed_range().cloned().expect("flushed"),
+            flush_concurrency: usize::MAX,
             resolve_concurrency: 2,
             tags: RequestTags::default(),
         };
@@ -662,6 +668,7 @@ mod tests {
             start_ts: start_ts(),
             primary: Key::from("a"),
             flushed_range: (Key::from("a"), Key::from("b")),
+            flush_concurrency: usize::MAX,
             resolve_concurrency: 1,
             tags: RequestTags::default(),
         };
