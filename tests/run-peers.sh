@@ -162,6 +162,16 @@ for example in quickstart transaction async_commit one_pc pessimistic split_scat
   }
   echo "example $example: $(tail -n 1 "$logdir/example-$example.log")"
 done
+# pipelined_dml writes 1,000,000 keys by default; 100,000 spill a generation
+# at client-go's thresholds and keep the run short.
+"$CARGO_TARGET_DIR/debug/examples/pipelined_dml" --pd "$real_pd" --keys 100000 \
+  >"$logdir/example-pipelined_dml.log" 2>&1 || {
+  status=$?
+  echo "example pipelined_dml against the real PD failed (exit $status):" >&2
+  cat "$logdir/example-pipelined_dml.log" >&2
+  exit "$status"
+}
+echo "example pipelined_dml: $(tail -n 1 "$logdir/example-pipelined_dml.log")"
 
 echo "--- interop: our client and client-go on one cluster"
 "$CARGO_TARGET_DIR/debug/interop-client-go" --go-bin "$go_bin" \

@@ -295,6 +295,20 @@ impl<P: Platform> ClientCore<P> {
         })
     }
 
+    /// Runs `task` in the background, counted among the work
+    /// [`ClientCore::close`] waits for (a dropped pipelined transaction's
+    /// rollback, which first waits for its flush in flight).
+    pub(crate) fn spawn_counted(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let counted = InFlight::enter(&self.in_flight);
+        self.rt.spawn(Box::pin(async move {
+            let _counted = counted;
+            task.await;
+        }));
+    }
+
     /// Runs an operation in the background (secondary commits, cleanup).
     /// Its failure is logged at WARN and counted, nothing more: the work is
     /// an optimisation the protocol does not depend on (readers resolve

@@ -32,6 +32,7 @@ mod execute;
 pub mod interceptor;
 mod observe;
 mod oracle;
+mod pipelined;
 mod raw;
 mod scanner;
 mod traits;
@@ -42,12 +43,16 @@ pub use client::Platform;
 pub use exec_details::ExecDetailsCollector;
 pub use execute::execute;
 pub use observe::{describe_metrics, names as metric_names, record_batch};
+pub use pipelined::{
+    DEFAULT_FLUSH_CONCURRENCY, PipelinedOptions, PipelinedProgress, PipelinedTransaction,
+};
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::exec_details::{ExecDetails, ScanDetail, TimeDetail, WriteDetail};
 pub use tikv_core::txn::commit::CommitOptions;
 pub use tikv_core::txn::membuffer::Checkpoint;
 pub use tikv_core::txn::pessimistic::{LockOptions, LockWait, ReturnedValue};
+pub use tikv_core::txn::pipelined::FlushThresholds;
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};
 pub use txn::{

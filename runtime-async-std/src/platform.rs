@@ -40,6 +40,10 @@ pub type Snapshot = tikv_driver::Snapshot<AsyncStd>;
 /// An optimistic transaction on async-std (see `tikv_driver::Transaction`).
 pub type Transaction = tikv_driver::Transaction<AsyncStd>;
 
+/// A pipelined DML transaction on async-std (see
+/// `tikv_driver::PipelinedTransaction`).
+pub type PipelinedTransaction = tikv_driver::PipelinedTransaction<AsyncStd>;
+
 /// A lazy snapshot scan ([`tikv_driver::Scanner`]) on AsyncStd.
 pub type Scanner = tikv_driver::Scanner<AsyncStd>;
 

@@ -94,17 +94,19 @@ mod runtime;
 
 pub use connector::{GrpcTransport, TokioConnector};
 pub use platform::{
-    RawClient, Scanner, Snapshot, Tokio, Transaction, TransactionClient, TxnScanner,
+    PipelinedTransaction, RawClient, Scanner, Snapshot, Tokio, Transaction, TransactionClient,
+    TxnScanner,
 };
 pub use runtime::TokioRuntime;
 /// RPC interceptors: user hooks around every store RPC.
 pub use tikv_driver::interceptor;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
-    DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass, GcOutcome,
-    Key, KeyRange, KvPair, Lock, LockOptions, LockWait, PreSplitThresholds, RangeTaskStat,
-    RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags,
-    ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions, Value,
-    describe_metrics, metric_names, proto,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass,
+    FlushThresholds, GcOutcome, Key, KeyRange, KvPair, Lock, LockOptions, LockWait,
+    PipelinedOptions, PipelinedProgress, PreSplitThresholds, RangeTaskStat, RawChecksum,
+    ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags, ReturnedValue, RpcError,
+    SplitRegionsOutcome, Timestamp, TransactionOptions, Value, describe_metrics, metric_names,
+    proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

@@ -49,6 +49,10 @@ pub type Snapshot = tikv_driver::Snapshot<Tokio>;
 /// An optimistic transaction on tokio (see `tikv_driver::Transaction`).
 pub type Transaction = tikv_driver::Transaction<Tokio>;
 
+/// A pipelined DML transaction on tokio (see
+/// `tikv_driver::PipelinedTransaction`).
+pub type PipelinedTransaction = tikv_driver::PipelinedTransaction<Tokio>;
+
 /// A lazy snapshot scan ([`tikv_driver::Scanner`]) on Tokio.
 pub type Scanner = tikv_driver::Scanner<Tokio>;
 

@@ -1427,6 +1427,14 @@ impl State {
                     if lock.ttl < r.advise_lock_ttl {
                         lock.ttl = r.advise_lock_ttl;
                     }
+                    // TiKV pushes min_commit_ts only for a pipelined
+                    // (generation > 0), non-async-commit lock.
+                    if !lock.use_async_commit
+                        && lock.generation > 0
+                        && lock.min_commit_ts < r.min_commit_ts
+                    {
+                        lock.min_commit_ts = r.min_commit_ts;
+                    }
                     Ok(lock.ttl)
                 }
                 _ => Err(txn_not_found(r.start_version, &r.primary_lock).into()),

@@ -204,3 +204,47 @@ fn a_pipelined_commit_is_the_primary_then_a_region_wide_resolve() {
     }
     assert!(c.locks().is_empty());
 }
+
+/// `TxnHeartBeat` with a `min_commit_ts` pushes a pipelined lock's (TiKV
+/// `txn_heart_beat`: only a lock with a generation, not async commit), so
+/// readers below it read past the lock; a normal prewrite lock keeps its.
+#[test]
+fn heartbeats_push_a_pipelined_primary_min_commit_ts() {
+    let c = cluster();
+    let beat = |key: &[u8], start: u64, min_commit_ts: u64| {
+        let req = kvrpcpb::TxnHeartBeatRequest {
+            primary_lock: b(key),
+            start_version: start,
+            advise_lock_ttl: 30_000,
+            min_commit_ts,
+            ..Default::default()
+        };
+        match send(&c, key, req.into()) {
+            KvResponse::TxnHeartBeat(r) => assert!(r.error.is_none(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    };
+    let r = flush(&c, 100, 1, vec![m(Op::Put, b"a", b"1")]);
+    assert!(r.errors.is_empty());
+    assert!(get(&c, "a", 150).is_err(), "blocks readers above start + 1");
+    beat(b"a", 100, 200);
+    assert_eq!(get(&c, "a", 150).unwrap(), None, "a reader below min_commit_ts reads past it");
+    let lock = get(&c, "a", 250).expect_err("still locked above it").locked.expect("locked");
+    assert_eq!((lock.min_commit_ts, lock.lock_ttl), (200, 30_000));
+
+    // A normal prewrite lock keeps its min_commit_ts.
+    let req = kvrpcpb::PrewriteRequest {
+        mutations: vec![m(Op::Put, b"c", b"1")],
+        primary_lock: b(b"c"),
+        start_version: 100,
+        lock_ttl: 3000,
+        txn_size: 1,
+        ..Default::default()
+    };
+    match send(&c, b"c", req.into()) {
+        KvResponse::Prewrite(r) => assert!(r.errors.is_empty(), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    beat(b"c", 100, 200);
+    assert!(get(&c, "c", 150).is_err(), "not pushed");
+}

@@ -443,10 +443,10 @@ impl KeyPlan for PrewritePlan {
 
 /// `Commit` of keys at a commit ts (primary or secondaries).
 #[derive(Debug)]
-struct CommitPlan {
-    start_ts: Timestamp,
-    commit_ts: Timestamp,
-    outcome: Option<Result<(), kvrpcpb::KeyError>>,
+pub(crate) struct CommitPlan {
+    pub(crate) start_ts: Timestamp,
+    pub(crate) commit_ts: Timestamp,
+    pub(crate) outcome: Option<Result<(), kvrpcpb::KeyError>>,
 }
 
 impl PointPlan for CommitPlan {
@@ -476,10 +476,13 @@ impl PointPlan for CommitPlan {
 
 /// `TxnHeartBeat` on the primary: extends the primary lock's TTL.
 #[derive(Debug)]
-struct HeartbeatPlan {
-    start_ts: Timestamp,
-    advise_lock_ttl: u64,
-    ok: bool,
+pub(crate) struct HeartbeatPlan {
+    pub(crate) start_ts: Timestamp,
+    pub(crate) advise_lock_ttl: u64,
+    /// Pushes the lock's `min_commit_ts` (a pipelined transaction's beats
+    /// do; zero leaves it).
+    pub(crate) min_commit_ts: Timestamp,
+    pub(crate) ok: bool,
 }
 
 impl PointPlan for HeartbeatPlan {
@@ -489,6 +492,7 @@ impl PointPlan for HeartbeatPlan {
             primary_lock: key.to_bytes(),
             start_version: self.start_ts.version(),
             advise_lock_ttl: self.advise_lock_ttl,
+            min_commit_ts: self.min_commit_ts.version(),
             ..Default::default()
         }))
     }
@@ -576,6 +580,7 @@ impl KeepAlive {
         let plan = HeartbeatPlan {
             start_ts: self.start_ts,
             advise_lock_ttl: age.as_millis() as u64 + MAX_LOCK_TTL,
+            min_commit_ts: Timestamp::ZERO,
             ok: false,
         };
         let view = &self.view;

@@ -29,6 +29,13 @@
 //! # Ok::<(), tikv_core::Error>(())
 //! ```
 
+mod commit;
+
+pub use commit::{
+    MAX_PIPELINED_TXN_TTL, PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive,
+    PipelinedTxnStatus,
+};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -408,7 +415,12 @@ enum FlushDone {
 pub struct FlushGeneration {
     view: Arc<ClusterView>,
     req: FlushRequest,
+    /// Mutations not flushed yet, in key order (the locked keys of the last
+    /// round first).
     pending: Vec<Mutation>,
+    /// Batches' worth of bytes sent per round (see
+    /// [`FlushGeneration::with_concurrency`]).
+    concurrency: usize,
     step: StepSlot<FlushDone>,
     backoffer: Backoffer,
     started: bool,
@@ -433,6 +445,7 @@ impl FlushGeneration {
             view,
             req,
             pending: mutations,
+            concurrency: usize::MAX,
             step: StepSlot::default(),
             backoffer,
             started: false,
@@ -440,7 +453,30 @@ impl FlushGeneration {
         }
     }
 
+    /// Bounds the requests in flight (client-go flushes a generation's
+    /// region batches with the transaction's flush concurrency): each round
+    /// sends the next `concurrency` batches' worth of mutations in key
+    /// order, so at most `concurrency` requests plus one per region
+    /// boundary inside that span are in flight. Unbounded by default.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
     fn flush(&mut self, now: Instant) {
+        let budget = self.concurrency.saturating_mul(TXN_COMMIT_BATCH_SIZE);
+        let mut size = 0;
+        let take = self
+            .pending
+            .iter()
+            .position(|m| {
+                size += m.key.len() + m.value.len();
+                size > budget
+            })
+            .unwrap_or(self.pending.len())
+            .max(1);
+        let rest = self.pending.split_off(take.min(self.pending.len()));
+        let items = std::mem::replace(&mut self.pending, rest);
         let plan = FlushPlan {
             req: self.req.clone(),
             timeout: self.view.config.read_timeout_short,
@@ -448,7 +484,6 @@ impl FlushGeneration {
             retry: Vec::new(),
             error: None,
         };
-        let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
             .with_tags(&self.req.tags);
         self.step.start(op, |outcome| FlushDone::Flushed(Box::new(outcome)), now);
@@ -460,10 +495,17 @@ impl FlushGeneration {
             return;
         }
         if plan.met.is_empty() {
-            self.result = Some(Ok(()));
+            if self.pending.is_empty() {
+                self.result = Some(Ok(()));
+            } else {
+                self.flush(now);
+            }
             return;
         }
-        self.pending = plan.retry;
+        // The locked keys come from the round just sent, before the rest.
+        let mut pending = plan.retry;
+        pending.append(&mut self.pending);
+        self.pending = pending;
         let opts = ResolveOptions {
             caller_start_ts: self.req.start_ts,
             for_read: false,
@@ -934,6 +976,45 @@ mod tests {
         let (_, result) = drive(flush_op(&["a"], 0), &mut c);
         assert!(matches!(result, Err(Error::InvalidArgument(_))));
         assert!(c.received.is_empty());
+    }
+
+    #[test]
+    fn a_bounded_flush_sends_a_batch_worth_at_a_time() {
+        let mut c = FakeCluster::new(&[]);
+        for _ in 0..3 {
+            c.fault("flush", flush_ok());
+        }
+        let mut b = PipelinedBuffer::new(small());
+        for k in ["a", "b", "c"] {
+            b.put(k.as_bytes(), vec![b'v'; 10 << 10]).unwrap();
+        }
+        let mutations = started(b.start_flush(true).unwrap()).mutations;
+        let req = FlushRequest {
+            start_ts: start_ts(),
+            primary: Key::from("a"),
+            generation: 1,
+            assertion_level: kvrpcpb::AssertionLevel::Off,
+            tags: RequestTags::default(),
+        };
+        let op = FlushGeneration::new(view(), req, mutations).with_concurrency(1);
+        let (log, result) = drive(op, &mut c);
+        result.expect("flushed");
+        let keys: Vec<Vec<Bytes>> = flushes(&c)
+            .iter()
+            .map(|f| f.mutations.iter().map(|m| m.key.clone()).collect())
+            .collect();
+        // 10 KiB each: a second would pass the 16 KiB of one batch.
+        assert_eq!(
+            keys,
+            vec![vec![Bytes::from("a")], vec![Bytes::from("b")], vec![Bytes::from("c")]]
+        );
+        // One in flight at a time: each sent after the previous answer.
+        let events: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("kv_flush"))
+            .map(|l| if l.contains(" send ") { "send" } else { "recv" })
+            .collect();
+        assert_eq!(events, ["send", "recv", "send", "recv", "send", "recv"], "{log}");
     }
 
     #[test]

@@ -1,0 +1,650 @@
+//! Pipelined DML transactions (client-go's pipelined `KVTxn`, TiDB's bulk
+//! DML): writes are flushed to TiKV as locks while the transaction runs, a
+//! generation at a time, so its size is not bounded by the client's memory;
+//! the commit commits the primary and resolves the flushed range in the
+//! background.
+
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use tikv_core::Error;
+use tikv_core::key::{Key, KvPair, Value};
+use tikv_core::pd::Timestamp;
+use tikv_core::time::Duration;
+use tikv_core::txn::pipelined::{
+    Flush, FlushGeneration, FlushRequest, FlushStart, FlushThresholds, LocalRead, PipelinedBuffer,
+    PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive, PipelinedTxnStatus,
+    RESOLVE_FLUSHED_CONCURRENCY, buffer_batch_get, resolve_flushed,
+};
+use tikv_proto::kvrpcpb;
+
+use crate::client::{ClientCore, Platform};
+use crate::interceptor::{Interceptors, RpcInterceptor};
+use crate::observe;
+use crate::txn::{Snapshot, TransactionClient, TransactionOptions};
+use crate::{Background, Runtime};
+
+/// TiDB's default flush concurrency of a pipelined transaction
+/// (`tidb_pipelined_flush_concurrency`).
+pub const DEFAULT_FLUSH_CONCURRENCY: usize = 128;
+
+/// client-go's age of the moving average of flush times the write
+/// throttle follows (`defaultEWMAAge`).
+const FLUSH_TIME_EWMA_AGE: f64 = 10.0;
+
+/// Options of a pipelined transaction (client-go `PipelinedTxnOptions`).
+/// Build with [`Default::default`] and the `with_` methods.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PipelinedOptions {
+    /// Region batches of a generation flushed at once (at least 1).
+    pub flush_concurrency: usize,
+    /// Regions resolved at once when the transaction commits or rolls back
+    /// (at least 1).
+    pub resolve_concurrency: usize,
+    /// The share of time the writer sleeps before each flush, in `[0, 1)`
+    /// (client-go `WriteThrottleRatio`: sleep / (sleep + flush time) =
+    /// ratio, flush time by its moving average; 0 never sleeps).
+    pub write_throttle_ratio: f64,
+    /// When the buffer is handed off to be flushed (client-go's thresholds
+    /// by default; small ones make tests spill several generations).
+    pub flush_thresholds: FlushThresholds,
+}
+
+impl Default for PipelinedOptions {
+    fn default() -> Self {
+        PipelinedOptions {
+            flush_concurrency: DEFAULT_FLUSH_CONCURRENCY,
+            resolve_concurrency: RESOLVE_FLUSHED_CONCURRENCY,
+            write_throttle_ratio: 0.0,
+            flush_thresholds: FlushThresholds::default(),
+        }
+    }
+}
+
+impl PipelinedOptions {
+    /// Flushes up to `n` region batches of a generation at once.
+    pub fn with_flush_concurrency(mut self, n: usize) -> Self {
+        self.flush_concurrency = n;
+        self
+    }
+
+    /// Resolves up to `n` regions at once at commit or rollback.
+    pub fn with_resolve_concurrency(mut self, n: usize) -> Self {
+        self.resolve_concurrency = n;
+        self
+    }
+
+    /// Sleeps before each flush so that sleeping takes `ratio` of the
+    /// writer's time (`[0, 1)`).
+    pub fn with_write_throttle_ratio(mut self, ratio: f64) -> Self {
+        self.write_throttle_ratio = ratio;
+        self
+    }
+
+    /// Flushes at these thresholds instead of client-go's.
+    pub fn with_flush_thresholds(mut self, thresholds: FlushThresholds) -> Self {
+        self.flush_thresholds = thresholds;
+        self
+    }
+
+    /// client-go's checks in `NewTiKVTxn`.
+    fn validate(&self) -> Result<(), Error> {
+        if self.flush_concurrency == 0 {
+            return Err(Error::InvalidArgument(
+                "pipelined txn flush concurrency should be greater than 0".into(),
+            ));
+        }
+        if self.resolve_concurrency == 0 {
+            return Err(Error::InvalidArgument(
+                "pipelined txn resolve lock concurrency should be greater than 0".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.write_throttle_ratio) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid write throttle ratio: {}",
+                self.write_throttle_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How far a pipelined transaction has got
+/// ([`PipelinedTransaction::progress`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PipelinedProgress {
+    /// Generations handed off to be flushed.
+    pub generations: u64,
+    /// Keys handed to flushes (a key written in several generations counts
+    /// once per generation).
+    pub flushed_keys: usize,
+    /// Bytes (keys and values) handed to flushes.
+    pub flushed_bytes: usize,
+    /// Whether a flush is in flight.
+    pub flushing: bool,
+    /// Keys in memory not handed off yet.
+    pub buffered_keys: usize,
+    /// Memory the write buffers hold (what the thresholds keep bounded).
+    pub memory_bytes: usize,
+    /// Heartbeats TiKV accepted on the primary.
+    pub heartbeats: u64,
+}
+
+/// What a background flush reports.
+struct FlushOutcome {
+    result: Result<(), Error>,
+    took: Duration,
+}
+
+impl<P: Platform> TransactionClient<P> {
+    /// Starts a pipelined DML transaction at a fresh timestamp (client-go
+    /// `Begin(tikv.WithPipelinedTxn(..))`): its writes are flushed to TiKV
+    /// as locks while it runs, so it can write more than fits in memory.
+    ///
+    /// `options` gives priority, tags, assertion level and read options;
+    /// client-go's restrictions are refused with
+    /// [`Error::Unsupported`]: a pessimistic, async-commit or 1PC
+    /// transaction cannot be pipelined. Invalid `pipelined` options are
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// for i in 0..1_000_000u32 {
+    ///     txn.put(format!("key{i:08}"), "value").await?;
+    /// }
+    /// println!("{:?}", txn.progress());
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_pipelined(
+        &self,
+        options: TransactionOptions,
+        pipelined: PipelinedOptions,
+    ) -> Result<PipelinedTransaction<P>, Error> {
+        if options.pessimistic {
+            return Err(Error::Unsupported("a pipelined transaction cannot be pessimistic".into()));
+        }
+        if options.commit.async_commit || options.commit.one_pc {
+            return Err(Error::Unsupported(
+                "a pipelined transaction cannot use async commit or 1PC".into(),
+            ));
+        }
+        pipelined.validate()?;
+        let start_ts = self.current_timestamp().await?;
+        Ok(PipelinedTransaction {
+            core: self.core.clone(),
+            interceptors: self.interceptors.clone(),
+            start_ts,
+            buffer: PipelinedBuffer::new(pipelined.flush_thresholds),
+            options,
+            pipelined,
+            primary: None,
+            in_flight: None,
+            failed: None,
+            keep_alive: None,
+            status: None,
+            flush_time_ms: 0.0,
+            finished: false,
+        })
+    }
+}
+
+/// A pipelined DML transaction ([`TransactionClient::begin_pipelined`]):
+/// writes go to memory and, once enough is buffered, are flushed to TiKV as
+/// the transaction's locks in the background while it keeps writing (one
+/// generation in flight; a writer that reaches the force threshold waits
+/// for it). Reads see its own writes: memory first, then what it flushed
+/// (read back with `BufferBatchGet`), then the snapshot at its start.
+///
+/// The first flush starts heartbeats on the primary, which also push its
+/// `min_commit_ts` so readers at older timestamps are not held up.
+/// [`commit`](Self::commit) flushes the rest and commits the primary; the
+/// other locks are resolved region by region in the background.
+/// [`rollback`](Self::rollback), or dropping the transaction, rolls every
+/// flushed lock back the same way. No range scans (client-go's pipelined
+/// buffer has no iterator either).
+pub struct PipelinedTransaction<P: Platform> {
+    core: Arc<ClientCore<P>>,
+    /// Around every store RPC of the transaction, its background flushes
+    /// and resolution included.
+    interceptors: Interceptors,
+    start_ts: Timestamp,
+    buffer: PipelinedBuffer,
+    options: TransactionOptions,
+    pipelined: PipelinedOptions,
+    /// The first key of the first generation.
+    primary: Option<Key>,
+    in_flight: Option<oneshot::Receiver<FlushOutcome>>,
+    /// The error a flush ended with: the transaction can only roll back.
+    failed: Option<Error>,
+    keep_alive: Option<Background>,
+    status: Option<Arc<PipelinedTxnStatus>>,
+    /// The moving average of flush times (ms), for the write throttle.
+    flush_time_ms: f64,
+    finished: bool,
+}
+
+impl<P: Platform> std::fmt::Debug for PipelinedTransaction<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelinedTransaction")
+            .field("start_ts", &self.start_ts)
+            .field("generation", &self.buffer.generation())
+            .finish()
+    }
+}
+
+impl<P: Platform> PipelinedTransaction<P> {
+    /// Sends this transaction's store RPCs from now on, its background
+    /// flushes and resolution included, through `interceptor` after the
+    /// ones already added (client-go `KVTxn.AddRPCInterceptor`).
+    pub fn add_interceptor(&mut self, interceptor: impl RpcInterceptor) {
+        self.interceptors = self.interceptors.with(interceptor);
+    }
+
+    /// The start timestamp.
+    pub fn start_timestamp(&self) -> Timestamp {
+        self.start_ts
+    }
+
+    /// The primary key, once the first generation was handed off.
+    pub fn primary_key(&self) -> Option<&Key> {
+        self.primary.as_ref()
+    }
+
+    /// Generations, keys and bytes flushed so far, and what memory holds.
+    pub fn progress(&self) -> PipelinedProgress {
+        let (flushed_keys, flushed_bytes) = self.buffer.flushed();
+        PipelinedProgress {
+            generations: self.buffer.generation(),
+            flushed_keys,
+            flushed_bytes,
+            flushing: self.buffer.is_flushing(),
+            buffered_keys: self.buffer.len(),
+            memory_bytes: self.buffer.mem(),
+            heartbeats: self.status.as_ref().map_or(0, |s| s.beats()),
+        }
+    }
+
+    /// Buffers `key = value`; flushes a generation if one is due.
+    pub async fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        self.check_writable()?;
+        self.buffer.put(key.into().as_bytes(), value.into())?;
+        self.flush(false).await
+    }
+
+    /// Buffers `key = value`, requiring that the key does not exist (TiKV
+    /// checks when the key is flushed: the flush, and so the transaction,
+    /// fails with [`Error::KeyExists`]).
+    pub async fn insert(
+        &mut self,
+        key: impl Into<Key>,
+        value: impl Into<Value>,
+    ) -> Result<(), Error> {
+        self.check_writable()?;
+        self.buffer.insert(key.into().as_bytes(), value.into())?;
+        self.flush(false).await
+    }
+
+    /// Buffers a delete of `key`; flushes a generation if one is due.
+    pub async fn delete(&mut self, key: impl Into<Key>) -> Result<(), Error> {
+        self.check_writable()?;
+        self.buffer.delete(key.into().as_bytes())?;
+        self.flush(false).await
+    }
+
+    /// The value of `key` for this transaction.
+    pub async fn get(&mut self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let mut pairs = self.batch_get([key.into()]).await?;
+        Ok(pairs.pop().map(|p| p.value))
+    }
+
+    /// The pairs among `keys` that exist for this transaction, sorted by
+    /// key: its writes in memory, then what it flushed (one
+    /// `BufferBatchGet` for the keys not read back since the last flush; a
+    /// flushed delete comes back empty), then the snapshot at its start
+    /// (which reads past the transaction's own locks: their
+    /// `min_commit_ts` is above the start).
+    pub async fn batch_get(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<KvPair>, Error> {
+        self.check_active()?;
+        let mut keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::new();
+        let mut flushed = Vec::new();
+        let mut from_snapshot = Vec::new();
+        for key in keys {
+            match self.buffer.get_local(key.as_bytes()) {
+                LocalRead::Put(value) => out.push(KvPair::new(key, value)),
+                LocalRead::Deleted => {}
+                LocalRead::NotInMemory => match self.buffer.cached_flushed(key.as_bytes()) {
+                    Some(Some(value)) if value.is_empty() => {}
+                    Some(Some(value)) => out.push(KvPair::new(key, value)),
+                    Some(None) => from_snapshot.push(key),
+                    None if self.buffer.generation() > 0 => flushed.push(key),
+                    None => from_snapshot.push(key),
+                },
+            }
+        }
+        if !flushed.is_empty() {
+            let op = buffer_batch_get(
+                &self.core.view,
+                flushed.clone(),
+                self.start_ts,
+                &self.options.read.tags,
+            );
+            let found = self.core.run("pipelined_buffer_batch_get", op, &self.interceptors).await?;
+            for key in flushed {
+                match found.binary_search_by(|p| p.key.cmp(&key)) {
+                    Ok(i) => {
+                        let value = found[i].value.clone();
+                        self.buffer.record_flushed_read(key.clone(), Some(value.clone()));
+                        if !value.is_empty() {
+                            out.push(KvPair::new(key, value));
+                        }
+                    }
+                    Err(_) => {
+                        self.buffer.record_flushed_read(key.clone(), None);
+                        from_snapshot.push(key);
+                    }
+                }
+            }
+        }
+        if !from_snapshot.is_empty() {
+            let snapshot = Snapshot {
+                core: self.core.clone(),
+                ts: self.start_ts,
+                opts: self.options.read.clone(),
+                interceptors: self.interceptors.clone(),
+            };
+            out.extend(snapshot.batch_get(from_snapshot).await?);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Whether `key` exists for this transaction.
+    pub async fn key_exists(&mut self, key: impl Into<Key>) -> Result<bool, Error> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// Hands the buffer off as the next generation if it is due (or
+    /// `force`d), waiting for the flush in flight first if needed; the
+    /// generation is flushed in the background.
+    pub async fn flush(&mut self, force: bool) -> Result<(), Error> {
+        self.check_writable()?;
+        self.collect_flush(false).await?;
+        if !force && !self.buffer.flush_due() {
+            return Ok(());
+        }
+        loop {
+            match self.buffer.start_flush(force)? {
+                FlushStart::NotDue => return Ok(()),
+                FlushStart::WaitForFlushInFlight => self.collect_flush(true).await?,
+                FlushStart::Started(flush) => {
+                    self.spawn_flush(flush);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits for the flush in flight, if any, and returns its error
+    /// (client-go `FlushWait`).
+    pub async fn flush_wait(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        self.collect_flush(true).await
+    }
+
+    /// Commits; returns the commit timestamp. The last generation is
+    /// flushed, then only the primary is committed; the other locks are
+    /// resolved in the background (readers resolve any left through the
+    /// primary). Errors are definite unless [`Error::Undetermined`] (the
+    /// primary's commit lost its answer); after a definite failure every
+    /// flushed lock is rolled back in the background.
+    pub async fn commit(mut self) -> Result<Timestamp, Error> {
+        self.check_active()?;
+        self.finished = true;
+        let last = match self.finish_flushing().await {
+            Ok(last) => last,
+            Err(e) => {
+                self.spawn_rollback();
+                return Err(e);
+            }
+        };
+        let (Some(primary), Some(range)) =
+            (self.primary.clone(), self.buffer.flushed_range().cloned())
+        else {
+            // Nothing written: a read-only transaction commits at its start.
+            return Ok(self.start_ts);
+        };
+        let req = PipelinedCommitRequest {
+            start_ts: self.start_ts,
+            primary,
+            flushed_range: range,
+            flush_concurrency: self.pipelined.flush_concurrency,
+            resolve_concurrency: self.pipelined.resolve_concurrency,
+            tags: self.options.commit.tags.clone(),
+        };
+        let last = last.map(|flush| (self.flush_request(flush.generation), flush.mutations));
+        let mut op = PipelinedCommit::new(self.core.view.clone(), req, last);
+        let result = self.core.run("pipelined_commit", &mut op, &self.interceptors).await;
+        let _ = self.buffer.flush_finished(Ok(()));
+        // The commit settled the primary's fate: no more heartbeats.
+        self.keep_alive = None;
+        if let Some(resolve) = op.take_follow_up() {
+            let task =
+                if result.is_ok() { "pipelined_resolve_commit" } else { "pipelined_rollback" };
+            self.core.spawn_op(task, resolve, &self.interceptors);
+        }
+        result
+    }
+
+    /// Abandons the transaction: waits for the flush in flight, then rolls
+    /// every flushed lock back, region by region (client-go `Rollback` of a
+    /// pipelined transaction), and returns the rollback's error, if any
+    /// (its locks then expire, no longer kept alive).
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        self.check_active()?;
+        self.finished = true;
+        // Its outcome changes nothing: what it wrote is in the range.
+        let _ = self.collect_flush(true).await;
+        self.keep_alive = None;
+        match self.buffer.flushed_range().cloned() {
+            Some(range) => {
+                let op = resolve_flushed(
+                    &self.core.view,
+                    range,
+                    self.start_ts,
+                    Timestamp::ZERO,
+                    self.pipelined.resolve_concurrency,
+                );
+                self.core.run("pipelined_rollback", op, &self.interceptors).await.map(drop)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn check_active(&self) -> Result<(), Error> {
+        if self.finished {
+            return Err(Error::InvalidArgument("the transaction is already finished".into()));
+        }
+        Ok(())
+    }
+
+    /// Writes are refused once a flush failed or the heartbeats gave up
+    /// (client-go: "ttl manager is closed"): only a rollback remains.
+    fn check_writable(&self) -> Result<(), Error> {
+        self.check_active()?;
+        self.check_not_failed()
+    }
+
+    fn check_not_failed(&self) -> Result<(), Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.status.as_ref().is_some_and(|s| s.stopped()) {
+            return Err(Error::InvalidArgument(
+                "the pipelined transaction's heartbeats stopped: it can only roll back".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the flush in flight and hands the rest off as the last
+    /// generation (not flushed yet: the commit flushes it).
+    async fn finish_flushing(&mut self) -> Result<Option<Flush>, Error> {
+        self.check_not_failed()?;
+        self.collect_flush(true).await?;
+        self.check_not_failed()?;
+        match self.buffer.start_flush(true)? {
+            FlushStart::Started(flush) => {
+                self.choose_primary(&flush);
+                Ok(Some(flush))
+            }
+            FlushStart::NotDue | FlushStart::WaitForFlushInFlight => Ok(None),
+        }
+    }
+
+    /// The primary is the first key of the first generation that writes
+    /// (client-go skips `CheckNotExists`, which leaves no lock).
+    fn choose_primary(&mut self, flush: &Flush) {
+        if self.primary.is_none() {
+            let writes = flush.mutations.iter().find(|m| m.op != kvrpcpb::Op::CheckNotExists);
+            self.primary = writes.or(flush.mutations.first()).map(|m| m.key.clone());
+        }
+    }
+
+    fn flush_request(&self, generation: u64) -> FlushRequest {
+        FlushRequest {
+            start_ts: self.start_ts,
+            primary: self.primary.clone().unwrap_or_default(),
+            generation,
+            assertion_level: self.options.commit.assertion_level,
+            tags: self.options.commit.tags.clone(),
+        }
+    }
+
+    /// Flushes `flush` in the background, after the throttle's sleep.
+    fn spawn_flush(&mut self, flush: Flush) {
+        self.choose_primary(&flush);
+        let req = self.flush_request(flush.generation);
+        let op = FlushGeneration::new(self.core.view.clone(), req, flush.mutations)
+            .with_concurrency(self.pipelined.flush_concurrency);
+        // client-go throttlePipelinedTxn: sleep / (sleep + flush) = ratio.
+        let ratio = self.pipelined.write_throttle_ratio;
+        let sleep_ms = ratio / (1.0 - ratio) * self.flush_time_ms;
+        let throttle = Duration::from_millis(sleep_ms.max(0.0) as u64);
+        let (tx, rx) = oneshot::channel();
+        let core = self.core.clone();
+        let chain = self.interceptors.clone();
+        self.core.spawn_counted(async move {
+            if throttle > Duration::ZERO {
+                core.rt.sleep_until(core.rt.now() + throttle).await;
+            }
+            let began = core.rt.now();
+            let result = core.run("pipelined_flush", op, &chain).await;
+            let took = core.rt.now().saturating_duration_since(began);
+            // The transaction may be gone: its rollback waits on this.
+            let _ = tx.send(FlushOutcome { result, took });
+        });
+        self.in_flight = Some(rx);
+    }
+
+    /// Takes the outcome of the flush in flight, waiting for it if `wait`:
+    /// the flush time feeds the throttle's average, the first success
+    /// starts the heartbeats, a failure fails the transaction.
+    async fn collect_flush(&mut self, wait: bool) -> Result<(), Error> {
+        let Some(rx) = self.in_flight.as_mut() else { return Ok(()) };
+        let outcome = if wait {
+            rx.await
+        } else {
+            match rx.try_recv() {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => return Ok(()),
+                Err(canceled) => Err(canceled),
+            }
+        };
+        self.in_flight = None;
+        let outcome = outcome.unwrap_or_else(|_| FlushOutcome {
+            result: Err(Error::Internal("a pipelined flush task ended without an answer".into())),
+            took: Duration::ZERO,
+        });
+        let took = outcome.took.as_millis() as f64;
+        self.flush_time_ms = if self.flush_time_ms == 0.0 {
+            took
+        } else {
+            let decay = 2.0 / (FLUSH_TIME_EWMA_AGE + 1.0);
+            self.flush_time_ms * (1.0 - decay) + took * decay
+        };
+        let result = self.buffer.flush_finished(outcome.result);
+        match &result {
+            Ok(()) => self.start_keep_alive(),
+            Err(e) => self.failed = Some(e.clone()),
+        }
+        result
+    }
+
+    /// Heartbeats on the primary once its lock is written (client-go
+    /// starts the TTL manager with the first flush).
+    fn start_keep_alive(&mut self) {
+        let Some(primary) = self.primary.clone() else { return };
+        if self.keep_alive.is_some() {
+            return;
+        }
+        let keep_alive = PipelinedKeepAlive::new(
+            self.core.view.clone(),
+            self.start_ts,
+            primary,
+            self.options.commit.tags.clone(),
+        );
+        self.status = Some(keep_alive.status());
+        self.keep_alive = Some(self.core.spawn_op_until_dropped(
+            "pipelined_keep_alive",
+            keep_alive,
+            &self.interceptors,
+        ));
+    }
+
+    /// Rolls every flushed lock back in the background, after the flush in
+    /// flight (whose locks are in the range too) has ended.
+    fn spawn_rollback(&mut self) {
+        self.keep_alive = None;
+        let Some(range) = self.buffer.flushed_range().cloned() else { return };
+        let op = resolve_flushed(
+            &self.core.view,
+            range,
+            self.start_ts,
+            Timestamp::ZERO,
+            self.pipelined.resolve_concurrency,
+        );
+        let in_flight = self.in_flight.take();
+        let core = self.core.clone();
+        let chain = self.interceptors.clone();
+        self.core.spawn_counted(async move {
+            if let Some(flush) = in_flight {
+                let _ = flush.await;
+            }
+            let result = core.run("pipelined_rollback", op, &chain).await;
+            observe::background_result("pipelined_rollback", &result);
+        });
+    }
+}
+
+impl<P: Platform> Drop for PipelinedTransaction<P> {
+    /// A pipelined transaction dropped without commit or rollback rolls its
+    /// flushed locks back in the background, so none outlives it.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.spawn_rollback();
+        }
+    }
+}
