@@ -208,6 +208,7 @@ impl<P: Platform> TransactionClient<P> {
 /// [`rollback`](Self::rollback), or dropping the transaction, rolls every
 /// flushed lock back the same way. No range scans (client-go's pipelined
 /// buffer has no iterator either).
+#[must_use = "a transaction writes nothing until committed; dropped, its locks are rolled back"]
 pub struct PipelinedTransaction<P: Platform> {
     core: Arc<ClientCore<P>>,
     /// Around every store RPC of the transaction, its background flushes

@@ -161,6 +161,33 @@ impl<P: Platform> RawClient<P> {
             .await
     }
 
+    /// The value of each of `keys`, in their order, `None` where a key does
+    /// not exist (client-go `rawkv.Client.BatchGet`, which returns values
+    /// aligned with its keys). A key given twice gets its value twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::RawClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// let values = client.batch_get_values(["b", "a", "missing"]).await?;
+    /// assert_eq!(values.len(), 3);
+    /// assert!(values[2].is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_get_values(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<Option<Value>>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        // `batch_get` answers in key order: each key is found by binary
+        // search.
+        let pairs = self.batch_get(keys.iter()).await?;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                pairs.binary_search_by(|p| p.key.cmp(key)).ok().map(|i| pairs[i].value.clone())
+            })
+            .collect())
+    }
+
     /// Writes `key = value`.
     pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
         self.put_ttl_secs(key.into(), value.into(), 0).await

@@ -474,6 +474,7 @@ impl TransactionOptions {
 /// ([`TransactionOptions::with_pessimistic`]) holds the locks it took
 /// until it commits or rolls back; dropping it without either rolls them
 /// back in the background.
+#[must_use = "a transaction writes nothing until committed; dropped, its locks are rolled back"]
 pub struct Transaction<P: Platform> {
     core: Arc<ClientCore<P>>,
     /// Around every store RPC of the transaction, its background work

@@ -181,6 +181,13 @@ pub async fn raw_operations_match_a_model_through_splits_leader_moves_and_an_out
                 want.sort_by(|a, b| a.key.cmp(&b.key));
                 want.dedup_by(|a, b| a.key == b.key);
                 assert_eq!(got, want, "batch_get at step {step}");
+                // The same keys, values in the caller's order.
+                let values = client.batch_get_values(keys.clone()).await.expect("values");
+                let want: Vec<Option<Vec<u8>>> =
+                    keys.iter().map(|k| model.get(k).map(|v| v.clone().into_bytes())).collect();
+                let values: Vec<Option<Vec<u8>>> =
+                    values.into_iter().map(|v| v.map(|v| v.to_vec())).collect();
+                assert_eq!(values, want, "batch_get_values at step {step}");
             }
             5 => {
                 client.delete(k.clone()).await.expect("delete");
