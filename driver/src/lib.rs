@@ -49,7 +49,7 @@ pub use pipelined::{
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
 pub use tikv_core::exec_details::{ExecDetails, ScanDetail, TimeDetail, WriteDetail};
-pub use tikv_core::txn::commit::CommitOptions;
+pub use tikv_core::txn::commit::{CommitDetails, CommitOptions};
 pub use tikv_core::txn::membuffer::Checkpoint;
 pub use tikv_core::txn::pessimistic::{LockOptions, LockWait, ReturnedValue};
 pub use tikv_core::txn::pipelined::FlushThresholds;

@@ -12,7 +12,7 @@ use tikv_core::route::replica::ReplicaRead;
 use tikv_core::rpc::{RequestSource, RequestTags};
 use tikv_core::split::{PreSplit, PreSplitOutcome, PreSplitThresholds};
 use tikv_core::txn::commit::{
-    CommitOptions, Committer, KeepAlive, Mutation, mutations_from_buffer,
+    CommitDetails, CommitOptions, Committer, KeepAlive, Mutation, mutations_from_buffer,
     pessimistic_mutations_from_buffer,
 };
 use tikv_core::txn::fair_locking::{FairLocking, Reuse};
@@ -1209,7 +1209,30 @@ impl<P: Platform> Transaction<P> {
     /// transaction may or may not have committed (the primary's commit, or
     /// an async-commit/1PC prewrite, lost its answer). On a definite failure
     /// the prewritten locks are rolled back in the background.
-    pub async fn commit(mut self) -> Result<Timestamp, Error> {
+    pub async fn commit(self) -> Result<Timestamp, Error> {
+        self.commit_with_details().await.0
+    }
+
+    /// [`commit`](Self::commit), also telling where the commit's time went
+    /// and what it wrote (client-go's `CommitDetails`), whatever the
+    /// outcome. A transaction with nothing to write reports empty details.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("k", "v")?;
+    /// let (committed, details) = txn.commit_with_details().await;
+    /// committed?;
+    /// println!("prewrite {:?}, commit {:?}, {} keys", details.prewrite, details.commit, details.write_keys);
+    /// # Ok(()) }
+    /// ```
+    pub async fn commit_with_details(self) -> (Result<Timestamp, Error>, CommitDetails) {
+        let mut details = CommitDetails::default();
+        let committed = self.commit_reporting(&mut details).await;
+        (committed, details)
+    }
+
+    async fn commit_reporting(mut self, details: &mut CommitDetails) -> Result<Timestamp, Error> {
         self.check_active()?;
         if let Some(fair) = &self.fair {
             if fair.holds_any() {
@@ -1276,6 +1299,7 @@ impl<P: Platform> Transaction<P> {
             let task = if result.is_ok() { "secondary_commit" } else { "commit_cleanup" };
             self.core.spawn_op(task, follow_up, &self.interceptors);
         }
+        *details = committer.details();
         result.map(|outcome| outcome.commit_ts)
     }
 

@@ -101,8 +101,8 @@ pub use runtime::TokioRuntime;
 /// RPC interceptors: user hooks around every store RPC.
 pub use tikv_driver::interceptor;
 pub use tikv_driver::{
-    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
-    DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass,
+    ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, CommitDetails,
+    Config, DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass,
     FlushThresholds, GcOutcome, Key, KeyRange, KvPair, Lock, LockOptions, LockWait,
     PipelinedOptions, PipelinedProgress, PreSplitThresholds, RangeTaskStat, RawChecksum,
     ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags, ReturnedValue, RpcError,

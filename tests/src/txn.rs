@@ -880,7 +880,10 @@ pub async fn exec_details_sum_what_each_read_processed<H: Harness>(bed: Bed) {
     for (k, v) in [("a", "1"), ("b", "22"), ("h", "333")] {
         t.put(k, v).expect("put");
     }
-    t.commit().await.expect("commit");
+    let (committed, commit) = t.commit_with_details().await;
+    committed.expect("commit");
+    assert_eq!((commit.write_keys, commit.write_size), (3, 3 + 1 + 2 + 3), "{commit:?}");
+    assert!(commit.prewrite_requests >= 2, "one per region at least: {commit:?}");
     // Two prewrites and the primary's commit at least (the secondary's
     // commit runs in the background and may not have answered yet).
     assert!(writes.details().requests >= 3, "{:?}", writes.details());

@@ -273,6 +273,35 @@ pub struct CommitOutcome {
     pub keys_to_commit: Vec<Key>,
 }
 
+/// How a commit went (client-go `util.CommitDetails`): where its time went,
+/// phase by phase, and how much it wrote. Each phase sums its steps,
+/// retries included; the backoff sleeps between steps are in `backoff`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitDetails {
+    /// Waiting for the timestamp that makes an async commit / 1PC
+    /// linearizable (client-go `GetLatestTsTime`).
+    pub get_latest_ts: Duration,
+    /// Prewriting, every round (client-go `PrewriteTime`).
+    pub prewrite: Duration,
+    /// Resolving locks the prewrite met (client-go `ResolveLock.ResolveLockTime`).
+    pub resolve_lock: Duration,
+    /// Waiting for the commit timestamp (client-go `GetCommitTsTime`).
+    pub get_commit_ts: Duration,
+    /// Committing the primary (client-go `CommitTime`; the secondaries'
+    /// commit runs in the background after the result).
+    pub commit: Duration,
+    /// Backoff sleeps of the prewrite and commit budgets.
+    pub backoff: Duration,
+    /// Keys written, locks included (client-go `WriteKeys`).
+    pub write_keys: usize,
+    /// Key + value bytes written (client-go `WriteSize`).
+    pub write_size: usize,
+    /// `Prewrite` requests built, retries included (client-go
+    /// `PrewriteReqNum`).
+    pub prewrite_requests: usize,
+}
+
 // ---------------------------------------------------------------- plans
 
 /// `Prewrite` batches.
@@ -316,6 +345,8 @@ struct PrewritePlan {
     assertion_error: Option<Error>,
     min_commit_ts_seen: Vec<Timestamp>,
     one_pc_commit_ts: Vec<Timestamp>,
+    /// Requests built, for [`CommitDetails::prewrite_requests`].
+    requests: usize,
 }
 
 impl KeyPlan for PrewritePlan {
@@ -331,6 +362,7 @@ impl KeyPlan for PrewritePlan {
         (usize::MAX, TXN_COMMIT_BATCH_SIZE)
     }
     fn build(&mut self, batch: &[Mutation]) -> KvRequest {
+        self.requests += 1;
         let has_primary = batch.iter().any(|m| m.key == self.primary);
         let try_one_pc = self.one_pc && batch.len() == self.total;
         if try_one_pc {
@@ -789,6 +821,9 @@ pub struct Committer {
     result: Option<Result<CommitOutcome, Error>>,
     /// What must run after the result ([`Committer::take_follow_up`]).
     follow_up: Option<KeyFanout<KeysPlan>>,
+    /// When the running step started, for [`CommitDetails`].
+    step_started: Instant,
+    details: CommitDetails,
 }
 
 /// Whose RPC an id belongs to: the step (whose slot drops late answers of
@@ -823,6 +858,7 @@ impl Committer {
         let size: usize = mutations.iter().map(|m| m.key.len() + m.value.len()).sum();
         let key_size: usize = mutations.iter().map(|m| m.key.len()).sum();
         let all_keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
+        let all_keys_len = all_keys.len();
         // client-go checkAsyncCommit / checkOnePC; neither with shared
         // locks.
         let shared_locks = mutations.iter().any(|m| m.op == kvrpcpb::Op::SharedLock);
@@ -873,6 +909,12 @@ impl Committer {
             elapsed,
             result: None,
             follow_up: None,
+            step_started: Instant::ZERO,
+            details: CommitDetails {
+                write_keys: all_keys_len,
+                write_size: size,
+                ..CommitDetails::default()
+            },
         }
     }
 
@@ -942,6 +984,13 @@ impl Committer {
         std::iter::once(&self.backoffer).chain(self.commit_backoffer.as_ref())
     }
 
+    /// Where the commit's time went so far, and what it wrote (complete
+    /// once the result is out).
+    pub fn details(&self) -> CommitDetails {
+        let backoff = self.budgets().map(Backoffer::total_sleep).sum();
+        CommitDetails { backoff, ..self.details.clone() }
+    }
+
     /// The operation to run in the background after the result: the
     /// secondaries' commit, or the rollback of a definitely failed
     /// transaction (see `follow_up_of`); `None` if there is nothing to do
@@ -979,6 +1028,7 @@ impl Committer {
 
     fn tso(&mut self, purpose: TsoFor, now: Instant) {
         self.tso_for = purpose;
+        self.step_started = now;
         self.step.start(GetTimestamp::new(), Done::Timestamp, now);
     }
 
@@ -1010,11 +1060,13 @@ impl Committer {
             assertion_error: None,
             min_commit_ts_seen: Vec::new(),
             one_pc_commit_ts: Vec::new(),
+            requests: 0,
         };
         self.start_heartbeat(now);
         let items = std::mem::take(&mut self.pending);
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
             .with_tags(&self.opts.tags);
+        self.step_started = now;
         self.step.start(op, |outcome| Done::Prewrite(Box::new(outcome)), now);
     }
 
@@ -1054,6 +1106,7 @@ impl Committer {
             };
             let resolve =
                 ResolveLocks::new(self.view.clone(), plan.met, opts, self.backoffer.fork());
+            self.step_started = now;
             self.step.start(resolve, Done::Resolved, now);
             return;
         }
@@ -1121,6 +1174,7 @@ impl Committer {
             bo,
         )
         .with_tags(&self.opts.tags);
+        self.step_started = now;
         self.step.start(op, |outcome| Done::CommitPrimary(Box::new(outcome)), now);
     }
 
@@ -1135,6 +1189,22 @@ impl Committer {
                 None => &mut self.backoffer,
             };
             let Some(event) = self.step.poll_event(Some(budget)) else { return };
+            let took = now.saturating_duration_since(self.step_started);
+            match &event {
+                StepEvent::Done(Done::Prewrite(plan)) => {
+                    self.details.prewrite += took;
+                    if let Ok(plan) = plan.as_ref() {
+                        self.details.prewrite_requests += plan.requests;
+                    }
+                }
+                StepEvent::Done(Done::Resolved(_)) => self.details.resolve_lock += took,
+                StepEvent::Done(Done::Timestamp(_)) => match self.tso_for {
+                    TsoFor::MinCommitTs => self.details.get_latest_ts += took,
+                    TsoFor::CommitTs => self.details.get_commit_ts += took,
+                },
+                StepEvent::Done(Done::CommitPrimary(_)) => self.details.commit += took,
+                StepEvent::Woke => {}
+            }
             match event {
                 StepEvent::Woke => self.prewrite(now),
                 StepEvent::Done(Done::Prewrite(outcome)) => {

@@ -449,8 +449,17 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
     c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault("kv_commit", commit_ok());
-    let (_, result) = drive(committer(&["a", "b"], CommitOptions::default()), &mut c);
+    let mut op = committer(&["a", "b"], CommitOptions::default());
+    let (log, result) = drive(&mut op, &mut c);
     result.expect("committed");
+    // client-go's CommitDetails: each phase timed across its rounds.
+    let details = op.details();
+    assert_eq!((details.write_keys, details.prewrite_requests), (2, 2), "{log}");
+    assert_eq!(details.write_size, 2 * ("a".len() + "v".len()), "{details:?}");
+    assert!(details.prewrite > Duration::ZERO, "{details:?}");
+    assert!(details.resolve_lock > Duration::ZERO, "{details:?}");
+    assert!(details.get_commit_ts > Duration::ZERO && details.commit > Duration::ZERO);
+    assert_eq!(details.get_latest_ts, Duration::ZERO, "2PC takes no extra timestamp");
     let prewrites: Vec<Vec<Bytes>> = c
         .received
         .iter()
