@@ -99,9 +99,9 @@ pub use platform::{
 pub use runtime::TokioRuntime;
 pub use tikv_driver::{
     ApiVersion, BackoffBudgets, BackoffKind, CasOutcome, Checkpoint, ColumnFamily, Config,
-    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GcOutcome, Key, KeyRange, KvPair, Lock,
-    LockOptions, LockWait, RangeTaskStat, RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType,
-    RequestSource, RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp,
-    TransactionOptions, Value, describe_metrics, metric_names, proto,
+    DEFAULT_SCAN_BATCH_SIZE, Error, ExhaustedClass, GLOBAL_TXN_SCOPE, GcOutcome, Key, KeyRange,
+    KvPair, Lock, LockOptions, LockWait, RangeTaskStat, RawChecksum, ReadOptions, ReplicaRead,
+    ReplicaReadType, RequestSource, RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome,
+    Timestamp, TransactionOptions, Value, describe_metrics, metric_names, proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

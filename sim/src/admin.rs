@@ -24,6 +24,7 @@ use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
 use crate::mvcc::LockType;
 use crate::{Cluster, ClusterConfig};
+use tikv_core::rpc::RpcError;
 
 /// Why a store did not carry out an admin command (logged; PD times the
 /// operator out, as it does when TiKV drops one).
@@ -435,6 +436,22 @@ impl Cluster {
         }
         st.resolved_ts = resolved;
         per_store
+    }
+
+    /// TiKV's `GetStoreSafeTS` RPC on `store_id` ([`Cluster::store_safe_ts`]
+    /// over the request's key range); a stopped or unknown store does not
+    /// answer.
+    pub fn get_store_safe_ts(
+        &self,
+        store_id: u64,
+        req: &kvrpcpb::StoreSafeTsRequest,
+    ) -> Result<kvrpcpb::StoreSafeTsResponse, RpcError> {
+        if !self.is_store_running(store_id) {
+            return Err(RpcError::Unavailable(format!("store {store_id} is stopped")));
+        }
+        let range = req.key_range.clone().unwrap_or_default();
+        let safe_ts = self.store_safe_ts(store_id, &range.start_key, &range.end_key);
+        Ok(kvrpcpb::StoreSafeTsResponse { safe_ts })
     }
 
     /// TiKV's `GetStoreSafeTS`: the smallest safe ts of the store's peers

@@ -476,13 +476,10 @@ macro_rules! tikv_methods {
                 &self,
                 request: Request<kvrpcpb::StoreSafeTsRequest>,
             ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
-                if !self.cluster.is_store_running(self.store_id) {
-                    return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
-                }
-                let range = request.into_inner().key_range.unwrap_or_default();
-                let safe_ts =
-                    self.cluster.store_safe_ts(self.store_id, &range.start_key, &range.end_key);
-                Ok(Response::new(kvrpcpb::StoreSafeTsResponse { safe_ts }))
+                self.cluster
+                    .get_store_safe_ts(self.store_id, &request.into_inner())
+                    .map(Response::new)
+                    .map_err(|e| Status::unavailable(e.to_string()))
             }
         }
     };

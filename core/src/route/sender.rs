@@ -661,7 +661,7 @@ impl RegionCall {
                             self.finish(Err(Error::Rpc(RpcError::Mismatch)));
                         }
                     }
-                    Ok(Response::Pd(_) | Response::Timestamp(_)) => {
+                    Ok(Response::Pd(_) | Response::Timestamp(_) | Response::StoreSafeTs(_)) => {
                         self.finish(Err(Error::Rpc(RpcError::Mismatch)))
                     }
                     Err(RpcError::DeadlineExceeded) if self.has_configurable_read_timeout() => {

@@ -351,6 +351,9 @@ pub enum Request {
     /// [`TsoBatcher`]: crate::pd::TsoBatcher
     /// [`GetTimestamp`]: crate::pd::GetTimestamp
     Timestamp,
+    /// TiKV's `GetStoreSafeTS` to one store: a store-wide call without a
+    /// region context, so outside [`KvRequest`].
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsRequest>),
 }
 
 /// A response from TiKV or PD, or a timestamp.
@@ -362,6 +365,8 @@ pub enum Response {
     Pd(PdResponse),
     /// The answer to [`Request::Timestamp`].
     Timestamp(Timestamp),
+    /// The answer to [`Request::StoreSafeTs`].
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsResponse>),
 }
 
 impl Request {
@@ -371,6 +376,7 @@ impl Request {
             Request::Kv(r) => r.name(),
             Request::Pd(r) => r.name(),
             Request::Timestamp => "timestamp",
+            Request::StoreSafeTs(_) => "get_store_safe_ts",
         }
     }
 }
@@ -468,6 +474,7 @@ impl Response {
             Response::Kv(r) => r.name(),
             Response::Pd(r) => r.name(),
             Response::Timestamp(_) => "timestamp",
+            Response::StoreSafeTs(_) => "get_store_safe_ts",
         }
     }
 }

@@ -342,6 +342,9 @@ impl State {
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
                 self.cluster.handle_kv(s, req, now).map(Response::Kv)
             }
+            (Some(Endpoint::Store(s)), Request::StoreSafeTs(req)) => {
+                self.cluster.get_store_safe_ts(s, &req).map(|r| Response::StoreSafeTs(Box::new(r)))
+            }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
         let body = response_debug(&result);
@@ -702,6 +705,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Kv(r) => r.name(),
         Response::Pd(r) => r.name(),
         Response::Timestamp(_) => "timestamp",
+        Response::StoreSafeTs(_) => "get_store_safe_ts",
     }
 }
 
@@ -736,6 +740,7 @@ fn request_debug(r: &Request) -> String {
         Request::Kv(r) => kv_request_debug(r),
         Request::Pd(r) => pd_request_debug(r),
         Request::Timestamp => "timestamp".into(),
+        Request::StoreSafeTs(m) => format!("{m:?}"),
     }
 }
 
@@ -745,5 +750,6 @@ fn response_debug(r: &Reply) -> String {
         Ok(Response::Kv(r)) => kv_response_debug(r),
         Ok(Response::Pd(r)) => pd_response_debug(r),
         Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
+        Ok(Response::StoreSafeTs(m)) => format!("{m:?}"),
     }
 }
