@@ -470,14 +470,13 @@ macro_rules! tikv_methods {
             }
 
             /// TiKV's `GetStoreSafeTS`: the smallest safe ts of this store's
-            /// peers in the key range ([`Cluster::store_safe_ts`]; advanced
-            /// by the joined mode's resolved-ts rounds, 0 otherwise).
+            /// peers in the key range ([`Cluster::get_store_safe_ts`]).
             async fn get_store_safe_ts(
                 &self,
                 request: Request<kvrpcpb::StoreSafeTsRequest>,
             ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
                 self.cluster
-                    .get_store_safe_ts(self.store_id, &request.into_inner())
+                    .get_store_safe_ts(self.store_id, &request.into_inner(), self.clock.now())
                     .map(Response::new)
                     .map_err(|e| Status::unavailable(e.to_string()))
             }

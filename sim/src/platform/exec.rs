@@ -342,9 +342,10 @@ impl State {
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
                 self.cluster.handle_kv(s, req, now).map(Response::Kv)
             }
-            (Some(Endpoint::Store(s)), Request::StoreSafeTs(req)) => {
-                self.cluster.get_store_safe_ts(s, &req).map(|r| Response::StoreSafeTs(Box::new(r)))
-            }
+            (Some(Endpoint::Store(s)), Request::StoreSafeTs(req)) => self
+                .cluster
+                .get_store_safe_ts(s, &req, now)
+                .map(|r| Response::StoreSafeTs(Box::new(r))),
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
         let body = response_debug(&result);
