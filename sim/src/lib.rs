@@ -49,7 +49,9 @@
 //!   keep their safe ts. With the in-process PD a round is taken when a
 //!   stale read or `GetStoreSafeTS` arrives at least 1 s after the last
 //!   ([`Cluster::set_resolved_ts_interval`]) rather than on TiKV's own
-//!   timer; joined to a real PD, the joined mode's loop takes them.
+//!   timer; joined to a real PD, the joined mode's loop takes them. A
+//!   stale read does not push `max_ts` (TiKV's `prepare_snap_ctx`), also
+//!   when the leader serves it above its safe ts.
 //! - `EpochNotMatch` with `current_regions` (the region and its split
 //!   siblings, raftstore's `collect_sibling_region`) — stale `version`.
 //! - A message-only error `missing epoch!` — context without an epoch.
