@@ -152,7 +152,7 @@ echo "--- our examples against the real PD and tikv-sim --join-pd stores"
 # Built by the test step already (cargo test builds examples); each runs
 # its client-go counterpart's steps against the cluster given by --pd.
 cargo build --locked -p tikv-tokio --examples
-for example in quickstart transaction async_commit one_pc pessimistic split_scatter delete_range \
+for example in quickstart transaction async_commit one_pc pessimistic split_scatter delete_range stale_read \
   gc_worker unsafe_destroy_range metrics; do
   "$CARGO_TARGET_DIR/debug/examples/$example" --pd "$real_pd" >"$logdir/example-$example.log" 2>&1 || {
     status=$?

@@ -82,6 +82,7 @@ pub mod region;
 pub mod rng;
 pub mod route;
 pub mod rpc;
+pub mod safe_ts;
 pub mod split;
 pub mod time;
 pub mod txn;

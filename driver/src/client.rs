@@ -14,6 +14,7 @@ use tikv_core::op::Operation;
 use tikv_core::pd::{
     LoadKeyspace, PdState, ReadTsVerdict, RefreshStores, Timestamp, TsoBatcher, judge_read_ts,
 };
+use tikv_core::safe_ts::SafeTsTable;
 use tikv_core::time::Duration;
 use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
@@ -56,7 +57,11 @@ pub(crate) struct ClientCore<P: Platform> {
     /// The txn safe point reads are checked against (transactional
     /// clients poll it in the background).
     pub(crate) txn_safe_point: Arc<TxnSafePointCache>,
-    /// The periodic tasks (store refresh, txn safe point poll), stopped by
+    /// Each store's safe ts and each txn scope's min (transactional
+    /// clients refresh it in the background, for stale reads).
+    pub(crate) safe_ts: Arc<SafeTsTable>,
+    /// The periodic tasks (store refresh, txn safe point poll, safe ts
+    /// update), stopped by
     /// [`ClientCore::close`].
     background: Mutex<Vec<Background>>,
     /// Set by [`ClientCore::close`]: operations then fail with
@@ -135,7 +140,11 @@ impl<P: Platform> ClientCore<P> {
         };
         let mut background = vec![refresher];
         let txn_safe_point = Arc::new(TxnSafePointCache::default());
+        let safe_ts = Arc::new(SafeTsTable::new());
         if mode == Mode::Txn {
+            // client-go's KVStore starts its safe-ts updater with the store.
+            background
+                .push(crate::safe_ts::spawn_safe_ts_updater::<P>(&view, &rt, &transport, &safe_ts));
             // client-go loads the txn safe point when the store opens and
             // polls it every 10 s; a failed load here is left to the first
             // read, which loads it again before checking.
@@ -164,6 +173,7 @@ impl<P: Platform> ClientCore<P> {
             transport,
             oracle,
             txn_safe_point,
+            safe_ts,
             background: Mutex::new(background),
             closed: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),

@@ -96,7 +96,9 @@ mod tests {
                 Ok(match request {
                     Request::Kv(kv) => Response::Kv(kv.response_template()),
                     Request::Pd(_) => Response::Pd(PdResponse::GetRegion(Default::default())),
-                    Request::Timestamp => return Err(RpcError::NotNetwork("timestamp")),
+                    Request::Timestamp | Request::StoreSafeTs(_) => {
+                        return Err(RpcError::NotNetwork("not collapsed here"));
+                    }
                 })
             }
             .boxed()

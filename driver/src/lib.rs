@@ -34,6 +34,7 @@ mod observe;
 mod oracle;
 mod pipelined;
 mod raw;
+mod safe_ts;
 mod scanner;
 mod traits;
 mod txn;
@@ -72,6 +73,7 @@ pub use tikv_core::range_task::RangeTaskStat;
 pub use tikv_core::raw::ColumnFamily;
 pub use tikv_core::route::replica::{ReplicaRead, ReplicaReadType};
 pub use tikv_core::rpc::{RequestSource, RequestTags};
+pub use tikv_core::safe_ts::GLOBAL_TXN_SCOPE;
 pub use tikv_core::split::{PreSplitThresholds, SplitRegionsOutcome};
 /// The kvproto messages some errors carry (e.g. [`Error::KeyError`]'s
 /// `kvrpcpb::KeyError`), so matching on them needs no direct dependency on

@@ -196,6 +196,50 @@ impl<P: Platform> TransactionClient<P> {
             interceptors: self.interceptors.clone(),
         }
     }
+
+    /// A snapshot at `ts` whose reads are stale reads
+    /// ([`Snapshot::with_stale_read`]): served by the nearest replica from
+    /// its own data when its safe ts has reached `ts`, else by the leader.
+    /// Pick `ts` at or below [`min_safe_ts`](Self::min_safe_ts) for reads
+    /// no replica refuses, or with [`stale_timestamp`](Self::stale_timestamp).
+    pub fn stale_snapshot(&self, ts: Timestamp) -> Snapshot<P> {
+        self.snapshot(ts).with_stale_read()
+    }
+
+    /// A stale-read snapshot of the data as it was `ago` before now (TiDB's
+    /// `AS OF TIMESTAMP NOW() - INTERVAL ...`): [`stale_snapshot`] at
+    /// [`stale_timestamp`]`(ago)`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use std::time::Duration;
+    /// let snapshot = client.stale_snapshot_ago(Duration::from_secs(5)).await?;
+    /// let value = snapshot.get("k".to_owned()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`stale_snapshot`]: Self::stale_snapshot
+    /// [`stale_timestamp`]: Self::stale_timestamp
+    pub async fn stale_snapshot_ago(&self, ago: std::time::Duration) -> Result<Snapshot<P>, Error> {
+        Ok(self.stale_snapshot(self.stale_timestamp(ago).await?))
+    }
+
+    /// The timestamp `ago` before a fresh one from PD (client-go
+    /// `GetStaleTimestamp`; logical part zero).
+    pub async fn stale_timestamp(&self, ago: std::time::Duration) -> Result<Timestamp, Error> {
+        let fresh = self.current_timestamp().await?;
+        tikv_core::safe_ts::stale_timestamp(fresh, ago)
+    }
+
+    /// The min safe ts of `txn_scope` (client-go `KVStore.GetMinSafeTS`):
+    /// [`GLOBAL_TXN_SCOPE`](crate::GLOBAL_TXN_SCOPE) for every store, or a
+    /// `zone` label value for the stores carrying it. A stale read at or
+    /// below it is served by any replica in the scope. Refreshed in the
+    /// background every 2 s from each store's `GetStoreSafeTS`; zero until
+    /// every store of the scope has answered once.
+    pub fn min_safe_ts(&self, txn_scope: &str) -> Timestamp {
+        self.core.safe_ts.min_safe_ts(txn_scope)
+    }
 }
 
 /// A consistent read-only view at one timestamp. Reads that meet locks of
@@ -244,6 +288,21 @@ impl<P: Platform> Snapshot<P> {
     /// learners, the leader or a mix, preferring stores with its labels.
     pub fn with_replica_read(mut self, read: ReplicaRead) -> Self {
         self.opts.replica_read = read;
+        self
+    }
+
+    /// Reads as stale reads (client-go `KVSnapshot.SetIsStalenessReadOnly`,
+    /// TiDB's `AS OF TIMESTAMP`): each read goes first to the best replica
+    /// (labels given with [`with_replica_read`](Self::with_replica_read)
+    /// before are kept), which serves it from its own data if its safe ts
+    /// has reached the snapshot's timestamp and otherwise answers
+    /// `DataIsNotReady`; the read then goes to the leader as a normal read.
+    /// A read that meets a lock reads from the leader after resolving it.
+    pub fn with_stale_read(mut self) -> Self {
+        let labels = std::mem::take(&mut self.opts.replica_read.labels);
+        self.opts.replica_read = labels
+            .into_iter()
+            .fold(ReplicaRead::stale(), |read, l| read.with_label(l.key, l.value));
         self
     }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
 use tikv_proto::keyspacepb::keyspace_client::KeyspaceClient;
+use tikv_proto::kvrpcpb;
 use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::tikvpb::tikv_client::TikvClient;
 
@@ -52,6 +53,23 @@ macro_rules! kv_dispatch {
     };
 }
 tikv_core::for_each_kv_rpc!(kv_dispatch);
+
+/// Sends TiKV's `GetStoreSafeTS` (a store-wide call, outside the region
+/// requests of `for_each_kv_rpc!`).
+pub async fn call_store_safe_ts<C: GrpcChannel>(
+    channel: C,
+    limits: MessageLimits,
+    request: kvrpcpb::StoreSafeTsRequest,
+    timeout: Option<Duration>,
+) -> Result<kvrpcpb::StoreSafeTsResponse, RpcError> {
+    TikvClient::new(channel)
+        .max_decoding_message_size(limits.decoding)
+        .max_encoding_message_size(limits.encoding)
+        .get_store_safe_ts(grpc_request(request, timeout))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(to_rpc_error)
+}
 
 /// The client for a PD-side service named in `for_each_pd_rpc!`.
 macro_rules! pd_service_client {

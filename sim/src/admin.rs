@@ -24,6 +24,8 @@ use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
 use crate::mvcc::LockType;
 use crate::{Cluster, ClusterConfig};
+use tikv_core::rpc::RpcError;
+use tikv_core::time::Instant;
 
 /// Why a store did not carry out an admin command (logged; PD times the
 /// operator out, as it does when TiKV drops one).
@@ -83,6 +85,8 @@ impl Cluster {
         let cluster = Cluster::new(cfg);
         {
             let mut st = cluster.lock();
+            // The joined mode's own loop takes the rounds, with PD's TSO.
+            st.resolved_ts_interval = None;
             st.stores.clear();
             st.regions.clear();
             st.region_ids.clear();
@@ -406,7 +410,41 @@ impl Cluster {
     /// holds a peer of: what the store reports in `ReportMinResolvedTS`
     /// (stores without regions are left out).
     pub(crate) fn advance_resolved_ts(&self, ts: u64) -> BTreeMap<u64, u64> {
+        self.lock().advance_resolved_ts(ts)
+    }
+
+    /// Runs the in-process model's resolved-ts rounds every `interval`
+    /// (`None`: never; the joined mode drives its own). A round is taken
+    /// when a request that depends on safe ts (a stale read,
+    /// `GetStoreSafeTS`) arrives after it is due, with a timestamp from the
+    /// model's PD, as TiKV's worker takes one from PD.
+    pub fn set_resolved_ts_interval(&self, interval: Option<std::time::Duration>) {
+        self.lock().resolved_ts_interval = interval;
+    }
+
+    /// Makes the peers on `store_id` stop (or resume) advancing their safe
+    /// ts: a follower that fell behind in applying, which answers stale
+    /// reads above its safe ts with `DataIsNotReady`.
+    pub fn set_safe_ts_lagging(&self, store_id: u64, lagging: bool) {
         let mut st = self.lock();
+        if lagging {
+            st.lagging_stores.insert(store_id);
+        } else {
+            st.lagging_stores.remove(&store_id);
+        }
+    }
+
+    /// Stale reads that reached `store_id` and were `served` from its own
+    /// data (`false`: refused with `DataIsNotReady`).
+    pub fn stale_read_count(&self, store_id: u64, served: bool) -> u64 {
+        self.lock().stale_reads.get(&(store_id, served)).copied().unwrap_or(0)
+    }
+}
+
+impl State {
+    /// [`Cluster::advance_resolved_ts`] under the lock.
+    pub(crate) fn advance_resolved_ts(&mut self, ts: u64) -> BTreeMap<u64, u64> {
+        let st = self;
         st.mvcc.update_max_ts(ts);
         let mut resolved = BTreeMap::new();
         for region in st.regions.values() {
@@ -425,16 +463,108 @@ impl Cluster {
             let before = st.resolved_ts.get(&region.meta.id).copied().unwrap_or(0);
             resolved.insert(region.meta.id, before.max(now));
         }
+        let mut peer_safe_ts = BTreeMap::new();
         let mut per_store: BTreeMap<u64, u64> = BTreeMap::new();
         for region in st.regions.values() {
-            let ts = resolved[&region.meta.id];
+            let id = region.meta.id;
             for p in &region.meta.peers {
+                let before = st.peer_safe_ts.get(&(id, p.store_id)).copied().unwrap_or(0);
+                let ts =
+                    if st.lagging_stores.contains(&p.store_id) { before } else { resolved[&id] };
+                peer_safe_ts.insert((id, p.store_id), ts);
                 let min = per_store.entry(p.store_id).or_insert(u64::MAX);
                 *min = (*min).min(ts);
             }
         }
         st.resolved_ts = resolved;
+        st.peer_safe_ts = peer_safe_ts;
         per_store
+    }
+
+    /// The in-process rounds of [`Cluster::set_resolved_ts_interval`]: one
+    /// at `now` if due, with a fresh timestamp from the model's PD.
+    pub(crate) fn advance_resolved_ts_if_due(&mut self, now: Instant) {
+        let Some(interval) = self.resolved_ts_interval else { return };
+        if self.last_resolved_round.is_some_and(|at| now.saturating_duration_since(at) < interval) {
+            return;
+        }
+        let request = pdpb::TsoRequest {
+            header: Some(pdpb::RequestHeader {
+                cluster_id: self.cfg.cluster_id,
+                ..Default::default()
+            }),
+            count: 1,
+            ..Default::default()
+        };
+        let leader = self.pd.leader;
+        let Ok(resp) = self.tso(leader, request, now) else { return };
+        let Some(ts) = resp.timestamp else { return };
+        let physical = u64::try_from(ts.physical).unwrap_or(0);
+        let logical = u64::try_from(ts.logical).unwrap_or(0);
+        self.advance_resolved_ts((physical << 18) | logical);
+        self.last_resolved_round = Some(now);
+    }
+
+    /// The safe ts of the peer of `region_id` on `store_id` (0 until a
+    /// round reached it).
+    pub(crate) fn peer_safe_ts(&self, region_id: u64, store_id: u64) -> u64 {
+        self.peer_safe_ts.get(&(region_id, store_id)).copied().unwrap_or(0)
+    }
+
+    /// TiKV's `check_stale_read_safe` for a stale read at `read_ts` on
+    /// `store_id` (the region checks passed): a follower whose safe ts is
+    /// behind refuses with `DataIsNotReady`; the leader serves it anyway
+    /// (TiKV falls back to a lease read on a valid leader,
+    /// tikv/tikv#15726). Counts the outcome.
+    pub(crate) fn check_stale_read(
+        &mut self,
+        store_id: u64,
+        region: &metapb::Region,
+        read_ts: u64,
+        now: Instant,
+    ) -> Result<(), Box<errorpb::Error>> {
+        self.advance_resolved_ts_if_due(now);
+        let leader = self.region_by_id(region.id).map(|r| r.leader_store);
+        let safe_ts = self.peer_safe_ts(region.id, store_id);
+        if leader == Some(store_id) || read_ts <= safe_ts {
+            *self.stale_reads.entry((store_id, true)).or_default() += 1;
+            return Ok(());
+        }
+        *self.stale_reads.entry((store_id, false)).or_default() += 1;
+        let peer_id = region.peers.iter().find(|p| p.store_id == store_id).map_or(0, |p| p.id);
+        Err(Box::new(errorpb::Error {
+            message: format!(
+                "peer {peer_id} of region {} is not ready for a stale read at {read_ts}: safe ts {safe_ts}",
+                region.id
+            ),
+            data_is_not_ready: Some(errorpb::DataIsNotReady {
+                region_id: region.id,
+                peer_id,
+                safe_ts,
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+impl Cluster {
+    /// TiKV's `GetStoreSafeTS` RPC on `store_id` at `now`
+    /// ([`Cluster::store_safe_ts`] over the request's key range, after the
+    /// in-process resolved-ts round if one is due); a stopped or unknown
+    /// store does not answer.
+    pub fn get_store_safe_ts(
+        &self,
+        store_id: u64,
+        req: &kvrpcpb::StoreSafeTsRequest,
+        now: Instant,
+    ) -> Result<kvrpcpb::StoreSafeTsResponse, RpcError> {
+        if !self.is_store_running(store_id) {
+            return Err(RpcError::Unavailable(format!("store {store_id} is stopped")));
+        }
+        self.lock().advance_resolved_ts_if_due(now);
+        let range = req.key_range.clone().unwrap_or_default();
+        let safe_ts = self.store_safe_ts(store_id, &range.start_key, &range.end_key);
+        Ok(kvrpcpb::StoreSafeTsResponse { safe_ts })
     }
 
     /// TiKV's `GetStoreSafeTS`: the smallest safe ts of the store's peers
@@ -449,7 +579,7 @@ impl Cluster {
                 (end.is_empty() || &r.meta.start_key[..] < end)
                     && (r.meta.end_key.is_empty() || &r.meta.end_key[..] > start)
             })
-            .map(|r| st.resolved_ts.get(&r.meta.id).copied().unwrap_or(0))
+            .map(|r| st.peer_safe_ts(r.meta.id, store_id))
             .min()
             .unwrap_or(0)
     }
@@ -899,5 +1029,80 @@ mod tests {
         // The model's region errors follow: store 1 now answers NotLeader.
         let ctx = c.context_for(10).unwrap();
         assert_eq!(ctx.peer.unwrap().store_id, 2);
+    }
+
+    /// The in-process model's safe ts: rounds as requests observe it,
+    /// followers refusing stale reads above their safe ts, the leader
+    /// serving them, a live lock holding it back, a lagging store.
+    #[test]
+    fn stale_reads_follow_each_peers_safe_ts() {
+        let c = Cluster::new(ClusterConfig { v1_txn: true, ..ClusterConfig::default() });
+        let region = c.regions()[0].clone();
+        let leader = c.leader_of(region.id).unwrap();
+        let follower = *region.peers.iter().find(|p| p.store_id != leader.store_id).unwrap();
+        let get = |peer: metapb::Peer, version: u64, at_ms: u64| {
+            let mut context = c.context_for(region.id).unwrap();
+            context.peer = Some(peer);
+            context.stale_read = true;
+            let req = kvrpcpb::GetRequest {
+                context: Some(context),
+                key: "k".into(),
+                version,
+                ..Default::default()
+            };
+            let resp = c.handle_kv(peer.store_id, req.into(), Instant::from_millis(at_ms)).unwrap();
+            resp.region_error().and_then(|e| e.data_is_not_ready).map(|d| d.safe_ts)
+        };
+        let safe_ts_at = |store: u64, at_ms: u64| {
+            let req = kvrpcpb::StoreSafeTsRequest::default();
+            c.get_store_safe_ts(store, &req, Instant::from_millis(at_ms)).unwrap().safe_ts
+        };
+        // The first request takes a round: the safe ts is a fresh TSO.
+        let first = safe_ts_at(follower.store_id, 0);
+        assert!(first > 0);
+        assert_eq!(get(follower, first, 10), None, "at the safe ts: served");
+        assert_eq!(get(follower, first + 1, 20), Some(first), "above it: DataIsNotReady");
+        assert_eq!(get(leader, first + 1, 30), None, "the leader serves it anyway");
+        assert_eq!(c.stale_read_count(follower.store_id, true), 1);
+        assert_eq!(c.stale_read_count(follower.store_id, false), 1);
+        // No round before the interval has passed; then one.
+        assert_eq!(safe_ts_at(follower.store_id, 500), first);
+        let second = safe_ts_at(follower.store_id, 1_000);
+        assert!(second > first + 1, "{second} after {first}");
+        assert_eq!(get(follower, first + 1, 1_010), None);
+
+        // A live lock holds the safe ts at its start ts.
+        let lock_ts = second + 5;
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: c.context_for(region.id),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            }],
+            primary_lock: "k".into(),
+            start_version: lock_ts,
+            lock_ttl: 3000,
+            ..Default::default()
+        };
+        let resp =
+            c.handle_kv(leader.store_id, prewrite.into(), Instant::from_millis(1_020)).unwrap();
+        assert!(resp.region_error().is_none());
+        assert_eq!(safe_ts_at(follower.store_id, 2_100), lock_ts, "never past a live lock");
+
+        // A lagging store's peers stop; the others go on.
+        c.set_safe_ts_lagging(follower.store_id, true);
+        let rollback = kvrpcpb::BatchRollbackRequest {
+            context: c.context_for(region.id),
+            start_version: lock_ts,
+            keys: vec!["k".into()],
+            ..Default::default()
+        };
+        c.handle_kv(leader.store_id, rollback.into(), Instant::from_millis(2_200)).unwrap();
+        let _ = safe_ts_at(leader.store_id, 3_300);
+        assert_eq!(safe_ts_at(follower.store_id, 3_300), lock_ts);
+        assert!(safe_ts_at(leader.store_id, 3_300) > lock_ts);
+        assert_eq!(get(follower, lock_ts + 1, 3_400), Some(lock_ts));
     }
 }

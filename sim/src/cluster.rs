@@ -242,6 +242,13 @@ pub(crate) struct Region {
 /// `RAFT_INIT_LOG_TERM` (5) and the first election raises it by one.
 pub(crate) const FIRST_LEADER_TERM: u64 = 6;
 
+/// How often the in-process model advances resolved ts: TiKV reports its
+/// min resolved ts every 1 s (`report-min-resolved-ts-interval`), and the
+/// joined mode's default interval is the same, so stale reads a second or
+/// more in the past are served by followers.
+pub(crate) const DEFAULT_RESOLVED_TS_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(1);
+
 impl Region {
     pub(crate) fn peer_on(&self, store_id: u64) -> Option<&metapb::Peer> {
         self.meta.peers.iter().find(|p| p.store_id == store_id)
@@ -335,10 +342,26 @@ pub(crate) struct State {
     pub(crate) region_error_kinds: Vec<RandomRegionError>,
     /// The latest instant any request carried (for test helpers that need "now").
     pub(crate) last_now: Instant,
-    /// Region id → its resolved ts (TiKV's resolved-ts worker; every replica
-    /// applies instantly, so it is also every peer's safe ts). Advanced only
-    /// in the joined mode; a region without an entry has 0.
+    /// Region id → its resolved ts (TiKV's resolved-ts worker); a region
+    /// without an entry has 0. Advanced by the joined mode's rounds, or
+    /// with the in-process PD by rounds taken as requests observe it
+    /// ([`Cluster::set_resolved_ts_interval`]).
     pub(crate) resolved_ts: BTreeMap<u64, u64>,
+    /// (region id, store id) → the safe ts of that peer: the region's
+    /// resolved ts as of the last round the peer's store took part in
+    /// (stores in [`State::lagging_stores`] do not).
+    pub(crate) peer_safe_ts: BTreeMap<(u64, u64), u64>,
+    /// Stores whose peers' safe ts stand still: followers that fell behind
+    /// in applying ([`Cluster::set_safe_ts_lagging`]).
+    pub(crate) lagging_stores: std::collections::BTreeSet<u64>,
+    /// In-process PD: a resolved-ts round is due this long after the last
+    /// one; `None` in the joined mode, whose own loop drives the rounds.
+    pub(crate) resolved_ts_interval: Option<std::time::Duration>,
+    /// When the last in-process round ran.
+    pub(crate) last_resolved_round: Option<Instant>,
+    /// Stale reads per (store, served): served from the peer's own data,
+    /// or refused with `DataIsNotReady` ([`Cluster::stale_read_count`]).
+    pub(crate) stale_reads: BTreeMap<(u64, bool), u64>,
     /// Parked `PessimisticLock` requests ([`crate::lock_wait`]).
     pub(crate) lock_waits: crate::lock_wait::LockWaits,
     /// TiKV requests that reached a running store, by (store, command,
@@ -766,6 +789,11 @@ impl State {
             region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
             resolved_ts: BTreeMap::new(),
+            peer_safe_ts: BTreeMap::new(),
+            lagging_stores: Default::default(),
+            resolved_ts_interval: Some(DEFAULT_RESOLVED_TS_INTERVAL),
+            last_resolved_round: None,
+            stale_reads: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
             cfg,
@@ -1134,6 +1162,17 @@ impl State {
             set_region_error(&mut resp, err);
             return Ok(KvAnswer::Ready(resp));
         }
+        // A stale read passes the region checks, then TiKV's safe-ts check
+        // (`check_stale_read_safe`); the region checks' own errors are left
+        // to the command.
+        if let (true, Some(read_ts)) = (ctx.stale_read, stale_read_ts(&req))
+            && let Ok(region) = self.check_region(store_id, Some(&ctx), true)
+            && let Err(err) = self.check_stale_read(store_id, &region, read_ts, now)
+        {
+            let mut resp = req.response_template();
+            set_region_error(&mut resp, *err);
+            return Ok(KvAnswer::Ready(resp));
+        }
         let now_secs = self.ttl_now(now);
         let get_key_len = match &req {
             KvRequest::Get(r) => r.key.len(),
@@ -1437,4 +1476,15 @@ fn with_read_details(mut resp: KvResponse, get_key_len: usize) -> KvResponse {
         _ => {}
     }
     resp
+}
+
+/// The read ts of a request TiKV serves as a stale read (client-go sets
+/// `stale_read` on these only).
+fn stale_read_ts(req: &KvRequest) -> Option<u64> {
+    match req {
+        KvRequest::Get(r) => Some(r.version),
+        KvRequest::BatchGet(r) => Some(r.version),
+        KvRequest::Scan(r) => Some(r.version),
+        _ => None,
+    }
 }

@@ -38,6 +38,20 @@
 //!   learners). A replica read while the leader's store is stopped and no
 //!   new leader is elected gets `NotLeader` without a hint (the read index
 //!   has no leader to ask).
+//! - `DataIsNotReady` — a stale read (`Get`, `BatchGet`, `Scan` with
+//!   `stale_read`) on a follower or learner at a ts above that peer's safe
+//!   ts (TiKV's `check_stale_read_safe`); the leader serves such a read
+//!   itself (TiKV's fallback to a lease read). Each peer's safe ts is its
+//!   region's resolved ts (a fresh TSO, held back to the oldest prewrite
+//!   lock's start ts, never going back, `max_ts` pushed to it) as of the
+//!   last round its store took part in: every peer applies at once, except
+//!   on stores made to lag ([`Cluster::set_safe_ts_lagging`]), whose peers
+//!   keep their safe ts. With the in-process PD a round is taken when a
+//!   stale read or `GetStoreSafeTS` arrives at least 1 s after the last
+//!   ([`Cluster::set_resolved_ts_interval`]) rather than on TiKV's own
+//!   timer; joined to a real PD, the joined mode's loop takes them. A
+//!   stale read does not push `max_ts` (TiKV's `prepare_snap_ctx`), also
+//!   when the leader serves it above its safe ts.
 //! - `EpochNotMatch` with `current_regions` (the region and its split
 //!   siblings, raftstore's `collect_sibling_region`) — stale `version`.
 //! - A message-only error `missing epoch!` — context without an epoch.
@@ -69,8 +83,8 @@
 //!   `prewrite_with_generation`) and `BufferBatchGet` (a transaction's own
 //!   flushed locks) are executed; coprocessor, GC, import and flashback
 //!   entries on a `BatchCommands` stream get their own response type
-//!   carrying an error; `GetStoreSafeTS` answers every store's safe ts,
-//!   0 until the joined mode advances it.
+//!   carrying an error; `GetStoreSafeTS` answers the smallest safe ts of
+//!   the store's peers in the key range (0 before the first round).
 //! - Every store serves gRPC health (`grpc.health.v1.Health/Check`: SERVING
 //!   for the server as a whole, no per-service status, no `Watch`) and a
 //!   status address (TiKV's `status-addr`) answering `GET /status` and `GET

@@ -264,7 +264,7 @@ impl State {
     /// follows the model clock (never backwards), the logical counter
     /// advances by `count`, and the response carries the last timestamp of
     /// the batch.
-    fn tso(
+    pub(crate) fn tso(
         &mut self,
         member: usize,
         r: pdpb::TsoRequest,

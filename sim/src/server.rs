@@ -471,19 +471,15 @@ macro_rules! tikv_methods {
             }
 
             /// TiKV's `GetStoreSafeTS`: the smallest safe ts of this store's
-            /// peers in the key range ([`Cluster::store_safe_ts`]; advanced
-            /// by the joined mode's resolved-ts rounds, 0 otherwise).
+            /// peers in the key range ([`Cluster::get_store_safe_ts`]).
             async fn get_store_safe_ts(
                 &self,
                 request: Request<kvrpcpb::StoreSafeTsRequest>,
             ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
-                if !self.cluster.is_store_running(self.store_id) {
-                    return Err(Status::unavailable(format!("store {} is stopped", self.store_id)));
-                }
-                let range = request.into_inner().key_range.unwrap_or_default();
-                let safe_ts =
-                    self.cluster.store_safe_ts(self.store_id, &range.start_key, &range.end_key);
-                Ok(Response::new(kvrpcpb::StoreSafeTsResponse { safe_ts }))
+                self.cluster
+                    .get_store_safe_ts(self.store_id, &request.into_inner(), self.clock.now())
+                    .map(Response::new)
+                    .map_err(|e| Status::unavailable(e.to_string()))
             }
         }
     };

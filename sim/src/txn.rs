@@ -312,14 +312,26 @@ impl State {
         ))
     }
 
+    /// TiKV's `prepare_snap_ctx`: a snapshot read at `read_ts` pushes
+    /// `max_ts` to it (no later async-commit or 1PC commit lands at or
+    /// below it), except a stale read, which is below the safe ts and so
+    /// below `max_ts` already (served by a leader above its safe ts, TiKV
+    /// skips the push all the same).
+    fn push_max_ts_for_read(&mut self, ctx: &Option<kvrpcpb::Context>, read_ts: u64) {
+        if !ctx.as_ref().is_some_and(|c| c.stale_read) {
+            self.mvcc.update_max_ts(read_ts);
+        }
+    }
+
     pub(crate) fn kv_get(&mut self, store: u64, r: kvrpcpb::GetRequest) -> kvrpcpb::GetResponse {
         let mut resp = kvrpcpb::GetResponse::default();
         let res = (|| {
             let region = self.txn_region(store, "get", &r.context, [&r.key[..]], true)?;
             let key = txn_key(&r.key);
             check_key_in_region(&key, &region)?;
-            // Every snapshot read pushes max_ts (`prepare_snap_ctx`).
-            self.mvcc.update_max_ts(r.version);
+            // Every snapshot read but a stale one pushes max_ts
+            // (`prepare_snap_ctx`).
+            self.push_max_ts_for_read(&r.context, r.version);
             let o = ReadOpts::from(&r.context);
             Ok(self.mvcc.get(&key, r.version, o.check_locks, &o.bypass, &o.access)?)
         })();
@@ -350,7 +362,7 @@ impl State {
                 check_key_in_region(&key, &region)?;
                 encoded.push(key);
             }
-            self.mvcc.update_max_ts(r.version);
+            self.push_max_ts_for_read(&r.context, r.version);
             let o = ReadOpts::from(&r.context);
             let mut pairs = Vec::new();
             // Locked keys come back as pairs with an error; missing keys are
@@ -437,7 +449,7 @@ impl State {
                 };
                 (lower, upper)
             };
-            self.mvcc.update_max_ts(r.version);
+            self.push_max_ts_for_read(&r.context, r.version);
             let o = ReadOpts::from(&r.context);
             let keys = self.txn_keys_in(&lower, upper.as_deref());
             let ordered: Box<dyn Iterator<Item = &Vec<u8>>> =

@@ -8,7 +8,7 @@
 //! the client platform under test and knows how to run a future on its
 //! runtime. The test binaries in `tests/` stamp each suite out once per
 //! runtime with its macro ([`raw_suite!`], [`txn_suite!`], [`gc_suite!`],
-//! [`snapshot_suite!`], [`replica_suite!`], [`tso_suite!`], [`tls_suite!`],
+//! [`snapshot_suite!`], [`replica_suite!`], [`stale_read_suite!`], [`tso_suite!`], [`tls_suite!`],
 //! [`observability_suite!`], and
 //! [`transport_suite!`] for the
 //! gRPC transport alone), so the same bodies run under tokio and under
@@ -42,6 +42,8 @@ pub mod raw;
 pub mod replica;
 #[cfg(feature = "e2e")]
 pub mod snapshot;
+#[cfg(feature = "e2e")]
+pub mod stale_read;
 #[cfg(feature = "e2e")]
 pub mod tls;
 #[cfg(feature = "e2e")]

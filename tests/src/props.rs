@@ -220,6 +220,11 @@ fn answer_in(
         Request::Pd(other) => {
             return Ok(Err(RpcError::Unimplemented(format!("{} not fuzzed", other.name()))));
         }
+        Request::StoreSafeTs(_) => {
+            Response::StoreSafeTs(Box::new(tikv_proto::kvrpcpb::StoreSafeTsResponse {
+                safe_ts: u.arbitrary()?,
+            }))
+        }
         Request::Kv(req) => {
             let mut resp = req.response_template();
             let value = |u: &mut Unstructured<'_>, fed: &mut Fed| -> Result<Bytes> {

@@ -22,6 +22,15 @@
 //! leader's store reported a read queue longer than the threshold goes to
 //! an idle follower as a replica read instead.
 //!
+//! A **stale read** ([`ReplicaRead::stale`]) is a mixed read whose first
+//! attempt carries `Context.stale_read`: the best replica (labels matched)
+//! serves it from its own data if its safe ts has reached the read ts.
+//! Otherwise it answers `DataIsNotReady`, and, as client-go's
+//! `nextForReplicaReadMixed` does, the second attempt is a normal read on
+//! the leader and later ones are replica reads (a follower that was not
+//! ready gets one more try), unless the leader could not serve (a deadline
+//! or busy answer), in which case they stay stale reads.
+//!
 //! Store health (liveness probes, slow scores) is not modelled yet: a store
 //! counts as reachable until a send to it fails within this call (client-go
 //! bumps the store's epoch after a failed liveness probe, which makes the
@@ -75,6 +84,13 @@ pub struct ReplicaRead {
     /// this, and goes to an idle follower when the leader's store said so
     /// recently. Zero: off.
     pub busy_threshold: Duration,
+    /// A stale read (client-go `EnableStaleWithMixedReplicaRead`): the
+    /// first attempt carries `Context.stale_read` and goes to the best
+    /// replica, which serves the snapshot read at its ts from its own data
+    /// when its safe ts has reached it. Only transactional snapshot reads
+    /// (`Get`, `BatchGet`, `Scan`) are sent stale; set with
+    /// [`ReplicaRead::stale`].
+    pub stale_read: bool,
 }
 
 impl ReplicaRead {
@@ -86,6 +102,18 @@ impl ReplicaRead {
     /// Reads of `read_type` without label preference.
     pub fn of(read_type: ReplicaReadType) -> ReplicaRead {
         ReplicaRead { read_type, ..ReplicaRead::default() }
+    }
+
+    /// Stale reads: the read type becomes [`ReplicaReadType::Mixed`] and
+    /// the first attempt carries `Context.stale_read` (client-go
+    /// `EnableStaleWithMixedReplicaRead`); labels given before or after
+    /// pick the replica to prefer.
+    pub fn stale() -> ReplicaRead {
+        ReplicaRead {
+            read_type: ReplicaReadType::Mixed,
+            stale_read: true,
+            ..ReplicaRead::default()
+        }
     }
 
     /// Moves leader reads to idle followers while the leader's read queue
@@ -203,6 +231,9 @@ pub enum Pick {
         /// Set `Context.replica_read` (the target is not the leader and
         /// the request is served as a replica read).
         replica_read: bool,
+        /// Set `Context.stale_read`: the target serves the read from its
+        /// own data at the read ts, or answers `DataIsNotReady`.
+        stale_read: bool,
     },
     /// The selector needs to know this store (its address, labels and
     /// engine) before it can decide: load it from PD and ask again.
@@ -239,6 +270,14 @@ pub enum BusyStep {
 #[derive(Clone, Debug)]
 pub struct ReplicaSelector {
     read_type: ReplicaReadType,
+    /// The call is a stale read (client-go's `isStaleRead`).
+    stale_read: bool,
+    /// Whether the request carries `Context.stale_read` now: client-go
+    /// keeps it on the request and changes it only where a pick decides
+    /// (a leader read keeps what the last pick set).
+    stale_flag: bool,
+    /// Calls of [`ReplicaSelector::next`] so far (client-go's `attempts`).
+    attempts: u32,
     labels: Vec<metapb::StoreLabel>,
     /// Zero once no idle replica was left (client-go drops the threshold
     /// and reads from the leader then).
@@ -267,6 +306,9 @@ impl ReplicaSelector {
     pub fn new(region: &Region, read: &ReplicaRead, rng: Rng) -> ReplicaSelector {
         ReplicaSelector {
             read_type: read.read_type,
+            stale_read: read.stale_read,
+            stale_flag: read.stale_read,
+            attempts: 0,
             labels: read.labels.clone(),
             busy_threshold: read.busy_threshold,
             replicas: region.peers().iter().map(|_| Replica::default()).collect(),
@@ -283,6 +325,8 @@ impl ReplicaSelector {
     /// Reads as `read` says from now on.
     pub fn set_read(&mut self, read: &ReplicaRead) {
         self.read_type = read.read_type;
+        self.stale_read = read.stale_read;
+        self.stale_flag = read.stale_read;
         self.labels.clone_from(&read.labels);
         self.busy_threshold = read.busy_threshold;
     }
@@ -313,6 +357,17 @@ impl ReplicaSelector {
         } else if region.is_invalidated() {
             return Pick::Exhausted;
         }
+        // A store lookup is no attempt: the pick is made again once the
+        // store is known.
+        self.attempts += 1;
+        let pick = self.pick(region, stores, now);
+        if matches!(pick, Pick::Resolve(_)) {
+            self.attempts -= 1;
+        }
+        pick
+    }
+
+    fn pick(&mut self, region: &Region, stores: &StoreTable, now: Instant) -> Pick {
         self.target = None;
         // A replica read scores every peer by its store, so every store
         // must be known first; a leader read looks up only the store it
@@ -350,7 +405,7 @@ impl ReplicaSelector {
                 Some(_) => {
                     self.replicas[peer].attempts += 1;
                     self.target = Some(peer);
-                    return Pick::Send { peer, replica_read };
+                    return Pick::Send { peer, replica_read, stale_read: self.stale_flag };
                 }
             }
         }
@@ -388,16 +443,32 @@ impl ReplicaSelector {
         // A read whose leader ran out of its short timeout is served by the
         // follower itself rather than bounced back.
         let replica_read = target != leader && self.replicas[leader].has(Flags::DEADLINE);
+        if replica_read {
+            self.stale_flag = false;
+        }
         Some((target, replica_read))
     }
 
-    /// client-go `nextForReplicaReadMixed` (without stale reads).
+    /// client-go `nextForReplicaReadMixed`.
     fn next_for_replica_read(
         &mut self,
         region: &Region,
         stores: &StoreTable,
         now: Instant,
     ) -> Option<(usize, bool)> {
+        let leader = region.leader_index();
+        // The second attempt of a stale read (the first was refused or
+        // failed) is a normal read on the leader, unless the leader served
+        // the first attempt itself.
+        if self.stale_read
+            && self.attempts == 2
+            && self.is_leader_candidate(leader)
+            && !self.replicas[leader].has(Flags::SUSPECT_NOT_LEADER)
+            && !self.replicas[leader].is_exhausted(1, None)
+        {
+            self.stale_flag = false;
+            return Some((leader, false));
+        }
         let strategy = Mixed {
             try_leader: matches!(
                 self.read_type,
@@ -409,7 +480,26 @@ impl ReplicaSelector {
             busy_threshold: Duration::ZERO,
         };
         let target = self.mixed(region, stores, now, strategy)?;
-        Some((target, target != region.leader_index()))
+        if !self.stale_read {
+            return Some((target, target != leader));
+        }
+        // A retry, or a first pick on a replica that does not match the
+        // labels, is a replica read once the leader has been tried and did
+        // not fail for lack of time or capacity; otherwise a stale read.
+        let peer = &region.peers()[target];
+        let stale = !((self.attempts != 1
+            || (target != leader && !self.labels_match(peer.store_id, stores)))
+            && self.can_send_replica_read(leader));
+        self.stale_flag = stale;
+        Some((target, !stale))
+    }
+
+    /// client-go `ReplicaSelectMixedStrategy.canSendReplicaRead`: after a
+    /// stale read, a replica read needs the leader tried and not failed by
+    /// a deadline or a busy answer.
+    fn can_send_replica_read(&self, leader: usize) -> bool {
+        let r = &self.replicas[leader];
+        !(r.attempts == 0 || r.has(Flags::DEADLINE) || r.has(Flags::SERVER_BUSY))
     }
 
     /// client-go `isLeaderCandidate`.
@@ -572,7 +662,8 @@ impl ReplicaSelector {
     }
 
     /// The answer was a success: if it came from a peer that is not the
-    /// cached leader and served the request as the leader, that peer is
+    /// cached leader and served the request as the leader (neither a
+    /// replica read nor a stale read was sent), that peer is
     /// the leader now (client-go `onSendSuccess`). Returns its store when
     /// the cached leader moved.
     pub fn on_success(&mut self, region: &Region, sent_as_replica_read: bool) -> Option<u64> {
@@ -644,6 +735,7 @@ impl ReplicaSelector {
                 }
             }
         } else if self.read_type == ReplicaReadType::Leader
+            && !self.stale_read
             && self.target == Some(leader)
             && !self.leader_busy_probed
         {
@@ -725,6 +817,9 @@ impl ReplicaSelector {
     pub fn describe(&self, region: &Region) -> String {
         let leader = region.leader_index();
         let mut out = format!("{:?}", self.read_type);
+        if self.stale_read {
+            out.push_str(if self.stale_flag { " stale" } else { " stale(off)" });
+        }
         for (i, (peer, r)) in region.peers().iter().zip(&self.replicas).enumerate() {
             out.push_str(&format!(
                 " | store{}{}{} attempts={}",

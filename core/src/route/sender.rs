@@ -66,6 +66,7 @@ enum AfterSleep {
     Send {
         peer: usize,
         replica_read: bool,
+        stale_read: bool,
     },
 }
 
@@ -86,6 +87,10 @@ pub struct Attempt {
     /// Served as a replica read (`Context.replica_read`): the peer is not
     /// the leader and the request is a snapshot read.
     pub replica_read: bool,
+    /// Served as a stale read (`Context.stale_read`): the peer reads its
+    /// own data at the read ts, or answers `DataIsNotReady`. Only
+    /// transactional snapshot reads are sent so.
+    pub stale_read: bool,
     /// `Context.busy_threshold_ms` of a snapshot read (load-based replica
     /// read); zero otherwise.
     pub busy_threshold_ms: u32,
@@ -109,6 +114,7 @@ impl Attempt {
         ctx.cluster_id = self.cluster_id;
         ctx.is_retry_request = self.is_retry;
         ctx.replica_read = self.replica_read;
+        ctx.stale_read = self.stale_read;
         ctx.busy_threshold_ms = self.busy_threshold_ms;
         if ctx.max_execution_duration_ms == 0 {
             ctx.max_execution_duration_ms = self.timeout_ms;
@@ -146,6 +152,12 @@ pub struct RegionCall {
     snapshot_read: bool,
     /// The last request built went out as a replica read.
     sent_replica_read: bool,
+    /// The last request built went out as a stale read.
+    sent_stale_read: bool,
+    /// The read type of the first attempt as its request source names it
+    /// (client-go's `req.ReadType`: `leader`, `follower`, `stale_leader`,
+    /// `stale_follower`), which retries repeat.
+    first_read_type: &'static str,
     timeout: Duration,
     backoffer: Option<Backoffer>,
     /// The store resolved last, so a store PD describes but the table
@@ -179,6 +191,8 @@ impl RegionCall {
             command: "",
             snapshot_read: false,
             sent_replica_read: false,
+            sent_stale_read: false,
+            first_read_type: "",
             timeout,
             backoffer: Some(backoffer),
             last_resolved: None,
@@ -223,7 +237,10 @@ impl RegionCall {
         if !self.snapshot_read {
             attempt.busy_threshold_ms = 0;
         }
+        attempt.stale_read &=
+            matches!(request, KvRequest::Get(_) | KvRequest::BatchGet(_) | KvRequest::Scan(_));
         self.sent_replica_read = attempt.replica_read;
+        self.sent_stale_read = attempt.stale_read;
         let is_write = request.is_write();
         let ctx = request.context_mut();
         if is_write && ctx.max_execution_duration_ms == 0 {
@@ -231,6 +248,7 @@ impl RegionCall {
             ctx.max_execution_duration_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         }
         attempt.stamp(ctx);
+        self.patch_request_source(&attempt, ctx);
         self.view.codec.stamp_context(ctx);
         self.command = request.name();
         Some(Ok(Rpc {
@@ -239,6 +257,32 @@ impl RegionCall {
             request: Request::Kv(request),
             deadline: attempt.deadline,
         }))
+    }
+
+    /// client-go `patchRequestSource`: a request that names its source
+    /// gets the replica it is sent to in front, `{read type}_{source}`
+    /// with the read type `leader`, `follower`, `stale_leader` or
+    /// `stale_follower`; a retry names the first attempt's read type and
+    /// this attempt's replica, `retry_{first read type}_{replica}_{source}`
+    /// (TiKV's quota limiter keys on the last part).
+    fn patch_request_source(&mut self, attempt: &Attempt, ctx: &mut kvrpcpb::Context) {
+        if ctx.request_source.is_empty() {
+            return;
+        }
+        let to_leader = attempt.peer.id == self.region.peers()[self.region.leader_index()].id;
+        let replica = if to_leader { "leader" } else { "follower" };
+        let source = std::mem::take(&mut ctx.request_source);
+        if attempt.is_retry && !self.first_read_type.is_empty() {
+            ctx.request_source = format!("retry_{}_{replica}_{source}", self.first_read_type);
+            return;
+        }
+        self.first_read_type = match (attempt.stale_read, to_leader) {
+            (false, true) => "leader",
+            (false, false) => "follower",
+            (true, true) => "stale_leader",
+            (true, false) => "stale_follower",
+        };
+        ctx.request_source = format!("{}_{source}", self.first_read_type);
     }
 
     /// Attempts decided so far (each built and sent, or about to be).
@@ -321,18 +365,18 @@ impl RegionCall {
                 self.phase = Phase::Resolving(resolve);
                 self.check_resolve(now);
             }
-            Pick::Send { peer, replica_read } => {
+            Pick::Send { peer, replica_read, stale_read } => {
                 self.last_resolved = None;
                 let store_id = self.region.peers()[peer].store_id;
                 if self.selector.take_pending_backoff(store_id) {
                     self.sleep_then(
                         BackoffKind::ServerBusy,
                         format!("store {store_id} was busy"),
-                        AfterSleep::Send { peer, replica_read },
+                        AfterSleep::Send { peer, replica_read, stale_read },
                         now,
                     );
                 } else {
-                    self.send(peer, replica_read, now);
+                    self.send(peer, replica_read, stale_read, now);
                 }
             }
         }
@@ -369,7 +413,7 @@ impl RegionCall {
         }
     }
 
-    fn send(&mut self, peer: usize, replica_read: bool, now: Instant) {
+    fn send(&mut self, peer: usize, replica_read: bool, stale_read: bool, now: Instant) {
         let peer = self.region.peers()[peer];
         let store_id = peer.store_id;
         let addr: Arc<str> = match self.view.stores.get(store_id) {
@@ -389,6 +433,7 @@ impl RegionCall {
             addr,
             is_retry: self.attempts > 0,
             replica_read,
+            stale_read,
             busy_threshold_ms: u32::try_from(self.selector.busy_threshold().as_millis())
                 .unwrap_or(u32::MAX),
             deadline: now + self.timeout,
@@ -442,7 +487,9 @@ impl RegionCall {
 
     fn on_kv_response(&mut self, store_id: u64, mut resp: KvResponse, now: Instant) {
         let Some(region_error) = resp.take_region_error() else {
-            let moved = self.selector.on_success(&self.region, self.sent_replica_read);
+            let moved = self
+                .selector
+                .on_success(&self.region, self.sent_replica_read || self.sent_stale_read);
             self.follow_leader(moved);
             let decoded = self.view.codec.decode_response(&mut resp).map(|()| resp);
             self.finish(decoded.map(RegionOutcome::Response));
@@ -614,7 +661,7 @@ impl RegionCall {
                             self.finish(Err(Error::Rpc(RpcError::Mismatch)));
                         }
                     }
-                    Ok(Response::Pd(_) | Response::Timestamp(_)) => {
+                    Ok(Response::Pd(_) | Response::Timestamp(_) | Response::StoreSafeTs(_)) => {
                         self.finish(Err(Error::Rpc(RpcError::Mismatch)))
                     }
                     // Never sent: not a lost answer, and a retry would be
@@ -665,7 +712,9 @@ impl RegionCall {
                 match then {
                     AfterSleep::Retry => self.attempt(now),
                     AfterSleep::Relocate => self.finish(Ok(RegionOutcome::Relocate)),
-                    AfterSleep::Send { peer, replica_read } => self.send(peer, replica_read, now),
+                    AfterSleep::Send { peer, replica_read, stale_read } => {
+                        self.send(peer, replica_read, stale_read, now)
+                    }
                 }
             }
             _ => {}

@@ -353,6 +353,9 @@ pub enum Request {
     /// [`TsoBatcher`]: crate::pd::TsoBatcher
     /// [`GetTimestamp`]: crate::pd::GetTimestamp
     Timestamp,
+    /// TiKV's `GetStoreSafeTS` to one store: a store-wide call without a
+    /// region context, so outside [`KvRequest`].
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsRequest>),
 }
 
 /// A response from TiKV or PD, or a timestamp.
@@ -364,6 +367,8 @@ pub enum Response {
     Pd(PdResponse),
     /// The answer to [`Request::Timestamp`].
     Timestamp(Timestamp),
+    /// The answer to [`Request::StoreSafeTs`].
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsResponse>),
 }
 
 impl Request {
@@ -373,6 +378,7 @@ impl Request {
             Request::Kv(r) => r.name(),
             Request::Pd(r) => r.name(),
             Request::Timestamp => "timestamp",
+            Request::StoreSafeTs(_) => "get_store_safe_ts",
         }
     }
 }
@@ -470,6 +476,7 @@ impl Response {
             Response::Kv(r) => r.name(),
             Response::Pd(r) => r.name(),
             Response::Timestamp(_) => "timestamp",
+            Response::StoreSafeTs(_) => "get_store_safe_ts",
         }
     }
 }

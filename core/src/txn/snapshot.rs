@@ -279,6 +279,11 @@ impl<T: Send + 'static> ReadLoop<T> {
 
     /// Starts resolving the locks a read met.
     fn start_resolve(&mut self, met: Vec<Lock>, now: Instant) {
+        // A stale read that met a lock reads from the leader from now on
+        // (client-go `DisableStaleReadMeetLock`).
+        if self.opts.replica_read.stale_read {
+            self.opts.replica_read = ReplicaRead::leader();
+        }
         let opts = ResolveOptions {
             caller_start_ts: self.ts,
             for_read: true,

@@ -430,6 +430,10 @@ impl State {
                 self.collect_lock_answers();
                 result
             }
+            (Some(Endpoint::Store(s)), Request::StoreSafeTs(req)) => self
+                .cluster
+                .get_store_safe_ts(s, &req, now)
+                .map(|r| Response::StoreSafeTs(Box::new(r))),
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
         self.answer(call, a.client, endpoint, a.reply, result);
@@ -902,6 +906,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Kv(r) => r.name(),
         Response::Pd(r) => r.name(),
         Response::Timestamp(_) => "timestamp",
+        Response::StoreSafeTs(_) => "get_store_safe_ts",
     }
 }
 
@@ -940,6 +945,7 @@ impl std::fmt::Display for RequestDebug<'_> {
             Request::Kv(r) => kv_request_debug(r, f),
             Request::Pd(r) => pd_request_debug(r, f),
             Request::Timestamp => f.write_str("timestamp"),
+            Request::StoreSafeTs(m) => write!(f, "{m:?}"),
         }
     }
 }
@@ -954,6 +960,7 @@ impl std::fmt::Display for ReplyDebug<'_> {
             Ok(Response::Kv(r)) => kv_response_debug(r, f),
             Ok(Response::Pd(r)) => pd_response_debug(r, f),
             Ok(Response::Timestamp(ts)) => write!(f, "timestamp {ts}"),
+            Ok(Response::StoreSafeTs(m)) => write!(f, "{m:?}"),
         }
     }
 }

@@ -569,6 +569,7 @@ fn summarize(result: &Result<Response, RpcError>) -> String {
             None => format!("{} ok", r.name()),
         },
         Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
+        Ok(Response::StoreSafeTs(r)) => format!("safe ts {}", r.safe_ts),
     }
 }
 

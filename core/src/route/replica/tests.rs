@@ -105,12 +105,13 @@ fn script(
     for step in steps {
         let outcome = match *step {
             Step::Next => match s.next(region, stores, Instant::ZERO) {
-                Pick::Send { peer, replica_read: rr } => {
-                    replica_read = rr;
+                Pick::Send { peer, replica_read: rr, stale_read } => {
+                    replica_read = rr || stale_read;
                     format!(
-                        "send to store{}{}",
+                        "send to store{}{}{}",
                         region.peers()[peer].store_id,
-                        if rr { " replica_read" } else { "" }
+                        if rr { " replica_read" } else { "" },
+                        if stale_read { " stale_read" } else { "" }
                     )
                 }
                 other => format!("{other:?}"),
@@ -280,7 +281,7 @@ fn ties_are_broken_at_random_by_the_seed() {
                 ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
             assert_eq!(
                 again.next(&region, &stores, Instant::ZERO),
-                Pick::Send { peer, replica_read: peer != 0 }
+                Pick::Send { peer, replica_read: peer != 0, stale_read: false }
             );
         }
         let _ = writeln!(
@@ -474,22 +475,96 @@ fn a_busy_leader_sends_reads_with_a_threshold_to_idle_followers() {
     };
     // The leader's queue is 200 ms: the read moves to a follower, busy too,
     // then the other, busy too; then the leader without the threshold.
-    assert!(matches!(step(&mut s, Some(200), t0), Pick::Send { peer: 0, replica_read: false }));
+    assert!(matches!(
+        step(&mut s, Some(200), t0),
+        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+    ));
     assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
     assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
-    assert_eq!(step(&mut s, None, t0), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(
+        step(&mut s, None, t0),
+        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+    );
     assert_eq!(s.busy_threshold(), Duration::ZERO);
     // A new read 100 ms later: the leader's 200 ms estimate has 100 ms
     // left, above the threshold: straight to an idle follower (their
     // estimates, 300 ms, have 200 ms left: busy too, so the leader).
     let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
     let later = t0 + Duration::from_millis(100);
-    assert_eq!(step(&mut s, None, later), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(
+        step(&mut s, None, later),
+        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+    );
     // 400 ms later every estimate has run out: the leader, threshold kept.
     let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
     let idle = t0 + Duration::from_millis(400);
-    assert_eq!(step(&mut s, None, idle), Pick::Send { peer: 0, replica_read: false });
+    assert_eq!(
+        step(&mut s, None, idle),
+        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+    );
     assert_eq!(s.busy_threshold(), Duration::from_millis(50));
     assert_eq!(region.invalid_reason(), None, "looking for idle replicas reloads nothing");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn stale_read_not_ready_goes_to_the_leader_then_to_replica_reads() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    // client-go nextForReplicaReadMixed: the first attempt is a stale read
+    // on the best replica; DataIsNotReady moves the second to the leader
+    // as a normal read (no stale flag). The leader is busy, so no replica
+    // read may follow (canSendReplicaRead): the next attempts are stale
+    // reads again, the follower that was not ready getting a second try.
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::stale(),
+        1,
+        &[Next, DataIsNotReady, Next, Busy(0), Next, DataIsNotReady, Next, DataIsNotReady, Next],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn stale_read_retries_after_the_leader_are_replica_reads() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    // The leader's normal read failed, but not for lack of time or
+    // capacity (a send failure): the next attempts are replica reads, the
+    // follower that was not ready getting its second try last.
+    let out = script(
+        &region,
+        &stores,
+        &ReplicaRead::stale(),
+        1,
+        &[Next, DataIsNotReady, Next, SendFailure, Next, SendFailure, Next, Success],
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn stale_read_served_by_the_leader_first_is_not_sent_there_again() {
+    use Step::*;
+    let (region, stores) = setup(&[in_zone(voter(1), "z1"), voter(2), voter(3)], 1, &[]);
+    // Labels make the leader the best replica for the stale read; its
+    // deadline answer does not send the second attempt back to it (it was
+    // attempted), and a follower gets a stale read (the leader ran out of
+    // time, so no replica read).
+    let read = ReplicaRead::stale().with_label("zone", "z1");
+    let out = script(&region, &stores, &read, 1, &[Next, Deadline, Next, Success]);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn stale_read_without_a_matching_replica_goes_to_the_leader() {
+    use Step::*;
+    let (region, stores) =
+        setup(&[in_zone(voter(1), "z1"), in_zone(voter(2), "z2"), in_zone(voter(3), "z3")], 1, &[]);
+    // No replica in zone z9: with labels to match, the leader wins among
+    // equally matching replicas (client-go's PreferLeader score bit) and
+    // serves the stale read itself.
+    let read = ReplicaRead::stale().with_label("zone", "z9");
+    let out = script(&region, &stores, &read, 3, &[Next, Success]);
     insta::assert_snapshot!(out);
 }

@@ -520,7 +520,14 @@ fn every_request_of_a_commit_carries_the_transaction_tags() {
     for req in &c.received {
         let ctx = req.context().expect("stamped");
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32, "{}", req.name());
-        assert_eq!(ctx.request_source, "external_Update", "{}", req.name());
+        // client-go patchRequestSource: the replica in front, and a retry
+        // names the first attempt's read type too.
+        let source = ctx.request_source.as_str();
+        assert!(
+            source == "leader_external_Update" || source == "retry_leader_leader_external_Update",
+            "{}: {source}",
+            req.name()
+        );
         let group = ctx.resource_control_context.as_ref().map(|r| r.resource_group_name.as_str());
         assert_eq!(group, Some("rg1"), "{}", req.name());
         assert_eq!(&ctx.resource_group_tag[..], b"tag", "{}", req.name());

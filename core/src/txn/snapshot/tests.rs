@@ -367,3 +367,94 @@ fn read_options_are_stamped_on_every_request() {
         assert!(ctx.not_fill_cache);
     }
 }
+
+/// The contexts of the `Get`s a scripted read sent: store, flags and
+/// request source, one line each.
+fn get_contexts(c: &FakeCluster) -> Vec<String> {
+    c.received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Get(g) => g.context.clone(),
+            _ => None,
+        })
+        .map(|ctx| {
+            format!(
+                "store{} stale_read={} replica_read={} source={}",
+                ctx.peer.map_or(0, |p| p.store_id),
+                ctx.stale_read,
+                ctx.replica_read,
+                ctx.request_source
+            )
+        })
+        .collect()
+}
+
+fn stale_options() -> ReadOptions {
+    ReadOptions {
+        replica_read: ReplicaRead::stale(),
+        tags: RequestTags {
+            request_source: Some(crate::rpc::RequestSource::external("Select")),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// client-go's stale read flow through the region call: the first `Get`
+/// is a stale read (`stale_read`, no `replica_read`) named
+/// `stale_{replica}_...`; `DataIsNotReady` sends the retry to the leader
+/// as a normal read, named `retry_stale_{first replica}_leader_...`
+/// (client-go `patchRequestSource`), without a backoff sleep.
+#[test]
+fn stale_get_not_ready_retries_on_the_leader_with_a_normal_read() {
+    let mut c = FakeCluster::new(&[]);
+    let not_ready = tikv_proto::errorpb::Error {
+        message: "data is not ready".into(),
+        data_is_not_ready: Some(tikv_proto::errorpb::DataIsNotReady {
+            region_id: 1,
+            peer_id: 2,
+            safe_ts: ts(900),
+        }),
+        ..Default::default()
+    };
+    c.fault("kv_get", Fault::Region(Box::new(not_ready)));
+    c.fault("kv_get", get_value("v"));
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), stale_options());
+    let (log, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v")));
+    let sent = get_contexts(&c);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].contains("stale_read=true replica_read=false source=stale_"), "{sent:?}");
+    assert!(
+        sent[1].starts_with("store1 stale_read=false replica_read=false source=retry_stale_"),
+        "the retry is a normal read on the leader (store 1): {sent:?}"
+    );
+    assert!(sent[1].ends_with("_leader_external_Select"), "{sent:?}");
+    assert!(!log.contains("timer"), "DataIsNotReady is retried without a sleep:\n{log}");
+    insta::assert_snapshot!(format!("{log}\n== gets\n{}\n", sent.join("\n")));
+}
+
+/// A stale read that meets a lock reads again from the leader without the
+/// stale flag once the lock is resolved (client-go
+/// `DisableStaleReadMeetLock`).
+#[test]
+fn stale_get_meeting_a_lock_reads_again_from_the_leader() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "kv_get",
+        respond(KvResponse::Get(Box::new(kvrpcpb::GetResponse {
+            error: Some(locked("k", 800, 3000)),
+            ..Default::default()
+        }))),
+    );
+    c.fault("check_txn_status", status(0, ts(900)));
+    c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+    c.fault("kv_get", get_value("v"));
+    let op = SnapshotGet::new(view(), Key::from("k"), ts_at(950), stale_options());
+    let (_, result) = drive(op, &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v")));
+    let sent = get_contexts(&c);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].contains("stale_read=true"), "{sent:?}");
+    assert_eq!(sent[1], "store1 stale_read=false replica_read=false source=leader_external_Select");
+}
