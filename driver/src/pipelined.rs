@@ -10,11 +10,12 @@ use futures::channel::oneshot;
 use tikv_core::Error;
 use tikv_core::key::{Key, KvPair, Value};
 use tikv_core::pd::Timestamp;
+use tikv_core::range_task::RangeTaskRunner;
 use tikv_core::time::Duration;
 use tikv_core::txn::pipelined::{
     Flush, FlushGeneration, FlushRequest, FlushStart, FlushThresholds, LocalRead, PipelinedBuffer,
     PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive, PipelinedTxnStatus,
-    RESOLVE_FLUSHED_CONCURRENCY, buffer_batch_get, resolve_flushed,
+    RESOLVE_FLUSHED_CONCURRENCY, ResolveFlushedHandler, buffer_batch_get, resolve_flushed,
 };
 use tikv_proto::kvrpcpb;
 
@@ -458,19 +459,23 @@ impl<P: Platform> PipelinedTransaction<P> {
         // Its outcome changes nothing: what it wrote is in the range.
         let _ = self.collect_flush(true).await;
         self.keep_alive = None;
-        match self.buffer.flushed_range().cloned() {
-            Some(range) => {
-                let op = resolve_flushed(
-                    &self.core.view,
-                    range,
-                    self.start_ts,
-                    Timestamp::ZERO,
-                    self.pipelined.resolve_concurrency,
-                );
-                self.core.run("pipelined_rollback", op, &self.interceptors).await.map(drop)
-            }
+        match self.rollback_op() {
+            Some(op) => self.core.run("pipelined_rollback", op, &self.interceptors).await.map(drop),
             None => Ok(()),
         }
+    }
+
+    /// The rollback of every flushed lock: the flushed range resolved with
+    /// commit ts 0; `None` when nothing was flushed.
+    fn rollback_op(&self) -> Option<RangeTaskRunner<ResolveFlushedHandler>> {
+        let range = self.buffer.flushed_range().cloned()?;
+        Some(resolve_flushed(
+            &self.core.view,
+            range,
+            self.start_ts,
+            Timestamp::ZERO,
+            self.pipelined.resolve_concurrency,
+        ))
     }
 
     fn check_active(&self) -> Result<(), Error> {
@@ -618,14 +623,7 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// flight (whose locks are in the range too) has ended.
     fn spawn_rollback(&mut self) {
         self.keep_alive = None;
-        let Some(range) = self.buffer.flushed_range().cloned() else { return };
-        let op = resolve_flushed(
-            &self.core.view,
-            range,
-            self.start_ts,
-            Timestamp::ZERO,
-            self.pipelined.resolve_concurrency,
-        );
+        let Some(op) = self.rollback_op() else { return };
         let in_flight = self.in_flight.take();
         let core = self.core.clone();
         let chain = self.interceptors.clone();
