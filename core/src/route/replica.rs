@@ -78,6 +78,10 @@ pub struct ReplicaRead {
     /// Labels a preferred store carries (`zone`, `host`, ...); empty: no
     /// preference.
     pub labels: Vec<metapb::StoreLabel>,
+    /// Stores to prefer, by id (client-go `WithMatchStores`); a store
+    /// matches when it is one of them and carries the labels. Empty: no
+    /// preference.
+    pub store_ids: Vec<u64>,
     /// Load-based replica read (client-go `BusyThresholdMs`, TiDB's
     /// `tidb_load_based_replica_read_threshold`): a leader read tells TiKV
     /// to refuse it with `ServerIsBusy` when its read queue is longer than
@@ -127,6 +131,13 @@ impl ReplicaRead {
     /// label given before).
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> ReplicaRead {
         self.labels.push(metapb::StoreLabel { key: key.into(), value: value.into() });
+        self
+    }
+
+    /// Prefers the store with id `store_id` (with any given before; see
+    /// [`ReplicaRead::store_ids`]).
+    pub fn with_store(mut self, store_id: u64) -> ReplicaRead {
+        self.store_ids.push(store_id);
         self
     }
 }
@@ -279,6 +290,7 @@ pub struct ReplicaSelector {
     /// Calls of [`ReplicaSelector::next`] so far (client-go's `attempts`).
     attempts: u32,
     labels: Vec<metapb::StoreLabel>,
+    store_ids: Vec<u64>,
     /// Zero once no idle replica was left (client-go drops the threshold
     /// and reads from the leader then).
     busy_threshold: Duration,
@@ -310,6 +322,7 @@ impl ReplicaSelector {
             stale_flag: read.stale_read,
             attempts: 0,
             labels: read.labels.clone(),
+            store_ids: read.store_ids.clone(),
             busy_threshold: read.busy_threshold,
             replicas: region.peers().iter().map(|_| Replica::default()).collect(),
             target: None,
@@ -328,6 +341,7 @@ impl ReplicaSelector {
         self.stale_read = read.stale_read;
         self.stale_flag = read.stale_read;
         self.labels.clone_from(&read.labels);
+        self.store_ids.clone_from(&read.store_ids);
         self.busy_threshold = read.busy_threshold;
     }
 
@@ -488,7 +502,7 @@ impl ReplicaSelector {
         // not fail for lack of time or capacity; otherwise a stale read.
         let peer = &region.peers()[target];
         let stale = !((self.attempts != 1
-            || (target != leader && !self.labels_match(peer.store_id, stores)))
+            || (target != leader && !self.store_matches(peer.store_id, stores)))
             && self.can_send_replica_read(leader));
         self.stale_flag = stale;
         Some((target, !stale))
@@ -596,7 +610,7 @@ impl ReplicaSelector {
         s: Mixed,
     ) -> u8 {
         let mut score = score::NOT_SLOW;
-        if !s.match_labels || self.labels_match(peer.store_id, stores) {
+        if !s.match_labels || self.store_matches(peer.store_id, stores) {
             score |= score::LABEL_MATCHES;
         }
         if is_leader {
@@ -617,8 +631,12 @@ impl ReplicaSelector {
         score
     }
 
-    /// client-go `Store.IsLabelsMatch`: the store carries every label.
-    fn labels_match(&self, store_id: u64, stores: &StoreTable) -> bool {
+    /// client-go `IsStoreMatch && IsLabelsMatch`: the store is one of the
+    /// preferred ids (if any) and carries every label.
+    fn store_matches(&self, store_id: u64, stores: &StoreTable) -> bool {
+        if !self.store_ids.is_empty() && !self.store_ids.contains(&store_id) {
+            return false;
+        }
         if self.labels.is_empty() {
             return true;
         }

@@ -320,6 +320,34 @@ fn labels_pick_the_matching_replica_and_the_leader_among_matches() {
     insta::assert_snapshot!(out);
 }
 
+/// client-go `WithMatchStores`: a store matches when its id is listed (and
+/// it carries the labels); among several listed, the rules decide.
+#[test]
+fn store_ids_pick_the_listed_replica() {
+    use Step::*;
+    let peers = || vec![in_zone(voter(1), "z1"), in_zone(voter(2), "z2"), in_zone(voter(3), "z3")];
+    for (seed, want) in [(1, "send to store3 replica_read"), (2, "send to store3 replica_read")] {
+        let (region, stores) = setup(&peers(), 1, &[]);
+        let read = ReplicaRead::of(ReplicaReadType::Follower).with_store(3);
+        let out = script(&region, &stores, &read, seed, &[Next]);
+        assert!(out.contains(want), "seed {seed}: {out}");
+    }
+    // Listed, but without the label: no store matches, the plain rules
+    // decide (a follower, never refused).
+    let (region, stores) = setup(&peers(), 1, &[]);
+    let read = ReplicaRead::of(ReplicaReadType::Follower).with_store(3).with_label("zone", "z2");
+    let out = script(&region, &stores, &read, 1, &[Next]);
+    let to_follower =
+        out.contains("send to store2 replica_read") || out.contains("send to store3 replica_read");
+    assert!(to_follower, "{out}");
+    // A mixed read listing only the leader's store reads from the leader.
+    let (region, stores) = setup(&peers(), 1, &[]);
+    let read = ReplicaRead::of(ReplicaReadType::Mixed).with_store(1);
+    let out = script(&region, &stores, &read, 1, &[Next]);
+    assert!(out.contains("send to store1\n") || out.contains("send to store1 "), "{out}");
+    assert!(!out.contains("replica_read"), "{out}");
+}
+
 #[test]
 fn tiflash_peers_are_never_chosen() {
     use Step::*;
