@@ -31,6 +31,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("rpc/tags.rs"),
         ],
     ),
+    ("exec_details", &[include_str!("exec_details.rs")]),
     ("codec", &[include_str!("codec.rs")]),
     ("config", &[include_str!("config.rs")]),
     ("op", &[include_str!("op.rs")]),
@@ -53,9 +54,12 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("route/sender.rs"),
             include_str!("route/fanout.rs"),
             include_str!("route/walk.rs"),
+            include_str!("route/replica.rs"),
         ],
     ),
     ("range_task", &[include_str!("range_task.rs")]),
+    ("safe_ts", &[include_str!("safe_ts.rs")]),
+    ("split", &[include_str!("split.rs")]),
     ("raw", &[include_str!("raw.rs")]),
     ("lock", &[include_str!("lock.rs")]),
     (
@@ -69,10 +73,13 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("txn/membuffer/index.rs"),
             include_str!("txn/snapshot.rs"),
             include_str!("txn/union.rs"),
+            include_str!("txn/pessimistic.rs"),
+            include_str!("txn/fair_locking.rs"),
+            include_str!("txn/pipelined.rs"),
+            include_str!("txn/pipelined/commit.rs"),
         ],
     ),
     ("gc", &[include_str!("gc.rs")]),
-    ("split", &[include_str!("split.rs")]),
 ];
 
 /// The unit a `crate::` path names: the longest unit that prefixes it.

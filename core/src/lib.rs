@@ -58,11 +58,13 @@
 //! use the view; the rest of the core names that data by those paths.
 //! 1. Values: `time`, `rng`, `key`, `backoff`, `pd::timestamp`, `pd::state`,
 //!    `error`, `region`, `lock::status`.
-//! 2. Vocabulary and environment: `rpc`, `codec`, `config`, `op`.
+//! 2. Vocabulary and environment: `rpc`, `exec_details`, `codec`, `config`,
+//!    `op`.
 //! 3. Shared knowledge: `view`.
 //! 4. PD machines: `pd` (`call`, `keyspace`, `locate`, `stores`, `tso`).
-//! 5. Routing: `route` (`sender`, then `fanout` and `walk`).
-//! 6. Operations: `range_task`, `raw`, `lock`, then `txn`, `gc` and `split`.
+//! 5. Routing: `route` (`sender`, then `fanout`, `walk` and `replica`).
+//! 6. Operations: `range_task`, `safe_ts`, `split`, `raw`, `lock`, then
+//!    `txn` and `gc`.
 
 #![forbid(unsafe_code)]
 
