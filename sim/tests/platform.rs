@@ -108,6 +108,37 @@ fn clients_are_built_only_inside_a_simulation() {
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
 }
 
+/// A test's own cluster replaces the drawn one before the first client,
+/// its PD members at addresses the simulated network resolves; after a
+/// client exists it is refused. Outside a simulation there is no current
+/// one.
+#[test]
+fn a_test_serves_its_own_cluster_before_its_first_client() {
+    assert!(Sim::current().is_none());
+    let report = simulate(3, SimConfig::default(), |sim| async move {
+        assert_eq!(Sim::current().map(|s| s.seed()), Some(3));
+        let config = tikv_sim::ClusterConfig {
+            pd_members: 2,
+            split_keys: vec![b"m".to_vec(), b"t".to_vec()],
+            ..Default::default()
+        };
+        let cluster = sim.replace_cluster(config)?;
+        assert_eq!(cluster.regions().len(), 3);
+        assert_eq!(sim.pd_urls().len(), 2);
+        let endpoints = sim.pd_urls();
+        let raw = RawClient::connect_with_config(sim.config().with_pd_endpoints(endpoints)).await?;
+        raw.put("a", "1").await?;
+        raw.put("z", "2").await?;
+        assert_eq!(sim.cluster().raw_snapshot("default").len(), 2);
+        assert_eq!(cluster.raw_snapshot("default").len(), 2, "the clients use the new cluster");
+        let again = sim.replace_cluster(tikv_sim::ClusterConfig::default());
+        assert!(matches!(again, Err(Error::InvalidArgument(_))), "{:?}", again.err());
+        Ok::<_, Error>(())
+    });
+    report.unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(Sim::current().is_none(), "the run leaves no simulation behind");
+}
+
 /// Raw and transactional traffic under the seed's faults, for replay.
 async fn mixed(sim: Sim) -> Result<String, Error> {
     let raw = sim.raw_client().await?;
