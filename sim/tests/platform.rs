@@ -557,6 +557,36 @@ fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
     );
 }
 
+/// The seeded world's pessimistic workload through the public
+/// `TransactionClient` on the platform (locked transfers and counter
+/// increments, fair locking, lock waits in the stores, deadlocks), checked
+/// for snapshot isolation with the pessimistic guarantee, the bank total,
+/// lost counter updates and deadlock victims; a seed replays.
+#[test]
+fn pess_world_through_the_public_client_keeps_its_guarantees() {
+    let n = seeds(50);
+    let (mut txns, mut failed, mut crashes, mut lock_waits) = (0, 0, 0, 0);
+    for seed in 0..n {
+        match tikv_sim::platform::run_pess_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                txns += report.output.txns;
+                failed += report.output.outcomes.1;
+                crashes += report.output.crashes;
+                lock_waits += report.stats.lock_waits;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(txns > 5 * n as usize, "{txns} transactions");
+    assert!(failed > 0, "no transaction ever failed: no faults?");
+    assert!(lock_waits > 0, "no lock request ever waited in a store");
+    assert!(crashes > 0, "no client ever crashed");
+    let a = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
+    let b = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    println!("{txns} transactions, {failed} failed, {crashes} crashes, {lock_waits} lock waits");
+}
+
 fn pessimistic() -> tikv_driver::TransactionOptions {
     tikv_driver::TransactionOptions::default().with_pessimistic()
 }

@@ -70,7 +70,10 @@
 //! clients, checked by the world's checkers: [`run_raw_world`] (per-key
 //! linearizability) and [`run_txn_world`] (snapshot isolation, honest
 //! outcomes, the bank total, list-append anomalies; clients crash
-//! mid-commit as in the core-level world), so the driver's code paths
+//! mid-commit as in the core-level world) and [`run_pess_world`] (the
+//! pessimistic workload: snapshot isolation with the pessimistic
+//! guarantee, the bank total, lost counter updates, deadlock victims),
+//! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
 //!
@@ -115,7 +118,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
-pub use txn_world::{TxnWorldStats, run_txn_world};
+pub use txn_world::{TxnWorldStats, run_pess_world, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;
