@@ -462,6 +462,12 @@ impl Cluster {
             .sum()
     }
 
+    /// How many requests of any command reached any store while it was
+    /// running (the sum of every [`Cluster::kv_request_count`]).
+    pub fn kv_request_total(&self) -> u64 {
+        self.lock().kv_requests.values().sum()
+    }
+
     /// The cluster's configuration.
     pub fn config(&self) -> ClusterConfig {
         self.lock().cfg.clone()

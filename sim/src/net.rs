@@ -75,6 +75,12 @@ impl Network {
         &self.pd_urls
     }
 
+    /// Moves the PD members to `pd_urls` (member `i` at `pd_urls[i]`), for
+    /// a cluster of another size served on the same network.
+    pub fn set_pd_urls(&mut self, pd_urls: Vec<String>) {
+        self.pd_urls = pd_urls;
+    }
+
     /// True once [`Network::heal`] turned the network reliable.
     pub fn is_calm(&self) -> bool {
         self.calm

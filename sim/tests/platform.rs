@@ -108,6 +108,37 @@ fn clients_are_built_only_inside_a_simulation() {
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
 }
 
+/// A test's own cluster replaces the drawn one before the first client,
+/// its PD members at addresses the simulated network resolves; after a
+/// client exists it is refused. Outside a simulation there is no current
+/// one.
+#[test]
+fn a_test_serves_its_own_cluster_before_its_first_client() {
+    assert!(Sim::current().is_none());
+    let report = simulate(3, SimConfig::default(), |sim| async move {
+        assert_eq!(Sim::current().map(|s| s.seed()), Some(3));
+        let config = tikv_sim::ClusterConfig {
+            pd_members: 2,
+            split_keys: vec![b"m".to_vec(), b"t".to_vec()],
+            ..Default::default()
+        };
+        let cluster = sim.replace_cluster(config)?;
+        assert_eq!(cluster.regions().len(), 3);
+        assert_eq!(sim.pd_urls().len(), 2);
+        let endpoints = sim.pd_urls();
+        let raw = RawClient::connect_with_config(sim.config().with_pd_endpoints(endpoints)).await?;
+        raw.put("a", "1").await?;
+        raw.put("z", "2").await?;
+        assert_eq!(sim.cluster().raw_snapshot("default").len(), 2);
+        assert_eq!(cluster.raw_snapshot("default").len(), 2, "the clients use the new cluster");
+        let again = sim.replace_cluster(tikv_sim::ClusterConfig::default());
+        assert!(matches!(again, Err(Error::InvalidArgument(_))), "{:?}", again.err());
+        Ok::<_, Error>(())
+    });
+    report.unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(Sim::current().is_none(), "the run leaves no simulation behind");
+}
+
 /// Raw and transactional traffic under the seed's faults, for replay.
 async fn mixed(sim: Sim) -> Result<String, Error> {
     let raw = sim.raw_client().await?;
@@ -524,6 +555,36 @@ fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
     println!(
         "{txns} transactions, {failed} failed, {undetermined} undetermined, {crashes} crashes"
     );
+}
+
+/// The seeded world's pessimistic workload through the public
+/// `TransactionClient` on the platform (locked transfers and counter
+/// increments, fair locking, lock waits in the stores, deadlocks), checked
+/// for snapshot isolation with the pessimistic guarantee, the bank total,
+/// lost counter updates and deadlock victims; a seed replays.
+#[test]
+fn pess_world_through_the_public_client_keeps_its_guarantees() {
+    let n = seeds(50);
+    let (mut txns, mut failed, mut crashes, mut lock_waits) = (0, 0, 0, 0);
+    for seed in 0..n {
+        match tikv_sim::platform::run_pess_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                txns += report.output.txns;
+                failed += report.output.outcomes.1;
+                crashes += report.output.crashes;
+                lock_waits += report.stats.lock_waits;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(txns > 5 * n as usize, "{txns} transactions");
+    assert!(failed > 0, "no transaction ever failed: no faults?");
+    assert!(lock_waits > 0, "no lock request ever waited in a store");
+    assert!(crashes > 0, "no client ever crashed");
+    let a = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
+    let b = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    println!("{txns} transactions, {failed} failed, {crashes} crashes, {lock_waits} lock waits");
 }
 
 fn pessimistic() -> tikv_driver::TransactionOptions {

@@ -1,5 +1,7 @@
-//! Runtime harnesses, and the simulated cluster's server thread on either
-//! bed: the simulator's own PD, or a real PD with the stores joined to it.
+//! Runtime harnesses (tokio, async-std, the simulated platform), and the
+//! simulated cluster's server thread on either bed: the simulator's own PD,
+//! or a real PD with the stores joined to it. Under the simulated platform
+//! the simulation itself serves the in-process bed's cluster.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,6 +13,7 @@ use futures::channel::{mpsc, oneshot};
 use tikv_core::time::Instant;
 use tikv_driver::Platform;
 use tikv_sim::join::{JoinError, JoinOptions, JoinedCluster};
+use tikv_sim::platform::{Sim, SimConfig, simulate};
 use tikv_sim::real_pd::{RealPd, get_json, http, post};
 use tikv_sim::server::{BatchStats, ServerError, ServerOptions, SimServer};
 use tikv_sim::tls::ServerTls;
@@ -90,6 +93,53 @@ impl Harness for AsyncStdHarness {
         task: impl Future<Output = T> + Send + 'static,
     ) -> impl Future<Output = T> + Send {
         async_std::task::spawn(task)
+    }
+}
+
+/// The simulated platform (`tikv_sim::platform::SimPlatform`): a test body
+/// runs under [`simulate`] with a fixed seed and no drawn faults, on its
+/// single-threaded executor in virtual time, and its clients reach the
+/// simulation's in-process cluster through the simulated network (reliable:
+/// fixed latency, nothing lost). [`SimHandle::start`] serves the body's
+/// cluster to the simulation instead of over gRPC. A failing body fails the
+/// test with the simulation's report.
+#[derive(Debug)]
+pub struct SimPlatformHarness;
+
+impl SimPlatformHarness {
+    /// The seed every body runs with (there are no drawn faults, so it only
+    /// picks the clients' random seeds and the network's draws).
+    pub const SEED: u64 = 1;
+
+    fn sim() -> Sim {
+        Sim::current().expect("SimPlatformHarness: called outside its block_on (no simulation)")
+    }
+}
+
+impl Harness for SimPlatformHarness {
+    type Platform = tikv_sim::platform::SimPlatform;
+
+    fn block_on<F: Future>(test: F) -> F::Output {
+        // Boxed: see `TokioHarness::block_on`.
+        let test = Box::pin(test);
+        let run = simulate(SimPlatformHarness::SEED, SimConfig::default(), |_sim| async move {
+            Ok::<_, std::convert::Infallible>(test.await)
+        });
+        match run {
+            Ok(report) => report.output,
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
+        SimPlatformHarness::sim().sleep(duration)
+    }
+
+    fn spawn<T: Send + 'static>(
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        // The handle resumes the task's panic when awaited.
+        SimPlatformHarness::sim().spawn(task)
     }
 }
 
@@ -459,6 +509,9 @@ pub struct SimHandle {
     pd_addrs: Vec<String>,
     thread: Option<JoinHandle<()>>,
     real_pd: Option<RealPd>,
+    /// The simulation serving the cluster instead of the server thread
+    /// (under [`SimPlatformHarness`]).
+    platform: Option<Sim>,
 }
 
 impl SimHandle {
@@ -470,11 +523,17 @@ impl SimHandle {
     /// one, and `config.stores` must be 3, PD's default `max-replicas`, for
     /// every region to be replicated).
     ///
+    /// Inside a simulation (a body run by [`SimPlatformHarness`]) the
+    /// simulation serves the cluster instead (in-process bed only): see
+    /// [`tikv_sim::platform::Sim::replace_cluster`].
+    ///
     /// # Panics
     ///
     /// When the cluster cannot start (a test failure), and on [`Bed::RealPd`]
     /// when the real PD is missing beside the checkout
     /// ([`tikv_sim::real_pd::shared_pd_dir`]): such a test fails, never skips.
+    /// Inside a simulation, on [`Bed::RealPd`] and when a client was built
+    /// before.
     pub async fn start(bed: Bed, config: ClusterConfig) -> SimHandle {
         SimHandle::launch(bed, config, ServerOptions::default()).await
     }
@@ -489,6 +548,9 @@ impl SimHandle {
     }
 
     async fn launch(bed: Bed, config: ClusterConfig, opts: ServerOptions) -> SimHandle {
+        if let Some(sim) = Sim::current() {
+            return SimHandle::in_simulation(sim, bed, config, opts);
+        }
         let real_pd = match bed {
             Bed::InProcess => None,
             Bed::RealPd => {
@@ -574,6 +636,30 @@ impl SimHandle {
             pd_addrs,
             thread: Some(thread),
             real_pd,
+            platform: None,
+        }
+    }
+
+    /// Inside a simulation (a body run by [`SimPlatformHarness`]): the
+    /// simulation serves a cluster built from `config` to its clients over
+    /// the simulated network, at PD addresses it resolves; no thread, no
+    /// listener. In-process bed only, without TLS: the real PD and TLS need
+    /// real sockets.
+    fn in_simulation(sim: Sim, bed: Bed, config: ClusterConfig, opts: ServerOptions) -> SimHandle {
+        assert_eq!(bed, Bed::InProcess, "the simulated platform serves the in-process bed only");
+        assert!(opts.tls.is_none(), "the simulated platform serves no TLS");
+        let cluster = sim.replace_cluster(config).unwrap_or_else(|e| {
+            panic!("one simulated cluster per test, started before its clients: {e}")
+        });
+        // Nobody listens: commands go to the server thread of the other
+        // beds, and the in-process topology changes never send one.
+        let (commands, _) = mpsc::unbounded();
+        SimHandle {
+            topology: Topology { bed, cluster, commands },
+            pd_addrs: sim.pd_urls(),
+            thread: None,
+            real_pd: None,
+            platform: Some(sim),
         }
     }
 
@@ -624,22 +710,43 @@ impl SimHandle {
     /// Crashes a store: see [`SimServer::stop_store`] (and, on a real PD,
     /// [`JoinedCluster::stop_store`]: the new leaders report to PD).
     pub async fn stop_store(&self, store_id: u64) -> Result<(), BedError> {
+        if self.platform.is_some() {
+            // The model answers a stopped store's requests as unreachable.
+            return self.cluster().stop_store(store_id).map_err(BedError::Sim);
+        }
         self.topology.command(|reply| Command::StopStore(store_id, reply)).await
     }
 
     /// Restarts a stopped store on its address: see [`SimServer::start_store`].
     pub async fn start_store(&self, store_id: u64) -> Result<(), BedError> {
+        if self.platform.is_some() {
+            return self.cluster().start_store(store_id).map_err(BedError::Sim);
+        }
         self.topology.command(|reply| Command::StartStore(store_id, reply)).await
     }
 
     /// What the stores' `BatchCommands` streams have received so far: see
     /// [`SimServer::batch_stats`].
+    ///
+    ///
+    /// Under [`SimPlatformHarness`] the simulated network carries each
+    /// request as a message of its own on no stream: `requests` and
+    /// `messages` both count every request the stores received, `streams`
+    /// and `unary` are zero.
     pub async fn batch_stats(&self) -> BatchStats {
+        if self.platform.is_some() {
+            let requests = self.cluster().kv_request_total();
+            return BatchStats { streams: 0, messages: requests, requests, unary: 0 };
+        }
         self.topology.command(Command::BatchStats).await
     }
 
-    /// The model instant corresponding to now: see [`SimServer::now`].
+    /// The model instant corresponding to now: see [`SimServer::now`]
+    /// (the virtual clock under [`SimPlatformHarness`]).
     pub async fn now(&self) -> Instant {
+        if let Some(sim) = &self.platform {
+            return sim.now();
+        }
         self.topology.command(Command::Now).await
     }
 

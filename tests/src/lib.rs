@@ -11,8 +11,9 @@
 //! [`snapshot_suite!`], [`replica_suite!`], [`stale_read_suite!`], [`tso_suite!`], [`tls_suite!`],
 //! [`observability_suite!`], and
 //! [`transport_suite!`] for the
-//! gRPC transport alone), so the same bodies run under tokio and under
-//! async-std:
+//! gRPC transport alone), so the same bodies run under tokio, under
+//! async-std and, in virtual time, on the simulated platform
+//! ([`harness::SimPlatformHarness`], `tests/platform_e2e.rs`):
 //!
 //! ```text
 //! tikv_tests::raw_suite!(tikv_tests::harness::AsyncStdHarness);

@@ -1,8 +1,9 @@
 //! Pipelined DML transactions (`TransactionClient::begin_pipelined`) under
 //! both runtimes, each on both beds (the in-process simulator and a real PD
-//! with simulated stores joined to it): buffers spilled to TiKV in several
-//! generations and read back, a reader meeting the live pipelined locks,
-//! commit, rollback and drop, and client-go's restrictions.
+//! with simulated stores joined to it), and on the simulated platform:
+//! buffers spilled to TiKV in several generations and read back, a reader
+//! meeting the live pipelined locks, commit, rollback and drop, and
+//! client-go's restrictions.
 
 use std::time::Duration;
 
@@ -62,6 +63,13 @@ mod on_tokio_real_pd {
 mod on_async_std_real_pd {
     use super::*;
     pipelined_suite!(tikv_tests::harness::AsyncStdHarness, RealPd);
+}
+
+/// On the simulated platform, in virtual time (`tests/platform_e2e.rs` has
+/// the other suites).
+mod on_sim_platform {
+    use super::*;
+    pipelined_suite!(tikv_tests::harness::SimPlatformHarness, InProcess);
 }
 
 async fn start<H: Harness>(bed: Bed) -> (SimHandle, TransactionClient<H>) {

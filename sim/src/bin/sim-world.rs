@@ -16,11 +16,12 @@
 //! second and seeds per minute of wall-clock time. Exits non-zero if any
 //! seed failed.
 //!
-//! `--platform` (in a build with the `platform` feature) runs the raw or
-//! transactional workload through the public clients on the simulated
-//! platform instead of the core machines
+//! `--platform` (in a build with the `platform` feature) runs the raw,
+//! transactional or pessimistic workload through the public clients on
+//! the simulated platform instead of the core machines
 //! ([`tikv_sim::platform::run_raw_world`],
-//! [`tikv_sim::platform::run_txn_world`]), with the same checkers:
+//! [`tikv_sim::platform::run_txn_world`],
+//! [`tikv_sim::platform::run_pess_world`]), with the same checkers:
 //!
 //! ```text
 //! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --txn 1000
@@ -165,20 +166,25 @@ mod platform {
     use std::process::ExitCode;
     use std::time::Instant as WallClock;
 
-    use tikv_sim::platform::{SimConfig, SimFailure, SimStats, run_raw_world, run_txn_world};
+    use tikv_sim::platform::{
+        SimConfig, SimFailure, SimStats, run_pess_world, run_raw_world, run_txn_world,
+    };
     use tikv_sim::world::Workload;
 
     /// What one seed reports: operations, (ok, failed, undetermined),
-    /// client crashes, the run's counters.
-    type Seed = Result<(usize, (usize, usize, usize), usize, SimStats), SimFailure>;
+    /// client crashes, deadlock victims, the run's counters.
+    type Seed = Result<(usize, (usize, usize, usize), usize, usize, SimStats), SimFailure>;
 
     fn run(workload: Workload, seed: u64, config: SimConfig) -> Seed {
+        let txn = |r: tikv_sim::platform::SimReport<tikv_sim::platform::TxnWorldStats>| {
+            let o = r.output;
+            (o.txns, o.outcomes, o.crashes, o.deadlock_victims, r.stats)
+        };
         match workload {
-            Workload::Raw => {
-                run_raw_world(seed, config).map(|r| (r.output.ops, r.output.outcomes, 0, r.stats))
-            }
-            _ => run_txn_world(seed, config)
-                .map(|r| (r.output.txns, r.output.outcomes, r.output.crashes, r.stats)),
+            Workload::Raw => run_raw_world(seed, config)
+                .map(|r| (r.output.ops, r.output.outcomes, 0, 0, r.stats)),
+            Workload::Pessimistic => run_pess_world(seed, config).map(txn),
+            _ => run_txn_world(seed, config).map(txn),
         }
     }
 
@@ -187,13 +193,9 @@ mod platform {
         trace_seed: Option<u64>,
         seeds: std::ops::Range<u64>,
     ) -> ExitCode {
-        if workload == Workload::Pessimistic {
-            eprintln!("--platform runs --raw and --txn (the stores do not serve lock waits there)");
-            return ExitCode::FAILURE;
-        }
         if let Some(seed) = trace_seed {
             return match run(workload, seed, SimConfig { trace: true, ..SimConfig::chaos() }) {
-                Ok((ops, outcomes, _, _)) => {
+                Ok((ops, outcomes, ..)) => {
                     println!("seed {seed}: passed ({ops} operations, outcomes {outcomes:?})");
                     ExitCode::SUCCESS
                 }
@@ -209,11 +211,13 @@ mod platform {
         let started = WallClock::now();
         let (mut ops, mut failed, mut outcomes, mut rpcs, mut events) =
             (0usize, 0u64, (0usize, 0usize, 0usize), 0u64, 0u64);
-        let mut crashes = 0;
+        let (mut crashes, mut victims, mut lock_waits) = (0, 0, 0);
         for seed in seeds {
             match run(workload, seed, SimConfig::chaos()) {
-                Ok((o, (ok, fail, undetermined), crashed, stats)) => {
+                Ok((o, (ok, fail, undetermined), crashed, deadlocked, stats)) => {
                     crashes += crashed;
+                    victims += deadlocked;
+                    lock_waits += stats.lock_waits;
                     ops += o;
                     outcomes.0 += ok;
                     outcomes.1 += fail;
@@ -232,7 +236,7 @@ mod platform {
         println!(
             "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
              {ops} {what} ({} ok, {} failed, {} undetermined, {crashes} client crashes), \
-             {rpcs} RPCs, {events} events",
+             {rpcs} RPCs, {events} events, {lock_waits} lock waits, {victims} deadlock victims",
             first + n,
             outcomes.0,
             outcomes.1,

@@ -552,6 +552,28 @@ impl Shared {
         self.lock().net.pd_urls().to_vec()
     }
 
+    /// Serves `cluster` instead of the current one, its PD members at
+    /// `pd_urls`; refused once a client was built (it would hold regions,
+    /// stores and timestamps of the old cluster).
+    pub(crate) fn replace_cluster(
+        &self,
+        cluster: Cluster,
+        pd_urls: Vec<String>,
+    ) -> Result<(), Cluster> {
+        let mut st = self.lock();
+        if st.clients > 0 || !st.parked.is_empty() {
+            return Err(cluster);
+        }
+        st.log(format_args!(
+            "cluster replaced: {} stores, {} regions, PD at {pd_urls:?}",
+            cluster.store_ids().len(),
+            cluster.regions().len()
+        ));
+        st.cluster = cluster;
+        st.net.set_pd_urls(pd_urls);
+        Ok(())
+    }
+
     pub(crate) fn next_u64(&self) -> u64 {
         self.lock().rng.next_u64()
     }

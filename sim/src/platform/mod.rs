@@ -70,7 +70,10 @@
 //! clients, checked by the world's checkers: [`run_raw_world`] (per-key
 //! linearizability) and [`run_txn_world`] (snapshot isolation, honest
 //! outcomes, the bank total, list-append anomalies; clients crash
-//! mid-commit as in the core-level world), so the driver's code paths
+//! mid-commit as in the core-level world) and [`run_pess_world`] (the
+//! pessimistic workload: snapshot isolation with the pessimistic
+//! guarantee, the bank total, lost counter updates, deadlock victims),
+//! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
 //!
@@ -115,7 +118,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
-pub use txn_world::{TxnWorldStats, run_txn_world};
+pub use txn_world::{TxnWorldStats, run_pess_world, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;
@@ -137,7 +140,8 @@ pub type Snapshot = tikv_driver::Snapshot<SimPlatform>;
 pub struct SimPlatform;
 
 thread_local! {
-    static CURRENT: std::cell::RefCell<Option<Arc<Shared>>> = const { std::cell::RefCell::new(None) };
+    /// The simulation running on this thread (inside [`simulate`]).
+    static CURRENT: std::cell::RefCell<Option<Sim>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Platform for SimPlatform {
@@ -145,11 +149,13 @@ impl Platform for SimPlatform {
     type Transport = SimTransport;
 
     fn build(_config: &Config) -> Result<(SimRuntime, SimTransport), Error> {
-        let shared = CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| {
-            Error::InvalidArgument(
-                "simulated clients are built inside tikv_sim::platform::simulate only".into(),
-            )
-        })?;
+        let shared = CURRENT
+            .with(|c| c.borrow().as_ref().map(|sim| sim.shared.clone()))
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "simulated clients are built inside tikv_sim::platform::simulate only".into(),
+                )
+            })?;
         let (client, process) = shared.register_client();
         Ok((SimRuntime { shared: shared.clone(), process }, SimTransport { shared, client }))
     }
@@ -271,6 +277,44 @@ impl fmt::Debug for Sim {
 }
 
 impl Sim {
+    /// The simulation running on this thread: inside [`simulate`]'s
+    /// closure and the tasks it spawns, `None` elsewhere. Lets code that
+    /// is not handed the [`Sim`] (a test harness's timer, a helper deep in
+    /// a test) reach the virtual clock and the executor.
+    pub fn current() -> Option<Sim> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Serves a fresh cluster built from `config` instead of the drawn one
+    /// (a test's own split keys, API version, store count or PD members),
+    /// its PD members at [`Sim::pd_urls`]; returns it. Must come before
+    /// the first client is built, which would otherwise hold the old
+    /// cluster's regions and timestamps.
+    ///
+    /// With [`SimConfig::chaos`], the drawn fault schedule still names the
+    /// drawn cluster's stores; on the new one a fault naming a store it
+    /// lacks changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when a client was built already.
+    pub fn replace_cluster(&self, config: ClusterConfig) -> Result<Cluster, Error> {
+        let pd_urls = pd_urls(config.pd_members);
+        let cluster = Cluster::new(config);
+        self.shared.replace_cluster(cluster.clone(), pd_urls).map_err(|_| {
+            Error::InvalidArgument(
+                "the simulated cluster is replaced before the first client is built".into(),
+            )
+        })?;
+        Ok(cluster)
+    }
+
+    /// The PD members' URLs (`http://pd-<i>.sim:2379`), which the
+    /// simulated network resolves: the endpoints for a client's `Config`.
+    pub fn pd_urls(&self) -> Vec<String> {
+        self.shared.pd_urls()
+    }
+
     /// The run's seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -282,12 +326,12 @@ impl Sim {
     }
 
     /// Sleeps `d` of virtual time.
-    pub fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()> + Send + use<> {
         exec::sleep(&self.shared, d)
     }
 
     /// Sleeps until the virtual instant `at`.
-    pub fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> + Send + use<> {
         let d = at.saturating_duration_since(self.now());
         exec::sleep(&self.shared, d)
     }
@@ -421,12 +465,17 @@ impl<T> Process<T> {
 
 /// Restores the thread's previous simulation when a run ends (even by a
 /// panic).
-struct CurrentGuard(Option<Arc<Shared>>);
+struct CurrentGuard(Option<Sim>);
 
 impl CurrentGuard {
-    fn enter(shared: Arc<Shared>) -> CurrentGuard {
-        CurrentGuard(CURRENT.with(|c| c.borrow_mut().replace(shared)))
+    fn enter(sim: Sim) -> CurrentGuard {
+        CurrentGuard(CURRENT.with(|c| c.borrow_mut().replace(sim)))
     }
+}
+
+/// The URLs of `members` simulated PD members.
+fn pd_urls(members: usize) -> Vec<String> {
+    (0..members).map(|i| format!("http://pd-{i}.sim:2379")).collect()
 }
 
 impl Drop for CurrentGuard {
@@ -484,8 +533,7 @@ where
         v1_txn: true,
         ..ClusterConfig::default()
     });
-    let pd_urls: Vec<String> = (0..PD_MEMBERS).map(|i| format!("http://pd-{i}.sim:2379")).collect();
-    let net = Network::new(swarm, pd_urls);
+    let net = Network::new(swarm, pd_urls(PD_MEMBERS));
     let shared = Shared::new(seed, rng, net, cluster, config.trace);
     if let Some(plan) = plan {
         shared.log_line(&format!("plan: {plan}"));
@@ -496,8 +544,8 @@ where
     }
     let limits =
         Limits { time: Instant::ZERO.saturating_add(config.time_limit), events: config.max_events };
-    let guard = CurrentGuard::enter(shared.clone());
     let sim = Sim { shared: shared.clone(), seed };
+    let guard = CurrentGuard::enter(sim.clone());
     let outcome = catch_unwind(AssertUnwindSafe(|| shared.run(body(sim), limits)));
     shared.shutdown();
     drop(guard);

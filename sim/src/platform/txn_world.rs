@@ -19,6 +19,19 @@
 //! store refresh), reads of a transaction's own writes are not recorded,
 //! and the commit mode that went through is not visible (outcomes carry
 //! none).
+//!
+//! [`run_pess_world`] runs the pessimistic world's workload the same way
+//! (locked transfers and counter increments through `lock_keys` with the
+//! drawn wait policy, fair locking for some increments, bank reads), each
+//! client's lock requests waiting in the stores' lock manager in virtual
+//! time, checked by the pessimistic world's checkers: snapshot isolation
+//! with the pessimistic guarantee (a value read under a lock is the one
+//! committed at the lock's `for_update_ts`, taken from
+//! `Transaction::for_update_timestamp` after the call, or the write fair
+//! locking took it over), the bank total, no lost or phantom counter
+//! increment, one victim per deadlock. A crash is drawn at the commit
+//! point as in the transactional world (the core-level world may also
+//! crash a client while it holds pessimistic locks before committing).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,12 +44,24 @@ use super::{
     Error, Sim, SimConfig, SimFailure, SimReport, Transaction, TransactionClient, simulate,
 };
 use crate::WriteKind;
+use crate::world::pess_workload;
 use crate::world::txn_history::{
-    ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite,
+    LockedRead, PessKind, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
+    TxnWrite, account, balance_value, counter_value, parse_balance, parse_counter, register,
 };
 use crate::world::txn_workload::{self, BufferOp, TxnSpec};
-use crate::world::{TxnParams, elle, elle_history, scaled_budgets, si};
+use crate::world::{TxnParams, elle, elle_history, pessimistic, scaled_budgets, si};
+use tikv_core::txn::commit::CommitOptions;
 use tikv_driver::{LockOptions, TransactionOptions};
+
+/// Which workload a run draws its transactions from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum World {
+    /// The transactional world's (`txn_workload`).
+    Txn,
+    /// The pessimistic world's (`pess_workload`).
+    Pess,
+}
 
 /// What a passing run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,9 +72,12 @@ pub struct TxnWorldStats {
     pub outcomes: (usize, usize, usize),
     /// Clients crashed (each then replaced by a fresh one).
     pub crashes: usize,
+    /// (pessimistic) Transactions that failed as a deadlock's victim.
+    pub deadlock_victims: usize,
 }
 
 struct Record {
+    world: World,
     rng: Rng,
     params: TxnParams,
     history: TxnHistory,
@@ -70,15 +98,37 @@ struct Record {
 /// The [`SimFailure`] of a run a checker rejects, whose final read fails,
 /// or that failed as any simulation can.
 pub fn run_txn_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
-    simulate(seed, config, move |sim| async move { txn_world(sim).await })
+    simulate(seed, config, move |sim| async move { txn_world(sim, World::Txn).await })
 }
 
-async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
+/// Runs the pessimistic workload with `seed` through the public client
+/// and checks it (see the module docs); a violation fails the run.
+///
+/// # Errors
+///
+/// As [`run_txn_world`].
+pub fn run_pess_world(
+    seed: u64,
+    config: SimConfig,
+) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    simulate(seed, config, move |sim| async move { txn_world(sim, World::Pess).await })
+}
+
+async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     let mut rng = Rng::new(sim.seed() ^ 0x7478_6e20_776f_726c);
-    let keys = TxnKeys {
-        accounts: rng.gen_range(2, 6) as u32,
-        lists: rng.gen_range(1, 5) as u32,
-        registers: rng.gen_range(0, 4) as u32,
+    // The pessimistic world's keys (as `Plan::draw_pess`): accounts and
+    // counters, no lists.
+    let keys = match world {
+        World::Txn => TxnKeys {
+            accounts: rng.gen_range(2, 6) as u32,
+            lists: rng.gen_range(1, 5) as u32,
+            registers: rng.gen_range(0, 4) as u32,
+        },
+        World::Pess => TxnKeys {
+            accounts: rng.gen_range(2, 5) as u32,
+            lists: 0,
+            registers: rng.gen_range(1, 4) as u32,
+        },
     };
     let params = TxnParams {
         keys,
@@ -102,6 +152,7 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
         .max(Duration::from_millis(10));
     let budgets = scaled_budgets(params.budget_permille);
     let record = Arc::new(Mutex::new(Record {
+        world,
         rng,
         params,
         history: TxnHistory::default(),
@@ -142,7 +193,7 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
     if expire > sim.now() {
         sim.sleep_until(expire).await;
     }
-    let auditor = connect(&sim, None).await?;
+    let auditor = connect(&sim, world, None).await?;
     let full = {
         let r = &mut *lock(&record);
         TxnSpec {
@@ -208,8 +259,21 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
     violations
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
-    violations
-        .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}")));
+    match world {
+        World::Txn => violations
+            .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}"))),
+        World::Pess => {
+            let counters: Vec<String> = (0..keys.registers).map(register).collect();
+            violations.extend(
+                pessimistic::check_counters(history, &fates, &counters, &final_data)
+                    .into_iter()
+                    .map(|v| format!("counters: {v}")),
+            );
+            violations.extend(
+                pessimistic::check_deadlocks(history).into_iter().map(|v| format!("deadlock: {v}")),
+            );
+        }
+    }
     if !violations.is_empty() {
         return Err(violations.join("\n"));
     }
@@ -218,6 +282,7 @@ async fn txn_world(sim: Sim) -> Result<TxnWorldStats, String> {
         txns: history.entries.len(),
         outcomes: (ok, failed, undetermined),
         crashes: record.crashes,
+        deadlock_victims: history.entries.iter().filter(|e| !e.run.deadlock.is_empty()).count(),
     })
 }
 
@@ -230,7 +295,8 @@ async fn client_process(
     c: usize,
     budgets: tikv_core::config::BackoffBudgets,
 ) -> Result<(), String> {
-    let client = connect(&sim, Some(budgets)).await?;
+    let world = lock(&record).world;
+    let client = connect(&sim, world, Some(budgets)).await?;
     let keys = lock(&record).params.keys;
     let (txns_each, think) = {
         let r = lock(&record);
@@ -241,7 +307,10 @@ async fn client_process(
         sim.sleep(pause).await;
         let (spec, crash_after) = {
             let r = &mut *lock(&record);
-            let spec = txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value);
+            let spec = match world {
+                World::Txn => txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value),
+                World::Pess => pess_workload::pick(&mut r.rng, &r.params),
+            };
             let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);
             (spec, crash.then(|| Duration::from_micros(r.rng.gen_range(0, 40_000))))
         };
@@ -292,10 +361,17 @@ fn locks_expire_at(sim: &Sim) -> Instant {
 /// the connection while PD is out of reach.
 async fn connect(
     sim: &Sim,
+    world: World,
     budgets: Option<tikv_core::config::BackoffBudgets>,
 ) -> Result<TransactionClient, String> {
     for _ in 0..100 {
         let mut config = sim.config();
+        if world == World::Pess {
+            // As the core-level pessimistic world: a lock request may wait
+            // in TiKV up to its `wait-for-lock-timeout` (1 s), so its
+            // answer comes from TiKV rather than from the call's deadline.
+            config = config.with_read_timeout_short(Duration::from_secs(2));
+        }
         if let Some(b) = &budgets {
             config = config.with_backoff_budgets(b.clone());
         }
@@ -371,6 +447,9 @@ async fn transact(
     run: &mut TxnRun,
     committing: impl FnOnce(&TxnRun),
 ) -> TxnOutcome {
+    if let TxnKind::Pessimistic(kind) = spec.kind {
+        return transact_pessimistic(client, kind, spec.opts, id, run, committing).await;
+    }
     let options = TransactionOptions::default().with_commit_options(spec.opts.clone());
     let mut txn = match client.begin_with_options(options).await {
         Ok(txn) => txn,
@@ -472,4 +551,110 @@ async fn read(
         }
     }
     Ok(found)
+}
+
+/// One pessimistic transaction through the public API, as the core-level
+/// world's `PessProgram` runs it on the machines: its lock calls in order
+/// (each `lock_keys` returning the values, waiting as drawn; fair locking
+/// for a fair increment), the writes computed from the values read under
+/// the locks, then the commit. A failed lock call ends it (dropping the
+/// transaction rolls its locks back in the background, as the driver
+/// does).
+async fn transact_pessimistic(
+    client: &TransactionClient,
+    kind: PessKind,
+    opts: CommitOptions,
+    id: usize,
+    run: &mut TxnRun,
+    committing: impl FnOnce(&TxnRun),
+) -> TxnOutcome {
+    let options = TransactionOptions::default().with_pessimistic().with_commit_options(opts);
+    let mut txn = match client.begin_with_options(options).await {
+        Ok(txn) => txn,
+        Err(e) => return TxnOutcome::Failed(e.to_string()),
+    };
+    let start_ts = txn.start_timestamp().version();
+    run.start_ts = Some(start_ts);
+    let fair = matches!(kind, PessKind::Increment { fair: true, .. });
+    if fair && let Err(e) = txn.start_fair_locking() {
+        return TxnOutcome::Failed(e.to_string());
+    }
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let mut values: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for call in kind.lock_calls() {
+        let options = LockOptions::new().return_values().with_wait(kind.wait());
+        let got = match txn.lock_keys(call.clone(), options).await {
+            Ok(got) => got,
+            Err(e) => {
+                if let Error::Deadlock { wait_chain, .. } = &e {
+                    run.deadlock =
+                        wait_chain.iter().map(|w| (w.txn, w.wait_for_txn, w.key_hash)).collect();
+                }
+                return TxnOutcome::Failed(e.to_string());
+            }
+        };
+        // Calls are sequential and each locks at a fresh timestamp: the
+        // newest `for_update_ts` is this call's.
+        let for_update_ts = txn.for_update_timestamp();
+        for key in call {
+            let (read, conflict_ts) = match got.iter().find(|(k, _)| k.as_bytes() == key.as_bytes())
+            {
+                Some((_, v)) => (v.exists.then(|| text(&v.value)), v.locked_with_conflict_ts),
+                None => (None, tikv_core::pd::Timestamp::ZERO),
+            };
+            // Locked over a newer write: the value is as of that write,
+            // and the lock counts from its commit ts.
+            run.locked.push(LockedRead {
+                key: key.clone(),
+                for_update_ts: for_update_ts.max(conflict_ts).version(),
+                value: read.clone(),
+                with_conflict: conflict_ts > for_update_ts,
+            });
+            values.insert(key, read);
+        }
+    }
+    if fair && let Err(e) = txn.done_fair_locking() {
+        return TxnOutcome::Failed(e.to_string());
+    }
+    let read = |k: &str| values.get(k).cloned().flatten();
+    let mut puts: BTreeMap<String, String> = BTreeMap::new();
+    match &kind {
+        PessKind::Transfer { from, to, amount, .. } => {
+            let (a, b) = (account(*from), account(*to));
+            if let (Some(x), Some(y)) =
+                (parse_balance(read(&a).as_deref()), parse_balance(read(&b).as_deref()))
+                && x >= *amount
+            {
+                puts.insert(a, balance_value(x - *amount, id));
+                puts.insert(b, balance_value(y + *amount, id));
+            }
+        }
+        PessKind::Increment { counters, .. } => {
+            for c in counters {
+                let k = register(*c);
+                if let Some(n) = parse_counter(read(&k).as_deref()) {
+                    puts.insert(k, counter_value(n + 1, id));
+                }
+            }
+        }
+    }
+    // Every locked key is written: its new value, or its lock alone.
+    for key in values.keys() {
+        let write = match puts.get(key) {
+            Some(v) => {
+                if let Err(e) = txn.put(key.clone(), v.clone()) {
+                    return TxnOutcome::Failed(format!("buffering: {e}"));
+                }
+                TxnWrite::Put(v.clone())
+            }
+            None => TxnWrite::Lock,
+        };
+        run.writes.push((key.clone(), write));
+    }
+    committing(run);
+    match txn.commit().await {
+        Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
+        Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
+        Err(e) => TxnOutcome::Failed(e.to_string()),
+    }
 }

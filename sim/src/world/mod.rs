@@ -89,7 +89,7 @@ mod gc_workload;
 pub mod history;
 pub mod linearizability;
 mod own_reads;
-mod pess_workload;
+pub(crate) mod pess_workload;
 pub mod pessimistic;
 pub mod si;
 pub mod txn_history;
