@@ -80,3 +80,7 @@ fn bodies_run_in_virtual_time() {
     assert_eq!(slept, tikv_core::time::Duration::from_secs(3600 - 1));
     assert!(wall.elapsed() < Duration::from_secs(60), "{:?}", wall.elapsed());
 }
+
+mod stale_read {
+    tikv_tests::stale_read_suite!(super::SimPlatformHarness);
+}
