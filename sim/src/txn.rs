@@ -614,7 +614,9 @@ impl State {
                     lock_errors.push(locked(lock));
                     continue;
                 }
-                None if is_shared && !prewrites_share && action == PA::DoPessimisticCheck => {
+                // Its own share was found above (a key is in one map only).
+                None if prewrites_share => {}
+                None if is_shared && action == PA::DoPessimisticCheck => {
                     return Err(pessimistic_lock_not_found(start_ts, &m.key));
                 }
                 Some(lock) if lock.ts != start_ts => {

@@ -780,6 +780,16 @@ fn prewrite_turns_only_its_own_share_into_a_lock() {
     assert!(r.error.is_none(), "{r:?}");
     assert_eq!(holders(&c, b"k"), vec![20]);
     assert_eq!(c.commit_record(b"k", 10).unwrap().kind, tikv_sim::WriteKind::Rollback);
+    // Another holder's commit record newer than this holder's start does
+    // not make its share look lost.
+    assert!(lock(&c, share_req(&[b"k"], b"p3", 30)).errors.is_empty());
+    assert!(prewrite(&c, b"k", share_prewrite(b"k", b"p3", 30)).errors.is_empty());
+    commit(&c, b"k", 30, 35);
+    let p = prewrite(&c, b"k", share_prewrite(b"k", b"p2", 20));
+    assert!(p.errors.is_empty(), "{p:?}");
+    commit(&c, b"k", 20, 40);
+    assert!(c.locks().is_empty());
+    assert_eq!(c.commit_record(b"k", 20).unwrap().commit_ts, 40);
 }
 
 #[test]
