@@ -149,6 +149,16 @@ pub enum Error {
     /// `ErrAssertionFailed`).
     #[error("assertion failed: {0:?}")]
     AssertionFailed(Box<kvrpcpb::KeyError>),
+    /// A shared pessimistic lock of this transaction is gone (TiKV's
+    /// `KeyError.shared_lock_lost`, e.g. rolled back by a resolver after
+    /// it expired): the transaction cannot commit the key as locked.
+    #[error("shared lock of transaction {start_ts:?} on key {key:?} was lost")]
+    SharedLockLost {
+        /// The key locked in share mode.
+        key: crate::key::Key,
+        /// The transaction that held the share.
+        start_ts: Timestamp,
+    },
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -254,6 +264,19 @@ impl Error {
         matches!(self, Error::Undetermined(_))
     }
 
+    /// A key error from TiKV: typed when it names a condition this client
+    /// has a variant for ([`Error::SharedLockLost`]), else
+    /// [`Error::KeyError`] as it came.
+    pub fn from_key_error(e: kvrpcpb::KeyError) -> Error {
+        match &e.shared_lock_lost {
+            Some(lost) => Error::SharedLockLost {
+                key: lost.key.clone().into(),
+                start_ts: Timestamp::from_version(lost.start_ts),
+            },
+            None => Error::KeyError(Box::new(e)),
+        }
+    }
+
     /// Another transaction wrote a key of this one after it started
     /// (client-go's `IsErrWriteConflict`), as a typed error or as TiKV's key
     /// error: a fresh transaction may succeed.
@@ -296,7 +319,8 @@ impl Error {
             | Error::WriteConflict { .. }
             | Error::Deadlock { .. }
             | Error::LockWaitTimeout
-            | Error::LockAcquireFailAndNoWaitSet => true,
+            | Error::LockAcquireFailAndNoWaitSet
+            | Error::SharedLockLost { .. } => true,
             Error::Rpc(e) => matches!(
                 e,
                 RpcError::Unavailable(_) | RpcError::DeadlineExceeded | RpcError::NoTimestamp(_)
@@ -429,5 +453,26 @@ mod tests {
         assert!(!Error::malformed("x").is_retryable());
         assert!(Error::LockWaitTimeout.is_retryable());
         assert!(Error::LockAcquireFailAndNoWaitSet.is_retryable());
+    }
+
+    /// TiKV's `shared_lock_lost` becomes the typed error; other key errors
+    /// stay as they came.
+    #[test]
+    fn a_lost_share_is_typed() {
+        let lost = Error::from_key_error(kvrpcpb::KeyError {
+            shared_lock_lost: Some(kvrpcpb::SharedLockLost { key: "k".into(), start_ts: 7 }),
+            ..Default::default()
+        });
+        assert_eq!(
+            lost,
+            Error::SharedLockLost {
+                key: crate::key::Key::from("k"),
+                start_ts: Timestamp::from_version(7),
+            }
+        );
+        assert!(lost.is_retryable(), "nothing of the transaction was committed");
+        let other =
+            Error::from_key_error(kvrpcpb::KeyError { abort: "x".into(), ..Default::default() });
+        assert!(matches!(other, Error::KeyError(_)));
     }
 }

@@ -190,6 +190,7 @@ fn delete_txn_data(mvcc: &mut MvccStore, start: &[u8], end: &[u8]) {
     let range = start.to_vec()..end.to_vec();
     let in_range = |k: &Vec<u8>| range.contains(k);
     mvcc.locks.retain(|k, _| !in_range(k));
+    mvcc.shared.retain(|k, _| !in_range(k));
     mvcc.writes.retain(|k, _| !in_range(k));
     mvcc.values.retain(|k, _| !in_range(k));
 }

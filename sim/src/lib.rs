@@ -106,7 +106,10 @@
 //!   force-lock waiter keeps its first deadline. Values always live in the
 //!   default CF (no short-value inlining); rollback records are all
 //!   kept (never collapsed, all protected); no `gc_fence`, no
-//!   `last_change`, no txn source, no shared locks, no pipelined DML
+//!   `last_change`, no txn source, shared locks kept apart from the
+//!   exclusive ones (TiKV stores both in the lock CF) and a resumed
+//!   force-lock request meeting shares marks them shrink-only as a new
+//!   request does (TiKV's resumed one waits without marking), no pipelined DML
 //!   generations, no txn files (`is_txn_file` ignored), no old values for
 //!   CDC. Assertions are checked whenever the level is not `Off` (TiKV's
 //!   `Fast` skips them when the previous write is not loaded). `RcCheckTs`

@@ -28,6 +28,12 @@
 //!   deadlocks again.
 //! - A waiter whose deadline passes answers `KeyIsLocked` with the lock it
 //!   waited for and `duration_to_last_update_ms` (`cancel_for_timeout`).
+//! - Shared locks: a request blocked by a key's shared locks waits for all
+//!   of them (the key is released when its last holder commits or rolls
+//!   back, and the wake-up names that holder); its wait-for edges go to
+//!   every holder. An exclusive request that first meets them is not
+//!   parked: it marks them shrink-only and answers `KeyIsLocked` (TiKV's
+//!   `NotInShrinkMode` path), so only its retry waits.
 //!
 //! Time is the caller's: it calls [`crate::Cluster::advance_lock_waits`]
 //! with its clock (wall time in the gRPC face, virtual time in a
@@ -137,7 +143,7 @@ impl LockWaits {
         self.waiters
             .iter()
             .filter(|(t, w)| Some(**t) != except && !w.req.is_first_lock)
-            .map(|(_, w)| edge_of(w))
+            .flat_map(|(_, w)| edges_of(w))
             .collect()
     }
 
@@ -154,10 +160,13 @@ impl LockWaits {
     }
 }
 
-fn edge_of(w: &Waiter) -> WaitEdge {
-    WaitEdge {
+/// The wait-for edges of a waiter: to the lock's transaction, or to every
+/// holder of the shared locks it waits for (TiKV's detector registers one
+/// wait-for entry per shared holder).
+fn edges_of(w: &Waiter) -> Vec<WaitEdge> {
+    let edge = |wait_for_txn| WaitEdge {
         txn: w.req.start_version,
-        wait_for_txn: w.lock.lock_version,
+        wait_for_txn,
         key: w.lock.key.clone(),
         resource_group_tag: w
             .req
@@ -165,7 +174,25 @@ fn edge_of(w: &Waiter) -> WaitEdge {
             .as_ref()
             .map(|c| c.resource_group_tag.clone())
             .unwrap_or_default(),
+    };
+    if w.lock.lock_type == kvrpcpb::Op::SharedLock as i32 {
+        w.lock.shared_lock_infos.iter().map(|h| edge(h.lock_version)).collect()
+    } else {
+        vec![edge(w.lock.lock_version)]
     }
+}
+
+/// The first deadlock the waiter's new edges close.
+fn detect_any(edges: &[WaitEdge], w: &Waiter) -> Option<deadlock::Cycle> {
+    edges_of(w).iter().find_map(|new| deadlock::detect(edges, new))
+}
+
+/// [`KeyQueue::holder`] for the key's current lock: the shared locks of a
+/// key count as one holder while any transaction holds a share.
+const SHARED_HOLDER: u64 = u64::MAX;
+
+fn holder_of(lock: &kvrpcpb::LockInfo) -> u64 {
+    if lock.lock_type == kvrpcpb::Op::SharedLock as i32 { SHARED_HOLDER } else { lock.lock_version }
 }
 
 impl State {
@@ -208,12 +235,12 @@ impl State {
             return Some(failed_lock_response(&r, e));
         }
         let queue = self.lock_waits.keys.entry(key.clone()).or_default();
-        queue.holder = lock.lock_version;
+        queue.holder = holder_of(&lock);
         let wake_up_index = queue.wake_ups;
         let waiter =
             Waiter { store, req: r, key, lock, deadline, last_updated: None, wake_up_index };
         if !waiter.req.is_first_lock
-            && let Some(cycle) = deadlock::detect(&self.lock_waits.edges(None), &edge_of(&waiter))
+            && let Some(cycle) = detect_any(&self.lock_waits.edges(None), &waiter)
         {
             if self.lock_waits.keys.get(&waiter.key).is_some_and(|q| q.queue.is_empty()) {
                 self.lock_waits.keys.remove(&waiter.key);
@@ -229,12 +256,13 @@ impl State {
     /// Wakes the waiters of every key whose blocking lock is gone (called
     /// after every command; nothing to do without waiters).
     pub(crate) fn wake_lock_waiters(&mut self, now: Instant) {
+        let shared_released = std::mem::take(&mut self.mvcc.shared_released);
         if self.lock_waits.keys.is_empty() {
             return;
         }
         let keys: Vec<Vec<u8>> = self.lock_waits.keys.keys().cloned().collect();
         for key in keys {
-            let current = self.mvcc.locks.get(&key).map(|l| (l.ts, l.info()));
+            let current = self.current_lock(&key).map(|info| (holder_of(&info), info));
             let Some(q) = self.lock_waits.keys.get_mut(&key) else { continue };
             match (q.holder, current) {
                 (held, Some((ts, _))) if held == ts => continue,
@@ -245,6 +273,13 @@ impl State {
                     self.update_lock_wait(&key, &info, now);
                 }
                 (0, None) => {}
+                // The last share left: the wake-up names the transaction
+                // whose commit or rollback released it.
+                (SHARED_HOLDER, _) => {
+                    let (start_ts, commit_ts) =
+                        shared_released.get(&key).copied().unwrap_or_default();
+                    self.on_lock_released(&key, start_ts, commit_ts, now);
+                }
                 (released, _) => {
                     let commit_ts = match self.mvcc.txn_record(&key, released) {
                         TxnRecord::Single { commit_ts, write }
@@ -257,6 +292,14 @@ impl State {
                     self.on_lock_released(&key, released, commit_ts, now);
                 }
             }
+        }
+    }
+
+    /// The lock on a key now: an exclusive lock or the key's shared locks.
+    fn current_lock(&self, key: &[u8]) -> Option<kvrpcpb::LockInfo> {
+        match self.mvcc.locks.get(key) {
+            Some(l) => Some(l.info()),
+            None => self.mvcc.shared.get(key).map(|s| s.info()),
         }
     }
 
@@ -282,14 +325,14 @@ impl State {
                 }
                 break;
             }
-            if self.mvcc.locks.contains_key(key) {
+            if self.current_lock(key).is_some() {
                 break;
             }
         }
-        if let Some(info) = self.mvcc.locks.get(key).map(|l| l.info())
+        if let Some(info) = self.current_lock(key)
             && let Some(q) = self.lock_waits.keys.get_mut(key)
         {
-            q.holder = info.lock_version;
+            q.holder = holder_of(&info);
             self.update_lock_wait(key, &info, now);
         }
     }
@@ -318,8 +361,9 @@ impl State {
             if !force_lock(&w.req) || w.req.is_first_lock {
                 continue;
             }
-            let new = edge_of(w);
-            if let Some(cycle) = deadlock::detect(&self.lock_waits.edges(Some(token)), &new)
+            let new = edges_of(w);
+            let edges = self.lock_waits.edges(Some(token));
+            if let Some(cycle) = new.iter().find_map(|e| deadlock::detect(&edges, e))
                 && let Some(w) = self.lock_waits.unqueue(token)
             {
                 self.lock_waits.answers.insert(token, deadlock_response(&w, cycle));

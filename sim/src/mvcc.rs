@@ -1,7 +1,13 @@
 //! MVCC storage for transactional data: TiKV's three column families and the
 //! reads and writes every transactional command is built from.
 //!
-//! - lock CF: at most one lock per key (`txn_types::Lock`).
+//! - lock CF: at most one lock per key (`txn_types::Lock`), or the shared
+//!   pessimistic locks of several transactions on it
+//!   (`txn_types::SharedLocks`: one sub-lock per holder, pessimistic until
+//!   the holder prewrites it as a `Lock`, and a shrink-only flag set when
+//!   an exclusive request meets them, after which no new holder joins).
+//!   The model keeps the two kinds in two maps; a key is in at most one.
+//!   Reads ignore shared locks, as `check_ts_conflict` does.
 //! - write CF: per key, records by commit ts (`txn_types::Write`): Put,
 //!   Delete, Lock and Rollback (a rollback is stored at `commit_ts ==
 //!   start_ts`, as TiKV does, so a late prewrite finds it).
@@ -116,6 +122,37 @@ impl Lock {
     }
 }
 
+/// The shared pessimistic locks on one key (`txn_types::SharedLocks`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SharedLocks {
+    pub(crate) user_key: Bytes,
+    /// No new holder may join (`SharedLocksFlags::SHRINK_ONLY`): set when an
+    /// exclusive lock request meets the key, so that it is not starved.
+    pub(crate) shrink_only: bool,
+    /// start ts → that holder's sub-lock (`Pessimistic`, or `Lock` once
+    /// prewritten with `Op::SharedLock`).
+    pub(crate) holders: BTreeMap<u64, Lock>,
+}
+
+impl SharedLocks {
+    /// `SharedLocks::into_lock_info`: lock type `SharedLock`, the key, and
+    /// one `LockInfo` per holder in `shared_lock_infos` (nothing else set).
+    pub(crate) fn info(&self) -> kvrpcpb::LockInfo {
+        self.info_of(self.holders.values())
+    }
+
+    /// The same answer carrying only the given holders (`ScanLock` filters
+    /// sub-locks by ts and truncates them to its limit).
+    pub(crate) fn info_of<'a>(&self, holders: impl Iterator<Item = &'a Lock>) -> kvrpcpb::LockInfo {
+        kvrpcpb::LockInfo {
+            key: self.user_key.clone(),
+            lock_type: kvrpcpb::Op::SharedLock as i32,
+            shared_lock_infos: holders.map(Lock::info).collect(),
+            ..Default::default()
+        }
+    }
+}
+
 /// The kind of a write-CF record (`txn_types::WriteType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteKind {
@@ -177,6 +214,12 @@ pub(crate) enum TxnRecord {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct MvccStore {
     pub(crate) locks: BTreeMap<Vec<u8>, Lock>,
+    /// Keys locked in share mode (never also in `locks`).
+    pub(crate) shared: BTreeMap<Vec<u8>, SharedLocks>,
+    /// The transaction (start ts, commit ts or 0) whose share release
+    /// unlocked a key, for the lock waiters' wake-up (TiKV's
+    /// `ReleasedLock` of the last `unlock_key`); taken by the wake-up.
+    pub(crate) shared_released: BTreeMap<Vec<u8>, (u64, u64)>,
     pub(crate) writes: BTreeMap<Vec<u8>, Versions>,
     pub(crate) values: BTreeMap<Vec<u8>, BTreeMap<u64, Bytes>>,
     /// `ConcurrencyManager::max_ts`: the largest ts any read has used.
@@ -317,6 +360,9 @@ impl MvccStore {
                 self.put_write(key, &user_key, commit_ts, w);
                 Ok(())
             }
+            _ if self.shared.get(key).is_some_and(|s| s.holders.contains_key(&start_ts)) => {
+                self.commit_share(key, start_ts, commit_ts)
+            }
             _ => match self.txn_record(key, start_ts) {
                 TxnRecord::Single { write, .. } if write.kind != WriteKind::Rollback => Ok(()),
                 _ => Err(Box::new(kvrpcpb::KeyError {
@@ -328,6 +374,70 @@ impl MvccStore {
                     ..Default::default()
                 })),
             },
+        }
+    }
+
+    /// `actions::commit` on a shared-locked key: this transaction's sub-lock
+    /// leaves the shared locks and becomes a `Lock` record at `commit_ts`;
+    /// a sub-lock never prewritten is dropped without a record (TiKV's
+    /// stale pessimistic lock case). The other holders stay.
+    fn commit_share(
+        &mut self,
+        key: &[u8],
+        start_ts: u64,
+        commit_ts: u64,
+    ) -> Result<(), Box<kvrpcpb::KeyError>> {
+        let Some(lock) = self.shared.get(key).and_then(|s| s.holders.get(&start_ts)) else {
+            return Ok(());
+        };
+        if commit_ts < lock.min_commit_ts {
+            return Err(Box::new(kvrpcpb::KeyError {
+                commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                    start_ts,
+                    attempted_commit_ts: commit_ts,
+                    key: lock.user_key.clone(),
+                    min_commit_ts: lock.min_commit_ts,
+                }),
+                ..Default::default()
+            }));
+        }
+        let Some(lock) = self.remove_share(key, start_ts, commit_ts) else { return Ok(()) };
+        if lock.lock_type != LockType::Pessimistic {
+            let overlapped = self
+                .writes
+                .get(key)
+                .and_then(|v| v.by_commit.get(&commit_ts))
+                .is_some_and(|w| w.kind == WriteKind::Rollback || w.overlapped_rollback);
+            let w = Write { kind: WriteKind::Lock, start_ts, overlapped_rollback: overlapped };
+            self.put_write(key, &lock.user_key, commit_ts, w);
+        }
+        Ok(())
+    }
+
+    /// Takes one holder's sub-lock out of a key's shared locks; the key is
+    /// unlocked when the last one leaves (`commit_ts` 0 for a rollback).
+    pub(crate) fn remove_share(
+        &mut self,
+        key: &[u8],
+        start_ts: u64,
+        commit_ts: u64,
+    ) -> Option<Lock> {
+        let shared = self.shared.get_mut(key)?;
+        let lock = shared.holders.remove(&start_ts)?;
+        if shared.holders.is_empty() {
+            self.shared.remove(key);
+            self.shared_released.insert(key.to_vec(), (start_ts, commit_ts));
+        }
+        Some(lock)
+    }
+
+    /// `rollback_shared_lock`: drops this transaction's sub-lock and leaves
+    /// a rollback record unless the key has a record of it already.
+    pub(crate) fn rollback_share(&mut self, key: &[u8], start_ts: u64) {
+        if let Some(lock) = self.remove_share(key, start_ts, 0)
+            && let TxnRecord::None { .. } = self.txn_record(key, start_ts)
+        {
+            self.write_rollback(key, &lock.user_key, start_ts);
         }
     }
 
@@ -391,9 +501,15 @@ impl crate::Cluster {
             .collect()
     }
 
-    /// Every lock in the cluster, in key order, as `LockInfo`.
+    /// Every lock in the cluster, in key order, as `LockInfo` (a key's
+    /// shared locks as one `SharedLock` info with its holders).
     pub fn locks(&self) -> Vec<kvrpcpb::LockInfo> {
-        self.lock().mvcc.locks.values().map(Lock::info).collect()
+        let st = self.lock();
+        let exclusive = st.mvcc.locks.iter().map(|(k, l)| (k, l.info()));
+        let shared = st.mvcc.shared.iter().map(|(k, s)| (k, s.info()));
+        let mut all: Vec<_> = exclusive.chain(shared).collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, info)| info).collect()
     }
 
     /// The write-CF record of transaction `start_ts` on the txn request key

@@ -16,7 +16,8 @@ use tikv_proto::{errorpb, kvrpcpb, metapb};
 
 use crate::cluster::{State, check_key_in_region, check_key_seekable, hex};
 use crate::mvcc::{
-    Lock, LockType, MvccStore, TxnRecord, Versions, Write, WriteKind, physical, txn_key,
+    Lock, LockType, MvccStore, SharedLocks, TxnRecord, Versions, Write, WriteKind, physical,
+    txn_key,
 };
 
 /// Why a transactional command did not run (or stopped).
@@ -52,7 +53,11 @@ fn abort(msg: String) -> Fail {
 }
 
 fn locked(lock: &Lock) -> kvrpcpb::KeyError {
-    kvrpcpb::KeyError { locked: Some(lock.info()), ..Default::default() }
+    locked_info(lock.info())
+}
+
+fn locked_info(info: kvrpcpb::LockInfo) -> kvrpcpb::KeyError {
+    kvrpcpb::KeyError { locked: Some(info), ..Default::default() }
 }
 
 /// The `WriteConflict` key error of a pessimistic lock request (reason
@@ -89,7 +94,8 @@ fn mutation_lock(m: &kvrpcpb::Mutation, cmd: &str) -> Result<(Option<LockType>, 
     Ok(match kvrpcpb::Op::try_from(m.op).ok() {
         Some(kvrpcpb::Op::Put) => (Some(LockType::Put), false),
         Some(kvrpcpb::Op::Del) => (Some(LockType::Delete), false),
-        Some(kvrpcpb::Op::Lock) => (Some(LockType::Lock), false),
+        // A shared pessimistic lock prewritten: its sub-lock becomes a Lock.
+        Some(kvrpcpb::Op::Lock | kvrpcpb::Op::SharedLock) => (Some(LockType::Lock), false),
         Some(kvrpcpb::Op::Insert) => (Some(LockType::Put), true),
         Some(kvrpcpb::Op::CheckNotExists) => (None, true),
         _ => return Err(abort(format!("mismatch Op in {cmd} mutations: {}", m.op))),
@@ -135,6 +141,7 @@ pub(crate) struct Undo {
     saved: Vec<(
         Vec<u8>,
         Option<Lock>,
+        Option<SharedLocks>,
         Option<Versions>,
         Option<std::collections::BTreeMap<u64, Bytes>>,
     )>,
@@ -146,6 +153,7 @@ impl Undo {
         self.saved.push((
             key.to_vec(),
             store.locks.get(key).cloned(),
+            store.shared.get(key).cloned(),
             store.writes.get(key).cloned(),
             store.values.get(key).cloned(),
         ));
@@ -153,10 +161,17 @@ impl Undo {
 
     /// Restores every saved key, newest save first.
     fn restore(self, store: &mut MvccStore) {
-        for (key, lock, writes, values) in self.saved.into_iter().rev() {
+        for (key, lock, shared, writes, values) in self.saved.into_iter().rev() {
             match lock {
                 Some(l) => store.locks.insert(key.clone(), l),
                 None => store.locks.remove(&key),
+            };
+            match shared {
+                Some(s) => store.shared.insert(key.clone(), s),
+                None => {
+                    store.shared_released.remove(&key);
+                    store.shared.remove(&key)
+                }
             };
             match writes {
                 Some(w) => store.writes.insert(key.clone(), w),
@@ -292,6 +307,15 @@ impl State {
                 self.mvcc.rollback_lock(key, &lock);
                 Ok(())
             }
+            // This transaction's share of a shared-locked key (`cleanup`'s
+            // `rollback_shared_lock`), refused while it lives.
+            None if let Some((expiry, info)) = self.share_of(key, start_ts) => {
+                if current_ts != 0 && expiry >= physical(current_ts) {
+                    return Err(CleanupErr::Key(Box::new(locked_info(info))));
+                }
+                self.mvcc.rollback_share(key, start_ts);
+                Ok(())
+            }
             _ => match self.mvcc.txn_record(key, start_ts) {
                 TxnRecord::Single { commit_ts, write } if write.kind != WriteKind::Rollback => {
                     Err(CleanupErr::Committed(commit_ts))
@@ -303,6 +327,14 @@ impl State {
                 }
             },
         }
+    }
+
+    /// This transaction's share of a shared-locked key: when it expires
+    /// (physical ms) and the key's `SharedLock` info.
+    fn share_of(&self, key: &[u8], start_ts: u64) -> Option<(u64, kvrpcpb::LockInfo)> {
+        let shared = self.mvcc.shared.get(key)?;
+        let lock = shared.holders.get(&start_ts)?;
+        Some((physical(lock.ts).saturating_add(lock.ttl), shared.info()))
     }
 
     fn committed_error(start_ts: u64, commit_ts: u64, key: &[u8]) -> Fail {
@@ -558,7 +590,47 @@ impl State {
             // `check_lock`.
             let mut lock_amended = false;
             let mut pessimistic_locked = None;
+            let is_shared = m.op == kvrpcpb::Op::SharedLock as i32;
+            // The prewrite turns this transaction's sub-lock of the key's
+            // shared locks into a `Lock`, leaving the other holders alone.
+            let mut prewrites_share = false;
+            if let Some(shared) = self.mvcc.shared.get(key) {
+                match shared.holders.get(&start_ts) {
+                    None if is_shared => return Err(pessimistic_lock_not_found(start_ts, &m.key)),
+                    None => {
+                        lock_errors.push(locked_info(shared.info()));
+                        continue;
+                    }
+                    Some(_) if !is_shared => {
+                        return Err(abort(
+                            "use Op::SharedLock to prewrite on a shared lock".to_owned(),
+                        ));
+                    }
+                    Some(lock) if lock.lock_type == LockType::Pessimistic => {
+                        if expected_for_update_ts
+                            .get(&i)
+                            .is_some_and(|&ts| ts != lock.for_update_ts)
+                        {
+                            return Err(pessimistic_lock_not_found(start_ts, &m.key));
+                        }
+                        pessimistic_locked = Some(lock.for_update_ts);
+                        prewrites_share = true;
+                    }
+                    // A duplicated prewrite (shared locks never use async commit).
+                    Some(_) => continue,
+                }
+            }
             match self.mvcc.locks.get(key) {
+                // A shared lock prewrite meeting an exclusive lock, even its own.
+                Some(lock) if is_shared => {
+                    lock_errors.push(locked(lock));
+                    continue;
+                }
+                // Its own share was found above (a key is in one map only).
+                None if prewrites_share => {}
+                None if is_shared && action == PA::DoPessimisticCheck => {
+                    return Err(pessimistic_lock_not_found(start_ts, &m.key));
+                }
                 Some(lock) if lock.ts != start_ts => {
                     if let Some(done) = self.committed_retry(
                         key,
@@ -704,6 +776,24 @@ impl State {
                 }
             }
             undo.save(&self.mvcc, key);
+            if prewrites_share {
+                // `write_lock`'s safety checks for a shared lock.
+                if one_pc {
+                    return Err(abort(
+                        "shared lock prewrite is incompatible with one-phase commit".to_owned(),
+                    ));
+                }
+                if lock.use_async_commit {
+                    return Err(abort(
+                        "shared lock prewrite cannot use async-commit, falling back to 2PC"
+                            .to_owned(),
+                    ));
+                }
+                if let Some(shared) = self.mvcc.shared.get_mut(key) {
+                    shared.holders.insert(start_ts, lock);
+                }
+                continue;
+            }
             if lock_type == LockType::Put {
                 self.mvcc.values.entry(key.clone()).or_default().insert(start_ts, m.value.clone());
             }
@@ -812,6 +902,11 @@ impl State {
                 self.mvcc.update_max_ts(start_ts);
             }
             let mut subsequent_flush = false;
+            // A flush is a prewrite: other transactions' shares block it.
+            if let Some(shared) = self.mvcc.shared.get(key) {
+                lock_errors.push(locked_info(shared.info()));
+                continue;
+            }
             match self.mvcc.locks.get(key) {
                 Some(lock) if lock.ts != start_ts => {
                     if self.committed_retry(key, start_ts, no_protocols).is_some() {
@@ -1188,6 +1283,17 @@ impl State {
                 new_max_ts = new_max_ts.max(r.caller_start_ts);
             }
             self.mvcc.update_max_ts(new_max_ts);
+            // A shared-locked key is never a transaction's primary: TiKV
+            // refuses the request (whatever transactions hold the key).
+            if let Some(shared) = self.mvcc.shared.get(&key) {
+                let mut info = shared.info();
+                info.key = r.primary_key.clone();
+                return Err(kvrpcpb::KeyError {
+                    primary_mismatch: Some(kvrpcpb::PrimaryMismatch { lock_info: Some(info) }),
+                    ..Default::default()
+                }
+                .into());
+            }
             match self.mvcc.locks.get(&key).cloned() {
                 Some(lock) if lock.ts == r.lock_ts => {
                     self.check_txn_status_lock_exists(&r, &key, lock)
@@ -1405,12 +1511,33 @@ impl State {
                     status.iter().find(|(s, _)| *s == l.ts).map(|(_, c)| (k.clone(), l.clone(), *c))
                 })
                 .collect();
+            // The shared-locked keys where a resolved transaction holds a
+            // share: only that share is committed or rolled back.
+            let shares: Vec<(Vec<u8>, Bytes, u64, u64)> = self
+                .mvcc
+                .shared
+                .range::<[u8], _>(range)
+                .flat_map(|(k, sh)| {
+                    status
+                        .iter()
+                        .filter(|(s, _)| sh.holders.contains_key(s))
+                        .map(|(s, c)| (k.clone(), sh.user_key.clone(), *s, *c))
+                })
+                .collect();
             for (key, lock, commit_ts) in todo {
                 undo.save(&self.mvcc, &key);
                 if commit_ts == 0 {
                     self.mvcc.rollback_lock(&key, &lock);
                 } else {
                     self.mvcc.commit(&key, &lock.user_key, lock.ts, commit_ts)?;
+                }
+            }
+            for (key, user_key, start_ts, commit_ts) in shares {
+                undo.save(&self.mvcc, &key);
+                if commit_ts == 0 {
+                    self.mvcc.rollback_share(&key, start_ts);
+                } else {
+                    self.mvcc.commit(&key, &user_key, start_ts, commit_ts)?;
                 }
             }
             Ok(())
@@ -1488,15 +1615,41 @@ impl State {
                 upper.as_deref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
             );
             let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
-            Ok(self
-                .mvcc
-                .locks
-                .range::<[u8], _>(range)
-                .map(|(_, l)| l)
-                .filter(|l| l.ts <= r.max_version)
-                .take(limit)
-                .map(Lock::info)
-                .collect())
+            // Both lock kinds in key order. A shared-locked key answers one
+            // `SharedLock` info with its holders at or below `max_version`,
+            // each counted against the limit and the last key's holders cut
+            // to what is left of it (`scan_locks_from_storage`).
+            let exclusive = self.mvcc.locks.range::<[u8], _>(range).map(|(k, l)| (k, Ok(l)));
+            let shared = self.mvcc.shared.range::<[u8], _>(range).map(|(k, s)| (k, Err(s)));
+            let mut by_key: Vec<_> = exclusive.chain(shared).collect();
+            by_key.sort_by(|a, b| a.0.cmp(b.0));
+            let mut locks = Vec::new();
+            let mut count = 0usize;
+            for (_, entry) in by_key {
+                if count >= limit {
+                    break;
+                }
+                match entry {
+                    Ok(l) if l.ts <= r.max_version => {
+                        locks.push(l.info());
+                        count += 1;
+                    }
+                    Ok(_) => {}
+                    Err(s) => {
+                        let holders: Vec<&Lock> = s
+                            .holders
+                            .values()
+                            .filter(|l| l.ts <= r.max_version)
+                            .take(limit - count)
+                            .collect();
+                        if !holders.is_empty() {
+                            count += holders.len();
+                            locks.push(s.info_of(holders.into_iter()));
+                        }
+                    }
+                }
+            }
+            Ok(locks)
         })();
         fill_one!(resp, res, |locks| resp.locks = locks);
         resp
@@ -1550,6 +1703,23 @@ impl State {
                 undo.restore(&mut self.mvcc);
                 if let Some(lock) = e.locked {
                     let key = txn_key(&lock.key);
+                    // An exclusive request meeting shared locks not yet
+                    // shrink-only marks them so (that much is written) and
+                    // answers `KeyIsLocked` at once (TiKV's
+                    // `NotInShrinkMode`): its retry waits for the holders.
+                    let exclusive = r.mutations.iter().any(|m| {
+                        m.key == lock.key && m.op != kvrpcpb::Op::SharedPessimisticLock as i32
+                    });
+                    if let Some(shared) = self.mvcc.shared.get_mut(&key)
+                        && exclusive
+                        && !shared.shrink_only
+                    {
+                        shared.shrink_only = true;
+                        return Acquired::Answer(Box::new(failed_lock_response(
+                            r,
+                            locked_info(lock),
+                        )));
+                    }
                     return Acquired::Blocked { key, lock };
                 }
                 // Key errors other than a lock end the whole request, in
@@ -1588,7 +1758,8 @@ impl State {
         Ok(results)
     }
 
-    /// `actions::acquire_pessimistic_lock` for one key (exclusive locks).
+    /// `actions::acquire_pessimistic_lock` for one key, exclusive or in
+    /// share mode (`Op::SharedPessimisticLock`).
     fn lock_one_key(
         &mut self,
         r: &kvrpcpb::PessimisticLockRequest,
@@ -1620,7 +1791,36 @@ impl State {
         // the key after its latest write, so the latest committed value is
         // the one at `for_update_ts`.
         let value = self.mvcc.committed_value(key, u64::MAX).map(|(v, _)| v);
+        let is_shared = m.op == kvrpcpb::Op::SharedPessimisticLock as i32;
+        if let Some(shared) = self.mvcc.shared.get(key) {
+            if !is_shared || (shared.shrink_only && !shared.holders.contains_key(&start_ts)) {
+                // An exclusive request waits for every holder (the caller
+                // marks the key shrink-only first); a new holder may not
+                // join a shrink-only key. There is no upgrade of a share.
+                return Err(locked_info(shared.info()).into());
+            }
+            if let Some(lock) = shared.holders.get(&start_ts) {
+                // `handle_existing_shared_lock`: a newer for_update_ts
+                // refreshes the sub-lock; no value is loaded for it.
+                if for_update_ts > lock.for_update_ts {
+                    undo.save(&self.mvcc, key);
+                    let lock = Lock {
+                        primary: r.primary_lock.clone(),
+                        ttl: r.lock_ttl,
+                        for_update_ts,
+                        min_commit_ts: r.min_commit_ts,
+                        ..lock.clone()
+                    };
+                    if let Some(shared) = self.mvcc.shared.get_mut(key) {
+                        shared.holders.insert(start_ts, lock);
+                    }
+                }
+                return Ok(LockKeyResult::new(r, None, None));
+            }
+        }
         match self.mvcc.locks.get(key).cloned() {
+            // A share request waits for any exclusive lock, its own included.
+            Some(lock) if is_shared => return Err(locked(&lock).into()),
             Some(lock) if lock.ts != start_ts => return Err(locked(&lock).into()),
             Some(lock) if lock.lock_type != LockType::Pessimistic => {
                 return Err(abort(format!(
@@ -1685,7 +1885,30 @@ impl State {
             }
             return Err(already_exist());
         }
-        if !r.lock_only_if_exists || value.is_some() {
+        if is_shared {
+            // Joins the key's holders (or starts them), whatever
+            // `lock_only_if_exists` says, as TiKV does.
+            undo.save(&self.mvcc, key);
+            let lock = Lock {
+                user_key: m.key.clone(),
+                lock_type: LockType::Pessimistic,
+                primary: r.primary_lock.clone(),
+                ts: start_ts,
+                ttl: r.lock_ttl,
+                for_update_ts,
+                txn_size: 0,
+                min_commit_ts: r.min_commit_ts,
+                use_async_commit: false,
+                secondaries: Vec::new(),
+                generation: 0,
+            };
+            let shared = self.mvcc.shared.entry(key.to_vec()).or_insert_with(|| SharedLocks {
+                user_key: m.key.clone(),
+                shrink_only: false,
+                holders: Default::default(),
+            });
+            shared.holders.insert(start_ts, lock);
+        } else if !r.lock_only_if_exists || value.is_some() {
             undo.save(&self.mvcc, key);
             self.mvcc.locks.insert(
                 key.to_vec(),
@@ -1740,17 +1963,27 @@ impl State {
                     std::ops::Bound::Included(&region.start_key[..]),
                     end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
                 );
-                encoded = self
+                let exclusive = self.mvcc.locks.range::<[u8], _>(range).filter(|(_, l)| drops(l));
+                let shared = self
                     .mvcc
-                    .locks
+                    .shared
                     .range::<[u8], _>(range)
-                    .filter(|(_, l)| drops(l))
+                    .filter(|(_, s)| s.holders.get(&r.start_version).is_some_and(drops));
+                let mut keys: Vec<Vec<u8>> = exclusive
                     .map(|(k, _)| k.clone())
+                    .chain(shared.map(|(k, _)| k.clone()))
                     .collect();
+                keys.sort();
+                encoded = keys;
             }
             for key in &encoded {
                 if self.mvcc.locks.get(key).is_some_and(drops) {
                     self.mvcc.locks.remove(key);
+                }
+                // Only this transaction's share of a shared-locked key.
+                let share = self.mvcc.shared.get(key).and_then(|s| s.holders.get(&r.start_version));
+                if share.is_some_and(drops) {
+                    self.mvcc.remove_share(key, r.start_version, 0);
                 }
             }
             Ok(())

@@ -591,3 +591,291 @@ fn a_first_lock_wait_is_left_out_of_the_graph() {
     let _t20 = parked(lock_waiting(&c, r, T0));
     assert_eq!(c.lock_waiters(), 2, "no edge from 10: no cycle seen");
 }
+
+// Shared pessimistic locks (`SharedLocks` in TiKV's lock CF).
+
+/// A share-mode lock request on `keys` whose primary is `primary` (a
+/// shared-locked key is never a primary).
+fn share_req(keys: &[&[u8]], primary: &[u8], start: u64) -> kvrpcpb::PessimisticLockRequest {
+    let mut r = lock_req(keys, start, start);
+    for m in &mut r.mutations {
+        m.op = Op::SharedPessimisticLock as i32;
+    }
+    r.primary_lock = b(primary);
+    r
+}
+
+/// The holders (start ts) of the key's shared locks, in ts order.
+fn holders(c: &Cluster, key: &[u8]) -> Vec<u64> {
+    let info = c.locks().into_iter().find(|l| &l.key[..] == key).expect("the key is locked");
+    assert_eq!(info.lock_type, Op::SharedLock as i32, "{info:?}");
+    let mut ts: Vec<u64> = info.shared_lock_infos.iter().map(|h| h.lock_version).collect();
+    ts.sort();
+    ts
+}
+
+fn prewrite(c: &Cluster, key: &[u8], r: kvrpcpb::PrewriteRequest) -> kvrpcpb::PrewriteResponse {
+    let KvResponse::Prewrite(p) = send(c, key, KvRequest::Prewrite(Box::new(r))) else { panic!() };
+    *p
+}
+
+/// A pessimistic prewrite of the share `start` holds on `key`.
+fn share_prewrite(key: &[u8], primary: &[u8], start: u64) -> kvrpcpb::PrewriteRequest {
+    kvrpcpb::PrewriteRequest {
+        mutations: vec![kvrpcpb::Mutation {
+            op: Op::SharedLock as i32,
+            key: b(key),
+            ..Default::default()
+        }],
+        pessimistic_actions: vec![
+            kvrpcpb::prewrite_request::PessimisticAction::DoPessimisticCheck as i32,
+        ],
+        primary_lock: b(primary),
+        start_version: start,
+        for_update_ts: start,
+        lock_ttl: 3000,
+        txn_size: 1,
+        ..Default::default()
+    }
+}
+
+fn scan_lock(c: &Cluster, max_version: u64, limit: u32) -> Vec<kvrpcpb::LockInfo> {
+    let r = kvrpcpb::ScanLockRequest { max_version, limit, ..Default::default() };
+    let KvResponse::ScanLock(p) = send(c, b"a", KvRequest::ScanLock(Box::new(r))) else { panic!() };
+    assert!(p.error.is_none() && p.region_error.is_none(), "{p:?}");
+    p.locks
+}
+
+#[test]
+fn share_holders_do_not_block_each_other_or_readers() {
+    let c = cluster();
+    put(&c, b"k", b"v", 1, 2);
+    assert!(lock(&c, share_req(&[b"k"], b"p1", 10)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p2", 20)).errors.is_empty());
+    // Locking again at a newer for_update_ts only refreshes the share.
+    let mut again = share_req(&[b"k"], b"p1", 10);
+    again.for_update_ts = 12;
+    assert!(lock(&c, again).errors.is_empty());
+    assert_eq!(holders(&c, b"k"), vec![10, 20]);
+    let info = c.locks().remove(0);
+    assert_eq!(
+        (info.lock_version, &info.primary_lock[..]),
+        (0, &b""[..]),
+        "only holders carry them"
+    );
+    let h10 = info.shared_lock_infos.iter().find(|h| h.lock_version == 10).unwrap();
+    assert_eq!(
+        (&h10.primary_lock[..], h10.lock_for_update_ts, h10.lock_type),
+        (&b"p1"[..], 12, PL)
+    );
+    // Reads ignore shared locks (`check_ts_conflict`).
+    let get = kvrpcpb::GetRequest { key: b(b"k"), version: 30, ..Default::default() };
+    let KvResponse::Get(g) = send(&c, b"k", KvRequest::Get(Box::new(get))) else { panic!() };
+    assert!(g.error.is_none(), "{g:?}");
+    assert_eq!(&g.value[..], b"v");
+}
+
+#[test]
+fn scan_lock_reports_the_holders_below_its_version_within_its_limit() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"a"], 5, 5)).errors.is_empty());
+    for ts in [10, 20, 30] {
+        assert!(lock(&c, share_req(&[b"k"], b"p", ts)).errors.is_empty());
+    }
+    let all = scan_lock(&c, 100, 0);
+    assert_eq!(all.len(), 2);
+    assert_eq!((&all[0].key[..], all[0].lock_version), (&b"a"[..], 5));
+    assert_eq!((&all[1].key[..], all[1].lock_type), (&b"k"[..], Op::SharedLock as i32));
+    assert_eq!(all[1].shared_lock_infos.len(), 3);
+    let below = scan_lock(&c, 20, 0);
+    let ts: Vec<u64> = below[1].shared_lock_infos.iter().map(|h| h.lock_version).collect();
+    assert_eq!(ts, vec![10, 20], "sub-locks above max_version are left out");
+    let limited = scan_lock(&c, 100, 2);
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[1].shared_lock_infos.len(), 1, "holders count against the limit");
+    assert!(scan_lock(&c, 7, 0).iter().all(|l| &l.key[..] != b"k"), "no holder at or below 7");
+}
+
+#[test]
+fn an_exclusive_request_makes_the_shares_shrink_only_then_waits_for_all_of_them() {
+    let c = cluster();
+    assert!(lock(&c, share_req(&[b"k"], b"p1", 10)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p2", 20)).errors.is_empty());
+    // The first exclusive request is answered at once with the shares,
+    // even though it may wait (TiKV's `NotInShrinkMode`).
+    let mut x = lock_req(&[b"k"], 30, 30);
+    x.wait_timeout = 0;
+    let first = ready(lock_waiting(&c, x.clone(), T0));
+    let locked = first.errors[0].locked.clone().expect("KeyIsLocked");
+    assert_eq!(locked.lock_type, Op::SharedLock as i32);
+    assert_eq!(locked.shared_lock_infos.len(), 2);
+    // Shrink-only: a new holder is refused, the present ones stay.
+    let late = lock(&c, share_req(&[b"k"], b"p4", 40));
+    assert_eq!(late.errors[0].locked.as_ref().unwrap().lock_type, Op::SharedLock as i32);
+    assert_eq!(holders(&c, b"k"), vec![10, 20]);
+    // The retry waits for every holder.
+    let token = parked(lock_waiting(&c, x.clone(), T0));
+    let p = prewrite(&c, b"k", share_prewrite(b"k", b"p1", 10));
+    assert!(p.errors.is_empty(), "{p:?}");
+    commit(&c, b"k", 10, 15);
+    assert_eq!(holders(&c, b"k"), vec![20], "only the committer's share left");
+    assert!(c.take_lock_wait_answer(token).is_none(), "one holder is left");
+    let rec = c.commit_record(b"k", 10).expect("a commit record");
+    assert_eq!((rec.kind, rec.commit_ts), (tikv_sim::WriteKind::Lock, 15));
+    pessimistic_rollback(&c, b"k", &[b"k"], 20, 20);
+    let woken = c.take_lock_wait_answer(token).expect("woken by the last release");
+    let conflict = woken.errors[0].conflict.clone().expect("a legacy wake-up");
+    assert_eq!((conflict.conflict_ts, conflict.conflict_commit_ts), (20, 0));
+    assert!(c.locks().is_empty());
+    let mut retry = lock_req(&[b"k"], 30, 31);
+    retry.wait_timeout = 0;
+    assert!(ready(lock_waiting(&c, retry, T0)).errors.is_empty());
+    // A share request now waits for the exclusive lock.
+    let r = lock(&c, share_req(&[b"k"], b"p5", 50));
+    assert_eq!(r.errors[0].locked.as_ref().unwrap().lock_version, 30);
+}
+
+#[test]
+fn prewrite_turns_only_its_own_share_into_a_lock() {
+    let c = cluster();
+    assert!(lock(&c, share_req(&[b"k"], b"p1", 10)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p2", 20)).errors.is_empty());
+    // Another transaction's write meets the shares.
+    let mut other = share_prewrite(b"k", b"k", 40);
+    other.mutations[0].op = Op::Put as i32;
+    other.pessimistic_actions = vec![];
+    other.for_update_ts = 0;
+    let p = prewrite(&c, b"k", other);
+    assert_eq!(p.errors[0].locked.as_ref().unwrap().lock_type, Op::SharedLock as i32);
+    // A holder must prewrite its share as `SharedLock`, in 2PC.
+    let mut wrong_op = share_prewrite(b"k", b"p1", 10);
+    wrong_op.mutations[0].op = Op::Lock as i32;
+    assert!(prewrite(&c, b"k", wrong_op).errors[0].abort.contains("use Op::SharedLock"));
+    let mut one_pc = share_prewrite(b"k", b"p1", 10);
+    one_pc.try_one_pc = true;
+    assert!(prewrite(&c, b"k", one_pc).errors[0].abort.contains("one-phase commit"));
+    let mut async_commit = share_prewrite(b"k", b"p1", 10);
+    async_commit.use_async_commit = true;
+    async_commit.secondaries = vec![b(b"k")];
+    assert!(prewrite(&c, b"k", async_commit).errors[0].abort.contains("async-commit"));
+    // No share, no shared prewrite.
+    let none = prewrite(&c, b"k", share_prewrite(b"k", b"p3", 30));
+    assert!(none.errors[0].abort.starts_with("PessimisticLockNotFound"), "{none:?}");
+    let p = prewrite(&c, b"k", share_prewrite(b"k", b"p1", 10));
+    assert!(p.errors.is_empty(), "{p:?}");
+    let info = c.locks().remove(0);
+    let kinds: Vec<(u64, i32)> =
+        info.shared_lock_infos.iter().map(|h| (h.lock_version, h.lock_type)).collect();
+    assert!(kinds.contains(&(10, Op::Lock as i32)) && kinds.contains(&(20, PL)), "{kinds:?}");
+    // Rolling back one holder leaves the other and a rollback record.
+    let rb = kvrpcpb::BatchRollbackRequest {
+        keys: vec![b(b"k")],
+        start_version: 10,
+        ..Default::default()
+    };
+    let KvResponse::BatchRollback(r) = send(&c, b"k", KvRequest::BatchRollback(Box::new(rb)))
+    else {
+        panic!()
+    };
+    assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(holders(&c, b"k"), vec![20]);
+    assert_eq!(c.commit_record(b"k", 10).unwrap().kind, tikv_sim::WriteKind::Rollback);
+    // Another holder's commit record newer than this holder's start does
+    // not make its share look lost.
+    assert!(lock(&c, share_req(&[b"k"], b"p3", 30)).errors.is_empty());
+    assert!(prewrite(&c, b"k", share_prewrite(b"k", b"p3", 30)).errors.is_empty());
+    commit(&c, b"k", 30, 35);
+    let p = prewrite(&c, b"k", share_prewrite(b"k", b"p2", 20));
+    assert!(p.errors.is_empty(), "{p:?}");
+    commit(&c, b"k", 20, 40);
+    assert!(c.locks().is_empty());
+    assert_eq!(c.commit_record(b"k", 20).unwrap().commit_ts, 40);
+}
+
+#[test]
+fn lock_resolution_on_a_shared_key_touches_one_holder() {
+    let c = cluster();
+    let start = c.current_ts(T0);
+    let mut r = share_req(&[b"k"], b"p1", start);
+    r.lock_ttl = 100;
+    assert!(lock(&c, r).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p2", start + 1)).errors.is_empty());
+    // CheckTxnStatus on a shared-locked key: it cannot be a primary.
+    let check = kvrpcpb::CheckTxnStatusRequest {
+        primary_key: b(b"k"),
+        lock_ts: start,
+        caller_start_ts: start + 5,
+        current_ts: c.current_ts(ms(500)),
+        rollback_if_not_exist: true,
+        ..Default::default()
+    };
+    let KvResponse::CheckTxnStatus(s) =
+        send_at(&c, b"k", KvRequest::CheckTxnStatus(Box::new(check)), ms(500))
+    else {
+        panic!()
+    };
+    let mismatch = s.error.and_then(|e| e.primary_mismatch).expect("PrimaryMismatch");
+    assert_eq!(mismatch.lock_info.unwrap().lock_type, Op::SharedLock as i32);
+    // Cleanup of a live share is refused; of an expired one, it goes.
+    let cleanup = |current: Instant| {
+        let r = kvrpcpb::CleanupRequest {
+            key: b(b"k"),
+            start_version: start,
+            current_ts: c.current_ts(current),
+            ..Default::default()
+        };
+        let KvResponse::Cleanup(p) = send_at(&c, b"k", KvRequest::Cleanup(Box::new(r)), current)
+        else {
+            panic!()
+        };
+        *p
+    };
+    let live = cleanup(ms(50));
+    assert_eq!(live.error.unwrap().locked.unwrap().lock_type, Op::SharedLock as i32);
+    assert!(cleanup(ms(500)).error.is_none());
+    assert_eq!(holders(&c, b"k"), vec![start + 1]);
+    // A region-wide ResolveLock commits only the named holder's share.
+    assert!(prewrite(&c, b"k", share_prewrite(b"k", b"p2", start + 1)).errors.is_empty());
+    let resolve = kvrpcpb::ResolveLockRequest {
+        start_version: start + 1,
+        commit_version: start + 9,
+        ..Default::default()
+    };
+    let KvResponse::ResolveLock(p) = send(&c, b"k", KvRequest::ResolveLock(Box::new(resolve)))
+    else {
+        panic!()
+    };
+    assert!(p.error.is_none(), "{p:?}");
+    assert!(c.locks().is_empty());
+    assert_eq!(c.commit_record(b"k", start + 1).unwrap().commit_ts, start + 9);
+}
+
+#[test]
+fn pessimistic_rollback_without_keys_drops_only_that_share() {
+    let c = cluster();
+    assert!(lock(&c, share_req(&[b"k"], b"p1", 10)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p2", 20)).errors.is_empty());
+    pessimistic_rollback(&c, b"k", &[], 20, 20);
+    assert_eq!(holders(&c, b"k"), vec![10]);
+    assert!(c.commit_record(b"k", 20).is_none(), "a pessimistic rollback writes no record");
+}
+
+#[test]
+fn waiting_on_shares_closes_a_deadlock_through_any_holder() {
+    let c = cluster();
+    assert!(lock(&c, lock_req(&[b"a"], 20, 20)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p1", 10)).errors.is_empty());
+    assert!(lock(&c, share_req(&[b"k"], b"p3", 30)).errors.is_empty());
+    // 10 waits for 20's lock on `a`.
+    let mut r10 = lock_req(&[b"a"], 10, 10);
+    r10.wait_timeout = 0;
+    let _t10 = parked(lock_waiting(&c, r10, T0));
+    // 20 waits for the shares of 10 and 30: a cycle through 10.
+    let mut r20 = lock_req(&[b"k"], 20, 20);
+    r20.wait_timeout = 0;
+    assert!(ready(lock_waiting(&c, r20.clone(), T0)).errors[0].locked.is_some(), "shrink-only");
+    let answer = ready(lock_waiting(&c, r20, T0));
+    let deadlock = answer.errors[0].deadlock.clone().expect("a deadlock");
+    assert_eq!(&deadlock.lock_key[..], b"k");
+    assert_eq!(c.lock_waiters(), 1);
+}

@@ -3,8 +3,9 @@
 //! conflicts, inserts, async commit and 1PC, a large transaction over many
 //! regions with a split and leader moves during the commit, concurrent bank
 //! transfers, lazy scans, and reads at a future timestamp; pessimistic
-//! transactions: contended counters, no-wait and bounded waits, and locks
-//! released by rollback and by drop.
+//! transactions: contended counters, no-wait and bounded waits, locks
+//! released by rollback and by drop, and shared locks held by several
+//! transactions at once.
 //!
 //! Each test is an `async fn` generic over the [`Harness`] that takes the
 //! [`Bed`] to run on; [`txn_suite!`](crate::txn_suite) stamps them out as
@@ -56,6 +57,7 @@ macro_rules! txn_suite {
             pessimistic_counters_lose_no_update,
             pessimistic_locks_hold_until_rolled_back_or_dropped,
             a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
+            shared_locks_are_held_together_and_released_one_by_one,
             begin_at_a_chosen_ts_checkpoints_and_introspection,
             fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them,
             interceptors_see_change_and_refuse_store_rpcs,
@@ -607,6 +609,129 @@ pub async fn a_pessimistic_deadlock_fails_one_side_and_the_other_commits<H: Harn
     a.commit().await.expect("the survivor commits");
     let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
     assert_eq!(snap.get("z").await.expect("get").as_deref(), Some(&b"from a"[..]));
+    server.shutdown().await;
+}
+
+/// The start ts of every holder of `key`'s shared locks, in order (empty
+/// when the key holds no shared lock).
+fn share_holders(server: &SimHandle, key: &[u8]) -> Vec<u64> {
+    let shared = tikv_proto::kvrpcpb::Op::SharedLock as i32;
+    let mut holders: Vec<u64> = server
+        .cluster()
+        .locks()
+        .into_iter()
+        .filter(|l| &l.key[..] == key && l.lock_type == shared)
+        .flat_map(|l| l.shared_lock_infos.into_iter().map(|h| h.lock_version))
+        .collect();
+    holders.sort();
+    holders
+}
+
+/// Shared pessimistic locks end to end: four transactions lock one key in
+/// share mode at once (each under its own primary); another transaction
+/// can neither take it (no-wait, bounded wait) nor write it meanwhile; an
+/// exclusive locker waits while a rollback, a drop and one commit each
+/// release only their own share, and gets the key once the last holder
+/// commits. Both committers leave a `Lock` record on the key.
+pub async fn shared_locks_are_held_together_and_released_one_by_one<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+    let shared = LockOptions::new().in_share_mode();
+    let mut sharers = Vec::new();
+    for primary in ["p1", "p2", "p5", "p6"] {
+        let mut t = client.begin_with_options(pessimistic()).await.expect("begin");
+        t.lock_keys([primary], LockOptions::new()).await.expect("the primary");
+        t.lock_keys(["s"], shared.clone()).await.expect("holders do not block each other");
+        sharers.push(t);
+    }
+    let ts: Vec<u64> = sharers.iter().map(|t| t.start_timestamp().version()).collect();
+    assert_eq!(share_holders(&server, b"s"), ts);
+    let mut t6 = sharers.pop().expect("four");
+    let t5 = sharers.pop().expect("three");
+    let mut t2 = sharers.pop().expect("two");
+    let mut t1 = sharers.pop().expect("one");
+
+    // Nobody else takes or writes the key meanwhile.
+    let mut other = client.begin_with_options(pessimistic()).await.expect("begin");
+    match other.lock_keys(["s"], LockOptions::new().no_wait()).await {
+        Err(Error::LockAcquireFailAndNoWaitSet) => {}
+        res => panic!("expected a no-wait failure on the shares, got {res:?}"),
+    }
+    let bounded = LockOptions::new().wait_timeout(std::time::Duration::from_millis(200));
+    match other.lock_keys(["s"], bounded).await {
+        Err(Error::LockWaitTimeout) => {}
+        res => panic!("expected a lock wait timeout on the shares, got {res:?}"),
+    }
+    other.rollback().await.expect("rollback");
+    let mut writer = client.begin().await.expect("begin");
+    writer.put("s", "blind").expect("put");
+    let write = H::spawn(async move { writer.commit().await });
+
+    // An exclusive locker waits for every holder.
+    let waiter_done = Arc::new(AtomicU64::new(0));
+    let mut exclusive = client.begin_with_options(pessimistic()).await.expect("begin");
+    let waiting = H::spawn({
+        let done = waiter_done.clone();
+        async move {
+            let wait = LockOptions::new().wait_timeout(std::time::Duration::from_secs(30));
+            let locked = exclusive.lock_keys(["s"], wait).await.map(drop);
+            done.store(1, Ordering::SeqCst);
+            (exclusive, locked)
+        }
+    });
+    H::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(waiter_done.load(Ordering::SeqCst), 0, "four holders");
+
+    // A rollback and a drop release only their own share.
+    t5.rollback().await.expect("rollback");
+    assert_eq!(share_holders(&server, b"s"), vec![ts[0], ts[1], ts[3]]);
+    t6.put("p6", "gone").expect("put");
+    drop(t6);
+    let mut released = false;
+    for _ in 0..100 {
+        if share_holders(&server, b"s") == vec![ts[0], ts[1]] {
+            released = true;
+            break;
+        }
+        H::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(released, "the dropped transaction's share was released within 2 s");
+    H::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(waiter_done.load(Ordering::SeqCst), 0, "two holders left");
+
+    // Both holders commit; the exclusive locker gets the key after the last.
+    t1.put("p1", "one").expect("put");
+    t1.commit().await.expect("the first holder commits");
+    let mut gone = false;
+    for _ in 0..100 {
+        if share_holders(&server, b"s") == vec![ts[1]] {
+            gone = true;
+            break;
+        }
+        H::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the first holder's share is committed (a background secondary)");
+    H::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(waiter_done.load(Ordering::SeqCst), 0, "one holder left");
+    t2.put("p2", "two").expect("put");
+    t2.commit().await.expect("the second holder commits");
+    let (mut exclusive, locked) = waiting.await;
+    locked.expect("the exclusive locker gets the key after the last holder");
+    assert!(share_holders(&server, b"s").is_empty());
+    exclusive.put("s", "exclusive").expect("put");
+    exclusive.commit().await.expect("commit");
+    for t in [ts[0], ts[1]] {
+        let record = server.cluster().commit_record(b"s", t).expect("a record");
+        assert_eq!(record.kind, tikv_sim::WriteKind::Lock);
+    }
+    // The blind write met the shares and then the holders' commit records
+    // above its start ts: it fails and writes nothing.
+    match write.await {
+        Err(e) if e.is_write_conflict() => {}
+        res => panic!("a write under shared locks must not commit: {res:?}"),
+    }
+    let snap = client.snapshot(client.current_timestamp().await.expect("ts"));
+    assert_eq!(snap.get("s").await.expect("get").as_deref(), Some(&b"exclusive"[..]));
+    assert!(server.cluster().locks().is_empty(), "no lock left");
     server.shutdown().await;
 }
 

@@ -48,7 +48,8 @@ impl Lock {
     /// The locks described by `info`: one, or the inner locks of a shared
     /// lock wrapper (client-go expands them before resolving).
     pub fn from_info(info: &kvrpcpb::LockInfo) -> Vec<Lock> {
-        if !info.shared_lock_infos.is_empty() {
+        // A wrapper with no holders left (ScanLock filters them) is no lock.
+        if info.lock_type == kvrpcpb::Op::SharedLock as i32 || !info.shared_lock_infos.is_empty() {
             return info.shared_lock_infos.iter().flat_map(Lock::from_info).collect();
         }
         vec![Lock {

@@ -432,3 +432,15 @@ fn impossible_answers_fail_the_resolution() {
     }
     insta::assert_snapshot!(out);
 }
+
+/// `ScanLock` may answer a shared-lock wrapper whose holders were all
+/// filtered out: it stands for no lock at all.
+#[test]
+fn a_shared_lock_wrapper_without_holders_is_no_lock() {
+    let wrapper = kvrpcpb::LockInfo {
+        key: "k".into(),
+        lock_type: kvrpcpb::Op::SharedLock as i32,
+        ..Default::default()
+    };
+    assert!(Lock::from_info(&wrapper).is_empty());
+}

@@ -452,7 +452,7 @@ impl KeyPlan for PrewritePlan {
                 // Held back: reported only if nothing else failed.
                 self.assertion_error.get_or_insert(Error::AssertionFailed(Box::new(e)));
             } else {
-                self.error.get_or_insert(Error::KeyError(Box::new(e)));
+                self.error.get_or_insert(Error::from_key_error(e));
             }
         }
         if !locked_keys.is_empty() {
@@ -716,7 +716,7 @@ impl KeyPlan for KeysPlan {
             other => return Err(Error::malformed(format!("unexpected {}", other.name()))),
         };
         match error {
-            Some(e) => Err(Error::KeyError(Box::new(e))),
+            Some(e) => Err(Error::from_key_error(e)),
             None => Ok(()),
         }
     }
@@ -1313,7 +1313,7 @@ impl Committer {
                 // record: a resolver rolled the transaction back.
                 self.finish(Err(Error::KeyError(Box::new(e))));
             }
-            Ok(Err(e)) => self.finish(Err(Error::KeyError(Box::new(e)))),
+            Ok(Err(e)) => self.finish(Err(Error::from_key_error(e))),
             Err(e) if self.commit_lost_answer => {
                 // The commit point's answer is unknown: a Commit that was
                 // sent may have been applied.

@@ -471,7 +471,7 @@ impl LockPlan {
             } else if let Some(c) = &e.conflict {
                 self.error.get_or_insert(Error::write_conflict(c));
             } else {
-                self.error.get_or_insert(Error::KeyError(Box::new(e.clone())));
+                self.error.get_or_insert(Error::from_key_error(e.clone()));
             }
         }
         retry

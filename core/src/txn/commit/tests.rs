@@ -1272,3 +1272,81 @@ fn for_update_ts_constraints_follow_their_keys_into_each_batch() {
         ]
     );
 }
+
+/// A prewrite meeting other transactions' shared locks resolves each
+/// holder as its own lock (client-go iterates `shared_lock_infos`), then
+/// prewrites again; a share TiKV reports lost is a typed error.
+#[test]
+fn shared_locks_met_are_resolved_per_holder_and_a_lost_share_is_typed() {
+    let holder = |primary: &str, start_ms: i64| kvrpcpb::LockInfo {
+        primary_lock: primary.to_string().into(),
+        key: "b".into(),
+        lock_version: ts(start_ms),
+        lock_type: kvrpcpb::Op::PessimisticLock as i32,
+        ..Default::default()
+    };
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                locked: Some(kvrpcpb::LockInfo {
+                    key: "b".into(),
+                    lock_type: kvrpcpb::Op::SharedLock as i32,
+                    shared_lock_infos: vec![holder("q1", 300), holder("q2", 310)],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))),
+    );
+    for _ in 0..2 {
+        c.fault("check_txn_status", respond(KvResponse::CheckTxnStatus(Default::default())));
+        // Pessimistic holders found rolled back are pessimistically rolled back.
+        let rollback = KvResponse::PessimisticRollback(Default::default());
+        c.fault("pessimistic_rollback", respond(rollback));
+    }
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (log, result) = drive(committer(&["a", "b"], CommitOptions::default()), &mut c);
+    if let Err(e) = result {
+        panic!("not committed after resolving both holders: {e:?}\n{log}");
+    }
+    let checked: Vec<(Bytes, u64)> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::CheckTxnStatus(s) => Some((s.primary_key.clone(), s.lock_ts)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        checked,
+        vec![(Bytes::from("q1"), ts(300)), (Bytes::from("q2"), ts(310))],
+        "each holder's primary is checked: {log}"
+    );
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            errors: vec![kvrpcpb::KeyError {
+                shared_lock_lost: Some(kvrpcpb::SharedLockLost {
+                    key: "b".into(),
+                    start_ts: ts(500),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))),
+    );
+    let (log, result) = drive(committer(&["a", "b"], CommitOptions::default()), &mut c);
+    match result {
+        Err(Error::SharedLockLost { key, start_ts }) => {
+            assert_eq!((key, start_ts), (Key::from("b"), ts_at(500)), "{log}");
+        }
+        other => panic!("{other:?}\n{log}"),
+    }
+    assert!(!c.received.iter().any(|r| matches!(r, KvRequest::Commit(_))), "nothing committed");
+}
