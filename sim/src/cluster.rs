@@ -692,17 +692,13 @@ pub(crate) fn keyspace_meta(name: &str, id: u32) -> keyspacepb::KeyspaceMeta {
     }
 }
 
-macro_rules! region_error_setter {
-    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// Puts a region error into any TiKV response.
-        pub(crate) fn set_region_error(resp: &mut KvResponse, err: errorpb::Error) {
-            match resp {
-                $(KvResponse::$variant(r) => r.region_error = Some(err),)*
-            }
-        }
-    };
+/// Puts a region error into any TiKV response that has the field (a store
+/// RPC's has none: it is left as it is).
+pub(crate) fn set_region_error(resp: &mut KvResponse, err: errorpb::Error) {
+    if let Some(field) = resp.region_error_mut() {
+        *field = Some(err);
+    }
 }
-tikv_core::for_each_kv_rpc!(region_error_setter);
 
 /// Why a raw command did not run: a region error (goes to `region_error`) or
 /// a storage error (goes to the response's `error` string or key error).
@@ -1226,6 +1222,8 @@ impl State {
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }
+            // TiKV's answer has no fields: the broadcast is best effort.
+            KvRequest::BroadcastTxnStatus(_) => KvResponse::BroadcastTxnStatus(Box::default()),
         };
         Ok(KvAnswer::Ready(with_read_details(resp, get_key_len)))
     }
