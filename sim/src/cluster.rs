@@ -16,6 +16,7 @@ use tikv_core::time::Instant;
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb};
 
 use crate::lock_wait::KvAnswer;
+use crate::txn_status_cache::CachedTxnState;
 
 use tikv_core::key::memcomparable;
 
@@ -339,6 +340,9 @@ pub(crate) struct State {
     /// applies instantly, so it is also every peer's safe ts). Advanced only
     /// in the joined mode; a region without an entry has 0.
     pub(crate) resolved_ts: BTreeMap<u64, u64>,
+    /// Store id → its txn status cache, filled by `BroadcastTxnStatus`
+    /// ([`crate::txn_status_cache`]).
+    pub(crate) txn_status_caches: BTreeMap<u64, crate::txn_status_cache::TxnStatusCache>,
     /// Parked `PessimisticLock` requests ([`crate::lock_wait`]).
     pub(crate) lock_waits: crate::lock_wait::LockWaits,
     /// TiKV requests that reached a running store, by (store, command,
@@ -416,6 +420,13 @@ impl Cluster {
         now: Instant,
     ) -> Result<PdResponse, RpcError> {
         self.lock().handle_pd(member, req, now)
+    }
+
+    /// What store `store_id`'s txn status cache holds for transaction
+    /// `start_ts` (TiKV `TxnStatusCache::get`), as `BroadcastTxnStatus`
+    /// left it.
+    pub fn cached_txn_status(&self, store_id: u64, start_ts: u64) -> Option<CachedTxnState> {
+        self.lock().txn_status_caches.get(&store_id).and_then(|c| c.get(start_ts))
     }
 
     /// How many `command` requests (the method name, e.g. `raw_get`,
@@ -762,6 +773,7 @@ impl State {
             region_error_kinds: Vec::new(),
             last_now: Instant::ZERO,
             resolved_ts: BTreeMap::new(),
+            txn_status_caches: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
             cfg,
@@ -1118,14 +1130,17 @@ impl State {
                 message: "the cluster id of the request does not match the TiKV cluster".to_owned(),
             });
         }
-        if let Some(err) =
-            Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd)
+        // A store RPC (`BroadcastTxnStatus`) has no region to fail on.
+        let regional = req.response_template().region_error_mut().is_some();
+        if let Some(err) = regional
+            .then(|| Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd))
+            .flatten()
         {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(KvAnswer::Ready(resp));
         }
-        if let Some(err) = self.random_region_error(ctx.region_id) {
+        if let Some(err) = regional.then(|| self.random_region_error(ctx.region_id)).flatten() {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(KvAnswer::Ready(resp));
@@ -1222,8 +1237,12 @@ impl State {
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }
-            // TiKV's answer has no fields: the broadcast is best effort.
-            KvRequest::BroadcastTxnStatus(_) => KvResponse::BroadcastTxnStatus(Box::default()),
+            // TiKV's `update_txn_status_cache`; the answer has no fields.
+            KvRequest::BroadcastTxnStatus(r) => {
+                let cache = self.txn_status_caches.entry(store_id).or_default();
+                r.txn_status.iter().for_each(|status| cache.apply(status));
+                KvResponse::BroadcastTxnStatus(Box::default())
+            }
         };
         Ok(KvAnswer::Ready(with_read_details(resp, get_key_len)))
     }
