@@ -490,6 +490,8 @@ impl ApiCodec {
             KvRequest::UnsafeDestroyRange(r) => {
                 self.encode_range_fields(&mut r.start_key, &mut r.end_key, false)
             }
+            // Timestamps only.
+            KvRequest::BroadcastTxnStatus(_) => {}
         }
         Ok(())
     }
@@ -555,8 +557,9 @@ impl ApiCodec {
                 self.decode_split_regions(r)?;
                 self.decode_key_errors(&mut r.errors)?;
             }
-            // No keys beyond the region error.
-            KvResponse::DeleteRange(_)
+            // No keys beyond the region error (none at all for a broadcast).
+            KvResponse::BroadcastTxnStatus(_)
+            | KvResponse::DeleteRange(_)
             | KvResponse::RawGet(_)
             | KvResponse::RawPut(_)
             | KvResponse::RawBatchPut(_)
@@ -572,14 +575,7 @@ impl ApiCodec {
     }
 
     fn decode_region_error_of(&self, resp: &mut KvResponse) -> Result<(), Error> {
-        macro_rules! region_error_mut {
-            ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-                match resp {
-                    $(KvResponse::$variant(r) => r.region_error.as_mut(),)*
-                }
-            };
-        }
-        match crate::for_each_kv_rpc!(region_error_mut) {
+        match resp.region_error_mut().and_then(Option::as_mut) {
             Some(e) => self.decode_region_error(e),
             None => Ok(()),
         }

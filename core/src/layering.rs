@@ -77,6 +77,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("txn/fair_locking.rs"),
             include_str!("txn/pipelined.rs"),
             include_str!("txn/pipelined/commit.rs"),
+            include_str!("txn/pipelined/broadcast.rs"),
         ],
     ),
     ("gc", &[include_str!("gc.rs")]),

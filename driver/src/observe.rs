@@ -594,6 +594,14 @@ pub(crate) fn background_failed(task: &'static str, error: &Error) {
     tracing::warn!(target: "tikv_driver", task, error = %error, "background work failed");
 }
 
+/// Logs (INFO, as client-go) each store a `BroadcastTxnStatus` did not
+/// reach: the broadcast is best effort.
+pub(crate) fn broadcast_failures(outcome: &tikv_core::txn::pipelined::BroadcastOutcome) {
+    for (store_id, why) in &outcome.failed {
+        tracing::info!(target: "tikv_driver", store_id, error = %why, "broadcast txn status failed");
+    }
+}
+
 /// Reports a background result: nothing on success, a WARN on failure.
 pub(crate) fn background_result<T>(task: &'static str, result: &Result<T, Error>) {
     if let Err(e) = result {

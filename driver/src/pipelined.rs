@@ -11,11 +11,13 @@ use tikv_core::Error;
 use tikv_core::key::{Key, KvPair, Value};
 use tikv_core::pd::Timestamp;
 use tikv_core::range_task::RangeTaskRunner;
+use tikv_core::rpc::RequestTags;
 use tikv_core::time::Duration;
 use tikv_core::txn::pipelined::{
-    Flush, FlushGeneration, FlushRequest, FlushStart, FlushThresholds, LocalRead, PipelinedBuffer,
-    PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive, PipelinedTxnStatus,
-    RESOLVE_FLUSHED_CONCURRENCY, ResolveFlushedHandler, buffer_batch_get, resolve_flushed,
+    BROADCAST_GRACE_PERIOD, BroadcastTxnStatus, Flush, FlushGeneration, FlushRequest, FlushStart,
+    FlushThresholds, LocalRead, PipelinedBuffer, PipelinedCommit, PipelinedCommitRequest,
+    PipelinedKeepAlive, PipelinedTxnStatus, RESOLVE_FLUSHED_CONCURRENCY, ResolveFlushedHandler,
+    TxnStatusUpdate, buffer_batch_get, resolve_flushed,
 };
 use tikv_proto::kvrpcpb;
 
@@ -209,6 +211,13 @@ impl<P: Platform> TransactionClient<P> {
 /// [`rollback`](Self::rollback), or dropping the transaction, rolls every
 /// flushed lock back the same way. No range scans (client-go's pipelined
 /// buffer has no iterator either).
+///
+/// Every store is told the transaction's status in the background
+/// (TiKV's `BroadcastTxnStatus`, which feeds its resolved-ts worker): the
+/// `min_commit_ts` after each heartbeat, the commit ts once the primary is
+/// committed or the rollback, and the completion
+/// [`BROADCAST_GRACE_PERIOD`] after the flushed locks are resolved. None
+/// of it is waited for or can fail a call.
 #[must_use = "a transaction writes nothing until committed; dropped, its locks are rolled back"]
 pub struct PipelinedTransaction<P: Platform> {
     core: Arc<ClientCore<P>>,
@@ -442,9 +451,26 @@ impl<P: Platform> PipelinedTransaction<P> {
         // The commit settled the primary's fate: no more heartbeats.
         self.keep_alive = None;
         if let Some(resolve) = op.take_follow_up() {
-            let task =
-                if result.is_ok() { "pipelined_resolve_commit" } else { "pipelined_rollback" };
-            self.core.spawn_op(task, resolve, &self.interceptors);
+            let min_commit_ts = self.min_commit_ts();
+            let (task, status, commit_ts) = match &result {
+                Ok(ts) => (
+                    "pipelined_resolve_commit",
+                    TxnStatusUpdate::committed(self.start_ts, min_commit_ts, *ts),
+                    *ts,
+                ),
+                Err(_) => (
+                    "pipelined_rollback",
+                    TxnStatusUpdate::rolled_back(self.start_ts, min_commit_ts, false),
+                    Timestamp::ZERO,
+                ),
+            };
+            self.spawn_broadcast(status);
+            let settle = self.settler();
+            self.core.spawn_counted(async move {
+                let result = settle.core.run(task, resolve, &settle.chain).await;
+                observe::background_result(task, &result);
+                settle.complete_after_grace(result.is_ok(), commit_ts);
+            });
         }
         result
     }
@@ -459,8 +485,17 @@ impl<P: Platform> PipelinedTransaction<P> {
         // Its outcome changes nothing: what it wrote is in the range.
         let _ = self.collect_flush(true).await;
         self.keep_alive = None;
-        match self.rollback_op() {
-            Some(op) => self.core.run("pipelined_rollback", op, &self.interceptors).await.map(drop),
+        let op = self.rollback_op();
+        // client-go's `Rollback`: complete at once when nothing was flushed.
+        let status =
+            TxnStatusUpdate::rolled_back(self.start_ts, self.min_commit_ts(), op.is_none());
+        self.spawn_broadcast(status);
+        match op {
+            Some(op) => {
+                let result = self.core.run("pipelined_rollback", op, &self.interceptors).await;
+                self.settler().complete_after_grace(result.is_ok(), Timestamp::ZERO);
+                result.map(drop)
+            }
             None => Ok(()),
         }
     }
@@ -476,6 +511,27 @@ impl<P: Platform> PipelinedTransaction<P> {
             Timestamp::ZERO,
             self.pipelined.resolve_concurrency,
         ))
+    }
+
+    /// The `min_commit_ts` the heartbeats last pushed the primary to (the
+    /// start ts before any).
+    fn min_commit_ts(&self) -> Timestamp {
+        self.status.as_ref().map_or(self.start_ts, |s| s.min_commit_ts().max(self.start_ts))
+    }
+
+    fn settler(&self) -> Settler<P> {
+        Settler {
+            core: self.core.clone(),
+            chain: self.interceptors.clone(),
+            tags: self.options.commit.tags.clone(),
+            start_ts: self.start_ts,
+        }
+    }
+
+    /// Tells every store `status` in the background.
+    fn spawn_broadcast(&self, status: TxnStatusUpdate) {
+        let settle = self.settler();
+        self.core.spawn_counted(async move { settle.broadcast(status).await });
     }
 
     fn check_active(&self) -> Result<(), Error> {
@@ -625,15 +681,56 @@ impl<P: Platform> PipelinedTransaction<P> {
         self.keep_alive = None;
         let Some(op) = self.rollback_op() else { return };
         let in_flight = self.in_flight.take();
-        let core = self.core.clone();
-        let chain = self.interceptors.clone();
+        let status = TxnStatusUpdate::rolled_back(self.start_ts, self.min_commit_ts(), false);
+        let settle = self.settler();
         self.core.spawn_counted(async move {
             if let Some(flush) = in_flight {
                 let _ = flush.await;
             }
-            let result = core.run("pipelined_rollback", op, &chain).await;
+            settle.broadcast(status).await;
+            let result = settle.core.run("pipelined_rollback", op, &settle.chain).await;
             observe::background_result("pipelined_rollback", &result);
+            settle.complete_after_grace(result.is_ok(), Timestamp::ZERO);
         });
+    }
+}
+
+/// What the background end of a pipelined transaction needs once the
+/// transaction itself is gone.
+struct Settler<P: Platform> {
+    core: Arc<ClientCore<P>>,
+    chain: Interceptors,
+    tags: RequestTags,
+    start_ts: Timestamp,
+}
+
+impl<P: Platform> Settler<P> {
+    /// client-go `broadcastToAllStores`: failures are logged, never
+    /// returned.
+    async fn broadcast(&self, status: TxnStatusUpdate) {
+        let op = BroadcastTxnStatus::new(self.core.view.clone(), vec![status], self.tags.clone());
+        match self.core.run("pipelined_broadcast", op, &self.chain).await {
+            Ok(outcome) => observe::broadcast_failures(&outcome),
+            // A closed client has nobody left to tell.
+            Err(Error::Closed) => {}
+            Err(e) => observe::background_failed("pipelined_broadcast", &e),
+        }
+    }
+
+    /// After the flushed locks are resolved (`resolved`), tells every store
+    /// the transaction is complete once [`BROADCAST_GRACE_PERIOD`] has
+    /// passed (client-go waits so a follower that has not applied the
+    /// resolution yet still finds the status). Not counted among the work
+    /// `close` waits for: a closing client skips it.
+    fn complete_after_grace(self, resolved: bool, commit_ts: Timestamp) {
+        if !resolved {
+            return;
+        }
+        let rt = self.core.rt.clone();
+        rt.spawn(Box::pin(async move {
+            self.core.rt.sleep_until(self.core.rt.now() + BROADCAST_GRACE_PERIOD).await;
+            self.broadcast(TxnStatusUpdate::completed(self.start_ts, commit_ts)).await;
+        }));
     }
 }
 

@@ -406,7 +406,11 @@ impl Cluster {
     /// no later commit lands at or below it), and every region's resolved ts
     /// becomes `min(ts, oldest prewrite lock start_ts in the region)`
     /// (`Resolver::resolve`; pessimistic locks do not hold it back), never
-    /// going backwards. Returns, per store, the minimum over the regions it
+    /// going backwards. A pipelined transaction's lock (generation > 0, a
+    /// large transaction to the resolver) holds it at the bound the
+    /// leader's txn status cache gives instead (`oldest_transaction`:
+    /// cached `min_commit_ts - 1`, or start ts - 1, or nothing once the
+    /// cache says committed or rolled back). Returns, per store, the minimum over the regions it
     /// holds a peer of: what the store reports in `ReportMinResolvedTS`
     /// (stores without regions are left out).
     pub(crate) fn advance_resolved_ts(&self, ts: u64) -> BTreeMap<u64, u64> {
@@ -449,6 +453,7 @@ impl State {
         let mut resolved = BTreeMap::new();
         for region in st.regions.values() {
             let start = region.meta.start_key.to_vec();
+            let cache = st.txn_status_caches.get(&region.leader_store);
             let oldest_lock = st
                 .mvcc
                 .locks
@@ -457,7 +462,11 @@ impl State {
                     region.meta.end_key.is_empty() || k[..] < region.meta.end_key[..]
                 })
                 .filter(|(_, l)| l.lock_type != LockType::Pessimistic)
-                .map(|(_, l)| l.ts)
+                .filter_map(|(_, l)| match cache {
+                    _ if l.generation == 0 => Some(l.ts),
+                    Some(cache) => cache.resolved_ts_bound(l.ts),
+                    None => Some(l.ts.saturating_sub(1)),
+                })
                 .min();
             let now = oldest_lock.map_or(ts, |l| l.min(ts));
             let before = st.resolved_ts.get(&region.meta.id).copied().unwrap_or(0);
@@ -952,6 +961,52 @@ mod tests {
         let remove_learner = [change(ConfChangeType::RemoveNode, 12, 2)];
         c.change_peers(1, 10, epoch(8, 1), &remove_learner, simple).unwrap();
         assert_eq!(roles(&c, 10), vec![(11, 1, Voter), (13, 3, Voter)]);
+    }
+
+    /// A pipelined lock holds the resolved ts at start ts - 1 until the
+    /// leader's txn status cache knows better: at the broadcast
+    /// `min_commit_ts - 1`, not at all once it is committed (TiKV's
+    /// resolver for large transactions).
+    #[test]
+    fn pipelined_locks_hold_the_resolved_ts_where_the_txn_status_cache_says() {
+        use tikv_proto::kvrpcpb;
+        let c = bootstrapped();
+        let flush = kvrpcpb::FlushRequest {
+            context: c.context_for(10),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            }],
+            primary_key: "k".into(),
+            start_ts: 100,
+            generation: 1,
+            lock_ttl: 3000,
+            ..Default::default()
+        };
+        let resp = c.handle_kv(1, flush.into(), tikv_core::time::Instant::ZERO).unwrap();
+        assert!(resp.region_error().is_none(), "{}", resp.name());
+        assert_eq!(c.locks().len(), 1);
+        assert_eq!(c.advance_resolved_ts(200), BTreeMap::from([(1, 99)]), "not cached");
+        let broadcast = |store: u64, min_commit_ts: u64, commit_ts: u64| {
+            let req = kvrpcpb::BroadcastTxnStatusRequest {
+                txn_status: vec![kvrpcpb::TxnStatus {
+                    start_ts: 100,
+                    min_commit_ts,
+                    commit_ts,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            c.handle_kv(store, req.into(), tikv_core::time::Instant::ZERO).unwrap();
+        };
+        broadcast(2, 150, 0);
+        assert_eq!(c.advance_resolved_ts(200), BTreeMap::from([(1, 99)]), "not the leader's cache");
+        broadcast(1, 150, 0);
+        assert_eq!(c.advance_resolved_ts(200), BTreeMap::from([(1, 149)]));
+        broadcast(1, 150, 180);
+        assert_eq!(c.advance_resolved_ts(300), BTreeMap::from([(1, 300)]), "committed");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tikv_core::time::Instant;
 use tikv_proto::{errorpb, keyspacepb, kvrpcpb, metapb};
 
 use crate::lock_wait::KvAnswer;
+use crate::txn_status_cache::CachedTxnState;
 
 use tikv_core::key::memcomparable;
 
@@ -362,6 +363,9 @@ pub(crate) struct State {
     /// Stale reads per (store, served): served from the peer's own data,
     /// or refused with `DataIsNotReady` ([`Cluster::stale_read_count`]).
     pub(crate) stale_reads: BTreeMap<(u64, bool), u64>,
+    /// Store id → its txn status cache, filled by `BroadcastTxnStatus`
+    /// ([`crate::txn_status_cache`]).
+    pub(crate) txn_status_caches: BTreeMap<u64, crate::txn_status_cache::TxnStatusCache>,
     /// Parked `PessimisticLock` requests ([`crate::lock_wait`]).
     pub(crate) lock_waits: crate::lock_wait::LockWaits,
     /// TiKV requests that reached a running store, by (store, command,
@@ -439,6 +443,13 @@ impl Cluster {
         now: Instant,
     ) -> Result<PdResponse, RpcError> {
         self.lock().handle_pd(member, req, now)
+    }
+
+    /// What store `store_id`'s txn status cache holds for transaction
+    /// `start_ts` (TiKV `TxnStatusCache::get`), as `BroadcastTxnStatus`
+    /// left it.
+    pub fn cached_txn_status(&self, store_id: u64, start_ts: u64) -> Option<CachedTxnState> {
+        self.lock().txn_status_caches.get(&store_id).and_then(|c| c.get(start_ts))
     }
 
     /// How many `command` requests (the method name, e.g. `raw_get`,
@@ -721,17 +732,13 @@ pub(crate) fn keyspace_meta(name: &str, id: u32) -> keyspacepb::KeyspaceMeta {
     }
 }
 
-macro_rules! region_error_setter {
-    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// Puts a region error into any TiKV response.
-        pub(crate) fn set_region_error(resp: &mut KvResponse, err: errorpb::Error) {
-            match resp {
-                $(KvResponse::$variant(r) => r.region_error = Some(err),)*
-            }
-        }
-    };
+/// Puts a region error into any TiKV response that has the field (a store
+/// RPC's has none: it is left as it is).
+pub(crate) fn set_region_error(resp: &mut KvResponse, err: errorpb::Error) {
+    if let Some(field) = resp.region_error_mut() {
+        *field = Some(err);
+    }
 }
-tikv_core::for_each_kv_rpc!(region_error_setter);
 
 /// Why a raw command did not run: a region error (goes to `region_error`) or
 /// a storage error (goes to the response's `error` string or key error).
@@ -800,6 +807,7 @@ impl State {
             resolved_ts_interval: Some(DEFAULT_RESOLVED_TS_INTERVAL),
             last_resolved_round: None,
             stale_reads: BTreeMap::new(),
+            txn_status_caches: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
             cfg,
@@ -1156,14 +1164,17 @@ impl State {
                 message: "the cluster id of the request does not match the TiKV cluster".to_owned(),
             });
         }
-        if let Some(err) =
-            Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd)
+        // A store RPC (`BroadcastTxnStatus`) has no region to fail on.
+        let regional = req.response_template().region_error_mut().is_some();
+        if let Some(err) = regional
+            .then(|| Self::take_injection(&mut self.region_errors, store_id, ctx.region_id, cmd))
+            .flatten()
         {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(KvAnswer::Ready(resp));
         }
-        if let Some(err) = self.random_region_error(ctx.region_id) {
+        if let Some(err) = regional.then(|| self.random_region_error(ctx.region_id)).flatten() {
             let mut resp = req.response_template();
             set_region_error(&mut resp, err);
             return Ok(KvAnswer::Ready(resp));
@@ -1270,6 +1281,12 @@ impl State {
             }
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
+            }
+            // TiKV's `update_txn_status_cache`; the answer has no fields.
+            KvRequest::BroadcastTxnStatus(r) => {
+                let cache = self.txn_status_caches.entry(store_id).or_default();
+                r.txn_status.iter().for_each(|status| cache.apply(status));
+                KvResponse::BroadcastTxnStatus(Box::default())
             }
         };
         Ok(KvAnswer::Ready(with_read_details(resp, get_key_len)))

@@ -81,7 +81,9 @@
 //!   empty start or end key answers an error where TiKV's assertion stops
 //!   the process; pipelined DML's `Flush` (generations, TiKV's
 //!   `prewrite_with_generation`) and `BufferBatchGet` (a transaction's own
-//!   flushed locks) are executed; coprocessor, GC, import and flashback
+//!   flushed locks) are executed, and `BroadcastTxnStatus` fills the
+//!   store's txn status cache, which the resolved-ts rounds consult for
+//!   pipelined locks ([`txn_status_cache`]); coprocessor, GC, import and flashback
 //!   entries on a `BatchCommands` stream get their own response type
 //!   carrying an error; `GetStoreSafeTS` answers the smallest safe ts of
 //!   the store's peers in the key range (0 before the first round).
@@ -222,9 +224,11 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod tls;
 mod txn;
+pub mod txn_status_cache;
 pub mod world;
 
 pub use admin::DEFAULT_STORE_VERSION;
 pub use cluster::{ApiVersion, Cluster, ClusterConfig, Filter, RandomRegionError, SimError};
 pub use lock_wait::{KvAnswer, LockWaitToken};
 pub use mvcc::{CommitRecord, WriteKind};
+pub use txn_status_cache::CachedTxnState;

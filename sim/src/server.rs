@@ -389,10 +389,6 @@ impl TikvService {
                     ..Default::default()
                 })
             }
-            // TiKV's answer has no fields: the broadcast is best effort.
-            ReqCmd::BroadcastTxnStatus(_) => {
-                RespCmd::BroadcastTxnStatus(kvrpcpb::BroadcastTxnStatusResponse {})
-            }
             _ => return None,
         })
     }

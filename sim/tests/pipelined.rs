@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tikv_core::rpc::{KvRequest, KvResponse};
 use tikv_core::time::Instant;
 use tikv_proto::kvrpcpb::{self, Op};
-use tikv_sim::{Cluster, ClusterConfig};
+use tikv_sim::{CachedTxnState, Cluster, ClusterConfig};
 
 const T0: Instant = Instant::ZERO;
 
@@ -247,4 +247,61 @@ fn heartbeats_push_a_pipelined_primary_min_commit_ts() {
     }
     beat(b"c", 100, 200);
     assert!(get(&c, "c", 150).is_err(), "not pushed");
+}
+
+fn broadcast(c: &Cluster, store: u64, status: kvrpcpb::TxnStatus) {
+    let req = kvrpcpb::BroadcastTxnStatusRequest { txn_status: vec![status], ..Default::default() };
+    match c.handle_kv(store, req.into(), T0).expect("store is up") {
+        KvResponse::BroadcastTxnStatus(_) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+fn txn_status(start_ts: u64, min: u64, commit: u64, rolled_back: bool) -> kvrpcpb::TxnStatus {
+    kvrpcpb::TxnStatus {
+        start_ts,
+        min_commit_ts: min,
+        commit_ts: commit,
+        rolled_back,
+        is_completed: false,
+    }
+}
+
+/// `BroadcastTxnStatus` fills the receiving store's txn status cache only,
+/// with TiKV's rules: `min_commit_ts` never goes down, a decided state is
+/// final, and an ongoing status without a push is kept at the start ts.
+#[test]
+fn broadcasts_fill_each_stores_txn_status_cache_as_tikv_does() {
+    let c = cluster();
+    let stores = c.store_ids();
+    assert!(stores.len() >= 2, "{stores:?}");
+    let (told, other) = (stores[0], stores[1]);
+    broadcast(&c, told, txn_status(100, 150, 0, false));
+    assert_eq!(
+        c.cached_txn_status(told, 100),
+        Some(CachedTxnState::Ongoing { min_commit_ts: 150 })
+    );
+    assert_eq!(c.cached_txn_status(other, 100), None, "a broadcast reaches one store");
+    broadcast(&c, told, txn_status(100, 120, 0, false));
+    assert_eq!(
+        c.cached_txn_status(told, 100),
+        Some(CachedTxnState::Ongoing { min_commit_ts: 150 }),
+        "min_commit_ts only rises"
+    );
+    broadcast(&c, told, txn_status(100, 150, 170, false));
+    assert_eq!(c.cached_txn_status(told, 100), Some(CachedTxnState::Committed { commit_ts: 170 }));
+    broadcast(&c, told, txn_status(100, 200, 0, false));
+    assert_eq!(c.cached_txn_status(told, 100), Some(CachedTxnState::Committed { commit_ts: 170 }));
+    let completed = kvrpcpb::TxnStatus { is_completed: true, ..txn_status(100, 0, 170, false) };
+    broadcast(&c, told, completed);
+    assert_eq!(c.cached_txn_status(told, 100), Some(CachedTxnState::Committed { commit_ts: 170 }));
+
+    broadcast(&c, other, txn_status(300, 0, 0, false));
+    assert_eq!(
+        c.cached_txn_status(other, 300),
+        Some(CachedTxnState::Ongoing { min_commit_ts: 300 })
+    );
+    broadcast(&c, other, txn_status(300, 0, 0, true));
+    assert_eq!(c.cached_txn_status(other, 300), Some(CachedTxnState::RolledBack));
+    assert_eq!(c.kv_request_count(other, "broadcast_txn_status", None), 2);
 }

@@ -301,13 +301,11 @@ fn answer_in(
     }))
 }
 
+/// Puts `e` into the response's `region_error` (a store RPC has none: left as is).
 fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
-    macro_rules! set {
-        ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-            match resp { $(KvResponse::$variant(r) => r.region_error = Some(e),)* }
-        };
+    if let Some(field) = resp.region_error_mut() {
+        *field = Some(e);
     }
-    tikv_core::for_each_kv_rpc!(set);
 }
 
 /// What the fuzzer handed to an operation, for honesty checks.

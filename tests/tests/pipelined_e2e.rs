@@ -2,7 +2,8 @@
 //! both runtimes, each on both beds (the in-process simulator and a real PD
 //! with simulated stores joined to it), and on the simulated platform:
 //! buffers spilled to TiKV in several generations and read back, a reader
-//! meeting the live pipelined locks, commit, rollback and drop, and
+//! meeting the live pipelined locks, commit, rollback and drop, the status
+//! broadcast to every store, and
 //! client-go's restrictions.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use tikv_driver::{
     Error, FlushThresholds, KvPair, PipelinedOptions, Platform, Timestamp, TransactionOptions,
 };
-use tikv_sim::ClusterConfig;
+use tikv_sim::{CachedTxnState, ClusterConfig};
 use tikv_tests::Harness;
 use tikv_tests::harness::{Bed, SimHandle};
 
@@ -34,6 +35,14 @@ macro_rules! pipelined_suite {
         fn rollback_drop_and_a_failed_flush_leave_no_lock() {
             <$harness as Harness>::block_on(
                 super::rollback_drop_and_a_failed_flush_leave_no_lock::<$harness>(Bed::$bed),
+            );
+        }
+        #[test]
+        fn commit_and_rollback_broadcast_the_status_to_every_store() {
+            <$harness as Harness>::block_on(
+                super::commit_and_rollback_broadcast_the_status_to_every_store::<$harness>(
+                    Bed::$bed,
+                ),
             );
         }
         #[test]
@@ -115,6 +124,35 @@ async fn until_no_lock_of<H: Harness>(server: &SimHandle, start: Timestamp) {
         H::sleep(Duration::from_millis(20)).await;
     }
     panic!("locks of {start} left: {:?}", server.cluster().locks());
+}
+
+/// Waits (at most `secs`) until every store's txn status cache holds
+/// `want` for transaction `start`.
+async fn until_every_store_caches<H: Harness>(
+    server: &SimHandle,
+    start: Timestamp,
+    want: CachedTxnState,
+    secs: u64,
+) {
+    let stores = server.cluster().store_ids();
+    for _ in 0..secs * 50 {
+        let cached: Vec<_> = stores
+            .iter()
+            .map(|&id| server.cluster().cached_txn_status(id, start.version()))
+            .collect();
+        if cached.iter().all(|c| *c == Some(want)) {
+            return;
+        }
+        H::sleep(Duration::from_millis(20)).await;
+    }
+    let cached: Vec<_> =
+        stores.iter().map(|&id| server.cluster().cached_txn_status(id, start.version())).collect();
+    panic!("stores {stores:?} cache {cached:?} for {start}, want {want:?}");
+}
+
+fn broadcasts(server: &SimHandle) -> Vec<u64> {
+    let c = server.cluster();
+    c.store_ids().iter().map(|&id| c.kv_request_count(id, "broadcast_txn_status", None)).collect()
 }
 
 fn s(v: Option<tikv_driver::Value>) -> Option<String> {
@@ -343,3 +381,57 @@ macro_rules! pipelined_futures_are_send {
 
 pipelined_futures_are_send!(pipelined_futures_are_send_on_tokio, tikv_tokio);
 pipelined_futures_are_send!(pipelined_futures_are_send_on_async_std, tikv_async_std);
+
+/// TiKV's `BroadcastTxnStatus` as client-go sends it: once the primary is
+/// committed every store caches the commit ts, and after the grace period
+/// after the flushed locks are resolved every store is told again that
+/// the transaction is complete; a rollback is cached as rolled back. None
+/// of it holds up the caller.
+pub async fn commit_and_rollback_broadcast_the_status_to_every_store<H: Harness>(bed: Bed) {
+    let (server, client) = start::<H>(bed).await;
+    let mut txn =
+        client.begin_pipelined(TransactionOptions::default(), small()).await.expect("begin");
+    for i in 0..40 {
+        txn.put(format!("a{i:02}"), "v").await.expect("put");
+        txn.put(format!("z{i:02}"), "v").await.expect("put");
+    }
+    txn.flush(true).await.expect("flush");
+    txn.flush_wait().await.expect("flushed");
+    let start = txn.start_timestamp();
+    let began = std::time::Instant::now();
+    let commit_ts = txn.commit().await.expect("commit");
+    assert!(began.elapsed() < Duration::from_secs(4), "the grace period is not waited for");
+    let committed = CachedTxnState::Committed { commit_ts: commit_ts.version() };
+    until_every_store_caches::<H>(&server, start, committed, 10).await;
+    until_no_lock_of::<H>(&server, start).await;
+    let after_commit = broadcasts(&server);
+    assert!(after_commit.iter().all(|&n| n >= 1), "{after_commit:?}");
+    // The completion: one more broadcast to every store, the grace period
+    // (5 s) after the resolution, the cache still saying committed.
+    let mut completed = false;
+    for _ in 0..500 {
+        let now = broadcasts(&server);
+        if now.iter().zip(&after_commit).all(|(n, before)| n > before) {
+            completed = true;
+            break;
+        }
+        H::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(completed, "{:?} after {after_commit:?}", broadcasts(&server));
+    assert!(began.elapsed() >= Duration::from_secs(5), "not before the grace period");
+    until_every_store_caches::<H>(&server, start, committed, 1).await;
+
+    // A rollback of flushed locks.
+    let mut txn =
+        client.begin_pipelined(TransactionOptions::default(), small()).await.expect("begin");
+    for i in 0..20 {
+        txn.put(format!("b{i:02}"), "v").await.expect("put");
+    }
+    txn.flush(true).await.expect("flush");
+    txn.flush_wait().await.expect("flushed");
+    let start = txn.start_timestamp();
+    txn.rollback().await.expect("rollback");
+    until_every_store_caches::<H>(&server, start, CachedTxnState::RolledBack, 10).await;
+    until_no_lock_of::<H>(&server, start).await;
+    server.shutdown().await;
+}

@@ -307,6 +307,11 @@ fn sample_requests() -> Vec<KvRequest> {
         SplitRegionRequest { split_key: b("s"), ..Default::default() }.into(),
         UnsafeDestroyRangeRequest { start_key: b("a"), end_key: b("b"), ..Default::default() }
             .into(),
+        BroadcastTxnStatusRequest {
+            txn_status: vec![TxnStatus { start_ts: 5, commit_ts: 6, ..Default::default() }],
+            ..Default::default()
+        }
+        .into(),
     ]
 }
 
@@ -385,6 +390,8 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
             keys("split_keys", &r.split_keys);
             keys("split_key?", std::slice::from_ref(&r.split_key));
         }
+        // Timestamps only.
+        KvRequest::BroadcastTxnStatus(_) => {}
         KvRequest::UnsafeDestroyRange(r) => {
             keys("range", &[r.start_key.clone(), r.end_key.clone()])
         }
@@ -742,6 +749,7 @@ fn leftover_prefixes(resp: &KvResponse) -> usize {
         KvResponse::RawChecksum(r) => format!("{r:?}"),
         KvResponse::SplitRegion(r) => format!("{r:?}"),
         KvResponse::UnsafeDestroyRange(r) => format!("{r:?}"),
+        KvResponse::BroadcastTxnStatus(r) => format!("{r:?}"),
     };
     // The one value that looks like a key is allowed to stay.
     dbg.matches("x\\0\\0\\x03").count() - dbg.matches("x\\0\\0\\x03not-a-key").count()
@@ -784,7 +792,8 @@ fn every_response_variant_is_decoded() {
             [$(stringify!($method)),*]
         };
     }
-    let all: std::collections::BTreeSet<_> = crate::for_each_kv_rpc!(names).into_iter().collect();
+    let all: std::collections::BTreeSet<_> =
+        crate::for_each_region_kv_rpc!(names).into_iter().collect();
     assert_eq!(seen, all);
     insta::assert_snapshot!(out);
 
@@ -899,4 +908,16 @@ fn v1_responses() {
     let KvResponse::SplitRegion(s) = split else { panic!() };
     assert_eq!(&s.regions[0].end_key[..], b"m");
     assert_eq!(&s.regions[1].start_key[..], b"m");
+}
+
+/// A store RPC's response has no keys and no region error field: decoded
+/// as it is.
+#[test]
+fn a_store_rpc_response_decodes_unchanged() {
+    let codec = v2(Mode::Txn, 3);
+    let mut resp = KvResponse::BroadcastTxnStatus(Box::default());
+    codec.decode_response(&mut resp).unwrap();
+    assert!(resp == KvResponse::BroadcastTxnStatus(Box::default()));
+    assert!(resp.region_error().is_none());
+    assert!(resp.region_error_mut().is_none());
 }

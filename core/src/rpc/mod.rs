@@ -35,11 +35,41 @@ use crate::time::Instant;
 /// Calls `$m!` with the list of TiKV unary RPCs the client speaks:
 /// `(Variant, tonic_method, RequestType, ResponseType)`, types relative to
 /// `tikv_proto::kvrpcpb`. Runtimes and the simulator use it to generate their
-/// dispatch tables, so a new RPC is added in one place.
+/// dispatch tables, so a new RPC is added in one place
+/// ([`kv_rpc_table!`](crate::kv_rpc_table)).
 #[macro_export]
 macro_rules! for_each_kv_rpc {
     ($m:ident) => {
-        $m! {
+        $crate::kv_rpc_table! { @all $m }
+    };
+}
+
+/// Calls `$m!` like [`for_each_kv_rpc!`](crate::for_each_kv_rpc) with only
+/// the RPCs addressed to a region, whose response carries `region_error`.
+/// The others go to a store as a whole (`BroadcastTxnStatus`, whose
+/// response has no fields).
+#[macro_export]
+macro_rules! for_each_region_kv_rpc {
+    ($m:ident) => {
+        $crate::kv_rpc_table! { @region $m }
+    };
+}
+
+/// The one table behind [`for_each_kv_rpc!`](crate::for_each_kv_rpc) and
+/// [`for_each_region_kv_rpc!`](crate::for_each_region_kv_rpc): region RPCs
+/// first, then store RPCs.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! kv_rpc_table {
+    (@all $m:ident [$($region:tt)*] [$($store:tt)*]) => {
+        $m! { $($region)* $($store)* }
+    };
+    (@region $m:ident [$($region:tt)*] [$($store:tt)*]) => {
+        $m! { $($region)* }
+    };
+    (@$which:ident $m:ident) => {
+        $crate::kv_rpc_table! { @$which $m
+        [
             (Get, kv_get, GetRequest, GetResponse),
             (Scan, kv_scan, ScanRequest, ScanResponse),
             (Prewrite, kv_prewrite, PrewriteRequest, PrewriteResponse),
@@ -71,6 +101,10 @@ macro_rules! for_each_kv_rpc {
             (RawChecksum, raw_checksum, RawChecksumRequest, RawChecksumResponse),
             (SplitRegion, split_region, SplitRegionRequest, SplitRegionResponse),
             (UnsafeDestroyRange, unsafe_destroy_range, UnsafeDestroyRangeRequest, UnsafeDestroyRangeResponse),
+        ]
+        [
+            (BroadcastTxnStatus, broadcast_txn_status, BroadcastTxnStatusRequest, BroadcastTxnStatusResponse),
+        ]
         }
     };
 }
@@ -143,16 +177,6 @@ macro_rules! kv_enums {
                 match self { $(KvResponse::$variant(_) => stringify!($method),)* }
             }
 
-            /// The region error carried by the response, if any.
-            pub fn region_error(&self) -> Option<&errorpb::Error> {
-                match self { $(KvResponse::$variant(r) => r.region_error.as_ref(),)* }
-            }
-
-            /// Removes and returns the region error.
-            pub fn take_region_error(&mut self) -> Option<errorpb::Error> {
-                match self { $(KvResponse::$variant(r) => r.region_error.take(),)* }
-            }
-
             /// True if this response answers a request of the same command.
             pub fn matches(&self, req: &KvRequest) -> bool {
                 match (self, req) {
@@ -182,6 +206,36 @@ macro_rules! kv_enums {
     };
 }
 for_each_kv_rpc!(kv_enums);
+
+macro_rules! kv_region_errors {
+    ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
+        impl KvResponse {
+            /// The region error carried by the response, if any (never for
+            /// a store RPC, whose response has no such field).
+            pub fn region_error(&self) -> Option<&errorpb::Error> {
+                match self {
+                    $(KvResponse::$variant(r) => r.region_error.as_ref(),)*
+                    _ => None,
+                }
+            }
+
+            /// Removes and returns the region error.
+            pub fn take_region_error(&mut self) -> Option<errorpb::Error> {
+                self.region_error_mut().and_then(Option::take)
+            }
+
+            /// The response's `region_error` field; `None` for a store RPC
+            /// (for the codec and for fabricating region errors).
+            pub fn region_error_mut(&mut self) -> Option<&mut Option<errorpb::Error>> {
+                match self {
+                    $(KvResponse::$variant(r) => Some(&mut r.region_error),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+for_each_region_kv_rpc!(kv_region_errors);
 
 impl KvRequest {
     /// Whether TiKV serves the command from a snapshot without writing, so

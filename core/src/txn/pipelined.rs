@@ -29,8 +29,13 @@
 //! # Ok::<(), tikv_core::Error>(())
 //! ```
 
+mod broadcast;
 mod commit;
 
+pub use broadcast::{
+    BROADCAST_CONCURRENCY, BROADCAST_GRACE_PERIOD, BROADCAST_TIMEOUT, BroadcastOutcome,
+    BroadcastTxnStatus, TxnStatusUpdate,
+};
 pub use commit::{
     MAX_PIPELINED_TXN_TTL, PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive,
     PipelinedTxnStatus,

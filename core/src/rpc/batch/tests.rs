@@ -421,15 +421,16 @@ macro_rules! round_trip_all {
                     Ok(cmd) => {
                         assert!(is_batchable(&req));
                         assert!(from_batch_cmd(cmd).is_ok_and(|r| r == req));
-                        // A non-empty message, to see that it is moved out.
+                        // A non-empty message, to see that it is moved out
+                        // (a store RPC's response has no fields to fill).
                         let region_error = tikv_proto::errorpb::Error {
                             message: stringify!($variant).into(),
                             ..Default::default()
                         };
-                        let resp = KvResponse::from(kvrpcpb::$resp {
-                            region_error: Some(region_error),
-                            ..Default::default()
-                        });
+                        let mut resp = KvResponse::from(kvrpcpb::$resp::default());
+                        if let Some(field) = resp.region_error_mut() {
+                            *field = Some(region_error);
+                        }
                         let mut cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
                         assert!(take_response_from_batch(&mut cmd).is_some_and(|r| r == resp));
                         assert!(take_response_from_batch(&mut cmd)

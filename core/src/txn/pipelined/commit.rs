@@ -20,7 +20,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::Error;
 use crate::key::Key;
-use crate::op::{Operation, StepEvent, StepSlot, forward_step_inputs};
+use crate::op::{IdMap, Operation, StepEvent, StepSlot, forward_step_inputs};
 use crate::pd::{GetTimestamp, Timestamp};
 use crate::range_task::RangeTaskRunner;
 use crate::route::fanout::Point;
@@ -32,7 +32,10 @@ use crate::txn::commit::{
 };
 use crate::view::ClusterView;
 
-use super::{FlushGeneration, FlushRequest, ResolveFlushedHandler, resolve_flushed};
+use super::{
+    BroadcastTxnStatus, FlushGeneration, FlushRequest, ResolveFlushedHandler, TxnStatusUpdate,
+    resolve_flushed,
+};
 
 /// How long a pipelined transaction's heartbeats go on at most (client-go
 /// `MaxPipelinedTxnTTL`, 24 h): past it the primary may expire.
@@ -295,7 +298,11 @@ enum Beat {
 /// and sends `TxnHeartBeat` on the primary with the transaction's age plus
 /// [`MAX_LOCK_TTL`] as TTL and that timestamp as the lock's new
 /// `min_commit_ts`, so readers at older timestamps read past its locks
-/// instead of waiting for a transaction that may run for hours. It ends
+/// instead of waiting for a transaction that may run for hours. After each
+/// accepted beat it broadcasts that `min_commit_ts` to every store
+/// ([`BroadcastTxnStatus`]) in the background, as client-go does only once
+/// the primary holds it (the primary stays the source of truth); a newer
+/// broadcast replaces one still in flight. It ends
 /// after [`MAX_HEARTBEAT_FAILURES`] failures in a row or at
 /// [`MAX_PIPELINED_TXN_TTL`], marking [`PipelinedTxnStatus::stopped`]; its
 /// owner drops it when the transaction ends.
@@ -311,6 +318,12 @@ pub struct PipelinedKeepAlive {
     /// The pushed ts of the beat in flight.
     pushing: Timestamp,
     step: StepSlot<Beat>,
+    /// The broadcast of the last accepted beat, and its number.
+    broadcast: Option<(u64, BroadcastTxnStatus)>,
+    broadcasts: u64,
+    /// Our RPC id → `None` for the beat's step, or the number of the
+    /// broadcast that sent it.
+    ids: IdMap<Option<u64>>,
     result: Option<Result<(), Error>>,
 }
 
@@ -332,6 +345,9 @@ impl PipelinedKeepAlive {
             failures: 0,
             pushing: Timestamp::ZERO,
             step: StepSlot::new(),
+            broadcast: None,
+            broadcasts: 0,
+            ids: IdMap::new(),
             result: None,
         }
     }
@@ -344,7 +360,28 @@ impl PipelinedKeepAlive {
     fn stop(&mut self) {
         self.status.stopped.store(true, Ordering::Relaxed);
         self.step.clear();
+        self.broadcast = None;
         self.result = Some(Ok(()));
+    }
+
+    /// Broadcasts the `min_commit_ts` the primary now holds.
+    fn broadcast(&mut self, now: Instant) {
+        let status = TxnStatusUpdate::ongoing(self.start_ts, self.status.min_commit_ts());
+        let mut op = BroadcastTxnStatus::new(self.view.clone(), vec![status], self.tags.clone());
+        op.start(now);
+        self.broadcasts += 1;
+        self.broadcast = Some((self.broadcasts, op));
+        self.end_broadcast_if_done();
+    }
+
+    /// Drops the broadcast once it is over: failures are tolerated
+    /// (client-go logs them); the next beat tells the stores again.
+    fn end_broadcast_if_done(&mut self) {
+        if let Some((_, op)) = &mut self.broadcast
+            && op.poll_result().is_some()
+        {
+            self.broadcast = None;
+        }
     }
 
     fn failed(&mut self) {
@@ -366,6 +403,7 @@ impl PipelinedKeepAlive {
                     self.failures = 0;
                     self.status.beats.fetch_add(1, Ordering::Relaxed);
                     self.status.min_commit_ts.fetch_max(self.pushing.version(), Ordering::Relaxed);
+                    self.broadcast(now);
                 }
                 StepEvent::Done(Beat::Sent(_)) => self.failed(),
             }
@@ -421,12 +459,28 @@ impl Operation for PipelinedKeepAlive {
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        self.step.poll_rpc()
+        if let Some(rpc) = self.step.poll_rpc() {
+            return Some(self.ids.wrap(None, rpc));
+        }
+        let (number, op) = self.broadcast.as_mut()?;
+        let rpc = op.poll_rpc()?;
+        Some(self.ids.wrap(Some(*number), rpc))
     }
 
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
-        if self.step.on_response(id, response, now) {
-            self.check(now);
+        let Some((child, child_id)) = self.ids.take(id) else { return };
+        let Some(number) = child else {
+            if self.step.on_response(child_id, response, now) {
+                self.check(now);
+            }
+            return;
+        };
+        // An answer to a replaced broadcast is dropped.
+        if let Some((current, op)) = &mut self.broadcast
+            && *current == number
+        {
+            op.on_response(child_id, response, now);
+            self.end_broadcast_if_done();
         }
     }
 
@@ -732,6 +786,23 @@ mod tests {
         }
         assert!(beats.windows(2).all(|w| w[0].min_commit_ts < w[1].min_commit_ts));
         assert_eq!(status.min_commit_ts().version(), beats[1].min_commit_ts, "the last accepted");
+        // Each accepted beat, and only those, is broadcast with the
+        // min_commit_ts the primary took.
+        let broadcasts = sent(&c, |r| match r {
+            KvRequest::BroadcastTxnStatus(b) => Some(b.txn_status.clone()),
+            _ => None,
+        });
+        let pushed: Vec<_> = beats[..2]
+            .iter()
+            .map(|h| {
+                vec![kvrpcpb::TxnStatus {
+                    start_ts: start_ts().version(),
+                    min_commit_ts: h.min_commit_ts,
+                    ..Default::default()
+                }]
+            })
+            .collect();
+        assert_eq!(broadcasts, pushed);
         // The first beat after one interval, preceded by its timestamp.
         let first = log.lines().position(|l| l.contains("send #5 kv_txn_heart_beat"));
         assert_eq!(first, Some(9), "{log}");
