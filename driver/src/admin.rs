@@ -8,6 +8,7 @@ use tikv_core::Error;
 use tikv_core::gc::{self, GcOutcome, RANGE_TASK_CONCURRENCY, UnsafeDestroyRange};
 use tikv_core::key::{Key, KeyRange};
 use tikv_core::lock::Lock;
+use tikv_core::op::Operation;
 use tikv_core::pd::Timestamp;
 use tikv_core::range_task::RangeTaskStat;
 use tikv_core::rpc::PdResponse;
@@ -20,6 +21,11 @@ use crate::client::Platform;
 use crate::txn::TransactionClient;
 
 impl<P: Platform> TransactionClient<P> {
+    /// Runs `op` with this handle's interceptors.
+    async fn run<O: Operation>(&self, kind: &'static str, op: O) -> Result<O::Output, Error> {
+        self.core.run(kind, op, &self.interceptors).await
+    }
+
     /// Up to `limit` locks in `range` whose transactions started at or
     /// before `max_ts`, in key order (TiKV `ScanLock`, region by region).
     pub async fn scan_locks(
@@ -29,7 +35,7 @@ impl<P: Platform> TransactionClient<P> {
         limit: usize,
     ) -> Result<Vec<Lock>, Error> {
         let op = gc::scan_locks(&self.core.view, range.into(), max_ts, limit);
-        Ok(self.core.run("scan_locks", op, &self.interceptors).await?.locks)
+        Ok(self.run("scan_locks", op).await?.locks)
     }
 
     /// Resolves every lock in `range` whose transaction started at or
@@ -41,7 +47,7 @@ impl<P: Platform> TransactionClient<P> {
         max_ts: Timestamp,
     ) -> Result<RangeTaskStat, Error> {
         let op = gc::resolve_locks_for_range(&self.core.view, range.into(), max_ts);
-        Ok(self.core.run("resolve_locks_for_range", op, &self.interceptors).await?.stat)
+        Ok(self.run("resolve_locks_for_range", op).await?.stat)
     }
 
     /// One GC round towards `safe_point` (client-go `KVStore.GC`): advances
@@ -51,7 +57,7 @@ impl<P: Platform> TransactionClient<P> {
     /// to it, after which the stores may collect versions below it.
     pub async fn gc(&self, safe_point: Timestamp) -> Result<GcOutcome, Error> {
         let op = gc::Gc::new(&self.core.view, safe_point, RANGE_TASK_CONCURRENCY);
-        let outcome = self.core.run("gc", op, &self.interceptors).await?;
+        let outcome = self.run("gc", op).await?;
         if self.core.view.codec.keyspace_id().is_none() {
             // The round moved the unified txn safe point this client's
             // reads are checked against: no need to wait for the poller.
@@ -81,7 +87,7 @@ impl<P: Platform> TransactionClient<P> {
         notify_only: bool,
     ) -> Result<RangeTaskStat, Error> {
         let op = gc::delete_range(&self.core.view, range, notify_only, RANGE_TASK_CONCURRENCY)?;
-        self.core.run("delete_range", op, &self.interceptors).await
+        self.run("delete_range", op).await
     }
 
     /// Destroys every version of every key in `range` on every store that
@@ -90,12 +96,7 @@ impl<P: Platform> TransactionClient<P> {
     /// for ranges no one reads or writes any more; the error lists every
     /// store that failed.
     pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
-        self.core
-            .run(
-                "unsafe_destroy_range",
-                UnsafeDestroyRange::new(&self.core.view, range.into()),
-                &self.interceptors,
-            )
+        self.run("unsafe_destroy_range", UnsafeDestroyRange::new(&self.core.view, range.into()))
             .await
     }
 
@@ -110,28 +111,14 @@ impl<P: Platform> TransactionClient<P> {
         scatter: bool,
     ) -> Result<SplitRegionsOutcome, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core
-            .run(
-                "split_regions",
-                SplitRegions::new(&self.core.view, keys, scatter),
-                &self.interceptors,
-            )
-            .await
+        self.run("split_regions", SplitRegions::new(&self.core.view, keys, scatter)).await
     }
 
     /// Asks PD to scatter the regions `region_ids` (client-go
     /// `ScatterRegions`); returns the ids PD could not scatter (empty when
     /// every region got its operator).
     pub async fn scatter_regions(&self, region_ids: Vec<u64>) -> Result<Vec<u64>, Error> {
-        match self
-            .core
-            .run(
-                "scatter_regions",
-                scatter_regions(&self.core.view, region_ids),
-                &self.interceptors,
-            )
-            .await?
-        {
+        match self.run("scatter_regions", scatter_regions(&self.core.view, region_ids)).await? {
             PdResponse::ScatterRegion(r) => Ok(r.failed_regions_id),
             other => Err(Error::malformed(format!("unexpected PD {}", other.name()))),
         }
@@ -141,6 +128,6 @@ impl<P: Platform> TransactionClient<P> {
     /// `WaitScatterRegionFinish`, up to 2 minutes of polling).
     pub async fn wait_scatter_finish(&self, region_id: u64) -> Result<(), Error> {
         let op = WaitScatterFinish::new(&self.core.view, region_id, WAIT_SCATTER_BUDGET);
-        self.core.run("wait_scatter_finish", op, &self.interceptors).await
+        self.run("wait_scatter_finish", op).await
     }
 }

@@ -7,6 +7,7 @@ use tikv_core::Error;
 use tikv_core::codec::Mode;
 use tikv_core::config::Config;
 use tikv_core::key::{Key, KeyRange, KvPair, ScanSpec, Value};
+use tikv_core::op::Operation;
 use tikv_core::raw::{self, ColumnFamily, PutItem, RawOptions};
 use tikv_core::route::replica::ReplicaRead;
 
@@ -118,6 +119,11 @@ impl<P: Platform> RawClient<P> {
         c
     }
 
+    /// Runs `op` with this handle's interceptors.
+    async fn run<O: Operation>(&self, kind: &'static str, op: O) -> Result<O::Output, Error> {
+        self.core.run(kind, op, &self.interceptors).await
+    }
+
     /// The PD cluster id (0 until PD has answered once).
     pub fn cluster_id(&self) -> u64 {
         self.core.view.pd.cluster_id()
@@ -141,9 +147,7 @@ impl<P: Platform> RawClient<P> {
     /// The value of `key`, or `None` if it does not exist (an existing empty
     /// value is `Some(empty)`).
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
-        self.core
-            .run("raw_get", raw::get(&self.core.view, key.into(), &self.opts), &self.interceptors)
-            .await
+        self.run("raw_get", raw::get(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// The pairs that exist among `keys`, sorted by key.
@@ -152,13 +156,7 @@ impl<P: Platform> RawClient<P> {
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<Vec<KvPair>, Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core
-            .run(
-                "raw_batch_get",
-                raw::batch_get(&self.core.view, keys, &self.opts),
-                &self.interceptors,
-            )
-            .await
+        self.run("raw_batch_get", raw::batch_get(&self.core.view, keys, &self.opts)).await
     }
 
     /// The value of each of `keys`, in their order, `None` where a key does
@@ -206,9 +204,7 @@ impl<P: Platform> RawClient<P> {
 
     async fn put_ttl_secs(&self, key: Key, value: Value, ttl: u64) -> Result<(), Error> {
         let pair = KvPair { key, value };
-        self.core
-            .run("raw_put", raw::put(&self.core.view, pair, ttl, &self.opts), &self.interceptors)
-            .await
+        self.run("raw_put", raw::put(&self.core.view, pair, ttl, &self.opts)).await
     }
 
     /// Writes many pairs; a key given twice keeps its last value.
@@ -217,13 +213,7 @@ impl<P: Platform> RawClient<P> {
         pairs: impl IntoIterator<Item = impl Into<KvPair>>,
     ) -> Result<(), Error> {
         let items = pairs.into_iter().map(|p| PutItem { pair: p.into(), ttl: 0 }).collect();
-        self.core
-            .run(
-                "raw_batch_put",
-                raw::batch_put(&self.core.view, items, &self.opts),
-                &self.interceptors,
-            )
-            .await
+        self.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
     }
 
     /// Writes many pairs, each with its own TTL (`ttls` pairs up with
@@ -243,24 +233,12 @@ impl<P: Platform> RawClient<P> {
             )));
         }
         let items = pairs.into_iter().zip(ttls).map(|(pair, ttl)| PutItem { pair, ttl }).collect();
-        self.core
-            .run(
-                "raw_batch_put",
-                raw::batch_put(&self.core.view, items, &self.opts),
-                &self.interceptors,
-            )
-            .await
+        self.run("raw_batch_put", raw::batch_put(&self.core.view, items, &self.opts)).await
     }
 
     /// Deletes `key` (deleting a missing key is not an error).
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
-        self.core
-            .run(
-                "raw_delete",
-                raw::delete(&self.core.view, key.into(), &self.opts),
-                &self.interceptors,
-            )
-            .await
+        self.run("raw_delete", raw::delete(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// Deletes many keys.
@@ -269,24 +247,13 @@ impl<P: Platform> RawClient<P> {
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<(), Error> {
         let keys = keys.into_iter().map(Into::into).collect();
-        self.core
-            .run(
-                "raw_batch_delete",
-                raw::batch_delete(&self.core.view, keys, &self.opts),
-                &self.interceptors,
-            )
-            .await
+        self.run("raw_batch_delete", raw::batch_delete(&self.core.view, keys, &self.opts)).await
     }
 
     /// Deletes every key in `range`, region by region (not atomic across
     /// regions, as in client-go).
     pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
-        self.core
-            .run(
-                "raw_delete_range",
-                raw::delete_range(&self.core.view, range.into(), &self.opts),
-                &self.interceptors,
-            )
+        self.run("raw_delete_range", raw::delete_range(&self.core.view, range.into(), &self.opts))
             .await
     }
 
@@ -329,7 +296,7 @@ impl<P: Platform> RawClient<P> {
 
     async fn scan_inner(&self, range: KeyRange, spec: ScanSpec) -> Result<Vec<KvPair>, Error> {
         let op = raw::scan(&self.core.view, range, spec, &self.opts)?;
-        self.core.run("raw_scan", op, &self.interceptors).await
+        self.run("raw_scan", op).await
     }
 
     /// Scans several ranges, up to `each_limit` pairs from each, and
@@ -364,14 +331,8 @@ impl<P: Platform> RawClient<P> {
     /// The remaining time to live of `key`: `None` if the key does not
     /// exist, `Some(ZERO)` if it never expires.
     pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>, Error> {
-        let ttl = self
-            .core
-            .run(
-                "raw_get_key_ttl",
-                raw::get_key_ttl(&self.core.view, key.into(), &self.opts),
-                &self.interceptors,
-            )
-            .await?;
+        let op = raw::get_key_ttl(&self.core.view, key.into(), &self.opts);
+        let ttl = self.run("raw_get_key_ttl", op).await?;
         Ok(ttl.map(Duration::from_secs))
     }
 
@@ -392,13 +353,11 @@ impl<P: Platform> RawClient<P> {
             0,
             &self.opts,
         )?;
-        self.core.run("raw_compare_and_swap", op, &self.interceptors).await
+        self.run("raw_compare_and_swap", op).await
     }
 
     /// CRC-64 XOR checksum, pair count and byte count over `range`.
     pub async fn checksum(&self, range: impl Into<KeyRange>) -> Result<RawChecksum, Error> {
-        self.core
-            .run("raw_checksum", raw::checksum(&self.core.view, range.into()), &self.interceptors)
-            .await
+        self.run("raw_checksum", raw::checksum(&self.core.view, range.into())).await
     }
 }
