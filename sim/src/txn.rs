@@ -1885,23 +1885,23 @@ impl State {
             }
             return Err(already_exist());
         }
+        let lock = Lock {
+            user_key: m.key.clone(),
+            lock_type: LockType::Pessimistic,
+            primary: r.primary_lock.clone(),
+            ts: start_ts,
+            ttl: r.lock_ttl,
+            for_update_ts,
+            txn_size: 0,
+            min_commit_ts: r.min_commit_ts,
+            use_async_commit: false,
+            secondaries: Vec::new(),
+            generation: 0,
+        };
         if is_shared {
             // Joins the key's holders (or starts them), whatever
             // `lock_only_if_exists` says, as TiKV does.
             undo.save(&self.mvcc, key);
-            let lock = Lock {
-                user_key: m.key.clone(),
-                lock_type: LockType::Pessimistic,
-                primary: r.primary_lock.clone(),
-                ts: start_ts,
-                ttl: r.lock_ttl,
-                for_update_ts,
-                txn_size: 0,
-                min_commit_ts: r.min_commit_ts,
-                use_async_commit: false,
-                secondaries: Vec::new(),
-                generation: 0,
-            };
             let shared = self.mvcc.shared.entry(key.to_vec()).or_insert_with(|| SharedLocks {
                 user_key: m.key.clone(),
                 shrink_only: false,
@@ -1910,22 +1910,7 @@ impl State {
             shared.holders.insert(start_ts, lock);
         } else if !r.lock_only_if_exists || value.is_some() {
             undo.save(&self.mvcc, key);
-            self.mvcc.locks.insert(
-                key.to_vec(),
-                Lock {
-                    user_key: m.key.clone(),
-                    lock_type: LockType::Pessimistic,
-                    primary: r.primary_lock.clone(),
-                    ts: start_ts,
-                    ttl: r.lock_ttl,
-                    for_update_ts,
-                    txn_size: 0,
-                    min_commit_ts: r.min_commit_ts,
-                    use_async_commit: false,
-                    secondaries: Vec::new(),
-                    generation: 0,
-                },
-            );
+            self.mvcc.locks.insert(key.to_vec(), lock);
         } else if let Some((s, c)) = conflict {
             return Err(pessimistic_retry(r, &m.key, s, c).into());
         }
