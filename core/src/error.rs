@@ -162,6 +162,15 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// The async runtime the client's background tasks and connections
+    /// live on (the one current when it connected) has shut down, taking
+    /// them with it: every call fails with this at once rather than waiting
+    /// on tasks that no longer exist. Connect from a runtime that lives as
+    /// long as the client.
+    #[error(
+        "the runtime the client connected on has shut down; connect from a runtime that outlives the client"
+    )]
+    RuntimeShutDown,
     /// A key is longer than the transaction buffer accepts
     /// (client-go's `ErrKeyTooLarge`, limit `MaxKeyLen` = 65535 bytes).
     #[error("key of {size} bytes exceeds the maximum key length {limit}")]

@@ -214,10 +214,21 @@ impl<P: Platform> ClientCore<P> {
 
     /// A fresh timestamp from the client's TSO task.
     pub(crate) async fn timestamp(&self) -> Result<Timestamp, Error> {
+        self.check_usable()?;
+        self.oracle.get_timestamp().await
+    }
+
+    /// Refuses new work once the client is closed, or once the runtime its
+    /// background tasks (TSO, store refresh, connections) ran on has shut
+    /// down: without them a call would wait for answers nobody sends.
+    fn check_usable(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        self.oracle.get_timestamp().await
+        if self.rt.is_shut_down() {
+            return Err(Error::RuntimeShutDown);
+        }
+        Ok(())
     }
 
     /// Runs one operation to completion in the caller's task, in a span
@@ -229,9 +240,7 @@ impl<P: Platform> ClientCore<P> {
         op: O,
         chain: &Interceptors,
     ) -> Result<O::Output, Error> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.check_usable()?;
         let transport = self.transport_through(chain);
         execute_observed(kind, op, &self.rt, &*transport, own_budget).await
     }
@@ -256,9 +265,7 @@ impl<P: Platform> ClientCore<P> {
         budgets: Budgets<O>,
         chain: &Interceptors,
     ) -> Result<O::Output, Error> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.check_usable()?;
         let transport = self.transport_through(chain);
         execute_observed(kind, op, &self.rt, &*transport, budgets).await
     }

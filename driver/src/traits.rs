@@ -48,6 +48,17 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// Runs `fut` to completion in the background.
     fn spawn(&self, fut: BoxFuture<'static, ()>);
+
+    /// True once the executor behind [`spawn`](Self::spawn) has shut down
+    /// and dropped tasks it was running: the client's background tasks are
+    /// gone, and its calls fail with [`Error::RuntimeShutDown`] instead of
+    /// waiting on them. Executors that never drop unfinished tasks (a
+    /// global one) keep the default.
+    ///
+    /// [`Error::RuntimeShutDown`]: tikv_core::Error::RuntimeShutDown
+    fn is_shut_down(&self) -> bool {
+        false
+    }
 }
 
 /// Sends typed requests to TiKV stores and PD servers.

@@ -21,8 +21,10 @@ use crate::{TokioRuntime, clock};
 
 /// `tikv_driver::Transport` over gRPC on tokio: [`tikv_grpc::GrpcTransport`]
 /// with tonic's HTTP/2 channels (see there for paths, deadlines and error
-/// rules). Calls must run inside a tokio runtime; the transport's stream
-/// tasks are spawned onto the runtime of the call that starts them.
+/// rules). Calls must run inside a tokio runtime. The transport's stream
+/// tasks and channel workers live on the runtime current when it was built
+/// (a client's: the one it connected on), or, when built outside a runtime,
+/// on the runtime of the call that starts them.
 ///
 /// Instants count from an origin shared with every
 /// [`TokioRuntime`](crate::TokioRuntime) of the process, so deadlines made
@@ -41,11 +43,16 @@ pub struct TokioConnector {
 
 impl Default for TokioConnector {
     fn default() -> Self {
-        TokioConnector { channels: Mutex::new(HashMap::new()), rt: TokioRuntime::current() }
+        TokioConnector::on(TokioRuntime::new())
     }
 }
 
 impl TokioConnector {
+    /// A connector whose tasks and channels live where `rt` spawns.
+    pub(crate) fn on(rt: TokioRuntime) -> TokioConnector {
+        TokioConnector { channels: Mutex::new(HashMap::new()), rt }
+    }
+
     /// The cached channel, created lazily: `connect_lazy` dials on the first
     /// request, so the lock is never held across I/O.
     fn cached(
@@ -60,6 +67,8 @@ impl TokioConnector {
             return Ok(channel.clone());
         }
         tls::check_scheme(addr, config)?;
+        // tonic spawns the channel's worker onto the current runtime.
+        let _on_runtime = self.rt.enter();
         let channel = match &config.tls {
             Some(tls) => {
                 endpoint(config, &https(addr))?.connect_with_connector_lazy(TlsConnector {

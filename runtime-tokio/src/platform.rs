@@ -4,6 +4,7 @@ use tikv_core::Error;
 use tikv_core::config::Config;
 use tikv_driver::Platform;
 
+use crate::connector::TokioConnector;
 use crate::{GrpcTransport, TokioRuntime};
 
 /// Marker type selecting tokio and tonic for the generic clients of
@@ -16,7 +17,11 @@ impl Platform for Tokio {
     type Transport = GrpcTransport;
 
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
-        Ok((TokioRuntime::new(), GrpcTransport::new(config.transport.clone())))
+        // One runtime for the client's tasks and its transport's, so that
+        // the transport's dying with it is seen as the client's.
+        let rt = TokioRuntime::new();
+        let connector = TokioConnector::on(rt.clone());
+        Ok((rt, GrpcTransport::with_connector(connector, config.transport.clone())))
     }
 }
 

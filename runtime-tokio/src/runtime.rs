@@ -1,5 +1,8 @@
 //! [`TokioRuntime`]: the driver's runtime on tokio.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures::future::{self, BoxFuture, FutureExt};
 use tikv_core::time::Instant;
 use tikv_driver::Runtime;
@@ -27,9 +30,37 @@ use crate::clock;
 ///     assert!(rt.now() >= start + Duration::from_millis(5));
 /// }
 /// ```
+///
+/// Tokio drops the tasks of a runtime that shuts down. A `TokioRuntime`
+/// notices (a task it spawned was dropped unfinished) and from then on
+/// reports [`is_shut_down`](Runtime::is_shut_down), so a client whose
+/// background tasks died with the runtime it connected on fails its calls
+/// at once with `Error::RuntimeShutDown`. Clones share that state.
 #[derive(Clone, Debug)]
 pub struct TokioRuntime {
     handle: Option<Handle>,
+    /// Set when a spawned task was dropped before it finished.
+    tasks_lost: Arc<AtomicBool>,
+}
+
+/// Marks the runtime's tasks lost if dropped before [`TaskGuard::finish`]:
+/// tokio drops unfinished tasks only when their runtime shuts down (the
+/// tasks here are detached: no `JoinHandle::abort`).
+struct TaskGuard(Option<Arc<AtomicBool>>);
+
+impl TaskGuard {
+    fn finish(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        // A task that panicked did not lose its runtime.
+        if let Some(lost) = self.0.as_ref().filter(|_| !std::thread::panicking()) {
+            lost.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl TokioRuntime {
@@ -38,20 +69,20 @@ impl TokioRuntime {
     /// `spawn` call.
     pub fn new() -> TokioRuntime {
         clock::init();
-        TokioRuntime { handle: Handle::try_current().ok() }
-    }
-
-    /// A runtime that always spawns onto the tokio runtime current at the
-    /// `spawn` call (the transport's background tasks follow their callers).
-    pub(crate) fn current() -> TokioRuntime {
-        clock::init();
-        TokioRuntime { handle: None }
+        TokioRuntime { handle: Handle::try_current().ok(), tasks_lost: Arc::default() }
     }
 
     /// A runtime that spawns onto `handle`, wherever it is called from.
     pub fn with_handle(handle: Handle) -> TokioRuntime {
         clock::init();
-        TokioRuntime { handle: Some(handle) }
+        TokioRuntime { handle: Some(handle), tasks_lost: Arc::default() }
+    }
+
+    /// Makes the runtime this one spawns onto current for the guard's life,
+    /// so that what tokio spawns by itself meanwhile (tonic's channel
+    /// workers) lives there too.
+    pub(crate) fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.handle.as_ref().map(Handle::enter)
     }
 }
 
@@ -83,11 +114,21 @@ impl Runtime for TokioRuntime {
     /// outside a tokio runtime (tokio's own rule for `tokio::spawn`).
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
         // The JoinHandle is dropped: the task is detached, and callers that
-        // need to stop it use `tikv_driver::Background`.
+        // need to stop it use `tikv_driver::Background` (which ends the
+        // future normally, so the guard stays quiet).
+        let guard = TaskGuard(Some(self.tasks_lost.clone()));
+        let fut = async move {
+            fut.await;
+            guard.finish();
+        };
         match &self.handle {
             Some(handle) => drop(handle.spawn(fut)),
             None => drop(tokio::spawn(fut)),
         }
+    }
+
+    fn is_shut_down(&self) -> bool {
+        self.tasks_lost.load(Ordering::Acquire)
     }
 }
 
@@ -126,5 +167,21 @@ mod tests {
             .boxed(),
         );
         assert_eq!(rx.await, Ok(7));
+    }
+
+    #[test]
+    fn a_runtime_that_shut_down_with_a_task_unfinished_is_reported() {
+        let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = TokioRuntime::with_handle(tokio_rt.handle().clone());
+        // A task that ends, and one that panics: neither loses the runtime.
+        rt.spawn(async {}.boxed());
+        rt.spawn(async { panic!("a task's own panic") }.boxed());
+        tokio_rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+        assert!(!rt.is_shut_down());
+        // One that never ends dies with the runtime.
+        rt.spawn(future::pending().boxed());
+        drop(tokio_rt);
+        assert!(rt.is_shut_down());
+        assert!(rt.clone().is_shut_down(), "clones share the state");
     }
 }
