@@ -26,6 +26,8 @@ pub struct ServerStats {
     pub kv_unary: Option<u64>,
     /// Unary PD requests served (`tikv-sim` only).
     pub pd_unary: Option<u64>,
+    /// Keys holding a lock at the time of the question (`tikv-sim` only).
+    pub locks: Option<u64>,
 }
 
 impl ServerStats {
@@ -36,6 +38,7 @@ impl ServerStats {
             entries: later.entries.saturating_sub(self.entries),
             kv_unary: later.kv_unary.zip(self.kv_unary).map(|(l, e)| l.saturating_sub(e)),
             pd_unary: later.pd_unary.zip(self.pd_unary).map(|(l, e)| l.saturating_sub(e)),
+            locks: later.locks,
         }
     }
 }
@@ -146,6 +149,7 @@ impl Server {
                 entries: field("entries")?,
                 kv_unary: field("kv_unary"),
                 pd_unary: field("pd_unary"),
+                locks: field("locks"),
             });
         }
     }

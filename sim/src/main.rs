@@ -20,9 +20,10 @@
 //! writes may carry a TTL, transactional commands are refused. A port of 0
 //! picks a free one. Prints the addresses and serves until Ctrl-C. Each
 //! `stats` line on stdin is answered on stdout with
-//! `stats streams=S messages=M entries=E pd_unary=P`: the stores'
-//! `BatchCommands` traffic so far (the benchmark's average batch size) and
-//! the unary PD requests served. `--region-error-rate F` answers a fraction
+//! `stats streams=S messages=M entries=E kv_unary=U pd_unary=P locks=L`: the
+//! stores' `BatchCommands` traffic so far (the benchmark's average batch
+//! size), the unary requests served, and the keys holding a lock now (a
+//! benchmark waits for a transaction's background resolution with it). `--region-error-rate F` answers a fraction
 //! `F` of TiKV requests with a random region error
 //! ([`Cluster::set_region_error_rate`], benchmark B9) of the kinds listed
 //! by `--region-error-kinds` (`not-leader`, `server-is-busy`,
@@ -322,12 +323,13 @@ fn main() -> ExitCode {
                     }
                     let s = server.batch_stats();
                     println!(
-                        "stats streams={} messages={} entries={} kv_unary={} pd_unary={}",
+                        "stats streams={} messages={} entries={} kv_unary={} pd_unary={} locks={}",
                         s.streams,
                         s.messages,
                         s.requests,
                         s.unary,
-                        server.pd_unary_calls()
+                        server.pd_unary_calls(),
+                        cluster.lock_count()
                     );
                 }
             }

@@ -512,6 +512,13 @@ impl crate::Cluster {
         all.into_iter().map(|(_, info)| info).collect()
     }
 
+    /// How many keys hold a lock (exclusive or shared) in the cluster: what
+    /// [`locks`](Self::locks) would list, without building it.
+    pub fn lock_count(&self) -> usize {
+        let st = self.lock();
+        st.mvcc.locks.len() + st.mvcc.shared.len()
+    }
+
     /// The write-CF record of transaction `start_ts` on the txn request key
     /// `key`: its commit record, or its rollback; `None` if there is none.
     pub fn commit_record(&self, key: &[u8], start_ts: u64) -> Option<CommitRecord> {
