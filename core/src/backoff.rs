@@ -237,6 +237,19 @@ fn next_sleep_ms(
     sleep
 }
 
+/// The sleeps of one backoff kind in a budget (client-go keeps the same
+/// per type: `backoffTimes` and `backoffSleepMS`; its `CommitDetails`
+/// lists the types slept on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KindSleeps {
+    /// What was backed off on.
+    pub kind: BackoffKind,
+    /// How many sleeps.
+    pub sleeps: u32,
+    /// Their total.
+    pub slept: Duration,
+}
+
 /// Per-kind accounting of a [`Backoffer`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct KindStats {
@@ -451,6 +464,14 @@ impl Backoffer {
     /// Cumulative sleep of `kind` (client-go `backoffSleepMS`).
     pub fn kind_sleep(&self, kind: BackoffKind) -> Duration {
         Duration::from_millis(self.kind_stats(kind).sleep_ms)
+    }
+
+    /// The kinds slept on so far, in [`BackoffKind::ALL`] order.
+    pub fn sleeps_by_kind(&self) -> impl Iterator<Item = KindSleeps> + '_ {
+        BackoffKind::ALL.into_iter().filter_map(|kind| {
+            let sleeps = self.attempts(kind);
+            (sleeps > 0).then(|| KindSleeps { kind, sleeps, slept: self.kind_sleep(kind) })
+        })
     }
 
     fn kind_stats(&self, kind: BackoffKind) -> &KindStats {

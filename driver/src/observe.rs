@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 use tikv_core::Error;
-use tikv_core::backoff::{BackoffKind, Backoffer};
+use tikv_core::backoff::{BackoffKind, Backoffer, KindSleeps};
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, Request, Response, Rpc, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_proto::{errorpb, kvrpcpb};
@@ -547,12 +547,7 @@ pub(crate) fn backoff_slept(span: &Span, bo: &Backoffer) {
     if bo.total_sleep().is_zero() && BackoffKind::ALL.iter().all(|&k| bo.attempts(k) == 0) {
         return;
     }
-    for kind in BackoffKind::ALL {
-        let sleeps = bo.attempts(kind);
-        if sleeps == 0 {
-            continue;
-        }
-        let slept = bo.kind_sleep(kind);
+    for KindSleeps { kind, sleeps, slept } in bo.sleeps_by_kind() {
         let label = backoff_label(kind);
         counter!(names::BACKOFF_SLEEPS, "kind" => label).increment(u64::from(sleeps));
         histogram!(names::BACKOFF_SECONDS, "kind" => label).record(slept.as_secs_f64());

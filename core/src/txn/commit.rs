@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tikv_proto::kvrpcpb;
 use tikv_proto::kvrpcpb::prewrite_request::PessimisticAction;
 
-use crate::backoff::{BackoffKind, Backoffer};
+use crate::backoff::{BackoffKind, Backoffer, KindSleeps};
 use crate::error::Error;
 use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
@@ -293,6 +293,10 @@ pub struct CommitDetails {
     pub commit: Duration,
     /// Backoff sleeps of the prewrite and commit budgets.
     pub backoff: Duration,
+    /// The same sleeps by kind (client-go `PrewriteBackoffTypes` and
+    /// `CommitBackoffTypes`, with counts and times), in
+    /// [`BackoffKind::ALL`] order, a kind slept on in both phases once.
+    pub backoff_by_kind: Vec<KindSleeps>,
     /// Keys written, locks included (client-go `WriteKeys`).
     pub write_keys: usize,
     /// Key + value bytes written (client-go `WriteSize`).
@@ -988,7 +992,18 @@ impl Committer {
     /// once the result is out).
     pub fn details(&self) -> CommitDetails {
         let backoff = self.budgets().map(Backoffer::total_sleep).sum();
-        CommitDetails { backoff, ..self.details.clone() }
+        let mut backoff_by_kind: Vec<KindSleeps> = Vec::new();
+        for sleeps in self.budgets().flat_map(Backoffer::sleeps_by_kind) {
+            match backoff_by_kind.iter_mut().find(|s| s.kind == sleeps.kind) {
+                Some(same) => {
+                    same.sleeps += sleeps.sleeps;
+                    same.slept += sleeps.slept;
+                }
+                None => backoff_by_kind.push(sleeps),
+            }
+        }
+        backoff_by_kind.sort_by_key(|s| s.kind as usize);
+        CommitDetails { backoff, backoff_by_kind, ..self.details.clone() }
     }
 
     /// The operation to run in the background after the result: the

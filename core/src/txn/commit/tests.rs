@@ -472,6 +472,32 @@ fn a_partly_locked_batch_is_prewritten_again_whole() {
     assert_eq!(prewrites[1], vec![Bytes::from("a"), Bytes::from("b")]);
 }
 
+/// client-go's `CommitDetails` lists the backoff types slept on; ours
+/// counts and times each kind, over the prewrite and commit budgets.
+#[test]
+fn commit_details_break_the_backoff_down_by_kind() {
+    let mut c = FakeCluster::new(&[]);
+    let busy = |phase: &str| errorpb::Error {
+        message: format!("busy at {phase}"),
+        server_is_busy: Some(Default::default()),
+        ..Default::default()
+    };
+    c.fault("prewrite", Fault::Region(Box::new(busy("prewrite"))));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", Fault::Region(Box::new(busy("commit"))));
+    c.fault("kv_commit", commit_ok());
+    let mut op = committer(&["a"], CommitOptions::default());
+    let (log, result) = drive(&mut op, &mut c);
+    result.expect("committed");
+    let details = op.details();
+    let [busy] = details.backoff_by_kind[..] else {
+        panic!("one kind slept on: {details:?}\n{log}");
+    };
+    assert_eq!((busy.kind, busy.sleeps), (BackoffKind::ServerBusy, 2), "{log}");
+    assert!(busy.slept > Duration::ZERO);
+    assert_eq!(busy.slept, details.backoff, "every sleep is of that kind");
+}
+
 #[test]
 fn every_request_of_a_commit_carries_the_transaction_tags() {
     let mut c = FakeCluster::new(&["m"]);
