@@ -340,8 +340,10 @@ impl KeyPlan for FlushPlan {
     fn key(item: &Mutation) -> &Key {
         &item.key
     }
+    /// Keys only: client-go sizes flush batches with `keySize` (its
+    /// `doActionOnGroupMutations` uses key + value for prewrites alone).
     fn size(item: &Mutation) -> usize {
-        item.key.len() + item.value.len()
+        item.key.len()
     }
     fn batch_limits(&self) -> (usize, usize) {
         (usize::MAX, TXN_COMMIT_BATCH_SIZE)
@@ -475,7 +477,7 @@ impl FlushGeneration {
             .pending
             .iter()
             .position(|m| {
-                size += m.key.len() + m.value.len();
+                size += <FlushPlan as KeyPlan>::size(m);
                 size > budget
             })
             .unwrap_or(self.pending.len())
@@ -871,14 +873,20 @@ mod tests {
             b.put(k.as_bytes(), "v").unwrap();
         }
         let mutations = started(b.start_flush(true).unwrap()).mutations;
-        let req = FlushRequest {
+        let req =
+            FlushRequest { primary: Key::from(keys[0].to_string()), generation, ..flush_request() };
+        FlushGeneration::new(view(), req, mutations)
+    }
+
+    /// Generation 1 of the test transaction, primary `a`.
+    fn flush_request() -> FlushRequest {
+        FlushRequest {
             start_ts: start_ts(),
-            primary: Key::from(keys[0].to_string()),
-            generation,
+            primary: Key::from("a"),
+            generation: 1,
             assertion_level: kvrpcpb::AssertionLevel::Off,
             tags: RequestTags::default(),
-        };
-        FlushGeneration::new(view(), req, mutations)
+        }
     }
 
     fn respond(resp: KvResponse) -> Fault {
@@ -989,18 +997,15 @@ mod tests {
         for _ in 0..3 {
             c.fault("flush", flush_ok());
         }
+        // Batches are sized by their keys (client-go `keySize`): large
+        // values do not split them, long keys do.
+        let long = |c: u8| vec![c; 10 << 10];
         let mut b = PipelinedBuffer::new(small());
-        for k in ["a", "b", "c"] {
-            b.put(k.as_bytes(), vec![b'v'; 10 << 10]).unwrap();
+        for c in [b'a', b'b', b'c'] {
+            b.put(&long(c), vec![b'v'; 10 << 10]).unwrap();
         }
         let mutations = started(b.start_flush(true).unwrap()).mutations;
-        let req = FlushRequest {
-            start_ts: start_ts(),
-            primary: Key::from("a"),
-            generation: 1,
-            assertion_level: kvrpcpb::AssertionLevel::Off,
-            tags: RequestTags::default(),
-        };
+        let req = FlushRequest { primary: Key::from(long(b'a')), ..flush_request() };
         let op = FlushGeneration::new(view(), req, mutations).with_concurrency(1);
         let (log, result) = drive(op, &mut c);
         result.expect("flushed");
@@ -1008,11 +1013,9 @@ mod tests {
             .iter()
             .map(|f| f.mutations.iter().map(|m| m.key.clone()).collect())
             .collect();
-        // 10 KiB each: a second would pass the 16 KiB of one batch.
-        assert_eq!(
-            keys,
-            vec![vec![Bytes::from("a")], vec![Bytes::from("b")], vec![Bytes::from("c")]]
-        );
+        // 10 KiB keys: a second would pass the 16 KiB of one batch.
+        let one = |c: u8| vec![Bytes::from(long(c))];
+        assert_eq!(keys, vec![one(b'a'), one(b'b'), one(b'c')]);
         // One in flight at a time: each sent after the previous answer.
         let events: Vec<&str> = log
             .lines()
@@ -1020,6 +1023,19 @@ mod tests {
             .map(|l| if l.contains(" send ") { "send" } else { "recv" })
             .collect();
         assert_eq!(events, ["send", "recv", "send", "recv", "send", "recv"], "{log}");
+
+        // Short keys with the same 10 KiB values: one batch.
+        let mut c = FakeCluster::new(&[]);
+        c.fault("flush", flush_ok());
+        let mut b = PipelinedBuffer::new(small());
+        for k in ["a", "b", "c"] {
+            b.put(k.as_bytes(), vec![b'v'; 10 << 10]).unwrap();
+        }
+        let mutations = started(b.start_flush(true).unwrap()).mutations;
+        let req = FlushRequest { primary: Key::from("a"), ..flush_request() };
+        let op = FlushGeneration::new(view(), req, mutations).with_concurrency(1);
+        drive(op, &mut c).1.expect("flushed");
+        assert_eq!(flushes(&c).len(), 1);
     }
 
     #[test]
