@@ -566,9 +566,12 @@ fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
 fn pess_world_through_the_public_client_keeps_its_guarantees() {
     let n = seeds(50);
     let (mut txns, mut failed, mut crashes, mut lock_waits) = (0, 0, 0, 0);
+    let mut holders = (0, 0);
     for seed in 0..n {
         match tikv_sim::platform::run_pess_world(seed, SimConfig::chaos()) {
             Ok(report) => {
+                holders.0 += report.output.crashed_lock_holders.0;
+                holders.1 += report.output.crashed_lock_holders.1;
                 txns += report.output.txns;
                 failed += report.output.outcomes.1;
                 crashes += report.output.crashes;
@@ -581,10 +584,15 @@ fn pess_world_through_the_public_client_keeps_its_guarantees() {
     assert!(failed > 0, "no transaction ever failed: no faults?");
     assert!(lock_waits > 0, "no lock request ever waited in a store");
     assert!(crashes > 0, "no client ever crashed");
+    // Some clients crashed holding pessimistic locks before committing.
+    assert!(holders.0 + holders.1 > 0, "no client crashed holding locks: {holders:?}");
     let a = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
     let b = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
     assert_eq!(a.trace_hash, b.trace_hash);
-    println!("{txns} transactions, {failed} failed, {crashes} crashes, {lock_waits} lock waits");
+    println!(
+        "{txns} transactions, {failed} failed, {crashes} crashes ({holders:?} holding locks), \
+         {lock_waits} lock waits"
+    );
 }
 
 fn pessimistic() -> tikv_driver::TransactionOptions {
@@ -784,6 +792,55 @@ fn a_crashed_process_takes_its_clients_background_tasks_with_it() {
     .unwrap_err();
     assert!(err.reason.starts_with("deadlock"), "{err}");
     assert!(err.end < tikv_core::time::Instant::from_millis(10_000), "{err}");
+}
+
+/// A process that crashes holding a pessimistic lock (its keep-alive
+/// dying with it) never blocks the key for good: another transaction's
+/// lock call waits in the store, then resolves the lock once its TTL
+/// (client-go's `ManagedLockTTL`, 20 s) ran out, and commits.
+#[test]
+fn a_lock_abandoned_by_a_crash_is_resolved_after_its_ttl() {
+    let report = simulate(23, SimConfig::default(), |sim| async move {
+        // A lock request may wait in TiKV for its `wait-for-lock-timeout`
+        // (1 s): the call's deadline must be longer than [`Sim::config`]'s
+        // 1 s, or the call, not TiKV, ends every wait.
+        let config = sim.config().with_read_timeout_short(tikv_core::time::Duration::from_secs(2));
+        let txns = TransactionClient::connect_with_config(config).await?;
+        let mut setup = txns.begin().await?;
+        setup.put("k", "0")?;
+        setup.commit().await?;
+        let sim2 = sim.clone();
+        let (locked_tx, locked_rx) = futures::channel::oneshot::channel();
+        let holder = sim.spawn_process(async move {
+            let txns = sim2.txn_client().await?;
+            let mut txn = txns.begin_with_options(pessimistic()).await?;
+            txn.lock_keys(["k"], tikv_driver::LockOptions::default()).await?;
+            let _ = locked_tx.send(());
+            // Holds the lock (its keep-alive extending the TTL) until the
+            // crash.
+            futures::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        });
+        locked_rx.await.map_err(|_| Error::Internal("the holder never locked".into()))?;
+        // Long enough for a keep-alive to have extended the lock once.
+        sim.sleep(Duration::from_secs(15)).await;
+        sim.crash(holder.id());
+        let crashed_at = sim.now();
+        let mut txn = txns.begin_with_options(pessimistic()).await?;
+        txn.lock_keys(["k"], tikv_driver::LockOptions::default()).await?;
+        let waited = sim.now().saturating_duration_since(crashed_at);
+        txn.put("k", "1")?;
+        txn.commit().await?;
+        let last = txns.snapshot(txns.current_timestamp().await?).get("k").await?;
+        Ok::<_, Error>((waited, last, sim.cluster().locks().len()))
+    })
+    .unwrap_or_else(|f| panic!("{f}"));
+    let (waited, last, locks) = report.output;
+    assert!(report.stats.lock_waits > 0, "the lock call waited in the store: {:?}", report.stats);
+    assert!(waited >= Duration::from_secs(1), "the abandoned lock held it back: {waited:?}");
+    assert!(waited <= Duration::from_secs(30), "no longer than the lock's TTL: {waited:?}");
+    assert_eq!(last.as_deref(), Some(&b"1"[..]));
+    assert_eq!(locks, 0, "no lock left");
 }
 
 /// A process crashed in the middle of a commit leaves locks; another

@@ -29,9 +29,14 @@
 //! committed at the lock's `for_update_ts`, taken from
 //! `Transaction::for_update_timestamp` after the call, or the write fair
 //! locking took it over), the bank total, no lost or phantom counter
-//! increment, one victim per deadlock. A crash is drawn at the commit
-//! point as in the transactional world (the core-level world may also
-//! crash a client while it holds pessimistic locks before committing).
+//! increment, one victim per deadlock. A drawn crash strikes either during
+//! the commit, as in the transactional world, or while the client holds
+//! pessimistic locks before committing (a drawn delay after its first
+//! lock call returned: among its later lock calls and their waits, or in
+//! its commit); the others' lock calls then wait for those locks until
+//! their TTL runs out, and resolve them. Every transaction must end within
+//! the core-level world's liveness bound (an abandoned lock never blocks
+//! progress for good), and the audit's sweep finds what no one met.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +55,9 @@ use crate::world::txn_history::{
     TxnWrite, account, balance_value, counter_value, parse_balance, parse_counter, register,
 };
 use crate::world::txn_workload::{self, BufferOp, TxnSpec};
-use crate::world::{TxnParams, elle, elle_history, pessimistic, scaled_budgets, si};
+use crate::world::{
+    TxnParams, elle, elle_history, pessimistic, scaled_budgets, si, txn_liveness_bound,
+};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_driver::{LockOptions, TransactionOptions};
 
@@ -74,6 +81,48 @@ pub struct TxnWorldStats {
     pub crashes: usize,
     /// (pessimistic) Transactions that failed as a deadlock's victim.
     pub deadlock_victims: usize,
+    /// (pessimistic) Transactions whose client crashed while they held
+    /// pessimistic locks, before their commit began: those whose locks
+    /// were gone before the audit's sweep (other clients' lock calls and
+    /// reads resolved them once their TTL ran out), and those with locks
+    /// left for the sweep (on keys nobody locked again).
+    pub crashed_lock_holders: (usize, usize),
+}
+
+/// Where a drawn crash strikes a transaction.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// (pessimistic) A lock call returned: the client holds pessimistic
+    /// locks and has not begun to commit.
+    Locked,
+    /// Its commit began.
+    Committing,
+}
+
+/// Whether a transaction goes on after a step.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[must_use]
+enum Halt {
+    Go,
+    /// Its process crashed in the step: the task is dropped when it
+    /// yields, and must send nothing more before.
+    Crashed,
+}
+
+impl Halt {
+    async fn wait_if_crashed(self) {
+        if self == Halt::Crashed {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A crash drawn for one transaction: `after` this long from the first
+/// time it reaches `stage`, its process crashes.
+#[derive(Copy, Clone, Debug)]
+struct CrashPlan {
+    stage: Stage,
+    after: Duration,
 }
 
 struct Record {
@@ -204,6 +253,26 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     };
     let audit = run_txn(&sim, &auditor, &record, clients, full, &keys, None).await;
     let mut violations = Vec::new();
+    // Clients that crashed holding pessimistic locks before committing:
+    // are their locks gone already (resolved by the others), or left for
+    // the sweep below?
+    let crashed_lock_holders = {
+        let left = cluster.locks();
+        let r = lock(&record);
+        let holders = r
+            .history
+            .entries
+            .iter()
+            .filter(|e| e.crashed && !e.run.locked.is_empty() && e.run.writes.is_empty());
+        holders.fold((0, 0), |(resolved, swept), e| {
+            let ts = e.run.start_ts.unwrap_or_default();
+            if left.iter().any(|l| l.lock_version == ts) {
+                (resolved, swept + 1)
+            } else {
+                (resolved + 1, swept)
+            }
+        })
+    };
     // Locks no read meets (a `LockKeys` lock of a crashed client's
     // transaction) are resolved as GC's lock resolution would; then none
     // may be left.
@@ -227,6 +296,19 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
         violations
             .push(format!("liveness: the audit read ended {:?}", history.entries[audit].outcome));
+    }
+    // No lock a crashed client abandoned holds anyone up for longer than
+    // its TTL allows: every transaction ends within the core-level world's
+    // bound.
+    let bound = txn_liveness_bound(&record.params, world == World::Pess);
+    for e in &history.entries {
+        let took = e.end.unwrap_or(e.invoke).saturating_duration_since(e.invoke);
+        if took > bound {
+            violations.push(format!(
+                "liveness: txn {} ({}) took {took:?} (bound {bound:?})",
+                e.id, e.kind
+            ));
+        }
     }
     let mut fates = si::Fates::new();
     for e in &history.entries {
@@ -283,12 +365,14 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         outcomes: (ok, failed, undetermined),
         crashes: record.crashes,
         deadlock_victims: history.entries.iter().filter(|e| !e.run.deadlock.is_empty()).count(),
+        crashed_lock_holders,
     })
 }
 
 /// Client `c`'s work in its process: a client of its own, then the
-/// transactions `c` has left; with the seed's crash rate, a transaction's
-/// commit is the moment its process crashes.
+/// transactions `c` has left; with the seed's crash rate, its process
+/// crashes during a transaction's commit or (pessimistic) while it holds
+/// the transaction's locks.
 async fn client_process(
     sim: Sim,
     record: Arc<Mutex<Record>>,
@@ -305,16 +389,32 @@ async fn client_process(
     while lock(&record).done[c] < txns_each {
         let pause = lock(&record).rng.gen_duration(think);
         sim.sleep(pause).await;
-        let (spec, crash_after) = {
+        let (spec, crash) = {
             let r = &mut *lock(&record);
             let spec = match world {
                 World::Txn => txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value),
                 World::Pess => pess_workload::pick(&mut r.rng, &r.params),
             };
             let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);
-            (spec, crash.then(|| Duration::from_micros(r.rng.gen_range(0, 40_000))))
+            // A pessimistic client may also die holding its locks before
+            // committing (the core-level world's crash from the first lock
+            // on): the delay then lands among its later lock calls, their
+            // waits, or its commit.
+            let stage = if crash && world == World::Pess && r.rng.gen_ratio(1, 2) {
+                Stage::Locked
+            } else {
+                Stage::Committing
+            };
+            // Half of the crashes holding locks strike at once: between a
+            // lock call and the next step, nothing more sent.
+            let at_once = stage == Stage::Locked && r.rng.gen_ratio(1, 2);
+            let plan = crash.then(|| {
+                let after = if at_once { 0 } else { r.rng.gen_range(0, 40_000) };
+                CrashPlan { stage, after: Duration::from_micros(after) }
+            });
+            (spec, plan)
         };
-        run_txn(&sim, &client, &record, c, spec, &keys, crash_after).await;
+        run_txn(&sim, &client, &record, c, spec, &keys, crash).await;
         lock(&record).done[c] += 1;
     }
     Ok(())
@@ -384,8 +484,7 @@ async fn connect(
 }
 
 /// Runs one transaction as client `c` and records it; returns its entry.
-/// With `crash_after`, the process running it crashes that long after
-/// its commit began.
+/// With `crash`, the process running it crashes as planned.
 async fn run_txn(
     sim: &Sim,
     client: &TransactionClient,
@@ -393,7 +492,7 @@ async fn run_txn(
     c: usize,
     spec: TxnSpec,
     keys: &TxnKeys,
-    crash_after: Option<Duration>,
+    crash: Option<CrashPlan>,
 ) -> usize {
     let id = {
         let r = &mut *lock(record);
@@ -415,22 +514,33 @@ async fn run_txn(
         id
     };
     let mut run = TxnRun::default();
-    let committing = |run: &TxnRun| {
+    let mut crash = crash;
+    let progress = |stage: Stage, run: &TxnRun| {
         // What a crash from here on leaves for the checkers.
         lock(record).history.entries[id].run = run.clone();
-        if let Some(after) = crash_after
+        if let Some(plan) = crash.take_if(|p| p.stage == stage)
             && let Some(process) = sim.current_process()
         {
+            if stage == Stage::Locked && plan.after.is_zero() {
+                sim.log(format!("client c{c} crashes holding its pessimistic locks"));
+                sim.crash(process);
+                return Halt::Crashed;
+            }
             let crasher = sim.clone();
-            sim.log(format!("client c{c} will crash {after:?} into this commit"));
+            let when = match stage {
+                Stage::Locked => "after its first pessimistic lock",
+                Stage::Committing => "into this commit",
+            };
+            sim.log(format!("client c{c} will crash {:?} {when}", plan.after));
             sim.spawn(async move {
-                crasher.sleep(after).await;
+                crasher.sleep(plan.after).await;
                 crasher.crash(process);
             })
             .forget();
         }
+        Halt::Go
     };
-    let outcome = transact(client, spec, keys, id, &mut run, committing).await;
+    let outcome = transact(client, spec, keys, id, &mut run, progress).await;
     let r = &mut *lock(record);
     let e = &mut r.history.entries[id];
     e.end = Some(sim.now());
@@ -445,10 +555,10 @@ async fn transact(
     keys: &TxnKeys,
     id: usize,
     run: &mut TxnRun,
-    committing: impl FnOnce(&TxnRun),
+    mut progress: impl FnMut(Stage, &TxnRun) -> Halt,
 ) -> TxnOutcome {
     if let TxnKind::Pessimistic(kind) = spec.kind {
-        return transact_pessimistic(client, kind, spec.opts, id, run, committing).await;
+        return transact_pessimistic(client, kind, spec.opts, id, run, progress).await;
     }
     let options = TransactionOptions::default().with_commit_options(spec.opts.clone());
     let mut txn = match client.begin_with_options(options).await {
@@ -495,7 +605,7 @@ async fn transact(
             return TxnOutcome::Failed(format!("buffering: {e}"));
         }
     }
-    committing(run);
+    progress(Stage::Committing, run).wait_if_crashed().await;
     match txn.commit().await {
         Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
         Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
@@ -566,7 +676,7 @@ async fn transact_pessimistic(
     opts: CommitOptions,
     id: usize,
     run: &mut TxnRun,
-    committing: impl FnOnce(&TxnRun),
+    mut progress: impl FnMut(Stage, &TxnRun) -> Halt,
 ) -> TxnOutcome {
     let options = TransactionOptions::default().with_pessimistic().with_commit_options(opts);
     let mut txn = match client.begin_with_options(options).await {
@@ -612,6 +722,7 @@ async fn transact_pessimistic(
             });
             values.insert(key, read);
         }
+        progress(Stage::Locked, run).wait_if_crashed().await;
     }
     if fair && let Err(e) = txn.done_fair_locking() {
         return TxnOutcome::Failed(e.to_string());
@@ -651,7 +762,7 @@ async fn transact_pessimistic(
         };
         run.writes.push((key.clone(), write));
     }
-    committing(run);
+    progress(Stage::Committing, run).wait_if_crashed().await;
     match txn.commit().await {
         Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
         Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
