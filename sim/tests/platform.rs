@@ -843,6 +843,102 @@ fn a_lock_abandoned_by_a_crash_is_resolved_after_its_ttl() {
     assert_eq!(locks, 0, "no lock left");
 }
 
+/// A client that writes a counter key every 100 ms of virtual time from
+/// its own process, recording when each write was acknowledged.
+async fn ticking_writer(sim: Sim, name: &'static str, acks: Arc<Mutex<Vec<(String, u64)>>>) {
+    let Ok(raw) = sim.raw_client().await else { return };
+    for i in 0.. {
+        if raw.put(format!("{name}-{i}"), "x").await.is_ok() {
+            let at = sim.now().saturating_duration_since(tikv_core::time::Instant::ZERO);
+            acks.lock().unwrap().push((name.to_owned(), at.as_millis() as u64));
+        }
+        sim.sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A crash in a user's fault schedule (`Fault::CrashProcess` through
+/// `Sim::fault_at`) kills the named process at that virtual instant: its
+/// last write came before, the others go on; the same seed replays the
+/// same trace.
+#[test]
+fn a_scheduled_crash_kills_the_named_process_at_its_instant() {
+    let run = || {
+        simulate(41, SimConfig { trace: true, ..SimConfig::default() }, |sim| async move {
+            let acks = Arc::new(Mutex::new(Vec::new()));
+            let a = sim.spawn_process(ticking_writer(sim.clone(), "a", acks.clone()));
+            let b = sim.spawn_process(ticking_writer(sim.clone(), "b", acks.clone()));
+            let at = tikv_core::time::Instant::from_millis(5_000);
+            sim.fault_at(at, Fault::CrashProcess(Some(a.id().number())));
+            let joined = a.join().await;
+            let crashed_at = sim.now();
+            sim.sleep(Duration::from_secs(2)).await;
+            sim.crash(b.id());
+            let acks = acks.lock().unwrap().clone();
+            Ok::<_, Error>((joined.is_none(), crashed_at, acks))
+        })
+        .unwrap_or_else(|f| panic!("{f}"))
+    };
+    let report = run();
+    let (crashed, crashed_at, acks) = report.output;
+    assert!(crashed, "the scheduled crash ended the process without an output");
+    assert_eq!(crashed_at, tikv_core::time::Instant::from_millis(5_000), "at its instant");
+    let last = |name: &str| acks.iter().filter(|(n, _)| n == name).map(|(_, t)| *t).max();
+    let (last_a, last_b) = (last("a").unwrap_or(0), last("b").unwrap_or(0));
+    assert!(last_a > 4_000 && last_a <= 5_000, "a wrote until the crash: {last_a} ms");
+    assert!(last_b > 6_000, "b went on: {last_b} ms");
+    assert!(
+        report.trace.contains("fault: crash process p"),
+        "the fault is in the trace:\n{}",
+        report.trace
+    );
+    assert_eq!(run().trace_hash, report.trace_hash, "the same seed, the same trace");
+}
+
+/// `Fault::CrashProcess(None)` crashes a live client process the seed
+/// picks (never one that already ended), the same one for the same seed.
+#[test]
+fn a_scheduled_crash_of_any_client_picks_a_live_one_by_the_seed() {
+    let run = |seed| {
+        simulate(seed, SimConfig::default(), |sim| async move {
+            let acks = Arc::new(Mutex::new(Vec::new()));
+            // A process that built a client and ended: not live.
+            let sim2 = sim.clone();
+            let done = sim.spawn_process(async move { sim2.raw_client().await.is_ok() });
+            assert_eq!(done.join().await, Some(true));
+            let procs: Vec<_> = ["a", "b", "c"]
+                .into_iter()
+                .map(|name| sim.spawn_process(ticking_writer(sim.clone(), name, acks.clone())))
+                .collect();
+            sim.fault_at(tikv_core::time::Instant::from_millis(3_000), Fault::CrashProcess(None));
+            sim.sleep(Duration::from_secs(4)).await;
+            let mut crashed = Vec::new();
+            for (i, p) in procs.iter().enumerate() {
+                let name = ["a", "b", "c"][i];
+                let last = acks.lock().unwrap().iter().filter(|(n, _)| n == name).count();
+                sim.sleep(Duration::from_millis(300)).await;
+                let now = acks.lock().unwrap().iter().filter(|(n, _)| n == name).count();
+                if now == last {
+                    crashed.push(p.id().number());
+                }
+            }
+            for p in &procs {
+                sim.crash(p.id());
+            }
+            Ok::<_, Error>(crashed)
+        })
+        .unwrap_or_else(|f| panic!("{f}"))
+        .output
+    };
+    let mut picked = BTreeMap::new();
+    for seed in 0..8 {
+        let crashed = run(seed);
+        assert_eq!(crashed.len(), 1, "seed {seed}: exactly one live process crashed");
+        assert_eq!(run(seed), crashed, "seed {seed}: the same pick on replay");
+        *picked.entry(crashed[0]).or_insert(0) += 1;
+    }
+    assert!(picked.len() > 1, "the seed decides which: {picked:?}");
+}
+
 /// A process crashed in the middle of a commit leaves locks; another
 /// client resolves them and sees the transaction all or nothing.
 #[test]

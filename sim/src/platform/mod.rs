@@ -83,7 +83,10 @@
 //! task, store refresh, secondary commits and cleanups, keep-alives)
 //! belong to it, and [`Sim::crash`] drops them all at once, mid-commit if
 //! need be; what the process would spawn afterwards (a dropped
-//! transaction's cleanup) is dropped too. Its requests on the wire still
+//! transaction's cleanup) is dropped too. A fault schedule can crash
+//! processes as well: [`Fault::CrashProcess`] through [`Sim::fault`] or
+//! at a virtual instant through [`Sim::fault_at`], naming a process or
+//! letting the seed pick a live client process. Its requests on the wire still
 //! arrive; other clients resolve the locks it left.
 //!
 //! Pessimistic transactions wait for each other in the stores as in TiKV:
@@ -419,9 +422,21 @@ impl Sim {
     /// Applies a fault now, as the fault schedule does (a
     /// [`Fault::Split`]`(k)` splits at the `k`-th stored key, modulo;
     /// partitions name clients by the order they were built). Nothing
-    /// happens once the network is healed.
+    /// happens once the network is healed, except
+    /// [`Fault::CrashProcess`]: it crashes the process with that
+    /// [`ProcessId::number`], or (`None`) a live process that built a
+    /// client, drawn by the seed, as [`Sim::crash`] does.
     pub fn fault(&self, fault: Fault) {
         self.shared.fault(&fault);
+    }
+
+    /// Schedules `fault` at the virtual instant `at` (now, if that has
+    /// passed), as the drawn fault schedule's faults are: a user's own
+    /// schedule (a leader move at 2 s, a client crash at 5 s), applied
+    /// as by [`Sim::fault`] when the clock reaches it, in the order
+    /// scheduled among faults due at the same instant.
+    pub fn fault_at(&self, at: Instant, fault: Fault) {
+        self.shared.schedule_fault(at, fault);
     }
 
     /// Heals every fault now and turns the network reliable.
@@ -443,6 +458,14 @@ impl Sim {
 /// Names a process started by [`Sim::spawn_process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcessId(u64);
+
+impl ProcessId {
+    /// Its number (`p<n>` in the trace), as [`Fault::CrashProcess`] names
+    /// it.
+    pub fn number(self) -> u64 {
+        self.0
+    }
+}
 
 /// A process started by [`Sim::spawn_process`].
 #[derive(Debug)]
