@@ -595,6 +595,41 @@ fn pess_world_through_the_public_client_keeps_its_guarantees() {
     );
 }
 
+/// The GC world through the public `TransactionClient`: GC rounds,
+/// old-ts readers and `delete_range` beside transacting (and crashing)
+/// clients, checked by the core-level GC world's checkers on top of the
+/// transactional ones; a seed replays.
+#[test]
+fn gc_world_through_the_public_client_keeps_its_guarantees() {
+    let n = seeds(50);
+    let (mut txns, mut crashes) = (0, 0);
+    let mut gc = tikv_sim::world::GcStats::default();
+    for seed in 0..n {
+        match tikv_sim::platform::run_gc_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                txns += report.output.txns;
+                crashes += report.output.crashes;
+                let g = &report.output.gc;
+                gc.rounds.0 += g.rounds.0;
+                gc.collected_versions += g.collected_versions;
+                gc.reads_served += g.reads_served;
+                gc.reads_refused += g.reads_refused;
+                gc.delete_ranges.0 += g.delete_ranges.0;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(txns > 5 * n as usize, "{txns} transactions");
+    assert!(crashes > 0, "no client ever crashed");
+    assert!(gc.rounds.0 > 0 && gc.collected_versions > 0, "no GC round collected: {gc:?}");
+    assert!(gc.reads_served > 0 && gc.reads_refused > 0, "readers: {gc:?}");
+    assert!(gc.delete_ranges.0 > 0, "no delete_range completed: {gc:?}");
+    let a = tikv_sim::platform::run_gc_world(4, SimConfig::chaos()).unwrap();
+    let b = tikv_sim::platform::run_gc_world(4, SimConfig::chaos()).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    println!("{txns} transactions, {crashes} crashes, GC: {gc:?}");
+}
+
 fn pessimistic() -> tikv_driver::TransactionOptions {
     tikv_driver::TransactionOptions::default().with_pessimistic()
 }

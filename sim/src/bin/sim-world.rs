@@ -17,11 +17,13 @@
 //! seed failed.
 //!
 //! `--platform` (in a build with the `platform` feature) runs the raw,
-//! transactional or pessimistic workload through the public clients on
-//! the simulated platform instead of the core machines
+//! transactional, pessimistic or GC workload through the public clients
+//! on the simulated platform instead of the core machines
 //! ([`tikv_sim::platform::run_raw_world`],
 //! [`tikv_sim::platform::run_txn_world`],
-//! [`tikv_sim::platform::run_pess_world`]), with the same checkers:
+//! [`tikv_sim::platform::run_pess_world`],
+//! [`tikv_sim::platform::run_gc_world`]), with the same checkers (the
+//! pessimistic one also counts clients that crashed holding locks):
 //!
 //! ```text
 //! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --txn 1000
@@ -167,10 +169,10 @@ mod platform {
     use std::time::Instant as WallClock;
 
     use tikv_sim::platform::{
-        SimConfig, SimFailure, SimReport, TxnWorldStats, run_pess_world, run_raw_world,
-        run_txn_world,
+        SimConfig, SimFailure, SimReport, TxnWorldStats, run_gc_world, run_pess_world,
+        run_raw_world, run_txn_world,
     };
-    use tikv_sim::world::Workload;
+    use tikv_sim::world::{GcStats, Workload};
 
     /// What the passing seeds add up to.
     #[derive(Default)]
@@ -186,6 +188,7 @@ mod platform {
         lock_waits: u64,
         rpcs: u64,
         events: u64,
+        gc: GcStats,
     }
 
     impl Totals {
@@ -197,6 +200,16 @@ mod platform {
             self.victims += o.deadlock_victims;
             self.crashed_holders.0 += o.crashed_lock_holders.0;
             self.crashed_holders.1 += o.crashed_lock_holders.1;
+            let (g, mine) = (&o.gc, &mut self.gc);
+            mine.rounds.0 += g.rounds.0;
+            mine.rounds.1 += g.rounds.1;
+            mine.locks_below_safe_point += g.locks_below_safe_point;
+            mine.collected_versions += g.collected_versions;
+            mine.reads_served += g.reads_served;
+            mine.reads_refused += g.reads_refused;
+            mine.reads_failed += g.reads_failed;
+            mine.delete_ranges.0 += g.delete_ranges.0;
+            mine.delete_ranges.1 += g.delete_ranges.1;
             self.add_stats(&r.stats);
         }
 
@@ -228,6 +241,7 @@ mod platform {
                 totals.add_stats(&r.stats);
             }
             Workload::Pessimistic => totals.add_txn(&run_pess_world(seed, config)?),
+            Workload::Gc => totals.add_txn(&run_gc_world(seed, config)?),
             _ => totals.add_txn(&run_txn_world(seed, config)?),
         }
         Ok(())
@@ -289,6 +303,23 @@ mod platform {
                 "clients crashed holding pessimistic locks before committing: {} times the \
                  others resolved them, {} times the audit swept them",
                 t.crashed_holders.0, t.crashed_holders.1
+            );
+        }
+        if workload == Workload::Gc {
+            let g = &t.gc;
+            println!(
+                "GC rounds: {} completed ({} locks at or below their safe points when they \
+                 began, {} versions collected), {} failed; old readers: {} served, {} refused \
+                 below the txn safe point, {} failed; delete_range: {} completed, {} failed",
+                g.rounds.0,
+                g.locks_below_safe_point,
+                g.collected_versions,
+                g.rounds.1,
+                g.reads_served,
+                g.reads_refused,
+                g.reads_failed,
+                g.delete_ranges.0,
+                g.delete_ranges.1
             );
         }
         println!(

@@ -24,6 +24,7 @@ use tikv_driver::{Runtime, Transport};
 
 use crate::net::{Endpoint, Network, Recovery};
 use crate::world::Fault;
+use crate::world::gc_workload::{GcStats, GcWorld, after_collection};
 use crate::{Cluster, KvAnswer, LockWaitToken};
 
 use super::SimStats;
@@ -59,6 +60,8 @@ struct State {
     /// Processes that built a client ([`Fault::CrashProcess`]`(None)`
     /// picks among the live ones).
     client_processes: BTreeSet<u64>,
+    /// The GC world's checks, run around every `AdvanceGCSafePoint`.
+    gc_checks: Option<Arc<GcChecks>>,
     /// Tasks a crash took out of the table, dropped once the state's lock
     /// is released (their drops may spawn, and are refused).
     graveyard: Vec<BoxFuture<'static, ()>>,
@@ -80,6 +83,36 @@ struct State {
     /// When the lock manager's next timeout or delayed wake-up is due
     /// (armed as an [`Event::LockWaits`]).
     lock_wait_timer: Option<Instant>,
+}
+
+/// The GC world's checker state (the core-level GC world's
+/// [`GcWorld`]), shared by the GC client's tasks and the executor, which
+/// runs the collection checks when PD applies `AdvanceGCSafePoint`. Its
+/// lock is taken after the state's, never the other way round.
+pub(crate) struct GcChecks {
+    inner: Mutex<GcCheckState>,
+}
+
+/// What [`GcChecks`] guards.
+pub(crate) struct GcCheckState {
+    pub(crate) world: GcWorld,
+    pub(crate) stats: GcStats,
+    pub(crate) violations: Vec<String>,
+}
+
+impl GcChecks {
+    pub(crate) fn new() -> Arc<GcChecks> {
+        let state = GcCheckState {
+            world: GcWorld::new(0, 0),
+            stats: GcStats::default(),
+            violations: vec![],
+        };
+        Arc::new(GcChecks { inner: Mutex::new(state) })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, GcCheckState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A parked lock request: where its answer goes once the lock manager
@@ -461,7 +494,24 @@ impl State {
         let now = self.now;
         let result = match (endpoint, a.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
-                self.cluster.handle_pd(m, req, now).map(Response::Pd)
+                // The GC world checks every collection the stores apply.
+                let before = match (&req, &self.gc_checks) {
+                    (PdRequest::AdvanceGcSafePoint(r), Some(checks)) => {
+                        Some(checks.lock().world.before_collection(&self.cluster, r.target))
+                    }
+                    _ => None,
+                };
+                let result = self.cluster.handle_pd(m, req, now).map(Response::Pd);
+                if let (Some(before), Some(checks)) = (before, &self.gc_checks) {
+                    let checks = &mut *checks.lock();
+                    after_collection(
+                        &self.cluster,
+                        before,
+                        &mut checks.stats,
+                        &mut checks.violations,
+                    );
+                }
+                result
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
                 // TiKV's lock manager: a lock request that meets a lock
@@ -572,6 +622,7 @@ impl Shared {
             crashed: BTreeSet::new(),
             client_processes: BTreeSet::new(),
             graveyard: Vec::new(),
+            gc_checks: None,
             ready: VecDeque::new(),
             queued: BTreeSet::new(),
             next_task: MAIN + 1,
@@ -672,6 +723,12 @@ impl Shared {
         // Dropped without the lock: drops may spawn (and are refused).
         drop(dropped);
     }
+    /// Runs `checks` around every `AdvanceGCSafePoint` PD applies from
+    /// now on.
+    pub(crate) fn set_gc_checks(&self, checks: Arc<GcChecks>) {
+        self.lock().gc_checks = Some(checks);
+    }
+
     pub(crate) fn schedule_fault(&self, at: Instant, fault: Fault) {
         self.lock().schedule(at, Event::Fault(fault));
     }

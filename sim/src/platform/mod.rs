@@ -72,7 +72,10 @@
 //! outcomes, the bank total, list-append anomalies; clients crash
 //! mid-commit as in the core-level world) and [`run_pess_world`] (the
 //! pessimistic workload: snapshot isolation with the pessimistic
-//! guarantee, the bank total, lost counter updates, deadlock victims),
+//! guarantee, the bank total, lost counter updates, deadlock victims)
+//! and [`run_gc_world`] (the transactional workload beside a GC client
+//! running GC rounds, old-ts readers and `delete_range` through the
+//! public client, checked by the core-level GC world's checkers too),
 //! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
@@ -121,7 +124,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
-pub use txn_world::{TxnWorldStats, run_pess_world, run_txn_world};
+pub use txn_world::{TxnWorldStats, run_gc_world, run_pess_world, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;

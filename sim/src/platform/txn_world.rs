@@ -20,6 +20,10 @@
 //! and the commit mode that went through is not visible (outcomes carry
 //! none).
 //!
+//! [`run_gc_world`] adds a GC client to the transactional workload: GC
+//! rounds, old-ts readers and `delete_range` through the public client,
+//! checked by the core-level GC world's checkers as well.
+//!
 //! [`run_pess_world`] runs the pessimistic world's workload the same way
 //! (locked transfers and counter increments through `lock_keys` with the
 //! drawn wait policy, fair locking for some increments, bank reads), each
@@ -45,10 +49,12 @@ use tikv_core::key::{Key, KeyRange};
 use tikv_core::rng::Rng;
 use tikv_core::time::{Duration, Instant};
 
+use super::exec::GcChecks;
 use super::{
     Error, Sim, SimConfig, SimFailure, SimReport, Transaction, TransactionClient, simulate,
 };
 use crate::WriteKind;
+use crate::world::GcStats;
 use crate::world::pess_workload;
 use crate::world::txn_history::{
     LockedRead, PessKind, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
@@ -61,6 +67,8 @@ use crate::world::{
 use tikv_core::txn::commit::CommitOptions;
 use tikv_driver::{LockOptions, TransactionOptions};
 
+mod gc;
+
 /// Which workload a run draws its transactions from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum World {
@@ -68,6 +76,8 @@ enum World {
     Txn,
     /// The pessimistic world's (`pess_workload`).
     Pess,
+    /// The transactional world's, with a GC client beside it ([`gc`]).
+    Gc,
 }
 
 /// What a passing run did.
@@ -81,6 +91,8 @@ pub struct TxnWorldStats {
     pub crashes: usize,
     /// (pessimistic) Transactions that failed as a deadlock's victim.
     pub deadlock_victims: usize,
+    /// (GC world) The GC client's work.
+    pub gc: GcStats,
     /// (pessimistic) Transactions whose client crashed while they held
     /// pessimistic locks, before their commit began: those whose locks
     /// were gone before the audit's sweep (other clients' lock calls and
@@ -137,6 +149,11 @@ struct Record {
     /// Transactions per client, and the longest pause before each.
     txns_each: usize,
     think: Duration,
+    /// (GC world) The GC checks and how long after its end a
+    /// transaction's requests may still land.
+    gc: Option<(Arc<GcChecks>, Duration)>,
+    /// (GC world) The GC client stops after its task in flight.
+    gc_stop: bool,
 }
 
 /// Runs the transactional workload with `seed` through the public client
@@ -163,12 +180,29 @@ pub fn run_pess_world(
     simulate(seed, config, move |sim| async move { txn_world(sim, World::Pess).await })
 }
 
+/// Runs the GC world with `seed` through the public client and checks it:
+/// the transactional workload (its clients crashing as drawn) beside a GC
+/// client running GC rounds (`TransactionClient::gc`) at safe points below
+/// every live transaction, readers at old timestamps (refused below the txn
+/// safe point, else served exactly the committed data) and `delete_range`
+/// over a seeded scratch range, checked by the transactional world's
+/// checkers and the core-level GC world's (every collection keeps the reads
+/// at or above its safe point and every lock; no lock at or below a
+/// completed round's safe point survives it). A violation fails the run.
+///
+/// # Errors
+///
+/// As [`run_txn_world`].
+pub fn run_gc_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    simulate(seed, config, move |sim| async move { txn_world(sim, World::Gc).await })
+}
+
 async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     let mut rng = Rng::new(sim.seed() ^ 0x7478_6e20_776f_726c);
     // The pessimistic world's keys (as `Plan::draw_pess`): accounts and
     // counters, no lists.
     let keys = match world {
-        World::Txn => TxnKeys {
+        World::Txn | World::Gc => TxnKeys {
             accounts: rng.gen_range(2, 6) as u32,
             lists: rng.gen_range(1, 5) as u32,
             registers: rng.gen_range(0, 4) as u32,
@@ -210,7 +244,10 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         crashes: 0,
         txns_each,
         think,
+        gc: None,
+        gc_stop: false,
     }));
+    let gc_client = (world == World::Gc).then(|| gc::start(&sim, &record, &keys));
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
@@ -233,6 +270,11 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     }
     if sim.now() < heal_at {
         sim.sleep_until(heal_at).await;
+    }
+    // The GC client finishes its task in flight and stops before the audit.
+    if let Some(gc_client) = gc_client {
+        lock(&record).gc_stop = true;
+        gc_client.await?;
     }
     // The audit: past every lock's TTL, a fresh client with client-go's
     // budgets reads every key (resolving what failed transactions left),
@@ -310,6 +352,14 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
             ));
         }
     }
+    let gc_checks = record.gc.as_ref().map(|(checks, _)| checks.clone());
+    let mut gc_stats = GcStats::default();
+    if let Some(checks) = &gc_checks {
+        let g = &mut *checks.lock();
+        g.world.finish(&cluster, &mut g.violations);
+        violations.append(&mut g.violations);
+        gc_stats = g.stats.clone();
+    }
     let mut fates = si::Fates::new();
     for e in &history.entries {
         let Some(start_ts) = e.run.start_ts else { continue };
@@ -324,7 +374,12 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
                 let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
                     Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
                     Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
-                    None => si::KeyFate::Absent,
+                    // GC may have collected the record: the checks saw it
+                    // before.
+                    None => gc_checks
+                        .as_ref()
+                        .and_then(|g| g.lock().world.seen_fate(k.as_bytes(), start_ts))
+                        .unwrap_or(si::KeyFate::Absent),
                 };
                 (k.clone(), fate)
             })
@@ -342,7 +397,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
     match world {
-        World::Txn => violations
+        World::Txn | World::Gc => violations
             .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}"))),
         World::Pess => {
             let counters: Vec<String> = (0..keys.registers).map(register).collect();
@@ -366,6 +421,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         crashes: record.crashes,
         deadlock_victims: history.entries.iter().filter(|e| !e.run.deadlock.is_empty()).count(),
         crashed_lock_holders,
+        gc: gc_stats,
     })
 }
 
@@ -392,7 +448,9 @@ async fn client_process(
         let (spec, crash) = {
             let r = &mut *lock(&record);
             let spec = match world {
-                World::Txn => txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value),
+                World::Txn | World::Gc => {
+                    txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value)
+                }
                 World::Pess => pess_workload::pick(&mut r.rng, &r.params),
             };
             let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);

@@ -85,7 +85,7 @@
 
 pub mod elle;
 pub mod faults;
-mod gc_workload;
+pub(crate) mod gc_workload;
 pub mod history;
 pub mod linearizability;
 mod own_reads;
