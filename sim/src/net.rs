@@ -216,6 +216,9 @@ impl Network {
                 self.partitions.insert((*c, e));
                 return ("cut".into(), Some((*d, Recovery::Reconnect(*c, e))));
             }
+            Fault::CrashProcess(_) => {
+                "ignored: no processes here (the simulated platform's)".into()
+            }
         };
         (outcome, None)
     }

@@ -566,9 +566,12 @@ fn txn_world_through_the_public_client_keeps_snapshot_isolation() {
 fn pess_world_through_the_public_client_keeps_its_guarantees() {
     let n = seeds(50);
     let (mut txns, mut failed, mut crashes, mut lock_waits) = (0, 0, 0, 0);
+    let mut holders = (0, 0);
     for seed in 0..n {
         match tikv_sim::platform::run_pess_world(seed, SimConfig::chaos()) {
             Ok(report) => {
+                holders.0 += report.output.crashed_lock_holders.0;
+                holders.1 += report.output.crashed_lock_holders.1;
                 txns += report.output.txns;
                 failed += report.output.outcomes.1;
                 crashes += report.output.crashes;
@@ -581,10 +584,50 @@ fn pess_world_through_the_public_client_keeps_its_guarantees() {
     assert!(failed > 0, "no transaction ever failed: no faults?");
     assert!(lock_waits > 0, "no lock request ever waited in a store");
     assert!(crashes > 0, "no client ever crashed");
+    // Some clients crashed holding pessimistic locks before committing.
+    assert!(holders.0 + holders.1 > 0, "no client crashed holding locks: {holders:?}");
     let a = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
     let b = tikv_sim::platform::run_pess_world(3, SimConfig::chaos()).unwrap();
     assert_eq!(a.trace_hash, b.trace_hash);
-    println!("{txns} transactions, {failed} failed, {crashes} crashes, {lock_waits} lock waits");
+    println!(
+        "{txns} transactions, {failed} failed, {crashes} crashes ({holders:?} holding locks), \
+         {lock_waits} lock waits"
+    );
+}
+
+/// The GC world through the public `TransactionClient`: GC rounds,
+/// old-ts readers and `delete_range` beside transacting (and crashing)
+/// clients, checked by the core-level GC world's checkers on top of the
+/// transactional ones; a seed replays.
+#[test]
+fn gc_world_through_the_public_client_keeps_its_guarantees() {
+    let n = seeds(50);
+    let (mut txns, mut crashes) = (0, 0);
+    let mut gc = tikv_sim::world::GcStats::default();
+    for seed in 0..n {
+        match tikv_sim::platform::run_gc_world(seed, SimConfig::chaos()) {
+            Ok(report) => {
+                txns += report.output.txns;
+                crashes += report.output.crashes;
+                let g = &report.output.gc;
+                gc.rounds.0 += g.rounds.0;
+                gc.collected_versions += g.collected_versions;
+                gc.reads_served += g.reads_served;
+                gc.reads_refused += g.reads_refused;
+                gc.delete_ranges.0 += g.delete_ranges.0;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(txns > 5 * n as usize, "{txns} transactions");
+    assert!(crashes > 0, "no client ever crashed");
+    assert!(gc.rounds.0 > 0 && gc.collected_versions > 0, "no GC round collected: {gc:?}");
+    assert!(gc.reads_served > 0 && gc.reads_refused > 0, "readers: {gc:?}");
+    assert!(gc.delete_ranges.0 > 0, "no delete_range completed: {gc:?}");
+    let a = tikv_sim::platform::run_gc_world(4, SimConfig::chaos()).unwrap();
+    let b = tikv_sim::platform::run_gc_world(4, SimConfig::chaos()).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    println!("{txns} transactions, {crashes} crashes, GC: {gc:?}");
 }
 
 fn pessimistic() -> tikv_driver::TransactionOptions {
@@ -784,6 +827,151 @@ fn a_crashed_process_takes_its_clients_background_tasks_with_it() {
     .unwrap_err();
     assert!(err.reason.starts_with("deadlock"), "{err}");
     assert!(err.end < tikv_core::time::Instant::from_millis(10_000), "{err}");
+}
+
+/// A process that crashes holding a pessimistic lock (its keep-alive
+/// dying with it) never blocks the key for good: another transaction's
+/// lock call waits in the store, then resolves the lock once its TTL
+/// (client-go's `ManagedLockTTL`, 20 s) ran out, and commits.
+#[test]
+fn a_lock_abandoned_by_a_crash_is_resolved_after_its_ttl() {
+    let report = simulate(23, SimConfig::default(), |sim| async move {
+        // A lock request may wait in TiKV for its `wait-for-lock-timeout`
+        // (1 s): the call's deadline must be longer than [`Sim::config`]'s
+        // 1 s, or the call, not TiKV, ends every wait.
+        let config = sim.config().with_read_timeout_short(tikv_core::time::Duration::from_secs(2));
+        let txns = TransactionClient::connect_with_config(config).await?;
+        let mut setup = txns.begin().await?;
+        setup.put("k", "0")?;
+        setup.commit().await?;
+        let sim2 = sim.clone();
+        let (locked_tx, locked_rx) = futures::channel::oneshot::channel();
+        let holder = sim.spawn_process(async move {
+            let txns = sim2.txn_client().await?;
+            let mut txn = txns.begin_with_options(pessimistic()).await?;
+            txn.lock_keys(["k"], tikv_driver::LockOptions::default()).await?;
+            let _ = locked_tx.send(());
+            // Holds the lock (its keep-alive extending the TTL) until the
+            // crash.
+            futures::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        });
+        locked_rx.await.map_err(|_| Error::Internal("the holder never locked".into()))?;
+        // Long enough for a keep-alive to have extended the lock once.
+        sim.sleep(Duration::from_secs(15)).await;
+        sim.crash(holder.id());
+        let crashed_at = sim.now();
+        let mut txn = txns.begin_with_options(pessimistic()).await?;
+        txn.lock_keys(["k"], tikv_driver::LockOptions::default()).await?;
+        let waited = sim.now().saturating_duration_since(crashed_at);
+        txn.put("k", "1")?;
+        txn.commit().await?;
+        let last = txns.snapshot(txns.current_timestamp().await?).get("k").await?;
+        Ok::<_, Error>((waited, last, sim.cluster().locks().len()))
+    })
+    .unwrap_or_else(|f| panic!("{f}"));
+    let (waited, last, locks) = report.output;
+    assert!(report.stats.lock_waits > 0, "the lock call waited in the store: {:?}", report.stats);
+    assert!(waited >= Duration::from_secs(1), "the abandoned lock held it back: {waited:?}");
+    assert!(waited <= Duration::from_secs(30), "no longer than the lock's TTL: {waited:?}");
+    assert_eq!(last.as_deref(), Some(&b"1"[..]));
+    assert_eq!(locks, 0, "no lock left");
+}
+
+/// A client that writes a counter key every 100 ms of virtual time from
+/// its own process, recording when each write was acknowledged.
+async fn ticking_writer(sim: Sim, name: &'static str, acks: Arc<Mutex<Vec<(String, u64)>>>) {
+    let Ok(raw) = sim.raw_client().await else { return };
+    for i in 0.. {
+        if raw.put(format!("{name}-{i}"), "x").await.is_ok() {
+            let at = sim.now().saturating_duration_since(tikv_core::time::Instant::ZERO);
+            acks.lock().unwrap().push((name.to_owned(), at.as_millis() as u64));
+        }
+        sim.sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A crash in a user's fault schedule (`Fault::CrashProcess` through
+/// `Sim::fault_at`) kills the named process at that virtual instant: its
+/// last write came before, the others go on; the same seed replays the
+/// same trace.
+#[test]
+fn a_scheduled_crash_kills_the_named_process_at_its_instant() {
+    let run = || {
+        simulate(41, SimConfig { trace: true, ..SimConfig::default() }, |sim| async move {
+            let acks = Arc::new(Mutex::new(Vec::new()));
+            let a = sim.spawn_process(ticking_writer(sim.clone(), "a", acks.clone()));
+            let b = sim.spawn_process(ticking_writer(sim.clone(), "b", acks.clone()));
+            let at = tikv_core::time::Instant::from_millis(5_000);
+            sim.fault_at(at, Fault::CrashProcess(Some(a.id().number())));
+            let joined = a.join().await;
+            let crashed_at = sim.now();
+            sim.sleep(Duration::from_secs(2)).await;
+            sim.crash(b.id());
+            let acks = acks.lock().unwrap().clone();
+            Ok::<_, Error>((joined.is_none(), crashed_at, acks))
+        })
+        .unwrap_or_else(|f| panic!("{f}"))
+    };
+    let report = run();
+    let (crashed, crashed_at, acks) = report.output;
+    assert!(crashed, "the scheduled crash ended the process without an output");
+    assert_eq!(crashed_at, tikv_core::time::Instant::from_millis(5_000), "at its instant");
+    let last = |name: &str| acks.iter().filter(|(n, _)| n == name).map(|(_, t)| *t).max();
+    let (last_a, last_b) = (last("a").unwrap_or(0), last("b").unwrap_or(0));
+    assert!(last_a > 4_000 && last_a <= 5_000, "a wrote until the crash: {last_a} ms");
+    assert!(last_b > 6_000, "b went on: {last_b} ms");
+    assert!(
+        report.trace.contains("fault: crash process p"),
+        "the fault is in the trace:\n{}",
+        report.trace
+    );
+    assert_eq!(run().trace_hash, report.trace_hash, "the same seed, the same trace");
+}
+
+/// `Fault::CrashProcess(None)` crashes a live client process the seed
+/// picks (never one that already ended), the same one for the same seed.
+#[test]
+fn a_scheduled_crash_of_any_client_picks_a_live_one_by_the_seed() {
+    let run = |seed| {
+        simulate(seed, SimConfig::default(), |sim| async move {
+            let acks = Arc::new(Mutex::new(Vec::new()));
+            // A process that built a client and ended: not live.
+            let sim2 = sim.clone();
+            let done = sim.spawn_process(async move { sim2.raw_client().await.is_ok() });
+            assert_eq!(done.join().await, Some(true));
+            let procs: Vec<_> = ["a", "b", "c"]
+                .into_iter()
+                .map(|name| sim.spawn_process(ticking_writer(sim.clone(), name, acks.clone())))
+                .collect();
+            sim.fault_at(tikv_core::time::Instant::from_millis(3_000), Fault::CrashProcess(None));
+            sim.sleep(Duration::from_secs(4)).await;
+            let mut crashed = Vec::new();
+            for (i, p) in procs.iter().enumerate() {
+                let name = ["a", "b", "c"][i];
+                let last = acks.lock().unwrap().iter().filter(|(n, _)| n == name).count();
+                sim.sleep(Duration::from_millis(300)).await;
+                let now = acks.lock().unwrap().iter().filter(|(n, _)| n == name).count();
+                if now == last {
+                    crashed.push(p.id().number());
+                }
+            }
+            for p in &procs {
+                sim.crash(p.id());
+            }
+            Ok::<_, Error>(crashed)
+        })
+        .unwrap_or_else(|f| panic!("{f}"))
+        .output
+    };
+    let mut picked = BTreeMap::new();
+    for seed in 0..8 {
+        let crashed = run(seed);
+        assert_eq!(crashed.len(), 1, "seed {seed}: exactly one live process crashed");
+        assert_eq!(run(seed), crashed, "seed {seed}: the same pick on replay");
+        *picked.entry(crashed[0]).or_insert(0) += 1;
+    }
+    assert!(picked.len() > 1, "the seed decides which: {picked:?}");
 }
 
 /// A process crashed in the middle of a commit leaves locks; another

@@ -17,11 +17,13 @@
 //! seed failed.
 //!
 //! `--platform` (in a build with the `platform` feature) runs the raw,
-//! transactional or pessimistic workload through the public clients on
-//! the simulated platform instead of the core machines
+//! transactional, pessimistic or GC workload through the public clients
+//! on the simulated platform instead of the core machines
 //! ([`tikv_sim::platform::run_raw_world`],
 //! [`tikv_sim::platform::run_txn_world`],
-//! [`tikv_sim::platform::run_pess_world`]), with the same checkers:
+//! [`tikv_sim::platform::run_pess_world`],
+//! [`tikv_sim::platform::run_gc_world`]), with the same checkers (the
+//! pessimistic one also counts clients that crashed holding locks):
 //!
 //! ```text
 //! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --txn 1000
@@ -167,25 +169,82 @@ mod platform {
     use std::time::Instant as WallClock;
 
     use tikv_sim::platform::{
-        SimConfig, SimFailure, SimStats, run_pess_world, run_raw_world, run_txn_world,
+        SimConfig, SimFailure, SimReport, TxnWorldStats, run_gc_world, run_pess_world,
+        run_raw_world, run_txn_world,
     };
-    use tikv_sim::world::Workload;
+    use tikv_sim::world::{GcStats, Workload};
 
-    /// What one seed reports: operations, (ok, failed, undetermined),
-    /// client crashes, deadlock victims, the run's counters.
-    type Seed = Result<(usize, (usize, usize, usize), usize, usize, SimStats), SimFailure>;
+    /// What the passing seeds add up to.
+    #[derive(Default)]
+    struct Totals {
+        ops: usize,
+        /// ok, failed, undetermined
+        outcomes: (usize, usize, usize),
+        crashes: usize,
+        victims: usize,
+        /// Clients crashed holding pessimistic locks: resolved by the
+        /// others, swept by the audit.
+        crashed_holders: (usize, usize),
+        lock_waits: u64,
+        rpcs: u64,
+        events: u64,
+        gc: GcStats,
+    }
 
-    fn run(workload: Workload, seed: u64, config: SimConfig) -> Seed {
-        let txn = |r: tikv_sim::platform::SimReport<tikv_sim::platform::TxnWorldStats>| {
-            let o = r.output;
-            (o.txns, o.outcomes, o.crashes, o.deadlock_victims, r.stats)
-        };
-        match workload {
-            Workload::Raw => run_raw_world(seed, config)
-                .map(|r| (r.output.ops, r.output.outcomes, 0, 0, r.stats)),
-            Workload::Pessimistic => run_pess_world(seed, config).map(txn),
-            _ => run_txn_world(seed, config).map(txn),
+    impl Totals {
+        fn add_txn(&mut self, r: &SimReport<TxnWorldStats>) {
+            let o = &r.output;
+            self.ops += o.txns;
+            self.add_outcomes(o.outcomes);
+            self.crashes += o.crashes;
+            self.victims += o.deadlock_victims;
+            self.crashed_holders.0 += o.crashed_lock_holders.0;
+            self.crashed_holders.1 += o.crashed_lock_holders.1;
+            let (g, mine) = (&o.gc, &mut self.gc);
+            mine.rounds.0 += g.rounds.0;
+            mine.rounds.1 += g.rounds.1;
+            mine.locks_below_safe_point += g.locks_below_safe_point;
+            mine.collected_versions += g.collected_versions;
+            mine.reads_served += g.reads_served;
+            mine.reads_refused += g.reads_refused;
+            mine.reads_failed += g.reads_failed;
+            mine.delete_ranges.0 += g.delete_ranges.0;
+            mine.delete_ranges.1 += g.delete_ranges.1;
+            self.add_stats(&r.stats);
         }
+
+        fn add_outcomes(&mut self, (ok, failed, undetermined): (usize, usize, usize)) {
+            self.outcomes.0 += ok;
+            self.outcomes.1 += failed;
+            self.outcomes.2 += undetermined;
+        }
+
+        fn add_stats(&mut self, stats: &tikv_sim::platform::SimStats) {
+            self.lock_waits += stats.lock_waits;
+            self.rpcs += stats.rpcs;
+            self.events += stats.events;
+        }
+    }
+
+    /// Runs one seed and adds what it did to `totals` if it passed.
+    fn run(
+        workload: Workload,
+        seed: u64,
+        config: SimConfig,
+        totals: &mut Totals,
+    ) -> Result<(), SimFailure> {
+        match workload {
+            Workload::Raw => {
+                let r = run_raw_world(seed, config)?;
+                totals.ops += r.output.ops;
+                totals.add_outcomes(r.output.outcomes);
+                totals.add_stats(&r.stats);
+            }
+            Workload::Pessimistic => totals.add_txn(&run_pess_world(seed, config)?),
+            Workload::Gc => totals.add_txn(&run_gc_world(seed, config)?),
+            _ => totals.add_txn(&run_txn_world(seed, config)?),
+        }
+        Ok(())
     }
 
     pub(super) fn main(
@@ -194,9 +253,14 @@ mod platform {
         seeds: std::ops::Range<u64>,
     ) -> ExitCode {
         if let Some(seed) = trace_seed {
-            return match run(workload, seed, SimConfig { trace: true, ..SimConfig::chaos() }) {
-                Ok((ops, outcomes, ..)) => {
-                    println!("seed {seed}: passed ({ops} operations, outcomes {outcomes:?})");
+            let mut t = Totals::default();
+            let config = SimConfig { trace: true, ..SimConfig::chaos() };
+            return match run(workload, seed, config, &mut t) {
+                Ok(()) => {
+                    println!(
+                        "seed {seed}: passed ({} operations, outcomes {:?})",
+                        t.ops, t.outcomes
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(failure) => {
@@ -209,43 +273,59 @@ mod platform {
         let (n, first) = (seeds.end - seeds.start, seeds.start);
         // Wall-clock time is read only here, to measure.
         let started = WallClock::now();
-        let (mut ops, mut failed, mut outcomes, mut rpcs, mut events) =
-            (0usize, 0u64, (0usize, 0usize, 0usize), 0u64, 0u64);
-        let (mut crashes, mut victims, mut lock_waits) = (0, 0, 0);
+        let mut t = Totals::default();
+        let mut failed = 0u64;
         for seed in seeds {
-            match run(workload, seed, SimConfig::chaos()) {
-                Ok((o, (ok, fail, undetermined), crashed, deadlocked, stats)) => {
-                    crashes += crashed;
-                    victims += deadlocked;
-                    lock_waits += stats.lock_waits;
-                    ops += o;
-                    outcomes.0 += ok;
-                    outcomes.1 += fail;
-                    outcomes.2 += undetermined;
-                    rpcs += stats.rpcs;
-                    events += stats.events;
-                }
-                Err(failure) => {
-                    failed += 1;
-                    println!("{failure}");
-                }
+            if let Err(failure) = run(workload, seed, SimConfig::chaos(), &mut t) {
+                failed += 1;
+                println!("{failure}");
             }
         }
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let what = if workload == Workload::Raw { "ops" } else { "txns" };
         println!(
             "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
-             {ops} {what} ({} ok, {} failed, {} undetermined, {crashes} client crashes), \
-             {rpcs} RPCs, {events} events, {lock_waits} lock waits, {victims} deadlock victims",
+             {} {what} ({} ok, {} failed, {} undetermined, {} client crashes), \
+             {} RPCs, {} events, {} lock waits, {} deadlock victims",
             first + n,
-            outcomes.0,
-            outcomes.1,
-            outcomes.2
+            t.ops,
+            t.outcomes.0,
+            t.outcomes.1,
+            t.outcomes.2,
+            t.crashes,
+            t.rpcs,
+            t.events,
+            t.lock_waits,
+            t.victims
         );
+        if workload == Workload::Pessimistic {
+            println!(
+                "clients crashed holding pessimistic locks before committing: {} times the \
+                 others resolved them, {} times the audit swept them",
+                t.crashed_holders.0, t.crashed_holders.1
+            );
+        }
+        if workload == Workload::Gc {
+            let g = &t.gc;
+            println!(
+                "GC rounds: {} completed ({} locks at or below their safe points when they \
+                 began, {} versions collected), {} failed; old readers: {} served, {} refused \
+                 below the txn safe point, {} failed; delete_range: {} completed, {} failed",
+                g.rounds.0,
+                g.locks_below_safe_point,
+                g.collected_versions,
+                g.rounds.1,
+                g.reads_served,
+                g.reads_refused,
+                g.reads_failed,
+                g.delete_ranges.0,
+                g.delete_ranges.1
+            );
+        }
         println!(
             "{secs:.1} s wall: {:.0} simulated {what}/s, {:.0} RPCs/s, {:.0} seeds/minute",
-            ops as f64 / secs,
-            rpcs as f64 / secs,
+            t.ops as f64 / secs,
+            t.rpcs as f64 / secs,
             n as f64 * 60.0 / secs
         );
         if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -24,6 +24,7 @@ use tikv_driver::{Runtime, Transport};
 
 use crate::net::{Endpoint, Network, Recovery};
 use crate::world::Fault;
+use crate::world::gc_workload::{GcStats, GcWorld, after_collection};
 use crate::{Cluster, KvAnswer, LockWaitToken};
 
 use super::SimStats;
@@ -56,6 +57,14 @@ struct State {
     next_process: u64,
     /// Crashed processes: whatever they or their clients spawn is dropped.
     crashed: BTreeSet<u64>,
+    /// Processes that built a client ([`Fault::CrashProcess`]`(None)`
+    /// picks among the live ones).
+    client_processes: BTreeSet<u64>,
+    /// The GC world's checks, run around every `AdvanceGCSafePoint`.
+    gc_checks: Option<Arc<GcChecks>>,
+    /// Tasks a crash took out of the table, dropped once the state's lock
+    /// is released (their drops may spawn, and are refused).
+    graveyard: Vec<BoxFuture<'static, ()>>,
     /// Woken tasks in wake order, each at most once.
     ready: VecDeque<u64>,
     queued: BTreeSet<u64>,
@@ -74,6 +83,36 @@ struct State {
     /// When the lock manager's next timeout or delayed wake-up is due
     /// (armed as an [`Event::LockWaits`]).
     lock_wait_timer: Option<Instant>,
+}
+
+/// The GC world's checker state (the core-level GC world's
+/// [`GcWorld`]), shared by the GC client's tasks and the executor, which
+/// runs the collection checks when PD applies `AdvanceGCSafePoint`. Its
+/// lock is taken after the state's, never the other way round.
+pub(crate) struct GcChecks {
+    inner: Mutex<GcCheckState>,
+}
+
+/// What [`GcChecks`] guards.
+pub(crate) struct GcCheckState {
+    pub(crate) world: GcWorld,
+    pub(crate) stats: GcStats,
+    pub(crate) violations: Vec<String>,
+}
+
+impl GcChecks {
+    pub(crate) fn new() -> Arc<GcChecks> {
+        let state = GcCheckState {
+            world: GcWorld::new(0, 0),
+            stats: GcStats::default(),
+            violations: vec![],
+        };
+        Arc::new(GcChecks { inner: Mutex::new(state) })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, GcCheckState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A parked lock request: where its answer goes once the lock manager
@@ -338,6 +377,18 @@ impl State {
     }
 
     fn fault(&mut self, fault: &Fault) {
+        if let Fault::CrashProcess(which) = fault {
+            self.stats.faults += 1;
+            let outcome = match which.or_else(|| self.pick_live_client_process()) {
+                Some(p) if p != ROOT => {
+                    self.crash(p);
+                    format!("process p{p} crashed")
+                }
+                _ => "no live client process".into(),
+            };
+            self.log(format_args!("fault: {fault}: {outcome}"));
+            return;
+        }
         if self.net.is_calm() {
             return;
         }
@@ -356,6 +407,41 @@ impl State {
             self.schedule(self.now + after, Event::Recover(recovery));
         }
         self.log(format_args!("fault: {fault}: {outcome}"));
+    }
+
+    /// A live process (not crashed, with a task left) that built a
+    /// client, drawn from the seeded generator.
+    fn pick_live_client_process(&mut self) -> Option<u64> {
+        let live: Vec<u64> = self
+            .client_processes
+            .iter()
+            .copied()
+            .filter(|p| !self.crashed.contains(p))
+            .filter(|p| self.tasks.values().any(|(q, _)| q == p))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let i = self.rng.gen_range(0, live.len() as u64) as usize;
+        Some(live[i])
+    }
+
+    /// Crashes `process`: its tasks go to the graveyard (dropped once the
+    /// lock is released), and whatever it spawns later is refused.
+    fn crash(&mut self, process: u64) {
+        if process == ROOT || !self.crashed.insert(process) {
+            return;
+        }
+        let ids: Vec<u64> =
+            self.tasks.iter().filter(|(_, (p, _))| *p == process).map(|(id, _)| *id).collect();
+        self.log(format_args!("crash: process p{process} and its {} tasks", ids.len()));
+        // A task crashing its own process is being polled (its future is
+        // out of the table): it is dropped when its poll returns.
+        for id in ids {
+            if let Some((_, Some(fut))) = self.tasks.remove(&id) {
+                self.graveyard.push(fut);
+            }
+        }
     }
 
     fn send(
@@ -408,7 +494,24 @@ impl State {
         let now = self.now;
         let result = match (endpoint, a.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
-                self.cluster.handle_pd(m, req, now).map(Response::Pd)
+                // The GC world checks every collection the stores apply.
+                let before = match (&req, &self.gc_checks) {
+                    (PdRequest::AdvanceGcSafePoint(r), Some(checks)) => {
+                        Some(checks.lock().world.before_collection(&self.cluster, r.target))
+                    }
+                    _ => None,
+                };
+                let result = self.cluster.handle_pd(m, req, now).map(Response::Pd);
+                if let (Some(before), Some(checks)) = (before, &self.gc_checks) {
+                    let checks = &mut *checks.lock();
+                    after_collection(
+                        &self.cluster,
+                        before,
+                        &mut checks.stats,
+                        &mut checks.violations,
+                    );
+                }
+                result
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
                 // TiKV's lock manager: a lock request that meets a lock
@@ -517,6 +620,9 @@ impl Shared {
             current_process: ROOT,
             next_process: ROOT + 1,
             crashed: BTreeSet::new(),
+            client_processes: BTreeSet::new(),
+            graveyard: Vec::new(),
+            gc_checks: None,
             ready: VecDeque::new(),
             queued: BTreeSet::new(),
             next_task: MAIN + 1,
@@ -585,6 +691,9 @@ impl Shared {
         st.clients += 1;
         let n = st.clients - 1;
         let process = st.current_process;
+        if process != ROOT {
+            st.client_processes.insert(process);
+        }
         st.log(format_args!("client c{n} built in process p{process}"));
         (n, process)
     }
@@ -606,24 +715,20 @@ impl Shared {
     /// later is dropped at once. Its requests already on the wire still
     /// reach their servers; their answers find nobody.
     pub(crate) fn crash(&self, process: u64) {
-        if process == ROOT {
-            return;
-        }
-        let dropped: Vec<BoxFuture<'static, ()>> = {
+        let dropped = {
             let mut st = self.lock();
-            if !st.crashed.insert(process) {
-                return;
-            }
-            let ids: Vec<u64> =
-                st.tasks.iter().filter(|(_, (p, _))| *p == process).map(|(id, _)| *id).collect();
-            st.log(format_args!("crash: process p{process} and its {} tasks", ids.len()));
-            // A task crashing its own process is being polled (its future
-            // is out of the table): it is dropped when its poll returns.
-            ids.iter().filter_map(|id| st.tasks.remove(id).and_then(|(_, f)| f)).collect()
+            st.crash(process);
+            std::mem::take(&mut st.graveyard)
         };
         // Dropped without the lock: drops may spawn (and are refused).
         drop(dropped);
     }
+    /// Runs `checks` around every `AdvanceGCSafePoint` PD applies from
+    /// now on.
+    pub(crate) fn set_gc_checks(&self, checks: Arc<GcChecks>) {
+        self.lock().gc_checks = Some(checks);
+    }
+
     pub(crate) fn schedule_fault(&self, at: Instant, fault: Fault) {
         self.lock().schedule(at, Event::Fault(fault));
     }
@@ -640,7 +745,12 @@ impl Shared {
 
     /// Applies `fault` now.
     pub(crate) fn fault(&self, fault: &Fault) {
-        self.lock().fault(fault);
+        let dropped = {
+            let mut st = self.lock();
+            st.fault(fault);
+            std::mem::take(&mut st.graveyard)
+        };
+        drop(dropped);
     }
 
     /// Heals everything now.
@@ -782,14 +892,17 @@ impl Shared {
 
     /// Every task is idle: the clock moves to the next event.
     fn step(&self, limits: Limits) -> Step {
-        let waker = {
+        let (waker, dropped) = {
             let mut st = self.lock();
             let event = match st.next_event(limits) {
                 Ok(event) => event,
                 Err(stuck) => return Step::Stuck(stuck),
             };
-            st.handle(event)
+            let waker = st.handle(event);
+            (waker, std::mem::take(&mut st.graveyard))
         };
+        // A scheduled crash's tasks, dropped without the lock.
+        drop(dropped);
         if let Some(waker) = waker {
             waker.wake();
         }

@@ -72,7 +72,10 @@
 //! outcomes, the bank total, list-append anomalies; clients crash
 //! mid-commit as in the core-level world) and [`run_pess_world`] (the
 //! pessimistic workload: snapshot isolation with the pessimistic
-//! guarantee, the bank total, lost counter updates, deadlock victims),
+//! guarantee, the bank total, lost counter updates, deadlock victims)
+//! and [`run_gc_world`] (the transactional workload beside a GC client
+//! running GC rounds, old-ts readers and `delete_range` through the
+//! public client, checked by the core-level GC world's checkers too),
 //! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
@@ -83,7 +86,10 @@
 //! task, store refresh, secondary commits and cleanups, keep-alives)
 //! belong to it, and [`Sim::crash`] drops them all at once, mid-commit if
 //! need be; what the process would spawn afterwards (a dropped
-//! transaction's cleanup) is dropped too. Its requests on the wire still
+//! transaction's cleanup) is dropped too. A fault schedule can crash
+//! processes as well: [`Fault::CrashProcess`] through [`Sim::fault`] or
+//! at a virtual instant through [`Sim::fault_at`], naming a process or
+//! letting the seed pick a live client process. Its requests on the wire still
 //! arrive; other clients resolve the locks it left.
 //!
 //! Pessimistic transactions wait for each other in the stores as in TiKV:
@@ -118,7 +124,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
-pub use txn_world::{TxnWorldStats, run_pess_world, run_txn_world};
+pub use txn_world::{TxnWorldStats, run_gc_world, run_pess_world, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;
@@ -419,9 +425,21 @@ impl Sim {
     /// Applies a fault now, as the fault schedule does (a
     /// [`Fault::Split`]`(k)` splits at the `k`-th stored key, modulo;
     /// partitions name clients by the order they were built). Nothing
-    /// happens once the network is healed.
+    /// happens once the network is healed, except
+    /// [`Fault::CrashProcess`]: it crashes the process with that
+    /// [`ProcessId::number`], or (`None`) a live process that built a
+    /// client, drawn by the seed, as [`Sim::crash`] does.
     pub fn fault(&self, fault: Fault) {
         self.shared.fault(&fault);
+    }
+
+    /// Schedules `fault` at the virtual instant `at` (now, if that has
+    /// passed), as the drawn fault schedule's faults are: a user's own
+    /// schedule (a leader move at 2 s, a client crash at 5 s), applied
+    /// as by [`Sim::fault`] when the clock reaches it, in the order
+    /// scheduled among faults due at the same instant.
+    pub fn fault_at(&self, at: Instant, fault: Fault) {
+        self.shared.schedule_fault(at, fault);
     }
 
     /// Heals every fault now and turns the network reliable.
@@ -443,6 +461,14 @@ impl Sim {
 /// Names a process started by [`Sim::spawn_process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcessId(u64);
+
+impl ProcessId {
+    /// Its number (`p<n>` in the trace), as [`Fault::CrashProcess`] names
+    /// it.
+    pub fn number(self) -> u64 {
+        self.0
+    }
+}
 
 /// A process started by [`Sim::spawn_process`].
 #[derive(Debug)]

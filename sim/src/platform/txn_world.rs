@@ -20,6 +20,10 @@
 //! and the commit mode that went through is not visible (outcomes carry
 //! none).
 //!
+//! [`run_gc_world`] adds a GC client to the transactional workload: GC
+//! rounds, old-ts readers and `delete_range` through the public client,
+//! checked by the core-level GC world's checkers as well.
+//!
 //! [`run_pess_world`] runs the pessimistic world's workload the same way
 //! (locked transfers and counter increments through `lock_keys` with the
 //! drawn wait policy, fair locking for some increments, bank reads), each
@@ -29,9 +33,14 @@
 //! committed at the lock's `for_update_ts`, taken from
 //! `Transaction::for_update_timestamp` after the call, or the write fair
 //! locking took it over), the bank total, no lost or phantom counter
-//! increment, one victim per deadlock. A crash is drawn at the commit
-//! point as in the transactional world (the core-level world may also
-//! crash a client while it holds pessimistic locks before committing).
+//! increment, one victim per deadlock. A drawn crash strikes either during
+//! the commit, as in the transactional world, or while the client holds
+//! pessimistic locks before committing (a drawn delay after its first
+//! lock call returned: among its later lock calls and their waits, or in
+//! its commit); the others' lock calls then wait for those locks until
+//! their TTL runs out, and resolve them. Every transaction must end within
+//! the core-level world's liveness bound (an abandoned lock never blocks
+//! progress for good), and the audit's sweep finds what no one met.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -40,19 +49,25 @@ use tikv_core::key::{Key, KeyRange};
 use tikv_core::rng::Rng;
 use tikv_core::time::{Duration, Instant};
 
+use super::exec::GcChecks;
 use super::{
     Error, Sim, SimConfig, SimFailure, SimReport, Transaction, TransactionClient, simulate,
 };
 use crate::WriteKind;
+use crate::world::GcStats;
 use crate::world::pess_workload;
 use crate::world::txn_history::{
     LockedRead, PessKind, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
     TxnWrite, account, balance_value, counter_value, parse_balance, parse_counter, register,
 };
 use crate::world::txn_workload::{self, BufferOp, TxnSpec};
-use crate::world::{TxnParams, elle, elle_history, pessimistic, scaled_budgets, si};
+use crate::world::{
+    TxnParams, elle, elle_history, pessimistic, scaled_budgets, si, txn_liveness_bound,
+};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_driver::{LockOptions, TransactionOptions};
+
+mod gc;
 
 /// Which workload a run draws its transactions from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -61,6 +76,8 @@ enum World {
     Txn,
     /// The pessimistic world's (`pess_workload`).
     Pess,
+    /// The transactional world's, with a GC client beside it ([`gc`]).
+    Gc,
 }
 
 /// What a passing run did.
@@ -74,6 +91,50 @@ pub struct TxnWorldStats {
     pub crashes: usize,
     /// (pessimistic) Transactions that failed as a deadlock's victim.
     pub deadlock_victims: usize,
+    /// (GC world) The GC client's work.
+    pub gc: GcStats,
+    /// (pessimistic) Transactions whose client crashed while they held
+    /// pessimistic locks, before their commit began: those whose locks
+    /// were gone before the audit's sweep (other clients' lock calls and
+    /// reads resolved them once their TTL ran out), and those with locks
+    /// left for the sweep (on keys nobody locked again).
+    pub crashed_lock_holders: (usize, usize),
+}
+
+/// Where a drawn crash strikes a transaction.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// (pessimistic) A lock call returned: the client holds pessimistic
+    /// locks and has not begun to commit.
+    Locked,
+    /// Its commit began.
+    Committing,
+}
+
+/// Whether a transaction goes on after a step.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[must_use]
+enum Halt {
+    Go,
+    /// Its process crashed in the step: the task is dropped when it
+    /// yields, and must send nothing more before.
+    Crashed,
+}
+
+impl Halt {
+    async fn wait_if_crashed(self) {
+        if self == Halt::Crashed {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A crash drawn for one transaction: `after` this long from the first
+/// time it reaches `stage`, its process crashes.
+#[derive(Copy, Clone, Debug)]
+struct CrashPlan {
+    stage: Stage,
+    after: Duration,
 }
 
 struct Record {
@@ -88,6 +149,11 @@ struct Record {
     /// Transactions per client, and the longest pause before each.
     txns_each: usize,
     think: Duration,
+    /// (GC world) The GC checks and how long after its end a
+    /// transaction's requests may still land.
+    gc: Option<(Arc<GcChecks>, Duration)>,
+    /// (GC world) The GC client stops after its task in flight.
+    gc_stop: bool,
 }
 
 /// Runs the transactional workload with `seed` through the public client
@@ -114,12 +180,29 @@ pub fn run_pess_world(
     simulate(seed, config, move |sim| async move { txn_world(sim, World::Pess).await })
 }
 
+/// Runs the GC world with `seed` through the public client and checks it:
+/// the transactional workload (its clients crashing as drawn) beside a GC
+/// client running GC rounds (`TransactionClient::gc`) at safe points below
+/// every live transaction, readers at old timestamps (refused below the txn
+/// safe point, else served exactly the committed data) and `delete_range`
+/// over a seeded scratch range, checked by the transactional world's
+/// checkers and the core-level GC world's (every collection keeps the reads
+/// at or above its safe point and every lock; no lock at or below a
+/// completed round's safe point survives it). A violation fails the run.
+///
+/// # Errors
+///
+/// As [`run_txn_world`].
+pub fn run_gc_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    simulate(seed, config, move |sim| async move { txn_world(sim, World::Gc).await })
+}
+
 async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     let mut rng = Rng::new(sim.seed() ^ 0x7478_6e20_776f_726c);
     // The pessimistic world's keys (as `Plan::draw_pess`): accounts and
     // counters, no lists.
     let keys = match world {
-        World::Txn => TxnKeys {
+        World::Txn | World::Gc => TxnKeys {
             accounts: rng.gen_range(2, 6) as u32,
             lists: rng.gen_range(1, 5) as u32,
             registers: rng.gen_range(0, 4) as u32,
@@ -161,7 +244,10 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         crashes: 0,
         txns_each,
         think,
+        gc: None,
+        gc_stop: false,
     }));
+    let gc_client = (world == World::Gc).then(|| gc::start(&sim, &record, &keys));
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
@@ -185,6 +271,11 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     if sim.now() < heal_at {
         sim.sleep_until(heal_at).await;
     }
+    // The GC client finishes its task in flight and stops before the audit.
+    if let Some(gc_client) = gc_client {
+        lock(&record).gc_stop = true;
+        gc_client.await?;
+    }
     // The audit: past every lock's TTL, a fresh client with client-go's
     // budgets reads every key (resolving what failed transactions left),
     // and must succeed.
@@ -204,6 +295,26 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     };
     let audit = run_txn(&sim, &auditor, &record, clients, full, &keys, None).await;
     let mut violations = Vec::new();
+    // Clients that crashed holding pessimistic locks before committing:
+    // are their locks gone already (resolved by the others), or left for
+    // the sweep below?
+    let crashed_lock_holders = {
+        let left = cluster.locks();
+        let r = lock(&record);
+        let holders = r
+            .history
+            .entries
+            .iter()
+            .filter(|e| e.crashed && !e.run.locked.is_empty() && e.run.writes.is_empty());
+        holders.fold((0, 0), |(resolved, swept), e| {
+            let ts = e.run.start_ts.unwrap_or_default();
+            if left.iter().any(|l| l.lock_version == ts) {
+                (resolved, swept + 1)
+            } else {
+                (resolved + 1, swept)
+            }
+        })
+    };
     // Locks no read meets (a `LockKeys` lock of a crashed client's
     // transaction) are resolved as GC's lock resolution would; then none
     // may be left.
@@ -228,6 +339,27 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         violations
             .push(format!("liveness: the audit read ended {:?}", history.entries[audit].outcome));
     }
+    // No lock a crashed client abandoned holds anyone up for longer than
+    // its TTL allows: every transaction ends within the core-level world's
+    // bound.
+    let bound = txn_liveness_bound(&record.params, world == World::Pess);
+    for e in &history.entries {
+        let took = e.end.unwrap_or(e.invoke).saturating_duration_since(e.invoke);
+        if took > bound {
+            violations.push(format!(
+                "liveness: txn {} ({}) took {took:?} (bound {bound:?})",
+                e.id, e.kind
+            ));
+        }
+    }
+    let gc_checks = record.gc.as_ref().map(|(checks, _)| checks.clone());
+    let mut gc_stats = GcStats::default();
+    if let Some(checks) = &gc_checks {
+        let g = &mut *checks.lock();
+        g.world.finish(&cluster, &mut g.violations);
+        violations.append(&mut g.violations);
+        gc_stats = g.stats.clone();
+    }
     let mut fates = si::Fates::new();
     for e in &history.entries {
         let Some(start_ts) = e.run.start_ts else { continue };
@@ -242,7 +374,12 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
                 let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
                     Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
                     Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
-                    None => si::KeyFate::Absent,
+                    // GC may have collected the record: the checks saw it
+                    // before.
+                    None => gc_checks
+                        .as_ref()
+                        .and_then(|g| g.lock().world.seen_fate(k.as_bytes(), start_ts))
+                        .unwrap_or(si::KeyFate::Absent),
                 };
                 (k.clone(), fate)
             })
@@ -260,7 +397,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
     match world {
-        World::Txn => violations
+        World::Txn | World::Gc => violations
             .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}"))),
         World::Pess => {
             let counters: Vec<String> = (0..keys.registers).map(register).collect();
@@ -283,12 +420,15 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         outcomes: (ok, failed, undetermined),
         crashes: record.crashes,
         deadlock_victims: history.entries.iter().filter(|e| !e.run.deadlock.is_empty()).count(),
+        crashed_lock_holders,
+        gc: gc_stats,
     })
 }
 
 /// Client `c`'s work in its process: a client of its own, then the
-/// transactions `c` has left; with the seed's crash rate, a transaction's
-/// commit is the moment its process crashes.
+/// transactions `c` has left; with the seed's crash rate, its process
+/// crashes during a transaction's commit or (pessimistic) while it holds
+/// the transaction's locks.
 async fn client_process(
     sim: Sim,
     record: Arc<Mutex<Record>>,
@@ -305,16 +445,34 @@ async fn client_process(
     while lock(&record).done[c] < txns_each {
         let pause = lock(&record).rng.gen_duration(think);
         sim.sleep(pause).await;
-        let (spec, crash_after) = {
+        let (spec, crash) = {
             let r = &mut *lock(&record);
             let spec = match world {
-                World::Txn => txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value),
+                World::Txn | World::Gc => {
+                    txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value)
+                }
                 World::Pess => pess_workload::pick(&mut r.rng, &r.params),
             };
             let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);
-            (spec, crash.then(|| Duration::from_micros(r.rng.gen_range(0, 40_000))))
+            // A pessimistic client may also die holding its locks before
+            // committing (the core-level world's crash from the first lock
+            // on): the delay then lands among its later lock calls, their
+            // waits, or its commit.
+            let stage = if crash && world == World::Pess && r.rng.gen_ratio(1, 2) {
+                Stage::Locked
+            } else {
+                Stage::Committing
+            };
+            // Half of the crashes holding locks strike at once: between a
+            // lock call and the next step, nothing more sent.
+            let at_once = stage == Stage::Locked && r.rng.gen_ratio(1, 2);
+            let plan = crash.then(|| {
+                let after = if at_once { 0 } else { r.rng.gen_range(0, 40_000) };
+                CrashPlan { stage, after: Duration::from_micros(after) }
+            });
+            (spec, plan)
         };
-        run_txn(&sim, &client, &record, c, spec, &keys, crash_after).await;
+        run_txn(&sim, &client, &record, c, spec, &keys, crash).await;
         lock(&record).done[c] += 1;
     }
     Ok(())
@@ -384,8 +542,7 @@ async fn connect(
 }
 
 /// Runs one transaction as client `c` and records it; returns its entry.
-/// With `crash_after`, the process running it crashes that long after
-/// its commit began.
+/// With `crash`, the process running it crashes as planned.
 async fn run_txn(
     sim: &Sim,
     client: &TransactionClient,
@@ -393,7 +550,7 @@ async fn run_txn(
     c: usize,
     spec: TxnSpec,
     keys: &TxnKeys,
-    crash_after: Option<Duration>,
+    crash: Option<CrashPlan>,
 ) -> usize {
     let id = {
         let r = &mut *lock(record);
@@ -415,22 +572,33 @@ async fn run_txn(
         id
     };
     let mut run = TxnRun::default();
-    let committing = |run: &TxnRun| {
+    let mut crash = crash;
+    let progress = |stage: Stage, run: &TxnRun| {
         // What a crash from here on leaves for the checkers.
         lock(record).history.entries[id].run = run.clone();
-        if let Some(after) = crash_after
+        if let Some(plan) = crash.take_if(|p| p.stage == stage)
             && let Some(process) = sim.current_process()
         {
+            if stage == Stage::Locked && plan.after.is_zero() {
+                sim.log(format!("client c{c} crashes holding its pessimistic locks"));
+                sim.crash(process);
+                return Halt::Crashed;
+            }
             let crasher = sim.clone();
-            sim.log(format!("client c{c} will crash {after:?} into this commit"));
+            let when = match stage {
+                Stage::Locked => "after its first pessimistic lock",
+                Stage::Committing => "into this commit",
+            };
+            sim.log(format!("client c{c} will crash {:?} {when}", plan.after));
             sim.spawn(async move {
-                crasher.sleep(after).await;
+                crasher.sleep(plan.after).await;
                 crasher.crash(process);
             })
             .forget();
         }
+        Halt::Go
     };
-    let outcome = transact(client, spec, keys, id, &mut run, committing).await;
+    let outcome = transact(client, spec, keys, id, &mut run, progress).await;
     let r = &mut *lock(record);
     let e = &mut r.history.entries[id];
     e.end = Some(sim.now());
@@ -445,10 +613,10 @@ async fn transact(
     keys: &TxnKeys,
     id: usize,
     run: &mut TxnRun,
-    committing: impl FnOnce(&TxnRun),
+    mut progress: impl FnMut(Stage, &TxnRun) -> Halt,
 ) -> TxnOutcome {
     if let TxnKind::Pessimistic(kind) = spec.kind {
-        return transact_pessimistic(client, kind, spec.opts, id, run, committing).await;
+        return transact_pessimistic(client, kind, spec.opts, id, run, progress).await;
     }
     let options = TransactionOptions::default().with_commit_options(spec.opts.clone());
     let mut txn = match client.begin_with_options(options).await {
@@ -495,7 +663,7 @@ async fn transact(
             return TxnOutcome::Failed(format!("buffering: {e}"));
         }
     }
-    committing(run);
+    progress(Stage::Committing, run).wait_if_crashed().await;
     match txn.commit().await {
         Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
         Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),
@@ -566,7 +734,7 @@ async fn transact_pessimistic(
     opts: CommitOptions,
     id: usize,
     run: &mut TxnRun,
-    committing: impl FnOnce(&TxnRun),
+    mut progress: impl FnMut(Stage, &TxnRun) -> Halt,
 ) -> TxnOutcome {
     let options = TransactionOptions::default().with_pessimistic().with_commit_options(opts);
     let mut txn = match client.begin_with_options(options).await {
@@ -612,6 +780,7 @@ async fn transact_pessimistic(
             });
             values.insert(key, read);
         }
+        progress(Stage::Locked, run).wait_if_crashed().await;
     }
     if fair && let Err(e) = txn.done_fair_locking() {
         return TxnOutcome::Failed(e.to_string());
@@ -651,7 +820,7 @@ async fn transact_pessimistic(
         };
         run.writes.push((key.clone(), write));
     }
-    committing(run);
+    progress(Stage::Committing, run).wait_if_crashed().await;
     match txn.commit().await {
         Ok(ts) => TxnOutcome::Committed { commit_ts: ts.version(), mode: None },
         Err(e) if e.is_undetermined() => TxnOutcome::Undetermined(e.to_string()),

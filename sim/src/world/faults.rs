@@ -71,6 +71,15 @@ pub enum Fault {
     PartitionStore(usize, u64, Duration),
     /// Messages between a client and a PD member are lost for a while.
     PartitionPd(usize, usize, Duration),
+    /// A client process dies, as a machine does: the process with this
+    /// number (`Some`, `tikv_sim::platform::ProcessId::number`) or a live
+    /// process that built a client, drawn by the seed (`None`). Only the
+    /// simulated platform has processes: it crashes the process as
+    /// `Sim::crash` does, even after the heal (a crash is no network
+    /// trouble). The core-level world ignores it (its clients crash through
+    /// its own per-commit draws, which keep their histories honest); no
+    /// drawn plan contains it.
+    CrashProcess(Option<u64>),
 }
 
 impl fmt::Display for Fault {
@@ -87,6 +96,8 @@ impl fmt::Display for Fault {
                 write!(f, "partition client {c} | store {s} for {d:?}")
             }
             Fault::PartitionPd(c, m, d) => write!(f, "partition client {c} | PD {m} for {d:?}"),
+            Fault::CrashProcess(Some(p)) => write!(f, "crash process p{p}"),
+            Fault::CrashProcess(None) => write!(f, "crash a live client process"),
         }
     }
 }

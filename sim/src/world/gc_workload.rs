@@ -62,15 +62,22 @@ use tikv_core::view::ClusterView;
 
 use super::workload::{Finished, erase_with};
 use super::{Bug, Task, TxnPhase, World};
+use crate::Cluster;
 use crate::mvcc::{LockType, MvccStore, Write, WriteKind, txn_key};
+use tikv_core::rng::Rng;
 
 /// The scratch range `delete_range` empties: keys `s0`, `s1`, ... sort
 /// after every transactional key (`a`, `l`, `r`).
 const SCRATCH_PREFIX: &[u8] = b"s";
 /// Where the world splits the scratch range, so it spans two regions.
-const SCRATCH_SPLIT: &[u8] = b"s2";
+pub(crate) const SCRATCH_SPLIT: &[u8] = b"s2";
 /// The first key after the scratch range.
 const SCRATCH_END: &[u8] = b"t";
+
+/// The scratch range `delete_range` empties.
+pub(crate) fn scratch_range() -> KeyRange {
+    KeyRange::new(Key::from(SCRATCH_PREFIX.to_vec()), Key::from(SCRATCH_END.to_vec()))
+}
 
 fn is_scratch(user_key: &[u8]) -> bool {
     user_key.starts_with(SCRATCH_PREFIX)
@@ -173,6 +180,156 @@ impl GcWorld {
     pub(crate) fn txn_quiet(&mut self, entry: usize, last_deadline: Instant) {
         let at = self.quiet_at.entry(entry).or_insert(last_deadline);
         *at = (*at).max(last_deadline);
+    }
+
+    /// The highest safe point a round asked for.
+    pub(crate) fn target_max(&self) -> u64 {
+        self.target_max
+    }
+
+    /// A round towards `safe_point` begins.
+    pub(crate) fn round_began(&mut self, safe_point: u64) {
+        self.target_max = self.target_max.max(safe_point);
+        self.round = Some(safe_point);
+    }
+
+    /// A reader at `read_ts` of `keys` begins (`refusal_expected`: below
+    /// the txn safe point); returns its number.
+    pub(crate) fn reader_began(
+        &mut self,
+        read_ts: u64,
+        refusal_expected: bool,
+        keys: Vec<String>,
+    ) -> usize {
+        self.readers.push(Reader { read_ts, refusal_expected, keys, served: None, done: false });
+        self.readers.len() - 1
+    }
+
+    /// The start ts below which a round's safe point stays for the
+    /// readers that must be served (`u64::MAX`: none running).
+    pub(crate) fn readers_floor(&self) -> u64 {
+        self.readers
+            .iter()
+            .filter(|r| !r.done && !r.refusal_expected)
+            .map(|r| r.read_ts)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The running round ended with `result`: a completed round left no
+    /// lock at or below the safe point it reached, which is the one asked
+    /// for unless a barrier held it back.
+    pub(crate) fn round_done(
+        &mut self,
+        cluster: &Cluster,
+        result: &Result<GcOutcome, Error>,
+        stats: &mut GcStats,
+        violations: &mut Vec<String>,
+    ) {
+        let asked = self.round.take().unwrap_or_default();
+        let Ok(outcome) = result else {
+            stats.rounds.1 += 1;
+            return;
+        };
+        stats.rounds.0 += 1;
+        let sp = outcome.safe_point.version();
+        if sp != asked && outcome.blocker.is_none() {
+            violations.push(format!(
+                "gc: a round asked for safe point {asked} reached {sp} with no barrier"
+            ));
+        }
+        for l in cluster.locks() {
+            if l.lock_version <= sp {
+                violations.push(format!(
+                    "gc: txn {}'s lock on {:?} survived the round at safe point {sp}",
+                    l.lock_version,
+                    String::from_utf8_lossy(&l.key)
+                ));
+            }
+        }
+    }
+
+    /// Reader `entry` ended with `result` (PD's txn safe point is
+    /// `pd_txn_safe_point` now): one below the txn safe point must have
+    /// been refused by it, one above served (checked at the end).
+    pub(crate) fn reader_done(
+        &mut self,
+        entry: usize,
+        result: Result<Vec<KvPair>, Error>,
+        pd_txn_safe_point: u64,
+        stats: &mut GcStats,
+        violations: &mut Vec<String>,
+    ) {
+        let Some(reader) = self.readers.get_mut(entry) else { return };
+        reader.done = true;
+        let read_ts = reader.read_ts;
+        match result {
+            Ok(pairs) => {
+                if reader.refusal_expected {
+                    violations.push(format!(
+                        "gc: reader{entry} at ts {read_ts} below the txn safe point was served \
+                         (txn safe point now {pd_txn_safe_point})"
+                    ));
+                }
+                reader.served = Some(
+                    pairs
+                        .into_iter()
+                        .map(|p| {
+                            (
+                                String::from_utf8_lossy(p.key.as_bytes()).into_owned(),
+                                p.value.to_vec(),
+                            )
+                        })
+                        .collect(),
+                );
+                stats.reads_served += 1;
+            }
+            Err(Error::TxnAbortedByGc { txn_safe_point, .. }) => {
+                if !reader.refusal_expected || txn_safe_point.version() <= read_ts {
+                    violations.push(format!(
+                        "gc: reader{entry} at ts {read_ts} refused by txn safe point {}",
+                        txn_safe_point.version()
+                    ));
+                }
+                stats.reads_refused += 1;
+            }
+            Err(_) => stats.reads_failed += 1,
+        }
+    }
+
+    /// Just before the stores apply `AdvanceGCSafePoint(target)`: what the
+    /// checks compare against, merged into the versions seen.
+    pub(crate) fn before_collection(&mut self, cluster: &Cluster, target: u64) -> BeforeCollection {
+        let (versions, locks) = {
+            let st = cluster.lock();
+            let locks = st.mvcc.locks.iter().map(|(k, l)| (k.clone(), l.ts)).collect();
+            (versions_of(&st.mvcc), locks)
+        };
+        merge(&mut self.seen, &versions);
+        BeforeCollection { target, versions, locks }
+    }
+
+    /// The end-of-run check: every served reader saw exactly the data
+    /// committed at its ts, by every version ever seen.
+    pub(crate) fn finish(&mut self, cluster: &Cluster, violations: &mut Vec<String>) {
+        let current = versions_of(&cluster.lock().mvcc);
+        merge(&mut self.seen, &current);
+        for (i, r) in self.readers.iter().enumerate() {
+            let Some(served) = &r.served else { continue };
+            for key in &r.keys {
+                let expected =
+                    visible(self.seen.get(key.as_bytes()), r.read_ts).map(|v| v.to_vec());
+                let got = served.get(key).cloned();
+                if got != expected {
+                    violations.push(format!(
+                        "gc: reader{i} at ts {} read {key}={:?}, the committed versions say {:?}",
+                        r.read_ts,
+                        got.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        expected.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    ));
+                }
+            }
+        }
     }
 
     /// What the records say about transaction `start_ts` on `key`, from
@@ -365,9 +522,8 @@ impl World {
         self.schedule(Instant::ZERO + first, super::Event::Issue(client));
     }
 
-    /// The null keyspace's txn safe point as PD holds it now.
     fn pd_txn_safe_point(&self) -> u64 {
-        self.cluster.lock().pd.gc.get(crate::gc::NULL_KEYSPACE_ID).txn_safe_point
+        pd_txn_safe_point(&self.cluster)
     }
 
     /// The GC client starts its next task (module docs).
@@ -409,10 +565,7 @@ impl World {
             let start = e.run.start_ts.unwrap_or_else(|| self.cluster.current_ts(e.invoke));
             floor = floor.min(start);
         }
-        for r in g.readers.iter().filter(|r| !r.done && !r.refusal_expected) {
-            floor = floor.min(r.read_ts);
-        }
-        floor
+        floor.min(g.readers_floor())
     }
 
     fn gc_launch_round(&mut self, c: usize) {
@@ -439,8 +592,7 @@ impl World {
              {below} locks at or below it, concurrency {concurrency}"
         ));
         if let Some(g) = self.gc.as_mut() {
-            g.target_max = g.target_max.max(safe_point);
-            g.round = Some(safe_point);
+            g.round_began(safe_point);
         }
         self.stats.gc.locks_below_safe_point += below;
         let view = self.clients[c].view.clone();
@@ -454,27 +606,13 @@ impl World {
         let keys = t.params.keys.all();
         let txn_safe_point = self.pd_txn_safe_point();
         let now_ts = self.cluster.current_ts(self.now);
-        let target_max = self.gc_world().map_or(0, |g| g.target_max);
+        let target_max = self.gc_world().map_or(0, |g| g.target_max());
         let origin = self.cluster.current_ts(Instant::ZERO);
-        // Below the txn safe point (refused), or at or above every safe
-        // point a round asked for (served).
-        let below = txn_safe_point > origin && self.rng.gen_ratio(1, 2);
-        let read_ts = if below {
-            self.rng.gen_range(origin, txn_safe_point)
-        } else {
-            let low = target_max.max(txn_safe_point).max(origin);
-            self.rng.gen_range(low, now_ts.max(low) + 1)
-        };
+        let (read_ts, below) =
+            draw_read_ts(&mut self.rng, txn_safe_point, target_max, now_ts, origin);
         let skip_check = self.bug == Some(Bug::SkipVisibilityCheck);
         let Some(g) = self.gc.as_mut() else { return };
-        let entry = g.readers.len();
-        g.readers.push(Reader {
-            read_ts,
-            refusal_expected: below,
-            keys: keys.clone(),
-            served: None,
-            done: false,
-        });
+        let entry = g.reader_began(read_ts, below, keys.clone());
         self.log(format!(
             "c{c} gc reader{entry} invoke: read ts {read_ts} (txn safe point {txn_safe_point}, \
              asked safe points up to {target_max})"
@@ -492,66 +630,12 @@ impl World {
         self.launch(c, Task::Gc, entry, op);
     }
 
-    /// Writes the scratch range directly into the stores: a few keys with
-    /// one to three committed versions each, and sometimes a crashed
-    /// writer's lock, all older than now.
-    fn seed_scratch(&mut self) -> usize {
-        let keys = 2 + self.rng.gen_range(0, 4);
-        let now_ts = self.cluster.current_ts(self.now);
-        let mut plan = Vec::new();
-        let mut step = 0u64;
-        for i in 0..keys {
-            let key = format!("s{i}").into_bytes();
-            for _ in 0..1 + self.rng.gen_range(0, 3) {
-                step += 2;
-                plan.push((key.clone(), step));
-            }
-        }
-        let lock_on = self.rng.gen_ratio(1, 2).then(|| self.rng.gen_range(0, keys));
-        let mut st = self.cluster.lock();
-        let mvcc = &mut st.mvcc;
-        let ms = |n: u64| n << 18;
-        for (key, step) in &plan {
-            let rk = txn_key(key);
-            let start_ts = now_ts.saturating_sub(ms(1000 + step + 1));
-            let commit_ts = now_ts.saturating_sub(ms(1000 + step));
-            let user_key = Bytes::from(key.clone());
-            let w = Write { kind: WriteKind::Put, start_ts, overlapped_rollback: false };
-            mvcc.put_write(&rk, &user_key, commit_ts, w);
-            let value = Bytes::from(format!("scratch@{commit_ts}"));
-            mvcc.values.entry(rk).or_default().insert(start_ts, value);
-        }
-        if let Some(i) = lock_on {
-            let key = format!("s{i}").into_bytes();
-            let lock = crate::mvcc::Lock {
-                user_key: Bytes::from(key.clone()),
-                lock_type: LockType::Put,
-                primary: Bytes::from_static(b"s0"),
-                ts: now_ts.saturating_sub(ms(500)),
-                ttl: 3000,
-                for_update_ts: 0,
-                txn_size: 1,
-                min_commit_ts: 0,
-                use_async_commit: false,
-                secondaries: Vec::new(),
-                generation: 0,
-            };
-            let rk = txn_key(&key);
-            mvcc.values
-                .entry(rk.clone())
-                .or_default()
-                .insert(lock.ts, Bytes::from_static(b"scratch, never committed"));
-            mvcc.locks.insert(rk, lock);
-        }
-        plan.len()
-    }
-
     fn gc_launch_delete_range(&mut self, c: usize) {
-        let versions = self.seed_scratch();
+        let now_ts = self.cluster.current_ts(self.now);
+        let versions = seed_scratch(&self.cluster, &mut self.rng, now_ts);
         self.log(format!("c{c} gc delete_range invoke: {versions} scratch versions seeded"));
         let view = self.clients[c].view.clone();
-        let range =
-            KeyRange::new(Key::from(SCRATCH_PREFIX.to_vec()), Key::from(SCRATCH_END.to_vec()));
+        let range = scratch_range();
         let concurrency = 1 + self.rng.gen_range(0, 2) as usize;
         match delete_range(&view, range, false, concurrency) {
             Ok(op) => {
@@ -591,178 +675,51 @@ impl World {
     }
 
     fn gc_round_done(&mut self, c: usize, result: Result<GcOutcome, Error>) {
-        let asked = self.gc.as_mut().and_then(|g| g.round.take()).unwrap_or_default();
+        let Some(g) = self.gc.as_mut() else { return };
+        let asked = g.round.unwrap_or_default();
+        g.round_done(&self.cluster, &result, &mut self.stats.gc, &mut self.violations);
         self.log(format!("c{c} gc round (safe point {asked}) ended: {result:?}"));
-        let Ok(outcome) = result else {
-            self.stats.gc.rounds.1 += 1;
-            return;
-        };
-        self.stats.gc.rounds.0 += 1;
-        let sp = outcome.safe_point.version();
-        if sp != asked && outcome.blocker.is_none() {
-            self.violations.push(format!(
-                "gc: a round asked for safe point {asked} reached {sp} with no barrier"
-            ));
-        }
-        for l in self.cluster.locks() {
-            if l.lock_version <= sp {
-                self.violations.push(format!(
-                    "gc: txn {}'s lock on {:?} survived the round at safe point {sp}",
-                    l.lock_version,
-                    String::from_utf8_lossy(&l.key)
-                ));
-            }
-        }
     }
 
     fn gc_read_done(&mut self, c: usize, entry: usize, result: Result<Vec<KvPair>, Error>) {
         let pd_txn_safe_point = self.pd_txn_safe_point();
         let Some(g) = self.gc.as_mut() else { return };
-        let Some(reader) = g.readers.get_mut(entry) else { return };
-        reader.done = true;
-        let read_ts = reader.read_ts;
+        let read_ts = g.readers.get(entry).map_or(0, |r| r.read_ts);
         let line = format!(
             "c{c} gc reader{entry} at {read_ts} ended: {:?}",
             result.as_ref().map(Vec::len)
         );
-        match result {
-            Ok(pairs) => {
-                if reader.refusal_expected {
-                    self.violations.push(format!(
-                        "gc: reader{entry} at ts {read_ts} below the txn safe point was served \
-                         (txn safe point now {pd_txn_safe_point})"
-                    ));
-                }
-                reader.served = Some(
-                    pairs
-                        .into_iter()
-                        .map(|p| {
-                            (
-                                String::from_utf8_lossy(p.key.as_bytes()).into_owned(),
-                                p.value.to_vec(),
-                            )
-                        })
-                        .collect(),
-                );
-                self.stats.gc.reads_served += 1;
-            }
-            Err(Error::TxnAbortedByGc { txn_safe_point, .. }) => {
-                if !reader.refusal_expected || txn_safe_point.version() <= read_ts {
-                    self.violations.push(format!(
-                        "gc: reader{entry} at ts {read_ts} refused by txn safe point {}",
-                        txn_safe_point.version()
-                    ));
-                }
-                self.stats.gc.reads_refused += 1;
-            }
-            Err(_) => self.stats.gc.reads_failed += 1,
-        }
+        g.reader_done(entry, result, pd_txn_safe_point, &mut self.stats.gc, &mut self.violations);
         self.log(line);
     }
 
     fn gc_delete_range_done(&mut self, c: usize, result: Result<RangeTaskStat, Error>) {
         self.log(format!("c{c} gc delete_range ended: {result:?}"));
-        let (start, end) = (txn_key(SCRATCH_PREFIX), txn_key(SCRATCH_END));
-        let mut st = self.cluster.lock();
-        let mvcc = &mut st.mvcc;
-        let in_range = |k: &Vec<u8>| *k >= start && *k < end;
-        if result.is_ok() {
-            self.stats.gc.delete_ranges.0 += 1;
-            let left = mvcc.locks.keys().filter(|k| in_range(k)).count()
-                + mvcc.writes.keys().filter(|k| in_range(k)).count()
-                + mvcc.values.keys().filter(|k| in_range(k)).count();
-            if left > 0 {
-                self.violations.push(format!(
-                    "gc: delete_range completed but left {left} keys' locks, records or values \
-                     in its range"
-                ));
-            }
-        } else {
-            self.stats.gc.delete_ranges.1 += 1;
-        }
-        // A failed deletion is rerun by its operator; the world does it at
-        // once, so no scratch data outlives the task.
-        mvcc.locks.retain(|k, _| !in_range(k));
-        mvcc.writes.retain(|k, _| !in_range(k));
-        mvcc.values.retain(|k, _| !in_range(k));
+        delete_range_done(&self.cluster, result.is_ok(), &mut self.stats.gc, &mut self.violations);
     }
 
     /// Just before the stores apply `AdvanceGCSafePoint(target)`: what the
     /// checks compare against, merged into the versions seen.
     pub(super) fn gc_before_collection(&mut self, target: u64) -> Option<BeforeCollection> {
-        self.gc.as_ref()?;
-        let (versions, locks) = {
-            let st = self.cluster.lock();
-            let locks = st.mvcc.locks.iter().map(|(k, l)| (k.clone(), l.ts)).collect();
-            (versions_of(&st.mvcc), locks)
-        };
-        if let Some(g) = self.gc.as_mut() {
-            merge(&mut g.seen, &versions);
-        }
-        Some(BeforeCollection { target, versions, locks })
+        Some(self.gc.as_mut()?.before_collection(&self.cluster, target))
     }
 
-    /// After the stores applied (or PD refused) `AdvanceGCSafePoint`: every
-    /// read at or above the safe point sees what it saw before, and no lock
-    /// moved. [`Bug::GcCollectsPastSafePoint`] makes the stores collect up
-    /// to the current time first.
+    /// After the stores applied (or PD refused) `AdvanceGCSafePoint`:
+    /// [`after_collection`]'s checks. [`Bug::GcCollectsPastSafePoint`]
+    /// makes the stores collect up to the current time first.
     pub(super) fn gc_after_collection(&mut self, before: BeforeCollection) {
-        let sp = before.target;
         if self.bug == Some(Bug::GcCollectsPastSafePoint) {
             let now_ts = self.cluster.current_ts(self.now);
             crate::gc::collect_garbage(&mut self.cluster.lock().mvcc, now_ts, |_| true);
         }
-        let (after, locks) = {
-            let st = self.cluster.lock();
-            let locks: Vec<(Vec<u8>, u64)> =
-                st.mvcc.locks.iter().map(|(k, l)| (k.clone(), l.ts)).collect();
-            (versions_of(&st.mvcc), locks)
-        };
-        let count = |v: &Versions| v.values().map(BTreeMap::len).sum::<usize>();
-        self.stats.gc.collected_versions += count(&before.versions).saturating_sub(count(&after));
-        if locks != before.locks {
-            self.violations.push(format!("gc: collecting at safe point {sp} changed the locks"));
-        }
-        for (key, records) in &before.versions {
-            let now = after.get(key);
-            let reads = std::iter::once(sp).chain(records.range(sp..).map(|(&ts, _)| ts));
-            for ts in reads {
-                let (was, is) = (visible(Some(records), ts), visible(now, ts));
-                if was != is {
-                    self.violations.push(format!(
-                        "gc: collecting at safe point {sp} changed a read of {:?} at {ts}: \
-                         {was:?} before, {is:?} after",
-                        String::from_utf8_lossy(key)
-                    ));
-                    break;
-                }
-            }
-        }
+        after_collection(&self.cluster, before, &mut self.stats.gc, &mut self.violations);
     }
 
     /// The end-of-run checks: every served reader saw exactly the data
     /// committed at its ts, by every version ever seen.
     pub(super) fn gc_finish(&mut self) {
-        let current = versions_of(&self.cluster.lock().mvcc);
         let Some(g) = self.gc.as_mut() else { return };
-        merge(&mut g.seen, &current);
-        let mut problems = Vec::new();
-        for (i, r) in g.readers.iter().enumerate() {
-            let Some(served) = &r.served else { continue };
-            for key in &r.keys {
-                let expected = visible(g.seen.get(key.as_bytes()), r.read_ts).map(|v| v.to_vec());
-                let got = served.get(key).cloned();
-                if got != expected {
-                    problems.push(format!(
-                        "gc: reader{i} at ts {} read {key}={:?}, the committed versions say {:?}",
-                        r.read_ts,
-                        got.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                        expected.map(|v| String::from_utf8_lossy(&v).into_owned())
-                    ));
-                }
-            }
-        }
-        self.violations.extend(problems);
+        g.finish(&self.cluster, &mut self.violations);
     }
 
     /// Serves a store request of client `c`, broken for the GC client by
@@ -790,6 +747,156 @@ impl World {
             r.locks.clear();
         }
         Ok(resp)
+    }
+}
+
+/// The null keyspace's txn safe point as PD holds it now.
+pub(crate) fn pd_txn_safe_point(cluster: &Cluster) -> u64 {
+    cluster.lock().pd.gc.get(crate::gc::NULL_KEYSPACE_ID).txn_safe_point
+}
+
+/// A reader's ts and whether it must be refused: below the txn safe point
+/// (refused), or at or above every safe point a round asked for (served),
+/// `origin` being the cluster's first ts.
+pub(crate) fn draw_read_ts(
+    rng: &mut Rng,
+    txn_safe_point: u64,
+    target_max: u64,
+    now_ts: u64,
+    origin: u64,
+) -> (u64, bool) {
+    let below = txn_safe_point > origin && rng.gen_ratio(1, 2);
+    let read_ts = if below {
+        rng.gen_range(origin, txn_safe_point)
+    } else {
+        let low = target_max.max(txn_safe_point).max(origin);
+        rng.gen_range(low, now_ts.max(low) + 1)
+    };
+    (read_ts, below)
+}
+
+/// Writes the scratch range directly into the stores: a few keys with
+/// one to three committed versions each, and sometimes a crashed
+/// writer's lock, all older than now.
+pub(crate) fn seed_scratch(cluster: &Cluster, rng: &mut Rng, now_ts: u64) -> usize {
+    let keys = 2 + rng.gen_range(0, 4);
+    let mut plan = Vec::new();
+    let mut step = 0u64;
+    for i in 0..keys {
+        let key = format!("s{i}").into_bytes();
+        for _ in 0..1 + rng.gen_range(0, 3) {
+            step += 2;
+            plan.push((key.clone(), step));
+        }
+    }
+    let lock_on = rng.gen_ratio(1, 2).then(|| rng.gen_range(0, keys));
+    let mut st = cluster.lock();
+    let mvcc = &mut st.mvcc;
+    let ms = |n: u64| n << 18;
+    for (key, step) in &plan {
+        let rk = txn_key(key);
+        let start_ts = now_ts.saturating_sub(ms(1000 + step + 1));
+        let commit_ts = now_ts.saturating_sub(ms(1000 + step));
+        let user_key = Bytes::from(key.clone());
+        let w = Write { kind: WriteKind::Put, start_ts, overlapped_rollback: false };
+        mvcc.put_write(&rk, &user_key, commit_ts, w);
+        let value = Bytes::from(format!("scratch@{commit_ts}"));
+        mvcc.values.entry(rk).or_default().insert(start_ts, value);
+    }
+    if let Some(i) = lock_on {
+        let key = format!("s{i}").into_bytes();
+        let lock = crate::mvcc::Lock {
+            user_key: Bytes::from(key.clone()),
+            lock_type: LockType::Put,
+            primary: Bytes::from_static(b"s0"),
+            ts: now_ts.saturating_sub(ms(500)),
+            ttl: 3000,
+            for_update_ts: 0,
+            txn_size: 1,
+            min_commit_ts: 0,
+            use_async_commit: false,
+            secondaries: Vec::new(),
+            generation: 0,
+        };
+        let rk = txn_key(&key);
+        mvcc.values
+            .entry(rk.clone())
+            .or_default()
+            .insert(lock.ts, Bytes::from_static(b"scratch, never committed"));
+        mvcc.locks.insert(rk, lock);
+    }
+    plan.len()
+}
+
+/// A `delete_range` of the scratch range ended (`completed` or not): a
+/// completed one left no lock, record or value in it. Then the scratch
+/// range is emptied either way (a failed deletion is rerun by its
+/// operator; the world does it at once, so no scratch data outlives the
+/// task).
+pub(crate) fn delete_range_done(
+    cluster: &Cluster,
+    completed: bool,
+    stats: &mut GcStats,
+    violations: &mut Vec<String>,
+) {
+    let (start, end) = (txn_key(SCRATCH_PREFIX), txn_key(SCRATCH_END));
+    let mut st = cluster.lock();
+    let mvcc = &mut st.mvcc;
+    let in_range = |k: &Vec<u8>| *k >= start && *k < end;
+    if completed {
+        stats.delete_ranges.0 += 1;
+        let left = mvcc.locks.keys().filter(|k| in_range(k)).count()
+            + mvcc.writes.keys().filter(|k| in_range(k)).count()
+            + mvcc.values.keys().filter(|k| in_range(k)).count();
+        if left > 0 {
+            violations.push(format!(
+                "gc: delete_range completed but left {left} keys' locks, records or values \
+                 in its range"
+            ));
+        }
+    } else {
+        stats.delete_ranges.1 += 1;
+    }
+    mvcc.locks.retain(|k, _| !in_range(k));
+    mvcc.writes.retain(|k, _| !in_range(k));
+    mvcc.values.retain(|k, _| !in_range(k));
+}
+
+/// After the stores applied (or PD refused) `AdvanceGCSafePoint`: every
+/// read at or above the safe point sees what it saw before, and no lock
+/// moved.
+pub(crate) fn after_collection(
+    cluster: &Cluster,
+    before: BeforeCollection,
+    stats: &mut GcStats,
+    violations: &mut Vec<String>,
+) {
+    let sp = before.target;
+    let (after, locks) = {
+        let st = cluster.lock();
+        let locks: Vec<(Vec<u8>, u64)> =
+            st.mvcc.locks.iter().map(|(k, l)| (k.clone(), l.ts)).collect();
+        (versions_of(&st.mvcc), locks)
+    };
+    let count = |v: &Versions| v.values().map(BTreeMap::len).sum::<usize>();
+    stats.collected_versions += count(&before.versions).saturating_sub(count(&after));
+    if locks != before.locks {
+        violations.push(format!("gc: collecting at safe point {sp} changed the locks"));
+    }
+    for (key, records) in &before.versions {
+        let now = after.get(key);
+        let reads = std::iter::once(sp).chain(records.range(sp..).map(|(&ts, _)| ts));
+        for ts in reads {
+            let (was, is) = (visible(Some(records), ts), visible(now, ts));
+            if was != is {
+                violations.push(format!(
+                    "gc: collecting at safe point {sp} changed a read of {:?} at {ts}: \
+                     {was:?} before, {is:?} after",
+                    String::from_utf8_lossy(key)
+                ));
+                break;
+            }
+        }
     }
 }
 

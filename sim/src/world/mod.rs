@@ -85,7 +85,7 @@
 
 pub mod elle;
 pub mod faults;
-mod gc_workload;
+pub(crate) mod gc_workload;
 pub mod history;
 pub mod linearizability;
 mod own_reads;
@@ -584,6 +584,26 @@ pub(crate) fn is_definite(e: &Error) -> bool {
             | Error::ScanLimitExceeded { .. }
             | Error::Unsupported(_)
     )
+}
+
+/// How long a transaction may take: three times the backoff budgets of
+/// the phases it can go through (TSO, read, TSO for async commit/1PC,
+/// prewrite, TSO for the commit ts, the primary's commit), since RPC
+/// waits come on top of the sleeps, as for raw operations.
+pub(crate) fn txn_liveness_bound(params: &TxnParams, pessimistic: bool) -> Duration {
+    let config = Config::default();
+    let b = scaled_budgets(params.budget_permille);
+    let read = b.get.max(b.batch_get).max(b.scan);
+    let sum = 3 * b.tso + read + b.prewrite + b.commit;
+    let bound = config.budget(sum) * 3 + Duration::from_secs(30);
+    if !pessimistic {
+        return bound;
+    }
+    // Lock calls wait for other transactions' locks, a crashed
+    // client's until their TTL (20 s past their transaction's age)
+    // runs out, and several calls, each with a TSO round.
+    let lock_ttl = Duration::from_millis(tikv_core::txn::commit::MAX_LOCK_TTL);
+    bound + config.budget(b.pessimistic_lock) * 3 + lock_ttl * 4
 }
 
 /// client-go's transactional backoff budgets scaled to `permille`.
@@ -1555,25 +1575,9 @@ impl World {
         self.log(line);
     }
 
-    /// How long a transaction may take: three times the backoff budgets of
-    /// the phases it can go through (TSO, read, TSO for async commit/1PC,
-    /// prewrite, TSO for the commit ts, the primary's commit), since RPC
-    /// waits come on top of the sleeps, as for raw operations.
     fn txn_bound(&self) -> Duration {
         let Some(t) = &self.txn else { return LIVENESS_BOUND };
-        let config = Config::default();
-        let b = scaled_budgets(t.params.budget_permille);
-        let read = b.get.max(b.batch_get).max(b.scan);
-        let sum = 3 * b.tso + read + b.prewrite + b.commit;
-        let bound = config.budget(sum) * 3 + Duration::from_secs(30);
-        if self.workload != Workload::Pessimistic {
-            return bound;
-        }
-        // Lock calls wait for other transactions' locks, a crashed
-        // client's until their TTL (20 s past their transaction's age)
-        // runs out, and several calls, each with a TSO round.
-        let lock_ttl = Duration::from_millis(tikv_core::txn::commit::MAX_LOCK_TTL);
-        bound + config.budget(b.pessimistic_lock) * 3 + lock_ttl * 4
+        txn_liveness_bound(&t.params, self.workload == Workload::Pessimistic)
     }
 
     /// (txn) Arms a crash for client `c`'s transaction that started
