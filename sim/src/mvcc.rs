@@ -134,6 +134,34 @@ pub(crate) struct SharedLocks {
     pub(crate) holders: BTreeMap<u64, Lock>,
 }
 
+/// A deliberate break of the shared-lock rules, for proving the simulation
+/// world's checkers can fail (never set outside those tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedLockFlaw {
+    /// A share request is granted over another transaction's exclusive lock.
+    ShareOverExclusive,
+    /// An exclusive request is granted over other transactions' shares.
+    ExclusiveOverShares,
+    /// A holder's commit writes its `Lock` record but leaves its sub-lock
+    /// (until the commit is applied again, by a resolver that meets it).
+    CommitKeepsShare,
+}
+
+/// One shared-locked key as a checker sees it ([`crate::Cluster::shared_locked_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedKeyLocks {
+    /// The txn request key.
+    pub key: Vec<u8>,
+    /// The start ts of every holder of a share.
+    pub holders: Vec<u64>,
+    /// The start ts of the exclusive lock on the key too, if any (TiKV
+    /// never lets one coexist with shares).
+    pub exclusive: Option<u64>,
+    /// Holders whose commit or rollback record of this key is written,
+    /// yet whose share is still there (TiKV removes the share first).
+    pub settled: Vec<u64>,
+}
+
 impl SharedLocks {
     /// `SharedLocks::into_lock_info`: lock type `SharedLock`, the key, and
     /// one `LockInfo` per holder in `shared_lock_infos` (nothing else set).
@@ -224,6 +252,8 @@ pub(crate) struct MvccStore {
     pub(crate) values: BTreeMap<Vec<u8>, BTreeMap<u64, Bytes>>,
     /// `ConcurrencyManager::max_ts`: the largest ts any read has used.
     pub(crate) max_ts: u64,
+    /// A deliberately broken shared-lock rule (checker tests only).
+    pub(crate) shared_lock_flaw: Option<SharedLockFlaw>,
 }
 
 impl MvccStore {
@@ -401,7 +431,15 @@ impl MvccStore {
                 ..Default::default()
             }));
         }
-        let Some(lock) = self.remove_share(key, start_ts, commit_ts) else { return Ok(()) };
+        let kept = self.shared_lock_flaw == Some(SharedLockFlaw::CommitKeepsShare)
+            && lock.lock_type != LockType::Pessimistic
+            && matches!(self.txn_record(key, start_ts), TxnRecord::None { .. });
+        let lock = if kept {
+            lock.clone()
+        } else {
+            let Some(lock) = self.remove_share(key, start_ts, commit_ts) else { return Ok(()) };
+            lock
+        };
         if lock.lock_type != LockType::Pessimistic {
             let overlapped = self
                 .writes
@@ -517,6 +555,37 @@ impl crate::Cluster {
     pub fn lock_count(&self) -> usize {
         let st = self.lock();
         st.mvcc.locks.len() + st.mvcc.shared.len()
+    }
+
+    /// Every key locked in share mode, with its holders, any exclusive lock
+    /// beside them and the holders already settled on it, in key order: a
+    /// checker's view of the shared-lock rules (cheap: only shared keys).
+    pub fn shared_locked_keys(&self) -> Vec<SharedKeyLocks> {
+        let st = self.lock();
+        st.mvcc
+            .shared
+            .iter()
+            .map(|(key, shared)| {
+                let settled = shared
+                    .holders
+                    .keys()
+                    .copied()
+                    .filter(|&ts| !matches!(st.mvcc.txn_record(key, ts), TxnRecord::None { .. }))
+                    .collect();
+                SharedKeyLocks {
+                    key: shared.user_key.to_vec(),
+                    holders: shared.holders.keys().copied().collect(),
+                    exclusive: st.mvcc.locks.get(key).map(|l| l.ts),
+                    settled,
+                }
+            })
+            .collect()
+    }
+
+    /// Breaks one shared-lock rule on purpose, so a checker test can show
+    /// the checker notices.
+    pub fn break_shared_locks(&self, flaw: SharedLockFlaw) {
+        self.lock().mvcc.shared_lock_flaw = Some(flaw);
     }
 
     /// The write-CF record of transaction `start_ts` on the txn request key

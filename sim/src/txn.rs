@@ -16,8 +16,8 @@ use tikv_proto::{errorpb, kvrpcpb, metapb};
 
 use crate::cluster::{State, check_key_in_region, check_key_seekable, hex};
 use crate::mvcc::{
-    Lock, LockType, MvccStore, SharedLocks, TxnRecord, Versions, Write, WriteKind, physical,
-    txn_key,
+    Lock, LockType, MvccStore, SharedLockFlaw, SharedLocks, TxnRecord, Versions, Write, WriteKind,
+    physical, txn_key,
 };
 
 /// Why a transactional command did not run (or stopped).
@@ -1792,7 +1792,10 @@ impl State {
         // the one at `for_update_ts`.
         let value = self.mvcc.committed_value(key, u64::MAX).map(|(v, _)| v);
         let is_shared = m.op == kvrpcpb::Op::SharedPessimisticLock as i32;
-        if let Some(shared) = self.mvcc.shared.get(key) {
+        let flaw = self.mvcc.shared_lock_flaw;
+        if let Some(shared) = self.mvcc.shared.get(key)
+            && (is_shared || flaw != Some(SharedLockFlaw::ExclusiveOverShares))
+        {
             if !is_shared || (shared.shrink_only && !shared.holders.contains_key(&start_ts)) {
                 // An exclusive request waits for every holder (the caller
                 // marks the key shrink-only first); a new holder may not
@@ -1820,7 +1823,14 @@ impl State {
         }
         match self.mvcc.locks.get(key).cloned() {
             // A share request waits for any exclusive lock, its own included.
-            Some(lock) if is_shared => return Err(locked(&lock).into()),
+            Some(lock)
+                if is_shared
+                    && !(flaw == Some(SharedLockFlaw::ShareOverExclusive)
+                        && lock.ts != start_ts) =>
+            {
+                return Err(locked(&lock).into());
+            }
+            Some(_) if is_shared => {}
             Some(lock) if lock.ts != start_ts => return Err(locked(&lock).into()),
             Some(lock) if lock.lock_type != LockType::Pessimistic => {
                 return Err(abort(format!(

@@ -24,6 +24,9 @@ package main
 //	                                      TiDB does; WAIT_MS -1 is no-wait, 0 waits
 //	                                      until the lock is free (kv.LockAlwaysWait)
 //	                                      -> ok START_TS FOR_UPDATE_TS
+//	plock-shared ID WAIT_MS K...          the same in share mode (LockCtx.InShareMode:
+//	                                      the transaction must hold an exclusive
+//	                                      lock, its primary, first)
 //	plock-bg ID WAIT_MS K...              the same in the background -> ok at once;
 //	await ID                              then its answer, as plock's
 //	pcommit ID K=V...                     sets the pairs and commits transaction ID
@@ -152,13 +155,15 @@ func classifyLockErr(err error) error {
 
 // lockKeys is one locking statement of a pessimistic transaction, retried
 // with a fresh for_update_ts on a write conflict as TiDB retries it.
-func (s *interopServer) lockKeys(ctx context.Context, txn *transaction.KVTxn, waitMs int64, keys [][]byte) (string, error) {
+func (s *interopServer) lockKeys(ctx context.Context, txn *transaction.KVTxn, waitMs int64, shared bool, keys [][]byte) (string, error) {
 	for attempt := 0; ; attempt++ {
 		forUpdateTS, err := s.cli.GetTimestamp(ctx)
 		if err != nil {
 			return "", err
 		}
-		err = txn.LockKeys(ctx, kv.NewLockCtx(forUpdateTS, waitMs, time.Now()), keys...)
+		lockCtx := kv.NewLockCtx(forUpdateTS, waitMs, time.Now())
+		lockCtx.InShareMode = shared
+		err = txn.LockKeys(ctx, lockCtx, keys...)
 		if err != nil && tikverr.IsErrWriteConflict(err) && attempt < 16 {
 			continue
 		}
@@ -169,7 +174,7 @@ func (s *interopServer) lockKeys(ctx context.Context, txn *transaction.KVTxn, wa
 	}
 }
 
-func (s *interopServer) plock(ctx context.Context, args []string, background bool) (string, error) {
+func (s *interopServer) plock(ctx context.Context, args []string, background, shared bool) (string, error) {
 	if len(args) < 3 {
 		return "", errors.New("usage: plock ID WAIT_MS K...")
 	}
@@ -190,7 +195,7 @@ func (s *interopServer) plock(ctx context.Context, args []string, background boo
 		return "", err
 	}
 	if !background {
-		return s.lockKeys(ctx, txn, waitMs, keys)
+		return s.lockKeys(ctx, txn, waitMs, shared, keys)
 	}
 	if _, busy := s.pending[id]; busy {
 		return "", fmt.Errorf("transaction %s already has a lock call in flight", id)
@@ -201,7 +206,7 @@ func (s *interopServer) plock(ctx context.Context, args []string, background boo
 		// Not the step's context: the call outlives this command.
 		bgCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		answer, err := s.lockKeys(bgCtx, txn, waitMs, keys)
+		answer, err := s.lockKeys(bgCtx, txn, waitMs, shared, keys)
 		done <- lockAnswer{answer, err}
 	}()
 	return "", nil
@@ -495,9 +500,11 @@ func (s *interopServer) serve(ctx context.Context, in io.Reader, out io.Writer) 
 		case "prewrite":
 			answer, err = s.prewrite(stepCtx, fields[1:])
 		case "plock":
-			answer, err = s.plock(stepCtx, fields[1:], false)
+			answer, err = s.plock(stepCtx, fields[1:], false, false)
+		case "plock-shared":
+			answer, err = s.plock(stepCtx, fields[1:], false, true)
 		case "plock-bg":
-			answer, err = s.plock(stepCtx, fields[1:], true)
+			answer, err = s.plock(stepCtx, fields[1:], true, false)
 		case "await":
 			answer, err = s.await(stepCtx, fields[1:])
 		case "pcommit":

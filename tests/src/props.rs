@@ -26,7 +26,7 @@ use tikv_core::view::ClusterView;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 use tikv_sim::world::faults::{Fault, Plan, Swarm, TxnParams};
 use tikv_sim::world::txn_history::TxnKeys;
-use tikv_sim::world::{self, WorldConfig};
+use tikv_sim::world::{self, Workload, WorldConfig};
 
 mod txn;
 pub use txn::{committer, lock_resolver};
@@ -785,10 +785,18 @@ pub fn world_plan(u: &mut Unstructured<'_>) -> Result<(u64, Plan)> {
     Ok((u.arbitrary()?, Plan { swarm, faults, heal_at, txn }))
 }
 
-/// Runs a world whose plan came from fuzzer bytes; it must pass.
+/// Runs a world whose plan came from fuzzer bytes; it must pass. A
+/// transactional plan runs now and then as the pessimistic world (locking
+/// transfers and increments, shared locks, lock waits, deadlocks, fair
+/// locking), whose checkers then judge the pessimistic outcomes too.
 pub fn world_schedule(u: &mut Unstructured<'_>) -> Result<()> {
     let (seed, plan) = world_plan(u)?;
-    let report = world::run(WorldConfig { seed, plan: Some(plan), ..WorldConfig::default() });
+    let workload = match plan.txn.is_some() && u.ratio(1, 2)? {
+        true => Workload::Pessimistic,
+        false => Workload::default(),
+    };
+    let report =
+        world::run(WorldConfig { seed, plan: Some(plan), workload, ..WorldConfig::default() });
     assert!(report.passed(), "{}", report.failure());
     Ok(())
 }

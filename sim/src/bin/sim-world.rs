@@ -32,6 +32,7 @@
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
+use tikv_sim::world::txn_history::TxnOutcome;
 use tikv_sim::world::{self, Workload, WorldConfig};
 
 fn main() -> ExitCode {
@@ -79,6 +80,9 @@ fn main() -> ExitCode {
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
     let mut with_conflict = 0usize;
+    // Seeds where several transactions shared one key's lock at once, and
+    // committed transactions that read under shared locks.
+    let (mut shared_at_once, mut shared_readers) = (0usize, 0usize);
     let mut crashed_holders = (0usize, 0usize);
     let mut gc = world::GcStats::default();
     let mut max_op = std::time::Duration::ZERO;
@@ -95,6 +99,15 @@ fn main() -> ExitCode {
         deadlocks += report.stats.deadlocks;
         gave_up += report.stats.lock_wait_failures;
         with_conflict += report.stats.locked_with_conflict;
+        shared_at_once += usize::from(report.stats.shared_lock_peak >= 2);
+        shared_readers += report
+            .txn_history
+            .entries
+            .iter()
+            .filter(|e| {
+                !e.run.shared.is_empty() && matches!(e.outcome, TxnOutcome::Committed { .. })
+            })
+            .count();
         crashed_holders.0 += report.stats.crashed_lock_holders.0;
         crashed_holders.1 += report.stats.crashed_lock_holders.1;
         max_op = max_op.max(report.stats.max_op);
@@ -134,6 +147,10 @@ fn main() -> ExitCode {
             "clients crashed holding pessimistic locks: {} times other clients resolved them, \
              {} times the audit swept them",
             crashed_holders.0, crashed_holders.1
+        );
+        println!(
+            "shared locks: {shared_readers} committed transactions read under them; several \
+             holders of one key at once in {shared_at_once} seeds"
         );
     }
     if workload == Workload::Gc {

@@ -116,6 +116,7 @@ use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
 
+use crate::mvcc::SharedLockFlaw;
 use crate::net::{Endpoint, Network, Recovery};
 use crate::{Cluster, ClusterConfig, KvAnswer, LockWaitToken, WriteKind};
 pub use faults::{Fault, PD_MEMBERS, Plan, Swarm, TxnParams};
@@ -188,6 +189,15 @@ pub enum Bug {
     /// a cycle, the world also fails the other members' parked waits with
     /// it, so one cycle has several victims.
     DeadlockBothVictims,
+    /// Pessimistic: a store grants a shared lock over another
+    /// transaction's exclusive lock.
+    ShareOverExclusive,
+    /// Pessimistic: a store grants an exclusive lock over other
+    /// transactions' shared locks.
+    ExclusiveOverShares,
+    /// Pessimistic: a shared holder's commit writes its record but leaves
+    /// its share on the key.
+    CommitKeepsShare,
     /// GC: the stores collect garbage up to the current time instead of
     /// the GC safe point, dropping versions reads above it still need.
     GcCollectsPastSafePoint,
@@ -210,7 +220,11 @@ impl Bug {
             Bug::SecondariesBeforePrimary
             | Bug::ReadThroughLocks
             | Bug::SuccessBeforePrimaryCommit => Workload::Txn,
-            Bug::ReadBeforeLock | Bug::DeadlockBothVictims => Workload::Pessimistic,
+            Bug::ReadBeforeLock
+            | Bug::DeadlockBothVictims
+            | Bug::ShareOverExclusive
+            | Bug::ExclusiveOverShares
+            | Bug::CommitKeepsShare => Workload::Pessimistic,
             Bug::GcCollectsPastSafePoint
             | Bug::SkipVisibilityCheck
             | Bug::ScanLockMissesLocks
@@ -307,6 +321,9 @@ pub struct Stats {
     /// (pessimistic) Lock calls that gave up waiting
     /// (`LockWaitTimeout`, `LockAcquireFailAndNoWaitSet`).
     pub lock_wait_failures: usize,
+    /// (pessimistic) The most transactions seen sharing one key's lock at
+    /// once.
+    pub shared_lock_peak: usize,
     /// Virtual time at the end of the run.
     pub end: Instant,
     /// Longest operation.
@@ -518,6 +535,8 @@ struct World {
     /// (pessimistic) Parked lock requests, and when the lock manager next
     /// has a timeout or delayed wake-up due.
     parked: BTreeMap<LockWaitToken, Parked>,
+    /// (pessimistic) The shared-lock rules, watched after every request.
+    shared_locks: pessimistic::SharedLockMonitor,
     lock_wait_timer: Option<Instant>,
     rng: Rng,
     now: Instant,
@@ -692,11 +711,21 @@ impl World {
                 auditor: clients.len() - 1,
             }
         });
+        let flaw = match cfg.bug {
+            Some(Bug::ShareOverExclusive) => Some(SharedLockFlaw::ShareOverExclusive),
+            Some(Bug::ExclusiveOverShares) => Some(SharedLockFlaw::ExclusiveOverShares),
+            Some(Bug::CommitKeepsShare) => Some(SharedLockFlaw::CommitKeepsShare),
+            _ => None,
+        };
+        if let Some(flaw) = flaw {
+            cluster.break_shared_locks(flaw);
+        }
         let net = Network::new(plan.swarm.clone(), pd_urls);
         let mut world = World {
             seed: cfg.seed,
             workload,
             parked: BTreeMap::new(),
+            shared_locks: pessimistic::SharedLockMonitor::default(),
             lock_wait_timer: None,
             rng,
             now: Instant::ZERO,
@@ -968,7 +997,7 @@ impl World {
             self.full_read_spec()
         } else if self.workload == Workload::Pessimistic {
             let Some(t) = self.txn.as_ref() else { return };
-            pess_workload::pick(&mut self.rng, &t.params)
+            pess_workload::pick_with_shares(&mut self.rng, &t.params)
         } else {
             let Some(t) = self.txn.as_mut() else { return };
             txn_workload::pick(&mut self.rng, &t.params, &mut t.next_value)
@@ -1290,6 +1319,7 @@ impl World {
     /// woken, timed out or failed since, and keeps the lock manager's
     /// timer armed.
     fn collect_lock_answers(&mut self) {
+        self.shared_locks.observe(&self.cluster.shared_locked_keys());
         let tokens: Vec<LockWaitToken> = self.parked.keys().copied().collect();
         for token in tokens {
             let Some(resp) = self.cluster.take_lock_wait_answer(token) else { continue };
@@ -1781,6 +1811,9 @@ impl World {
         self.log("audit: reading every key");
         self.launch_txn(auditor, spec);
         self.drain();
+        if self.workload == Workload::Pessimistic {
+            self.shared_locks.observe(&self.cluster.shared_locked_keys());
+        }
         let left: Vec<Lock> = self.cluster.locks().iter().flat_map(Lock::from_info).collect();
         if let Some(t) = &self.txn {
             let holders = t
@@ -1973,6 +2006,12 @@ impl World {
             for v in pessimistic::check_deadlocks(&t.history) {
                 self.violations.push(format!("deadlock: {v}"));
             }
+            let monitored = self.shared_locks.violations();
+            let reads = pessimistic::check_shared_reads(&t.history, &fates);
+            for v in monitored.into_iter().chain(reads) {
+                self.violations.push(format!("shared: {v}"));
+            }
+            self.stats.shared_lock_peak = self.shared_locks.peak_holders;
         } else {
             for a in elle::check(&elle_history(&t.history)) {
                 self.violations.push(format!("elle: {a}"));

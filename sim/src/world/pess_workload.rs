@@ -12,6 +12,12 @@
 //!   `LockAcquireFailAndNoWaitSet` and any other error end the transaction,
 //!   whose locks are then rolled back (the failed call's follow-up, and the
 //!   rollback the driver runs when a transaction is dropped);
+//! - in share mode (some increments, after their exclusive calls), one
+//!   call taking shared locks on other counters, then reading them at its
+//!   `for_update_ts` as TiDB reads after `LOCK IN SHARE MODE` (TiKV
+//!   returns no value for a share a retried request already holds): the
+//!   reads are recorded in [`TxnRun::shared`], the keys committed as
+//!   `SharedLock` mutations (lock-only, never the primary);
 //! - with fair locking (some counter increments), each single-key call in
 //!   TiKV's `WakeUpModeForceLock`: a lock taken over a newer write
 //!   (`LockedWithConflict`) counts that write's commit ts as the key's
@@ -94,7 +100,7 @@ pub(crate) fn pick(rng: &mut Rng, params: &TxnParams) -> TxnSpec {
                 counters.push(second);
             }
             let fair = rng.gen_ratio(1, 2);
-            TxnKind::Pessimistic(PessKind::Increment { counters, wait, fair })
+            TxnKind::Pessimistic(PessKind::Increment { counters, wait, fair, shared: Vec::new() })
         }
         _ => TxnKind::BankRead,
     };
@@ -105,6 +111,34 @@ pub(crate) fn pick(rng: &mut Rng, params: &TxnParams) -> TxnSpec {
         .with_one_pc(one_pc)
         .with_causal_consistency((async_commit || one_pc) && rng.gen_ratio(1, 5));
     TxnSpec { kind, read_method: pick_read_method(rng), opts }
+}
+
+/// [`pick`], then in the core-level world some increments also read a
+/// counter under a shared lock (client-go's `LockCtx.InShareMode`), so
+/// shares meet other shares, exclusive locks and deadlocks.
+pub(crate) fn pick_with_shares(rng: &mut Rng, params: &TxnParams) -> TxnSpec {
+    let mut spec = pick(rng, params);
+    let registers = params.keys.registers;
+    if let TxnKind::Pessimistic(PessKind::Increment { counters, fair: false, shared, .. }) =
+        &mut spec.kind
+        && registers > counters.len() as u32
+        && rng.gen_ratio(1, 2)
+    {
+        // Mostly the lowest free counter, so that shares meet.
+        let free: Vec<u32> = (0..registers).filter(|r| !counters.contains(r)).collect();
+        let first = match rng.gen_ratio(3, 4) {
+            true => free[0],
+            false => free[rng.gen_range(0, free.len() as u64) as usize],
+        };
+        shared.push(first);
+        if free.len() >= 2 && rng.gen_ratio(1, 4) {
+            let other = free[rng.gen_range(0, free.len() as u64) as usize];
+            if !shared.contains(&other) {
+                shared.push(other);
+            }
+        }
+    }
+    spec
 }
 
 /// Whose RPC an id is: the current step (by number) or a machine running
@@ -120,6 +154,8 @@ enum Step {
     Timestamp(GetTimestamp),
     /// [`Bug::ReadBeforeLock`]: the keys read at the start ts first.
     StaleRead(Box<SnapshotBatchGet>),
+    /// The keys of a shared-lock call, read at its `for_update_ts`.
+    SharedRead(Box<SnapshotBatchGet>),
     Lock(Box<AcquirePessimisticLocks>),
     Commit(Box<Committer>),
     /// After the result: the committer's follow-up.
@@ -132,6 +168,7 @@ macro_rules! each_step {
         match $step {
             Step::Timestamp($op) => $body,
             Step::StaleRead($op) => $body,
+            Step::SharedRead($op) => $body,
             Step::Lock($op) => $body,
             Step::Commit($op) => $body,
             Step::Tail($op) => $body,
@@ -165,17 +202,22 @@ pub(crate) struct PessProgram {
     opts: CommitOptions,
     bug: Option<Bug>,
     run: TxnRun,
-    /// Lock calls still to make.
-    calls: VecDeque<Vec<Key>>,
-    /// The call being made, and how many times it met a newer write.
+    /// Lock calls still to make, each with whether it is in share mode.
+    calls: VecDeque<(Vec<Key>, bool)>,
+    /// The call being made, whether in share mode, and how many times it
+    /// met a newer write.
     call: Vec<Key>,
+    call_shared: bool,
     conflicts: u32,
     /// The `for_update_ts` of the call being made.
     for_update_ts: Timestamp,
     max_for_update_ts: Timestamp,
     primary: Option<Key>,
-    /// Keys this transaction holds locks on, and the values it read.
+    /// Keys this transaction holds exclusive locks on, and the values it
+    /// read.
     values: BTreeMap<Key, Option<String>>,
+    /// Keys it holds shared locks on, and the values it read.
+    shared_values: BTreeMap<Key, Option<String>>,
     /// Keys locked over a newer write (fair locking), with that write's
     /// commit ts: the lock's `for_update_ts`, checked at prewrite.
     constraints: Vec<(Key, Timestamp)>,
@@ -204,11 +246,13 @@ impl PessProgram {
         opts: CommitOptions,
         bug: Option<Bug>,
     ) -> PessProgram {
-        let calls = kind
-            .lock_calls()
-            .into_iter()
-            .map(|keys| keys.into_iter().map(Key::from).collect())
-            .collect();
+        let to_keys = |keys: Vec<String>| keys.into_iter().map(Key::from).collect::<Vec<Key>>();
+        let mut calls: VecDeque<(Vec<Key>, bool)> =
+            kind.lock_calls().into_iter().map(|keys| (to_keys(keys), false)).collect();
+        let shared = kind.shared_keys();
+        if !shared.is_empty() {
+            calls.push_back((to_keys(shared), true));
+        }
         PessProgram {
             view,
             id,
@@ -218,11 +262,13 @@ impl PessProgram {
             run: TxnRun::default(),
             calls,
             call: Vec::new(),
+            call_shared: false,
             conflicts: 0,
             for_update_ts: Timestamp::ZERO,
             max_for_update_ts: Timestamp::ZERO,
             primary: None,
             values: BTreeMap::new(),
+            shared_values: BTreeMap::new(),
             constraints: Vec::new(),
             stale: BTreeMap::new(),
             began: Instant::ZERO,
@@ -290,7 +336,7 @@ impl PessProgram {
         self.stop_keep_alive();
         self.set_step(Step::Done, now);
         let Some(start_ts) = self.run.start_ts else { return };
-        let held: Vec<Key> = self.values.keys().cloned().collect();
+        let held: Vec<Key> = self.values.keys().chain(self.shared_values.keys()).cloned().collect();
         if self.primary.is_some() && !held.is_empty() {
             let op = rollback_pessimistic_locks(
                 &self.view,
@@ -306,8 +352,9 @@ impl PessProgram {
     /// The next lock call, or the commit once every call is made.
     fn next_call(&mut self, now: Instant) {
         match self.calls.pop_front() {
-            Some(keys) => {
+            Some((keys, shared)) => {
                 self.call = keys;
+                self.call_shared = shared;
                 self.conflicts = 0;
                 self.set_step(Step::Timestamp(GetTimestamp::new()), now);
             }
@@ -318,6 +365,10 @@ impl PessProgram {
     fn lock(&mut self, for_update_ts: Timestamp, now: Instant) {
         let Some(start_ts) = self.run.start_ts else { return };
         self.for_update_ts = for_update_ts;
+        let options = match self.call_shared {
+            true => LockOptions::new().in_share_mode().with_wait(self.kind.wait()),
+            false => LockOptions::new().return_values().with_wait(self.kind.wait()),
+        };
         let req = AcquireRequest {
             start_ts: Timestamp::from_version(start_ts),
             for_update_ts,
@@ -325,8 +376,9 @@ impl PessProgram {
             keys: self.call.clone(),
             presumed_absent: Vec::new(),
             txn_elapsed: now.saturating_duration_since(self.began),
-            options: LockOptions::new().return_values().with_wait(self.kind.wait()),
-            force_lock: matches!(self.kind, PessKind::Increment { fair: true, .. }),
+            options,
+            force_lock: !self.call_shared
+                && matches!(self.kind, PessKind::Increment { fair: true, .. }),
             tags: RequestTags::default(),
         };
         let op = AcquirePessimisticLocks::new(self.view.clone(), req);
@@ -367,6 +419,17 @@ impl PessProgram {
             );
             self.keep_alive = Some(self.add_side(Side::KeepAlive(Box::new(op)), now));
             self.primary = Some(primary);
+        }
+        if self.call_shared {
+            let keys = self.call.clone();
+            let op = SnapshotBatchGet::new(
+                self.view.clone(),
+                keys,
+                self.for_update_ts,
+                ReadOptions::default(),
+            );
+            self.set_step(Step::SharedRead(Box::new(op)), now);
+            return;
         }
         for key in std::mem::take(&mut self.call) {
             let (read, conflict_ts) = match outcome.values.binary_search_by(|(k, _)| k.cmp(&key)) {
@@ -451,6 +514,24 @@ impl PessProgram {
             }
             writes.push((text(key.as_bytes()), write));
         }
+        for (key, value) in &self.shared_values {
+            // Lock-only `SharedLock` mutations; not in `writes`, since
+            // several holders commit lock records on the key at once.
+            let exists = if value.is_some() {
+                FlagsOp::SetKeyLockedValueExists
+            } else {
+                FlagsOp::SetKeyLockedValueNotExists
+            };
+            let flags = [
+                FlagsOp::SetKeyLocked,
+                FlagsOp::DelNeedCheckExists,
+                exists,
+                FlagsOp::SetKeyLockedInShareMode,
+            ];
+            if let Err(e) = buffer.update_flags(key.as_bytes(), &flags) {
+                return self.fail(e, now);
+            }
+        }
         self.run.writes = writes;
         let (mutations, first) = pessimistic_mutations_from_buffer(&buffer);
         let Some(primary) = self.primary.clone().or(first) else {
@@ -481,7 +562,8 @@ impl PessProgram {
                     self.run.start_ts = Some(ts.version());
                     self.began = now;
                     if self.bug == Some(Bug::ReadBeforeLock) {
-                        let keys: Vec<Key> = self.calls.iter().flatten().cloned().collect();
+                        let keys: Vec<Key> =
+                            self.calls.iter().flat_map(|(keys, _)| keys).cloned().collect();
                         let op = SnapshotBatchGet::new(
                             self.view.clone(),
                             keys,
@@ -499,11 +581,32 @@ impl PessProgram {
                 None => {}
                 Some(Err(e)) => self.fail(e, now),
                 Some(Ok(pairs)) => {
-                    for key in self.calls.iter().flatten() {
+                    for key in self.calls.iter().flat_map(|(keys, _)| keys) {
                         self.stale.insert(key.clone(), None);
                     }
                     for p in pairs {
                         self.stale.insert(p.key.clone(), Some(text(&p.value)));
+                    }
+                    self.next_call(now);
+                }
+            },
+            Step::SharedRead(op) => match op.poll_result() {
+                None => {}
+                Some(Err(e)) => self.fail(e, now),
+                Some(Ok(pairs)) => {
+                    for key in std::mem::take(&mut self.call) {
+                        let read = pairs.iter().find(|p| p.key == key).map(|p| text(&p.value));
+                        let value = match self.bug {
+                            Some(Bug::ReadBeforeLock) => self.stale.get(&key).cloned().flatten(),
+                            _ => read,
+                        };
+                        self.run.shared.push(LockedRead {
+                            key: text(key.as_bytes()),
+                            for_update_ts: self.for_update_ts.version(),
+                            value: value.clone(),
+                            with_conflict: false,
+                        });
+                        self.shared_values.insert(key, value);
                     }
                     self.next_call(now);
                 }
@@ -641,7 +744,9 @@ impl SimOp for PessProgram {
 
     fn committing(&self) -> bool {
         // A crash from the first lock on leaves pessimistic locks behind.
-        !self.values.is_empty() || matches!(self.step, Step::Commit(_))
+        !self.values.is_empty()
+            || !self.shared_values.is_empty()
+            || matches!(self.step, Step::Commit(_))
     }
 
     fn progress(&self) -> Option<TxnRun> {

@@ -14,8 +14,23 @@
 //! lock once the victim's locks are rolled back, or time out). So every
 //! reported wait chain is a cycle through its victim, and no cycle has two
 //! victims.
+//!
+//! **Shared locks** (`SharedLockMonitor`, [`check_shared_reads`]): after
+//! every request the stores serve, the world looks at every key locked in
+//! share mode (TiKV's `SharedLocks`): no exclusive lock may sit beside the
+//! shares (so neither kind was granted over the other), and no holder whose
+//! commit or rollback record of the key is written may still hold its share
+//! (a settled holder releases). The most holders seen on one key at once
+//! shows shares were really shared. The audit then finds no lock at all
+//! (the world's liveness check), crashed holders' shares included. Every
+//! value read under a share equals the committed value at the lock's
+//! `for_update_ts`, and nobody committed a write to the key between that
+//! and the holder's commit: a share protects a read as an exclusive lock
+//! protects a write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::mvcc::SharedKeyLocks;
 
 use super::si::{Fates, KeyFate};
 use super::txn_history::{TxnHistory, TxnOutcome, TxnWrite, parse_counter};
@@ -108,6 +123,104 @@ pub fn check_deadlocks(history: &TxnHistory) -> Vec<String> {
     out
 }
 
+/// Watches the shared-locked keys during a run (module docs).
+#[derive(Debug, Default)]
+pub(crate) struct SharedLockMonitor {
+    violations: BTreeSet<String>,
+    /// The most holders one key had at once.
+    pub(crate) peak_holders: usize,
+}
+
+impl SharedLockMonitor {
+    /// Checks the shared-locked keys as they are now.
+    pub(crate) fn observe(&mut self, keys: &[SharedKeyLocks]) {
+        for k in keys {
+            let key = String::from_utf8_lossy(&k.key);
+            self.peak_holders = self.peak_holders.max(k.holders.len());
+            if let Some(x) = k.exclusive {
+                self.violations.insert(format!(
+                    "txn {x} holds an exclusive lock on {key} while txns {:?} hold shared locks \
+                     on it",
+                    k.holders
+                ));
+            }
+            for t in &k.settled {
+                self.violations.insert(format!(
+                    "txn {t} still holds a shared lock on {key} after its commit or rollback \
+                     record of it was written"
+                ));
+            }
+        }
+    }
+
+    /// What it saw broken, in order.
+    pub(crate) fn violations(&self) -> Vec<String> {
+        self.violations.iter().cloned().collect()
+    }
+}
+
+/// Every value read under a shared lock is the committed value at the
+/// lock's `for_update_ts`, and no write of the key committed between that
+/// and the holder's commit (module docs).
+pub fn check_shared_reads(history: &TxnHistory, fates: &Fates) -> Vec<String> {
+    // Per key, the committed puts: (commit ts, txn, value).
+    let mut puts: BTreeMap<&str, Vec<(u64, usize, &str)>> = BTreeMap::new();
+    for e in &history.entries {
+        for (k, w) in &e.run.writes {
+            let TxnWrite::Put(v) = w else { continue };
+            let fate = fates.get(&e.id).and_then(|f| f.iter().find(|(fk, _)| fk == k));
+            if let Some((_, KeyFate::Committed { commit_ts, .. })) = fate {
+                puts.entry(k.as_str()).or_default().push((*commit_ts, e.id, v.as_str()));
+            }
+        }
+    }
+    for versions in puts.values_mut() {
+        versions.sort();
+    }
+    let mut out = Vec::new();
+    for e in history.entries.iter().filter(|e| !e.run.shared.is_empty()) {
+        // The holder's commit ts: its written keys' fate, else its outcome.
+        let committed_at = fates
+            .get(&e.id)
+            .and_then(|f| {
+                f.iter().find_map(|(_, f)| match f {
+                    KeyFate::Committed { commit_ts, .. } => Some(*commit_ts),
+                    _ => None,
+                })
+            })
+            .or(match e.outcome {
+                TxnOutcome::Committed { commit_ts, .. } => Some(commit_ts),
+                _ => None,
+            });
+        for r in &e.run.shared {
+            let versions = puts.get(r.key.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let at_lock = versions.iter().rev().find(|(c, _, _)| *c <= r.for_update_ts);
+            if r.value.as_deref() != at_lock.map(|(_, _, v)| *v) {
+                out.push(format!(
+                    "txn {} read {}={:?} under its shared lock at for_update_ts {}, but the \
+                     committed value then was {:?}",
+                    e.id,
+                    r.key,
+                    r.value,
+                    r.for_update_ts,
+                    at_lock.map(|(_, _, v)| *v)
+                ));
+            }
+            let Some(commit_ts) = committed_at else { continue };
+            if let Some((c, writer, _)) =
+                versions.iter().find(|(c, _, _)| *c > r.for_update_ts && *c < commit_ts)
+            {
+                out.push(format!(
+                    "txn {writer} committed {} at {c} while txn {} held a shared lock on it \
+                     (locked at {}, committed at {commit_ts})",
+                    r.key, e.id, r.for_update_ts
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use tikv_core::time::Instant;
@@ -116,7 +229,7 @@ mod tests {
     use super::*;
     use crate::WriteKind;
     use crate::world::txn_history::{
-        PessKind, ReadMethod, TxnEntry, TxnKind, TxnRun, counter_value,
+        LockedRead, PessKind, ReadMethod, TxnEntry, TxnKind, TxnRun, counter_value,
     };
 
     fn increment(id: usize, start_ts: u64, count: u64, outcome: TxnOutcome) -> TxnEntry {
@@ -127,6 +240,7 @@ mod tests {
                 counters: vec![0],
                 wait: Default::default(),
                 fair: false,
+                shared: Vec::new(),
             }),
             read_method: ReadMethod::Get,
             async_commit: false,
@@ -192,6 +306,79 @@ mod tests {
         fate(&mut phantom, 2, None);
         let v = check_counters(&good, &phantom, &counters, &final_count(1, 0));
         assert!(v.len() == 1 && v[0].contains("reported committed"), "{v:?}");
+    }
+
+    #[test]
+    fn the_monitor_catches_mixed_locks_and_kept_shares() {
+        let key = |holders: &[u64], exclusive: Option<u64>, settled: &[u64]| SharedKeyLocks {
+            key: b"r0".to_vec(),
+            holders: holders.to_vec(),
+            exclusive,
+            settled: settled.to_vec(),
+        };
+        let mut m = SharedLockMonitor::default();
+        m.observe(&[key(&[10, 20], None, &[])]);
+        m.observe(&[key(&[20], None, &[])]);
+        assert_eq!(m.violations(), Vec::<String>::new());
+        assert_eq!(m.peak_holders, 2);
+
+        m.observe(&[key(&[20], Some(30), &[])]);
+        m.observe(&[key(&[20], Some(30), &[])]);
+        let v = m.violations();
+        assert!(v.len() == 1 && v[0].contains("txn 30 holds an exclusive lock on r0"), "{v:?}");
+
+        let mut m = SharedLockMonitor::default();
+        m.observe(&[key(&[10, 20], None, &[10])]);
+        let v = m.violations();
+        assert!(v.len() == 1 && v[0].starts_with("txn 10 still holds a shared lock"), "{v:?}");
+    }
+
+    /// A transaction that incremented r1 at `commit_ts` after reading r0
+    /// under a share taken at `locked_at`.
+    fn sharer(id: usize, locked_at: u64, read: Option<&str>, commit_ts: u64) -> TxnEntry {
+        let mut e = increment(id, locked_at - 1, 1, committed(commit_ts));
+        e.run.writes = vec![("r1".into(), TxnWrite::Put(counter_value(1, id)))];
+        e.run.shared = vec![LockedRead {
+            key: "r0".into(),
+            for_update_ts: locked_at,
+            value: read.map(String::from),
+            with_conflict: false,
+        }];
+        e
+    }
+
+    #[test]
+    fn shared_reads_are_checked_against_the_commits() {
+        let mut fates = Fates::new();
+        fate(&mut fates, 0, Some(20));
+        let r1 = |commit_ts| {
+            vec![("r1".to_string(), KeyFate::Committed { commit_ts, kind: WriteKind::Put })]
+        };
+        fates.insert(1, r1(40));
+        // Txn 0 wrote r0=1 at 20; txn 1 read it under a share at 30..40.
+        let first = counter_value(1, 0);
+        let good = TxnHistory {
+            entries: vec![increment(0, 10, 1, committed(20)), sharer(1, 30, Some(&first), 40)],
+        };
+        assert_eq!(check_shared_reads(&good, &fates), Vec::<String>::new());
+
+        // The read under the share missed the commit before it.
+        let stale = TxnHistory {
+            entries: vec![increment(0, 10, 1, committed(20)), sharer(1, 30, None, 40)],
+        };
+        let v = check_shared_reads(&stale, &fates);
+        assert!(v.len() == 1 && v[0].contains("under its shared lock"), "{v:?}");
+
+        // Txn 0 committed r0 at 35, while txn 1 shared it (30..40).
+        let mut during = fates.clone();
+        fate(&mut during, 0, Some(35));
+        let v = check_shared_reads(
+            &TxnHistory {
+                entries: vec![increment(0, 10, 1, committed(35)), sharer(1, 30, None, 40)],
+            },
+            &during,
+        );
+        assert!(v.len() == 1 && v[0].contains("while txn 1 held a shared lock"), "{v:?}");
     }
 
     fn victim(id: usize, start_ts: u64, chain: &[(u64, u64, u64)]) -> TxnEntry {

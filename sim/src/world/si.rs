@@ -466,6 +466,7 @@ mod tests {
                 micro: Vec::new(),
                 own_reads: Vec::new(),
                 locked: Vec::new(),
+                shared: Vec::new(),
                 deadlock: Vec::new(),
             },
             outcome: TxnOutcome::Committed { commit_ts: start_ts, mode: None },

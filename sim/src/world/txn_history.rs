@@ -229,6 +229,11 @@ pub enum PessKind {
         /// (`LockedWithConflict`) instead of failing, and the prewrite
         /// checks each such lock's `for_update_ts`.
         fair: bool,
+        /// Counters (none of `counters`) read under shared locks, in one
+        /// call after the increments' locks (the primary is exclusive, as
+        /// client-go requires); never with `fair` (client-go refuses shared
+        /// locks in fair locking). They are read, not written.
+        shared: Vec<u32>,
     },
 }
 
@@ -243,6 +248,15 @@ impl PessKind {
             PessKind::Increment { counters, .. } => {
                 counters.iter().map(|c| vec![register(*c)]).collect()
             }
+        }
+    }
+
+    /// The keys of its shared-lock call, if it makes one (after every call
+    /// of [`PessKind::lock_calls`]).
+    pub fn shared_keys(&self) -> Vec<String> {
+        match self {
+            PessKind::Increment { shared, .. } => shared.iter().map(|c| register(*c)).collect(),
+            PessKind::Transfer { .. } => Vec::new(),
         }
     }
 
@@ -268,10 +282,15 @@ impl fmt::Display for PessKind {
                 if *one_call { "one call" } else { "from first" },
                 wait(w)
             ),
-            PessKind::Increment { counters, wait: w, fair } => {
+            PessKind::Increment { counters, wait: w, fair, shared } => {
                 let names: Vec<String> = counters.iter().map(|c| format!("r{c}")).collect();
                 let fair = if *fair { ", fair" } else { "" };
-                write!(f, "increment {} ({}{fair})", names.join(" then "), wait(w))
+                write!(f, "increment {} ({}{fair})", names.join(" then "), wait(w))?;
+                if !shared.is_empty() {
+                    let names: Vec<String> = shared.iter().map(|c| format!("r{c}")).collect();
+                    write!(f, " sharing {}", names.join(" "))?;
+                }
+                Ok(())
             }
         }
     }
@@ -391,6 +410,10 @@ pub struct TxnRun {
     pub micro: Vec<Micro>,
     /// (pessimistic) The keys it locked and read with `get_for_update`.
     pub locked: Vec<LockedRead>,
+    /// (pessimistic) The keys it locked in share mode, with the values it
+    /// read under those locks (never written: other holders may share
+    /// them).
+    pub shared: Vec<LockedRead>,
     /// (pessimistic) The wait-for cycle TiKV reported when this
     /// transaction's lock call failed with `Deadlock`, as (waiting txn, txn
     /// waited for, key hash) edges; empty otherwise.

@@ -27,6 +27,8 @@
 //! pessimistic transactions of the two block each other until the holder
 //! commits, a deadlock across them fails the side that closes the cycle,
 //! and a crashed pessimistic writer of each is cleaned up by the other; a
+//! shared lock of each admits the other's share but not its exclusive lock,
+//! and both holders' commits release their shares; a
 //! GC round by each (client-go's `KVStore.GC`, our `TransactionClient::gc`)
 //! rolls back the other's crashed writer whatever its TTL, keeps the newest
 //! version at or below the safe point (older ones are collected: in-process
@@ -258,6 +260,17 @@ impl GoPeer {
         keys: &[Vec<u8>],
     ) -> Result<(u64, u64), String> {
         let fields = self.call(format!("plock {id} {wait_ms}{}", Self::keys(keys))).await?;
+        Self::two_ts(&fields)
+    }
+
+    /// [`GoPeer::plock`] in share mode (`LockCtx.InShareMode`).
+    async fn plock_shared(
+        &mut self,
+        id: &str,
+        wait_ms: i64,
+        keys: &[Vec<u8>],
+    ) -> Result<(u64, u64), String> {
+        let fields = self.call(format!("plock-shared {id} {wait_ms}{}", Self::keys(keys))).await?;
         Self::two_ts(&fields)
     }
 
@@ -634,6 +647,7 @@ async fn checks(run: &mut Run, report: &mut Report) {
     report.record("interop: client-go async-commits, commit phase lost, ours recovers it", r);
 
     pessimistic_checks(run, report).await;
+    shared_lock_checks(run, report).await;
 
     let r: Check = async {
         expect_eq("locks left", run.cluster.locks().len(), 0)?;
@@ -972,6 +986,117 @@ async fn pessimistic_checks(run: &mut Run, report: &mut Report) {
     .await;
     report
         .record("interop: a crashed pessimistic writer of each side is cleaned up by the other", r);
+}
+
+/// The shares of key `k`'s lock, by holder start ts (none if `k` is not
+/// locked in share mode).
+fn share_holders(run: &Run, k: &[u8]) -> Vec<u64> {
+    run.cluster
+        .locks()
+        .into_iter()
+        .filter(|l| l.key == k)
+        .flat_map(|l| l.shared_lock_infos.into_iter().map(|h| h.lock_version))
+        .collect()
+}
+
+/// Waits (up to 10 s) until key `k`'s shares are held by `want` (sorted):
+/// both clients commit a share, a secondary, in the background after the
+/// primary.
+async fn shares_become(run: &Run, what: &str, k: &[u8], want: Vec<u64>) -> Check {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut holders = share_holders(run, k);
+        holders.sort();
+        if holders == want || tokio::time::Instant::now() >= deadline {
+            return expect_eq(what, holders, want);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shared pessimistic locks across the two clients: a share held by one
+/// lets the other share the key too but not lock it exclusively, and both
+/// holders' commits release their shares. Each side's share needs an
+/// exclusive primary first (client-go's rule, ours too).
+async fn shared_lock_checks(run: &mut Run, report: &mut Report) {
+    let r: Check = async {
+        let (go_primary, our_primary, k) =
+            (b"\x36io-sh-go-p".to_vec(), b"\x76io-sh-ours-p".to_vec(), b"\xb6io-sh-go".to_vec());
+        run.go.plock("sh-7", 0, std::slice::from_ref(&go_primary)).await?;
+        let (go_start, _) = run.go.plock_shared("sh-7", 0, std::slice::from_ref(&k)).await?;
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours("our primary", t.lock_keys([our_primary.clone()], LockOptions::new()).await)?;
+        ours(
+            "our share beside client-go's",
+            t.lock_keys([k.clone()], LockOptions::new().in_share_mode().no_wait()).await,
+        )?;
+        let mut holders = share_holders(run, &k);
+        holders.sort();
+        let mut want = vec![go_start, t.start_timestamp().version()];
+        want.sort();
+        expect_eq("the key's share holders", holders, want)?;
+        let mut other = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        match other.lock_keys([k.clone()], LockOptions::new().no_wait()).await {
+            Err(Error::LockAcquireFailAndNoWaitSet) => {}
+            r => {
+                return Err(format!("our exclusive lock over the shares: want no-wait, got {r:?}"));
+            }
+        }
+        ours("rollback the refused", other.rollback().await)?;
+        let pairs = vec![(go_primary.clone(), b"go shared".to_vec())];
+        run.go.pcommit("sh-7", &pairs).await?;
+        run.remember(&pairs);
+        let ours_only = vec![t.start_timestamp().version()];
+        shares_become(run, "shares after client-go's commit", &k, ours_only).await?;
+        ours("put", t.put(our_primary.clone(), b"ours shared".to_vec()))?;
+        ours("commit", t.commit().await)?;
+        run.remember(&[(our_primary.clone(), b"ours shared".to_vec())]);
+        shares_become(run, "shares after both commits", &k, Vec::new()).await?;
+        run.go_reads_model(&[go_primary, our_primary, k]).await
+    }
+    .await;
+    report.record(
+        "interop: client-go's shared lock admits our share and refuses our exclusive lock",
+        r,
+    );
+
+    let r: Check = async {
+        let (our_primary, go_primary, k) =
+            (b"\x37io-sh-ours-p".to_vec(), b"\x77io-sh-go-p".to_vec(), b"\xb7io-sh-ours".to_vec());
+        let mut t = ours("begin", run.mine.begin_with_options(pessimistic()).await)?;
+        ours("our primary", t.lock_keys([our_primary.clone()], LockOptions::new()).await)?;
+        ours("our share", t.lock_keys([k.clone()], LockOptions::new().in_share_mode()).await)?;
+        run.go.plock("sh-8", 0, std::slice::from_ref(&go_primary)).await?;
+        let (go_start, _) = run.go.plock_shared("sh-8", -1, std::slice::from_ref(&k)).await?;
+        let mut holders = share_holders(run, &k);
+        holders.sort();
+        let mut want = vec![go_start, t.start_timestamp().version()];
+        want.sort();
+        expect_eq("the key's share holders", holders, want)?;
+        match run.go.plock("sh-9", -1, std::slice::from_ref(&k)).await {
+            Err(e) if e.contains("err no-wait") => {}
+            other => {
+                return Err(format!(
+                    "client-go's exclusive lock over the shares: want no-wait, got {other:?}"
+                ));
+            }
+        }
+        run.go.prollback("sh-9").await?;
+        ours("put", t.put(our_primary.clone(), b"ours shared".to_vec()))?;
+        ours("commit", t.commit().await)?;
+        run.remember(&[(our_primary.clone(), b"ours shared".to_vec())]);
+        shares_become(run, "shares after our commit", &k, vec![go_start]).await?;
+        let pairs = vec![(go_primary.clone(), b"go shared".to_vec())];
+        run.go.pcommit("sh-8", &pairs).await?;
+        run.remember(&pairs);
+        shares_become(run, "shares after both commits", &k, Vec::new()).await?;
+        run.ours_reads_model(&[our_primary, go_primary, k]).await
+    }
+    .await;
+    report.record(
+        "interop: our shared lock admits client-go's share and refuses its exclusive lock",
+        r,
+    );
 }
 
 /// client-go's default `ManagedLockTTL`, which our pessimistic locks use too.
