@@ -23,12 +23,15 @@
 //! client's CPU over all of it, the client's peak RSS, and the TiKV
 //! requests the server received for it.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use tikv_bench::server::{Server, run_on_client_core};
 use tikv_bench::workload::cpu_time;
+use tikv_tokio::interceptor::interceptor_fn;
 use tikv_tokio::{Config, PipelinedOptions, TransactionClient, TransactionOptions};
 
 const REGIONS: &str = "16";
@@ -132,9 +135,17 @@ fn child(mode: &str, pd: &str, run: usize, keys: usize) -> ExitCode {
 
 async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Result<(), String> {
     let config = Config::default().with_pd_endpoints([pd.to_owned()]);
+    // Counts the transaction's TiKV requests by name, for the RESULT line.
+    let sent: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+    let counter = sent.clone();
     let client = TransactionClient::connect_with_config(config)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {e}"))?
+        .with_interceptor(interceptor_fn("count", move |rpc, next| {
+            let mut sent = counter.lock().unwrap_or_else(PoisonError::into_inner);
+            *sent.entry(rpc.request.name()).or_default() += 1;
+            next.run(rpc)
+        }));
     let value = vec![b'v'; VALUE_LEN];
     let (cpu0, t0) = (cpu_time(), Instant::now());
     let written;
@@ -161,8 +172,12 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
         other => return Err(format!("unknown mode {other}")),
     }
     let total = t0.elapsed();
+    let by_name = {
+        let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",")
+    };
     println!(
-        "RESULT mode={mode} keys={keys} write_us={} commit_us={} cpu_us={}",
+        "RESULT mode={mode} keys={keys} write_us={} commit_us={} cpu_us={} sent={by_name}",
         written.as_micros(),
         (total - written).as_micros(),
         cpu_time().saturating_sub(cpu0).as_micros()
@@ -283,6 +298,9 @@ fn measure(server: &mut Server, mut cmd: Command) -> Result<Run, String> {
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     let result = lines.find(|l| l.starts_with("RESULT ")).ok_or("the child failed")?;
     let returned = Instant::now();
+    if let Some(sent) = result.split_whitespace().find_map(|f| f.strip_prefix("sent=")) {
+        println!("# requests sent by {:?}: {sent}", cmd.get_args().collect::<Vec<_>>());
+    }
     let (settled, after) = loop {
         let now = server.stats().ok_or("tikv-sim reports no stats")?;
         let locks = now.locks.ok_or("tikv-sim reports no lock count")?;
