@@ -56,6 +56,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("route/fanout.rs"),
             include_str!("route/walk.rs"),
             include_str!("route/replica.rs"),
+            include_str!("route/store_health.rs"),
         ],
     ),
     ("range_task", &[include_str!("range_task.rs")]),

@@ -37,7 +37,14 @@
 //!
 //! Stopping a store closes its listener and kills its open connections (the
 //! sockets are dropped, so clients see resets and then refused connections,
-//! like a crashed TiKV); starting it again listens on the same address.
+//! like a crashed TiKV, and its gRPC health probe fails to connect);
+//! starting it again listens on the same address.
+//!
+//! A slow store ([`Cluster::set_store_latency`]) waits its latency before
+//! it handles each unary TiKV request and each `BatchCommands` message (so
+//! a stream's later messages queue behind it, as on a store whose disk
+//! stalls); its health probe still answers at once, as TiKV's does. Every
+//! answered probe is counted ([`Cluster::health_check_count`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -238,7 +245,16 @@ struct TikvService {
 }
 
 impl TikvService {
+    /// Waits the store's latency ([`Cluster::set_store_latency`]).
+    async fn slow_down(&self) {
+        let latency = self.cluster.store_latency(self.store_id);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
+        self.slow_down().await;
         if let KvRequest::PessimisticLock(r) = req {
             return Ok(match self.start_lock(*r)? {
                 Started::Done(resp) => resp,
@@ -290,6 +306,7 @@ impl TikvService {
     ) -> Result<Option<BatchCommandsResponse>, Status> {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
+        self.slow_down().await;
         let mut responses = Vec::with_capacity(req.requests.len());
         let mut request_ids = Vec::with_capacity(req.requests.len());
         for (entry, id) in req.requests.into_iter().zip(req.request_ids) {
@@ -590,7 +607,10 @@ impl PdService {
 /// client-go probes it after an RPC error before it marks the store
 /// unreachable.
 #[derive(Clone, Debug)]
-struct HealthService;
+struct HealthService {
+    cluster: Cluster,
+    store_id: u64,
+}
 
 #[tonic::async_trait]
 impl Health for HealthService {
@@ -602,6 +622,7 @@ impl Health for HealthService {
         if !service.is_empty() {
             return Err(Status::not_found(format!("unknown service {service:?}")));
         }
+        self.cluster.count_health_check(self.store_id);
         Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
     }
 }
@@ -1090,7 +1111,7 @@ impl SimServer {
         };
         tonic::transport::Server::builder()
             .add_service(TikvServer::new(svc))
-            .add_service(HealthServer::new(HealthService))
+            .add_service(HealthServer::new(HealthService { cluster: cluster.clone(), store_id }))
     }
 
     /// What the stores' `BatchCommands` streams have received so far.

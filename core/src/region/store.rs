@@ -208,6 +208,9 @@ pub struct StoreListChanges {
 #[derive(Default)]
 pub struct StoreTable {
     stores: RwLock<HashMap<u64, Arc<StoreInfo>>>,
+    /// When the stores' health last ticked, in nanoseconds of [`Instant`]
+    /// plus one (zero: never).
+    health_ticked_at: AtomicU64,
 }
 
 impl StoreTable {
@@ -379,6 +382,33 @@ impl StoreTable {
     /// for a PD check keeps its liveness, epoch and scores).
     pub fn get_any(&self, id: u64) -> Option<Arc<StoreInfo>> {
         self.entry(id)
+    }
+
+    /// Ticks every store's health ([`super::StoreHealth::tick`]) if
+    /// `interval` has passed since the last tick (or none happened yet),
+    /// as client-go's `checkAndUpdateStoreHealthStatus` runs on its own
+    /// period. True when it ticked.
+    pub fn tick_health(&self, now: Instant, interval: Duration) -> bool {
+        let last = self.health_ticked_at.load(Ordering::Acquire);
+        if last != 0 {
+            let at = Instant::from_nanos(last - 1);
+            if now.saturating_duration_since(at) < interval {
+                return false;
+            }
+        }
+        let stamp = now.as_nanos().saturating_add(1);
+        if self
+            .health_ticked_at
+            .compare_exchange(last, stamp, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another caller ticked meanwhile.
+            return false;
+        }
+        for store in self.all() {
+            store.health.tick(now);
+        }
+        true
     }
 
     /// Every entry, sorted by id.

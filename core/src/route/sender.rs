@@ -665,9 +665,12 @@ impl RegionCall {
                             self.finish(Err(Error::Rpc(RpcError::Mismatch)));
                         }
                     }
-                    Ok(Response::Pd(_) | Response::Timestamp(_) | Response::StoreSafeTs(_)) => {
-                        self.finish(Err(Error::Rpc(RpcError::Mismatch)))
-                    }
+                    Ok(
+                        Response::Pd(_)
+                        | Response::Timestamp(_)
+                        | Response::StoreSafeTs(_)
+                        | Response::HealthCheck(_),
+                    ) => self.finish(Err(Error::Rpc(RpcError::Mismatch))),
                     // Never sent: not a lost answer, and a retry would be
                     // refused the same way.
                     Err(e @ RpcError::Rejected(_)) => self.finish(Err(Error::Rpc(e))),
