@@ -9,7 +9,7 @@ use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores};
 use tikv_core::view::ClusterView;
 
 use crate::client::Platform;
-use crate::{Background, execute, observe, spawn_periodic};
+use crate::{Background, Transport, execute, observe, spawn_periodic};
 
 /// Starts the periodic rounds; they stop when the handle is dropped.
 pub(crate) fn spawn_store_prober<P: Platform>(
@@ -21,7 +21,8 @@ pub(crate) fn spawn_store_prober<P: Platform>(
     spawn_periodic(rt, HEALTH_CHECK_INTERVAL, move || {
         let (view, rt, transport) = (view.clone(), rt2.clone(), transport.clone());
         async move {
-            let round = execute(ProbeStores::new(view), &rt, &*transport).await;
+            let probe = ProbeStores::new(view).with_feedback(transport.take_health_feedback());
+            let round = execute(probe, &rt, &*transport).await;
             if let Ok(round) = &round {
                 for store in &round.reachable {
                     tracing::info!(store, "store reachable again");

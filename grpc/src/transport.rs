@@ -157,6 +157,10 @@ impl<C: Connector> Inner<C> {
 }
 
 impl<C: Connector> Transport for GrpcTransport<C> {
+    fn take_health_feedback(&self) -> Vec<tikv_proto::kvrpcpb::HealthFeedback> {
+        self.inner.batch.take_health_feedback()
+    }
+
     fn call(
         &self,
         target: &Target,

@@ -224,6 +224,8 @@ pub struct BatchStats {
 
 #[derive(Debug, Default)]
 struct BatchCounters {
+    /// The last health feedback sequence number sent (any store).
+    feedback_seq: AtomicU64,
     streams: AtomicU64,
     messages: AtomicU64,
     requests: AtomicU64,
@@ -245,6 +247,23 @@ struct TikvService {
 }
 
 impl TikvService {
+    /// This store's health feedback, as TiKV attaches it to
+    /// `BatchCommands` answers: raftstore's slow score, 1 (healthy) to
+    /// 100. TiKV raises it as its disk inspections time out; here it is
+    /// 1 plus the store's added latency in milliseconds, capped at 100 (a
+    /// store 80 ms slower or more reads as slow). TiKV attaches feedback
+    /// at most once per `health_feedback_interval` (1 s); this model to
+    /// every answer message.
+    fn health_feedback(&self) -> kvrpcpb::HealthFeedback {
+        let latency = self.cluster.store_latency(self.store_id);
+        let slow_score = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX).min(99) + 1;
+        kvrpcpb::HealthFeedback {
+            store_id: self.store_id,
+            feedback_seq_no: self.counters.feedback_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            slow_score: slow_score as i32,
+        }
+    }
+
     /// Waits the store's latency ([`Cluster::set_store_latency`]).
     async fn slow_down(&self) {
         let latency = self.cluster.store_latency(self.store_id);
@@ -353,6 +372,7 @@ impl TikvService {
             responses,
             request_ids,
             transport_layer_load: 0,
+            health_feedback: Some(self.health_feedback()),
             ..Default::default()
         }))
     }
@@ -362,7 +382,7 @@ impl TikvService {
     /// asked for, carrying an error in that response's own error field (an
     /// answer without a command is client-go's "Unknown command response").
     /// `GetHealthFeedback` is answered as TiKV does (this store's feedback,
-    /// never slow). `None` for the commands the model executes and `Empty`.
+    /// [`TikvService::health_feedback`]). `None` for the commands the model executes and `Empty`.
     fn unserved_entry(&self, cmd: &ReqCmd) -> Option<RespCmd> {
         let why = |name: &str| format!("{name} is not implemented by the simulator");
         let key_error = |name: &str| kvrpcpb::KeyError { abort: why(name), ..Default::default() };
@@ -370,12 +390,7 @@ impl TikvService {
             ReqCmd::GetHealthFeedback(_) => {
                 RespCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackResponse {
                     region_error: None,
-                    health_feedback: Some(kvrpcpb::HealthFeedback {
-                        store_id: self.store_id,
-                        feedback_seq_no: 0,
-                        // raftstore's slow score runs from 1 (healthy) to 100.
-                        slow_score: 1,
-                    }),
+                    health_feedback: Some(self.health_feedback()),
                 })
             }
             ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {

@@ -54,6 +54,7 @@ macro_rules! replica_suite {
             a_dead_leader_does_not_stop_follower_reads,
             tiflash_peers_are_never_chosen,
             a_down_store_is_skipped_until_its_health_probe_answers,
+            a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads,
         );
     };
 }
@@ -364,6 +365,56 @@ pub async fn a_down_store_is_skipped_until_its_health_probe_answers<H: Harness>(
         H::sleep(Duration::from_millis(100)).await;
     }
     assert!(cluster.health_check_count(down) > probes, "the client probed it");
+    server.shutdown().await;
+}
+
+/// The leader's store slows down (150 ms a request): the slow score TiKV
+/// sends with its `BatchCommands` answers reaches the client's store
+/// health within a probe round, after which prefer-leader reads go to the
+/// followers (client-go's prefer-leader: a slow leader is not preferred)
+/// and mixed reads avoid it too (not slow scores first).
+pub async fn a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (_, leader) = raw_region(&cluster, b"k");
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let on_followers = |cluster: &Cluster| -> u64 {
+        followers.iter().map(|s| cluster.kv_request_count(*s, "raw_get", Some(true))).sum()
+    };
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    let prefer = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::PreferLeader));
+    for _ in 0..READS {
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", Some(false)),
+        READS as u64,
+        "a healthy leader serves prefer-leader reads: {}",
+        counts(&cluster, "raw_get")
+    );
+    assert_eq!(on_followers(&cluster), 0);
+
+    cluster.set_store_latency(leader, Duration::from_millis(150));
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while on_followers(&cluster) == 0 {
+        assert!(Instant::now() < give_up, "never avoided: {}", counts(&cluster, "raw_get"));
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        H::sleep(Duration::from_millis(100)).await;
+    }
+    let on_leader = cluster.kv_request_count(leader, "raw_get", None);
+    let mixed = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::Mixed));
+    for handle in [&prefer, &mixed] {
+        for _ in 0..READS {
+            assert_eq!(handle.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        }
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", None),
+        on_leader,
+        "the slow leader is sent no more reads: {}",
+        counts(&cluster, "raw_get")
+    );
     server.shutdown().await;
 }
 

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tikv_proto::health::health_check_response::ServingStatus;
+use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::op::Operation;
@@ -49,12 +50,16 @@ pub struct ProbeRound {
     pub unreachable: Vec<(u64, String)>,
     /// The slow scores ticked in this round.
     pub ticked: bool,
+    /// TiKV's slow scores recorded from health feedback, by store.
+    pub feedback: Vec<(u64, u64)>,
 }
 
 /// One round of the store health probes (see the module docs).
 #[derive(Debug)]
 pub struct ProbeStores {
     view: Arc<ClusterView>,
+    /// TiKV's health feedback received since the last round.
+    feedback: Vec<kvrpcpb::HealthFeedback>,
     /// Stores still to ask, last first.
     to_send: Vec<(u64, Arc<str>)>,
     in_flight: BTreeMap<RpcId, u64>,
@@ -83,12 +88,23 @@ impl ProbeStores {
         to_send.reverse();
         ProbeStores {
             view,
+            feedback: Vec::new(),
             to_send,
             in_flight: BTreeMap::new(),
             deadline: None,
             round: ProbeRound::default(),
             result: None,
         }
+    }
+
+    /// Records `feedback` (TiKV's slow score per store, from the
+    /// `BatchCommands` answers since the last round) when the round starts
+    /// (client-go records each as it arrives, `onHealthFeedback`).
+    /// Feedback for a store the table does not know is dropped, as
+    /// client-go drops it.
+    pub fn with_feedback(mut self, feedback: Vec<kvrpcpb::HealthFeedback>) -> ProbeStores {
+        self.feedback = feedback;
+        self
     }
 
     fn check(&mut self) {
@@ -102,6 +118,13 @@ impl Operation for ProbeStores {
     type Output = ProbeRound;
 
     fn start(&mut self, now: Instant) {
+        for feedback in std::mem::take(&mut self.feedback) {
+            if let Some(store) = self.view.stores.get_any(feedback.store_id) {
+                let score = u64::try_from(feedback.slow_score).unwrap_or(0);
+                store.health().record_tikv_score(score, now);
+                self.round.feedback.push((feedback.store_id, score));
+            }
+        }
         let tick = self.view.config.store_refresh_interval / 4;
         self.round.ticked = self.view.stores.tick_health(now, tick);
         self.deadline = Some(now + LIVENESS_TIMEOUT);

@@ -154,3 +154,26 @@ fn rounds_tick_the_slow_scores_every_quarter_refresh_interval() {
         assert_eq!(health().health().is_slow(), tick < 11, "tick {tick}");
     }
 }
+
+/// TiKV's health feedback is recorded when a round starts: a slow score
+/// of 80 or more makes the store slow; feedback for an unknown store is
+/// dropped.
+#[test]
+fn health_feedback_records_tikv_slow_scores() {
+    let v = four_stores();
+    let feedback = |store_id, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
+        store_id,
+        feedback_seq_no: 1,
+        slow_score,
+    };
+    let mut op =
+        ProbeStores::new(v.clone()).with_feedback(vec![feedback(2, 100), feedback(9, 100)]);
+    op.start(Instant::from_millis(1_000));
+    let round = op.poll_result().unwrap().unwrap();
+    assert_eq!(round.feedback, [(2, 100)]);
+    assert!(v.stores.get_any(2).unwrap().health().is_slow());
+    assert!(!v.stores.get_any(1).unwrap().health().is_slow());
+    let mut op = ProbeStores::new(v.clone()).with_feedback(vec![feedback(2, 1)]);
+    op.start(Instant::from_millis(2_000));
+    assert!(!v.stores.get_any(2).unwrap().health().is_slow(), "healthy again");
+}
