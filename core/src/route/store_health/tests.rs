@@ -148,7 +148,7 @@ fn rounds_tick_the_slow_scores_every_quarter_refresh_interval() {
     assert_eq!(health().health().slow_scores().0, 100);
     let mut at = t0;
     for tick in 1..=11 {
-        at = at + Duration::from_secs(15);
+        at += Duration::from_secs(15);
         assert!(run(&v, at, |_| None).1.ticked);
         assert_eq!(health().health().slow_scores().0, 100 - 2 * tick);
         assert_eq!(health().health().is_slow(), tick < 11, "tick {tick}");
