@@ -439,6 +439,7 @@ impl State {
             (Some(Endpoint::Store(s)), Request::HealthCheck)
                 if self.cluster.is_store_running(s) =>
             {
+                self.cluster.count_health_check(s);
                 Ok(Response::HealthCheck(tikv_proto::health::HealthCheckResponse {
                     status: tikv_proto::health::health_check_response::ServingStatus::Serving
                         as i32,
