@@ -16,6 +16,7 @@ const UNITS: &[(&str, &[&str])] = &[
         &[
             include_str!("region/mod.rs"),
             include_str!("region/cache.rs"),
+            include_str!("region/health.rs"),
             include_str!("region/index.rs"),
             include_str!("region/store.rs"),
             include_str!("region/ttl.rs"),
@@ -55,6 +56,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("route/fanout.rs"),
             include_str!("route/walk.rs"),
             include_str!("route/replica.rs"),
+            include_str!("route/store_health.rs"),
         ],
     ),
     ("range_task", &[include_str!("range_task.rs")]),

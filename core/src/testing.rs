@@ -664,6 +664,7 @@ fn summarize(resp: &Result<Response, RpcError>) -> String {
         Ok(Response::Pd(r)) => r.name().to_string(),
         Ok(Response::Timestamp(ts)) => format!("timestamp {ts:#}"),
         Ok(Response::StoreSafeTs(r)) => format!("safe ts {}", r.safe_ts),
+        Ok(Response::HealthCheck(r)) => format!("health {:?}", r.status()),
         Ok(Response::Kv(r)) => match r.region_error() {
             Some(e) => format!("{} region error: {}", r.name(), e.message),
             None => format!("{} ok", r.name()),

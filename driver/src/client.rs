@@ -138,7 +138,10 @@ impl<P: Platform> ClientCore<P> {
                 }
             })
         };
-        let mut background = vec![refresher];
+        // client-go's region cache probes unreachable stores and ticks
+        // their health whatever the client's mode.
+        let prober = crate::store_health::spawn_store_prober::<P>(&view, &rt, &transport);
+        let mut background = vec![refresher, prober];
         let txn_safe_point = Arc::new(TxnSafePointCache::default());
         let safe_ts = Arc::new(SafeTsTable::new());
         if mode == Mode::Txn {

@@ -96,7 +96,7 @@ mod tests {
                 Ok(match request {
                     Request::Kv(kv) => Response::Kv(kv.response_template()),
                     Request::Pd(_) => Response::Pd(PdResponse::GetRegion(Default::default())),
-                    Request::Timestamp | Request::StoreSafeTs(_) => {
+                    Request::Timestamp | Request::StoreSafeTs(_) | Request::HealthCheck => {
                         return Err(RpcError::NotNetwork("not collapsed here"));
                     }
                 })

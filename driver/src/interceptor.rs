@@ -199,9 +199,10 @@ impl Next {
                 let call = self.transport.call(&target, Request::Kv(rpc.request), rpc.deadline);
                 call.map(|outcome| match outcome? {
                     Response::Kv(response) => Ok(response),
-                    Response::Pd(_) | Response::Timestamp(_) | Response::StoreSafeTs(_) => {
-                        Err(RpcError::Mismatch)
-                    }
+                    Response::Pd(_)
+                    | Response::Timestamp(_)
+                    | Response::StoreSafeTs(_)
+                    | Response::HealthCheck(_) => Err(RpcError::Mismatch),
                 })
                 .boxed()
             }

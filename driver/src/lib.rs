@@ -36,6 +36,7 @@ mod pipelined;
 mod raw;
 mod safe_ts;
 mod scanner;
+mod store_health;
 mod traits;
 mod txn;
 

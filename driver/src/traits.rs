@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tikv_core::rpc::{Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
+use tikv_proto::kvrpcpb;
 
 /// A clock, a timer and a spawner: everything the driver needs from an
 /// async executor.
@@ -105,6 +106,14 @@ pub trait Transport: Send + Sync + 'static {
         request: Request,
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>>;
+
+    /// The health feedback TiKV carried on this transport's answers
+    /// (`BatchCommandsResponse.health_feedback`) since the last call, the
+    /// latest per store; the store health prober records it. None by
+    /// default (a transport without `BatchCommands` streams).
+    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
+        Vec::new()
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Arc<T> {
@@ -116,6 +125,10 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         (**self).call(target, request, deadline)
     }
+
+    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
+        (**self).take_health_feedback()
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -126,5 +139,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         (**self).call(target, request, deadline)
+    }
+
+    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
+        (**self).take_health_feedback()
     }
 }

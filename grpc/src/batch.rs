@@ -40,6 +40,7 @@ use tikv_core::rpc::batch::{BatchCollector, BatchConfig, StreamGen};
 use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
 use tikv_core::time::Instant;
 use tikv_driver::Runtime;
+use tikv_proto::kvrpcpb;
 use tikv_proto::tikvpb::BatchCommandsRequest;
 use tonic::codegen::http::uri::PathAndQuery;
 
@@ -73,7 +74,13 @@ pub struct BatchConns {
     /// every call, and SipHash costs a few hundred instructions per lookup.
     /// Only looked up, never iterated.
     by_addr: Mutex<hashbrown::HashMap<Arc<str>, mpsc::UnboundedSender<Entry>>>,
+    /// The health feedback TiKV carried on its answers since the last
+    /// [`BatchConns::take_health_feedback`], the latest per store.
+    feedback: Arc<HealthFeedbacks>,
 }
+
+/// The latest `HealthFeedback` per store id.
+type HealthFeedbacks = Mutex<std::collections::BTreeMap<u64, kvrpcpb::HealthFeedback>>;
 
 /// Where a batch connection gets its HTTP/2 channel. It is asked again for
 /// every new stream and every unary fallback, so a runtime whose channels do
@@ -83,6 +90,7 @@ pub type ChannelSource<C> = Arc<dyn Fn() -> BoxFuture<'static, Result<C, RpcErro
 
 /// State shared by the driver and receiver tasks of one address.
 struct Shared<C, R> {
+    feedback: Arc<HealthFeedbacks>,
     collector: Mutex<BatchCollector<Reply>>,
     /// Receiver → driver: the collector changed state (stream ready or
     /// broken) and has output only the driver handles.
@@ -100,6 +108,13 @@ impl<C, R> Shared<C, R> {
 }
 
 impl BatchConns {
+    /// The health feedback received since the last call, the latest per
+    /// store (by id), which the client's store health records.
+    pub fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
+        let mut feedback = self.feedback.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *feedback).into_values().collect()
+    }
+
     /// Sends `request` over one of `addr`'s streams (or, as its collector
     /// decides, unary) and waits for its answer. The first call for an
     /// address spawns its tasks on `rt`, getting the channel of stream
@@ -163,6 +178,7 @@ impl BatchConns {
             .streams(streams)
             .idle_timeout(config.batch_idle_timeout);
         let shared = Arc::new(Shared {
+            feedback: self.feedback.clone(),
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
             channels: (0..streams).map(source).collect(),
@@ -425,7 +441,14 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
             let mut answers = response.into_inner();
             loop {
                 match answers.message().await {
-                    Ok(Some(message)) => {
+                    Ok(Some(mut message)) => {
+                        // client-go `onHealthFeedback`: TiKV's slow score
+                        // rides on the stream's answers now and then.
+                        if let Some(feedback) = message.health_feedback.take() {
+                            let mut latest =
+                                shared.feedback.lock().unwrap_or_else(PoisonError::into_inner);
+                            latest.insert(feedback.store_id, feedback);
+                        }
                         let changed = {
                             let mut c = shared.lock();
                             let before = c.slot_state(generation.slot);

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, RpcError};
+use tikv_proto::health::health_client::HealthClient;
+use tikv_proto::health::{HealthCheckRequest, HealthCheckResponse};
 use tikv_proto::keyspacepb::keyspace_client::KeyspaceClient;
 use tikv_proto::kvrpcpb;
 use tikv_proto::pdpb::pd_client::PdClient;
@@ -66,6 +68,22 @@ pub async fn call_store_safe_ts<C: GrpcChannel>(
         .max_decoding_message_size(limits.decoding)
         .max_encoding_message_size(limits.encoding)
         .get_store_safe_ts(grpc_request(request, timeout))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(to_rpc_error)
+}
+
+/// Sends gRPC's health `Check` for the server as a whole (service `""`),
+/// as client-go's liveness probe does (`invokeKVStatusAPI`).
+pub async fn call_health_check<C: GrpcChannel>(
+    channel: C,
+    limits: MessageLimits,
+    timeout: Option<Duration>,
+) -> Result<HealthCheckResponse, RpcError> {
+    HealthClient::new(channel)
+        .max_decoding_message_size(limits.decoding)
+        .max_encoding_message_size(limits.encoding)
+        .check(grpc_request(HealthCheckRequest::default(), timeout))
         .await
         .map(tonic::Response::into_inner)
         .map_err(to_rpc_error)

@@ -13,7 +13,7 @@ use tikv_core::time::Instant;
 use tikv_driver::{Runtime, Transport};
 
 use crate::batch::{BatchConns, ChannelSource};
-use crate::dispatch::{call_kv, call_pd, call_store_safe_ts, pd_client};
+use crate::dispatch::{call_health_check, call_kv, call_pd, call_store_safe_ts, pd_client};
 use crate::{GrpcChannel, MessageLimits, TransportConfig, tso};
 
 /// What a runtime crate supplies to [`GrpcTransport`]: HTTP/2 channels, and
@@ -157,6 +157,10 @@ impl<C: Connector> Inner<C> {
 }
 
 impl<C: Connector> Transport for GrpcTransport<C> {
+    fn take_health_feedback(&self) -> Vec<tikv_proto::kvrpcpb::HealthFeedback> {
+        self.inner.batch.take_health_feedback()
+    }
+
     fn call(
         &self,
         target: &Target,
@@ -254,6 +258,12 @@ async fn dispatch<C: Connector>(
         })
         .await
         .map(|r| Response::StoreSafeTs(Box::new(r))),
+        Request::HealthCheck => Box::pin(async move {
+            let channel = inner.connector.channel(addr, 0, &inner.config).await?;
+            call_health_check(channel, limits, timeout).await
+        })
+        .await
+        .map(Response::HealthCheck),
         Request::Pd(request) => Box::pin(async move {
             let channel = inner.connector.channel(addr, 0, &inner.config).await?;
             call_pd(channel, limits, request, timeout).await

@@ -371,6 +371,11 @@ pub(crate) struct State {
     /// TiKV requests that reached a running store, by (store, command,
     /// `Context.replica_read`) ([`Cluster::kv_request_count`]).
     pub(crate) kv_requests: BTreeMap<(u64, &'static str, bool), u64>,
+    /// Extra time each store's gRPC face takes to answer a TiKV request (a
+    /// slow disk or an overloaded store), by store ([`Cluster::set_store_latency`]).
+    pub(crate) store_latency: BTreeMap<u64, std::time::Duration>,
+    /// gRPC health `Check` calls each store answered ([`Cluster::health_check_count`]).
+    pub(crate) health_checks: BTreeMap<u64, u64>,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -712,6 +717,35 @@ impl Cluster {
         self.lock().stores.keys().copied().collect()
     }
 
+    /// Makes store `store_id` slow: its gRPC face waits `latency` (wall
+    /// time) before it handles each TiKV request, and each `BatchCommands`
+    /// message, as a store with a slow disk answers late. Zero: no delay.
+    /// The model itself ([`Cluster::handle_kv`]) does not wait.
+    pub fn set_store_latency(&self, store_id: u64, latency: std::time::Duration) {
+        let mut st = self.lock();
+        if latency.is_zero() {
+            st.store_latency.remove(&store_id);
+        } else {
+            st.store_latency.insert(store_id, latency);
+        }
+    }
+
+    /// The latency set by [`Cluster::set_store_latency`] (zero by default).
+    pub fn store_latency(&self, store_id: u64) -> std::time::Duration {
+        self.lock().store_latency.get(&store_id).copied().unwrap_or_default()
+    }
+
+    /// Counts a gRPC health `Check` answered by store `store_id`.
+    pub(crate) fn count_health_check(&self, store_id: u64) {
+        *self.lock().health_checks.entry(store_id).or_default() += 1;
+    }
+
+    /// gRPC health `Check` calls store `store_id`'s gRPC face answered
+    /// (a client's liveness probes).
+    pub fn health_check_count(&self, store_id: u64) -> u64 {
+        self.lock().health_checks.get(&store_id).copied().unwrap_or(0)
+    }
+
     /// True if the store exists and is running.
     pub fn is_store_running(&self, store_id: u64) -> bool {
         self.lock().stores.get(&store_id).is_some_and(|s| s.running)
@@ -810,6 +844,8 @@ impl State {
             txn_status_caches: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
+            store_latency: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
             cfg,
         };
         for _ in 0..st.cfg.stores {

@@ -37,7 +37,14 @@
 //!
 //! Stopping a store closes its listener and kills its open connections (the
 //! sockets are dropped, so clients see resets and then refused connections,
-//! like a crashed TiKV); starting it again listens on the same address.
+//! like a crashed TiKV, and its gRPC health probe fails to connect);
+//! starting it again listens on the same address.
+//!
+//! A slow store ([`Cluster::set_store_latency`]) waits its latency before
+//! it handles each unary TiKV request and each `BatchCommands` message (so
+//! a stream's later messages queue behind it, as on a store whose disk
+//! stalls); its health probe still answers at once, as TiKV's does. Every
+//! answered probe is counted ([`Cluster::health_check_count`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -217,6 +224,8 @@ pub struct BatchStats {
 
 #[derive(Debug, Default)]
 struct BatchCounters {
+    /// The last health feedback sequence number sent (any store).
+    feedback_seq: AtomicU64,
     streams: AtomicU64,
     messages: AtomicU64,
     requests: AtomicU64,
@@ -238,7 +247,33 @@ struct TikvService {
 }
 
 impl TikvService {
+    /// This store's health feedback, as TiKV attaches it to
+    /// `BatchCommands` answers: raftstore's slow score, 1 (healthy) to
+    /// 100. TiKV raises it as its disk inspections time out; here it is
+    /// 1 plus the store's added latency in milliseconds, capped at 100 (a
+    /// store 80 ms slower or more reads as slow). TiKV attaches feedback
+    /// at most once per `health_feedback_interval` (1 s); this model to
+    /// every answer message.
+    fn health_feedback(&self) -> kvrpcpb::HealthFeedback {
+        let latency = self.cluster.store_latency(self.store_id);
+        let slow_score = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX).min(99) + 1;
+        kvrpcpb::HealthFeedback {
+            store_id: self.store_id,
+            feedback_seq_no: self.counters.feedback_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            slow_score: slow_score as i32,
+        }
+    }
+
+    /// Waits the store's latency ([`Cluster::set_store_latency`]).
+    async fn slow_down(&self) {
+        let latency = self.cluster.store_latency(self.store_id);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
+        self.slow_down().await;
         if let KvRequest::PessimisticLock(r) = req {
             return Ok(match self.start_lock(*r)? {
                 Started::Done(resp) => resp,
@@ -290,6 +325,7 @@ impl TikvService {
     ) -> Result<Option<BatchCommandsResponse>, Status> {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
+        self.slow_down().await;
         let mut responses = Vec::with_capacity(req.requests.len());
         let mut request_ids = Vec::with_capacity(req.requests.len());
         for (entry, id) in req.requests.into_iter().zip(req.request_ids) {
@@ -336,6 +372,7 @@ impl TikvService {
             responses,
             request_ids,
             transport_layer_load: 0,
+            health_feedback: Some(self.health_feedback()),
             ..Default::default()
         }))
     }
@@ -345,7 +382,7 @@ impl TikvService {
     /// asked for, carrying an error in that response's own error field (an
     /// answer without a command is client-go's "Unknown command response").
     /// `GetHealthFeedback` is answered as TiKV does (this store's feedback,
-    /// never slow). `None` for the commands the model executes and `Empty`.
+    /// [`TikvService::health_feedback`]). `None` for the commands the model executes and `Empty`.
     fn unserved_entry(&self, cmd: &ReqCmd) -> Option<RespCmd> {
         let why = |name: &str| format!("{name} is not implemented by the simulator");
         let key_error = |name: &str| kvrpcpb::KeyError { abort: why(name), ..Default::default() };
@@ -353,12 +390,7 @@ impl TikvService {
             ReqCmd::GetHealthFeedback(_) => {
                 RespCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackResponse {
                     region_error: None,
-                    health_feedback: Some(kvrpcpb::HealthFeedback {
-                        store_id: self.store_id,
-                        feedback_seq_no: 0,
-                        // raftstore's slow score runs from 1 (healthy) to 100.
-                        slow_score: 1,
-                    }),
+                    health_feedback: Some(self.health_feedback()),
                 })
             }
             ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {
@@ -590,7 +622,10 @@ impl PdService {
 /// client-go probes it after an RPC error before it marks the store
 /// unreachable.
 #[derive(Clone, Debug)]
-struct HealthService;
+struct HealthService {
+    cluster: Cluster,
+    store_id: u64,
+}
 
 #[tonic::async_trait]
 impl Health for HealthService {
@@ -602,6 +637,7 @@ impl Health for HealthService {
         if !service.is_empty() {
             return Err(Status::not_found(format!("unknown service {service:?}")));
         }
+        self.cluster.count_health_check(self.store_id);
         Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
     }
 }
@@ -1090,7 +1126,7 @@ impl SimServer {
         };
         tonic::transport::Server::builder()
             .add_service(TikvServer::new(svc))
-            .add_service(HealthServer::new(HealthService))
+            .add_service(HealthServer::new(HealthService { cluster: cluster.clone(), store_id }))
     }
 
     /// What the stores' `BatchCommands` streams have received so far.

@@ -668,6 +668,12 @@ impl SimHandle {
         self.topology.bed
     }
 
+    /// True under [`SimPlatformHarness`]: the stores are reached over the
+    /// simulated network, not their gRPC face.
+    pub fn on_simulated_network(&self) -> bool {
+        self.platform.is_some()
+    }
+
     /// The model the stores serve: to read their state (regions, locks,
     /// data) and to inject store faults, on either bed. Topology changes go
     /// through [`SimHandle::topology`] instead, so they reach a real PD.

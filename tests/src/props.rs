@@ -220,6 +220,9 @@ fn answer_in(
         Request::Pd(other) => {
             return Ok(Err(RpcError::Unimplemented(format!("{} not fuzzed", other.name()))));
         }
+        Request::HealthCheck => Response::HealthCheck(tikv_proto::health::HealthCheckResponse {
+            status: u.int_in_range(0..=4)?,
+        }),
         Request::StoreSafeTs(_) => {
             Response::StoreSafeTs(Box::new(tikv_proto::kvrpcpb::StoreSafeTsResponse {
                 safe_ts: u.arbitrary()?,

@@ -9,7 +9,12 @@
 //! PD serves: on a real PD those two tests say so ([`NotOnThisBed`]) and
 //! check the plain three-voter layout instead.
 
-use tikv_driver::{KvPair, ReplicaRead, ReplicaReadType, TransactionOptions};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tikv_driver::interceptor::{Next, RpcInterceptor, StoreRpc, StoreRpcFuture};
+use tikv_driver::{Config, KvPair, ReplicaRead, ReplicaReadType, TransactionOptions};
 use tikv_sim::{Cluster, ClusterConfig};
 
 use crate::harness::{Bed, Harness, NotOnThisBed, SimHandle};
@@ -48,6 +53,8 @@ macro_rules! replica_suite {
             learner_reads_land_on_learners,
             a_dead_leader_does_not_stop_follower_reads,
             tiflash_peers_are_never_chosen,
+            a_down_store_is_skipped_until_its_health_probe_answers,
+            a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads,
         );
     };
 }
@@ -279,6 +286,148 @@ pub async fn tiflash_peers_are_never_chosen<H: Harness>(bed: Bed) {
             counts(&cluster, command)
         );
     }
+    server.shutdown().await;
+}
+
+/// Counts the requests the client sends to each store (answered or not),
+/// so a test sees attempts on a store that is down.
+#[derive(Clone, Debug, Default)]
+struct StoreAttempts(Arc<Mutex<BTreeMap<u64, u64>>>);
+
+impl StoreAttempts {
+    fn to(&self, store_id: u64) -> u64 {
+        self.0.lock().unwrap().get(&store_id).copied().unwrap_or(0)
+    }
+}
+
+impl RpcInterceptor for StoreAttempts {
+    fn name(&self) -> &str {
+        "store-attempts"
+    }
+
+    fn intercept(&self, rpc: StoreRpc, next: Next) -> StoreRpcFuture {
+        *self.0.lock().unwrap().entry(rpc.store_id).or_default() += 1;
+        next.run(rpc)
+    }
+}
+
+/// A client whose stores' health ticks every half second (a quarter of
+/// its store refresh interval), so a store marked slow by a failure is
+/// trusted again within a test's patience.
+async fn fast_health_client<H: Harness>(server: &SimHandle) -> RawClient<H> {
+    let config = Config::default()
+        .with_pd_endpoints(server.pd_addrs())
+        .with_store_refresh_interval(Duration::from_secs(2));
+    RawClient::<H>::connect_with_config(config).await.expect("connect")
+}
+
+/// Store health end to end (client-go's liveness probes and store
+/// epochs): a follower's store goes down; the one follower read that finds
+/// it down moves to the other follower, and every later read skips the
+/// down store without trying it (no failed send, no backoff); once the
+/// store is back, the client's health probe (gRPC `Check`, every second)
+/// finds it serving and reads preferring it land there again.
+pub async fn a_down_store_is_skipped_until_its_health_probe_answers<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (_, leader) = raw_region(&cluster, b"k");
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let (down, other) = (followers[0], followers[1]);
+    let raw = fast_health_client::<H>(&server).await;
+    raw.put("k", "v").await.expect("put");
+    let attempts = StoreAttempts::default();
+    let reads = raw
+        .with_replica_read(ReplicaRead::of(ReplicaReadType::Follower).with_store(down))
+        .with_interceptor(attempts.clone());
+    assert_eq!(reads.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    assert_eq!(cluster.kv_request_count(down, "raw_get", Some(true)), 1, "the preferred store");
+
+    server.stop_store(down).await.expect("stop a follower's store");
+    let tried = attempts.to(down);
+    for _ in 0..READS {
+        assert_eq!(reads.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(attempts.to(down) - tried, 1, "only the first read tried the down store");
+    assert_eq!(
+        cluster.kv_request_count(other, "raw_get", Some(true)),
+        READS as u64,
+        "{}",
+        counts(&cluster, "raw_get")
+    );
+
+    let probes = cluster.health_check_count(down);
+    server.start_store(down).await.expect("restart the store");
+    let served = cluster.kv_request_count(down, "raw_get", Some(true));
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while cluster.kv_request_count(down, "raw_get", Some(true)) == served {
+        assert!(Instant::now() < give_up, "never used again: {}", counts(&cluster, "raw_get"));
+        assert_eq!(reads.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        H::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.health_check_count(down) > probes, "the client probed it");
+    server.shutdown().await;
+}
+
+/// The leader's store slows down (150 ms a request): the slow score TiKV
+/// sends with its `BatchCommands` answers reaches the client's store
+/// health within a probe round, after which prefer-leader reads go to the
+/// followers (client-go's prefer-leader: a slow leader is not preferred)
+/// and mixed reads avoid it too (not slow scores first).
+pub async fn a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (_, leader) = raw_region(&cluster, b"k");
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let on_followers = |cluster: &Cluster| -> u64 {
+        followers.iter().map(|s| cluster.kv_request_count(*s, "raw_get", Some(true))).sum()
+    };
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    let prefer = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::PreferLeader));
+    let slows_stores = !server.on_simulated_network();
+    if !slows_stores {
+        let skip = NotOnThisBed {
+            bed,
+            step: "slow a store down",
+            why: "the simulated network's stores add no latency and send no health feedback",
+        };
+        eprintln!("{skip}; checking that a healthy leader serves prefer-leader reads instead");
+    }
+    for _ in 0..READS {
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", Some(false)),
+        READS as u64,
+        "a healthy leader serves prefer-leader reads: {}",
+        counts(&cluster, "raw_get")
+    );
+    assert_eq!(on_followers(&cluster), 0);
+    if !slows_stores {
+        server.shutdown().await;
+        return;
+    }
+
+    cluster.set_store_latency(leader, Duration::from_millis(150));
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while on_followers(&cluster) == 0 {
+        assert!(Instant::now() < give_up, "never avoided: {}", counts(&cluster, "raw_get"));
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        H::sleep(Duration::from_millis(100)).await;
+    }
+    let on_leader = cluster.kv_request_count(leader, "raw_get", None);
+    let mixed = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::Mixed));
+    for handle in [&prefer, &mixed] {
+        for _ in 0..READS {
+            assert_eq!(handle.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        }
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", None),
+        on_leader,
+        "the slow leader is sent no more reads: {}",
+        counts(&cluster, "raw_get")
+    );
     server.shutdown().await;
 }
 

@@ -16,6 +16,7 @@
 //! plus `checkRegionCacheTTL`), the caller asks PD and inserts the answer.
 
 mod cache;
+mod health;
 mod index;
 mod store;
 mod ttl;
@@ -35,6 +36,7 @@ use crate::key::{Key, KeyRange};
 use crate::time::Instant;
 
 pub use cache::{EpochNotMatchAction, GroupResult, RangeGroupResult, RegionCache, RegionGroup};
+pub use health::{Liveness, SLOW_SCORE_THRESHOLD, SlowScore, StoreHealth};
 pub use store::{ResolveState, StoreInfo, StoreListChanges, StoreTable};
 
 /// A region's identity at one epoch: client-go's `RegionVerID`.
@@ -178,6 +180,9 @@ const VALID: u8 = 0;
 /// The peers of a region, inline up to the usual three replicas.
 type Peers = SmallVec<[metapb::Peer; 3]>;
 
+/// A store epoch slot not captured yet.
+const EPOCH_UNSET: u32 = u32::MAX;
+
 /// A cached region: PD's metadata with keys decoded to user keys, plus the
 /// mutable routing state client-go keeps next to it (current leader, TTL,
 /// invalidation).
@@ -201,6 +206,11 @@ pub struct Region {
     start: Key,
     end: Key,
     peers: Peers,
+    /// Per peer, the epoch of its store when this region first routed to
+    /// it (client-go's `storeEpochs`, taken at insert there; here at the
+    /// first use, since the cache does not consult the store table). A
+    /// store whose epoch moved since had a failure: the replica is stale.
+    store_epochs: SmallVec<[AtomicU32; 3]>,
 }
 
 impl Region {
@@ -235,10 +245,31 @@ impl Region {
             invalid: AtomicU8::new(VALID),
             leader: AtomicU32::new(leader_idx),
             ver: RegionVerId::of(&meta),
+            store_epochs: peers.iter().map(|_| AtomicU32::new(EPOCH_UNSET)).collect(),
             start,
             end,
             peers,
         })
+    }
+
+    /// The store epoch peer `i` captured, capturing `current` (the store's
+    /// epoch now) if it has none yet; `None` for an index out of range.
+    pub fn capture_store_epoch(&self, i: usize, current: u32) -> Option<u32> {
+        let slot = self.store_epochs.get(i)?;
+        let current = if current == EPOCH_UNSET { 0 } else { current };
+        Some(
+            match slot.compare_exchange(EPOCH_UNSET, current, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => current,
+                Err(captured) => captured,
+            },
+        )
+    }
+
+    /// Makes the next lookup reload the region from PD while calls holding
+    /// it go on (client-go's delayed reload, `needDelayedReloadPending`):
+    /// its TTL runs out now.
+    pub fn expire(&self) {
+        self.expires_at.store(0, Ordering::Release);
     }
 
     /// PD's metadata as cached (user keys, witness followers removed), rebuilt

@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tikv_proto::metapb;
 
+use super::health::{Liveness, StoreHealth};
 use crate::error::Error;
 use crate::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ pub struct StoreInfo {
     /// The store's labels (zone, host, `engine=tiflash`, ...).
     pub labels: Vec<metapb::StoreLabel>,
     resolve_state: AtomicU8,
-    reachable: AtomicBool,
+    health: StoreHealth,
     /// TiKV's last estimate of its read pool's queueing time, in
     /// milliseconds, and when it was received (nanoseconds of [`Instant`]):
     /// client-go's `loadStats`.
@@ -88,7 +89,7 @@ impl StoreInfo {
             address: store.address,
             labels: store.labels,
             resolve_state: AtomicU8::new(resolve_state as u8),
-            reachable: AtomicBool::new(true),
+            health: StoreHealth::default(),
             estimated_wait_ms: AtomicU32::new(0),
             wait_reported_at: AtomicU64::new(0),
         }
@@ -141,9 +142,15 @@ impl StoreInfo {
         wait.saturating_sub(now.saturating_duration_since(at))
     }
 
-    /// False after [`StoreTable::mark_unreachable`], until marked reachable.
+    /// False after [`StoreTable::mark_unreachable`], until marked reachable
+    /// (a health probe answered `SERVING`).
     pub fn is_reachable(&self) -> bool {
-        self.reachable.load(Ordering::Acquire)
+        self.health.liveness() == Liveness::Reachable
+    }
+
+    /// The store's liveness, epoch and slow scores.
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 }
 
@@ -160,8 +167,10 @@ impl fmt::Debug for StoreInfo {
         for l in &self.labels {
             write!(f, " {}={}", l.key, l.value)?;
         }
-        if !self.is_reachable() {
-            f.write_str(" unreachable")?;
+        match self.health.liveness() {
+            Liveness::Reachable => {}
+            Liveness::Unreachable => f.write_str(" unreachable")?,
+            Liveness::Unknown => f.write_str(" liveness-unknown")?,
         }
         Ok(())
     }
@@ -199,6 +208,9 @@ pub struct StoreListChanges {
 #[derive(Default)]
 pub struct StoreTable {
     stores: RwLock<HashMap<u64, Arc<StoreInfo>>>,
+    /// When the stores' health last ticked, in nanoseconds of [`Instant`]
+    /// plus one (zero: never).
+    health_ticked_at: AtomicU64,
 }
 
 impl StoreTable {
@@ -336,28 +348,67 @@ impl StoreTable {
     }
 
     /// Records that store `id` did not answer (a failed send or liveness
-    /// probe); the replica selector avoids unreachable stores.
+    /// probe); the replica selector avoids unreachable stores and the
+    /// health probes ask it until it answers.
     pub fn mark_unreachable(&self, id: u64) {
-        self.set_reachable(id, false);
+        self.set_liveness(id, Liveness::Unreachable);
     }
 
     /// Records that store `id` answered again.
     pub fn mark_reachable(&self, id: u64) {
-        self.set_reachable(id, true);
+        self.set_liveness(id, Liveness::Reachable);
     }
 
-    fn set_reachable(&self, id: u64, reachable: bool) {
-        let stores = self.stores.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = stores.get(&id) {
-            s.reachable.store(reachable, Ordering::Release);
+    /// Sets the liveness of store `id` (any resolve state).
+    pub fn set_liveness(&self, id: u64, liveness: Liveness) {
+        if let Some(s) = self.entry(id) {
+            s.health.set_liveness(liveness);
         }
     }
 
-    /// False if store `id` was marked unreachable; unknown stores count as
-    /// reachable (nothing says otherwise).
+    /// The liveness of store `id`; unknown stores count as reachable
+    /// (nothing says otherwise).
+    pub fn liveness(&self, id: u64) -> Liveness {
+        self.entry(id).map_or(Liveness::Reachable, |s| s.health.liveness())
+    }
+
+    /// False if store `id` was marked unreachable (or its probe answered
+    /// without a verdict); unknown stores count as reachable.
     pub fn is_reachable(&self, id: u64) -> bool {
-        let stores = self.stores.read().unwrap_or_else(PoisonError::into_inner);
-        stores.get(&id).is_none_or(|s| s.is_reachable())
+        self.liveness(id) == Liveness::Reachable
+    }
+
+    /// Store `id` in any resolve state, for its health (a store waiting
+    /// for a PD check keeps its liveness, epoch and scores).
+    pub fn get_any(&self, id: u64) -> Option<Arc<StoreInfo>> {
+        self.entry(id)
+    }
+
+    /// Ticks every store's health ([`super::StoreHealth::tick`]) if
+    /// `interval` has passed since the last tick (or none happened yet),
+    /// as client-go's `checkAndUpdateStoreHealthStatus` runs on its own
+    /// period. True when it ticked.
+    pub fn tick_health(&self, now: Instant, interval: Duration) -> bool {
+        let last = self.health_ticked_at.load(Ordering::Acquire);
+        if last != 0 {
+            let at = Instant::from_nanos(last - 1);
+            if now.saturating_duration_since(at) < interval {
+                return false;
+            }
+        }
+        let stamp = now.as_nanos().saturating_add(1);
+        if self
+            .health_ticked_at
+            .compare_exchange(last, stamp, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another caller ticked meanwhile.
+            return false;
+        }
+        for store in self.all() {
+            store.health.tick(now);
+        }
+        true
     }
 
     /// Every entry, sorted by id.

@@ -10,7 +10,9 @@
 //! - [`fanout::KeyFanout`] groups keys by region, batches them and re-splits
 //!   what a region error hands back (client-go's batch loops);
 //! - [`walk::RangeWalk`] walks a key range region by region (client-go's
-//!   range loops).
+//!   range loops);
+//! - [`store_health::ProbeStores`] probes unreachable stores until they
+//!   answer again and ticks the stores' slow scores.
 //!
 //! The wire vocabulary they speak (requests, responses, targets, the
 //! region-error table) is [`crate::rpc`]'s, which knows nothing of routing.
@@ -18,4 +20,5 @@
 pub mod fanout;
 pub mod replica;
 pub mod sender;
+pub mod store_health;
 pub mod walk;

@@ -31,15 +31,24 @@
 //! ready gets one more try), unless the leader could not serve (a deadline
 //! or busy answer), in which case they stay stale reads.
 //!
-//! Store health (liveness probes, slow scores) is not modelled yet: a store
-//! counts as reachable until a send to it fails within this call (client-go
-//! bumps the store's epoch after a failed liveness probe, which makes the
-//! replica a non-candidate), and no store counts as slow.
+//! Store health ([`crate::region::StoreHealth`]) shapes every pick, as in
+//! client-go: a replica whose store is unreachable, or whose store's epoch
+//! moved since the region captured it (a send there failed), is no
+//! candidate; a leader is a candidate only while its store is reachable. A
+//! send failure marks the store unreachable and bumps its epoch
+//! ([`ReplicaSelector::on_send_failure`]; a refused or broken connection
+//! stands in for client-go's synchronous liveness probe), so every region
+//! cached before skips that store until it is loaded again, which a stale
+//! replica on a reachable store (or a stale leader) asks for by expiring
+//! the region. The background probes ([`crate::route::store_health`]) make
+//! the store reachable again once it answers. A slow store (slow score at
+//! 80 or more) loses the *not slow* score bit, and prefer-leader reads do
+//! not consider slow followers at all nor prefer a slow leader.
 
 use smallvec::SmallVec;
 use tikv_proto::metapb;
 
-use crate::region::{InvalidReason, Region, StoreTable};
+use crate::region::{InvalidReason, Liveness, Region, ResolveState, StoreTable};
 use crate::rng::Rng;
 use crate::time::{Duration, Instant};
 
@@ -181,12 +190,29 @@ impl Flags {
     }
 }
 
+/// What the store table said about a peer's store at the last pick.
+#[derive(Copy, Clone, Debug)]
+struct StoreView {
+    /// The store's epoch moved since the region captured it (client-go
+    /// `isEpochStale`).
+    epoch_stale: bool,
+    liveness: Liveness,
+    slow: bool,
+}
+
+impl Default for StoreView {
+    fn default() -> StoreView {
+        StoreView { epoch_stale: false, liveness: Liveness::Reachable, slow: false }
+    }
+}
+
 /// The selector's record of one peer (client-go's `replica`).
 #[derive(Clone, Debug, Default)]
 struct Replica {
     attempts: u32,
     attempted_time: Duration,
     flags: Flags,
+    store: StoreView,
 }
 
 impl Replica {
@@ -281,6 +307,9 @@ pub enum BusyStep {
 #[derive(Clone, Debug)]
 pub struct ReplicaSelector {
     read_type: ReplicaReadType,
+    /// Answers' latencies feed the stores' slow scores (prefer-leader
+    /// reads).
+    records_latency: bool,
     /// The call is a stale read (client-go's `isStaleRead`).
     stale_read: bool,
     /// Whether the request carries `Context.stale_read` now: client-go
@@ -318,6 +347,7 @@ impl ReplicaSelector {
     pub fn new(region: &Region, read: &ReplicaRead, rng: Rng) -> ReplicaSelector {
         ReplicaSelector {
             read_type: read.read_type,
+            records_latency: read.read_type == ReplicaReadType::PreferLeader,
             stale_read: read.stale_read,
             stale_flag: read.stale_read,
             attempts: 0,
@@ -338,6 +368,7 @@ impl ReplicaSelector {
     /// Reads as `read` says from now on.
     pub fn set_read(&mut self, read: &ReplicaRead) {
         self.read_type = read.read_type;
+        self.records_latency = read.read_type == ReplicaReadType::PreferLeader;
         self.stale_read = read.stale_read;
         self.stale_flag = read.stale_read;
         self.labels.clone_from(&read.labels);
@@ -383,6 +414,7 @@ impl ReplicaSelector {
 
     fn pick(&mut self, region: &Region, stores: &StoreTable, now: Instant) -> Pick {
         self.target = None;
+        self.observe_stores(region, stores);
         // A replica read scores every peer by its store, so every store
         // must be known first; a leader read looks up only the store it
         // picks (one lookup on the hot path).
@@ -422,6 +454,40 @@ impl ReplicaSelector {
                     return Pick::Send { peer, replica_read, stale_read: self.stale_flag };
                 }
             }
+        }
+    }
+
+    /// Reads each peer's store health for this pick. A stale replica on a
+    /// reachable, resolved store, or a stale leader, asks for the region to
+    /// be loaded again at its next lookup (client-go's delayed reload); this
+    /// call goes on with it.
+    fn observe_stores(&mut self, region: &Region, stores: &StoreTable) {
+        let leader = region.leader_index();
+        let mut reload = false;
+        for (i, peer) in region.peers().iter().enumerate() {
+            let Some(store) = stores.get_any(peer.store_id) else {
+                self.replicas[i].store = StoreView::default();
+                continue;
+            };
+            let health = store.health();
+            let epoch = health.epoch();
+            let captured = region.capture_store_epoch(i, epoch).unwrap_or(epoch);
+            let view = StoreView {
+                epoch_stale: captured != epoch,
+                liveness: health.liveness(),
+                slow: health.is_slow(),
+            };
+            if view.epoch_stale
+                && ((view.liveness == Liveness::Reachable
+                    && store.resolve_state() == ResolveState::Resolved)
+                    || i == leader)
+            {
+                reload = true;
+            }
+            self.replicas[i].store = view;
+        }
+        if reload {
+            region.expire();
         }
     }
 
@@ -520,6 +586,8 @@ impl ReplicaSelector {
     fn is_leader_candidate(&self, leader: usize) -> bool {
         let r = &self.replicas[leader];
         !(r.has(Flags::UNREACHABLE)
+            || r.store.liveness != Liveness::Reachable
+            || r.store.epoch_stale
             || r.has(Flags::EXCLUDED)
             || r.is_exhausted(MAX_REPLICA_ATTEMPTS, Some(MAX_REPLICA_ATTEMPT_TIME))
             || r.has(Flags::DEADLINE)
@@ -541,6 +609,11 @@ impl ReplicaSelector {
         for (i, peer) in region.peers().iter().enumerate() {
             let is_leader = i == leader;
             if !self.is_candidate(i, is_leader) {
+                continue;
+            }
+            // client-go keeps this for the old prefer-leader selector: a
+            // slow follower is no candidate at all.
+            if s.prefer_leader && !is_leader && self.replicas[i].store.slow {
                 continue;
             }
             if !s.busy_threshold.is_zero()
@@ -590,7 +663,11 @@ impl ReplicaSelector {
     /// client-go `ReplicaSelectMixedStrategy.isCandidate`.
     fn is_candidate(&self, i: usize, is_leader: bool) -> bool {
         let r = &self.replicas[i];
-        if r.has(Flags::UNREACHABLE) || r.has(Flags::EXCLUDED) {
+        if r.has(Flags::UNREACHABLE)
+            || r.has(Flags::EXCLUDED)
+            || r.store.epoch_stale
+            || r.store.liveness == Liveness::Unreachable
+        {
             return false;
         }
         // A follower that was not ready for a stale read may serve the
@@ -599,8 +676,7 @@ impl ReplicaSelector {
         !r.is_exhausted(max_attempts, None)
     }
 
-    /// client-go `ReplicaSelectMixedStrategy.calculateScore` (no store is
-    /// slow: store health is not tracked yet).
+    /// client-go `ReplicaSelectMixedStrategy.calculateScore`.
     fn score(
         &self,
         i: usize,
@@ -609,13 +685,15 @@ impl ReplicaSelector {
         stores: &StoreTable,
         s: Mixed,
     ) -> u8 {
-        let mut score = score::NOT_SLOW;
+        let slow = self.replicas[i].store.slow;
+        let mut score = if slow { 0 } else { score::NOT_SLOW };
         if !s.match_labels || self.store_matches(peer.store_id, stores) {
             score |= score::LABEL_MATCHES;
         }
         if is_leader {
             if s.prefer_leader {
-                score |= score::PREFER_LEADER;
+                // Only a leader that is not slow is preferred.
+                score |= if slow { score::NORMAL_PEER } else { score::PREFER_LEADER };
             } else if s.try_leader {
                 // With labels to match, the leader wins among equally
                 // matching replicas.
@@ -654,11 +732,37 @@ impl ReplicaSelector {
         }
     }
 
-    /// A send to the target failed (client-go `onSendFailure` when the
-    /// liveness check fails): the peer is no candidate for the rest of the
-    /// call.
-    pub fn on_send_failure(&mut self) {
-        self.flag_target(Flags::UNREACHABLE);
+    /// A send to the target failed and its store is taken for down
+    /// (client-go `onSendFailure` when the liveness check fails, then
+    /// `invalidateReplicaStore`): the peer is no candidate for the rest of
+    /// the call, its store is marked unreachable (the health probes take
+    /// over), and the store's epoch is bumped from the one this region
+    /// captured, which makes the store slow and every region cached before
+    /// skip it.
+    pub fn on_send_failure(&mut self, region: &Region, stores: &StoreTable) {
+        let Some(t) = self.target else {
+            return;
+        };
+        self.replicas[t].add(Flags::UNREACHABLE);
+        let store_id = region.peers()[t].store_id;
+        if let Some(store) = stores.get_any(store_id) {
+            let health = store.health();
+            health.set_liveness(Liveness::Unreachable);
+            let captured = region.capture_store_epoch(t, health.epoch()).unwrap_or(0);
+            health.on_send_failure(captured);
+        }
+    }
+
+    /// The target answered after `took`: recorded into its store's slow
+    /// score for prefer-leader reads, as client-go records only those
+    /// (`recordClientSideSlowScoreStat` in `sendReqToRegion`).
+    pub fn record_latency(&self, region: &Region, stores: &StoreTable, took: Duration) {
+        if self.records_latency
+            && let Some(t) = self.target
+            && let Some(store) = stores.get_any(region.peers()[t].store_id)
+        {
+            store.health().record_latency(took);
+        }
     }
 
     /// A read with a short configurable timeout ran out of it on the
@@ -743,6 +847,13 @@ impl ReplicaSelector {
         now: Instant,
     ) -> BusyStep {
         let leader = region.leader_index();
+        if estimated_wait_ms == 0
+            && let Some(t) = self.target
+            && let Some(store) = stores.get_any(region.peers()[t].store_id)
+        {
+            // client-go `markAlreadySlow`: the next replica reads avoid it.
+            store.health().mark_slow();
+        }
         if estimated_wait_ms != 0 {
             if let Some(t) = self.target {
                 if let Some(store) = stores.get(region.peers()[t].store_id) {
@@ -859,6 +970,17 @@ impl ReplicaSelector {
                     out.push(' ');
                     out.push_str(name);
                 }
+            }
+            if r.store.epoch_stale {
+                out.push_str(" epoch-stale");
+            }
+            match r.store.liveness {
+                Liveness::Reachable => {}
+                Liveness::Unreachable => out.push_str(" store-unreachable"),
+                Liveness::Unknown => out.push_str(" store-liveness-unknown"),
+            }
+            if r.store.slow {
+                out.push_str(" slow");
             }
         }
         if !self.pending_busy.is_empty() {

@@ -650,7 +650,11 @@ impl RegionCall {
             }
             Phase::Sending { id: expected, store_id, sent_at } if *expected == id => {
                 let store_id = *store_id;
-                self.selector.record_attempt_time(now.saturating_duration_since(*sent_at));
+                let took = now.saturating_duration_since(*sent_at);
+                self.selector.record_attempt_time(took);
+                if response.is_ok() {
+                    self.selector.record_latency(&self.region, &self.view.stores, took);
+                }
                 self.phase = Phase::Idle;
                 match response {
                     Ok(Response::Kv(resp)) => {
@@ -661,9 +665,12 @@ impl RegionCall {
                             self.finish(Err(Error::Rpc(RpcError::Mismatch)));
                         }
                     }
-                    Ok(Response::Pd(_) | Response::Timestamp(_) | Response::StoreSafeTs(_)) => {
-                        self.finish(Err(Error::Rpc(RpcError::Mismatch)))
-                    }
+                    Ok(
+                        Response::Pd(_)
+                        | Response::Timestamp(_)
+                        | Response::StoreSafeTs(_)
+                        | Response::HealthCheck(_),
+                    ) => self.finish(Err(Error::Rpc(RpcError::Mismatch))),
                     // Never sent: not a lost answer, and a retry would be
                     // refused the same way.
                     Err(e @ RpcError::Rejected(_)) => self.finish(Err(Error::Rpc(e))),
@@ -683,8 +690,7 @@ impl RegionCall {
                         // candidate within its attempt and time limits.
                         self.lost_answers += 1;
                         if matches!(e, RpcError::Unavailable(_)) {
-                            self.selector.on_send_failure();
-                            self.view.stores.mark_unreachable(store_id);
+                            self.selector.on_send_failure(&self.region, &self.view.stores);
                         }
                         self.sleep_then(
                             BackoffKind::TikvRpc,

@@ -410,6 +410,10 @@ pub enum Request {
     /// TiKV's `GetStoreSafeTS` to one store: a store-wide call without a
     /// region context, so outside [`KvRequest`].
     StoreSafeTs(Box<kvrpcpb::StoreSafeTsRequest>),
+    /// gRPC's health `Check` (`grpc.health.v1.Health/Check`) of the server
+    /// as a whole, to one store: client-go's liveness probe
+    /// (`invokeKVStatusAPI`).
+    HealthCheck,
 }
 
 /// A response from TiKV or PD, or a timestamp.
@@ -423,6 +427,8 @@ pub enum Response {
     Timestamp(Timestamp),
     /// The answer to [`Request::StoreSafeTs`].
     StoreSafeTs(Box<kvrpcpb::StoreSafeTsResponse>),
+    /// The answer to [`Request::HealthCheck`].
+    HealthCheck(tikv_proto::health::HealthCheckResponse),
 }
 
 impl Request {
@@ -433,6 +439,7 @@ impl Request {
             Request::Pd(r) => r.name(),
             Request::Timestamp => "timestamp",
             Request::StoreSafeTs(_) => "get_store_safe_ts",
+            Request::HealthCheck => "health_check",
         }
     }
 }
@@ -531,6 +538,7 @@ impl Response {
             Response::Pd(r) => r.name(),
             Response::Timestamp(_) => "timestamp",
             Response::StoreSafeTs(_) => "get_store_safe_ts",
+            Response::HealthCheck(_) => "health_check",
         }
     }
 }

@@ -537,6 +537,17 @@ impl State {
                 .cluster
                 .get_store_safe_ts(s, &req, now)
                 .map(|r| Response::StoreSafeTs(Box::new(r))),
+            // gRPC health: a running store is SERVING; a stopped one does
+            // not answer (as its closed listener on the gRPC face).
+            (Some(Endpoint::Store(s)), Request::HealthCheck)
+                if self.cluster.is_store_running(s) =>
+            {
+                self.cluster.count_health_check(s);
+                Ok(Response::HealthCheck(tikv_proto::health::HealthCheckResponse {
+                    status: tikv_proto::health::health_check_response::ServingStatus::Serving
+                        as i32,
+                }))
+            }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
         self.answer(call, a.client, endpoint, a.reply, result);
@@ -1042,6 +1053,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Pd(r) => r.name(),
         Response::Timestamp(_) => "timestamp",
         Response::StoreSafeTs(_) => "get_store_safe_ts",
+        Response::HealthCheck(_) => "health_check",
     }
 }
 
@@ -1081,6 +1093,7 @@ impl std::fmt::Display for RequestDebug<'_> {
             Request::Pd(r) => pd_request_debug(r, f),
             Request::Timestamp => f.write_str("timestamp"),
             Request::StoreSafeTs(m) => write!(f, "{m:?}"),
+            Request::HealthCheck => f.write_str("health check"),
         }
     }
 }
@@ -1096,6 +1109,7 @@ impl std::fmt::Display for ReplyDebug<'_> {
             Ok(Response::Pd(r)) => pd_response_debug(r, f),
             Ok(Response::Timestamp(ts)) => write!(f, "timestamp {ts}"),
             Ok(Response::StoreSafeTs(m)) => write!(f, "{m:?}"),
+            Ok(Response::HealthCheck(m)) => write!(f, "{m:?}"),
         }
     }
 }

@@ -589,6 +589,7 @@ fn summarize(result: &Result<Response, RpcError>) -> String {
         },
         Ok(Response::Timestamp(ts)) => format!("timestamp {ts}"),
         Ok(Response::StoreSafeTs(r)) => format!("safe ts {}", r.safe_ts),
+        Ok(Response::HealthCheck(r)) => format!("health {:?}", r.status()),
     }
 }
 

@@ -117,7 +117,7 @@ fn script(
                 other => format!("{other:?}"),
             },
             Step::SendFailure => {
-                s.on_send_failure();
+                s.on_send_failure(region, stores);
                 String::new()
             }
             Step::Deadline => {
@@ -595,4 +595,154 @@ fn stale_read_without_a_matching_replica_goes_to_the_leader() {
     let read = ReplicaRead::stale().with_label("zone", "z9");
     let out = script(&region, &stores, &read, 3, &[Next, Success]);
     insta::assert_snapshot!(out);
+}
+
+/// The store peers are on, for a pick.
+fn picked_store(region: &Region, pick: &Pick) -> Option<u64> {
+    match pick {
+        Pick::Send { peer, .. } => Some(region.peers()[*peer].store_id),
+        _ => None,
+    }
+}
+
+/// A region like [`setup`]'s, inserted into `cache` (a fresh handle on the
+/// same region, as a reload from PD gives).
+fn reload(cache: &RegionCache, leader_store: u64, now: Instant) -> RegionRef {
+    let meta = metapb::Region {
+        id: 1,
+        region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+        peers: (1..=3)
+            .map(|s| metapb::Peer { id: 10 + s, store_id: s, ..Default::default() })
+            .collect(),
+        ..Default::default()
+    };
+    let leader = meta.peers.iter().find(|p| p.store_id == leader_store).copied();
+    cache.insert(meta, leader, now).expect("valid region")
+}
+
+/// Store down → epoch bump → replica skipped by later calls on regions
+/// cached before → probe answers → region reloaded → store chosen again
+/// (client-go's `invalidateReplicaStore`, `isEpochStale` and delayed
+/// reload).
+#[test]
+fn a_failed_store_is_skipped_until_it_answers_a_probe_and_its_region_is_reloaded() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let cache = RegionCache::new(Duration::from_secs(600), Duration::ZERO, 1);
+    let region = {
+        drop(region);
+        reload(&cache, 1, Instant::ZERO)
+    };
+    let follower = ReplicaRead::of(ReplicaReadType::Follower).with_store(2);
+    let mut first = ReplicaSelector::new(&region, &follower, Rng::new(1));
+    let pick = first.next(&region, &stores, Instant::ZERO);
+    assert_eq!(picked_store(&region, &pick), Some(2), "the preferred follower");
+    first.on_send_failure(&region, &stores);
+    let store2 = stores.get_any(2).expect("known");
+    assert_eq!(store2.health().liveness(), Liveness::Unreachable);
+    assert_eq!(store2.health().epoch(), 1, "bumped once");
+    assert!(store2.health().is_slow(), "a failed store is marked slow");
+
+    // Another call on the same cached region: store 2 is stale and down.
+    let mut second = ReplicaSelector::new(&region, &follower, Rng::new(1));
+    let pick = second.next(&region, &stores, Instant::ZERO);
+    assert_eq!(picked_store(&region, &pick), Some(3), "{}", second.describe(&region));
+    assert!(second.describe(&region).contains("store2 attempts=0 epoch-stale store-unreachable"));
+    // A second failure report for the epoch the region captured bumps
+    // nothing.
+    assert!(!store2.health().on_send_failure(0));
+
+    // The probe answers SERVING: reachable, but the cached region still
+    // holds the stale replica, so it asks for a reload and skips store 2.
+    stores.mark_reachable(2);
+    let mut third = ReplicaSelector::new(&region, &follower, Rng::new(1));
+    let pick = third.next(&region, &stores, Instant::from_millis(1));
+    assert_eq!(picked_store(&region, &pick), Some(3), "{}", third.describe(&region));
+    assert!(cache.get_by_id(1, Instant::from_millis(1)).is_none(), "expired for a reload");
+
+    // Reloaded: store 2 is a candidate again, scored below store 3 while
+    // its failure keeps it slow, and preferred after the next tick (no
+    // request ever measured its latency, so the tick starts its score
+    // afresh at 1, as client-go's `updateSlowScore` does).
+    let fresh = reload(&cache, 1, Instant::from_millis(2));
+    let mut fourth = ReplicaSelector::new(&fresh, &follower, Rng::new(1));
+    let pick = fourth.next(&fresh, &stores, Instant::from_millis(2));
+    assert_eq!(picked_store(&fresh, &pick), Some(3), "{}", fourth.describe(&fresh));
+    assert!(fourth.describe(&fresh).contains("store2 attempts=0 slow |"));
+    store2.health().tick(Instant::from_millis(3));
+    assert!(!store2.health().is_slow());
+    let mut fourth = ReplicaSelector::new(&fresh, &follower, Rng::new(1));
+    let pick = fourth.next(&fresh, &stores, Instant::from_millis(2));
+    assert_eq!(picked_store(&fresh, &pick), Some(2), "{}", fourth.describe(&fresh));
+}
+
+/// A leader read does not send to a leader whose store is unreachable (a
+/// region cached after the failure captured the new epoch, so only
+/// liveness excludes it): followers are asked with leader semantics.
+#[test]
+fn a_leader_read_skips_an_unreachable_leader() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.mark_unreachable(1);
+    let out = script(&region, &stores, &ReplicaRead::leader(), 1, &[Next]);
+    assert!(!out.contains("send to store1"), "{out}");
+    assert!(out.contains("store1(leader) attempts=0 store-unreachable"), "{out}");
+    // An unknown verdict still keeps it from leading, but not from
+    // replica reads.
+    stores.set_liveness(1, Liveness::Unknown);
+    let out = script(&region, &stores, &ReplicaRead::leader(), 1, &[Next]);
+    assert!(!out.contains("send to store1"), "{out}");
+    let mixed = ReplicaRead::of(ReplicaReadType::Mixed).with_store(1);
+    let out = script(&region, &stores, &mixed, 1, &[Next]);
+    assert!(out.contains("send to store1"), "{out}");
+}
+
+/// client-go's scoring puts *not slow* first: a mixed read leaves a slow
+/// store for last even when it is the labelled one, and a prefer-leader
+/// read goes to a follower when the leader is slow and never to a slow
+/// follower.
+#[test]
+fn slow_stores_are_scored_last_and_prefer_leader_avoids_them() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.get_any(2).unwrap().health().record_tikv_score(95, Instant::ZERO);
+    let mixed = ReplicaRead::of(ReplicaReadType::Mixed).with_store(2);
+    let out = script(&region, &stores, &mixed, 1, &[Next, Busy(5), Next, Busy(5), Next]);
+    insta::assert_snapshot!("mixed_read_with_a_slow_store", out);
+
+    // Prefer-leader with a slow leader: the followers first, the leader
+    // last (as a normal peer); a slow follower never.
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.get_any(1).unwrap().health().record_tikv_score(95, Instant::ZERO);
+    let prefer = ReplicaRead::of(ReplicaReadType::PreferLeader);
+    let out = script(&region, &stores, &prefer, 1, &[Next, Busy(5), Next, Busy(5), Next]);
+    insta::assert_snapshot!("prefer_leader_with_a_slow_leader", out);
+
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.get_any(1).unwrap().health().record_tikv_score(95, Instant::ZERO);
+    stores.get_any(3).unwrap().health().record_tikv_score(95, Instant::ZERO);
+    for seed in 0..20 {
+        let mut s = ReplicaSelector::new(&region, &prefer, Rng::new(seed));
+        let pick = s.next(&region, &stores, Instant::ZERO);
+        assert_eq!(picked_store(&region, &pick), Some(2), "seed {seed}");
+        s.on_server_is_busy(&region, &stores, 5, Instant::ZERO);
+        let pick = s.next(&region, &stores, Instant::ZERO);
+        assert_eq!(picked_store(&region, &pick), Some(1), "then the slow leader, not store 3");
+    }
+}
+
+/// Prefer-leader reads record their latency into the store's slow score;
+/// other read types do not (client-go records only those).
+#[test]
+fn prefer_leader_reads_record_latency_into_the_slow_score() {
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let mut s = ReplicaSelector::new(&region, &ReplicaRead::leader(), Rng::new(1));
+    s.next(&region, &stores, Instant::ZERO);
+    s.record_latency(&region, &stores, Duration::from_secs(31));
+    assert!(!stores.get_any(1).unwrap().health().is_slow());
+    let mut s =
+        ReplicaSelector::new(&region, &ReplicaRead::of(ReplicaReadType::PreferLeader), Rng::new(1));
+    s.next(&region, &stores, Instant::ZERO);
+    s.record_latency(&region, &stores, Duration::from_millis(1));
+    s.record_latency(&region, &stores, Duration::from_secs(31));
+    assert!(stores.get_any(1).unwrap().health().is_slow(), "a 30 s answer marks it slow");
 }

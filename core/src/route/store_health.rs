@@ -1,0 +1,197 @@
+//! The store health probes: client-go's health-check loop
+//! (`startHealthCheckLoop` and `requestLiveness`, `store_cache.go`) and its
+//! periodic health tick (`checkAndUpdateStoreHealthStatus`,
+//! `region_cache.go`), as one round the runtime runs every
+//! [`HEALTH_CHECK_INTERVAL`].
+//!
+//! A store becomes unreachable when a send to it fails
+//! ([`super::replica::ReplicaSelector::on_send_failure`]). Each
+//! [`ProbeStores`] round sends gRPC's health `Check` to every TiKV store
+//! that is not reachable, each bounded by [`LIVENESS_TIMEOUT`]: `SERVING`
+//! makes it reachable again (the probing of it ends), `UNKNOWN` leaves its
+//! liveness unknown, anything else (no answer, `NOT_SERVING`) keeps it
+//! unreachable, so it is asked again a second later. The round also ticks
+//! the stores' slow scores once a quarter of the store refresh interval has
+//! passed since the last tick (client-go ticks every 15 s by default).
+//!
+//! client-go also re-resolves an unreachable store from PD every 30 s and
+//! stops probing a removed one; here the periodic store refresh marks
+//! removed stores tombstones, which rounds skip.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tikv_proto::health::health_check_response::ServingStatus;
+use tikv_proto::kvrpcpb;
+
+use crate::error::Error;
+use crate::op::Operation;
+use crate::region::Liveness;
+use crate::rpc::{Request, Response, Rpc, RpcError, RpcId, Target};
+use crate::time::{Duration, Instant};
+use crate::view::ClusterView;
+
+/// client-go's health-check loop period: an unreachable store is probed
+/// this often until it answers.
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// client-go's `storeLivenessTimeout`: how long one probe may take.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one [`ProbeStores`] round found, by store id (each list in the
+/// order the stores were asked).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeRound {
+    /// Answered `SERVING`: reachable again.
+    pub reachable: Vec<u64>,
+    /// Answered without a verdict (`UNKNOWN`, `SERVICE_UNKNOWN`).
+    pub unknown: Vec<u64>,
+    /// Did not answer, or answered `NOT_SERVING`: still unreachable.
+    pub unreachable: Vec<(u64, String)>,
+    /// The slow scores ticked in this round.
+    pub ticked: bool,
+    /// TiKV's slow scores recorded from health feedback, by store.
+    pub feedback: Vec<(u64, u64)>,
+}
+
+/// One round of the store health probes (see the module docs).
+#[derive(Debug)]
+pub struct ProbeStores {
+    view: Arc<ClusterView>,
+    /// TiKV's health feedback received since the last round.
+    feedback: Vec<kvrpcpb::HealthFeedback>,
+    /// Stores still to ask, last first.
+    to_send: Vec<(u64, Arc<str>)>,
+    in_flight: BTreeMap<RpcId, u64>,
+    deadline: Option<Instant>,
+    round: ProbeRound,
+    result: Option<Result<ProbeRound, Error>>,
+}
+
+impl ProbeStores {
+    /// A round over the TiKV stores of `view` that are not reachable
+    /// (TiFlash and removed stores are not probed, as client-go's loop runs
+    /// for TiKV stores only).
+    pub fn new(view: Arc<ClusterView>) -> ProbeStores {
+        let mut to_send: Vec<(u64, Arc<str>)> = view
+            .stores
+            .all()
+            .into_iter()
+            .filter(|s| {
+                s.health().liveness() != Liveness::Reachable
+                    && !s.is_tiflash()
+                    && !s.is_tombstone()
+                    && !s.address.is_empty()
+            })
+            .map(|s| (s.id, Arc::from(s.address.as_str())))
+            .collect();
+        to_send.reverse();
+        ProbeStores {
+            view,
+            feedback: Vec::new(),
+            to_send,
+            in_flight: BTreeMap::new(),
+            deadline: None,
+            round: ProbeRound::default(),
+            result: None,
+        }
+    }
+
+    /// Records `feedback` (TiKV's slow score per store, from the
+    /// `BatchCommands` answers since the last round) when the round starts
+    /// (client-go records each as it arrives, `onHealthFeedback`).
+    /// Feedback for a store the table does not know is dropped, as
+    /// client-go drops it.
+    pub fn with_feedback(mut self, feedback: Vec<kvrpcpb::HealthFeedback>) -> ProbeStores {
+        self.feedback = feedback;
+        self
+    }
+
+    fn check(&mut self) {
+        if self.result.is_none() && self.to_send.is_empty() && self.in_flight.is_empty() {
+            self.result = Some(Ok(std::mem::take(&mut self.round)));
+        }
+    }
+}
+
+impl Operation for ProbeStores {
+    type Output = ProbeRound;
+
+    fn start(&mut self, now: Instant) {
+        for feedback in std::mem::take(&mut self.feedback) {
+            if let Some(store) = self.view.stores.get_any(feedback.store_id) {
+                let score = u64::try_from(feedback.slow_score).unwrap_or(0);
+                store.health().record_tikv_score(score, now);
+                self.round.feedback.push((feedback.store_id, score));
+            }
+        }
+        let tick = self.view.config.store_refresh_interval / 4;
+        self.round.ticked = self.view.stores.tick_health(now, tick);
+        self.deadline = Some(now + LIVENESS_TIMEOUT);
+        self.check();
+    }
+
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let deadline = self.deadline?;
+        let (store_id, addr) = self.to_send.pop()?;
+        let id = RpcId(store_id);
+        self.in_flight.insert(id, store_id);
+        Some(Rpc {
+            id,
+            target: Target::Store { store_id, addr },
+            request: Request::HealthCheck,
+            deadline,
+        })
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, _now: Instant) {
+        let Some(store_id) = self.in_flight.remove(&id) else {
+            return;
+        };
+        // client-go `invokeKVStatusAPI`: SERVING is reachable, UNKNOWN and
+        // SERVICE_UNKNOWN unknown, anything else (an error, NOT_SERVING, a
+        // status this client does not know) unreachable.
+        let liveness = match response {
+            Ok(Response::HealthCheck(r)) => match ServingStatus::try_from(r.status) {
+                Ok(ServingStatus::Serving) => Liveness::Reachable,
+                Ok(ServingStatus::Unknown | ServingStatus::ServiceUnknown) => Liveness::Unknown,
+                Ok(ServingStatus::NotServing) => {
+                    self.round.unreachable.push((store_id, "not serving".into()));
+                    Liveness::Unreachable
+                }
+                Err(_) => {
+                    self.round.unreachable.push((store_id, format!("status {}", r.status)));
+                    Liveness::Unreachable
+                }
+            },
+            Ok(other) => {
+                self.round.unreachable.push((store_id, format!("answered {}", other.name())));
+                Liveness::Unreachable
+            }
+            Err(e) => {
+                self.round.unreachable.push((store_id, e.to_string()));
+                Liveness::Unreachable
+            }
+        };
+        match liveness {
+            Liveness::Reachable => self.round.reachable.push(store_id),
+            Liveness::Unknown => self.round.unknown.push(store_id),
+            Liveness::Unreachable => {}
+        }
+        self.view.stores.set_liveness(store_id, liveness);
+        self.check();
+    }
+
+    fn on_timeout(&mut self, _now: Instant) {}
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn poll_result(&mut self) -> Option<Result<ProbeRound, Error>> {
+        self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests;
