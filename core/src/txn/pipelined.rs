@@ -483,7 +483,7 @@ impl FlushGeneration {
     /// Sets `flag` as soon as a batch holding the primary key is flushed
     /// without key errors, while the rest of the generation may still wait
     /// for other transactions' locks: client-go starts the heartbeats
-    /// right then ([`super::PipelinedKeepAlive::after_primary_written`]),
+    /// right then ([`PipelinedKeepAlive::after_primary_written`]),
     /// so a generation that waits longer than the lock TTL does not let
     /// the primary expire under it.
     pub fn signal_primary_written(mut self, flag: Arc<AtomicBool>) -> Self {

@@ -219,9 +219,9 @@ pub enum Bug {
     /// Pipelined: the second generation is reported flushed without being
     /// sent.
     PipelinedSkipsAGeneration,
-    /// Pipelined: stores acknowledge a `ResolveLock` of a pipelined
-    /// transaction without applying it.
-    PipelinedResolveNotApplied,
+    /// Pipelined: stores refuse every `ResolveLock` of a pipelined
+    /// transaction, so nobody can resolve its locks.
+    PipelinedResolveRefused,
     /// Pipelined: a transaction is reported committed as soon as its
     /// primary's `Commit` is sent, before TiKV answered.
     PipelinedCommittedBeforeThePrimary,
@@ -242,7 +242,7 @@ impl Bug {
             | Bug::DeleteRangeNotApplied => Workload::Gc,
             Bug::PipelinedResolvesAtTheWrongTs
             | Bug::PipelinedSkipsAGeneration
-            | Bug::PipelinedResolveNotApplied
+            | Bug::PipelinedResolveRefused
             | Bug::PipelinedCommittedBeforeThePrimary => Workload::Pipelined,
         }
     }

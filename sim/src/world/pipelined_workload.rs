@@ -1215,23 +1215,26 @@ impl World {
         Box::new(PipelinedProgram::new(view, entry, pipe, self.bug, records))
     }
 
-    /// Serves a store request, breaking it as [`Bug::PipelinedResolveNotApplied`]
-    /// says: a `ResolveLock` of a pipelined transaction is acknowledged but
-    /// not applied.
+    /// Serves a store request, breaking it as [`Bug::PipelinedResolveRefused`]
+    /// says: a `ResolveLock` of a pipelined transaction is refused (a key
+    /// error, so its callers fail at once rather than retry).
     pub(super) fn pipe_serve_kv(
         &mut self,
         c: usize,
         store: u64,
         req: KvRequest,
     ) -> Result<KvResponse, RpcError> {
-        if self.bug == Some(Bug::PipelinedResolveNotApplied)
+        if self.bug == Some(Bug::PipelinedResolveRefused)
             && let KvRequest::ResolveLock(r) = &req
             && self
                 .pipe
                 .as_ref()
                 .is_some_and(|p| p.start_ts_of_pipelined().contains(&r.start_version))
         {
-            return Ok(KvResponse::ResolveLock(Box::default()));
+            let error =
+                kvrpcpb::KeyError { abort: "bug: resolve refused".into(), ..Default::default() };
+            let resp = kvrpcpb::ResolveLockResponse { error: Some(error), ..Default::default() };
+            return Ok(KvResponse::ResolveLock(Box::new(resp)));
         }
         self.gc_serve_kv(c, store, req)
     }
@@ -1446,7 +1449,7 @@ mod tests {
 
     #[test]
     fn the_audit_catches_pipelined_locks_never_resolved() {
-        let report = first_caught(Bug::PipelinedResolveNotApplied, 100);
+        let report = first_caught(Bug::PipelinedResolveRefused, 100);
         assert!(
             report.violations.iter().any(|v| v.contains("was never resolved")),
             "{:?}",
