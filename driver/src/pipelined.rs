@@ -5,6 +5,7 @@
 //! background.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use futures::channel::oneshot;
 use tikv_core::Error;
@@ -598,8 +599,11 @@ impl<P: Platform> PipelinedTransaction<P> {
     fn spawn_flush(&mut self, flush: Flush) {
         self.choose_primary(&flush);
         let req = self.flush_request(flush.generation);
-        let op = FlushGeneration::new(self.core.view.clone(), req, flush.mutations)
+        let mut op = FlushGeneration::new(self.core.view.clone(), req, flush.mutations)
             .with_concurrency(self.pipelined.flush_concurrency);
+        if let Some(written) = self.start_keep_alive() {
+            op = op.signal_primary_written(written);
+        }
         // client-go throttlePipelinedTxn: sleep / (sleep + flush) = ratio.
         let ratio = self.pipelined.write_throttle_ratio;
         let sleep_ms = ratio / (1.0 - ratio) * self.flush_time_ms;
@@ -621,8 +625,8 @@ impl<P: Platform> PipelinedTransaction<P> {
     }
 
     /// Takes the outcome of the flush in flight, waiting for it if `wait`:
-    /// the flush time feeds the throttle's average, the first success
-    /// starts the heartbeats, a failure fails the transaction.
+    /// the flush time feeds the throttle's average, a failure fails the
+    /// transaction.
     async fn collect_flush(&mut self, wait: bool) -> Result<(), Error> {
         let Some(rx) = self.in_flight.as_mut() else { return Ok(()) };
         let outcome = if wait {
@@ -647,32 +651,37 @@ impl<P: Platform> PipelinedTransaction<P> {
             self.flush_time_ms * (1.0 - decay) + took * decay
         };
         let result = self.buffer.flush_finished(outcome.result);
-        match &result {
-            Ok(()) => self.start_keep_alive(),
-            Err(e) => self.failed = Some(e.clone()),
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
         }
         result
     }
 
-    /// Heartbeats on the primary once its lock is written (client-go
-    /// starts the TTL manager with the first flush).
-    fn start_keep_alive(&mut self) {
-        let Some(primary) = self.primary.clone() else { return };
+    /// Heartbeats on the primary, started with the first flush and
+    /// beating once the flush has written the primary's lock (client-go
+    /// starts the TTL manager when the primary's batch is flushed, while
+    /// the rest of the generation may still wait for other locks): the
+    /// flag for that flush to set.
+    fn start_keep_alive(&mut self) -> Option<Arc<AtomicBool>> {
+        let primary = self.primary.clone()?;
         if self.keep_alive.is_some() {
-            return;
+            return None;
         }
+        let written = Arc::new(AtomicBool::new(false));
         let keep_alive = PipelinedKeepAlive::new(
             self.core.view.clone(),
             self.start_ts,
             primary,
             self.options.commit.tags.clone(),
-        );
+        )
+        .after_primary_written(written.clone());
         self.status = Some(keep_alive.status());
         self.keep_alive = Some(self.core.spawn_op_until_dropped(
             "pipelined_keep_alive",
             keep_alive,
             &self.interceptors,
         ));
+        Some(written)
     }
 
     /// Rolls every flushed lock back in the background, after the flush in

@@ -37,12 +37,13 @@ pub use broadcast::{
     BroadcastTxnStatus, TxnStatusUpdate,
 };
 pub use commit::{
-    MAX_PIPELINED_TXN_TTL, PipelinedCommit, PipelinedCommitRequest, PipelinedKeepAlive,
-    PipelinedTxnStatus,
+    MAX_PIPELINED_TXN_TTL, PRIMARY_WRITTEN_POLL, PipelinedCommit, PipelinedCommitRequest,
+    PipelinedKeepAlive, PipelinedTxnStatus,
 };
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tikv_proto::kvrpcpb;
 
@@ -332,6 +333,8 @@ struct FlushPlan {
     met: Vec<Lock>,
     retry: Vec<Mutation>,
     error: Option<Error>,
+    /// A batch holding the primary key was flushed without key errors.
+    primary_written: bool,
 }
 
 impl KeyPlan for FlushPlan {
@@ -370,6 +373,11 @@ impl KeyPlan for FlushPlan {
         let KvResponse::Flush(r) = response else {
             return Err(Error::malformed(format!("unexpected {}", response.name())));
         };
+        if r.errors.is_empty() && batch.iter().any(|m| m.key == self.req.primary) {
+            // client-go starts the heartbeats here (`handleSingleBatch` of
+            // the primary's batch), not when the whole generation is in.
+            self.primary_written = true;
+        }
         let mut locked_keys: Vec<Key> = Vec::new();
         for e in r.errors {
             if let Some(a) = &e.already_exist {
@@ -430,6 +438,9 @@ pub struct FlushGeneration {
     concurrency: usize,
     step: StepSlot<FlushDone>,
     backoffer: Backoffer,
+    /// Set once the primary's lock is written (see
+    /// [`FlushGeneration::signal_primary_written`]).
+    primary_written: Option<Arc<AtomicBool>>,
     started: bool,
     result: Option<Result<(), Error>>,
 }
@@ -455,6 +466,7 @@ impl FlushGeneration {
             concurrency: usize::MAX,
             step: StepSlot::default(),
             backoffer,
+            primary_written: None,
             started: false,
             result: None,
         }
@@ -467,6 +479,17 @@ impl FlushGeneration {
     /// boundary inside that span are in flight. Unbounded by default.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Sets `flag` as soon as a batch holding the primary key is flushed
+    /// without key errors, while the rest of the generation may still wait
+    /// for other transactions' locks: client-go starts the heartbeats
+    /// right then ([`PipelinedKeepAlive::after_primary_written`]),
+    /// so a generation that waits longer than the lock TTL does not let
+    /// the primary expire under it.
+    pub fn signal_primary_written(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.primary_written = Some(flag);
         self
     }
 
@@ -490,6 +513,7 @@ impl FlushGeneration {
             met: Vec::new(),
             retry: Vec::new(),
             error: None,
+            primary_written: false,
         };
         let op = KeyFanout::new(self.view.clone(), plan, items, self.backoffer.fork())
             .with_tags(&self.req.tags);
@@ -497,6 +521,11 @@ impl FlushGeneration {
     }
 
     fn after_flush(&mut self, plan: FlushPlan, now: Instant) {
+        if plan.primary_written
+            && let Some(flag) = &self.primary_written
+        {
+            flag.store(true, Ordering::Relaxed);
+        }
         if let Some(e) = plan.error {
             self.result = Some(Err(e));
             return;
@@ -965,6 +994,70 @@ mod tests {
         let retried: Vec<_> = sent[1].mutations.iter().map(|m| m.key.clone()).collect();
         assert_eq!(retried, vec![Bytes::from("b")], "TiKV wrote the others already");
         insta::assert_snapshot!(log);
+    }
+
+    #[test]
+    fn the_primary_is_signalled_written_before_the_generation_waits_for_locks() {
+        // The primary's region answers cleanly; the other key meets an
+        // older lock, so the generation goes on resolving it: the flag is
+        // set when the primary's batch is in, before the retry is sent.
+        let mut c = FakeCluster::new(&["m"]);
+        let older = Timestamp::compose(400, 0).version();
+        c.fault("flush", flush_ok());
+        c.fault("flush", flush_errors(vec![locked("x", older)]));
+        c.fault("check_txn_status", respond(KvResponse::CheckTxnStatus(Default::default())));
+        c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+        c.fault("flush", flush_ok());
+        let flag = Arc::new(AtomicBool::new(false));
+        let op = flush_op(&["a", "x"], 1).signal_primary_written(flag.clone());
+        let (log, result) = drive(op, &mut c);
+        result.expect("flushed");
+        assert!(flag.load(Ordering::Relaxed));
+        let first_resolve = log.lines().position(|l| l.contains("kv_check_txn_status"));
+        assert!(first_resolve.is_some(), "{log}");
+
+        // A batch holding the primary with a key error is not written.
+        let mut c = FakeCluster::new(&[]);
+        let exists = kvrpcpb::KeyError {
+            already_exist: Some(kvrpcpb::AlreadyExist { key: "b".into() }),
+            ..Default::default()
+        };
+        c.fault("flush", flush_errors(vec![exists]));
+        let flag = Arc::new(AtomicBool::new(false));
+        let op = flush_op(&["a", "b"], 1).signal_primary_written(flag.clone());
+        let (_, result) = drive(op, &mut c);
+        assert!(result.is_err());
+        assert!(!flag.load(Ordering::Relaxed), "no heartbeats for a primary TiKV refused");
+
+        // A generation without the primary never sets it.
+        let mut c = FakeCluster::new(&[]);
+        c.fault("flush", flush_ok());
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut op = flush_op(&["b", "c"], 2);
+        op.req.primary = Key::from("a");
+        let (_, result) = drive(op.signal_primary_written(flag.clone()), &mut c);
+        result.expect("flushed");
+        assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_keep_alive_waits_for_the_primary_to_be_written() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut keep_alive =
+            PipelinedKeepAlive::new(view(), start_ts(), Key::from("a"), RequestTags::default())
+                .after_primary_written(flag.clone());
+        let t0 = Instant::ZERO;
+        keep_alive.start(t0);
+        let first = keep_alive.poll_timeout().expect("a beat is scheduled");
+        assert_eq!(first, t0 + crate::txn::commit::HEARTBEAT_INTERVAL);
+        keep_alive.on_timeout(first);
+        assert!(keep_alive.poll_rpc().is_none(), "no beat before the primary is written");
+        let again = keep_alive.poll_timeout().expect("it looks again");
+        assert_eq!(again, first + PRIMARY_WRITTEN_POLL);
+        flag.store(true, Ordering::Relaxed);
+        keep_alive.on_timeout(again);
+        let rpc = keep_alive.poll_rpc().expect("the beat's timestamp");
+        assert_eq!(rpc.target, crate::rpc::Target::Oracle, "{rpc:?}");
     }
 
     #[test]

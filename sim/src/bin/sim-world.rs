@@ -1,15 +1,18 @@
 //! Runs deterministic worlds ([`tikv_sim::world`]) and reports throughput.
 //!
 //! ```text
-//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc] [SEEDS] [FIRST]
-//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc]
+//! cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc|--pipelined] [SEEDS] [FIRST]
+//! TIKV_SIM_SEED=42 cargo run --release -p tikv-sim --no-default-features --bin sim-world -- [--raw|--txn|--pess|--gc|--pipelined]
 //! ```
 //!
 //! `--raw` (the default) runs the raw workload, `--txn` the transactional one,
 //! `--pess` the pessimistic one (then also lock waits, deadlock victims and
 //! lock calls that gave up waiting are counted), `--gc` the transactional
 //! one with GC rounds, old readers and `delete_range` beside it (then the
-//! GC client's work is counted). With
+//! GC client's work is counted), `--pipelined` the transactional one with
+//! pipelined DML transactions beside it (then their generations,
+//! `BufferBatchGet` reads, heartbeats and where their clients crashed are
+//! counted). With
 //! `TIKV_SIM_SEED` it prints that seed's trace and verdict; otherwise it
 //! runs `SEEDS` seeds (default 1000) from `FIRST` (default 0), prints every
 //! failing seed, and ends with simulated operations (transactions) per
@@ -49,8 +52,11 @@ fn main() -> ExitCode {
             "--txn" => Workload::Txn,
             "--pess" => Workload::Pessimistic,
             "--gc" => Workload::Gc,
+            "--pipelined" => Workload::Pipelined,
             other => {
-                eprintln!("unknown world {other:?}: expected --raw, --txn, --pess or --gc");
+                eprintln!(
+                    "unknown world {other:?}: expected --raw, --txn, --pess, --gc or --pipelined"
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
     let (mut shared_at_once, mut shared_readers) = (0usize, 0usize);
     let mut crashed_holders = (0usize, 0usize);
     let mut gc = world::GcStats::default();
+    let mut pipe = world::PipeStats::default();
     let mut max_op = std::time::Duration::ZERO;
     for seed in first..first + seeds {
         let report = world::run(config(seed));
@@ -121,6 +128,16 @@ fn main() -> ExitCode {
         gc.reads_failed += g.reads_failed;
         gc.delete_ranges.0 += g.delete_ranges.0;
         gc.delete_ranges.1 += g.delete_ranges.1;
+        let p = &report.stats.pipelined;
+        pipe.txns.0 += p.txns.0;
+        pipe.txns.1 += p.txns.1;
+        pipe.generations += p.generations;
+        pipe.multi_generation += p.multi_generation;
+        pipe.buffer_gets += p.buffer_gets;
+        pipe.beats += p.beats;
+        pipe.crashed.0 += p.crashed.0;
+        pipe.crashed.1 += p.crashed.1;
+        pipe.crashed.2 += p.crashed.2;
         if !report.passed() {
             failed += 1;
             println!("{}", report.failure());
@@ -129,7 +146,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let what = match workload {
         Workload::Raw => "ops",
-        Workload::Txn | Workload::Pessimistic | Workload::Gc => "txns",
+        Workload::Txn | Workload::Pessimistic | Workload::Gc | Workload::Pipelined => "txns",
     };
     println!(
         "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
@@ -167,6 +184,22 @@ fn main() -> ExitCode {
             gc.reads_failed,
             gc.delete_ranges.0,
             gc.delete_ranges.1
+        );
+    }
+    if workload == Workload::Pipelined {
+        println!(
+            "pipelined txns: {} ({} committed), {} generations flushed ({} txns flushed more \
+             than one), {} BufferBatchGet reads, {} heartbeats; clients crashed {} times while \
+             writing and flushing, {} in the commit, {} after the primary's commit",
+            pipe.txns.0,
+            pipe.txns.1,
+            pipe.generations,
+            pipe.multi_generation,
+            pipe.buffer_gets,
+            pipe.beats,
+            pipe.crashed.0,
+            pipe.crashed.1,
+            pipe.crashed.2
         );
     }
     println!(

@@ -81,6 +81,14 @@
 //! and liveness (every operation ends within its bound, quiescence
 //! operations succeed within [`QUIET_BOUND`], no operation stalls).
 //!
+//! - **pipelined**: the transactional workload with pipelined DML
+//!   transactions beside it (`pipelined_workload`): several flushed
+//!   generations each, reads of their own writes through memory and
+//!   `BufferBatchGet`, the primary's commit then the flushed range's
+//!   resolution, clients crashing mid-flush, after the primary's commit and
+//!   during the resolution. Checked for atomicity (all or nothing committed
+//!   and visible), then as the transactional world.
+//!
 //! Deliberately broken worlds ([`Bug`]) prove the checkers can fail.
 
 pub mod elle;
@@ -91,6 +99,7 @@ pub mod linearizability;
 mod own_reads;
 pub(crate) mod pess_workload;
 pub mod pessimistic;
+mod pipelined_workload;
 pub mod si;
 pub mod txn_history;
 pub(crate) mod txn_workload;
@@ -125,6 +134,7 @@ use gc_workload::GcWorld;
 use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
 };
+pub use pipelined_workload::PipeStats;
 use txn_history::{Micro, TxnEntry, TxnHistory, TxnKind, TxnOutcome, parse_list, parse_list_value};
 use txn_workload::{TxnProgram, TxnSpec};
 use workload::{Finished, OracleWaiter, SimOp};
@@ -161,6 +171,9 @@ pub enum Workload {
     /// timestamps and `delete_range` running beside it, checked for what
     /// GC must keep, resolve, refuse and delete, and as [`Workload::Txn`].
     Gc,
+    /// The transactional workload with pipelined DML transactions beside
+    /// it, checked for their atomicity and as [`Workload::Txn`].
+    Pipelined,
 }
 
 /// A deliberately broken world, to show the checkers catch real bugs.
@@ -210,6 +223,18 @@ pub enum Bug {
     /// GC: `DeleteRange` beyond the range's first region is acknowledged
     /// but not applied.
     DeleteRangeNotApplied,
+    /// Pipelined: the committed transaction's flushed range is resolved
+    /// at a commit ts later than the primary's.
+    PipelinedResolvesAtTheWrongTs,
+    /// Pipelined: the second generation is reported flushed without being
+    /// sent.
+    PipelinedSkipsAGeneration,
+    /// Pipelined: stores refuse every `ResolveLock` of a pipelined
+    /// transaction, so nobody can resolve its locks.
+    PipelinedResolveRefused,
+    /// Pipelined: a transaction is reported committed as soon as its
+    /// primary's `Commit` is sent, before TiKV answered.
+    PipelinedCommittedBeforeThePrimary,
 }
 
 impl Bug {
@@ -229,6 +254,10 @@ impl Bug {
             | Bug::SkipVisibilityCheck
             | Bug::ScanLockMissesLocks
             | Bug::DeleteRangeNotApplied => Workload::Gc,
+            Bug::PipelinedResolvesAtTheWrongTs
+            | Bug::PipelinedSkipsAGeneration
+            | Bug::PipelinedResolveRefused
+            | Bug::PipelinedCommittedBeforeThePrimary => Workload::Pipelined,
         }
     }
 }
@@ -268,6 +297,11 @@ impl WorldConfig {
     /// A GC-workload config for `seed`.
     pub fn gc(seed: u64) -> WorldConfig {
         WorldConfig { seed, workload: Workload::Gc, ..WorldConfig::default() }
+    }
+
+    /// A pipelined-workload config for `seed`.
+    pub fn pipelined(seed: u64) -> WorldConfig {
+        WorldConfig { seed, workload: Workload::Pipelined, ..WorldConfig::default() }
     }
 }
 
@@ -332,6 +366,8 @@ pub struct Stats {
     pub unknown_keys: usize,
     /// (gc) What the GC client did.
     pub gc: GcStats,
+    /// (pipelined) What the pipelined transactions did.
+    pub pipelined: PipeStats,
 }
 
 /// The outcome of one run.
@@ -368,6 +404,7 @@ impl Report {
             Workload::Txn => "txn_seeds_pass",
             Workload::Pessimistic => "pess_seeds_pass",
             Workload::Gc => "gc_seeds_pass",
+            Workload::Pipelined => "pipelined_seeds_pass",
         };
         format!(
             "simulation failed ({:?} workload): rerun with TIKV_SIM_SEED={} \
@@ -387,6 +424,7 @@ pub fn run(cfg: WorldConfig) -> Report {
     let plan = match cfg.plan.clone() {
         Some(p) => p,
         None if matches!(workload, Workload::Txn | Workload::Gc) => Plan::draw_txn(&mut rng),
+        None if workload == Workload::Pipelined => pipelined_workload::draw_plan(&mut rng),
         None if workload == Workload::Pessimistic => Plan::draw_pess(&mut rng),
         None => Plan::draw(&mut rng),
     };
@@ -550,6 +588,8 @@ struct World {
     txn: Option<TxnWorld>,
     /// (gc) The GC client and its checks' state.
     gc: Option<GcWorld>,
+    /// (pipelined) The pipelined transactions' records.
+    pipe: Option<pipelined_workload::PipeWorld>,
     /// Message fates, partitions and faults.
     net: Network,
     trace: Option<String>,
@@ -739,6 +779,7 @@ impl World {
             history: History::default(),
             txn,
             gc: None,
+            pipe: None,
             net,
             trace: cfg.trace.then(String::new),
             bug: cfg.bug,
@@ -996,6 +1037,9 @@ impl World {
         self.clients[c].issued += 1;
         let spec = if phase == TxnPhase::Quiet {
             self.full_read_spec()
+        } else if self.workload == Workload::Pipelined {
+            self.pipe_issue(c);
+            return;
         } else if self.workload == Workload::Pessimistic {
             let Some(t) = self.txn.as_ref() else { return };
             pess_workload::pick_with_shares(&mut self.rng, &t.params)
@@ -1015,6 +1059,16 @@ impl World {
     }
 
     fn launch_txn(&mut self, c: usize, spec: TxnSpec) {
+        self.launch_txn_with(c, spec, None);
+    }
+
+    /// Starts transaction `spec` on client `c`; pipelined as `pipe` says.
+    fn launch_txn_with(
+        &mut self,
+        c: usize,
+        spec: TxnSpec,
+        pipe: Option<pipelined_workload::PipeSpec>,
+    ) {
         let Some(t) = self.txn.as_mut() else { return };
         let entry = t.history.entries.len();
         t.history.entries.push(TxnEntry {
@@ -1049,11 +1103,15 @@ impl World {
         ));
         let bug = self.bug;
         let view = self.clients[c].view.clone();
-        let op: Box<dyn SimOp> = match spec.kind {
-            TxnKind::Pessimistic(kind) => {
+        let op: Box<dyn SimOp> = match (pipe, spec.kind) {
+            (Some(pipe), _) => self.pipe_program(c, entry, pipe),
+            (None, TxnKind::Pessimistic(kind)) => {
                 Box::new(pess_workload::PessProgram::new(view, entry, kind, spec.opts, bug))
             }
-            _ => Box::new(TxnProgram::new(view, entry, spec, &keys, bug)),
+            (None, kind) => {
+                let spec = TxnSpec { kind, ..spec };
+                Box::new(TxnProgram::new(view, entry, spec, &keys, bug))
+            }
         };
         self.launch(c, Task::Txn, entry, op);
     }
@@ -1284,7 +1342,7 @@ impl World {
                 result.map(Response::Kv)
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
-                self.gc_serve_kv(c, s, req).map(Response::Kv)
+                self.pipe_serve_kv(c, s, req).map(Response::Kv)
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", rpc.target))),
         };
@@ -1608,7 +1666,14 @@ impl World {
 
     fn txn_bound(&self) -> Duration {
         let Some(t) = &self.txn else { return LIVENESS_BOUND };
-        txn_liveness_bound(&t.params, self.workload == Workload::Pessimistic)
+        let bound = txn_liveness_bound(&t.params, self.workload == Workload::Pessimistic);
+        if self.workload == Workload::Pipelined {
+            // A pipelined transaction also flushes generations (each with
+            // its own budget) and its writer pauses between writes.
+            let flush = Config::default().budget(tikv_core::txn::pipelined::FLUSH_BUDGET);
+            return bound + flush * 3 + Duration::from_secs(30);
+        }
+        bound
     }
 
     /// (txn) Arms a crash for client `c`'s transaction that started
@@ -1999,6 +2064,7 @@ impl World {
         for v in si::check_bank(&t.history, &keys.account_keys(), &final_data) {
             self.violations.push(v);
         }
+        self.pipe_finish(&t.history, &fates);
         if self.workload == Workload::Pessimistic {
             let counters: Vec<String> = (0..keys.registers).map(txn_history::register).collect();
             for v in pessimistic::check_counters(&t.history, &fates, &counters, &final_data) {
@@ -2088,7 +2154,9 @@ fn new_view(
 fn rpc_timeout(workload: Workload) -> Duration {
     match workload {
         Workload::Pessimistic => Duration::from_secs(2),
-        Workload::Raw | Workload::Txn | Workload::Gc => Duration::from_secs(1),
+        Workload::Raw | Workload::Txn | Workload::Gc | Workload::Pipelined => {
+            Duration::from_secs(1)
+        }
     }
 }
 

@@ -37,6 +37,10 @@ use super::{
     resolve_flushed,
 };
 
+/// How often a keep-alive waiting for its primary's lock looks again
+/// ([`PipelinedKeepAlive::after_primary_written`]).
+pub const PRIMARY_WRITTEN_POLL: Duration = Duration::from_millis(500);
+
 /// How long a pipelined transaction's heartbeats go on at most (client-go
 /// `MaxPipelinedTxnTTL`, 24 h): past it the primary may expire.
 pub const MAX_PIPELINED_TXN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -324,6 +328,8 @@ pub struct PipelinedKeepAlive {
     /// Our RPC id → `None` for the beat's step, or the number of the
     /// broadcast that sent it.
     ids: IdMap<Option<u64>>,
+    /// Beats wait until this is set (the primary's lock is written).
+    primary_written: Option<Arc<AtomicBool>>,
     result: Option<Result<(), Error>>,
 }
 
@@ -348,8 +354,19 @@ impl PipelinedKeepAlive {
             broadcast: None,
             broadcasts: 0,
             ids: IdMap::new(),
+            primary_written: None,
             result: None,
         }
+    }
+
+    /// Beats only once `flag` is set: the keep-alive can then start with
+    /// the first generation's flush
+    /// ([`super::FlushGeneration::signal_primary_written`]), as client-go
+    /// starts it when the primary's batch is written. A beat due earlier is
+    /// put off by [`PRIMARY_WRITTEN_POLL`].
+    pub fn after_primary_written(mut self, flag: Arc<AtomicBool>) -> PipelinedKeepAlive {
+        self.primary_written = Some(flag);
+        self
     }
 
     /// The counters the beats keep, to read while they run.
@@ -441,6 +458,10 @@ impl PipelinedKeepAlive {
 
     fn beat_if_due(&mut self, now: Instant) {
         if self.result.is_some() || !self.step.is_idle() || now < self.next_at {
+            return;
+        }
+        if self.primary_written.as_ref().is_some_and(|f| !f.load(Ordering::Relaxed)) {
+            self.next_at = now + PRIMARY_WRITTEN_POLL;
             return;
         }
         self.next_at = now + HEARTBEAT_INTERVAL;
