@@ -111,8 +111,8 @@
 //!   `last_change`, no txn source, shared locks kept apart from the
 //!   exclusive ones (TiKV stores both in the lock CF) and a resumed
 //!   force-lock request meeting shares marks them shrink-only as a new
-//!   request does (TiKV's resumed one waits without marking), no pipelined DML
-//!   generations, no txn files (`is_txn_file` ignored), no old values for
+//!   request does (TiKV's resumed one waits without marking), no txn files
+//!   (`is_txn_file` ignored), no old values for
 //!   CDC. Assertions are checked whenever the level is not `Off` (TiKV's
 //!   `Fast` skips them when the previous write is not loaded). `RcCheckTs`
 //!   reads are treated as `Rc` (locks ignored). `sample_step` in `Scan` is

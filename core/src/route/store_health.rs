@@ -114,6 +114,14 @@ impl ProbeStores {
     }
 }
 
+impl ProbeStores {
+    /// Whether the round has a store to ask (one not known reachable);
+    /// a round without one only ticks the slow scores.
+    pub fn has_stores_to_ask(&self) -> bool {
+        !self.to_send.is_empty()
+    }
+}
+
 impl Operation for ProbeStores {
     type Output = ProbeRound;
 

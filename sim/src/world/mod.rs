@@ -118,6 +118,7 @@ use tikv_core::pd::{
 };
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
+use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores};
 use tikv_core::rpc::{
     KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target,
 };
@@ -497,6 +498,8 @@ enum Task {
     Gc,
     /// A round of the client's timestamp oracle (no history entry).
     TsoRound,
+    /// A round of the process's store health probes (no history entry).
+    Probe,
 }
 
 struct Running {
@@ -543,6 +546,9 @@ struct Client {
     tails: Vec<Running>,
     issued: usize,
     crash: Option<CrashPlan>,
+    /// On a process's first client: when its next store health probe round
+    /// may start (the driver's prober runs one every second).
+    next_probe_at: Instant,
 }
 
 /// The transactional world's state.
@@ -859,6 +865,7 @@ impl World {
             for t in &c.tails {
                 self.violations.push(match t.task {
                     Task::TsoRound => format!("liveness: client {i}'s oracle round never finished"),
+                    Task::Probe => format!("liveness: client {i}'s store probe never finished"),
                     _ => format!(
                         "liveness: client {i} txn {} never finished its background work",
                         t.entry
@@ -1154,9 +1161,34 @@ impl World {
         self.crash_tick(c);
     }
 
+    /// Runs the driver's store health prober for client `c`'s process: at
+    /// most one round a second, started only when a store of the process's
+    /// view is not known reachable (a round asks only those), so worlds
+    /// with every store answering never send a probe.
+    fn maybe_probe_stores(&mut self, c: usize) {
+        let p = self.clients[c].process;
+        if self.now < self.clients[p].next_probe_at {
+            return;
+        }
+        self.clients[p].next_probe_at = self.now + HEALTH_CHECK_INTERVAL;
+        let probe = ProbeStores::new(self.clients[p].view.clone());
+        if !probe.has_stores_to_ask() {
+            return;
+        }
+        self.log(format!("c{p} probes the stores it cannot reach"));
+        // A round's outcome is in the view; nobody waits for it.
+        let op = workload::erase_with(probe, |_| Finished::Probed);
+        let mut r = self.start_task(Task::Probe, usize::MAX, op);
+        r.crash_drawn = true;
+        let seq = r.seq;
+        self.clients[p].tails.push(r);
+        self.pump(p, seq);
+    }
+
     /// Drains a task: sends its RPCs, records its result, moves it to the
     /// background or drops it when done, or re-arms its timer.
     fn pump(&mut self, c: usize, op: u64) {
+        self.maybe_probe_stores(c);
         let Some((mut r, foreground)) = self.take_task(c, op) else { return };
         let now = self.now;
         if !r.reported
@@ -1228,6 +1260,9 @@ impl World {
                     Task::Gc => gc_workload::stalled(r.entry),
                     // Its callers stall in turn and are reported as such.
                     Task::TsoRound => return,
+                    // A probe that cannot finish leaves its stores unreachable:
+                    // the operations needing them report it.
+                    Task::Probe => return,
                 };
                 self.complete(c, &r, finished);
             }
@@ -1343,6 +1378,17 @@ impl World {
             }
             (Some(Endpoint::Store(s)), Request::Kv(req)) => {
                 self.pipe_serve_kv(c, s, req).map(Response::Kv)
+            }
+            // gRPC health: a running store is SERVING; a stopped one does
+            // not answer.
+            (Some(Endpoint::Store(s)), Request::HealthCheck)
+                if self.cluster.is_store_running(s) =>
+            {
+                self.cluster.count_health_check(s);
+                Ok(Response::HealthCheck(tikv_proto::health::HealthCheckResponse {
+                    status: tikv_proto::health::health_check_response::ServingStatus::Serving
+                        as i32,
+                }))
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", rpc.target))),
         };
@@ -1552,6 +1598,7 @@ impl World {
                 self.oracle_answers(c, callers, outcome);
                 return;
             }
+            Finished::Probed => return,
             Finished::Raw(result) => self.complete_raw(c, r, result),
             Finished::Txn(t) => self.complete_txn(c, r, *t),
             Finished::Gc(task) => {
@@ -2102,6 +2149,7 @@ impl Client {
             tails: Vec::new(),
             issued: 0,
             crash: None,
+            next_probe_at: Instant::ZERO,
         };
         client.restart(client.view.clone(), process);
         client

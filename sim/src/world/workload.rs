@@ -29,6 +29,8 @@ pub(crate) enum Finished {
     Gc(Box<super::gc_workload::GcFinished>),
     /// A round of a client's timestamp oracle: its callers and PD's answer.
     Tso(Box<FinishedRound>),
+    /// A round of store health probes (its verdicts are in the view).
+    Probed,
 }
 
 /// A timestamp need waiting in a process's oracle: the client, its task and

@@ -65,13 +65,16 @@ fn run(
 fn unreachable_stores_are_probed_until_they_answer_serving() {
     let v = four_stores();
     let t0 = Instant::from_millis(1_000);
+    assert!(!ProbeStores::new(v.clone()).has_stores_to_ask());
     let (asked, round) = run(&v, t0, |_| Some(ServingStatus::Serving));
     assert!(asked.is_empty(), "{asked:?}");
     assert!(round.ticked, "the first round ticks the slow scores");
 
+    v.stores.mark_unreachable(4);
+    assert!(!ProbeStores::new(v.clone()).has_stores_to_ask(), "TiFlash is not probed");
     v.stores.mark_unreachable(2);
     v.stores.mark_unreachable(3);
-    v.stores.mark_unreachable(4);
+    assert!(ProbeStores::new(v.clone()).has_stores_to_ask());
     let second = t0 + HEALTH_CHECK_INTERVAL;
     let (asked, round) = run(&v, second, |s| match s {
         2 => None,
