@@ -646,6 +646,20 @@ fn set_region_error(resp: &mut KvResponse, e: errorpb::Error) {
     }
 }
 
+/// TiKV store `id` at `store{id}:20160` with `labels` (an `engine` label
+/// of `tiflash` makes it a TiFlash store).
+pub(crate) fn labelled_store(id: u64, labels: &[(&str, &str)]) -> metapb::Store {
+    metapb::Store {
+        id,
+        address: format!("store{id}:20160"),
+        labels: labels
+            .iter()
+            .map(|(k, v)| metapb::StoreLabel { key: (*k).into(), value: (*v).into() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// A view over `pd1:2379` with the default config, API V1 raw.
 pub(crate) fn view() -> Arc<ClusterView> {
     view_with(Config::default())

@@ -1,21 +1,7 @@
 //! Scripted rounds of the safe-ts updater.
 
-use tikv_proto::metapb;
-
 use super::*;
-use crate::testing::view;
-
-fn store(id: u64, labels: &[(&str, &str)]) -> metapb::Store {
-    metapb::Store {
-        id,
-        address: format!("store{id}:20160"),
-        labels: labels
-            .iter()
-            .map(|(k, v)| metapb::StoreLabel { key: (*k).into(), value: (*v).into() })
-            .collect(),
-        ..Default::default()
-    }
-}
+use crate::testing::{labelled_store as store, view};
 
 /// A view knowing stores 1 and 2 in zone z1, 3 in z2, and TiFlash store 4.
 fn four_stores() -> Arc<ClusterView> {

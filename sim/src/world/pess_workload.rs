@@ -490,17 +490,7 @@ impl PessProgram {
         let mut buffer = MemBuffer::new();
         let mut writes = Vec::new();
         for (key, value) in &self.values {
-            let exists = if value.is_some() {
-                FlagsOp::SetKeyLockedValueExists
-            } else {
-                FlagsOp::SetKeyLockedValueNotExists
-            };
-            let flags = [
-                FlagsOp::SetKeyLocked,
-                FlagsOp::DelNeedCheckExists,
-                exists,
-                FlagsOp::SetKeyLockedInExclusiveMode,
-            ];
+            let flags = locked_flags(value.is_some(), FlagsOp::SetKeyLockedInExclusiveMode);
             let mut buffered = buffer.update_flags(key.as_bytes(), &flags);
             let write = match puts.get(key) {
                 Some(v) => {
@@ -517,17 +507,7 @@ impl PessProgram {
         for (key, value) in &self.shared_values {
             // Lock-only `SharedLock` mutations; not in `writes`, since
             // several holders commit lock records on the key at once.
-            let exists = if value.is_some() {
-                FlagsOp::SetKeyLockedValueExists
-            } else {
-                FlagsOp::SetKeyLockedValueNotExists
-            };
-            let flags = [
-                FlagsOp::SetKeyLocked,
-                FlagsOp::DelNeedCheckExists,
-                exists,
-                FlagsOp::SetKeyLockedInShareMode,
-            ];
+            let flags = locked_flags(value.is_some(), FlagsOp::SetKeyLockedInShareMode);
             if let Err(e) = buffer.update_flags(key.as_bytes(), &flags) {
                 return self.fail(e, now);
             }
@@ -756,4 +736,13 @@ impl SimOp for PessProgram {
     fn abandoned(&mut self) -> Vec<RpcId> {
         std::mem::take(&mut self.abandoned)
     }
+}
+
+/// The membuffer flags of a key the transaction locked (client-go's
+/// `LockKeys` sets them): locked, its existence as the lock saw it, and the
+/// lock's `mode` (exclusive or shared).
+fn locked_flags(exists: bool, mode: FlagsOp) -> [FlagsOp; 4] {
+    let exists =
+        if exists { FlagsOp::SetKeyLockedValueExists } else { FlagsOp::SetKeyLockedValueNotExists };
+    [FlagsOp::SetKeyLocked, FlagsOp::DelNeedCheckExists, exists, mode]
 }
