@@ -18,6 +18,7 @@ const UNITS: &[(&str, &[&str])] = &[
             include_str!("region/cache.rs"),
             include_str!("region/health.rs"),
             include_str!("region/index.rs"),
+            include_str!("region/lookups.rs"),
             include_str!("region/store.rs"),
             include_str!("region/ttl.rs"),
         ],

@@ -44,7 +44,7 @@ pub use background::{Background, spawn_periodic};
 pub use client::Platform;
 pub use exec_details::ExecDetailsCollector;
 pub use execute::execute;
-pub use observe::{describe_metrics, names as metric_names, record_batch};
+pub use observe::{PendingRequests, describe_metrics, names as metric_names, record_batch};
 pub use pipelined::{
     DEFAULT_FLUSH_CONCURRENCY, PipelinedOptions, PipelinedProgress, PipelinedTransaction,
 };

@@ -13,9 +13,13 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use tikv_core::Error;
 use tikv_core::backoff::{BackoffKind, Backoffer, KindSleeps};
+use tikv_core::region::LookupCounts;
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, Request, Response, Rpc, RpcError, Target};
 use tikv_core::time::Instant;
 use tikv_proto::{errorpb, kvrpcpb};
@@ -56,6 +60,12 @@ pub mod names {
     /// cached region (`result` is the region-error kind). client-go
     /// `tikv_client_go_region_cache_operations_total`.
     pub const REGION_CACHE_OPERATIONS: &str = "tikv_client_region_cache_operations_total";
+    /// Counter: region-cache lookups by `result` (`hit`: a usable region
+    /// was cached; `miss`: none was, and the caller loads it from PD).
+    /// Counted on the lookup path and added to the series once a second,
+    /// on the store health tick. client-go counts only the misses (the
+    /// `get_region_when_miss` loads).
+    pub const REGION_CACHE_LOOKUPS: &str = "tikv_client_region_cache_lookups_total";
     /// Histogram: requests per `BatchCommands` message. client-go
     /// `tikv_client_go_batch_requests`.
     pub const BATCH_SIZE: &str = "tikv_client_batch_requests";
@@ -63,6 +73,11 @@ pub mod names {
     /// queue before its message was written. client-go
     /// `tikv_client_go_batch_wait_duration`.
     pub const BATCH_WAIT: &str = "tikv_client_batch_wait_seconds";
+    /// Gauge: `BatchCommands` requests of one store address queued or
+    /// sent and not yet answered. Label `addr` (the store's address: the
+    /// transport knows no store id). client-go
+    /// `tikv_client_go_pending_batch_requests` (its queue only).
+    pub const BATCH_PENDING: &str = "tikv_client_batch_pending_requests";
     /// Histogram: callers served by one PD `Tso` round. client-go/PD
     /// `pd_client_request_handle_tso_batch_size`.
     pub const TSO_BATCH_SIZE: &str = "tikv_client_tso_batch_size";
@@ -110,8 +125,10 @@ pub fn describe_metrics() {
     describe_histogram!(BACKOFF_SECONDS, Unit::Seconds, "Per operation, sleep per backoff kind");
     describe_histogram!(OPERATION_DURATION, Unit::Seconds, "Operations, by kind and result");
     describe_counter!(REGION_CACHE_OPERATIONS, "Region cache loads from PD and invalidations");
+    describe_counter!(REGION_CACHE_LOOKUPS, "Region cache lookups, by hit or miss");
     describe_histogram!(BATCH_SIZE, Unit::Count, "Requests per BatchCommands message");
     describe_histogram!(BATCH_WAIT, Unit::Seconds, "Queueing of a BatchCommands request");
+    describe_gauge!(BATCH_PENDING, Unit::Count, "BatchCommands requests pending, by address");
     describe_histogram!(TSO_BATCH_SIZE, Unit::Count, "Callers served per PD Tso round");
     describe_histogram!(TSO_WAIT, Unit::Seconds, "A caller's wait for a timestamp");
     describe_histogram!(TXN_COMMIT_DURATION, Unit::Seconds, "Transaction commits, by mode");
@@ -578,6 +595,57 @@ fn backoff_label(kind: BackoffKind) -> &'static str {
         BackoffKind::MaxTsNotSynced => "maxTsNotSynced",
         BackoffKind::RegionNotInitialized => "regionNotInitialized",
         BackoffKind::CommitTsLag => "commitTsLag",
+    }
+}
+
+/// Adds the region-cache lookups counted since `exported` to
+/// [`names::REGION_CACHE_LOOKUPS`]; returns the new totals, to pass next
+/// time. Per client: several clients in one process add to one series.
+pub(crate) fn region_cache_lookups(now: LookupCounts, exported: LookupCounts) -> LookupCounts {
+    let new = now.since(exported);
+    if new.hits > 0 {
+        counter!(names::REGION_CACHE_LOOKUPS, "result" => "hit").increment(new.hits);
+    }
+    if new.misses > 0 {
+        counter!(names::REGION_CACHE_LOOKUPS, "result" => "miss").increment(new.misses);
+    }
+    now
+}
+
+/// The [`names::BATCH_PENDING`] gauge of one store address, for
+/// transports: set it whenever the count may have changed (under the lock
+/// that guards the count, so that sets land in order); only changes reach
+/// the recorder, and it drops to zero with the handle.
+///
+/// ```
+/// let pending = tikv_driver::PendingRequests::of("127.0.0.1:20160");
+/// pending.set(3); // a no-op without a metrics recorder
+/// ```
+pub struct PendingRequests {
+    gauge: Gauge,
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl PendingRequests {
+    /// The gauge of `addr`.
+    pub fn of(addr: &str) -> PendingRequests {
+        PendingRequests {
+            gauge: gauge!(names::BATCH_PENDING, "addr" => addr.to_owned()),
+            last: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Records `pending` requests.
+    pub fn set(&self, pending: usize) {
+        if self.last.swap(pending, std::sync::atomic::Ordering::Relaxed) != pending {
+            self.gauge.set(pending as f64);
+        }
+    }
+}
+
+impl Drop for PendingRequests {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 

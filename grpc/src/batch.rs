@@ -99,6 +99,8 @@ struct Shared<C, R> {
     channels: Vec<ChannelSource<C>>,
     rt: R,
     config: TransportConfig,
+    /// The address's pending-requests gauge, set under the collector's lock.
+    pending: tikv_driver::PendingRequests,
 }
 
 impl<C, R> Shared<C, R> {
@@ -184,6 +186,7 @@ impl BatchConns {
             channels: (0..streams).map(source).collect(),
             rt: rt.clone(),
             config: config.clone(),
+            pending: tikv_driver::PendingRequests::of(addr),
         });
         rt.spawn(drive(shared, entries, woken).boxed());
         map.insert(addr.clone(), sender.clone());
@@ -297,6 +300,7 @@ async fn drive<C: GrpcChannel + Sync, R: Runtime>(
             while let Some(f) = c.poll_fallback() {
                 out.unary.push((f.request, f.waiter, f.deadline));
             }
+            shared.pending.set(c.pending());
             (c.poll_timeout(), c.pending() == 0, c.is_idle(now))
         };
         let (timeout, drained, idle) = timeout;
@@ -456,6 +460,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
                             while let Some(d) = c.poll_completion() {
                                 done.push(d);
                             }
+                            shared.pending.set(c.pending());
                             c.slot_state(generation.slot) != before
                         };
                         for (reply, result) in done.drain(..) {
@@ -491,6 +496,7 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
         while let Some(d) = c.poll_completion() {
             done.push(d);
         }
+        shared.pending.set(c.pending());
     }
     for (reply, result) in done.drain(..) {
         let _ = reply.send(result);

@@ -36,6 +36,8 @@ macro_rules! observability_suite {
             operations_and_their_rpcs_are_traced_with_region_and_store,
             a_region_error_is_counted_by_kind_with_its_backoff,
             a_failing_secondary_commit_is_logged_as_a_warning,
+            region_cache_lookups_are_counted_as_hits_and_misses,
+            pending_batch_requests_are_gauged_per_address,
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {
@@ -91,6 +93,7 @@ pub struct Capture {
     traces: Mutex<Traces>,
     counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
+    gauges: Mutex<BTreeMap<String, Arc<Samples>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,6 +206,22 @@ impl metrics::HistogramFn for Samples {
     }
 }
 
+/// A gauge keeps every value it was set to (increments and decrements
+/// are recorded as the value they lead to).
+impl metrics::GaugeFn for Samples {
+    fn increment(&self, value: f64) {
+        let mut values = lock(&self.0);
+        let next = values.last().copied().unwrap_or(0.0) + value;
+        values.push(next);
+    }
+    fn decrement(&self, value: f64) {
+        self.increment(-value);
+    }
+    fn set(&self, value: f64) {
+        lock(&self.0).push(value);
+    }
+}
+
 struct CounterCell(Arc<AtomicU64>);
 
 impl metrics::CounterFn for CounterCell {
@@ -232,8 +251,9 @@ impl metrics::Recorder for CaptureRecorder {
         let cell = lock(&self.0.counters).entry(render_key(key)).or_default().clone();
         Counter::from_arc(Arc::new(CounterCell(cell)))
     }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let values = lock(&self.0.gauges).entry(render_key(key)).or_default().clone();
+        Gauge::from_arc(values)
     }
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
         let samples = lock(&self.0.histograms).entry(render_key(key)).or_default().clone();
@@ -270,6 +290,17 @@ impl Capture {
         traces.events.clear();
         lock(&self.counters).values().for_each(|c| c.store(0, Ordering::SeqCst));
         lock(&self.histograms).values().for_each(|h| lock(&h.0).clear());
+        lock(&self.gauges).values().for_each(|g| lock(&g.0).clear());
+    }
+
+    /// The values set, in order, on each gauge named `name` whose labels
+    /// include `labels`, by rendered key.
+    pub fn gauges(&self, name: &str, labels: &[(&str, &str)]) -> BTreeMap<String, Vec<f64>> {
+        lock(&self.gauges)
+            .iter()
+            .filter(|(key, _)| key_matches(key, name, labels))
+            .map(|(key, g)| (key.clone(), lock(&g.0).clone()))
+            .collect()
     }
 
     /// Every span named `name` whose fields include all of `fields`.
@@ -504,6 +535,57 @@ pub async fn a_region_error_is_counted_by_kind_with_its_backoff<H: Harness>(bed:
         cap.samples(names::OPERATION_DURATION, &[("kind", "raw_put"), ("result", "Region")]).len(),
         1
     );
+    server.shutdown().await;
+}
+
+/// Region-cache lookups reach their series on the store health tick: the
+/// first lookup of each region misses (the client loads it from PD), the
+/// following ones hit.
+pub async fn region_cache_lookups_are_counted_as_hits_and_misses<H: Harness>(bed: Bed) {
+    let server = raw_cluster(bed).await;
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    // One key on each side of the split at "m", each read ten times.
+    for key in ["a", "z"] {
+        raw.put(key, "v").await.expect("put");
+        for _ in 0..10 {
+            assert_eq!(raw.get(key).await.expect("get").as_deref(), Some(&b"v"[..]));
+        }
+    }
+    // Past one health tick (every second) after the reads.
+    H::sleep(std::time::Duration::from_millis(1_500)).await;
+    let cap = capture();
+    let hits = cap.counter(names::REGION_CACHE_LOOKUPS, &[("result", "hit")]);
+    let misses = cap.counter(names::REGION_CACHE_LOOKUPS, &[("result", "miss")]);
+    assert!(hits >= 20, "each of the 20 reads found its region cached: {hits} hits");
+    assert!((2..=4).contains(&misses), "a miss per region, maybe one more per put: {misses}");
+    let loads =
+        cap.counter(names::REGION_CACHE_OPERATIONS, &[("type", "get_region"), ("result", "ok")]);
+    assert!(
+        loads >= 2 && loads <= misses,
+        "each miss loads from PD: {loads} loads, {misses} misses"
+    );
+    server.shutdown().await;
+}
+
+/// The `BatchCommands` requests of a store address waiting for their
+/// answers are gauged: concurrent reads raise the gauge, and it is back at
+/// zero once they are answered.
+pub async fn pending_batch_requests_are_gauged_per_address<H: Harness>(bed: Bed) {
+    let server = raw_cluster(bed).await;
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("a", "v").await.expect("put");
+    let reads = (0..64).map(|_| raw.get("a"));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    // Gauges of earlier tests' addresses stay registered, emptied.
+    let mut gauges = capture().gauges(names::BATCH_PENDING, &[]);
+    gauges.retain(|_, values| !values.is_empty());
+    assert_eq!(gauges.len(), 1, "one store address served the reads: {gauges:?}");
+    let values = gauges.values().next().expect("one gauge");
+    let peak = values.iter().copied().fold(0.0, f64::max);
+    assert!(peak >= 2.0, "concurrent reads were pending together: {values:?}");
+    assert_eq!(values.last(), Some(&0.0), "every read was answered: {values:?}");
     server.shutdown().await;
 }
 

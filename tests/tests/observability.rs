@@ -19,5 +19,6 @@ mod on_sim_platform {
     tikv_tests::observability_suite!(@each tikv_tests::harness::SimPlatformHarness;
         a_region_error_is_counted_by_kind_with_its_backoff,
         a_failing_secondary_commit_is_logged_as_a_warning,
+        region_cache_lookups_are_counted_as_hits_and_misses,
     );
 }

@@ -8,6 +8,7 @@ use hashbrown::HashTable;
 use tikv_proto::metapb;
 
 use super::index::RegionTree;
+use super::lookups::{LookupCounters, LookupCounts};
 use super::ttl::TtlPolicy;
 use super::{InsertError, InvalidReason, Region, RegionRef, RegionVerId};
 use crate::key::{Key, KeyRange};
@@ -41,6 +42,7 @@ use crate::time::{Duration, Instant};
 pub struct RegionCache {
     index: ShardedLock<Index>,
     ttl: TtlPolicy,
+    lookups: LookupCounters,
 }
 
 /// Regions a [`RegionCache::group_ranges_by_region`] walk visits per read
@@ -187,7 +189,11 @@ impl RegionCache {
     /// after their last refresh (client-go: 600 s + 60 s). The jitter comes
     /// from a generator seeded with `seed`, so runs are reproducible.
     pub fn new(ttl: Duration, ttl_jitter: Duration, seed: u64) -> RegionCache {
-        RegionCache { index: ShardedLock::default(), ttl: TtlPolicy::new(ttl, ttl_jitter, seed) }
+        RegionCache {
+            index: ShardedLock::default(),
+            ttl: TtlPolicy::new(ttl, ttl_jitter, seed),
+            lookups: LookupCounters::default(),
+        }
     }
 
     fn read(&self) -> ShardedLockReadGuard<'_, Index> {
@@ -210,7 +216,7 @@ impl RegionCache {
     pub fn locate_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
         // Checked before the `Arc` is cloned: an unusable region costs no
         // reference-count write.
-        self.read().find(key).filter(|r| self.usable(r, now)).cloned()
+        self.counted(self.read().find(key).filter(|r| self.usable(r, now)).cloned())
     }
 
     /// The region containing the keys just below `key`: its start is `< key`
@@ -218,12 +224,29 @@ impl RegionCache {
     /// the key space: the last region. Used by reverse scans (client-go's
     /// `LocateEndKey`).
     pub fn locate_end_key(&self, key: &[u8], now: Instant) -> Option<RegionRef> {
-        self.read().find_by_end(key).filter(|r| self.usable(r, now)).cloned()
+        self.counted(self.read().find_by_end(key).filter(|r| self.usable(r, now)).cloned())
     }
 
     /// The cached version of region `id`, if valid and not expired.
     pub fn get_by_id(&self, id: u64, now: Instant) -> Option<RegionRef> {
-        self.read().get_id(id).filter(|r| self.usable(r, now)).cloned()
+        self.counted(self.read().get_id(id).filter(|r| self.usable(r, now)).cloned())
+    }
+
+    /// Counts a lookup's answer as a hit or a miss.
+    #[inline]
+    fn counted(&self, found: Option<RegionRef>) -> Option<RegionRef> {
+        self.lookups.count(found.is_some());
+        found
+    }
+
+    /// Hits and misses of [`locate_key`](Self::locate_key),
+    /// [`locate_end_key`](Self::locate_end_key) and
+    /// [`get_by_id`](Self::get_by_id) since the cache was made.
+    /// [`group_keys_by_region`](Self::group_keys_by_region) looks up each
+    /// key not in the region of the key before it; range walks are not
+    /// counted.
+    pub fn lookup_counts(&self) -> LookupCounts {
+        self.lookups.total()
     }
 
     /// The cached entry for exactly `ver`, valid or not, without touching its TTL.

@@ -18,6 +18,7 @@
 mod cache;
 mod health;
 mod index;
+mod lookups;
 mod store;
 mod ttl;
 
@@ -37,6 +38,7 @@ use crate::time::Instant;
 
 pub use cache::{EpochNotMatchAction, GroupResult, RangeGroupResult, RegionCache, RegionGroup};
 pub use health::{Liveness, SLOW_SCORE_THRESHOLD, SlowScore, StoreHealth};
+pub use lookups::LookupCounts;
 pub use store::{ResolveState, StoreInfo, StoreListChanges, StoreTable};
 
 /// A region's identity at one epoch: client-go's `RegionVerID`.

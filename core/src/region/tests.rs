@@ -713,3 +713,26 @@ fn lookups_stay_correct_while_another_thread_inserts() {
     c.check_invariants();
     assert_eq!(c.len() as u64, N);
 }
+
+#[test]
+fn lookups_are_counted_as_hits_and_misses() {
+    let c = cache();
+    assert_eq!(c.lookup_counts(), LookupCounts::default());
+    let r = put(&c, meta(1, "a", "m", 1, 1, &[1, 2]), 1, t(0));
+    assert!(c.locate_key(b"b", t(1)).is_some());
+    assert!(c.locate_end_key(b"m", t(1)).is_some());
+    assert!(c.get_by_id(1, t(1)).is_some());
+    // Outside every cached region, an unknown id, and (after the
+    // invalidation) the region that no longer counts as cached.
+    assert!(c.locate_key(b"x", t(1)).is_none());
+    assert!(c.get_by_id(9, t(1)).is_none());
+    c.invalidate(r.ver_id(), InvalidReason::EpochNotMatch);
+    assert!(c.locate_key(b"b", t(2)).is_none());
+    let counts = c.lookup_counts();
+    assert_eq!((counts.hits, counts.misses), (3, 3));
+    // A grouping looks up each key outside the region of the key before.
+    put(&c, meta(1, "a", "m", 1, 2, &[1, 2]), 1, t(3));
+    let before = c.lookup_counts();
+    let _ = c.group_keys_by_region([b"b".as_slice(), b"c", b"z"], t(3));
+    assert_eq!(c.lookup_counts().since(before), LookupCounts { hits: 1, misses: 1 });
+}
