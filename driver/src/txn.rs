@@ -946,8 +946,9 @@ impl<P: Platform> Transaction<P> {
     /// (client-go `KVTxn.Len`).
     ///
     /// ```no_run
-    /// # use tikv_driver::{Error, Platform, Transaction};
-    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
     /// txn.put("a", "1")?;
     /// txn.delete("b")?;
     /// assert_eq!(txn.len(), 2);
