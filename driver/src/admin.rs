@@ -28,6 +28,16 @@ impl<P: Platform> TransactionClient<P> {
 
     /// Up to `limit` locks in `range` whose transactions started at or
     /// before `max_ts`, in key order (TiKV `ScanLock`, region by region).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let max_ts = client.current_timestamp().await?;
+    /// for lock in client.scan_locks("a".."z", max_ts, 100).await? {
+    ///     println!("{} locked by txn {} (primary {})", lock.key, lock.txn_id, lock.primary);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_locks(
         &self,
         range: impl Into<KeyRange>,
@@ -41,6 +51,17 @@ impl<P: Platform> TransactionClient<P> {
     /// Resolves every lock in `range` whose transaction started at or
     /// before `max_ts` (client-go `ResolveLocksForRange`): each such
     /// transaction is committed or rolled back for good, as GC needs.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// // The locks of transactions that started more than 10 minutes ago.
+    /// let max_ts = client.stale_timestamp(Duration::from_secs(600)).await?;
+    /// let stat = client.resolve_locks_for_range("a".."z", max_ts).await?;
+    /// println!("{} regions resolved, {} given up", stat.completed_regions, stat.failed_regions);
+    /// # Ok(()) }
+    /// ```
     pub async fn resolve_locks_for_range(
         &self,
         range: impl Into<KeyRange>,
@@ -55,6 +76,19 @@ impl<P: Platform> TransactionClient<P> {
     /// lock at or below the safe point reached over the whole key space
     /// (8 tasks of 128 regions at a time), then advances the GC safe point
     /// to it, after which the stores may collect versions below it.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// // Keep 10 minutes of history (TiDB's default `tidb_gc_life_time`).
+    /// let safe_point = client.stale_timestamp(Duration::from_secs(600)).await?;
+    /// let outcome = client.gc(safe_point).await?;
+    /// if let Some(blocker) = &outcome.blocker {
+    ///     println!("held back at {} by {blocker}", outcome.safe_point);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn gc(&self, safe_point: Timestamp) -> Result<GcOutcome, Error> {
         let op = gc::Gc::new(&self.core.view, safe_point, RANGE_TASK_CONCURRENCY);
         let outcome = self.run("gc", op).await?;
@@ -68,12 +102,28 @@ impl<P: Platform> TransactionClient<P> {
 
     /// Deletes every version of every key in `range` (client-go
     /// `DeleteRangeTask`; not transactional, and `range` needs a bounded end).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// // Every version of every key starting with `tmp/`.
+    /// let stat = client.delete_range("tmp/".."tmp0").await?;
+    /// println!("{} regions cleared", stat.completed_regions);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<RangeTaskStat, Error> {
         self.delete_range_inner(range.into(), false).await
     }
 
     /// Like [`TransactionClient::delete_range`], but TiKV deletes nothing and
     /// only notifies its observers (client-go's `notifyOnly` task).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let stat = client.delete_range_notify_only("tmp/".."tmp0").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_range_notify_only(
         &self,
         range: impl Into<KeyRange>,
@@ -95,6 +145,14 @@ impl<P: Platform> TransactionClient<P> {
     /// (client-go `KVStore.UnsafeDestroyRange`, 5 minutes per store). Only
     /// for ranges no one reads or writes any more; the error lists every
     /// store that failed.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// // The range of a table that was dropped and is past the GC safe point.
+    /// client.unsafe_destroy_range("table/42/".."table/420").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
         self.run("unsafe_destroy_range", UnsafeDestroyRange::new(&self.core.view, range.into()))
             .await
@@ -105,6 +163,17 @@ impl<P: Platform> TransactionClient<P> {
     /// and, with `scatter`, asks PD to scatter every new region. The
     /// outcome lists the new regions; a failed scatter is reported beside
     /// them (the splits stand).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let outcome = client.split_regions(["user/4", "user/8"], true).await?;
+    /// println!("new regions {:?}", outcome.region_ids);
+    /// if let Some(e) = &outcome.scatter_error {
+    ///     println!("split, but not scattered: {e}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn split_regions(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -117,6 +186,17 @@ impl<P: Platform> TransactionClient<P> {
     /// Asks PD to scatter the regions `region_ids` (client-go
     /// `ScatterRegions`); returns the ids PD could not scatter (empty when
     /// every region got its operator).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let split = client.split_regions(["user/4", "user/8"], false).await?;
+    /// let failed = client.scatter_regions(split.region_ids).await?;
+    /// if !failed.is_empty() {
+    ///     println!("regions {failed:?} stay where they are");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn scatter_regions(&self, region_ids: Vec<u64>) -> Result<Vec<u64>, Error> {
         match self.run("scatter_regions", scatter_regions(&self.core.view, region_ids)).await? {
             PdResponse::ScatterRegion(r) => Ok(r.failed_regions_id),
@@ -126,6 +206,16 @@ impl<P: Platform> TransactionClient<P> {
 
     /// Waits until PD has no running scatter for `region_id` (client-go
     /// `WaitScatterRegionFinish`, up to 2 minutes of polling).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let split = client.split_regions(["user/4", "user/8"], true).await?;
+    /// for region_id in split.region_ids {
+    ///     client.wait_scatter_finish(region_id).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_scatter_finish(&self, region_id: u64) -> Result<(), Error> {
         let op = WaitScatterFinish::new(&self.core.view, region_id, WAIT_SCATTER_BUDGET);
         self.run("wait_scatter_finish", op).await

@@ -20,9 +20,51 @@ pub struct Background {
 
 impl Background {
     /// Stops the task now (the same as dropping the handle).
+    ///
+    /// ```
+    /// # use futures::future::{self, BoxFuture, FutureExt};
+    /// # use tikv_core::time::Instant;
+    /// # /// Drops the tasks it is given (a real runtime runs them).
+    /// # #[derive(Clone)]
+    /// # struct Idle;
+    /// # impl tikv_driver::Runtime for Idle {
+    /// #     fn now(&self) -> Instant { Instant::ZERO }
+    /// #     fn sleep_until(&self, _: Instant) -> BoxFuture<'static, ()> {
+    /// #         future::pending().boxed()
+    /// #     }
+    /// #     fn spawn(&self, fut: BoxFuture<'static, ()>) { drop(fut) }
+    /// # }
+    /// # let rt = Idle;
+    /// use std::time::Duration;
+    /// use tikv_driver::spawn_periodic;
+    /// // `rt`: any `tikv_driver::Runtime`.
+    /// let refresh = spawn_periodic(&rt, Duration::from_secs(60), || async {});
+    /// refresh.stop();
+    /// ```
     pub fn stop(self) {}
 
     /// True once the task was asked to stop.
+    ///
+    /// ```
+    /// # use futures::future::{self, BoxFuture, FutureExt};
+    /// # use tikv_core::time::Instant;
+    /// # /// Drops the tasks it is given (a real runtime runs them).
+    /// # #[derive(Clone)]
+    /// # struct Idle;
+    /// # impl tikv_driver::Runtime for Idle {
+    /// #     fn now(&self) -> Instant { Instant::ZERO }
+    /// #     fn sleep_until(&self, _: Instant) -> BoxFuture<'static, ()> {
+    /// #         future::pending().boxed()
+    /// #     }
+    /// #     fn spawn(&self, fut: BoxFuture<'static, ()>) { drop(fut) }
+    /// # }
+    /// # let rt = Idle;
+    /// use std::time::Duration;
+    /// use tikv_driver::spawn_periodic;
+    /// // `rt`: any `tikv_driver::Runtime`.
+    /// let refresh = spawn_periodic(&rt, Duration::from_secs(60), || async {});
+    /// assert!(!refresh.is_stopped());
+    /// ```
     pub fn is_stopped(&self) -> bool {
         self.abort.is_aborted()
     }

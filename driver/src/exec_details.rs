@@ -33,16 +33,50 @@ pub struct ExecDetailsCollector {
 
 impl ExecDetailsCollector {
     /// An empty collector.
+    ///
+    /// ```
+    /// use tikv_driver::{ExecDetails, ExecDetailsCollector};
+    /// let details = ExecDetailsCollector::new();
+    /// assert_eq!(details.details(), ExecDetails::default());
+    /// ```
     pub fn new() -> ExecDetailsCollector {
         ExecDetailsCollector::default()
     }
 
     /// The sums so far.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ExecDetailsCollector;
+    /// let details = ExecDetailsCollector::new();
+    /// let measured = client.with_interceptor(details.clone());
+    /// let snapshot = measured.snapshot(measured.current_timestamp().await?);
+    /// for key in ["a", "b", "c"] {
+    ///     snapshot.get(key).await?;
+    ///     println!("{} keys so far", details.details().scan.processed_keys);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn details(&self) -> ExecDetails {
         self.sums.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The sums so far, leaving the collector empty.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ExecDetailsCollector;
+    /// let details = ExecDetailsCollector::new();
+    /// let ts = client.current_timestamp().await?;
+    /// let snapshot = client.snapshot(ts).with_interceptor(details.clone());
+    /// snapshot.get("a").await?;
+    /// let first = details.take();
+    /// snapshot.get("b").await?;
+    /// let second = details.take(); // the second read's alone
+    /// # Ok(()) }
+    /// ```
     pub fn take(&self) -> ExecDetails {
         std::mem::take(&mut *self.sums.lock().unwrap_or_else(|e| e.into_inner()))
     }

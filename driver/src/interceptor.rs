@@ -137,17 +137,42 @@ impl std::fmt::Debug for Interceptors {
 
 impl Interceptors {
     /// True when there is no interceptor.
+    ///
+    /// ```
+    /// use tikv_driver::interceptor::{Interceptors, interceptor_fn};
+    /// assert!(Interceptors::default().is_empty());
+    /// let chain = Interceptors::default().with(interceptor_fn("log", |rpc, next| next.run(rpc)));
+    /// assert!(!chain.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.chain.is_empty()
     }
 
     /// The names, outermost first.
+    ///
+    /// ```
+    /// use tikv_driver::interceptor::{Interceptors, interceptor_fn};
+    /// let chain = Interceptors::default()
+    ///     .with(interceptor_fn("auth", |rpc, next| next.run(rpc)))
+    ///     .with(interceptor_fn("log", |rpc, next| next.run(rpc)));
+    /// assert_eq!(chain.names(), ["auth", "log"]);
+    /// ```
     pub fn names(&self) -> Vec<&str> {
         self.chain.iter().map(|i| i.name()).collect()
     }
 
     /// This chain with `interceptor` added innermost; one of the same name
     /// already in the chain is removed first (client-go's `Link`).
+    ///
+    /// ```
+    /// use tikv_driver::interceptor::{Interceptors, interceptor_fn};
+    /// let chain = Interceptors::default()
+    ///     .with(interceptor_fn("a", |rpc, next| next.run(rpc)))
+    ///     .with(interceptor_fn("b", |rpc, next| next.run(rpc)))
+    ///     // Replaces the first "a", and comes last.
+    ///     .with(interceptor_fn("a", |rpc, next| next.run(rpc)));
+    /// assert_eq!(chain.names(), ["b", "a"]);
+    /// ```
     pub fn with(&self, interceptor: impl RpcInterceptor) -> Interceptors {
         self.with_shared(Arc::new(interceptor))
     }
@@ -161,6 +186,16 @@ impl Interceptors {
 
     /// This chain followed by `inner`'s interceptors (a transaction's
     /// chain inside its client's), one per name, the inner one winning.
+    ///
+    /// ```
+    /// use tikv_driver::interceptor::{Interceptors, RpcInterceptor, interceptor_fn};
+    /// fn pass(name: &'static str) -> impl RpcInterceptor {
+    ///     interceptor_fn(name, |rpc, next| next.run(rpc))
+    /// }
+    /// let client = Interceptors::default().with(pass("a")).with(pass("b"));
+    /// let txn = Interceptors::default().with(pass("b")).with(pass("c"));
+    /// assert_eq!(client.then(&txn).names(), ["a", "b", "c"]);
+    /// ```
     pub fn then(&self, inner: &Interceptors) -> Interceptors {
         if inner.is_empty() {
             return self.clone();
@@ -188,6 +223,22 @@ impl std::fmt::Debug for Next {
 
 impl Next {
     /// Passes `rpc` on to the next interceptor, or sends it.
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    /// use tikv_driver::interceptor::{RpcInterceptor, interceptor_fn};
+    /// // Sends the request on, then looks at the answer.
+    /// let timed = interceptor_fn("timed", |rpc, next| {
+    ///     let (store, sent) = (rpc.store_id, std::time::Instant::now());
+    ///     next.run(rpc)
+    ///         .map(move |outcome| {
+    ///             println!("store {store} answered in {:?}", sent.elapsed());
+    ///             outcome
+    ///         })
+    ///         .boxed()
+    /// });
+    /// assert_eq!(timed.name(), "timed");
+    /// ```
     pub fn run(self, rpc: StoreRpc) -> StoreRpcFuture {
         match self.chain.chain.get(self.at).cloned() {
             Some(interceptor) => {

@@ -66,6 +66,14 @@ fn ttl_secs(ttl: Duration) -> u64 {
 impl<P: Platform> RawClient<P> {
     /// Connects to the cluster behind these PD endpoints with the default
     /// configuration (API V1).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo<P: Platform>() -> Result<(), Error> {
+    /// // With a runtime crate: `tikv_tokio::RawClient::connect([...])`.
+    /// let client = RawClient::<P>::connect(["10.0.0.1:2379", "10.0.0.2:2379"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect<S: Into<String>>(
         pd_endpoints: impl IntoIterator<Item = S>,
     ) -> Result<Self, Error> {
@@ -74,6 +82,21 @@ impl<P: Platform> RawClient<P> {
 
     /// Connects with an explicit configuration (PD endpoints, API version
     /// and keyspace, timeouts, backoff budgets, ...).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo<P: Platform>() -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// use tikv_driver::{ApiVersion, Config};
+    ///
+    /// let config = Config::default()
+    ///     .with_pd_endpoints(["127.0.0.1:2379"])
+    ///     .with_api_version(ApiVersion::V2)
+    ///     .with_keyspace("app")
+    ///     .with_pd_timeout(Duration::from_secs(5));
+    /// let client = RawClient::<P>::connect_with_config(config).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with_config(config: Config) -> Result<Self, Error> {
         let core = ClientCore::<P>::connect(config, Mode::Raw).await?;
         Ok(RawClient {
@@ -84,6 +107,15 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// A handle that reads and writes column family `cf`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ColumnFamily;
+    /// let lock_cf = client.with_cf(ColumnFamily::Lock);
+    /// let value = lock_cf.get("k").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_cf(&self, cf: ColumnFamily) -> Self {
         let mut c = self.clone();
         c.opts.cf = cf;
@@ -94,6 +126,17 @@ impl<P: Platform> RawClient<P> {
     /// are serialised with compare-and-swap by TiKV. Required for
     /// [`RawClient::compare_and_swap`]; mixing atomic and non-atomic writers
     /// on the same keys is not linearizable.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let atomic = client.with_atomic_for_cas();
+    /// let outcome = atomic.compare_and_swap("owner", None, "node-1").await?;
+    /// if !outcome.succeeded {
+    ///     println!("owned by {:?}", outcome.previous);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn with_atomic_for_cas(&self) -> Self {
         let mut c = self.clone();
         c.opts.atomic = true;
@@ -104,6 +147,17 @@ impl<P: Platform> RawClient<P> {
     /// served by the replicas `read` chooses: followers, learners, the
     /// leader or a mix, preferring stores with its labels. Writes always go
     /// to the leader.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::{ReplicaRead, ReplicaReadType};
+    /// let nearby = client.with_replica_read(
+    ///     ReplicaRead::of(ReplicaReadType::Follower).with_label("zone", "us-east-1a"),
+    /// );
+    /// let value = nearby.get("k").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_replica_read(&self, read: ReplicaRead) -> Self {
         let mut c = self.clone();
         c.opts.replica_read = read;
@@ -113,6 +167,18 @@ impl<P: Platform> RawClient<P> {
     /// A handle whose requests to the stores go through `interceptor`
     /// after the ones already added (client-go's `RPCInterceptor`; see
     /// [`crate::interceptor`]). Other handles are unaffected.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::interceptor::interceptor_fn;
+    /// let traced = client.with_interceptor(interceptor_fn("log", |rpc, next| {
+    ///     eprintln!("{} to store {}", rpc.request.name(), rpc.store_id);
+    ///     next.run(rpc)
+    /// }));
+    /// traced.put("k", "v").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_interceptor(&self, interceptor: impl RpcInterceptor) -> Self {
         let mut c = self.clone();
         c.interceptors = c.interceptors.with(interceptor);
@@ -125,6 +191,13 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// The PD cluster id (0 until PD has answered once).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # fn demo(client: RawClient<impl Platform>) {
+    /// println!("connected to cluster {}", client.cluster_id());
+    /// # }
+    /// ```
     pub fn cluster_id(&self) -> u64 {
         self.core.view.pd.cluster_id()
     }
@@ -146,11 +219,30 @@ impl<P: Platform> RawClient<P> {
 
     /// The value of `key`, or `None` if it does not exist (an existing empty
     /// value is `Some(empty)`).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// match client.get("k").await? {
+    ///     Some(value) => println!("k = {value:?}"),
+    ///     None => println!("k does not exist"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         self.run("raw_get", raw::get(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// The pairs that exist among `keys`, sorted by key.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// for pair in client.batch_get(["a", "b", "c"]).await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_get(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -187,12 +279,28 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Writes `key = value`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// client.put("k", "v").await?;
+    /// client.put(b"binary-key", vec![0u8, 1, 2]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
         self.put_ttl_secs(key.into(), value.into(), 0).await
     }
 
     /// Writes `key = value`, expiring after `ttl` (needs a TiKV with API V2
     /// or TTL enabled).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// client.put_with_ttl("session", "token", Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_with_ttl(
         &self,
         key: impl Into<Key>,
@@ -208,6 +316,13 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Writes many pairs; a key given twice keeps its last value.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// client.batch_put([("a", "1"), ("b", "2"), ("c", "3")]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_put(
         &self,
         pairs: impl IntoIterator<Item = impl Into<KvPair>>,
@@ -218,6 +333,15 @@ impl<P: Platform> RawClient<P> {
 
     /// Writes many pairs, each with its own TTL (`ttls` pairs up with
     /// `pairs` by position and must have the same length).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// let ttls = [Duration::from_secs(60), Duration::from_secs(3600)];
+    /// client.batch_put_with_ttl([("short", "1"), ("long", "2")], ttls).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_put_with_ttl(
         &self,
         pairs: impl IntoIterator<Item = impl Into<KvPair>>,
@@ -237,11 +361,26 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Deletes `key` (deleting a missing key is not an error).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// client.delete("k").await?;
+    /// assert_eq!(client.get("k").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
         self.run("raw_delete", raw::delete(&self.core.view, key.into(), &self.opts)).await
     }
 
     /// Deletes many keys.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// client.batch_delete(["a", "b", "c"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_delete(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -252,6 +391,14 @@ impl<P: Platform> RawClient<P> {
 
     /// Deletes every key in `range`, region by region (not atomic across
     /// regions, as in client-go).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// // Every key starting with `user/`.
+    /// client.delete_range("user/".."user0").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
         self.run("raw_delete_range", raw::delete_range(&self.core.view, range.into(), &self.opts))
             .await
@@ -259,11 +406,27 @@ impl<P: Platform> RawClient<P> {
 
     /// Up to `limit` pairs in `range`, in ascending key order. `limit` may
     /// be at most the configured maximum (10240 by default).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// for pair in client.scan("user/".."user0", 100).await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
         self.scan_inner(range.into(), ScanSpec::forward(limit)).await
     }
 
     /// Like [`RawClient::scan`], returning keys only (values are not sent).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let keys = client.scan_keys("user/".."user0", 100).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_keys(
         &self,
         range: impl Into<KeyRange>,
@@ -276,6 +439,14 @@ impl<P: Platform> RawClient<P> {
     /// Up to `limit` pairs in `range`, in descending key order. The range
     /// needs a bounded end in API V1 (client-go cannot locate "the last
     /// region" either).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// // The ten greatest keys of the range first.
+    /// let latest = client.scan_reverse("log/".."log0", 10).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_reverse(
         &self,
         range: impl Into<KeyRange>,
@@ -285,6 +456,13 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Like [`RawClient::scan_reverse`], returning keys only.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let latest_keys = client.scan_reverse_keys("log/".."log0", 10).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_reverse_keys(
         &self,
         range: impl Into<KeyRange>,
@@ -301,6 +479,14 @@ impl<P: Platform> RawClient<P> {
 
     /// Scans several ranges, up to `each_limit` pairs from each, and
     /// returns them range after range.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let pairs = client.batch_scan(["a".."b", "x".."z"], 10).await?;
+    /// assert!(pairs.len() <= 20);
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_scan(
         &self,
         ranges: impl IntoIterator<Item = impl Into<KeyRange>>,
@@ -314,6 +500,13 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// Like [`RawClient::batch_scan`], returning keys only.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let keys = client.batch_scan_keys(["a".."b", "x".."z"], 10).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_scan_keys(
         &self,
         ranges: impl IntoIterator<Item = impl Into<KeyRange>>,
@@ -330,6 +523,17 @@ impl<P: Platform> RawClient<P> {
 
     /// The remaining time to live of `key`: `None` if the key does not
     /// exist, `Some(ZERO)` if it never expires.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// match client.get_key_ttl("session").await? {
+    ///     None => println!("no such key"),
+    ///     Some(ttl) if ttl.is_zero() => println!("never expires"),
+    ///     Some(ttl) => println!("expires in {ttl:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<Duration>, Error> {
         let op = raw::get_key_ttl(&self.core.view, key.into(), &self.opts);
         let ttl = self.run("raw_get_key_ttl", op).await?;
@@ -339,6 +543,19 @@ impl<P: Platform> RawClient<P> {
     /// Writes `new_value` if the current value equals `expected` (`None`:
     /// the key must not exist). Returns the previous value and whether the
     /// swap happened. Needs [`RawClient::with_atomic_for_cas`].
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let atomic = client.with_atomic_for_cas();
+    /// let outcome = atomic.compare_and_swap("version", Some("1".into()), "2").await?;
+    /// if outcome.succeeded {
+    ///     println!("1 -> 2");
+    /// } else {
+    ///     println!("was {:?}, left unchanged", outcome.previous);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn compare_and_swap(
         &self,
         key: impl Into<Key>,
@@ -357,6 +574,14 @@ impl<P: Platform> RawClient<P> {
     }
 
     /// CRC-64 XOR checksum, pair count and byte count over `range`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, RawClient};
+    /// # async fn demo(client: RawClient<impl Platform>) -> Result<(), Error> {
+    /// let sum = client.checksum("a".."z").await?;
+    /// println!("{} pairs, {} bytes, crc64 {:#x}", sum.total_kvs, sum.total_bytes, sum.crc64_xor);
+    /// # Ok(()) }
+    /// ```
     pub async fn checksum(&self, range: impl Into<KeyRange>) -> Result<RawChecksum, Error> {
         self.run("raw_checksum", raw::checksum(&self.core.view, range.into())).await
     }

@@ -70,18 +70,50 @@ impl<P: Platform> Scanner<P> {
     }
 
     /// Fetches up to `n` pairs per request (at least 1).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// // Large rows: fewer of them per request.
+    /// let mut rows = snapshot.scan_iter("blob/".."blob0").with_batch_size(16);
+    /// while let Some(pair) = rows.next().await? {
+    ///     println!("{} bytes", pair.value.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn with_batch_size(mut self, n: u32) -> Self {
         self.batch_size = n.max(1);
         self
     }
 
     /// Fetches keys only; the pairs' values are empty.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// let mut keys = snapshot.scan_iter("user/".."user0").key_only();
+    /// while let Some(pair) = keys.next().await? {
+    ///     assert!(pair.value.is_empty());
+    ///     println!("{}", pair.key);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn key_only(mut self) -> Self {
         self.key_only = true;
         self
     }
 
     /// The next pair, `None` at the end of the range.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// let mut rows = snapshot.scan_iter("user/".."user0");
+    /// while let Some(pair) = rows.next().await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Result<Option<KvPair>, Error> {
         if self.fetched.is_empty() && !self.exhausted {
             self.fetch().await?;
@@ -90,12 +122,29 @@ impl<P: Platform> Scanner<P> {
     }
 
     /// Collects up to `limit` pairs.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// let first_ten = snapshot.scan_iter("user/".."user0").collect(10).await?;
+    /// assert!(first_ten.len() <= 10);
+    /// # Ok(()) }
+    /// ```
     pub async fn collect(self, limit: usize) -> Result<Vec<KvPair>, Error> {
         collect_pairs(self, limit).await
     }
 
     /// The remaining pairs as a `futures::Stream`; it ends after the first
     /// error.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// use futures::TryStreamExt;
+    /// let stream = snapshot.scan_iter("user/".."user0").key_only().into_stream();
+    /// let keys: Vec<_> = stream.map_ok(|pair| pair.key).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<KvPair, Error>> {
         futures::stream::unfold(Some(self), |scanner| async move {
             let mut scanner = scanner?;
@@ -153,12 +202,31 @@ impl<'a, P: Platform> TxnScanner<'a, P> {
     }
 
     /// Fetches up to `n` snapshot pairs per request (at least 1).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// // Fewer, larger requests for a long scan.
+    /// let pairs = txn.scan_iter("user/".."user0").with_batch_size(1024).collect(5000).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_batch_size(mut self, n: u32) -> Self {
         self.union.set_batch_size(n);
         self
     }
 
     /// The next pair, `None` at the end of the range.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.put("user/9", "zoe")?;
+    /// let mut rows = txn.scan_iter("user/".."user0");
+    /// while let Some(pair) = rows.next().await? {
+    ///     println!("{pair:?}"); // `user/9 => zoe` among them
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Result<Option<KvPair>, Error> {
         loop {
             match self.union.poll(&self.txn.buffer) {
@@ -185,6 +253,14 @@ impl<'a, P: Platform> TxnScanner<'a, P> {
     }
 
     /// Collects up to `limit` pairs.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// let first_ten = txn.scan_iter("user/".."user0").collect(10).await?;
+    /// assert!(first_ten.len() <= 10);
+    /// # Ok(()) }
+    /// ```
     pub async fn collect(self, limit: usize) -> Result<Vec<KvPair>, Error> {
         collect_pairs(self, limit).await
     }

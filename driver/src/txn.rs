@@ -58,6 +58,17 @@ impl<P: Platform> std::fmt::Debug for TransactionClient<P> {
 
 impl<P: Platform> TransactionClient<P> {
     /// Connects to the cluster behind these PD endpoints (API V1).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo<P: Platform>() -> Result<(), Error> {
+    /// // With a runtime crate: `tikv_tokio::TransactionClient::connect([...])`.
+    /// let client = TransactionClient::<P>::connect(["10.0.0.1:2379", "10.0.0.2:2379"]).await?;
+    /// let mut txn = client.begin().await?;
+    /// txn.put("k", "v")?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect<S: Into<String>>(
         pd_endpoints: impl IntoIterator<Item = S>,
     ) -> Result<Self, Error> {
@@ -65,6 +76,20 @@ impl<P: Platform> TransactionClient<P> {
     }
 
     /// Connects with an explicit configuration.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo<P: Platform>() -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// use tikv_driver::Config;
+    ///
+    /// let config = Config::default()
+    ///     .with_pd_endpoints(["127.0.0.1:2379"])
+    ///     .with_connect_timeout(Duration::from_secs(3))
+    ///     .with_pd_timeout(Duration::from_secs(5));
+    /// let client = TransactionClient::<P>::connect_with_config(config).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with_config(config: Config) -> Result<Self, Error> {
         let core = ClientCore::<P>::connect(config, Mode::Txn).await?;
         Ok(TransactionClient { core: Arc::new(core), interceptors: Interceptors::default() })
@@ -97,6 +122,15 @@ impl<P: Platform> TransactionClient<P> {
     /// A fresh timestamp from PD's TSO, strictly greater than every
     /// timestamp this client handed out before (client-go
     /// `KVStore.CurrentTimestamp`). Concurrent callers share TSO rounds.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let first = client.current_timestamp().await?;
+    /// let second = client.current_timestamp().await?;
+    /// assert!(second > first);
+    /// # Ok(()) }
+    /// ```
     pub async fn current_timestamp(&self) -> Result<Timestamp, Error> {
         self.core.timestamp().await
     }
@@ -121,16 +155,45 @@ impl<P: Platform> TransactionClient<P> {
     }
 
     /// The PD cluster id.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Platform, TransactionClient};
+    /// # fn demo(client: TransactionClient<impl Platform>) {
+    /// println!("connected to cluster {}", client.cluster_id());
+    /// # }
+    /// ```
     pub fn cluster_id(&self) -> u64 {
         self.core.view.pd.cluster_id()
     }
 
     /// Starts an optimistic transaction at a fresh timestamp.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// if txn.get("greeting").await?.is_none() {
+    ///     txn.put("greeting", "hello")?;
+    /// }
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn begin(&self) -> Result<Transaction<P>, Error> {
         self.begin_with_options(TransactionOptions::default()).await
     }
 
     /// Starts a transaction with explicit options.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let options = TransactionOptions::default().with_async_commit().with_one_pc();
+    /// let mut txn = client.begin_with_options(options).await?;
+    /// txn.put("k", "v")?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn begin_with_options(
         &self,
         options: TransactionOptions,
@@ -188,6 +251,14 @@ impl<P: Platform> TransactionClient<P> {
 
     /// A read-only view of the data as of `ts` (client-go
     /// `KVStore.GetSnapshot`).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let snapshot = client.snapshot(client.current_timestamp().await?);
+    /// let value = snapshot.get("k").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn snapshot(&self, ts: Timestamp) -> Snapshot<P> {
         Snapshot {
             core: self.core.clone(),
@@ -202,6 +273,17 @@ impl<P: Platform> TransactionClient<P> {
     /// its own data when its safe ts has reached `ts`, else by the leader.
     /// Pick `ts` at or below [`min_safe_ts`](Self::min_safe_ts) for reads
     /// no replica refuses, or with [`stale_timestamp`](Self::stale_timestamp).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// // One timestamp, 10 s ago, for several stale reads alike.
+    /// let ts = client.stale_timestamp(Duration::from_secs(10)).await?;
+    /// let a = client.stale_snapshot(ts).get("a").await?;
+    /// let b = client.stale_snapshot(ts).get("b").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn stale_snapshot(&self, ts: Timestamp) -> Snapshot<P> {
         self.snapshot(ts).with_stale_read()
     }
@@ -226,6 +308,16 @@ impl<P: Platform> TransactionClient<P> {
 
     /// The timestamp `ago` before a fresh one from PD (client-go
     /// `GetStaleTimestamp`; logical part zero).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// let now = client.current_timestamp().await?;
+    /// let ten_seconds_ago = client.stale_timestamp(Duration::from_secs(10)).await?;
+    /// assert!(ten_seconds_ago < now);
+    /// # Ok(()) }
+    /// ```
     pub async fn stale_timestamp(&self, ago: std::time::Duration) -> Result<Timestamp, Error> {
         let fresh = self.current_timestamp().await?;
         tikv_core::safe_ts::stale_timestamp(fresh, ago)
@@ -237,6 +329,19 @@ impl<P: Platform> TransactionClient<P> {
     /// below it is served by any replica in the scope. Refreshed in the
     /// background every 2 s from each store's `GetStoreSafeTS`; zero until
     /// every store of the scope has answered once.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::{GLOBAL_TXN_SCOPE, Timestamp};
+    /// let safe = client.min_safe_ts(GLOBAL_TXN_SCOPE);
+    /// if safe != Timestamp::ZERO {
+    ///     // Any replica serves a stale read at `safe` from its own data.
+    ///     let value = client.stale_snapshot(safe).get("k").await?;
+    /// }
+    /// let in_zone = client.min_safe_ts("us-east-1a");
+    /// # Ok(()) }
+    /// ```
     pub fn min_safe_ts(&self, txn_scope: &str) -> Timestamp {
         self.core.safe_ts.min_safe_ts(txn_scope)
     }
@@ -272,12 +377,32 @@ impl<P: Platform> std::fmt::Debug for Snapshot<P> {
 
 impl<P: Platform> Snapshot<P> {
     /// The snapshot's timestamp.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let ts = client.current_timestamp().await?;
+    /// assert_eq!(client.snapshot(ts).timestamp(), ts);
+    /// # Ok(()) }
+    /// ```
     pub fn timestamp(&self) -> Timestamp {
         self.ts
     }
 
     /// Reads at low priority / without filling TiKV's cache / with another
     /// isolation level (`kvrpcpb::Context` fields).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ReadOptions;
+    /// // A full scan that should not evict hot data from TiKV's block cache.
+    /// let snapshot = client
+    ///     .snapshot(client.current_timestamp().await?)
+    ///     .with_read_options(ReadOptions::default().with_not_fill_cache(true));
+    /// let pairs = snapshot.scan(.., 1000).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_read_options(mut self, opts: ReadOptions) -> Self {
         self.opts = opts;
         self
@@ -286,6 +411,17 @@ impl<P: Platform> Snapshot<P> {
     /// Reads from the replicas `read` chooses (client-go
     /// `KVSnapshot.SetReplicaRead` and `SetMatchStoreLabels`): followers,
     /// learners, the leader or a mix, preferring stores with its labels.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::{ReplicaRead, ReplicaReadType};
+    /// let snapshot = client
+    ///     .snapshot(client.current_timestamp().await?)
+    ///     .with_replica_read(ReplicaRead::of(ReplicaReadType::Follower));
+    /// let value = snapshot.get("k").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_replica_read(mut self, read: ReplicaRead) -> Self {
         self.opts.replica_read = read;
         self
@@ -298,6 +434,21 @@ impl<P: Platform> Snapshot<P> {
     /// has reached the snapshot's timestamp and otherwise answers
     /// `DataIsNotReady`; the read then goes to the leader as a normal read.
     /// A read that meets a lock reads from the leader after resolving it.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use std::time::Duration;
+    /// use tikv_driver::ReplicaRead;
+    /// let ts = client.stale_timestamp(Duration::from_secs(5)).await?;
+    /// // Preferring a replica in the local zone.
+    /// let snapshot = client
+    ///     .snapshot(ts)
+    ///     .with_replica_read(ReplicaRead::leader().with_label("zone", "us-east-1a"))
+    ///     .with_stale_read();
+    /// let value = snapshot.get("k").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_stale_read(mut self) -> Self {
         let labels = std::mem::take(&mut self.opts.replica_read.labels);
         self.opts.replica_read = labels
@@ -307,17 +458,44 @@ impl<P: Platform> Snapshot<P> {
     }
 
     /// The value of `key` at the snapshot, `None` if it did not exist.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// if let Some(value) = snapshot.get("k").await? {
+    ///     println!("k = {value:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let op = SnapshotGet::new(self.core.view.clone(), key.into(), self.ts, self.opts.clone());
         self.run("snapshot_get", op).await
     }
 
     /// Whether `key` existed at the snapshot.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// if !snapshot.key_exists("user/42").await? {
+    ///     println!("no user 42 at {}", snapshot.timestamp());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn key_exists(&self, key: impl Into<Key>) -> Result<bool, Error> {
         Ok(self.get(key).await?.is_some())
     }
 
     /// The pairs among `keys` that existed at the snapshot, sorted by key.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// for pair in snapshot.batch_get(["a", "b", "c"]).await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_get(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -328,11 +506,27 @@ impl<P: Platform> Snapshot<P> {
     }
 
     /// Up to `limit` pairs in `range` at the snapshot, in ascending order.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// for pair in snapshot.scan("user/".."user0", 100).await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
         self.scan_inner(range.into(), ScanSpec::forward(limit)).await
     }
 
     /// Like [`Snapshot::scan`], keys only (values are not sent).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// let keys = snapshot.scan_keys("user/".."user0", 100).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_keys(
         &self,
         range: impl Into<KeyRange>,
@@ -345,6 +539,14 @@ impl<P: Platform> Snapshot<P> {
     /// Up to `limit` pairs in `range` at the snapshot, in descending order.
     /// In API V1 the range needs a bounded end (client-go cannot locate
     /// "the last region" either).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// // The greatest key of the range and its value.
+    /// let last = snapshot.scan_reverse("log/".."log0", 1).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_reverse(
         &self,
         range: impl Into<KeyRange>,
@@ -355,12 +557,31 @@ impl<P: Platform> Snapshot<P> {
 
     /// A lazy ascending scan of `range`, fetched in batches of
     /// [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE) (client-go `KVSnapshot.Iter`).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// let mut rows = snapshot.scan_iter("user/".."user0");
+    /// while let Some(pair) = rows.next().await? {
+    ///     println!("{pair:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn scan_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
         Scanner::new(self.clone(), range.into(), false)
     }
 
     /// A lazy descending scan of `range` (client-go
     /// `KVSnapshot.IterReverse`). In API V1 the range needs a bounded end.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Snapshot};
+    /// # async fn demo(snapshot: Snapshot<impl Platform>) -> Result<(), Error> {
+    /// // The newest ten entries, in one request.
+    /// let newest =
+    ///     snapshot.scan_reverse_iter("log/".."log0").with_batch_size(10).collect(10).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> Scanner<P> {
         Scanner::new(self.clone(), range.into(), true)
     }
@@ -385,6 +606,18 @@ impl<P: Platform> Snapshot<P> {
 
     /// This snapshot with its store RPCs going through `interceptor` after
     /// the ones already set (client-go `KVSnapshot.AddRPCInterceptor`).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ExecDetailsCollector;
+    /// let details = ExecDetailsCollector::new();
+    /// let snapshot =
+    ///     client.snapshot(client.current_timestamp().await?).with_interceptor(details.clone());
+    /// snapshot.scan("a".."z", 100).await?;
+    /// println!("{:?}", details.take());
+    /// # Ok(()) }
+    /// ```
     pub fn with_interceptor(mut self, interceptor: impl RpcInterceptor) -> Self {
         self.interceptors = self.interceptors.with(interceptor);
         self
@@ -425,12 +658,26 @@ pub struct TransactionOptions {
 
 impl TransactionOptions {
     /// Replaces the commit options whole.
+    ///
+    /// ```
+    /// use tikv_driver::{CommitOptions, TransactionOptions};
+    /// let commit = CommitOptions::default().with_async_commit(true).with_one_pc(true);
+    /// let opts = TransactionOptions::default().with_commit_options(commit);
+    /// assert!(opts.commit.async_commit && opts.commit.one_pc);
+    /// ```
     pub fn with_commit_options(mut self, commit: CommitOptions) -> Self {
         self.commit = commit;
         self
     }
 
     /// Replaces the read options whole.
+    ///
+    /// ```
+    /// use tikv_driver::{ReadOptions, TransactionOptions};
+    /// let read = ReadOptions::default().with_not_fill_cache(true);
+    /// let opts = TransactionOptions::default().with_read_options(read);
+    /// assert!(opts.read.not_fill_cache);
+    /// ```
     pub fn with_read_options(mut self, read: ReadOptions) -> Self {
         self.read = read;
         self
@@ -440,18 +687,37 @@ impl TransactionOptions {
     /// are locked in TiKV when [`Transaction::lock_keys`] or
     /// [`Transaction::get_for_update`] is called, so a commit does not fail
     /// on a write conflict on them.
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// let opts = TransactionOptions::default().with_pessimistic();
+    /// assert!(opts.pessimistic);
+    /// ```
     pub fn with_pessimistic(mut self) -> Self {
         self.pessimistic = true;
         self
     }
 
     /// Tries async commit (client-go `SetEnableAsyncCommit`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// let opts = TransactionOptions::default().with_async_commit();
+    /// assert!(opts.commit.async_commit && !opts.commit.one_pc);
+    /// ```
     pub fn with_async_commit(mut self) -> Self {
         self.commit.async_commit = true;
         self
     }
 
     /// Tries one-phase commit (client-go `SetEnable1PC`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// // 1PC where the mutations fit one region, async commit otherwise.
+    /// let opts = TransactionOptions::default().with_one_pc().with_async_commit();
+    /// assert!(opts.commit.one_pc && opts.commit.async_commit);
+    /// ```
     pub fn with_one_pc(mut self) -> Self {
         self.commit.one_pc = true;
         self
@@ -459,6 +725,12 @@ impl TransactionOptions {
 
     /// Skips the extra TSO round that makes async commit / 1PC linearizable
     /// (client-go `SetCausalConsistency(true)`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// let opts = TransactionOptions::default().with_async_commit().with_causal_consistency();
+    /// assert!(opts.commit.causal_consistency);
+    /// ```
     pub fn with_causal_consistency(mut self) -> Self {
         self.commit.causal_consistency = true;
         self
@@ -466,6 +738,13 @@ impl TransactionOptions {
 
     /// How strictly TiKV checks the assertions the mutations carry
     /// (client-go `SetAssertionLevel`; `Off` by default).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// use tikv_driver::proto::kvrpcpb::AssertionLevel;
+    /// let opts = TransactionOptions::default().with_assertion_level(AssertionLevel::Strict);
+    /// assert_eq!(opts.commit.assertion_level, AssertionLevel::Strict);
+    /// ```
     pub fn with_assertion_level(mut self, level: kvrpcpb::AssertionLevel) -> Self {
         self.commit.assertion_level = level;
         self
@@ -475,6 +754,14 @@ impl TransactionOptions {
     /// at least `thresholds.detect_mutations` of the transaction's
     /// mutations (client-go's pre-split of large transactions: 100,000
     /// mutations, cut every 32 MiB, by default).
+    ///
+    /// ```
+    /// use tikv_driver::{PreSplitThresholds, TransactionOptions};
+    /// // Pre-split a region that would get 10,000 mutations, every 16 MiB.
+    /// let thresholds = PreSplitThresholds::new(10_000, 16 << 20);
+    /// let opts = TransactionOptions::default().with_pre_split(thresholds);
+    /// assert_eq!(opts.commit.pre_split.detect_mutations, 10_000);
+    /// ```
     pub fn with_pre_split(mut self, thresholds: PreSplitThresholds) -> Self {
         self.commit.pre_split = thresholds;
         self
@@ -483,6 +770,13 @@ impl TransactionOptions {
     /// Serves the transaction's snapshot reads from the replicas `read`
     /// chooses (client-go `KVTxn.GetSnapshot().SetReplicaRead`); locks and
     /// the commit always go to the leaders.
+    ///
+    /// ```
+    /// use tikv_driver::{ReplicaRead, ReplicaReadType, TransactionOptions};
+    /// let read = ReplicaRead::of(ReplicaReadType::Follower);
+    /// let opts = TransactionOptions::default().with_replica_read(read);
+    /// assert_eq!(opts.read.replica_read.read_type, ReplicaReadType::Follower);
+    /// ```
     pub fn with_replica_read(mut self, read: ReplicaRead) -> Self {
         self.read.replica_read = read;
         self
@@ -490,6 +784,14 @@ impl TransactionOptions {
 
     /// Schedules every request of the transaction at `priority` in TiKV
     /// (client-go `SetPriority`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// use tikv_driver::proto::kvrpcpb::CommandPri;
+    /// let opts = TransactionOptions::default().with_priority(CommandPri::Low);
+    /// assert_eq!(opts.read.tags.priority, CommandPri::Low);
+    /// assert_eq!(opts.commit.tags.priority, CommandPri::Low);
+    /// ```
     pub fn with_priority(self, priority: kvrpcpb::CommandPri) -> Self {
         self.with_tags(|t| t.priority = priority)
     }
@@ -497,12 +799,25 @@ impl TransactionOptions {
     /// Labels every request with who sent it (client-go
     /// `SetRequestSourceType` and friends), for TiKV's metrics and
     /// resource control.
+    ///
+    /// ```
+    /// use tikv_driver::{RequestSource, TransactionOptions};
+    /// let source = RequestSource::internal("stats");
+    /// let opts = TransactionOptions::default().with_request_source(source);
+    /// assert_eq!(opts.commit.tags.request_source, Some(RequestSource::internal("stats")));
+    /// ```
     pub fn with_request_source(self, source: RequestSource) -> Self {
         self.with_tags(|t| t.request_source = Some(source.clone()))
     }
 
     /// Charges every request to this resource group (client-go
     /// `SetResourceGroupName`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// let opts = TransactionOptions::default().with_resource_group_name("batch");
+    /// assert_eq!(opts.read.tags.resource_group_name.as_deref(), Some("batch"));
+    /// ```
     pub fn with_resource_group_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
         self.with_tags(|t| t.resource_group_name = Some(name.clone()))
@@ -510,6 +825,12 @@ impl TransactionOptions {
 
     /// Attaches opaque bytes TiKV attributes resource usage to (client-go
     /// `SetResourceGroupTag`).
+    ///
+    /// ```
+    /// use tikv_driver::TransactionOptions;
+    /// let opts = TransactionOptions::default().with_resource_group_tag("plan-digest");
+    /// assert_eq!(&opts.commit.tags.resource_group_tag[..], b"plan-digest");
+    /// ```
     pub fn with_resource_group_tag(self, tag: impl Into<bytes::Bytes>) -> Self {
         let tag = tag.into();
         self.with_tags(|t| t.resource_group_tag = tag.clone())
@@ -574,12 +895,30 @@ impl<P: Platform> std::fmt::Debug for Transaction<P> {
 
 impl<P: Platform> Transaction<P> {
     /// The start timestamp.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let txn = client.begin().await?;
+    /// println!("reading as of {}", txn.start_timestamp());
+    /// # Ok(()) }
+    /// ```
     pub fn start_timestamp(&self) -> Timestamp {
         self.start_ts
     }
 
     /// Whether the transaction is pessimistic
     /// ([`TransactionOptions::with_pessimistic`]).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let options = TransactionOptions::default().with_pessimistic();
+    /// let txn = client.begin_with_options(options).await?;
+    /// assert!(txn.is_pessimistic());
+    /// # Ok(()) }
+    /// ```
     pub fn is_pessimistic(&self) -> bool {
         self.options.pessimistic
     }
@@ -587,23 +926,64 @@ impl<P: Platform> Transaction<P> {
     /// The newest `for_update_ts` this pessimistic transaction locked at
     /// (client-go `GetForUpdateTS`); zero before its first lock and in an
     /// optimistic transaction.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::{Timestamp, TransactionOptions};
+    /// let options = TransactionOptions::default().with_pessimistic();
+    /// let mut txn = client.begin_with_options(options).await?;
+    /// assert_eq!(txn.for_update_timestamp(), Timestamp::ZERO);
+    /// txn.get_for_update("k").await?;
+    /// assert!(txn.for_update_timestamp() > txn.start_timestamp());
+    /// # Ok(()) }
+    /// ```
     pub fn for_update_timestamp(&self) -> Timestamp {
         self.for_update_ts
     }
 
     /// The number of keys buffered: writes, and keys only locked or marked
     /// (client-go `KVTxn.Len`).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("a", "1")?;
+    /// txn.delete("b")?;
+    /// assert_eq!(txn.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.buffer.len()
     }
 
     /// Whether nothing is buffered (see [`len`](Self::len)).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// assert!(txn.is_empty());
+    /// txn.put("k", "v")?;
+    /// assert!(!txn.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.buffer.is_empty()
     }
 
     /// The bytes of keys and values buffered (client-go `KVTxn.Size`, what
     /// the transaction size limits count).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("key", "value")?;
+    /// assert_eq!(txn.size(), 8);
+    /// # Ok(()) }
+    /// ```
     pub fn size(&self) -> usize {
         self.buffer.size()
     }
@@ -611,6 +991,17 @@ impl<P: Platform> Transaction<P> {
     /// Whether committing would write nothing: no write and no lock
     /// buffered (client-go `KVTxn.IsReadOnly`). Committing a read-only
     /// transaction sends nothing.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// let value = txn.get("k").await?;
+    /// assert!(txn.is_read_only());
+    /// txn.put("k", "v")?;
+    /// assert!(!txn.is_read_only());
+    /// # Ok(()) }
+    /// ```
     pub fn is_read_only(&self) -> bool {
         !self.buffer.dirty()
     }
@@ -640,6 +1031,18 @@ impl<P: Platform> Transaction<P> {
     /// a key locked but no longer written commits as a lock only.
     /// Fails with [`Error::StaleCheckpoint`] if the buffer was already
     /// reverted past `checkpoint`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("a", "1")?;
+    /// let savepoint = txn.checkpoint();
+    /// txn.delete("a")?;
+    /// txn.revert_to_checkpoint(savepoint)?;
+    /// assert!(txn.key_exists("a").await?);
+    /// # Ok(()) }
+    /// ```
     pub fn revert_to_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), Error> {
         self.check_active()?;
         self.buffer.revert_to_checkpoint(checkpoint)
@@ -649,6 +1052,19 @@ impl<P: Platform> Transaction<P> {
     /// commit and background work, through `interceptor` after the ones
     /// already added (client-go `KVTxn.AddRPCInterceptor`); one of the same
     /// name is replaced.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::ExecDetailsCollector;
+    /// let details = ExecDetailsCollector::new();
+    /// let mut txn = client.begin().await?;
+    /// txn.add_interceptor(details.clone());
+    /// txn.put("k", "v")?;
+    /// txn.commit().await?;
+    /// println!("{:?}", details.details());
+    /// # Ok(()) }
+    /// ```
     pub fn add_interceptor(&mut self, interceptor: impl RpcInterceptor) {
         self.interceptors = self.interceptors.with(interceptor);
     }
@@ -671,6 +1087,14 @@ impl<P: Platform> Transaction<P> {
 
     /// The value of `key`: this transaction's own write if any, else the
     /// snapshot's (core's [`read_point`]).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.put("k", "mine")?;
+    /// assert_eq!(txn.get("k").await?.as_deref(), Some(&b"mine"[..]));
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let key = key.into();
         match read_point(&self.buffer, key.as_bytes()) {
@@ -681,6 +1105,14 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Whether `key` exists for this transaction.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.delete("k")?;
+    /// assert!(!txn.key_exists("k").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn key_exists(&self, key: impl Into<Key>) -> Result<bool, Error> {
         Ok(self.get(key).await?.is_some())
     }
@@ -688,6 +1120,15 @@ impl<P: Platform> Transaction<P> {
     /// The pairs among `keys` that exist for this transaction, sorted: the
     /// buffer answers the keys it wrote, the snapshot the others (core's
     /// [`UnionBatchGet`]).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.put("a", "1")?;
+    /// let pairs = txn.batch_get(["a", "b"]).await?;
+    /// assert_eq!(pairs[0].key.as_bytes(), b"a");
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_get(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -698,11 +1139,29 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Up to `limit` pairs in `range` for this transaction, ascending.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.put("user/3", "carol")?;
+    /// // The snapshot's users and the one written above, in key order.
+    /// let users = txn.scan("user/".."user0", 100).await?;
+    /// assert!(users.iter().any(|p| p.key.as_bytes() == b"user/3"));
+    /// # Ok(()) }
+    /// ```
     pub async fn scan(&self, range: impl Into<KeyRange>, limit: u32) -> Result<Vec<KvPair>, Error> {
         self.scan_merged(range.into(), limit, false).await
     }
 
     /// Up to `limit` pairs in `range` for this transaction, descending.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// // The greatest key of the range as this transaction sees it.
+    /// let last = txn.scan_reverse("log/".."log0", 1).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn scan_reverse(
         &self,
         range: impl Into<KeyRange>,
@@ -714,11 +1173,29 @@ impl<P: Platform> Transaction<P> {
     /// A lazy ascending scan of `range` as this transaction sees it: the
     /// snapshot merged with the transaction's own writes (client-go's
     /// `UnionIter`), fetched in batches of [`DEFAULT_SCAN_BATCH_SIZE`](crate::DEFAULT_SCAN_BATCH_SIZE).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.delete("user/2")?;
+    /// let mut rows = txn.scan_iter("user/".."user0");
+    /// while let Some(pair) = rows.next().await? {
+    ///     assert_ne!(pair.key.as_bytes(), b"user/2");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn scan_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
         TxnScanner::new(self, UnionScan::new(range.into(), false, DEFAULT_SCAN_BATCH_SIZE))
     }
 
     /// A lazy descending scan of `range` as this transaction sees it.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// let newest = txn.scan_reverse_iter("log/".."log0").collect(10).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn scan_reverse_iter(&self, range: impl Into<KeyRange>) -> TxnScanner<'_, P> {
         TxnScanner::new(self, UnionScan::new(range.into(), true, DEFAULT_SCAN_BATCH_SIZE))
     }
@@ -736,6 +1213,15 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Buffers `key = value`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.put("k", "v")?;
+    /// txn.put(b"binary-key", vec![0u8, 1, 2])?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
         self.check_active()?;
         let key = key.into();
@@ -744,6 +1230,20 @@ impl<P: Platform> Transaction<P> {
 
     /// Buffers `key = value`, requiring that the key does not exist yet
     /// (checked by TiKV at prewrite: `Error::KeyExists` otherwise).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.insert("user/42", "alice")?;
+    /// if let Err(e) = txn.commit().await {
+    ///     if e.is_key_exists() {
+    ///         println!("user 42 exists already");
+    ///     } else {
+    ///         return Err(e);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn insert(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
         self.check_active()?;
         let key = key.into();
@@ -751,6 +1251,14 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Buffers a delete of `key`.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, Transaction};
+    /// # async fn demo(mut txn: Transaction<impl Platform>) -> Result<(), Error> {
+    /// txn.delete("k")?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn delete(&mut self, key: impl Into<Key>) -> Result<(), Error> {
         self.check_active()?;
         let key = key.into();
@@ -1268,6 +1776,19 @@ impl<P: Platform> Transaction<P> {
     /// transaction may or may not have committed (the primary's commit, or
     /// an async-commit/1PC prewrite, lost its answer). On a definite failure
     /// the prewritten locks are rolled back in the background.
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// let mut txn = client.begin().await?;
+    /// txn.put("k", "v")?;
+    /// match txn.commit().await {
+    ///     Ok(commit_ts) => println!("committed at {commit_ts}"),
+    ///     Err(e) if e.is_undetermined() => println!("may or may not have committed: {e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn commit(self) -> Result<Timestamp, Error> {
         self.commit_with_details().await.0
     }
@@ -1384,6 +1905,22 @@ impl<P: Platform> Transaction<P> {
     /// pessimistic one's locks are rolled back (client-go `Rollback`), and
     /// the rollback's error, if any, is returned (its locks then expire
     /// with their TTL, no longer kept alive).
+    ///
+    /// ```no_run
+    /// # use tikv_driver::{Error, Platform, TransactionClient};
+    /// # async fn demo(client: TransactionClient<impl Platform>) -> Result<(), Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let options = TransactionOptions::default().with_pessimistic();
+    /// let mut txn = client.begin_with_options(options).await?;
+    /// let Some(stock) = txn.get_for_update("stock").await? else {
+    ///     // No such item: release the lock now rather than at its TTL.
+    ///     return txn.rollback().await;
+    /// };
+    /// let left: u64 = String::from_utf8_lossy(&stock).parse().unwrap_or(0);
+    /// txn.put("stock", left.saturating_sub(1).to_string())?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.check_active()?;
         self.finished = true;
