@@ -42,6 +42,12 @@ pub struct AsyncStdRuntime {
 impl AsyncStdRuntime {
     /// A runtime handle. Cheap; every handle shares async-std's executor and
     /// async-io's reactor.
+    ///
+    /// ```
+    /// use tikv_driver::Runtime;
+    /// let rt = tikv_async_std::AsyncStdRuntime::new();
+    /// assert!(!rt.is_shut_down()); // async-std's executor never shuts down
+    /// ```
     pub fn new() -> AsyncStdRuntime {
         clock::init();
         AsyncStdRuntime { _private: () }

@@ -67,12 +67,37 @@ impl TokioRuntime {
     /// A runtime that spawns onto the tokio runtime current at construction,
     /// or, when constructed outside one, onto the runtime current at each
     /// `spawn` call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tikv_driver::Runtime;
+    /// let rt = tikv_tokio::TokioRuntime::new();
+    /// assert!(!rt.is_shut_down());
+    /// # }
+    /// ```
     pub fn new() -> TokioRuntime {
         clock::init();
         TokioRuntime { handle: Handle::try_current().ok(), tasks_lost: Arc::default() }
     }
 
-    /// A runtime that spawns onto `handle`, wherever it is called from.
+    /// A runtime that spawns onto `handle`, wherever it is called from:
+    /// background work lives on a long-lived runtime while callers run on
+    /// others.
+    ///
+    /// ```
+    /// use tikv_driver::Runtime;
+    /// let long_lived = tokio::runtime::Builder::new_multi_thread()
+    ///     .worker_threads(1)
+    ///     .enable_all()
+    ///     .build()?;
+    /// let rt = tikv_tokio::TokioRuntime::with_handle(long_lived.handle().clone());
+    /// // Called outside any tokio runtime, the task still runs on `long_lived`.
+    /// let (done, ran) = std::sync::mpsc::channel();
+    /// rt.spawn(Box::pin(async move { done.send(()).unwrap() }));
+    /// ran.recv()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_handle(handle: Handle) -> TokioRuntime {
         clock::init();
         TokioRuntime { handle: Some(handle), tasks_lost: Arc::default() }
