@@ -142,6 +142,12 @@ pub fn describe_metrics() {
 /// Records one `BatchCommands` message of `requests` requests, the oldest
 /// of which waited `oldest_wait` in the queue (for transports; series
 /// [`names::BATCH_SIZE`] and [`names::BATCH_WAIT`]).
+///
+/// ```
+/// // A message of 12 requests whose oldest queued 300 µs (a no-op
+/// // without a metrics recorder).
+/// tikv_driver::record_batch(12, std::time::Duration::from_micros(300));
+/// ```
 pub fn record_batch(requests: usize, oldest_wait: Duration) {
     histogram!(names::BATCH_SIZE).record(requests as f64);
     histogram!(names::BATCH_WAIT).record(oldest_wait.as_secs_f64());
