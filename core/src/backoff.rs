@@ -250,6 +250,24 @@ pub struct KindSleeps {
     pub slept: Duration,
 }
 
+impl KindSleeps {
+    /// Adds `more` into `total`, one entry per kind, kept in
+    /// [`BackoffKind::ALL`] order (summing the budgets of several phases or
+    /// calls, as client-go appends their backoff types).
+    pub fn add_into(total: &mut Vec<KindSleeps>, more: impl IntoIterator<Item = KindSleeps>) {
+        for sleeps in more {
+            match total.iter_mut().find(|s| s.kind == sleeps.kind) {
+                Some(same) => {
+                    same.sleeps += sleeps.sleeps;
+                    same.slept += sleeps.slept;
+                }
+                None => total.push(sleeps),
+            }
+        }
+        total.sort_by_key(|s| s.kind as usize);
+    }
+}
+
 /// Per-kind accounting of a [`Backoffer`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct KindStats {

@@ -18,8 +18,8 @@ use tikv_core::txn::commit::{
 use tikv_core::txn::fair_locking::{FairLocking, Reuse};
 use tikv_core::txn::membuffer::{Checkpoint, FlagsOp, KeyFlags, MemBuffer};
 use tikv_core::txn::pessimistic::{
-    AcquireOutcome, AcquirePessimisticLocks, AcquireRequest, LockOptions, ReturnedValue,
-    rollback_pessimistic_locks,
+    AcquireOutcome, AcquirePessimisticLocks, AcquireRequest, LockKeysDetails, LockOptions,
+    ReturnedValue, rollback_pessimistic_locks,
 };
 use tikv_core::txn::snapshot::{ReadOptions, SnapshotBatchGet, SnapshotGet, SnapshotScan};
 use tikv_core::txn::union::{PointRead, UnionBatchGet, UnionScan, read_point};
@@ -246,6 +246,7 @@ impl<P: Platform> TransactionClient<P> {
             fair: None,
             max_locked_with_conflict_ts: Timestamp::ZERO,
             for_update_ts_checks: Default::default(),
+            lock_details: LockKeysDetails::default(),
         }
     }
 
@@ -882,6 +883,8 @@ pub struct Transaction<P: Platform> {
     /// The `for_update_ts` each fairly locked key's lock carries, checked
     /// by TiKV at prewrite (client-go `forUpdateTSChecks`).
     for_update_ts_checks: std::collections::BTreeMap<Key, Timestamp>,
+    /// Every pessimistic lock call's details, merged.
+    lock_details: LockKeysDetails,
 }
 
 impl<P: Platform> std::fmt::Debug for Transaction<P> {
@@ -1283,18 +1286,90 @@ impl<P: Platform> Transaction<P> {
     /// In an optimistic transaction the keys are only marked: the commit
     /// fails with a write conflict if another transaction wrote them after
     /// this one started, even though this one does not write them.
+    ///
+    /// [`lock_keys_with_details`](Self::lock_keys_with_details) also tells
+    /// how the call went.
     pub async fn lock_keys(
         &mut self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
         options: LockOptions,
     ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
-        self.check_active()?;
+        self.lock_keys_with_details(keys, options).await.0
+    }
+
+    /// [`lock_keys`](Self::lock_keys), also telling how the call went
+    /// (client-go's `LockKeysDetails`, filled in `LockCtx.Stats`), whatever
+    /// the outcome: its time, the regions and keys it locked, its lock
+    /// requests (how many, their time, the slowest with its region, store
+    /// and TiKV's exec details), the lock waits and statement retries, the
+    /// time resolving locks and backing off, and fair locking's counts.
+    /// A call that redoes its lock at a fresh `for_update_ts` after a newer
+    /// write sums its attempts, as client-go's `Merge` does (so `keys`
+    /// counts each attempt's keys). An optimistic transaction sends
+    /// nothing and reports empty details. The same details are summed
+    /// over the transaction's lock calls in
+    /// [`lock_keys_details`](Self::lock_keys_details).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{LockOptions, TransactionOptions};
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// let (locked, details) = txn.lock_keys_with_details(["a", "b"], LockOptions::new()).await;
+    /// println!(
+    ///     "{} keys in {} regions in {:?}: {} lock RPCs ({:?}), {} statement retries",
+    ///     details.keys, details.regions, details.total,
+    ///     details.lock_rpc_count, details.lock_rpc_time, details.statement_retries,
+    /// );
+    /// if let Some(slowest) = &details.slowest {
+    ///     println!("slowest {:?} on region {} at {}", slowest.time, slowest.region_id, slowest.store_addr);
+    /// }
+    /// locked?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_keys_with_details(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+        options: LockOptions,
+    ) -> (Result<Vec<(Key, ReturnedValue)>, Error>, LockKeysDetails) {
+        let mut details = LockKeysDetails::default();
         if !self.options.pessimistic {
-            for key in keys.into_iter().map(Into::into) {
-                self.buffer.update_flags(key.as_bytes(), &[FlagsOp::SetKeyLocked])?;
-            }
-            return Ok(Vec::new());
+            return (self.lock_keys_optimistic(keys), details);
         }
+        let started = self.core.rt.now();
+        let locked = self.lock_keys_reporting(keys, options, &mut details).await;
+        details.total = self.core.rt.now().saturating_duration_since(started);
+        self.lock_details.merge(&details);
+        (locked, details)
+    }
+
+    /// Every pessimistic lock call's [`LockKeysDetails`] so far, summed
+    /// (client-go merges each `LockKeys`'s `LockCtx.Stats`): the calls of
+    /// [`lock_keys`](Self::lock_keys), [`get_for_update`](Self::get_for_update)
+    /// and [`batch_get_for_update`](Self::batch_get_for_update), failed
+    /// ones included.
+    pub fn lock_keys_details(&self) -> &LockKeysDetails {
+        &self.lock_details
+    }
+
+    /// An optimistic transaction's lock: a mark checked at commit.
+    fn lock_keys_optimistic(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        self.check_active()?;
+        for key in keys.into_iter().map(Into::into) {
+            self.buffer.update_flags(key.as_bytes(), &[FlagsOp::SetKeyLocked])?;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn lock_keys_reporting(
+        &mut self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+        options: LockOptions,
+        details: &mut LockKeysDetails,
+    ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
+        self.check_active()?;
         let mut keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
         keys.sort();
         keys.dedup();
@@ -1345,11 +1420,14 @@ impl<P: Platform> Transaction<P> {
             let mut attempts = 0;
             let locked = loop {
                 attempts += 1;
+                if attempts > 1 {
+                    details.statement_retries += 1;
+                }
                 let for_update_ts = self.core.oracle.get_timestamp().await?;
                 let attempt = if self.fair.is_some() {
-                    self.acquire_fair(keys.clone(), for_update_ts, &options).await
+                    self.acquire_fair(keys.clone(), for_update_ts, &options, details).await
                 } else {
-                    self.acquire(keys.clone(), for_update_ts, &options).await
+                    self.acquire(keys.clone(), for_update_ts, &options, details).await
                 };
                 match attempt {
                     Err(Error::WriteConflict { .. }) if attempts < PESSIMISTIC_LOCK_MAX_RETRIES => {
@@ -1376,8 +1454,9 @@ impl<P: Platform> Transaction<P> {
         keys: Vec<Key>,
         for_update_ts: Timestamp,
         options: &LockOptions,
+        details: &mut LockKeysDetails,
     ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
-        let outcome = self.send_lock(keys, for_update_ts, options, false).await?;
+        let outcome = self.send_lock(keys, for_update_ts, options, false, details).await?;
         for key in &outcome.locked {
             // client-go: a key locked without reading it is taken to exist.
             let exists = match outcome.values.binary_search_by(|(k, _)| k.cmp(key)) {
@@ -1410,6 +1489,7 @@ impl<P: Platform> Transaction<P> {
         keys: Vec<Key>,
         for_update_ts: Timestamp,
         options: &LockOptions,
+        details: &mut LockKeysDetails,
     ) -> Result<Vec<(Key, ReturnedValue)>, Error> {
         let now = self.core.rt.now();
         let Some(fair) = self.fair.as_mut() else {
@@ -1423,6 +1503,10 @@ impl<P: Platform> Transaction<P> {
             fair.choose_primary(std::slice::from_ref(key));
         }
         if let Reuse::Held(value) = fair.reuse(key, options, for_update_ts, now)? {
+            // client-go counts a key taken over among the call's keys and
+            // as derived (`filterAggressiveLockedKeys`).
+            details.keys += 1;
+            details.aggressive_lock_derived += 1;
             if assigned {
                 // The previous attempt's primary, still kept alive.
                 self.primary = Some(key.clone());
@@ -1431,7 +1515,7 @@ impl<P: Platform> Transaction<P> {
             let asked = options.return_values || options.check_existence;
             return Ok(if asked { vec![(key.clone(), value)] } else { Vec::new() });
         }
-        let result = self.send_lock(keys.clone(), for_update_ts, options, true).await;
+        let result = self.send_lock(keys.clone(), for_update_ts, options, true, details).await;
         let Some(fair) = self.fair.as_mut() else {
             return Err(Error::InvalidArgument("no fair locking session".into()));
         };
@@ -1458,13 +1542,15 @@ impl<P: Platform> Transaction<P> {
 
     /// Sends one lock call at `for_update_ts` and handles what follows it:
     /// the rollback of a failed call, the keys presumed absent, and the
-    /// heartbeats once the primary is locked.
+    /// heartbeats once the primary is locked. The call's details are
+    /// merged into `details`.
     async fn send_lock(
         &mut self,
         keys: Vec<Key>,
         for_update_ts: Timestamp,
         options: &LockOptions,
         force_lock: bool,
+        details: &mut LockKeysDetails,
     ) -> Result<AcquireOutcome, Error> {
         let presumed_absent: Vec<Key> = keys
             .iter()
@@ -1487,6 +1573,7 @@ impl<P: Platform> Transaction<P> {
         };
         let mut op = AcquirePessimisticLocks::new(self.core.view.clone(), req);
         let result = self.core.run("txn_lock_keys", &mut op, &self.interceptors).await;
+        details.merge(&op.details());
         self.for_update_ts = self.for_update_ts.max(for_update_ts);
         if let Some(rollback) = op.take_follow_up() {
             if matches!(result, Err(Error::Deadlock { retryable: true, .. })) {

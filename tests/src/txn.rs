@@ -4,8 +4,8 @@
 //! regions with a split and leader moves during the commit, concurrent bank
 //! transfers, lazy scans, and reads at a future timestamp; pessimistic
 //! transactions: contended counters, no-wait and bounded waits, locks
-//! released by rollback and by drop, and shared locks held by several
-//! transactions at once.
+//! released by rollback and by drop, shared locks held by several
+//! transactions at once, fair locking, and the lock calls' statistics.
 //!
 //! Each test is an `async fn` generic over the [`Harness`] that takes the
 //! [`Bed`] to run on; [`txn_suite!`](crate::txn_suite) stamps them out as
@@ -57,6 +57,7 @@ macro_rules! txn_suite {
             pessimistic_counters_lose_no_update,
             pessimistic_locks_hold_until_rolled_back_or_dropped,
             a_pessimistic_deadlock_fails_one_side_and_the_other_commits,
+            lock_keys_details_report_real_lock_calls,
             shared_locks_are_held_together_and_released_one_by_one,
             begin_at_a_chosen_ts_checkpoints_and_introspection,
             fair_locking_takes_contended_locks_over_newer_writes_and_reuses_them,
@@ -612,6 +613,73 @@ pub async fn a_pessimistic_deadlock_fails_one_side_and_the_other_commits<H: Harn
     server.shutdown().await;
 }
 
+/// client-go's `LockKeysDetails` of real lock calls: a call over two
+/// regions reports its keys, both regions and its lock requests with the
+/// slowest one's region and store; a call that waits on another
+/// transaction's lock has the wait in its lock RPC time and, woken by the
+/// holder's rollback (TiKV's legacy wake-up answers a write conflict),
+/// one statement retry at a fresh `for_update_ts`, its keys counted per
+/// attempt; a failed call reports its request too; the transaction's
+/// details sum every call, `get_for_update` included.
+pub async fn lock_keys_details_report_real_lock_calls<H: Harness>(bed: Bed) {
+    use std::time::Duration;
+    let (server, client) = start::<H>(bed, vec![b"m".to_vec()]).await;
+
+    let mut holder = client.begin_with_options(pessimistic()).await.expect("begin");
+    let (locked, d) = holder.lock_keys_with_details(["a", "x"], LockOptions::new()).await;
+    locked.expect("lock two regions");
+    assert_eq!((d.keys, d.regions), (2, 2), "{d:?}");
+    // The primary alone first, then the other key.
+    assert!(d.lock_rpc_count >= 2, "{d:?}");
+    assert!(!d.lock_rpc_time.is_zero() && d.total >= d.lock_rpc_time, "{d:?}");
+    assert_eq!((d.statement_retries, d.aggressive_lock_new), (0, 0), "{d:?}");
+    let slowest = d.slowest.as_ref().expect("the requests succeeded");
+    assert!(slowest.region_id != 0 && !slowest.store_addr.is_empty(), "{d:?}");
+    assert!(slowest.time <= d.lock_rpc_time);
+    assert_eq!(holder.lock_keys_details(), &d, "the transaction's first call");
+
+    let mut waiter = client.begin_with_options(pessimistic()).await.expect("begin");
+    let wait = LockOptions::new().wait_timeout(Duration::from_secs(5));
+    let waiting = H::spawn(async move {
+        let (locked, d) = waiter.lock_keys_with_details(["a"], wait).await;
+        (waiter, locked, d)
+    });
+    // The waiter's request is parked in TiKV's wait queue, then held there
+    // at least this long.
+    for _ in 0..1_000 {
+        if server.cluster().lock_waiters() > 0 {
+            break;
+        }
+        H::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.cluster().lock_waiters(), 1, "the waiter waits for the holder's lock");
+    let hold = Duration::from_millis(300);
+    H::sleep(hold).await;
+    holder.rollback().await.expect("rollback");
+    let (mut waiter, locked, d) = waiting.await;
+    locked.expect("locked once the holder rolled back");
+    assert!(d.lock_rpc_time >= hold, "TiKV held the request: {d:?}");
+    assert!(d.total >= d.lock_rpc_time, "{d:?}");
+    assert_eq!(d.statement_retries, 1, "woken with a write conflict, locked again: {d:?}");
+    assert_eq!(d.keys, 2, "one key, two attempts: {d:?}");
+    assert!(d.lock_rpc_count >= 2, "{d:?}");
+
+    assert_eq!(waiter.get_for_update("x").await.expect("get_for_update"), None);
+    let summed = waiter.lock_keys_details();
+    assert_eq!(summed.keys, 3, "{summed:?}");
+    assert!(summed.lock_rpc_count > d.lock_rpc_count, "{summed:?}");
+    assert!(summed.total >= d.total);
+
+    let mut refused = client.begin_with_options(pessimistic()).await.expect("begin");
+    let (locked, d) = refused.lock_keys_with_details(["a"], LockOptions::new().no_wait()).await;
+    assert!(matches!(locked, Err(Error::LockAcquireFailAndNoWaitSet)), "{locked:?}");
+    assert!(d.lock_rpc_count >= 1 && d.slowest.is_none(), "{d:?}");
+    assert_eq!(refused.lock_keys_details().lock_rpc_count, d.lock_rpc_count);
+    refused.rollback().await.expect("rollback");
+    waiter.rollback().await.expect("rollback");
+    server.shutdown().await;
+}
+
 /// The start ts of every holder of `key`'s shared locks, in order (empty
 /// when the key holds no shared lock).
 fn share_holders(server: &SimHandle, key: &[u8]) -> Vec<u64> {
@@ -843,15 +911,22 @@ pub async fn fair_locking_takes_contended_locks_over_newer_writes_and_reuses_the
     let waiter = H::spawn({
         let values = values.clone();
         async move {
-            let locked = fair.lock_keys(["k"], values).await;
-            (fair, locked)
+            let (locked, details) = fair.lock_keys_with_details(["k"], values).await;
+            (fair, locked, details)
         }
     });
     H::sleep(Duration::from_millis(300)).await;
     holder.put("k", "from holder").expect("put");
     let holder_commit = holder.commit().await.expect("holder commits");
-    let (mut fair, locked) = waiter.await;
+    let (mut fair, locked, details) = waiter.await;
     let locked = locked.expect("the waiter takes the lock over the holder's write");
+    // client-go's fair-locking statistics: a new fair lock, taken with a
+    // conflict, without a statement retry.
+    assert_eq!(
+        (details.aggressive_lock_new, details.locked_with_conflict, details.statement_retries),
+        (1, 1, 0),
+        "{details:?}"
+    );
     assert_eq!(locked.len(), 1);
     let (key, returned) = &locked[0];
     assert_eq!(key, &tikv_driver::Key::from("k"));
@@ -867,8 +942,14 @@ pub async fn fair_locking_takes_contended_locks_over_newer_writes_and_reuses_the
         tikv_driver::RpcError::Unavailable("lock requests are down".into()),
         1_000_000,
     );
-    let again = fair.lock_keys(["k"], values.clone()).await.expect("k is taken over");
+    let (again, details) = fair.lock_keys_with_details(["k"], values.clone()).await;
+    let again = again.expect("k is taken over");
     server.cluster().clear_injections();
+    assert_eq!(
+        (details.keys, details.aggressive_lock_derived, details.lock_rpc_count),
+        (1, 1, 0),
+        "taken over without an RPC: {details:?}"
+    );
     assert_eq!(&again[0].1.value[..], b"from holder");
     assert_eq!(again[0].1.locked_with_conflict_ts, tikv_driver::Timestamp::ZERO);
     fair.done_fair_locking().expect("done");

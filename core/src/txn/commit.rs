@@ -993,16 +993,10 @@ impl Committer {
     pub fn details(&self) -> CommitDetails {
         let backoff = self.budgets().map(Backoffer::total_sleep).sum();
         let mut backoff_by_kind: Vec<KindSleeps> = Vec::new();
-        for sleeps in self.budgets().flat_map(Backoffer::sleeps_by_kind) {
-            match backoff_by_kind.iter_mut().find(|s| s.kind == sleeps.kind) {
-                Some(same) => {
-                    same.sleeps += sleeps.sleeps;
-                    same.slept += sleeps.slept;
-                }
-                None => backoff_by_kind.push(sleeps),
-            }
-        }
-        backoff_by_kind.sort_by_key(|s| s.kind as usize);
+        KindSleeps::add_into(
+            &mut backoff_by_kind,
+            self.budgets().flat_map(Backoffer::sleeps_by_kind),
+        );
         CommitDetails { backoff, backoff_by_kind, ..self.details.clone() }
     }
 

@@ -36,8 +36,9 @@ use std::sync::Arc;
 
 use tikv_proto::kvrpcpb;
 
-use crate::backoff::Backoffer;
+use crate::backoff::{Backoffer, KindSleeps};
 use crate::error::Error;
+use crate::exec_details::ExecDetails;
 use crate::key::{Key, Value};
 use crate::lock::{
     Lock, PessimisticRollbackPlan, ResolveLocks, ResolveOptions, ResolveOutcome,
@@ -46,7 +47,9 @@ use crate::lock::{
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan};
-use crate::rpc::{KvRequest, KvResponse, RequestTags};
+use crate::rpc::{
+    KvRequest, KvResponse, Request, RequestTags, Response, Rpc, RpcError, RpcId, Target,
+};
 use crate::time::{Duration, Instant};
 use crate::txn::commit::{MAX_LOCK_TTL, TXN_COMMIT_BATCH_SIZE};
 use crate::view::ClusterView;
@@ -248,6 +251,126 @@ pub struct AcquireOutcome {
     /// The largest `locked_with_conflict_ts` of the call (zero if none):
     /// rolling these locks back needs a `for_update_ts` at least this.
     pub max_locked_with_conflict_ts: Timestamp,
+}
+
+/// How lock calls went (client-go `util.LockKeysDetails`, which
+/// `LockKeys` fills in `LockCtx.Stats`, on failure too): where their time
+/// went and what they sent. [`AcquirePessimisticLocks::details`] gives one
+/// call's; [`LockKeysDetails::merge`] sums calls as client-go's `Merge`
+/// does (TiDB merges every lock call of a statement, retries included).
+///
+/// ```
+/// use tikv_core::time::Duration;
+/// use tikv_core::txn::pessimistic::LockKeysDetails;
+///
+/// let mut first = LockKeysDetails::default();
+/// first.keys = 2;
+/// first.lock_rpc_time = Duration::from_millis(3);
+/// let mut statement = LockKeysDetails::default();
+/// statement.merge(&first);
+/// statement.merge(&first);
+/// assert_eq!(statement.keys, 4);
+/// assert_eq!(statement.lock_rpc_time, Duration::from_millis(6));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockKeysDetails {
+    /// Wall time of the calls (client-go `TotalTime`).
+    pub total: Duration,
+    /// Regions the keys were locked in: the distinct regions of the lock
+    /// requests answered without a region error (client-go `RegionNum`).
+    pub regions: usize,
+    /// Keys the calls set out to lock, keys the transaction held already
+    /// left out (client-go `LockKeys`; a fair-locking call counts the keys
+    /// it takes over too).
+    pub keys: usize,
+    /// `PessimisticLock` requests answered, or lost in transport
+    /// (client-go `LockRPCCount`).
+    pub lock_rpc_count: u64,
+    /// Their time from send to answer, summed over parallel requests too
+    /// (client-go `LockRPCTime`); it includes the time TiKV held a request
+    /// waiting for another transaction's lock.
+    pub lock_rpc_time: Duration,
+    /// Lock attempts redone at a fresh `for_update_ts` after a newer write
+    /// (TiDB's statement retry; client-go's `RetryCount`, which `Merge`
+    /// bumps for each attempt merged into a statement).
+    pub statement_retries: u32,
+    /// Lock requests sent again after meeting another transaction's lock
+    /// (waited on in TiKV, or resolved first).
+    pub lock_wait_retries: u32,
+    /// Resolving the locks met (client-go `ResolveLock.ResolveLockTime`).
+    pub resolve_lock: Duration,
+    /// Backoff sleeps (client-go `BackoffTime`).
+    pub backoff: Duration,
+    /// The same sleeps by kind, in [`BackoffKind::ALL`] order (client-go
+    /// `Mu.BackoffTypes`, with counts and times).
+    ///
+    /// [`BackoffKind::ALL`]: crate::backoff::BackoffKind::ALL
+    pub backoff_by_kind: Vec<KindSleeps>,
+    /// Keys fair locking locked with an RPC (client-go
+    /// `AggressiveLockNewCount`).
+    pub aggressive_lock_new: usize,
+    /// Keys fair locking took over from the statement's previous attempt
+    /// without an RPC (client-go `AggressiveLockDerivedCount`).
+    pub aggressive_lock_derived: usize,
+    /// Keys locked over a write newer than the `for_update_ts` (client-go
+    /// `LockedWithConflictCount`).
+    pub locked_with_conflict: usize,
+    /// The slowest lock request that succeeded (client-go
+    /// `Mu.SlowestReqTotalTime`, `SlowestRegion`, `SlowestStoreAddr`,
+    /// `SlowestExecDetails`).
+    pub slowest: Option<SlowestLockRequest>,
+}
+
+/// The slowest successful lock request of a [`LockKeysDetails`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SlowestLockRequest {
+    /// From send to answer.
+    pub time: Duration,
+    /// The region it locked keys in.
+    pub region_id: u64,
+    /// The store that answered.
+    pub store_id: u64,
+    /// That store's address.
+    pub store_addr: String,
+    /// What TiKV reported on the answer (`ExecDetailsV2`).
+    pub exec_details: ExecDetails,
+}
+
+impl LockKeysDetails {
+    /// Adds `other` (client-go `LockKeysDetails.Merge`): counts and times
+    /// add up, the slowest request is the slower of the two.
+    pub fn merge(&mut self, other: &LockKeysDetails) {
+        self.total += other.total;
+        self.regions += other.regions;
+        self.keys += other.keys;
+        self.lock_rpc_count += other.lock_rpc_count;
+        self.lock_rpc_time += other.lock_rpc_time;
+        self.statement_retries += other.statement_retries;
+        self.lock_wait_retries += other.lock_wait_retries;
+        self.resolve_lock += other.resolve_lock;
+        self.backoff += other.backoff;
+        KindSleeps::add_into(&mut self.backoff_by_kind, other.backoff_by_kind.iter().copied());
+        self.aggressive_lock_new += other.aggressive_lock_new;
+        self.aggressive_lock_derived += other.aggressive_lock_derived;
+        self.locked_with_conflict += other.locked_with_conflict;
+        if let Some(theirs) = &other.slowest
+            && self.slowest.as_ref().is_none_or(|mine| mine.time < theirs.time)
+        {
+            self.slowest = Some(theirs.clone());
+        }
+    }
+}
+
+/// A `PessimisticLock` request in flight, for [`LockKeysDetails`].
+#[derive(Debug)]
+struct LockRpcSent {
+    id: RpcId,
+    sent_at: Instant,
+    region_id: u64,
+    store_id: u64,
+    addr: Arc<str>,
 }
 
 /// farmhash's `Fingerprint64` (TiKV hashes keys with it in the deadlock
@@ -630,6 +753,17 @@ pub struct AcquirePessimisticLocks {
     backoffer: Backoffer,
     result: Option<Result<AcquireOutcome, Error>>,
     follow_up: Option<KeyFanout<PessimisticRollbackPlan>>,
+    /// What the call did so far; the backoff is read from `backoffer`.
+    details: LockKeysDetails,
+    /// The latest instant the machine was fed: RPCs polled after an input
+    /// leave at it.
+    clock: Instant,
+    /// Lock requests sent and not answered yet.
+    in_flight: Vec<LockRpcSent>,
+    /// Regions whose lock requests were answered without a region error.
+    answered_regions: Vec<u64>,
+    /// When the running resolve step started.
+    resolve_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for AcquirePessimisticLocks {
@@ -675,7 +809,87 @@ impl AcquirePessimisticLocks {
             backoffer,
             result: None,
             follow_up: None,
+            details: LockKeysDetails::default(),
+            clock: Instant::ZERO,
+            in_flight: Vec::new(),
+            answered_regions: Vec::new(),
+            resolve_started: None,
         }
+    }
+
+    /// What the call did so far (complete once the result is out, whether
+    /// it locked or failed): client-go's `LockKeysDetails` of one
+    /// `LockKeys` call at one `for_update_ts`.
+    pub fn details(&self) -> LockKeysDetails {
+        LockKeysDetails {
+            regions: self.answered_regions.len(),
+            backoff: self.backoffer.total_sleep(),
+            backoff_by_kind: self.backoffer.sleeps_by_kind().collect(),
+            ..self.details.clone()
+        }
+    }
+
+    /// Notes a lock request leaving, to time it.
+    fn note_sent(&mut self, rpc: &Rpc) {
+        let (
+            Request::Kv(request @ KvRequest::PessimisticLock(_)),
+            Target::Store { store_id, addr },
+        ) = (&rpc.request, &rpc.target)
+        else {
+            return;
+        };
+        self.in_flight.push(LockRpcSent {
+            id: rpc.id,
+            sent_at: self.clock,
+            region_id: request.context().map_or(0, |c| c.region_id),
+            store_id: *store_id,
+            addr: addr.clone(),
+        });
+    }
+
+    /// Counts a lock request's answer (client-go counts every `SendReq`
+    /// in `LockRPCCount`/`LockRPCTime` and keeps the slowest successful
+    /// one with its exec details, `MergeReqDetails`).
+    fn note_answer(&mut self, id: RpcId, response: &Result<Response, RpcError>, now: Instant) {
+        let Some(i) = self.in_flight.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let sent = self.in_flight.swap_remove(i);
+        let took = now.saturating_duration_since(sent.sent_at);
+        self.details.lock_rpc_count += 1;
+        self.details.lock_rpc_time += took;
+        let Ok(Response::Kv(response @ KvResponse::PessimisticLock(lock))) = response else {
+            return;
+        };
+        if response.region_error().is_some() {
+            return;
+        }
+        if !self.answered_regions.contains(&sent.region_id) {
+            self.answered_regions.push(sent.region_id);
+        }
+        let failed = !lock.errors.is_empty()
+            || lock.results.iter().any(|r| {
+                r.r#type == kvrpcpb::PessimisticLockKeyResultType::LockResultFailed as i32
+            });
+        let slower = self.details.slowest.as_ref().is_none_or(|s| s.time < took);
+        if !failed && slower {
+            let mut exec_details = ExecDetails::default();
+            exec_details.merge(response);
+            self.details.slowest = Some(SlowestLockRequest {
+                time: took,
+                region_id: sent.region_id,
+                store_id: sent.store_id,
+                store_addr: sent.addr.to_string(),
+                exec_details,
+            });
+        }
+    }
+
+    /// Ends the call's clock (every result is set while handling an input
+    /// at `clock`).
+    fn stop_clock(&mut self) {
+        let started = self.started.unwrap_or(self.clock);
+        self.details.total = self.clock.saturating_duration_since(started);
     }
 
     /// The rollback of the failed call's keys, for the runtime to run
@@ -715,6 +929,7 @@ impl AcquirePessimisticLocks {
                 &self.req.tags,
             ));
         }
+        self.stop_clock();
         self.result = Some(Err(e));
     }
 
@@ -767,6 +982,7 @@ impl AcquirePessimisticLocks {
                 self.retry_or_give_up(now);
                 return;
             }
+            self.resolve_started = Some(now);
             let opts = ResolveOptions {
                 // client-go resolves with caller ts 0: a lock call pushes no
                 // transaction's min_commit_ts.
@@ -791,17 +1007,26 @@ impl AcquirePessimisticLocks {
     fn retry_or_give_up(&mut self, now: Instant) {
         match self.req.options.wait.gives_up(self.waited(now)) {
             Some(e) => self.fail(e),
-            None => self.lock(now),
+            None => self.lock_again(now),
         }
     }
 
+    /// Sends the keys that met locks again.
+    fn lock_again(&mut self, now: Instant) {
+        self.details.lock_wait_retries += 1;
+        self.lock(now);
+    }
+
     fn after_resolve(&mut self, outcome: Result<ResolveOutcome, Error>, now: Instant) {
+        if let Some(started) = self.resolve_started.take() {
+            self.details.resolve_lock += now.saturating_duration_since(started);
+        }
         match outcome {
             Err(e) => self.fail(e),
             // Still blocked by a live lock: TiKV already waited, so no
             // sleep here (client-go); give up if the call may not wait.
             Ok(o) if o.ms_before_expired > 0 => self.retry_or_give_up(now),
-            Ok(_) => self.lock(now),
+            Ok(_) => self.lock_again(now),
         }
     }
 
@@ -819,6 +1044,14 @@ impl AcquirePessimisticLocks {
         let assigned_primary =
             (self.assigned_primary && locked.contains(&self.primary)).then(|| self.primary.clone());
         let max_locked_with_conflict_ts = self.max_locked_with_conflict_ts;
+        if self.req.force_lock && self.all_keys.len() == 1 {
+            // client-go `collectAggressiveLockingStats`: a fair lock call's
+            // keys, and those it took over a newer write.
+            self.details.aggressive_lock_new += locked.len();
+            self.details.locked_with_conflict +=
+                values.iter().filter(|(_, v)| !v.locked_with_conflict_ts.is_zero()).count();
+        }
+        self.stop_clock();
         self.result = Some(Ok(AcquireOutcome {
             assigned_primary,
             locked,
@@ -849,6 +1082,7 @@ impl Operation for AcquirePessimisticLocks {
             return;
         }
         self.started = Some(now);
+        self.clock = now;
         let opts = &self.req.options;
         if opts.lock_only_if_exists && !opts.return_values {
             // client-go `ErrLockOnlyIfExistsNoReturnValue`.
@@ -876,6 +1110,7 @@ impl Operation for AcquirePessimisticLocks {
             self.finish();
             return;
         }
+        self.details.keys = self.all_keys.len();
         let keys = self.all_keys.clone();
         if !keys.contains(&self.primary) {
             self.pending = keys;
@@ -900,7 +1135,31 @@ impl Operation for AcquirePessimisticLocks {
         self.lock(now);
     }
 
-    crate::op::forward_step_inputs!(step);
+    // The step's inputs, forwarded as `forward_step_inputs!` does, with
+    // the lock requests timed on their way for the details.
+    fn poll_rpc(&mut self) -> Option<Rpc> {
+        let rpc = self.step.poll_rpc()?;
+        self.note_sent(&rpc);
+        Some(rpc)
+    }
+
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.clock = now;
+        self.note_answer(id, &response, now);
+        if self.step.on_response(id, response, now) {
+            self.check(now);
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.clock = now;
+        self.step.on_timeout(now);
+        self.check(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.step.poll_timeout()
+    }
 
     fn poll_result(&mut self) -> Option<Result<AcquireOutcome, Error>> {
         self.result.take()

@@ -712,3 +712,246 @@ fn presumed_absent_keys_assert_not_exist() {
         vec![kvrpcpb::Assertion::None as i32, kvrpcpb::Assertion::NotExist as i32]
     );
 }
+
+// ------------------------------------------------------ lock statistics
+
+/// Runs `op` like [`drive`], but each store RPC takes `latency(rpc)` (a
+/// lock request TiKV holds while it waits for another transaction's lock
+/// takes as long as that wait) and PD answers at once.
+fn drive_timed<O: Operation>(
+    mut op: O,
+    c: &mut FakeCluster,
+    mut latency: impl FnMut(&Rpc) -> Duration,
+) -> Result<O::Output, Error> {
+    let mut now = Instant::ZERO;
+    op.start(now);
+    for _ in 0..1_000 {
+        let mut sent = Vec::new();
+        while let Some(rpc) = op.poll_rpc() {
+            sent.push(rpc);
+        }
+        if let Some(result) = op.poll_result() {
+            return result;
+        }
+        if let Some(rpc) = sent.into_iter().next() {
+            if matches!(rpc.target, Target::Store { .. }) {
+                now += latency(&rpc);
+            }
+            let response = c.handle(&rpc);
+            op.on_response(rpc.id, response, now);
+        } else if let Some(t) = op.poll_timeout() {
+            now = now.max(t);
+            op.on_timeout(now);
+        } else {
+            panic!("stalled");
+        }
+    }
+    panic!("did not finish");
+}
+
+/// The first lock request of a call.
+fn is_first_lock_request(rpc: &Rpc, seen: &mut u32) -> bool {
+    if matches!(rpc.request, Request::Kv(KvRequest::PessimisticLock(_))) {
+        *seen += 1;
+        return *seen == 1;
+    }
+    false
+}
+
+/// A lock wait then success (client-go's `LockKeysDetails` of one
+/// `LockKeys`): TiKV holds the first request 500 ms on a live lock, the
+/// batch goes again and locks. Both requests count in the RPC count and
+/// time; only the successful one can be the slowest, with its region,
+/// store and exec details; the call's time spans both.
+#[test]
+fn lock_details_count_a_lock_wait_then_success() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("pessimistic_lock", locked("a", 120));
+    c.fault(
+        "pessimistic_lock",
+        respond(KvResponse::PessimisticLock(Box::new(kvrpcpb::PessimisticLockResponse {
+            exec_details_v2: Some(kvrpcpb::ExecDetailsV2 {
+                write_detail: Some(kvrpcpb::WriteDetail {
+                    pessimistic_lock_wait_nanos: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))),
+    );
+    let mut op = acquire(&["a", "b"], Some("p"), LockOptions::new());
+    let mut seen = 0;
+    let result = drive_timed(&mut op, &mut c, |rpc| {
+        let wait = is_first_lock_request(rpc, &mut seen);
+        Duration::from_millis(if wait { 500 } else { 2 })
+    });
+    assert_eq!(result.expect("locked").locked, keys(&["a", "b"]));
+    let d = op.details();
+    assert_eq!(d.total, Duration::from_millis(502));
+    assert_eq!((d.keys, d.regions), (2, 1));
+    assert_eq!((d.lock_rpc_count, d.lock_rpc_time), (2, Duration::from_millis(502)));
+    assert_eq!((d.lock_wait_retries, d.statement_retries), (1, 0));
+    assert_eq!((d.resolve_lock, d.backoff), (Duration::ZERO, Duration::ZERO));
+    assert!(d.backoff_by_kind.is_empty());
+    assert_eq!((d.aggressive_lock_new, d.locked_with_conflict), (0, 0), "not a fair lock");
+    let slowest = d.slowest.expect("a request succeeded");
+    assert_eq!(slowest.time, Duration::from_millis(2), "the waited request failed: not counted");
+    assert_eq!(slowest.region_id, 1);
+    assert_eq!(c.stores.get(&slowest.store_id), Some(&slowest.store_addr));
+    assert_eq!(slowest.exec_details.requests, 1);
+    assert_eq!(slowest.exec_details.write.scheduler_pessimistic_lock_wait, Duration::from_nanos(7));
+}
+
+/// An old lock is resolved before the batch goes again: the resolve's
+/// RPCs count in `resolve_lock`, not in the lock RPCs.
+#[test]
+fn lock_details_time_the_resolve_of_an_old_lock() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault("pessimistic_lock", locked("a", 0));
+    c.fault("check_txn_status", status(0));
+    c.fault("pessimistic_rollback", respond(KvResponse::PessimisticRollback(Default::default())));
+    c.fault("pessimistic_lock", lock_ok());
+    let mut op = acquire(&["a"], Some("p"), LockOptions::new());
+    let result = drive_timed(&mut op, &mut c, |rpc| match &rpc.request {
+        Request::Kv(KvRequest::PessimisticLock(_)) => Duration::from_millis(10),
+        _ => Duration::from_millis(3),
+    });
+    result.expect("locked");
+    let d = op.details();
+    // Check the txn status, roll its lock back: 3 ms each (its timestamp
+    // from PD at once).
+    assert_eq!(d.resolve_lock, Duration::from_millis(6));
+    assert_eq!((d.lock_rpc_count, d.lock_rpc_time), (2, Duration::from_millis(20)));
+    assert_eq!(d.lock_wait_retries, 1);
+    assert_eq!(d.total, Duration::from_millis(26));
+}
+
+/// A call that fails still reports what it did (client-go fills the
+/// stats before returning the error): a write conflict answered the only
+/// request, so nothing succeeded.
+#[test]
+fn lock_details_are_filled_on_failure() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "pessimistic_lock",
+        lock_error(kvrpcpb::KeyError {
+            conflict: Some(kvrpcpb::WriteConflict {
+                start_ts: ts_at(500).version(),
+                conflict_ts: ts_at(700).version(),
+                key: Bytes::from("a"),
+                conflict_commit_ts: ts_at(950).version(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    let mut op = acquire(&["a"], Some("p"), LockOptions::new());
+    let (_, result) = drive(&mut op, &mut c);
+    assert!(matches!(result, Err(Error::WriteConflict { .. })));
+    let d = op.details();
+    assert_eq!((d.keys, d.lock_rpc_count), (1, 1));
+    // The call located the key's region first (three PD RPCs).
+    assert_eq!((d.lock_rpc_time, d.total), (Duration::from_millis(1), Duration::from_millis(4)));
+    assert_eq!(d.regions, 1, "the region answered, with a key error");
+    assert_eq!(d.slowest, None, "no request succeeded");
+    assert_eq!(d.lock_wait_retries, 0);
+}
+
+/// A region error relocates the batch after a backoff: the sleep shows in
+/// `backoff` and by kind (client-go `BackoffTypes`), every attempt in the
+/// RPC count; the region counts once.
+#[test]
+fn lock_details_report_region_error_backoff_by_kind() {
+    let mut c = FakeCluster::new(&[]);
+    for _ in 0..2 {
+        c.fault(
+            "pessimistic_lock",
+            Fault::Region(Box::new(tikv_proto::errorpb::Error {
+                message: "key not in region".into(),
+                key_not_in_region: Some(Default::default()),
+                ..Default::default()
+            })),
+        );
+    }
+    c.fault("pessimistic_lock", lock_ok());
+    let mut op = acquire(&["a"], Some("p"), LockOptions::new());
+    let (log, result) = drive(&mut op, &mut c);
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let d = op.details();
+    assert_eq!(d.lock_rpc_count, 3, "{log}");
+    assert_eq!(d.regions, 1);
+    assert!(!d.backoff.is_zero(), "{log}");
+    let by_kind: Vec<_> = d.backoff_by_kind.iter().map(|k| (k.kind, k.sleeps)).collect();
+    assert_eq!(by_kind, [(crate::backoff::BackoffKind::RegionMiss, 2)], "{log}");
+    assert_eq!(d.backoff_by_kind[0].slept, d.backoff);
+    assert!(d.total >= d.backoff + d.lock_rpc_time, "the sleeps are in the call's time");
+}
+
+/// Fair locking (force-lock mode): the key counts as a new fair lock, and
+/// as locked with conflict when it was taken over a newer write; a normal
+/// call counts neither.
+#[test]
+fn lock_details_count_fair_locks_and_conflicts() {
+    use kvrpcpb::PessimisticLockKeyResultType::*;
+    let conflict = ts_at(950).version();
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "pessimistic_lock",
+        force_answer(vec![force_result(LockResultLockedWithConflict, "2", conflict)], vec![]),
+    );
+    let mut op = forced(&["a"], LockOptions::new());
+    let (_, result) = drive(&mut op, &mut c);
+    result.expect("locked");
+    let d = op.details();
+    assert_eq!((d.aggressive_lock_new, d.locked_with_conflict), (1, 1));
+    assert!(d.slowest.is_some(), "a locked-with-conflict answer is a success");
+
+    let mut c = FakeCluster::new(&[]);
+    c.fault("pessimistic_lock", force_answer(vec![force_result(LockResultNormal, "", 0)], vec![]));
+    let mut op = forced(&["a"], LockOptions::new());
+    drive(&mut op, &mut c).1.expect("locked");
+    assert_eq!((op.details().aggressive_lock_new, op.details().locked_with_conflict), (1, 0));
+}
+
+/// Merging sums the calls and keeps the slower request, backoff kinds
+/// summed per kind (client-go `Merge`).
+#[test]
+fn lock_details_merge_sums_and_keeps_the_slowest() {
+    use crate::backoff::BackoffKind;
+    let sleeps = |kind, n, ms| KindSleeps { kind, sleeps: n, slept: Duration::from_millis(ms) };
+    let slow = |ms, region_id| SlowestLockRequest {
+        time: Duration::from_millis(ms),
+        region_id,
+        ..Default::default()
+    };
+    let mut a = LockKeysDetails {
+        keys: 1,
+        lock_rpc_count: 2,
+        backoff: Duration::from_millis(4),
+        backoff_by_kind: vec![sleeps(BackoffKind::RegionMiss, 2, 4)],
+        slowest: Some(slow(9, 1)),
+        ..Default::default()
+    };
+    let b = LockKeysDetails {
+        keys: 2,
+        statement_retries: 1,
+        backoff: Duration::from_millis(5),
+        backoff_by_kind: vec![
+            sleeps(BackoffKind::TikvRpc, 1, 2),
+            sleeps(BackoffKind::RegionMiss, 1, 3),
+        ],
+        slowest: Some(slow(5, 2)),
+        ..Default::default()
+    };
+    a.merge(&b);
+    assert_eq!((a.keys, a.lock_rpc_count, a.statement_retries), (3, 2, 1));
+    assert_eq!(a.backoff, Duration::from_millis(9));
+    let mut expected =
+        vec![sleeps(BackoffKind::RegionMiss, 3, 7), sleeps(BackoffKind::TikvRpc, 1, 2)];
+    expected.sort_by_key(|s| s.kind as usize);
+    assert_eq!(a.backoff_by_kind, expected);
+    assert_eq!(a.slowest.as_ref().map(|s| s.region_id), Some(1), "the slower one stays");
+    a.merge(&LockKeysDetails { slowest: Some(slow(12, 3)), ..Default::default() });
+    assert_eq!(a.slowest.map(|s| s.region_id), Some(3));
+}
