@@ -311,3 +311,128 @@ mod tests {
         assert_eq!((d.requests, d.with_details), (1, 0));
     }
 }
+
+/// One store request of an operation with what it cost (client-go
+/// `util.ReqDetailInfo`): the slowest lock request of a lock call, the
+/// slowest prewrite and the primary's commit of a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestDetail {
+    /// From send to answer.
+    pub time: Duration,
+    /// The region it was sent for.
+    pub region_id: u64,
+    /// The store that answered.
+    pub store_id: u64,
+    /// That store's address.
+    pub store_addr: String,
+    /// What TiKV reported on the answer (`ExecDetailsV2`).
+    pub exec_details: ExecDetails,
+}
+
+impl RequestDetail {
+    /// Keeps the slower of `slowest` and `other` in `slowest` (client-go's
+    /// `MergeReqDetails`: a later request replaces the kept one only when
+    /// it took longer).
+    pub fn keep_slowest(slowest: &mut Option<RequestDetail>, other: Option<&RequestDetail>) {
+        if let Some(other) = other
+            && slowest.as_ref().is_none_or(|mine| mine.time < other.time)
+        {
+            *slowest = Some(other.clone());
+        }
+    }
+}
+
+/// Times the store requests an operation sends: [`RequestTimer::sent`] as
+/// each leaves (with the operation's current time: RPCs are polled right
+/// after the input that produced them), [`RequestTimer::answered`] as its
+/// answer arrives.
+#[derive(Debug, Default)]
+pub(crate) struct RequestTimer {
+    in_flight: Vec<SentRequest>,
+}
+
+/// A request the [`RequestTimer`] waits on.
+#[derive(Debug)]
+struct SentRequest {
+    id: crate::rpc::RpcId,
+    sent_at: crate::time::Instant,
+    region_id: u64,
+    store_id: u64,
+    addr: std::sync::Arc<str>,
+}
+
+/// A timed request's answer: its time, and where it went.
+#[derive(Debug)]
+pub(crate) struct TimedAnswer {
+    pub(crate) time: Duration,
+    pub(crate) region_id: u64,
+    pub(crate) store_id: u64,
+    addr: std::sync::Arc<str>,
+}
+
+impl TimedAnswer {
+    /// True if this answer took longer than `slowest` (or there is none).
+    pub(crate) fn is_slower_than(&self, slowest: Option<&RequestDetail>) -> bool {
+        slowest.is_none_or(|s| s.time < self.time)
+    }
+
+    /// The detail of this answer's request, with the exec details of
+    /// `response`.
+    pub(crate) fn detail(&self, response: &KvResponse) -> RequestDetail {
+        let mut exec_details = ExecDetails::default();
+        exec_details.merge(response);
+        RequestDetail {
+            time: self.time,
+            region_id: self.region_id,
+            store_id: self.store_id,
+            store_addr: self.addr.to_string(),
+            exec_details,
+        }
+    }
+}
+
+impl RequestTimer {
+    /// Starts timing `rpc` at `now` if it is a store request `wanted`
+    /// picks; returns whether it did.
+    pub(crate) fn sent(
+        &mut self,
+        rpc: &crate::rpc::Rpc,
+        now: crate::time::Instant,
+        wanted: impl FnOnce(&crate::rpc::KvRequest) -> bool,
+    ) -> bool {
+        use crate::rpc::{Request, Target};
+        let (Request::Kv(request), Target::Store { store_id, addr }) = (&rpc.request, &rpc.target)
+        else {
+            return false;
+        };
+        if !wanted(request) {
+            return false;
+        }
+        self.in_flight.push(SentRequest {
+            id: rpc.id,
+            sent_at: now,
+            region_id: request.context().map_or(0, |c| c.region_id),
+            store_id: *store_id,
+            addr: addr.clone(),
+        });
+        true
+    }
+
+    /// The answer of timed request `id` at `now`; `None` for a request
+    /// not timed (or already answered).
+    pub(crate) fn answered(
+        &mut self,
+        id: crate::rpc::RpcId,
+        now: crate::time::Instant,
+    ) -> Option<TimedAnswer> {
+        let i = self.in_flight.iter().position(|s| s.id == id)?;
+        let sent = self.in_flight.swap_remove(i);
+        Some(TimedAnswer {
+            time: now.saturating_duration_since(sent.sent_at),
+            region_id: sent.region_id,
+            store_id: sent.store_id,
+            addr: sent.addr,
+        })
+    }
+}

@@ -50,12 +50,12 @@ pub use pipelined::{
 };
 pub use raw::{CasOutcome, RawChecksum, RawClient};
 pub use scanner::{DEFAULT_SCAN_BATCH_SIZE, Scanner, TxnScanner};
-pub use tikv_core::exec_details::{ExecDetails, ScanDetail, TimeDetail, WriteDetail};
+pub use tikv_core::exec_details::{
+    ExecDetails, RequestDetail, ScanDetail, TimeDetail, WriteDetail,
+};
 pub use tikv_core::txn::commit::{CommitDetails, CommitOptions};
 pub use tikv_core::txn::membuffer::Checkpoint;
-pub use tikv_core::txn::pessimistic::{
-    LockKeysDetails, LockOptions, LockWait, ReturnedValue, SlowestLockRequest,
-};
+pub use tikv_core::txn::pessimistic::{LockKeysDetails, LockOptions, LockWait, ReturnedValue};
 pub use tikv_core::txn::pipelined::FlushThresholds;
 pub use tikv_core::txn::snapshot::ReadOptions;
 pub use traits::{Runtime, Transport};

@@ -105,8 +105,8 @@ pub use tikv_driver::{
     Config, DEFAULT_SCAN_BATCH_SIZE, Error, ExecDetails, ExecDetailsCollector, ExhaustedClass,
     FlushThresholds, GLOBAL_TXN_SCOPE, GcOutcome, Key, KeyRange, KvPair, Lock, LockKeysDetails,
     LockOptions, LockWait, PipelinedOptions, PipelinedProgress, PreSplitThresholds, RangeTaskStat,
-    RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestSource, RequestTags,
-    ReturnedValue, RpcError, SlowestLockRequest, SplitRegionsOutcome, Timestamp,
-    TransactionOptions, Value, describe_metrics, metric_names, proto,
+    RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestDetail, RequestSource,
+    RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions,
+    Value, describe_metrics, metric_names, proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

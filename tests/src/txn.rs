@@ -1090,6 +1090,12 @@ pub async fn exec_details_sum_what_each_read_processed<H: Harness>(bed: Bed) {
     committed.expect("commit");
     assert_eq!((commit.write_keys, commit.write_size), (3, 3 + 1 + 2 + 3), "{commit:?}");
     assert!(commit.prewrite_requests >= 2, "one per region at least: {commit:?}");
+    // client-go's `SlowestPrewrite` and `CommitPrimary`: where they went.
+    let slowest = commit.slowest_prewrite.as_ref().expect("the prewrites succeeded");
+    assert!(slowest.region_id > 0 && slowest.store_id > 0, "{slowest:?}");
+    assert!(!slowest.store_addr.is_empty() && slowest.exec_details.requests == 1, "{slowest:?}");
+    let primary = commit.commit_primary.as_ref().expect("a two-phase commit");
+    assert!(primary.store_id > 0 && primary.time <= commit.commit, "{primary:?} in {commit:?}");
     // Two prewrites and the primary's commit at least (the secondary's
     // commit runs in the background and may not have answered yet).
     assert!(writes.details().requests >= 3, "{:?}", writes.details());

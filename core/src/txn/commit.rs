@@ -26,6 +26,7 @@ use tikv_proto::kvrpcpb::prewrite_request::PessimisticAction;
 
 use crate::backoff::{BackoffKind, Backoffer, KindSleeps};
 use crate::error::Error;
+use crate::exec_details::{RequestDetail, RequestTimer, TimedAnswer};
 use crate::key::{Key, Value};
 use crate::lock::{Lock, ResolveLocks, ResolveOptions};
 use crate::op::{IdMap, Operation, StepEvent, StepSlot};
@@ -304,6 +305,32 @@ pub struct CommitDetails {
     /// `Prewrite` requests built, retries included (client-go
     /// `PrewriteReqNum`).
     pub prewrite_requests: usize,
+    /// The slowest `Prewrite` answered without a region or key error
+    /// (client-go `Mu.SlowestPrewrite`). Each attempt is timed on its own,
+    /// where client-go's time also covers the retries its sender makes
+    /// after region errors.
+    pub slowest_prewrite: Option<RequestDetail>,
+    /// The primary's `Commit` in two-phase commit, its last attempt
+    /// answered without a region error (client-go `Mu.CommitPrimary`).
+    pub commit_primary: Option<RequestDetail>,
+}
+
+impl CommitDetails {
+    /// Records a timed `Prewrite` or primary `Commit` answer.
+    fn note_answer(&mut self, answer: &TimedAnswer, response: &KvResponse) {
+        if response.region_error().is_some() {
+            return;
+        }
+        match response {
+            KvResponse::Prewrite(p)
+                if p.errors.is_empty() && answer.is_slower_than(self.slowest_prewrite.as_ref()) =>
+            {
+                self.slowest_prewrite = Some(answer.detail(response));
+            }
+            KvResponse::Commit(_) => self.commit_primary = Some(answer.detail(response)),
+            _ => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------- plans
@@ -828,6 +855,12 @@ pub struct Committer {
     /// When the running step started, for [`CommitDetails`].
     step_started: Instant,
     details: CommitDetails,
+    /// The latest instant the machine was fed: RPCs polled after an input
+    /// leave at it.
+    clock: Instant,
+    /// `Prewrite` and `Commit` requests in flight, for
+    /// [`CommitDetails::slowest_prewrite`] and [`CommitDetails::commit_primary`].
+    timer: RequestTimer,
 }
 
 /// Whose RPC an id belongs to: the step (whose slot drops late answers of
@@ -919,6 +952,8 @@ impl Committer {
                 write_size: size,
                 ..CommitDetails::default()
             },
+            clock: Instant::ZERO,
+            timer: RequestTimer::default(),
         }
     }
 
@@ -1345,6 +1380,7 @@ impl Operation for Committer {
         if std::mem::replace(&mut self.started, true) {
             return;
         }
+        self.clock = now;
         if self.pending.is_empty() {
             self.finish(Ok(CommitOutcome {
                 commit_ts: self.start_ts,
@@ -1383,13 +1419,25 @@ impl Operation for Committer {
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
         if let Some(rpc) = self.step.poll_rpc() {
-            return Some(self.ids.wrap(Child::Step, rpc));
+            let rpc = self.ids.wrap(Child::Step, rpc);
+            // Only the primary's `Commit` is sent from here: the
+            // secondaries' commit is the follow-up.
+            self.timer.sent(&rpc, self.clock, |r| {
+                matches!(r, KvRequest::Prewrite(_) | KvRequest::Commit(_))
+            });
+            return Some(rpc);
         }
         let rpc = self.heartbeat.as_mut()?.poll_rpc()?;
         Some(self.ids.wrap(Child::Heartbeat(self.heartbeats), rpc))
     }
 
     fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        self.clock = now;
+        if let Some(answer) = self.timer.answered(id, now)
+            && let Ok(Response::Kv(kv)) = &response
+        {
+            self.details.note_answer(&answer, kv);
+        }
         let Some((child, id)) = self.ids.take(id) else {
             return;
         };
@@ -1411,6 +1459,7 @@ impl Operation for Committer {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        self.clock = now;
         if let Some(hb) = self.heartbeat.as_mut() {
             hb.on_timeout(now);
             self.check_heartbeat();

@@ -38,7 +38,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::backoff::{Backoffer, KindSleeps};
 use crate::error::Error;
-use crate::exec_details::ExecDetails;
+use crate::exec_details::{RequestDetail, RequestTimer};
 use crate::key::{Key, Value};
 use crate::lock::{
     Lock, PessimisticRollbackPlan, ResolveLocks, ResolveOptions, ResolveOutcome,
@@ -47,9 +47,7 @@ use crate::lock::{
 use crate::op::{Operation, StepEvent, StepSlot};
 use crate::pd::Timestamp;
 use crate::route::fanout::{KeyFanout, KeyPlan};
-use crate::rpc::{
-    KvRequest, KvResponse, Request, RequestTags, Response, Rpc, RpcError, RpcId, Target,
-};
+use crate::rpc::{KvRequest, KvResponse, RequestTags, Response, Rpc, RpcError, RpcId};
 use crate::time::{Duration, Instant};
 use crate::txn::commit::{MAX_LOCK_TTL, TXN_COMMIT_BATCH_SIZE};
 use crate::view::ClusterView;
@@ -319,23 +317,7 @@ pub struct LockKeysDetails {
     /// The slowest lock request that succeeded (client-go
     /// `Mu.SlowestReqTotalTime`, `SlowestRegion`, `SlowestStoreAddr`,
     /// `SlowestExecDetails`).
-    pub slowest: Option<SlowestLockRequest>,
-}
-
-/// The slowest successful lock request of a [`LockKeysDetails`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SlowestLockRequest {
-    /// From send to answer.
-    pub time: Duration,
-    /// The region it locked keys in.
-    pub region_id: u64,
-    /// The store that answered.
-    pub store_id: u64,
-    /// That store's address.
-    pub store_addr: String,
-    /// What TiKV reported on the answer (`ExecDetailsV2`).
-    pub exec_details: ExecDetails,
+    pub slowest: Option<RequestDetail>,
 }
 
 impl LockKeysDetails {
@@ -355,22 +337,8 @@ impl LockKeysDetails {
         self.aggressive_lock_new += other.aggressive_lock_new;
         self.aggressive_lock_derived += other.aggressive_lock_derived;
         self.locked_with_conflict += other.locked_with_conflict;
-        if let Some(theirs) = &other.slowest
-            && self.slowest.as_ref().is_none_or(|mine| mine.time < theirs.time)
-        {
-            self.slowest = Some(theirs.clone());
-        }
+        RequestDetail::keep_slowest(&mut self.slowest, other.slowest.as_ref());
     }
-}
-
-/// A `PessimisticLock` request in flight, for [`LockKeysDetails`].
-#[derive(Debug)]
-struct LockRpcSent {
-    id: RpcId,
-    sent_at: Instant,
-    region_id: u64,
-    store_id: u64,
-    addr: Arc<str>,
 }
 
 /// farmhash's `Fingerprint64` (TiKV hashes keys with it in the deadlock
@@ -759,7 +727,7 @@ pub struct AcquirePessimisticLocks {
     /// leave at it.
     clock: Instant,
     /// Lock requests sent and not answered yet.
-    in_flight: Vec<LockRpcSent>,
+    in_flight: RequestTimer,
     /// Regions whose lock requests were answered without a region error.
     answered_regions: Vec<u64>,
     /// When the running resolve step started.
@@ -811,7 +779,7 @@ impl AcquirePessimisticLocks {
             follow_up: None,
             details: LockKeysDetails::default(),
             clock: Instant::ZERO,
-            in_flight: Vec::new(),
+            in_flight: RequestTimer::default(),
             answered_regions: Vec::new(),
             resolve_started: None,
         }
@@ -831,57 +799,33 @@ impl AcquirePessimisticLocks {
 
     /// Notes a lock request leaving, to time it.
     fn note_sent(&mut self, rpc: &Rpc) {
-        let (
-            Request::Kv(request @ KvRequest::PessimisticLock(_)),
-            Target::Store { store_id, addr },
-        ) = (&rpc.request, &rpc.target)
-        else {
-            return;
-        };
-        self.in_flight.push(LockRpcSent {
-            id: rpc.id,
-            sent_at: self.clock,
-            region_id: request.context().map_or(0, |c| c.region_id),
-            store_id: *store_id,
-            addr: addr.clone(),
-        });
+        self.in_flight.sent(rpc, self.clock, |r| matches!(r, KvRequest::PessimisticLock(_)));
     }
 
     /// Counts a lock request's answer (client-go counts every `SendReq`
     /// in `LockRPCCount`/`LockRPCTime` and keeps the slowest successful
     /// one with its exec details, `MergeReqDetails`).
     fn note_answer(&mut self, id: RpcId, response: &Result<Response, RpcError>, now: Instant) {
-        let Some(i) = self.in_flight.iter().position(|s| s.id == id) else {
+        let Some(answer) = self.in_flight.answered(id, now) else {
             return;
         };
-        let sent = self.in_flight.swap_remove(i);
-        let took = now.saturating_duration_since(sent.sent_at);
         self.details.lock_rpc_count += 1;
-        self.details.lock_rpc_time += took;
+        self.details.lock_rpc_time += answer.time;
         let Ok(Response::Kv(response @ KvResponse::PessimisticLock(lock))) = response else {
             return;
         };
         if response.region_error().is_some() {
             return;
         }
-        if !self.answered_regions.contains(&sent.region_id) {
-            self.answered_regions.push(sent.region_id);
+        if !self.answered_regions.contains(&answer.region_id) {
+            self.answered_regions.push(answer.region_id);
         }
         let failed = !lock.errors.is_empty()
             || lock.results.iter().any(|r| {
                 r.r#type == kvrpcpb::PessimisticLockKeyResultType::LockResultFailed as i32
             });
-        let slower = self.details.slowest.as_ref().is_none_or(|s| s.time < took);
-        if !failed && slower {
-            let mut exec_details = ExecDetails::default();
-            exec_details.merge(response);
-            self.details.slowest = Some(SlowestLockRequest {
-                time: took,
-                region_id: sent.region_id,
-                store_id: sent.store_id,
-                store_addr: sent.addr.to_string(),
-                exec_details,
-            });
+        if !failed && answer.is_slower_than(self.details.slowest.as_ref()) {
+            self.details.slowest = Some(answer.detail(response));
         }
     }
 

@@ -1376,3 +1376,82 @@ fn shared_locks_met_are_resolved_per_holder_and_a_lost_share_is_typed() {
     }
     assert!(!c.received.iter().any(|r| matches!(r, KvRequest::Commit(_))), "nothing committed");
 }
+
+/// client-go's `Mu.SlowestPrewrite` and `Mu.CommitPrimary`: the prewrites
+/// of both regions go out together and the second answer is the slowest
+/// (each answer here takes 1 ms, one after the other); the primary's
+/// commit is recorded with its region, store and exec details.
+#[test]
+fn commit_details_keep_the_slowest_prewrite_and_the_primary_commit() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault(
+        "kv_commit",
+        respond(KvResponse::Commit(Box::new(kvrpcpb::CommitResponse {
+            exec_details_v2: Some(apply_log_details(3)),
+            ..Default::default()
+        }))),
+    );
+    let mut op = committer(&["a", "z"], CommitOptions::default());
+    let (log, result) = drive(&mut op, &mut c);
+    result.expect("committed");
+    let d = op.details();
+    let slowest = d.slowest_prewrite.expect("prewrites succeeded");
+    assert_eq!(slowest.time, Duration::from_millis(2), "the later answer: {log}");
+    assert!([1, 2].contains(&slowest.region_id));
+    assert_eq!(c.stores.get(&slowest.store_id), Some(&slowest.store_addr));
+    assert_eq!(slowest.exec_details.requests, 1);
+    let primary = d.commit_primary.expect("two-phase commit");
+    assert_eq!(primary.region_id, 1, "the primary `a` is in the first region");
+    assert_eq!(primary.time, Duration::from_millis(1));
+    assert_eq!(primary.exec_details.write.apply_log, Duration::from_nanos(3));
+
+    // Async commit has no primary commit in the committer.
+    let mut c = FakeCluster::new(&[]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 7, 0));
+    let mut op = committer(&["a"], CommitOptions::default().with_async_commit(true));
+    let (log, result) = drive(&mut op, &mut c);
+    assert_eq!(result.expect("committed").mode, CommitMode::AsyncCommit);
+    let d = op.details();
+    assert!(d.slowest_prewrite.is_some(), "{log}");
+    assert_eq!(d.commit_primary, None, "{log}");
+}
+
+/// A prewrite refused with a region error is no candidate for the slowest
+/// prewrite, even when it took as long as the one that succeeded.
+#[test]
+fn commit_details_skip_a_prewrite_refused_by_its_region() {
+    let mut c = FakeCluster::new(&[]);
+    c.fault(
+        "prewrite",
+        Fault::Region(Box::new(errorpb::Error {
+            message: "busy".into(),
+            server_is_busy: Some(Default::default()),
+            ..Default::default()
+        })),
+    );
+    c.fault(
+        "prewrite",
+        respond(KvResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            exec_details_v2: Some(apply_log_details(5)),
+            ..Default::default()
+        }))),
+    );
+    c.fault("kv_commit", commit_ok());
+    let mut op = committer(&["a"], CommitOptions::default());
+    let (log, result) = drive(&mut op, &mut c);
+    result.expect("committed");
+    let d = op.details();
+    assert_eq!(d.prewrite_requests, 2, "{log}");
+    let slowest = d.slowest_prewrite.expect("the retry succeeded");
+    assert_eq!(slowest.exec_details.with_details, 1, "the successful attempt: {log}");
+    assert_eq!(slowest.exec_details.write.apply_log, Duration::from_nanos(5));
+}
+
+fn apply_log_details(nanos: u64) -> kvrpcpb::ExecDetailsV2 {
+    kvrpcpb::ExecDetailsV2 {
+        write_detail: Some(kvrpcpb::WriteDetail { apply_log_nanos: nanos, ..Default::default() }),
+        ..Default::default()
+    }
+}

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tikv_proto::{deadlock, kvrpcpb};
 
 use super::*;
+use crate::rpc::{Request, Target};
 use crate::testing::{FakeCluster, Fault, drive, view};
 
 /// The timestamp at `physical_ms` (the fake PD's clock reads 1000 ms).
@@ -920,7 +921,7 @@ fn lock_details_count_fair_locks_and_conflicts() {
 fn lock_details_merge_sums_and_keeps_the_slowest() {
     use crate::backoff::BackoffKind;
     let sleeps = |kind, n, ms| KindSleeps { kind, sleeps: n, slept: Duration::from_millis(ms) };
-    let slow = |ms, region_id| SlowestLockRequest {
+    let slow = |ms, region_id| RequestDetail {
         time: Duration::from_millis(ms),
         region_id,
         ..Default::default()
