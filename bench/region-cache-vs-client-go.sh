@@ -79,14 +79,15 @@ def ratio(a, b):
 FIELDS = ("cpu_ns_per_lookup", "process_cpu_ns_per_lookup", "ns_per_lookup")
 
 print()
-print("| case | ours CPU | client-go CPU | ours/client-go | ours process CPU | client-go process CPU | ours/client-go | ours wall | client-go wall |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| case | ours CPU | client-go CPU | ours/client-go | ours process CPU | client-go process CPU | ours/client-go | ours wall | client-go wall | ours/client-go |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for key in [k for k in ours if k[0] == "RESULT"]:
     _, n, case = key
     o = [median(ours, key, f) for f in FIELDS]
     g = [median(go, key, f) for f in FIELDS]
     print(f"| locate_key/{n}/{case} | {ns(o[0])} | {ns(g[0])} | {ratio(o[0], g[0])} "
-          f"| {ns(o[1])} | {ns(g[1])} | {ratio(o[1], g[1])} | {ns(o[2])} | {ns(g[2])} |")
+          f"| {ns(o[1])} | {ns(g[1])} | {ratio(o[1], g[1])} "
+          f"| {ns(o[2])} | {ns(g[2])} | {ratio(o[2], g[2])} |")
 print()
 print("| regions | ours heap B/region | ours resident B/region | client-go heap B/region | ours/client-go (heap) |")
 print("|---|---|---|---|---|")

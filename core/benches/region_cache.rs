@@ -24,37 +24,44 @@
 //! overhead) and resident set growth per region while building the cache
 //! (Linux `/proc/self/statm`, which includes malloc's overhead).
 //!
-//! Measured 2026-11-22 on the project's 2-vCPU KVM box (AMD EPYC, random
-//! DRAM access ~250-300 ns, load average 6-8 from other builds), the previous
-//! `RwLock<BTreeMap>` cache (main at `0b4be56`) and this one built from the
-//! same bench file and run alternately, 3 rounds each; medians of criterion's
-//! mean estimates (`--warm-up-time 1 --measurement-time 2`):
+//! With `REGION_CACHE_PLAIN=1` the B4 lookup cases run without criterion
+//! (1 s warm-up, 2 s measured) and print plain lines, each reader timed by
+//! the clock and by its thread's CPU time: the shape of client-go's
+//! `peer-client-go regioncachebench`, which runs the same cases through
+//! client-go's `RegionCache`. `bench/region-cache-vs-client-go.sh` runs both
+//! alternately and prints them side by side. Its run of 2026-12-06 on the
+//! project's 2-vCPU KVM box (Intel Xeon, load average ~8 from other work),
+//! medians of 3 rounds, CPU time per lookup per reader thread (the machine's
+//! load inflates elapsed times several-fold, both sides alike):
 //!
-//! | benchmark | old | new | old/new |
+//! | case | ours | client-go | ours/client-go |
 //! |---|---|---|---|
-//! | locate_key/100000/1-thread | 2.70 µs | 626 ns | 4.3x |
-//! | locate_key/100000/2-threads | 3.86 µs | 766 ns | 5.0x |
-//! | locate_key/100000/1-thread+1%-inserts | 2.68 µs | 985 ns | 2.7x |
-//! | locate_key/100000/2-threads+1%-inserts | 3.02 µs | 1.02 µs | 2.9x |
-//! | locate_key/100000/1-thread-same-region | 238 ns | 113 ns | 2.1x |
-//! | locate_key/100000/2-threads-same-region | 357 ns | 176 ns | 2.0x |
-//! | locate_key/1000000/1-thread | 4.89 µs | 2.03 µs | 2.4x |
-//! | locate_key/1000000/2-threads | 8.24 µs | 3.30 µs | 2.5x |
-//! | locate_key/1000000/1-thread+1%-inserts | 5.32 µs | 1.98 µs | 2.7x |
-//! | locate_key/1000000/2-threads+1%-inserts | 6.25 µs | 2.27 µs | 2.7x |
-//! | locate_key/1000000/1-thread-same-region | 266 ns | 117 ns | 2.3x |
-//! | locate_key/1000000/2-threads-same-region | 447 ns | 229 ns | 2.0x |
-//! | locate_key/1000000/2-threads-handle-clone-only | 39 ns | 33 ns | (same work) |
-//! | insert/1000000/refresh | 11.6 µs | 10.5 µs | 1.1x |
-//! | group_ranges_by_region/10000/full-range | 5.70 ms | 1.16 ms | 4.9x |
-//! | heap bytes per region, 100k / 1M | 562 / 575 | 269 / 276 | 2.1x |
-//! | resident bytes per region, 100k / 1M | 629 / 575 | 305 / 277 | 2.1x |
-//! | allocations per full-range walk, first / later | 13 / 13 | 10,012 / 13 | |
+//! | locate_key/100000/1-thread | 287 ns | 1.67 µs | 0.17 |
+//! | locate_key/100000/2-threads | 250 ns | 1.82 µs | 0.14 |
+//! | locate_key/100000/1-thread+1%-inserts | 306 ns | 1.52 µs | 0.20 |
+//! | locate_key/100000/2-threads+1%-inserts | 289 ns | 1.69 µs | 0.17 |
+//! | locate_key/100000/1-thread-same-region | 77 ns | 378 ns | 0.20 |
+//! | locate_key/100000/2-threads-same-region | 84 ns | 421 ns | 0.20 |
+//! | locate_key/1000000/1-thread | 596 ns | 3.18 µs | 0.19 |
+//! | locate_key/1000000/2-threads | 639 ns | 3.53 µs | 0.18 |
+//! | locate_key/1000000/1-thread+1%-inserts | 686 ns | 3.04 µs | 0.23 |
+//! | locate_key/1000000/2-threads+1%-inserts | 612 ns | 2.78 µs | 0.22 |
+//! | locate_key/1000000/1-thread-same-region | 83 ns | 545 ns | 0.15 |
+//! | locate_key/1000000/2-threads-same-region | 103 ns | 491 ns | 0.21 |
+//! | heap bytes per region, 100k / 1M | 293 / 300 | 732 / 794 | 0.40 / 0.38 |
+//! | resident bytes per region, 100k / 1M | 338 / 309 | | |
+//!
+//! Criterion's figures for the cases client-go has no counterpart of,
+//! measured 2026-11-22 on the project's earlier 2-vCPU box (AMD EPYC, load
+//! average 6-8): `insert/1000000/refresh` 10.5 µs,
+//! `group_ranges_by_region/10000/full-range` 1.16 ms,
+//! `2-threads-handle-clone-only` 33 ns; a full-range walk allocates 10,012
+//! times the first time and 13 times after.
 //!
 //! Random lookups over 1M regions stay memory-bound here: each needs at least
 //! the leaf and the region record from DRAM (the record for its TTL and
 //! invalidation state and its `Arc` count), which alone exceeds 100 ns on
-//! this machine; a cached lookup (`same-region`) is ~115 ns, of
+//! this machine; a cached lookup (`same-region`) is ~80 ns of CPU, of
 //! which ~35 ns are the lock and `Arc` atomics. The first walk allocates once
 //! per region: it clones each end key, turning its buffer into a shared one
 //! (the cache keeps keys unshared until then, 32 bytes less per key).
