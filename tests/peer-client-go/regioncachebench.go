@@ -106,15 +106,24 @@ func (p *regionCachePD) indexOf(key []byte) uint64 {
 	return uint64(above - 1)
 }
 
+// regionCacheOwnedStartKey is region i's start key in a buffer of its own
+// of exactly its length, as a decoded PD response holds it.
+func regionCacheOwnedStartKey(i uint64) []byte {
+	if i == 0 {
+		return nil
+	}
+	return regionCacheStartKey(make([]byte, 0, len(regionCacheTablePrefix)+2+8), i)
+}
+
 func (p *regionCachePD) region(i uint64) *router.Region {
 	id := i + 1
 	meta := &metapb.Region{
 		Id:          id,
-		StartKey:    regionCacheStartKey(nil, i),
+		StartKey:    regionCacheOwnedStartKey(i),
 		RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1},
 	}
 	if i+1 < p.n {
-		meta.EndKey = regionCacheStartKey(nil, i+1)
+		meta.EndKey = regionCacheOwnedStartKey(i + 1)
 	}
 	for s := uint64(1); s <= 3; s++ {
 		meta.Peers = append(meta.Peers, &metapb.Peer{Id: id*10 + s, StoreId: s})
