@@ -75,6 +75,8 @@ func regionCacheStartKey(dst []byte, i uint64) []byte {
 type regionCachePD struct {
 	pd.Client
 	n uint64
+	// gets counts GetRegion calls: the cache's misses.
+	gets atomic.Uint64
 }
 
 func (p *regionCachePD) GetClusterID(context.Context) uint64            { return 1 }
@@ -132,6 +134,7 @@ func (p *regionCachePD) region(i uint64) *router.Region {
 }
 
 func (p *regionCachePD) GetRegion(_ context.Context, key []byte, _ ...opt.GetRegionOption) (*router.Region, error) {
+	p.gets.Add(1)
 	return p.region(p.indexOf(key)), nil
 }
 
@@ -343,6 +346,10 @@ func regionCacheBenchMain(args []string) int {
 				fmt.Fprintf(os.Stderr, "probe %x not covered: %v\n", probes[i], err)
 				return 1
 			}
+		}
+		if misses := pdClient.gets.Load(); misses > 0 {
+			fmt.Fprintf(os.Stderr, "%d probes missed the filled cache\n", misses)
+			return 1
 		}
 		for _, load := range cases {
 			if !strings.Contains(load.name, *filter) {
