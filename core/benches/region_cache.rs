@@ -30,26 +30,26 @@
 //! `peer-client-go regioncachebench`, which runs the same cases through
 //! client-go's `RegionCache`. `bench/region-cache-vs-client-go.sh` runs both
 //! alternately and prints them side by side. Its run of 2026-12-06 on the
-//! project's 2-vCPU KVM box (Intel Xeon, load average ~8 from other work),
+//! project's 2-vCPU KVM box (Intel Xeon, load average 7-8 from other work),
 //! medians of 3 rounds, CPU time per lookup per reader thread (the machine's
 //! load inflates elapsed times several-fold, both sides alike):
 //!
 //! | case | ours | client-go | ours/client-go |
 //! |---|---|---|---|
-//! | locate_key/100000/1-thread | 287 ns | 1.67 µs | 0.17 |
-//! | locate_key/100000/2-threads | 250 ns | 1.82 µs | 0.14 |
-//! | locate_key/100000/1-thread+1%-inserts | 306 ns | 1.52 µs | 0.20 |
-//! | locate_key/100000/2-threads+1%-inserts | 289 ns | 1.69 µs | 0.17 |
-//! | locate_key/100000/1-thread-same-region | 77 ns | 378 ns | 0.20 |
-//! | locate_key/100000/2-threads-same-region | 84 ns | 421 ns | 0.20 |
-//! | locate_key/1000000/1-thread | 596 ns | 3.18 µs | 0.19 |
-//! | locate_key/1000000/2-threads | 639 ns | 3.53 µs | 0.18 |
-//! | locate_key/1000000/1-thread+1%-inserts | 686 ns | 3.04 µs | 0.23 |
-//! | locate_key/1000000/2-threads+1%-inserts | 612 ns | 2.78 µs | 0.22 |
-//! | locate_key/1000000/1-thread-same-region | 83 ns | 545 ns | 0.15 |
-//! | locate_key/1000000/2-threads-same-region | 103 ns | 491 ns | 0.21 |
-//! | heap bytes per region, 100k / 1M | 293 / 300 | 732 / 794 | 0.40 / 0.38 |
-//! | resident bytes per region, 100k / 1M | 338 / 309 | | |
+//! | locate_key/100000/1-thread | 270 ns | 2.16 µs | 0.13 |
+//! | locate_key/100000/2-threads | 284 ns | 1.81 µs | 0.16 |
+//! | locate_key/100000/1-thread+1%-inserts | 331 ns | 1.89 µs | 0.18 |
+//! | locate_key/100000/2-threads+1%-inserts | 278 ns | 1.94 µs | 0.14 |
+//! | locate_key/100000/1-thread-same-region | 76 ns | 376 ns | 0.20 |
+//! | locate_key/100000/2-threads-same-region | 85 ns | 399 ns | 0.21 |
+//! | locate_key/1000000/1-thread | 667 ns | 3.22 µs | 0.21 |
+//! | locate_key/1000000/2-threads | 663 ns | 3.21 µs | 0.21 |
+//! | locate_key/1000000/1-thread+1%-inserts | 683 ns | 3.06 µs | 0.22 |
+//! | locate_key/1000000/2-threads+1%-inserts | 704 ns | 2.93 µs | 0.24 |
+//! | locate_key/1000000/1-thread-same-region | 89 ns | 454 ns | 0.20 |
+//! | locate_key/1000000/2-threads-same-region | 122 ns | 498 ns | 0.25 |
+//! | heap bytes per region, 100k / 1M | 293 / 300 | 716 / 778 | 0.41 / 0.39 |
+//! | resident bytes per region, 100k / 1M | 337 / 309 | | |
 //!
 //! Criterion's figures for the cases client-go has no counterpart of,
 //! measured 2026-11-22 on the project's earlier 2-vCPU box (AMD EPYC, load
