@@ -24,37 +24,44 @@
 //! overhead) and resident set growth per region while building the cache
 //! (Linux `/proc/self/statm`, which includes malloc's overhead).
 //!
-//! Measured 2026-11-22 on the project's 2-vCPU KVM box (AMD EPYC, random
-//! DRAM access ~250-300 ns, load average 6-8 from other builds), the previous
-//! `RwLock<BTreeMap>` cache (main at `0b4be56`) and this one built from the
-//! same bench file and run alternately, 3 rounds each; medians of criterion's
-//! mean estimates (`--warm-up-time 1 --measurement-time 2`):
+//! With `REGION_CACHE_PLAIN=1` the B4 lookup cases run without criterion
+//! (1 s warm-up, 2 s measured) and print plain lines, each reader timed by
+//! the clock and by its thread's CPU time: the shape of client-go's
+//! `peer-client-go regioncachebench`, which runs the same cases through
+//! client-go's `RegionCache`. `bench/region-cache-vs-client-go.sh` runs both
+//! alternately and prints them side by side. Its run of 2026-12-06 on the
+//! project's 2-vCPU KVM box (Intel Xeon, load average 7-8 from other work),
+//! medians of 3 rounds, CPU time per lookup per reader thread (the machine's
+//! load inflates elapsed times several-fold, both sides alike):
 //!
-//! | benchmark | old | new | old/new |
+//! | case | ours | client-go | ours/client-go |
 //! |---|---|---|---|
-//! | locate_key/100000/1-thread | 2.70 µs | 626 ns | 4.3x |
-//! | locate_key/100000/2-threads | 3.86 µs | 766 ns | 5.0x |
-//! | locate_key/100000/1-thread+1%-inserts | 2.68 µs | 985 ns | 2.7x |
-//! | locate_key/100000/2-threads+1%-inserts | 3.02 µs | 1.02 µs | 2.9x |
-//! | locate_key/100000/1-thread-same-region | 238 ns | 113 ns | 2.1x |
-//! | locate_key/100000/2-threads-same-region | 357 ns | 176 ns | 2.0x |
-//! | locate_key/1000000/1-thread | 4.89 µs | 2.03 µs | 2.4x |
-//! | locate_key/1000000/2-threads | 8.24 µs | 3.30 µs | 2.5x |
-//! | locate_key/1000000/1-thread+1%-inserts | 5.32 µs | 1.98 µs | 2.7x |
-//! | locate_key/1000000/2-threads+1%-inserts | 6.25 µs | 2.27 µs | 2.7x |
-//! | locate_key/1000000/1-thread-same-region | 266 ns | 117 ns | 2.3x |
-//! | locate_key/1000000/2-threads-same-region | 447 ns | 229 ns | 2.0x |
-//! | locate_key/1000000/2-threads-handle-clone-only | 39 ns | 33 ns | (same work) |
-//! | insert/1000000/refresh | 11.6 µs | 10.5 µs | 1.1x |
-//! | group_ranges_by_region/10000/full-range | 5.70 ms | 1.16 ms | 4.9x |
-//! | heap bytes per region, 100k / 1M | 562 / 575 | 269 / 276 | 2.1x |
-//! | resident bytes per region, 100k / 1M | 629 / 575 | 305 / 277 | 2.1x |
-//! | allocations per full-range walk, first / later | 13 / 13 | 10,012 / 13 | |
+//! | locate_key/100000/1-thread | 270 ns | 2.16 µs | 0.13 |
+//! | locate_key/100000/2-threads | 284 ns | 1.81 µs | 0.16 |
+//! | locate_key/100000/1-thread+1%-inserts | 331 ns | 1.89 µs | 0.18 |
+//! | locate_key/100000/2-threads+1%-inserts | 278 ns | 1.94 µs | 0.14 |
+//! | locate_key/100000/1-thread-same-region | 76 ns | 376 ns | 0.20 |
+//! | locate_key/100000/2-threads-same-region | 85 ns | 399 ns | 0.21 |
+//! | locate_key/1000000/1-thread | 667 ns | 3.22 µs | 0.21 |
+//! | locate_key/1000000/2-threads | 663 ns | 3.21 µs | 0.21 |
+//! | locate_key/1000000/1-thread+1%-inserts | 683 ns | 3.06 µs | 0.22 |
+//! | locate_key/1000000/2-threads+1%-inserts | 704 ns | 2.93 µs | 0.24 |
+//! | locate_key/1000000/1-thread-same-region | 89 ns | 454 ns | 0.20 |
+//! | locate_key/1000000/2-threads-same-region | 122 ns | 498 ns | 0.25 |
+//! | heap bytes per region, 100k / 1M | 293 / 300 | 716 / 778 | 0.41 / 0.39 |
+//! | resident bytes per region, 100k / 1M | 337 / 309 | | |
+//!
+//! Criterion's figures for the cases client-go has no counterpart of,
+//! measured 2026-11-22 on the project's earlier 2-vCPU box (AMD EPYC, load
+//! average 6-8): `insert/1000000/refresh` 10.5 µs,
+//! `group_ranges_by_region/10000/full-range` 1.16 ms,
+//! `2-threads-handle-clone-only` 33 ns; a full-range walk allocates 10,012
+//! times the first time and 13 times after.
 //!
 //! Random lookups over 1M regions stay memory-bound here: each needs at least
 //! the leaf and the region record from DRAM (the record for its TTL and
 //! invalidation state and its `Arc` count), which alone exceeds 100 ns on
-//! this machine; a cached lookup (`same-region`) is ~115 ns, of
+//! this machine; a cached lookup (`same-region`) is ~80 ns of CPU, of
 //! which ~35 ns are the lock and `Arc` atomics. The first walk allocates once
 //! per region: it clones each end key, turning its buffer into a shared one
 //! (the cache keeps keys unshared until then, 32 bytes less per key).
@@ -252,33 +259,177 @@ fn run_readers(
     total / threads as u32
 }
 
+/// Cache sizes of the lookup benchmarks.
+const SIZES: [u64; 2] = [100_000, 1_000_000];
+
+/// The lookup benchmarks' cases, by name.
+const LOADS: [(&str, Load); 6] = [
+    ("1-thread", Load { threads: 1, writer: false, same_region: false }),
+    ("2-threads", Load { threads: 2, writer: false, same_region: false }),
+    ("1-thread+1%-inserts", Load { threads: 1, writer: true, same_region: false }),
+    ("2-threads+1%-inserts", Load { threads: 2, writer: true, same_region: false }),
+    ("1-thread-same-region", Load { threads: 1, writer: false, same_region: true }),
+    ("2-threads-same-region", Load { threads: 2, writer: false, same_region: true }),
+];
+
+/// Bytes per cached region.
+struct RegionMemory {
+    /// Live heap bytes (requested sizes).
+    heap: u64,
+    /// Resident set growth while building, where Linux tells it.
+    resident: Option<u64>,
+}
+
+/// [`cache`] of `n` regions, with the memory it took.
+fn measured_cache(n: u64) -> (Arc<RegionCache>, RegionMemory) {
+    let (rss_before, heap_before) = (resident_bytes(), LIVE_BYTES.load(Ordering::Relaxed));
+    let cache = Arc::new(cache(n));
+    let heap = (LIVE_BYTES.load(Ordering::Relaxed) - heap_before) as u64 / n;
+    let resident = rss_before.zip(resident_bytes()).map(|(b, a)| a.saturating_sub(b) / n);
+    (cache, RegionMemory { heap, resident })
+}
+
+/// [`probes`] for a cache of `n` regions, each checked to be covered.
+fn checked_probes(cache: &RegionCache, n: u64, now: Instant) -> Arc<Vec<Vec<u8>>> {
+    let keys = probes(n, 1 << 16);
+    for k in &keys {
+        assert!(cache.locate_key(k, now).is_some_and(|r| r.contains(k)), "probe not covered");
+    }
+    Arc::new(keys)
+}
+
+/// The calling thread's time on a CPU so far, in nanoseconds (Linux's
+/// per-thread schedstat): on a machine shared with other work, lookups
+/// timed by it do not count the time the thread waited for a core.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// This process's CPU time so far (all its threads, exited ones too), in
+/// nanoseconds, from `/proc/self/stat`'s clock ticks (Linux's USER_HZ, 100 a
+/// second).
+fn process_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields 14 and 15 (utime, stime), counted after the parenthesised
+    // command name, which may hold spaces; field 3 follows it.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000_000)
+}
+
+/// What [`run_readers_for`] measured.
+struct Measured {
+    /// Mean over readers of each one's elapsed time per lookup.
+    wall_ns: f64,
+    /// Mean over readers of each one's CPU time per lookup.
+    cpu_ns: Option<f64>,
+    /// The whole process's CPU time (the writer's too) per lookup.
+    process_cpu_ns: Option<f64>,
+    lookups: u64,
+    inserts: u64,
+}
+
+/// `load.threads` readers looking up keys for `duration`, as [`run_readers`]
+/// but timed by the clock and by each thread's CPU time.
+fn run_readers_for(
+    cache: &Arc<RegionCache>,
+    keys: &Arc<Vec<Vec<u8>>>,
+    n: u64,
+    now: Instant,
+    load: Load,
+    duration: StdDuration,
+) -> Measured {
+    let Load { threads, writer, same_region } = load;
+    let process_cpu_before = process_cpu_ns();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = writer.then(|| spawn_writer(cache.clone(), n, now, stop.clone()));
+    let readers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (cache, keys, stop) = (cache.clone(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mask = keys.len() - 1;
+                let offset = t * 12_345;
+                let (started, cpu_before) = (StdInstant::now(), thread_cpu_ns());
+                let mut i = 0;
+                loop {
+                    let key = if same_region { &keys[0] } else { &keys[(i + offset) & mask] };
+                    black_box(cache.locate_key(black_box(key), now));
+                    i += 1;
+                    if i % PUBLISH_EVERY == 0 {
+                        LOOKUPS.fetch_add(PUBLISH_EVERY as u64, Ordering::Relaxed);
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+                let wall = started.elapsed().as_nanos() as f64 / i as f64;
+                let cpu = cpu_before.zip(thread_cpu_ns()).map(|(b, a)| (a - b) as f64 / i as f64);
+                (wall, cpu, i as u64)
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let done: Vec<_> = readers.into_iter().map(|r| r.join().expect("reader")).collect();
+    let inserts = writer.map_or(0, |w| w.join().expect("writer"));
+    let lookups: u64 = done.iter().map(|d| d.2).sum();
+    let process_cpu = process_cpu_before.zip(process_cpu_ns()).map(|(b, a)| a - b);
+    let mean = |v: f64| v / threads as f64;
+    Measured {
+        wall_ns: mean(done.iter().map(|d| d.0).sum()),
+        cpu_ns: done.iter().map(|d| d.1).sum::<Option<f64>>().map(mean),
+        process_cpu_ns: process_cpu.map(|c| c as f64 / lookups as f64),
+        lookups,
+        inserts,
+    }
+}
+
+/// Plain-text mode for `bench/region-cache-vs-client-go.sh`, which runs the
+/// same cases through client-go's cache (`peer-client-go regioncachebench`)
+/// and prints lines of the same shape: each case warms up for a second and
+/// is measured for two, with no statistics of criterion's.
+fn plain() {
+    let now = Instant::ZERO + Duration::from_secs(1);
+    for n in SIZES {
+        let (cache, memory) = measured_cache(n);
+        let resident = memory.resident.map_or(String::from("?"), |r| r.to_string());
+        println!(
+            "HEAP regions={n} heap_bytes_per_region={} resident_bytes_per_region={resident}",
+            memory.heap
+        );
+        let keys = checked_probes(&cache, n, now);
+        for (name, load) in LOADS {
+            run_readers_for(&cache, &keys, n, now, load, StdDuration::from_secs(1));
+            let m = run_readers_for(&cache, &keys, n, now, load, StdDuration::from_secs(2));
+            let show = |ns: Option<f64>| ns.map_or(String::from("?"), |c| format!("{c:.1}"));
+            println!(
+                "RESULT regions={n} case={name} ns_per_lookup={:.1} cpu_ns_per_lookup={} \
+                 process_cpu_ns_per_lookup={} lookups={} inserts={}",
+                m.wall_ns,
+                show(m.cpu_ns),
+                show(m.process_cpu_ns),
+                m.lookups,
+                m.inserts
+            );
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let now = Instant::ZERO + Duration::from_secs(1);
-    for n in [100_000u64, 1_000_000] {
-        let (rss_before, heap_before) = (resident_bytes(), LIVE_BYTES.load(Ordering::Relaxed));
-        let cache = Arc::new(cache(n));
-        let heap = LIVE_BYTES.load(Ordering::Relaxed) - heap_before;
-        eprintln!("{n} regions: {} heap bytes per cached region", heap as u64 / n);
-        if let (Some(b), Some(a)) = (rss_before, resident_bytes()) {
-            eprintln!("{n} regions: ~{} bytes resident per cached region", (a - b) / n);
+    for n in SIZES {
+        let (cache, memory) = measured_cache(n);
+        eprintln!("{n} regions: {} heap bytes per cached region", memory.heap);
+        if let Some(resident) = memory.resident {
+            eprintln!("{n} regions: ~{resident} bytes resident per cached region");
         }
-        let keys = Arc::new(probes(n, 1 << 16));
-        for k in keys.iter() {
-            assert!(cache.locate_key(k, now).is_some_and(|r| r.contains(k)), "probe not covered");
-        }
+        let keys = checked_probes(&cache, n, now);
 
         let mut g = c.benchmark_group(format!("locate_key/{n}"));
         g.throughput(Throughput::Elements(1));
-        let cases = [
-            ("1-thread", 1, false, false),
-            ("2-threads", 2, false, false),
-            ("1-thread+1%-inserts", 1, true, false),
-            ("2-threads+1%-inserts", 2, true, false),
-            ("1-thread-same-region", 1, false, true),
-            ("2-threads-same-region", 2, false, true),
-        ];
-        for (name, threads, writer, same_region) in cases {
-            let load = Load { threads, writer, same_region };
+        for (name, load) in LOADS {
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
                 b.iter_custom(|iters| run_readers(&cache, &keys, n, now, load, iters))
             });
@@ -340,6 +491,9 @@ fn bench(c: &mut Criterion) {
 }
 
 fn benches() {
+    if std::env::var_os("REGION_CACHE_PLAIN").is_some() {
+        return plain();
+    }
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
 }

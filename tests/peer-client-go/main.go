@@ -943,6 +943,8 @@ func main() {
 			os.Exit(txnBenchMain(os.Args[2:]))
 		case "pipelinedbench":
 			os.Exit(pipelinedBenchMain(os.Args[2:]))
+		case "regioncachebench":
+			os.Exit(regionCacheBenchMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")
