@@ -202,3 +202,6 @@ echo "--- contended-counter benchmark, smoke run"
 
 echo "--- transactional benchmark, smoke run"
 "$CARGO_TARGET_DIR/debug/txn-bench" --secs 0.2 --reps 1 --conc 2 --client-go "$go_bin"
+
+echo "--- client-go's region cache benchmark mode, smoke run (ours compiles under clippy's --all-targets)"
+"$go_bin" regioncachebench --regions 2000 --warm-up 20ms --measure 50ms

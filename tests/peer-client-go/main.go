@@ -11,7 +11,7 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Four more modes serve other programs of this repository:
+// Six more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
@@ -22,6 +22,10 @@
 //	                                   shared counters (contention.go)
 //	peer-client-go txnbench --pd ADDR ... client-go's small transactions
 //	                                   under txn-bench's workloads (txnbench.go)
+//	peer-client-go pipelinedbench --pd ADDR ... one large transaction,
+//	                                   pipelined or not (pipelinedbench.go)
+//	peer-client-go regioncachebench ... client-go's RegionCache lookups
+//	                                   (regioncachebench.go)
 package main
 
 import (
