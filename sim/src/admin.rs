@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
-use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
+use crate::cluster::{FIRST_LEADER_TERM, FollowerReadBug, Region, State, Store, hex};
 use crate::mvcc::LockType;
 use crate::{Cluster, ClusterConfig};
 use tikv_core::rpc::RpcError;
@@ -443,6 +443,18 @@ impl Cluster {
     pub fn stale_read_count(&self, store_id: u64, served: bool) -> u64 {
         self.lock().stale_reads.get(&(store_id, served)).copied().unwrap_or(0)
     }
+
+    /// Stale reads a follower or learner served from its own data (not
+    /// the leader, not refused).
+    pub fn follower_stale_read_count(&self) -> u64 {
+        self.lock().follower_stale_reads
+    }
+
+    /// Breaks the followers' read rule as `bug` says (`None`: TiKV's
+    /// rules), for tests showing that a checker catches it.
+    pub fn set_follower_read_bug(&self, bug: Option<FollowerReadBug>) {
+        self.lock().follower_read_bug = bug;
+    }
 }
 
 impl State {
@@ -535,8 +547,12 @@ impl State {
         self.advance_resolved_ts_if_due(now);
         let leader = self.region_by_id(region.id).map(|r| r.leader_store);
         let safe_ts = self.peer_safe_ts(region.id, store_id);
-        if leader == Some(store_id) || read_ts <= safe_ts {
+        let broken = self.follower_read_bug == Some(FollowerReadBug::StaleAboveSafeTs);
+        if leader == Some(store_id) || read_ts <= safe_ts || broken {
             *self.stale_reads.entry((store_id, true)).or_default() += 1;
+            if leader != Some(store_id) {
+                self.follower_stale_reads += 1;
+            }
             return Ok(());
         }
         *self.stale_reads.entry((store_id, false)).or_default() += 1;
