@@ -429,9 +429,13 @@ mod platform {
                     t.outcomes.1 += o.outcomes.1;
                     t.outcomes.2 += o.outcomes.2;
                     t.crashes += o.crashes;
-                    t.stale_reads += o.stale_reads;
+                    for (total, n) in t.stale_reads.iter_mut().zip(o.stale_reads) {
+                        *total += n;
+                    }
                     t.unpinned_stale_reads += o.unpinned_stale_reads;
-                    t.replica_reads += o.replica_reads;
+                    for (total, n) in t.replica_reads.iter_mut().zip(o.replica_reads) {
+                        *total += n;
+                    }
                     t.failed_reads += o.failed_reads;
                     t.follower_stale_reads += o.follower_stale_reads;
                     t.data_not_ready += o.data_not_ready;
@@ -448,7 +452,8 @@ mod platform {
         println!(
             "stale reads through the public client, {n} seeds ({first}..{}): {failed} failed; \
              {} txns ({} ok, {} failed, {} undetermined, {} client crashes); snapshots read: \
-             {} stale ({} above max_ts when issued), {} replica reads, {} failed; requests: \
+             stale {:?} (ago, at min safe ts, older; {} above max_ts when issued), replica \
+             reads {:?} (follower, mixed, learner, prefer-leader), {} failed; requests: \
              {} stale reads served by followers, {} DataIsNotReady, {} with replica_read; {rpcs} RPCs",
             first + n,
             t.txns,
