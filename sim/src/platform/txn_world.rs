@@ -122,7 +122,7 @@ pub(super) enum Halt {
 }
 
 impl Halt {
-    pub(super) async fn wait_if_crashed(self) {
+    async fn wait_if_crashed(self) {
         if self == Halt::Crashed {
             std::future::pending::<()>().await;
         }
