@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
-use crate::cluster::{FIRST_LEADER_TERM, Region, State, Store, hex};
+use crate::cluster::{FIRST_LEADER_TERM, FollowerReadBug, Region, State, Store, hex};
 use crate::mvcc::LockType;
 use crate::{Cluster, ClusterConfig};
 use tikv_core::rpc::RpcError;
@@ -443,6 +443,18 @@ impl Cluster {
     pub fn stale_read_count(&self, store_id: u64, served: bool) -> u64 {
         self.lock().stale_reads.get(&(store_id, served)).copied().unwrap_or(0)
     }
+
+    /// Stale reads a follower or learner served from its own data (not
+    /// the leader, not refused).
+    pub fn follower_stale_read_count(&self) -> u64 {
+        self.lock().follower_stale_reads
+    }
+
+    /// Breaks the followers' read rule as `bug` says (`None`: TiKV's
+    /// rules), for tests showing that a checker catches it.
+    pub fn set_follower_read_bug(&self, bug: Option<FollowerReadBug>) {
+        self.lock().follower_read_bug = bug;
+    }
 }
 
 impl State {
@@ -535,8 +547,12 @@ impl State {
         self.advance_resolved_ts_if_due(now);
         let leader = self.region_by_id(region.id).map(|r| r.leader_store);
         let safe_ts = self.peer_safe_ts(region.id, store_id);
-        if leader == Some(store_id) || read_ts <= safe_ts {
+        let broken = self.follower_read_bug == Some(FollowerReadBug::StaleAboveSafeTs);
+        if leader == Some(store_id) || read_ts <= safe_ts || broken {
             *self.stale_reads.entry((store_id, true)).or_default() += 1;
+            if leader != Some(store_id) {
+                self.follower_stale_reads += 1;
+            }
             return Ok(());
         }
         *self.stale_reads.entry((store_id, false)).or_default() += 1;
@@ -830,6 +846,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tikv_core::rpc::KvResponse;
     use tikv_proto::eraftpb::ConfChangeType;
 
     const STORES: [u64; 3] = [1, 2, 3];
@@ -1125,6 +1142,7 @@ mod tests {
         let second = safe_ts_at(follower.store_id, 1_000);
         assert!(second > first + 1, "{second} after {first}");
         assert_eq!(get(follower, first + 1, 1_010), None);
+        assert_eq!(c.follower_stale_read_count(), 2, "the leader's are not counted");
 
         // A live lock holds the safe ts at its start ts.
         let lock_ts = second + 5;
@@ -1159,5 +1177,75 @@ mod tests {
         assert_eq!(safe_ts_at(follower.store_id, 3_300), lock_ts);
         assert!(safe_ts_at(leader.store_id, 3_300) > lock_ts);
         assert_eq!(get(follower, lock_ts + 1, 3_400), Some(lock_ts));
+    }
+
+    /// [`FollowerReadBug`]: a broken follower answers a read above its
+    /// safe ts from the data committed at or below it, where a correct one
+    /// refuses the stale read and serves the replica read in full.
+    #[test]
+    fn a_broken_follower_reads_the_data_at_its_safe_ts() {
+        let c = Cluster::new(ClusterConfig { v1_txn: true, ..ClusterConfig::default() });
+        let region = c.regions()[0].clone();
+        let leader = c.leader_of(region.id).unwrap();
+        let follower = *region.peers.iter().find(|p| p.store_id != leader.store_id).unwrap();
+        let at = Instant::from_millis(10);
+        let safe_ts = c
+            .get_store_safe_ts(follower.store_id, &kvrpcpb::StoreSafeTsRequest::default(), at)
+            .unwrap()
+            .safe_ts;
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: c.context_for(region.id),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            }],
+            primary_lock: "k".into(),
+            start_version: safe_ts + 1,
+            lock_ttl: 3000,
+            ..Default::default()
+        };
+        let commit = kvrpcpb::CommitRequest {
+            context: c.context_for(region.id),
+            keys: vec!["k".into()],
+            start_version: safe_ts + 1,
+            commit_version: safe_ts + 2,
+            ..Default::default()
+        };
+        for req in [prewrite.into(), commit.into()] {
+            let resp = c.handle_kv(leader.store_id, req, at).unwrap();
+            assert!(resp.region_error().is_none());
+        }
+        // What a read at `safe_ts + 3` on the follower answers: the value,
+        // not found, or `DataIsNotReady`.
+        let get = |stale: bool| {
+            let mut context = c.context_for(region.id).unwrap();
+            context.peer = Some(follower);
+            context.stale_read = stale;
+            context.replica_read = !stale;
+            let req = kvrpcpb::GetRequest {
+                context: Some(context),
+                key: "k".into(),
+                version: safe_ts + 3,
+                ..Default::default()
+            };
+            match c.handle_kv(follower.store_id, req.into(), at).unwrap() {
+                KvResponse::Get(r) if r.region_error.is_some() => {
+                    let not_ready = r.region_error.is_some_and(|e| e.data_is_not_ready.is_some());
+                    Err(if not_ready { "DataIsNotReady" } else { "another region error" })
+                }
+                KvResponse::Get(r) => Ok((!r.not_found).then(|| r.value.to_vec())),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(get(true), Err("DataIsNotReady"));
+        assert_eq!(get(false), Ok(Some(b"v".to_vec())));
+        c.set_follower_read_bug(Some(FollowerReadBug::StaleAboveSafeTs));
+        assert_eq!(get(true), Ok(None), "served from the data at its safe ts");
+        assert_eq!(get(false), Ok(Some(b"v".to_vec())));
+        c.set_follower_read_bug(Some(FollowerReadBug::ReplicaReadWithoutReadIndex));
+        assert_eq!(get(false), Ok(None), "served without waiting for the read index");
+        assert_eq!(get(true), Err("DataIsNotReady"));
     }
 }

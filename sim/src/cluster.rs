@@ -363,6 +363,11 @@ pub(crate) struct State {
     /// Stale reads per (store, served): served from the peer's own data,
     /// or refused with `DataIsNotReady` ([`Cluster::stale_read_count`]).
     pub(crate) stale_reads: BTreeMap<(u64, bool), u64>,
+    /// Stale reads a follower or learner served from its own data
+    /// ([`Cluster::follower_stale_read_count`]).
+    pub(crate) follower_stale_reads: u64,
+    /// A deliberately broken follower-read rule ([`Cluster::set_follower_read_bug`]).
+    pub(crate) follower_read_bug: Option<FollowerReadBug>,
     /// Store id → its txn status cache, filled by `BroadcastTxnStatus`
     /// ([`crate::txn_status_cache`]).
     pub(crate) txn_status_caches: BTreeMap<u64, crate::txn_status_cache::TxnStatusCache>,
@@ -841,6 +846,8 @@ impl State {
             resolved_ts_interval: Some(DEFAULT_RESOLVED_TS_INTERVAL),
             last_resolved_round: None,
             stale_reads: BTreeMap::new(),
+            follower_stale_reads: 0,
+            follower_read_bug: None,
             txn_status_caches: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
@@ -1226,6 +1233,7 @@ impl State {
             set_region_error(&mut resp, *err);
             return Ok(KvAnswer::Ready(resp));
         }
+        let req = self.read_as_broken_follower(store_id, &ctx, req);
         let now_secs = self.ttl_now(now);
         let get_key_len = match &req {
             KvRequest::Get(r) => r.key.len(),
@@ -1535,6 +1543,50 @@ fn with_read_details(mut resp: KvResponse, get_key_len: usize) -> KvResponse {
         _ => {}
     }
     resp
+}
+
+/// A follower read rule broken on purpose, for tests that show a checker
+/// catches it ([`Cluster::set_follower_read_bug`]). The model's replicas
+/// share one copy of the data; a broken follower reads the data as its own
+/// applied state held it: what was committed at or below its safe ts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FollowerReadBug {
+    /// A follower serves a stale read above its safe ts (no
+    /// `DataIsNotReady`) from its applied state.
+    StaleAboveSafeTs,
+    /// A follower serves a replica read from its applied state without
+    /// waiting for the leader's read index to be applied.
+    ReplicaReadWithoutReadIndex,
+}
+
+impl State {
+    /// [`FollowerReadBug`]: a snapshot read (`Get`, `BatchGet`, `Scan`)
+    /// that a broken follower serves reads at its safe ts instead of the
+    /// request's ts when that is lower.
+    fn read_as_broken_follower(
+        &self,
+        store_id: u64,
+        ctx: &kvrpcpb::Context,
+        mut req: KvRequest,
+    ) -> KvRequest {
+        let broken = match self.follower_read_bug {
+            None => false,
+            Some(FollowerReadBug::StaleAboveSafeTs) => ctx.stale_read,
+            Some(FollowerReadBug::ReplicaReadWithoutReadIndex) => ctx.replica_read,
+        };
+        let follower = self.region_by_id(ctx.region_id).is_some_and(|r| r.leader_store != store_id);
+        if !broken || !follower {
+            return req;
+        }
+        let applied = self.peer_safe_ts(ctx.region_id, store_id);
+        match &mut req {
+            KvRequest::Get(r) => r.version = r.version.min(applied),
+            KvRequest::BatchGet(r) => r.version = r.version.min(applied),
+            KvRequest::Scan(r) => r.version = r.version.min(applied),
+            _ => {}
+        }
+        req
+    }
 }
 
 /// The read ts of a request TiKV serves as a stale read (client-go sets

@@ -26,10 +26,16 @@
 //! [`tikv_sim::platform::run_txn_world`],
 //! [`tikv_sim::platform::run_pess_world`],
 //! [`tikv_sim::platform::run_gc_world`]), with the same checkers (the
-//! pessimistic one also counts clients that crashed holding locks):
+//! pessimistic one also counts clients that crashed holding locks).
+//! `--platform --stale` runs the stale-read world there
+//! ([`tikv_sim::platform::run_stale_world`]: writers transacting while
+//! readers read stale and replica-read snapshots off lagging followers),
+//! and counts the stale reads followers served, the `DataIsNotReady`
+//! refusals and the replica-read requests:
 //!
 //! ```text
 //! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --txn 1000
+//! cargo run --release -p tikv-sim --no-default-features --features platform --bin sim-world -- --platform --stale 1000
 //! ```
 
 use std::process::ExitCode;
@@ -42,10 +48,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut workload = Workload::Raw;
     let mut platform = false;
+    let mut stale = false;
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         workload = match flag.as_str() {
             "--platform" => {
                 platform = true;
+                continue;
+            }
+            "--stale" => {
+                stale = true;
                 continue;
             }
             "--raw" => Workload::Raw,
@@ -65,6 +76,13 @@ fn main() -> ExitCode {
     let mut numbers = args.iter().filter(|a| !a.starts_with("--")).map(|a| a.parse::<u64>());
     let seeds = numbers.next().and_then(Result::ok).unwrap_or(1000);
     let first = numbers.next().and_then(Result::ok).unwrap_or(0);
+    if stale {
+        if !platform {
+            eprintln!("--stale runs on the simulated platform only: add --platform");
+            return ExitCode::FAILURE;
+        }
+        return platform::stale_main(trace_seed, first..first + seeds);
+    }
     if platform {
         return platform::main(workload, trace_seed, first..first + seeds);
     }
@@ -219,8 +237,8 @@ mod platform {
     use std::time::Instant as WallClock;
 
     use tikv_sim::platform::{
-        SimConfig, SimFailure, SimReport, TxnWorldStats, run_gc_world, run_pess_world,
-        run_raw_world, run_txn_world,
+        SimConfig, SimFailure, SimReport, StaleWorldStats, TxnWorldStats, run_gc_world,
+        run_pess_world, run_raw_world, run_stale_world, run_txn_world,
     };
     use tikv_sim::world::{GcStats, Workload};
 
@@ -380,6 +398,84 @@ mod platform {
         );
         if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     }
+
+    /// `--platform --stale`: the stale-read world.
+    pub(super) fn stale_main(trace_seed: Option<u64>, seeds: std::ops::Range<u64>) -> ExitCode {
+        if let Some(seed) = trace_seed {
+            let config = SimConfig { trace: true, ..SimConfig::chaos() };
+            return match run_stale_world(seed, config) {
+                Ok(r) => {
+                    println!("seed {seed}: passed ({:?})", r.output);
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    print!("{}", failure.trace);
+                    println!("{failure}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        let (n, first) = (seeds.end - seeds.start, seeds.start);
+        // Wall-clock time is read only here, to measure.
+        let started = WallClock::now();
+        let mut t = StaleWorldStats::default();
+        let (mut failed, mut rpcs) = (0u64, 0u64);
+        for seed in seeds {
+            match run_stale_world(seed, SimConfig::chaos()) {
+                Ok(r) => {
+                    let o = &r.output;
+                    t.txns += o.txns;
+                    t.outcomes.0 += o.outcomes.0;
+                    t.outcomes.1 += o.outcomes.1;
+                    t.outcomes.2 += o.outcomes.2;
+                    t.crashes += o.crashes;
+                    for (total, n) in t.stale_reads.iter_mut().zip(o.stale_reads) {
+                        *total += n;
+                    }
+                    t.unpinned_stale_reads += o.unpinned_stale_reads;
+                    for (total, n) in t.replica_reads.iter_mut().zip(o.replica_reads) {
+                        *total += n;
+                    }
+                    t.failed_reads += o.failed_reads;
+                    t.follower_stale_reads += o.follower_stale_reads;
+                    t.data_not_ready += o.data_not_ready;
+                    t.replica_read_requests += o.replica_read_requests;
+                    rpcs += r.stats.rpcs;
+                }
+                Err(failure) => {
+                    failed += 1;
+                    println!("{failure}");
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        println!(
+            "stale reads through the public client, {n} seeds ({first}..{}): {failed} failed; \
+             {} txns ({} ok, {} failed, {} undetermined, {} client crashes); snapshots read: \
+             stale {:?} (ago, at min safe ts, older; {} above max_ts when issued), replica \
+             reads {:?} (follower, mixed, learner, prefer-leader), {} failed; requests: \
+             {} stale reads served by followers, {} DataIsNotReady, {} with replica_read; {rpcs} RPCs",
+            first + n,
+            t.txns,
+            t.outcomes.0,
+            t.outcomes.1,
+            t.outcomes.2,
+            t.crashes,
+            t.stale_reads,
+            t.unpinned_stale_reads,
+            t.replica_reads,
+            t.failed_reads,
+            t.follower_stale_reads,
+            t.data_not_ready,
+            t.replica_read_requests
+        );
+        println!(
+            "{secs:.1} s wall: {:.0} seeds/s, {:.0} RPCs/s",
+            n as f64 / secs,
+            rpcs as f64 / secs
+        );
+        if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    }
 }
 
 /// Built without the `platform` feature: `--platform` is refused.
@@ -392,5 +488,9 @@ mod platform {
     pub(super) fn main(_: Workload, _: Option<u64>, _: std::ops::Range<u64>) -> ExitCode {
         eprintln!("--platform needs sim-world built with the `platform` feature");
         ExitCode::FAILURE
+    }
+
+    pub(super) fn stale_main(trace_seed: Option<u64>, seeds: std::ops::Range<u64>) -> ExitCode {
+        main(Workload::Txn, trace_seed, seeds)
     }
 }

@@ -75,7 +75,10 @@
 //! guarantee, the bank total, lost counter updates, deadlock victims)
 //! and [`run_gc_world`] (the transactional workload beside a GC client
 //! running GC rounds, old-ts readers and `delete_range` through the
-//! public client, checked by the core-level GC world's checkers too),
+//! public client, checked by the core-level GC world's checkers too)
+//! and [`run_stale_world`] (writers transacting while readers read
+//! stale snapshots and replica reads of each type off lagging followers,
+//! each read checked against the committed state at its timestamp),
 //! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
@@ -105,6 +108,7 @@
 
 mod exec;
 mod raw_world;
+mod stale_world;
 mod txn_world;
 
 use std::fmt;
@@ -124,6 +128,7 @@ use crate::{Cluster, ClusterConfig};
 use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
+pub use stale_world::{StaleWorldStats, run_stale_world};
 pub use txn_world::{TxnWorldStats, run_gc_world, run_pess_world, run_txn_world};
 
 /// The client error type (re-exported so a closure can name it).

@@ -71,7 +71,7 @@ mod gc;
 
 /// Which workload a run draws its transactions from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum World {
+pub(super) enum World {
     /// The transactional world's (`txn_workload`).
     Txn,
     /// The pessimistic world's (`pess_workload`).
@@ -103,7 +103,7 @@ pub struct TxnWorldStats {
 
 /// Where a drawn crash strikes a transaction.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Stage {
+pub(super) enum Stage {
     /// (pessimistic) A lock call returned: the client holds pessimistic
     /// locks and has not begun to commit.
     Locked,
@@ -114,7 +114,7 @@ enum Stage {
 /// Whether a transaction goes on after a step.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[must_use]
-enum Halt {
+pub(super) enum Halt {
     Go,
     /// Its process crashed in the step: the task is dropped when it
     /// yields, and must send nothing more before.
@@ -502,7 +502,7 @@ fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
 
 /// The instant after which every lock in the cluster has expired (TiKV's
 /// rule: `physical(lock_ts) + ttl < physical(current_ts)`).
-fn locks_expire_at(sim: &Sim) -> Instant {
+pub(super) fn locks_expire_at(sim: &Sim) -> Instant {
     let cluster = sim.cluster();
     let base = cluster.config().tso_base_ms;
     cluster
@@ -517,7 +517,7 @@ fn locks_expire_at(sim: &Sim) -> Instant {
 
 /// A transactional client (with `budgets`, else client-go's), retrying
 /// the connection while PD is out of reach.
-async fn connect(
+pub(super) async fn connect(
     sim: &Sim,
     world: World,
     budgets: Option<tikv_core::config::BackoffBudgets>,
@@ -607,7 +607,7 @@ async fn run_txn(
     id
 }
 
-async fn transact(
+pub(super) async fn transact(
     client: &TransactionClient,
     mut spec: TxnSpec,
     keys: &TxnKeys,

@@ -201,6 +201,32 @@ fn check_fates(history: &TxnHistory, fates: &Fates, out: &mut Vec<String>) -> Mo
 }
 
 /// First committer wins, per key.
+/// The committed state the fates give: the model [`check`] holds
+/// snapshot reads against, for checkers of reads made outside the
+/// history's transactions (stale and replica reads). Fates that disagree
+/// with the outcomes are [`check`]'s to report.
+pub struct Committed(Model);
+
+impl Committed {
+    /// The model of `history` with `fates`.
+    pub fn new(history: &TxnHistory, fates: &Fates) -> Committed {
+        Committed(check_fates(history, fates, &mut Vec::new()))
+    }
+
+    /// The value of `key` at `ts`, and the writer of that version (its
+    /// history id and commit ts).
+    pub fn at(&self, key: &str, ts: u64) -> (Option<String>, Option<(usize, u64)>) {
+        let (value, by) = self.0.at(key, ts);
+        (value, by.map(|v| (v.txn, v.commit_ts)))
+    }
+
+    /// The commit timestamps of `key`'s versions in `(after, up_to]`.
+    pub fn commits_between(&self, key: &str, after: u64, up_to: u64) -> Vec<u64> {
+        let versions = self.0.keys.get(key).map_or(&[][..], Vec::as_slice);
+        versions.iter().map(|v| v.commit_ts).filter(|c| *c > after && *c <= up_to).collect()
+    }
+}
+
 fn check_write_conflicts(model: &Model, out: &mut Vec<String>) {
     for (k, versions) in &model.keys {
         for pair in versions.windows(2) {
