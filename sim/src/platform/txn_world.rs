@@ -572,6 +572,9 @@ async fn client_process(
                     // among its first answers.
                     Stage::Committed if r.rng.gen_ratio(1, 2) => 0,
                     Stage::Committed => r.rng.gen_range(0, 3_000),
+                    // A pipelined commit (the last flush, a timestamp, the
+                    // primary's commit) takes a few round trips too.
+                    Stage::Committing if pipe.is_some() => r.rng.gen_range(0, 3_000),
                     _ => r.rng.gen_range(0, 40_000),
                 };
                 CrashPlan { stage, after: Duration::from_micros(after) }
