@@ -20,7 +20,11 @@
 //! drawn delay after its transaction's first generation was handed to a
 //! flush (mid-flush, among its later writes and flushes), into its commit
 //! (the last flush, the primary's commit), or after the commit returned,
-//! while the driver resolves the flushed range in the background.
+//! while the driver resolves the flushed range in the background. The
+//! keys are split into three regions, so that resolution takes several
+//! steps; the trace names the crashes that struck it midway (the primary
+//! committed, flushed locks left), which readers and the audit then
+//! resolve through the primary.
 //!
 //! Checked by the transactional world's checkers (snapshot isolation with
 //! honest outcomes, read-your-writes for the read-backs, the bank, Elle,
