@@ -20,12 +20,13 @@
 //! seed failed.
 //!
 //! `--platform` (in a build with the `platform` feature) runs the raw,
-//! transactional, pessimistic or GC workload through the public clients
-//! on the simulated platform instead of the core machines
+//! transactional, pessimistic, GC or pipelined workload through the public
+//! clients on the simulated platform instead of the core machines
 //! ([`tikv_sim::platform::run_raw_world`],
 //! [`tikv_sim::platform::run_txn_world`],
 //! [`tikv_sim::platform::run_pess_world`],
-//! [`tikv_sim::platform::run_gc_world`]), with the same checkers (the
+//! [`tikv_sim::platform::run_gc_world`],
+//! [`tikv_sim::platform::run_pipelined_world`]), with the same checkers (the
 //! pessimistic one also counts clients that crashed holding locks).
 //! `--platform --stale` runs the stale-read world there
 //! ([`tikv_sim::platform::run_stale_world`]: writers transacting while
@@ -238,9 +239,9 @@ mod platform {
 
     use tikv_sim::platform::{
         SimConfig, SimFailure, SimReport, StaleWorldStats, TxnWorldStats, run_gc_world,
-        run_pess_world, run_raw_world, run_stale_world, run_txn_world,
+        run_pess_world, run_pipelined_world, run_raw_world, run_stale_world, run_txn_world,
     };
-    use tikv_sim::world::{GcStats, Workload};
+    use tikv_sim::world::{GcStats, PipeStats, Workload};
 
     /// What the passing seeds add up to.
     #[derive(Default)]
@@ -257,6 +258,7 @@ mod platform {
         rpcs: u64,
         events: u64,
         gc: GcStats,
+        pipe: PipeStats,
     }
 
     impl Totals {
@@ -278,6 +280,16 @@ mod platform {
             mine.reads_failed += g.reads_failed;
             mine.delete_ranges.0 += g.delete_ranges.0;
             mine.delete_ranges.1 += g.delete_ranges.1;
+            let (p, mine) = (&o.pipelined, &mut self.pipe);
+            mine.txns.0 += p.txns.0;
+            mine.txns.1 += p.txns.1;
+            mine.generations += p.generations;
+            mine.multi_generation += p.multi_generation;
+            mine.buffer_gets += p.buffer_gets;
+            mine.beats += p.beats;
+            mine.crashed.0 += p.crashed.0;
+            mine.crashed.1 += p.crashed.1;
+            mine.crashed.2 += p.crashed.2;
             self.add_stats(&r.stats);
         }
 
@@ -310,6 +322,7 @@ mod platform {
             }
             Workload::Pessimistic => totals.add_txn(&run_pess_world(seed, config)?),
             Workload::Gc => totals.add_txn(&run_gc_world(seed, config)?),
+            Workload::Pipelined => totals.add_txn(&run_pipelined_world(seed, config)?),
             _ => totals.add_txn(&run_txn_world(seed, config)?),
         }
         Ok(())
@@ -388,6 +401,23 @@ mod platform {
                 g.reads_failed,
                 g.delete_ranges.0,
                 g.delete_ranges.1
+            );
+        }
+        if workload == Workload::Pipelined {
+            let p = &t.pipe;
+            println!(
+                "pipelined txns: {} ({} committed), {} generations flushed ({} txns flushed \
+                 more than one), {} BufferBatchGet reads, {} heartbeats; crashes struck them {} \
+                 times while writing and flushing, {} in the commit, {} after it (resolving)",
+                p.txns.0,
+                p.txns.1,
+                p.generations,
+                p.multi_generation,
+                p.buffer_gets,
+                p.beats,
+                p.crashed.0,
+                p.crashed.1,
+                p.crashed.2
             );
         }
         println!(

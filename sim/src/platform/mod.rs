@@ -75,10 +75,14 @@
 //! guarantee, the bank total, lost counter updates, deadlock victims)
 //! and [`run_gc_world`] (the transactional workload beside a GC client
 //! running GC rounds, old-ts readers and `delete_range` through the
-//! public client, checked by the core-level GC world's checkers too)
-//! and [`run_stale_world`] (writers transacting while readers read
+//! public client, checked by the core-level GC world's checkers too),
+//! [`run_stale_world`] (writers transacting while readers read
 //! stale snapshots and replica reads of each type off lagging followers,
 //! each read checked against the committed state at its timestamp),
+//! and [`run_pipelined_world`] (pipelined DML transactions of several
+//! generations beside the transactional workload, clients crashing
+//! mid-flush, in the commit and during the range's resolution, checked
+//! for atomicity too),
 //! so the driver's code paths
 //! (its TSO task, background secondaries and cleanups, store refresh,
 //! scanners) meet the same faults as the core machines.
@@ -129,7 +133,9 @@ use exec::{Limits, Shared, Stuck};
 pub use exec::{SimRuntime, SimTransport};
 pub use raw_world::{RawWorldStats, run_raw_world};
 pub use stale_world::{StaleWorldStats, run_stale_world};
-pub use txn_world::{TxnWorldStats, run_gc_world, run_pess_world, run_txn_world};
+pub use txn_world::{
+    TxnWorldStats, run_gc_world, run_pess_world, run_pipelined_world, run_txn_world,
+};
 
 /// The client error type (re-exported so a closure can name it).
 pub use tikv_core::Error;

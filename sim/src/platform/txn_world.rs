@@ -24,6 +24,12 @@
 //! rounds, old-ts readers and `delete_range` through the public client,
 //! checked by the core-level GC world's checkers as well.
 //!
+//! [`run_pipelined_world`] runs pipelined DML transactions
+//! (`TransactionClient::begin_pipelined`, several generations each) beside
+//! the transactional workload, clients crashing mid-flush, in the commit
+//! and while the flushed range is resolved, checked by the core-level
+//! pipelined world's atomicity check as well ([`pipelined`]).
+//!
 //! [`run_pess_world`] runs the pessimistic world's workload the same way
 //! (locked transfers and counter increments through `lock_keys` with the
 //! drawn wait policy, fair locking for some increments, bank reads), each
@@ -56,6 +62,7 @@ use super::{
 use crate::WriteKind;
 use crate::world::GcStats;
 use crate::world::pess_workload;
+use crate::world::pipelined_workload::{self, PipeSpec, PipeStats};
 use crate::world::txn_history::{
     LockedRead, PessKind, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
     TxnWrite, account, balance_value, counter_value, parse_balance, parse_counter, register,
@@ -68,6 +75,17 @@ use tikv_core::txn::commit::CommitOptions;
 use tikv_driver::{LockOptions, TransactionOptions};
 
 mod gc;
+mod pipelined;
+
+/// A deliberate flaw, for tests to show the checkers catch it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+enum Flaw {
+    /// (pipelined) A flaw of the pipelined clients.
+    Pipelined(pipelined::PipeFlaw),
+    /// (GC world) A flaw of the GC client.
+    Gc(gc::GcFlaw),
+}
 
 /// Which workload a run draws its transactions from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -78,6 +96,9 @@ pub(super) enum World {
     Pess,
     /// The transactional world's, with a GC client beside it ([`gc`]).
     Gc,
+    /// The pipelined world's (`pipelined_workload`): the transactional
+    /// world's with pipelined transactions beside them ([`pipelined`]).
+    Pipelined,
 }
 
 /// What a passing run did.
@@ -93,6 +114,9 @@ pub struct TxnWorldStats {
     pub deadlock_victims: usize,
     /// (GC world) The GC client's work.
     pub gc: GcStats,
+    /// (pipelined) What the pipelined transactions did; a crash after the
+    /// commit returned counts as during the range's resolution.
+    pub pipelined: PipeStats,
     /// (pessimistic) Transactions whose client crashed while they held
     /// pessimistic locks, before their commit began: those whose locks
     /// were gone before the audit's sweep (other clients' lock calls and
@@ -107,8 +131,14 @@ pub(super) enum Stage {
     /// (pessimistic) A lock call returned: the client holds pessimistic
     /// locks and has not begun to commit.
     Locked,
+    /// (pipelined) A generation was handed to a flush: the client crashes
+    /// among the flushes and later writes, or in the commit.
+    Flushed,
     /// Its commit began.
     Committing,
+    /// (pipelined) Its commit returned: the driver resolves the flushed
+    /// range in the background.
+    Committed,
 }
 
 /// Whether a transaction goes on after a step.
@@ -154,6 +184,9 @@ struct Record {
     gc: Option<(Arc<GcChecks>, Duration)>,
     /// (GC world) The GC client stops after its task in flight.
     gc_stop: bool,
+    /// (pipelined) The pipelined transactions' records.
+    pipe: pipelined::PipeState,
+    flaw: Option<Flaw>,
 }
 
 /// Runs the transactional workload with `seed` through the public client
@@ -164,7 +197,16 @@ struct Record {
 /// The [`SimFailure`] of a run a checker rejects, whose final read fails,
 /// or that failed as any simulation can.
 pub fn run_txn_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
-    simulate(seed, config, move |sim| async move { txn_world(sim, World::Txn).await })
+    run_world(seed, config, World::Txn, None)
+}
+
+fn run_world(
+    seed: u64,
+    config: SimConfig,
+    world: World,
+    flaw: Option<Flaw>,
+) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    simulate(seed, config, move |sim| async move { txn_world(sim, world, flaw).await })
 }
 
 /// Runs the pessimistic workload with `seed` through the public client
@@ -177,7 +219,7 @@ pub fn run_pess_world(
     seed: u64,
     config: SimConfig,
 ) -> Result<SimReport<TxnWorldStats>, SimFailure> {
-    simulate(seed, config, move |sim| async move { txn_world(sim, World::Pess).await })
+    run_world(seed, config, World::Pess, None)
 }
 
 /// Runs the GC world with `seed` through the public client and checks it:
@@ -194,15 +236,35 @@ pub fn run_pess_world(
 ///
 /// As [`run_txn_world`].
 pub fn run_gc_world(seed: u64, config: SimConfig) -> Result<SimReport<TxnWorldStats>, SimFailure> {
-    simulate(seed, config, move |sim| async move { txn_world(sim, World::Gc).await })
+    run_world(seed, config, World::Gc, None)
 }
 
-async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
+/// Runs the pipelined world with `seed` through the public client and
+/// checks it: pipelined transactions (`TransactionClient::begin_pipelined`
+/// with tiny flush thresholds, so each flushes several generations; they
+/// read their writes back, and commit, roll back or are dropped) beside
+/// the transactional workload, clients crashing mid-flush, in the commit
+/// and while the flushed range is resolved, checked by the transactional
+/// world's checkers and the core-level pipelined world's atomicity check
+/// (all of a pipelined transaction's writes committed at one ts or none;
+/// no reader sees some without the others). A violation fails the run.
+///
+/// # Errors
+///
+/// As [`run_txn_world`].
+pub fn run_pipelined_world(
+    seed: u64,
+    config: SimConfig,
+) -> Result<SimReport<TxnWorldStats>, SimFailure> {
+    run_world(seed, config, World::Pipelined, None)
+}
+
+async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorldStats, String> {
     let mut rng = Rng::new(sim.seed() ^ 0x7478_6e20_776f_726c);
     // The pessimistic world's keys (as `Plan::draw_pess`): accounts and
     // counters, no lists.
-    let keys = match world {
-        World::Txn | World::Gc => TxnKeys {
+    let mut keys = match world {
+        World::Txn | World::Gc | World::Pipelined => TxnKeys {
             accounts: rng.gen_range(2, 6) as u32,
             lists: rng.gen_range(1, 5) as u32,
             registers: rng.gen_range(0, 4) as u32,
@@ -213,7 +275,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
             registers: rng.gen_range(1, 4) as u32,
         },
     };
-    let params = TxnParams {
+    let mut params = TxnParams {
         keys,
         crash_permille: match rng.gen_range(0, 4) {
             0 => 0,
@@ -228,8 +290,20 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
             _ => rng.gen_range(50, 500),
         },
     };
+    if world == World::Pipelined {
+        // As the core-level pipelined world's plan: registers for the
+        // generations to spread over, and crashes often enough to land in
+        // each stage.
+        keys.registers = keys.registers.max(3 + rng.gen_range(0, 3) as u32);
+        params.keys = keys;
+        params.crash_permille = params.crash_permille.max(rng.gen_range(50, 300));
+    }
     let clients = rng.gen_range(2, 5) as usize;
-    let txns_each = rng.gen_range(4, 16) as usize;
+    let txns_each = match world {
+        // A pipelined transaction costs several of the others.
+        World::Pipelined => rng.gen_range(3, 8) as usize,
+        _ => rng.gen_range(4, 16) as usize,
+    };
     let heal_at = sim.heal_at().unwrap_or(Instant::ZERO);
     let think = (heal_at.saturating_duration_since(Instant::ZERO) * 2 / txns_each as u32)
         .max(Duration::from_millis(10));
@@ -246,8 +320,13 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         think,
         gc: None,
         gc_stop: false,
+        pipe: pipelined::PipeState::default(),
+        flaw,
     }));
     let gc_client = (world == World::Gc).then(|| gc::start(&sim, &record, &keys));
+    if world == World::Pipelined {
+        pipelined::split(&sim);
+    }
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
@@ -293,7 +372,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
             opts: Default::default(),
         }
     };
-    let audit = run_txn(&sim, &auditor, &record, clients, full, &keys, None).await;
+    let audit = run_txn(&sim, &auditor, &record, clients, full, None, &keys, None).await;
     let mut violations = Vec::new();
     // Clients that crashed holding pessimistic locks before committing:
     // are their locks gone already (resolved by the others), or left for
@@ -342,7 +421,10 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     // No lock a crashed client abandoned holds anyone up for longer than
     // its TTL allows: every transaction ends within the core-level world's
     // bound.
-    let bound = txn_liveness_bound(&record.params, world == World::Pess);
+    let mut bound = txn_liveness_bound(&record.params, world == World::Pess);
+    if world == World::Pipelined {
+        bound += pipelined_workload::liveness_extra();
+    }
     for e in &history.entries {
         let took = e.end.unwrap_or(e.invoke).saturating_duration_since(e.invoke);
         if took > bound {
@@ -396,8 +478,9 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
     violations
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
+    let pipelined = record.pipe.finish(history, &fates, &mut violations);
     match world {
-        World::Txn | World::Gc => violations
+        World::Txn | World::Gc | World::Pipelined => violations
             .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}"))),
         World::Pess => {
             let counters: Vec<String> = (0..keys.registers).map(register).collect();
@@ -422,6 +505,7 @@ async fn txn_world(sim: Sim, world: World) -> Result<TxnWorldStats, String> {
         deadlock_victims: history.entries.iter().filter(|e| !e.run.deadlock.is_empty()).count(),
         crashed_lock_holders,
         gc: gc_stats,
+        pipelined,
     })
 }
 
@@ -445,21 +529,35 @@ async fn client_process(
     while lock(&record).done[c] < txns_each {
         let pause = lock(&record).rng.gen_duration(think);
         sim.sleep(pause).await;
-        let (spec, crash) = {
+        let (spec, pipe, crash) = {
             let r = &mut *lock(&record);
-            let spec = match world {
+            let (spec, pipe) = match world {
                 World::Txn | World::Gc => {
-                    txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value)
+                    (txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value), None)
                 }
-                World::Pess => pess_workload::pick(&mut r.rng, &r.params),
+                World::Pess => (pess_workload::pick(&mut r.rng, &r.params), None),
+                World::Pipelined => {
+                    match pipelined_workload::pick(&mut r.rng, &r.params, &mut r.next_value) {
+                        pipelined_workload::Pick::Normal(spec) => (spec, None),
+                        pipelined_workload::Pick::Pipelined(spec, pipe) => {
+                            let ending = pipelined::draw_ending(&mut r.rng);
+                            (spec, Some((pipe, ending)))
+                        }
+                    }
+                }
             };
             let crash = r.rng.gen_ratio(r.params.crash_permille, 1000);
             // A pessimistic client may also die holding its locks before
             // committing (the core-level world's crash from the first lock
             // on): the delay then lands among its later lock calls, their
-            // waits, or its commit.
+            // waits, or its commit. A pipelined transaction's client dies
+            // mid-flush, in the commit, or after it while the flushed range
+            // is resolved.
             let stage = if crash && world == World::Pess && r.rng.gen_ratio(1, 2) {
                 Stage::Locked
+            } else if crash && pipe.is_some() {
+                [Stage::Flushed, Stage::Committing, Stage::Committed]
+                    [r.rng.gen_range(0, 3) as usize]
             } else {
                 Stage::Committing
             };
@@ -467,12 +565,23 @@ async fn client_process(
             // lock call and the next step, nothing more sent.
             let at_once = stage == Stage::Locked && r.rng.gen_ratio(1, 2);
             let plan = crash.then(|| {
-                let after = if at_once { 0 } else { r.rng.gen_range(0, 40_000) };
+                let after = match stage {
+                    _ if at_once => 0,
+                    // The resolution's requests are on the wire within a
+                    // round trip of the commit's return: at once, or
+                    // among its first answers.
+                    Stage::Committed if r.rng.gen_ratio(1, 2) => 0,
+                    Stage::Committed => r.rng.gen_range(0, 3_000),
+                    // A pipelined commit (the last flush, a timestamp, the
+                    // primary's commit) takes a few round trips too.
+                    Stage::Committing if pipe.is_some() => r.rng.gen_range(0, 3_000),
+                    _ => r.rng.gen_range(0, 40_000),
+                };
                 CrashPlan { stage, after: Duration::from_micros(after) }
             });
-            (spec, plan)
+            (spec, pipe, plan)
         };
-        run_txn(&sim, &client, &record, c, spec, &keys, crash).await;
+        run_txn(&sim, &client, &record, c, spec, pipe, &keys, crash).await;
         lock(&record).done[c] += 1;
     }
     Ok(())
@@ -541,14 +650,17 @@ pub(super) async fn connect(
     Err("no client could connect in 100 attempts".into())
 }
 
-/// Runs one transaction as client `c` and records it; returns its entry.
-/// With `crash`, the process running it crashes as planned.
+/// Runs one transaction as client `c` (pipelined as `pipe` says) and
+/// records it; returns its entry. With `crash`, the process running it
+/// crashes as planned.
+#[allow(clippy::too_many_arguments)]
 async fn run_txn(
     sim: &Sim,
     client: &TransactionClient,
-    record: &Mutex<Record>,
+    record: &Arc<Mutex<Record>>,
     c: usize,
     spec: TxnSpec,
+    pipe: Option<(PipeSpec, pipelined::Ending)>,
     keys: &TxnKeys,
     crash: Option<CrashPlan>,
 ) -> usize {
@@ -584,21 +696,35 @@ async fn run_txn(
                 sim.crash(process);
                 return Halt::Crashed;
             }
-            let crasher = sim.clone();
+            let (crasher, struck) = (sim.clone(), record.clone());
             let when = match stage {
                 Stage::Locked => "after its first pessimistic lock",
+                Stage::Flushed => "after its first generation was handed to a flush",
                 Stage::Committing => "into this commit",
+                Stage::Committed => "after this commit returned",
             };
             sim.log(format!("client c{c} will crash {:?} {when}", plan.after));
             sim.spawn(async move {
                 crasher.sleep(plan.after).await;
+                let left = lock(&struck).pipe.crash_struck(id, &crasher.cluster());
+                if left > 0 {
+                    crasher.log(format!(
+                        "the crash strikes txn{id} mid-resolution: its primary committed, \
+                         {left} flushed locks left"
+                    ));
+                }
                 crasher.crash(process);
             })
             .forget();
         }
         Halt::Go
     };
-    let outcome = transact(client, spec, keys, id, &mut run, progress).await;
+    let outcome = match pipe {
+        Some((pipe, ending)) => {
+            pipelined::transact(sim, client, record, pipe, ending, id, &mut run, progress).await
+        }
+        None => transact(client, spec, keys, id, &mut run, progress).await,
+    };
     let r = &mut *lock(record);
     let e = &mut r.history.entries[id];
     e.end = Some(sim.now());

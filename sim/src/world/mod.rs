@@ -99,7 +99,7 @@ pub mod linearizability;
 mod own_reads;
 pub(crate) mod pess_workload;
 pub mod pessimistic;
-mod pipelined_workload;
+pub(crate) mod pipelined_workload;
 pub mod si;
 pub mod txn_history;
 pub(crate) mod txn_workload;
@@ -1715,10 +1715,7 @@ impl World {
         let Some(t) = &self.txn else { return LIVENESS_BOUND };
         let bound = txn_liveness_bound(&t.params, self.workload == Workload::Pessimistic);
         if self.workload == Workload::Pipelined {
-            // A pipelined transaction also flushes generations (each with
-            // its own budget) and its writer pauses between writes.
-            let flush = Config::default().budget(tikv_core::txn::pipelined::FLUSH_BUDGET);
-            return bound + flush * 3 + Duration::from_secs(30);
+            return bound + pipelined_workload::liveness_extra();
         }
         bound
     }

@@ -112,18 +112,18 @@ pub(crate) enum PipeWrite {
 pub(crate) struct PipeSpec {
     /// Read both accounts, then move `amount` if `from` holds it: `from`'s
     /// write first, `to`'s last, so they land in different generations.
-    transfer: Option<(u32, u32, u64)>,
+    pub(crate) transfer: Option<(u32, u32, u64)>,
     /// Register writes in order; a register may be written again in a
     /// later generation.
-    writes: Vec<(String, PipeWrite)>,
+    pub(crate) writes: Vec<(String, PipeWrite)>,
     /// The writer's pause after each write (the transfer's included).
-    pauses: Vec<Duration>,
+    pub(crate) pauses: Vec<Duration>,
     /// After this many writes, read `mid_reads` back.
-    mid_at: usize,
-    mid_reads: Vec<String>,
+    pub(crate) mid_at: usize,
+    pub(crate) mid_reads: Vec<String>,
     /// Read back after the last write.
-    end_reads: Vec<String>,
-    thresholds: FlushThresholds,
+    pub(crate) end_reads: Vec<String>,
+    pub(crate) thresholds: FlushThresholds,
 }
 
 /// What a client runs next in the pipelined world.
@@ -275,13 +275,91 @@ pub struct PipeStats {
 #[derive(Default)]
 pub(crate) struct PipeWorld {
     records: Records,
-    stats: PipeStats,
 }
 
 impl PipeWorld {
     fn start_ts_of_pipelined(&self) -> BTreeSet<u64> {
         self.records.borrow().values().filter_map(|r| r.start_ts).collect()
     }
+}
+
+/// The planned writes as the checker sees them: the last write of each
+/// key, in key order.
+pub(crate) fn final_writes(plan: &[(String, PipeWrite)]) -> Vec<(String, TxnWrite)> {
+    let mut last: BTreeMap<String, TxnWrite> = BTreeMap::new();
+    for (k, w) in plan {
+        last.insert(
+            k.clone(),
+            match w {
+                PipeWrite::Put(v) | PipeWrite::Insert(v) => TxnWrite::Put(v.clone()),
+                PipeWrite::Delete => TxnWrite::Delete,
+            },
+        );
+    }
+    last.into_iter().collect()
+}
+
+/// Transaction `id`'s transfer `(from, to, amount)` read `pairs` of its two
+/// accounts: if `from` holds the amount, its write goes first in `plan`
+/// and `to`'s last, so they land in different generations. Returns the
+/// reads as the history records them.
+pub(crate) fn plan_transfer(
+    (from, to, amount): (u32, u32, u64),
+    id: usize,
+    pairs: &[KvPair],
+    plan: &mut Vec<(String, PipeWrite)>,
+) -> Vec<(String, Option<String>)> {
+    let (a, b) = (account(from), account(to));
+    let mut found: BTreeMap<String, Option<String>> =
+        [(a.clone(), None), (b.clone(), None)].into_iter().collect();
+    for p in pairs {
+        found.insert(text(p.key.as_bytes()), Some(text(&p.value)));
+    }
+    let bal = |k: &str| parse_balance(found.get(k).cloned().flatten().as_deref());
+    if let (Some(x), Some(y)) = (bal(&a), bal(&b))
+        && x >= amount
+    {
+        plan.insert(0, (a, PipeWrite::Put(balance_value(x - amount, id))));
+        plan.push((b, PipeWrite::Put(balance_value(y + amount, id))));
+    }
+    found.into_iter().collect()
+}
+
+/// What a pipelined transaction may take beyond the transactional
+/// liveness bound: it also flushes generations (each with its own budget)
+/// and its writer pauses between writes.
+pub(crate) fn liveness_extra() -> Duration {
+    let flush =
+        tikv_core::config::Config::default().budget(tikv_core::txn::pipelined::FLUSH_BUDGET);
+    flush * 3 + Duration::from_secs(30)
+}
+
+/// Counters of the pipelined transactions `records` of `history`;
+/// `crashed(entry)` tells whether a client crash struck it (its stage
+/// then says where).
+pub(crate) fn tally(
+    records: &BTreeMap<usize, PipeRecord>,
+    history: &TxnHistory,
+    crashed: impl Fn(usize) -> bool,
+) -> PipeStats {
+    let mut stats = PipeStats::default();
+    for (&entry, r) in records {
+        let e = &history.entries[entry];
+        stats.txns.0 += 1;
+        stats.txns.1 += usize::from(matches!(e.outcome, TxnOutcome::Committed { .. }));
+        stats.generations += r.generations;
+        stats.multi_generation += usize::from(r.generations > 1);
+        stats.buffer_gets += r.buffer_gets;
+        stats.beats += r.beats;
+        if crashed(entry) {
+            match r.stage {
+                Stage::Writing | Stage::Flushed => stats.crashed.0 += 1,
+                Stage::Committing => stats.crashed.1 += 1,
+                Stage::Resolving | Stage::Done => stats.crashed.2 += 1,
+            }
+        }
+    }
+    stats
 }
 
 // ------------------------------------------------------------- the program
@@ -451,36 +529,13 @@ impl PipelinedProgram {
     /// The planned writes as the checker sees them: the last write of
     /// each key.
     fn final_writes(&self) -> Vec<(String, TxnWrite)> {
-        let mut last: BTreeMap<String, TxnWrite> = BTreeMap::new();
-        for (k, w) in &self.plan {
-            last.insert(
-                k.clone(),
-                match w {
-                    PipeWrite::Put(v) | PipeWrite::Insert(v) => TxnWrite::Put(v.clone()),
-                    PipeWrite::Delete => TxnWrite::Delete,
-                },
-            );
-        }
-        last.into_iter().collect()
+        final_writes(&self.plan)
     }
 
     /// The transfer's reads are in: plan its writes around the registers'.
     fn plan_transfer(&mut self, pairs: Vec<KvPair>) {
-        let Some((from, to, amount)) = self.spec.transfer else { return };
-        let (a, b) = (account(from), account(to));
-        let mut found: BTreeMap<String, Option<String>> =
-            [(a.clone(), None), (b.clone(), None)].into_iter().collect();
-        for p in pairs {
-            found.insert(text(p.key.as_bytes()), Some(text(&p.value)));
-        }
-        self.run.reads = found.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let bal = |k: &str| parse_balance(found.get(k).cloned().flatten().as_deref());
-        if let (Some(x), Some(y)) = (bal(&a), bal(&b))
-            && x >= amount
-        {
-            self.plan.insert(0, (a, PipeWrite::Put(balance_value(x - amount, self.id))));
-            self.plan.push((b, PipeWrite::Put(balance_value(y + amount, self.id))));
-        }
+        let Some(transfer) = self.spec.transfer else { return };
+        self.run.reads = plan_transfer(transfer, self.id, &pairs, &mut self.plan);
     }
 
     fn begin_writing(&mut self, now: Instant) {
@@ -1012,7 +1067,7 @@ impl PipelinedProgram {
 }
 
 impl Stage {
-    fn max_stage(self, other: Stage) -> Stage {
+    pub(crate) fn max_stage(self, other: Stage) -> Stage {
         let rank = |s: Stage| match s {
             Stage::Writing => 0,
             Stage::Flushed => 1,
@@ -1243,23 +1298,7 @@ impl World {
     pub(super) fn pipe_finish(&mut self, history: &TxnHistory, fates: &Fates) {
         let Some(p) = self.pipe.take() else { return };
         let records = p.records.borrow().clone();
-        let mut stats = p.stats;
-        for (&entry, r) in &records {
-            let e = &history.entries[entry];
-            stats.txns.0 += 1;
-            stats.txns.1 += usize::from(matches!(e.outcome, TxnOutcome::Committed { .. }));
-            stats.generations += r.generations;
-            stats.multi_generation += usize::from(r.generations > 1);
-            stats.buffer_gets += r.buffer_gets;
-            stats.beats += r.beats;
-            if e.crashed {
-                match r.stage {
-                    Stage::Writing | Stage::Flushed => stats.crashed.0 += 1,
-                    Stage::Committing => stats.crashed.1 += 1,
-                    Stage::Resolving | Stage::Done => stats.crashed.2 += 1,
-                }
-            }
-        }
+        let stats = tally(&records, history, |entry| history.entries[entry].crashed);
         let pipelined: BTreeSet<usize> = records.keys().copied().collect();
         for v in check_atomicity(history, fates, &pipelined) {
             self.violations.push(format!("atomicity: {v}"));

@@ -34,12 +34,23 @@ use futures::future::RemoteHandle;
 use tikv_core::pd::Timestamp;
 use tikv_core::time::{Duration, Instant};
 
-use super::{Record, TransactionClient, World, connect, lock};
+use super::{Flaw, Record, TransactionClient, World, connect, lock};
 use crate::platform::Sim;
 use crate::platform::exec::GcChecks;
 use crate::world::gc_workload::{
     SCRATCH_SPLIT, delete_range_done, draw_read_ts, pd_txn_safe_point, scratch_range, seed_scratch,
 };
+
+/// A deliberate flaw of the GC client, for tests to show the checkers
+/// catch it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(super) enum GcFlaw {
+    /// A round's safe point is the current time, held back neither by a
+    /// lag nor by the live transactions and readers: GC passes the start
+    /// ts of transactions still running.
+    SafePointPastLiveTxns,
+}
 
 /// Splits the scratch range, installs the checks and starts the GC client
 /// (module docs); the handle resolves when it stopped.
@@ -125,7 +136,10 @@ async fn round(sim: &Sim, record: &Mutex<Record>, checks: &GcChecks, client: &Tr
     let lag_ms = lock(record).rng.gen_range(0, 5000);
     // Strictly below every live start ts: GC rolls back locks at or below
     // the safe point.
-    let safe_point = now_ts.saturating_sub(lag_ms << 18).min(floor.saturating_sub(1));
+    let mut safe_point = now_ts.saturating_sub(lag_ms << 18).min(floor.saturating_sub(1));
+    if lock(record).flaw == Some(Flaw::Gc(GcFlaw::SafePointPastLiveTxns)) {
+        safe_point = now_ts;
+    }
     let current = pd_txn_safe_point(&cluster);
     if safe_point < current {
         sim.log(format!("gc: no round (a live transaction at {floor}, txn safe point {current})"));
@@ -189,4 +203,29 @@ async fn delete_range(
     sim.log(format!("gc: delete_range ended: {result:?}"));
     let g = &mut *checks.lock();
     delete_range_done(&cluster, result.is_ok(), &mut g.stats, &mut g.violations);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Flaw, World, run_world};
+    use super::*;
+    use crate::platform::{SimConfig, run_gc_world};
+
+    /// A GC client whose rounds collect up to the current time, past the
+    /// start ts of transactions still running: their snapshot reads lose
+    /// versions they need, and snapshot isolation catches it; the same
+    /// seed passes with the sound GC client.
+    #[test]
+    fn snapshot_isolation_catches_a_safe_point_past_live_transactions() {
+        let flaw = Some(Flaw::Gc(GcFlaw::SafePointPastLiveTxns));
+        let failure = (0..60)
+            .find_map(|seed| run_world(seed, SimConfig::chaos(), World::Gc, flaw).err())
+            .expect("the flaw was not caught in 60 seeds");
+        assert!(failure.reason.contains("si: read: txn"), "{failure}");
+        let again = run_world(failure.seed, SimConfig::chaos(), World::Gc, flaw);
+        assert_eq!(again.err().map(|f| f.trace_hash), Some(failure.trace_hash));
+        if let Err(f) = run_gc_world(failure.seed, SimConfig::chaos()) {
+            panic!("the sound GC world fails too: {f}");
+        }
+    }
 }
