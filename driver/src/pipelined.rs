@@ -16,9 +16,9 @@ use tikv_core::rpc::RequestTags;
 use tikv_core::time::Duration;
 use tikv_core::txn::pipelined::{
     BROADCAST_GRACE_PERIOD, BroadcastTxnStatus, Flush, FlushGeneration, FlushRequest, FlushStart,
-    FlushThresholds, LocalRead, PipelinedBuffer, PipelinedCommit, PipelinedCommitRequest,
-    PipelinedKeepAlive, PipelinedTxnStatus, RESOLVE_FLUSHED_CONCURRENCY, ResolveFlushedHandler,
-    TxnStatusUpdate, buffer_batch_get, resolve_flushed,
+    FlushThresholds, FlushThrottle, LocalRead, PipelinedBuffer, PipelinedCommit,
+    PipelinedCommitRequest, PipelinedKeepAlive, PipelinedTxnStatus, RESOLVE_FLUSHED_CONCURRENCY,
+    ResolveFlushedHandler, TxnStatusUpdate, buffer_batch_get, resolve_flushed,
 };
 use tikv_proto::kvrpcpb;
 
@@ -32,10 +32,6 @@ use crate::{Background, Runtime};
 /// (`tidb_pipelined_flush_concurrency`).
 pub const DEFAULT_FLUSH_CONCURRENCY: usize = 128;
 
-/// client-go's age of the moving average of flush times the write
-/// throttle follows (`defaultEWMAAge`).
-const FLUSH_TIME_EWMA_AGE: f64 = 10.0;
-
 /// Options of a pipelined transaction (client-go `PipelinedTxnOptions`).
 /// Build with [`Default::default`] and the `with_` methods.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,9 +42,11 @@ pub struct PipelinedOptions {
     /// Regions resolved at once when the transaction commits or rolls back
     /// (at least 1).
     pub resolve_concurrency: usize,
-    /// The share of time the writer sleeps before each flush, in `[0, 1)`
-    /// (client-go `WriteThrottleRatio`: sleep / (sleep + flush time) =
-    /// ratio, flush time by its moving average; 0 never sleeps).
+    /// The share of time spent sleeping before each background flush, in
+    /// `[0, 1)` (client-go `WriteThrottleRatio`: sleep / (sleep + flush
+    /// time) = ratio, flush time by its moving average; 0 never sleeps;
+    /// [`FlushThrottle`]). The writer feels it when it reaches the next
+    /// flush while the delayed one is still in flight.
     pub write_throttle_ratio: f64,
     /// When the buffer is handed off to be flushed (client-go's thresholds
     /// by default; small ones make tests spill several generations).
@@ -186,13 +184,13 @@ impl<P: Platform> TransactionClient<P> {
             start_ts,
             buffer: PipelinedBuffer::new(pipelined.flush_thresholds),
             options,
+            throttle: FlushThrottle::new(pipelined.write_throttle_ratio),
             pipelined,
             primary: None,
             in_flight: None,
             failed: None,
             keep_alive: None,
             status: None,
-            flush_time_ms: 0.0,
             finished: false,
         })
     }
@@ -236,8 +234,8 @@ pub struct PipelinedTransaction<P: Platform> {
     failed: Option<Error>,
     keep_alive: Option<Background>,
     status: Option<Arc<PipelinedTxnStatus>>,
-    /// The moving average of flush times (ms), for the write throttle.
-    flush_time_ms: f64,
+    /// The write throttle, fed with each flush's time.
+    throttle: FlushThrottle,
     finished: bool,
 }
 
@@ -604,10 +602,8 @@ impl<P: Platform> PipelinedTransaction<P> {
         if let Some(written) = self.start_keep_alive() {
             op = op.signal_primary_written(written);
         }
-        // client-go throttlePipelinedTxn: sleep / (sleep + flush) = ratio.
-        let ratio = self.pipelined.write_throttle_ratio;
-        let sleep_ms = ratio / (1.0 - ratio) * self.flush_time_ms;
-        let throttle = Duration::from_millis(sleep_ms.max(0.0) as u64);
+        // client-go calls throttlePipelinedTxn in the flush goroutine.
+        let throttle = self.throttle.sleep_before_flush();
         let (tx, rx) = oneshot::channel();
         let core = self.core.clone();
         let chain = self.interceptors.clone();
@@ -643,13 +639,7 @@ impl<P: Platform> PipelinedTransaction<P> {
             result: Err(Error::Internal("a pipelined flush task ended without an answer".into())),
             took: Duration::ZERO,
         });
-        let took = outcome.took.as_millis() as f64;
-        self.flush_time_ms = if self.flush_time_ms == 0.0 {
-            took
-        } else {
-            let decay = 2.0 / (FLUSH_TIME_EWMA_AGE + 1.0);
-            self.flush_time_ms * (1.0 - decay) + took * decay
-        };
+        self.throttle.record_flush(outcome.took);
         let result = self.buffer.flush_finished(outcome.result);
         if let Err(e) = &result {
             self.failed = Some(e.clone());

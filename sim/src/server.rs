@@ -1124,8 +1124,14 @@ impl SimServer {
             counters: counters.clone(),
             admin: admin.clone(),
         };
+        // TiKV takes messages of any size (`max_receive_message_len(-1)`):
+        // tonic's 4 MiB default would break a stream carrying a burst of
+        // large entries, such as a pipelined flush's batches.
+        let tikv = TikvServer::new(svc)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         tonic::transport::Server::builder()
-            .add_service(TikvServer::new(svc))
+            .add_service(tikv)
             .add_service(HealthServer::new(HealthService { cluster: cluster.clone(), store_id }))
     }
 

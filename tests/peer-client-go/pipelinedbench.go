@@ -11,9 +11,12 @@ package main
 // stopped receiving the transaction's background work: secondary commits or
 // the flushed range's resolution, which die with this process) and prints
 //
-//	PEAK rss_kib=N cpu_us=N
+//	PEAK rss_kib=N cpu_us=N sent=Kind:N,...
 //
-// with the process's peak resident memory and total CPU.
+// with the process's peak resident memory and total CPU. `sent` counts the
+// TiKV requests client-go sent by kind, background work included (the bench's
+// own runner prints the same from an interceptor), so the two can be
+// compared kind by kind.
 
 import (
 	"bufio"
@@ -21,13 +24,78 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/tikv/client-go/v2/tikv"
+	"github.com/tikv/client-go/v2/tikvrpc"
+	"github.com/tikv/client-go/v2/txnkv"
 	"github.com/tikv/client-go/v2/txnkv/transaction"
+	"github.com/tikv/client-go/v2/util/async"
+	pd "github.com/tikv/pd/client"
+	"github.com/tikv/pd/client/pkg/caller"
 )
+
+// countingClient counts the TiKV requests sent through it by kind.
+type countingClient struct {
+	tikv.Client
+	mu   sync.Mutex
+	sent map[string]int
+}
+
+func (c *countingClient) count(kind string) {
+	c.mu.Lock()
+	c.sent[kind]++
+	c.mu.Unlock()
+}
+
+// SendRequest counts the request, and counts it again as TransportErrors
+// when it gets no answer (the bench's runner counts the same).
+func (c *countingClient) SendRequest(ctx context.Context, addr string, req *tikvrpc.Request, timeout time.Duration) (*tikvrpc.Response, error) {
+	c.count(req.Type.String())
+	resp, err := c.Client.SendRequest(ctx, addr, req, timeout)
+	if err != nil {
+		c.count("TransportErrors")
+	}
+	return resp, err
+}
+
+func (c *countingClient) SendRequestAsync(ctx context.Context, addr string, req *tikvrpc.Request, cb async.Callback[*tikvrpc.Response]) {
+	c.count(req.Type.String())
+	c.Client.SendRequestAsync(ctx, addr, req, cb)
+}
+
+// summary is `Kind:N,...` in kind order.
+func (c *countingClient) summary() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var parts []string
+	for kind, n := range c.sent {
+		parts = append(parts, fmt.Sprintf("%s:%d", kind, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+// newCountingTxnClient is newTxnClient's simulator branch with every TiKV
+// request counted.
+func newCountingTxnClient(addrs []string) (*txnkv.Client, *countingClient, error) {
+	pdCli, err := pd.NewClient(caller.Component("peer-client-go"), addrs, pd.SecurityOption{}, pdOptions()...)
+	if err != nil {
+		return nil, nil, err
+	}
+	codecPD := tikv.NewCodecPDClient(tikv.ModeTxn, pdCli)
+	uuid := fmt.Sprintf("tikv-%v", codecPD.GetClusterID(context.Background()))
+	counter := &countingClient{Client: tikv.NewRPCClient(tikv.WithCodec(codecPD.GetCodec())), sent: map[string]int{}}
+	store, err := tikv.NewKVStore(uuid, codecPD, tikv.NewMockSafePointKV(), counter)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &txnkv.Client{KVStore: store}, counter, nil
+}
 
 // pipelinedBenchKey is key i of n in run r: a first byte spreading the keys
 // evenly over `tikv-sim --regions`' first-byte splits, then the run and the
@@ -61,7 +129,7 @@ func pipelinedBenchMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	cli, err := newTxnClient(strings.Split(*pdAddrs, ","))
+	cli, counter, err := newCountingTxnClient(strings.Split(*pdAddrs, ","))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "connect: %v\n", err)
 		return 1
@@ -99,6 +167,6 @@ func pipelinedBenchMain(args []string) int {
 	// Background work (secondaries, range resolution) goes on until the
 	// bench says the server has gone quiet.
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
-	fmt.Printf("PEAK rss_kib=%d cpu_us=%d\n", peakRSSKiB(), (cpuTime() - cpu0).Microseconds())
+	fmt.Printf("PEAK rss_kib=%d cpu_us=%d sent=%s\n", peakRSSKiB(), (cpuTime() - cpu0).Microseconds(), counter.summary())
 	return 0
 }

@@ -39,6 +39,9 @@ const REGIONS: &str = "16";
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 const KEY_LEN: usize = 24;
 const VALUE_LEN: usize = 64;
+/// The `sent` entry counting requests that got no answer (a broken
+/// stream, a timeout): each is retried, so it explains extra requests.
+const TRANSPORT_ERRORS: &str = "transport_errors";
 /// The runs in table order: (client, committer).
 const MODES: [(&str, &str); 4] = [
     ("ours", "pipelined"),
@@ -135,7 +138,8 @@ fn child(mode: &str, pd: &str, run: usize, keys: usize) -> ExitCode {
 
 async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Result<(), String> {
     let config = Config::default().with_pd_endpoints([pd.to_owned()]);
-    // Counts the transaction's TiKV requests by name, for the RESULT line.
+    // Counts the transaction's TiKV requests by name, and those without an
+    // answer, for the PEAK line.
     let sent: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
     let counter = sent.clone();
     let client = TransactionClient::connect_with_config(config)
@@ -144,7 +148,17 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
         .with_interceptor(interceptor_fn("count", move |rpc, next| {
             let mut sent = counter.lock().unwrap_or_else(PoisonError::into_inner);
             *sent.entry(rpc.request.name()).or_default() += 1;
-            next.run(rpc)
+            drop(sent);
+            let failed = counter.clone();
+            let answer = next.run(rpc);
+            Box::pin(async move {
+                let answer = answer.await;
+                if answer.is_err() {
+                    let mut sent = failed.lock().unwrap_or_else(PoisonError::into_inner);
+                    *sent.entry(TRANSPORT_ERRORS).or_default() += 1;
+                }
+                answer
+            })
         }));
     let value = vec![b'v'; VALUE_LEN];
     let (cpu0, t0) = (cpu_time(), Instant::now());
@@ -172,12 +186,8 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
         other => return Err(format!("unknown mode {other}")),
     }
     let total = t0.elapsed();
-    let by_name = {
-        let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
-        sent.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",")
-    };
     println!(
-        "RESULT mode={mode} keys={keys} write_us={} commit_us={} cpu_us={} sent={by_name}",
+        "RESULT mode={mode} keys={keys} write_us={} commit_us={} cpu_us={}",
         written.as_micros(),
         (total - written).as_micros(),
         cpu_time().saturating_sub(cpu0).as_micros()
@@ -189,8 +199,12 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let by_name = {
+        let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.iter().map(|(name, n)| format!("{name}:{n}")).collect::<Vec<_>>().join(",")
+    };
     println!(
-        "PEAK rss_kib={} cpu_us={}",
+        "PEAK rss_kib={} cpu_us={} sent={by_name}",
         peak_rss_kib(),
         cpu_time().saturating_sub(cpu0).as_micros()
     );
@@ -198,7 +212,7 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
 }
 
 /// One run's numbers, in milliseconds and MiB.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Run {
     write_ms: f64,
     commit_ms: f64,
@@ -208,6 +222,35 @@ struct Run {
     /// TiKV requests the server received for the transaction (stream
     /// entries and unary calls, from begin until its locks were gone).
     rpcs: f64,
+    /// The requests the client sent, by kind in client-go's names
+    /// (`Flush`, `ResolveLock`, ...), background work included.
+    sent: BTreeMap<String, u64>,
+}
+
+/// A request kind in client-go's `tikvrpc.CmdType` spelling: ours are
+/// tonic method names (`kv_txn_heart_beat` is `TxnHeartBeat`).
+fn client_go_kind(method: &str) -> String {
+    let method = method.strip_prefix("kv_").unwrap_or(method);
+    method
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map_or(String::new(), |c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        })
+        .collect()
+}
+
+/// `Kind:N,...` from a child's `sent=` field.
+fn parse_sent(field: &str) -> BTreeMap<String, u64> {
+    field
+        .split(',')
+        .filter_map(|part| {
+            let (kind, n) = part.split_once(':')?;
+            Some((client_go_kind(kind), n.parse().ok()?))
+        })
+        .collect()
 }
 
 async fn bench(args: Args, pinned: bool) -> Result<(), String> {
@@ -263,20 +306,37 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
         medians.push((who, committer, m));
     }
     println!();
-    println!("| committer | ours / client-go: write + commit time | client CPU | peak RSS |");
-    println!("|---|---|---|---|");
+    println!(
+        "| committer | ours / client-go: write + commit time | client CPU | peak RSS | TiKV RPCs |"
+    );
+    println!("|---|---|---|---|---|");
     for committer in ["pipelined", "normal"] {
         let get = |who: &str| {
-            medians.iter().find(|(w, c, _)| *w == who && *c == committer).map(|(_, _, r)| *r)
+            medians.iter().find(|(w, c, _)| *w == who && *c == committer).map(|(_, _, r)| r.clone())
         };
         if let (Some(o), Some(g)) = (get("ours"), get("client-go")) {
             println!(
-                "| {committer} | {:.2}× | {:.2}× | {:.2}× |",
+                "| {committer} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
                 (o.write_ms + o.commit_ms) / (g.write_ms + g.commit_ms),
                 o.cpu_ms / g.cpu_ms,
-                o.rss_mib / g.rss_mib
+                o.rss_mib / g.rss_mib,
+                o.rpcs / g.rpcs
             );
         }
+    }
+    // The requests each client counted itself, by kind.
+    let kinds: std::collections::BTreeSet<&String> =
+        medians.iter().flat_map(|(_, _, r)| r.sent.keys()).collect();
+    println!();
+    let columns: Vec<String> = medians.iter().map(|(w, c, _)| format!("{w} {c}")).collect();
+    println!("| requests sent, by kind | {} |", columns.join(" | "));
+    println!("|---|{}", "---|".repeat(columns.len()));
+    for kind in kinds {
+        let counts: Vec<String> = medians
+            .iter()
+            .map(|(_, _, r)| r.sent.get(kind).copied().unwrap_or(0).to_string())
+            .collect();
+        println!("| {kind} | {} |", counts.join(" | "));
     }
     Ok(())
 }
@@ -298,9 +358,6 @@ fn measure(server: &mut Server, mut cmd: Command) -> Result<Run, String> {
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     let result = lines.find(|l| l.starts_with("RESULT ")).ok_or("the child failed")?;
     let returned = Instant::now();
-    if let Some(sent) = result.split_whitespace().find_map(|f| f.strip_prefix("sent=")) {
-        println!("# requests sent by {:?}: {sent}", cmd.get_args().collect::<Vec<_>>());
-    }
     let (settled, after) = loop {
         let now = server.stats().ok_or("tikv-sim reports no stats")?;
         let locks = now.locks.ok_or("tikv-sim reports no lock count")?;
@@ -325,6 +382,11 @@ fn measure(server: &mut Server, mut cmd: Command) -> Result<Run, String> {
         settle_ms: settled.as_secs_f64() * 1e3,
         cpu_ms: us(&peak, "cpu_us")?,
         rss_mib: field(&peak, "rss_kib").ok_or("rss_kib")? as f64 / 1024.0,
+        sent: peak
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("sent="))
+            .map(parse_sent)
+            .unwrap_or_default(),
         rpcs: {
             let d = before.delta(after);
             (d.entries + d.kv_unary.unwrap_or(0)) as f64
@@ -346,5 +408,18 @@ fn median_run(runs: &[Run]) -> Run {
         cpu_ms: col(|r| r.cpu_ms),
         rss_mib: col(|r| r.rss_mib),
         rpcs: col(|r| r.rpcs),
+        sent: {
+            let kinds: std::collections::BTreeSet<&String> =
+                runs.iter().flat_map(|r| r.sent.keys()).collect();
+            kinds
+                .into_iter()
+                .map(|kind| {
+                    let mut v: Vec<u64> =
+                        runs.iter().map(|r| r.sent.get(kind).copied().unwrap_or(0)).collect();
+                    v.sort_unstable();
+                    (kind.clone(), v[(v.len() - 1) / 2])
+                })
+                .collect()
+        },
     }
 }

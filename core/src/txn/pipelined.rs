@@ -305,6 +305,62 @@ impl PipelinedBuffer {
     }
 }
 
+/// Age of the moving average of flush times the write throttle follows
+/// (client-go `defaultEWMAAge`).
+pub const FLUSH_TIME_EWMA_AGE: f64 = 10.0;
+
+/// The write throttle of a pipelined transaction (client-go
+/// `throttlePipelinedTxn`): before each generation's flush, sleep so that
+/// sleep / (sleep + flush time) = `ratio`, the flush time taken from a
+/// moving average of the flushes so far. client-go calls it inside the
+/// flush function, which `PipelinedMemDB.Flush` runs in the background: the
+/// sleep delays the flush, and so the writer only once it reaches the next
+/// flush with this one still in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlushThrottle {
+    ratio: f64,
+    /// The moving average of flush times in milliseconds; 0 until the first
+    /// flush is recorded.
+    average_ms: f64,
+}
+
+impl FlushThrottle {
+    /// A throttle taking `ratio` (in `[0, 1)`; anything else never sleeps, as
+    /// client-go logs and skips an invalid ratio) of the writer's time.
+    pub fn new(ratio: f64) -> FlushThrottle {
+        FlushThrottle { ratio, average_ms: 0.0 }
+    }
+
+    /// How long to sleep before the next flush: ratio / (1 − ratio) × the
+    /// average flush time, in whole milliseconds as client-go sleeps.
+    pub fn sleep_before_flush(&self) -> Duration {
+        if !(0.0..1.0).contains(&self.ratio) {
+            return Duration::ZERO;
+        }
+        let sleep_ms = self.ratio / (1.0 - self.ratio) * self.average_ms;
+        Duration::from_millis(sleep_ms.max(0.0) as u64)
+    }
+
+    /// Feeds a finished flush's time (without the sleep) into the average:
+    /// the first one (or any while the average is 0) sets it, later ones
+    /// move it by 2 / (age + 1) (client-go's `VariableEWMA`, whose `Set`
+    /// ends its warm-up).
+    pub fn record_flush(&mut self, took: Duration) {
+        let took_ms = took.as_millis() as f64;
+        self.average_ms = if self.average_ms == 0.0 {
+            took_ms
+        } else {
+            let decay = 2.0 / (FLUSH_TIME_EWMA_AGE + 1.0);
+            self.average_ms * (1.0 - decay) + took_ms * decay
+        };
+    }
+
+    /// The moving average of flush times so far.
+    pub fn average_flush_time(&self) -> Duration {
+        Duration::from_secs_f64(self.average_ms / 1e3)
+    }
+}
+
 /// Budget of one generation's flush, lock resolution included (client-go
 /// flushes with a 20 s backoffer).
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(20);
@@ -806,6 +862,39 @@ mod tests {
         b.put(b"a", "1").unwrap();
         assert!(b.flush_due());
         assert_eq!(FlushThresholds::default().min_keys, 10_000);
+    }
+
+    #[test]
+    fn the_throttle_sleeps_by_the_moving_average_of_flush_times() {
+        let ms = Duration::from_millis;
+        // Nothing recorded yet: no sleep, whatever the ratio.
+        let mut t = FlushThrottle::new(0.5);
+        assert_eq!(t.sleep_before_flush(), Duration::ZERO);
+        // The first flush sets the average: sleep / (sleep + 100) = 0.5.
+        t.record_flush(ms(100));
+        assert_eq!(t.sleep_before_flush(), ms(100));
+        // Later ones move it by 2 / 11: 100 + (320 - 100) * 2 / 11 = 140
+        // (give or take the float's last bit, which the whole-millisecond
+        // sleep may truncate).
+        t.record_flush(ms(320));
+        let average_ms = t.average_flush_time().as_secs_f64() * 1e3;
+        assert!((average_ms - 140.0).abs() < 1e-6, "{average_ms}");
+        assert!((ms(139)..=ms(140)).contains(&t.sleep_before_flush()));
+        // ratio 0.8: 0.8 / 0.2 × 140 = 560.
+        let mut t = FlushThrottle::new(0.8);
+        t.record_flush(ms(140));
+        assert_eq!(t.sleep_before_flush(), ms(560));
+        // A zero-time flush leaves the average unset, so the next sets it.
+        let mut t = FlushThrottle::new(0.5);
+        t.record_flush(Duration::ZERO);
+        t.record_flush(ms(40));
+        assert_eq!(t.sleep_before_flush(), ms(40));
+        // Ratio 0 never sleeps, nor does an invalid one.
+        for ratio in [0.0, 1.0, -0.1] {
+            let mut t = FlushThrottle::new(ratio);
+            t.record_flush(ms(1_000));
+            assert_eq!(t.sleep_before_flush(), Duration::ZERO, "ratio {ratio}");
+        }
     }
 
     #[test]
