@@ -182,6 +182,7 @@ impl<P: Platform> TransactionClient<P> {
             core: self.core.clone(),
             interceptors: self.interceptors.clone(),
             start_ts,
+            started: self.core.rt.now(),
             buffer: PipelinedBuffer::new(pipelined.flush_thresholds),
             options,
             throttle: FlushThrottle::new(pipelined.write_throttle_ratio),
@@ -224,6 +225,8 @@ pub struct PipelinedTransaction<P: Platform> {
     /// and resolution included.
     interceptors: Interceptors,
     start_ts: Timestamp,
+    /// When `start_ts` came (the lock TTL of each flush counts from here).
+    started: tikv_core::time::Instant,
     buffer: PipelinedBuffer,
     options: TransactionOptions,
     pipelined: PipelinedOptions,
@@ -590,6 +593,7 @@ impl<P: Platform> PipelinedTransaction<P> {
             generation,
             assertion_level: self.options.commit.assertion_level,
             tags: self.options.commit.tags.clone(),
+            started_at: self.started,
         }
     }
 

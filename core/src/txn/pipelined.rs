@@ -379,12 +379,34 @@ pub struct FlushRequest {
     pub assertion_level: kvrpcpb::AssertionLevel,
     /// Priority, request source and resource group of every request.
     pub tags: RequestTags,
+    /// When the transaction took its start ts, in the machine's clock:
+    /// each flush's lock TTL counts the transaction's age from here
+    /// ([`flush_lock_ttl`]).
+    pub started_at: Instant,
+}
+
+/// The lock TTL of a flush at `now` of a transaction started at
+/// `started_at`: client-go's `max(defaultLockTTL, ManagedLockTTL)` plus the
+/// transaction's age, as a prewrite's TTL counts it.
+///
+/// TiKV judges a lock expired by its start ts plus its TTL, and client-go
+/// sends the fixed 20 s. A generation flushed more than 20 s after the
+/// start (the first one after waiting on other transactions' locks, before
+/// the heartbeats begin; a later one rewriting the primary's lock with a
+/// shorter TTL than the heartbeats gave it) would write an expired lock
+/// that any reader may roll back while the transaction lives. The age
+/// keeps it alive as long as the heartbeats would.
+pub fn flush_lock_ttl(started_at: Instant, now: Instant) -> u64 {
+    let age = now.saturating_duration_since(started_at).as_millis();
+    DEFAULT_LOCK_TTL.max(MAX_LOCK_TTL).saturating_add(u64::try_from(age).unwrap_or(u64::MAX))
 }
 
 /// `Flush` of one region's batch (client-go `buildPipelinedFlushRequest`),
 /// collecting the locks of other transactions met.
 struct FlushPlan {
     req: FlushRequest,
+    /// [`flush_lock_ttl`] when the round started.
+    lock_ttl: u64,
     timeout: Duration,
     met: Vec<Lock>,
     retry: Vec<Mutation>,
@@ -415,9 +437,7 @@ impl KeyPlan for FlushPlan {
             // TiKV writes start_ts + 1 whatever is sent; client-go sends it.
             min_commit_ts: self.req.start_ts.next().version(),
             generation: self.req.generation,
-            // client-go: `max(defaultLockTTL, ManagedLockTTL)`; the
-            // heartbeats keep the primary alive beyond it.
-            lock_ttl: DEFAULT_LOCK_TTL.max(MAX_LOCK_TTL),
+            lock_ttl: self.lock_ttl,
             assertion_level: self.req.assertion_level as i32,
             ..Default::default()
         }))
@@ -565,6 +585,7 @@ impl FlushGeneration {
         let items = std::mem::replace(&mut self.pending, rest);
         let plan = FlushPlan {
             req: self.req.clone(),
+            lock_ttl: flush_lock_ttl(self.req.started_at, now),
             timeout: self.view.config.read_timeout_short,
             met: Vec::new(),
             retry: Vec::new(),
@@ -1004,6 +1025,7 @@ mod tests {
             generation: 1,
             assertion_level: kvrpcpb::AssertionLevel::Off,
             tags: RequestTags::default(),
+            started_at: Instant::ZERO,
         }
     }
 
@@ -1127,6 +1149,31 @@ mod tests {
         let (_, result) = drive(op.signal_primary_written(flag.clone()), &mut c);
         result.expect("flushed");
         assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn each_flush_round_counts_the_transactions_age_in_its_lock_ttl() {
+        // The first round at the start; the retry after resolving the
+        // lock met, a few milliseconds later, lives that much longer.
+        let mut c = FakeCluster::new(&[]);
+        let older = Timestamp::compose(400, 0).version();
+        c.fault("flush", flush_errors(vec![locked("b", older)]));
+        c.fault("check_txn_status", respond(KvResponse::CheckTxnStatus(Default::default())));
+        c.fault("resolve_lock", respond(KvResponse::ResolveLock(Default::default())));
+        c.fault("flush", flush_ok());
+        let (log, result) = drive(flush_op(&["a", "b"], 1), &mut c);
+        result.expect("flushed");
+        let ttls: Vec<u64> = flushes(&c).iter().map(|f| f.lock_ttl).collect();
+        let [first, retry] = ttls[..] else { panic!("two rounds: {ttls:?}\n{log}") };
+        assert_eq!(first, MAX_LOCK_TTL, "its round began at the start: {log}");
+        // The retry round began once the resolve answered, at 6 ms.
+        assert_eq!(retry, MAX_LOCK_TTL + 6, "{log}");
+
+        // A generation flushed 25 s after the start is not born expired.
+        let started = Instant::ZERO;
+        let later = started + Duration::from_secs(25);
+        assert_eq!(flush_lock_ttl(started, later), MAX_LOCK_TTL + 25_000);
+        assert_eq!(flush_lock_ttl(later, started), MAX_LOCK_TTL, "a clock never runs back");
     }
 
     #[test]

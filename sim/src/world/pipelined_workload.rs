@@ -452,6 +452,8 @@ pub(crate) struct PipelinedProgram {
     read_found: BTreeMap<Key, Option<Value>>,
     ids: IdMap<Tag>,
     run: TxnRun,
+    /// When the start ts came: each flush's lock TTL counts from here.
+    started_at: Instant,
     result: Option<(TxnRun, TxnOutcome)>,
     reported: bool,
 }
@@ -498,6 +500,7 @@ impl PipelinedProgram {
             read_found: BTreeMap::new(),
             ids: IdMap::new(),
             run: TxnRun::default(),
+            started_at: Instant::ZERO,
             result: None,
             reported: false,
         }
@@ -558,6 +561,7 @@ impl PipelinedProgram {
             generation,
             assertion_level: kvrpcpb::AssertionLevel::Off,
             tags: RequestTags::default(),
+            started_at: self.started_at,
         }
     }
 
@@ -962,6 +966,7 @@ impl PipelinedProgram {
                 Some(Ok(ts)) => {
                     self.main = None;
                     self.run.start_ts = Some(ts.version());
+                    self.started_at = now;
                     self.record(|r| r.start_ts = Some(ts.version()));
                     match self.spec.transfer {
                         Some((from, to, _)) => {

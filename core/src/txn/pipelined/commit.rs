@@ -576,6 +576,7 @@ mod tests {
                     generation: flush.generation,
                     assertion_level: kvrpcpb::AssertionLevel::Off,
                     tags: RequestTags::default(),
+                    started_at: Instant::ZERO,
                 },
                 flush.mutations,
             )),
