@@ -67,7 +67,8 @@ fn main() -> ExitCode {
             "--pipelined" => Workload::Pipelined,
             other => {
                 eprintln!(
-                    "unknown world {other:?}: expected --raw, --txn, --pess, --gc or --pipelined"
+                    "unknown world {other:?}: expected --raw, --txn, --pess, --gc, --pipelined \
+                     or (with --platform) --stale"
                 );
                 return ExitCode::FAILURE;
             }
