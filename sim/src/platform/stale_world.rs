@@ -46,13 +46,12 @@ use tikv_core::rng::Rng;
 use tikv_core::time::{Duration, Instant};
 use tikv_driver::{GLOBAL_TXN_SCOPE, ReplicaRead, ReplicaReadType};
 
-use super::txn_world::{Halt, Stage, World, connect, locks_expire_at, transact};
+use super::txn_world::{Halt, Stage, World, connect, locks_expire_at, sweep_locks_left, transact};
 use super::{Error, Sim, SimConfig, SimFailure, SimReport, Snapshot, simulate};
 use crate::WriteKind;
 use crate::cluster::FollowerReadBug;
 use crate::world::txn_history::{
-    INITIAL_BALANCE, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
-    parse_balance,
+    INITIAL_BALANCE, ReadMethod, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun, parse_balance,
 };
 use crate::world::txn_workload::{self, TxnSpec};
 use crate::world::{TxnParams, elle, elle_history, scaled_budgets, si};
@@ -278,21 +277,7 @@ async fn stale_world(sim: Sim, bug: Option<FollowerReadBug>) -> Result<StaleWorl
     };
     let audit = run_writer_txn(&sim, &auditor, &record, writers, full, &keys, None).await;
     let mut violations = Vec::new();
-    match auditor.current_timestamp().await {
-        Ok(ts) => {
-            if let Err(e) = auditor.resolve_locks_for_range(KeyRange::all(), ts).await {
-                violations.push(format!("liveness: resolving the locks left failed: {e}"));
-            }
-        }
-        Err(e) => violations.push(format!("liveness: no timestamp for the lock sweep: {e}")),
-    }
-    for l in cluster.locks() {
-        violations.push(format!(
-            "liveness: a lock of txn {} on {:?} was never resolved",
-            l.lock_version,
-            String::from_utf8_lossy(&l.key)
-        ));
-    }
+    violations.extend(sweep_locks_left(&auditor, &cluster).await);
     let record = lock(&record);
     let history = &record.history;
     if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
@@ -437,20 +422,7 @@ async fn run_writer_txn(
     let id = {
         let r = &mut *lock(record);
         let id = r.history.entries.len();
-        r.history.entries.push(TxnEntry {
-            id,
-            client: c,
-            kind: spec.kind.clone(),
-            read_method: spec.read_method,
-            async_commit: spec.opts.async_commit,
-            one_pc: spec.opts.one_pc,
-            causal: spec.opts.causal_consistency,
-            invoke: sim.now(),
-            end: None,
-            run: TxnRun::default(),
-            outcome: TxnOutcome::Pending,
-            crashed: false,
-        });
+        r.history.entries.push(spec.entry(id, c, sim.now()));
         id
     };
     let mut run = TxnRun::default();

@@ -64,8 +64,8 @@ use crate::world::GcStats;
 use crate::world::pess_workload;
 use crate::world::pipelined_workload::{self, PipeSpec, PipeStats};
 use crate::world::txn_history::{
-    LockedRead, PessKind, ReadMethod, TxnEntry, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun,
-    TxnWrite, account, balance_value, counter_value, parse_balance, parse_counter, register,
+    LockedRead, PessKind, ReadMethod, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite,
+    account, balance_value, counter_value, parse_balance, parse_counter, register,
 };
 use crate::world::txn_workload::{self, BufferOp, TxnSpec};
 use crate::world::{
@@ -394,24 +394,7 @@ async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorl
             }
         })
     };
-    // Locks no read meets (a `LockKeys` lock of a crashed client's
-    // transaction) are resolved as GC's lock resolution would; then none
-    // may be left.
-    match auditor.current_timestamp().await {
-        Ok(ts) => {
-            if let Err(e) = auditor.resolve_locks_for_range(KeyRange::all(), ts).await {
-                violations.push(format!("liveness: resolving the locks left failed: {e}"));
-            }
-        }
-        Err(e) => violations.push(format!("liveness: no timestamp for the lock sweep: {e}")),
-    }
-    for l in cluster.locks() {
-        violations.push(format!(
-            "liveness: a lock of txn {} on {:?} was never resolved",
-            l.lock_version,
-            String::from_utf8_lossy(&l.key)
-        ));
-    }
+    violations.extend(sweep_locks_left(&auditor, &cluster).await);
     let record = lock(&record);
     let history = &record.history;
     if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
@@ -667,20 +650,7 @@ async fn run_txn(
     let id = {
         let r = &mut *lock(record);
         let id = r.history.entries.len();
-        r.history.entries.push(TxnEntry {
-            id,
-            client: c,
-            kind: spec.kind.clone(),
-            read_method: spec.read_method,
-            async_commit: spec.opts.async_commit,
-            one_pc: spec.opts.one_pc,
-            causal: spec.opts.causal_consistency,
-            invoke: sim.now(),
-            end: None,
-            run: TxnRun::default(),
-            outcome: TxnOutcome::Pending,
-            crashed: false,
-        });
+        r.history.entries.push(spec.entry(id, c, sim.now()));
         id
     };
     let mut run = TxnRun::default();
@@ -731,6 +701,34 @@ async fn run_txn(
     e.run = run;
     e.outcome = outcome;
     id
+}
+
+/// The audit's last step: resolves every lock left in the key space at a
+/// fresh timestamp (as GC's lock resolution would; locks no read meets,
+/// such as a crashed client's `LockKeys` locks, stay otherwise), then
+/// reports each lock still there, and a failed sweep, as a liveness
+/// violation.
+pub(super) async fn sweep_locks_left(
+    auditor: &TransactionClient,
+    cluster: &crate::Cluster,
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    match auditor.current_timestamp().await {
+        Ok(ts) => {
+            if let Err(e) = auditor.resolve_locks_for_range(KeyRange::all(), ts).await {
+                violations.push(format!("liveness: resolving the locks left failed: {e}"));
+            }
+        }
+        Err(e) => violations.push(format!("liveness: no timestamp for the lock sweep: {e}")),
+    }
+    for l in cluster.locks() {
+        violations.push(format!(
+            "liveness: a lock of txn {} on {:?} was never resolved",
+            l.lock_version,
+            String::from_utf8_lossy(&l.key)
+        ));
+    }
+    violations
 }
 
 pub(super) async fn transact(

@@ -136,7 +136,7 @@ use history::{
     Entry, History, KeyId, OkValue, OpKind, Outcome, Val, key_bytes, parse_key, parse_value,
 };
 pub use pipelined_workload::PipeStats;
-use txn_history::{Micro, TxnEntry, TxnHistory, TxnKind, TxnOutcome, parse_list, parse_list_value};
+use txn_history::{Micro, TxnHistory, TxnKind, TxnOutcome, parse_list, parse_list_value};
 use txn_workload::{TxnProgram, TxnSpec};
 use workload::{Finished, OracleWaiter, SimOp};
 
@@ -1078,20 +1078,7 @@ impl World {
     ) {
         let Some(t) = self.txn.as_mut() else { return };
         let entry = t.history.entries.len();
-        t.history.entries.push(TxnEntry {
-            id: entry,
-            client: c,
-            kind: spec.kind.clone(),
-            read_method: spec.read_method,
-            async_commit: spec.opts.async_commit,
-            one_pc: spec.opts.one_pc,
-            causal: spec.opts.causal_consistency,
-            invoke: self.now,
-            end: None,
-            run: Default::default(),
-            outcome: TxnOutcome::Pending,
-            crashed: false,
-        });
+        t.history.entries.push(spec.entry(entry, c, self.now));
         let keys = t.params.keys;
         self.stats.ops += 1;
         let o = &spec.opts;

@@ -32,7 +32,7 @@ use super::Bug;
 use super::faults::TxnParams;
 use super::own_reads::{OwnRead, OwnReadKeys, OwnReads};
 use super::txn_history::{
-    Micro, ReadMethod, RegOp, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite, account,
+    Micro, ReadMethod, RegOp, TxnEntry, TxnKeys, TxnKind, TxnOutcome, TxnRun, TxnWrite, account,
     balance_value, list, list_value, parse_balance, parse_list_value, register, register_value,
 };
 use super::workload::{Finished, SimOp};
@@ -43,6 +43,27 @@ pub(crate) struct TxnSpec {
     pub(crate) kind: TxnKind,
     pub(crate) read_method: ReadMethod,
     pub(crate) opts: CommitOptions,
+}
+
+impl TxnSpec {
+    /// Its history entry, number `id`, as client `client` starts it at
+    /// `invoke`: pending, nothing done yet.
+    pub(crate) fn entry(&self, id: usize, client: usize, invoke: Instant) -> TxnEntry {
+        TxnEntry {
+            id,
+            client,
+            kind: self.kind.clone(),
+            read_method: self.read_method,
+            async_commit: self.opts.async_commit,
+            one_pc: self.opts.one_pc,
+            causal: self.opts.causal_consistency,
+            invoke,
+            end: None,
+            run: TxnRun::default(),
+            outcome: TxnOutcome::Pending,
+            crashed: false,
+        }
+    }
 }
 
 /// Picks a client's next transaction. `next_value` hands out fresh list
