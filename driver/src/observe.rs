@@ -634,6 +634,11 @@ pub struct PendingRequests {
 
 impl PendingRequests {
     /// The gauge of `addr`.
+    ///
+    /// ```
+    /// let pending = tikv_driver::PendingRequests::of("10.0.0.7:20160");
+    /// # drop(pending);
+    /// ```
     pub fn of(addr: &str) -> PendingRequests {
         PendingRequests {
             gauge: gauge!(names::BATCH_PENDING, "addr" => addr.to_owned()),
@@ -642,6 +647,12 @@ impl PendingRequests {
     }
 
     /// Records `pending` requests.
+    ///
+    /// ```
+    /// let pending = tikv_driver::PendingRequests::of("10.0.0.7:20160");
+    /// pending.set(12); // 12 requests queued or awaiting their answers
+    /// pending.set(0);
+    /// ```
     pub fn set(&self, pending: usize) {
         if self.last.swap(pending, std::sync::atomic::Ordering::Relaxed) != pending {
             self.gauge.set(pending as f64);

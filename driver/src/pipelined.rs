@@ -66,12 +66,22 @@ impl Default for PipelinedOptions {
 
 impl PipelinedOptions {
     /// Flushes up to `n` region batches of a generation at once.
+    ///
+    /// ```
+    /// let options = tikv_driver::PipelinedOptions::default().with_flush_concurrency(64);
+    /// assert_eq!(options.flush_concurrency, 64);
+    /// ```
     pub fn with_flush_concurrency(mut self, n: usize) -> Self {
         self.flush_concurrency = n;
         self
     }
 
     /// Resolves up to `n` regions at once at commit or rollback.
+    ///
+    /// ```
+    /// let options = tikv_driver::PipelinedOptions::default().with_resolve_concurrency(4);
+    /// assert_eq!(options.resolve_concurrency, 4);
+    /// ```
     pub fn with_resolve_concurrency(mut self, n: usize) -> Self {
         self.resolve_concurrency = n;
         self
@@ -79,12 +89,26 @@ impl PipelinedOptions {
 
     /// Sleeps before each flush so that sleeping takes `ratio` of the
     /// writer's time (`[0, 1)`).
+    ///
+    /// ```
+    /// // Leave TiKV half the time: a flush waits as long as flushes take.
+    /// let options = tikv_driver::PipelinedOptions::default().with_write_throttle_ratio(0.5);
+    /// assert_eq!(options.write_throttle_ratio, 0.5);
+    /// ```
     pub fn with_write_throttle_ratio(mut self, ratio: f64) -> Self {
         self.write_throttle_ratio = ratio;
         self
     }
 
     /// Flushes at these thresholds instead of client-go's.
+    ///
+    /// ```
+    /// use tikv_driver::{FlushThresholds, PipelinedOptions};
+    /// // Smaller generations: flush at 1,000 keys and 1 MiB, force at 8 MiB.
+    /// let thresholds = FlushThresholds { min_keys: 1_000, min_bytes: 1 << 20, force_bytes: 8 << 20 };
+    /// let options = PipelinedOptions::default().with_flush_thresholds(thresholds);
+    /// assert_eq!(options.flush_thresholds.force_bytes, 8 << 20);
+    /// ```
     pub fn with_flush_thresholds(mut self, thresholds: FlushThresholds) -> Self {
         self.flush_thresholds = thresholds;
         self
@@ -255,21 +279,65 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// Sends this transaction's store RPCs from now on, its background
     /// flushes and resolution included, through `interceptor` after the
     /// ones already added (client-go `KVTxn.AddRPCInterceptor`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// let details = tikv_driver::ExecDetailsCollector::new();
+    /// txn.add_interceptor(details.clone()); // sums what TiKV reports on each flush
+    /// # Ok(()) }
+    /// ```
     pub fn add_interceptor(&mut self, interceptor: impl RpcInterceptor) {
         self.interceptors = self.interceptors.with(interceptor);
     }
 
     /// The start timestamp.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// println!("started at {:?}", txn.start_timestamp());
+    /// # Ok(()) }
+    /// ```
     pub fn start_timestamp(&self) -> Timestamp {
         self.start_ts
     }
 
     /// The primary key, once the first generation was handed off.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// assert!(txn.primary_key().is_none(), "nothing flushed yet");
+    /// txn.put("k", "v").await?;
+    /// txn.flush(true).await?; // hand the buffer off now
+    /// assert!(txn.primary_key().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn primary_key(&self) -> Option<&Key> {
         self.primary.as_ref()
     }
 
     /// Generations, keys and bytes flushed so far, and what memory holds.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// for i in 0..100_000 {
+    ///     txn.put(format!("row/{i:08}"), "payload").await?;
+    /// }
+    /// let p = txn.progress();
+    /// println!("{} generations, {} keys flushed, {} in memory", p.generations, p.flushed_keys, p.buffered_keys);
+    /// # Ok(()) }
+    /// ```
     pub fn progress(&self) -> PipelinedProgress {
         let (flushed_keys, flushed_bytes) = self.buffer.flushed();
         PipelinedProgress {
@@ -284,6 +352,16 @@ impl<P: Platform> PipelinedTransaction<P> {
     }
 
     /// Buffers `key = value`; flushes a generation if one is due.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?; // may wait while a full buffer is flushed
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
         self.check_writable()?;
         self.buffer.put(key.into().as_bytes(), value.into())?;
@@ -293,6 +371,19 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// Buffers `key = value`, requiring that the key does not exist (TiKV
     /// checks when the key is flushed: the flush, and so the transaction,
     /// fails with [`Error::KeyExists`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.insert("user/alice", "1").await?;
+    /// match txn.commit().await {
+    ///     Err(tikv_driver::Error::KeyExists(_)) => println!("alice was there already"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn insert(
         &mut self,
         key: impl Into<Key>,
@@ -304,6 +395,16 @@ impl<P: Platform> PipelinedTransaction<P> {
     }
 
     /// Buffers a delete of `key`; flushes a generation if one is due.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.delete("row/1").await?;
+    /// assert_eq!(txn.get("row/1").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&mut self, key: impl Into<Key>) -> Result<(), Error> {
         self.check_writable()?;
         self.buffer.delete(key.into().as_bytes())?;
@@ -311,6 +412,19 @@ impl<P: Platform> PipelinedTransaction<P> {
     }
 
     /// The value of `key` for this transaction.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?;
+    /// txn.flush(true).await?;
+    /// txn.flush_wait().await?;
+    /// // No longer in memory: read back from the flushed lock.
+    /// assert_eq!(txn.get("row/1").await?.as_deref(), Some(&b"a"[..]));
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&mut self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let mut pairs = self.batch_get([key.into()]).await?;
         Ok(pairs.pop().map(|p| p.value))
@@ -322,6 +436,17 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// flushed delete comes back empty), then the snapshot at its start
     /// (which reads past the transaction's own locks: their
     /// `min_commit_ts` is above the start).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// for pair in txn.batch_get(["row/1", "row/2"]).await? {
+    ///     println!("{:?} = {:?}", pair.key, pair.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_get(
         &mut self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -384,6 +509,17 @@ impl<P: Platform> PipelinedTransaction<P> {
     }
 
     /// Whether `key` exists for this transaction.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// if !txn.key_exists("row/1").await? {
+    ///     txn.put("row/1", "first").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn key_exists(&mut self, key: impl Into<Key>) -> Result<bool, Error> {
         Ok(self.get(key).await?.is_some())
     }
@@ -391,6 +527,16 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// Hands the buffer off as the next generation if it is due (or
     /// `force`d), waiting for the flush in flight first if needed; the
     /// generation is flushed in the background.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?;
+    /// txn.flush(true).await?; // start flushing what is buffered, below the thresholds too
+    /// # Ok(()) }
+    /// ```
     pub async fn flush(&mut self, force: bool) -> Result<(), Error> {
         self.check_writable()?;
         self.collect_flush(false).await?;
@@ -411,6 +557,17 @@ impl<P: Platform> PipelinedTransaction<P> {
 
     /// Waits for the flush in flight, if any, and returns its error
     /// (client-go `FlushWait`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?;
+    /// txn.flush(true).await?;
+    /// txn.flush_wait().await?; // the generation is in TiKV as locks, or its error is here
+    /// # Ok(()) }
+    /// ```
     pub async fn flush_wait(&mut self) -> Result<(), Error> {
         self.check_active()?;
         self.collect_flush(true).await
@@ -422,6 +579,20 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// primary). Errors are definite unless [`Error::Undetermined`] (the
     /// primary's commit lost its answer); after a definite failure every
     /// flushed lock is rolled back in the background.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?;
+    /// match txn.commit().await {
+    ///     Ok(commit_ts) => println!("committed at {commit_ts:?}"),
+    ///     Err(tikv_driver::Error::Undetermined(_)) => println!("unknown: read it back"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn commit(mut self) -> Result<Timestamp, Error> {
         self.check_active()?;
         self.finished = true;
@@ -481,6 +652,16 @@ impl<P: Platform> PipelinedTransaction<P> {
     /// every flushed lock back, region by region (client-go `Rollback` of a
     /// pipelined transaction), and returns the rollback's error, if any
     /// (its locks then expire, no longer kept alive).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{PipelinedOptions, TransactionOptions};
+    /// let mut txn =
+    ///     client.begin_pipelined(TransactionOptions::default(), PipelinedOptions::default()).await?;
+    /// txn.put("row/1", "a").await?;
+    /// txn.rollback().await?; // nothing of it is ever visible
+    /// # Ok(()) }
+    /// ```
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.check_active()?;
         self.finished = true;

@@ -1289,6 +1289,20 @@ impl<P: Platform> Transaction<P> {
     ///
     /// [`lock_keys_with_details`](Self::lock_keys_with_details) also tells
     /// how the call went.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use std::time::Duration;
+    /// use tikv_driver::{LockOptions, TransactionOptions};
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// // Wait up to 500 ms for other transactions' locks; return the values.
+    /// let options = LockOptions::new().wait_timeout(Duration::from_millis(500)).return_values();
+    /// for (key, returned) in txn.lock_keys(["job/1", "job/2"], options).await? {
+    ///     println!("{key:?}: {:?}", returned.value);
+    /// }
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lock_keys(
         &mut self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -1347,6 +1361,17 @@ impl<P: Platform> Transaction<P> {
     /// [`lock_keys`](Self::lock_keys), [`get_for_update`](Self::get_for_update)
     /// and [`batch_get_for_update`](Self::batch_get_for_update), failed
     /// ones included.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::{LockOptions, TransactionOptions};
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.lock_keys(["a"], LockOptions::new()).await?;
+    /// txn.get_for_update("b").await?;
+    /// let sum = txn.lock_keys_details();
+    /// println!("{} lock RPCs, {:?} waiting in them", sum.lock_rpc_count, sum.lock_rpc_time);
+    /// # Ok(()) }
+    /// ```
     pub fn lock_keys_details(&self) -> &LockKeysDetails {
         &self.lock_details
     }
@@ -1660,6 +1685,17 @@ impl<P: Platform> Transaction<P> {
     }
 
     /// Whether a fair-locking session is open.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.start_fair_locking()?;
+    /// assert!(txn.is_fair_locking());
+    /// txn.cancel_fair_locking()?;
+    /// assert!(!txn.is_fair_locking());
+    /// # Ok(()) }
+    /// ```
     pub fn is_fair_locking(&self) -> bool {
         self.fair.is_some()
     }
@@ -1669,6 +1705,21 @@ impl<P: Platform> Transaction<P> {
     /// took are kept for the next one to take over; those of the attempt
     /// before that the current one did not take over are rolled back in
     /// the background.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.start_fair_locking()?;
+    /// let first = txn.get_for_update("queue/head").await?;
+    /// // The statement saw something it must redo (as TiDB retries a
+    /// // statement): the next attempt takes the lock over without an RPC.
+    /// txn.retry_fair_locking()?;
+    /// let again = txn.get_for_update("queue/head").await?;
+    /// txn.done_fair_locking()?;
+    /// # let _ = (first, again);
+    /// # Ok(()) }
+    /// ```
     pub fn retry_fair_locking(&mut self) -> Result<(), Error> {
         self.check_active()?;
         let now = self.core.rt.now();
@@ -1690,6 +1741,18 @@ impl<P: Platform> Transaction<P> {
     /// previous attempt's unneeded locks are rolled back in the
     /// background. The prewrite checks that each key's lock still carries
     /// the `for_update_ts` it was taken at.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.start_fair_locking()?;
+    /// txn.get_for_update("seat/12").await?;
+    /// txn.done_fair_locking()?; // the lock is now an ordinary pessimistic lock
+    /// txn.put("seat/12", "taken")?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn done_fair_locking(&mut self) -> Result<(), Error> {
         self.check_active()?;
         let Some(fair) = self.fair.take() else {
@@ -1729,6 +1792,17 @@ impl<P: Platform> Transaction<P> {
     /// Ends the fair-locking session giving up every lock it took
     /// (client-go `CancelAggressiveLocking`), rolled back in the
     /// background.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// txn.start_fair_locking()?;
+    /// if txn.get_for_update("seat/12").await?.is_some() {
+    ///     txn.cancel_fair_locking()?; // taken: release what the session locked
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_fair_locking(&mut self) -> Result<(), Error> {
         self.check_active()?;
         let Some(fair) = self.fair.take() else {
@@ -1774,6 +1848,17 @@ impl<P: Platform> Transaction<P> {
     /// which no other transaction can have written past while the lock is
     /// held. In an optimistic transaction: [`Transaction::get`] plus an
     /// optimistic lock.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// let balance = txn.get_for_update("account/7").await?; // others wait for us now
+    /// let balance: i64 = balance.map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+    /// txn.put("account/7", (balance - 10).to_string())?;
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_for_update(&mut self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let key = key.into();
         let mut pairs = self.batch_get_for_update([key]).await?;
@@ -1782,6 +1867,17 @@ impl<P: Platform> Transaction<P> {
 
     /// Locks `keys` and returns the pairs among them that exist, sorted, as
     /// [`Transaction::get_for_update`] reads them.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tikv_driver::TransactionClient<impl tikv_driver::Platform>) -> Result<(), tikv_driver::Error> {
+    /// use tikv_driver::TransactionOptions;
+    /// let mut txn = client.begin_with_options(TransactionOptions::default().with_pessimistic()).await?;
+    /// for pair in txn.batch_get_for_update(["account/7", "account/8"]).await? {
+    ///     println!("{:?} = {:?}", pair.key, pair.value);
+    /// }
+    /// txn.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_get_for_update(
         &mut self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
