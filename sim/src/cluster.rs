@@ -1574,8 +1574,8 @@ impl State {
             Some(FollowerReadBug::StaleAboveSafeTs) => ctx.stale_read,
             Some(FollowerReadBug::ReplicaReadWithoutReadIndex) => ctx.replica_read,
         };
-        let follower = self.region_by_id(ctx.region_id).is_some_and(|r| r.leader_store != store_id);
-        if !broken || !follower {
+        // Checked in this order so that a sound cluster pays one match.
+        if !broken || self.region_by_id(ctx.region_id).is_none_or(|r| r.leader_store == store_id) {
             return req;
         }
         let applied = self.peer_safe_ts(ctx.region_id, store_id);
