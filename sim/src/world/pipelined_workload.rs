@@ -1503,9 +1503,8 @@ mod tests {
 
     #[test]
     fn honesty_catches_a_commit_reported_before_the_primary_answered() {
-        // Caught when a primary's commit fails after being reported (seed
-        // 181 is the first): rarer since flushes count the transaction's
-        // age in their lock TTL and fewer primaries expire.
+        // Caught only when a primary's commit fails after being reported,
+        // which needs its lock to expire first: seed 181 is the first.
         let report = first_caught(Bug::PipelinedCommittedBeforeThePrimary, 300);
         assert!(
             report
