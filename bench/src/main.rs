@@ -25,6 +25,9 @@
 //! - `batch-basic`: the same with client-go's `basic` policy (never wait
 //!   for more requests), `batch-1stream`, `batch-2streams`: the same with
 //!   one or two streams (B3; not in the default set);
+//! - `batch-dedicated`: the same client with its tasks on a one-worker
+//!   runtime of its own (`Config::with_dedicated_runtime(1)`): callers and
+//!   streams on two threads of the client core (not in the default set);
 //! - `batch-async-std`: our client on the async-std runtime (its own
 //!   executor and reactor threads, on the client core; not in the default
 //!   set; feature `async-std`, on by default);
@@ -303,7 +306,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "{e}\nusage: tikv-bench [--secs S] [--reps N] [--servers echo,sim,sim-faults] [--conc 1,64,256,1024] [--ops get,put] [--modes batch,batch-basic,batch-1stream,batch-2streams,batch-async-std,transport,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
+                "{e}\nusage: tikv-bench [--secs S] [--reps N] [--servers echo,sim,sim-faults] [--conc 1,64,256,1024] [--ops get,put] [--modes batch,batch-basic,batch-1stream,batch-2streams,batch-dedicated,batch-async-std,transport,unary,floor-stream,floor-unary,client-go,tikv-client] [--key-len N] [--value-len N] [--client-go PATH] [--tikv-client PATH]"
             );
             return ExitCode::from(2);
         }
@@ -318,6 +321,9 @@ struct Clients {
     one_stream: RawClient<BatchStreams<1>>,
     two_streams: RawClient<BatchStreams<2>>,
     unary: RawClient<Unary>,
+    /// Our client with its tasks on a one-worker runtime of its own
+    /// (`batch-dedicated`).
+    dedicated: RawClient<tikv_tokio::Tokio>,
     /// Our client on async-std (`batch-async-std`).
     #[cfg(feature = "async-std")]
     async_std: RawClient<tikv_async_std::AsyncStd>,
@@ -349,6 +355,7 @@ impl Clients {
             one_stream: connect(&config).await?,
             two_streams: connect(&config).await?,
             unary: connect(&config).await?,
+            dedicated: connect(&config.clone().with_dedicated_runtime(1)).await?,
             #[cfg(feature = "async-std")]
             async_std: connect(&config).await?,
             ctx,
@@ -367,6 +374,7 @@ impl Clients {
             "batch-1stream" => ours(&self.one_stream, is_get, w),
             "batch-2streams" => ours(&self.two_streams, is_get, w),
             "unary" => ours(&self.unary, is_get, w),
+            "batch-dedicated" => ours(&self.dedicated, is_get, w),
             #[cfg(feature = "async-std")]
             "batch-async-std" => ours(&self.async_std, is_get, w),
             "transport" => {

@@ -349,6 +349,32 @@ impl TransportConfig {
     }
 }
 
+/// Where a client runs its background work: the TSO stream, the store
+/// refresh and health probes, the `BatchCommands` streams and connections,
+/// secondary commits and rollbacks.
+///
+/// It matters on tokio, whose runtimes drop their tasks when they shut
+/// down. async-std and smol run every task on one global executor that
+/// outlives its callers, so there both choices behave alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskRuntime {
+    /// The runtime that calls `connect`. A client whose connect-time runtime
+    /// shut down fails its calls at once with `Error::RuntimeShutDown`;
+    /// connect from a runtime that lives as long as the client.
+    #[default]
+    Connecting,
+    /// A runtime of the client's own with this many worker threads (at
+    /// least 1), shut down when the client, its transactions and its
+    /// snapshots are gone. The client then serves callers on any runtime,
+    /// short-lived ones and non-tokio executors included, at the cost of a
+    /// thread hop between the caller and the client's tasks.
+    Dedicated {
+        /// Worker threads of the client's runtime.
+        worker_threads: usize,
+    },
+}
+
 /// Configuration of a TiKV client. Defaults follow client-go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -414,6 +440,8 @@ pub struct Config {
     /// one at a time unless `TSOClientRPCConcurrency` is raised; 1 here
     /// restores that).
     pub tso_max_rounds_in_flight: usize,
+    /// Where the client's background tasks run: [`TaskRuntime::Connecting`].
+    pub task_runtime: TaskRuntime,
 }
 
 impl Default for Config {
@@ -439,6 +467,7 @@ impl Default for Config {
             raw_batch_put_size: 16 * 1024,
             raw_batch_get_pair_count: 512,
             tso_max_rounds_in_flight: DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
+            task_runtime: TaskRuntime::Connecting,
         }
     }
 }
@@ -475,6 +504,19 @@ impl Config {
     /// (the driver always sets one before building its view).
     pub fn seed(&self) -> u64 {
         self.rng_seed.unwrap_or(0)
+    }
+
+    /// Runs the client's background tasks on a runtime of its own with
+    /// `worker_threads` threads (at least 1): see [`TaskRuntime::Dedicated`].
+    ///
+    /// ```
+    /// use tikv_core::config::{Config, TaskRuntime};
+    /// let config = Config::default().with_dedicated_runtime(1);
+    /// assert_eq!(config.task_runtime, TaskRuntime::Dedicated { worker_threads: 1 });
+    /// ```
+    pub fn with_dedicated_runtime(mut self, worker_threads: usize) -> Config {
+        self.task_runtime = TaskRuntime::Dedicated { worker_threads: worker_threads.max(1) };
+        self
     }
 
     /// Selects a keyspace by name (API V2).

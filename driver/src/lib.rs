@@ -66,7 +66,7 @@ pub use txn::{
 pub use tikv_core::Error;
 pub use tikv_core::backoff::{BackoffKind, ExhaustedClass};
 pub use tikv_core::codec::ApiVersion;
-pub use tikv_core::config::{BackoffBudgets, Config};
+pub use tikv_core::config::{BackoffBudgets, Config, TaskRuntime};
 pub use tikv_core::error::RpcError;
 pub use tikv_core::gc::GcOutcome;
 pub use tikv_core::key::{Key, KeyRange, KvPair, Value};

@@ -95,7 +95,7 @@ pub use tikv_driver::{
     FlushThresholds, GLOBAL_TXN_SCOPE, GcOutcome, Key, KeyRange, KvPair, Lock, LockKeysDetails,
     LockOptions, LockWait, PipelinedOptions, PipelinedProgress, PreSplitThresholds, RangeTaskStat,
     RawChecksum, ReadOptions, ReplicaRead, ReplicaReadType, RequestDetail, RequestSource,
-    RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome, Timestamp, TransactionOptions,
-    Value, describe_metrics, metric_names, proto,
+    RequestTags, ReturnedValue, RpcError, SplitRegionsOutcome, TaskRuntime, Timestamp,
+    TransactionOptions, Value, describe_metrics, metric_names, proto,
 };
 pub use tikv_grpc::{PemSource, TlsConfig, TransportConfig};

@@ -1,7 +1,7 @@
 //! The tokio platform: the public client types with the runtime filled in.
 
 use tikv_core::Error;
-use tikv_core::config::Config;
+use tikv_core::config::{Config, TaskRuntime};
 use tikv_driver::Platform;
 
 use crate::connector::TokioConnector;
@@ -19,7 +19,10 @@ impl Platform for Tokio {
     fn build(config: &Config) -> Result<(TokioRuntime, GrpcTransport), Error> {
         // One runtime for the client's tasks and its transport's, so that
         // the transport's dying with it is seen as the client's.
-        let rt = TokioRuntime::new();
+        let rt = match config.task_runtime {
+            TaskRuntime::Dedicated { worker_threads } => TokioRuntime::dedicated(worker_threads)?,
+            _ => TokioRuntime::new(),
+        };
         let connector = TokioConnector::on(rt.clone());
         Ok((rt, GrpcTransport::with_connector(connector, config.transport.clone())))
     }

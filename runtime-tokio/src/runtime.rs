@@ -41,6 +41,24 @@ pub struct TokioRuntime {
     handle: Option<Handle>,
     /// Set when a spawned task was dropped before it finished.
     tasks_lost: Arc<AtomicBool>,
+    /// The runtime this one owns ([`TokioRuntime::dedicated`]), shut down
+    /// when the last clone is dropped.
+    owned: Option<Arc<OwnedRuntime>>,
+}
+
+/// A tokio runtime shut down without waiting when dropped: the last clone
+/// of a dedicated [`TokioRuntime`] may be dropped inside an async context,
+/// even on one of the runtime's own workers, where a blocking shutdown
+/// panics or deadlocks.
+#[derive(Debug)]
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Marks the runtime's tasks lost if dropped before [`TaskGuard::finish`]:
@@ -78,7 +96,7 @@ impl TokioRuntime {
     /// ```
     pub fn new() -> TokioRuntime {
         clock::init();
-        TokioRuntime { handle: Handle::try_current().ok(), tasks_lost: Arc::default() }
+        TokioRuntime { handle: Handle::try_current().ok(), tasks_lost: Arc::default(), owned: None }
     }
 
     /// A runtime that spawns onto `handle`, wherever it is called from:
@@ -100,7 +118,44 @@ impl TokioRuntime {
     /// ```
     pub fn with_handle(handle: Handle) -> TokioRuntime {
         clock::init();
-        TokioRuntime { handle: Some(handle), tasks_lost: Arc::default() }
+        TokioRuntime { handle: Some(handle), tasks_lost: Arc::default(), owned: None }
+    }
+
+    /// A runtime on threads of its own: a multi-thread tokio runtime with
+    /// `worker_threads` workers (at least 1) named `tikv-client`, shut down
+    /// when the last clone is dropped. Timers are registered with it too,
+    /// so its clients' calls can be awaited from any executor.
+    ///
+    /// Clients get one with [`Config::with_dedicated_runtime`](tikv_core::config::Config::with_dedicated_runtime).
+    ///
+    /// ```
+    /// use tikv_core::time::Duration;
+    /// use tikv_driver::Runtime;
+    ///
+    /// let rt = tikv_tokio::TokioRuntime::dedicated(1)?;
+    /// // Awaited outside any tokio runtime.
+    /// futures::executor::block_on(rt.sleep_until(rt.now() + Duration::from_millis(1)));
+    /// # Ok::<(), tikv_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `Error::Internal` when the operating system refuses the threads.
+    pub fn dedicated(worker_threads: usize) -> Result<TokioRuntime, tikv_core::Error> {
+        clock::init();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("tikv-client")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                tikv_core::Error::Internal(format!("cannot start the client's runtime: {e}"))
+            })?;
+        Ok(TokioRuntime {
+            handle: Some(rt.handle().clone()),
+            tasks_lost: Arc::default(),
+            owned: Some(Arc::new(OwnedRuntime(Some(rt)))),
+        })
     }
 
     /// Makes the runtime this one spawns onto current for the guard's life,
@@ -127,6 +182,9 @@ impl Runtime for TokioRuntime {
     /// When the returned future is polled outside a tokio runtime with the
     /// time driver enabled (tokio's own rule).
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        // A dedicated runtime's timer serves callers on any executor; the
+        // others use the caller's runtime, which may outlive the handle's.
+        let _timer_home = self.owned.as_ref().and_then(|_| self.enter());
         match clock::to_tokio(deadline) {
             Some(at) => tokio::time::sleep_until(at).boxed(),
             None => future::pending().boxed(),

@@ -88,3 +88,53 @@ fn a_client_connected_on_a_long_lived_runtime_serves_short_lived_ones() {
         drop(rt);
     }
 }
+
+/// The process's threads named `tikv-client` (a dedicated runtime's).
+fn client_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("procfs");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tikv-client")
+        .count()
+}
+
+/// The only test here that starts dedicated runtimes, so the thread count
+/// it watches is its own.
+#[test]
+fn a_client_with_its_own_runtime_serves_any_caller_and_stops_its_threads_when_dropped() {
+    let (_server_rt, server) = serve();
+    let before = client_threads();
+    let first = short_runtime();
+    let cfg = config(&server).with_dedicated_runtime(2);
+    let (raw, txn) = first.block_on(async {
+        let raw = RawClient::connect_with_config(cfg.clone()).await.unwrap();
+        let txn = TransactionClient::connect_with_config(cfg).await.unwrap();
+        (raw, txn)
+    });
+    assert_eq!(client_threads(), before + 4, "two workers per client");
+    // The runtime that connected is gone; the clients' tasks were not on it.
+    drop(first);
+    short_runtime().block_on(async {
+        raw.put("k", "v1").await.unwrap();
+        let mut t = txn.begin().await.unwrap();
+        // Two keys: one is a secondary, committed in the background.
+        t.put("a", "1").unwrap();
+        t.put("z", "2").unwrap();
+        t.commit().await.unwrap();
+    });
+    // Awaited on no tokio runtime at all: timers and tasks are the client's.
+    futures::executor::block_on(async {
+        assert_eq!(raw.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+        let snapshot = txn.snapshot(txn.current_timestamp().await.unwrap());
+        assert_eq!(snapshot.get("z").await.unwrap().as_deref(), Some(&b"2"[..]));
+        let mut t = txn.begin().await.unwrap();
+        t.put("k2", "v2").unwrap();
+        t.commit().await.unwrap();
+    });
+    drop((raw, txn));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client_threads() > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client_threads(), before, "the clients' runtimes shut down with them");
+}
