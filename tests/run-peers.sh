@@ -15,11 +15,11 @@
 #     tikv-tests crate: it serves the cluster in its own process and drives
 #     the Go program's `interop` step server), then again with its stores
 #     joined to a real PD of its own (`--real-pd`);
-#  5. a smoke run of the side-by-side, transactional and contended-counter
-#     benchmarks (debug builds, a fraction of a second per cell: it checks
+#  5. a smoke run of the side-by-side, transactional, contended-counter and
+#     YCSB benchmarks (debug builds, a fraction of a second per cell: it checks
 #     that every client's runner works, and that the counters add up, not
 #     how fast it is; the benchmarks themselves are bench/side-by-side.sh,
-#     txn-bench and txn-contention in release).
+#     txn-bench, txn-contention and ycsb-bench in release).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
 # them). Exits non-zero if any peer check fails.
 set -euo pipefail
@@ -44,7 +44,7 @@ if [ ! -f "$pd_dir/start-pd.sh" ]; then
   exit 1
 fi
 cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo --bin real-pd \
-  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention --bin txn-bench
+  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention --bin txn-bench --bin ycsb-bench
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
@@ -202,6 +202,9 @@ echo "--- contended-counter benchmark, smoke run"
 
 echo "--- transactional benchmark, smoke run"
 "$CARGO_TARGET_DIR/debug/txn-bench" --secs 0.2 --reps 1 --conc 2 --client-go "$go_bin"
+
+echo "--- YCSB workloads A-F, ours and client-go (its ycsb mode), raw and txn, smoke run"
+"$CARGO_TARGET_DIR/debug/ycsb-bench" --secs 0.1 --reps 1 --conc 2 --records 300 --client-go "$go_bin"
 
 echo "--- client-go's region cache benchmark mode, smoke run (ours compiles under clippy's --all-targets)"
 "$go_bin" regioncachebench --regions 2000 --warm-up 20ms --measure 50ms

@@ -11,7 +11,7 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Six more modes serve other programs of this repository:
+// Seven more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
@@ -26,6 +26,8 @@
 //	                                   pipelined or not (pipelinedbench.go)
 //	peer-client-go regioncachebench ... client-go's RegionCache lookups
 //	                                   (regioncachebench.go)
+//	peer-client-go ycsb --pd ADDR ...  YCSB's core workloads A-F through
+//	                                   rawkv or txnkv (ycsb.go)
 package main
 
 import (
@@ -949,6 +951,8 @@ func main() {
 			os.Exit(pipelinedBenchMain(os.Args[2:]))
 		case "regioncachebench":
 			os.Exit(regionCacheBenchMain(os.Args[2:]))
+		case "ycsb":
+			os.Exit(ycsbMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")
