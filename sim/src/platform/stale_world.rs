@@ -46,14 +46,15 @@ use tikv_core::rng::Rng;
 use tikv_core::time::{Duration, Instant};
 use tikv_driver::{GLOBAL_TXN_SCOPE, ReplicaRead, ReplicaReadType};
 
-use super::txn_world::{Halt, Stage, World, connect, locks_expire_at, sweep_locks_left, transact};
+use super::txn_world::{
+    self, Record, World, audit, commit_fates, connect, final_data, spawn_clients, sweep_locks_left,
+};
 use super::{Error, Sim, SimConfig, SimFailure, SimReport, Snapshot, simulate};
-use crate::WriteKind;
 use crate::cluster::FollowerReadBug;
 use crate::world::txn_history::{
-    INITIAL_BALANCE, ReadMethod, TxnHistory, TxnKeys, TxnKind, TxnOutcome, TxnRun, parse_balance,
+    INITIAL_BALANCE, ReadMethod, TxnHistory, TxnKeys, TxnOutcome, parse_balance,
 };
-use crate::world::txn_workload::{self, TxnSpec};
+use crate::world::txn_workload;
 use crate::world::{TxnParams, elle, elle_history, scaled_budgets, si};
 
 /// What a passing run did.
@@ -122,19 +123,15 @@ struct ReadRecord {
     values: BTreeMap<String, Option<String>>,
 }
 
-struct Record {
+/// The readers' shared state: their random source and what they read.
+struct ReadLog {
     rng: Rng,
-    params: TxnParams,
-    history: TxnHistory,
-    next_value: u32,
-    done: Vec<usize>,
-    crashes: usize,
     reads: Vec<ReadRecord>,
     failed_reads: usize,
 }
 
-fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
-    record.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(log: &Mutex<ReadLog>) -> std::sync::MutexGuard<'_, ReadLog> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the stale-read world with `seed` through the public client and
@@ -218,37 +215,22 @@ async fn stale_world(sim: Sim, bug: Option<FollowerReadBug>) -> Result<StaleWorl
         })
         .forget();
     }
-    let record = Arc::new(Mutex::new(Record {
-        rng,
-        params,
-        history: TxnHistory::default(),
-        next_value: 0,
-        done: vec![0; writers],
-        crashes: 0,
+    // Readers draw from a source of their own, so the writers' draws are
+    // the transactional world's.
+    let log = Arc::new(Mutex::new(ReadLog {
+        rng: Rng::new(rng.next_u64()),
         reads: Vec::new(),
         failed_reads: 0,
     }));
-    let mut tasks = Vec::new();
-    for c in 0..writers {
-        let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
-        // As the transactional world: a crashed writer's transaction in
-        // flight is undetermined and a fresh process goes on.
-        tasks.push(sim.spawn(async move {
-            loop {
-                let worker =
-                    writer(sim2.clone(), record.clone(), c, budgets.clone(), txns_each, think);
-                match sim2.spawn_process(worker).join().await {
-                    Some(result) => return result,
-                    None => crashed(&sim2, &record, c),
-                }
-            }
-        }));
-    }
+    let record =
+        Arc::new(Mutex::new(Record::new(World::Txn, rng, params, writers, txns_each, think)));
+    // The transactional world's clients are the writers.
+    let mut tasks = spawn_clients(&sim, &record, writers, &budgets);
     for r in 0..readers {
-        let (record, budgets) = (record.clone(), budgets.clone());
+        let (log, budgets) = (log.clone(), budgets.clone());
         // Readers do not crash; a process of their own keeps their
         // clients' background tasks apart all the same.
-        let worker = reader(sim.clone(), record, r, budgets, reads_each, read_think);
+        let worker = reader(sim.clone(), log, keys, r, budgets, reads_each, read_think);
         let process = sim.spawn_process(worker);
         tasks.push(sim.spawn(async move {
             process.join().await.unwrap_or_else(|| Err(format!("reader {r} crashed")))
@@ -263,62 +245,25 @@ async fn stale_world(sim: Sim, bug: Option<FollowerReadBug>) -> Result<StaleWorl
     for s in &stores {
         cluster.set_safe_ts_lagging(*s, false);
     }
-    // The audit, as the transactional world's: past every lock's TTL a
-    // fresh client reads every key, then resolves what no read met.
-    let expire = locks_expire_at(&sim);
-    if expire > sim.now() {
-        sim.sleep_until(expire).await;
-    }
-    let auditor = connect(&sim, World::Txn, None).await?;
-    let full = TxnSpec {
-        kind: TxnKind::FullRead,
-        read_method: txn_workload::pick_read_method(&mut lock(&record).rng),
-        opts: Default::default(),
-    };
-    let audit = run_writer_txn(&sim, &auditor, &record, writers, full, &keys, None).await;
+    let (auditor, audit) = audit(&sim, &record, writers).await?;
     let mut violations = Vec::new();
     violations.extend(sweep_locks_left(&auditor, &cluster).await);
-    let record = lock(&record);
+    let record = txn_world::lock(&record);
+    let log = lock(&log);
     let history = &record.history;
     if !matches!(history.entries[audit].outcome, TxnOutcome::Committed { .. }) {
         violations
             .push(format!("liveness: the audit read ended {:?}", history.entries[audit].outcome));
     }
-    let mut fates = si::Fates::new();
-    for e in &history.entries {
-        let Some(start_ts) = e.run.start_ts else { continue };
-        if e.run.writes.is_empty() {
-            continue;
-        }
-        let per_key = e
-            .run
-            .writes
-            .iter()
-            .map(|(k, _)| {
-                let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
-                    Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
-                    Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
-                    None => si::KeyFate::Absent,
-                };
-                (k.clone(), fate)
-            })
-            .collect();
-        fates.insert(e.id, per_key);
-    }
-    let final_data: BTreeMap<String, String> = cluster
-        .mvcc_snapshot(u64::MAX)
-        .into_iter()
-        .map(|(k, v)| {
-            (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
-        })
-        .collect();
+    let fates = commit_fates(history, &cluster, None);
+    let final_data = final_data(&cluster);
     violations
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
     violations
         .extend(elle::check(&elle_history(history)).into_iter().map(|a| format!("elle: {a}")));
     let committed = si::Committed::new(history, &fates);
-    violations.extend(check_reads(&record.reads, history, &committed, &keys));
+    violations.extend(check_reads(&log.reads, history, &committed, &keys));
     if !violations.is_empty() {
         return Err(violations.join("\n"));
     }
@@ -332,7 +277,7 @@ async fn stale_world(sim: Sim, bug: Option<FollowerReadBug>) -> Result<StaleWorl
         .sum();
     let (ok, failed, undetermined, _) = history.counts();
     let (mut stale_reads, mut replica_reads) = ([0; 3], [0; 4]);
-    for r in &record.reads {
+    for r in &log.reads {
         match r.how {
             How::StaleAgo(_) => stale_reads[0] += 1,
             How::StaleAtMinSafeTs => stale_reads[1] += 1,
@@ -348,126 +293,37 @@ async fn stale_world(sim: Sim, bug: Option<FollowerReadBug>) -> Result<StaleWorl
         outcomes: (ok, failed, undetermined),
         crashes: record.crashes,
         stale_reads,
-        unpinned_stale_reads: record
+        unpinned_stale_reads: log
             .reads
             .iter()
             .filter(|r| r.how.is_stale() && r.max_ts < r.ts)
             .count(),
         replica_reads,
-        failed_reads: record.failed_reads,
+        failed_reads: log.failed_reads,
         follower_stale_reads: cluster.follower_stale_read_count(),
         data_not_ready: stores.iter().map(|s| cluster.stale_read_count(*s, false)).sum(),
         replica_read_requests,
     })
 }
 
-/// Writer `c`'s work in its process: the transactions it has left, each
-/// crashing its process mid-commit with the seed's crash rate.
-async fn writer(
-    sim: Sim,
-    record: Arc<Mutex<Record>>,
-    c: usize,
-    budgets: tikv_core::config::BackoffBudgets,
-    txns_each: usize,
-    think: Duration,
-) -> Result<(), String> {
-    let client = connect(&sim, World::Txn, Some(budgets)).await?;
-    let keys = lock(&record).params.keys;
-    while lock(&record).done[c] < txns_each {
-        let pause = lock(&record).rng.gen_duration(think);
-        sim.sleep(pause).await;
-        let (spec, crash) = {
-            let r = &mut *lock(&record);
-            let spec = txn_workload::pick(&mut r.rng, &r.params, &mut r.next_value);
-            let crash = r
-                .rng
-                .gen_ratio(r.params.crash_permille, 1000)
-                .then(|| Duration::from_micros(r.rng.gen_range(0, 40_000)));
-            (spec, crash)
-        };
-        run_writer_txn(&sim, &client, &record, c, spec, &keys, crash).await;
-        lock(&record).done[c] += 1;
-    }
-    Ok(())
-}
-
-/// Writer `c`'s process crashed: its transaction in flight is
-/// undetermined.
-fn crashed(sim: &Sim, record: &Mutex<Record>, c: usize) {
-    let now = sim.now();
-    let r = &mut *lock(record);
-    r.crashes += 1;
-    for e in r.history.entries.iter_mut().filter(|e| e.client == c) {
-        if matches!(e.outcome, TxnOutcome::Pending) {
-            e.crashed = true;
-            e.end = Some(now);
-            e.outcome = TxnOutcome::Undetermined("the client crashed".into());
-            r.done[c] += 1;
-        }
-    }
-    sim.log(format!("writer c{c} crashed; a new one takes over"));
-}
-
-/// Runs one transaction as client `c` and records it; returns its entry.
-/// With `crash`, the process crashes that long into the commit.
-async fn run_writer_txn(
-    sim: &Sim,
-    client: &super::TransactionClient,
-    record: &Mutex<Record>,
-    c: usize,
-    spec: TxnSpec,
-    keys: &TxnKeys,
-    crash: Option<Duration>,
-) -> usize {
-    let id = {
-        let r = &mut *lock(record);
-        let id = r.history.entries.len();
-        r.history.entries.push(spec.entry(id, c, sim.now()));
-        id
-    };
-    let mut run = TxnRun::default();
-    let mut crash = crash;
-    let progress = |_stage: Stage, run: &TxnRun| {
-        lock(record).history.entries[id].run = run.clone();
-        if let Some(after) = crash.take()
-            && let Some(process) = sim.current_process()
-        {
-            let crasher = sim.clone();
-            sim.log(format!("writer c{c} will crash {after:?} into this commit"));
-            sim.spawn(async move {
-                crasher.sleep(after).await;
-                crasher.crash(process);
-            })
-            .forget();
-        }
-        Halt::Go
-    };
-    let outcome = transact(client, spec, keys, id, &mut run, progress).await;
-    let r = &mut *lock(record);
-    let e = &mut r.history.entries[id];
-    e.end = Some(sim.now());
-    e.run = run;
-    e.outcome = outcome;
-    id
-}
-
 /// Reader `r`: `reads` whole-snapshot reads, each a stale read or a
 /// replica read as drawn.
 async fn reader(
     sim: Sim,
-    record: Arc<Mutex<Record>>,
+    log: Arc<Mutex<ReadLog>>,
+    keys: TxnKeys,
     r: usize,
     budgets: tikv_core::config::BackoffBudgets,
     reads: usize,
     think: Duration,
 ) -> Result<(), String> {
     let client = connect(&sim, World::Txn, Some(budgets)).await?;
-    let keys = lock(&record).params.keys.all();
+    let keys = keys.all();
     // Timestamps this reader saw, for reads at an older one.
     let mut seen: Vec<u64> = Vec::new();
     for _ in 0..reads {
         let (pause, how, method, pick) = {
-            let g = &mut *lock(&record);
+            let g = &mut *lock(&log);
             let how = match g.rng.gen_range(0, 8) {
                 0 | 1 => How::StaleAgo(std::time::Duration::from_millis(g.rng.gen_range(0, 3000))),
                 2 => How::StaleAtMinSafeTs,
@@ -502,14 +358,14 @@ async fn reader(
                 .map(|ts| client.snapshot(ts).with_replica_read(ReplicaRead::of(read_type))),
         };
         let Ok(snapshot) = snapshot else {
-            lock(&record).failed_reads += 1;
+            lock(&log).failed_reads += 1;
             continue;
         };
         let ts = snapshot.timestamp().version();
         seen.push(ts);
         let max_ts = sim.cluster().max_ts();
         match read_all(&snapshot, method, &keys).await {
-            Ok(values) => lock(&record).reads.push(ReadRecord {
+            Ok(values) => lock(&log).reads.push(ReadRecord {
                 reader: r,
                 how,
                 method,
@@ -518,7 +374,7 @@ async fn reader(
                 max_ts,
                 values,
             }),
-            Err(_) => lock(&record).failed_reads += 1,
+            Err(_) => lock(&log).failed_reads += 1,
         }
     }
     Ok(())

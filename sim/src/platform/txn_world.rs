@@ -167,15 +167,17 @@ struct CrashPlan {
     after: Duration,
 }
 
-struct Record {
+/// The transactional clients' shared state: their random source, the
+/// transactions left to run and the history the checkers read.
+pub(super) struct Record {
     world: World,
     rng: Rng,
-    params: TxnParams,
-    history: TxnHistory,
+    pub(super) params: TxnParams,
+    pub(super) history: TxnHistory,
     next_value: u32,
     /// Transactions each client finished (a replacement goes on from there).
     done: Vec<usize>,
-    crashes: usize,
+    pub(super) crashes: usize,
     /// Transactions per client, and the longest pause before each.
     txns_each: usize,
     think: Duration,
@@ -187,6 +189,35 @@ struct Record {
     /// (pipelined) The pipelined transactions' records.
     pipe: pipelined::PipeState,
     flaw: Option<Flaw>,
+}
+
+impl Record {
+    /// The state of `clients` clients of `world`, each to run `txns_each`
+    /// transactions drawn with `params`, pausing up to `think` before each.
+    pub(super) fn new(
+        world: World,
+        rng: Rng,
+        params: TxnParams,
+        clients: usize,
+        txns_each: usize,
+        think: Duration,
+    ) -> Record {
+        Record {
+            world,
+            rng,
+            params,
+            history: TxnHistory::default(),
+            next_value: 0,
+            done: vec![0; clients],
+            crashes: 0,
+            txns_each,
+            think,
+            gc: None,
+            gc_stop: false,
+            pipe: pipelined::PipeState::default(),
+            flaw: None,
+        }
+    }
 }
 
 /// Runs the transactional workload with `seed` through the public client
@@ -309,42 +340,14 @@ async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorl
         .max(Duration::from_millis(10));
     let budgets = scaled_budgets(params.budget_permille);
     let record = Arc::new(Mutex::new(Record {
-        world,
-        rng,
-        params,
-        history: TxnHistory::default(),
-        next_value: 0,
-        done: vec![0; clients],
-        crashes: 0,
-        txns_each,
-        think,
-        gc: None,
-        gc_stop: false,
-        pipe: pipelined::PipeState::default(),
         flaw,
+        ..Record::new(world, rng, params, clients, txns_each, think)
     }));
     let gc_client = (world == World::Gc).then(|| gc::start(&sim, &record, &keys));
     if world == World::Pipelined {
         pipelined::split(&sim);
     }
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
-        // Client `c`'s supervisor: a process runs its transactions; when
-        // it crashes, its transaction in flight is undetermined and a new
-        // process goes on with the rest.
-        tasks.push(sim.spawn(async move {
-            loop {
-                let worker = client_process(sim2.clone(), record.clone(), c, budgets.clone());
-                let process = sim2.spawn_process(worker);
-                match process.join().await {
-                    Some(result) => return result,
-                    None => crashed(&sim2, &record, c),
-                }
-            }
-        }));
-    }
-    for t in tasks {
+    for t in spawn_clients(&sim, &record, clients, &budgets) {
         t.await?;
     }
     if sim.now() < heal_at {
@@ -355,24 +358,8 @@ async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorl
         lock(&record).gc_stop = true;
         gc_client.await?;
     }
-    // The audit: past every lock's TTL, a fresh client with client-go's
-    // budgets reads every key (resolving what failed transactions left),
-    // and must succeed.
     let cluster = sim.cluster();
-    let expire = locks_expire_at(&sim);
-    if expire > sim.now() {
-        sim.sleep_until(expire).await;
-    }
-    let auditor = connect(&sim, world, None).await?;
-    let full = {
-        let r = &mut *lock(&record);
-        TxnSpec {
-            kind: TxnKind::FullRead,
-            read_method: txn_workload::pick_read_method(&mut r.rng),
-            opts: Default::default(),
-        }
-    };
-    let audit = run_txn(&sim, &auditor, &record, clients, full, None, &keys, None).await;
+    let (auditor, audit) = audit(&sim, &record, clients).await?;
     let mut violations = Vec::new();
     // Clients that crashed holding pessimistic locks before committing:
     // are their locks gone already (resolved by the others), or left for
@@ -425,39 +412,8 @@ async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorl
         violations.append(&mut g.violations);
         gc_stats = g.stats.clone();
     }
-    let mut fates = si::Fates::new();
-    for e in &history.entries {
-        let Some(start_ts) = e.run.start_ts else { continue };
-        if e.run.writes.is_empty() {
-            continue;
-        }
-        let per_key = e
-            .run
-            .writes
-            .iter()
-            .map(|(k, _)| {
-                let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
-                    Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
-                    Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
-                    // GC may have collected the record: the checks saw it
-                    // before.
-                    None => gc_checks
-                        .as_ref()
-                        .and_then(|g| g.lock().world.seen_fate(k.as_bytes(), start_ts))
-                        .unwrap_or(si::KeyFate::Absent),
-                };
-                (k.clone(), fate)
-            })
-            .collect();
-        fates.insert(e.id, per_key);
-    }
-    let final_data: BTreeMap<String, String> = cluster
-        .mvcc_snapshot(u64::MAX)
-        .into_iter()
-        .map(|(k, v)| {
-            (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
-        })
-        .collect();
+    let fates = commit_fates(history, &cluster, gc_checks.as_deref());
+    let final_data = final_data(&cluster);
     violations
         .extend(si::check(history, &fates, &final_data).into_iter().map(|v| format!("si: {v}")));
     violations.extend(si::check_bank(history, &keys.account_keys(), &final_data));
@@ -490,6 +446,107 @@ async fn txn_world(sim: Sim, world: World, flaw: Option<Flaw>) -> Result<TxnWorl
         gc: gc_stats,
         pipelined,
     })
+}
+
+/// Starts `clients` client supervisors: each runs its client's
+/// transactions in a process; when that crashes, its transaction in flight
+/// is undetermined and a new process goes on with the rest. The tasks end
+/// with the clients' work.
+pub(super) fn spawn_clients(
+    sim: &Sim,
+    record: &Arc<Mutex<Record>>,
+    clients: usize,
+    budgets: &tikv_core::config::BackoffBudgets,
+) -> Vec<futures::future::RemoteHandle<Result<(), String>>> {
+    (0..clients)
+        .map(|c| {
+            let (sim2, record, budgets) = (sim.clone(), record.clone(), budgets.clone());
+            sim.spawn(async move {
+                loop {
+                    let worker = client_process(sim2.clone(), record.clone(), c, budgets.clone());
+                    let process = sim2.spawn_process(worker);
+                    match process.join().await {
+                        Some(result) => return result,
+                        None => crashed(&sim2, &record, c),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The audit: past every lock's TTL, a fresh client with client-go's
+/// budgets reads every key (resolving what failed transactions left) as
+/// client number `c`. Returns the auditor and the read's history entry,
+/// which must have committed.
+pub(super) async fn audit(
+    sim: &Sim,
+    record: &Arc<Mutex<Record>>,
+    c: usize,
+) -> Result<(TransactionClient, usize), String> {
+    let expire = locks_expire_at(sim);
+    if expire > sim.now() {
+        sim.sleep_until(expire).await;
+    }
+    let (world, keys) = {
+        let r = lock(record);
+        (r.world, r.params.keys)
+    };
+    let auditor = connect(sim, world, None).await?;
+    let full = {
+        let r = &mut *lock(record);
+        TxnSpec {
+            kind: TxnKind::FullRead,
+            read_method: txn_workload::pick_read_method(&mut r.rng),
+            opts: Default::default(),
+        }
+    };
+    let audit = run_txn(sim, &auditor, record, c, full, None, &keys, None).await;
+    Ok((auditor, audit))
+}
+
+/// Each writing transaction's fate per key, from the cluster's commit
+/// records (or, for records GC collected, what `gc` saw before).
+pub(super) fn commit_fates(
+    history: &TxnHistory,
+    cluster: &crate::Cluster,
+    gc: Option<&GcChecks>,
+) -> si::Fates {
+    let mut fates = si::Fates::new();
+    for e in &history.entries {
+        let Some(start_ts) = e.run.start_ts else { continue };
+        if e.run.writes.is_empty() {
+            continue;
+        }
+        let per_key = e
+            .run
+            .writes
+            .iter()
+            .map(|(k, _)| {
+                let fate = match cluster.commit_record(k.as_bytes(), start_ts) {
+                    Some(r) if r.kind == WriteKind::Rollback => si::KeyFate::RolledBack,
+                    Some(r) => si::KeyFate::Committed { commit_ts: r.commit_ts, kind: r.kind },
+                    None => gc
+                        .and_then(|g| g.lock().world.seen_fate(k.as_bytes(), start_ts))
+                        .unwrap_or(si::KeyFate::Absent),
+                };
+                (k.clone(), fate)
+            })
+            .collect();
+        fates.insert(e.id, per_key);
+    }
+    fates
+}
+
+/// The cluster's latest committed data, as text.
+pub(super) fn final_data(cluster: &crate::Cluster) -> BTreeMap<String, String> {
+    cluster
+        .mvcc_snapshot(u64::MAX)
+        .into_iter()
+        .map(|(k, v)| {
+            (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
+        })
+        .collect()
 }
 
 /// Client `c`'s work in its process: a client of its own, then the
@@ -588,7 +645,7 @@ fn crashed(sim: &Sim, record: &Mutex<Record>, c: usize) {
     sim.log(format!("client c{c} crashed; a new one takes over"));
 }
 
-fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+pub(super) fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
     record.lock().unwrap_or_else(|e| e.into_inner())
 }
 
