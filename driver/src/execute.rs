@@ -95,12 +95,13 @@ where
 {
     let mut calls = Calls::default();
     let mut timer = Timer::default();
-    op.start(rt.now());
+    // The clock is read once per wake-up: the code between two waits does
+    // no I/O and never sleeps, so one reading stamps the input, every RPC
+    // of the drain that follows it, and the deadline checks.
+    let mut now = rt.now();
+    op.start(now);
     loop {
-        // One clock reading stamps every RPC of this drain.
-        let mut sent_at = None;
         while let Some(rpc) = op.poll_rpc() {
-            let now = *sent_at.get_or_insert_with(|| rt.now());
             calls.launch(rpc, transport, now);
         }
         if let Some(result) = op.poll_result() {
@@ -109,7 +110,6 @@ where
 
         // Inputs that are already due are fed before waiting, one at a time,
         // so the operation's outputs are drained after each of them.
-        let now = rt.now();
         if let Some((id, observer)) = calls.expire_one(now) {
             let result = Err(RpcError::DeadlineExceeded);
             observer.answered(&result, now);
@@ -132,10 +132,9 @@ where
 
         // `None` is the timer: deadlines are re-checked against a fresh
         // `now` at the top.
-        if let Some((id, result, observer)) =
-            futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await
-        {
-            let now = rt.now();
+        let event = futures::future::poll_fn(|cx| poll_event(cx, &mut calls, &mut timer)).await;
+        now = rt.now();
+        if let Some((id, result, observer)) = event {
             observer.answered(&result, now);
             op.on_response(id, result, now);
         }
