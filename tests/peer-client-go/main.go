@@ -949,6 +949,8 @@ func main() {
 			os.Exit(pipelinedBenchMain(os.Args[2:]))
 		case "regioncachebench":
 			os.Exit(regionCacheBenchMain(os.Args[2:]))
+		case "memdbbench":
+			os.Exit(memdbBenchMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")
