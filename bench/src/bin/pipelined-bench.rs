@@ -165,6 +165,13 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
                 txn.put(key(run, i, keys), value.clone()).await.map_err(|e| format!("put: {e}"))?;
             }
             written = t0.elapsed();
+            // How the writes were cut into generations (the commit flushes
+            // what is still buffered as one more).
+            let p = txn.progress();
+            eprintln!(
+                "ours pipelined: {} generations handed off while writing ({} keys), {} keys left for the commit",
+                p.generations, p.flushed_keys, p.buffered_keys
+            );
             txn.commit().await.map_err(|e| format!("commit: {e}"))?;
         }
         "normal" => {
