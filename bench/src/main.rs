@@ -471,6 +471,7 @@ struct Median {
     server_cpu_us_op: Option<f64>,
     avg_batch: Option<f64>,
     pd_calls_s: Option<f64>,
+    peak_rss_mib: Option<f64>,
     errors: u64,
     ops: u64,
 }
@@ -505,6 +506,10 @@ impl Median {
             pd_calls_s: col(&|s| {
                 Some(s.traffic?.pd_unary? as f64 / s.result.elapsed.as_secs_f64().max(1e-9))
             }),
+            peak_rss_mib: col(&|s| match s.result.peak_rss_kib {
+                0 => None,
+                kib => Some(kib as f64 / 1024.0),
+            }),
             errors: samples.iter().map(|s| s.result.errors).sum(),
             ops: samples.iter().map(|s| s.result.ops).min().unwrap_or(0),
         }
@@ -521,6 +526,7 @@ impl Median {
             cpu: Duration::from_secs_f64(self.cpu_us_op * self.ops_s / 1e6),
             p50_us: self.p50_us.round() as u32,
             p99_us: self.p99_us.round() as u32,
+            peak_rss_kib: self.peak_rss_mib.map_or(0, |m| (m * 1024.0).round() as u64),
         }
     }
 }
@@ -681,9 +687,9 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
             }
         );
         println!(
-            "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | server CPU us/op | avg batch | PD calls/s | errors |"
+            "| op | conc | mode | ops/s | p50 us | p99 us | client CPU us/op | server CPU us/op | avg batch | PD calls/s | client peak RSS MiB | errors |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows = Vec::new();
         for ((op, conc, mode), samples) in &cells {
             let m = Median::of(samples);
@@ -691,7 +697,7 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                 v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
             };
             println!(
-                "| {op} | {conc} | {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                "| {op} | {conc} | {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
                 m.ops_s,
                 m.p50_us,
                 m.p99_us,
@@ -699,6 +705,7 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                 opt(m.server_cpu_us_op, 1),
                 opt(m.avg_batch, 1),
                 opt(m.pd_calls_s, 1),
+                opt(m.peak_rss_mib, 0),
                 m.errors,
             );
             rows.push(Row { mode: mode.clone(), result: m.as_result(op, *conc) });

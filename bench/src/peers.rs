@@ -184,6 +184,7 @@ mod tests {
                 cpu: Duration::from_millis(cpu_ms),
                 p50_us: 100,
                 p99_us: 200,
+                peak_rss_kib: 0,
             },
         }
     }

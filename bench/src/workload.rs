@@ -79,6 +79,10 @@ pub struct CellResult {
     pub p50_us: u32,
     /// 99th percentile latency, microseconds.
     pub p99_us: u32,
+    /// The client process's peak resident set during the cell, KiB (0:
+    /// not measured). A process that ran earlier cells starts the cell
+    /// with what it still holds from them.
+    pub peak_rss_kib: u64,
 }
 
 impl CellResult {
@@ -95,7 +99,7 @@ impl CellResult {
     /// The machine-readable line a peer prints for this cell.
     pub fn to_line(&self) -> String {
         format!(
-            "RESULT op={} conc={} ops={} errors={} elapsed_us={} cpu_us={} p50_us={} p99_us={}",
+            "RESULT op={} conc={} ops={} errors={} elapsed_us={} cpu_us={} p50_us={} p99_us={} rss_kib={}",
             self.op,
             self.conc,
             self.ops,
@@ -103,7 +107,8 @@ impl CellResult {
             self.elapsed.as_micros(),
             self.cpu.as_micros(),
             self.p50_us,
-            self.p99_us
+            self.p99_us,
+            self.peak_rss_kib
         )
     }
 
@@ -125,6 +130,7 @@ impl CellResult {
             cpu: Duration::from_micros(num("cpu_us")?),
             p50_us: u32::try_from(num("p50_us")?).ok()?,
             p99_us: u32::try_from(num("p99_us")?).ok()?,
+            peak_rss_kib: num("rss_kib").unwrap_or(0),
         })
     }
 }
@@ -133,6 +139,24 @@ impl CellResult {
 /// `/proc/self/stat` (10 ms ticks); zero where that file does not exist.
 pub fn cpu_time() -> Duration {
     cpu_time_of("/proc/self/stat")
+}
+
+/// This process's peak resident set size in KiB (`VmHWM` in
+/// `/proc/self/status`): since it started, or since the last
+/// [`reset_peak_rss`]. Zero where that file does not exist.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Restarts [`peak_rss_kib`] from the current resident set (Linux's
+/// `/proc/self/clear_refs`, value 5), so that one benchmark cell's peak is
+/// its own. False where that is not supported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Another process's CPU time so far (the benchmark's server), as
@@ -176,6 +200,7 @@ pub async fn run_with_server(
     secs: f64,
     server_cpu: impl Fn() -> Duration,
 ) -> (CellResult, Duration) {
+    let rss_measured = reset_peak_rss();
     let measure = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -226,6 +251,7 @@ pub async fn run_with_server(
         cpu,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
+        peak_rss_kib: if rss_measured { peak_rss_kib() } else { 0 },
     };
     (result, server)
 }
@@ -256,14 +282,18 @@ mod tests {
             cpu: Duration::from_micros(2_500_000),
             p50_us: 410,
             p99_us: 1_900,
+            peak_rss_kib: 81_920,
         };
         assert_eq!(CellResult::parse_line(&r.to_line()), Some(r));
         assert_eq!(CellResult::parse_line("PASS something"), None);
         assert_eq!(CellResult::parse_line("RESULT op=get conc=x"), None);
         // The line client-go's bench mode prints (bench.go).
-        let go = "RESULT op=get conc=1 ops=2037 errors=0 elapsed_us=1000259 cpu_us=326236 p50_us=451 p99_us=1072";
+        let go = "RESULT op=get conc=1 ops=2037 errors=0 elapsed_us=1000259 cpu_us=326236 p50_us=451 p99_us=1072 rss_kib=51200";
         let parsed = CellResult::parse_line(go).expect("client-go's line parses");
-        assert_eq!((parsed.ops, parsed.p99_us), (2037, 1072));
+        assert_eq!((parsed.ops, parsed.p99_us, parsed.peak_rss_kib), (2037, 1072, 51_200));
+        // A peer that does not measure its memory.
+        let old = go.trim_end_matches(" rss_kib=51200");
+        assert_eq!(CellResult::parse_line(old).map(|r| r.peak_rss_kib), Some(0));
     }
 
     #[test]

@@ -10,11 +10,12 @@ package main
 // after another on their own keys for a warm-up and then for `secs`, and
 // prints one machine-readable line:
 //
-//	RESULT op=get conc=64 ops=N errors=N elapsed_us=N cpu_us=N p50_us=N p99_us=N
+//	RESULT op=get conc=64 ops=N errors=N elapsed_us=N cpu_us=N p50_us=N p99_us=N rss_kib=N
 //
 // Keys are the workload's: `len-12` bytes of 'k', then the task and the
 // sequence number modulo keys-per-task, six digits each. CPU is this
-// process's user+system time (getrusage) over the measured window.
+// process's user+system time (getrusage) over the measured window; rss_kib
+// the process's peak resident set from the cell's start (0: not measured).
 
 import (
 	"context"
@@ -47,6 +48,31 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// resetPeakRSS restarts the kernel's peak resident set count (VmHWM) from
+// the current resident set, so that one cell's peak is its own (the Rust
+// side's `reset_peak_rss`); false where Linux's clear_refs is missing.
+func resetPeakRSS() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+// cellPeakRSSKiB is VmHWM from /proc/self/status since resetPeakRSS, or 0
+// when the reset failed (getrusage's Maxrss is never reset).
+func cellPeakRSSKiB(measured bool) int64 {
+	status, err := os.ReadFile("/proc/self/status")
+	if !measured || err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err == nil {
+				return kib
+			}
+		}
+	}
+	return 0
+}
+
 func percentile(sorted []uint32, p float64) uint32 {
 	if len(sorted) == 0 {
 		return 0
@@ -74,6 +100,7 @@ func parseInts(s string) ([]int, error) {
 func benchCell(cli *rawkv.Client, op string, conc int, secs float64, warm time.Duration,
 	keyLen, valueLen int, keysPerTask uint64) {
 	value := []byte(strings.Repeat("v", valueLen))
+	rssMeasured := resetPeakRSS()
 	var measuring, stop atomic.Bool
 	var errs atomic.Uint64
 	lats := make([][]uint32, conc)
@@ -117,9 +144,9 @@ func benchCell(cli *rawkv.Client, op string, conc int, secs float64, warm time.D
 		all = append(all, l...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	fmt.Printf("RESULT op=%s conc=%d ops=%d errors=%d elapsed_us=%d cpu_us=%d p50_us=%d p99_us=%d\n",
+	fmt.Printf("RESULT op=%s conc=%d ops=%d errors=%d elapsed_us=%d cpu_us=%d p50_us=%d p99_us=%d rss_kib=%d\n",
 		op, conc, len(all), errs.Load(), elapsed.Microseconds(), cpu.Microseconds(),
-		percentile(all, 0.50), percentile(all, 0.99))
+		percentile(all, 0.50), percentile(all, 0.99), cellPeakRSSKiB(rssMeasured))
 }
 
 func benchMain(args []string) int {

@@ -11,7 +11,7 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Seven more modes serve other programs of this repository:
+// Eight more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
@@ -28,6 +28,8 @@
 //	                                   (regioncachebench.go)
 //	peer-client-go ycsb --pd ADDR ...  YCSB's core workloads A-F through
 //	                                   rawkv or txnkv (ycsb.go)
+//	peer-client-go memdbbench ...      client-go's ART memdb bytes per key
+//	                                   (memdbbench.go)
 package main
 
 import (
@@ -953,6 +955,8 @@ func main() {
 			os.Exit(regionCacheBenchMain(os.Args[2:]))
 		case "ycsb":
 			os.Exit(ycsbMain(os.Args[2:]))
+		case "memdbbench":
+			os.Exit(memdbBenchMain(os.Args[2:]))
 		}
 	}
 	rawPD := flag.String("raw-pd", "", "PD address(es) of an API V1 cluster for the raw checks, comma separated")

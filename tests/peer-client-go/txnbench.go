@@ -6,7 +6,7 @@ package main
 // transaction after another on their own keys for a warm-up and then for
 // `secs`, and prints one line in bench.go's format, with op=WORKLOAD-MODE:
 //
-//	RESULT op=rw-2pc conc=64 ops=N errors=N elapsed_us=N cpu_us=N p50_us=N p99_us=N
+//	RESULT op=rw-2pc conc=64 ops=N errors=N elapsed_us=N cpu_us=N p50_us=N p99_us=N rss_kib=N
 //
 // Workloads (keys: see txnKey; txn-bench builds the same ones):
 //
@@ -106,6 +106,7 @@ func runBenchTxn(ctx context.Context, cli *txnkv.Client, workload, mode string, 
 }
 
 func txnBenchCell(cli *txnkv.Client, workload, mode string, conc int, secs float64, warm time.Duration) {
+	rssMeasured := resetPeakRSS()
 	var measuring, stop atomic.Bool
 	var errs atomic.Uint64
 	lats := make([][]uint32, conc)
@@ -143,9 +144,9 @@ func txnBenchCell(cli *txnkv.Client, workload, mode string, conc int, secs float
 		all = append(all, l...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	fmt.Printf("RESULT op=%s-%s conc=%d ops=%d errors=%d elapsed_us=%d cpu_us=%d p50_us=%d p99_us=%d\n",
+	fmt.Printf("RESULT op=%s-%s conc=%d ops=%d errors=%d elapsed_us=%d cpu_us=%d p50_us=%d p99_us=%d rss_kib=%d\n",
 		workload, mode, conc, len(all), errs.Load(), elapsed.Microseconds(), cpu.Microseconds(),
-		percentile(all, 0.50), percentile(all, 0.99))
+		percentile(all, 0.50), percentile(all, 0.99), cellPeakRSSKiB(rssMeasured))
 }
 
 func txnBenchMain(args []string) int {

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tikv_bench::server::{Server, run_on_client_core};
-use tikv_bench::workload::cpu_time;
+use tikv_bench::workload::{cpu_time, peak_rss_kib};
 use tikv_tokio::interceptor::interceptor_fn;
 use tikv_tokio::{Config, PipelinedOptions, TransactionClient, TransactionOptions};
 
@@ -57,14 +57,6 @@ fn key(run: usize, i: usize, n: usize) -> Vec<u8> {
     k.extend_from_slice(format!("{run:03}{i:020}").as_bytes());
     k.truncate(KEY_LEN);
     k
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn field(line: &str, name: &str) -> Option<u64> {
@@ -173,6 +165,13 @@ async fn one_transaction(mode: &str, pd: &str, run: usize, keys: usize) -> Resul
                 txn.put(key(run, i, keys), value.clone()).await.map_err(|e| format!("put: {e}"))?;
             }
             written = t0.elapsed();
+            // How the writes were cut into generations (the commit flushes
+            // what is still buffered as one more).
+            let p = txn.progress();
+            eprintln!(
+                "ours pipelined: {} generations handed off while writing ({} keys), {} keys left for the commit",
+                p.generations, p.flushed_keys, p.buffered_keys
+            );
             txn.commit().await.map_err(|e| format!("commit: {e}"))?;
         }
         "normal" => {

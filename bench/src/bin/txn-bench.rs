@@ -28,7 +28,9 @@
 //! second, p50/p99 latency, client CPU per transaction, the store requests
 //! one transaction costs (ours only: `BatchCommands` entries plus unary
 //! calls, counted by `tikv-sim` over transactions run one at a time) and
-//! failed transactions, then ours ÷ client-go per cell.
+//! failed transactions, then ours ÷ client-go per cell. The client's peak
+//! RSS is the process's during the cell (its kernel count reset at the
+//! cell's start), so ours includes what earlier cells left allocated.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -268,9 +270,9 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
         }
     }
     println!(
-        "| cell | conc | client | txn/s | p50 ms | p99 ms | client CPU µs/txn | store RPCs/txn | errors |"
+        "| cell | conc | client | txn/s | p50 ms | p99 ms | client CPU µs/txn | client peak RSS MiB | store RPCs/txn | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let med = |v: &[CellResult], f: &dyn Fn(&CellResult) -> f64| median(v.iter().map(f).collect());
     let mut ratios = Vec::new();
     for ((cell, conc), runs) in &ours {
@@ -279,11 +281,12 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
         let errors: u64 = results.iter().map(|r| r.errors).sum();
         let row = |who: &str, v: &[CellResult], rpcs: String, errors: u64| {
             println!(
-                "| {cell} | {conc} | {who} | {:.0} | {:.2} | {:.2} | {:.0} | {rpcs} | {errors} |",
+                "| {cell} | {conc} | {who} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {rpcs} | {errors} |",
                 med(v, &CellResult::ops_per_sec),
                 med(v, &|r| f64::from(r.p50_us) / 1e3),
                 med(v, &|r| f64::from(r.p99_us) / 1e3),
                 med(v, &CellResult::cpu_us_per_op),
+                med(v, &|r| r.peak_rss_kib as f64 / 1024.0),
             );
         };
         row("ours", &results, format!("{rpcs:.1}"), errors);
@@ -291,17 +294,20 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
             row("client-go", go, "—".into(), go.iter().map(|r| r.errors).sum());
             let ratio = |f: &dyn Fn(&CellResult) -> f64| med(&results, f) / med(go, f).max(1e-9);
             ratios.push(format!(
-                "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× |",
+                "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
                 ratio(&CellResult::ops_per_sec),
                 ratio(&|r| f64::from(r.p99_us)),
                 ratio(&CellResult::cpu_us_per_op),
+                ratio(&|r| r.peak_rss_kib as f64),
             ));
         }
     }
     if !ratios.is_empty() {
         println!();
-        println!("| cell | conc | ours ÷ client-go txn/s | p99 | client CPU per txn |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| cell | conc | ours ÷ client-go txn/s | p99 | client CPU per txn | client peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|");
         for r in ratios {
             println!("{r}");
         }

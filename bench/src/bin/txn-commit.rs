@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tikv_bench::server::{Server, run_on_client_core};
-use tikv_bench::workload::cpu_time;
+use tikv_bench::workload::{cpu_time, peak_rss_kib};
 use tikv_tokio::{Config, TransactionClient};
 
 const REGIONS: usize = 100;
@@ -56,14 +56,6 @@ fn region_of(key: &[u8]) -> usize {
 fn batches(n: usize, size: usize) -> usize {
     let per_batch = BATCH_BYTES.div_ceil(size);
     n.div_ceil(per_batch)
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -79,7 +79,10 @@
 //! use of its buffer (every write and every read-your-own-write), while the
 //! buffer is iterated about once (at commit). Rollback never touches the
 //! index (it walks the undo log only), so its ratio is noise. Memory is
-//! about the same: ~200 bytes per entry with either index, values included.
+//! about the same with either index; with the ART, an entry takes less heap
+//! than in client-go's ART memdb for the same keys and values
+//! (`membuffer-mem` in `tikv-bench` measures both; the README has the
+//! figures).
 //!
 //! ```
 //! use tikv_core::txn::membuffer::{FlagsOp, KeyFlags, MemBuffer};
@@ -561,6 +564,9 @@ pub struct MemBuffer {
     next_serial: u64,
     len: usize,
     size: usize,
+    /// Bytes of the values held by entries, and by undo records.
+    value_bytes: usize,
+    undo_value_bytes: usize,
     dirty: bool,
     entry_limit: u64,
     buffer_limit: u64,
@@ -606,6 +612,8 @@ impl MemBuffer {
             next_serial: 1,
             len: 0,
             size: 0,
+            value_bytes: 0,
+            undo_value_bytes: 0,
             dirty: false,
             entry_limit: u64::MAX,
             buffer_limit: u64::MAX,
@@ -747,6 +755,7 @@ impl MemBuffer {
         let node = &mut self.nodes[id as usize];
         node.flags = flags;
         if let Some(v) = value {
+            self.value_bytes = self.value_bytes - node.value.len() + v.len();
             node.value = v;
         }
         self.len = self.len + usize::from(now) - usize::from(was);
@@ -783,6 +792,7 @@ impl MemBuffer {
         let node = &self.nodes[id as usize];
         let serial = self.next_serial;
         self.next_serial += 1;
+        self.undo_value_bytes += node.value.len();
         self.undo.push(Undo { id, prev, flags: node.flags, value: node.value.clone(), serial });
     }
 
@@ -790,8 +800,10 @@ impl MemBuffer {
     fn revert_to(&mut self, pos: usize) {
         while self.undo.len() > pos {
             let Some(u) = self.undo.pop() else { break };
+            self.undo_value_bytes -= u.value.len();
             let key_len = self.keys.get(u.id).len();
             let node = &mut self.nodes[u.id as usize];
+            self.value_bytes = self.value_bytes - node.value.len() + u.value.len();
             if node.present() {
                 self.len -= 1;
                 self.size -= key_len + node.value.len();
@@ -846,6 +858,7 @@ impl MemBuffer {
             }
             if !self.base_undo {
                 self.undo.clear();
+                self.undo_value_bytes = 0;
                 self.floor = 0;
                 return Ok(());
             }
@@ -867,9 +880,12 @@ impl MemBuffer {
                 self.undo.swap(w, i);
                 self.nodes[id as usize].last_undo = u32::try_from(w).unwrap_or(NO_UNDO);
                 w += 1;
-            } else if prev_at < start {
-                // The parent's record stays the key's latest.
-                self.nodes[id as usize].last_undo = prev;
+            } else {
+                self.undo_value_bytes -= self.undo[i].value.len();
+                if prev_at < start {
+                    // The parent's record stays the key's latest.
+                    self.nodes[id as usize].last_undo = prev;
+                }
             }
         }
         self.undo.truncate(w);
@@ -968,13 +984,25 @@ impl MemBuffer {
         self.dirty
     }
 
-    /// Approximate heap bytes held (client-go's `Mem`).
+    /// Heap bytes the buffer's content takes (client-go's `Mem`, which the
+    /// pipelined flush thresholds compare): its keys, entries, index nodes
+    /// and undo records, and the bytes of the values they hold.
+    ///
+    /// Vectors are counted by length, not capacity: client-go's arenas grow
+    /// by adding blocks and never copy, while a vector doubles, so counting
+    /// its spare capacity would make this figure jump to twice the content
+    /// at each doubling and hand pipelined generations off well below the
+    /// memory the thresholds allow. A large vector's untouched spare
+    /// capacity is address space, not resident memory. A value shared with
+    /// an undo record counts twice. `membuffer-mem` in `tikv-bench` checks
+    /// this figure against the allocator's count.
     pub fn mem(&self) -> usize {
-        self.keys.capacity_bytes()
+        self.keys.used_bytes()
             + self.index.mem()
-            + self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.undo.capacity() * std::mem::size_of::<Undo>()
-            + self.size
+            + self.nodes.len() * std::mem::size_of::<Node>()
+            + self.undo.len() * std::mem::size_of::<Undo>()
+            + self.value_bytes
+            + self.undo_value_bytes
     }
 
     /// Entries in `range`, in key order: puts, deletes and flags-only keys

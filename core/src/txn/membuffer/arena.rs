@@ -57,8 +57,8 @@ impl KeyArena {
         self.slots.len()
     }
 
-    /// Heap bytes held.
-    pub(crate) fn capacity_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<KeySlot>() + self.long.capacity()
+    /// Heap bytes the keys take, spare capacity not counted.
+    pub(crate) fn used_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<KeySlot>() + self.long.len()
     }
 }

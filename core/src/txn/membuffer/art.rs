@@ -319,9 +319,10 @@ impl ArtIndex {
         }
     }
 
-    /// Approximate heap bytes of the nodes.
+    /// Approximate heap bytes of the nodes (spare capacity not counted;
+    /// prefixes longer than the inline 8 bytes not counted either).
     pub(crate) fn mem(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Inner>()
+        self.nodes.len() * std::mem::size_of::<Inner>()
             + self.full_nodes * std::mem::size_of::<[u32; 256]>()
     }
 }

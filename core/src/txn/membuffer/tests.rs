@@ -622,3 +622,63 @@ fn randomized_index_agrees_on_many_keys() {
         assert_eq!(art.get(a), bt.get(a));
     }
 }
+
+/// 24-byte key `i`, a record key's shape: a shared prefix, then the index.
+fn record_key(i: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(b"t_membuffer_mem_");
+    k[16..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+#[test]
+fn mem_counts_the_content_without_spare_capacity() {
+    // 65,537 entries of 24 + 64 bytes: one past a power of two, where every
+    // vector has just doubled. client-go's memdb reports ~201 bytes per such
+    // entry at 1M keys (`membuffer-mem`); the content itself is a 32-byte
+    // key slot, a 40-byte entry, 64 value bytes and a share of index nodes.
+    let mut buf = MemBuffer::new();
+    let mut largest_step = 0;
+    let mut before = buf.mem();
+    for i in 0..65_537u64 {
+        buf.set(&record_key(i), vec![7u8; 64]).unwrap();
+        let now = buf.mem();
+        largest_step = largest_step.max(now - before);
+        before = now;
+    }
+    let per_key = buf.mem() / buf.len();
+    assert!((136..=160).contains(&per_key), "{per_key} bytes per entry");
+    // One insert adds its entry and at most a full 256-slot index node,
+    // never a vector's doubling.
+    assert!(largest_step < 2_048, "one insert grew mem() by {largest_step} bytes");
+}
+
+#[test]
+fn mem_follows_values_through_overwrites_and_rollback() {
+    let mut buf = MemBuffer::new();
+    buf.set(b"k", vec![1u8; 1_000]).unwrap();
+    let one = buf.mem();
+    // An overwrite outside any staging replaces the value.
+    buf.set(b"k", vec![2u8; 10]).unwrap();
+    assert_eq!(buf.mem(), one - 990);
+    // Inside a staging the old value is kept for rollback and counted.
+    let h = buf.staging();
+    buf.set(b"k", vec![3u8; 5_000]).unwrap();
+    assert_eq!(buf.mem(), one - 1_000 + 10 + 5_000 + std::mem::size_of::<Undo>());
+    buf.cleanup(h).unwrap();
+    assert_eq!(buf.mem(), one - 990);
+    assert_eq!(buf.get(b"k").unwrap().value_bytes(), Some(&[2u8; 10][..]));
+    // Released, the undo record and its value are dropped.
+    let h = buf.staging();
+    buf.set(b"k", vec![4u8; 5_000]).unwrap();
+    buf.release(h).unwrap();
+    assert_eq!(buf.mem(), one - 1_000 + 5_000);
+    // Nested stagings merge one old version per key into the parent.
+    let outer = buf.staging();
+    buf.set(b"k", vec![5u8; 100]).unwrap();
+    let inner = buf.staging();
+    buf.set(b"k", vec![6u8; 200]).unwrap();
+    buf.release(inner).unwrap();
+    buf.cleanup(outer).unwrap();
+    assert_eq!(buf.mem(), one - 1_000 + 5_000);
+}
