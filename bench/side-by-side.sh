@@ -3,7 +3,9 @@
 # tokio client (BatchCommands and unary), client-go, tikv-client 0.4 and the
 # minimal tonic floors, against the echo cluster (canned answers: the
 # ceiling) and then one `tikv-sim` process, medians of 3, with the ratios
-# issue #7 sets targets on, in one run.
+# issue #7 sets targets on, in one run; then slow-store-bench (snapshot
+# gets by replica read type beside a slow or black-holed store, ours and
+# client-go's).
 #
 #   bash bench/side-by-side.sh                 # 2 s per cell, conc 1,64,256,1024
 #   bash bench/side-by-side.sh --secs 1 --conc 64 --reps 1
@@ -11,7 +13,8 @@
 # Builds everything in release first (tikv-sim, tikv-echo and tikv-bench; tikv-client's
 # runner from tests/peer-tikv-client, its own workspace; client-go's program
 # from tests/peer-client-go, which needs Go), then runs tikv-bench with every
-# mode; extra arguments go to tikv-bench. Not part of CI's tests.
+# mode (extra arguments go to tikv-bench), then slow-store-bench. Not part
+# of CI's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -30,6 +33,12 @@ fi
   GONOSUMDB=github.com/pingcap/kvproto GOFLAGS="-mod=readonly -buildvcs=false" \
     go build -o "$out/peer-client-go" .)
 
-exec "$out/tikv-bench" \
+"$out/tikv-bench" \
   --modes batch,unary,floor-stream,floor-unary,client-go,tikv-client \
   --client-go "$out/peer-client-go" --tikv-client "$out/tikv-client-bench" "$@"
+
+# Snapshot gets by replica read type beside a slow or black-holed store,
+# ours and client-go's (issue #16); its own defaults (conc 64, 2 s cells,
+# medians of 3), whatever the arguments above.
+echo
+"$out/slow-store-bench" --client-go "$out/peer-client-go"
