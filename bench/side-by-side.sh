@@ -4,7 +4,8 @@
 # minimal tonic floors, against the echo cluster (canned answers: the
 # ceiling) and then one `tikv-sim` process, medians of 3, with the ratios
 # issue #7 sets targets on, in one run; then YCSB's core workloads through
-# our client and client-go (ycsb-bench).
+# our client and client-go (ycsb-bench), and slow-store-bench (snapshot
+# gets by replica read type beside a slow or black-holed store).
 #
 #   bash bench/side-by-side.sh                 # 2 s per cell, conc 1,64,256,1024
 #   bash bench/side-by-side.sh --secs 1 --conc 64 --reps 1
@@ -12,8 +13,8 @@
 # Builds everything in release first (tikv-sim, tikv-echo and tikv-bench; tikv-client's
 # runner from tests/peer-tikv-client, its own workspace; client-go's program
 # from tests/peer-client-go, which needs Go), then runs tikv-bench with every
-# mode, then ycsb-bench; extra arguments go to tikv-bench. Not part of CI's
-# tests.
+# mode, then ycsb-bench and slow-store-bench; extra arguments go to
+# tikv-bench. Not part of CI's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,3 +42,9 @@ fi
 echo
 # shellcheck disable=SC2086 # YCSB_ARGS is a list of arguments
 "$out/ycsb-bench" --client-go "$out/peer-client-go" ${YCSB_ARGS:-}
+
+# Snapshot gets by replica read type beside a slow or black-holed store,
+# ours and client-go's (issue #16); its own defaults (conc 64, 2 s cells,
+# medians of 3), whatever the arguments above.
+echo
+"$out/slow-store-bench" --client-go "$out/peer-client-go"

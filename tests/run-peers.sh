@@ -15,11 +15,12 @@
 #     tikv-tests crate: it serves the cluster in its own process and drives
 #     the Go program's `interop` step server), then again with its stores
 #     joined to a real PD of its own (`--real-pd`);
-#  5. a smoke run of the side-by-side, transactional, contended-counter and
-#     YCSB benchmarks (debug builds, a fraction of a second per cell: it checks
-#     that every client's runner works, and that the counters add up, not
-#     how fast it is; the benchmarks themselves are bench/side-by-side.sh,
-#     txn-bench, txn-contention and ycsb-bench in release).
+#  5. a smoke run of the side-by-side, transactional, contended-counter,
+#     YCSB and slow-store benchmarks (debug builds, a fraction of a second per
+#     cell: it checks that every client's runner works, and that the counters
+#     add up, not how fast it is; the benchmarks themselves are
+#     bench/side-by-side.sh, txn-bench, txn-contention, ycsb-bench and
+#     slow-store-bench in release).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
 # them). Exits non-zero if any peer check fails.
 set -euo pipefail
@@ -44,7 +45,8 @@ if [ ! -f "$pd_dir/start-pd.sh" ]; then
   exit 1
 fi
 cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo --bin real-pd \
-  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention --bin txn-bench --bin ycsb-bench
+  -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention --bin txn-bench \
+  --bin ycsb-bench --bin slow-store-bench
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
@@ -205,6 +207,10 @@ echo "--- transactional benchmark, smoke run"
 
 echo "--- YCSB workloads A-F, ours and client-go (its ycsb mode), raw and txn, smoke run"
 "$CARGO_TARGET_DIR/debug/ycsb-bench" --secs 0.1 --reps 1 --conc 2 --records 300 --client-go "$go_bin"
+
+echo "--- slow-store benchmark, smoke run"
+"$CARGO_TARGET_DIR/debug/slow-store-bench" --secs 0.3 --warm-secs 0.3 --reps 1 --conc 4 \
+  --reads prefer-leader,follower --faults none,slow-100,black-hole --client-go "$go_bin"
 
 echo "--- client-go's region cache benchmark mode, smoke run (ours compiles under clippy's --all-targets)"
 "$go_bin" regioncachebench --regions 2000 --warm-up 20ms --measure 50ms

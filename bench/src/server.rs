@@ -130,6 +130,27 @@ impl Server {
         crate::workload::process_cpu_time(self.child.id())
     }
 
+    /// Sends `tikv-sim` a stdin command (`latency STORE MS`, `black-hole
+    /// STORE on|off`, `leaders`) and returns its answer line: the one that
+    /// starts with the command's first word.
+    pub fn command(&mut self, line: &str) -> Result<String, String> {
+        let stdin = self.stdin.as_mut().ok_or("the server's stdin is closed")?;
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).map_err(|e| e.to_string())?;
+        let word = line.split_whitespace().next().unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let answer =
+                self.lines.recv_timeout(left).map_err(|_| format!("no answer to {line:?}"))?;
+            if answer.starts_with("store command refused") {
+                return Err(format!("{line:?}: {answer}"));
+            }
+            if answer.split_whitespace().next() == Some(word) {
+                return Ok(answer);
+            }
+        }
+    }
+
     /// Its traffic so far; `None` when it does not answer.
     pub fn stats(&mut self) -> Option<ServerStats> {
         let stdin = self.stdin.as_mut()?;

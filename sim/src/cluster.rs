@@ -7,7 +7,7 @@
 //! simulation that feeds the same requests at the same instants sees the same
 //! answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -379,6 +379,9 @@ pub(crate) struct State {
     /// Extra time each store's gRPC face takes to answer a TiKV request (a
     /// slow disk or an overloaded store), by store ([`Cluster::set_store_latency`]).
     pub(crate) store_latency: BTreeMap<u64, std::time::Duration>,
+    /// Stores whose gRPC face takes connections but answers nothing
+    /// ([`Cluster::set_store_black_hole`]).
+    pub(crate) black_holes: BTreeSet<u64>,
     /// gRPC health `Check` calls each store answered ([`Cluster::health_check_count`]).
     pub(crate) health_checks: BTreeMap<u64, u64>,
 }
@@ -740,6 +743,26 @@ impl Cluster {
         self.lock().store_latency.get(&store_id).copied().unwrap_or_default()
     }
 
+    /// Black-holes store `store_id` (`on`) or ends it: its gRPC face still
+    /// accepts connections and reads requests but answers none of them, the
+    /// health probe included, until the black hole ends (then the held
+    /// requests are answered), as a TiKV whose process hangs or whose
+    /// answers are dropped on the way. The model is untouched: the store
+    /// keeps its leaders, as when only the path to the client is cut.
+    pub fn set_store_black_hole(&self, store_id: u64, on: bool) {
+        let mut st = self.lock();
+        if on {
+            st.black_holes.insert(store_id);
+        } else {
+            st.black_holes.remove(&store_id);
+        }
+    }
+
+    /// Whether [`Cluster::set_store_black_hole`] holds the store's answers.
+    pub fn is_store_black_holed(&self, store_id: u64) -> bool {
+        self.lock().black_holes.contains(&store_id)
+    }
+
     /// Counts a gRPC health `Check` answered by store `store_id`.
     pub(crate) fn count_health_check(&self, store_id: u64) {
         *self.lock().health_checks.entry(store_id).or_default() += 1;
@@ -852,6 +875,7 @@ impl State {
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
             store_latency: BTreeMap::new(),
+            black_holes: BTreeSet::new(),
             health_checks: BTreeMap::new(),
             cfg,
         };

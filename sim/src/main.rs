@@ -23,7 +23,13 @@
 //! `stats streams=S messages=M entries=E kv_unary=U pd_unary=P locks=L`: the
 //! stores' `BatchCommands` traffic so far (the benchmark's average batch
 //! size), the unary requests served, and the keys holding a lock now (a
-//! benchmark waits for a transaction's background resolution with it). `--region-error-rate F` answers a fraction
+//! benchmark waits for a transaction's background resolution with it).
+//! Stdin also takes faults by store: `latency STORE MS` (that store's gRPC
+//! face answers every request `MS` later, [`Cluster::set_store_latency`];
+//! 0 ends it), `black-hole STORE on|off` (it takes connections and
+//! requests but answers nothing, [`Cluster::set_store_black_hole`]),
+//! answered `latency ok` / `black-hole ok` or `store command refused: WHY`;
+//! and `leaders`, answered `leaders REGION:STORE ...`. `--region-error-rate F` answers a fraction
 //! `F` of TiKV requests with a random region error
 //! ([`Cluster::set_region_error_rate`], benchmark B9) of the kinds listed
 //! by `--region-error-kinds` (`not-leader`, `server-is-busy`,
@@ -318,6 +324,10 @@ fn main() -> ExitCode {
                     break;
                 }
                 Some(line) = lines.recv() => {
+                    if let Some(command) = parse_store_command(&line) {
+                        println!("{}", run_store_command(&cluster, command));
+                        continue;
+                    }
                     if line != "stats" {
                         continue;
                     }
@@ -337,6 +347,71 @@ fn main() -> ExitCode {
         server.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// A fault or topology question given on stdin (module docs).
+#[derive(Debug, PartialEq, Eq)]
+enum StoreCommand {
+    /// `latency STORE MS`: [`Cluster::set_store_latency`].
+    Latency(u64, std::time::Duration),
+    /// `black-hole STORE on|off`: [`Cluster::set_store_black_hole`].
+    BlackHole(u64, bool),
+    /// `leaders`: each region's leader store.
+    Leaders,
+    /// A command with bad arguments, and why.
+    Bad(String),
+}
+
+/// `None` for lines that are not a store command.
+fn parse_store_command(line: &str) -> Option<StoreCommand> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let store = |w: &str| w.parse::<u64>().map_err(|_| format!("{w:?} is not a store id"));
+    Some(match words.as_slice() {
+        ["leaders"] => StoreCommand::Leaders,
+        ["latency", id, ms] => match (store(id), ms.parse::<u64>()) {
+            (Ok(id), Ok(ms)) => StoreCommand::Latency(id, std::time::Duration::from_millis(ms)),
+            (Err(e), _) => StoreCommand::Bad(e),
+            (_, Err(_)) => StoreCommand::Bad(format!("{ms:?} is not milliseconds")),
+        },
+        ["black-hole", id, on @ ("on" | "off")] => match store(id) {
+            Ok(id) => StoreCommand::BlackHole(id, *on == "on"),
+            Err(e) => StoreCommand::Bad(e),
+        },
+        ["latency" | "black-hole", ..] => {
+            StoreCommand::Bad("usage: latency STORE MS | black-hole STORE on|off".into())
+        }
+        _ => return None,
+    })
+}
+
+/// Carries out a store command; the line to print.
+fn run_store_command(cluster: &Cluster, command: StoreCommand) -> String {
+    let known = |id: u64| cluster.store_ids().contains(&id);
+    match command {
+        StoreCommand::Leaders => {
+            let pairs: Vec<String> = cluster
+                .regions()
+                .iter()
+                .map(|r| {
+                    let store = cluster.leader_of(r.id).map_or(0, |p| p.store_id);
+                    format!("{}:{store}", r.id)
+                })
+                .collect();
+            format!("leaders {}", pairs.join(" "))
+        }
+        StoreCommand::Latency(id, latency) if known(id) => {
+            cluster.set_store_latency(id, latency);
+            "latency ok".into()
+        }
+        StoreCommand::BlackHole(id, on) if known(id) => {
+            cluster.set_store_black_hole(id, on);
+            "black-hole ok".into()
+        }
+        StoreCommand::Latency(id, _) | StoreCommand::BlackHole(id, _) => {
+            format!("store command refused: no store {id}")
+        }
+        StoreCommand::Bad(why) => format!("store command refused: {why}"),
+    }
 }
 
 /// Reads stdin lines on a thread of their own and hands them over; stdin
@@ -511,6 +586,42 @@ mod tests {
         assert!(parse("--pd 127.0.0.1:1 --tls-cert c.pem").is_err());
         assert!(parse("--pd 127.0.0.1:1 --tls-ca ca.pem").is_err());
         assert!(parse("--join-pd 127.0.0.1:2379 --tls-cert c.pem --tls-key k.pem").is_err());
+    }
+
+    #[test]
+    fn store_commands_parse_and_run() {
+        use std::time::Duration;
+        assert_eq!(parse_store_command("stats"), None);
+        assert_eq!(parse_store_command("leaders"), Some(StoreCommand::Leaders));
+        assert_eq!(
+            parse_store_command("latency 2 20"),
+            Some(StoreCommand::Latency(2, Duration::from_millis(20)))
+        );
+        assert_eq!(parse_store_command("black-hole 3 on"), Some(StoreCommand::BlackHole(3, true)));
+        assert_eq!(
+            parse_store_command("black-hole 3 off"),
+            Some(StoreCommand::BlackHole(3, false))
+        );
+        for bad in ["latency x 20", "latency 2 soon", "black-hole 3 maybe", "latency 2"] {
+            assert!(matches!(parse_store_command(bad), Some(StoreCommand::Bad(_))), "{bad}");
+        }
+        let cluster =
+            Cluster::new(ClusterConfig { split_keys: vec![vec![128]], ..ClusterConfig::default() });
+        let run = |line: &str| run_store_command(&cluster, parse_store_command(line).unwrap());
+        assert_eq!(run("latency 2 20"), "latency ok");
+        assert_eq!(cluster.store_latency(2), Duration::from_millis(20));
+        assert_eq!(run("black-hole 3 on"), "black-hole ok");
+        assert!(cluster.is_store_black_holed(3));
+        assert_eq!(run("black-hole 3 off"), "black-hole ok");
+        assert!(!cluster.is_store_black_holed(3));
+        assert_eq!(run("latency 9 1"), "store command refused: no store 9");
+        let leaders = run("leaders");
+        let pairs: Vec<&str> = leaders.strip_prefix("leaders ").unwrap().split(' ').collect();
+        assert_eq!(pairs.len(), 2);
+        for (pair, region) in pairs.iter().zip(cluster.regions()) {
+            let store = cluster.leader_of(region.id).unwrap().store_id;
+            assert_eq!(*pair, format!("{}:{store}", region.id));
+        }
     }
 
     #[test]

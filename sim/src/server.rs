@@ -44,7 +44,10 @@
 //! it handles each unary TiKV request and each `BatchCommands` message (so
 //! a stream's later messages queue behind it, as on a store whose disk
 //! stalls); its health probe still answers at once, as TiKV's does. Every
-//! answered probe is counted ([`Cluster::health_check_count`]).
+//! answered probe is counted ([`Cluster::health_check_count`]). A
+//! black-holed store ([`Cluster::set_store_black_hole`]) accepts
+//! connections and requests but answers nothing, probes included, until
+//! the black hole ends.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -264,16 +267,25 @@ impl TikvService {
         }
     }
 
-    /// Waits the store's latency ([`Cluster::set_store_latency`]).
+    /// Waits the store's latency ([`Cluster::set_store_latency`]), after
+    /// any black hole ([`wait_out_black_hole`]).
     async fn slow_down(&self) {
+        wait_out_black_hole(&self.cluster, self.store_id).await;
         let latency = self.cluster.store_latency(self.store_id);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
     }
 
+    /// A unary TiKV request: the store's latency, then the request.
     async fn call(&self, req: KvRequest) -> Result<KvResponse, Status> {
         self.slow_down().await;
+        self.handle(req).await
+    }
+
+    /// One request, without the store's latency (a `BatchCommands` entry:
+    /// its message waited it once for all its entries).
+    async fn handle(&self, req: KvRequest) -> Result<KvResponse, Status> {
         if let KvRequest::PessimisticLock(r) = req {
             return Ok(match self.start_lock(*r)? {
                 Started::Done(resp) => resp,
@@ -352,7 +364,7 @@ impl TikvService {
                                 continue;
                             }
                         },
-                        Ok(request) => response_to_batch(self.call(request).await?),
+                        Ok(request) => response_to_batch(self.handle(request).await?),
                         Err(ReqCmd::Empty(empty)) => {
                             Some(RespCmd::Empty(BatchCommandsEmptyResponse {
                                 test_id: empty.test_id,
@@ -615,6 +627,16 @@ impl PdService {
     }
 }
 
+/// Holds a call while its store is black-holed
+/// ([`Cluster::set_store_black_hole`]): the connection stays up and the
+/// request is read, its answer waits (polled every few milliseconds, as a
+/// black hole is a benchmark's and a test's fault, not the model's).
+async fn wait_out_black_hole(cluster: &Cluster, store_id: u64) {
+    while cluster.is_store_black_holed(store_id) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// gRPC's health service on every store, as TiKV registers it: the server
 /// as a whole (service `""`) is SERVING while the store runs (a stopped
 /// store's listener is closed, so the probe fails to connect); any other
@@ -637,6 +659,7 @@ impl Health for HealthService {
         if !service.is_empty() {
             return Err(Status::not_found(format!("unknown service {service:?}")));
         }
+        wait_out_black_hole(&self.cluster, self.store_id).await;
         self.cluster.count_health_check(self.store_id);
         Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
     }
@@ -1237,5 +1260,94 @@ impl SimServer {
         for (_, r) in self.pd {
             r.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant as WallInstant;
+
+    use tikv_proto::health::health_client::HealthClient;
+    use tikv_proto::tikvpb::batch_commands_request::Request as ReqEntry;
+    use tikv_proto::tikvpb::tikv_client::TikvClient;
+    use tonic::transport::{Channel, Endpoint};
+
+    use super::*;
+    use crate::ClusterConfig;
+
+    async fn channel(addr: &str) -> Channel {
+        Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+    }
+
+    /// The leader's store, a client of it and a raw get for its region.
+    async fn leader_client(
+        cluster: &Cluster,
+        server: &SimServer,
+    ) -> (u64, Channel, kvrpcpb::RawGetRequest) {
+        let region = cluster.regions()[0].clone();
+        let store = cluster.leader_of(region.id).unwrap().store_id;
+        let get = kvrpcpb::RawGetRequest {
+            context: cluster.context_for(region.id),
+            key: "k".into(),
+            ..Default::default()
+        };
+        (store, channel(&server.store_addr(store).await.unwrap()).await, get)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_black_holed_store_takes_connections_and_answers_once_it_ends() {
+        let cluster = Cluster::new(ClusterConfig::default());
+        let server = SimServer::start(cluster.clone(), ServerOptions::default()).await.unwrap();
+        let region = cluster.regions()[0].clone();
+        let store = cluster.leader_of(region.id).unwrap().store_id;
+        cluster.set_store_black_hole(store, true);
+        assert!(cluster.is_store_black_holed(store));
+        // Connecting still works: the listener and HTTP/2 are up.
+        let (_, chan, get) = leader_client(&cluster, &server).await;
+        let mut kv = TikvClient::new(chan.clone());
+        let mut health = HealthClient::new(chan);
+        let wait = Duration::from_millis(300);
+        assert!(tokio::time::timeout(wait, kv.raw_get(get.clone())).await.is_err());
+        let probe = tokio::time::timeout(wait, health.check(HealthCheckRequest::default()));
+        assert!(probe.await.is_err(), "the health probe is held too");
+        let mut batch = kv.clone();
+        let held = tokio::spawn(async move { batch.raw_get(get).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        cluster.set_store_black_hole(store, false);
+        let answer = tokio::time::timeout(Duration::from_secs(5), held).await;
+        assert!(answer.unwrap().unwrap().is_ok(), "the held request is answered");
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_store_waits_once_per_batch_commands_message() {
+        let cluster = Cluster::new(ClusterConfig::default());
+        let server = SimServer::start(cluster.clone(), ServerOptions::default()).await.unwrap();
+        let (store, chan, get) = leader_client(&cluster, &server).await;
+        let latency = Duration::from_millis(100);
+        cluster.set_store_latency(store, latency);
+        let entries = 8;
+        let req = BatchCommandsRequest {
+            requests: (0..entries)
+                .map(|_| ReqEntry { cmd: Some(ReqCmd::RawGet(get.clone())) })
+                .collect(),
+            request_ids: (1..=entries).collect(),
+            ..Default::default()
+        };
+        let mut kv = TikvClient::new(chan);
+        let start = WallInstant::now();
+        let mut stream =
+            kv.batch_commands(futures::stream::iter(vec![req])).await.unwrap().into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let took = start.elapsed();
+        assert_eq!(resp.responses.len(), entries as usize);
+        // One latency for the message, not one more per entry (900 ms).
+        assert!(took >= latency && took < 4 * latency, "{took:?}");
+        assert_eq!(resp.health_feedback.unwrap().slow_score, 100, "1 + 100 ms, capped at 100");
+        let start = WallInstant::now();
+        kv.raw_get(get).await.unwrap();
+        assert!(start.elapsed() >= latency, "a unary request waits the latency");
+        server.shutdown().await;
     }
 }

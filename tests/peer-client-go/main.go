@@ -11,7 +11,7 @@
 // then runs as it ships, with PD's router client and txnkv.NewClient's
 // etcd-based safe-point KV, which the simulator's own PD does not serve.
 //
-// Eight more modes serve other programs of this repository:
+// Nine more modes serve other programs of this repository:
 //
 //	peer-client-go interop --pd ADDR   client-go as a step server for the
 //	                                   interop driver (interop.go); with
@@ -30,6 +30,9 @@
 //	                                   rawkv or txnkv (ycsb.go)
 //	peer-client-go memdbbench ...      client-go's ART memdb bytes per key
 //	                                   (memdbbench.go)
+//	peer-client-go slowstore --pd ADDR ... snapshot gets by replica read
+//	                                   type beside a slow or black-holed
+//	                                   store (slowstore.go)
 package main
 
 import (
@@ -949,6 +952,8 @@ func main() {
 			os.Exit(contentionMain(os.Args[2:]))
 		case "txnbench":
 			os.Exit(txnBenchMain(os.Args[2:]))
+		case "slowstore":
+			os.Exit(slowStoreMain(os.Args[2:]))
 		case "pipelinedbench":
 			os.Exit(pipelinedBenchMain(os.Args[2:]))
 		case "regioncachebench":
