@@ -386,7 +386,8 @@ mod tests {
             Counting { rt: ThreadRuntime(std::time::Instant::now()), timers: AtomicUsize::new(0) };
         let transport = GrpcTransport::with_connector(connector, config);
         let deadline = transport.connector().rt.now() + Duration::from_secs(2);
-        let target = Target::Store { store_id: 1, addr: "127.0.0.1:1".into() };
+        let target =
+            Target::Store { store_id: 1, addr: "127.0.0.1:1".into(), forwarded_host: None };
         let request = Request::Kv(KvRequest::RawGet(Box::default()));
         let result = futures::executor::block_on(transport.call(&target, request, deadline));
         (transport.connector().timers.load(Ordering::SeqCst), result)
