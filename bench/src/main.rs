@@ -379,7 +379,11 @@ impl Clients {
             "batch-async-std" => ours(&self.async_std, is_get, w),
             "transport" => {
                 let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
-                let target = Target::Store { store_id: 1, addr: self.store.clone().into() };
+                let target = Target::Store {
+                    store_id: 1,
+                    addr: self.store.clone().into(),
+                    forwarded_host: None,
+                };
                 let ctx = self.ctx.clone();
                 let rt = TokioRuntime::new();
                 Arc::new(move |t, i| {

@@ -442,6 +442,12 @@ pub struct Config {
     pub tso_max_rounds_in_flight: usize,
     /// Where the client's background tasks run: [`TaskRuntime::Connecting`].
     pub task_runtime: TaskRuntime,
+    /// Forward requests for a leader the client cannot reach through a
+    /// follower's store that can (gRPC metadata `tikv-forwarded-host`):
+    /// off (client-go `EnableForwarding`, TiDB's
+    /// `tikv-client.enable-forwarding`). Off, a leader read or write whose
+    /// leader is unreachable goes to the followers to find a new leader.
+    pub enable_forwarding: bool,
 }
 
 impl Default for Config {
@@ -468,6 +474,7 @@ impl Default for Config {
             raw_batch_get_pair_count: 512,
             tso_max_rounds_in_flight: DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
             task_runtime: TaskRuntime::Connecting,
+            enable_forwarding: false,
         }
     }
 }
@@ -560,6 +567,9 @@ impl Config {
         with_raw_batch_get_pair_count: raw_batch_get_pair_count: usize;
         /// Sets the most TSO rounds in flight at once (at least 1).
         with_tso_max_rounds_in_flight: tso_max_rounds_in_flight: usize;
+        /// Turns forwarding through a follower's store on or off
+        /// ([`Config::enable_forwarding`]).
+        with_forwarding: enable_forwarding: bool;
     }
 
     /// Sets the transport's TLS ([`TransportConfig::tls`]): every

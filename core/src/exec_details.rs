@@ -402,7 +402,8 @@ impl RequestTimer {
         wanted: impl FnOnce(&crate::rpc::KvRequest) -> bool,
     ) -> bool {
         use crate::rpc::{Request, Target};
-        let (Request::Kv(request), Target::Store { store_id, addr }) = (&rpc.request, &rpc.target)
+        let (Request::Kv(request), Target::Store { store_id, addr, .. }) =
+            (&rpc.request, &rpc.target)
         else {
             return false;
         };

@@ -686,7 +686,11 @@ impl UnsafeDestroyRange {
         for store in targets {
             let rpc = Rpc {
                 id: RpcId(0),
-                target: Target::Store { store_id: store.id, addr: store.address.as_str().into() },
+                target: Target::Store {
+                    store_id: store.id,
+                    addr: store.address.as_str().into(),
+                    forwarded_host: None,
+                },
                 request: Request::Kv(request.clone()),
                 deadline: now + UNSAFE_DESTROY_RANGE_TIMEOUT,
             };

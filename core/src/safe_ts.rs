@@ -208,7 +208,7 @@ impl Operation for UpdateSafeTs {
         let request = kvrpcpb::StoreSafeTsRequest { key_range: Some(kvrpcpb::KeyRange::default()) };
         Some(Rpc {
             id,
-            target: Target::Store { store_id, addr },
+            target: Target::Store { store_id, addr, forwarded_host: None },
             request: Request::StoreSafeTs(Box::new(request)),
             deadline,
         })

@@ -173,8 +173,17 @@ impl FakeCluster {
     pub(crate) fn handle(&mut self, rpc: &Rpc) -> Result<Response, RpcError> {
         match (&rpc.target, &rpc.request) {
             (Target::Pd { addr }, Request::Pd(req)) => self.handle_pd(addr, req).map(Response::Pd),
-            (Target::Store { store_id, .. }, Request::Kv(req)) => {
-                self.handle_kv(*store_id, req.clone()).map(Response::Kv)
+            // As TiKV: a store asked to forward hands the request to the
+            // store at the forwarded host, whose answer comes back.
+            (Target::Store { store_id, forwarded_host, .. }, Request::Kv(req)) => {
+                let store_id = match forwarded_host {
+                    None => *store_id,
+                    Some(host) => match self.stores.iter().find(|(_, a)| **a == **host) {
+                        Some((id, _)) => *id,
+                        None => return Err(RpcError::Unavailable(format!("no store at {host}"))),
+                    },
+                };
+                self.handle_kv(store_id, req.clone()).map(Response::Kv)
             }
             (Target::Oracle, Request::Timestamp) => self.timestamp(),
             _ => Err(RpcError::Unavailable("wrong target".into())),

@@ -119,7 +119,7 @@ mod tests {
     fn identical_region_wide_resolves_share_one_call_while_it_is_in_flight() {
         let inner = Arc::new(Gated::default());
         let collapsing = Collapsing::new(inner.clone());
-        let store = Target::Store { store_id: 1, addr: "s1".into() };
+        let store = Target::Store { store_id: 1, addr: "s1".into(), forwarded_host: None };
         let at = Instant::MAX;
 
         let a = collapsing.call(&store, resolve(7, vec![]), at);
@@ -148,7 +148,7 @@ mod tests {
     fn a_failed_shared_call_fails_every_caller_and_is_not_remembered() {
         let inner = Arc::new(Gated::default());
         let collapsing = Collapsing::new(inner.clone());
-        let store = Target::Store { store_id: 1, addr: "s1".into() };
+        let store = Target::Store { store_id: 1, addr: "s1".into(), forwarded_host: None };
         let a = collapsing.call(&store, resolve(7, vec![]), Instant::MAX);
         let b = collapsing.call(&store, resolve(7, vec![]), Instant::MAX);
         inner.gates.lock().unwrap().clear(); // the network drops the call

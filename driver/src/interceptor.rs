@@ -39,6 +39,10 @@ pub struct StoreRpc {
     pub store_id: u64,
     /// The store's address.
     pub addr: Arc<str>,
+    /// The address of the store the request is for, when this store only
+    /// forwards it there (`tikv-forwarded-host`, see
+    /// `tikv_core::config::Config::enable_forwarding`).
+    pub forwarded_host: Option<Arc<str>>,
     /// The request; an interceptor may change it (e.g. its `Context`).
     pub request: KvRequest,
     /// When the client stops waiting for the answer.
@@ -246,7 +250,11 @@ impl Next {
                 interceptor.intercept(rpc, next)
             }
             None => {
-                let target = Target::Store { store_id: rpc.store_id, addr: rpc.addr };
+                let target = Target::Store {
+                    store_id: rpc.store_id,
+                    addr: rpc.addr,
+                    forwarded_host: rpc.forwarded_host,
+                };
                 let call = self.transport.call(&target, Request::Kv(rpc.request), rpc.deadline);
                 call.map(|outcome| match outcome? {
                     Response::Kv(response) => Ok(response),
@@ -275,8 +283,14 @@ impl Transport for Intercepted {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         match (target, request) {
-            (Target::Store { store_id, addr }, Request::Kv(request)) => {
-                let rpc = StoreRpc { store_id: *store_id, addr: addr.clone(), request, deadline };
+            (Target::Store { store_id, addr, forwarded_host }, Request::Kv(request)) => {
+                let rpc = StoreRpc {
+                    store_id: *store_id,
+                    addr: addr.clone(),
+                    forwarded_host: forwarded_host.clone(),
+                    request,
+                    deadline,
+                };
                 let next =
                     Next { chain: self.chain.clone(), at: 0, transport: self.transport.clone() };
                 next.run(rpc).map(|outcome| outcome.map(Response::Kv)).boxed()
@@ -340,7 +354,7 @@ mod tests {
     }
 
     fn store_target() -> Target {
-        Target::Store { store_id: 1, addr: "s1".into() }
+        Target::Store { store_id: 1, addr: "s1".into(), forwarded_host: None }
     }
 
     /// Appends its name to a shared log before and after the call.

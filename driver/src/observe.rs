@@ -336,7 +336,7 @@ impl RpcObserver {
                 _ => None,
             };
             let (store_id, addr) = match &rpc.target {
-                Target::Store { store_id, addr } => (*store_id, Some(&**addr)),
+                Target::Store { store_id, addr, .. } => (*store_id, Some(&**addr)),
                 Target::Pd { addr } => (0, Some(&**addr)),
                 Target::Oracle => (0, None),
             };

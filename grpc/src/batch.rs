@@ -2,7 +2,10 @@
 //! written once for every runtime (spawning and timers come from a
 //! `tikv_driver::Runtime`, the HTTP/2 channel is any [`GrpcChannel`]).
 //!
-//! Per store address, one [`BatchCollector`] (behind a mutex held only for
+//! Per store address (and forwarded host: requests a store forwards to
+//! another ride streams of their own opened with the `tikv-forwarded-host`
+//! metadata, as client-go's `batchCommandsClient` keeps one stream per
+//! forwarded host and TiKV forwards a whole stream), one [`BatchCollector`] (behind a mutex held only for
 //! the collector's own bookkeeping, never across I/O) over
 //! [`TransportConfig::batch_streams_per_store`] long-lived bidirectional
 //! `BatchCommands` streams, one per HTTP/2 connection (client-go's
@@ -45,7 +48,7 @@ use tikv_proto::tikvpb::BatchCommandsRequest;
 use tonic::codegen::http::uri::PathAndQuery;
 
 use crate::batch_codec::BatchCodec;
-use crate::dispatch::call_kv;
+use crate::dispatch::{call_kv, forward_to};
 use crate::status::to_rpc_error;
 use crate::{GrpcChannel, MessageLimits, TransportConfig};
 
@@ -73,11 +76,14 @@ pub struct BatchConns {
     /// hashbrown's hasher, not std's SipHash: this map is looked up on
     /// every call, and SipHash costs a few hundred instructions per lookup.
     /// Only looked up, never iterated.
-    by_addr: Mutex<hashbrown::HashMap<Arc<str>, mpsc::UnboundedSender<Entry>>>,
+    by_addr: Mutex<hashbrown::HashMap<StreamKey, mpsc::UnboundedSender<Entry>>>,
     /// The health feedback TiKV carried on its answers since the last
     /// [`BatchConns::take_health_feedback`], the latest per store.
     feedback: Arc<HealthFeedbacks>,
 }
+
+/// The streams' address and the forwarded host their requests are for.
+type StreamKey = (Arc<str>, Option<Arc<str>>);
 
 /// The latest `HealthFeedback` per store id.
 type HealthFeedbacks = Mutex<std::collections::BTreeMap<u64, kvrpcpb::HealthFeedback>>;
@@ -97,6 +103,8 @@ struct Shared<C, R> {
     wake: mpsc::UnboundedSender<()>,
     /// One channel source per stream slot; unary fallbacks use slot 0's.
     channels: Vec<ChannelSource<C>>,
+    /// The store the streams' requests are forwarded to, if any.
+    forwarded_host: Option<Arc<str>>,
     rt: R,
     config: TransportConfig,
     /// The address's pending-requests gauge, set under the collector's lock.
@@ -118,14 +126,15 @@ impl BatchConns {
     }
 
     /// Sends `request` over one of `addr`'s streams (or, as its collector
-    /// decides, unary) and waits for its answer. The first call for an
-    /// address spawns its tasks on `rt`, getting the channel of stream
+    /// decides, unary) and waits for its answer; with a forwarded host,
+    /// over `addr`'s streams to that host. The first call for an address
+    /// and host spawns its tasks on `rt`, getting the channel of stream
     /// slot `n` from `source(n)` (each `n` must be a separate HTTP/2
     /// connection).
     pub async fn call<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
-        addr: &Arc<str>,
+        (addr, forwarded_host): (&Arc<str>, Option<&Arc<str>>),
         source: impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
         request: KvRequest,
@@ -138,8 +147,9 @@ impl BatchConns {
         let mut entry = Entry { request, deadline, arrived: rt.now(), reply };
         // Twice at most: a driver whose executor has shut down (its task
         // dropped, so its queue closed) is replaced by one spawned now.
+        let key: StreamKey = (addr.clone(), forwarded_host.cloned());
         for _ in 0..2 {
-            let sender = self.sender(rt, addr, &source, config);
+            let sender = self.sender(rt, &key, &source, config);
             match sender.unbounded_send(entry) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
@@ -149,8 +159,8 @@ impl BatchConns {
                 Err(e) => {
                     entry = e.into_inner();
                     let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-                    if map.get(addr).is_some_and(|s| s.same_receiver(&sender)) {
-                        map.remove(addr);
+                    if map.get(&key).is_some_and(|s| s.same_receiver(&sender)) {
+                        map.remove(&key);
                     }
                 }
             }
@@ -161,7 +171,7 @@ impl BatchConns {
     fn sender<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
-        addr: &Arc<str>,
+        key: &StreamKey,
         source: &impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
     ) -> mpsc::UnboundedSender<Entry>
@@ -169,9 +179,10 @@ impl BatchConns {
         C::Future: Send,
     {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = map.get(addr) {
+        if let Some(sender) = map.get(key) {
             return sender.clone();
         }
+        let (addr, forwarded_host) = key;
         let (sender, entries) = mpsc::unbounded();
         let (wake, woken) = mpsc::unbounded();
         let streams = config.batch_streams_per_store.max(1);
@@ -184,12 +195,18 @@ impl BatchConns {
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
             channels: (0..streams).map(source).collect(),
+            forwarded_host: forwarded_host.clone(),
             rt: rt.clone(),
             config: config.clone(),
-            pending: tikv_driver::PendingRequests::of(addr),
+            pending: match forwarded_host {
+                None => tikv_driver::PendingRequests::of(addr),
+                Some(host) => {
+                    tikv_driver::PendingRequests::of(&format!("{addr} forwarding to {host}"))
+                }
+            },
         });
         rt.spawn(drive(shared, entries, woken).boxed());
-        map.insert(addr.clone(), sender.clone());
+        map.insert(key.clone(), sender.clone());
         sender
     }
 }
@@ -214,13 +231,15 @@ impl Outputs {
             let channel = (shared.channels[0])();
             let limits = MessageLimits::of(&shared.config);
             let rt = shared.rt.clone();
+            let forwarded_host = shared.forwarded_host.clone();
             shared.rt.spawn(
                 async move {
                     let call = async {
                         let channel = channel.await?;
                         let timeout = (deadline != Instant::MAX)
                             .then(|| deadline.saturating_duration_since(rt.now()));
-                        call_kv(channel, limits, request, timeout).await
+                        let host = forwarded_host.as_deref();
+                        call_kv(channel, limits, request, timeout, host).await
                     };
                     // The transport arms no timer for a stream request (the
                     // collector holds its deadline); once handed out here it
@@ -426,8 +445,13 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
             match ready {
                 Ok(()) => {
                     let path = PathAndQuery::from_static("/tikvpb.Tikv/BatchCommands");
-                    let request = tonic::IntoStreamingRequest::into_streaming_request(requests);
-                    grpc.streaming(request, path, BatchCodec).await.map_err(to_rpc_error)
+                    let mut request = tonic::IntoStreamingRequest::into_streaming_request(requests);
+                    match forward_to(&mut request, shared.forwarded_host.as_deref()) {
+                        Ok(()) => {
+                            grpc.streaming(request, path, BatchCodec).await.map_err(to_rpc_error)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             }

@@ -23,6 +23,25 @@ pub fn grpc_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<
     request
 }
 
+/// The gRPC metadata that asks a TiKV store to forward a request to the
+/// store at its value (TiKV's `FORWARD_METADATA_KEY`, client-go's
+/// `ForwardMetadataKey`).
+pub const FORWARD_METADATA_KEY: &str = "tikv-forwarded-host";
+
+/// Adds `tikv-forwarded-host: host` to `request` when `host` is given: the
+/// store it is sent to forwards it to the store at `host`. An address that
+/// cannot be a metadata value (not visible ASCII) is refused as
+/// [`RpcError::Unavailable`], as if the proxy could not reach it.
+pub fn forward_to<T>(request: &mut tonic::Request<T>, host: Option<&str>) -> Result<(), RpcError> {
+    if let Some(host) = host {
+        let value = tonic::metadata::MetadataValue::try_from(host).map_err(|_| {
+            RpcError::Unavailable(format!("forwarded host {host:?} is not a metadata value"))
+        })?;
+        request.metadata_mut().insert(FORWARD_METADATA_KEY, value);
+    }
+    Ok(())
+}
+
 /// A `PD` client over `channel` with `limits`.
 pub fn pd_client<C: GrpcChannel>(channel: C, limits: MessageLimits) -> PdClient<C> {
     PdClient::new(channel)
@@ -32,23 +51,29 @@ pub fn pd_client<C: GrpcChannel>(channel: C, limits: MessageLimits) -> PdClient<
 
 macro_rules! kv_dispatch {
     ($(($variant:ident, $method:ident, $req:ident, $resp:ident)),* $(,)?) => {
-        /// Sends one TiKV request with the matching `Tikv` method.
+        /// Sends one TiKV request with the matching `Tikv` method; with a
+        /// `forwarded_host`, the store forwards it there ([`forward_to`]).
         pub async fn call_kv<C: GrpcChannel>(
             channel: C,
             limits: MessageLimits,
             request: KvRequest,
             timeout: Option<Duration>,
+            forwarded_host: Option<&str>,
         ) -> Result<KvResponse, RpcError> {
             let mut client = TikvClient::new(channel)
                 .max_decoding_message_size(limits.decoding)
                 .max_encoding_message_size(limits.encoding);
             match request {
                 $(
-                    KvRequest::$variant(r) => client
-                        .$method(grpc_request(*r, timeout))
-                        .await
-                        .map(|resp| KvResponse::$variant(Box::new(resp.into_inner())))
-                        .map_err(to_rpc_error),
+                    KvRequest::$variant(r) => {
+                        let mut request = grpc_request(*r, timeout);
+                        forward_to(&mut request, forwarded_host)?;
+                        client
+                            .$method(request)
+                            .await
+                            .map(|resp| KvResponse::$variant(Box::new(resp.into_inner())))
+                            .map_err(to_rpc_error)
+                    }
                 )*
             }
         }

@@ -172,6 +172,10 @@ impl<C: Connector> Transport for GrpcTransport<C> {
             // Timestamp needs are the client's own oracle's, never sent.
             return future::ready(Err(RpcError::NotNetwork(request.name()))).boxed();
         };
+        let forwarded_host = match target {
+            Target::Store { forwarded_host, .. } => forwarded_host.clone(),
+            Target::Pd { .. } | Target::Oracle => None,
+        };
         async move {
             let rt = inner.connector.runtime();
             let now = rt.now();
@@ -184,7 +188,8 @@ impl<C: Connector> Transport for GrpcTransport<C> {
             // The collector enforces a stream request's deadline; only the
             // other paths need a timer here.
             let timed = deadline != Instant::MAX && !inner.rides_stream(&request);
-            let call = dispatch(&inner, &addr, request, deadline, timeout);
+            let to = Destination { addr: &addr, forwarded_host: forwarded_host.as_ref() };
+            let call = dispatch(&inner, to, request, deadline, timeout);
             let result = if timed {
                 let timer = inner.connector.sleep_until(deadline);
                 match future::select(std::pin::pin!(call), std::pin::pin!(timer)).await {
@@ -218,6 +223,14 @@ fn blame_deadline<T>(
     }
 }
 
+/// Where a call goes: the address, and the store that address forwards a
+/// TiKV request to, if any.
+#[derive(Clone, Copy)]
+struct Destination<'a> {
+    addr: &'a Arc<str>,
+    forwarded_host: Option<&'a Arc<str>>,
+}
+
 /// Sends `request` on the path its kind takes. The stream path is the hot
 /// one: it asks the connector for a channel only to start a stream, and the
 /// other paths' futures (a tonic unary call is kilobytes of state) are
@@ -225,22 +238,30 @@ fn blame_deadline<T>(
 /// its box on each call.
 async fn dispatch<C: Connector>(
     inner: &Arc<Inner<C>>,
-    addr: &Arc<str>,
+    to: Destination<'_>,
     request: Request,
     deadline: Instant,
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
     let limits = MessageLimits::of(&inner.config);
     let rt = inner.connector.runtime();
+    let addr = to.addr;
     match request {
         Request::Kv(request) if inner.config.batch_commands && is_batchable(&request) => {
             let source = |conn| stream_channel(inner, addr, conn);
-            let call = inner.batch.call(rt, addr, source, &inner.config, request, deadline);
+            let call = inner.batch.call(
+                rt,
+                (addr, to.forwarded_host),
+                source,
+                &inner.config,
+                request,
+                deadline,
+            );
             call.await.map(Response::Kv)
         }
         Request::Kv(request) => Box::pin(async move {
             let channel = inner.connector.channel(addr, 0, &inner.config).await?;
-            call_kv(channel, limits, request, timeout).await
+            call_kv(channel, limits, request, timeout, to.forwarded_host.map(|h| &**h)).await
         })
         .await
         .map(Response::Kv),
@@ -386,7 +407,8 @@ mod tests {
             Counting { rt: ThreadRuntime(std::time::Instant::now()), timers: AtomicUsize::new(0) };
         let transport = GrpcTransport::with_connector(connector, config);
         let deadline = transport.connector().rt.now() + Duration::from_secs(2);
-        let target = Target::Store { store_id: 1, addr: "127.0.0.1:1".into() };
+        let target =
+            Target::Store { store_id: 1, addr: "127.0.0.1:1".into(), forwarded_host: None };
         let request = Request::Kv(KvRequest::RawGet(Box::default()));
         let result = futures::executor::block_on(transport.call(&target, request, deadline));
         (transport.connector().timers.load(Ordering::SeqCst), result)

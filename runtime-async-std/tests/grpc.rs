@@ -300,7 +300,7 @@ impl Drop for TestServer {
 // ------------------------------------------------------------------ client
 
 fn store(addr: Arc<str>) -> Target {
-    Target::Store { store_id: 1, addr }
+    Target::Store { store_id: 1, addr, forwarded_host: None }
 }
 
 fn raw_get(key: &'static str) -> Request {

@@ -137,7 +137,7 @@ async fn pending_requests_fail_retryably_when_the_stream_breaks() {
     let (addr, server_rt) = start_swallow();
     let rt = TokioRuntime::new();
     let transport = Arc::new(GrpcTransport::new(TransportConfig::default()));
-    let target = Target::Store { store_id: 1, addr: addr.to_string().into() };
+    let target = Target::Store { store_id: 1, addr: addr.to_string().into(), forwarded_host: None };
     let deadline = rt.now() + Duration::from_secs(10);
     let calls: Vec<_> =
         (0..8).map(|_| tokio::spawn(transport.call(&target, raw_get(), deadline))).collect();
@@ -162,7 +162,7 @@ async fn an_unanswered_request_ends_at_its_deadline() {
     let (addr, server_rt) = start_swallow();
     let rt = TokioRuntime::new();
     let transport = GrpcTransport::new(TransportConfig::default());
-    let target = Target::Store { store_id: 1, addr: addr.to_string().into() };
+    let target = Target::Store { store_id: 1, addr: addr.to_string().into(), forwarded_host: None };
     let started = std::time::Instant::now();
     let result = transport.call(&target, raw_get(), rt.now() + Duration::from_millis(300)).await;
     assert_eq!(result.map(|r| r.name()), Err(RpcError::DeadlineExceeded));

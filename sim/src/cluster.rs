@@ -384,6 +384,11 @@ pub(crate) struct State {
     pub(crate) black_holes: BTreeSet<u64>,
     /// gRPC health `Check` calls each store answered ([`Cluster::health_check_count`]).
     pub(crate) health_checks: BTreeMap<u64, u64>,
+    /// Stores the client is cut off from ([`Cluster::cut_client_from_store`]).
+    pub(crate) client_cut: std::collections::BTreeSet<u64>,
+    /// TiKV requests each store forwarded to another (`tikv-forwarded-host`,
+    /// [`Cluster::forwarded_count`]).
+    pub(crate) forwarded: BTreeMap<u64, u64>,
 }
 
 /// A simulated TiKV cluster: PD members and stores over one shared model.
@@ -774,6 +779,42 @@ impl Cluster {
         self.lock().health_checks.get(&store_id).copied().unwrap_or(0)
     }
 
+    /// Cuts the client off from store `store_id` while the store keeps
+    /// running and leading (a partition between the client and that store
+    /// only): its gRPC face refuses every call that comes from a client,
+    /// health probes included, with `UNAVAILABLE`; requests other stores
+    /// forward to it are still served.
+    pub fn cut_client_from_store(&self, store_id: u64) {
+        self.lock().client_cut.insert(store_id);
+    }
+
+    /// Ends [`Cluster::cut_client_from_store`] for `store_id`.
+    pub fn heal_client_to_store(&self, store_id: u64) {
+        self.lock().client_cut.remove(&store_id);
+    }
+
+    /// True while the client is cut off from store `store_id`.
+    pub fn is_client_cut(&self, store_id: u64) -> bool {
+        self.lock().client_cut.contains(&store_id)
+    }
+
+    /// Counts `n` TiKV requests store `store_id` forwarded to another.
+    pub(crate) fn count_forwarded(&self, store_id: u64, n: u64) {
+        *self.lock().forwarded.entry(store_id).or_default() += n;
+    }
+
+    /// TiKV requests store `store_id`'s gRPC face forwarded to another
+    /// store (`tikv-forwarded-host`), each entry of a forwarded
+    /// `BatchCommands` stream counted.
+    pub fn forwarded_count(&self, store_id: u64) -> u64 {
+        self.lock().forwarded.get(&store_id).copied().unwrap_or(0)
+    }
+
+    /// The store whose address is `addr`.
+    pub fn store_at(&self, addr: &str) -> Option<u64> {
+        self.lock().stores.iter().find(|(_, s)| s.meta.address == addr).map(|(id, _)| *id)
+    }
+
     /// True if the store exists and is running.
     pub fn is_store_running(&self, store_id: u64) -> bool {
         self.lock().stores.get(&store_id).is_some_and(|s| s.running)
@@ -877,6 +918,8 @@ impl State {
             store_latency: BTreeMap::new(),
             black_holes: BTreeSet::new(),
             health_checks: BTreeMap::new(),
+            client_cut: Default::default(),
+            forwarded: BTreeMap::new(),
             cfg,
         };
         for _ in 0..st.cfg.stores {

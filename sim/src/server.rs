@@ -48,6 +48,19 @@
 //! black-holed store ([`Cluster::set_store_black_hole`]) accepts
 //! connections and requests but answers nothing, probes included, until
 //! the black hole ends.
+//!
+//! Forwarding follows TiKV's `kv.rs`: a call carrying the
+//! `tikv-forwarded-host` metadata is served by the store at that address,
+//! whose answer comes back through the store that received it (a unary
+//! call as `forward_unary` does, a `BatchCommands` stream as a whole, as
+//! TiKV forwards the stream to the host); the receiving store counts it
+//! ([`Cluster::forwarded_count`]). TiKV forwards over its own gRPC
+//! connection to the leader's store; here the hand-over is in-process, to
+//! that store's service. A client cut off from one store
+//! ([`Cluster::cut_client_from_store`]) gets `UNAVAILABLE` for every call
+//! to it, health probes included (a simplification of a partition, whose
+//! connections would be refused or time out: the client sees the same
+//! send failure), while calls forwarded to it are served.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -247,9 +260,38 @@ struct TikvService {
     released: Arc<Notify>,
     counters: Arc<BatchCounters>,
     admin: Option<Arc<dyn StoreAdmin>>,
+    /// The store that received the call and forwards it to this one.
+    forwarded_by: Option<u64>,
 }
 
+/// The metadata asking a store to forward a call (TiKV's
+/// `FORWARD_METADATA_KEY`).
+const FORWARD_METADATA_KEY: &str = "tikv-forwarded-host";
+
 impl TikvService {
+    /// The service that serves a call arriving at this store with
+    /// `metadata` (module docs): the forwarded host's store if the call
+    /// names one, else this store unless the client is cut off from it.
+    fn serving(&self, metadata: &tonic::metadata::MetadataMap) -> Result<TikvService, Status> {
+        let Some(host) = metadata.get(FORWARD_METADATA_KEY) else {
+            if self.cluster.is_client_cut(self.store_id) {
+                return Err(Status::unavailable(format!(
+                    "store {} is cut off from the client",
+                    self.store_id
+                )));
+            }
+            return Ok(self.clone());
+        };
+        let host = host
+            .to_str()
+            .map_err(|_| Status::invalid_argument("tikv-forwarded-host is not ASCII"))?;
+        let store_id = self
+            .cluster
+            .store_at(host)
+            .ok_or_else(|| Status::unavailable(format!("no store at forwarded host {host}")))?;
+        Ok(TikvService { store_id, forwarded_by: Some(self.store_id), ..self.clone() })
+    }
+
     /// This store's health feedback, as TiKV attaches it to
     /// `BatchCommands` answers: raftstore's slow score, 1 (healthy) to
     /// 100. TiKV raises it as its disk inspections time out; here it is
@@ -337,6 +379,18 @@ impl TikvService {
     ) -> Result<Option<BatchCommandsResponse>, Status> {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(req.requests.len() as u64, Ordering::Relaxed);
+        match self.forwarded_by {
+            Some(proxy) => self.cluster.count_forwarded(proxy, req.requests.len() as u64),
+            // A stream the client opened before the cut breaks at its next
+            // message.
+            None if self.cluster.is_client_cut(self.store_id) => {
+                return Err(Status::unavailable(format!(
+                    "store {} is cut off from the client",
+                    self.store_id
+                )));
+            }
+            None => {}
+        }
         self.slow_down().await;
         let mut responses = Vec::with_capacity(req.requests.len());
         let mut request_ids = Vec::with_capacity(req.requests.len());
@@ -496,7 +550,11 @@ macro_rules! tikv_methods {
                     request: Request<kvrpcpb::$req>,
                 ) -> Result<Response<kvrpcpb::$resp>, Status> {
                     self.counters.unary.fetch_add(1, Ordering::Relaxed);
-                    match self.call(KvRequest::$variant(Box::new(request.into_inner()))).await? {
+                    let svc = self.serving(request.metadata())?;
+                    if let Some(proxy) = svc.forwarded_by {
+                        self.cluster.count_forwarded(proxy, 1);
+                    }
+                    match svc.call(KvRequest::$variant(Box::new(request.into_inner()))).await? {
                         KvResponse::$variant(r) => Ok(Response::new(*r)),
                         _ => Err(Status::internal("response does not match the request")),
                     }
@@ -507,7 +565,8 @@ macro_rules! tikv_methods {
                 &self,
                 request: Request<tonic::Streaming<BatchCommandsRequest>>,
             ) -> Result<Response<BoxStream<BatchCommandsResponse>>, Status> {
-                Ok(Response::new(self.batch_stream(request.into_inner())))
+                let svc = self.serving(request.metadata())?;
+                Ok(Response::new(svc.batch_stream(request.into_inner())))
             }
 
             /// TiKV's `GetStoreSafeTS`: the smallest safe ts of this store's
@@ -516,6 +575,9 @@ macro_rules! tikv_methods {
                 &self,
                 request: Request<kvrpcpb::StoreSafeTsRequest>,
             ) -> Result<Response<kvrpcpb::StoreSafeTsResponse>, Status> {
+                if self.cluster.is_client_cut(self.store_id) {
+                    return Err(Status::unavailable("cut off from the client"));
+                }
                 self.cluster
                     .get_store_safe_ts(self.store_id, &request.into_inner(), self.clock.now())
                     .map(Response::new)
@@ -655,6 +717,12 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        if self.cluster.is_client_cut(self.store_id) {
+            return Err(Status::unavailable(format!(
+                "store {} is cut off from the client",
+                self.store_id
+            )));
+        }
         let service = request.into_inner().service;
         if !service.is_empty() {
             return Err(Status::not_found(format!("unknown service {service:?}")));
@@ -1146,6 +1214,7 @@ impl SimServer {
             released: released.clone(),
             counters: counters.clone(),
             admin: admin.clone(),
+            forwarded_by: None,
         };
         // TiKV takes messages of any size (`max_receive_message_len(-1)`):
         // tonic's 4 MiB default would break a stream carrying a burst of

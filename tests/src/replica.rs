@@ -55,6 +55,8 @@ macro_rules! replica_suite {
             tiflash_peers_are_never_chosen,
             a_down_store_is_skipped_until_its_health_probe_answers,
             a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads,
+            a_leader_cut_off_from_the_client_is_reached_through_a_proxy,
+            without_forwarding_a_leader_cut_off_from_the_client_is_not_reached,
         );
     };
 }
@@ -428,6 +430,159 @@ pub async fn a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads<H: Harnes
         "the slow leader is sent no more reads: {}",
         counts(&cluster, "raw_get")
     );
+    server.shutdown().await;
+}
+
+/// The stores' forwarded requests, summed.
+fn forwarded(cluster: &Cluster) -> u64 {
+    cluster.store_ids().into_iter().map(|s| cluster.forwarded_count(s)).sum()
+}
+
+/// Under the simulated platform the stores are reached over the simulated
+/// network, which has no client-only partition and no forwarding: says so
+/// and checks that the leader serves a write and a read unforwarded.
+async fn no_cut_on_simulated_network<H: Harness>(server: SimHandle, bed: Bed) {
+    let skip = NotOnThisBed {
+        bed,
+        step: "cut the client off from one store",
+        why: "the simulated network has no client-only partition and forwards nothing",
+    };
+    eprintln!("{skip}; checking that the leader serves requests unforwarded instead");
+    let cluster = server.cluster().clone();
+    let raw = RawClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    assert_eq!(raw.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    assert_eq!(forwarded(&cluster), 0);
+    server.shutdown().await;
+}
+
+/// Forwarding on (client-go `EnableForwarding`): the client is cut off
+/// from the leader's store only, which stays the leader. The first request
+/// fails to reach it, and from then on every write and read goes through a
+/// follower's store with `tikv-forwarded-host` (over `BatchCommands`, then
+/// unary): the leader serves them all, the followers forward them and
+/// serve none themselves. Once the cut heals, the client's health probe
+/// finds the leader again and requests go to it directly.
+pub async fn a_leader_cut_off_from_the_client_is_reached_through_a_proxy<H: Harness>(bed: Bed) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    if server.on_simulated_network() {
+        return no_cut_on_simulated_network::<H>(server, bed).await;
+    }
+    let cluster = server.cluster().clone();
+    let (region, leader) = raw_region(&cluster, b"k");
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let config = Config::default()
+        .with_pd_endpoints(server.pd_addrs())
+        .with_store_refresh_interval(Duration::from_secs(2))
+        .with_forwarding(true);
+    let raw = RawClient::<H>::connect_with_config(config.clone()).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    assert_eq!(raw.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+
+    cluster.cut_client_from_store(leader);
+    let (gets, puts) = (
+        cluster.kv_request_count(leader, "raw_get", Some(false)),
+        cluster.kv_request_count(leader, "raw_put", Some(false)),
+    );
+    for i in 0..READS {
+        let value = format!("v{i}");
+        raw.put("k", value.clone()).await.expect("put through a proxy");
+        let got = raw.get("k").await.expect("get through a proxy");
+        assert_eq!(got.as_deref(), Some(value.as_bytes()));
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", Some(false)) - gets,
+        READS as u64,
+        "the leader served every read: {}",
+        counts(&cluster, "raw_get")
+    );
+    assert_eq!(cluster.kv_request_count(leader, "raw_put", Some(false)) - puts, READS as u64);
+    for f in &followers {
+        assert_eq!(
+            cluster.kv_request_count(*f, "raw_get", None),
+            0,
+            "{}",
+            counts(&cluster, "raw_get")
+        );
+        assert_eq!(cluster.kv_request_count(*f, "raw_put", None), 0);
+    }
+    assert!(forwarded(&cluster) >= 2 * READS as u64, "forwarded: {}", forwarded(&cluster));
+    assert_eq!(cluster.leader_of(region).expect("a leader").store_id, leader, "still the leader");
+
+    // Unary calls are forwarded the same way.
+    let mut transport = config.transport.clone();
+    transport.batch_commands = false;
+    let unary = config.with_transport(transport);
+    let unary_raw = RawClient::<H>::connect_with_config(unary).await.expect("connect");
+    let before = forwarded(&cluster);
+    assert_eq!(unary_raw.get("k").await.expect("unary get").as_deref(), Some(&b"v11"[..]));
+    assert!(forwarded(&cluster) > before, "the unary get was forwarded");
+
+    cluster.heal_client_to_store(leader);
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = forwarded(&cluster);
+        assert_eq!(raw.get("k").await.expect("get").as_deref(), Some(&b"v11"[..]));
+        if forwarded(&cluster) == before {
+            break;
+        }
+        assert!(Instant::now() < give_up, "still forwarded after the cut healed");
+        H::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
+}
+
+/// Forwarding off (the default, as client-go's): the same cut sends the
+/// client to the followers with leader semantics; each names the leader it
+/// cannot reach, so a read is not served while the cut holds: it is still
+/// retrying after 3 s (neither answered nor failed). Nothing is
+/// forwarded and the leader stays the leader; once the cut heals and the
+/// health probe finds the leader, reads are served again.
+pub async fn without_forwarding_a_leader_cut_off_from_the_client_is_not_reached<H: Harness>(
+    bed: Bed,
+) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    if server.on_simulated_network() {
+        return no_cut_on_simulated_network::<H>(server, bed).await;
+    }
+    let cluster = server.cluster().clone();
+    let (region, leader) = raw_region(&cluster, b"k");
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let config = Config::default()
+        .with_pd_endpoints(server.pd_addrs())
+        .with_store_refresh_interval(Duration::from_secs(2));
+    let raw = RawClient::<H>::connect_with_config(config).await.expect("connect");
+    raw.put("k", "v").await.expect("put");
+    cluster.cut_client_from_store(leader);
+    let on_followers = |c: &Cluster| -> u64 {
+        followers.iter().map(|f| c.kv_request_count(*f, "raw_get", Some(false))).sum()
+    };
+    let leader_gets = cluster.kv_request_count(leader, "raw_get", None);
+    let get = Box::pin(raw.get("k"));
+    let patience = Box::pin(H::sleep(Duration::from_secs(3)));
+    if let futures::future::Either::Left((outcome, _)) =
+        futures::future::select(get, patience).await
+    {
+        panic!("answered while the cut holds: {outcome:?}");
+    }
+    assert!(on_followers(&cluster) >= 1, "tried the followers: {}", counts(&cluster, "raw_get"));
+    assert_eq!(cluster.kv_request_count(leader, "raw_get", None), leader_gets);
+    assert_eq!(forwarded(&cluster), 0);
+    assert_eq!(cluster.leader_of(region).expect("a leader").store_id, leader);
+
+    cluster.heal_client_to_store(leader);
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let get = Box::pin(raw.get("k"));
+        let patience = Box::pin(H::sleep(Duration::from_secs(2)));
+        if let futures::future::Either::Left((Ok(got), _)) =
+            futures::future::select(get, patience).await
+        {
+            assert_eq!(got.as_deref(), Some(&b"v"[..]));
+            break;
+        }
+        assert!(Instant::now() < give_up, "never served after the cut healed");
+    }
     server.shutdown().await;
 }
 

@@ -469,7 +469,7 @@ impl Drop for RawPeer {
 // ------------------------------------------------------------------ client
 
 fn store(addr: Arc<str>) -> Target {
-    Target::Store { store_id: 1, addr }
+    Target::Store { store_id: 1, addr, forwarded_host: None }
 }
 
 fn raw_get(key: &str) -> Request {

@@ -310,6 +310,8 @@ async fn our_cell(pd: &str, read: &str, label: &str, args: &Args) -> Result<Outc
         cpu,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
+        // Not a memory benchmark: 0 is "not measured" in a RESULT line.
+        peak_rss_kib: 0,
     };
     Ok(Outcome { result, hung })
 }

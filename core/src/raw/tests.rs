@@ -304,6 +304,28 @@ fn send_failure_backs_off_and_follows_the_new_leader() {
     insta::assert_snapshot!(log);
 }
 
+/// With forwarding on (client-go `EnableForwarding`), a leader the client
+/// cannot connect to is reached through a follower's store: the request
+/// goes to store 2 with store 1's address as the forwarded host, and the
+/// next call goes that way at once (store 2 remembered as the proxy).
+#[test]
+fn forwarding_reaches_an_unreachable_leader_through_a_follower() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = crate::testing::view_with(crate::config::Config::default().with_forwarding(true));
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    let (mut log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    let (next, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    assert_eq!(next.matches("send #").count(), 1, "{next}");
+    assert!(next.contains("-> store2(store2:20160) forwarding to store1:20160"), "{next}");
+    log.push_str("-- next call\n");
+    log.push_str(&next);
+    insta::assert_snapshot!(log);
+}
+
 /// A request an interceptor refused ends the call at once: no backoff, no
 /// other peer, no store marked unreachable.
 #[test]

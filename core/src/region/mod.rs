@@ -185,6 +185,9 @@ type Peers = SmallVec<[metapb::Peer; 3]>;
 /// A store epoch slot not captured yet.
 const EPOCH_UNSET: u32 = u32::MAX;
 
+/// The proxy slot of a region whose requests are not forwarded.
+const NO_PROXY: u32 = u32::MAX;
+
 /// A cached region: PD's metadata with keys decoded to user keys, plus the
 /// mutable routing state client-go keeps next to it (current leader, TTL,
 /// invalidation).
@@ -213,6 +216,9 @@ pub struct Region {
     /// first use, since the cache does not consult the store table). A
     /// store whose epoch moved since had a failure: the replica is stale.
     store_epochs: SmallVec<[AtomicU32; 3]>,
+    /// Index into `peers` of the follower that last forwarded a request to
+    /// an unreachable leader (client-go's `proxyTiKVIdx`), or [`NO_PROXY`].
+    proxy: AtomicU32,
 }
 
 impl Region {
@@ -248,6 +254,7 @@ impl Region {
             leader: AtomicU32::new(leader_idx),
             ver: RegionVerId::of(&meta),
             store_epochs: peers.iter().map(|_| AtomicU32::new(EPOCH_UNSET)).collect(),
+            proxy: AtomicU32::new(NO_PROXY),
             start,
             end,
             peers,
@@ -265,6 +272,24 @@ impl Region {
                 Err(captured) => captured,
             },
         )
+    }
+
+    /// The peer that last forwarded a request to the unreachable leader
+    /// (client-go's `proxyTiKVIdx`): the next forwarded calls try it first.
+    pub fn proxy_index(&self) -> Option<usize> {
+        let i = self.proxy.load(Ordering::Acquire);
+        (i != NO_PROXY).then_some(i as usize).filter(|&i| i < self.peers.len())
+    }
+
+    /// Remembers peer `i` as the proxy to the leader, or forgets it
+    /// (client-go `setProxyStoreIdx`, `unsetProxyStoreIfNeeded`).
+    pub fn set_proxy_index(&self, i: Option<usize>) {
+        let slot = match i {
+            // `peers.len()` fits a u32 (checked in `new`).
+            Some(i) if i < self.peers.len() => i as u32,
+            _ => NO_PROXY,
+        };
+        self.proxy.store(slot, Ordering::Release);
     }
 
     /// Makes the next lookup reload the region from PD while calls holding

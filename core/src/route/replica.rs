@@ -44,6 +44,18 @@
 //! the store reachable again once it answers. A slow store (slow score at
 //! 80 or more) loses the *not slow* score bit, and prefer-leader reads do
 //! not consider slow followers at all nor prefer a slow leader.
+//!
+//! With **forwarding** on ([`ReplicaSelector::set_forwarding`], client-go's
+//! `EnableForwarding`), a leader read or write whose leader's store is not
+//! reachable from the client, while no peer said it lost the leadership,
+//! still goes to the leader, through a reachable follower's store that
+//! forwards it (client-go `ReplicaSelectLeaderWithProxyStrategy`; TiKV
+//! reads the `tikv-forwarded-host` metadata). The proxy that served last
+//! is remembered on the region and tried first by the next calls; each
+//! other follower serves as proxy once per call; once none is left the
+//! leader's store epoch is bumped and the region reloaded. A failed send
+//! to the leader then marks its store unreachable without giving up on
+//! the leader, and a failed send through a proxy gives up on the proxy.
 
 use smallvec::SmallVec;
 use tikv_proto::metapb;
@@ -259,7 +271,7 @@ struct Mixed {
 }
 
 /// What the selector decided for the next attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Pick {
     /// Send to the peer at this index of the region's peers.
     Send {
@@ -271,6 +283,9 @@ pub enum Pick {
         /// Set `Context.stale_read`: the target serves the read from its
         /// own data at the read ts, or answers `DataIsNotReady`.
         stale_read: bool,
+        /// Send to this peer's store instead, which forwards the request
+        /// to the target's store (`tikv-forwarded-host`).
+        proxy: Option<usize>,
     },
     /// The selector needs to know this store (its address, labels and
     /// engine) before it can decide: load it from PD and ask again.
@@ -279,6 +294,27 @@ pub enum Pick {
     /// answer was seen (then only this call gives up, as client-go's fast
     /// retry without invalidation).
     Exhausted,
+}
+
+/// A pick without a proxy prints without one: the proxy shows only where
+/// forwarding happens.
+impl std::fmt::Debug for Pick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pick::Send { peer, replica_read, stale_read, proxy } => {
+                let mut d = f.debug_struct("Send");
+                d.field("peer", peer)
+                    .field("replica_read", replica_read)
+                    .field("stale_read", stale_read);
+                if let Some(p) = proxy {
+                    d.field("proxy", p);
+                }
+                d.finish()
+            }
+            Pick::Resolve(store) => f.debug_tuple("Resolve").field(store).finish(),
+            Pick::Exhausted => f.write_str("Exhausted"),
+        }
+    }
 }
 
 /// What to do after a `NotLeader` answer.
@@ -327,6 +363,11 @@ pub struct ReplicaSelector {
     replicas: SmallVec<[Replica; 3]>,
     /// The peer of the last [`Pick::Send`].
     target: Option<usize>,
+    /// The peer the last [`Pick::Send`] goes through to reach the target
+    /// (client-go's `proxy`).
+    proxy: Option<usize>,
+    /// Unreachable leaders are reached through a follower's store.
+    forwarding: bool,
     /// `ServerIsBusy` answers without a wait from the cached leader, the
     /// peer id they were counted for, and whether a probe was fired.
     leader_busy_count: u32,
@@ -356,6 +397,8 @@ impl ReplicaSelector {
             busy_threshold: read.busy_threshold,
             replicas: region.peers().iter().map(|_| Replica::default()).collect(),
             target: None,
+            proxy: None,
+            forwarding: false,
             leader_busy_count: 0,
             leader_busy_peer: 0,
             leader_busy_probed: false,
@@ -374,6 +417,12 @@ impl ReplicaSelector {
         self.labels.clone_from(&read.labels);
         self.store_ids.clone_from(&read.store_ids);
         self.busy_threshold = read.busy_threshold;
+    }
+
+    /// Reaches leaders the client cannot reach through a follower's store
+    /// (client-go `EnableForwarding`); off by default.
+    pub fn set_forwarding(&mut self, on: bool) {
+        self.forwarding = on;
     }
 
     /// The busy threshold the next request carries
@@ -414,6 +463,7 @@ impl ReplicaSelector {
 
     fn pick(&mut self, region: &Region, stores: &StoreTable, now: Instant) -> Pick {
         self.target = None;
+        self.proxy = None;
         self.observe_stores(region, stores);
         // A replica read scores every peer by its store, so every store
         // must be known first; a leader read looks up only the store it
@@ -442,18 +492,29 @@ impl ReplicaSelector {
             let Some((peer, replica_read)) = picked else {
                 return Pick::Exhausted;
             };
-            let store_id = region.peers()[peer].store_id;
-            match stores.get(store_id) {
-                None => return Pick::Resolve(store_id),
-                Some(store) if store.is_tiflash() || store.is_tombstone() => {
-                    self.replicas[peer].add(Flags::EXCLUDED);
-                }
-                Some(_) => {
-                    self.replicas[peer].attempts += 1;
-                    self.target = Some(peer);
-                    return Pick::Send { peer, replica_read, stale_read: self.stale_flag };
+            let proxy = self.proxy;
+            let mut usable = true;
+            for i in std::iter::once(peer).chain(proxy) {
+                let store_id = region.peers()[i].store_id;
+                match stores.get(store_id) {
+                    None => return Pick::Resolve(store_id),
+                    Some(store) if store.is_tiflash() || store.is_tombstone() => {
+                        self.replicas[i].add(Flags::EXCLUDED);
+                        usable = false;
+                    }
+                    Some(_) => {}
                 }
             }
+            if usable {
+                // client-go `buildRPCContext` counts an attempt on both.
+                self.replicas[peer].attempts += 1;
+                if let Some(p) = proxy {
+                    self.replicas[p].attempts += 1;
+                }
+                self.target = Some(peer);
+                return Pick::Send { peer, replica_read, stale_read: self.stale_flag, proxy };
+            }
+            self.proxy = None;
         }
     }
 
@@ -491,7 +552,7 @@ impl ReplicaSelector {
         }
     }
 
-    /// client-go `nextForReplicaReadLeader` (without forwarding).
+    /// client-go `nextForReplicaReadLeader`.
     fn next_for_leader_read(
         &mut self,
         region: &Region,
@@ -499,6 +560,15 @@ impl ReplicaSelector {
         now: Instant,
     ) -> Option<(usize, bool)> {
         let leader = region.leader_index();
+        if self.forwarding {
+            let r = &self.replicas[leader];
+            if r.store.liveness == Liveness::Reachable || r.has(Flags::NOT_LEADER) {
+                region.set_proxy_index(None);
+            } else {
+                self.proxy = Some(self.pick_proxy(region, stores, leader)?);
+                return Some((leader, false));
+            }
+        }
         if self.is_leader_candidate(leader) && !self.replicas[leader].has(Flags::SUSPECT_NOT_LEADER)
         {
             if !self.busy_threshold.is_zero() {
@@ -527,6 +597,40 @@ impl ReplicaSelector {
             self.stale_flag = false;
         }
         Some((target, replica_read))
+    }
+
+    /// client-go `ReplicaSelectLeaderWithProxyStrategy.next`: the proxy
+    /// that served last if it is still a candidate, else the first one in
+    /// peer order. With none left, the leader's store is taken for failed
+    /// (its epoch bumped from the one the region captured) and the region
+    /// is reloaded at its next lookup: `None`, the call ends.
+    fn pick_proxy(&mut self, region: &Region, stores: &StoreTable, leader: usize) -> Option<usize> {
+        let remembered = region.proxy_index().filter(|&i| self.is_proxy_candidate(i, leader));
+        let proxy = remembered
+            .or_else(|| (0..self.replicas.len()).find(|&i| self.is_proxy_candidate(i, leader)));
+        if proxy.is_none() {
+            if let Some(store) = stores.get_any(region.peers()[leader].store_id) {
+                let health = store.health();
+                let captured = region.capture_store_epoch(leader, health.epoch()).unwrap_or(0);
+                health.on_send_failure(captured);
+            }
+            region.set_proxy_index(None);
+            region.expire();
+        }
+        proxy
+    }
+
+    /// client-go `ReplicaSelectLeaderWithProxyStrategy.isCandidate`: a
+    /// follower not tried in this call whose store is reachable and whose
+    /// epoch has not moved (and, here, not a TiFlash or removed store).
+    fn is_proxy_candidate(&self, i: usize, leader: usize) -> bool {
+        let r = &self.replicas[i];
+        i != leader
+            && r.attempts == 0
+            && r.store.liveness == Liveness::Reachable
+            && !r.store.epoch_stale
+            && !r.has(Flags::UNREACHABLE)
+            && !r.has(Flags::EXCLUDED)
     }
 
     /// client-go `nextForReplicaReadMixed`.
@@ -739,9 +843,35 @@ impl ReplicaSelector {
     /// over), and the store's epoch is bumped from the one this region
     /// captured, which makes the store slow and every region cached before
     /// skip it.
+    ///
+    /// With forwarding on, a failed send straight to the leader of a leader
+    /// read only marks its store unreachable: the next pick reaches it
+    /// through a proxy (client-go returns early from `onSendFailure` so).
+    /// A failed send through a proxy gives up on the proxy instead, and the
+    /// region forgets it.
     pub fn on_send_failure(&mut self, region: &Region, stores: &StoreTable) {
         let Some(t) = self.target else {
             return;
+        };
+        if self.forwarding
+            && self.proxy.is_none()
+            && self.read_type == ReplicaReadType::Leader
+            && t == region.leader_index()
+            && region.peers().len() > 1
+        {
+            if let Some(store) = stores.get_any(region.peers()[t].store_id) {
+                store.health().set_liveness(Liveness::Unreachable);
+            }
+            return;
+        }
+        let t = match self.proxy {
+            Some(p) => {
+                if region.proxy_index() == Some(p) {
+                    region.set_proxy_index(None);
+                }
+                p
+            }
+            None => t,
         };
         self.replicas[t].add(Flags::UNREACHABLE);
         let store_id = region.peers()[t].store_id;
@@ -788,7 +918,13 @@ impl ReplicaSelector {
     /// replica read nor a stale read was sent), that peer is
     /// the leader now (client-go `onSendSuccess`). Returns its store when
     /// the cached leader moved.
+    ///
+    /// A request forwarded through a proxy makes the region remember the
+    /// proxy for the next calls (client-go `setProxyStoreIdx`).
     pub fn on_success(&mut self, region: &Region, sent_as_replica_read: bool) -> Option<u64> {
+        if self.proxy.is_some() {
+            region.set_proxy_index(self.proxy);
+        }
         let t = self.target?;
         if t == region.leader_index() || sent_as_replica_read {
             return None;
@@ -985,6 +1121,9 @@ impl ReplicaSelector {
         }
         if !self.pending_busy.is_empty() {
             out.push_str(&format!(" | pending busy sleeps {:?}", self.pending_busy));
+        }
+        if let Some(p) = region.proxy_index() {
+            out.push_str(&format!(" | proxy store{}", region.peers()[p].store_id));
         }
         out
     }

@@ -67,6 +67,7 @@ enum AfterSleep {
         peer: usize,
         replica_read: bool,
         stale_read: bool,
+        proxy: Option<usize>,
     },
 }
 
@@ -96,13 +97,44 @@ pub struct Attempt {
     pub busy_threshold_ms: u32,
     /// When the runtime gives up on the attempt.
     pub deadline: Instant,
+    /// The store the request is sent to when the peer's store is not
+    /// reachable from the client: it forwards the request to `addr`
+    /// (`tikv-forwarded-host`, client-go's `RPCContext.ProxyAddr`).
+    pub proxy: Option<Proxy>,
     region_id: u64,
     epoch: metapb::RegionEpoch,
     cluster_id: u64,
     timeout_ms: u64,
 }
 
+/// A store that forwards an [`Attempt`] to the peer's store (client-go's
+/// `RPCContext.ProxyStore`, `ProxyAddr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proxy {
+    /// The proxy's store id.
+    pub store_id: u64,
+    /// The proxy's store address, which the request is sent to.
+    pub addr: Arc<str>,
+}
+
 impl Attempt {
+    /// Where the request goes: the peer's store, or the proxy's with the
+    /// peer's store address as the forwarded host.
+    pub fn target(&self) -> Target {
+        match &self.proxy {
+            None => Target::Store {
+                store_id: self.peer.store_id,
+                addr: self.addr.clone(),
+                forwarded_host: None,
+            },
+            Some(proxy) => Target::Store {
+                store_id: proxy.store_id,
+                addr: proxy.addr.clone(),
+                forwarded_host: Some(self.addr.clone()),
+            },
+        }
+    }
+
     /// Writes the attempt's routing into `ctx`: region id, epoch, peer,
     /// cluster id, retry and replica-read flags, busy threshold, and the
     /// RPC timeout as the max execution duration when the request did not
@@ -183,7 +215,9 @@ impl RegionCall {
         timeout: Duration,
         backoffer: Backoffer,
     ) -> RegionCall {
-        let selector = ReplicaSelector::new(&region, &ReplicaRead::leader(), view.replica_rng());
+        let mut selector =
+            ReplicaSelector::new(&region, &ReplicaRead::leader(), view.replica_rng());
+        selector.set_forwarding(view.config.enable_forwarding);
         RegionCall {
             view,
             region,
@@ -253,7 +287,7 @@ impl RegionCall {
         self.command = request.name();
         Some(Ok(Rpc {
             id: attempt.id,
-            target: Target::Store { store_id: attempt.peer.store_id, addr: attempt.addr },
+            target: attempt.target(),
             request: Request::Kv(request),
             deadline: attempt.deadline,
         }))
@@ -365,18 +399,18 @@ impl RegionCall {
                 self.phase = Phase::Resolving(resolve);
                 self.check_resolve(now);
             }
-            Pick::Send { peer, replica_read, stale_read } => {
+            Pick::Send { peer, replica_read, stale_read, proxy } => {
                 self.last_resolved = None;
                 let store_id = self.region.peers()[peer].store_id;
                 if self.selector.take_pending_backoff(store_id) {
                     self.sleep_then(
                         BackoffKind::ServerBusy,
                         format!("store {store_id} was busy"),
-                        AfterSleep::Send { peer, replica_read, stale_read },
+                        AfterSleep::Send { peer, replica_read, stale_read, proxy },
                         now,
                     );
                 } else {
-                    self.send(peer, replica_read, stale_read, now);
+                    self.send(peer, replica_read, stale_read, proxy, now);
                 }
             }
         }
@@ -413,17 +447,31 @@ impl RegionCall {
         }
     }
 
-    fn send(&mut self, peer: usize, replica_read: bool, stale_read: bool, now: Instant) {
+    fn send(
+        &mut self,
+        peer: usize,
+        replica_read: bool,
+        stale_read: bool,
+        proxy: Option<usize>,
+        now: Instant,
+    ) {
+        let store_addr = |store_id: u64| -> Option<Arc<str>> {
+            match self.view.stores.get(store_id) {
+                Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
+                    Some(store.address.as_str().into())
+                }
+                _ => None,
+            }
+        };
         let peer = self.region.peers()[peer];
         let store_id = peer.store_id;
-        let addr: Arc<str> = match self.view.stores.get(store_id) {
-            Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
-                store.address.as_str().into()
-            }
-            _ => {
-                self.store_unusable(now);
-                return;
-            }
+        let proxy = match proxy.map(|p| self.region.peers()[p].store_id) {
+            None => Ok(None),
+            Some(id) => store_addr(id).map(|addr| Some(Proxy { store_id: id, addr })).ok_or(()),
+        };
+        let (Some(addr), Ok(proxy)) = (store_addr(store_id), proxy) else {
+            self.store_unusable(now);
+            return;
         };
         self.next_id += 1;
         let id = RpcId(self.next_id);
@@ -437,6 +485,7 @@ impl RegionCall {
             busy_threshold_ms: u32::try_from(self.selector.busy_threshold().as_millis())
                 .unwrap_or(u32::MAX),
             deadline: now + self.timeout,
+            proxy,
             region_id: self.region.id(),
             epoch: self.region.epoch(),
             cluster_id: self.view.pd.cluster_id(),
@@ -718,8 +767,8 @@ impl RegionCall {
                 match then {
                     AfterSleep::Retry => self.attempt(now),
                     AfterSleep::Relocate => self.finish(Ok(RegionOutcome::Relocate)),
-                    AfterSleep::Send { peer, replica_read, stale_read } => {
-                        self.send(peer, replica_read, stale_read, now)
+                    AfterSleep::Send { peer, replica_read, stale_read, proxy } => {
+                        self.send(peer, replica_read, stale_read, proxy, now)
                     }
                 }
             }

@@ -146,7 +146,7 @@ impl Operation for ProbeStores {
         self.in_flight.insert(id, store_id);
         Some(Rpc {
             id,
-            target: Target::Store { store_id, addr },
+            target: Target::Store { store_id, addr, forwarded_host: None },
             request: Request::HealthCheck,
             deadline,
         })

@@ -477,7 +477,7 @@ impl CollapseKey {
     /// use tikv_core::rpc::{CollapseKey, KvRequest, Request, Target};
     /// use tikv_proto::kvrpcpb::{Context, ResolveLockRequest};
     ///
-    /// let store = Target::Store { store_id: 1, addr: "s1:20160".into() };
+    /// let store = Target::Store { store_id: 1, addr: "s1:20160".into(), forwarded_host: None };
     /// let region_wide = |keys: Vec<bytes::Bytes>| {
     ///     Request::Kv(KvRequest::ResolveLock(Box::new(ResolveLockRequest {
     ///         context: Some(Context { region_id: 9, ..Default::default() }),
@@ -492,7 +492,11 @@ impl CollapseKey {
     /// ```
     pub fn of(target: &Target, request: &Request) -> Option<CollapseKey> {
         let key = match (target, request) {
-            (Target::Store { store_id, .. }, Request::Kv(KvRequest::ResolveLock(r))) => {
+            // A forwarded request is for another store than the one named.
+            (
+                Target::Store { store_id, forwarded_host: None, .. },
+                Request::Kv(KvRequest::ResolveLock(r)),
+            ) => {
                 if !r.keys.is_empty() || !r.txn_infos.is_empty() {
                     return None;
                 }
@@ -598,6 +602,11 @@ pub enum Target {
         store_id: u64,
         /// The store's address.
         addr: Arc<str>,
+        /// The address of the store the request is for when this store
+        /// only forwards it there (gRPC metadata `tikv-forwarded-host`,
+        /// client-go's `forwardedHost`): the client cannot reach that
+        /// store, this one can.
+        forwarded_host: Option<Arc<str>>,
     },
     /// The client's own timestamp oracle ([`Request::Timestamp`]): local to
     /// the client, not an address on the network.
@@ -618,7 +627,12 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Pd { addr } => write!(f, "pd({addr})"),
-            Target::Store { store_id, addr } => write!(f, "store{store_id}({addr})"),
+            Target::Store { store_id, addr, forwarded_host: None } => {
+                write!(f, "store{store_id}({addr})")
+            }
+            Target::Store { store_id, addr, forwarded_host: Some(host) } => {
+                write!(f, "store{store_id}({addr}) forwarding to {host}")
+            }
             Target::Oracle => f.write_str("oracle"),
         }
     }
@@ -669,9 +683,11 @@ mod tests {
         assert!(size_of::<PdResponse>() <= 2 * WORD, "PdResponse: {}", size_of::<PdResponse>());
         assert!(size_of::<Request>() <= 3 * WORD, "Request: {}", size_of::<Request>());
         assert!(size_of::<Response>() <= 3 * WORD, "Response: {}", size_of::<Response>());
-        // Id, target (a tag, a store id and an address), request, deadline.
-        assert!(size_of::<Target>() <= 4 * WORD, "Target: {}", size_of::<Target>());
-        assert!(size_of::<Rpc>() <= 9 * WORD, "Rpc: {}", size_of::<Rpc>());
+        // Id, target (a tag, a store id, an address and the forwarded
+        // host, which keys the transport's streams as the address does),
+        // request, deadline.
+        assert!(size_of::<Target>() <= 6 * WORD, "Target: {}", size_of::<Target>());
+        assert!(size_of::<Rpc>() <= 11 * WORD, "Rpc: {}", size_of::<Rpc>());
         // What the runtime feeds back.
         let fed_back = size_of::<Result<Response, RpcError>>();
         assert!(fed_back <= 4 * WORD, "Result<Response, RpcError>: {fed_back}");

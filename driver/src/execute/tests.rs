@@ -163,7 +163,7 @@ enum Input {
 }
 
 fn store(id: u64) -> Target {
-    Target::Store { store_id: id, addr: format!("store{id}:20160").into() }
+    Target::Store { store_id: id, addr: format!("store{id}:20160").into(), forwarded_host: None }
 }
 
 /// Sends two RPCs at start; once both are settled it asks for a timer 50ms

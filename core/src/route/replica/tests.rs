@@ -100,18 +100,27 @@ fn script(
     steps: &[Step],
 ) -> String {
     let mut s = ReplicaSelector::new(region, read, Rng::new(seed));
+    run(&mut s, region, stores, steps)
+}
+
+/// Runs `steps` on selector `s` (see [`script`]).
+fn run(s: &mut ReplicaSelector, region: &RegionRef, stores: &StoreTable, steps: &[Step]) -> String {
     let mut out = String::new();
     let mut replica_read = false;
     for step in steps {
         let outcome = match *step {
             Step::Next => match s.next(region, stores, Instant::ZERO) {
-                Pick::Send { peer, replica_read: rr, stale_read } => {
+                Pick::Send { peer, replica_read: rr, stale_read, proxy } => {
                     replica_read = rr || stale_read;
                     format!(
-                        "send to store{}{}{}",
+                        "send to store{}{}{}{}",
                         region.peers()[peer].store_id,
                         if rr { " replica_read" } else { "" },
-                        if stale_read { " stale_read" } else { "" }
+                        if stale_read { " stale_read" } else { "" },
+                        proxy.map_or(String::new(), |p| format!(
+                            " via store{}",
+                            region.peers()[p].store_id
+                        ))
                     )
                 }
                 other => format!("{other:?}"),
@@ -281,7 +290,7 @@ fn ties_are_broken_at_random_by_the_seed() {
                 ReplicaSelector::new(&region, &ReplicaRead::of(read_type), Rng::new(seed));
             assert_eq!(
                 again.next(&region, &stores, Instant::ZERO),
-                Pick::Send { peer, replica_read: peer != 0, stale_read: false }
+                Pick::Send { peer, replica_read: peer != 0, stale_read: false, proxy: None }
             );
         }
         let _ = writeln!(
@@ -505,13 +514,13 @@ fn a_busy_leader_sends_reads_with_a_threshold_to_idle_followers() {
     // then the other, busy too; then the leader without the threshold.
     assert!(matches!(
         step(&mut s, Some(200), t0),
-        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+        Pick::Send { peer: 0, replica_read: false, stale_read: false, proxy: None }
     ));
     assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
     assert!(matches!(step(&mut s, Some(300), t0), Pick::Send { replica_read: true, .. }));
     assert_eq!(
         step(&mut s, None, t0),
-        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+        Pick::Send { peer: 0, replica_read: false, stale_read: false, proxy: None }
     );
     assert_eq!(s.busy_threshold(), Duration::ZERO);
     // A new read 100 ms later: the leader's 200 ms estimate has 100 ms
@@ -521,14 +530,14 @@ fn a_busy_leader_sends_reads_with_a_threshold_to_idle_followers() {
     let later = t0 + Duration::from_millis(100);
     assert_eq!(
         step(&mut s, None, later),
-        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+        Pick::Send { peer: 0, replica_read: false, stale_read: false, proxy: None }
     );
     // 400 ms later every estimate has run out: the leader, threshold kept.
     let mut s = ReplicaSelector::new(&region, &read, Rng::new(1));
     let idle = t0 + Duration::from_millis(400);
     assert_eq!(
         step(&mut s, None, idle),
-        Pick::Send { peer: 0, replica_read: false, stale_read: false }
+        Pick::Send { peer: 0, replica_read: false, stale_read: false, proxy: None }
     );
     assert_eq!(s.busy_threshold(), Duration::from_millis(50));
     assert_eq!(region.invalid_reason(), None, "looking for idle replicas reloads nothing");
@@ -745,4 +754,92 @@ fn prefer_leader_reads_record_latency_into_the_slow_score() {
     s.record_latency(&region, &stores, Duration::from_millis(1));
     s.record_latency(&region, &stores, Duration::from_secs(31));
     assert!(stores.get_any(1).unwrap().health().is_slow(), "a 30 s answer marks it slow");
+}
+
+/// A leader read with forwarding on (client-go `EnableForwarding`).
+fn forwarding_call(region: &RegionRef, stores: &StoreTable, steps: &[Step]) -> String {
+    let mut s = ReplicaSelector::new(region, &ReplicaRead::leader(), Rng::new(1));
+    s.set_forwarding(true);
+    run(&mut s, region, stores, steps)
+}
+
+/// client-go `ReplicaSelectLeaderWithProxyStrategy`: a failed send to the
+/// leader marks its store unreachable and the next attempt goes to the
+/// leader through the first reachable follower; its success makes the
+/// region remember that proxy, which the next call uses at once.
+#[test]
+fn an_unreachable_leader_is_reached_through_a_proxy() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let mut out = forwarding_call(&region, &stores, &[Next, SendFailure, Next, Success]);
+    out += "-- next call\n";
+    out += &forwarding_call(&region, &stores, &[Next, Success]);
+    assert_eq!(region.proxy_index(), Some(1), "{out}");
+    assert_eq!(region.leader_store_id(), 1, "the leader stays the leader");
+    assert_eq!(region.invalid_reason(), None);
+    assert!(out.contains("store1(leader) attempts=1 store-unreachable"), "not flagged: {out}");
+    insta::assert_snapshot!(out);
+}
+
+/// A proxy whose send fails is given up for the call (its store marked
+/// unreachable) and forgotten by the region; the next follower serves as
+/// proxy. With every follower tried, the leader's store epoch is bumped and
+/// the region reloaded at its next lookup (client-go: "all followers are
+/// tried as proxy but fail").
+#[test]
+fn a_failed_proxy_passes_to_the_next_then_the_call_gives_up() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.mark_unreachable(1);
+    let leader_epoch = stores.get_any(1).unwrap().health().epoch();
+    let out = forwarding_call(&region, &stores, &[Next, SendFailure, Next, SendFailure, Next]);
+    assert!(out.contains("send to store1 via store2"), "{out}");
+    assert!(out.contains("send to store1 via store3"), "{out}");
+    assert!(out.contains("Next => Exhausted"), "{out}");
+    assert_eq!(region.proxy_index(), None, "the failed proxy is forgotten");
+    assert_ne!(stores.get_any(1).unwrap().health().epoch(), leader_epoch);
+    insta::assert_snapshot!(out);
+}
+
+/// The remembered proxy is tried before the first follower in peer order;
+/// a leader found reachable again is asked directly and the proxy dropped;
+/// a `NotLeader` through the proxy sends the next attempt straight to the
+/// new leader.
+#[test]
+fn the_remembered_proxy_is_kept_until_the_leader_is_reachable() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    stores.mark_unreachable(1);
+    // A busy answer through store2 moves the call to store3 as proxy.
+    let mut out = forwarding_call(&region, &stores, &[Next, Busy(20), Next, Success]);
+    assert_eq!(region.proxy_index(), Some(2), "{out}");
+    out += "-- next call: store3 first although store2 is a candidate\n";
+    let next = forwarding_call(&region, &stores, &[Next, Success]);
+    assert!(next.starts_with("Next => send to store1 via store3"), "{next}");
+    out += &next;
+    out += "-- a NotLeader through the proxy names store2, reachable\n";
+    out += &forwarding_call(&region, &stores, &[Next, NotLeader(Some(2)), Next, Success]);
+    assert_eq!(region.proxy_index(), None, "{out}");
+    assert_eq!(region.leader_store_id(), 2);
+    out += "-- the leader moves back to store1, reachable again\n";
+    region.switch_leader_to_store(1);
+    region.set_proxy_index(Some(2));
+    stores.mark_reachable(1);
+    let direct = forwarding_call(&region, &stores, &[Next, Success]);
+    assert!(direct.starts_with("Next => send to store1\n"), "{direct}");
+    out += &direct;
+    assert_eq!(region.proxy_index(), None, "{out}");
+    insta::assert_snapshot!(out);
+}
+
+/// Forwarding off (the default): the same unreachable leader makes the
+/// call go to the followers with leader semantics, never through a proxy.
+#[test]
+fn without_forwarding_an_unreachable_leader_sends_reads_to_followers() {
+    use Step::*;
+    let (region, stores) = setup(&three_voters(), 1, &[]);
+    let out = script(&region, &stores, &ReplicaRead::leader(), 1, &[Next, SendFailure, Next]);
+    assert!(!out.contains(" via "), "{out}");
+    assert!(out.contains("store1(leader) attempts=1 unreachable"), "{out}");
+    assert_eq!(region.proxy_index(), None);
 }

@@ -190,7 +190,11 @@ impl BroadcastTxnStatus {
             self.in_flight.push((id, store_id));
             self.outbox.push_back(Rpc {
                 id,
-                target: Target::Store { store_id, addr: addr.as_str().into() },
+                target: Target::Store {
+                    store_id,
+                    addr: addr.as_str().into(),
+                    forwarded_host: None,
+                },
                 request: Request::Kv(self.request()),
                 deadline: now + BROADCAST_TIMEOUT,
             });
