@@ -62,6 +62,10 @@ pub(crate) struct FakeCluster {
     pub(crate) gc_barrier: Option<u64>,
     /// Stores PD lists as tombstones.
     pub(crate) tombstones: Vec<u64>,
+    /// Stores the client cannot reach (every request sent to them fails as
+    /// a refused connection) while the cluster still can: they keep their
+    /// leaders, and forwarded requests reach them.
+    pub(crate) cut_from_client: Vec<u64>,
     /// Regions PD was asked to scatter, in order; `GetOperator` answers
     /// `RUNNING` for a scattered region this many more times, then `SUCCESS`.
     pub(crate) scattered: Vec<u64>,
@@ -96,6 +100,7 @@ impl FakeCluster {
             gc_safe_point: 0,
             gc_barrier: None,
             tombstones: Vec::new(),
+            cut_from_client: Vec::new(),
             scattered: Vec::new(),
             operator_running_polls: 0,
             oracle: None,
@@ -176,6 +181,9 @@ impl FakeCluster {
             // As TiKV: a store asked to forward hands the request to the
             // store at the forwarded host, whose answer comes back.
             (Target::Store { store_id, forwarded_host, .. }, Request::Kv(req)) => {
+                if self.cut_from_client.contains(store_id) {
+                    return Err(RpcError::Unavailable("connection refused".into()));
+                }
                 let store_id = match forwarded_host {
                     None => *store_id,
                     Some(host) => match self.stores.iter().find(|(_, a)| **a == **host) {

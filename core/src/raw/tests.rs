@@ -326,6 +326,33 @@ fn forwarding_reaches_an_unreachable_leader_through_a_follower() {
     insta::assert_snapshot!(log);
 }
 
+/// Without forwarding, a leader the client cannot reach while its
+/// followers keep naming it: each round tries the followers, finds no
+/// replica left and re-locates after a `BoRegionMiss` sleep (client-go's
+/// callers back off on the pseudo `EpochNotMatch` its sender returns), so
+/// the call ends in a typed error within the budget instead of retrying
+/// forever.
+#[test]
+fn a_leader_cut_off_from_the_client_exhausts_the_budget_without_forwarding() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    c.cut_from_client.push(1);
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    match result {
+        Err(Error::BackoffExhausted { class, .. }) => {
+            assert_eq!(class, ExhaustedClass::RegionUnavailable, "{log}")
+        }
+        other => panic!("expected exhaustion, got {other:?}\n{log}"),
+    }
+    // Every round asks the followers and PD again, between sleeps.
+    assert!(log.matches("get_region").count() > 10, "{log}");
+    // The raw budget is 20 s × weight 2: the call ends near it, not later.
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.starts_with("t+4") || last.starts_with("t+3"), "{last}");
+}
+
 /// A request an interceptor refused ends the call at once: no backoff, no
 /// other peer, no store marked unreachable.
 #[test]

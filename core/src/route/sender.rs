@@ -375,16 +375,23 @@ impl RegionCall {
             Pick::Exhausted => {
                 // client-go `backoffOnNoCandidate`: the deferred busy sleep
                 // is taken before the request goes back to be re-located.
-                if self.selector.take_any_pending_backoff() {
-                    self.sleep_then(
-                        BackoffKind::ServerBusy,
-                        format!("region {}: every replica is busy", self.region.id()),
-                        AfterSleep::Relocate,
-                        now,
-                    );
+                // Otherwise a region-miss sleep, as client-go's callers take
+                // for the pseudo `EpochNotMatch` its sender returns when no
+                // replica is left (`MayBackoffForRegionError`): a leader
+                // the client cannot reach while the followers keep naming
+                // it would otherwise be re-located and retried forever
+                // without ever spending the budget.
+                let (kind, why) = if self.selector.take_any_pending_backoff() {
+                    (BackoffKind::ServerBusy, "every replica is busy")
                 } else {
-                    self.finish(Ok(RegionOutcome::Relocate));
-                }
+                    (BackoffKind::RegionMiss, "no replica left to try")
+                };
+                self.sleep_then(
+                    kind,
+                    format!("region {}: {why}", self.region.id()),
+                    AfterSleep::Relocate,
+                    now,
+                );
             }
             Pick::Resolve(store_id) if self.last_resolved == Some(store_id) => {
                 self.store_unusable(now);
