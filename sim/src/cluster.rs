@@ -799,6 +799,7 @@ impl Cluster {
     }
 
     /// Counts `n` TiKV requests store `store_id` forwarded to another.
+    #[cfg(feature = "server")]
     pub(crate) fn count_forwarded(&self, store_id: u64, n: u64) {
         *self.lock().forwarded.entry(store_id).or_default() += n;
     }

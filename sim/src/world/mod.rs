@@ -148,6 +148,13 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(120);
 pub const QUIET_BOUND: Duration = Duration::from_secs(30);
 /// Operations each client runs after the heal.
 pub const QUIET_OPS: usize = 2;
+/// Raw operations must succeed (the quiet check) from this long after the
+/// heal: a store a client found unreachable during the faults stays so
+/// until its next probe round (one every [`HEALTH_CHECK_INTERVAL`], each
+/// probe with the same deadline), and until then a request whose replicas
+/// are all out of reach backs off `BoRegionMiss` as client-go's does, which
+/// the worlds' small budgets need not outlast.
+const QUIET_GRACE: Duration = HEALTH_CHECK_INTERVAL.saturating_mul(2);
 /// The run is cut off (a liveness failure) this long after the heal.
 const HARD_STOP: Duration = Duration::from_secs(900);
 /// The transactional world waits for clients and lock TTLs after the heal.
@@ -973,7 +980,7 @@ impl World {
             self.issue_txn(c);
             return;
         }
-        let quiet = self.now >= self.plan.heal_at;
+        let quiet = self.now >= self.quiet_from();
         let budget = self.active_ops() + if quiet { QUIET_OPS } else { 0 };
         // Two wake-ups may race (the heal and a completion): one operation
         // at a time per client.
@@ -1130,11 +1137,11 @@ impl World {
             }
             return;
         }
-        let quiet = self.now >= self.plan.heal_at;
+        let quiet = self.now >= self.quiet_from();
         let active_done = self.clients[c].issued >= self.active_ops();
         let think = self.rng.gen_duration(self.plan.swarm.think);
-        // After its active operations a client waits for the heal.
-        let at = if active_done && !quiet { self.plan.heal_at } else { self.now + think };
+        // After its active operations a client waits for the quiet phase.
+        let at = if active_done && !quiet { self.quiet_from() } else { self.now + think };
         self.schedule(at, Event::Issue(c));
     }
 
@@ -1617,7 +1624,7 @@ impl World {
             .filter(|f| f.write)
             .map(|f| f.deadline)
             .fold(r.effect_until.max(now), Instant::max);
-        let quiet = self.history.entries[r.entry].invoke >= self.plan.heal_at;
+        let quiet = self.history.entries[r.entry].invoke >= self.quiet_from();
         let e: &mut Entry = &mut self.history.entries[r.entry];
         e.end = Some(now);
         e.unacked_writes = r.unacked + unanswered_writes;
@@ -1832,9 +1839,15 @@ impl World {
         }
         for c in 0..self.clients.len() {
             if self.clients[c].running.is_none() {
-                self.schedule(self.now, Event::Issue(c));
+                self.schedule(self.quiet_from(), Event::Issue(c));
             }
         }
+    }
+
+    /// (raw) When the quiet phase's operations begin: [`QUIET_GRACE`]
+    /// after the heal.
+    fn quiet_from(&self) -> Instant {
+        self.plan.heal_at + QUIET_GRACE
     }
 
     /// The instant after which every lock in the cluster has expired
