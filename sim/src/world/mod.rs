@@ -60,7 +60,8 @@
 //! - faults from the plan: split, merge, leader transfer, store down and
 //!   back, busy store (`ServerIsBusy`), PD leader change, stale PD, and the
 //!   partitions above. At [`Plan::heal_at`] everything heals and the network
-//!   turns reliable (latency stays); the clients then run a few more
+//!   turns reliable (latency stays); once the clients' store probes had
+//!   time to find healed stores again ([`QUIET_GRACE`]), they run a few more
 //!   operations (the quiescence phase), which must succeed;
 //! - (txn) a client may crash while one of its transactions commits: after
 //!   a seeded number of further inputs (so after some prewrites, after the
@@ -144,9 +145,9 @@ use workload::{Finished, OracleWaiter, SimOp};
 /// virtual time of its invocation. The raw backoff budget is 40 s of sleep
 /// (client-go's 20 s at weight 2); RPC waits come on top of it.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(120);
-/// Operations invoked after the heal must succeed within this much time.
+/// Quiet operations must succeed within this much time.
 pub const QUIET_BOUND: Duration = Duration::from_secs(30);
-/// Operations each client runs after the heal.
+/// Quiet operations each client runs.
 pub const QUIET_OPS: usize = 2;
 /// Raw operations must succeed (the quiet check) from this long after the
 /// heal: a store a client found unreachable during the faults stays so
@@ -154,7 +155,7 @@ pub const QUIET_OPS: usize = 2;
 /// probe with the same deadline), and until then a request whose replicas
 /// are all out of reach backs off `BoRegionMiss` as client-go's does, which
 /// the worlds' small budgets need not outlast.
-const QUIET_GRACE: Duration = HEALTH_CHECK_INTERVAL.saturating_mul(2);
+pub const QUIET_GRACE: Duration = HEALTH_CHECK_INTERVAL.saturating_mul(2);
 /// The run is cut off (a liveness failure) this long after the heal.
 const HARD_STOP: Duration = Duration::from_secs(900);
 /// The transactional world waits for clients and lock TTLs after the heal.
