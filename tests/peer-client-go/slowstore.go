@@ -5,9 +5,11 @@ package main
 // store of `tikv-sim` slow or black-holed, for its side-by-side table. For
 // each read type it connects a fresh client (so what it learns about the
 // faulty store in one cell does not carry into the next), takes one
-// timestamp, and runs `conc` goroutines that each get one key after another
-// through a snapshot at that timestamp with `SetReplicaRead`, for a warm-up
-// and then for `secs`. It prints one line per read type in bench.go's
+// timestamp, and runs `conc` goroutines that each get one key after another,
+// each get through a fresh snapshot at that timestamp with `SetReplicaRead`
+// (a KVSnapshot caches every value it read, so a reused one would serve the
+// task's next round over the keys from memory, with no request; ours keeps
+// no cache), for a warm-up and then for `secs`. It prints one line per read type in bench.go's
 // format with op=FAULT:READ and one more field:
 //
 //	RESULT op=slow-20:follower conc=64 ops=N errors=N elapsed_us=N cpu_us=N p50_us=N p99_us=N hung=N
@@ -85,16 +87,16 @@ func slowStoreCell(pd []string, fault, read string, conc int, secs float64, warm
 	for t := 0; t < conc; t++ {
 		task := &slowStoreTask{lat: make([]uint32, 0, 1<<12)}
 		tasks[t] = task
-		snap := cli.GetSnapshot(ts)
-		snap.SetReplicaRead(slowStoreReadTypes[read])
-		if readTimeout > 0 {
-			snap.SetKVReadTimeout(readTimeout)
-		}
 		go func(t int) {
 			defer func() { done <- struct{}{} }()
 			for i := uint64(0); !stop.Load(); i++ {
 				start := time.Now()
 				task.inFlight.Store(start.UnixNano())
+				snap := cli.GetSnapshot(ts)
+				snap.SetReplicaRead(slowStoreReadTypes[read])
+				if readTimeout > 0 {
+					snap.SetKVReadTimeout(readTimeout)
+				}
 				_, err := snap.Get(ctx, slowStoreTaskKey(t, i))
 				task.inFlight.Store(0)
 				if err != nil && tikverr.IsErrNotFound(err) {
