@@ -194,6 +194,22 @@ impl FakeCluster {
                 self.handle_kv(store_id, req.clone()).map(Response::Kv)
             }
             (Target::Oracle, Request::Timestamp) => self.timestamp(),
+            // Every store is alive unless cut off from the client, or a
+            // fault scripted for `health_check` says otherwise.
+            (Target::Store { store_id, .. }, Request::HealthCheck) => {
+                if self.cut_from_client.contains(store_id) {
+                    return Err(RpcError::Unavailable("connection refused".into()));
+                }
+                if let Some(i) = self.faults.iter().position(|(m, _)| m == "health_check")
+                    && let Some((_, Fault::Rpc(e))) = self.faults.remove(i)
+                {
+                    return Err(e);
+                }
+                Ok(Response::HealthCheck(tikv_proto::health::HealthCheckResponse {
+                    status: tikv_proto::health::health_check_response::ServingStatus::Serving
+                        as i32,
+                }))
+            }
             _ => Err(RpcError::Unavailable("wrong target".into())),
         }
     }

@@ -6,8 +6,11 @@ use tikv_proto::errorpb;
 
 use super::*;
 use crate::backoff::ExhaustedClass;
-use crate::rpc::RpcError;
+use crate::op::Operation;
+use crate::region::Liveness;
+use crate::rpc::{RpcError, Target};
 use crate::testing::{FakeCluster, Fault, drive, view};
+use crate::time::Instant;
 
 fn opts() -> RawOptions {
     RawOptions::default()
@@ -294,14 +297,61 @@ fn send_failure_backs_off_and_follows_the_new_leader() {
     seed(&mut c, &["k"]);
     let v = view();
     let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
-    // The leader's store stops answering; meanwhile leadership moved to
-    // store 3. The sender backs off, tries the next peer (store 2), which
-    // names store 3 as leader.
+    // The leader's store stops answering, its liveness probe too;
+    // meanwhile leadership moved to store 3. The sender backs off, tries
+    // the next peer (store 2), which names store 3 as leader.
     c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    c.fault("health_check", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
     c.regions[0].leader_store = 3;
     let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    assert_eq!(v.stores.get(1).unwrap().health().liveness(), Liveness::Unreachable);
     insta::assert_snapshot!(log);
+}
+
+/// client-go `onSendFailure`: a send fails, but the store answers the
+/// liveness probe that follows (one request or connection failed, the
+/// store is up). It stays reachable and the leader a candidate: after the
+/// `BoTiKVRPC` sleep the request goes to it again instead of moving on,
+/// and no other store is taken for down.
+#[test]
+fn a_send_failure_on_a_store_that_answers_its_probe_keeps_the_leader() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("stream reset".into())));
+    let (log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
+    assert_eq!(log.matches("raw_get -> store1").count(), 2, "{log}");
+    assert_eq!(log.matches("health_check -> store1").count(), 1, "{log}");
+    assert_eq!(v.stores.get(1).unwrap().health().liveness(), Liveness::Reachable);
+    insta::assert_snapshot!(log);
+}
+
+/// A send fails on a store another call already found unreachable (the
+/// background probes own it): no second probe, the peer is given up at
+/// once.
+#[test]
+fn a_send_failure_on_a_store_known_unreachable_is_not_probed_again() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    let store = v.stores.get(1).unwrap();
+    let epoch = store.health().epoch();
+    let mut op = get(&v, Key::from("k"), &opts());
+    op.start(Instant::ZERO);
+    let rpc = op.poll_rpc().expect("the get is sent");
+    assert!(matches!(&rpc.target, Target::Store { store_id: 1, .. }), "{rpc:?}");
+    // Another call's probe of store 1 failed while this get was in flight.
+    store.health().set_liveness(Liveness::Unreachable);
+    let failed = Err(RpcError::Unavailable("connection refused".into()));
+    op.on_response(rpc.id, failed, Instant::ZERO + Duration::from_millis(1));
+    assert!(op.poll_rpc().is_none(), "no probe, no request before the BoTiKVRPC sleep");
+    assert!(op.poll_timeout().is_some(), "sleeping");
+    assert_ne!(store.health().epoch(), epoch, "the store's regions are marked for reload");
+    assert_eq!(store.health().liveness(), Liveness::Unreachable);
 }
 
 /// With forwarding on (client-go `EnableForwarding`), a leader the client
@@ -315,6 +365,7 @@ fn forwarding_reaches_an_unreachable_leader_through_a_follower() {
     let v = crate::testing::view_with(crate::config::Config::default().with_forwarding(true));
     let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
     c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    c.fault("health_check", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
     let (mut log, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);
     assert_eq!(result.unwrap(), Some(Bytes::from("v-k")));
     let (next, result) = drive(get(&v, Key::from("k"), &opts()), &mut c);

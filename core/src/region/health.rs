@@ -4,8 +4,9 @@
 //! `slow_score.go`).
 //!
 //! - **Liveness** ([`Liveness`]): a store is reachable until a send to it
-//!   fails; it is then unreachable until a gRPC health probe answers
-//!   `SERVING` (the probe schedule is [`crate::route::store_health`]).
+//!   fails and a liveness probe right then does not answer `SERVING`; it
+//!   is then unreachable until a gRPC health probe answers `SERVING` (the
+//!   probe schedule is [`crate::route::store_health`]).
 //! - **Epoch**: a counter bumped once per failure seen by a region's
 //!   replica (client-go's `invalidateReplicaStore` compares-and-swaps it
 //!   from the epoch the region captured). A cached region whose captured
@@ -30,8 +31,9 @@ use crate::time::{Duration, Instant};
 pub enum Liveness {
     /// Answers requests (every store starts so).
     Reachable = 0,
-    /// A send failed or the health probe did not answer `SERVING`: the
-    /// store is probed every second until it does.
+    /// A health probe (the one after a failed send, or a background one)
+    /// did not answer `SERVING`: the store is probed every second until it
+    /// does.
     Unreachable = 1,
     /// The health probe answered without a verdict (`UNKNOWN`): the store
     /// stays a replica candidate but not a leader candidate, and is probed

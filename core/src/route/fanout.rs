@@ -481,7 +481,10 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        for idx in 0..self.children.len() {
+        // A child that fails here fails the fan-out, which drops every
+        // child: the loop re-reads the length each round.
+        let mut idx = 0;
+        while idx < self.children.len() {
             let due = match &self.children[idx] {
                 Some(Child::Call(call, _)) => call.poll_timeout(),
                 Some(Child::Locate(locate)) => locate.poll_timeout(),
@@ -496,6 +499,7 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
                 self.ready.push_back(idx);
                 self.check_child(idx, now);
             }
+            idx += 1;
         }
     }
 
@@ -688,6 +692,59 @@ mod tests {
         assert_eq!(op.lost_answers(), 0, "a region error is an answer: nothing applied");
     }
 
+    /// Two batches asleep until the same instant: the first woken runs out
+    /// of budget there and fails the fan-out, which drops every batch; the
+    /// other, due at that instant too, is not woken any more.
+    #[test]
+    fn a_batch_failing_in_a_wake_up_drops_the_others_due_then() {
+        let mut c = FakeCluster::new(&["m"]);
+        let v = view();
+        let _ = drive(put(&v, &["a", "z"]), &mut c);
+        for _ in 0..2 {
+            let not_leader = errorpb::Error {
+                message: "no leader".into(),
+                not_leader: Some(Default::default()),
+                ..Default::default()
+            };
+            c.fault("raw_batch_put", Fault::Region(Box::new(not_leader)));
+        }
+        // Room for one 2 ms sleep, not for a second (a backoffer refuses a
+        // sleep once what it slept reaches its budget).
+        let keys = vec![Key::from("a"), Key::from("z")];
+        let mut op = KeyFanout::new(
+            v.clone(),
+            RecordingPut::default(),
+            keys,
+            v.backoffer(Duration::from_millis(2)),
+        );
+        // Both batches are answered at the same instant, so both sleep
+        // (`BoRegionScheduling`, 2 ms) until the same one.
+        let mut now = Instant::ZERO;
+        op.start(now);
+        let mut sent = Vec::new();
+        while let Some(rpc) = op.poll_rpc() {
+            sent.push(rpc);
+        }
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        now += Duration::from_millis(1);
+        for rpc in &sent {
+            op.on_response(rpc.id, c.handle(rpc), now);
+        }
+        assert!(op.poll_rpc().is_none());
+        // Meanwhile both regions are dropped from the cache: on waking each
+        // batch finds no replica left and needs a second sleep.
+        for region in v.regions.snapshot() {
+            v.regions.invalidate(region.ver_id(), crate::region::InvalidReason::Other);
+        }
+        now = op.poll_timeout().expect("both batches sleep");
+        op.on_timeout(now);
+        match op.poll_result() {
+            Some(Err(Error::BackoffExhausted { .. })) => {}
+            other => panic!("expected exhaustion, got {other:?}"),
+        }
+        assert!(op.poll_timeout().is_none(), "nothing left to wake");
+    }
+
     /// A transport failure may have been applied; the fan-out reports it
     /// once it is over, even when the attempt was retried successfully.
     #[test]
@@ -699,7 +756,8 @@ mod tests {
         let (log, result) = drive(&mut op, &mut c);
         let (builds, _) = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
         // Two batches; the one that lost its answer (a deadline: the
-        // leader stays a candidate) retries on the leader after a backoff.
+        // leader answers its liveness probe and stays a candidate) retries
+        // on the leader after a backoff.
         assert_eq!(builds, 3, "{log}");
         assert_eq!(op.lost_answers(), 1, "{log}");
     }

@@ -35,9 +35,10 @@
 //! client-go: a replica whose store is unreachable, or whose store's epoch
 //! moved since the region captured it (a send there failed), is no
 //! candidate; a leader is a candidate only while its store is reachable. A
-//! send failure marks the store unreachable and bumps its epoch
-//! ([`ReplicaSelector::on_send_failure`]; a refused or broken connection
-//! stands in for client-go's synchronous liveness probe), so every region
+//! send failure is followed by a liveness probe of the store, as client-go
+//! probes synchronously; one not answered `SERVING` marks the store
+//! unreachable and bumps its epoch ([`ReplicaSelector::on_send_failure`]),
+//! so every region
 //! cached before skips that store until it is loaded again, which a stale
 //! replica on a reachable store (or a stale leader) asks for by expiring
 //! the region. The background probes ([`crate::route::store_health`]) make
@@ -836,31 +837,32 @@ impl ReplicaSelector {
         }
     }
 
-    /// A send to the target failed and its store is taken for down
-    /// (client-go `onSendFailure` when the liveness check fails, then
-    /// `invalidateReplicaStore`): the peer is no candidate for the rest of
-    /// the call, its store is marked unreachable (the health probes take
-    /// over), and the store's epoch is bumped from the one this region
-    /// captured, which makes the store slow and every region cached before
-    /// skip it.
+    /// A send to the target failed and the liveness probe of the store it
+    /// went to did not answer `SERVING` (client-go `onSendFailure` when
+    /// `checkLiveness` is not reachable, then `invalidateReplicaStore`):
+    /// the peer is no candidate for the rest of the call, its store takes
+    /// the probed `liveness` (the background probes take over), and the
+    /// store's epoch is bumped from the one this region captured, which
+    /// makes the store slow and every region cached before skip it.
     ///
     /// With forwarding on, a failed send straight to the leader of a leader
-    /// read only marks its store unreachable: the next pick reaches it
-    /// through a proxy (client-go returns early from `onSendFailure` so).
-    /// A failed send through a proxy gives up on the proxy instead, and the
-    /// region forgets it.
-    pub fn on_send_failure(&mut self, region: &Region, stores: &StoreTable) {
+    /// read whose store is unreachable only marks it so: the next pick
+    /// reaches it through a proxy (client-go returns early from
+    /// `onSendFailure` so). A failed send through a proxy gives up on the
+    /// proxy instead, and the region forgets it.
+    pub fn on_send_failure(&mut self, region: &Region, stores: &StoreTable, liveness: Liveness) {
         let Some(t) = self.target else {
             return;
         };
         if self.forwarding
+            && liveness == Liveness::Unreachable
             && self.proxy.is_none()
             && self.read_type == ReplicaReadType::Leader
             && t == region.leader_index()
             && region.peers().len() > 1
         {
             if let Some(store) = stores.get_any(region.peers()[t].store_id) {
-                store.health().set_liveness(Liveness::Unreachable);
+                store.health().set_liveness(liveness);
             }
             return;
         }
@@ -877,7 +879,7 @@ impl ReplicaSelector {
         let store_id = region.peers()[t].store_id;
         if let Some(store) = stores.get_any(store_id) {
             let health = store.health();
-            health.set_liveness(Liveness::Unreachable);
+            health.set_liveness(liveness);
             let captured = region.capture_store_epoch(t, health.epoch()).unwrap_or(0);
             health.on_send_failure(captured);
         }

@@ -9,8 +9,10 @@ use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
 use crate::op::Operation;
 use crate::pd::ResolveStore;
+use crate::region::Liveness;
 use crate::region::{EpochNotMatchAction, InvalidReason, RegionRef};
 use crate::route::replica::{BusyStep, NotLeaderStep, Pick, ReplicaRead, ReplicaSelector};
+use crate::route::store_health::{LIVENESS_TIMEOUT, liveness_of};
 use crate::rpc::region_error::{RegionErrorAction, classify};
 use crate::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use crate::time::{Duration, Instant};
@@ -48,6 +50,17 @@ enum Phase {
         id: RpcId,
         store_id: u64,
         sent_at: Instant,
+        /// The store the request went to: the peer's, or its proxy's.
+        via: u64,
+    },
+    /// A send failed: the store it went to is asked whether it is alive
+    /// before the selector gives up on it (client-go `checkLiveness`).
+    CheckingLiveness {
+        id: RpcId,
+        /// The store asked.
+        via: u64,
+        /// Why the send failed, for the backoff that follows.
+        failure: String,
     },
     Sleeping {
         until: Instant,
@@ -202,6 +215,8 @@ pub struct RegionCall {
     phase: Phase,
     /// The attempt decided and not yet built.
     due: Option<Attempt>,
+    /// The liveness probe decided and not yet sent.
+    due_probe: Option<Rpc>,
     result: Option<Result<RegionOutcome, Error>>,
 }
 
@@ -236,6 +251,7 @@ impl RegionCall {
             next_id: 0,
             phase: Phase::Idle,
             due: None,
+            due_probe: None,
             result: None,
         }
     }
@@ -248,8 +264,8 @@ impl RegionCall {
         self
     }
 
-    /// The next RPC: a PD lookup of a store, or the request of the attempt
-    /// due, which `build` makes (user keys, any context fields of its own);
+    /// The next RPC: a PD lookup of a store, a liveness probe of a store a
+    /// send failed on, or the request of the attempt due, which `build` makes (user keys, any context fields of its own);
     /// the call stamps the attempt's routing into it and encodes it.
     /// `Some(Err)` when the request cannot be encoded: the call is over
     /// with that error.
@@ -259,6 +275,9 @@ impl RegionCall {
     ) -> Option<Result<Rpc, Error>> {
         if let Phase::Resolving(resolve) = &mut self.phase {
             return resolve.poll_rpc().map(Ok);
+        }
+        if let Some(probe) = self.due_probe.take() {
+            return Some(Ok(probe));
         }
         let mut attempt = self.due.take()?;
         let mut request = build(&attempt);
@@ -480,6 +499,7 @@ impl RegionCall {
             self.store_unusable(now);
             return;
         };
+        let via = proxy.as_ref().map_or(store_id, |p| p.store_id);
         self.next_id += 1;
         let id = RpcId(self.next_id);
         self.due = Some(Attempt {
@@ -499,7 +519,52 @@ impl RegionCall {
             timeout_ms: self.timeout.as_millis() as u64,
         });
         self.attempts += 1;
-        self.phase = Phase::Sending { id, store_id, sent_at: now };
+        self.phase = Phase::Sending { id, store_id, sent_at: now, via };
+    }
+
+    /// client-go `onSendFail`: a send to the store `via` (the peer's, or
+    /// its proxy's) failed. Its liveness is probed first,
+    /// as client-go's `checkLiveness` does synchronously: a store that
+    /// answers `SERVING` stays a candidate (the request itself failed, or
+    /// one connection broke), anything else makes the selector give up on
+    /// it. A store already not reachable (another call's probe failed, and
+    /// the background probes own it) is not asked again. Either way the
+    /// call then backs off `BoTiKVRPC` and picks again.
+    fn check_liveness(&mut self, via: u64, failure: String, now: Instant) {
+        let store = self.view.stores.get(via);
+        let probe = match &store {
+            Some(s) if s.health().liveness() == Liveness::Reachable && !s.address.is_empty() => {
+                Some(Arc::<str>::from(s.address.as_str()))
+            }
+            _ => None,
+        };
+        let Some(addr) = probe else {
+            let liveness = store.map_or(Liveness::Unreachable, |s| s.health().liveness());
+            let liveness =
+                if liveness == Liveness::Reachable { Liveness::Unreachable } else { liveness };
+            self.on_liveness(via, liveness, failure, now);
+            return;
+        };
+        self.next_id += 1;
+        let id = RpcId(self.next_id);
+        self.due_probe = Some(Rpc {
+            id,
+            target: Target::Store { store_id: via, addr, forwarded_host: None },
+            request: Request::HealthCheck,
+            deadline: now + LIVENESS_TIMEOUT,
+        });
+        self.phase = Phase::CheckingLiveness { id, via, failure };
+    }
+
+    /// The store `via` a send failed on was found `liveness`: the selector
+    /// gives up on it unless it is reachable; then back off and pick again.
+    fn on_liveness(&mut self, via: u64, liveness: Liveness, failure: String, now: Instant) {
+        if liveness == Liveness::Reachable {
+            self.view.stores.set_liveness(via, Liveness::Reachable);
+        } else {
+            self.selector.on_send_failure(&self.region, &self.view.stores, liveness);
+        }
+        self.sleep_then(BackoffKind::TikvRpc, failure, AfterSleep::Retry, now);
     }
 
     fn sleep_then(
@@ -704,8 +769,14 @@ impl RegionCall {
                 resolve.on_response(id, response, now);
                 self.check_resolve(now);
             }
-            Phase::Sending { id: expected, store_id, sent_at } if *expected == id => {
-                let store_id = *store_id;
+            Phase::CheckingLiveness { id: expected, via, failure } if *expected == id => {
+                let (via, failure) = (*via, std::mem::take(failure));
+                self.phase = Phase::Idle;
+                let (liveness, _) = liveness_of(response);
+                self.on_liveness(via, liveness, failure, now);
+            }
+            Phase::Sending { id: expected, store_id, sent_at, via } if *expected == id => {
+                let (store_id, via) = (*store_id, *via);
                 let took = now.saturating_duration_since(*sent_at);
                 self.selector.record_attempt_time(took);
                 if response.is_ok() {
@@ -738,22 +809,9 @@ impl RegionCall {
                         self.retry_now(now);
                     }
                     Err(e) => {
-                        // client-go onSendFail: back off BoTiKVRPC and pick
-                        // again. client-go probes the store's liveness and
-                        // gives up on it only if the probe fails too; a
-                        // refused or broken connection stands in for that
-                        // probe here, while a deadline leaves the peer a
-                        // candidate within its attempt and time limits.
                         self.lost_answers += 1;
-                        if matches!(e, RpcError::Unavailable(_)) {
-                            self.selector.on_send_failure(&self.region, &self.view.stores);
-                        }
-                        self.sleep_then(
-                            BackoffKind::TikvRpc,
-                            format!("send to store {store_id} failed: {e}"),
-                            AfterSleep::Retry,
-                            now,
-                        );
+                        let failure = format!("send to store {store_id} failed: {e}");
+                        self.check_liveness(via, failure, now);
                     }
                 }
             }

@@ -4,8 +4,10 @@
 //! `region_cache.go`), as one round the runtime runs every
 //! [`HEALTH_CHECK_INTERVAL`].
 //!
-//! A store becomes unreachable when a send to it fails
-//! ([`super::replica::ReplicaSelector::on_send_failure`]). Each
+//! A store becomes unreachable when a send to it fails and the liveness
+//! probe the region sender sends it right then ([`liveness_of`]) does not
+//! answer `SERVING` ([`super::replica::ReplicaSelector::on_send_failure`]).
+//! Each
 //! [`ProbeStores`] round sends gRPC's health `Check` to every TiKV store
 //! that is not reachable, each bounded by [`LIVENESS_TIMEOUT`]: `SERVING`
 //! makes it reachable again (the probing of it ends), `UNKNOWN` leaves its
@@ -156,31 +158,10 @@ impl Operation for ProbeStores {
         let Some(store_id) = self.in_flight.remove(&id) else {
             return;
         };
-        // client-go `invokeKVStatusAPI`: SERVING is reachable, UNKNOWN and
-        // SERVICE_UNKNOWN unknown, anything else (an error, NOT_SERVING, a
-        // status this client does not know) unreachable.
-        let liveness = match response {
-            Ok(Response::HealthCheck(r)) => match ServingStatus::try_from(r.status) {
-                Ok(ServingStatus::Serving) => Liveness::Reachable,
-                Ok(ServingStatus::Unknown | ServingStatus::ServiceUnknown) => Liveness::Unknown,
-                Ok(ServingStatus::NotServing) => {
-                    self.round.unreachable.push((store_id, "not serving".into()));
-                    Liveness::Unreachable
-                }
-                Err(_) => {
-                    self.round.unreachable.push((store_id, format!("status {}", r.status)));
-                    Liveness::Unreachable
-                }
-            },
-            Ok(other) => {
-                self.round.unreachable.push((store_id, format!("answered {}", other.name())));
-                Liveness::Unreachable
-            }
-            Err(e) => {
-                self.round.unreachable.push((store_id, e.to_string()));
-                Liveness::Unreachable
-            }
-        };
+        let (liveness, why) = liveness_of(response);
+        if let Some(why) = why {
+            self.round.unreachable.push((store_id, why));
+        }
         match liveness {
             Liveness::Reachable => self.round.reachable.push(store_id),
             Liveness::Unknown => self.round.unknown.push(store_id),
@@ -198,6 +179,24 @@ impl Operation for ProbeStores {
 
     fn poll_result(&mut self) -> Option<Result<ProbeRound, Error>> {
         self.result.take()
+    }
+}
+
+/// What a health probe's answer says about its store (client-go
+/// `invokeKVStatusAPI`): `SERVING` is reachable; `UNKNOWN` and
+/// `SERVICE_UNKNOWN` unknown; anything else (an error, `NOT_SERVING`, a
+/// status this client does not know) unreachable, with why.
+pub fn liveness_of(response: Result<Response, RpcError>) -> (Liveness, Option<String>) {
+    let unreachable = |why: String| (Liveness::Unreachable, Some(why));
+    match response {
+        Ok(Response::HealthCheck(r)) => match ServingStatus::try_from(r.status) {
+            Ok(ServingStatus::Serving) => (Liveness::Reachable, None),
+            Ok(ServingStatus::Unknown | ServingStatus::ServiceUnknown) => (Liveness::Unknown, None),
+            Ok(ServingStatus::NotServing) => unreachable("not serving".into()),
+            Err(_) => unreachable(format!("status {}", r.status)),
+        },
+        Ok(other) => unreachable(format!("answered {}", other.name())),
+        Err(e) => unreachable(e.to_string()),
     }
 }
 

@@ -126,7 +126,7 @@ fn run(s: &mut ReplicaSelector, region: &RegionRef, stores: &StoreTable, steps: 
                 other => format!("{other:?}"),
             },
             Step::SendFailure => {
-                s.on_send_failure(region, stores);
+                s.on_send_failure(region, stores, Liveness::Unreachable);
                 String::new()
             }
             Step::Deadline => {
@@ -645,7 +645,7 @@ fn a_failed_store_is_skipped_until_it_answers_a_probe_and_its_region_is_reloaded
     let mut first = ReplicaSelector::new(&region, &follower, Rng::new(1));
     let pick = first.next(&region, &stores, Instant::ZERO);
     assert_eq!(picked_store(&region, &pick), Some(2), "the preferred follower");
-    first.on_send_failure(&region, &stores);
+    first.on_send_failure(&region, &stores, Liveness::Unreachable);
     let store2 = stores.get_any(2).expect("known");
     assert_eq!(store2.health().liveness(), Liveness::Unreachable);
     assert_eq!(store2.health().epoch(), 1, "bumped once");

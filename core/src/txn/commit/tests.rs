@@ -621,7 +621,8 @@ fn a_retried_one_pc_prewrite_asks_for_one_pc_again() {
     // and no commit is sent.
     let mut c = FakeCluster::new(&[]);
     let v = view_with_a_cached(&mut c);
-    // (The deadline leaves the leader a candidate: the retry goes to it,
+    // (The leader answers the liveness probe that follows the deadline,
+    // so it stays a candidate: the retry goes to it,
     // which applies the split and refuses the old epoch; one re-split
     // batch then meets the scripted EpochNotMatch once more.)
     c.fault("prewrite", Fault::Rpc(RpcError::DeadlineExceeded));
