@@ -798,6 +798,23 @@ impl Cluster {
         self.lock().client_cut.contains(&store_id)
     }
 
+    /// TiKV's forwarding (`kv.rs`): store `proxy` received a request
+    /// carrying `tikv-forwarded-host: host` and hands it, over the
+    /// cluster's own network, to the store at that address, whose id this
+    /// returns (counted as forwarded by `proxy`). A stopped receiver
+    /// refuses it, as it refuses any request; so does one asked to forward
+    /// to an address no store has.
+    pub fn forward(&self, proxy: u64, host: &str) -> Result<u64, RpcError> {
+        let mut st = self.lock();
+        if !st.stores.get(&proxy).is_some_and(|s| s.running) {
+            return Err(RpcError::Unavailable(format!("store {proxy} is stopped")));
+        }
+        let to = st.stores.iter().find(|(_, s)| s.meta.address == host).map(|(id, _)| *id);
+        let to = to.ok_or_else(|| RpcError::Unavailable(format!("no store at {host}")))?;
+        *st.forwarded.entry(proxy).or_default() += 1;
+        Ok(to)
+    }
+
     /// Counts `n` TiKV requests store `store_id` forwarded to another.
     #[cfg(feature = "server")]
     pub(crate) fn count_forwarded(&self, store_id: u64, n: u64) {

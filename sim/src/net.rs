@@ -70,6 +70,12 @@ impl Network {
         Network { swarm, pd_urls, partitions: BTreeSet::new(), calm: false }
     }
 
+    /// Whether the plan's clients forward through a proxy store
+    /// ([`Swarm::forwarding`]).
+    pub fn forwarding(&self) -> bool {
+        self.swarm.forwarding
+    }
+
     /// The PD members' URLs.
     pub fn pd_urls(&self) -> &[String] {
         &self.pd_urls

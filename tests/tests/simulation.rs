@@ -79,7 +79,9 @@ fn seeds_pass() {
         return;
     }
     let (mut ops, mut undetermined, mut failed, mut faults, mut unacked) = (0, 0, 0, 0, 0);
+    let mut forwarded = 0;
     let seeds = sweep(Workload::Raw, |report| {
+        forwarded += report.stats.forwarded;
         ops += report.stats.ops;
         undetermined += report.stats.undetermined;
         failed += report.stats.failed;
@@ -88,7 +90,7 @@ fn seeds_pass() {
     });
     println!(
         "{seeds} seeds: {ops} ops, {failed} failed, {undetermined} undetermined, \
-         {unacked} with unanswered writes, {faults} faults"
+         {unacked} with unanswered writes, {faults} faults, {forwarded} requests forwarded"
     );
     // The sweep is not vacuous: the faults happened and produced the
     // uncertain outcomes the checker has to reason about.
@@ -96,6 +98,8 @@ fn seeds_pass() {
         assert!(faults > seeds as usize, "too few faults: {faults}");
         assert!(undetermined > 0, "no undetermined operation in {seeds} seeds");
         assert!(unacked > 0, "no write lost its answer in {seeds} seeds");
+        // Clients cut off from a leader's store reached it through a proxy.
+        assert!(forwarded > 0, "no request forwarded in {seeds} seeds");
     }
 }
 

@@ -103,6 +103,7 @@ fn main() -> ExitCode {
     let started = WallClock::now();
     let (mut ops, mut rpcs, mut events, mut failed, mut unknown) =
         (0usize, 0u64, 0u64, 0u64, 0usize);
+    let mut forwarded = 0u64;
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
     let mut with_conflict = 0usize;
@@ -118,6 +119,7 @@ fn main() -> ExitCode {
         ops += report.stats.ops;
         rpcs += report.stats.rpcs;
         events += report.stats.events;
+        forwarded += report.stats.forwarded;
         unknown += report.stats.unknown_keys;
         committed += report.stats.ok;
         undetermined += report.stats.undetermined;
@@ -171,7 +173,8 @@ fn main() -> ExitCode {
     println!(
         "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
          {ops} {what} ({committed} ok, {undetermined} undetermined, {crashes} client crashes), \
-         {rpcs} RPCs, {events} events; longest {max_op:?} (virtual)",
+         {rpcs} RPCs ({forwarded} forwarded by a store), {events} events; longest {max_op:?} \
+         (virtual)",
         first + seeds
     );
     if workload == Workload::Pessimistic {
@@ -257,6 +260,7 @@ mod platform {
         crashed_holders: (usize, usize),
         lock_waits: u64,
         rpcs: u64,
+        forwarded: u64,
         events: u64,
         gc: GcStats,
         pipe: PipeStats,
@@ -303,6 +307,7 @@ mod platform {
         fn add_stats(&mut self, stats: &tikv_sim::platform::SimStats) {
             self.lock_waits += stats.lock_waits;
             self.rpcs += stats.rpcs;
+            self.forwarded += stats.forwarded;
             self.events += stats.events;
         }
     }
@@ -368,7 +373,7 @@ mod platform {
         println!(
             "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
              {} {what} ({} ok, {} failed, {} undetermined, {} client crashes), \
-             {} RPCs, {} events, {} lock waits, {} deadlock victims",
+             {} RPCs ({} forwarded by a store), {} events, {} lock waits, {} deadlock victims",
             first + n,
             t.ops,
             t.outcomes.0,
@@ -376,6 +381,7 @@ mod platform {
             t.outcomes.2,
             t.crashes,
             t.rpcs,
+            t.forwarded,
             t.events,
             t.lock_waits,
             t.victims

@@ -491,8 +491,26 @@ impl State {
             self.log(format_args!("net: request #{call} lost in a partition"));
             return;
         }
+        // A store asked to forward hands the request on; the answer comes
+        // back the way the request came.
+        let served_at = match (&a.target, endpoint) {
+            (Target::Store { forwarded_host: Some(host), .. }, Some(Endpoint::Store(proxy))) => {
+                match self.cluster.forward(proxy, host) {
+                    Ok(to) => {
+                        self.stats.forwarded += 1;
+                        self.log(format_args!("server: store {proxy} forwards #{call} to {to}"));
+                        Some(Endpoint::Store(to))
+                    }
+                    Err(e) => {
+                        self.answer(call, a.client, endpoint, a.reply, Err(e));
+                        return;
+                    }
+                }
+            }
+            _ => endpoint,
+        };
         let now = self.now;
-        let result = match (endpoint, a.request) {
+        let result = match (served_at, a.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
                 // The GC world checks every collection the stores apply.
                 let before = match (&req, &self.gc_checks) {
@@ -667,6 +685,12 @@ impl Shared {
 
     pub(crate) fn pd_urls(&self) -> Vec<String> {
         self.lock().net.pd_urls().to_vec()
+    }
+
+    /// Whether the run's clients forward through a proxy store
+    /// ([`crate::world::Swarm::forwarding`]).
+    pub(crate) fn forwarding(&self) -> bool {
+        self.lock().net.forwarding()
     }
 
     /// Serves `cluster` instead of the current one, its PD members at

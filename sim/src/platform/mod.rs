@@ -231,6 +231,9 @@ pub struct SimStats {
     pub tasks: u64,
     /// `PessimisticLock` requests that waited in a store's lock manager.
     pub lock_waits: u64,
+    /// Requests a store forwarded to the store at their
+    /// `tikv-forwarded-host`.
+    pub forwarded: u64,
 }
 
 /// A successful run.
@@ -402,8 +405,9 @@ impl Sim {
     }
 
     /// A client configuration for this simulation: the simulated PD
-    /// members as endpoints and a random seed drawn from the run's. Change
-    /// anything else before connecting.
+    /// members as endpoints, a random seed drawn from the run's, and
+    /// forwarding as the run's plan draws it. Change anything else before
+    /// connecting.
     ///
     /// Its PD and read timeouts are shorter than client-go's (1 s, reads 1
     /// and 2 s), as in the seeded world: a lost message costs less of the
@@ -415,6 +419,7 @@ impl Sim {
             .with_pd_timeout(Duration::from_secs(1))
             .with_read_timeout_short(Duration::from_secs(1))
             .with_read_timeout_medium(Duration::from_secs(2))
+            .with_forwarding(self.shared.forwarding())
     }
 
     /// A new RawKV client (the next client number) with [`Sim::config`].
@@ -539,6 +544,7 @@ fn reliable_swarm() -> Swarm {
         duplicate_permille: 0,
         think: Duration::ZERO,
         raw_budget: Duration::ZERO,
+        forwarding: false,
     }
 }
 
@@ -561,7 +567,11 @@ where
     let mut rng = Rng::new(seed);
     // The transactional world's universe: its fault window (0.5 to 7 s) is
     // long enough for an application's clients to connect and work in it.
-    let plan = config.chaos.then(|| Plan::draw_txn(&mut rng));
+    let plan = config.chaos.then(|| {
+        let mut plan = Plan::draw_txn(&mut rng);
+        plan.swarm.forwarding = crate::world::draws_forwarding(seed);
+        plan
+    });
     let swarm = plan.as_ref().map_or_else(reliable_swarm, |p| p.swarm.clone());
     let cluster = Cluster::new(ClusterConfig {
         stores: swarm.stores,

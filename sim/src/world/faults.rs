@@ -45,6 +45,10 @@ pub struct Swarm {
     /// Small budgets make operations give up, which is how failed and
     /// undetermined outcomes reach the history.
     pub raw_budget: Duration,
+    /// The clients forward through a reachable peer's store to a leader
+    /// they are cut off from (`Config::with_forwarding`, client-go's
+    /// `EnableForwarding`).
+    pub forwarding: bool,
 }
 
 /// One scheduled fault.
@@ -253,6 +257,9 @@ impl Plan {
                 2 => ms(rng.gen_range(5, 100)),
                 _ => ms(rng.gen_range(100, 3000)),
             },
+            // Set by the world from a stream of its own (`world::run`), so
+            // adding it changed no other draw.
+            forwarding: false,
         };
         let n_faults = if rng.gen_ratio(1, 5) { 0 } else { rng.gen_range(1, 17) };
         // Swarm testing: each kind is enabled or not for the whole run, so
@@ -295,8 +302,13 @@ impl fmt::Display for Plan {
         let s = &self.swarm;
         writeln!(
             f,
-            "swarm: {} clients x {} ops, {} keys, {} stores, splits {:?}",
-            s.clients, s.ops_per_client, s.keys, s.stores, s.splits
+            "swarm: {} clients x {} ops, {} keys, {} stores, splits {:?}{}",
+            s.clients,
+            s.ops_per_client,
+            s.keys,
+            s.stores,
+            s.splits,
+            if s.forwarding { ", forwarding" } else { "" }
         )?;
         writeln!(
             f,

@@ -505,7 +505,7 @@ impl World {
         let view = super::new_view(
             self.net.pd_urls(),
             seed,
-            self.plan.swarm.raw_budget,
+            &self.plan.swarm,
             Some(tikv_core::config::BackoffBudgets::default()),
             tikv_core::pd::DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
             rpc_timeout,

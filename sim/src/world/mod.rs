@@ -367,6 +367,9 @@ pub struct Stats {
     /// (pessimistic) The most transactions seen sharing one key's lock at
     /// once.
     pub shared_lock_peak: usize,
+    /// Requests a store forwarded to the store at their
+    /// `tikv-forwarded-host` for a client cut off from it.
+    pub forwarded: u64,
     /// Virtual time at the end of the run.
     pub end: Instant,
     /// Longest operation.
@@ -426,16 +429,30 @@ impl Report {
     }
 }
 
+/// Whether the clients of seed `seed`'s drawn plan forward
+/// ([`Swarm::forwarding`]; half of the seeds). Drawn from a stream of its
+/// own, so every other draw of a seed is what it was before.
+pub fn draws_forwarding(seed: u64) -> bool {
+    const FORWARDING_STREAM: u64 = 0xf0a2_d1f6_0000_0001;
+    Rng::new(seed ^ FORWARDING_STREAM).gen_ratio(1, 2)
+}
+
 /// Runs one world to the end and checks it.
 pub fn run(cfg: WorldConfig) -> Report {
     let mut rng = Rng::new(cfg.seed);
     let workload = cfg.bug.map_or(cfg.workload, Bug::workload);
     let plan = match cfg.plan.clone() {
         Some(p) => p,
-        None if matches!(workload, Workload::Txn | Workload::Gc) => Plan::draw_txn(&mut rng),
-        None if workload == Workload::Pipelined => pipelined_workload::draw_plan(&mut rng),
-        None if workload == Workload::Pessimistic => Plan::draw_pess(&mut rng),
-        None => Plan::draw(&mut rng),
+        None => {
+            let mut plan = match workload {
+                Workload::Txn | Workload::Gc => Plan::draw_txn(&mut rng),
+                Workload::Pipelined => pipelined_workload::draw_plan(&mut rng),
+                Workload::Pessimistic => Plan::draw_pess(&mut rng),
+                Workload::Raw => Plan::draw(&mut rng),
+            };
+            plan.swarm.forwarding = draws_forwarding(cfg.seed);
+            plan
+        }
     };
     let mut world = World::new(cfg, plan, rng);
     world.run();
@@ -738,8 +755,7 @@ impl World {
                 None => (1, DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT),
             };
             let seed = rng.next_u64();
-            let view =
-                new_view(&pd_urls, seed, swarm.raw_budget, txn_budgets.clone(), depth, timeout);
+            let view = new_view(&pd_urls, seed, swarm, txn_budgets.clone(), depth, timeout);
             let lead = clients.len();
             for _ in 0..size.min(swarm.clients - lead) {
                 clients.push(Client::new(view.clone(), lead));
@@ -752,7 +768,7 @@ impl World {
             let view = new_view(
                 &pd_urls,
                 seed,
-                swarm.raw_budget,
+                swarm,
                 budgets,
                 DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
                 timeout,
@@ -1332,7 +1348,25 @@ impl World {
             self.log(format!("net: request {id} of c{c} lost in a partition"));
             return;
         }
-        let result = match (endpoint, rpc.request) {
+        // A store asked to forward hands the request on; the answer comes
+        // back the way the request came.
+        let served_at = match (&rpc.target, endpoint) {
+            (Target::Store { forwarded_host: Some(host), .. }, Some(Endpoint::Store(proxy))) => {
+                match self.cluster.forward(proxy, host) {
+                    Ok(to) => {
+                        self.stats.forwarded += 1;
+                        self.log(format!("server: store {proxy} forwards {id} of c{c} to {to}"));
+                        Some(Endpoint::Store(to))
+                    }
+                    Err(e) => {
+                        self.respond(c, op, id, endpoint, Err(e));
+                        return;
+                    }
+                }
+            }
+            _ => endpoint,
+        };
+        let result = match (served_at, rpc.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
                 let collection = match &req {
                     PdRequest::AdvanceGcSafePoint(r) => self.gc_before_collection(r.target),
@@ -1357,7 +1391,8 @@ impl World {
                     Ok(KvAnswer::Waiting(token)) => {
                         self.stats.lock_waits += 1;
                         self.log(format!("server: c{c} {id} waits for a lock ({token:?})"));
-                        let endpoint = Endpoint::Store(s);
+                        // The answer goes back the way the request came.
+                        let endpoint = endpoint.unwrap_or(Endpoint::Store(s));
                         let parked = Parked { client: c, op, id, endpoint, start_ts };
                         self.parked.insert(token, parked);
                         self.collect_lock_answers();
@@ -1764,8 +1799,7 @@ impl World {
         let budgets = self.txn.as_ref().map(|t| scaled_budgets(t.params.budget_permille));
         let depth = self.clients[c].view.config.tso_max_rounds_in_flight;
         let timeout = rpc_timeout(self.workload);
-        let view =
-            new_view(self.net.pd_urls(), seed, self.plan.swarm.raw_budget, budgets, depth, timeout);
+        let view = new_view(self.net.pd_urls(), seed, &self.plan.swarm, budgets, depth, timeout);
         for &m in &members {
             self.clients[m].restart(view.clone(), m);
         }
@@ -2172,14 +2206,14 @@ fn oracle_for(view: &Arc<ClusterView>) -> TsoBatcher<OracleWaiter> {
 fn new_view(
     pd_urls: &[String],
     seed: u64,
-    raw_budget: Duration,
+    swarm: &Swarm,
     txn_budgets: Option<BackoffBudgets>,
     tso_rounds_in_flight: usize,
     read_timeout_short: Duration,
 ) -> Arc<ClusterView> {
     let mode = if txn_budgets.is_some() { Mode::Txn } else { Mode::Raw };
     let mut budgets = txn_budgets.unwrap_or_default();
-    budgets.raw = raw_budget;
+    budgets.raw = swarm.raw_budget;
     let config = Config::default()
         .with_backoff_budgets(budgets)
         .with_pd_endpoints(pd_urls.to_vec())
@@ -2187,7 +2221,8 @@ fn new_view(
         .with_pd_timeout(Duration::from_secs(1))
         .with_read_timeout_short(read_timeout_short)
         .with_read_timeout_medium(Duration::from_secs(2))
-        .with_tso_max_rounds_in_flight(tso_rounds_in_flight);
+        .with_tso_max_rounds_in_flight(tso_rounds_in_flight)
+        .with_forwarding(swarm.forwarding);
     let pd = Arc::new(PdState::new(config.pd_endpoints.clone()));
     Arc::new(ClusterView::new(config, ApiCodec::v1(mode), pd))
 }
