@@ -121,6 +121,7 @@ impl<P: Platform> ClientCore<P> {
             }
         };
         let view = Arc::new(ClusterView::new(config, codec, pd));
+        crate::store_health::install_health_feedback_sink(&view, &*transport);
         refresh_stores::<P>(&view, &rt, &transport, Backoffer::new(budget, rng.fork())).await?;
 
         let refresher = {

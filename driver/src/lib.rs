@@ -58,7 +58,7 @@ pub use tikv_core::txn::membuffer::Checkpoint;
 pub use tikv_core::txn::pessimistic::{LockKeysDetails, LockOptions, LockWait, ReturnedValue};
 pub use tikv_core::txn::pipelined::FlushThresholds;
 pub use tikv_core::txn::snapshot::ReadOptions;
-pub use traits::{Runtime, Transport};
+pub use traits::{HealthFeedbackSink, Runtime, Transport};
 pub use txn::{
     PESSIMISTIC_LOCK_MAX_RETRIES, Snapshot, Transaction, TransactionClient, TransactionOptions,
 };

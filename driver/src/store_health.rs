@@ -3,15 +3,31 @@
 //! [`HEALTH_CHECK_INTERVAL`] (a round with every store reachable sends
 //! nothing). The same tick adds the region cache's lookup counts to their
 //! metric, so that counting them costs the lookup path no metrics call.
+//! TiKV's health feedback is no part of the rounds: the transport hands it
+//! to the sink [`install_health_feedback_sink`] installs as it arrives.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tikv_core::region::LookupCounts;
-use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores};
+use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores, on_health_feedback};
 use tikv_core::view::ClusterView;
 
 use crate::client::Platform;
 use crate::{Background, Transport, execute, observe, spawn_periodic};
+
+/// Has `transport` hand each health feedback TiKV sends to the store
+/// health of `view` as it arrives (client-go's region cache registers its
+/// `OnHealthFeedback` listener with the RPC client when the store opens).
+/// The sink holds the view weakly: the transport's stream tasks must not
+/// keep a closed client's view alive.
+pub(crate) fn install_health_feedback_sink<T: Transport>(view: &Arc<ClusterView>, transport: &T) {
+    let view: Weak<ClusterView> = Arc::downgrade(view);
+    transport.set_health_feedback_sink(Arc::new(move |feedback, now| {
+        if let Some(view) = view.upgrade() {
+            on_health_feedback(&view, &feedback, now);
+        }
+    }));
+}
 
 /// Starts the periodic rounds; they stop when the handle is dropped.
 pub(crate) fn spawn_store_prober<P: Platform>(
@@ -26,7 +42,7 @@ pub(crate) fn spawn_store_prober<P: Platform>(
             observe::region_cache_lookups(view.regions.lookup_counts(), lookups_exported);
         let (view, rt, transport) = (view.clone(), rt2.clone(), transport.clone());
         async move {
-            let probe = ProbeStores::new(view).with_feedback(transport.take_health_feedback());
+            let probe = ProbeStores::new(view);
             let round = execute(probe, &rt, &*transport).await;
             if let Ok(round) = &round {
                 for store in &round.reachable {

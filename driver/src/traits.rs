@@ -107,14 +107,23 @@ pub trait Transport: Send + Sync + 'static {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>>;
 
-    /// The health feedback TiKV carried on this transport's answers
-    /// (`BatchCommandsResponse.health_feedback`) since the last call, the
-    /// latest per store; the store health prober records it. None by
-    /// default (a transport without `BatchCommands` streams).
-    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
-        Vec::new()
-    }
+    /// Installs `sink`, which the transport then calls with each health
+    /// feedback TiKV carries on its answers
+    /// (`BatchCommandsResponse.health_feedback`) as it arrives, before the
+    /// answers it came with are handed out, and with the time of arrival on
+    /// the paired [`Runtime`]'s clock (client-go's
+    /// `ClientEventListener.OnHealthFeedback`, which its region cache
+    /// installs when the store opens). A later call replaces the sink. The
+    /// default drops it: a transport without `BatchCommands` streams
+    /// receives no feedback.
+    fn set_health_feedback_sink(&self, _sink: HealthFeedbackSink) {}
 }
+
+/// Where a [`Transport`] hands TiKV's health feedback
+/// ([`Transport::set_health_feedback_sink`]): called with the feedback and
+/// its time of arrival, on the receiving task, so it must be quick and
+/// must not block.
+pub type HealthFeedbackSink = Arc<dyn Fn(kvrpcpb::HealthFeedback, Instant) + Send + Sync>;
 
 impl<T: Transport + ?Sized> Transport for Arc<T> {
     fn call(
@@ -126,8 +135,8 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
         (**self).call(target, request, deadline)
     }
 
-    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
-        (**self).take_health_feedback()
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        (**self).set_health_feedback_sink(sink)
     }
 }
 
@@ -141,7 +150,7 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
         (**self).call(target, request, deadline)
     }
 
-    fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
-        (**self).take_health_feedback()
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        (**self).set_health_feedback_sink(sink)
     }
 }

@@ -14,8 +14,10 @@
 //!   the collector, writes the messages it emits to the stream it names,
 //!   arms its timer (batch waits and request deadlines), opens a stream on
 //!   each slot it asks for, and sends its fallbacks as unary calls;
-//! - one **receiver** task per stream that reads answer messages, feeds
-//!   them to the collector and hands each answer to its caller; when the
+//! - one **receiver** task per stream that reads answer messages, hands
+//!   the health feedback TiKV carries on them to the installed sink
+//!   ([`BatchConns::set_health_feedback_sink`]), feeds them to the
+//!   collector and hands each answer to its caller; when the
 //!   stream ends or fails it reports the break (requests sent on it fail
 //!   with the retryable `Unavailable("batch stream broken: ..")`).
 //!
@@ -42,8 +44,7 @@ use futures::{FutureExt, StreamExt};
 use tikv_core::rpc::batch::{BatchCollector, BatchConfig, StreamGen};
 use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
 use tikv_core::time::Instant;
-use tikv_driver::Runtime;
-use tikv_proto::kvrpcpb;
+use tikv_driver::{HealthFeedbackSink, Runtime};
 use tikv_proto::tikvpb::BatchCommandsRequest;
 use tonic::codegen::http::uri::PathAndQuery;
 
@@ -77,16 +78,36 @@ pub struct BatchConns {
     /// every call, and SipHash costs a few hundred instructions per lookup.
     /// Only looked up, never iterated.
     by_addr: Mutex<hashbrown::HashMap<StreamKey, mpsc::UnboundedSender<Entry>>>,
-    /// The health feedback TiKV carried on its answers since the last
-    /// [`BatchConns::take_health_feedback`], the latest per store.
-    feedback: Arc<HealthFeedbacks>,
+    /// Where the receivers hand TiKV's health feedback
+    /// ([`BatchConns::set_health_feedback_sink`]).
+    feedback_sink: Arc<FeedbackSinkSlot>,
 }
 
 /// The streams' address and the forwarded host their requests are for.
 type StreamKey = (Arc<str>, Option<Arc<str>>);
 
-/// The latest `HealthFeedback` per store id.
-type HealthFeedbacks = Mutex<std::collections::BTreeMap<u64, kvrpcpb::HealthFeedback>>;
+/// The installed health feedback sink, if any; shared with every
+/// address's receivers, so a sink installed after the streams opened still
+/// gets their feedback.
+#[derive(Default)]
+struct FeedbackSinkSlot(Mutex<Option<HealthFeedbackSink>>);
+
+impl FeedbackSinkSlot {
+    fn set(&self, sink: HealthFeedbackSink) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(sink);
+    }
+
+    fn get(&self) -> Option<HealthFeedbackSink> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl std::fmt::Debug for FeedbackSinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let installed = if self.get().is_some() { "installed" } else { "none" };
+        write!(f, "FeedbackSinkSlot({installed})")
+    }
+}
 
 /// Where a batch connection gets its HTTP/2 channel. It is asked again for
 /// every new stream and every unary fallback, so a runtime whose channels do
@@ -96,7 +117,7 @@ pub type ChannelSource<C> = Arc<dyn Fn() -> BoxFuture<'static, Result<C, RpcErro
 
 /// State shared by the driver and receiver tasks of one address.
 struct Shared<C, R> {
-    feedback: Arc<HealthFeedbacks>,
+    feedback_sink: Arc<FeedbackSinkSlot>,
     collector: Mutex<BatchCollector<Reply>>,
     /// Receiver → driver: the collector changed state (stream ready or
     /// broken) and has output only the driver handles.
@@ -118,11 +139,11 @@ impl<C, R> Shared<C, R> {
 }
 
 impl BatchConns {
-    /// The health feedback received since the last call, the latest per
-    /// store (by id), which the client's store health records.
-    pub fn take_health_feedback(&self) -> Vec<kvrpcpb::HealthFeedback> {
-        let mut feedback = self.feedback.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *feedback).into_values().collect()
+    /// Installs the sink every stream's receiver hands TiKV's health
+    /// feedback to as it arrives (`tikv_driver::Transport::set_health_feedback_sink`),
+    /// replacing any earlier one.
+    pub fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        self.feedback_sink.set(sink);
     }
 
     /// Sends `request` over one of `addr`'s streams (or, as its collector
@@ -191,7 +212,7 @@ impl BatchConns {
             .streams(streams)
             .idle_timeout(config.batch_idle_timeout);
         let shared = Arc::new(Shared {
-            feedback: self.feedback.clone(),
+            feedback_sink: self.feedback_sink.clone(),
             collector: Mutex::new(BatchCollector::new(batch)),
             wake,
             channels: (0..streams).map(source).collect(),
@@ -469,18 +490,21 @@ async fn receive<C: GrpcChannel + Sync, R: Runtime>(
             let mut answers = response.into_inner();
             loop {
                 match answers.message().await {
-                    Ok(Some(mut message)) => {
-                        // client-go `onHealthFeedback`: TiKV's slow score
-                        // rides on the stream's answers now and then.
-                        if let Some(feedback) = message.health_feedback.take() {
-                            let mut latest =
-                                shared.feedback.lock().unwrap_or_else(PoisonError::into_inner);
-                            latest.insert(feedback.store_id, feedback);
+                    Ok(Some(message)) => {
+                        let now = shared.rt.now();
+                        // client-go's `batchRecvLoop`: TiKV's slow score,
+                        // which rides on the stream's answers now and then,
+                        // is recorded before the answers are handed out, so
+                        // their callers' next choice already sees it.
+                        if let Some(feedback) = message.health_feedback
+                            && let Some(sink) = shared.feedback_sink.get()
+                        {
+                            sink(feedback, now);
                         }
                         let changed = {
                             let mut c = shared.lock();
                             let before = c.slot_state(generation.slot);
-                            c.on_response(generation, message, shared.rt.now());
+                            c.on_response(generation, message, now);
                             while let Some(d) = c.poll_completion() {
                                 done.push(d);
                             }

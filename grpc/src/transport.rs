@@ -66,7 +66,9 @@ pub trait Connector: fmt::Debug + Send + Sync + 'static {
 ///   of their own: one timer per call. A broken stream fails its in-flight
 ///   requests with a retryable `RpcError::Unavailable` and is re-created
 ///   after a backoff while the other streams carry the traffic; with every
-///   stream down, requests go unary.
+///   stream down, requests go unary. The health feedback TiKV carries on
+///   the streams' answers goes to the sink installed with
+///   [`Transport::set_health_feedback_sink`] as each answer arrives.
 /// - **TSO**: PD's `Tso` requests go over one long-lived stream per PD
 ///   address, several rounds in flight, answers matched in order
 ///   ([`crate::tso`]); a stream that fails is dropped, its rounds report
@@ -157,8 +159,8 @@ impl<C: Connector> Inner<C> {
 }
 
 impl<C: Connector> Transport for GrpcTransport<C> {
-    fn take_health_feedback(&self) -> Vec<tikv_proto::kvrpcpb::HealthFeedback> {
-        self.inner.batch.take_health_feedback()
+    fn set_health_feedback_sink(&self, sink: tikv_driver::HealthFeedbackSink) {
+        self.inner.batch.set_health_feedback_sink(sink);
     }
 
     fn call(

@@ -34,7 +34,7 @@ use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Request, Resp
 use tikv_core::rpc::{Rpc, RpcId, Target, batch::response_to_batch};
 use tikv_core::time::Instant;
 use tikv_driver::{Config, Platform, Runtime, Transport, execute};
-use tikv_proto::kvrpcpb::{RawGetRequest, RawGetResponse};
+use tikv_proto::kvrpcpb::{HealthFeedback, RawGetRequest, RawGetResponse};
 use tikv_proto::pdpb::pd_server::{Pd, PdServer};
 use tikv_proto::pdpb::{
     GetMembersRequest, GetMembersResponse, RequestHeader, ResponseHeader, Timestamp, TsoRequest,
@@ -83,6 +83,7 @@ macro_rules! transport_suite {
             unary_calls_to_tikv_and_pd,
             batchable_requests_ride_the_stream_and_the_switch_keeps_them_unary,
             requests_go_unary_when_the_store_has_no_batch_stream,
+            health_feedback_reaches_the_sink_before_its_answer,
             a_unary_fallback_ends_at_its_deadline,
             a_mismatched_answer_is_a_mismatch,
             unimplemented_method_is_typed,
@@ -118,6 +119,14 @@ const FROZEN_FOR: Duration = Duration::from_millis(1500);
 /// The key the test store answers, on the stream, with another RPC's
 /// response.
 const MISMATCH_KEY: &str = "mismatch";
+/// The key whose answer message on the stream carries [`feedback`].
+const FEEDBACK_KEY: &str = "feedback";
+
+/// The health feedback the test store attaches to the stream message
+/// answering [`FEEDBACK_KEY`]: TiKV's slow score for a slow store.
+fn feedback() -> HealthFeedback {
+    HealthFeedback { store_id: 7, feedback_seq_no: 3, slow_score: 90 }
+}
 
 // ------------------------------------------------------------------ server
 
@@ -139,8 +148,9 @@ impl Served {
 
 /// `raw_get` answers `value-of-<key>` (after 10 s for [`SLOW_KEY`]); with
 /// `batch`, `BatchCommands` answers `RawGet` entries the same way, except
-/// that [`SLOW_KEY`] is never answered and [`MISMATCH_KEY`] is answered
-/// with a `RawPut` response.
+/// that [`SLOW_KEY`] is never answered, [`MISMATCH_KEY`] is answered
+/// with a `RawPut` response, and the message answering [`FEEDBACK_KEY`]
+/// carries health feedback.
 struct TestTikv {
     served: Arc<Served>,
     batch: bool,
@@ -194,6 +204,9 @@ impl Tikv for TestTikv {
                         }
                         Some(ReqCmd::RawGet(get)) => {
                             served.batched.fetch_add(1, Ordering::SeqCst);
+                            if get.key[..] == *FEEDBACK_KEY.as_bytes() {
+                                answer.health_feedback = Some(feedback());
+                            }
                             let response = match &get.key[..] {
                                 k if k == SLOW_KEY.as_bytes() => continue,
                                 k if k == MISMATCH_KEY.as_bytes() => {
@@ -597,6 +610,49 @@ pub async fn batchable_requests_ride_the_stream_and_the_switch_keeps_them_unary<
     let unary = Client::<H>::unary();
     assert_eq!(value(unary.call(&target, raw_get("u"), 5000).await), b"value-of-u");
     assert_eq!((server.served.unary(), server.served.batched()), (1, 20));
+}
+
+/// TiKV's health feedback on a `BatchCommands` answer reaches the installed
+/// sink as the answer arrives, before the answer reaches its caller
+/// (client-go's `batchRecvLoop` calls `OnHealthFeedback` before handing out
+/// the answers): once the call returns, the sink holds the feedback,
+/// stamped with the runtime's clock between the call's start and end.
+/// Answers without feedback hand nothing to it, and a sink installed later
+/// replaces the first on the streams already open.
+pub async fn health_feedback_reaches_the_sink_before_its_answer<H: Harness>() {
+    type Received = Arc<Mutex<Vec<(HealthFeedback, Instant)>>>;
+    fn sink_into(received: &Received) -> tikv_driver::HealthFeedbackSink {
+        let received = received.clone();
+        Arc::new(move |feedback: HealthFeedback, now| {
+            received.lock().unwrap().push((feedback, now));
+        })
+    }
+    let server = TestServer::start(Serve::generation(1));
+    let client = Client::<H>::new();
+    let target = store(server.addr());
+    let first = Received::default();
+    client.transport.set_health_feedback_sink(sink_into(&first));
+    assert_eq!(value(client.call(&target, raw_get("k"), 5000).await), b"value-of-k");
+    assert!(first.lock().unwrap().is_empty(), "an answer without feedback");
+
+    let before = client.rt.now();
+    let response = client.call(&target, raw_get(FEEDBACK_KEY), 5000).await;
+    let after = client.rt.now();
+    assert_eq!(value(response), b"value-of-feedback");
+    let received = first.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].0, feedback());
+    assert!(before <= received[0].1 && received[0].1 <= after, "{received:?}");
+    assert_eq!(server.served.batched(), 2, "both rode the stream");
+
+    let second = Received::default();
+    client.transport.set_health_feedback_sink(sink_into(&second));
+    assert_eq!(
+        value(client.call(&target, raw_get(FEEDBACK_KEY), 5000).await),
+        b"value-of-feedback"
+    );
+    assert_eq!(first.lock().unwrap().len(), 1, "replaced");
+    assert_eq!(second.lock().unwrap().len(), 1);
 }
 
 /// A store that does not serve `BatchCommands` is still served: the

@@ -16,6 +16,10 @@
 //! the stores' slow scores once a quarter of the store refresh interval has
 //! passed since the last tick (client-go ticks every 15 s by default).
 //!
+//! TiKV's own slow score arrives on `BatchCommands` answers, and
+//! [`on_health_feedback`] records it the moment it arrives, outside the
+//! rounds (client-go's `onHealthFeedback`).
+//!
 //! client-go also re-resolves an unreachable store from PD every 30 s and
 //! stops probing a removed one; here the periodic store refresh marks
 //! removed stores tombstones, which rounds skip.
@@ -52,16 +56,12 @@ pub struct ProbeRound {
     pub unreachable: Vec<(u64, String)>,
     /// The slow scores ticked in this round.
     pub ticked: bool,
-    /// TiKV's slow scores recorded from health feedback, by store.
-    pub feedback: Vec<(u64, u64)>,
 }
 
 /// One round of the store health probes (see the module docs).
 #[derive(Debug)]
 pub struct ProbeStores {
     view: Arc<ClusterView>,
-    /// TiKV's health feedback received since the last round.
-    feedback: Vec<kvrpcpb::HealthFeedback>,
     /// Stores still to ask, last first.
     to_send: Vec<(u64, Arc<str>)>,
     in_flight: BTreeMap<RpcId, u64>,
@@ -90,23 +90,12 @@ impl ProbeStores {
         to_send.reverse();
         ProbeStores {
             view,
-            feedback: Vec::new(),
             to_send,
             in_flight: BTreeMap::new(),
             deadline: None,
             round: ProbeRound::default(),
             result: None,
         }
-    }
-
-    /// Records `feedback` (TiKV's slow score per store, from the
-    /// `BatchCommands` answers since the last round) when the round starts
-    /// (client-go records each as it arrives, `onHealthFeedback`).
-    /// Feedback for a store the table does not know is dropped, as
-    /// client-go drops it.
-    pub fn with_feedback(mut self, feedback: Vec<kvrpcpb::HealthFeedback>) -> ProbeStores {
-        self.feedback = feedback;
-        self
     }
 
     fn check(&mut self) {
@@ -128,13 +117,6 @@ impl Operation for ProbeStores {
     type Output = ProbeRound;
 
     fn start(&mut self, now: Instant) {
-        for feedback in std::mem::take(&mut self.feedback) {
-            if let Some(store) = self.view.stores.get_any(feedback.store_id) {
-                let score = u64::try_from(feedback.slow_score).unwrap_or(0);
-                store.health().record_tikv_score(score, now);
-                self.round.feedback.push((feedback.store_id, score));
-            }
-        }
         let tick = self.view.config.store_refresh_interval / 4;
         self.round.ticked = self.view.stores.tick_health(now, tick);
         self.deadline = Some(now + LIVENESS_TIMEOUT);
@@ -198,6 +180,28 @@ pub fn liveness_of(response: Result<Response, RpcError>) -> (Liveness, Option<St
         Ok(other) => unreachable(format!("answered {}", other.name())),
         Err(e) => unreachable(e.to_string()),
     }
+}
+
+/// client-go `onHealthFeedback`: TiKV's `feedback`, carried on a
+/// `BatchCommands` answer that arrived at `now`, sets that store's TiKV-side
+/// slow score ([`crate::region::StoreHealth::record_tikv_score`]), which at
+/// 80 or above makes the store slow for the replica selector from the next
+/// choice on. The feedback's sequence number is not checked, as client-go
+/// does not check it (a slow score is a level, not a delta, and the
+/// score's own 100 ms update interval drops bursts). A negative score
+/// counts as 0. False, and nothing recorded, for a store the table does not
+/// know (client-go drops it too).
+pub fn on_health_feedback(
+    view: &ClusterView,
+    feedback: &kvrpcpb::HealthFeedback,
+    now: Instant,
+) -> bool {
+    let Some(store) = view.stores.get_any(feedback.store_id) else {
+        return false;
+    };
+    let score = u64::try_from(feedback.slow_score).unwrap_or(0);
+    store.health().record_tikv_score(score, now);
+    true
 }
 
 #[cfg(test)]

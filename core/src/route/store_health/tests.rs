@@ -146,25 +146,35 @@ fn rounds_tick_the_slow_scores_every_quarter_refresh_interval() {
     }
 }
 
-/// TiKV's health feedback is recorded when a round starts: a slow score
-/// of 80 or more makes the store slow; feedback for an unknown store is
-/// dropped.
+/// TiKV's health feedback is recorded as it arrives, with no round run: a
+/// slow score of 80 or more makes the store slow, a later healthy one makes
+/// it healthy again; sequence numbers are not checked (client-go ignores
+/// `feedback_seq_no`); feedback for an unknown store is dropped.
 #[test]
-fn health_feedback_records_tikv_slow_scores() {
+fn health_feedback_records_tikv_slow_scores_on_arrival() {
     let v = four_stores();
-    let feedback = |store_id, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
+    let feedback = |store_id, feedback_seq_no, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
         store_id,
-        feedback_seq_no: 1,
+        feedback_seq_no,
         slow_score,
     };
-    let mut op =
-        ProbeStores::new(v.clone()).with_feedback(vec![feedback(2, 100), feedback(9, 100)]);
-    op.start(Instant::from_millis(1_000));
-    let round = op.poll_result().unwrap().unwrap();
-    assert_eq!(round.feedback, [(2, 100)]);
+    let health = |id| v.stores.get_any(id).unwrap().health().slow_scores();
+    let t0 = Instant::from_millis(1_000);
+    assert!(on_health_feedback(&v, &feedback(2, 5, 100), t0));
     assert!(v.stores.get_any(2).unwrap().health().is_slow());
+    assert_eq!(health(2), (1, 100));
     assert!(!v.stores.get_any(1).unwrap().health().is_slow());
-    let mut op = ProbeStores::new(v.clone()).with_feedback(vec![feedback(2, 1)]);
-    op.start(Instant::from_millis(2_000));
+    assert!(!on_health_feedback(&v, &feedback(9, 1, 100), t0), "unknown store");
+
+    // An older sequence number still counts, once the score's 100 ms update
+    // interval has passed.
+    assert!(on_health_feedback(&v, &feedback(2, 4, 1), t0 + Duration::from_millis(50)));
+    assert_eq!(health(2).1, 100, "within 100 ms of the last change");
+    assert!(on_health_feedback(&v, &feedback(2, 4, 1), t0 + Duration::from_millis(200)));
+    assert_eq!(health(2).1, 1);
     assert!(!v.stores.get_any(2).unwrap().health().is_slow(), "healthy again");
+    // A negative score reads as 0.
+    assert!(on_health_feedback(&v, &feedback(3, 1, 50), t0));
+    assert!(on_health_feedback(&v, &feedback(3, 2, -7), t0 + Duration::from_millis(200)));
+    assert_eq!(health(3).1, 0);
 }
