@@ -302,9 +302,13 @@ impl<P: KeyPlan> KeyFanout<P> {
                     None => self.backoffer.fork(),
                 };
                 // The fan-out keeps the items and builds each attempt's
-                // request from them (`poll_rpc`).
-                let call = RegionCall::new(self.view.clone(), region, timeout, backoffer)
-                    .with_replica_read(&self.replica_read);
+                // request from them (`poll_rpc`). A new call reads from the
+                // leader already: only another read is set (which copies
+                // the call and its preferences).
+                let mut call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
+                if self.replica_read != ReplicaRead::leader() {
+                    call = call.with_replica_read(&self.replica_read);
+                }
                 Child::Call(Box::new(call), items)
             })
             .collect();
