@@ -187,8 +187,14 @@ impl<P: KeyPlan> KeyFanout<P> {
     /// Sends as a replica read as `read` says (snapshot reads only: see
     /// [`RegionCall::with_replica_read`]).
     pub fn with_replica_read(mut self, read: &ReplicaRead) -> Self {
-        self.replica_read.clone_from(read);
+        self.set_replica_read(read);
         self
+    }
+
+    /// [`KeyFanout::with_replica_read`] in place, for a caller that holds
+    /// the fan-out already: no move of the whole operation in and out.
+    pub fn set_replica_read(&mut self, read: &ReplicaRead) {
+        self.replica_read.clone_from(read);
     }
 
     /// The backoffer with every finished child's sleeps folded in: a
