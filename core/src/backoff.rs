@@ -479,6 +479,13 @@ impl Backoffer {
         self.kind_stats(kind).times
     }
 
+    /// True once a backoff of any kind was taken (some
+    /// [`Backoffer::attempts`] is above zero): one check instead of one per
+    /// kind for the common backoffer that never backed off.
+    pub fn has_attempts(&self) -> bool {
+        self.kinds.as_ref().is_some_and(|kinds| kinds.iter().any(|k| k.times > 0))
+    }
+
     /// Cumulative sleep of `kind` (client-go `backoffSleepMS`).
     pub fn kind_sleep(&self, kind: BackoffKind) -> Duration {
         Duration::from_millis(self.kind_stats(kind).sleep_ms)
@@ -517,7 +524,13 @@ impl Backoffer {
             total_ms: self.total_ms,
             excluded_ms: self.excluded_ms,
             kinds,
-            errors: self.errors.clone(),
+            // Cloning an empty deque still costs a call per fork, and
+            // almost every fork (one per region call) has no errors yet.
+            errors: if self.errors.is_empty() {
+                std::collections::VecDeque::new()
+            } else {
+                self.errors.clone()
+            },
             errors_seen: self.errors_seen,
             rng: self.rng.fork(),
         }
@@ -786,21 +799,25 @@ mod tests {
         assert!(bo.backoff(BackoffKind::ServerBusy, "busy").is_err());
         assert_eq!(bo.total_sleep(), Duration::ZERO);
         assert_eq!(bo.attempts(BackoffKind::TikvRpc), 0);
+        assert!(!bo.has_attempts(), "a refused backoff is no attempt");
     }
 
     #[test]
     fn fork_and_merge() {
         let mut parent = Backoffer::new(Duration::from_secs(10), Rng::new(77));
+        assert!(!parent.has_attempts());
         let mut out = String::new();
         for _ in 0..3 {
             parent.backoff(BackoffKind::RegionMiss, "p").unwrap();
         }
+        assert!(parent.has_attempts());
         writeln!(out, "parent: total={}ms", ms(parent.total_sleep())).unwrap();
         let at_fork = parent.clone();
         let mut a = parent.fork();
         let mut b = parent.fork();
         assert_eq!(a.total_sleep(), parent.total_sleep());
         assert_eq!(a.attempts(BackoffKind::RegionMiss), 3);
+        assert!(a.has_attempts(), "a fork starts with the parent's counters");
         // The child's schedule restarts (client-go Fork drops the closures).
         assert_eq!(a.backoff(BackoffKind::RegionMiss, "a1").unwrap(), Duration::from_millis(2));
         a.backoff(BackoffKind::TikvRpc, "a2").unwrap();

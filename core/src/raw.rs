@@ -542,7 +542,10 @@ pub type RawRangeOp<P> = RangeWalk<P>;
 
 /// `get(key)`: the value, or `None` if absent.
 pub fn get(view: &Arc<ClusterView>, key: Key, opts: &RawOptions) -> RawKeyOp<Point<GetPlan>> {
-    point(view, GetPlan { cf: opts.cf, value: None }, key).with_replica_read(&opts.replica_read)
+    // Set in place: the hottest operation is built without moving it.
+    let mut op = point(view, GetPlan { cf: opts.cf, value: None }, key);
+    op.set_replica_read(&opts.replica_read);
+    op
 }
 
 fn point<P: PointPlan>(view: &Arc<ClusterView>, plan: P, key: Key) -> RawKeyOp<Point<P>> {

@@ -20,6 +20,7 @@ use tikv_core::view::ClusterView;
 use tikv_core::{Error, backoff::Backoffer};
 
 use crate::collapse::Collapsing;
+use crate::execute::execute_from;
 use crate::interceptor::{Intercepted, Interceptors};
 use crate::observe;
 use crate::oracle::{ClientTransport, Oracle};
@@ -241,12 +242,12 @@ impl<P: Platform> ClientCore<P> {
     pub(crate) async fn run<O: Operation>(
         &self,
         kind: &'static str,
-        op: O,
+        mut op: O,
         chain: &Interceptors,
     ) -> Result<O::Output, Error> {
         self.check_usable()?;
         let transport = self.transport_through(chain);
-        execute_observed(kind, op, &self.rt, &*transport, own_budget).await
+        execute_observed(kind, &mut op, &self.rt, &*transport, own_budget).await
     }
 
     /// The transport an operation with `chain` sends through: the client's
@@ -265,13 +266,13 @@ impl<P: Platform> ClientCore<P> {
     pub(crate) async fn run_with_budgets<O: Operation>(
         &self,
         kind: &'static str,
-        op: O,
+        mut op: O,
         budgets: Budgets<O>,
         chain: &Interceptors,
     ) -> Result<O::Output, Error> {
         self.check_usable()?;
         let transport = self.transport_through(chain);
-        execute_observed(kind, op, &self.rt, &*transport, budgets).await
+        execute_observed(kind, &mut op, &self.rt, &*transport, budgets).await
     }
 
     /// Closes the client: new operations fail with [`Error::Closed`], the
@@ -311,7 +312,8 @@ impl<P: Platform> ClientCore<P> {
         let rt = self.rt.clone();
         let transport = self.transport_through(chain);
         crate::background::spawn_until_dropped(&self.rt, async move {
-            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
+            let mut op = op;
+            let result = execute_observed(task, &mut op, &rt, &*transport, own_budget).await;
             observe::background_result(task, &result);
         })
     }
@@ -344,7 +346,8 @@ impl<P: Platform> ClientCore<P> {
         let counted = InFlight::enter(&self.in_flight);
         self.rt.spawn(Box::pin(async move {
             let _counted = counted;
-            let result = execute_observed(task, op, &rt, &*transport, own_budget).await;
+            let mut op = op;
+            let result = execute_observed(task, &mut op, &rt, &*transport, own_budget).await;
             observe::background_result(task, &result);
         }));
     }
@@ -364,9 +367,12 @@ fn own_budget<O: Operation>(op: &O, report: &mut dyn FnMut(&Backoffer)) {
 /// [`execute`] inside an operation span named `kind`, reporting the
 /// operation's duration, outcome and backoff sleeps (from `budgets`) when
 /// it ends.
+///
+/// The operation is borrowed: the caller's future owns it, so it is moved
+/// once per call instead of into each nested future as it is created.
 async fn execute_observed<O, R, T>(
     kind: &'static str,
-    mut op: O,
+    op: &mut O,
     rt: &R,
     transport: &T,
     budgets: Budgets<O>,
@@ -378,10 +384,13 @@ where
 {
     let span = observe::operation_span(kind);
     let started = rt.now();
-    let result =
-        tracing::Instrument::instrument(execute(&mut op, rt, transport), span.clone()).await;
-    let elapsed = rt.now().saturating_duration_since(started);
-    budgets(&op, &mut |budget| observe::backoff_slept(&span, budget));
+    let (result, ended) = tracing::Instrument::instrument(
+        execute_from(&mut *op, rt, transport, started),
+        span.clone(),
+    )
+    .await;
+    let elapsed = ended.saturating_duration_since(started);
+    budgets(op, &mut |budget| observe::backoff_slept(&span, budget));
     observe::operation_finished(kind, &span, elapsed, &result);
     result
 }

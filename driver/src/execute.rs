@@ -87,7 +87,24 @@ use crate::{Runtime, Transport};
 /// let woke = futures::executor::block_on(execute(Nap { woke: None }, &rt, &NoNetwork));
 /// assert_eq!(woke, Ok(Instant::from_millis(5)));
 /// ```
-pub async fn execute<O, R, T>(mut op: O, rt: &R, transport: &T) -> Result<O::Output, Error>
+pub async fn execute<O, R, T>(op: O, rt: &R, transport: &T) -> Result<O::Output, Error>
+where
+    O: Operation,
+    R: Runtime,
+    T: Transport + ?Sized,
+{
+    execute_from(op, rt, transport, rt.now()).await.0
+}
+
+/// [`execute`] started at `now` (the caller's reading of the clock),
+/// returning with the result the clock's reading it was produced at, so a
+/// caller timing the operation reads the clock no more than the loop does.
+pub(crate) async fn execute_from<O, R, T>(
+    mut op: O,
+    rt: &R,
+    transport: &T,
+    mut now: Instant,
+) -> (Result<O::Output, Error>, Instant)
 where
     O: Operation,
     R: Runtime,
@@ -98,14 +115,13 @@ where
     // The clock is read once per wake-up: the code between two waits does
     // no I/O and never sleeps, so one reading stamps the input, every RPC
     // of the drain that follows it, and the deadline checks.
-    let mut now = rt.now();
     op.start(now);
     loop {
         while let Some(rpc) = op.poll_rpc() {
             calls.launch(rpc, transport, now);
         }
         if let Some(result) = op.poll_result() {
-            return result;
+            return (result, now);
         }
 
         // Inputs that are already due are fed before waiting, one at a time,
@@ -124,9 +140,8 @@ where
 
         let wake_at = earliest(op_deadline, calls.next_deadline());
         if calls.is_idle() && wake_at.is_none() {
-            return Err(Error::Internal(
-                "operation stalled: no RPC in flight, no timer and no result".into(),
-            ));
+            let stalled = "operation stalled: no RPC in flight, no timer and no result";
+            return (Err(Error::Internal(stalled.into())), now);
         }
         timer.arm(wake_at, rt);
 

@@ -567,7 +567,7 @@ pub(crate) fn operation_finished<T>(
 /// the operation's span.
 pub(crate) fn backoff_slept(span: &Span, bo: &Backoffer) {
     let _entered = span.enter();
-    if bo.total_sleep().is_zero() && BackoffKind::ALL.iter().all(|&k| bo.attempts(k) == 0) {
+    if bo.total_sleep().is_zero() && !bo.has_attempts() {
         return;
     }
     for KindSleeps { kind, sleeps, slept } in bo.sleeps_by_kind() {

@@ -4,10 +4,11 @@
 //! [`StoreTable::apply_store_list`] is the decision half of the periodic
 //! store refresh; the PD half is [`crate::pd::RefreshStores`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+use hashbrown::HashMap;
 
 use tikv_proto::metapb;
 

@@ -187,8 +187,14 @@ impl<P: KeyPlan> KeyFanout<P> {
     /// Sends as a replica read as `read` says (snapshot reads only: see
     /// [`RegionCall::with_replica_read`]).
     pub fn with_replica_read(mut self, read: &ReplicaRead) -> Self {
-        self.replica_read.clone_from(read);
+        self.set_replica_read(read);
         self
+    }
+
+    /// [`KeyFanout::with_replica_read`] in place, for a caller that holds
+    /// the fan-out already: no move of the whole operation in and out.
+    pub fn set_replica_read(&mut self, read: &ReplicaRead) {
+        self.replica_read.clone_from(read);
     }
 
     /// The backoffer with every finished child's sleeps folded in: a
@@ -302,9 +308,13 @@ impl<P: KeyPlan> KeyFanout<P> {
                     None => self.backoffer.fork(),
                 };
                 // The fan-out keeps the items and builds each attempt's
-                // request from them (`poll_rpc`).
-                let call = RegionCall::new(self.view.clone(), region, timeout, backoffer)
-                    .with_replica_read(&self.replica_read);
+                // request from them (`poll_rpc`). A new call reads from the
+                // leader already: only another read is set (which copies
+                // the call and its preferences).
+                let mut call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
+                if self.replica_read != ReplicaRead::leader() {
+                    call = call.with_replica_read(&self.replica_read);
+                }
                 Child::Call(Box::new(call), items)
             })
             .collect();

@@ -55,7 +55,11 @@
 //!   a store that rejects the stream, or an older server without it, is
 //!   still served.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
@@ -295,7 +299,6 @@ struct Queued<W> {
 #[derive(Debug)]
 struct InFlight<W> {
     waiter: W,
-    deadline: Instant,
     /// The command, to check the answer against.
     name: &'static str,
     /// The slot it was written to.
@@ -355,9 +358,17 @@ pub struct BatchCollector<W> {
     /// The slot after the one that took the last message.
     next_slot: usize,
     queue: VecDeque<Queued<W>>,
-    in_flight: BTreeMap<u64, InFlight<W>>,
-    /// (deadline, id) of every in-flight request: the earliest is first.
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Requests written and not yet answered, by id. Only looked up and
+    /// removed, never iterated in hash order (a broken stream sorts the
+    /// ids it fails), so the hash order decides nothing.
+    in_flight: HashMap<u64, InFlight<W>>,
+    /// `(deadline, id)` of the requests written, earliest first. Entries
+    /// whose request was answered stay until they reach the top, where
+    /// [`prune_deadlines`](Self::prune_deadlines) drops them, so the top is
+    /// always the earliest deadline still in flight. A hash map and a heap
+    /// cost a fraction of two B-trees per request; ids are never reused,
+    /// so a stale entry cannot name a later request.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_id: u64,
     /// Arrival of the latest request pushed (client-go's `latestReqArriveTime`).
     latest_arrival: Option<Instant>,
@@ -396,8 +407,8 @@ impl<W> BatchCollector<W> {
             slots,
             next_slot: 0,
             queue: VecDeque::new(),
-            in_flight: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
+            in_flight: HashMap::new(),
+            deadlines: BinaryHeap::new(),
             next_id: 1,
             latest_arrival: None,
             head_gap: None,
@@ -600,11 +611,8 @@ impl<W> BatchCollector<W> {
             let Ok(cmd) = to_batch_cmd(queued.request) else { continue };
             requests.push(batch_commands_request::Request { cmd: Some(cmd) });
             request_ids.push(id);
-            self.deadlines.insert((queued.deadline, id));
-            self.in_flight.insert(
-                id,
-                InFlight { waiter: queued.waiter, deadline: queued.deadline, name, slot },
-            );
+            self.deadlines.push(Reverse((queued.deadline, id)));
+            self.in_flight.insert(id, InFlight { waiter: queued.waiter, name, slot });
         }
         let n = requests.len() as u64;
         self.stats.batches += 1;
@@ -624,7 +632,7 @@ impl<W> BatchCollector<W> {
     /// becomes idle.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let wait = self.wait.filter(|_| self.state() == StreamState::Ready).map(|w| w.until);
-        let in_flight = self.deadlines.first().map(|(d, _)| *d);
+        let in_flight = self.deadlines.peek().map(|Reverse((d, _))| *d);
         let queued = self.queue.iter().map(|q| q.deadline).min();
         [wait, in_flight, queued, self.idle_at()].into_iter().flatten().min()
     }
@@ -656,16 +664,18 @@ impl<W> BatchCollector<W> {
             // Requests waiting are activity: idleness counts from now.
             self.touch(now);
         }
-        while let Some(&(deadline, id)) = self.deadlines.first() {
+        // In (deadline, id) order, so the completions come out in it.
+        while let Some(&Reverse((deadline, id))) = self.deadlines.peek() {
             if deadline > now {
                 break;
             }
-            self.deadlines.pop_first();
+            self.deadlines.pop();
             if let Some(entry) = self.in_flight.remove(&id) {
                 self.stats.expired += 1;
                 self.completions.push_back((entry.waiter, Err(RpcError::DeadlineExceeded)));
             }
         }
+        self.prune_deadlines();
         if self.queue.iter().any(|q| q.deadline <= now) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
             for queued in self.queue.drain(..) {
@@ -709,15 +719,13 @@ impl<W> BatchCollector<W> {
                 slot.failures = 0;
                 continue;
             }
-            match self.in_flight.get(&id) {
-                Some(entry) if entry.slot == stream.slot => {}
+            let entry = match self.in_flight.entry(id) {
+                Entry::Occupied(entry) if entry.get().slot == stream.slot => entry.remove(),
                 _ => {
                     self.stats.unknown_responses += 1;
                     continue;
                 }
-            }
-            let Some(entry) = self.in_flight.remove(&id) else { continue };
-            self.deadlines.remove(&(entry.deadline, id));
+            };
             self.stats.responses += 1;
             let cmd = responses.get_mut(i).and_then(|r| r.cmd.as_mut());
             let result = match cmd.and_then(take_response_from_batch) {
@@ -725,6 +733,19 @@ impl<W> BatchCollector<W> {
                 Some(_) | None => Err(RpcError::Mismatch),
             };
             self.completions.push_back((entry.waiter, result));
+        }
+        self.prune_deadlines();
+    }
+
+    /// Drops the answered requests' entries from the top of the deadline
+    /// heap, so its top is the earliest deadline still in flight (what
+    /// [`poll_timeout`](Self::poll_timeout) reports).
+    fn prune_deadlines(&mut self) {
+        while let Some(Reverse((_, id))) = self.deadlines.peek() {
+            if self.in_flight.contains_key(id) {
+                break;
+            }
+            self.deadlines.pop();
         }
     }
 
@@ -751,19 +772,22 @@ impl<W> BatchCollector<W> {
         slot.probe = None;
         slot.probe_pending = false;
         let error = RpcError::Unavailable(format!("batch stream broken: {reason}"));
-        let broken: Vec<u64> = self
+        let mut broken: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, entry)| entry.slot == stream.slot)
             .map(|(id, _)| *id)
             .collect();
+        // The waiters hear of it in the order their requests were written,
+        // whatever the map's order.
+        broken.sort_unstable();
         for id in broken {
             if let Some(entry) = self.in_flight.remove(&id) {
-                self.deadlines.remove(&(entry.deadline, id));
                 self.stats.broken += 1;
                 self.completions.push_back((entry.waiter, Err(error.clone())));
             }
         }
+        self.prune_deadlines();
         if self.slots.iter().all(|s| s.state == StreamState::Down) {
             self.wait = None;
             self.decided = false;

@@ -450,3 +450,50 @@ macro_rules! round_trip_all {
     };
 }
 crate::for_each_kv_rpc!(round_trip_all);
+
+/// Answers in any order leave the timer at the earliest deadline still in
+/// flight (an answered request's deadline never wakes the runtime), and a
+/// broken stream fails what it carried in the order it was written.
+#[test]
+fn the_timer_follows_the_requests_still_in_flight() {
+    let mut s = Script::new(BatchConfig::default().policy(BatchPolicy::Basic));
+    s.ready(us(0));
+    s.push(us(10), "a", us(1000));
+    s.push(us(20), "b", us(3000));
+    s.push(us(30), "c", us(2000));
+    s.push(us(40), "d", us(4000));
+    let answer = |s: &mut Script, now: Instant, label: &str| {
+        let i = s
+            .sent
+            .iter()
+            .position(|(_, batch)| {
+                matches!(&batch.requests[0].cmd, Some(ReqCmd::RawGet(g)) if g.key == label.as_bytes())
+            })
+            .expect("a message to answer");
+        let (_, batch) = s.sent.remove(i);
+        s.answer(
+            now,
+            BatchCommandsResponse {
+                responses: vec![RespEntry { cmd: Some(RespCmd::RawGet(Default::default())) }],
+                request_ids: batch.request_ids,
+                ..Default::default()
+            },
+        );
+    };
+    assert_eq!(s.c.poll_timeout(), Some(us(1000)));
+    answer(&mut s, us(50), "c");
+    assert_eq!(s.c.poll_timeout(), Some(us(1000)), "a is still the earliest\n{}", s.log);
+    answer(&mut s, us(60), "a");
+    assert_eq!(s.c.poll_timeout(), Some(us(3000)), "c's deadline is gone too\n{}", s.log);
+    s.broken(us(70), "reset");
+    assert_eq!(s.c.poll_timeout(), None, "{}", s.log);
+    let failed: Vec<&str> = s
+        .log
+        .lines()
+        .filter_map(|l| l.split_once("done ").map(|(_, rest)| rest))
+        .filter(|rest| rest.contains("broken"))
+        .map(|rest| &rest[..1])
+        .collect();
+    assert_eq!(failed, ["b", "d"], "{}", s.log);
+    assert_eq!(s.c.stats().broken, 2);
+}
