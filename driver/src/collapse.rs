@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tikv_core::rpc::{CollapseKey, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 
-use crate::Transport;
+use crate::{HealthFeedbackSink, Transport};
 
 type SharedCall = Shared<BoxFuture<'static, Result<Response, RpcError>>>;
 type InFlight = Mutex<HashMap<CollapseKey, SharedCall>>;
@@ -61,6 +61,10 @@ impl<T: Transport> Transport for Collapsing<T> {
         .shared();
         in_flight.insert(key, shared.clone());
         shared.boxed()
+    }
+
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        self.inner.set_health_feedback_sink(sink)
     }
 }
 
@@ -190,5 +194,42 @@ mod tests {
         inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
         let answers = futures::executor::block_on(futures::future::join_all(calls));
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    }
+
+    /// Records the health feedback sinks installed on it.
+    #[derive(Default)]
+    struct SinkRecorder {
+        sinks: AtomicUsize,
+    }
+
+    impl Transport for SinkRecorder {
+        fn call(
+            &self,
+            _: &Target,
+            _: Request,
+            _: Instant,
+        ) -> BoxFuture<'static, Result<Response, RpcError>> {
+            futures::future::ready(Err(RpcError::NotNetwork("no calls here"))).boxed()
+        }
+
+        fn set_health_feedback_sink(&self, _: HealthFeedbackSink) {
+            self.sinks.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A sink installed through the client's wrapping transports reaches
+    /// the network transport beneath them, which is the one that receives
+    /// TiKV's feedback.
+    #[test]
+    fn health_feedback_sinks_pass_through_the_wrappers() {
+        let network = Arc::new(SinkRecorder::default());
+        let sink: HealthFeedbackSink = Arc::new(|_, _| {});
+        Collapsing::new(network.clone()).set_health_feedback_sink(sink.clone());
+        let intercepted = crate::interceptor::Intercepted {
+            chain: crate::interceptor::Interceptors::default(),
+            transport: network.clone(),
+        };
+        intercepted.set_health_feedback_sink(sink);
+        assert_eq!(network.sinks.load(Ordering::SeqCst), 2);
     }
 }

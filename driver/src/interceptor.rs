@@ -30,7 +30,7 @@ pub use tikv_core::rpc::{KvRequest, KvResponse, RpcError};
 use tikv_core::rpc::{Request, Response, Target};
 pub use tikv_core::time::Instant;
 
-use crate::Transport;
+use crate::{HealthFeedbackSink, Transport};
 
 /// One request to a TiKV store, as an interceptor sees it.
 #[derive(Debug)]
@@ -297,6 +297,10 @@ impl Transport for Intercepted {
             }
             (target, request) => self.transport.call(target, request, deadline),
         }
+    }
+
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        self.transport.set_health_feedback_sink(sink)
     }
 }
 

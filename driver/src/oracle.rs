@@ -17,7 +17,7 @@ use tikv_core::pd::{Timestamp, TsoBatcher, TsoRound, TsoRoundCallers, TsoRoundEn
 use tikv_core::rpc::{PdResponse, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 
-use crate::{Runtime, Transport, execute, observe};
+use crate::{HealthFeedbackSink, Runtime, Transport, execute, observe};
 
 type Waiter = oneshot::Sender<Result<Timestamp, Error>>;
 
@@ -191,6 +191,10 @@ impl<T: Transport> Transport for ClientTransport<T> {
             }
             _ => self.network.call(target, request, deadline),
         }
+    }
+
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        self.network.set_health_feedback_sink(sink)
     }
 }
 

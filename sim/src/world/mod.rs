@@ -765,14 +765,8 @@ impl World {
             // The auditor: a fresh client with client-go's budgets.
             let seed = rng.next_u64();
             let budgets = Some(BackoffBudgets::default());
-            let view = new_view(
-                &pd_urls,
-                seed,
-                swarm,
-                budgets,
-                DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT,
-                timeout,
-            );
+            let view =
+                new_view(&pd_urls, seed, swarm, budgets, DEFAULT_TSO_MAX_ROUNDS_IN_FLIGHT, timeout);
             clients.push(Client::new(view, clients.len()));
             TxnWorld {
                 params,
