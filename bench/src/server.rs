@@ -79,11 +79,9 @@ impl Server {
             if kind == "echo" { ("tikv-echo", "TIKV_ECHO") } else { ("tikv-sim", "TIKV_SIM") };
         let path =
             std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| exe.with_file_name(bin));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let pd = format!("127.0.0.1:{port}");
+        // The server binds a free port itself and prints it: a port probed
+        // here and handed over could be taken by another socket meanwhile.
+        let pd = "127.0.0.1:0";
         let mut cmd = if pinned {
             let mut c = Command::new("taskset");
             c.arg("-c").arg("1").arg(&path);
@@ -91,7 +89,7 @@ impl Server {
         } else {
             Command::new(&path)
         };
-        cmd.args(["--pd", &pd]).args(args);
+        cmd.args(["--pd", pd]).args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd
             .spawn()
@@ -106,7 +104,7 @@ impl Server {
                 }
             }
         });
-        let mut server = Server { child, stdin, lines, pd, store: String::new() };
+        let mut server = Server { child, stdin, lines, pd: String::new(), store: String::new() };
         loop {
             let line = server
                 .lines
@@ -115,12 +113,16 @@ impl Server {
             if let Some(addr) = line.strip_prefix("store 1: ") {
                 server.store = addr.to_owned();
             }
+            // tikv-sim names its first PD member `pd 0`, tikv-echo its PD `pd`.
+            if let Some(addr) = line.strip_prefix("pd 0: ").or_else(|| line.strip_prefix("pd: ")) {
+                server.pd = addr.to_owned();
+            }
             if line.starts_with("regions:") {
                 break;
             }
         }
-        if server.store.is_empty() {
-            return Err(format!("{bin} did not print its store address"));
+        if server.store.is_empty() || server.pd.is_empty() {
+            return Err(format!("{bin} did not print its PD and store addresses"));
         }
         Ok(server)
     }
