@@ -364,7 +364,13 @@ async fn write_keys(pd: &str) -> Result<(), String> {
         }
     }
     txn.commit().await.map_err(|e| format!("writing the keys: {e}"))?;
-    Ok(())
+    // The secondaries commit in the background after `commit` returns: a
+    // fault set while one is in flight would leave its lock for the cells,
+    // whose reads then wait on resolving it through the faulty store.
+    match client.close(Duration::from_secs(10)).await {
+        0 => Ok(()),
+        n => Err(format!("{n} secondary commits of the keys still running after 10 s")),
+    }
 }
 
 /// The store leading the most regions (the smallest id among equals), and
