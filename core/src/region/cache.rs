@@ -264,6 +264,9 @@ impl RegionCache {
     ///   region it overlaps, is refused with [`InsertError::Stale`] and the
     ///   cache is unchanged. An error rather than the cached region, because
     ///   the cached one may not contain the key the caller was looking for.
+    /// - The same region as cached (same version, range, peers and leader)
+    ///   while the cached entry is valid and not expired returns the cached
+    ///   handle unchanged: concurrent lookups of one region then share it.
     /// - Otherwise every overlapping entry (and the old version of the same
     ///   id) is dropped and invalidated with [`InvalidReason::Other`], so
     ///   operations still holding them notice; the new region gets a fresh TTL.
@@ -286,6 +289,23 @@ impl RegionCache {
                 && (old.ver.version > ver.version || old.ver.conf_ver > ver.conf_ver)
             {
                 return Err(InsertError::Stale { offered: ver, cached: old.ver });
+            }
+            // The region as cached and still live (a concurrent lookup
+            // loaded it too): the cached handle stays, so calls holding it
+            // go on with it instead of finding it invalidated by an
+            // identical copy and re-locating, whose reload would invalidate
+            // the others' handles in turn. An expired entry is replaced: its
+            // delayed reload wants fresh store-epoch captures.
+            if let Some(old) = &same_id
+                && old.ver == ver
+                && old.start == region.start
+                && old.end == region.end
+                && old.peers == region.peers
+                && old.leader_index() == region.leader_index()
+                && !old.is_invalidated()
+                && old.expires_at() > now
+            {
+                return Ok(old.clone());
             }
             let mut dropped = index.overlapping(&region.start, &region.end);
             if let Some(newer) = dropped.iter().find(|r| r.ver.version > ver.version) {

@@ -196,6 +196,31 @@ fn split_and_merge_replace_overlapping_regions() {
     insta::assert_snapshot!(out);
 }
 
+/// Concurrent lookups of one region each load it from PD and insert it:
+/// an identical copy of a live entry leaves the cached handle in place and
+/// valid, so calls already holding it are not sent back to re-locate (each
+/// of their reloads would invalidate the others' handles in turn). A copy
+/// that differs (another leader), or one offered once the entry expired,
+/// replaces it as before and invalidates the old handle.
+#[test]
+fn an_identical_reload_keeps_the_cached_handle() {
+    let c = RegionCache::new(Duration::from_secs(10), Duration::ZERO, 1);
+    let held = put(&c, meta(1, "", "", 1, 1, &[1, 2, 3]), 1, t(0));
+    let again = put(&c, meta(1, "", "", 1, 1, &[1, 2, 3]), 1, t(1));
+    assert!(Arc::ptr_eq(&held, &again), "the same handle");
+    assert!(!held.is_invalidated());
+    // Another leader: a new handle, the held one invalidated.
+    let moved = put(&c, meta(1, "", "", 1, 1, &[1, 2, 3]), 2, t(2));
+    assert!(!Arc::ptr_eq(&held, &moved));
+    assert_eq!(held.invalid_reason(), Some(InvalidReason::Other));
+    // Past its TTL the entry is reloaded into a fresh handle.
+    let late =
+        put(&c, meta(1, "", "", 1, 1, &[1, 2, 3]), 2, moved.expires_at() + Duration::from_secs(1));
+    assert!(!Arc::ptr_eq(&moved, &late));
+    assert!(moved.is_invalidated());
+    assert!(!late.is_invalidated());
+}
+
 #[test]
 fn ttl_expires_and_is_extended_on_hits() {
     let c = RegionCache::new(Duration::from_secs(10), Duration::from_secs(2), 42);
