@@ -66,6 +66,13 @@ impl<T: Transport> Transport for Collapsing<T> {
     fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
         self.inner.set_health_feedback_sink(sink)
     }
+
+    /// A collapsible request may wait on another caller's call, sent with
+    /// that caller's (later) deadline: only the others are bounded by the
+    /// inner transport.
+    fn enforces_deadline(&self, target: &Target, request: &Request) -> bool {
+        CollapseKey::of(target, request).is_none() && self.inner.enforces_deadline(target, request)
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +90,8 @@ mod tests {
     struct Gated {
         calls: AtomicUsize,
         gates: Mutex<Vec<oneshot::Sender<()>>>,
+        /// Claims to bound its calls by their deadlines.
+        bounds_calls: bool,
     }
 
     impl Transport for Gated {
@@ -106,6 +115,10 @@ mod tests {
                 })
             }
             .boxed()
+        }
+
+        fn enforces_deadline(&self, _: &Target, _: &Request) -> bool {
+            self.bounds_calls
         }
     }
 
@@ -146,6 +159,20 @@ mod tests {
         assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
         inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
         assert!(futures::executor::block_on(e).is_ok());
+    }
+
+    /// A collapsed caller waits on a call sent with another caller's
+    /// deadline, so only requests that are never collapsed keep the inner
+    /// transport's bound.
+    #[test]
+    fn only_requests_never_collapsed_are_bounded_by_the_inner_transport() {
+        let store = Target::Store { store_id: 1, addr: "s1".into(), forwarded_host: None };
+        let get = Request::Kv(KvRequest::RawGet(Box::default()));
+        let bounding = Collapsing::new(Arc::new(Gated { bounds_calls: true, ..Gated::default() }));
+        assert!(bounding.enforces_deadline(&store, &get));
+        assert!(!bounding.enforces_deadline(&store, &resolve(7, vec![])));
+        let unbounded = Collapsing::new(Arc::new(Gated::default()));
+        assert!(!unbounded.enforces_deadline(&store, &get));
     }
 
     #[test]

@@ -26,7 +26,9 @@ use crate::{Runtime, Transport};
 ///    reached an RPC's deadline and the transport has not answered, that call
 ///    is dropped (which cancels it) and the operation gets
 ///    `Err(RpcError::DeadlineExceeded)` for it; when it has reached
-///    `poll_timeout`, the operation gets `on_timeout(rt.now())`.
+///    `poll_timeout`, the operation gets `on_timeout(rt.now())`. A call the
+///    transport bounds itself ([`Transport::enforces_deadline`]) is left to
+///    it: no timer is armed for its deadline.
 ///
 /// The clock is compared with the deadlines before the timer is polled
 /// (quinn's rule): an elapsed timer may still report `Pending` under an
@@ -201,6 +203,8 @@ struct Calls {
 struct SingleCall {
     seq: u64,
     id: RpcId,
+    /// When the loop expires the call: [`Instant::MAX`] for one the
+    /// transport bounds itself.
     deadline: Instant,
     call: CallFuture,
     observer: RpcObserver,
@@ -229,6 +233,13 @@ impl Calls {
         let seq = self.next_seq;
         self.next_seq += 1;
         let observer = RpcObserver::sent(&rpc, seq, now);
+        // A call the transport bounds itself needs no expiry here: the
+        // transport resolves it with `DeadlineExceeded` at its deadline.
+        let deadline = if transport.enforces_deadline(&rpc.target, &rpc.request) {
+            Instant::MAX
+        } else {
+            rpc.deadline
+        };
         let call = {
             // Transport-level events (batching, reconnects) land in the
             // RPC's span; a disabled span costs no wrapper.
@@ -241,15 +252,14 @@ impl Calls {
             tracing::Instrument::instrument(call, observer.span().clone()).boxed()
         };
         if self.single.is_none() {
-            self.single =
-                Some(SingleCall { seq, id: rpc.id, deadline: rpc.deadline, call, observer });
+            self.single = Some(SingleCall { seq, id: rpc.id, deadline, call, observer });
             return;
         }
         let many = self.many.get_or_insert_with(ManyCalls::default);
         let (abort, registration) = AbortHandle::new_pair();
         many.futures.push(Abortable::new(call, registration).map(move |r| (seq, r)).boxed());
-        many.live.insert(seq, LiveCall { id: rpc.id, deadline: rpc.deadline, abort, observer });
-        many.deadlines.insert((rpc.deadline, seq));
+        many.live.insert(seq, LiveCall { id: rpc.id, deadline, abort, observer });
+        many.deadlines.insert((deadline, seq));
     }
 
     /// True when no call is waiting for an answer (aborted calls that have

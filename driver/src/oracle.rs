@@ -196,6 +196,12 @@ impl<T: Transport> Transport for ClientTransport<T> {
     fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
         self.network.set_health_feedback_sink(sink)
     }
+
+    fn enforces_deadline(&self, target: &Target, request: &Request) -> bool {
+        // The oracle's own calls are bounded by its TSO machinery, not by
+        // the caller's deadline.
+        !matches!(target, Target::Oracle) && self.network.enforces_deadline(target, request)
+    }
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 ///
 /// `deadline` is on the clock of the [`Runtime`] the transport is paired
 /// with. A transport should stop waiting by then (and tell the server, e.g.
-/// with gRPC's `grpc-timeout`), but [`execute`](crate::execute) enforces it
-/// anyway, so a stuck transport cannot stall an operation.
+/// with gRPC's `grpc-timeout`), and [`execute`](crate::execute) enforces it
+/// too unless the transport says it does ([`Transport::enforces_deadline`]),
+/// so a stuck transport cannot stall an operation.
 ///
 /// ```
 /// use futures::future::{self, BoxFuture, FutureExt};
@@ -117,6 +118,19 @@ pub trait Transport: Send + Sync + 'static {
     /// default drops it: a transport without `BatchCommands` streams
     /// receives no feedback.
     fn set_health_feedback_sink(&self, _sink: HealthFeedbackSink) {}
+
+    /// True when the future [`call`](Transport::call) returns for `request`
+    /// resolves by its deadline on its own (with
+    /// [`RpcError::DeadlineExceeded`] at the latest), so
+    /// [`execute`](crate::execute) arms no timer of its own for the call.
+    /// A `BatchCommands` stream's collector already holds every request's
+    /// deadline; a second timer per call would duplicate it. The default,
+    /// false, keeps `execute`'s timer: a wrapper that may hold a request
+    /// back (an interceptor, a shared call with another caller's deadline)
+    /// must answer false for it.
+    fn enforces_deadline(&self, _target: &Target, _request: &Request) -> bool {
+        false
+    }
 }
 
 /// Where a [`Transport`] hands TiKV's health feedback
@@ -138,6 +152,10 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
         (**self).set_health_feedback_sink(sink)
     }
+
+    fn enforces_deadline(&self, target: &Target, request: &Request) -> bool {
+        (**self).enforces_deadline(target, request)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -152,5 +170,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
         (**self).set_health_feedback_sink(sink)
+    }
+
+    fn enforces_deadline(&self, target: &Target, request: &Request) -> bool {
+        (**self).enforces_deadline(target, request)
     }
 }

@@ -163,6 +163,12 @@ impl<C: Connector> Transport for GrpcTransport<C> {
         self.inner.batch.set_health_feedback_sink(sink);
     }
 
+    /// Every path bounds its calls: a stream request's deadline is held by
+    /// its collector, and every other call arms one timer here.
+    fn enforces_deadline(&self, _target: &Target, _request: &Request) -> bool {
+        true
+    }
+
     fn call(
         &self,
         target: &Target,

@@ -107,6 +107,9 @@ impl Runtime for ManualRuntime {
 #[derive(Clone, Default)]
 struct ScriptedTransport {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// Claims to bound its calls by their deadlines
+    /// ([`Transport::enforces_deadline`]).
+    bounds_calls: bool,
 }
 
 struct Call {
@@ -149,6 +152,10 @@ impl Transport for ScriptedTransport {
             reply: Some(tx),
         });
         rx.map(|r| r.unwrap_or(Err(RpcError::Canceled))).boxed()
+    }
+
+    fn enforces_deadline(&self, _: &Target, _: &Request) -> bool {
+        self.bounds_calls
     }
 }
 
@@ -319,6 +326,43 @@ fn calls_expire_in_deadline_order_wherever_they_are_held() {
             Input::Response(RpcId(2), Err(RpcError::DeadlineExceeded), Instant::from_millis(60)),
             Input::Response(RpcId(1), Err(RpcError::DeadlineExceeded), Instant::from_millis(100)),
             Input::Timeout(Instant::from_millis(150)),
+        ]
+    );
+}
+
+/// A transport that bounds its own calls gets no timer per call: the loop
+/// waits for its `DeadlineExceeded`, and a timer is armed only for the
+/// operation's own timeout.
+#[test]
+fn calls_a_transport_bounds_itself_arm_no_timer() {
+    let rt = ManualRuntime::default();
+    let transport = ScriptedTransport { bounds_calls: true, ..ScriptedTransport::default() };
+    let mut pool = LocalPool::new();
+    let result = spawn_execute(&pool, Script::default(), &rt, &transport);
+    pool.run_until_stalled();
+    assert_eq!(transport.len(), 2);
+    assert_eq!(rt.armed(), vec![], "no timer for the calls' deadlines");
+
+    // Past both deadlines, the loop still waits for the transport.
+    rt.advance_to(Instant::from_millis(120));
+    pool.run_until_stalled();
+    assert!(!transport.dropped(0) && !transport.dropped(1));
+    assert!(result.borrow().is_none());
+
+    transport.answer(0, Ok(raw_get_response()));
+    transport.answer(1, Err(RpcError::DeadlineExceeded));
+    pool.run_until_stalled();
+    assert_eq!(rt.armed(), vec![Instant::from_millis(170)], "only the operation's timer");
+    rt.advance_to(Instant::from_millis(170));
+    pool.run_until_stalled();
+    let log = result.borrow_mut().take().expect("finished").expect("succeeded");
+    assert_eq!(
+        log,
+        vec![
+            Input::Start(Instant::ZERO),
+            Input::Response(RpcId(1), Ok("raw_get"), Instant::from_millis(120)),
+            Input::Response(RpcId(2), Err(RpcError::DeadlineExceeded), Instant::from_millis(120)),
+            Input::Timeout(Instant::from_millis(170)),
         ]
     );
 }
