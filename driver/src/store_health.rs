@@ -3,8 +3,10 @@
 //! [`HEALTH_CHECK_INTERVAL`] (a round with every store reachable sends
 //! nothing). The same tick adds the region cache's lookup counts to their
 //! metric, so that counting them costs the lookup path no metrics call.
-//! TiKV's health feedback is no part of the rounds: the transport hands it
-//! to the sink [`install_health_feedback_sink`] installs as it arrives.
+//! TiKV's health feedback arrives outside the rounds: the transport hands it
+//! to the sink [`install_health_feedback_sink`] installs as it arrives. A
+//! round that ticks asks the stores whose feedback went stale for more
+//! (`GetHealthFeedback`).
 
 use std::sync::{Arc, Weak};
 
@@ -50,6 +52,9 @@ pub(crate) fn spawn_store_prober<P: Platform>(
                 }
                 for (store, error) in &round.unreachable {
                     tracing::debug!(store, %error, "store still unreachable");
+                }
+                for (store, error) in &round.feedback_failed {
+                    tracing::warn!(store, %error, "asking a store for health feedback failed");
                 }
             }
             observe::background_result("store_health_probe", &round);

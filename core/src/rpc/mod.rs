@@ -47,7 +47,8 @@ macro_rules! for_each_kv_rpc {
 /// Calls `$m!` like [`for_each_kv_rpc!`](crate::for_each_kv_rpc) with only
 /// the RPCs addressed to a region, whose response carries `region_error`.
 /// The others go to a store as a whole (`BroadcastTxnStatus`, whose
-/// response has no fields).
+/// response has no fields, and `GetHealthFeedback`, whose `region_error`
+/// TiKV never sets).
 #[macro_export]
 macro_rules! for_each_region_kv_rpc {
     ($m:ident) => {
@@ -104,6 +105,7 @@ macro_rules! kv_rpc_table {
         ]
         [
             (BroadcastTxnStatus, broadcast_txn_status, BroadcastTxnStatusRequest, BroadcastTxnStatusResponse),
+            (GetHealthFeedback, get_health_feedback, GetHealthFeedbackRequest, GetHealthFeedbackResponse),
         ]
         }
     };
