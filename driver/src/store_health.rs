@@ -14,8 +14,7 @@ use tikv_core::region::LookupCounts;
 use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores, on_health_feedback};
 use tikv_core::view::ClusterView;
 
-use crate::client::Platform;
-use crate::{Background, Transport, execute, observe, spawn_periodic};
+use crate::{Background, Runtime, Transport, execute, observe, spawn_periodic};
 
 /// Has `transport` hand each health feedback TiKV sends to the store
 /// health of `view` as it arrives (client-go's region cache registers its
@@ -32,10 +31,10 @@ pub(crate) fn install_health_feedback_sink<T: Transport>(view: &Arc<ClusterView>
 }
 
 /// Starts the periodic rounds; they stop when the handle is dropped.
-pub(crate) fn spawn_store_prober<P: Platform>(
+pub(crate) fn spawn_store_prober<R: Runtime, T: Transport>(
     view: &Arc<ClusterView>,
-    rt: &P::Runtime,
-    transport: &Arc<P::Transport>,
+    rt: &R,
+    transport: &Arc<T>,
 ) -> Background {
     let (view, rt2, transport) = (view.clone(), rt.clone(), transport.clone());
     let mut lookups_exported = LookupCounts::default();

@@ -12,7 +12,9 @@
 //! that is not reachable, each bounded by [`LIVENESS_TIMEOUT`]: `SERVING`
 //! makes it reachable again (the probing of it ends), `UNKNOWN` leaves its
 //! liveness unknown, anything else (no answer, `NOT_SERVING`) keeps it
-//! unreachable, so it is asked again a second later. The round also ticks
+//! unreachable, so it is asked again a second later. Probes of one store
+//! address, the round's and failed calls', share one in flight (client-go's
+//! `livenessSf`; [`crate::rpc::CollapseKey`]). The round also ticks
 //! the stores' slow scores once a quarter of the store refresh interval has
 //! passed since the last tick (client-go ticks every 15 s by default).
 //!
