@@ -490,8 +490,8 @@ impl ApiCodec {
             KvRequest::UnsafeDestroyRange(r) => {
                 self.encode_range_fields(&mut r.start_key, &mut r.end_key, false)
             }
-            // Timestamps only.
-            KvRequest::BroadcastTxnStatus(_) => {}
+            // Timestamps only; no fields at all for health feedback.
+            KvRequest::BroadcastTxnStatus(_) | KvRequest::GetHealthFeedback(_) => {}
         }
         Ok(())
     }
@@ -559,6 +559,7 @@ impl ApiCodec {
             }
             // No keys beyond the region error (none at all for a broadcast).
             KvResponse::BroadcastTxnStatus(_)
+            | KvResponse::GetHealthFeedback(_)
             | KvResponse::DeleteRange(_)
             | KvResponse::RawGet(_)
             | KvResponse::RawPut(_)

@@ -70,6 +70,10 @@ pub(crate) struct FakeCluster {
     /// `RUNNING` for a scattered region this many more times, then `SUCCESS`.
     pub(crate) scattered: Vec<u64>,
     pub(crate) operator_running_polls: u32,
+    /// TiKV's own slow score per store, which `GetHealthFeedback` answers
+    /// (1, healthy, for a store not listed).
+    pub(crate) slow_scores: BTreeMap<u64, i32>,
+    feedback_seq: u64,
     /// The client's timestamp oracle: answers [`Request::Timestamp`] with a
     /// real [`TsoBatcher`] whose one-caller rounds this fake's PD serves at
     /// once. Built on first use over a default view; tests that look at the
@@ -103,6 +107,8 @@ impl FakeCluster {
             cut_from_client: Vec::new(),
             scattered: Vec::new(),
             operator_running_polls: 0,
+            slow_scores: BTreeMap::new(),
+            feedback_seq: 0,
             oracle: None,
             next_id: 100,
             tso: 0,
@@ -458,9 +464,21 @@ impl FakeCluster {
             Some(Fault::Respond(resp)) => return Ok(*resp),
             None => {}
         }
-        // A store RPC: TiKV takes it whatever regions it holds.
+        // Store RPCs: TiKV takes them whatever regions it holds.
         if let KvRequest::BroadcastTxnStatus(_) = req {
             return Ok(req.response_template());
+        }
+        if let KvRequest::GetHealthFeedback(_) = req {
+            self.feedback_seq += 1;
+            let feedback = kvrpcpb::HealthFeedback {
+                store_id,
+                feedback_seq_no: self.feedback_seq,
+                slow_score: self.slow_scores.get(&store_id).copied().unwrap_or(1),
+            };
+            return Ok(KvResponse::from(kvrpcpb::GetHealthFeedbackResponse {
+                region_error: None,
+                health_feedback: Some(feedback),
+            }));
         }
         let ctx = req.context_mut().clone();
         // TiKV's checks: the region exists here, we lead it, the epoch matches.

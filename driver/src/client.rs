@@ -142,7 +142,11 @@ impl<P: Platform> ClientCore<P> {
         };
         // client-go's region cache probes unreachable stores and ticks
         // their health whatever the client's mode.
-        let prober = crate::store_health::spawn_store_prober::<P>(&view, &rt, &transport);
+        // The prober's liveness probes and those of failed calls share one
+        // collapsing table (one probe per store address in flight).
+        let collapsing = Collapsing::new(transport.clone());
+        let prober =
+            crate::store_health::spawn_store_prober(&view, &rt, &Arc::new(collapsing.clone()));
         let mut background = vec![refresher, prober];
         let txn_safe_point = Arc::new(TxnSafePointCache::default());
         let safe_ts = Arc::new(SafeTsTable::new());
@@ -171,7 +175,7 @@ impl<P: Platform> ClientCore<P> {
         }
         let batcher = TsoBatcher::new(view.clone(), rng.next_u64());
         let oracle = Oracle::start(batcher, rt.clone(), transport.clone());
-        let transport = Arc::new(ClientTransport::new(Collapsing::new(transport), oracle.clone()));
+        let transport = Arc::new(ClientTransport::new(collapsing, oracle.clone()));
         Ok(ClientCore {
             view,
             rt,

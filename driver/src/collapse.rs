@@ -6,25 +6,39 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt, WeakShared};
 use tikv_core::rpc::{CollapseKey, Request, Response, RpcError, Target};
 use tikv_core::time::Instant;
 
 use crate::{HealthFeedbackSink, Transport};
 
-type SharedCall = Shared<BoxFuture<'static, Result<Response, RpcError>>>;
-type InFlight = Mutex<HashMap<CollapseKey, SharedCall>>;
+type Call = BoxFuture<'static, Result<Response, RpcError>>;
+/// Weak, so that a call every caller dropped is dropped (cancelled) too,
+/// as [`Transport::call`] promises, and a later caller sends afresh
+/// instead of resuming it, perhaps past its deadline.
+type InFlight = Mutex<HashMap<CollapseKey, WeakShared<Call>>>;
 
 /// A [`Transport`] that sends a collapsible request once while an identical
 /// one is in flight, handing every caller the same answer.
 ///
 /// The first caller's request (and deadline) is the one sent; a later caller
 /// whose own deadline is earlier is still cut off on time by
-/// [`execute`](crate::execute). The entry leaves the table when the shared
-/// call completes, so a request made after that is sent afresh.
+/// [`execute`](crate::execute). The call goes on while any caller waits
+/// for it (the one that sent it may be dropped), and is dropped with the
+/// last. The entry leaves the table when the shared call completes or is
+/// dropped, so a request made after that is sent afresh.
+///
+/// Clones share the table: the client's store prober holds one, so its
+/// liveness probes and those of failed calls are one per store address.
 pub(crate) struct Collapsing<T> {
     inner: Arc<T>,
     in_flight: Arc<InFlight>,
+}
+
+impl<T> Clone for Collapsing<T> {
+    fn clone(&self) -> Self {
+        Collapsing { inner: self.inner.clone(), in_flight: self.in_flight.clone() }
+    }
 }
 
 impl<T> Collapsing<T> {
@@ -44,9 +58,11 @@ impl<T: Transport> Transport for Collapsing<T> {
             return self.inner.call(target, request, deadline);
         };
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(call) = in_flight.get(&key) {
-            return call.clone().boxed();
+        if let Some(call) = in_flight.get(&key).and_then(WeakShared::upgrade) {
+            return call.boxed();
         }
+        // Calls every caller dropped leave dead entries behind.
+        in_flight.retain(|_, call| call.upgrade().is_some());
         let call = self.inner.call(target, request, deadline);
         let table: Weak<InFlight> = Arc::downgrade(&self.in_flight);
         let done_key = key.clone();
@@ -59,7 +75,9 @@ impl<T: Transport> Transport for Collapsing<T> {
         }
         .boxed()
         .shared();
-        in_flight.insert(key, shared.clone());
+        if let Some(weak) = shared.downgrade() {
+            in_flight.insert(key, weak);
+        }
         shared.boxed()
     }
 
@@ -81,6 +99,8 @@ mod tests {
 
     use futures::channel::oneshot;
     use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse};
+    use tikv_proto::health::HealthCheckResponse;
+    use tikv_proto::health::health_check_response::ServingStatus;
     use tikv_proto::{kvrpcpb, pdpb};
 
     use super::*;
@@ -109,7 +129,10 @@ mod tests {
                 Ok(match request {
                     Request::Kv(kv) => Response::Kv(kv.response_template()),
                     Request::Pd(_) => Response::Pd(PdResponse::GetRegion(Default::default())),
-                    Request::Timestamp | Request::StoreSafeTs(_) | Request::HealthCheck => {
+                    Request::HealthCheck => Response::HealthCheck(HealthCheckResponse {
+                        status: ServingStatus::Serving as i32,
+                    }),
+                    Request::Timestamp | Request::StoreSafeTs(_) => {
                         return Err(RpcError::NotNetwork("not collapsed here"));
                     }
                 })
@@ -221,6 +244,66 @@ mod tests {
         inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
         let answers = futures::executor::block_on(futures::future::join_all(calls));
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    }
+
+    /// client-go's `livenessSf`: concurrent liveness probes of one store
+    /// address (failed calls', the prober's) share one health `Check`; the
+    /// probe of another store is its own. The caller that sent the shared
+    /// probe may be dropped: the probe goes on and answers the others. Once
+    /// answered, the next probe is sent afresh.
+    #[test]
+    fn liveness_probes_of_one_store_share_one_check_even_if_its_sender_is_dropped() {
+        let inner = Arc::new(Gated::default());
+        let collapsing = Collapsing::new(inner.clone());
+        let prober = collapsing.clone();
+        let store = |id: u64| Target::Store {
+            store_id: id,
+            addr: format!("s{id}").into(),
+            forwarded_host: None,
+        };
+        let first = collapsing.call(&store(1), Request::HealthCheck, Instant::MAX);
+        let second = collapsing.call(&store(1), Request::HealthCheck, Instant::MAX);
+        let round = prober.call(&store(1), Request::HealthCheck, Instant::MAX);
+        let other = collapsing.call(&store(2), Request::HealthCheck, Instant::MAX);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "one check per store");
+        drop(first);
+        inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
+        let answers =
+            futures::executor::block_on(futures::future::join_all([second, round, other]));
+        for answer in answers {
+            assert!(
+                matches!(&answer, Ok(Response::HealthCheck(r)) if r.status == ServingStatus::Serving as i32),
+                "{answer:?}"
+            );
+        }
+        let again = collapsing.call(&store(1), Request::HealthCheck, Instant::MAX);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3, "answered: sent afresh");
+        inner.gates.lock().unwrap().drain(..).for_each(|g| g.send(()).unwrap());
+        assert!(futures::executor::block_on(again).is_ok());
+    }
+
+    /// A shared call every caller dropped is dropped with them (the
+    /// network call cancelled): the next identical request is sent afresh,
+    /// not handed the abandoned one.
+    #[test]
+    fn a_call_every_caller_dropped_is_not_shared_later() {
+        let inner = Arc::new(Gated::default());
+        let collapsing = Collapsing::new(inner.clone());
+        let store = Target::Store { store_id: 1, addr: "s1".into(), forwarded_host: None };
+        let a = collapsing.call(&store, Request::HealthCheck, Instant::MAX);
+        let b = collapsing.call(&store, Request::HealthCheck, Instant::MAX);
+        drop((a, b));
+        assert!(
+            inner.gates.lock().unwrap().iter().all(|g| g.is_canceled()),
+            "the network call is cancelled"
+        );
+        let c = collapsing.call(&store, Request::HealthCheck, Instant::MAX);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "sent afresh");
+        assert_eq!(collapsing.in_flight.lock().unwrap().len(), 1, "the dead entry is gone");
+        inner.gates.lock().unwrap().drain(..).for_each(|g| {
+            let _ = g.send(());
+        });
+        assert!(futures::executor::block_on(c).is_ok());
     }
 
     /// Records the health feedback sinks installed on it.

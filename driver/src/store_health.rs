@@ -3,8 +3,10 @@
 //! [`HEALTH_CHECK_INTERVAL`] (a round with every store reachable sends
 //! nothing). The same tick adds the region cache's lookup counts to their
 //! metric, so that counting them costs the lookup path no metrics call.
-//! TiKV's health feedback is no part of the rounds: the transport hands it
-//! to the sink [`install_health_feedback_sink`] installs as it arrives.
+//! TiKV's health feedback arrives outside the rounds: the transport hands it
+//! to the sink [`install_health_feedback_sink`] installs as it arrives. A
+//! round that ticks asks the stores whose feedback went stale for more
+//! (`GetHealthFeedback`).
 
 use std::sync::{Arc, Weak};
 
@@ -12,8 +14,7 @@ use tikv_core::region::LookupCounts;
 use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores, on_health_feedback};
 use tikv_core::view::ClusterView;
 
-use crate::client::Platform;
-use crate::{Background, Transport, execute, observe, spawn_periodic};
+use crate::{Background, Runtime, Transport, execute, observe, spawn_periodic};
 
 /// Has `transport` hand each health feedback TiKV sends to the store
 /// health of `view` as it arrives (client-go's region cache registers its
@@ -30,10 +31,10 @@ pub(crate) fn install_health_feedback_sink<T: Transport>(view: &Arc<ClusterView>
 }
 
 /// Starts the periodic rounds; they stop when the handle is dropped.
-pub(crate) fn spawn_store_prober<P: Platform>(
+pub(crate) fn spawn_store_prober<R: Runtime, T: Transport>(
     view: &Arc<ClusterView>,
-    rt: &P::Runtime,
-    transport: &Arc<P::Transport>,
+    rt: &R,
+    transport: &Arc<T>,
 ) -> Background {
     let (view, rt2, transport) = (view.clone(), rt.clone(), transport.clone());
     let mut lookups_exported = LookupCounts::default();
@@ -50,6 +51,9 @@ pub(crate) fn spawn_store_prober<P: Platform>(
                 }
                 for (store, error) in &round.unreachable {
                     tracing::debug!(store, %error, "store still unreachable");
+                }
+                for (store, error) in &round.feedback_failed {
+                    tracing::warn!(store, %error, "asking a store for health feedback failed");
                 }
             }
             observe::background_result("store_health_probe", &round);

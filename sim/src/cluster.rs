@@ -379,6 +379,8 @@ pub(crate) struct State {
     /// Extra time each store's gRPC face takes to answer a TiKV request (a
     /// slow disk or an overloaded store), by store ([`Cluster::set_store_latency`]).
     pub(crate) store_latency: BTreeMap<u64, std::time::Duration>,
+    /// The last health feedback sequence number sent (any store).
+    pub(crate) feedback_seq: u64,
     /// Stores whose gRPC face takes connections but answers nothing
     /// ([`Cluster::set_store_black_hole`]).
     pub(crate) black_holes: BTreeSet<u64>,
@@ -748,6 +750,12 @@ impl Cluster {
         self.lock().store_latency.get(&store_id).copied().unwrap_or_default()
     }
 
+    /// Store `store_id`'s health feedback now ([`State::health_feedback`]),
+    /// as its gRPC face attaches it to `BatchCommands` answers.
+    pub fn health_feedback(&self, store_id: u64) -> kvrpcpb::HealthFeedback {
+        self.lock().health_feedback(store_id)
+    }
+
     /// Black-holes store `store_id` (`on`) or ends it: its gRPC face still
     /// accepts connections and reads requests but answers none of them, the
     /// health probe included, until the black hole ends (then the held
@@ -934,6 +942,7 @@ impl State {
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
             store_latency: BTreeMap::new(),
+            feedback_seq: 0,
             black_holes: BTreeSet::new(),
             health_checks: BTreeMap::new(),
             client_cut: Default::default(),
@@ -1411,6 +1420,14 @@ impl State {
             KvRequest::SplitRegion(r) => {
                 KvResponse::SplitRegion(Box::new(self.kv_split_region(store_id, *r)))
             }
+            // TiKV's `GetHealthFeedback`: this store's feedback, whatever
+            // regions it holds.
+            KvRequest::GetHealthFeedback(_) => {
+                KvResponse::GetHealthFeedback(Box::new(kvrpcpb::GetHealthFeedbackResponse {
+                    region_error: None,
+                    health_feedback: Some(self.health_feedback(store_id)),
+                }))
+            }
             // TiKV's `update_txn_status_cache`; the answer has no fields.
             KvRequest::BroadcastTxnStatus(r) => {
                 let cache = self.txn_status_caches.entry(store_id).or_default();
@@ -1645,6 +1662,23 @@ pub enum FollowerReadBug {
 }
 
 impl State {
+    /// Store `store_id`'s health feedback: raftstore's slow score, 1
+    /// (healthy) to 100. TiKV raises it as its disk inspections time out;
+    /// here it is 1 plus the store's added latency in milliseconds
+    /// ([`Cluster::set_store_latency`]), capped at 100 (a store 80 ms
+    /// slower or more reads as slow). Sequence numbers count feedback
+    /// across all stores.
+    pub(crate) fn health_feedback(&mut self, store_id: u64) -> kvrpcpb::HealthFeedback {
+        let latency = self.store_latency.get(&store_id).copied().unwrap_or_default();
+        let slow_score = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX).min(99) + 1;
+        self.feedback_seq += 1;
+        kvrpcpb::HealthFeedback {
+            store_id,
+            feedback_seq_no: self.feedback_seq,
+            slow_score: slow_score as i32,
+        }
+    }
+
     /// [`FollowerReadBug`]: a snapshot read (`Get`, `BatchGet`, `Scan`)
     /// that a broken follower serves reads at its safe ts instead of the
     /// request's ts when that is lower.

@@ -240,8 +240,6 @@ pub struct BatchStats {
 
 #[derive(Debug, Default)]
 struct BatchCounters {
-    /// The last health feedback sequence number sent (any store).
-    feedback_seq: AtomicU64,
     streams: AtomicU64,
     messages: AtomicU64,
     requests: AtomicU64,
@@ -292,21 +290,12 @@ impl TikvService {
         Ok(TikvService { store_id, forwarded_by: Some(self.store_id), ..self.clone() })
     }
 
-    /// This store's health feedback, as TiKV attaches it to
-    /// `BatchCommands` answers: raftstore's slow score, 1 (healthy) to
-    /// 100. TiKV raises it as its disk inspections time out; here it is
-    /// 1 plus the store's added latency in milliseconds, capped at 100 (a
-    /// store 80 ms slower or more reads as slow). TiKV attaches feedback
+    /// This store's health feedback ([`Cluster::health_feedback`]), as
+    /// TiKV attaches it to `BatchCommands` answers. TiKV attaches feedback
     /// at most once per `health_feedback_interval` (1 s); this model to
     /// every answer message.
     fn health_feedback(&self) -> kvrpcpb::HealthFeedback {
-        let latency = self.cluster.store_latency(self.store_id);
-        let slow_score = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX).min(99) + 1;
-        kvrpcpb::HealthFeedback {
-            store_id: self.store_id,
-            feedback_seq_no: self.counters.feedback_seq.fetch_add(1, Ordering::Relaxed) + 1,
-            slow_score: slow_score as i32,
-        }
+        self.cluster.health_feedback(self.store_id)
     }
 
     /// Waits the store's latency ([`Cluster::set_store_latency`]), after
@@ -447,18 +436,11 @@ impl TikvService {
     /// TiKV serves every command, so the client gets the response type it
     /// asked for, carrying an error in that response's own error field (an
     /// answer without a command is client-go's "Unknown command response").
-    /// `GetHealthFeedback` is answered as TiKV does (this store's feedback,
-    /// [`TikvService::health_feedback`]). `None` for the commands the model executes and `Empty`.
+    /// `None` for the commands the model executes and `Empty`.
     fn unserved_entry(&self, cmd: &ReqCmd) -> Option<RespCmd> {
         let why = |name: &str| format!("{name} is not implemented by the simulator");
         let key_error = |name: &str| kvrpcpb::KeyError { abort: why(name), ..Default::default() };
         Some(match cmd {
-            ReqCmd::GetHealthFeedback(_) => {
-                RespCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackResponse {
-                    region_error: None,
-                    health_feedback: Some(self.health_feedback()),
-                })
-            }
             ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {
                 error: why("Import"),
                 ..Default::default()

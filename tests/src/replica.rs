@@ -55,6 +55,7 @@ macro_rules! replica_suite {
             tiflash_peers_are_never_chosen,
             a_down_store_is_skipped_until_its_health_probe_answers,
             a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads,
+            a_recovered_slow_leader_is_asked_for_feedback_and_preferred_again,
             a_leader_cut_off_from_the_client_is_reached_through_a_proxy,
             without_forwarding_a_leader_cut_off_from_the_client_is_not_reached,
         );
@@ -438,6 +439,67 @@ pub async fn a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads<H: Harnes
         "the slow leader is sent no more reads: {}",
         counts(&cluster, "raw_get")
     );
+    server.shutdown().await;
+}
+
+/// client-go's active health feedback: the leader's store is slow for a
+/// moment, long enough for one answer to say so; prefer-leader reads then
+/// avoid it, so no answer of it says it recovered. Once its TiKV-side score
+/// has gone 15 s without a refresh, the health tick asks it with
+/// `GetHealthFeedback`, whose answer (healthy) clears it, and prefer-leader
+/// reads land on it again. Left to decay instead (1/3 a second after those
+/// 15 s), a score of 100 would keep it slow for a minute.
+pub async fn a_recovered_slow_leader_is_asked_for_feedback_and_preferred_again<H: Harness>(
+    bed: Bed,
+) {
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (_, leader) = raw_region(&cluster, b"k");
+    let raw = fast_health_client::<H>(&server).await;
+    raw.put("k", "v").await.expect("put");
+    let prefer = raw.with_replica_read(ReplicaRead::of(ReplicaReadType::PreferLeader));
+    if server.on_simulated_network() {
+        let skip = NotOnThisBed {
+            bed,
+            step: "slow a store down",
+            why: "the simulated network's stores add no latency and send no health feedback",
+        };
+        eprintln!("{skip}; checking that a healthy leader serves prefer-leader reads instead");
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(cluster.kv_request_count(leader, "raw_get", Some(false)), 1);
+        server.shutdown().await;
+        return;
+    }
+
+    cluster.set_store_latency(leader, Duration::from_millis(150));
+    for _ in 0..READS {
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(
+        cluster.kv_request_count(leader, "raw_get", Some(false)),
+        1,
+        "only the read whose answer carried the slow score: {}",
+        counts(&cluster, "raw_get")
+    );
+    cluster.set_store_latency(leader, Duration::ZERO);
+    let recovered = Instant::now();
+    let asked = cluster.kv_request_count(leader, "get_health_feedback", None);
+    let give_up = recovered + Duration::from_secs(40);
+    while cluster.kv_request_count(leader, "raw_get", Some(false)) == 1 {
+        assert!(
+            Instant::now() < give_up,
+            "the recovered leader was never preferred again: {}",
+            counts(&cluster, "raw_get")
+        );
+        assert_eq!(prefer.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+        H::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.kv_request_count(leader, "get_health_feedback", None) > asked,
+        "the client asked the leader's store for its health feedback"
+    );
+    // A minute of decay from 100 would be needed to get below 80.
+    assert!(recovered.elapsed() < Duration::from_secs(40));
     server.shutdown().await;
 }
 

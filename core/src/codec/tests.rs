@@ -312,6 +312,7 @@ fn sample_requests() -> Vec<KvRequest> {
             ..Default::default()
         }
         .into(),
+        GetHealthFeedbackRequest::default().into(),
     ]
 }
 
@@ -390,8 +391,8 @@ fn request_fields(req: &KvRequest) -> Vec<(&'static str, Bytes)> {
             keys("split_keys", &r.split_keys);
             keys("split_key?", std::slice::from_ref(&r.split_key));
         }
-        // Timestamps only.
-        KvRequest::BroadcastTxnStatus(_) => {}
+        // Timestamps only, or nothing.
+        KvRequest::BroadcastTxnStatus(_) | KvRequest::GetHealthFeedback(_) => {}
         KvRequest::UnsafeDestroyRange(r) => {
             keys("range", &[r.start_key.clone(), r.end_key.clone()])
         }
@@ -750,6 +751,7 @@ fn leftover_prefixes(resp: &KvResponse) -> usize {
         KvResponse::SplitRegion(r) => format!("{r:?}"),
         KvResponse::UnsafeDestroyRange(r) => format!("{r:?}"),
         KvResponse::BroadcastTxnStatus(r) => format!("{r:?}"),
+        KvResponse::GetHealthFeedback(r) => format!("{r:?}"),
     };
     // The one value that looks like a key is allowed to stay.
     dbg.matches("x\\0\\0\\x03").count() - dbg.matches("x\\0\\0\\x03not-a-key").count()

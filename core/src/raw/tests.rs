@@ -731,3 +731,149 @@ fn server_is_busy_fast_retries_replica_reads_and_backs_off_leader_reads() {
     let out = format!("== follower read\n{follower_log}\n== leader read\n{leader_log}");
     insta::assert_snapshot!(out);
 }
+
+/// An op's result in [`drive_collapsing`]; `None` if it was dropped.
+type Outcome<O> = Option<Result<<O as Operation>::Output, crate::error::Error>>;
+
+/// One RPC in flight in [`drive_collapsing`], with every caller waiting
+/// on it: (op index, the id that op gave it).
+struct Shared {
+    rpc: crate::rpc::Rpc,
+    waiters: Vec<(usize, crate::rpc::RpcId)>,
+}
+
+/// Runs `ops` concurrently against `c` in virtual time, as the driver's
+/// collapsing transport does: an RPC whose [`crate::rpc::CollapseKey`]
+/// equals one still in flight is not sent, its op is handed that one's
+/// answer. RPCs are answered one at a time, 1 ms each, in the order sent.
+/// `drop_at_probe` names an op dropped as soon as it has sent a liveness
+/// probe (the probe goes on for whoever shares it). Returns the names of
+/// the RPCs sent, one per line with the ops waiting on each, and each op's
+/// result (`None` for a dropped op).
+fn drive_collapsing<O: Operation>(
+    mut ops: Vec<O>,
+    c: &mut FakeCluster,
+    drop_at_probe: Option<usize>,
+) -> (String, Vec<Outcome<O>>) {
+    use crate::rpc::{CollapseKey, Request};
+    use std::fmt::Write as _;
+    let mut now = Instant::ZERO;
+    let mut log = String::new();
+    let mut queue: std::collections::VecDeque<Shared> = Default::default();
+    let mut results: Vec<Outcome<O>> = (0..ops.len()).map(|_| None).collect();
+    let mut live: Vec<bool> = vec![true; ops.len()];
+    for op in &mut ops {
+        op.start(now);
+    }
+    for _ in 0..10_000 {
+        for (i, op) in ops.iter_mut().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            while let Some(rpc) = op.poll_rpc() {
+                let probe = matches!(rpc.request, Request::HealthCheck);
+                let key = CollapseKey::of(&rpc.target, &rpc.request);
+                let joined = key.is_some()
+                    && queue.iter_mut().any(|s| {
+                        let same = CollapseKey::of(&s.rpc.target, &s.rpc.request) == key;
+                        if same {
+                            s.waiters.push((i, rpc.id));
+                        }
+                        same
+                    });
+                if !joined {
+                    queue.push_back(Shared { waiters: vec![(i, rpc.id)], rpc });
+                }
+                if probe && drop_at_probe == Some(i) {
+                    live[i] = false;
+                    for s in &mut queue {
+                        s.waiters.retain(|w| w.0 != i);
+                    }
+                    break;
+                }
+            }
+            if live[i]
+                && let Some(result) = op.poll_result()
+            {
+                results[i] = Some(result);
+                live[i] = false;
+            }
+        }
+        if live.iter().all(|l| !l) {
+            return (log, results);
+        }
+        if let Some(shared) = queue.pop_front() {
+            now += crate::time::Duration::from_millis(1);
+            let answer = c.handle(&shared.rpc);
+            let waiting: Vec<usize> = shared.waiters.iter().map(|w| w.0).collect();
+            let _ = writeln!(log, "{} {:?}", shared.rpc.request.name(), waiting);
+            for (i, id) in shared.waiters {
+                ops[i].on_response(id, answer.clone(), now);
+            }
+        } else {
+            let next = (0..ops.len())
+                .filter(|&i| live[i])
+                .filter_map(|i| ops[i].poll_timeout())
+                .min()
+                .expect("an op waits on nothing");
+            now = now.max(next);
+            for (i, op) in ops.iter_mut().enumerate() {
+                if live[i] && op.poll_timeout().is_some_and(|t| t <= now) {
+                    op.on_timeout(now);
+                }
+            }
+        }
+    }
+    panic!("ops did not finish:\n{log}");
+}
+
+/// client-go's `livenessSf`: two gets fail on the leader's store at once;
+/// each asks whether the store is alive, and the two probes share one
+/// health `Check` (one probe per store address). Both act on its answer
+/// (`SERVING`: the leader stays a candidate) and read from it after their
+/// `BoTiKVRPC` sleeps.
+#[test]
+fn concurrent_send_failures_on_one_store_share_one_probe() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    for _ in 0..2 {
+        c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("stream reset".into())));
+    }
+    let ops = vec![get(&v, Key::from("k"), &opts()), get(&v, Key::from("k"), &opts())];
+    let (log, results) = drive_collapsing(ops, &mut c, None);
+    assert_eq!(log.matches("health_check").count(), 1, "{log}");
+    assert!(log.contains("health_check [0, 1]"), "one probe, both waiting: {log}");
+    for result in results {
+        assert_eq!(result.expect("finished").unwrap(), Some(Bytes::from("v-k")), "{log}");
+    }
+    assert_eq!(log.matches("raw_get").count(), 4, "each get sent twice: {log}");
+    assert_eq!(v.stores.get(1).unwrap().health().liveness(), Liveness::Reachable);
+}
+
+/// The get whose probe the other shares is dropped while the probe is in
+/// flight: the probe still answers the other, which acts on it (here the
+/// store does not answer, so it gives up on the leader's store: it is
+/// marked unreachable, its epoch bumped once) without a probe of its own.
+#[test]
+fn a_shared_probe_answers_the_other_call_when_its_sender_is_dropped() {
+    let mut c = FakeCluster::new(&[]);
+    seed(&mut c, &["k"]);
+    let v = view();
+    let _ = drive(get(&v, Key::from("k"), &opts()), &mut c);
+    let epoch = v.stores.get(1).unwrap().health().epoch();
+    for _ in 0..2 {
+        c.fault("raw_get", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    }
+    c.fault("health_check", Fault::Rpc(RpcError::Unavailable("connection refused".into())));
+    let ops = vec![get(&v, Key::from("k"), &opts()), get(&v, Key::from("k"), &opts())];
+    let (log, results) = drive_collapsing(ops, &mut c, Some(0));
+    assert!(results[0].is_none(), "dropped");
+    assert!(results[1].is_some(), "the other get finished: {log}");
+    assert!(log.contains("health_check [1]"), "the probe answered the remaining get: {log}");
+    assert_eq!(log.matches("health_check").count(), 1, "no probe of its own: {log}");
+    let store = v.stores.get(1).unwrap();
+    assert_eq!(store.health().liveness(), Liveness::Unreachable);
+    assert_eq!(store.health().epoch(), epoch + 1, "bumped once");
+}

@@ -15,7 +15,8 @@
 //! - **Slow score** ([`SlowScore`]): client-go's client-side score, 1
 //!   (healthy) to 100, fed with request latencies and moved once per tick;
 //!   and TiKV's own score carried on `BatchCommands` health feedback,
-//!   decaying linearly when it is not refreshed. Either at 80 or above
+//!   asked for afresh with `GetHealthFeedback` when it is not refreshed for
+//!   15 s, and decaying linearly if that brings nothing. Either at 80 or above
 //!   makes the store slow, which the replica selector scores down.
 
 use std::collections::VecDeque;
@@ -326,25 +327,47 @@ impl StoreHealth {
         self.update_slow(&scores);
     }
 
-    /// client-go `StoreHealthStatus.tick`: moves the client-side score one
-    /// tick, and lets TiKV's score decay linearly once it has not been
-    /// refreshed for 15 s (client-go first asks TiKV for fresh feedback
-    /// with `GetHealthFeedback`; this client lets it decay).
-    pub fn tick(&self, now: Instant) {
+    /// client-go `StoreHealthStatus.tick`, first half: moves the
+    /// client-side score one tick. True when TiKV's score wants fresh
+    /// feedback: the store has sent some, its score is above 1 (a healthy
+    /// idle store is left alone) and it has not been refreshed for 15 s.
+    /// client-go then asks the store with `GetHealthFeedback` and only
+    /// lets the score decay ([`StoreHealth::decay_stale_tikv_score`]) if
+    /// that brought nothing newer.
+    pub fn tick(&self, now: Instant) -> bool {
         let mut scores = self.scores();
         scores.0.tick();
-        let tikv = &mut scores.1;
-        if tikv.score > 1
-            && let Some(at) = tikv.updated_at
-        {
-            let elapsed = now.saturating_duration_since(at);
-            if elapsed >= TIKV_SCORE_STALE_AFTER {
-                let decayed = tikv.score as f64 - TIKV_SCORE_DECAY_PER_SEC * elapsed.as_secs_f64();
-                tikv.score = (decayed.round() as u64).max(1);
-                tikv.updated_at = Some(now);
-            }
-        }
         self.update_slow(&scores);
+        scores.1.is_stale(now)
+    }
+
+    /// client-go `updateTiKVServerSideSlowScoreOnTick`, second half: if
+    /// TiKV's score is still not refreshed 15 s before the tick at `now`,
+    /// it falls linearly by 1/3 a second of staleness (to 1 at least), and
+    /// the decayed score counts as refreshed at `now`.
+    pub fn decay_stale_tikv_score(&self, now: Instant) {
+        let mut scores = self.scores();
+        let tikv = &mut scores.1;
+        if !tikv.is_stale(now) {
+            return;
+        }
+        let Some(at) = tikv.updated_at else { return };
+        let elapsed = now.saturating_duration_since(at);
+        let decayed = tikv.score as f64 - TIKV_SCORE_DECAY_PER_SEC * elapsed.as_secs_f64();
+        tikv.score = (decayed.round() as u64).max(1);
+        tikv.updated_at = Some(now);
+        self.update_slow(&scores);
+    }
+}
+
+impl TikvScore {
+    /// Feedback was received, the score is above 1, and its last refresh
+    /// is 15 s or more before `now`.
+    fn is_stale(&self, now: Instant) -> bool {
+        self.score > 1
+            && self
+                .updated_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= TIKV_SCORE_STALE_AFTER)
     }
 }
 
@@ -420,7 +443,8 @@ mod tests {
     }
 
     /// TiKV's feedback: at 80 the store is slow; an unchanged score keeps
-    /// it fresh; unrefreshed for 15 s it decays by 1/3 a second.
+    /// it fresh; unrefreshed for 15 s a tick wants feedback, and without
+    /// any the score decays by 1/3 a second.
     #[test]
     fn tikv_feedback_score_makes_a_store_slow_and_decays_when_stale() {
         let h = StoreHealth::default();
@@ -430,15 +454,23 @@ mod tests {
         // Dropped: within 100 ms of the last change.
         h.record_tikv_score(10, t0 + ms(50));
         assert_eq!(h.slow_scores().1, 90);
-        h.tick(t0 + ms(14_000));
+        assert!(!h.tick(t0 + ms(14_000)), "fresh enough");
+        h.decay_stale_tikv_score(t0 + ms(14_000));
         assert_eq!(h.slow_scores().1, 90, "fresh enough");
-        h.tick(t0 + ms(30_000));
-        assert_eq!(h.slow_scores().1, 80, "30 s at 1/3 a second");
+        assert!(h.tick(t0 + ms(30_000)), "stale: wants feedback");
+        // Fresh feedback (the same score) at 30.5 s keeps it from decaying.
+        h.record_tikv_score(90, t0 + ms(30_500));
+        h.decay_stale_tikv_score(t0 + ms(30_000));
+        assert_eq!(h.slow_scores().1, 90, "refreshed by the feedback");
+        assert!(h.tick(t0 + ms(45_500)));
+        h.decay_stale_tikv_score(t0 + ms(45_500));
+        assert_eq!(h.slow_scores().1, 85, "15 s at 1/3 a second");
         assert!(h.is_slow());
-        h.tick(t0 + ms(45_000));
+        assert!(!h.tick(t0 + ms(50_000)), "the decay counts as a refresh");
+        h.decay_stale_tikv_score(t0 + ms(75_500));
         assert_eq!(h.slow_scores().1, 75);
         assert!(!h.is_slow());
-        h.record_tikv_score(1, t0 + ms(46_000));
+        h.record_tikv_score(1, t0 + ms(76_000));
         assert_eq!(h.slow_scores().1, 1);
     }
 }

@@ -388,13 +388,14 @@ impl StoreTable {
     /// Ticks every store's health ([`super::StoreHealth::tick`]) if
     /// `interval` has passed since the last tick (or none happened yet),
     /// as client-go's `checkAndUpdateStoreHealthStatus` runs on its own
-    /// period. True when it ticked.
-    pub fn tick_health(&self, now: Instant, interval: Duration) -> bool {
+    /// period. `None` when it did not tick; else the stores whose TiKV-side
+    /// score wants fresh feedback, by id.
+    pub fn tick_health(&self, now: Instant, interval: Duration) -> Option<Vec<Arc<StoreInfo>>> {
         let last = self.health_ticked_at.load(Ordering::Acquire);
         if last != 0 {
             let at = Instant::from_nanos(last - 1);
             if now.saturating_duration_since(at) < interval {
-                return false;
+                return None;
             }
         }
         let stamp = now.as_nanos().saturating_add(1);
@@ -404,12 +405,9 @@ impl StoreTable {
             .is_err()
         {
             // Another caller ticked meanwhile.
-            return false;
+            return None;
         }
-        for store in self.all() {
-            store.health.tick(now);
-        }
-        true
+        Some(self.all().into_iter().filter(|store| store.health.tick(now)).collect())
     }
 
     /// Every entry, sorted by id.

@@ -528,8 +528,9 @@ impl RegionCall {
     /// answers `SERVING` stays a candidate (the request itself failed, or
     /// one connection broke), anything else makes the selector give up on
     /// it. A store already not reachable (another call's probe failed, and
-    /// the background probes own it) is not asked again. Either way the
-    /// call then backs off `BoTiKVRPC` and picks again.
+    /// the background probes own it) is not asked again; concurrent probes
+    /// of one store share one in flight ([`crate::rpc::CollapseKey`]).
+    /// Either way the call then backs off `BoTiKVRPC` and picks again.
     fn check_liveness(&mut self, via: u64, failure: String, now: Instant) {
         let store = self.view.stores.get(via);
         let probe = match &store {

@@ -12,13 +12,21 @@
 //! that is not reachable, each bounded by [`LIVENESS_TIMEOUT`]: `SERVING`
 //! makes it reachable again (the probing of it ends), `UNKNOWN` leaves its
 //! liveness unknown, anything else (no answer, `NOT_SERVING`) keeps it
-//! unreachable, so it is asked again a second later. The round also ticks
+//! unreachable, so it is asked again a second later. Probes of one store
+//! address, the round's and failed calls', share one in flight (client-go's
+//! `livenessSf`; [`crate::rpc::CollapseKey`]). The round also ticks
 //! the stores' slow scores once a quarter of the store refresh interval has
 //! passed since the last tick (client-go ticks every 15 s by default).
 //!
 //! TiKV's own slow score arrives on `BatchCommands` answers, and
 //! [`on_health_feedback`] records it the moment it arrives, outside the
-//! rounds (client-go's `onHealthFeedback`).
+//! rounds (client-go's `onHealthFeedback`). A store that sent a score above
+//! 1 and has not refreshed it for 15 s (it is no longer sent requests, say
+//! because it is slow) is asked for fresh feedback by the round that ticks:
+//! TiKV's `GetHealthFeedback`, bounded by [`HEALTH_FEEDBACK_TIMEOUT`]. Its
+//! answer is recorded as any feedback; only when none comes (or the store
+//! is not reachable) does the stale score decay (client-go's
+//! `updateTiKVServerSideSlowScoreOnTick`).
 //!
 //! client-go also re-resolves an unreachable store from PD every 30 s and
 //! stops probing a removed one; here the periodic store refresh marks
@@ -32,8 +40,8 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::op::Operation;
-use crate::region::Liveness;
-use crate::rpc::{Request, Response, Rpc, RpcError, RpcId, Target};
+use crate::region::{Liveness, StoreInfo};
+use crate::rpc::{KvRequest, KvResponse, Request, Response, Rpc, RpcError, RpcId, Target};
 use crate::time::{Duration, Instant};
 use crate::view::ClusterView;
 
@@ -43,6 +51,10 @@ pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// client-go's `storeLivenessTimeout`: how long one probe may take.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// client-go's `getHealthFeedbackTimeout`: how long one `GetHealthFeedback`
+/// may take.
+pub const HEALTH_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one [`ProbeStores`] round found, by store id (each list in the
 /// order the stores were asked).
@@ -56,16 +68,33 @@ pub struct ProbeRound {
     pub unreachable: Vec<(u64, String)>,
     /// The slow scores ticked in this round.
     pub ticked: bool,
+    /// Asked for fresh health feedback (TiKV's score of them had gone 15 s
+    /// without a refresh) and answered with some.
+    pub feedback: Vec<u64>,
+    /// Asked for fresh health feedback and answered with none, or not at
+    /// all: their TiKV-side score decayed.
+    pub feedback_failed: Vec<(u64, String)>,
+}
+
+/// What one RPC of a round asks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Ask {
+    /// gRPC's health `Check`: is the store alive?
+    Liveness,
+    /// TiKV's `GetHealthFeedback`: its slow score now.
+    Feedback,
 }
 
 /// One round of the store health probes (see the module docs).
 #[derive(Debug)]
 pub struct ProbeStores {
     view: Arc<ClusterView>,
-    /// Stores still to ask, last first.
-    to_send: Vec<(u64, Arc<str>)>,
-    in_flight: BTreeMap<RpcId, u64>,
-    deadline: Option<Instant>,
+    /// RPCs still to send, last first.
+    to_send: Vec<(u64, Arc<str>, Ask)>,
+    in_flight: BTreeMap<RpcId, (u64, Ask)>,
+    next_id: u64,
+    /// When the round started (the tick's time).
+    started: Option<Instant>,
     round: ProbeRound,
     result: Option<Result<ProbeRound, Error>>,
 }
@@ -75,7 +104,7 @@ impl ProbeStores {
     /// (TiFlash and removed stores are not probed, as client-go's loop runs
     /// for TiKV stores only).
     pub fn new(view: Arc<ClusterView>) -> ProbeStores {
-        let mut to_send: Vec<(u64, Arc<str>)> = view
+        let to_send: Vec<(u64, Arc<str>, Ask)> = view
             .stores
             .all()
             .into_iter()
@@ -85,14 +114,15 @@ impl ProbeStores {
                     && !s.is_tombstone()
                     && !s.address.is_empty()
             })
-            .map(|s| (s.id, Arc::from(s.address.as_str())))
+            .map(|s| (s.id, Arc::from(s.address.as_str()), Ask::Liveness))
+            .rev()
             .collect();
-        to_send.reverse();
         ProbeStores {
             view,
             to_send,
             in_flight: BTreeMap::new(),
-            deadline: None,
+            next_id: 0,
+            started: None,
             round: ProbeRound::default(),
             result: None,
         }
@@ -103,11 +133,62 @@ impl ProbeStores {
             self.result = Some(Ok(std::mem::take(&mut self.round)));
         }
     }
+
+    /// client-go `updateTiKVServerSideSlowScoreOnTick`: each store whose
+    /// TiKV-side score went 15 s without a refresh is asked for fresh
+    /// feedback if it is reachable and has an address; the others' scores
+    /// decay at once.
+    fn ask_for_stale_feedback(&mut self, stale: Vec<Arc<StoreInfo>>, now: Instant) {
+        let mut asks = Vec::new();
+        for store in stale {
+            if store.health().liveness() == Liveness::Reachable
+                && !store.is_tombstone()
+                && !store.address.is_empty()
+            {
+                asks.push((store.id, Arc::from(store.address.as_str()), Ask::Feedback));
+            } else {
+                store.health().decay_stale_tikv_score(now);
+            }
+        }
+        // Sent after the liveness probes.
+        asks.reverse();
+        asks.append(&mut self.to_send);
+        self.to_send = asks;
+    }
+
+    /// A `GetHealthFeedback` answer from `store_id` arrived at `now`: its
+    /// feedback is recorded as any other ([`on_health_feedback`]); then
+    /// the store's score decays if it is still stale at the tick (the
+    /// answer brought nothing, or was never given).
+    fn on_feedback(&mut self, store_id: u64, response: Result<Response, RpcError>, now: Instant) {
+        let failed = match response {
+            Ok(Response::Kv(KvResponse::GetHealthFeedback(r))) => {
+                match (r.region_error, r.health_feedback) {
+                    (Some(e), _) => Some(format!("region error: {}", e.message)),
+                    (None, Some(feedback)) => {
+                        on_health_feedback(&self.view, &feedback, now);
+                        None
+                    }
+                    (None, None) => Some("answered without feedback".to_owned()),
+                }
+            }
+            Ok(other) => Some(format!("answered {}", other.name())),
+            Err(e) => Some(e.to_string()),
+        };
+        match failed {
+            None => self.round.feedback.push(store_id),
+            Some(why) => self.round.feedback_failed.push((store_id, why)),
+        }
+        if let (Some(store), Some(tick)) = (self.view.stores.get_any(store_id), self.started) {
+            store.health().decay_stale_tikv_score(tick);
+        }
+    }
 }
 
 impl ProbeStores {
     /// Whether the round has a store to ask (one not known reachable);
-    /// a round without one only ticks the slow scores.
+    /// a round without one only ticks the slow scores (and asks the stores
+    /// whose TiKV-side score is stale for feedback, if it ticks).
     pub fn has_stores_to_ask(&self) -> bool {
         !self.to_send.is_empty()
     }
@@ -118,28 +199,44 @@ impl Operation for ProbeStores {
 
     fn start(&mut self, now: Instant) {
         let tick = self.view.config.store_refresh_interval / 4;
-        self.round.ticked = self.view.stores.tick_health(now, tick);
-        self.deadline = Some(now + LIVENESS_TIMEOUT);
+        if let Some(stale) = self.view.stores.tick_health(now, tick) {
+            self.round.ticked = true;
+            self.ask_for_stale_feedback(stale, now);
+        }
+        self.started = Some(now);
         self.check();
     }
 
     fn poll_rpc(&mut self) -> Option<Rpc> {
-        let deadline = self.deadline?;
-        let (store_id, addr) = self.to_send.pop()?;
-        let id = RpcId(store_id);
-        self.in_flight.insert(id, store_id);
+        let started = self.started?;
+        let (store_id, addr, ask) = self.to_send.pop()?;
+        let id = RpcId(self.next_id);
+        self.next_id += 1;
+        self.in_flight.insert(id, (store_id, ask));
+        let (request, timeout) = match ask {
+            Ask::Liveness => (Request::HealthCheck, LIVENESS_TIMEOUT),
+            Ask::Feedback => (
+                Request::Kv(KvRequest::from(kvrpcpb::GetHealthFeedbackRequest::default())),
+                HEALTH_FEEDBACK_TIMEOUT,
+            ),
+        };
         Some(Rpc {
             id,
             target: Target::Store { store_id, addr, forwarded_host: None },
-            request: Request::HealthCheck,
-            deadline,
+            request,
+            deadline: started + timeout,
         })
     }
 
-    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, _now: Instant) {
-        let Some(store_id) = self.in_flight.remove(&id) else {
+    fn on_response(&mut self, id: RpcId, response: Result<Response, RpcError>, now: Instant) {
+        let Some((store_id, ask)) = self.in_flight.remove(&id) else {
             return;
         };
+        if ask == Ask::Feedback {
+            self.on_feedback(store_id, response, now);
+            self.check();
+            return;
+        }
         let (liveness, why) = liveness_of(response);
         if let Some(why) = why {
             self.round.unreachable.push((store_id, why));
@@ -183,7 +280,8 @@ pub fn liveness_of(response: Result<Response, RpcError>) -> (Liveness, Option<St
 }
 
 /// client-go `onHealthFeedback`: TiKV's `feedback`, carried on a
-/// `BatchCommands` answer that arrived at `now`, sets that store's TiKV-side
+/// `BatchCommands` answer (or a `GetHealthFeedback` one) that arrived at
+/// `now`, sets that store's TiKV-side
 /// slow score ([`crate::region::StoreHealth::record_tikv_score`]), which at
 /// 80 or above makes the store slow for the replica selector from the next
 /// choice on. The feedback's sequence number is not checked, as client-go

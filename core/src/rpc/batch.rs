@@ -156,7 +156,7 @@ batch_conversions! {
         CheckTxnStatus, CheckSecondaryLocks, Commit, Cleanup, BatchGet, BatchRollback,
         ScanLock, ResolveLock, DeleteRange, Flush, BufferBatchGet, RawGet, RawBatchGet,
         RawPut, RawBatchPut, RawDelete, RawBatchDelete, RawScan, RawDeleteRange, RawBatchScan,
-        BroadcastTxnStatus,
+        BroadcastTxnStatus, GetHealthFeedback,
     ],
     unary: [RawGetKeyTtl, RawCompareAndSwap, RawChecksum, SplitRegion, UnsafeDestroyRange],
 }

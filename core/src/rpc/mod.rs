@@ -47,7 +47,8 @@ macro_rules! for_each_kv_rpc {
 /// Calls `$m!` like [`for_each_kv_rpc!`](crate::for_each_kv_rpc) with only
 /// the RPCs addressed to a region, whose response carries `region_error`.
 /// The others go to a store as a whole (`BroadcastTxnStatus`, whose
-/// response has no fields).
+/// response has no fields, and `GetHealthFeedback`, whose `region_error`
+/// TiKV never sets).
 #[macro_export]
 macro_rules! for_each_region_kv_rpc {
     ($m:ident) => {
@@ -104,6 +105,7 @@ macro_rules! kv_rpc_table {
         ]
         [
             (BroadcastTxnStatus, broadcast_txn_status, BroadcastTxnStatusRequest, BroadcastTxnStatusResponse),
+            (GetHealthFeedback, get_health_feedback, GetHealthFeedbackRequest, GetHealthFeedbackResponse),
         ]
         }
     };
@@ -448,7 +450,7 @@ impl Request {
 /// share, so a transport can send it once (client-go's `reqCollapse`, and
 /// the deduplication of concurrent region misses).
 ///
-/// Two kinds qualify:
+/// Three kinds qualify:
 /// - region-wide `ResolveLock`, as in client-go: many readers meeting locks
 ///   of one large transaction in one region would each send the same
 ///   request, and TiKV's answer (resolved, or a region error each caller
@@ -457,7 +459,14 @@ impl Request {
 /// - PD reads of one region or store (`GetRegion`, `GetPrevRegion`,
 ///   `GetRegionByID`, `GetStore`, `GetAllStores`) to one PD member: every
 ///   operation that misses the cache for the same key at once, or meets the
-///   same unknown store, would otherwise ask PD separately.
+///   same unknown store, would otherwise ask PD separately;
+/// - liveness probes ([`Request::HealthCheck`]) of one store address, as
+///   client-go's `requestLiveness` shares one probe per address through its
+///   `livenessSf` singleflight: every call whose send failed on a store
+///   asks whether it is alive, and the background probe round asks too,
+///   so concurrent failures on a store that went down probe it once. A
+///   caller whose own deadline comes first is still cut off then, and the
+///   probe goes on for the others if the caller that sent it is dropped.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CollapseKey(Collapsible);
 
@@ -468,6 +477,7 @@ enum Collapsible {
     RegionById { pd: Arc<str>, id: u64, buckets: bool },
     Store { pd: Arc<str>, id: u64 },
     AllStores { pd: Arc<str>, exclude_tombstones: bool },
+    Liveness { addr: Arc<str> },
 }
 
 impl CollapseKey {
@@ -507,6 +517,9 @@ impl CollapseKey {
                     commit_ts: r.commit_version,
                     is_async: r.is_async,
                 }
+            }
+            (Target::Store { addr, forwarded_host: None, .. }, Request::HealthCheck) => {
+                Collapsible::Liveness { addr: addr.clone() }
             }
             (Target::Pd { addr }, Request::Pd(request)) => {
                 let pd = addr.clone();

@@ -178,3 +178,154 @@ fn health_feedback_records_tikv_slow_scores_on_arrival() {
     assert!(on_health_feedback(&v, &feedback(3, 2, -7), t0 + Duration::from_millis(200)));
     assert_eq!(health(3).1, 0);
 }
+
+/// Runs one round at `now` against `fake`, which answers at once.
+/// Returns what was asked of whom, in order, and the round.
+fn run_against(
+    v: &Arc<ClusterView>,
+    fake: &mut crate::testing::FakeCluster,
+    now: Instant,
+) -> (Vec<(u64, &'static str)>, ProbeRound) {
+    let mut op = ProbeStores::new(v.clone());
+    op.start(now);
+    let mut rpcs = Vec::new();
+    while let Some(rpc) = op.poll_rpc() {
+        let Target::Store { store_id, .. } = rpc.target else { panic!("{rpc:?}") };
+        let timeout = match rpc.request {
+            Request::HealthCheck => LIVENESS_TIMEOUT,
+            _ => HEALTH_FEEDBACK_TIMEOUT,
+        };
+        assert_eq!(rpc.deadline, now + timeout, "{rpc:?}");
+        rpcs.push((store_id, rpc));
+    }
+    let asked = rpcs.iter().map(|(s, rpc)| (*s, rpc.request.name())).collect();
+    for (_, rpc) in rpcs {
+        assert!(op.poll_result().is_none(), "done before every store answered");
+        let answer = fake.handle(&rpc);
+        op.on_response(rpc.id, answer, now);
+    }
+    (asked, op.poll_result().expect("done").expect("a round never fails"))
+}
+
+/// client-go's active health feedback: a store whose TiKV-side score is
+/// above 1 and went 15 s without a refresh is asked `GetHealthFeedback` by
+/// the round that ticks. An answer is recorded as any feedback (an
+/// unchanged score stays, a healthy one clears the store); a failed ask,
+/// or a store that is not reachable (so not asked), lets the score decay by
+/// 1/3 a second. Healthy stores and stores that never sent feedback are
+/// never asked.
+#[test]
+fn stale_tikv_scores_are_asked_for_fresh_feedback_before_they_decay() {
+    use crate::testing::{FakeCluster, Fault};
+    let v = four_stores();
+    let mut fake = FakeCluster::new(&[]);
+    let scores = |id| v.stores.get_any(id).unwrap().health().slow_scores().1;
+    let slow = |id| v.stores.get_any(id).unwrap().health().is_slow();
+    let t0 = Instant::from_millis(1_000);
+    let feedback = |store_id, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
+        store_id,
+        feedback_seq_no: 1,
+        slow_score,
+    };
+    // Stores 1 to 3 reported slow on their BatchCommands answers; store 4
+    // never reported anything.
+    for id in 1..=3 {
+        on_health_feedback(&v, &feedback(id, 90), t0);
+    }
+    let (asked, round) = run_against(&v, &mut fake, t0);
+    assert!(round.ticked);
+    assert!(asked.is_empty(), "nothing is stale yet: {asked:?}");
+    // Seconds later the scores are not stale, and the rounds do not tick.
+    let (asked, _) = run_against(&v, &mut fake, t0 + Duration::from_secs(14));
+    assert!(asked.is_empty(), "{asked:?}");
+
+    // 15 s on: the tick asks the reachable stale stores (after the probe
+    // of the unreachable one, whose score decays without asking). The ask
+    // to store 2 fails (the fake's fault takes the first one); store 3
+    // answers that it is healthy now.
+    v.stores.mark_unreachable(1);
+    fake.slow_scores.insert(2, 90);
+    fake.fault("get_health_feedback", Fault::Rpc(RpcError::Unavailable("reset".into())));
+    fake.fault("health_check", Fault::Rpc(RpcError::Unavailable("refused".into())));
+    let t1 = t0 + Duration::from_secs(15);
+    let (asked, round) = run_against(&v, &mut fake, t1);
+    assert!(round.ticked);
+    assert_eq!(
+        asked,
+        [(1, "health_check"), (2, "get_health_feedback"), (3, "get_health_feedback")]
+    );
+    assert_eq!(round.feedback, [3]);
+    assert_eq!(round.feedback_failed.iter().map(|f| f.0).collect::<Vec<_>>(), [2]);
+    assert_eq!(scores(1), 85, "not reachable: decays without asking");
+    assert_eq!(scores(2), 85, "the ask failed: 15 s at 1/3 a second");
+    assert_eq!(scores(3), 1, "fresh feedback: healthy");
+    assert!(!slow(3));
+    assert!(slow(2));
+
+    // 15 s later store 2 is asked again and answers 90: refreshed, still
+    // slow, no decay. Store 3 (healthy) and store 1 (decayed, but not
+    // reachable) follow their own rules.
+    let t2 = t1 + Duration::from_secs(15);
+    let (asked, round) = run_against(&v, &mut fake, t2);
+    assert_eq!(asked, [(1, "health_check"), (2, "get_health_feedback")]);
+    assert_eq!(round.feedback, [2]);
+    assert!(round.feedback_failed.is_empty());
+    assert_eq!(scores(2), 90, "fresh feedback, not a decay");
+    assert!(slow(2));
+    assert_eq!(v.stores.liveness(1), Liveness::Reachable, "store 1 answered its probe");
+    assert_eq!(scores(1), 80, "decayed again, without asking");
+
+    // Store 2 recovers: the next ask clears it at once.
+    fake.slow_scores.insert(2, 1);
+    let (asked, round) = run_against(&v, &mut fake, t2 + Duration::from_secs(15));
+    assert_eq!(asked, [(1, "get_health_feedback"), (2, "get_health_feedback")]);
+    assert_eq!(round.feedback, [1, 2]);
+    assert_eq!((scores(1), scores(2)), (1, 1));
+    assert!(!slow(2));
+    // Healthy scores are left alone from then on.
+    let (asked, _) = run_against(&v, &mut fake, t2 + Duration::from_secs(60));
+    assert!(asked.is_empty(), "{asked:?}");
+}
+
+/// A `GetHealthFeedback` answer with a region error, without feedback or
+/// of another command counts as no feedback: the stale score decays.
+#[test]
+fn odd_feedback_answers_let_the_stale_score_decay() {
+    let t0 = Instant::from_millis(1_000);
+    let answers = [
+        Ok(Response::Kv(KvResponse::from(kvrpcpb::GetHealthFeedbackResponse {
+            region_error: Some(tikv_proto::errorpb::Error {
+                message: "busy".into(),
+                ..Default::default()
+            }),
+            health_feedback: Some(kvrpcpb::HealthFeedback {
+                store_id: 2,
+                slow_score: 90,
+                ..Default::default()
+            }),
+        }))),
+        Ok(Response::Kv(KvResponse::from(kvrpcpb::GetHealthFeedbackResponse::default()))),
+        Ok(Response::HealthCheck(HealthCheckResponse { status: 1 })),
+    ];
+    for answer in answers {
+        let v = four_stores();
+        on_health_feedback(
+            &v,
+            &kvrpcpb::HealthFeedback { store_id: 2, feedback_seq_no: 1, slow_score: 90 },
+            t0,
+        );
+        let mut op = ProbeStores::new(v.clone());
+        op.start(t0);
+        assert!(op.poll_rpc().is_none());
+        assert!(op.poll_result().is_some());
+        let t1 = t0 + Duration::from_secs(30);
+        let mut op = ProbeStores::new(v.clone());
+        op.start(t1);
+        let rpc = op.poll_rpc().expect("an ask");
+        assert!(op.poll_rpc().is_none());
+        op.on_response(rpc.id, answer, t1);
+        let round = op.poll_result().unwrap().unwrap();
+        assert_eq!(round.feedback_failed.len(), 1, "{round:?}");
+        assert_eq!(v.stores.get_any(2).unwrap().health().slow_scores().1, 80);
+    }
+}
