@@ -30,7 +30,9 @@
 //!   (weight 0.2) of the gap between a batch's first request and the latest
 //!   request before it, each gap capped at 5 x 100 µs; when the estimate is
 //!   below 80 µs it waits up to 100 µs for an EWMA-sized batch (the average
-//!   of recent batch sizes, rounded up from .8). See [`BatchPolicy`].
+//!   of recent batch sizes, rounded up from .8), or, when that many are
+//!   already queued, 1 µs for more (client-go yields its send loop once for
+//!   a last non-blocking fetch). See [`BatchPolicy`].
 //! - **Ids**: increasing per collector, never reused, so a late answer to
 //!   an abandoned request can never complete another one. Answers with an
 //!   unknown id (expired, or from a server bug) are dropped and counted.
@@ -75,6 +77,12 @@ pub const MAX_BATCH_SIZE: usize = 128;
 
 /// client-go's turbo wait `t` (100 µs).
 const TURBO_WAIT: Duration = Duration::from_micros(100);
+/// How long a collector whose predicted batch is already queued still
+/// waits: client-go's send loop then makes one more non-blocking fetch
+/// after yielding once (`runtime.Gosched` in `fetchMorePendingRequests`),
+/// so that callers about to send join the batch. A runtime spends a wait
+/// this short yielding (see `tikv_grpc::batch`).
+const YIELD_WAIT: Duration = Duration::from_micros(1);
 /// client-go's `BatchWaitSize` default: the initial batch-size estimate.
 const DEFAULT_BATCH_WAIT_SIZE: u64 = 8;
 /// Fixed-point scale of the batch-size EWMA (thousandths of a request), so
@@ -594,7 +602,10 @@ impl<W> BatchCollector<W> {
             }
         };
         if self.queue.len() >= size {
-            return None;
+            // Without this, a batch-size estimate that fell to 1 in a quiet
+            // spell would stay there under any load: a sender that runs as
+            // soon as one request is queued always finds exactly one.
+            return Some(Wait { until: now + YIELD_WAIT, size: self.config.max_batch_size });
         }
         Some(Wait { until: now + TURBO_WAIT, size })
     }

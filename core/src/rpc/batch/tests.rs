@@ -243,6 +243,39 @@ fn dense_arrivals_wait_for_a_batch() {
     insta::assert_snapshot!(s.finish());
 }
 
+/// After a quiet spell the batch-size estimate is 1, so a dense stream of
+/// requests finds its predicted batch queued as soon as its head arrives.
+/// The collector still waits 1 µs (client-go's one yield for a last
+/// non-blocking fetch), which lets a request arriving meanwhile join, so
+/// the estimate grows again instead of staying at 1.
+#[test]
+fn a_batch_estimate_of_one_still_takes_what_arrives_within_a_yield() {
+    let mut s = Script::new(BatchConfig::default());
+    s.ready(us(0));
+    let mut t = us(1000);
+    // Sparse: each request is sent alone and answered; the size estimate
+    // falls from 8 towards 1.
+    for i in 0..30 {
+        s.push(t, &format!("q{i}"), t + Duration::from_millis(10));
+        s.answer_oldest(t + Duration::from_micros(50));
+        t = t + Duration::from_millis(1);
+    }
+    // Dense pairs 0.5 µs apart, 10 µs between pairs: once the gap estimate
+    // is under 80 µs each pair goes out as one message.
+    for i in 0..14 {
+        s.push(t, &format!("a{i}"), t + Duration::from_millis(10));
+        let second = t + Duration::from_nanos(500);
+        s.push(second, &format!("b{i}"), second + Duration::from_millis(10));
+        s.tick(t + YIELD_WAIT);
+        s.answer_oldest(t + Duration::from_micros(5));
+        if !s.sent.is_empty() {
+            s.answer_oldest(t + Duration::from_micros(5));
+        }
+        t = t + Duration::from_micros(10);
+    }
+    insta::assert_snapshot!(s.finish());
+}
+
 #[test]
 fn a_burst_is_cut_into_messages_of_128() {
     let mut s = Script::new(BatchConfig::default());
