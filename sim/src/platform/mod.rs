@@ -234,6 +234,12 @@ pub struct SimStats {
     /// Requests a store forwarded to the store at their
     /// `tikv-forwarded-host`.
     pub forwarded: u64,
+    /// Answers a slow store sent late ([`Fault::StoreLatency`]).
+    pub late_answers: u64,
+    /// Health feedback deliveries that reported a slow store (a TiKV slow
+    /// score at client-go's threshold of 80), each handed to its client's
+    /// sink.
+    pub slow_feedback: u64,
 }
 
 /// A successful run.
@@ -569,7 +575,7 @@ where
     // long enough for an application's clients to connect and work in it.
     let plan = config.chaos.then(|| {
         let mut plan = Plan::draw_txn(&mut rng);
-        plan.swarm.forwarding = crate::world::draws_forwarding(seed);
+        plan.draw_own_streams(seed);
         plan
     });
     let swarm = plan.as_ref().map_or_else(reliable_swarm, |p| p.swarm.clone());
