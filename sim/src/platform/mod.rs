@@ -16,8 +16,12 @@
 //! after the server applied a request, duplicates, partitions) to the
 //! in-process [`Cluster`], and with [`SimConfig::chaos`] the seed also draws
 //! a fault schedule as the world's does ([`Plan`]: splits, merges, leader
-//! moves, stores stopping, busy stores, PD leader changes, a stale PD,
-//! partitions), healed at [`Sim::heal_at`].
+//! moves, stores stopping, busy stores, slow stores, PD leader changes, a
+//! stale PD, partitions), healed at [`Sim::heal_at`]. Every TiKV answer
+//! carries its store's health feedback ([`Cluster::health_feedback`]) to
+//! the client's sink, as the gRPC transport's `BatchCommands` answers do,
+//! so a slow store ([`Cluster::set_store_latency`], whose answers leave
+//! late) is marked slow by the clients that hear from it.
 //!
 //! ```
 //! use tikv_sim::platform::{simulate, SimConfig};
