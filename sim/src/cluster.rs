@@ -750,8 +750,14 @@ impl Cluster {
         self.lock().store_latency.get(&store_id).copied().unwrap_or_default()
     }
 
+    /// Ends every [`Cluster::set_store_latency`].
+    pub fn clear_store_latencies(&self) {
+        self.lock().store_latency.clear();
+    }
+
     /// Store `store_id`'s health feedback now ([`State::health_feedback`]),
-    /// as its gRPC face attaches it to `BatchCommands` answers.
+    /// as its gRPC face attaches it to `BatchCommands` answers and the
+    /// seeded worlds' network to every TiKV answer.
     pub fn health_feedback(&self, store_id: u64) -> kvrpcpb::HealthFeedback {
         self.lock().health_feedback(store_id)
     }
@@ -814,13 +820,17 @@ impl Cluster {
     /// to an address no store has.
     pub fn forward(&self, proxy: u64, host: &str) -> Result<u64, RpcError> {
         let mut st = self.lock();
-        if !st.stores.get(&proxy).is_some_and(|s| s.running) {
-            return Err(RpcError::Unavailable(format!("store {proxy} is stopped")));
-        }
-        let to = st.stores.iter().find(|(_, s)| s.meta.address == host).map(|(id, _)| *id);
-        let to = to.ok_or_else(|| RpcError::Unavailable(format!("no store at {host}")))?;
+        let to = forward_target(&st, proxy, host)?;
         *st.forwarded.entry(proxy).or_default() += 1;
         Ok(to)
+    }
+
+    /// Where [`Cluster::forward`] hands a request, without counting it: a
+    /// `BatchCommands` stream is forwarded whole and its entries counted
+    /// as they come ([`Cluster::count_forwarded`]).
+    #[cfg(feature = "server")]
+    pub(crate) fn forward_target(&self, proxy: u64, host: &str) -> Result<u64, RpcError> {
+        forward_target(&self.lock(), proxy, host)
     }
 
     /// Counts `n` TiKV requests store `store_id` forwarded to another.
@@ -850,6 +860,16 @@ impl Cluster {
     pub fn pd_member_count(&self) -> usize {
         self.lock().pd.members.len()
     }
+}
+
+/// TiKV's forwarding decision ([`Cluster::forward`]): a running `proxy`
+/// hands the request to the store at `host`.
+fn forward_target(st: &State, proxy: u64, host: &str) -> Result<u64, RpcError> {
+    if !st.stores.get(&proxy).is_some_and(|s| s.running) {
+        return Err(RpcError::Unavailable(format!("store {proxy} is stopped")));
+    }
+    let to = st.stores.iter().find(|(_, s)| s.meta.address == host).map(|(id, _)| *id);
+    to.ok_or_else(|| RpcError::Unavailable(format!("no store at {host}")))
 }
 
 pub(crate) fn keyspace_meta(name: &str, id: u32) -> keyspacepb::KeyspaceMeta {

@@ -7,7 +7,9 @@
 //! sees it, or arrives after `min + uniform(jitter)` plus, by chance, a slow
 //! tail; an answer may be lost after the server applied the request, and
 //! may be delivered twice. Partitions cut one client from a store or a PD
-//! member. [`Network::apply_fault`] carries out a planned [`Fault`] on the
+//! member. A slow store ([`Fault::StoreLatency`]) handles a request when it
+//! arrives and its answer leaves late (so a write is applied before its
+//! late answer, and a client whose deadline passes meanwhile cannot tell). [`Network::apply_fault`] carries out a planned [`Fault`] on the
 //! [`Cluster`] and says when (and how) it heals; [`Network::heal`] ends
 //! every fault at once and turns the network reliable (latency stays).
 //!
@@ -18,7 +20,7 @@
 use std::collections::BTreeSet;
 
 use tikv_core::rng::Rng;
-use tikv_core::rpc::Target;
+use tikv_core::rpc::{RpcError, Target};
 use tikv_core::time::Duration;
 use tikv_proto::errorpb;
 
@@ -43,6 +45,19 @@ pub enum Recovery {
     Reconnect(usize, Endpoint),
     /// PD's frozen region view catches up.
     PdFresh,
+    /// A store's answers stop being late, unless a later fault changed its
+    /// latency from this one.
+    StoreOnTime(u64, Duration),
+}
+
+/// Where a request that reached its endpoint is served
+/// ([`Network::serving`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The server that handles it.
+    pub at: Option<Endpoint>,
+    /// The store that forwarded it there, if one did.
+    pub forwarded_by: Option<u64>,
 }
 
 /// When an answer reaches its client, relative to the server's reply.
@@ -120,7 +135,8 @@ impl Network {
         Some(self.latency(rng))
     }
 
-    /// The server answered client `client`'s request to `endpoint`:
+    /// The server answered client `client`'s request to `endpoint`, `late`
+    /// after it handled it (a slow store's latency, [`Cluster::store_latency`]):
     /// `None` when the answer is lost (a partition, or by chance after the
     /// server applied the request), else its delays.
     pub fn answer_delay(
@@ -128,11 +144,12 @@ impl Network {
         rng: &mut Rng,
         client: usize,
         endpoint: Option<Endpoint>,
+        late: Duration,
     ) -> Option<AnswerDelay> {
         if self.is_cut(client, endpoint) || self.chance(rng, self.swarm.drop_response_permille) {
             return None;
         }
-        let first = self.latency(rng);
+        let first = late + self.latency(rng);
         let duplicate = self.chance(rng, self.swarm.duplicate_permille).then(|| self.latency(rng));
         Some(AnswerDelay { first, duplicate })
     }
@@ -151,6 +168,25 @@ impl Network {
             Target::Store { store_id, .. } => Some(Endpoint::Store(*store_id)),
             Target::Pd { addr } => self.pd_member(addr).map(Endpoint::Pd),
             Target::Oracle => None,
+        }
+    }
+
+    /// Where a request to `target` that reached `endpoint` is served: there,
+    /// or, when it asks a store to forward it (`tikv-forwarded-host`), at
+    /// the store TiKV hands it to ([`Cluster::forward`]); the error is the
+    /// proxy's answer when it cannot. The answer goes back the way the
+    /// request came.
+    pub fn serving(
+        cluster: &Cluster,
+        target: &Target,
+        endpoint: Option<Endpoint>,
+    ) -> Result<Served, RpcError> {
+        match (target, endpoint) {
+            (Target::Store { forwarded_host: Some(host), .. }, Some(Endpoint::Store(proxy))) => {
+                let to = cluster.forward(proxy, host)?;
+                Ok(Served { at: Some(Endpoint::Store(to)), forwarded_by: Some(proxy) })
+            }
+            _ => Ok(Served { at: endpoint, forwarded_by: None }),
         }
     }
 
@@ -207,6 +243,10 @@ impl Network {
                 cluster.inject_region_error(Filter::any().store(*s), busy, *n);
                 "injected".into()
             }
+            Fault::StoreLatency(s, extra, d) => {
+                cluster.set_store_latency(*s, *extra);
+                return ("late".into(), Some((*d, Recovery::StoreOnTime(*s, *extra))));
+            }
             Fault::PdLeader(m) => format!("{:?}", cluster.set_pd_leader(*m)),
             Fault::PdStale(d) => {
                 cluster.set_pd_stale(true);
@@ -248,12 +288,20 @@ impl Network {
                 cluster.set_pd_stale(false);
                 Some("heal: PD region view refreshed".into())
             }
+            Recovery::StoreOnTime(s, extra) => {
+                if cluster.store_latency(s) != extra {
+                    return None;
+                }
+                cluster.set_store_latency(s, Duration::ZERO);
+                Some(format!("heal: store {s} answers on time"))
+            }
         }
     }
 
     /// Heals everything: stopped stores start, partitions close, PD's
-    /// region view is fresh, injected errors are gone, and from now on no
-    /// message is lost, duplicated or slowed by the tail.
+    /// region view is fresh, injected errors and store latencies are gone,
+    /// and from now on no message is lost, duplicated or slowed by the
+    /// tail.
     pub fn heal(&mut self, cluster: &Cluster) {
         self.calm = true;
         for s in cluster.store_ids() {
@@ -264,5 +312,6 @@ impl Network {
         self.partitions.clear();
         cluster.set_pd_stale(false);
         cluster.clear_injections();
+        cluster.clear_store_latencies();
     }
 }

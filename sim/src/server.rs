@@ -285,8 +285,8 @@ impl TikvService {
             .map_err(|_| Status::invalid_argument("tikv-forwarded-host is not ASCII"))?;
         let store_id = self
             .cluster
-            .store_at(host)
-            .ok_or_else(|| Status::unavailable(format!("no store at forwarded host {host}")))?;
+            .forward_target(self.store_id, host)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(TikvService { store_id, forwarded_by: Some(self.store_id), ..self.clone() })
     }
 

@@ -802,6 +802,21 @@ pub fn world_schedule(u: &mut Unstructured<'_>) -> Result<()> {
     // Drawn last, so the stored regression inputs keep their meaning (one
     // that has run out of bytes runs without forwarding).
     plan.swarm.forwarding = u.ratio(1, 2).unwrap_or(false);
+    // Drawn after it for the same reason: now and then a slow store, whose
+    // answers leave late while it lasts.
+    if u.ratio(1, 3).unwrap_or(false) {
+        let slow = |u: &mut Unstructured<'_>| -> Result<(Instant, Fault)> {
+            let at = Instant::from_millis(u.int_in_range(0..=3000)?);
+            let store = u.int_in_range(1..=plan.swarm.stores as u64)?;
+            let extra = Duration::from_millis(u.int_in_range(1..=400)?);
+            let lasts = Duration::from_millis(u.int_in_range(1..=5000)?);
+            Ok((at, Fault::StoreLatency(store, extra, lasts)))
+        };
+        if let Ok(fault) = slow(u) {
+            plan.faults.push(fault);
+            plan.faults.sort_by_key(|(at, _)| *at);
+        }
+    }
     let report =
         world::run(WorldConfig { seed, plan: Some(plan), workload, ..WorldConfig::default() });
     assert!(report.passed(), "{}", report.failure());

@@ -35,7 +35,7 @@
 
 use tikv_sim::world::history::Outcome;
 use tikv_sim::world::txn_history::{PessKind, TxnKind, TxnOutcome, TxnWrite};
-use tikv_sim::world::{self, Bug, Report, Workload, WorldConfig};
+use tikv_sim::world::{self, Bug, Fault, Report, Workload, WorldConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
@@ -79,9 +79,11 @@ fn seeds_pass() {
         return;
     }
     let (mut ops, mut undetermined, mut failed, mut faults, mut unacked) = (0, 0, 0, 0, 0);
-    let mut forwarded = 0;
+    let (mut forwarded, mut late, mut slow_marks) = (0, 0, 0);
     let seeds = sweep(Workload::Raw, |report| {
         forwarded += report.stats.forwarded;
+        late += report.stats.late_answers;
+        slow_marks += report.stats.slow_marks;
         ops += report.stats.ops;
         undetermined += report.stats.undetermined;
         failed += report.stats.failed;
@@ -90,7 +92,8 @@ fn seeds_pass() {
     });
     println!(
         "{seeds} seeds: {ops} ops, {failed} failed, {undetermined} undetermined, \
-         {unacked} with unanswered writes, {faults} faults, {forwarded} requests forwarded"
+         {unacked} with unanswered writes, {faults} faults, {forwarded} requests forwarded, \
+         {late} answered late by a slow store, {slow_marks} times a client marked a store slow"
     );
     // The sweep is not vacuous: the faults happened and produced the
     // uncertain outcomes the checker has to reason about.
@@ -100,6 +103,10 @@ fn seeds_pass() {
         assert!(unacked > 0, "no write lost its answer in {seeds} seeds");
         // Clients cut off from a leader's store reached it through a proxy.
         assert!(forwarded > 0, "no request forwarded in {seeds} seeds");
+        // Slow stores answered late, and their health feedback made the
+        // clients' views mark them slow.
+        assert!(late > 0, "no answer was late in {seeds} seeds");
+        assert!(slow_marks > 0, "no store was marked slow in {seeds} seeds");
     }
 }
 
@@ -522,9 +529,21 @@ fn checker_catches_a_delete_range_not_applied() {
 /// handle).
 #[test]
 fn regression_seeds_pass() {
+    // Each must replay the run it was recorded from: a store latency fault
+    // (drawn from a stream of its own) would change it.
+    let unchanged = |report: &Report| {
+        let latency = |f: &Fault| matches!(f, Fault::StoreLatency(..));
+        assert!(
+            !report.plan.faults.iter().any(|(_, f)| latency(f)),
+            "seed {} now draws a store latency fault:\n{}",
+            report.seed,
+            report.plan
+        );
+    };
     const RAW: &[u64] = &[6024];
     for &seed in RAW {
         let report = world::run(WorldConfig::seed(seed));
+        unchanged(&report);
         assert!(report.passed(), "seed {seed}: {}", report.failure());
     }
     // Txn 6, 36, 44: a prewrite retried after its transaction committed
@@ -539,6 +558,7 @@ fn regression_seeds_pass() {
     const TXN: &[u64] = &[6, 36, 44, 28, 526, 2506];
     for &seed in TXN {
         let report = world::run(WorldConfig::txn(seed));
+        unchanged(&report);
         assert!(report.passed(), "seed {seed}: {}", report.failure());
     }
 }

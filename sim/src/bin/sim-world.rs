@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     let started = WallClock::now();
     let (mut ops, mut rpcs, mut events, mut failed, mut unknown) =
         (0usize, 0u64, 0u64, 0u64, 0usize);
-    let mut forwarded = 0u64;
+    let (mut forwarded, mut late, mut slow_marks) = (0u64, 0u64, 0u64);
     let (mut committed, mut undetermined, mut crashes) = (0usize, 0usize, 0usize);
     let (mut lock_waits, mut deadlocks, mut gave_up) = (0u64, 0usize, 0usize);
     let mut with_conflict = 0usize;
@@ -120,6 +120,8 @@ fn main() -> ExitCode {
         rpcs += report.stats.rpcs;
         events += report.stats.events;
         forwarded += report.stats.forwarded;
+        late += report.stats.late_answers;
+        slow_marks += report.stats.slow_marks;
         unknown += report.stats.unknown_keys;
         committed += report.stats.ok;
         undetermined += report.stats.undetermined;
@@ -173,7 +175,8 @@ fn main() -> ExitCode {
     println!(
         "{workload:?} {seeds} seeds ({first}..{}): {failed} failed, {unknown} keys unknown; \
          {ops} {what} ({committed} ok, {undetermined} undetermined, {crashes} client crashes), \
-         {rpcs} RPCs ({forwarded} forwarded by a store), {events} events; longest {max_op:?} \
+         {rpcs} RPCs ({forwarded} forwarded by a store, {late} answered late by a slow store; \
+         {slow_marks} times a client marked a store slow), {events} events; longest {max_op:?} \
          (virtual)",
         first + seeds
     );
@@ -261,6 +264,8 @@ mod platform {
         lock_waits: u64,
         rpcs: u64,
         forwarded: u64,
+        late_answers: u64,
+        slow_feedback: u64,
         events: u64,
         gc: GcStats,
         pipe: PipeStats,
@@ -308,6 +313,8 @@ mod platform {
             self.lock_waits += stats.lock_waits;
             self.rpcs += stats.rpcs;
             self.forwarded += stats.forwarded;
+            self.late_answers += stats.late_answers;
+            self.slow_feedback += stats.slow_feedback;
             self.events += stats.events;
         }
     }
@@ -373,7 +380,8 @@ mod platform {
         println!(
             "{workload:?} through the public client, {n} seeds ({first}..{}): {failed} failed; \
              {} {what} ({} ok, {} failed, {} undetermined, {} client crashes), \
-             {} RPCs ({} forwarded by a store), {} events, {} lock waits, {} deadlock victims",
+             {} RPCs ({} forwarded by a store, {} answered late by a slow store, {} carrying \
+             slow health feedback), {} events, {} lock waits, {} deadlock victims",
             first + n,
             t.ops,
             t.outcomes.0,
@@ -382,6 +390,8 @@ mod platform {
             t.crashes,
             t.rpcs,
             t.forwarded,
+            t.late_answers,
+            t.slow_feedback,
             t.events,
             t.lock_waits,
             t.victims
@@ -456,7 +466,7 @@ mod platform {
         // Wall-clock time is read only here, to measure.
         let started = WallClock::now();
         let mut t = StaleWorldStats::default();
-        let (mut failed, mut rpcs) = (0u64, 0u64);
+        let (mut failed, mut rpcs, mut late, mut slow_feedback) = (0u64, 0u64, 0u64, 0u64);
         for seed in seeds {
             match run_stale_world(seed, SimConfig::chaos()) {
                 Ok(r) => {
@@ -478,6 +488,8 @@ mod platform {
                     t.data_not_ready += o.data_not_ready;
                     t.replica_read_requests += o.replica_read_requests;
                     rpcs += r.stats.rpcs;
+                    late += r.stats.late_answers;
+                    slow_feedback += r.stats.slow_feedback;
                 }
                 Err(failure) => {
                     failed += 1;
@@ -491,7 +503,8 @@ mod platform {
              {} txns ({} ok, {} failed, {} undetermined, {} client crashes); snapshots read: \
              stale {:?} (ago, at min safe ts, older; {} above max_ts when issued), replica \
              reads {:?} (follower, mixed, learner, prefer-leader), {} failed; requests: \
-             {} stale reads served by followers, {} DataIsNotReady, {} with replica_read; {rpcs} RPCs",
+             {} stale reads served by followers, {} DataIsNotReady, {} with replica_read; {rpcs} RPCs \
+             ({late} answered late by a slow store, {slow_feedback} carrying slow health feedback)",
             first + n,
             t.txns,
             t.outcomes.0,

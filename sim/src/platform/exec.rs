@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::future::{self, BoxFuture, FutureExt};
+use tikv_core::region::SLOW_SCORE_THRESHOLD;
 use tikv_core::rng::Rng;
 use tikv_core::rpc::Target;
 use tikv_core::rpc::{KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, RpcError};
 use tikv_core::time::{Duration, Instant};
-use tikv_driver::{Runtime, Transport};
+use tikv_driver::{HealthFeedbackSink, Runtime, Transport};
+use tikv_proto::kvrpcpb::HealthFeedback;
 
 use crate::net::{Endpoint, Network, Recovery};
 use crate::world::Fault;
@@ -83,6 +85,12 @@ struct State {
     /// When the lock manager's next timeout or delayed wake-up is due
     /// (armed as an [`Event::LockWaits`]).
     lock_wait_timer: Option<Instant>,
+    /// Each client's health feedback sink
+    /// ([`Transport::set_health_feedback_sink`]), by client number.
+    feedback_sinks: BTreeMap<usize, HealthFeedbackSink>,
+    /// Feedback that arrived, handed to its sink once the state's lock is
+    /// released (a sink takes the client's own locks).
+    arrived_feedback: Vec<(HealthFeedbackSink, HealthFeedback, Instant)>,
 }
 
 /// The GC world's checker state (the core-level GC world's
@@ -121,6 +129,8 @@ struct Parked {
     call: u64,
     client: usize,
     endpoint: Option<Endpoint>,
+    /// The store whose lock manager holds it.
+    store: u64,
     reply: Weak<Slot<Reply>>,
 }
 
@@ -129,8 +139,16 @@ enum Event {
     Timer(Weak<Slot<()>>),
     /// A request reaches its server.
     Arrive(Box<Arrival>),
-    /// An answer reaches its client.
-    Answer { call: u64, reply: Weak<Slot<Reply>>, result: Reply, duplicate: bool },
+    /// An answer reaches its client, with the health feedback of the store
+    /// that gave it (TiKV carries it on `BatchCommands` answers).
+    Answer {
+        call: u64,
+        client: usize,
+        reply: Weak<Slot<Reply>>,
+        result: Reply,
+        duplicate: bool,
+        feedback: Option<HealthFeedback>,
+    },
     /// A call's deadline: the transport stops waiting.
     CallDeadline { call: u64, reply: Weak<Slot<Reply>> },
     /// A planned fault strikes.
@@ -288,8 +306,11 @@ impl State {
                 self.arrive(*arrival);
                 None
             }
-            Event::Answer { call, reply, result, duplicate } => {
+            Event::Answer { call, client, reply, result, duplicate, feedback } => {
                 let slot = reply.upgrade()?;
+                if let Some(feedback) = feedback {
+                    self.feedback_arrived(client, feedback);
+                }
                 let summary = Summary::of(&result);
                 match slot.fill(result) {
                     Ok(waker) => {
@@ -352,7 +373,7 @@ impl State {
                 let Some(p) = self.parked.remove(&token) else { continue };
                 self.log(format_args!("server: #{} stops waiting ({token:?})", p.call));
                 let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(resp))));
-                self.answer(p.call, p.client, p.endpoint, p.reply, result);
+                self.answer(p.call, p.client, p.endpoint, Some(p.store), p.reply, result);
             }
         }
         let next = self.cluster.next_lock_wait_deadline();
@@ -491,23 +512,23 @@ impl State {
             self.log(format_args!("net: request #{call} lost in a partition"));
             return;
         }
-        // A store asked to forward hands the request on; the answer comes
-        // back the way the request came.
-        let served_at = match (&a.target, endpoint) {
-            (Target::Store { forwarded_host: Some(host), .. }, Some(Endpoint::Store(proxy))) => {
-                match self.cluster.forward(proxy, host) {
-                    Ok(to) => {
-                        self.stats.forwarded += 1;
-                        self.log(format_args!("server: store {proxy} forwards #{call} to {to}"));
-                        Some(Endpoint::Store(to))
-                    }
-                    Err(e) => {
-                        self.answer(call, a.client, endpoint, a.reply, Err(e));
-                        return;
-                    }
-                }
+        let served = match Network::serving(&self.cluster, &a.target, endpoint) {
+            Ok(served) => served,
+            Err(e) => {
+                self.answer(call, a.client, endpoint, None, a.reply, Err(e));
+                return;
             }
-            _ => endpoint,
+        };
+        if let (Some(proxy), Some(Endpoint::Store(to))) = (served.forwarded_by, served.at) {
+            self.stats.forwarded += 1;
+            self.log(format_args!("server: store {proxy} forwards #{call} to {to}"));
+        }
+        let served_at = served.at;
+        // The store that handles a TiKV request: its latency and health
+        // feedback go with the answer.
+        let kv_store = match (served_at, &a.request) {
+            (Some(Endpoint::Store(s)), Request::Kv(_)) => Some(s),
+            _ => None,
         };
         let now = self.now;
         let result = match (served_at, a.request) {
@@ -539,7 +560,8 @@ impl State {
                     Ok(KvAnswer::Waiting(token)) => {
                         self.stats.lock_waits += 1;
                         self.log(format_args!("server: #{call} waits for a lock ({token:?})"));
-                        let parked = Parked { call, client: a.client, endpoint, reply: a.reply };
+                        let parked =
+                            Parked { call, client: a.client, endpoint, store: s, reply: a.reply };
                         self.parked.insert(token, parked);
                         self.collect_lock_answers();
                         return;
@@ -568,36 +590,69 @@ impl State {
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", a.target))),
         };
-        self.answer(call, a.client, endpoint, a.reply, result);
+        self.answer(call, a.client, endpoint, kv_store, a.reply, result);
     }
 
-    /// Sends a server's answer to `call` back over the network.
+    /// Sends a server's answer to `call` back over the network, through
+    /// `endpoint` (where the request came in). An answer store `kv_store`
+    /// gave to a TiKV request leaves it late by the store's latency
+    /// ([`Fault::StoreLatency`]) and carries its health feedback.
     fn answer(
         &mut self,
         call: u64,
         client: usize,
         endpoint: Option<Endpoint>,
+        kv_store: Option<u64>,
         reply: Weak<Slot<Reply>>,
         result: Reply,
     ) {
         self.log(format_args!("server: #{call} -> {}", ReplyDebug(&result)));
-        let Some(delay) = self.net.answer_delay(&mut self.rng, client, endpoint) else {
+        let (late, feedback) = match kv_store {
+            Some(s) if result.is_ok() => {
+                (self.cluster.store_latency(s), Some(self.cluster.health_feedback(s)))
+            }
+            _ => (Duration::ZERO, None),
+        };
+        let Some(delay) = self.net.answer_delay(&mut self.rng, client, endpoint, late) else {
             self.stats.lost += 1;
             self.log(format_args!("net: answer #{call} lost"));
             return;
         };
+        if !late.is_zero() {
+            self.stats.late_answers += 1;
+            self.log(format_args!("server: the answer to #{call} leaves {late:?} late"));
+        }
         let at = self.now + delay.first;
         if let Some(duplicate) = delay.duplicate {
             self.stats.duplicates += 1;
             let event = Event::Answer {
                 call,
+                client,
                 reply: reply.clone(),
                 result: result.clone(),
                 duplicate: true,
+                feedback,
             };
             self.schedule(at + duplicate, event);
         }
-        self.schedule(at, Event::Answer { call, reply, result, duplicate: false });
+        let event = Event::Answer { call, client, reply, result, duplicate: false, feedback };
+        self.schedule(at, event);
+    }
+
+    /// TiKV's health feedback reaches `client`: handed to its sink (once
+    /// the state's lock is released), as the gRPC transport hands what
+    /// arrives on a `BatchCommands` stream.
+    fn feedback_arrived(&mut self, client: usize, feedback: HealthFeedback) {
+        if feedback.slow_score >= SLOW_SCORE_THRESHOLD as i32 {
+            self.stats.slow_feedback += 1;
+            self.log(format_args!(
+                "c{client} hears store {} is slow (score {})",
+                feedback.store_id, feedback.slow_score
+            ));
+        }
+        if let Some(sink) = self.feedback_sinks.get(&client) {
+            self.arrived_feedback.push((sink.clone(), feedback, self.now));
+        }
     }
 
     /// Pops the next live event: dead timers and answers nobody waits for
@@ -663,6 +718,8 @@ impl Shared {
             heal_at: None,
             parked: BTreeMap::new(),
             lock_wait_timer: None,
+            feedback_sinks: BTreeMap::new(),
+            arrived_feedback: Vec::new(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state) });
         shared.lock().log(format_args!("seed {seed}"));
@@ -863,6 +920,10 @@ impl Shared {
         SlotFuture(reply).boxed()
     }
 
+    fn set_health_feedback_sink(&self, client: usize, sink: HealthFeedbackSink) {
+        self.lock().feedback_sinks.insert(client, sink);
+    }
+
     fn waker(self: &Arc<Self>, id: u64) -> Waker {
         Waker::from(Arc::new(TaskWaker { id, shared: Arc::downgrade(self) }))
     }
@@ -927,17 +988,21 @@ impl Shared {
 
     /// Every task is idle: the clock moves to the next event.
     fn step(&self, limits: Limits) -> Step {
-        let (waker, dropped) = {
+        let (waker, dropped, feedback) = {
             let mut st = self.lock();
             let event = match st.next_event(limits) {
                 Ok(event) => event,
                 Err(stuck) => return Step::Stuck(stuck),
             };
             let waker = st.handle(event);
-            (waker, std::mem::take(&mut st.graveyard))
+            (waker, std::mem::take(&mut st.graveyard), std::mem::take(&mut st.arrived_feedback))
         };
         // A scheduled crash's tasks, dropped without the lock.
         drop(dropped);
+        // Before the answer it came with is handed out.
+        for (sink, feedback, at) in feedback {
+            sink(feedback, at);
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -1013,6 +1078,13 @@ impl Transport for SimTransport {
         deadline: Instant,
     ) -> BoxFuture<'static, Result<Response, RpcError>> {
         self.shared.call(self.client, target, request, deadline)
+    }
+
+    /// Every TiKV answer on the simulated network carries its store's
+    /// health feedback, as the `BatchCommands` answers of the gRPC
+    /// transport do; `sink` gets it when the answer arrives.
+    fn set_health_feedback_sink(&self, sink: HealthFeedbackSink) {
+        self.shared.set_health_feedback_sink(self.client, sink);
     }
 }
 

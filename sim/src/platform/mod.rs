@@ -16,8 +16,12 @@
 //! after the server applied a request, duplicates, partitions) to the
 //! in-process [`Cluster`], and with [`SimConfig::chaos`] the seed also draws
 //! a fault schedule as the world's does ([`Plan`]: splits, merges, leader
-//! moves, stores stopping, busy stores, PD leader changes, a stale PD,
-//! partitions), healed at [`Sim::heal_at`].
+//! moves, stores stopping, busy stores, slow stores, PD leader changes, a
+//! stale PD, partitions), healed at [`Sim::heal_at`]. Every TiKV answer
+//! carries its store's health feedback ([`Cluster::health_feedback`]) to
+//! the client's sink, as the gRPC transport's `BatchCommands` answers do,
+//! so a slow store ([`Cluster::set_store_latency`], whose answers leave
+//! late) is marked slow by the clients that hear from it.
 //!
 //! ```
 //! use tikv_sim::platform::{simulate, SimConfig};
@@ -234,6 +238,12 @@ pub struct SimStats {
     /// Requests a store forwarded to the store at their
     /// `tikv-forwarded-host`.
     pub forwarded: u64,
+    /// Answers a slow store sent late ([`Fault::StoreLatency`]).
+    pub late_answers: u64,
+    /// Health feedback deliveries that reported a slow store (a TiKV slow
+    /// score at client-go's threshold of 80), each handed to its client's
+    /// sink.
+    pub slow_feedback: u64,
 }
 
 /// A successful run.
@@ -569,7 +579,7 @@ where
     // long enough for an application's clients to connect and work in it.
     let plan = config.chaos.then(|| {
         let mut plan = Plan::draw_txn(&mut rng);
-        plan.swarm.forwarding = crate::world::draws_forwarding(seed);
+        plan.draw_own_streams(seed);
         plan
     });
     let swarm = plan.as_ref().map_or_else(reliable_swarm, |p| p.swarm.clone());

@@ -67,6 +67,12 @@ pub enum Fault {
     StoreDown(u64, Duration),
     /// The store answers `ServerIsBusy` to the next `n` requests.
     SlowStore(u64, u32),
+    /// For a while (the second duration), every answer of the store leaves
+    /// it this much later (the first), as from a TiKV whose disk or
+    /// threads stall; its health feedback reports the delay as its slow
+    /// score ([`crate::Cluster::health_feedback`]). Drawn from a stream of
+    /// its own ([`Plan::draw_store_latency`]).
+    StoreLatency(u64, Duration, Duration),
     /// PD leadership moves to this member.
     PdLeader(usize),
     /// PD serves a frozen region directory for a while.
@@ -94,6 +100,9 @@ impl fmt::Display for Fault {
             Fault::TransferLeader(r, p) => write!(f, "transfer leader of region #{r} to peer #{p}"),
             Fault::StoreDown(s, d) => write!(f, "store {s} down for {d:?}"),
             Fault::SlowStore(s, n) => write!(f, "store {s} busy for {n} requests"),
+            Fault::StoreLatency(s, extra, d) => {
+                write!(f, "store {s} answers {extra:?} late for {d:?}")
+            }
             Fault::PdLeader(m) => write!(f, "PD leader -> member {m}"),
             Fault::PdStale(d) => write!(f, "PD region view frozen for {d:?}"),
             Fault::PartitionStore(c, s, d) => {
@@ -222,6 +231,46 @@ impl Plan {
         plan
     }
 
+    /// Adds the draws of seed `seed` that have streams of their own to the
+    /// plan drawn from it: whether the clients forward
+    /// ([`crate::world::draws_forwarding`]) and the store latency faults
+    /// ([`Plan::draw_store_latency`]).
+    pub fn draw_own_streams(&mut self, seed: u64) {
+        self.swarm.forwarding = super::draws_forwarding(seed);
+        let latency = Plan::draw_store_latency(seed, self.swarm.stores, self.heal_at);
+        if !latency.is_empty() {
+            self.faults.extend(latency);
+            // Stable: faults due at the same instant keep their order.
+            self.faults.sort_by_key(|(at, _)| *at);
+        }
+    }
+
+    /// The store latency faults ([`Fault::StoreLatency`]) of seed `seed`'s
+    /// plan, among `stores` stores, before `heal_at`: none in half of the
+    /// seeds, else one to three, each adding 20 to 300 ms to one store's
+    /// answers for 0.2 to 5 s. Drawn from a stream of their own so that
+    /// the seed's other draws do not depend on them.
+    pub fn draw_store_latency(seed: u64, stores: usize, heal_at: Instant) -> Vec<(Instant, Fault)> {
+        // One under which the seeds `simulation::regression_seeds_pass`
+        // pins draw no latency fault, so they replay the runs they were
+        // recorded from.
+        const STORE_LATENCY_STREAM: u64 = 0x51c0_57a1_0000_03ed;
+        let mut rng = Rng::new(seed ^ STORE_LATENCY_STREAM);
+        if stores == 0 || !rng.gen_ratio(1, 2) {
+            return Vec::new();
+        }
+        let window = heal_at.saturating_duration_since(Instant::ZERO);
+        (0..rng.gen_range(1, 4))
+            .map(|_| {
+                let at = Instant::ZERO + rng.gen_duration(window);
+                let store = rng.gen_range(1, stores as u64 + 1);
+                let extra = ms(rng.gen_range(20, 301));
+                let dur = ms(rng.gen_range(200, 5000));
+                (at, Fault::StoreLatency(store, extra, dur))
+            })
+            .collect()
+    }
+
     /// Draws a universe: the active phase lasts `active_ms`, each client
     /// runs `ops` operations (ranges, upper bound excluded).
     fn draw_universe(rng: &mut Rng, keys: u32, active_ms: (u64, u64), ops: (u64, u64)) -> Plan {
@@ -257,8 +306,8 @@ impl Plan {
                 2 => ms(rng.gen_range(5, 100)),
                 _ => ms(rng.gen_range(100, 3000)),
             },
-            // Set by the world from a stream of its own (`world::run`), so
-            // adding it changed no other draw.
+            // Drawn from a stream of its own ([`Plan::draw_own_streams`])
+            // so that the seed's other draws do not depend on it.
             forwarding: false,
         };
         let n_faults = if rng.gen_ratio(1, 5) { 0 } else { rng.gen_range(1, 17) };

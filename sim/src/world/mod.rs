@@ -58,8 +58,10 @@
 //!   deadline (gRPC propagates deadlines), so a write can only take effect
 //!   before its deadline;
 //! - faults from the plan: split, merge, leader transfer, store down and
-//!   back, busy store (`ServerIsBusy`), PD leader change, stale PD, and the
-//!   partitions above. At [`Plan::heal_at`] everything heals and the network
+//!   back, busy store (`ServerIsBusy`), slow store (its answers leave 20 to
+//!   300 ms late for a while, and the health feedback they carry reports
+//!   it, so the clients' views mark the store slow as client-go's do), PD
+//!   leader change, stale PD, and the partitions above. At [`Plan::heal_at`] everything heals and the network
 //!   turns reliable (latency stays); once the clients' store probes had
 //!   time to find healed stores again ([`QUIET_GRACE`]), they run a few more
 //!   operations (the quiescence phase), which must succeed;
@@ -119,13 +121,14 @@ use tikv_core::pd::{
 };
 use tikv_core::raw::RawOptions;
 use tikv_core::rng::Rng;
-use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores};
+use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores, on_health_feedback};
 use tikv_core::rpc::{
     KvRequest, KvResponse, PdRequest, PdResponse, Request, Response, Rpc, RpcError, RpcId, Target,
 };
 use tikv_core::time::{Duration, Instant};
 use tikv_core::txn::commit::CommitOptions;
 use tikv_core::view::ClusterView;
+use tikv_proto::kvrpcpb::HealthFeedback;
 
 use crate::mvcc::SharedLockFlaw;
 use crate::net::{Endpoint, Network, Recovery};
@@ -370,6 +373,11 @@ pub struct Stats {
     /// Requests a store forwarded to the store at their
     /// `tikv-forwarded-host` for a client cut off from it.
     pub forwarded: u64,
+    /// Answers a slow store sent late ([`Fault::StoreLatency`]).
+    pub late_answers: u64,
+    /// Times TiKV's health feedback turned a client's view of a store slow
+    /// (its slow score at client-go's threshold of 80).
+    pub slow_marks: u64,
     /// Virtual time at the end of the run.
     pub end: Instant,
     /// Longest operation.
@@ -431,7 +439,7 @@ impl Report {
 
 /// Whether the clients of seed `seed`'s drawn plan forward
 /// ([`Swarm::forwarding`]; half of the seeds). Drawn from a stream of its
-/// own, so every other draw of a seed is what it was before.
+/// own so that the seed's other draws do not depend on it.
 pub fn draws_forwarding(seed: u64) -> bool {
     const FORWARDING_STREAM: u64 = 0xf0a2_d1f6_0000_0001;
     Rng::new(seed ^ FORWARDING_STREAM).gen_ratio(1, 2)
@@ -450,7 +458,7 @@ pub fn run(cfg: WorldConfig) -> Report {
                 Workload::Pessimistic => Plan::draw_pess(&mut rng),
                 Workload::Raw => Plan::draw(&mut rng),
             };
-            plan.swarm.forwarding = draws_forwarding(cfg.seed);
+            plan.draw_own_streams(cfg.seed);
             plan
         }
     };
@@ -474,6 +482,9 @@ enum Event {
         id: RpcId,
         result: Result<Response, RpcError>,
         duplicate: bool,
+        /// The serving store's health feedback, which TiKV carries on its
+        /// `BatchCommands` answers.
+        feedback: Option<HealthFeedback>,
     },
     /// An RPC's deadline.
     Deadline { client: usize, op: u64, id: RpcId },
@@ -502,6 +513,8 @@ struct Parked {
     op: u64,
     id: RpcId,
     endpoint: Endpoint,
+    /// The store whose lock manager holds it.
+    store: u64,
     start_ts: u64,
 }
 
@@ -897,7 +910,10 @@ impl World {
         match event {
             Event::Issue(c) => self.issue(c),
             Event::Arrive { client, op, rpc } => self.arrive(client, op, rpc),
-            Event::Respond { client, op, id, result, duplicate } => {
+            Event::Respond { client, op, id, result, duplicate, feedback } => {
+                if let Some(feedback) = feedback {
+                    self.health_feedback(client, &feedback);
+                }
                 let Some(r) = self.running_mut(client, op) else {
                     self.log(format!("c{client} response {id} for a finished operation dropped"));
                     return;
@@ -1342,23 +1358,23 @@ impl World {
             self.log(format!("net: request {id} of c{c} lost in a partition"));
             return;
         }
-        // A store asked to forward hands the request on; the answer comes
-        // back the way the request came.
-        let served_at = match (&rpc.target, endpoint) {
-            (Target::Store { forwarded_host: Some(host), .. }, Some(Endpoint::Store(proxy))) => {
-                match self.cluster.forward(proxy, host) {
-                    Ok(to) => {
-                        self.stats.forwarded += 1;
-                        self.log(format!("server: store {proxy} forwards {id} of c{c} to {to}"));
-                        Some(Endpoint::Store(to))
-                    }
-                    Err(e) => {
-                        self.respond(c, op, id, endpoint, Err(e));
-                        return;
-                    }
-                }
+        let served = match Network::serving(&self.cluster, &rpc.target, endpoint) {
+            Ok(served) => served,
+            Err(e) => {
+                self.respond(c, op, id, endpoint, None, Err(e));
+                return;
             }
-            _ => endpoint,
+        };
+        if let (Some(proxy), Some(Endpoint::Store(to))) = (served.forwarded_by, served.at) {
+            self.stats.forwarded += 1;
+            self.log(format!("server: store {proxy} forwards {id} of c{c} to {to}"));
+        }
+        let served_at = served.at;
+        // The store that handles a TiKV request: its latency and health
+        // feedback go with the answer.
+        let kv_store = match (served_at, &rpc.request) {
+            (Some(Endpoint::Store(s)), Request::Kv(_)) => Some(s),
+            _ => None,
         };
         let result = match (served_at, rpc.request) {
             (Some(Endpoint::Pd(m)), Request::Pd(req)) => {
@@ -1387,7 +1403,7 @@ impl World {
                         self.log(format!("server: c{c} {id} waits for a lock ({token:?})"));
                         // The answer goes back the way the request came.
                         let endpoint = endpoint.unwrap_or(Endpoint::Store(s));
-                        let parked = Parked { client: c, op, id, endpoint, start_ts };
+                        let parked = Parked { client: c, op, id, endpoint, store: s, start_ts };
                         self.parked.insert(token, parked);
                         self.collect_lock_answers();
                         return;
@@ -1416,32 +1432,65 @@ impl World {
             }
             _ => Err(RpcError::Unavailable(format!("no server at {:?}", rpc.target))),
         };
-        self.respond(c, op, id, endpoint, result);
+        self.respond(c, op, id, endpoint, kv_store, result);
     }
 
-    /// Sends a server's answer back to client `c` over the network.
+    /// Sends a server's answer back to client `c` over the network, through
+    /// `endpoint` (where the request came in). An answer store `kv_store`
+    /// gave to a TiKV request leaves it late by the store's latency
+    /// ([`Fault::StoreLatency`]) and carries its health feedback.
     fn respond(
         &mut self,
         c: usize,
         op: u64,
         id: RpcId,
         endpoint: Option<Endpoint>,
+        kv_store: Option<u64>,
         result: Result<Response, RpcError>,
     ) {
         self.log(format!("server: c{c} {id} -> {}", summarize(&result)));
-        let Some(delay) = self.net.answer_delay(&mut self.rng, c, endpoint) else {
+        let (late, feedback) = match kv_store {
+            Some(s) if result.is_ok() => {
+                (self.cluster.store_latency(s), Some(self.cluster.health_feedback(s)))
+            }
+            _ => (Duration::ZERO, None),
+        };
+        let Some(delay) = self.net.answer_delay(&mut self.rng, c, endpoint, late) else {
             self.log(format!("net: response {id} to c{c} lost"));
             return;
         };
+        if !late.is_zero() {
+            self.stats.late_answers += 1;
+            self.log(format!("server: the answer to {id} of c{c} leaves {late:?} late"));
+        }
         let at = self.now + delay.first;
         if let Some(duplicate) = delay.duplicate {
             let again = at + duplicate;
-            self.schedule(
-                again,
-                Event::Respond { client: c, op, id, result: result.clone(), duplicate: true },
-            );
+            let result = result.clone();
+            let event = Event::Respond { client: c, op, id, result, duplicate: true, feedback };
+            self.schedule(again, event);
         }
-        self.schedule(at, Event::Respond { client: c, op, id, result, duplicate: false });
+        let event = Event::Respond { client: c, op, id, result, duplicate: false, feedback };
+        self.schedule(at, event);
+    }
+
+    /// TiKV's health feedback reaches client `c`: its view records the
+    /// store's slow score as the driver's sink does
+    /// ([`on_health_feedback`]); a store the feedback turns slow is counted.
+    fn health_feedback(&mut self, c: usize, feedback: &HealthFeedback) {
+        let view = self.clients[c].view.clone();
+        let slow = |v: &ClusterView| {
+            v.stores.get_any(feedback.store_id).is_some_and(|s| s.health().is_slow())
+        };
+        let was_slow = slow(&view);
+        on_health_feedback(&view, feedback, self.now);
+        if !was_slow && slow(&view) {
+            self.stats.slow_marks += 1;
+            self.log(format!(
+                "c{c} marks store {} slow (TiKV slow score {})",
+                feedback.store_id, feedback.slow_score
+            ));
+        }
     }
 
     /// (pessimistic) Sends the answers of the parked lock requests that were
@@ -1456,7 +1505,7 @@ impl World {
             self.log(format!("server: c{} {} stops waiting ({token:?})", p.client, p.id));
             self.on_lock_answer(p.start_ts, &resp);
             let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(resp))));
-            self.respond(p.client, p.op, p.id, Some(p.endpoint), result);
+            self.respond(p.client, p.op, p.id, Some(p.endpoint), Some(p.store), result);
         }
         let next = self.cluster.next_lock_wait_deadline();
         if next != self.lock_wait_timer {
@@ -1514,7 +1563,7 @@ impl World {
                 ..Default::default()
             };
             let result = Ok(Response::Kv(KvResponse::PessimisticLock(Box::new(copy))));
-            self.respond(p.client, p.op, p.id, Some(p.endpoint), result);
+            self.respond(p.client, p.op, p.id, Some(p.endpoint), Some(p.store), result);
         }
     }
 
@@ -1608,7 +1657,7 @@ impl World {
                     .collect(),
             };
         for ((client, op, id), result) in answers {
-            let event = Event::Respond { client, op, id, result, duplicate: false };
+            let event = Event::Respond { client, op, id, result, duplicate: false, feedback: None };
             self.schedule(self.now, event);
         }
         self.schedule(self.now, Event::OracleRounds(c));
