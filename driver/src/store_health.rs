@@ -10,8 +10,10 @@
 
 use std::sync::{Arc, Weak};
 
+use tikv_core::pd::ResolveStore;
 use tikv_core::region::LookupCounts;
 use tikv_core::route::store_health::{HEALTH_CHECK_INTERVAL, ProbeStores, on_health_feedback};
+use tikv_core::time::Duration;
 use tikv_core::view::ClusterView;
 
 use crate::{Background, Runtime, Transport, execute, observe, spawn_periodic};
@@ -43,7 +45,7 @@ pub(crate) fn spawn_store_prober<R: Runtime, T: Transport>(
             observe::region_cache_lookups(view.regions.lookup_counts(), lookups_exported);
         let (view, rt, transport) = (view.clone(), rt2.clone(), transport.clone());
         async move {
-            let probe = ProbeStores::new(view);
+            let probe = ProbeStores::new(view.clone());
             let round = execute(probe, &rt, &*transport).await;
             if let Ok(round) = &round {
                 for store in &round.reachable {
@@ -54,6 +56,26 @@ pub(crate) fn spawn_store_prober<R: Runtime, T: Transport>(
                 }
                 for (store, error) in &round.feedback_failed {
                     tracing::warn!(store, %error, "asking a store for health feedback failed");
+                }
+                // One attempt each, as client-go's loop: the next is due in
+                // 30 s.
+                for &store in &round.re_resolve {
+                    let again =
+                        ResolveStore::again(view.clone(), store, view.backoffer(Duration::ZERO));
+                    match execute(again, &rt, &*transport).await {
+                        Ok(info) if info.is_tombstone() => {
+                            tracing::info!(
+                                store,
+                                "unreachable store removed from the cluster: no longer probed"
+                            );
+                        }
+                        Ok(info) => {
+                            tracing::debug!(store, addr = %info.address, "unreachable store re-resolved")
+                        }
+                        Err(e) => {
+                            tracing::warn!(store, error = %e, "re-resolving an unreachable store failed")
+                        }
+                    }
                 }
             }
             observe::background_result("store_health_probe", &round);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tikv_proto::pdpb;
+use tikv_proto::{metapb, pdpb};
 
 use crate::backoff::{BackoffKind, Backoffer};
 use crate::error::Error;
@@ -293,6 +293,9 @@ impl Operation for LocateRegion {
 pub struct ResolveStore {
     view: Arc<ClusterView>,
     store_id: u64,
+    /// Asks PD even if the table holds a usable entry, and records a store
+    /// PD no longer knows as a tombstone ([`ResolveStore::again`]).
+    again: bool,
     call: Option<PdCall>,
     result: Option<Result<Arc<StoreInfo>, Error>>,
 }
@@ -303,7 +306,18 @@ impl ResolveStore {
         let request =
             PdRequest::GetStore(Box::new(pdpb::GetStoreRequest { store_id, ..Default::default() }));
         let call = PdCall::new(view.pd.clone(), request, view.config.pd_timeout, backoffer);
-        ResolveStore { view, store_id, call: Some(call), result: None }
+        ResolveStore { view, store_id, again: false, call: Some(call), result: None }
+    }
+
+    /// client-go `Store.reResolve`, which its health-check loop runs for a
+    /// store that stays unreachable: asks PD about `store_id` even though
+    /// the table holds it. A changed address or labels replace the entry
+    /// (holders see the old one deleted and look it up again); a store PD
+    /// no longer knows (no store, or PD's "invalid store ID .. not found")
+    /// or a tombstone is recorded as a tombstone, so it is no longer
+    /// probed or chosen.
+    pub fn again(view: Arc<ClusterView>, store_id: u64, backoffer: Backoffer) -> ResolveStore {
+        ResolveStore { again: true, ..ResolveStore::new(view, store_id, backoffer) }
     }
 
     /// The backoffer, once finished.
@@ -316,14 +330,28 @@ impl ResolveStore {
             return;
         };
         if let Some(outcome) = call.poll_result() {
+            let removed = metapb::Store {
+                id: self.store_id,
+                state: metapb::StoreState::Tombstone as i32,
+                ..Default::default()
+            };
             self.result = Some(match outcome {
                 Ok(PdResponse::GetStore(r)) => match r.store {
                     Some(store) => self.view.stores.insert(store),
+                    None if self.again => self.view.stores.insert(removed),
                     None => Err(Error::Pd {
                         code: pdpb::ErrorType::Unknown as i32,
                         message: format!("store {} not found", self.store_id),
                     }),
                 },
+                // client-go's `isStoreNotFoundError`.
+                Err(Error::Pd { message, .. })
+                    if self.again
+                        && message.contains("invalid store ID")
+                        && message.contains("not found") =>
+                {
+                    self.view.stores.insert(removed)
+                }
                 Ok(other) => Err(Error::malformed(format!("unexpected {}", other.name()))),
                 Err(e) => Err(e),
             });
@@ -335,7 +363,9 @@ impl Operation for ResolveStore {
     type Output = Arc<StoreInfo>;
 
     fn start(&mut self, now: Instant) {
-        if let Some(store) = self.view.stores.get(self.store_id) {
+        if !self.again
+            && let Some(store) = self.view.stores.get(self.store_id)
+        {
             self.result = Some(Ok(store));
             return;
         }
@@ -476,5 +506,94 @@ impl Operation for LoadRegions {
 
     fn poll_result(&mut self) -> Option<Result<Vec<RegionRef>, Error>> {
         self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::Request;
+    use crate::testing::FakeCluster;
+    use crate::time::Duration;
+
+    fn store(id: u64, address: &str) -> metapb::Store {
+        metapb::Store { id, address: address.into(), ..Default::default() }
+    }
+
+    /// Runs `op` against a fake PD whose `GetStore` answers `answer`.
+    fn run_again(
+        view: &Arc<ClusterView>,
+        store_id: u64,
+        answer: Result<Response, RpcError>,
+    ) -> Result<Arc<StoreInfo>, Error> {
+        let mut pd = FakeCluster::new(&[]);
+        let mut op = ResolveStore::again(view.clone(), store_id, view.backoffer(Duration::ZERO));
+        let mut now = Instant::ZERO;
+        op.start(now);
+        let mut asked = 0;
+        for _ in 0..10 {
+            while let Some(rpc) = op.poll_rpc() {
+                now += Duration::from_millis(1);
+                let response = match &rpc.request {
+                    Request::Pd(PdRequest::GetStore(r)) => {
+                        assert_eq!(r.store_id, store_id);
+                        asked += 1;
+                        answer.clone()
+                    }
+                    _ => pd.handle(&rpc),
+                };
+                op.on_response(rpc.id, response, now);
+            }
+            if let Some(result) = op.poll_result() {
+                assert_eq!(asked, 1, "PD is asked once, though the table holds the store");
+                return result;
+            }
+        }
+        panic!("did not finish");
+    }
+
+    fn get_store(store: Option<metapb::Store>, error: Option<&str>) -> Result<Response, RpcError> {
+        let error = error.map(|message| pdpb::Error {
+            r#type: pdpb::ErrorType::Unknown as i32,
+            message: message.into(),
+        });
+        Ok(Response::Pd(PdResponse::GetStore(Box::new(pdpb::GetStoreResponse {
+            header: Some(pdpb::ResponseHeader { cluster_id: 7, error }),
+            store,
+            ..Default::default()
+        }))))
+    }
+
+    /// client-go's `reResolve`: PD is asked even though the table holds the
+    /// store; a moved store replaces its entry (the old one reads deleted),
+    /// an unchanged one keeps it, and a store PD no longer knows becomes a
+    /// tombstone, whether PD answers without a store or with its "not
+    /// found" error.
+    #[test]
+    fn again_asks_pd_and_records_a_move_or_a_removal() {
+        let view = crate::testing::view();
+        let old = view.stores.insert(store(1, "s1:20160")).unwrap();
+        view.stores.insert(store(2, "s2:20160")).unwrap();
+        view.stores.insert(store(3, "s3:20160")).unwrap();
+
+        let same = run_again(&view, 1, get_store(Some(store(1, "s1:20160")), None)).unwrap();
+        assert!(Arc::ptr_eq(&same, &old), "unchanged: the entry is kept");
+        let moved = run_again(&view, 1, get_store(Some(store(1, "s1b:20160")), None)).unwrap();
+        assert_eq!(moved.address, "s1b:20160");
+        assert_eq!(old.resolve_state(), crate::region::ResolveState::Deleted);
+        assert_eq!(view.stores.get(1).unwrap().address, "s1b:20160");
+
+        let gone = run_again(&view, 2, get_store(None, None)).unwrap();
+        assert!(gone.is_tombstone());
+        let not_found = "invalid store ID 3, not found";
+        let gone = run_again(&view, 3, get_store(None, Some(not_found))).unwrap();
+        assert!(gone.is_tombstone());
+        assert!(view.stores.get(3).unwrap().is_tombstone());
+
+        // Any other failure changes nothing.
+        view.stores.insert(store(4, "s4:20160")).unwrap();
+        let failed = run_again(&view, 4, get_store(None, Some("PD is busy")));
+        assert!(matches!(failed, Err(Error::Pd { .. })), "{failed:?}");
+        assert!(!view.stores.get(4).unwrap().is_tombstone());
     }
 }

@@ -20,7 +20,7 @@
 //!   makes the store slow, which the replica selector scores down.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::time::{Duration, Instant};
@@ -197,6 +197,10 @@ const TIKV_SCORE_DECAY_PER_SEC: f64 = 20.0 / 60.0;
 /// client-go's `tikvSlowScoreUpdateInterval`: feedback closer than this to
 /// the last change is dropped.
 const TIKV_SCORE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+/// client-go's `storeReResolveInterval`: how often the health probes ask
+/// PD about a store that stays unreachable.
+pub const STORE_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// client-go's `tikvSlowScoreActiveUpdateInterval`: TiKV's score starts to
 /// decay once not refreshed for this long.
 const TIKV_SCORE_STALE_AFTER: Duration = Duration::from_secs(15);
@@ -213,6 +217,10 @@ struct TikvScore {
 #[derive(Debug)]
 pub struct StoreHealth {
     liveness: AtomicU8,
+    /// When the probe rounds last asked PD about the store while it was
+    /// not reachable, in nanoseconds of [`Instant`] plus one; zero while
+    /// it is reachable ([`StoreHealth::pd_re_resolve_due`]).
+    pd_checked_at: AtomicU64,
     epoch: AtomicU32,
     /// Either score at the threshold (kept in step with both, so the
     /// selector reads one atomic).
@@ -224,6 +232,7 @@ impl Default for StoreHealth {
     fn default() -> StoreHealth {
         StoreHealth {
             liveness: AtomicU8::new(Liveness::Reachable as u8),
+            pd_checked_at: AtomicU64::new(0),
             epoch: AtomicU32::new(0),
             slow: AtomicBool::new(false),
             scores: Mutex::new((SlowScore::default(), TikvScore::default())),
@@ -249,6 +258,32 @@ impl StoreHealth {
     /// Sets the liveness (a failed send, or a health probe's verdict).
     pub fn set_liveness(&self, liveness: Liveness) {
         self.liveness.store(liveness as u8, Ordering::Release);
+        if liveness == Liveness::Reachable {
+            self.pd_checked_at.store(0, Ordering::Release);
+        }
+    }
+
+    /// client-go's health-check loop asks PD about a store that is not
+    /// reachable every [`STORE_RE_RESOLVE_INTERVAL`], counting from when the
+    /// loop started (its `lastCheckPDTime`), in case the store moved to
+    /// another address or was removed. True when the probe round at `now`
+    /// should ask; the first call after the store stopped being reachable
+    /// starts the count.
+    pub fn pd_re_resolve_due(&self, now: Instant) -> bool {
+        let stamp = now.as_nanos().saturating_add(1);
+        let last = self.pd_checked_at.load(Ordering::Acquire);
+        let due = last != 0
+            && now.saturating_duration_since(Instant::from_nanos(last - 1))
+                >= STORE_RE_RESOLVE_INTERVAL;
+        if last == 0 || due {
+            // A round racing another one for the same store asks once.
+            let won = self
+                .pd_checked_at
+                .compare_exchange(last, stamp, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            return due && won;
+        }
+        false
     }
 
     /// The store's epoch: how many failures regions have seen on it.
@@ -440,6 +475,26 @@ mod tests {
         assert!(h.is_slow());
         assert!(h.on_send_failure(1));
         assert_eq!(h.epoch(), 2);
+    }
+
+    /// client-go's health-check loop asks PD about an unreachable store 30 s
+    /// after the loop starts and every 30 s after; a store found reachable
+    /// starts the count afresh when it next fails.
+    #[test]
+    fn pd_is_asked_about_an_unreachable_store_every_30_s() {
+        let h = StoreHealth::default();
+        let t0 = Instant::from_millis(1_000);
+        h.set_liveness(Liveness::Unreachable);
+        assert!(!h.pd_re_resolve_due(t0), "the first round starts the count");
+        assert!(!h.pd_re_resolve_due(t0 + ms(29_999)));
+        assert!(h.pd_re_resolve_due(t0 + ms(30_000)));
+        assert!(!h.pd_re_resolve_due(t0 + ms(30_000)), "once per interval");
+        assert!(!h.pd_re_resolve_due(t0 + ms(59_999)));
+        assert!(h.pd_re_resolve_due(t0 + ms(60_000)));
+        h.set_liveness(Liveness::Reachable);
+        h.set_liveness(Liveness::Unreachable);
+        assert!(!h.pd_re_resolve_due(t0 + ms(90_000)), "reachable in between: a new count");
+        assert!(h.pd_re_resolve_due(t0 + ms(120_000)));
     }
 
     /// TiKV's feedback: at 80 the store is slow; an unchanged score keeps

@@ -37,7 +37,9 @@ use crate::key::{Key, KeyRange};
 use crate::time::Instant;
 
 pub use cache::{EpochNotMatchAction, GroupResult, RangeGroupResult, RegionCache, RegionGroup};
-pub use health::{Liveness, SLOW_SCORE_THRESHOLD, SlowScore, StoreHealth};
+pub use health::{
+    Liveness, SLOW_SCORE_THRESHOLD, STORE_RE_RESOLVE_INTERVAL, SlowScore, StoreHealth,
+};
 pub use lookups::LookupCounts;
 pub use store::{ResolveState, StoreInfo, StoreListChanges, StoreTable};
 

@@ -74,6 +74,12 @@ pub struct ProbeRound {
     /// Asked for fresh health feedback and answered with none, or not at
     /// all: their TiKV-side score decayed.
     pub feedback_failed: Vec<(u64, String)>,
+    /// Not reachable for [`crate::region::STORE_RE_RESOLVE_INTERVAL`] since
+    /// PD was last asked about them: the runtime re-resolves each from PD
+    /// ([`crate::pd::ResolveStore::again`]), as client-go's health-check
+    /// loop does, so a store that moved is found at its new address and a
+    /// removed one is no longer probed.
+    pub re_resolve: Vec<u64>,
 }
 
 /// What one RPC of a round asks.
@@ -198,6 +204,14 @@ impl Operation for ProbeStores {
     type Output = ProbeRound;
 
     fn start(&mut self, now: Instant) {
+        self.round.re_resolve = self
+            .to_send
+            .iter()
+            .rev()
+            .filter_map(|&(id, _, _)| self.view.stores.get_any(id))
+            .filter(|store| store.health().pd_re_resolve_due(now))
+            .map(|store| store.id)
+            .collect();
         let tick = self.view.config.store_refresh_interval / 4;
         if let Some(stale) = self.view.stores.tick_health(now, tick) {
             self.round.ticked = true;

@@ -329,3 +329,28 @@ fn odd_feedback_answers_let_the_stale_score_decay() {
         assert_eq!(v.stores.get_any(2).unwrap().health().slow_scores().1, 80);
     }
 }
+
+/// Each round lists the stores that have stayed unreachable for 30 s since
+/// PD was last asked about them, for the runtime to re-resolve (client-go's
+/// `reResolve` in its health-check loop); a store that answers again is
+/// not listed.
+#[test]
+fn stores_unreachable_for_30_s_are_listed_for_a_re_resolve() {
+    let v = four_stores();
+    let t0 = Instant::from_millis(1_000);
+    v.stores.mark_unreachable(2);
+    v.stores.mark_unreachable(3);
+    let mut listed = Vec::new();
+    for second in 0..=61 {
+        let now = t0 + Duration::from_secs(second);
+        let (_, round) = run(&v, now, |s| match s {
+            // Store 3 answers from 40 s on.
+            3 if second >= 40 => Some(ServingStatus::Serving),
+            _ => None,
+        });
+        if !round.re_resolve.is_empty() {
+            listed.push((second, round.re_resolve));
+        }
+    }
+    assert_eq!(listed, [(30, vec![2, 3]), (60, vec![2])]);
+}

@@ -258,7 +258,7 @@ fn a_batch_estimate_of_one_still_takes_what_arrives_within_a_yield() {
     for i in 0..30 {
         s.push(t, &format!("q{i}"), t + Duration::from_millis(10));
         s.answer_oldest(t + Duration::from_micros(50));
-        t = t + Duration::from_millis(1);
+        t += Duration::from_millis(1);
     }
     // Dense pairs 0.5 µs apart, 10 µs between pairs: once the gap estimate
     // is under 80 µs each pair goes out as one message.
@@ -271,7 +271,7 @@ fn a_batch_estimate_of_one_still_takes_what_arrives_within_a_yield() {
         if !s.sent.is_empty() {
             s.answer_oldest(t + Duration::from_micros(5));
         }
-        t = t + Duration::from_micros(10);
+        t += Duration::from_micros(10);
     }
     insta::assert_snapshot!(s.finish());
 }
