@@ -379,6 +379,9 @@ pub(crate) struct State {
     /// Extra time each store's gRPC face takes to answer a TiKV request (a
     /// slow disk or an overloaded store), by store ([`Cluster::set_store_latency`]).
     pub(crate) store_latency: BTreeMap<u64, std::time::Duration>,
+    /// Each store's read pool's estimated wait, by store
+    /// ([`Cluster::set_store_read_wait`]).
+    pub(crate) read_wait: BTreeMap<u64, std::time::Duration>,
     /// The last health feedback sequence number sent (any store).
     pub(crate) feedback_seq: u64,
     /// Stores whose gRPC face takes connections but answers nothing
@@ -755,6 +758,28 @@ impl Cluster {
         self.lock().store_latency.clear();
     }
 
+    /// Loads store `store_id`'s read pool: TiKV's estimate of how long a
+    /// read waits in its queue (`ReadPoolHandle::get_estimated_wait_duration`)
+    /// becomes `wait`. A read-pool command whose `Context.busy_threshold_ms`
+    /// is set and below `wait` is refused with `ServerIsBusy` carrying
+    /// `estimated_wait_ms` (load-based replica read,
+    /// [`State::check_busy_threshold`]). Only the estimate is modelled:
+    /// reads the store accepts are not delayed by it
+    /// ([`Cluster::set_store_latency`] slows a store). Zero: an idle pool.
+    pub fn set_store_read_wait(&self, store_id: u64, wait: std::time::Duration) {
+        let mut st = self.lock();
+        if wait.is_zero() {
+            st.read_wait.remove(&store_id);
+        } else {
+            st.read_wait.insert(store_id, wait);
+        }
+    }
+
+    /// The wait set by [`Cluster::set_store_read_wait`] (zero by default).
+    pub fn store_read_wait(&self, store_id: u64) -> std::time::Duration {
+        self.lock().read_wait.get(&store_id).copied().unwrap_or_default()
+    }
+
     /// Store `store_id`'s health feedback now ([`State::health_feedback`]),
     /// as its gRPC face attaches it to `BatchCommands` answers and the
     /// seeded worlds' network to every TiKV answer.
@@ -961,6 +986,7 @@ impl State {
             txn_status_caches: BTreeMap::new(),
             lock_waits: Default::default(),
             kv_requests: BTreeMap::new(),
+            read_wait: BTreeMap::new(),
             store_latency: BTreeMap::new(),
             feedback_seq: 0,
             black_holes: BTreeSet::new(),
@@ -1321,6 +1347,11 @@ impl State {
                 message: "the cluster id of the request does not match the TiKV cluster".to_owned(),
             });
         }
+        if let Some(err) = self.check_busy_threshold(store_id, &req, &ctx) {
+            let mut resp = req.response_template();
+            set_region_error(&mut resp, err);
+            return Ok(KvAnswer::Ready(resp));
+        }
         // A store RPC (`BroadcastTxnStatus`) has no region to fail on.
         let regional = req.response_template().region_error_mut().is_some();
         if let Some(err) = regional
@@ -1456,6 +1487,50 @@ impl State {
             }
         };
         Ok(KvAnswer::Ready(with_read_details(resp, get_key_len)))
+    }
+
+    /// TiKV's `ReadPoolHandle::check_busy_threshold`, which `Storage` runs
+    /// for the reads it queues in the read pool (`get`, `batch_get`,
+    /// `scan`, `buffer_batch_get` and the raw `get`, `batch_get`, `scan`,
+    /// `batch_scan`, `get_key_ttl`; coprocessor requests too, not modelled)
+    /// before queueing them, so ahead of every region check and on leaders
+    /// and followers alike: with `busy_threshold_ms` set and the pool's
+    /// estimated wait above it, the read is refused with a region error
+    /// that has only `ServerIsBusy { reason, estimated_wait_ms }` (TiKV
+    /// leaves `applied_index` unset and the message empty).
+    fn check_busy_threshold(
+        &self,
+        store_id: u64,
+        req: &KvRequest,
+        ctx: &kvrpcpb::Context,
+    ) -> Option<errorpb::Error> {
+        let read_pool = matches!(
+            req,
+            KvRequest::Get(_)
+                | KvRequest::BatchGet(_)
+                | KvRequest::Scan(_)
+                | KvRequest::BufferBatchGet(_)
+                | KvRequest::RawGet(_)
+                | KvRequest::RawBatchGet(_)
+                | KvRequest::RawScan(_)
+                | KvRequest::RawBatchScan(_)
+                | KvRequest::RawGetKeyTtl(_)
+        );
+        if !read_pool || ctx.busy_threshold_ms == 0 {
+            return None;
+        }
+        let wait = *self.read_wait.get(&store_id)?;
+        if wait <= std::time::Duration::from_millis(u64::from(ctx.busy_threshold_ms)) {
+            return None;
+        }
+        Some(errorpb::Error {
+            server_is_busy: Some(errorpb::ServerIsBusy {
+                reason: "estimated wait time exceeds threshold".to_owned(),
+                estimated_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
     }
 
     /// raftstore's proposal checks, in TiKV's order: store id
@@ -1736,5 +1811,114 @@ fn stale_read_ts(req: &KvRequest) -> Option<u64> {
         KvRequest::BatchGet(r) => Some(r.version),
         KvRequest::Scan(r) => Some(r.version),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Sends `req` to store `store` addressed to the peer there, with
+    /// `busy_threshold_ms` and `replica_read` set in its context.
+    fn send(
+        c: &Cluster,
+        store: u64,
+        mut req: KvRequest,
+        busy_threshold_ms: u32,
+        replica_read: bool,
+    ) -> KvResponse {
+        let region = c.regions()[0].clone();
+        let mut ctx = c.context_for(region.id).unwrap();
+        ctx.peer = region.peers.iter().find(|p| p.store_id == store).copied();
+        ctx.busy_threshold_ms = busy_threshold_ms;
+        ctx.replica_read = replica_read;
+        *req.context_mut() = ctx;
+        c.handle_kv(store, req, Instant::ZERO).expect("the store is up")
+    }
+
+    fn raw_get() -> KvRequest {
+        kvrpcpb::RawGetRequest { key: "k".into(), ..Default::default() }.into()
+    }
+
+    /// The `ServerIsBusy` TiKV's read pool answers with, if that is the
+    /// answer.
+    fn busy(resp: &KvResponse) -> Option<errorpb::ServerIsBusy> {
+        let err = resp.region_error()?;
+        let busy = err.server_is_busy.clone()?;
+        let only_busy = errorpb::Error { server_is_busy: Some(busy.clone()), ..Default::default() };
+        assert_eq!(err, &only_busy, "nothing but ServerIsBusy");
+        Some(busy)
+    }
+
+    fn served(resp: &KvResponse) -> bool {
+        resp.region_error().is_none()
+    }
+
+    #[test]
+    fn reads_with_a_busy_threshold_below_the_read_wait_are_refused_on_every_replica() {
+        let c = Cluster::new(ClusterConfig::default());
+        let region = c.regions()[0].clone();
+        let leader = c.leader_of(region.id).unwrap().store_id;
+        let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+        let put =
+            kvrpcpb::RawPutRequest { key: "k".into(), value: "v".into(), ..Default::default() };
+        assert!(served(&send(&c, leader, put.clone().into(), 0, false)));
+        c.set_store_read_wait(leader, Duration::from_millis(100));
+        c.set_store_read_wait(follower, Duration::from_millis(30));
+        assert_eq!(c.store_read_wait(leader), Duration::from_millis(100));
+
+        let refused = send(&c, leader, raw_get(), 50, false);
+        let err = busy(&refused).expect("a leader read over the threshold is refused");
+        assert_eq!(err.estimated_wait_ms, 100);
+        assert_eq!(err.reason, "estimated wait time exceeds threshold");
+        assert_eq!(err.applied_index, 0);
+        // At or above the wait, or without a threshold, the read is served.
+        for threshold in [0, 100, 200] {
+            let resp = send(&c, leader, raw_get(), threshold, false);
+            match &resp {
+                KvResponse::RawGet(r) => assert_eq!(&r.value[..], b"v", "{threshold}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A follower is checked alike: busy above its own wait, idle below.
+        assert!(served(&send(&c, follower, raw_get(), 50, true)));
+        let err = busy(&send(&c, follower, raw_get(), 20, true)).expect("follower over 20 ms");
+        assert_eq!(err.estimated_wait_ms, 30);
+        // Ahead of raftstore's checks: a follower read without
+        // `replica_read` (NotLeader) is refused by the read pool first.
+        assert!(busy(&send(&c, follower, raw_get(), 20, false)).is_some());
+        assert!(
+            send(&c, follower, raw_get(), 0, false).region_error().unwrap().not_leader.is_some()
+        );
+        // Writes do not go through the read pool.
+        assert!(served(&send(&c, leader, put.into(), 50, false)));
+        // Every read-pool command is checked, transactional ones too.
+        let txn_reads: [KvRequest; 4] = [
+            kvrpcpb::GetRequest { key: "t".into(), version: 10, ..Default::default() }.into(),
+            kvrpcpb::BatchGetRequest { keys: vec!["t".into()], version: 10, ..Default::default() }
+                .into(),
+            kvrpcpb::ScanRequest {
+                start_key: "t".into(),
+                limit: 1,
+                version: 10,
+                ..Default::default()
+            }
+            .into(),
+            kvrpcpb::RawScanRequest { start_key: "a".into(), limit: 1, ..Default::default() }
+                .into(),
+        ];
+        for req in txn_reads {
+            let name = req.name();
+            assert!(busy(&send(&c, leader, req.clone(), 50, false)).is_some(), "{name}");
+            assert!(served(&send(&c, leader, req, 0, false)), "{name}");
+        }
+        let lock = kvrpcpb::ScanLockRequest { max_version: 10, limit: 1, ..Default::default() };
+        assert!(served(&send(&c, leader, lock.into(), 50, false)), "scan_lock is not pooled");
+        // An idle pool again.
+        c.set_store_read_wait(leader, Duration::ZERO);
+        assert!(served(&send(&c, leader, raw_get(), 50, false)));
+        assert_eq!(c.store_read_wait(leader), Duration::ZERO);
     }
 }

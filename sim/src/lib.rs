@@ -149,8 +149,12 @@
 //!   requests as TiKV would), so tests can see whether a client sent it
 //!   any ([`Cluster::kv_request_count`]). A replica
 //!   read is served from the shared data once the leader's store runs (the
-//!   read index always succeeds then). No buckets, no read pool busy
-//!   checks, no flashback.
+//!   read index always succeeds then). No buckets, no flashback.
+//! - The read pool is one number per store, its estimated wait
+//!   ([`Cluster::set_store_read_wait`], zero by default), used only by
+//!   TiKV's busy-threshold check (reads whose `busy_threshold_ms` is below
+//!   it get `ServerIsBusy`); there is no queue, so reads the store accepts
+//!   are not delayed by it, and the wait does not grow with load.
 //! - TTL time is `(tso_base_ms + now) / 1000` seconds, the same clock as TSO.
 //! - TSO: physical time follows the model clock; when the logical counter
 //!   would overflow 18 bits the model advances physical by 1 ms instead of

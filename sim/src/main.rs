@@ -28,7 +28,10 @@
 //! face answers every request `MS` later, [`Cluster::set_store_latency`];
 //! 0 ends it), `black-hole STORE on|off` (it takes connections and
 //! requests but answers nothing, [`Cluster::set_store_black_hole`]),
-//! answered `latency ok` / `black-hole ok` or `store command refused: WHY`;
+//! `read-wait STORE MS` (its read pool's estimated wait: reads whose
+//! busy threshold is below it are refused with `ServerIsBusy`,
+//! [`Cluster::set_store_read_wait`]; 0 ends it), answered `latency ok` /
+//! `black-hole ok` / `read-wait ok` or `store command refused: WHY`;
 //! and `leaders`, answered `leaders REGION:STORE ...`. `--region-error-rate F` answers a fraction
 //! `F` of TiKV requests with a random region error
 //! ([`Cluster::set_region_error_rate`], benchmark B9) of the kinds listed
@@ -356,6 +359,8 @@ enum StoreCommand {
     Latency(u64, std::time::Duration),
     /// `black-hole STORE on|off`: [`Cluster::set_store_black_hole`].
     BlackHole(u64, bool),
+    /// `read-wait STORE MS`: [`Cluster::set_store_read_wait`].
+    ReadWait(u64, std::time::Duration),
     /// `leaders`: each region's leader store.
     Leaders,
     /// A command with bad arguments, and why.
@@ -368,8 +373,15 @@ fn parse_store_command(line: &str) -> Option<StoreCommand> {
     let store = |w: &str| w.parse::<u64>().map_err(|_| format!("{w:?} is not a store id"));
     Some(match words.as_slice() {
         ["leaders"] => StoreCommand::Leaders,
-        ["latency", id, ms] => match (store(id), ms.parse::<u64>()) {
-            (Ok(id), Ok(ms)) => StoreCommand::Latency(id, std::time::Duration::from_millis(ms)),
+        [which @ ("latency" | "read-wait"), id, ms] => match (store(id), ms.parse::<u64>()) {
+            (Ok(id), Ok(ms)) => {
+                let ms = std::time::Duration::from_millis(ms);
+                if *which == "latency" {
+                    StoreCommand::Latency(id, ms)
+                } else {
+                    StoreCommand::ReadWait(id, ms)
+                }
+            }
             (Err(e), _) => StoreCommand::Bad(e),
             (_, Err(_)) => StoreCommand::Bad(format!("{ms:?} is not milliseconds")),
         },
@@ -377,9 +389,9 @@ fn parse_store_command(line: &str) -> Option<StoreCommand> {
             Ok(id) => StoreCommand::BlackHole(id, *on == "on"),
             Err(e) => StoreCommand::Bad(e),
         },
-        ["latency" | "black-hole", ..] => {
-            StoreCommand::Bad("usage: latency STORE MS | black-hole STORE on|off".into())
-        }
+        ["latency" | "black-hole" | "read-wait", ..] => StoreCommand::Bad(
+            "usage: latency STORE MS | black-hole STORE on|off | read-wait STORE MS".into(),
+        ),
         _ => return None,
     })
 }
@@ -407,7 +419,13 @@ fn run_store_command(cluster: &Cluster, command: StoreCommand) -> String {
             cluster.set_store_black_hole(id, on);
             "black-hole ok".into()
         }
-        StoreCommand::Latency(id, _) | StoreCommand::BlackHole(id, _) => {
+        StoreCommand::ReadWait(id, wait) if known(id) => {
+            cluster.set_store_read_wait(id, wait);
+            "read-wait ok".into()
+        }
+        StoreCommand::Latency(id, _)
+        | StoreCommand::BlackHole(id, _)
+        | StoreCommand::ReadWait(id, _) => {
             format!("store command refused: no store {id}")
         }
         StoreCommand::Bad(why) => format!("store command refused: {why}"),
@@ -602,7 +620,13 @@ mod tests {
             parse_store_command("black-hole 3 off"),
             Some(StoreCommand::BlackHole(3, false))
         );
-        for bad in ["latency x 20", "latency 2 soon", "black-hole 3 maybe", "latency 2"] {
+        assert_eq!(
+            parse_store_command("read-wait 1 300"),
+            Some(StoreCommand::ReadWait(1, Duration::from_millis(300)))
+        );
+        for bad in
+            ["latency x 20", "latency 2 soon", "black-hole 3 maybe", "latency 2", "read-wait 1"]
+        {
             assert!(matches!(parse_store_command(bad), Some(StoreCommand::Bad(_))), "{bad}");
         }
         let cluster =
@@ -614,7 +638,12 @@ mod tests {
         assert!(cluster.is_store_black_holed(3));
         assert_eq!(run("black-hole 3 off"), "black-hole ok");
         assert!(!cluster.is_store_black_holed(3));
+        assert_eq!(run("read-wait 1 300"), "read-wait ok");
+        assert_eq!(cluster.store_read_wait(1), Duration::from_millis(300));
+        assert_eq!(run("read-wait 1 0"), "read-wait ok");
+        assert_eq!(cluster.store_read_wait(1), Duration::ZERO);
         assert_eq!(run("latency 9 1"), "store command refused: no store 9");
+        assert_eq!(run("read-wait 9 1"), "store command refused: no store 9");
         let leaders = run("leaders");
         let pairs: Vec<&str> = leaders.strip_prefix("leaders ").unwrap().split(' ').collect();
         assert_eq!(pairs.len(), 2);

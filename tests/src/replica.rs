@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tikv_driver::interceptor::{Next, RpcInterceptor, StoreRpc, StoreRpcFuture};
-use tikv_driver::{Config, KvPair, ReplicaRead, ReplicaReadType, TransactionOptions};
+use tikv_driver::{Config, KvPair, ReplicaRead, ReplicaReadType, TransactionOptions, Value};
 use tikv_sim::{Cluster, ClusterConfig};
 
 use crate::harness::{Bed, Harness, NotOnThisBed, SimHandle};
@@ -55,6 +55,7 @@ macro_rules! replica_suite {
             tiflash_peers_are_never_chosen,
             a_down_store_is_skipped_until_its_health_probe_answers,
             a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads,
+            a_busy_leader_sends_reads_with_a_busy_threshold_to_idle_followers,
             a_recovered_slow_leader_is_asked_for_feedback_and_preferred_again,
             a_leader_cut_off_from_the_client_is_reached_through_a_proxy,
             without_forwarding_a_leader_cut_off_from_the_client_is_not_reached,
@@ -428,6 +429,108 @@ pub async fn a_slow_leader_is_avoided_by_prefer_leader_and_mixed_reads<H: Harnes
         "the slow leader is sent no more reads: {}",
         counts(&cluster, "raw_get")
     );
+    server.shutdown().await;
+}
+
+/// Load-based replica read (client-go `BusyThresholdMs`): the leader's
+/// read pool has an estimated wait (TiKV's `check_busy_threshold`, modelled
+/// by [`Cluster::set_store_read_wait`]) above a snapshot's busy threshold.
+/// The first get reaches the leader, which refuses it with `ServerIsBusy`
+/// carrying its wait; the client keeps the wait on the store and retries at
+/// once at an idle follower as a replica read, and every later get, batch
+/// get and scan goes straight to a follower. Without a threshold, or with
+/// one above the wait, the leader serves them. With every replica over the
+/// threshold, a fresh client's first get is refused by the leader and both
+/// followers and then served by the leader with the threshold dropped
+/// (client-go's `nextForReplicaReadLeader`), and its later gets go to the
+/// leader without a threshold at once.
+pub async fn a_busy_leader_sends_reads_with_a_busy_threshold_to_idle_followers<H: Harness>(
+    bed: Bed,
+) {
+    // Long enough that the client's aging estimate outlasts the test.
+    const WAIT: Duration = Duration::from_secs(60);
+    let busy = ReplicaRead::leader().with_busy_threshold(Duration::from_millis(50));
+    let server = SimHandle::start(bed, ClusterConfig::default()).await;
+    let cluster = server.cluster().clone();
+    let (region, leader) = region_of(&cluster, &cluster.txn_region_key(b"t1"));
+    for key in [&b"t2"[..], b"t3"] {
+        assert_eq!(region_of(&cluster, &cluster.txn_region_key(key)).0, region, "one region");
+    }
+    let followers: Vec<u64> = cluster.store_ids().into_iter().filter(|s| *s != leader).collect();
+    let count = |stores: &[u64], command: &str, replica_read: Option<bool>| -> u64 {
+        stores.iter().map(|s| cluster.kv_request_count(*s, command, replica_read)).sum()
+    };
+    let txn_client = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let mut txn = txn_client.begin().await.expect("begin");
+    txn.put("t1", "x").expect("put");
+    txn.put("t2", "y").expect("put");
+    txn.commit().await.expect("commit");
+    let ts = txn_client.current_timestamp().await.expect("ts");
+    let expect_get = |got: Option<Value>| assert_eq!(got.as_deref(), Some(&b"x"[..]));
+
+    cluster.set_store_read_wait(leader, WAIT);
+    let snap = txn_client.snapshot(ts).with_replica_read(busy.clone());
+    for _ in 0..READS {
+        expect_get(snap.get("t1").await.expect("get"));
+    }
+    let pairs = vec![KvPair::new("t1", "x"), KvPair::new("t2", "y")];
+    assert_eq!(snap.batch_get(["t1", "t2"]).await.expect("batch_get"), pairs);
+    assert_eq!(snap.scan("t1".."t3", 10).await.expect("scan"), pairs);
+    assert_eq!(
+        count(&[leader], "kv_get", None),
+        1,
+        "only the first get reached the busy leader: {}",
+        counts(&cluster, "kv_get")
+    );
+    assert_eq!(count(&followers, "kv_get", Some(true)), READS as u64);
+    for command in ["kv_batch_get", "kv_scan"] {
+        assert_eq!(count(&[leader], command, None), 0, "{command}: {}", counts(&cluster, command));
+        assert_eq!(count(&followers, command, Some(true)), 1, "{}", counts(&cluster, command));
+    }
+
+    // No threshold, or one above the wait: the leader serves every get.
+    let above = ReplicaRead::leader().with_busy_threshold(2 * WAIT);
+    for read in [ReplicaRead::leader(), above] {
+        let before = (count(&[leader], "kv_get", Some(false)), count(&followers, "kv_get", None));
+        let snap = txn_client.snapshot(ts).with_replica_read(read.clone());
+        for _ in 0..READS {
+            expect_get(snap.get("t1").await.expect("get"));
+        }
+        assert_eq!(
+            count(&[leader], "kv_get", Some(false)) - before.0,
+            READS as u64,
+            "{read:?}: {}",
+            counts(&cluster, "kv_get")
+        );
+        assert_eq!(count(&followers, "kv_get", None), before.1, "{read:?}");
+    }
+
+    // Every replica busy: a client that knows no wait yet.
+    for f in &followers {
+        cluster.set_store_read_wait(*f, WAIT);
+    }
+    let fresh = TransactionClient::<H>::connect(server.pd_addrs()).await.expect("connect");
+    let on_leader = |c: &Cluster| c.kv_request_count(leader, "kv_get", Some(false));
+    let on_followers = || count(&followers, "kv_get", None);
+    let before = (on_leader(&cluster), on_followers());
+    let snap = fresh.snapshot(ts).with_replica_read(busy);
+    expect_get(snap.get("t1").await.expect("get"));
+    assert_eq!(
+        (on_leader(&cluster) - before.0, on_followers() - before.1),
+        (2, 2),
+        "refused by the leader and each follower, then served by the leader: {}",
+        counts(&cluster, "kv_get")
+    );
+    for _ in 1..READS {
+        expect_get(snap.get("t1").await.expect("get"));
+    }
+    assert_eq!(
+        (on_leader(&cluster) - before.0, on_followers() - before.1),
+        (READS as u64 + 1, 2),
+        "the later gets go to the leader alone: {}",
+        counts(&cluster, "kv_get")
+    );
+    assert_eq!(count(&followers, "kv_get", Some(false)), 0, "followers only see replica reads");
     server.shutdown().await;
 }
 
