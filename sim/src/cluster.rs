@@ -762,8 +762,9 @@ impl Cluster {
     /// read waits in its queue (`ReadPoolHandle::get_estimated_wait_duration`)
     /// becomes `wait`. A read-pool command whose `Context.busy_threshold_ms`
     /// is set and below `wait` is refused with `ServerIsBusy` carrying
-    /// `estimated_wait_ms` (load-based replica read,
-    /// [`State::check_busy_threshold`]). Only the estimate is modelled:
+    /// `estimated_wait_ms` (load-based replica read; TiKV's
+    /// `check_busy_threshold`, on leaders and followers alike, before any
+    /// region check). Only the estimate is modelled:
     /// reads the store accepts are not delayed by it
     /// ([`Cluster::set_store_latency`] slows a store). Zero: an idle pool.
     pub fn set_store_read_wait(&self, store_id: u64, wait: std::time::Duration) {
@@ -780,9 +781,11 @@ impl Cluster {
         self.lock().read_wait.get(&store_id).copied().unwrap_or_default()
     }
 
-    /// Store `store_id`'s health feedback now ([`State::health_feedback`]),
-    /// as its gRPC face attaches it to `BatchCommands` answers and the
-    /// seeded worlds' network to every TiKV answer.
+    /// Store `store_id`'s health feedback now, as its gRPC face attaches it
+    /// to `BatchCommands` answers and the seeded worlds' network to every
+    /// TiKV answer: raftstore's slow score, here 1 plus the store's added
+    /// latency in milliseconds ([`Cluster::set_store_latency`]), capped at
+    /// 100.
     pub fn health_feedback(&self, store_id: u64) -> kvrpcpb::HealthFeedback {
         self.lock().health_feedback(store_id)
     }
