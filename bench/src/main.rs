@@ -410,18 +410,18 @@ impl Clients {
                 let (floor, ctx) = (self.floor.clone(), self.ctx.clone());
                 Arc::new(move |t, i| {
                     let cmd = if is_get {
-                        ReqCmd::RawGet(RawGetRequest {
+                        ReqCmd::RawGet(Box::new(RawGetRequest {
                             context: Some(ctx.clone()),
                             key: w.key(t, i).into(),
                             ..Default::default()
-                        })
+                        }))
                     } else {
-                        ReqCmd::RawPut(RawPutRequest {
+                        ReqCmd::RawPut(Box::new(RawPutRequest {
                             context: Some(ctx.clone()),
                             key: w.key(t, i).into(),
                             value: value.clone().into(),
                             ..Default::default()
-                        })
+                        }))
                     };
                     let floor = floor.clone();
                     Box::pin(async move { floor.call(cmd).await })

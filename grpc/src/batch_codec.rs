@@ -226,10 +226,10 @@ mod tests {
         BatchCommandsResponse {
             responses: (0..answers)
                 .map(|i| Response {
-                    cmd: Some(Cmd::RawGet(kvrpcpb::RawGetResponse {
+                    cmd: Some(Cmd::RawGet(Box::new(kvrpcpb::RawGetResponse {
                         value: vec![b'v'; i as usize].into(),
                         ..Default::default()
-                    })),
+                    }))),
                 })
                 .collect(),
             request_ids: (0..answers).collect(),
@@ -255,7 +255,7 @@ mod tests {
         use tikv_proto::tikvpb::batch_commands_request::request::Cmd as ReqCmd;
 
         let get = |i: u64| Request {
-            cmd: Some(ReqCmd::RawGet(kvrpcpb::RawGetRequest {
+            cmd: Some(ReqCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                 context: Some(kvrpcpb::Context {
                     region_id: 1000 + i,
                     region_epoch: Some(tikv_proto::metapb::RegionEpoch { conf_ver: 5, version: i }),
@@ -269,7 +269,7 @@ mod tests {
                 }),
                 key: vec![b'k'; 24 + i as usize].into(),
                 cf: "default".into(),
-            })),
+            }))),
         };
         let batch = BatchCommandsRequest {
             requests: (0..40).map(get).collect(),
@@ -278,10 +278,10 @@ mod tests {
         };
         let probe = BatchCommandsRequest {
             requests: vec![Request {
-                cmd: Some(ReqCmd::Empty(tikv_proto::tikvpb::BatchCommandsEmptyRequest {
+                cmd: Some(ReqCmd::Empty(Box::new(tikv_proto::tikvpb::BatchCommandsEmptyRequest {
                     test_id: 9,
                     delay_time: 0,
-                })),
+                }))),
             }],
             request_ids: vec![9],
             client_send_time_ns: 0,

@@ -98,7 +98,8 @@ impl Tikv for Swallow {
             let mut out = BatchCommandsResponse::default();
             for (entry, id) in message.requests.into_iter().zip(message.request_ids) {
                 if let Some(ReqCmd::Empty(e)) = entry.cmd {
-                    let cmd = RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id });
+                    let cmd =
+                        RespCmd::Empty(Box::new(BatchCommandsEmptyResponse { test_id: e.test_id }));
                     out.responses.push(RespEntry { cmd: Some(cmd) });
                     out.request_ids.push(id);
                 }

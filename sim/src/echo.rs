@@ -81,17 +81,19 @@ impl EchoTikv {
     /// The answer to one entry.
     fn answer(&self, cmd: Option<ReqCmd>) -> Option<RespCmd> {
         Some(match cmd? {
-            ReqCmd::RawGet(_) => RespCmd::RawGet(kvrpcpb::RawGetResponse {
+            ReqCmd::RawGet(_) => RespCmd::RawGet(Box::new(kvrpcpb::RawGetResponse {
                 value: self.value.clone(),
                 ..Default::default()
-            }),
-            ReqCmd::RawPut(_) => RespCmd::RawPut(kvrpcpb::RawPutResponse::default()),
-            ReqCmd::RawBatchGet(r) => RespCmd::RawBatchGet(self.batch_get(r)),
-            ReqCmd::Get(_) => RespCmd::Get(kvrpcpb::GetResponse {
+            })),
+            ReqCmd::RawPut(_) => RespCmd::RawPut(Box::default()),
+            ReqCmd::RawBatchGet(r) => RespCmd::RawBatchGet(Box::new(self.batch_get(*r))),
+            ReqCmd::Get(_) => RespCmd::Get(Box::new(kvrpcpb::GetResponse {
                 value: self.value.clone(),
                 ..Default::default()
-            }),
-            ReqCmd::Empty(e) => RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id }),
+            })),
+            ReqCmd::Empty(e) => {
+                RespCmd::Empty(Box::new(BatchCommandsEmptyResponse { test_id: e.test_id }))
+            }
             _ => return None,
         })
     }

@@ -409,9 +409,9 @@ impl TikvService {
                         },
                         Ok(request) => response_to_batch(self.handle(request).await?),
                         Err(ReqCmd::Empty(empty)) => {
-                            Some(RespCmd::Empty(BatchCommandsEmptyResponse {
+                            Some(RespCmd::Empty(Box::new(BatchCommandsEmptyResponse {
                                 test_id: empty.test_id,
-                            }))
+                            })))
                         }
                         Err(_) => None,
                     },
@@ -441,34 +441,36 @@ impl TikvService {
         let why = |name: &str| format!("{name} is not implemented by the simulator");
         let key_error = |name: &str| kvrpcpb::KeyError { abort: why(name), ..Default::default() };
         Some(match cmd {
-            ReqCmd::Import(_) => RespCmd::Import(kvrpcpb::ImportResponse {
+            ReqCmd::Import(_) => RespCmd::Import(Box::new(kvrpcpb::ImportResponse {
                 error: why("Import"),
                 ..Default::default()
-            }),
-            ReqCmd::Gc(_) => RespCmd::Gc(kvrpcpb::GcResponse {
+            })),
+            ReqCmd::Gc(_) => RespCmd::Gc(Box::new(kvrpcpb::GcResponse {
                 error: Some(key_error("GC")),
                 ..Default::default()
-            }),
-            ReqCmd::Coprocessor(_) => RespCmd::Coprocessor(coprocessor::Response {
+            })),
+            ReqCmd::Coprocessor(_) => RespCmd::Coprocessor(Box::new(coprocessor::Response {
                 other_error: why("Coprocessor"),
                 ..Default::default()
-            }),
-            ReqCmd::RawCoprocessor(_) => RespCmd::RawCoprocessor(kvrpcpb::RawCoprocessorResponse {
-                error: why("RawCoprocessor"),
-                ..Default::default()
-            }),
+            })),
+            ReqCmd::RawCoprocessor(_) => {
+                RespCmd::RawCoprocessor(Box::new(kvrpcpb::RawCoprocessorResponse {
+                    error: why("RawCoprocessor"),
+                    ..Default::default()
+                }))
+            }
             ReqCmd::FlashbackToVersion(_) => {
-                RespCmd::FlashbackToVersion(kvrpcpb::FlashbackToVersionResponse {
+                RespCmd::FlashbackToVersion(Box::new(kvrpcpb::FlashbackToVersionResponse {
                     error: why("FlashbackToVersion"),
                     ..Default::default()
-                })
+                }))
             }
-            ReqCmd::PrepareFlashbackToVersion(_) => {
-                RespCmd::PrepareFlashbackToVersion(kvrpcpb::PrepareFlashbackToVersionResponse {
+            ReqCmd::PrepareFlashbackToVersion(_) => RespCmd::PrepareFlashbackToVersion(Box::new(
+                kvrpcpb::PrepareFlashbackToVersionResponse {
                     error: why("PrepareFlashbackToVersion"),
                     ..Default::default()
-                })
-            }
+                },
+            )),
             _ => return None,
         })
     }
@@ -1381,7 +1383,7 @@ mod tests {
         let entries = 8;
         let req = BatchCommandsRequest {
             requests: (0..entries)
-                .map(|_| ReqEntry { cmd: Some(ReqCmd::RawGet(get.clone())) })
+                .map(|_| ReqEntry { cmd: Some(ReqCmd::RawGet(Box::new(get.clone()))) })
                 .collect(),
             request_ids: (1..=entries).collect(),
             ..Default::default()

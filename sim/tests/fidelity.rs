@@ -86,23 +86,23 @@ async fn batch_commands_answer_every_entry_with_its_response_type() {
     let entry = |cmd| ReqEntry { cmd: Some(cmd) };
     let req = BatchCommandsRequest {
         requests: vec![
-            entry(ReqCmd::Coprocessor(coprocessor::Request {
+            entry(ReqCmd::Coprocessor(Box::new(coprocessor::Request {
                 context: ctx.clone(),
                 ..Default::default()
-            })),
-            entry(ReqCmd::DeleteRange(kvrpcpb::DeleteRangeRequest {
+            }))),
+            entry(ReqCmd::DeleteRange(Box::new(kvrpcpb::DeleteRangeRequest {
                 context: ctx.clone(),
                 ..Default::default()
-            })),
-            entry(ReqCmd::Gc(kvrpcpb::GcRequest { context: ctx.clone(), safe_point: 1 })),
-            entry(ReqCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackRequest {
+            }))),
+            entry(ReqCmd::Gc(Box::new(kvrpcpb::GcRequest { context: ctx.clone(), safe_point: 1 }))),
+            entry(ReqCmd::GetHealthFeedback(Box::new(kvrpcpb::GetHealthFeedbackRequest {
                 context: ctx.clone(),
-            })),
-            entry(ReqCmd::RawGet(kvrpcpb::RawGetRequest {
+            }))),
+            entry(ReqCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                 context: ctx.clone(),
                 key: "k".into(),
                 ..Default::default()
-            })),
+            }))),
             ReqEntry { cmd: None },
         ],
         request_ids: vec![1, 2, 3, 4, 5, 6],

@@ -219,8 +219,10 @@ async fn a_batched_lock_wait_answers_apart_from_its_message() {
     };
     let req = tikv_proto::tikvpb::BatchCommandsRequest {
         requests: vec![
-            ReqEntry { cmd: Some(ReqCmd::PessimisticLock(lock_req(&ctx, b"k", b"k", 20))) },
-            ReqEntry { cmd: Some(ReqCmd::Commit(commit)) },
+            ReqEntry {
+                cmd: Some(ReqCmd::PessimisticLock(Box::new(lock_req(&ctx, b"k", b"k", 20)))),
+            },
+            ReqEntry { cmd: Some(ReqCmd::Commit(Box::new(commit))) },
         ],
         request_ids: vec![7, 8],
         ..Default::default()

@@ -939,15 +939,15 @@ pub fn batch_collector(u: &mut Unstructured<'_>) -> Result<()> {
                     .map(|r| RespEntry {
                         cmd: match &r.cmd {
                             Some(ReqCmd::Empty(e)) => {
-                                Some(RespCmd::Empty(BatchCommandsEmptyResponse {
+                                Some(RespCmd::Empty(Box::new(BatchCommandsEmptyResponse {
                                     test_id: e.test_id,
-                                }))
+                                })))
                             }
                             Some(ReqCmd::RawGet(g)) => {
-                                Some(RespCmd::RawGet(kvrpcpb::RawGetResponse {
+                                Some(RespCmd::RawGet(Box::new(kvrpcpb::RawGetResponse {
                                     value: g.key.clone(),
                                     ..Default::default()
-                                }))
+                                })))
                             }
                             _ => None,
                         },

@@ -200,7 +200,9 @@ impl Tikv for TestTikv {
                     let cmd = match entry.cmd {
                         // The client's probes, as TiKV answers them.
                         Some(ReqCmd::Empty(empty)) => {
-                            RespCmd::Empty(BatchCommandsEmptyResponse { test_id: empty.test_id })
+                            RespCmd::Empty(Box::new(BatchCommandsEmptyResponse {
+                                test_id: empty.test_id,
+                            }))
                         }
                         Some(ReqCmd::RawGet(get)) => {
                             served.batched.fetch_add(1, Ordering::SeqCst);

@@ -495,18 +495,18 @@ impl E2eClient {
             E2eClient::Floor(floor) => {
                 let context = Some(kvrpcpb::Context::clone(&floor.context));
                 let cmd = if op == "put" {
-                    FloorCmd::RawPut(kvrpcpb::RawPutRequest {
+                    FloorCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
                         context,
                         key: key.into(),
                         value: value.clone(),
                         ..Default::default()
-                    })
+                    }))
                 } else {
-                    FloorCmd::RawGet(kvrpcpb::RawGetRequest {
+                    FloorCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                         context,
                         key: key.into(),
                         ..Default::default()
-                    })
+                    }))
                 };
                 floor.call(cmd).await
             }

@@ -108,7 +108,7 @@ macro_rules! batch_conversions {
         // The error carries the request back so the caller can still send it.
         pub fn to_batch_cmd(request: KvRequest) -> Result<ReqCmd, KvRequest> {
             match request {
-                $(KvRequest::$b(r) => Ok(ReqCmd::$b(*r)),)*
+                $(KvRequest::$b(r) => Ok(ReqCmd::$b(r)),)*
                 $(KvRequest::$u(_) => Err(request),)*
             }
         }
@@ -127,7 +127,7 @@ macro_rules! batch_conversions {
         #[allow(clippy::result_large_err)]
         pub fn from_batch_cmd(cmd: ReqCmd) -> Result<KvRequest, ReqCmd> {
             match cmd {
-                $(ReqCmd::$b(r) => Ok(KvRequest::$b(Box::new(r))),)*
+                $(ReqCmd::$b(r) => Ok(KvRequest::$b(r)),)*
                 other => Err(other),
             }
         }
@@ -136,19 +136,17 @@ macro_rules! batch_conversions {
         /// commands that have no batch case.
         pub fn response_to_batch(response: KvResponse) -> Option<RespCmd> {
             match response {
-                $(KvResponse::$b(r) => Some(RespCmd::$b(*r)),)*
+                $(KvResponse::$b(r) => Some(RespCmd::$b(r)),)*
                 $(KvResponse::$u(_) => None,)*
             }
         }
 
-        /// Takes the typed response out of a stream entry, leaving an empty
-        /// message in its place; `None` if the entry is not a response to
-        /// any request this client sends on the stream. By reference, so
-        /// only the one message moves, not the whole oneof (which is the
-        /// size of its largest case, 2.4 KB).
-        pub fn take_response_from_batch(cmd: &mut RespCmd) -> Option<KvResponse> {
+        /// The typed response inside a stream entry; `None` if the entry is
+        /// not a response to any request this client sends on the stream.
+        /// Both forms box the message, so only the box moves.
+        pub fn response_from_batch(cmd: RespCmd) -> Option<KvResponse> {
             match cmd {
-                $(RespCmd::$b(r) => Some(KvResponse::$b(Box::new(std::mem::take(r)))),)*
+                $(RespCmd::$b(r) => Some(KvResponse::$b(r)),)*
                 _ => None,
             }
         }
@@ -542,7 +540,9 @@ impl<W> BatchCollector<W> {
             let id = s.probe?;
             let empty = BatchCommandsEmptyRequest { test_id: id, delay_time: 0 };
             let probe = BatchCommandsRequest {
-                requests: vec![batch_commands_request::Request { cmd: Some(ReqCmd::Empty(empty)) }],
+                requests: vec![batch_commands_request::Request {
+                    cmd: Some(ReqCmd::Empty(Box::new(empty))),
+                }],
                 request_ids: vec![id],
                 client_send_time_ns: 0,
             };
@@ -738,8 +738,8 @@ impl<W> BatchCollector<W> {
                 }
             };
             self.stats.responses += 1;
-            let cmd = responses.get_mut(i).and_then(|r| r.cmd.as_mut());
-            let result = match cmd.and_then(take_response_from_batch) {
+            let cmd = responses.get_mut(i).and_then(|r| r.cmd.take());
+            let result = match cmd.and_then(response_from_batch) {
                 Some(response) if response.name() == entry.name => Ok(response),
                 Some(_) | None => Err(RpcError::Mismatch),
             };

@@ -23,81 +23,177 @@ pub mod batch_commands_request {
         #[derive(Clone, PartialEq, ::prost::Oneof)]
         pub enum Cmd {
             #[prost(message, tag = "1")]
-            Get(super::super::super::kvrpcpb::GetRequest),
+            Get(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::GetRequest>),
             #[prost(message, tag = "2")]
-            Scan(super::super::super::kvrpcpb::ScanRequest),
+            Scan(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::ScanRequest>),
             #[prost(message, tag = "3")]
-            Prewrite(super::super::super::kvrpcpb::PrewriteRequest),
+            Prewrite(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::PrewriteRequest>,
+            ),
             #[prost(message, tag = "4")]
-            Commit(super::super::super::kvrpcpb::CommitRequest),
+            Commit(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::CommitRequest>,
+            ),
             #[prost(message, tag = "5")]
-            Import(super::super::super::kvrpcpb::ImportRequest),
+            Import(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::ImportRequest>,
+            ),
             #[prost(message, tag = "6")]
-            Cleanup(super::super::super::kvrpcpb::CleanupRequest),
+            Cleanup(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::CleanupRequest>,
+            ),
             #[prost(message, tag = "7")]
-            BatchGet(super::super::super::kvrpcpb::BatchGetRequest),
+            BatchGet(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::BatchGetRequest>,
+            ),
             #[prost(message, tag = "8")]
-            BatchRollback(super::super::super::kvrpcpb::BatchRollbackRequest),
+            BatchRollback(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BatchRollbackRequest,
+                >,
+            ),
             #[prost(message, tag = "9")]
-            ScanLock(super::super::super::kvrpcpb::ScanLockRequest),
+            ScanLock(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::ScanLockRequest>,
+            ),
             #[prost(message, tag = "10")]
-            ResolveLock(super::super::super::kvrpcpb::ResolveLockRequest),
+            ResolveLock(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::ResolveLockRequest,
+                >,
+            ),
             #[prost(message, tag = "11")]
-            Gc(super::super::super::kvrpcpb::GcRequest),
+            Gc(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::GcRequest>),
             #[prost(message, tag = "12")]
-            DeleteRange(super::super::super::kvrpcpb::DeleteRangeRequest),
+            DeleteRange(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::DeleteRangeRequest,
+                >,
+            ),
             #[prost(message, tag = "13")]
-            RawGet(super::super::super::kvrpcpb::RawGetRequest),
+            RawGet(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawGetRequest>,
+            ),
             #[prost(message, tag = "14")]
-            RawBatchGet(super::super::super::kvrpcpb::RawBatchGetRequest),
+            RawBatchGet(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchGetRequest,
+                >,
+            ),
             #[prost(message, tag = "15")]
-            RawPut(super::super::super::kvrpcpb::RawPutRequest),
+            RawPut(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawPutRequest>,
+            ),
             #[prost(message, tag = "16")]
-            RawBatchPut(super::super::super::kvrpcpb::RawBatchPutRequest),
+            RawBatchPut(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchPutRequest,
+                >,
+            ),
             #[prost(message, tag = "17")]
-            RawDelete(super::super::super::kvrpcpb::RawDeleteRequest),
+            RawDelete(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawDeleteRequest,
+                >,
+            ),
             #[prost(message, tag = "18")]
-            RawBatchDelete(super::super::super::kvrpcpb::RawBatchDeleteRequest),
+            RawBatchDelete(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchDeleteRequest,
+                >,
+            ),
             #[prost(message, tag = "19")]
-            RawScan(super::super::super::kvrpcpb::RawScanRequest),
+            RawScan(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawScanRequest>,
+            ),
             #[prost(message, tag = "20")]
-            RawDeleteRange(super::super::super::kvrpcpb::RawDeleteRangeRequest),
+            RawDeleteRange(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawDeleteRangeRequest,
+                >,
+            ),
             #[prost(message, tag = "21")]
-            RawBatchScan(super::super::super::kvrpcpb::RawBatchScanRequest),
+            RawBatchScan(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchScanRequest,
+                >,
+            ),
             #[prost(message, tag = "22")]
-            Coprocessor(super::super::super::coprocessor::Request),
+            Coprocessor(
+                ::prost::alloc::boxed::Box<super::super::super::coprocessor::Request>,
+            ),
             #[prost(message, tag = "23")]
-            PessimisticLock(super::super::super::kvrpcpb::PessimisticLockRequest),
+            PessimisticLock(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PessimisticLockRequest,
+                >,
+            ),
             #[prost(message, tag = "24")]
             PessimisticRollback(
-                super::super::super::kvrpcpb::PessimisticRollbackRequest,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PessimisticRollbackRequest,
+                >,
             ),
             #[prost(message, tag = "25")]
-            CheckTxnStatus(super::super::super::kvrpcpb::CheckTxnStatusRequest),
+            CheckTxnStatus(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::CheckTxnStatusRequest,
+                >,
+            ),
             #[prost(message, tag = "26")]
-            TxnHeartBeat(super::super::super::kvrpcpb::TxnHeartBeatRequest),
+            TxnHeartBeat(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::TxnHeartBeatRequest,
+                >,
+            ),
             #[prost(message, tag = "33")]
             CheckSecondaryLocks(
-                super::super::super::kvrpcpb::CheckSecondaryLocksRequest,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::CheckSecondaryLocksRequest,
+                >,
             ),
             #[prost(message, tag = "34")]
-            RawCoprocessor(super::super::super::kvrpcpb::RawCoprocessorRequest),
+            RawCoprocessor(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawCoprocessorRequest,
+                >,
+            ),
             #[prost(message, tag = "35")]
-            FlashbackToVersion(super::super::super::kvrpcpb::FlashbackToVersionRequest),
+            FlashbackToVersion(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::FlashbackToVersionRequest,
+                >,
+            ),
             #[prost(message, tag = "36")]
             PrepareFlashbackToVersion(
-                super::super::super::kvrpcpb::PrepareFlashbackToVersionRequest,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PrepareFlashbackToVersionRequest,
+                >,
             ),
             #[prost(message, tag = "37")]
-            Flush(super::super::super::kvrpcpb::FlushRequest),
+            Flush(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::FlushRequest>,
+            ),
             #[prost(message, tag = "38")]
-            BufferBatchGet(super::super::super::kvrpcpb::BufferBatchGetRequest),
+            BufferBatchGet(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BufferBatchGetRequest,
+                >,
+            ),
             #[prost(message, tag = "39")]
-            GetHealthFeedback(super::super::super::kvrpcpb::GetHealthFeedbackRequest),
+            GetHealthFeedback(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::GetHealthFeedbackRequest,
+                >,
+            ),
             #[prost(message, tag = "40")]
-            BroadcastTxnStatus(super::super::super::kvrpcpb::BroadcastTxnStatusRequest),
+            BroadcastTxnStatus(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BroadcastTxnStatusRequest,
+                >,
+            ),
             #[prost(message, tag = "255")]
-            Empty(super::super::BatchCommandsEmptyRequest),
+            Empty(::prost::alloc::boxed::Box<super::super::BatchCommandsEmptyRequest>),
         }
     }
 }
@@ -129,81 +225,183 @@ pub mod batch_commands_response {
         #[derive(Clone, PartialEq, ::prost::Oneof)]
         pub enum Cmd {
             #[prost(message, tag = "1")]
-            Get(super::super::super::kvrpcpb::GetResponse),
+            Get(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::GetResponse>),
             #[prost(message, tag = "2")]
-            Scan(super::super::super::kvrpcpb::ScanResponse),
+            Scan(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::ScanResponse>),
             #[prost(message, tag = "3")]
-            Prewrite(super::super::super::kvrpcpb::PrewriteResponse),
+            Prewrite(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PrewriteResponse,
+                >,
+            ),
             #[prost(message, tag = "4")]
-            Commit(super::super::super::kvrpcpb::CommitResponse),
+            Commit(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::CommitResponse>,
+            ),
             #[prost(message, tag = "5")]
-            Import(super::super::super::kvrpcpb::ImportResponse),
+            Import(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::ImportResponse>,
+            ),
             #[prost(message, tag = "6")]
-            Cleanup(super::super::super::kvrpcpb::CleanupResponse),
+            Cleanup(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::CleanupResponse>,
+            ),
             #[prost(message, tag = "7")]
-            BatchGet(super::super::super::kvrpcpb::BatchGetResponse),
+            BatchGet(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BatchGetResponse,
+                >,
+            ),
             #[prost(message, tag = "8")]
-            BatchRollback(super::super::super::kvrpcpb::BatchRollbackResponse),
+            BatchRollback(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BatchRollbackResponse,
+                >,
+            ),
             #[prost(message, tag = "9")]
-            ScanLock(super::super::super::kvrpcpb::ScanLockResponse),
+            ScanLock(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::ScanLockResponse,
+                >,
+            ),
             #[prost(message, tag = "10")]
-            ResolveLock(super::super::super::kvrpcpb::ResolveLockResponse),
+            ResolveLock(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::ResolveLockResponse,
+                >,
+            ),
             #[prost(message, tag = "11")]
-            Gc(super::super::super::kvrpcpb::GcResponse),
+            Gc(::prost::alloc::boxed::Box<super::super::super::kvrpcpb::GcResponse>),
             #[prost(message, tag = "12")]
-            DeleteRange(super::super::super::kvrpcpb::DeleteRangeResponse),
+            DeleteRange(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::DeleteRangeResponse,
+                >,
+            ),
             #[prost(message, tag = "13")]
-            RawGet(super::super::super::kvrpcpb::RawGetResponse),
+            RawGet(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawGetResponse>,
+            ),
             #[prost(message, tag = "14")]
-            RawBatchGet(super::super::super::kvrpcpb::RawBatchGetResponse),
+            RawBatchGet(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchGetResponse,
+                >,
+            ),
             #[prost(message, tag = "15")]
-            RawPut(super::super::super::kvrpcpb::RawPutResponse),
+            RawPut(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawPutResponse>,
+            ),
             #[prost(message, tag = "16")]
-            RawBatchPut(super::super::super::kvrpcpb::RawBatchPutResponse),
+            RawBatchPut(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchPutResponse,
+                >,
+            ),
             #[prost(message, tag = "17")]
-            RawDelete(super::super::super::kvrpcpb::RawDeleteResponse),
+            RawDelete(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawDeleteResponse,
+                >,
+            ),
             #[prost(message, tag = "18")]
-            RawBatchDelete(super::super::super::kvrpcpb::RawBatchDeleteResponse),
+            RawBatchDelete(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchDeleteResponse,
+                >,
+            ),
             #[prost(message, tag = "19")]
-            RawScan(super::super::super::kvrpcpb::RawScanResponse),
+            RawScan(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::RawScanResponse>,
+            ),
             #[prost(message, tag = "20")]
-            RawDeleteRange(super::super::super::kvrpcpb::RawDeleteRangeResponse),
+            RawDeleteRange(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawDeleteRangeResponse,
+                >,
+            ),
             #[prost(message, tag = "21")]
-            RawBatchScan(super::super::super::kvrpcpb::RawBatchScanResponse),
+            RawBatchScan(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawBatchScanResponse,
+                >,
+            ),
             #[prost(message, tag = "22")]
-            Coprocessor(super::super::super::coprocessor::Response),
+            Coprocessor(
+                ::prost::alloc::boxed::Box<super::super::super::coprocessor::Response>,
+            ),
             #[prost(message, tag = "23")]
-            PessimisticLock(super::super::super::kvrpcpb::PessimisticLockResponse),
+            PessimisticLock(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PessimisticLockResponse,
+                >,
+            ),
             #[prost(message, tag = "24")]
             PessimisticRollback(
-                super::super::super::kvrpcpb::PessimisticRollbackResponse,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PessimisticRollbackResponse,
+                >,
             ),
             #[prost(message, tag = "25")]
-            CheckTxnStatus(super::super::super::kvrpcpb::CheckTxnStatusResponse),
+            CheckTxnStatus(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::CheckTxnStatusResponse,
+                >,
+            ),
             #[prost(message, tag = "26")]
-            TxnHeartBeat(super::super::super::kvrpcpb::TxnHeartBeatResponse),
+            TxnHeartBeat(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::TxnHeartBeatResponse,
+                >,
+            ),
             #[prost(message, tag = "33")]
             CheckSecondaryLocks(
-                super::super::super::kvrpcpb::CheckSecondaryLocksResponse,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::CheckSecondaryLocksResponse,
+                >,
             ),
             #[prost(message, tag = "34")]
-            RawCoprocessor(super::super::super::kvrpcpb::RawCoprocessorResponse),
+            RawCoprocessor(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::RawCoprocessorResponse,
+                >,
+            ),
             #[prost(message, tag = "35")]
-            FlashbackToVersion(super::super::super::kvrpcpb::FlashbackToVersionResponse),
+            FlashbackToVersion(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::FlashbackToVersionResponse,
+                >,
+            ),
             #[prost(message, tag = "36")]
             PrepareFlashbackToVersion(
-                super::super::super::kvrpcpb::PrepareFlashbackToVersionResponse,
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::PrepareFlashbackToVersionResponse,
+                >,
             ),
             #[prost(message, tag = "37")]
-            Flush(super::super::super::kvrpcpb::FlushResponse),
+            Flush(
+                ::prost::alloc::boxed::Box<super::super::super::kvrpcpb::FlushResponse>,
+            ),
             #[prost(message, tag = "38")]
-            BufferBatchGet(super::super::super::kvrpcpb::BufferBatchGetResponse),
+            BufferBatchGet(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BufferBatchGetResponse,
+                >,
+            ),
             #[prost(message, tag = "39")]
-            GetHealthFeedback(super::super::super::kvrpcpb::GetHealthFeedbackResponse),
+            GetHealthFeedback(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::GetHealthFeedbackResponse,
+                >,
+            ),
             #[prost(message, tag = "40")]
-            BroadcastTxnStatus(super::super::super::kvrpcpb::BroadcastTxnStatusResponse),
+            BroadcastTxnStatus(
+                ::prost::alloc::boxed::Box<
+                    super::super::super::kvrpcpb::BroadcastTxnStatusResponse,
+                >,
+            ),
             #[prost(message, tag = "255")]
-            Empty(super::super::BatchCommandsEmptyResponse),
+            Empty(::prost::alloc::boxed::Box<super::super::BatchCommandsEmptyResponse>),
         }
     }
 }

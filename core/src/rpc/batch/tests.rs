@@ -454,8 +454,9 @@ macro_rules! round_trip_all {
                     Ok(cmd) => {
                         assert!(is_batchable(&req));
                         assert!(from_batch_cmd(cmd).is_ok_and(|r| r == req));
-                        // A non-empty message, to see that it is moved out
-                        // (a store RPC's response has no fields to fill).
+                        // A non-empty message, so the round trip is seen to
+                        // carry it (a store RPC's response has no fields to
+                        // fill).
                         let region_error = tikv_proto::errorpb::Error {
                             message: stringify!($variant).into(),
                             ..Default::default()
@@ -464,10 +465,8 @@ macro_rules! round_trip_all {
                         if let Some(field) = resp.region_error_mut() {
                             *field = Some(region_error);
                         }
-                        let mut cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
-                        assert!(take_response_from_batch(&mut cmd).is_some_and(|r| r == resp));
-                        assert!(take_response_from_batch(&mut cmd)
-                            .is_some_and(|r| r.region_error().is_none()));
+                        let cmd = response_to_batch(resp.clone()).expect(stringify!($variant));
+                        assert!(response_from_batch(cmd).is_some_and(|r| r == resp));
                         batchable.push(stringify!($method));
                     }
                     Err(back) => {
