@@ -28,9 +28,10 @@
 //! - `batch-dedicated`: the same client with its tasks on a one-worker
 //!   runtime of its own (`Config::with_dedicated_runtime(1)`): callers and
 //!   streams on two threads of the client core (not in the default set);
-//! - `batch-async-std`: our client on the async-std runtime (its own
-//!   executor and reactor threads, on the client core; not in the default
-//!   set; feature `async-std`, on by default);
+//! - `batch-async-std`: our client on the async-std runtime, its caller
+//!   tasks on async-std's executor too, as an async-std application runs
+//!   them (its executor and reactor threads on the client core; not in the
+//!   default set; feature `async-std`, on by default);
 //! - `transport`: our `GrpcTransport` alone on the stream, prebuilt
 //!   requests as the floor's (no driver, no routing; not in the default set);
 //! - `unary`: the same client with `TransportConfig::batch_commands(false)`;
@@ -205,6 +206,32 @@ where
             }
         })
     })
+}
+
+/// Where `mode`'s caller tasks run: async-std's executor for the async-std
+/// client, as an async-std application calls it (callers on tokio would
+/// cross threads at every call and answer), else the benchmark's tokio
+/// runtime.
+fn callers_of(mode: &str) -> workload::Spawn {
+    #[cfg(feature = "async-std")]
+    if mode == "batch-async-std" {
+        return spawn_on_async_std;
+    }
+    let _ = mode;
+    workload::spawn_on_tokio
+}
+
+/// [`workload::Spawn`] on async-std's executor, through the client's own
+/// runtime adapter.
+#[cfg(feature = "async-std")]
+fn spawn_on_async_std(
+    task: futures::future::BoxFuture<'static, Vec<u32>>,
+) -> futures::future::BoxFuture<'static, Vec<u32>> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    tikv_async_std::AsyncStdRuntime::new().spawn(Box::pin(async move {
+        let _ = tx.send(task.await);
+    }));
+    Box::pin(async move { rx.await.unwrap_or_default() })
 }
 
 // ------------------------------------------------------------ the floor
@@ -561,11 +588,15 @@ async fn run_server(args: &Args, server: &mut Server) -> Result<Cells, String> {
                     let sample = match clients.op(mode, op_name == "get", w)? {
                         Some(op) => {
                             let before = server.stats();
-                            let (result, server_cpu) =
-                                workload::run_with_server(op, op_name, conc, args.secs, || {
-                                    server.cpu()
-                                })
-                                .await;
+                            let (result, server_cpu) = workload::run_with_server(
+                                op,
+                                callers_of(mode),
+                                op_name,
+                                conc,
+                                args.secs,
+                                || server.cpu(),
+                            )
+                            .await;
                             let after = server.stats();
                             let traffic = before.zip(after).map(|(b, a)| b.delta(a));
                             Sample { result, server_cpu: Some(server_cpu), traffic }

@@ -185,16 +185,30 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Starts one caller task of a cell on some executor and gives a future of
+/// its latencies. The cell's timing always runs on the current tokio
+/// runtime; the callers run where an application of the measured client
+/// would run them (an async-std client's on async-std's executor).
+pub type Spawn = fn(BoxFuture<'static, Vec<u32>>) -> BoxFuture<'static, Vec<u32>>;
+
+/// [`Spawn`] on the current tokio runtime.
+pub fn spawn_on_tokio(task: BoxFuture<'static, Vec<u32>>) -> BoxFuture<'static, Vec<u32>> {
+    let handle = tokio::spawn(task);
+    Box::pin(async move { handle.await.unwrap_or_default() })
+}
+
 /// Runs one cell on the current tokio runtime: `conc` tasks loop on `op`
 /// for [`WARM_UP`], then for `secs` measured.
 pub async fn run(op: Op, op_name: &str, conc: usize, secs: f64) -> CellResult {
-    run_with_server(op, op_name, conc, secs, || Duration::ZERO).await.0
+    run_with_server(op, spawn_on_tokio, op_name, conc, secs, || Duration::ZERO).await.0
 }
 
-/// [`run`], also returning how much `server_cpu` (a clock of the server
-/// process's CPU time) advanced in the measured window.
+/// [`run`] with the caller tasks started by `spawn`, also returning how
+/// much `server_cpu` (a clock of the server process's CPU time) advanced in
+/// the measured window.
 pub async fn run_with_server(
     op: Op,
+    spawn: Spawn,
     op_name: &str,
     conc: usize,
     secs: f64,
@@ -208,7 +222,7 @@ pub async fn run_with_server(
         .map(|t| {
             let (op, measure, stop, errors) =
                 (op.clone(), measure.clone(), stop.clone(), errors.clone());
-            tokio::spawn(async move {
+            spawn(Box::pin(async move {
                 let mut lat = Vec::with_capacity(1 << 14);
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -226,7 +240,7 @@ pub async fn run_with_server(
                     }
                 }
                 lat
-            })
+            }))
         })
         .collect();
     tokio::time::sleep(WARM_UP).await;
@@ -239,7 +253,7 @@ pub async fn run_with_server(
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for task in tasks {
-        latencies.extend(task.await.unwrap_or_default());
+        latencies.extend(task.await);
     }
     latencies.sort_unstable();
     let result = CellResult {
