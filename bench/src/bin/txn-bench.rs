@@ -103,10 +103,13 @@ async fn run_txn(
     attempt.await.is_ok()
 }
 
-/// Transactions run one at a time to count a transaction's store requests
-/// (the secondaries a 2PC commit sends in the background land before the
-/// next transaction's, mostly; the last one's may be missed).
+/// Transactions run one at a time to count a transaction's store requests.
 const RPC_SAMPLE: u64 = 50;
+
+/// How long background work (the secondaries a 2PC or async commit commits
+/// after returning) is given before the server's counts are read, before
+/// the sample (the cell's last transactions') and after it (its own).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -250,13 +253,17 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                 let result = run(op.clone(), cell, conc, args.secs).await;
                 // The store requests one transaction costs (stream entries
                 // and unary calls), over transactions run one at a time on
-                // keys of a task the cell does not use.
+                // keys of a task the cell does not use, once the cell's
+                // last transactions have finished in the background: else
+                // their requests would be counted too.
+                tokio::time::sleep(SETTLE).await;
                 let before = server.stats().ok_or("tikv-sim does not report stats")?;
                 for i in 0..RPC_SAMPLE {
                     if !op(999_999, i).await {
                         return Err(format!("{cell}: a sampled transaction failed"));
                     }
                 }
+                tokio::time::sleep(SETTLE).await;
                 let delta = before.delta(server.stats().ok_or("tikv-sim does not report stats")?);
                 let unary = delta.kv_unary.ok_or("tikv-sim does not count unary calls")?;
                 let rpcs = (delta.entries + unary) as f64 / RPC_SAMPLE as f64;
