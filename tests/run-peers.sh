@@ -16,11 +16,11 @@
 #     the Go program's `interop` step server), then again with its stores
 #     joined to a real PD of its own (`--real-pd`);
 #  5. a smoke run of the side-by-side, transactional, contended-counter,
-#     YCSB and slow-store benchmarks (debug builds, a fraction of a second per
-#     cell: it checks that every client's runner works, and that the counters
-#     add up, not how fast it is; the benchmarks themselves are
-#     bench/side-by-side.sh, txn-bench, txn-contention, ycsb-bench and
-#     slow-store-bench in release).
+#     YCSB, slow-store and membuffer benchmarks (debug builds, a fraction of
+#     a second per cell: it checks that every client's runner works, and
+#     that the counters add up, not how fast it is; the benchmarks
+#     themselves are bench/side-by-side.sh, which runs each of them in
+#     release).
 # Needs cargo and go; Go modules come from the Go module proxy (go.sum pins
 # them). Exits non-zero if any peer check fails.
 set -euo pipefail
@@ -46,7 +46,7 @@ if [ ! -f "$pd_dir/start-pd.sh" ]; then
 fi
 cargo build --locked -p tikv-sim --bin tikv-sim --bin tikv-echo --bin real-pd \
   -p tikv-tests --bin interop-client-go -p tikv-bench --bin tikv-bench --bin txn-contention --bin txn-bench \
-  --bin ycsb-bench --bin slow-store-bench
+  --bin ycsb-bench --bin slow-store-bench --bin membuffer-mem
 sim="$CARGO_TARGET_DIR/debug/tikv-sim"
 
 logdir=$(mktemp -d)
@@ -195,7 +195,7 @@ echo "--- interop: our client and client-go on one cluster of simulated stores j
 
 echo "--- side-by-side benchmark, smoke run"
 "$CARGO_TARGET_DIR/debug/tikv-bench" --secs 0.2 --reps 1 --conc 2 --ops get,put \
-  --modes batch,floor-stream,client-go,tikv-client \
+  --modes batch,batch-async-std,floor-stream,client-go,tikv-client \
   --client-go "$go_bin" --tikv-client "$CARGO_TARGET_DIR/debug/tikv-client-bench"
 
 echo "--- contended-counter benchmark, smoke run"
@@ -211,6 +211,9 @@ echo "--- YCSB workloads A-F, ours and client-go (its ycsb mode), raw and txn, s
 echo "--- slow-store benchmark, smoke run"
 "$CARGO_TARGET_DIR/debug/slow-store-bench" --secs 0.3 --warm-secs 0.3 --reps 1 --conc 4 \
   --reads prefer-leader,follower --faults none,slow-100,black-hole --client-go "$go_bin"
+
+echo "--- membuffer bytes per key beside client-go's memdb, smoke run"
+"$CARGO_TARGET_DIR/debug/membuffer-mem" --keys 20000 --client-go "$go_bin"
 
 echo "--- client-go's region cache benchmark mode, smoke run (ours compiles under clippy's --all-targets)"
 "$go_bin" regioncachebench --regions 2000 --warm-up 20ms --measure 50ms
