@@ -151,7 +151,8 @@ impl BatchConns {
     /// over `addr`'s streams to that host. The first call for an address
     /// and host spawns its tasks on `rt`, getting the channel of stream
     /// slot `n` from `source(n)` (each `n` must be a separate HTTP/2
-    /// connection).
+    /// connection). `now` is the caller's clock reading, taken just before
+    /// (the time the request joins the queue, for its batch wait).
     pub async fn call<C: GrpcChannel + Sync, R: Runtime>(
         &self,
         rt: &R,
@@ -159,13 +160,13 @@ impl BatchConns {
         source: impl Fn(usize) -> ChannelSource<C>,
         config: &TransportConfig,
         request: KvRequest,
-        deadline: Instant,
+        (deadline, now): (Instant, Instant),
     ) -> Result<KvResponse, RpcError>
     where
         C::Future: Send,
     {
         let (reply, answer) = oneshot::channel();
-        let mut entry = Entry { request, deadline, arrived: rt.now(), reply };
+        let mut entry = Entry { request, deadline, arrived: now, reply };
         // Twice at most: a driver whose executor has shut down (its task
         // dropped, so its queue closed) is replaced by one spawned now.
         let key: StreamKey = (addr.clone(), forwarded_host.cloned());

@@ -197,7 +197,7 @@ impl<C: Connector> Transport for GrpcTransport<C> {
             // other paths need a timer here.
             let timed = deadline != Instant::MAX && !inner.rides_stream(&request);
             let to = Destination { addr: &addr, forwarded_host: forwarded_host.as_ref() };
-            let call = dispatch(&inner, to, request, deadline, timeout);
+            let call = dispatch(&inner, to, request, (deadline, now), timeout);
             let result = if timed {
                 let timer = inner.connector.sleep_until(deadline);
                 match future::select(std::pin::pin!(call), std::pin::pin!(timer)).await {
@@ -248,7 +248,7 @@ async fn dispatch<C: Connector>(
     inner: &Arc<Inner<C>>,
     to: Destination<'_>,
     request: Request,
-    deadline: Instant,
+    (deadline, now): (Instant, Instant),
     timeout: Option<Duration>,
 ) -> Result<Response, RpcError> {
     let limits = MessageLimits::of(&inner.config);
@@ -263,7 +263,7 @@ async fn dispatch<C: Connector>(
                 source,
                 &inner.config,
                 request,
-                deadline,
+                (deadline, now),
             );
             call.await.map(Response::Kv)
         }
