@@ -213,12 +213,11 @@ where
 /// cross threads at every call and answer), else the benchmark's tokio
 /// runtime.
 fn callers_of(mode: &str) -> workload::Spawn {
-    #[cfg(feature = "async-std")]
-    if mode == "batch-async-std" {
-        return spawn_on_async_std;
+    match mode {
+        #[cfg(feature = "async-std")]
+        "batch-async-std" => spawn_on_async_std,
+        _ => workload::spawn_on_tokio,
     }
-    let _ = mode;
-    workload::spawn_on_tokio
 }
 
 /// [`workload::Spawn`] on async-std's executor, through the client's own

@@ -330,7 +330,7 @@ impl ResolveStore {
             return;
         };
         if let Some(outcome) = call.poll_result() {
-            let removed = metapb::Store {
+            let removed = || metapb::Store {
                 id: self.store_id,
                 state: metapb::StoreState::Tombstone as i32,
                 ..Default::default()
@@ -338,7 +338,7 @@ impl ResolveStore {
             self.result = Some(match outcome {
                 Ok(PdResponse::GetStore(r)) => match r.store {
                     Some(store) => self.view.stores.insert(store),
-                    None if self.again => self.view.stores.insert(removed),
+                    None if self.again => self.view.stores.insert(removed()),
                     None => Err(Error::Pd {
                         code: pdpb::ErrorType::Unknown as i32,
                         message: format!("store {} not found", self.store_id),
@@ -350,7 +350,7 @@ impl ResolveStore {
                         && message.contains("invalid store ID")
                         && message.contains("not found") =>
                 {
-                    self.view.stores.insert(removed)
+                    self.view.stores.insert(removed())
                 }
                 Ok(other) => Err(Error::malformed(format!("unexpected {}", other.name()))),
                 Err(e) => Err(e),

@@ -124,7 +124,6 @@ macro_rules! batch_conversions {
         /// The typed request inside a stream entry (the server side), or the
         /// entry back for commands this client does not model (`Empty`,
         /// `Coprocessor`, ...).
-        #[allow(clippy::result_large_err)]
         pub fn from_batch_cmd(cmd: ReqCmd) -> Result<KvRequest, ReqCmd> {
             match cmd {
                 $(ReqCmd::$b(r) => Ok(KvRequest::$b(r)),)*
