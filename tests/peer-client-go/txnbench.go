@@ -16,8 +16,22 @@ package main
 //
 // Modes: 2pc, async (async commit), 1pc (1PC, falling back to 2PC when the
 // keys span regions), pessimistic (rw only: the read locks its key).
+//
+// With --sample N, each cell is followed by N transactions run one at a
+// time, for the driver to count the store requests of one transaction
+// from the server's counters. The driver reads the counters between two
+// handshakes on stdout and stdin:
+//
+//	SAMPLE-READY op=rw-2pc conc=64   (the driver answers one line: start)
+//	SAMPLE-DONE op=rw-2pc conc=64    (the driver answers one line: go on)
+//
+// or SAMPLE-FAILED with the error instead of SAMPLE-DONE. Both handshakes
+// come after sampleSettle, so the background work of the transactions
+// before (the secondaries a 2PC or async commit commits after returning) is
+// counted neither in the sample nor out of it; txn-bench does the same.
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -149,6 +163,37 @@ func txnBenchCell(cli *txnkv.Client, workload, mode string, conc int, secs float
 		percentile(all, 0.50), percentile(all, 0.99), cellPeakRSSKiB(rssMeasured))
 }
 
+// sampleTask is the task whose keys the sampled transactions use: no cell
+// runs that many goroutines, so its keys are not locked by a cell's.
+const sampleTask = 999999
+
+// sampleSettle is how long background commits are given before each
+// handshake (txn-bench's SETTLE).
+const sampleSettle = 500 * time.Millisecond
+
+// txnBenchSample runs n transactions of the cell one at a time between the
+// two handshakes (see the file comment); false when the driver went away.
+func txnBenchSample(cli *txnkv.Client, workload, mode string, conc, n int, driver *bufio.Reader) bool {
+	cell := fmt.Sprintf("op=%s-%s conc=%d", workload, mode, conc)
+	time.Sleep(sampleSettle)
+	fmt.Printf("SAMPLE-READY %s\n", cell)
+	if _, err := driver.ReadString('\n'); err != nil {
+		return false
+	}
+	var failed error
+	for i := 0; i < n && failed == nil; i++ {
+		failed = runBenchTxn(context.Background(), cli, workload, mode, sampleTask, uint64(i))
+	}
+	time.Sleep(sampleSettle)
+	if failed != nil {
+		fmt.Printf("SAMPLE-FAILED %s %q\n", cell, failed.Error())
+	} else {
+		fmt.Printf("SAMPLE-DONE %s\n", cell)
+	}
+	_, err := driver.ReadString('\n')
+	return err == nil
+}
+
 func txnBenchMain(args []string) int {
 	fs := flag.NewFlagSet("txnbench", flag.ExitOnError)
 	pdAddrs := fs.String("pd", "", "PD address(es) of an API V1 transactional cluster, comma separated")
@@ -156,11 +201,12 @@ func txnBenchMain(args []string) int {
 	concs := fs.String("conc", "1,64", "concurrencies, comma separated")
 	secs := fs.Float64("secs", 3, "measured seconds per cell")
 	warmMs := fs.Int("warm-ms", 300, "warm-up per cell, milliseconds")
+	sample := fs.Int("sample", 0, "transactions run one at a time after each cell, between handshakes (file comment)")
 	logFile := fs.String("log", "", "client-go's log file (default: none below error level, to stderr)")
 	_ = fs.Parse(args)
 	conc, err := parseInts(*concs)
 	if *pdAddrs == "" || err != nil {
-		fmt.Fprintf(os.Stderr, "usage: peer-client-go txnbench --pd HOST:PORT [--cells rw-2pc,...] [--conc 1,64] [--secs S] (%v)\n", err)
+		fmt.Fprintf(os.Stderr, "usage: peer-client-go txnbench --pd HOST:PORT [--cells rw-2pc,...] [--conc 1,64] [--secs S] [--sample N] (%v)\n", err)
 		return 2
 	}
 	if err := setupLogger(*logFile); err != nil {
@@ -173,6 +219,7 @@ func txnBenchMain(args []string) int {
 		return 1
 	}
 	defer cli.Close()
+	driver := bufio.NewReader(os.Stdin)
 	for _, cell := range strings.Split(*cells, ",") {
 		workload, mode, ok := strings.Cut(cell, "-")
 		if !ok {
@@ -181,6 +228,10 @@ func txnBenchMain(args []string) int {
 		}
 		for _, c := range conc {
 			txnBenchCell(cli, workload, mode, c, *secs, time.Duration(*warmMs)*time.Millisecond)
+			if *sample > 0 && !txnBenchSample(cli, workload, mode, c, *sample, driver) {
+				fmt.Fprintln(os.Stderr, "the driver closed stdin during a sample")
+				return 1
+			}
 		}
 	}
 	return 0

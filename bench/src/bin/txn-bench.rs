@@ -26,8 +26,9 @@
 //! same keys, as a child process on this process's core; `tikv-sim` runs on
 //! the other core. The table shows medians over `reps` of transactions per
 //! second, p50/p99 latency, client CPU per transaction, the store requests
-//! one transaction costs (ours only: `BatchCommands` entries plus unary
-//! calls, counted by `tikv-sim` over transactions run one at a time) and
+//! one transaction costs (`BatchCommands` entries plus unary calls,
+//! counted by `tikv-sim` over transactions run one at a time after the
+//! cell, each client's on the same keys) and
 //! failed transactions, then ours ÷ client-go per cell. The client's peak
 //! RSS is the process's during the cell (its kernel count reset at the
 //! cell's start), so ours includes what earlier cells left allocated.
@@ -187,31 +188,79 @@ fn main() -> ExitCode {
 }
 
 /// client-go's runner on the given cells, once.
-async fn client_go(
+/// The store requests per transaction of `RPC_SAMPLE` transactions, from
+/// the server's counts before and after them: `BatchCommands` entries plus
+/// unary calls.
+fn rpcs_per_txn(
+    before: Option<tikv_bench::server::ServerStats>,
+    after: Option<tikv_bench::server::ServerStats>,
+) -> Result<f64, String> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Err("tikv-sim does not report stats".into());
+    };
+    let delta = before.delta(after);
+    let unary = delta.kv_unary.ok_or("tikv-sim does not count unary calls")?;
+    Ok((delta.entries + unary) as f64 / RPC_SAMPLE as f64)
+}
+
+/// Runs client-go's cells (`peer-client-go txnbench --sample`): each
+/// cell's result, with the store requests per transaction of its sample,
+/// counted on `server` between the runner's two handshakes (see
+/// `txnbench.go`). The exchange blocks this thread, which is `block_on`'s
+/// and not the runtime's worker: our client's tasks keep running.
+fn client_go(
     bin: &PathBuf,
-    pd: &str,
+    server: &mut Server,
     cells: &[String],
     concs: &[usize],
     secs: f64,
-) -> Result<Vec<CellResult>, String> {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg("txnbench")
-        .args(["--pd", pd, "--cells", &cells.join(",")])
+) -> Result<Vec<(CellResult, f64)>, String> {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(bin)
+        .arg("txnbench")
+        .args(["--pd", &server.pd, "--cells", &cells.join(",")])
         .args(["--conc", &concs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")])
-        .args(["--secs", &secs.to_string()]);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .map_err(|e| e.to_string())?
+        .args(["--secs", &secs.to_string(), "--sample", &RPC_SAMPLE.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let results: Vec<_> = stdout.lines().filter_map(CellResult::parse_line).collect();
+    let (Some(mut to_runner), Some(from_runner)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err("client-go's runner has no pipes".into());
+    };
+    let mut results = Vec::new();
+    let mut pending: Option<CellResult> = None;
+    let mut before = None;
+    let mut transcript = String::new();
+    for line in std::io::BufReader::new(from_runner).lines() {
+        let line = line.map_err(|e| format!("reading client-go's runner: {e}"))?;
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if let Some(result) = CellResult::parse_line(&line) {
+            pending = Some(result);
+        } else if line.starts_with("SAMPLE-READY ") {
+            before = server.stats();
+            writeln!(to_runner).map_err(|e| format!("client-go's runner: {e}"))?;
+        } else if line.starts_with("SAMPLE-DONE ") {
+            let rpcs = rpcs_per_txn(before.take(), server.stats())?;
+            let result = pending.take().ok_or("client-go sampled before its cell's result")?;
+            results.push((result, rpcs));
+            writeln!(to_runner).map_err(|e| format!("client-go's runner: {e}"))?;
+        } else if line.starts_with("SAMPLE-FAILED ") {
+            let _ = child.kill();
+            return Err(format!("client-go: a sampled transaction failed: {line}"));
+        }
+    }
+    drop(to_runner);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if results.len() != cells.len() * concs.len() {
         return Err(format!(
             "client-go gave {} results for {} cells (exit {}): {}{}",
             results.len(),
             cells.len() * concs.len(),
             out.status,
-            stdout,
+            transcript,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -233,7 +282,7 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
     // (cell, conc) -> the results of every repetition.
     type Key = (String, usize);
     let mut ours: BTreeMap<Key, Vec<(CellResult, f64)>> = BTreeMap::new();
-    let mut theirs: BTreeMap<Key, Vec<CellResult>> = BTreeMap::new();
+    let mut theirs: BTreeMap<Key, Vec<(CellResult, f64)>> = BTreeMap::new();
     for _ in 0..args.reps {
         for cell in &args.cells {
             let (workload, mode) = cell.split_once('-').unwrap_or_default();
@@ -257,22 +306,20 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
                 // last transactions have finished in the background: else
                 // their requests would be counted too.
                 tokio::time::sleep(SETTLE).await;
-                let before = server.stats().ok_or("tikv-sim does not report stats")?;
+                let before = server.stats();
                 for i in 0..RPC_SAMPLE {
                     if !op(999_999, i).await {
                         return Err(format!("{cell}: a sampled transaction failed"));
                     }
                 }
                 tokio::time::sleep(SETTLE).await;
-                let delta = before.delta(server.stats().ok_or("tikv-sim does not report stats")?);
-                let unary = delta.kv_unary.ok_or("tikv-sim does not count unary calls")?;
-                let rpcs = (delta.entries + unary) as f64 / RPC_SAMPLE as f64;
+                let rpcs = rpcs_per_txn(before, server.stats())?;
                 ours.entry((cell.clone(), conc)).or_default().push((result, rpcs));
             }
         }
         if let Some(bin) = &args.client_go {
-            for r in client_go(bin, &server.pd, &args.cells, &args.concs, args.secs).await? {
-                theirs.entry((r.op.clone(), r.conc)).or_default().push(r);
+            for (r, rpcs) in client_go(bin, &mut server, &args.cells, &args.concs, args.secs)? {
+                theirs.entry((r.op.clone(), r.conc)).or_default().push((r, rpcs));
             }
         }
     }
@@ -297,24 +344,27 @@ async fn bench(args: Args, pinned: bool) -> Result<(), String> {
             );
         };
         row("ours", &results, format!("{rpcs:.1}"), errors);
-        if let Some(go) = theirs.get(&(cell.clone(), *conc)) {
-            row("client-go", go, "—".into(), go.iter().map(|r| r.errors).sum());
-            let ratio = |f: &dyn Fn(&CellResult) -> f64| med(&results, f) / med(go, f).max(1e-9);
+        if let Some(go_runs) = theirs.get(&(cell.clone(), *conc)) {
+            let go: Vec<CellResult> = go_runs.iter().map(|(r, _)| r.clone()).collect();
+            let go_rpcs = median(go_runs.iter().map(|(_, n)| *n).collect());
+            row("client-go", &go, format!("{go_rpcs:.1}"), go.iter().map(|r| r.errors).sum());
+            let ratio = |f: &dyn Fn(&CellResult) -> f64| med(&results, f) / med(&go, f).max(1e-9);
             ratios.push(format!(
-                "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                "| {cell} | {conc} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
                 ratio(&CellResult::ops_per_sec),
                 ratio(&|r| f64::from(r.p99_us)),
                 ratio(&CellResult::cpu_us_per_op),
                 ratio(&|r| r.peak_rss_kib as f64),
+                rpcs / go_rpcs.max(1e-9),
             ));
         }
     }
     if !ratios.is_empty() {
         println!();
         println!(
-            "| cell | conc | ours ÷ client-go txn/s | p99 | client CPU per txn | client peak RSS |"
+            "| cell | conc | ours ÷ client-go txn/s | p99 | client CPU per txn | client peak RSS | store RPCs per txn |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
         for r in ratios {
             println!("{r}");
         }

@@ -555,6 +555,9 @@ pub trait PointPlan {
     fn build(&mut self, key: &Key) -> KvRequest;
     /// Takes the answer.
     fn merge(&mut self, response: KvResponse) -> Result<(), Error>;
+    /// The key is about to be located and its request built again after
+    /// a sent attempt found its region wrong ([`KeyPlan::relocated`]).
+    fn relocated(&mut self, _maybe_applied: bool) {}
     /// The result.
     fn finish(self) -> Self::Output;
 }
@@ -600,6 +603,9 @@ impl<P: PointPlan> KeyPlan for Point<P> {
     }
     fn merge(&mut self, _batch: Vec<Key>, response: KvResponse) -> Result<(), Error> {
         self.plan.merge(response)
+    }
+    fn relocated(&mut self, _batch: &[Key], maybe_applied: bool) {
+        self.plan.relocated(maybe_applied);
     }
     fn finish(self) -> P::Output {
         self.plan.finish()

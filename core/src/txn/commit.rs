@@ -504,19 +504,38 @@ impl KeyPlan for PrewritePlan {
     }
 }
 
-/// `Commit` of keys at a commit ts (primary or secondaries).
+/// `Commit` of the primary key at a commit ts, with the secondaries
+/// that share its region in the same request (client-go commits the
+/// primary's whole batch first: `batched.primaryBatch`).
 #[derive(Debug)]
 pub(crate) struct CommitPlan {
     pub(crate) start_ts: Timestamp,
     pub(crate) commit_ts: Timestamp,
+    /// The secondaries sent with the primary, all in the primary's region
+    /// as the cache had it when the plan was made. Dropped once a sent
+    /// attempt finds the region wrong: the primary is then retried alone,
+    /// so no secondary is ever committed before the primary (they go with
+    /// the others after it).
+    pub(crate) with: Vec<Key>,
     pub(crate) outcome: Option<Result<(), kvrpcpb::KeyError>>,
 }
 
+impl CommitPlan {
+    /// The primary's commit, alone.
+    pub(crate) fn primary_alone(start_ts: Timestamp, commit_ts: Timestamp) -> CommitPlan {
+        CommitPlan { start_ts, commit_ts, with: Vec::new(), outcome: None }
+    }
+}
+
 impl PointPlan for CommitPlan {
-    type Output = Result<(), kvrpcpb::KeyError>;
+    /// On success, the secondaries committed with the primary.
+    type Output = Result<Vec<Key>, kvrpcpb::KeyError>;
     fn build(&mut self, key: &Key) -> KvRequest {
+        let mut keys = Vec::with_capacity(1 + self.with.len());
+        keys.push(key.to_bytes());
+        keys.extend(self.with.iter().map(Key::to_bytes));
         KvRequest::Commit(Box::new(kvrpcpb::CommitRequest {
-            keys: vec![key.to_bytes()],
+            keys,
             start_version: self.start_ts.version(),
             commit_version: self.commit_ts.version(),
             ..Default::default()
@@ -532,9 +551,46 @@ impl PointPlan for CommitPlan {
         });
         Ok(())
     }
-    fn finish(self) -> Result<(), kvrpcpb::KeyError> {
-        self.outcome.unwrap_or(Ok(()))
+    fn relocated(&mut self, _maybe_applied: bool) {
+        // A lost answer may have committed them with the primary: their
+        // commit after the primary's is then a repeat, which TiKV answers
+        // as a success.
+        self.with.clear();
     }
+    fn finish(self) -> Result<Vec<Key>, kvrpcpb::KeyError> {
+        self.outcome.unwrap_or(Ok(())).map(|()| self.with)
+    }
+}
+
+/// The secondaries client-go's batching puts in the primary's commit
+/// request: of `keys` (sorted, the primary among them), those
+/// `in_region` (the primary's cached region), cut in key order into batches of
+/// [`TXN_COMMIT_BATCH_SIZE`] key bytes (a batch takes keys while its size
+/// is below the limit: `appendBatchMutationsBySize` with the commit's
+/// `keySize`), the batch holding the primary, less the primary.
+pub(crate) fn primary_batch_secondaries(
+    keys: &[Key],
+    primary: &Key,
+    in_region: impl Fn(&Key) -> bool,
+) -> Vec<Key> {
+    let mut batch: Vec<&Key> = Vec::new();
+    let (mut size, mut has_primary) = (0usize, false);
+    for key in keys.iter().filter(|k| in_region(k)) {
+        if size >= TXN_COMMIT_BATCH_SIZE {
+            if has_primary {
+                break;
+            }
+            batch.clear();
+            size = 0;
+        }
+        size += key.len();
+        has_primary |= key == primary;
+        batch.push(key);
+    }
+    if !has_primary {
+        return Vec::new();
+    }
+    batch.into_iter().filter(|k| *k != primary).cloned().collect()
 }
 
 /// `TxnHeartBeat` on the primary: extends the primary lock's TTL.
@@ -788,7 +844,7 @@ enum Done {
     Prewrite(Box<Result<PrewritePlan, Error>>),
     Resolved(Result<crate::lock::ResolveOutcome, Error>),
     Timestamp(Result<Timestamp, Error>),
-    CommitPrimary(Box<Result<Result<(), kvrpcpb::KeyError>, Error>>),
+    CommitPrimary(Box<Result<Result<Vec<Key>, kvrpcpb::KeyError>, Error>>),
 }
 
 /// What the next TSO answer is for.
@@ -810,7 +866,13 @@ pub struct Committer {
     for_update_ts_constraints: Arc<[(Key, Timestamp)]>,
     primary: Key,
     pending: Vec<Mutation>,
+    /// Every mutation's key, in order.
     all_keys: Vec<Key>,
+    /// The keys whose prewrite leaves a lock to commit: all but the
+    /// `CheckNotExists` ones (client-go's `stripNoNeedCommitKeys`; nor are
+    /// they an async commit's secondaries, `asyncSecondaries`: a resolver
+    /// checking one would find no lock and roll the transaction back).
+    commit_keys: Vec<Key>,
     opts: CommitOptions,
     lock_ttl: u64,
     max_commit_ts: Timestamp,
@@ -896,6 +958,11 @@ impl Committer {
         let key_size: usize = mutations.iter().map(|m| m.key.len()).sum();
         let all_keys: Vec<Key> = mutations.iter().map(|m| m.key.clone()).collect();
         let all_keys_len = all_keys.len();
+        let commit_keys = mutations
+            .iter()
+            .filter(|m| m.op != kvrpcpb::Op::CheckNotExists)
+            .map(|m| m.key.clone())
+            .collect();
         // client-go checkAsyncCommit / checkOnePC; neither with shared
         // locks.
         let shared_locks = mutations.iter().any(|m| m.op == kvrpcpb::Op::SharedLock);
@@ -921,6 +988,7 @@ impl Committer {
             primary,
             pending: mutations,
             all_keys,
+            commit_keys,
             opts,
             max_commit_ts,
             async_commit,
@@ -1077,7 +1145,8 @@ impl Committer {
     }
 
     fn prewrite(&mut self, now: Instant) {
-        let secondaries = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
+        let secondaries =
+            self.commit_keys.iter().filter(|k| **k != self.primary).cloned().collect();
         let plan = PrewritePlan {
             start_ts: self.start_ts,
             for_update_ts: self.for_update_ts,
@@ -1193,7 +1262,7 @@ impl Committer {
                 self.finish(Ok(CommitOutcome {
                     commit_ts,
                     mode: CommitMode::AsyncCommit,
-                    keys_to_commit: self.all_keys.clone(),
+                    keys_to_commit: self.commit_keys.clone(),
                 }));
                 return;
             }
@@ -1204,7 +1273,14 @@ impl Committer {
     }
 
     fn commit_primary(&mut self, now: Instant) {
-        let plan = CommitPlan { start_ts: self.start_ts, commit_ts: self.commit_ts, outcome: None };
+        let with = match self.view.regions.locate_key(self.primary.as_bytes(), now) {
+            Some(region) => primary_batch_secondaries(&self.commit_keys, &self.primary, |k| {
+                region.contains(k.as_bytes())
+            }),
+            None => Vec::new(),
+        };
+        let plan =
+            CommitPlan { start_ts: self.start_ts, commit_ts: self.commit_ts, with, outcome: None };
         let view = &self.view;
         let bo = self
             .commit_backoffer
@@ -1325,12 +1401,18 @@ impl Committer {
 
     fn after_commit_primary(
         &mut self,
-        outcome: Result<Result<(), kvrpcpb::KeyError>, Error>,
+        outcome: Result<Result<Vec<Key>, kvrpcpb::KeyError>, Error>,
         now: Instant,
     ) {
         match outcome {
-            Ok(Ok(())) => {
-                let keys = self.all_keys.iter().filter(|k| **k != self.primary).cloned().collect();
+            Ok(Ok(committed_with)) => {
+                // `committed_with` is sorted, as `commit_keys`.
+                let keys = self
+                    .commit_keys
+                    .iter()
+                    .filter(|k| **k != self.primary && committed_with.binary_search(k).is_err())
+                    .cloned()
+                    .collect();
                 let commit_ts = self.commit_ts;
                 self.finish(Ok(CommitOutcome {
                     commit_ts,

@@ -66,7 +66,8 @@ fn two_phase_commit_prewrites_every_region_then_commits_the_primary() {
     let outcome = result.expect("committed");
     assert_eq!(outcome.mode, CommitMode::TwoPhase);
     assert!(outcome.commit_ts > ts_at(500));
-    assert_eq!(outcome.keys_to_commit, vec![Key::from("b"), Key::from("x")]);
+    // b shares the primary's region, so it was committed with it.
+    assert_eq!(outcome.keys_to_commit, vec![Key::from("x")]);
     // client-go's `MaxWriteExecutionTime`, not the 30 s RPC timeout.
     for r in &c.received {
         let limit = r.context().map_or(0, |ctx| ctx.max_execution_duration_ms);
@@ -80,7 +81,11 @@ fn two_phase_commit_prewrites_every_region_then_commits_the_primary() {
             _ => None,
         })
         .collect();
-    assert_eq!(commits, vec![vec![Bytes::from("a")]], "only the primary, synchronously");
+    assert_eq!(
+        commits,
+        vec![vec![Bytes::from("a"), Bytes::from("b")]],
+        "only the primary's batch (client-go `primaryBatch`), synchronously"
+    );
     insta::assert_snapshot!(log);
 }
 
@@ -815,7 +820,8 @@ fn client_go_batches(sizes: &[usize], limit: usize) -> usize {
 /// Benchmark B7's shape: 10,000 keys of 24 bytes with 128-byte
 /// values over 100 regions on 3 stores. Prewrite sends one RPC per 16 KiB
 /// (key + value) batch of each region, exactly client-go's count; commit
-/// sends the primary alone (the commit point), then one RPC per 16 KiB of
+/// sends the primary's batch (the commit point: the primary with the
+/// other keys of its region's batch), then one RPC per other 16 KiB of
 /// keys per region. 80 regions hold 75 keys (11,400 bytes: one batch) and
 /// 20 hold 200 (30,400 bytes: two batches, 108 keys then 92), so the rule
 /// is exercised, not just "one batch per region".
@@ -871,12 +877,13 @@ fn a_large_commit_sends_client_go_batch_counts() {
     let count =
         |c: &FakeCluster, name: &str| c.received.iter().filter(|r| r.name() == name).count();
     assert_eq!(count(&c, "kv_prewrite"), prewrites);
-    assert_eq!(count(&c, "kv_commit"), 1, "the primary alone");
-    assert_eq!(outcome.keys_to_commit.len(), total - 1);
+    assert_eq!(count(&c, "kv_commit"), 1, "the primary's batch");
+    // The primary's region holds 75 keys: one batch.
+    assert_eq!(outcome.keys_to_commit.len(), total - per_region[0]);
     let (_, result) =
         drive(commit_keys(&v, ts_at(500), outcome.commit_ts, outcome.keys_to_commit), &mut c);
     result.expect("secondaries committed");
-    assert_eq!(count(&c, "kv_commit"), 1 + secondary_commits);
+    assert_eq!(count(&c, "kv_commit"), secondary_commits);
     // Every key of every prewrite went out once.
     let prewritten: usize = c
         .received
@@ -919,13 +926,23 @@ fn follow_up_of(op: &mut Committer, c: &mut FakeCluster) -> Option<(&'static str
 fn the_committer_hands_back_its_follow_up() {
     let keys = |ks: &[&str]| ks.iter().map(|k| Bytes::from(k.to_string())).collect::<Vec<_>>();
 
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let mut op = committer(&["a", "b", "x", "y"], CommitOptions::default());
+    assert!(op.take_follow_up().is_none(), "nothing before the result");
+    drive(&mut op, &mut c).1.expect("committed");
+    // b went with the primary.
+    assert_eq!(follow_up_of(&mut op, &mut c), Some(("commit", keys(&["x", "y"]))));
+
+    // Every key in the primary's batch: nothing is left to commit.
     let mut c = FakeCluster::new(&[]);
     c.fault("prewrite", prewrite_ok(0, 0));
     c.fault("kv_commit", commit_ok());
     let mut op = committer(&["a", "b", "c"], CommitOptions::default());
-    assert!(op.take_follow_up().is_none(), "nothing before the result");
     drive(&mut op, &mut c).1.expect("committed");
-    assert_eq!(follow_up_of(&mut op, &mut c), Some(("commit", keys(&["b", "c"]))));
+    assert!(op.take_follow_up().is_none());
 
     let mut c = FakeCluster::new(&[]);
     c.fault("prewrite", prewrite_ok(ts(1000) + 3, 0));
@@ -1455,4 +1472,123 @@ fn apply_log_details(nanos: u64) -> kvrpcpb::ExecDetailsV2 {
         write_detail: Some(kvrpcpb::WriteDetail { apply_log_nanos: nanos, ..Default::default() }),
         ..Default::default()
     }
+}
+
+/// The primary's commit carries the other keys of its region's batch, cut
+/// as client-go cuts batches: in key order, a batch taking keys while its
+/// key bytes are below `TXN_COMMIT_BATCH_SIZE`.
+#[test]
+fn the_primary_batch_is_client_go_s_batch_of_the_primary() {
+    let below_m = |k: &Key| k.as_bytes() < b"m".as_slice();
+    let from_m = |k: &Key| k.as_bytes() >= b"m".as_slice();
+    let keys: Vec<Key> = ["a", "b", "c", "n", "x"].iter().map(|k| Key::from(*k)).collect();
+    let with = |primary: &str, in_region: &dyn Fn(&Key) -> bool| {
+        primary_batch_secondaries(&keys, &Key::from(primary), in_region)
+    };
+    assert_eq!(with("b", &below_m), vec![Key::from("a"), Key::from("c")]);
+    assert_eq!(with("n", &from_m), vec![Key::from("x")]);
+    // A primary outside the region takes nobody with it.
+    assert!(with("n", &below_m).is_empty());
+
+    // Keys of 6 KiB: batches of three (a batch takes a key while it is
+    // below 16 KiB), so [k0 k1 k2] [k3 k4 k5] [k6].
+    let big: Vec<Key> =
+        (0..7).map(|i| Key::from(format!("k{i}{}", "x".repeat(6 * 1024)))).collect();
+    let batch = |p: usize| primary_batch_secondaries(&big, &big[p], |_| true);
+    assert_eq!(batch(0), big[1..3].to_vec());
+    assert_eq!(batch(4), vec![big[3].clone(), big[5].clone()]);
+    assert!(batch(6).is_empty());
+}
+
+/// A primary commit that finds its region wrong is retried with the
+/// primary alone: the keys it carried are committed after it, with the
+/// others, so none is ever committed before the primary.
+#[test]
+fn a_relocated_primary_commit_is_retried_alone() {
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", region_error("region not found"));
+    c.fault("kv_commit", commit_ok());
+    let (_, result) = drive(committer(&["a", "b", "x"], CommitOptions::default()), &mut c);
+    let outcome = result.expect("committed");
+    let commits: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Commit(cm) => Some(cm.keys.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        commits,
+        vec![vec![Bytes::from("a"), Bytes::from("b")], vec![Bytes::from("a")]],
+        "the batch, then the primary alone"
+    );
+    assert_eq!(outcome.keys_to_commit, vec![Key::from("b"), Key::from("x")]);
+}
+
+/// A `CheckNotExists` key leaves no lock (client-go `stripNoNeedCommitKeys`,
+/// `asyncSecondaries`): it is prewritten, but neither committed nor named
+/// as an async commit's secondary (a resolver checking it would find no
+/// lock and roll the transaction back).
+#[test]
+fn check_not_exists_keys_are_neither_committed_nor_secondaries() {
+    let check =
+        |k: &str| Mutation { op: kvrpcpb::Op::CheckNotExists, value: Bytes::new(), ..put(k) };
+    let mutations = || vec![put("a"), check("b"), put("c"), check("x")];
+    let new = |opts| {
+        Committer::new(
+            view(),
+            ts_at(500),
+            Key::from("a"),
+            mutations(),
+            Duration::from_millis(10),
+            opts,
+        )
+    };
+    let keys = |ks: &[&str]| ks.iter().map(|k| Bytes::from(k.to_string())).collect::<Vec<_>>();
+
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("prewrite", prewrite_ok(0, 0));
+    c.fault("kv_commit", commit_ok());
+    let (_, result) = drive(new(CommitOptions::default()), &mut c);
+    assert!(result.expect("committed").keys_to_commit.is_empty());
+    let prewritten: usize = c
+        .received
+        .iter()
+        .map(|r| match r {
+            KvRequest::Prewrite(p) => p.mutations.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(prewritten, 4, "every key is prewritten");
+    let commits: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Commit(cm) => Some(cm.keys.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits, vec![keys(&["a", "c"])]);
+
+    let mut c = FakeCluster::new(&["m"]);
+    c.fault("prewrite", prewrite_ok(ts(1000) + 3, 0));
+    c.fault("prewrite", prewrite_ok(ts(1000) + 3, 0));
+    let (_, result) =
+        drive(new(CommitOptions { async_commit: true, ..Default::default() }), &mut c);
+    let outcome = result.expect("committed");
+    assert_eq!(outcome.mode, CommitMode::AsyncCommit);
+    assert_eq!(outcome.keys_to_commit, vec![Key::from("a"), Key::from("c")]);
+    let secondaries: Vec<_> = c
+        .received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Prewrite(p) if !p.secondaries.is_empty() => Some(p.secondaries.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(secondaries, vec![keys(&["c"])]);
 }

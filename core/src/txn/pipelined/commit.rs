@@ -68,7 +68,7 @@ pub struct PipelinedCommitRequest {
 enum Step {
     Flushed(Result<(), Error>),
     Timestamp(Result<Timestamp, Error>),
-    Primary(Box<Result<Result<(), kvrpcpb::KeyError>, Error>>),
+    Primary(Box<Result<Result<Vec<Key>, kvrpcpb::KeyError>, Error>>),
 }
 
 /// The commit of a pipelined transaction (module docs). Its output is the
@@ -158,8 +158,7 @@ impl PipelinedCommit {
     }
 
     fn commit_primary(&mut self, now: Instant) {
-        let plan =
-            CommitPlan { start_ts: self.req.start_ts, commit_ts: self.commit_ts, outcome: None };
+        let plan = CommitPlan::primary_alone(self.req.start_ts, self.commit_ts);
         let op = Point::fanout(
             &self.view,
             plan,
@@ -189,11 +188,11 @@ impl PipelinedCommit {
     /// The primary's commit answered (as the 2PC committer reads it).
     fn after_primary(
         &mut self,
-        outcome: Result<Result<(), kvrpcpb::KeyError>, Error>,
+        outcome: Result<Result<Vec<Key>, kvrpcpb::KeyError>, Error>,
         now: Instant,
     ) {
         match outcome {
-            Ok(Ok(())) => self.finish(Ok(self.commit_ts)),
+            Ok(Ok(_)) => self.finish(Ok(self.commit_ts)),
             Ok(Err(e))
                 if e.commit_ts_expired.as_ref().is_some_and(|x| {
                     x.min_commit_ts.saturating_sub(x.attempted_commit_ts) > MAX_COMMIT_TS_PUSH
