@@ -106,9 +106,6 @@ pub struct KeyFanout<P: KeyPlan> {
     /// Children that may have RPCs to hand out, so `poll_rpc` does not scan
     /// every child ever started (a batch can have thousands).
     ready: ReadyQueue,
-    /// Hand-off slots for the outcome of the child being collected.
-    finished_call: Option<Result<RegionOutcome, Error>>,
-    finished_locate: Option<Result<(), Error>>,
     live: usize,
     locating: bool,
     ids: IdMap<usize>,
@@ -116,13 +113,17 @@ pub struct KeyFanout<P: KeyPlan> {
     /// The backoffer of the last batch handed back by `Relocate`. Its items'
     /// next attempt continues with it, so repeated region errors back off
     /// exponentially, as client-go's batch loop does with one backoffer;
-    /// a fresh fork would restart every sleep at its base.
-    relocated: Option<Backoffer>,
+    /// a fresh fork would restart every sleep at its base. Boxed, as the
+    /// tags and the replica read below: rarely set, and the fan-out moves
+    /// with every operation (into the driver's future, in and out of a
+    /// parent), so its size is copied each time.
+    relocated: Option<Box<Backoffer>>,
     started: bool,
-    /// Stamped into every request built (priority, source, resource group).
-    tags: RequestTags,
-    /// Where the region calls send (leader unless a replica read).
-    replica_read: ReplicaRead,
+    /// Stamped into every request built (priority, source, resource
+    /// group); none: the defaults.
+    tags: Option<Box<RequestTags>>,
+    /// Where the region calls send; none: the leader.
+    replica_read: Option<Box<ReplicaRead>>,
     /// Attempts whose answer was lost (see [`KeyFanout::lost_answers`]).
     lost_answers: u32,
     result: Option<Result<P::Output, Error>>,
@@ -153,16 +154,14 @@ impl<P: KeyPlan> KeyFanout<P> {
             pending: items,
             children: SmallVec::new(),
             ready: ReadyQueue::default(),
-            finished_call: None,
-            finished_locate: None,
             live: 0,
             locating: false,
             ids: IdMap::new(),
             backoffer,
             relocated: None,
             started: false,
-            tags: RequestTags::default(),
-            replica_read: ReplicaRead::leader(),
+            tags: None,
+            replica_read: None,
             lost_answers: 0,
             result: None,
         }
@@ -180,7 +179,7 @@ impl<P: KeyPlan> KeyFanout<P> {
 
     /// Stamps `tags` into the context of every request this fan-out sends.
     pub fn with_tags(mut self, tags: &RequestTags) -> Self {
-        self.tags.clone_from(tags);
+        self.tags = (!tags.is_empty()).then(|| Box::new(tags.clone()));
         self
     }
 
@@ -194,7 +193,7 @@ impl<P: KeyPlan> KeyFanout<P> {
     /// [`KeyFanout::with_replica_read`] in place, for a caller that holds
     /// the fan-out already: no move of the whole operation in and out.
     pub fn set_replica_read(&mut self, read: &ReplicaRead) {
-        self.replica_read.clone_from(read);
+        self.replica_read = (*read != ReplicaRead::leader()).then(|| Box::new(read.clone()));
     }
 
     /// The backoffer with every finished child's sleeps folded in: a
@@ -243,6 +242,18 @@ impl<P: KeyPlan> KeyFanout<P> {
         };
         let (max_count, max_bytes) = plan.batch_limits();
         let max_count = max_count.max(1);
+        let timeout = plan.timeout();
+        // One item in a cached region (every point operation, almost
+        // always): its call at once, as the grouping below would make it.
+        if let [item] = self.pending.as_slice()
+            && let Some(region) = self.view.regions.locate_key(P::key(item).as_bytes(), now)
+        {
+            let items = std::mem::take(&mut self.pending);
+            let call = self.region_call(region, items, timeout);
+            self.add_child(call, now);
+            self.maybe_finish();
+            return;
+        }
         let mut items = std::mem::take(&mut self.pending);
         // Cut the sorted items into runs, each a batch for one region or a
         // stretch without a cached region: `(first index, region)`.
@@ -289,34 +300,10 @@ impl<P: KeyPlan> KeyFanout<P> {
             1 => unrouted_runs.pop().unwrap_or_default(),
             _ => unrouted_runs.into_iter().rev().flatten().collect(),
         };
-        let timeout = plan.timeout();
         let calls: SmallVec<[Child<P::Item>; 1]> = batches
             .into_iter()
             .rev()
-            .map(|(region, items)| {
-                let backoffer = match self.relocated.take() {
-                    // The relocated batch keeps its own schedule (so its
-                    // sleeps keep growing) but takes in what was slept
-                    // since it was handed back, e.g. by the locate that
-                    // found its new region: the budget counts every sleep
-                    // (a PD outage during that locate must not let the
-                    // operation sleep past its budget).
-                    Some(mut bo) => {
-                        bo.merge_from(&self.backoffer);
-                        bo
-                    }
-                    None => self.backoffer.fork(),
-                };
-                // The fan-out keeps the items and builds each attempt's
-                // request from them (`poll_rpc`). A new call reads from the
-                // leader already: only another read is set (which copies
-                // the call and its preferences).
-                let mut call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
-                if self.replica_read != ReplicaRead::leader() {
-                    call = call.with_replica_read(&self.replica_read);
-                }
-                Child::Call(Box::new(call), items)
-            })
+            .map(|(region, items)| self.region_call(region, items, timeout))
             .collect();
         if !unrouted.is_empty() && !self.locating {
             let key = P::key(&unrouted[0]).clone();
@@ -334,6 +321,36 @@ impl<P: KeyPlan> KeyFanout<P> {
         self.maybe_finish();
     }
 
+    /// The call of one batch: `items` in `region`.
+    fn region_call(
+        &mut self,
+        region: RegionRef,
+        items: Vec<P::Item>,
+        timeout: Duration,
+    ) -> Child<P::Item> {
+        let backoffer = match self.relocated.take() {
+            // The relocated batch keeps its own schedule (so its sleeps
+            // keep growing) but takes in what was slept since it was
+            // handed back, e.g. by the locate that found its new region:
+            // the budget counts every sleep (a PD outage during that
+            // locate must not let the operation sleep past its budget).
+            Some(mut bo) => {
+                bo.merge_from(&self.backoffer);
+                *bo
+            }
+            None => self.backoffer.fork(),
+        };
+        // The fan-out keeps the items and builds each attempt's request
+        // from them (`poll_rpc`). A new call reads from the leader
+        // already: only another read is set (which copies the call and its
+        // preferences).
+        let mut call = RegionCall::new(self.view.clone(), region, timeout, backoffer);
+        if let Some(read) = &self.replica_read {
+            call = call.with_replica_read(read);
+        }
+        Child::Call(Box::new(call), items)
+    }
+
     fn maybe_finish(&mut self) {
         if self.result.is_none()
             && self.live == 0
@@ -349,29 +366,27 @@ impl<P: KeyPlan> KeyFanout<P> {
         let Some(slot) = self.children.get_mut(idx) else {
             return;
         };
-        let done = match slot {
-            Some(Child::Call(call, _)) => call.poll_result().is_some_and(|outcome| {
-                self.finished_call = Some(outcome);
-                true
-            }),
-            Some(Child::Locate(locate)) => locate.poll_result().is_some_and(|outcome| {
-                self.finished_locate = Some(outcome.map(drop));
-                true
-            }),
-            None => false,
-        };
-        if !done {
-            return;
+        /// A finished child's outcome.
+        enum Finished {
+            Call(Result<RegionOutcome, Error>),
+            Locate(Result<(), Error>),
         }
+        let finished = match slot {
+            Some(Child::Call(call, _)) => call.poll_result().map(Finished::Call),
+            Some(Child::Locate(locate)) => {
+                locate.poll_result().map(|outcome| Finished::Locate(outcome.map(drop)))
+            }
+            None => None,
+        };
+        let Some(finished) = finished else {
+            return;
+        };
         let Some(child) = slot.take() else {
             return;
         };
         self.live -= 1;
-        match child {
-            Child::Call(mut call, items) => {
-                let Some(outcome) = self.finished_call.take() else {
-                    return;
-                };
+        match (child, finished) {
+            (Child::Call(mut call, items), Finished::Call(outcome)) => {
                 self.lost_answers += call.lost_answers();
                 let child_backoffer = call.take_backoffer();
                 if let Some(bo) = &child_backoffer {
@@ -401,7 +416,7 @@ impl<P: KeyPlan> KeyFanout<P> {
                                 .as_ref()
                                 .is_none_or(|kept| kept.total_sleep() <= bo.total_sleep());
                             if longer {
-                                self.relocated = Some(bo);
+                                self.relocated = Some(Box::new(bo));
                             }
                         }
                         self.requeue(items);
@@ -410,10 +425,7 @@ impl<P: KeyPlan> KeyFanout<P> {
                     Err(e) => self.fail(e),
                 }
             }
-            Child::Locate(mut locate) => {
-                let Some(outcome) = self.finished_locate.take() else {
-                    return;
-                };
+            (Child::Locate(mut locate), Finished::Locate(outcome)) => {
                 self.locating = false;
                 if let Some(bo) = locate.take_backoffer() {
                     self.backoffer.merge_from(&bo);
@@ -424,6 +436,8 @@ impl<P: KeyPlan> KeyFanout<P> {
                     Err(e) => self.fail(e),
                 }
             }
+            // A child's outcome is of its own kind.
+            (Child::Call(..), Finished::Locate(_)) | (Child::Locate(_), Finished::Call(_)) => {}
         }
     }
 
@@ -450,7 +464,7 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
             let rpc = match self.children.get_mut(idx) {
                 // The plan lives until every child is over.
                 Some(Some(Child::Call(call, items))) if let Some(plan) = self.plan.as_mut() => {
-                    let tags = &self.tags;
+                    let tags = self.tags.as_deref();
                     match call.poll_rpc(|_attempt| build(plan, tags, items)) {
                         Some(Ok(rpc)) => Some(rpc),
                         Some(Err(e)) => {
@@ -537,9 +551,9 @@ impl<P: KeyPlan> Operation for KeyFanout<P> {
 }
 
 /// The request of `plan` for `items`, with the fan-out's `tags`.
-fn build<P: KeyPlan>(plan: &mut P, tags: &RequestTags, items: &[P::Item]) -> KvRequest {
+fn build<P: KeyPlan>(plan: &mut P, tags: Option<&RequestTags>, items: &[P::Item]) -> KvRequest {
     let mut request = plan.build(items);
-    if !tags.is_empty() {
+    if let Some(tags) = tags {
         tags.stamp(request.context_mut());
     }
     request
