@@ -163,7 +163,7 @@ impl UpdateSafeTs {
             if store.is_tiflash() || store.is_tombstone() || store.address.is_empty() {
                 continue;
             }
-            to_send.push((store.id, Arc::from(store.address.as_str())));
+            to_send.push((store.id, store.address.clone()));
             scopes.entry(GLOBAL_TXN_SCOPE.to_owned()).or_default().push(store.id);
             if let Some(zone) = store.label(DC_LABEL_KEY) {
                 scopes.entry(zone.to_owned()).or_default().push(store.id);

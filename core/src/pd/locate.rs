@@ -579,9 +579,9 @@ mod tests {
         let same = run_again(&view, 1, get_store(Some(store(1, "s1:20160")), None)).unwrap();
         assert!(Arc::ptr_eq(&same, &old), "unchanged: the entry is kept");
         let moved = run_again(&view, 1, get_store(Some(store(1, "s1b:20160")), None)).unwrap();
-        assert_eq!(moved.address, "s1b:20160");
+        assert_eq!(&*moved.address, "s1b:20160");
         assert_eq!(old.resolve_state(), crate::region::ResolveState::Deleted);
-        assert_eq!(view.stores.get(1).unwrap().address, "s1b:20160");
+        assert_eq!(&*view.stores.get(1).unwrap().address, "s1b:20160");
 
         let gone = run_again(&view, 2, get_store(None, None)).unwrap();
         assert!(gone.is_tombstone());

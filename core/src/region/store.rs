@@ -67,8 +67,9 @@ impl fmt::Display for ResolveState {
 pub struct StoreInfo {
     /// The store id.
     pub id: u64,
-    /// The gRPC address (empty only for a tombstone that was never resolved).
-    pub address: String,
+    /// The gRPC address (empty only for a tombstone that was never
+    /// resolved). Shared: every request to the store carries a clone.
+    pub address: Arc<str>,
     /// PD's state (`Up`, `Offline`, `Tombstone`).
     pub state: metapb::StoreState,
     /// The store's labels (zone, host, `engine=tiflash`, ...).
@@ -87,7 +88,7 @@ impl StoreInfo {
         StoreInfo {
             id: store.id,
             state: store.state(),
-            address: store.address,
+            address: store.address.into(),
             labels: store.labels,
             resolve_state: AtomicU8::new(resolve_state as u8),
             health: StoreHealth::default(),
@@ -245,7 +246,7 @@ impl StoreTable {
         let old = stores.get(&store.id).cloned();
         if let Some(old) = &old
             && !tombstone
-            && old.address == store.address
+            && *old.address == *store.address
             && old.labels == store.labels
             && old.state == store.state()
             && matches!(old.resolve_state(), ResolveState::Resolved | ResolveState::NeedCheck)
@@ -491,7 +492,7 @@ mod tests {
         assert!(changes.refused.iter().all(|r| matches!(r.1, Error::MalformedResponse(_))));
 
         assert_eq!(s1.resolve_state(), ResolveState::Deleted, "holders of the old entry move");
-        assert_eq!(table.get(1).unwrap().address, "tikv-1b:20160");
+        assert_eq!(&*table.get(1).unwrap().address, "tikv-1b:20160");
         assert_eq!(table.resolve_state(2), ResolveState::Resolved, "a listed store is usable");
         assert_eq!(s4.resolve_state(), ResolveState::NeedCheck);
         assert!(table.get(4).is_none(), "an unlisted store is asked about before use");

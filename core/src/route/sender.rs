@@ -484,7 +484,7 @@ impl RegionCall {
         let store_addr = |store_id: u64| -> Option<Arc<str>> {
             match self.view.stores.get(store_id) {
                 Some(store) if !store.address.is_empty() && !store.is_tombstone() => {
-                    Some(store.address.as_str().into())
+                    Some(store.address.clone())
                 }
                 _ => None,
             }
@@ -535,7 +535,7 @@ impl RegionCall {
         let store = self.view.stores.get(via);
         let probe = match &store {
             Some(s) if s.health().liveness() == Liveness::Reachable && !s.address.is_empty() => {
-                Some(Arc::<str>::from(s.address.as_str()))
+                Some(s.address.clone())
             }
             _ => None,
         };

@@ -120,7 +120,7 @@ impl ProbeStores {
                     && !s.is_tombstone()
                     && !s.address.is_empty()
             })
-            .map(|s| (s.id, Arc::from(s.address.as_str()), Ask::Liveness))
+            .map(|s| (s.id, s.address.clone(), Ask::Liveness))
             .rev()
             .collect();
         ProbeStores {
@@ -151,7 +151,7 @@ impl ProbeStores {
                 && !store.is_tombstone()
                 && !store.address.is_empty()
             {
-                asks.push((store.id, Arc::from(store.address.as_str()), Ask::Feedback));
+                asks.push((store.id, store.address.clone(), Ask::Feedback));
             } else {
                 store.health().decay_stale_tikv_score(now);
             }

@@ -129,7 +129,7 @@ pub struct BroadcastTxnStatus {
     statuses: Vec<TxnStatusUpdate>,
     tags: RequestTags,
     /// Stores not asked yet, by id.
-    pending: VecDeque<(u64, String)>,
+    pending: VecDeque<(u64, Arc<str>)>,
     outbox: VecDeque<Rpc>,
     /// RPC id → store id, for every request in flight.
     in_flight: Vec<(RpcId, u64)>,
@@ -190,11 +190,7 @@ impl BroadcastTxnStatus {
             self.in_flight.push((id, store_id));
             self.outbox.push_back(Rpc {
                 id,
-                target: Target::Store {
-                    store_id,
-                    addr: addr.as_str().into(),
-                    forwarded_host: None,
-                },
+                target: Target::Store { store_id, addr, forwarded_host: None },
                 request: Request::Kv(self.request()),
                 deadline: now + BROADCAST_TIMEOUT,
             });
