@@ -243,14 +243,17 @@ impl<P: KeyPlan> KeyFanout<P> {
         let (max_count, max_bytes) = plan.batch_limits();
         let max_count = max_count.max(1);
         let timeout = plan.timeout();
-        // One item in a cached region (every point operation, almost
-        // always): its call at once, as the grouping below would make it.
-        if let [item] = self.pending.as_slice()
-            && let Some(region) = self.view.regions.locate_key(P::key(item).as_bytes(), now)
-        {
-            let items = std::mem::take(&mut self.pending);
-            let call = self.region_call(region, items, timeout);
-            self.add_child(call, now);
+        // One item (every point operation): its call, or its region's
+        // locate, at once, as the grouping below would make them.
+        if let [item] = self.pending.as_slice() {
+            match self.view.regions.locate_key(P::key(item).as_bytes(), now) {
+                Some(region) => {
+                    let items = std::mem::take(&mut self.pending);
+                    let call = self.region_call(region, items, timeout);
+                    self.add_child(call, now);
+                }
+                None => self.locate_pending(now),
+            }
             self.maybe_finish();
             return;
         }
@@ -305,20 +308,28 @@ impl<P: KeyPlan> KeyFanout<P> {
             .rev()
             .map(|(region, items)| self.region_call(region, items, timeout))
             .collect();
-        if !unrouted.is_empty() && !self.locating {
-            let key = P::key(&unrouted[0]).clone();
-            self.locating = true;
-            let locate =
-                LocateRegion::new(self.view.clone(), LocateBy::Key(key), self.backoffer.fork());
-            self.pending = unrouted;
-            self.add_child(Child::Locate(Box::new(locate)), now);
-        } else {
-            self.pending = unrouted;
-        }
+        self.pending = unrouted;
+        self.locate_pending(now);
         for call in calls {
             self.add_child(call, now);
         }
         self.maybe_finish();
+    }
+
+    /// Starts locating the first pending item's region, unless nothing is
+    /// pending or a locate runs already (its answer routes them all).
+    fn locate_pending(&mut self, now: Instant) {
+        let Some(first) = self.pending.first() else {
+            return;
+        };
+        if self.locating {
+            return;
+        }
+        let key = P::key(first).clone();
+        self.locating = true;
+        let locate =
+            LocateRegion::new(self.view.clone(), LocateBy::Key(key), self.backoffer.fork());
+        self.add_child(Child::Locate(Box::new(locate)), now);
     }
 
     /// The call of one batch: `items` in `region`.
@@ -720,6 +731,25 @@ mod tests {
             .collect();
         assert_eq!(retries, [false, true]);
         assert_eq!(op.lost_answers(), 0, "a region error is an answer: nothing applied");
+    }
+
+    /// A point operation looks its key's region up once per planning: on
+    /// an empty cache the planning misses, the locate misses too (it looks
+    /// again before asking PD) and the planning after it hits; once cached,
+    /// one hit.
+    #[test]
+    fn a_point_operation_looks_its_region_up_once_per_planning() {
+        let mut c = FakeCluster::new(&[]);
+        let v = view();
+        let before = v.regions.lookup_counts();
+        let (log, result) = drive(put(&v, &["a"]), &mut c);
+        result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        let first = v.regions.lookup_counts().since(before);
+        assert_eq!((first.hits, first.misses), (1, 2), "{log}");
+        let (log, result) = drive(put(&v, &["a"]), &mut c);
+        result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        let both = v.regions.lookup_counts().since(before);
+        assert_eq!((both.hits, both.misses), (2, 2), "{log}");
     }
 
     /// Two batches asleep until the same instant: the first woken runs out
