@@ -226,9 +226,18 @@ fn client_go(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let (Some(mut to_runner), Some(from_runner)) = (child.stdin.take(), child.stdout.take()) else {
+    let (Some(mut to_runner), Some(from_runner), Some(mut runner_log)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
         return Err("client-go's runner has no pipes".into());
     };
+    // Drained beside stdout: a runner logging more than a pipe holds would
+    // otherwise block while this thread waits for its next handshake.
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut runner_log, &mut text);
+        text
+    });
     let mut results = Vec::new();
     let mut pending: Option<CellResult> = None;
     let mut before = None;
@@ -253,15 +262,16 @@ fn client_go(
         }
     }
     drop(to_runner);
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let log = log.join().unwrap_or_default();
     if results.len() != cells.len() * concs.len() {
         return Err(format!(
             "client-go gave {} results for {} cells (exit {}): {}{}",
             results.len(),
             cells.len() * concs.len(),
-            out.status,
+            status,
             transcript,
-            String::from_utf8_lossy(&out.stderr)
+            log
         ));
     }
     Ok(results)

@@ -44,6 +44,28 @@ fn commit_ok() -> Fault {
     respond(KvResponse::Commit(Default::default()))
 }
 
+/// The keys of each `Commit` the cluster received, in order.
+fn commits_received(c: &FakeCluster) -> Vec<Vec<Bytes>> {
+    c.received
+        .iter()
+        .filter_map(|r| match r {
+            KvRequest::Commit(cm) => Some(cm.keys.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many mutations every `Prewrite` the cluster received carried.
+fn mutations_prewritten(c: &FakeCluster) -> usize {
+    c.received
+        .iter()
+        .map(|r| match r {
+            KvRequest::Prewrite(p) => p.mutations.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn committer(keys: &[&str], opts: CommitOptions) -> Committer {
     let v = view();
     Committer::new(
@@ -73,14 +95,7 @@ fn two_phase_commit_prewrites_every_region_then_commits_the_primary() {
         let limit = r.context().map_or(0, |ctx| ctx.max_execution_duration_ms);
         assert_eq!(limit, 20_000, "{} carries {limit} ms", r.name());
     }
-    let commits: Vec<_> = c
-        .received
-        .iter()
-        .filter_map(|r| match r {
-            KvRequest::Commit(cm) => Some(cm.keys.clone()),
-            _ => None,
-        })
-        .collect();
+    let commits = commits_received(&c);
     assert_eq!(
         commits,
         vec![vec![Bytes::from("a"), Bytes::from("b")]],
@@ -885,14 +900,7 @@ fn a_large_commit_sends_client_go_batch_counts() {
     result.expect("secondaries committed");
     assert_eq!(count(&c, "kv_commit"), secondary_commits);
     // Every key of every prewrite went out once.
-    let prewritten: usize = c
-        .received
-        .iter()
-        .map(|r| match r {
-            KvRequest::Prewrite(p) => p.mutations.len(),
-            _ => 0,
-        })
-        .sum();
+    let prewritten = mutations_prewritten(&c);
     assert_eq!(prewritten, total);
 }
 
@@ -1512,14 +1520,7 @@ fn a_relocated_primary_commit_is_retried_alone() {
     c.fault("kv_commit", commit_ok());
     let (_, result) = drive(committer(&["a", "b", "x"], CommitOptions::default()), &mut c);
     let outcome = result.expect("committed");
-    let commits: Vec<_> = c
-        .received
-        .iter()
-        .filter_map(|r| match r {
-            KvRequest::Commit(cm) => Some(cm.keys.clone()),
-            _ => None,
-        })
-        .collect();
+    let commits = commits_received(&c);
     assert_eq!(
         commits,
         vec![vec![Bytes::from("a"), Bytes::from("b")], vec![Bytes::from("a")]],
@@ -1555,23 +1556,9 @@ fn check_not_exists_keys_are_neither_committed_nor_secondaries() {
     c.fault("kv_commit", commit_ok());
     let (_, result) = drive(new(CommitOptions::default()), &mut c);
     assert!(result.expect("committed").keys_to_commit.is_empty());
-    let prewritten: usize = c
-        .received
-        .iter()
-        .map(|r| match r {
-            KvRequest::Prewrite(p) => p.mutations.len(),
-            _ => 0,
-        })
-        .sum();
+    let prewritten = mutations_prewritten(&c);
     assert_eq!(prewritten, 4, "every key is prewritten");
-    let commits: Vec<_> = c
-        .received
-        .iter()
-        .filter_map(|r| match r {
-            KvRequest::Commit(cm) => Some(cm.keys.clone()),
-            _ => None,
-        })
-        .collect();
+    let commits = commits_received(&c);
     assert_eq!(commits, vec![keys(&["a", "c"])]);
 
     let mut c = FakeCluster::new(&["m"]);
